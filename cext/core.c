@@ -1,29 +1,1530 @@
-/* core.c - STUB while the sampler is written. */
+/*
+ * core.c - the sampler, the channels, the interlock engine and the output gate.
+ *
+ * One tick, in order (tick()):
+ *   1. every driver reads its inputs;
+ *   2. every channel converts (scale/offset, thermocouple EMF with cold junction),
+ *      checks range and age, filters (median-of-N, then EMA) and updates its rate;
+ *   3. every rule is evaluated (debounce, hysteresis, latch) and first-out recorded;
+ *   4. the gate computes each output's level: forced safe by tripped rules, dropped
+ *      when its permissive fails or its keep-alive expires, burst-fire for duty;
+ *   5. the drivers write the outputs, then the sample is pushed to the ring.
+ * An input change therefore reaches the outputs within the same tick.
+ *
+ * Concurrency: one mutex (priority-inheriting) guards the state shared by the sampler
+ * and the API calls; every API call holds it for microseconds and never calls out.
+ * The sample ring is single-producer (the tick) / single-consumer (drain) and is read
+ * without the lock, so a slow drain never delays a tick. C11 atomics are used for it:
+ * C99 has none, which is why the core is C11 rather than the C99 of the design note.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "driver.h"
 #include "edge_core.h"
-void ec_core_cfg_default(ec_core_cfg *cfg) { }
-int ec_core_new(const ec_core_cfg *cfg, ec_core **out, char *err, size_t errlen) { return -3; }
-void ec_core_free(ec_core *core) { }
-int ec_core_add_driver(ec_core *core, const char *driver, const char *params, char *err, size_t errlen) { return -3; }
-int ec_core_add_channel(ec_core *core, const ec_channel_cfg *cfg, char *err, size_t errlen) { return -3; }
-int ec_core_add_output(ec_core *core, const ec_output_cfg *cfg, char *err, size_t errlen) { return -3; }
-int ec_core_add_rule(ec_core *core, const ec_rule_cfg *cfg, char *err, size_t errlen) { return -3; }
-int ec_core_add_permissive(ec_core *core, const ec_permissive_cfg *cfg, char *err, size_t errlen) { return -3; }
-int ec_core_start(ec_core *core, char *err, size_t errlen) { return -3; }
-int ec_core_stop(ec_core *core) { return -3; }
-int ec_core_heartbeat(ec_core *core) { return -3; }
-int ec_core_request_output(ec_core *core, int32_t output, int32_t level, char *err, size_t errlen) { return -3; }
-int ec_core_set_duty(ec_core *core, int32_t output, double duty, char *err, size_t errlen) { return -3; }
-int ec_core_inject(ec_core *core, int32_t channel, double value, uint32_t status, int64_t t_ns) { return -3; }
-int ec_core_reset(ec_core *core, int32_t rule, char *err, size_t errlen) { return -3; }
-int ec_core_latest(ec_core *core, ec_value *out, int32_t n) { return -3; }
-int ec_core_outputs(ec_core *core, uint64_t *levels, uint64_t *requested, uint64_t *forced) { return -3; }
-int ec_core_rules(ec_core *core, uint64_t *tripped, uint64_t *latched, int32_t *first_out) { return -3; }
-int64_t ec_core_now_ns(ec_core *core) { return -3; }
-int ec_core_drain_samples(ec_core *core, ec_sample *out, int32_t max) { return -3; }
-int ec_core_drain_events(ec_core *core, ec_event *out, int32_t max) { return -3; }
-int ec_core_stats(ec_core *core, ec_stats *out) { return -3; }
-int ec_core_run_ticks(ec_core *core, int32_t n) { return -3; }
-int ec_sim_create(const char *path, char *err, size_t errlen) { return -3; }
-void ec_channel_cfg_default(ec_channel_cfg *cfg) { }
-void ec_output_cfg_default(ec_output_cfg *cfg) { }
-void ec_rule_cfg_default(ec_rule_cfg *cfg) { }
+
+#define RATE_SLOTS 9
+#define NS_PER_MS 1000000.0
+
+typedef struct chan {
+    ec_channel_cfg cfg;
+    double med[EC_MEDIAN_MAX];
+    int med_count;
+    int med_pos;
+    double ema;
+    int ema_init;
+    int64_t ema_t;
+    ec_value latest;
+    /* injected */
+    double inj_value;
+    uint32_t inj_status;
+    int64_t inj_t;
+    int inj_has;
+    /* rate of change, per minute, over rate_window_ms */
+    double rate_v[RATE_SLOTS];
+    int64_t rate_t[RATE_SLOTS];
+    int rate_n;
+    int rate_pos;
+    double rate;
+    int rate_valid;
+} chan;
+
+typedef struct out {
+    ec_output_cfg cfg;
+    int energise;        /* requested away from the safe level */
+    int duty_mode;
+    double duty;
+    double duty_acc;
+    int64_t cycle_start;
+    int cycle_on;
+    int64_t refreshed;   /* core clock of the last request / set_duty */
+    int level;           /* level written last tick */
+    int was_forced;
+} out;
+
+typedef struct rule {
+    ec_rule_cfg cfg;
+    int cond;            /* condition holds this tick (hysteresis applied) */
+    int sensor_bad;
+    int64_t cond_since;  /* -1: condition not holding */
+    int tripped;
+    int64_t tripped_at;
+    double value;        /* what the rule last compared */
+} rule;
+
+struct ec_core {
+    ec_core_cfg cfg;
+    pthread_mutex_t lock;
+    pthread_t thread;
+    atomic_int running;
+    int started;
+    int64_t period_ns;
+
+    ec_driver drivers[EC_MAX_DRIVERS];
+    int n_drivers;
+    int read_failing[EC_MAX_DRIVERS];
+    int write_failing[EC_MAX_DRIVERS];
+    chan channels[EC_MAX_CHANNELS];
+    int n_channels;
+    out outputs[EC_MAX_OUTPUTS];
+    int n_outputs;
+    rule rules[EC_MAX_RULES];
+    int n_rules;
+    ec_permissive_cfg perms[EC_MAX_PERMISSIVES];
+    int n_perms;
+
+    int64_t heartbeat_t;
+    int reset_prev_level;
+    int first_out;
+    uint64_t tick_no;
+    int64_t start_t;
+    int watchdog_level;
+
+    /* sample ring: SPSC, head written by the tick, tail by drain */
+    ec_sample *samples;
+    uint32_t sample_mask;
+    atomic_uint_fast64_t s_head;
+    atomic_uint_fast64_t s_tail;
+
+    /* event ring: under lock */
+    ec_event *events;
+    uint32_t event_mask;
+    uint64_t e_head;
+    uint64_t e_tail;
+    uint64_t e_seq;
+
+    ec_stats stats;
+};
+
+/* ---------- defaults ---------- */
+
+void ec_core_cfg_default(ec_core_cfg *cfg)
+{
+    if (cfg == NULL) {
+        return;
+    }
+    memset(cfg, 0, sizeof *cfg);
+    cfg->period_ms = 1.0;
+    cfg->sample_ring = 4096;
+    cfg->event_ring = 1024;
+    cfg->reset_channel = -1;
+    cfg->watchdog_output = -1;
+}
+
+void ec_channel_cfg_default(ec_channel_cfg *cfg)
+{
+    if (cfg == NULL) {
+        return;
+    }
+    memset(cfg, 0, sizeof *cfg);
+    cfg->scale = 1.0;
+    cfg->range_lo = -INFINITY;
+    cfg->range_hi = INFINITY;
+    cfg->cj_channel = -1;
+    cfg->median_n = 1;
+    cfg->rate_window_ms = 1000.0;
+}
+
+void ec_output_cfg_default(ec_output_cfg *cfg)
+{
+    if (cfg == NULL) {
+        return;
+    }
+    memset(cfg, 0, sizeof *cfg);
+    cfg->duty_cycle_ms = 20.0;
+}
+
+void ec_rule_cfg_default(ec_rule_cfg *cfg)
+{
+    if (cfg == NULL) {
+        return;
+    }
+    memset(cfg, 0, sizeof *cfg);
+    cfg->channel = -1;
+    cfg->latch = 1;
+}
+
+/* ---------- helpers ---------- */
+
+static int is_pow2_at_least16(uint32_t n) { return n >= 16 && (n & (n - 1)) == 0; }
+
+static int name_ok(const char *name)
+{
+    size_t n = strnlen(name, EC_NAME_LEN);
+    return n > 0 && n < EC_NAME_LEN;
+}
+
+static int64_t core_now(ec_core *c)
+{
+    if (c->n_drivers > 0 && c->drivers[0].ops->clock_ns != NULL) {
+        return c->drivers[0].ops->clock_ns(&c->drivers[0]);
+    }
+    return ec_monotonic_ns();
+}
+
+static void push_event(ec_core *c, int kind, int flags, int rule_i, int out_i, int ch, int aux, int aux2,
+                       double value, double threshold)
+{
+    if (c->e_head - c->e_tail > c->event_mask) {
+        c->stats.events_lost++;
+        return;
+    }
+    ec_event *e = &c->events[c->e_head & c->event_mask];
+    e->seq = ++c->e_seq;
+    e->t_ns = core_now(c);
+    e->wall_ns = ec_monotonic_ns();
+    e->kind = kind;
+    e->flags = flags;
+    e->rule = rule_i;
+    e->output = out_i;
+    e->channel = ch;
+    e->aux = aux;
+    e->aux2 = aux2;
+    e->value = value;
+    e->threshold = threshold;
+    c->e_head++;
+}
+
+static int check_configurable(ec_core *c, char *err, size_t errlen)
+{
+    if (c == NULL) {
+        ec_set_err(err, errlen, "core is NULL");
+        return EC_EINVAL;
+    }
+    if (c->started) {
+        ec_set_err(err, errlen, "core is running: configure before start");
+        return EC_ESTATE;
+    }
+    return EC_OK;
+}
+
+static void safe_all_outputs(ec_core *c);
+
+/* ---------- life cycle ---------- */
+
+int ec_core_new(const ec_core_cfg *cfg, ec_core **out_core, char *err, size_t errlen)
+{
+    if (cfg == NULL || out_core == NULL) {
+        ec_set_err(err, errlen, "cfg and out must not be NULL");
+        return EC_EINVAL;
+    }
+    *out_core = NULL;
+    if (!(cfg->period_ms >= 0.1 && cfg->period_ms <= 1000.0)) {
+        ec_set_err(err, errlen, "period_ms %g outside 0.1 .. 1000", cfg->period_ms);
+        return EC_ERANGE;
+    }
+    if (!is_pow2_at_least16(cfg->sample_ring) || cfg->sample_ring > (1u << 20)) {
+        ec_set_err(err, errlen, "sample_ring %u must be a power of two from 16 to 1048576", cfg->sample_ring);
+        return EC_EINVAL;
+    }
+    if (!is_pow2_at_least16(cfg->event_ring) || cfg->event_ring > (1u << 20)) {
+        ec_set_err(err, errlen, "event_ring %u must be a power of two from 16 to 1048576", cfg->event_ring);
+        return EC_EINVAL;
+    }
+    if (cfg->rt_priority < 0 || cfg->rt_priority > 99) {
+        ec_set_err(err, errlen, "rt_priority %d outside 0 .. 99", cfg->rt_priority);
+        return EC_ERANGE;
+    }
+    if (cfg->reset_channel < -1 || cfg->reset_channel >= EC_MAX_CHANNELS || cfg->watchdog_output < -1 ||
+        cfg->watchdog_output >= EC_MAX_OUTPUTS) {
+        ec_set_err(err, errlen, "reset_channel / watchdog_output out of range");
+        return EC_EINVAL;
+    }
+    ec_core *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        ec_set_err(err, errlen, "out of memory");
+        return EC_ENOMEM;
+    }
+    c->samples = calloc(cfg->sample_ring, sizeof(ec_sample));
+    c->events = calloc(cfg->event_ring, sizeof(ec_event));
+    if (c->samples == NULL || c->events == NULL) {
+        free(c->samples);
+        free(c->events);
+        free(c);
+        ec_set_err(err, errlen, "out of memory for the rings");
+        return EC_ENOMEM;
+    }
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_setprotocol(&ma, PTHREAD_PRIO_INHERIT);
+    pthread_mutex_init(&c->lock, &ma);
+    pthread_mutexattr_destroy(&ma);
+    c->cfg = *cfg;
+    c->period_ns = (int64_t)llround(cfg->period_ms * NS_PER_MS);
+    c->sample_mask = cfg->sample_ring - 1;
+    c->event_mask = cfg->event_ring - 1;
+    c->first_out = -1;
+    atomic_init(&c->running, 0);
+    atomic_init(&c->s_head, 0);
+    atomic_init(&c->s_tail, 0);
+    *out_core = c;
+    return EC_OK;
+}
+
+void ec_core_free(ec_core *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    ec_core_stop(c);
+    if (c->stats.ticks > 0) {
+        safe_all_outputs(c); /* inline ticks may have energised something */
+    }
+    for (int i = 0; i < c->n_drivers; i++) {
+        if (c->drivers[i].ops->close != NULL) {
+            c->drivers[i].ops->close(&c->drivers[i]);
+        }
+    }
+    pthread_mutex_destroy(&c->lock);
+    free(c->samples);
+    free(c->events);
+    free(c);
+}
+
+int ec_core_add_driver(ec_core *c, const char *driver, const char *params, char *err, size_t errlen)
+{
+    int rc = check_configurable(c, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
+    if (driver == NULL || params == NULL) {
+        ec_set_err(err, errlen, "driver and params must not be NULL");
+        return EC_EINVAL;
+    }
+    if (c->n_drivers >= EC_MAX_DRIVERS) {
+        ec_set_err(err, errlen, "at most %d drivers", EC_MAX_DRIVERS);
+        return EC_EFULL;
+    }
+    static const ec_driver_ops *const known[] = {&ec_driver_sim, &ec_driver_gpiochip, &ec_driver_spidev};
+    const ec_driver_ops *ops = NULL;
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        if (strcmp(known[i]->name, driver) == 0) {
+            ops = known[i];
+        }
+    }
+    if (ops == NULL) {
+        ec_set_err(err, errlen, "unknown driver '%.40s' (expected sim, gpiochip or spidev)", driver);
+        return EC_ENOTFOUND;
+    }
+    ec_driver *d = &c->drivers[c->n_drivers];
+    memset(d, 0, sizeof *d);
+    d->ops = ops;
+    rc = ops->open(d, params, err, errlen);
+    if (rc != EC_OK) {
+        memset(d, 0, sizeof *d);
+        return rc;
+    }
+    if (ops->read == NULL || ops->write == NULL) {
+        if (ops->close != NULL) {
+            ops->close(d);
+        }
+        memset(d, 0, sizeof *d);
+        ec_set_err(err, errlen, "driver '%s' is incomplete", driver);
+        return EC_EINVAL;
+    }
+    return c->n_drivers++;
+}
+
+int ec_core_add_channel(ec_core *c, const ec_channel_cfg *cfg, char *err, size_t errlen)
+{
+    int rc = check_configurable(c, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
+    if (cfg == NULL) {
+        ec_set_err(err, errlen, "cfg is NULL");
+        return EC_EINVAL;
+    }
+    if (c->n_channels >= EC_MAX_CHANNELS) {
+        ec_set_err(err, errlen, "at most %d channels", EC_MAX_CHANNELS);
+        return EC_EFULL;
+    }
+    if (!name_ok(cfg->name)) {
+        ec_set_err(err, errlen, "channel name empty or longer than %d", EC_NAME_LEN - 1);
+        return EC_EINVAL;
+    }
+    if (cfg->kind < EC_CH_ANALOG || cfg->kind > EC_CH_INJECTED) {
+        ec_set_err(err, errlen, "channel '%s': unknown kind %d", cfg->name, cfg->kind);
+        return EC_EINVAL;
+    }
+    if (cfg->kind != EC_CH_INJECTED) {
+        if (cfg->driver < 0 || cfg->driver >= c->n_drivers) {
+            ec_set_err(err, errlen, "channel '%s': driver %d not added", cfg->name, cfg->driver);
+            return EC_ENOTFOUND;
+        }
+        const ec_driver *d = &c->drivers[cfg->driver];
+        uint32_t n = cfg->kind == EC_CH_DIGITAL ? d->n_di : d->n_ai;
+        if (cfg->input < 0 || (uint32_t)cfg->input >= n) {
+            ec_set_err(err, errlen, "channel '%s': input %d outside the driver's %u %s inputs", cfg->name,
+                       cfg->input, n, cfg->kind == EC_CH_DIGITAL ? "digital" : "analog");
+            return EC_ERANGE;
+        }
+    }
+    if (!isfinite(cfg->scale) || !isfinite(cfg->offset) || isnan(cfg->range_lo) || isnan(cfg->range_hi) ||
+        !(cfg->range_lo < cfg->range_hi)) {
+        ec_set_err(err, errlen, "channel '%s': scale/offset must be finite and range_lo < range_hi", cfg->name);
+        return EC_EINVAL;
+    }
+    if (cfg->kind == EC_CH_THERMOCOUPLE) {
+        if (ec_tc_range(cfg->tc_type, NULL, NULL, NULL, NULL) != EC_OK) {
+            ec_set_err(err, errlen, "channel '%s': unknown thermocouple type '%c'", cfg->name,
+                       cfg->tc_type >= 32 && cfg->tc_type < 127 ? cfg->tc_type : '?');
+            return EC_EINVAL;
+        }
+        if (cfg->cj_channel >= c->n_channels || cfg->cj_channel < -1) {
+            ec_set_err(err, errlen, "channel '%s': cold-junction channel %d must be declared before it",
+                       cfg->name, cfg->cj_channel);
+            return EC_ENOTFOUND;
+        }
+        if (cfg->cj_channel >= 0 && c->channels[cfg->cj_channel].cfg.kind == EC_CH_DIGITAL) {
+            ec_set_err(err, errlen, "channel '%s': cold-junction channel is digital", cfg->name);
+            return EC_EINVAL;
+        }
+        if (!isfinite(cfg->cj_fixed_c)) {
+            ec_set_err(err, errlen, "channel '%s': cj_fixed_c must be finite", cfg->name);
+            return EC_EINVAL;
+        }
+    }
+    if (cfg->median_n < 1 || cfg->median_n > EC_MEDIAN_MAX || cfg->median_n % 2 == 0) {
+        ec_set_err(err, errlen, "channel '%s': median_n %d must be odd, 1 .. %d", cfg->name, cfg->median_n,
+                   EC_MEDIAN_MAX);
+        return EC_ERANGE;
+    }
+    if (!(cfg->ema_tau_ms >= 0 && cfg->ema_tau_ms < 1e9) || !(cfg->max_age_ms >= 0 && cfg->max_age_ms < 1e12) ||
+        !(cfg->rate_window_ms > 0 && cfg->rate_window_ms < 1e9)) {
+        ec_set_err(err, errlen, "channel '%s': ema_tau_ms, max_age_ms >= 0 and rate_window_ms > 0 required",
+                   cfg->name);
+        return EC_ERANGE;
+    }
+    if (cfg->kind == EC_CH_INJECTED && cfg->max_age_ms <= 0) {
+        ec_set_err(err, errlen, "channel '%s': an injected channel needs max_age_ms > 0", cfg->name);
+        return EC_EINVAL;
+    }
+    for (int i = 0; i < c->n_channels; i++) {
+        if (strncmp(c->channels[i].cfg.name, cfg->name, EC_NAME_LEN) == 0) {
+            ec_set_err(err, errlen, "channel '%s' declared twice", cfg->name);
+            return EC_EINVAL;
+        }
+    }
+    chan *ch = &c->channels[c->n_channels];
+    memset(ch, 0, sizeof *ch);
+    ch->cfg = *cfg;
+    ch->cfg.name[EC_NAME_LEN - 1] = '\0';
+    ch->latest.value = NAN;
+    ch->latest.status = EC_ST_NODATA;
+    return c->n_channels++;
+}
+
+int ec_core_add_output(ec_core *c, const ec_output_cfg *cfg, char *err, size_t errlen)
+{
+    int rc = check_configurable(c, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
+    if (cfg == NULL) {
+        ec_set_err(err, errlen, "cfg is NULL");
+        return EC_EINVAL;
+    }
+    if (c->n_outputs >= EC_MAX_OUTPUTS) {
+        ec_set_err(err, errlen, "at most %d outputs", EC_MAX_OUTPUTS);
+        return EC_EFULL;
+    }
+    if (!name_ok(cfg->name)) {
+        ec_set_err(err, errlen, "output name empty or longer than %d", EC_NAME_LEN - 1);
+        return EC_EINVAL;
+    }
+    if (cfg->driver < 0 || cfg->driver >= c->n_drivers) {
+        ec_set_err(err, errlen, "output '%s': driver %d not added", cfg->name, cfg->driver);
+        return EC_ENOTFOUND;
+    }
+    if (cfg->line < 0 || (uint32_t)cfg->line >= c->drivers[cfg->driver].n_do) {
+        ec_set_err(err, errlen, "output '%s': line %d outside the driver's %u outputs", cfg->name, cfg->line,
+                   c->drivers[cfg->driver].n_do);
+        return EC_ERANGE;
+    }
+    if (cfg->safe_level != 0 && cfg->safe_level != 1) {
+        ec_set_err(err, errlen, "output '%s': safe_level must be 0 or 1", cfg->name);
+        return EC_EINVAL;
+    }
+    if (!(cfg->max_on_ms >= 0 && cfg->max_on_ms < 1e12) ||
+        !(cfg->duty_cycle_ms >= 1.0 && cfg->duty_cycle_ms <= 60000.0)) {
+        ec_set_err(err, errlen, "output '%s': max_on_ms >= 0 and duty_cycle_ms 1 .. 60000 required", cfg->name);
+        return EC_ERANGE;
+    }
+    for (int i = 0; i < c->n_outputs; i++) {
+        if (strncmp(c->outputs[i].cfg.name, cfg->name, EC_NAME_LEN) == 0) {
+            ec_set_err(err, errlen, "output '%s' declared twice", cfg->name);
+            return EC_EINVAL;
+        }
+        if (c->outputs[i].cfg.driver == cfg->driver && c->outputs[i].cfg.line == cfg->line) {
+            ec_set_err(err, errlen, "output '%s': line %d already used by '%s'", cfg->name, cfg->line,
+                       c->outputs[i].cfg.name);
+            return EC_EINVAL;
+        }
+    }
+    out *o = &c->outputs[c->n_outputs];
+    memset(o, 0, sizeof *o);
+    o->cfg = *cfg;
+    o->cfg.name[EC_NAME_LEN - 1] = '\0';
+    o->level = cfg->safe_level;
+    return c->n_outputs++;
+}
+
+int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errlen)
+{
+    int rc = check_configurable(c, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
+    if (cfg == NULL) {
+        ec_set_err(err, errlen, "cfg is NULL");
+        return EC_EINVAL;
+    }
+    if (c->n_rules >= EC_MAX_RULES) {
+        ec_set_err(err, errlen, "at most %d rules", EC_MAX_RULES);
+        return EC_EFULL;
+    }
+    if (!name_ok(cfg->name)) {
+        ec_set_err(err, errlen, "rule name empty or longer than %d", EC_NAME_LEN - 1);
+        return EC_EINVAL;
+    }
+    if (cfg->kind < EC_RULE_HIGH || cfg->kind > EC_RULE_DEADMAN) {
+        ec_set_err(err, errlen, "rule '%s': unknown kind %d", cfg->name, cfg->kind);
+        return EC_EINVAL;
+    }
+    if (cfg->kind == EC_RULE_DEADMAN) {
+        if (cfg->channel != -1) {
+            ec_set_err(err, errlen, "rule '%s': a dead-man rule takes no channel", cfg->name);
+            return EC_EINVAL;
+        }
+        if (!(cfg->threshold >= 1.0 && cfg->threshold <= 3600000.0)) {
+            ec_set_err(err, errlen, "rule '%s': dead-man timeout %g ms outside 1 .. 3600000", cfg->name,
+                       cfg->threshold);
+            return EC_ERANGE;
+        }
+    } else {
+        if (cfg->channel < 0 || cfg->channel >= c->n_channels) {
+            ec_set_err(err, errlen, "rule '%s': channel %d not declared", cfg->name, cfg->channel);
+            return EC_ENOTFOUND;
+        }
+        int digital = c->channels[cfg->channel].cfg.kind == EC_CH_DIGITAL;
+        if (cfg->kind == EC_RULE_DIGITAL && (!digital || (cfg->threshold != 0.0 && cfg->threshold != 1.0))) {
+            ec_set_err(err, errlen, "rule '%s': a digital rule needs a digital channel and a level 0 or 1",
+                       cfg->name);
+            return EC_EINVAL;
+        }
+        if (!isfinite(cfg->threshold)) {
+            ec_set_err(err, errlen, "rule '%s': threshold must be finite", cfg->name);
+            return EC_EINVAL;
+        }
+        if ((cfg->kind == EC_RULE_HIGH || cfg->kind == EC_RULE_LOW) &&
+            (cfg->threshold < c->channels[cfg->channel].cfg.range_lo ||
+             cfg->threshold > c->channels[cfg->channel].cfg.range_hi)) {
+            ec_set_err(err, errlen, "rule '%s': threshold %g outside the channel's range %g .. %g", cfg->name,
+                       cfg->threshold, c->channels[cfg->channel].cfg.range_lo,
+                       c->channels[cfg->channel].cfg.range_hi);
+            return EC_ERANGE;
+        }
+    }
+    if (!(cfg->hysteresis >= 0 && cfg->hysteresis < 1e12) || !(cfg->debounce_ms >= 0 && cfg->debounce_ms < 1e9)) {
+        ec_set_err(err, errlen, "rule '%s': hysteresis and debounce_ms must be >= 0", cfg->name);
+        return EC_ERANGE;
+    }
+    if (cfg->action == 0) {
+        ec_set_err(err, errlen, "rule '%s': no outputs in its action", cfg->name);
+        return EC_EINVAL;
+    }
+    if (c->n_outputs < 64 && (cfg->action >> c->n_outputs) != 0) {
+        ec_set_err(err, errlen, "rule '%s': action names an output not declared", cfg->name);
+        return EC_ENOTFOUND;
+    }
+    for (int i = 0; i < c->n_rules; i++) {
+        if (strncmp(c->rules[i].cfg.name, cfg->name, EC_NAME_LEN) == 0) {
+            ec_set_err(err, errlen, "rule '%s' declared twice", cfg->name);
+            return EC_EINVAL;
+        }
+    }
+    rule *r = &c->rules[c->n_rules];
+    memset(r, 0, sizeof *r);
+    r->cfg = *cfg;
+    r->cfg.name[EC_NAME_LEN - 1] = '\0';
+    r->cond_since = -1;
+    return c->n_rules++;
+}
+
+int ec_core_add_permissive(ec_core *c, const ec_permissive_cfg *cfg, char *err, size_t errlen)
+{
+    int rc = check_configurable(c, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
+    if (cfg == NULL) {
+        ec_set_err(err, errlen, "cfg is NULL");
+        return EC_EINVAL;
+    }
+    if (c->n_perms >= EC_MAX_PERMISSIVES) {
+        ec_set_err(err, errlen, "at most %d permissive terms", EC_MAX_PERMISSIVES);
+        return EC_EFULL;
+    }
+    if (cfg->output < 0 || cfg->output >= c->n_outputs || cfg->channel < 0 || cfg->channel >= c->n_channels) {
+        ec_set_err(err, errlen, "permissive: output %d or channel %d not declared", cfg->output, cfg->channel);
+        return EC_ENOTFOUND;
+    }
+    if (cfg->cmp < EC_CMP_LT || cfg->cmp > EC_CMP_IN || !isfinite(cfg->value) ||
+        (cfg->cmp == EC_CMP_IN && !(isfinite(cfg->value2) && cfg->value <= cfg->value2))) {
+        ec_set_err(err, errlen, "permissive on '%s': bad comparison or bounds", c->outputs[cfg->output].cfg.name);
+        return EC_EINVAL;
+    }
+    c->perms[c->n_perms] = *cfg;
+    return c->n_perms++;
+}
+
+/* ---------- the tick ---------- */
+
+static double median_of(const double *v, int n)
+{
+    double tmp[EC_MEDIAN_MAX];
+    memcpy(tmp, v, (size_t)n * sizeof(double));
+    for (int i = 1; i < n; i++) { /* insertion sort: n <= 9 */
+        double x = tmp[i];
+        int j = i - 1;
+        while (j >= 0 && tmp[j] > x) {
+            tmp[j + 1] = tmp[j];
+            j--;
+        }
+        tmp[j + 1] = x;
+    }
+    return n % 2 ? tmp[n / 2] : 0.5 * (tmp[n / 2 - 1] + tmp[n / 2]);
+}
+
+static void update_rate(chan *ch, int64_t now, double v)
+{
+    int64_t step = (int64_t)(ch->cfg.rate_window_ms * NS_PER_MS / (RATE_SLOTS - 1));
+    if (step < 1) {
+        step = 1;
+    }
+    int last = (ch->rate_pos + RATE_SLOTS - 1) % RATE_SLOTS;
+    if (ch->rate_n == 0 || now - ch->rate_t[last] >= step) {
+        ch->rate_v[ch->rate_pos] = v;
+        ch->rate_t[ch->rate_pos] = now;
+        ch->rate_pos = (ch->rate_pos + 1) % RATE_SLOTS;
+        if (ch->rate_n < RATE_SLOTS) {
+            ch->rate_n++;
+        }
+    }
+    int oldest = ch->rate_n < RATE_SLOTS ? 0 : ch->rate_pos;
+    int64_t span = now - ch->rate_t[oldest];
+    if (ch->rate_n >= 2 && span >= step * (RATE_SLOTS - 1) / 2 && span > 0) {
+        ch->rate = (v - ch->rate_v[oldest]) * 60e9 / (double)span;
+        ch->rate_valid = 1;
+    } else {
+        ch->rate_valid = 0;
+    }
+}
+
+static void reset_filter(chan *ch)
+{
+    ch->med_count = 0;
+    ch->med_pos = 0;
+    ch->ema_init = 0;
+    ch->rate_n = 0;
+    ch->rate_pos = 0;
+    ch->rate_valid = 0;
+}
+
+static void update_channel(ec_core *c, chan *ch, int64_t now)
+{
+    const ec_channel_cfg *cfg = &ch->cfg;
+    double v = NAN;
+    uint32_t st = EC_ST_OK;
+    int64_t t = now;
+    if (cfg->kind == EC_CH_INJECTED) {
+        if (!ch->inj_has) {
+            st = EC_ST_NODATA;
+            t = c->start_t; /* grace of max_age from start, then STALE */
+        } else {
+            v = ch->inj_value;
+            st = ch->inj_status & (EC_ST_FAULT | EC_ST_RANGE);
+            t = ch->inj_t;
+        }
+    } else {
+        const ec_driver *d = &c->drivers[cfg->driver];
+        if (cfg->kind == EC_CH_DIGITAL) {
+            v = (double)((d->di[cfg->input] ? 1 : 0) ^ (cfg->invert ? 1 : 0));
+            st = d->di_status[cfg->input];
+        } else {
+            v = d->ai[cfg->input] * cfg->scale + cfg->offset;
+            st = d->ai_status[cfg->input];
+            if (d->ai_t_ns[cfg->input] != 0) {
+                t = d->ai_t_ns[cfg->input];
+            }
+        }
+    }
+    if (cfg->kind == EC_CH_THERMOCOUPLE && !(st & EC_ST_FAULT) && !(st & EC_ST_NODATA)) {
+        double cj = cfg->cj_fixed_c;
+        if (cfg->cj_channel >= 0) {
+            const ec_value *cjv = &c->channels[cfg->cj_channel].latest;
+            cj = cjv->value;
+            if (cjv->status & (EC_ST_FAULT | EC_ST_RANGE | EC_ST_NODATA)) {
+                st |= EC_ST_FAULT; /* an unknown cold junction makes the reading unknown */
+            }
+            st |= cjv->status & EC_ST_STALE;
+        }
+        double tc = NAN;
+        if (!(st & EC_ST_FAULT) && ec_tc_compensated(cfg->tc_type, v, cj, &tc) != EC_OK) {
+            st |= EC_ST_RANGE;
+            tc = NAN;
+        }
+        v = tc;
+    }
+    if (!isfinite(v) && !(st & (EC_ST_FAULT | EC_ST_NODATA))) {
+        st |= EC_ST_RANGE;
+    }
+    if (cfg->max_age_ms > 0 && (double)(now - t) > cfg->max_age_ms * NS_PER_MS) {
+        st |= EC_ST_STALE;
+        if (cfg->kind == EC_CH_INJECTED && !ch->inj_has) {
+            st = EC_ST_STALE | EC_ST_NODATA;
+        }
+    }
+    if (st & (EC_ST_FAULT | EC_ST_NODATA) || !isfinite(v)) {
+        /* a faulted channel is never a number that looks fine */
+        reset_filter(ch);
+        ch->latest.value = NAN;
+        ch->latest.status = st;
+        ch->latest.t_ns = t;
+        return;
+    }
+    if (cfg->kind != EC_CH_DIGITAL) {
+        if (v < cfg->range_lo || v > cfg->range_hi) {
+            st |= EC_ST_RANGE;
+        }
+        if (cfg->median_n > 1) {
+            ch->med[ch->med_pos] = v;
+            ch->med_pos = (ch->med_pos + 1) % cfg->median_n;
+            if (ch->med_count < cfg->median_n) {
+                ch->med_count++;
+            }
+            v = median_of(ch->med, ch->med_count);
+        }
+        if (cfg->ema_tau_ms > 0) {
+            if (!ch->ema_init) {
+                ch->ema = v;
+                ch->ema_init = 1;
+            } else {
+                double dt_ms = (double)(t - ch->ema_t) / NS_PER_MS;
+                double alpha = dt_ms <= 0 ? 0.0 : 1.0 - exp(-dt_ms / cfg->ema_tau_ms);
+                ch->ema += alpha * (v - ch->ema);
+            }
+            ch->ema_t = t;
+            v = ch->ema;
+        }
+        update_rate(ch, t, v);
+    }
+    ch->latest.value = v;
+    ch->latest.status = st;
+    ch->latest.t_ns = t;
+}
+
+static int value_bad(uint32_t st) { return (st & (EC_ST_FAULT | EC_ST_STALE)) != 0 || (st & EC_ST_NODATA) != 0; }
+
+/* the rule's condition this tick, with hysteresis relative to whether it is already tripped */
+static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)
+{
+    *sensor_bad = 0;
+    const ec_rule_cfg *cfg = &r->cfg;
+    if (cfg->kind == EC_RULE_DEADMAN) {
+        r->value = (double)(now - c->heartbeat_t) / NS_PER_MS;
+        return r->value > cfg->threshold;
+    }
+    const chan *ch = &c->channels[cfg->channel];
+    const ec_value *val = &ch->latest;
+    int held = r->tripped || r->cond_since >= 0;
+    r->value = val->value;
+    /* an injected channel waiting for its first value is within its start-up grace */
+    int grace = (val->status == EC_ST_NODATA);
+    switch (cfg->kind) {
+    case EC_RULE_FAULT:
+        return (val->status & (EC_ST_FAULT | EC_ST_RANGE)) != 0;
+    case EC_RULE_STALE:
+        return (val->status & EC_ST_STALE) != 0;
+    default:
+        break;
+    }
+    if (grace) {
+        return 0;
+    }
+    if (value_bad(val->status) || isnan(val->value)) {
+        *sensor_bad = 1; /* cannot show the condition is safe: fail safe */
+        return 1;
+    }
+    double v = val->value;
+    switch (cfg->kind) {
+    case EC_RULE_HIGH:
+        return held ? v > cfg->threshold - cfg->hysteresis : v > cfg->threshold;
+    case EC_RULE_LOW:
+        return held ? v < cfg->threshold + cfg->hysteresis : v < cfg->threshold;
+    case EC_RULE_RATE_HIGH:
+        r->value = ch->rate;
+        if (!ch->rate_valid) {
+            return r->tripped;
+        }
+        return held ? ch->rate > cfg->threshold - cfg->hysteresis : ch->rate > cfg->threshold;
+    case EC_RULE_RATE_LOW:
+        r->value = ch->rate;
+        if (!ch->rate_valid) {
+            return r->tripped;
+        }
+        return held ? ch->rate < cfg->threshold + cfg->hysteresis : ch->rate < cfg->threshold;
+    case EC_RULE_DIGITAL:
+        return (v >= 0.5 ? 1.0 : 0.0) != cfg->threshold;
+    default:
+        return 1;
+    }
+}
+
+static int any_tripped(const ec_core *c)
+{
+    for (int i = 0; i < c->n_rules; i++) {
+        if (c->rules[i].tripped) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void evaluate_rules(ec_core *c, int64_t now)
+{
+    int had_trip = any_tripped(c);
+    for (int i = 0; i < c->n_rules; i++) {
+        rule *r = &c->rules[i];
+        int bad = 0;
+        int cond = rule_condition(c, r, now, &bad);
+        r->cond = cond;
+        r->sensor_bad = bad;
+        if (cond) {
+            if (r->cond_since < 0) {
+                r->cond_since = now;
+            }
+            if (!r->tripped && (double)(now - r->cond_since) >= r->cfg.debounce_ms * NS_PER_MS) {
+                r->tripped = 1;
+                r->tripped_at = now;
+                int flags = bad ? EC_EVF_SENSOR_BAD : 0;
+                if (!had_trip && c->first_out < 0) {
+                    c->first_out = i;
+                    flags |= EC_EVF_FIRST_OUT;
+                }
+                push_event(c, EC_EV_TRIP, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+            }
+        } else {
+            r->cond_since = -1;
+            if (r->tripped && !r->cfg.latch) {
+                r->tripped = 0;
+                push_event(c, EC_EV_CLEAR, 0, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+            }
+        }
+    }
+    if (!any_tripped(c)) {
+        c->first_out = -1;
+    }
+}
+
+/* reset latched rules whose condition has cleared; returns EC_OK, or EC_ECONDITION if one still holds */
+static int do_reset(ec_core *c, int which, int flags)
+{
+    int rc = EC_OK;
+    for (int i = 0; i < c->n_rules; i++) {
+        rule *r = &c->rules[i];
+        if ((which >= 0 && i != which) || !r->tripped) {
+            continue;
+        }
+        if (r->cond) {
+            push_event(c, EC_EV_RESET_REFUSED, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+            rc = EC_ECONDITION;
+            continue;
+        }
+        r->tripped = 0;
+        push_event(c, EC_EV_RESET, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+    }
+    if (!any_tripped(c)) {
+        c->first_out = -1;
+    }
+    return rc;
+}
+
+static uint64_t forced_mask(const ec_core *c)
+{
+    uint64_t m = 0;
+    for (int i = 0; i < c->n_rules; i++) {
+        if (c->rules[i].tripped) {
+            m |= c->rules[i].cfg.action;
+        }
+    }
+    return m;
+}
+
+static int forcing_rule(const ec_core *c, int o)
+{
+    for (int i = 0; i < c->n_rules; i++) {
+        if (c->rules[i].tripped && (c->rules[i].cfg.action & (1ULL << o))) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static int permissive_holds(const ec_core *c, const ec_permissive_cfg *p)
+{
+    const ec_value *v = &c->channels[p->channel].latest;
+    if (v->status & (EC_ST_FAULT | EC_ST_STALE | EC_ST_NODATA | EC_ST_RANGE) || isnan(v->value)) {
+        return 0;
+    }
+    switch (p->cmp) {
+    case EC_CMP_LT: return v->value < p->value;
+    case EC_CMP_GT: return v->value > p->value;
+    case EC_CMP_EQ: return fabs(v->value - p->value) < 1e-9;
+    case EC_CMP_IN: return v->value >= p->value && v->value <= p->value2;
+    default: return 0;
+    }
+}
+
+/* index of the first failing permissive of output o, or -1 */
+static int failing_permissive(const ec_core *c, int o)
+{
+    for (int i = 0; i < c->n_perms; i++) {
+        if (c->perms[i].output == o && !permissive_holds(c, &c->perms[i])) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static void drop_output(out *o)
+{
+    o->energise = 0;
+    o->duty_mode = 0;
+    o->duty = 0;
+    o->duty_acc = 0;
+}
+
+static void gate_outputs(ec_core *c, int64_t now)
+{
+    uint64_t forced = forced_mask(c);
+    for (int i = 0; i < c->n_outputs; i++) {
+        out *o = &c->outputs[i];
+        if (i == c->cfg.watchdog_output) {
+            c->watchdog_level ^= 1;
+            o->level = c->watchdog_level;
+            continue;
+        }
+        int is_forced = (forced >> i) & 1;
+        if (is_forced) {
+            if (o->energise || o->duty_mode) {
+                drop_output(o);
+                push_event(c, EC_EV_FORCED_SAFE, 0, forcing_rule(c, i), i, -1, 0, 0, 0, 0);
+            }
+        } else if (o->energise || o->duty_mode) {
+            int p = failing_permissive(c, i);
+            if (p >= 0) {
+                drop_output(o);
+                push_event(c, EC_EV_PERMISSIVE_DROP, 0, -1, i, c->perms[p].channel, EC_REFUSE_PERMISSIVE, p,
+                           c->channels[c->perms[p].channel].latest.value, c->perms[p].value);
+            } else if (o->cfg.max_on_ms > 0 && (double)(now - o->refreshed) > o->cfg.max_on_ms * NS_PER_MS) {
+                drop_output(o);
+                push_event(c, EC_EV_KEEPALIVE_DROP, 0, -1, i, -1, 0, 0, (double)(now - o->refreshed) / NS_PER_MS,
+                           o->cfg.max_on_ms);
+            }
+        }
+        o->was_forced = is_forced;
+        int on = 0;
+        if (o->duty_mode) {
+            int64_t cycle = (int64_t)(o->cfg.duty_cycle_ms * NS_PER_MS);
+            if (now - o->cycle_start >= cycle || now < o->cycle_start) {
+                /* burst fire: first-order sigma-delta over whole cycles */
+                o->cycle_start = now;
+                o->duty_acc += o->duty;
+                o->cycle_on = o->duty_acc >= 1.0 - 1e-12;
+                if (o->cycle_on) {
+                    o->duty_acc -= 1.0;
+                }
+            }
+            on = o->cycle_on;
+        } else {
+            on = o->energise;
+        }
+        o->level = on ? !o->cfg.safe_level : o->cfg.safe_level;
+    }
+}
+
+static void write_outputs(ec_core *c)
+{
+    for (int d = 0; d < c->n_drivers; d++) {
+        uint8_t levels[EC_DRV_MAX_IO];
+        uint64_t mask = 0;
+        for (int i = 0; i < c->n_outputs; i++) {
+            const out *o = &c->outputs[i];
+            if (o->cfg.driver == d) {
+                levels[o->cfg.line] = (uint8_t)o->level;
+                mask |= 1ULL << o->cfg.line;
+            }
+        }
+        if (mask == 0) {
+            continue;
+        }
+        int failed = c->drivers[d].ops->write(&c->drivers[d], levels, mask) != EC_OK;
+        if (failed && !c->write_failing[d]) {
+            push_event(c, EC_EV_DRIVER_ERROR, 0, -1, -1, -1, 1, 0, d, 0);
+        }
+        c->write_failing[d] = failed;
+    }
+}
+
+static void read_inputs(ec_core *c)
+{
+    for (int d = 0; d < c->n_drivers; d++) {
+        ec_driver *drv = &c->drivers[d];
+        if (drv->ops->read(drv) != EC_OK) {
+            for (uint32_t i = 0; i < drv->n_ai; i++) {
+                drv->ai_status[i] |= EC_ST_FAULT;
+            }
+            for (uint32_t i = 0; i < drv->n_di; i++) {
+                drv->di_status[i] |= EC_ST_FAULT;
+            }
+            if (!c->read_failing[d]) {
+                push_event(c, EC_EV_DRIVER_ERROR, 0, -1, -1, -1, 0, 0, d, 0);
+            }
+            c->read_failing[d] = 1;
+        } else {
+            c->read_failing[d] = 0;
+        }
+    }
+}
+
+static void push_sample(ec_core *c, int64_t now)
+{
+    uint64_t head = atomic_load_explicit(&c->s_head, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&c->s_tail, memory_order_acquire);
+    if (head - tail > c->sample_mask) {
+        c->stats.samples_lost++;
+        return;
+    }
+    ec_sample *s = &c->samples[head & c->sample_mask];
+    s->tick = c->tick_no;
+    s->t_ns = now;
+    s->outputs = 0;
+    s->tripped = 0;
+    for (int i = 0; i < c->n_outputs; i++) {
+        s->outputs |= (uint64_t)(c->outputs[i].level & 1) << i;
+    }
+    for (int i = 0; i < c->n_rules; i++) {
+        s->tripped |= (uint64_t)(c->rules[i].tripped & 1) << i;
+    }
+    for (int i = 0; i < c->n_channels; i++) {
+        s->value[i] = c->channels[i].latest.value;
+        s->status[i] = (uint8_t)c->channels[i].latest.status;
+    }
+    atomic_store_explicit(&c->s_head, head + 1, memory_order_release);
+}
+
+/* one tick; caller holds the lock */
+static void tick(ec_core *c)
+{
+    read_inputs(c);
+    int64_t now = core_now(c);
+    c->tick_no++;
+    for (int i = 0; i < c->n_channels; i++) {
+        update_channel(c, &c->channels[i], now);
+    }
+    evaluate_rules(c, now);
+    if (c->cfg.reset_channel >= 0 && c->cfg.reset_channel < c->n_channels) {
+        const ec_value *rv = &c->channels[c->cfg.reset_channel].latest;
+        int level = rv->status == EC_ST_OK && rv->value >= 0.5;
+        if (level && !c->reset_prev_level) {
+            do_reset(c, -1, EC_EVF_LOCAL_INPUT);
+        }
+        c->reset_prev_level = level;
+    }
+    gate_outputs(c, now);
+    write_outputs(c);
+    push_sample(c, now);
+    c->stats.ticks++;
+}
+
+static void safe_all_outputs(ec_core *c)
+{
+    for (int i = 0; i < c->n_outputs; i++) {
+        drop_output(&c->outputs[i]);
+        c->outputs[i].level = c->outputs[i].cfg.safe_level;
+    }
+    write_outputs(c);
+}
+
+static void *sampler_main(void *arg)
+{
+    ec_core *c = arg;
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    int64_t next_ns = (int64_t)next.tv_sec * 1000000000LL + next.tv_nsec;
+    while (atomic_load_explicit(&c->running, memory_order_acquire)) {
+        next_ns += c->period_ns;
+        next.tv_sec = next_ns / 1000000000LL;
+        next.tv_nsec = next_ns % 1000000000LL;
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {
+        }
+        int64_t woke = ec_monotonic_ns();
+        int64_t late = woke - next_ns;
+        pthread_mutex_lock(&c->lock);
+        int64_t bucket = late < 0 ? 0 : late / EC_JITTER_BUCKET_NS;
+        if (bucket >= EC_JITTER_BUCKETS) {
+            bucket = EC_JITTER_BUCKETS - 1;
+        }
+        c->stats.jitter_hist[bucket]++;
+        if (late > c->stats.jitter_max_ns) {
+            c->stats.jitter_max_ns = late;
+        }
+        tick(c);
+        int64_t done = ec_monotonic_ns();
+        if (done - woke > c->stats.exec_max_ns) {
+            c->stats.exec_max_ns = done - woke;
+        }
+        if (done - next_ns >= c->period_ns) {
+            /* missed deadlines: count them and re-anchor rather than burst to catch up */
+            int64_t missed = (done - next_ns) / c->period_ns;
+            c->stats.overruns += (uint64_t)missed;
+            next_ns += missed * c->period_ns;
+            push_event(c, EC_EV_OVERRUN, 0, -1, -1, -1, 0, 0, (double)missed, 0);
+        }
+        pthread_mutex_unlock(&c->lock);
+    }
+    return NULL;
+}
+
+int ec_core_start(ec_core *c, char *err, size_t errlen)
+{
+    if (c == NULL) {
+        ec_set_err(err, errlen, "core is NULL");
+        return EC_EINVAL;
+    }
+    if (c->started) {
+        ec_set_err(err, errlen, "core already started");
+        return EC_ESTATE;
+    }
+    if (c->cfg.reset_channel >= c->n_channels ||
+        (c->cfg.reset_channel >= 0 && c->channels[c->cfg.reset_channel].cfg.kind != EC_CH_DIGITAL)) {
+        ec_set_err(err, errlen, "reset_channel %d is not a declared digital channel", c->cfg.reset_channel);
+        return EC_EINVAL;
+    }
+    if (c->cfg.watchdog_output >= c->n_outputs) {
+        ec_set_err(err, errlen, "watchdog_output %d is not a declared output", c->cfg.watchdog_output);
+        return EC_EINVAL;
+    }
+    if (c->cfg.watchdog_output >= 0) {
+        for (int i = 0; i < c->n_rules; i++) {
+            if (c->rules[i].cfg.action & (1ULL << c->cfg.watchdog_output)) {
+                ec_set_err(err, errlen, "rule '%s' acts on the watchdog line", c->rules[i].cfg.name);
+                return EC_EINVAL;
+            }
+        }
+    }
+    pthread_mutex_lock(&c->lock);
+    c->start_t = core_now(c);
+    c->heartbeat_t = c->start_t;
+    safe_all_outputs(c);
+    push_event(c, EC_EV_STARTED, 0, -1, -1, -1, 0, 0, 0, 0);
+    pthread_mutex_unlock(&c->lock);
+
+    c->stats.mlock = EC_MLOCK_NONE;
+    if (c->cfg.lock_memory && mlockall(MCL_CURRENT | MCL_FUTURE) == 0) {
+        c->stats.mlock = EC_MLOCK_OK;
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    c->stats.sched = EC_SCHED_OTHER;
+    atomic_store(&c->running, 1);
+    int rc = -1;
+    if (c->cfg.rt_priority > 0) {
+        struct sched_param sp = {.sched_priority = c->cfg.rt_priority};
+        pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+        pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
+        pthread_attr_setschedparam(&attr, &sp);
+        rc = pthread_create(&c->thread, &attr, sampler_main, c);
+        if (rc == 0) {
+            c->stats.sched = EC_SCHED_FIFO;
+        }
+    }
+    if (rc != 0) { /* not permitted (no CAP_SYS_NICE / rtprio limit): run with the normal scheduler */
+        pthread_attr_destroy(&attr);
+        pthread_attr_init(&attr);
+        rc = pthread_create(&c->thread, &attr, sampler_main, c);
+    }
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        atomic_store(&c->running, 0);
+        ec_set_err(err, errlen, "cannot start the sampler thread: %s", strerror(rc));
+        return EC_EIO;
+    }
+    c->started = 1;
+    return EC_OK;
+}
+
+int ec_core_stop(ec_core *c)
+{
+    if (c == NULL) {
+        return EC_EINVAL;
+    }
+    if (!c->started) {
+        return EC_OK;
+    }
+    atomic_store(&c->running, 0);
+    pthread_join(c->thread, NULL);
+    c->started = 0;
+    pthread_mutex_lock(&c->lock);
+    safe_all_outputs(c); /* the controller is leaving: nothing stays energised */
+    push_event(c, EC_EV_STOPPED, 0, -1, -1, -1, 0, 0, 0, 0);
+    pthread_mutex_unlock(&c->lock);
+    if (c->stats.mlock == EC_MLOCK_OK) {
+        munlockall();
+    }
+    return EC_OK;
+}
+
+int ec_core_run_ticks(ec_core *c, int32_t n)
+{
+    if (c == NULL || n < 0) {
+        return EC_EINVAL;
+    }
+    if (c->started) {
+        return EC_ESTATE;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (c->stats.ticks == 0 && c->start_t == 0) {
+        c->start_t = core_now(c);
+        c->heartbeat_t = c->start_t;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        tick(c);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return EC_OK;
+}
+
+/* ---------- runtime API ---------- */
+
+int ec_core_heartbeat(ec_core *c)
+{
+    if (c == NULL) {
+        return EC_EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    c->heartbeat_t = core_now(c);
+    pthread_mutex_unlock(&c->lock);
+    return EC_OK;
+}
+
+static int gate_request(ec_core *c, int o, char *err, size_t errlen)
+{
+    int r = forcing_rule(c, o);
+    if (r >= 0) {
+        push_event(c, EC_EV_REFUSED, 0, r, o, c->rules[r].cfg.channel, EC_REFUSE_FORCED, -1, c->rules[r].value,
+                   c->rules[r].cfg.threshold);
+        ec_set_err(err, errlen, "'%s' is held safe by interlock '%s'%s", c->outputs[o].cfg.name,
+                   c->rules[r].cfg.name, c->rules[r].cfg.latch ? " (latched: reset needed)" : "");
+        return EC_EREFUSED;
+    }
+    int p = failing_permissive(c, o);
+    if (p >= 0) {
+        const ec_permissive_cfg *pc = &c->perms[p];
+        const chan *ch = &c->channels[pc->channel];
+        static const char *ops[] = {"<", ">", "==", "in"};
+        push_event(c, EC_EV_REFUSED, 0, -1, o, pc->channel, EC_REFUSE_PERMISSIVE, p, ch->latest.value, pc->value);
+        if (pc->cmp == EC_CMP_IN) {
+            ec_set_err(err, errlen, "'%s' refused: permissive %s in [%g, %g] does not hold (%s = %g, status %u)",
+                       c->outputs[o].cfg.name, ch->cfg.name, pc->value, pc->value2, ch->cfg.name, ch->latest.value,
+                       ch->latest.status);
+        } else {
+            ec_set_err(err, errlen, "'%s' refused: permissive %s %s %g does not hold (%s = %g, status %u)",
+                       c->outputs[o].cfg.name, ch->cfg.name, ops[pc->cmp], pc->value, ch->cfg.name,
+                       ch->latest.value, ch->latest.status);
+        }
+        return EC_EREFUSED;
+    }
+    return EC_OK;
+}
+
+static int check_output_arg(ec_core *c, int32_t o, char *err, size_t errlen)
+{
+    if (c == NULL) {
+        ec_set_err(err, errlen, "core is NULL");
+        return EC_EINVAL;
+    }
+    if (o < 0 || o >= c->n_outputs) {
+        ec_set_err(err, errlen, "output %d not declared", o);
+        return EC_ENOTFOUND;
+    }
+    if (o == c->cfg.watchdog_output) {
+        ec_set_err(err, errlen, "'%s' is the watchdog line: the sampler drives it", c->outputs[o].cfg.name);
+        return EC_EINVAL;
+    }
+    return EC_OK;
+}
+
+int ec_core_request_output(ec_core *c, int32_t o, int32_t level, char *err, size_t errlen)
+{
+    int rc = check_output_arg(c, o, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
+    if (level != 0 && level != 1) {
+        ec_set_err(err, errlen, "level %d must be 0 or 1", level);
+        return EC_EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    out *op = &c->outputs[o];
+    if (level == op->cfg.safe_level) {
+        drop_output(op);
+    } else {
+        rc = gate_request(c, o, err, errlen);
+        if (rc == EC_OK) {
+            op->duty_mode = 0;
+            op->energise = 1;
+            op->refreshed = core_now(c);
+        } else {
+            drop_output(op);
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+int ec_core_set_duty(ec_core *c, int32_t o, double duty, char *err, size_t errlen)
+{
+    int rc = check_output_arg(c, o, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
+    if (!(duty >= 0.0 && duty <= 1.0)) {
+        ec_set_err(err, errlen, "duty %g must be within 0 .. 1", duty);
+        return EC_ERANGE;
+    }
+    pthread_mutex_lock(&c->lock);
+    out *op = &c->outputs[o];
+    if (duty == 0.0) {
+        drop_output(op);
+    } else {
+        rc = gate_request(c, o, err, errlen);
+        if (rc == EC_OK) {
+            if (!op->duty_mode) {
+                op->duty_acc = 0;
+                op->cycle_start = INT64_MIN / 2;
+            }
+            op->energise = 0;
+            op->duty_mode = 1;
+            op->duty = duty;
+            op->refreshed = core_now(c);
+        } else {
+            drop_output(op);
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+int ec_core_inject(ec_core *c, int32_t channel, double value, uint32_t status, int64_t t_ns)
+{
+    if (c == NULL || channel < 0 || channel >= c->n_channels) {
+        return EC_ENOTFOUND;
+    }
+    if (c->channels[channel].cfg.kind != EC_CH_INJECTED) {
+        return EC_EINVAL;
+    }
+    if ((status & ~(uint32_t)(EC_ST_FAULT | EC_ST_RANGE)) != 0) {
+        return EC_EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    chan *ch = &c->channels[channel];
+    if (ch->inj_has && t_ns < ch->inj_t) {
+        pthread_mutex_unlock(&c->lock);
+        return EC_ERANGE; /* older than what we have: out of order */
+    }
+    ch->inj_value = value;
+    ch->inj_status = isfinite(value) ? status : (status | EC_ST_FAULT);
+    ch->inj_t = t_ns;
+    ch->inj_has = 1;
+    pthread_mutex_unlock(&c->lock);
+    return EC_OK;
+}
+
+int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
+{
+    if (c == NULL) {
+        ec_set_err(err, errlen, "core is NULL");
+        return EC_EINVAL;
+    }
+    if (r < -1 || r >= c->n_rules) {
+        ec_set_err(err, errlen, "rule %d not declared", r);
+        return EC_ENOTFOUND;
+    }
+    pthread_mutex_lock(&c->lock);
+    int rc = do_reset(c, r, 0);
+    if (rc == EC_ECONDITION) {
+        int held = -1;
+        for (int i = 0; i < c->n_rules; i++) {
+            if (c->rules[i].tripped && (r < 0 || i == r)) {
+                held = i;
+                break;
+            }
+        }
+        if (held >= 0) {
+            ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)",
+                       c->rules[held].cfg.name, c->rules[held].value, c->rules[held].cfg.threshold);
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+int ec_core_latest(ec_core *c, ec_value *out_v, int32_t n)
+{
+    if (c == NULL || out_v == NULL || n < 0) {
+        return EC_EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    int k = n < c->n_channels ? n : c->n_channels;
+    for (int i = 0; i < k; i++) {
+        out_v[i] = c->channels[i].latest;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return k;
+}
+
+int ec_core_outputs(ec_core *c, uint64_t *levels, uint64_t *requested, uint64_t *forced)
+{
+    if (c == NULL) {
+        return EC_EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    uint64_t lv = 0, rq = 0;
+    for (int i = 0; i < c->n_outputs; i++) {
+        lv |= (uint64_t)(c->outputs[i].level & 1) << i;
+        rq |= (uint64_t)((c->outputs[i].energise || c->outputs[i].duty_mode) ? 1 : 0) << i;
+    }
+    if (levels) {
+        *levels = lv;
+    }
+    if (requested) {
+        *requested = rq;
+    }
+    if (forced) {
+        *forced = forced_mask(c);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return EC_OK;
+}
+
+int ec_core_rules(ec_core *c, uint64_t *tripped, uint64_t *latched, int32_t *first_out)
+{
+    if (c == NULL) {
+        return EC_EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    uint64_t t = 0, l = 0;
+    for (int i = 0; i < c->n_rules; i++) {
+        if (c->rules[i].tripped) {
+            t |= 1ULL << i;
+            if (c->rules[i].cfg.latch && !c->rules[i].cond) {
+                l |= 1ULL << i; /* latched and resettable */
+            }
+        }
+    }
+    if (tripped) {
+        *tripped = t;
+    }
+    if (latched) {
+        *latched = l;
+    }
+    if (first_out) {
+        *first_out = c->first_out;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return EC_OK;
+}
+
+int64_t ec_core_now_ns(ec_core *c)
+{
+    if (c == NULL) {
+        return 0;
+    }
+    return core_now(c);
+}
+
+int ec_core_drain_samples(ec_core *c, ec_sample *out_s, int32_t max)
+{
+    if (c == NULL || out_s == NULL || max < 0) {
+        return EC_EINVAL;
+    }
+    uint64_t tail = atomic_load_explicit(&c->s_tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&c->s_head, memory_order_acquire);
+    int n = 0;
+    while (tail != head && n < max) {
+        out_s[n++] = c->samples[tail & c->sample_mask];
+        tail++;
+    }
+    atomic_store_explicit(&c->s_tail, tail, memory_order_release);
+    return n;
+}
+
+int ec_core_drain_events(ec_core *c, ec_event *out_e, int32_t max)
+{
+    if (c == NULL || out_e == NULL || max < 0) {
+        return EC_EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    int n = 0;
+    while (c->e_tail != c->e_head && n < max) {
+        out_e[n++] = c->events[c->e_tail & c->event_mask];
+        c->e_tail++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return n;
+}
+
+int ec_core_stats(ec_core *c, ec_stats *out_st)
+{
+    if (c == NULL || out_st == NULL) {
+        return EC_EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    *out_st = c->stats;
+    out_st->running = c->started;
+    out_st->n_channels = c->n_channels;
+    out_st->n_outputs = c->n_outputs;
+    out_st->n_rules = c->n_rules;
+    pthread_mutex_unlock(&c->lock);
+    return EC_OK;
+}

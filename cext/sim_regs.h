@@ -10,7 +10,7 @@
  *  - every field is naturally aligned and at most 8 bytes wide, so a single
  *    load or store is atomic on the 64-bit targets we run on (x86-64, aarch64);
  *  - a writer owns each field: the plant owns ai, ai_fault, di, plant_ns;
- *    the core owns do_level, do_changed_wall_ns, do_changed_plant_ns, core_ticks, watchdog_toggles;
+ *    the core owns do_level, do_changed_wall_ns, do_changed_plant_ns, core_ticks, output_changes;
  *  - `magic` and `version` are checked on open: a stale or foreign file is an error.
  *
  * Everything between the CDEF markers must stay in the subset of C that cffi's
@@ -46,7 +46,7 @@ typedef struct sim_regs {
     int64_t do_changed_wall_ns[SIM_MAX_DO];  /* CLOCK_MONOTONIC when the level last changed */
     int64_t do_changed_plant_ns[SIM_MAX_DO]; /* core clock when the level last changed */
     uint64_t core_ticks;           /* sampler ticks that wrote outputs */
-    uint64_t watchdog_toggles;     /* times the watchdog line changed level */
+    uint64_t output_changes;       /* output level changes written by the core */
 } sim_regs;
 /* CDEF-END */
 
