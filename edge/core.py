@@ -1,11 +1,451 @@
-"""The only module that touches the C core ``edge._core``."""
+"""The Python face of the C core, and the only module that imports ``edge._core``.
+
+``Core`` takes a :class:`~edge.corespec.CoreSpec`, hands it to the C core and gives the
+controller what it needs by name: latest values with their status, drained samples and
+events as typed objects, output requests, duty, heartbeat, reset, statistics. The core
+keeps the interlocks whatever Python does; this class only asks.
+
+Every C error code becomes a :class:`CoreError` with the core's own message; a refused
+output request is :class:`OutputRefused` and a refused reset :class:`ResetRefused`, each
+saying why, so the caller can log and publish the reason.
+"""
+
 from __future__ import annotations
 
+import contextlib
+import enum
+import importlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
+
+from edge.corespec import ChannelSpec, CoreSpec, OutputSpec, RuleSpec
+
+ERRLEN = 512
 
 
 def native() -> tuple[Any, Any]:
     """(ffi, lib) of the compiled core; built by ``pip install``, never at import."""
-    from edge import _core
+    core = importlib.import_module("edge._core")
+    return core.ffi, core.lib
 
-    return _core.ffi, _core.lib
+
+class ChannelStatus(enum.IntFlag):
+    OK = 0
+    FAULT = 1    # sensor fault / open circuit
+    RANGE = 2    # outside the channel's or the thermocouple's range
+    STALE = 4    # not updated within its max age
+    NODATA = 8   # never had a value
+
+
+class EventKind(enum.IntEnum):
+    TRIP = 1
+    CLEAR = 2
+    RESET = 3
+    RESET_REFUSED = 4
+    REFUSED = 5
+    PERMISSIVE_DROP = 6
+    KEEPALIVE_DROP = 7
+    FORCED_SAFE = 8
+    OVERRUN = 9
+    DRIVER_ERROR = 10
+    STARTED = 11
+    STOPPED = 12
+
+
+class CoreError(RuntimeError):
+    """A C core call failed; ``code`` is the EC_E* value, the message the core's reason."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class OutputRefused(CoreError):
+    """The gate refused to energise an output (a trip forces it safe, or a permissive fails)."""
+
+
+class ResetRefused(CoreError):
+    """A reset was asked while the rule's condition still holds."""
+
+
+@dataclass(frozen=True)
+class ChannelValue:
+    name: str
+    value: float          # NaN whenever the status says there is no trustworthy number
+    status: ChannelStatus
+    t_ns: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == ChannelStatus.OK
+
+
+@dataclass(frozen=True)
+class Sample:
+    tick: int
+    t_ns: int
+    outputs: int          # bit i: level of output i
+    tripped: int          # bit i: rule i tripped
+    values: tuple[float, ...]
+    status: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CoreEvent:
+    seq: int
+    kind: EventKind
+    t_ns: int             # core clock
+    wall_ns: int          # CLOCK_MONOTONIC
+    rule: str | None
+    output: str | None
+    channel: str | None
+    first_out: bool
+    sensor_bad: bool
+    local_input: bool
+    value: float
+    threshold: float
+    detail: str           # one line a person can read
+
+
+@dataclass(frozen=True)
+class OutputState:
+    level: int
+    requested: bool       # the controller asked for it away from its safe level
+    forced: bool          # a tripped rule holds it at its safe level
+
+
+@dataclass(frozen=True)
+class RuleState:
+    tripped: bool
+    resettable: bool      # latched and its condition has cleared
+    first_out: bool
+
+
+@dataclass(frozen=True)
+class Stats:
+    ticks: int
+    overruns: int
+    samples_lost: int
+    events_lost: int
+    jitter_max_ns: int
+    exec_max_ns: int
+    realtime: bool        # SCHED_FIFO obtained
+    memory_locked: bool   # mlockall obtained
+    running: bool
+    jitter_hist: tuple[int, ...]
+    bucket_ns: int
+
+    def jitter_percentile_ns(self, p: float) -> float:
+        """Wake-up lateness at percentile p (0..100), to the histogram's bucket width."""
+        total = sum(self.jitter_hist)
+        if total == 0:
+            return math.nan
+        want = p / 100.0 * total
+        seen = 0
+        for i, n in enumerate(self.jitter_hist):
+            seen += n
+            if seen >= want and n:
+                if i == len(self.jitter_hist) - 1:
+                    return float(self.jitter_max_ns)
+                return float((i + 1) * self.bucket_ns)
+        return float(self.jitter_max_ns)
+
+
+_CHANNEL_KIND = {"analog": 0, "thermocouple": 1, "digital": 2, "injected": 3}
+_RULE_KIND = {"high": 0, "low": 1, "rate_high": 2, "rate_low": 3, "digital": 4, "fault": 5, "stale": 6,
+              "deadman": 7}
+_CMP = {"lt": 0, "gt": 1, "eq": 2, "in": 3}
+
+
+class Core:
+    """One C core instance built from a CoreSpec. Use as a context manager: start, stop, free."""
+
+    def __init__(self, spec: CoreSpec) -> None:
+        self._ffi, self._lib = native()
+        self.spec = spec
+        self._err = self._ffi.new("char[]", ERRLEN)
+        self._ptr: Any = None
+        self.channel_names = tuple(c.name for c in spec.channels)
+        self.output_names = tuple(o.name for o in spec.outputs)
+        self.rule_names = tuple(r.name for r in spec.rules)
+        self._channel_index = {n: i for i, n in enumerate(self.channel_names)}
+        self._output_index = {n: i for i, n in enumerate(self.output_names)}
+        self._rule_index = {n: i for i, n in enumerate(self.rule_names)}
+        self._samples_buf = self._ffi.new("ec_sample[]", 1024)
+        self._events_buf = self._ffi.new("ec_event[]", 256)
+        self._build()
+
+    # ---- construction ----
+
+    def _check(self, rc: int, what: str, exc: type[CoreError] = CoreError) -> int:
+        if rc < 0:
+            msg = self._ffi.string(self._err).decode(errors="replace") or self._ffi.string(
+                self._lib.ec_strerror(rc)).decode()
+            raise exc(rc, f"{what}: {msg}")
+        return rc
+
+    def _build(self) -> None:
+        lib, ffi, spec = self._lib, self._ffi, self.spec
+        cfg = ffi.new("ec_core_cfg *")
+        lib.ec_core_cfg_default(cfg)
+        cfg.period_ms = spec.period_ms
+        cfg.rt_priority = spec.rt_priority
+        cfg.lock_memory = int(spec.lock_memory)
+        cfg.sample_ring = spec.sample_ring
+        cfg.event_ring = spec.event_ring
+        cfg.reset_channel = self._channel_index[spec.reset_channel] if spec.reset_channel else -1
+        cfg.watchdog_output = self._output_index[spec.watchdog_output] if spec.watchdog_output else -1
+        pp = ffi.new("ec_core **")
+        self._check(lib.ec_core_new(cfg, pp, self._err, ERRLEN), "core")
+        self._ptr = pp[0]
+        try:
+            driver_index = {}
+            for d in spec.drivers:
+                driver_index[d.name] = self._check(
+                    lib.ec_core_add_driver(self._ptr, d.type.encode(), d.param_string().encode(), self._err,
+                                           ERRLEN), f"driver {d.name!r}")
+            for ch in spec.channels:
+                self._add_channel(ch, driver_index)
+            for o in spec.outputs:
+                self._add_output(o, driver_index)
+            for r in spec.rules:
+                self._add_rule(r)
+            for p in spec.permissives:
+                pc = ffi.new("ec_permissive_cfg *")
+                pc.output = self._output_index[p.output]
+                pc.channel = self._channel_index[p.channel]
+                pc.cmp = _CMP[p.cmp]
+                pc.value = p.value
+                pc.value2 = p.value2
+                self._check(lib.ec_core_add_permissive(self._ptr, pc, self._err, ERRLEN),
+                            f"permissive on {p.output!r}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _add_channel(self, ch: ChannelSpec, driver_index: dict[str, int]) -> None:
+        c = self._ffi.new("ec_channel_cfg *")
+        self._lib.ec_channel_cfg_default(c)
+        c.name = ch.name.encode()
+        c.kind = _CHANNEL_KIND[ch.kind]
+        c.driver = driver_index[ch.driver] if ch.driver is not None else -1
+        c.input = ch.input
+        c.scale = ch.scale
+        c.offset = ch.offset
+        c.range_lo = ch.range_lo
+        c.range_hi = ch.range_hi
+        c.tc_type = (ch.tc_type or "\0").encode()
+        c.cj_channel = self._channel_index[ch.cold_junction] if ch.cold_junction else -1
+        c.cj_fixed_c = ch.cj_fixed_c
+        c.invert = int(ch.invert)
+        c.median_n = ch.median_n
+        c.ema_tau_ms = ch.ema_tau_ms
+        c.max_age_ms = ch.max_age_ms
+        c.rate_window_ms = ch.rate_window_ms
+        self._check(self._lib.ec_core_add_channel(self._ptr, c, self._err, ERRLEN), f"channel {ch.name!r}")
+
+    def _add_output(self, o: OutputSpec, driver_index: dict[str, int]) -> None:
+        c = self._ffi.new("ec_output_cfg *")
+        self._lib.ec_output_cfg_default(c)
+        c.name = o.name.encode()
+        c.driver = driver_index[o.driver]
+        c.line = o.line
+        c.safe_level = o.safe_level
+        c.max_on_ms = o.max_on_ms
+        c.duty_cycle_ms = o.duty_cycle_ms
+        self._check(self._lib.ec_core_add_output(self._ptr, c, self._err, ERRLEN), f"output {o.name!r}")
+
+    def _add_rule(self, r: RuleSpec) -> None:
+        c = self._ffi.new("ec_rule_cfg *")
+        self._lib.ec_rule_cfg_default(c)
+        c.name = r.name.encode()
+        c.kind = _RULE_KIND[r.kind]
+        c.channel = self._channel_index[r.channel] if r.channel is not None else -1
+        c.threshold = r.threshold
+        c.hysteresis = r.hysteresis
+        c.debounce_ms = r.debounce_ms
+        c.latch = int(r.latch)
+        mask = 0
+        for name in r.action:
+            mask |= 1 << self._output_index[name]
+        c.action = mask
+        self._check(self._lib.ec_core_add_rule(self._ptr, c, self._err, ERRLEN), f"interlock {r.name!r}")
+
+    # ---- life cycle ----
+
+    def _core(self) -> Any:
+        if self._ptr is None:
+            raise CoreError(-3, "core is closed")
+        return self._ptr
+
+    def start(self) -> None:
+        self._check(self._lib.ec_core_start(self._core(), self._err, ERRLEN), "start")
+
+    def stop(self) -> None:
+        """Stop the sampler; every output goes to its safe level."""
+        if self._ptr is not None:
+            self._lib.ec_core_stop(self._ptr)
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            self._lib.ec_core_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Core:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def run_ticks(self, n: int = 1) -> None:
+        """Run n ticks inline (core not started): deterministic stepping for tests."""
+        self._check(self._lib.ec_core_run_ticks(self._core(), n), "run_ticks")
+
+    # ---- runtime ----
+
+    def heartbeat(self) -> None:
+        self._lib.ec_core_heartbeat(self._core())
+
+    def now_ns(self) -> int:
+        return int(self._lib.ec_core_now_ns(self._core()))
+
+    def _output(self, name: str) -> int:
+        try:
+            return self._output_index[name]
+        except KeyError:
+            raise KeyError(f"unknown output {name!r} (known: {', '.join(self.output_names)})") from None
+
+    def request_output(self, name: str, level: int) -> None:
+        """Ask for an output level; away from its safe level the gate may refuse (OutputRefused)."""
+        rc = self._lib.ec_core_request_output(self._core(), self._output(name), level, self._err, ERRLEN)
+        self._check(rc, f"output {name!r}", OutputRefused if rc == self._lib.EC_EREFUSED else CoreError)
+
+    def set_duty(self, name: str, duty: float) -> None:
+        """Time-proportioned drive of an output, 0..1 of its energised level (burst fire)."""
+        rc = self._lib.ec_core_set_duty(self._core(), self._output(name), duty, self._err, ERRLEN)
+        self._check(rc, f"output {name!r}", OutputRefused if rc == self._lib.EC_EREFUSED else CoreError)
+
+    def inject(self, name: str, value: float, status: ChannelStatus = ChannelStatus.OK,
+               t_ns: int | None = None) -> None:
+        """Push a value into an injected channel (serial node, Modbus instrument) with its own time."""
+        index = self._channel_index.get(name)
+        if index is None:
+            raise KeyError(f"unknown channel {name!r}")
+        rc = self._lib.ec_core_inject(self._core(), index, value, int(status),
+                                      self.now_ns() if t_ns is None else t_ns)
+        if rc < 0:
+            raise CoreError(rc, f"inject {name!r}: {self._ffi.string(self._lib.ec_strerror(rc)).decode()}")
+
+    def reset(self, rule: str | None = None) -> None:
+        """Reset latched trips (all, or one) whose condition has cleared. A local action."""
+        index = -1 if rule is None else self._rule_index[rule]
+        rc = self._lib.ec_core_reset(self._core(), index, self._err, ERRLEN)
+        self._check(rc, "reset", ResetRefused if rc == self._lib.EC_ECONDITION else CoreError)
+
+    def latest(self) -> dict[str, ChannelValue]:
+        n = len(self.channel_names)
+        buf = self._ffi.new("ec_value[]", max(n, 1))
+        got = self._lib.ec_core_latest(self._core(), buf, n)
+        return {self.channel_names[i]: ChannelValue(self.channel_names[i], buf[i].value,
+                                                    ChannelStatus(buf[i].status), buf[i].t_ns)
+                for i in range(got)}
+
+    def value(self, name: str) -> ChannelValue:
+        return self.latest()[name]
+
+    def outputs(self) -> dict[str, OutputState]:
+        p = self._ffi.new("uint64_t[3]")
+        self._lib.ec_core_outputs(self._core(), p, p + 1, p + 2)
+        return {n: OutputState((p[0] >> i) & 1, bool((p[1] >> i) & 1), bool((p[2] >> i) & 1))
+                for i, n in enumerate(self.output_names)}
+
+    def rules(self) -> dict[str, RuleState]:
+        p = self._ffi.new("uint64_t[2]")
+        first = self._ffi.new("int32_t *")
+        self._lib.ec_core_rules(self._core(), p, p + 1, first)
+        return {n: RuleState(bool((p[0] >> i) & 1), bool((p[1] >> i) & 1), first[0] == i)
+                for i, n in enumerate(self.rule_names)}
+
+    def first_out(self) -> str | None:
+        return next((n for n, r in self.rules().items() if r.first_out), None)
+
+    def drain_samples(self, max_samples: int = 1 << 30) -> list[Sample]:
+        out: list[Sample] = []
+        n_ch = len(self.channel_names)
+        for s in self.iter_samples(max_samples):
+            out.append(Sample(s.tick, s.t_ns, s.outputs, s.tripped, tuple(s.value[0:n_ch]),
+                              tuple(s.status[0:n_ch])))
+        return out
+
+    def iter_samples(self, max_samples: int = 1 << 30) -> Iterator[Any]:
+        """Raw ec_sample records (cffi views, valid until the next drain): for fast aggregation."""
+        left = max_samples
+        while left > 0:
+            n = self._lib.ec_core_drain_samples(self._core(), self._samples_buf, min(1024, left))
+            yield from (self._samples_buf[i] for i in range(n))
+            left -= n
+            if n < 1024:
+                return
+
+    def drain_events(self) -> list[CoreEvent]:
+        events: list[CoreEvent] = []
+        while True:
+            n = self._lib.ec_core_drain_events(self._core(), self._events_buf, 256)
+            events.extend(self._event(self._events_buf[i]) for i in range(n))
+            if n < 256:
+                return events
+
+    def _name(self, names: tuple[str, ...], i: int) -> str | None:
+        return names[i] if 0 <= i < len(names) else None
+
+    def _event(self, e: Any) -> CoreEvent:
+        lib = self._lib
+        kind = EventKind(e.kind)
+        rule = self._name(self.rule_names, e.rule)
+        output = self._name(self.output_names, e.output)
+        channel = self._name(self.channel_names, e.channel)
+        detail = self._describe(kind, rule, output, channel, e)
+        return CoreEvent(int(e.seq), kind, int(e.t_ns), int(e.wall_ns), rule, output, channel,
+                         bool(e.flags & lib.EC_EVF_FIRST_OUT), bool(e.flags & lib.EC_EVF_SENSOR_BAD),
+                         bool(e.flags & lib.EC_EVF_LOCAL_INPUT), float(e.value), float(e.threshold), detail)
+
+    def _describe(self, kind: EventKind, rule: str | None, output: str | None, channel: str | None,
+                  e: Any) -> str:
+        if kind is EventKind.TRIP:
+            why = "sensor not OK" if e.flags & self._lib.EC_EVF_SENSOR_BAD else f"{e.value:g} vs {e.threshold:g}"
+            first = " FIRST OUT" if e.flags & self._lib.EC_EVF_FIRST_OUT else ""
+            return f"interlock {rule} tripped{first}: {channel or 'controller'} {why}"
+        if kind is EventKind.REFUSED:
+            if e.aux == self._lib.EC_REFUSE_FORCED:
+                return f"{output} refused: held safe by interlock {rule}"
+            return f"{output} refused: permissive on {channel} does not hold ({e.value:g})"
+        if kind is EventKind.PERMISSIVE_DROP:
+            return f"{output} dropped: permissive on {channel} stopped holding ({e.value:g})"
+        if kind is EventKind.KEEPALIVE_DROP:
+            return f"{output} dropped: not refreshed for {e.value:.0f} ms (max {e.threshold:g} ms)"
+        if kind is EventKind.FORCED_SAFE:
+            return f"{output} forced to its safe level by interlock {rule}"
+        if kind in (EventKind.CLEAR, EventKind.RESET, EventKind.RESET_REFUSED):
+            return f"interlock {rule} {kind.name.lower().replace('_', ' ')}"
+        if kind is EventKind.OVERRUN:
+            return f"sampler overrun: {e.value:.0f} tick(s) missed"
+        if kind is EventKind.DRIVER_ERROR:
+            return f"driver {self.spec.drivers[int(e.value)].name} {'write' if e.aux else 'read'} failed"
+        return kind.name.lower()
+
+    def stats(self) -> Stats:
+        st = self._ffi.new("ec_stats *")
+        self._lib.ec_core_stats(self._core(), st)
+        return Stats(st.ticks, st.overruns, st.samples_lost, st.events_lost, st.jitter_max_ns, st.exec_max_ns,
+                     st.sched == self._lib.EC_SCHED_FIFO, st.mlock == self._lib.EC_MLOCK_OK, bool(st.running),
+                     tuple(st.jitter_hist), self._lib.EC_JITTER_BUCKET_NS)

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop: plant models, the virtual rig and its register file."""
