@@ -141,18 +141,21 @@ class Stats:
 
     def jitter_percentile_ns(self, p: float) -> float:
         """Wake-up lateness at percentile p (0..100), to the histogram's bucket width."""
-        total = sum(self.jitter_hist)
-        if total == 0:
-            return math.nan
-        want = p / 100.0 * total
-        seen = 0
-        for i, n in enumerate(self.jitter_hist):
-            seen += n
-            if seen >= want and n:
-                if i == len(self.jitter_hist) - 1:
-                    return float(self.jitter_max_ns)
-                return float((i + 1) * self.bucket_ns)
-        return float(self.jitter_max_ns)
+        return hist_percentile(self.jitter_hist, self.bucket_ns, p, self.jitter_max_ns)
+
+
+def hist_percentile(hist: tuple[int, ...] | list[int], bucket_ns: int, p: float, max_ns: int) -> float:
+    """Upper edge of the bucket holding percentile p; the overflow bucket reports the maximum."""
+    total = sum(hist)
+    if total == 0:
+        return math.nan
+    want = p / 100.0 * total
+    seen = 0
+    for i, n in enumerate(hist):
+        seen += n
+        if n and seen >= want:
+            return float(max_ns) if i == len(hist) - 1 else float(min((i + 1) * bucket_ns, max(max_ns, 1)))
+    return float(max_ns)
 
 
 _CHANNEL_KIND = {"analog": 0, "thermocouple": 1, "digital": 2, "injected": 3}
