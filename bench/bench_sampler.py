@@ -7,8 +7,10 @@
     level, measured as the output's own change stamp minus the time of the write, over
     many trips at random phases of the tick, on the unfiltered channels (a filter's own
     delay is the same in both loops and would only hide the loop's).
-Both loops run at the same time of the same run, under the same load, on their own
-register files; the Python loop runs in its own process so it has a whole interpreter.
+Both loops run in the same run, under the same load, on their own register files, and
+each shares its process with the same Python controller work (bench.pyloop.controller_work):
+the C sampler does not need the GIL, the Python loop does. That is the real reason the
+sampler is in C, and the benchmark measures exactly it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
 from bench.figures import Figure
 from bench.load import cpu_load
+from bench.pyloop import controller_work
 from edge.core import Core, OutputRefused, Stats, hist_percentile
 from edge.corespec import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
 from hil.regfile import RegisterFile
@@ -33,7 +37,7 @@ CHANNELS = 32
 PERIOD_MS = 1.0
 THRESHOLD = 500.0
 FILTERED = CHANNELS // 2  # channels 0..15 filtered, 16..31 unfiltered safety inputs
-PYLOOP = "Python loop (same work, own process)"
+PYLOOP = "pure-Python loop (same work, beside the same controller thread)"
 
 
 def bench_spec(path: pathlib.Path, n: int = CHANNELS) -> CoreSpec:
@@ -92,6 +96,9 @@ def run(quick: bool = False) -> list[Figure]:
         c_path, py_path = pathlib.Path(tmp, "c.regs"), pathlib.Path(tmp, "py.regs")
         RegisterFile.create(c_path).close()
         RegisterFile.create(py_path).close()
+        stop = threading.Event()
+        worker = threading.Thread(target=controller_work, args=(stop,), daemon=True)
+        worker.start()
         with cpu_load() as _, Core(bench_spec(c_path)) as core:
             # (b) steady sampling, both loops side by side under the same load
             py = start_pyloop(py_path, seconds)
@@ -110,16 +117,18 @@ def run(quick: bool = False) -> list[Figure]:
             py.kill()
             py.wait()
             py_regs.close()
+        stop.set()
     return figures(c_stats, py_stats, c_lat, py_lat)
 
 
 def figures(c_stats: Stats, py_stats: dict[str, Any], c_lat: list[float], py_lat: list[float]) -> list[Figure]:
-    c_ticks, py_ticks = max(c_stats.ticks, 1), max(int(py_stats["ticks"]), 1)
+    c_due = max(c_stats.ticks + c_stats.overruns, 1)  # ticks that were due: run + missed
+    py_due = max(int(py_stats["ticks"]) + int(py_stats["overruns"]), 1)
     py_hist, py_bucket, py_max = list(py_stats["hist"]), int(py_stats["bucket_ns"]), int(py_stats["jitter_max_ns"])
     sched = "SCHED_FIFO" if c_stats.realtime else "SCHED_OTHER (no RT permission)"
-    figs = [Figure(f"sampler overruns per 1000 ticks, 1 kHz, {CHANNELS} ch/{CHANNELS} rules, loaded, C {sched}",
-                   1000 * c_stats.overruns / c_ticks, "per 1000 ticks", PYLOOP,
-                   1000 * int(py_stats["overruns"]) / py_ticks, higher_is_better=False, resolution=1000 / c_ticks)]
+    figs = [Figure(f"sampler missed ticks, 1 kHz, {CHANNELS} ch/{CHANNELS} rules, loaded, C {sched}",
+                   100 * c_stats.overruns / c_due, "% of due ticks", PYLOOP,
+                   100 * int(py_stats["overruns"]) / py_due, higher_is_better=False, resolution=100 / c_due)]
     for p in (50, 99):
         figs.append(Figure(f"sampler wake-up jitter p{p}", c_stats.jitter_percentile_ns(p) / 1e3, "us", PYLOOP,
                            hist_percentile(py_hist, py_bucket, p, py_max) / 1e3, higher_is_better=False,

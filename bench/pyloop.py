@@ -4,8 +4,10 @@ Same work per tick as the C core's benchmark station: read N analog inputs, medi
 and EMA on the first half, N HIGH rules with hysteresis, gate N outputs, write those that
 changed with their wall time. It asks for the same SCHED_FIFO priority as the C sampler
 (when permitted), so the comparison is the language, not the scheduler. Run as its own
-process (its own interpreter and GIL):
-``python -m bench.pyloop REGS SECONDS CHANNELS PERIOD_MS`` prints one JSON line of stats.
+process: ``python -m bench.pyloop REGS SECONDS CHANNELS PERIOD_MS`` prints one JSON
+line of stats. As in the real controller, the loop shares its interpreter with other
+Python work (telemetry encoding, process logic): ``controller_work`` runs beside it in a
+thread, the same work that runs beside the C sampler in the benchmark's own process.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 
 from hil.regfile import RegisterFile
 
 BUCKET_NS = 10_000
+
+
+def controller_work(stop: threading.Event) -> None:
+    """Stand-in for the rest of the controller: encode telemetry-sized JSON until told to stop."""
+    payload = {"station": "hd-01", "values": {f"temp_{i}": {"last": 20.0 + i, "min": 19.0, "max": 21.0, "n": 1000}
+                                              for i in range(32)}}
+    while not stop.is_set():
+        json.dumps(payload)
 BUCKETS = 1002
 THRESHOLD = 500.0
 HYSTERESIS = 5.0
@@ -84,4 +95,9 @@ def run(path: str, seconds: float, channels: int, period_ms: float) -> dict[str,
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))))
+    stop = threading.Event()
+    worker = threading.Thread(target=controller_work, args=(stop,), daemon=True)
+    worker.start()
+    result = run(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    stop.set()
+    print(json.dumps(result))
