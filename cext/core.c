@@ -418,9 +418,8 @@ int ec_core_add_channel(ec_core *c, const ec_channel_cfg *cfg, char *err, size_t
         return EC_ERANGE;
     }
     if (!(cfg->ema_tau_ms >= 0 && cfg->ema_tau_ms < 1e9) || !(cfg->max_age_ms >= 0 && cfg->max_age_ms < 1e12) ||
-        !(cfg->rate_window_ms > 0 && cfg->rate_window_ms < 1e9)) {
-        ec_set_err(err, errlen, "channel '%s': ema_tau_ms, max_age_ms >= 0 and rate_window_ms > 0 required",
-                   cfg->name);
+        !(cfg->rate_window_ms >= 0 && cfg->rate_window_ms < 1e9)) {
+        ec_set_err(err, errlen, "channel '%s': ema_tau_ms, max_age_ms and rate_window_ms must be >= 0", cfg->name);
         return EC_ERANGE;
     }
     if (cfg->kind == EC_CH_INJECTED && cfg->max_age_ms <= 0) {
@@ -538,6 +537,12 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
         if (cfg->kind == EC_RULE_DIGITAL && (!digital || (cfg->threshold != 0.0 && cfg->threshold != 1.0))) {
             ec_set_err(err, errlen, "rule '%s': a digital rule needs a digital channel and a level 0 or 1",
                        cfg->name);
+            return EC_EINVAL;
+        }
+        if ((cfg->kind == EC_RULE_RATE_HIGH || cfg->kind == EC_RULE_RATE_LOW) &&
+            !(c->channels[cfg->channel].cfg.rate_window_ms > 0)) {
+            ec_set_err(err, errlen, "rule '%s': channel '%s' measures no rate (rate_window_ms is 0)", cfg->name,
+                       c->channels[cfg->channel].cfg.name);
             return EC_EINVAL;
         }
         if (!isfinite(cfg->threshold)) {
@@ -721,6 +726,15 @@ static void update_channel(ec_core *c, chan *ch, int64_t now)
         ch->latest.t_ns = t;
         return;
     }
+    if (cfg->kind == EC_CH_DIGITAL && cfg->median_n > 1) {
+        /* median of 0/1 levels is a majority vote: it rides through contact chatter */
+        ch->med[ch->med_pos] = v;
+        ch->med_pos = (ch->med_pos + 1) % cfg->median_n;
+        if (ch->med_count < cfg->median_n) {
+            ch->med_count++;
+        }
+        v = median_of(ch->med, ch->med_count) >= 0.5 ? 1.0 : 0.0;
+    }
     if (cfg->kind != EC_CH_DIGITAL) {
         if (v < cfg->range_lo || v > cfg->range_hi) {
             st |= EC_ST_RANGE;
@@ -745,7 +759,9 @@ static void update_channel(ec_core *c, chan *ch, int64_t now)
             ch->ema_t = t;
             v = ch->ema;
         }
-        update_rate(ch, t, v);
+        if (cfg->rate_window_ms > 0) {
+            update_rate(ch, t, v);
+        }
     }
     ch->latest.value = v;
     ch->latest.status = st;

@@ -137,10 +137,10 @@ typedef struct ec_channel_cfg {
     int32_t cj_channel;        /* cold-junction channel (declared earlier), -1 = use cj_fixed_c */
     double cj_fixed_c;
     int32_t invert;            /* DIGITAL: 1 = active low */
-    int32_t median_n;          /* 1 (off) .. EC_MEDIAN_MAX, odd */
+    int32_t median_n;          /* 1 (off) .. EC_MEDIAN_MAX, odd; on a DIGITAL channel a majority vote */
     double ema_tau_ms;         /* EMA time constant, 0 = off */
     double max_age_ms;         /* INJECTED (and any driver input): older than this = STALE; 0 = no limit */
-    double rate_window_ms;     /* window the rate of change (per minute) is measured over */
+    double rate_window_ms;     /* window the rate of change (per minute) is measured over; 0 = none */
 } ec_channel_cfg;
 
 typedef struct ec_output_cfg {

@@ -64,7 +64,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         from edge.core import native
 
-        ffi, lib = native()
+        ffi, _lib = native()
         healthy &= _check("C core", True, f"edge._core loaded (ec_sample {ffi.sizeof('ec_sample')} bytes)")
     except ImportError as exc:
         healthy &= _check("C core", False, f"not built: {exc}. Run ./dev test or pip install .")

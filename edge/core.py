@@ -188,7 +188,7 @@ class Core:
         if rc < 0:
             msg = self._ffi.string(self._err).decode(errors="replace") or self._ffi.string(
                 self._lib.ec_strerror(rc)).decode()
-            raise exc(rc, f"{what}: {msg}")
+            raise exc(rc, msg if what.split(" ")[-1] in msg else f"{what}: {msg}")
         return rc
 
     def _build(self) -> None:
