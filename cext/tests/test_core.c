@@ -735,6 +735,55 @@ TEST(threaded_sampler_runs_and_counts)
     close_regs();
 }
 
+TEST(digital_median_is_a_majority_vote_and_rate_needs_a_window)
+{
+    open_regs();
+    ec_core_cfg cc;
+    ec_core_cfg_default(&cc);
+    ec_core *c = NULL;
+    CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
+    snprintf(params, sizeof params, "path=%s", path);
+    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    ec_channel_cfg ch;
+    ec_channel_cfg_default(&ch);
+    strcpy(ch.name, "flow_ok");
+    ch.kind = EC_CH_DIGITAL;
+    ch.median_n = 5;
+    ch.rate_window_ms = 0;
+    CHECK(ec_core_add_channel(c, &ch, err, sizeof err) == 0);
+    ec_output_cfg oc;
+    ec_output_cfg_default(&oc);
+    strcpy(oc.name, "heater");
+    CHECK(ec_core_add_output(c, &oc, err, sizeof err) == 0);
+    ec_rule_cfg rc;
+    ec_rule_cfg_default(&rc);
+    strcpy(rc.name, "flow_rate");
+    rc.kind = EC_RULE_RATE_LOW;
+    rc.channel = 0;
+    rc.threshold = -1;
+    rc.action = 1;
+    CHECK(ec_core_add_rule(c, &rc, err, sizeof err) == EC_EINVAL); /* no rate window on the channel */
+    CHECK(strstr(err, "rate_window_ms") != NULL);
+    regs->di[0] = 1;
+    run_ms(c, 10);
+    ec_value v;
+    for (int i = 0; i < 20; i++) { /* chatter: one tick low in every four */
+        regs->di[0] = (i % 4) != 0;
+        run_ms(c, 1);
+        ec_core_latest(c, &v, 1);
+        CHECK(v.value == 1.0);
+    }
+    regs->di[0] = 0; /* a real change gets through after three of five */
+    run_ms(c, 2);
+    ec_core_latest(c, &v, 1);
+    CHECK(v.value == 1.0);
+    run_ms(c, 1);
+    ec_core_latest(c, &v, 1);
+    CHECK(v.value == 0.0);
+    ec_core_free(c);
+    close_regs();
+}
+
 int main(void)
 {
     RUN(high_rule_trips_latches_and_resets);
@@ -751,6 +800,7 @@ int main(void)
     RUN(rate_rule_per_minute);
     RUN(injected_channel_goes_stale);
     RUN(bad_arguments_return_codes);
+    RUN(digital_median_is_a_majority_vote_and_rate_needs_a_window);
     RUN(threaded_sampler_runs_and_counts);
     CTEST_END();
 }
