@@ -2,7 +2,7 @@
  * sys_seam.h - the system calls the hardware drivers make, behind function pointers.
  *
  * Production code calls the real open/ioctl/close. The C tests point these at a fake
- * kernel (tests/fake_kernel.c) that checks each request the way the GPIO and SPI
+ * kernel (cext/tests/support_fake_kernel.c) that checks each request the way the GPIO and SPI
  * subsystems would and answers with synthesised line values and converter frames.
  * This is the seam that lets the gpiochip and spidev drivers be tested without
  * hardware; what it cannot prove (timing on the wire, real chip quirks) needs a bench.
