@@ -768,7 +768,13 @@ static void update_channel(ec_core *c, chan *ch, int64_t now)
     ch->latest.t_ns = t;
 }
 
-static int value_bad(uint32_t st) { return (st & (EC_ST_FAULT | EC_ST_STALE)) != 0 || (st & EC_ST_NODATA) != 0; }
+/* A value a threshold rule cannot trust: faulted, stale, missing, or outside the sensor's valid
+ * range (a 4-20 mA loop reading 0 mA is a broken wire, not a safe -25 %LEL). Such a value
+ * makes every threshold rule on it trip: it cannot show that the plant is safe. */
+static int value_bad(uint32_t st)
+{
+    return (st & (EC_ST_FAULT | EC_ST_STALE | EC_ST_NODATA | EC_ST_RANGE)) != 0;
+}
 
 /* the rule's condition this tick, with hysteresis relative to whether it is already tripped */
 static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)

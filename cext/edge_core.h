@@ -68,7 +68,10 @@ extern "C" {
 #define EC_CH_DIGITAL 2       /* value = level (0/1), optionally inverted */
 #define EC_CH_INJECTED 3      /* value pushed by Python with its own timestamp and max age */
 
-/* ---- interlock rule kinds ---- */
+/* ---- interlock rule kinds ----
+ * A threshold rule (HIGH, LOW, RATE_*, DIGITAL) also trips, flagged EC_EVF_SENSOR_BAD, when its
+ * channel's value is FAULT, RANGE, STALE or NODATA (an injected channel gets max_age_ms of grace
+ * after start): a value that cannot be trusted cannot show the plant is safe. */
 #define EC_RULE_HIGH 0       /* trip when value > threshold; clear below threshold - hysteresis */
 #define EC_RULE_LOW 1        /* trip when value < threshold; clear above threshold + hysteresis */
 #define EC_RULE_RATE_HIGH 2  /* trip when rate (units/min) > threshold */

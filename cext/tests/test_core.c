@@ -446,6 +446,26 @@ TEST(sensor_fault_is_never_a_number_and_trips)
     close_regs();
 }
 
+TEST(out_of_range_signal_trips_a_high_rule)
+{
+    open_regs();
+    ec_core *c = make_core(0, 0);
+    regs->ai[AI_TEMP] = 300;
+    regs->ai[AI_PRESS] = 1.0;
+    run_ms(c, 2);
+    regs->ai[AI_PRESS] = -3.0; /* below the 0..10 bar range: a broken loop, not a low pressure */
+    run_ms(c, 2);
+    ec_value v[4];
+    ec_core_latest(c, v, 4);
+    CHECK(v[1].status & EC_ST_RANGE);
+    ec_event ev[16];
+    int n = drain(c, ev, 16);
+    const ec_event *e = find_event(ev, n, EC_EV_TRIP);
+    CHECK(e != NULL && e->rule == 1 && (e->flags & EC_EVF_SENSOR_BAD));
+    ec_core_free(c);
+    close_regs();
+}
+
 TEST(plant_clock_stopping_makes_inputs_stale)
 {
     open_regs();
@@ -795,6 +815,7 @@ int main(void)
     RUN(duty_is_burst_fire_over_whole_cycles);
     RUN(watchdog_line_toggles_every_tick);
     RUN(sensor_fault_is_never_a_number_and_trips);
+    RUN(out_of_range_signal_trips_a_high_rule);
     RUN(plant_clock_stopping_makes_inputs_stale);
     RUN(median_and_ema_filter);
     RUN(rate_rule_per_minute);
