@@ -1,0 +1,1518 @@
+"""The station file: TOML in, a typed and validated ``Station`` out.
+
+A station file describes one furnace and its controller: who it is (``[station]``), how the C
+core samples and protects it (``[core]``, ``[drivers.*]``, ``[channels.*]``, ``[outputs.*]``,
+``[interlocks.*]``, ``[[permissives.*]]``) and the equipment limits that recipes are checked
+against before a run starts (``[limits]``). ``stations/README.md`` is the reference for
+technicians; ``stations/hd_reactor_sim.toml`` is a worked example.
+
+Why so strict: this file is the safety case of the station. A typo must never pass silently
+(an unknown key is an error, with a "did you mean"), a boolean is never taken for a number,
+every name is resolved here, and every error names the file, the key path and what was
+expected. All problems are collected and reported together (``ConfigErrors``) so that a
+technician fixes the file in one pass. An item that is itself broken still counts as declared,
+so one mistake does not cascade into a page of "unknown channel" errors.
+
+This module never imports the C core: its result is a plain ``CoreSpec`` (``edge.corespec``)
+and it is tested without a compiler. The core's table sizes are mirrored below and a test
+checks them against ``cext/edge_core.h``.
+
+Reading order: public types, errors, ``load_station``/``parse_station`` (one reader per
+section, called in file order), the section readers, the cross-section checks, and at the
+bottom the small typed-value helpers they all share.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import pathlib
+import re
+import tomllib
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar, cast, overload
+
+from edge.corespec import (
+    ChannelKind,
+    ChannelSpec,
+    Comparison,
+    CoreSpec,
+    DriverSpec,
+    OutputSpec,
+    PermissiveSpec,
+    RuleKind,
+    RuleSpec,
+)
+
+__all__ = [
+    "ConfigError",
+    "ConfigErrors",
+    "EquipmentLimits",
+    "Gas",
+    "Station",
+    "StationIdentity",
+    "StationKind",
+    "load_station",
+    "parse_station",
+]
+
+# ---- the C core's tables (cext/edge_core.h; tests/test_config.py checks they agree) ----
+EC_MAX_DRIVERS = 8
+EC_MAX_CHANNELS = 64
+EC_MAX_OUTPUTS = 64
+EC_MAX_RULES = 64
+EC_MAX_PERMISSIVES = 128
+EC_NAME_LEN = 32  # including the terminating NUL
+EC_MEDIAN_MAX = 9
+EC_DRV_MAX_IO = 64  # inputs / outputs one driver instance offers (cext/driver.h)
+
+StationKind = Literal["hd_reactor", "sintering_furnace"]
+Gas = Literal["H2", "Ar", "N2", "He"]
+
+STATION_KINDS: tuple[StationKind, ...] = ("hd_reactor", "sintering_furnace")
+GASES: tuple[Gas, ...] = ("H2", "Ar", "N2", "He")
+CHANNEL_KINDS: tuple[ChannelKind, ...] = ("analog", "thermocouple", "digital", "injected")
+RULE_KINDS: tuple[RuleKind, ...] = (
+    "high", "low", "rate_high", "rate_low", "digital", "fault", "stale", "deadman",
+)
+DRIVER_TYPES = ("sim", "gpiochip", "spidev")
+SECTIONS = ("station", "core", "drivers", "channels", "outputs", "interlocks", "permissives", "limits")
+
+#: Valid range of each thermocouple type (NIST ITS-90 reference functions), degC.
+TC_RANGE_C: dict[str, tuple[float, float]] = {
+    "B": (0.0, 1820.0), "E": (-270.0, 1000.0), "J": (-210.0, 1200.0), "K": (-270.0, 1372.0),
+    "N": (-270.0, 1300.0), "R": (-50.0, 1768.0), "S": (-50.0, 1768.0), "T": (-270.0, 400.0),
+}
+DEADMAN_RULE = "controller_deadman"
+ALL_OUTPUTS = "all"  # `action = "all"`: every output except the watchdog line
+RESERVED_NAMES = (DEADMAN_RULE, ALL_OUTPUTS)
+
+NAME_RE = re.compile(rf"[a-z][a-z0-9_]{{0,{EC_NAME_LEN - 2}}}")
+IDENT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # site and station id: MQTT topic levels
+UNIT_RE = re.compile(r"[^\s\x00-\x1f\x7f]{1,16}")
+PARAM_RE = re.compile(r"[^\s;=\x00-\x1f\x7f]{1,200}")  # a driver parameter: no ';' or '=' (C parser)
+
+RING_MIN, RING_MAX = 16, 65536
+PERIOD_MIN_MS, PERIOD_MAX_MS = 0.1, 1000.0
+MS_MAX = 3_600_000.0  # upper bound for every time in ms (one hour): larger is surely a unit mistake
+
+
+# ============================================================================ public types
+
+
+@dataclass(frozen=True)
+class StationIdentity:
+    """Who the station is; ``site`` and ``station_id`` are levels of its MQTT topics."""
+
+    site: str
+    station_id: str
+    kind: StationKind
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class EquipmentLimits:
+    """What the equipment may be asked to do; every recipe is checked against this before a run.
+
+    Temperatures in degC, rates in degC/min, process pressures in bar absolute, vacuum levels in
+    mbar absolute (as vacuum gauges read), durations in hours, masses in kg.
+    """
+
+    max_temperature_c: float
+    max_ramp_c_per_min: float
+    max_pressure_bar: float
+    min_vacuum_before_heating_mbar: float
+    allowed_gases: tuple[Gas, ...]
+    max_h2_pressure_bar: float | None = None
+    zone_max_temperature_c: Mapping[str, float] = field(default_factory=dict)
+    max_cooling_c_per_min: float | None = None
+    max_h2_admission_temperature_c: float | None = None
+    best_vacuum_mbar: float | None = None
+    max_heater_duty_pct: float = 100.0
+    max_batch_duration_h: float | None = None
+    max_charge_kg: float | None = None
+
+    def max_temperature_for(self, channel: str) -> float:
+        """The highest setpoint a recipe may ask of the zone that ``channel`` measures."""
+        return self.zone_max_temperature_c.get(channel, self.max_temperature_c)
+
+    def gas_allowed(self, gas: str) -> bool:
+        return gas in self.allowed_gases
+
+
+@dataclass(frozen=True)
+class Station:
+    """One station file, validated: identity, what the C core is told, and the limits."""
+
+    identity: StationIdentity
+    core: CoreSpec
+    limits: EquipmentLimits
+    channel_units: Mapping[str, str]
+    allow_remote_reset: bool
+    source: pathlib.Path
+
+
+# ============================================================================ errors
+
+
+class ConfigError(ValueError):
+    """One problem in a station file: which file, which key, what was expected.
+
+    ``str()`` reads ``stations/hd.toml: interlocks.x.channel: unknown channel 'y' (...)``.
+    ``line``/``column`` are set for TOML syntax errors. ``errors`` is ``(self,)`` so that callers
+    can always iterate it, whether one problem or several (``ConfigErrors``) were raised.
+    """
+
+    def __init__(
+        self, source: str, key_path: str, message: str, *, line: int | None = None, column: int | None = None
+    ) -> None:
+        super().__init__(source, key_path, message)
+        self.source = source
+        self.key_path = key_path
+        self.message = message
+        self.line = line
+        self.column = column
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        return (self,)
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.key_path}" if self.key_path else self.source
+        return f"{where}: {self.message}"
+
+
+class ConfigErrors(ConfigError):
+    """Several problems at once. ``source``/``key_path``/``message`` are those of the first;
+    ``errors`` holds them all, in file order; ``str()`` gives one per line."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        if not errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        first = errors[0]
+        super().__init__(first.source, first.key_path, first.message, line=first.line, column=first.column)
+        self._errors = tuple(errors)
+        self.args = (self._errors,)
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        return self._errors
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self._errors)
+
+
+# ============================================================================ entry points
+
+
+def load_station(path: str | os.PathLike[str]) -> Station:
+    """Read and validate a station file; any problem is a ``ConfigError`` naming the file."""
+    source = os.fspath(path)
+    try:
+        text = pathlib.Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"cannot read the station file: {exc}") from exc
+    return parse_station(text, source)
+
+
+def parse_station(text: str, source: str) -> Station:
+    """Validate station-file text; ``source`` is the name errors carry (usually the path)."""
+    document = _parse_toml(text, source)
+    report = _Report(source)
+    top = _Table(report, document, "", noun="section")
+
+    identity, allow_remote_reset = _read_station(top)
+    settings = _read_core(top)
+    drivers = _read_drivers(top)
+    channels = _read_channels(top, drivers)
+    outputs = _read_outputs(top, drivers, settings)
+    drivers = _with_initial_levels(drivers, outputs)
+    _resolve_core_names(settings, channels, outputs)
+    rules = _read_interlocks(top, settings, channels, outputs)
+    permissives = _read_permissives(top, settings, channels, outputs)
+    limits = _read_limits(top, identity, channels)
+
+    _check_shared_namespace(report, channels, outputs, rules)
+    _check_table_sizes(report, drivers, channels, outputs, rules, permissives)
+    _check_limits_against_trips(report, limits, channels, rules)
+    top.finish()
+    report.raise_if_any(section_order=list(document))
+
+    if identity is None or limits is None:  # pragma: no cover - every None path reports an error
+        raise ConfigError(source, "", "internal error: a section was not read")
+    core = CoreSpec(
+        period_ms=settings.period_ms,
+        rt_priority=settings.rt_priority,
+        lock_memory=settings.lock_memory,
+        sample_ring=settings.sample_ring,
+        event_ring=settings.event_ring,
+        reset_channel=settings.reset_input,
+        watchdog_output=settings.watchdog_output,
+        drivers=tuple(d.spec for d in _valid(drivers)),
+        channels=_valid(channels),
+        outputs=_valid(outputs),
+        rules=_valid(rules),
+        permissives=tuple(p for p in permissives if p is not None),
+    )
+    return Station(
+        identity=identity,
+        core=core,
+        limits=limits,
+        channel_units={c.name: c.unit for c in core.channels},
+        allow_remote_reset=allow_remote_reset,
+        source=pathlib.Path(source),
+    )
+
+
+def _parse_toml(text: str, source: str) -> dict[str, object]:
+    """TOML syntax errors become ConfigError with the line and column tomllib reports."""
+    try:
+        return tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or an integer literal too long for int()
+        message = str(exc)
+        found = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+        if found is None:
+            text_message = re.sub(r"\s*\(at end of document\)$", " at the end of the file", message)
+            raise ConfigError(source, "", f"TOML syntax error: {text_message}") from None
+        line, column = int(found.group(1)), int(found.group(2))
+        reason = message[: found.start()].rstrip()
+        raise ConfigError(
+            source, "", f"TOML syntax error at line {line}, column {column}: {reason}", line=line, column=column
+        ) from None
+    except RecursionError:
+        raise ConfigError(source, "", "TOML syntax error: values nested too deeply") from None
+
+
+# ============================================================================ [station]
+
+
+def _read_station(top: _Table) -> tuple[StationIdentity | None, bool]:
+    """Identity and the one remote-control switch: remote reset of latched trips."""
+    t = top.table("station", required=True, expected="[station] with id, site and kind")
+    if t is None:
+        return None, False
+    station_id = t.need("id", _ident, "the station id, e.g. \"hd-01\" (lowercase letters, digits, - and _)")
+    site = t.need("site", _ident, "the site name, e.g. \"pilot-line\"")
+    kind = t.need("kind", _choice(STATION_KINDS), "\"hd_reactor\" or \"sintering_furnace\"")
+    description = t.get("description", _text(500), "")
+    allow_remote_reset = t.get("allow_remote_reset", _boolean, False)
+    t.finish()
+    if station_id is None or site is None or kind is None:
+        return None, allow_remote_reset
+    return StationIdentity(site, station_id, cast(StationKind, kind), description), allow_remote_reset
+
+
+# ============================================================================ [core]
+
+
+@dataclass
+class _CoreSettings:
+    """The [core] section as read, names not yet resolved (channels and outputs come later)."""
+
+    table: _Table | None = None
+    period_ms: float = 1.0
+    rt_priority: int = 0
+    lock_memory: bool = False
+    sample_ring: int = 4096
+    event_ring: int = 1024
+    deadman_ms: float | None = None
+    deadman_action: tuple[str, ...] | str = ALL_OUTPUTS
+    reset_input: str | None = None
+    watchdog_output: str | None = None
+
+
+def _read_core(top: _Table) -> _CoreSettings:
+    """Sampler timing and scheduling, ring sizes, the dead-man, the reset input, the watchdog line."""
+    settings = _CoreSettings()
+    t = top.table("core", required=True, expected="[core] with at least deadman_ms")
+    if t is None:
+        return settings
+    settings.table = t
+    settings.period_ms = t.get("period_ms", _number_in(PERIOD_MIN_MS, PERIOD_MAX_MS), 1.0)
+    settings.rt_priority = t.get("rt_priority", _integer_in(0, 99), 0)
+    settings.lock_memory = t.get("lock_memory", _boolean, False)
+    settings.sample_ring = t.get("sample_ring", _ring_size, 4096)
+    settings.event_ring = t.get("event_ring", _ring_size, 1024)
+    settings.deadman_ms = t.need(
+        "deadman_ms", _deadman_ms(settings.period_ms),
+        "the controller dead-man timeout in ms (e.g. 2000): the plant goes safe when the "
+        "controller stops calling heartbeat() for that long",
+    )
+    settings.deadman_action = t.get("deadman_action", _action) or ALL_OUTPUTS
+    settings.reset_input = t.get("reset_input", _name)
+    settings.watchdog_output = t.get("watchdog_output", _name)
+    t.finish()
+    return settings
+
+
+def _resolve_core_names(
+    settings: _CoreSettings, channels: Mapping[str, ChannelSpec | None], outputs: Mapping[str, OutputSpec | None]
+) -> None:
+    """The reset input must be a digital channel; the watchdog line must be a declared output."""
+    t = settings.table
+    if t is None:
+        return
+    if settings.reset_input is not None:
+        channel = _lookup(t, "reset_input", settings.reset_input, channels, "channel")
+        if channel is not None and channel.kind != "digital":
+            t.report("reset_input", f"channel '{channel.name}' is {channel.kind}; the reset input must be a "
+                                    "digital channel (a push button)")
+    if settings.watchdog_output is not None:
+        _lookup(t, "watchdog_output", settings.watchdog_output, outputs, "output")
+
+
+# ============================================================================ [drivers.*]
+
+
+@dataclass(frozen=True)
+class _Driver:
+    """A driver's spec and what it offers to the channels and outputs wired to it."""
+
+    spec: DriverSpec
+    analog_inputs: int
+    digital_inputs: int
+    outputs: int
+    analog_kinds: tuple[ChannelKind, ...] = ("analog", "thermocouple")
+    output_offsets: tuple[int, ...] = ()  # gpiochip: the chip's line offset of each output index
+    inverted_inputs: frozenset[int] = frozenset()  # gpiochip: input indexes the kernel already inverts
+
+
+# Every parameter the C drivers accept (cext/drv_*.c). The C side refuses unknown keys too, but
+# only at start-up and one at a time; here they are all reported with the file and key path.
+_DRIVER_KEYS = (
+    "type", "path", "chip", "inputs", "outputs", "consumer", "bias", "active_low_inputs",
+    "active_low_outputs", "drive", "initial_high", "dev", "tc", "poll_ms", "speed_hz", "mode", "avg",
+    "mains", "oc", "settle_ms",
+)
+GPIO_LINES_MAX = 64  # GPIO_V2_LINES_MAX: lines in one request, inputs and outputs together
+
+
+def _read_drivers(top: _Table) -> dict[str, _Driver | None]:
+    """Each [drivers.NAME] is one device. The first one declared is driver 0: its clock is the core's."""
+    drivers: dict[str, _Driver | None] = {}
+    section = top.table("drivers", required=True, expected="at least one [drivers.NAME] table")
+    if section is None:
+        return drivers
+    for name, t in section.named_tables():
+        drivers[name] = _read_driver(t, name) if t is not None else None
+    if not drivers:
+        section.report(None, "at least one driver is required (the core's clock is driver 0's clock)")
+    first = next(iter(drivers.values()), None)
+    sims = [d.spec.name for d in drivers.values() if d is not None and d.spec.type == "sim"]
+    if sims and first is not None and first.spec.type != "sim":
+        section.report(sims[0], "declare the sim driver first: driver 0's clock is the core's clock, and on "
+                                "the virtual rig that must be the plant's clock")
+    return drivers
+
+
+def _read_driver(t: _Table, name: str) -> _Driver | None:
+    """The type, then the parameters the C driver of that type parses (all strings in DriverSpec.params)."""
+    kind = t.need("type", _choice(DRIVER_TYPES), "the driver type: sim, gpiochip or spidev")
+    params: dict[str, str] = {}
+    driver: _Driver | None = None
+    if kind == "sim":
+        path = t.need("path", _absolute_path, "the register file, e.g. \"/dev/shm/reedge-hd-01.regs\"")
+        params["path"] = path or ""
+        driver = _Driver(DriverSpec(name, "sim"), EC_DRV_MAX_IO, EC_DRV_MAX_IO, EC_DRV_MAX_IO)
+    elif kind == "gpiochip":
+        driver = _read_gpiochip(t, name, params)
+    elif kind == "spidev":
+        driver = _read_spidev(t, name, params)
+    else:
+        t.accept(*_DRIVER_KEYS)
+    t.finish(elsewhere=_DRIVER_KEYS, context=f"to {kind} drivers")
+    if driver is None or not t.ok:
+        return None
+    return replace(driver, spec=DriverSpec(name, driver.spec.type, params))
+
+
+def _read_gpiochip(t: _Table, name: str, params: dict[str, str]) -> _Driver:
+    """Digital inputs and outputs on one GPIO chip: input i is inputs[i], output line i is outputs[i].
+
+    ``initial_high`` is not written by hand: it is derived from the outputs' safe levels
+    (``_with_initial_levels``) so that every output comes up at its safe level."""
+    chip = t.need("chip", _param_text, "the GPIO chip, e.g. \"/dev/gpiochip0\" or \"gpiochip0\"")
+    inputs: list[int] = t.get("inputs", _line_offsets) or []
+    outputs: list[int] = t.get("outputs", _line_offsets) or []
+    if not inputs and not outputs and not t.has_error("inputs") and not t.has_error("outputs"):
+        t.report("inputs", "missing: expected inputs = [line offsets] and/or outputs = [line offsets]")
+    both = sorted(set(inputs) & set(outputs))
+    if both:
+        t.report("outputs", f"line offsets {both} are also listed in inputs; a line is one or the other")
+    if len(inputs) + len(outputs) > GPIO_LINES_MAX:
+        t.report("outputs", f"{len(inputs)} inputs + {len(outputs)} outputs: one chip request holds at most "
+                            f"{GPIO_LINES_MAX} lines")
+    consumer = t.get("consumer", _matching(re.compile(r"[^\s;=\x00-\x1f\x7f]{1,31}"),
+                                           "expected a label of 1 to 31 characters without spaces"))
+    bias = t.get("bias", _choice(("pull-up", "pull-down", "disabled", "as-is")))
+    drive = t.get("drive", _choice(("push-pull", "open-drain", "open-source")))
+    active_low_inputs = t.get("active_low_inputs", _line_offsets) or []
+    active_low_outputs = t.get("active_low_outputs", _line_offsets) or []
+    for key, subset, whole in (("active_low_inputs", active_low_inputs, inputs),
+                               ("active_low_outputs", active_low_outputs, outputs)):
+        stray = sorted(set(subset) - set(whole))
+        if stray:
+            t.report(key, f"line offsets {stray} are not in {key.rsplit('_', 1)[1]}")
+    if t.has("initial_high"):
+        t.report("initial_high", "set automatically from the outputs' safe_level (so that every output comes "
+                                 "up at its safe level): remove it")
+    for key, value in (("chip", chip), ("inputs", _join_ints(inputs)), ("outputs", _join_ints(outputs)),
+                       ("consumer", consumer), ("bias", bias), ("active_low_inputs", _join_ints(active_low_inputs)),
+                       ("active_low_outputs", _join_ints(active_low_outputs)), ("drive", drive)):
+        if value:
+            params[key] = value
+    inverted = frozenset(i for i, offset in enumerate(inputs) if offset in active_low_inputs)
+    return _Driver(DriverSpec(name, "gpiochip"), 0, len(inputs), len(outputs), output_offsets=tuple(outputs),
+                   inverted_inputs=inverted)
+
+
+def _read_spidev(t: _Table, name: str, params: dict[str, str]) -> _Driver:
+    """One MAX31855/MAX31856 thermocouple converter.
+
+    The converter linearises and compensates itself: analog input 0 is the hot junction in
+    degC, input 1 its own cold junction in degC. Declaring them "thermocouple" channels would
+    convert twice, so only "analog" channels may be wired to it."""
+    dev = t.need("dev", _absolute_path, "the SPI device, e.g. \"/dev/spidev0.0\"")
+    chip = t.need("chip", _choice(("max31855", "max31856")), "the converter: max31855 or max31856")
+    tc = t.need("tc", _choice(tuple(TC_RANGE_C)), "the thermocouple type: B, E, J, K, N, R, S or T")
+    is_55 = chip == "max31855"
+    if is_55 and tc == "B":
+        t.report("tc", "there is no type-B MAX31855: use a MAX31856")
+    numbers: list[tuple[str, _Conv[int]]] = [
+        ("poll_ms", _integer_in(100 if is_55 else 10, 60_000)),
+        ("speed_hz", _integer_in(1, 5_000_000)),
+        ("mode", _integer_in(0, 3)),
+        ("avg", _one_of_ints((1, 2, 4, 8, 16))),
+        ("mains", _one_of_ints((50, 60))),
+        ("oc", _integer_in(1, 3)),
+        ("settle_ms", _integer_in(0, 10_000)),
+    ]
+    for key, value in (("dev", dev), ("chip", chip), ("tc", tc)):
+        if value is not None:
+            params[key] = value
+    for key, conv in numbers:
+        if is_55 and key in ("avg", "mains", "oc", "settle_ms"):
+            if key in t.data:
+                t.accept(key)
+                t.report(key, "applies to the max31856 only (the max31855 has no such setting)")
+            continue
+        number = t.get(key, conv)
+        if number is not None:
+            params[key] = str(number)
+    return _Driver(DriverSpec(name, "spidev"), 2, 0, 0, analog_kinds=("analog",))
+
+
+def _with_initial_levels(
+    drivers: Mapping[str, _Driver | None], outputs: Mapping[str, OutputSpec | None]
+) -> dict[str, _Driver | None]:
+    """gpiochip outputs whose safe level is 1 are requested high (initial_high), so that no output
+    passes through its unsafe level between open() and the core's first tick."""
+    result = dict(drivers)
+    for name, driver in drivers.items():
+        if driver is None or driver.spec.type != "gpiochip":
+            continue
+        high = [driver.output_offsets[o.line] for o in outputs.values()
+                if o is not None and o.driver == name and o.safe_level == 1 and o.line < len(driver.output_offsets)]
+        if high:
+            params = {**driver.spec.params, "initial_high": _join_ints(sorted(high))}
+            result[name] = replace(driver, spec=replace(driver.spec, params=params))
+    return result
+
+
+# ============================================================================ [channels.*]
+
+_CHANNEL_KEYS = (
+    "kind", "driver", "input", "shared_input", "unit", "scale", "offset", "range", "tc_type",
+    "cold_junction", "cold_junction_c", "invert", "median", "ema_tau_ms", "max_age_ms", "rate_window_ms",
+)
+
+
+def _read_channels(top: _Table, drivers: Mapping[str, _Driver | None]) -> dict[str, ChannelSpec | None]:
+    """Channels in file order (the core's channel index). A cold junction must come before its TC."""
+    channels: dict[str, ChannelSpec | None] = {}
+    section = top.table("channels", required=True, expected="[channels.NAME] tables")
+    if section is None:
+        return channels
+    wired: dict[tuple[str, str, int], tuple[str, bool]] = {}  # (driver, space, input) -> (channel, shared)
+    names_in_file = list(section.data)
+    for name, t in section.named_tables():
+        channels[name] = _read_channel(t, name, drivers, channels, names_in_file, wired) if t is not None else None
+    return channels
+
+
+def _read_channel(
+    t: _Table,
+    name: str,
+    drivers: Mapping[str, _Driver | None],
+    earlier: Mapping[str, ChannelSpec | None],
+    names_in_file: Sequence[str],
+    wired: dict[tuple[str, str, int], tuple[str, bool]],
+) -> ChannelSpec | None:
+    """One channel: its wiring, its conversion, its filters. Keys that do not apply to its kind are errors."""
+    kind_text = t.need("kind", _choice(CHANNEL_KINDS), "the channel kind: analog, thermocouple, digital or injected")
+    if kind_text is None:
+        t.accept(*_CHANNEL_KEYS)
+        t.finish()
+        return None
+    kind = cast(ChannelKind, kind_text)
+    measured = kind != "digital"  # has a numeric value: range, EMA and rate make sense
+
+    driver: _Driver | None = None
+    driver_name: str | None = None
+    input_index = 0
+    if kind != "injected":
+        driver, driver_name, input_index = _read_wiring(t, name, kind, drivers, wired)
+
+    if kind == "thermocouple":
+        unit = t.get("unit", _exact("degC", "a thermocouple channel reads degC"), "degC")
+    elif kind == "digital":
+        unit = t.get("unit", _unit, "")
+    else:
+        unit = t.need("unit", _unit, "the engineering unit, e.g. \"bar\", \"%LEL\", \"l/min\", \"degC\"") or ""
+
+    scale, offset = 1.0, 0.0
+    if kind in ("analog", "thermocouple"):
+        scale = t.get("scale", _number, 1.0)
+        offset = t.get("offset", _number, 0.0)
+        if scale == 0.0:
+            t.report("scale", "must not be 0 (every reading would be the offset)")
+
+    range_lo, range_hi = -math.inf, math.inf
+    if measured:
+        bounds = t.get("range", _range_pair)
+        if bounds is not None:
+            range_lo, range_hi = bounds
+
+    tc_type: str | None = None
+    cold_junction: str | None = None
+    cj_fixed_c = 0.0
+    if kind == "thermocouple":
+        tc_type, cold_junction, cj_fixed_c = _read_thermocouple(t, name, earlier, names_in_file)
+        if tc_type is not None and t.has("range"):
+            type_lo, type_hi = TC_RANGE_C[tc_type]
+            if range_lo < type_lo or range_hi > type_hi:
+                t.report("range", f"[{_fmt(range_lo)}, {_fmt(range_hi)}] goes beyond what a type {tc_type} "
+                                  f"thermocouple measures ({_fmt(type_lo)} to {_fmt(type_hi)} degC)")
+
+    invert = t.get("invert", _boolean, False) if kind == "digital" else False
+    if invert and driver is not None and input_index in driver.inverted_inputs:
+        t.report("invert", f"digital input {input_index} of driver '{driver.spec.name}' is already in its "
+                           "active_low_inputs: inverting here as well would cancel it out")
+    median_n = t.get("median", _median, 1)
+    ema_tau_ms = t.get("ema_tau_ms", _number_in(0.0, MS_MAX), 0.0) if measured else 0.0
+    if kind == "injected":
+        max_age_ms = t.need("max_age_ms", _number_in(0.0, MS_MAX, lo_open=True),
+                            "max_age_ms > 0: an injected value older than this is STALE (a node went quiet)")
+    else:
+        max_age_ms = t.get("max_age_ms", _number_in(0.0, MS_MAX), 0.0)
+    rate_window_ms = t.get("rate_window_ms", _number_in(0.0, 60_000.0), 1000.0) if measured else 0.0
+
+    t.finish(elsewhere=_CHANNEL_KEYS, context=f"to {kind} channels")
+    if not t.ok or max_age_ms is None or (kind != "injected" and driver_name is None):
+        return None
+    return ChannelSpec(
+        name=name, kind=kind, driver=driver_name, input=input_index, scale=scale, offset=offset,
+        range_lo=range_lo, range_hi=range_hi, unit=unit, tc_type=tc_type, cold_junction=cold_junction,
+        cj_fixed_c=cj_fixed_c, invert=invert, median_n=median_n, ema_tau_ms=ema_tau_ms,
+        max_age_ms=max_age_ms, rate_window_ms=rate_window_ms,
+    )
+
+
+def _read_wiring(
+    t: _Table,
+    name: str,
+    kind: ChannelKind,
+    drivers: Mapping[str, _Driver | None],
+    wired: dict[tuple[str, str, int], tuple[str, bool]],
+) -> tuple[_Driver | None, str | None, int]:
+    """Driver and input index; the input must exist on that driver and not be read twice unintended."""
+    driver_name = t.need("driver", _name, "the name of a [drivers.NAME] table")
+    index = t.need("input", _integer_in(0, EC_DRV_MAX_IO - 1), "the driver's input index (0..63)")
+    shared = t.get("shared_input", _boolean, False)
+    driver = _lookup(t, "driver", driver_name, drivers, "driver") if driver_name is not None else None
+    if driver is None or index is None:
+        return driver, driver_name, index or 0
+    space = "digital" if kind == "digital" else "analog"
+    available = driver.digital_inputs if space == "digital" else driver.analog_inputs
+    if space == "analog" and kind not in driver.analog_kinds:
+        allowed = " or ".join(driver.analog_kinds)
+        t.report("kind", f"a {driver.spec.type} driver delivers {allowed} inputs (its converter already "
+                         f"reports degC), not {kind}")
+    elif index >= available:
+        offered = f"{space} inputs 0..{available - 1}" if available else f"no {space} inputs"
+        t.report("input", f"{space} input {index} does not exist: driver '{driver.spec.name}' "
+                          f"({driver.spec.type}) has {offered}")
+    else:
+        key = (driver.spec.name, space, index)
+        if key in wired:
+            other, other_shared = wired[key]
+            if not (shared and other_shared):
+                t.report("input", f"{space} input {index} of driver '{driver.spec.name}' is already read by "
+                                  f"channel '{other}' (set shared_input = true on both if that is intended)")
+        else:
+            wired[key] = (name, shared)
+    return driver, driver_name, index
+
+
+def _read_thermocouple(
+    t: _Table, name: str, earlier: Mapping[str, ChannelSpec | None], names_in_file: Sequence[str]
+) -> tuple[str | None, str | None, float]:
+    """Type, and the cold junction: a channel declared earlier (analog or TC, in degC) or a fixed degC."""
+    tc_type = t.need("tc_type", _choice(tuple(TC_RANGE_C)), "the thermocouple type: B, E, J, K, N, R, S or T")
+    has_channel, has_fixed = t.has("cold_junction"), t.has("cold_junction_c")
+    cj_name = t.get("cold_junction", _name)
+    cj_fixed = t.get("cold_junction_c", _number_in(-50.0, 150.0), 0.0)
+    if has_channel and has_fixed:
+        t.report("cold_junction_c", "give either cold_junction (a channel) or cold_junction_c "
+                                    "(a fixed temperature), not both")
+    elif not has_channel and not has_fixed:
+        t.report("cold_junction", "missing: expected the cold-junction channel's name, or "
+                                  "cold_junction_c = the fixed cold-junction temperature in degC")
+    if cj_name is not None:
+        if cj_name == name:
+            t.report("cold_junction", "a thermocouple cannot be its own cold junction")
+        elif cj_name not in earlier and cj_name in names_in_file:
+            t.report("cold_junction", f"channel '{cj_name}' is declared after this thermocouple; the core needs "
+                                      f"the cold junction first: move [channels.{cj_name}] above [channels.{name}]")
+        else:
+            cj = _lookup(t, "cold_junction", cj_name, earlier, "channel")
+            if cj is not None and (cj.kind not in ("analog", "thermocouple") or cj.unit != "degC"):
+                t.report("cold_junction", f"channel '{cj_name}' is {cj.kind} in '{cj.unit}'; a cold junction "
+                                          "must be an analog or thermocouple channel in degC")
+    return tc_type, cj_name, cj_fixed
+
+
+# ============================================================================ [outputs.*]
+
+_OUTPUT_KEYS = ("driver", "line", "safe_level", "max_on_ms", "duty_cycle_ms")
+
+
+def _read_outputs(
+    top: _Table, drivers: Mapping[str, _Driver | None], settings: _CoreSettings
+) -> dict[str, OutputSpec | None]:
+    """Outputs in file order (the core's output index). Every one must say its safe level."""
+    outputs: dict[str, OutputSpec | None] = {}
+    section = top.table("outputs", required=True, expected="[outputs.NAME] tables")
+    if section is None:
+        return outputs
+    lines: dict[tuple[str, int], str] = {}
+    for name, t in section.named_tables():
+        outputs[name] = _read_output(t, name, drivers, settings, lines) if t is not None else None
+    return outputs
+
+
+def _read_output(
+    t: _Table,
+    name: str,
+    drivers: Mapping[str, _Driver | None],
+    settings: _CoreSettings,
+    lines: dict[tuple[str, int], str],
+) -> OutputSpec | None:
+    """One output line: where it is, its safe level, its keep-alive and burst-fire cycle."""
+    driver_name = t.need("driver", _name, "the name of a [drivers.NAME] table")
+    line = t.need("line", _integer_in(0, EC_DRV_MAX_IO - 1), "the driver's output line index (0..63)")
+    safe_level = t.need("safe_level", _level, "0 or 1: the level a trip forces this output to; every output "
+                                              "must declare it")
+    max_on_ms = t.get("max_on_ms", _number_in(0.0, MS_MAX), 0.0)
+    duty_cycle_ms = t.get("duty_cycle_ms", _number_in(1.0, 60_000.0), 20.0)
+    if "duty_cycle_ms" in t.data and duty_cycle_ms < settings.period_ms:  # the default bothers no one
+        t.report("duty_cycle_ms", f"{_fmt(duty_cycle_ms)} ms is shorter than one sampler period "
+                                  f"({_fmt(settings.period_ms)} ms): no burst-fire cycle can be generated")
+    t.finish()
+    driver = _lookup(t, "driver", driver_name, drivers, "driver") if driver_name is not None else None
+    if driver is not None and line is not None:
+        if line >= driver.outputs:
+            offered = f"output lines 0..{driver.outputs - 1}" if driver.outputs else "no output lines"
+            t.report("line", f"output line {line} does not exist: driver '{driver.spec.name}' "
+                             f"({driver.spec.type}) has {offered}")
+        elif (driver.spec.name, line) in lines:
+            t.report("line", f"output line {line} of driver '{driver.spec.name}' is already driven by output "
+                             f"'{lines[(driver.spec.name, line)]}'")
+        else:
+            lines[(driver.spec.name, line)] = name
+    if not t.ok or driver_name is None or line is None or safe_level is None:
+        return None
+    return OutputSpec(name, driver_name, line, safe_level, max_on_ms, duty_cycle_ms)
+
+
+# ============================================================================ [interlocks.*]
+
+_RULE_KEYS = ("kind", "channel", "threshold", "hysteresis", "debounce_ms", "latch", "action")
+_RULE_HELP: dict[str, str] = {
+    "high": "the trip value in the channel's unit (trips above it)",
+    "low": "the trip value in the channel's unit (trips below it)",
+    "rate_high": "the trip rate in the channel's unit per minute (trips when rising faster)",
+    "rate_low": "the trip rate in the channel's unit per minute (trips when the rate drops below it)",
+    "digital": "0 or 1: the level the switch reads when all is well (trips on the other)",
+    "deadman": "the timeout in ms",
+}
+
+
+def _read_interlocks(
+    top: _Table,
+    settings: _CoreSettings,
+    channels: Mapping[str, ChannelSpec | None],
+    outputs: Mapping[str, OutputSpec | None],
+) -> dict[str, RuleSpec | None]:
+    """Interlocks in file order, then the built-in controller dead-man from core.deadman_ms."""
+    rules: dict[str, RuleSpec | None] = {}
+    section = top.table("interlocks", expected="[interlocks.NAME] tables")
+    if section is not None:
+        for name, t in section.named_tables():
+            if name == DEADMAN_RULE:
+                section.report(name, f"the name '{DEADMAN_RULE}' is reserved for the built-in dead-man "
+                                     "(core.deadman_ms); choose another name")
+            rules[name] = _read_interlock(t, name, settings, channels, outputs) if t is not None else None
+    if settings.table is not None and settings.deadman_ms is not None:
+        action = _resolve_action(settings.table, "deadman_action", settings.deadman_action, outputs, settings)
+        rules[DEADMAN_RULE] = (
+            RuleSpec(DEADMAN_RULE, "deadman", None, settings.deadman_ms, action) if action is not None else None
+        )
+    return rules
+
+
+def _read_interlock(
+    t: _Table,
+    name: str,
+    settings: _CoreSettings,
+    channels: Mapping[str, ChannelSpec | None],
+    outputs: Mapping[str, OutputSpec | None],
+) -> RuleSpec | None:
+    """One rule; what its threshold means, and which channel it accepts, depend on its kind."""
+    kind_text = t.need("kind", _choice(RULE_KINDS),
+                       "the rule kind: high, low, rate_high, rate_low, digital, fault, stale or deadman")
+    if kind_text is None:
+        t.accept(*_RULE_KEYS)
+        t.finish()
+        return None
+    kind = cast(RuleKind, kind_text)
+
+    channel_name: str | None = None
+    if kind != "deadman":
+        channel_name = t.need("channel", _name, "the name of the channel this rule watches")
+    threshold: float | None = 0.0
+    if kind == "deadman":
+        threshold = t.need("threshold", _deadman_ms(settings.period_ms), _RULE_HELP[kind])
+    elif kind == "digital":
+        threshold = t.need("threshold", _level_number, _RULE_HELP[kind])
+    elif kind in _RULE_HELP:
+        threshold = t.need("threshold", _number, _RULE_HELP[kind])
+    hysteresis = t.get("hysteresis", _number_in(0.0), 0.0) if kind in ("high", "low", "rate_high", "rate_low") \
+        else 0.0
+    debounce_ms = t.get("debounce_ms", _number_in(0.0, MS_MAX), 0.0) if kind != "deadman" else 0.0
+    latch = t.get("latch", _boolean, True)
+    action_value = t.need("action", _action, "the outputs this rule forces to their safe level, e.g. "
+                                             "[\"heater\", \"h2_inlet_valve\"], or \"all\"")
+    t.finish(elsewhere=_RULE_KEYS, context=f"to {kind} rules")
+
+    action = _resolve_action(t, "action", action_value, outputs, settings) if action_value is not None else None
+    channel = _lookup(t, "channel", channel_name, channels, "channel") if channel_name is not None else None
+    if channel is not None and threshold is not None:
+        _check_rule_channel(t, kind, channel, threshold, hysteresis)
+    if not t.ok or threshold is None or action is None or (kind != "deadman" and channel is None):
+        return None
+    return RuleSpec(name, kind, channel_name, threshold, action, hysteresis, debounce_ms, latch)
+
+
+def _check_rule_channel(t: _Table, kind: RuleKind, channel: ChannelSpec, threshold: float, hysteresis: float) -> None:
+    """The rule kind must suit the channel, and a level threshold must lie inside what it can read."""
+    ch = f"channel '{channel.name}'"
+    if kind == "digital":
+        if channel.kind != "digital":
+            t.report("channel", f"{ch} is {channel.kind}; a digital rule needs a digital channel "
+                                "(for a value use kind = \"high\" or \"low\")")
+        return
+    if kind in ("high", "low", "rate_high", "rate_low") and channel.kind == "digital":
+        t.report("channel", f"{ch} is digital; use kind = \"digital\" with threshold = the healthy level")
+        return
+    if kind in ("rate_high", "rate_low") and channel.rate_window_ms <= 0:
+        t.report("channel", f"{ch} has rate_window_ms = 0, so its rate is not measured; set "
+                            f"channels.{channel.name}.rate_window_ms > 0")
+    if kind == "stale" and channel.max_age_ms <= 0:
+        t.report("channel", f"{ch} has no max_age_ms, so it can never be stale; set "
+                            f"channels.{channel.name}.max_age_ms > 0")
+    if kind in ("high", "low"):
+        lo, hi = _value_range(channel)
+        where = f"{ch}'s range {_fmt(lo)} to {_fmt(hi)} {channel.unit}".rstrip()
+        if not lo <= threshold <= hi:
+            t.report("threshold", f"{_fmt(threshold)} is outside {where}: the rule could never act as meant")
+        else:
+            clear = threshold - hysteresis if kind == "high" else threshold + hysteresis
+            if not lo <= clear <= hi:
+                t.report("hysteresis", f"{_fmt(hysteresis)} puts the clear point {_fmt(clear)} outside {where}: "
+                                       "the rule could never clear")
+
+
+def _resolve_action(
+    t: _Table,
+    key: str,
+    value: tuple[str, ...] | str,
+    outputs: Mapping[str, OutputSpec | None],
+    settings: _CoreSettings,
+) -> tuple[str, ...] | None:
+    """Output names of an action; "all" means every output but the watchdog line, which is never forced."""
+    watchdog = settings.watchdog_output
+    if value == ALL_OUTPUTS:
+        names = tuple(name for name in outputs if name != watchdog)
+        if not names:
+            t.report(key, "\"all\" names no output (the only output is the watchdog line)")
+            return None
+        return names
+    resolved: list[str] = []
+    for index, name in enumerate(value):
+        if name not in outputs:
+            t.report(key, f"[{index}]: " + _unknown("output", name, outputs))
+        elif name == watchdog:
+            t.report(key, f"'{name}' is the watchdog line (core.watchdog_output): the sampler toggles it "
+                          "every tick and no rule may force it")
+        else:
+            resolved.append(name)
+    return tuple(resolved) if len(resolved) == len(value) else None
+
+
+# ============================================================================ [[permissives.*]]
+
+_PERMISSIVE_KEYS = ("channel", "lt", "gt", "eq", "between")
+
+
+def _read_permissives(
+    top: _Table,
+    settings: _CoreSettings,
+    channels: Mapping[str, ChannelSpec | None],
+    outputs: Mapping[str, OutputSpec | None],
+) -> list[PermissiveSpec | None]:
+    """[[permissives.OUTPUT]] blocks: every condition listed for an output must hold to energise it."""
+    permissives: list[PermissiveSpec | None] = []
+    section = top.table("permissives", expected="[[permissives.OUTPUT]] blocks")
+    if section is None:
+        return permissives
+    for output_name, value in section.data.items():
+        section.accept(output_name)
+        path = _join(section.path, output_name)
+        output_ok = output_name in outputs
+        if not output_ok:
+            section.report(output_name, _unknown("output", output_name, outputs))
+        elif output_name == settings.watchdog_output:
+            section.report(output_name, f"'{output_name}' is the watchdog line (core.watchdog_output): "
+                                        "it takes no permissives")
+            output_ok = False
+        if not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
+            section.report(output_name, f"expected one or more [[{path}]] blocks (double brackets), "
+                                        f"got {_describe(value)}")
+            continue
+        for index, item in enumerate(value):
+            t = _Table(section.report_to, cast(dict[str, object], item), f"{path}[{index}]")
+            spec = _read_permissive(t, output_name, channels)
+            permissives.append(spec if output_ok else None)
+    return permissives
+
+
+def _read_permissive(t: _Table, output: str, channels: Mapping[str, ChannelSpec | None]) -> PermissiveSpec | None:
+    """One condition: a channel and exactly one of lt, gt, eq (digital) or between = [lo, hi]."""
+    channel_name = t.need("channel", _name, "the name of the channel this condition reads")
+    lt = t.get("lt", _number)
+    gt = t.get("gt", _number)
+    eq = t.get("eq", _level_number)
+    between = t.get("between", _range_pair)
+    given = [key for key in ("lt", "gt", "eq", "between") if key in t.data]
+    if len(given) != 1:
+        t.report(None, f"give exactly one of lt, gt, eq or between = [low, high]; got "
+                       f"{', '.join(given) if given else 'none'}")
+    t.finish()
+    channel = _lookup(t, "channel", channel_name, channels, "channel") if channel_name is not None else None
+    if not t.ok or channel is None or len(given) != 1:
+        return None
+    key = given[0]
+    if key == "between":
+        if between is None:
+            return None
+        value, value2 = between
+    else:
+        single = {"lt": lt, "gt": gt, "eq": eq}[key]
+        if single is None:
+            return None
+        value, value2 = single, 0.0
+    lo, hi = _value_range(channel)
+    where = f"channel '{channel.name}''s range {_fmt(lo)} to {_fmt(hi)} {channel.unit}".rstrip()
+    if key == "eq" and channel.kind != "digital":
+        t.report("eq", f"channel '{channel.name}' is {channel.kind}: eq compares a digital level; "
+                       "use lt, gt or between for a value")
+    elif key != "eq" and channel.kind == "digital":
+        t.report(key, f"channel '{channel.name}' is digital: use eq = 0 or eq = 1")
+    elif key in ("lt", "gt") and not lo <= value <= hi:
+        t.report(key, f"{_fmt(value)} is outside {where}: the condition would always or never hold")
+    elif key == "between" and (value2 < lo or value > hi):
+        t.report(key, f"[{_fmt(value)}, {_fmt(value2)}] does not overlap {where}: the condition could never hold")
+    if not t.ok:
+        return None
+    cmp = cast(Comparison, "in" if key == "between" else key)
+    return PermissiveSpec(output, channel.name, cmp, value, value2)
+
+
+# ============================================================================ [limits]
+
+_LIMIT_KEYS = (
+    "max_temperature_c", "zone_max_temperature_c", "max_ramp_c_per_min", "max_cooling_c_per_min",
+    "max_pressure_bar", "max_h2_pressure_bar", "max_h2_admission_temperature_c",
+    "min_vacuum_before_heating_mbar", "best_vacuum_mbar", "allowed_gases", "max_heater_duty_pct",
+    "max_batch_duration_h", "max_charge_kg",
+)
+
+
+def _read_limits(
+    top: _Table, identity: StationIdentity | None, channels: Mapping[str, ChannelSpec | None]
+) -> EquipmentLimits | None:
+    """Equipment limits (units in the key names); the recipe check before a run reads these."""
+    t = top.table("limits", required=True, expected="[limits] with the equipment limits")
+    if t is None:
+        return None
+    positive = _number_in(0.0, lo_open=True)
+    max_t = t.need("max_temperature_c", _number_in(0.0, 2500.0, lo_open=True),
+                   "the highest temperature any recipe may ask for, degC")
+    zones: dict[str, float] = t.get("zone_max_temperature_c", _number_table) or {}
+    max_ramp = t.need("max_ramp_c_per_min", positive, "the fastest heating ramp a recipe may ask for, degC/min")
+    max_cooling = t.get("max_cooling_c_per_min", positive)
+    max_p = t.need("max_pressure_bar", positive, "the highest chamber pressure for any gas, bar absolute")
+    max_h2 = t.get("max_h2_pressure_bar", positive)
+    max_h2_temp = t.get("max_h2_admission_temperature_c", positive)
+    min_vacuum = t.need("min_vacuum_before_heating_mbar", positive,
+                        "the chamber pressure heating may start at or below, mbar absolute")
+    best_vacuum = t.get("best_vacuum_mbar", positive)
+    gases = t.need("allowed_gases", _gas_list, "the process gases this equipment is built for, e.g. [\"H2\", \"Ar\"]")
+    duty = t.get("max_heater_duty_pct", _number_in(0.0, 100.0, lo_open=True), 100.0)
+    duration = t.get("max_batch_duration_h", positive)
+    charge = t.get("max_charge_kg", positive)
+    t.finish()
+
+    for zone, limit in zones.items():
+        channel = _lookup(t, "zone_max_temperature_c", zone, channels, "channel")
+        if channel is not None and channel.kind != "thermocouple" and channel.unit != "degC":
+            t.report("zone_max_temperature_c", f"channel '{zone}' reads '{channel.unit}', not a temperature")
+        if max_t is not None and limit > max_t:
+            t.report("zone_max_temperature_c", f"{zone} = {_fmt(limit)} is above max_temperature_c ({_fmt(max_t)})")
+    if gases is not None:
+        if "H2" in gases and max_h2 is None and not t.has_error("max_h2_pressure_bar"):
+            t.report("max_h2_pressure_bar", "missing: H2 is in allowed_gases, so its pressure limit is required "
+                                            "(bar absolute)")
+        if "H2" not in gases:
+            for key in ("max_h2_pressure_bar", "max_h2_admission_temperature_c"):
+                if key in t.data:
+                    t.report(key, "H2 is not in allowed_gases: remove this limit or allow H2")
+        if identity is not None and identity.kind == "hd_reactor" and "H2" not in gases:
+            t.report("allowed_gases", "an hd_reactor decrepitates with hydrogen: H2 must be allowed")
+    if max_h2 is not None and max_p is not None and max_h2 > max_p:
+        t.report("max_h2_pressure_bar", f"{_fmt(max_h2)} is above max_pressure_bar ({_fmt(max_p)})")
+    if max_h2_temp is not None and max_t is not None and max_h2_temp > max_t:
+        t.report("max_h2_admission_temperature_c", f"{_fmt(max_h2_temp)} is above max_temperature_c ({_fmt(max_t)})")
+    if best_vacuum is not None and min_vacuum is not None and best_vacuum >= min_vacuum:
+        t.report("best_vacuum_mbar", f"{_fmt(best_vacuum)} must be below min_vacuum_before_heating_mbar "
+                                     f"({_fmt(min_vacuum)}), or heating could never start")
+
+    if not t.ok or max_t is None or max_ramp is None or max_p is None or min_vacuum is None or gases is None:
+        return None
+    return EquipmentLimits(
+        max_temperature_c=max_t, max_ramp_c_per_min=max_ramp, max_pressure_bar=max_p,
+        min_vacuum_before_heating_mbar=min_vacuum, allowed_gases=gases, max_h2_pressure_bar=max_h2,
+        zone_max_temperature_c=zones, max_cooling_c_per_min=max_cooling,
+        max_h2_admission_temperature_c=max_h2_temp, best_vacuum_mbar=best_vacuum, max_heater_duty_pct=duty,
+        max_batch_duration_h=duration, max_charge_kg=charge,
+    )
+
+
+# ============================================================================ cross-section checks
+
+
+def _check_shared_namespace(
+    report: _Report,
+    channels: Mapping[str, object],
+    outputs: Mapping[str, object],
+    rules: Mapping[str, object],
+) -> None:
+    """Channels, outputs and interlocks share one namespace: events and MQTT name them without a section."""
+    seen: dict[str, str] = {}
+    for section, names in (("channels", channels), ("outputs", outputs), ("interlocks", rules)):
+        for name in names:
+            if section == "interlocks" and name == DEADMAN_RULE:
+                continue  # the built-in; a user rule of that name was reported by _read_interlocks
+            if name in seen:
+                report.add(_join(section, name), f"the name '{name}' is already used by {seen[name]}; channels, "
+                                                 "outputs and interlocks share one namespace (events name them)")
+            elif name in RESERVED_NAMES:
+                report.add(_join(section, name), f"the name '{name}' is reserved ({', '.join(RESERVED_NAMES)})")
+            seen.setdefault(name, _join(section, name))
+
+
+def _check_table_sizes(
+    report: _Report,
+    drivers: Collection[object],
+    channels: Collection[object],
+    outputs: Collection[object],
+    rules: Collection[object],
+    permissives: Collection[object],
+) -> None:
+    """The core's tables are fixed-size; say so here rather than at start-up."""
+    for section, count, limit, macro in (
+        ("drivers", len(drivers), EC_MAX_DRIVERS, "EC_MAX_DRIVERS"),
+        ("channels", len(channels), EC_MAX_CHANNELS, "EC_MAX_CHANNELS"),
+        ("outputs", len(outputs), EC_MAX_OUTPUTS, "EC_MAX_OUTPUTS"),
+        ("interlocks", len(rules), EC_MAX_RULES, "EC_MAX_RULES"),
+        ("permissives", len(permissives), EC_MAX_PERMISSIVES, "EC_MAX_PERMISSIVES"),
+    ):
+        if count > limit:
+            extra = " (counting the built-in dead-man)" if section == "interlocks" else ""
+            report.add(section, f"{count} declared{extra}, but the core holds at most {limit} ({macro})")
+
+
+def _check_limits_against_trips(
+    report: _Report,
+    limits: EquipmentLimits | None,
+    channels: Mapping[str, ChannelSpec | None],
+    rules: Mapping[str, RuleSpec | None],
+) -> None:
+    """A trip set inside the allowed envelope would stop every recipe that uses the envelope.
+
+    Temperature: high trips on thermocouples (and zone channels) must lie above the temperature
+    limit, rate_high trips above the ramp limit. Pressure: high trips on channels in bar must lie
+    above max_pressure_bar.
+    """
+    if limits is None:
+        return
+    for name, rule in rules.items():
+        if rule is None or rule.channel is None:
+            continue
+        channel = channels.get(rule.channel)
+        if channel is None:
+            continue
+        is_temperature = channel.kind == "thermocouple" or channel.name in limits.zone_max_temperature_c
+        limit: tuple[float, str] | None = None
+        if rule.kind == "high" and is_temperature:
+            key = "zone_max_temperature_c" if channel.name in limits.zone_max_temperature_c else "max_temperature_c"
+            limit = (limits.max_temperature_for(channel.name), f"limits.{key}")
+        elif rule.kind == "rate_high" and is_temperature:
+            limit = (limits.max_ramp_c_per_min, "limits.max_ramp_c_per_min")
+        elif rule.kind == "high" and channel.unit == "bar":
+            limit = (limits.max_pressure_bar, "limits.max_pressure_bar")
+        if limit is not None and rule.threshold <= limit[0]:
+            report.add(_join(_join("interlocks", name), "threshold"),
+                       f"{_fmt(rule.threshold)} is not above {limit[1]} ({_fmt(limit[0])}): a recipe within the "
+                       "equipment limits would trip it")
+
+
+def _value_range(channel: ChannelSpec) -> tuple[float, float]:
+    """What the channel can read: its declared range, narrowed to its thermocouple type; 0..1 if digital."""
+    if channel.kind == "digital":
+        return 0.0, 1.0
+    lo, hi = channel.range_lo, channel.range_hi
+    if channel.tc_type is not None:
+        type_lo, type_hi = TC_RANGE_C[channel.tc_type]
+        lo, hi = max(lo, type_lo), min(hi, type_hi)
+    return lo, hi
+
+
+# ============================================================================ reading typed values
+
+_T = TypeVar("_T")
+_Conv = Callable[[object], _T]
+
+
+class _Bad(Exception):
+    """A value of the wrong type or outside its range; ``at`` extends the key path (``[2]``, ``.x``)."""
+
+    def __init__(self, message: str, at: str = "") -> None:
+        super().__init__(message)
+        self.at = at
+
+
+class _Report:
+    """Collects every problem so that the technician sees them all in one pass."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[ConfigError] = []
+
+    def add(self, key_path: str, message: str) -> None:
+        self.problems.append(ConfigError(self.source, key_path, message))
+
+    def raise_if_any(self, section_order: Sequence[str]) -> None:
+        """Raise in file order: problems sorted by their section's place in the file (stable)."""
+        if not self.problems:
+            return
+
+        def place(error: ConfigError) -> int:
+            head = re.split(r"[.\[]", error.key_path, maxsplit=1)[0]
+            return section_order.index(head) if head in section_order else len(section_order)
+
+        ordered = sorted(self.problems, key=place)
+        if len(ordered) == 1:
+            raise ordered[0]
+        raise ConfigErrors(ordered)
+
+
+class _Table:
+    """One TOML table being read: typed getters that report problems instead of raising, and
+    remember which keys this table accepts so that ``finish`` can flag every other key."""
+
+    def __init__(self, report: _Report, data: Mapping[str, object], path: str, noun: str = "key") -> None:
+        self.report_to = report
+        self.data = data
+        self.path = path
+        self.noun = noun
+        self.accepted: list[str] = []
+        self.ok = True
+        self._bad_keys: set[str] = set()
+
+    def report(self, key: str | None, message: str) -> None:
+        self.ok = False
+        if key is not None:
+            self._bad_keys.add(key)
+        self.report_to.add(self.path if key is None else _join(self.path, key), message)
+
+    def has_error(self, key: str) -> bool:
+        return key in self._bad_keys
+
+    def accept(self, *keys: str) -> None:
+        self.accepted.extend(key for key in keys if key not in self.accepted)
+
+    def has(self, key: str) -> bool:
+        self.accept(key)
+        return key in self.data
+
+    @overload
+    def get(self, key: str, conv: _Conv[_T]) -> _T | None: ...
+    @overload
+    def get(self, key: str, conv: _Conv[_T], default: _T) -> _T: ...
+    def get(self, key: str, conv: _Conv[_T], default: _T | None = None) -> _T | None:
+        """The converted value; absent or invalid gives ``default`` (invalid is also reported)."""
+        self.accept(key)
+        if key not in self.data:
+            return default
+        try:
+            return conv(self.data[key])
+        except _Bad as bad:
+            self.ok = False
+            self._bad_keys.add(key)
+            self.report_to.add(_join(self.path, key) + bad.at, str(bad))
+            return default
+
+    def need(self, key: str, conv: _Conv[_T], expected: str) -> _T | None:
+        """A required value; missing is reported with what was expected."""
+        if key not in self.data:
+            self.accept(key)
+            self.report(key, f"missing: expected {expected}")
+            return None
+        return self.get(key, conv)
+
+    def table(self, key: str, *, required: bool = False, expected: str = "a table") -> _Table | None:
+        self.accept(key)
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                self.report(key, f"missing: expected {expected}")
+            return None
+        if not isinstance(value, dict):
+            self.report(key, f"expected {expected}, got {_describe(value)}")
+            return None
+        return _Table(self.report_to, value, _join(self.path, key))
+
+    def named_tables(self) -> list[tuple[str, _Table | None]]:
+        """The NAME tables of a section such as [channels.NAME], each with a checked name.
+
+        A NAME that is not a table comes back with None: it is reported, and still counts as
+        declared so that references to it do not cascade into more errors."""
+        found: list[tuple[str, _Table | None]] = []
+        for name, value in self.data.items():
+            self.accept(name)
+            if not isinstance(value, dict):
+                self.report(name, f"expected a table [{_join(self.path, name)}], got {_describe(value)}")
+                found.append((name, None))
+                continue
+            if not NAME_RE.fullmatch(name) and not (self.path == "interlocks" and name == DEADMAN_RULE):
+                self.report(name, f"bad name: {_NAME_HELP}")
+            found.append((name, _Table(self.report_to, value, _join(self.path, name))))
+        return found
+
+    def finish(self, elsewhere: Collection[str] = (), context: str = "") -> None:
+        """Every key not read is an error: typos must not pass silently."""
+        for key in self.data:
+            if key in self.accepted:
+                continue
+            if key in elsewhere:
+                self.report(key, f"does not apply {context}")
+            else:
+                self.report(key, _unknown(self.noun, key, self.accepted))
+
+
+def _lookup(t: _Table, key: str, name: str, registry: Mapping[str, _T | None], what: str) -> _T | None:
+    """Resolve a name. Unknown is reported; declared but broken gives None silently (already reported)."""
+    if name not in registry:
+        t.report(key, _unknown(what, name, registry))
+        return None
+    return registry[name]
+
+
+def _valid(registry: Mapping[str, _T | None]) -> tuple[_T, ...]:
+    return tuple(item for item in registry.values() if item is not None)
+
+
+def _unknown(what: str, name: str, candidates: Iterable[str]) -> str:
+    options = list(candidates)
+    listed = ", ".join(options) if options else f"no {what} is declared"
+    return f"unknown {what} '{_short(name)}' (expected one of: {listed}){_did_you_mean(name, options)}"
+
+
+def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    by_case = [c for c in candidates if c.lower() == word.lower()]
+    close = by_case or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _join(path: str, key: str) -> str:
+    shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.encode("unicode_escape").decode() + '"'
+    return f"{path}.{shown}" if path else shown
+
+
+def _short(value: object) -> str:
+    text = repr(value) if not isinstance(value, str) else repr(value)[1:-1]
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _fmt(number: float) -> str:
+    """A number as written in the file: 930 rather than 930.0, 25.78125 in full."""
+    text = repr(float(number))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _describe(value: object) -> str:
+    """How a TOML value is named in messages: its TOML type and a short rendering."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {_short(value)}"
+    if isinstance(value, float):
+        return f"number {_short(value)}"
+    if isinstance(value, str):
+        return f"string \"{_short(value)}\""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"date/time {_short(str(value))}"
+
+
+# ---- converters: each returns the typed value or raises _Bad saying what was expected ----
+
+_NAME_HELP = (f"expected a lowercase letter, then lowercase letters, digits or _ ({EC_NAME_LEN - 1} characters "
+              "at most)")
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(f"expected a number, got {_describe(value)}")
+    try:
+        result = float(value)
+    except OverflowError:
+        raise _Bad("expected a number, got an integer too large to use") from None
+    if not math.isfinite(result):
+        raise _Bad(f"expected a finite number, got {_describe(value)}")
+    return result
+
+
+def _number_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> _Conv[float]:
+    if lo is not None and hi is not None:
+        wanted = f"from {_fmt(lo)} to {_fmt(hi)}" if not lo_open else f"> {_fmt(lo)} and <= {_fmt(hi)}"
+    elif lo is not None:
+        wanted = f"{'>' if lo_open else '>='} {_fmt(lo)}"
+    else:
+        wanted = f"<= {_fmt(hi if hi is not None else math.inf)}"
+
+    def convert(value: object) -> float:
+        number = _number(value)
+        too_low = lo is not None and (number < lo or (lo_open and number == lo))
+        if too_low or (hi is not None and number > hi):
+            raise _Bad(f"expected a number {wanted}, got {_fmt(number)}")
+        return number
+
+    return convert
+
+
+def _integer_in(lo: int, hi: int) -> _Conv[int]:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(f"expected an integer from {lo} to {hi}, got {_describe(value)}")
+        if not lo <= value <= hi:
+            raise _Bad(f"expected an integer from {lo} to {hi}, got {_short(value)}")
+        return value
+
+    return convert
+
+
+def _median(value: object) -> int:
+    number = _integer_in(1, EC_MEDIAN_MAX)(value)
+    if number % 2 == 0:
+        raise _Bad(f"expected an odd window (1 = off, 3, 5, 7 or {EC_MEDIAN_MAX}), got {number}")
+    return number
+
+
+def _ring_size(value: object) -> int:
+    number = _integer_in(RING_MIN, RING_MAX)(value)
+    if number & (number - 1):
+        raise _Bad(f"expected a power of two from {RING_MIN} to {RING_MAX}, got {number}")
+    return number
+
+
+def _deadman_ms(period_ms: float) -> _Conv[float]:
+    """A dead-man must span several sampler ticks and at most ten minutes."""
+    floor = max(10.0, 2.0 * period_ms)
+    return _number_in(floor, 600_000.0)
+
+
+def _level(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (0, 1):
+        raise _Bad(f"expected 0 or 1, got {_describe(value)}")
+    return value
+
+
+def _level_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value not in (0, 1):
+        raise _Bad(f"expected 0 or 1, got {_describe(value)}")
+    return float(value)
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _text(max_len: int) -> _Conv[str]:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if len(text) > max_len:
+            raise _Bad(f"expected at most {max_len} characters, got {len(text)}")
+        return text
+
+    return convert
+
+
+def _matching(pattern: re.Pattern[str], help_text: str) -> _Conv[str]:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if not pattern.fullmatch(text):
+            raise _Bad(f"{help_text}, got \"{_short(text)}\"")
+        return text
+
+    return convert
+
+
+_name = _matching(NAME_RE, _NAME_HELP)
+_ident = _matching(IDENT_RE, "expected lowercase letters, digits, - and _ (32 characters at most)")
+_unit = _matching(UNIT_RE, "expected a unit without spaces, 16 characters at most, e.g. \"bar\" or \"%LEL\"")
+_param_text = _matching(PARAM_RE, "expected text without spaces, ';' or '='")
+_absolute_path = _matching(re.compile(r"/" + PARAM_RE.pattern), "expected an absolute path without spaces, ';' "
+                                                                "or '='")
+
+
+def _choice(options: Sequence[str]) -> _Conv[str]:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if text not in options:
+            raise _Bad(f"expected one of: {', '.join(options)}; got \"{_short(text)}\""
+                       f"{_did_you_mean(text, options)}")
+        return text
+
+    return convert
+
+
+def _exact(expected: str, why: str) -> _Conv[str]:
+    def convert(value: object) -> str:
+        if _string(value) != expected:
+            raise _Bad(f"expected \"{expected}\" ({why}), got {_describe(value)}")
+        return expected
+
+    return convert
+
+
+def _list_of(item: _Conv[_T], what: str, *, max_len: int, unique: bool = True) -> _Conv[list[_T]]:
+    def convert(value: object) -> list[_T]:
+        if not isinstance(value, list):
+            raise _Bad(f"expected an array of {what}, got {_describe(value)}")
+        if len(value) > max_len:
+            raise _Bad(f"expected at most {max_len} {what}, got {len(value)}")
+        items: list[_T] = []
+        for index, element in enumerate(value):
+            try:
+                converted = item(element)
+            except _Bad as bad:
+                raise _Bad(str(bad), at=f"[{index}]") from None
+            if unique and converted in items:
+                raise _Bad(f"{_short(converted)} is listed twice", at=f"[{index}]")
+            items.append(converted)
+        return items
+
+    return convert
+
+
+def _action(value: object) -> tuple[str, ...] | str:
+    """ "all", or a non-empty array of output names."""
+    if value == ALL_OUTPUTS:
+        return ALL_OUTPUTS
+    if isinstance(value, str):
+        raise _Bad(f"expected an array of output names or \"all\", got {_describe(value)}")
+    names = _list_of(_name, "output names", max_len=EC_MAX_OUTPUTS)(value)
+    if not names:
+        raise _Bad("an interlock must force at least one output: the action is empty")
+    return tuple(names)
+
+
+def _line_offsets(value: object) -> list[int]:
+    return _list_of(_integer_in(0, 65535), "GPIO line offsets", max_len=GPIO_LINES_MAX)(value)
+
+
+def _join_ints(numbers: Iterable[int]) -> str:
+    """A list as the C drivers parse it: "5,6,13"."""
+    return ",".join(map(str, numbers))
+
+
+def _one_of_ints(options: Sequence[int]) -> _Conv[int]:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value not in options:
+            raise _Bad(f"expected one of {', '.join(map(str, options))}, got {_describe(value)}")
+        return value
+
+    return convert
+
+
+def _gas_list(value: object) -> tuple[Gas, ...]:
+    gases = _list_of(_choice(GASES), "gases", max_len=len(GASES))(value)
+    if not gases:
+        raise _Bad("expected at least one gas")
+    return tuple(cast(Gas, gas) for gas in gases)
+
+
+def _range_pair(value: object) -> tuple[float, float]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise _Bad(f"expected [low, high], got {_describe(value)}")
+    lo, hi = _list_of(_number, "numbers", max_len=2, unique=False)(value)
+    if not lo < hi:
+        raise _Bad(f"expected [low, high] with low < high, got [{_fmt(lo)}, {_fmt(hi)}]")
+    return lo, hi
+
+
+def _number_table(value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise _Bad(f"expected a table {{ channel = degC, ... }}, got {_describe(value)}")
+    result: dict[str, float] = {}
+    for key, element in value.items():
+        try:
+            result[key] = _number_in(0.0, 2500.0, lo_open=True)(element)
+        except _Bad as bad:
+            raise _Bad(str(bad), at=f".{key}") from None
+    return result
