@@ -227,6 +227,29 @@ static int check_configurable(ec_core *c, char *err, size_t errlen)
 
 static void safe_all_outputs(ec_core *c);
 
+/* the checks every ec_core_add_* call starts with: configurable, cfg given, room in the table, a name */
+static int begin_add(ec_core *c, const void *cfg, int count, int max, const char *what, const char *name,
+                     char *err, size_t errlen)
+{
+    int rc = check_configurable(c, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
+    if (cfg == NULL) {
+        ec_set_err(err, errlen, "%s cfg is NULL", what);
+        return EC_EINVAL;
+    }
+    if (count >= max) {
+        ec_set_err(err, errlen, "at most %d %ss", max, what);
+        return EC_EFULL;
+    }
+    if (name != NULL && !name_ok(name)) {
+        ec_set_err(err, errlen, "%s name empty or longer than %d", what, EC_NAME_LEN - 1);
+        return EC_EINVAL;
+    }
+    return EC_OK;
+}
+
 /* ---------- life cycle ---------- */
 
 int ec_core_new(const ec_core_cfg *cfg, ec_core **out_core, char *err, size_t errlen)
@@ -354,21 +377,9 @@ int ec_core_add_driver(ec_core *c, const char *driver, const char *params, char 
 
 int ec_core_add_channel(ec_core *c, const ec_channel_cfg *cfg, char *err, size_t errlen)
 {
-    int rc = check_configurable(c, err, errlen);
+    int rc = begin_add(c, cfg, c ? c->n_channels : 0, EC_MAX_CHANNELS, "channel", cfg ? cfg->name : NULL, err, errlen);
     if (rc != EC_OK) {
         return rc;
-    }
-    if (cfg == NULL) {
-        ec_set_err(err, errlen, "cfg is NULL");
-        return EC_EINVAL;
-    }
-    if (c->n_channels >= EC_MAX_CHANNELS) {
-        ec_set_err(err, errlen, "at most %d channels", EC_MAX_CHANNELS);
-        return EC_EFULL;
-    }
-    if (!name_ok(cfg->name)) {
-        ec_set_err(err, errlen, "channel name empty or longer than %d", EC_NAME_LEN - 1);
-        return EC_EINVAL;
     }
     if (cfg->kind < EC_CH_ANALOG || cfg->kind > EC_CH_INJECTED) {
         ec_set_err(err, errlen, "channel '%s': unknown kind %d", cfg->name, cfg->kind);
@@ -443,21 +454,9 @@ int ec_core_add_channel(ec_core *c, const ec_channel_cfg *cfg, char *err, size_t
 
 int ec_core_add_output(ec_core *c, const ec_output_cfg *cfg, char *err, size_t errlen)
 {
-    int rc = check_configurable(c, err, errlen);
+    int rc = begin_add(c, cfg, c ? c->n_outputs : 0, EC_MAX_OUTPUTS, "output", cfg ? cfg->name : NULL, err, errlen);
     if (rc != EC_OK) {
         return rc;
-    }
-    if (cfg == NULL) {
-        ec_set_err(err, errlen, "cfg is NULL");
-        return EC_EINVAL;
-    }
-    if (c->n_outputs >= EC_MAX_OUTPUTS) {
-        ec_set_err(err, errlen, "at most %d outputs", EC_MAX_OUTPUTS);
-        return EC_EFULL;
-    }
-    if (!name_ok(cfg->name)) {
-        ec_set_err(err, errlen, "output name empty or longer than %d", EC_NAME_LEN - 1);
-        return EC_EINVAL;
     }
     if (cfg->driver < 0 || cfg->driver >= c->n_drivers) {
         ec_set_err(err, errlen, "output '%s': driver %d not added", cfg->name, cfg->driver);
@@ -498,21 +497,9 @@ int ec_core_add_output(ec_core *c, const ec_output_cfg *cfg, char *err, size_t e
 
 int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errlen)
 {
-    int rc = check_configurable(c, err, errlen);
+    int rc = begin_add(c, cfg, c ? c->n_rules : 0, EC_MAX_RULES, "rule", cfg ? cfg->name : NULL, err, errlen);
     if (rc != EC_OK) {
         return rc;
-    }
-    if (cfg == NULL) {
-        ec_set_err(err, errlen, "cfg is NULL");
-        return EC_EINVAL;
-    }
-    if (c->n_rules >= EC_MAX_RULES) {
-        ec_set_err(err, errlen, "at most %d rules", EC_MAX_RULES);
-        return EC_EFULL;
-    }
-    if (!name_ok(cfg->name)) {
-        ec_set_err(err, errlen, "rule name empty or longer than %d", EC_NAME_LEN - 1);
-        return EC_EINVAL;
     }
     if (cfg->kind < EC_RULE_HIGH || cfg->kind > EC_RULE_DEADMAN) {
         ec_set_err(err, errlen, "rule '%s': unknown kind %d", cfg->name, cfg->kind);
@@ -586,17 +573,9 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
 
 int ec_core_add_permissive(ec_core *c, const ec_permissive_cfg *cfg, char *err, size_t errlen)
 {
-    int rc = check_configurable(c, err, errlen);
+    int rc = begin_add(c, cfg, c ? c->n_perms : 0, EC_MAX_PERMISSIVES, "permissive term", NULL, err, errlen);
     if (rc != EC_OK) {
         return rc;
-    }
-    if (cfg == NULL) {
-        ec_set_err(err, errlen, "cfg is NULL");
-        return EC_EINVAL;
-    }
-    if (c->n_perms >= EC_MAX_PERMISSIVES) {
-        ec_set_err(err, errlen, "at most %d permissive terms", EC_MAX_PERMISSIVES);
-        return EC_EFULL;
     }
     if (cfg->output < 0 || cfg->output >= c->n_outputs || cfg->channel < 0 || cfg->channel >= c->n_channels) {
         ec_set_err(err, errlen, "permissive: output %d or channel %d not declared", cfg->output, cfg->channel);

@@ -48,6 +48,9 @@ extern const ec_driver_ops ec_driver_spidev;
 /* "key=value;key=value" parsing shared by the drivers (params.c).
  * Returns 1 and copies the value when the key is present, 0 when absent, EC_EINVAL when too long. */
 int ec_param_get(const char *params, const char *key, char *out, size_t outlen);
+/* Every key=value segment of params must name a key of the NULL-terminated `known` (at most 32), once:
+ * a typo must fail at open, not leave a line unconfigured. EC_OK or EC_EINVAL with the reason. */
+int ec_param_check_keys(const char *params, const char *const *known, char *err, size_t errlen);
 /* Comma-separated non-negative integers; returns the count or EC_EINVAL. */
 int ec_param_int_list(const char *value, int32_t *out, int max);
 

@@ -68,48 +68,6 @@ static const char *const gpio_keys[] = {"chip", "inputs", "outputs", "consumer",
                                         "active_low_inputs", "active_low_outputs", "drive",
                                         "initial_high", NULL};
 
-/* every key=value segment must name a known key, once */
-static int check_keys(const char *params, const char *const *known, char *err, size_t errlen)
-{
-    int seen[32] = {0}; /* one per known key */
-    const char *p = params;
-    while (*p != '\0') {
-        const char *end = strchr(p, ';');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
-        if (len > 0) {
-            const char *eq = memchr(p, '=', len);
-            if (eq == NULL) {
-                ec_set_err(err, errlen, "parameter '%.*s' has no value (expected key=value)",
-                           (int)len, p);
-                return EC_EINVAL;
-            }
-            size_t klen = (size_t)(eq - p);
-            int k = 0;
-            while (known[k] != NULL && !(strlen(known[k]) == klen && strncmp(known[k], p, klen) == 0)) {
-                k++;
-            }
-            if (known[k] == NULL || k >= 32) {
-                char list[256] = "";
-                size_t used = 0;
-                for (int i = 0; known[i] != NULL && used + strlen(known[i]) + 3 < sizeof list; i++) {
-                    used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", known[i]);
-                }
-                ec_set_err(err, errlen, "unknown parameter '%.*s' (known: %s)", (int)klen, p, list);
-                return EC_EINVAL;
-            }
-            if (seen[k]) {
-                ec_set_err(err, errlen, "parameter '%s' given twice", known[k]);
-                return EC_EINVAL;
-            }
-            seen[k] = 1;
-        }
-        if (end == NULL) {
-            break;
-        }
-        p = end + 1;
-    }
-    return EC_OK;
-}
 
 /* a comma-separated list of line offsets; absent or empty = no lines */
 static int parse_lines(const char *params, const char *key, uint32_t *out, uint32_t *n,
@@ -221,7 +179,7 @@ static void explain_busy(gpio_priv *p, char *err, size_t errlen)
 static int gpio_parse(gpio_priv *p, const char *params, struct gpio_v2_line_request *req,
                       char *err, size_t errlen)
 {
-    int rc = check_keys(params, gpio_keys, err, errlen);
+    int rc = ec_param_check_keys(params, gpio_keys, err, errlen);
     if (rc != EC_OK) {
         return rc;
     }

@@ -81,8 +81,13 @@ int ec_sim_create(const char *path, char *err, size_t errlen)
 
 static int sim_open(ec_driver *d, const char *params, char *err, size_t errlen)
 {
+    static const char *const known[] = {"path", NULL};
+    int rc = ec_param_check_keys(params, known, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
     char path[512];
-    int rc = ec_param_get(params, "path", path, sizeof path);
+    rc = ec_param_get(params, "path", path, sizeof path);
     if (rc != 1) {
         ec_set_err(err, errlen, rc == 0 ? "sim: missing param 'path'" : "sim: param 'path' too long");
         return EC_EINVAL;

@@ -219,48 +219,6 @@ typedef struct spi_priv {
 static const char *const spi_keys[] = {"dev", "chip", "tc", "poll_ms", "speed_hz", "mode",
                                        "avg", "mains", "oc", "settle_ms", NULL};
 
-/* every key=value segment must name a known key, once */
-static int check_keys(const char *params, const char *const *known, char *err, size_t errlen)
-{
-    int seen[32] = {0}; /* one per known key */
-    const char *p = params;
-    while (*p != '\0') {
-        const char *end = strchr(p, ';');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
-        if (len > 0) {
-            const char *eq = memchr(p, '=', len);
-            if (eq == NULL) {
-                ec_set_err(err, errlen, "parameter '%.*s' has no value (expected key=value)",
-                           (int)len, p);
-                return EC_EINVAL;
-            }
-            size_t klen = (size_t)(eq - p);
-            int k = 0;
-            while (known[k] != NULL && !(strlen(known[k]) == klen && strncmp(known[k], p, klen) == 0)) {
-                k++;
-            }
-            if (known[k] == NULL || k >= 32) {
-                char list[256] = "";
-                size_t used = 0;
-                for (int i = 0; known[i] != NULL && used + strlen(known[i]) + 3 < sizeof list; i++) {
-                    used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", known[i]);
-                }
-                ec_set_err(err, errlen, "unknown parameter '%.*s' (known: %s)", (int)klen, p, list);
-                return EC_EINVAL;
-            }
-            if (seen[k]) {
-                ec_set_err(err, errlen, "parameter '%s' given twice", known[k]);
-                return EC_EINVAL;
-            }
-            seen[k] = 1;
-        }
-        if (end == NULL) {
-            break;
-        }
-        p = end + 1;
-    }
-    return EC_OK;
-}
 
 /* strict decimal in [min, max]; returns 1 when present, 0 when absent, EC_EINVAL */
 static int param_long(const char *params, const char *key, long min, long max, long *out,
@@ -370,7 +328,7 @@ static void spi_free(spi_priv *p)
 static int spi_parse(spi_priv *p, const char *params, char *err, size_t errlen)
 {
     char buf[256];
-    int r = check_keys(params, spi_keys, err, errlen);
+    int r = ec_param_check_keys(params, spi_keys, err, errlen);
     if (r != EC_OK) {
         return r;
     }
