@@ -212,7 +212,7 @@ def run_demo(station_path: pathlib.Path, time_scale: float = 10.0, color: bool =
         screen.phase("Try H2 into air: the permissive refuses (O2 is 20.9 %)")
         ctl.energise("h2_inlet_valve")
 
-        screen.phase("Purge: evacuate, backfill argon")
+        screen.phase("Purge: evacuate, backfill argon, evacuate again")
         ctl.energise("vacuum_valve")
         ctl.energise("vacuum_pump")
         ctl.run_until(lambda: ctl.value("chamber_pressure") < 0.02, 60, "evacuation to 0.02 bar")
@@ -221,7 +221,11 @@ def run_demo(station_path: pathlib.Path, time_scale: float = 10.0, color: bool =
         ctl.energise("ar_inlet_valve")
         ctl.run_until(lambda: ctl.value("chamber_pressure") > 1.05, 60, "argon backfill to 1.05 bar")
         ctl.release("ar_inlet_valve")
-        ctl.run_for(1.0)
+        ctl.energise("vacuum_valve")
+        ctl.energise("vacuum_pump")
+        ctl.run_until(lambda: ctl.value("chamber_pressure") < 0.02, 60, "evacuation of the argon to 0.02 bar")
+        ctl.release("vacuum_pump")
+        ctl.release("vacuum_valve")
 
         screen.phase("Heat (setpoint 80 degC) and admit hydrogen to 1.5 bar abs")
         ctl.setpoint_c = 80.0
