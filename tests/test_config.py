@@ -851,3 +851,239 @@ EXAMPLE_LINES = EXAMPLE_TEXT.splitlines()
 @given(st.lists(st.sampled_from(EXAMPLE_LINES) | st.text(max_size=30), max_size=120))
 def test_fuzz_shuffled_example_lines_only_ever_raise_config_error(lines: list[str]) -> None:
     _must_load_or_refuse("\n".join(lines))
+
+
+# ---------------------------------------------------------------- process control: [loops.*], [alarms.*], [plumbing]
+
+
+def test_example_loop(station: Station) -> None:
+    (loop,) = station.loops
+    assert (loop.name, loop.pv, loop.output) == ("chamber", "chamber_temp", "heater")
+    assert (loop.gains.kp, loop.gains.ti_s, loop.gains.td_s) == (0.08, 800.0, 100.0)
+    assert (loop.out_min, loop.out_max, loop.sensor_break_output) == (0.0, 1.0, 0.0)
+    assert (loop.derivative_filter, loop.setpoint_weight_b) == (0.1, 0.7)
+    pid = loop.make_pid()
+    assert pid.gains == loop.gains and pid.sensor_break_output == 0.0
+
+
+def test_example_alarms(station: Station) -> None:
+    alarms = {a.name: a for a in station.alarms}
+    assert list(alarms) == ["h2_room_warning", "chamber_temp_deviation", "chamber_pressure_rise",
+                            "heater_loop_break", "cooling_water_flow_low"]
+    h2 = alarms["h2_room_warning"]
+    assert (h2.kind, h2.channel, h2.threshold, h2.latch, h2.severity, h2.unit) == (
+        "abs_high", "h2_room", 10.0, True, "alarm", "%LEL")
+    rules = {r.name: r for r in station.core.rules}
+    assert h2.threshold < rules["h2_leak"].threshold  # it warns before the trip
+    dev = alarms["chamber_temp_deviation"]
+    assert (dev.kind, dev.channel, dev.setpoint_of, dev.inhibit_until_normal) == (
+        "dev_band", "chamber_temp", "chamber", True)
+    rate = alarms["chamber_pressure_rise"]
+    assert (rate.kind, rate.channel, rate.direction, rate.window_s) == ("rate", "chamber_pressure", "rising", 10.0)
+    loop_break = alarms["heater_loop_break"]
+    assert (loop_break.channel, loop_break.output, loop_break.band, loop_break.delay_s, loop_break.limit) == (
+        "chamber_temp", "heater", 2.0, 600.0, "high")
+    assert loop_break.output_limits == (0.0, 1.0)
+    flow = alarms["cooling_water_flow_low"]
+    assert flow.kind == "abs_low" and rules["cooling_water_low"].threshold < flow.threshold and flow.delay_s > 0
+
+
+def test_example_plumbing(station: Station) -> None:
+    plumbing = station.plumbing
+    assert plumbing == config.GasPlumbing()  # explicit in the file, and the same as the defaults
+    assert plumbing.inlet("H2") == "h2_inlet_valve" and plumbing.inlet_valves == {
+        "H2": "h2_inlet_valve", "Ar": "ar_inlet_valve"}
+    assert set(station.limits.allowed_gases) == set(plumbing.inlet_valves)
+
+
+def test_station_without_process_control_sections_still_loads() -> None:
+    station = loads(drop("loops"), drop("alarms"), drop("plumbing"))
+    assert station.loops == () and station.alarms == ()
+    assert station.plumbing == config.GasPlumbing()
+
+
+def test_plumbing_without_an_o2_analyser_and_other_valid_variations() -> None:
+    station = loads(
+        put("plumbing.o2_channel", ""),
+        put("alarms.wall_deviation", {"kind": "dev_high", "channel": "chamber_temp_safety", "setpoint_of": "chamber",
+                                      "threshold": 80}),
+        put("alarms.slow_cooling", {"kind": "rate", "channel": "chamber_temp", "threshold": 30,
+                                    "direction": "falling"}),
+    )
+    assert station.plumbing.o2_channel is None
+    alarms = {a.name: a for a in station.alarms}
+    assert alarms["wall_deviation"].channel == "chamber_temp_safety"
+    assert alarms["wall_deviation"].threshold == 30.0 + 50.0 and isinstance(alarms["wall_deviation"].threshold, float)
+    assert (alarms["slow_cooling"].window_s, alarms["slow_cooling"].direction) == (60.0, "falling")
+
+
+def test_plumbing_may_name_other_outputs_and_an_optional_fan() -> None:
+    station = loads(
+        put("outputs.ar_valve_2", {"driver": "plant", "line": 9, "safe_level": 0}),
+        put("plumbing.inlet_valves", {"H2": "h2_inlet_valve", "Ar": "ar_valve_2"}),
+        put("outputs.fan", {"driver": "plant", "line": 10, "safe_level": 0}),
+        put("plumbing.quench_fan", "fan"),
+    )
+    assert station.plumbing.inlet("Ar") == "ar_valve_2"
+    assert station.plumbing.quench_fan == "fan"
+
+
+def _second_loop(doc: Doc) -> None:
+    doc["loops"]["wall"] = {**doc["loops"]["chamber"], "pv": "chamber_temp_safety"}
+
+
+def _pump_renamed(doc: Doc) -> None:
+    doc["outputs"]["pump"] = doc["outputs"].pop("vacuum_pump")
+    del doc["plumbing"]["vacuum_pump"]
+
+
+PROCESS_CONTROL_BAD = [
+    # loops
+    bad("loop on an unknown channel", "loops.chamber.pv", "unknown channel 'chamber_tmp'",
+        put("loops.chamber.pv", "chamber_tmp")),
+    bad("loop on a digital channel", "loops.chamber.pv", "is digital; a loop controls an analog or thermocouple",
+        put("loops.chamber.pv", "lid_closed")),
+    bad("loop on an injected channel", "loops.chamber.pv", "is injected", put("loops.chamber.pv", "chamber_vacuum")),
+    bad("loop driving an unknown output", "loops.chamber.output", "unknown output 'heeter'",
+        put("loops.chamber.output", "heeter")),
+    bad("loop driving the watchdog line", "loops.chamber.output", "watchdog line",
+        put("loops.chamber.output", "watchdog_line")),
+    bad("two loops on one output", "loops.wall.output", "already driven by loop 'chamber'", _second_loop),
+    bad("kp zero", "loops.chamber.kp", "expected a number > 0", put("loops.chamber.kp", 0)),
+    bad("kp missing", "loops.chamber.kp", "missing: expected the proportional gain", drop("loops.chamber.kp")),
+    bad("ti_s negative", "loops.chamber.ti_s", "expected a number from 0", put("loops.chamber.ti_s", -1.0)),
+    bad("td_s missing", "loops.chamber.td_s", "0 = no derivative action", drop("loops.chamber.td_s")),
+    bad("out_max above 1", "loops.chamber.out_max", "from 0 to 1, got 1.5", put("loops.chamber.out_max", 1.5)),
+    bad("out_min not below out_max", "loops.chamber.out_max", "must be above out_min",
+        put("loops.chamber.out_min", 0.6), put("loops.chamber.out_max", 0.5)),
+    bad("sensor-break output outside the limits", "loops.chamber.sensor_break_output",
+        "0 is outside out_min..out_max (0.2 to 1)", put("loops.chamber.out_min", 0.2)),
+    bad("derivative filter zero", "loops.chamber.derivative_filter", "> 0 and <= 1",
+        put("loops.chamber.derivative_filter", 0.0)),
+    bad("out_max above the heater duty limit", "loops.chamber.out_max", "above limits.max_heater_duty_pct (80 %)",
+        put("limits.max_heater_duty_pct", 80.0)),
+    bad("unknown loop key", "loops.chamber.kd", "unknown key 'kd'", put("loops.chamber.kd", 5.0)),
+    bad("loop named like an output", "loops.heater", "the name 'heater' is already used by outputs.heater",
+        put("loops.heater", {"pv": "chamber_temp_safety", "output": "alarm_beacon", "kp": 0.1, "ti_s": 0, "td_s": 0})),
+    bad("loops not a table", "loops", "expected [loops.NAME] tables, got integer 3", put("loops", 3)),
+    # alarms
+    bad("unknown alarm kind", "alarms.h2_room_warning.kind", "did you mean 'abs_high'?",
+        put("alarms.h2_room_warning.kind", "abs_hi")),
+    bad("alarm on an unknown channel", "alarms.h2_room_warning.channel", "unknown channel 'h2_rom'",
+        put("alarms.h2_room_warning.channel", "h2_rom")),
+    bad("alarm on a digital channel", "alarms.h2_room_warning.channel", "is digital; alarms compare values",
+        put("alarms.h2_room_warning.channel", "lid_closed")),
+    bad("alarm threshold outside the channel's range", "alarms.h2_room_warning.threshold",
+        "200 is outside channel 'h2_room''s range", put("alarms.h2_room_warning.threshold", 200.0)),
+    bad("high alarm at or above its trip", "alarms.h2_room_warning.threshold",
+        "interlock 'h2_leak' already trips at 25 %LEL; an alarm must warn before the trip",
+        put("alarms.h2_room_warning.threshold", 25.0)),
+    bad("low alarm at or below its trip", "alarms.cooling_water_flow_low.threshold",
+        "interlock 'cooling_water_low' already trips at 4 l/min",
+        put("alarms.cooling_water_flow_low.threshold", 3.5)),
+    bad("alarm clear point outside the range", "alarms.cooling_water_flow_low.hysteresis",
+        "puts the clear point 21 outside", put("alarms.cooling_water_flow_low.hysteresis", 15.0)),
+    bad("deviation alarm without its loop", "alarms.chamber_temp_deviation.setpoint_of",
+        "missing: expected the loop whose setpoint it compares against",
+        drop("alarms.chamber_temp_deviation.setpoint_of")),
+    bad("deviation against an output", "alarms.chamber_temp_deviation.setpoint_of",
+        "'heater' is an output; name the loop instead: 'chamber'",
+        put("alarms.chamber_temp_deviation.setpoint_of", "heater")),
+    bad("deviation against a channel", "alarms.chamber_temp_deviation.setpoint_of",
+        "'chamber_temp' is a channel; name the loop instead: 'chamber'",
+        put("alarms.chamber_temp_deviation.setpoint_of", "chamber_temp")),
+    bad("deviation against an unknown loop", "alarms.chamber_temp_deviation.setpoint_of",
+        "unknown loop 'chambr' (expected one of: chamber); did you mean 'chamber'?",
+        put("alarms.chamber_temp_deviation.setpoint_of", "chambr")),
+    bad("band on a dev_band alarm", "alarms.chamber_temp_deviation.band", "the band's half-width is threshold",
+        put("alarms.chamber_temp_deviation.band", 25.0)),
+    bad("deviation threshold zero", "alarms.chamber_temp_deviation.threshold", "expected a number > 0",
+        put("alarms.chamber_temp_deviation.threshold", 0)),
+    bad("deviation hysteresis not below threshold", "alarms.chamber_temp_deviation.hysteresis",
+        "30 is not below the threshold (25): the alarm could never clear",
+        put("alarms.chamber_temp_deviation.hysteresis", 30.0)),
+    bad("threshold on a loop break", "alarms.heater_loop_break.threshold", "it has band and delay_s instead",
+        put("alarms.heater_loop_break.threshold", 1.0)),
+    bad("loop break without band", "alarms.heater_loop_break.band", "missing: expected how far",
+        drop("alarms.heater_loop_break.band")),
+    bad("loop break without delay", "alarms.heater_loop_break.delay_s", "expected a number > 0",
+        put("alarms.heater_loop_break.delay_s", 0)),
+    bad("loop break on another channel than its loop's", "alarms.heater_loop_break.channel",
+        "loop 'chamber' controls 'chamber_temp', not 'chamber_temp_safety'",
+        put("alarms.heater_loop_break.channel", "chamber_temp_safety")),
+    bad("loop break naming the loop", "alarms.heater_loop_break.output",
+        "'chamber' is a loop; name the output it drives: 'heater'", put("alarms.heater_loop_break.output", "chamber")),
+    bad("loop break on an output no loop drives", "alarms.heater_loop_break.output",
+        "no loop drives output 'vent_valve' (loops drive: heater)",
+        put("alarms.heater_loop_break.output", "vent_valve")),
+    bad("loop break on an unknown output", "alarms.heater_loop_break.output", "unknown output 'heeter'",
+        put("alarms.heater_loop_break.output", "heeter")),
+    bad("bad loop break limit", "alarms.heater_loop_break.limit", "expected one of: both, high, low",
+        put("alarms.heater_loop_break.limit", "top")),
+    bad("rate key on a level alarm", "alarms.h2_room_warning.window_s", "does not apply to abs_high alarms",
+        put("alarms.h2_room_warning.window_s", 10.0)),
+    bad("bad rate direction", "alarms.chamber_pressure_rise.direction", "expected one of: both, rising, falling",
+        put("alarms.chamber_pressure_rise.direction", "up")),
+    bad("rate window too long", "alarms.chamber_pressure_rise.window_s", "> 0 and <= 3600",
+        put("alarms.chamber_pressure_rise.window_s", 7200)),
+    bad("bad severity", "alarms.h2_room_warning.severity", "expected one of: warning, alarm, critical",
+        put("alarms.h2_room_warning.severity", "severe")),
+    bad("message too long", "alarms.h2_room_warning.message", "at most 200 characters",
+        put("alarms.h2_room_warning.message", "x" * 201)),
+    bad("latch as a string", "alarms.h2_room_warning.latch", "expected true or false",
+        put("alarms.h2_room_warning.latch", "yes")),
+    bad("alarm named like an interlock", "alarms.h2_leak", "already used by interlocks.h2_leak",
+        put("alarms.h2_leak", {"kind": "abs_high", "channel": "h2_room", "threshold": 5.0})),
+    bad("typo in an alarm key", "alarms.h2_room_warning.dealy_s", "did you mean 'delay_s'?",
+        put("alarms.h2_room_warning.dealy_s", 1.0)),
+    # plumbing
+    bad("plumbing: unknown channel", "plumbing.pressure_channel", "unknown channel 'chamber_press'",
+        put("plumbing.pressure_channel", "chamber_press")),
+    bad("plumbing: channel in the wrong unit", "plumbing.vacuum_channel",
+        "channel 'chamber_pressure' reads 'bar'; vacuum_channel must read 'mbar'",
+        put("plumbing.vacuum_channel", "chamber_pressure")),
+    bad("plumbing: digital channel", "plumbing.o2_channel", "is digital", put("plumbing.o2_channel", "lid_closed")),
+    bad("plumbing: unknown output", "plumbing.vent_valve", "unknown output 'vent'", put("plumbing.vent_valve", "vent")),
+    bad("plumbing: the loop's heater", "plumbing.vent_valve", "output 'heater' is driven by loop 'chamber'",
+        put("plumbing.vent_valve", "heater")),
+    bad("plumbing: one output in two roles", "plumbing.vent_valve", "already plays the role vacuum_valve",
+        put("plumbing.vacuum_valve", "vent_valve")),
+    bad("plumbing: the watchdog line", "plumbing.vacuum_pump", "watchdog line",
+        put("plumbing.vacuum_pump", "watchdog_line")),
+    bad("plumbing: an omitted role's default must exist", "plumbing.vacuum_pump",
+        "the default 'vacuum_pump': unknown output 'vacuum_pump'", _pump_renamed),
+    bad("plumbing: empty name for a required role", "plumbing.vent_valve", "expected a lowercase letter",
+        put("plumbing.vent_valve", "")),
+    bad("plumbing: allowed gas without an inlet", "plumbing.inlet_valves", "no inlet valve for Ar",
+        put("plumbing.inlet_valves", {"H2": "h2_inlet_valve"})),
+    bad("plumbing: inlet for a gas not allowed", "plumbing.inlet_valves.N2", "N2 is not in limits.allowed_gases",
+        put("plumbing.inlet_valves", {"H2": "h2_inlet_valve", "Ar": "ar_inlet_valve", "N2": "cooling_water_valve"})),
+    bad("plumbing: unknown gas", "plumbing.inlet_valves.Xe", "unknown gas 'Xe'",
+        put("plumbing.inlet_valves", {"H2": "h2_inlet_valve", "Ar": "ar_inlet_valve", "Xe": "cooling_water_valve"})),
+    bad("plumbing: inlet valve is an unknown output", "plumbing.inlet_valves.Ar", "unknown output 'ar_valve'",
+        put("plumbing.inlet_valves", {"H2": "h2_inlet_valve", "Ar": "ar_valve"})),
+    bad("plumbing: one valve for two gases", "plumbing.inlet_valves.Ar", "already plays the role inlet_valves.H2",
+        put("plumbing.inlet_valves", {"H2": "h2_inlet_valve", "Ar": "h2_inlet_valve"})),
+    bad("plumbing: inlet valves not a table", "plumbing.inlet_valves", "expected a table",
+        put("plumbing.inlet_valves", ["h2_inlet_valve"])),
+    bad("plumbing: unknown key", "plumbing.vent_vlave", "did you mean 'vent_valve'?",
+        put("plumbing.vent_vlave", "vent_valve")),
+]
+
+
+@pytest.mark.parametrize("case", PROCESS_CONTROL_BAD, ids=[c.id for c in PROCESS_CONTROL_BAD])
+def test_bad_process_control_section_is_refused_with_key_path_and_message(case: Bad) -> None:
+    test_bad_station_is_refused_with_key_path_and_message(case)
+
+
+def test_a_broken_loop_does_not_cascade_into_its_alarms() -> None:
+    (error,) = problems(put("loops.chamber.kp", -1))  # two alarms name the loop: no "unknown loop" for them
+    assert error.key_path == "loops.chamber.kp"
+
+
+def test_process_control_errors_come_in_file_order_with_the_rest() -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        parse_station(edited(put("plumbing.vent_valve", "vent"), put("alarms.h2_room_warning.severity", "x"),
+                             put("loops.chamber.kp", 0), put("core.period_ms", 0)), SOURCE)
+    assert [e.key_path for e in caught.value.errors] == [
+        "core.period_ms", "loops.chamber.kp", "alarms.h2_room_warning.severity", "plumbing.vent_valve"]

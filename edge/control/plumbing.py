@@ -19,6 +19,7 @@ class GasPlumbing:
     vacuum_pump: str = "vacuum_pump"
     vacuum_valve: str = "vacuum_valve"
     vent_valve: str = "vent_valve"
+    quench_fan: str | None = None                  # gas circulation fan of a sintering furnace
 
     def inlet(self, gas: str) -> str:
         try:
@@ -30,4 +31,5 @@ class GasPlumbing:
     @property
     def outputs(self) -> tuple[str, ...]:
         """Every output the gas handling may drive."""
-        return (*self.inlet_valves.values(), self.vacuum_pump, self.vacuum_valve, self.vent_valve)
+        fan = (self.quench_fan,) if self.quench_fan else ()
+        return (*self.inlet_valves.values(), self.vacuum_pump, self.vacuum_valve, self.vent_valve, *fan)

@@ -1,0 +1,432 @@
+"""Process alarms: they inform the operator; the interlocks in the C core protect.
+
+Kinds, what raises them, and what clears them (in between nothing changes)::
+
+    abs_high    pv > threshold               pv < threshold - hysteresis
+    abs_low     pv < threshold               pv > threshold + hysteresis
+    dev_high    pv - sp > threshold          pv - sp < threshold - hysteresis
+    dev_low     sp - pv > threshold          sp - pv < threshold - hysteresis
+    dev_band    |pv - sp| > threshold        |pv - sp| < threshold - hysteresis
+    rate        |r| > threshold              |r| < threshold - hysteresis
+                r = (pv(t) - pv(t - window)) / window * 60; direction "rising" uses r, "falling" -r
+    loop_break  the output sits on a limit for more than delay_s and the PV has not moved more
+                than ``band`` the way that output should move it (up at the high limit, down at
+                the low one); clears when it does, or when the output leaves the limit
+
+``sp`` comes from ``setpoints[setpoint_of]`` (by loop name: the loop's setpoint; ``None`` while the
+programmer gives none); the loop-break output from ``outputs[output]`` (by output name: the duty
+the loop asks for that output). Pass a loop's output only while the loop runs in auto: a loop in
+manual or idle is not watched. A rate is per minute and needs a full window of valid samples.
+
+What happens to an alarm, in this order every ``update``:
+
+* **No setpoint** (deviation kinds): not evaluated, an active condition clears, start-up
+  inhibition re-arms; the state reads ``inhibited``. A new program starts with a clean slate.
+* **Sensor** (a non-finite PV, which is how the core reports a faulted channel, or a channel
+  missing from ``values``): not evaluated, the state reads ``sensor`` and ``sensor_bad`` /
+  ``sensor_ok`` events mark it. The alarm is *not* cleared: "cannot tell" is not "all is well"
+  (a broken detector must not clear an H2 warning). Delay timers, rate windows and loop-break
+  references restart when the PV returns.
+* **Start-up inhibition** (``inhibit_until_normal``): suppressed until the condition has once
+  been clear (below ``threshold - hysteresis``), e.g. a low-temperature alarm on a cold furnace.
+* **On-delay** (``delay_s``): the raise condition must hold without a break that long (for
+  ``loop_break`` the delay is the stuck time itself).
+* **Acknowledgement**, states as in ISA-18.2::
+
+        normal --raise--> unack_active --ack--> ack_active --clear--> normal
+                          unack_active --clear--> normal          (latch = false)
+                          unack_active --clear--> unack_cleared --ack--> normal   (latch = true)
+                          unack_cleared --raise--> unack_active
+
+  Acknowledging silences an alarm (``unacknowledged()`` is what sounds the horn); a latched alarm
+  stays in ``active()`` until its condition cleared *and* it was acknowledged.
+
+Events (``raised``, ``cleared``, ``acknowledged``, ``sensor_bad``, ``sensor_ok``) carry the plant
+time, name, severity, the measured value and threshold, and a message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, cast, get_args
+
+__all__ = [
+    "AlarmEngine", "AlarmEvent", "AlarmKind", "AlarmSpec", "AlarmState", "EventKind", "LoopLimit", "RateDirection",
+    "Severity",
+]
+
+AlarmKind = Literal["abs_high", "abs_low", "dev_high", "dev_low", "dev_band", "rate", "loop_break"]
+Severity = Literal["warning", "alarm", "critical"]
+IsaState = Literal["normal", "unack_active", "ack_active", "unack_cleared"]
+AlarmState = Literal["normal", "unack_active", "ack_active", "unack_cleared", "inhibited", "sensor"]
+EventKind = Literal["raised", "cleared", "acknowledged", "sensor_bad", "sensor_ok"]
+LoopLimit = Literal["both", "high", "low"]
+RateDirection = Literal["both", "rising", "falling"]
+
+ALARM_KINDS: tuple[AlarmKind, ...] = get_args(AlarmKind)
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
+DEVIATION_KINDS: tuple[AlarmKind, ...] = ("dev_high", "dev_low", "dev_band")
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AlarmSpec:
+    """One alarm. ``threshold`` is in the channel's unit (``rate``: unit per minute; unused by
+    ``loop_break``, which uses ``band``). ``setpoint_of`` and ``output`` are keys of the
+    ``setpoints`` and ``outputs`` mappings given to ``update``: a loop name and an output name."""
+
+    name: str
+    kind: AlarmKind
+    channel: str
+    threshold: float = 0.0
+    hysteresis: float = 0.0
+    delay_s: float = 0.0
+    latch: bool = False
+    inhibit_until_normal: bool = False
+    severity: Severity = "warning"
+    output: str | None = None               # loop_break: the output (a loop drives) whose duty is watched
+    band: float = 0.0                       # loop_break: the PV movement that proves the loop works
+    message: str = ""
+    setpoint_of: str | None = None          # deviation kinds: the loop whose setpoint is compared
+    window_s: float = 60.0                  # rate: the window the rate is measured over
+    direction: RateDirection = "both"       # rate: which way of change raises it
+    output_limits: tuple[float, float] = (0.0, 1.0)  # loop_break: the output's limits
+    limit: LoopLimit = "both"               # loop_break: which limit is watched
+    unit: str = ""                          # the channel's unit, for messages
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.kind not in ALARM_KINDS:
+            problems.append(f"kind {self.kind!r} is not one of {', '.join(ALARM_KINDS)}")
+        if self.severity not in SEVERITIES:
+            problems.append(f"severity {self.severity!r} is not one of {', '.join(SEVERITIES)}")
+        for key in ("threshold", "hysteresis", "delay_s", "band", "window_s"):
+            if not math.isfinite(getattr(self, key)):
+                problems.append(f"{key} must be a finite number")
+        if self.hysteresis < 0.0 or self.delay_s < 0.0:
+            problems.append("hysteresis and delay_s must be >= 0")
+        if self.kind in DEVIATION_KINDS and self.setpoint_of is None:
+            problems.append("a deviation alarm needs setpoint_of (the loop whose setpoint it compares)")
+        if self.kind in ("dev_band", "rate") and not 0.0 <= self.hysteresis < self.threshold:
+            problems.append("needs threshold > hysteresis >= 0 (it could never clear)")
+        if self.kind == "rate" and self.window_s <= 0.0:
+            problems.append("a rate alarm needs window_s > 0")
+        if self.direction not in get_args(RateDirection):
+            problems.append(f"direction {self.direction!r} is not one of both, rising, falling")
+        if self.kind == "loop_break":
+            lo, hi = self.output_limits
+            if self.output is None or self.band <= 0.0 or self.delay_s <= 0.0 or not lo < hi:
+                problems.append("a loop_break alarm needs output, band > 0, delay_s > 0 and output_limits lo < hi")
+            if self.limit not in get_args(LoopLimit):
+                problems.append(f"limit {self.limit!r} is not one of both, high, low")
+        if problems:
+            raise ValueError(f"alarm {self.name!r}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class AlarmEvent:
+    kind: EventKind
+    t_s: float               # plant time
+    name: str
+    severity: Severity
+    value: float | None      # the measure compared (pv, pv - sp, rate, PV movement); None if unknown
+    threshold: float         # loop_break: its band
+    message: str             # the spec's message, or a generated one
+    detail: str              # always generated: what was measured against what
+    state: AlarmState        # the alarm's state after the event
+
+
+@dataclass
+class _Runtime:
+    """What one alarm remembers between scans."""
+
+    isa: IsaState = "normal"
+    condition: bool = False           # the condition is on (after delay and hysteresis)
+    pending_since: float | None = None
+    inhibited: bool = False
+    no_setpoint: bool = False
+    sensor_bad: bool = False
+    value: float | None = None
+    history: deque[tuple[float, float]] = field(default_factory=deque)  # rate: (t, pv)
+    ref: tuple[float, float, int] | None = None  # loop_break: (t, pv, direction +1 high / -1 low)
+
+
+class AlarmEngine:
+    """Every alarm of a station, updated once per scan."""
+
+    def __init__(self, specs: Iterable[AlarmSpec]) -> None:
+        self._specs: dict[str, AlarmSpec] = {}
+        for spec in specs:
+            if spec.name in self._specs:
+                raise ValueError(f"two alarms are named {spec.name!r}")
+            self._specs[spec.name] = spec
+        self._rt = {name: _Runtime(inhibited=spec.inhibit_until_normal) for name, spec in self._specs.items()}
+
+    @property
+    def specs(self) -> tuple[AlarmSpec, ...]:
+        return tuple(self._specs.values())
+
+    # ---------------------------------------------------------------- the scan
+
+    def update(
+        self,
+        now_s: float,
+        values: Mapping[str, float],
+        setpoints: Mapping[str, float | None],
+        outputs: Mapping[str, float],
+    ) -> list[AlarmEvent]:
+        """Evaluate every alarm; the events of this scan, in declaration order."""
+        events: list[AlarmEvent] = []
+        for spec in self._specs.values():
+            self._update_one(spec, self._rt[spec.name], now_s, values, setpoints, outputs, events)
+        return events
+
+    def _update_one(
+        self,
+        spec: AlarmSpec,
+        rt: _Runtime,
+        now_s: float,
+        values: Mapping[str, float],
+        setpoints: Mapping[str, float | None],
+        outputs: Mapping[str, float],
+        events: list[AlarmEvent],
+    ) -> None:
+        sp: float | None = None
+        if spec.kind in DEVIATION_KINDS:
+            sp = setpoints.get(spec.setpoint_of or spec.channel)
+            if sp is None or not math.isfinite(sp):
+                if not rt.no_setpoint:
+                    rt.no_setpoint = True
+                    rt.inhibited = spec.inhibit_until_normal
+                    rt.pending_since = None
+                    if rt.condition:
+                        self._clear(spec, rt, now_s, "no setpoint: deviation alarms rest", events)
+                return
+            rt.no_setpoint = False
+
+        pv = values.get(spec.channel, math.nan)
+        if not math.isfinite(pv):
+            if not rt.sensor_bad:
+                rt.sensor_bad = True
+                rt.pending_since = None
+                rt.history.clear()
+                rt.ref = None
+                events.append(self._event("sensor_bad", spec, rt, now_s, f"{spec.channel} has no valid value: "
+                                          "the alarm cannot be evaluated (it is not cleared)"))
+            return
+        if rt.sensor_bad:
+            rt.sensor_bad = False
+            events.append(self._event("sensor_ok", spec, rt, now_s, f"{spec.channel} reads {_fmt(pv)} again"))
+
+        if spec.kind == "loop_break":
+            self._loop_break(spec, rt, now_s, pv, outputs, events)
+            return
+        excess = self._excess(spec, rt, now_s, pv, sp)
+        if excess is None:  # a rate without a full window yet
+            rt.pending_since = None
+            return
+        raise_now = excess > 0.0
+        clear_now = excess < -spec.hysteresis
+        if rt.inhibited:
+            rt.inhibited = not clear_now
+            return
+        if not rt.condition:
+            if not raise_now:
+                rt.pending_since = None
+                return
+            if rt.pending_since is None:
+                rt.pending_since = now_s
+            if now_s - rt.pending_since >= spec.delay_s:
+                self._raise(spec, rt, now_s, self._describe(spec, pv, sp), events)
+        elif clear_now:
+            self._clear(spec, rt, now_s, self._describe(spec, pv, sp), events)
+
+    def _excess(self, spec: AlarmSpec, rt: _Runtime, now_s: float, pv: float, sp: float | None) -> float | None:
+        """How far beyond its threshold the alarm's measure is (> 0 raises, < -hysteresis clears);
+        records the value events show (pv, pv - sp, or the rate)."""
+        thr = spec.threshold
+        if spec.kind in DEVIATION_KINDS:
+            assert sp is not None
+            rt.value = pv - sp
+            return {"dev_high": pv - sp, "dev_low": sp - pv}.get(spec.kind, abs(pv - sp)) - thr
+        if spec.kind == "rate":
+            rate = self._rate(spec, rt, now_s, pv)
+            rt.value = rate
+            if rate is None:
+                return None
+            return {"rising": rate, "falling": -rate}.get(spec.direction, abs(rate)) - thr
+        rt.value = pv
+        return pv - thr if spec.kind == "abs_high" else thr - pv
+
+    @staticmethod
+    def _rate(spec: AlarmSpec, rt: _Runtime, now_s: float, pv: float) -> float | None:
+        """Per minute, against the newest sample at least one window old."""
+        history = rt.history
+        if history and now_s <= history[-1][0]:
+            history.pop()  # a repeated (or backwards) time replaces the last sample
+        history.append((now_s, pv))
+        start = now_s - spec.window_s
+        while len(history) >= 2 and history[1][0] <= start:
+            history.popleft()
+        t0, pv0 = history[0]
+        if t0 > start:
+            return None
+        return (pv - pv0) / (now_s - t0) * 60.0
+
+    def _loop_break(
+        self, spec: AlarmSpec, rt: _Runtime, now_s: float, pv: float, outputs: Mapping[str, float],
+        events: list[AlarmEvent],
+    ) -> None:
+        """Stuck: on a limit for more than delay_s without the PV moving ``band`` the right way."""
+        u = outputs.get(spec.output or "", math.nan)
+        lo, hi = spec.output_limits
+        tol = 1e-6 * (hi - lo)
+        direction = 0
+        if math.isfinite(u) and u >= hi - tol and spec.limit in ("both", "high"):
+            direction = 1
+        elif math.isfinite(u) and u <= lo + tol and spec.limit in ("both", "low"):
+            direction = -1
+        stuck = False
+        if direction == 0:
+            rt.ref = None
+        else:
+            if rt.ref is None or rt.ref[2] != direction:
+                rt.ref = (now_s, pv, direction)
+            moved = (pv - rt.ref[1]) * direction
+            rt.value = moved
+            if moved > spec.band:
+                rt.ref = (now_s, pv, direction)
+            else:
+                stuck = now_s - rt.ref[0] > spec.delay_s
+        if rt.inhibited:
+            rt.inhibited = stuck
+            return
+        where = "high" if direction > 0 else "low"
+        if stuck and not rt.condition:
+            self._raise(spec, rt, now_s, f"output {spec.output} at its {where} limit for more than "
+                                         f"{_fmt(spec.delay_s)} s and {spec.channel} moved less than "
+                                         f"{_fmt(spec.band)} {spec.unit}".rstrip(), events)
+        elif not stuck and rt.condition:
+            self._clear(spec, rt, now_s, f"{spec.channel} responds to output {spec.output} again", events)
+
+    # ---------------------------------------------------------------- transitions
+
+    def _raise(self, spec: AlarmSpec, rt: _Runtime, now_s: float, detail: str, events: list[AlarmEvent]) -> None:
+        rt.condition = True
+        rt.pending_since = None
+        if rt.isa in ("normal", "unack_cleared"):
+            rt.isa = "unack_active"
+        events.append(self._event("raised", spec, rt, now_s, detail))
+
+    def _clear(self, spec: AlarmSpec, rt: _Runtime, now_s: float, detail: str, events: list[AlarmEvent]) -> None:
+        rt.condition = False
+        rt.pending_since = None
+        if rt.isa == "ack_active" or (rt.isa == "unack_active" and not spec.latch):
+            rt.isa = "normal"
+        elif rt.isa == "unack_active":
+            rt.isa = "unack_cleared"
+        events.append(self._event("cleared", spec, rt, now_s, detail))
+
+    def acknowledge(self, name: str, now_s: float) -> AlarmEvent | None:
+        """The operator saw it. None if there was nothing to acknowledge."""
+        spec = self._spec(name)
+        rt = self._rt[name]
+        if rt.isa == "unack_active":
+            rt.isa = "ack_active"
+        elif rt.isa == "unack_cleared":
+            rt.isa = "normal"
+        else:
+            return None
+        return self._event("acknowledged", spec, rt, now_s, "acknowledged by the operator")
+
+    def acknowledge_all(self, now_s: float) -> list[AlarmEvent]:
+        events = (self.acknowledge(name, now_s) for name in self._specs)
+        return [event for event in events if event is not None]
+
+    # ---------------------------------------------------------------- views
+
+    def active(self) -> list[str]:
+        """Alarms an operator must see: condition on, or latched and not yet acknowledged."""
+        return [name for name, rt in self._rt.items() if rt.isa != "normal"]
+
+    def unacknowledged(self) -> list[str]:
+        """What sounds the horn."""
+        return [name for name, rt in self._rt.items() if rt.isa in ("unack_active", "unack_cleared")]
+
+    def states(self) -> dict[str, AlarmState]:
+        return {name: self._state(name) for name in self._specs}
+
+    def _state(self, name: str) -> AlarmState:
+        rt = self._rt[name]
+        if rt.sensor_bad:
+            return "sensor"
+        if rt.isa == "normal" and (rt.inhibited or rt.no_setpoint):
+            return "inhibited"
+        return rt.isa
+
+    def _spec(self, name: str) -> AlarmSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise KeyError(f"unknown alarm {name!r} (known: {', '.join(self._specs) or 'none'})") from None
+
+    def _event(self, kind: EventKind, spec: AlarmSpec, rt: _Runtime, now_s: float, detail: str) -> AlarmEvent:
+        value = None if kind == "sensor_bad" else rt.value
+        threshold = spec.band if spec.kind == "loop_break" else spec.threshold
+        return AlarmEvent(kind, now_s, spec.name, spec.severity, value, threshold, spec.message or detail, detail,
+                          self._state(spec.name))
+
+    @staticmethod
+    def _describe(spec: AlarmSpec, pv: float, sp: float | None) -> str:
+        unit = f" {spec.unit}" if spec.unit else ""
+        thr = f"{_fmt(spec.threshold)}{unit}"
+        if spec.kind == "abs_high":
+            return f"{spec.channel} = {_fmt(pv)}{unit} (high alarm at {thr})"
+        if spec.kind == "abs_low":
+            return f"{spec.channel} = {_fmt(pv)}{unit} (low alarm at {thr})"
+        if spec.kind == "rate":
+            way = "" if spec.direction == "both" else f" {spec.direction}"
+            return f"{spec.channel} = {_fmt(pv)}{unit}, rate alarm at {thr}/min{way} over {_fmt(spec.window_s)} s"
+        return (f"{spec.channel} = {_fmt(pv)}{unit}, setpoint {_fmt(sp if sp is not None else math.nan)}{unit} "
+                f"({spec.kind} alarm at {thr})")
+
+    # ---------------------------------------------------------------- power-fail recovery
+
+    def snapshot(self) -> dict[str, object]:
+        """JSON-safe: per alarm its ISA state, condition and inhibition. Timers, rate windows and
+        loop-break references are not kept (plant time restarts); they restart on restore."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "alarms": {name: {"state": rt.isa, "condition": rt.condition, "inhibited": rt.inhibited}
+                       for name, rt in self._rt.items()},
+        }
+
+    def restore(self, snapshot: Mapping[str, object]) -> list[str]:
+        """Resume from ``snapshot()``. Alarms no longer declared are skipped and returned; alarms
+        not in the snapshot start fresh. A malformed snapshot raises ValueError and changes nothing."""
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown alarm snapshot version {snapshot.get('version')!r}")
+        alarms = snapshot.get("alarms")
+        if not isinstance(alarms, Mapping):
+            raise ValueError("alarm snapshot: 'alarms' must be a mapping")
+        restored: dict[str, _Runtime] = {}
+        skipped: list[str] = []
+        for name, data in alarms.items():
+            if not isinstance(name, str) or not isinstance(data, Mapping):
+                raise ValueError(f"alarm snapshot: bad entry {name!r}")
+            state, condition, inhibited = data.get("state"), data.get("condition"), data.get("inhibited")
+            if state not in get_args(IsaState) or not isinstance(condition, bool) or not isinstance(inhibited, bool):
+                raise ValueError(f"alarm snapshot: bad entry for {name!r}: {dict(data)!r}")
+            if name not in self._specs:
+                skipped.append(name)
+                continue
+            restored[name] = _Runtime(isa=cast(IsaState, state), condition=condition, inhibited=inhibited)
+        self._rt.update(restored)
+        return skipped
+
+
+def _fmt(number: float) -> str:
+    return f"{number:.4g}"
