@@ -24,8 +24,11 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "driver.h"
 #include "edge_core.h"
@@ -35,6 +38,9 @@
 
 typedef struct chan {
     ec_channel_cfg cfg;
+    int has_filtered;    /* the filters hold a value */
+    int64_t last_t;      /* time of the sample last fed to the filters */
+    double filtered;
     double med[EC_MEDIAN_MAX];
     int med_count;
     int med_pos;
@@ -67,6 +73,7 @@ typedef struct out {
     int64_t refreshed;   /* core clock of the last request / set_duty */
     int level;           /* level written last tick */
     int was_forced;
+    int cycle_started;   /* a burst-fire cycle is running */
 } out;
 
 typedef struct rule {
@@ -101,8 +108,16 @@ struct ec_core {
     int n_perms;
 
     int64_t heartbeat_t;
-    int reset_prev_level;
+    int reset_armed;       /* the reset input was seen released: a press may reset */
+    int64_t reset_since;   /* core clock when the present press began, -1 when released */
     int first_out;
+    int stopped;           /* stopped once: terminal, nothing may energise again */
+    uint32_t core_fault;   /* EC_FAULT_* bits, latched until a reset with the cause gone */
+    uint32_t fault_active; /* EC_FAULT_* bits whose cause is present now */
+    int64_t last_now;
+    int64_t last_advance_wall;
+    /* latched trips kept in a mapped file, so a crash or restart is not an implicit reset */
+    struct latch_file *latch;
     uint64_t tick_no;
     int64_t start_t;
     int watchdog_level;
@@ -181,6 +196,17 @@ static int name_ok(const char *name)
     return n > 0 && n < EC_NAME_LEN;
 }
 
+/* now - then without overflow: times come from another process (the register file) and from
+ * callers, so any int64 is possible; a huge age saturates, which every check reads as "too old". */
+static int64_t elapsed(int64_t now, int64_t then)
+{
+    int64_t d;
+    if (__builtin_sub_overflow(now, then, &d)) {
+        return now > then ? INT64_MAX : INT64_MIN;
+    }
+    return d;
+}
+
 static int64_t core_now(ec_core *c)
 {
     if (c->n_drivers > 0 && c->drivers[0].ops->clock_ns != NULL) {
@@ -192,7 +218,11 @@ static int64_t core_now(ec_core *c)
 static void push_event(ec_core *c, int kind, int flags, int rule_i, int out_i, int ch, int aux, int aux2,
                        double value, double threshold)
 {
-    if (c->e_head - c->e_tail > c->event_mask) {
+    /* low-priority events (refusals, overruns) may not take the last slots: those are kept
+     * for trips, resets and forced-safe events, which must never be crowded out */
+    int low = kind == EC_EV_REFUSED || kind == EC_EV_OVERRUN || kind == EC_EV_RESET_REFUSED;
+    uint64_t room = (uint64_t)c->event_mask + 1 - (low ? (c->event_mask + 1) / 8 : 0);
+    if (c->e_head - c->e_tail >= room) {
         c->stats.events_lost++;
         return;
     }
@@ -250,6 +280,145 @@ static int begin_add(ec_core *c, const void *cfg, int count, int max, const char
     return EC_OK;
 }
 
+/* ---------- latched trips that survive the process ----------
+ * A latched trip may only be cleared by a local reset, so a crash or a restart of the
+ * controller must not clear it either. The tick mirrors the latched state into a small
+ * mapped file (the page cache keeps it across a process crash; msync pushes it to disk);
+ * ec_core_set_latch_file() restores it before start. The file carries a hash of the rule
+ * set: if the station changed while trips were latched, every latched rule comes back
+ * tripped, since which rule was which can no longer be known. */
+
+#define LATCH_MAGIC 0x524c4154u /* "RLAT" */
+#define LATCH_VERSION 1
+
+typedef struct latch_image {
+    uint32_t magic;
+    uint32_t version;
+    uint64_t rules_hash;
+    int32_t first_out;
+    uint32_t core_fault;
+    uint8_t tripped[EC_MAX_RULES];
+} latch_image;
+
+struct latch_file {
+    latch_image *img;
+};
+
+static uint64_t rules_hash(const ec_core *c)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (int i = 0; i < c->n_rules; i++) {
+        const ec_rule_cfg *r = &c->rules[i].cfg;
+        for (const char *s = r->name; *s; s++) {
+            h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+        }
+        uint32_t extra[3] = {(uint32_t)r->kind, (uint32_t)r->channel, (uint32_t)r->latch};
+        for (size_t k = 0; k < sizeof extra; k++) {
+            h = (h ^ ((const uint8_t *)extra)[k]) * 1099511628211ULL;
+        }
+    }
+    return h;
+}
+
+static void latch_sync(ec_core *c)
+{
+    if (c->latch == NULL) {
+        return;
+    }
+    latch_image *img = c->latch->img;
+    int changed = 0;
+    for (int i = 0; i < c->n_rules; i++) {
+        uint8_t v = (uint8_t)(c->rules[i].tripped && c->rules[i].cfg.latch);
+        if (img->tripped[i] != v) {
+            img->tripped[i] = v;
+            changed = 1;
+        }
+    }
+    if (img->first_out != c->first_out || img->core_fault != c->core_fault) {
+        img->first_out = c->first_out;
+        img->core_fault = c->core_fault;
+        changed = 1;
+    }
+    if (changed) {
+        msync(img, sizeof *img, MS_ASYNC);
+    }
+}
+
+int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errlen)
+{
+    int rc = check_configurable(c, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
+    if (path == NULL || path[0] == '\0' || c->latch != NULL) {
+        ec_set_err(err, errlen, path == NULL || path[0] == '\0' ? "empty latch file path" : "latch file already set");
+        return EC_EINVAL;
+    }
+    int fd = open(path, O_RDWR | O_CREAT, 0640);
+    if (fd < 0) {
+        ec_set_err(err, errlen, "latch file '%s': %s", path, strerror(errno));
+        return EC_EIO;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || ((size_t)st.st_size < sizeof(latch_image) &&
+                                ftruncate(fd, (off_t)sizeof(latch_image)) != 0)) {
+        ec_set_err(err, errlen, "latch file '%s': cannot size it: %s", path, strerror(errno));
+        close(fd);
+        return EC_EIO;
+    }
+    void *map = mmap(NULL, sizeof(latch_image), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        ec_set_err(err, errlen, "latch file '%s': cannot map it: %s", path, strerror(errno));
+        return EC_EIO;
+    }
+    struct latch_file *lf = calloc(1, sizeof *lf);
+    if (lf == NULL) {
+        munmap(map, sizeof(latch_image));
+        ec_set_err(err, errlen, "out of memory");
+        return EC_ENOMEM;
+    }
+    lf->img = map;
+    latch_image *img = lf->img;
+    uint64_t hash = rules_hash(c);
+    int restored = 0;
+    if (img->magic == LATCH_MAGIC && img->version == LATCH_VERSION) {
+        int any = img->core_fault != 0;
+        for (int i = 0; i < EC_MAX_RULES; i++) {
+            any |= img->tripped[i] != 0;
+        }
+        for (int i = 0; i < c->n_rules; i++) {
+            int was = img->rules_hash == hash ? img->tripped[i] != 0 : any;
+            if (was && c->rules[i].cfg.latch) {
+                c->rules[i].tripped = 1;
+                restored++;
+                push_event(c, EC_EV_TRIP, EC_EVF_RESTORED, i, -1, c->rules[i].cfg.channel, 0, 0, NAN,
+                           c->rules[i].cfg.threshold);
+            }
+        }
+        if (img->rules_hash == hash) {
+            c->core_fault = img->core_fault;
+            if (img->first_out >= 0 && img->first_out < c->n_rules && c->rules[img->first_out].tripped) {
+                c->first_out = img->first_out;
+            }
+        }
+        if (restored > 0 && c->first_out < 0) {
+            for (int i = 0; i < c->n_rules && c->first_out < 0; i++) {
+                c->first_out = c->rules[i].tripped ? i : -1;
+            }
+        }
+    }
+    memset(img, 0, sizeof *img);
+    img->magic = LATCH_MAGIC;
+    img->version = LATCH_VERSION;
+    img->rules_hash = hash;
+    img->first_out = -1;
+    c->latch = lf;
+    latch_sync(c);
+    msync(img, sizeof *img, MS_SYNC);
+    return restored;
+}
+
 /* ---------- life cycle ---------- */
 
 int ec_core_new(const ec_core_cfg *cfg, ec_core **out_core, char *err, size_t errlen)
@@ -304,6 +473,7 @@ int ec_core_new(const ec_core_cfg *cfg, ec_core **out_core, char *err, size_t er
     c->sample_mask = cfg->sample_ring - 1;
     c->event_mask = cfg->event_ring - 1;
     c->first_out = -1;
+    c->reset_since = -1;
     atomic_init(&c->running, 0);
     atomic_init(&c->s_head, 0);
     atomic_init(&c->s_tail, 0);
@@ -324,6 +494,11 @@ void ec_core_free(ec_core *c)
         if (c->drivers[i].ops->close != NULL) {
             c->drivers[i].ops->close(&c->drivers[i]);
         }
+    }
+    if (c->latch != NULL) {
+        msync(c->latch->img, sizeof(latch_image), MS_SYNC);
+        munmap(c->latch->img, sizeof(latch_image));
+        free(c->latch);
     }
     pthread_mutex_destroy(&c->lock);
     free(c->samples);
@@ -527,8 +702,8 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
             return EC_EINVAL;
         }
         if ((cfg->kind == EC_RULE_RATE_HIGH || cfg->kind == EC_RULE_RATE_LOW) &&
-            !(c->channels[cfg->channel].cfg.rate_window_ms > 0)) {
-            ec_set_err(err, errlen, "rule '%s': channel '%s' measures no rate (rate_window_ms is 0)", cfg->name,
+            (digital || !(c->channels[cfg->channel].cfg.rate_window_ms > 0))) {
+            ec_set_err(err, errlen, "rule '%s': channel '%s' measures no rate (digital, or rate_window_ms is 0)", cfg->name,
                        c->channels[cfg->channel].cfg.name);
             return EC_EINVAL;
         }
@@ -615,7 +790,7 @@ static void update_rate(chan *ch, int64_t now, double v)
         step = 1;
     }
     int last = (ch->rate_pos + RATE_SLOTS - 1) % RATE_SLOTS;
-    if (ch->rate_n == 0 || now - ch->rate_t[last] >= step) {
+    if (ch->rate_n == 0 || elapsed(now, ch->rate_t[last]) >= step) {
         ch->rate_v[ch->rate_pos] = v;
         ch->rate_t[ch->rate_pos] = now;
         ch->rate_pos = (ch->rate_pos + 1) % RATE_SLOTS;
@@ -624,7 +799,7 @@ static void update_rate(chan *ch, int64_t now, double v)
         }
     }
     int oldest = ch->rate_n < RATE_SLOTS ? 0 : ch->rate_pos;
-    int64_t span = now - ch->rate_t[oldest];
+    int64_t span = elapsed(now, ch->rate_t[oldest]);
     if (ch->rate_n >= 2 && span >= step * (RATE_SLOTS - 1) / 2 && span > 0) {
         ch->rate = (v - ch->rate_v[oldest]) * 60e9 / (double)span;
         ch->rate_valid = 1;
@@ -635,12 +810,46 @@ static void update_rate(chan *ch, int64_t now, double v)
 
 static void reset_filter(chan *ch)
 {
+    ch->has_filtered = 0;
     ch->med_count = 0;
     ch->med_pos = 0;
     ch->ema_init = 0;
     ch->rate_n = 0;
     ch->rate_pos = 0;
     ch->rate_valid = 0;
+}
+
+/* median-of-N (a majority vote on a digital channel), then EMA and rate: one new sample */
+static double filter_sample(chan *ch, int64_t t, double v)
+{
+    const ec_channel_cfg *cfg = &ch->cfg;
+    if (cfg->median_n > 1) {
+        ch->med[ch->med_pos] = v;
+        ch->med_pos = (ch->med_pos + 1) % cfg->median_n;
+        if (ch->med_count < cfg->median_n) {
+            ch->med_count++;
+        }
+        v = median_of(ch->med, ch->med_count);
+    }
+    if (cfg->kind == EC_CH_DIGITAL) {
+        return v >= 0.5 ? 1.0 : 0.0;
+    }
+    if (cfg->ema_tau_ms > 0) {
+        if (!ch->ema_init) {
+            ch->ema = v;
+            ch->ema_init = 1;
+        } else {
+            double dt_ms = (double)elapsed(t, ch->ema_t) / NS_PER_MS;
+            double alpha = dt_ms <= 0 ? 0.0 : 1.0 - exp(-dt_ms / cfg->ema_tau_ms);
+            ch->ema += alpha * (v - ch->ema);
+        }
+        ch->ema_t = t;
+        v = ch->ema;
+    }
+    if (cfg->rate_window_ms > 0) {
+        update_rate(ch, t, v);
+    }
+    return v;
 }
 
 static void update_channel(ec_core *c, chan *ch, int64_t now)
@@ -691,11 +900,8 @@ static void update_channel(ec_core *c, chan *ch, int64_t now)
     if (!isfinite(v) && !(st & (EC_ST_FAULT | EC_ST_NODATA))) {
         st |= EC_ST_RANGE;
     }
-    if (cfg->max_age_ms > 0 && (double)(now - t) > cfg->max_age_ms * NS_PER_MS) {
+    if (cfg->max_age_ms > 0 && (double)elapsed(now, t) > cfg->max_age_ms * NS_PER_MS) {
         st |= EC_ST_STALE;
-        if (cfg->kind == EC_CH_INJECTED && !ch->inj_has) {
-            st = EC_ST_STALE | EC_ST_NODATA;
-        }
     }
     if (st & (EC_ST_FAULT | EC_ST_NODATA) || !isfinite(v)) {
         /* a faulted channel is never a number that looks fine */
@@ -705,42 +911,17 @@ static void update_channel(ec_core *c, chan *ch, int64_t now)
         ch->latest.t_ns = t;
         return;
     }
-    if (cfg->kind == EC_CH_DIGITAL && cfg->median_n > 1) {
-        /* median of 0/1 levels is a majority vote: it rides through contact chatter */
-        ch->med[ch->med_pos] = v;
-        ch->med_pos = (ch->med_pos + 1) % cfg->median_n;
-        if (ch->med_count < cfg->median_n) {
-            ch->med_count++;
-        }
-        v = median_of(ch->med, ch->med_count) >= 0.5 ? 1.0 : 0.0;
+    /* the filters take each sample once: a held value (an injected node reading, a converter
+     * polled every 100 ms) repeated every tick would fill the median with copies of itself */
+    if (!ch->has_filtered || t != ch->last_t) {
+        ch->last_t = t;
+        ch->filtered = filter_sample(ch, t, v);
+        ch->has_filtered = 1;
     }
-    if (cfg->kind != EC_CH_DIGITAL) {
-        if (v < cfg->range_lo || v > cfg->range_hi) {
-            st |= EC_ST_RANGE;
-        }
-        if (cfg->median_n > 1) {
-            ch->med[ch->med_pos] = v;
-            ch->med_pos = (ch->med_pos + 1) % cfg->median_n;
-            if (ch->med_count < cfg->median_n) {
-                ch->med_count++;
-            }
-            v = median_of(ch->med, ch->med_count);
-        }
-        if (cfg->ema_tau_ms > 0) {
-            if (!ch->ema_init) {
-                ch->ema = v;
-                ch->ema_init = 1;
-            } else {
-                double dt_ms = (double)(t - ch->ema_t) / NS_PER_MS;
-                double alpha = dt_ms <= 0 ? 0.0 : 1.0 - exp(-dt_ms / cfg->ema_tau_ms);
-                ch->ema += alpha * (v - ch->ema);
-            }
-            ch->ema_t = t;
-            v = ch->ema;
-        }
-        if (cfg->rate_window_ms > 0) {
-            update_rate(ch, t, v);
-        }
+    v = ch->filtered;
+    /* range is judged on the filtered value: one spike the median rejects is not a broken sensor */
+    if (cfg->kind != EC_CH_DIGITAL && (v < cfg->range_lo || v > cfg->range_hi)) {
+        st |= EC_ST_RANGE;
     }
     ch->latest.value = v;
     ch->latest.status = st;
@@ -761,20 +942,21 @@ static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)
     *sensor_bad = 0;
     const ec_rule_cfg *cfg = &r->cfg;
     if (cfg->kind == EC_RULE_DEADMAN) {
-        r->value = (double)(now - c->heartbeat_t) / NS_PER_MS;
+        r->value = (double)elapsed(now, c->heartbeat_t) / NS_PER_MS;
         return r->value > cfg->threshold;
     }
     const chan *ch = &c->channels[cfg->channel];
     const ec_value *val = &ch->latest;
     int held = r->tripped || r->cond_since >= 0;
     r->value = val->value;
-    /* an injected channel waiting for its first value is within its start-up grace */
-    int grace = (val->status == EC_ST_NODATA);
+    /* only an injected channel waiting for its first value has a grace (max_age_ms from start,
+     * after which it reads STALE|NODATA); a driver channel without data is a bad sensor */
+    int grace = ch->cfg.kind == EC_CH_INJECTED && val->status == EC_ST_NODATA;
     switch (cfg->kind) {
     case EC_RULE_FAULT:
         return (val->status & (EC_ST_FAULT | EC_ST_RANGE)) != 0;
     case EC_RULE_STALE:
-        return (val->status & EC_ST_STALE) != 0;
+        return !grace && (val->status & (EC_ST_STALE | EC_ST_NODATA)) != 0;
     default:
         break;
     }
@@ -822,7 +1004,6 @@ static int any_tripped(const ec_core *c)
 
 static void evaluate_rules(ec_core *c, int64_t now)
 {
-    int had_trip = any_tripped(c);
     for (int i = 0; i < c->n_rules; i++) {
         rule *r = &c->rules[i];
         int bad = 0;
@@ -833,14 +1014,14 @@ static void evaluate_rules(ec_core *c, int64_t now)
             if (r->cond_since < 0) {
                 r->cond_since = now;
             }
-            if (!r->tripped && (double)(now - r->cond_since) >= r->cfg.debounce_ms * NS_PER_MS) {
-                r->tripped = 1;
-                r->tripped_at = now;
+            if (!r->tripped && (double)elapsed(now, r->cond_since) >= r->cfg.debounce_ms * NS_PER_MS) {
                 int flags = bad ? EC_EVF_SENSOR_BAD : 0;
-                if (!had_trip && c->first_out < 0) {
+                if (!any_tripped(c)) { /* the first of a cascade: nothing else is tripped */
                     c->first_out = i;
                     flags |= EC_EVF_FIRST_OUT;
                 }
+                r->tripped = 1;
+                r->tripped_at = now;
                 push_event(c, EC_EV_TRIP, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
             }
         } else {
@@ -873,6 +1054,15 @@ static int do_reset(ec_core *c, int which, int flags)
         r->tripped = 0;
         push_event(c, EC_EV_RESET, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
     }
+    uint32_t gone = c->core_fault & ~c->fault_active;
+    if (gone) {
+        c->core_fault &= ~gone;
+        push_event(c, EC_EV_RESET, flags | EC_EVF_CORE_FAULT, -1, -1, -1, (int)gone, 0, 0, 0);
+    }
+    if (c->core_fault & c->fault_active) {
+        push_event(c, EC_EV_RESET_REFUSED, flags | EC_EVF_CORE_FAULT, -1, -1, -1, (int)c->core_fault, 0, 0, 0);
+        rc = EC_ECONDITION;
+    }
     if (!any_tripped(c)) {
         c->first_out = -1;
     }
@@ -881,6 +1071,9 @@ static int do_reset(ec_core *c, int which, int flags)
 
 static uint64_t forced_mask(const ec_core *c)
 {
+    if (c->core_fault) { /* the core cannot trust its clock or its outputs: everything safe */
+        return c->n_outputs >= 64 ? ~0ULL : (1ULL << c->n_outputs) - 1;
+    }
     uint64_t m = 0;
     for (int i = 0; i < c->n_rules; i++) {
         if (c->rules[i].tripped) {
@@ -940,7 +1133,10 @@ static void gate_outputs(ec_core *c, int64_t now)
     for (int i = 0; i < c->n_outputs; i++) {
         out *o = &c->outputs[i];
         if (i == c->cfg.watchdog_output) {
-            c->watchdog_level ^= 1;
+            /* a core fault stops the toggling: the external watchdog relay drops the contactor */
+            if (!c->core_fault) {
+                c->watchdog_level ^= 1;
+            }
             o->level = c->watchdog_level;
             continue;
         }
@@ -956,9 +1152,9 @@ static void gate_outputs(ec_core *c, int64_t now)
                 drop_output(o);
                 push_event(c, EC_EV_PERMISSIVE_DROP, 0, -1, i, c->perms[p].channel, EC_REFUSE_PERMISSIVE, p,
                            c->channels[c->perms[p].channel].latest.value, c->perms[p].value);
-            } else if (o->cfg.max_on_ms > 0 && (double)(now - o->refreshed) > o->cfg.max_on_ms * NS_PER_MS) {
+            } else if (o->cfg.max_on_ms > 0 && (double)elapsed(now, o->refreshed) > o->cfg.max_on_ms * NS_PER_MS) {
                 drop_output(o);
-                push_event(c, EC_EV_KEEPALIVE_DROP, 0, -1, i, -1, 0, 0, (double)(now - o->refreshed) / NS_PER_MS,
+                push_event(c, EC_EV_KEEPALIVE_DROP, 0, -1, i, -1, 0, 0, (double)elapsed(now, o->refreshed) / NS_PER_MS,
                            o->cfg.max_on_ms);
             }
         }
@@ -966,7 +1162,9 @@ static void gate_outputs(ec_core *c, int64_t now)
         int on = 0;
         if (o->duty_mode) {
             int64_t cycle = (int64_t)(o->cfg.duty_cycle_ms * NS_PER_MS);
-            if (now - o->cycle_start >= cycle || now < o->cycle_start) {
+            int64_t in_cycle = elapsed(now, o->cycle_start);
+            if (!o->cycle_started || in_cycle >= cycle || in_cycle < 0) {
+                o->cycle_started = 1;
                 /* burst fire: first-order sigma-delta over whole cycles */
                 o->cycle_start = now;
                 o->duty_acc += o->duty;
@@ -1001,6 +1199,9 @@ static void write_outputs(ec_core *c)
         int failed = c->drivers[d].ops->write(&c->drivers[d], levels, mask) != EC_OK;
         if (failed && !c->write_failing[d]) {
             push_event(c, EC_EV_DRIVER_ERROR, 0, -1, -1, -1, 1, 0, d, 0);
+        }
+        if (failed) { /* an output may still be energised out there: a core fault, not a log line */
+            c->fault_active |= EC_FAULT_OUTPUT_WRITE;
         }
         c->write_failing[d] = failed;
     }
@@ -1053,26 +1254,67 @@ static void push_sample(ec_core *c, int64_t now)
     atomic_store_explicit(&c->s_head, head + 1, memory_order_release);
 }
 
+/* Every timer of the core (debounce, dead-man, keep-alive, staleness) runs on its clock, so
+ * the clock itself is checked each tick: going backwards or standing still for
+ * EC_CLOCK_STALL_MS of wall time is a core fault (everything safe, the watchdog line stops). */
+static void check_clock(ec_core *c, int64_t now)
+{
+    int64_t wall = ec_monotonic_ns();
+    c->fault_active &= ~(uint32_t)EC_FAULT_CLOCK_STOPPED;
+    if (c->tick_no == 0 || now > c->last_now) {
+        c->last_advance_wall = wall;
+    } else if (now < c->last_now) {
+        c->fault_active |= EC_FAULT_CLOCK_BACKWARDS;
+    } else if (elapsed(wall, c->last_advance_wall) > (int64_t)EC_CLOCK_STALL_MS * 1000000LL) {
+        c->fault_active |= EC_FAULT_CLOCK_STOPPED;
+    }
+    c->last_now = now;
+}
+
+/* the local reset input: a press held EC_RESET_HOLD_MS after a release; a contact stuck
+ * closed (or closed at start-up) never resets anything, nor does a chattering one */
+static void reset_input(ec_core *c, int64_t now)
+{
+    const ec_value *rv = &c->channels[c->cfg.reset_channel].latest;
+    int pressed = rv->status == EC_ST_OK && rv->value >= 0.5;
+    if (!pressed) {
+        c->reset_armed = 1;
+        c->reset_since = -1;
+        return;
+    }
+    if (c->reset_since < 0) {
+        c->reset_since = now;
+    }
+    if (c->reset_armed && elapsed(now, c->reset_since) >= (int64_t)EC_RESET_HOLD_MS * 1000000LL) {
+        c->reset_armed = 0;
+        do_reset(c, -1, EC_EVF_LOCAL_INPUT);
+    }
+}
+
 /* one tick; caller holds the lock */
 static void tick(ec_core *c)
 {
     read_inputs(c);
     int64_t now = core_now(c);
+    check_clock(c, now);
     c->tick_no++;
     for (int i = 0; i < c->n_channels; i++) {
         update_channel(c, &c->channels[i], now);
     }
     evaluate_rules(c, now);
+    uint32_t new_faults = c->fault_active & ~c->core_fault;
+    if (new_faults) {
+        c->core_fault |= new_faults;
+        push_event(c, EC_EV_CORE_FAULT, c->first_out < 0 && !any_tripped(c) ? EC_EVF_FIRST_OUT : 0, -1, -1, -1,
+                   (int)new_faults, 0, 0, 0);
+    }
     if (c->cfg.reset_channel >= 0 && c->cfg.reset_channel < c->n_channels) {
-        const ec_value *rv = &c->channels[c->cfg.reset_channel].latest;
-        int level = rv->status == EC_ST_OK && rv->value >= 0.5;
-        if (level && !c->reset_prev_level) {
-            do_reset(c, -1, EC_EVF_LOCAL_INPUT);
-        }
-        c->reset_prev_level = level;
+        reset_input(c, now);
     }
     gate_outputs(c, now);
+    c->fault_active &= ~(uint32_t)EC_FAULT_OUTPUT_WRITE;
     write_outputs(c);
+    latch_sync(c);
     push_sample(c, now);
     c->stats.ticks++;
 }
@@ -1153,11 +1395,14 @@ int ec_core_start(ec_core *c, char *err, size_t errlen)
             }
         }
     }
+    if (c->stopped) {
+        ec_set_err(err, errlen, "core was stopped: a stopped core is not started again (make a new one)");
+        return EC_ESTATE;
+    }
     pthread_mutex_lock(&c->lock);
     c->start_t = core_now(c);
     c->heartbeat_t = c->start_t;
     safe_all_outputs(c);
-    push_event(c, EC_EV_STARTED, 0, -1, -1, -1, 0, 0, 0, 0);
     pthread_mutex_unlock(&c->lock);
 
     c->stats.mlock = EC_MLOCK_NONE;
@@ -1190,7 +1435,10 @@ int ec_core_start(ec_core *c, char *err, size_t errlen)
         ec_set_err(err, errlen, "cannot start the sampler thread: %s", strerror(rc));
         return EC_EIO;
     }
+    pthread_mutex_lock(&c->lock);
     c->started = 1;
+    push_event(c, EC_EV_STARTED, 0, -1, -1, -1, 0, 0, 0, 0);
+    pthread_mutex_unlock(&c->lock);
     return EC_OK;
 }
 
@@ -1204,14 +1452,13 @@ int ec_core_stop(ec_core *c)
     }
     atomic_store(&c->running, 0);
     pthread_join(c->thread, NULL);
-    c->started = 0;
     pthread_mutex_lock(&c->lock);
+    c->started = 0;
+    c->stopped = 1; /* terminal: no inline ticks, no energising requests, no restart */
     safe_all_outputs(c); /* the controller is leaving: nothing stays energised */
     push_event(c, EC_EV_STOPPED, 0, -1, -1, -1, 0, 0, 0, 0);
     pthread_mutex_unlock(&c->lock);
-    if (c->stats.mlock == EC_MLOCK_OK) {
-        munlockall();
-    }
+    /* mlockall is process-wide and other cores may rely on it: the lock stays until exit */
     return EC_OK;
 }
 
@@ -1220,7 +1467,7 @@ int ec_core_run_ticks(ec_core *c, int32_t n)
     if (c == NULL || n < 0) {
         return EC_EINVAL;
     }
-    if (c->started) {
+    if (c->started || c->stopped) {
         return EC_ESTATE;
     }
     pthread_mutex_lock(&c->lock);
@@ -1248,8 +1495,32 @@ int ec_core_heartbeat(ec_core *c)
     return EC_OK;
 }
 
+static const char *fault_text(uint32_t bits)
+{
+    if (bits & EC_FAULT_OUTPUT_WRITE) {
+        return "an output write failed";
+    }
+    if (bits & EC_FAULT_CLOCK_BACKWARDS) {
+        return "the core clock went backwards";
+    }
+    if (bits & EC_FAULT_CLOCK_STOPPED) {
+        return "the core clock stopped";
+    }
+    return "core fault";
+}
+
 static int gate_request(ec_core *c, int o, char *err, size_t errlen)
 {
+    if (c->stopped) {
+        ec_set_err(err, errlen, "'%s' refused: the core is stopped", c->outputs[o].cfg.name);
+        return EC_ESTATE;
+    }
+    if (c->core_fault) {
+        push_event(c, EC_EV_REFUSED, EC_EVF_CORE_FAULT, -1, o, -1, EC_REFUSE_FORCED, -1, 0, 0);
+        ec_set_err(err, errlen, "'%s' is held safe by a core fault: %s (reset needed)", c->outputs[o].cfg.name,
+                   fault_text(c->core_fault));
+        return EC_EREFUSED;
+    }
     int r = forcing_rule(c, o);
     if (r >= 0) {
         push_event(c, EC_EV_REFUSED, 0, r, o, c->rules[r].cfg.channel, EC_REFUSE_FORCED, -1, c->rules[r].value,
@@ -1342,7 +1613,7 @@ int ec_core_set_duty(ec_core *c, int32_t o, double duty, char *err, size_t errle
         if (rc == EC_OK) {
             if (!op->duty_mode) {
                 op->duty_acc = 0;
-                op->cycle_start = INT64_MIN / 2;
+                op->cycle_started = 0;
             }
             op->energise = 0;
             op->duty_mode = 1;
@@ -1356,29 +1627,41 @@ int ec_core_set_duty(ec_core *c, int32_t o, double duty, char *err, size_t errle
     return rc;
 }
 
-int ec_core_inject(ec_core *c, int32_t channel, double value, uint32_t status, int64_t t_ns)
+int ec_core_inject(ec_core *c, int32_t channel, double value, uint32_t status, int64_t t_ns, char *err,
+                   size_t errlen)
 {
     if (c == NULL || channel < 0 || channel >= c->n_channels) {
+        ec_set_err(err, errlen, "channel %d not declared", channel);
         return EC_ENOTFOUND;
     }
     if (c->channels[channel].cfg.kind != EC_CH_INJECTED) {
+        ec_set_err(err, errlen, "channel '%s' is not an injected channel", c->channels[channel].cfg.name);
         return EC_EINVAL;
     }
     if ((status & ~(uint32_t)(EC_ST_FAULT | EC_ST_RANGE)) != 0) {
+        ec_set_err(err, errlen, "status %#x: only FAULT and RANGE may be injected", status);
         return EC_EINVAL;
     }
     pthread_mutex_lock(&c->lock);
     chan *ch = &c->channels[channel];
-    if (ch->inj_has && t_ns < ch->inj_t) {
-        pthread_mutex_unlock(&c->lock);
-        return EC_ERANGE; /* older than what we have: out of order */
+    int64_t ahead = elapsed(t_ns, core_now(c));
+    int rc = EC_OK;
+    if (ahead > (int64_t)EC_INJECT_FUTURE_MS * 1000000LL) {
+        /* a timestamp from the future would keep the channel fresh forever: refuse it */
+        ec_set_err(err, errlen, "'%s': timestamp %.3f s ahead of the core clock (another clock?)", ch->cfg.name,
+                   (double)ahead / 1e9);
+        rc = EC_ERANGE;
+    } else if (ch->inj_has && t_ns < ch->inj_t) {
+        ec_set_err(err, errlen, "'%s': timestamp older than the last value (out of order)", ch->cfg.name);
+        rc = EC_ERANGE;
+    } else {
+        ch->inj_value = value;
+        ch->inj_status = isfinite(value) ? status : (status | EC_ST_FAULT);
+        ch->inj_t = t_ns;
+        ch->inj_has = 1;
     }
-    ch->inj_value = value;
-    ch->inj_status = isfinite(value) ? status : (status | EC_ST_FAULT);
-    ch->inj_t = t_ns;
-    ch->inj_has = 1;
     pthread_mutex_unlock(&c->lock);
-    return EC_OK;
+    return rc;
 }
 
 int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
@@ -1392,8 +1675,14 @@ int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
         return EC_ENOTFOUND;
     }
     pthread_mutex_lock(&c->lock);
+    if (c->stopped) {
+        pthread_mutex_unlock(&c->lock);
+        ec_set_err(err, errlen, "reset refused: the core is stopped (its conditions are not evaluated)");
+        return EC_ESTATE;
+    }
     int rc = do_reset(c, r, 0);
     if (rc == EC_ECONDITION) {
+        ec_set_err(err, errlen, "reset refused: %s", fault_text(c->core_fault));
         int held = -1;
         for (int i = 0; i < c->n_rules; i++) {
             if (c->rules[i].tripped && (r < 0 || i == r)) {
@@ -1523,6 +1812,7 @@ int ec_core_stats(ec_core *c, ec_stats *out_st)
     pthread_mutex_lock(&c->lock);
     *out_st = c->stats;
     out_st->running = c->started;
+    out_st->core_fault = c->core_fault;
     out_st->n_channels = c->n_channels;
     out_st->n_outputs = c->n_outputs;
     out_st->n_rules = c->n_rules;

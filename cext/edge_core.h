@@ -4,7 +4,8 @@
  * The core samples the plant at a fixed period on its own POSIX thread, converts and
  * filters every channel, evaluates the interlocks, gates the outputs and records
  * samples and events in ring buffers that Python drains. It knows nothing of Python,
- * MQTT or recipes. Every function returns EC_OK (0) or a negative EC_E* code; where a
+ * MQTT or recipes. Every function returns a negative EC_E* code on failure, else EC_OK (0), an
+ * index (ec_core_add_*) or a count (drains, latest, set_latch_file); where a
  * function takes `err`, a human-readable reason is written there (NUL-terminated,
  * truncated to `errlen`). Nothing here aborts or exits.
  *
@@ -42,6 +43,9 @@ extern "C" {
 #define EC_MEDIAN_MAX 9
 #define EC_JITTER_BUCKETS 1002   /* 10 us wide up to 10 ms, then overflow */
 #define EC_JITTER_BUCKET_NS 10000
+#define EC_CLOCK_STALL_MS 500    /* core clock standing still this long (wall) = core fault */
+#define EC_RESET_HOLD_MS 100     /* the local reset input must be held this long, after a release */
+#define EC_INJECT_FUTURE_MS 1000 /* an injected timestamp further ahead of the core clock is refused */
 
 /* ---- error codes ---- */
 #define EC_OK 0
@@ -89,7 +93,7 @@ extern "C" {
 
 /* ---- event kinds ---- */
 #define EC_EV_TRIP 1             /* rule tripped (flags: FIRST_OUT, SENSOR_BAD) */
-#define EC_EV_CLEAR 2            /* a non-latched rule's condition cleared, or a latched rule was reset */
+#define EC_EV_CLEAR 2            /* a non-latched rule's condition cleared (a latched one needs EC_EV_RESET) */
 #define EC_EV_RESET 3            /* a latched rule was reset */
 #define EC_EV_RESET_REFUSED 4    /* reset asked while the condition still holds */
 #define EC_EV_REFUSED 5          /* output request refused (rule = forcing rule, or permissive index) */
@@ -100,10 +104,19 @@ extern "C" {
 #define EC_EV_DRIVER_ERROR 10    /* a driver call failed (value = driver index) */
 #define EC_EV_STARTED 11
 #define EC_EV_STOPPED 12
+#define EC_EV_CORE_FAULT 13      /* aux = EC_FAULT_* bits: every output safe, watchdog line stopped */
 
 #define EC_EVF_FIRST_OUT 1       /* this trip was the first of its cascade */
 #define EC_EVF_SENSOR_BAD 2      /* the rule tripped because its channel's value was not OK */
 #define EC_EVF_LOCAL_INPUT 4     /* reset came from the local reset input */
+#define EC_EVF_CORE_FAULT 8      /* the event concerns a core fault (aux = EC_FAULT_* bits), not a rule */
+#define EC_EVF_RESTORED 16       /* a latched trip restored from the latch file at start-up */
+
+/* core faults: latched like a trip, cleared by a reset once the cause is gone. While one is
+ * latched every output is held safe and the watchdog line stops toggling. */
+#define EC_FAULT_CLOCK_BACKWARDS 1
+#define EC_FAULT_CLOCK_STOPPED 2
+#define EC_FAULT_OUTPUT_WRITE 4
 
 /* refusal reasons (event `aux`) */
 #define EC_REFUSE_FORCED 1       /* a tripped rule forces this output safe; `rule` names it */
@@ -214,6 +227,7 @@ typedef struct ec_stats {
     int32_t sched;             /* EC_SCHED_* obtained */
     int32_t mlock;             /* EC_MLOCK_* obtained */
     int32_t running;
+    uint32_t core_fault;       /* EC_FAULT_* bits latched */
     int32_t n_channels;
     int32_t n_outputs;
     int32_t n_rules;
@@ -235,29 +249,39 @@ int ec_core_add_channel(ec_core *core, const ec_channel_cfg *cfg, char *err, siz
 int ec_core_add_output(ec_core *core, const ec_output_cfg *cfg, char *err, size_t errlen);
 int ec_core_add_rule(ec_core *core, const ec_rule_cfg *cfg, char *err, size_t errlen);
 int ec_core_add_permissive(ec_core *core, const ec_permissive_cfg *cfg, char *err, size_t errlen);
+/* Keep latched trips in `path` so that a crash or restart is not an implicit reset. Call after
+ * the rules are added, before start. Returns the number of latched trips restored (>= 0). */
+int ec_core_set_latch_file(ec_core *core, const char *path, char *err, size_t errlen);
 
 int ec_core_start(ec_core *core, char *err, size_t errlen);
 int ec_core_stop(ec_core *core);
 
-/* ---- runtime (any thread; each takes the core lock briefly) ---- */
+/* ---- runtime (any thread; each takes the core lock briefly, except drain_samples, which is
+ * lock-free and single-consumer: drain samples from one thread only) ---- */
 int ec_core_heartbeat(ec_core *core);
 /* level 0/1. Away from the safe level it must pass the gate; refused -> EC_EREFUSED and err says why. */
 int ec_core_request_output(ec_core *core, int32_t output, int32_t level, char *err, size_t errlen);
 /* time-proportioned drive, duty 0..1 of the output's non-safe level; also refreshes the keep-alive */
 int ec_core_set_duty(ec_core *core, int32_t output, double duty, char *err, size_t errlen);
-/* t_ns on the core clock; value with status (EC_ST_FAULT from the source, e.g. a node's own fault bit) */
-int ec_core_inject(ec_core *core, int32_t channel, double value, uint32_t status, int64_t t_ns);
+/* t_ns on the core clock (at most EC_INJECT_FUTURE_MS ahead, never older than the last value);
+ * status EC_ST_OK, EC_ST_FAULT or EC_ST_RANGE from the source, e.g. a node's own fault bit */
+int ec_core_inject(ec_core *core, int32_t channel, double value, uint32_t status, int64_t t_ns, char *err,
+                   size_t errlen);
 /* rule index, or -1 for every latched rule whose condition has cleared. A local call. */
 int ec_core_reset(ec_core *core, int32_t rule, char *err, size_t errlen);
 
 int ec_core_latest(ec_core *core, ec_value *out, int32_t n);         /* returns channels copied */
 int ec_core_outputs(ec_core *core, uint64_t *levels, uint64_t *requested, uint64_t *forced);
-int ec_core_rules(ec_core *core, uint64_t *tripped, uint64_t *latched, int32_t *first_out);
+/* tripped: bit i = rule i tripped; resettable: latched and its condition has cleared; first_out:
+ * the first rule of the present cascade, kept until every rule of it has cleared or been reset */
+int ec_core_rules(ec_core *core, uint64_t *tripped, uint64_t *resettable, int32_t *first_out);
 int64_t ec_core_now_ns(ec_core *core);
 int ec_core_drain_samples(ec_core *core, ec_sample *out, int32_t max); /* returns count */
 int ec_core_drain_events(ec_core *core, ec_event *out, int32_t max);   /* returns count */
 int ec_core_stats(ec_core *core, ec_stats *out);
-int ec_core_run_ticks(ec_core *core, int32_t n); /* not started: run n ticks inline (tests, benchmarks) */
+/* never started: run n ticks inline (lockstep simulation, tests). A stopped core is stopped for good:
+ * run_ticks, start, reset and energising requests then return EC_ESTATE. */
+int ec_core_run_ticks(ec_core *core, int32_t n);
 
 /* ---- thermocouples (NIST ITS-90 reference functions) ---- */
 /* EMF in mV with the reference junction at 0 degC. EC_ERANGE outside the type's range. */

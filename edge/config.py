@@ -275,6 +275,7 @@ def parse_station(text: str, source: str) -> Station:
         event_ring=settings.event_ring,
         reset_channel=settings.reset_input,
         watchdog_output=settings.watchdog_output,
+        latch_file=settings.latch_file,
         drivers=tuple(d.spec for d in _valid(drivers)),
         channels=_valid(channels),
         outputs=_valid(outputs),
@@ -349,6 +350,7 @@ class _CoreSettings:
     deadman_action: tuple[str, ...] | str = ALL_OUTPUTS
     reset_input: str | None = None
     watchdog_output: str | None = None
+    latch_file: str | None = None
 
 
 def _read_core(top: _Table) -> _CoreSettings:
@@ -371,6 +373,7 @@ def _read_core(top: _Table) -> _CoreSettings:
     settings.deadman_action = t.get("deadman_action", _action) or ALL_OUTPUTS
     settings.reset_input = t.get("reset_input", _name)
     settings.watchdog_output = t.get("watchdog_output", _name)
+    settings.latch_file = t.get("latch_file", _text(4096))
     t.finish()
     return settings
 

@@ -16,6 +16,8 @@ import contextlib
 import enum
 import importlib
 import math
+import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -53,6 +55,7 @@ class EventKind(enum.IntEnum):
     DRIVER_ERROR = 10
     STARTED = 11
     STOPPED = 12
+    CORE_FAULT = 13
 
 
 class CoreError(RuntimeError):
@@ -75,7 +78,7 @@ class ResetRefused(CoreError):
 @dataclass(frozen=True)
 class ChannelValue:
     name: str
-    value: float          # NaN whenever the status says there is no trustworthy number
+    value: float          # NaN on FAULT / NODATA; a RANGE or STALE value is a number with its flag
     status: ChannelStatus
     t_ns: int
 
@@ -138,6 +141,7 @@ class Stats:
     running: bool
     jitter_hist: tuple[int, ...]
     bucket_ns: int
+    core_fault: int = 0   # EC_FAULT_* bits latched: clock stopped / went backwards, output write failed
 
     def jitter_percentile_ns(self, p: float) -> float:
         """Wake-up lateness at percentile p (0..100), to the histogram's bucket width."""
@@ -165,13 +169,19 @@ _CMP = {"lt": 0, "gt": 1, "eq": 2, "in": 3}
 
 
 class Core:
-    """One C core instance built from a CoreSpec. Use as a context manager: start, stop, free."""
+    """One C core instance built from a CoreSpec. Use as a context manager: start, stop, free.
+
+    Thread-safe: every call into the core goes through one lock (cffi releases the GIL during
+    C calls, so without it a ``close()`` could free the core under another thread's call), and
+    each call gets its own error buffer, so a message always belongs to its own call.
+    """
 
     def __init__(self, spec: CoreSpec) -> None:
         self._ffi, self._lib = native()
         self.spec = spec
-        self._err = self._ffi.new("char[]", ERRLEN)
+        self._lock = threading.RLock()
         self._ptr: Any = None
+        self.restored_trips = 0
         self.channel_names = tuple(c.name for c in spec.channels)
         self.output_names = tuple(o.name for o in spec.outputs)
         self.rule_names = tuple(r.name for r in spec.rules)
@@ -184,11 +194,16 @@ class Core:
 
     # ---- construction ----
 
-    def _check(self, rc: int, what: str, exc: type[CoreError] = CoreError) -> int:
+    def _call(self, what: str, fn: Any, *args: Any, refused: int | None = None,
+              exc: type[CoreError] = CoreError) -> int:
+        """Call ``fn(core, *args, err, errlen)``; a negative code raises with the core's own reason."""
+        err = self._ffi.new("char[]", ERRLEN)
+        with self._lock:
+            rc: int = fn(self._core(), *args, err, ERRLEN)
         if rc < 0:
-            msg = self._ffi.string(self._err).decode(errors="replace") or self._ffi.string(
-                self._lib.ec_strerror(rc)).decode()
-            raise exc(rc, msg if what.split(" ")[-1] in msg else f"{what}: {msg}")
+            msg = self._ffi.string(err).decode(errors="replace") or self._ffi.string(self._lib.ec_strerror(rc)).decode()
+            kind = exc if refused is not None and rc == refused else CoreError
+            raise kind(rc, msg if what.split(" ")[-1] in msg else f"{what}: {msg}")
         return rc
 
     def _build(self) -> None:
@@ -203,14 +218,15 @@ class Core:
         cfg.reset_channel = self._channel_index[spec.reset_channel] if spec.reset_channel else -1
         cfg.watchdog_output = self._output_index[spec.watchdog_output] if spec.watchdog_output else -1
         pp = ffi.new("ec_core **")
-        self._check(lib.ec_core_new(cfg, pp, self._err, ERRLEN), "core")
+        err = ffi.new("char[]", ERRLEN)
+        if lib.ec_core_new(cfg, pp, err, ERRLEN) < 0:
+            raise CoreError(-1, f"core: {ffi.string(err).decode(errors='replace')}")
         self._ptr = pp[0]
         try:
             driver_index = {}
             for d in spec.drivers:
-                driver_index[d.name] = self._check(
-                    lib.ec_core_add_driver(self._ptr, d.type.encode(), d.param_string().encode(), self._err,
-                                           ERRLEN), f"driver {d.name!r}")
+                driver_index[d.name] = self._call(f"driver {d.name!r}", lib.ec_core_add_driver, d.type.encode(),
+                                                  d.param_string().encode())
             for ch in spec.channels:
                 self._add_channel(ch, driver_index)
             for o in spec.outputs:
@@ -224,8 +240,10 @@ class Core:
                 pc.cmp = _CMP[p.cmp]
                 pc.value = p.value
                 pc.value2 = p.value2
-                self._check(lib.ec_core_add_permissive(self._ptr, pc, self._err, ERRLEN),
-                            f"permissive on {p.output!r}")
+                self._call(f"permissive on {p.output!r}", lib.ec_core_add_permissive, pc)
+            if spec.latch_file:
+                self.restored_trips = self._call(f"latch file {spec.latch_file}", lib.ec_core_set_latch_file,
+                                                 os.fsencode(spec.latch_file))
         except BaseException:
             self.close()
             raise
@@ -249,7 +267,7 @@ class Core:
         c.ema_tau_ms = ch.ema_tau_ms
         c.max_age_ms = ch.max_age_ms
         c.rate_window_ms = ch.rate_window_ms
-        self._check(self._lib.ec_core_add_channel(self._ptr, c, self._err, ERRLEN), f"channel {ch.name!r}")
+        self._call(f"channel {ch.name!r}", self._lib.ec_core_add_channel, c)
 
     def _add_output(self, o: OutputSpec, driver_index: dict[str, int]) -> None:
         c = self._ffi.new("ec_output_cfg *")
@@ -260,7 +278,7 @@ class Core:
         c.safe_level = o.safe_level
         c.max_on_ms = o.max_on_ms
         c.duty_cycle_ms = o.duty_cycle_ms
-        self._check(self._lib.ec_core_add_output(self._ptr, c, self._err, ERRLEN), f"output {o.name!r}")
+        self._call(f"output {o.name!r}", self._lib.ec_core_add_output, c)
 
     def _add_rule(self, r: RuleSpec) -> None:
         c = self._ffi.new("ec_rule_cfg *")
@@ -276,7 +294,7 @@ class Core:
         for name in r.action:
             mask |= 1 << self._output_index[name]
         c.action = mask
-        self._check(self._lib.ec_core_add_rule(self._ptr, c, self._err, ERRLEN), f"interlock {r.name!r}")
+        self._call(f"interlock {r.name!r}", self._lib.ec_core_add_rule, c)
 
     # ---- life cycle ----
 
@@ -286,17 +304,19 @@ class Core:
         return self._ptr
 
     def start(self) -> None:
-        self._check(self._lib.ec_core_start(self._core(), self._err, ERRLEN), "start")
+        self._call("start", self._lib.ec_core_start)
 
     def stop(self) -> None:
         """Stop the sampler; every output goes to its safe level."""
-        if self._ptr is not None:
-            self._lib.ec_core_stop(self._ptr)
+        with self._lock:
+            if self._ptr is not None:
+                self._lib.ec_core_stop(self._ptr)
 
     def close(self) -> None:
-        if self._ptr is not None:
-            self._lib.ec_core_free(self._ptr)
-            self._ptr = None
+        with self._lock:
+            if self._ptr is not None:
+                self._lib.ec_core_free(self._ptr)
+                self._ptr = None
 
     def __enter__(self) -> Core:
         self.start()
@@ -312,15 +332,22 @@ class Core:
 
     def run_ticks(self, n: int = 1) -> None:
         """Run n ticks inline (core not started): deterministic stepping for tests."""
-        self._check(self._lib.ec_core_run_ticks(self._core(), n), "run_ticks")
+        with self._lock:
+            rc = self._lib.ec_core_run_ticks(self._core(), n)
+        if rc < 0:
+            raise CoreError(rc, "run_ticks: only a core that was never started runs ticks inline")
 
     # ---- runtime ----
 
+    def _plain(self, fn: Any, *args: Any) -> int:
+        with self._lock:
+            return int(fn(self._core(), *args))
+
     def heartbeat(self) -> None:
-        self._lib.ec_core_heartbeat(self._core())
+        self._plain(self._lib.ec_core_heartbeat)
 
     def now_ns(self) -> int:
-        return int(self._lib.ec_core_now_ns(self._core()))
+        return self._plain(self._lib.ec_core_now_ns)
 
     def _output(self, name: str) -> int:
         try:
@@ -330,13 +357,13 @@ class Core:
 
     def request_output(self, name: str, level: int) -> None:
         """Ask for an output level; away from its safe level the gate may refuse (OutputRefused)."""
-        rc = self._lib.ec_core_request_output(self._core(), self._output(name), level, self._err, ERRLEN)
-        self._check(rc, f"output {name!r}", OutputRefused if rc == self._lib.EC_EREFUSED else CoreError)
+        self._call(f"output {name!r}", self._lib.ec_core_request_output, self._output(name), level,
+                   refused=self._lib.EC_EREFUSED, exc=OutputRefused)
 
     def set_duty(self, name: str, duty: float) -> None:
         """Time-proportioned drive of an output, 0..1 of its energised level (burst fire)."""
-        rc = self._lib.ec_core_set_duty(self._core(), self._output(name), duty, self._err, ERRLEN)
-        self._check(rc, f"output {name!r}", OutputRefused if rc == self._lib.EC_EREFUSED else CoreError)
+        self._call(f"output {name!r}", self._lib.ec_core_set_duty, self._output(name), duty,
+                   refused=self._lib.EC_EREFUSED, exc=OutputRefused)
 
     def inject(self, name: str, value: float, status: ChannelStatus = ChannelStatus.OK,
                t_ns: int | None = None) -> None:
@@ -344,21 +371,18 @@ class Core:
         index = self._channel_index.get(name)
         if index is None:
             raise KeyError(f"unknown channel {name!r}")
-        rc = self._lib.ec_core_inject(self._core(), index, value, int(status),
-                                      self.now_ns() if t_ns is None else t_ns)
-        if rc < 0:
-            raise CoreError(rc, f"inject {name!r}: {self._ffi.string(self._lib.ec_strerror(rc)).decode()}")
+        self._call(f"inject {name!r}", self._lib.ec_core_inject, index, value, int(status),
+                   self.now_ns() if t_ns is None else t_ns)
 
     def reset(self, rule: str | None = None) -> None:
         """Reset latched trips (all, or one) whose condition has cleared. A local action."""
         index = -1 if rule is None else self._rule_index[rule]
-        rc = self._lib.ec_core_reset(self._core(), index, self._err, ERRLEN)
-        self._check(rc, "reset", ResetRefused if rc == self._lib.EC_ECONDITION else CoreError)
+        self._call("reset", self._lib.ec_core_reset, index, refused=self._lib.EC_ECONDITION, exc=ResetRefused)
 
     def latest(self) -> dict[str, ChannelValue]:
         n = len(self.channel_names)
         buf = self._ffi.new("ec_value[]", max(n, 1))
-        got = self._lib.ec_core_latest(self._core(), buf, n)
+        got = self._plain(self._lib.ec_core_latest, buf, n)
         return {self.channel_names[i]: ChannelValue(self.channel_names[i], buf[i].value,
                                                     ChannelStatus(buf[i].status), buf[i].t_ns)
                 for i in range(got)}
@@ -368,14 +392,14 @@ class Core:
 
     def outputs(self) -> dict[str, OutputState]:
         p = self._ffi.new("uint64_t[3]")
-        self._lib.ec_core_outputs(self._core(), p, p + 1, p + 2)
+        self._plain(self._lib.ec_core_outputs, p, p + 1, p + 2)
         return {n: OutputState((p[0] >> i) & 1, bool((p[1] >> i) & 1), bool((p[2] >> i) & 1))
                 for i, n in enumerate(self.output_names)}
 
     def rules(self) -> dict[str, RuleState]:
         p = self._ffi.new("uint64_t[2]")
         first = self._ffi.new("int32_t *")
-        self._lib.ec_core_rules(self._core(), p, p + 1, first)
+        self._plain(self._lib.ec_core_rules, p, p + 1, first)
         return {n: RuleState(bool((p[0] >> i) & 1), bool((p[1] >> i) & 1), first[0] == i)
                 for i, n in enumerate(self.rule_names)}
 
@@ -391,10 +415,12 @@ class Core:
         return out
 
     def iter_samples(self, max_samples: int = 1 << 30) -> Iterator[Any]:
-        """Raw ec_sample records (cffi views, valid until the next drain): for fast aggregation."""
+        """Raw ec_sample records (cffi views, valid until the next drain): for fast aggregation.
+
+        The sample ring has one consumer: drain samples from one thread only."""
         left = max_samples
         while left > 0:
-            n = self._lib.ec_core_drain_samples(self._core(), self._samples_buf, min(1024, left))
+            n = self._plain(self._lib.ec_core_drain_samples, self._samples_buf, min(1024, left))
             yield from (self._samples_buf[i] for i in range(n))
             left -= n
             if n < 1024:
@@ -403,8 +429,9 @@ class Core:
     def drain_events(self) -> list[CoreEvent]:
         events: list[CoreEvent] = []
         while True:
-            n = self._lib.ec_core_drain_events(self._core(), self._events_buf, 256)
-            events.extend(self._event(self._events_buf[i]) for i in range(n))
+            with self._lock:
+                n = self._lib.ec_core_drain_events(self._core(), self._events_buf, 256)
+                events.extend(self._event(self._events_buf[i]) for i in range(n))
             if n < 256:
                 return events
 
@@ -424,6 +451,12 @@ class Core:
 
     def _describe(self, kind: EventKind, rule: str | None, output: str | None, channel: str | None,
                   e: Any) -> str:
+        if kind is EventKind.CORE_FAULT:
+            return f"CORE FAULT ({self._fault_text(e.aux)}): every output safe, watchdog line stopped"
+        if e.flags & self._lib.EC_EVF_CORE_FAULT:
+            return f"core fault ({self._fault_text(e.aux)}) {kind.name.lower().replace('_', ' ')}"
+        if kind is EventKind.TRIP and e.flags & self._lib.EC_EVF_RESTORED:
+            return f"interlock {rule} still tripped after a restart (latched: reset needed)"
         if kind is EventKind.TRIP:
             why = "sensor not OK" if e.flags & self._lib.EC_EVF_SENSOR_BAD else f"{e.value:g} vs {e.threshold:g}"
             first = " FIRST OUT" if e.flags & self._lib.EC_EVF_FIRST_OUT else ""
@@ -446,9 +479,16 @@ class Core:
             return f"driver {self.spec.drivers[int(e.value)].name} {'write' if e.aux else 'read'} failed"
         return kind.name.lower()
 
+    def _fault_text(self, bits: int) -> str:
+        lib = self._lib
+        names = [text for bit, text in ((lib.EC_FAULT_CLOCK_BACKWARDS, "clock went backwards"),
+                                        (lib.EC_FAULT_CLOCK_STOPPED, "clock stopped"),
+                                        (lib.EC_FAULT_OUTPUT_WRITE, "output write failed")) if bits & bit]
+        return ", ".join(names) or "unknown"
+
     def stats(self) -> Stats:
         st = self._ffi.new("ec_stats *")
-        self._lib.ec_core_stats(self._core(), st)
+        self._plain(self._lib.ec_core_stats, st)
         return Stats(st.ticks, st.overruns, st.samples_lost, st.events_lost, st.jitter_max_ns, st.exec_max_ns,
                      st.sched == self._lib.EC_SCHED_FIFO, st.mlock == self._lib.EC_MLOCK_OK, bool(st.running),
-                     tuple(st.jitter_hist), self._lib.EC_JITTER_BUCKET_NS)
+                     tuple(st.jitter_hist), self._lib.EC_JITTER_BUCKET_NS, int(st.core_fault))

@@ -88,6 +88,7 @@ class CoreSpec:
     event_ring: int = 1024
     reset_channel: str | None = None
     watchdog_output: str | None = None
+    latch_file: str | None = None      # where latched trips outlive the process (None: in memory only)
     drivers: tuple[DriverSpec, ...] = ()
     channels: tuple[ChannelSpec, ...] = ()
     outputs: tuple[OutputSpec, ...] = ()

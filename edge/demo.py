@@ -155,11 +155,13 @@ class DemoController:
     def status(self) -> None:
         v = self.core.latest()
         outs = self.core.outputs()
-        on = [n for n, o in outs.items() if o.level and n != "watchdog_line"]
+        safe = {o.name: o.safe_level for o in self.core.spec.outputs}
+        on = [f"{n}={o.level}" for n, o in outs.items() if o.level != safe[n] and n != self.core.spec.watchdog_output]
         self.screen.line(
             f"   t={v['chamber_temp'].t_ns / 1e9:7.1f}s  charge {v['chamber_temp'].value:6.1f} degC  "
             f"wall {v['chamber_temp_safety'].value:6.1f} degC  p {v['chamber_pressure'].value:5.3f} bar  "
-            f"O2 {v['o2_pct'].value:5.2f} %  room H2 {v['h2_room'].value:5.1f} %LEL  on: {', '.join(on) or '-'}")
+            f"O2 {v['o2_pct'].value:5.2f} %  room H2 {v['h2_room'].value:5.1f} %LEL  "
+            f"away from safe: {', '.join(on) or '-'}")
 
     def run_until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s

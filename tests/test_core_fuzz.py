@@ -113,7 +113,7 @@ def test_configuration_calls_any_values(tmp_path_factory: Any, name: bytes, kind
 
 @SETTINGS
 @given(calls=st.lists(st.tuples(st.sampled_from(["request", "duty", "inject", "reset", "tick", "heartbeat"]),
-                                ints, floats, ints), max_size=30))
+                                ints, floats, st.one_of(ints, st.integers(-(2**63), 2**63 - 1))), max_size=30))
 def test_runtime_calls_any_order(tmp_path_factory: Any, calls: list[tuple[str, int, float, int]]) -> None:
     path = regfile(tmp_path_factory)
     core = new_core()
@@ -134,11 +134,11 @@ def test_runtime_calls_any_order(tmp_path_factory: Any, calls: list[tuple[str, i
         assert lib.ec_core_add_rule(core, rule, err, ERR) == 0
         for verb, i, x, j in calls:
             if verb == "request":
-                rc = lib.ec_core_request_output(core, i, j, err, ERR)
+                rc = lib.ec_core_request_output(core, i, max(min(j, 2**31 - 1), -(2**31)), err, ERR)
             elif verb == "duty":
                 rc = lib.ec_core_set_duty(core, i, x, err, ERR)
             elif verb == "inject":
-                rc = lib.ec_core_inject(core, i, x, j & 0xFFFFFFFF, j)
+                rc = lib.ec_core_inject(core, i, x, j & 0xFFFFFFFF, j, err, ERR)
             elif verb == "reset":
                 rc = lib.ec_core_reset(core, i, err, ERR)
             elif verb == "tick":

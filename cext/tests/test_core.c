@@ -200,9 +200,12 @@ TEST(high_rule_trips_latches_and_resets)
     ec_core_rules(c, &tripped, &latched, &first);
     CHECK(tripped == 1 && latched == 1);
     CHECK(regs->do_level[OUT_VENT] == 1);
-    /* the local reset input resets it; nothing re-energises implicitly */
+    /* the local reset input resets it once held EC_RESET_HOLD_MS; nothing re-energises implicitly */
     regs->di[DI_RESET] = 1;
-    run_ms(c, 1);
+    run_ms(c, EC_RESET_HOLD_MS / 2);
+    ec_core_rules(c, &tripped, &latched, &first);
+    CHECK(tripped == 1); /* a tap is not a reset */
+    run_ms(c, EC_RESET_HOLD_MS);
     regs->di[DI_RESET] = 0;
     run_ms(c, 2);
     ec_core_rules(c, &tripped, &latched, &first);
@@ -472,11 +475,202 @@ TEST(plant_clock_stopping_makes_inputs_stale)
     ec_core *c = make_core(0, 0);
     regs->ai[AI_TEMP] = 300;
     run_ms(c, 2);
+    CHECK(ec_core_request_output(c, OUT_HEATER, 1, err, sizeof err) == EC_OK);
+    run_ms(c, 1);
+    CHECK(regs->do_level[OUT_HEATER] == 1);
     usleep(600000); /* the plant clock does not move for 0.6 s of wall time */
-    CHECK(ec_core_run_ticks(c, 1) == EC_OK);
+    int wd = regs->do_level[OUT_WD];
+    CHECK(ec_core_run_ticks(c, 3) == EC_OK);
     ec_value v[4];
     ec_core_latest(c, v, 4);
     CHECK(v[0].status & EC_ST_STALE);
+    /* every timer runs on that clock: a stopped clock is a core fault, everything safe */
+    CHECK(regs->do_level[OUT_HEATER] == 0 && regs->do_level[OUT_VENT] == 1);
+    CHECK(regs->do_level[OUT_WD] == wd); /* the watchdog line stopped: the relay drops */
+    ec_stats st;
+    ec_core_stats(c, &st);
+    CHECK(st.core_fault == EC_FAULT_CLOCK_STOPPED);
+    CHECK(ec_core_request_output(c, OUT_HEATER, 1, err, sizeof err) == EC_EREFUSED);
+    CHECK(strstr(err, "clock stopped") != NULL);
+    CHECK(ec_core_reset(c, -1, err, sizeof err) == EC_ECONDITION); /* still stopped */
+    ec_event ev[32];
+    int n = drain(c, ev, 32);
+    const ec_event *f = find_event(ev, n, EC_EV_CORE_FAULT);
+    CHECK(f != NULL && f->aux == EC_FAULT_CLOCK_STOPPED);
+    run_ms(c, 2); /* the clock moves again */
+    CHECK(ec_core_reset(c, -1, err, sizeof err) == EC_OK);
+    ec_core_stats(c, &st);
+    CHECK(st.core_fault == 0);
+    run_ms(c, 2);
+    int before = regs->do_level[OUT_WD];
+    run_ms(c, 1);
+    CHECK(regs->do_level[OUT_WD] != before);
+    ec_core_free(c);
+    close_regs();
+}
+
+TEST(clock_going_backwards_is_a_core_fault)
+{
+    open_regs();
+    ec_core *c = make_core(1, 0);
+    regs->ai[AI_TEMP] = 300;
+    regs->ai[AI_PRESS] = 1.0;
+    regs->di[DI_LID] = 1;
+    run_ms(c, 2);
+    ec_core_heartbeat(c);
+    CHECK(ec_core_request_output(c, OUT_H2, 1, err, sizeof err) == EC_OK);
+    run_ms(c, 1);
+    CHECK(regs->do_level[OUT_H2] == 1);
+    regs->plant_ns -= 3600LL * 1000000000LL; /* the plant restarted its clock: an hour back */
+    CHECK(ec_core_run_ticks(c, 1) == EC_OK);
+    CHECK(regs->do_level[OUT_H2] == 0);
+    ec_stats st;
+    ec_core_stats(c, &st);
+    CHECK(st.core_fault & EC_FAULT_CLOCK_BACKWARDS);
+    regs->plant_ns = INT64_MAX - 10; /* garbage from the register file: no overflow, no crash */
+    CHECK(ec_core_run_ticks(c, 1) == EC_OK);
+    regs->plant_ns = INT64_MIN + 10;
+    CHECK(ec_core_run_ticks(c, 1) == EC_OK);
+    CHECK(regs->do_level[OUT_H2] == 0 && regs->do_level[OUT_HEATER] == 0);
+    ec_core_free(c);
+    close_regs();
+}
+
+TEST(injected_samples_feed_the_filter_once_and_future_times_are_refused)
+{
+    open_regs();
+    ec_core_cfg cc;
+    ec_core_cfg_default(&cc);
+    ec_core *c = NULL;
+    CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
+    snprintf(params, sizeof params, "path=%s", path);
+    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    ec_channel_cfg ch;
+    ec_channel_cfg_default(&ch);
+    strcpy(ch.name, "node_temp");
+    ch.kind = EC_CH_INJECTED;
+    ch.max_age_ms = 100;
+    ch.median_n = 5;
+    ch.range_lo = -50;
+    ch.range_hi = 500;
+    CHECK(ec_core_add_channel(c, &ch, err, sizeof err) == 0);
+    ec_output_cfg oc;
+    ec_output_cfg_default(&oc);
+    strcpy(oc.name, "heater");
+    CHECK(ec_core_add_output(c, &oc, err, sizeof err) == 0);
+    ec_rule_cfg rc;
+    ec_rule_cfg_default(&rc);
+    strcpy(rc.name, "hot");
+    rc.kind = EC_RULE_HIGH;
+    rc.channel = 0;
+    rc.threshold = 400;
+    rc.action = 1;
+    CHECK(ec_core_add_rule(c, &rc, err, sizeof err) == 0);
+    run_ms(c, 1);
+    for (int i = 0; i < 5; i++) {
+        CHECK(ec_core_inject(c, 0, 20.0, EC_ST_OK, ec_core_now_ns(c), err, sizeof err) == EC_OK);
+        run_ms(c, 10);
+    }
+    /* one wild sample, held by the core for 10 ticks: the median sees it once and rejects it */
+    CHECK(ec_core_inject(c, 0, 1000.0, EC_ST_OK, ec_core_now_ns(c), err, sizeof err) == EC_OK);
+    run_ms(c, 10);
+    ec_value v;
+    ec_core_latest(c, &v, 1);
+    CHECK(v.value == 20.0 && v.status == EC_ST_OK); /* nor is the spike out of range after the median */
+    uint64_t tripped = 0;
+    ec_core_rules(c, &tripped, NULL, NULL);
+    CHECK(tripped == 0);
+    /* a timestamp from another clock, far ahead: refused with the reason, the channel still ages */
+    CHECK(ec_core_inject(c, 0, 20.0, EC_ST_OK, ec_core_now_ns(c) + 3600LL * 1000000000LL, err, sizeof err) ==
+          EC_ERANGE);
+    CHECK(strstr(err, "ahead") != NULL);
+    CHECK(ec_core_inject(c, 0, 20.0, EC_ST_OK, INT64_MIN, err, sizeof err) == EC_ERANGE);
+    run_ms(c, 150);
+    ec_core_latest(c, &v, 1);
+    CHECK(v.status & EC_ST_STALE);
+    ec_core_free(c);
+    close_regs();
+}
+
+TEST(latched_trips_survive_a_restart)
+{
+    open_regs();
+    char latch[80];
+    snprintf(latch, sizeof latch, "/tmp/ec-test-%d.latch", (int)getpid());
+    unlink(latch);
+    ec_core *c = make_core(0, 0);
+    CHECK(ec_core_set_latch_file(c, latch, err, sizeof err) == 0);
+    regs->ai[AI_TEMP] = 700;
+    regs->ai[AI_PRESS] = 1.0;
+    run_ms(c, 10);
+    uint64_t tripped = 0;
+    ec_core_rules(c, &tripped, NULL, NULL);
+    CHECK(tripped == 1);
+    ec_core_free(c); /* the controller process goes away with the trip latched */
+
+    regs->ai[AI_TEMP] = 20; /* the cause is gone by the time it restarts */
+    c = make_core(0, 0);
+    CHECK(ec_core_set_latch_file(c, latch, err, sizeof err) == 1);
+    run_ms(c, 5);
+    int32_t first = -1;
+    ec_core_rules(c, &tripped, NULL, &first);
+    CHECK(tripped == 1 && first == 0); /* still tripped: a restart is not a reset */
+    ec_event ev[16];
+    int n = drain(c, ev, 16);
+    const ec_event *e = find_event(ev, n, EC_EV_TRIP);
+    CHECK(e != NULL && (e->flags & EC_EVF_RESTORED) && e->rule == 0);
+    CHECK(ec_core_request_output(c, OUT_HEATER, 1, err, sizeof err) == EC_EREFUSED);
+    CHECK(ec_core_reset(c, -1, err, sizeof err) == EC_OK);
+    run_ms(c, 2);
+    ec_core_free(c);
+    c = make_core(0, 0); /* reset before the exit: nothing comes back */
+    CHECK(ec_core_set_latch_file(c, latch, err, sizeof err) == 0);
+    ec_core_free(c);
+    unlink(latch);
+    close_regs();
+}
+
+TEST(a_stopped_core_stays_stopped)
+{
+    open_regs();
+    regs->clock_mode = SIM_CLOCK_WALL;
+    ec_core *c = make_core(0, 0);
+    regs->ai[AI_TEMP] = 20;
+    regs->ai[AI_PRESS] = 1.0;
+    regs->di[DI_LID] = 1;
+    CHECK(ec_core_start(c, err, sizeof err) == EC_OK);
+    usleep(20000);
+    CHECK(ec_core_stop(c) == EC_OK);
+    CHECK(ec_core_request_output(c, OUT_H2, 1, err, sizeof err) == EC_ESTATE);
+    CHECK(ec_core_run_ticks(c, 1) == EC_ESTATE);
+    CHECK(ec_core_start(c, err, sizeof err) == EC_ESTATE);
+    CHECK(ec_core_reset(c, -1, err, sizeof err) == EC_ESTATE);
+    CHECK(regs->do_level[OUT_H2] == 0);
+    ec_core_free(c);
+    close_regs();
+}
+
+TEST(trips_are_never_crowded_out_of_the_event_ring)
+{
+    open_regs();
+    ec_core *c = make_core(0, 0);
+    regs->ai[AI_TEMP] = 20;
+    regs->ai[AI_PRESS] = 1.0;
+    regs->di[DI_LID] = 0;
+    run_ms(c, 1);
+    for (int i = 0; i < 5000; i++) { /* a controller retrying a refused request in a loop */
+        ec_core_request_output(c, OUT_H2, 1, err, sizeof err);
+    }
+    regs->ai[AI_TEMP] = 700;
+    run_ms(c, 10);
+    ec_event *ev = calloc(2048, sizeof *ev);
+    int n = drain(c, ev, 2048);
+    const ec_event *trip = find_event(ev, n, EC_EV_TRIP);
+    CHECK(trip != NULL && trip->rule == 0);
+    ec_stats st;
+    ec_core_stats(c, &st);
+    CHECK(st.events_lost > 0); /* the refusals beyond the ring were counted, not hidden */
+    free(ev);
     ec_core_free(c);
     close_regs();
 }
@@ -603,14 +797,15 @@ TEST(injected_channel_goes_stale)
     ec_core_rules(c, &tripped, NULL, NULL);
     CHECK(tripped == 0);
     for (int i = 0; i < 10; i++) {
-        CHECK(ec_core_inject(c, 0, 25.0 + i, EC_ST_OK, ec_core_now_ns(c)) == EC_OK);
+        CHECK(ec_core_inject(c, 0, 25.0 + i, EC_ST_OK, ec_core_now_ns(c), err, sizeof err) == EC_OK);
         run_ms(c, 10);
     }
     ec_core_latest(c, &v, 1);
     CHECK(v.status == EC_ST_OK);
     CHECK_NEAR(v.value, 34.0, 1e-12);
-    CHECK(ec_core_inject(c, 0, 1.0, EC_ST_OK, ec_core_now_ns(c) - 1000000000LL) == EC_ERANGE); /* out of order */
-    CHECK(ec_core_inject(c, 0, 1.0, 0x80, ec_core_now_ns(c)) == EC_EINVAL);
+    CHECK(ec_core_inject(c, 0, 1.0, EC_ST_OK, ec_core_now_ns(c) - 1000000000LL, err, sizeof err) ==
+          EC_ERANGE); /* out of order */
+    CHECK(ec_core_inject(c, 0, 1.0, 0x80, ec_core_now_ns(c), err, sizeof err) == EC_EINVAL);
     run_ms(c, 55);
     ec_core_latest(c, &v, 1);
     CHECK(v.status & EC_ST_STALE);
@@ -706,8 +901,8 @@ TEST(bad_arguments_return_codes)
     CHECK(ec_core_request_output(c, 0, 2, err, sizeof err) == EC_EINVAL);
     CHECK(ec_core_request_output(NULL, 0, 1, err, sizeof err) == EC_EINVAL);
     CHECK(ec_core_set_duty(c, 0, NAN, err, sizeof err) == EC_ERANGE);
-    CHECK(ec_core_inject(c, 0, 1.0, 0, 0) == EC_EINVAL); /* not an injected channel */
-    CHECK(ec_core_inject(c, 99, 1.0, 0, 0) == EC_ENOTFOUND);
+    CHECK(ec_core_inject(c, 0, 1.0, 0, 0, err, sizeof err) == EC_EINVAL); /* not an injected channel */
+    CHECK(ec_core_inject(c, 99, 1.0, 0, 0, NULL, 0) == EC_ENOTFOUND);
     CHECK(ec_core_reset(c, 40, err, sizeof err) == EC_ENOTFOUND);
     CHECK(ec_core_drain_samples(c, NULL, 4) == EC_EINVAL);
     CHECK(ec_core_drain_events(c, NULL, 4) == EC_EINVAL);
@@ -817,6 +1012,11 @@ int main(void)
     RUN(sensor_fault_is_never_a_number_and_trips);
     RUN(out_of_range_signal_trips_a_high_rule);
     RUN(plant_clock_stopping_makes_inputs_stale);
+    RUN(clock_going_backwards_is_a_core_fault);
+    RUN(injected_samples_feed_the_filter_once_and_future_times_are_refused);
+    RUN(latched_trips_survive_a_restart);
+    RUN(a_stopped_core_stays_stopped);
+    RUN(trips_are_never_crowded_out_of_the_event_ring);
     RUN(median_and_ema_filter);
     RUN(rate_rule_per_minute);
     RUN(injected_channel_goes_stale);
