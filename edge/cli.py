@@ -13,8 +13,12 @@ import pathlib
 import platform
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from edge import __version__
+
+if TYPE_CHECKING:
+    from edge.control.recipe import ProfileStep
 
 STATIONS = pathlib.Path(__file__).resolve().parent.parent / "stations"
 DEFAULT_STATION = STATIONS / "hd_reactor_sim.toml"
@@ -50,6 +54,125 @@ def cmd_tc(args: argparse.Namespace) -> int:
     else:
         print(f"{celsius_to_emf(args.type, args.celsius):.4f} mV (reference junction 0 degC)")
     return 0
+
+
+def cmd_recipe_validate(args: argparse.Namespace) -> int:
+    """Every problem as ``RECIPE: key.path: message``; exit 1 with problems, 2 when unreadable."""
+    from edge.config import load_station
+    from edge.control.recipe import RecipeError, check_recipe, expand_profile, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+    except RecipeError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 2
+    station = load_station(args.station)
+    problems = check_recipe(recipe, station)
+    for problem in problems:
+        print(f"{args.recipe}: {problem}")
+    if problems:
+        return 1
+    steps = expand_profile(recipe, station)
+    segments = sum(len(phase.program) for phase in recipe.phases)
+    at_most = (steps[-1].end_min if steps else 0.0) / 60.0
+    print(f"{args.recipe}: OK  \"{recipe.name}\" ({recipe.process}, version {recipe.version}) fits station "
+          f"{station.identity.site}/{station.identity.station_id}: {len(recipe.phases)} phases, {segments} program "
+          f"segments, at most {at_most:.1f} h")
+    return 0
+
+
+def _hours(minutes: float) -> str:
+    whole = round(minutes)
+    return f"{whole // 60}:{whole % 60:02d}"
+
+
+def _setpoints(start: float | None, end: float | None) -> str:
+    def one(value: float | None) -> str:
+        return "off" if value is None else f"{value:g}"
+
+    return one(start) if start == end else f"{one(start)} -> {one(end)}"
+
+
+def cmd_recipe_show(args: argparse.Namespace) -> int:
+    """The expanded profile as a table (and a PNG): per phase and segment, when, setpoints, gas action."""
+    from edge.config import Station, load_station
+    from edge.control.recipe import RecipeError, check_recipe, expand_profile, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+    except RecipeError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 2
+    station: Station | None = load_station(args.station) if args.station else None
+    steps = expand_profile(recipe, station)
+    pf, hb = recipe.power_fail, recipe.holdback
+    print(f"{args.recipe}: \"{recipe.name}\" ({recipe.process}, version {recipe.version}), control channel "
+          f"{recipe.control_channel}; holdback {hb.describe()}; power fail: {pf.strategy} "
+          f"(abort after {pf.max_outage_min:g} min)")
+    rows = [("phase", "#", "kind", "start", "end", "setpoint degC", "what")]
+    for s in steps:
+        what = "; ".join(part for part in (s.label if s.kind != "phase" else "", s.action) if part)
+        rows.append((s.phase, "-" if s.index is None else str(s.index), s.kind, _hours(s.start_min),
+                     _hours(s.end_min) + ("*" if s.worst_case else ""), _setpoints(s.sp_start_c, s.sp_end_c), what))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for row in rows:
+        cells = [row[i].rjust(widths[i]) if i in (1, 3, 4) else row[i].ljust(widths[i]) for i in range(6)]
+        print("  ".join([*cells, row[6]]).rstrip())
+    total = steps[-1].end_min if steps else 0.0
+    print(f"total: at most {_hours(total)} (h:mm)")
+    if any(s.worst_case for s in steps):
+        print("* at most: waits, gas steps and phases that end on a measurement are shown at their timeouts "
+              "(nominal setpoints start at 20 degC; the programmer starts at the measured temperature)")
+    if station is not None:
+        problems = check_recipe(recipe, station)
+        where = f"{station.identity.site}/{station.identity.station_id}"
+        print(f"{len(problems)} problem(s) against station {where}" + (":" if problems else ""))
+        for problem in problems:
+            print(f"{args.recipe}: {problem}")
+    if args.png:
+        try:
+            _plot_profile(recipe.name, steps, args.png)
+        except ImportError:
+            print("reedge recipe show: --png needs matplotlib, which is not installed: "
+                  ".venv/bin/pip install matplotlib (or pip install -e '.[dev]')", file=sys.stderr)
+            return 2
+        print(f"profile drawn: {args.png}")
+    return 0
+
+
+def _plot_profile(title: str, steps: Sequence[ProfileStep], path: str) -> None:
+    """The temperature profile over time, phases shaded; worst-case (timeout) parts dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 5), dpi=100)
+    phases: list[tuple[str, float, float]] = []
+    for s in steps:
+        if not phases or phases[-1][0] != s.phase:
+            phases.append((s.phase, s.start_min, s.end_min))
+        else:
+            phases[-1] = (s.phase, phases[-1][1], s.end_min)
+        heated = s.sp_start_c is not None or s.sp_end_c is not None
+        style = "--" if s.worst_case else "-" if heated else ":"
+        ax.plot([s.start_min / 60.0, s.end_min / 60.0], [s.temp_start_c, s.temp_end_c], style,
+                color="tab:red" if heated else "tab:gray", linewidth=2 if heated else 1.2)
+    top = max((max(s.temp_start_c, s.temp_end_c) for s in steps), default=100.0) * 1.12 + 20.0
+    for i, (name, start, end) in enumerate(phases):
+        ax.axvspan(start / 60.0, end / 60.0, color="tab:blue", alpha=0.06 if i % 2 else 0.13, linewidth=0)
+        ax.text((start + end) / 120.0, top * 0.97, name, ha="center", va="top", rotation=90, fontsize=8)
+    ax.set_ylim(0.0, top)
+    ax.set_xlim(0.0, max(steps[-1].end_min / 60.0 if steps else 1.0, 0.1))
+    ax.set_xlabel("time, h (dashed: waits and gas steps at their timeouts)")
+    ax.set_ylabel("setpoint, degC (dotted: heaters off, nominal)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _check(label: str, ok: bool, detail: str) -> bool:
@@ -108,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--celsius", type=float, help="temperature -> EMF in mV")
     p.add_argument("--cj", type=float, default=0.0, help="cold-junction temperature in degC (with --mv)")
     p.set_defaults(func=cmd_tc)
+
+    p = sub.add_parser("recipe", help="recipes: validate against a station, show the expanded profile")
+    rsub = p.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
+    c = rsub.add_parser("validate", help="check a recipe and its fit to a station (exit 1: problems, 2: unreadable)")
+    c.add_argument("recipe", metavar="RECIPE")
+    c.add_argument("--station", required=True, help="station file the recipe is to run on")
+    c.set_defaults(func=cmd_recipe_validate)
+    c = rsub.add_parser("show", help="print the expanded profile (per phase and segment) and optionally draw it")
+    c.add_argument("recipe", metavar="RECIPE")
+    c.add_argument("--station", help="station file: its gas roles in the table, and its problems listed")
+    c.add_argument("--png", metavar="FILE", help="draw the temperature profile into FILE (needs matplotlib)")
+    c.set_defaults(func=cmd_recipe_show)
 
     p = sub.add_parser("doctor", help="check what this machine gives the controller")
     p.set_defaults(func=cmd_doctor)
