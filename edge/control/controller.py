@@ -1,0 +1,294 @@
+"""The process controller: one scan reads the core, runs the sequence, the loops and the alarms,
+and asks the core for outputs. The core's gate has the last word on every output.
+
+A scan (``step``), in order:
+  1. heartbeat the core's dead-man; read every channel (NaN where the status is not OK);
+  2. drain the core's events: a trip aborts the batch to the safe sequence;
+  3. step the sequencer: it returns a ``Demand`` (temperature setpoint, gas-valve levels);
+  4. the PID loops turn the setpoint into heater duty; no setpoint means no heat;
+  5. request every demanded output level (each scan: this refreshes the keep-alives); a
+     refusal is an event with the gate's reason, reported once per change;
+  6. the alarms; 7. persist the run state on every change and every few seconds.
+
+Everything a person or a historian should know goes to ``events`` (``ProcessEvent``), which
+the telemetry drains. Start, operator actions and power-fail recovery are methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.config import Station
+from edge.control.alarms import AlarmEngine
+from edge.control.hd import HDSequencer
+from edge.control.recipe import Recipe, check_recipe, parse_recipe
+from edge.control.runstate import RunStateCorrupt, RunStateStore
+from edge.control.sequencer import Demand, Sequencer
+from edge.control.sintering import SinteringSequencer
+from edge.core import Core, CoreEvent, EventKind, OutputRefused
+
+SEQUENCERS: dict[str, type[Sequencer]] = {"hd": HDSequencer, "sintering": SinteringSequencer}
+SAVE_EVERY_S = 5.0   # wall seconds between periodic run-state saves (changes are saved at once)
+RETRY_REFUSED_S = 30.0   # plant seconds before a refused output is asked for again
+REFUSAL_FORGOTTEN_S = 120.0  # accepted this long without a new refusal: the refusal is over
+REFUSED_ABORT_S = 600.0  # a demanded output refused this long aborts the batch: the step cannot proceed
+
+
+@dataclass(frozen=True)
+class ProcessEvent:
+    t_s: float            # plant/core clock
+    kind: str             # batch | phase | trip | core | refused | alarm | operator | recovery
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class BatchRejected(RuntimeError):
+    """A batch cannot start: the recipe does not fit the station, a trip is active, or one runs."""
+
+
+class Controller:
+    def __init__(self, core: Core, station: Station, *, state_path: str | os.PathLike[str]) -> None:
+        self.core = core
+        self.station = station
+        self.store = RunStateStore(state_path)
+        self.sequencer: Sequencer | None = None
+        self.recipe: Recipe | None = None
+        self.batch: dict[str, Any] = {}
+        self.loops = {spec.name: (spec, spec.make_pid()) for spec in station.loops}
+        self._duty_outputs = {spec.output for spec in station.loops}
+        self.alarms = AlarmEngine(station.alarms)
+        self.events: list[ProcessEvent] = []
+        self.last_demand = Demand()
+        self._safe = {o.name: o.safe_level for o in station.core.outputs}
+        # output -> [reason, refused since, last try, accepted at (None while refused)]; an output the
+        # gate accepts and then drops again (a permissive flickering) keeps its "since"
+        self._refusals: dict[str, list[Any]] = {}
+        self._requested: set[str] = set()
+        self._changes_seen = 0     # phase changes already turned into events
+        self._last_save_wall = 0.0
+        self._saved_key: tuple[Any, ...] = ()
+
+    # ---- clock and inputs ----
+
+    def now_s(self) -> float:
+        return self.core.now_ns() / 1e9
+
+    def readings(self) -> dict[str, float]:
+        return {name: (v.value if v.ok else math.nan) for name, v in self.core.latest().items()}
+
+    def emit(self, t_s: float, kind: str, message: str, **data: Any) -> None:
+        self.events.append(ProcessEvent(t_s, kind, message, data))
+
+    def allowed(self, name: str, level: int) -> bool:
+        """Would the core accept this level now? (Not forced safe by a trip.)"""
+        state = self.core.outputs().get(name)
+        return state is not None and (level == self._safe[name] or not state.forced)
+
+    # ---- batches ----
+
+    def start_batch(self, recipe: Recipe, *, batch_id: str, operator: str = "") -> None:
+        if self.sequencer is not None and self.sequencer.running:
+            raise BatchRejected(f"batch {self.batch.get('id')} is running (phase {self.sequencer.phase})")
+        problems = check_recipe(recipe, self.station)
+        if problems:
+            raise BatchRejected("recipe does not fit this station:\n" + "\n".join(f"  {p}" for p in problems))
+        tripped = [name for name, r in self.core.rules().items() if r.tripped]
+        if tripped:
+            raise BatchRejected(f"interlocks tripped: {', '.join(tripped)} (clear and reset them first)")
+        kind = SEQUENCERS.get(recipe.process)
+        if kind is None:
+            raise BatchRejected(f"no sequencer for process {recipe.process!r}")
+        now = self.now_s()
+        self.recipe = recipe
+        self.sequencer = kind(recipe, self.station.plumbing, self.allowed)
+        self._changes_seen = 0
+        self.batch = {"id": batch_id, "operator": operator, "recipe": recipe.name,
+                      "recipe_sha256": hashlib.sha256(recipe.text.encode()).hexdigest(),
+                      "started_unix_s": time.time(), "started_s": now}
+        for _, pid in self.loops.values():
+            pid.reset()
+        self.sequencer.start(now)
+        self.emit(now, "batch", f"batch {batch_id} started: {recipe.name}", batch=dict(self.batch))
+        self.save(force=True)
+
+    def hold(self, reason: str = "operator hold") -> None:
+        self._seq().hold(reason)
+        self.emit(self.now_s(), "operator", f"hold: {reason}")
+
+    def resume(self) -> None:
+        self._seq().resume(self.now_s())
+        self.emit(self.now_s(), "operator", "resume")
+
+    def skip(self) -> None:
+        self._seq().skip(self.now_s())
+        self.emit(self.now_s(), "operator", "skip segment")
+
+    def abort(self, reason: str = "operator abort") -> None:
+        self._seq().abort(self.now_s(), reason)
+        self.emit(self.now_s(), "operator", f"abort: {reason}")
+
+    def batch_finished(self) -> bool:
+        """A batch ran and is done or aborted."""
+        return self.sequencer is not None and self.sequencer.finished
+
+    def _seq(self) -> Sequencer:
+        if self.sequencer is None:
+            raise BatchRejected("no batch")
+        return self.sequencer
+
+    # ---- power-fail recovery ----
+
+    def recover(self) -> str | None:
+        """Resume a batch a power loss interrupted, as its recipe says. None when there is none."""
+        now = self.now_s()
+        try:
+            loaded = self.store.load()
+        except RunStateCorrupt as exc:
+            kept = self.store.quarantine()
+            self.emit(now, "recovery", f"run state unreadable, kept as {kept.name}: {exc}; no batch resumed")
+            return f"corrupt run state quarantined: {exc}"
+        if loaded is None:
+            return None
+        state, saved_unix = loaded
+        recipe = parse_recipe(state["recipe_text"], state.get("recipe_source", "<run state>"))
+        kind = SEQUENCERS[recipe.process]
+        self.recipe = recipe
+        self.batch = dict(state["batch"])
+        self.sequencer = kind(recipe, self.station.plumbing, self.allowed)
+        self._changes_seen = 0
+        outage_s = max(0.0, time.time() - saved_unix)
+        message = self.sequencer.recover(state["sequencer"], now, self.readings(), outage_s=outage_s)
+        for name, snap in state.get("loops", {}).items():
+            if name in self.loops:
+                self.loops[name][1].restore(snap)
+        if state.get("alarms"):
+            self.alarms.restore(state["alarms"])
+        self.emit(now, "recovery", message, outage_s=outage_s, batch=self.batch.get("id"))
+        self.save(force=True)
+        return message
+
+    # ---- the scan ----
+
+    def step(self) -> None:
+        self.core.heartbeat()
+        now = self.now_s()
+        readings = self.readings()
+        for event in self.core.drain_events():
+            self._core_event(now, event)
+        seq = self.sequencer
+        demand = seq.step(now, readings) if seq is not None else Demand()
+        self.last_demand = demand
+        duties = self._loops(now, readings, demand)
+        self._outputs(now, demand)
+        for a in self.alarms.update(now, readings, {name: demand.setpoint_c for name in self.loops}, duties):
+            self.emit(now, "alarm", a.message, alarm=a.name, state=a.kind, severity=a.severity)
+        if seq is not None:
+            for change in seq.changes[self._changes_seen:]:
+                self.emit(change.t_s, "phase", f"{change.previous} -> {change.phase}: {change.reason}",
+                          phase=change.phase, previous=change.previous, reason=change.reason)
+                if change.phase in seq.FINAL:
+                    self.emit(change.t_s, "batch", f"batch {self.batch.get('id')} {change.phase}: {change.reason}")
+            self._changes_seen = len(seq.changes)
+        self.save()
+
+    def _core_event(self, now: float, e: CoreEvent) -> None:
+        if e.kind is EventKind.OVERRUN:
+            return
+        kind = "trip" if e.kind is EventKind.TRIP else "core"
+        self.emit(e.t_ns / 1e9, kind, e.detail, rule=e.rule, output=e.output, first_out=e.first_out)
+        if e.kind is EventKind.TRIP and self.sequencer is not None and self.sequencer.running:
+            self.sequencer.abort(now, f"interlock {e.rule} tripped")
+
+    def _loops(self, now: float, readings: Mapping[str, float], demand: Demand) -> dict[str, float]:
+        duties: dict[str, float] = {}
+        for spec, pid in self.loops.values():
+            if demand.setpoint_c is None:
+                if pid.mode == "auto" or pid.output != 0.0:
+                    pid.set_manual(0.0)
+                duty = 0.0
+            else:
+                if pid.mode == "manual":
+                    pid.set_auto(now)
+                duty = pid.update(demand.setpoint_c, readings.get(spec.pv, math.nan), now)
+            duties[spec.output] = duty
+            refused = self._refusals.get(spec.output)
+            if duty > 0 and refused is not None and refused[3] is None and now - refused[2] < RETRY_REFUSED_S:
+                continue
+            try:
+                self.core.set_duty(spec.output, duty)
+                if duty > 0:
+                    self._accepted(now, spec.output)
+            except OutputRefused as exc:
+                self._refused(now, spec.output, exc.message)
+        return duties
+
+    def _outputs(self, now: float, demand: Demand) -> None:
+        for name, level in demand.outputs.items():
+            refused = self._refusals.get(name)
+            if (refused is not None and refused[3] is None and level != self._safe[name]
+                    and now - refused[2] < RETRY_REFUSED_S):
+                continue   # asked again later: a refusal is an event, not something to hammer every scan
+            try:
+                self.core.request_output(name, level)
+                self._accepted(now, name)
+                self._requested.add(name)
+            except OutputRefused as exc:
+                self._refused(now, name, exc.message)
+        self._check_refusals(now, demand)
+        for name in self._requested - set(demand.outputs):   # no longer demanded: back to safe
+            self.core.request_output(name, self._safe[name])
+            self._requested.discard(name)
+
+    def _refused(self, now: float, name: str, reason: str) -> None:
+        previous = self._refusals.get(name)
+        if previous is None:
+            self.emit(now, "refused", reason, output=name)
+        self._refusals[name] = [reason, previous[1] if previous else now, now, None]
+
+    def _accepted(self, now: float, name: str) -> None:
+        record = self._refusals.get(name)
+        if record is not None and record[3] is None:
+            record[3] = now
+
+    def _check_refusals(self, now: float, demand: Demand) -> None:
+        """An output the sequence needs, refused for REFUSED_ABORT_S: the step cannot go on."""
+        for name in list(self._refusals):
+            if name not in demand.outputs and not (name in self._duty_outputs and demand.setpoint_c is not None):
+                del self._refusals[name]      # no longer wanted: forget the refusal
+                continue
+            reason, since, _, accepted = self._refusals[name]
+            if accepted is not None and now - accepted >= REFUSAL_FORGOTTEN_S:
+                del self._refusals[name]
+                continue
+            seq = self.sequencer
+            if seq is not None and seq.running and seq.phase != "aborting" and now - since >= REFUSED_ABORT_S:
+                seq.abort(now, f"{name} refused for {(now - since) / 60:.0f} min: {reason}")
+                del self._refusals[name]
+
+    # ---- persistence ----
+
+    def snapshot(self) -> dict[str, Any]:
+        assert self.sequencer is not None and self.recipe is not None
+        return {"batch": self.batch, "recipe_text": self.recipe.text, "recipe_source": str(self.recipe.source),
+                "station": self.station.identity.station_id, "sequencer": self.sequencer.snapshot(self.now_s()),
+                "loops": {name: pid.snapshot() for name, (_, pid) in self.loops.items()},
+                "alarms": self.alarms.snapshot()}
+
+    def save(self, force: bool = False) -> None:
+        seq = self.sequencer
+        if seq is None:
+            return
+        prog = seq.program
+        key = (seq.phase, seq.held, seq.data.get("step"),
+               prog.snapshot().get("segment_index") if prog is not None else None)
+        wall = time.monotonic()
+        if force or key != self._saved_key or wall - self._last_save_wall >= SAVE_EVERY_S:
+            self.store.save(self.snapshot())
+            self._saved_key = key
+            self._last_save_wall = wall

@@ -1,0 +1,244 @@
+"""The hydrogen-decrepitation (HD) sequence, as the process sheet reads.
+
+load_check -> leak_test -> purge -> h2_admission -> absorption -> degassing -> cooling -> unload
+
+- load_check: lid closed, E-stop healthy, cooling water flowing, charge cold, vessel at
+  about atmospheric pressure. Otherwise the sequence holds with the reason.
+- leak_test: evacuate, isolate the pump, watch the pressure rise for ``hold_min``; a rise
+  faster than ``max_rise_mbar_per_min`` fails the batch (a leaking retort must never see H2).
+- purge: evacuate / backfill argon, repeated until the O2 analyser (read at pressure) shows
+  less than ``o2_max_pct``; then a last evacuation so hydrogen goes into vacuum.
+- h2_admission: only with the charge below ``max_start_temperature_c`` (absorption is
+  exothermic); H2 in to ``pressure_bar``.
+- absorption: the pressure drops as the charge absorbs; it is topped up below
+  ``top_up_below_bar``. Complete when, after absorption has started (a top-up, or a drop of
+  more than the stability band), the pressure stays within ``stable_within_bar`` for
+  ``stable_for_min`` with no top-up. An exotherm beyond ``max_exotherm_c`` pauses top-ups
+  until the charge cools back; no absorption within ``max_duration_h`` aborts.
+- degassing: H2 shut, pump on throughout, the recipe's program (ramp to ~600 degC, waits for
+  the vacuum to recover); complete when the program ends with the vacuum below
+  ``vacuum_recovered_mbar``.
+- cooling: pump off, argon backfill, the cooling program; heaters off at its end.
+- unload: done when the charge is below the unload temperature.
+
+After a power loss hydrogen is never re-admitted automatically: a batch interrupted in
+h2_admission or absorption restarts from the purge and holds before admitting H2 until the
+operator resumes (``recover``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from edge.control.programmer import ProgState
+from edge.control.sequencer import Demand, Readings, Sequencer
+
+ATM_BAR = 1.013
+SETTLE_S = 30.0          # after a backfill, let the O2 analyser see the new gas
+
+
+class HDSequencer(Sequencer):
+    PROCESS: ClassVar[str] = "hd"
+    PHASES: ClassVar[tuple[str, ...]] = ("load_check", "leak_test", "purge", "h2_admission", "absorption",
+                                         "degassing", "cooling", "unload")
+    H2_PHASES: ClassVar[tuple[str, ...]] = ("h2_admission", "absorption")
+
+    def _p(self, phase: str) -> Any:
+        return self.recipe.params(phase)
+
+    def _pressure(self, r: Readings) -> float:
+        return r.get(self.plumbing.pressure_channel, math.nan)
+
+    def _vacuum(self, r: Readings) -> float:
+        v = r.get(self.plumbing.vacuum_channel, math.nan)
+        return v if not math.isnan(v) else self._pressure(r) * 1000.0
+
+    def _temp(self, r: Readings) -> float:
+        return r.get(self.recipe.control_channel, math.nan)
+
+    def _evacuate(self) -> dict[str, int]:
+        out = self.closed()
+        out.update({self.plumbing.vacuum_pump: 1, self.plumbing.vacuum_valve: 1})
+        return out
+
+    def _fill(self, gas: str) -> dict[str, int]:
+        out = self.closed()
+        out[self.plumbing.inlet(gas)] = 1
+        return out
+
+    def _timed_out(self, now_s: float, minutes: float, what: str) -> bool:
+        if self.in_phase_s(now_s) > minutes * 60.0:
+            self.abort(now_s, f"{self.phase}: {what} not reached within {minutes:g} min")
+            return True
+        return False
+
+    # ---- phases ----
+
+    def phase_load_check(self, now_s: float, r: Readings) -> Demand:
+        problems = []
+        for name, want in (("lid_closed", 1.0), ("estop_ok", 1.0), ("cooling_water_ok", 1.0)):
+            if name in r and r[name] != want:
+                problems.append(f"{name} is not {int(want)}")
+        t, p = self._temp(r), self._pressure(r)
+        limit = float(self._p("unload").get("max_temperature_c", 50.0))
+        if not t <= limit:
+            problems.append(f"charge at {t:.0f} degC (load below {limit:g})")
+        if not 0.8 <= p <= 1.3:
+            problems.append(f"vessel at {p:.2f} bar abs (expected about atmospheric)")
+        if problems:
+            self.data["problems"] = problems
+            return Demand(outputs=self.closed())
+        self.next_phase(now_s, "load checked: lid closed, E-stop healthy, cooling water on")
+        return Demand(outputs=self.closed())
+
+    def phase_leak_test(self, now_s: float, r: Readings) -> Demand:
+        p = self._p("leak_test")
+        step = self.data.setdefault("step", "evacuate")
+        vac = self._vacuum(r)
+        if step == "evacuate":
+            if self._timed_out(now_s, float(p["timeout_min"]), f"vacuum of {p['evacuate_to_mbar']} mbar"):
+                return Demand(outputs=self.closed())
+            if vac <= float(p["evacuate_to_mbar"]):
+                self.data.update(step="isolated", since_at_s=now_s, start_mbar=vac)
+            return Demand(outputs=self._evacuate())
+        held_s = now_s - float(self.data["since_at_s"])
+        if held_s >= float(p["hold_min"]) * 60.0:
+            rise = (vac - float(self.data["start_mbar"])) / (held_s / 60.0)
+            self.data["rise_mbar_per_min"] = rise
+            limit = float(p["max_rise_mbar_per_min"])
+            if not rise <= limit:
+                self.abort(now_s, f"leak test failed: pressure rise {rise:.3g} mbar/min > {limit:g}")
+            else:
+                self.next_phase(now_s, f"leak test passed: {rise:.3g} mbar/min <= {limit:g}")
+        return Demand(outputs=self.closed())
+
+    def phase_purge(self, now_s: float, r: Readings) -> Demand:
+        p = self._p("purge")
+        if self._timed_out(now_s, float(p["timeout_min"]), f"O2 below {p['o2_max_pct']} %"):
+            return Demand(outputs=self.closed())
+        step = self.data.setdefault("step", "evacuate")
+        cycles = int(self.data.setdefault("cycles", 0))
+        if step == "evacuate":
+            if self._vacuum(r) <= float(p["evacuate_to_mbar"]):
+                if self.data.get("o2_ok"):
+                    self.next_phase(now_s, f"purged in {cycles} cycle(s), O2 {self.data['o2_pct']:.3g} %")
+                    return Demand(outputs=self.closed())
+                self.data.update(step="backfill")
+            return Demand(outputs=self._evacuate())
+        if step == "backfill":
+            if self._pressure(r) >= float(p["backfill_to_bar"]):
+                self.data.update(step="settle", since_at_s=now_s, cycles=cycles + 1)
+                return Demand(outputs=self.closed())
+            return Demand(outputs=self._fill(str(p["gas"])))
+        # settle: read the O2 analyser at pressure
+        if now_s - float(self.data["since_at_s"]) >= SETTLE_S:
+            o2 = r.get(self.plumbing.o2_channel or "", math.nan)
+            self.data["o2_pct"] = o2
+            if o2 <= float(p["o2_max_pct"]):
+                self.data.update(step="evacuate", o2_ok=True)
+            elif cycles >= int(p["max_cycles"]):
+                self.abort(now_s, f"purge: O2 still {o2:.3g} % after {cycles} cycles (limit {p['o2_max_pct']} %)")
+            else:
+                self.data.update(step="evacuate")
+        return Demand(outputs=self.closed())
+
+    def phase_h2_admission(self, now_s: float, r: Readings) -> Demand:
+        p = self._p("h2_admission")
+        if self.flags.pop("confirm_h2", False):
+            self.held = "after a power loss during hydrogen handling the vessel was purged again: resume to admit H2"
+            return Demand(outputs=self.closed())
+        if self._timed_out(now_s, float(p["timeout_min"]), f"H2 at {p['pressure_bar']} bar"):
+            return Demand(outputs=self.closed())
+        t = self._temp(r)
+        if not t <= float(p["max_start_temperature_c"]):
+            self.data["waiting"] = f"charge at {t:.0f} degC, H2 only below {p['max_start_temperature_c']} degC"
+            return Demand(outputs=self.closed())
+        self.data.pop("waiting", None)
+        if self._pressure(r) >= float(p["pressure_bar"]):
+            self.next_phase(now_s, f"H2 admitted to {self._pressure(r):.2f} bar abs")
+            return Demand(outputs=self.closed())
+        return Demand(outputs=self._fill("H2"))
+
+    def phase_absorption(self, now_s: float, r: Readings) -> Demand:
+        p = self._p("absorption")
+        target = float(self._p("h2_admission")["pressure_bar"])
+        pressure, t = self._pressure(r), self._temp(r)
+        d = self.data
+        d.setdefault("start_c", t)
+        d.setdefault("top_ups", 0)
+        d.setdefault("ref_bar", pressure)
+        d.setdefault("ref_at_s", now_s)
+        d.setdefault("filling", False)
+        if self.in_phase_s(now_s) > float(p["max_duration_h"]) * 3600.0:
+            why = "no absorption started" if not d.get("started") else "absorption did not complete"
+            self.abort(now_s, f"absorption: {why} within {p['max_duration_h']} h")
+            return Demand(outputs=self.closed())
+        exotherm = t - float(d["start_c"])
+        too_hot = exotherm > float(p["max_exotherm_c"])
+        d["exotherm_paused"] = too_hot
+        if d["filling"]:
+            if pressure >= target or too_hot:
+                d["filling"] = False
+                d.update(ref_bar=pressure, ref_at_s=now_s)
+        elif pressure < float(p["top_up_below_bar"]) and not too_hot:
+            d["filling"] = True
+            d["top_ups"] = int(d["top_ups"]) + 1
+            d["started"] = True
+        band = float(p["stable_within_bar"])
+        if abs(pressure - float(d["ref_bar"])) > band:
+            if pressure < float(d["ref_bar"]) - band:
+                d["started"] = True
+            d.update(ref_bar=pressure, ref_at_s=now_s)
+        stable_s = now_s - float(d["ref_at_s"])
+        if d.get("started") and not d["filling"] and stable_s >= float(p["stable_for_min"]) * 60.0:
+            self.next_phase(now_s, f"absorption complete: pressure stable within {band:g} bar for "
+                                   f"{stable_s / 60:.0f} min after {d['top_ups']} top-up(s)")
+            return Demand(outputs=self.closed())
+        out = self.closed()
+        if d["filling"]:
+            out[self.plumbing.inlet("H2")] = 1
+        return Demand(outputs=out)
+
+    def phase_degassing(self, now_s: float, r: Readings) -> Demand:
+        p = self._p("degassing")
+        st = self.run_program("degassing", now_s, r)
+        out = self._evacuate()   # the pump runs throughout: desorbed hydrogen goes to the stack
+        if st.state is ProgState.ABORTED:
+            self.abort(now_s, f"degassing: {st.message}")
+        elif st.state is ProgState.END and self._vacuum(r) <= float(p["vacuum_recovered_mbar"]):
+            self.next_phase(now_s, f"degassed: vacuum {self._vacuum(r):.3g} mbar at {self._temp(r):.0f} degC")
+        return Demand(setpoint_c=st.setpoint_c, outputs=out, program=st)
+
+    def phase_cooling(self, now_s: float, r: Readings) -> Demand:
+        p = self._p("cooling")
+        out = self.closed()
+        if not self.data.get("backfilled"):
+            if self._pressure(r) >= float(p.get("backfill_to_bar", ATM_BAR)):
+                self.data["backfilled"] = True
+            else:
+                out = self._fill(str(p.get("gas", "Ar")))
+        st = self.run_program("cooling", now_s, r)
+        limit = float(self._p("unload").get("max_temperature_c", 50.0))
+        if st.state is ProgState.ABORTED:
+            self.abort(now_s, f"cooling: {st.message}")
+        elif st.state is ProgState.END and self._temp(r) <= limit:
+            self.next_phase(now_s, f"cooled to {self._temp(r):.0f} degC under {p.get('gas', 'Ar')}")
+        return Demand(setpoint_c=st.setpoint_c if st.state is not ProgState.END else None, outputs=out, program=st)
+
+    def phase_unload(self, now_s: float, r: Readings) -> Demand:
+        limit = float(self._p("unload").get("max_temperature_c", 50.0))
+        if self._temp(r) <= limit:
+            self.enter("done", now_s, f"ready to unload at {self._temp(r):.0f} degC")
+        return Demand(outputs=self.closed())
+
+    # ---- power-fail recovery ----
+
+    def restart_point(self, phase: str) -> tuple[str, str | None]:
+        """Where an interrupted phase resumes, and why it is moved (None when it resumes in place)."""
+        if phase in self.H2_PHASES:
+            self.flags["confirm_h2"] = True
+            return "purge", "hydrogen is never re-admitted automatically after a power loss: purging again"
+        if phase in ("load_check", "leak_test", "purge"):
+            return phase, f"{phase} restarts from its beginning (its measurements were interrupted)"
+        return phase, None

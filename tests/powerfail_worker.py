@@ -1,0 +1,39 @@
+"""A controller that runs HD batches until it is killed: the victim of the power-fail tests.
+
+``python -m tests.powerfail_worker STATE_PATH RECIPE_PATH`` runs plant, core and controller in
+lockstep and saves the run state far more often than in production (every 20 ms of wall time,
+and at every change), so that SIGKILL lands in the middle of writes as often as possible.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import edge.control.controller as controller_module
+from edge.config import load_station
+from edge.control.controller import Controller
+from edge.control.recipe import load_recipe
+from hil.lockstep import LockstepRig
+from hil.plants.hd_reactor import HDReactor
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def main(state_path: str, recipe_path: str) -> int:
+    controller_module.SAVE_EVERY_S = 0.02
+    station = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
+    recipe = load_recipe(recipe_path)
+    batch = 0
+    while True:
+        with LockstepRig(station, HDReactor(), dt_s=2.0) as rig:
+            ctl = Controller(rig.core, rig.station, state_path=state_path)
+            rig.step(ctl.step)
+            batch += 1
+            ctl.start_batch(recipe, batch_id=f"pf-{batch}")
+            print(f"started {batch}", flush=True)
+            rig.run_until(ctl.batch_finished, 30 * 3600, ctl.step)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,281 @@
+"""The HD and sintering sequences against plant models, through the real C core, in lockstep.
+
+Plant, core and controller step together on the plant's clock (``hil.lockstep``), so a batch
+of many hours runs in seconds and every run is the same. The power-fail tests kill a real
+controller process with SIGKILL at random instants and restart from what it left on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import edge.control.controller as controller_module
+from edge.config import Station, load_station
+from edge.control.controller import BatchRejected, Controller
+from edge.control.recipe import Recipe, load_recipe, parse_recipe
+from edge.control.runstate import RunStateStore
+from edge.control.sequencer import Sequencer
+from hil.lockstep import LockstepRig
+from hil.plants.hd_reactor import HDParams, HDReactor
+from hil.plants.sintering_furnace import SinteringFurnace
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+HD_STATION = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
+SINTER_STATION = load_station(ROOT / "stations" / "sintering_furnace_sim.toml")
+HD_RECIPE = load_recipe(ROOT / "recipes" / "hd_standard.toml")
+SINTER_RECIPE = load_recipe(ROOT / "recipes" / "sintering_standard.toml")
+
+
+@pytest.fixture
+def hd(tmp_path: pathlib.Path) -> Iterator[tuple[LockstepRig, Controller, HDReactor]]:
+    plant = HDReactor()
+    with LockstepRig(HD_STATION, plant, dt_s=2.0) as rig:
+        ctl = Controller(rig.core, rig.station, state_path=tmp_path / "run.json")
+        rig.step(ctl.step)
+        yield rig, ctl, plant
+
+
+def phases(ctl: Controller) -> list[str]:
+    return [e.data["phase"] for e in ctl.events if e.kind == "phase"]
+
+
+def finished(ctl: Controller) -> bool:
+    return ctl.batch_finished()
+
+
+def test_hd_batch_runs_to_completion(hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    rig, ctl, plant = hd
+    ctl.start_batch(HD_RECIPE, batch_id="hd-1", operator="test")
+    peak = 0.0
+
+    def scan() -> None:
+        nonlocal peak
+        ctl.step()
+        peak = max(peak, plant.s.charge_c)
+
+    assert rig.run_until(lambda: finished(ctl), 30 * 3600, scan)
+    assert ctl.sequencer is not None and ctl.sequencer.phase == "done"
+    assert phases(ctl) == ["load_check", "leak_test", "purge", "h2_admission", "absorption", "degassing", "cooling",
+                           "unload", "done"]
+    assert not [e for e in ctl.events if e.kind in ("trip", "refused")]
+    absorbed = plant.x_max() - (plant.x_max() - plant.s.x_h2)
+    assert plant.s.h2_fed_mol > 30.0, "the charge took up hydrogen through top-ups"
+    assert absorbed >= 0.3 * plant.x_max(), "about 35 % stays as NdH2 after degassing"
+    assert 590.0 <= peak <= 615.0, f"degassing at about 600 degC, peak {peak:.1f}"
+    assert plant.s.charge_c <= 50.0
+    assert abs(plant.hydrogen_inventory_mol() - plant.s.h2_fed_mol) < 1e-6 * plant.s.h2_fed_mol
+    outs = rig.core.outputs()
+    assert outs["h2_inlet_valve"].level == 0 and outs["heater"].level == 0
+
+
+def test_sintering_batch_runs_to_completion(tmp_path: pathlib.Path) -> None:
+    plant = SinteringFurnace()
+    with LockstepRig(SINTER_STATION, plant, dt_s=4.0) as rig:
+        ctl = Controller(rig.core, rig.station, state_path=tmp_path / "run.json")
+        rig.step(ctl.step)
+        ctl.start_batch(SINTER_RECIPE, batch_id="s-1")
+        peak = 0.0
+
+        def scan() -> None:
+            nonlocal peak
+            ctl.step()
+            peak = max(peak, plant.s.charge_c)
+
+        assert rig.run_until(lambda: finished(ctl), 40 * 3600, scan)
+        assert ctl.sequencer is not None and ctl.sequencer.phase == "done"
+        assert phases(ctl) == ["pump_down", "heating", "sinter", "quench", "anneal_1", "anneal_2", "cooling", "done"]
+        assert not [e for e in ctl.events if e.kind in ("trip", "refused")]
+        assert 1055.0 <= peak <= 1070.0, f"sintered at 1060 degC, peak {peak:.1f}"
+        assert plant.s.lubricant < 1.0 and plant.s.hydrogen < 1.0, "the compacts were degassed"
+        assert plant.s.charge_c <= 60.0
+
+
+def test_hd_trip_during_absorption_aborts_to_the_safe_sequence(tmp_path: pathlib.Path) -> None:
+    plant = HDReactor(HDParams(room_m3=8.0))    # the reactor's own enclosure, where the detector is
+    with LockstepRig(HD_STATION, plant, dt_s=2.0) as rig:
+        ctl = Controller(rig.core, rig.station, state_path=tmp_path / "run.json")
+        rig.step(ctl.step)
+        trip_aborts(rig, ctl, plant)
+
+
+def trip_aborts(rig: LockstepRig, ctl: Controller, plant: HDReactor) -> None:
+    ctl.start_batch(HD_RECIPE, batch_id="hd-2")
+    assert rig.run_until(lambda: ctl.sequencer is not None and ctl.sequencer.phase == "absorption", 5 * 3600,
+                         ctl.step)
+    rig.run_until(lambda: False, 600, ctl.step)
+    plant.s.room_leak_mol_s_bar = 50.0         # a flange lets go: the charge gas escapes into the enclosure
+    fed_at_trip = -1.0
+
+    def scan() -> None:
+        nonlocal fed_at_trip
+        ctl.step()
+        if fed_at_trip < 0 and rig.core.rules()["h2_leak"].tripped:
+            fed_at_trip = plant.s.h2_fed_mol
+
+    assert rig.run_until(lambda: finished(ctl), 3 * 3600, scan)
+    assert ctl.sequencer is not None and ctl.sequencer.phase == "aborted"
+    assert len([e for e in ctl.events if e.kind == "refused"]) <= 5, "refusals are reported, not hammered"
+    trips = [e for e in ctl.events if e.kind == "trip"]
+    assert trips and trips[0].data["rule"] == "h2_leak" and trips[0].data["first_out"]
+    aborting = next(e for e in ctl.events if e.kind == "phase" and e.data["phase"] == "aborting")
+    assert aborting.data["reason"] == "interlock h2_leak tripped"
+    assert plant.s.h2_fed_mol == pytest.approx(fed_at_trip), "no hydrogen admitted after the trip"
+    assert rig.core.outputs()["heater"].level == 0
+
+
+def test_hd_top_up_refused_too_long_aborts(hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    """A small leak the room ventilation holds just under the trip: the permissive refuses every
+    top-up; the batch must not sit in absorption forever."""
+    rig, ctl, plant = hd
+    ctl.start_batch(HD_RECIPE, batch_id="hd-6")
+    assert rig.run_until(lambda: ctl.sequencer is not None and ctl.sequencer.phase == "absorption", 5 * 3600,
+                         ctl.step)
+    rig.run_until(lambda: False, 600, ctl.step)
+    plant.s.room_leak_mol_s_bar = 0.5
+    assert rig.run_until(lambda: finished(ctl), 3 * 3600, ctl.step)
+    assert ctl.sequencer is not None and ctl.sequencer.phase == "aborted"
+    assert ctl.sequencer.abort_reason is not None
+    assert "h2_inlet_valve refused for 10 min" in ctl.sequencer.abort_reason
+    assert "h2_room < 10" in ctl.sequencer.abort_reason
+
+
+def test_hd_leaking_vessel_fails_the_leak_test(hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    rig, ctl, plant = hd
+    plant.s.extra_air_leak_mbar_l_s = 0.5      # a damaged lid seal: the pump still reaches 0.5 mbar
+    ctl.start_batch(HD_RECIPE, batch_id="hd-3")
+    assert rig.run_until(lambda: finished(ctl), 5 * 3600, ctl.step)
+    assert ctl.sequencer is not None and ctl.sequencer.phase == "aborted"
+    assert ctl.sequencer.abort_reason is not None and "leak test failed" in ctl.sequencer.abort_reason
+    assert plant.s.h2_fed_mol == 0.0, "a leaking retort never sees hydrogen"
+
+
+def test_batch_refused_while_a_trip_is_latched(hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    rig, ctl, _ = hd
+    rig.extra_digital["estop_ok"] = False
+    rig.step(ctl.step)
+    rig.step(ctl.step)
+    rig.extra_digital.pop("estop_ok")
+    rig.step(ctl.step)
+    with pytest.raises(BatchRejected, match="estop"):
+        ctl.start_batch(HD_RECIPE, batch_id="hd-4")
+
+
+def waiting_for_h2_confirmation(seq: Sequencer) -> bool:
+    return seq.phase == "h2_admission" and seq.held is not None
+
+
+def with_strategy(recipe: Recipe, strategy: str) -> Recipe:
+    text = recipe.text.replace('strategy = "hold"', f'strategy = "{strategy}"', 1)
+    assert f'strategy = "{strategy}"' in text
+    return parse_recipe(text, str(recipe.source))
+
+
+def recover(tmp_path: pathlib.Path, state_path: pathlib.Path, *,
+            outage_s: float = 60.0) -> tuple[LockstepRig, Controller, HDReactor, str | None]:
+    """A new controller process after the power came back: fresh plant readings, the state on disk."""
+    plant = HDReactor()
+    rig = LockstepRig(HD_STATION, plant, dt_s=2.0)
+    ctl = Controller(rig.core, rig.station, state_path=state_path)
+    rig.step(ctl.step)
+    real_time = time.time
+    controller_module.time.time = lambda: real_time() + outage_s  # type: ignore[attr-defined]
+    try:
+        message = ctl.recover()
+    finally:
+        controller_module.time.time = real_time  # type: ignore[attr-defined]
+    return rig, ctl, plant, message
+
+
+@pytest.mark.parametrize("strategy", ["continue", "ramp_back", "hold", "abort"])
+def test_sigkill_at_random_points_never_corrupts_and_recovery_follows_the_recipe(
+        tmp_path: pathlib.Path, strategy: str) -> None:
+    recipe_path = tmp_path / "hd.toml"
+    recipe_path.write_text(with_strategy(HD_RECIPE, strategy).text)
+    rng = random.Random(f"powerfail-{strategy}")
+    seen_phases: set[str] = set()
+    for kill in range(6):
+        state_path = tmp_path / f"run-{kill}.json"
+        worker = subprocess.Popen([sys.executable, "-m", "tests.powerfail_worker", str(state_path),
+                                   str(recipe_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert worker.stdout is not None and worker.stdout.readline().startswith("started")
+        time.sleep(rng.uniform(0.05, 3.5))
+        worker.kill()                                 # SIGKILL: no cleanup, mid-write or not
+        worker.wait()
+        loaded = RunStateStore(state_path).load()     # raises RunStateCorrupt if it were damaged
+        assert loaded is not None
+        state, _ = loaded
+        saved_phase = state["sequencer"]["phase"]
+        seen_phases.add(saved_phase)
+        rig, ctl, plant, message = recover(tmp_path, state_path)
+        try:
+            assert message is not None and ctl.sequencer is not None
+            seq = ctl.sequencer
+            if saved_phase in ("done", "aborted", "aborting"):
+                assert seq.phase == saved_phase or seq.phase == "aborted"
+            elif strategy == "abort":
+                assert seq.phase == "aborting"
+            elif saved_phase in ("h2_admission", "absorption"):
+                assert seq.phase == "purge", "hydrogen is never re-admitted automatically: purge again"
+                fed = plant.s.h2_fed_mol
+                if strategy == "hold":
+                    assert seq.held is not None
+                    ctl.resume()
+                rig.run_until(functools.partial(waiting_for_h2_confirmation, seq), 4 * 3600, ctl.step)
+                assert seq.phase == "h2_admission" and seq.held is not None, "waits for the operator"
+                rig.run_until(lambda: False, 1800, ctl.step)
+                assert plant.s.h2_fed_mol == fed, "no H2 before the operator resumes"
+            else:
+                assert seq.phase == saved_phase or (saved_phase, seq.phase) == ("load_check", "leak_test")
+                assert (seq.held is not None) == (strategy == "hold")
+            rig.run_until(lambda: False, 600, ctl.step)   # and it keeps running without error
+        finally:
+            rig.close()
+    assert len(seen_phases) >= 2, f"kills landed in too few phases: {seen_phases}"
+
+
+def test_outage_longer_than_the_recipe_allows_aborts(tmp_path: pathlib.Path,
+                                                     hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    rig, ctl, _ = hd
+    ctl.start_batch(with_strategy(HD_RECIPE, "continue"), batch_id="hd-5")
+    rig.run_until(lambda: ctl.sequencer is not None and ctl.sequencer.phase == "degassing", 8 * 3600, ctl.step)
+    ctl.save(force=True)
+    rig2, ctl2, _, message = recover(tmp_path, ctl.store.path, outage_s=3 * 3600)
+    try:
+        assert message is not None and "exceeds the recipe's 30 min" in message
+        assert ctl2.sequencer is not None and ctl2.sequencer.phase == "aborting"
+    finally:
+        rig2.close()
+
+
+def test_damaged_run_state_is_quarantined_not_trusted(tmp_path: pathlib.Path) -> None:
+    state_path = tmp_path / "run.json"
+    RunStateStore(state_path).save({"batch": {"id": "x"}})
+    doc = json.loads(state_path.read_text())
+    doc["state"]["batch"]["id"] = "y"                 # one changed byte, checksum not updated
+    state_path.write_text(json.dumps(doc))
+    rig, ctl, _, message = recover(tmp_path, state_path)
+    try:
+        assert message is not None and "quarantined" in message
+        assert ctl.sequencer is None
+        assert list(tmp_path.glob("run.json.corrupt-*"))
+    finally:
+        rig.close()
+
+
+def test_station_without_loops_still_builds(tmp_path: pathlib.Path) -> None:
+    """The controller needs no PID loop to run a purely gas-handling check."""
+    station: Station = dataclasses.replace(HD_STATION, loops=())
+    with LockstepRig(station, HDReactor(), dt_s=2.0) as rig:
+        ctl = Controller(rig.core, rig.station, state_path=tmp_path / "r.json")
+        rig.step(ctl.step)
+        assert ctl.loops == {}
