@@ -149,6 +149,22 @@ def test_hd_top_up_refused_too_long_aborts(hd: tuple[LockstepRig, Controller, HD
     assert "h2_room < 10" in ctl.sequencer.abort_reason
 
 
+def test_sintering_door_opened_during_heating_aborts(tmp_path: pathlib.Path) -> None:
+    plant = SinteringFurnace()
+    with LockstepRig(SINTER_STATION, plant, dt_s=4.0) as rig:
+        ctl = Controller(rig.core, rig.station, state_path=tmp_path / "run.json")
+        rig.step(ctl.step)
+        ctl.start_batch(SINTER_RECIPE, batch_id="s-2")
+        assert rig.run_until(lambda: plant.s.charge_c > 250.0, 10 * 3600, ctl.step)
+        plant.s.door_open = True                 # an interlocked door forced open at temperature
+        assert rig.run_until(lambda: finished(ctl), 3600, ctl.step)
+        assert ctl.sequencer is not None and ctl.sequencer.phase == "aborted"
+        assert ctl.sequencer.abort_reason == "interlock door_open tripped"
+        heater_j = plant.s.heater_j
+        rig.run_until(lambda: False, 600, ctl.step)
+        assert plant.s.heater_j == heater_j, "no heat after the trip"
+
+
 def test_hd_leaking_vessel_fails_the_leak_test(hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
     rig, ctl, plant = hd
     plant.s.extra_air_leak_mbar_l_s = 0.5      # a damaged lid seal: the pump still reaches 0.5 mbar

@@ -106,7 +106,8 @@ class Controller:
             raise BatchRejected(f"no sequencer for process {recipe.process!r}")
         now = self.now_s()
         self.recipe = recipe
-        self.sequencer = kind(recipe, self.station.plumbing, self.allowed)
+        self.sequencer = kind(recipe, self.station.plumbing, self.allowed,
+                              ramp_back_rate_c_per_min=self.station.limits.max_ramp_c_per_min)
         self._changes_seen = 0
         self.batch = {"id": batch_id, "operator": operator, "recipe": recipe.name,
                       "recipe_sha256": hashlib.sha256(recipe.text.encode()).hexdigest(),
@@ -160,7 +161,8 @@ class Controller:
         kind = SEQUENCERS[recipe.process]
         self.recipe = recipe
         self.batch = dict(state["batch"])
-        self.sequencer = kind(recipe, self.station.plumbing, self.allowed)
+        self.sequencer = kind(recipe, self.station.plumbing, self.allowed,
+                              ramp_back_rate_c_per_min=self.station.limits.max_ramp_c_per_min)
         self._changes_seen = 0
         outage_s = max(0.0, time.time() - saved_unix)
         message = self.sequencer.recover(state["sequencer"], now, self.readings(), outage_s=outage_s)

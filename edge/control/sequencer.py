@@ -58,8 +58,11 @@ class Sequencer:
     FINAL: ClassVar[tuple[str, ...]] = ("done", "aborted")
 
     def __init__(self, recipe: Recipe, plumbing: GasPlumbing,
-                 allowed: Callable[[str, int], bool] | None = None) -> None:
-        """``allowed(output, level)`` tells whether the core would accept a level now (no trip forcing it)."""
+                 allowed: Callable[[str, int], bool] | None = None, *,
+                 ramp_back_rate_c_per_min: float | None = None) -> None:
+        """``allowed(output, level)`` tells whether the core would accept a level now (no trip forcing it);
+        ``ramp_back_rate_c_per_min`` is the station's ramp limit, for a ramp back after a power loss."""
+        self.ramp_back_rate_c_per_min = ramp_back_rate_c_per_min
         self.recipe = recipe
         self.plumbing = plumbing
         self.allowed = allowed or (lambda name, level: True)
@@ -253,7 +256,8 @@ class Sequencer:
             self.program = Programmer.restore(
                 self.recipe.program(phase), self.plumbing, snap["program"], default_holdback=self.recipe.holdback,
                 pv_channel=self.recipe.control_channel, now_s=now_s, strategy=pf.strategy,
-                pv_c=readings.get(self.recipe.control_channel, math.nan))
+                pv_c=readings.get(self.recipe.control_channel, math.nan),
+                ramp_back_rate_c_per_min=self.ramp_back_rate_c_per_min)
         if pf.strategy == "hold":
             self.held = f"recovered after a power loss of {minutes:.1f} min in {phase}: resume to continue"
         return (f"recovered after a power loss of {minutes:.1f} min in {phase}: "
