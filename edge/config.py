@@ -26,7 +26,6 @@ bottom the small typed-value helpers they all share.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import pathlib
@@ -59,6 +58,10 @@ from edge.corespec import (
     RuleKind,
     RuleSpec,
 )
+from edge.messages import did_you_mean as _did_you_mean
+from edge.messages import join as _join
+from edge.messages import short as _short
+from edge.messages import unknown as _unknown
 
 __all__ = [
     "AlarmSpec",
@@ -1661,26 +1664,12 @@ def _valid(registry: Mapping[str, _T | None]) -> tuple[_T, ...]:
     return tuple(item for item in registry.values() if item is not None)
 
 
-def _unknown(what: str, name: str, candidates: Iterable[str]) -> str:
-    options = list(candidates)
-    listed = ", ".join(options) if options else f"no {what} is declared"
-    return f"unknown {what} '{_short(name)}' (expected one of: {listed}){_did_you_mean(name, options)}"
 
 
-def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
-    by_case = [c for c in candidates if c.lower() == word.lower()]
-    close = by_case or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _join(path: str, key: str) -> str:
-    shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.encode("unicode_escape").decode() + '"'
-    return f"{path}.{shown}" if path else shown
 
 
-def _short(value: object) -> str:
-    text = repr(value) if not isinstance(value, str) else repr(value)[1:-1]
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _fmt(number: float) -> str:

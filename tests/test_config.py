@@ -861,7 +861,7 @@ def test_example_loop(station: Station) -> None:
     assert (loop.name, loop.pv, loop.output) == ("chamber", "chamber_temp", "heater")
     assert (loop.gains.kp, loop.gains.ti_s, loop.gains.td_s) == (0.08, 800.0, 100.0)
     assert (loop.out_min, loop.out_max, loop.sensor_break_output) == (0.0, 1.0, 0.0)
-    assert (loop.derivative_filter, loop.setpoint_weight_b) == (0.1, 0.7)
+    assert (loop.derivative_filter, loop.setpoint_weight_b) == (0.1, 1.0)
     pid = loop.make_pid()
     assert pid.gains == loop.gains and pid.sensor_break_output == 0.0
 

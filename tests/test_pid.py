@@ -348,10 +348,13 @@ def _run_chamber_loop(loop: LoopSpec, vacuum: bool) -> list[tuple[float, float]]
     return log
 
 
-@pytest.mark.parametrize("vacuum, overshoot_max, settle_max_s", [(False, 0.5, 35 * 60.0), (True, 3.0, 45 * 60.0)])
+@pytest.mark.parametrize("vacuum, overshoot_max, settle_max_s", [(False, 2.0, 35 * 60.0), (True, 8.0, 45 * 60.0)])
 def test_example_station_loop_controls_the_hd_plant_model(vacuum: bool, overshoot_max: float,
                                                           settle_max_s: float) -> None:
-    # Measured: argon 0.0 degC overshoot, within 0.5 degC 22.6 min after the step; vacuum 1.8 degC, 30.2 min.
+    # Measured with setpoint weight b = 1 (the station's choice, because recipes ramp: with b < 1 a ramp
+    # lags by (1-b)*Ti*rate and stalls in holdback): a 20 degC setpoint STEP overshoots 1.7 degC under
+    # argon and 6.8 degC under vacuum, where the retort wall's stored heat reaches the charge late.
+    # (With b = 0.7 it was 0.0 and 1.8 degC; recipes use ramps with holdback, not steps, at temperature.)
     loop = load_station(ROOT / "stations" / "hd_reactor_sim.toml").loops[0]
     log = _run_chamber_loop(loop, vacuum)
     assert max(abs(pv - 200.0) for t, pv in log if t <= 1800.0) < 0.2  # bumpless hand-over, steady hold

@@ -35,6 +35,10 @@ from typing import ClassVar, Literal, TypeAlias, TypeVar, cast
 
 from edge.config import GASES, NAME_RE, EquipmentLimits, Station
 from edge.control.plumbing import GasPlumbing
+from edge.messages import did_you_mean as _did_you_mean
+from edge.messages import join as _join
+from edge.messages import short as _short
+from edge.messages import unknown as _unknown
 
 __all__ = [
     "PHASES",
@@ -1390,27 +1394,12 @@ def _unknown_key(noun: str, key: str, accepted: Sequence[str]) -> str:
     return _unknown(noun, key, accepted)
 
 
-def _unknown(what: str, name: str, candidates: Iterable[str]) -> str:
-    options = list(candidates)
-    listed = ", ".join(options) if options else f"no {what} is declared"
-    return f"unknown {what} '{_short(name)}' (expected one of: {listed}){_did_you_mean(name, options)}"
 
 
-def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
-    by_case = [c for c in candidates if c.lower() == word.lower()]
-    close = by_case or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _join(path: str, key: str) -> str:
-    shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.encode("unicode_escape").decode() + '"'
-    return f"{path}.{shown}" if path else shown
 
 
-def _short(value: object) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    text = text.encode("unicode_escape").decode()
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _fmt(number: float) -> str:

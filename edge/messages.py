@@ -1,0 +1,35 @@
+"""How the file loaders (station files, recipes) name a place and a mistake.
+
+Shared so that every error a technician reads has one shape:
+``file: key.path: unknown channel 'x' (expected one of: ...); did you mean 'y'?``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+
+
+def unknown(what: str, name: str, candidates: Iterable[str]) -> str:
+    options = list(candidates)
+    listed = ", ".join(options) if options else f"no {what} is declared"
+    return f"unknown {what} '{short(name)}' (expected one of: {listed}){did_you_mean(name, options)}"
+
+
+def did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    by_case = [c for c in candidates if c.lower() == word.lower()]
+    close = by_case or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def join(path: str, key: str) -> str:
+    """A TOML key path: bare keys as they are, anything else quoted and escaped."""
+    shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.encode("unicode_escape").decode() + '"'
+    return f"{path}.{shown}" if path else shown
+
+
+def short(value: object) -> str:
+    """A value as it can be shown in one line: escaped, at most 40 characters."""
+    text = repr(value)[1:-1] if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
