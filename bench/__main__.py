@@ -19,6 +19,7 @@ from bench.figures import Figure
 BENCHES = {
     "thermocouple": "bench.bench_thermocouple",
     "sampler": "bench.bench_sampler",
+    "outbox": "bench.bench_outbox",
 }
 
 

@@ -58,4 +58,4 @@ class Figure:
         bound = {None: "", True: "  [pass]", False: "  [FAIL]"}[self.passed]
         floor = "≥" if self.resolution and min(self.value, self.baseline_value) <= self.resolution else ""
         return (f"{self.name}: {self.value:.4g} {self.unit}  vs  {self.baseline_name}: {self.baseline_value:.4g}"
-                f" {self.unit}  ->  {floor}{self.ratio:.1f}x{bound}")
+                f" {self.unit}  ->  {floor}{self.ratio:.3g}x{bound}")
