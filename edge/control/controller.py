@@ -164,7 +164,12 @@ class Controller:
         self.sequencer = kind(recipe, self.station.plumbing, self.allowed,
                               ramp_back_rate_c_per_min=self.station.limits.max_ramp_c_per_min)
         self._changes_seen = 0
-        outage_s = max(0.0, time.time() - saved_unix)
+        outage_s = time.time() - saved_unix
+        if outage_s < 0:
+            # the wall clock is behind the last save (no RTC, NTP not yet synced): the outage is unknown,
+            # and an unknown outage may be longer than the recipe allows
+            self.emit(now, "recovery", f"system clock is {-outage_s:.0f} s behind the last save: outage unknown")
+            outage_s = math.inf
         message = self.sequencer.recover(state["sequencer"], now, self.readings(), outage_s=outage_s)
         for name, snap in state.get("loops", {}).items():
             if name in self.loops:
@@ -184,6 +189,11 @@ class Controller:
         for event in self.core.drain_events():
             self._core_event(now, event)
         seq = self.sequencer
+        if seq is not None and seq.running and seq.phase != "aborting":
+            # events can be missed (a trip latched before a restart, an overflowing ring): the state decides
+            tripped = [name for name, r in self.core.rules().items() if r.tripped]
+            if tripped:
+                seq.abort(now, f"interlock {tripped[0]} tripped")
         demand = seq.step(now, readings) if seq is not None else Demand()
         self.last_demand = demand
         duties = self._loops(now, readings, demand)
@@ -208,26 +218,33 @@ class Controller:
             self.sequencer.abort(now, f"interlock {e.rule} tripped")
 
     def _loops(self, now: float, readings: Mapping[str, float], demand: Demand) -> dict[str, float]:
+        """Setpoint -> duty per loop. While no heat is wanted, or the gate holds the heater off (a trip
+        forces it, or a refusal waits for its retry), the loop tracks 0 in manual: the integrator cannot
+        wind up against a heater that is not heating, and the return to auto is bumpless."""
         duties: dict[str, float] = {}
+        states = self.core.outputs()
         for spec, pid in self.loops.values():
-            if demand.setpoint_c is None:
+            out = spec.output
+            refused = self._refusals.get(out)
+            waiting = refused is not None and refused[3] is None and now - refused[2] < RETRY_REFUSED_S
+            if demand.setpoint_c is None or states[out].forced or waiting:
                 if pid.mode == "auto" or pid.output != 0.0:
                     pid.set_manual(0.0)
-                duty = 0.0
-            else:
-                if pid.mode == "manual":
-                    pid.set_auto(now)
-                duty = pid.update(demand.setpoint_c, readings.get(spec.pv, math.nan), now)
-            duties[spec.output] = duty
-            refused = self._refusals.get(spec.output)
-            if duty > 0 and refused is not None and refused[3] is None and now - refused[2] < RETRY_REFUSED_S:
+                self.core.set_duty(out, 0.0)   # the safe level: always accepted
+                duties[out] = 0.0
                 continue
+            if pid.mode == "manual":
+                pid.set_auto(now)
+            duty = pid.update(demand.setpoint_c, readings.get(spec.pv, math.nan), now)
             try:
-                self.core.set_duty(spec.output, duty)
+                self.core.set_duty(out, duty)
                 if duty > 0:
-                    self._accepted(now, spec.output)
+                    self._accepted(now, out)
             except OutputRefused as exc:
-                self._refused(now, spec.output, exc.message)
+                self._refused(now, out, exc.message)
+                pid.set_manual(0.0)
+                duty = 0.0
+            duties[out] = duty     # what was applied: the loop-break alarm judges that
         return duties
 
     def _outputs(self, now: float, demand: Demand) -> None:
@@ -291,6 +308,14 @@ class Controller:
                prog.snapshot().get("segment_index") if prog is not None else None)
         wall = time.monotonic()
         if force or key != self._saved_key or wall - self._last_save_wall >= SAVE_EVERY_S:
-            self.store.save(self.snapshot())
+            try:
+                self.store.save(self.snapshot())
+            except OSError as exc:
+                # a full or failing disk must not stop the scan (the dead-man would trip the batch):
+                # report it once per failure, keep controlling, try again next scan
+                if self._saved_key != ("failed",):
+                    self.emit(self.now_s(), "recovery", f"run state could not be saved: {exc}")
+                self._saved_key = ("failed",)
+                return
             self._saved_key = key
             self._last_save_wall = wall

@@ -36,6 +36,7 @@ from edge.control.sequencer import Demand, Readings, Sequencer
 
 ATM_BAR = 1.013
 SETTLE_S = 30.0          # after a backfill, let the O2 analyser see the new gas
+POST_PROGRAM_WAIT_S = 3600.0   # degassing: how long the vacuum may take to recover after the program
 
 
 class HDSequencer(Sequencer):
@@ -51,8 +52,7 @@ class HDSequencer(Sequencer):
         return r.get(self.plumbing.pressure_channel, math.nan)
 
     def _vacuum(self, r: Readings) -> float:
-        v = r.get(self.plumbing.vacuum_channel, math.nan)
-        return v if not math.isnan(v) else self._pressure(r) * 1000.0
+        return self.vacuum_mbar(r)
 
     def _temp(self, r: Readings) -> float:
         return r.get(self.recipe.control_channel, math.nan)
@@ -151,10 +151,11 @@ class HDSequencer(Sequencer):
         if self._timed_out(now_s, float(p["timeout_min"]), f"H2 at {p['pressure_bar']} bar"):
             return Demand(outputs=self.closed())
         t = self._temp(r)
-        if not t <= float(p["max_start_temperature_c"]):
+        if not self.data.get("opened") and not t <= float(p["max_start_temperature_c"]):
             self.data["waiting"] = f"charge at {t:.0f} degC, H2 only below {p['max_start_temperature_c']} degC"
             return Demand(outputs=self.closed())
         self.data.pop("waiting", None)
+        self.data["opened"] = True   # the start-temperature gate applies before the first opening only
         if self._pressure(r) >= float(p["pressure_bar"]):
             self.next_phase(now_s, f"H2 admitted to {self._pressure(r):.2f} bar abs")
             return Demand(outputs=self.closed())
@@ -174,8 +175,8 @@ class HDSequencer(Sequencer):
             why = "no absorption started" if not d.get("started") else "absorption did not complete"
             self.abort(now_s, f"absorption: {why} within {p['max_duration_h']} h")
             return Demand(outputs=self.closed())
-        exotherm = t - float(d["start_c"])
-        too_hot = exotherm > float(p["max_exotherm_c"])
+        # a NaN temperature counts as too hot: no hydrogen while the exotherm cannot be watched
+        too_hot = not t - float(d["start_c"]) <= float(p["max_exotherm_c"])
         d["exotherm_paused"] = too_hot
         if d["filling"]:
             if pressure >= target or too_hot:
@@ -191,7 +192,8 @@ class HDSequencer(Sequencer):
                 d["started"] = True
             d.update(ref_bar=pressure, ref_at_s=now_s)
         stable_s = now_s - float(d["ref_at_s"])
-        if d.get("started") and not d["filling"] and stable_s >= float(p["stable_for_min"]) * 60.0:
+        fed = pressure >= float(p["top_up_below_bar"]) and not too_hot   # not starved of H2 by an exotherm pause
+        if d.get("started") and not d["filling"] and fed and stable_s >= float(p["stable_for_min"]) * 60.0:
             self.next_phase(now_s, f"absorption complete: pressure stable within {band:g} bar for "
                                    f"{stable_s / 60:.0f} min after {d['top_ups']} top-up(s)")
             return Demand(outputs=self.closed())
@@ -206,18 +208,19 @@ class HDSequencer(Sequencer):
         out = self._evacuate()   # the pump runs throughout: desorbed hydrogen goes to the stack
         if st.state is ProgState.ABORTED:
             self.abort(now_s, f"degassing: {st.message}")
-        elif st.state is ProgState.END and self._vacuum(r) <= float(p["vacuum_recovered_mbar"]):
-            self.next_phase(now_s, f"degassed: vacuum {self._vacuum(r):.3g} mbar at {self._temp(r):.0f} degC")
+        elif st.state is ProgState.END:
+            ended = self.data.setdefault("ended_at_s", now_s)
+            if self._vacuum(r) <= float(p["vacuum_recovered_mbar"]):
+                self.next_phase(now_s, f"degassed: vacuum {self._vacuum(r):.3g} mbar at {self._temp(r):.0f} degC")
+            elif now_s - float(ended) > POST_PROGRAM_WAIT_S:
+                self.abort(now_s, f"degassing: vacuum still {self._vacuum(r):.3g} mbar "
+                                  f"{POST_PROGRAM_WAIT_S / 60:.0f} min after the program ended")
         return Demand(setpoint_c=st.setpoint_c, outputs=out, program=st)
 
     def phase_cooling(self, now_s: float, r: Readings) -> Demand:
         p = self._p("cooling")
-        out = self.closed()
-        if not self.data.get("backfilled"):
-            if self._pressure(r) >= float(p.get("backfill_to_bar", ATM_BAR)):
-                self.data["backfilled"] = True
-            else:
-                out = self._fill(str(p.get("gas", "Ar")))
+        self.flags["inert"] = True        # from here on the charge stays under argon (keep_inert)
+        out = self.keep_inert(r)
         st = self.run_program("cooling", now_s, r)
         limit = float(self._p("unload").get("max_temperature_c", 50.0))
         if st.state is ProgState.ABORTED:
@@ -228,9 +231,11 @@ class HDSequencer(Sequencer):
 
     def phase_unload(self, now_s: float, r: Readings) -> Demand:
         limit = float(self._p("unload").get("max_temperature_c", 50.0))
-        if self._temp(r) <= limit:
-            self.enter("done", now_s, f"ready to unload at {self._temp(r):.0f} degC")
-        return Demand(outputs=self.closed())
+        out = self.keep_inert(r)
+        if self._temp(r) <= limit and self._pressure(r) >= 1.0:
+            self.enter("done", now_s, f"ready to unload at {self._temp(r):.0f} degC under argon at "
+                                      f"{self._pressure(r):.2f} bar abs")
+        return Demand(outputs=out)
 
     # ---- power-fail recovery ----
 

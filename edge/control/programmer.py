@@ -508,10 +508,12 @@ class Programmer:
             return programmer
         if programmer._state is ProgState.HOLDBACK:
             programmer._state = ProgState.RUN  # re-judged at the next scan
-        if programmer._state is ProgState.HOLD or strategy == "continue":
+        if strategy == "continue":
             return programmer
         rate = programmer._ramp_back_rate(ramp_back_rate_c_per_min)
-        if strategy == "ramp_back":
+        # a program that was held when the power went is held at the measured temperature too: its old
+        # setpoint may be far from where the charge is now, and resuming must ramp back, not jump
+        if strategy == "ramp_back" and programmer._state is not ProgState.HOLD:
             programmer._begin_ramp_back(pv_c, rate)
         else:
             target = programmer._sp

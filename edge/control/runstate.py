@@ -48,7 +48,9 @@ class RunStateStore:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            os.write(fd, text.encode())
+            data = memoryview(text.encode())
+            while data:                      # os.write may write less than asked
+                data = data[os.write(fd, data):]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -31,6 +31,8 @@ ABORT_FLUSH_S = 300.0            # argon flush through an open vent in the safe 
 ABORT_EVACUATE_MBAR = 10.0       # the safe sequence's evacuation before the argon backfill
 ABORT_BACKFILL_BAR = 1.05
 ABORT_STEP_TIMEOUT_S = 1800.0
+TRANSDUCER_MIN_BAR = 0.5         # below this the process transducer is too coarse to stand for the vacuum gauge
+INERT_LOW_BAR, INERT_HIGH_BAR = 1.02, 1.05   # argon kept a little above atmosphere: no air is drawn in
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Sequencer:
         self.abort_reason: str | None = None
         self.flags: dict[str, Any] = {}             # batch-wide facts that outlive a phase (JSON-safe)
         self._last_scan_s: float | None = None
+        self._last_outputs: dict[str, int] = {}
 
     # ---- bookkeeping ----
 
@@ -144,8 +147,10 @@ class Sequencer:
     # ---- the scan ----
 
     def step(self, now_s: float, readings: Readings) -> Demand:
-        if self.phase in ("idle", "done", "aborted"):
+        if self.phase == "idle":
             return Demand()
+        if self.phase in ("done", "aborted"):
+            return Demand(outputs=self.keep_inert(readings))
         if self.phase == "aborting":
             return self.safe_sequence(now_s, readings)
         if self.held is not None:
@@ -153,6 +158,7 @@ class Sequencer:
             return self.holding(now_s, readings)
         self._last_scan_s = now_s
         demand: Demand = getattr(self, f"phase_{self.phase}")(now_s, readings)
+        self._last_outputs = dict(demand.outputs)
         return demand
 
     def _pause_clocks(self, now_s: float) -> None:
@@ -166,12 +172,41 @@ class Sequencer:
         self.data = {k: (float(v) + dt if k.endswith("_at_s") else v) for k, v in self.data.items()}
 
     def holding(self, now_s: float, readings: Readings) -> Demand:
-        """While held: keep the temperature where it is, close the gas inlets, keep pumps as they were."""
+        """While held: keep the temperature where it is, close the gas inlets, and leave the pump, the
+        vacuum valve and the vent as they were (a hold must not vent the charge gas or lose the vacuum)."""
         sp = None
         if self.program is not None:
             st = self.program.step(now_s, readings)
             sp = st.setpoint_c
-        return Demand(setpoint_c=sp, outputs={v: 0 for v in self.plumbing.inlet_valves.values()})
+        outputs = dict(self._last_outputs)
+        outputs.update({v: 0 for v in self.plumbing.inlet_valves.values()})
+        return Demand(setpoint_c=sp, outputs=outputs)
+
+    def vacuum_mbar(self, r: Readings) -> float:
+        """The vacuum gauge; the process transducer stands in only above TRANSDUCER_MIN_BAR, where its
+        accuracy means something. NaN (no decision possible: wait, and let the timeout act) otherwise."""
+        v = r.get(self.plumbing.vacuum_channel, math.nan)
+        if not math.isnan(v):
+            return v
+        bar = r.get(self.plumbing.pressure_channel, math.nan)
+        return bar * 1000.0 if bar >= TRANSDUCER_MIN_BAR else math.nan
+
+    def keep_inert(self, r: Readings) -> dict[str, int]:
+        """Once argon has been let in to cool or to make safe, keep it a little above atmosphere: a hot
+        charge cools and the pressure falls, and seals then draw air onto pyrophoric powder."""
+        out = self.closed()
+        ar = self.plumbing.inlet_valves.get("Ar")
+        if not self.flags.get("inert") or ar is None or not self.allowed(ar, 1):
+            return out
+        p = r.get(self.plumbing.pressure_channel, math.nan)
+        filling = bool(self.flags.get("inert_filling"))
+        if p < INERT_LOW_BAR:
+            filling = True
+        elif not p < INERT_HIGH_BAR:
+            filling = False
+        self.flags["inert_filling"] = filling
+        out[ar] = 1 if filling else 0
+        return out
 
     def closed(self) -> dict[str, int]:
         """Every gas valve closed, pump off: the idle gas state (the vent's closed level is 0)."""
@@ -184,6 +219,7 @@ class Sequencer:
         step = self.data.setdefault("step", "start")
         t_step = now_s - self.data.setdefault("step_at_s", now_s)
         pressure = readings.get(pl.pressure_channel, math.nan)
+        vacuum = self.vacuum_mbar(readings)
         ar = pl.inlet_valves.get("Ar")
 
         def to(next_step: str) -> None:
@@ -204,10 +240,12 @@ class Sequencer:
                 to("closed")
         elif step == "evacuate":
             out.update({pl.vacuum_pump: 1, pl.vacuum_valve: 1})
-            if pressure * 1000.0 <= ABORT_EVACUATE_MBAR or t_step >= ABORT_STEP_TIMEOUT_S:
+            pump_allowed = self.allowed(pl.vacuum_pump, 1) and self.allowed(pl.vacuum_valve, 1)
+            if vacuum <= ABORT_EVACUATE_MBAR or t_step >= ABORT_STEP_TIMEOUT_S or not pump_allowed:
                 to("backfill")
         elif step == "backfill" and ar is not None:
             out[ar] = 1
+            self.flags["inert"] = True
             if pressure >= ABORT_BACKFILL_BAR or t_step >= ABORT_STEP_TIMEOUT_S or not self.allowed(ar, 1):
                 to("closed")
         if self.data["step"] == "closed":

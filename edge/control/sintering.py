@@ -33,8 +33,7 @@ class SinteringSequencer(Sequencer):
         return self.recipe.params(phase)
 
     def _vacuum(self, r: Readings) -> float:
-        v = r.get(self.plumbing.vacuum_channel, math.nan)
-        return v if not math.isnan(v) else r.get(self.plumbing.pressure_channel, math.nan) * 1000.0
+        return self.vacuum_mbar(r)
 
     def _temp(self, r: Readings) -> float:
         return r.get(self.recipe.control_channel, math.nan)
@@ -45,13 +44,17 @@ class SinteringSequencer(Sequencer):
         return out
 
     def _gas_cooling(self, r: Readings, gas: str, to_bar: float) -> dict[str, int]:
-        """Argon to ``to_bar`` with the fan on: forced convection through the hot zone."""
+        """Argon to ``to_bar`` with the fan on: forced convection through the hot zone; afterwards the
+        argon is topped up as the gas cools (keep_inert), so no air is drawn in."""
         out = self.closed()
         if not self.data.get("backfilled"):
             if r.get(self.plumbing.pressure_channel, math.nan) >= to_bar:
                 self.data["backfilled"] = True
+                self.flags["inert"] = True
             else:
                 out[self.plumbing.inlet(gas)] = 1
+        else:
+            out = self.keep_inert(r)
         if self.plumbing.quench_fan and self.data.get("backfilled"):
             out[self.plumbing.quench_fan] = 1
         return out
@@ -83,12 +86,16 @@ class SinteringSequencer(Sequencer):
 
     def phase_quench(self, now_s: float, r: Readings) -> Demand:
         p = self._p("quench")
+        if self.in_phase_s(now_s) > float(p["timeout_min"]) * 60.0:
+            self.abort(now_s, f"quench: {p['cool_to_c']} degC not reached within {p['timeout_min']} min")
+            return Demand(outputs=self.closed())
         out = self._gas_cooling(r, str(p.get("gas", "Ar")), float(p["backfill_to_bar"]))
         if self.data.get("backfilled") and self._temp(r) <= float(p["cool_to_c"]):
             self.next_phase(now_s, f"quenched to {self._temp(r):.0f} degC under {p.get('gas', 'Ar')}")
         return Demand(setpoint_c=None, outputs=out)
 
     def phase_anneal_1(self, now_s: float, r: Readings) -> Demand:
+        self.flags["inert"] = False   # the anneals run under vacuum
         return self._programmed("anneal_1", now_s, r, self._pumping())
 
     def phase_anneal_2(self, now_s: float, r: Readings) -> Demand:
