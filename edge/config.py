@@ -58,6 +58,7 @@ from edge.corespec import (
     RuleKind,
     RuleSpec,
 )
+from edge.messages import describe as _describe
 from edge.messages import did_you_mean as _did_you_mean
 from edge.messages import join as _join
 from edge.messages import short as _short
@@ -1664,35 +1665,10 @@ def _valid(registry: Mapping[str, _T | None]) -> tuple[_T, ...]:
     return tuple(item for item in registry.values() if item is not None)
 
 
-
-
-
-
-
-
-
-
 def _fmt(number: float) -> str:
     """A number as written in the file: 930 rather than 930.0, 25.78125 in full."""
     text = repr(float(number))
     return text[:-2] if text.endswith(".0") else text
-
-
-def _describe(value: object) -> str:
-    """How a TOML value is named in messages: its TOML type and a short rendering."""
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"integer {_short(value)}"
-    if isinstance(value, float):
-        return f"number {_short(value)}"
-    if isinstance(value, str):
-        return f"string \"{_short(value)}\""
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return f"date/time {_short(str(value))}"
 
 
 # ---- converters: each returns the typed value or raises _Bad saying what was expected ----

@@ -33,3 +33,20 @@ def short(value: object) -> str:
     """A value as it can be shown in one line: escaped, at most 40 characters."""
     text = repr(value)[1:-1] if isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def describe(value: object) -> str:
+    """How a TOML value is named in messages: its TOML type and a short rendering."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {short(value)}"
+    if isinstance(value, float):
+        return f"number {short(value)}"
+    if isinstance(value, str):
+        return f"string \"{short(value)}\""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"date/time {short(str(value))}"

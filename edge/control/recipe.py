@@ -35,6 +35,7 @@ from typing import ClassVar, Literal, TypeAlias, TypeVar, cast
 
 from edge.config import GASES, NAME_RE, EquipmentLimits, Station
 from edge.control.plumbing import GasPlumbing
+from edge.messages import describe as _describe
 from edge.messages import did_you_mean as _did_you_mean
 from edge.messages import join as _join
 from edge.messages import short as _short
@@ -1394,33 +1395,9 @@ def _unknown_key(noun: str, key: str, accepted: Sequence[str]) -> str:
     return _unknown(noun, key, accepted)
 
 
-
-
-
-
-
-
-
-
 def _fmt(number: float) -> str:
     """A number as a person writes it: 600 rather than 600.0."""
     return f"{number:.6g}"
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"integer {_short(value)}"
-    if isinstance(value, float):
-        return f"number {_short(value)}"
-    if isinstance(value, str):
-        return f"string \"{_short(value)}\""
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return f"date/time {_short(str(value))}"
 
 
 # ---- converters: each returns the typed value or raises _Bad saying what was expected ----
