@@ -206,6 +206,7 @@ class HDSequencer(Sequencer):
         p = self._p("degassing")
         st = self.run_program("degassing", now_s, r)
         out = self._evacuate()   # the pump runs throughout: desorbed hydrogen goes to the stack
+        out.update(st.outputs)   # unless the recipe's program asks otherwise (its gas segments)
         if st.state is ProgState.ABORTED:
             self.abort(now_s, f"degassing: {st.message}")
         elif st.state is ProgState.END:

@@ -61,6 +61,7 @@ class SinteringSequencer(Sequencer):
 
     def _programmed(self, phase: str, now_s: float, r: Readings, outputs: dict[str, int]) -> Demand:
         st = self.run_program(phase, now_s, r)
+        outputs = {**outputs, **st.outputs}   # the program's gas segments act on top of the phase's pumping
         if st.state is ProgState.ABORTED:
             self.abort(now_s, f"{phase}: {st.message}")
         elif st.state is ProgState.END:
