@@ -58,6 +58,7 @@ from edge.corespec import (
     RuleKind,
     RuleSpec,
 )
+from edge.messages import FileError
 from edge.messages import describe as _describe
 from edge.messages import did_you_mean as _did_you_mean
 from edge.messages import join as _join
@@ -183,31 +184,13 @@ class Station:
 # ============================================================================ errors
 
 
-class ConfigError(ValueError):
-    """One problem in a station file: which file, which key, what was expected.
-
-    ``str()`` reads ``stations/hd.toml: interlocks.x.channel: unknown channel 'y' (...)``.
-    ``line``/``column`` are set for TOML syntax errors. ``errors`` is ``(self,)`` so that callers
-    can always iterate it, whether one problem or several (``ConfigErrors``) were raised.
-    """
-
-    def __init__(
-        self, source: str, key_path: str, message: str, *, line: int | None = None, column: int | None = None
-    ) -> None:
-        super().__init__(source, key_path, message)
-        self.source = source
-        self.key_path = key_path
-        self.message = message
-        self.line = line
-        self.column = column
+class ConfigError(FileError):
+    """One problem in a station file (see ``edge.messages.FileError``). ``errors`` is ``(self,)`` so that
+    callers can always iterate it, whether one problem or several (``ConfigErrors``) were raised."""
 
     @property
     def errors(self) -> tuple[ConfigError, ...]:
-        return (self,)
-
-    def __str__(self) -> str:
-        where = f"{self.source}: {self.key_path}" if self.key_path else self.source
-        return f"{where}: {self.message}"
+        return cast("tuple[ConfigError, ...]", self._several) or (self,)
 
 
 class ConfigErrors(ConfigError):
@@ -219,15 +202,7 @@ class ConfigErrors(ConfigError):
             raise ValueError("ConfigErrors needs at least one error")
         first = errors[0]
         super().__init__(first.source, first.key_path, first.message, line=first.line, column=first.column)
-        self._errors = tuple(errors)
-        self.args = (self._errors,)
-
-    @property
-    def errors(self) -> tuple[ConfigError, ...]:
-        return self._errors
-
-    def __str__(self) -> str:
-        return "\n".join(str(error) for error in self._errors)
+        self._gather(errors)
 
 
 # ============================================================================ entry points

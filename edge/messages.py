@@ -11,6 +11,35 @@ import re
 from collections.abc import Iterable, Sequence
 
 
+class FileError(ValueError):
+    """One problem in a file a technician wrote (which file, which key, what was expected), or several.
+
+    ``str()`` reads ``stations/hd.toml: interlocks.x.channel: unknown channel 'y' (...)``, one line per
+    problem. ``line``/``column`` are set for syntax errors. The loaders subclass it (``ConfigError``,
+    ``RecipeError``) and their "several" subclasses call ``_gather``.
+    """
+
+    def __init__(self, source: str, key_path: str, message: str, *, line: int | None = None,
+                 column: int | None = None) -> None:
+        super().__init__(source, key_path, message)
+        self.source = source
+        self.key_path = key_path
+        self.message = message
+        self.line = line
+        self.column = column
+        self._several: tuple[FileError, ...] = ()
+
+    def _gather(self, errors: Sequence[FileError]) -> None:
+        self._several = tuple(errors)
+        self.args = (self._several,)
+
+    def __str__(self) -> str:
+        if self._several:
+            return "\n".join(str(error) for error in self._several)
+        where = f"{self.source}: {self.key_path}" if self.key_path else self.source
+        return f"{where}: {self.message}"
+
+
 def unknown(what: str, name: str, candidates: Iterable[str]) -> str:
     options = list(candidates)
     listed = ", ".join(options) if options else f"no {what} is declared"

@@ -35,6 +35,7 @@ from typing import ClassVar, Literal, TypeAlias, TypeVar, cast
 
 from edge.config import GASES, NAME_RE, EquipmentLimits, Station
 from edge.control.plumbing import GasPlumbing
+from edge.messages import FileError
 from edge.messages import describe as _describe
 from edge.messages import did_you_mean as _did_you_mean
 from edge.messages import join as _join
@@ -467,23 +468,13 @@ class Recipe:
 # ============================================================================ errors
 
 
-class RecipeError(ValueError):
+class RecipeError(FileError):
     """One problem in a recipe file. ``str()`` reads ``recipes/x.toml: degassing.program[0].to_c: ...``;
     ``errors`` is ``(self,)`` so callers can always iterate it (``RecipeErrors`` holds several)."""
 
-    def __init__(self, source: str, key_path: str, message: str) -> None:
-        super().__init__(source, key_path, message)
-        self.source = source
-        self.key_path = key_path
-        self.message = message
-
     @property
     def errors(self) -> tuple[RecipeError, ...]:
-        return (self,)
-
-    def __str__(self) -> str:
-        where = f"{self.source}: {self.key_path}" if self.key_path else self.source
-        return f"{where}: {self.message}"
+        return cast("tuple[RecipeError, ...]", self._several) or (self,)
 
 
 class RecipeErrors(RecipeError):
@@ -494,15 +485,7 @@ class RecipeErrors(RecipeError):
             raise ValueError("RecipeErrors needs at least one error")
         first = errors[0]
         super().__init__(first.source, first.key_path, first.message)
-        self._errors = tuple(errors)
-        self.args = (self._errors,)
-
-    @property
-    def errors(self) -> tuple[RecipeError, ...]:
-        return self._errors
-
-    def __str__(self) -> str:
-        return "\n".join(str(error) for error in self._errors)
+        self._gather(errors)
 
 
 @dataclass(frozen=True)
