@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any, Literal, NamedTuple, overload
 
@@ -152,24 +152,29 @@ def celsius_to_emf(tc_type: str, t_c: float | Sequence[float], *,
             return math.nan
         raise ThermocoupleRangeError(
             f"{t!r} degC is outside type {letter.decode()}'s range {_t_span(_range(letter))}")
-    if isinstance(t_c, str | bytes):
-        raise TypeError("expected a float or a sequence of floats, not a string")
-    n = len(t_c)
-    if n == 0:
-        return []
-    src = _c_doubles(ffi, t_c)
-    dst = array("d", [0.0]) * n
-    status = bytearray(n)
-    rc = lib.ec_tc_celsius_to_emf_batch(letter, src,
-                                        ffi.from_buffer("double[]", dst, require_writable=True),
-                                        ffi.from_buffer("uint8_t[]", status, require_writable=True), n)
-    if rc != _EC_OK:  # pragma: no cover - arguments were checked above
-        raise ValueError(f"thermocouple batch refused by the core ({rc})")
-    bad = _batch_errors(status, n)
+    dst, bad = _run_batch(ffi, t_c, lambda src, out, st, n: lib.ec_tc_celsius_to_emf_batch(letter, src, out, st, n))
     if bad and out_of_range == "raise":
         raise ThermocoupleRangeError(
-            _bad_message("temperatures", bad, n, _t_span(_range(letter)), letter.decode()), bad)
+            _bad_message("temperatures", bad, len(dst), _t_span(_range(letter)), letter.decode()), bad)
     return dst.tolist()
+
+
+def _run_batch(ffi: Any, values: Sequence[float],
+               call: Callable[[Any, Any, Any, int], int]) -> tuple[array[float], tuple[int, ...]]:
+    """One crossing into C for a whole sequence: ``call(src, dst, status, n)`` on flat buffers.
+    Returns the results and the indices the core marked out of range."""
+    if isinstance(values, str | bytes):
+        raise TypeError("expected a float or a sequence of floats, not a string")
+    n = len(values)
+    dst = array("d", [0.0]) * n
+    if n == 0:
+        return dst, ()
+    status = bytearray(n)
+    rc = call(_c_doubles(ffi, values), ffi.from_buffer("double[]", dst, require_writable=True),
+              ffi.from_buffer("uint8_t[]", status, require_writable=True), n)
+    if rc != _EC_OK:  # pragma: no cover - arguments were checked before
+        raise ValueError(f"thermocouple batch refused by the core ({rc})")
+    return dst, _batch_errors(status, n)
 
 
 def _cj_error(letter: bytes, cj: float) -> ThermocoupleRangeError:
@@ -219,21 +224,9 @@ def emf_to_celsius(tc_type: str, emf_mv: float | Sequence[float], cold_junction_
         raise ThermocoupleRangeError(
             f"{e!r} mV{at} is outside type {letter.decode()}'s range {_emf_span(r)} "
             f"(0 degC reference; {_inverse_t_span(letter)})")
-    if isinstance(emf_mv, str | bytes):
-        raise TypeError("expected a float or a sequence of floats, not a string")
-    n = len(emf_mv)
-    if n == 0:
-        return []
-    src = _c_doubles(ffi, emf_mv)
-    dst = array("d", [0.0]) * n
-    status = bytearray(n)
-    rc = lib.ec_tc_emf_to_celsius_batch(letter, src, cj,
-                                        ffi.from_buffer("double[]", dst, require_writable=True),
-                                        ffi.from_buffer("uint8_t[]", status, require_writable=True), n)
-    if rc != _EC_OK:  # pragma: no cover - arguments were checked above
-        raise ValueError(f"thermocouple batch refused by the core ({rc})")
-    bad = _batch_errors(status, n)
+    dst, bad = _run_batch(ffi, emf_mv,
+                          lambda src, out, st, n: lib.ec_tc_emf_to_celsius_batch(letter, src, cj, out, st, n))
     if bad and out_of_range == "raise":
         span = _emf_span(r) + (f" after adding the cold junction's {cj:g} degC" if cj != 0.0 else "")
-        raise ThermocoupleRangeError(_bad_message("EMFs", bad, n, span, letter.decode()), bad)
+        raise ThermocoupleRangeError(_bad_message("EMFs", bad, len(dst), span, letter.decode()), bad)
     return dst.tolist()
