@@ -27,6 +27,7 @@ typedef struct sim_priv {
     volatile sim_regs *regs;
     int64_t last_plant_ns;
     int64_t last_plant_change_wall;
+    int64_t last_write_clock; /* core clock of the previous write: on-time accumulates from there */
 } sim_priv;
 
 static int map_regs(const char *path, int create, volatile sim_regs **out, char *err, size_t errlen)
@@ -160,12 +161,22 @@ static int sim_write(ec_driver *d, const uint8_t *levels, uint64_t mask)
     volatile sim_regs *r = p->regs;
     int64_t wall = 0;
     int64_t plant = 0;
+    int64_t now = sim_clock(d);
+    int64_t span = 0; /* the plant writes the clock: a jump or a wrap must not overflow (saturate to 0) */
+    if (p->last_write_clock == 0 || now <= p->last_write_clock ||
+        __builtin_sub_overflow(now, p->last_write_clock, &span)) {
+        span = 0;
+    }
+    p->last_write_clock = now;
     for (uint32_t i = 0; i < SIM_MAX_DO && mask != 0; i++) {
         if (!(mask & (1ULL << i))) {
             continue;
         }
         mask &= ~(1ULL << i);
         uint8_t lv = levels[i] ? 1 : 0;
+        if (r->do_level[i]) {
+            r->do_on_ns[i] += span; /* the level held since the previous write */
+        }
         if (r->do_level[i] != lv) {
             if (wall == 0) {
                 wall = ec_monotonic_ns();

@@ -23,7 +23,7 @@
 
 /* CDEF-BEGIN */
 #define SIM_REGS_MAGIC 0x52454547
-#define SIM_REGS_VERSION 1
+#define SIM_REGS_VERSION 2
 #define SIM_MAX_AI 64
 #define SIM_MAX_DI 64
 #define SIM_MAX_DO 64
@@ -47,6 +47,11 @@ typedef struct sim_regs {
     int64_t do_changed_plant_ns[SIM_MAX_DO]; /* core clock when the level last changed */
     uint64_t core_ticks;           /* sampler ticks that wrote outputs */
     uint64_t output_changes;       /* output level changes written by the core */
+    /* time each output has spent at level 1, in core-clock ns, summed by the core at every write.
+     * The plant reads a burst-fired heater's mean level from it: sampling do_level at the plant's
+     * own rate would alias against the core's tick (a 50 % duty toggling every tick, sampled
+     * every second tick, reads as always on or always off). */
+    int64_t do_on_ns[SIM_MAX_DO];
 } sim_regs;
 /* CDEF-END */
 

@@ -84,6 +84,10 @@ class RegisterFile:
     def do(self, index: int) -> int:
         return int(self.regs.do_level[index])
 
+    def do_on_ns(self, index: int) -> int:
+        """Core-clock ns output ``index`` has spent at level 1 (summed by the core at every write)."""
+        return int(self.regs.do_on_ns[index])
+
     def do_changed_wall_ns(self, index: int) -> int:
         return int(self.regs.do_changed_wall_ns[index])
 
