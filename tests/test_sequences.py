@@ -19,7 +19,6 @@ from collections.abc import Iterator
 
 import pytest
 
-import edge.control.controller as controller_module
 from edge.config import Station, load_station
 from edge.control.controller import BatchRejected, Controller
 from edge.control.recipe import Recipe, load_recipe, parse_recipe
@@ -204,14 +203,9 @@ def recover(tmp_path: pathlib.Path, state_path: pathlib.Path, *,
     """A new controller process after the power came back: fresh plant readings, the state on disk."""
     plant = HDReactor()
     rig = LockstepRig(HD_STATION, plant, dt_s=2.0)
-    ctl = Controller(rig.core, rig.station, state_path=state_path)
+    ctl = Controller(rig.core, rig.station, state_path=state_path, wall_clock=lambda: time.time() + outage_s)
     rig.step(ctl.step)
-    real_time = time.time
-    controller_module.time.time = lambda: real_time() + outage_s  # type: ignore[attr-defined]
-    try:
-        message = ctl.recover()
-    finally:
-        controller_module.time.time = real_time  # type: ignore[attr-defined]
+    message = ctl.recover()
     return rig, ctl, plant, message
 
 

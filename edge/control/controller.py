@@ -20,7 +20,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +53,14 @@ class BatchRejected(RuntimeError):
 
 
 class Controller:
-    def __init__(self, core: Core, station: Station, *, state_path: str | os.PathLike[str]) -> None:
+    def __init__(self, core: Core, station: Station, *, state_path: str | os.PathLike[str],
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``wall_clock`` (unix seconds) measures power-fail outages across restarts; the HIL rig passes
+        the plant's clock, the only one that keeps running through its simulated outages."""
         self.core = core
         self.station = station
-        self.store = RunStateStore(state_path)
+        self.wall_clock = wall_clock
+        self.store = RunStateStore(state_path, clock=wall_clock)
         self.sequencer: Sequencer | None = None
         self.recipe: Recipe | None = None
         self.batch: dict[str, Any] = {}
@@ -111,7 +115,7 @@ class Controller:
         self._changes_seen = 0
         self.batch = {"id": batch_id, "operator": operator, "recipe": recipe.name,
                       "recipe_sha256": hashlib.sha256(recipe.text.encode()).hexdigest(),
-                      "started_unix_s": time.time(), "started_s": now}
+                      "started_unix_s": self.wall_clock(), "started_s": now}
         for _, pid in self.loops.values():
             pid.reset()
         self.sequencer.start(now)
@@ -164,7 +168,7 @@ class Controller:
         self.sequencer = kind(recipe, self.station.plumbing, self.allowed,
                               ramp_back_rate_c_per_min=self.station.limits.max_ramp_c_per_min)
         self._changes_seen = 0
-        outage_s = time.time() - saved_unix
+        outage_s = self.wall_clock() - saved_unix
         if outage_s < 0:
             # the wall clock is behind the last save (no RTC, NTP not yet synced): the outage is unknown,
             # and an unknown outage may be longer than the recipe allows

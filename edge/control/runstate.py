@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 FORMAT = "reedge-runstate"
@@ -36,13 +37,16 @@ def _digest(body: dict[str, Any]) -> str:
 class RunStateStore:
     """Load and save one station's run state at ``path``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` stamps each save (unix seconds); the HIL rig passes the plant's clock, which runs on
+        across a simulated power loss while the wall clock barely moves."""
         self.path = pathlib.Path(path)
+        self.clock = clock
         self.saves = 0
 
     def save(self, state: dict[str, Any]) -> None:
         """Atomically replace the stored state with ``state`` (JSON-safe)."""
-        body = {"format": FORMAT, "version": VERSION, "saved_unix_s": time.time(), "state": state}
+        body = {"format": FORMAT, "version": VERSION, "saved_unix_s": self.clock(), "state": state}
         text = json.dumps({**body, "sha256": _digest(body)}, sort_keys=True, indent=1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
