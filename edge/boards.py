@@ -1,0 +1,565 @@
+"""Board files: what a single-board computer offers the controller, as data (``boards/*.toml``).
+
+A board file names the SBC's GPIO chips and the lines a station may use on each (header pin or
+terminal, BCM name, direction), its SPI, I2C and serial buses with the GPIO lines each one takes,
+and which driver serves each resource: the C core's ``gpiochip`` and ``spidev`` drivers, the
+``sim`` register file of the virtual rig, or the Python side (``edge.io``: sensor nodes and
+Modbus RTU on serial ports). ``boards/README.md`` is the technician's reference.
+
+Why a separate file: the station file says *what* is wired (channel ``lid_closed`` is input 0 of
+driver ``cabinet``, which reads line 5 of ``/dev/gpiochip0``); the board file says *what exists*
+on the hardware. ``check_station_wiring`` holds one against the other so that a line the board
+lacks, a line used twice (also by two drivers, or by a GPIO driver and an SPI bus), the wrong chip
+or an SPI device that is not there is refused when the station is loaded, with the key path of
+the offending value, instead of at start-up on the plant. Resources (this module) stay apart from
+the drivers that use them (``cext/``), as in labgrid.
+
+This module reads TOML only; it never touches the hardware (see ``edge.usb`` for what is plugged in).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, cast
+
+from edge.messages import FileError, describe, did_you_mean, join, short, unknown
+
+__all__ = [
+    "BOARDS_DIR",
+    "Board",
+    "BoardError",
+    "Bus",
+    "DriverUse",
+    "GpioChip",
+    "Line",
+    "SimRegisterFile",
+    "board_names",
+    "check_station_wiring",
+    "load_board",
+    "parse_board",
+]
+
+#: Where ``[station] board = "NAME"`` is looked up: ``boards/NAME.toml`` next to the package.
+BOARDS_DIR = pathlib.Path(__file__).resolve().parent.parent / "boards"
+
+Direction = Literal["any", "input", "output"]
+BusKind = Literal["spi", "i2c", "serial"]
+
+#: Which driver may serve each kind of resource. The C core has no I2C driver yet: I2C buses are
+#: declared so that their lines are known, served by nothing ("none") or by the Python side.
+SERVED_BY: dict[str, tuple[str, ...]] = {
+    "gpiochips": ("gpiochip",),
+    "spi": ("spidev",),
+    "i2c": ("none", "edge.io"),
+    "serial": ("edge.io", "none"),
+    "sim": ("sim",),
+}
+SECTIONS = ("board", "gpiochips", "spi", "i2c", "serial", "sim")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+LINE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+CHIP_PATH_RE = re.compile(r"/dev/gpiochip[0-9]{1,3}")
+DEV_RE = re.compile(r"/dev/[A-Za-z0-9_./*:+-]{1,200}")
+SIM_IO_MAX = 64  # EC_DRV_MAX_IO: inputs / outputs one driver instance offers
+
+_Conv = Callable[[object], str]
+
+
+# ============================================================================ types
+
+
+@dataclass(frozen=True)
+class Line:
+    """One GPIO line a station may use: its offset on the chip and where a technician finds it."""
+
+    name: str            # BCM name ("GPIO17") or the terminal's label ("DI3")
+    offset: int          # line offset on the chip (what the gpiochip driver's inputs/outputs list)
+    pin: str             # header pin ("11") or terminal ("X2.4")
+    direction: Direction = "any"
+    function: str = ""   # what the board wires to it ("isolated input 24 V", "SPI0 MOSI")
+
+    def where(self) -> str:
+        """``GPIO17, header pin 11`` / ``DI3, terminal X2.4``: how errors and tables name a line."""
+        return f"{self.name}, {'header pin' if self.pin.isdigit() else 'terminal'} {self.pin}"
+
+
+@dataclass(frozen=True)
+class GpioChip:
+    """A GPIO character device. ``older_path``: its node on older kernels (Pi 5: /dev/gpiochip4)."""
+
+    key: str
+    path: str
+    label: str
+    lines: tuple[Line, ...]
+    older_path: str | None = None
+    note: str = ""
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path,) if self.older_path is None else (self.path, self.older_path)
+
+    def line_at(self, offset: int) -> Line | None:
+        return next((line for line in self.lines if line.offset == offset), None)
+
+
+@dataclass(frozen=True)
+class Bus:
+    """An SPI, I2C or serial bus: its device nodes and the GPIO lines it takes when enabled."""
+
+    kind: BusKind
+    key: str
+    devices: tuple[str, ...]
+    driver: str
+    chip: str | None = None          # the GpioChip.key its lines are on; None = no GPIO lines (USB)
+    lines: tuple[int, ...] = ()
+    enable: str = ""                 # how it is switched on (config.txt line, overlay)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SimRegisterFile:
+    """The virtual rig's register file (cext/sim_regs.h) as seen by one sim driver."""
+
+    analog_inputs: int
+    digital_inputs: int
+    outputs: int
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    source: pathlib.Path
+    chips: tuple[GpioChip, ...] = ()
+    buses: tuple[Bus, ...] = ()
+    sim: SimRegisterFile | None = None
+    note: str = ""
+
+    def drivers(self) -> tuple[str, ...]:
+        """The core driver types this board can serve, in a stable order."""
+        found = ["sim"] if self.sim is not None else []
+        if self.chips:
+            found.append("gpiochip")
+        if any(b.kind == "spi" for b in self.buses):
+            found.append("spidev")
+        return tuple(found)
+
+    def chip_for(self, path: str) -> GpioChip | None:
+        return next((c for c in self.chips if path in c.paths()), None)
+
+    def spi_bus_for(self, device: str) -> Bus | None:
+        return next((b for b in self.buses if b.kind == "spi" and device in b.devices), None)
+
+    def buses_of(self, kind: BusKind) -> tuple[Bus, ...]:
+        return tuple(b for b in self.buses if b.kind == kind)
+
+
+class BoardError(FileError):
+    """A problem in a board file (see ``edge.messages.FileError``); ``errors`` lists them all."""
+
+    @property
+    def errors(self) -> tuple[BoardError, ...]:
+        return cast("tuple[BoardError, ...]", self._several) or (self,)
+
+    @classmethod
+    def several(cls, errors: Sequence[BoardError]) -> BoardError:
+        if len(errors) == 1:
+            return errors[0]
+        first = errors[0]
+        combined = cls(first.source, first.key_path, first.message)
+        combined._gather(errors)
+        return combined
+
+
+# ============================================================================ loading
+
+
+def board_names(boards_dir: pathlib.Path | None = None) -> list[str]:
+    """The boards a station may name: the stems of ``boards/*.toml``, sorted."""
+    folder = BOARDS_DIR if boards_dir is None else boards_dir
+    return sorted(p.stem for p in folder.glob("*.toml"))
+
+
+def load_board(name: str, boards_dir: pathlib.Path | None = None) -> Board:
+    """``boards/NAME.toml``, validated. An unknown name lists the boards there, with a did-you-mean."""
+    folder = BOARDS_DIR if boards_dir is None else boards_dir
+    path = folder / f"{name}.toml"
+    if not NAME_RE.fullmatch(name) or not path.is_file():
+        raise BoardError(os.fspath(folder), "", unknown("board", name, board_names(folder)))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BoardError(os.fspath(path), "", f"cannot read the board file: {exc}") from exc
+    return parse_board(text, os.fspath(path))
+
+
+def parse_board(text: str, source: str) -> Board:
+    """Validate board-file text; every problem is reported at once with its key path."""
+    try:
+        document = tomllib.loads(text)
+    except ValueError as exc:
+        raise BoardError(source, "", f"TOML syntax error: {exc}") from None
+    reader = _Reader(source)
+    top = reader.table(document, "", SECTIONS, noun="section")
+    board = reader.section(top, "board", required=True)
+    name = reader.need(board, "board", "name", reader.ident, "the board's name, the same as the file's name")
+    description = reader.need(board, "board", "description", reader.text, "one line saying what the board is")
+    note = reader.get(board, "board", "note", reader.text) or ""
+    reader.only(board, "board", ("name", "description", "note"))
+    stem = pathlib.Path(source).stem
+    if name is not None and name != stem:
+        reader.add("board.name", f"\"{name}\" differs from the file's name \"{stem}\": a station names the file")
+
+    chips = tuple(reader.chip(key, value) for key, value in reader.named(top, "gpiochips"))
+    buses: list[Bus] = []
+    kinds: tuple[BusKind, ...] = ("spi", "i2c", "serial")
+    for kind in kinds:
+        buses.extend(reader.bus(kind, key, value, chips) for key, value in reader.named(top, kind))
+    sim = reader.sim(top.get("sim"))
+    reader.check_board(chips)
+    if not chips and sim is None and not buses:
+        reader.add("", "the board declares nothing: expected [gpiochips.*], [spi.*], [serial.*] or [sim]")
+    reader.raise_if_any()
+    return Board(name or stem, description or "", pathlib.Path(source), chips, tuple(buses), sim, note)
+
+
+class _Reader:
+    """Typed getters that collect problems (key path + message) instead of raising at the first."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[BoardError] = []
+
+    def add(self, key_path: str, message: str) -> None:
+        self.problems.append(BoardError(self.source, key_path, message))
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise BoardError.several(self.problems)
+
+    # ---- tables
+
+    def table(self, value: object, path: str, allowed: Sequence[str], noun: str = "key") -> dict[str, object]:
+        if not isinstance(value, dict):
+            self.add(path, f"expected a table, got {describe(value)}")
+            return {}
+        self.only(value, path, allowed, noun)
+        return value
+
+    def only(self, table: Mapping[str, object], path: str, allowed: Sequence[str], noun: str = "key") -> None:
+        for key in table:
+            if key not in allowed:
+                self.add(join(path, key), unknown(noun, key, allowed))
+
+    def section(self, top: Mapping[str, object], key: str, *, required: bool = False) -> dict[str, object]:
+        value = top.get(key)
+        if value is None:
+            if required:
+                self.add(key, f"missing: expected a [{key}] table")
+            return {}
+        if not isinstance(value, dict):
+            self.add(key, f"expected a [{key}] table, got {describe(value)}")
+            return {}
+        return value
+
+    def named(self, top: Mapping[str, object], section: str) -> list[tuple[str, dict[str, object]]]:
+        found: list[tuple[str, dict[str, object]]] = []
+        for key, value in self.section(top, section).items():
+            path = join(section, key)
+            if not NAME_RE.fullmatch(key):
+                self.add(path, "bad name: expected lowercase letters, digits, - and _ (32 characters at most)")
+            elif not isinstance(value, dict):
+                self.add(path, f"expected a table [{path}], got {describe(value)}")
+            else:
+                found.append((key, value))
+        return found
+
+    # ---- values
+
+    def need(self, table: Mapping[str, object], path: str, key: str, conv: _Conv, expected: str) -> str | None:
+        if key not in table:
+            self.add(join(path, key), f"missing: expected {expected}")
+            return None
+        return self.get(table, path, key, conv)
+
+    def get(self, table: Mapping[str, object], path: str, key: str, conv: _Conv) -> str | None:
+        if key not in table:
+            return None
+        try:
+            return conv(table[key])
+        except ValueError as bad:
+            self.add(join(path, key), str(bad))
+            return None
+
+    @staticmethod
+    def text(value: object) -> str:
+        if not isinstance(value, str) or len(value) > 500:
+            raise ValueError(f"expected a string of at most 500 characters, got {describe(value)}")
+        return value
+
+    @staticmethod
+    def ident(value: object) -> str:
+        if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+            raise ValueError(f"expected lowercase letters, digits, - and _ (32 at most), got {describe(value)}")
+        return value
+
+    @staticmethod
+    def pattern(regex: re.Pattern[str], what: str) -> _Conv:
+        def convert(value: object) -> str:
+            if not isinstance(value, str) or not regex.fullmatch(value):
+                raise ValueError(f"expected {what}, got {describe(value)}")
+            return value
+        return convert
+
+    def ints(self, table: Mapping[str, object], path: str, key: str) -> tuple[int, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535 for v in value):
+            self.add(join(path, key), f"expected an array of line offsets (0..65535), got {describe(value)}")
+            return ()
+        return tuple(cast(list[int], value))
+
+    def strings(self, table: Mapping[str, object], path: str, key: str, conv: _Conv) -> tuple[str, ...]:
+        value = table.get(key)
+        if not isinstance(value, list) or not value:
+            self.add(join(path, key), f"expected a non-empty array of device paths, got {describe(value)}")
+            return ()
+        result: list[str] = []
+        for index, item in enumerate(value):
+            try:
+                result.append(conv(item))
+            except ValueError as bad:
+                self.add(f"{join(path, key)}[{index}]", str(bad))
+        return tuple(result)
+
+    # ---- sections
+
+    def chip(self, key: str, t: dict[str, object]) -> GpioChip:
+        path = join("gpiochips", key)
+        self.only(t, path, ("path", "older_path", "label", "driver", "note", "lines"))
+        self.driver(t, path, "gpiochips")
+        chip_path = self.pattern(CHIP_PATH_RE, "a GPIO character device such as \"/dev/gpiochip0\"")
+        where = self.need(t, path, "path", chip_path, "the chip's device node, e.g. \"/dev/gpiochip0\"") or ""
+        older = self.get(t, path, "older_path", chip_path)
+        label = self.need(t, path, "label", self.text, "the chip's label as gpiodetect shows it") or ""
+        note = self.get(t, path, "note", self.text) or ""
+        lines: list[Line] = []
+        raw = t.get("lines", {})
+        if not isinstance(raw, dict):
+            self.add(join(path, "lines"), f"expected a table NAME = {{ line = N, pin = \"P\" }}, got {describe(raw)}")
+            raw = {}
+        by_offset: dict[int, str] = {}
+        for name, spec in raw.items():
+            line = self.line(join(join(path, "lines"), name), name, spec)
+            if line is None:
+                continue
+            if line.offset in by_offset:
+                self.add(join(join(path, "lines"), name),
+                         f"line {line.offset} is already declared as {by_offset[line.offset]}: a line has one name")
+                continue
+            by_offset[line.offset] = name
+            lines.append(line)
+        return GpioChip(key, where, label, tuple(lines), older, note)
+
+    def line(self, path: str, name: str, spec: object) -> Line | None:
+        if not LINE_NAME_RE.fullmatch(name):
+            self.add(path, "bad line name: expected a letter, then letters, digits or _ (e.g. GPIO17, DI3)")
+            return None
+        if not isinstance(spec, dict):
+            self.add(path, f"expected {{ line = N, pin = \"P\" }}, got {describe(spec)}")
+            return None
+        self.only(spec, path, ("line", "pin", "direction", "function"))
+        offset = spec.get("line")
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= 65535:
+            self.add(join(path, "line"), f"expected the line offset on the chip (0..65535), got "
+                                         f"{describe(offset) if 'line' in spec else 'nothing'}")
+            return None
+        pin = self.need(spec, path, "pin", self.pattern(re.compile(r"[A-Za-z0-9_.:/-]{1,16}"),
+                        "a header pin number or terminal label such as \"11\" or \"X2.4\""),
+                        "the header pin or terminal the line comes out on")
+        direction = self.get(spec, path, "direction", self.choice(("any", "input", "output"))) or "any"
+        function = self.get(spec, path, "function", self.text) or ""
+        return Line(name, offset, pin or "?", cast(Direction, direction), function)
+
+    def bus(self, kind: BusKind, key: str, t: dict[str, object], chips: Sequence[GpioChip]) -> Bus:
+        path = join(kind, key)
+        self.only(t, path, ("devices", "driver", "chip", "lines", "enable", "note"))
+        driver = self.driver(t, path, kind)
+        devices = self.strings(t, path, "devices", self.pattern(DEV_RE, "a device path such as \"/dev/spidev0.0\""))
+        chip = self.get(t, path, "chip", self.ident)
+        lines = self.ints(t, path, "lines")
+        if lines and chip is None and "chip" not in t:
+            self.add(join(path, "chip"), "missing: expected the [gpiochips.NAME] its lines are on")
+        if chip is not None:
+            found = next((c for c in chips if c.key == chip), None)
+            if found is None:
+                self.add(join(path, "chip"), unknown("chip", chip, [c.key for c in chips]))
+            else:
+                for index, offset in enumerate(lines):
+                    if found.line_at(offset) is None:
+                        self.add(f"{join(path, 'lines')}[{index}]",
+                                 f"line {offset} is not declared on chip '{chip}' (declare it under "
+                                 f"[gpiochips.{chip}.lines]: a technician must find every pin a bus takes)")
+        enable = self.get(t, path, "enable", self.text) or ""
+        note = self.get(t, path, "note", self.text) or ""
+        return Bus(kind, key, devices, driver, chip, lines, enable, note)
+
+    def sim(self, value: object) -> SimRegisterFile | None:
+        if value is None:
+            return None
+        t = self.table(value, "sim", ("driver", "analog_inputs", "digital_inputs", "outputs", "note"))
+        self.driver(t, "sim", "sim")
+        counts: list[int] = []
+        for key in ("analog_inputs", "digital_inputs", "outputs"):
+            number = t.get(key)
+            if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= SIM_IO_MAX:
+                self.add(join("sim", key), f"expected an integer from 0 to {SIM_IO_MAX}, got "
+                                           f"{describe(number) if key in t else 'nothing'}")
+                number = 0
+            counts.append(number)
+        return SimRegisterFile(*counts)
+
+    def driver(self, t: Mapping[str, object], path: str, section: str) -> str:
+        allowed = SERVED_BY[section]
+        value = self.need(t, path, "driver", self.choice(allowed), f"which driver serves it: {', '.join(allowed)}")
+        return value or allowed[0]
+
+    @staticmethod
+    def choice(options: Sequence[str]) -> _Conv:
+        def convert(value: object) -> str:
+            if not isinstance(value, str) or value not in options:
+                shown = f"\"{short(value)}\"" if isinstance(value, str) else describe(value)
+                hint = did_you_mean(value, options) if isinstance(value, str) else ""
+                raise ValueError(f"expected one of: {', '.join(options)}; got {shown}{hint}")
+            return value
+        return convert
+
+    def check_board(self, chips: Sequence[GpioChip]) -> None:
+        """Line names are unique on the board; no two chips share a device node."""
+        names: dict[str, str] = {}
+        nodes: dict[str, str] = {}
+        for chip in chips:
+            for line in chip.lines:
+                if line.name in names:
+                    self.add(join(join(join("gpiochips", chip.key), "lines"), line.name),
+                             f"the name is already used on chip '{names[line.name]}'")
+                names.setdefault(line.name, chip.key)
+            for node in chip.paths():
+                if node and node in nodes:
+                    self.add(join("gpiochips", chip.key), f"{node} is already the node of chip '{nodes[node]}'")
+                nodes.setdefault(node, chip.key)
+
+
+# ============================================================================ station against board
+
+
+@dataclass(frozen=True)
+class DriverUse:
+    """What one station driver asks of the board (from its parameters), and where it says so."""
+
+    name: str                      # [drivers.NAME]
+    type: str                      # sim, gpiochip, spidev
+    chip: str = ""                 # gpiochip: the chip parameter as written
+    inputs: tuple[int, ...] = ()
+    outputs: tuple[int, ...] = ()
+    dev: str = ""                  # spidev: the device node
+
+
+def _chip_node(chip: str) -> str:
+    """The C driver's rule: a bare name ("gpiochip0") means /dev/<name>."""
+    return chip if chip.startswith("/") else f"/dev/{chip}"
+
+
+def check_station_wiring(board: Board, uses: Iterable[DriverUse]) -> list[tuple[str, str]]:
+    """Every problem as (key path in the station file, message); empty when the station fits the board.
+
+    Checks: the board serves each driver type; each gpiochip driver names one of the board's chips
+    and only lines declared on it, in their direction; each spidev driver names one of the board's
+    SPI devices, one converter per device; no line is requested twice, whether by two GPIO drivers
+    or by a GPIO driver and an SPI bus a spidev driver enables.
+    """
+    problems: list[tuple[str, str]] = []
+    uses = list(uses)
+    served = board.drivers()
+    # (chip key, offset) -> who took it, for the "used twice" checks
+    taken: dict[tuple[str, int], str] = {}
+    spi_devices: dict[str, str] = {}
+
+    # buses first: an SPI bus takes its lines whoever comes first in the file
+    for use in uses:
+        if use.type != "spidev" or "spidev" not in served:
+            continue
+        at = join(join("drivers", use.name), "dev")
+        bus = board.spi_bus_for(use.dev)
+        if bus is None:
+            devices = [d for b in board.buses_of("spi") for d in b.devices]
+            problems.append((at, f"board '{board.name}' has no SPI device '{short(use.dev)}' "
+                                 f"(expected one of: {', '.join(devices)}){did_you_mean(use.dev, devices)}"))
+            continue
+        if use.dev in spi_devices:
+            problems.append((at, f"{use.dev} is already used by driver '{spi_devices[use.dev]}': one converter "
+                                 "per chip select"))
+            continue
+        spi_devices[use.dev] = use.name
+        if bus.chip is not None:
+            for offset in bus.lines:
+                taken.setdefault((bus.chip, offset), f"SPI bus {bus.key} (driver '{use.name}', {use.dev})")
+
+    for use in uses:
+        base = join("drivers", use.name)
+        if use.type not in served:
+            offered = ", ".join(served) or "none"
+            hint = (" (sim drivers belong to board = \"sim\": the virtual rig)" if use.type == "sim" else "")
+            problems.append((join(base, "type"), f"board '{board.name}' has no {use.type} resources (its drivers: "
+                                                 f"{offered}){hint}"))
+            continue
+        if use.type == "gpiochip":
+            problems.extend(_check_gpio_use(board, use, base, taken))
+    return problems
+
+
+def _check_gpio_use(board: Board, use: DriverUse, base: str, taken: dict[tuple[str, int], str]) -> list[
+        tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    node = _chip_node(use.chip)
+    chip = board.chip_for(node)
+    if chip is None:
+        nodes = [p for c in board.chips for p in c.paths()]
+        problems.append((join(base, "chip"), f"board '{board.name}' has no GPIO chip {short(node)} (expected one of: "
+                                             f"{', '.join(nodes)}){did_you_mean(node, nodes)}"))
+        return problems
+    for key, offsets, direction in (("inputs", use.inputs, "input"), ("outputs", use.outputs, "output")):
+        for index, offset in enumerate(offsets):
+            at = f"{join(base, key)}[{index}]"
+            line = chip.line_at(offset)
+            if line is None:
+                problems.append((at, _missing_line(board, chip, offset)))
+                continue
+            if line.direction not in ("any", direction):
+                problems.append((at, f"line {offset} ({line.where()}) is {line.direction}-only on board "
+                                     f"'{board.name}' ({line.function or 'fixed by the hardware'}): it cannot be an "
+                                     f"{direction}"))
+                continue
+            owner = taken.get((chip.key, offset))
+            if owner is not None:
+                problems.append((at, f"line {offset} ({line.where()}) is already taken by {owner}"))
+                continue
+            taken[(chip.key, offset)] = f"driver '{use.name}' ({key})"
+    return problems
+
+
+def _missing_line(board: Board, chip: GpioChip, offset: int) -> str:
+    """A line this chip lacks; if another chip of the board has it, say which (the wrong chip)."""
+    elsewhere = [c for c in board.chips if c is not chip and c.line_at(offset) is not None]
+    usable = ", ".join(str(line.offset) for line in sorted(chip.lines, key=lambda x: x.offset)) or "none"
+    message = (f"line {offset} is not a usable line of chip {chip.path} ({chip.label}) on board '{board.name}' "
+               f"(its lines: {usable})")
+    if elsewhere:
+        other = elsewhere[0]
+        line = other.line_at(offset)
+        assert line is not None
+        message += f"; {line.where()} is line {offset} of {other.path} ({other.label}): wrong chip?"
+    return message

@@ -1,0 +1,243 @@
+"""The sensor-node firmware itself: type-checked against the Pico stubs, compiled by mpy-cross, and run
+in real MicroPython (the virtual node of hil/virtual_node) for its link, dead-man and REPL behaviour."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+
+import pytest
+import serial  # type: ignore[import-untyped]
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge.io import link
+from edge.io.link import Frame, FrameType
+from hil.virtual_node import MicroPythonError, MicroPythonWorker, VirtualNode
+from tests.support_node import FIRMWARE, H2_VALVE_PIN, MODULES, NODE_JSON, PERIPHERALS, VENT_PIN, stage_firmware
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TIMEOUT = 60.0   # safety net only
+MPREMOTE = [sys.executable, "-m", "mpremote"]
+
+
+def stub_dir(tmp: pathlib.Path) -> pathlib.Path:
+    """The single-file Pico stubs gathered into one folder for MYPYPATH (mypy skips loose .pyi in site-packages)."""
+    out = tmp / "stubs"
+    for dist in ("micropython-rp2-rpi_pico-stubs", "micropython-stdlib-stubs"):
+        for f in importlib.metadata.files(dist) or []:
+            if f.suffix == ".pyi" and f.parts[0] != "stdlib":
+                dst = out / f
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(pathlib.Path(str(f.locate())), dst)
+    return out
+
+
+def test_firmware_type_checks_against_the_pico_stubs(tmp_path: pathlib.Path) -> None:
+    site = sysconfig.get_paths()["purelib"]
+    files = [str(FIRMWARE / f"{m}.py") for m in ("main", *MODULES)]
+    env = {**os.environ, "MYPYPATH": str(stub_dir(tmp_path))}
+    done = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "boards/firmware/mypy.ini"),
+                           "--custom-typeshed-dir", site, "--cache-dir", str(tmp_path / "cache"), *files],
+                          capture_output=True, text=True, env=env, cwd=FIRMWARE, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_firmware_type_check_catches_a_wrong_call(tmp_path: pathlib.Path) -> None:
+    """The check above can fail: a Pin call the rp2 port does not have is an error."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("import machine\nmachine.Pin(15).frobnicate()\n")
+    site = sysconfig.get_paths()["purelib"]
+    env = {**os.environ, "MYPYPATH": str(stub_dir(tmp_path))}
+    done = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "boards/firmware/mypy.ini"),
+                           "--custom-typeshed-dir", site, "--cache-dir", str(tmp_path / "cache"), str(bad)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 1 and "frobnicate" in done.stdout
+
+
+def test_firmware_compiles_with_mpy_cross(tmp_path: pathlib.Path) -> None:
+    stage_firmware(tmp_path, compiled=True)
+    for m in MODULES:
+        mpy = (tmp_path / f"{m}.mpy").read_bytes()
+        assert mpy[0:1] == b"M" and mpy[1] == 6       # .mpy format 6: MicroPython >= 1.22, as on the node
+
+
+@pytest.fixture
+def firmware_node(tmp_path: pathlib.Path) -> Iterator[VirtualNode]:
+    stage_firmware(tmp_path, compiled=True)            # as flashed: compiled modules
+    with VirtualNode(tmp_path, peripherals=PERIPHERALS) as node:
+        yield node
+
+
+def read_frames(port: serial.Serial, decoder: link.Decoder, want: FrameType, timeout: float = TIMEOUT) -> Frame:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for f in decoder.feed(port.read(max(1, port.in_waiting))):
+            if f.type == want:
+                return f
+    raise AssertionError(f"no {want.name} frame")
+
+
+def test_compiled_firmware_says_hello_and_holds_outputs_under_its_dead_man(firmware_node: VirtualNode) -> None:
+    node = firmware_node
+    h2, vent = f"GP{H2_VALVE_PIN}", f"GP{VENT_PIN}"
+    with serial.Serial(node.port, 115200, timeout=0.05) as s:
+        dec = link.Decoder()
+        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
+        hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
+        assert (hello.node_id, hello.firmware) == ("hd1-node-a", "1.0.0")
+        assert hello.outputs == ("h2_inlet_valve", "vent_valve")
+        assert hello.safe_levels == (0, 1) and hello.deadman_ms == NODE_JSON["deadman_ms"]
+        assert node.outputs()[h2] == 0 and node.outputs()[vent] == 1
+        # keep the dead-man fed while commanding both away from safe
+        seq = 1
+        deadline = time.monotonic() + TIMEOUT
+        while not (node.outputs()[h2] == 1 and node.outputs()[vent] == 0) and time.monotonic() < deadline:
+            seq += 1
+            s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0, link.outputs_payload(0b01))))
+            time.sleep(0.1)
+        assert node.outputs()[h2] == 1 and node.outputs()[vent] == 0
+        # then silence: the outputs go safe and the node reports the trip
+        assert node.wait_for(lambda n: n.outputs()[h2] == 0 and n.outputs()[vent] == 1, timeout=TIMEOUT)
+        status = None
+        while status is None or not status.tripped:
+            f = read_frames(s, dec, FrameType.STATUS)
+            status = link.parse_status(f.payload) if f.boot == hello.boot else None
+        assert status.deadman_trips == 1 and status.levels == 0b10
+
+
+def test_ctrl_c_from_mpremote_stops_the_firmware_with_outputs_safe(firmware_node: VirtualNode) -> None:
+    node = firmware_node
+    h2 = f"GP{H2_VALVE_PIN}"
+    with serial.Serial(node.port, 115200, timeout=0.05) as s:
+        dec = link.Decoder()
+        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
+        hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
+        for seq in range(2, 6):
+            s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0, link.outputs_payload(0b01))))
+            time.sleep(0.05)
+        assert node.wait_for(lambda n: n.outputs()[h2] == 1, timeout=TIMEOUT)
+    done = subprocess.run([*MPREMOTE, "connect", node.port, "exec", "import os; print(sorted(os.listdir()))"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "node.json" in done.stdout and "node.mpy" in done.stdout
+    assert node.outputs()[h2] == 0
+
+
+def test_the_node_counts_damaged_duplicated_and_missing_edge_frames(firmware_node: VirtualNode) -> None:
+    node = firmware_node
+    with serial.Serial(node.port, 115200, timeout=0.05) as s:
+        dec = link.Decoder()
+        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
+        hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
+
+        def outputs(seq: int) -> bytes:
+            return link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0, link.outputs_payload(0b10)))
+
+        bad = bytearray(outputs(2))
+        bad[3] ^= 0x40                                   # CRC error (or a framing error if it hits COBS)
+        s.write(bytes(bad) + outputs(3) + outputs(3) + outputs(6))   # 2 damaged, 3 twice, 4 and 5 never sent
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            f = read_frames(s, dec, FrameType.STATUS)
+            st_ = link.parse_status(f.payload)
+            if st_.rx_frames >= 4:
+                break
+        assert st_.rx_crc_errors + st_.rx_framing_errors == 1
+        assert (st_.rx_duplicates, st_.rx_gaps) == (1, 3)             # missing: 2 (damaged), 4, 5
+        assert st_.commanded == 0b10
+
+
+def test_missing_npm_is_named_when_micropython_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hil.virtual_node as vn
+
+    monkeypatch.setattr(vn, "_installed_version", lambda: None)
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "npm" else real_which(name))
+    with pytest.raises(vn.VirtualNodeError, match="npm is missing"):
+        vn.ensure_runtime()
+
+
+def test_a_missing_node_json_is_reported_in_hello_and_drives_nothing(tmp_path: pathlib.Path) -> None:
+    stage_firmware(tmp_path)
+    (tmp_path / "node.json").write_text('{"node_id": ""}')
+    with VirtualNode(tmp_path) as node, serial.Serial(node.port, 115200, timeout=0.05) as s:
+        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
+        hello = link.parse_hello(read_frames(s, link.Decoder(), FrameType.HELLO).payload)
+        assert "node_id" in hello.error and hello.outputs == ()
+        assert set(node.outputs()) <= {"LED"}
+
+
+def test_virtual_node_files_survive_a_hard_reset_and_raw_paste_is_refused(tmp_path: pathlib.Path) -> None:
+    src = tmp_path / "hello.py"
+    src.write_text("print('hi from flash')\n")
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    with VirtualNode(flash) as node:
+        done = subprocess.run([*MPREMOTE, "connect", node.port, "fs", "cp", str(src), ":hello.py"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert (flash / "hello.py").read_text() == src.read_text()
+        node.reset()
+        done = subprocess.run([*MPREMOTE, "connect", node.port, "exec", "import hello"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "hi from flash", done.stderr
+        with serial.Serial(node.port, 115200, timeout=0.1) as s:       # mpremote's raw-paste probe
+            s.write(b"\r\x03\x03\x01")
+            got = b""
+            while not got.endswith(b"raw REPL; CTRL-B to exit\r\n>"):
+                chunk = s.read(64)
+                assert chunk, got
+                got += chunk
+            s.write(b"\x05A\x01")
+            assert s.read(2) == b"R\x00"
+            s.write(b"\x02")
+
+
+# ---- the firmware's frame codec, in MicroPython ----
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[MicroPythonWorker]:
+    with MicroPythonWorker(FIRMWARE) as w:
+        w.run("import nodelink as L, binascii")
+        yield w
+
+
+def test_edge_and_firmware_codecs_agree_both_ways(worker: MicroPythonWorker) -> None:
+    payload = bytes(range(256))[:300] + b"\x00\x03\x1b" * 20
+    edge_wire = link.encode(Frame(FrameType.OUTPUTS, 0xBEEF, 0x1234, 0xFFFF, payload))
+    got = worker.run(f"print(repr(L.Decoder().feed(binascii.unhexlify({edge_wire.hex()!r}))))")
+    assert got.strip() == repr([(0x10, 0xBEEF, 0x1234, 0xFFFF, payload)])
+    node_hex = worker.run("print(binascii.hexlify(L.encode(2, 7, 65535, 3, binascii.unhexlify("
+                          f"{payload.hex()!r}))).decode())")
+    assert link.Decoder().feed(bytes.fromhex(node_hex.strip())) == [Frame(2, 7, 65535, 3, payload)]
+    assert bytes.fromhex(node_hex.strip()) == link.encode(Frame(2, 7, 65535, 3, payload))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=600), max_size=6))
+def test_random_bytes_never_crash_the_firmware_decoder(worker: MicroPythonWorker, chunks: list[bytes]) -> None:
+    code = ("d = L.Decoder()\nn = 0\n"
+            + "".join(f"n += len(d.feed(binascii.unhexlify({c.hex()!r})))\n" for c in chunks)
+            + "print(n, d.crc_errors, d.framing_errors, d.oversize)")
+    try:
+        out = worker.run(code)
+    except MicroPythonError as e:          # any exception inside MicroPython is a failure
+        pytest.fail(f"firmware decoder raised: {e}")
+    frames, crc, framing, oversize = (int(x) for x in out.split())
+    edge = link.Decoder()
+    edge_frames = sum(len(edge.feed(c)) for c in chunks)
+    assert (frames, crc, framing, oversize) == (edge_frames, edge.crc_errors, edge.framing_errors, edge.oversize)
+
+
+def test_node_json_in_the_fixture_is_what_the_node_reads(tmp_path: pathlib.Path) -> None:
+    stage_firmware(tmp_path)
+    assert json.loads((tmp_path / "node.json").read_text()) == NODE_JSON
