@@ -20,6 +20,7 @@ BENCHES = {
     "thermocouple": "bench.bench_thermocouple",
     "sampler": "bench.bench_sampler",
     "outbox": "bench.bench_outbox",
+    "session": "bench.bench_session",
 }
 
 

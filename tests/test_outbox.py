@@ -122,6 +122,22 @@ def test_order_and_numbers_continue_across_restarts_and_acks(tmp_path: pathlib.P
     with Outbox(path, boot_id="boot-3") as ob:
         assert ob.stats().count == 0
         assert ob.put("a", TOPIC + "a", {}, priority=Priority.ALARM).seq == 10   # empty outbox, numbers go on
+        assert ob.previous_boot_id == "boot-2", "remembered although every message of boot-2 was acknowledged"
+
+
+def test_the_previous_boot_and_its_last_numbers_feed_the_birth(tmp_path: pathlib.Path) -> None:
+    from edge.telemetry.envelope import previous_boot
+
+    path = tmp_path / "o.db"
+    with Outbox(path, boot_id="first") as ob:
+        assert ob.previous_boot_id is None
+        ob.ack_many(m.id for m in [ob.put("event", TOPIC, {}, priority=Priority.EVENT) for _ in range(3)])
+    for boot, before in (("second", "first"), ("third", "second"), ("fourth", "third")):
+        with Outbox(path, boot_id=boot) as ob:
+            prev = previous_boot(ob)
+            assert prev.boot_id == before and prev.last_seq == {"event": 3}
+    with Outbox(path, boot_id="fourth") as ob:      # the same boot opening again (a restart of the session)
+        assert ob.previous_boot_id == "third"
 
 
 def test_requeue_after_reconnect_and_after_restart_sends_the_same_messages_again(tmp_path: pathlib.Path) -> None:

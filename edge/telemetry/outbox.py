@@ -451,9 +451,15 @@ class Outbox:
             c.execute("INSERT OR IGNORE INTO boots (boot_id, opened_ns) VALUES (?, ?)", (self.boot_id, time.time_ns()))
             self._boot_n = int(c.execute("SELECT n FROM boots WHERE boot_id = ?", (self.boot_id,)).fetchone()[0])
             # Boots are numbered in order and messages are appended, so a boot older than the oldest
-            # message's has no message left; the table stays as short as the backlog's history.
+            # message's has no message left; the table stays as short as the backlog's history, plus
+            # the boot just before this one: the birth names it with its last sequence numbers.
+            prev = c.execute("SELECT n, boot_id FROM boots WHERE n < ? ORDER BY n DESC LIMIT 1",
+                             (self._boot_n,)).fetchone()
+            self.previous_boot_id: str | None = prev[1] if prev else None
             oldest = c.execute("SELECT boot FROM messages ORDER BY id LIMIT 1").fetchone()
             keep_from = min(self._boot_n, oldest[0]) if oldest else self._boot_n
+            if prev is not None:
+                keep_from = min(keep_from, int(prev[0]))
             c.execute("DELETE FROM boots WHERE n < ?", (keep_from,))
             c.execute("COMMIT")
         except BaseException:

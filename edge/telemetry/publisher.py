@@ -1,0 +1,425 @@
+"""The bridge from the running controller to MQTT: once per scan, everything new becomes outbox messages.
+
+``reedge run`` builds one ``Publisher`` (only when a broker is configured or given) and calls
+``scan(ctl)`` right after every ``ctl.step()``, on the controller's thread. A scan, in order:
+
+1. **Commands** that arrived since the last scan are executed here, on this thread: paho's
+   thread only queues them (``_on_command``), so a command never races the scan it changes.
+   ``CommandHandler`` checks, authorises and answers each one; the reply and its audit event
+   are put with this scan's messages.
+2. **Events**: every ``ProcessEvent`` the controller appended (phase changes, relayed core
+   events with their exact kind, alarms, operator actions, recovery), through
+   ``edge.telemetry.events`` with its priorities. The controller drains the core's event ring
+   itself; the publisher never drains it a second time.
+3. **Batch records**: a ``start`` record when a batch id appears, an ``end`` record when its
+   sequence finished (``mqtt_schemas/batch.json``). Which records were put is kept in
+   ``batch-records.json`` in the state dir, so a batch recovered after a power loss does not get a
+   second start record (a crash between the put and that file gives a duplicate, never a gap).
+4. **Telemetry**: the core's sample ring drained through the ``Aggregator``, one message per
+   closed window; the ring has exactly this one consumer (``pump`` also drains it while the
+   controller starts up, so the first window starts at the core's first tick).
+5. **State**, retained, when it changed (``StateTracker``).
+
+Then one ``Outbox.put_many`` (one transaction, one fsync) and the session is woken. Order inside
+a scan: replies, events, batch records, telemetry, state (the outbox keeps it per stream anyway).
+
+**The state's outputs** are what a dashboard should see, not what the sampler does every tick:
+the watchdog line (it toggles every tick) is left out, and a burst-fired output (``duty_cycle_ms``)
+reports level 1 while the controller asks for a non-zero duty and the gate lets it (its level
+flips every few ms within the burst period). Otherwise the retained state would change at every
+scan. The telemetry still carries each output's sampled level per window.
+
+**Nothing is lost silently.** If the disk refuses a put (``OutboxError``: full, failing), the
+scan's messages are kept in memory and put again at the next scan, and the failure is written to
+stderr once per streak; the control loop never stops for it (the dead-man is waiting). Past
+``MAX_RETAINED_DRAFTS`` kept messages, telemetry is dropped first, counted, and reported.
+
+**Batch records and the schema.** ``batch.json`` has no field for phases, trips or alarms, so the
+end record's ``accounting`` (flat, unit in the key) carries ``phase_<name>_s`` (time spent in each
+phase, from this process's record of the sequence: after a power-loss recovery only the phases
+since then), ``trips`` and ``alarms_raised``; the energy, gas and mass accounting is filled by
+issue 7 (``accounting_note`` says so until then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import pathlib
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+
+from edge.control.controller import Controller, ProcessEvent
+from edge.control.sequencer import Sequencer
+from edge.core import Core
+from edge.telemetry.aggregate import DEFAULT_WINDOW_S, Aggregator
+from edge.telemetry.broker_url import BrokerSettings
+from edge.telemetry.commands import CommandHandler, CommandLedger, ControllerTarget, Outcome
+from edge.telemetry.envelope import previous_boot, rfc3339_ms
+from edge.telemetry.events import command_event, process_event
+from edge.telemetry.outbox import DEFAULT_QUOTA, Draft, InvalidMessage, Outbox, OutboxError, Priority
+from edge.telemetry.session import MqttSession, SessionEvent, StopResult
+from edge.telemetry.state import StateTracker, controller_state
+from edge.telemetry.topics import STREAMS, StationTopics
+
+DEFAULT_FLUSH_S = 5.0
+MAX_COMMANDS_WAITING = 1000     # commands queued by paho's thread for the scan
+MAX_COMMANDS_PER_SCAN = 50      # the rest wait for the next scan: a flood must not stretch a scan
+MAX_RETAINED_DRAFTS = 20_000    # messages kept in memory while the disk refuses puts
+OUTBOX_FILE = "outbox.db"
+LEDGER_FILE = "commands.db"
+RECORDS_FILE = "batch-records.json"
+ACCOUNTING_NOTE = "energy, gas and masses: filled by issue 7"
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    """Where and how a station publishes (from ``reedge run``'s options and the station file)."""
+
+    broker: BrokerSettings
+    site: str
+    station: str
+    state_dir: pathlib.Path
+    recipes_dir: pathlib.Path            # where remote ``start`` commands find recipes
+    window_s: float = DEFAULT_WINDOW_S   # telemetry window, seconds of core time
+    quota_bytes: int = DEFAULT_QUOTA
+
+
+@dataclass(frozen=True)
+class _Command:
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation_data: bytes | None
+
+
+@dataclass
+class PublisherCounters:
+    """What the publisher put, for the exit line and tests."""
+
+    telemetry: int = 0
+    events: int = 0
+    batch: int = 0
+    state: int = 0
+    replies: int = 0
+    first_tick: int | None = None     # of the first telemetry window put
+    last_tick: int | None = None      # of the last one
+    samples: int = 0                  # samples in the windows put
+    ticks_missed: int = 0             # ticks the ring lost (reported in the windows)
+    dropped: int = 0                  # telemetry dropped while the disk refused puts (reported)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Publisher:
+    """Publishes one running controller (see the module docstring). ``start``, ``scan`` each scan, ``stop``."""
+
+    def __init__(self, core: Core, ctl: Controller, settings: PublisherSettings, *,
+                 on_session_event: Callable[[SessionEvent], None] | None = None, log: TextIO = sys.stderr) -> None:
+        self.core = core
+        self.settings = settings
+        self.topics = StationTopics(settings.site, settings.station)
+        self.log = log
+        self.counters = PublisherCounters()
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(settings.state_dir / OUTBOX_FILE, quota_bytes=settings.quota_bytes,
+                             event_topic=self.topics.event)
+        try:
+            previous = previous_boot(self.outbox)        # before this boot puts anything
+            self.session = MqttSession(self.outbox, settings.broker, site=settings.site, station=settings.station,
+                                       on_event=on_session_event, previous=previous)
+            self.ledger = CommandLedger(settings.state_dir / LEDGER_FILE)
+        except BaseException:
+            self.outbox.close()
+            raise
+        self.handler = CommandHandler(topics=self.topics, settings=ctl.station.commands,
+                                      allow_remote_reset=ctl.station.allow_remote_reset,
+                                      target=ControllerTarget(ctl, settings.recipes_dir), ledger=self.ledger)
+        self.aggregator = Aggregator.for_core(core, settings.window_s)
+        self.state = StateTracker()
+        self.records = _BatchRecords(settings.state_dir / RECORDS_FILE)
+        self._watchdog = ctl.station.core.watchdog_output
+        self._burst = {o.name for o in ctl.station.core.outputs if o.duty_cycle_ms}
+        self._inbox: queue.Queue[_Command] = queue.Queue(MAX_COMMANDS_WAITING)
+        self._overflow = 0
+        self._overflow_lock = threading.Lock()
+        self._events_seen = 0
+        self._telemetry: list[dict[str, Any]] = []      # windows closed by pump(), put at the next scan
+        self._retry: list[Draft] = []                   # drafts the disk refused, put again next scan
+        self._failing = False
+        self._batch_counts = {"trips": 0, "alarms_raised": 0}
+        self._stopped: StopResult | None = None
+        self.session.subscribe(self.topics.cmd_filter, 1, self._on_command)
+
+    # ---- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> Publisher:
+        """Connect in the background: messages wait in the outbox until a broker takes them."""
+        self.session.start()
+        return self
+
+    def stop(self, ctl: Controller | None = None, flush_timeout_s: float = DEFAULT_FLUSH_S) -> StopResult:
+        """Put what is left (with the open telemetry window), flush for up to ``flush_timeout_s``,
+        publish offline, close the files. Idempotent; what was not sent stays in the outbox."""
+        if self._stopped is not None:
+            return self._stopped
+        if ctl is not None:
+            self.scan(ctl)       # commands that arrived are still answered, events still put
+        last = self.aggregator.flush()
+        self._put([] if last is None else [self._telemetry_draft(last)])
+        try:
+            self._stopped = self.session.stop(flush_timeout_s)
+        finally:
+            self.ledger.close()
+            self.outbox.close()
+        return self._stopped
+
+    # ---- the scan --------------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Drain the sample ring into windows (before the scan loop runs: the ring holds a few seconds)."""
+        self._telemetry.extend(self.aggregator.drain(self.core))
+
+    def scan(self, ctl: Controller) -> list[Outcome]:
+        """One scan's messages, put in one transaction; returns the commands answered in it."""
+        outcomes = self._run_commands()
+        drafts = [d for o in outcomes for d in self._answer(o)]
+        drafts.extend(self._collect(ctl))
+        self._put(drafts)
+        return outcomes
+
+    def forget_events(self, n: int) -> None:
+        """The caller deleted the first ``n`` of ``ctl.events`` (all of them seen by a scan)."""
+        self._events_seen = max(0, self._events_seen - n)
+
+    def _collect(self, ctl: Controller) -> list[Draft]:
+        drafts = self._overflow_report()
+        events = ctl.events[self._events_seen:]
+        self._events_seen = len(ctl.events)
+        drafts.extend(self._event_draft(e) for e in events)
+        drafts.extend(self._batch_drafts(ctl))
+        self.pump()
+        windows, self._telemetry = self._telemetry, []
+        drafts.extend(self._telemetry_draft(w) for w in windows)
+        body = self.state.update(self._state_body(ctl))
+        if body is not None:
+            drafts.append(self._draft("state", body))
+            self.counters.state += 1
+        return drafts
+
+    # ---- commands (queued by paho's thread, executed on the scan's) -----------------------------
+
+    def _on_command(self, message: mqtt.MQTTMessage) -> None:
+        props = getattr(message, "properties", None)
+        response = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        try:
+            self._inbox.put_nowait(_Command(message.topic, bytes(message.payload), response,
+                                            bytes(correlation) if correlation is not None else None))
+        except queue.Full:
+            with self._overflow_lock:
+                self._overflow += 1
+
+    def _run_commands(self) -> list[Outcome]:
+        outcomes = []
+        for _ in range(MAX_COMMANDS_PER_SCAN):
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            outcomes.append(self.handler.handle(cmd.topic, cmd.payload, response_topic=cmd.response_topic,
+                                                correlation_data=cmd.correlation_data))
+        return outcomes
+
+    def _answer(self, outcome: Outcome) -> list[Draft]:
+        out = []
+        if outcome.reply_topic is not None:
+            spec = STREAMS["reply"]
+            out.append(Draft("reply", outcome.reply_topic, outcome.reply, Priority.EVENT, spec.qos, spec.retain))
+            self.counters.replies += 1
+        out.append(self._draft("event", outcome.event.body, outcome.event.priority))
+        self.counters.events += 1
+        return out
+
+    def _overflow_report(self) -> list[Draft]:
+        with self._overflow_lock:
+            n, self._overflow = self._overflow, 0
+        if not n:
+            return []
+        ev = command_event(verb=None, command_id=None, issuer="", result="rejected", code="refused",
+                           message=f"{n} command(s) not read: more than {MAX_COMMANDS_WAITING} were waiting"
+                                   " (a command flood?); send them again")
+        self.counters.events += 1
+        return [self._draft("event", ev.body, ev.priority)]
+
+    # ---- events, batch records, telemetry, state ---------------------------------------------------
+
+    def _event_draft(self, e: ProcessEvent) -> Draft:
+        ev = process_event(e)
+        if ev.body.get("kind") == "trip":
+            self._batch_counts["trips"] += 1
+        elif ev.body.get("kind") == "alarm" and ev.body.get("alarm_event") == "raised":
+            self._batch_counts["alarms_raised"] += 1
+        self.counters.events += 1
+        return self._draft("event", ev.body, ev.priority)
+
+    def _batch_drafts(self, ctl: Controller) -> list[Draft]:
+        batch, seq, recipe = ctl.batch, ctl.sequencer, ctl.recipe
+        batch_id = str(batch.get("id") or "")
+        if not batch_id or seq is None or recipe is None:
+            return []
+        out = []
+        started = float(batch.get("started_unix_s") or ctl.wall_clock())
+        if self.records.start != batch_id:
+            self._batch_counts = {"trips": 0, "alarms_raised": 0}
+            out.append(self._draft("batch", {
+                "record": "start", "batch_id": batch_id[:64], "process": recipe.process,
+                "recipe": {"name": str(batch.get("recipe") or recipe.name)[:200],
+                           "sha256": str(batch.get("recipe_sha256")), "version": recipe.version},
+                "operator": str(batch.get("operator", ""))[:64], "started": rfc3339_ms(int(started * 1e9))}))
+            self.records.start = batch_id
+        if seq.finished and self.records.end != batch_id:
+            ended = max(ctl.wall_clock(), started)
+            accounting: dict[str, Any] = {f"phase_{name}_s": round(s, 3) for name, s in _phase_times(seq).items()}
+            accounting.update(self._batch_counts, accounting_note=ACCOUNTING_NOTE)
+            reason = seq.abort_reason if seq.phase == "aborted" else None
+            out.append(self._draft("batch", {
+                "record": "end", "batch_id": batch_id[:64], "outcome": seq.phase,
+                "reason": None if reason is None else str(reason)[:1000],
+                "started": rfc3339_ms(int(started * 1e9)), "ended": rfc3339_ms(int(ended * 1e9)),
+                "duration_s": round(ended - started, 3), "accounting": accounting}))
+            self.records.end = batch_id
+        self.counters.batch += len(out)
+        return out
+
+    def _telemetry_draft(self, body: dict[str, Any]) -> Draft:
+        w = body["window"]
+        c = self.counters
+        c.telemetry += 1
+        c.samples += int(w["samples"])
+        c.ticks_missed += int(w["ticks_missed"])
+        if c.first_tick is None:
+            c.first_tick = int(w["first_tick"])
+        c.last_tick = int(w["last_tick"])
+        return self._draft("telemetry", body)
+
+    def _state_body(self, ctl: Controller) -> dict[str, Any]:
+        """``controller_state`` with steady outputs (see the module docstring)."""
+        body = controller_state(ctl)
+        outputs = body["outputs"]
+        outputs.pop(self._watchdog, None)
+        for name in self._burst & outputs.keys():
+            o = outputs[name]
+            o["level"] = int(o["requested"] and not o["forced"])
+        return body
+
+    def _draft(self, stream: str, body: dict[str, Any], priority: Priority | None = None) -> Draft:
+        spec = STREAMS[stream]
+        assert spec.priority is not None
+        return Draft(stream, self.topics.topic(stream), body, spec.priority if priority is None else priority,
+                     spec.qos, spec.retain)
+
+    # ---- storing -----------------------------------------------------------------------------------
+
+    def _put(self, drafts: list[Draft]) -> None:
+        """One transaction for the scan; on a disk error keep everything for the next scan (docstring)."""
+        drafts = self._retry + drafts
+        self._retry = []
+        if not drafts:
+            return
+        try:
+            self._store(drafts)
+        except OutboxError as e:
+            if not self._failing:
+                self._say(f"telemetry: the outbox refused {len(drafts)} message(s), kept in memory and retried"
+                          f" every scan: {e}")
+            self._failing = True
+            self._retry = self._bounded(drafts)
+            return
+        if self._failing:
+            self._say("telemetry: the outbox stores again; nothing was lost" if not self.counters.dropped else
+                      f"telemetry: the outbox stores again; {self.counters.dropped} telemetry message(s) were dropped")
+            self._failing = False
+        try:
+            self.records.save()
+        except OSError as e:
+            self._say(f"telemetry: cannot write {self.records.path} ({e}): a batch record may be sent twice")
+        self.session.put_many([])          # wakes the network thread (the messages are already stored)
+
+    def _store(self, drafts: list[Draft]) -> None:
+        try:
+            self.outbox.put_many(drafts)
+        except InvalidMessage:
+            # a bug put a message the outbox cannot store: store the others, name the bad one
+            for d in drafts:
+                try:
+                    self.outbox.put_many([d])
+                except InvalidMessage as e:
+                    self._say(f"telemetry: a {d.stream} message could not be stored and is dropped: {e}")
+
+    def _bounded(self, drafts: list[Draft]) -> list[Draft]:
+        excess = len(drafts) - MAX_RETAINED_DRAFTS
+        if excess <= 0:
+            return drafts
+        kept: list[Draft] = []
+        for d in drafts:
+            if excess > 0 and d.priority is Priority.TELEMETRY:
+                excess -= 1
+                self.counters.dropped += 1
+                continue
+            kept.append(d)
+        return kept
+
+    def _say(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(text, file=self.log, flush=True)
+
+
+def _phase_times(seq: Sequencer) -> dict[str, float]:
+    """Seconds spent in each phase, from the sequence's record of its changes (this process's)."""
+    out: dict[str, float] = {}
+    changes = list(seq.changes)
+    for this, after in itertools.pairwise(changes):
+        name = str(this.phase)
+        if name in seq.FINAL:
+            continue
+        out[name] = out.get(name, 0.0) + max(0.0, float(after.t_s) - float(this.t_s))
+    return out
+
+
+class _BatchRecords:
+    """Which batch's start and end records were put, in a small JSON file written after each put."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raw = {}
+        except (OSError, ValueError) as e:
+            # an unreadable file at worst repeats a record (a duplicate, by batch id), never loses one
+            print(f"telemetry: {path} unreadable ({e}); batch records may be sent again", file=sys.stderr)
+            raw = {}
+        self.start: str | None = raw.get("start") if isinstance(raw, dict) else None
+        self.end: str | None = raw.get("end") if isinstance(raw, dict) else None
+        self._saved = (self.start, self.end)
+
+    def save(self) -> None:
+        if (self.start, self.end) == self._saved:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"start": self.start, "end": self.end}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._saved = (self.start, self.end)

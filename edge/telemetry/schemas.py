@@ -1,0 +1,100 @@
+"""The JSON Schemas of ``mqtt_schemas/``, loaded once and usable offline.
+
+Each schema's ``$id`` is a URL (``https://reeproduce.eu/schemas/reedge/v1/telemetry.json``) and
+the schemas ``$ref`` each other by relative name (``envelope.json``); a ``referencing``
+registry built from the files resolves those, so nothing is ever fetched from the network.
+The commands handler validates incoming commands with it, ``reedge tail`` every received
+message, and the tests the example payloads.
+
+The folder is found next to the package (the repository layout, and an editable install);
+``REEDGE_SCHEMAS`` overrides it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped, unused-ignore]
+from jsonschema.exceptions import best_match  # type: ignore[import-untyped, unused-ignore]
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from edge.telemetry.topics import SCHEMA_BASE
+
+
+class SchemaError(RuntimeError):
+    """The schema folder is missing or holds a file that is not a schema (an installation problem)."""
+
+
+def schema_dir() -> pathlib.Path:
+    override = os.environ.get("REEDGE_SCHEMAS")
+    if override:
+        return pathlib.Path(override)
+    return pathlib.Path(__file__).resolve().parents[2] / "mqtt_schemas"
+
+
+@functools.cache
+def _load() -> tuple[dict[str, dict[str, Any]], Registry[Any]]:
+    folder = schema_dir()
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise SchemaError(f"no JSON schemas in {folder} (set REEDGE_SCHEMAS to the mqtt_schemas folder)")
+    by_id: dict[str, dict[str, Any]] = {}
+    for path in files:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise SchemaError(f"{path}: cannot read the schema: {e}") from e
+        if not isinstance(doc, dict) or doc.get("$id") != SCHEMA_BASE + path.name:
+            raise SchemaError(f"{path}: $id must be {SCHEMA_BASE + path.name}")
+        by_id[doc["$id"]] = doc
+    registry: Registry[Any] = Registry().with_resources(
+        (sid, Resource.from_contents(doc, default_specification=DRAFT202012)) for sid, doc in by_id.items())
+    return by_id, registry
+
+
+def schema_ids() -> list[str]:
+    return sorted(_load()[0])
+
+
+def schema(name_or_id: str) -> dict[str, Any]:
+    """A schema by file name (``telemetry.json``) or ``$id``."""
+    by_id, _ = _load()
+    sid = name_or_id if name_or_id.startswith("https://") else SCHEMA_BASE + name_or_id
+    try:
+        return by_id[sid]
+    except KeyError:
+        raise SchemaError(f"no schema {name_or_id!r} in {schema_dir()}") from None
+
+
+@functools.cache
+def validator(name_or_id: str) -> Draft202012Validator:
+    _, registry = _load()
+    return Draft202012Validator(schema(name_or_id), registry=registry)
+
+
+def errors(document: Any, name_or_id: str) -> list[str]:
+    """Every way ``document`` breaks the schema, as ``/json/pointer: message`` lines; empty when valid."""
+    out = []
+    for e in sorted(validator(name_or_id).iter_errors(document), key=lambda e: list(e.absolute_path)):
+        # a oneOf/anyOf failure says little by itself: name the branch error that fits best
+        inner = best_match(e.context) if e.context else None
+        where = "/" + "/".join(str(p) for p in (inner or e).absolute_path)
+        out.append(f"{where}: {_short((inner or e).message)}")
+    return out
+
+
+def check(document: Mapping[str, Any], name_or_id: str) -> None:
+    """Raise ValueError with every problem if ``document`` is not valid against the schema."""
+    found = errors(document, name_or_id)
+    if found:
+        raise ValueError(f"not a valid {name_or_id.rsplit('/', 1)[-1]}: " + "; ".join(found))
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 200 else text[:197] + "..."

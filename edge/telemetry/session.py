@@ -1,0 +1,691 @@
+"""The MQTT session: sends the outbox to a broker and deletes a message only once the broker has it.
+
+The outbox (``edge.telemetry.outbox``) is the source of truth; this module only moves messages out
+of it. The producer side (controller thread) calls ``put``: the message is on disk when it
+returns, and the network thread is woken. The network thread owns everything paho: one
+``paho.mqtt.client.Client`` per connection attempt, driven by our own ``select`` loop (paho's
+external-loop API), so there is exactly one thread touching paho and no message lives only in
+paho's memory. What happens on each connection:
+
+1. ``outbox.requeue_inflight()``: whatever was sent on the last connection and not acknowledged is
+   pending again, in its place (so it is sent again: a duplicate the consumer recognises by its
+   (boot, stream, seq), never a gap).
+2. CONNECT with ``clean_start=False`` and a session expiry (MQTT 5), or ``clean_session=False``
+   (3.1.1): the broker keeps our command subscriptions while we are away. It does not matter for
+   what we publish: that waits in the outbox, not in the broker.
+3. The birth: ``status`` online, retained, QoS 1, straight to paho (not through the outbox: it
+   describes this connection, and the next connection sends a fresh one). The Will, set in the
+   CONNECT, is ``status`` offline, retained: the broker publishes it if we vanish.
+4. The outbox is published oldest first with at most ``window`` messages unacknowledged:
+   the broker's Receive Maximum (MQTT 5 CONNACK), capped by ``max_inflight``; 20 under 3.1.1
+   (mosquitto's default ``max_inflight_messages``; 3.1.1 brokers do not say). On PUBACK the message
+   is deleted from the outbox. A PUBACK with a reason code >= 0x80 (MQTT 5; e.g. 0x87 not
+   authorised by the broker's ACL) means the broker did not take it: the message stays in the
+   outbox, set aside until the next connection, and is reported (``SessionEvent`` "rejected",
+   ``stats().rejected``); it is never dropped, and it does not hold up the rest (a stream whose
+   message was refused shows that gap to consumers until the broker accepts it: the event says
+   why). Under MQTT 3.1.1 a broker that refuses a publish
+   still acknowledges it (the protocol has no way to say no), so such a message cannot be told
+   from a delivered one: run MQTT 5 against a broker with ACLs.
+
+**Reconnect** with exponential backoff and full jitter: after the n-th failure in a row the wait is
+uniform in [0, min(backoff_max_s, backoff_min_s * 2**n)], so a plant full of stations does not
+reconnect in lockstep after a broker restart. A failed attempt moves on to the next broker of the
+list (failover); a connection that was up and dropped is retried on the same broker first.
+A CONNACK must come within ``connect_timeout_s`` (paho has no such limit: a network that accepts
+TCP and then black-holes would otherwise hang the session). Keepalive detects a dead link.
+
+**MQTT 5, else 3.1.1.** With ``protocol = "auto"`` the session speaks MQTT 5; a broker that answers
+CONNACK "unsupported protocol version" (0x84; a 3.1.1 broker's return code 1 reads the same) is
+remembered as 3.1.1-only for the life of the session and reconnected at once with 3.1.1. Some
+3.1.1 brokers hang up on an MQTT 5 CONNECT instead of answering (amqtt 0.12.1, the demo's embedded
+broker, misreads the Will properties of an MQTT 5 CONNECT and then neither answers nor closes):
+a v5 attempt that gets no CONNACK (closed, or nothing within ``connect_timeout_s``/keepalive) is
+retried at once with 3.1.1, and if that one is accepted the broker is remembered as 3.1.1-only;
+this guess is made only for a broker that has never accepted MQTT 5 in this session, so a network
+outage never downgrades a broker we know speaks 5. (A real MQTT 5 broker that was unreachable in
+just that way at start-up and came back between the two attempts is spoken to in 3.1.1 until the
+next start: it still works, it only loses PUBACK reason codes; the "protocol_fallback" event says
+so. Set ``protocol = "5"`` to rule that out, or ``"3.1.1"`` for a known 3.1.1 broker such as
+``EmbeddedBroker``, which also saves the wait.)
+
+**Stopping** (``stop``): new puts still go to the outbox; the network thread keeps publishing until
+the outbox is empty or ``flush_timeout_s`` has passed, publishes ``status`` offline (retained) and
+waits for its PUBACK, then sends DISCONNECT (so the broker does not also publish the Will).
+Whatever was not sent stays in the outbox for the next start.
+
+``on_event`` callbacks and ``subscribe`` handlers run on the network thread: keep them short.
+Tested against mosquitto and amqtt in ``tests/test_mqtt_session.py`` (outages, SIGKILL, black-holed
+network, failover) and ``tests/test_mqtt_tls.py`` (TLS, ACL refusals, passwords).
+
+Envelopes, the birth and the Will are built by ``edge.telemetry.envelope``. A message the
+envelope cannot be built for (a body that is not a JSON object, put behind the session's back:
+``put`` refuses those) is set aside like a rejected one and reported, never dropped and never
+allowed to block the messages behind it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge import __version__
+from edge.telemetry.broker_url import BrokerSettings, BrokerUrl, BrokerUrlError
+from edge.telemetry.envelope import EnvelopeError, PreviousBoot, birth, envelope, previous_boot, will
+from edge.telemetry.outbox import Draft, Message, Outbox, Priority
+from edge.telemetry.topics import STREAMS, StationTopics
+
+__all__ = ["MqttSession", "SessionError", "SessionEvent", "SessionStats", "StopResult", "backoff_delay"]
+
+log = logging.getLogger(__name__)
+
+V311_WINDOW = 20            # 3.1.1 brokers do not announce a receive maximum; mosquitto's default inflight
+V5_DEFAULT_RECEIVE_MAX = 65535  # MQTT 5: a CONNACK without Receive Maximum means 65535
+UNSUPPORTED_PROTOCOL = 0x84
+KEEPALIVE_TIMEOUT = 0x8D
+STATUS_WAIT_S = 2.0         # at stop, how long the offline status may take at least
+TICK_S = 1.0                # the select timeout: keepalive and timeouts are checked at least this often
+MAX_REJECTED_KEPT = 100
+
+PutItem = tuple[str, bytes | Mapping[str, Any], Priority | None, str | None]   # stream, body, priority, verb
+EventKind = Literal["connected", "disconnected", "connect_failed", "protocol_fallback", "rejected", "error"]
+
+
+class SessionError(RuntimeError):
+    """The session cannot do what was asked (not started, already stopped, bad stream...)."""
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """Something the operator should be able to see: the session hands each one to ``on_event`` and logs it."""
+
+    kind: EventKind
+    broker: str
+    detail: str
+    reason_code: int | None = None
+    message: tuple[str, str, int] | None = None    # (boot, stream, seq) for "rejected"
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """A snapshot of the session, for the status message and ``reedge doctor``."""
+
+    connected: bool
+    broker: str | None
+    protocol: str | None            # "5" or "3.1.1" on the current connection
+    window: int                     # unacknowledged publishes allowed on the current connection
+    connects: int                   # successful CONNACKs since start
+    failures: int                   # failed attempts and dropped connections since start
+    published: int                  # outbox messages handed to the broker (re-sends included)
+    acked: int                      # outbox messages the broker acknowledged (and the outbox deleted)
+    rejected: int                   # PUBACKs with a reason code >= 0x80 (messages kept)
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """What ``stop`` achieved: ``flushed`` when the outbox was empty at the end."""
+
+    flushed: bool
+    remaining: int                  # messages left in the outbox (sent at the next start)
+    offline_published: bool         # the offline status was acknowledged by the broker
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def backoff_delay(failures_in_row: int, min_s: float, max_s: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(max_s, min_s * 2**n)], so stations do not reconnect in lockstep."""
+    return rng.uniform(0.0, min(max_s, min_s * (2 ** min(max(failures_in_row, 0), 30))))
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho's constructor has no annotations
+
+
+@dataclass
+class _Subscription:
+    topic_filter: str
+    qos: int
+    handler: Callable[[mqtt.MQTTMessage], None]
+
+
+@dataclass
+class _Conn:
+    """The state of one connection attempt; thrown away with its paho client."""
+
+    client: mqtt.Client
+    broker: BrokerUrl
+    protocol: Literal["5", "3.1.1"]
+    started: float
+    connected: bool = False
+    refused: ReasonCode | None = None
+    window: int = V311_WINDOW
+    mids: dict[int, int] = dataclasses.field(default_factory=dict)     # paho mid -> outbox id
+    keys: dict[int, Message] = dataclasses.field(default_factory=dict)  # outbox id -> message (for reports)
+    control_mids: set[int] = dataclasses.field(default_factory=set)    # birth / offline status
+    acked: list[int] = dataclasses.field(default_factory=list)
+    offline_mid: int | None = None
+    offline_sent_at: float = 0.0
+    offline_acked: bool = False
+    lost: bool = False
+    timed_out: bool = False
+    close_rc: ReasonCode | None = None
+
+
+class MqttSession:
+    """Publishes one station's outbox to its brokers. Thread-safe ``put``; one network thread.
+
+    ``on_event`` is called from the network thread for every ``SessionEvent`` (keep it short).
+    ``previous`` is where the previous boot left each stream, for the birth: read right after
+    opening the outbox, before anything is put (the default reads it now, which is right when the
+    session is made before the first put). ``rng`` is for the backoff jitter (tests may fix it).
+    """
+
+    def __init__(self, outbox: Outbox, settings: BrokerSettings, *, site: str, station: str,
+                 on_event: Callable[[SessionEvent], None] | None = None, previous: PreviousBoot | None = None,
+                 rng: random.Random | None = None) -> None:
+        if not isinstance(settings, BrokerSettings):
+            raise TypeError(f"settings must be BrokerSettings, got {type(settings).__name__}")
+        self.outbox = outbox
+        self.settings = settings
+        self.topics = StationTopics(site, station)
+        self.site, self.station = site, station
+        self.client_id = settings.client_id or f"reedge-{site}-{station}"
+        self._on_event = on_event
+        self._rng = rng or random.Random()
+        self._previous = previous if previous is not None else previous_boot(outbox)
+        self._boot_started_ns = time.time_ns()
+        self._attempts = 0                                   # CONNECTs sent: the n of the status seq
+        self._v311_only: set[BrokerUrl] = set() if settings.protocol != "3.1.1" else set(settings.brokers)
+        self._probing: set[BrokerUrl] = set()    # next attempt: 3.1.1, to see whether 5 was the problem
+        self._v5_seen: set[BrokerUrl] = set()    # accepted MQTT 5 once: a later silence is the network's
+        self._subs: list[_Subscription] = []
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread: threading.Thread | None = None
+        self._stop_deadline: float | None = None
+        self._stopped = threading.Event()
+        self._connected_event = threading.Event()
+        self._flushed = threading.Condition(self._lock)
+        self._conn: _Conn | None = None
+        self._connects = self._failures = self._published = self._acked = self._rejected = 0
+        self._last_error: str | None = None
+        self.rejected_messages: deque[tuple[tuple[str, str, int], int, str]] = deque(maxlen=MAX_REJECTED_KEPT)
+        self._result: StopResult | None = None
+
+    # ---- producer side (any thread) ------------------------------------------------------------------
+
+    def put(self, stream: str, body: bytes | Mapping[str, Any], *, priority: Priority | None = None,
+            verb: str | None = None) -> Message:
+        """Store one message durably (it is on disk when this returns) and wake the network thread."""
+        return self.put_many([(stream, body, priority, verb)])[0]
+
+    def put_many(self, items: list[PutItem]) -> list[Message]:
+        """Several messages in one outbox transaction: ``(stream, body, priority or None, verb or None)``."""
+        drafts = []
+        for stream, body, priority, verb in items:
+            spec = STREAMS.get(stream)
+            if spec is None or spec.priority is None or spec.direction != "publish":
+                sendable = [s.name for s in STREAMS.values() if s.priority is not None and s.direction == "publish"]
+                raise SessionError(f"cannot put on stream {stream!r}: expected one of {', '.join(sendable)}")
+            if isinstance(body, bytes | bytearray):
+                try:
+                    decoded = json.loads(body)
+                except (ValueError, RecursionError) as e:
+                    raise SessionError(f"{stream}: the body must be a JSON object, got bytes that are not JSON:"
+                                       f" {e}") from None
+                if not isinstance(decoded, dict):
+                    raise SessionError(f"{stream}: the body must be a JSON object, got {type(decoded).__name__}")
+            drafts.append(Draft(stream, self.topics.topic(stream, verb), body,
+                                spec.priority if priority is None else priority, spec.qos, spec.retain))
+        msgs = self.outbox.put_many(drafts)
+        self._wake()
+        return msgs
+
+    def subscribe(self, topic_filter: str, qos: int, handler: Callable[[mqtt.MQTTMessage], None]) -> None:
+        """Subscribe on every connection that has no stored session; ``handler`` runs on the network thread."""
+        if self._thread is not None:
+            raise SessionError("subscribe before start(): subscriptions are part of every connection")
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
+        self._subs.append(_Subscription(topic_filter, qos, handler))
+
+    # ---- life cycle ----------------------------------------------------------------------------------
+
+    def start(self) -> MqttSession:
+        """Start the network thread (it connects, and reconnects, by itself)."""
+        if self._thread is not None:
+            raise SessionError("the session was already started")
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, flush_timeout_s: float = 10.0) -> StopResult:
+        """Flush the outbox (up to ``flush_timeout_s``), publish offline, disconnect. Idempotent."""
+        if self._thread is None:
+            raise SessionError("the session was never started")
+        if self._result is not None:
+            return self._result
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + max(0.0, flush_timeout_s)
+            self._wake()
+        self._thread.join(timeout=max(0.0, flush_timeout_s) + STATUS_WAIT_S + self.settings.connect_timeout_s + 5)
+        if self._thread.is_alive():  # pragma: no cover - only a hung socket call gets here
+            log.error("mqtt session %s: network thread did not stop", self.client_id)
+        else:
+            with contextlib.suppress(OSError):
+                self._wake_r.close()
+                self._wake_w.close()
+        remaining = self.outbox.stats().count
+        conn = self._conn
+        self._result = StopResult(remaining == 0, remaining, bool(conn and conn.offline_acked))
+        return self._result
+
+    def __enter__(self) -> MqttSession:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self.stop()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """True once a connection is up (for tests and start-up messages; not needed to ``put``)."""
+        return self._connected_event.wait(timeout)
+
+    def wait_flushed(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (everything acknowledged); False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._flushed:
+            while self.outbox.stats().count:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopped.is_set():
+                    return False
+                self._flushed.wait(min(left, 0.5))
+        return True
+
+    def stats(self) -> SessionStats:
+        conn = self._conn
+        return SessionStats(
+            connected=bool(conn and conn.connected), broker=str(conn.broker) if conn else None,
+            protocol=conn.protocol if conn and conn.connected else None,
+            window=conn.window if conn and conn.connected else 0, connects=self._connects,
+            failures=self._failures, published=self._published, acked=self._acked, rejected=self._rejected,
+            last_error=self._last_error)
+
+    # ---- the network thread --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    def _stopping(self) -> bool:
+        return self._stop_deadline is not None
+
+    def _past_deadline(self) -> bool:
+        return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
+
+    def _event(self, kind: EventKind, broker: BrokerUrl | str, detail: str, reason_code: int | None = None,
+               message: tuple[str, str, int] | None = None) -> None:
+        ev = SessionEvent(kind, str(broker), detail, reason_code, message)
+        level = logging.INFO if kind in ("connected", "protocol_fallback") else logging.WARNING
+        log.log(level, "mqtt %s %s: %s", kind, broker, detail)
+        if kind in ("connect_failed", "disconnected", "rejected", "error"):
+            self._last_error = f"{broker}: {detail}"
+        if self._on_event is not None:
+            try:
+                self._on_event(ev)
+            except Exception:
+                log.exception("mqtt session: on_event raised")
+
+    def _run(self) -> None:
+        brokers = self.settings.brokers
+        index, failures_in_row = 0, 0
+        try:
+            while True:
+                broker = brokers[index]
+                try:
+                    outcome = self._connection(broker)
+                except Exception as e:  # a bug must not end publishing: report, back off, go on
+                    log.exception("mqtt session %s: connection to %s failed", self.client_id, broker)
+                    self._event("error", broker, f"unexpected error, reconnecting: {e!r}")
+                    outcome = "failed"
+                if outcome == "done":
+                    return
+                if outcome == "fallback":
+                    continue                       # same broker at once, with 3.1.1
+                if outcome == "dropped":
+                    failures_in_row = 0            # it was up: the same broker first, short wait
+                else:
+                    failures_in_row += 1
+                    index = (index + 1) % len(brokers)
+                self._failures += 1
+                if self._past_deadline():
+                    return
+                self._backoff(failures_in_row)
+                if self._past_deadline():
+                    return
+        except Exception as e:  # never die silently: the outbox keeps everything, but nobody would send it
+            log.exception("mqtt session %s: network thread failed", self.client_id)
+            self._event("error", brokers[index], f"network thread failed: {e!r}")
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._connected_event.clear()
+        with contextlib.suppress(Exception):   # nothing is in flight once the session is over
+            self.outbox.requeue_inflight()
+        self._stopped.set()
+        with self._flushed:
+            self._flushed.notify_all()
+
+    def _backoff(self, failures_in_row: int) -> None:
+        s = self.settings
+        delay = backoff_delay(failures_in_row, s.backoff_min_s, s.backoff_max_s, self._rng)
+        if self._stop_deadline is not None:
+            delay = min(delay, max(0.0, self._stop_deadline - time.monotonic()))
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            select.select([self._wake_r], [], [], left)
+            self._drain_wake()
+            if self._past_deadline():
+                return
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def _make_client(self, broker: BrokerUrl, protocol: Literal["5", "3.1.1"]) -> mqtt.Client:
+        s = self.settings
+        if protocol == "5":
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
+                                 clean_session=False)
+        client.connect_timeout = s.connect_timeout_s
+        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(V5_DEFAULT_RECEIVE_MAX)   # the window is ours (_pump); paho must not hold any
+        if broker.tls:
+            client.tls_set_context(self._tls_context())
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password())
+        will_payload = will(site=self.site, station=self.station, boot_id=self.outbox.boot_id,
+                            connection=self._attempts, now_ns=time.time_ns())
+        if protocol == "5":
+            props = _properties(PacketTypes.WILLMESSAGE)
+            props.ContentType = "application/json"
+            client.will_set(self.topics.status, will_payload, qos=1, retain=True, properties=props)
+        else:
+            client.will_set(self.topics.status, will_payload, qos=1, retain=True)
+        return client
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Verification on, always: the broker's certificate must chain to the CA and name the host."""
+        s = self.settings
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(s.ca_file) if s.ca_file else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if s.cert_file is not None and s.key_file is not None:
+            ctx.load_cert_chain(str(s.cert_file), str(s.key_file))
+        return ctx
+
+    def _birth(self) -> bytes:
+        return birth(site=self.site, station=self.station, boot_id=self.outbox.boot_id, connection=self._attempts,
+                     now_ns=time.time_ns(), boot_started_ns=self._boot_started_ns, software=f"reedge {__version__}",
+                     previous=self._previous)
+
+    def _offline(self) -> bytes:
+        return will(site=self.site, station=self.station, boot_id=self.outbox.boot_id, connection=self._attempts,
+                    now_ns=time.time_ns(), reason="shutdown")
+
+    def _connection(self, broker: BrokerUrl) -> Literal["done", "fallback", "dropped", "failed"]:
+        """One connection attempt and, if it comes up, its whole life."""
+        protocol: Literal["5", "3.1.1"] = "3.1.1" if broker in self._v311_only | self._probing else "5"
+        if self._past_deadline():
+            return "done"
+        self.outbox.requeue_inflight()
+        self._attempts += 1
+        try:
+            client = self._make_client(broker, protocol)
+        except (OSError, ssl.SSLError, BrokerUrlError) as e:
+            self._event("connect_failed", broker, f"cannot set up the client: {e}")
+            return "failed"
+        conn = _Conn(client, broker, protocol, time.monotonic())
+        self._conn = conn
+        client.on_connect = lambda _c, _u, flags, rc, props: self._on_connect(conn, flags, rc, props)
+        client.on_disconnect = lambda _c, _u, _f, rc, _p: self._on_disconnect(conn, rc)
+        client.on_publish = lambda _c, _u, mid, rc, _p: self._on_publish(conn, mid, rc)
+        client.on_message = lambda _c, _u, m: self._on_message(m)
+        try:
+            if protocol == "5":
+                props = _properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.settings.session_expiry_s
+                client.connect(broker.host, broker.port, self.settings.keepalive_s, clean_start=False,
+                               properties=props)
+            else:
+                client.connect(broker.host, broker.port, self.settings.keepalive_s)
+        except ssl.SSLCertVerificationError as e:
+            self._event("connect_failed", broker, f"TLS: the broker's certificate was not accepted: {e.verify_message}"
+                                                  " (check ca_file and the host name in the URL)")
+            return "failed"
+        except (OSError, ssl.SSLError) as e:
+            self._event("connect_failed", broker, f"cannot connect: {e}")
+            return "failed"
+        try:
+            return self._serve(conn)
+        finally:
+            self._connected_event.clear()
+            sock = client.socket()
+            if sock is not None:     # abandoned without DISCONNECT, so that the broker publishes the Will
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _serve(self, conn: _Conn) -> Literal["done", "fallback", "dropped", "failed"]:
+        client = conn.client
+        while True:
+            sock = client.socket()
+            if sock is None or conn.lost:
+                break
+            if conn.refused is not None:
+                break
+            if not conn.connected and time.monotonic() - conn.started > self.settings.connect_timeout_s:
+                conn.timed_out = True
+                break
+            wait = TICK_S
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                wait = 0
+            rlist, wlist, _ = select.select([sock, self._wake_r], [sock] if client.want_write() else [], [], wait)
+            if self._wake_r in rlist:
+                self._drain_wake()
+            if sock in rlist or wait == 0:
+                client.loop_read()
+            if client.socket() is not None and (sock in wlist or client.want_write()):
+                client.loop_write()
+            if client.socket() is not None:
+                client.loop_misc()
+            self._apply_acks(conn)
+            if conn.connected and not conn.lost:
+                if self._stopping() and self._stop_step(conn):
+                    return "done"
+                if conn.offline_mid is None:
+                    self._pump(conn)
+            elif self._past_deadline():
+                return "done"                                # stopping, and no connection to flush through
+        if conn.refused is not None:
+            rc = conn.refused
+            if conn.protocol == "5" and rc.value in (UNSUPPORTED_PROTOCOL, 1) and self.settings.protocol == "auto":
+                self._v311_only.add(conn.broker)
+                self._event("protocol_fallback", conn.broker, "the broker refused MQTT 5: using MQTT 3.1.1",
+                            rc.value)
+                return "fallback"
+            self._event("connect_failed", conn.broker, f"the broker refused the connection: {rc.getName()}"
+                                                       f" (0x{rc.value:02x})", rc.value)
+            return "failed"
+        self._apply_acks(conn)
+        if conn.connected:
+            return "dropped"
+        timed_out = conn.timed_out or (conn.close_rc is not None and conn.close_rc.value == KEEPALIVE_TIMEOUT)
+        why = (f"no CONNACK within {min(self.settings.connect_timeout_s, self.settings.keepalive_s):g} s"
+               if timed_out else "the connection closed before CONNACK")
+        if conn.broker.tls and not timed_out:
+            why += (" (over TLS this is how a broker refuses a client certificate, or the lack of one:"
+                    " check cert_file and key_file)")
+        if (conn.protocol == "5" and self.settings.protocol == "auto" and conn.broker not in self._probing
+                and conn.broker not in self._v5_seen):
+            # Some 3.1.1 brokers (amqtt) hang up on, or never answer, an MQTT 5 CONNECT: try 3.1.1 once.
+            self._probing.add(conn.broker)
+            self._event("connect_failed", conn.broker, f"{why}; trying MQTT 3.1.1")
+            return "fallback"
+        self._probing.discard(conn.broker)
+        self._event("connect_failed", conn.broker, why)
+        return "failed"
+
+    # paho callbacks (network thread, inside loop_read / loop_misc)
+
+    def _on_connect(self, conn: _Conn, flags: mqtt.ConnectFlags, rc: ReasonCode, props: Properties | None) -> None:
+        if rc.is_failure:
+            conn.refused = rc
+            return
+        conn.connected = True
+        if conn.protocol == "5":
+            self._v5_seen.add(conn.broker)
+        if conn.broker in self._probing:     # 5 was hung up on, 3.1.1 works: a 3.1.1-only broker
+            self._probing.discard(conn.broker)
+            self._v311_only.add(conn.broker)
+            self._event("protocol_fallback", conn.broker, "MQTT 5 was hung up on, MQTT 3.1.1 works: using 3.1.1")
+        if conn.protocol == "5":
+            receive_max = getattr(props, "ReceiveMaximum", V5_DEFAULT_RECEIVE_MAX) if props else V5_DEFAULT_RECEIVE_MAX
+            conn.window = max(1, min(int(receive_max), self.settings.max_inflight))
+        else:
+            conn.window = max(1, min(V311_WINDOW, self.settings.max_inflight))
+        self._connects += 1
+        self._connected_event.set()
+        self._event("connected", conn.broker, f"MQTT {conn.protocol}, window {conn.window},"
+                                              f" session present {bool(flags.session_present)}")
+        if not flags.session_present and self._subs:
+            conn.client.subscribe([(s.topic_filter, s.qos) for s in self._subs])
+        info = conn.client.publish(self.topics.status, self._birth(), qos=1, retain=True)
+        conn.control_mids.add(info.mid)
+
+    def _on_disconnect(self, conn: _Conn, rc: ReasonCode) -> None:
+        if conn.lost:        # paho may report the same loss twice (keepalive, then the ping check)
+            return
+        conn.lost = True
+        conn.close_rc = rc
+        if conn.connected and conn.offline_mid is None:
+            self._event("disconnected", conn.broker, f"connection lost: {rc.getName()}",
+                        rc.value if rc.value else None)
+
+    def _on_publish(self, conn: _Conn, mid: int, rc: ReasonCode) -> None:
+        if mid in conn.control_mids:
+            conn.control_mids.discard(mid)
+            if mid == conn.offline_mid:
+                conn.offline_acked = not rc.is_failure
+            elif rc.is_failure:
+                self._event("rejected", conn.broker, f"the status message was refused: {rc.getName()}", rc.value)
+            return
+        msg_id = conn.mids.pop(mid, None)
+        if msg_id is None:
+            return
+        msg = conn.keys.pop(msg_id)
+        if rc.is_failure:
+            # Kept in the outbox, still marked in flight: set aside until the next connection re-sends it.
+            self._rejected += 1
+            self.rejected_messages.append((msg.key, rc.value, rc.getName()))
+            self._event("rejected", conn.broker, f"{msg.topic} {msg.stream} seq {msg.seq} not accepted:"
+                                                 f" {rc.getName()} (kept in the outbox)", rc.value, msg.key)
+            return
+        conn.acked.append(msg_id)
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        for sub in self._subs:
+            if mqtt.topic_matches_sub(sub.topic_filter, message.topic):
+                try:
+                    sub.handler(message)
+                except Exception:
+                    log.exception("mqtt session: handler for %s raised", sub.topic_filter)
+
+    # sending
+
+    def _apply_acks(self, conn: _Conn) -> None:
+        if not conn.acked:
+            return
+        acked, conn.acked = conn.acked, []
+        self.outbox.ack_many(acked)
+        self._acked += len(acked)
+        with self._flushed:
+            self._flushed.notify_all()
+
+    def _pump(self, conn: _Conn) -> None:
+        """Fill the window from the outbox, oldest first."""
+        while (free := conn.window - len(conn.mids)) > 0:
+            batch = self.outbox.pending(free)
+            if not batch:
+                return
+            handed: list[int] = []   # marked in flight together: PUBACKs are read on this thread, after this
+            try:
+                for msg in batch:
+                    try:
+                        payload = envelope(msg, site=self.site, station=self.station)
+                    except EnvelopeError as e:   # set aside (in flight) until the next connection, reported
+                        handed.append(msg.id)
+                        self._event("error", conn.broker, f"{msg.stream} seq {msg.seq} cannot be sent: {e}"
+                                                          " (kept in the outbox)", message=msg.key)
+                        continue
+                    info = conn.client.publish(msg.topic, payload, qos=msg.qos, retain=msg.retain)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and conn.client.socket() is None:
+                        return                               # the connection went while sending
+                    handed.append(msg.id)
+                    self._published += 1
+                    if msg.qos == 0:
+                        conn.acked.append(msg.id)            # at most once by definition: handed to the socket
+                    else:
+                        conn.mids[info.mid] = msg.id
+                        conn.keys[msg.id] = msg
+            finally:
+                self.outbox.mark_inflight(handed)
+            if conn.client.socket() is None:
+                return
+
+    def _stop_step(self, conn: _Conn) -> bool:
+        """While stopping: True once the offline status is acknowledged (or the deadline has passed)."""
+        if conn.offline_mid is None:
+            empty = not conn.mids and not self.outbox.pending(1)
+            if not (empty or self._past_deadline()):
+                return False
+            info = conn.client.publish(self.topics.status, self._offline(), qos=1, retain=True)
+            conn.offline_mid = info.mid
+            conn.control_mids.add(info.mid)
+            conn.offline_sent_at = time.monotonic()
+            return False
+        waited = time.monotonic() - conn.offline_sent_at
+        if conn.offline_acked or waited > STATUS_WAIT_S:
+            conn.client.disconnect()
+            with contextlib.suppress(Exception):
+                while conn.client.want_write() and conn.client.socket() is not None:
+                    if conn.client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+            return True
+        return False

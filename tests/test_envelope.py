@@ -1,0 +1,175 @@
+"""Topics and envelopes: names that cannot break a topic, deterministic bytes from the outbox's stored
+fields (a re-send is identical, also after reopening), the birth's previous-boot sequences, parse errors."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from edge.telemetry import envelope as E
+from edge.telemetry import schemas
+from edge.telemetry.outbox import Outbox, Priority
+from edge.telemetry.topics import STREAMS, StationTopics, TopicError, parse_topic, subscription
+
+T = StationTopics("pilot-line", "hd-01")
+
+
+# ---- topics --------------------------------------------------------------------------------------
+
+def test_topics_of_a_station() -> None:
+    assert T.status == "reedge/v1/pilot-line/hd-01/status"
+    assert T.telemetry.endswith("/hd-01/telemetry") and T.state.endswith("/state") and T.batch.endswith("/batch")
+    assert T.cmd("ack_alarm") == "reedge/v1/pilot-line/hd-01/cmd/ack_alarm"
+    assert T.reply("reset") == "reedge/v1/pilot-line/hd-01/reply/reset"
+    assert T.cmd_filter == "reedge/v1/pilot-line/hd-01/cmd/+"
+    assert subscription() == "reedge/v1/+/+/#"
+    assert subscription("pilot-line") == "reedge/v1/pilot-line/+/#"
+
+
+@pytest.mark.parametrize("bad", ["", "+", "#", "hd/01", "HD-01", "-hd", "hd 01", "$sys", "a" * 33, "hd\x00"])
+def test_a_name_that_would_break_a_topic_is_refused_clearly(bad: str) -> None:
+    with pytest.raises(TopicError, match=r"station .* cannot be an MQTT topic level"):
+        StationTopics("pilot-line", bad)
+    if bad != "+":   # the wildcard is what subscription means by "every station"
+        with pytest.raises(TopicError, match="station"):
+            subscription("pilot-line", bad)
+
+
+def test_unknown_verb_and_stream_are_refused() -> None:
+    with pytest.raises(TopicError, match="unknown command verb 'explode'"):
+        T.cmd("explode")
+    with pytest.raises(TopicError, match="unknown stream"):
+        T.topic("logs")
+
+
+def test_parse_topic_round_trips_every_topic() -> None:
+    for name, spec in STREAMS.items():
+        topic = T.topic(name, "hold") if "{verb}" in spec.suffix else T.topic(name)
+        parts = parse_topic(topic)
+        assert (parts.site, parts.station, parts.stream) == ("pilot-line", "hd-01", name)
+    for bad in ("reedge/v2/a/b/status", "reedge/v1/a/b", "reedge/v1/a/b/cmd/explode", "reedge/v1/a/b/status/x"):
+        with pytest.raises(TopicError):
+            parse_topic(bad)
+
+
+def test_reply_topics_a_command_may_ask_for() -> None:
+    assert T.check_reply_topic("scada/replies/7") == "scada/replies/7"
+    assert T.check_reply_topic(T.reply("hold")) == T.reply("hold")
+    for bad in (T.state, T.event, "reedge/v1/pilot-line/hd-02/reply/hold", "scada/+", "$SYS/x", "", "a\nb"):
+        with pytest.raises(TopicError):
+            T.check_reply_topic(bad)
+
+
+# ---- envelopes ----------------------------------------------------------------------------------
+
+def test_envelope_is_byte_identical_on_resend_and_after_reopening(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path, boot_id="boot-a", synchronous="NORMAL") as ob:
+        msg = ob.put("telemetry", T.telemetry, {"channels": {"chamber_temp": {"last": 612.4}}, "z": 1, "a": [1, 2]},
+                     priority=Priority.TELEMETRY)
+        first = E.envelope(msg, site="pilot-line", station="hd-01")
+        again = E.envelope(ob.pending(1)[0], site="pilot-line", station="hd-01")
+    with Outbox(path, boot_id="boot-b", synchronous="NORMAL") as ob:   # a restart: another boot re-sends it
+        resent = E.envelope(ob.pending(1)[0], site="pilot-line", station="hd-01")
+    assert first == again == resent
+    doc = json.loads(first)
+    assert list(doc) == list(E.KEYS)
+    assert (doc["boot_id"], doc["stream"], doc["seq"]) == ("boot-a", "telemetry", 1)
+    assert doc["body"] == {"channels": {"chamber_temp": {"last": 612.4}}, "z": 1, "a": [1, 2]}
+    assert first.endswith(b',"body":' + msg.payload + b"}"), "the stored body is spliced as it is"
+    assert schemas.errors(doc, "envelope.json") == []
+
+
+def test_timestamp_is_utc_rfc3339_with_milliseconds_of_created_ns() -> None:
+    ns = 1_741_944_413_589_999_999
+    assert E.rfc3339_ms(ns) == "2025-03-14T09:26:53.589Z"
+    assert E.parse_rfc3339("2025-03-14T09:26:53.589Z") == 1_741_944_413_589_000_000
+    assert E.parse_rfc3339("2025-03-14T10:26:53.589+01:00") == 1_741_944_413_589_000_000
+    raw = E.build(site="s1", station="st1", boot_id="b1", stream="event", seq=3, created_ns=ns, body={"x": 1})
+    env = E.parse(raw)
+    assert env.ts == "2025-03-14T09:26:53.589Z" and env.t_ns == 1_741_944_413_589_000_000
+    assert env.key == ("b1", "event", 3) and env.body == {"x": 1}
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"stream": "cmd"}, "not a published stream"),
+    ({"stream": "logs"}, "not a published stream"),
+    ({"seq": 0}, "seq must be an integer from 1"),
+    ({"boot_id": "has space"}, "boot id"),
+    ({"station": "HD"}, "station"),
+    ({"body": b"[1,2]"}, "must be a JSON object"),
+    ({"body": b"{not json"}, "not JSON"),
+    ({"body": {"v": float("nan")}}, "not JSON-serialisable"),
+])
+def test_build_refuses_what_cannot_be_an_envelope(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {"site": "s", "station": "st", "boot_id": "b", "stream": "event", "seq": 1,
+                               "created_ns": 0, "body": {}}
+    args.update(kwargs)
+    with pytest.raises(E.EnvelopeError, match=match):
+        E.build(**args)  # type: ignore[arg-type]
+
+
+def _doc() -> dict[str, object]:
+    raw = E.build(site="s", station="st", boot_id="b", stream="state", seq=9, created_ns=0, body={})
+    doc: dict[str, object] = json.loads(raw)
+    return doc
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda d: d.pop("seq"), "lacks seq"),
+    (lambda d: d.update(extra=1), "unknown field"),
+    (lambda d: d.update(stream="telemetry"), "does not belong to stream 'telemetry'"),
+    (lambda d: d.update(schema_version="2.0"), "not a 1.x version"),
+    (lambda d: d.update(seq=True), "seq must be an integer"),
+    (lambda d: d.update(ts="yesterday"), "RFC 3339"),
+    (lambda d: d.update(body=[]), "body must be a JSON object"),
+    (lambda d: d.update(site="a/b"), "site"),
+])
+def test_parse_says_what_is_wrong(change, match: str) -> None:
+    doc = _doc()
+    change(doc)
+    with pytest.raises(E.EnvelopeError, match=match):
+        E.parse(json.dumps(doc).encode())
+
+
+def test_parse_refuses_non_json_and_non_objects() -> None:
+    for raw, match in ((b"\xff\xfe", "UTF-8"), (b"{", "not JSON"), (b"[]", "JSON object")):
+        with pytest.raises(E.EnvelopeError, match=match):
+            E.parse(raw)
+
+
+# ---- birth and Will -----------------------------------------------------------------------------
+
+def test_birth_carries_where_the_previous_boot_left_each_stream(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path, boot_id="boot-a", synchronous="NORMAL") as ob:
+        for i in range(5):
+            ob.put("telemetry", T.telemetry, {"i": i}, priority=Priority.TELEMETRY)
+        ob.put("event", T.event, {"kind": "x"}, priority=Priority.EVENT)
+        for m in ob.pending(100):
+            ob.ack(m.id)          # everything sent: the numbers must still be known
+    with Outbox(path, boot_id="boot-b", synchronous="NORMAL") as ob:
+        previous = E.previous_boot(ob, "boot-a")      # before this boot puts anything
+        assert previous.last_seq == {"telemetry": 5, "event": 1}
+        raw = E.birth(site="pilot-line", station="hd-01", boot_id="boot-b", connection=1, now_ns=10**18,
+                      boot_started_ns=10**18, software="reedge test", previous=previous)
+        nxt = ob.put("telemetry", T.telemetry, {"i": 5}, priority=Priority.TELEMETRY)
+    doc = json.loads(raw)
+    assert schemas.errors(doc, "status.json") == []
+    assert doc["seq"] == 1 and doc["body"]["state"] == "online"
+    assert doc["body"]["previous_boot"] == {"boot_id": "boot-a", "last_seq": {"event": 1, "telemetry": 5}}
+    assert nxt.seq == 6, "numbers continue across boots: the birth's 5 is where this boot's numbering resumes"
+
+
+def test_will_and_birth_numbers_are_unique_per_connection() -> None:
+    births = [E.status_seq(n, True) for n in range(1, 5)]
+    offline = [E.status_seq(n, False) for n in range(1, 5)]
+    assert sorted(births + offline) == list(range(1, 9))
+    raw = E.will(site="pilot-line", station="hd-01", boot_id="boot-b", connection=2, now_ns=0)
+    env = E.parse(raw)
+    assert env.seq == 4 and env.body == {"state": "offline", "connection": 2, "reason": "connection_lost"}
+    assert schemas.errors(json.loads(raw), "status.json") == []
+    with pytest.raises(E.EnvelopeError, match="connection"):
+        E.status_seq(0, True)

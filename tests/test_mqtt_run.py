@@ -1,0 +1,163 @@
+"""``reedge run`` publishing for real: the controller on the HIL rig, a mosquitto process, a checking consumer.
+
+One HD batch (``tests/data/hd_mqtt_abort.toml``, 200x) runs through ``hil.runner.run_scenario``
+with ``--broker``, while a script on a second thread drives it over MQTT, as a SCADA would:
+a remote reset (refused: the station does not allow one), hold, the broker stopped and started
+again while the batch is held, resume, and an abort once the purge has begun. The consumer
+(``edge.telemetry.watch.Watch``: ``reedge tail``'s checks and gap tracker) subscribed with a
+persistent session before the controller started; it must have every message schema-valid and
+no sequence number missing on any stream, across the outage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pathlib
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+from edge.telemetry.broker_url import parse_broker_url
+from edge.telemetry.envelope import Envelope, rfc3339_ms
+from edge.telemetry.topics import SCHEMA_BASE, StationTopics
+from edge.telemetry.watch import Watch
+from hil.runner import run_scenario
+from hil.scenario import load_scenario
+from tests.mqtt_broker import Mosquitto
+
+SCENARIO = pathlib.Path(__file__).parent / "data" / "hd_mqtt_abort.toml"
+TOPICS = StationTopics("pilot-line", "hd-01")   # stations/hd_reactor_sim.toml
+WAIT_S = 60.0          # safety nets, never measurements
+OUTAGE_S = 1.5         # wall seconds without a broker (300 s of plant time)
+
+
+def envelopes(watch: Watch, stream: str) -> list[Envelope]:
+    """The stream's messages as received, one per sequence number (re-sends dropped), in order."""
+    seen: dict[int, Envelope] = {}
+    for c in watch.snapshot():
+        env = c.envelope
+        if env is not None and env.stream == stream and not c.retained:
+            seen.setdefault(env.seq, env)
+    return [seen[k] for k in sorted(seen)]
+
+
+def phases(watch: Watch) -> list[str]:
+    return [str(e.body["phase"]) for e in envelopes(watch, "event") if e.body.get("kind") == "phase"]
+
+
+def last_state(watch: Watch) -> dict[str, Any]:
+    states = envelopes(watch, "state")
+    return states[-1].body if states else {}
+
+
+def send(watch: Watch, verb: str, issuer: str, **args: Any) -> str:
+    command_id = str(uuid.uuid4())
+    doc = {"schema": f"{SCHEMA_BASE}cmd-{verb}.json", "command_id": command_id,
+           "issued_at": rfc3339_ms(time.time_ns()), "issuer": issuer, "args": args}
+    watch.client.publish(TOPICS.cmd(verb), json.dumps(doc), qos=1)
+    return command_id
+
+
+def reply(watch: Watch, command_id: str) -> dict[str, Any]:
+    def answered(w: Watch) -> bool:
+        return any(c.envelope is not None and c.envelope.stream == "reply"
+                   and c.envelope.body.get("command_id") == command_id for c in w.messages)
+
+    assert watch.wait(answered, WAIT_S), f"no reply to command {command_id}"
+    return next(e.body for e in envelopes(watch, "reply") if e.body.get("command_id") == command_id)
+
+
+class Script(threading.Thread):
+    """What the SCADA does during the batch; ``replies`` by verb, ``error`` if a step failed."""
+
+    def __init__(self, watch: Watch, broker: Mosquitto) -> None:
+        super().__init__(daemon=True)
+        self.watch, self.broker = watch, broker
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.error: str | None = None
+
+    def run(self) -> None:
+        w = self.watch
+        try:
+            assert w.wait(lambda w: "leak_test" in phases(w), WAIT_S), "no leak_test phase event"
+            self.replies["reset"] = reply(w, send(w, "reset", "service-laptop", rule="lid_open"))
+            self.replies["hold"] = reply(w, send(w, "hold", "scada-hd", reason="MQTT test hold"))
+            assert w.wait(lambda w: last_state(w).get("run") == "held", WAIT_S), "state never said held"
+            self.broker.stop()
+            time.sleep(OUTAGE_S)          # the controller goes on without a broker, held in its leak test
+            self.broker.start()
+            self.replies["resume"] = reply(w, send(w, "resume", "scada-hd"))
+            assert w.wait(lambda w: "purge" in phases(w), WAIT_S), "no purge phase event"
+            self.replies["abort"] = reply(w, send(w, "abort", "scada-hd", reason="MQTT test abort"))
+        except BaseException:
+            self.error = traceback.format_exc()
+
+
+def test_controller_publishes_every_message_and_obeys_mqtt_commands(tmp_path: pathlib.Path) -> None:
+    broker = Mosquitto(tmp_path / "broker").start()
+    watch = Watch(parse_broker_url(broker.url), site=TOPICS.site, station=TOPICS.station, client_id="test-watch",
+                  protocol="5", keep=True).start()
+    late: Watch | None = None
+    try:
+        script = Script(watch, broker)
+        script.start()
+        record = run_scenario(load_scenario(SCENARIO), tmp_path / "report",
+                              controller_args=("--broker", broker.url, "--mqtt-flush-s", "10"))
+        script.join(WAIT_S)
+        assert script.error is None, script.error
+        assert record["outcome"] == "pass", (record["error"], record["measurements"])
+        assert watch.wait(lambda w: w.offline_seen, WAIT_S), "the controller's offline status never arrived"
+
+        # every message valid, and no sequence number missing on any stream, across the outage
+        assert watch.invalid == []
+        assert watch.gaps == [] and watch.tracker.lost == 0, watch.summary()
+        births = [c.envelope.body for c in watch.snapshot()
+                  if c.envelope is not None and c.envelope.stream == "status" and c.envelope.body["state"] == "online"]
+        assert len(births) >= 2, "a birth at the start and one after the broker came back"
+
+        # commands: executed on the controller and answered; the reset refused with its reason
+        r = script.replies
+        assert (r["hold"]["result"], r["resume"]["result"], r["abort"]["result"]) == ("accepted",) * 3
+        assert (r["reset"]["result"], r["reset"]["code"]) == ("rejected", "not_allowed")
+        assert "remote reset" in r["reset"]["message"]
+        audit = [e.body for e in envelopes(watch, "event") if e.body.get("kind") == "command"]
+        assert [(a["verb"], a["result"]) for a in audit] == [
+            ("reset", "rejected"), ("hold", "accepted"), ("resume", "accepted"), ("abort", "accepted")]
+        operator = [e.body["message"] for e in envelopes(watch, "event") if e.body.get("kind") == "operator_action"]
+        assert operator == ["hold: MQTT test hold", "resume", "abort: MQTT test abort"]
+
+        # the sequence as events, and the state that followed it
+        seen = phases(watch)
+        assert seen[:3] == ["load_check", "leak_test", "purge"] and seen[-1] == "aborted", seen
+        assert last_state(watch)["run"] == "aborted"
+
+        # batch records: start, and end with the outcome
+        start, end = (e.body for e in envelopes(watch, "batch"))
+        assert (start["record"], start["batch_id"], start["process"]) == ("start", "mqtt-test", "hd")
+        assert (end["record"], end["outcome"], end["reason"]) == ("end", "aborted", "MQTT test abort")
+        assert end["accounting"]["phase_leak_test_s"] > 0 and end["accounting"]["trips"] == 0
+
+        # telemetry: windows tile the core's ticks from its first one, none missing
+        windows = [e.body["window"] for e in envelopes(watch, "telemetry")]
+        assert windows[0]["first_tick"] <= 1
+        for before, after in itertools.pairwise(windows):
+            assert after["first_tick"] == before["last_tick"] + 1 and after["start_ns"] >= before["end_ns"]
+        assert all(w["ticks_missed"] == 0 for w in windows)
+        assert sum(w["samples"] for w in windows) == windows[-1]["last_tick"] - windows[0]["first_tick"] + 1
+
+        # the state is retained: a consumer that comes later gets the last one at once
+        late = Watch(parse_broker_url(broker.url), site=TOPICS.site, station=TOPICS.station, client_id="test-late",
+                     keep=True).start()
+        last_seq = envelopes(watch, "state")[-1].seq
+        assert late.wait(lambda w: any(c.retained and c.envelope is not None and c.envelope.stream == "state"
+                                       for c in w.messages), WAIT_S)
+        retained = next(c.envelope for c in late.snapshot() if c.envelope is not None and c.envelope.stream == "state")
+        assert retained.seq == last_seq and retained.body["run"] == "aborted"
+    finally:
+        if late is not None:
+            late.close()
+        watch.close()
+        broker.close()

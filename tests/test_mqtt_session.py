@@ -1,0 +1,573 @@
+"""The MQTT session against real brokers: nothing the outbox holds is lost, whatever happens on the way.
+
+Every integration test runs a real broker (a mosquitto process, or the embedded amqtt broker), a
+consumer with a persistent session that is up throughout (so that the broker's queueing is not
+what is tested), and checks with ``mqtt_broker.verify`` that each stream's sequence numbers
+arrived from 1 to the last one put, in order, no gap; re-sent duplicates are allowed and must be
+byte-identical to the first copy. What happens in between: a broker stopped and restarted on the
+same port, the edge process killed with SIGKILL during an outage and restarted, the network
+black-holed by a proxy, a failover to a second broker, a 3.1.1-only broker.
+
+Short keepalive (2 s), CONNACK timeout (2 s) and backoff (50 ms to 0.5 s) keep the module quick;
+every wait is a safety net (``SAFETY_S``) on a condition, never a timed assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edge.telemetry.broker_url import (
+    BrokerSettings,
+    BrokerSettingsError,
+    BrokerUrl,
+    BrokerUrlError,
+    parse_broker_list,
+    parse_broker_url,
+    read_broker_settings,
+)
+from edge.telemetry.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
+from edge.telemetry.envelope import parse
+from edge.telemetry.outbox import Outbox, Priority
+from edge.telemetry.session import MqttSession, SessionError, SessionEvent, backoff_delay
+from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, TcpProxy, free_port, verify
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SITE, STATION = "pilot", "hd-01"
+STREAMS = ("telemetry", "event", "state", "batch")
+
+
+def fast(brokers: str, **kw: object) -> BrokerSettings:
+    """Test settings: quick to notice a dead link, quick to retry."""
+    args: dict[str, object] = {"keepalive_s": 2, "connect_timeout_s": 2, "backoff_min_s": 0.05,
+                               "backoff_max_s": 0.5, **kw}
+    return BrokerSettings(parse_broker_list(brokers), **args)  # type: ignore[arg-type]
+
+
+class Events:
+    """Collects the session's events (network thread) for the assertions."""
+
+    def __init__(self) -> None:
+        self.items: list[SessionEvent] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: SessionEvent) -> None:
+        with self.lock:
+            self.items.append(event)
+
+    def kinds(self) -> list[str]:
+        with self.lock:
+            return [e.kind for e in self.items]
+
+    def wait(self, kind: str, count: int = 1) -> bool:
+        deadline = time.monotonic() + SAFETY_S
+        while time.monotonic() < deadline:
+            if self.kinds().count(kind) >= count:
+                return True
+            time.sleep(0.02)
+        return False
+
+
+@pytest.fixture
+def broker(tmp_path: pathlib.Path) -> Iterator[Mosquitto]:
+    m = Mosquitto(tmp_path / "broker", extra="max_inflight_messages 7")
+    try:
+        yield m.start()
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def outbox(tmp_path: pathlib.Path) -> Iterator[Outbox]:
+    with Outbox(tmp_path / "outbox.db", boot_id="boot-1", synchronous="NORMAL") as ob:
+        yield ob
+
+
+class Producer:
+    """Puts messages, streams in turn, from its own thread (the controller's side), as far as ``allow`` says.
+
+    The test drives the phases (before, during, after an outage) by allowing more puts, so that
+    nothing depends on how fast the machine is.
+    """
+
+    def __init__(self, session: MqttSession, interval: float = 0.001) -> None:
+        self.session, self.interval = session, interval
+        self.done = 0
+        self.last: dict[str, int] = {}
+        self.error: BaseException | None = None
+        self._allowed = 0
+        self._finished = False
+        self._cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            i = 0
+            while True:
+                with self._cond:
+                    while i >= self._allowed and not self._finished:
+                        self._cond.wait()
+                    if i >= self._allowed:
+                        return
+                stream = STREAMS[i % len(STREAMS)]
+                msg = self.session.put(stream, {"i": i})
+                self.last[stream] = msg.seq
+                i += 1
+                self.done = i
+                time.sleep(self.interval)
+        except BaseException as e:
+            self.error = e
+
+    def put(self, n: int) -> None:
+        """Put ``n`` more and wait until they are stored."""
+        with self._cond:
+            self._allowed += n
+            target = self._allowed
+            self._cond.notify_all()
+        deadline = time.monotonic() + SAFETY_S
+        while self.done < target and self.error is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert self.error is None, self.error
+        assert self.done == target
+
+    def finish(self) -> dict[str, int]:
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+        self.thread.join(SAFETY_S)
+        assert self.error is None, self.error
+        return dict(self.last)
+
+
+def retained_status(port: int) -> dict[str, object]:
+    """The retained status as a fresh subscriber sees it."""
+    got: list[bytes] = []
+    event = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="status-reader", protocol=MQTTProtocolVersion.MQTTv5)
+
+    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        got.append(bytes(m.payload))
+        event.set()
+
+    c.on_message = on_message
+    c.connect("127.0.0.1", port)
+    c.subscribe(f"reedge/v1/{SITE}/{STATION}/status", qos=1)
+    c.loop_start()
+    try:
+        assert event.wait(SAFETY_S), "no retained status"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    env = parse(got[0])
+    assert env.stream == "status"
+    return env.body
+
+
+# ---- broker URLs and settings -------------------------------------------------------------------------
+
+
+def test_broker_urls_parse_with_defaults_and_failover_lists() -> None:
+    assert parse_broker_url("mqtt://broker.plant.local") == BrokerUrl("broker.plant.local", 1883, False)
+    assert parse_broker_url("mqtts://10.0.0.5") == BrokerUrl("10.0.0.5", 8883, True)
+    assert parse_broker_url(" MQTTS://b:9000/ ") == BrokerUrl("b", 9000, True)
+    assert parse_broker_url("mqtt://[::1]:1884") == BrokerUrl("::1", 1884, False)
+    assert str(parse_broker_url("mqtt://[::1]:1884")) == "mqtt://[::1]:1884"
+    assert parse_broker_list("mqtts://a:8883, mqtts://b:8883") == (BrokerUrl("a", 8883, True),
+                                                                   BrokerUrl("b", 8883, True))
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("broker:1883", "expected mqtt://host[:port]"),
+    ("http://broker", "unknown scheme 'http'"),
+    ("ssl://broker", "use mqtts://"),
+    ("mqtt://user:secret@broker", "no credentials"),
+    ("mqtt://broker:0", "port must be a number from 1 to 65535"),
+    ("mqtt://broker:99999", "port must be"),
+    ("mqtt://broker:x", "port must be"),
+    ("mqtt://broker/topic", "no path"),
+    ("mqtt://", "no host"),
+    ("mqtt://::1:1883", "brackets"),
+    ("mqtt://[nothex]:1", "not an IPv6 address"),
+    ("mqtt://bad_host!", "not a host name"),
+])
+def test_bad_broker_urls_are_refused_with_a_clear_reason(text: str, says: str) -> None:
+    with pytest.raises(BrokerUrlError, match=None) as info:
+        parse_broker_url(text)
+    assert says in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+def test_bad_broker_lists_are_refused() -> None:
+    for text, says in (("", "no broker given"), ("mqtt://a,,mqtt://b", "empty entry"),
+                       ("mqtt://a:1883,mqtt://a", "listed twice")):
+        with pytest.raises(BrokerUrlError) as info:
+            parse_broker_list(text)
+        assert says in str(info.value)
+
+
+def test_station_mqtt_keys_are_checked_and_every_problem_named(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "pw").write_text("s3cret\n")
+    settings, problems = read_broker_settings(
+        {"brokers": ["mqtts://a:8883", "mqtts://b:8883"], "ca_file": "ca.pem", "username": "hd-01",
+         "password_file": "pw", "keepalive_s": 15}, base_dir=tmp_path)
+    assert problems == [] and settings is not None
+    assert settings.ca_file == tmp_path / "ca.pem" and settings.keepalive_s == 15
+    assert settings.password() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert read_broker_settings({}) == (None, [])
+    _, problems = read_broker_settings({"brokers": "mqtt://a", "keepalive_s": True, "ca_file": "missing.pem",
+                                        "max_inflight": "10"}, base_dir=tmp_path)
+    keys = [k for k, _ in problems]
+    assert keys == ["keepalive_s", "max_inflight", "ca_file"]
+    _, problems = read_broker_settings({"brokers": "mqtt://a", "ca_file": "ca.pem"}, base_dir=tmp_path)
+    assert problems == [("ca_file", "TLS files given but no broker is mqtts://: credentials would go in clear")]
+    _, problems = read_broker_settings({"brokers": "mqtt://a", "password_file": "pw", "backoff_min_s": 5,
+                                        "backoff_max_s": 1}, base_dir=tmp_path)
+    assert [k for k, _ in problems] == ["backoff_min_s", "password_file"]
+    settings, _ = read_broker_settings({"brokers": "mqtt://a"}, brokers_override="mqtt://b,mqtt://c")
+    assert settings is not None and [b.host for b in settings.brokers] == ["b", "c"]
+    with pytest.raises(BrokerSettingsError, match="cert_file"):
+        BrokerSettings(parse_broker_list("mqtts://a"), key_file=tmp_path / "ca.pem")
+
+
+def test_backoff_is_full_jitter_under_an_exponential_bound() -> None:
+    rng = random.Random(5)
+    for n, bound in ((0, 0.5), (1, 1.0), (3, 4.0), (7, 60.0), (500, 60.0)):
+        delays = [backoff_delay(n, 0.5, 60.0, rng) for _ in range(2000)]
+        assert min(delays) >= 0.0 and max(delays) <= bound
+        assert min(delays) < bound * 0.05 and max(delays) > bound * 0.95    # spread over the whole range
+        assert abs(sum(delays) / len(delays) - bound / 2) < bound * 0.05     # uniform: mean at half the bound
+
+
+def test_put_refuses_what_cannot_be_sent_and_stores_nothing(outbox: Outbox) -> None:
+    session = MqttSession(outbox, fast("mqtt://127.0.0.1:1"), site=SITE, station=STATION)
+    for stream, body in (("status", {}), ("cmd", {}), ("nope", {}), ("event", b"not json"), ("event", b"[1]")):
+        with pytest.raises(SessionError):
+            session.put(stream, body)
+    assert outbox.stats().count == 0
+    with pytest.raises(SessionError, match="never started"):
+        session.stop()
+
+
+def test_stop_without_a_broker_keeps_every_message(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, boot_id="b1", synchronous="NORMAL") as ob:
+        events = Events()
+        session = MqttSession(ob, fast(f"mqtt://127.0.0.1:{free_port()}"), site=SITE, station=STATION,
+                              on_event=events).start()
+        for i in range(10):
+            session.put("event", {"i": i}, priority=Priority.ALARM)
+        assert events.wait("connect_failed")
+        result = session.stop(flush_timeout_s=0.2)
+        assert not result.flushed and result.remaining == 10 and not result.offline_published
+    with Outbox(path, boot_id="b2") as ob:
+        assert [m.seq for m in ob.pending(100)] == list(range(1, 11))
+
+
+# ---- delivery through mosquitto -------------------------------------------------------------------------
+
+
+def test_every_message_arrives_in_order_with_birth_window_and_offline_status(broker: Mosquitto,
+                                                                             outbox: Outbox) -> None:
+    consumer = Consumer(broker.port)
+    try:
+        events = Events()
+        session = MqttSession(outbox, fast(broker.url), site=SITE, station=STATION, on_event=events).start()
+        assert session.wait_connected(SAFETY_S)
+        stats = session.stats()
+        assert stats.protocol == "5" and stats.window == 7      # the broker's Receive Maximum (max_inflight 7)
+        last: dict[str, int] = {}
+        for i in range(100):                                    # one scan's worth at a time, 4 streams
+            for msg in session.put_many([(s, {"i": i, "s": s}, None, None) for s in STREAMS]):
+                last[msg.stream] = msg.seq
+        assert session.wait_flushed(SAFETY_S)
+        assert consumer.wait_for(last)
+        verdict = consumer.verify(last)
+        assert verdict.problems == [] and verdict.received == 400
+        result = session.stop(flush_timeout_s=10)
+        assert result.flushed and result.offline_published
+        births = [parse(p).body for p in consumer.received.status]
+        assert births[0]["state"] == "online" and births[0]["previous_boot"] == {"boot_id": None, "last_seq": {}}
+        status = retained_status(broker.port)
+        assert status["state"] == "offline" and status["reason"] == "shutdown"
+        assert session.stats().acked == 400 and outbox.stats().count == 0
+        assert events.kinds().count("connected") == 1
+    finally:
+        consumer.close()
+
+
+def test_broker_stopped_and_restarted_while_publishing_loses_nothing(broker: Mosquitto, outbox: Outbox) -> None:
+    consumer = Consumer(broker.port)
+    events = Events()
+    session = MqttSession(outbox, fast(broker.url), site=SITE, station=STATION, on_event=events).start()
+    try:
+        assert session.wait_connected(SAFETY_S)
+        producer = Producer(session)
+        producer.put(150)
+        broker.stop()
+        assert events.wait("disconnected")
+        producer.put(150)                                       # puts go on during the outage
+        assert not session.stats().connected
+        assert outbox.stats().count >= 150                     # held by the outbox, nowhere else
+        broker.start()
+        producer.put(150)
+        last = producer.finish()
+        assert session.wait_flushed(SAFETY_S)
+        assert consumer.wait_for(last)
+        verdict = consumer.verify(last)
+        assert verdict.problems == [], verdict
+        assert session.stats().connects >= 2
+        assert session.stop().flushed
+    finally:
+        session.stop(0)
+        consumer.close()
+
+
+def test_edge_killed_during_an_outage_and_restarted_loses_nothing(broker: Mosquitto, tmp_path: pathlib.Path) -> None:
+    consumer = Consumer(broker.port)
+    path = tmp_path / "edge-outbox.db"
+    first = Child(path, broker.url, "boot-one", 400, linger=True)
+    second: Child | None = None
+    try:
+        first.wait_puts(100)
+        broker.stop()                                           # outage while the edge keeps putting
+        n = len(first.puts)
+        first.wait_puts(n + 100)
+        first.proc.send_signal(signal.SIGKILL)
+        assert first.proc.wait(SAFETY_S) == -signal.SIGKILL
+        second = Child(path, broker.url, "boot-two", 100)      # restarts, still no broker
+        second.wait_puts(20)
+        broker.start()
+        assert second.proc.wait(SAFETY_S) == 0, second.output()
+        assert second.lines[-1] == "STOP True 0"
+        last = {s: max(q for (st, q) in first.puts + second.puts if st == s) for s in STREAMS}
+        assert consumer.wait_for(last)
+        verdict = consumer.verify(last)
+        assert verdict.problems == [], verdict
+        boots = {k[0] for k in consumer.received.keys}
+        assert boots == {"boot-one", "boot-two"}               # the dead boot's backlog went out under its id
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+        consumer.close()
+
+
+def test_network_black_holed_then_restored_loses_nothing(broker: Mosquitto, outbox: Outbox) -> None:
+    consumer = Consumer(broker.port)                            # straight to the broker: not cut
+    proxy = TcpProxy(broker.port)
+    events = Events()
+    session = MqttSession(outbox, fast(proxy.url), site=SITE, station=STATION, on_event=events).start()
+    try:
+        assert session.wait_connected(SAFETY_S)
+        producer = Producer(session)
+        producer.put(100)
+        proxy.cut()                                             # no RST, no FIN: only keepalive can tell
+        producer.put(100)
+        assert events.wait("disconnected")                      # keepalive noticed
+        assert events.wait("connect_failed")                    # and a reconnect got no CONNACK
+        producer.put(100)
+        proxy.restore()
+        producer.put(100)
+        last = producer.finish()
+        assert session.wait_flushed(SAFETY_S)
+        assert consumer.wait_for(last)
+        verdict = consumer.verify(last)
+        assert verdict.problems == [], verdict
+        assert session.stats().protocol == "5"                 # a timeout must not have downgraded for good
+        assert session.stop().flushed
+    finally:
+        session.stop(0)
+        proxy.close()
+        consumer.close()
+
+
+def test_failover_to_the_second_broker_loses_nothing(tmp_path: pathlib.Path, outbox: Outbox) -> None:
+    first = Mosquitto(tmp_path / "b1").start()
+    second = Mosquitto(tmp_path / "b2").start()
+    c1, c2 = Consumer(first.port, client_id="c1"), Consumer(second.port, client_id="c2")
+    events = Events()
+    session = MqttSession(outbox, fast(f"{first.url},{second.url}"), site=SITE, station=STATION,
+                          on_event=events).start()
+    try:
+        assert session.wait_connected(SAFETY_S)
+        producer = Producer(session)
+        producer.put(100)
+        first.stop()
+        producer.put(200)
+        last = producer.finish()
+        assert session.wait_flushed(SAFETY_S)
+        assert session.stats().broker == second.url
+        assert c2.wait_for(last)
+        # everything c1 got came before the failover, so c1's arrivals then c2's are one timeline
+        arrivals = list(zip(c1.received.keys + c2.received.keys, c1.received.payloads + c2.received.payloads,
+                            strict=True))
+        verdict = verify(arrivals, last)
+        assert verdict.problems == [], verdict
+        assert c1.received.keys and c2.received.keys
+    finally:
+        session.stop(0)
+        c1.close()
+        c2.close()
+        first.close()
+        second.close()
+
+
+# ---- the embedded broker (amqtt) ----------------------------------------------------------------------
+
+
+def test_embedded_amqtt_broker_is_3_1_1_only_and_the_session_falls_back(outbox: Outbox) -> None:
+    with EmbeddedBroker() as embedded:
+        assert embedded.url.host == "127.0.0.1"
+        consumer = Consumer(embedded.url.port, protocol=MQTTProtocolVersion.MQTTv311)
+        events = Events()
+        session = MqttSession(outbox, fast(str(embedded.url)), site=SITE, station=STATION, on_event=events).start()
+        try:
+            assert session.wait_connected(SAFETY_S)
+            assert session.stats().protocol == "3.1.1" and session.stats().window == 20
+            assert "protocol_fallback" in events.kinds()
+            last: dict[str, int] = {}
+            for i in range(75):
+                for msg in session.put_many([(s, {"i": i}, None, None) for s in STREAMS]):
+                    last[msg.stream] = msg.seq
+            assert session.wait_flushed(SAFETY_S)
+            assert consumer.wait_for(last)
+            verdict = consumer.verify(last)
+            assert verdict.problems == [] and verdict.received == 300
+            assert session.stop().offline_published
+        finally:
+            session.stop(0)
+            consumer.close()
+        direct = MqttSession(outbox, embedded.settings(keepalive_s=2), site=SITE, station=STATION,
+                             on_event=events).start()             # 3.1.1 from the start: no fallback needed
+        try:
+            assert direct.wait_connected(SAFETY_S) and direct.stats().protocol == "3.1.1"
+            assert events.kinds().count("protocol_fallback") == 1
+        finally:
+            direct.stop(0)
+    with pytest.raises(EmbeddedBrokerError, match="loopback"):
+        EmbeddedBroker(host="0.0.0.0")
+
+
+# ---- the child process ------------------------------------------------------------------------------
+
+
+class Child:
+    """``tests/mqtt_worker.py`` in a child process; its ``P stream seq`` lines are read as they come."""
+
+    def __init__(self, outbox: pathlib.Path, broker: str, boot: str, count: int, *, linger: bool = False) -> None:
+        cmd = [sys.executable, "-m", "tests.mqtt_worker", "--outbox", str(outbox), "--broker", broker,
+               "--boot", boot, "--count", str(count)]
+        if linger:
+            cmd.append("--linger")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.puts: list[tuple[str, int]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.strip()
+            self.lines.append(line)
+            if line.startswith("P "):
+                _, stream, seq = line.split()
+                self.puts.append((stream, int(seq)))
+
+    def wait_puts(self, n: int) -> None:
+        deadline = time.monotonic() + SAFETY_S
+        while len(self.puts) < n and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.puts) >= n, self.output()
+
+    def output(self) -> str:
+        err = ""
+        if self.proc.poll() is not None and self.proc.stderr is not None:
+            err = self.proc.stderr.read()
+        return json.dumps(self.lines[-5:]) + "\n" + err[-3000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(SAFETY_S)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+# ---- the station file ----------------------------------------------------------------------------
+
+
+def test_station_file_mqtt_section_gives_broker_settings_and_names_bad_keys(tmp_path: pathlib.Path) -> None:
+    from edge.config import ConfigError, parse_station
+
+    source = ROOT / "stations" / "hd_reactor_sim.toml"
+    text = source.read_text()
+    assert "[mqtt.roles]" in text
+    (tmp_path / "ca.pem").write_text("x")
+    good = text.replace("[mqtt.roles]", '[mqtt]\nbrokers = ["mqtts://a.plant:8883", "mqtts://b.plant"]\n'
+                                        f'ca_file = "{tmp_path / "ca.pem"}"\nkeepalive_s = 10\n\n[mqtt.roles]', 1)
+    station = parse_station(good, str(source))
+    assert station.broker is not None
+    assert [str(b) for b in station.broker.brokers] == ["mqtts://a.plant:8883", "mqtts://b.plant:8883"]
+    assert station.broker.keepalive_s == 10 and station.commands.verbs_for("scada-hd")   # both readers ran
+    assert parse_station(text, str(source)).broker is None                              # no broker: None
+    bad = text.replace("[mqtt.roles]", '[mqtt]\nbrokers = ["mqtt://user:pw@a"]\nkeepalive = 10\n\n[mqtt.roles]', 1)
+    with pytest.raises(ConfigError) as info:
+        parse_station(bad, str(source))
+    shown = str(info.value)
+    assert "mqtt.brokers: mqtt://***@a: no credentials in a broker URL" in shown
+    assert "mqtt.keepalive: unknown key 'keepalive'" in shown and "did you mean 'keepalive_s'?" in shown
+    assert "pw" not in shown.replace("password", "")
+
+
+# ---- commands in: the broker keeps the session ---------------------------------------------------------
+
+
+def test_commands_sent_while_the_station_is_away_arrive_when_it_is_back(broker: Mosquitto, outbox: Outbox) -> None:
+    got: list[tuple[str, bytes]] = []
+    arrived = threading.Event()
+
+    def on_command(message: mqtt.MQTTMessage) -> None:
+        got.append((message.topic, bytes(message.payload)))
+        arrived.set()
+
+    def session() -> MqttSession:
+        s = MqttSession(outbox, fast(broker.url), site=SITE, station=STATION)
+        s.subscribe(s.topics.cmd_filter, 1, on_command)
+        return s.start()
+
+    first = session()
+    assert first.wait_connected(SAFETY_S)
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada", protocol=MQTTProtocolVersion.MQTTv5)
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    try:
+        sender.publish(first.topics.cmd("hold"), b'{"id": 1}', qos=1).wait_for_publish(SAFETY_S)
+        assert arrived.wait(SAFETY_S) and got == [(first.topics.cmd("hold"), b'{"id": 1}')]
+        assert first.stop().offline_published
+        arrived.clear()
+        sender.publish(first.topics.cmd("abort"), b'{"id": 2}', qos=1).wait_for_publish(SAFETY_S)
+        second = session()                                   # same client id: the broker kept the session
+        try:
+            assert arrived.wait(SAFETY_S)
+            assert got[-1] == (first.topics.cmd("abort"), b'{"id": 2}')
+        finally:
+            second.stop(0)
+    finally:
+        sender.disconnect()
+        sender.loop_stop()

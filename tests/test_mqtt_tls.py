@@ -1,0 +1,223 @@
+"""TLS and ACLs: the shipped deploy/mosquitto config and ACL, run by a real mosquitto with a throw-away PKI.
+
+The broker config is ``deploy/mosquitto/mosquitto.conf`` itself, with only its paths, ports and log
+target rewritten for a temp dir (its optional password listener uncommented), and the ACL is
+``deploy/mosquitto/acl`` as shipped: so these tests check what a plant would deploy. Certificates
+come from ``openssl`` with the commands of ``deploy/mosquitto/README.md``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from edge.telemetry.broker_url import BrokerSettings, parse_broker_list
+from edge.telemetry.outbox import Outbox, Priority
+from edge.telemetry.session import MqttSession, SessionEvent
+from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, Pki, free_port, make_ca, make_pki, wait_until
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy" / "mosquitto"
+SITE = "pilot-line"            # the site written out in deploy/mosquitto/acl
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[SessionEvent] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: SessionEvent) -> None:
+        with self.lock:
+            self.items.append(event)
+
+    def of(self, kind: str) -> list[SessionEvent]:
+        with self.lock:
+            return [e for e in self.items if e.kind == kind]
+
+    def wait(self, kind: str, count: int = 1) -> list[SessionEvent]:
+        deadline = time.monotonic() + SAFETY_S
+        while time.monotonic() < deadline and len(self.of(kind)) < count:
+            time.sleep(0.02)
+        found = self.of(kind)
+        assert len(found) >= count, f"no {kind} event: {self.items}"
+        return found
+
+
+@dataclass
+class PlantBroker:
+    broker: Mosquitto
+    tls_port: int
+    password_port: int
+    pki: Pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"), ["hd-01", "hd-02", "scada"])
+
+
+def shipped_config(broker_dir: pathlib.Path, pki: Pki, tls_port: int, password_port: int) -> str:
+    """deploy/mosquitto/mosquitto.conf with this test's paths and ports, its password listener enabled."""
+    text = (DEPLOY / "mosquitto.conf").read_text()
+    optional = re.search(r"^# listener 8884$.*?(?=^\s*$)", text, flags=re.M | re.S)
+    assert optional is not None, "the optional password listener is gone from the shipped config"
+    text = text.replace(optional.group(0), re.sub(r"^# ", "", optional.group(0), flags=re.M))
+    replacements = {
+        "listener 8883": f"listener {tls_port} 127.0.0.1",
+        "listener 8884": f"listener {password_port} 127.0.0.1",
+        "/etc/mosquitto/reedge/acl": str(broker_dir / "acl"),
+        "/etc/mosquitto/reedge/passwords": str(broker_dir / "passwords"),
+        "/etc/mosquitto/reedge/": f"{pki.dir}/",
+        "persistence_location /var/lib/mosquitto/": f"persistence_location {broker_dir}/",
+        "log_dest syslog": f"log_dest file {broker_dir / 'mosquitto.log'}",
+    }
+    for old, new in replacements.items():
+        assert old in text, f"{old!r} is gone from the shipped config"
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture
+def plant(tmp_path: pathlib.Path, pki: Pki) -> Iterator[PlantBroker]:
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    (broker_dir / "acl").write_text((DEPLOY / "acl").read_text())
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(broker_dir / "passwords"), "hd-01", "right-password"],
+                   check=True, capture_output=True, timeout=SAFETY_S)
+    tls_port, password_port = free_port(), free_port()
+    broker = Mosquitto(broker_dir, port=tls_port,
+                       config=shipped_config(broker_dir, pki, tls_port, password_port))
+    try:
+        broker.start()
+        yield PlantBroker(broker, tls_port, password_port, pki)
+    finally:
+        broker.close()
+
+
+def client_context(pki: Pki, cn: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(*map(str, pki.clients[cn]))
+    return ctx
+
+
+def station_settings(url: str, **kw: object) -> BrokerSettings:
+    args: dict[str, object] = {"keepalive_s": 2, "connect_timeout_s": 2, "backoff_min_s": 0.05,
+                               "backoff_max_s": 0.5, **kw}
+    return BrokerSettings(parse_broker_list(url), **args)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def outbox(tmp_path: pathlib.Path) -> Iterator[Outbox]:
+    with Outbox(tmp_path / "outbox.db", boot_id="boot-1", synchronous="NORMAL") as ob:
+        yield ob
+
+
+def test_station_publishes_with_its_certificate_and_cannot_write_into_another_station(
+        plant: PlantBroker, outbox: Outbox) -> None:
+    pki = plant.pki
+    consumer = Consumer(plant.tls_port, host="localhost", client_id="scada", tls=client_context(pki, "scada"))
+    cert, key = pki.clients["hd-01"]
+    events = Events()
+    session = MqttSession(outbox, station_settings(f"mqtts://localhost:{plant.tls_port}", ca_file=pki.ca,
+                                                   cert_file=cert, key_file=key),
+                          site=SITE, station="hd-01", on_event=events).start()
+    try:
+        assert session.wait_connected(SAFETY_S)
+        assert session.stats().protocol == "5"
+        last: dict[str, int] = {}
+        for i in range(50):
+            for msg in session.put_many([("telemetry", {"i": i}, None, None), ("event", {"i": i}, None, None)]):
+                last[msg.stream] = msg.seq
+        # A message for another station's topic (as a bug or a tampered outbox would make it):
+        foreign = outbox.put("batch", f"reedge/v1/{SITE}/hd-02/batch", {"kind": "start"}, priority=Priority.BATCH)
+        for i in range(50, 60):
+            for msg in session.put_many([("telemetry", {"i": i}, None, None), ("event", {"i": i}, None, None)]):
+                last[msg.stream] = msg.seq
+        rejected = events.wait("rejected")
+        assert rejected[0].reason_code == 0x87 and rejected[0].message == foreign.key     # Not authorized
+        assert consumer.wait_for(last)
+        verdict = consumer.verify(last)
+        assert verdict.problems == [], verdict                 # the station's own streams: complete, in order
+        assert not any(k[1] == "batch" for k in consumer.received.keys)     # the foreign one never arrived
+        wait_until(lambda: session.stats().acked == 120, "all 120 of the station's own messages acknowledged")
+        assert session.stats().rejected == 1
+        assert [m.key for m in outbox.pending(10)] == []        # set aside (in flight) until the next connection
+        assert outbox.stats().count == 1                        # ... but kept, never dropped
+        result = session.stop(flush_timeout_s=1)
+        assert not result.flushed and result.remaining == 1 and result.offline_published
+    finally:
+        session.stop(0)
+        consumer.close()
+    assert [m.key for m in outbox.pending(10)] == [foreign.key]   # sent again by the next session
+
+
+def test_wrong_ca_and_wrong_host_name_are_refused_with_a_clear_error(plant: PlantBroker, outbox: Outbox,
+                                                                    tmp_path: pathlib.Path) -> None:
+    pki = plant.pki
+    cert, key = pki.clients["hd-01"]
+    other_ca, _ = make_ca(tmp_path / "other", "other-ca")
+    cases = ((f"mqtts://localhost:{plant.tls_port}", other_ca, "self-signed certificate in certificate chain"),
+             (f"mqtts://127.0.0.1:{plant.tls_port}", pki.ca, "IP address mismatch"))    # the cert names localhost
+    for url, ca, says in cases:
+        events = Events()
+        session = MqttSession(outbox, station_settings(url, ca_file=ca, cert_file=cert, key_file=key),
+                              site=SITE, station="hd-01", on_event=events).start()
+        try:
+            failed = events.wait("connect_failed")
+            assert "TLS: the broker's certificate was not accepted" in failed[0].detail
+            assert says in failed[0].detail
+            assert session.stats().connects == 0 and not session.wait_connected(0)
+        finally:
+            session.stop(0)
+
+
+def test_a_station_without_a_client_certificate_is_refused(plant: PlantBroker, outbox: Outbox) -> None:
+    events = Events()
+    session = MqttSession(outbox, station_settings(f"mqtts://localhost:{plant.tls_port}", ca_file=plant.pki.ca),
+                          site=SITE, station="hd-01", on_event=events).start()
+    try:
+        failed = events.wait("connect_failed")
+        assert "check cert_file and key_file" in failed[0].detail
+        assert session.stats().connects == 0
+    finally:
+        session.stop(0)
+
+
+def test_user_name_and_password_over_tls(plant: PlantBroker, outbox: Outbox, tmp_path: pathlib.Path) -> None:
+    pki = plant.pki
+    consumer = Consumer(plant.tls_port, host="localhost", client_id="scada", tls=client_context(pki, "scada"))
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text("right-password\n")
+    bad.write_text("wrong-password\n")
+    url = f"mqtts://localhost:{plant.password_port}"
+    try:
+        events = Events()
+        refused = MqttSession(outbox, station_settings(url, ca_file=pki.ca, username="hd-01", password_file=bad),
+                              site=SITE, station="hd-01", on_event=events).start()
+        try:
+            failed = events.wait("connect_failed")
+            assert failed[0].reason_code in (0x86, 0x87)        # bad user name or password / not authorized
+            assert "refused the connection" in failed[0].detail
+        finally:
+            refused.stop(0)
+        session = MqttSession(outbox, station_settings(url, ca_file=pki.ca, username="hd-01", password_file=good),
+                              site=SITE, station="hd-01").start()
+        try:
+            last = {"event": 0}
+            for i in range(20):
+                last["event"] = session.put("event", {"i": i}).seq
+            assert session.wait_flushed(SAFETY_S)
+            assert consumer.wait_for(last)
+            assert consumer.verify(last).problems == []
+        finally:
+            session.stop(0)
+    finally:
+        consumer.close()
