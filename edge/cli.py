@@ -15,19 +15,50 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from edge import __version__
+from edge import __version__, boards_cli
+from edge.telemetry import tail
 
 if TYPE_CHECKING:
     from edge.control.recipe import ProfileStep
 
 STATIONS = pathlib.Path(__file__).resolve().parent.parent / "stations"
-DEFAULT_STATION = STATIONS / "hd_reactor_sim.toml"
+DEMO_SCENARIO = STATIONS.parent / "hil" / "scenarios" / "hd_normal_batch.toml"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
-    return run_demo(pathlib.Path(args.station), time_scale=args.time_scale, color=not args.no_color)
+    return run_demo(pathlib.Path(args.scenario), report_dir=pathlib.Path(args.report_dir),
+                    time_scale=args.time_scale, color=not args.no_color,
+                    broker=None if args.no_broker else args.broker or "embedded")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.run import RunOptions, run
+
+    return run(RunOptions(
+        station=pathlib.Path(args.station), state_dir=pathlib.Path(args.state_dir),
+        recipe=pathlib.Path(args.recipe) if args.recipe else None, batch_id=args.batch_id, operator=args.operator,
+        scan_s=args.scan_s, json_lines=args.json, commands_stdin=args.commands == "stdin",
+        exit_when_done=args.exit_when_done, rig=pathlib.Path(args.rig) if args.rig else None,
+        broker=args.broker, mqtt_protocol=args.mqtt_protocol, site=args.site, station_id=args.station_id,
+        recipes_dir=pathlib.Path(args.recipes_dir) if args.recipes_dir else None,
+        telemetry_window_s=args.telemetry_window_s, outbox_quota_bytes=_quota_bytes(args.outbox_quota_mb),
+        mqtt_flush_s=args.mqtt_flush_s))
+
+
+def _quota_bytes(mb: float) -> int:
+    from edge.telemetry.outbox import MIN_QUOTA
+
+    if not mb * 1024 * 1024 >= MIN_QUOTA:      # also refuses NaN
+        raise ValueError(f"--outbox-quota-mb must be at least {MIN_QUOTA / 1024 / 1024:g}, got {mb:g}")
+    return int(mb * 1024 * 1024)
+
+
+def cmd_hil_run(args: argparse.Namespace) -> int:
+    from hil.runner import run_files
+
+    return run_files([pathlib.Path(s) for s in args.scenarios], pathlib.Path(args.report_dir))
 
 
 def cmd_station_check(args: argparse.Namespace) -> int:
@@ -212,11 +243,55 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"reedge {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the core against a simulated HD reactor, provoke a trip, show the safe state")
-    p.add_argument("--station", default=str(DEFAULT_STATION), help="station file (default: the example HD reactor)")
-    p.add_argument("--time-scale", type=float, default=10.0, help="plant seconds per wall second (default 10)")
+    p = sub.add_parser("demo", help="a whole HD batch on the virtual rig in about a minute, with its report")
+    p.add_argument("--scenario", default=str(DEMO_SCENARIO), help="HIL scenario to run (default: the normal HD "
+                   "batch)")
+    p.add_argument("--time-scale", type=float, default=None, help="plant seconds per wall second (default: the "
+                   "scenario's, 600 for the HD batch)")
+    p.add_argument("--report-dir", default="demo-report", help="where the record, JUnit XML and plot go "
+                   "(default %(default)s)")
     p.add_argument("--no-color", action="store_true", help="plain output")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--broker", metavar="URL", help="publish to this broker (mqtt://host[:port]) instead of the "
+                   "embedded one the demo starts on loopback by default")
+    g.add_argument("--no-broker", action="store_true", help="run without MQTT")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run the controller of a station (recovers an interrupted batch first)")
+    p.add_argument("--station", required=True, help="station file")
+    p.add_argument("--state-dir", default="/var/lib/reedge", help="run state and latched trips (default %(default)s)")
+    p.add_argument("--recipe", help="start a batch with this recipe once running (unless one was recovered)")
+    p.add_argument("--batch-id", help="batch id (default: the start time)")
+    p.add_argument("--operator", default="", help="who started the batch")
+    p.add_argument("--scan-s", type=float, default=1.0, help="controller scan period, s (default 1)")
+    p.add_argument("--json", action="store_true", help="events and status as JSON lines")
+    p.add_argument("--commands", choices=["none", "stdin"], default="none",
+                   help="read operator commands (JSON lines) from stdin")
+    p.add_argument("--exit-when-done", action="store_true", help="exit once the batch is done or aborted")
+    p.add_argument("--broker", metavar="URL[,URL...]", help="MQTT broker(s), replacing the station's [mqtt] brokers "
+                   "(without either, the controller runs without MQTT; it never starts a broker)")
+    p.add_argument("--mqtt-protocol", choices=["auto", "5", "3.1.1"], help="replaces [mqtt] protocol (default: the "
+                   "station's, else auto)")
+    p.add_argument("--site", help="site id in the MQTT topics (default: the station file's)")
+    p.add_argument("--station-id", help="station id in the MQTT topics (default: the station file's)")
+    p.add_argument("--recipes-dir", help="recipes an MQTT start command may name (default: the folder of --recipe, "
+                   "else the station file's)")
+    p.add_argument("--telemetry-window-s", type=float, default=1.0, help="one telemetry message per this many "
+                   "seconds of core time (default %(default)s)")
+    p.add_argument("--outbox-quota-mb", type=float, default=256.0, help="disk quota of the MQTT outbox in the state "
+                   "dir; past it telemetry is thinned, never events (default %(default)s)")
+    p.add_argument("--mqtt-flush-s", type=float, default=5.0, help="at shutdown, how long to keep sending the "
+                   "outbox (the rest waits for the next start; default %(default)s)")
+    p.add_argument("--rig", metavar="DIR", help=argparse.SUPPRESS)   # set by hil.rig only
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("hil", help="hardware-in-the-loop: run scenarios on the virtual rig")
+    hsub = p.add_subparsers(dest="hil_command", required=True, metavar="ACTION")
+    c = hsub.add_parser("run", help="run scenario files; exit 1 when an expectation fails, 2 on a bad file")
+    c.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="hil/scenarios/*.toml")
+    c.add_argument("--report-dir", default="hil-reports", help="JSON, JUnit XML and PNG per scenario "
+                   "(default %(default)s)")
+    c.set_defaults(func=cmd_hil_run)
 
     p = sub.add_parser("station", help="station files")
     ssub = p.add_subparsers(dest="station_command", required=True, metavar="ACTION")
@@ -246,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="check what this machine gives the controller")
     p.set_defaults(func=cmd_doctor)
+
+    boards_cli.register(sub)  # boards list|show, flash, provision (edge/boards_cli.py)
+    tail.register(sub)  # tail: watch and check stations' MQTT messages (edge/telemetry/tail.py)
     return ap
 
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, TypeVar, cast, overload
 
+from edge.boards import BoardError, DriverUse, check_station_wiring, load_board
 from edge.control.alarms import (
     ALARM_KINDS,
     DEVIATION_KINDS,
@@ -58,12 +59,20 @@ from edge.corespec import (
     RuleKind,
     RuleSpec,
 )
+from edge.io.pfeiffer import PfeifferConfig, parse_instrument
+from edge.io.sensornode import ChannelMap, OutputMap, SensorNodeConfig
 from edge.messages import FileError
 from edge.messages import describe as _describe
 from edge.messages import did_you_mean as _did_you_mean
 from edge.messages import join as _join
 from edge.messages import short as _short
 from edge.messages import unknown as _unknown
+from edge.telemetry.access import MQTT_KEYS as _MQTT_KEYS
+from edge.telemetry.access import CommandSettings
+from edge.telemetry.access import read_settings as _read_command_settings
+from edge.telemetry.broker_url import BROKER_KEYS as _BROKER_KEYS
+from edge.telemetry.broker_url import BrokerSettings
+from edge.telemetry.broker_url import read_broker_settings as _read_broker_settings
 
 __all__ = [
     "AlarmSpec",
@@ -101,7 +110,7 @@ RULE_KINDS: tuple[RuleKind, ...] = (
 )
 DRIVER_TYPES = ("sim", "gpiochip", "spidev")
 SECTIONS = ("station", "core", "drivers", "channels", "outputs", "interlocks", "permissives", "limits", "loops",
-            "alarms", "plumbing")
+            "alarms", "plumbing", "instruments", "sensor_nodes")
 
 #: Valid range of each thermocouple type (NIST ITS-90 reference functions), degC.
 TC_RANGE_C: dict[str, tuple[float, float]] = {
@@ -179,6 +188,11 @@ class Station:
     loops: tuple[LoopSpec, ...] = ()
     alarms: tuple[AlarmSpec, ...] = ()
     plumbing: GasPlumbing = field(default_factory=GasPlumbing)
+    board: str | None = None  # [station] board: the boards/NAME.toml the wiring was checked against
+    commands: CommandSettings = field(default_factory=CommandSettings)  # [mqtt.roles], [mqtt.commands]
+    broker: BrokerSettings | None = None  # [mqtt] brokers, TLS, credentials (None: no broker configured)
+    instruments: Mapping[str, PfeifferConfig] = field(default_factory=dict)  # [instruments.NAME]: serial devices
+    sensor_nodes: Mapping[str, SensorNodeConfig] = field(default_factory=dict)  # [sensor_nodes.NAME]: Pico nodes
 
 
 # ============================================================================ errors
@@ -208,25 +222,27 @@ class ConfigErrors(ConfigError):
 # ============================================================================ entry points
 
 
-def load_station(path: str | os.PathLike[str]) -> Station:
-    """Read and validate a station file; any problem is a ``ConfigError`` naming the file."""
+def load_station(path: str | os.PathLike[str], *, boards_dir: pathlib.Path | None = None) -> Station:
+    """Read and validate a station file; any problem is a ``ConfigError`` naming the file.
+    ``boards_dir``: where ``[station] board`` is looked up (default ``boards/``)."""
     source = os.fspath(path)
     try:
         text = pathlib.Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, "", f"cannot read the station file: {exc}") from exc
-    return parse_station(text, source)
+    return parse_station(text, source, boards_dir=boards_dir)
 
 
-def parse_station(text: str, source: str) -> Station:
+def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = None) -> Station:
     """Validate station-file text; ``source`` is the name errors carry (usually the path)."""
     document = _parse_toml(text, source)
     report = _Report(source)
     top = _Table(report, document, "", noun="section")
 
-    identity, allow_remote_reset = _read_station(top)
+    identity, allow_remote_reset, board = _read_station(top)
     settings = _read_core(top)
     drivers = _read_drivers(top)
+    _check_board(report, board, drivers, boards_dir)
     channels = _read_channels(top, drivers)
     outputs = _read_outputs(top, drivers, settings)
     drivers = _with_initial_levels(drivers, outputs)
@@ -237,6 +253,10 @@ def parse_station(text: str, source: str) -> Station:
     loops = _read_loops(top, settings, channels, outputs, limits)
     alarms = _read_alarms(top, channels, loops, outputs, rules)
     plumbing = _read_plumbing(top, settings, channels, outputs, loops, limits)
+    commands, broker = _read_mqtt(top)
+    instruments = _read_instruments(top, channels)
+    sensor_nodes = _read_sensor_nodes(top, channels, outputs, {i.channel: f"instruments.{n}"
+                                                              for n, i in instruments.items()})
 
     _check_shared_namespace(report, channels, outputs, rules, loops, alarms)
     _check_table_sizes(report, drivers, channels, outputs, rules, permissives)
@@ -271,6 +291,11 @@ def parse_station(text: str, source: str) -> Station:
         loops=_valid(loops),
         alarms=_valid(alarms),
         plumbing=plumbing,
+        board=board,
+        commands=commands,
+        broker=broker,
+        instruments=instruments,
+        sensor_nodes=sensor_nodes,
     )
 
 
@@ -296,20 +321,54 @@ def _parse_toml(text: str, source: str) -> dict[str, object]:
 # ============================================================================ [station]
 
 
-def _read_station(top: _Table) -> tuple[StationIdentity | None, bool]:
-    """Identity and the one remote-control switch: remote reset of latched trips."""
+def _read_station(top: _Table) -> tuple[StationIdentity | None, bool, str | None]:
+    """Identity, the board it runs on, and the one remote-control switch: remote reset of latched trips."""
     t = top.table("station", required=True, expected="[station] with id, site and kind")
     if t is None:
-        return None, False
+        return None, False, None
     station_id = t.need("id", _ident, "the station id, e.g. \"hd-01\" (lowercase letters, digits, - and _)")
     site = t.need("site", _ident, "the site name, e.g. \"pilot-line\"")
     kind = t.need("kind", _choice(STATION_KINDS), "\"hd_reactor\" or \"sintering_furnace\"")
     description = t.get("description", _text(500), "")
     allow_remote_reset = t.get("allow_remote_reset", _boolean, False)
+    board = t.get("board", _ident)
     t.finish()
     if station_id is None or site is None or kind is None:
-        return None, allow_remote_reset
-    return StationIdentity(site, station_id, cast(StationKind, kind), description), allow_remote_reset
+        return None, allow_remote_reset, board
+    return StationIdentity(site, station_id, cast(StationKind, kind), description), allow_remote_reset, board
+
+
+def _check_board(
+    report: _Report, board_name: str | None, drivers: Mapping[str, _Driver | None], boards_dir: pathlib.Path | None
+) -> None:
+    """The drivers' chips, lines and SPI devices must exist on the named board (``edge.boards``).
+
+    No ``board`` key: the wiring is not checked against a board (older files, and the loader's own
+    tests); ``reedge provision`` refuses such a station, so nothing unchecked reaches an SBC."""
+    if board_name is None:
+        return
+    try:
+        board = load_board(board_name, boards_dir)
+    except BoardError as exc:
+        for error in exc.errors:
+            broken = error.key_path or error.source.endswith(".toml")
+            report.add("station.board", f"the board file is broken: {error}" if broken else error.message)
+        return
+    uses = []
+    for driver in drivers.values():
+        if driver is None:
+            continue
+        params = driver.spec.params
+        uses.append(DriverUse(driver.spec.name, driver.spec.type, chip=params.get("chip", ""),
+                              inputs=_offsets(params.get("inputs", "")), outputs=_offsets(params.get("outputs", "")),
+                              dev=params.get("dev", "")))
+    for key_path, message in check_station_wiring(board, uses):
+        report.add(key_path, message)
+
+
+def _offsets(joined: str) -> tuple[int, ...]:
+    """"5,6,13" (as ``_join_ints`` wrote it for the C driver) back to line offsets."""
+    return tuple(int(part) for part in joined.split(",") if part)
 
 
 # ============================================================================ [core]
@@ -1401,6 +1460,128 @@ def _read_inlet_valves(
         t.ok = False
     return valves
 # ============================================================================ cross-section checks
+
+
+# ============================================================================ [mqtt]
+
+
+INSTRUMENT_TYPES = ("pfeiffer",)
+
+
+def _read_instruments(top: _Table, channels: Mapping[str, ChannelSpec | None]) -> dict[str, PfeifferConfig]:
+    """[instruments.NAME]: serial instruments the Python side polls and injects (``edge.io``). Each feeds an
+    injected channel, and no channel is fed by two instruments (two sources would interleave silently)."""
+    section = top.table("instruments", expected="[instruments.NAME] tables")
+    if section is None:
+        return {}
+    found: dict[str, PfeifferConfig] = {}
+    fed: dict[str, str] = {}
+    for name, t in section.named_tables():
+        if t is None:
+            continue
+        kind = t.data.get("type")
+        if kind not in INSTRUMENT_TYPES:
+            t.report("type", _unknown("instrument type", str(kind), INSTRUMENT_TYPES))
+            t.accept(*t.data)
+            continue
+        t.accept(*t.data)        # parse_instrument checks every key of its type
+        try:
+            cfg = parse_instrument(t.data, t.path)
+        except ValueError as exc:
+            for line in str(exc).splitlines():
+                key_path, _, message = line.partition(": ")
+                top.report_to.add(key_path, message or line)
+            continue
+        channel = channels.get(cfg.channel)
+        if cfg.channel not in channels:
+            t.report("channel", _unknown("channel", cfg.channel, channels))
+        elif channel is not None and channel.kind != "injected":
+            t.report("channel", f"{cfg.channel!r} is a {channel.kind} channel: an instrument feeds an injected one")
+        elif cfg.channel in fed:
+            t.report("channel", f"{cfg.channel!r} is already fed by instruments.{fed[cfg.channel]}")
+        else:
+            fed[cfg.channel] = name
+            found[name] = cfg
+    return found
+
+
+_NODE_KEYS = ("port", "node_id", "firmware", "config_hash", "baudrate", "keepalive_ms", "channels", "outputs")
+
+
+def _read_sensor_nodes(top: _Table, channels: Mapping[str, ChannelSpec | None],
+                       outputs: Mapping[str, OutputSpec | None], fed: Mapping[str, str]) -> dict[str, SensorNodeConfig]:
+    """[sensor_nodes.NAME]: MicroPython nodes on a serial link (``edge.io.sensornode``). Their channels feed
+    injected channels with a max age (a quiet node must make them STALE); their outputs follow core outputs."""
+    section = top.table("sensor_nodes", expected="[sensor_nodes.NAME] tables")
+    if section is None:
+        return {}
+    found: dict[str, SensorNodeConfig] = {}
+    feeders = dict(fed)
+    for name, t in section.named_tables():
+        if t is None:
+            continue
+        t.accept(*_NODE_KEYS)
+        port = t.need("port", _text(4096), "the node's serial port (a /dev/serial/by-id name)")
+        maps: list[ChannelMap] = []
+        table = t.table("channels", expected="a table: node channel = { core = \"channel\", scale, offset }")
+        for node_ch, entry in (table.named_tables() if table is not None else []):
+            if entry is None:
+                continue
+            entry.accept("core", "scale", "offset")
+            core = entry.need("core", _text(64), "the injected core channel it feeds")
+            scale = entry.get("scale", _number, 1.0)
+            offset = entry.get("offset", _number, 0.0)
+            entry.finish()
+            if core is None:
+                continue
+            spec = channels.get(core)
+            if core not in channels:
+                entry.report("core", _unknown("channel", core, channels))
+            elif spec is not None and (spec.kind != "injected" or spec.max_age_ms <= 0):
+                entry.report("core", f"{core!r} must be an injected channel with max_age_ms (it is {spec.kind})")
+            elif core in feeders:
+                entry.report("core", f"{core!r} is already fed by {feeders[core]}")
+            else:
+                feeders[core] = f"sensor_nodes.{name}"
+                maps.append(ChannelMap(node_ch, core, scale, offset))
+        outs: list[OutputMap] = []
+        table = t.table("outputs", expected="a table: node output = \"core output\"")
+        for node_out in list(table.data) if table is not None else []:
+            assert table is not None
+            core_out = table.get(node_out, _text(64))
+            if core_out is not None and core_out not in outputs:
+                table.report(node_out, _unknown("output", core_out, outputs))
+            elif core_out is not None:
+                outs.append(OutputMap(node_out, core_out))
+        baudrate = t.get("baudrate", _integer_in(300, 4_000_000), 115200)
+        keepalive = t.get("keepalive_ms", _number_in(20.0, 10_000.0), 200.0)
+        node_id, firmware, config_hash = (t.get(k, _text(64)) for k in ("node_id", "firmware", "config_hash"))
+        t.finish()
+        if port is None:
+            continue
+        try:
+            found[name] = SensorNodeConfig(name=name, port=port, channels=tuple(maps), outputs=tuple(outs),
+                                           baudrate=baudrate, keepalive_ms=keepalive, expect_node_id=node_id,
+                                           expect_firmware=firmware, expect_config_hash=config_hash)
+        except ValueError as exc:
+            t.report(None, str(exc))
+    return found
+
+
+def _read_mqtt(top: _Table) -> tuple[CommandSettings, BrokerSettings | None]:
+    """[mqtt]: who may command the station ([mqtt.roles]) and how commands are checked ([mqtt.commands]),
+    read by ``edge.telemetry.access``; which brokers and how to reach them (``brokers``, TLS files,
+    credentials), read by ``edge.telemetry.broker_url``. Each documents its keys."""
+    t = top.table("mqtt", expected="a table [mqtt]")
+    if t is None:
+        return CommandSettings(), None
+    t.accept(*_MQTT_KEYS, *_BROKER_KEYS)
+    commands = _read_command_settings(t.data, t.report_to.add, t.path)
+    broker, problems = _read_broker_settings(t.data, base_dir=pathlib.Path(t.report_to.source).parent)
+    for key, message in problems:
+        t.report(key, message)
+    t.finish()
+    return commands, broker
 
 
 def _check_shared_namespace(

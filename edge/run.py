@@ -7,8 +7,17 @@ power loss interrupted (``Controller.recover``), then starts the batch it was as
 
 Output: one line per event for the journal, or JSON lines with ``--json`` (what the HIL rig
 reads): ``{"type": "ready"|"event"|"status"|"reply"|"exit", ...}``. Commands, one JSON object per
-line on stdin with ``--commands stdin``: ``{"cmd": "hold"|"resume"|"abort"|"skip"}``. (MQTT
-commands, validated and authorised, drive the same Controller methods.)
+line on stdin with ``--commands stdin``: ``{"cmd": "hold"|"resume"|"abort"|"skip"}``.
+
+**MQTT** (``edge.telemetry.publisher``): with a broker in the station file's ``[mqtt]`` or given
+with ``--broker`` (which replaces the station's list; ``--site``/``--station-id`` replace the
+topic identity), every scan turns what is new (telemetry windows, events, batch records, state)
+into outbox messages in the state dir, and MQTT commands, validated and authorised, drive the
+same Controller methods on this thread; each is answered, and also reported here as a ``reply``
+line with ``"source": "mqtt"``. On shutdown the outbox is flushed for ``--mqtt-flush-s``; what
+is left is sent at the next start. Without a broker the controller runs without MQTT and says so
+once on stderr: ``reedge run`` never starts a broker of its own (a station publishing into a
+broker nobody reads would look healthy while every message went nowhere).
 
 **On the virtual rig** (``--rig DIR``, written by ``hil.rig``; never on a real station): the sim
 driver's register file and the serial ports are the rig's; the core's clock is the plant's, so
@@ -24,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import pathlib
@@ -32,16 +42,24 @@ import signal
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from edge.config import Station, load_station
-from edge.control.controller import BatchRejected, Controller, ProcessEvent
+from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller, ProcessEvent
 from edge.control.recipe import RecipeError, load_recipe
-from edge.core import Core
+from edge.core import Core, CoreEvent
 from edge.io.pfeiffer import GaugePoller
+from edge.io.sensornode import SensorNode
 from edge.systemd import Notifier
+from edge.telemetry.aggregate import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S
+from edge.telemetry.broker_url import BrokerSettings, BrokerUrlError, Protocol, read_broker_settings
+from edge.telemetry.outbox import DEFAULT_QUOTA
+from edge.telemetry.publisher import DEFAULT_FLUSH_S, Publisher, PublisherSettings
+from edge.telemetry.session import SessionEvent
+from edge.telemetry.topics import TopicError, check_level
 
 STATUS_EVERY_S = 1.0     # wall seconds between status lines (and on every change)
 
@@ -100,6 +118,14 @@ class RunOptions:
     commands_stdin: bool = False
     exit_when_done: bool = False
     rig: pathlib.Path | None = None
+    broker: str | None = None              # --broker: replaces the station's [mqtt] brokers
+    mqtt_protocol: Protocol | None = None  # --mqtt-protocol: replaces [mqtt] protocol
+    site: str | None = None                # --site / --station-id: the topic identity
+    station_id: str | None = None
+    recipes_dir: pathlib.Path | None = None   # recipes for MQTT start commands (default: beside --recipe)
+    telemetry_window_s: float = DEFAULT_WINDOW_S
+    outbox_quota_bytes: int = DEFAULT_QUOTA
+    mqtt_flush_s: float = DEFAULT_FLUSH_S
 
 
 class Reporter:
@@ -123,7 +149,8 @@ class Reporter:
                 pass                 # the reader went away (rig stopped): control goes on
 
     def event(self, e: ProcessEvent) -> None:
-        self.write("event", e.message, t_s=e.t_s, kind=e.kind, data=e.data)
+        data = {k: (v.kind.name.lower() if isinstance(v, CoreEvent) else v) for k, v in e.data.items()}
+        self.write("event", e.message, t_s=e.t_s, kind=e.kind, data=data)
 
 
 def _finite(value: Any) -> Any:
@@ -143,19 +170,25 @@ class Commands:
     VERBS = ("hold", "resume", "abort", "skip")
 
     def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+        self.fd = stream.fileno()
         self.closed = False
+        self._pending = b""
 
     def poll(self) -> list[dict[str, Any]]:
+        """Raw reads on the descriptor: select() cannot see lines already in a text stream's buffer."""
         out: list[dict[str, Any]] = []
         while not self.closed:
-            ready, _, _ = select.select([self.stream], [], [], 0)
+            ready, _, _ = select.select([self.fd], [], [], 0)
             if not ready:
                 break
-            line = self.stream.readline()
-            if not line:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
                 self.closed = True
                 break
+            self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace")
             if not line.strip():
                 continue
             try:
@@ -194,10 +227,67 @@ def _hang(signum: int, frame: object) -> None:
         time.sleep(3600)
 
 
+def broker_settings(station: Station, opts: RunOptions) -> BrokerSettings | None:
+    """The station's ``[mqtt]`` broker settings, ``--broker`` replacing its brokers and ``--mqtt-protocol``
+    its protocol; None when there is no broker at all.
+
+    With ``--broker`` the ``[mqtt]`` table is read again with the override, because a station file
+    without ``brokers`` of its own has its TLS and login keys ignored at load (no broker, no use).
+    """
+    if opts.broker is None:
+        settings = station.broker
+    else:
+        try:
+            raw = tomllib.loads(station.source.read_text()).get("mqtt", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise RunError(f"{station.source}: cannot read it again for --broker: {exc}") from exc
+        settings, problems = read_broker_settings(raw if isinstance(raw, dict) else {},
+                                                  base_dir=station.source.parent, brokers_override=opts.broker)
+        if problems:
+            raise RunError("\n".join(f"--broker: {m}" if k == "brokers" else f"{station.source}: mqtt.{k}: {m}"
+                                     for k, m in problems))
+    if settings is not None and opts.mqtt_protocol is not None:
+        try:
+            settings = dataclasses.replace(settings, protocol=opts.mqtt_protocol)
+        except BrokerUrlError as exc:
+            raise RunError(f"--mqtt-protocol: {exc}") from exc
+    return settings
+
+
+def _publisher_settings(station: Station, opts: RunOptions) -> PublisherSettings | None:
+    """What the publisher needs, every option checked before anything starts; None without a broker."""
+    broker = broker_settings(station, opts)
+    if broker is None:
+        return None
+    if not MIN_WINDOW_S <= opts.telemetry_window_s <= MAX_WINDOW_S:
+        raise RunError(f"--telemetry-window-s must be {MIN_WINDOW_S} to {MAX_WINDOW_S}, got {opts.telemetry_window_s}")
+    if not opts.mqtt_flush_s >= 0:
+        raise RunError(f"--mqtt-flush-s must not be negative, got {opts.mqtt_flush_s}")
+    try:
+        site = check_level(opts.site or station.identity.site, "--site")
+        station_id = check_level(opts.station_id or station.identity.station_id, "--station-id")
+    except TopicError as exc:
+        raise RunError(str(exc)) from exc
+    recipes = opts.recipes_dir or (opts.recipe.parent if opts.recipe is not None else station.source.parent)
+    return PublisherSettings(broker=broker, site=site, station=station_id, state_dir=opts.state_dir,
+                             recipes_dir=recipes, window_s=opts.telemetry_window_s,
+                             quota_bytes=opts.outbox_quota_bytes)
+
+
+def _session_event(ev: SessionEvent) -> None:
+    """Connection news for the journal (the session's own log records would repeat them)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"mqtt {ev.kind} {ev.broker}: {ev.detail}", file=sys.stderr, flush=True)
+
+
 def run(opts: RunOptions) -> int:
     reporter = Reporter(opts.json_lines)
     notifier = Notifier()
     station = load_station(opts.station)
+    mqtt_settings = _publisher_settings(station, opts)
+    if mqtt_settings is None:
+        print(f"reedge run: no MQTT broker configured ([mqtt] brokers in {opts.station}) or given (--broker):"
+              " running without MQTT, nothing is published", file=sys.stderr, flush=True)
     binding = RigBinding.load(opts.rig) if opts.rig is not None else None
     if binding is not None:
         station = binding.apply(station)
@@ -235,6 +325,13 @@ def run(opts: RunOptions) -> int:
             pollers[name] = GaugePoller(core, inst)
             pollers[name].start()
             instruments.callback(pollers[name].stop)
+        nodes: dict[str, SensorNode] = {}
+        for name, node_cfg in station.sensor_nodes.items():
+            if binding is not None and name in binding.serial:
+                node_cfg = dataclasses.replace(node_cfg, port=binding.serial[name])
+            nodes[name] = SensorNode(node_cfg, core)
+            nodes[name].start()
+            instruments.callback(nodes[name].stop)     # a stopped link: the node's dead-man drops its outputs
         clock: Callable[[], float] = time.time
         if binding is not None:
             epoch = binding.plant_epoch_unix
@@ -242,8 +339,15 @@ def run(opts: RunOptions) -> int:
             def clock() -> float:
                 return epoch + core.now_ns() / 1e9
 
-        ctl = Controller(core, station, state_path=opts.state_dir / "run-state.json", wall_clock=clock)
-        _wait_first_readings(core, stop)
+        save_every_s = SAVE_EVERY_S if binding is None else max(SAVE_EVERY_S / binding.time_scale, 0.05)
+        ctl = Controller(core, station, state_path=opts.state_dir / "run-state.json", wall_clock=clock,
+                         save_every_s=save_every_s)
+        publisher = None
+        if mqtt_settings is not None:
+            logging.getLogger("edge.telemetry.session").addHandler(logging.NullHandler())  # _session_event says it
+            publisher = Publisher(core, ctl, mqtt_settings, on_session_event=_session_event).start()
+            instruments.callback(publisher.stop, None, 0.0)     # an early return or an error; else _loop's stop
+        _wait_first_readings(core, stop, publisher.pump if publisher is not None else None)
         if core.restored_trips:
             tripped = [name for name, r in core.rules().items() if r.tripped]
             reporter.write("event", f"{core.restored_trips} latched trip(s) restored from {spec.latch_file}: "
@@ -264,20 +368,26 @@ def run(opts: RunOptions) -> int:
         reporter.write("ready", f"controller for {station.identity.site}/{station.identity.station_id} running",
                        pid=os.getpid(), recovered=recovered, t_s=ctl.now_s())
         notifier.ready(f"station {station.identity.station_id}")
-        return _loop(ctl, opts, reporter, notifier, commands, stop, binding, pollers)
+        return _loop(ctl, opts, reporter, notifier, commands, stop, binding, pollers, nodes, publisher)
 
 
-def _wait_first_readings(core: Core, stop: threading.Event, timeout_s: float = 10.0) -> None:
+def _wait_first_readings(core: Core, stop: threading.Event, idle: Callable[[], None] | None = None,
+                         timeout_s: float = 10.0) -> None:
+    """``idle`` runs while waiting (the publisher drains the sample ring: nothing is lost before the loop)."""
     deadline = time.monotonic() + timeout_s
     while not stop.is_set() and time.monotonic() < deadline:
         core.heartbeat()
+        if idle is not None:
+            idle()
         if any(v.ok for v in core.latest().values()):
             return
         time.sleep(0.01)
 
 
 def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notifier, commands: Commands | None,
-          stop: threading.Event, binding: RigBinding | None, pollers: dict[str, GaugePoller]) -> int:
+          stop: threading.Event, binding: RigBinding | None, pollers: dict[str, GaugePoller],
+          nodes: dict[str, SensorNode],
+          publisher: Publisher | None = None) -> int:
     scale = binding.time_scale if binding is not None else 1.0
     sent = 0
     last_status: tuple[Any, ...] = ()
@@ -285,11 +395,18 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
     while not stop.is_set():
         ctl.step()
         notifier.watchdog()
+        if publisher is not None:
+            for answered in publisher.scan(ctl):     # MQTT commands run here, then everything new is put
+                r = answered.reply
+                reporter.write("reply", r["message"], cmd=r["verb"], accepted=answered.accepted, code=r["code"],
+                               command_id=r["command_id"], source="mqtt", t_s=ctl.now_s())
         for e in ctl.events[sent:]:
             reporter.event(e)
         sent = len(ctl.events)
-        if len(ctl.events) > 10_000:       # reported: drop what the telemetry has seen
+        if len(ctl.events) > 10_000:       # reported and published: drop them
             del ctl.events[:sent]
+            if publisher is not None:
+                publisher.forget_events(sent)
             sent = 0
         seq = ctl.sequencer
         status = (seq.phase if seq else None, seq.held if seq else None, ctl.batch_finished())
@@ -297,7 +414,8 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
         if status != last_status or wall - last_status_wall >= STATUS_EVERY_S:
             reporter.write("status", f"phase {status[0]}{' (held)' if status[1] else ''}", t_s=ctl.now_s(),
                            phase=status[0], held=status[1], finished=status[2], batch=ctl.batch.get("id"),
-                           instruments={n: dataclasses.asdict(p.counters()) for n, p in pollers.items()})
+                           instruments={n: dataclasses.asdict(p.counters()) for n, p in pollers.items()},
+                           sensor_nodes={n: dataclasses.asdict(node.stats()) for n, node in nodes.items()})
             last_status, last_status_wall = status, wall
         if opts.exit_when_done and ctl.batch_finished():
             break
@@ -305,11 +423,23 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
             for cmd in commands.poll():
                 ok, reason = execute(ctl, cmd)
                 reporter.write("reply", reason, cmd=cmd.get("cmd"), accepted=ok, t_s=ctl.now_s())
+            if commands.closed and binding is not None:
+                break           # the rig that started us is gone (its end of the pipe closed): do not run on
         _sleep_core_time(ctl, opts.scan_s, scale, stop)
     notifier.stopping()
+    fields: dict[str, Any] = {}
+    if publisher is not None:
+        result = publisher.stop(ctl, opts.mqtt_flush_s)
+        if not result.flushed:
+            print(f"reedge run: {result.remaining} MQTT message(s) not yet acknowledged stay in the outbox"
+                  " and are sent at the next start", file=sys.stderr, flush=True)
+        fields["mqtt"] = {"flushed": result.flushed, "remaining": result.remaining,
+                          "offline_published": result.offline_published, **publisher.counters.as_dict()}
     with contextlib.suppress(OSError):
         ctl.save(force=True)
-    reporter.write("exit", "controller stopped", t_s=ctl.now_s())
+    stats = ctl.core.stats()
+    reporter.write("exit", "controller stopped", t_s=ctl.now_s(), ticks=stats.ticks,
+                   samples_lost=stats.samples_lost, **fields)
     return 0
 
 

@@ -17,7 +17,7 @@ import math
 import os
 import pathlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from edge.config import Station
@@ -27,7 +27,7 @@ from hil.wiring import Wiring
 
 
 class Plant(Protocol):
-    def step(self, out: dict[str, int], dt: float) -> None: ...
+    def step(self, out: Mapping[str, float], dt: float) -> None: ...
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]: ...
 
 

@@ -26,8 +26,7 @@ import pytest
 from edge.config import load_station
 from edge.control.autotune import RelayAutotune, tyreus_luyben
 from edge.control.pid import Pid
-from hil.demo_plant import DEMO_PARAMS
-from hil.plants.hd_reactor import HDReactor
+from hil.plants.hd_reactor import SMALL_RETORT, HDReactor
 from tests.test_pid import Fopdt, simulate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -191,8 +190,8 @@ def test_autotune_on_the_hd_plant_model_agrees_with_the_example_station_gains() 
     # The HD plant model (two lags, radiation, no dead time) oscillates under the relay through its
     # lags and the hysteresis. Measured: kp 0.068, ti 882 s, td 64 s against the station's hand-tuned
     # 0.08, 800 s, 100 s, after about an hour of plant time.
-    plant = HDReactor(DEMO_PARAMS)
-    plant.s.n_air, plant.s.n_ar = 0.0, 1.013e5 * DEMO_PARAMS.volume_m3 / (8.314 * 473.15)
+    plant = HDReactor(SMALL_RETORT)
+    plant.s.n_air, plant.s.n_ar = 0.0, 1.013e5 * SMALL_RETORT.volume_m3 / (8.314 * 473.15)
     plant.s.wall_c = plant.s.charge_c = 200.0
     tuner, t = RelayAutotune(220.0, hysteresis=1.0), 0.0
     while not tuner.finished:

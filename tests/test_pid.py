@@ -20,8 +20,7 @@ import pytest
 
 from edge.config import load_station
 from edge.control.pid import LoopSpec, Pid, PidGains
-from hil.demo_plant import DEMO_PARAMS
-from hil.plants.hd_reactor import HDReactor
+from hil.plants.hd_reactor import SMALL_RETORT, HDReactor
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -330,12 +329,12 @@ def _run_chamber_loop(loop: LoopSpec, vacuum: bool) -> list[tuple[float, float]]
 
     The heater is burst-fired: each 1 s scan is heater on for u s and off for 1 - u s (the loop
     scans every 100 ms on the controller; its time constants, 10 s and up, make 1 s faithful)."""
-    plant = HDReactor(DEMO_PARAMS)
+    plant = HDReactor(SMALL_RETORT)
     plant.s.n_air = 0.0
-    plant.s.n_ar = 0.0 if vacuum else 1.013e5 * DEMO_PARAMS.volume_m3 / (8.314 * 473.15)
+    plant.s.n_ar = 0.0 if vacuum else 1.013e5 * SMALL_RETORT.volume_m3 / (8.314 * 473.15)
     plant.s.wall_c = plant.s.charge_c = 200.0
     pid = loop.make_pid()
-    hold = DEMO_PARAMS.g_wall_jacket * (200.0 - DEMO_PARAMS.t_water_c) / DEMO_PARAMS.heater_w
+    hold = SMALL_RETORT.g_wall_jacket * (200.0 - SMALL_RETORT.t_water_c) / SMALL_RETORT.heater_w
     pid.set_manual(hold)  # the furnace has been holding 200 degC by hand: hand over bumplessly
     pid.set_auto(0.0)
     log = []

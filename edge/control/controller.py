@@ -54,9 +54,12 @@ class BatchRejected(RuntimeError):
 
 class Controller:
     def __init__(self, core: Core, station: Station, *, state_path: str | os.PathLike[str],
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, save_every_s: float = SAVE_EVERY_S) -> None:
         """``wall_clock`` (unix seconds) measures power-fail outages across restarts; the HIL rig passes
-        the plant's clock, the only one that keeps running through its simulated outages."""
+        the plant's clock, the only one that keeps running through its simulated outages. An outage is
+        known to within ``save_every_s`` of wall time (the periodic save); the rig shortens it by its
+        time scale, so that the outage on the plant's clock stays as precise as on a real station."""
+        self.save_every_s = save_every_s
         self.core = core
         self.station = station
         self.wall_clock = wall_clock
@@ -217,7 +220,9 @@ class Controller:
         if e.kind is EventKind.OVERRUN:
             return
         kind = "trip" if e.kind is EventKind.TRIP else "core"
-        self.emit(e.t_ns / 1e9, kind, e.detail, rule=e.rule, output=e.output, first_out=e.first_out)
+        # core_event: the original, so the telemetry maps its kind exactly (edge.telemetry.events)
+        self.emit(e.t_ns / 1e9, kind, e.detail, rule=e.rule, output=e.output, first_out=e.first_out, core_event=e,
+                  core_kind=e.kind.name, wall_ns=e.wall_ns)
         if e.kind is EventKind.TRIP and self.sequencer is not None and self.sequencer.running:
             self.sequencer.abort(now, f"interlock {e.rule} tripped")
 
@@ -311,7 +316,7 @@ class Controller:
         key = (seq.phase, seq.held, seq.data.get("step"),
                prog.snapshot().get("segment_index") if prog is not None else None)
         wall = time.monotonic()
-        if force or key != self._saved_key or wall - self._last_save_wall >= SAVE_EVERY_S:
+        if force or key != self._saved_key or wall - self._last_save_wall >= self.save_every_s:
             try:
                 self.store.save(self.snapshot())
             except OSError as exc:

@@ -26,12 +26,14 @@ Hydrogen in the charge (x = mol H2 absorbed; x_max = capacity_wt * m_charge / 2.
   (``hydrogen_inventory_mol`` = gas + charge + vented + pumped + leaked to the room).
 
 Room: an H2 leak to the room (fault) of conductance c (mol/s/bar over atmosphere) feeds a
-room of 100 m^3 ventilated at 5 changes/h; %LEL = 100 * (x_H2 / 4 %vol).
+room of 100 m^3 ventilated at 5 changes/h; %LEL = 100 * (x_H2 / 4 %vol). An open lid is such a
+leak with a large conductance (``lid_leak_mol_s_bar``): the vessel's gas above atmosphere goes out.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 R = 8.314              # J/(mol K)
@@ -65,6 +67,11 @@ class HDParams:
     room_m3: float = 100.0
     room_changes_per_h: float = 5.0
     cooling_flow_l_min: float = 10.0
+    lid_leak_mol_s_bar: float = 2.0   # an unclamped lid: the vessel's overpressure escapes into the room
+
+
+#: A 50 l retort that heats and evacuates in minutes: the loop-tuning tests use it.
+SMALL_RETORT = HDParams(volume_m3=0.05, room_m3=1.0, room_changes_per_h=30.0, incubation_s=3600.0)
 
 
 @dataclass
@@ -133,7 +140,7 @@ class HDReactor:
         return s.n_h2 + s.x_h2 + s.h2_vented_mol + s.h2_pumped_mol + s.h2_leaked_mol
 
     # ---- dynamics ----
-    def step(self, out: dict[str, int], dt: float) -> None:
+    def step(self, out: Mapping[str, float], dt: float) -> None:
         """Advance dt seconds of plant time, with output levels (1 = on/open) by name."""
         if dt <= 0:
             return
@@ -143,7 +150,7 @@ class HDReactor:
         self._room(dt)
         self.s.t_s += dt
 
-    def _heat(self, out: dict[str, int], dt: float) -> None:
+    def _heat(self, out: Mapping[str, float], dt: float) -> None:
         p, s = self.p, self.s
         power = p.heater_w * out.get("heater", 0)
         s.heater_j += power * dt
@@ -154,7 +161,7 @@ class HDReactor:
         s.wall_c += dt * (power - q_wc - q_wj) / p.c_wall
         s.charge_c += dt * q_wc / (p.c_charge_per_kg * p.charge_kg)
 
-    def _gas(self, out: dict[str, int], dt: float) -> None:
+    def _gas(self, out: Mapping[str, float], dt: float) -> None:
         p, s = self.p, self.s
         temp_k = s.charge_c + 273.15
         pa = self.pressure_pa()
@@ -204,14 +211,23 @@ class HDReactor:
         p, s = self.p, self.s
         over_bar = max(self.pressure_pa() - P_ATM, 0.0) / 1e5
         n = self.n_total()
-        if s.room_leak_mol_s_bar > 0 and over_bar > 0 and n > 0:
-            out = min(s.room_leak_mol_s_bar * over_bar * dt, n * 0.5)
+        conductance = s.room_leak_mol_s_bar + (p.lid_leak_mol_s_bar if s.lid_open else 0.0)
+        if conductance > 0 and over_bar > 0 and n > 0:
+            out = min(conductance * over_bar * dt, n * 0.5)
             h2 = out * s.n_h2 / n
             scale = 1.0 - out / n
             s.n_air, s.n_ar, s.n_h2 = s.n_air * scale, s.n_ar * scale, s.n_h2 * scale
             s.room_h2_mol += h2
             s.h2_leaked_mol += h2
         s.room_h2_mol *= math.exp(-dt * p.room_changes_per_h / 3600.0)
+
+    def metrics(self) -> dict[str, float]:
+        """The plant's truth, for measurements and accounting (not visible to the controller)."""
+        s = self.s
+        return {"charge_c": s.charge_c, "wall_c": s.wall_c, "pressure_bar": self.pressure_bar(),
+                "h2_fed_mol": s.h2_fed_mol, "h2_absorbed_mol": s.x_h2, "h2_gas_mol": s.n_h2,
+                "h2_vented_mol": s.h2_vented_mol, "h2_pumped_mol": s.h2_pumped_mol,
+                "h2_leaked_mol": s.h2_leaked_mol, "heater_j": s.heater_j, "o2_pct": self.o2_pct()}
 
     # ---- sensors, in engineering units, by the example station's channel names ----
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]:

@@ -23,6 +23,7 @@ Gas (throughput in mbar*l/s):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SIGMA = 5.670e-8
@@ -76,7 +77,7 @@ class SinteringFurnace:
     def pressure_mbar(self) -> float:
         return (self.s.q_air + self.s.q_ar) / self.p.volume_l * self.gas_k() / 293.15
 
-    def step(self, out: dict[str, int], dt: float) -> None:
+    def step(self, out: Mapping[str, float], dt: float) -> None:
         if dt <= 0:
             return
         p, s = self.p, self.s
@@ -112,6 +113,12 @@ class SinteringFurnace:
             scale = 1013.0 / mbar
             s.q_air, s.q_ar = s.q_air * scale, s.q_ar * scale
         s.t_s += dt
+
+    def metrics(self) -> dict[str, float]:
+        """The plant's truth, for measurements and accounting (not visible to the controller)."""
+        s = self.s
+        return {"charge_c": s.charge_c, "zone_c": s.zone_c, "pressure_mbar": self.pressure_mbar(),
+                "lubricant_mbar_l": s.lubricant, "hydrogen_mbar_l": s.hydrogen, "heater_j": s.heater_j}
 
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]:
         s = self.s

@@ -1,0 +1,199 @@
+"""The HIL scenarios of the repository, run by the same runner as ``reedge hil run``; and the runner's
+own promises: a bad scenario file is refused with the key named, and nothing outlives a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hil.regfile import default_dir
+from hil.runner import run_scenario
+from hil.scenario import ScenarioError, load_scenario, parse_scenario
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# hd_normal_batch is the demo: tests/test_cli.py runs it through `reedge demo` (the same runner)
+SCENARIOS = sorted(p for p in (ROOT / "hil" / "scenarios").glob("*.toml") if p.stem != "hd_normal_batch")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario_passes(path: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    from hil.report import summary_lines
+
+    record = run_scenario(load_scenario(path), tmp_path)
+    summary = "\n".join(summary_lines(record))
+    assert record["outcome"] == "pass", f"{summary}\nwork folder: {record['workdir']}"
+    for suffix in (".json", ".junit.xml", ".png"):
+        assert (tmp_path / f"{path.stem}{suffix}").stat().st_size > 0
+    saved = json.loads((tmp_path / f"{path.stem}.json").read_text())
+    assert [m["name"] for m in saved["measurements"]] == [m["name"] for m in record["measurements"]]
+    assert saved["station"]["sha256"] and saved["scenario_sha256"] and saved["versions"]["reedge"]
+    for m in saved["measurements"]:
+        if m["name"].startswith(("safe_latency_ms", "relay_latency_ms")):
+            assert m["value"] is not None and m["limits"], "a trip's latency is measured against a limit"
+
+
+# ---------------------------------------------------------------- malformed files
+
+GOOD = """
+[scenario]
+station = "{root}/stations/hd_reactor_sim.toml"
+recipe = "{root}/recipes/hd_standard.toml"
+time_scale = 200
+
+[[faults]]
+kind = "h2_leak"
+rate_mol_s_bar = 0.5
+at = {{ phase = "absorption", after_s = 600 }}
+
+[run]
+until = "batch_end"
+max_plant_h = 4
+
+[[expect]]
+measure = "first_trip"
+equals = "h2_leak"
+"""
+
+
+def parse(text: str) -> None:
+    parse_scenario(text.format(root=ROOT), pathlib.Path("/tmp/bad_scenario.toml"))
+
+
+def errors_of(text: str) -> str:
+    with pytest.raises(ScenarioError) as info:
+        parse(text)
+    return str(info.value)
+
+
+def test_the_good_template_parses() -> None:
+    sc = parse_scenario(GOOD.format(root=ROOT), pathlib.Path("/tmp/good.toml"))
+    assert sc.name == "good" and sc.time_scale == 200.0 and sc.steps[0].params == {"rate_mol_s_bar": 0.5}
+    assert sc.expectations[0].name == "first_trip"
+
+
+@pytest.mark.parametrize(("change", "key", "words"), [
+    (("time_scale = 200", "time_scal = 200"), "scenario.time_scal", "did you mean 'time_scale'"),
+    (("time_scale = 200", "time_scale = \"fast\""), "scenario.time_scale", "expected a number"),
+    (("time_scale = 200", "time_scale = 0.5"), "scenario.time_scale", "within 1"),
+    (("kind = \"h2_leak\"", "kind = \"h2_leek\""), "faults[0].kind", "did you mean 'h2_leak'"),
+    (("rate_mol_s_bar = 0.5", "rate = 0.5"), "faults[0].rate", "unknown key"),
+    (("rate_mol_s_bar = 0.5\n", ""), "faults[0].rate_mol_s_bar", "needs rate_mol_s_bar"),
+    (("phase = \"absorption\"", "phase = \"absorption\", chanel = \"x\""), "faults[0].at.chanel",
+     "did you mean 'channel'"),
+    (("max_plant_h = 4", "max_plant = 4"), "run.max_plant_h", "missing"),
+    (("until = \"batch_end\"", "until = \"forever\""), "run.until", "unknown end condition"),
+    (("measure = \"first_trip\"", "measure = \"first_trp\""), "expect[0].measure", "did you mean 'first_trip'"),
+    (("equals = \"h2_leak\"", "within = 1"), "expect[0].within", "unknown key"),
+    (("station = \"{root}/stations/hd_reactor_sim.toml\"", "station = \"nowhere.toml\""), "scenario.station",
+     "cannot read"),
+    (("[[expect]]\nmeasure = \"first_trip\"\nequals = \"h2_leak\"",
+      "[[expect]]\nmeasure = \"final_output\"\noutput = \"heatr\"\nequals = 0"), "expect[0].output",
+     "did you mean 'heater'"),
+    (("[[expect]]\nmeasure = \"first_trip\"\nequals = \"h2_leak\"",
+      "[[expect]]\nmeasure = \"trip_plant_s\"\nrule = \"h2_leak\"\nstep = \"leak\"\nmax = 1"), "expect[0].step",
+     "unknown step 'leak'"),
+    (("[run]", "[[faults]]\nkind = \"process_freeze\"\nat = {{ t_s = 10 }}\n[run]"), "faults[1].duration_s",
+     "how long"),
+])
+def test_a_malformed_scenario_names_the_key(change: tuple[str, str], key: str, words: str) -> None:
+    assert change[0] in GOOD
+    message = errors_of(GOOD.replace(*change, 1))
+    assert f"/tmp/bad_scenario.toml: {key}: " in message, message
+    assert words in message, message
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = GOOD.replace("time_scale = 200", "time_scale = -1").replace("kind = \"h2_leak\"", "kind = \"x\"")
+    message = errors_of(text)
+    assert "scenario.time_scale" in message and "faults[0].kind" in message
+
+
+def test_not_toml_at_all() -> None:
+    assert "not valid TOML" in errors_of("[scenario\nname=")
+
+
+def test_the_cli_refuses_a_bad_file_before_starting_anything(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.format(root=ROOT).replace("max_plant_h", "max_plant_hours"))
+    before = set(default_dir().glob("reedge-rig-*"))
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "hil", "run", str(bad), "--report-dir",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"{bad}: run.max_plant_hours: unknown key" in proc.stdout
+    assert not (tmp_path / "out").exists()
+    assert set(default_dir().glob("reedge-rig-*")) == before
+
+
+# ---------------------------------------------------------------- cleanup
+
+
+def rig_processes(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` (the run's report folder)."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline and int(entry.name) != os.getpid():
+                pids.append(int(entry.name))
+    return pids
+
+
+def start_runner(tmp_path: pathlib.Path) -> tuple[subprocess.Popen[str], pathlib.Path]:
+    report_dir = tmp_path / "reports"
+    runner = subprocess.Popen([sys.executable, "-m", "edge.cli", "hil", "run",
+                               str(ROOT / "hil" / "scenarios" / "hd_normal_batch.toml"), "--report-dir",
+                               str(report_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while len(rig_processes(work_marker(report_dir))) < 2:       # the plant and the controller
+        assert runner.poll() is None, runner.stdout.read() if runner.stdout else ""
+        assert time.monotonic() < deadline, "the rig did not start"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    return runner, report_dir
+
+
+def work_marker(report_dir: pathlib.Path) -> str:
+    """The rig's work folder: on the plant's and the controller's command lines, not the runner's."""
+    return str(report_dir / "hd_normal_batch.work")
+
+
+def runner_output(runner: subprocess.Popen[str]) -> str:
+    out, _ = runner.communicate(timeout=60)
+    return out
+
+
+def test_an_interrupted_run_leaves_no_process_and_no_register_file(tmp_path: pathlib.Path) -> None:
+    before = set(default_dir().glob("reedge-rig-*"))
+    runner, report_dir = start_runner(tmp_path)
+    assert set(default_dir().glob("reedge-rig-*")) - before, "the rig made its register file"
+    runner.send_signal(signal.SIGINT)
+    out = runner_output(runner)
+    assert runner.returncode == 130, out
+    assert "interrupted" in out
+    assert rig_processes(work_marker(report_dir)) == []
+    assert set(default_dir().glob("reedge-rig-*")) == before
+
+
+def test_a_crashed_plant_ends_the_scenario_as_an_error_and_is_cleaned_up(tmp_path: pathlib.Path) -> None:
+    before = set(default_dir().glob("reedge-rig-*"))
+    runner, report_dir = start_runner(tmp_path)
+    plant = next(pid for pid in rig_processes(work_marker(report_dir))
+                 if b"hil.plant_process" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes())
+    os.kill(plant, signal.SIGKILL)
+    out = runner_output(runner)
+    assert runner.returncode == 1, out
+    record = json.loads((report_dir / "hd_normal_batch.json").read_text())
+    assert record["outcome"] == "error" and "plant process exited" in record["error"]
+    assert rig_processes(work_marker(report_dir)) == []
+    assert set(default_dir().glob("reedge-rig-*")) == before
