@@ -68,6 +68,7 @@ def cmd_station_check(args: argparse.Namespace) -> int:
     core = station.core
     print(f"{args.file}: OK  station {station.identity.site}/{station.identity.station_id} "
           f"({station.identity.kind})")
+    print(f"  board: {station.board or 'none declared (the wiring is not checked against a board)'}")
     print(f"  period {core.period_ms} ms, {len(core.drivers)} driver(s), {len(core.channels)} channels, "
           f"{len(core.outputs)} outputs, {len(core.rules)} interlocks, {len(core.permissives)} permissive terms")
     for rule in core.rules:
