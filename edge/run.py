@@ -15,7 +15,12 @@ topic identity), every scan turns what is new (telemetry windows, events, batch 
 into outbox messages in the state dir, and MQTT commands, validated and authorised, drive the
 same Controller methods on this thread; each is answered, and also reported here as a ``reply``
 line with ``"source": "mqtt"``. On shutdown the outbox is flushed for ``--mqtt-flush-s``; what
-is left is sent at the next start. Without a broker the controller runs without MQTT and says so
+is left is sent at the next start. The core is stopped *before* that flush (``_stop_core``):
+the controller no longer steers, so every output goes to its safe level at once, and a stopped
+core has no dead-man to trip; a flush that waits for a broker that is down would otherwise run
+past the dead-man and latch a ``controller_deadman`` trip into the latch file, and the restart
+would come back tripped. Commands that arrive from the end of the scan loop on are answered
+"station stopping", never executed (``Publisher.stop``). Without a broker the controller runs without MQTT and says so
 once on stderr: ``reedge run`` never starts a broker of its own (a station publishing into a
 broker nobody reads would look healthy while every message went nowhere).
 
@@ -346,7 +351,8 @@ def run(opts: RunOptions) -> int:
         if mqtt_settings is not None:
             logging.getLogger("edge.telemetry.session").addHandler(logging.NullHandler())  # _session_event says it
             publisher = Publisher(core, ctl, mqtt_settings, on_session_event=_session_event).start()
-            instruments.callback(publisher.stop, None, 0.0)     # an early return or an error; else _loop's stop
+            # an early return or an error (else _loop's stop comes first): core stopped first, then flushed
+            instruments.callback(_stop_publishing, ctl, publisher, opts.mqtt_flush_s)
         _wait_first_readings(core, stop, publisher.pump if publisher is not None else None)
         if core.restored_trips:
             tripped = [name for name, r in core.rules().items() if r.tripped]
@@ -427,6 +433,9 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
                 break           # the rig that started us is gone (its end of the pipe closed): do not run on
         _sleep_core_time(ctl, opts.scan_s, scale, stop)
     notifier.stopping()
+    _stop_core(ctl)                  # outputs safe now, and no dead-man to outlast during the flush
+    for e in ctl.events[sent:]:
+        reporter.event(e)
     fields: dict[str, Any] = {}
     if publisher is not None:
         result = publisher.stop(ctl, opts.mqtt_flush_s)
@@ -435,12 +444,29 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
                   " and are sent at the next start", file=sys.stderr, flush=True)
         fields["mqtt"] = {"flushed": result.flushed, "remaining": result.remaining,
                           "offline_published": result.offline_published, **publisher.counters.as_dict()}
+        with contextlib.suppress(OSError, ValueError):    # the journal's copy of what the exit line says
+            print(f"reedge run: MQTT at stop: {json.dumps(fields['mqtt'])}", file=sys.stderr, flush=True)
     with contextlib.suppress(OSError):
         ctl.save(force=True)
     stats = ctl.core.stats()
     reporter.write("exit", "controller stopped", t_s=ctl.now_s(), ticks=stats.ticks,
                    samples_lost=stats.samples_lost, **fields)
     return 0
+
+
+def _stop_core(ctl: Controller) -> None:
+    """Stop the core (every output to its safe level, no trip) and relay its last events to ``ctl.events``."""
+    ctl.core.heartbeat()
+    ctl.core.stop()
+    ctl.drain_core_events()
+
+
+def _stop_publishing(ctl: Controller, publisher: Publisher, flush_s: float) -> None:
+    """The early-return and error path: the core first (see the module docstring), then the last messages."""
+    try:
+        _stop_core(ctl)
+    finally:
+        publisher.stop(ctl, flush_s)
 
 
 def _sleep_core_time(ctl: Controller, scan_s: float, scale: float, stop: threading.Event) -> None:

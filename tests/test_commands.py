@@ -4,8 +4,10 @@ and an interlock has the last word (a reset the real core refuses is answered re
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import pathlib
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,13 +20,24 @@ from edge.corespec import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpe
 from edge.telemetry import envelope as E
 from edge.telemetry import schemas
 from edge.telemetry.access import CommandSettings, broker_acl
-from edge.telemetry.commands import CommandHandler, CommandLedger, CommandRefused, Outcome, StartRequest
-from edge.telemetry.topics import StationTopics
+from edge.telemetry.commands import (
+    MAX_JSON_DEPTH,
+    CommandHandler,
+    CommandLedger,
+    CommandRefused,
+    Outcome,
+    Received,
+    StartRequest,
+    command_digest,
+    json_too_deep,
+)
+from edge.telemetry.topics import StationTopics, TopicError
 from hil.regfile import RegisterFile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 T = StationTopics("pilot-line", "hd-01")
 NOW = 1_741_944_413_589_000_000
+SCADA = "scada-hd"
 SETTINGS = CommandSettings(roles={"scada-hd": frozenset({"operator"}), "historian": frozenset({"viewer"}),
                                   "service": frozenset({"maintenance"})})
 
@@ -60,11 +73,12 @@ class Recorder:
         self._do("reset", rule)
 
 
-def command(verb: str, args: dict[str, Any] | None = None, *, issuer: str = "scada-hd", issued_ns: int = NOW,
+def command(verb: str, args: dict[str, Any] | None = None, *, issuer: str | None = SCADA, issued_ns: int = NOW,
             command_id: str | None = None, **extra: Any) -> bytes:
+    """A command payload; ``issuer=None`` leaves the (optional) field out."""
     doc = {"schema": f"https://reeproduce.eu/schemas/reedge/v1/cmd-{verb}.json",
-           "command_id": command_id or str(uuid.uuid4()), "issued_at": E.rfc3339_ms(issued_ns), "issuer": issuer,
-           **extra, "args": args or {}}
+           "command_id": command_id or str(uuid.uuid4()), "issued_at": E.rfc3339_ms(issued_ns),
+           **({} if issuer is None else {"issuer": issuer}), **extra, "args": args or {}}
     return json.dumps(doc).encode()
 
 
@@ -92,7 +106,7 @@ def check_outcome(out: Outcome) -> None:
 
 def test_a_valid_command_is_executed_once_and_answered(ledger: CommandLedger) -> None:
     target = Recorder()
-    out = handler(target, ledger).handle(T.cmd("hold"), command("hold", {"reason": "door check"}))
+    out = handler(target, ledger).handle(T.cmd("hold", SCADA), command("hold", {"reason": "door check"}))
     assert out.accepted and out.executed and out.reply["code"] == "ok"
     assert target.calls == [("hold", "door check")]
     assert out.reply_topic == T.reply("hold")
@@ -103,7 +117,7 @@ def test_a_valid_command_is_executed_once_and_answered(ledger: CommandLedger) ->
 def test_start_passes_recipe_name_hash_and_batch(ledger: CommandLedger) -> None:
     target = Recorder()
     args = {"recipe": "hd_standard", "recipe_sha256": "ab" * 32, "batch_id": "hd-7"}
-    out = handler(target, ledger).handle(T.cmd("start"), command("start", args))
+    out = handler(target, ledger).handle(T.cmd("start", SCADA), command("start", args))
     assert out.accepted
     assert target.calls == [("start", StartRequest("hd_standard", "ab" * 32, "hd-7", "scada-hd", "scada-hd"))]
 
@@ -117,7 +131,7 @@ def test_start_passes_recipe_name_hash_and_batch(ledger: CommandLedger) -> None:
 def test_a_command_against_its_schema_is_rejected_and_nothing_runs(ledger: CommandLedger, verb: str,
                                                                    payload: dict[str, Any], where: str) -> None:
     target = Recorder()
-    out = handler(target, ledger).handle(T.cmd(verb), command(verb, payload))
+    out = handler(target, ledger).handle(T.cmd(verb, SCADA), command(verb, payload))
     assert not out.accepted and out.reply["code"] == "invalid" and where in out.reply["message"]
     assert target.calls == []
     check_outcome(out)
@@ -125,7 +139,7 @@ def test_a_command_against_its_schema_is_rejected_and_nothing_runs(ledger: Comma
 
 def test_a_payload_for_another_verb_is_invalid(ledger: CommandLedger) -> None:
     target = Recorder()
-    out = handler(target, ledger, allow_remote_reset=True).handle(T.cmd("hold"), command("reset", {}))
+    out = handler(target, ledger, allow_remote_reset=True).handle(T.cmd("hold", SCADA), command("reset", {}))
     assert out.reply["code"] == "invalid" and "/schema" in out.reply["message"]
     assert target.calls == []
 
@@ -137,7 +151,7 @@ def test_a_payload_for_another_verb_is_invalid(ledger: CommandLedger) -> None:
 ])
 def test_an_identity_without_the_role_is_rejected(ledger: CommandLedger, issuer: str, verb: str, why: str) -> None:
     target = Recorder()
-    out = handler(target, ledger, allow_remote_reset=True).handle(T.cmd(verb), command(verb, issuer=issuer))
+    out = handler(target, ledger, allow_remote_reset=True).handle(T.cmd(verb, issuer), command(verb, issuer=issuer))
     assert out.reply["code"] == "unauthorised" and why in out.reply["message"]
     assert target.calls == []
     check_outcome(out)
@@ -147,10 +161,10 @@ def test_a_replayed_id_gets_the_original_answer_and_is_not_executed_again(tmp_pa
     target = Recorder()
     payload = command("abort", {"reason": "H2 empty"})
     with CommandLedger(tmp_path / "c.db") as led:
-        first = handler(target, led).handle(T.cmd("abort"), payload)
-        again = handler(target, led).handle(T.cmd("abort"), payload)
+        first = handler(target, led).handle(T.cmd("abort", SCADA), payload)
+        again = handler(target, led).handle(T.cmd("abort", SCADA), payload)
     with CommandLedger(tmp_path / "c.db") as led:      # after a restart of the station
-        later = handler(target, led, now=NOW + 30 * 10**9).handle(T.cmd("abort"), payload)
+        later = handler(target, led, now=NOW + 30 * 10**9).handle(T.cmd("abort", SCADA), payload)
     assert target.calls == [("abort", "H2 empty")]
     assert first.reply["replayed"] is False and again.reply["replayed"] is later.reply["replayed"] is True
     for out in (again, later):
@@ -162,11 +176,13 @@ def test_a_rejection_is_replayed_too_and_an_id_cannot_be_reused(ledger: CommandL
     target = Recorder()
     cid = str(uuid.uuid4())
     h = handler(target, ledger)
-    denied = h.handle(T.cmd("hold"), command("hold", issuer="historian", command_id=cid))
-    replay = h.handle(T.cmd("hold"), command("hold", issuer="historian", command_id=cid))
-    reused = h.handle(T.cmd("hold"), command("hold", {"reason": "other"}, command_id=cid))
+    denied = h.handle(T.cmd("hold", "historian"), command("hold", issuer="historian", command_id=cid))
+    replay = h.handle(T.cmd("hold", "historian"), command("hold", issuer="historian", command_id=cid))
+    reused = h.handle(T.cmd("hold", SCADA), command("hold", {"reason": "other"}, command_id=cid))
+    # the very same payload from another sender is not a replay either (the digest covers the sender)
+    other = h.handle(T.cmd("hold", SCADA), command("hold", issuer=None, command_id=cid))
     assert denied.reply["code"] == replay.reply["code"] == "unauthorised" and replay.reply["replayed"]
-    assert reused.reply["code"] == "id_reused"
+    assert reused.reply["code"] == other.reply["code"] == "id_reused"
     assert target.calls == []
 
 
@@ -174,9 +190,8 @@ def test_a_command_interrupted_by_a_restart_is_never_executed_again(ledger: Comm
     target = Recorder()
     payload = command("resume")
     cid = json.loads(payload)["command_id"]
-    import hashlib
-    ledger.begin(cid, hashlib.sha256(payload).hexdigest(), "resume", "scada-hd", NOW)   # then the power went
-    out = handler(target, ledger).handle(T.cmd("resume"), payload)
+    ledger.begin(cid, command_digest(SCADA, "resume", payload), "resume", SCADA, NOW)   # then the power went
+    out = handler(target, ledger).handle(T.cmd("resume", SCADA), payload)
     assert out.reply["code"] == "outcome_unknown" and out.reply["replayed"]
     assert target.calls == []
 
@@ -184,7 +199,7 @@ def test_a_command_interrupted_by_a_restart_is_never_executed_again(ledger: Comm
 @pytest.mark.parametrize(("offset_s", "code"), [(-61, "stale"), (6, "future"), (-59, "ok"), (4, "ok")])
 def test_issued_at_must_be_within_the_window(ledger: CommandLedger, offset_s: int, code: str) -> None:
     target = Recorder()
-    out = handler(target, ledger).handle(T.cmd("hold"), command("hold", issued_ns=NOW + offset_s * 10**9))
+    out = handler(target, ledger).handle(T.cmd("hold", SCADA), command("hold", issued_ns=NOW + offset_s * 10**9))
     assert out.reply["code"] == code
     assert len(target.calls) == (code == "ok")
 
@@ -193,56 +208,123 @@ def test_an_oversized_payload_is_rejected_before_parsing(ledger: CommandLedger) 
     target = Recorder()
     small = CommandSettings(roles=SETTINGS.roles, max_payload_bytes=256)
     h = handler(target, ledger, settings=small)
-    out = h.handle(T.cmd("hold"), b"[" * 300)           # would be a JSON error if it were parsed
+    out = h.handle(T.cmd("hold", SCADA), b"[" * 300)           # would be a JSON error if it were parsed
     assert out.reply["code"] == "too_large" and "300 bytes" in out.reply["message"]
     big = command("hold", {"reason": "x" * 200})
     assert len(big) > 256
-    assert h.handle(T.cmd("hold"), big).reply["code"] == "too_large"
+    assert h.handle(T.cmd("hold", SCADA), big).reply["code"] == "too_large"
     assert target.calls == []
     check_outcome(out)
 
 
 @pytest.mark.parametrize(("payload", "code"), [(b"\xff\xfe{}", "not_json"), (b"{", "not_json"), (b"[]", "invalid")])
 def test_garbage_is_answered(ledger: CommandLedger, payload: bytes, code: str) -> None:
-    out = handler(Recorder(), ledger).handle(T.cmd("hold"), payload)
+    out = handler(Recorder(), ledger).handle(T.cmd("hold", SCADA), payload)
     assert out.reply["code"] == code and out.reply["command_id"] is None
     check_outcome(out)
 
 
-def test_unknown_verb_or_foreign_topic(ledger: CommandLedger) -> None:
-    h = handler(Recorder(), ledger)
-    out = h.handle("reedge/v1/pilot-line/hd-01/cmd/explode", command("hold"))
-    assert out.reply["code"] == "unknown_verb" and out.reply_topic is None
-    out = h.handle("reedge/v1/pilot-line/hd-02/cmd/hold", command("hold"), response_topic="scada/r/1")
-    assert out.reply["code"] == "unknown_verb" and out.reply_topic == "scada/r/1"
+@pytest.mark.parametrize("topic", [
+    "reedge/v1/pilot-line/hd-01/cmd/scada-hd/explode",     # no such verb
+    "reedge/v1/pilot-line/hd-01/cmd/hold",                 # the old layout, without the sender
+    "reedge/v1/pilot-line/hd-02/cmd/scada-hd/hold",        # another station's
+])
+def test_unknown_verb_or_foreign_topic_is_answered_nowhere_a_requester_chose(ledger: CommandLedger,
+                                                                             topic: str) -> None:
+    target = Recorder()
+    out = handler(target, ledger).handle(topic, command("hold"), response_topic=T.reply("hold"))
+    assert out.reply["code"] == "unknown_verb" and out.reply_topic is None     # the audit event only
+    assert target.calls == []
     check_outcome(out)
 
 
-def test_reply_goes_to_the_response_topic_or_reply_to_with_the_correlation_data(ledger: CommandLedger) -> None:
+INBOX = f"{T.root}/reply/{SCADA}/req-42"
+
+
+def test_reply_goes_to_the_senders_inbox_with_the_correlation_data(ledger: CommandLedger) -> None:
     h = handler(Recorder(), ledger)
-    v5 = h.handle(T.cmd("hold"), command("hold"), response_topic="scada/replies/hd-01", correlation_data=b"req-42")
-    assert v5.reply_topic == "scada/replies/hd-01" and v5.correlation_data == b"req-42"
+    v5 = h.handle(T.cmd("hold", SCADA), command("hold"), response_topic=INBOX, correlation_data=b"req-42")
+    assert v5.accepted and v5.reply_topic == INBOX and v5.correlation_data == b"req-42"
     assert base64.b64decode(v5.reply["correlation_data"]) == b"req-42"
-    v311 = h.handle(T.cmd("hold"), command("hold", reply_to="scada/replies/x"))
-    assert v311.reply_topic == "scada/replies/x" and v311.accepted
-    into_data = h.handle(T.cmd("hold"), command("hold", reply_to=T.state))
-    assert into_data.reply["code"] == "invalid" and into_data.reply_topic == T.reply("hold")
+    v311 = h.handle(T.cmd("hold", SCADA), command("hold", reply_to=INBOX + "/x"))
+    assert v311.reply_topic == INBOX + "/x" and v311.accepted
+    plain = h.handle(T.cmd("hold", SCADA), command("hold", reply_to=T.reply("hold")))
+    assert plain.reply_topic == T.reply("hold") and plain.accepted
     check_outcome(v5)
+
+
+@pytest.mark.parametrize("asked", [
+    "scada/replies/x",                               # outside the station: the broker would refuse it
+    T.state,                                         # a data stream
+    f"{T.root}/reply/service/req-1",                 # another sender's inbox
+    "reedge/v1/pilot-line/hd-02/reply/hold",         # another station's replies
+    f"{T.root}/reply/{SCADA}",                       # an inbox needs a level of its own
+    f"{T.root}/reply/{SCADA}//x",                    # ... and no empty one
+])
+def test_a_reply_topic_outside_the_senders_inbox_is_invalid_and_answered_on_reply_verb(
+        ledger: CommandLedger, asked: str) -> None:
+    target = Recorder()
+    h = handler(target, ledger)
+    for out in (h.handle(T.cmd("hold", SCADA), command("hold"), response_topic=asked),
+                h.handle(T.cmd("hold", SCADA), command("hold", reply_to=asked))):
+        assert out.reply["code"] == "invalid" and "reply" in out.reply["message"]
+        assert out.reply_topic == T.reply("hold")
+    assert target.calls == []
+
+
+def test_a_rejected_sender_never_chooses_where_the_station_writes(ledger: CommandLedger) -> None:
+    target = Recorder()
+    h = handler(target, ledger)
+    inbox = f"{T.root}/reply/historian/1"
+    denied = h.handle(T.cmd("hold", "historian"), command("hold", issuer="historian"), response_topic=inbox)
+    bad = h.handle(T.cmd("hold", SCADA), command("hold", {"reason": 3}), response_topic=INBOX)
+    assert (denied.reply["code"], denied.reply_topic) == ("unauthorised", T.reply("hold"))
+    assert (bad.reply["code"], bad.reply_topic) == ("invalid", T.reply("hold"))
+    assert target.calls == []
+
+
+# ---- the sender is the topic's identity, which the broker vouches for ------------------------
+
+def test_roles_follow_the_topic_not_the_payloads_issuer(ledger: CommandLedger) -> None:
+    """scada-hd (operator) claims to be "service" (maintenance) in the payload: rejected, nothing runs."""
+    target = Recorder()
+    h = handler(target, ledger, allow_remote_reset=True)
+    forged = h.handle(T.cmd("reset", SCADA), command("reset", issuer="service"))
+    assert forged.reply["code"] == "unauthorised"
+    assert "'service' is not the sender 'scada-hd'" in forged.reply["message"]
+    assert forged.event.body["issuer"] == SCADA
+    # a verb scada-hd may use, but still naming someone else: rejected as well
+    other = h.handle(T.cmd("hold", SCADA), command("hold", issuer="service"))
+    assert other.reply["code"] == "unauthorised"
+    assert target.calls == []
+    check_outcome(forged)
+    # without an issuer, the topic alone names the sender
+    out = h.handle(T.cmd("hold", SCADA), command("hold", issuer=None))
+    assert out.accepted and out.event.body["issuer"] == SCADA and target.calls == [("hold", "held by scada-hd")]
+
+
+def test_start_names_the_topics_sender_as_issuer_and_default_operator(ledger: CommandLedger) -> None:
+    target = Recorder()
+    args = {"recipe": "hd_standard", "recipe_sha256": "ab" * 32, "batch_id": "hd-8"}
+    out = handler(target, ledger).handle(T.cmd("start", SCADA), command("start", args, issuer=None))
+    assert out.accepted
+    assert target.calls == [("start", StartRequest("hd_standard", "ab" * 32, "hd-8", SCADA, SCADA))]
 
 
 def test_remote_reset_only_where_the_station_allows_it(ledger: CommandLedger) -> None:
     target = Recorder()
-    out = handler(target, ledger, allow_remote_reset=False).handle(T.cmd("reset"), command("reset", issuer="service"))
+    out = handler(target, ledger, allow_remote_reset=False).handle(T.cmd("reset", "service"),
+                                                                   command("reset", issuer="service"))
     assert out.reply["code"] == "not_allowed" and target.calls == []
 
 
 def test_target_refusals_are_answered_with_their_reason(ledger: CommandLedger) -> None:
     target = Recorder()
     target.refuse = CommandRefused("state", "no batch is running: nothing to hold")
-    out = handler(target, ledger).handle(T.cmd("hold"), command("hold"))
+    out = handler(target, ledger).handle(T.cmd("hold", SCADA), command("hold"))
     assert (out.reply["code"], out.reply["message"]) == ("state", "no batch is running: nothing to hold")
     target.refuse = RuntimeError("disk on fire")
-    out = handler(target, ledger).handle(T.cmd("hold"), command("hold"))
+    out = handler(target, ledger).handle(T.cmd("hold", SCADA), command("hold"))
     assert out.reply["code"] == "error" and "disk on fire" in out.reply["message"]
 
 
@@ -286,7 +368,7 @@ def test_reset_the_core_refuses_is_rejected_and_changes_nothing(ledger: CommandL
     regs, core = tripped_core
     h = handler(CoreTarget(core), ledger, allow_remote_reset=True)
     before = (core.rules(), core.outputs())
-    out = h.handle(T.cmd("reset"), command("reset", {"rule": "chamber_overpressure"}, issuer="service"))
+    out = h.handle(T.cmd("reset", "service"), command("reset", {"rule": "chamber_overpressure"}, issuer="service"))
     assert out.reply["result"] == "rejected" and out.reply["code"] == "interlock"
     assert "chamber_overpressure" in out.reply["message"]
     assert (core.rules(), core.outputs()) == before, "the trip stays latched, the vent stays open"
@@ -295,7 +377,7 @@ def test_reset_the_core_refuses_is_rejected_and_changes_nothing(ledger: CommandL
     for _ in range(3):
         regs.advance(1_000_000)
         core.run_ticks(1)
-    out = h.handle(T.cmd("reset"), command("reset", {"rule": "chamber_overpressure"}, issuer="service"))
+    out = h.handle(T.cmd("reset", "service"), command("reset", {"rule": "chamber_overpressure"}, issuer="service"))
     assert out.accepted and not core.rules()["chamber_overpressure"].tripped
 
 
@@ -318,10 +400,214 @@ def test_mqtt_section_errors_name_the_key() -> None:
     assert "mqtt.commands.max_payload_bytes: expected an integer from 256" in shown
 
 
-def test_broker_acl_lets_each_identity_publish_only_its_verbs() -> None:
+def _acl_block(acl: list[str], user: str) -> list[str]:
+    """The lines of one user's block (up to the blank line that ends it, or the end)."""
+    at = acl.index(f"user {user}")
+    end = next((i for i in range(at, len(acl)) if not acl[i]), len(acl))
+    return acl[at + 1:end]
+
+
+def test_broker_acl_lets_each_identity_publish_only_its_verbs_under_its_own_name() -> None:
     acl = broker_acl(SETTINGS, T).splitlines()
-    at = acl.index("user scada-hd")
-    block = acl[at:acl.index("", at)]
-    assert f"topic write {T.cmd('hold')}" in block and f"topic write {T.cmd('reset')}" not in block
-    at = acl.index("user historian")
-    assert not [line for line in acl[at:acl.index("", at)] if line.startswith("topic write")]
+    scada = _acl_block(acl, SCADA)
+    assert f"topic write {T.root}/cmd/scada-hd/hold" in scada
+    assert [line for line in scada if "/cmd/" in line and "/cmd/scada-hd/" not in line] == []
+    assert f"topic write {T.cmd('reset', SCADA)}" not in scada
+    assert f"topic write {T.root}/cmd/service/reset" in _acl_block(acl, "service")
+    assert not [line for line in _acl_block(acl, "historian") if line.startswith("topic write")]
+
+
+def test_broker_acl_lets_the_station_write_every_reply_topic_it_accepts() -> None:
+    station = _acl_block(broker_acl(SETTINGS, T).splitlines(), "hd-01")
+    assert f"topic write {T.root}/reply/#" in station and f"topic read {T.root}/cmd/+/+" in station
+    assert {f"topic write {t}" for t in (T.status, T.telemetry, T.state, T.event, T.batch)} <= set(station)
+    assert "user hd-01-cert" in broker_acl(SETTINGS, T, station_identity="hd-01-cert").splitlines()
+
+
+def test_broker_acl_refuses_a_name_that_cannot_be_a_topic_level() -> None:
+    bad = CommandSettings(roles={"scada/+": frozenset({"operator"})})
+    with pytest.raises(TopicError, match="identity 'scada/\\+' cannot be a command topic level"):
+        broker_acl(bad, T)
+
+
+# ---- hostile payloads: a command can never stop the controller -------------------------------
+
+def deep_command(verb: str, levels: int) -> bytes:
+    """A schema-shaped command whose ``args`` is ``levels`` nested arrays (~2 bytes a level)."""
+    doc = json.loads(command(verb))
+    doc["args"] = None
+    return json.dumps(doc).replace("null", "[" * levels + "]" * levels).encode()
+
+
+def test_deep_nesting_is_refused_before_parsing_and_the_handler_goes_on(ledger: CommandLedger) -> None:
+    target = Recorder()
+    h = handler(target, ledger)
+    payload = deep_command("hold", 950)
+    assert len(payload) < 2200 and isinstance(json.loads(payload), dict)   # json.loads alone lets it through
+    out = h.handle(T.cmd("hold", SCADA), payload)
+    assert out.reply["code"] == "invalid" and f"deeper than {MAX_JSON_DEPTH} levels" in out.reply["message"]
+    assert out.reply_topic == T.reply("hold") and not out.executed
+    check_outcome(out)
+    assert target.calls == [] and ledger.lookup(json.loads(payload)["command_id"]) is None
+    assert h.handle(T.cmd("hold", SCADA), command("hold")).accepted      # and still works
+    assert target.calls == [("hold", "held by scada-hd")]
+
+
+def test_the_depth_scan_ignores_brackets_inside_strings(ledger: CommandLedger) -> None:
+    assert json_too_deep(b"[" * 33 + b"]" * 33) and not json_too_deep(b"[" * 32 + b"]" * 32)
+    assert not json_too_deep(json.dumps({"reason": "[{" * 500, "q": "\\\"[[[" * 100}).encode())
+    assert json_too_deep(json.dumps({"reason": "]\\\"", "a": [[[1]]]}).encode(), limit=3)
+    out = handler(Recorder(), ledger).handle(T.cmd("hold", SCADA), command("hold", {"reason": "[[{\\\"" * 20}))
+    assert out.accepted
+
+
+def test_anything_unexpected_is_answered_error_and_changes_nothing(ledger: CommandLedger) -> None:
+    target = Recorder()
+    h = handler(target, ledger)
+    out = h.handle(T.cmd("hold", SCADA), None)  # type: ignore[arg-type]   # not bytes: a caller's bug
+    assert out.reply["code"] == "error" and "TypeError" in out.reply["message"]
+    assert out.reply_topic is None and target.calls == []
+    check_outcome(out)
+
+
+# ---- the ledger failing: refuse before executing, answer after ---------------------------------
+
+@contextlib.contextmanager
+def locked(path: pathlib.Path) -> Iterator[None]:
+    """Another connection holds the ledger's write lock (a second process, a backup tool)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_a_locked_ledger_refuses_the_command_quickly_and_nothing_runs(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "c.db"
+    target = Recorder()
+    with CommandLedger(path) as led:
+        assert led._db.execute("PRAGMA busy_timeout").fetchone()[0] == 200   # ms: not the 5 s default
+        h = handler(target, led)
+        payload = command("hold")
+        with locked(path):
+            out = h.handle(T.cmd("hold", SCADA), payload)
+            assert out.reply["code"] == "error" and "command ledger unavailable" in out.reply["message"]
+            assert not out.executed and target.calls == []
+            check_outcome(out)
+            # a rejection is still answered with its own reason (it just is not remembered)
+            denied = h.handle(T.cmd("hold", "historian"), command("hold", issuer="historian"))
+            assert denied.reply["code"] == "unauthorised"
+        again = h.handle(T.cmd("hold", SCADA), payload)      # nothing was recorded: the same id now runs
+        assert again.accepted and not again.reply["replayed"] and target.calls == [("hold", "held by scada-hd")]
+
+
+def test_a_damaged_ledger_refuses_the_command(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "c.db"
+    target = Recorder()
+    with CommandLedger(path) as led:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("DROP TABLE commands")
+        other.close()
+        out = handler(target, led).handle(T.cmd("hold", SCADA), command("hold"))
+    assert out.reply["code"] == "error" and "command ledger unavailable" in out.reply["message"]
+    assert target.calls == []
+
+
+class LockingTarget(Recorder):
+    """Executes, then another connection locks the ledger before the answer can be stored."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        super().__init__()
+        self.other = sqlite3.connect(path, isolation_level=None)
+
+    def hold(self, reason: str) -> None:
+        super().hold(reason)
+        self.other.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        self.other.execute("ROLLBACK")
+        self.other.close()
+
+
+def test_an_answer_that_cannot_be_stored_is_still_given_and_never_executed_again(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "c.db"
+    target = LockingTarget(path)
+    payload = command("hold")
+    with CommandLedger(path) as led:
+        h = handler(target, led)
+        out = h.handle(T.cmd("hold", SCADA), payload)
+        target.release()
+        assert out.accepted and out.executed
+        replay = h.handle(T.cmd("hold", SCADA), payload)
+    assert replay.reply["code"] == "outcome_unknown" and replay.reply["replayed"]
+    assert target.calls == [("hold", "held by scada-hd")]
+
+
+def test_old_ids_are_pruned_on_a_rejection_path_too(ledger: CommandLedger) -> None:
+    old = str(uuid.uuid4())
+    ledger.begin(old, "d", "hold", SCADA, NOW - 3600 * 10**9, {"code": "ok", "message": "held"})
+    out = handler(Recorder(), ledger).handle(T.cmd("hold", SCADA), b"{")
+    assert out.reply["code"] == "not_json"
+    assert ledger.lookup(old) is None
+
+
+# ---- floods: a budget per scan, one ledger transaction per batch -------------------------------
+
+class Clock:
+    """A ``timer`` that the target advances: time passes only when a command executes."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+
+class SlowTarget(Recorder):
+    def __init__(self, clock: Clock, cost_s: float) -> None:
+        super().__init__()
+        self.clock, self.cost_s = clock, cost_s
+
+    def _do(self, name: str, arg: Any = None) -> None:
+        super()._do(name, arg)
+        self.clock.t += self.cost_s
+
+
+def test_handle_many_answers_busy_once_the_budget_is_spent(ledger: CommandLedger) -> None:
+    clock = Clock()
+    target = SlowTarget(clock, cost_s=0.004)
+    h = CommandHandler(topics=T, settings=SETTINGS, allow_remote_reset=False, target=target, ledger=ledger,
+                       clock=lambda: NOW, timer=lambda: clock.t)
+    payloads = [command("hold", {"reason": f"r{i}"}) for i in range(5)]
+    batch = [Received(T.cmd("hold", SCADA), p, correlation_data=b"c%d" % i) for i, p in enumerate(payloads)]
+    outs = h.handle_many(batch, budget_s=0.01)
+    assert [o.reply["code"] for o in outs] == ["ok", "ok", "ok", "busy", "busy"]
+    assert target.calls == [("hold", "r0"), ("hold", "r1"), ("hold", "r2")]
+    busy = outs[3]
+    assert busy.reply["command_id"] == json.loads(payloads[3])["command_id"] and not busy.executed
+    assert busy.reply_topic == T.reply("hold") and busy.correlation_data == b"c3" and "again" in busy.reply["message"]
+    check_outcome(busy)
+    # sent again, the same ids run: busy was not remembered
+    again = h.handle_many([Received(T.cmd("hold", SCADA), p) for p in payloads[3:]], budget_s=1.0)
+    assert [o.reply["code"] for o in again] == ["ok", "ok"] and len(target.calls) == 5
+    # at least one is handled, even with no budget at all
+    assert [o.reply["code"] for o in h.handle_many(batch[:2], budget_s=0)] == ["ok", "busy"]
+
+
+def test_a_flood_of_rejections_is_remembered_in_one_batch(tmp_path: pathlib.Path) -> None:
+    target = Recorder()
+    flood = [Received(T.cmd("hold", "historian"), command("hold", issuer="historian")) for _ in range(50)]
+    with CommandLedger(tmp_path / "c.db") as led:
+        outs = handler(target, led).handle_many([*flood, Received(T.cmd("hold", SCADA), command("hold"))], 10.0)
+    assert [o.reply["code"] for o in outs] == ["unauthorised"] * 50 + ["ok"]
+    with CommandLedger(tmp_path / "c.db") as led:     # committed: a replay after a restart gets the same answer
+        replays = handler(target, led).handle_many(flood[:3], 10.0)
+    assert [(o.reply["code"], o.reply["replayed"]) for o in replays] == [("unauthorised", True)] * 3
+    assert target.calls == [("hold", "held by scada-hd")]
+
+
+def test_handle_many_refuses_a_bad_budget(ledger: CommandLedger) -> None:
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="budget_s"):
+            handler(Recorder(), ledger).handle_many([], bad)
+    batch = [Received(T.cmd("hold", SCADA), command("hold")) for _ in range(3)]
+    assert [o.reply["code"] for o in handler(Recorder(), ledger).handle_many(batch, float("inf"))] == ["ok"] * 3

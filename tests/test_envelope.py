@@ -11,7 +11,7 @@ import pytest
 from edge.telemetry import envelope as E
 from edge.telemetry import schemas
 from edge.telemetry.outbox import Outbox, Priority
-from edge.telemetry.topics import STREAMS, StationTopics, TopicError, parse_topic, subscription
+from edge.telemetry.topics import STREAMS, StationTopics, TopicError, TopicParts, parse_topic, subscription
 
 T = StationTopics("pilot-line", "hd-01")
 
@@ -21,9 +21,10 @@ T = StationTopics("pilot-line", "hd-01")
 def test_topics_of_a_station() -> None:
     assert T.status == "reedge/v1/pilot-line/hd-01/status"
     assert T.telemetry.endswith("/hd-01/telemetry") and T.state.endswith("/state") and T.batch.endswith("/batch")
-    assert T.cmd("ack_alarm") == "reedge/v1/pilot-line/hd-01/cmd/ack_alarm"
+    assert T.cmd("ack_alarm", "scada-hd") == "reedge/v1/pilot-line/hd-01/cmd/scada-hd/ack_alarm"
+    assert T.cmd("hold", "CN with Spaces") == "reedge/v1/pilot-line/hd-01/cmd/CN with Spaces/hold"
     assert T.reply("reset") == "reedge/v1/pilot-line/hd-01/reply/reset"
-    assert T.cmd_filter == "reedge/v1/pilot-line/hd-01/cmd/+"
+    assert T.cmd_filter == "reedge/v1/pilot-line/hd-01/cmd/+/+"
     assert subscription() == "reedge/v1/+/+/#"
     assert subscription("pilot-line") == "reedge/v1/pilot-line/+/#"
 
@@ -39,27 +40,42 @@ def test_a_name_that_would_break_a_topic_is_refused_clearly(bad: str) -> None:
 
 def test_unknown_verb_and_stream_are_refused() -> None:
     with pytest.raises(TopicError, match="unknown command verb 'explode'"):
-        T.cmd("explode")
+        T.cmd("explode", "scada-hd")
+    for bad in ("", "scada/hd", "scada+", "#", " scada", "a\nb", "x" * 129):
+        with pytest.raises(TopicError, match="cannot be a command topic level"):
+            T.cmd("hold", bad)
+    with pytest.raises(TopicError, match="needs the sender's identity"):
+        T.topic("cmd", "hold")
     with pytest.raises(TopicError, match="unknown stream"):
         T.topic("logs")
 
 
 def test_parse_topic_round_trips_every_topic() -> None:
     for name, spec in STREAMS.items():
-        topic = T.topic(name, "hold") if "{verb}" in spec.suffix else T.topic(name)
+        topic = T.topic(name, "hold", "scada-hd") if "{verb}" in spec.suffix else T.topic(name)
         parts = parse_topic(topic)
         assert (parts.site, parts.station, parts.stream) == ("pilot-line", "hd-01", name)
-    for bad in ("reedge/v2/a/b/status", "reedge/v1/a/b", "reedge/v1/a/b/cmd/explode", "reedge/v1/a/b/status/x"):
+    assert parse_topic(T.cmd("reset", "service-laptop")) == TopicParts("pilot-line", "hd-01", "cmd", "reset",
+                                                                       "service-laptop")
+    inbox = parse_topic(f"{T.root}/reply/scada-hd/req/7")
+    assert (inbox.stream, inbox.identity, inbox.verb) == ("reply", "scada-hd", None)
+    for bad in ("reedge/v2/a/b/status", "reedge/v1/a/b", "reedge/v1/a/b/cmd/scada/explode",
+                "reedge/v1/a/b/cmd/hold", "reedge/v1/a/b/cmd/scada/hold/x", "reedge/v1/a/b/status/x",
+                "reedge/v1/a/b/reply/scada", "reedge/v1/a/b/reply/scada//x", "reedge/v1/a/b/reply/scada/x/"):
         with pytest.raises(TopicError):
             parse_topic(bad)
 
 
 def test_reply_topics_a_command_may_ask_for() -> None:
-    assert T.check_reply_topic("scada/replies/7") == "scada/replies/7"
-    assert T.check_reply_topic(T.reply("hold")) == T.reply("hold")
-    for bad in (T.state, T.event, "reedge/v1/pilot-line/hd-02/reply/hold", "scada/+", "$SYS/x", "", "a\nb"):
+    inbox = f"{T.root}/reply/scada-hd/7"
+    assert T.check_reply_topic(inbox, identity="scada-hd") == inbox
+    assert T.check_reply_topic(inbox + "/a/b", identity="scada-hd") == inbox + "/a/b"
+    assert T.check_reply_topic(T.reply("hold"), identity="scada-hd") == T.reply("hold")
+    for bad in ("scada/replies/7", T.state, T.event, "reedge/v1/pilot-line/hd-02/reply/hold",
+                "reedge/v1/pilot-line/hd-02/reply/scada-hd/7", f"{T.root}/reply/other/7", f"{T.root}/reply/scada-hd",
+                f"{T.root}/reply/scada-hd/", f"{T.root}/reply/scada-hd/+", "scada/+", "$SYS/x", "", "a\nb", 7):
         with pytest.raises(TopicError):
-            T.check_reply_topic(bad)
+            T.check_reply_topic(bad, identity="scada-hd")
 
 
 # ---- envelopes ----------------------------------------------------------------------------------

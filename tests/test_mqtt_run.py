@@ -6,7 +6,12 @@ a remote reset (refused: the station does not allow one), hold, the broker stopp
 again while the batch is held, resume, and an abort once the purge has begun. The consumer
 (``edge.telemetry.watch.Watch``: ``reedge tail``'s checks and gap tracker) subscribed with a
 persistent session before the controller started; it must have every message schema-valid and
-no sequence number missing on any stream, across the outage.
+no sequence number missing on any stream, across the outage, and as many per stream as the
+controller says it put (no lost tail).
+
+Then ``reedge run`` stopped with SIGTERM while the broker is down: the flush waits for a broker
+that does not come, and the restart must not find a latched dead-man trip (the core is stopped
+before the flush); what was left in the outbox arrives once the broker is back.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import pathlib
+import signal
 import threading
 import time
 import traceback
@@ -24,11 +30,16 @@ from edge.telemetry.broker_url import parse_broker_url
 from edge.telemetry.envelope import Envelope, rfc3339_ms
 from edge.telemetry.topics import SCHEMA_BASE, StationTopics
 from edge.telemetry.watch import Watch
+from hil.rig import RigConfig, VirtualRig
 from hil.runner import run_scenario
 from hil.scenario import load_scenario
-from tests.mqtt_broker import Mosquitto
+from tests.mqtt_broker import Mosquitto, wait_until
 
 SCENARIO = pathlib.Path(__file__).parent / "data" / "hd_mqtt_abort.toml"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+HD_STATION = ROOT / "stations" / "hd_reactor_sim.toml"
+HD_RECIPE = ROOT / "recipes" / "hd_standard.toml"
+COUNTERS = {"telemetry": "telemetry", "event": "events", "batch": "batch", "state": "state", "reply": "replies"}
 TOPICS = StationTopics("pilot-line", "hd-01")   # stations/hd_reactor_sim.toml
 WAIT_S = 60.0          # safety nets, never measurements
 OUTAGE_S = 1.5         # wall seconds without a broker (300 s of plant time)
@@ -57,7 +68,7 @@ def send(watch: Watch, verb: str, issuer: str, **args: Any) -> str:
     command_id = str(uuid.uuid4())
     doc = {"schema": f"{SCHEMA_BASE}cmd-{verb}.json", "command_id": command_id,
            "issued_at": rfc3339_ms(time.time_ns()), "issuer": issuer, "args": args}
-    watch.client.publish(TOPICS.cmd(verb), json.dumps(doc), qos=1)
+    watch.client.publish(TOPICS.cmd(verb, issuer), json.dumps(doc), qos=1)
     return command_id
 
 
@@ -149,6 +160,13 @@ def test_controller_publishes_every_message_and_obeys_mqtt_commands(tmp_path: pa
         assert sum(w["samples"] for w in windows) == windows[-1]["last_tick"] - windows[0]["first_tick"] + 1
 
         # the state is retained: a consumer that comes later gets the last one at once
+        # no lost tail: every stream has exactly what the controller put (one boot, fresh state dir)
+        exit_mqtt = mqtt_at_stop(tmp_path / "report" / f"{SCENARIO.stem}.work")
+        assert exit_mqtt["flushed"] is True and exit_mqtt["remaining"] == 0, exit_mqtt
+        for stream, counter in COUNTERS.items():
+            seqs = [e.seq for e in envelopes(watch, stream)]
+            assert seqs == list(range(1, exit_mqtt[counter] + 1)), (stream, exit_mqtt[counter], seqs[-3:])
+
         late = Watch(parse_broker_url(broker.url), site=TOPICS.site, station=TOPICS.station, client_id="test-late",
                      keep=True).start()
         last_seq = envelopes(watch, "state")[-1].seq
@@ -160,4 +178,69 @@ def test_controller_publishes_every_message_and_obeys_mqtt_commands(tmp_path: pa
         if late is not None:
             late.close()
         watch.close()
+        broker.close()
+
+
+def mqtt_at_stop(work: pathlib.Path) -> dict[str, Any]:
+    """The ``mqtt`` fields of the controller's exit line, from its journal copy on stderr (controller.log)."""
+    prefix = "reedge run: MQTT at stop: "
+    lines = [ln for ln in (work / "controller.log").read_text().splitlines() if ln.startswith(prefix)]
+    assert len(lines) == 1, lines
+    result: dict[str, Any] = json.loads(lines[0][len(prefix):])
+    return result
+
+
+def exit_line(rig: VirtualRig, since: int) -> dict[str, Any]:
+    """The controller's exit line (its stdout reader may still be catching up after the process ended)."""
+    def found() -> dict[str, Any] | None:
+        return next((ln.data for ln in rig.controller_lines(since) if ln.data.get("type") == "exit"), None)
+
+    wait_until(lambda: found() is not None, "the controller's exit line")
+    line = found()
+    assert line is not None
+    return line
+
+
+def test_sigterm_while_the_broker_is_down_leaves_no_latched_deadman_trip(tmp_path: pathlib.Path) -> None:
+    broker = Mosquitto(tmp_path / "broker").start()
+    # A long flush (10 s of wall time, 5 times the dead-man's 2 s) against a broker that is down.
+    cfg = RigConfig(station=HD_STATION, plant="hd_reactor", time_scale=50.0, workdir=tmp_path / "rig",
+                    controller_args=("--broker", broker.url, "--mqtt-flush-s", "10"), stop_grace_s=60.0)
+    rig = VirtualRig(cfg)
+    watch: Watch | None = None
+    try:
+        rig.start()
+        rig.start_controller(HD_RECIPE, "sigterm-test")
+        wait_until(lambda: rig.status.get("phase") == "leak_test", "the batch in its leak test", WAIT_S)
+        broker.stop()
+        rig.signal_controller(signal.SIGTERM)
+        assert rig.controller is not None
+        assert rig.controller.wait(WAIT_S) == 0
+        first = exit_line(rig, 0)
+        assert first["mqtt"]["flushed"] is False and first["mqtt"]["remaining"] > 0
+        events = [ln.data for ln in rig.controller_lines() if ln.data.get("type") == "event"]
+        assert not [e for e in events if e.get("kind") == "trip"], "a trip during the stop"
+        assert any(e["data"].get("core_kind") == "STOPPED" for e in events), "the core was stopped cleanly"
+
+        broker.start()
+        watch = Watch(parse_broker_url(broker.url), site=TOPICS.site, station=TOPICS.station,
+                      client_id="test-restart", keep=True).start()
+        since = len(rig.controller_lines())
+        rig.start_controller()                    # recovers the batch; no latched trip comes back
+        wait_until(lambda: any(ln.data.get("type") == "ready" for ln in rig.controller_lines(since)),
+                   "the restarted controller ready", WAIT_S)
+        restarted = [ln.data for ln in rig.controller_lines(since)]
+        assert not [d for d in restarted if "latched trip" in str(d.get("message"))], restarted[:5]
+        assert not [d for d in restarted if d.get("kind") == "trip"]
+
+        # the first run's tail arrives after the outage, and the restarted core has nothing tripped
+        assert watch.wait(lambda w: len({c.envelope.boot_id for c in w.messages if c.envelope is not None
+                                         and c.envelope.stream == "state" and not c.retained}) >= 2, WAIT_S)
+        states = [c.envelope for c in watch.snapshot() if c.envelope is not None and c.envelope.stream == "state"]
+        assert all(st.body["interlocks"]["tripped"] == [] for st in states), [st.body["interlocks"] for st in states]
+        assert watch.gaps == [], watch.summary()
+    finally:
+        if watch is not None:
+            watch.close()
+        rig.close()
         broker.close()

@@ -14,6 +14,7 @@ every wait is a safety net (``SAFETY_S``) on a condition, never a timed assertio
 
 from __future__ import annotations
 
+import base64
 import json
 import pathlib
 import random
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -41,7 +42,7 @@ from edge.telemetry.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from edge.telemetry.envelope import parse
 from edge.telemetry.outbox import Outbox, Priority
 from edge.telemetry.session import MqttSession, SessionError, SessionEvent, backoff_delay
-from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, TcpProxy, free_port, verify
+from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, TcpProxy, free_port, verify, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SITE, STATION = "pilot", "hd-01"
@@ -557,17 +558,134 @@ def test_commands_sent_while_the_station_is_away_arrive_when_it_is_back(broker: 
     sender.connect("127.0.0.1", broker.port)
     sender.loop_start()
     try:
-        sender.publish(first.topics.cmd("hold"), b'{"id": 1}', qos=1).wait_for_publish(SAFETY_S)
-        assert arrived.wait(SAFETY_S) and got == [(first.topics.cmd("hold"), b'{"id": 1}')]
+        sender.publish(first.topics.cmd("hold", "scada-hd"), b'{"id": 1}', qos=1).wait_for_publish(SAFETY_S)
+        assert arrived.wait(SAFETY_S) and got == [(first.topics.cmd("hold", "scada-hd"), b'{"id": 1}')]
         assert first.stop().offline_published
         arrived.clear()
-        sender.publish(first.topics.cmd("abort"), b'{"id": 2}', qos=1).wait_for_publish(SAFETY_S)
+        sender.publish(first.topics.cmd("abort", "scada-hd"), b'{"id": 2}', qos=1).wait_for_publish(SAFETY_S)
         second = session()                                   # same client id: the broker kept the session
         try:
             assert arrived.wait(SAFETY_S)
-            assert got[-1] == (first.topics.cmd("abort"), b'{"id": 2}')
+            assert got[-1] == (first.topics.cmd("abort", "scada-hd"), b'{"id": 2}')
         finally:
             second.stop(0)
     finally:
         sender.disconnect()
         sender.loop_stop()
+
+
+# ---- acknowledgements, correlation data, permanent refusals ---------------------------------------------
+
+
+def test_a_command_not_acknowledged_by_its_handler_comes_again_on_the_next_connection(
+        broker: Mosquitto, outbox: Outbox) -> None:
+    got: list[tuple[bytes, bool]] = []
+    arrived = threading.Condition()
+
+    def on_command(message: mqtt.MQTTMessage, ack: Callable[[], None]) -> None:
+        with arrived:
+            got.append((bytes(message.payload), bool(message.dup)))
+            arrived.notify_all()
+        if message.payload == b"handled":
+            ack()                     # e.g. its answer is stored; "unhandled" is never acknowledged
+
+    def wait_for(n: int) -> None:
+        with arrived:
+            assert arrived.wait_for(lambda: len(got) >= n, SAFETY_S), got
+
+    def session() -> MqttSession:
+        s = MqttSession(outbox, fast(broker.url), site=SITE, station=STATION)
+        s.subscribe_acked(s.topics.cmd_filter, 1, on_command)
+        return s.start()
+
+    first = session()
+    assert first.wait_connected(SAFETY_S)
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada", protocol=MQTTProtocolVersion.MQTTv5)
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    try:
+        topic = first.topics.cmd("hold", "scada-hd")
+        sender.publish(topic, b"unhandled", qos=1).wait_for_publish(SAFETY_S)
+        sender.publish(topic, b"handled", qos=1).wait_for_publish(SAFETY_S)
+        wait_for(2)
+        first.stop(1)
+        second = session()                       # same client id: the broker kept the session and the message
+        try:
+            wait_for(3)
+            assert got[2] == (b"unhandled", True), got      # sent again (DUP); "handled" was not
+            second.stop(0)
+        finally:
+            second.stop(0)
+        assert [p for p, _ in got] == [b"unhandled", b"handled", b"unhandled"]
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+
+
+def test_a_reply_carries_the_commands_correlation_data_as_an_mqtt5_property(broker: Mosquitto,
+                                                                           outbox: Outbox) -> None:
+    received: list[mqtt.MQTTMessage] = []
+    done = threading.Event()
+    requester = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="requester",
+                            protocol=MQTTProtocolVersion.MQTTv5)
+    subscribed = threading.Event()
+    requester.on_subscribe = lambda *_: subscribed.set()
+
+    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        received.append(m)
+        done.set()
+
+    requester.on_message = on_message
+    requester.connect("127.0.0.1", broker.port)
+    requester.loop_start()
+    session = MqttSession(outbox, fast(broker.url, protocol="5"), site=SITE, station=STATION).start()
+    try:
+        requester.subscribe(session.topics.reply("hold"), qos=1)
+        assert subscribed.wait(SAFETY_S)
+        sent = b"\x00\xffrequest-17"
+        session.put("reply", {"command_id": "c0ffee00-1", "verb": "hold", "result": "accepted", "code": "ok",
+                              "message": "held", "replayed": False,
+                              "correlation_data": base64.b64encode(sent).decode()}, verb="hold")
+        assert done.wait(SAFETY_S)
+        assert received[0].properties is not None
+        assert getattr(received[0].properties, "CorrelationData", None) == sent
+    finally:
+        session.stop(1)
+        requester.disconnect()
+        requester.loop_stop()
+
+
+def test_a_permanent_refusal_is_deleted_and_reported_a_refused_telemetry_message_kept(
+        tmp_path: pathlib.Path, outbox: Outbox) -> None:
+    root = f"reedge/v1/{SITE}/{STATION}"
+    acl = tmp_path / "acl"      # anonymous clients: the station's status, event and telemetry, nothing else
+    acl.write_text("".join(f"topic readwrite {root}/{t}\n" for t in ("status", "event", "telemetry")))
+    broker = Mosquitto(tmp_path / "broker", extra=f"acl_file {acl}").start()
+    consumer = Consumer(broker.port, topic=f"{root}/event")
+    events = Events()
+    session = MqttSession(outbox, fast(broker.url, protocol="5"), site=SITE, station=STATION, on_event=events)
+    session.start()
+    try:
+        before = session.put("event", {"n": 1})
+        reply = session.put("reply", {"command_id": "x"}, verb="hold")    # the ACL refuses it: for good
+        foreign = outbox.put("telemetry", f"reedge/v1/{SITE}/hd-02/telemetry", {"n": 1},
+                             priority=Priority.TELEMETRY)                   # refused too, but telemetry: kept
+        after = session.put("event", {"n": 2})
+        assert consumer.wait_for({"event": after.seq + 1})                  # + the report
+        reports = [json.loads(p)["body"] for p in consumer.received.payloads
+                   if json.loads(p)["body"].get("kind") == "other"]
+        assert len(reports) == 1, reports
+        data = reports[0]["data"]
+        assert data["original_kind"] == "message_refused" and data["reason_code"] == 0x87
+        assert (data["boot"], data["stream"], data["seq"], data["topic"]) == (*reply.key, reply.topic)
+        assert consumer.verify({"event": after.seq + 1}).problems == []
+        assert before.seq == 1
+        wait_until(lambda: session.stats().dropped == 1 and outbox.stats().count == 1, "the reply deleted")
+        assert [m.key for m in outbox.pending(10)] == []         # the telemetry one: set aside, in flight
+        result = session.stop(1)
+        assert (result.flushed, result.remaining) == (False, 1)
+        assert [m.key for m in outbox.pending(10)] == [foreign.key]
+    finally:
+        session.stop(0)
+        consumer.close()
+        broker.close()

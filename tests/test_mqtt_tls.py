@@ -8,20 +8,30 @@ come from ``openssl`` with the commands of ``deploy/mosquitto/README.md``.
 
 from __future__ import annotations
 
+import json
 import pathlib
+import queue
 import re
 import ssl
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.telemetry.access import CommandSettings
 from edge.telemetry.broker_url import BrokerSettings, parse_broker_list
+from edge.telemetry.commands import CommandHandler, CommandLedger, Received, StartRequest
+from edge.telemetry.envelope import rfc3339_ms
 from edge.telemetry.outbox import Outbox, Priority
 from edge.telemetry.session import MqttSession, SessionEvent
+from edge.telemetry.topics import SCHEMA_BASE, StationTopics
 from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, Pki, free_port, make_ca, make_pki, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -143,20 +153,21 @@ def test_station_publishes_with_its_certificate_and_cannot_write_into_another_st
                 last[msg.stream] = msg.seq
         rejected = events.wait("rejected")
         assert rejected[0].reason_code == 0x87 and rejected[0].message == foreign.key     # Not authorized
+        # a permanent refusal of a non-telemetry message: deleted from the outbox, and reported on the
+        # station's own event stream (boot, stream, seq, topic, reason code), so nothing vanishes silently
+        last["event"] += 1
         assert consumer.wait_for(last)
         verdict = consumer.verify(last)
         assert verdict.problems == [], verdict                 # the station's own streams: complete, in order
         assert not any(k[1] == "batch" for k in consumer.received.keys)     # the foreign one never arrived
-        wait_until(lambda: session.stats().acked == 120, "all 120 of the station's own messages acknowledged")
-        assert session.stats().rejected == 1
-        assert [m.key for m in outbox.pending(10)] == []        # set aside (in flight) until the next connection
-        assert outbox.stats().count == 1                        # ... but kept, never dropped
-        result = session.stop(flush_timeout_s=1)
-        assert not result.flushed and result.remaining == 1 and result.offline_published
+        wait_until(lambda: session.stats().acked == 121, "the station's 120 messages and the refusal report acked")
+        assert session.stats().rejected == 1 and session.stats().dropped == 1
+        assert outbox.stats().count == 0
+        result = session.stop(flush_timeout_s=5)
+        assert result.flushed and result.remaining == 0 and result.offline_published
     finally:
         session.stop(0)
         consumer.close()
-    assert [m.key for m in outbox.pending(10)] == [foreign.key]   # sent again by the next session
 
 
 def test_wrong_ca_and_wrong_host_name_are_refused_with_a_clear_error(plant: PlantBroker, outbox: Outbox,
@@ -221,3 +232,98 @@ def test_user_name_and_password_over_tls(plant: PlantBroker, outbox: Outbox, tmp
             session.stop(0)
     finally:
         consumer.close()
+
+
+# ---- commands: the broker vouches for the sender ---------------------------------------------------
+
+class Publishes:
+    """PUBACK reason codes by message id (MQTT 5), for a client's on_publish."""
+
+    def __init__(self) -> None:
+        self.codes: dict[int, int] = {}
+        self.cond = threading.Condition()
+
+    def __call__(self, _c: object, _u: object, mid: int, reason: ReasonCode, _p: object) -> None:
+        with self.cond:
+            self.codes[mid] = reason.value
+            self.cond.notify_all()
+
+    def wait(self, mid: int) -> int:
+        with self.cond:
+            assert self.cond.wait_for(lambda: mid in self.codes, SAFETY_S), f"no PUBACK for message {mid}"
+            return self.codes[mid]
+
+
+class Held:
+    """The station's process, as far as this test goes: it can be held, and nothing else is expected."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def hold(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def start_batch(self, request: StartRequest) -> None:
+        raise AssertionError("no start was sent")
+
+    def resume(self) -> None:
+        raise AssertionError("no resume was sent")
+
+    def abort(self, reason: str) -> None:
+        raise AssertionError("no abort was sent")
+
+    def ack_alarm(self, alarm: str) -> None:
+        raise AssertionError("no ack_alarm was sent")
+
+    def reset(self, rule: str | None) -> None:
+        raise AssertionError("the reset must never get through")
+
+
+def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: PlantBroker, outbox: Outbox,
+                                                                         tmp_path: pathlib.Path) -> None:
+    """scada cannot send a reset as service-laptop: mosquitto refuses it (PUBACK 0x87, never delivered);
+    its own cmd/scada/hold reaches the station, which authorises it by that level."""
+    pki = plant.pki
+    topics = StationTopics(SITE, "hd-01")
+    cert, key = pki.clients["hd-01"]
+    arrived: queue.Queue[Received] = queue.Queue()
+    session = MqttSession(outbox, station_settings(f"mqtts://localhost:{plant.tls_port}", ca_file=pki.ca,
+                                                   cert_file=cert, key_file=key), site=SITE, station="hd-01")
+    session.subscribe(topics.cmd_filter, 1, lambda m: arrived.put(Received(m.topic, bytes(m.payload))))
+    publishes = Publishes()
+    online = threading.Event()
+    scada = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada-cmd", protocol=MQTTProtocolVersion.MQTTv5)
+    scada.tls_set_context(client_context(pki, "scada"))
+    scada.on_publish = publishes
+    scada.on_message = lambda _c, _u, m: online.set() if b'"online"' in m.payload else None
+    scada.on_connect = lambda c, _u, _f, _r, _p: c.subscribe(topics.status, qos=1)
+    scada.connect("localhost", plant.tls_port)
+    scada.loop_start()
+    session.start()
+    try:
+        # the station subscribes before it publishes its birth on the same connection: once the birth is
+        # here, the broker has its command subscription
+        assert online.wait(SAFETY_S), "the station's birth never arrived"
+        now = rfc3339_ms(time.time_ns())
+
+        def send(identity: str, verb: str) -> int:
+            doc = {"schema": f"{SCHEMA_BASE}cmd-{verb}.json", "command_id": str(uuid.uuid4()), "issued_at": now,
+                   "issuer": identity, "args": {}}
+            return publishes.wait(scada.publish(topics.cmd(verb, identity), json.dumps(doc), qos=1).mid)
+
+        assert send("service-laptop", "reset") == 0x87       # not authorised: the broker drops it
+        assert send("scada", "hold") == 0x00
+        got = arrived.get(timeout=SAFETY_S)
+        assert got.topic == topics.cmd("hold", "scada")      # the first to arrive: the reset never did
+        target = Held()
+        settings = CommandSettings(roles={"scada": frozenset({"operator"}),
+                                          "service-laptop": frozenset({"maintenance"})})
+        with CommandLedger(tmp_path / "commands.db") as ledger:
+            out = CommandHandler(topics=topics, settings=settings, allow_remote_reset=True, target=target,
+                                 ledger=ledger).handle_many([got], 1.0)[0]
+        assert out.accepted and out.event.body["issuer"] == "scada" and target.reasons == ["held by scada"]
+        assert arrived.empty()
+    finally:
+        scada.disconnect()
+        scada.loop_stop()
+        session.stop(0)

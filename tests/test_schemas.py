@@ -160,3 +160,13 @@ def test_every_stream_is_in_asyncapi_with_the_same_qos_retain_and_schema(stream:
 def test_asyncapi_has_no_channel_that_topics_does_not_know() -> None:
     known = {_address_for(s.suffix) for s in STREAMS.values()}
     assert {c["address"] for c in ASYNCAPI["channels"].values()} == known
+
+
+def test_a_command_is_addressed_by_its_sender_and_needs_no_issuer() -> None:
+    """The sender is the topic's {identity} level (the broker vouches for it); ``issuer`` is an optional echo."""
+    cmd = next(c for c in ASYNCAPI["channels"].values() if "/cmd/" in c["address"])
+    assert cmd["address"] == "reedge/v1/{site}/{station}/cmd/{identity}/{verb}"
+    example = json.loads((EXAMPLES / "cmd-hold.json").read_text())
+    del example["issuer"]
+    assert schemas.errors(example, example["schema"]) == []
+    assert schemas.errors({**example, "issuer": ""}, example["schema"])   # present, it must be a name

@@ -123,8 +123,38 @@ def test_check_message_validates_topic_envelope_and_body() -> None:
                   body={"result": "maybe"})
     assert any("/body" in p for p in check_message(T.reply("hold"), bad).problems)
     assert check_message("other/topic", good).problems
-    cmd = check_message(T.cmd("hold"), b'{"schema": "x"}')
+    cmd = check_message(T.cmd("hold", "scada-hd"), b'{"schema": "x"}')
     assert cmd.problems and cmd.envelope is None
+    inbox = check_message(f"{T.root}/reply/scada-hd/req-7", good)     # a sender's own reply inbox
+    assert inbox.problems == [] and inbox.envelope is not None
+
+
+def _command(issuer: str | None) -> bytes:
+    doc = {"schema": "https://reeproduce.eu/schemas/reedge/v1/cmd-hold.json", "command_id": "7d9c0e8a-0001",
+           "issued_at": "2025-03-14T09:26:53.589Z", "args": {}}
+    return json.dumps(doc if issuer is None else {**doc, "issuer": issuer}).encode()
+
+
+def test_a_command_naming_another_issuer_than_its_sender_is_reported() -> None:
+    assert check_message(T.cmd("hold", "scada-hd"), _command("scada-hd")).problems == []
+    assert check_message(T.cmd("hold", "scada-hd"), _command(None)).problems == []
+    forged = check_message(T.cmd("hold", "scada-hd"), _command("service-laptop")).problems
+    assert forged == ["issuer 'service-laptop' is not the sender 'scada-hd' of the topic: the station rejects it"]
+
+
+def test_deep_nesting_is_reported_not_raised() -> None:
+    """A ~2 KB message nesting 950 levels: json.loads takes it, the schema validator would recurse to death
+    (inside paho's network thread, which would end the tail)."""
+    deep = _command("scada-hd").replace(b"{}", b"[" * 950 + b"]" * 950)
+    assert isinstance(json.loads(deep), dict)
+    cmd = check_message(T.cmd("hold", "scada-hd"), deep)
+    assert cmd.problems == ["payload nests deeper than 32 levels: not checked"] and cmd.command is None
+    body = E.build(site="pilot-line", station="hd-01", boot_id="b", stream="event", seq=1, created_ns=0,
+                   body={"kind": "phase", "x": None}).replace(b"null", b"[" * 950 + b"]" * 950)
+    assert isinstance(json.loads(body), dict)
+    ev = check_message(T.event, body)
+    assert ev.problems == ["payload nests deeper than 32 levels: not checked"] and ev.envelope is None
+    assert check_message(T.event, b"\xff" + body).problems      # and bad bytes still get their own answer
 
 
 # ---- the command against a real broker ---------------------------------------------------------

@@ -216,6 +216,13 @@ class Controller:
             self._changes_seen = len(seq.changes)
         self.save()
 
+    def drain_core_events(self) -> None:
+        """The core's pending events as ProcessEvents, without a scan (at shutdown, after ``core.stop()``:
+        a scan would drive the outputs again)."""
+        now = self.now_s()
+        for event in self.core.drain_events():
+            self._core_event(now, event)
+
     def _core_event(self, now: float, e: CoreEvent) -> None:
         if e.kind is EventKind.OVERRUN:
             return

@@ -12,13 +12,15 @@ An identity is what the broker authenticated: the MQTT username, or the CN of th
 certificate (mosquitto ``use_identity_as_username``). One identity may be listed under several
 roles; it gets the union. An identity not listed may do nothing.
 
-**Where the identity comes from, and the limit of that.** MQTT does not tell a subscriber who
-published a message, so a command names its sender in ``issuer``, and the station checks that
-name against this table. The binding of ``issuer`` to the real connection is the broker's job:
-its ACL must let each identity publish only on the ``cmd/{verb}`` topics its roles allow
-(``broker_acl`` writes those lines from this same table). Then an identity cannot send a verb
-it may not use, whatever it writes in ``issuer``; the station's own check catches a broker
-without that ACL and gives the audit trail a name.
+**Where the identity comes from.** MQTT does not tell a subscriber who published a message, so
+the broker says it in the topic: a command goes to ``reedge/v1/{site}/{station}/cmd/{identity}/{verb}``
+and the broker's ACL lets each identity write only its own level
+(``pattern write reedge/v1/<site>/+/cmd/%u/+``, ``deploy/mosquitto/acl``). The station takes the
+identity from that level and looks it up in this table; the payload's ``issuer`` is only a
+cross-check (a command whose ``issuer`` names someone else is rejected). So ``scada`` cannot send
+a reset as ``service-laptop``, whatever it writes in the payload. ``broker_acl`` writes stricter
+per-station lines from this same table (each identity only the verbs of its roles), for a broker
+that should enforce the verbs as well.
 
 Example::
 
@@ -35,12 +37,11 @@ Example::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from edge.messages import describe, did_you_mean, join, short
-from edge.telemetry.topics import VERBS, StationTopics
+from edge.telemetry.topics import IDENTITY_RE, STREAMS, VERBS, StationTopics, check_identity
 
 ROLE_VERBS: dict[str, frozenset[str]] = {
     "viewer": frozenset(),
@@ -48,7 +49,6 @@ ROLE_VERBS: dict[str, frozenset[str]] = {
     "maintenance": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "reset"}),
 }
 assert all(v <= set(VERBS) for v in ROLE_VERBS.values())
-IDENTITY_RE = re.compile(r"[^\x00-\x1f\x7f+#/\s][^\x00-\x1f\x7f+#/]{0,127}")
 MAX_IDENTITIES = 100
 
 #: keys of [mqtt] this module reads (the MQTT session reads the others)
@@ -137,16 +137,27 @@ def read_settings(mqtt: Mapping[str, object], report: Callable[[str, str], None]
     return CommandSettings(roles={k: frozenset(v) for k, v in roles.items()}, **limits)
 
 
-def broker_acl(settings: CommandSettings, topics: StationTopics) -> str:
+def broker_acl(settings: CommandSettings, topics: StationTopics, station_identity: str | None = None) -> str:
     """mosquitto ACL lines that make the broker enforce this table (see the module docstring).
 
-    Every listed identity may read the station's topics; each may publish only the command
-    verbs of its roles. The station's own identity needs its own lines (the MQTT session's).
+    The station (``station_identity``: its certificate CN or username, by default its station id)
+    may publish its streams and its replies (``reply/#``: every reply topic a command may ask for,
+    ``StationTopics.check_reply_topic``) and read the commands of every sender. Every listed identity
+    may read the station's topics and write only ``cmd/{itself}/{verb}`` for the verbs of its roles.
+    TopicError if a name cannot be used in an ACL line (``IDENTITY_RE``).
     """
-    lines = [f"# generated from the [mqtt.roles] of station {topics.site}/{topics.station}"]
+    station = check_identity(topics.station if station_identity is None else station_identity)
+    lines = [f"# generated from the [mqtt.roles] of station {topics.site}/{topics.station}",
+             f"user {station}"]
+    lines.extend(f"topic write {topics.topic(spec.name)}" for spec in STREAMS.values()
+                 if spec.direction == "publish" and "{" not in spec.suffix)
+    lines.append(f"topic write {topics.root}/reply/#")
+    lines.append(f"topic read {topics.cmd_filter}")
+    lines.append("")
     for identity in sorted(settings.roles):
-        lines.append(f"user {identity}")
+        lines.append(f"user {check_identity(identity)}")
         lines.append(f"topic read {topics.root}/#")
-        lines.extend(f"topic write {topics.cmd(verb)}" for verb in VERBS if verb in settings.verbs_for(identity))
+        lines.extend(f"topic write {topics.cmd(verb, identity)}" for verb in VERBS
+                     if verb in settings.verbs_for(identity))
         lines.append("")
     return "\n".join(lines)

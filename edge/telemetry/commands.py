@@ -1,25 +1,35 @@
 """Commands from MQTT: checked, authorised, executed at most once, and always answered.
 
-A command arrives on ``reedge/v1/{site}/{station}/cmd/{verb}`` (``mqtt_schemas/cmd-{verb}.json``)::
+A command arrives on ``reedge/v1/{site}/{station}/cmd/{identity}/{verb}`` (``mqtt_schemas/cmd-{verb}.json``)::
 
     {"schema": "https://reeproduce.eu/schemas/reedge/v1/cmd-hold.json", "command_id": "7d9c0e8a-...",
      "issued_at": "2025-03-14T09:26:53.589Z", "issuer": "scada-hd", "args": {"reason": "door check"}}
 
-``CommandHandler.handle`` takes it through these steps, in this order, and the first that fails
-answers ``rejected`` with its code (``mqtt_schemas/reply.json``); nothing has changed then:
+**The sender is the topic's ``{identity}`` level**, which the broker vouches for: its ACL lets
+each identity write only ``cmd/{its own name}/+`` (``edge.telemetry.topics``,
+``deploy/mosquitto/acl``). Roles are looked up by that identity, never by the payload; the
+payload's ``issuer`` is optional and, if present, must name the same identity.
+
+``CommandHandler.handle`` takes a command through these steps, in this order, and the first that
+fails answers ``rejected`` with its code (``mqtt_schemas/reply.json``); nothing has changed then:
 
 ==================  =====================================================================
-``unknown_verb``    the topic is not one of this station's ``cmd/{verb}`` topics
+``unknown_verb``    the topic is not one of this station's ``cmd/{identity}/{verb}`` topics
 ``too_large``       the payload is larger than ``[mqtt.commands] max_payload_bytes``: refused
                     before it is parsed (a JSON bomb costs nothing)
+``invalid``         nested deeper than ``MAX_JSON_DEPTH``: refused before it is parsed (the
+                    schema validator recurses, and a deep array would exhaust the stack)
 ``not_json``        not UTF-8 JSON
-``invalid``         not valid against the verb's schema (every problem listed), or a bad reply_to
-``id_reused``       the command id was seen with a different payload
+``invalid``         not valid against the verb's schema (every problem listed), or a reply
+                    topic that is not one of the station's own (``check_reply_topic``)
+``unauthorised``    the payload's ``issuer`` names another identity than the topic's
+``error``           the command ledger cannot be read or written: nothing is executed
+``id_reused``       the command id was seen with a different payload or from another sender
 (replay)            the id was seen with the same payload: the original answer, ``replayed``
                     true, and nothing is executed again (``outcome_unknown`` if the station
                     restarted while executing it: it is not executed again either)
 ``stale``/``future`` ``issued_at`` older than ``max_age_s``, or more than ``max_future_s`` ahead
-``unauthorised``    the issuer's roles do not allow the verb (``edge.telemetry.access``)
+``unauthorised``    the sender's roles do not allow the verb (``edge.telemetry.access``)
 ``not_allowed``     reset, on a station whose file does not set ``allow_remote_reset``
 ``interlock``       the core or the controller refused for safety (a latched trip, a reset while
                     the condition persists, an output the gate holds safe)
@@ -27,17 +37,28 @@ answers ``rejected`` with its code (``mqtt_schemas/reply.json``); nothing has ch
 ``error``           the target failed unexpectedly (the message says how); the station is as it was
 ==================  =====================================================================
 
-**At most once.** Command ids are kept in a small SQLite file (``CommandLedger``, beside the
-run state) for ``remember_s``. Before a command executes, its id is committed with
-``synchronous=FULL``; its answer is stored after. So a restart never executes a command again:
-a replay after a crash in the middle gets ``outcome_unknown``. A replay older than
-``remember_s`` is rejected as stale by its own ``issued_at``, so forgetting ids is safe.
+``handle`` never raises: anything unexpected is answered ``error`` with its reason, so a
+command can never stop the controller. ``handle_many`` (what the publisher calls once per
+scan) handles a list within a time budget and answers the rest ``busy`` without reading or
+executing them; they may be sent again with the same command id.
 
-**Replies** go to the MQTT 5 response topic if the command had one, else to ``reply_to`` in the
-payload (the MQTT 3.1.1 fallback), else to ``reply/{verb}``; the body always carries the
-command id, and the MQTT 5 correlation data (base64) so the session can set the property. A
-reply topic may not point into another stream (``StationTopics.check_reply_topic``). Each
-answer also yields an audit event (who asked what, and the answer) for the ``event`` stream.
+**At most once.** Command ids are kept in a small SQLite file (``CommandLedger``, beside the
+run state) for ``remember_s``, with a digest of sender, verb and payload. Before a command
+executes, its id is committed with ``synchronous=FULL``; its answer is stored after. So a restart
+never executes a command again: a replay after a crash in the middle gets ``outcome_unknown``.
+A replay older than ``remember_s`` is rejected as stale by its own ``issued_at``, so forgetting
+ids is safe. If storing the answer fails, the answer is still given and the row stays
+"executing" (a replay gets ``outcome_unknown``). A locked ledger is given ``BUSY_TIMEOUT_S``,
+then the command is refused: the controller's scan must not wait on it.
+
+**Replies** go to ``reply/{verb}`` of the station, or, for a sender whose roles allow the verb,
+to the MQTT 5 response topic or the payload's ``reply_to`` (the MQTT 3.1.1 fallback) if it is
+the sender's own inbox ``reply/{identity}/...`` (``StationTopics.check_reply_topic``): the
+topics the broker lets the station write, so a reply is never refused and stuck in the outbox.
+A rejected or unauthorised command never chooses where the station writes. The body always
+carries the command id, and the MQTT 5 correlation data (base64) so the session can set the
+property. Each answer also yields an audit event (who asked what, and the answer) for the
+``event`` stream.
 
 Execution goes through ``CommandTarget``, which knows nothing of MQTT; ``ControllerTarget``
 adapts a ``Controller`` to it.
@@ -46,14 +67,16 @@ adapts a ``Controller`` to it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -64,8 +87,36 @@ from edge.telemetry.schemas import errors as schema_errors
 from edge.telemetry.topics import VERBS, StationTopics, TopicError, command_schema, parse_topic
 
 Code = Literal["ok", "too_large", "not_json", "invalid", "unknown_verb", "unauthorised", "stale", "future",
-               "id_reused", "not_allowed", "interlock", "state", "refused", "outcome_unknown", "error"]
+               "id_reused", "not_allowed", "interlock", "state", "refused", "outcome_unknown", "busy", "error"]
 MAX_CORRELATION = 256
+MAX_JSON_DEPTH = 32        # commands nest 3 levels; jsonschema recurses about 5 frames per level
+BUSY_TIMEOUT_S = 0.2       # how long the ledger waits for a lock before the command is refused
+PRUNE_EVERY_S = 10.0       # old ids are forgotten at most this often (a prune is a write and an fsync)
+LEDGER_UNAVAILABLE = "command ledger unavailable"
+
+
+# ---- untrusted JSON ------------------------------------------------------------------------------
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if arrays/objects in the JSON text ``data`` nest deeper than ``limit``.
+
+    A scan of the bytes (brackets inside strings do not count), done before parsing: ``json.loads``
+    accepts ~1000 levels in a few KB, and a schema validator then exhausts the stack on them.
+    Text that is not JSON gets an answer here that is at worst too strict: it is rejected anyway.
+    """
+    depth = 0
+    for b in _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET):
+        if b in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 class CommandRefused(Exception):
@@ -83,7 +134,7 @@ class StartRequest:
     recipe_sha256: str     # what the sender reviewed: a different file is refused
     batch_id: str
     operator: str
-    issuer: str
+    issuer: str            # the sender's identity (the topic's, vouched for by the broker)
 
 
 class CommandTarget(Protocol):
@@ -95,6 +146,29 @@ class CommandTarget(Protocol):
     def abort(self, reason: str) -> None: ...
     def ack_alarm(self, alarm: str) -> None: ...
     def reset(self, rule: str | None) -> None: ...
+
+
+class ReceivedCommand(Protocol):
+    """One message from the command subscription, as ``handle_many`` takes it (the publisher's queue items)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def response_topic(self) -> str | None: ...
+    @property
+    def correlation_data(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class Received:
+    """A ``ReceivedCommand``: topic, payload and the MQTT 5 properties, if any."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -114,15 +188,26 @@ class Outcome:
 
 # ---- the ledger: command ids, persisted --------------------------------------------------------
 
-class CommandLedger:
-    """Command ids with their payload digest and answer, in one SQLite file; see the module docstring."""
+class LedgerError(Exception):
+    """The command ledger could not be read or written (locked by another process, damaged, disk failing)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+class CommandLedger:
+    """Command ids with their digest and answer, in one SQLite file; see the module docstring.
+
+    Every method raises ``LedgerError`` (never ``sqlite3.Error``) and leaves no transaction open.
+    Inside ``batch()``, writes wait for one commit at its end, except ``begin`` of a command about
+    to execute, which commits at once (with everything before it).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = pathlib.Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._deferred = False
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=busy_timeout_s)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, digest TEXT NOT NULL,"
@@ -131,30 +216,77 @@ class CommandLedger:
             raise OSError(f"{self.path}: cannot open the command ledger: {e}") from e
 
     def lookup(self, command_id: str) -> tuple[str, dict[str, Any] | None] | None:
-        """(payload digest, stored answer or None while/if it was executing), or None if unknown."""
+        """(digest, stored answer or None while/if it was executing), or None if unknown."""
         with self._lock:
-            row = self._db.execute("SELECT digest, reply FROM commands WHERE command_id = ?", (command_id,)).fetchone()
-        if row is None:
-            return None
-        return str(row[0]), (json.loads(row[1]) if row[1] is not None else None)
+            try:
+                row = self._db.execute("SELECT digest, reply FROM commands WHERE command_id = ?",
+                                       (command_id,)).fetchone()
+                if row is None:
+                    return None
+                stored = json.loads(row[1]) if row[1] is not None else None
+            except (sqlite3.Error, ValueError) as e:
+                raise LedgerError(f"{self.path}: cannot read the command ledger: {e}") from e
+        if stored is not None and not (isinstance(stored, dict) and {"code", "message"} <= stored.keys()):
+            raise LedgerError(f"{self.path}: the stored answer of {command_id} is damaged")
+        return str(row[0]), stored
 
     def begin(self, command_id: str, digest: str, verb: str, issuer: str, now_ns: int,
               reply: dict[str, Any] | None = None) -> None:
-        """Record the id durably (before executing it: a crash after this never runs it again)."""
-        with self._lock:
-            self._db.execute("INSERT INTO commands (command_id, digest, verb, issuer, received_ns, reply)"
-                             " VALUES (?, ?, ?, ?, ?, ?)",
-                             (command_id, digest, verb, issuer, now_ns, None if reply is None else json.dumps(reply)))
+        """Record the id; without ``reply`` (it is about to execute) durably at once: a crash after this never
+        runs it again. With ``reply`` (a rejection, remembered for replays) it may wait for the batch's commit."""
+        self._write("INSERT INTO commands (command_id, digest, verb, issuer, received_ns, reply)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (command_id, digest, verb, issuer, now_ns, None if reply is None else json.dumps(reply)),
+                    durable=reply is None)
 
     def finish(self, command_id: str, reply: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute("UPDATE commands SET reply = ? WHERE command_id = ?", (json.dumps(reply), command_id))
+        self._write("UPDATE commands SET reply = ? WHERE command_id = ?", (json.dumps(reply), command_id))
 
     def prune(self, now_ns: int, keep_s: float) -> int:
         """Forget ids older than ``keep_s``; returns how many."""
+        return self._write("DELETE FROM commands WHERE received_ns < ?", (now_ns - int(keep_s * 1e9),))
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One commit (one fsync) for the writes inside, not one each; LedgerError at the end if it failed
+        (then the deferred writes are lost: rejections are checked again if replayed, and an executed
+        command, whose ``begin`` was committed, is ``outcome_unknown``)."""
         with self._lock:
-            cur = self._db.execute("DELETE FROM commands WHERE received_ns < ?", (now_ns - int(keep_s * 1e9),))
-            return cur.rowcount
+            if self._deferred:
+                raise RuntimeError("CommandLedger.batch() does not nest")
+            self._deferred = True
+            try:
+                yield
+            finally:
+                self._deferred = False
+                self._commit()
+
+    def _write(self, sql: str, params: tuple[Any, ...], *, durable: bool = False) -> int:
+        with self._lock:
+            try:
+                if self._deferred and not self._db.in_transaction:
+                    self._db.execute("BEGIN IMMEDIATE")
+                count = self._db.execute(sql, params).rowcount
+            except sqlite3.Error as e:
+                self._rollback()
+                raise LedgerError(f"{self.path}: cannot write the command ledger: {e}") from e
+            if durable or not self._deferred:
+                self._commit()
+            return count
+
+    def _commit(self) -> None:
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            raise LedgerError(f"{self.path}: cannot write the command ledger: {e}") from e
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         with self._lock:
@@ -173,11 +305,12 @@ class CommandLedger:
 class _Draft:
     """What is known of a command so far, for the answer."""
 
-    verb: str | None
-    reply_topic: str | None
     correlation: bytes | None
+    verb: str | None = None
+    identity: str = ""                 # the sender, from the topic
+    reply_topic: str | None = None     # where the answer goes now (the station's own until authorised)
+    requested: str | None = None       # a checked reply topic the command asked for
     command_id: str | None = None
-    issuer: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -185,58 +318,107 @@ class CommandHandler:
     """Turns one received command into at most one action and exactly one answer (module docstring)."""
 
     def __init__(self, *, topics: StationTopics, settings: CommandSettings, allow_remote_reset: bool,
-                 target: CommandTarget, ledger: CommandLedger, clock: Callable[[], int] = time.time_ns) -> None:
+                 target: CommandTarget, ledger: CommandLedger, clock: Callable[[], int] = time.time_ns,
+                 timer: Callable[[], float] = time.monotonic) -> None:
         self.topics = topics
         self.settings = settings
         self.allow_remote_reset = allow_remote_reset
         self.target = target
         self.ledger = ledger
-        self.clock = clock
+        self.clock = clock              # wall clock, ns: issued_at checks and ledger times
+        self.timer = timer              # seconds, for handle_many's budget
         self._lock = threading.Lock()   # one command at a time: a replay racing its original waits for its answer
+        self._next_prune_ns: int | None = None
 
     def handle(self, topic: str, payload: bytes, *, response_topic: str | None = None,
                correlation_data: bytes | None = None) -> Outcome:
-        """One received command. ``response_topic``/``correlation_data``: the MQTT 5 properties, if any."""
+        """One received command. ``response_topic``/``correlation_data``: the MQTT 5 properties, if any.
+        Never raises: whatever goes wrong is answered."""
         with self._lock:
-            return self._handle(topic, bytes(payload), response_topic, correlation_data)
+            out = self._one(topic, payload, response_topic, correlation_data)
+            self._maybe_prune()
+            return out
 
-    def _handle(self, topic: str, payload: bytes, response_topic: str | None,
-                correlation: bytes | None) -> Outcome:
+    def handle_many(self, commands: Iterable[ReceivedCommand], budget_s: float) -> list[Outcome]:
+        """The commands of one scan, in order, one answer each. Once ``budget_s`` seconds (``timer``) are
+        spent, the rest are answered ``busy`` without being executed (at least one is always handled):
+        a flood must not stretch the controller's scan. Rejections and answers are stored in one
+        ledger transaction; only a command about to execute needs its own commit."""
+        if not (isinstance(budget_s, (int, float)) and budget_s >= 0):     # NaN fails too; inf: no budget
+            raise ValueError(f"budget_s must be a number of seconds >= 0 (inf: no limit), got {budget_s!r}")
+        with self._lock:
+            start = self.timer()
+            outcomes: list[Outcome] = []
+            try:
+                with self.ledger.batch():
+                    for c in commands:
+                        if outcomes and self.timer() - start >= budget_s:
+                            outcomes.append(self._busy(c))
+                        else:
+                            outcomes.append(self._one(c.topic, c.payload, c.response_topic, c.correlation_data))
+            except LedgerError:
+                pass    # the answers stand; what the lost commit means is in CommandLedger.batch
+            self._maybe_prune()
+            return outcomes
+
+    def _one(self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None) -> Outcome:
+        """``_handle`` with the guarantee that an answer comes out, whatever happens inside."""
         if correlation is not None and len(correlation) > MAX_CORRELATION:
             correlation = None      # not echoed: a reply must stay small; the command id still correlates
-        d = _Draft(None, None, correlation)
+        d = _Draft(correlation)
         try:
-            parts = parse_topic(topic)
-            if parts.stream != "cmd" or (parts.site, parts.station) != (self.topics.site, self.topics.station):
-                raise TopicError(f"{topic!r} is not a command topic of {self.topics.root}")
-            d.verb = parts.verb
-        except TopicError as e:
-            d.reply_topic = self._reply_topic(response_topic, None, None, d)
-            return self._answer(d, "unknown_verb", f"{e} (verbs: {', '.join(VERBS)})")
+            return self._handle(d, topic, bytes(payload), response_topic)
+        except Exception as e:     # a command must never stop the controller
+            try:
+                return self._answer(d, "error", f"the station could not handle this command ({type(e).__name__}:"
+                                                f" {e}); nothing was executed unless its reply says so")
+            except Exception:
+                return self._answer(_Draft(None), "error", "the station could not handle this command")
+
+    def _handle(self, d: _Draft, topic: str, payload: bytes, response_topic: str | None) -> Outcome:
+        problem = self._read_topic(d, topic)
+        if problem is not None:
+            return self._answer(d, "unknown_verb", problem)
         assert d.verb is not None
-        d.reply_topic = self._reply_topic(response_topic, None, d.verb, d)
         limit = self.settings.max_payload_bytes
         if len(payload) > limit:
             return self._answer(d, "too_large", f"payload is {len(payload)} bytes, at most {limit} are accepted")
+        if json_too_deep(payload):
+            return self._answer(d, "invalid", f"payload nests deeper than {MAX_JSON_DEPTH} levels: not read")
         try:
             doc = json.loads(payload.decode("utf-8"))  # UTF-8 only: no UTF-16/32 guessing
         except UnicodeDecodeError as e:
             return self._answer(d, "not_json", f"payload is not UTF-8: {e}")
         except (ValueError, RecursionError) as e:
             return self._answer(d, "not_json", f"payload is not JSON: {e}")
+        issuer: object = None
         if isinstance(doc, dict):
-            if isinstance(doc.get("command_id"), str) and 8 <= len(doc["command_id"]) <= 64:
-                d.command_id = doc["command_id"]
-            if isinstance(doc.get("issuer"), str):
-                d.issuer = doc["issuer"][:128]
-            if response_topic is None and "reply_to" in doc:
-                d.reply_topic = self._reply_topic(None, doc["reply_to"], d.verb, d)
-        problems = schema_errors(doc, command_schema(d.verb))
+            d.command_id = _command_id(doc)
+            issuer = doc.get("issuer")
+            for candidate, what in ((response_topic, "response topic"),
+                                    (None if response_topic is not None else doc.get("reply_to"), "reply_to")):
+                if candidate is not None:
+                    try:
+                        d.requested = self.topics.check_reply_topic(candidate, identity=d.identity)
+                    except TopicError as e:
+                        d.notes.append(f"{what}: {e}")
+        try:
+            problems = schema_errors(doc, command_schema(d.verb))
+        except Exception as e:   # RecursionError above all: the depth check should make it impossible
+            problems = [f"cannot be checked against its schema ({type(e).__name__}: {e})"]
         if problems or d.notes:
             return self._answer(d, "invalid", "; ".join(d.notes + problems))
         assert d.command_id is not None
-        digest = hashlib.sha256(payload).hexdigest()
-        known = self.ledger.lookup(d.command_id)
+        if issuer is not None and issuer != d.identity:
+            return self._answer(d, "unauthorised", f"the payload's issuer {str(issuer)[:128]!r} is not the sender"
+                                                   f" {d.identity!r} (the cmd/IDENTITY/ level the broker vouches for)")
+        if d.verb in self.settings.verbs_for(d.identity) and d.requested is not None:
+            d.reply_topic = d.requested
+        digest = command_digest(d.identity, d.verb, payload)
+        try:
+            known = self.ledger.lookup(d.command_id)
+        except LedgerError as e:
+            return self._answer(d, "error", f"{LEDGER_UNAVAILABLE}: not executed ({e})")
         if known is not None:
             return self._replay(d, digest, *known)
         now = self.clock()
@@ -251,72 +433,105 @@ class CommandHandler:
         if -age_s > self.settings.max_future_s:
             return self._remember(d, digest, now, "future", f"issued {-age_s:.1f} s in the future (station clock),"
                                                             f" at most {self.settings.max_future_s} s are accepted")
-        if d.verb not in self.settings.verbs_for(d.issuer):
-            roles = sorted(self.settings.roles.get(d.issuer, ()))
+        if d.verb not in self.settings.verbs_for(d.identity):
+            roles = sorted(self.settings.roles.get(d.identity, ()))
             who = f"roles {', '.join(roles)}" if roles else "no role on this station"
-            return self._remember(d, digest, now, "unauthorised", f"{d.issuer!r} ({who}) may not {d.verb}")
+            return self._remember(d, digest, now, "unauthorised", f"{d.identity!r} ({who}) may not {d.verb}")
         if d.verb == "reset" and not self.allow_remote_reset:
             return self._remember(d, digest, now, "not_allowed", "this station does not allow remote reset"
                                                                  " ([station] allow_remote_reset = false): reset"
                                                                  " at the cabinet")
-        self.ledger.begin(d.command_id, digest, d.verb, d.issuer, now)
-        code, message = self._execute(d.verb, doc)
+        try:
+            self.ledger.begin(d.command_id, digest, d.verb, d.identity, now)
+        except LedgerError as e:
+            return self._answer(d, "error", f"{LEDGER_UNAVAILABLE}: not executed ({e})")
+        code, message = self._execute(d, doc)
         out = self._answer(d, code, message, executed=code == "ok")
-        self.ledger.finish(d.command_id, self._stored(out.reply))
-        self.ledger.prune(now, self.settings.remember_s)
+        # if this fails the answer stands; the row stays "executing" and a replay gets outcome_unknown
+        with contextlib.suppress(LedgerError):
+            self.ledger.finish(d.command_id, self._stored(out.reply))
         return out
 
-    def _reply_topic(self, response_topic: str | None, reply_to: object, verb: str | None, d: _Draft) -> str | None:
-        """MQTT 5 response topic, else the payload's reply_to, else reply/{verb}; a bad one is noted."""
-        for candidate, what in ((response_topic, "response topic"), (reply_to, "reply_to")):
-            if candidate is None:
-                continue
-            try:
-                return self.topics.check_reply_topic(candidate)
-            except TopicError as e:
-                d.notes.append(f"{what}: {e}")
-        return self.topics.reply(verb) if verb is not None else None
+    def _read_topic(self, d: _Draft, topic: str) -> str | None:
+        """Sender and verb from the topic into ``d`` (and the station's own reply topic); else the problem."""
+        try:
+            parts = parse_topic(topic)
+        except TopicError as e:
+            return f"{e} (verbs: {', '.join(VERBS)})"
+        if parts.stream != "cmd" or (parts.site, parts.station) != (self.topics.site, self.topics.station):
+            return f"{topic!r} is not a command topic of {self.topics.root} (cmd/IDENTITY/VERB)"
+        assert parts.verb is not None and parts.identity is not None
+        d.verb, d.identity = parts.verb, parts.identity
+        d.reply_topic = self.topics.reply(parts.verb)
+        return None
+
+    def _busy(self, c: ReceivedCommand) -> Outcome:
+        """The answer to a command the scan had no time for: read only as far as its id, never executed."""
+        d = _Draft(c.correlation_data if c.correlation_data is None or len(c.correlation_data) <= MAX_CORRELATION
+                   else None)
+        try:
+            if self._read_topic(d, c.topic) is None:
+                payload = bytes(c.payload)
+                if len(payload) <= self.settings.max_payload_bytes and not json_too_deep(payload):
+                    doc = json.loads(payload.decode("utf-8"))
+                    d.command_id = _command_id(doc) if isinstance(doc, dict) else None
+        except Exception:   # no id to name: the answer goes to the station's reply topic anyway
+            pass
+        return self._answer(d, "busy", "the station had no time left for commands in this scan: not executed;"
+                                       " send it again (the same command id is fine)")
+
+    def _maybe_prune(self) -> None:
+        """Forget old ids, at most every PRUNE_EVERY_S (on every path: rejections add ids too)."""
+        now = self.clock()
+        if self._next_prune_ns is not None and now < self._next_prune_ns:
+            return
+        self._next_prune_ns = now + int(PRUNE_EVERY_S * 1e9)
+        with contextlib.suppress(Exception):   # tried again next time; an old id costs only space
+            self.ledger.prune(now, self.settings.remember_s)
 
     def _replay(self, d: _Draft, digest: str, known_digest: str, stored: dict[str, Any] | None) -> Outcome:
         assert d.command_id is not None
         if known_digest != digest:
             return self._answer(d, "id_reused", f"command id {d.command_id} was already used for a different"
-                                                " command: use a new id for each command")
+                                                " command or by another sender: use a new id for each command")
         if stored is None:
-            return self._answer(d, "outcome_unknown", "this command was being executed when the station restarted;"
-                                                      " it is not executed again: check the state", replayed=True)
+            return self._answer(d, "outcome_unknown", "this command was being executed when the station restarted"
+                                                      " (or its answer could not be stored); it is not executed"
+                                                      " again: check the state", replayed=True)
         return self._answer(d, stored["code"], stored["message"], replayed=True)
 
     def _remember(self, d: _Draft, digest: str, now: int, code: Code, message: str) -> Outcome:
         """A rejection of a well-formed command: stored, so that a replay gets the same answer."""
         assert d.command_id is not None and d.verb is not None
         out = self._answer(d, code, message)
-        self.ledger.begin(d.command_id, digest, d.verb, d.issuer, now, self._stored(out.reply))
+        with contextlib.suppress(LedgerError):   # not stored: a replay is checked again, and rejected again
+            self.ledger.begin(d.command_id, digest, d.verb, d.identity, now, self._stored(out.reply))
         return out
 
     @staticmethod
     def _stored(reply: dict[str, Any]) -> dict[str, Any]:
         return {"code": reply["code"], "message": reply["message"]}
 
-    def _execute(self, verb: str, doc: dict[str, Any]) -> tuple[Code, str]:
+    def _execute(self, d: _Draft, doc: dict[str, Any]) -> tuple[Code, str]:
         from edge.control.controller import BatchRejected
         from edge.core import OutputRefused, ResetRefused
 
+        verb, who = d.verb, d.identity
         args: dict[str, Any] = doc["args"]
         try:
             if verb == "start":
                 self.target.start_batch(StartRequest(args["recipe"], args["recipe_sha256"], args["batch_id"],
-                                                     args.get("operator", doc["issuer"]), doc["issuer"]))
+                                                     args.get("operator", who), who))
                 return "ok", f"batch {args['batch_id']} started with recipe {args['recipe']}"
             if verb == "hold":
-                reason = args.get("reason", f"held by {doc['issuer']}")
+                reason = args.get("reason", f"held by {who}")
                 self.target.hold(reason)
                 return "ok", f"held: {reason}"
             if verb == "resume":
                 self.target.resume()
                 return "ok", "resumed"
             if verb == "abort":
-                reason = args.get("reason", f"aborted by {doc['issuer']}")
+                reason = args.get("reason", f"aborted by {who}")
                 self.target.abort(reason)
                 return "ok", f"aborting: {reason}"
             if verb == "ack_alarm":
@@ -345,9 +560,20 @@ class CommandHandler:
                                  "message": message, "replayed": replayed}
         if d.correlation is not None:
             reply["correlation_data"] = base64.b64encode(d.correlation).decode()
-        audit = command_event(verb=d.verb, command_id=d.command_id, issuer=d.issuer, result=result, code=code,
+        audit = command_event(verb=d.verb, command_id=d.command_id, issuer=d.identity, result=result, code=code,
                               message=f"{d.verb or 'command'} {result}: {message}")
         return Outcome(d.reply_topic, reply, d.correlation, audit, executed)
+
+
+def command_digest(identity: str, verb: str, payload: bytes) -> str:
+    """What the ledger compares a replay by: the same id from another sender or for another verb is not a replay."""
+    return hashlib.sha256(b"\0".join((identity.encode(), verb.encode(), payload))).hexdigest()
+
+
+def _command_id(doc: dict[str, Any]) -> str | None:
+    """The payload's command id if it looks like one (to name it in any answer, even a rejection)."""
+    cid = doc.get("command_id")
+    return cid if isinstance(cid, str) and 8 <= len(cid) <= 64 else None
 
 
 # ---- the Controller as a target ----------------------------------------------------------------

@@ -6,7 +6,10 @@
 1. **Commands** that arrived since the last scan are executed here, on this thread: paho's
    thread only queues them (``_on_command``), so a command never races the scan it changes.
    ``CommandHandler`` checks, authorises and answers each one; the reply and its audit event
-   are put with this scan's messages.
+   are put with this scan's messages, and only once they are stored is the command acknowledged
+   to the broker (``MqttSession.subscribe_acked``): a command whose answer was never stored (the
+   station died, the disk refused) is sent again by the broker on the next connection, and the
+   command ledger turns that second copy into a replay of the stored answer, never a second run.
 2. **Events**: every ``ProcessEvent`` the controller appended (phase changes, relayed core
    events with their exact kind, alarms, operator actions, recovery), through
    ``edge.telemetry.events`` with its priorities. The controller drains the core's event ring
@@ -25,14 +28,27 @@ a scan: replies, events, batch records, telemetry, state (the outbox keeps it pe
 
 **The state's outputs** are what a dashboard should see, not what the sampler does every tick:
 the watchdog line (it toggles every tick) is left out, and a burst-fired output (``duty_cycle_ms``)
-reports level 1 while the controller asks for a non-zero duty and the gate lets it (its level
-flips every few ms within the burst period). Otherwise the retained state would change at every
-scan. The telemetry still carries each output's sampled level per window.
+reports its energised level (the opposite of its ``safe_level``: 1 for an ordinary heater) while
+the controller asks for a non-zero duty and the gate lets it (``requested`` true, ``forced``
+false), and its safe level otherwise (its sampled level flips every few ms within the burst
+period). Otherwise the retained state would change at every scan. The telemetry still carries
+each output's sampled level per window.
+
+**Stopping** (``stop``): from then on no command is executed. The commands still queued, and
+any that arrive during the flush (answered at once on the network thread), are answered
+``refused`` ("station stopping": the ledger keeps that answer for the id, so the sender uses a
+new id once the station is back) and acknowledged once the answer is stored. Then everything
+left is put: events, batch records, state (with ``ctl``), the sample ring and the open
+telemetry window (always), and the session flushes. ``stop`` blocks for the flush: the caller
+must have stopped the core first (``reedge run`` does), or the dead-man trips and latches.
 
 **Nothing is lost silently.** If the disk refuses a put (``OutboxError``: full, failing), the
 scan's messages are kept in memory and put again at the next scan, and the failure is written to
 stderr once per streak; the control loop never stops for it (the dead-man is waiting). Past
-``MAX_RETAINED_DRAFTS`` kept messages, telemetry is dropped first, counted, and reported.
+``MAX_RETAINED_DRAFTS`` kept messages, telemetry is dropped first (``counters.dropped``); if the
+rest alone is still too many, the oldest are kept and newer ones are not accepted
+(``counters.overflowed``); both are written to stderr. What the disk still refuses at ``stop``
+is written to stderr and counted (``counters.unstored``) before the files are closed.
 
 **Batch records and the schema.** ``batch.json`` has no field for phases, trips or alarms, so the
 end record's ``accounting`` (flat, unit in the key) carries ``phase_<name>_s`` (time spent in each
@@ -46,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import pathlib
 import queue
@@ -62,22 +79,32 @@ from edge.control.sequencer import Sequencer
 from edge.core import Core
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, Aggregator
 from edge.telemetry.broker_url import BrokerSettings
-from edge.telemetry.commands import CommandHandler, CommandLedger, ControllerTarget, Outcome
+from edge.telemetry.commands import (
+    CommandHandler,
+    CommandLedger,
+    CommandRefused,
+    ControllerTarget,
+    Outcome,
+    StartRequest,
+)
 from edge.telemetry.envelope import previous_boot, rfc3339_ms
 from edge.telemetry.events import command_event, process_event
 from edge.telemetry.outbox import DEFAULT_QUOTA, Draft, InvalidMessage, Outbox, OutboxError, Priority
-from edge.telemetry.session import MqttSession, SessionEvent, StopResult
+from edge.telemetry.session import Ack, MqttSession, SessionEvent, StopResult
 from edge.telemetry.state import StateTracker, controller_state
 from edge.telemetry.topics import STREAMS, StationTopics
 
 DEFAULT_FLUSH_S = 5.0
 MAX_COMMANDS_WAITING = 1000     # commands queued by paho's thread for the scan
 MAX_COMMANDS_PER_SCAN = 50      # the rest wait for the next scan: a flood must not stretch a scan
+COMMAND_BUDGET_S = 0.05         # and past this much of a scan the rest are answered "busy" (not executed)
 MAX_RETAINED_DRAFTS = 20_000    # messages kept in memory while the disk refuses puts
 OUTBOX_FILE = "outbox.db"
 LEDGER_FILE = "commands.db"
 RECORDS_FILE = "batch-records.json"
 ACCOUNTING_NOTE = "energy, gas and masses: filled by issue 7"
+STOPPING = ("station stopping: not executed (send it again, with a new command id, once the station is back"
+            " online)")
 
 
 @dataclass(frozen=True)
@@ -99,6 +126,29 @@ class _Command:
     payload: bytes
     response_topic: str | None
     correlation_data: bytes | None
+    ack: Ack          # to the broker, once the answer is stored
+
+
+class _Stopping:
+    """The command target once the station stops: every command is answered, none is executed."""
+
+    def start_batch(self, request: StartRequest) -> None:
+        raise CommandRefused("refused", STOPPING)
+
+    def hold(self, reason: str) -> None:
+        raise CommandRefused("refused", STOPPING)
+
+    def resume(self) -> None:
+        raise CommandRefused("refused", STOPPING)
+
+    def abort(self, reason: str) -> None:
+        raise CommandRefused("refused", STOPPING)
+
+    def ack_alarm(self, alarm: str) -> None:
+        raise CommandRefused("refused", STOPPING)
+
+    def reset(self, rule: str | None) -> None:
+        raise CommandRefused("refused", STOPPING)
 
 
 @dataclass
@@ -115,6 +165,9 @@ class PublisherCounters:
     samples: int = 0                  # samples in the windows put
     ticks_missed: int = 0             # ticks the ring lost (reported in the windows)
     dropped: int = 0                  # telemetry dropped while the disk refused puts (reported)
+    overflowed: int = 0               # other messages not accepted while the disk refused puts (reported)
+    unstored: int = 0                 # messages the disk still refused at stop (reported)
+    refused_stopping: int = 0         # commands answered "station stopping" at stop
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -133,32 +186,38 @@ class Publisher:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(settings.state_dir / OUTBOX_FILE, quota_bytes=settings.quota_bytes,
                              event_topic=self.topics.event)
-        try:
+        ledger: CommandLedger | None = None
+        try:   # whatever fails below, the files opened so far are closed again
             previous = previous_boot(self.outbox)        # before this boot puts anything
             self.session = MqttSession(self.outbox, settings.broker, site=settings.site, station=settings.station,
                                        on_event=on_session_event, previous=previous)
-            self.ledger = CommandLedger(settings.state_dir / LEDGER_FILE)
+            self.ledger = ledger = CommandLedger(settings.state_dir / LEDGER_FILE)
+            self.handler = CommandHandler(topics=self.topics, settings=ctl.station.commands,
+                                          allow_remote_reset=ctl.station.allow_remote_reset,
+                                          target=ControllerTarget(ctl, settings.recipes_dir), ledger=self.ledger)
+            self.aggregator = Aggregator.for_core(core, settings.window_s)
+            self.state = StateTracker()
+            self.records = _BatchRecords(settings.state_dir / RECORDS_FILE)
+            self._watchdog = ctl.station.core.watchdog_output
+            # burst outputs: name -> safe level (energised is the other one)
+            self._burst = {o.name: int(o.safe_level) for o in ctl.station.core.outputs if o.duty_cycle_ms}
+            self._inbox: queue.Queue[_Command] = queue.Queue(MAX_COMMANDS_WAITING)
+            self._overflow = 0
+            self._lock = threading.Lock()       # the inbox vs. stopping, the overflow count, the counters
+            self._closing = False               # stop() began: commands are answered, never executed
+            self._events_seen = 0
+            self._telemetry: list[dict[str, Any]] = []      # windows closed by pump(), put at the next scan
+            self._retry: list[Draft] = []                   # drafts the disk refused, put again next scan
+            self._acks: list[Ack] = []                      # commands whose answers wait to be stored
+            self._failing = False
+            self._batch_counts = {"trips": 0, "alarms_raised": 0}
+            self._stopped: StopResult | None = None
+            self.session.subscribe_acked(self.topics.cmd_filter, 1, self._on_command)
         except BaseException:
+            if ledger is not None:
+                ledger.close()
             self.outbox.close()
             raise
-        self.handler = CommandHandler(topics=self.topics, settings=ctl.station.commands,
-                                      allow_remote_reset=ctl.station.allow_remote_reset,
-                                      target=ControllerTarget(ctl, settings.recipes_dir), ledger=self.ledger)
-        self.aggregator = Aggregator.for_core(core, settings.window_s)
-        self.state = StateTracker()
-        self.records = _BatchRecords(settings.state_dir / RECORDS_FILE)
-        self._watchdog = ctl.station.core.watchdog_output
-        self._burst = {o.name for o in ctl.station.core.outputs if o.duty_cycle_ms}
-        self._inbox: queue.Queue[_Command] = queue.Queue(MAX_COMMANDS_WAITING)
-        self._overflow = 0
-        self._overflow_lock = threading.Lock()
-        self._events_seen = 0
-        self._telemetry: list[dict[str, Any]] = []      # windows closed by pump(), put at the next scan
-        self._retry: list[Draft] = []                   # drafts the disk refused, put again next scan
-        self._failing = False
-        self._batch_counts = {"trips": 0, "alarms_raised": 0}
-        self._stopped: StopResult | None = None
-        self.session.subscribe(self.topics.cmd_filter, 1, self._on_command)
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -168,19 +227,42 @@ class Publisher:
         return self
 
     def stop(self, ctl: Controller | None = None, flush_timeout_s: float = DEFAULT_FLUSH_S) -> StopResult:
-        """Put what is left (with the open telemetry window), flush for up to ``flush_timeout_s``,
-        publish offline, close the files. Idempotent; what was not sent stays in the outbox."""
+        """Answer waiting commands without executing them, put everything left (events, batch records and
+        state with ``ctl``; the sample ring and the open telemetry window always), flush for up to
+        ``flush_timeout_s``, publish offline, close the files (module docstring: stop the core first).
+        Idempotent; what was not sent stays in the outbox."""
         if self._stopped is not None:
             return self._stopped
-        if ctl is not None:
-            self.scan(ctl)       # commands that arrived are still answered, events still put
+        with self._lock:
+            self._closing = True             # from now on _on_command answers at once, refusing
+            self.handler.target = _Stopping()
+        drafts = [d for o in self._run_commands(MAX_COMMANDS_WAITING, math.inf) for d in self._answer(o)]
+        refused = self.counters.refused_stopping
+        if refused:
+            self._say(f"telemetry: {refused} command(s) still waiting were answered \"{STOPPING}\"")
+        try:
+            drafts.extend(self._collect(ctl) if ctl is not None else self._windows())
+        except Exception as e:    # a broken controller (the error path) must not cost the telemetry
+            self._say(f"telemetry: the last events and state could not be collected at stop: {e!r}")
+            drafts.extend(self._windows())
         last = self.aggregator.flush()
-        self._put([] if last is None else [self._telemetry_draft(last)])
+        if last is not None:
+            drafts.append(self._telemetry_draft(last))
+        self._put(drafts)
+        if self._retry:
+            self.counters.unstored = len(self._retry)
+            streams = sorted({d.stream for d in self._retry})
+            self._say(f"telemetry: {len(self._retry)} message(s) ({', '.join(streams)}) the outbox refused until"
+                      " the end are lost with this stop")
         try:
             self._stopped = self.session.stop(flush_timeout_s)
         finally:
-            self.ledger.close()
-            self.outbox.close()
+            if self.session.network_thread_alive:   # never close the files under a thread that still uses them
+                self._say("telemetry: the MQTT network thread did not stop; the outbox and the command ledger"
+                          " are left open (the process exit closes them)")
+            else:
+                self.ledger.close()
+                self.outbox.close()
         return self._stopped
 
     # ---- the scan --------------------------------------------------------------------------------
@@ -191,7 +273,9 @@ class Publisher:
 
     def scan(self, ctl: Controller) -> list[Outcome]:
         """One scan's messages, put in one transaction; returns the commands answered in it."""
-        outcomes = self._run_commands()
+        if self._closing:
+            raise RuntimeError("Publisher.scan after stop(): commands are no longer executed")
+        outcomes = self._run_commands(MAX_COMMANDS_PER_SCAN)
         drafts = [d for o in outcomes for d in self._answer(o)]
         drafts.extend(self._collect(ctl))
         self._put(drafts)
@@ -207,9 +291,7 @@ class Publisher:
         self._events_seen = len(ctl.events)
         drafts.extend(self._event_draft(e) for e in events)
         drafts.extend(self._batch_drafts(ctl))
-        self.pump()
-        windows, self._telemetry = self._telemetry, []
-        drafts.extend(self._telemetry_draft(w) for w in windows)
+        drafts.extend(self._windows())
         body = self.state.update(self._state_body(ctl))
         if body is not None:
             drafts.append(self._draft("state", body))
@@ -218,46 +300,75 @@ class Publisher:
 
     # ---- commands (queued by paho's thread, executed on the scan's) -----------------------------
 
-    def _on_command(self, message: mqtt.MQTTMessage) -> None:
+    def _on_command(self, message: mqtt.MQTTMessage, ack: Ack) -> None:
         props = getattr(message, "properties", None)
         response = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        try:
-            self._inbox.put_nowait(_Command(message.topic, bytes(message.payload), response,
-                                            bytes(correlation) if correlation is not None else None))
-        except queue.Full:
-            with self._overflow_lock:
-                self._overflow += 1
+        cmd = _Command(message.topic, bytes(message.payload), response,
+                       bytes(correlation) if correlation is not None else None, ack)
+        with self._lock:
+            if not self._closing:
+                try:
+                    self._inbox.put_nowait(cmd)
+                except queue.Full:    # not acknowledged: the broker sends it again on the next connection
+                    self._overflow += 1
+                return
+        self._refuse_now(cmd)
 
-    def _run_commands(self) -> list[Outcome]:
-        outcomes = []
-        for _ in range(MAX_COMMANDS_PER_SCAN):
+    def _refuse_now(self, cmd: _Command) -> None:
+        """Stopping: a command that arrives now is answered here (network thread), stored, acknowledged."""
+        try:
+            outcome = self._handle(cmd)
+            self.outbox.put_many(self._answer(outcome))
+        except (OutboxError, OSError) as e:   # not acknowledged: the broker sends it again next time
+            self._say(f"telemetry: a command arriving while stopping could not be answered: {e}")
+            return
+        self.session.put_many([])     # wakes the network thread for the reply
+        cmd.ack()
+
+    def _handle(self, cmd: _Command) -> Outcome:
+        outcome = self.handler.handle(cmd.topic, cmd.payload, response_topic=cmd.response_topic,
+                                      correlation_data=cmd.correlation_data)
+        if outcome.reply.get("message") == STOPPING:
+            with self._lock:
+                self.counters.refused_stopping += 1
+        return outcome
+
+    def _run_commands(self, limit: int, budget_s: float = COMMAND_BUDGET_S) -> list[Outcome]:
+        """Up to ``limit`` waiting commands within ``budget_s`` of the scan (the rest answered busy, not run)."""
+        cmds: list[_Command] = []
+        for _ in range(limit):
             try:
-                cmd = self._inbox.get_nowait()
+                cmds.append(self._inbox.get_nowait())
             except queue.Empty:
                 break
-            outcomes.append(self.handler.handle(cmd.topic, cmd.payload, response_topic=cmd.response_topic,
-                                                correlation_data=cmd.correlation_data))
+        outcomes = self.handler.handle_many(cmds, budget_s) if cmds else []
+        for cmd, outcome in zip(cmds, outcomes, strict=True):
+            if outcome.reply.get("message") == STOPPING:
+                with self._lock:
+                    self.counters.refused_stopping += 1
+            self._acks.append(cmd.ack)      # once this scan's put stored the answer
         return outcomes
 
     def _answer(self, outcome: Outcome) -> list[Draft]:
         out = []
-        if outcome.reply_topic is not None:
-            spec = STREAMS["reply"]
-            out.append(Draft("reply", outcome.reply_topic, outcome.reply, Priority.EVENT, spec.qos, spec.retain))
-            self.counters.replies += 1
-        out.append(self._draft("event", outcome.event.body, outcome.event.priority))
-        self.counters.events += 1
+        with self._lock:
+            if outcome.reply_topic is not None:
+                spec = STREAMS["reply"]
+                out.append(Draft("reply", outcome.reply_topic, outcome.reply, Priority.EVENT, spec.qos, spec.retain))
+                self.counters.replies += 1
+            out.append(self._draft("event", outcome.event.body, outcome.event.priority))
+            self.counters.events += 1
         return out
 
     def _overflow_report(self) -> list[Draft]:
-        with self._overflow_lock:
+        with self._lock:
             n, self._overflow = self._overflow, 0
         if not n:
             return []
         ev = command_event(verb=None, command_id=None, issuer="", result="rejected", code="refused",
-                           message=f"{n} command(s) not read: more than {MAX_COMMANDS_WAITING} were waiting"
-                                   " (a command flood?); send them again")
+                           message=f"{n} command(s) not read yet: more than {MAX_COMMANDS_WAITING} were waiting"
+                                   " (a command flood?); the broker sends them again on the next connection")
         self.counters.events += 1
         return [self._draft("event", ev.body, ev.priority)]
 
@@ -301,6 +412,12 @@ class Publisher:
         self.counters.batch += len(out)
         return out
 
+    def _windows(self) -> list[Draft]:
+        """The sample ring drained, and every window closed since the last put."""
+        self.pump()
+        windows, self._telemetry = self._telemetry, []
+        return [self._telemetry_draft(w) for w in windows]
+
     def _telemetry_draft(self, body: dict[str, Any]) -> Draft:
         w = body["window"]
         c = self.counters
@@ -317,9 +434,10 @@ class Publisher:
         body = controller_state(ctl)
         outputs = body["outputs"]
         outputs.pop(self._watchdog, None)
-        for name in self._burst & outputs.keys():
-            o = outputs[name]
-            o["level"] = int(o["requested"] and not o["forced"])
+        for name, safe in self._burst.items():
+            o = outputs.get(name)
+            if o is not None:   # energised (the opposite of safe) while asked for and let through
+                o["level"] = 1 - safe if o["requested"] and not o["forced"] else safe
         return body
 
     def _draft(self, stream: str, body: dict[str, Any], priority: Priority | None = None) -> Draft:
@@ -335,6 +453,7 @@ class Publisher:
         drafts = self._retry + drafts
         self._retry = []
         if not drafts:
+            self._send_acks()
             return
         try:
             self._store(drafts)
@@ -346,14 +465,23 @@ class Publisher:
             self._retry = self._bounded(drafts)
             return
         if self._failing:
-            self._say("telemetry: the outbox stores again; nothing was lost" if not self.counters.dropped else
-                      f"telemetry: the outbox stores again; {self.counters.dropped} telemetry message(s) were dropped")
+            c = self.counters
+            self._say("telemetry: the outbox stores again; nothing was lost" if not (c.dropped or c.overflowed) else
+                      f"telemetry: the outbox stores again; {c.dropped} telemetry and {c.overflowed} other"
+                      " message(s) were not kept")
             self._failing = False
         try:
             self.records.save()
         except OSError as e:
             self._say(f"telemetry: cannot write {self.records.path} ({e}): a batch record may be sent twice")
         self.session.put_many([])          # wakes the network thread (the messages are already stored)
+        self._send_acks()
+
+    def _send_acks(self) -> None:
+        """The answers are stored: the broker may forget those commands now."""
+        acks, self._acks = self._acks, []
+        for ack in acks:
+            ack()
 
     def _store(self, drafts: list[Draft]) -> None:
         try:
@@ -367,16 +495,31 @@ class Publisher:
                     self._say(f"telemetry: a {d.stream} message could not be stored and is dropped: {e}")
 
     def _bounded(self, drafts: list[Draft]) -> list[Draft]:
+        """At most MAX_RETAINED_DRAFTS in memory: the oldest telemetry goes first, then newer messages of
+        the other streams are not accepted; each is counted and written to stderr (module docstring)."""
         excess = len(drafts) - MAX_RETAINED_DRAFTS
         if excess <= 0:
             return drafts
         kept: list[Draft] = []
+        dropped = 0
         for d in drafts:
             if excess > 0 and d.priority is Priority.TELEMETRY:
                 excess -= 1
-                self.counters.dropped += 1
+                dropped += 1
                 continue
             kept.append(d)
+        self.counters.dropped += dropped
+        if dropped:
+            self._say(f"telemetry: the outbox still refuses puts: {dropped} telemetry message(s) dropped"
+                      f" ({self.counters.dropped} in all)")
+        if excess > 0:
+            refused = kept[MAX_RETAINED_DRAFTS:]
+            kept = kept[:MAX_RETAINED_DRAFTS]
+            self.counters.overflowed += len(refused)
+            streams = sorted({d.stream for d in refused})
+            self._say(f"telemetry: the outbox still refuses puts and {MAX_RETAINED_DRAFTS} messages wait in memory:"
+                      f" {len(refused)} newer {', '.join(streams)} message(s) not accepted"
+                      f" ({self.counters.overflowed} in all); free the disk")
         return kept
 
     def _say(self, text: str) -> None:

@@ -20,13 +20,34 @@ paho's memory. What happens on each connection:
    the broker's Receive Maximum (MQTT 5 CONNACK), capped by ``max_inflight``; 20 under 3.1.1
    (mosquitto's default ``max_inflight_messages``; 3.1.1 brokers do not say). On PUBACK the message
    is deleted from the outbox. A PUBACK with a reason code >= 0x80 (MQTT 5; e.g. 0x87 not
-   authorised by the broker's ACL) means the broker did not take it: the message stays in the
-   outbox, set aside until the next connection, and is reported (``SessionEvent`` "rejected",
-   ``stats().rejected``); it is never dropped, and it does not hold up the rest (a stream whose
-   message was refused shows that gap to consumers until the broker accepts it: the event says
-   why). Under MQTT 3.1.1 a broker that refuses a publish
-   still acknowledges it (the protocol has no way to say no), so such a message cannot be told
-   from a delivered one: run MQTT 5 against a broker with ACLs.
+   authorised by the broker's ACL) means the broker did not take it, and is reported
+   (``SessionEvent`` "rejected", ``stats().rejected``). What happens to the message depends on
+   whether the refusal can pass: a **permanent** one (``PERMANENT_REFUSALS``: 0x87 not
+   authorised, 0x90 topic name invalid, 0x99 payload format invalid) of anything but telemetry
+   (typically a reply to a response topic the ACL does not let the station write) would be
+   re-sent at every connection forever, never thinned, and would keep ``stop`` from ever
+   flushing: it is deleted, and an event on the ``event`` stream names it (boot, stream, seq,
+   topic, reason code; ``kind`` "other", ``data.original_kind`` "message_refused"), put before the
+   delete, so nothing disappears silently (``stats().dropped``). Any other refusal (quota
+   exceeded, server busy...), and every refused telemetry message (the quota thins those), stays
+   in the outbox, set aside until the next connection; it does not hold up the rest (a stream
+   whose message was refused shows that gap to consumers until the broker accepts it: the event
+   says why). Under MQTT 3.1.1 a broker that refuses a publish still acknowledges it (the
+   protocol has no way to say no), so such a message cannot be told from a delivered one: run
+   MQTT 5 against a broker with ACLs.
+5. Replies (``reply`` stream) carry the command's MQTT 5 correlation data as the PUBLISH property
+   ``CorrelationData``, rebuilt at send time from the ``correlation_data`` (base64) the command
+   handler stored in the body, so an MQTT 5 requester can match the answer without reading it.
+
+**Subscriptions** (``subscribe``) are made on every connection without a stored session, and
+again on every connection after the broker refused one (the ACL may have been fixed since). The
+SUBACK is checked: a refused filter (e.g. the ACL does not let the station read its ``cmd``
+topics: commands would never arrive) is an "error" ``SessionEvent``, once until it is granted.
+Incoming messages are acknowledged by the session after their handler returned, except for
+``subscribe(..., manual_ack=True)``: the handler gets an ``ack`` callable and calls it once the
+message is handled for good (a command: once its answer is stored in the outbox). A message never
+acknowledged is sent again by the broker on the next connection (a persistent session), so a
+station that stops or dies between receiving a command and storing its answer does not lose it.
 
 **Reconnect** with exponential backoff and full jitter: after the n-th failure in a row the wait is
 uniform in [0, min(backoff_max_s, backoff_min_s * 2**n)], so a plant full of stations does not
@@ -52,7 +73,11 @@ so. Set ``protocol = "5"`` to rule that out, or ``"3.1.1"`` for a known 3.1.1 br
 **Stopping** (``stop``): new puts still go to the outbox; the network thread keeps publishing until
 the outbox is empty or ``flush_timeout_s`` has passed, publishes ``status`` offline (retained) and
 waits for its PUBACK, then sends DISCONNECT (so the broker does not also publish the Will).
-Whatever was not sent stays in the outbox for the next start.
+Whatever was not sent stays in the outbox for the next start. ``stop`` blocks for up to
+``flush_timeout_s`` + a few seconds: a caller that guards a dead-man must not call it while the
+core still expects heartbeats (``reedge run`` stops the core first). If the network thread does
+not end (a socket call hung), ``network_thread_alive`` says so: the owner must then leave the
+outbox open rather than close it under that thread.
 
 ``on_event`` callbacks and ``subscribe`` handlers run on the network thread: keep them short.
 Tested against mosquitto and amqtt in ``tests/test_mqtt_session.py`` (outages, SIGKILL, black-holed
@@ -66,6 +91,8 @@ allowed to block the messages behind it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import dataclasses
 import json
@@ -90,7 +117,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge import __version__
 from edge.telemetry.broker_url import BrokerSettings, BrokerUrl, BrokerUrlError
 from edge.telemetry.envelope import EnvelopeError, PreviousBoot, birth, envelope, previous_boot, will
-from edge.telemetry.outbox import Draft, Message, Outbox, Priority
+from edge.telemetry.outbox import Draft, Message, Outbox, OutboxError, Priority
 from edge.telemetry.topics import STREAMS, StationTopics
 
 __all__ = ["MqttSession", "SessionError", "SessionEvent", "SessionStats", "StopResult", "backoff_delay"]
@@ -104,8 +131,12 @@ KEEPALIVE_TIMEOUT = 0x8D
 STATUS_WAIT_S = 2.0         # at stop, how long the offline status may take at least
 TICK_S = 1.0                # the select timeout: keepalive and timeouts are checked at least this often
 MAX_REJECTED_KEPT = 100
+#: PUBACK reason codes that will not pass on a re-send (the ACL, the topic or the payload is the problem)
+PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x99})
+REFUSED_KIND = "message_refused"     # data.original_kind of the event that reports a deleted message
 
 PutItem = tuple[str, bytes | Mapping[str, Any], Priority | None, str | None]   # stream, body, priority, verb
+Ack = Callable[[], None]
 EventKind = Literal["connected", "disconnected", "connect_failed", "protocol_fallback", "rejected", "error"]
 
 
@@ -136,8 +167,9 @@ class SessionStats:
     failures: int                   # failed attempts and dropped connections since start
     published: int                  # outbox messages handed to the broker (re-sends included)
     acked: int                      # outbox messages the broker acknowledged (and the outbox deleted)
-    rejected: int                   # PUBACKs with a reason code >= 0x80 (messages kept)
+    rejected: int                   # PUBACKs with a reason code >= 0x80
     last_error: str | None
+    dropped: int = 0                # permanently refused messages deleted (each one reported on the event stream)
 
 
 @dataclass(frozen=True)
@@ -165,7 +197,8 @@ def _properties(packet_type: int) -> Properties:
 class _Subscription:
     topic_filter: str
     qos: int
-    handler: Callable[[mqtt.MQTTMessage], None]
+    handler: Callable[[mqtt.MQTTMessage], None] | None
+    acked_handler: Callable[[mqtt.MQTTMessage, Ack], None] | None = None
 
 
 @dataclass
@@ -189,6 +222,7 @@ class _Conn:
     lost: bool = False
     timed_out: bool = False
     close_rc: ReasonCode | None = None
+    sub_mid: int | None = None
 
 
 class MqttSession:
@@ -229,7 +263,9 @@ class MqttSession:
         self._connected_event = threading.Event()
         self._flushed = threading.Condition(self._lock)
         self._conn: _Conn | None = None
-        self._connects = self._failures = self._published = self._acked = self._rejected = 0
+        self._connects = self._failures = self._published = self._acked = self._rejected = self._dropped = 0
+        self._acks: list[tuple[_Conn, int, int]] = []      # (connection, mid, qos) to PUBACK: see subscribe
+        self._sub_refused = False               # the last SUBACK refused a filter (reported once)
         self._last_error: str | None = None
         self.rejected_messages: deque[tuple[tuple[str, str, int], int, str]] = deque(maxlen=MAX_REJECTED_KEPT)
         self._result: StopResult | None = None
@@ -264,12 +300,22 @@ class MqttSession:
         return msgs
 
     def subscribe(self, topic_filter: str, qos: int, handler: Callable[[mqtt.MQTTMessage], None]) -> None:
-        """Subscribe on every connection that has no stored session; ``handler`` runs on the network thread."""
+        """Subscribe on every connection that has no stored session; ``handler`` runs on the network thread.
+        Each message is acknowledged once ``handler`` returned."""
+        self._add_subscription(_Subscription(topic_filter, qos, handler))
+
+    def subscribe_acked(self, topic_filter: str, qos: int, handler: Callable[[mqtt.MQTTMessage, Ack], None]) -> None:
+        """Like ``subscribe``, but ``handler(message, ack)`` acknowledges the message itself, from any
+        thread, once it is handled for good; never acknowledged, the broker sends it again on the next
+        connection (why: a command must not be lost between its arrival and its stored answer)."""
+        self._add_subscription(_Subscription(topic_filter, qos, None, handler))
+
+    def _add_subscription(self, sub: _Subscription) -> None:
         if self._thread is not None:
             raise SessionError("subscribe before start(): subscriptions are part of every connection")
-        if qos not in (0, 1, 2):
-            raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
-        self._subs.append(_Subscription(topic_filter, qos, handler))
+        if sub.qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {sub.qos!r}")
+        self._subs.append(sub)
 
     # ---- life cycle ----------------------------------------------------------------------------------
 
@@ -292,7 +338,7 @@ class MqttSession:
             self._wake()
         self._thread.join(timeout=max(0.0, flush_timeout_s) + STATUS_WAIT_S + self.settings.connect_timeout_s + 5)
         if self._thread.is_alive():  # pragma: no cover - only a hung socket call gets here
-            log.error("mqtt session %s: network thread did not stop", self.client_id)
+            log.error("mqtt session %s: network thread did not stop: the outbox must stay open", self.client_id)
         else:
             with contextlib.suppress(OSError):
                 self._wake_r.close()
@@ -301,6 +347,11 @@ class MqttSession:
         conn = self._conn
         self._result = StopResult(remaining == 0, remaining, bool(conn and conn.offline_acked))
         return self._result
+
+    @property
+    def network_thread_alive(self) -> bool:
+        """True while the network thread runs (after ``stop``: it hung, so the outbox must not be closed)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def __enter__(self) -> MqttSession:
         return self.start()
@@ -331,7 +382,7 @@ class MqttSession:
             protocol=conn.protocol if conn and conn.connected else None,
             window=conn.window if conn and conn.connected else 0, connects=self._connects,
             failures=self._failures, published=self._published, acked=self._acked, rejected=self._rejected,
-            last_error=self._last_error)
+            last_error=self._last_error, dropped=self._dropped)
 
     # ---- the network thread --------------------------------------------------------------------------
 
@@ -418,11 +469,13 @@ class MqttSession:
 
     def _make_client(self, broker: BrokerUrl, protocol: Literal["5", "3.1.1"]) -> mqtt.Client:
         s = self.settings
+        # manual_ack: incoming messages are acknowledged by _on_message or by their handler (subscribe_acked)
         if protocol == "5":
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
+                                 manual_ack=True)
         else:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
-                                 clean_session=False)
+                                 clean_session=False, manual_ack=True)
         client.connect_timeout = s.connect_timeout_s
         client.max_queued_messages_set(0)
         client.max_inflight_messages_set(V5_DEFAULT_RECEIVE_MAX)   # the window is ours (_pump); paho must not hold any
@@ -477,7 +530,8 @@ class MqttSession:
         client.on_connect = lambda _c, _u, flags, rc, props: self._on_connect(conn, flags, rc, props)
         client.on_disconnect = lambda _c, _u, _f, rc, _p: self._on_disconnect(conn, rc)
         client.on_publish = lambda _c, _u, mid, rc, _p: self._on_publish(conn, mid, rc)
-        client.on_message = lambda _c, _u, m: self._on_message(m)
+        client.on_message = lambda _c, _u, m: self._on_message(conn, m)
+        client.on_subscribe = lambda _c, _u, mid, codes, _p: self._on_subscribe(conn, mid, codes)
         try:
             if protocol == "5":
                 props = _properties(PacketTypes.CONNECT)
@@ -526,6 +580,7 @@ class MqttSession:
             if client.socket() is not None:
                 client.loop_misc()
             self._apply_acks(conn)
+            self._send_acks(conn)
             if conn.connected and not conn.lost:
                 if self._stopping() and self._stop_step(conn):
                     return "done"
@@ -584,8 +639,8 @@ class MqttSession:
         self._connected_event.set()
         self._event("connected", conn.broker, f"MQTT {conn.protocol}, window {conn.window},"
                                               f" session present {bool(flags.session_present)}")
-        if not flags.session_present and self._subs:
-            conn.client.subscribe([(s.topic_filter, s.qos) for s in self._subs])
+        if self._subs and (not flags.session_present or self._sub_refused):
+            _, conn.sub_mid = conn.client.subscribe([(s.topic_filter, s.qos) for s in self._subs])
         info = conn.client.publish(self.topics.status, self._birth(), qos=1, retain=True)
         conn.control_mids.add(info.mid)
 
@@ -611,6 +666,9 @@ class MqttSession:
             return
         msg = conn.keys.pop(msg_id)
         if rc.is_failure:
+            if (rc.value in PERMANENT_REFUSALS and msg.priority is not Priority.TELEMETRY
+                    and self._drop_refused(conn, msg, rc)):
+                return
             # Kept in the outbox, still marked in flight: set aside until the next connection re-sends it.
             self._rejected += 1
             self.rejected_messages.append((msg.key, rc.value, rc.getName()))
@@ -619,13 +677,87 @@ class MqttSession:
             return
         conn.acked.append(msg_id)
 
-    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+    def _on_subscribe(self, conn: _Conn, mid: int, codes: list[ReasonCode]) -> None:
+        """Check the SUBACK: a refused filter means its messages never arrive; say so once."""
+        if mid != conn.sub_mid:
+            return
+        refused = [(s, rc) for s, rc in zip(self._subs, codes, strict=False) if rc.is_failure]
+        if refused and not self._sub_refused:
+            what = "; ".join(f"{s.topic_filter}: {rc.getName()} (0x{rc.value:02x})" for s, rc in refused)
+            self._event("error", conn.broker, f"the broker refused the subscription ({what}): those messages"
+                                              " (commands) will not arrive; check the broker's ACL",
+                        refused[0][1].value)
+        elif not refused and self._sub_refused:
+            log.info("mqtt %s: subscriptions granted", conn.broker)
+        self._sub_refused = bool(refused)
+
+    def _on_message(self, conn: _Conn, message: mqtt.MQTTMessage) -> None:
+        manual = False
         for sub in self._subs:
             if mqtt.topic_matches_sub(sub.topic_filter, message.topic):
                 try:
-                    sub.handler(message)
+                    if sub.acked_handler is not None:
+                        manual = True
+                        sub.acked_handler(message, self._acker(conn, message.mid, message.qos))
+                    elif sub.handler is not None:
+                        sub.handler(message)
                 except Exception:
                     log.exception("mqtt session: handler for %s raised", sub.topic_filter)
+        if not manual and message.qos > 0:
+            conn.client.ack(message.mid, message.qos)
+
+    def _acker(self, conn: _Conn, mid: int, qos: int) -> Ack:
+        """The ``ack`` of one message: thread-safe, once; sent by the network thread on that connection only."""
+        done = [qos == 0]
+
+        def ack() -> None:
+            with self._lock:
+                if done[0]:
+                    return
+                done[0] = True
+                self._acks.append((conn, mid, qos))
+            self._wake()
+        return ack
+
+    def _send_acks(self, conn: _Conn) -> None:
+        with self._lock:
+            acks, self._acks = self._acks, []
+        for c, mid, qos in acks:
+            # an ack for a connection that is gone is moot: the broker sends that message again
+            if c is conn and conn.connected and not conn.lost and conn.client.socket() is not None:
+                conn.client.ack(mid, qos)
+
+    def _drop_refused(self, conn: _Conn, msg: Message, rc: ReasonCode) -> bool:
+        """A permanent refusal: report the message on the event stream, then delete it (module docstring).
+        False (message kept) if the report cannot be stored: nothing leaves the outbox without a trace."""
+        self._rejected += 1
+        self.rejected_messages.append((msg.key, rc.value, rc.getName()))
+        boot, stream, seq = msg.key
+        code = f"{rc.getName()} (0x{rc.value:02x})"
+        what = f"{stream} #{seq} of boot {boot} to {msg.topic[:200]}"
+        if _is_refusal_report(msg):   # the event topic itself is refused: a report of the report would loop
+            log.error("mqtt %s: %s refused for good: %s; it reported a refused message: deleted, logged only",
+                      conn.broker, what, code)
+        else:
+            body = {"kind": "other", "source": "controller", "severity": "alarm",
+                    "message": f"{what} refused by the broker for good: {code}; deleted from the outbox"[:1000],
+                    "data": {"original_kind": REFUSED_KIND, "boot": boot, "stream": stream, "seq": seq,
+                             "topic": msg.topic, "reason_code": rc.value, "reason": rc.getName()}}
+            try:
+                self.outbox.put_many([Draft("event", self.topics.event, body, Priority.ALARM,
+                                            STREAMS["event"].qos, STREAMS["event"].retain)])
+            except OutboxError as e:
+                self._event("rejected", conn.broker, f"{what} not accepted: {code}; kept in the outbox (its"
+                                                     f" report could not be stored: {e})", rc.value, msg.key)
+                return False
+            self._wake()
+        self.outbox.ack_many([msg.id])
+        self._dropped += 1
+        self._event("rejected", conn.broker, f"{what} not accepted: {code}; a permanent refusal: deleted from the"
+                                             " outbox and reported on the event stream", rc.value, msg.key)
+        with self._flushed:
+            self._flushed.notify_all()
+        return True
 
     # sending
 
@@ -654,7 +786,8 @@ class MqttSession:
                         self._event("error", conn.broker, f"{msg.stream} seq {msg.seq} cannot be sent: {e}"
                                                           " (kept in the outbox)", message=msg.key)
                         continue
-                    info = conn.client.publish(msg.topic, payload, qos=msg.qos, retain=msg.retain)
+                    props = _reply_properties(msg) if conn.protocol == "5" and msg.stream == "reply" else None
+                    info = conn.client.publish(msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props)
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and conn.client.socket() is None:
                         return                               # the connection went while sending
                     handed.append(msg.id)
@@ -689,3 +822,33 @@ class MqttSession:
                         break
             return True
         return False
+
+
+def _body(msg: Message) -> dict[str, Any]:
+    try:
+        body = json.loads(msg.payload)
+    except (ValueError, RecursionError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _is_refusal_report(msg: Message) -> bool:
+    if msg.stream != "event":
+        return False
+    data = _body(msg).get("data")
+    return isinstance(data, dict) and data.get("original_kind") == REFUSED_KIND
+
+
+def _reply_properties(msg: Message) -> Properties | None:
+    """The reply's MQTT 5 ``CorrelationData``, from the base64 ``correlation_data`` of its stored body."""
+    encoded = _body(msg).get("correlation_data")
+    if not isinstance(encoded, str):
+        return None
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        log.warning("mqtt session: reply %s #%d: correlation_data is not base64: sent without it", msg.stream, msg.seq)
+        return None
+    props = _properties(PacketTypes.PUBLISH)
+    props.CorrelationData = data
+    return props

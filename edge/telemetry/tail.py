@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from edge.telemetry.commands import MAX_JSON_DEPTH, json_too_deep
 from edge.telemetry.envelope import Envelope, EnvelopeError, parse
 from edge.telemetry.schemas import errors as schema_errors
 from edge.telemetry.topics import STREAMS, TopicError, command_schema, parse_topic, subscription
@@ -238,34 +239,51 @@ class Checked:
 
 
 def check_message(topic: str, payload: bytes, retained: bool = False) -> Checked:
-    """Topic, envelope and schema checks for one message (commands: the verb's schema)."""
+    """Topic, envelope and schema checks for one message (commands: the verb's schema, and that the
+    payload's issuer is the sender the topic names). Never raises: the messages are untrusted, and an
+    exception would end paho's network loop (the tail would hang, deaf)."""
     c = Checked(topic, retained)
     try:
-        parts = parse_topic(topic)
+        _check(c, bytes(payload))
+    except Exception as e:   # a bug in a check must cost one message, not the tail
+        c.envelope = None
+        c.problems.append(f"could not be checked: {type(e).__name__}: {e}")
+    return c
+
+
+def _check(c: Checked, payload: bytes) -> None:
+    try:
+        parts = parse_topic(c.topic)
     except TopicError as e:
         c.problems.append(str(e))
-        return c
+        return
+    if json_too_deep(payload):   # before any parsing: the schema validator would exhaust the stack
+        c.problems.append(f"payload nests deeper than {MAX_JSON_DEPTH} levels: not checked")
+        return
     if parts.stream == "cmd":
         assert parts.verb is not None
         try:
-            doc = json.loads(bytes(payload).decode("utf-8"))
+            doc = json.loads(payload.decode("utf-8"))
         except (ValueError, RecursionError) as e:   # UnicodeDecodeError is a ValueError
             c.problems.append(f"not UTF-8 JSON: {e}")
-            return c
+            return
         c.command = doc if isinstance(doc, dict) else None
         c.problems.extend(schema_errors(doc, command_schema(parts.verb)))
-        return c
+        issuer = c.command.get("issuer") if c.command is not None else None
+        if isinstance(issuer, str) and issuer != parts.identity:
+            c.problems.append(f"issuer {issuer[:128]!r} is not the sender {parts.identity!r} of the topic:"
+                              " the station rejects it")
+        return
     try:
         env = parse(payload)
     except EnvelopeError as e:
         c.problems.append(str(e))
-        return c
+        return
     c.envelope = env
     if (env.site, env.station, env.stream) != (parts.site, parts.station, parts.stream):
         c.problems.append(f"envelope says {env.site}/{env.station}/{env.stream}, the topic"
                           f" {parts.site}/{parts.station}/{parts.stream}")
-    c.problems.extend(schema_errors(json.loads(bytes(payload).decode("utf-8")), STREAMS[env.stream].schema))
-    return c
+    c.problems.extend(schema_errors(json.loads(payload.decode("utf-8")), STREAMS[env.stream].schema))
 
 
 def _summary_of(env: Envelope) -> str:

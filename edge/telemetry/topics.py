@@ -7,10 +7,20 @@ Every topic of a station lives under one root::
     reedge/v1/{site}/{station}/state        retained; the process state, on every change
     reedge/v1/{site}/{station}/event        trips, alarms, sequence transitions, operator actions
     reedge/v1/{site}/{station}/batch        batch start and end records
-    reedge/v1/{site}/{station}/cmd/{verb}   commands in (start, hold, resume, abort, ack_alarm, reset)
-    reedge/v1/{site}/{station}/reply/{verb} the answer to each command (unless the command names
-                                            its own reply topic: MQTT 5 response topic, or the
-                                            ``reply_to`` field of the payload under MQTT 3.1.1)
+    reedge/v1/{site}/{station}/cmd/{identity}/{verb}
+                                            commands in (start, hold, resume, abort, ack_alarm,
+                                            reset), sent by ``identity``
+    reedge/v1/{site}/{station}/reply/{verb} the answer to each command (unless an authorised
+                                            command named its own reply topic under
+                                            ``reply/{identity}/...``: the MQTT 5 response topic,
+                                            or ``reply_to`` in the payload under MQTT 3.1.1)
+
+**Who sent a command is a topic level.** MQTT does not tell a subscriber who published a message,
+but the broker's ACL can: each identity (the username, or the client certificate's CN with
+mosquitto's ``use_identity_as_username``) may write only ``.../cmd/{its own name}/+``
+(``pattern write reedge/v1/<site>/+/cmd/%u/+``, ``deploy/mosquitto/acl``). So the ``{identity}``
+level of a command that arrived is vouched for by the broker, and the station authorises by it,
+never by what the payload says (``edge.telemetry.commands``).
 
 ``STREAMS`` is the one table of what each stream is. The MQTT session publishes with its QoS
 and retain flag, the outbox stores with its priority, ``mqtt_schemas/asyncapi.yaml`` must say the
@@ -38,6 +48,9 @@ PREFIX = "reedge/v1"
 SCHEMA_BASE = "https://reeproduce.eu/schemas/reedge/v1/"
 LEVEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # = edge.config.IDENT_RE (a test checks they agree)
 MAX_REPLY_TOPIC = 512
+#: An MQTT identity (username or certificate CN) as a topic level: 1 to 128 characters, no control
+#: characters, no wildcard, no level separator, no leading space (mosquitto's ``%u`` needs the same).
+IDENTITY_RE = re.compile(r"[^\x00-\x1f\x7f+#/\s][^\x00-\x1f\x7f+#/]{0,127}")
 
 #: Command verbs, in the order the documentation lists them.
 VERBS: tuple[str, ...] = ("start", "hold", "resume", "abort", "ack_alarm", "reset")
@@ -52,7 +65,7 @@ class StreamSpec:
     """One kind of message the station publishes (or, for ``cmd``, receives)."""
 
     name: str                 # the outbox stream and the envelope's ``stream``
-    suffix: str               # the topic after the station root ("cmd/{verb}" for commands)
+    suffix: str               # the topic after the station root ("cmd/{identity}/{verb}" for commands)
     qos: Literal[0, 1, 2]
     retain: bool
     schema: str               # file in mqtt_schemas/ that describes the payload
@@ -78,7 +91,7 @@ STREAMS: dict[str, StreamSpec] = {s.name: s for s in (
     StreamSpec("event", "event", 1, False, "event.json", Priority.EVENT, "publish", True),
     StreamSpec("batch", "batch", 1, False, "batch.json", Priority.BATCH, "publish", True),
     StreamSpec("reply", "reply/{verb}", 1, False, "reply.json", Priority.EVENT, "publish", True),
-    StreamSpec("cmd", "cmd/{verb}", 1, False, "cmd-{verb}.json", None, "subscribe", False),
+    StreamSpec("cmd", "cmd/{identity}/{verb}", 1, False, "cmd-{verb}.json", None, "subscribe", False),
 )}
 
 
@@ -90,6 +103,16 @@ def check_level(value: object, what: str) -> str:
         shown = value if len(value) <= 40 else value[:37] + "..."
         raise TopicError(f"{what} {shown!r} cannot be an MQTT topic level: expected 1 to 32 lowercase letters,"
                          " digits, - and _, starting with a letter or digit (no + # / or spaces)")
+    return value
+
+
+def check_identity(value: object) -> str:
+    """``value`` if it can be the identity level of a command topic (``IDENTITY_RE``), else TopicError."""
+    if not isinstance(value, str) or not IDENTITY_RE.fullmatch(value):
+        shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:37] + "...")
+        raise TopicError(f"identity {shown} cannot be a command topic level: expected an MQTT username or"
+                         " certificate CN of 1 to 128 characters, no control characters, no + # / and no"
+                         " leading space")
     return value
 
 
@@ -120,16 +143,21 @@ class StationTopics:
         """``reedge/v1/{site}/{station}`` (no trailing slash)."""
         return f"{PREFIX}/{self.site}/{self.station}"
 
-    def topic(self, stream: str, verb: str | None = None) -> str:
-        """The topic of a stream; ``reply`` and ``cmd`` need the verb."""
+    def topic(self, stream: str, verb: str | None = None, identity: str | None = None) -> str:
+        """The topic of a stream; ``reply`` needs the verb, ``cmd`` the verb and the sender's identity."""
         spec = STREAMS.get(stream)
         if spec is None:
             raise TopicError(f"unknown stream {stream!r} (expected one of: {', '.join(STREAMS)})")
+        fields: dict[str, str] = {}
         if "{verb}" in spec.suffix:
             if verb is None:
                 raise TopicError(f"the {stream} topic needs a command verb")
-            return f"{self.root}/{spec.suffix.format(verb=check_verb(verb))}"
-        return f"{self.root}/{spec.suffix}"
+            fields["verb"] = check_verb(verb)
+        if "{identity}" in spec.suffix:
+            if identity is None:
+                raise TopicError(f"the {stream} topic needs the sender's identity")
+            fields["identity"] = check_identity(identity)
+        return f"{self.root}/{spec.suffix.format(**fields)}"
 
     @property
     def status(self) -> str:
@@ -151,23 +179,25 @@ class StationTopics:
     def batch(self) -> str:
         return self.topic("batch")
 
-    def cmd(self, verb: str) -> str:
-        return self.topic("cmd", verb)
+    def cmd(self, verb: str, identity: str) -> str:
+        """Where ``identity`` sends ``verb`` to this station: ``.../cmd/{identity}/{verb}``."""
+        return self.topic("cmd", verb, identity)
 
     def reply(self, verb: str) -> str:
         return self.topic("reply", verb)
 
     @property
     def cmd_filter(self) -> str:
-        """What the session subscribes to for commands: ``.../cmd/+``."""
-        return f"{self.root}/cmd/+"
+        """What the session subscribes to for commands: ``.../cmd/+/+`` (every sender, every verb)."""
+        return f"{self.root}/cmd/+/+"
 
-    def check_reply_topic(self, topic: object) -> str:
-        """A reply topic a command asked for, if the station may publish there; else TopicError.
+    def check_reply_topic(self, topic: object, *, identity: str) -> str:
+        """A reply topic the command of ``identity`` asked for, if the station may publish there; else TopicError.
 
-        Any valid publish topic outside ``reedge/`` (a SCADA's own inbox), or one of this station's
-        own ``reply/{verb}`` topics. Never another topic of this or another station: a command must not make
-        the station write into a data stream. (The broker ACL should restrict it as well.)
+        Only this station's own reply topics: ``reply/{verb}``, or the sender's own inbox
+        ``reply/{identity}/...`` (one or more further levels, e.g. a request id). Those are the topics the
+        broker lets the station write (``reply/#``), so a reply can never be refused by the ACL and
+        stay in the outbox for ever, nor land in a data stream or in another sender's inbox.
         """
         if not isinstance(topic, str) or not topic:
             raise TopicError(f"reply topic must be a non-empty string, got {topic!r}")
@@ -177,25 +207,30 @@ class StationTopics:
             raise TopicError(f"reply topic {topic!r} contains a wildcard (+ #), NUL or starts with $")
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in topic):
             raise TopicError(f"reply topic {topic!r} contains control characters")
-        inside = topic == "reedge" or topic.startswith("reedge/")
-        if inside and topic not in {self.reply(v) for v in VERBS}:
-            raise TopicError(f"reply topic {topic!r} is inside reedge/ but not one of {self.root}/reply/VERB:"
-                             " a command cannot direct replies into a data topic")
+        if topic in {self.reply(v) for v in VERBS}:
+            return topic
+        inbox = f"{self.root}/reply/{check_identity(identity)}/"
+        rest = topic[len(inbox):].split("/") if topic.startswith(inbox) else []
+        if not rest or not all(rest):
+            raise TopicError(f"reply topic {topic!r} is not one of this station's reply topics: expected"
+                             f" {self.root}/reply/VERB or {inbox}... (the sender's own inbox, non-empty levels)")
         return topic
 
 
 @dataclass(frozen=True)
 class TopicParts:
-    """A received topic, taken apart (``verb`` for cmd/ and reply/ topics)."""
+    """A received topic, taken apart (``verb`` for cmd/ and reply/VERB topics; ``identity`` for cmd/
+    topics, the sender, and for reply/{identity}/... inboxes)."""
 
     site: str
     station: str
     stream: str
     verb: str | None = None
+    identity: str | None = None
 
 
 def parse_topic(topic: str) -> TopicParts:
-    """Split ``reedge/v1/{site}/{station}/{stream}[/{verb}]``; TopicError for anything else."""
+    """Split ``reedge/v1/{site}/{station}/{stream}[/...]``; TopicError for anything else."""
     levels = topic.split("/")
     if len(levels) < 5 or "/".join(levels[:2]) != PREFIX:
         raise TopicError(f"{topic!r} is not a reedge v1 topic ({PREFIX}/SITE/STATION/STREAM)")
@@ -204,10 +239,14 @@ def parse_topic(topic: str) -> TopicParts:
     rest = levels[4:]
     if len(rest) == 1 and rest[0] in STREAMS and "{verb}" not in STREAMS[rest[0]].suffix:
         return TopicParts(site, station, rest[0])
-    if len(rest) == 2 and rest[0] in ("cmd", "reply"):
-        return TopicParts(site, station, rest[0], check_verb(rest[1]))
+    if len(rest) == 3 and rest[0] == "cmd":
+        return TopicParts(site, station, "cmd", check_verb(rest[2]), check_identity(rest[1]))
+    if len(rest) == 2 and rest[0] == "reply":
+        return TopicParts(site, station, "reply", check_verb(rest[1]))
+    if len(rest) > 2 and rest[0] == "reply" and all(rest[2:]):
+        return TopicParts(site, station, "reply", identity=check_identity(rest[1]))
     raise TopicError(f"{topic!r}: unknown stream {'/'.join(rest)!r} (expected one of: status, telemetry, state,"
-                     " event, batch, cmd/VERB, reply/VERB)")
+                     " event, batch, cmd/IDENTITY/VERB, reply/VERB, reply/IDENTITY/...)")
 
 
 def subscription(site: str = "+", station: str = "+") -> str:
