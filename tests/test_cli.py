@@ -59,6 +59,11 @@ def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(t
     for phase in ("leak_test", "purge", "h2_admission", "absorption", "degassing", "cooling", "unload", "done"):
         assert re.search(rf"\d h  phase {phase}$", text, re.M), f"progress shows phase {phase}"
     assert "hd_normal_batch: PASS" in text and "demo complete" in text
+    mqtt = re.search(r"^  MQTT: received (.*); (.*)$", text, re.M)
+    assert mqtt is not None, "the demo published to its embedded broker and a subscriber checked it"
+    assert mqtt.group(2) == "no gaps", mqtt.group(0)        # and no INVALID (schema) suffix either
+    counts = dict(item.rsplit(" ", 1) for item in mqtt.group(1).split(", "))
+    assert int(counts["telemetry"]) > 100 and int(counts["batch"]) == 2 and int(counts["event"]) > 5, counts
     record = json.loads((tmp_path / "hd_normal_batch.json").read_text())
     assert record["outcome"] == "pass" and record["plant_s"] > 10 * 3600
     assert all(m["outcome"] == "pass" for m in record["measurements"])

@@ -36,6 +36,7 @@ from hil.scenario import load_scenario
 from tests.mqtt_broker import Mosquitto, wait_until
 
 SCENARIO = pathlib.Path(__file__).parent / "data" / "hd_mqtt_abort.toml"
+POWER_LOSS = pathlib.Path(__file__).parent / "data" / "hd_mqtt_power_loss.toml"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HD_STATION = ROOT / "stations" / "hd_reactor_sim.toml"
 HD_RECIPE = ROOT / "recipes" / "hd_standard.toml"
@@ -243,4 +244,52 @@ def test_sigterm_while_the_broker_is_down_leaves_no_latched_deadman_trip(tmp_pat
         if watch is not None:
             watch.close()
         rig.close()
+        broker.close()
+
+
+def test_power_loss_of_the_controller_during_a_broker_outage_loses_no_message(tmp_path: pathlib.Path) -> None:
+    """SIGKILL of the real controller (the rig's power loss) while the broker is down, with its outbox
+    holding what it could not send; the restarted controller sends both boots' messages when the broker
+    returns: every stream complete and in order, the old boot's tail included."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    watch = Watch(parse_broker_url(broker.url), site=TOPICS.site, station=TOPICS.station, client_id="test-watch-pl",
+                  protocol="5", keep=True).start()
+    outage: dict[str, Any] = {}
+
+    def outage_script() -> None:
+        try:
+            assert watch.wait(lambda w: "purge" in phases(w), WAIT_S), "the purge never began"
+            broker.stop()
+            outage["stopped"] = time.monotonic()
+            time.sleep(4.0)                      # the power loss (200 s at 200x: 1 s) and the restart happen now
+            broker.start()
+        except BaseException as exc:            # reported by the test
+            outage["error"] = f"{exc}\n{traceback.format_exc()}"
+
+    script = threading.Thread(target=outage_script, daemon=True)
+    try:
+        script.start()
+        record = run_scenario(load_scenario(POWER_LOSS), tmp_path / "report",
+                              controller_args=("--broker", broker.url, "--mqtt-flush-s", "10"))
+        script.join(WAIT_S)
+        assert "error" not in outage, outage["error"]
+        assert record["outcome"] == "pass", (record["error"], record["measurements"])
+        assert watch.wait(lambda w: w.offline_seen, WAIT_S), "the controller's offline status never arrived"
+        assert watch.invalid == []
+        assert watch.gaps == [] and watch.tracker.lost == 0, watch.summary()
+        boots = {c.envelope.boot_id for c in watch.snapshot()
+                 if c.envelope is not None and c.envelope.stream != "status"}
+        assert len(boots) == 2, f"messages of both boots arrived: {boots}"
+        births = [c.envelope for c in watch.snapshot() if c.envelope is not None
+                  and c.envelope.stream == "status" and c.envelope.body["state"] == "online"]
+        assert len(births) == 2 and births[0].boot_id != births[1].boot_id, \
+            "one birth per boot: the first boot never reconnected, so it died during the outage"
+        second = births[-1].body["previous_boot"]
+        assert second is not None and second["boot_id"] in boots, "the new boot's birth names the old one"
+        events = [e.body for e in envelopes(watch, "event")]
+        assert any(e.get("kind") == "recovery" or "recover" in str(e.get("message", "")) for e in events)
+        exit_mqtt = mqtt_at_stop(tmp_path / "report" / f"{POWER_LOSS.stem}.work")
+        assert exit_mqtt["flushed"] is True and exit_mqtt["remaining"] == 0, exit_mqtt
+    finally:
+        watch.close()
         broker.close()
