@@ -124,9 +124,13 @@ def test_sim_station_gets_no_hardware_watchdog(image: pathlib.Path) -> None:
 
 
 def test_station_without_board_is_refused_and_nothing_written(tmp_path: pathlib.Path, image: pathlib.Path) -> None:
+    example = (ROOT / "stations" / "hd_reactor_sim.toml").read_text()
+    no_board = tmp_path / "no_board.toml"
+    no_board.write_text("\n".join(line for line in example.splitlines() if not line.startswith("board = ")))
+    assert "board =" not in no_board.read_text()
     before = files_under(image)
     with pytest.raises(ProvisionError, match="names no board"):
-        run(ROOT / "stations" / "hd_reactor_sim.toml", image)
+        run(no_board, image)
     assert files_under(image) == before
 
 
