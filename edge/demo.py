@@ -32,7 +32,7 @@ from edge.telemetry.embedded_broker import EmbeddedBroker
 from edge.telemetry.watch import Watch
 from hil.rig import VirtualRig
 from hil.runner import Run, run_scenario
-from hil.scenario import load_scenario
+from hil.scenario import MAX_TIME_SCALE, load_scenario
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_SCENARIO = ROOT / "hil" / "scenarios" / "hd_normal_batch.toml"
@@ -111,6 +111,9 @@ def run_demo(scenario_path: pathlib.Path = DEFAULT_SCENARIO, *, report_dir: path
 
     sc = load_scenario(scenario_path)
     if time_scale is not None:
+        if not 1.0 <= time_scale <= MAX_TIME_SCALE:      # NaN fails too
+            raise ValueError(f"--time-scale must be within 1 .. {MAX_TIME_SCALE:g} (plant seconds per wall second), "
+                             f"got {time_scale:g}")
         sc = dataclasses.replace(sc, time_scale=time_scale)
     url = None if broker in (None, "embedded") else parse_broker_list(str(broker))[0]   # bad URL: before anything
     print(f"reedge demo: {sc.description}")

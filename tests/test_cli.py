@@ -50,6 +50,12 @@ def test_station_check_bad_file_names_the_key(tmp_path: pathlib.Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_demo_refuses_a_time_scale_the_rig_cannot_run_before_starting_anything(tmp_path: pathlib.Path) -> None:
+    out = reedge("demo", "--time-scale", "5000", "--report-dir", str(tmp_path / "r"))
+    assert out.returncode == 2 and "--time-scale must be within 1 .. 1500" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(tmp_path: pathlib.Path) -> None:
     """The README's main job. It is the hd_normal_batch scenario, so tests/test_hil.py does not run that one."""
