@@ -19,7 +19,7 @@ from edge import __version__, boards_cli
 from edge.telemetry import tail
 
 if TYPE_CHECKING:
-    from edge.control.recipe import ProfileStep
+    from edge.control.recipe import ProfileStep, Recipe
 
 STATIONS = pathlib.Path(__file__).resolve().parent.parent / "stations"
 DEMO_SCENARIO = STATIONS.parent / "hil" / "scenarios" / "hd_normal_batch.toml"
@@ -88,16 +88,25 @@ def cmd_tc(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recipe_validate(args: argparse.Namespace) -> int:
-    """Every problem as ``RECIPE: key.path: message``; exit 1 with problems, 2 when unreadable."""
-    from edge.config import load_station
-    from edge.control.recipe import RecipeError, check_recipe, expand_profile, load_recipe
+def _load_recipe(path: str) -> Recipe | None:
+    """The recipe, or None after printing every problem in it (the recipe commands then exit 2)."""
+    from edge.control.recipe import RecipeError, load_recipe
 
     try:
-        recipe = load_recipe(args.recipe)
+        return load_recipe(path)
     except RecipeError as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
+        return None
+
+
+def cmd_recipe_validate(args: argparse.Namespace) -> int:
+    """Every problem as ``RECIPE: key.path: message``; exit 1 with problems, 2 when unreadable."""
+    from edge.config import load_station
+    from edge.control.recipe import check_recipe, expand_profile
+
+    recipe = _load_recipe(args.recipe)
+    if recipe is None:
         return 2
     station = load_station(args.station)
     problems = check_recipe(recipe, station)
@@ -129,13 +138,10 @@ def _setpoints(start: float | None, end: float | None) -> str:
 def cmd_recipe_show(args: argparse.Namespace) -> int:
     """The expanded profile as a table (and a PNG): per phase and segment, when, setpoints, gas action."""
     from edge.config import Station, load_station
-    from edge.control.recipe import RecipeError, check_recipe, expand_profile, load_recipe
+    from edge.control.recipe import check_recipe, expand_profile
 
-    try:
-        recipe = load_recipe(args.recipe)
-    except RecipeError as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
+    recipe = _load_recipe(args.recipe)
+    if recipe is None:
         return 2
     station: Station | None = load_station(args.station) if args.station else None
     steps = expand_profile(recipe, station)

@@ -30,7 +30,6 @@ import math
 import os
 import pathlib
 import re
-import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, TypeVar, cast, overload
@@ -61,7 +60,7 @@ from edge.corespec import (
 )
 from edge.io.pfeiffer import PfeifferConfig, parse_instrument
 from edge.io.sensornode import ChannelMap, OutputMap, SensorNodeConfig
-from edge.messages import FileError
+from edge.messages import FileError, parse_toml
 from edge.messages import describe as _describe
 from edge.messages import did_you_mean as _did_you_mean
 from edge.messages import join as _join
@@ -235,7 +234,7 @@ def load_station(path: str | os.PathLike[str], *, boards_dir: pathlib.Path | Non
 
 def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = None) -> Station:
     """Validate station-file text; ``source`` is the name errors carry (usually the path)."""
-    document = _parse_toml(text, source)
+    document = parse_toml(text, source, ConfigError)
     report = _Report(source)
     top = _Table(report, document, "", noun="section")
 
@@ -297,25 +296,6 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
         instruments=instruments,
         sensor_nodes=sensor_nodes,
     )
-
-
-def _parse_toml(text: str, source: str) -> dict[str, object]:
-    """TOML syntax errors become ConfigError with the line and column tomllib reports."""
-    try:
-        return tomllib.loads(text)
-    except ValueError as exc:  # TOMLDecodeError, or an integer literal too long for int()
-        message = str(exc)
-        found = re.search(r"\(at line (\d+), column (\d+)\)$", message)
-        if found is None:
-            text_message = re.sub(r"\s*\(at end of document\)$", " at the end of the file", message)
-            raise ConfigError(source, "", f"TOML syntax error: {text_message}") from None
-        line, column = int(found.group(1)), int(found.group(2))
-        reason = message[: found.start()].rstrip()
-        raise ConfigError(
-            source, "", f"TOML syntax error at line {line}, column {column}: {reason}", line=line, column=column
-        ) from None
-    except RecursionError:
-        raise ConfigError(source, "", "TOML syntax error: values nested too deeply") from None
 
 
 # ============================================================================ [station]

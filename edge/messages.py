@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import tomllib
 from collections.abc import Iterable, Sequence
 
 
@@ -38,6 +39,25 @@ class FileError(ValueError):
             return "\n".join(str(error) for error in self._several)
         where = f"{self.source}: {self.key_path}" if self.key_path else self.source
         return f"{where}: {self.message}"
+
+
+def parse_toml(text: str, source: str, error: type[FileError]) -> dict[str, object]:
+    """TOML text -> a table; a syntax error becomes ``error`` (the loader's FileError) with the line and
+    column tomllib reports, so every file a technician writes fails the same way."""
+    try:
+        return tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or an integer literal too long for int()
+        message = str(exc)
+        found = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+        if found is None:
+            message = re.sub(r"\s*\(at end of document\)$", " at the end of the file", message)
+            raise error(source, "", f"TOML syntax error: {message}") from None
+        line, column = int(found.group(1)), int(found.group(2))
+        reason = message[: found.start()].rstrip()
+        raise error(source, "", f"TOML syntax error at line {line}, column {column}: {reason}",
+                    line=line, column=column) from None
+    except RecursionError:
+        raise error(source, "", "TOML syntax error: values nested too deeply") from None
 
 
 def unknown(what: str, name: str, candidates: Iterable[str]) -> str:

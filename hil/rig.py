@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import pathlib
+import select
 import signal
 import subprocess
 import sys
@@ -192,8 +193,6 @@ class VirtualRig:
     def _plant_reply(self, timeout_s: float = 10.0) -> dict[str, Any]:
         plant = self.plant
         assert plant is not None and plant.stdout is not None
-        import select
-
         ready, _, _ = select.select([plant.stdout], [], [], timeout_s)
         line = plant.stdout.readline() if ready else ""
         if not line:

@@ -11,14 +11,13 @@ import dataclasses
 import hashlib
 import math
 import pathlib
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge.config import ConfigError, load_station
 from edge.control.recipe import RecipeError, load_recipe
-from edge.messages import FileError, describe, unknown
+from edge.messages import FileError, describe, parse_toml, unknown
 from hil.plants import PLANTS
 
 # controller and rig faults, the same for every plant; each with its parameters (name -> required)
@@ -176,10 +175,7 @@ def load_scenario(path: str | pathlib.Path) -> Scenario:
 
 def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     source = str(path)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, "", f"not valid TOML: {exc}") from None
+    raw = parse_toml(text, source, ScenarioError)
     r = _Reader(source)
     r.keys(raw, "", ("scenario", "plant", "rig", "run", "faults", "operator", "expect"))
     head = r.table(raw, "scenario", "scenario", required=True)

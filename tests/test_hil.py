@@ -117,7 +117,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_not_toml_at_all() -> None:
-    assert "not valid TOML" in errors_of("[scenario\nname=")
+    assert "/tmp/bad_scenario.toml: TOML syntax error at line 1" in errors_of("[scenario\nname=")
 
 
 def test_the_cli_refuses_a_bad_file_before_starting_anything(tmp_path: pathlib.Path) -> None:

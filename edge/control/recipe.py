@@ -27,7 +27,6 @@ import math
 import os
 import pathlib
 import re
-import tomllib
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import ClassVar, Literal, TypeAlias, TypeVar, cast
 
 from edge.config import GASES, NAME_RE, EquipmentLimits, Station
 from edge.control.plumbing import GasPlumbing
-from edge.messages import FileError
+from edge.messages import FileError, parse_toml
 from edge.messages import describe as _describe
 from edge.messages import did_you_mean as _did_you_mean
 from edge.messages import join as _join
@@ -514,7 +513,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
 
 def parse_recipe(text: str, source: str) -> Recipe:
     """Parse recipe text; ``source`` is the name errors carry (usually the path)."""
-    document = _parse_toml(text, source)
+    document = parse_toml(text, source, RecipeError)
     sink: list[RecipeError] = []
     top = _Reader(sink, source, document, "", noun="table")
 
@@ -552,22 +551,6 @@ def parse_recipe(text: str, source: str) -> Recipe:
         source=source,
         text=text,
     )
-
-
-def _parse_toml(text: str, source: str) -> dict[str, object]:
-    try:
-        return tomllib.loads(text)
-    except ValueError as exc:  # TOMLDecodeError, or an integer literal too long for int()
-        message = str(exc)
-        found = re.search(r"\(at line (\d+), column (\d+)\)$", message)
-        if found is None:
-            message = re.sub(r"\s*\(at end of document\)$", " at the end of the file", message)
-            raise RecipeError(source, "", f"TOML syntax error: {message}") from None
-        reason = message[: found.start()].rstrip()
-        raise RecipeError(source, "", f"TOML syntax error at line {found.group(1)}, column {found.group(2)}: "
-                                      f"{reason}") from None
-    except RecursionError:
-        raise RecipeError(source, "", "TOML syntax error: values nested too deeply") from None
 
 
 def _other_phases(process: Process) -> list[str]:
