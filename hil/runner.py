@@ -481,7 +481,7 @@ def _metric_delta(run: Run, rows: Sequence[dict[str, Any]], a: Mapping[str, Any]
     step = run.fired.get(a["step"])
     if step is None:
         return None, "", "the step never fired"
-    metric, phase = a["metric"], a["until_phase"]
+    metric, phase = a["metric"], a.get("until_phase")
     end = next((p for p in run.phases if p["phase"] == phase and p["wall_ns"] >= step.wall_ns), None)
     end_t = float(end["t_s"]) if end else math.inf
     start_row = next((r for r in rows if r["t_s"] >= step.t_s), None)

@@ -42,11 +42,15 @@ MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs beside
     "relay_latency_ms": ("step",), "relay_dropped": (), "written_safe_at_relay_drop": ("step",),
     "final_output": ("output",), "written_output": ("output",),
     "max_channel": ("channel",), "min_channel": ("channel",),
-    "plant_metric": ("metric",), "plant_metric_delta": ("metric", "step", "until_phase"),
+    "plant_metric": ("metric",), "plant_metric_delta": ("metric", "step"),   # until_phase optional: else to the end
     "controller_restarts": (), "instrument_counter": ("device", "counter"), "recovered_outage_s": (),
 }
 LIMIT_KEYS = ("min", "max", "equals", "one_of", "includes")
-OPTIONAL_MEASURE_KEYS = ("name", "description", "after")
+OPTIONAL_MEASURE_KEYS = ("name", "description", "after", "until_phase")
+
+
+def exp_measure_takes_until(measure: str | None) -> bool:
+    return measure == "plant_metric_delta"
 
 
 class ScenarioError(FileError):
@@ -425,6 +429,11 @@ def _expectations(r: _Reader, raw: Mapping[str, Any], ctx: _Context, step_ids: s
                 continue
             args[key] = item[key]
         _check_args(r, path, args, ctx, step_ids)
+        if "until_phase" in item:
+            if exp_measure_takes_until(measure):
+                args["until_phase"] = item["until_phase"]
+            else:
+                r.error(f"{path}.until_phase", f"does not apply to {measure}")
         if "after" in item:
             if item["after"] not in step_ids:
                 r.error(f"{path}.after", unknown("step", str(item["after"]), sorted(step_ids)))
