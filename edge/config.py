@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, TypeVar, cast, overload
 
+from edge.batch.accounting import AccountingConfig
 from edge.boards import BoardError, DriverUse, check_station_wiring, load_board
 from edge.control.alarms import (
     ALARM_KINDS,
@@ -58,6 +59,7 @@ from edge.corespec import (
     RuleKind,
     RuleSpec,
 )
+from edge.io.modbus import ModbusConfig, parse_modbus_instrument, shared_port_problems
 from edge.io.pfeiffer import PfeifferConfig, parse_instrument
 from edge.io.sensornode import ChannelMap, OutputMap, SensorNodeConfig
 from edge.messages import FileError, parse_toml
@@ -109,7 +111,7 @@ RULE_KINDS: tuple[RuleKind, ...] = (
 )
 DRIVER_TYPES = ("sim", "gpiochip", "spidev")
 SECTIONS = ("station", "core", "drivers", "channels", "outputs", "interlocks", "permissives", "limits", "loops",
-            "alarms", "plumbing", "instruments", "sensor_nodes")
+            "alarms", "plumbing", "instruments", "sensor_nodes", "accounting")
 
 #: Valid range of each thermocouple type (NIST ITS-90 reference functions), degC.
 TC_RANGE_C: dict[str, tuple[float, float]] = {
@@ -190,8 +192,9 @@ class Station:
     board: str | None = None  # [station] board: the boards/NAME.toml the wiring was checked against
     commands: CommandSettings = field(default_factory=CommandSettings)  # [mqtt.roles], [mqtt.commands]
     broker: BrokerSettings | None = None  # [mqtt] brokers, TLS, credentials (None: no broker configured)
-    instruments: Mapping[str, PfeifferConfig] = field(default_factory=dict)  # [instruments.NAME]: serial devices
+    instruments: Mapping[str, PfeifferConfig | ModbusConfig] = field(default_factory=dict)  # [instruments.NAME]
     sensor_nodes: Mapping[str, SensorNodeConfig] = field(default_factory=dict)  # [sensor_nodes.NAME]: Pico nodes
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)  # [accounting]: batch-record meters
 
 
 # ============================================================================ errors
@@ -254,8 +257,8 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
     plumbing = _read_plumbing(top, settings, channels, outputs, loops, limits)
     commands, broker = _read_mqtt(top)
     instruments = _read_instruments(top, channels)
-    sensor_nodes = _read_sensor_nodes(top, channels, outputs, {i.channel: f"instruments.{n}"
-                                                              for n, i in instruments.items()})
+    sensor_nodes = _read_sensor_nodes(top, channels, outputs, _instrument_feeds(instruments))
+    accounting = _read_accounting(top, instruments, outputs, channels)
 
     _check_shared_namespace(report, channels, outputs, rules, loops, alarms)
     _check_table_sizes(report, drivers, channels, outputs, rules, permissives)
@@ -295,6 +298,7 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
         broker=broker,
         instruments=instruments,
         sensor_nodes=sensor_nodes,
+        accounting=accounting,
     )
 
 
@@ -1445,16 +1449,18 @@ def _read_inlet_valves(
 # ============================================================================ [mqtt]
 
 
-INSTRUMENT_TYPES = ("pfeiffer",)
+INSTRUMENT_TYPES = ("pfeiffer", "modbus")
 
 
-def _read_instruments(top: _Table, channels: Mapping[str, ChannelSpec | None]) -> dict[str, PfeifferConfig]:
-    """[instruments.NAME]: serial instruments the Python side polls and injects (``edge.io``). Each feeds an
-    injected channel, and no channel is fed by two instruments (two sources would interleave silently)."""
+def _read_instruments(top: _Table, channels: Mapping[str, ChannelSpec | None]
+                      ) -> dict[str, PfeifferConfig | ModbusConfig]:
+    """[instruments.NAME]: serial instruments the Python side polls and injects (``edge.io``), by ``type``:
+    a Pfeiffer gauge feeds one injected channel, a Modbus instrument any of its measurements. No channel is
+    fed twice (two sources would interleave silently); Modbus instruments on one port are one bus."""
     section = top.table("instruments", expected="[instruments.NAME] tables")
     if section is None:
         return {}
-    found: dict[str, PfeifferConfig] = {}
+    found: dict[str, PfeifferConfig | ModbusConfig] = {}
     fed: dict[str, str] = {}
     for name, t in section.named_tables():
         if t is None:
@@ -1464,13 +1470,17 @@ def _read_instruments(top: _Table, channels: Mapping[str, ChannelSpec | None]) -
             t.report("type", _unknown("instrument type", str(kind), INSTRUMENT_TYPES))
             t.accept(*t.data)
             continue
-        t.accept(*t.data)        # parse_instrument checks every key of its type
+        t.accept(*t.data)        # the type's parser checks every key of its type
         try:
-            cfg = parse_instrument(t.data, t.path)
+            cfg = parse_instrument(t.data, t.path) if kind == "pfeiffer" else parse_modbus_instrument(t.data, t.path)
         except ValueError as exc:
             for line in str(exc).splitlines():
                 key_path, _, message = line.partition(": ")
                 top.report_to.add(key_path, message or line)
+            continue
+        if isinstance(cfg, ModbusConfig):
+            if _check_modbus_channels(t, name, cfg, channels, fed):
+                found[name] = cfg
             continue
         channel = channels.get(cfg.channel)
         if cfg.channel not in channels:
@@ -1482,7 +1492,52 @@ def _read_instruments(top: _Table, channels: Mapping[str, ChannelSpec | None]) -
         else:
             fed[cfg.channel] = name
             found[name] = cfg
+    _check_instrument_ports(section, found)
     return found
+
+
+def _check_modbus_channels(t: _Table, name: str, cfg: ModbusConfig, channels: Mapping[str, ChannelSpec | None],
+                           fed: dict[str, str]) -> bool:
+    """Each ``channels`` target is an injected channel with a max age (a silent meter must go STALE) that
+    nothing else feeds."""
+    ok = True
+    ct = _Table(t.report_to, cfg.channels, _join(t.path, "channels"))
+    for meas, target in cfg.channels.items():
+        spec = channels.get(target)
+        if target not in channels:
+            ct.report(meas, _unknown("channel", target, channels))
+        elif spec is not None and (spec.kind != "injected" or spec.max_age_ms <= 0):
+            ct.report(meas, f"{target!r} must be an injected channel with max_age_ms (it is {spec.kind})")
+        elif target in fed:
+            ct.report(meas, f"{target!r} is already fed by instruments.{fed[target]}")
+        else:
+            fed[target] = name
+            continue
+        ok = False
+    return ok
+
+
+def _check_instrument_ports(section: _Table, found: Mapping[str, PfeifferConfig | ModbusConfig]) -> None:
+    """One port is one bus with one protocol: its Modbus instruments share the serial settings and
+    each has its own address; a Pfeiffer gauge cannot share a port with Modbus instruments."""
+    modbus = [(n, c) for n, c in found.items() if isinstance(c, ModbusConfig)]
+    for name, key, message in shared_port_problems(modbus):
+        section.report_to.add(_join(_join(section.path, name), key), message)
+    modbus_ports = {c.port: n for n, c in reversed(modbus)}
+    for name, cfg in found.items():
+        if isinstance(cfg, PfeifferConfig) and cfg.port in modbus_ports:
+            section.report_to.add(_join(_join(section.path, name), "port"),
+                                  f"{cfg.port} is the Modbus bus of instruments.{modbus_ports[cfg.port]}: "
+                                  "a port carries one protocol")
+
+
+def _instrument_feeds(instruments: Mapping[str, PfeifferConfig | ModbusConfig]) -> dict[str, str]:
+    """Injected channel -> the instrument feeding it."""
+    feeds: dict[str, str] = {}
+    for name, cfg in instruments.items():
+        targets = cfg.channels.values() if isinstance(cfg, ModbusConfig) else (cfg.channel,)
+        feeds.update((target, f"instruments.{name}") for target in targets)
+    return feeds
 
 
 _NODE_KEYS = ("port", "node_id", "firmware", "config_hash", "baudrate", "keepalive_ms", "channels", "outputs")
@@ -2044,3 +2099,77 @@ def _number_table(value: object) -> dict[str, float]:
         except _Bad as bad:
             raise _Bad(str(bad), at=f".{key}") from None
     return result
+
+
+# ============================================================================ [accounting]
+
+
+_ACCOUNTING_METERS = {"energy": "kWh", "h2": "NL", "ar": "NL", "cooling_water": "L"}
+
+
+def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Mapping[str, OutputSpec | None],
+                     channels: Mapping[str, ChannelSpec | None]) -> AccountingConfig:
+    """[accounting]: the meter counters a batch record's energy and gas come from (``edge.batch``), the
+    heaters' rated power for the duty model, the grid's emission factor. Absent: a record without meters."""
+    t = top.table("accounting", expected="an [accounting] table")
+    if t is None:
+        return AccountingConfig()
+    sources: dict[str, str | None] = {}
+    for meter, unit in _ACCOUNTING_METERS.items():
+        src = t.get(meter, _string)
+        sources[meter] = None
+        if src is None:
+            continue
+        inst_name, _, measurement = src.partition(".")
+        registers = getattr(instruments.get(inst_name), "registers", None)
+        if inst_name not in instruments:
+            t.report(meter, _unknown("instrument", inst_name, instruments)
+                     + f" (expected \"instrument.measurement\", a counter in {unit})")
+        elif registers is None:
+            t.report(meter, f"instruments.{inst_name} has no counters (a Modbus meter has)")
+        elif measurement not in registers:
+            t.report(meter, _unknown(f"measurement of instruments.{inst_name}", measurement, registers))
+        elif registers[measurement].kind != "counter":
+            t.report(meter, f"{src} is a {registers[measurement].kind}, not a counter: the batch figure is the "
+                            "difference of a totaliser")
+        else:
+            sources[meter] = src
+    rated: dict[str, float] = {}
+    rated_t = t.table("heater_rated_kw", expected="a table: duty output = rated kW")
+    if rated_t is not None:
+        for name in list(rated_t.data):
+            kw = rated_t.get(name, _number_in(0.0, 10_000.0, lo_open=True))
+            spec = outputs.get(name)
+            if name not in outputs:
+                rated_t.report(name, _unknown("output", name, outputs))
+            elif spec is not None and not spec.duty_cycle_ms:
+                rated_t.report(name, f"{name} is not a burst-fired (duty) output: the model needs its duty")
+            elif kw is not None:
+                rated[name] = kw
+    rates: dict[str, float] = {}
+    rates_t = t.table("max_rate_per_h", expected="a table: meter = the most it can count per hour")
+    if rates_t is not None:
+        for name in list(rates_t.data):
+            rate = rates_t.get(name, _number_in(0.0, 1e9, lo_open=True))
+            if name not in _ACCOUNTING_METERS:
+                rates_t.report(name, _unknown("meter", name, _ACCOUNTING_METERS))
+            elif rate is not None:
+                rates[name] = rate
+    pressure = t.get("pressure_channel", _string, "chamber_pressure")
+    temperature = t.get("temperature_channel", _string, "chamber_temp")
+    volume = t.get("free_volume_l", _number_in(0.0, 1e6, lo_open=True))
+    for key, name in (("pressure_channel", pressure), ("temperature_channel", temperature)):
+        if volume is not None and name not in channels:
+            t.report(key, _unknown("channel", name, channels))
+    cfg = AccountingConfig(
+        energy=sources["energy"], h2=sources["h2"], ar=sources["ar"], cooling_water=sources["cooling_water"],
+        heater_rated_kw=rated, max_rate_per_h=rates,
+        grid_kg_co2e_per_kwh=t.get("grid_kg_co2e_per_kwh", _number_in(0.0, 10.0)),
+        gap_s=t.get("gap_s", _number_in(1.0, 86_400.0), 60.0),
+        close_wait_s=t.get("close_wait_s", _number_in(0.0, 3600.0), 30.0),
+        trend_every_s=t.get("trend_every_s", _number_in(0.1, 3600.0), 10.0),
+        free_volume_l=volume, pressure_channel=pressure, temperature_channel=temperature)
+    for sub in (rated_t, rates_t, t):
+        if sub is not None:
+            sub.finish()
+    return cfg

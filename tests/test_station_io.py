@@ -10,6 +10,7 @@ import pathlib
 import pytest
 
 from edge.config import ConfigError, parse_station
+from edge.io.pfeiffer import PfeifferConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE = (ROOT / "stations" / "hd_reactor_sim.toml").read_text()
@@ -48,6 +49,7 @@ def errors(text: str) -> str:
 def test_the_example_station_polls_its_vacuum_gauge() -> None:
     station = parse_station(BASE, "st.toml")
     gauge = station.instruments["vacuum_gauge"]
+    assert isinstance(gauge, PfeifferConfig)
     assert gauge.channel == "chamber_vacuum" and gauge.address == 1 and gauge.poll_ms == 200.0
     assert station.sensor_nodes == {}
 
