@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 STATIONS = pathlib.Path(__file__).resolve().parent.parent / "stations"
 DEMO_SCENARIO = STATIONS.parent / "hil" / "scenarios" / "hd_normal_batch.toml"
+DEFAULT_STATE_DIR = "/var/lib/reedge"  # where `reedge run` keeps its state (and the batch records) by default
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -39,6 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(RunOptions(
         station=pathlib.Path(args.station), state_dir=pathlib.Path(args.state_dir),
         recipe=pathlib.Path(args.recipe) if args.recipe else None, batch_id=args.batch_id, operator=args.operator,
+        feed=args.feed, mass_in_kg=args.mass_in_kg,
         scan_s=args.scan_s, json_lines=args.json, commands_stdin=args.commands == "stdin",
         exit_when_done=args.exit_when_done, rig=pathlib.Path(args.rig) if args.rig else None,
         broker=args.broker, mqtt_protocol=args.mqtt_protocol, site=args.site, station_id=args.station_id,
@@ -245,6 +247,44 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """One batch's page (HTML, PNG, PDF), or with --csv the LCA table of every batch."""
+    state_dirs = [pathlib.Path(d) for d in args.state_dir or [DEFAULT_STATE_DIR]]
+    if args.csv:
+        return _report_csv(args, state_dirs)
+    from edge.batch.report import render_report
+
+    if not args.batch_id:
+        raise ValueError("name a batch (reedge report BATCH_ID) or ask for the LCA table (reedge report --csv)")
+    if args.batch_id in (".", "..") or "/" in args.batch_id or "\\" in args.batch_id:
+        raise ValueError(f"{args.batch_id!r} is not a batch id (a folder name in STATE_DIR/batches)")
+    if len(state_dirs) > 1:
+        raise ValueError("one --state-dir for a batch report (several are for --csv)")
+    files = render_report(state_dirs[0] / "batches" / args.batch_id, pathlib.Path(args.out) if args.out else None)
+    for path in (files.html, files.png, files.pdf):
+        print(path)
+    return 0
+
+
+def _report_csv(args: argparse.Namespace, state_dirs: list[pathlib.Path]) -> int:
+    from edge.batch.export import export_csv
+
+    if args.batch_id or args.out:
+        raise ValueError("--csv exports every batch of the state dirs: give no BATCH_ID and no --out (-o FILE "
+                         "writes the table to a file)")
+    if args.output and args.output != "-":
+        with open(args.output, "w", newline="", encoding="utf-8") as f:
+            result = export_csv(state_dirs, f, include_open=args.include_open)
+    else:
+        result = export_csv(state_dirs, sys.stdout, include_open=args.include_open)
+    for path, why in result.skipped:
+        print(f"reedge report: skipped {path}: {why}", file=sys.stderr)
+    if result.open_left_out:
+        print(f"reedge report: {result.open_left_out} open batch record(s) left out (--include-open to add them)",
+              file=sys.stderr)
+    return 1 if result.skipped else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="reedge", description="Edge controller for HD reactors and sintering furnaces.")
     ap.add_argument("--version", action="version", version=f"reedge {__version__}")
@@ -270,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="start a batch with this recipe once running (unless one was recovered)")
     p.add_argument("--batch-id", help="batch id (default: the start time)")
     p.add_argument("--operator", default="", help="who started the batch")
+    p.add_argument("--feed", default="", help="what was loaded, for the batch record (e.g. \"EoL motor magnets, lot "
+                   "118\")")
+    p.add_argument("--mass-in-kg", type=float, help="mass of the charge as loaded, kg (the basis of the per-kg "
+                   "figures of the batch record)")
     p.add_argument("--scan-s", type=float, default=1.0, help="controller scan period, s (default 1)")
     p.add_argument("--json", action="store_true", help="events and status as JSON lines")
     p.add_argument("--commands", choices=["none", "stdin"], default="none",
@@ -328,6 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="check what this machine gives the controller")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("report", help="a batch's one-page report (HTML, PNG, PDF), or the LCA table of all batches "
+                       "(--csv)", description="reedge report BATCH_ID writes report.html, .png and .pdf (exit 2: no "
+                       "such batch, or its record is unreadable or damaged). reedge report --csv writes one row per "
+                       "batch and exchange for LCA tools (exit 1 when a record had to be skipped).")
+    p.add_argument("batch_id", nargs="?", metavar="BATCH_ID", help="the batch (a folder in STATE_DIR/batches)")
+    p.add_argument("--state-dir", action="append", metavar="DIR", help=f"state dir of the station (default "
+                   f"{DEFAULT_STATE_DIR}, as reedge run); with --csv repeatable, and a batch folder is accepted too")
+    p.add_argument("--out", metavar="DIR", help="folder for the report files (default: the batch folder)")
+    p.add_argument("--csv", action="store_true", help="write the LCA exchanges table of every finished batch")
+    p.add_argument("-o", "--output", metavar="FILE", help="with --csv: write to FILE (default: stdout)")
+    p.add_argument("--include-open", action="store_true", help="with --csv: include batches whose record is open "
+                   "(running or interrupted)")
+    p.set_defaults(func=cmd_report)
 
     boards_cli.register(sub)  # boards list|show, flash, provision (edge/boards_cli.py)
     tail.register(sub)  # tail: watch and check stations' MQTT messages (edge/telemetry/tail.py)

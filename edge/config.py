@@ -258,7 +258,10 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
     commands, broker = _read_mqtt(top)
     instruments = _read_instruments(top, channels)
     sensor_nodes = _read_sensor_nodes(top, channels, outputs, _instrument_feeds(instruments))
-    accounting = _read_accounting(top, instruments, outputs, channels)
+    # a loop that failed its own checks is reported there: then the heater model is not judged (no cascade)
+    loops_ok = isinstance(document.get("loops", {}), dict) and all(lp is not None for lp in loops.values())
+    loop_outputs = {lp.output for lp in _valid(loops)} if loops_ok else None
+    accounting = _read_accounting(top, instruments, outputs, channels, loop_outputs)
 
     _check_shared_namespace(report, channels, outputs, rules, loops, alarms)
     _check_table_sizes(report, drivers, channels, outputs, rules, permissives)
@@ -2108,7 +2111,8 @@ _ACCOUNTING_METERS = {"energy": "kWh", "h2": "NL", "ar": "NL", "cooling_water": 
 
 
 def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Mapping[str, OutputSpec | None],
-                     channels: Mapping[str, ChannelSpec | None]) -> AccountingConfig:
+                     channels: Mapping[str, ChannelSpec | None],
+                     loop_outputs: Collection[str] | None) -> AccountingConfig:
     """[accounting]: the meter counters a batch record's energy and gas come from (``edge.batch``), the
     heaters' rated power for the duty model, the grid's emission factor. Absent: a record without meters."""
     t = top.table("accounting", expected="an [accounting] table")
@@ -2139,11 +2143,10 @@ def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Ma
     if rated_t is not None:
         for name in list(rated_t.data):
             kw = rated_t.get(name, _number_in(0.0, 10_000.0, lo_open=True))
-            spec = outputs.get(name)
             if name not in outputs:
                 rated_t.report(name, _unknown("output", name, outputs))
-            elif spec is not None and not spec.duty_cycle_ms:
-                rated_t.report(name, f"{name} is not a burst-fired (duty) output: the model needs its duty")
+            elif loop_outputs is not None and name not in loop_outputs:
+                rated_t.report(name, f"{name} is not driven by a control loop: the model needs a heater's duty")
             elif kw is not None:
                 rated[name] = kw
     rates: dict[str, float] = {}

@@ -7,7 +7,12 @@ power loss interrupted (``Controller.recover``), then starts the batch it was as
 
 Output: one line per event for the journal, or JSON lines with ``--json`` (what the HIL rig
 reads): ``{"type": "ready"|"event"|"status"|"reply"|"exit", ...}``. Commands, one JSON object per
-line on stdin with ``--commands stdin``: ``{"cmd": "hold"|"resume"|"abort"|"skip"}``.
+line on stdin with ``--commands stdin``: ``{"cmd": "hold"|"resume"|"abort"|"skip"}``, and
+``{"cmd": "mass_out", "kg": 24.8}`` (the product weighed at unloading, for the batch record).
+
+**The batch record** (``edge.batch.record``): every scan, the meters' counter readings and the
+controller's events go into the record of the running batch in ``STATE_DIR/batches/ID/``; the
+publisher sends it on the ``batch`` stream.
 
 **MQTT** (``edge.telemetry.publisher``): with a broker in the station file's ``[mqtt]`` or given
 with ``--broker`` (which replaces the station's list; ``--site``/``--station-id`` replace the
@@ -52,11 +57,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from edge.batch.record import BatchRecorder
 from edge.config import Station, load_station
 from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller, ProcessEvent
 from edge.control.recipe import RecipeError, load_recipe
 from edge.core import Core, CoreEvent
-from edge.io.pfeiffer import GaugePoller
+from edge.io.modbus import ModbusBus, ModbusConfig
+from edge.io.pfeiffer import GaugePoller, PfeifferConfig
 from edge.io.sensornode import SensorNode
 from edge.systemd import Notifier
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S
@@ -67,6 +74,7 @@ from edge.telemetry.session import SessionEvent
 from edge.telemetry.topics import TopicError, check_level
 
 STATUS_EVERY_S = 1.0     # wall seconds between status lines (and on every change)
+END_READINGS_WAIT_S = 3.0  # at stop right after a batch ended, how long to wait for the meters' end readings
 
 
 class RunError(RuntimeError):
@@ -108,7 +116,27 @@ class RigBinding:
         rules = tuple(dataclasses.replace(r, threshold=r.threshold * s) if r.kind == "deadman" else r
                       for r in core.rules)
         core = dataclasses.replace(core, drivers=drivers, channels=channels, outputs=outputs, rules=rules)
-        return dataclasses.replace(station, core=core)
+        return dataclasses.replace(station, core=core, accounting=station.accounting.scaled(s))
+
+
+@dataclass
+class Devices:
+    """The serial devices of a running station and the batch recorder fed by them (one per ``reedge run``)."""
+
+    recorder: BatchRecorder
+    pollers: dict[str, GaugePoller] = dataclasses.field(default_factory=dict)     # Pfeiffer gauges
+    buses: list[ModbusBus] = dataclasses.field(default_factory=list)              # Modbus meters, one per port
+    nodes: dict[str, SensorNode] = dataclasses.field(default_factory=dict)        # MicroPython sensor nodes
+
+    def counter_samples(self) -> list[Any]:
+        return [s for bus in self.buses for s in bus.drain_samples()]
+
+    def status(self) -> dict[str, Any]:
+        instruments = {n: dataclasses.asdict(p.counters()) for n, p in self.pollers.items()}
+        for bus in self.buses:
+            instruments.update({n: dataclasses.asdict(c) for n, c in bus.counters().items()})
+        return {"instruments": instruments,
+                "sensor_nodes": {n: dataclasses.asdict(node.stats()) for n, node in self.nodes.items()}}
 
 
 @dataclass
@@ -118,6 +146,8 @@ class RunOptions:
     recipe: pathlib.Path | None = None
     batch_id: str | None = None
     operator: str = ""
+    feed: str = ""                         # what was loaded (batch record)
+    mass_in_kg: float | None = None
     scan_s: float = 1.0
     json_lines: bool = False
     commands_stdin: bool = False
@@ -172,7 +202,7 @@ def _finite(value: Any) -> Any:
 class Commands:
     """Operator commands as JSON lines on stdin, read without blocking the scan."""
 
-    VERBS = ("hold", "resume", "abort", "skip")
+    VERBS = ("hold", "resume", "abort", "skip", "mass_out")
 
     def __init__(self, stream: TextIO) -> None:
         self.fd = stream.fileno()
@@ -207,7 +237,7 @@ class Commands:
         return out
 
 
-def execute(ctl: Controller, cmd: dict[str, Any]) -> tuple[bool, str]:
+def execute(ctl: Controller, cmd: dict[str, Any], recorder: BatchRecorder | None = None) -> tuple[bool, str]:
     """(accepted, reason). The controller's own checks and the core's gate still apply."""
     verb = cmd.get("cmd")
     if verb not in Commands.VERBS:
@@ -219,6 +249,11 @@ def execute(ctl: Controller, cmd: dict[str, Any]) -> tuple[bool, str]:
             ctl.resume()
         elif verb == "abort":
             ctl.abort(str(cmd.get("reason", "operator abort")))
+        elif verb == "mass_out":
+            if recorder is None:
+                return False, "no batch record here"
+            recorder.set_mass_out(cmd.get("kg"), ctl.wall_clock())  # type: ignore[arg-type]  # checked there
+            return True, f"mass out {cmd.get('kg')} kg recorded"
         else:
             ctl.skip()
     except (BatchRejected, RuntimeError, ValueError) as exc:
@@ -323,20 +358,32 @@ def run(opts: RunOptions) -> int:
     commands = Commands(sys.stdin) if opts.commands_stdin else None
 
     with Core(spec) as core, contextlib.ExitStack() as instruments:
-        pollers: dict[str, GaugePoller] = {}
+        scale = binding.time_scale if binding is not None else 1.0
+        save_every_s = SAVE_EVERY_S if binding is None else max(SAVE_EVERY_S / scale, 0.05)
+        devices = Devices(BatchRecorder(opts.state_dir, station, site=opts.site or station.identity.site,
+                                        station_id=opts.station_id or station.identity.station_id,
+                                        config=station.accounting, say=_say, save_every_s=save_every_s))
+        meters: list[tuple[str, ModbusConfig]] = []
         for name, inst in station.instruments.items():
             if binding is not None and name in binding.serial:
                 inst = dataclasses.replace(inst, port=binding.serial[name])
-            pollers[name] = GaugePoller(core, inst)
-            pollers[name].start()
-            instruments.callback(pollers[name].stop)
-        nodes: dict[str, SensorNode] = {}
+            if isinstance(inst, PfeifferConfig):
+                devices.pollers[name] = GaugePoller(core, inst)
+                devices.pollers[name].start()
+                instruments.callback(devices.pollers[name].stop)
+            else:
+                meters.append((name, inst))
+        if meters:                     # one worker thread per serial port, all its meters polled in turn
+            bus = ModbusBus(core, meters)
+            bus.start()
+            instruments.callback(bus.stop)
+            devices.buses.append(bus)
         for name, node_cfg in station.sensor_nodes.items():
             if binding is not None and name in binding.serial:
                 node_cfg = dataclasses.replace(node_cfg, port=binding.serial[name])
-            nodes[name] = SensorNode(node_cfg, core)
-            nodes[name].start()
-            instruments.callback(nodes[name].stop)     # a stopped link: the node's dead-man drops its outputs
+            devices.nodes[name] = SensorNode(node_cfg, core)
+            devices.nodes[name].start()
+            instruments.callback(devices.nodes[name].stop)   # a stopped link: the node's dead-man drops its outputs
         clock: Callable[[], float] = time.time
         if binding is not None:
             epoch = binding.plant_epoch_unix
@@ -344,15 +391,14 @@ def run(opts: RunOptions) -> int:
             def clock() -> float:
                 return epoch + core.now_ns() / 1e9
 
-        save_every_s = SAVE_EVERY_S if binding is None else max(SAVE_EVERY_S / binding.time_scale, 0.05)
         ctl = Controller(core, station, state_path=opts.state_dir / "run-state.json", wall_clock=clock,
                          save_every_s=save_every_s)
         publisher = None
         if mqtt_settings is not None:
             logging.getLogger("edge.telemetry.session").addHandler(logging.NullHandler())  # _session_event says it
-            publisher = Publisher(core, ctl, mqtt_settings, on_session_event=_session_event).start()
-            # an early return or an error (else _loop's stop comes first): core stopped first, then flushed
-            instruments.callback(_stop_publishing, ctl, publisher, opts.mqtt_flush_s)
+            publisher = Publisher(core, ctl, mqtt_settings, devices.recorder, on_session_event=_session_event).start()
+        # an early return or an error (else _loop's stop comes first): core stopped first, then recorded and flushed
+        instruments.callback(_shut_down, ctl, devices.recorder, publisher, opts.mqtt_flush_s)
         _wait_first_readings(core, stop, publisher.pump if publisher is not None else None)
         if core.restored_trips:
             tripped = [name for name, r in core.rules().items() if r.tripped]
@@ -366,7 +412,7 @@ def run(opts: RunOptions) -> int:
             else:
                 try:
                     ctl.start_batch(recipe, batch_id=opts.batch_id or time.strftime("%Y%m%d-%H%M%S"),
-                                    operator=opts.operator)
+                                    operator=opts.operator, feed=opts.feed, mass_in_kg=opts.mass_in_kg)
                 except BatchRejected as exc:
                     reporter.write("event", f"batch rejected: {exc}", t_s=ctl.now_s(), kind="batch", data={})
                     if opts.exit_when_done:
@@ -374,7 +420,7 @@ def run(opts: RunOptions) -> int:
         reporter.write("ready", f"controller for {station.identity.site}/{station.identity.station_id} running",
                        pid=os.getpid(), recovered=recovered, t_s=ctl.now_s())
         notifier.ready(f"station {station.identity.station_id}")
-        return _loop(ctl, opts, reporter, notifier, commands, stop, binding, pollers, nodes, publisher)
+        return _loop(ctl, opts, reporter, notifier, commands, stop, binding, devices, publisher)
 
 
 def _wait_first_readings(core: Core, stop: threading.Event, idle: Callable[[], None] | None = None,
@@ -391,8 +437,7 @@ def _wait_first_readings(core: Core, stop: threading.Event, idle: Callable[[], N
 
 
 def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notifier, commands: Commands | None,
-          stop: threading.Event, binding: RigBinding | None, pollers: dict[str, GaugePoller],
-          nodes: dict[str, SensorNode],
+          stop: threading.Event, binding: RigBinding | None, devices: Devices,
           publisher: Publisher | None = None) -> int:
     scale = binding.time_scale if binding is not None else 1.0
     sent = 0
@@ -401,6 +446,7 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
     while not stop.is_set():
         ctl.step()
         notifier.watchdog()
+        devices.recorder.scan(ctl, devices.counter_samples())
         if publisher is not None:
             for answered in publisher.scan(ctl):     # MQTT commands run here, then everything new is put
                 r = answered.reply
@@ -413,6 +459,7 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
             del ctl.events[:sent]
             if publisher is not None:
                 publisher.forget_events(sent)
+            devices.recorder.forget_events(sent)
             sent = 0
         seq = ctl.sequencer
         status = (seq.phase if seq else None, seq.held if seq else None, ctl.batch_finished())
@@ -420,14 +467,13 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
         if status != last_status or wall - last_status_wall >= STATUS_EVERY_S:
             reporter.write("status", f"phase {status[0]}{' (held)' if status[1] else ''}", t_s=ctl.now_s(),
                            phase=status[0], held=status[1], finished=status[2], batch=ctl.batch.get("id"),
-                           instruments={n: dataclasses.asdict(p.counters()) for n, p in pollers.items()},
-                           sensor_nodes={n: dataclasses.asdict(node.stats()) for n, node in nodes.items()})
+                           **devices.status())
             last_status, last_status_wall = status, wall
         if opts.exit_when_done and ctl.batch_finished():
             break
         if commands is not None:
             for cmd in commands.poll():
-                ok, reason = execute(ctl, cmd)
+                ok, reason = execute(ctl, cmd, devices.recorder)
                 reporter.write("reply", reason, cmd=cmd.get("cmd"), accepted=ok, t_s=ctl.now_s())
             if commands.closed and binding is not None:
                 break           # the rig that started us is gone (its end of the pipe closed): do not run on
@@ -436,6 +482,11 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
     _stop_core(ctl)                  # outputs safe now, and no dead-man to outlast during the flush
     for e in ctl.events[sent:]:
         reporter.event(e)
+    deadline = time.monotonic() + END_READINGS_WAIT_S
+    while devices.recorder.closing and time.monotonic() < deadline:   # the batch just ended: the meters'
+        devices.recorder.scan(ctl, devices.counter_samples())          # readings after its end, if they come
+        time.sleep(0.05)
+    devices.recorder.close(ctl)      # an unfinished record stays open: the next start continues it
     fields: dict[str, Any] = {}
     if publisher is not None:
         result = publisher.stop(ctl, opts.mqtt_flush_s)
@@ -461,12 +512,23 @@ def _stop_core(ctl: Controller) -> None:
     ctl.drain_core_events()
 
 
-def _stop_publishing(ctl: Controller, publisher: Publisher, flush_s: float) -> None:
-    """The early-return and error path: the core first (see the module docstring), then the last messages."""
+def _shut_down(ctl: Controller, recorder: BatchRecorder, publisher: Publisher | None, flush_s: float) -> None:
+    """The early-return and error path (idempotent after ``_loop``'s own stop): the core first (see the module
+    docstring), then the batch record on disk, then the last messages."""
     try:
         _stop_core(ctl)
     finally:
-        publisher.stop(ctl, flush_s)
+        try:
+            recorder.close(ctl)
+        finally:
+            if publisher is not None:
+                publisher.stop(ctl, flush_s)
+
+
+def _say(text: str) -> None:
+    """A line for the journal (stderr)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def _sleep_core_time(ctl: Controller, scan_s: float, scale: float, stop: threading.Event) -> None:

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge import config
+from edge.batch.accounting import AccountingConfig
 from edge.config import ConfigError, ConfigErrors, Station, load_station, parse_station
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -902,9 +903,15 @@ def test_example_plumbing(station: Station) -> None:
 
 
 def test_station_without_process_control_sections_still_loads() -> None:
-    station = loads(drop("loops"), drop("alarms"), drop("plumbing"))
+    station = loads(drop("loops"), drop("alarms"), drop("plumbing"), drop("accounting"))
     assert station.loops == () and station.alarms == ()
     assert station.plumbing == config.GasPlumbing()
+    assert station.accounting == AccountingConfig()
+
+
+def test_a_heater_model_needs_the_heaters_loop() -> None:
+    with pytest.raises(config.ConfigError, match=r"heater_rated_kw\.heater: heater is not driven by a control loop"):
+        loads(drop("loops"), drop("alarms"), drop("plumbing"))
 
 
 def test_plumbing_without_an_o2_analyser_and_other_valid_variations() -> None:

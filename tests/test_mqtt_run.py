@@ -150,7 +150,11 @@ def test_controller_publishes_every_message_and_obeys_mqtt_commands(tmp_path: pa
         start, end = (e.body for e in envelopes(watch, "batch"))
         assert (start["record"], start["batch_id"], start["process"]) == ("start", "mqtt-test", "hd")
         assert (end["record"], end["outcome"], end["reason"]) == ("end", "aborted", "MQTT test abort")
-        assert end["accounting"]["phase_leak_test_s"] > 0 and end["accounting"]["trips"] == 0
+        assert end["accounting"]["trips"] == 0 and end["revision"] == 1
+        recorded = [p["phase"] for p in end["phases"]]
+        assert recorded[:3] == ["load_check", "leak_test", "purge"] and "aborting" in recorded, recorded
+        assert end["phases"][1]["duration_s"] > 0
+        assert [e["message"] for e in end["events"] if e["kind"] == "operator"] == operator
 
         # telemetry: windows tile the core's ticks from its first one, none missing
         windows = [e.body["window"] for e in envelopes(watch, "telemetry")]

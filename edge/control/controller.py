@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ SEQUENCERS: dict[str, type[Sequencer]] = {"hd": HDSequencer, "sintering": Sinter
 SAVE_EVERY_S = 5.0   # wall seconds between periodic run-state saves (changes are saved at once)
 RETRY_REFUSED_S = 30.0   # plant seconds before a refused output is asked for again
 REFUSAL_FORGOTTEN_S = 120.0  # accepted this long without a new refusal: the refusal is over
+BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")   # also its record's folder name (edge.batch)
 REFUSED_ABORT_S = 600.0  # a demanded output refused this long aborts the batch: the step cannot proceed
 
 
@@ -72,6 +74,7 @@ class Controller:
         self.alarms = AlarmEngine(station.alarms)
         self.events: list[ProcessEvent] = []
         self.last_demand = Demand()
+        self.last_duties: dict[str, float] = {}   # duty output -> duty applied by the last scan (batch record)
         self._safe = {o.name: o.safe_level for o in station.core.outputs}
         # output -> [reason, refused since, last try, accepted at (None while refused)]; an output the
         # gate accepts and then drops again (a permissive flickering) keeps its "since"
@@ -99,7 +102,15 @@ class Controller:
 
     # ---- batches ----
 
-    def start_batch(self, recipe: Recipe, *, batch_id: str, operator: str = "") -> None:
+    def start_batch(self, recipe: Recipe, *, batch_id: str, operator: str = "", feed: str = "",
+                    mass_in_kg: float | None = None) -> None:
+        """``feed`` and ``mass_in_kg``: what was loaded (the batch record's input side)."""
+        if not BATCH_ID.fullmatch(batch_id):
+            raise BatchRejected(f"batch id {batch_id!r}: letters, digits and . _ : - only, starting with a letter"
+                                " or digit, at most 64 (it names the batch's record folder)")
+        if mass_in_kg is not None and not (isinstance(mass_in_kg, int | float) and math.isfinite(mass_in_kg)
+                                           and 0 < mass_in_kg <= 1e5):
+            raise BatchRejected(f"mass in must be a number of kg above 0 and at most 100000, got {mass_in_kg!r}")
         if self.sequencer is not None and self.sequencer.running:
             raise BatchRejected(f"batch {self.batch.get('id')} is running (phase {self.sequencer.phase})")
         problems = check_recipe(recipe, self.station)
@@ -116,7 +127,8 @@ class Controller:
         self.sequencer = kind(recipe, self.station.plumbing, self.allowed,
                               ramp_back_rate_c_per_min=self.station.limits.max_ramp_c_per_min)
         self._changes_seen = 0
-        self.batch = {"id": batch_id, "operator": operator, "recipe": recipe.name,
+        self.batch = {"id": batch_id, "operator": operator, "feed": feed, "mass_in_kg": mass_in_kg,
+                      "recipe": recipe.name,
                       "recipe_sha256": hashlib.sha256(recipe.text.encode()).hexdigest(),
                       "started_unix_s": self.wall_clock(), "started_s": now}
         for _, pid in self.loops.values():
@@ -204,6 +216,7 @@ class Controller:
         demand = seq.step(now, readings) if seq is not None else Demand()
         self.last_demand = demand
         duties = self._loops(now, readings, demand)
+        self.last_duties = duties
         self._outputs(now, demand)
         for a in self.alarms.update(now, readings, {name: demand.setpoint_c for name in self.loops}, duties):
             self.emit(now, "alarm", a.message, alarm=a.name, state=a.kind, severity=a.severity)

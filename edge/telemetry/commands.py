@@ -135,6 +135,8 @@ class StartRequest:
     batch_id: str
     operator: str
     issuer: str            # the sender's identity (the topic's, vouched for by the broker)
+    feed: str = ""         # what was loaded, for the batch record
+    mass_in_kg: float | None = None
 
 
 class CommandTarget(Protocol):
@@ -521,7 +523,8 @@ class CommandHandler:
         try:
             if verb == "start":
                 self.target.start_batch(StartRequest(args["recipe"], args["recipe_sha256"], args["batch_id"],
-                                                     args.get("operator", who), who))
+                                                     args.get("operator", who), who, args.get("feed", ""),
+                                                     args.get("mass_in_kg")))
                 return "ok", f"batch {args['batch_id']} started with recipe {args['recipe']}"
             if verb == "hold":
                 reason = args.get("reason", f"held by {who}")
@@ -608,7 +611,8 @@ class ControllerTarget:
             recipe = parse_recipe(raw.decode("utf-8"), str(path))
         except (RecipeError, UnicodeDecodeError) as e:
             raise CommandRefused("invalid", f"recipe {request.recipe!r} does not load: {e}") from None
-        self.ctl.start_batch(recipe, batch_id=request.batch_id, operator=request.operator)
+        self.ctl.start_batch(recipe, batch_id=request.batch_id, operator=request.operator, feed=request.feed,
+                             mass_in_kg=request.mass_in_kg)
 
     def hold(self, reason: str) -> None:
         self._running("hold")

@@ -49,7 +49,7 @@ from typing import Any, Literal, Protocol
 from edge.telemetry.outbox import Message
 from edge.telemetry.topics import STREAMS, TopicError, check_level
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"   # 1.1: batch end records with phases, events, meters; start with feed
 _VERSION_RE = re.compile(r"1\.(0|[1-9][0-9]{0,3})")
 _TS_RE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
 BOOT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")

@@ -14,10 +14,11 @@
    events with their exact kind, alarms, operator actions, recovery), through
    ``edge.telemetry.events`` with its priorities. The controller drains the core's event ring
    itself; the publisher never drains it a second time.
-3. **Batch records**: a ``start`` record when a batch id appears, an ``end`` record when its
-   sequence finished (``mqtt_schemas/batch.json``). Which records were put is kept in
-   ``batch-records.json`` in the state dir, so a batch recovered after a power loss does not get a
-   second start record (a crash between the put and that file gives a duplicate, never a gap).
+3. **Batch records**: the ``BatchRecorder``'s record (``edge.batch.record``) as a ``start`` message
+   when a batch id appears and an ``end`` message when its record is finished, again for each later
+   revision (``mqtt_schemas/batch.json``). Which were put is kept in ``batch-records.json`` in the
+   state dir, so a batch recovered after a power loss does not get a second start record (a crash
+   between the put and that file gives a duplicate, never a gap).
 4. **Telemetry**: the core's sample ring drained through the ``Aggregator``, one message per
    closed window; the ring has exactly this one consumer (``pump`` also drains it while the
    controller starts up, so the first window starts at the core's first tick).
@@ -49,18 +50,11 @@ stderr once per streak; the control loop never stops for it (the dead-man is wai
 rest alone is still too many, the oldest are kept and newer ones are not accepted
 (``counters.overflowed``); both are written to stderr. What the disk still refuses at ``stop``
 is written to stderr and counted (``counters.unstored``) before the files are closed.
-
-**Batch records and the schema.** ``batch.json`` has no field for phases, trips or alarms, so the
-end record's ``accounting`` (flat, unit in the key) carries ``phase_<name>_s`` (time spent in each
-phase, from this process's record of the sequence: after a power-loss recovery only the phases
-since then), ``trips`` and ``alarms_raised``; the energy, gas and mass accounting is filled by
-issue 7 (``accounting_note`` says so until then).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -74,8 +68,8 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
+from edge.batch.record import BatchRecorder, mqtt_end_body, mqtt_start_body
 from edge.control.controller import Controller, ProcessEvent
-from edge.control.sequencer import Sequencer
 from edge.core import Core
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, Aggregator
 from edge.telemetry.broker_url import BrokerSettings
@@ -87,7 +81,7 @@ from edge.telemetry.commands import (
     Outcome,
     StartRequest,
 )
-from edge.telemetry.envelope import previous_boot, rfc3339_ms
+from edge.telemetry.envelope import previous_boot
 from edge.telemetry.events import command_event, process_event
 from edge.telemetry.outbox import DEFAULT_QUOTA, Draft, InvalidMessage, Outbox, OutboxError, Priority
 from edge.telemetry.session import Ack, MqttSession, SessionEvent, StopResult
@@ -102,7 +96,6 @@ MAX_RETAINED_DRAFTS = 20_000    # messages kept in memory while the disk refuses
 OUTBOX_FILE = "outbox.db"
 LEDGER_FILE = "commands.db"
 RECORDS_FILE = "batch-records.json"
-ACCOUNTING_NOTE = "energy, gas and masses: filled by issue 7"
 STOPPING = ("station stopping: not executed (send it again, with a new command id, once the station is back"
             " online)")
 
@@ -176,9 +169,10 @@ class PublisherCounters:
 class Publisher:
     """Publishes one running controller (see the module docstring). ``start``, ``scan`` each scan, ``stop``."""
 
-    def __init__(self, core: Core, ctl: Controller, settings: PublisherSettings, *,
+    def __init__(self, core: Core, ctl: Controller, settings: PublisherSettings, recorder: BatchRecorder, *,
                  on_session_event: Callable[[SessionEvent], None] | None = None, log: TextIO = sys.stderr) -> None:
         self.core = core
+        self.recorder = recorder         # its record is what the batch stream sends
         self.settings = settings
         self.topics = StationTopics(settings.site, settings.station)
         self.log = log
@@ -210,7 +204,6 @@ class Publisher:
             self._retry: list[Draft] = []                   # drafts the disk refused, put again next scan
             self._acks: list[Ack] = []                      # commands whose answers wait to be stored
             self._failing = False
-            self._batch_counts = {"trips": 0, "alarms_raised": 0}
             self._stopped: StopResult | None = None
             self.session.subscribe_acked(self.topics.cmd_filter, 1, self._on_command)
         except BaseException:
@@ -290,7 +283,7 @@ class Publisher:
         events = ctl.events[self._events_seen:]
         self._events_seen = len(ctl.events)
         drafts.extend(self._event_draft(e) for e in events)
-        drafts.extend(self._batch_drafts(ctl))
+        drafts.extend(self._batch_drafts())
         drafts.extend(self._windows())
         body = self.state.update(self._state_body(ctl))
         if body is not None:
@@ -376,39 +369,22 @@ class Publisher:
 
     def _event_draft(self, e: ProcessEvent) -> Draft:
         ev = process_event(e)
-        if ev.body.get("kind") == "trip":
-            self._batch_counts["trips"] += 1
-        elif ev.body.get("kind") == "alarm" and ev.body.get("alarm_event") == "raised":
-            self._batch_counts["alarms_raised"] += 1
         self.counters.events += 1
         return self._draft("event", ev.body, ev.priority)
 
-    def _batch_drafts(self, ctl: Controller) -> list[Draft]:
-        batch, seq, recipe = ctl.batch, ctl.sequencer, ctl.recipe
-        batch_id = str(batch.get("id") or "")
-        if not batch_id or seq is None or recipe is None:
+    def _batch_drafts(self) -> list[Draft]:
+        """The batch recorder's record as ``start`` and ``end`` messages, each (and each revision) once."""
+        body = self.recorder.current
+        if body is None:
             return []
         out = []
-        started = float(batch.get("started_unix_s") or ctl.wall_clock())
+        batch_id = body["batch_id"]
         if self.records.start != batch_id:
-            self._batch_counts = {"trips": 0, "alarms_raised": 0}
-            out.append(self._draft("batch", {
-                "record": "start", "batch_id": batch_id[:64], "process": recipe.process,
-                "recipe": {"name": str(batch.get("recipe") or recipe.name)[:200],
-                           "sha256": str(batch.get("recipe_sha256")), "version": recipe.version},
-                "operator": str(batch.get("operator", ""))[:64], "started": rfc3339_ms(int(started * 1e9))}))
+            out.append(self._draft("batch", mqtt_start_body(body)))
             self.records.start = batch_id
-        if seq.finished and self.records.end != batch_id:
-            ended = max(ctl.wall_clock(), started)
-            accounting: dict[str, Any] = {f"phase_{name}_s": round(s, 3) for name, s in _phase_times(seq).items()}
-            accounting.update(self._batch_counts, accounting_note=ACCOUNTING_NOTE)
-            reason = seq.abort_reason if seq.phase == "aborted" else None
-            out.append(self._draft("batch", {
-                "record": "end", "batch_id": batch_id[:64], "outcome": seq.phase,
-                "reason": None if reason is None else str(reason)[:1000],
-                "started": rfc3339_ms(int(started * 1e9)), "ended": rfc3339_ms(int(ended * 1e9)),
-                "duration_s": round(ended - started, 3), "accounting": accounting}))
-            self.records.end = batch_id
+        if body["record"] == "end" and (self.records.end != batch_id or self.records.revision < body["revision"]):
+            out.append(self._draft("batch", mqtt_end_body(body)))
+            self.records.end, self.records.revision = batch_id, int(body["revision"])
         self.counters.batch += len(out)
         return out
 
@@ -527,20 +503,9 @@ class Publisher:
             print(text, file=self.log, flush=True)
 
 
-def _phase_times(seq: Sequencer) -> dict[str, float]:
-    """Seconds spent in each phase, from the sequence's record of its changes (this process's)."""
-    out: dict[str, float] = {}
-    changes = list(seq.changes)
-    for this, after in itertools.pairwise(changes):
-        name = str(this.phase)
-        if name in seq.FINAL:
-            continue
-        out[name] = out.get(name, 0.0) + max(0.0, float(after.t_s) - float(this.t_s))
-    return out
-
-
 class _BatchRecords:
-    """Which batch's start and end records were put, in a small JSON file written after each put."""
+    """Which batch's start and end records (and which revision of the end) were put, in a small JSON file
+    written after each put."""
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
@@ -552,17 +517,19 @@ class _BatchRecords:
             # an unreadable file at worst repeats a record (a duplicate, by batch id), never loses one
             print(f"telemetry: {path} unreadable ({e}); batch records may be sent again", file=sys.stderr)
             raw = {}
-        self.start: str | None = raw.get("start") if isinstance(raw, dict) else None
-        self.end: str | None = raw.get("end") if isinstance(raw, dict) else None
-        self._saved = (self.start, self.end)
+        raw = raw if isinstance(raw, dict) else {}
+        self.start: str | None = raw.get("start")
+        self.end: str | None = raw.get("end")
+        self.revision: int = int(raw.get("revision", 1)) if isinstance(raw.get("revision", 1), int) else 0
+        self._saved = (self.start, self.end, self.revision)
 
     def save(self) -> None:
-        if (self.start, self.end) == self._saved:
+        if (self.start, self.end, self.revision) == self._saved:
             return
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump({"start": self.start, "end": self.end}, f)
+            json.dump({"start": self.start, "end": self.end, "revision": self.revision}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        self._saved = (self.start, self.end)
+        self._saved = (self.start, self.end, self.revision)

@@ -1,0 +1,170 @@
+"""The batch records as one tidy CSV table for LCA tools (openLCA, SimaPro and the like).
+
+One row per batch and exchange: what went into the batch (electricity, hydrogen, argon, cooling
+water, the feed) and what came out (the product, the CO2e of the electricity), with the batch's
+identity on every row so a tool can import it as exchanges of one process per batch::
+
+    batch_id,site,station,process,recipe,recipe_sha256,started,ended,outcome,direction,flow,amount,unit,complete,basis
+
+**Amounts are the record's figures, never invented.** An unknown figure (not metered, not
+weighed) has an empty ``amount``, never 0. ``complete`` is ``false`` for a lower bound (a meter
+gap at the start or end, a counter reset: the true figure is higher) and for an unknown figure.
+Numbers are written plainly: ``.`` as decimal point, no thousands separator, no exponent, and
+every digit Python needs to read back the same float.
+
+``basis`` says where a figure comes from: ``metered``; ``heater model`` (electricity only, when
+there is no energy meter: rated power x heater on-time); ``weighed``; ``grid factor X kg/kWh x
+metered electricity`` for the CO2e; ``not metered`` / ``not weighed`` when unknown.
+
+Only finished records (``record == "end"``) are exported unless ``include_open`` is set: a
+running batch's figures would be imported as if they were a whole batch's.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+from edge.batch.record import RECORD_FILE, RecordError
+from edge.batch.report import load_record, parse_time
+
+COLUMNS = ("batch_id", "site", "station", "process", "recipe", "recipe_sha256", "started", "ended", "outcome",
+           "direction", "flow", "amount", "unit", "complete", "basis")
+
+# what goes in and comes out, per process (feed, product)
+MATERIALS = {"hd": ("NdFeB scrap", "NdFeB HD powder"), "sintering": ("NdFeB powder compacts", "sintered NdFeB")}
+DEFAULT_MATERIALS = ("NdFeB feed", "NdFeB product")
+METERED_FLOWS = (("h2", "hydrogen", "NL"), ("ar", "argon", "NL"), ("cooling_water", "cooling water", "L"))
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: batches and rows, and the records it skipped with the reason."""
+
+    batches: int = 0
+    rows: int = 0
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    open_left_out: int = 0
+
+
+def plain_number(value: Any) -> str:
+    """A figure as plain decimal text that reads back as the same number; '' for unknown (None, NaN, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return ""
+    text = format(Decimal(repr(value)), "f")  # repr: the shortest digits that round-trip; 'f': never an exponent
+    return "0" if text in ("0", "-0") else text
+
+
+def batch_dirs(path: Path) -> list[Path]:
+    """The batch folders at ``path``: itself (a batch folder), or those of a state dir or its ``batches`` folder."""
+    path = Path(path)
+    if (path / RECORD_FILE).is_file():
+        return [path]
+    batches = path / "batches" if (path / "batches").is_dir() else path
+    if not batches.is_dir():
+        raise RecordError(f"{path}: no such state dir or batch folder")
+    return sorted(p for p in batches.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _finite(value: Any) -> bool:
+    return plain_number(value) != ""
+
+
+def exchanges(body: dict[str, Any]) -> list[tuple[str, str, str, str, bool, str]]:
+    """(direction, flow, amount, unit, complete, basis) of one record body, in a fixed order."""
+    acc = _dict(body.get("accounting"))
+    meters = _dict(acc.get("meters"))
+    feed_name, product_name = MATERIALS.get(str(body.get("process")), DEFAULT_MATERIALS)
+    out: list[tuple[str, str, str, str, bool, str]] = []
+
+    energy = _dict(meters.get("energy"))
+    model = acc.get("heater_model_kwh")
+    if _finite(energy.get("value")):
+        e_basis, e_complete = "metered", energy.get("complete") is True
+        out.append(("input", "electricity", plain_number(energy["value"]), "kWh", e_complete, e_basis))
+    elif _finite(model):
+        e_basis, e_complete = "heater model", True
+        out.append(("input", "electricity", plain_number(model), "kWh", e_complete, e_basis))
+    else:
+        e_basis, e_complete = "not metered", False
+        out.append(("input", "electricity", "", "kWh", False, e_basis))
+    for key, flow, unit in METERED_FLOWS:
+        q = _dict(meters.get(key))
+        if _finite(q.get("value")):
+            out.append(("input", flow, plain_number(q["value"]), str(q.get("unit") or unit),
+                        q.get("complete") is True, "metered"))
+        else:
+            out.append(("input", flow, "", unit, False, "not metered"))
+    mass_in = _dict(body.get("feed")).get("mass_in_kg")
+    out.append(("input", feed_name, plain_number(mass_in), "kg", _finite(mass_in),
+                "weighed" if _finite(mass_in) else "not weighed"))
+    mass_out = _dict(body.get("product")).get("mass_out_kg")
+    out.append(("output", product_name, plain_number(mass_out), "kg", _finite(mass_out),
+                "weighed" if _finite(mass_out) else "not weighed"))
+    grid, co2e = acc.get("grid_kg_co2e_per_kwh"), acc.get("kg_co2e")
+    grid_text = f"grid factor {plain_number(grid)} kg/kWh" if _finite(grid) else "grid factor not stated"
+    if _finite(co2e):
+        out.append(("output", "co2e", plain_number(co2e), "kg", e_complete, f"{grid_text} x {e_basis} electricity"))
+    else:
+        out.append(("output", "co2e", "", "kg", False, grid_text))
+    return out
+
+
+def _start_order(body: dict[str, Any]) -> tuple[bool, float, str]:
+    """Batches by start time; those without a readable one last, by id."""
+    started = parse_time(body.get("started"))
+    return started is None, started.timestamp() if started else 0.0, str(body.get("batch_id") or "")
+
+
+def export_csv(state_dirs_or_batch_dirs: Iterable[Path | str], out: TextIO, *,
+               include_open: bool = False) -> ExportResult:
+    """Write the exchanges of every batch under the given state dirs or batch folders to ``out`` as CSV.
+
+    Batches come in order of their start time (unknown last). A record that cannot be read or trusted is not
+    exported; it is listed in the result's ``skipped`` (the caller says so), as is a folder that
+    does not exist.
+    """
+    result = ExportResult()
+    bodies: list[dict[str, Any]] = []
+    for given in state_dirs_or_batch_dirs:
+        try:
+            folders = batch_dirs(Path(given))
+        except RecordError as exc:
+            result.skipped.append((Path(given), str(exc)))
+            continue
+        for folder in folders:
+            try:
+                body = _dict(load_record(folder)["body"])
+            except RecordError as exc:
+                result.skipped.append((folder, str(exc)))
+                continue
+            if body.get("record") != "end" and not include_open:
+                result.open_left_out += 1
+                continue
+            bodies.append(body)
+    bodies.sort(key=_start_order)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for body in bodies:
+        recipe = _dict(body.get("recipe"))
+        ident = [body.get("batch_id"), body.get("site"), body.get("station"), body.get("process"), recipe.get("name"),
+                 recipe.get("sha256"), body.get("started"), body.get("ended"), body.get("outcome")]
+        ident_text = ["" if v is None else str(v) for v in ident]
+        for direction, flow, amount, unit, complete, basis in exchanges(body):
+            writer.writerow([*ident_text, direction, flow, amount, unit, "true" if complete else "false", basis])
+            result.rows += 1
+        result.batches += 1
+    return result

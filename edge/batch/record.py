@@ -1,0 +1,568 @@
+"""The record of one batch: kept in ``STATE_DIR/batches/ID/``, continued across a power loss, published at its end.
+
+A ``BatchRecorder`` runs beside the controller (``reedge run`` calls ``scan`` after every controller scan,
+on the same thread) and keeps, for the batch the controller runs:
+
+- ``record.json``: what went in (recipe text and hash, operator, feed and its mass), what was done (every
+  phase with its times, every trip, alarm, operator action and recovery, the power losses it came through),
+  what it consumed (metered energy, H2, Ar, cooling water, each with its gaps and whether it is complete;
+  the heater-duty model beside the energy; the H2 absorbed by an HD charge) and what came out (mass out,
+  yield), with the derived figures (kWh/kg, NL/kg, kg CO2e/kg at the station's grid factor). It is written
+  whole and atomically (temporary file, fsync, rename, fsync of the folder) at every change and every few
+  seconds, with a SHA-256 over its content: after a crash it is the previous version or the new one, and
+  a damaged file is detected, never trusted;
+- ``trend.csv``: one row of every channel, the setpoint and the heater duty every ``trend_every_s`` (the
+  report's process plot), appended and synced with the record.
+
+**One record across a power loss.** The record is ``open`` until the sequence finishes. When the controller
+comes back and recovers the batch (``Controller.recover``), the recorder finds the open record of that
+batch id and continues it: the phase that was running is closed at the last save before the outage, the
+outage is listed in ``interruptions``, the meter trackers carry on from their saved state (the meters'
+own totalisers counted through the outage, so nothing consumed in it is lost), and the trend file goes on.
+
+**The end.** When the sequence reaches ``done`` or ``aborted`` the record waits (at most ``close_wait_s``)
+for a reading of every meter taken at or after the end: the last poll before the end does not include
+what was used after it. A meter that does not answer in that time leaves its figure incomplete. The record
+then becomes ``end`` (revision 1) and is what the publisher sends on the ``batch`` stream. A mass out weighed
+later (``set_mass_out``) amends it: revision 2, published again; consumers keep the highest revision.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from edge.batch.accounting import AccountingConfig, CounterTracker, HeaterModel
+from edge.telemetry.envelope import rfc3339_ms
+
+if TYPE_CHECKING:
+    from edge.config import Station
+    from edge.control.controller import Controller, ProcessEvent
+
+FORMAT = "reedge-batch-record"
+VERSION = 1
+RECORD_FILE = "record.json"
+TREND_FILE = "trend.csv"
+BATCHES_DIR = "batches"
+MAX_EVENTS = 400          # per record; more are counted (the record goes out in one MQTT message)
+MAX_PHASES = 200
+MAX_INTERRUPTIONS = 50
+NL_PER_MOL = 22.414       # normal litres (0 degC, 1.01325 bar) per mole of ideal gas
+R = 8.314
+METERS = (("energy", "kWh"), ("h2", "NL"), ("ar", "NL"), ("cooling_water", "L"))
+RECORDED_KINDS = {"trip": "trip", "alarm": "alarm", "operator": "operator", "recovery": "recovery",
+                  "refused": "refused"}
+
+
+class RecordError(RuntimeError):
+    """A record folder that cannot be used: missing, unreadable, or damaged (its checksum fails)."""
+
+
+def batch_dir(state_dir: pathlib.Path, batch_id: str) -> pathlib.Path:
+    from edge.control.controller import BATCH_ID
+
+    if not BATCH_ID.fullmatch(batch_id):
+        raise RecordError(f"batch id {batch_id!r} cannot name a folder (letters, digits, . _ : -; at most 64)")
+    return state_dir / BATCHES_DIR / batch_id
+
+
+def _digest(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_record(folder: pathlib.Path, body: dict[str, Any], trend: dict[str, Any],
+                 local: dict[str, Any] | None = None) -> None:
+    """Atomically replace ``folder/record.json`` (``local``: the recorder's own state, not part of the record)."""
+    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "body": body, "trend": trend}
+    doc["sha256"] = _digest(doc)
+    if local is not None:
+        doc["recorder"] = local
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RECORD_FILE
+    tmp = folder / f".{RECORD_FILE}.{os.getpid()}.tmp"
+    data = memoryview(json.dumps(doc, indent=1, allow_nan=False).encode())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_record(folder: pathlib.Path) -> dict[str, Any]:
+    """The whole document of ``folder/record.json``, checked; RecordError says what is wrong."""
+    path = folder / RECORD_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise RecordError(f"{path}: no batch record there") from exc
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise RecordError(f"{path}: not a {FORMAT} version {VERSION} file")
+    checked = {k: doc.get(k) for k in ("format", "version", "body", "trend")}
+    if doc.get("sha256") != _digest(checked):
+        raise RecordError(f"{path}: record damaged (its checksum does not match its content)")
+    return doc
+
+
+def _ts(unix_s: float) -> str:
+    return rfc3339_ms(int(unix_s * 1e9))
+
+
+def _num(v: float | None, nd: int = 6) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(v, nd)
+
+
+class BatchRecorder:
+    """Keeps the record of the controller's batch (module docstring). ``scan`` once per controller scan."""
+
+    def __init__(self, state_dir: pathlib.Path, station: Station, *, site: str, station_id: str,
+                 config: AccountingConfig | None = None, say: Callable[[str], None] | None = None,
+                 save_every_s: float = 5.0) -> None:
+        self.state_dir = state_dir
+        self.station = station
+        self.site, self.station_id = site, station_id
+        self.cfg = config or AccountingConfig()
+        self.say = say or (lambda text: None)
+        self.save_every_s = save_every_s       # controller (wall) seconds between periodic saves
+        self.trackers: dict[str, CounterTracker] = {}
+        self._by_source: dict[tuple[str, str], CounterTracker] = {}
+        for meter, unit in METERS:
+            src = self.cfg.source(meter)
+            if src is None:
+                continue
+            inst, _, meas = src.partition(".")
+            rate = self.cfg.max_rate_per_h.get(meter)
+            tracker = CounterTracker(meter, src, unit, gap_s=self.cfg.gap_s,
+                                     max_rate=math.inf if rate is None else rate / 3600.0)
+            self.trackers[meter] = tracker
+            self._by_source[(inst, meas)] = tracker
+        self.heater = HeaterModel(dict(self.cfg.heater_rated_kw))
+        self.body: dict[str, Any] | None = None
+        self.folder: pathlib.Path | None = None
+        self.channels = [c.name for c in station.core.channels]
+        self.outputs = [o.name for o in station.core.outputs if o.name != station.core.watchdog_output]
+        units = {c.name: c.unit or ("degC" if c.kind == "thermocouple" else "") for c in
+                 station.core.channels}
+        self.trend_meta = {"file": TREND_FILE, "units": {"setpoint_c": "degC", "heater_duty": "1", **units,
+                                                         **dict.fromkeys(self.outputs, "level")}}
+        self._events_seen = 0
+        self._changes_phase_end: float | None = None     # unix time the sequence finished
+        self._last_duties: dict[str, float] = {}
+        self._next_trend = -math.inf
+        self._last_save = -math.inf
+        self._dirty = False
+        self._urgent = False                             # save at the next scan whatever the rate limit
+        self._started = 0.0                              # unix time the batch started
+        self._end: float | None = None                   # unix time it finished
+        self._h2_absorbed: float | None = None
+        self._trend_buf = io.StringIO()                  # rows not yet appended to trend.csv
+        self.current: dict[str, Any] | None = None       # the body as last written (what is published)
+
+    # ---- input ----
+
+    def feed(self, ctl: Controller, samples: Iterable[Any]) -> None:
+        """Counter readings drained from the meters (``edge.io.modbus.CounterSample``), core-clock stamped."""
+        now_ns, wall = ctl.core.now_ns(), ctl.wall_clock()
+        for s in samples:
+            tracker = self._by_source.get((s.instrument, s.measurement))
+            if tracker is not None:
+                tracker.add(wall - (now_ns - s.t_ns) / 1e9, float(s.value), s.rollover)
+
+    def forget_events(self, n: int) -> None:
+        """The caller deleted the first ``n`` of ``ctl.events`` (all of them seen by a scan)."""
+        self._events_seen = max(0, self._events_seen - n)
+
+    def scan(self, ctl: Controller, samples: Iterable[Any] = ()) -> None:
+        self.feed(ctl, samples)
+        batch_id = str(ctl.batch.get("id") or "")
+        if batch_id and (self.body is None or self.body["batch_id"] != batch_id):
+            self._open(ctl, batch_id)
+        body = self.body
+        if body is None or body["record"] == "end":
+            self._events_seen = len(ctl.events)
+            return
+        now = ctl.wall_clock()
+        for e in ctl.events[self._events_seen:]:
+            self._event(ctl, e, now)
+        self._events_seen = len(ctl.events)
+        self.heater.update(ctl.now_s(), self._last_duties)
+        self._last_duties = dict(ctl.last_duties)
+        if now >= self._next_trend:
+            self._trend_row(ctl, now)
+            self._next_trend = now + self.cfg.trend_every_s
+        if self._changes_phase_end is not None:
+            end = self._changes_phase_end
+            waiting = [t for t in self.trackers.values() if not t.has_reading_after(end)]
+            if not waiting or now - end >= self.cfg.close_wait_s:
+                self._finish(ctl, end)
+                return
+        self._save(now, force=False)
+
+    # ---- the record ----
+
+    def _open(self, ctl: Controller, batch_id: str) -> None:
+        try:
+            folder = batch_dir(self.state_dir, batch_id)
+        except RecordError as exc:
+            self.say(f"batch record: {exc}; this batch has no local record")
+            self.body, self.folder = None, None
+            return
+        self.folder, self._events_seen = folder, len(ctl.events)
+        self._changes_phase_end = None
+        now = ctl.wall_clock()
+        if (folder / RECORD_FILE).exists():
+            try:
+                doc = read_record(folder)
+            except RecordError as exc:
+                kept = folder / f"{RECORD_FILE}.damaged-{int(now)}"
+                os.replace(folder / RECORD_FILE, kept)
+                self.say(f"batch record: {exc}; kept as {kept.name}, a new record is started")
+            else:
+                self._continue(ctl, doc, now)
+                return
+        self._new(ctl, batch_id, now)
+
+    def _new(self, ctl: Controller, batch_id: str, now: float) -> None:
+        assert ctl.recipe is not None
+        started = float(ctl.batch.get("started_unix_s") or now)
+        for tracker in self.trackers.values():
+            tracker.rebase(started)
+        self.heater.kwh = 0.0
+        self.heater.restart()
+        recipe = ctl.recipe
+        feed_mass = ctl.batch.get("mass_in_kg")
+        self.body = {
+            "record": "open", "revision": 0, "batch_id": batch_id, "process": recipe.process,
+            "site": self.site, "station": self.station_id,
+            "recipe": {"name": str(ctl.batch.get("recipe") or recipe.name)[:200],
+                       "sha256": str(ctl.batch.get("recipe_sha256")), "version": recipe.version,
+                       "text": recipe.text},
+            "operator": str(ctl.batch.get("operator", ""))[:64],
+            "feed": {"description": str(ctl.batch.get("feed", ""))[:500],
+                     "mass_in_kg": None if feed_mass is None else float(feed_mass)},
+            "product": {"mass_out_kg": None, "yield_pct": None},
+            "started": _ts(started), "ended": None, "duration_s": None, "outcome": "running", "reason": None,
+            "phases": [], "events": [], "events_not_listed": 0, "interruptions": [], "accounting": {},
+        }
+        self._started, self._end, self._h2_absorbed = started, None, None
+        seq = ctl.sequencer
+        if seq is not None:      # phases entered before this scan (the start enters the first at once)
+            for change in seq.changes:
+                self._phase(change.phase, self._unix(ctl, change.t_s, now))
+        self._trend_header()
+        self._dirty = True
+        self._save(now, force=True)
+
+    def _continue(self, ctl: Controller, doc: dict[str, Any], now: float) -> None:
+        body = doc["body"]
+        self.body = body
+        local = doc.get("recorder") or {}
+        self._started = float(local.get("started_unix", now))
+        self._h2_absorbed = local.get("h2_absorbed_nl")
+        self._end = local.get("end_unix")
+        self._changes_phase_end = local.get("closing_end_unix")
+        for phase, t in zip(body["phases"], local.get("phase_t", []), strict=False):
+            phase["_t"] = t
+        self.current = self._public_body()
+        if body["record"] == "end":
+            return                          # finished before the restart: nothing more to add
+        for meter, snap in dict(local.get("trackers", {})).items():
+            if meter in self.trackers:
+                self.trackers[meter].restore(snap)
+        self.heater.kwh = float(local.get("heater_model_kwh", 0.0))
+        self.heater.restart()
+        saved = float(local.get("saved_unix", now))
+        if body["phases"] and body["phases"][-1]["ended"] is None:
+            self._close_phase(saved)
+        if len(body["interruptions"]) < MAX_INTERRUPTIONS:
+            body["interruptions"].append({"from": _ts(saved), "to": _ts(now), "outage_s": round(now - saved, 3),
+                                          "message": "controller restarted (power loss or crash); batch recovered"})
+        # this boot's events so far (the controller's recovery report, a phase the recovery moved to) are the
+        # record's too; a batch resumed in place enters no phase, so its phase is opened again here
+        seq = ctl.sequencer
+        if seq is not None and seq.running and not any(e.kind == "phase" for e in ctl.events):
+            self._phase(seq.phase, now)
+        self._events_seen = 0
+        self._next_trend = -math.inf
+        self._trend_header()
+        self._dirty = True
+        self._save(now, force=True)
+
+    def _unix(self, ctl: Controller, t_s: float, now: float) -> float:
+        """A core-clock time of this boot as unix time on the controller's wall-clock seam."""
+        return now - (ctl.now_s() - t_s)
+
+    def _event(self, ctl: Controller, e: ProcessEvent, now: float) -> None:
+        t = self._unix(ctl, e.t_s, now)
+        if e.kind == "phase":
+            phase = str(e.data.get("phase"))
+            previous = str(e.data.get("previous"))
+            if previous == "absorption":
+                self._note_h2_absorbed(ctl)
+            self._phase(phase, t)
+            seq = ctl.sequencer
+            if seq is not None and phase in seq.FINAL:
+                self._changes_phase_end = t
+        elif e.kind in RECORDED_KINDS:
+            name = e.data.get("rule") or e.data.get("alarm") or e.data.get("output")
+            if e.kind == "alarm" and e.data.get("state") not in (None, "raised"):
+                return        # raised alarms are the record's; clears and acks are in the event stream
+            self._add_event(t, RECORDED_KINDS[e.kind], None if name is None else str(name), e.message)
+
+    def _phase(self, phase: str, t: float) -> None:
+        assert self.body is not None
+        phases = self.body["phases"]
+        if phases and phases[-1]["ended"] is None:
+            self._close_phase(t)
+        self._dirty = self._urgent = True     # a phase change is on disk at once (a crash must not lose it)
+        if phase in ("done", "aborted"):
+            return
+        if len(phases) < MAX_PHASES:
+            phases.append({"phase": phase, "started": _ts(t), "ended": None, "duration_s": None, "_t": t})
+
+    def _close_phase(self, t: float) -> None:
+        assert self.body is not None
+        last = self.body["phases"][-1]
+        start = float(last.get("_t", t))
+        last["ended"], last["duration_s"] = _ts(max(t, start)), round(max(t - start, 0.0), 3)
+
+    def _add_event(self, t: float, kind: str, name: str | None, message: str) -> None:
+        assert self.body is not None
+        if len(self.body["events"]) < MAX_EVENTS:
+            self.body["events"].append({"ts": _ts(t), "kind": kind, "name": name, "message": message[:500]})
+        else:
+            self.body["events_not_listed"] += 1
+        self._dirty = True
+        self._urgent = self._urgent or kind == "trip"
+
+    def _note_h2_absorbed(self, ctl: Controller) -> None:
+        """H2 fed so far minus the H2 still in the retort's gas, when absorption ends (HD: ideal gas in the
+        free volume at the charge temperature; an estimate, stated as such in the report)."""
+        tracker, vol = self.trackers.get("h2"), self.cfg.free_volume_l
+        if tracker is None or vol is None or tracker.first is None:
+            return
+        r = ctl.readings()
+        p_bar, t_c = r.get(self.cfg.pressure_channel, math.nan), r.get(self.cfg.temperature_channel, math.nan)
+        if not (math.isfinite(p_bar) and math.isfinite(t_c)):
+            return
+        gas_nl = p_bar * 1e5 * (vol / 1000.0) / (R * (t_c + 273.15)) * NL_PER_MOL
+        self._h2_absorbed = max(tracker.total - gas_nl, 0.0)
+        self._dirty = True
+
+    def _accounting(self, t_end: float | None) -> dict[str, Any]:
+        assert self.body is not None
+        meters: dict[str, Any] = {}
+        for meter, _ in METERS:
+            tracker = self.trackers.get(meter)
+            meters[meter] = None if tracker is None else tracker.quantity(self._started, t_end)
+            if meters[meter] is not None:
+                for key in ("first", "last"):
+                    if meters[meter][key] is not None:
+                        r = meters[meter][key]
+                        meters[meter][key] = {"ts": _ts(r["t"]), "value": r["value"]}
+                meters[meter]["gaps"] = [{"from": _ts(g["from"]), "to": _ts(g["to"]), "duration_s": g["duration_s"]}
+                                         for g in meters[meter]["gaps"]]
+        energy = meters["energy"]
+        kwh = None if energy is None else energy["value"]
+        factor = self.cfg.grid_kg_co2e_per_kwh
+        co2 = None if kwh is None or factor is None else kwh * factor
+        mass = self.body["feed"]["mass_in_kg"]
+
+        def per_kg(v: float | None) -> float | None:
+            return None if v is None or not mass else _num(v / mass)
+
+        rated = sum(self.cfg.heater_rated_kw.values())
+        return {
+            "meters": meters,
+            "heater_model_kwh": _num(self.heater.kwh) if rated else None,
+            "heater_rated_kw": rated or None,
+            "h2_absorbed_nl": _num(self._h2_absorbed),
+            "grid_kg_co2e_per_kwh": factor,
+            "kg_co2e": _num(co2),
+            "per_kg": {"kwh": per_kg(kwh), "nl_h2": per_kg(meters["h2"] and meters["h2"]["value"]),
+                       "nl_ar": per_kg(meters["ar"] and meters["ar"]["value"]), "kg_co2e": per_kg(co2)},
+            "complete": any(q is not None for q in meters.values()) and all(
+            q["complete"] for q in meters.values() if q is not None),
+        }
+
+    def _finish(self, ctl: Controller, end: float) -> None:
+        body = self.body
+        assert body is not None
+        seq = ctl.sequencer
+        body["record"], body["revision"] = "end", 1
+        body["ended"], body["duration_s"] = _ts(end), round(max(end - self._started, 0.0), 3)
+        body["outcome"] = seq.phase if seq is not None and seq.finished else "aborted"
+        reason = seq.abort_reason if seq is not None and seq.phase == "aborted" else None
+        body["reason"] = None if reason is None else str(reason)[:1000]
+        now = ctl.wall_clock()
+        self._trend_row(ctl, now)
+        self._end = end
+        self._dirty = True
+        self._save(now, force=True)
+        self.say(f"batch record {body['batch_id']}: {body['outcome']}, written to {self.folder}")
+
+    def set_mass_out(self, kg: float, now: float) -> None:
+        """The product's mass, weighed at unloading (or later). Amends a finished record (a new revision)."""
+        body = self.body
+        if body is None:
+            raise ValueError("no batch record to add a mass to")
+        if isinstance(kg, bool) or not isinstance(kg, int | float) or not math.isfinite(kg) or not 0 < kg <= 1e5:
+            raise ValueError(f"mass out must be a number of kg above 0 and at most 100000, got {kg!r}")
+        body["product"]["mass_out_kg"] = float(kg)
+        mass_in = body["feed"]["mass_in_kg"]
+        body["product"]["yield_pct"] = None if not mass_in else round(100.0 * kg / mass_in, 3)
+        if body["record"] == "end":
+            body["revision"] += 1
+        self._dirty = True
+        self._save(now, force=True)
+
+    # ---- files ----
+
+    def _public_body(self) -> dict[str, Any]:
+        """The body as recorded and published (phases without the recorder's helper fields)."""
+        assert self.body is not None
+        out = dict(self.body)
+        out["phases"] = [{k: v for k, v in p.items() if not k.startswith("_")} for p in self.body["phases"]]
+        t_end = self._end if self.body["record"] == "end" else None
+        out["accounting"] = self._accounting(t_end)
+        return out
+
+    def _save(self, now_unix: float, *, force: bool) -> None:
+        if self.body is None or self.folder is None:
+            return
+        wall = time.monotonic()
+        force = force or self._urgent
+        if not (force or self._dirty or wall - self._last_save >= self.save_every_s):
+            return
+        if not force and wall - self._last_save < min(1.0, self.save_every_s):
+            return                            # many events in a burst (alarms): one write a second at most
+        self.flush_trend()
+        local = {"started_unix": self._started, "saved_unix": now_unix, "heater_model_kwh": self.heater.kwh,
+                 "h2_absorbed_nl": self._h2_absorbed, "end_unix": self._end,
+                 "closing_end_unix": self._changes_phase_end,
+                 "trackers": {m: t.snapshot() for m, t in self.trackers.items()},
+                 "phase_t": [p.get("_t") for p in self.body["phases"]]}
+        body = self._public_body()
+        try:
+            write_record(self.folder, body, self.trend_meta, local)
+        except OSError as exc:
+            self.say(f"batch record: cannot write {self.folder / RECORD_FILE}: {exc} (tried again)")
+            return
+        self._last_save, self._dirty, self._urgent = wall, False, False
+        self.current = body
+
+    # trend
+
+    def _trend_header(self) -> None:
+        assert self.folder is not None
+        path = self.folder / TREND_FILE
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(["unix_s", "setpoint_c", "heater_duty", *self.channels, *self.outputs])
+        self._trend_buf = io.StringIO()
+
+    def _trend_row(self, ctl: Controller, now: float) -> None:
+        readings = ctl.readings()
+        outs = ctl.core.outputs()
+
+        def cell(v: float | None) -> str:
+            return "" if v is None or not math.isfinite(v) else f"{v:.6g}"
+
+        duty = max(self._last_duties.values(), default=math.nan) if self._last_duties else math.nan
+        sp = ctl.last_demand.setpoint_c
+        row = [f"{now:.3f}", cell(sp), cell(duty), *(cell(readings.get(c)) for c in self.channels),
+               *(str(outs[o].level) if o in outs else "" for o in self.outputs)]
+        csv.writer(self._trend_buf).writerow(row)
+
+    def flush_trend(self) -> None:
+        buf = self._trend_buf
+        if self.folder is None or not buf.tell():
+            return
+        with open(self.folder / TREND_FILE, "a", newline="") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        self._trend_buf = io.StringIO()
+
+    @property
+    def closing(self) -> bool:
+        """The sequence finished and the record waits for the meters' end readings."""
+        return self.body is not None and self.body["record"] == "open" and self._changes_phase_end is not None
+
+    def close(self, ctl: Controller) -> None:
+        """At stop: everything on disk. A running batch's record stays open (the next start continues it);
+        a finished one waiting for end readings is finished now (a meter without one: incomplete)."""
+        if self.body is None or self.body["record"] == "end":
+            return
+        now = ctl.wall_clock()
+        for e in ctl.events[self._events_seen:]:
+            self._event(ctl, e, now)
+        self._events_seen = len(ctl.events)
+        if self._changes_phase_end is not None:
+            self._finish(ctl, self._changes_phase_end)
+            return
+        self._dirty = True
+        self._save(now, force=True)
+
+
+# ---- the record on MQTT (mqtt_schemas/batch.json, schema 1.1) ----
+
+def mqtt_start_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``start`` record of a batch, from its local record."""
+    recipe = body["recipe"]
+    return {"record": "start", "batch_id": body["batch_id"], "process": body["process"],
+            "recipe": {"name": recipe["name"], "sha256": recipe["sha256"], "version": recipe["version"]},
+            "operator": body["operator"], "started": body["started"], "feed": dict(body["feed"])}
+
+
+def mqtt_end_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``end`` record: the local record, with the accounting flat (unit in the key, as schema 1.0
+    promised its consumers) and each meter's detail beside it in ``meters``."""
+    acc = body["accounting"]
+    meters = acc["meters"]
+    per_kg = acc["per_kg"]
+
+    def value(meter: str) -> float | None:
+        q = meters.get(meter)
+        return None if q is None else q["value"]
+
+    flat: dict[str, Any] = {
+        "energy_kwh": value("energy"), "heater_model_kwh": acc["heater_model_kwh"],
+        "heater_rated_kw": acc["heater_rated_kw"], "h2_nl": value("h2"), "ar_nl": value("ar"),
+        "cooling_water_l": value("cooling_water"), "h2_absorbed_nl": acc["h2_absorbed_nl"],
+        "grid_kg_co2e_per_kwh": acc["grid_kg_co2e_per_kwh"], "kg_co2e": acc["kg_co2e"],
+        "kwh_per_kg": per_kg["kwh"], "nl_h2_per_kg": per_kg["nl_h2"], "nl_ar_per_kg": per_kg["nl_ar"],
+        "kg_co2e_per_kg": per_kg["kg_co2e"], "complete": acc["complete"],
+        "trips": sum(1 for e in body["events"] if e["kind"] == "trip"),
+        "alarms_raised": sum(1 for e in body["events"] if e["kind"] == "alarm"),
+    }
+    for meter, q in meters.items():
+        if q is not None:
+            flat[f"{meter}_complete"] = q["complete"]
+    keys = ("record", "revision", "batch_id", "process", "outcome", "reason", "started", "ended", "duration_s",
+            "operator", "feed", "product", "phases", "events", "events_not_listed", "interruptions")
+    out = {k: body[k] for k in keys}
+    recipe = body["recipe"]
+    out["recipe"] = {"name": recipe["name"], "sha256": recipe["sha256"], "version": recipe["version"],
+                     "text": recipe["text"]}
+    out["accounting"] = flat
+    out["meters"] = meters
+    return out

@@ -1,0 +1,335 @@
+"""The batch record (edge.batch): counters to consumption, and one record per batch through a power loss.
+
+The recorder runs here beside the real controller and the real C core on the lock-step rig (the plant
+model steps with the core's clock); the meters are the plant's own totals read as a meter's counter would
+show them (a uint32 H2 totaliser in 0.001 NL wraps). The Modbus path itself is tested in test_modbus.py
+and the whole chain (plant meters on a pty, the controller process) in the HIL scenarios
+hd_normal_batch, hd_meter_faults and hd_power_loss_batch_record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from edge.batch.accounting import AccountingConfig, CounterTracker
+from edge.batch.record import (
+    RECORD_FILE,
+    TREND_FILE,
+    BatchRecorder,
+    RecordError,
+    batch_dir,
+    mqtt_end_body,
+    mqtt_start_body,
+    read_record,
+)
+from edge.config import ConfigError, load_station
+from edge.control.controller import BatchRejected, Controller
+from edge.control.recipe import load_recipe
+from edge.telemetry import schemas
+from hil.lockstep import LockstepRig
+from hil.plants.hd_reactor import HDReactor
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STATION = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
+RECIPE = load_recipe(ROOT / "recipes" / "hd_standard.toml")
+EPOCH = 1_800_000_000.0
+NL_PER_MOL = 22.414
+WRAP_NL = 2**32 * 0.001
+CONFIG = AccountingConfig(energy="heater_meter.energy_kwh", h2="h2_meter.total_nl", ar="ar_meter.total_nl",
+                          heater_rated_kw={"heater": 12.0}, grid_kg_co2e_per_kwh=0.25, gap_s=600.0,
+                          close_wait_s=600.0, free_volume_l=200.0,
+                          max_rate_per_h={"energy": 18.0, "h2": 6000.0, "ar": 6000.0})
+
+
+@dataclass
+class Sample:          # what edge.io.modbus.CounterSample carries
+    instrument: str
+    measurement: str
+    t_ns: int
+    value: float
+    rollover: float | None
+
+
+class Meters:
+    """The plant's totals as the station's meters show them, read every ``every_s`` of plant time."""
+
+    def __init__(self, plant: HDReactor, *, h2_start: float = 5000.0, every_s: float = 60.0) -> None:
+        self.plant, self.h2_start, self.every_s = plant, h2_start, every_s
+        self.silent: set[str] = set()
+        self._next = -math.inf
+
+    def read(self, now_ns: int) -> list[Sample]:
+        if now_ns / 1e9 < self._next:
+            return []
+        self._next = now_ns / 1e9 + self.every_s
+        s = self.plant.s
+        out = [Sample("heater_meter", "energy_kwh", now_ns, 48_213.6 + s.heater_j / 3.6e6, None),
+               Sample("h2_meter", "total_nl", now_ns, round((self.h2_start + s.h2_fed_mol * NL_PER_MOL) / 0.001)
+                      % 2**32 * 0.001, WRAP_NL),
+               Sample("ar_meter", "total_nl", now_ns, round((700.0 + s.ar_fed_mol * NL_PER_MOL) / 0.001)
+                      % 2**32 * 0.001, WRAP_NL)]
+        return [x for x in out if x.instrument not in self.silent]
+
+
+@dataclass
+class Station:
+    rig: LockstepRig
+    plant: HDReactor
+    ctl: Controller
+    recorder: BatchRecorder
+    meters: Meters
+
+    def scan(self) -> None:
+        self.ctl.step()
+        self.recorder.scan(self.ctl, self.meters.read(self.rig.core.now_ns()))
+
+
+def controller(rig: LockstepRig, state: pathlib.Path) -> Controller:
+    return Controller(rig.core, rig.station, state_path=state / "run-state.json",
+                      wall_clock=lambda: EPOCH + rig.core.now_ns() / 1e9)
+
+
+def recorder(state: pathlib.Path, config: AccountingConfig = CONFIG) -> BatchRecorder:
+    return BatchRecorder(state, STATION, site="pilot-line", station_id="hd-01", config=config)
+
+
+@pytest.fixture
+def station(tmp_path: pathlib.Path) -> Iterator[Station]:
+    plant = HDReactor()
+    with LockstepRig(STATION, plant, dt_s=2.0) as rig:
+        ctl = controller(rig, tmp_path)
+        rig.step(ctl.step)
+        yield Station(rig, plant, ctl, recorder(tmp_path), Meters(plant, h2_start=WRAP_NL - 400.0))
+
+
+def run_batch(st: Station, batch_id: str = "hd-rec-1") -> dict[str, Any]:
+    st.ctl.start_batch(RECIPE, batch_id=batch_id, operator="test", feed="EoL motor magnets", mass_in_kg=25.0)
+    assert st.rig.run_until(lambda: st.recorder.current is not None and st.recorder.current["record"] == "end",
+                            30 * 3600, st.scan)
+    assert st.recorder.current is not None
+    return st.recorder.current
+
+
+def test_a_whole_batch_is_recorded_and_its_figures_are_the_plants(station: Station) -> None:
+    st = station
+    body = run_batch(st)
+    acc = body["accounting"]
+    meters = acc["meters"]
+    assert body["record"] == "end" and body["revision"] == 1 and body["outcome"] == "done"
+    assert [p["phase"] for p in body["phases"]] == ["load_check", "leak_test", "purge", "h2_admission", "absorption",
+                                                    "degassing", "cooling", "unload"]
+    assert sum(p["duration_s"] for p in body["phases"]) == pytest.approx(body["duration_s"], abs=1.0)
+    # energy: the meter's counter (float32 not modelled here) equals the plant's joules
+    assert meters["energy"]["complete"] and meters["energy"]["value"] == pytest.approx(
+        st.plant.s.heater_j / 3.6e6, rel=1e-6)
+    # H2: the totaliser wrapped once; the difference across the wrap is still the plant's H2 fed
+    assert meters["h2"]["rollovers"] == 1 and meters["h2"]["complete"]
+    assert meters["h2"]["value"] == pytest.approx(st.plant.s.h2_fed_mol * NL_PER_MOL, abs=0.002)
+    assert meters["ar"]["value"] == pytest.approx(st.plant.s.ar_fed_mol * NL_PER_MOL, abs=0.002)
+    assert acc["complete"] is True
+    # the duty model is a cross-check of the metered energy, not a copy of it
+    assert acc["heater_model_kwh"] == pytest.approx(meters["energy"]["value"], rel=0.03)
+    assert acc["kg_co2e"] == pytest.approx(meters["energy"]["value"] * 0.25)
+    assert acc["per_kg"]["kwh"] == pytest.approx(meters["energy"]["value"] / 25.0)
+    assert acc["per_kg"]["nl_h2"] == pytest.approx(meters["h2"]["value"] / 25.0)
+    # the H2 the charge took up, estimated at the end of absorption, near the plant's capacity
+    assert acc["h2_absorbed_nl"] == pytest.approx(st.plant.x_max() * NL_PER_MOL, rel=0.05)
+    # on disk: the same record, checked, with a trend for the report
+    folder = batch_dir(st.recorder.state_dir, "hd-rec-1")
+    doc = read_record(folder)
+    assert doc["body"] == body
+    rows = (folder / TREND_FILE).read_text().splitlines()
+    assert rows[0].startswith("unix_s,setpoint_c,heater_duty,") and len(rows) > 1000
+    assert not list(folder.glob(".*.tmp"))
+    # on MQTT: both records valid against the schema, the accounting flat
+    for kind, msg in (("start", mqtt_start_body(body)), ("end", mqtt_end_body(body))):
+        envelope = {"schema": "https://reeproduce.eu/schemas/reedge/v1/batch.json", "schema_version": "1.1",
+                    "site": "pilot-line", "station": "hd-01", "boot_id": "0" * 32, "stream": "batch", "seq": 1,
+                    "ts": "2027-01-15T08:00:00.000Z", "body": msg}
+        assert schemas.errors(envelope, "batch.json") == [], kind
+    assert mqtt_end_body(body)["accounting"]["energy_kwh"] == meters["energy"]["value"]
+
+
+def test_a_power_loss_continues_the_same_record(station: Station, tmp_path: pathlib.Path) -> None:
+    st = station
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-2", operator="test", mass_in_kg=25.0)
+    assert st.rig.run_until(lambda: st.ctl.sequencer is not None and st.ctl.sequencer.phase == "degassing",
+                            30 * 3600, st.scan)
+    st.rig.run_until(lambda: False, 1800, st.scan)           # half an hour into degassing
+    # the controller dies (no close(), no last save) and a new one starts on the same state dir: the core
+    # of the lock-step rig runs on (a real power loss, with the outage, is the HIL scenario
+    # hd_power_loss_batch_record)
+    ctl = controller(st.rig, tmp_path)
+    rec = recorder(tmp_path)
+    assert ctl.recover() is not None
+    st2 = Station(st.rig, st.plant, ctl, rec, st.meters)
+    ctl.resume()                                              # the recipe's power-fail strategy holds
+    assert st.rig.run_until(lambda: rec.current is not None and rec.current["record"] == "end", 30 * 3600, st2.scan)
+    body = rec.current
+    assert body is not None and body["outcome"] == "done"
+    assert len(body["interruptions"]) == 1 and body["interruptions"][0]["outage_s"] >= 0.0
+    assert sorted(p.name for p in (tmp_path / "batches").iterdir()) == ["hd-rec-2"]
+    # one record, whole: the degassing interrupted is closed at the outage and starts again after it
+    assert [p["phase"] for p in body["phases"]].count("degassing") == 2
+    assert body["accounting"]["meters"]["energy"]["value"] == pytest.approx(st.plant.s.heater_j / 3.6e6, rel=1e-6)
+    assert body["accounting"]["meters"]["h2"]["value"] == pytest.approx(st.plant.s.h2_fed_mol * NL_PER_MOL,
+                                                                        abs=0.002)
+    assert body["accounting"]["complete"] is True
+
+
+def test_a_meter_silent_until_the_end_leaves_its_figure_incomplete(station: Station) -> None:
+    st = station
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-3", mass_in_kg=25.0)
+    assert st.rig.run_until(lambda: st.ctl.sequencer is not None and st.ctl.sequencer.phase == "absorption",
+                            30 * 3600, st.scan)
+    st.meters.silent.add("ar_meter")
+    body = run_batch_rest(st)
+    ar = body["accounting"]["meters"]["ar"]
+    assert ar["complete"] is False and body["accounting"]["complete"] is False
+    assert ar["value"] < st.plant.s.ar_fed_mol * NL_PER_MOL - 1.0       # lower than the truth, and it says so
+    assert any("no reading at or after the end" in n for n in ar["notes"])
+    assert ar["gaps"] and ar["gaps"][-1]["to"] == body["ended"]
+    assert body["accounting"]["meters"]["energy"]["complete"] is True
+    assert mqtt_end_body(body)["accounting"]["ar_complete"] is False
+
+
+def run_batch_rest(st: Station) -> dict[str, Any]:
+    assert st.rig.run_until(lambda: st.recorder.current is not None and st.recorder.current["record"] == "end",
+                            30 * 3600, st.scan)
+    assert st.recorder.current is not None
+    return st.recorder.current
+
+
+def test_mass_out_amends_the_finished_record_and_bad_masses_change_nothing(station: Station) -> None:
+    st = station
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-4", mass_in_kg=25.0)
+    st.ctl.abort("test")
+    body = run_batch_rest(st)
+    assert body["revision"] == 1 and body["outcome"] == "aborted"
+    for bad in (-1.0, 0.0, math.nan, math.inf, "25", True, 2e5):
+        with pytest.raises(ValueError, match="mass out"):
+            st.recorder.set_mass_out(bad, st.ctl.wall_clock())  # type: ignore[arg-type]
+    assert st.recorder.current is not None and st.recorder.current["revision"] == 1
+    st.recorder.set_mass_out(25.1, st.ctl.wall_clock())
+    amended = read_record(batch_dir(st.recorder.state_dir, "hd-rec-4"))["body"]
+    assert amended["revision"] == 2 and amended["product"] == {"mass_out_kg": 25.1, "yield_pct": 100.4}
+    with pytest.raises(BatchRejected, match="mass in"):
+        st.ctl.start_batch(RECIPE, batch_id="hd-rec-5", mass_in_kg=-3.0)
+    with pytest.raises(BatchRejected, match="batch id"):
+        st.ctl.start_batch(RECIPE, batch_id="../escape")
+
+
+def test_a_damaged_record_is_detected_and_kept_aside(station: Station) -> None:
+    st = station
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-6", mass_in_kg=25.0)
+    st.rig.run_until(lambda: False, 120, st.scan)
+    folder = batch_dir(st.recorder.state_dir, "hd-rec-6")
+    path = folder / RECORD_FILE
+    doc = json.loads(path.read_text())
+    doc["body"]["operator"] = "someone else"                 # edited by hand: the checksum no longer matches
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RecordError, match="damaged"):
+        read_record(folder)
+    rec = recorder(st.recorder.state_dir)
+    rec.scan(st.ctl)
+    assert len(list(folder.glob(f"{RECORD_FILE}.damaged-*"))) == 1     # kept for the investigation
+    assert read_record(folder)["body"]["operator"] == ""               # a new record, not the edited one
+    with pytest.raises(RecordError, match="no batch record"):
+        read_record(folder.parent / "nothing-here")
+
+
+# ---- the counter arithmetic ----
+
+def tracker(**kw: float) -> CounterTracker:
+    return CounterTracker("h2", "m.total_nl", "NL", gap_s=kw.pop("gap_s", 100.0), max_rate=kw.pop("max_rate", 10.0))
+
+
+def test_counter_roll_over_reset_jump_and_noise() -> None:
+    t = tracker()
+    for time_s, value in ((0, WRAP_NL - 5.0), (10, WRAP_NL - 1.0), (20, 3.0), (30, 2.9999999)):
+        t.add(time_s, value, WRAP_NL)
+    assert t.rollovers == 1 and t.total == pytest.approx(8.0) and not t.broken    # float noise is not a reset
+    t.add(40, 1.0, WRAP_NL)          # a fall that no plausible roll-over explains: a reset
+    assert t.broken and "reset" in t.notes[-1] and t.total == pytest.approx(8.0)
+    t.add(50, 5000.0, WRAP_NL)       # 4999 NL in 10 s at most 10 NL/s: a glitch, left out
+    assert "jumped" in t.notes[-1] and t.total == pytest.approx(8.0)
+    t.add(45, 9999.0, WRAP_NL)       # older than the last reading: ignored
+    assert t.last is not None and t.last.value == 5000.0
+    q = t.quantity(0.0, 50.0)
+    assert q["complete"] is False and q["value"] == pytest.approx(8.0) and q["rollovers"] == 1
+
+
+def test_counter_gaps_start_and_end() -> None:
+    t = tracker(gap_s=100.0)
+    t.add(500.0, 10.0)
+    t.add(900.0, 20.0)               # 400 s without a reading: a gap the totaliser bridges
+    q = t.quantity(t_start=0.0, t_end=900.0)
+    assert q["value"] == 10.0 and q["gaps"] == [{"from": 500.0, "to": 900.0, "duration_s": 400.0}]
+    assert q["complete"] is False and "after the start" in q["notes"][0]   # nothing read near the start
+    t2 = tracker()
+    t2.add(0.0, 1.0)
+    t2.add(50.0, 2.0)
+    assert t2.quantity(0.0, 50.0)["complete"] is True
+    assert t2.quantity(0.0, 60.0)["complete"] is False      # the end reading is missing
+    snap = json.loads(json.dumps(t.snapshot()))
+    t3 = tracker()
+    t3.restore(snap)
+    assert t3.quantity(0.0, 900.0) == q
+    assert tracker().quantity(0.0, 10.0)["value"] is None   # never read: unknown, not zero
+
+
+def test_rebase_keeps_a_recent_reading_as_the_baseline() -> None:
+    t = tracker(gap_s=100.0)
+    t.add(0.0, 1.0)
+    t.add(950.0, 7.0)
+    t.rebase(1000.0)
+    assert t.first is not None and t.first.value == 7.0 and t.total == 0.0
+    t.rebase(2000.0)                 # the last reading is too old to stand for the start
+    assert t.first is None and t.readings == 0
+
+
+# ---- the station file ----
+
+def write_station(tmp_path: pathlib.Path, accounting: str) -> pathlib.Path:
+    text = (ROOT / "stations" / "hd_reactor_sim.toml").read_text()
+    head, _, rest = text.partition("\n[accounting]\n")
+    _, _, tail = rest.partition("\n[limits]\n")
+    path = tmp_path / "station.toml"
+    path.write_text(f"{head}\n[accounting]\n{accounting}\n\n[limits]\n{tail}")
+    return path
+
+
+@pytest.mark.parametrize(("accounting", "where", "says"), [
+    ('energy = "heater_metr.energy_kwh"', "accounting.energy", "heater_meter"),
+    ('energy = "heater_meter.power_w"', "accounting.energy", "not a counter"),
+    ('energy = "vacuum_gauge.pressure"', "accounting.energy", "no counters"),
+    ('h2 = "h2_meter.totl_nl"', "accounting.h2", "total_nl"),
+    ("heater_rated_kw = { vent_valve = 3.0 }", "accounting.heater_rated_kw.vent_valve", "control loop"),
+    ("heater_rated_kw = { heater = -1.0 }", "accounting.heater_rated_kw.heater", "expected a number"),
+    ("max_rate_per_h = { energi = 5.0 }", "accounting.max_rate_per_h.energi", "energy"),
+    ("grid_kg_co2e_per_kwh = 50", "accounting.grid_kg_co2e_per_kwh", "from 0 to 10"),
+    ("gap = 10", "accounting.gap", "gap_s"),
+    ('free_volume_l = 200\npressure_channel = "chamber_presure"', "accounting.pressure_channel",
+     "chamber_pressure"),
+])
+def test_accounting_section_errors_name_the_key(tmp_path: pathlib.Path, accounting: str, where: str,
+                                                says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_station(write_station(tmp_path, accounting))
+    text = str(err.value)
+    assert where in text and says in text, text
+
+
+def test_the_example_stations_account_their_meters() -> None:
+    acc = STATION.accounting
+    assert (acc.energy, acc.h2, acc.ar) == ("heater_meter.energy_kwh", "h2_meter.total_nl", "ar_meter.total_nl")
+    sinter = load_station(ROOT / "stations" / "sintering_furnace_sim.toml").accounting
+    assert sinter.energy == "heater_meter.energy_kwh" and sinter.h2 is None and dict(sinter.heater_rated_kw) == {
+        "heater": 60.0}
