@@ -35,6 +35,7 @@ from typing import Any
 
 from edge.config import load_station
 from edge.corespec import RuleSpec
+from hil.devices.modbus_meters import MeterBus
 from hil.plants import PLANTS, PlantModel
 from hil.plants.safety_hw import FieldSide, WatchdogRelay
 from hil.regfile import RegisterFile
@@ -44,6 +45,8 @@ STEP_WALL_S = 0.002       # the loop's wall-clock period
 MAX_SUBSTEP_S = 1.0       # plant seconds per integration step at most
 MAX_STEP_WALL_S = 0.01    # a loop that fell behind advances the plant by at most this much wall time
 PLANT_START_NS = 0   # plant time == core time: events and rows share one time axis
+NL_PER_MOL = 22.414  # normal litres (0 degC, 1.01325 bar) per mole
+METER_AVERAGING_S = 60.0   # plant seconds over which an emulated meter's live power or flow is averaged
 
 
 @dataclass
@@ -100,6 +103,33 @@ class TripWatch:
 
 
 @dataclass
+class Meter:
+    """A plant meter: a Modbus device whose counter is ``start`` plus a metric of the plant (joules or moles),
+    times its ``gain`` (a real meter is only as right as its accuracy class)."""
+
+    device: Any                    # hil.devices.modbus_meters.Sdm630Meter or MassFlowMeter
+    metric: str | None             # heater_j (kWh) or <gas>_fed_mol (NL); None: a meter that counts nothing
+    start: float
+    gain: float = 1.0              # 1.005: the meter reads 0.5 % high (within its accuracy class)
+    bus: Any = None
+    port: str = ""
+    _last: float | None = None
+    _rate: float = 0.0
+
+    def update(self, metrics: Mapping[str, float], dt_s: float) -> None:
+        raw = (metrics.get(self.metric, 0.0) if self.metric is not None else 0.0) * self.gain
+        if self._last is not None and dt_s > 0:
+            # the live value averages over about a minute of plant time, as a meter's display does over its
+            # update period: on the fast rig one core burst period of the heater spans several plant seconds
+            self._rate += ((raw - self._last) / dt_s - self._rate) * min(1.0, dt_s / METER_AVERAGING_S)
+        self._last = raw
+        if self.metric == "heater_j":
+            self.device.update(power_w=self._rate, energy_kwh=self.start + raw / 3.6e6)
+        else:
+            self.device.update(flow_nl_min=self._rate * NL_PER_MOL * 60.0, total_nl=self.start + raw * NL_PER_MOL)
+
+
+@dataclass
 class Drift:
     rate_per_min: float
     offset: float
@@ -146,21 +176,55 @@ class PlantProcess:
         self._row_span = 0.0
         self._next_row = 0.0
         self.gauges: dict[str, Any] = {}
+        self.meters: dict[str, Meter] = {}           # instrument -> its emulation on a Modbus bus
+        self.buses: list[tuple[MeterBus, str]] = []   # (bus, slave pty path)
         self.rng = random.Random(cfg.get("seed", 1))
         for name, dev in dict(cfg.get("serial", {})).items():
             self._open_serial(name, dev)
 
     # ---- serial devices ----
     def _open_serial(self, name: str, dev: Mapping[str, Any]) -> None:
-        if dev.get("type") != "pfeiffer":
-            raise ValueError(f"serial device {name}: unknown type {dev.get('type')!r} (known: pfeiffer)")
         from hil.devices.pfeiffer_gauge import GaugeEmulator, open_pty
 
+        kind = dev.get("type")
+        if kind == "modbus":
+            self._open_bus(dict(dev["instruments"]))
+            return
+        if kind != "pfeiffer":
+            raise ValueError(f"serial device {name}: unknown type {kind!r} (known: pfeiffer, modbus)")
         master, slave = open_pty()
         self.gauges[name] = (GaugeEmulator(master, address=int(dev.get("address", 1))), str(dev["channel"]), slave)
 
+    def _open_bus(self, instruments: Mapping[str, Mapping[str, Any]]) -> None:
+        """One RS-485 bus (one pty) with its meters, each reading a counter of the plant's truth."""
+        from hil.devices.modbus_meters import MassFlowMeter, Sdm630Meter
+        from hil.devices.pfeiffer_gauge import open_pty
+
+        devices = []
+        for name, spec in instruments.items():
+            start, address = float(spec.get("start", 0.0)), int(spec["address"])
+            device = Sdm630Meter(address, start) if spec["device"] == "sdm630" else MassFlowMeter(address, start)
+            metric = spec.get("metric")
+            self.meters[name] = Meter(device, None if metric is None else str(metric), start,
+                                      gain=float(spec.get("gain", 1.0)))
+            devices.append(device)
+        master, slave = open_pty()
+        bus = MeterBus(master, devices, rng=self.rng)
+        self.buses.append((bus, slave))
+        for name in instruments:
+            self.meters[name].bus = bus
+            self.meters[name].port = slave
+
     def serial_ports(self) -> dict[str, str]:
-        return {name: g[2] for name, g in self.gauges.items()}
+        return {**{name: g[2] for name, g in self.gauges.items()}, **{n: m.port for n, m in self.meters.items()}}
+
+    def serve_meters(self, dt_s: float) -> None:
+        """The meters count what the plant used: energy from the heater's joules, gas from the moles fed."""
+        metrics = self.plant.metrics()
+        for meter in self.meters.values():
+            meter.update(metrics, dt_s)
+        for bus, _ in self.buses:
+            bus.serve()
 
     # ---- one loop iteration ----
     def written(self, span_ns: int) -> dict[str, float]:
@@ -230,6 +294,7 @@ class PlantProcess:
                 gauge.sensor_error(broken_gauge)    # a broken sensor is a gauge reporting its own error
                 self._gauge_broken[channel] = broken_gauge
             gauge.serve(value if not broken_gauge else 1000.0)
+        self.serve_meters(dt_s)
         if self.t_s >= self._next_row:
             self.row(analog, broken)
             self._next_row = self.t_s + self.log_every_s
@@ -294,6 +359,15 @@ class PlantProcess:
                 self.field.stuck[str(params["output"])] = float(params.get("level", 1))
             else:
                 self.field.stuck.pop(str(params["output"]), None)
+        elif kind in ("meter_silent", "meter_crc_burst"):
+            meter = self.meters[str(params["device"])]
+            if kind == "meter_silent":
+                meter.bus.silent(meter.device.address, on)
+            elif on:                         # a burst: clearing it sends nothing more
+                meter.bus.crc_burst(int(params.get("answers", 5)), meter.device.address)
+        elif kind == "serial_garbage" and str(params.get("device", "")) in self.meters:
+            if on:
+                self.meters[str(params["device"])].bus.garbage(int(params.get("bytes", 64)))
         elif kind in ("serial_garbage", "gauge_silent"):
             gauge = self.gauges[str(params.get("device", next(iter(self.gauges), "")))][0]
             if kind == "serial_garbage":
@@ -313,6 +387,9 @@ class PlantProcess:
                 "written": {n: self.regs.do(line) for n, line in self.outputs.items()},
                 "effective": self.field.effective({n: float(self.regs.do(line)) for n, line in self.outputs.items()}),
                 "onsets": [vars(o) for o in self.watch.history],
+                "meter_buses": [{"port": port, "requests": dict(bus.requests), "answered": bus.answered,
+                                 "corrupted": bus.corrupted, "ignored": bus.ignored, "rx_errors": bus.rx_errors}
+                                for bus, port in self.buses],
                 "events": self.events}
 
     def _handle(self, line: bytes) -> bool:

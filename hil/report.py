@@ -25,8 +25,8 @@ the record's ``channels[name]["group"]``: ``temperature``, ``pressure``, ``vacuu
 become lanes of the timing panel, next to the outputs, the watchdog relay and cabinet power.
 A panel holds at most two units (left and right axis); a group with more is split. Long logs are
 reduced to per-bucket minimum and maximum (in their time order), so a one-row spike stays visible.
-matplotlib and numpy are imported only by :func:`plot` (they are dev dependencies; the
-controller on the board never needs them), through the object API with the Agg canvas, so the
+matplotlib and numpy are imported only by :func:`plot` (the controller's scan never needs them;
+``reedge report`` uses them too), through the object API with the Agg canvas, so the
 process-wide pyplot backend is not touched.
 """
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from edge import __version__
 from edge.config import Station, load_station
+from edge.io.pfeiffer import PfeifferConfig
 from hil.rig import RigConfig, RigError, VirtualRig
 from hil.scenario import Condition, Expectation, Scenario, Step, load_scenario
 
@@ -79,6 +80,8 @@ class Run:
     seen_lines: int = 0
     channels: dict[str, float | None] = field(default_factory=dict)
     final: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] | None = None     # the batch record's body, read once the controller stopped
+    record_folders: int = 0                  # batch record folders the run left in the state dir
     started_wall: float = 0.0
     ended_plant_s: float = 0.0
 
@@ -112,10 +115,15 @@ def run_scenario(sc: Scenario, report_dir: pathlib.Path,
         for old in sorted(work.rglob("*"), reverse=True):
             old.unlink() if old.is_file() or old.is_symlink() else old.rmdir()
     run = Run(sc, station, started_wall=time.monotonic())
+    if sc.recipe is not None and sc.feed:
+        controller_args = (*controller_args, "--feed", sc.feed)
+    if sc.recipe is not None and sc.mass_in_kg is not None:
+        controller_args = (*controller_args, "--mass-in-kg", repr(sc.mass_in_kg))
     cfg = RigConfig(station=sc.station, plant=sc.plant, time_scale=sc.time_scale, workdir=work,
                     plant_params=sc.plant_params, relay_timeout_s=sc.relay_timeout_s,
                     relay_outputs=sc.relay_outputs, log_every_s=sc.log_every_s, scan_s=sc.scan_s,
-                    serial=_serial_devices(station), controller_args=tuple(controller_args))
+                    serial=_serial_devices(station, sc.meter_start, sc.meter_gain),
+                    controller_args=tuple(controller_args))
     rig = VirtualRig(cfg)
     started_utc = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     try:
@@ -128,6 +136,7 @@ def run_scenario(sc: Scenario, report_dir: pathlib.Path,
         run.error = f"{type(exc).__name__}: {exc}"
     finally:
         rig.close()
+    _read_batch_record(run, rig.state_dir)
     rows = _read_rows(rig.log_path)
     record = _record(run, rows, started_utc, rig)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -140,12 +149,45 @@ def run_scenario(sc: Scenario, report_dir: pathlib.Path,
     return record
 
 
-def _serial_devices(station: Station) -> dict[str, dict[str, Any]]:
-    """The rig emulates each serial instrument the station declares."""
+def _serial_devices(station: Station, meter_start: Mapping[str, float],
+                    meter_gain: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    """The rig emulates each serial instrument the station declares: a gauge per Pfeiffer instrument, one
+    Modbus bus per port with its meters, each counting the plant metric the station's [accounting] reads
+    from it (``heater_j`` for the energy meter, the gas fed for a flow meter)."""
     devices: dict[str, dict[str, Any]] = {}
+    acc = station.accounting
+    metric_of = {src.partition(".")[0]: metric for src, metric in ((acc.energy, "heater_j"), (acc.h2, "h2_fed_mol"),
+                                                                  (acc.ar, "ar_fed_mol")) if src is not None}
     for name, inst in station.instruments.items():
-        devices[name] = {"type": "pfeiffer", "channel": inst.channel, "address": inst.address}
+        if isinstance(inst, PfeifferConfig):
+            devices[name] = {"type": "pfeiffer", "channel": inst.channel, "address": inst.address}
+            continue
+        if inst.profile not in METER_DEVICES:
+            raise ValueError(f"instruments.{name}: the rig emulates the {', '.join(METER_DEVICES)} profiles, "
+                             f"not {inst.profile!r}")
+        device, default_start = METER_DEVICES[inst.profile]
+        bus = devices.setdefault(f"modbus:{inst.port}", {"type": "modbus", "instruments": {}})
+        bus["instruments"][name] = {"device": device, "address": inst.address, "metric": metric_of.get(name),
+                                    "start": meter_start.get(name, default_start), "gain": meter_gain.get(name, 1.0)}
     return devices
+
+
+#: profile -> (emulated device, its counter's reading when the rig starts unless the scenario says)
+METER_DEVICES = {"sdm630": ("sdm630", 48_213.6), "reedge_mfc": ("mfc", 5_000.0)}
+
+
+def _read_batch_record(run: Run, state_dir: pathlib.Path) -> None:
+    from edge.batch.record import BATCHES_DIR, RecordError, batch_dir, read_record
+
+    root = state_dir / BATCHES_DIR
+    run.record_folders = sum(1 for d in root.iterdir() if d.is_dir()) if root.is_dir() else 0
+    try:
+        run.record = read_record(batch_dir(state_dir, run.scenario.batch_id))["body"]
+    except RecordError as exc:
+        run.record = None
+        if run.error is None and run.scenario.recipe is not None:
+            run.events.append({"kind": "record", "message": str(exc), "t_s": run.ended_plant_s,
+                               "wall_ns": time.monotonic_ns()})
 
 
 # ---------------------------------------------------------------- the drive loop
@@ -436,9 +478,40 @@ def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple
         if counters is None:
             return None, "", f"the controller reported no instrument {a['device']!r}"
         return counters.get(a["counter"]), "", "the controller's last report of the instrument's counters"
+    if m in ("batch_record", "metered_error_pct"):
+        return _from_record(run, a)
+    if m == "batch_records":
+        return run.record_folders, "", "record folders in the controller's state dir"
     if m == "controller_restarts":
         return sum(1 for e in run.events if e["kind"] == "ready") - 1, "", ""
     raise ValueError(f"unknown measure {m}")
+
+
+#: meter -> (plant metric, factor to the record's unit)
+METER_TRUTH = {"energy": ("heater_j", 1 / 3.6e6), "h2": ("h2_fed_mol", 22.414), "ar": ("ar_fed_mol", 22.414)}
+
+
+def _from_record(run: Run, a: Mapping[str, Any]) -> tuple[Any, str, str]:
+    """A field of the batch record, or a metered figure against the plant's truth."""
+    body = run.record
+    if body is None:
+        return None, "", "no batch record"
+    if "path" in a:
+        value: Any = body
+        for part in str(a["path"]).split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None, "", f"the record has no {a['path']}"
+            value = value[part]
+        return (len(value) if isinstance(value, list) else value), "", f"batch record {a['path']}"
+    meter = str(a["meter"])
+    metric, factor = METER_TRUTH[meter]
+    q = body["accounting"]["meters"].get(meter)
+    truth = run.final.get("metrics", {}).get(metric)
+    if q is None or q["value"] is None or not truth:
+        return None, "%", f"no metered {meter} or no plant {metric}"
+    true = truth * factor
+    return (round(abs(q["value"] - true) / true * 100.0, 4), "%",
+            f"metered {q['value']:.4g} {q['unit']} vs the plant's {true:.4g} ({metric}; complete={q['complete']})")
 
 
 def _safe_latency(run: Run, exp: Expectation) -> tuple[Any, str, str]:

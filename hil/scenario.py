@@ -27,6 +27,8 @@ RIG_FAULTS: dict[str, dict[str, bool]] = {
     "valve_stuck": {"output": True, "level": False},
     "serial_garbage": {"device": False, "bytes": False},
     "gauge_silent": {"device": False},
+    "meter_silent": {"device": True},                     # a Modbus meter stops answering (until cleared)
+    "meter_crc_burst": {"device": True, "answers": False},  # its bus's next n answers arrive corrupted
     "controller_hang": {},
     "process_freeze": {},
     "power_loss": {},
@@ -44,6 +46,9 @@ MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs beside
     "max_channel": ("channel",), "min_channel": ("channel",),
     "plant_metric": ("metric",), "plant_metric_delta": ("metric", "step"),   # until_phase optional: else to the end
     "controller_restarts": (), "instrument_counter": ("device", "counter"), "recovered_outage_s": (),
+    "batch_record": ("path",),          # a field of the batch record (a list gives its length)
+    "metered_error_pct": ("meter",),    # |metered - plant truth| / truth of energy, h2 or ar, in %
+    "batch_records": (),                # how many record folders the run left
 }
 LIMIT_KEYS = ("min", "max", "equals", "one_of", "includes")
 OPTIONAL_MEASURE_KEYS = ("name", "description", "after", "until_phase")
@@ -108,6 +113,10 @@ class Scenario:
     time_scale: float
     batch_id: str
     plant_params: Mapping[str, float]
+    meter_start: Mapping[str, float]    # instrument -> its counter's reading when the rig starts
+    meter_gain: Mapping[str, float]     # instrument -> how much it reads high (1.01) or low: its accuracy
+    feed: str                           # what the batch record says was loaded
+    mass_in_kg: float | None
     relay_timeout_s: float
     relay_outputs: tuple[str, ...]
     log_every_s: float
@@ -183,7 +192,8 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     r = _Reader(source)
     r.keys(raw, "", ("scenario", "plant", "rig", "run", "faults", "operator", "expect"))
     head = r.table(raw, "scenario", "scenario", required=True)
-    r.keys(head, "scenario", ("name", "description", "station", "recipe", "plant", "time_scale", "batch_id"))
+    r.keys(head, "scenario", ("name", "description", "station", "recipe", "plant", "time_scale", "batch_id", "feed",
+                              "mass_in_kg"))
     name = r.text(head, "name", "scenario", path.stem) or path.stem
     station_path, station = _station(r, head, path)
     recipe_path = _recipe(r, head, path, station)
@@ -210,7 +220,17 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
                     plant_params[key] = value
 
     rig = r.table(raw, "rig", "rig")
-    r.keys(rig, "rig", ("relay_timeout_ms", "relay_outputs", "log_every_s", "scan_s"))
+    r.keys(rig, "rig", ("relay_timeout_ms", "relay_outputs", "log_every_s", "scan_s", "meter_start", "meter_gain"))
+    meter_start: dict[str, float] = {}
+    meter_gain: dict[str, float] = {}
+    for table_key, found, low, high in (("meter_start", meter_start, 0.0, None), ("meter_gain", meter_gain, 0.5, 1.5)):
+        table = r.table(rig, table_key, f"rig.{table_key}")
+        for key in table:
+            value = r.number(table, key, f"rig.{table_key}", None, low=low, high=high)
+            if station and key not in station.instruments:
+                r.error(f"rig.{table_key}.{key}", unknown("instrument", key, list(station.instruments)))
+            elif value is not None:
+                found[key] = value
     outputs = {o.name for o in station.core.outputs} if station else set()
     default_relay = [o for o in ("heater", "h2_inlet_valve") if o in outputs] if station else []
     relay_outputs = rig.get("relay_outputs", default_relay)
@@ -247,7 +267,9 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
         name=name, source=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
         description=r.text(head, "description", "scenario", "") or "", station=station_path, recipe=recipe_path,
         plant=kind, time_scale=scale, batch_id=r.text(head, "batch_id", "scenario", f"hil-{name}") or name,
-        plant_params=plant_params,
+        plant_params=plant_params, meter_start=meter_start, meter_gain=meter_gain,
+        feed=r.text(head, "feed", "scenario", "") or "",
+        mass_in_kg=r.number(head, "mass_in_kg", "scenario", None, low=0.001, high=1e5),
         relay_timeout_s=(r.number(rig, "relay_timeout_ms", "rig", 500.0, low=10.0, high=60_000.0) or 500.0) / 1e3,
         relay_outputs=tuple(relay_outputs),
         log_every_s=r.number(rig, "log_every_s", "rig", 10.0, low=0.1, high=3600.0) or 10.0,
@@ -457,9 +479,10 @@ def _expectations(r: _Reader, raw: Mapping[str, Any], ctx: _Context, step_ids: s
 
 def _check_args(r: _Reader, path: str, args: Mapping[str, Any], ctx: _Context, step_ids: set[str]) -> None:
     checks = {"rule": ("interlock", ctx.rules()), "output": ("output", ctx.outputs()),
-              "channel": ("channel", ctx.channels()), "step": ("step", sorted(step_ids))}
+              "channel": ("channel", ctx.channels()), "step": ("step", sorted(step_ids)),
+              "meter": ("metered quantity", ["energy", "h2", "ar"])}
     for key, value in args.items():
-        if key in checks and (ctx.station or key == "step"):
+        if key in checks and (ctx.station or key in ("step", "meter")):
             what, known = checks[key]
             if value not in known:
                 r.error(f"{path}.{key}", unknown(what, str(value), known))

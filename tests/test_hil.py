@@ -102,6 +102,17 @@ def test_the_good_template_parses() -> None:
      "unknown step 'leak'"),
     (("[run]", "[[faults]]\nkind = \"process_freeze\"\nat = {{ t_s = 10 }}\n[run]"), "faults[1].duration_s",
      "how long"),
+    (("[run]", "[rig]\nmeter_start = {{ h2_metr = 4294000.0 }}\n[run]"), "rig.meter_start.h2_metr",
+     "did you mean 'h2_meter'"),
+    (("[run]", "[[faults]]\nkind = \"meter_silent\"\nat = {{ t_s = 10 }}\n[run]"), "faults[1].device",
+     "needs device"),
+    (("[run]", "[[faults]]\nkind = \"meter_crc_burst\"\ndevice = \"ar_metr\"\nat = {{ t_s = 10 }}\n[run]"),
+     "faults[1].device", "did you mean 'ar_meter'"),
+    (("[[expect]]\nmeasure = \"first_trip\"\nequals = \"h2_leak\"",
+      "[[expect]]\nmeasure = \"metered_error_pct\"\nmeter = \"power\"\nmax = 2"), "expect[0].meter",
+     "unknown metered quantity 'power'"),
+    (("[[expect]]\nmeasure = \"first_trip\"\nequals = \"h2_leak\"",
+      "[[expect]]\nmeasure = \"batch_record\"\nequals = 1"), "expect[0].path", "missing"),
 ])
 def test_a_malformed_scenario_names_the_key(change: tuple[str, str], key: str, words: str) -> None:
     assert change[0] in GOOD

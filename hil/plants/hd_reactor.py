@@ -87,6 +87,7 @@ class HDState:
     room_h2_mol: float = 0.0
     # accounting, for conservation checks and the batch record
     h2_fed_mol: float = 0.0
+    ar_fed_mol: float = 0.0
     h2_vented_mol: float = 0.0
     h2_pumped_mol: float = 0.0
     h2_leaked_mol: float = 0.0
@@ -181,6 +182,7 @@ class HDReactor:
         if pa < p.supply_bar * 1e5:
             if out.get("ar_inlet_valve", 0):
                 s.n_ar += p.inlet_mol_s * dt
+                s.ar_fed_mol += p.inlet_mol_s * dt
             if out.get("h2_inlet_valve", 0):
                 s.n_h2 += p.inlet_mol_s * dt
                 s.h2_fed_mol += p.inlet_mol_s * dt
@@ -225,7 +227,7 @@ class HDReactor:
         """The plant's truth, for measurements and accounting (not visible to the controller)."""
         s = self.s
         return {"charge_c": s.charge_c, "wall_c": s.wall_c, "pressure_bar": self.pressure_bar(),
-                "h2_fed_mol": s.h2_fed_mol, "h2_absorbed_mol": s.x_h2, "h2_gas_mol": s.n_h2,
+                "h2_fed_mol": s.h2_fed_mol, "ar_fed_mol": s.ar_fed_mol, "h2_absorbed_mol": s.x_h2, "h2_gas_mol": s.n_h2,
                 "h2_vented_mol": s.h2_vented_mol, "h2_pumped_mol": s.h2_pumped_mol,
                 "h2_leaked_mol": s.h2_leaked_mol, "heater_j": s.heater_j, "o2_pct": self.o2_pct()}
 

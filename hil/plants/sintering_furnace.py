@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 SIGMA = 5.670e-8
 
 
+MOL_PER_MBAR_L = 100.0 * 1e-3 / (8.314 * 293.15)   # ideal gas: 1 mbar l at 20 degC
+
 @dataclass
 class SinterParams:
     volume_l: float = 1000.0
@@ -59,6 +61,7 @@ class SinterState:
     lubricant: float = 300.0
     hydrogen: float = 1000.0
     heater_j: float = 0.0
+    ar_fed_mbar_l: float = 0.0      # argon let in (mbar l at 20 degC), for the flow meter
     door_open: bool = False
     estop_pressed: bool = False
     cooling_water_lost: bool = False
@@ -104,6 +107,7 @@ class SinteringFurnace:
         s.q_air += released + p.wall_outgas_mbar_l_s * dt
         if out.get("ar_inlet_valve", 0) and mbar < 2500.0:
             s.q_ar += p.inlet_mbar_l_s * dt
+            s.ar_fed_mbar_l += p.inlet_mbar_l_s * dt
         if out.get("vacuum_pump", 0) and out.get("vacuum_valve", 0):
             q = s.q_air + s.q_ar
             if q > 0:
@@ -118,7 +122,8 @@ class SinteringFurnace:
         """The plant's truth, for measurements and accounting (not visible to the controller)."""
         s = self.s
         return {"charge_c": s.charge_c, "zone_c": s.zone_c, "pressure_mbar": self.pressure_mbar(),
-                "lubricant_mbar_l": s.lubricant, "hydrogen_mbar_l": s.hydrogen, "heater_j": s.heater_j}
+                "lubricant_mbar_l": s.lubricant, "hydrogen_mbar_l": s.hydrogen, "heater_j": s.heater_j,
+                "ar_fed_mol": s.ar_fed_mbar_l * MOL_PER_MBAR_L}
 
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]:
         s = self.s
