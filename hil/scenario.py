@@ -223,7 +223,7 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     r.keys(rig, "rig", ("relay_timeout_ms", "relay_outputs", "log_every_s", "scan_s", "meter_start", "meter_gain"))
     meter_start: dict[str, float] = {}
     meter_gain: dict[str, float] = {}
-    for table_key, found, low, high in (("meter_start", meter_start, 0.0, None), ("meter_gain", meter_gain, 0.5, 1.5)):
+    for table_key, found, low, high in (("meter_start", meter_start, 0.0, 1e12), ("meter_gain", meter_gain, 0.5, 1.5)):
         table = r.table(rig, table_key, f"rig.{table_key}")
         for key in table:
             value = r.number(table, key, f"rig.{table_key}", None, low=low, high=high)
