@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import sys
@@ -148,9 +149,43 @@ def run_demo(scenario_path: pathlib.Path = DEFAULT_SCENARIO, *, report_dir: path
         print(line)
     if watch is not None:
         print(mqtt_line)
+    _batch_report(pathlib.Path(record["workdir"]) / "state", sc.batch_id, report_dir / "batch")
     print(f"  record {report_dir / (sc.name + '.json')}")
     print(f"  plot   {report_dir / (sc.name + '.png')}")
     print(f"  junit  {report_dir / (sc.name + '.junit.xml')}")
     print(f"  logs   {record['workdir']}")
     print("demo complete" if record["outcome"] == "pass" else f"demo FAILED: {record.get('error') or 'see above'}")
     return 0 if record["outcome"] == "pass" else 1
+
+
+def _batch_report(state_dir: pathlib.Path, batch_id: str, out: pathlib.Path) -> None:
+    """The batch record the controller kept, in one line, and its one-page report (``reedge report``)."""
+    from edge.batch.record import RecordError, batch_dir
+    from edge.batch.report import render_report
+
+    try:
+        folder = batch_dir(state_dir, batch_id)
+        files = render_report(folder, out)
+        body = json.loads((folder / "record.json").read_text())["body"]
+    except (RecordError, OSError, ValueError) as exc:
+        print(f"  batch record: none ({exc})")
+        return
+    acc = body["accounting"]
+    meters, per_kg = acc["meters"], acc["per_kg"]
+
+    def figure(meter: str, unit: str) -> str:
+        q = meters.get(meter)
+        if q is None or q["value"] is None:
+            return f"{meter} not metered"
+        return f"{'' if q['complete'] else '>= '}{q['value']:.1f} {unit} {meter}"
+
+    line = ", ".join(figure(m, u) for m, u in (("energy", "kWh"), ("h2", "NL"), ("ar", "NL")))
+    if acc.get("heater_model_kwh") is not None:
+        line += f" (heater model {acc['heater_model_kwh']:.1f} kWh)"
+    if per_kg.get("kwh") is not None:
+        line += f"; {per_kg['kwh']:.2f} kWh/kg"
+    if per_kg.get("kg_co2e") is not None:
+        line += f", {per_kg['kg_co2e']:.2f} kg CO2e/kg at {acc['grid_kg_co2e_per_kwh']:g} kg/kWh"
+    print(f"  batch record {body['batch_id']} ({body['record']}, {body['outcome']}): {line}")
+    print(f"  batch report {files.html} (and .png, .pdf; `reedge report --csv` for LCA tools)")
+

@@ -76,3 +76,7 @@ def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(t
     png = (tmp_path / "hd_normal_batch.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 50_000
     assert (tmp_path / "hd_normal_batch.junit.xml").exists()
+    # the batch record in one line, and its one-page report rendered beside the HIL record
+    assert re.search(r"batch record hil-hd-normal \(end, done\): \d+\.\d kWh energy, \d+\.\d NL h2", text), text
+    assert (tmp_path / "batch" / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "batch" / "report.png").read_bytes().startswith(b"\x89PNG")
