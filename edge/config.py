@@ -1511,6 +1511,9 @@ def _check_modbus_channels(t: _Table, name: str, cfg: ModbusConfig, channels: Ma
             ct.report(meas, _unknown("channel", target, channels))
         elif spec is not None and (spec.kind != "injected" or spec.max_age_ms <= 0):
             ct.report(meas, f"{target!r} must be an injected channel with max_age_ms (it is {spec.kind})")
+        elif spec is not None and spec.max_age_ms < 2 * cfg.poll_ms:
+            ct.report(meas, f"{target!r} has max_age_ms {spec.max_age_ms:g}, less than two polls ({cfg.poll_ms:g} ms"
+                            " each): it would go STALE between answers")
         elif target in fed:
             ct.report(meas, f"{target!r} is already fed by instruments.{fed[target]}")
         else:
@@ -2119,6 +2122,7 @@ def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Ma
     if t is None:
         return AccountingConfig()
     sources: dict[str, str | None] = {}
+    meters_checked: list[tuple[str, float, bool]] = []      # meter, its instrument's poll period, does it wrap
     for meter, unit in _ACCOUNTING_METERS.items():
         src = t.get(meter, _string)
         sources[meter] = None
@@ -2136,8 +2140,16 @@ def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Ma
         elif registers[measurement].kind != "counter":
             t.report(meter, f"{src} is a {registers[measurement].kind}, not a counter: the batch figure is the "
                             "difference of a totaliser")
+        elif registers[measurement].unit != unit:
+            t.report(meter, f"{src} counts {registers[measurement].unit or 'no unit'}, the record counts {unit}"
+                            f" (give the register scale and unit = \"{unit}\")")
+        elif src in sources.values():
+            t.report(meter, f"{src} is already the {next(m for m, v in sources.items() if v == src)} meter")
         else:
             sources[meter] = src
+            poll_s = float(getattr(instruments[inst_name], "poll_ms", 0.0)) / 1000.0
+            wraps = registers[measurement].rollover is not None
+            meters_checked.append((meter, poll_s, wraps))
     rated: dict[str, float] = {}
     rated_t = t.table("heater_rated_kw", expected="a table: duty output = rated kW")
     if rated_t is not None:
@@ -2164,11 +2176,20 @@ def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Ma
     for key, name in (("pressure_channel", pressure), ("temperature_channel", temperature)):
         if volume is not None and name not in channels:
             t.report(key, _unknown("channel", name, channels))
+    gap_s = t.get("gap_s", _number_in(1.0, 86_400.0), 60.0)
+    for meter, poll_s, wraps in meters_checked:
+        rate_given = meter in rates or (rates_t is not None and rates_t.has_error(meter))
+        if wraps and not rate_given:
+            t.report("max_rate_per_h", f"{meter}: {sources[meter]} wraps: give the most it can count per hour"
+                                       f" (max_rate_per_h.{meter}), or a reset cannot be told from a roll-over")
+        if gap_s < 3 * poll_s:
+            t.report("gap_s", f"{gap_s:g} s is less than three polls of {sources[meter]} ({poll_s:g} s each):"
+                              " every late answer would be a gap")
     cfg = AccountingConfig(
         energy=sources["energy"], h2=sources["h2"], ar=sources["ar"], cooling_water=sources["cooling_water"],
         heater_rated_kw=rated, max_rate_per_h=rates,
         grid_kg_co2e_per_kwh=t.get("grid_kg_co2e_per_kwh", _number_in(0.0, 10.0)),
-        gap_s=t.get("gap_s", _number_in(1.0, 86_400.0), 60.0),
+        gap_s=gap_s,
         close_wait_s=t.get("close_wait_s", _number_in(0.0, 3600.0), 30.0),
         trend_every_s=t.get("trend_every_s", _number_in(0.1, 3600.0), 10.0),
         free_volume_l=volume, pressure_channel=pressure, temperature_channel=temperature)

@@ -8,7 +8,8 @@ power loss interrupted (``Controller.recover``), then starts the batch it was as
 Output: one line per event for the journal, or JSON lines with ``--json`` (what the HIL rig
 reads): ``{"type": "ready"|"event"|"status"|"reply"|"exit", ...}``. Commands, one JSON object per
 line on stdin with ``--commands stdin``: ``{"cmd": "hold"|"resume"|"abort"|"skip"}``, and
-``{"cmd": "mass_out", "kg": 24.8}`` (the product weighed at unloading, for the batch record).
+``{"cmd": "record_mass", "mass_out_kg": 24.8}`` (the product weighed at unloading, for the batch record;
+the same as the MQTT ``record_mass`` command, whose ``batch_id`` is optional here: the current batch).
 
 **The batch record** (``edge.batch.record``): every scan, the meters' counter readings and the
 controller's events go into the record of the running batch in ``STATE_DIR/batches/ID/``; the
@@ -202,7 +203,7 @@ def _finite(value: Any) -> Any:
 class Commands:
     """Operator commands as JSON lines on stdin, read without blocking the scan."""
 
-    VERBS = ("hold", "resume", "abort", "skip", "mass_out")
+    VERBS = ("hold", "resume", "abort", "skip", "record_mass")
 
     def __init__(self, stream: TextIO) -> None:
         self.fd = stream.fileno()
@@ -249,11 +250,13 @@ def execute(ctl: Controller, cmd: dict[str, Any], recorder: BatchRecorder | None
             ctl.resume()
         elif verb == "abort":
             ctl.abort(str(cmd.get("reason", "operator abort")))
-        elif verb == "mass_out":
-            if recorder is None:
-                return False, "no batch record here"
-            recorder.set_mass_out(cmd.get("kg"), ctl.wall_clock())  # type: ignore[arg-type]  # checked there
-            return True, f"mass out {cmd.get('kg')} kg recorded"
+        elif verb == "record_mass":
+            body = recorder.body if recorder is not None else None
+            if recorder is None or body is None or cmd.get("batch_id", body["batch_id"]) != body["batch_id"]:
+                return False, f"batch {cmd.get('batch_id')} is not this station's current batch record"
+            recorder.set_mass_out(cmd.get("mass_out_kg"), ctl.wall_clock())  # type: ignore[arg-type]  # checked there
+            ctl.emit(ctl.now_s(), "operator", f"mass out of batch {body['batch_id']}: {cmd.get('mass_out_kg')} kg")
+            return True, f"mass out {cmd.get('mass_out_kg')} kg recorded"
         else:
             ctl.skip()
     except (BatchRejected, RuntimeError, ValueError) as exc:
@@ -360,9 +363,11 @@ def run(opts: RunOptions) -> int:
     with Core(spec) as core, contextlib.ExitStack() as instruments:
         scale = binding.time_scale if binding is not None else 1.0
         save_every_s = SAVE_EVERY_S if binding is None else max(SAVE_EVERY_S / scale, 0.05)
+        # the record's periodic save is not scaled on the rig: a continued record needs only its counters' state
+        # (the meters count through an outage), and phase changes and trips are written at once anyway
         devices = Devices(BatchRecorder(opts.state_dir, station, site=opts.site or station.identity.site,
                                         station_id=opts.station_id or station.identity.station_id,
-                                        config=station.accounting, say=_say, save_every_s=save_every_s))
+                                        config=station.accounting, say=_say, save_every_s=SAVE_EVERY_S))
         meters: list[tuple[str, ModbusConfig]] = []
         for name, inst in station.instruments.items():
             if binding is not None and name in binding.serial:
@@ -393,6 +398,7 @@ def run(opts: RunOptions) -> int:
 
         ctl = Controller(core, station, state_path=opts.state_dir / "run-state.json", wall_clock=clock,
                          save_every_s=save_every_s)
+        ctl.batch_id_check = devices.recorder.id_in_use     # one record per batch id, ever
         publisher = None
         if mqtt_settings is not None:
             logging.getLogger("edge.telemetry.session").addHandler(logging.NullHandler())  # _session_event says it
@@ -405,6 +411,7 @@ def run(opts: RunOptions) -> int:
             reporter.write("event", f"{core.restored_trips} latched trip(s) restored from {spec.latch_file}: "
                            f"{', '.join(tripped)}", t_s=ctl.now_s(), kind="recovery", data={"rules": tripped})
         recovered = ctl.recover()
+        devices.recorder.close_orphans(ctl)      # open records of batches that were not recovered
         if recipe is not None:
             if ctl.sequencer is not None and ctl.sequencer.running:
                 reporter.write("event", f"not starting {opts.recipe}: batch {ctl.batch.get('id')} was recovered",
@@ -446,12 +453,13 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
     while not stop.is_set():
         ctl.step()
         notifier.watchdog()
-        devices.recorder.scan(ctl, devices.counter_samples())
         if publisher is not None:
             for answered in publisher.scan(ctl):     # MQTT commands run here, then everything new is put
                 r = answered.reply
                 reporter.write("reply", r["message"], cmd=r["verb"], accepted=answered.accepted, code=r["code"],
                                command_id=r["command_id"], source="mqtt", t_s=ctl.now_s())
+        # after the commands (their events are the record's too); the publisher sends it at its next scan
+        devices.recorder.scan(ctl, devices.counter_samples())
         for e in ctl.events[sent:]:
             reporter.event(e)
         sent = len(ctl.events)

@@ -248,7 +248,9 @@ def test_a_damaged_record_is_detected_and_kept_aside(station: Station) -> None:
 # ---- the counter arithmetic ----
 
 def tracker(**kw: float) -> CounterTracker:
-    return CounterTracker("h2", "m.total_nl", "NL", gap_s=kw.pop("gap_s", 100.0), max_rate=kw.pop("max_rate", 10.0))
+    t = CounterTracker("h2", "m.total_nl", "NL", gap_s=kw.pop("gap_s", 100.0), max_rate=kw.pop("max_rate", 10.0))
+    t.open_window(kw.pop("start", 0.0))
+    return t
 
 
 def test_counter_roll_over_reset_jump_and_noise() -> None:
@@ -256,14 +258,37 @@ def test_counter_roll_over_reset_jump_and_noise() -> None:
     for time_s, value in ((0, WRAP_NL - 5.0), (10, WRAP_NL - 1.0), (20, 3.0), (30, 2.9999999)):
         t.add(time_s, value, WRAP_NL)
     assert t.rollovers == 1 and t.total == pytest.approx(8.0) and not t.broken    # float noise is not a reset
-    t.add(40, 1.0, WRAP_NL)          # a fall that no plausible roll-over explains: a reset
+    t.add(40, 1.0, WRAP_NL)          # a fall from the lower half: no roll-over explains it, a reset
     assert t.broken and "reset" in t.notes[-1] and t.total == pytest.approx(8.0)
     t.add(50, 5000.0, WRAP_NL)       # 4999 NL in 10 s at most 10 NL/s: a glitch, left out
     assert "jumped" in t.notes[-1] and t.total == pytest.approx(8.0)
-    t.add(45, 9999.0, WRAP_NL)       # older than the last reading: ignored
-    assert t.last is not None and t.last.value == 5000.0
-    q = t.quantity(0.0, 50.0)
+    t.add(45, 9999.0, WRAP_NL)       # a reading stamped before the last one: the clock went back
+    assert "clock went backwards" in t.notes[-1] and t.last is not None and t.last.value == 9999.0
+    q = t.quantity(0.0, 45.0)
     assert q["complete"] is False and q["value"] == pytest.approx(8.0) and q["rollovers"] == 1
+
+
+def test_without_a_rate_a_reset_is_never_taken_for_a_roll_over() -> None:
+    t = tracker(max_rate=math.inf)
+    t.add(0.0, 1240.0, WRAP_NL)
+    t.add(60.0, 0.0, WRAP_NL)        # the totaliser was cleared: not 4.29 million NL
+    assert t.rollovers == 0 and t.total == 0.0 and t.broken and "reset" in t.notes[0]
+
+
+def test_a_counter_that_may_have_wrapped_twice_is_incomplete() -> None:
+    t = tracker(max_rate=10.0, gap_s=5000.0)
+    t.add(0.0, 100.0, 6553.6)        # a uint16 totaliser in 0.1 NL: it wraps at 6553.6 NL
+    t.add(1000.0, 200.0, 6553.6)     # 1000 s at up to 10 NL/s: 100 NL, or 6653.6, or 13207.2...
+    assert t.broken and "more than once" in t.notes[0]
+
+
+def test_a_device_fault_in_the_batch_makes_the_figure_incomplete() -> None:
+    t = tracker()
+    t.add(0.0, 1.0)
+    t.add(10.0, math.nan)            # the meter's status word said fault: its count then is not trusted
+    t.add(20.0, 2.0)
+    q = t.quantity(0.0, 20.0)
+    assert q["value"] == 1.0 and q["complete"] is False and "device fault" in q["notes"][0]
 
 
 def test_counter_gaps_start_and_end() -> None:
@@ -285,14 +310,25 @@ def test_counter_gaps_start_and_end() -> None:
     assert tracker().quantity(0.0, 10.0)["value"] is None   # never read: unknown, not zero
 
 
-def test_rebase_keeps_a_recent_reading_as_the_baseline() -> None:
-    t = tracker(gap_s=100.0)
+def test_the_batch_takes_its_share_of_the_intervals_at_its_start_and_end() -> None:
+    t = CounterTracker("energy", "m.energy_kwh", "kWh", gap_s=100.0, max_rate=1.0)
     t.add(0.0, 1.0)
-    t.add(950.0, 7.0)
-    t.rebase(1000.0)
+    t.add(950.0, 7.0)                # before the batch: nothing counts
+    t.open_window(1000.0)
     assert t.first is not None and t.first.value == 7.0 and t.total == 0.0
-    t.rebase(2000.0)                 # the last reading is too old to stand for the start
-    assert t.first is None and t.readings == 0
+    t.add(1050.0, 8.0)               # half of this interval is the batch's
+    assert t.total == pytest.approx(0.5)
+    t.close_window(1100.0)
+    t.add(1150.0, 10.0)              # and half of this one
+    assert t.total == pytest.approx(1.5) and not t.broken
+    t.add(1200.0, 20.0)              # after the end: nothing
+    assert t.total == pytest.approx(1.5)
+    assert t.quantity(1000.0, 1100.0)["complete"] is True
+    late = CounterTracker("energy", "m.energy_kwh", "kWh", gap_s=100.0, max_rate=1.0)
+    late.add(0.0, 1.0)
+    late.open_window(1000.0)          # the last reading is 1000 s before the start
+    late.add(1100.0, 2.0)             # its split of 1100 s across the start is only an estimate
+    assert late.broken and "across the batch's start" in late.notes[0]
 
 
 # ---- the station file ----
@@ -318,6 +354,10 @@ def write_station(tmp_path: pathlib.Path, accounting: str) -> pathlib.Path:
     ("gap = 10", "accounting.gap", "gap_s"),
     ('free_volume_l = 200\npressure_channel = "chamber_presure"', "accounting.pressure_channel",
      "chamber_pressure"),
+    ('energy = "heater_meter.energy_kwh"\nh2 = "heater_meter.energy_kwh"', "accounting.h2", "counts kWh"),
+    ('h2 = "h2_meter.total_nl"\nar = "h2_meter.total_nl"', "accounting.ar", "already the h2 meter"),
+    ('h2 = "h2_meter.total_nl"', "accounting.max_rate_per_h", "reset cannot be told from a roll-over"),
+    ('energy = "heater_meter.energy_kwh"\ngap_s = 1', "accounting.gap_s", "less than three polls"),
 ])
 def test_accounting_section_errors_name_the_key(tmp_path: pathlib.Path, accounting: str, where: str,
                                                 says: str) -> None:
@@ -333,3 +373,99 @@ def test_the_example_stations_account_their_meters() -> None:
     sinter = load_station(ROOT / "stations" / "sintering_furnace_sim.toml").accounting
     assert sinter.energy == "heater_meter.energy_kwh" and sinter.h2 is None and dict(sinter.heater_rated_kw) == {
         "heater": 60.0}
+
+
+def test_the_operator_records_the_mass_out_on_the_controllers_stdin(station: Station) -> None:
+    from edge.run import execute
+
+    st = station
+    assert execute(st.ctl, {"cmd": "record_mass", "mass_out_kg": 25.0}, st.recorder)[0] is False   # no batch yet
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-7", mass_in_kg=25.0)
+    st.scan()
+    ok, reason = execute(st.ctl, {"cmd": "record_mass", "mass_out_kg": "heavy"}, st.recorder)
+    assert not ok and "mass out must be a number" in reason
+    ok, reason = execute(st.ctl, {"cmd": "record_mass", "batch_id": "hd-rec-0", "mass_out_kg": 24.0}, st.recorder)
+    assert not ok and "not this station's current batch" in reason
+    assert st.recorder.body is not None and st.recorder.body["product"]["mass_out_kg"] is None   # nothing changed
+    assert execute(st.ctl, {"cmd": "record_mass", "mass_out_kg": 24.0}, st.recorder) == (
+        True, "mass out 24.0 kg recorded")
+    assert st.recorder.body["product"] == {"mass_out_kg": 24.0, "yield_pct": 96.0}
+
+
+def test_a_finished_records_figures_are_fixed_at_its_end(station: Station, tmp_path: pathlib.Path) -> None:
+    st = station
+    st.ctl.batch_id_check = st.recorder.id_in_use
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-8", mass_in_kg=25.0)
+    st.rig.run_until(lambda: False, 600, st.scan)
+    st.ctl.abort("test")
+    end = run_batch_rest(st)
+    st.rig.run_until(lambda: False, 3600, st.scan)              # the meters go on counting after the end
+    st.recorder.set_mass_out(24.0, st.ctl.wall_clock())
+    amended = st.recorder.current
+    assert amended is not None and amended["revision"] == 2 and amended["accounting"] == end["accounting"]
+    # a restart after the end: the stored record is taken as it is, figures and all
+    rec = recorder(tmp_path)
+    rec.scan(st.ctl)
+    assert rec.current is not None and rec.current["accounting"] == end["accounting"]
+    rec.set_mass_out(24.5, st.ctl.wall_clock())
+    assert rec.current["revision"] == 3 and rec.current["accounting"] == end["accounting"]
+    # and the id is spent: a new batch must have its own
+    with pytest.raises(BatchRejected, match="has a record already"):
+        st.ctl.start_batch(RECIPE, batch_id="hd-rec-8")
+
+
+def test_a_new_batch_before_the_last_ones_end_readings_finishes_that_record(station: Station) -> None:
+    st = station
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-9", mass_in_kg=25.0)
+    st.rig.run_until(lambda: False, 300, st.scan)
+    st.ctl.abort("test")
+    st.meters.silent.update({"heater_meter", "h2_meter", "ar_meter"})      # no end readings come
+    assert st.rig.run_until(lambda: st.recorder.closing, 3600, st.scan)
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-10", mass_in_kg=25.0)
+    st.scan()
+    first = read_record(batch_dir(st.recorder.state_dir, "hd-rec-9"))["body"]
+    assert first["record"] == "end" and first["accounting"]["complete"] is False
+    assert st.recorder.body is not None and st.recorder.body["batch_id"] == "hd-rec-10"
+
+
+def test_the_record_survives_a_disk_that_refuses_writes(station: Station, tmp_path: pathlib.Path) -> None:
+    st = station
+    said: list[str] = []
+    st.recorder.say = said.append
+    (tmp_path / "batches").write_text("not a folder")       # every write of the record fails
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-11", mass_in_kg=25.0)
+    st.rig.run_until(lambda: False, 600, st.scan)          # the control goes on: no exception out of scan()
+    assert st.ctl.sequencer is not None and st.ctl.sequencer.running
+    assert len([m for m in said if "NotADirectoryError" in m or "FileExistsError" in m]) == 1, said
+    with pytest.raises(ValueError, match="could not be written"):
+        st.recorder.set_mass_out(20.0, st.ctl.wall_clock())
+    (tmp_path / "batches").unlink()                          # the disk is fixed
+    st.rig.run_until(lambda: False, 600, st.scan)
+    assert read_record(batch_dir(tmp_path, "hd-rec-11"))["body"]["record"] == "open"
+    assert any("written again" in m for m in said)
+
+
+def test_an_open_record_without_its_batch_is_closed_as_incomplete(station: Station, tmp_path: pathlib.Path) -> None:
+    st = station
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-12", mass_in_kg=25.0)
+    st.rig.run_until(lambda: False, 600, st.scan)          # then the run state is lost: nobody recovers it
+    ctl = controller(st.rig, tmp_path / "other")
+    rec = recorder(tmp_path)
+    assert rec.close_orphans(ctl) == ["hd-rec-12"]
+    body = read_record(batch_dir(tmp_path, "hd-rec-12"))["body"]
+    assert (body["record"], body["outcome"], body["accounting"]["complete"]) == ("end", "aborted", False)
+    assert "run state was lost" in body["reason"]
+    assert rec.close_orphans(ctl) == []                      # once
+
+
+def test_a_meter_channel_must_outlive_two_polls(tmp_path: pathlib.Path) -> None:
+    text = (ROOT / "stations" / "hd_reactor_sim.toml").read_text()
+    slow = text.replace('poll_ms = 500\nchannels = { power_w = "heater_power" }',
+                        'poll_ms = 4000\nchannels = { power_w = "heater_power" }')
+    assert slow != text
+    path = tmp_path / "station.toml"
+    path.write_text(slow)
+    with pytest.raises(ConfigError, match=r"instruments\.heater_meter\.channels\.power_w: 'heater_power' has "
+                                          r"max_age_ms 5000, less than two polls"):
+        load_station(path)
+

@@ -72,6 +72,9 @@ class Recorder:
     def reset(self, rule: str | None) -> None:
         self._do("reset", rule)
 
+    def record_mass(self, batch_id: str, mass_out_kg: float) -> None:
+        self._do("record_mass", (batch_id, mass_out_kg))
+
 
 def command(verb: str, args: dict[str, Any] | None = None, *, issuer: str | None = SCADA, issued_ns: int = NOW,
             command_id: str | None = None, **extra: Any) -> bytes:
@@ -385,7 +388,7 @@ def test_reset_the_core_refuses_is_rejected_and_changes_nothing(ledger: CommandL
 
 def test_the_example_station_declares_roles() -> None:
     station = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
-    assert station.commands.verbs_for("scada-hd") == {"start", "hold", "resume", "abort", "ack_alarm"}
+    assert station.commands.verbs_for("scada-hd") == {"start", "hold", "resume", "abort", "ack_alarm", "record_mass"}
     assert station.commands.verbs_for("nobody") == frozenset()
 
 

@@ -104,6 +104,12 @@ class Script(threading.Thread):
             self.replies["resume"] = reply(w, send(w, "resume", "scada-hd"))
             assert w.wait(lambda w: "purge" in phases(w), WAIT_S), "no purge phase event"
             self.replies["abort"] = reply(w, send(w, "abort", "scada-hd", reason="MQTT test abort"))
+            assert w.wait(lambda w: any(e.body["record"] == "end" for e in envelopes(w, "batch")), WAIT_S), \
+                "no end record"
+            self.replies["mass_other"] = reply(w, send(w, "record_mass", "scada-hd", batch_id="another-batch",
+                                                       mass_out_kg=24.9))
+            self.replies["mass"] = reply(w, send(w, "record_mass", "scada-hd", batch_id="mqtt-test",
+                                                 mass_out_kg=24.9))
         except BaseException:
             self.error = traceback.format_exc()
 
@@ -137,24 +143,29 @@ def test_controller_publishes_every_message_and_obeys_mqtt_commands(tmp_path: pa
         assert "remote reset" in r["reset"]["message"]
         audit = [e.body for e in envelopes(watch, "event") if e.body.get("kind") == "command"]
         assert [(a["verb"], a["result"]) for a in audit] == [
-            ("reset", "rejected"), ("hold", "accepted"), ("resume", "accepted"), ("abort", "accepted")]
+            ("reset", "rejected"), ("hold", "accepted"), ("resume", "accepted"), ("abort", "accepted"),
+            ("record_mass", "rejected"), ("record_mass", "accepted")]
+        assert r["mass_other"]["code"] == "invalid" and "not this station's current batch" in r["mass_other"]["message"]
         operator = [e.body["message"] for e in envelopes(watch, "event") if e.body.get("kind") == "operator_action"]
-        assert operator == ["hold: MQTT test hold", "resume", "abort: MQTT test abort"]
+        assert operator == ["hold: MQTT test hold", "resume", "abort: MQTT test abort",
+                            "mass out of batch mqtt-test: 24.9 kg"]
 
         # the sequence as events, and the state that followed it
         seen = phases(watch)
         assert seen[:3] == ["load_check", "leak_test", "purge"] and seen[-1] == "aborted", seen
         assert last_state(watch)["run"] == "aborted"
 
-        # batch records: start, and end with the outcome
-        start, end = (e.body for e in envelopes(watch, "batch"))
+        # batch records: start, end with the outcome, and the end amended with the mass out (revision 2)
+        start, end, amended = (e.body for e in envelopes(watch, "batch"))
+        assert (amended["record"], amended["revision"], amended["product"]["mass_out_kg"]) == ("end", 2, 24.9)
+        assert amended["phases"] == end["phases"] and amended["accounting"] == end["accounting"]
         assert (start["record"], start["batch_id"], start["process"]) == ("start", "mqtt-test", "hd")
         assert (end["record"], end["outcome"], end["reason"]) == ("end", "aborted", "MQTT test abort")
         assert end["accounting"]["trips"] == 0 and end["revision"] == 1
         recorded = [p["phase"] for p in end["phases"]]
         assert recorded[:3] == ["load_check", "leak_test", "purge"] and "aborting" in recorded, recorded
         assert end["phases"][1]["duration_s"] > 0
-        assert [e["message"] for e in end["events"] if e["kind"] == "operator"] == operator
+        assert [e["message"] for e in end["events"] if e["kind"] == "operator"] == operator[:3]
 
         # telemetry: windows tile the core's ticks from its first one, none missing
         windows = [e.body["window"] for e in envelopes(watch, "telemetry")]

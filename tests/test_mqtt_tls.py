@@ -278,6 +278,9 @@ class Held:
     def reset(self, rule: str | None) -> None:
         raise AssertionError("the reset must never get through")
 
+    def record_mass(self, batch_id: str, mass_out_kg: float) -> None:
+        raise AssertionError("no record_mass was sent")
+
 
 def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: PlantBroker, outbox: Outbox,
                                                                          tmp_path: pathlib.Path) -> None:

@@ -601,9 +601,20 @@ def test_csv_heater_model_stands_in_for_a_missing_energy_meter(tmp_path: pathlib
     export.export_csv([tmp_path / "batches" / "HD-20261129-01"], buf)  # a batch folder is accepted too
     rows = rows_of(buf.getvalue())
     e = amount(rows, "HD-20261129-01", "electricity")
-    assert (float(e["amount"]), e["basis"], e["complete"]) == (176.9, "heater model", "true")
+    # an estimate, so never "complete": an LCA must not take it for a measurement
+    assert (float(e["amount"]), e["basis"], e["complete"]) == (176.9, "heater model (estimate)", "false")
     co2 = amount(rows, "HD-20261129-01", "co2e")  # the record has none without metered energy: none invented
     assert (co2["amount"], co2["complete"], co2["basis"]) == ("", "false", "grid factor 0.412 kg/kWh")
+
+
+def test_csv_a_configured_meter_that_never_answered_is_not_replaced_by_the_model(tmp_path: pathlib.Path) -> None:
+    body = hd_body()
+    body["accounting"]["meters"]["energy"].update(value=None, complete=False, readings=0)
+    write_batch(tmp_path, body, None)
+    buf = io.StringIO()
+    export.export_csv([tmp_path], buf)
+    e = amount(rows_of(buf.getvalue()), "HD-20261129-01", "electricity")
+    assert (e["amount"], e["basis"], e["complete"]) == ("", "meter never answered", "false")
 
 
 def test_csv_open_records_only_when_asked(three_batches: tuple[pathlib.Path, pathlib.Path]) -> None:
@@ -614,6 +625,8 @@ def test_csv_open_records_only_when_asked(three_batches: tuple[pathlib.Path, pat
     running = [r for r in rows if r["batch_id"] == "HD-20261130-01"]
     assert running and all(r["ended"] == "" and r["outcome"] == "running" for r in running)
     assert amount(rows, "HD-20261130-01", "NdFeB HD powder")["amount"] == ""
+    metered = [r for r in running if r["flow"] in ("electricity", "hydrogen", "argon")]
+    assert metered and all(r["complete"] == "false" for r in metered)   # figures so far: never complete
     assert [r["batch_id"] for r in rows][-1] == "HD-20261130-01"  # in order of start
 
 

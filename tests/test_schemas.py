@@ -170,3 +170,10 @@ def test_a_command_is_addressed_by_its_sender_and_needs_no_issuer() -> None:
     del example["issuer"]
     assert schemas.errors(example, example["schema"]) == []
     assert schemas.errors({**example, "issuer": ""}, example["schema"])   # present, it must be a name
+
+
+def test_the_verbs_of_replies_and_events_are_the_stations_verbs() -> None:
+    envelope = json.loads((SCHEMAS / "envelope.json").read_text())
+    assert envelope["$defs"]["verb"]["enum"] == list(VERBS)
+    assert ASYNCAPI["components"]["parameters"]["verb"]["enum"] == list(VERBS)
+

@@ -5,20 +5,28 @@ the batch's start and its end, summed reading by reading. Counting deltas of a t
 integrating a power or flow reading, is what makes the figure right when polls are missed: a meter that
 was silent for ten minutes and answers again has counted those ten minutes itself.
 
-Each reading after the first adds ``value - previous``:
+A tracker follows its counter all the time; the batch is a window ``[start, end]`` on it. Each reading
+after the first gives ``delta = value - previous``, and the part of the interval between the two
+readings that lies inside the window counts (linearly: the reading before the start and the first one
+after it share the interval at the start, and likewise at the end, so no poll period is counted twice
+or lost). The delta is judged first:
 
-- a fall of more than ``NOISE`` with a known ``rollover`` modulus (a uint32 totaliser) is a roll-over when
-  ``delta + rollover`` is plausible: it is added and counted;
-- any other fall is a reset (a replaced meter, a cleared counter): what was used across it is unknown, so
-  the figure becomes **incomplete** (a lower bound), and counting goes on from the new value;
+- a fall with a known ``rollover`` modulus (a uint32 totaliser) is a roll-over only when the previous
+  reading was in the counter's upper half, the new one in its lower half, and ``delta + rollover`` is
+  plausible: it is added and counted. A counter that can wrap more than once between two readings
+  (``max_rate x dt >= rollover``) leaves the figure incomplete;
+- any other fall beyond float noise is a reset (a replaced meter, a cleared counter): what was used
+  across it is unknown, so the figure becomes **incomplete** (a lower bound), and counting goes on
+  from the new value;
 - a rise faster than the meter's plausible maximum (``max_rate``, e.g. the heater's rated power with
-  margin) is not believed: it is left out and the figure becomes incomplete, never silently high either.
+  margin) is not believed: it is left out and the figure becomes incomplete, never silently high.
 
-Gaps: two readings further apart than ``gap_s`` are a gap, recorded with its times. The totaliser
-bridges it, so a gap in the middle keeps the figure complete; it is still shown, because it is where the
-live value (the core's channel) was missing. A meter with no reading near the batch's start (the baseline)
-or none at or after its end is different: the consumption before the first or after the last reading is
-unknown, the figure is **incomplete**, and the record says why.
+Gaps: two readings further apart than ``gap_s`` are a gap, recorded with its times. Inside the window
+the totaliser bridges it, so the figure stays complete (the gap is listed: that is where the live value
+was missing). A gap across the start or the end is different: the split of that interval is only an
+estimate, and so is the figure (**incomplete**). So is a figure without a reading near the start or at
+or after the end, one whose meter reported a device fault (a NaN reading: what it counted then is not
+trusted), and one across a clock that went backwards. The record says why, each time.
 
 All times are unix seconds on the controller's wall clock seam (the plant's clock on the HIL rig).
 """
@@ -70,56 +78,96 @@ class Reading:
 
 @dataclass
 class CounterTracker:
-    """One totaliser (``source`` = ``instrument.measurement``) through one batch."""
+    """One totaliser (``source`` = ``instrument.measurement``), followed all the time; the batch is its window."""
 
     name: str                  # energy | h2 | ar | cooling_water
     source: str
     unit: str                  # kWh | NL | L
     gap_s: float               # readings further apart than this: a gap
     max_rate: float = math.inf  # unit per second, the most the meter can plausibly count
+    start: float | None = None  # the window (the batch); None: no batch, nothing counts
+    end: float | None = None
     total: float = 0.0
-    readings: int = 0
+    readings: int = 0          # readings inside the window
     rollovers: int = 0
-    first: Reading | None = None
-    last: Reading | None = None
+    first: Reading | None = None   # the reading the window's figure starts from
+    last: Reading | None = None    # the latest reading, in or out of the window
     gaps: list[tuple[float, float]] = field(default_factory=list)
     gaps_unlisted: int = 0
     notes: list[str] = field(default_factory=list)
-    broken: bool = False       # a reset or an implausible jump: the total is a lower bound
+    broken: bool = False       # the total is a lower bound (or an estimate): the record says why
+
+    def open_window(self, start: float) -> None:
+        """A batch starts at ``start``: count from the last reading before it (interpolated to the start)."""
+        self.start, self.end = start, None
+        self.total, self.readings, self.rollovers, self.broken = 0.0, 0, 0, False
+        self.gaps, self.gaps_unlisted, self.notes = [], 0, []
+        self.first = self.last            # before the start: shares the interval to the next reading
+        self.readings = 1 if self.last is not None and self.last.t >= start else 0
+
+    def close_window(self, end: float) -> None:
+        """The batch ended at ``end``: a reading after it still counts its share up to the end."""
+        self.end = end
+
+    def _inside(self, t: float) -> bool:
+        return self.start is not None and t >= self.start and (self.end is None or t <= self.end)
 
     def add(self, t: float, value: float, rollover: float | None = None) -> None:
-        """One good reading of the counter (in order; an older one than the last is ignored)."""
-        if not math.isfinite(value):
-            return
+        """One reading of the counter; NaN: the meter reported a device fault at ``t``."""
         last = self.last
+        if not math.isfinite(value):
+            if self._inside(t):
+                self._break("the meter reported a device fault: what it counted then is not trusted")
+            return
         if last is not None and t < last.t:
+            if self._inside(last.t) or self._inside(t):
+                self._break("the clock went backwards between two readings: what was used then is unknown")
+            self.last = Reading(t, value)
             return
-        self.readings += 1
+        self.last = Reading(t, value)
         if last is None:
-            self.first = self.last = Reading(t, value)
+            if self._inside(t):
+                self.first = Reading(t, value)
+                self.readings += 1
             return
+        if self.start is None or t <= self.start or (self.end is not None and last.t >= self.end):
+            return                                     # wholly outside the window
+        if self.first is None:
+            self.first = last
         dt = t - last.t
+        lo, hi = max(last.t, self.start), min(t, self.end if self.end is not None else t)
+        share = (hi - lo) / dt if dt > 0 else 1.0
+        delta = self._delta(last, value, dt, rollover)
         if dt > self.gap_s:
-            self._gap(last.t, t)
+            self._gap(lo, hi)
+            if share < 1.0:
+                self._break(f"no reading for {dt:.0f} s across the batch's "
+                            f"{'start' if last.t < self.start else 'end'}: its share of that interval is estimated")
+        self.total += max(delta, 0.0) * share
+        if self._inside(t):
+            self.readings += 1
+
+    def _delta(self, last: Reading, value: float, dt: float, rollover: float | None) -> float:
         delta = value - last.value
         slack = NOISE * max(abs(value), abs(last.value), 1.0)
         allowed = self.max_rate * max(dt, 0.0) + slack
+        # (a wrapping counter without a max rate cannot be judged here: the station file requires one)
+        if rollover is not None and rollover > 0 and math.isfinite(self.max_rate) and self.max_rate * dt >= rollover:
+            self._break(f"{dt:.0f} s between readings: the counter may have wrapped more than once")
         if delta < -slack:
-            if rollover is not None and rollover > 0 and 0 <= delta + rollover <= allowed:
-                delta += rollover
+            wrapped = delta + rollover if rollover is not None and rollover > 0 else math.nan
+            if (last.value >= 0.5 * rollover if rollover else False) and value < 0.5 * (rollover or 0.0) \
+                    and 0 <= wrapped <= allowed:
                 self.rollovers += 1
-            else:
-                self._note(f"counter went back from {last.value:g} to {value:g} {self.unit}: reset or replaced;"
-                           " what was used across it is unknown")
-                self.broken = True
-                delta = 0.0
-        elif delta > allowed:
-            self._note(f"counter jumped by {delta:g} {self.unit} in {dt:.0f} s (more than the plausible "
-                       f"{self.max_rate * 3600:g} {self.unit}/h): left out")
-            self.broken = True
-            delta = 0.0
-        self.total += max(delta, 0.0)
-        self.last = Reading(t, value)
+                return wrapped
+            self._break(f"counter went back from {last.value:g} to {value:g} {self.unit}: reset or replaced;"
+                        " what was used across it is unknown")
+            return 0.0
+        if delta > allowed:
+            self._break(f"counter jumped by {delta:g} {self.unit} in {dt:.0f} s (more than the plausible "
+                        f"{self.max_rate * 3600:g} {self.unit}/h): left out")
+            return 0.0
+        return delta
 
     def _gap(self, t0: float, t1: float) -> None:
         if len(self.gaps) < MAX_GAPS:
@@ -127,20 +175,10 @@ class CounterTracker:
         else:
             self.gaps_unlisted += 1
 
-    def _note(self, text: str) -> None:
-        if len(self.notes) < MAX_NOTES:
+    def _break(self, text: str) -> None:
+        self.broken = True
+        if len(self.notes) < MAX_NOTES and text not in self.notes:
             self.notes.append(text)
-
-    def rebase(self, t_start: float) -> None:
-        """The batch starts at ``t_start``: keep the last reading before it as the baseline when it is
-        recent enough, forget everything else."""
-        last = self.last if self.last is not None and t_start - self.last.t <= self.gap_s else None
-        self.total, self.readings, self.rollovers, self.broken = 0.0, 0, 0, False
-        self.gaps, self.gaps_unlisted, self.notes = [], 0, []
-        self.first = self.last = None
-        if last is not None:
-            self.first = self.last = Reading(last.t, last.value)
-            self.readings = 1
 
     def has_reading_after(self, t: float) -> bool:
         return self.last is not None and self.last.t >= t
@@ -166,31 +204,36 @@ class CounterTracker:
             gaps.append((self.last.t, t_end))
         if self.gaps_unlisted:
             notes.append(f"{self.gaps_unlisted} more gap(s) not listed")
+        last = self.last if self.last is not None and (t_end is None or self.last.t <= t_end + self.gap_s) else None
         return {"value": None if self.first is None else round(self.total, 6), "unit": self.unit,
                 "complete": complete, "source": self.source, "readings": self.readings,
                 "rollovers": self.rollovers,
                 "gaps": [{"from": a, "to": b, "duration_s": round(b - a, 3)} for a, b in gaps],
                 "first": None if self.first is None else {"t": self.first.t, "value": self.first.value},
-                "last": None if self.last is None else {"t": self.last.t, "value": self.last.value},
+                "last": None if last is None else {"t": last.t, "value": last.value},
                 "notes": notes}
 
     # ---- persistence (the record continues across a power loss) ----
 
     def snapshot(self) -> dict[str, Any]:
-        return {"total": self.total, "readings": self.readings, "rollovers": self.rollovers,
+        return {"start": self.start, "end": self.end, "total": self.total, "readings": self.readings,
+                "rollovers": self.rollovers,
                 "first": None if self.first is None else [self.first.t, self.first.value],
                 "last": None if self.last is None else [self.last.t, self.last.value],
                 "gaps": [list(g) for g in self.gaps], "gaps_unlisted": self.gaps_unlisted,
                 "notes": list(self.notes), "broken": self.broken}
 
     def restore(self, snap: dict[str, Any]) -> None:
+        """KeyError / TypeError / ValueError: not a snapshot of a tracker (the caller treats it as damage)."""
+        self.start = None if snap["start"] is None else float(snap["start"])
+        self.end = None if snap["end"] is None else float(snap["end"])
         self.total = float(snap["total"])
         self.readings = int(snap["readings"])
         self.rollovers = int(snap["rollovers"])
         self.first = None if snap["first"] is None else Reading(*map(float, snap["first"]))
         self.last = None if snap["last"] is None else Reading(*map(float, snap["last"]))
         self.gaps = [(float(a), float(b)) for a, b in snap["gaps"]]
-        self.gaps_unlisted = int(snap.get("gaps_unlisted", 0))
+        self.gaps_unlisted = int(snap["gaps_unlisted"])
         self.notes = [str(n) for n in snap["notes"]]
         self.broken = bool(snap["broken"])
 

@@ -90,14 +90,19 @@ def exchanges(body: dict[str, Any]) -> list[tuple[str, str, str, str, bool, str]
     feed_name, product_name = MATERIALS.get(str(body.get("process")), DEFAULT_MATERIALS)
     out: list[tuple[str, str, str, str, bool, str]] = []
 
+    finished = body.get("record") == "end"       # an open record's figures are so far: never complete
     energy = _dict(meters.get("energy"))
     model = acc.get("heater_model_kwh")
     if _finite(energy.get("value")):
-        e_basis, e_complete = "metered", energy.get("complete") is True
+        e_basis, e_complete = "metered", energy.get("complete") is True and finished
         out.append(("input", "electricity", plain_number(energy["value"]), "kWh", e_complete, e_basis))
-    elif _finite(model):
-        e_basis, e_complete = "heater model", True
+    elif _finite(model) and meters.get("energy") is None:
+        # no meter at all: the duty model is the only figure there is, and it is an estimate, not a measurement
+        e_basis, e_complete = "heater model (estimate)", False
         out.append(("input", "electricity", plain_number(model), "kWh", e_complete, e_basis))
+    elif meters.get("energy") is not None:
+        e_basis, e_complete = "meter never answered", False
+        out.append(("input", "electricity", "", "kWh", False, e_basis))
     else:
         e_basis, e_complete = "not metered", False
         out.append(("input", "electricity", "", "kWh", False, e_basis))
@@ -105,7 +110,7 @@ def exchanges(body: dict[str, Any]) -> list[tuple[str, str, str, str, bool, str]
         q = _dict(meters.get(key))
         if _finite(q.get("value")):
             out.append(("input", flow, plain_number(q["value"]), str(q.get("unit") or unit),
-                        q.get("complete") is True, "metered"))
+                        q.get("complete") is True and finished, "metered"))
         else:
             out.append(("input", flow, "", unit, False, "not metered"))
     mass_in = _dict(body.get("feed")).get("mass_in_kg")

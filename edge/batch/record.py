@@ -16,19 +16,27 @@ on the same thread) and keeps, for the batch the controller runs:
 
 **One record across a power loss.** The record is ``open`` until the sequence finishes. When the controller
 comes back and recovers the batch (``Controller.recover``), the recorder finds the open record of that
-batch id and continues it: the phase that was running is closed at the last save before the outage, the
-outage is listed in ``interruptions``, the meter trackers carry on from their saved state (the meters'
-own totalisers counted through the outage, so nothing consumed in it is lost), and the trend file goes on.
+batch id and continues it: the phase that was running is closed where the controller's run state was last
+saved, the outage is listed in ``interruptions``, the meter trackers carry on from their saved state (the
+meters' own totalisers counted through the outage, so nothing consumed in it is lost), and the trend file
+goes on. The recorder's own state is under the record's checksum: a damaged one is set aside, never trusted.
+An open record whose batch was not recovered (the run state was lost) is closed at start-up as aborted, its
+figures incomplete. A batch id names one record, ever: ``Controller.start_batch`` refuses a used one.
 
-**The end.** When the sequence reaches ``done`` or ``aborted`` the record waits (at most ``close_wait_s``)
-for a reading of every meter taken at or after the end: the last poll before the end does not include
-what was used after it. A meter that does not answer in that time leaves its figure incomplete. The record
-then becomes ``end`` (revision 1) and is what the publisher sends on the ``batch`` stream. A mass out weighed
-later (``set_mass_out``) amends it: revision 2, published again; consumers keep the highest revision.
+**The end.** When the sequence reaches ``done`` or ``aborted`` the meters' windows close at that instant and
+the record waits (at most ``close_wait_s``) for a reading of every meter taken at or after it: the share of
+the last poll interval that lies before the end counts, the rest does not. A meter that does not answer in
+that time leaves its figure incomplete. The record then becomes ``end`` (revision 1), its accounting fixed
+once and for all, and is what the publisher sends on the ``batch`` stream. A mass out weighed later
+(``set_mass_out``) amends it: revision 2, published again; consumers keep the highest revision.
+
+**The disk may refuse.** Every write may fail (full, read-only, a broken folder): the failure is reported
+once per streak and the write tried again at the next scan; the controller's scan never stops for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -40,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from edge.batch.accounting import AccountingConfig, CounterTracker, HeaterModel
+from edge.batch.accounting import AccountingConfig, CounterTracker
 from edge.telemetry.envelope import rfc3339_ms
 
 if TYPE_CHECKING:
@@ -55,6 +63,7 @@ BATCHES_DIR = "batches"
 MAX_EVENTS = 400          # per record; more are counted (the record goes out in one MQTT message)
 MAX_PHASES = 200
 MAX_INTERRUPTIONS = 50
+TREND_WRITE_S = 1.0       # wall seconds between appends of the buffered trend rows (fsync'd with the record)
 NL_PER_MOL = 22.414       # normal litres (0 degC, 1.01325 bar) per mole of ideal gas
 R = 8.314
 METERS = (("energy", "kWh"), ("h2", "NL"), ("ar", "NL"), ("cooling_water", "L"))
@@ -80,11 +89,10 @@ def _digest(doc: Mapping[str, Any]) -> str:
 
 def write_record(folder: pathlib.Path, body: dict[str, Any], trend: dict[str, Any],
                  local: dict[str, Any] | None = None) -> None:
-    """Atomically replace ``folder/record.json`` (``local``: the recorder's own state, not part of the record)."""
-    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "body": body, "trend": trend}
+    """Atomically replace ``folder/record.json``. ``local``: the recorder's own state (tracker totals, times),
+    under the same checksum: a continued record is only as right as that state."""
+    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "body": body, "trend": trend, "recorder": local}
     doc["sha256"] = _digest(doc)
-    if local is not None:
-        doc["recorder"] = local
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RECORD_FILE
     tmp = folder / f".{RECORD_FILE}.{os.getpid()}.tmp"
@@ -115,7 +123,7 @@ def read_record(folder: pathlib.Path) -> dict[str, Any]:
         raise RecordError(f"{path}: unreadable ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise RecordError(f"{path}: not a {FORMAT} version {VERSION} file")
-    checked = {k: doc.get(k) for k in ("format", "version", "body", "trend")}
+    checked = {k: doc.get(k) for k in ("format", "version", "body", "trend", "recorder")}
     if doc.get("sha256") != _digest(checked):
         raise RecordError(f"{path}: record damaged (its checksum does not match its content)")
     return doc
@@ -130,7 +138,10 @@ def _num(v: float | None, nd: int = 6) -> float | None:
 
 
 class BatchRecorder:
-    """Keeps the record of the controller's batch (module docstring). ``scan`` once per controller scan."""
+    """Keeps the record of the controller's batch (module docstring). ``scan`` once per controller scan.
+
+    Every file operation is allowed to fail (a full or read-only disk, a broken folder): the failure is
+    reported once per streak and tried again at the next scan; control never stops for the record."""
 
     def __init__(self, state_dir: pathlib.Path, station: Station, *, site: str, station_id: str,
                  config: AccountingConfig | None = None, say: Callable[[str], None] | None = None,
@@ -153,7 +164,7 @@ class BatchRecorder:
                                      max_rate=math.inf if rate is None else rate / 3600.0)
             self.trackers[meter] = tracker
             self._by_source[(inst, meas)] = tracker
-        self.heater = HeaterModel(dict(self.cfg.heater_rated_kw))
+        self._heater_kwh = 0.0                           # the controller's heater model of this batch
         self.body: dict[str, Any] | None = None
         self.folder: pathlib.Path | None = None
         self.channels = [c.name for c in station.core.channels]
@@ -162,18 +173,21 @@ class BatchRecorder:
                  station.core.channels}
         self.trend_meta = {"file": TREND_FILE, "units": {"setpoint_c": "degC", "heater_duty": "1", **units,
                                                          **dict.fromkeys(self.outputs, "level")}}
+        self.current: dict[str, Any] | None = None       # the body as last written (what is published)
         self._events_seen = 0
-        self._changes_phase_end: float | None = None     # unix time the sequence finished
+        self._end: float | None = None                   # unix time the sequence finished (waiting or ended)
+        self._started = 0.0                              # unix time the batch started
         self._last_duties: dict[str, float] = {}
         self._next_trend = -math.inf
         self._last_save = -math.inf
         self._dirty = False
         self._urgent = False                             # save at the next scan whatever the rate limit
-        self._started = 0.0                              # unix time the batch started
-        self._end: float | None = None                   # unix time it finished
         self._h2_absorbed: float | None = None
         self._trend_buf = io.StringIO()                  # rows not yet appended to trend.csv
-        self.current: dict[str, Any] | None = None       # the body as last written (what is published)
+        self._trend_ready = False                        # the trend file has its header
+        self._trend_written = -math.inf                  # monotonic time rows were last appended
+        self._unusable: set[str] = set()                 # batch ids without a record (reported once)
+        self._failing: str | None = None                 # the file error of the current streak
 
     # ---- input ----
 
@@ -189,29 +203,64 @@ class BatchRecorder:
         """The caller deleted the first ``n`` of ``ctl.events`` (all of them seen by a scan)."""
         self._events_seen = max(0, self._events_seen - n)
 
+    def id_in_use(self, batch_id: str) -> str | None:
+        """Why ``batch_id`` cannot name a new batch (it has a record already), or None."""
+        try:
+            folder = batch_dir(self.state_dir, batch_id)
+        except RecordError as exc:
+            return str(exc)
+        if (folder / RECORD_FILE).exists() or (self.body is not None and self.body["batch_id"] == batch_id):
+            return f"batch id {batch_id} has a record already ({folder}): give the new batch its own id"
+        return None
+
+    @property
+    def closing(self) -> bool:
+        """The sequence finished and the record waits for the meters' end readings."""
+        return self.body is not None and self.body["record"] == "open" and self._end is not None
+
     def scan(self, ctl: Controller, samples: Iterable[Any] = ()) -> None:
-        self.feed(ctl, samples)
+        try:
+            self._scan(ctl, samples)
+        except (OSError, ValueError) as exc:
+            self._io_failed(exc)
+
+    def _io_failed(self, exc: BaseException) -> None:
+        text = f"batch record: {type(exc).__name__}: {exc} (tried again at the next scan; control goes on)"
+        if text != self._failing:
+            self.say(text)
+        self._failing = text
+        self._dirty = True
+
+    def _scan(self, ctl: Controller, samples: Iterable[Any]) -> None:
         batch_id = str(ctl.batch.get("id") or "")
-        if batch_id and (self.body is None or self.body["batch_id"] != batch_id):
+        if batch_id and batch_id not in self._unusable and (self.body is None or self.body["batch_id"] != batch_id):
+            if self.closing:                   # a new batch before the last one's end readings came
+                self._finish(ctl, self._end or ctl.wall_clock())
             self._open(ctl, batch_id)
+        self.feed(ctl, samples)                # after the opening: this scan's readings belong to the new batch
         body = self.body
-        if body is None or body["record"] == "end":
-            self._events_seen = len(ctl.events)
+        if body is None:
             return
         now = ctl.wall_clock()
+        if body["record"] == "end":
+            self._events_seen = len(ctl.events)
+            if self._dirty:
+                self._save(now, force=True)    # a write that failed is tried again
+            return
         for e in ctl.events[self._events_seen:]:
             self._event(ctl, e, now)
         self._events_seen = len(ctl.events)
-        self.heater.update(ctl.now_s(), self._last_duties)
+        self._heater_kwh = ctl.heater_model.kwh
         self._last_duties = dict(ctl.last_duties)
         if now >= self._next_trend:
             self._trend_row(ctl, now)
             self._next_trend = now + self.cfg.trend_every_s
-        if self._changes_phase_end is not None:
-            end = self._changes_phase_end
-            waiting = [t for t in self.trackers.values() if not t.has_reading_after(end)]
-            if not waiting or now - end >= self.cfg.close_wait_s:
-                self._finish(ctl, end)
+        if time.monotonic() - self._trend_written >= TREND_WRITE_S:
+            self.flush_trend(sync=False)       # into the page cache: a killed process loses nothing of it
+        if self._end is not None:
+            waiting = [t for t in self.trackers.values() if not t.has_reading_after(self._end)]
+            if not waiting or now - self._end >= self.cfg.close_wait_s:
+                self._finish(ctl, self._end)
                 return
         self._save(now, force=False)
 
@@ -222,30 +271,30 @@ class BatchRecorder:
             folder = batch_dir(self.state_dir, batch_id)
         except RecordError as exc:
             self.say(f"batch record: {exc}; this batch has no local record")
+            self._unusable.add(batch_id)
             self.body, self.folder = None, None
             return
-        self.folder, self._events_seen = folder, len(ctl.events)
-        self._changes_phase_end = None
         now = ctl.wall_clock()
+        self.folder, self._end, self._trend_ready = folder, None, False
+        self._trend_buf = io.StringIO()
         if (folder / RECORD_FILE).exists():
             try:
                 doc = read_record(folder)
-            except RecordError as exc:
-                kept = folder / f"{RECORD_FILE}.damaged-{int(now)}"
-                os.replace(folder / RECORD_FILE, kept)
-                self.say(f"batch record: {exc}; kept as {kept.name}, a new record is started")
-            else:
                 self._continue(ctl, doc, now)
                 return
+            except (RecordError, KeyError, TypeError, ValueError) as exc:
+                kept = folder / f"{RECORD_FILE}.damaged-{int(time.time())}"
+                os.replace(folder / RECORD_FILE, kept)
+                self.say(f"batch record: {exc}; kept as {kept.name}, a new record is started (its figures"
+                         " cannot cover the time before)")
         self._new(ctl, batch_id, now)
 
     def _new(self, ctl: Controller, batch_id: str, now: float) -> None:
         assert ctl.recipe is not None
         started = float(ctl.batch.get("started_unix_s") or now)
         for tracker in self.trackers.values():
-            tracker.rebase(started)
-        self.heater.kwh = 0.0
-        self.heater.restart()
+            tracker.open_window(started)
+        self._heater_kwh = ctl.heater_model.kwh
         recipe = ctl.recipe
         feed_mass = ctl.batch.get("mass_in_kg")
         self.body = {
@@ -261,45 +310,57 @@ class BatchRecorder:
             "started": _ts(started), "ended": None, "duration_s": None, "outcome": "running", "reason": None,
             "phases": [], "events": [], "events_not_listed": 0, "interruptions": [], "accounting": {},
         }
-        self._started, self._end, self._h2_absorbed = started, None, None
-        seq = ctl.sequencer
-        if seq is not None:      # phases entered before this scan (the start enters the first at once)
-            for change in seq.changes:
+        self._started, self._h2_absorbed = started, None
+        # this batch's events from its start on (the first phase, anything in the first scan)
+        start = next((i for i in range(len(ctl.events) - 1, -1, -1) if ctl.events[i].kind == "batch"
+                      and dict(ctl.events[i].data.get("batch") or {}).get("id") == batch_id), None)
+        if start is not None:
+            self._events_seen = start + 1
+        else:                   # its start event is gone (trimmed): the phases from the sequence's own record
+            self._events_seen = len(ctl.events)
+            seq = ctl.sequencer
+            for change in seq.changes if seq is not None else ():
                 self._phase(change.phase, self._unix(ctl, change.t_s, now))
+                if seq is not None and change.phase in seq.FINAL:
+                    self._end = self._unix(ctl, change.t_s, now)
+                    self._close_windows()
         self._trend_header()
         self._dirty = True
         self._save(now, force=True)
 
     def _continue(self, ctl: Controller, doc: dict[str, Any], now: float) -> None:
-        body = doc["body"]
-        self.body = body
-        local = doc.get("recorder") or {}
-        self._started = float(local.get("started_unix", now))
-        self._h2_absorbed = local.get("h2_absorbed_nl")
-        self._end = local.get("end_unix")
-        self._changes_phase_end = local.get("closing_end_unix")
-        for phase, t in zip(body["phases"], local.get("phase_t", []), strict=False):
+        """The record of this batch id is on disk: a restart. KeyError & co: its state is damaged."""
+        body, local = doc["body"], doc["recorder"]
+        started, h2_absorbed = float(local["started_unix"]), local["h2_absorbed_nl"]
+        end, heater_kwh, saved = local["end_unix"], float(local["heater_model_kwh"]), float(local["saved_unix"])
+        phase_t = list(local["phase_t"])
+        snaps = dict(local["trackers"])
+        for meter, tracker in self.trackers.items():
+            if meter in snaps:
+                tracker.restore(snaps[meter])
+        self.body, self._started, self._h2_absorbed = body, started, h2_absorbed
+        self._end = None if end is None else float(end)
+        for phase, t in zip(body["phases"], phase_t, strict=False):
             phase["_t"] = t
-        self.current = self._public_body()
+        self._heater_kwh = heater_kwh     # until the next scan reads the recovered controller's
+        self._events_seen = 0            # this boot's events (the controller's recovery report) are the record's
         if body["record"] == "end":
-            return                          # finished before the restart: nothing more to add
-        for meter, snap in dict(local.get("trackers", {})).items():
-            if meter in self.trackers:
-                self.trackers[meter].restore(snap)
-        self.heater.kwh = float(local.get("heater_model_kwh", 0.0))
-        self.heater.restart()
-        saved = float(local.get("saved_unix", now))
+            self._events_seen = len(ctl.events)
+            self.current = self._public_body()
+            return
+        since = getattr(ctl, "outage_from_unix", None)
+        since = saved if since is None else max(min(float(since), now), started)
         if body["phases"] and body["phases"][-1]["ended"] is None:
-            self._close_phase(saved)
+            self._close_phase(since)
         if len(body["interruptions"]) < MAX_INTERRUPTIONS:
-            body["interruptions"].append({"from": _ts(saved), "to": _ts(now), "outage_s": round(now - saved, 3),
-                                          "message": "controller restarted (power loss or crash); batch recovered"})
-        # this boot's events so far (the controller's recovery report, a phase the recovery moved to) are the
-        # record's too; a batch resumed in place enters no phase, so its phase is opened again here
-        seq = ctl.sequencer
+            how = ("controller stopped and started again" if local.get("stopped")
+                   else "controller restarted after a power loss or a crash")
+            body["interruptions"].append({"from": _ts(since), "to": _ts(max(now, since)),
+                                          "outage_s": round(max(now - since, 0.0), 3),
+                                          "message": f"{how}; batch recovered"})
+        seq = ctl.sequencer           # a batch resumed in place enters no phase: open it again
         if seq is not None and seq.running and not any(e.kind == "phase" for e in ctl.events):
             self._phase(seq.phase, now)
-        self._events_seen = 0
         self._next_trend = -math.inf
         self._trend_header()
         self._dirty = True
@@ -318,13 +379,19 @@ class BatchRecorder:
                 self._note_h2_absorbed(ctl)
             self._phase(phase, t)
             seq = ctl.sequencer
-            if seq is not None and phase in seq.FINAL:
-                self._changes_phase_end = t
+            if seq is not None and phase in seq.FINAL and self._end is None:
+                self._end = t
+                self._close_windows()
         elif e.kind in RECORDED_KINDS:
             name = e.data.get("rule") or e.data.get("alarm") or e.data.get("output")
             if e.kind == "alarm" and e.data.get("state") not in (None, "raised"):
                 return        # raised alarms are the record's; clears and acks are in the event stream
             self._add_event(t, RECORDED_KINDS[e.kind], None if name is None else str(name), e.message)
+
+    def _close_windows(self) -> None:
+        assert self._end is not None
+        for tracker in self.trackers.values():
+            tracker.close_window(self._end)
 
     def _phase(self, phase: str, t: float) -> None:
         assert self.body is not None
@@ -360,7 +427,7 @@ class BatchRecorder:
             return
         r = ctl.readings()
         p_bar, t_c = r.get(self.cfg.pressure_channel, math.nan), r.get(self.cfg.temperature_channel, math.nan)
-        if not (math.isfinite(p_bar) and math.isfinite(t_c)):
+        if not (math.isfinite(p_bar) and math.isfinite(t_c) and p_bar >= 0.0 and t_c > -200.0):
             return
         gas_nl = p_bar * 1e5 * (vol / 1000.0) / (R * (t_c + 273.15)) * NL_PER_MOL
         self._h2_absorbed = max(tracker.total - gas_nl, 0.0)
@@ -391,7 +458,7 @@ class BatchRecorder:
         rated = sum(self.cfg.heater_rated_kw.values())
         return {
             "meters": meters,
-            "heater_model_kwh": _num(self.heater.kwh) if rated else None,
+            "heater_model_kwh": _num(self._heater_kwh) if rated else None,
             "heater_rated_kw": rated or None,
             "h2_absorbed_nl": _num(self._h2_absorbed),
             "grid_kg_co2e_per_kwh": factor,
@@ -399,74 +466,89 @@ class BatchRecorder:
             "per_kg": {"kwh": per_kg(kwh), "nl_h2": per_kg(meters["h2"] and meters["h2"]["value"]),
                        "nl_ar": per_kg(meters["ar"] and meters["ar"]["value"]), "kg_co2e": per_kg(co2)},
             "complete": any(q is not None for q in meters.values()) and all(
-            q["complete"] for q in meters.values() if q is not None),
+                q["complete"] for q in meters.values() if q is not None),
         }
 
     def _finish(self, ctl: Controller, end: float) -> None:
+        """The record becomes ``end``: its accounting is fixed here, once (later readings change nothing)."""
         body = self.body
         assert body is not None
         seq = ctl.sequencer
+        if body["phases"] and body["phases"][-1]["ended"] is None:
+            self._close_phase(end)
         body["record"], body["revision"] = "end", 1
         body["ended"], body["duration_s"] = _ts(end), round(max(end - self._started, 0.0), 3)
-        body["outcome"] = seq.phase if seq is not None and seq.finished else "aborted"
-        reason = seq.abort_reason if seq is not None and seq.phase == "aborted" else None
+        same = seq is not None and seq.finished and ctl.batch.get("id") == body["batch_id"]
+        body["outcome"] = seq.phase if same and seq is not None else "aborted"
+        reason = seq.abort_reason if same and seq is not None and seq.phase == "aborted" else (
+            None if same else "a new batch started before this one's end readings came")
         body["reason"] = None if reason is None else str(reason)[:1000]
-        now = ctl.wall_clock()
-        self._trend_row(ctl, now)
+        body["accounting"] = self._accounting(end)
         self._end = end
+        now = ctl.wall_clock()
+        with contextlib.suppress(OSError, ValueError):     # a last trend row; the record matters more
+            self._trend_row(ctl, now)
         self._dirty = True
         self._save(now, force=True)
         self.say(f"batch record {body['batch_id']}: {body['outcome']}, written to {self.folder}")
 
     def set_mass_out(self, kg: float, now: float) -> None:
-        """The product's mass, weighed at unloading (or later). Amends a finished record (a new revision)."""
+        """The product's mass, weighed at unloading (or later). Amends a finished record (a new revision).
+        ValueError for a bad mass, or when the amended record cannot be written (then nothing changed)."""
         body = self.body
         if body is None:
             raise ValueError("no batch record to add a mass to")
         if isinstance(kg, bool) or not isinstance(kg, int | float) or not math.isfinite(kg) or not 0 < kg <= 1e5:
             raise ValueError(f"mass out must be a number of kg above 0 and at most 100000, got {kg!r}")
+        before = (dict(body["product"]), body["revision"])
         body["product"]["mass_out_kg"] = float(kg)
         mass_in = body["feed"]["mass_in_kg"]
         body["product"]["yield_pct"] = None if not mass_in else round(100.0 * kg / mass_in, 3)
         if body["record"] == "end":
             body["revision"] += 1
         self._dirty = True
-        self._save(now, force=True)
+        if not self._save(now, force=True):
+            body["product"], body["revision"] = before
+            raise ValueError(f"the record could not be written ({self._failing}): mass out not recorded")
 
     # ---- files ----
 
     def _public_body(self) -> dict[str, Any]:
-        """The body as recorded and published (phases without the recorder's helper fields)."""
+        """The body as recorded and published: a finished record's accounting as fixed at its end."""
         assert self.body is not None
         out = dict(self.body)
         out["phases"] = [{k: v for k, v in p.items() if not k.startswith("_")} for p in self.body["phases"]]
-        t_end = self._end if self.body["record"] == "end" else None
-        out["accounting"] = self._accounting(t_end)
+        if self.body["record"] != "end":
+            out["accounting"] = self._accounting(None)
         return out
 
-    def _save(self, now_unix: float, *, force: bool) -> None:
+    def _save(self, now_unix: float, *, force: bool, stopped: bool = False) -> bool:
+        """Write the record if due; True when it is on disk."""
         if self.body is None or self.folder is None:
-            return
+            return False
         wall = time.monotonic()
         force = force or self._urgent
         if not (force or self._dirty or wall - self._last_save >= self.save_every_s):
-            return
+            return True
         if not force and wall - self._last_save < min(1.0, self.save_every_s):
-            return                            # many events in a burst (alarms): one write a second at most
-        self.flush_trend()
-        local = {"started_unix": self._started, "saved_unix": now_unix, "heater_model_kwh": self.heater.kwh,
-                 "h2_absorbed_nl": self._h2_absorbed, "end_unix": self._end,
-                 "closing_end_unix": self._changes_phase_end,
+            return False                      # many events in a burst (alarms): one write a second at most
+        body = self._public_body()
+        local = {"started_unix": self._started, "saved_unix": now_unix, "heater_model_kwh": self._heater_kwh,
+                 "h2_absorbed_nl": self._h2_absorbed, "end_unix": self._end, "stopped": stopped,
                  "trackers": {m: t.snapshot() for m, t in self.trackers.items()},
                  "phase_t": [p.get("_t") for p in self.body["phases"]]}
-        body = self._public_body()
         try:
+            self.flush_trend()
             write_record(self.folder, body, self.trend_meta, local)
-        except OSError as exc:
-            self.say(f"batch record: cannot write {self.folder / RECORD_FILE}: {exc} (tried again)")
-            return
+        except (OSError, ValueError) as exc:
+            self._io_failed(exc)
+            return False
+        if self._failing is not None:
+            self.say(f"batch record: {self.folder / RECORD_FILE} written again")
+        self._failing = None
         self._last_save, self._dirty, self._urgent = wall, False, False
         self.current = body
+        return True
 
     # trend
 
@@ -477,7 +559,7 @@ class BatchRecorder:
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(["unix_s", "setpoint_c", "heater_duty", *self.channels, *self.outputs])
-        self._trend_buf = io.StringIO()
+        self._trend_ready = True
 
     def _trend_row(self, ctl: Controller, now: float) -> None:
         readings = ctl.readings()
@@ -492,35 +574,76 @@ class BatchRecorder:
                *(str(outs[o].level) if o in outs else "" for o in self.outputs)]
         csv.writer(self._trend_buf).writerow(row)
 
-    def flush_trend(self) -> None:
-        buf = self._trend_buf
-        if self.folder is None or not buf.tell():
+    def flush_trend(self, sync: bool = True) -> None:
+        """The buffered trend rows into the file; ``sync``: onto the disk (with the record's save)."""
+        if self.folder is None:
             return
+        self._trend_written = time.monotonic()
+        if not self._trend_ready:
+            self._trend_header()
         with open(self.folder / TREND_FILE, "a", newline="") as f:
-            f.write(buf.getvalue())
+            f.write(self._trend_buf.getvalue())
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         self._trend_buf = io.StringIO()
-
-    @property
-    def closing(self) -> bool:
-        """The sequence finished and the record waits for the meters' end readings."""
-        return self.body is not None and self.body["record"] == "open" and self._changes_phase_end is not None
 
     def close(self, ctl: Controller) -> None:
         """At stop: everything on disk. A running batch's record stays open (the next start continues it);
         a finished one waiting for end readings is finished now (a meter without one: incomplete)."""
-        if self.body is None or self.body["record"] == "end":
+        if self.body is None:
             return
-        now = ctl.wall_clock()
-        for e in ctl.events[self._events_seen:]:
-            self._event(ctl, e, now)
-        self._events_seen = len(ctl.events)
-        if self._changes_phase_end is not None:
-            self._finish(ctl, self._changes_phase_end)
-            return
-        self._dirty = True
-        self._save(now, force=True)
+        try:
+            now = ctl.wall_clock()
+            if self.body["record"] == "end":
+                if self._dirty:
+                    self._save(now, force=True)
+                return
+            for e in ctl.events[self._events_seen:]:
+                self._event(ctl, e, now)
+            self._events_seen = len(ctl.events)
+            if self._end is not None:
+                self._finish(ctl, self._end)
+                return
+            self._dirty = True
+            self._save(now, force=True, stopped=True)
+        except (OSError, ValueError) as exc:
+            self._io_failed(exc)
+
+    def close_orphans(self, ctl: Controller) -> list[str]:
+        """Open records of batches the controller did not recover (its run state was lost or replaced): each is
+        finished as aborted, its figures marked incomplete (nobody recorded the rest). Their ids."""
+        root = self.state_dir / BATCHES_DIR
+        current = str(ctl.batch.get("id") or "")
+        closed: list[str] = []
+        for folder in sorted(root.iterdir()) if root.is_dir() else ():
+            if folder.name == current or not (folder / RECORD_FILE).is_file():
+                continue
+            try:
+                doc = read_record(folder)
+                body = doc["body"]
+                if body["record"] != "open":
+                    continue
+                saved = float(doc["recorder"]["saved_unix"])
+                body.update(record="end", revision=1, outcome="aborted", ended=_ts(saved),
+                            reason="the controller restarted without this batch (its run state was lost or"
+                                   " replaced): the record was closed at its last save")
+                body["duration_s"] = round(max(saved - float(doc["recorder"]["started_unix"]), 0.0), 3)
+                acc = body["accounting"]
+                acc["complete"] = False
+                for q in acc.get("meters", {}).values():
+                    if q is not None:
+                        q["complete"] = False
+                        q["notes"].append("the record was abandoned: what was used after its last save is missing")
+                if body["phases"] and body["phases"][-1]["ended"] is None:
+                    body["phases"][-1]["ended"] = _ts(saved)
+                write_record(folder, body, doc["trend"], dict(doc["recorder"], end_unix=saved))
+            except (RecordError, OSError, KeyError, TypeError, ValueError) as exc:
+                self.say(f"batch record: {folder}: an open record could not be closed: {exc}")
+                continue
+            self.say(f"batch record {folder.name}: open without its batch; closed as aborted, figures incomplete")
+            closed.append(folder.name)
+        return closed
 
 
 # ---- the record on MQTT (mqtt_schemas/batch.json, schema 1.1) ----

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.batch.accounting import HeaterModel
 from edge.config import Station
 from edge.control.alarms import AlarmEngine
 from edge.control.hd import HDSequencer
@@ -75,6 +76,12 @@ class Controller:
         self.events: list[ProcessEvent] = []
         self.last_demand = Demand()
         self.last_duties: dict[str, float] = {}   # duty output -> duty applied by the last scan (batch record)
+        self.outage_from_unix: float | None = None  # recover(): when the interrupted run was last saved
+        # the heaters' energy from their applied duty and rated power, per batch, kept in the run state (the
+        # batch record's cross-check of the metered energy: edge.batch)
+        self.heater_model = HeaterModel(dict(station.accounting.heater_rated_kw))
+        # why a batch id may not be used (``reedge run``: it has a batch record already); None: it may
+        self.batch_id_check: Callable[[str], str | None] = lambda batch_id: None
         self._safe = {o.name: o.safe_level for o in station.core.outputs}
         # output -> [reason, refused since, last try, accepted at (None while refused)]; an output the
         # gate accepts and then drops again (a permissive flickering) keeps its "since"
@@ -108,6 +115,9 @@ class Controller:
         if not BATCH_ID.fullmatch(batch_id):
             raise BatchRejected(f"batch id {batch_id!r}: letters, digits and . _ : - only, starting with a letter"
                                 " or digit, at most 64 (it names the batch's record folder)")
+        used = self.batch_id_check(batch_id)
+        if used is not None:
+            raise BatchRejected(used)
         if mass_in_kg is not None and not (isinstance(mass_in_kg, int | float) and math.isfinite(mass_in_kg)
                                            and 0 < mass_in_kg <= 1e5):
             raise BatchRejected(f"mass in must be a number of kg above 0 and at most 100000, got {mass_in_kg!r}")
@@ -133,6 +143,8 @@ class Controller:
                       "started_unix_s": self.wall_clock(), "started_s": now}
         for _, pid in self.loops.values():
             pid.reset()
+        self.heater_model.kwh = 0.0
+        self.heater_model.restart()
         self.sequencer.start(now)
         self.emit(now, "batch", f"batch {batch_id} started: {recipe.name}", batch=dict(self.batch))
         self.save(force=True)
@@ -176,6 +188,7 @@ class Controller:
         if loaded is None:
             return None
         state, saved_unix = loaded
+        self.outage_from_unix = saved_unix
         recipe = parse_recipe(state["recipe_text"], state.get("recipe_source", "<run state>"))
         kind = SEQUENCERS[recipe.process]
         self.recipe = recipe
@@ -195,6 +208,8 @@ class Controller:
                 self.loops[name][1].restore(snap)
         if state.get("alarms"):
             self.alarms.restore(state["alarms"])
+        self.heater_model.kwh = float(state.get("heater_model_kwh", 0.0))
+        self.heater_model.restart()       # a new boot's core clock; without power nothing heated meanwhile
         self.emit(now, "recovery", message, outage_s=outage_s, batch=self.batch.get("id"))
         self.save(force=True)
         return message
@@ -215,6 +230,8 @@ class Controller:
                 seq.abort(now, f"interlock {tripped[0]} tripped")
         demand = seq.step(now, readings) if seq is not None else Demand()
         self.last_demand = demand
+        if seq is not None and seq.running:
+            self.heater_model.update(now, self.last_duties)   # the duties of the last scan held until now
         duties = self._loops(now, readings, demand)
         self.last_duties = duties
         self._outputs(now, demand)
@@ -326,7 +343,7 @@ class Controller:
         return {"batch": self.batch, "recipe_text": self.recipe.text, "recipe_source": str(self.recipe.source),
                 "station": self.station.identity.station_id, "sequencer": self.sequencer.snapshot(self.now_s()),
                 "loops": {name: pid.snapshot() for name, (_, pid) in self.loops.items()},
-                "alarms": self.alarms.snapshot()}
+                "alarms": self.alarms.snapshot(), "heater_model_kwh": self.heater_model.kwh}
 
     def save(self, force: bool = False) -> None:
         seq = self.sequencer

@@ -37,8 +37,9 @@ registers (function 4), read in one request of 5 registers::
     0x0004  status       uint16  0 = ok, anything else = device fault
 
 A *status* register (``kind = "status"``, also usable in a custom map) vouches for the other
-readings of its instrument: nonzero injects every gauge of the round as FAULT and withholds its
-counter samples; a round whose status could not be read injects nothing. Status blocks are
+readings of its instrument: nonzero injects every gauge of the round as FAULT and hands its
+counters to the accounting as NaN ("not trusted now": the batch figure is then marked incomplete);
+a round whose status could not be read injects nothing. Status blocks are
 read first in each round for that reason.
 
 In the station file::
@@ -599,6 +600,7 @@ class InstrumentCounters:
     open_failures: int = 0        # attempts to (re)open that failed
     reconnects: int = 0           # successful re-opens after a loss
     inject_refused: int = 0       # the core refused a value (should stay 0)
+    internal_errors: int = 0      # unexpected errors in the poller (logged; the port is reopened)
     connected: bool = False
     device_fault: bool = False    # the last status word read was nonzero
     last_error: str = ""
@@ -817,6 +819,11 @@ class _PortWorker:
                 continue
             except CoreError as e:   # the core is closing under us: nothing to feed
                 self.bus._set(poll.name, last_error=f"core: {e}")
+            except Exception as e:   # a bug or a library surprise must not end this port's thread unseen
+                log.exception("instrument %s: unexpected error; the port is reopened", poll.name)
+                self.bus._count(poll.name, "internal_errors")
+                self._lost(e)
+                continue
             poll.due = max(poll.due + poll.config.poll_ms / 1000.0, time.monotonic())
         self._close_port()
 
@@ -894,8 +901,11 @@ class _PortWorker:
                     self.bus._inject(poll.name, channel, value, ChannelStatus.OK, t_ns)
                 else:
                     self.bus._inject(poll.name, channel, math.nan, ChannelStatus.FAULT, t_ns)
-            if reg.kind == "counter" and finite and not poll.fault:
-                self.bus._sample(CounterSample(poll.name, name, t_ns, value, reg.rollover))
+            if reg.kind == "counter":
+                # a faulted meter's or a non-finite count goes to the accounting as NaN: "not trusted now"
+                # (withheld, the accounting would bridge the fault with the totaliser and call it whole)
+                good = finite and not poll.fault
+                self.bus._sample(CounterSample(poll.name, name, t_ns, value if good else math.nan, reg.rollover))
 
     def _read(self, poll: _Poll, block: Block) -> tuple[list[int], int] | _Failure:
         """One request and its answer: (registers, core ns at arrival), or why not (counted)."""

@@ -45,8 +45,8 @@ from edge.telemetry.topics import IDENTITY_RE, STREAMS, VERBS, StationTopics, ch
 
 ROLE_VERBS: dict[str, frozenset[str]] = {
     "viewer": frozenset(),
-    "operator": frozenset({"start", "hold", "resume", "abort", "ack_alarm"}),
-    "maintenance": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "reset"}),
+    "operator": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "record_mass"}),
+    "maintenance": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass"}),
 }
 assert all(v <= set(VERBS) for v in ROLE_VERBS.values())
 MAX_IDENTITIES = 100

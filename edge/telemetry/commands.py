@@ -148,6 +148,7 @@ class CommandTarget(Protocol):
     def abort(self, reason: str) -> None: ...
     def ack_alarm(self, alarm: str) -> None: ...
     def reset(self, rule: str | None) -> None: ...
+    def record_mass(self, batch_id: str, mass_out_kg: float) -> None: ...
 
 
 class ReceivedCommand(Protocol):
@@ -543,6 +544,9 @@ class CommandHandler:
             if verb == "reset":
                 self.target.reset(args.get("rule"))
                 return "ok", f"interlock {args['rule']} reset" if "rule" in args else "latched interlocks reset"
+            if verb == "record_mass":
+                self.target.record_mass(args["batch_id"], args["mass_out_kg"])
+                return "ok", f"mass out {args['mass_out_kg']:g} kg recorded for batch {args['batch_id']}"
         except CommandRefused as e:
             return e.code, e.message
         except (ResetRefused, OutputRefused) as e:
@@ -582,15 +586,17 @@ def _command_id(doc: dict[str, Any]) -> str | None:
 # ---- the Controller as a target ----------------------------------------------------------------
 
 class ControllerTarget:
-    """Adapts ``edge.control.controller.Controller`` to ``CommandTarget``; recipes come from ``recipes_dir``.
+    """Adapts ``edge.control.controller.Controller`` to ``CommandTarget``; recipes come from ``recipes_dir``;
+    ``record_mass`` goes to the batch ``recorder`` (``edge.batch.record.BatchRecorder``).
 
     Start checks, in order: the recipe file exists, its SHA-256 is the one the sender named, it parses;
     then ``Controller.start_batch`` checks the fit to the station, running batches and tripped interlocks.
     """
 
-    def __init__(self, controller: Any, recipes_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, controller: Any, recipes_dir: str | os.PathLike[str], recorder: Any = None) -> None:
         self.ctl = controller
         self.recipes_dir = pathlib.Path(recipes_dir)
+        self.recorder = recorder
 
     def start_batch(self, request: StartRequest) -> None:
         from edge.control.recipe import RecipeError, parse_recipe
@@ -641,6 +647,18 @@ class ControllerTarget:
             raise CommandRefused("invalid", f"no interlock {rule!r} on this station")
         self.ctl.core.reset(rule)     # ResetRefused while the condition persists: answered "interlock"
         self.ctl.emit(self.ctl.now_s(), "operator", f"remote reset of {rule or 'latched interlocks'}")
+
+    def record_mass(self, batch_id: str, mass_out_kg: float) -> None:
+        body = self.recorder.body if self.recorder is not None else None
+        if body is None or body["batch_id"] != batch_id:
+            current = "none" if body is None else body["batch_id"]
+            raise CommandRefused("invalid", f"batch {batch_id} is not this station's current batch record"
+                                            f" ({current})")
+        try:
+            self.recorder.set_mass_out(mass_out_kg, self.ctl.wall_clock())
+        except ValueError as e:
+            raise CommandRefused("invalid", str(e)) from None
+        self.ctl.emit(self.ctl.now_s(), "operator", f"mass out of batch {batch_id}: {mass_out_kg:g} kg")
 
     def _running(self, verb: str) -> Any:
         seq = self.ctl.sequencer

@@ -143,6 +143,9 @@ class _Stopping:
     def reset(self, rule: str | None) -> None:
         raise CommandRefused("refused", STOPPING)
 
+    def record_mass(self, batch_id: str, mass_out_kg: float) -> None:
+        raise CommandRefused("refused", STOPPING)
+
 
 @dataclass
 class PublisherCounters:
@@ -188,7 +191,8 @@ class Publisher:
             self.ledger = ledger = CommandLedger(settings.state_dir / LEDGER_FILE)
             self.handler = CommandHandler(topics=self.topics, settings=ctl.station.commands,
                                           allow_remote_reset=ctl.station.allow_remote_reset,
-                                          target=ControllerTarget(ctl, settings.recipes_dir), ledger=self.ledger)
+                                          target=ControllerTarget(ctl, settings.recipes_dir, recorder),
+                                          ledger=self.ledger)
             self.aggregator = Aggregator.for_core(core, settings.window_s)
             self.state = StateTracker()
             self.records = _BatchRecords(settings.state_dir / RECORDS_FILE)

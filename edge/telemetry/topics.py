@@ -53,7 +53,7 @@ MAX_REPLY_TOPIC = 512
 IDENTITY_RE = re.compile(r"[^\x00-\x1f\x7f+#/\s][^\x00-\x1f\x7f+#/]{0,127}")
 
 #: Command verbs, in the order the documentation lists them.
-VERBS: tuple[str, ...] = ("start", "hold", "resume", "abort", "ack_alarm", "reset")
+VERBS: tuple[str, ...] = ("start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass")
 
 
 class TopicError(ValueError):
