@@ -464,7 +464,7 @@ def test_why_a_meter_figure_is_a_lower_bound(tmp_path: pathlib.Path) -> None:
     body["events_not_listed"] = 25
     page = page_text(view_of(write_batch(tmp_path, body, None)))
     assert "≥ 1830 NL" in page and "incomplete: meter gap 20:07–20:19" in page
-    assert "<td>Hydrogen fed</td><td>1421 NL</td>" in page
+    assert "<td>Hydrogen fed</td><td>1421 NL</td>" in page and "1 gap bridged by its totaliser" in page
     assert "not metered" in page and "no reading during the batch: water unknown" in page
     assert "≥ 182.4 kWh" in page and "incomplete: meter gap 08:16–08:31" in page
     assert "... and 25 more (the record only counted them)" in page

@@ -320,6 +320,9 @@ def _quantity(q: Any, unit: str, start: datetime | None, end: datetime | None) -
     rollovers = q.get("rollovers")
     if isinstance(rollovers, int) and rollovers > 0:
         note += f", {rollovers} counter roll-over{'s' if rollovers > 1 else ''} counted"
+    gaps = _list(q.get("gaps"))
+    if gaps:      # inside the batch the meter's own totaliser counted through them: the figure is whole
+        note += f", {len(gaps)} gap{'s' if len(gaps) > 1 else ''} bridged by its totaliser"
     return Cell(f"{fmt_number(value)} {unit}"), note, True
 
 
@@ -336,13 +339,14 @@ def _per_kg(value: Any, unit: str, complete: bool | None, mass_in: float | None)
 
 def _energy_basis(acc: dict[str, Any]) -> tuple[str, float | None, bool | None]:
     """(basis, kWh, complete) of the electricity figure: the meter when it has one, else the heater model."""
-    q = _dict(_dict(acc.get("meters")).get("energy"))
+    meters = _dict(acc.get("meters"))
+    q = _dict(meters.get("energy"))
     metered = _number(q.get("value"))
     if metered is not None:
         return "metered", metered, q.get("complete") is True
     model = _number(acc.get("heater_model_kwh"))
-    if model is not None:
-        return "heater model", model, True
+    if model is not None and meters.get("energy") is None:     # no meter at all: an estimate, never complete
+        return "heater model (estimate)", model, False
     return "not metered", None, None
 
 
