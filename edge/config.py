@@ -2122,7 +2122,7 @@ def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Ma
     if t is None:
         return AccountingConfig()
     sources: dict[str, str | None] = {}
-    meters_checked: list[tuple[str, float, bool]] = []      # meter, its instrument's poll period, does it wrap
+    meters_checked: list[tuple[str, float, bool]] = []      # meter, its poll period + timeout, does it wrap
     for meter, unit in _ACCOUNTING_METERS.items():
         src = t.get(meter, _string)
         sources[meter] = None
@@ -2148,8 +2148,11 @@ def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Ma
         else:
             sources[meter] = src
             poll_s = float(getattr(instruments[inst_name], "poll_ms", 0.0)) / 1000.0
+            timeout_s = float(getattr(instruments[inst_name], "timeout_ms", 0.0)) / 1000.0
             wraps = registers[measurement].rollover is not None
-            meters_checked.append((meter, poll_s, wraps))
+            if registers[measurement].type in ("int16", "int32"):
+                t.report(meter, f"{src} is a signed register: a totaliser counts up (use uint16 / uint32)")
+            meters_checked.append((meter, poll_s + timeout_s, wraps))
     rated: dict[str, float] = {}
     rated_t = t.table("heater_rated_kw", expected="a table: duty output = rated kW")
     if rated_t is not None:
@@ -2177,6 +2180,7 @@ def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Ma
         if volume is not None and name not in channels:
             t.report(key, _unknown("channel", name, channels))
     gap_s = t.get("gap_s", _number_in(1.0, 86_400.0), 60.0)
+    close_wait_s = t.get("close_wait_s", _number_in(0.0, 3600.0), 30.0)
     for meter, poll_s, wraps in meters_checked:
         rate_given = meter in rates or (rates_t is not None and rates_t.has_error(meter))
         if wraps and not rate_given:
@@ -2185,12 +2189,15 @@ def _read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Ma
         if gap_s < 3 * poll_s:
             t.report("gap_s", f"{gap_s:g} s is less than three polls of {sources[meter]} ({poll_s:g} s each):"
                               " every late answer would be a gap")
+        if close_wait_s < poll_s:
+            t.report("close_wait_s", f"{close_wait_s:g} s is less than one poll of {sources[meter]} ({poll_s:g} s"
+                                     " with its timeout): its end reading could never come in time")
     cfg = AccountingConfig(
         energy=sources["energy"], h2=sources["h2"], ar=sources["ar"], cooling_water=sources["cooling_water"],
         heater_rated_kw=rated, max_rate_per_h=rates,
         grid_kg_co2e_per_kwh=t.get("grid_kg_co2e_per_kwh", _number_in(0.0, 10.0)),
         gap_s=gap_s,
-        close_wait_s=t.get("close_wait_s", _number_in(0.0, 3600.0), 30.0),
+        close_wait_s=close_wait_s,
         trend_every_s=t.get("trend_every_s", _number_in(0.1, 3600.0), 10.0),
         free_volume_l=volume, pressure_channel=pressure, temperature_channel=temperature)
     for sub in (rated_t, rates_t, t):

@@ -412,6 +412,7 @@ def run(opts: RunOptions) -> int:
                            f"{', '.join(tripped)}", t_s=ctl.now_s(), kind="recovery", data={"rules": tripped})
         recovered = ctl.recover()
         devices.recorder.close_orphans(ctl)      # open records of batches that were not recovered
+        devices.recorder.scan(ctl)               # the recovered batch's record continues before any new batch
         if recipe is not None:
             if ctl.sequencer is not None and ctl.sequencer.running:
                 reporter.write("event", f"not starting {opts.recipe}: batch {ctl.batch.get('id')} was recovered",
@@ -477,8 +478,8 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
                            phase=status[0], held=status[1], finished=status[2], batch=ctl.batch.get("id"),
                            **devices.status())
             last_status, last_status_wall = status, wall
-        if opts.exit_when_done and ctl.batch_finished():
-            break
+        if opts.exit_when_done and ctl.batch_finished() and not devices.recorder.closing:
+            break                   # (once its record has its end readings, or gave up waiting for them)
         if commands is not None:
             for cmd in commands.poll():
                 ok, reason = execute(ctl, cmd, devices.recorder)

@@ -9,6 +9,7 @@ hd_normal_batch, hd_meter_faults and hd_power_loss_batch_record.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import pathlib
@@ -291,6 +292,23 @@ def test_a_device_fault_in_the_batch_makes_the_figure_incomplete() -> None:
     assert q["value"] == 1.0 and q["complete"] is False and "device fault" in q["notes"][0]
 
 
+def test_a_fault_just_before_the_start_spoils_the_share_that_counts() -> None:
+    t = CounterTracker("h2", "m.total_nl", "NL", gap_s=100.0, max_rate=10.0)
+    t.add(0.0, 100.0)
+    t.add(5.0, math.nan)             # a device fault before the batch, in the interval that straddles its start
+    t.open_window(10.0)
+    t.add(20.0, 150.0)
+    assert t.total == pytest.approx(25.0) and t.quantity(10.0, None)["complete"] is False
+
+
+def test_float_noise_is_neither_a_reset_nor_counted_twice() -> None:
+    t = tracker()
+    base = 4_000_000.0               # a float32 totaliser near 4 million NL re-reads a hair lower now and then
+    for i, wobble in enumerate((0.0, -1.0, 0.0, -1.0, 0.0, -1.0, 0.0)):
+        t.add(float(i), base + wobble)
+    assert t.total == 0.0 and not t.broken
+
+
 def test_counter_gaps_start_and_end() -> None:
     t = tracker(gap_s=100.0)
     t.add(500.0, 10.0)
@@ -358,6 +376,7 @@ def write_station(tmp_path: pathlib.Path, accounting: str) -> pathlib.Path:
     ('h2 = "h2_meter.total_nl"\nar = "h2_meter.total_nl"', "accounting.ar", "already the h2 meter"),
     ('h2 = "h2_meter.total_nl"', "accounting.max_rate_per_h", "reset cannot be told from a roll-over"),
     ('energy = "heater_meter.energy_kwh"\ngap_s = 1', "accounting.gap_s", "less than three polls"),
+    ('energy = "heater_meter.energy_kwh"\nclose_wait_s = 0.1', "accounting.close_wait_s", "less than one poll"),
 ])
 def test_accounting_section_errors_name_the_key(tmp_path: pathlib.Path, accounting: str, where: str,
                                                 says: str) -> None:
@@ -398,7 +417,7 @@ def test_a_finished_records_figures_are_fixed_at_its_end(station: Station, tmp_p
     st.ctl.start_batch(RECIPE, batch_id="hd-rec-8", mass_in_kg=25.0)
     st.rig.run_until(lambda: False, 600, st.scan)
     st.ctl.abort("test")
-    end = run_batch_rest(st)
+    end = copy.deepcopy(run_batch_rest(st))
     st.rig.run_until(lambda: False, 3600, st.scan)              # the meters go on counting after the end
     st.recorder.set_mass_out(24.0, st.ctl.wall_clock())
     amended = st.recorder.current
@@ -417,14 +436,19 @@ def test_a_finished_records_figures_are_fixed_at_its_end(station: Station, tmp_p
 def test_a_new_batch_before_the_last_ones_end_readings_finishes_that_record(station: Station) -> None:
     st = station
     st.ctl.start_batch(RECIPE, batch_id="hd-rec-9", mass_in_kg=25.0)
-    st.rig.run_until(lambda: False, 300, st.scan)
-    st.ctl.abort("test")
+    assert st.rig.run_until(lambda: st.ctl.sequencer is not None and st.ctl.sequencer.phase == "unload",
+                            30 * 3600, st.scan)
     st.meters.silent.update({"heater_meter", "h2_meter", "ar_meter"})      # no end readings come
     assert st.rig.run_until(lambda: st.recorder.closing, 3600, st.scan)
+    st.recorder.take_published()
     st.ctl.start_batch(RECIPE, batch_id="hd-rec-10", mass_in_kg=25.0)
     st.scan()
     first = read_record(batch_dir(st.recorder.state_dir, "hd-rec-9"))["body"]
-    assert first["record"] == "end" and first["accounting"]["complete"] is False
+    # it finished "done" (its sequence did), its figures incomplete (no end readings), and it is published
+    assert (first["record"], first["outcome"], first["reason"]) == ("end", "done", None)
+    assert first["accounting"]["complete"] is False
+    sent = st.recorder.take_published()
+    assert [(kind, body["batch_id"]) for kind, body in sent] == [("end", "hd-rec-9"), ("start", "hd-rec-10")]
     assert st.recorder.body is not None and st.recorder.body["batch_id"] == "hd-rec-10"
 
 

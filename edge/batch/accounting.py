@@ -41,6 +41,7 @@ from typing import Any
 NOISE = 1e-6          # relative: a float32 counter re-read may come back a hair lower; not a reset
 MAX_GAPS = 50         # listed in the record; more are counted only
 MAX_NOTES = 20
+FAULT_NOTE = "the meter reported a device fault: what it counted then is not trusted"
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class CounterTracker:
     gaps_unlisted: int = 0
     notes: list[str] = field(default_factory=list)
     broken: bool = False       # the total is a lower bound (or an estimate): the record says why
+    _fault_since_last: bool = False   # a NaN (device fault) came since the last good reading
 
     def open_window(self, start: float) -> None:
         """A batch starts at ``start``: count from the last reading before it (interpolated to the start)."""
@@ -117,7 +119,8 @@ class CounterTracker:
         last = self.last
         if not math.isfinite(value):
             if self._inside(t):
-                self._break("the meter reported a device fault: what it counted then is not trusted")
+                self._break(FAULT_NOTE)
+            self._fault_since_last = True     # the interval to the next good reading is not trusted either
             return
         if last is not None and t < last.t:
             if self._inside(last.t) or self._inside(t):
@@ -130,6 +133,7 @@ class CounterTracker:
                 self.first = Reading(t, value)
                 self.readings += 1
             return
+        faulted, self._fault_since_last = self._fault_since_last, False
         if self.start is None or t <= self.start or (self.end is not None and last.t >= self.end):
             return                                     # wholly outside the window
         if self.first is None:
@@ -138,6 +142,11 @@ class CounterTracker:
         lo, hi = max(last.t, self.start), min(t, self.end if self.end is not None else t)
         share = (hi - lo) / dt if dt > 0 else 1.0
         delta = self._delta(last, value, dt, rollover)
+        if delta is None:                 # within float noise below the last value: keep the higher one
+            self.last = Reading(t, last.value)
+            delta = 0.0
+        if faulted and share > 0:
+            self._break(FAULT_NOTE)
         if dt > self.gap_s:
             self._gap(lo, hi)
             if share < 1.0:
@@ -147,13 +156,16 @@ class CounterTracker:
         if self._inside(t):
             self.readings += 1
 
-    def _delta(self, last: Reading, value: float, dt: float, rollover: float | None) -> float:
+    def _delta(self, last: Reading, value: float, dt: float, rollover: float | None) -> float | None:
+        """What was used between the two readings; None: a fall within float noise (nothing used)."""
         delta = value - last.value
         slack = NOISE * max(abs(value), abs(last.value), 1.0)
         allowed = self.max_rate * max(dt, 0.0) + slack
         # (a wrapping counter without a max rate cannot be judged here: the station file requires one)
         if rollover is not None and rollover > 0 and math.isfinite(self.max_rate) and self.max_rate * dt >= rollover:
             self._break(f"{dt:.0f} s between readings: the counter may have wrapped more than once")
+        if -slack <= delta < 0:
+            return None
         if delta < -slack:
             wrapped = delta + rollover if rollover is not None and rollover > 0 else math.nan
             if (last.value >= 0.5 * rollover if rollover else False) and value < 0.5 * (rollover or 0.0) \
@@ -225,8 +237,9 @@ class CounterTracker:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """KeyError / TypeError / ValueError: not a snapshot of a tracker (the caller treats it as damage)."""
-        self.start = None if snap["start"] is None else float(snap["start"])
-        self.end = None if snap["end"] is None else float(snap["end"])
+        start, end = snap.get("start"), snap.get("end")
+        self.start = None if start is None else float(start)
+        self.end = None if end is None else float(end)
         self.total = float(snap["total"])
         self.readings = int(snap["readings"])
         self.rollovers = int(snap["rollovers"])

@@ -37,6 +37,7 @@ once per streak and the write tried again at the next scan; the controller's sca
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import hashlib
 import io
@@ -63,6 +64,7 @@ BATCHES_DIR = "batches"
 MAX_EVENTS = 400          # per record; more are counted (the record goes out in one MQTT message)
 MAX_PHASES = 200
 MAX_INTERRUPTIONS = 50
+MAX_TO_PUBLISH = 20       # batch messages kept for a publisher (none without MQTT)
 TREND_WRITE_S = 1.0       # wall seconds between appends of the buffered trend rows (fsync'd with the record)
 NL_PER_MOL = 22.414       # normal litres (0 degC, 1.01325 bar) per mole of ideal gas
 R = 8.314
@@ -99,12 +101,17 @@ def write_record(folder: pathlib.Path, body: dict[str, Any], trend: dict[str, An
     data = memoryview(json.dumps(doc, indent=1, allow_nan=False).encode())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
-        while data:
-            data = data[os.write(fd, data):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):     # no half-written temporary file left behind
+            tmp.unlink()
+        raise
     dfd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -127,6 +134,12 @@ def read_record(folder: pathlib.Path) -> dict[str, Any]:
     if doc.get("sha256") != _digest(checked):
         raise RecordError(f"{path}: record damaged (its checksum does not match its content)")
     return doc
+
+
+def _start_index(ctl: Controller, batch_id: str) -> int | None:
+    """Where ``batch_id``'s start event is in ``ctl.events`` (None: not there)."""
+    return next((i for i in range(len(ctl.events) - 1, -1, -1) if ctl.events[i].kind == "batch"
+                 and dict(ctl.events[i].data.get("batch") or {}).get("id") == batch_id), None)
 
 
 def _ts(unix_s: float) -> str:
@@ -188,6 +201,8 @@ class BatchRecorder:
         self._trend_written = -math.inf                  # monotonic time rows were last appended
         self._unusable: set[str] = set()                 # batch ids without a record (reported once)
         self._failing: str | None = None                 # the file error of the current streak
+        self._final: tuple[str, str | None] | None = None  # outcome and reason when the sequence finished
+        self.to_publish: list[tuple[str, dict[str, Any]]] = []   # ("start" | "end", body) for the batch stream
 
     # ---- input ----
 
@@ -207,9 +222,10 @@ class BatchRecorder:
         """Why ``batch_id`` cannot name a new batch (it has a record already), or None."""
         try:
             folder = batch_dir(self.state_dir, batch_id)
-        except RecordError as exc:
-            return str(exc)
-        if (folder / RECORD_FILE).exists() or (self.body is not None and self.body["batch_id"] == batch_id):
+            used = folder.exists() or (self.body is not None and self.body["batch_id"] == batch_id)
+        except (RecordError, OSError) as exc:
+            return f"batch id {batch_id}: {exc}"
+        if used:
             return f"batch id {batch_id} has a record already ({folder}): give the new batch its own id"
         return None
 
@@ -233,23 +249,28 @@ class BatchRecorder:
 
     def _scan(self, ctl: Controller, samples: Iterable[Any]) -> None:
         batch_id = str(ctl.batch.get("id") or "")
-        if batch_id and batch_id not in self._unusable and (self.body is None or self.body["batch_id"] != batch_id):
-            if self.closing:                   # a new batch before the last one's end readings came
-                self._finish(ctl, self._end or ctl.wall_clock())
-            self._open(ctl, batch_id)
-        self.feed(ctl, samples)                # after the opening: this scan's readings belong to the new batch
-        body = self.body
-        if body is None:
-            return
         now = ctl.wall_clock()
-        if body["record"] == "end":
+        if batch_id and batch_id not in self._unusable and (self.body is None or self.body["batch_id"] != batch_id):
+            if self.body is not None and self.body["record"] == "open":
+                # the last batch's own events up to the new one's start, then (waiting for its end readings, or
+                # left open by a restart that started a new batch at once) it is finished with what it has
+                upto = _start_index(ctl, batch_id)
+                for e in ctl.events[self._events_seen:len(ctl.events) if upto is None else upto]:
+                    self._event(ctl, e, now)
+                self._finish(ctl, self._end if self._end is not None else now)
+            self._open(ctl, batch_id)
+        body = self.body
+        if body is None or body["record"] == "end":
+            self.feed(ctl, samples)            # the meters are followed between batches too (the next baseline)
             self._events_seen = len(ctl.events)
-            if self._dirty:
+            if body is not None and self._dirty:
                 self._save(now, force=True)    # a write that failed is tried again
             return
+        # the events first: the final phase closes the meters' windows before this scan's readings go in
         for e in ctl.events[self._events_seen:]:
             self._event(ctl, e, now)
         self._events_seen = len(ctl.events)
+        self.feed(ctl, samples)
         self._heater_kwh = ctl.heater_model.kwh
         self._last_duties = dict(ctl.last_duties)
         if now >= self._next_trend:
@@ -275,7 +296,7 @@ class BatchRecorder:
             self.body, self.folder = None, None
             return
         now = ctl.wall_clock()
-        self.folder, self._end, self._trend_ready = folder, None, False
+        self.folder, self._end, self._final, self._trend_ready = folder, None, None, False
         self._trend_buf = io.StringIO()
         if (folder / RECORD_FILE).exists():
             try:
@@ -312,18 +333,19 @@ class BatchRecorder:
         }
         self._started, self._h2_absorbed = started, None
         # this batch's events from its start on (the first phase, anything in the first scan)
-        start = next((i for i in range(len(ctl.events) - 1, -1, -1) if ctl.events[i].kind == "batch"
-                      and dict(ctl.events[i].data.get("batch") or {}).get("id") == batch_id), None)
+        start = _start_index(ctl, batch_id)
+        seq = ctl.sequencer
         if start is not None:
             self._events_seen = start + 1
-        else:                   # its start event is gone (trimmed): the phases from the sequence's own record
+        else:                   # its start event is gone (trimmed, a restart): the sequence's own record
             self._events_seen = len(ctl.events)
-            seq = ctl.sequencer
             for change in seq.changes if seq is not None else ():
                 self._phase(change.phase, self._unix(ctl, change.t_s, now))
                 if seq is not None and change.phase in seq.FINAL:
-                    self._end = self._unix(ctl, change.t_s, now)
-                    self._close_windows()
+                    self._final_phase(seq, self._unix(ctl, change.t_s, now))
+            if seq is not None and seq.finished and self._end is None:
+                self._final_phase(seq, now)     # recovered finished, its record lost: it ends here
+        self._publish("start")
         self._trend_header()
         self._dirty = True
         self._save(now, force=True)
@@ -340,6 +362,8 @@ class BatchRecorder:
                 tracker.restore(snaps[meter])
         self.body, self._started, self._h2_absorbed = body, started, h2_absorbed
         self._end = None if end is None else float(end)
+        final = local.get("final")
+        self._final = None if final is None else (str(final[0]), None if final[1] is None else str(final[1]))
         for phase, t in zip(body["phases"], phase_t, strict=False):
             phase["_t"] = t
         self._heater_kwh = heater_kwh     # until the next scan reads the recovered controller's
@@ -347,7 +371,10 @@ class BatchRecorder:
         if body["record"] == "end":
             self._events_seen = len(ctl.events)
             self.current = self._public_body()
+            self._publish("start")              # the publisher sends what it has not sent yet (it remembers)
+            self._publish("end")
             return
+        self._publish("start")
         since = getattr(ctl, "outage_from_unix", None)
         since = saved if since is None else max(min(float(since), now), started)
         if body["phases"] and body["phases"][-1]["ended"] is None:
@@ -380,18 +407,20 @@ class BatchRecorder:
             self._phase(phase, t)
             seq = ctl.sequencer
             if seq is not None and phase in seq.FINAL and self._end is None:
-                self._end = t
-                self._close_windows()
+                self._final_phase(seq, t)
         elif e.kind in RECORDED_KINDS:
             name = e.data.get("rule") or e.data.get("alarm") or e.data.get("output")
             if e.kind == "alarm" and e.data.get("state") not in (None, "raised"):
                 return        # raised alarms are the record's; clears and acks are in the event stream
             self._add_event(t, RECORDED_KINDS[e.kind], None if name is None else str(name), e.message)
 
-    def _close_windows(self) -> None:
-        assert self._end is not None
+    def _final_phase(self, seq: Any, t: float) -> None:
+        """The sequence finished at ``t``: its outcome is kept now (a new batch may replace it before the end
+        readings come) and the meters' windows close."""
+        self._end = t
+        self._final = (str(seq.phase), None if seq.abort_reason is None else str(seq.abort_reason))
         for tracker in self.trackers.values():
-            tracker.close_window(self._end)
+            tracker.close_window(t)
 
     def _phase(self, phase: str, t: float) -> None:
         assert self.body is not None
@@ -478,19 +507,25 @@ class BatchRecorder:
             self._close_phase(end)
         body["record"], body["revision"] = "end", 1
         body["ended"], body["duration_s"] = _ts(end), round(max(end - self._started, 0.0), 3)
-        same = seq is not None and seq.finished and ctl.batch.get("id") == body["batch_id"]
-        body["outcome"] = seq.phase if same and seq is not None else "aborted"
-        reason = seq.abort_reason if same and seq is not None and seq.phase == "aborted" else (
-            None if same else "a new batch started before this one's end readings came")
-        body["reason"] = None if reason is None else str(reason)[:1000]
+        if self._final is not None:
+            outcome, reason = self._final
+        elif seq is not None and seq.finished and ctl.batch.get("id") == body["batch_id"]:
+            outcome, reason = seq.phase, seq.abort_reason
+        else:
+            outcome, reason = "aborted", "a new batch started while this one's record was still open"
+        body["outcome"] = outcome if outcome in ("done", "aborted") else "aborted"
+        body["reason"] = None if reason is None or body["outcome"] == "done" else str(reason)[:1000]
+        for tracker in self.trackers.values():
+            tracker.close_window(end)
         body["accounting"] = self._accounting(end)
         self._end = end
         now = ctl.wall_clock()
         with contextlib.suppress(OSError, ValueError):     # a last trend row; the record matters more
             self._trend_row(ctl, now)
         self._dirty = True
-        self._save(now, force=True)
-        self.say(f"batch record {body['batch_id']}: {body['outcome']}, written to {self.folder}")
+        self._publish("end")
+        if self._save(now, force=True):
+            self.say(f"batch record {body['batch_id']}: {body['outcome']}, written to {self.folder}")
 
     def set_mass_out(self, kg: float, now: float) -> None:
         """The product's mass, weighed at unloading (or later). Amends a finished record (a new revision).
@@ -500,18 +535,35 @@ class BatchRecorder:
             raise ValueError("no batch record to add a mass to")
         if isinstance(kg, bool) or not isinstance(kg, int | float) or not math.isfinite(kg) or not 0 < kg <= 1e5:
             raise ValueError(f"mass out must be a number of kg above 0 and at most 100000, got {kg!r}")
-        before = (dict(body["product"]), body["revision"])
-        body["product"]["mass_out_kg"] = float(kg)
+        before = (body["product"], body["revision"])
         mass_in = body["feed"]["mass_in_kg"]
-        body["product"]["yield_pct"] = None if not mass_in else round(100.0 * kg / mass_in, 3)
+        body["product"] = {"mass_out_kg": float(kg),          # a new dict: what was published is not touched
+                           "yield_pct": None if not mass_in else round(100.0 * kg / mass_in, 3)}
         if body["record"] == "end":
             body["revision"] += 1
         self._dirty = True
         if not self._save(now, force=True):
             body["product"], body["revision"] = before
             raise ValueError(f"the record could not be written ({self._failing}): mass out not recorded")
+        if body["record"] == "end":
+            self._publish("end")
 
     # ---- files ----
+
+    def _publish(self, kind: str, body: dict[str, Any] | None = None) -> None:
+        """Queue a start or end message (a copy: later changes of the record do not change it). The publisher
+        takes them in order and remembers what it sent (batch-records.json), so a repeat after a restart is
+        dropped there; without MQTT nobody takes them and only the newest few are kept."""
+        if body is None:
+            if self.body is None:
+                return
+            body = self._public_body()
+        self.to_publish.append((kind, copy.deepcopy(body)))
+        del self.to_publish[:-MAX_TO_PUBLISH]
+
+    def take_published(self) -> list[tuple[str, dict[str, Any]]]:
+        out, self.to_publish = self.to_publish, []
+        return out
 
     def _public_body(self) -> dict[str, Any]:
         """The body as recorded and published: a finished record's accounting as fixed at its end."""
@@ -535,6 +587,7 @@ class BatchRecorder:
         body = self._public_body()
         local = {"started_unix": self._started, "saved_unix": now_unix, "heater_model_kwh": self._heater_kwh,
                  "h2_absorbed_nl": self._h2_absorbed, "end_unix": self._end, "stopped": stopped,
+                 "final": None if self._final is None else list(self._final),
                  "trackers": {m: t.snapshot() for m, t in self.trackers.items()},
                  "phase_t": [p.get("_t") for p in self.body["phases"]]}
         try:
@@ -584,9 +637,9 @@ class BatchRecorder:
         with open(self.folder / TREND_FILE, "a", newline="") as f:
             f.write(self._trend_buf.getvalue())
             f.flush()
+            self._trend_buf = io.StringIO()   # written: a failing fsync must not write the rows twice
             if sync:
                 os.fsync(f.fileno())
-        self._trend_buf = io.StringIO()
 
     def close(self, ctl: Controller) -> None:
         """At stop: everything on disk. A running batch's record stays open (the next start continues it);
@@ -616,19 +669,29 @@ class BatchRecorder:
         root = self.state_dir / BATCHES_DIR
         current = str(ctl.batch.get("id") or "")
         closed: list[str] = []
-        for folder in sorted(root.iterdir()) if root.is_dir() else ():
-            if folder.name == current or not (folder / RECORD_FILE).is_file():
-                continue
+        try:
+            folders = sorted(root.iterdir()) if root.is_dir() else []
+        except OSError as exc:
+            self.say(f"batch record: {root}: cannot look for open records: {exc}")
+            return closed
+        for folder in folders:
             try:
+                if folder.name == current or not (folder / RECORD_FILE).is_file():
+                    continue
                 doc = read_record(folder)
                 body = doc["body"]
                 if body["record"] != "open":
                     continue
-                saved = float(doc["recorder"]["saved_unix"])
-                body.update(record="end", revision=1, outcome="aborted", ended=_ts(saved),
-                            reason="the controller restarted without this batch (its run state was lost or"
-                                   " replaced): the record was closed at its last save")
-                body["duration_s"] = round(max(saved - float(doc["recorder"]["started_unix"]), 0.0), 3)
+                local = doc["recorder"]
+                # it ended when its sequence finished, if it did (then it only missed its end readings)
+                ended = float(local["end_unix"] if local.get("end_unix") is not None else local["saved_unix"])
+                final = local.get("final") or ["aborted", None]
+                outcome = final[0] if final[0] in ("done", "aborted") else "aborted"
+                body.update(record="end", revision=1, outcome=outcome, ended=_ts(ended),
+                            reason=(final[1] or "") + ("; " if final[1] else "") + "the controller restarted without"
+                                   " this batch (its run state was lost or replaced): the record was closed at its"
+                                   " last save")
+                body["duration_s"] = round(max(ended - float(local["started_unix"]), 0.0), 3)
                 acc = body["accounting"]
                 acc["complete"] = False
                 for q in acc.get("meters", {}).values():
@@ -636,8 +699,9 @@ class BatchRecorder:
                         q["complete"] = False
                         q["notes"].append("the record was abandoned: what was used after its last save is missing")
                 if body["phases"] and body["phases"][-1]["ended"] is None:
-                    body["phases"][-1]["ended"] = _ts(saved)
-                write_record(folder, body, doc["trend"], dict(doc["recorder"], end_unix=saved))
+                    body["phases"][-1]["ended"] = _ts(ended)
+                write_record(folder, body, doc["trend"], dict(doc["recorder"], end_unix=ended))
+                self._publish("end", body)
             except (RecordError, OSError, KeyError, TypeError, ValueError) as exc:
                 self.say(f"batch record: {folder}: an open record could not be closed: {exc}")
                 continue

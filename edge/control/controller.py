@@ -228,9 +228,10 @@ class Controller:
             tripped = [name for name, r in self.core.rules().items() if r.tripped]
             if tripped:
                 seq.abort(now, f"interlock {tripped[0]} tripped")
+        heating = seq is not None and seq.running     # before the step: the scan that finishes still counts
         demand = seq.step(now, readings) if seq is not None else Demand()
         self.last_demand = demand
-        if seq is not None and seq.running:
+        if heating:
             self.heater_model.update(now, self.last_duties)   # the duties of the last scan held until now
         duties = self._loops(now, readings, demand)
         self.last_duties = duties

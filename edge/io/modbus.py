@@ -647,6 +647,7 @@ class _Poll:
     due: float = 0.0           # monotonic time of its next round
     instrument: Any = None     # minimalmodbus.Instrument on the open port
     fault: bool = False
+    errored: bool = False      # an unexpected error was logged (once) for this instrument
 
 
 class ModbusBus:
@@ -820,9 +821,15 @@ class _PortWorker:
             except CoreError as e:   # the core is closing under us: nothing to feed
                 self.bus._set(poll.name, last_error=f"core: {e}")
             except Exception as e:   # a bug or a library surprise must not end this port's thread unseen
-                log.exception("instrument %s: unexpected error; the port is reopened", poll.name)
+                if not poll.errored:     # once per instrument: a repeating error must not flood the journal
+                    log.exception("instrument %s: unexpected error; the port is reopened", poll.name)
+                poll.errored = True
                 self.bus._count(poll.name, "internal_errors")
                 self._lost(e)
+                # this instrument waits its turn like any other: the others on the port are still polled
+                poll.due = time.monotonic() + max(poll.config.poll_ms / 1000.0, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.reconnect_max_s)
                 continue
             poll.due = max(poll.due + poll.config.poll_ms / 1000.0, time.monotonic())
         self._close_port()
@@ -842,7 +849,7 @@ class _PortWorker:
             instrument = minimalmodbus.Instrument(port, poll.config.address)
             instrument.clear_buffers_before_each_transaction = True   # a late answer or noise is not the next answer
             poll.instrument = instrument
-            poll.due = now
+            poll.due = max(poll.due, now) if poll.errored else now   # one that failed keeps its wait
         with self._port_lock:
             self._port = port
         if self._ever_open:

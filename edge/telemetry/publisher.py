@@ -377,18 +377,18 @@ class Publisher:
         return self._draft("event", ev.body, ev.priority)
 
     def _batch_drafts(self) -> list[Draft]:
-        """The batch recorder's record as ``start`` and ``end`` messages, each (and each revision) once."""
-        body = self.recorder.current
-        if body is None:
-            return []
+        """The batch recorder's start and end records (and each later revision of an end), each once: what was
+        put is remembered in batch-records.json, so a record queued again after a restart is dropped here."""
         out = []
-        batch_id = body["batch_id"]
-        if self.records.start != batch_id:
-            out.append(self._draft("batch", mqtt_start_body(body)))
-            self.records.start = batch_id
-        if body["record"] == "end" and (self.records.end != batch_id or self.records.revision < body["revision"]):
-            out.append(self._draft("batch", mqtt_end_body(body)))
-            self.records.end, self.records.revision = batch_id, int(body["revision"])
+        for kind, body in self.recorder.take_published():
+            batch_id = body["batch_id"]
+            if kind == "start" and self.records.start != batch_id and self.records.end != batch_id:
+                out.append(self._draft("batch", mqtt_start_body(body)))
+                self.records.start = batch_id
+            elif kind == "end" and body["record"] == "end" and (
+                    self.records.end != batch_id or self.records.revision < body["revision"]):
+                out.append(self._draft("batch", mqtt_end_body(body)))
+                self.records.end, self.records.revision = batch_id, int(body["revision"])
         self.counters.batch += len(out)
         return out
 
