@@ -184,7 +184,8 @@ class PlantProcess:
 
     # ---- serial devices ----
     def _open_serial(self, name: str, dev: Mapping[str, Any]) -> None:
-        from hil.devices.pfeiffer_gauge import GaugeEmulator, open_pty
+        from hil.devices.pfeiffer_gauge import GaugeEmulator
+        from hil.devices.pty_line import open_pty
 
         kind = dev.get("type")
         if kind == "modbus":
@@ -198,7 +199,7 @@ class PlantProcess:
     def _open_bus(self, instruments: Mapping[str, Mapping[str, Any]]) -> None:
         """One RS-485 bus (one pty) with its meters, each reading a counter of the plant's truth."""
         from hil.devices.modbus_meters import MassFlowMeter, Sdm630Meter
-        from hil.devices.pfeiffer_gauge import open_pty
+        from hil.devices.pty_line import open_pty
 
         devices = []
         for name, spec in instruments.items():

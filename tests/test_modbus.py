@@ -40,7 +40,8 @@ from edge.io.modbus import (
     parse_modbus_instrument,
     plan_blocks,
 )
-from hil.devices.modbus_meters import MassFlowMeter, MeterBus, Sdm630Meter, crc16_modbus, open_pty
+from hil.devices.modbus_meters import MassFlowMeter, MeterBus, Sdm630Meter, crc16_modbus
+from hil.devices.pty_line import open_pty
 from hil.regfile import RegisterFile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -47,7 +47,8 @@ from edge.io.pfeiffer import (
     parse_answer,
     parse_instrument,
 )
-from hil.devices.pfeiffer_gauge import GaugeEmulator, open_pty
+from hil.devices.pfeiffer_gauge import GaugeEmulator
+from hil.devices.pty_line import open_pty
 from hil.regfile import RegisterFile
 
 # ---------------------------------------------------------------- the manufacturer's examples

@@ -39,17 +39,14 @@ Non-blocking throughout: ``serve`` never waits, so a plant step is never held by
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import random
 import struct
 from collections.abc import Sequence
-from types import TracebackType
 
-from hil.devices.pfeiffer_gauge import open_pty
+from hil.devices.pty_line import PtyLine
 
-__all__ = ["MassFlowMeter", "MeterBus", "ModbusDevice", "Sdm630Meter", "crc16_modbus", "open_pty"]
+__all__ = ["MassFlowMeter", "MeterBus", "ModbusDevice", "Sdm630Meter", "crc16_modbus"]
 
 READ_HOLDING = 3
 READ_INPUT = 4
@@ -168,7 +165,7 @@ class MassFlowMeter(ModbusDevice):
         self.input[0x0004] = STATUS_SENSOR_FAULT if on else STATUS_OK
 
 
-class MeterBus:
+class MeterBus(PtyLine):
     """The RS-485 bus with its meters, on ``master_fd`` (made non-blocking). Call ``serve`` every plant step."""
 
     def __init__(self, master_fd: int, devices: Sequence[ModbusDevice], *, rng: random.Random | None = None) -> None:
@@ -177,10 +174,8 @@ class MeterBus:
             if device.address in self.devices:
                 raise ValueError(f"two devices at address {device.address} on one bus")
             self.devices[device.address] = device
-        self.fd: int | None = master_fd
-        self._rng = rng or random.Random()
+        super().__init__(master_fd, rng)
         self._in = bytearray()
-        self._out = bytearray()
         self._silent: set[int] = set()
         self._corrupt_next = 0
         self._corrupt_for: dict[int, int] = {}       # address -> answers still to corrupt
@@ -192,9 +187,6 @@ class MeterBus:
         self.corrupted = 0        # answers sent with a broken CRC (crc_burst)
         self.ignored = 0          # good frames for another address, broadcast, or a silent device
         self.rx_errors = 0        # runs of bytes that were not a frame with a good CRC (not answered)
-        self.garbage_sent = 0
-        self.dropped_bytes = 0    # bytes written while nobody had the port open
-        os.set_blocking(master_fd, False)
 
     # ---- faults ----
 
@@ -214,12 +206,6 @@ class MeterBus:
             self._device(address)
             self._corrupt_for[address] = self._corrupt_for.get(address, 0) + n
 
-    def garbage(self, n_bytes: int) -> None:
-        """Put n random bytes on the line towards the edge now (noise, a second talker)."""
-        self._out += self._rng.randbytes(n_bytes)
-        self.garbage_sent += n_bytes
-        self._flush()
-
     def device_fault(self, address: int, on: bool) -> None:
         """The meter's status word reports a fault (a flow meter; the SDM630 map has no status word)."""
         self._device(address).set_fault(on)
@@ -230,6 +216,16 @@ class MeterBus:
         except KeyError:
             raise ValueError(f"no device at address {address} on this bus "
                              f"(there are: {', '.join(map(str, self.devices))})") from None
+
+    def _take_corruption(self, address: int) -> bool:
+        """Whether this answer leaves corrupted: the device's own burst first, then the bus-wide one."""
+        if self._corrupt_for.get(address, 0) > 0:
+            self._corrupt_for[address] -= 1
+            return True
+        if self._corrupt_next > 0:
+            self._corrupt_next -= 1
+            return True
+        return False
 
     # ---- the plant step ----
 
@@ -305,59 +301,8 @@ class MeterBus:
         else:
             body = bytes((address, function, 2 * len(result))) + struct.pack(f">{len(result)}H", *result)
         crc = crc16_modbus(body)
-        if self._corrupt_for.get(address, 0) > 0:
-            self._corrupt_for[address] -= 1
-            self.corrupted += 1
-            crc = bytes((crc[0] ^ 0x5A, crc[1]))
-        elif self._corrupt_next > 0:
-            self._corrupt_next -= 1
+        if self._take_corruption(address):
             self.corrupted += 1
             crc = bytes((crc[0] ^ 0x5A, crc[1]))
         self._out += body + crc
         self.answered += 1
-
-    # ---- the line ----
-
-    def _read_available(self) -> bytes:
-        if self.fd is None:
-            return b""
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunk = os.read(self.fd, 4096)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EIO:   # no one has the slave open: nothing can arrive
-                    break
-                raise
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _flush(self) -> None:
-        if self.fd is None or not self._out:
-            return
-        try:
-            n = os.write(self.fd, self._out)
-        except BlockingIOError:
-            return                          # the edge is not reading: keep it for the next step
-        except OSError as e:
-            if e.errno != errno.EIO:
-                raise
-            self.dropped_bytes += len(self._out)   # nobody listening: the meters talk into the void
-            n = len(self._out)
-        del self._out[:n]
-
-    def close(self) -> None:
-        """Pull the cable: the edge's port fails and the slave path goes away."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> MeterBus:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()

@@ -25,13 +25,8 @@ Non-blocking throughout: ``serve`` never waits, so a plant step is never held by
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import math
-import os
 import random
-import tty
-from types import TracebackType
 
 from edge.io.pfeiffer import (
     ACTION_QUERY,
@@ -45,60 +40,31 @@ from edge.io.pfeiffer import (
     encode_answer,
     encode_pressure,
 )
+from hil.devices.pty_line import PtyLine
 
 SENSOR_ERROR_CODE = "Err001"          # transmitter defective
 DEFAULT_SPAN_MBAR = (5e-9, 1000.0)    # a Pirani / cold-cathode combination gauge
 
 
-def open_pty() -> tuple[int, str]:
-    """A pty pair: (master fd, slave path). The slave is put in raw mode and closed again.
-
-    Raw mode matters: the default line discipline turns CR into LF on input and echoes,
-    which would mangle every telegram before pyserial (which sets raw mode itself) opens
-    the port. The settings live in the pty, not the fd, so they outlast the closed slave.
-    """
-    master, slave = os.openpty()
-    try:
-        tty.setraw(slave)
-        path = os.ttyname(slave)
-    finally:
-        os.close(slave)
-    flags = fcntl.fcntl(master, fcntl.F_GETFL)
-    fcntl.fcntl(master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    return master, path
-
-
-class GaugeEmulator:
+class GaugeEmulator(PtyLine):
     """The gauge at ``address`` on ``master_fd`` (made non-blocking). Call ``serve`` every plant step."""
 
     def __init__(self, master_fd: int, address: int = 1, *, span_mbar: tuple[float, float] = DEFAULT_SPAN_MBAR,
                  rng: random.Random | None = None) -> None:
         if not 1 <= address <= 255:
             raise ValueError(f"address {address}: a gauge has an individual address 1..255")
-        self.fd: int | None = master_fd
+        super().__init__(master_fd, rng)
         self.address = address
         self.span_mbar = span_mbar
-        self._rng = rng or random.Random()
         self._splitter = TelegramSplitter()
-        self._out = bytearray()
         self._silent = False
         self._sensor_error = False
         # what happened on the line, for scenario records
         self.answered = 0         # answers sent
         self.ignored = 0          # valid telegrams for another address, or while silent
         self.rx_errors = 0        # telegrams with a bad checksum or structure (not answered)
-        self.garbage_sent = 0     # random bytes put on the line by garbage()
-        self.dropped_bytes = 0    # bytes written while nobody had the port open
-        flags = fcntl.fcntl(master_fd, fcntl.F_GETFL)
-        fcntl.fcntl(master_fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
 
     # ---- faults ----
-
-    def garbage(self, n_bytes: int) -> None:
-        """Put n random bytes on the line towards the edge now (noise, a second talker)."""
-        self._out += self._rng.randbytes(n_bytes)
-        self.garbage_sent += n_bytes
-        self._flush()
 
     def silent(self, on: bool) -> None:
         """A dead gauge: queries are read and never answered."""
@@ -146,49 +112,3 @@ class GaugeEmulator:
             data = self.reading(pressure_mbar)
         self._out += encode_answer(self.address, telegram.parameter, data)
         self.answered += 1
-
-    # ---- the line ----
-
-    def _read_available(self) -> bytes:
-        if self.fd is None:
-            return b""
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunk = os.read(self.fd, 4096)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EIO:   # no one has the slave open: nothing can arrive
-                    break
-                raise
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _flush(self) -> None:
-        if self.fd is None or not self._out:
-            return
-        try:
-            n = os.write(self.fd, self._out)
-        except BlockingIOError:
-            return                          # the edge is not reading: keep it for the next step
-        except OSError as e:
-            if e.errno != errno.EIO:
-                raise
-            self.dropped_bytes += len(self._out)   # nobody listening: a gauge talks into the void
-            n = len(self._out)
-        del self._out[:n]
-
-    def close(self) -> None:
-        """Pull the cable: the edge's port fails and the slave path goes away."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> GaugeEmulator:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
