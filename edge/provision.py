@@ -29,13 +29,13 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
 from edge.boards import Board, load_board
 from edge.config import Station, load_station
+from edge.files import write_atomic
 
 STATION_PATH = "/etc/reedge/station.toml"
 UNIT_PATH = "/etc/systemd/system/reedge.service"
@@ -211,18 +211,7 @@ def apply(files: Sequence[PlannedFile], root: pathlib.Path) -> list[Change]:
         if exists and target.read_bytes() == planned.content and (target.stat().st_mode & 0o777) == planned.mode:
             changes.append(Change(planned.path, "unchanged"))
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(planned.content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, planned.mode)
-            os.replace(tmp, target)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, planned.content, mode=planned.mode)
         changes.append(Change(planned.path, "updated" if exists else "created"))
     return changes
 

@@ -32,17 +32,16 @@ process-wide pyplot backend is not touched.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import os
 import pathlib
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from edge.files import write_atomic
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,28 +86,6 @@ LANE_COLOUR = {"output": "#1f77b4", "digital": "#2ca02c", "supply": "#ff8c00"}
 # ---------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` whole or not at all (tmp in the same directory, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # a report is for reading; mkstemp makes it 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)  # the rename itself survives a power cut
-    finally:
-        os.close(dfd)
-
-
 def _json_safe(obj: Any) -> Any:
     """NaN and infinities become None (JSON has no such numbers); everything else is left for json to judge."""
     if isinstance(obj, float):
@@ -127,7 +104,7 @@ def write_json(record: dict[str, Any], path: pathlib.Path) -> None:
     ValueError) and leaves any previous file as it was.
     """
     text = json.dumps(_json_safe(record), sort_keys=True, indent=2, allow_nan=False) + "\n"
-    _write_atomic(pathlib.Path(path), text.encode())
+    write_atomic(pathlib.Path(path), text.encode())
 
 
 # ---------------------------------------------------------------------------- text formatting
@@ -314,7 +291,7 @@ def write_junit(records: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
     ET.indent(root)
     buf = io.BytesIO()
     ET.ElementTree(root).write(buf, encoding="utf-8", xml_declaration=True)
-    _write_atomic(pathlib.Path(path), buf.getvalue())
+    write_atomic(pathlib.Path(path), buf.getvalue())
 
 
 # ---------------------------------------------------------------------------- plot: data
@@ -712,4 +689,4 @@ def plot(record: dict[str, Any], rows: Sequence[dict[str, Any]], path: pathlib.P
     _header(fig, record)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=FIG_DPI)
-    _write_atomic(pathlib.Path(path), buf.getvalue())
+    write_atomic(pathlib.Path(path), buf.getvalue())

@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from edge.batch.accounting import AccountingConfig, CounterTracker
+from edge.files import write_atomic
 from edge.telemetry.envelope import rfc3339_ms
 
 if TYPE_CHECKING:
@@ -95,28 +96,7 @@ def write_record(folder: pathlib.Path, body: dict[str, Any], trend: dict[str, An
     under the same checksum: a continued record is only as right as that state."""
     doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "body": body, "trend": trend, "recorder": local}
     doc["sha256"] = _digest(doc)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / RECORD_FILE
-    tmp = folder / f".{RECORD_FILE}.{os.getpid()}.tmp"
-    data = memoryview(json.dumps(doc, indent=1, allow_nan=False).encode())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        try:
-            while data:
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):     # no half-written temporary file left behind
-            tmp.unlink()
-        raise
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(folder / RECORD_FILE, json.dumps(doc, indent=1, allow_nan=False).encode(), mode=0o640)
 
 
 def read_record(folder: pathlib.Path) -> dict[str, Any]:

@@ -29,15 +29,12 @@ drawn, through the object API with the Agg canvas (the process-wide pyplot backe
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import functools
 import html
 import io
 import math
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.batch.record import RECORD_FILE, RecordError, read_record
+from edge.files import write_atomic
 
 if TYPE_CHECKING:
     import numpy as np
@@ -1242,23 +1240,6 @@ def render_html(view: View, plot_png: bytes) -> str:
 # ---------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` whole or not at all (temporary file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _save(fig: Figure, fmt: str) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=PAGE_DPI, metadata={"Creator": f"reedge {__version__}"} if fmt == "pdf" else None)
@@ -1281,7 +1262,7 @@ def render_report(batch_dir: Path, out_dir: Path | None = None, *, now: datetime
     png, pdf = _save(page, "png"), _save(page, "pdf")
     plot_png = _save(draw_plot_only(view), "png")
     files = ReportFiles(html=out / "report.html", png=out / "report.png", pdf=out / "report.pdf")
-    _write_atomic(files.png, png)
-    _write_atomic(files.pdf, pdf)
-    _write_atomic(files.html, render_html(view, plot_png).encode("utf-8"))
+    write_atomic(files.png, png)
+    write_atomic(files.pdf, pdf)
+    write_atomic(files.html, render_html(view, plot_png).encode("utf-8"))
     return files

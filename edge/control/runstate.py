@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge.files import write_atomic
+
 FORMAT = "reedge-runstate"
 VERSION = 1
 
@@ -48,22 +50,7 @@ class RunStateStore:
         """Atomically replace the stored state with ``state`` (JSON-safe)."""
         body = {"format": FORMAT, "version": VERSION, "saved_unix_s": self.clock(), "state": state}
         text = json.dumps({**body, "sha256": _digest(body)}, sort_keys=True, indent=1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            data = memoryview(text.encode())
-            while data:                      # os.write may write less than asked
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.path, text.encode(), mode=0o640)
         self.saves += 1
 
     def load(self) -> tuple[dict[str, Any], float] | None:
