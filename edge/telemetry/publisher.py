@@ -57,7 +57,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import pathlib
 import queue
 import sys
@@ -71,6 +70,7 @@ import paho.mqtt.client as mqtt
 from edge.batch.record import BatchRecorder, mqtt_end_body, mqtt_start_body
 from edge.control.controller import Controller, ProcessEvent
 from edge.core import Core
+from edge.files import write_atomic
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, Aggregator
 from edge.telemetry.broker_url import BrokerSettings
 from edge.telemetry.commands import (
@@ -530,10 +530,6 @@ class _BatchRecords:
     def save(self) -> None:
         if (self.start, self.end, self.revision) == self._saved:
             return
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"start": self.start, "end": self.end, "revision": self.revision}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"start": self.start, "end": self.end, "revision": self.revision}).encode(),
+                     mode=0o640)
         self._saved = (self.start, self.end, self.revision)
