@@ -70,8 +70,7 @@ TREND_WRITE_S = 1.0       # wall seconds between appends of the buffered trend r
 NL_PER_MOL = 22.414       # normal litres (0 degC, 1.01325 bar) per mole of ideal gas
 R = 8.314
 METERS = (("energy", "kWh"), ("h2", "NL"), ("ar", "NL"), ("cooling_water", "L"))
-RECORDED_KINDS = {"trip": "trip", "alarm": "alarm", "operator": "operator", "recovery": "recovery",
-                  "refused": "refused"}
+RECORDED_KINDS = frozenset({"trip", "alarm", "operator", "recovery", "refused"})   # controller event kinds kept
 
 
 class RecordError(RuntimeError):
@@ -170,7 +169,6 @@ class BatchRecorder:
         self._events_seen = 0
         self._end: float | None = None                   # unix time the sequence finished (waiting or ended)
         self._started = 0.0                              # unix time the batch started
-        self._last_duties: dict[str, float] = {}
         self._next_trend = -math.inf
         self._last_save = -math.inf
         self._dirty = False
@@ -252,7 +250,6 @@ class BatchRecorder:
         self._events_seen = len(ctl.events)
         self.feed(ctl, samples)
         self._heater_kwh = ctl.heater_model.kwh
-        self._last_duties = dict(ctl.last_duties)
         if now >= self._next_trend:
             self._trend_row(ctl, now)
             self._next_trend = now + self.cfg.trend_every_s
@@ -392,7 +389,7 @@ class BatchRecorder:
             name = e.data.get("rule") or e.data.get("alarm") or e.data.get("output")
             if e.kind == "alarm" and e.data.get("state") not in (None, "raised"):
                 return        # raised alarms are the record's; clears and acks are in the event stream
-            self._add_event(t, RECORDED_KINDS[e.kind], None if name is None else str(name), e.message)
+            self._add_event(t, e.kind, None if name is None else str(name), e.message)
 
     def _final_phase(self, seq: Any, t: float) -> None:
         """The sequence finished at ``t``: its outcome is kept now (a new batch may replace it before the end
@@ -601,7 +598,7 @@ class BatchRecorder:
         def cell(v: float | None) -> str:
             return "" if v is None or not math.isfinite(v) else f"{v:.6g}"
 
-        duty = max(self._last_duties.values(), default=math.nan) if self._last_duties else math.nan
+        duty = max(ctl.last_duties.values(), default=math.nan)
         sp = ctl.last_demand.setpoint_c
         row = [f"{now:.3f}", cell(sp), cell(duty), *(cell(readings.get(c)) for c in self.channels),
                *(str(outs[o].level) if o in outs else "" for o in self.outputs)]
