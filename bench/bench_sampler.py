@@ -30,7 +30,7 @@ from bench.figures import Figure
 from bench.load import cpu_load
 from bench.pyloop import controller_work
 from edge.core import Core, OutputRefused, Stats, hist_percentile
-from edge.corespec import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
+from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
 from hil.regfile import RegisterFile
 
 CHANNELS = 32

@@ -1,6 +1,6 @@
 """The Python face of the C core, and the only module that imports ``edge._core``.
 
-``Core`` takes a :class:`~edge.corespec.CoreSpec`, hands it to the C core and gives the
+``Core`` takes a :class:`~edge.spec.core.CoreSpec`, hands it to the C core and gives the
 controller what it needs by name: latest values with their status, drained samples and
 events as typed objects, output requests, duty, heartbeat, reset, statistics. The core
 keeps the interlocks whatever Python does; this class only asks.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from edge.corespec import ChannelSpec, CoreSpec, OutputSpec, RuleSpec
+from edge.spec.core import ChannelSpec, CoreSpec, OutputSpec, RuleSpec
 
 ERRLEN = 512
 

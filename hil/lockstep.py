@@ -20,8 +20,8 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from edge.config import Station
 from edge.core import ChannelStatus, Core
+from edge.spec.station import Station
 from hil.regfile import RegisterFile
 from hil.wiring import Wiring
 

@@ -33,8 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.config import load_station
-from edge.corespec import RuleSpec
+from edge.spec.core import RuleSpec
+from edge.spec.station import load_station
 from hil.devices.modbus_meters import MeterBus
 from hil.plants import PLANTS, PlantModel
 from hil.plants.safety_hw import FieldSide, WatchdogRelay

@@ -230,7 +230,7 @@ def _testsuite(record: dict[str, Any]) -> tuple[ET.Element, int, int, int]:
     if _outcome(record) == "error":
         case = ET.SubElement(suite, "testcase", classname=classname, name="run", time=_seconds(record.get("wall_s")))
         text = str(record.get("error") or "the scenario ended in error (no message)")
-        err = ET.SubElement(case, "error", message=_x(text.splitlines()[0] if text else text), type="ScenarioError")
+        err = ET.SubElement(case, "error", message=_x(text.splitlines()[0] if text else text), type="SpecError")
         err.text = _x(text)
         tests, errors = 1, 1
     elif _outcome(record) != "pass" and all(_outcome(m) == "pass" for m in measurements):

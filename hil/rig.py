@@ -114,7 +114,7 @@ class VirtualRig:
     def start_controller(self, recipe: pathlib.Path | None = None, batch_id: str | None = None) -> None:
         if self.controller is not None and self.controller.poll() is None:
             raise RigError("the controller is already running")
-        argv = [sys.executable, "-m", "edge.cli", "run", "--station", str(self.cfg.station),
+        argv = [sys.executable, "-m", "edge", "run", "--station", str(self.cfg.station),
                 "--state-dir", str(self.state_dir), "--rig", str(self.workdir), "--json", "--commands", "stdin",
                 "--scan-s", str(self.cfg.scan_s)]
         if recipe is not None:

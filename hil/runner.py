@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge import __version__
-from edge.config import Station, load_station
-from edge.io.pfeiffer import PfeifferConfig
+from edge.devices.pfeiffer import PfeifferConfig
+from edge.spec.station import Station, load_station
 from hil.rig import RigConfig, RigError, VirtualRig
 from hil.scenario import Condition, Expectation, Scenario, Step, load_scenario
 
@@ -649,15 +649,15 @@ def _record(run: Run, rows: Sequence[dict[str, Any]], started_utc: str, rig: Vir
 def run_files(paths: Sequence[pathlib.Path], report_dir: pathlib.Path, *, print_fn: Callable[[str], None] = print,
               progress: Callable[[Run, VirtualRig], None] | None = None) -> int:
     """The CLI's job: check every file first, run each, print the summaries; 0 only when all pass."""
+    from edge.spec.reader import SpecError
     from hil import report
-    from hil.scenario import ScenarioError
 
     scenarios: list[Scenario] = []
     problems: list[str] = []
     for path in paths:
         try:
             scenarios.append(load_scenario(path))
-        except ScenarioError as exc:
+        except SpecError as exc:
             problems.append(str(exc))
     if problems:
         for p in problems:

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.config import ConfigError, load_station
-from edge.control.recipe import RecipeError, load_recipe
-from edge.messages import FileError, describe, parse_toml, unknown
+from edge.spec.reader import SpecError, describe, parse_toml, unknown
+from edge.spec.recipe import load_recipe
+from edge.spec.station import load_station
 from hil.plants import PLANTS
 
 # controller and rig faults, the same for every plant; each with its parameters (name -> required)
@@ -58,16 +58,7 @@ def exp_measure_takes_until(measure: str | None) -> bool:
     return measure == "plant_metric_delta"
 
 
-class ScenarioError(FileError):
-    """One or more problems in a scenario file (``str()`` gives one line each)."""
 
-    @classmethod
-    def several(cls, errors: Sequence[FileError]) -> ScenarioError:
-        if len(errors) == 1 and isinstance(errors[0], ScenarioError):
-            return errors[0]
-        e = cls(errors[0].source, errors[0].key_path, errors[0].message)
-        e._gather(errors)
-        return e
 
 
 @dataclass(frozen=True)
@@ -135,10 +126,10 @@ class _Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.errors: list[FileError] = []
+        self.errors: list[SpecError] = []
 
     def error(self, path: str, message: str) -> None:
-        self.errors.append(ScenarioError(self.source, path, message))
+        self.errors.append(SpecError(self.source, path, message))
 
     def table(self, parent: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> dict[str, Any]:
         value = parent.get(key)
@@ -182,13 +173,13 @@ def load_scenario(path: str | pathlib.Path) -> Scenario:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ScenarioError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+        raise SpecError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
     return parse_scenario(text, path)
 
 
 def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     source = str(path)
-    raw = parse_toml(text, source, ScenarioError)
+    raw = parse_toml(text, source)
     r = _Reader(source)
     r.keys(raw, "", ("scenario", "plant", "rig", "run", "faults", "operator", "expect"))
     head = r.table(raw, "scenario", "scenario", required=True)
@@ -261,7 +252,7 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     if not expectations:
         r.error("expect", "a scenario needs at least one [[expect]]")
     if r.errors:
-        raise ScenarioError.several(r.errors)
+        raise SpecError.several(r.errors)
     assert station_path is not None and kind is not None
     return Scenario(
         name=name, source=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
@@ -306,7 +297,7 @@ def _station(r: _Reader, head: Mapping[str, Any], path: pathlib.Path) -> tuple[p
     station_path = (path.parent / rel).resolve()
     try:
         return station_path, load_station(station_path)
-    except ConfigError as exc:
+    except SpecError as exc:
         r.error("scenario.station", f"{rel}: the station file has problems:\n{exc}")
     except OSError as exc:
         r.error("scenario.station", f"{rel}: cannot read: {exc.strerror or exc}")
@@ -320,7 +311,7 @@ def _recipe(r: _Reader, head: Mapping[str, Any], path: pathlib.Path, station: An
     recipe_path = (path.parent / rel).resolve()
     try:
         load_recipe(recipe_path)
-    except RecipeError as exc:
+    except SpecError as exc:
         r.error("scenario.recipe", f"{rel}: the recipe has problems:\n{exc}")
     except OSError as exc:
         r.error("scenario.recipe", f"{rel}: cannot read: {exc.strerror or exc}")

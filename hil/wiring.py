@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from edge.corespec import ChannelSpec, CoreSpec
+from edge.spec.core import ChannelSpec, CoreSpec
 from edge.thermo import celsius_to_emf
 from hil.regfile import RegisterFile
 

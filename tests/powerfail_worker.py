@@ -11,9 +11,9 @@ import pathlib
 import sys
 
 import edge.control.controller as controller_module
-from edge.config import load_station
 from edge.control.controller import Controller
-from edge.control.recipe import load_recipe
+from edge.spec.recipe import load_recipe
+from edge.spec.station import load_station
 from hil.lockstep import LockstepRig
 from hil.plants.hd_reactor import HDReactor
 

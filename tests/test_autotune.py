@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from edge.config import load_station
 from edge.control.autotune import RelayAutotune, tyreus_luyben
 from edge.control.pid import Pid
+from edge.spec.station import load_station
 from hil.plants.hd_reactor import SMALL_RETORT, HDReactor
 from tests.test_pid import Fopdt, simulate
 

@@ -30,9 +30,10 @@ from edge.batch.record import (
     mqtt_start_body,
     read_record,
 )
-from edge.config import ConfigError, load_station
 from edge.control.controller import BatchRejected, Controller
-from edge.control.recipe import load_recipe
+from edge.spec.reader import SpecError
+from edge.spec.recipe import load_recipe
+from edge.spec.station import load_station
 from edge.telemetry import schemas
 from hil.lockstep import LockstepRig
 from hil.plants.hd_reactor import HDReactor
@@ -50,7 +51,7 @@ CONFIG = AccountingConfig(energy="heater_meter.energy_kwh", h2="h2_meter.total_n
 
 
 @dataclass
-class Sample:          # what edge.io.modbus.CounterSample carries
+class Sample:          # what edge.devices.modbus.CounterSample carries
     instrument: str
     measurement: str
     t_ns: int
@@ -380,7 +381,7 @@ def write_station(tmp_path: pathlib.Path, accounting: str) -> pathlib.Path:
 ])
 def test_accounting_section_errors_name_the_key(tmp_path: pathlib.Path, accounting: str, where: str,
                                                 says: str) -> None:
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(SpecError) as err:
         load_station(write_station(tmp_path, accounting))
     text = str(err.value)
     assert where in text and says in text, text
@@ -395,7 +396,7 @@ def test_the_example_stations_account_their_meters() -> None:
 
 
 def test_the_operator_records_the_mass_out_on_the_controllers_stdin(station: Station) -> None:
-    from edge.run import execute
+    from edge.app.run import execute
 
     st = station
     assert execute(st.ctl, {"cmd": "record_mass", "mass_out_kg": 25.0}, st.recorder)[0] is False   # no batch yet
@@ -489,7 +490,7 @@ def test_a_meter_channel_must_outlive_two_polls(tmp_path: pathlib.Path) -> None:
     assert slow != text
     path = tmp_path / "station.toml"
     path.write_text(slow)
-    with pytest.raises(ConfigError, match=r"instruments\.heater_meter\.channels\.power_w: 'heater_power' has "
+    with pytest.raises(SpecError, match=r"instruments\.heater_meter\.channels\.power_w: 'heater_power' has "
                                           r"max_age_ms 5000, less than two polls"):
         load_station(path)
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from edge.boards import BOARDS_DIR, BoardError, board_names, load_board, parse_board
-from edge.config import ConfigError, load_station, parse_station
-from edge.usb import format_table, list_serial
+from edge.devices.node.usb import format_table, list_serial
+from edge.spec.board import BOARDS_DIR, board_names, load_board, parse_board
+from edge.spec.reader import SpecError
+from edge.spec.station import load_station, parse_station
 from tests.test_config import dump_toml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -193,13 +194,13 @@ def edited(*edits: Edit) -> str:
     return dump_toml(doc)
 
 
-def problems(*edits: Edit, boards_dir: pathlib.Path | None = None) -> list[ConfigError]:
-    with pytest.raises(ConfigError) as caught:
+def problems(*edits: Edit, boards_dir: pathlib.Path | None = None) -> list[SpecError]:
+    with pytest.raises(SpecError) as caught:
         parse_station(edited(*edits), SOURCE, boards_dir=boards_dir)
     return list(caught.value.errors)
 
 
-def only_problem(*edits: Edit, boards_dir: pathlib.Path | None = None) -> ConfigError:
+def only_problem(*edits: Edit, boards_dir: pathlib.Path | None = None) -> SpecError:
     found = problems(*edits, boards_dir=boards_dir)
     assert len(found) == 1, "\n".join(map(str, found))
     return found[0]
@@ -245,7 +246,7 @@ def test_sim_board_serves_only_the_sim_driver() -> None:
 
 def test_unknown_key_in_a_board_file_says_where_and_suggests(tmp_path: pathlib.Path) -> None:
     text = (BOARDS_DIR / "rpi5.toml").read_text().replace("older_path =", "olderpath =", 1)
-    with pytest.raises(BoardError) as caught:
+    with pytest.raises(SpecError) as caught:
         parse_board(text, str(tmp_path / "rpi5.toml"))
     (error,) = caught.value.errors
     assert error.key_path == "gpiochips.rp1.olderpath"
@@ -272,7 +273,7 @@ devices = ["/dev/ttyAMA0"]
 driver = "edge.io"
 chip = "mian"
 """
-    with pytest.raises(BoardError) as caught:
+    with pytest.raises(SpecError) as caught:
         parse_board(text, "boards/board.toml")
     found = {e.key_path: e.message for e in caught.value.errors}
     assert "differs from the file's name" in found["board.name"]
@@ -404,7 +405,7 @@ def test_board_mistakes_leave_every_other_check_in_place() -> None:
 
 @dataclass
 class FakePort:
-    """The fields of pyserial's ListPortInfo that edge.usb reads."""
+    """The fields of pyserial's ListPortInfo that edge.devices.node.usb reads."""
 
     device: str
     vid: int | None = None
@@ -452,12 +453,12 @@ def test_list_with_nothing_plugged_in_says_what_to_check() -> None:
 
 
 def test_boards_show_prints_the_wiring_table() -> None:
-    out = subprocess.run([sys.executable, "-m", "edge.cli", "boards", "show", "cm4_industrial"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "edge", "boards", "show", "cm4_industrial"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert re.search(r"^\s+4\s+DI0\s+X2\.1\s+input\s+isolated input 24 V$", out.stdout, re.M)
     assert "spi spi0: /dev/spidev0.0, /dev/spidev0.1 (driver spidev, lines 7, 8, 9, 10, 11)" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "edge.cli", "boards", "show", "rpi6"], cwd=ROOT,
+    bad = subprocess.run([sys.executable, "-m", "edge", "boards", "show", "rpi6"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean 'rpi" in bad.stderr
 

@@ -15,7 +15,7 @@ STATION = ROOT / "stations" / "hd_reactor_sim.toml"
 
 
 def reedge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edge", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 

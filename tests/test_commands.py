@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from edge.config import ConfigError, load_station, parse_station
 from edge.core import Core
-from edge.corespec import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
+from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
+from edge.spec.reader import SpecError
+from edge.spec.station import load_station, parse_station
 from edge.telemetry import envelope as E
 from edge.telemetry import schemas
 from edge.telemetry.access import CommandSettings, broker_acl
@@ -396,7 +397,7 @@ def test_mqtt_section_errors_name_the_key() -> None:
     text = (ROOT / "stations" / "hd_reactor_sim.toml").read_text()
     text = text.replace("[mqtt.roles]", "[mqtt.roles]\nsupervisor = [\"x\"]")
     text = text.replace("max_payload_bytes = 16384", "max_payload_bytes = true")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SpecError) as info:
         parse_station(text, "hd.toml")
     shown = str(info.value)
     assert "hd.toml: mqtt.roles.supervisor: unknown role 'supervisor'" in shown

@@ -1,6 +1,6 @@
 """The station file loader: the example loads as intended, every bad station is refused with
 the key path and a clear message, all problems are reported at once, and no input at all,
-however mangled, makes it raise anything but ConfigError.
+however mangled, makes it raise anything but SpecError.
 
 Bad stations are made by editing the parsed example (a dict) and writing it back as TOML, so
 each case states only what is wrong with it.
@@ -22,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge import config
 from edge.batch.accounting import AccountingConfig
-from edge.config import ConfigError, ConfigErrors, Station, load_station, parse_station
+from edge.spec import station as config
+from edge.spec.reader import SpecError
+from edge.spec.station import Station, load_station, parse_station
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "stations" / "hd_reactor_sim.toml"
@@ -133,8 +134,8 @@ def move_to_end(section: str, name: str) -> Edit:
     return edit
 
 
-def problems(*edits: Edit) -> list[ConfigError]:
-    with pytest.raises(ConfigError) as caught:
+def problems(*edits: Edit) -> list[SpecError]:
+    with pytest.raises(SpecError) as caught:
         parse_station(edited(*edits), SOURCE)
     return list(caught.value.errors)
 
@@ -687,7 +688,7 @@ def test_str_names_file_key_and_expectation() -> None:
         "stations/hd.toml: interlocks.chamber_overtemp.channel: unknown channel 'chamber_tmp' (expected one of: ")
     assert text.endswith("; did you mean 'chamber_temp'?")
     assert (error.source, error.key_path) == (SOURCE, "interlocks.chamber_overtemp.channel")
-    assert isinstance(error, ValueError) and not isinstance(error, ConfigErrors)
+    assert isinstance(error, ValueError) and not isinstance(error, SpecError)
 
 
 def test_a_broken_channel_does_not_cascade_into_unknown_channel_errors() -> None:
@@ -703,7 +704,7 @@ def test_all_errors_are_reported_at_once_in_file_order() -> None:
         put("channels.chamber_temp.tc_type", "Q"),
         drop("outputs.heater.safe_level"),
     )
-    with pytest.raises(ConfigErrors) as caught:
+    with pytest.raises(SpecError) as caught:
         parse_station(text, SOURCE)
     errors = caught.value.errors
     assert [e.key_path for e in errors] == [
@@ -722,7 +723,7 @@ def test_all_errors_are_reported_at_once_in_file_order() -> None:
 def test_toml_syntax_error_gives_line_and_column() -> None:
     text = EXAMPLE_TEXT.replace("[limits]", "[limits", 1)
     line = EXAMPLE_TEXT[: EXAMPLE_TEXT.index("[limits]")].count("\n") + 1
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(SpecError) as caught:
         parse_station(text, SOURCE)
     error = caught.value
     assert error.line == line and error.column is not None
@@ -730,17 +731,17 @@ def test_toml_syntax_error_gives_line_and_column() -> None:
 
 
 def test_toml_duplicate_key_is_a_syntax_error() -> None:
-    with pytest.raises(ConfigError, match=r"TOML syntax error at line 3"):
+    with pytest.raises(SpecError, match=r"TOML syntax error at line 3"):
         parse_station('[station]\nid = "a"\nid = "b"\n', SOURCE)
 
 
 def test_absurdly_long_integer_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="TOML syntax error"):
+    with pytest.raises(SpecError, match="TOML syntax error"):
         parse_station("[core]\nperiod_ms = " + "9" * 5000 + "\n", SOURCE)
 
 
 def test_empty_file_lists_every_missing_section() -> None:
-    with pytest.raises(ConfigErrors) as caught:
+    with pytest.raises(SpecError) as caught:
         parse_station("", SOURCE)
     assert [e.key_path for e in caught.value.errors] == [
         "station", "core", "drivers", "channels", "outputs", "limits"]
@@ -748,7 +749,7 @@ def test_empty_file_lists_every_missing_section() -> None:
 
 def test_load_station_missing_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "nope.toml"
-    with pytest.raises(ConfigError, match="cannot read the station file") as caught:
+    with pytest.raises(SpecError, match="cannot read the station file") as caught:
         load_station(path)
     assert caught.value.source == str(path)
 
@@ -756,17 +757,17 @@ def test_load_station_missing_file(tmp_path: pathlib.Path) -> None:
 def test_load_station_not_utf8(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes(b"[station]\ndescription = \"\xe9\"\n")
-    with pytest.raises(ConfigError, match="cannot read the station file"):
+    with pytest.raises(SpecError, match="cannot read the station file"):
         load_station(path)
 
 
 def test_config_does_not_import_the_c_core() -> None:
-    source = (ROOT / "edge" / "config.py").read_text()
+    source = (ROOT / "edge" / "spec" / "station.py").read_text()
     assert not re.search(r"^\s*(from|import)\s+edge\.(core|_core)\b", source, re.M)
     assert "from edge import _core" not in source and "from edge import core" not in source
 
 
-# ---------------------------------------------------------------- fuzzing: nothing but ConfigError
+# ---------------------------------------------------------------- fuzzing: nothing but SpecError
 
 
 def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -828,8 +829,8 @@ def _mutate(doc: Doc, data: st.DataObject) -> None:
 def _must_load_or_refuse(text: str) -> None:
     try:
         result = parse_station(text, SOURCE)
-    except ConfigError as error:
-        assert error.errors and all(isinstance(e, ConfigError) for e in error.errors)
+    except SpecError as error:
+        assert error.errors and all(isinstance(e, SpecError) for e in error.errors)
         assert all(str(e).startswith(SOURCE + ": ") for e in error.errors)
         return
     assert isinstance(result, Station)
@@ -910,7 +911,7 @@ def test_station_without_process_control_sections_still_loads() -> None:
 
 
 def test_a_heater_model_needs_the_heaters_loop() -> None:
-    with pytest.raises(config.ConfigError, match=r"heater_rated_kw\.heater: heater is not driven by a control loop"):
+    with pytest.raises(SpecError, match=r"heater_rated_kw\.heater: heater is not driven by a control loop"):
         loads(drop("loops"), drop("alarms"), drop("plumbing"))
 
 
@@ -1094,7 +1095,7 @@ def test_a_broken_loop_does_not_cascade_into_its_alarms() -> None:
 
 
 def test_process_control_errors_come_in_file_order_with_the_rest() -> None:
-    with pytest.raises(ConfigErrors) as caught:
+    with pytest.raises(SpecError) as caught:
         parse_station(edited(put("plumbing.vent_valve", "vent"), put("alarms.h2_room_warning.severity", "x"),
                              put("loops.chamber.kp", 0), put("core.period_ms", 0)), SOURCE)
     assert [e.key_path for e in caught.value.errors] == [

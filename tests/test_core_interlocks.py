@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from edge.core import ChannelStatus, Core, CoreError, EventKind, OutputRefused, ResetRefused
-from edge.corespec import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, PermissiveSpec, RuleSpec
+from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, PermissiveSpec, RuleSpec
 from hil.regfile import RegisterFile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

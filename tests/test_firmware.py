@@ -19,8 +19,8 @@ import serial  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.io import link
-from edge.io.link import Frame, FrameType
+from edge.devices.node import link
+from edge.devices.node.link import Frame, FrameType
 from hil.virtual_node import MicroPythonError, MicroPythonWorker, VirtualNode
 from tests.support_node import FIRMWARE, H2_VALVE_PIN, MODULES, NODE_JSON, PERIPHERALS, VENT_PIN, stage_firmware
 

@@ -23,9 +23,9 @@ from collections.abc import Iterator, Mapping
 import pytest
 import serial  # type: ignore[import-untyped]
 
-from edge.flash import FlashError, FlashResult, NodeDef, Progress, build, flash, load_node
-from edge.messages import FileError
-from edge.node_session import NodeError, NodeSession
+from edge.devices.node.flash import FlashError, FlashResult, NodeDef, Progress, build, flash, load_node
+from edge.devices.node.session import NodeError, NodeSession
+from edge.spec.reader import SpecError
 from hil.virtual_node import VirtualNode
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -124,12 +124,12 @@ def test_build_keeps_main_as_source_compiles_modules_and_skips_tests(nodes: path
 def test_node_file_errors_name_the_key(nodes: pathlib.Path) -> None:
     text = NODE_TOML.replace("node_id = 7", "node_id = 0").replace('firmware = "fw"', 'firmwre = "fw"')
     (nodes / "test-node.toml").write_text(text)
-    with pytest.raises(FileError) as caught:
+    with pytest.raises(SpecError) as caught:
         load_node("test-node", nodes)
     shown = str(caught.value)
     assert "node.node_id: expected the node's link address, an integer from 1 to 247, got integer 0" in shown
     assert "node.firmwre: unknown key 'firmwre'" in shown and "did you mean 'firmware'?" in shown
-    with pytest.raises(FileError, match=r"unknown node 'test-nod'.*did you mean 'test-node'"):
+    with pytest.raises(SpecError, match=r"unknown node 'test-nod'.*did you mean 'test-node'"):
         load_node("test-nod", nodes)
 
 
@@ -244,7 +244,7 @@ def test_another_nodes_board_is_refused_unless_retargeted(nodes: pathlib.Path, v
 
 def test_probe_names_the_flashed_node(nodes: pathlib.Path, vnode: VirtualNode) -> None:
     do_flash(load_node("test-node", nodes), vnode)
-    out = subprocess.run([sys.executable, "-m", "edge.cli", "boards", "list", "--probe", "--json", "--port",
+    out = subprocess.run([sys.executable, "-m", "edge", "boards", "list", "--probe", "--json", "--port",
                           vnode.port], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     (entry,) = [p for p in json.loads(out.stdout) if p["device"] == vnode.port]
@@ -255,10 +255,10 @@ def test_probe_names_the_flashed_node(nodes: pathlib.Path, vnode: VirtualNode) -
 def test_cli_flash_end_to_end_via_the_real_command(nodes: pathlib.Path, vnode: VirtualNode,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # the command reads boards/nodes/; point a copy of the tests' node at it through the module seam
-    import edge.flash
+    import edge.devices.node.flash
 
-    monkeypatch.setattr(edge.flash, "NODES_DIR", nodes)
-    from edge.cli import main
+    monkeypatch.setattr(edge.devices.node.flash, "NODES_DIR", nodes)
+    from edge.app.cli import main
 
     assert main(["flash", "--node", "test-node", "--port", vnode.port]) == 0
     assert "node.json" in node_files(vnode)

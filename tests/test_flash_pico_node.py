@@ -1,6 +1,6 @@
 """``reedge flash`` of the REAL sensor firmware (boards/firmware/pico_node) with the example node
 definition boards/nodes/hd1_node_a.toml onto the virtual Pico: the firmware reads the node.json the
-flash writes, and the registered hello check (edge.io.hello) compares the node's HELLO frame with it.
+flash writes, and the registered hello check (edge.devices.node.hello) compares the node's HELLO frame with it.
 
 The node definition is copied to a temporary nodes folder so a test can change it; its firmware is
 the project's own folder. A node that runs something other than what was flashed is simulated
@@ -21,11 +21,11 @@ from collections.abc import Iterator
 import pytest
 import serial  # type: ignore[import-untyped]
 
-import edge.io.hello
-from edge.flash import HELLO_CHECKS, FlashError, FlashResult, build, flash, load_node
-from edge.io import link
-from edge.io.link import Frame, FrameType
-from edge.node_session import NodeSession
+import edge.devices.node.hello
+from edge.devices.node import link
+from edge.devices.node.flash import HELLO_CHECKS, FlashError, FlashResult, build, flash, load_node
+from edge.devices.node.link import Frame, FrameType
+from edge.devices.node.session import NodeSession
 from hil.virtual_node import VirtualNode
 from tests.support_node import PERIPHERALS
 
@@ -100,7 +100,7 @@ def test_example_node_definition_builds_the_node_json_the_firmware_reads() -> No
     assert HELLO_CHECKS.get(node.firmware.name) is not None and node.firmware.name == "pico_node"
     identity = json.loads(next(a for a in build(node) if a.path == "node.json").data)
     assert identity["node_id"] == "hd1_node_a" and identity["station"] == "hd-01"
-    assert identity["firmware_version"] == edge.io.hello.firmware_version(node.firmware)
+    assert identity["firmware_version"] == edge.devices.node.hello.firmware_version(node.firmware)
     assert [t["name"] for t in identity["thermocouples"]] == ["retort_tc"]
     assert [a["name"] for a in identity["analog"]] == ["h2_line_pressure", "enclosure_h2"]
     assert [(o["name"], o["safe"]) for o in identity["outputs"]] == [("stack_light", 1)]
@@ -169,7 +169,7 @@ def test_no_hello_is_a_flash_error_with_what_the_node_printed(nodes: pathlib.Pat
         if path == "main.py.new":
             session.write_file("boot.py", STUCK_BOOT.encode())
 
-    monkeypatch.setattr(edge.io.hello, "HELLO_TIMEOUT_S", 5.0)   # how long to wait for what never comes
+    monkeypatch.setattr(edge.devices.node.hello, "HELLO_TIMEOUT_S", 5.0)   # how long to wait for what never comes
     with pytest.raises(FlashError, match=r"no HELLO from the node within 5 s after the restart.*"
                                          r"bench script running"):
         do_flash(nodes, vnode, copy=leaves_a_stuck_boot_py)

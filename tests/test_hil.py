@@ -13,9 +13,10 @@ import time
 
 import pytest
 
+from edge.spec.reader import SpecError
 from hil.regfile import default_dir
 from hil.runner import run_scenario
-from hil.scenario import ScenarioError, load_scenario, parse_scenario
+from hil.scenario import load_scenario, parse_scenario
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # hd_normal_batch is the demo: tests/test_cli.py runs it through `reedge demo` (the same runner)
@@ -68,7 +69,7 @@ def parse(text: str) -> None:
 
 
 def errors_of(text: str) -> str:
-    with pytest.raises(ScenarioError) as info:
+    with pytest.raises(SpecError) as info:
         parse(text)
     return str(info.value)
 
@@ -135,7 +136,7 @@ def test_the_cli_refuses_a_bad_file_before_starting_anything(tmp_path: pathlib.P
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.format(root=ROOT).replace("max_plant_h", "max_plant_hours"))
     before = set(default_dir().glob("reedge-rig-*"))
-    proc = subprocess.run([sys.executable, "-m", "edge.cli", "hil", "run", str(bad), "--report-dir",
+    proc = subprocess.run([sys.executable, "-m", "edge", "hil", "run", str(bad), "--report-dir",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"{bad}: run.max_plant_hours: unknown key" in proc.stdout
@@ -162,7 +163,7 @@ def rig_processes(marker: str) -> list[int]:
 
 def start_runner(tmp_path: pathlib.Path) -> tuple[subprocess.Popen[str], pathlib.Path]:
     report_dir = tmp_path / "reports"
-    runner = subprocess.Popen([sys.executable, "-m", "edge.cli", "hil", "run",
+    runner = subprocess.Popen([sys.executable, "-m", "edge", "hil", "run",
                                str(ROOT / "hil" / "scenarios" / "hd_normal_batch.toml"), "--report-dir",
                                str(report_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60

@@ -1,4 +1,4 @@
-"""The edge's frame codec (edge/io/link.py): CRC, COBS, Ctrl-C stuffing, the decoder and the payloads."""
+"""The edge's frame codec (edge/devices/node/link.py): CRC, COBS, Ctrl-C stuffing, the decoder and the payloads."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.io import link
-from edge.io.link import Frame, FrameType, LinkError
+from edge.devices.node import link
+from edge.devices.node.link import Frame, FrameType, LinkError
 
 frames = st.builds(Frame, st.integers(0, 255), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF),
                    st.integers(0, 0xFFFF), st.binary(max_size=link.MAX_BODY - 9))

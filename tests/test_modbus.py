@@ -25,10 +25,8 @@ import minimalmodbus  # type: ignore[import-untyped]
 import pytest
 import serial  # type: ignore[import-untyped]
 
-from edge.config import ConfigError, parse_station
 from edge.core import ChannelStatus, Core
-from edge.corespec import ChannelSpec, CoreSpec, DriverSpec, OutputSpec
-from edge.io.modbus import (
+from edge.devices.modbus import (
     PROFILES,
     CounterSample,
     InstrumentCounters,
@@ -40,6 +38,9 @@ from edge.io.modbus import (
     parse_modbus_instrument,
     plan_blocks,
 )
+from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec
+from edge.spec.reader import SpecError
+from edge.spec.station import parse_station
 from hil.devices.modbus_meters import MassFlowMeter, MeterBus, Sdm630Meter, crc16_modbus
 from hil.devices.pty_line import open_pty
 from hil.regfile import RegisterFile
@@ -105,7 +106,7 @@ def station_with(meters: str = METERS) -> str:
 
 
 def station_errors(text: str) -> str:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SpecError) as info:
         parse_station(text, "st.toml")
     return str(info.value)
 

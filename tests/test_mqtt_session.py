@@ -514,7 +514,8 @@ class Child:
 
 
 def test_station_file_mqtt_section_gives_broker_settings_and_names_bad_keys(tmp_path: pathlib.Path) -> None:
-    from edge.config import ConfigError, parse_station
+    from edge.spec.reader import SpecError
+    from edge.spec.station import parse_station
 
     source = ROOT / "stations" / "hd_reactor_sim.toml"
     text = source.read_text()
@@ -528,7 +529,7 @@ def test_station_file_mqtt_section_gives_broker_settings_and_names_bad_keys(tmp_
     assert station.broker.keepalive_s == 10 and station.commands.verbs_for("scada-hd")   # both readers ran
     assert parse_station(text, str(source)).broker is None                              # no broker: None
     bad = text.replace("[mqtt.roles]", '[mqtt]\nbrokers = ["mqtt://user:pw@a"]\nkeepalive = 10\n\n[mqtt.roles]', 1)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SpecError) as info:
         parse_station(bad, str(source))
     shown = str(info.value)
     assert "mqtt.brokers: mqtt://***@a: no credentials in a broker URL" in shown

@@ -24,8 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.core import ChannelStatus, Core
-from edge.corespec import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
-from edge.io.pfeiffer import (
+from edge.devices.pfeiffer import (
     MAX_TELEGRAM_LEN,
     ChecksumError,
     GaugeErrorAnswer,
@@ -47,6 +46,7 @@ from edge.io.pfeiffer import (
     parse_answer,
     parse_instrument,
 )
+from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
 from hil.devices.pfeiffer_gauge import GaugeEmulator
 from hil.devices.pty_line import open_pty
 from hil.regfile import RegisterFile

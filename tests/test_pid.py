@@ -18,8 +18,8 @@ from typing import Protocol
 
 import pytest
 
-from edge.config import load_station
 from edge.control.pid import LoopSpec, Pid, PidGains
+from edge.spec.station import load_station
 from hil.plants.hd_reactor import SMALL_RETORT, HDReactor
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from edge.config import load_station
 from edge.core import Core
+from edge.spec.station import load_station
 from hil.plants import PLANTS
 from hil.plants.hd_reactor import HDParams, HDReactor, HDState, R
 from hil.plants.safety_hw import FieldSide, WatchdogRelay

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.control.plumbing import GasPlumbing
 from edge.control.programmer import Programmer, ProgramStatus, ProgState
-from edge.control.recipe import (
+from edge.spec.plumbing import GasPlumbing
+from edge.spec.recipe import (
     AdmitH2,
     Backfill,
     Dwell,

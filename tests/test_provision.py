@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from edge.provision import (
+from edge.app.provision import (
     MODULES_PATH,
     STATION_PATH,
     SYSUSERS_PATH,
@@ -151,7 +151,7 @@ def test_watchdog_beyond_the_pi_hardware_is_refused(station: pathlib.Path, image
 
 def test_cli_writes_the_image_and_exits_0_then_reports_nothing_changed(station: pathlib.Path,
                                                                        image: pathlib.Path) -> None:
-    cmd = [sys.executable, "-m", "edge.cli", "provision", "--station", str(station), "--image-root", str(image)]
+    cmd = [sys.executable, "-m", "edge", "provision", "--station", str(station), "--image-root", str(image)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert first.returncode == 0, first.stderr
     assert f"created   {UNIT_PATH}" in first.stdout
@@ -161,16 +161,16 @@ def test_cli_writes_the_image_and_exits_0_then_reports_nothing_changed(station: 
 
 def test_system_refuses_without_root(station: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the tests may run as root (CI): the check reads the effective uid, so give it an ordinary one
-    import edge.provision
+    import edge.app.provision
 
-    monkeypatch.setattr("edge.provision.os.geteuid", lambda: 1000)
+    monkeypatch.setattr("edge.app.provision.os.geteuid", lambda: 1000)
     written: list[object] = []
 
     def record(*args: object) -> list[object]:
         written.append(args)
         return []
 
-    monkeypatch.setattr(edge.provision, "apply", record)
+    monkeypatch.setattr(edge.app.provision, "apply", record)
     with pytest.raises(ProvisionError, match=r"--system writes /etc and needs root.*nothing was written"):
         provision(station, image_root=None, system=True)
     assert written == []
@@ -179,6 +179,6 @@ def test_system_refuses_without_root(station: pathlib.Path, monkeypatch: pytest.
 def test_exactly_one_target(station: pathlib.Path, image: pathlib.Path) -> None:
     with pytest.raises(ProvisionError, match="exactly one target"):
         provision(station, image_root=image, system=True)
-    cmd = [sys.executable, "-m", "edge.cli", "provision", "--station", str(station)]
+    cmd = [sys.executable, "-m", "edge", "provision", "--station", str(station)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "--image-root" in done.stderr

@@ -18,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.config import Station, load_station, parse_station
-from edge.control.recipe import (
+from edge.spec.recipe import (
     PHASES,
     SEGMENT_KINDS,
     Dwell,
@@ -27,9 +26,8 @@ from edge.control.recipe import (
     Holdback,
     Ramp,
     Recipe,
-    RecipeError,
-    RecipeErrors,
     RecipeProblem,
+    SpecError,
     Threshold,
     Wait,
     check_recipe,
@@ -37,6 +35,7 @@ from edge.control.recipe import (
     load_recipe,
     parse_recipe,
 )
+from edge.spec.station import Station, load_station, parse_station
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HD_PATH = ROOT / "recipes" / "hd_standard.toml"
@@ -74,13 +73,13 @@ def only_problem(text: str, station: Station = HD_STATION) -> RecipeProblem:
     return found[0]
 
 
-def parse_errors(text: str) -> list[RecipeError]:
-    with pytest.raises(RecipeError) as info:
+def parse_errors(text: str) -> list[SpecError]:
+    with pytest.raises(SpecError) as info:
         parse_recipe(text, "r.toml")
     return list(info.value.errors)
 
 
-def only_error(text: str) -> RecipeError:
+def only_error(text: str) -> SpecError:
     errors = parse_errors(text)
     assert len(errors) == 1, [str(e) for e in errors]
     assert errors[0].source == "r.toml"
@@ -427,7 +426,7 @@ def test_an_end_segment_must_be_last() -> None:
 def test_many_problems_come_together_in_file_order() -> None:
     text = hd(("version = 1", "version = 0"), ("band_c = 10.0", "band_c = -1"),
               ("rate_c_per_min = 5.0", "rate = 5.0"), ("[unload]\nmax_temperature_c = 50.0", ""))
-    with pytest.raises(RecipeErrors) as info:
+    with pytest.raises(SpecError) as info:
         parse_recipe(text, "r.toml")
     errors = info.value.errors
     assert [e.key_path for e in errors] == ["recipe.version", "holdback.band_c", "degassing.program[1].rate",
@@ -460,7 +459,7 @@ def test_holdback_needs_a_band() -> None:
 def test_the_file_cannot_be_read_or_parsed() -> None:
     e = only_error("[recipe]\nname = \n")
     assert e.key_path == "" and e.message.startswith("TOML syntax error at line 2, column 8")
-    with pytest.raises(RecipeError, match="cannot read the recipe file"):
+    with pytest.raises(SpecError, match="cannot read the recipe file"):
         load_recipe(ROOT / "recipes" / "no_such.toml")
     errors = parse_errors("")
     assert [e.key_path for e in errors] == ["recipe", "power_fail"]
@@ -470,7 +469,7 @@ def test_the_file_cannot_be_read_or_parsed() -> None:
 
 
 def reedge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=120, env=env)
 
 
@@ -538,7 +537,7 @@ def test_cli_show_draws_a_png(tmp_path: pathlib.Path) -> None:
 
 
 def test_cli_show_without_matplotlib_says_how_to_install_it(tmp_path: pathlib.Path) -> None:
-    code = "import sys; sys.modules['matplotlib'] = None; from edge.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; sys.modules['matplotlib'] = None; from edge.app.cli import main; sys.exit(main(sys.argv[1:]))"
     run = subprocess.run([sys.executable, "-c", code, "recipe", "show", "recipes/hd_standard.toml", "--png",
                           str(tmp_path / "x.png")], capture_output=True, text=True, cwd=ROOT, timeout=120,
                          env={**os.environ})
@@ -618,8 +617,8 @@ def test_fuzz_parse_recipe_raises_only_recipe_errors(data: st.DataObject) -> Non
     text = toml_dumps(document)
     try:
         recipe = parse_recipe(text, "fuzz.toml")
-    except RecipeError as exc:
-        assert exc.errors and all(isinstance(e, RecipeError) and str(e).startswith("fuzz.toml") for e in exc.errors)
+    except SpecError as exc:
+        assert exc.errors and all(isinstance(e, SpecError) and str(e).startswith("fuzz.toml") for e in exc.errors)
         return
     assert isinstance(recipe, Recipe)
     for station in (HD_STATION, SF_STATION):  # a parsed recipe can always be checked and expanded
@@ -631,7 +630,7 @@ def test_fuzz_parse_recipe_raises_only_recipe_errors(data: st.DataObject) -> Non
 @given(st.text(max_size=400) | st.builds(lambda cut, junk: HD_TEXT[:cut] + junk,
                                          st.integers(0, len(HD_TEXT)), st.text(max_size=40)))
 def test_fuzz_parse_recipe_with_any_text(text: str) -> None:
-    with contextlib.suppress(RecipeError):
+    with contextlib.suppress(SpecError):
         parse_recipe(text, "fuzz.toml")
 
 

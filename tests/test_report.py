@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from edge import cli
+from edge.app import cli
 from edge.batch import export, record, report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -68,7 +68,7 @@ def test_reedge_run_feeds_the_core_from_a_sensor_node(tmp_path: pathlib.Path) ->
         station.write_text(text + node_section(node.port))
         out_path = tmp_path / "controller.out"
         with open(out_path, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--station", str(station),
+            proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--station", str(station),
                                      "--state-dir", str(tmp_path / "state"), "--json"],
                                     stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
             try:

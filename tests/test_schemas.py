@@ -14,7 +14,7 @@ import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped, unused-ignore]
 
-from edge import config
+from edge.spec import station as config
 from edge.telemetry import schemas
 from edge.telemetry.topics import LEVEL_RE, SCHEMA_BASE, STREAMS, VERBS, command_schema
 

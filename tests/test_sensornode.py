@@ -1,7 +1,7 @@
 """The edge's sensor-node link against the real firmware in real MicroPython over a real pty.
 
 Each test boots the virtual Pico (hil/virtual_node) with the firmware and node.json in its flash,
-starts a real C core with injected channels, and runs ``edge.io.sensornode.SensorNode`` between
+starts a real C core with injected channels, and runs ``edge.devices.node.client.SensorNode`` between
 them over pyserial. Waits are polls with generous safety nets, never timing assertions.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from edge.core import ChannelStatus
-from edge.io.sensornode import AcceptedReading, ChannelMap, OutputMap, SensorNode, SensorNodeConfig
+from edge.devices.node.client import AcceptedReading, ChannelMap, OutputMap, SensorNode, SensorNodeConfig
 from hil.virtual_node import VirtualNode
 from tests.support_node import (
     H2_VALVE_PIN,

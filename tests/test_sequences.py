@@ -19,11 +19,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge.config import Station, load_station
 from edge.control.controller import BatchRejected, Controller
-from edge.control.recipe import Recipe, load_recipe, parse_recipe
 from edge.control.runstate import RunStateStore
 from edge.control.sequencer import Sequencer
+from edge.spec.recipe import Recipe, load_recipe, parse_recipe
+from edge.spec.station import Station, load_station
 from hil.lockstep import LockstepRig
 from hil.plants.hd_reactor import HDParams, HDReactor
 from hil.plants.sintering_furnace import SinteringFurnace

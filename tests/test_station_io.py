@@ -9,8 +9,9 @@ import pathlib
 
 import pytest
 
-from edge.config import ConfigError, parse_station
-from edge.io.pfeiffer import PfeifferConfig
+from edge.devices.pfeiffer import PfeifferConfig
+from edge.spec.reader import SpecError
+from edge.spec.station import parse_station
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE = (ROOT / "stations" / "hd_reactor_sim.toml").read_text()
@@ -41,7 +42,7 @@ def station_with(extra: str, channels: str = NODE_CHANNEL) -> str:
 
 
 def errors(text: str) -> str:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SpecError) as info:
         parse_station(text, "st.toml")
     return str(info.value)
 

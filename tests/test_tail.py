@@ -216,7 +216,7 @@ def test_tail_reports_gap_duplicate_and_invalid_from_a_real_broker(broker: int) 
                        created_ns=0, body={"window": {"start_ns": 0, "end_ns": 1, "first_tick": 1, "last_tick": 1,
                                                       "samples": 1, "ticks_missed": 0}, "channels": {}})
 
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "tail", "--broker", f"mqtt://127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "tail", "--broker", f"mqtt://127.0.0.1:{port}",
                              "--site", "pilot-line", "--json", "--count", "5", "--seconds", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

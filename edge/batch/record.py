@@ -54,8 +54,8 @@ from edge.files import write_atomic
 from edge.telemetry.envelope import rfc3339_ms
 
 if TYPE_CHECKING:
-    from edge.config import Station
     from edge.control.controller import Controller, ProcessEvent
+    from edge.spec.station import Station
 
 FORMAT = "reedge-batch-record"
 VERSION = 1
@@ -185,7 +185,7 @@ class BatchRecorder:
     # ---- input ----
 
     def feed(self, ctl: Controller, samples: Iterable[Any]) -> None:
-        """Counter readings drained from the meters (``edge.io.modbus.CounterSample``), core-clock stamped."""
+        """Counter readings drained from the meters (``edge.devices.modbus.CounterSample``), core-clock stamped."""
         now_ns, wall = ctl.core.now_ns(), ctl.wall_clock()
         for s in samples:
             tracker = self._by_source.get((s.instrument, s.measurement))

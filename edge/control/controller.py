@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.batch.accounting import HeaterModel
-from edge.config import Station
 from edge.control.alarms import AlarmEngine
 from edge.control.hd import HDSequencer
-from edge.control.recipe import Recipe, check_recipe, parse_recipe
 from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer
 from edge.control.sintering import SinteringSequencer
 from edge.core import Core, CoreEvent, EventKind, OutputRefused
+from edge.spec.recipe import Recipe, check_recipe, parse_recipe
+from edge.spec.station import Station
 
 SEQUENCERS: dict[str, type[Sequencer]] = {"hd": HDSequencer, "sintering": SinteringSequencer}
 SAVE_EVERY_S = 5.0   # wall seconds between periodic run-state saves (changes are saved at once)

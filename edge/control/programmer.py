@@ -36,8 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from edge.control.plumbing import GasPlumbing
-from edge.control.recipe import (
+from edge.spec.plumbing import GasPlumbing
+from edge.spec.recipe import (
     AdmitH2,
     Backfill,
     Condition,

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from edge.control.plumbing import GasPlumbing
 from edge.control.programmer import Programmer, ProgramStatus, ProgState
-from edge.control.recipe import Recipe
+from edge.spec.plumbing import GasPlumbing
+from edge.spec.recipe import Recipe
 
 Readings = Mapping[str, float]   # channel name -> value, NaN when the channel is not OK
 

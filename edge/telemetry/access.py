@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from edge.messages import describe, did_you_mean, join, short
+from edge.spec.reader import describe, did_you_mean, join, short
 from edge.telemetry.topics import IDENTITY_RE, STREAMS, VERBS, StationTopics, check_identity
 
 ROLE_VERBS: dict[str, frozenset[str]] = {

@@ -11,7 +11,7 @@ command line or the station file. What is accepted:
 
 The ``[mqtt]`` section is shared with the command settings (``edge.telemetry.access``);
 ``read_broker_settings`` reads only the keys in ``BROKER_KEYS`` and returns its problems as
-``(key, message)`` pairs for ``edge.config`` to report with the file name and key path, so that every
+``(key, message)`` pairs for ``edge.spec.station`` to report with the file name and key path, so that every
 other key of the section stays the other reader's business.
 
 TLS verification is always on for ``mqtts://``: the server certificate must chain to ``ca_file`` (or

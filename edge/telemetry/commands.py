@@ -599,7 +599,8 @@ class ControllerTarget:
         self.recorder = recorder
 
     def start_batch(self, request: StartRequest) -> None:
-        from edge.control.recipe import RecipeError, parse_recipe
+        from edge.spec.reader import SpecError
+        from edge.spec.recipe import parse_recipe
 
         tripped = [name for name, r in self.ctl.core.rules().items() if r.tripped]
         if tripped:
@@ -615,7 +616,7 @@ class ControllerTarget:
                                             f" not the {request.recipe_sha256[:12]}... the command names")
         try:
             recipe = parse_recipe(raw.decode("utf-8"), str(path))
-        except (RecipeError, UnicodeDecodeError) as e:
+        except (SpecError, UnicodeDecodeError) as e:
             raise CommandRefused("invalid", f"recipe {request.recipe!r} does not load: {e}") from None
         self.ctl.start_batch(recipe, batch_id=request.batch_id, operator=request.operator, feed=request.feed,
                              mass_in_kg=request.mass_in_kg)

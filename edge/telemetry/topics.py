@@ -46,7 +46,7 @@ from edge.telemetry.outbox import Priority
 
 PREFIX = "reedge/v1"
 SCHEMA_BASE = "https://reeproduce.eu/schemas/reedge/v1/"
-LEVEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # = edge.config.IDENT_RE (a test checks they agree)
+LEVEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # = edge.spec.station.IDENT_RE (a test checks they agree)
 MAX_REPLY_TOPIC = 512
 #: An MQTT identity (username or certificate CN) as a topic level: 1 to 128 characters, no control
 #: characters, no wildcard, no level separator, no leading space (mosquitto's ``%u`` needs the same).

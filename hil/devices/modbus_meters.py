@@ -3,7 +3,7 @@
 The plant process owns the meters as it owns the vacuum gauge: every plant step it calls
 ``update`` on each meter with the heater power, the energy, the gas flows and totals of its
 model, then ``serve()`` on the bus, which answers whatever complete requests arrived since the
-last step. The edge side (``edge.io.modbus.ModbusBus``, minimalmodbus over pyserial) opens the
+last step. The edge side (``edge.devices.modbus.ModbusBus``, minimalmodbus over pyserial) opens the
 slave path and cannot tell the difference.
 
 Written without the client library on purpose (own CRC, own framing, own register encoding),
@@ -28,7 +28,7 @@ Register maps: :class:`Sdm630Meter` speaks the Eastron SDM630 input registers th
 (float32, high word first: 0x0000/2/4 phase voltages, 0x0006/8/A phase currents, 0x0034 total
 power W, 0x0048 total import kWh); :class:`MassFlowMeter` the project's own ``reedge_mfc`` map
 (0x0000 flow NL/min float32, 0x0002 total uint32 in 0.001 NL wrapping at 2**32, 0x0004 status:
-0 = ok). Both are documented in ``edge/io/modbus.py``.
+0 = ok). Both are documented in ``edge/devices/modbus.py``.
 
 Faults for scenarios: ``silent(address, on)`` a dead meter, ``crc_burst(n)`` the next n answers
 corrupted on the line, ``garbage(n)`` noise towards the edge, ``device_fault(address, on)`` a

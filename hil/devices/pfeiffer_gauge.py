@@ -3,7 +3,7 @@
 The plant process owns the gauge as it owns the thermocouples: every plant step it calls
 ``serve(pressure_mbar)`` with the chamber pressure of its model, and the emulator answers
 whatever complete queries arrived since the last step, the way the gauge on the reactor would.
-The edge side (``edge.io.pfeiffer.GaugePoller``) opens the slave path with pyserial and
+The edge side (``edge.devices.pfeiffer.GaugePoller``) opens the slave path with pyserial and
 cannot tell the difference; the telegrams come from the same codec, so the emulator is only
 as right as the codec, and the codec is checked against the manufacturer's examples.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import random
 
-from edge.io.pfeiffer import (
+from edge.devices.pfeiffer import (
     ACTION_QUERY,
     NO_SENSOR_ERROR,
     PARAM_ERROR_CODE,

@@ -1,4 +1,4 @@
-# The node side of the framed link to the edge (MicroPython; the edge's twin is edge/io/link.py).
+# The node side of the framed link to the edge (MicroPython; the edge's twin is edge/devices/node/link.py).
 #
 # Wire format of one frame (see ../README.md for the whole protocol):
 #   body  = type u8 | boot u16 | seq u16 | ack u16 | payload | crc u16      (big-endian)

@@ -9,7 +9,7 @@ Two stages, on purpose:
 
 - ``parse_recipe`` / ``load_recipe`` check the file on its own: syntax, types, units in key
   names, unknown keys (with a "did you mean"), segment structure. Every problem of the file is
-  reported at once (``RecipeError.errors``), like a station file's.
+  reported at once (``SpecError.errors``), like a station file's.
 - ``check_recipe`` checks a parsed recipe against one station: its equipment limits, channels,
   outputs and gas plumbing. The same recipe may suit one furnace and not another, so this gives
   a list of ``RecipeProblem`` rather than raising; a run starts only when it is empty.
@@ -32,14 +32,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, TypeAlias, TypeVar, cast
 
-from edge.config import GASES, NAME_RE, EquipmentLimits, Station
-from edge.control.plumbing import GasPlumbing
-from edge.messages import FileError, parse_toml
-from edge.messages import describe as _describe
-from edge.messages import did_you_mean as _did_you_mean
-from edge.messages import join as _join
-from edge.messages import short as _short
-from edge.messages import unknown as _unknown
+from edge.spec.plumbing import GasPlumbing
+from edge.spec.reader import SpecError, parse_toml
+from edge.spec.reader import describe as _describe
+from edge.spec.reader import did_you_mean as _did_you_mean
+from edge.spec.reader import join as _join
+from edge.spec.reader import short as _short
+from edge.spec.reader import unknown as _unknown
+from edge.spec.station import GASES, NAME_RE, EquipmentLimits, Station
 
 __all__ = [
     "PHASES",
@@ -61,10 +61,9 @@ __all__ = [
     "ProfileStep",
     "Ramp",
     "Recipe",
-    "RecipeError",
-    "RecipeErrors",
     "RecipeProblem",
     "Segment",
+    "SpecError",
     "Step",
     "Threshold",
     "Vent",
@@ -467,26 +466,6 @@ class Recipe:
 # ============================================================================ errors
 
 
-class RecipeError(FileError):
-    """One problem in a recipe file. ``str()`` reads ``recipes/x.toml: degassing.program[0].to_c: ...``;
-    ``errors`` is ``(self,)`` so callers can always iterate it (``RecipeErrors`` holds several)."""
-
-    @property
-    def errors(self) -> tuple[RecipeError, ...]:
-        return cast("tuple[RecipeError, ...]", self._several) or (self,)
-
-
-class RecipeErrors(RecipeError):
-    """Several problems at once; the attributes are the first one's, ``errors`` has them all in file order."""
-
-    def __init__(self, errors: Sequence[RecipeError]) -> None:
-        if not errors:
-            raise ValueError("RecipeErrors needs at least one error")
-        first = errors[0]
-        super().__init__(first.source, first.key_path, first.message)
-        self._gather(errors)
-
-
 @dataclass(frozen=True)
 class RecipeProblem:
     """A way in which a recipe does not fit a station (``check_recipe``)."""
@@ -502,19 +481,19 @@ class RecipeProblem:
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
-    """Read and parse a recipe file; any problem is a ``RecipeError`` naming the file."""
+    """Read and parse a recipe file; any problem is a ``SpecError`` naming the file."""
     source = os.fspath(path)
     try:
         text = pathlib.Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(source, "", f"cannot read the recipe file: {exc}") from exc
+        raise SpecError(source, "", f"cannot read the recipe file: {exc}") from exc
     return parse_recipe(text, source)
 
 
 def parse_recipe(text: str, source: str) -> Recipe:
     """Parse recipe text; ``source`` is the name errors carry (usually the path)."""
-    document = parse_toml(text, source, RecipeError)
-    sink: list[RecipeError] = []
+    document = parse_toml(text, source)
+    sink: list[SpecError] = []
     top = _Reader(sink, source, document, "", noun="table")
 
     head = _read_head(top)
@@ -531,14 +510,14 @@ def parse_recipe(text: str, source: str) -> Recipe:
     if sink:
         order = list(document)
 
-        def place(error: RecipeError) -> int:
+        def place(error: SpecError) -> int:
             head_key = re.split(r"[.\[]", error.key_path, maxsplit=1)[0]
             return order.index(head_key) if head_key in order else len(order)
 
         ordered = sorted(sink, key=place)
-        raise ordered[0] if len(ordered) == 1 else RecipeErrors(ordered)
+        raise ordered[0] if len(ordered) == 1 else SpecError.several(ordered)
     if power_fail is None or phases is None:  # pragma: no cover - every None path reports an error
-        raise RecipeError(source, "", "internal error: a table was not read")
+        raise SpecError(source, "", "internal error: a table was not read")
     return Recipe(
         name=str(head["name"]),
         process=cast(Process, process),
@@ -672,7 +651,7 @@ def _read_program(r: _Reader, phase: str) -> tuple[Segment, ...] | None:
     for index, item in enumerate(value):
         path = f"{r.path}.program[{index}]"
         if not isinstance(item, dict):
-            r.sink.append(RecipeError(r.source, path, f"segment #{index}: expected a table with kind = ..., "
+            r.sink.append(SpecError(r.source, path, f"segment #{index}: expected a table with kind = ..., "
                                                       f"got {_describe(item)}"))
             ok = False
             continue
@@ -681,7 +660,7 @@ def _read_program(r: _Reader, phase: str) -> tuple[Segment, ...] | None:
             ok = False
             continue
         if isinstance(segment, End) and index != len(value) - 1:
-            r.sink.append(RecipeError(r.source, path, f"{describe_segment(segment, index)}: an end segment must be "
+            r.sink.append(SpecError(r.source, path, f"{describe_segment(segment, index)}: an end segment must be "
                                                       f"the last of the program (it is #{index} of {len(value)})"))
             ok = False
         segments.append(segment)
@@ -1255,7 +1234,7 @@ class _Reader:
     """One TOML table being read: typed getters that report instead of raising, and remember which
     keys apply so that ``finish`` can flag every other key (with "missing unit" or "did you mean")."""
 
-    def __init__(self, sink: list[RecipeError], source: str, data: Mapping[str, object], path: str,
+    def __init__(self, sink: list[SpecError], source: str, data: Mapping[str, object], path: str,
                  noun: str = "key") -> None:
         self.sink = sink
         self.source = source
@@ -1272,7 +1251,7 @@ class _Reader:
         if key is not None:
             self._bad.add(key)
         path = self.path if key is None else _join(self.path, key)
-        self.sink.append(RecipeError(self.source, path, f"{self.where}: {message}" if self.where else message))
+        self.sink.append(SpecError(self.source, path, f"{self.where}: {message}" if self.where else message))
 
     def has_error(self, key: str) -> bool:
         return key in self._bad

@@ -105,7 +105,7 @@ def probe(port: SerialPort) -> SerialPort:
     """Ask the port's raw REPL who it is; the node is restarted afterwards. Errors are kept, not raised."""
     from dataclasses import replace
 
-    from edge.node_session import NodeError, NodeSession
+    from edge.devices.node.session import NodeError, NodeSession
 
     try:
         with NodeSession(port.device) as session:

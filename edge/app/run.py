@@ -58,15 +58,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from edge.app.systemd import Notifier
 from edge.batch.record import BatchRecorder
-from edge.config import Station, load_station
 from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller, ProcessEvent
-from edge.control.recipe import RecipeError, load_recipe
 from edge.core import Core, CoreEvent
-from edge.io.modbus import ModbusBus, ModbusConfig
-from edge.io.pfeiffer import GaugePoller, PfeifferConfig
-from edge.io.sensornode import SensorNode
-from edge.systemd import Notifier
+from edge.devices.modbus import ModbusBus, ModbusConfig
+from edge.devices.node.client import SensorNode
+from edge.devices.pfeiffer import GaugePoller, PfeifferConfig
+from edge.spec.reader import SpecError
+from edge.spec.recipe import load_recipe
+from edge.spec.station import Station, load_station
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S
 from edge.telemetry.broker_url import BrokerSettings, BrokerUrlError, Protocol, read_broker_settings
 from edge.telemetry.outbox import DEFAULT_QUOTA
@@ -343,7 +344,7 @@ def run(opts: RunOptions) -> int:
     if opts.recipe is not None:
         try:
             recipe = load_recipe(opts.recipe)
-        except RecipeError as exc:
+        except SpecError as exc:
             raise RunError("\n".join(str(e) for e in exc.errors)) from exc
     opts.state_dir.mkdir(parents=True, exist_ok=True)
     spec = station.core

@@ -36,8 +36,8 @@ from typing import Protocol
 import serial  # type: ignore[import-untyped]
 
 from edge.core import ChannelStatus, Core
-from edge.io import link
-from edge.io.link import Frame, FrameType, Hello, LinkError, NodeStatus
+from edge.devices.node import link
+from edge.devices.node.link import Frame, FrameType, Hello, LinkError, NodeStatus
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The pico_node firmware's side of ``reedge flash``: the node.json it reads, and its HELLO after the restart.
 
-Why here and not in ``edge.flash``: both belong to the firmware's link protocol
-(boards/firmware/README.md), not to copying files. ``edge.flash`` registers the two functions for
+Why here and not in ``edge.devices.node.flash``: both belong to the firmware's link protocol
+(boards/firmware/README.md), not to copying files. ``edge.devices.node.flash`` registers the two functions for
 the firmware folder ``pico_node`` (``NODE_JSON_LAYOUTS``, ``HELLO_CHECKS``).
 
 * **node.json**: the firmware reads its config keys at the top level and ``node_id`` as a string;
@@ -24,10 +24,10 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 
-from edge.flash import FlashError, NodeDef, identity_bytes
-from edge.io import link
-from edge.io.link import Frame, FrameType, Hello, LinkError
-from edge.node_session import NodeSession
+from edge.devices.node import link
+from edge.devices.node.flash import FlashError, NodeDef, identity_bytes
+from edge.devices.node.link import Frame, FrameType, Hello, LinkError
+from edge.devices.node.session import NodeSession
 
 __all__ = ["HELLO_TIMEOUT_S", "check_pico_node_hello", "compare_hello", "firmware_version", "pico_node_identity"]
 
@@ -94,7 +94,7 @@ def check_pico_node_hello(session: NodeSession, identity: Mapping[str, object]) 
     """Wait for the restarted node's HELLO and compare it; FlashError naming each difference, or no HELLO."""
     if "firmware_version" not in identity:
         raise FlashError(f"{session.port}: node.json was not built with the pico_node layout "
-                         "(edge.io.hello.pico_node_identity): cannot check the hello")
+                         "(edge.devices.node.hello.pico_node_identity): cannot check the hello")
     hello = _read_hello(session)
     problems = compare_hello(hello, identity)
     if problems:

@@ -15,19 +15,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from edge import __version__, boards_cli
+from edge import __version__
+from edge.app import boards_cli
 from edge.telemetry import tail
 
 if TYPE_CHECKING:
-    from edge.control.recipe import ProfileStep, Recipe
+    from edge.spec.recipe import ProfileStep, Recipe
 
-STATIONS = pathlib.Path(__file__).resolve().parent.parent / "stations"
+STATIONS = pathlib.Path(__file__).resolve().parents[2] / "stations"
 DEMO_SCENARIO = STATIONS.parent / "hil" / "scenarios" / "hd_normal_batch.toml"
 DEFAULT_STATE_DIR = "/var/lib/reedge"  # where `reedge run` keeps its state (and the batch records) by default
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.demo import run_demo
+    from hil.demo import run_demo
 
     return run_demo(pathlib.Path(args.scenario), report_dir=pathlib.Path(args.report_dir),
                     time_scale=args.time_scale, color=not args.no_color,
@@ -35,7 +36,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.run import RunOptions, run
+    from edge.app.run import RunOptions, run
 
     return run(RunOptions(
         station=pathlib.Path(args.station), state_dir=pathlib.Path(args.state_dir),
@@ -64,7 +65,7 @@ def cmd_hil_run(args: argparse.Namespace) -> int:
 
 
 def cmd_station_check(args: argparse.Namespace) -> int:
-    from edge.config import load_station
+    from edge.spec.station import load_station
 
     station = load_station(pathlib.Path(args.file))
     core = station.core
@@ -92,11 +93,12 @@ def cmd_tc(args: argparse.Namespace) -> int:
 
 def _load_recipe(path: str) -> Recipe | None:
     """The recipe, or None after printing every problem in it (the recipe commands then exit 2)."""
-    from edge.control.recipe import RecipeError, load_recipe
+    from edge.spec.reader import SpecError
+    from edge.spec.recipe import load_recipe
 
     try:
         return load_recipe(path)
-    except RecipeError as exc:
+    except SpecError as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
         return None
@@ -104,8 +106,8 @@ def _load_recipe(path: str) -> Recipe | None:
 
 def cmd_recipe_validate(args: argparse.Namespace) -> int:
     """Every problem as ``RECIPE: key.path: message``; exit 1 with problems, 2 when unreadable."""
-    from edge.config import load_station
-    from edge.control.recipe import check_recipe, expand_profile
+    from edge.spec.recipe import check_recipe, expand_profile
+    from edge.spec.station import load_station
 
     recipe = _load_recipe(args.recipe)
     if recipe is None:
@@ -139,8 +141,8 @@ def _setpoints(start: float | None, end: float | None) -> str:
 
 def cmd_recipe_show(args: argparse.Namespace) -> int:
     """The expanded profile as a table (and a PNG): per phase and segment, when, setpoints, gas action."""
-    from edge.config import Station, load_station
-    from edge.control.recipe import check_recipe, expand_profile
+    from edge.spec.recipe import check_recipe, expand_profile
+    from edge.spec.station import Station, load_station
 
     recipe = _load_recipe(args.recipe)
     if recipe is None:
@@ -387,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(running or interrupted)")
     p.set_defaults(func=cmd_report)
 
-    boards_cli.register(sub)  # boards list|show, flash, provision (edge/boards_cli.py)
+    boards_cli.register(sub)  # boards list|show, flash, provision (edge/app/boards_cli.py)
     tail.register(sub)  # tail: watch and check stations' MQTT messages (edge/telemetry/tail.py)
     return ap
 

@@ -1,6 +1,6 @@
 """What the C core is told at start-up, as plain typed data.
 
-``edge.config`` builds a ``CoreSpec`` from the station file (names resolved, every
+``edge.spec.station`` builds a ``CoreSpec`` from the station file (names resolved, every
 value checked); ``edge.core.Core`` hands it to the C core field by field. Keeping it
 apart from both lets the config be tested without the core and the core be driven by
 tests without a station file. Field meanings mirror ``cext/edge_core.h``.

@@ -11,11 +11,11 @@ technicians; ``stations/hd_reactor_sim.toml`` is a worked example.
 Why so strict: this file is the safety case of the station. A typo must never pass silently
 (an unknown key is an error, with a "did you mean"), a boolean is never taken for a number,
 every name is resolved here, and every error names the file, the key path and what was
-expected. All problems are collected and reported together (``ConfigErrors``) so that a
+expected. All problems are collected and reported together (``SpecError``) so that a
 technician fixes the file in one pass. An item that is itself broken still counts as declared,
 so one mistake does not cascade into a page of "unknown channel" errors.
 
-This module never imports the C core: its result is a plain ``CoreSpec`` (``edge.corespec``)
+This module never imports the C core: its result is a plain ``CoreSpec`` (``edge.spec.core``)
 and it is tested without a compiler. The core's table sizes are mirrored below and a test
 checks them against ``cext/edge_core.h``.
 
@@ -30,12 +30,11 @@ import math
 import os
 import pathlib
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal, TypeVar, cast, overload
+from typing import Literal, cast
 
 from edge.batch.accounting import AccountingConfig
-from edge.boards import BoardError, DriverUse, check_station_wiring, load_board
 from edge.control.alarms import (
     ALARM_KINDS,
     DEVIATION_KINDS,
@@ -47,8 +46,11 @@ from edge.control.alarms import (
     Severity,
 )
 from edge.control.pid import LoopSpec, PidGains
-from edge.control.plumbing import GasPlumbing
-from edge.corespec import (
+from edge.devices.modbus import ModbusConfig, parse_modbus_instrument, shared_port_problems
+from edge.devices.node.client import ChannelMap, OutputMap, SensorNodeConfig
+from edge.devices.pfeiffer import PfeifferConfig, parse_instrument
+from edge.spec.board import DriverUse, check_station_wiring, load_board
+from edge.spec.core import (
     ChannelKind,
     ChannelSpec,
     Comparison,
@@ -59,15 +61,34 @@ from edge.corespec import (
     RuleKind,
     RuleSpec,
 )
-from edge.io.modbus import ModbusConfig, parse_modbus_instrument, shared_port_problems
-from edge.io.pfeiffer import PfeifferConfig, parse_instrument
-from edge.io.sensornode import ChannelMap, OutputMap, SensorNodeConfig
-from edge.messages import FileError, parse_toml
-from edge.messages import describe as _describe
-from edge.messages import did_you_mean as _did_you_mean
-from edge.messages import join as _join
-from edge.messages import short as _short
-from edge.messages import unknown as _unknown
+from edge.spec.plumbing import GasPlumbing
+from edge.spec.reader import Bad as _Bad
+from edge.spec.reader import Conv as _Conv
+from edge.spec.reader import Problems as _Report
+from edge.spec.reader import SpecError, parse_toml, read_text
+from edge.spec.reader import Table as _Table
+from edge.spec.reader import boolean as _boolean
+from edge.spec.reader import choice as _choice
+from edge.spec.reader import describe as _describe
+from edge.spec.reader import did_you_mean as _did_you_mean
+from edge.spec.reader import exact as _exact
+from edge.spec.reader import fmt as _fmt
+from edge.spec.reader import integer_in as _integer_in
+from edge.spec.reader import join as _join
+from edge.spec.reader import level as _level
+from edge.spec.reader import level_number as _level_number
+from edge.spec.reader import list_of as _list_of
+from edge.spec.reader import lookup as _lookup
+from edge.spec.reader import matching as _matching
+from edge.spec.reader import number as _number
+from edge.spec.reader import number_in as _number_in
+from edge.spec.reader import one_of_ints as _one_of_ints
+from edge.spec.reader import range_pair as _range_pair
+from edge.spec.reader import short as _short
+from edge.spec.reader import string as _string
+from edge.spec.reader import text as _text
+from edge.spec.reader import unknown as _unknown
+from edge.spec.reader import valid as _valid
 from edge.telemetry.access import MQTT_KEYS as _MQTT_KEYS
 from edge.telemetry.access import CommandSettings
 from edge.telemetry.access import read_settings as _read_command_settings
@@ -77,8 +98,6 @@ from edge.telemetry.broker_url import read_broker_settings as _read_broker_setti
 
 __all__ = [
     "AlarmSpec",
-    "ConfigError",
-    "ConfigErrors",
     "EquipmentLimits",
     "Gas",
     "GasPlumbing",
@@ -200,44 +219,18 @@ class Station:
 # ============================================================================ errors
 
 
-class ConfigError(FileError):
-    """One problem in a station file (see ``edge.messages.FileError``). ``errors`` is ``(self,)`` so that
-    callers can always iterate it, whether one problem or several (``ConfigErrors``) were raised."""
-
-    @property
-    def errors(self) -> tuple[ConfigError, ...]:
-        return cast("tuple[ConfigError, ...]", self._several) or (self,)
-
-
-class ConfigErrors(ConfigError):
-    """Several problems at once. ``source``/``key_path``/``message`` are those of the first;
-    ``errors`` holds them all, in file order; ``str()`` gives one per line."""
-
-    def __init__(self, errors: Sequence[ConfigError]) -> None:
-        if not errors:
-            raise ValueError("ConfigErrors needs at least one error")
-        first = errors[0]
-        super().__init__(first.source, first.key_path, first.message, line=first.line, column=first.column)
-        self._gather(errors)
-
-
 # ============================================================================ entry points
 
 
 def load_station(path: str | os.PathLike[str], *, boards_dir: pathlib.Path | None = None) -> Station:
-    """Read and validate a station file; any problem is a ``ConfigError`` naming the file.
+    """Read and validate a station file; any problem is a ``SpecError`` naming the file.
     ``boards_dir``: where ``[station] board`` is looked up (default ``boards/``)."""
-    source = os.fspath(path)
-    try:
-        text = pathlib.Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, "", f"cannot read the station file: {exc}") from exc
-    return parse_station(text, source, boards_dir=boards_dir)
+    return parse_station(read_text(path, "station file"), os.fspath(path), boards_dir=boards_dir)
 
 
 def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = None) -> Station:
     """Validate station-file text; ``source`` is the name errors carry (usually the path)."""
-    document = parse_toml(text, source, ConfigError)
+    document = parse_toml(text, source)
     report = _Report(source)
     top = _Table(report, document, "", noun="section")
 
@@ -270,7 +263,7 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
     report.raise_if_any(section_order=list(document))
 
     if identity is None or limits is None:  # pragma: no cover - every None path reports an error
-        raise ConfigError(source, "", "internal error: a section was not read")
+        raise SpecError(source, "", "internal error: a section was not read")
     core = CoreSpec(
         period_ms=settings.period_ms,
         rt_priority=settings.rt_priority,
@@ -328,7 +321,7 @@ def _read_station(top: _Table) -> tuple[StationIdentity | None, bool, str | None
 def _check_board(
     report: _Report, board_name: str | None, drivers: Mapping[str, _Driver | None], boards_dir: pathlib.Path | None
 ) -> None:
-    """The drivers' chips, lines and SPI devices must exist on the named board (``edge.boards``).
+    """The drivers' chips, lines and SPI devices must exist on the named board (``edge.spec.board``).
 
     No ``board`` key: the wiring is not checked against a board (older files, and the loader's own
     tests); ``reedge provision`` refuses such a station, so nothing unchecked reaches an SBC."""
@@ -336,7 +329,7 @@ def _check_board(
         return
     try:
         board = load_board(board_name, boards_dir)
-    except BoardError as exc:
+    except SpecError as exc:
         for error in exc.errors:
             broken = error.key_path or error.source.endswith(".toml")
             report.add("station.board", f"the board file is broken: {error}" if broken else error.message)
@@ -451,7 +444,7 @@ def _read_drivers(top: _Table) -> dict[str, _Driver | None]:
     section = top.table("drivers", required=True, expected="at least one [drivers.NAME] table")
     if section is None:
         return drivers
-    for name, t in section.named_tables():
+    for name, t in _named_tables(section):
         drivers[name] = _read_driver(t, name) if t is not None else None
     if not drivers:
         section.report(None, "at least one driver is required (the core's clock is driver 0's clock)")
@@ -593,7 +586,7 @@ def _read_channels(top: _Table, drivers: Mapping[str, _Driver | None]) -> dict[s
         return channels
     wired: dict[tuple[str, str, int], tuple[str, bool]] = {}  # (driver, space, input) -> (channel, shared)
     names_in_file = list(section.data)
-    for name, t in section.named_tables():
+    for name, t in _named_tables(section):
         channels[name] = _read_channel(t, name, drivers, channels, names_in_file, wired) if t is not None else None
     return channels
 
@@ -754,7 +747,7 @@ def _read_outputs(
     if section is None:
         return outputs
     lines: dict[tuple[str, int], str] = {}
-    for name, t in section.named_tables():
+    for name, t in _named_tables(section):
         outputs[name] = _read_output(t, name, drivers, settings, lines) if t is not None else None
     return outputs
 
@@ -816,7 +809,7 @@ def _read_interlocks(
     rules: dict[str, RuleSpec | None] = {}
     section = top.table("interlocks", expected="[interlocks.NAME] tables")
     if section is not None:
-        for name, t in section.named_tables():
+        for name, t in _named_tables(section):
             if name == DEADMAN_RULE:
                 section.report(name, f"the name '{DEADMAN_RULE}' is reserved for the built-in dead-man "
                                      "(core.deadman_ms); choose another name")
@@ -959,7 +952,7 @@ def _read_permissives(
                                         f"got {_describe(value)}")
             continue
         for index, item in enumerate(value):
-            t = _Table(section.report_to, cast(dict[str, object], item), f"{path}[{index}]")
+            t = _Table(section.problems, cast(dict[str, object], item), f"{path}[{index}]")
             spec = _read_permissive(t, output_name, channels)
             permissives.append(spec if output_ok else None)
     return permissives
@@ -1095,7 +1088,7 @@ def _read_loops(
     if section is None:
         return loops
     driven: dict[str, str] = {}  # output -> the loop driving it
-    for name, t in section.named_tables():
+    for name, t in _named_tables(section):
         loops[name] = _read_loop(t, name, settings, channels, outputs, limits, driven) if t is not None else None
     return loops
 
@@ -1186,7 +1179,7 @@ def _read_alarms(
     if section is None:
         return alarms
     loops_broken = top.has_error("loops")  # then every loop name resolves to "broken", not "unknown"
-    for name, t in section.named_tables():
+    for name, t in _named_tables(section):
         alarms[name] = _read_alarm(t, name, channels, loops, outputs, rules, loops_broken) if t is not None else None
     return alarms
 
@@ -1351,7 +1344,7 @@ def _read_plumbing(
     loops: Mapping[str, LoopSpec | None],
     limits: EquipmentLimits | None,
 ) -> GasPlumbing:
-    """[plumbing]: which channel and output plays each gas-handling role (``edge.control.plumbing``).
+    """[plumbing]: which channel and output plays each gas-handling role (``edge.spec.plumbing``).
 
     The roles are GasPlumbing's fields: ``*_channel`` are channels, ``inlet_valves`` a table gas ->
     output, every other field an output. A key left out takes GasPlumbing's default, which must then
@@ -1432,7 +1425,7 @@ def _read_inlet_valves(
     valves: dict[str, str] = (t.get(key, _gas_table) or {}) if given else dict(GasPlumbing().inlet_valves)
     if t.has_error(key):
         return valves
-    vt = _Table(t.report_to, valves, _join(t.path, key))
+    vt = _Table(t.problems, valves, _join(t.path, key))
     allowed = limits.allowed_gases if limits is not None else None
     for gas, name in valves.items():
         if allowed is not None and gas not in allowed:
@@ -1465,7 +1458,7 @@ def _read_instruments(top: _Table, channels: Mapping[str, ChannelSpec | None]
         return {}
     found: dict[str, PfeifferConfig | ModbusConfig] = {}
     fed: dict[str, str] = {}
-    for name, t in section.named_tables():
+    for name, t in _named_tables(section):
         if t is None:
             continue
         kind = t.data.get("type")
@@ -1479,7 +1472,7 @@ def _read_instruments(top: _Table, channels: Mapping[str, ChannelSpec | None]
         except ValueError as exc:
             for line in str(exc).splitlines():
                 key_path, _, message = line.partition(": ")
-                top.report_to.add(key_path, message or line)
+                top.problems.add(key_path, message or line)
             continue
         if isinstance(cfg, ModbusConfig):
             if _check_modbus_channels(t, name, cfg, channels, fed):
@@ -1504,7 +1497,7 @@ def _check_modbus_channels(t: _Table, name: str, cfg: ModbusConfig, channels: Ma
     """Each ``channels`` target is an injected channel with a max age (a silent meter must go STALE) that
     nothing else feeds."""
     ok = True
-    ct = _Table(t.report_to, cfg.channels, _join(t.path, "channels"))
+    ct = _Table(t.problems, cfg.channels, _join(t.path, "channels"))
     for meas, target in cfg.channels.items():
         spec = channels.get(target)
         if target not in channels:
@@ -1528,11 +1521,11 @@ def _check_instrument_ports(section: _Table, found: Mapping[str, PfeifferConfig 
     each has its own address; a Pfeiffer gauge cannot share a port with Modbus instruments."""
     modbus = [(n, c) for n, c in found.items() if isinstance(c, ModbusConfig)]
     for name, key, message in shared_port_problems(modbus):
-        section.report_to.add(_join(_join(section.path, name), key), message)
+        section.problems.add(_join(_join(section.path, name), key), message)
     modbus_ports = {c.port: n for n, c in reversed(modbus)}
     for name, cfg in found.items():
         if isinstance(cfg, PfeifferConfig) and cfg.port in modbus_ports:
-            section.report_to.add(_join(_join(section.path, name), "port"),
+            section.problems.add(_join(_join(section.path, name), "port"),
                                   f"{cfg.port} is the Modbus bus of instruments.{modbus_ports[cfg.port]}: "
                                   "a port carries one protocol")
 
@@ -1551,21 +1544,21 @@ _NODE_KEYS = ("port", "node_id", "firmware", "config_hash", "baudrate", "keepali
 
 def _read_sensor_nodes(top: _Table, channels: Mapping[str, ChannelSpec | None],
                        outputs: Mapping[str, OutputSpec | None], fed: Mapping[str, str]) -> dict[str, SensorNodeConfig]:
-    """[sensor_nodes.NAME]: MicroPython nodes on a serial link (``edge.io.sensornode``). Their channels feed
+    """[sensor_nodes.NAME]: MicroPython nodes on a serial link (``edge.devices.node.client``). Their channels feed
     injected channels with a max age (a quiet node must make them STALE); their outputs follow core outputs."""
     section = top.table("sensor_nodes", expected="[sensor_nodes.NAME] tables")
     if section is None:
         return {}
     found: dict[str, SensorNodeConfig] = {}
     feeders = dict(fed)
-    for name, t in section.named_tables():
+    for name, t in _named_tables(section):
         if t is None:
             continue
         t.accept(*_NODE_KEYS)
         port = t.need("port", _text(4096), "the node's serial port (a /dev/serial/by-id name)")
         maps: list[ChannelMap] = []
         table = t.table("channels", expected="a table: node channel = { core = \"channel\", scale, offset }")
-        for node_ch, entry in (table.named_tables() if table is not None else []):
+        for node_ch, entry in (_named_tables(table) if table is not None else []):
             if entry is None:
                 continue
             entry.accept("core", "scale", "offset")
@@ -1617,8 +1610,8 @@ def _read_mqtt(top: _Table) -> tuple[CommandSettings, BrokerSettings | None]:
     if t is None:
         return CommandSettings(), None
     t.accept(*_MQTT_KEYS, *_BROKER_KEYS)
-    commands = _read_command_settings(t.data, t.report_to.add, t.path)
-    broker, problems = _read_broker_settings(t.data, base_dir=pathlib.Path(t.report_to.source).parent)
+    commands = _read_command_settings(t.data, t.problems.add, t.path)
+    broker, problems = _read_broker_settings(t.data, base_dir=pathlib.Path(t.problems.source).parent)
     for key, message in problems:
         t.report(key, message)
     t.finish()
@@ -1717,202 +1710,14 @@ def _value_range(channel: ChannelSpec) -> tuple[float, float]:
     return lo, hi
 
 
-# ============================================================================ reading typed values
+# ============================================================================ station-specific converters
 
-_T = TypeVar("_T")
-_Conv = Callable[[object], _T]
-
-
-class _Bad(Exception):
-    """A value of the wrong type or outside its range; ``at`` extends the key path (``[2]``, ``.x``)."""
-
-    def __init__(self, message: str, at: str = "") -> None:
-        super().__init__(message)
-        self.at = at
-
-
-class _Report:
-    """Collects every problem so that the technician sees them all in one pass."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[ConfigError] = []
-
-    def add(self, key_path: str, message: str) -> None:
-        self.problems.append(ConfigError(self.source, key_path, message))
-
-    def raise_if_any(self, section_order: Sequence[str]) -> None:
-        """Raise in file order: problems sorted by their section's place in the file (stable)."""
-        if not self.problems:
-            return
-
-        def place(error: ConfigError) -> int:
-            head = re.split(r"[.\[]", error.key_path, maxsplit=1)[0]
-            return section_order.index(head) if head in section_order else len(section_order)
-
-        ordered = sorted(self.problems, key=place)
-        if len(ordered) == 1:
-            raise ordered[0]
-        raise ConfigErrors(ordered)
-
-
-class _Table:
-    """One TOML table being read: typed getters that report problems instead of raising, and
-    remember which keys this table accepts so that ``finish`` can flag every other key."""
-
-    def __init__(self, report: _Report, data: Mapping[str, object], path: str, noun: str = "key") -> None:
-        self.report_to = report
-        self.data = data
-        self.path = path
-        self.noun = noun
-        self.accepted: list[str] = []
-        self.ok = True
-        self._bad_keys: set[str] = set()
-
-    def report(self, key: str | None, message: str) -> None:
-        self.ok = False
-        if key is not None:
-            self._bad_keys.add(key)
-        self.report_to.add(self.path if key is None else _join(self.path, key), message)
-
-    def has_error(self, key: str) -> bool:
-        return key in self._bad_keys
-
-    def accept(self, *keys: str) -> None:
-        self.accepted.extend(key for key in keys if key not in self.accepted)
-
-    def has(self, key: str) -> bool:
-        self.accept(key)
-        return key in self.data
-
-    @overload
-    def get(self, key: str, conv: _Conv[_T]) -> _T | None: ...
-    @overload
-    def get(self, key: str, conv: _Conv[_T], default: _T) -> _T: ...
-    def get(self, key: str, conv: _Conv[_T], default: _T | None = None) -> _T | None:
-        """The converted value; absent or invalid gives ``default`` (invalid is also reported)."""
-        self.accept(key)
-        if key not in self.data:
-            return default
-        try:
-            return conv(self.data[key])
-        except _Bad as bad:
-            self.ok = False
-            self._bad_keys.add(key)
-            self.report_to.add(_join(self.path, key) + bad.at, str(bad))
-            return default
-
-    def need(self, key: str, conv: _Conv[_T], expected: str) -> _T | None:
-        """A required value; missing is reported with what was expected."""
-        if key not in self.data:
-            self.accept(key)
-            self.report(key, f"missing: expected {expected}")
-            return None
-        return self.get(key, conv)
-
-    def table(self, key: str, *, required: bool = False, expected: str = "a table") -> _Table | None:
-        self.accept(key)
-        value = self.data.get(key)
-        if value is None:
-            if required:
-                self.report(key, f"missing: expected {expected}")
-            return None
-        if not isinstance(value, dict):
-            self.report(key, f"expected {expected}, got {_describe(value)}")
-            return None
-        return _Table(self.report_to, value, _join(self.path, key))
-
-    def named_tables(self) -> list[tuple[str, _Table | None]]:
-        """The NAME tables of a section such as [channels.NAME], each with a checked name.
-
-        A NAME that is not a table comes back with None: it is reported, and still counts as
-        declared so that references to it do not cascade into more errors."""
-        found: list[tuple[str, _Table | None]] = []
-        for name, value in self.data.items():
-            self.accept(name)
-            if not isinstance(value, dict):
-                self.report(name, f"expected a table [{_join(self.path, name)}], got {_describe(value)}")
-                found.append((name, None))
-                continue
-            if not NAME_RE.fullmatch(name) and not (self.path == "interlocks" and name == DEADMAN_RULE):
-                self.report(name, f"bad name: {_NAME_HELP}")
-            found.append((name, _Table(self.report_to, value, _join(self.path, name))))
-        return found
-
-    def finish(self, elsewhere: Collection[str] = (), context: str = "") -> None:
-        """Every key not read is an error: typos must not pass silently."""
-        for key in self.data:
-            if key in self.accepted:
-                continue
-            if key in elsewhere:
-                self.report(key, f"does not apply {context}")
-            else:
-                self.report(key, _unknown(self.noun, key, self.accepted))
-
-
-def _lookup(t: _Table, key: str, name: str, registry: Mapping[str, _T | None], what: str) -> _T | None:
-    """Resolve a name. Unknown is reported; declared but broken gives None silently (already reported)."""
-    if name not in registry:
-        t.report(key, _unknown(what, name, registry))
-        return None
-    return registry[name]
-
-
-def _valid(registry: Mapping[str, _T | None]) -> tuple[_T, ...]:
-    return tuple(item for item in registry.values() if item is not None)
-
-
-def _fmt(number: float) -> str:
-    """A number as written in the file: 930 rather than 930.0, 25.78125 in full."""
-    text = repr(float(number))
-    return text[:-2] if text.endswith(".0") else text
-
-
-# ---- converters: each returns the typed value or raises _Bad saying what was expected ----
 
 _NAME_HELP = (f"expected a lowercase letter, then lowercase letters, digits or _ ({EC_NAME_LEN - 1} characters "
               "at most)")
 
 
-def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad(f"expected a number, got {_describe(value)}")
-    try:
-        result = float(value)
-    except OverflowError:
-        raise _Bad("expected a number, got an integer too large to use") from None
-    if not math.isfinite(result):
-        raise _Bad(f"expected a finite number, got {_describe(value)}")
-    return result
 
-
-def _number_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> _Conv[float]:
-    if lo is not None and hi is not None:
-        wanted = f"from {_fmt(lo)} to {_fmt(hi)}" if not lo_open else f"> {_fmt(lo)} and <= {_fmt(hi)}"
-    elif lo is not None:
-        wanted = f"{'>' if lo_open else '>='} {_fmt(lo)}"
-    else:
-        wanted = f"<= {_fmt(hi if hi is not None else math.inf)}"
-
-    def convert(value: object) -> float:
-        number = _number(value)
-        too_low = lo is not None and (number < lo or (lo_open and number == lo))
-        if too_low or (hi is not None and number > hi):
-            raise _Bad(f"expected a number {wanted}, got {_fmt(number)}")
-        return number
-
-    return convert
-
-
-def _integer_in(lo: int, hi: int) -> _Conv[int]:
-    def convert(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Bad(f"expected an integer from {lo} to {hi}, got {_describe(value)}")
-        if not lo <= value <= hi:
-            raise _Bad(f"expected an integer from {lo} to {hi}, got {_short(value)}")
-        return value
-
-    return convert
 
 
 def _median(value: object) -> int:
@@ -1935,51 +1740,18 @@ def _deadman_ms(period_ms: float) -> _Conv[float]:
     return _number_in(floor, 600_000.0)
 
 
-def _level(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value not in (0, 1):
-        raise _Bad(f"expected 0 or 1, got {_describe(value)}")
-    return value
 
 
-def _level_number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value not in (0, 1):
-        raise _Bad(f"expected 0 or 1, got {_describe(value)}")
-    return float(value)
 
 
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"expected true or false, got {_describe(value)}")
-    return value
-
-
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"expected a string, got {_describe(value)}")
-    return value
-
-
-def _text(max_len: int) -> _Conv[str]:
-    def convert(value: object) -> str:
-        text = _string(value)
-        if len(text) > max_len:
-            raise _Bad(f"expected at most {max_len} characters, got {len(text)}")
-        return text
-
-    return convert
-
-
-def _matching(pattern: re.Pattern[str], help_text: str) -> _Conv[str]:
-    def convert(value: object) -> str:
-        text = _string(value)
-        if not pattern.fullmatch(text):
-            raise _Bad(f"{help_text}, got \"{_short(text)}\"")
-        return text
-
-    return convert
 
 
 _name = _matching(NAME_RE, _NAME_HELP)
+
+
+def _named_tables(section: _Table) -> list[tuple[str, _Table | None]]:
+    """[section.NAME] tables whose NAME is a station name (the dead-man rule's reserved name allowed)."""
+    return section.named_tables(_name, allowed=(DEADMAN_RULE,) if section.path == "interlocks" else ())
 _ident = _matching(IDENT_RE, "expected lowercase letters, digits, - and _ (32 characters at most)")
 _unit = _matching(UNIT_RE, "expected a unit without spaces, 16 characters at most, e.g. \"bar\" or \"%LEL\"")
 _param_text = _matching(PARAM_RE, "expected text without spaces, ';' or '='")
@@ -1987,44 +1759,7 @@ _absolute_path = _matching(re.compile(r"/" + PARAM_RE.pattern), "expected an abs
                                                                 "or '='")
 
 
-def _choice(options: Sequence[str]) -> _Conv[str]:
-    def convert(value: object) -> str:
-        text = _string(value)
-        if text not in options:
-            raise _Bad(f"expected one of: {', '.join(options)}; got \"{_short(text)}\""
-                       f"{_did_you_mean(text, options)}")
-        return text
 
-    return convert
-
-
-def _exact(expected: str, why: str) -> _Conv[str]:
-    def convert(value: object) -> str:
-        if _string(value) != expected:
-            raise _Bad(f"expected \"{expected}\" ({why}), got {_describe(value)}")
-        return expected
-
-    return convert
-
-
-def _list_of(item: _Conv[_T], what: str, *, max_len: int, unique: bool = True) -> _Conv[list[_T]]:
-    def convert(value: object) -> list[_T]:
-        if not isinstance(value, list):
-            raise _Bad(f"expected an array of {what}, got {_describe(value)}")
-        if len(value) > max_len:
-            raise _Bad(f"expected at most {max_len} {what}, got {len(value)}")
-        items: list[_T] = []
-        for index, element in enumerate(value):
-            try:
-                converted = item(element)
-            except _Bad as bad:
-                raise _Bad(str(bad), at=f"[{index}]") from None
-            if unique and converted in items:
-                raise _Bad(f"{_short(converted)} is listed twice", at=f"[{index}]")
-            items.append(converted)
-        return items
-
-    return convert
 
 
 def _action(value: object) -> tuple[str, ...] | str:
@@ -2047,14 +1782,6 @@ def _join_ints(numbers: Iterable[int]) -> str:
     """A list as the C drivers parse it: "5,6,13"."""
     return ",".join(map(str, numbers))
 
-
-def _one_of_ints(options: Sequence[int]) -> _Conv[int]:
-    def convert(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value not in options:
-            raise _Bad(f"expected one of {', '.join(map(str, options))}, got {_describe(value)}")
-        return value
-
-    return convert
 
 
 def _gas_list(value: object) -> tuple[Gas, ...]:
@@ -2085,14 +1812,6 @@ def _gas_table(value: object) -> dict[str, str]:
             raise _Bad(str(bad), at=at) from None
     return result
 
-
-def _range_pair(value: object) -> tuple[float, float]:
-    if not isinstance(value, list) or len(value) != 2:
-        raise _Bad(f"expected [low, high], got {_describe(value)}")
-    lo, hi = _list_of(_number, "numbers", max_len=2, unique=False)(value)
-    if not lo < hi:
-        raise _Bad(f"expected [low, high] with low < high, got [{_fmt(lo)}, {_fmt(hi)}]")
-    return lo, hi
 
 
 def _number_table(value: object) -> dict[str, float]:

@@ -39,8 +39,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO, cast
 
-from edge.messages import FileError, describe, join, unknown
-from edge.node_session import NodeError, NodeSession
+from edge.devices.node.session import NodeError, NodeSession
+from edge.spec.reader import SpecError, describe, join, unknown
 
 __all__ = [
     "HELLO_CHECKS",
@@ -55,7 +55,7 @@ __all__ = [
     "node_names",
 ]
 
-BOARDS_DIR = pathlib.Path(__file__).resolve().parent.parent / "boards"
+BOARDS_DIR = pathlib.Path(__file__).resolve().parents[3] / "boards"
 NODES_DIR = BOARDS_DIR / "nodes"
 FIRMWARE_DIR = BOARDS_DIR / "firmware"
 IDENTITY_FILE = "node.json"
@@ -99,19 +99,19 @@ def load_node(name: str, nodes_dir: pathlib.Path | None = None) -> NodeDef:
     folder = nodes_dir or NODES_DIR
     path = folder / f"{name}.toml"
     if not path.is_file():
-        raise FileError(os.fspath(folder), "", unknown("node", name, node_names(folder)))
+        raise SpecError(os.fspath(folder), "", unknown("node", name, node_names(folder)))
     source = os.fspath(path)
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise FileError(source, "", f"cannot read the node file: {exc}") from None
+        raise SpecError(source, "", f"cannot read the node file: {exc}") from None
     problems: list[tuple[str, str]] = []
     for key in document:
         if key not in ("node", "config"):
             problems.append((key, unknown("section", key, ("node", "config"))))
     node = document.get("node")
     if not isinstance(node, dict):
-        raise FileError(source, "node", f"missing: expected a [node] table with {', '.join(NODE_KEYS[:4])}")
+        raise SpecError(source, "node", f"missing: expected a [node] table with {', '.join(NODE_KEYS[:4])}")
     for key in node:
         if key not in NODE_KEYS:
             problems.append((join("node", key), unknown("key", key, NODE_KEYS)))
@@ -145,12 +145,7 @@ def load_node(name: str, nodes_dir: pathlib.Path | None = None) -> NodeDef:
     if bad:
         problems.append(bad)
     if problems:
-        errors = [FileError(source, key_path, message) for key_path, message in problems]
-        first = errors[0]
-        combined = FileError(source, first.key_path, first.message)
-        if len(errors) > 1:
-            combined._gather(errors)
-        raise combined
+        raise SpecError.several([SpecError(source, key_path, message) for key_path, message in problems])
     description = node.get("description", "")
     return NodeDef(path.stem, cast(int, node_id), str(station), firmware, config, path,
                    description if isinstance(description, str) else "")
@@ -320,19 +315,19 @@ HelloCheck = Callable[[NodeSession, Mapping[str, object]], str]
 
 #: Hello checks by firmware folder name: after the restart, read the firmware's hello and compare
 #: it with the identity just written (raise FlashError when it differs). The hello frame is the
-#: link protocol's (boards/firmware/, edge/io/link.py); a firmware without an entry here is flashed
+#: link protocol's (boards/firmware/, edge/devices/node/link.py); a firmware without an entry here is flashed
 #: and verified file by file, and the report says its hello was not checked.
 HELLO_CHECKS: dict[str, HelloCheck] = {}
 
 
 def _pico_node_layout(node: NodeDef, files: Sequence[str]) -> Mapping[str, object]:
-    from edge.io.hello import pico_node_identity  # imported on use: it imports this module
+    from edge.devices.node.hello import pico_node_identity  # imported on use: it imports this module
 
     return pico_node_identity(node, files)
 
 
 def _pico_node_hello(session: NodeSession, identity: Mapping[str, object]) -> str:
-    from edge.io.hello import check_pico_node_hello
+    from edge.devices.node.hello import check_pico_node_hello
 
     return check_pico_node_hello(session, identity)
 
@@ -403,7 +398,7 @@ def flash(node: NodeDef, port: str, *, dry_run: bool = False, retarget: bool = F
         check = hello if hello is not None else HELLO_CHECKS.get(node.firmware.name)
         if check is None:
             progress.say("hello: not checked (no hello check registered for firmware "
-                         f"'{node.firmware.name}' in edge.flash.HELLO_CHECKS)")
+                         f"'{node.firmware.name}' in edge.devices.node.flash.HELLO_CHECKS)")
         else:
             identity = json.loads(wanted[IDENTITY_FILE].data)
             result.hello = check(session, identity)

@@ -1,9 +1,9 @@
 """The technician's board commands: ``reedge boards list|show``, ``reedge flash``, ``reedge provision``.
 
-Kept out of ``edge/cli.py`` so that the main parser only registers them (``register``); each
-command is a small function over ``edge.usb``, ``edge.boards``, ``edge.flash`` and
-``edge.provision``. Errors are raised as ``ValueError``/``RuntimeError`` and printed by
-``edge.cli.main`` as one line.
+Kept out of ``edge/app/cli.py`` so that the main parser only registers them (``register``); each
+command is a small function over ``edge.devices.node.usb``, ``edge.spec.board``, ``edge.devices.node.flash`` and
+``edge.app.provision``. Errors are raised as ``ValueError``/``RuntimeError`` and printed by
+``edge.app.cli.main`` as one line.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 
 def cmd_boards_list(args: argparse.Namespace) -> int:
-    from edge.usb import format_table, list_serial, probe
+    from edge.devices.node.usb import format_table, list_serial, probe
 
     ports = list_serial(extra=args.port or ())
     if args.probe:
@@ -31,7 +31,7 @@ def cmd_boards_list(args: argparse.Namespace) -> int:
 
 
 def cmd_boards_show(args: argparse.Namespace) -> int:
-    from edge.boards import load_board
+    from edge.spec.board import load_board
 
     board = load_board(args.name)
     print(f"{board.name}: {board.description}")
@@ -57,14 +57,14 @@ def cmd_boards_show(args: argparse.Namespace) -> int:
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    from edge.flash import flash, load_node
+    from edge.devices.node.flash import flash, load_node
 
     flash(load_node(args.node), args.port, dry_run=args.dry_run, retarget=args.retarget)
     return 0
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from edge.provision import Options, provision
+    from edge.app.provision import Options, provision
 
     overrides: dict[str, Any] = {}
     if args.reedge_bin:

@@ -5,7 +5,7 @@ What it writes, and only that (every file is reedge's own, so writing is reversi
 
 - ``/etc/reedge/station.toml``: the station file, byte for byte;
 - ``/etc/systemd/system/reedge.service``: ``reedge run`` as a ``Type=notify`` service with a
-  ``WatchdogSec`` (``edge.systemd`` pings it from the scan loop), ``Restart=always``, real-time
+  ``WatchdogSec`` (``edge.app.systemd`` pings it from the scan loop), ``Restart=always``, real-time
   and memory-locking rights for the sampler, and the hardening that leaves GPIO, SPI and serial
   ports reachable (see ``HARDENING``);
 - ``/etc/sysusers.d/reedge.conf``: the ``reedge`` user and its device groups (gpio, spi, i2c, dialout);
@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
-from edge.boards import Board, load_board
-from edge.config import Station, load_station
 from edge.files import write_atomic
+from edge.spec.board import Board, load_board
+from edge.spec.station import Station, load_station
 
 STATION_PATH = "/etc/reedge/station.toml"
 UNIT_PATH = "/etc/systemd/system/reedge.service"
@@ -156,7 +156,7 @@ def unit_text(station: Station, options: Options) -> str:
         "CapabilityBoundingSet=CAP_SYS_NICE CAP_IPC_LOCK",
         "LimitRTPRIO=99",
         "LimitMEMLOCK=infinity",
-        "# hardening that keeps /dev/gpiochip*, /dev/spidev* and serial ports reachable (edge/provision.py)",
+        "# hardening that keeps /dev/gpiochip*, /dev/spidev* and serial ports reachable (edge/app/provision.py)",
         *HARDENING,
         "",
         "[Install]",

@@ -52,7 +52,7 @@ from typing import Any, Protocol
 import serial  # type: ignore[import-untyped]  # no stubs for pyserial 3.5 in the venv
 
 from edge.core import ChannelStatus, CoreError
-from edge.messages import describe, did_you_mean, join
+from edge.spec.reader import describe, did_you_mean, join
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ or an SPI device that is not there is refused when the station is loaded, with t
 the offending value, instead of at start-up on the plant. Resources (this module) stay apart from
 the drivers that use them (``cext/``), as in labgrid.
 
-This module reads TOML only; it never touches the hardware (see ``edge.usb`` for what is plugged in).
+This module reads TOML only; it never touches the hardware (see ``edge.devices.node.usb`` for what is plugged in).
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from edge.messages import FileError, describe, did_you_mean, join, short, unknown
+from edge.spec.reader import SpecError, describe, did_you_mean, join, short, unknown
 
 __all__ = [
     "BOARDS_DIR",
     "Board",
-    "BoardError",
     "Bus",
     "DriverUse",
     "GpioChip",
     "Line",
     "SimRegisterFile",
+    "SpecError",
     "board_names",
     "check_station_wiring",
     "load_board",
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: Where ``[station] board = "NAME"`` is looked up: ``boards/NAME.toml`` next to the package.
-BOARDS_DIR = pathlib.Path(__file__).resolve().parent.parent / "boards"
+BOARDS_DIR = pathlib.Path(__file__).resolve().parents[2] / "boards"
 
 Direction = Literal["any", "input", "output"]
 BusKind = Literal["spi", "i2c", "serial"]
@@ -157,21 +157,7 @@ class Board:
         return tuple(b for b in self.buses if b.kind == kind)
 
 
-class BoardError(FileError):
-    """A problem in a board file (see ``edge.messages.FileError``); ``errors`` lists them all."""
 
-    @property
-    def errors(self) -> tuple[BoardError, ...]:
-        return cast("tuple[BoardError, ...]", self._several) or (self,)
-
-    @classmethod
-    def several(cls, errors: Sequence[BoardError]) -> BoardError:
-        if len(errors) == 1:
-            return errors[0]
-        first = errors[0]
-        combined = cls(first.source, first.key_path, first.message)
-        combined._gather(errors)
-        return combined
 
 
 # ============================================================================ loading
@@ -188,11 +174,11 @@ def load_board(name: str, boards_dir: pathlib.Path | None = None) -> Board:
     folder = BOARDS_DIR if boards_dir is None else boards_dir
     path = folder / f"{name}.toml"
     if not NAME_RE.fullmatch(name) or not path.is_file():
-        raise BoardError(os.fspath(folder), "", unknown("board", name, board_names(folder)))
+        raise SpecError(os.fspath(folder), "", unknown("board", name, board_names(folder)))
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise BoardError(os.fspath(path), "", f"cannot read the board file: {exc}") from exc
+        raise SpecError(os.fspath(path), "", f"cannot read the board file: {exc}") from exc
     return parse_board(text, os.fspath(path))
 
 
@@ -201,7 +187,7 @@ def parse_board(text: str, source: str) -> Board:
     try:
         document = tomllib.loads(text)
     except ValueError as exc:
-        raise BoardError(source, "", f"TOML syntax error: {exc}") from None
+        raise SpecError(source, "", f"TOML syntax error: {exc}") from None
     reader = _Reader(source)
     top = reader.table(document, "", SECTIONS, noun="section")
     board = reader.section(top, "board", required=True)
@@ -231,14 +217,14 @@ class _Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.problems: list[BoardError] = []
+        self.problems: list[SpecError] = []
 
     def add(self, key_path: str, message: str) -> None:
-        self.problems.append(BoardError(self.source, key_path, message))
+        self.problems.append(SpecError(self.source, key_path, message))
 
     def raise_if_any(self) -> None:
         if self.problems:
-            raise BoardError.several(self.problems)
+            raise SpecError.several(self.problems)
 
     # ---- tables
 

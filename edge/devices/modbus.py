@@ -113,8 +113,8 @@ import minimalmodbus  # type: ignore[import-untyped]  # no py.typed marker in 2.
 import serial  # type: ignore[import-untyped]  # no stubs for pyserial 3.5 in the venv
 
 from edge.core import ChannelStatus, CoreError
-from edge.io.pfeiffer import PARITIES, STANDARD_BAUDS, InjectTarget
-from edge.messages import describe, did_you_mean, join, unknown
+from edge.devices.pfeiffer import PARITIES, STANDARD_BAUDS, InjectTarget
+from edge.spec.reader import describe, did_you_mean, join, unknown
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def parse_modbus_instrument(table: Mapping[str, object], key_path: str) -> Modbu
 
     Every problem is listed (one ``key.path: message`` per line), so a technician fixes the
     table in one pass. Whether the channels exist and whether instruments sharing a port agree
-    is judged by the station reader (``edge.config``), which sees them all.
+    is judged by the station reader (``edge.spec.station``), which sees them all.
     """
     problems: list[str] = []
     r = _Reader(problems)
@@ -415,7 +415,7 @@ def parse_modbus_instrument(table: Mapping[str, object], key_path: str) -> Modbu
         registers = dict(PROFILES[profile])
         if "registers" in table:
             r.bad(key_path, "registers", f"only with profile = \"custom\": the {profile} map is built in "
-                                         "(edge/io/modbus.py)")
+                                         "(edge/devices/modbus.py)")
         _read_rollover(r, table, key_path, registers)
     channels = _read_channels(r, table, key_path, registers)
 

@@ -1,0 +1,1 @@
+"""The MicroPython sensor node, edge side: link codec, session, HELLO, flashing, USB discovery, the running client."""
