@@ -35,7 +35,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from bench.figures import Figure
-from edge.telemetry.broker_url import BrokerSettings, BrokerUrl
+from edge.spec.broker import BrokerSettings, BrokerUrl
 from edge.telemetry.envelope import build
 from edge.telemetry.outbox import Outbox
 from edge.telemetry.session import MqttSession

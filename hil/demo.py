@@ -27,8 +27,8 @@ import sys
 import time
 from typing import Any
 
+from edge.spec.broker import BrokerUrl, parse_broker_list
 from edge.spec.station import load_station
-from edge.telemetry.broker_url import BrokerUrl, parse_broker_list
 from edge.telemetry.embedded_broker import EmbeddedBroker
 from edge.telemetry.watch import Watch
 from hil.rig import VirtualRig

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge import __version__
-from edge.devices.pfeiffer import PfeifferConfig
+from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.station import Station, load_station
 from hil.rig import RigConfig, RigError, VirtualRig
 from hil.scenario import Condition, Expectation, Scenario, Step, load_scenario

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from edge.telemetry.broker_url import BrokerSettings, parse_broker_list
+from edge.spec.broker import BrokerSettings, parse_broker_list
 from edge.telemetry.outbox import Outbox
 from edge.telemetry.session import MqttSession
 

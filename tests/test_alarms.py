@@ -11,7 +11,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from edge.control.alarms import AlarmEngine, AlarmEvent, AlarmSpec
+from edge.control.alarms import AlarmEngine, AlarmEvent
+from edge.spec.alarms import AlarmSpec
 from edge.spec.station import load_station
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from edge.batch.accounting import AccountingConfig, CounterTracker
+from edge.batch.accounting import CounterTracker
 from edge.batch.record import (
     RECORD_FILE,
     TREND_FILE,
@@ -31,6 +31,7 @@ from edge.batch.record import (
     read_record,
 )
 from edge.control.controller import BatchRejected, Controller
+from edge.spec.accounting import AccountingConfig
 from edge.spec.reader import SpecError
 from edge.spec.recipe import load_recipe
 from edge.spec.station import load_station

@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 
 from edge.core import Core
+from edge.spec.access import CommandSettings
 from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
 from edge.spec.reader import SpecError
 from edge.spec.station import load_station, parse_station
 from edge.telemetry import envelope as E
 from edge.telemetry import schemas
-from edge.telemetry.access import CommandSettings, broker_acl
+from edge.telemetry.access import broker_acl
 from edge.telemetry.commands import (
     MAX_JSON_DEPTH,
     CommandHandler,

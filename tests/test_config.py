@@ -8,6 +8,7 @@ each case states only what is wrong with it.
 
 from __future__ import annotations
 
+import ast
 import copy
 import datetime
 import math
@@ -22,8 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.batch.accounting import AccountingConfig
+from edge.control.pid import Pid
 from edge.spec import station as config
+from edge.spec.accounting import AccountingConfig
+from edge.spec.plumbing import GasPlumbing
 from edge.spec.reader import SpecError
 from edge.spec.station import Station, load_station, parse_station
 
@@ -761,10 +764,46 @@ def test_load_station_not_utf8(tmp_path: pathlib.Path) -> None:
         load_station(path)
 
 
-def test_config_does_not_import_the_c_core() -> None:
-    source = (ROOT / "edge" / "spec" / "station.py").read_text()
-    assert not re.search(r"^\s*(from|import)\s+edge\.(core|_core)\b", source, re.M)
-    assert "from edge import _core" not in source and "from edge import core" not in source
+def _edge_imports(source: str, module: str) -> list[str]:
+    """Every ``edge`` module imported by ``source`` (the text of module ``module``), lazy ones too, in order."""
+    found: list[tuple[int, str]] = []
+    package = module if module.endswith(".__init__") else module.rsplit(".", 1)[0]
+    package = package.removesuffix(".__init__")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            target = (f"{base}.{node.module}" if node.module else base) if node.level else node.module or ""
+            found.append((node.lineno, target))
+            if target == "edge":  # from edge import x: x is a module of edge
+                found.extend((node.lineno, f"edge.{alias.name}") for alias in node.names)
+    return [name for _, name in sorted(found, key=lambda item: item[0]) if name == "edge" or name.startswith("edge.")]
+
+
+def _outside_spec(names: list[str]) -> list[str]:
+    return [name for name in names if name != "edge.spec" and not name.startswith("edge.spec.")]
+
+
+def test_the_spec_layer_imports_nothing_of_edge_but_itself() -> None:
+    """edge.spec is the bottom layer (and never touches the C core): every import in it stays inside it."""
+    files = sorted((ROOT / "edge" / "spec").rglob("*.py"))
+    assert len(files) > 10, files
+    outside = [f"{path.relative_to(ROOT)}: {name}" for path in files
+               for name in _outside_spec(_edge_imports(path.read_text(), ".".join(path.relative_to(ROOT)
+                                                                                  .with_suffix("").parts)))]
+    assert not outside, "edge.spec imports from above it:\n" + "\n".join(outside)
+
+
+def test_the_spec_layer_check_sees_an_upward_import() -> None:
+    """The check above catches an upward import, plain, lazy, relative or ``from edge import``."""
+    source = ("import edge.spec.reader\nfrom edge.spec import core\nfrom . import values\n"
+              "def f():\n    from edge.control.pid import Pid\n    from ...devices import pfeiffer\n"
+              "from edge import thermo\n")
+    names = _edge_imports(source, "edge.spec.station.hardware")
+    assert names == ["edge.spec.reader", "edge.spec", "edge.spec.station", "edge.control.pid", "edge.devices",
+                     "edge", "edge.thermo"]
+    assert _outside_spec(names) == ["edge.control.pid", "edge.devices", "edge", "edge.thermo"]
 
 
 # ---------------------------------------------------------------- fuzzing: nothing but SpecError
@@ -869,7 +908,7 @@ def test_example_loop(station: Station) -> None:
     assert (loop.gains.kp, loop.gains.ti_s, loop.gains.td_s) == (0.08, 800.0, 100.0)
     assert (loop.out_min, loop.out_max, loop.sensor_break_output) == (0.0, 1.0, 0.0)
     assert (loop.derivative_filter, loop.setpoint_weight_b) == (0.1, 1.0)
-    pid = loop.make_pid()
+    pid = Pid.for_loop(loop)
     assert pid.gains == loop.gains and pid.sensor_break_output == 0.0
 
 
@@ -897,7 +936,7 @@ def test_example_alarms(station: Station) -> None:
 
 def test_example_plumbing(station: Station) -> None:
     plumbing = station.plumbing
-    assert plumbing == config.GasPlumbing()  # explicit in the file, and the same as the defaults
+    assert plumbing == GasPlumbing()  # explicit in the file, and the same as the defaults
     assert plumbing.inlet("H2") == "h2_inlet_valve" and plumbing.inlet_valves == {
         "H2": "h2_inlet_valve", "Ar": "ar_inlet_valve"}
     assert set(station.limits.allowed_gases) == set(plumbing.inlet_valves)
@@ -906,7 +945,7 @@ def test_example_plumbing(station: Station) -> None:
 def test_station_without_process_control_sections_still_loads() -> None:
     station = loads(drop("loops"), drop("alarms"), drop("plumbing"), drop("accounting"))
     assert station.loops == () and station.alarms == ()
-    assert station.plumbing == config.GasPlumbing()
+    assert station.plumbing == GasPlumbing()
     assert station.accounting == AccountingConfig()
 
 

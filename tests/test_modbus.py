@@ -26,20 +26,10 @@ import pytest
 import serial  # type: ignore[import-untyped]
 
 from edge.core import ChannelStatus, Core
-from edge.devices.modbus import (
-    PROFILES,
-    CounterSample,
-    InstrumentCounters,
-    ModbusBus,
-    ModbusConfig,
-    Register,
-    crc16,
-    decode_words,
-    parse_modbus_instrument,
-    plan_blocks,
-)
+from edge.devices.modbus import CounterSample, InstrumentCounters, ModbusBus, crc16
 from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec
-from edge.spec.reader import SpecError
+from edge.spec.instruments.modbus import PROFILES, ModbusConfig, Register, decode_words, plan_blocks, read_modbus
+from edge.spec.reader import Problems, SpecError, Table
 from edge.spec.station import parse_station
 from hil.devices.modbus_meters import MassFlowMeter, MeterBus, Sdm630Meter, crc16_modbus
 from hil.devices.pty_line import open_pty
@@ -101,6 +91,15 @@ channels = { flow_nl_min = "aux_ar_flow" }
 """
 
 
+def parse_modbus_instrument(data: dict[str, object], key_path: str) -> ModbusConfig:
+    """One [instruments.NAME] table through the kind's reader; every problem at once as a SpecError."""
+    problems = Problems("st.toml")
+    cfg = read_modbus(Table(problems, data, key_path))
+    problems.raise_if_any()
+    assert cfg is not None
+    return cfg
+
+
 def station_with(meters: str = METERS) -> str:
     return BASE.replace("\n[channels.lid_closed]", METER_CHANNELS + "\n[channels.lid_closed]", 1) + meters
 
@@ -128,11 +127,11 @@ FLOW_REG = {"function": 4, "address": 0, "type": "float32"}
 
 
 @pytest.mark.parametrize(("change", "key", "words"), [
-    ({"address": 0}, "address", "expected 1 to 247, got 0"),
-    ({"address": 248}, "address", "expected 1 to 247"),
+    ({"address": 0}, "address", "expected an integer from 1 to 247, got 0"),
+    ({"address": 248}, "address", "expected an integer from 1 to 247, got 248"),
     ({"address": True}, "address", "got boolean true"),
     ({"baud": 9601}, "baud", "9600"),
-    ({"parity": "X"}, "parity", '"N", "E", "O"'),
+    ({"parity": "X"}, "parity", 'expected one of: N, E, O; got "X"'),
     ({"bytesize": 9}, "bytesize", "7, 8"),
     ({"stopbits": 3}, "stopbits", "1, 2"),
     ({"poll_ms": 5}, "poll_ms", "from 20 to 60000"),
@@ -164,9 +163,9 @@ FLOW_REG = {"function": 4, "address": 0, "type": "float32"}
      "did you mean 'float32'"),
     ({"profile": "custom", "registers": {"flow": {"function": 4, "address": 0}}}, "registers.flow.type", "missing"),
     ({"profile": "custom", "registers": {"flow": {**FLOW_REG, "word_order": "middle"}}},
-     "registers.flow.word_order", '"big", "little"'),
+     "registers.flow.word_order", 'expected one of: big, little; got "middle"'),
     ({"profile": "custom", "registers": {"flow": {**FLOW_REG, "kind": "meter"}}}, "registers.flow.kind",
-     '"gauge", "counter", "status"'),
+     'expected one of: gauge, counter, status; got "meter"'),
     ({"profile": "custom", "registers": {"flow": {**FLOW_REG, "rollover": 100.0}}}, "registers.flow.rollover",
      "only counters wrap"),
     ({"profile": "custom", "registers": {"flow": {**FLOW_REG, "kind": "status"}}}, "registers.flow.type",
@@ -176,7 +175,7 @@ FLOW_REG = {"function": 4, "address": 0, "type": "float32"}
      "without spaces"),
     ({"profile": "custom", "registers": {"flow": {**FLOW_REG, "scael": 2.0}}}, "registers.flow.scael",
      "did you mean 'scale'"),
-    ({"profile": "custom", "registers": {"Flow": FLOW_REG}}, "registers.Flow", "bad measurement name"),
+    ({"profile": "custom", "registers": {"Flow": FLOW_REG}}, "registers.Flow", "bad name: expected a lowercase letter"),
     ({"profile": "custom", "registers": {"flow": FLOW_REG, "total": {**FLOW_REG, "address": 1}}},
      "registers.total.address", "overlaps flow"),
     ({"profile": "custom", "registers": {"flow": FLOW_REG}, "rollover": {"flow": 1.0}}, "rollover",
@@ -190,9 +189,9 @@ def test_every_bad_key_is_named_with_its_path(change: dict[str, object], key: st
 
 
 def test_all_problems_come_at_once_and_a_custom_map_is_read() -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(SpecError) as info:
         parse_modbus_instrument({"type": "modbus", "address": 300, "parity": "X", "colour": "red"}, "instruments.m")
-    keys = {line.split(": ")[0] for line in str(info.value).splitlines()}
+    keys = {error.key_path for error in info.value.errors}
     assert keys == {"instruments.m.port", "instruments.m.address", "instruments.m.parity", "instruments.m.colour",
                     "instruments.m.profile"}
     cfg = parse_modbus_instrument({**GOOD, "profile": "custom", "channels": {"flow": "ar_flow"}, "registers": {

@@ -26,7 +26,7 @@ import traceback
 import uuid
 from typing import Any
 
-from edge.telemetry.broker_url import parse_broker_url
+from edge.spec.broker import parse_broker_url
 from edge.telemetry.envelope import Envelope, rfc3339_ms
 from edge.telemetry.topics import SCHEMA_BASE, StationTopics
 from edge.telemetry.watch import Watch

@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edge.telemetry.broker_url import (
+from edge.spec.broker import (
     BrokerSettings,
     BrokerSettingsError,
     BrokerUrl,

@@ -25,8 +25,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.telemetry.access import CommandSettings
-from edge.telemetry.broker_url import BrokerSettings, parse_broker_list
+from edge.spec.access import CommandSettings
+from edge.spec.broker import BrokerSettings, parse_broker_list
 from edge.telemetry.commands import CommandHandler, CommandLedger, Received, StartRequest
 from edge.telemetry.envelope import rfc3339_ms
 from edge.telemetry.outbox import Outbox, Priority

@@ -30,7 +30,6 @@ from edge.devices.pfeiffer import (
     GaugeErrorAnswer,
     GaugePoller,
     MalformedTelegram,
-    PfeifferConfig,
     PfeifferError,
     Telegram,
     TelegramSplitter,
@@ -44,9 +43,10 @@ from edge.devices.pfeiffer import (
     encode_query,
     encode_telegram,
     parse_answer,
-    parse_instrument,
 )
 from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
+from edge.spec.instruments.pfeiffer import PfeifferConfig, read_pfeiffer
+from edge.spec.reader import Problems, SpecError, Table
 from hil.devices.pfeiffer_gauge import GaugeEmulator
 from hil.devices.pty_line import open_pty
 from hil.regfile import RegisterFile
@@ -205,6 +205,15 @@ def test_splitter_resynchronises_after_garbage(parts: list[tuple[bytes, int, int
 # ---------------------------------------------------------------- config
 
 
+def parse_instrument(data: dict[str, object], key_path: str) -> PfeifferConfig:
+    """One [instruments.NAME] table through the kind's reader; every problem at once as a SpecError."""
+    problems = Problems("st.toml")
+    cfg = read_pfeiffer(Table(problems, data, key_path))
+    problems.raise_if_any()
+    assert cfg is not None
+    return cfg
+
+
 def test_parse_instrument_defaults_and_values() -> None:
     cfg = parse_instrument({"type": "pfeiffer", "port": "/dev/ttyUSB0"}, "instruments.vacuum_gauge")
     assert cfg == PfeifferConfig(port="/dev/ttyUSB0")
@@ -218,20 +227,26 @@ def test_parse_instrument_defaults_and_values() -> None:
 
 
 @pytest.mark.parametrize(("table", "message"), [
-    ({"port": "/dev/ttyUSB0"}, 'instruments.vacuum_gauge.type: expected "pfeiffer" (missing)'),
-    ({"type": "modbus", "port": "/dev/ttyUSB0"}, 'type: expected "pfeiffer" (got string "modbus")'),
+    ({"port": "/dev/ttyUSB0"}, 'instruments.vacuum_gauge.type: missing: expected "pfeiffer"'),
+    ({"type": "modbus", "port": "/dev/ttyUSB0"},
+     'type: expected "pfeiffer" (the instrument type), got string "modbus"'),
     ({"type": "pfeiffer"}, "instruments.vacuum_gauge.port: missing"),
-    ({"type": "pfeiffer", "port": ""}, 'port: expected a serial device path, got string ""'),
-    ({"type": "pfeiffer", "port": "/dev/x", "address": 0}, "address: expected 1 to 255, got 0"),
-    ({"type": "pfeiffer", "port": "/dev/x", "address": 256}, "address: expected 1 to 255, got 256"),
-    ({"type": "pfeiffer", "port": "/dev/x", "address": True}, "address: expected an integer (1 to 255), got boolean"),
-    ({"type": "pfeiffer", "port": "/dev/x", "address": 1.0}, "address: expected an integer (1 to 255), got number"),
-    ({"type": "pfeiffer", "port": "/dev/x", "adress": 2}, "adress: unknown key; did you mean 'address'?"),
+    ({"type": "pfeiffer", "port": ""}, 'port: expected a serial device path, got ""'),
+    ({"type": "pfeiffer", "port": "/dev/x", "address": 0}, "address: expected an integer from 1 to 255, got 0"),
+    ({"type": "pfeiffer", "port": "/dev/x", "address": 256}, "address: expected an integer from 1 to 255, got 256"),
+    ({"type": "pfeiffer", "port": "/dev/x", "address": True},
+     "address: expected an integer from 1 to 255, got boolean true"),
+    ({"type": "pfeiffer", "port": "/dev/x", "address": 1.0},
+     "address: expected an integer from 1 to 255, got number 1.0"),
+    ({"type": "pfeiffer", "port": "/dev/x", "adress": 2},
+     "adress: unknown key 'adress' (expected one of: type, port, address, channel, baud, bytesize, parity, "
+     "stopbits, poll_ms, timeout_ms, error_check_every, reconnect_max_ms); did you mean 'address'?"),
     ({"type": "pfeiffer", "port": "/dev/x", "channel": "Chamber"}, "channel: expected a channel name"),
-    ({"type": "pfeiffer", "port": "/dev/x", "baud": 9601}, "baud: expected 1200, 2400"),
-    ({"type": "pfeiffer", "port": "/dev/x", "parity": "n"}, 'parity: expected "N", "E" or "O", got string "n"'),
-    ({"type": "pfeiffer", "port": "/dev/x", "stopbits": 3}, "stopbits: expected 1, 2, got 3"),
-    ({"type": "pfeiffer", "port": "/dev/x", "poll_ms": math.nan}, "poll_ms: expected a number from 20 to 60000"),
+    ({"type": "pfeiffer", "port": "/dev/x", "baud": 9601}, "baud: expected one of 1200, 2400"),
+    ({"type": "pfeiffer", "port": "/dev/x", "parity": "n"},
+     'parity: expected one of: N, E, O; got "n"; did you mean \'N\'?'),
+    ({"type": "pfeiffer", "port": "/dev/x", "stopbits": 3}, "stopbits: expected one of 1, 2, got integer 3"),
+    ({"type": "pfeiffer", "port": "/dev/x", "poll_ms": math.nan}, "poll_ms: expected a finite number, got number nan"),
     ({"type": "pfeiffer", "port": "/dev/x", "poll_ms": 200, "timeout_ms": 300}, "timeout_ms: 300 ms is longer than"),
     ({"type": "pfeiffer", "port": "/dev/x", "baud": 1200, "timeout_ms": 150}, "at 1200 Bd a query and its answer take"),
 ])
@@ -242,11 +257,11 @@ def test_parse_instrument_names_the_key(table: dict[str, object], message: str) 
 
 
 def test_parse_instrument_lists_every_problem_at_once() -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(SpecError) as info:
         parse_instrument({"type": "pfeiffer", "address": 0, "parity": "X", "colour": "red"}, "instruments.g")
     lines = str(info.value).splitlines()
     assert len(lines) == 4
-    assert {line.split(":")[0] for line in lines} == {"instruments.g.port", "instruments.g.address",
+    assert {error.key_path for error in info.value.errors} == {"instruments.g.port", "instruments.g.address",
                                                       "instruments.g.parity", "instruments.g.colour"}
 
 

@@ -18,7 +18,8 @@ from typing import Protocol
 
 import pytest
 
-from edge.control.pid import LoopSpec, Pid, PidGains
+from edge.control.pid import Pid
+from edge.spec.loops import LoopSpec, PidGains
 from edge.spec.station import load_station
 from hil.plants.hd_reactor import SMALL_RETORT, HDReactor
 
@@ -333,7 +334,7 @@ def _run_chamber_loop(loop: LoopSpec, vacuum: bool) -> list[tuple[float, float]]
     plant.s.n_air = 0.0
     plant.s.n_ar = 0.0 if vacuum else 1.013e5 * SMALL_RETORT.volume_m3 / (8.314 * 473.15)
     plant.s.wall_c = plant.s.charge_c = 200.0
-    pid = loop.make_pid()
+    pid = Pid.for_loop(loop)
     hold = SMALL_RETORT.g_wall_jacket * (200.0 - SMALL_RETORT.t_water_c) / SMALL_RETORT.heater_w
     pid.set_manual(hold)  # the furnace has been holding 200 degC by hand: hand over bumplessly
     pid.set_auto(0.0)

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from edge.core import ChannelStatus
-from edge.devices.node.client import AcceptedReading, ChannelMap, OutputMap, SensorNode, SensorNodeConfig
+from edge.devices.node.client import AcceptedReading, SensorNode
+from edge.spec.sensor_node import ChannelMap, OutputMap, SensorNodeConfig
 from hil.virtual_node import VirtualNode
 from tests.support_node import (
     H2_VALVE_PIN,

@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from edge.devices.pfeiffer import PfeifferConfig
+from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.reader import SpecError
 from edge.spec.station import parse_station
 

@@ -62,14 +62,16 @@ from edge.app.systemd import Notifier
 from edge.batch.record import BatchRecorder
 from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller, ProcessEvent
 from edge.core import Core, CoreEvent
-from edge.devices.modbus import ModbusBus, ModbusConfig
+from edge.devices.modbus import ModbusBus
 from edge.devices.node.client import SensorNode
-from edge.devices.pfeiffer import GaugePoller, PfeifferConfig
+from edge.devices.pfeiffer import GaugePoller
+from edge.spec.broker import BrokerSettings, BrokerUrlError, Protocol, read_broker_settings
+from edge.spec.instruments.modbus import ModbusConfig
+from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.reader import SpecError
 from edge.spec.recipe import load_recipe
 from edge.spec.station import Station, load_station
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S
-from edge.telemetry.broker_url import BrokerSettings, BrokerUrlError, Protocol, read_broker_settings
 from edge.telemetry.outbox import DEFAULT_QUOTA
 from edge.telemetry.publisher import DEFAULT_FLUSH_S, Publisher, PublisherSettings
 from edge.telemetry.session import SessionEvent

@@ -49,8 +49,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from edge.batch.accounting import AccountingConfig, CounterTracker
+from edge.batch.accounting import CounterTracker
 from edge.files import write_atomic
+from edge.spec.accounting import AccountingConfig
 from edge.telemetry.envelope import rfc3339_ms
 
 if TYPE_CHECKING:

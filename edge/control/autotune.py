@@ -49,7 +49,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from edge.control.pid import PidGains
+from edge.spec.loops import PidGains
 
 __all__ = ["AutotuneResult", "RelayAutotune", "TuningRule", "tyreus_luyben"]
 

@@ -28,6 +28,7 @@ from typing import Any
 from edge.batch.accounting import HeaterModel
 from edge.control.alarms import AlarmEngine
 from edge.control.hd import HDSequencer
+from edge.control.pid import Pid
 from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer
 from edge.control.sintering import SinteringSequencer
@@ -70,7 +71,7 @@ class Controller:
         self.sequencer: Sequencer | None = None
         self.recipe: Recipe | None = None
         self.batch: dict[str, Any] = {}
-        self.loops = {spec.name: (spec, spec.make_pid()) for spec in station.loops}
+        self.loops = {spec.name: (spec, Pid.for_loop(spec)) for spec in station.loops}
         self._duty_outputs = {spec.output for spec in station.loops}
         self.alarms = AlarmEngine(station.alarms)
         self.events: list[ProcessEvent] = []

@@ -38,55 +38,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["LoopSpec", "Pid", "PidGains", "PidMode"]
+from edge.spec.loops import LoopSpec, PidGains
+
+__all__ = ["Pid", "PidMode"]
 
 PidMode = Literal["auto", "manual"]
 SNAPSHOT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class PidGains:
-    """ISA standard form: ``kp`` in output fraction per unit of PV; ``ti_s = 0`` means no integral,
-    ``td_s = 0`` no derivative."""
-
-    kp: float
-    ti_s: float
-    td_s: float
-
-    def __post_init__(self) -> None:
-        if not all(math.isfinite(x) for x in (self.kp, self.ti_s, self.td_s)):
-            raise ValueError(f"PID gains must be finite numbers, got {self}")
-        if self.kp <= 0.0:
-            raise ValueError(f"kp must be > 0 (a reverse-acting heating loop), got {self.kp}")
-        if self.ti_s < 0.0 or self.td_s < 0.0:
-            raise ValueError(f"ti_s and td_s must be >= 0, got ti_s={self.ti_s}, td_s={self.td_s}")
-
-
-@dataclass(frozen=True)
-class LoopSpec:
-    """A ``[loops.NAME]`` table of the station file: a PID reading ``pv`` and driving ``output`` by duty."""
-
-    name: str
-    pv: str
-    output: str
-    gains: PidGains
-    out_min: float = 0.0
-    out_max: float = 1.0
-    sensor_break_output: float = 0.0
-    derivative_filter: float = 0.1
-    setpoint_weight_b: float = 1.0
-
-    def make_pid(self) -> Pid:
-        return Pid(self.gains, out_min=self.out_min, out_max=self.out_max,
-                   derivative_filter=self.derivative_filter, sensor_break_output=self.sensor_break_output,
-                   setpoint_weight_b=self.setpoint_weight_b)
-
-
 class Pid:
     """A PID loop stepped by ``update``; see the module docstring for the equations and choices."""
+
+    @classmethod
+    def for_loop(cls, loop: LoopSpec) -> Pid:
+        """The PID a ``[loops.NAME]`` of the station file describes."""
+        return cls(loop.gains, out_min=loop.out_min, out_max=loop.out_max, derivative_filter=loop.derivative_filter,
+                   sensor_break_output=loop.sensor_break_output, setpoint_weight_b=loop.setpoint_weight_b)
 
     def __init__(
         self,

@@ -44,7 +44,6 @@ import math
 import re
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any, Protocol
@@ -52,7 +51,7 @@ from typing import Any, Protocol
 import serial  # type: ignore[import-untyped]  # no stubs for pyserial 3.5 in the venv
 
 from edge.core import ChannelStatus, CoreError
-from edge.spec.reader import describe, did_you_mean, join
+from edge.spec.instruments.pfeiffer import PfeifferConfig
 
 log = logging.getLogger(__name__)
 
@@ -271,117 +270,7 @@ class TelegramSplitter:
 
 # ---------------------------------------------------------------- config
 
-STANDARD_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,30}")
-
-
-@dataclass(frozen=True)
-class PfeifferConfig:
-    """One gauge on one serial port. Times in ms, as in the station file."""
-
-    port: str                       # a stable name: /dev/serial/by-id/... or a udev symlink
-    address: int = 1                # 1..255
-    channel: str = "chamber_vacuum"  # the injected channel the pressure goes to (mbar)
-    baud: int = 9600
-    bytesize: int = 8
-    parity: str = "N"               # N, E or O
-    stopbits: int = 1
-    poll_ms: float = 200.0          # start to start of one poll cycle
-    timeout_ms: float = 150.0       # per query: the whole answer must be in by then
-    error_check_every: int = 1      # ask parameter 303 every n cycles; 0 = never (gauge without it)
-    reconnect_max_ms: float = 5000.0  # reopen back-off doubles from 100 ms up to this
-
-    def answer_time_ms(self) -> float:
-        """Line time of one query plus its pressure answer (16 + 20 characters)."""
-        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
-        return 36 * bits * 1000.0 / self.baud
-
-
-_KEYS = ("type", "port", "address", "channel", "baud", "bytesize", "parity", "stopbits", "poll_ms",
-         "timeout_ms", "error_check_every", "reconnect_max_ms")
-
-
-def parse_instrument(table: Mapping[str, object], key_path: str) -> PfeifferConfig:
-    """``[instruments.NAME]`` with ``type = "pfeiffer"`` -> config; ValueError names the key.
-
-    Every problem is listed (one per line), so a technician fixes the table in one pass.
-    """
-    problems: list[str] = []
-    values: dict[str, Any] = {}
-
-    def bad(key: str, message: str) -> None:
-        problems.append(f"{join(key_path, key)}: {message}")
-
-    def number(key: str, lo: float, hi: float) -> None:
-        if key not in table:
-            return
-        v = table[key]
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            bad(key, f"expected a number from {lo:g} to {hi:g}, got {describe(v)}")
-        elif not lo <= v <= hi:
-            bad(key, f"expected a number from {lo:g} to {hi:g}, got {v:g}")
-        else:
-            values[key] = float(v)
-
-    def integer(key: str, allowed: tuple[int, ...] | range) -> None:
-        if key not in table:
-            return
-        v = table[key]
-        wanted = (f"{allowed.start} to {allowed.stop - 1}" if isinstance(allowed, range)
-                  else ", ".join(map(str, allowed)))
-        if isinstance(v, bool) or not isinstance(v, int):
-            bad(key, f"expected an integer ({wanted}), got {describe(v)}")
-        elif v not in allowed:
-            bad(key, f"expected {wanted}, got {v}")
-        else:
-            values[key] = v
-
-    for key in table:
-        if key not in _KEYS:
-            bad(key, f"unknown key{did_you_mean(key, _KEYS)} (expected: {', '.join(_KEYS)})")
-    kind = table.get("type")
-    if kind != "pfeiffer":
-        got = "missing" if kind is None else f"got {describe(kind)}"
-        bad("type", f"expected \"pfeiffer\" ({got})")
-    port = table.get("port")
-    if not isinstance(port, str) or not port.strip():
-        bad("port", "missing: expected the serial device, e.g. \"/dev/ttyUSB0\"" if port is None
-            else f"expected a serial device path, got {describe(port)}")
-    else:
-        values["port"] = port
-    integer("address", range(1, 256))
-    if "channel" in table:
-        ch = table["channel"]
-        if not isinstance(ch, str) or not _NAME.fullmatch(ch):
-            bad("channel", f"expected a channel name (lowercase letter, then lowercase letters, digits or _, "
-                           f"at most 31), got {describe(ch)}")
-        else:
-            values["channel"] = ch
-    integer("baud", STANDARD_BAUDS)
-    integer("bytesize", (7, 8))
-    integer("stopbits", (1, 2))
-    if "parity" in table:
-        p = table["parity"]
-        if not isinstance(p, str) or p not in PARITIES:
-            bad("parity", f"expected \"N\", \"E\" or \"O\", got {describe(p)}")
-        else:
-            values["parity"] = p
-    number("poll_ms", 20.0, 60_000.0)
-    number("timeout_ms", 10.0, 10_000.0)
-    integer("error_check_every", range(0, 1001))
-    number("reconnect_max_ms", 100.0, 600_000.0)
-    if not problems:
-        cfg = PfeifferConfig(**values)
-        if cfg.timeout_ms > cfg.poll_ms:
-            bad("timeout_ms", f"{cfg.timeout_ms:g} ms is longer than poll_ms ({cfg.poll_ms:g} ms): "
-                              "a silent gauge would stretch every cycle")
-        elif cfg.timeout_ms < 2 * cfg.answer_time_ms():
-            bad("timeout_ms", f"{cfg.timeout_ms:g} ms is too short: at {cfg.baud} Bd a query and its answer "
-                              f"take {cfg.answer_time_ms():.0f} ms on the line (give at least twice that)")
-        if not problems:
-            return cfg
-    raise ValueError("\n".join(problems))
+PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}  # the file's letters
 
 
 # ---------------------------------------------------------------- poller

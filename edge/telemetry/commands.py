@@ -80,7 +80,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from edge.telemetry.access import CommandSettings
+from edge.spec.access import CommandSettings
 from edge.telemetry.envelope import EnvelopeError, parse_rfc3339
 from edge.telemetry.events import EventDraft, command_event
 from edge.telemetry.schemas import errors as schema_errors

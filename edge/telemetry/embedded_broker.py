@@ -23,7 +23,7 @@ import logging
 import threading
 from typing import Any
 
-from edge.telemetry.broker_url import BrokerSettings, BrokerUrl
+from edge.spec.broker import BrokerSettings, BrokerUrl
 
 __all__ = ["EmbeddedBroker", "EmbeddedBrokerError"]
 

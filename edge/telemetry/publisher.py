@@ -71,8 +71,8 @@ from edge.batch.record import BatchRecorder, mqtt_end_body, mqtt_start_body
 from edge.control.controller import Controller, ProcessEvent
 from edge.core import Core
 from edge.files import write_atomic
+from edge.spec.broker import BrokerSettings
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, Aggregator
-from edge.telemetry.broker_url import BrokerSettings
 from edge.telemetry.commands import (
     CommandHandler,
     CommandLedger,

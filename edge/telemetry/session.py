@@ -115,7 +115,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge import __version__
-from edge.telemetry.broker_url import BrokerSettings, BrokerUrl, BrokerUrlError
+from edge.spec.broker import BrokerSettings, BrokerUrl, BrokerUrlError
 from edge.telemetry.envelope import EnvelopeError, PreviousBoot, birth, envelope, previous_boot, will
 from edge.telemetry.outbox import Draft, Message, Outbox, OutboxError, Priority
 from edge.telemetry.topics import STREAMS, StationTopics

@@ -372,7 +372,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge.telemetry.broker_url import parse_broker_url
+    from edge.spec.broker import parse_broker_url
 
     url = parse_broker_url(args.broker)
     topic_filter = subscription(args.site, args.station)

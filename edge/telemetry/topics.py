@@ -42,16 +42,13 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from edge.spec.access import IDENTITY_RE
 from edge.telemetry.outbox import Priority
 
 PREFIX = "reedge/v1"
 SCHEMA_BASE = "https://reeproduce.eu/schemas/reedge/v1/"
 LEVEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # = edge.spec.station.IDENT_RE (a test checks they agree)
 MAX_REPLY_TOPIC = 512
-#: An MQTT identity (username or certificate CN) as a topic level: 1 to 128 characters, no control
-#: characters, no wildcard, no level separator, no leading space (mosquitto's ``%u`` needs the same).
-IDENTITY_RE = re.compile(r"[^\x00-\x1f\x7f+#/\s][^\x00-\x1f\x7f+#/]{0,127}")
-
 #: Command verbs, in the order the documentation lists them.
 VERBS: tuple[str, ...] = ("start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass")
 

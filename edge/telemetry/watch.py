@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.telemetry.broker_url import BrokerUrl
+from edge.spec.broker import BrokerUrl
 from edge.telemetry.tail import Checked, Finding, StreamTracker, check_message
 from edge.telemetry.topics import subscription
 

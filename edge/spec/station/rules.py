@@ -1,0 +1,256 @@
+"""[interlocks.*] and [[permissives.*]]: what the C core enforces."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import cast
+
+from edge.spec.core import (
+    ChannelSpec,
+    Comparison,
+    OutputSpec,
+    PermissiveSpec,
+    RuleKind,
+    RuleSpec,
+)
+from edge.spec.reader import Table as _Table
+from edge.spec.reader import boolean as _boolean
+from edge.spec.reader import choice as _choice
+from edge.spec.reader import describe as _describe
+from edge.spec.reader import fmt as _fmt
+from edge.spec.reader import join as _join
+from edge.spec.reader import level_number as _level_number
+from edge.spec.reader import lookup as _lookup
+from edge.spec.reader import number as _number
+from edge.spec.reader import number_in as _number_in
+from edge.spec.reader import range_pair as _range_pair
+from edge.spec.reader import unknown as _unknown
+from edge.spec.station.hardware import (
+    _CoreSettings,
+)
+from edge.spec.station.model import (
+    ALL_OUTPUTS,
+    DEADMAN_RULE,
+    MS_MAX,
+    RULE_KINDS,
+)
+from edge.spec.station.values import (
+    _action,
+    _deadman_ms,
+    _name,
+    _named_tables,
+    _value_range,
+)
+
+# ============================================================================ [interlocks.*]
+
+_RULE_KEYS = ("kind", "channel", "threshold", "hysteresis", "debounce_ms", "latch", "action")
+_RULE_HELP: dict[str, str] = {
+    "high": "the trip value in the channel's unit (trips above it)",
+    "low": "the trip value in the channel's unit (trips below it)",
+    "rate_high": "the trip rate in the channel's unit per minute (trips when rising faster)",
+    "rate_low": "the trip rate in the channel's unit per minute (trips when the rate drops below it)",
+    "digital": "0 or 1: the level the switch reads when all is well (trips on the other)",
+    "deadman": "the timeout in ms",
+}
+
+
+def read_interlocks(
+    top: _Table,
+    settings: _CoreSettings,
+    channels: Mapping[str, ChannelSpec | None],
+    outputs: Mapping[str, OutputSpec | None],
+) -> dict[str, RuleSpec | None]:
+    """Interlocks in file order, then the built-in controller dead-man from core.deadman_ms."""
+    rules: dict[str, RuleSpec | None] = {}
+    section = top.table("interlocks", expected="[interlocks.NAME] tables")
+    if section is not None:
+        for name, t in _named_tables(section):
+            if name == DEADMAN_RULE:
+                section.report(name, f"the name '{DEADMAN_RULE}' is reserved for the built-in dead-man "
+                                     "(core.deadman_ms); choose another name")
+            rules[name] = _read_interlock(t, name, settings, channels, outputs) if t is not None else None
+    if settings.table is not None and settings.deadman_ms is not None:
+        action = _resolve_action(settings.table, "deadman_action", settings.deadman_action, outputs, settings)
+        rules[DEADMAN_RULE] = (
+            RuleSpec(DEADMAN_RULE, "deadman", None, settings.deadman_ms, action) if action is not None else None
+        )
+    return rules
+
+
+def _read_interlock(
+    t: _Table,
+    name: str,
+    settings: _CoreSettings,
+    channels: Mapping[str, ChannelSpec | None],
+    outputs: Mapping[str, OutputSpec | None],
+) -> RuleSpec | None:
+    """One rule; what its threshold means, and which channel it accepts, depend on its kind."""
+    kind_text = t.need("kind", _choice(RULE_KINDS),
+                       "the rule kind: high, low, rate_high, rate_low, digital, fault, stale or deadman")
+    if kind_text is None:
+        t.accept(*_RULE_KEYS)
+        t.finish()
+        return None
+    kind = cast(RuleKind, kind_text)
+
+    channel_name: str | None = None
+    if kind != "deadman":
+        channel_name = t.need("channel", _name, "the name of the channel this rule watches")
+    threshold: float | None = 0.0
+    if kind == "deadman":
+        threshold = t.need("threshold", _deadman_ms(settings.period_ms), _RULE_HELP[kind])
+    elif kind == "digital":
+        threshold = t.need("threshold", _level_number, _RULE_HELP[kind])
+    elif kind in _RULE_HELP:
+        threshold = t.need("threshold", _number, _RULE_HELP[kind])
+    hysteresis = t.get("hysteresis", _number_in(0.0), 0.0) if kind in ("high", "low", "rate_high", "rate_low") \
+        else 0.0
+    debounce_ms = t.get("debounce_ms", _number_in(0.0, MS_MAX), 0.0) if kind != "deadman" else 0.0
+    latch = t.get("latch", _boolean, True)
+    action_value = t.need("action", _action, "the outputs this rule forces to their safe level, e.g. "
+                                             "[\"heater\", \"h2_inlet_valve\"], or \"all\"")
+    t.finish(elsewhere=_RULE_KEYS, context=f"to {kind} rules")
+
+    action = _resolve_action(t, "action", action_value, outputs, settings) if action_value is not None else None
+    channel = _lookup(t, "channel", channel_name, channels, "channel") if channel_name is not None else None
+    if channel is not None and threshold is not None:
+        _check_rule_channel(t, kind, channel, threshold, hysteresis)
+    if not t.ok or threshold is None or action is None or (kind != "deadman" and channel is None):
+        return None
+    return RuleSpec(name, kind, channel_name, threshold, action, hysteresis, debounce_ms, latch)
+
+
+def _check_rule_channel(t: _Table, kind: RuleKind, channel: ChannelSpec, threshold: float, hysteresis: float) -> None:
+    """The rule kind must suit the channel, and a level threshold must lie inside what it can read."""
+    ch = f"channel '{channel.name}'"
+    if kind == "digital":
+        if channel.kind != "digital":
+            t.report("channel", f"{ch} is {channel.kind}; a digital rule needs a digital channel "
+                                "(for a value use kind = \"high\" or \"low\")")
+        return
+    if kind in ("high", "low", "rate_high", "rate_low") and channel.kind == "digital":
+        t.report("channel", f"{ch} is digital; use kind = \"digital\" with threshold = the healthy level")
+        return
+    if kind in ("rate_high", "rate_low") and channel.rate_window_ms <= 0:
+        t.report("channel", f"{ch} has rate_window_ms = 0, so its rate is not measured; set "
+                            f"channels.{channel.name}.rate_window_ms > 0")
+    if kind == "stale" and channel.max_age_ms <= 0:
+        t.report("channel", f"{ch} has no max_age_ms, so it can never be stale; set "
+                            f"channels.{channel.name}.max_age_ms > 0")
+    if kind in ("high", "low"):
+        lo, hi = _value_range(channel)
+        where = f"{ch}'s range {_fmt(lo)} to {_fmt(hi)} {channel.unit}".rstrip()
+        if not lo <= threshold <= hi:
+            t.report("threshold", f"{_fmt(threshold)} is outside {where}: the rule could never act as meant")
+        else:
+            clear = threshold - hysteresis if kind == "high" else threshold + hysteresis
+            if not lo <= clear <= hi:
+                t.report("hysteresis", f"{_fmt(hysteresis)} puts the clear point {_fmt(clear)} outside {where}: "
+                                       "the rule could never clear")
+
+
+def _resolve_action(
+    t: _Table,
+    key: str,
+    value: tuple[str, ...] | str,
+    outputs: Mapping[str, OutputSpec | None],
+    settings: _CoreSettings,
+) -> tuple[str, ...] | None:
+    """Output names of an action; "all" means every output but the watchdog line, which is never forced."""
+    watchdog = settings.watchdog_output
+    if value == ALL_OUTPUTS:
+        names = tuple(name for name in outputs if name != watchdog)
+        if not names:
+            t.report(key, "\"all\" names no output (the only output is the watchdog line)")
+            return None
+        return names
+    resolved: list[str] = []
+    for index, name in enumerate(value):
+        if name not in outputs:
+            t.report(key, f"[{index}]: " + _unknown("output", name, outputs))
+        elif name == watchdog:
+            t.report(key, f"'{name}' is the watchdog line (core.watchdog_output): the sampler toggles it "
+                          "every tick and no rule may force it")
+        else:
+            resolved.append(name)
+    return tuple(resolved) if len(resolved) == len(value) else None
+
+
+# ============================================================================ [[permissives.*]]
+
+_PERMISSIVE_KEYS = ("channel", "lt", "gt", "eq", "between")
+
+
+def read_permissives(
+    top: _Table,
+    settings: _CoreSettings,
+    channels: Mapping[str, ChannelSpec | None],
+    outputs: Mapping[str, OutputSpec | None],
+) -> list[PermissiveSpec | None]:
+    """[[permissives.OUTPUT]] blocks: every condition listed for an output must hold to energise it."""
+    permissives: list[PermissiveSpec | None] = []
+    section = top.table("permissives", expected="[[permissives.OUTPUT]] blocks")
+    if section is None:
+        return permissives
+    for output_name, value in section.data.items():
+        section.accept(output_name)
+        path = _join(section.path, output_name)
+        output_ok = output_name in outputs
+        if not output_ok:
+            section.report(output_name, _unknown("output", output_name, outputs))
+        elif output_name == settings.watchdog_output:
+            section.report(output_name, f"'{output_name}' is the watchdog line (core.watchdog_output): "
+                                        "it takes no permissives")
+            output_ok = False
+        if not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
+            section.report(output_name, f"expected one or more [[{path}]] blocks (double brackets), "
+                                        f"got {_describe(value)}")
+            continue
+        for index, item in enumerate(value):
+            t = _Table(section.problems, cast(dict[str, object], item), f"{path}[{index}]")
+            spec = _read_permissive(t, output_name, channels)
+            permissives.append(spec if output_ok else None)
+    return permissives
+
+
+def _read_permissive(t: _Table, output: str, channels: Mapping[str, ChannelSpec | None]) -> PermissiveSpec | None:
+    """One condition: a channel and exactly one of lt, gt, eq (digital) or between = [lo, hi]."""
+    channel_name = t.need("channel", _name, "the name of the channel this condition reads")
+    lt = t.get("lt", _number)
+    gt = t.get("gt", _number)
+    eq = t.get("eq", _level_number)
+    between = t.get("between", _range_pair)
+    given = [key for key in ("lt", "gt", "eq", "between") if key in t.data]
+    if len(given) != 1:
+        t.report(None, f"give exactly one of lt, gt, eq or between = [low, high]; got "
+                       f"{', '.join(given) if given else 'none'}")
+    t.finish()
+    channel = _lookup(t, "channel", channel_name, channels, "channel") if channel_name is not None else None
+    if not t.ok or channel is None or len(given) != 1:
+        return None
+    key = given[0]
+    if key == "between":
+        if between is None:
+            return None
+        value, value2 = between
+    else:
+        single = {"lt": lt, "gt": gt, "eq": eq}[key]
+        if single is None:
+            return None
+        value, value2 = single, 0.0
+    lo, hi = _value_range(channel)
+    where = f"channel '{channel.name}''s range {_fmt(lo)} to {_fmt(hi)} {channel.unit}".rstrip()
+    if key == "eq" and channel.kind != "digital":
+        t.report("eq", f"channel '{channel.name}' is {channel.kind}: eq compares a digital level; "
+                       "use lt, gt or between for a value")
+    elif key != "eq" and channel.kind == "digital":
+        t.report(key, f"channel '{channel.name}' is digital: use eq = 0 or eq = 1")
+    elif key in ("lt", "gt") and not lo <= value <= hi:
+        t.report(key, f"{_fmt(value)} is outside {where}: the condition would always or never hold")
+    elif key == "between" and (value2 < lo or value > hi):
+        t.report(key, f"[{_fmt(value)}, {_fmt(value2)}] does not overlap {where}: the condition could never hold")
+    if not t.ok:
+        return None
+    cmp = cast(Comparison, "in" if key == "between" else key)
+    return PermissiveSpec(output, channel.name, cmp, value, value2)
