@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from edge.core import Core
+from edge.operator.execute import Operator
+from edge.operator.target import CommandRefused
+from edge.operator.verbs import StartRequest
 from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
 from edge.spec.reader import SpecError
 from edge.spec.station import load_station, parse_station
@@ -25,10 +28,8 @@ from edge.telemetry.commands import (
     MAX_JSON_DEPTH,
     CommandHandler,
     CommandLedger,
-    CommandRefused,
     Outcome,
     Received,
-    StartRequest,
     command_digest,
     json_too_deep,
 )
@@ -67,13 +68,16 @@ class Recorder:
     def abort(self, reason: str) -> None:
         self._do("abort", reason)
 
+    def skip(self) -> None:
+        self._do("skip")
+
     def ack_alarm(self, alarm: str) -> None:
         self._do("ack_alarm", alarm)
 
     def reset(self, rule: str | None) -> None:
         self._do("reset", rule)
 
-    def record_mass(self, batch_id: str, mass_out_kg: float) -> None:
+    def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None:
         self._do("record_mass", (batch_id, mass_out_kg))
 
 
@@ -94,7 +98,7 @@ def ledger(tmp_path: pathlib.Path) -> Iterator[CommandLedger]:
 
 def handler(target: Any, ledger: CommandLedger, *, allow_remote_reset: bool = False,
             settings: CommandSettings = SETTINGS, now: int = NOW) -> CommandHandler:
-    return CommandHandler(topics=T, settings=settings, allow_remote_reset=allow_remote_reset, target=target,
+    return CommandHandler(topics=T, settings=settings, operator=Operator(target, allow_remote_reset=allow_remote_reset),
                           ledger=ledger, clock=lambda: now)
 
 
@@ -579,8 +583,8 @@ class SlowTarget(Recorder):
 def test_handle_many_answers_busy_once_the_budget_is_spent(ledger: CommandLedger) -> None:
     clock = Clock()
     target = SlowTarget(clock, cost_s=0.004)
-    h = CommandHandler(topics=T, settings=SETTINGS, allow_remote_reset=False, target=target, ledger=ledger,
-                       clock=lambda: NOW, timer=lambda: clock.t)
+    h = CommandHandler(topics=T, settings=SETTINGS, operator=Operator(target, allow_remote_reset=False),
+                       ledger=ledger, clock=lambda: NOW, timer=lambda: clock.t)
     payloads = [command("hold", {"reason": f"r{i}"}) for i in range(5)]
     batch = [Received(T.cmd("hold", SCADA), p, correlation_data=b"c%d" % i) for i, p in enumerate(payloads)]
     outs = h.handle_many(batch, budget_s=0.01)
