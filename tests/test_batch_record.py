@@ -408,6 +408,7 @@ def test_the_operator_records_the_mass_out_on_the_controllers_stdin(station: Sta
         return done.result == "accepted", done.message
 
     assert execute({"cmd": "record_mass", "mass_out_kg": 25.0})[0] is False   # no batch yet
+    assert execute({"cmd": "hold"}) == (False, "no batch is running: nothing to hold")   # as over MQTT
     st.ctl.start_batch(RECIPE, batch_id="hd-rec-7", mass_in_kg=25.0)
     st.scan()
     ok, reason = execute({"cmd": "record_mass", "mass_out_kg": "heavy"})
