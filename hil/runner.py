@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge import __version__
+from edge.operator.verbs import VERBS
 from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.station import Station, load_station
 from hil.rig import RigConfig, RigError, VirtualRig
@@ -303,7 +304,8 @@ def _fire(run: Run, rig: VirtualRig, step: Step, t: float) -> None:
     wall = time.monotonic_ns()
     if step.kind == "operator":
         assert step.action is not None
-        rig.controller_command(step.action, reason=f"HIL step {step.id}")
+        takes_reason = any(a.name == "reason" for a in VERBS[step.action].args)   # resume and skip take none
+        rig.controller_command(step.action, **({"reason": f"HIL step {step.id}"} if takes_reason else {}))
     elif step.kind == "controller_hang":
         wall = rig.signal_controller(signal.SIGUSR1)
         rig.hung = True

@@ -397,19 +397,28 @@ def test_the_example_stations_account_their_meters() -> None:
 
 
 def test_the_operator_records_the_mass_out_on_the_controllers_stdin(station: Station) -> None:
-    from edge.app.run import execute
+    from edge.app.stdin_commands import answer, read_line
+    from edge.operator.execute import Operator
+    from edge.operator.target import ControllerTarget
 
     st = station
-    assert execute(st.ctl, {"cmd": "record_mass", "mass_out_kg": 25.0}, st.recorder)[0] is False   # no batch yet
+    operator = Operator(ControllerTarget(st.ctl, ROOT / "recipes", st.recorder), allow_remote_reset=False)
+
+    def execute(cmd: dict[str, object]) -> tuple[bool, str]:
+        done = answer(operator, read_line(json.dumps(cmd)))
+        return done.result == "accepted", done.message
+
+    assert execute({"cmd": "record_mass", "mass_out_kg": 25.0})[0] is False   # no batch yet
+    assert execute({"cmd": "hold"}) == (False, "no batch is running: nothing to hold")   # as over MQTT
     st.ctl.start_batch(RECIPE, batch_id="hd-rec-7", mass_in_kg=25.0)
     st.scan()
-    ok, reason = execute(st.ctl, {"cmd": "record_mass", "mass_out_kg": "heavy"}, st.recorder)
+    ok, reason = execute({"cmd": "record_mass", "mass_out_kg": "heavy"})
     assert not ok and "mass out must be a number" in reason
-    ok, reason = execute(st.ctl, {"cmd": "record_mass", "batch_id": "hd-rec-0", "mass_out_kg": 24.0}, st.recorder)
+    ok, reason = execute({"cmd": "record_mass", "batch_id": "hd-rec-0", "mass_out_kg": 24.0})
     assert not ok and "not this station's current batch" in reason
     assert st.recorder.body is not None and st.recorder.body["product"]["mass_out_kg"] is None   # nothing changed
-    assert execute(st.ctl, {"cmd": "record_mass", "mass_out_kg": 24.0}, st.recorder) == (
-        True, "mass out 24.0 kg recorded")
+    assert execute({"cmd": "record_mass", "mass_out_kg": 24.0}) == (
+        True, "mass out 24 kg recorded for the current batch")
     assert st.recorder.body["product"] == {"mass_out_kg": 24.0, "yield_pct": 96.0}
 
 

@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from edge.core import Core
+from edge.operator.execute import Operator
+from edge.operator.target import CommandRefused
+from edge.operator.verbs import StartRequest
 from edge.spec.access import CommandSettings
 from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
 from edge.spec.reader import SpecError
@@ -26,10 +29,8 @@ from edge.telemetry.commands import (
     MAX_JSON_DEPTH,
     CommandHandler,
     CommandLedger,
-    CommandRefused,
     Outcome,
     Received,
-    StartRequest,
     command_digest,
     json_too_deep,
 )
@@ -68,13 +69,16 @@ class Recorder:
     def abort(self, reason: str) -> None:
         self._do("abort", reason)
 
+    def skip(self) -> None:
+        self._do("skip")
+
     def ack_alarm(self, alarm: str) -> None:
         self._do("ack_alarm", alarm)
 
     def reset(self, rule: str | None) -> None:
         self._do("reset", rule)
 
-    def record_mass(self, batch_id: str, mass_out_kg: float) -> None:
+    def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None:
         self._do("record_mass", (batch_id, mass_out_kg))
 
 
@@ -95,7 +99,7 @@ def ledger(tmp_path: pathlib.Path) -> Iterator[CommandLedger]:
 
 def handler(target: Any, ledger: CommandLedger, *, allow_remote_reset: bool = False,
             settings: CommandSettings = SETTINGS, now: int = NOW) -> CommandHandler:
-    return CommandHandler(topics=T, settings=settings, allow_remote_reset=allow_remote_reset, target=target,
+    return CommandHandler(topics=T, settings=settings, operator=Operator(target, allow_remote_reset=allow_remote_reset),
                           ledger=ledger, clock=lambda: now)
 
 
@@ -580,8 +584,8 @@ class SlowTarget(Recorder):
 def test_handle_many_answers_busy_once_the_budget_is_spent(ledger: CommandLedger) -> None:
     clock = Clock()
     target = SlowTarget(clock, cost_s=0.004)
-    h = CommandHandler(topics=T, settings=SETTINGS, allow_remote_reset=False, target=target, ledger=ledger,
-                       clock=lambda: NOW, timer=lambda: clock.t)
+    h = CommandHandler(topics=T, settings=SETTINGS, operator=Operator(target, allow_remote_reset=False),
+                       ledger=ledger, clock=lambda: NOW, timer=lambda: clock.t)
     payloads = [command("hold", {"reason": f"r{i}"}) for i in range(5)]
     batch = [Received(T.cmd("hold", SCADA), p, correlation_data=b"c%d" % i) for i, p in enumerate(payloads)]
     outs = h.handle_many(batch, budget_s=0.01)
@@ -616,3 +620,77 @@ def test_handle_many_refuses_a_bad_budget(ledger: CommandLedger) -> None:
             handler(Recorder(), ledger).handle_many([], bad)
     batch = [Received(T.cmd("hold", SCADA), command("hold")) for _ in range(3)]
     assert [o.reply["code"] for o in handler(Recorder(), ledger).handle_many(batch, float("inf"))] == ["ok"] * 3
+
+
+# ---- one operator-command path: stdin and MQTT get the same checks and the same answers -------
+
+class Idle:
+    """A station with no batch, as far as ``ControllerTarget``'s state checks look: nothing is running."""
+
+    sequencer = None
+
+    class core:   # stands in for the controller's core attribute: no interlock tripped
+        @staticmethod
+        def rules() -> dict[str, Any]:
+            return {}
+
+
+def both_paths(tmp_path: pathlib.Path, payload: dict[str, Any], *,
+               allow_remote_reset: bool = False) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(code, message) of the same command sent over MQTT (by the maintenance identity) and on stdin."""
+    from edge.app.stdin_commands import answer, read_line
+    from edge.operator.target import ControllerTarget
+
+    verb, args = payload["cmd"], {k: v for k, v in payload.items() if k != "cmd"}
+    operator = Operator(ControllerTarget(Idle(), tmp_path), allow_remote_reset=allow_remote_reset)  # type: ignore[arg-type]
+    with CommandLedger(tmp_path / "c.db") as led:
+        h = CommandHandler(topics=T, settings=SETTINGS, operator=operator, ledger=led, clock=lambda: NOW)
+        mqtt = h.handle(T.cmd(verb, "service"), command(verb, args, issuer="service")).reply
+    stdin = answer(operator, read_line(json.dumps(payload)))
+    return (mqtt["code"], mqtt["message"]), (stdin.code, stdin.message)
+
+
+@pytest.mark.parametrize(("payload", "code", "says"), [
+    ({"cmd": "hold", "reason": "door"}, "state", "no batch is running: nothing to hold"),
+    ({"cmd": "resume"}, "state", "no batch is running: nothing to resume"),
+    ({"cmd": "abort"}, "state", "no batch is running: nothing to abort"),
+    ({"cmd": "reset"}, "not_allowed", "remote reset"),
+    ({"cmd": "start", "recipe": "hd_standard", "recipe_sha256": "ab" * 32, "batch_id": "b-1"}, "invalid",
+     "no recipe 'hd_standard' on this station"),
+])
+def test_stdin_and_mqtt_refuse_the_same_command_the_same_way(tmp_path: pathlib.Path, payload: dict[str, Any],
+                                                             code: str, says: str) -> None:
+    mqtt, stdin = both_paths(tmp_path, payload)
+    assert mqtt == stdin and mqtt[0] == code and says in mqtt[1], (mqtt, stdin)
+
+
+def test_stdin_checks_the_arguments_mqtts_schema_checks() -> None:
+    from edge.app.stdin_commands import answer, read_line
+
+    target = Recorder()
+    operator = Operator(target, allow_remote_reset=True)
+    for line, says in (('{"cmd": "start", "recipe": "../../etc/passwd", "recipe_sha256": "' + "ab" * 32
+                        + '", "batch_id": "b-1"}', "recipe: must be a recipe name"),
+                       ('{"cmd": "resume", "reason": "x"}', "resume has no argument 'reason'"),
+                       ('{"cmd": "hold", "reasn": "x"}', "did you mean 'reason'"),
+                       ('{"cmd": "record_mass", "mass_out_kg": -3}', "mass out must be a number"),
+                       ('{"cmd": "ack_alarm"}', "alarm: missing"),
+                       ('{"cmd": "vent"}', "unknown command 'vent'"),
+                       ('[1]', "not a JSON object")):
+        done = answer(operator, read_line(line))
+        assert done.code == "invalid" and says in done.message, (line, done)
+    assert target.calls == []
+    assert answer(operator, read_line('{"cmd": "skip"}')).message == "segment skipped"
+    assert target.calls == [("skip", None)]
+
+
+def test_a_closed_path_refuses_everything_on_both_transports(ledger: CommandLedger) -> None:
+    from edge.app.stdin_commands import answer, read_line
+
+    target = Recorder()
+    h = handler(target, ledger)
+    h.operator.close("station stopping")
+    out = h.handle(T.cmd("hold", SCADA), command("hold"))
+    done = answer(h.operator, read_line('{"cmd": "hold"}'))
+    assert (out.reply["code"], out.reply["message"]) == (done.code, done.message) == ("refused", "station stopping")
+    assert target.calls == []

@@ -25,9 +25,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.operator.execute import Operator
+from edge.operator.verbs import StartRequest
 from edge.spec.access import CommandSettings
 from edge.spec.broker import BrokerSettings, parse_broker_list
-from edge.telemetry.commands import CommandHandler, CommandLedger, Received, StartRequest
+from edge.telemetry.commands import CommandHandler, CommandLedger, Received
 from edge.telemetry.envelope import rfc3339_ms
 from edge.telemetry.outbox import Outbox, Priority
 from edge.telemetry.session import MqttSession, SessionEvent
@@ -272,13 +274,16 @@ class Held:
     def abort(self, reason: str) -> None:
         raise AssertionError("no abort was sent")
 
+    def skip(self) -> None:
+        raise AssertionError("no skip was sent")
+
     def ack_alarm(self, alarm: str) -> None:
         raise AssertionError("no ack_alarm was sent")
 
     def reset(self, rule: str | None) -> None:
         raise AssertionError("the reset must never get through")
 
-    def record_mass(self, batch_id: str, mass_out_kg: float) -> None:
+    def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None:
         raise AssertionError("no record_mass was sent")
 
 
@@ -322,7 +327,7 @@ def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: P
         settings = CommandSettings(roles={"scada": frozenset({"operator"}),
                                           "service-laptop": frozenset({"maintenance"})})
         with CommandLedger(tmp_path / "commands.db") as ledger:
-            out = CommandHandler(topics=topics, settings=settings, allow_remote_reset=True, target=target,
+            out = CommandHandler(topics=topics, settings=settings, operator=Operator(target, allow_remote_reset=True),
                                  ledger=ledger).handle_many([got], 1.0)[0]
         assert out.accepted and out.event.body["issuer"] == "scada" and target.reasons == ["held by scada"]
         assert arrived.empty()

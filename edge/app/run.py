@@ -6,10 +6,11 @@ answers operator commands and tells systemd it is alive. On start it first recov
 power loss interrupted (``Controller.recover``), then starts the batch it was asked for.
 
 Output: one line per event for the journal, or JSON lines with ``--json`` (what the HIL rig
-reads): ``{"type": "ready"|"event"|"status"|"reply"|"exit", ...}``. Commands, one JSON object per
-line on stdin with ``--commands stdin``: ``{"cmd": "hold"|"resume"|"abort"|"skip"}``, and
-``{"cmd": "record_mass", "mass_out_kg": 24.8}`` (the product weighed at unloading, for the batch record;
-the same as the MQTT ``record_mass`` command, whose ``batch_id`` is optional here: the current batch).
+reads): ``{"type": "ready"|"event"|"status"|"reply"|"exit", ...}``. Operator commands, one JSON object
+per line on stdin with ``--commands stdin`` (``edge.app.stdin_commands``), and MQTT commands go through the
+one operator-command path (``edge.operator``): the same verbs and checks. ``{"cmd": "record_mass",
+"mass_out_kg": 24.8}`` is the product weighed at unloading, for the batch record (``batch_id`` is optional
+on stdin: the current batch).
 
 **The batch record** (``edge.batch.record``): every scan, the meters' counter readings and the
 controller's events go into the record of the running batch in ``STATE_DIR/batches/ID/``; the
@@ -48,16 +49,15 @@ import logging
 import math
 import os
 import pathlib
-import select
 import signal
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from edge.app.stdin_commands import StdinCommands, answer
 from edge.app.systemd import Notifier
 from edge.batch.record import BatchRecorder
 from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller, ProcessEvent
@@ -65,7 +65,9 @@ from edge.core import Core, CoreEvent
 from edge.devices.modbus import ModbusBus
 from edge.devices.node.client import SensorNode
 from edge.devices.pfeiffer import GaugePoller
-from edge.spec.broker import BrokerSettings, BrokerUrlError, Protocol, read_broker_settings
+from edge.operator.execute import Operator
+from edge.operator.target import ControllerTarget
+from edge.spec.broker import BrokerSettings, BrokerUrlError, Protocol, parse_broker_list
 from edge.spec.instruments.modbus import ModbusConfig
 from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.reader import SpecError
@@ -203,70 +205,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-class Commands:
-    """Operator commands as JSON lines on stdin, read without blocking the scan."""
-
-    VERBS = ("hold", "resume", "abort", "skip", "record_mass")
-
-    def __init__(self, stream: TextIO) -> None:
-        self.fd = stream.fileno()
-        self.closed = False
-        self._pending = b""
-
-    def poll(self) -> list[dict[str, Any]]:
-        """Raw reads on the descriptor: select() cannot see lines already in a text stream's buffer."""
-        out: list[dict[str, Any]] = []
-        while not self.closed:
-            ready, _, _ = select.select([self.fd], [], [], 0)
-            if not ready:
-                break
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                self.closed = True
-                break
-            self._pending += chunk
-        *lines, self._pending = self._pending.split(b"\n")
-        for raw in lines:
-            line = raw.decode(errors="replace")
-            if not line.strip():
-                continue
-            try:
-                cmd = json.loads(line)
-                if not isinstance(cmd, dict):
-                    raise ValueError("not an object")
-            except ValueError as exc:
-                out.append({"cmd": None, "error": f"not a JSON object: {exc}"})
-                continue
-            out.append(cmd)
-        return out
-
-
-def execute(ctl: Controller, cmd: dict[str, Any], recorder: BatchRecorder | None = None) -> tuple[bool, str]:
-    """(accepted, reason). The controller's own checks and the core's gate still apply."""
-    verb = cmd.get("cmd")
-    if verb not in Commands.VERBS:
-        return False, cmd.get("error") or f"unknown command {verb!r} (known: {', '.join(Commands.VERBS)})"
-    try:
-        if verb == "hold":
-            ctl.hold(str(cmd.get("reason", "operator hold")))
-        elif verb == "resume":
-            ctl.resume()
-        elif verb == "abort":
-            ctl.abort(str(cmd.get("reason", "operator abort")))
-        elif verb == "record_mass":
-            body = recorder.body if recorder is not None else None
-            if recorder is None or body is None or cmd.get("batch_id", body["batch_id"]) != body["batch_id"]:
-                return False, f"batch {cmd.get('batch_id')} is not this station's current batch record"
-            recorder.set_mass_out(cmd.get("mass_out_kg"), ctl.wall_clock())  # type: ignore[arg-type]  # checked there
-            ctl.emit(ctl.now_s(), "operator", f"mass out of batch {body['batch_id']}: {cmd.get('mass_out_kg')} kg")
-            return True, f"mass out {cmd.get('mass_out_kg')} kg recorded"
-        else:
-            ctl.skip()
-    except (BatchRejected, RuntimeError, ValueError) as exc:
-        return False, str(exc)
-    return True, "ok"
-
-
 def _hang(signum: int, frame: object) -> None:
     """The controller-hang scenario: the scan loop blocks for good, the core thread runs on."""
     while True:
@@ -274,24 +212,17 @@ def _hang(signum: int, frame: object) -> None:
 
 
 def broker_settings(station: Station, opts: RunOptions) -> BrokerSettings | None:
-    """The station's ``[mqtt]`` broker settings, ``--broker`` replacing its brokers and ``--mqtt-protocol``
-    its protocol; None when there is no broker at all.
-
-    With ``--broker`` the ``[mqtt]`` table is read again with the override, because a station file
-    without ``brokers`` of its own has its TLS and login keys ignored at load (no broker, no use).
-    """
-    if opts.broker is None:
-        settings = station.broker
-    else:
-        try:
-            raw = tomllib.loads(station.source.read_text()).get("mqtt", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise RunError(f"{station.source}: cannot read it again for --broker: {exc}") from exc
-        settings, problems = read_broker_settings(raw if isinstance(raw, dict) else {},
-                                                  base_dir=station.source.parent, brokers_override=opts.broker)
-        if problems:
-            raise RunError("\n".join(f"--broker: {m}" if k == "brokers" else f"{station.source}: mqtt.{k}: {m}"
-                                     for k, m in problems))
+    """The loaded station's ``[mqtt]`` broker settings, ``--broker`` replacing its brokers and ``--mqtt-protocol``
+    its protocol; None when there is no broker at all. (A station file without ``brokers`` has no broker
+    settings: ``--broker`` then gives the defaults, with plain ``mqtt://`` or the system's CAs.)"""
+    settings = station.broker
+    try:
+        if opts.broker is not None:
+            brokers = parse_broker_list(opts.broker)
+            settings = (BrokerSettings(brokers=brokers) if settings is None
+                        else dataclasses.replace(settings, brokers=brokers))
+    except BrokerUrlError as exc:
+        raise RunError(f"--broker: {exc}") from exc
     if settings is not None and opts.mqtt_protocol is not None:
         try:
             settings = dataclasses.replace(settings, protocol=opts.mqtt_protocol)
@@ -314,10 +245,13 @@ def _publisher_settings(station: Station, opts: RunOptions) -> PublisherSettings
         station_id = check_level(opts.station_id or station.identity.station_id, "--station-id")
     except TopicError as exc:
         raise RunError(str(exc)) from exc
-    recipes = opts.recipes_dir or (opts.recipe.parent if opts.recipe is not None else station.source.parent)
     return PublisherSettings(broker=broker, site=site, station=station_id, state_dir=opts.state_dir,
-                             recipes_dir=recipes, window_s=opts.telemetry_window_s,
-                             quota_bytes=opts.outbox_quota_bytes)
+                             window_s=opts.telemetry_window_s, quota_bytes=opts.outbox_quota_bytes)
+
+
+def _recipes_dir(station: Station, opts: RunOptions) -> pathlib.Path:
+    """Where ``start`` commands find recipes: ``--recipes-dir``, else beside ``--recipe``, else beside the station."""
+    return opts.recipes_dir or (opts.recipe.parent if opts.recipe is not None else station.source.parent)
 
 
 def _session_event(ev: SessionEvent) -> None:
@@ -361,7 +295,7 @@ def run(opts: RunOptions) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    commands = Commands(sys.stdin) if opts.commands_stdin else None
+    commands = StdinCommands(sys.stdin) if opts.commands_stdin else None
 
     with Core(spec) as core, contextlib.ExitStack() as instruments:
         scale = binding.time_scale if binding is not None else 1.0
@@ -402,10 +336,13 @@ def run(opts: RunOptions) -> int:
         ctl = Controller(core, station, state_path=opts.state_dir / "run-state.json", wall_clock=clock,
                          save_every_s=save_every_s)
         ctl.batch_id_check = devices.recorder.id_in_use     # one record per batch id, ever
+        operator = Operator(ControllerTarget(ctl, _recipes_dir(station, opts), devices.recorder),
+                            allow_remote_reset=station.allow_remote_reset)     # stdin's and MQTT's commands
         publisher = None
         if mqtt_settings is not None:
             logging.getLogger("edge.telemetry.session").addHandler(logging.NullHandler())  # _session_event says it
-            publisher = Publisher(core, ctl, mqtt_settings, devices.recorder, on_session_event=_session_event).start()
+            publisher = Publisher(core, ctl, mqtt_settings, devices.recorder, operator,
+                                  on_session_event=_session_event).start()
         # an early return or an error (else _loop's stop comes first): core stopped first, then recorded and flushed
         instruments.callback(_shut_down, ctl, devices.recorder, publisher, opts.mqtt_flush_s)
         _wait_first_readings(core, stop, publisher.pump if publisher is not None else None)
@@ -431,7 +368,7 @@ def run(opts: RunOptions) -> int:
         reporter.write("ready", f"controller for {station.identity.site}/{station.identity.station_id} running",
                        pid=os.getpid(), recovered=recovered, t_s=ctl.now_s())
         notifier.ready(f"station {station.identity.station_id}")
-        return _loop(ctl, opts, reporter, notifier, commands, stop, binding, devices, publisher)
+        return _loop(ctl, opts, reporter, notifier, commands, operator, stop, binding, devices, publisher)
 
 
 def _wait_first_readings(core: Core, stop: threading.Event, idle: Callable[[], None] | None = None,
@@ -447,9 +384,9 @@ def _wait_first_readings(core: Core, stop: threading.Event, idle: Callable[[], N
         time.sleep(0.01)
 
 
-def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notifier, commands: Commands | None,
-          stop: threading.Event, binding: RigBinding | None, devices: Devices,
-          publisher: Publisher | None = None) -> int:
+def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notifier,
+          commands: StdinCommands | None, operator: Operator, stop: threading.Event, binding: RigBinding | None,
+          devices: Devices, publisher: Publisher | None = None) -> int:
     scale = binding.time_scale if binding is not None else 1.0
     sent = 0
     last_status: tuple[Any, ...] = ()
@@ -484,9 +421,10 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
         if opts.exit_when_done and ctl.batch_finished() and not devices.recorder.closing:
             break                   # (once its record has its end readings, or gave up waiting for them)
         if commands is not None:
-            for cmd in commands.poll():
-                ok, reason = execute(ctl, cmd, devices.recorder)
-                reporter.write("reply", reason, cmd=cmd.get("cmd"), accepted=ok, t_s=ctl.now_s())
+            for line in commands.poll():     # the same path as MQTT's commands, as "stdin"
+                done = answer(operator, line)
+                reporter.write("reply", done.message, cmd=done.verb, accepted=done.result == "accepted",
+                               code=done.code, source="stdin", t_s=ctl.now_s())
             if commands.closed and binding is not None:
                 break           # the rig that started us is gone (its end of the pipe closed): do not run on
         _sleep_core_time(ctl, opts.scan_s, scale, stop)

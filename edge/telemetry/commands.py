@@ -30,11 +30,12 @@ fails answers ``rejected`` with its code (``mqtt_schemas/reply.json``); nothing 
                     restarted while executing it: it is not executed again either)
 ``stale``/``future`` ``issued_at`` older than ``max_age_s``, or more than ``max_future_s`` ahead
 ``unauthorised``    the sender's roles do not allow the verb (``edge.telemetry.access``)
-``not_allowed``     reset, on a station whose file does not set ``allow_remote_reset``
-``interlock``       the core or the controller refused for safety (a latched trip, a reset while
-                    the condition persists, an output the gate holds safe)
-``state``/``refused`` the process cannot do it now (no batch to hold), or the controller refused
-``error``           the target failed unexpectedly (the message says how); the station is as it was
+(the operator path) ``edge.operator.Operator.execute``, the same for stdin: ``invalid`` (arguments,
+                    names), ``not_allowed`` (reset on a station whose file does not set
+                    ``allow_remote_reset``), ``state`` (no batch running, not held), ``interlock``
+                    (the core or the controller refused for safety), ``refused`` (the controller
+                    said no, the station is stopping), ``error`` (the target failed unexpectedly;
+                    the station is as it was)
 ==================  =====================================================================
 
 ``handle`` never raises: anything unexpected is answered ``error`` with its reason, so a
@@ -60,8 +61,8 @@ carries the command id, and the MQTT 5 correlation data (base64) so the session 
 property. Each answer also yields an audit event (who asked what, and the answer) for the
 ``event`` stream.
 
-Execution goes through ``CommandTarget``, which knows nothing of MQTT; ``ControllerTarget``
-adapts a ``Controller`` to it.
+This module is only the transport: what a verb does and when it is refused is decided by
+``edge.operator`` (``Operator.execute``), which stdin commands go through as well.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from edge.operator.execute import AuditRecord, Command, Operator
 from edge.spec.access import CommandSettings
 from edge.telemetry.envelope import EnvelopeError, parse_rfc3339
 from edge.telemetry.events import EventDraft, command_event
@@ -117,38 +119,6 @@ def json_too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
         else:
             depth -= 1
     return False
-
-
-class CommandRefused(Exception):
-    """Raised by a CommandTarget that will not do it: ``code`` is interlock, state, refused or invalid."""
-
-    def __init__(self, code: Code, message: str) -> None:
-        super().__init__(message)
-        self.code: Code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class StartRequest:
-    recipe: str            # the recipe's name on the station (file name without .toml)
-    recipe_sha256: str     # what the sender reviewed: a different file is refused
-    batch_id: str
-    operator: str
-    issuer: str            # the sender's identity (the topic's, vouched for by the broker)
-    feed: str = ""         # what was loaded, for the batch record
-    mass_in_kg: float | None = None
-
-
-class CommandTarget(Protocol):
-    """What commands may do to the process. Raise CommandRefused (or the core's refusals) to say no."""
-
-    def start_batch(self, request: StartRequest) -> None: ...
-    def hold(self, reason: str) -> None: ...
-    def resume(self) -> None: ...
-    def abort(self, reason: str) -> None: ...
-    def ack_alarm(self, alarm: str) -> None: ...
-    def reset(self, rule: str | None) -> None: ...
-    def record_mass(self, batch_id: str, mass_out_kg: float) -> None: ...
 
 
 class ReceivedCommand(Protocol):
@@ -314,19 +284,19 @@ class _Draft:
     reply_topic: str | None = None     # where the answer goes now (the station's own until authorised)
     requested: str | None = None       # a checked reply topic the command asked for
     command_id: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)   # once the payload passed its schema
     notes: list[str] = field(default_factory=list)
 
 
 class CommandHandler:
     """Turns one received command into at most one action and exactly one answer (module docstring)."""
 
-    def __init__(self, *, topics: StationTopics, settings: CommandSettings, allow_remote_reset: bool,
-                 target: CommandTarget, ledger: CommandLedger, clock: Callable[[], int] = time.time_ns,
+    def __init__(self, *, topics: StationTopics, settings: CommandSettings, operator: Operator,
+                 ledger: CommandLedger, clock: Callable[[], int] = time.time_ns,
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.topics = topics
         self.settings = settings
-        self.allow_remote_reset = allow_remote_reset
-        self.target = target
+        self.operator = operator        # what the commands do: the one operator-command path
         self.ledger = ledger
         self.clock = clock              # wall clock, ns: issued_at checks and ledger times
         self.timer = timer              # seconds, for handle_many's budget
@@ -440,16 +410,13 @@ class CommandHandler:
             roles = sorted(self.settings.roles.get(d.identity, ()))
             who = f"roles {', '.join(roles)}" if roles else "no role on this station"
             return self._remember(d, digest, now, "unauthorised", f"{d.identity!r} ({who}) may not {d.verb}")
-        if d.verb == "reset" and not self.allow_remote_reset:
-            return self._remember(d, digest, now, "not_allowed", "this station does not allow remote reset"
-                                                                 " ([station] allow_remote_reset = false): reset"
-                                                                 " at the cabinet")
         try:
             self.ledger.begin(d.command_id, digest, d.verb, d.identity, now)
         except LedgerError as e:
             return self._answer(d, "error", f"{LEDGER_UNAVAILABLE}: not executed ({e})")
-        code, message = self._execute(d, doc)
-        out = self._answer(d, code, message, executed=code == "ok")
+        d.args = doc["args"]
+        answer = self.operator.execute(Command(d.verb, d.args, d.identity, "mqtt"))
+        out = self._answer(d, answer.code, answer.message, executed=answer.accepted)
         # if this fails the answer stands; the row stays "executing" and a replay gets outcome_unknown
         with contextlib.suppress(LedgerError):
             self.ledger.finish(d.command_id, self._stored(out.reply))
@@ -515,50 +482,6 @@ class CommandHandler:
     def _stored(reply: dict[str, Any]) -> dict[str, Any]:
         return {"code": reply["code"], "message": reply["message"]}
 
-    def _execute(self, d: _Draft, doc: dict[str, Any]) -> tuple[Code, str]:
-        from edge.control.controller import BatchRejected
-        from edge.core import OutputRefused, ResetRefused
-
-        verb, who = d.verb, d.identity
-        args: dict[str, Any] = doc["args"]
-        try:
-            if verb == "start":
-                self.target.start_batch(StartRequest(args["recipe"], args["recipe_sha256"], args["batch_id"],
-                                                     args.get("operator", who), who, args.get("feed", ""),
-                                                     args.get("mass_in_kg")))
-                return "ok", f"batch {args['batch_id']} started with recipe {args['recipe']}"
-            if verb == "hold":
-                reason = args.get("reason", f"held by {who}")
-                self.target.hold(reason)
-                return "ok", f"held: {reason}"
-            if verb == "resume":
-                self.target.resume()
-                return "ok", "resumed"
-            if verb == "abort":
-                reason = args.get("reason", f"aborted by {who}")
-                self.target.abort(reason)
-                return "ok", f"aborting: {reason}"
-            if verb == "ack_alarm":
-                self.target.ack_alarm(args["alarm"])
-                return "ok", f"alarm {args['alarm']} acknowledged"
-            if verb == "reset":
-                self.target.reset(args.get("rule"))
-                return "ok", f"interlock {args['rule']} reset" if "rule" in args else "latched interlocks reset"
-            if verb == "record_mass":
-                self.target.record_mass(args["batch_id"], args["mass_out_kg"])
-                return "ok", f"mass out {args['mass_out_kg']:g} kg recorded for batch {args['batch_id']}"
-        except CommandRefused as e:
-            return e.code, e.message
-        except (ResetRefused, OutputRefused) as e:
-            return "interlock", e.message
-        except BatchRejected as e:
-            return "refused", str(e)
-        except KeyError as e:
-            return "invalid", f"unknown name: {e.args[0] if e.args else e}"
-        except Exception as e:   # the station must answer and keep running whatever a target does
-            return "error", f"{type(e).__name__}: {e}"
-        raise AssertionError(f"no execution for verb {verb!r}")   # pragma: no cover - VERBS are all handled
-
     def _answer(self, d: _Draft, code: Code, message: str, *, replayed: bool = False,
                 executed: bool = False) -> Outcome:
         result = "accepted" if code == "ok" else "rejected"
@@ -567,8 +490,9 @@ class CommandHandler:
                                  "message": message, "replayed": replayed}
         if d.correlation is not None:
             reply["correlation_data"] = base64.b64encode(d.correlation).decode()
-        audit = command_event(verb=d.verb, command_id=d.command_id, issuer=d.identity, result=result, code=code,
-                              message=f"{d.verb or 'command'} {result}: {message}")
+        record = AuditRecord(d.identity, "mqtt", d.verb, d.args, code, message)
+        audit = command_event(verb=record.verb, command_id=d.command_id, issuer=record.who, result=record.result,
+                              code=record.code, message=record.line)
         return Outcome(d.reply_topic, reply, d.correlation, audit, executed)
 
 
@@ -581,88 +505,3 @@ def _command_id(doc: dict[str, Any]) -> str | None:
     """The payload's command id if it looks like one (to name it in any answer, even a rejection)."""
     cid = doc.get("command_id")
     return cid if isinstance(cid, str) and 8 <= len(cid) <= 64 else None
-
-
-# ---- the Controller as a target ----------------------------------------------------------------
-
-class ControllerTarget:
-    """Adapts ``edge.control.controller.Controller`` to ``CommandTarget``; recipes come from ``recipes_dir``;
-    ``record_mass`` goes to the batch ``recorder`` (``edge.batch.record.BatchRecorder``).
-
-    Start checks, in order: the recipe file exists, its SHA-256 is the one the sender named, it parses;
-    then ``Controller.start_batch`` checks the fit to the station, running batches and tripped interlocks.
-    """
-
-    def __init__(self, controller: Any, recipes_dir: str | os.PathLike[str], recorder: Any = None) -> None:
-        self.ctl = controller
-        self.recipes_dir = pathlib.Path(recipes_dir)
-        self.recorder = recorder
-
-    def start_batch(self, request: StartRequest) -> None:
-        from edge.spec.reader import SpecError
-        from edge.spec.recipe import parse_recipe
-
-        tripped = [name for name, r in self.ctl.core.rules().items() if r.tripped]
-        if tripped:
-            raise CommandRefused("interlock", f"interlocks tripped: {', '.join(tripped)} (clear and reset them first)")
-        path = self.recipes_dir / f"{request.recipe}.toml"
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise CommandRefused("invalid", f"no recipe {request.recipe!r} on this station ({e.strerror})") from None
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest != request.recipe_sha256:
-            raise CommandRefused("invalid", f"recipe {request.recipe!r} on this station has SHA-256 {digest[:12]}...,"
-                                            f" not the {request.recipe_sha256[:12]}... the command names")
-        try:
-            recipe = parse_recipe(raw.decode("utf-8"), str(path))
-        except (SpecError, UnicodeDecodeError) as e:
-            raise CommandRefused("invalid", f"recipe {request.recipe!r} does not load: {e}") from None
-        self.ctl.start_batch(recipe, batch_id=request.batch_id, operator=request.operator, feed=request.feed,
-                             mass_in_kg=request.mass_in_kg)
-
-    def hold(self, reason: str) -> None:
-        self._running("hold")
-        self.ctl.hold(reason)
-
-    def resume(self) -> None:
-        seq = self._running("resume")
-        if seq.held is None:
-            raise CommandRefused("state", "the sequence is not held")
-        self.ctl.resume()
-
-    def abort(self, reason: str) -> None:
-        self._running("abort")
-        self.ctl.abort(reason)
-
-    def ack_alarm(self, alarm: str) -> None:
-        if alarm not in self.ctl.alarms.states():
-            raise CommandRefused("invalid", f"no alarm {alarm!r} on this station")
-        event = self.ctl.alarms.acknowledge(alarm, self.ctl.now_s())
-        if event is None:
-            raise CommandRefused("state", f"alarm {alarm!r} has nothing to acknowledge")
-        self.ctl.emit(event.t_s, "alarm", event.message, alarm=event.name, state=event.kind, severity=event.severity)
-
-    def reset(self, rule: str | None) -> None:
-        if rule is not None and rule not in self.ctl.core.rule_names:
-            raise CommandRefused("invalid", f"no interlock {rule!r} on this station")
-        self.ctl.core.reset(rule)     # ResetRefused while the condition persists: answered "interlock"
-        self.ctl.emit(self.ctl.now_s(), "operator", f"remote reset of {rule or 'latched interlocks'}")
-
-    def record_mass(self, batch_id: str, mass_out_kg: float) -> None:
-        body = self.recorder.body if self.recorder is not None else None
-        if body is None or body["batch_id"] != batch_id:
-            current = "none" if body is None else body["batch_id"]
-            raise CommandRefused("invalid", f"batch {batch_id} is not this station's current batch record"
-                                            f" ({current})")
-        try:
-            self.recorder.set_mass_out(mass_out_kg, self.ctl.wall_clock())
-        except ValueError as e:
-            raise CommandRefused("invalid", str(e)) from None
-        self.ctl.emit(self.ctl.now_s(), "operator", f"mass out of batch {batch_id}: {mass_out_kg:g} kg")
-
-    def _running(self, verb: str) -> Any:
-        seq = self.ctl.sequencer
-        if seq is None or not seq.running:
-            raise CommandRefused("state", f"no batch is running: nothing to {verb}")
-        return seq

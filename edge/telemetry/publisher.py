@@ -71,15 +71,13 @@ from edge.batch.record import BatchRecorder, mqtt_end_body, mqtt_start_body
 from edge.control.controller import Controller, ProcessEvent
 from edge.core import Core
 from edge.files import write_atomic
+from edge.operator.execute import Operator
 from edge.spec.broker import BrokerSettings
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, Aggregator
 from edge.telemetry.commands import (
     CommandHandler,
     CommandLedger,
-    CommandRefused,
-    ControllerTarget,
     Outcome,
-    StartRequest,
 )
 from edge.telemetry.envelope import previous_boot
 from edge.telemetry.events import command_event, process_event
@@ -108,7 +106,6 @@ class PublisherSettings:
     site: str
     station: str
     state_dir: pathlib.Path
-    recipes_dir: pathlib.Path            # where remote ``start`` commands find recipes
     window_s: float = DEFAULT_WINDOW_S   # telemetry window, seconds of core time
     quota_bytes: int = DEFAULT_QUOTA
 
@@ -120,31 +117,6 @@ class _Command:
     response_topic: str | None
     correlation_data: bytes | None
     ack: Ack          # to the broker, once the answer is stored
-
-
-class _Stopping:
-    """The command target once the station stops: every command is answered, none is executed."""
-
-    def start_batch(self, request: StartRequest) -> None:
-        raise CommandRefused("refused", STOPPING)
-
-    def hold(self, reason: str) -> None:
-        raise CommandRefused("refused", STOPPING)
-
-    def resume(self) -> None:
-        raise CommandRefused("refused", STOPPING)
-
-    def abort(self, reason: str) -> None:
-        raise CommandRefused("refused", STOPPING)
-
-    def ack_alarm(self, alarm: str) -> None:
-        raise CommandRefused("refused", STOPPING)
-
-    def reset(self, rule: str | None) -> None:
-        raise CommandRefused("refused", STOPPING)
-
-    def record_mass(self, batch_id: str, mass_out_kg: float) -> None:
-        raise CommandRefused("refused", STOPPING)
 
 
 @dataclass
@@ -172,8 +144,10 @@ class PublisherCounters:
 class Publisher:
     """Publishes one running controller (see the module docstring). ``start``, ``scan`` each scan, ``stop``."""
 
-    def __init__(self, core: Core, ctl: Controller, settings: PublisherSettings, recorder: BatchRecorder, *,
-                 on_session_event: Callable[[SessionEvent], None] | None = None, log: TextIO = sys.stderr) -> None:
+    def __init__(self, core: Core, ctl: Controller, settings: PublisherSettings, recorder: BatchRecorder,
+                 operator: Operator, *, on_session_event: Callable[[SessionEvent], None] | None = None,
+                 log: TextIO = sys.stderr) -> None:
+        """``operator``: the station's one operator-command path, which MQTT commands go through (as stdin's do)."""
         self.core = core
         self.recorder = recorder         # its record is what the batch stream sends
         self.settings = settings
@@ -189,9 +163,7 @@ class Publisher:
             self.session = MqttSession(self.outbox, settings.broker, site=settings.site, station=settings.station,
                                        on_event=on_session_event, previous=previous)
             self.ledger = ledger = CommandLedger(settings.state_dir / LEDGER_FILE)
-            self.handler = CommandHandler(topics=self.topics, settings=ctl.station.commands,
-                                          allow_remote_reset=ctl.station.allow_remote_reset,
-                                          target=ControllerTarget(ctl, settings.recipes_dir, recorder),
+            self.handler = CommandHandler(topics=self.topics, settings=ctl.station.commands, operator=operator,
                                           ledger=self.ledger)
             self.aggregator = Aggregator.for_core(core, settings.window_s)
             self.state = StateTracker()
@@ -232,7 +204,7 @@ class Publisher:
             return self._stopped
         with self._lock:
             self._closing = True             # from now on _on_command answers at once, refusing
-            self.handler.target = _Stopping()
+            self.handler.operator.close(STOPPING)
         drafts = [d for o in self._run_commands(MAX_COMMANDS_WAITING, math.inf) for d in self._answer(o)]
         refused = self.counters.refused_stopping
         if refused:
