@@ -38,6 +38,7 @@ from edge.spec.broker import (
     parse_broker_url,
     read_broker_settings,
 )
+from edge.spec.reader import Problems, Table
 from edge.telemetry.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from edge.telemetry.envelope import parse
 from edge.telemetry.outbox import Outbox, Priority
@@ -218,28 +219,47 @@ def test_bad_broker_lists_are_refused() -> None:
         assert says in str(info.value)
 
 
+def _read_mqtt(table: dict[str, object], base_dir: pathlib.Path) -> tuple[BrokerSettings, list[tuple[str, str]]]:
+    """An [mqtt] table of a station file in ``base_dir`` through the reader kernel: (settings, (key, problem)s)."""
+    problems = Problems(str(base_dir / "station.toml"))
+    t = Table(problems, table, "mqtt")
+    settings = read_broker_settings(t)
+    t.finish()
+    return settings, [(e.key_path.removeprefix("mqtt."), e.message) for e in problems.found]
+
+
 def test_station_mqtt_keys_are_checked_and_every_problem_named(tmp_path: pathlib.Path) -> None:
     (tmp_path / "ca.pem").write_text("x")
     (tmp_path / "pw").write_text("s3cret\n")
-    settings, problems = read_broker_settings(
+    settings, problems = _read_mqtt(
         {"brokers": ["mqtts://a:8883", "mqtts://b:8883"], "ca_file": "ca.pem", "username": "hd-01",
-         "password_file": "pw", "keepalive_s": 15}, base_dir=tmp_path)
-    assert problems == [] and settings is not None
+         "password_file": "pw", "keepalive_s": 15}, tmp_path)
+    assert problems == [] and settings.brokers
     assert settings.ca_file == tmp_path / "ca.pem" and settings.keepalive_s == 15
     assert settings.password() == "s3cret"
     assert "s3cret" not in repr(settings)
-    assert read_broker_settings({}) == (None, [])
-    _, problems = read_broker_settings({"brokers": "mqtt://a", "keepalive_s": True, "ca_file": "missing.pem",
-                                        "max_inflight": "10"}, base_dir=tmp_path)
+    assert _read_mqtt({}, tmp_path) == (BrokerSettings(), [])            # no broker configured
+    _, problems = _read_mqtt({"brokers": "mqtt://a", "keepalive_s": True, "ca_file": "missing.pem",
+                              "max_inflight": "10"}, tmp_path)
     keys = [k for k, _ in problems]
     assert keys == ["keepalive_s", "max_inflight", "ca_file"]
-    _, problems = read_broker_settings({"brokers": "mqtt://a", "ca_file": "ca.pem"}, base_dir=tmp_path)
+    _, problems = _read_mqtt({"brokers": "mqtt://a", "ca_file": "ca.pem"}, tmp_path)
     assert problems == [("ca_file", "TLS files given but no broker is mqtts://: credentials would go in clear")]
-    _, problems = read_broker_settings({"brokers": "mqtt://a", "password_file": "pw", "backoff_min_s": 5,
-                                        "backoff_max_s": 1}, base_dir=tmp_path)
+    _, problems = _read_mqtt({"brokers": "mqtt://a", "password_file": "pw", "backoff_min_s": 5,
+                              "backoff_max_s": 1}, tmp_path)
     assert [k for k, _ in problems] == ["backoff_min_s", "password_file"]
-    settings, _ = read_broker_settings({"brokers": "mqtt://a"}, brokers_override="mqtt://b,mqtt://c")
-    assert settings is not None and [b.host for b in settings.brokers] == ["b", "c"]
+    _, problems = _read_mqtt({"brokers": "mqtt://a", "keepalive": 10}, tmp_path)
+    assert problems == [("keepalive", "unknown key 'keepalive' (expected one of: brokers, client_id, keepalive_s,"
+                                      " connect_timeout_s, session_expiry_s, protocol, username, backoff_min_s,"
+                                      " backoff_max_s, max_inflight, ca_file, cert_file, key_file, password_file);"
+                                      " did you mean 'keepalive_s'?")]
+    # no brokers in the file: TLS files and login are still read, for --broker to use (with_brokers)
+    settings, problems = _read_mqtt({"ca_file": "ca.pem", "username": "hd-01", "password_file": "pw"}, tmp_path)
+    assert problems == [] and settings.brokers == () and settings.ca_file == tmp_path / "ca.pem"
+    moved = settings.with_brokers(parse_broker_list("mqtts://b,mqtts://c"))
+    assert [b.host for b in moved.brokers] == ["b", "c"] and moved.username == "hd-01"
+    with pytest.raises(BrokerSettingsError, match="ca_file: TLS files given but no broker is mqtts://"):
+        settings.with_brokers(parse_broker_list("mqtt://b"))       # never credentials in clear
     with pytest.raises(BrokerSettingsError, match="cert_file"):
         BrokerSettings(parse_broker_list("mqtts://a"), key_file=tmp_path / "ca.pem")
 

@@ -212,17 +212,15 @@ def _hang(signum: int, frame: object) -> None:
 
 
 def broker_settings(station: Station, opts: RunOptions) -> BrokerSettings | None:
-    """The loaded station's ``[mqtt]`` broker settings, ``--broker`` replacing its brokers and ``--mqtt-protocol``
-    its protocol; None when there is no broker at all. (A station file without ``brokers`` has no broker
-    settings: ``--broker`` then gives the defaults, with plain ``mqtt://`` or the system's CAs.)"""
+    """The loaded station's ``[mqtt]`` broker settings, ``--broker`` replacing its brokers (the file's TLS
+    files, login and timings kept, even in a file that names no broker) and ``--mqtt-protocol`` its protocol;
+    None when there is no broker at all."""
     settings = station.broker
-    try:
-        if opts.broker is not None:
-            brokers = parse_broker_list(opts.broker)
-            settings = (BrokerSettings(brokers=brokers) if settings is None
-                        else dataclasses.replace(settings, brokers=brokers))
-    except BrokerUrlError as exc:
-        raise RunError(f"--broker: {exc}") from exc
+    if opts.broker is not None:
+        try:
+            settings = station.mqtt.with_brokers(parse_broker_list(opts.broker))
+        except BrokerUrlError as exc:
+            raise RunError(f"--broker: {exc}") from exc
     if settings is not None and opts.mqtt_protocol is not None:
         try:
             settings = dataclasses.replace(settings, protocol=opts.mqtt_protocol)

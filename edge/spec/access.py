@@ -6,12 +6,12 @@ which writes the broker ACL from these settings.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from edge.spec.reader import describe, did_you_mean, join, short
+from edge.spec.reader import Bad, Conv, Table, describe, integer_in, join, list_of
 
-__all__ = ["IDENTITY_RE", "MQTT_KEYS", "ROLE_VERBS", "CommandSettings", "read_settings"]
+__all__ = ["IDENTITY_RE", "ROLE_VERBS", "CommandSettings", "read_settings"]
 
 #: An MQTT identity (username or certificate CN) as a topic level: 1 to 128 characters, no control
 #: characters, no wildcard, no level separator, no leading space (mosquitto's ``%u`` needs the same).
@@ -24,8 +24,6 @@ ROLE_VERBS: dict[str, frozenset[str]] = {
 }
 MAX_IDENTITIES = 100
 
-#: keys of [mqtt] this module reads (the MQTT session reads the others)
-MQTT_KEYS = ("roles", "commands")
 # (key, default, low, high, what)
 _LIMITS: tuple[tuple[str, int, int, int, str], ...] = (
     ("max_age_s", 60, 1, 3600, "seconds a command may be old when it arrives"),
@@ -56,55 +54,44 @@ class CommandSettings:
         return verbs
 
 
-def read_settings(mqtt: Mapping[str, object], report: Callable[[str, str], None],
-                  path: str = "mqtt") -> CommandSettings:
-    """``[mqtt.roles]`` and ``[mqtt.commands]`` of the ``[mqtt]`` table; each problem goes to
-    ``report(key_path, message)`` (the station loader collects them), and the defaults stand in."""
+def read_settings(mqtt: Table) -> CommandSettings:
+    """``[mqtt.roles]`` and ``[mqtt.commands]`` of the ``[mqtt]`` table; problems are reported into it and the
+    defaults stand in."""
     roles: dict[str, set[str]] = {}
-    raw_roles = mqtt.get("roles", {})
-    rpath = join(path, "roles")
-    if not isinstance(raw_roles, Mapping):
-        report(rpath, f"expected a table [{rpath}] of role = [identities], got {describe(raw_roles)}")
-        raw_roles = {}
-    for role, identities in raw_roles.items():
-        where = join(rpath, role)
-        if role not in ROLE_VERBS:
-            report(where, f"unknown role '{short(role)}' (expected one of: {', '.join(ROLE_VERBS)})"
-                          f"{did_you_mean(role, list(ROLE_VERBS))}")
-            continue
-        if not isinstance(identities, list):
-            report(where, f"expected an array of MQTT identities (usernames or certificate CNs), got "
-                          f"{describe(identities)}")
-            continue
-        if len(identities) > MAX_IDENTITIES:
-            report(where, f"expected at most {MAX_IDENTITIES} identities, got {len(identities)}")
-            continue
-        seen: set[str] = set()
-        for i, identity in enumerate(identities):
-            if not isinstance(identity, str) or not IDENTITY_RE.fullmatch(identity):
-                report(f"{where}[{i}]", "expected an MQTT identity: 1 to 128 characters, no control characters,"
-                                        f" no + # / and no leading space, got {describe(identity)}")
-            elif identity in seen:
-                report(f"{where}[{i}]", f"\"{short(identity)}\" is listed twice")
-            else:
-                seen.add(identity)
+    rt = mqtt.table("roles", expected=f"a table [{join(mqtt.path, 'roles')}] of role = [identities]")
+    if rt is not None:
+        rt.noun = "role"
+        for role in ROLE_VERBS:
+            identities = rt.get(role, list_of(_identity, "MQTT identities (usernames or certificate CNs)",
+                                              max_len=MAX_IDENTITIES))
+            for identity in identities or ():
                 roles.setdefault(identity, set()).add(role)
+        rt.finish()
     limits: dict[str, int] = {key: default for key, default, *_ in _LIMITS}
-    raw_cmd = mqtt.get("commands", {})
-    cpath = join(path, "commands")
-    if not isinstance(raw_cmd, Mapping):
-        report(cpath, f"expected a table [{cpath}], got {describe(raw_cmd)}")
-        raw_cmd = {}
-    known = [key for key, *_ in _LIMITS]
-    for key, value in raw_cmd.items():
-        spec = next((s for s in _LIMITS if s[0] == key), None)
-        if spec is None:
-            report(join(cpath, key), f"unknown key '{short(key)}' (expected one of: {', '.join(known)})"
-                                     f"{did_you_mean(key, known)}")
-            continue
-        _, _, lo, hi, what = spec
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            report(join(cpath, key), f"expected an integer from {lo} to {hi} ({what}), got {describe(value)}")
-            continue
-        limits[key] = value
+    ct = mqtt.table("commands", expected=f"a table [{join(mqtt.path, 'commands')}]")
+    if ct is not None:
+        for key, _, lo, hi, what in _LIMITS:
+            value = ct.get(key, _limit(lo, hi, what))
+            if value is not None:
+                limits[key] = value
+        ct.finish()
     return CommandSettings(roles={k: frozenset(v) for k, v in roles.items()}, **limits)
+
+
+def _identity(value: object) -> str:
+    if not isinstance(value, str) or not IDENTITY_RE.fullmatch(value):
+        raise Bad("expected an MQTT identity: 1 to 128 characters, no control characters, no + # / and no leading"
+                  f" space, got {describe(value)}")
+    return value
+
+
+def _limit(lo: int, hi: int, what: str) -> Conv[int]:
+    within = integer_in(lo, hi)
+
+    def convert(value: object) -> int:
+        try:
+            return within(value)
+        except Bad:
+            raise Bad(f"expected an integer from {lo} to {hi} ({what}), got {describe(value)}") from None
+
+    return convert

@@ -10,9 +10,8 @@ command line or the station file. What is accepted:
   shell history and logs. Credentials live in the station file (``username``, ``password_file``).
 
 The ``[mqtt]`` section is shared with the command settings (``edge.telemetry.access``);
-``read_broker_settings`` reads only the keys in ``BROKER_KEYS`` and returns its problems as
-``(key, message)`` pairs for ``edge.spec.station`` to report with the file name and key path, so that every
-other key of the section stays the other reader's business.
+``read_broker_settings`` reads only its own keys through the reader kernel
+(``edge.spec.reader``), so that every other key of the section stays the other reader's business.
 
 TLS verification is always on for ``mqtts://``: the server certificate must chain to ``ca_file`` (or
 the system's CAs when none is given) and name the host. There is deliberately no switch to turn it
@@ -21,16 +20,17 @@ off; a plant network with its own CA sets ``ca_file``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import pathlib
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from edge.spec.reader import Bad, Table, choice, describe, integer_in, number_in, string
+
 __all__ = [
-    "BROKER_KEYS",
     "BrokerSettings",
     "BrokerSettingsError",
     "BrokerUrl",
@@ -48,11 +48,6 @@ MAX_BROKERS = 16
 
 Protocol = Literal["auto", "5", "3.1.1"]
 PROTOCOLS: tuple[Protocol, ...] = ("auto", "5", "3.1.1")
-
-#: The [mqtt] keys this module reads; the rest of the section belongs to the command settings.
-BROKER_KEYS = ("brokers", "client_id", "keepalive_s", "connect_timeout_s", "session_expiry_s", "protocol",
-               "ca_file", "cert_file", "key_file", "username", "password_file", "backoff_min_s", "backoff_max_s",
-               "max_inflight")
 
 
 class BrokerUrlError(ValueError):
@@ -169,7 +164,7 @@ class BrokerSettings:
     while we are away; the outbox, not the broker, keeps what we publish.
     """
 
-    brokers: tuple[BrokerUrl, ...]
+    brokers: tuple[BrokerUrl, ...] = ()       # empty: none configured (the session needs at least one)
     client_id: str | None = None              # default: reedge-{site}-{station}
     keepalive_s: int = 30
     connect_timeout_s: float = 10.0           # TCP + TLS + CONNACK
@@ -189,6 +184,10 @@ class BrokerSettings:
         if problems:
             raise BrokerSettingsError(problems)
 
+    def with_brokers(self, brokers: tuple[BrokerUrl, ...]) -> BrokerSettings:
+        """These settings for other brokers (``--broker``), checked again: TLS files with plain URLs are refused."""
+        return dataclasses.replace(self, brokers=brokers)
+
     @property
     def uses_tls(self) -> bool:
         return any(b.tls for b in self.brokers)
@@ -205,8 +204,6 @@ class BrokerSettings:
 
 def _check_settings(s: BrokerSettings) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
-    if not s.brokers:
-        problems.append(("brokers", "at least one broker is needed"))
     if s.client_id is not None and not CLIENT_ID_RE.fullmatch(s.client_id):
         problems.append(("client_id", f"expected 1 to 128 letters, digits or _.:-, got {s.client_id!r}"))
     if not 1 <= s.keepalive_s <= 65535:
@@ -233,62 +230,51 @@ def _check_settings(s: BrokerSettings) -> list[tuple[str, str]]:
     return problems
 
 
-def read_broker_settings(data: Mapping[str, object], base_dir: pathlib.Path | None = None,
-                         brokers_override: str | None = None) -> tuple[BrokerSettings | None, list[tuple[str, str]]]:
-    """Read the broker keys of an ``[mqtt]`` table; problems come back as ``(key, message)``, never raised.
+def read_broker_settings(t: Table) -> BrokerSettings:
+    """The broker keys of the ``[mqtt]`` table ``t``; every problem is reported into ``t``.
 
-    Relative file paths are taken from ``base_dir`` (the station file's folder). ``brokers_override``
-    is ``--broker`` from the command line, which replaces ``brokers``. No ``brokers`` at all gives
-    ``(None, [])``: the station has no broker configured (``reedge demo`` may then start its own).
+    Relative file paths are taken from the station file's folder. Without ``brokers`` the connection keys
+    (TLS files, login, timings) are still read and checked: ``reedge run --broker URL`` then connects with
+    them (``BrokerSettings.with_brokers``). A problem gives the defaults, already reported.
     """
-    problems: list[tuple[str, str]] = []
+    base_dir = pathlib.Path(t.problems.source).parent
     values: dict[str, object] = {}
-
-    def get(key: str, kind: type | tuple[type, ...], expected: str) -> object:
-        if key not in data:
-            return None
-        value = data[key]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            problems.append((key, f"expected {expected}, got a boolean"))
-            return None
-        if not isinstance(value, kind):
-            problems.append((key, f"expected {expected}, got {type(value).__name__} {value!r:.60}"))
-            return None
-        return value
-
-    raw_brokers = brokers_override if brokers_override is not None else data.get("brokers")
-    if raw_brokers is None:
-        return None, []
-    try:
-        if isinstance(raw_brokers, str) or (isinstance(raw_brokers, list)
-                                            and all(isinstance(b, str) for b in raw_brokers)):
-            values["brokers"] = parse_broker_list(raw_brokers)
-        else:
-            raise BrokerUrlError(f"expected a list of URLs like [\"mqtts://broker:8883\"], got {raw_brokers!r:.60}")
-    except BrokerUrlError as e:
-        problems.append(("brokers", str(e)))
-    for key, kind, expected in (("client_id", str, "a string"), ("keepalive_s", int, "an integer"),
-                                ("connect_timeout_s", (int, float), "a number"),
-                                ("session_expiry_s", int, "an integer"), ("protocol", str, '"auto", "5" or "3.1.1"'),
-                                ("username", str, "a string"), ("backoff_min_s", (int, float), "a number"),
-                                ("backoff_max_s", (int, float), "a number"), ("max_inflight", int, "an integer")):
-        value = get(key, kind, expected)
+    raw_brokers = t.get("brokers", _broker_list)
+    if raw_brokers is not None:
+        values["brokers"] = raw_brokers
+    for key, conv in (("client_id", string), ("keepalive_s", integer_in(1, 65535)),
+                      ("connect_timeout_s", number_in(0.1, 300.0)), ("session_expiry_s", integer_in(0, 0xFFFFFFFF)),
+                      ("protocol", choice(PROTOCOLS)), ("username", string),
+                      ("backoff_min_s", number_in(0.01, 3600.0)), ("backoff_max_s", number_in(0.01, 3600.0)),
+                      ("max_inflight", integer_in(1, 65535))):
+        value = t.get(key, conv)
         if value is not None:
-            values[key] = float(value) if kind == (int, float) else value  # type: ignore[arg-type]
+            values[key] = value
     for key in ("ca_file", "cert_file", "key_file", "password_file"):
-        value = get(key, str, "a file path")
-        if value is None:
+        name = t.get(key, string)
+        if name is None:
             continue
-        path = pathlib.Path(os.path.expanduser(str(value)))
-        if not path.is_absolute() and base_dir is not None:
+        path = pathlib.Path(os.path.expanduser(name))
+        if not path.is_absolute():
             path = base_dir / path
         if not path.is_file():
-            problems.append((key, f"no such file: {path}"))
+            t.report(key, f"no such file: {path}")
             continue
         values[key] = path
-    if problems:
-        return None, problems
+    if not t.ok:
+        return BrokerSettings()
     try:
-        return BrokerSettings(**values), []  # type: ignore[arg-type]
+        return BrokerSettings(**values)  # type: ignore[arg-type]
     except BrokerSettingsError as e:
-        return None, list(e.problems)
+        for key, message in e.problems:
+            t.report(key, message)
+        return BrokerSettings()
+
+
+def _broker_list(value: object) -> tuple[BrokerUrl, ...]:
+    if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(b, str) for b in value))):
+        raise Bad(f"expected a list of URLs like [\"mqtts://broker:8883\"], got {describe(value)}")
+    try:
+        return parse_broker_list(value)
+    except BrokerUrlError as e:
+        raise Bad(str(e)) from None

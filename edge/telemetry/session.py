@@ -239,6 +239,8 @@ class MqttSession:
                  rng: random.Random | None = None) -> None:
         if not isinstance(settings, BrokerSettings):
             raise TypeError(f"settings must be BrokerSettings, got {type(settings).__name__}")
+        if not settings.brokers:
+            raise BrokerUrlError("at least one broker is needed")
         self.outbox = outbox
         self.settings = settings
         self.topics = StationTopics(site, station)

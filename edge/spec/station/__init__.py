@@ -144,7 +144,7 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
     loops = read_loops(top, settings, channels, outputs, limits)
     alarms = read_alarms(top, channels, loops, outputs, rules)
     plumbing = read_plumbing(top, settings, channels, outputs, loops, limits)
-    commands, broker = read_mqtt(top)
+    commands, mqtt = read_mqtt(top)
     instruments = read_instruments(top, channels)
     sensor_nodes = read_sensor_nodes(top, channels, outputs, instrument_feeds(instruments))
     # a loop that failed its own checks is reported there: then the heater model is not judged (no cascade)
@@ -187,7 +187,7 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
         plumbing=plumbing,
         board=board,
         commands=commands,
-        broker=broker,
+        mqtt=mqtt,
         instruments=instruments,
         sensor_nodes=sensor_nodes,
         accounting=accounting,

@@ -126,7 +126,12 @@ class Station:
     plumbing: GasPlumbing = field(default_factory=GasPlumbing)
     board: str | None = None  # [station] board: the boards/NAME.toml the wiring was checked against
     commands: CommandSettings = field(default_factory=CommandSettings)  # [mqtt.roles], [mqtt.commands]
-    broker: BrokerSettings | None = None  # [mqtt] brokers, TLS, credentials (None: no broker configured)
+    mqtt: BrokerSettings = field(default_factory=BrokerSettings)  # [mqtt] brokers, TLS, credentials, timings
     instruments: Mapping[str, InstrumentConfig] = field(default_factory=dict)  # [instruments.NAME]
     sensor_nodes: Mapping[str, SensorNodeConfig] = field(default_factory=dict)  # [sensor_nodes.NAME]: Pico nodes
     accounting: AccountingConfig = field(default_factory=AccountingConfig)  # [accounting]: batch-record meters
+
+    @property
+    def broker(self) -> BrokerSettings | None:
+        """The [mqtt] broker settings when the file names a broker; None: no broker configured."""
+        return self.mqtt if self.mqtt.brokers else None

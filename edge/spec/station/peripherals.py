@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Collection, Mapping
 
-from edge.spec.access import MQTT_KEYS as _MQTT_KEYS
 from edge.spec.access import CommandSettings
 from edge.spec.access import read_settings as _read_command_settings
 from edge.spec.accounting import AccountingConfig
-from edge.spec.broker import BROKER_KEYS as _BROKER_KEYS
 from edge.spec.broker import BrokerSettings
 from edge.spec.broker import read_broker_settings as _read_broker_settings
 from edge.spec.core import (
@@ -192,20 +189,17 @@ def read_sensor_nodes(top: _Table, channels: Mapping[str, ChannelSpec | None],
 # ============================================================================ [mqtt]
 
 
-def read_mqtt(top: _Table) -> tuple[CommandSettings, BrokerSettings | None]:
+def read_mqtt(top: _Table) -> tuple[CommandSettings, BrokerSettings]:
     """[mqtt]: who may command the station ([mqtt.roles]) and how commands are checked ([mqtt.commands]),
-    read by ``edge.telemetry.access``; which brokers and how to reach them (``brokers``, TLS files,
+    read by ``edge.spec.access``; which brokers and how to reach them (``brokers``, TLS files,
     credentials), read by ``edge.spec.broker``. Each documents its keys."""
     t = top.table("mqtt", expected="a table [mqtt]")
     if t is None:
-        return CommandSettings(), None
-    t.accept(*_MQTT_KEYS, *_BROKER_KEYS)
-    commands = _read_command_settings(t.data, t.problems.add, t.path)
-    broker, problems = _read_broker_settings(t.data, base_dir=pathlib.Path(t.problems.source).parent)
-    for key, message in problems:
-        t.report(key, message)
+        return CommandSettings(), BrokerSettings()
+    commands = _read_command_settings(t)
+    connection = _read_broker_settings(t)
     t.finish()
-    return commands, broker
+    return commands, connection
 
 # ============================================================================ [accounting]
 
