@@ -27,17 +27,14 @@ import serial  # type: ignore[import-untyped]
 
 from edge.core import ChannelStatus, Core
 from edge.devices.modbus import (
-    PROFILES,
     CounterSample,
     InstrumentCounters,
     ModbusBus,
     ModbusConfig,
-    Register,
     crc16,
-    decode_words,
     parse_modbus_instrument,
-    plan_blocks,
 )
+from edge.devices.modbus_map import PROFILES, Register, decode_words, plan_blocks
 from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec
 from edge.spec.reader import SpecError
 from edge.spec.station import parse_station

@@ -111,14 +111,15 @@ class SerialDevice(Generic[PortT]):
         with self._lock:
             self._line = replace(self._line, last_error=text)
 
-    def _unexpected(self, error: Exception) -> bool:
-        """An exchange raised ``error`` (already counted): whether it starts a streak, so its traceback is logged.
+    def _unexpected(self, error: Exception) -> str | None:
+        """An exchange raised ``error`` (already counted): what to name in the journal if it starts a streak
+        (its traceback is then logged), None if it continues one.
 
         A protocol module with several subjects on one port (the instruments of a bus) keeps a streak each.
         """
         first = not self._streak
         self._streak = True
-        return first
+        return self.name if first else None
 
     def _sleep(self, seconds: float) -> None:
         """Every wait of the loop: on the stop event, so ``stop()`` ends it at once."""
@@ -240,8 +241,10 @@ class SerialDevice(Generic[PortT]):
         with self._lock:
             self._line = replace(self._line, internal_errors=self._line.internal_errors + 1)
         self._note(f"unexpected {type(error).__name__}: {error}")
-        if self._unexpected(error):
-            log.error("%s: unexpected error; the port is reopened after a back-off", self.name, exc_info=error)
+        subject = self._unexpected(error)
+        if subject is not None:
+            log.error("%s: unexpected error; the port %s is reopened after a back-off", subject, self.port_name,
+                      exc_info=error)
         else:
             log.debug("%s: unexpected error again: %r", self.name, error)
         self._drop_port()
