@@ -735,3 +735,31 @@ def test_a_missing_port_is_retried_with_back_off(rig: Rig, tmp_path: pathlib.Pat
             time.sleep(0.01)
     c = modbus.counters()["h2_mfc"]
     assert c.open_failures >= 3 and c.polls == c.reconnects == 0 and "nothing" in c.last_error
+
+
+class SurprisingCore(RecordingCore):
+    """The real core, refusing ``h2_flow`` with an error that is no OSError nor CoreError while ``surprises`` > 0."""
+
+    surprises = 0
+
+    def inject(self, name: str, value: float, status: ChannelStatus = ChannelStatus.OK,
+               t_ns: int | None = None) -> None:
+        if name == "h2_flow" and self.surprises > 0:
+            self.surprises -= 1
+            raise RuntimeError("a surprise inside the round")
+        super().inject(name, value, status, t_ns)
+
+
+def test_an_unexpected_error_is_counted_against_its_instrument_and_the_bus_goes_on(rig: Rig) -> None:
+    core = SurprisingCore(rig.core)
+    rig.rec = core
+    with ModbusBus(core, all_three(rig)[1:]) as modbus:
+        assert rig.until(lambda: len(core.of("h2_flow")) >= 3 and len(core.of("ar_flow")) >= 3)
+        core.surprises = 2
+        assert rig.until(lambda: core.surprises == 0)
+        h2, ar = len(core.of("h2_flow")), len(core.of("ar_flow"))
+        assert rig.until(lambda: len(core.of("h2_flow")) >= h2 + 3 and len(core.of("ar_flow")) >= ar + 3)
+        assert modbus.alive
+        c = modbus.counters()
+    assert (c["h2_mfc"].internal_errors, c["ar_mfc"].internal_errors) == (2, 0)
+    assert all(x.reconnects == 2 and x.port_lost == 0 and x.connected for x in c.values()), c

@@ -584,3 +584,32 @@ def test_missing_port_is_retried_and_stop_is_clean(tmp_path: pathlib.Path) -> No
     finally:
         core.close()
         regs.close()
+
+
+class SurprisingCore(RecordingCore):
+    """The real core, whose clock raises an error that is neither an OSError nor a CoreError while ``surprises``
+    is above 0: an unexpected exception type inside the gauge's exchange, as a bug or a library surprise."""
+
+    surprises = 0
+
+    def now_ns(self) -> int:
+        if self.surprises > 0:
+            self.surprises -= 1
+            raise RuntimeError("a surprise inside the exchange")
+        return super().now_ns()
+
+
+def test_an_unexpected_error_in_the_exchange_is_survived_counted_and_the_port_reopened(rig: Rig) -> None:
+    """The poller's thread used to die on any exception other than OSError/CoreError and never reopen its port:
+    the channel then went STALE for good while the poller looked started."""
+    core = SurprisingCore(rig.core)
+    rig.rec = core
+    with GaugePoller(core, PfeifferConfig(port=str(rig.link), poll_ms=20.0, timeout_ms=500.0)) as poller:
+        assert rig.until(lambda: core.count() >= 3)
+        core.surprises = 2                                   # two in a row: one streak
+        assert rig.until(lambda: core.surprises == 0)
+        assert rig.until_new(3, lambda v, s: (v, s) == (rig.expected(), ChannelStatus.OK))   # polled again
+        assert poller.alive
+        c = poller.counters()
+        assert c.connected
+    assert c.internal_errors == 2 and c.reconnects == 2 and c.port_lost == 0 and c.inject_refused == 0

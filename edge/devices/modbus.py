@@ -1,4 +1,4 @@
-"""Modbus RTU instruments on RS-485: their register maps, the bus poller that feeds the core, their config.
+"""Modbus RTU instruments on RS-485: the bus poller that feeds the core, their config.
 
 The furnaces' meters hang on an RS-485 bus: a three-phase power meter on the heater feed and
 mass-flow meters on the H2 and Ar lines. This module polls them over Modbus RTU
@@ -11,30 +11,8 @@ mass-flow meters on the H2 and Ar lines. This module polls them over Modbus RTU
   accounting as :class:`CounterSample` records (``ModbusBus.drain_samples``), with the modulus
   at which the meter's register wraps, so the accounting can take differences across a wrap.
 
-Register maps (addresses are 0-based, as on the wire; a manual's "30001" is input register 0):
-
-``sdm630``: Eastron SDM630 Modbus V2, input registers (function 4), IEEE 754 float32, high word first::
-
-    0x0000  voltage_l1_v   V    gauge    phase 1 line to neutral
-    0x0002  voltage_l2_v   V    gauge
-    0x0004  voltage_l3_v   V    gauge
-    0x0006  current_l1_a   A    gauge    phase 1 current
-    0x0008  current_l2_a   A    gauge
-    0x000A  current_l3_a   A    gauge
-    0x0034  power_w        W    gauge    total system power
-    0x0048  energy_kwh     kWh  counter  total import active energy (float: no rollover unless configured)
-
-  read as three requests, one per contiguous block (0x0000 x 12, 0x0034 x 2, 0x0048 x 2): the
-  gaps between them are not read, since a meter may refuse registers it does not document.
-
-``reedge_mfc``: OUR OWN reference map for a generic mass-flow meter or controller. It is *not* a
-vendor's map: it is what the HIL emulator speaks and what a gateway or a configurable device can be
-set to. A real vendor map (Bronkhorst, Alicat, ...) goes in as ``profile = "custom"``. Input
-registers (function 4), read in one request of 5 registers::
-
-    0x0000  flow_nl_min  float32 (high word first)  NL/min  gauge
-    0x0002  total_nl     uint32 (high word first) in 0.001 NL  counter, wraps at 2**32 * 0.001 = 4294967.296 NL
-    0x0004  status       uint16  0 = ok, anything else = device fault
+Register maps (the built-in ``sdm630`` and ``reedge_mfc`` profiles, and ``custom`` maps) are described and
+defined in :mod:`edge.spec.instruments.modbus`.
 
 A *status* register (``kind = "status"``, also usable in a custom map) vouches for the other
 readings of its instrument: nonzero injects every gauge of the round as FAULT and hands its
@@ -94,11 +72,9 @@ that an RS-485 bus allows.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import math
-import termios
 import threading
 import time
 from collections import deque
@@ -112,6 +88,7 @@ import serial  # type: ignore[import-untyped]  # no stubs for pyserial 3.5 in th
 
 from edge.core import ChannelStatus, CoreError
 from edge.devices.pfeiffer import PARITIES, InjectTarget
+from edge.devices.serial_device import SerialDevice
 from edge.spec.instruments.modbus import ANSWER_OVERHEAD_BYTES, Block, ModbusConfig, shared_port_problems
 
 log = logging.getLogger(__name__)
@@ -157,6 +134,7 @@ class InstrumentCounters:
 
 
 RECONNECT_MIN_S = 0.1
+_LINE_FIELDS = ("port_lost", "open_failures", "reconnects", "connected")   # the port worker's, not the instrument's
 MAX_PENDING_SAMPLES = 10_000  # counter samples kept for a controller that stopped draining
 
 
@@ -196,7 +174,8 @@ class _Poll:
     due: float = 0.0           # monotonic time of its next round
     instrument: Any = None     # minimalmodbus.Instrument on the open port
     fault: bool = False
-    errored: bool = False      # an unexpected error was logged (once) for this instrument
+    errored: bool = False      # an unexpected error was logged for it, and no round of it completed since
+    backoff_s: float = RECONNECT_MIN_S   # its wait after an unexpected error: doubles while they repeat
 
 
 class ModbusBus:
@@ -225,10 +204,9 @@ class ModbusBus:
         self.core = core
         self._lock = threading.Lock()
         self._counts: dict[str, dict[str, Any]] = {
-            n: {f.name: f.default for f in fields(InstrumentCounters)} for n in names}
+            n: {f.name: f.default for f in fields(InstrumentCounters) if f.name not in _LINE_FIELDS} for n in names}
         self._samples: deque[CounterSample] = deque()
         self._max_samples = max_samples
-        self._stop = threading.Event()
         by_port: dict[str, list[_Poll]] = {}
         for name, cfg in configs:
             by_port.setdefault(cfg.port, []).append(_Poll(name, cfg, cfg.blocks()))
@@ -246,9 +224,8 @@ class ModbusBus:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop polling and close the ports: the read on the line is cancelled, so this is prompt."""
-        self._stop.set()
         for worker in self._workers:
-            worker.cancel()
+            worker.request_stop()
         deadline = time.monotonic() + timeout_s
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -265,8 +242,11 @@ class ModbusBus:
         return any(w.alive for w in self._workers)
 
     def counters(self) -> dict[str, InstrumentCounters]:
+        """Each instrument's counters; those of its port (opens, losses, connected) are its port worker's."""
+        lines = {p.name: w.line_counters() for w in self._workers for p in w.polls}
         with self._lock:
-            return {n: InstrumentCounters(**c) for n, c in self._counts.items()}
+            return {n: InstrumentCounters(**c, **{k: getattr(lines[n], k) for k in _LINE_FIELDS})
+                    for n, c in self._counts.items()}
 
     def drain_samples(self) -> list[CounterSample]:
         """Every counter sample since the last call, oldest first (the controller's thread calls this)."""
@@ -304,130 +284,69 @@ class ModbusBus:
         self._count(name, "injected")
 
 
-class _PortWorker:
-    """One serial port, the instruments on it, and the thread that owns both."""
+class _PortWorker(SerialDevice[_Port]):
+    """One serial port, the instruments on it, and the thread that owns both (:class:`SerialDevice`)."""
 
     def __init__(self, bus: ModbusBus, path: str, polls: list[_Poll]) -> None:
+        super().__init__(f"modbus {path}", path, backoff_min_s=RECONNECT_MIN_S,
+                         backoff_max_s=max(RECONNECT_MIN_S, min(p.config.reconnect_max_ms for p in polls) / 1000.0))
         self.bus = bus
         self.path = path
         self.polls = polls
         self.settings = polls[0].config
-        self.reconnect_max_s = min(p.config.reconnect_max_ms for p in polls) / 1000.0
-        self._stop = bus._stop
-        self._port: _Port | None = None
-        self._port_lock = threading.Lock()   # the stopping thread cancels a read on the port this one owns
-        self._ever_open = False
-        self._thread = threading.Thread(target=self._run, name=f"modbus-{path.rsplit('/', 1)[-1]}", daemon=True)
+        self._current: _Poll | None = None   # the instrument whose round is on the line
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout_s: float) -> None:
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-        if not self._thread.is_alive():
-            self._close_port()
-
-    def cancel(self) -> None:
-        """Abort the read on the line (pyserial's cancel_read), so a long timeout does not hold stop()."""
-        with self._port_lock:
-            if self._port is not None:
-                with contextlib.suppress(OSError):
-                    self._port.cancel_read()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _each(self, **kw: Any) -> None:
-        for poll in self.polls:
-            self.bus._set(poll.name, **kw)
-
-    def _count_each(self, key: str) -> None:
-        for poll in self.polls:
-            self.bus._count(poll.name, key)
-
-    def _run(self) -> None:
-        backoff = RECONNECT_MIN_S
-        while not self._stop.is_set():
-            if self._port is None:
-                if not self._open():
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, self.reconnect_max_s)
-                else:
-                    backoff = RECONNECT_MIN_S
-                continue
-            poll = min(self.polls, key=lambda p: p.due)
-            wait = poll.due - time.monotonic()
-            if wait > 0:
-                self._stop.wait(wait)
-                continue
-            try:
-                self._round(poll)
-            except (OSError, termios.error) as e:   # SerialException is an OSError; tcflush raises termios.error
-                self._lost(e)
-                continue
-            except CoreError as e:   # the core is closing under us: nothing to feed
-                self.bus._set(poll.name, last_error=f"core: {e}")
-            except Exception as e:   # a bug or a library surprise must not end this port's thread unseen
-                if not poll.errored:     # once per instrument: a repeating error must not flood the journal
-                    log.exception("instrument %s: unexpected error; the port is reopened", poll.name)
-                poll.errored = True
-                self.bus._count(poll.name, "internal_errors")
-                self._lost(e)
-                # this instrument waits its turn like any other: the others on the port are still polled
-                poll.due = time.monotonic() + max(poll.config.poll_ms / 1000.0, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.reconnect_max_s)
-                continue
-            poll.due = max(poll.due + poll.config.poll_ms / 1000.0, time.monotonic())
-        self._close_port()
-
-    def _open(self) -> bool:
+    def _open_port(self) -> _Port:
         cfg = self.settings
-        try:
-            port = _Port(port=self.path, baudrate=cfg.baud, bytesize=cfg.bytesize, parity=PARITIES[cfg.parity],
-                         stopbits=cfg.stopbits, timeout=cfg.timeout_ms / 1000.0, write_timeout=1.0, exclusive=True)
-        except (OSError, ValueError) as e:
-            self._count_each("open_failures")
-            self._each(last_error=f"open {self.path}: {e}")
-            log.debug("modbus: cannot open %s: %s", self.path, e)
-            return False
+        port = _Port(port=self.path, baudrate=cfg.baud, bytesize=cfg.bytesize, parity=PARITIES[cfg.parity],
+                     stopbits=cfg.stopbits, timeout=cfg.timeout_ms / 1000.0, write_timeout=1.0, exclusive=True)
         now = time.monotonic()
         for poll in self.polls:
             instrument = minimalmodbus.Instrument(port, poll.config.address)
             instrument.clear_buffers_before_each_transaction = True   # a late answer or noise is not the next answer
             poll.instrument = instrument
             poll.due = max(poll.due, now) if poll.errored else now   # one that failed keeps its wait
-        with self._port_lock:
-            self._port = port
-        if self._ever_open:
-            self._count_each("reconnects")
-            log.warning("modbus: %s open again", self.path)
-        self._ever_open = True
-        self._each(connected=True)
-        return True
+        return port
 
-    def _lost(self, e: BaseException) -> None:
-        log.warning("modbus: port %s lost: %s", self.path, e)
-        self._count_each("port_lost")
-        self._each(last_error=f"port lost: {e}")
-        self._close_port()
+    def _exchange(self, port: _Port) -> float:
+        """The round of the instrument due earliest, or the wait until it is due."""
+        poll = min(self.polls, key=lambda p: p.due)
+        wait = poll.due - time.monotonic()
+        if wait > 0:
+            return wait
+        self._current = poll
+        try:
+            self._round(port, poll)
+        except CoreError as e:   # the core is closing under us: nothing to feed
+            self.bus._set(poll.name, last_error=f"core: {e}")
+        self._current = None
+        poll.errored, poll.backoff_s = False, RECONNECT_MIN_S
+        poll.due = max(poll.due + poll.config.poll_ms / 1000.0, time.monotonic())
+        return 0.0
 
-    def _close_port(self) -> None:
-        with self._port_lock:
-            port, self._port = self._port, None
-        if port is not None:
-            self._each(connected=False)
-            with contextlib.suppress(OSError, termios.error):
-                port.close()
+    def _note(self, text: str) -> None:
+        super()._note(text)
+        for poll in self.polls:
+            self.bus._set(poll.name, last_error=text)
 
-    def _round(self, poll: _Poll) -> None:
+    def _unexpected(self, error: Exception) -> str | None:
+        """Counted against the instrument whose round failed, which waits its back-off: the others go on."""
+        poll, self._current = self._current, None
+        if poll is None:
+            return super()._unexpected(error)
+        self.bus._count(poll.name, "internal_errors")
+        self.bus._set(poll.name, last_error=f"unexpected {type(error).__name__}: {error}")
+        poll.due = time.monotonic() + max(poll.config.poll_ms / 1000.0, poll.backoff_s)
+        poll.backoff_s = min(poll.backoff_s * 2, self.backoff_max_s)
+        first, poll.errored = not poll.errored, True
+        return f"instrument {poll.name}" if first else None
+
+    def _round(self, port: _Port, poll: _Poll) -> None:
         """Read an instrument's blocks and use them. Port errors propagate (the caller reopens)."""
         for block in poll.blocks:
-            if self._stop.is_set():
+            if self.stopping:
                 return
-            answer = self._read(poll, block)
+            answer = self._read(port, poll, block)
             if answer is _Failure.SILENT or (isinstance(answer, _Failure) and block.has_status):
                 return   # a silent device, or no fresh status word: nothing more of this round is used
             if not isinstance(answer, _Failure):
@@ -463,11 +382,8 @@ class _PortWorker:
                 good = finite and not poll.fault
                 self.bus._sample(CounterSample(poll.name, name, t_ns, value if good else math.nan, reg.rollover))
 
-    def _read(self, poll: _Poll, block: Block) -> tuple[list[int], int] | _Failure:
+    def _read(self, port: _Port, poll: _Poll, block: Block) -> tuple[list[int], int] | _Failure:
         """One request and its answer: (registers, core ns at arrival), or why not (counted)."""
-        port = self._port
-        if port is None:
-            raise serial.SerialException("port closed")
         timeout_s = poll.config.timeout_ms / 1000.0
         if port.timeout != timeout_s:
             port.timeout = timeout_s
@@ -477,7 +393,7 @@ class _PortWorker:
         try:
             words = poll.instrument.read_registers(block.start, block.count, functioncode=block.function)
         except minimalmodbus.NoResponseError:
-            if not self._stop.is_set():
+            if not self.stopping:
                 self.bus._count(name, "timeouts")
                 self.bus._set(name, last_error=f"no answer from address {poll.config.address} within "
                                                f"{poll.config.timeout_ms:g} ms")
@@ -490,7 +406,7 @@ class _PortWorker:
                                                                      f"{block.start}+{block.count}: {e}")
             return _Failure.BAD
         except (minimalmodbus.ModbusException, ValueError) as e:   # InvalidResponseError, mostly
-            if self._stop.is_set():
+            if self.stopping:
                 return _Failure.SILENT
             raw = port.last_read
             expected = ANSWER_OVERHEAD_BYTES + 2 * block.count

@@ -38,19 +38,17 @@ say when it was measured.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass, fields
-from types import TracebackType
 from typing import Any, Protocol
 
 import serial  # type: ignore[import-untyped]  # no stubs for pyserial 3.5 in the venv
 
 from edge.core import ChannelStatus, CoreError
+from edge.devices.serial_device import SerialDevice
 from edge.spec.instruments.pfeiffer import PfeifferConfig
 
 log = logging.getLogger(__name__)
@@ -307,6 +305,7 @@ class GaugeCounters:
     open_failures: int = 0        # attempts to (re)open that failed
     reconnects: int = 0           # successful re-opens after a loss
     inject_refused: int = 0       # the core refused a value (should stay 0)
+    internal_errors: int = 0      # unexpected errors in the poller (logged; the port is reopened)
     connected: bool = False
     sensor_fault: bool = False    # the last parameter 303 answer reported an error
     last_value: float = math.nan  # mbar, NaN until the first good reading or while faulted
@@ -323,10 +322,11 @@ class _Answer:
 
 READ_SLICE_S = 0.02           # read in short slices so stop() is prompt and deadlines are kept
 RECONNECT_MIN_S = 0.1
+_LINE_FIELDS = ("port_lost", "open_failures", "reconnects", "internal_errors", "connected", "last_error")
 
 
-class GaugePoller:
-    """Polls one gauge on its own thread and injects the pressure into the core.
+class GaugePoller(SerialDevice[serial.Serial]):
+    """Polls one gauge on its own thread (:class:`SerialDevice`) and injects the pressure into the core.
 
     Each cycle: parameter 303 (every ``error_check_every`` cycles), then parameter 740. The
     pressure is injected OK, or FAULT (NaN) when 303 reports a sensor error, its answer was an
@@ -341,48 +341,39 @@ class GaugePoller:
         if config.channel not in core.channel_names:
             raise ValueError(f"gauge channel {config.channel!r} is not a channel of the core "
                              f"(known: {', '.join(core.channel_names)})")
+        super().__init__(f"gauge {config.channel}", config.port, backoff_min_s=RECONNECT_MIN_S,
+                         backoff_max_s=max(RECONNECT_MIN_S, config.reconnect_max_ms / 1000.0))
         self.core = core
         self.config = config
-        self._lock = threading.Lock()
-        self._counts: dict[str, Any] = {f.name: f.default for f in fields(GaugeCounters)}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._port: serial.Serial | None = None
+        self._counts: dict[str, Any] = {f.name: f.default for f in fields(GaugeCounters) if f.name not in _LINE_FIELDS}
         self._splitter = TelegramSplitter()
         self._cycle_no = 0
         self._sensor_fault = False
-        self._ever_open = False
         self._warned_no_303 = False
 
-    # ---- life cycle ----
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("poller already started")
-        self._thread = threading.Thread(target=self._run, name=f"pfeiffer-{self.config.channel}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop polling and close the port; returns once the thread has ended (or timeout_s)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        self._close_port()
-
-    def __enter__(self) -> GaugePoller:
-        self.start()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def counters(self) -> GaugeCounters:
+        line = self.line_counters()
         with self._lock:
-            return GaugeCounters(**self._counts)
+            return GaugeCounters(**self._counts, **{k: getattr(line, k) for k in _LINE_FIELDS})
+
+    # ---- the protocol on the line ----
+
+    def _open_port(self) -> serial.Serial:
+        cfg = self.config
+        port = serial.Serial(port=cfg.port, baudrate=cfg.baud, bytesize=cfg.bytesize, parity=PARITIES[cfg.parity],
+                             stopbits=cfg.stopbits, timeout=READ_SLICE_S, write_timeout=1.0, exclusive=True)
+        self._splitter.clear()
+        self._cycle_no = 0   # the first cycle on a (re)opened port asks 303: it may be another gauge now
+        return port
+
+    def _exchange(self, port: serial.Serial) -> float:
+        started = time.monotonic()
+        try:
+            self._cycle(port)
+        except CoreError as e:   # the core is closing under us: nothing to feed
+            self._note(f"core: {e}")
+        self._cycle_no += 1
+        return max(0.0, self.config.poll_ms / 1000.0 - (time.monotonic() - started))
 
     # ---- internals ----
 
@@ -394,70 +385,14 @@ class GaugePoller:
         with self._lock:
             self._counts.update(kw)
 
-    def _run(self) -> None:
-        backoff = RECONNECT_MIN_S
-        period = self.config.poll_ms / 1000.0
-        while not self._stop.is_set():
-            if self._port is None:
-                if not self._open():
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, self.config.reconnect_max_ms / 1000.0)
-                    continue
-                backoff = RECONNECT_MIN_S
-            started = time.monotonic()
-            try:
-                self._cycle()
-            except OSError as e:   # serial.SerialException is an OSError: port gone
-                self._lost(e)
-                continue
-            except CoreError as e:   # the core is closing under us: nothing to feed
-                self._set(last_error=f"core: {e}")
-            self._cycle_no += 1
-            self._stop.wait(max(0.0, period - (time.monotonic() - started)))
-        self._close_port()
-
-    def _open(self) -> bool:
-        cfg = self.config
-        try:
-            port = serial.Serial(port=cfg.port, baudrate=cfg.baud, bytesize=cfg.bytesize,
-                                 parity=PARITIES[cfg.parity], stopbits=cfg.stopbits, timeout=READ_SLICE_S,
-                                 write_timeout=1.0, exclusive=True)
-        except (OSError, ValueError) as e:
-            self._count("open_failures")
-            self._set(last_error=f"open {cfg.port}: {e}")
-            log.debug("gauge %s: cannot open %s: %s", cfg.channel, cfg.port, e)
-            return False
-        self._port = port
-        self._splitter.clear()
-        self._cycle_no = 0   # the first cycle on a (re)opened port asks 303: it may be another gauge now
-        if self._ever_open:
-            self._count("reconnects")
-            log.warning("gauge %s: %s open again", cfg.channel, cfg.port)
-        self._ever_open = True
-        self._set(connected=True)
-        return True
-
-    def _lost(self, e: OSError) -> None:
-        log.warning("gauge %s: port %s lost: %s", self.config.channel, self.config.port, e)
-        self._count("port_lost")
-        self._set(connected=False, last_error=f"port lost: {e}")
-        self._close_port()
-
-    def _close_port(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            self._set(connected=False)
-            with contextlib.suppress(OSError):
-                port.close()
-
-    def _cycle(self) -> None:
+    def _cycle(self, port: serial.Serial) -> None:
         every = self.config.error_check_every
         if every and self._cycle_no % every == 0:
-            health = self._transact(PARAM_ERROR_CODE)
+            health = self._transact(port, PARAM_ERROR_CODE)
             if health is None:
                 return
             self._judge_health(health)
-        answer = self._transact(PARAM_PRESSURE)
+        answer = self._transact(port, PARAM_PRESSURE)
         if answer is None:
             return
         if answer.data is None:
@@ -467,7 +402,7 @@ class GaugePoller:
             mbar = decode_pressure(answer.data)
         except MalformedTelegram as e:
             self._count("malformed")
-            self._set(last_error=str(e))
+            self._note(str(e))
             return
         if self._sensor_fault:
             self._inject(math.nan, ChannelStatus.FAULT, answer.t_ns)
@@ -499,20 +434,14 @@ class GaugePoller:
             self.core.inject(self.config.channel, value, status, t_ns)
         except (CoreError, KeyError) as e:
             self._count("inject_refused")
-            self._set(last_error=f"core refused the value: {e}")
+            self._note(f"core refused the value: {e}")
             log.warning("gauge %s: core refused %r: %s", self.config.channel, value, e)
             return
         self._count("injected")
         self._set(last_value=value, last_status=int(status))
 
-    def _port_or_raise(self) -> serial.Serial:
-        if self._port is None:
-            raise serial.SerialException("port closed")
-        return self._port
-
-    def _discard_pending(self) -> None:
+    def _discard_pending(self, port: serial.Serial) -> None:
         """Before a query: whatever is on the line now cannot be its answer; classify and drop it."""
-        port = self._port_or_raise()
         waiting = port.in_waiting
         lines, _ = self._feed(port.read(waiting)) if waiting else ([], False)
         for line in lines:
@@ -541,21 +470,20 @@ class GaugePoller:
             self._count("discarded_bytes", self._splitter.discarded_bytes - dropped)
         if self._splitter.overlong != overlong:
             self._count("malformed", self._splitter.overlong - overlong)
-            self._set(last_error="more bytes than any telegram without a CR: dropped up to the next CR")
+            self._note("more bytes than any telegram without a CR: dropped up to the next CR")
             return lines, True
         return lines, False
 
-    def _transact(self, parameter: int) -> _Answer | None:
+    def _transact(self, port: serial.Serial, parameter: int) -> _Answer | None:
         """One query and its answer, or None (the reason counted). Port errors propagate."""
         cfg = self.config
-        port = self._port_or_raise()
-        self._discard_pending()
+        self._discard_pending(port)
         query = encode_query(cfg.address, parameter)
         port.write(query)
         self._count("polls")
         deadline = time.monotonic() + cfg.timeout_ms / 1000.0
         saw_bad = False
-        while not self._stop.is_set():
+        while not self.stopping:
             lines, overlong = self._feed(port.read(max(1, port.in_waiting)))
             saw_bad = saw_bad or overlong
             t_ns = self.core.now_ns() if lines else 0
@@ -568,9 +496,9 @@ class GaugePoller:
                 saw_bad = saw_bad or result
             if time.monotonic() >= deadline:
                 break
-        if not saw_bad and not self._stop.is_set():
+        if not saw_bad and not self.stopping:
             self._count("timeouts")
-            self._set(last_error=f"no answer to parameter {parameter:03d} within {cfg.timeout_ms:g} ms")
+            self._note(f"no answer to parameter {parameter:03d} within {cfg.timeout_ms:g} ms")
         return None
 
     def _judge(self, line: bytes, parameter: int, query: bytes, t_ns: int) -> _Answer | bool:
@@ -583,22 +511,22 @@ class GaugePoller:
             data = answer_data(telegram, self.config.address, parameter)
         except GaugeErrorAnswer as e:
             self._count("error_answers")
-            self._set(last_error=str(e))
+            self._note(str(e))
             return _Answer(None, e.code, t_ns)
         except UnexpectedTelegram as e:
             self._count("unexpected")
             self._count("discarded_bytes", len(line))
-            self._set(last_error=str(e))
+            self._note(str(e))
             return False
         except ChecksumError as e:
             self._count("checksum_errors")
             self._count("discarded_bytes", len(line))
-            self._set(last_error=str(e))
+            self._note(str(e))
             return True
         except MalformedTelegram as e:
             self._count("malformed")
             self._count("discarded_bytes", len(line))
-            self._set(last_error=str(e))
+            self._note(str(e))
             return True
         self._count("good")
         return _Answer(data, None, t_ns)

@@ -28,7 +28,7 @@ Register maps: :class:`Sdm630Meter` speaks the Eastron SDM630 input registers th
 (float32, high word first: 0x0000/2/4 phase voltages, 0x0006/8/A phase currents, 0x0034 total
 power W, 0x0048 total import kWh); :class:`MassFlowMeter` the project's own ``reedge_mfc`` map
 (0x0000 flow NL/min float32, 0x0002 total uint32 in 0.001 NL wrapping at 2**32, 0x0004 status:
-0 = ok). Both are documented in ``edge/devices/modbus.py``.
+0 = ok). Both are documented in ``edge/spec/instruments/modbus.py``.
 
 Faults for scenarios: ``silent(address, on)`` a dead meter, ``crc_burst(n)`` the next n answers
 corrupted on the line, ``garbage(n)`` noise towards the edge, ``device_fault(address, on)`` a

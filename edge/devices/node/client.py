@@ -1,6 +1,7 @@
 """One serial sensor node (a Pico running ``boards/firmware/pico_node``) as injected channels of the core.
 
-A background thread owns the port: it opens it (exclusively), checks the node's HELLO against what
+A background thread (``edge.devices.serial_device``: reopening, counters, surviving errors) owns the port:
+it opens it (exclusively), checks the node's HELLO against what
 the station expects (node id, firmware version, config hash, channel and output names), feeds each
 accepted reading into the core with the node's own timestamp mapped onto the core clock, and sends
 OUTPUTS frames (the levels the core's gate gives the mapped outputs, and the acknowledgement) every
@@ -26,11 +27,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Protocol
 
 import serial  # type: ignore[import-untyped]
@@ -38,6 +37,7 @@ import serial  # type: ignore[import-untyped]
 from edge.core import ChannelStatus, Core
 from edge.devices.node import link
 from edge.devices.node.link import Frame, FrameType, Hello, LinkError, NodeStatus
+from edge.devices.serial_device import SerialDevice
 from edge.spec.sensor_node import ChannelMap, SensorNodeConfig
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class LinkStats:
     keepalives: int = 0
     silences: int = 0             # the node fell silent: session dropped, keep-alives stopped
     revives: int = 0
+    internal_errors: int = 0      # unexpected errors on the link (logged; the port is reopened)
     last_error: str = ""
     node_status: NodeStatus | None = None
 
@@ -153,15 +154,22 @@ class AcceptedReading:
 ReadingSink = Callable[[AcceptedReading], None]
 
 
-class SensorNode:
-    """The link to one node. ``start()``/``stop()`` or use as a context manager."""
+class SensorNode(SerialDevice[Port]):
+    """The link to one node, on its own thread (:class:`SerialDevice`). ``start()``/``stop()`` or a context manager.
+
+    Each exchange reads what arrived (20 ms at most), answers it and sends what is due (commands, HELLO
+    requests, keep-alives, a revive), so the loop has no wait of its own; the port is retried every
+    ``reconnect_s`` (the back-off's floor and cap are both ``reconnect_s``).
+    """
 
     def __init__(self, config: SensorNodeConfig, core: Core, *, on_reading: ReadingSink | None = None,
                  opener: Callable[[str, int], Port] = open_serial) -> None:
+        super().__init__(f"sensor node {config.name}", config.port, backoff_min_s=config.reconnect_s,
+                         backoff_max_s=config.reconnect_s)
         self.config = config
         self.core = core
         self.on_reading = on_reading
-        self._open = opener
+        self._opener = opener
         for cm in config.channels:
             spec = next((c for c in core.spec.channels if c.name == cm.core), None)
             if spec is None:
@@ -175,11 +183,7 @@ class SensorNode:
         for om in config.outputs:
             if om.core not in core.output_names:
                 raise ValueError(f"sensor node {config.name!r}: core has no output {om.core!r}")
-        self._lock = threading.Lock()
         self._stats = LinkStats()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._port: Port | None = None
         self._decoder = link.Decoder()
         self._session: _Session | None = None
         self._pending_boot: int | None = None
@@ -191,38 +195,17 @@ class SensorNode:
         self._last_hello_req = 0.0
         self._last_revive = 0.0
 
-    # ---- life cycle ----
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError(f"sensor node {self.config.name!r} already started")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"sensornode-{self.config.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread and close the port; the node's dead-man then drops its outputs."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._close()
-
-    def __enter__(self) -> SensorNode:
-        self.start()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
     # ---- what callers see ----
 
     def stats(self) -> LinkStats:
         """A snapshot of the counters (decoder counters folded in)."""
+        line = self.line_counters()
         with self._lock:
             d = self._decoder
             return replace(self._stats, frames=d.frames, crc_errors=d.crc_errors,
-                           framing_errors=d.framing_errors, oversize=d.oversize)
+                           framing_errors=d.framing_errors, oversize=d.oversize, connects=line.opens,
+                           disconnects=line.port_lost, open_failures=line.open_failures,
+                           internal_errors=line.internal_errors, last_error=line.last_error)
 
     @property
     def hello(self) -> Hello | None:
@@ -244,57 +227,37 @@ class SensorNode:
 
     # ---- the thread ----
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self._port is None and not self._connect():
-                self._stop.wait(self.config.reconnect_s)
-                continue
-            try:
-                self._service()
-            except (serial.SerialException, OSError) as e:
-                with self._lock:
-                    self._stats.disconnects += 1
-                    self._stats.last_error = f"port {self.config.port}: {e}"
-                log.warning("sensor node %s: %s; reconnecting", self.config.name, e)
-                self._close()
-                self._stop.wait(self.config.reconnect_s)
-
-    def _connect(self) -> bool:
+    def _open_port(self) -> Port:
+        port = self._opener(self.config.port, self.config.baudrate)
         try:
-            self._port = self._open(self.config.port, self.config.baudrate)
-        except (serial.SerialException, OSError) as e:
-            with self._lock:
-                self._stats.open_failures += 1
-                self._stats.last_error = f"cannot open {self.config.port}: {e}"
-            return False
+            port.write(b"\x00")              # end whatever half frame the node holds from before
+        except BaseException:
+            self._close_port(port)
+            raise
         with self._lock:
-            self._stats.connects += 1
             self._decoder = _fold(self._decoder)
-        self._port.write(b"\x00")              # end whatever half frame the node holds from before
-        now = time.monotonic()
-        self._last_rx = now
+        self._last_rx = time.monotonic()
         self._last_hello_req = 0.0
         self._session = None            # a new connection: trust nothing until the next HELLO
         self._pending_boot = None
-        return True
+        return port
 
-    def _close(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            with contextlib.suppress(Exception):
-                port.close()
+    def _close_port(self, port: Port) -> None:
+        with contextlib.suppress(Exception):
+            port.close()
         self._session = None
 
-    def _send(self, frame: Frame) -> None:
-        assert self._port is not None
+    def _exchange(self, port: Port) -> float:
+        self._service(port)
+        return 0.0
+
+    def _send(self, port: Port, frame: Frame) -> None:
         wire = link.encode(frame)
-        self._port.write(wire)
+        port.write(wire)
         with self._lock:
             self._stats.bytes_tx += len(wire)
 
-    def _service(self) -> None:
-        port = self._port
-        assert port is not None
+    def _service(self, port: Port) -> None:
         data = port.read(max(1, port.in_waiting))
         now = time.monotonic()
         if data:
@@ -306,7 +269,7 @@ class SensorNode:
                     self._last_rx = now
                 self._on_frame(f)
         while self._commands:
-            self._send(self._commands.popleft())
+            self._send(port, self._commands.popleft())
         s = self._session
         if s is not None and now - self._last_rx > max(2.0, 3 * s.hello.period_ms / 1000):
             self._session = s = None            # silent node: stop feeding its dead-man, ask for HELLO
@@ -314,10 +277,10 @@ class SensorNode:
         unknown = s is None or self._pending_boot is not None   # not linked, or frames of a boot we do not know
         if unknown and now - self._last_hello_req >= self.config.hello_retry_s:
             self._last_hello_req = now
-            self._send(Frame(FrameType.HELLO_REQ, 0, self._next_seq(), 0))
+            self._send(port, Frame(FrameType.HELLO_REQ, 0, self._next_seq(), 0))
         if s is not None and now - self._last_keepalive >= self.config.keepalive_ms / 1000 and self._core_alive():
             self._last_keepalive = now
-            self._send(Frame(FrameType.OUTPUTS, s.hello.boot, self._next_seq(), (s.expected - 1) & 0xFFFF,
+            self._send(port, Frame(FrameType.OUTPUTS, s.hello.boot, self._next_seq(), (s.expected - 1) & 0xFFFF,
                              link.outputs_payload(self._levels(s))))
             with self._lock:
                 self._stats.keepalives += 1
@@ -395,8 +358,7 @@ class SensorNode:
                     self._stats.node_status = status
         except LinkError as e:
             self._count("bad_payloads")
-            with self._lock:
-                self._stats.last_error = f"node {self.config.name}: {e}"
+            self._note(f"node {self.config.name}: {e}")
 
     def _on_hello(self, f: Frame) -> None:
         self._count("hellos")
@@ -404,14 +366,12 @@ class SensorNode:
             hello = link.parse_hello(f.payload)
         except LinkError as e:
             self._count("bad_payloads")
-            with self._lock:
-                self._stats.last_error = str(e)
+            self._note(str(e))
             return
         problem = self._check(hello)
         if problem:
             self._count("hello_mismatches")
-            with self._lock:
-                self._stats.last_error = f"sensor node {self.config.name}: {problem}"
+            self._note(f"sensor node {self.config.name}: {problem}")
             log.error("sensor node %s: %s; its readings are ignored", self.config.name, problem)
             self._session = None
             self._last_hello_req = time.monotonic() + 5.0   # ask again, but not in a tight loop

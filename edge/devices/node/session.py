@@ -9,6 +9,11 @@ the raw REPL, including the fallback from raw-paste mode to plain raw REPL that 
 Entering the raw REPL interrupts whatever the node runs (Ctrl-C); ``restart`` soft-resets it
 (Ctrl-B, Ctrl-D from the friendly REPL), which re-runs ``boot.py`` and ``main.py`` with a fresh
 heap, so newly copied modules are the ones imported.
+
+Why it is not on :class:`edge.devices.serial_device.SerialDevice`: a session is one conversation run by the
+caller's thread for one job (flash, probe), and every failure must end it with a :class:`NodeError` the
+technician reads; reopening in the background with back-off would hide exactly that. The long-running link to
+a node (``edge.devices.node.client.SensorNode``) is on the base.
 """
 
 from __future__ import annotations
