@@ -253,6 +253,14 @@ def test_unknown_key_in_a_board_file_says_where_and_suggests(tmp_path: pathlib.P
     assert "did you mean 'older_path'?" in error.message
 
 
+def test_board_file_syntax_error_has_line_and_column() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_board("[board]\nname = \"sim\"\ndescription = = 1\n", "boards/sim.toml")
+    assert (caught.value.source, caught.value.key_path, caught.value.line, caught.value.column) == (
+        "boards/sim.toml", "", 3, 15)
+    assert str(caught.value) == "boards/sim.toml: TOML syntax error at line 3, column 15: Invalid value"
+
+
 def test_board_file_mistakes_are_all_reported_with_key_paths() -> None:
     text = """
 [board]

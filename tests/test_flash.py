@@ -23,8 +23,9 @@ from collections.abc import Iterator, Mapping
 import pytest
 import serial  # type: ignore[import-untyped]
 
-from edge.devices.node.flash import FlashError, FlashResult, NodeDef, Progress, build, flash, load_node
+from edge.devices.node.flash import FlashError, FlashResult, Progress, build, flash
 from edge.devices.node.session import NodeError, NodeSession
+from edge.spec.node import NodeDef, load_node
 from edge.spec.reader import SpecError
 from hil.virtual_node import VirtualNode
 
@@ -127,10 +128,31 @@ def test_node_file_errors_name_the_key(nodes: pathlib.Path) -> None:
     with pytest.raises(SpecError) as caught:
         load_node("test-node", nodes)
     shown = str(caught.value)
-    assert "node.node_id: expected the node's link address, an integer from 1 to 247, got integer 0" in shown
+    assert "node.node_id: expected an integer from 1 to 247, got 0" in shown
     assert "node.firmwre: unknown key 'firmwre'" in shown and "did you mean 'firmware'?" in shown
     with pytest.raises(SpecError, match=r"unknown node 'test-nod'.*did you mean 'test-node'"):
         load_node("test-nod", nodes)
+
+
+def test_node_file_syntax_error_has_line_and_column(nodes: pathlib.Path) -> None:
+    (nodes / "test-node.toml").write_text(NODE_TOML.replace("node_id = 7", "node_id = = 7"))
+    with pytest.raises(SpecError) as caught:
+        load_node("test-node", nodes)
+    assert (caught.value.source, caught.value.line, caught.value.column) == (str(nodes / "test-node.toml"), 3, 11)
+    assert str(caught.value).startswith(f"{nodes / 'test-node.toml'}: TOML syntax error at line 3, column 11: ")
+
+
+def test_node_file_reports_every_problem_at_once(nodes: pathlib.Path) -> None:
+    text = "[nodes]\nname = 1\n[config]\nwhen = 2024-01-01\n"
+    (nodes / "test-node.toml").write_text(text)
+    with pytest.raises(SpecError) as caught:
+        load_node("test-node", nodes)
+    assert [(e.key_path, e.message) for e in caught.value.errors] == [
+        ("node", "missing: expected a [node] table with name, node_id, station, firmware"),
+        ("config.when", "expected strings, numbers, booleans, arrays or tables (it goes into node.json), "
+                        "got date/time 2024-01-01"),
+        ("nodes", "unknown section 'nodes' (expected one of: node, config); did you mean 'node'?"),
+    ]
 
 
 def test_syntax_error_in_a_module_stops_before_the_node_is_touched(nodes: pathlib.Path) -> None:
@@ -255,9 +277,9 @@ def test_probe_names_the_flashed_node(nodes: pathlib.Path, vnode: VirtualNode) -
 def test_cli_flash_end_to_end_via_the_real_command(nodes: pathlib.Path, vnode: VirtualNode,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # the command reads boards/nodes/; point a copy of the tests' node at it through the module seam
-    import edge.devices.node.flash
+    import edge.spec.node
 
-    monkeypatch.setattr(edge.devices.node.flash, "NODES_DIR", nodes)
+    monkeypatch.setattr(edge.spec.node, "NODES_DIR", nodes)
     from edge.app.cli import main
 
     assert main(["flash", "--node", "test-node", "--port", vnode.port]) == 0

