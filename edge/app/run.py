@@ -66,7 +66,7 @@ from edge.devices.modbus import ModbusBus, ModbusConfig
 from edge.devices.node.client import SensorNode
 from edge.devices.pfeiffer import GaugePoller, PfeifferConfig
 from edge.spec.reader import SpecError
-from edge.spec.recipe import load_recipe
+from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import Station, load_station
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S
 from edge.telemetry.broker_url import BrokerSettings, BrokerUrlError, Protocol, read_broker_settings

@@ -600,7 +600,7 @@ class ControllerTarget:
 
     def start_batch(self, request: StartRequest) -> None:
         from edge.spec.reader import SpecError
-        from edge.spec.recipe import parse_recipe
+        from edge.spec.recipe_reader import parse_recipe
 
         tripped = [name for name, r in self.ctl.core.rules().items() if r.tripped]
         if tripped:
