@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.spec.reader import SpecError, describe, parse_toml, unknown
-from edge.spec.recipe import load_recipe
+from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import load_station
 from hil.plants import PLANTS
 

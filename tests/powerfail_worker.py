@@ -12,7 +12,7 @@ import sys
 
 import edge.control.controller as controller_module
 from edge.control.controller import Controller
-from edge.spec.recipe import load_recipe
+from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import load_station
 from hil.lockstep import LockstepRig
 from hil.plants.hd_reactor import HDReactor

@@ -33,7 +33,7 @@ from edge.batch.record import (
 from edge.control.controller import BatchRejected, Controller
 from edge.spec.accounting import AccountingConfig
 from edge.spec.reader import SpecError
-from edge.spec.recipe import load_recipe
+from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import load_station
 from edge.telemetry import schemas
 from hil.lockstep import LockstepRig

@@ -29,8 +29,8 @@ from edge.spec.recipe import (
     Threshold,
     Vent,
     Wait,
-    load_recipe,
 )
+from edge.spec.recipe_reader import load_recipe
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PL = GasPlumbing()  # h2_inlet_valve, ar_inlet_valve, vacuum_pump, vacuum_valve, vent_valve

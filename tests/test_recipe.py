@@ -18,6 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.control.profile import expand_profile
+from edge.spec.reader import SpecError
 from edge.spec.recipe import (
     PHASES,
     SEGMENT_KINDS,
@@ -26,15 +28,11 @@ from edge.spec.recipe import (
     Holdback,
     Ramp,
     Recipe,
-    RecipeProblem,
-    SpecError,
     Threshold,
     Wait,
-    check_recipe,
-    expand_profile,
-    load_recipe,
-    parse_recipe,
 )
+from edge.spec.recipe_check import RecipeProblem, check_recipe
+from edge.spec.recipe_reader import load_recipe, parse_recipe
 from edge.spec.station import Station, load_station, parse_station
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -441,6 +439,12 @@ def test_wrong_types_and_values() -> None:
     assert (e.key_path, e.message) == ("load.charge_kg", 'expected a number, got string "25"')
     e = only_error(hd(('strategy = "hold"', 'strategy = "pray"')))
     assert e.message == 'expected one of: continue, ramp_back, hold, abort; got "pray"'
+    e = only_error(hd(('strategy = "hold"', 'strategy = 3')))  # the reader kernel's wording
+    assert (e.key_path, e.message) == ("power_fail.strategy", "expected a string, got integer 3")
+    e = only_error(hd(("charge_kg = 25.0", "charge_kg = 2e6")))
+    assert e.message == "expected a number > 0 and <= 1000000, got 2000000"
+    e = only_error(hd(('name = "HD of sintered NdFeB scrap, 25 kg"', 'name = "  "')))
+    assert (e.key_path, e.message) == ("recipe.name", "expected a non-empty string")
     e = only_error(hd(("max_cycles = 5", "max_cycles = 2.5")))
     assert e.message == "expected an integer from 1 to 1000, got number 2.5"
     e = only_error(hd(("to_c = 350.0", "to_c = true")))

@@ -22,7 +22,8 @@ import pytest
 from edge.control.controller import BatchRejected, Controller
 from edge.control.runstate import RunStateStore
 from edge.control.sequencer import Sequencer
-from edge.spec.recipe import Recipe, load_recipe, parse_recipe
+from edge.spec.recipe import Recipe
+from edge.spec.recipe_reader import load_recipe, parse_recipe
 from edge.spec.station import Station, load_station
 from hil.lockstep import LockstepRig
 from hil.plants.hd_reactor import HDParams, HDReactor

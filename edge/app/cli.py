@@ -20,7 +20,8 @@ from edge.app import boards_cli
 from edge.telemetry import tail
 
 if TYPE_CHECKING:
-    from edge.spec.recipe import ProfileStep, Recipe
+    from edge.control.profile import ProfileStep
+    from edge.spec.recipe import Recipe
 
 STATIONS = pathlib.Path(__file__).resolve().parents[2] / "stations"
 DEMO_SCENARIO = STATIONS.parent / "hil" / "scenarios" / "hd_normal_batch.toml"
@@ -94,7 +95,7 @@ def cmd_tc(args: argparse.Namespace) -> int:
 def _load_recipe(path: str) -> Recipe | None:
     """The recipe, or None after printing every problem in it (the recipe commands then exit 2)."""
     from edge.spec.reader import SpecError
-    from edge.spec.recipe import load_recipe
+    from edge.spec.recipe_reader import load_recipe
 
     try:
         return load_recipe(path)
@@ -106,7 +107,8 @@ def _load_recipe(path: str) -> Recipe | None:
 
 def cmd_recipe_validate(args: argparse.Namespace) -> int:
     """Every problem as ``RECIPE: key.path: message``; exit 1 with problems, 2 when unreadable."""
-    from edge.spec.recipe import check_recipe, expand_profile
+    from edge.control.profile import expand_profile
+    from edge.spec.recipe_check import check_recipe
     from edge.spec.station import load_station
 
     recipe = _load_recipe(args.recipe)
@@ -141,7 +143,8 @@ def _setpoints(start: float | None, end: float | None) -> str:
 
 def cmd_recipe_show(args: argparse.Namespace) -> int:
     """The expanded profile as a table (and a PNG): per phase and segment, when, setpoints, gas action."""
-    from edge.spec.recipe import check_recipe, expand_profile
+    from edge.control.profile import expand_profile
+    from edge.spec.recipe_check import check_recipe
     from edge.spec.station import Station, load_station
 
     recipe = _load_recipe(args.recipe)

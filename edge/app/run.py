@@ -71,7 +71,7 @@ from edge.spec.broker import BrokerSettings, BrokerUrlError, Protocol, parse_bro
 from edge.spec.instruments.modbus import ModbusConfig
 from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.reader import SpecError
-from edge.spec.recipe import load_recipe
+from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import Station, load_station
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S
 from edge.telemetry.outbox import DEFAULT_QUOTA

@@ -33,7 +33,9 @@ from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer
 from edge.control.sintering import SinteringSequencer
 from edge.core import Core, CoreEvent, EventKind, OutputRefused
-from edge.spec.recipe import Recipe, check_recipe, parse_recipe
+from edge.spec.recipe import Recipe
+from edge.spec.recipe_check import check_recipe
+from edge.spec.recipe_reader import parse_recipe
 from edge.spec.station import Station
 
 SEQUENCERS: dict[str, type[Sequencer]] = {"hd": HDSequencer, "sintering": SinteringSequencer}

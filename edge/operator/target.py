@@ -15,7 +15,7 @@ from edge.control.programmer import ProgState
 from edge.control.sequencer import Sequencer
 from edge.operator.verbs import StartRequest
 from edge.spec.reader import SpecError
-from edge.spec.recipe import parse_recipe
+from edge.spec.recipe_reader import parse_recipe
 
 RefusalCode = Literal["invalid", "not_allowed", "state", "interlock", "refused"]
 

@@ -127,6 +127,33 @@ def did_you_mean(word: str, candidates: Sequence[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+#: Unit words that end key names (``to_c``, ``rate_c_per_min``), and some a file must NOT use, so that
+#: ``timeout_s`` is recognised as "timeout in the wrong unit" (units are part of the key name).
+UNIT_WORDS = frozenset({
+    "c", "k", "f", "degc", "min", "mins", "h", "hr", "hrs", "s", "sec", "ms", "mbar", "bar", "pa", "kpa", "hpa",
+    "psi", "torr", "pct", "percent", "kg", "g", "lb", "per",
+})
+
+
+def unit_stem(key: str) -> str:
+    """The key without its unit words: ``rate_c_per_min`` -> ``rate``, ``to`` -> ``to``."""
+    parts = key.split("_")
+    cut = len(parts)
+    while cut > 1 and parts[cut - 1].lower() in UNIT_WORDS:
+        cut -= 1
+    return "_".join(parts[:cut])
+
+
+def unknown_with_unit(what: str, key: str, accepted: Sequence[str]) -> str:
+    """``unknown`` for a key that may be an accepted one without its unit or with the wrong one."""
+    same = [a for a in accepted if unit_stem(a) == unit_stem(key) and a != key]
+    if same:
+        if key == unit_stem(key):
+            return f"missing unit: did you mean {same[0]}?"
+        return f"wrong unit: did you mean {same[0]}? (units are part of the key name: {', '.join(same)})"
+    return unknown(what, key, accepted)
+
+
 def join(path: str, key: str) -> str:
     """A TOML key path: bare keys as they are, anything else quoted and escaped."""
     shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.encode("unicode_escape").decode() + '"'
@@ -200,13 +227,23 @@ class Problems:
 
 class Table:
     """One TOML table being read: typed getters that report problems instead of raising, and remember which
-    keys this table accepts so that ``finish`` can flag every other key."""
+    keys this table accepts so that ``finish`` can flag every other key.
 
-    def __init__(self, problems: Problems, data: Mapping[str, object], path: str, noun: str = "key") -> None:
+    ``where`` prefixes every message of the table (and of the tables read inside it) with what it is to a
+    person, e.g. ``ramp #2 "to 600"``. With ``units`` (for files whose key names end in their unit, like
+    ``timeout_min``) an unknown key that is an accepted one without its unit or with another is worded
+    "missing unit"/"wrong unit", and a required key is not also reported missing when the file has such a
+    near miss of it: that key's own error says it all. Both pass on to the tables read inside this one.
+    """
+
+    def __init__(self, problems: Problems, data: Mapping[str, object], path: str, noun: str = "key", *,
+                 where: str = "", units: bool = False) -> None:
         self.problems = problems
         self.data = data
         self.path = path
         self.noun = noun
+        self.where = where
+        self.units = units
         self.accepted: list[str] = []
         self.ok = True
         self._bad_keys: set[str] = set()
@@ -215,7 +252,27 @@ class Table:
         self.ok = False
         if key is not None:
             self._bad_keys.add(key)
-        self.problems.add(self.path if key is None else join(self.path, key), message)
+        self._add(self.path if key is None else join(self.path, key), message)
+
+    def _add(self, key_path: str, message: str) -> None:
+        self.problems.add(key_path, f"{self.where}: {message}" if self.where else message)
+
+    def _inner(self, data: Mapping[str, object], path: str) -> Table:
+        return Table(self.problems, data, path, where=self.where, units=self.units)
+
+    def mentions(self, *keys: str) -> bool:
+        """Whether the table has one of ``keys`` misspelt or with a missing or wrong unit (``units`` only)."""
+        if not self.units:
+            return False
+        stems = {unit_stem(key) for key in keys}
+        return any(k not in keys and (unit_stem(k) in stems or difflib.get_close_matches(k, keys, n=1, cutoff=0.85))
+                   for k in self.data)
+
+    def _missing(self, key: str, expected: str) -> None:
+        if self.mentions(key):
+            self.ok = False
+        else:
+            self.report(key, f"missing: expected {expected}")
 
     def has_error(self, key: str) -> bool:
         return key in self._bad_keys
@@ -241,14 +298,14 @@ class Table:
         except Bad as bad:
             self.ok = False
             self._bad_keys.add(key)
-            self.problems.add(join(self.path, key) + bad.at, str(bad))
+            self._add(join(self.path, key) + bad.at, str(bad))
             return default
 
     def need(self, key: str, conv: Conv[_T], expected: str) -> _T | None:
         """A required value; missing is reported with what was expected."""
         if key not in self.data:
             self.accept(key)
-            self.report(key, f"missing: expected {expected}")
+            self._missing(key, expected)
             return None
         return self.get(key, conv)
 
@@ -257,16 +314,16 @@ class Table:
         value = self.data.get(key)
         if value is None:
             if required:
-                self.report(key, f"missing: expected {expected}")
+                self._missing(key, expected)
             return None
         if not isinstance(value, dict):
             self.report(key, f"expected {expected}, got {describe(value)}")
             return None
-        return Table(self.problems, value, join(self.path, key))
+        return self._inner(value, join(self.path, key))
 
     def sub(self, data: Mapping[str, object], at: str) -> Table:
         """A table found inside this one's values (an array element, an inline table) at ``path + at``."""
-        return Table(self.problems, data, self.path + at)
+        return self._inner(data, self.path + at)
 
     def named_tables(self, name: Conv[str] | None = None,
                      allowed: Collection[str] = ()) -> list[tuple[str, Table | None]]:
@@ -287,7 +344,7 @@ class Table:
                     name(key)
                 except Bad as bad:
                     self.report(key, f"bad name: {bad}")
-            found.append((key, Table(self.problems, value, join(self.path, key))))
+            found.append((key, self._inner(value, join(self.path, key))))
         return found
 
     def finish(self, elsewhere: Collection[str] = (), context: str = "") -> None:
@@ -295,8 +352,10 @@ class Table:
         for key in self.data:
             if key in self.accepted:
                 continue
-            if key in elsewhere:
+            if key in elsewhere and not (self.units and any(unit_stem(a) == unit_stem(key) for a in self.accepted)):
                 self.report(key, f"does not apply {context}")
+            elif self.units:
+                self.report(key, unknown_with_unit(self.noun, key, self.accepted))
             else:
                 self.report(key, unknown(self.noun, key, self.accepted))
 
@@ -394,11 +453,14 @@ def string(value: object) -> str:
     return value
 
 
-def text(max_len: int) -> Conv[str]:
+def text(max_len: int, *, non_empty: bool = False) -> Conv[str]:
+    """A string of at most ``max_len`` characters; with ``non_empty``, not only blanks."""
     def convert(value: object) -> str:
         result = string(value)
         if len(result) > max_len:
             raise Bad(f"expected at most {max_len} characters, got {len(result)}")
+        if non_empty and not result.strip():
+            raise Bad("expected a non-empty string")
         return result
 
     return convert
