@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TextIO, cast
 
 from edge.devices.node.session import NodeError, NodeSession
+from edge.spec import resources
 from edge.spec.reader import SpecError, describe, join, unknown
 
 __all__ = [
@@ -55,9 +56,9 @@ __all__ = [
     "node_names",
 ]
 
-BOARDS_DIR = pathlib.Path(__file__).resolve().parents[3] / "boards"
-NODES_DIR = BOARDS_DIR / "nodes"
-FIRMWARE_DIR = BOARDS_DIR / "firmware"
+BOARDS_DIR = resources.boards_dir()
+NODES_DIR = resources.nodes_dir()
+FIRMWARE_DIR = resources.firmware_dir()
 IDENTITY_FILE = "node.json"
 SOURCE_ONLY = ("main.py", "boot.py")         # MicroPython runs these as source, never as .mpy
 SKIPPED_DIRS = {"tests", "test", "__pycache__", "typings", "stubs"}
