@@ -31,12 +31,13 @@ from edge.spec.broker import BrokerUrl, parse_broker_list
 from edge.spec.station import load_station
 from edge.telemetry.embedded_broker import EmbeddedBroker
 from edge.telemetry.watch import Watch
+from hil.resources import scenarios_dir
 from hil.rig import VirtualRig
 from hil.runner import Run, run_scenario
 from hil.scenario import MAX_TIME_SCALE, load_scenario
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_SCENARIO = ROOT / "hil" / "scenarios" / "hd_normal_batch.toml"
+DEFAULT_SCENARIO = scenarios_dir() / "hd_normal_batch.toml"
+ROOT = scenarios_dir().parents[1]   # a shipped scenario is shown as hil/scenarios/NAME.toml
 HD_PHASES = ("load_check", "leak_test", "purge", "h2_admission", "absorption", "degassing", "cooling", "unload",
              "done")
 

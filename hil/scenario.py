@@ -19,6 +19,7 @@ from edge.spec.reader import SpecError, describe, parse_toml, unknown
 from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import load_station
 from hil.plants import PLANTS
+from hil.resources import scenario_reference
 
 # controller and rig faults, the same for every plant; each with its parameters (name -> required)
 RIG_FAULTS: dict[str, dict[str, bool]] = {
@@ -294,7 +295,7 @@ def _station(r: _Reader, head: Mapping[str, Any], path: pathlib.Path) -> tuple[p
         if "station" not in head:
             r.error("scenario.station", "missing: the station file to run (relative to this file)")
         return None, None
-    station_path = (path.parent / rel).resolve()
+    station_path = scenario_reference(path, rel)
     try:
         return station_path, load_station(station_path)
     except SpecError as exc:
@@ -308,7 +309,7 @@ def _recipe(r: _Reader, head: Mapping[str, Any], path: pathlib.Path, station: An
     rel = r.text(head, "recipe", "scenario")
     if rel is None:
         return None
-    recipe_path = (path.parent / rel).resolve()
+    recipe_path = scenario_reference(path, rel)
     try:
         load_recipe(recipe_path)
     except SpecError as exc:

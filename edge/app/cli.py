@@ -23,15 +23,14 @@ if TYPE_CHECKING:
     from edge.control.profile import ProfileStep
     from edge.spec.recipe import Recipe
 
-STATIONS = pathlib.Path(__file__).resolve().parents[2] / "stations"
-DEMO_SCENARIO = STATIONS.parent / "hil" / "scenarios" / "hd_normal_batch.toml"
 DEFAULT_STATE_DIR = "/var/lib/reedge"  # where `reedge run` keeps its state (and the batch records) by default
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from hil.demo import run_demo
+    from hil.demo import DEFAULT_SCENARIO, run_demo
 
-    return run_demo(pathlib.Path(args.scenario), report_dir=pathlib.Path(args.report_dir),
+    scenario = pathlib.Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
+    return run_demo(scenario, report_dir=pathlib.Path(args.report_dir),
                     time_scale=args.time_scale, color=not args.no_color,
                     broker=None if args.no_broker else args.broker or "embedded")
 
@@ -296,8 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="a whole HD batch on the virtual rig in about a minute, with its report")
-    p.add_argument("--scenario", default=str(DEMO_SCENARIO), help="HIL scenario to run (default: the normal HD "
-                   "batch)")
+    p.add_argument("--scenario", help="HIL scenario to run (default: the normal HD batch)")
     p.add_argument("--time-scale", type=float, default=None, help="plant seconds per wall second (default: the "
                    "scenario's, 600 for the HD batch)")
     p.add_argument("--report-dir", default="demo-report", help="where the record, JUnit XML and plot go "

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
+from edge.spec import resources
 from edge.spec.reader import (
     Bad,
     Problems,
@@ -60,8 +61,8 @@ __all__ = [
     "parse_board",
 ]
 
-#: Where ``[station] board = "NAME"`` is looked up: ``boards/NAME.toml`` next to the package.
-BOARDS_DIR = pathlib.Path(__file__).resolve().parents[2] / "boards"
+#: Where ``[station] board = "NAME"`` is looked up: ``boards/NAME.toml`` of the shipped data.
+BOARDS_DIR = resources.boards_dir()
 
 Direction = Literal["any", "input", "output"]
 BusKind = Literal["spi", "i2c", "serial"]

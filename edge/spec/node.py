@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from edge.spec.board import BOARDS_DIR
+from edge.spec import resources
 from edge.spec.reader import (
     Problems,
     SpecError,
@@ -37,8 +37,8 @@ from edge.spec.reader import (
 
 __all__ = ["FIRMWARE_DIR", "NODES_DIR", "NodeDef", "identity_bytes", "load_node", "node_names", "parse_node"]
 
-NODES_DIR = BOARDS_DIR / "nodes"
-FIRMWARE_DIR = BOARDS_DIR / "firmware"
+NODES_DIR = resources.nodes_dir()
+FIRMWARE_DIR = resources.firmware_dir()
 SECTIONS = ("node", "config")
 NODE_KEYS = ("name", "node_id", "station", "firmware", "description")
 _NOT_EMPTY = re.compile(r".+", re.S)

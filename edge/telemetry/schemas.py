@@ -6,8 +6,8 @@ registry built from the files resolves those, so nothing is ever fetched from th
 The commands handler validates incoming commands with it, ``reedge tail`` every received
 message, and the tests the example payloads.
 
-The folder is found next to the package (the repository layout, and an editable install);
-``REEDGE_SCHEMAS`` overrides it.
+The folder is the shipped one (``edge.spec.resources``: package data once installed, the
+repository's folder in a checkout); ``REEDGE_SCHEMAS`` overrides it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from jsonschema.exceptions import best_match  # type: ignore[import-untyped, unu
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from edge.spec import resources
 from edge.telemetry.topics import SCHEMA_BASE
 
 
@@ -35,7 +36,7 @@ def schema_dir() -> pathlib.Path:
     override = os.environ.get("REEDGE_SCHEMAS")
     if override:
         return pathlib.Path(override)
-    return pathlib.Path(__file__).resolve().parents[2] / "mqtt_schemas"
+    return resources.schemas_dir()
 
 
 @functools.cache

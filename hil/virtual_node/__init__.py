@@ -38,7 +38,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+from hil.resources import virtual_node_dir
+
+HERE = virtual_node_dir()
 PACKAGE = "@micropython/micropython-webassembly-pyscript"
 PINNED_VERSION = "1.29.0-6"
 MIN_NODE = (18, 3)
