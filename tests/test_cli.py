@@ -82,7 +82,7 @@ def test_a_broken_plugin_is_one_line_and_every_other_command_still_works(
     plugins = [importlib.metadata.EntryPoint("missing", "no_such_reedge_plugin:register", group),
                importlib.metadata.EntryPoint("half", f"{__name__}:_half_plugin", group),
                importlib.metadata.EntryPoint("clash", "edge.app.boards_cli:register", group)]  # names taken
-    monkeypatch.setattr(cli.importlib.metadata, "entry_points", lambda group: plugins)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: plugins)
     parser = cli.build_parser()
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and "Traceback" not in "".join(err), err
@@ -100,10 +100,10 @@ def test_the_product_never_imports_the_rig() -> None:
     """edge/ is the product, hil/ its test rig: the rig's commands come in as a plugin, never as an import."""
     for path in sorted((ROOT / "edge").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            rig = [n for n in names if n == "hil" or n.startswith("hil.")]
-            assert not rig, f"{path.relative_to(ROOT)}:{node.lineno} imports {rig[0]}"
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                rig = [n for n in names if n == "hil" or n.startswith("hil.")]
+                assert not rig, f"{path.relative_to(ROOT)}:{node.lineno} imports {rig[0]}"
 
 
 @pytest.mark.slow
