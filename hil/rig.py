@@ -2,9 +2,10 @@
 
 ``VirtualRig`` starts the plant (``hil.plant_process``) in its own process group with a fresh
 register file, then the controller exactly as a station runs it (``reedge run``), pointed at the
-rig by a ``rig.json`` binding. It can do to the controller what a furnace's life does to it: hang
-its scan loop (SIGUSR1: the core's dead-man must act), freeze the whole process (SIGSTOP: only the
-external watchdog relay can act), kill it in a power loss and start it again. Serial devices get
+rig by a ``rig.json`` binding (``edge.app.rig_binding``). It can do to the controller what a
+furnace's life does to it: hang its scan loop (SIGUSR1: the core's dead-man must act), freeze the
+whole process (SIGSTOP: only the external watchdog relay can act), kill it in a power loss and start
+it again. Serial devices get
 pseudo-terminals. The plant logs every channel and output at a fixed plant-time rate.
 
 Everything it starts is stopped and every file it made in shared memory is removed by ``close()``,
@@ -28,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from edge.app.rig_binding import RigBinding
 from hil.regfile import RegisterFile, default_dir
 
 PLANT_EPOCH_UNIX = 1_800_000_000.0    # the plant clock's origin as a unix time (for run-state stamps)
@@ -107,9 +109,8 @@ class VirtualRig:
         if not ready.get("ready"):
             raise RigError(f"the plant did not start: {ready}")
         self.serial = dict(ready.get("serial", {}))
-        binding = {"register_file": str(self.regs_path), "time_scale": self.cfg.time_scale,
-                   "plant_epoch_unix": PLANT_EPOCH_UNIX, "serial": self.serial}
-        (self.workdir / "rig.json").write_text(json.dumps(binding, indent=1))
+        RigBinding(register_file=str(self.regs_path), time_scale=self.cfg.time_scale,
+                   plant_epoch_unix=PLANT_EPOCH_UNIX, serial=self.serial).write(self.workdir)
 
     def start_controller(self, recipe: pathlib.Path | None = None, batch_id: str | None = None) -> None:
         if self.controller is not None and self.controller.poll() is None:

@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.spec.reader import SpecError, describe, parse_toml, unknown
+from edge.spec.reader import (
+    Problems,
+    SpecError,
+    Table,
+    boolean,
+    choice,
+    describe,
+    join,
+    list_of,
+    number,
+    number_in,
+    parse_toml,
+    read_text,
+    string,
+    unknown,
+)
 from edge.spec.recipe_reader import load_recipe
-from edge.spec.station import load_station
+from edge.spec.station import Station, load_station
 from hil.plants import PLANTS
 from hil.resources import scenario_reference
 
@@ -122,158 +136,114 @@ class Scenario:
     expectations: tuple[Expectation, ...]
 
 
-class _Reader:
-    """Collects every problem with its key path instead of stopping at the first."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.errors: list[SpecError] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(SpecError(self.source, path, message))
-
-    def table(self, parent: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> dict[str, Any]:
-        value = parent.get(key)
-        if value is None:
-            if required:
-                self.error(path, f"missing table [{path}]")
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"expected a table, got {describe(value)}")
-            return {}
-        return value
-
-    def keys(self, table: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
-        for key in table:
-            if key not in allowed:
-                self.error(f"{path}.{key}" if path else key, unknown("key", key, allowed))
-
-    def number(self, table: Mapping[str, Any], key: str, path: str, default: float | None = None, *,
-               low: float = -math.inf, high: float = math.inf) -> float | None:
-        value = table.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            self.error(f"{path}.{key}" if path else key, f"expected a number, got {describe(value)}")
-            return default
-        if not low <= value <= high:
-            self.error(f"{path}.{key}" if path else key, f"must be within {low:g} .. {high:g}, got {value:g}")
-            return default
-        return float(value)
-
-    def text(self, table: Mapping[str, Any], key: str, path: str, default: str | None = None) -> str | None:
-        value = table.get(key, default)
-        if value is not None and not isinstance(value, str):
-            self.error(f"{path}.{key}" if path else key, f"expected a string, got {describe(value)}")
-            return default
-        return value
+SECTIONS = ("scenario", "plant", "rig", "run", "faults", "operator", "expect")   # in file order, for the report
 
 
 def load_scenario(path: str | pathlib.Path) -> Scenario:
     path = pathlib.Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
-    return parse_scenario(text, path)
+    return parse_scenario(read_text(path, "scenario file"), path)
+
+
+def _table(parent: Table, key: str, *, required: bool = False) -> Table:
+    """A sub-table to read; missing or not a table (reported) reads as an empty one, so reading goes on."""
+    found = parent.table(key, required=required, expected=f"the [{join(parent.path, key)}] table")
+    return found if found is not None else parent.sub({}, f".{key}" if parent.path else key)
 
 
 def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     source = str(path)
     raw = parse_toml(text, source)
-    r = _Reader(source)
-    r.keys(raw, "", ("scenario", "plant", "rig", "run", "faults", "operator", "expect"))
-    head = r.table(raw, "scenario", "scenario", required=True)
-    r.keys(head, "scenario", ("name", "description", "station", "recipe", "plant", "time_scale", "batch_id", "feed",
-                              "mass_in_kg"))
-    name = r.text(head, "name", "scenario", path.stem) or path.stem
-    station_path, station = _station(r, head, path)
-    recipe_path = _recipe(r, head, path, station)
-    kind = r.text(head, "plant", "scenario", station.identity.kind if station else None)
-    if kind is not None and kind not in PLANTS:
-        r.error("scenario.plant", unknown("plant", kind, PLANTS))
+    problems = Problems(source)
+    top = Table(problems, raw, "", noun="section")
+    head = _table(top, "scenario", required=True)
+    name = head.get("name", string, path.stem) or path.stem
+    station_path, station = _station(head, path)
+    recipe_path = _recipe(head, path)
+    station_kind: str | None = station.identity.kind if station else None
+    kind = head.get("plant", string, station_kind)
+    if kind is not None and head.has_error("plant"):
+        kind = None
+    elif kind is not None and kind not in PLANTS:
+        head.report("plant", unknown("plant", kind, PLANTS))
         kind = None
     elif kind is None and station is not None:
-        r.error("scenario.plant", f"station kind {station.identity.kind!r} has no plant model; name one "
-                f"(known: {', '.join(PLANTS)})")
+        head.report("plant", f"station kind {station.identity.kind!r} has no plant model; name one "
+                    f"(known: {', '.join(PLANTS)})")
     # the rig keeps the controller's dead-man at its wall-clock value (x time_scale on the plant clock);
     # the core accepts at most 3600 s, and the controller does not keep up with its scan beyond ~1500x
-    scale = r.number(head, "time_scale", "scenario", 1.0, low=1.0, high=MAX_TIME_SCALE) or 1.0
+    scale = head.get("time_scale", number_in(1.0, MAX_TIME_SCALE), 1.0)
+    description = head.get("description", string, "")
+    batch_id = head.get("batch_id", string, f"hil-{name}") or name
+    feed = head.get("feed", string, "")
+    mass_in_kg = head.get("mass_in_kg", number_in(0.001, 1e5))
 
     plant_params: dict[str, float] = {}
-    params = r.table(raw, "plant", "plant")
+    params = _table(top, "plant")
     if kind is not None:
         allowed = [f.name for f in dataclasses.fields(PLANTS[kind].params_type)]
-        r.keys(params, "plant", allowed)
-        for key in params:
+        params.accept(*allowed)
+        for key in params.data:
             if key in allowed:
-                value = r.number(params, key, "plant")
+                value = params.get(key, number)
                 if value is not None:
                     plant_params[key] = value
+        params.finish()
 
-    rig = r.table(raw, "rig", "rig")
-    r.keys(rig, "rig", ("relay_timeout_ms", "relay_outputs", "log_every_s", "scan_s", "meter_start", "meter_gain"))
+    rig = _table(top, "rig")
     meter_start: dict[str, float] = {}
     meter_gain: dict[str, float] = {}
     for table_key, found, low, high in (("meter_start", meter_start, 0.0, 1e12), ("meter_gain", meter_gain, 0.5, 1.5)):
-        table = r.table(rig, table_key, f"rig.{table_key}")
-        for key in table:
-            value = r.number(table, key, f"rig.{table_key}", None, low=low, high=high)
+        meters = _table(rig, table_key)
+        for key in meters.data:
+            value = meters.get(key, number_in(low, high))
             if station and key not in station.instruments:
-                r.error(f"rig.{table_key}.{key}", unknown("instrument", key, list(station.instruments)))
+                meters.report(key, unknown("instrument", key, list(station.instruments)))
             elif value is not None:
                 found[key] = value
-    outputs = {o.name for o in station.core.outputs} if station else set()
-    default_relay = [o for o in ("heater", "h2_inlet_valve") if o in outputs] if station else []
-    relay_outputs = rig.get("relay_outputs", default_relay)
-    if not isinstance(relay_outputs, list) or not all(isinstance(o, str) for o in relay_outputs):
-        r.error("rig.relay_outputs", f"expected a list of output names, got {describe(relay_outputs)}")
-        relay_outputs = []
+    outputs = [o.name for o in station.core.outputs] if station else []
+    default_relay: list[str] = [o for o in ("heater", "h2_inlet_valve") if o in outputs]
+    relay_outputs = rig.get("relay_outputs", list_of(string, "output names", max_len=64, unique=False),
+                            default_relay)
     for i, o in enumerate(relay_outputs):
         if station and o not in outputs:
-            r.error(f"rig.relay_outputs[{i}]", unknown("output", o, sorted(outputs)))
+            problems.add(f"rig.relay_outputs[{i}]", unknown("output", o, sorted(outputs)))
+    relay_timeout_ms = rig.get("relay_timeout_ms", number_in(10.0, 60_000.0), 500.0)
+    log_every_s = rig.get("log_every_s", number_in(0.1, 3600.0), 10.0)
+    scan_s = rig.get("scan_s", number_in(0.1, 60.0), 1.0)
+    rig.finish()
 
-    run = r.table(raw, "run", "run", required=True)
-    r.keys(run, "run", ("until", "phase", "after", "max_plant_h", "settle_s"))
-    until = r.text(run, "until", "run", "batch_end") or "batch_end"
-    if until not in UNTIL:
-        r.error("run.until", unknown("end condition", until, UNTIL))
-    until_phase = r.text(run, "phase", "run")
-    if until == "phase" and until_phase is None:
-        r.error("run.phase", "run.until = \"phase\" needs the phase to run until")
-    max_h = r.number(run, "max_plant_h", "run", None, low=0.001, high=1000.0)
-    if max_h is None and "max_plant_h" not in run:
-        r.error("run.max_plant_h", "missing: the longest the scenario may run, in plant hours")
+    run = _table(top, "run", required=True)
+    until = run.get("until", choice(UNTIL), "batch_end")
+    until_phase = run.get("phase", string)
+    if until == "phase" and until_phase is None and not run.has_error("phase"):
+        run.report("phase", "run.until = \"phase\" needs the phase to run until")
+    max_h = run.need("max_plant_h", number_in(0.001, 1000.0), "the longest the scenario may run, in plant hours")
+    settle_s = run.get("settle_s", number_in(0.0), 0.0)
     ctx = _Context(station=station, kind=kind)
-    steps = _steps(r, raw, ctx)
-    until_after = r.text(run, "after", "run")
+    steps = _steps(top, ctx)
+    until_after = run.get("after", string)
     if until_after is not None and until_after not in {s.id for s in steps}:
-        r.error("run.after", unknown("step", until_after, [s.id for s in steps]))
-    expectations = _expectations(r, raw, ctx, {s.id for s in steps})
-    if not expectations:
-        r.error("expect", "a scenario needs at least one [[expect]]")
-    if r.errors:
-        raise SpecError.several(r.errors)
+        run.report("after", unknown("step", until_after, [s.id for s in steps]))
+    run.finish()
+    expectations = _expectations(top, ctx, {s.id for s in steps})
+    if not expectations and not top.has_error("expect"):
+        top.report("expect", "a scenario needs at least one [[expect]]")
+    head.finish()
+    top.finish()
+    problems.raise_if_any(SECTIONS)
     assert station_path is not None and kind is not None
     return Scenario(
-        name=name, source=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
-        description=r.text(head, "description", "scenario", "") or "", station=station_path, recipe=recipe_path,
-        plant=kind, time_scale=scale, batch_id=r.text(head, "batch_id", "scenario", f"hil-{name}") or name,
-        plant_params=plant_params, meter_start=meter_start, meter_gain=meter_gain,
-        feed=r.text(head, "feed", "scenario", "") or "",
-        mass_in_kg=r.number(head, "mass_in_kg", "scenario", None, low=0.001, high=1e5),
-        relay_timeout_s=(r.number(rig, "relay_timeout_ms", "rig", 500.0, low=10.0, high=60_000.0) or 500.0) / 1e3,
-        relay_outputs=tuple(relay_outputs),
-        log_every_s=r.number(rig, "log_every_s", "rig", 10.0, low=0.1, high=3600.0) or 10.0,
-        scan_s=r.number(rig, "scan_s", "rig", 1.0, low=0.1, high=60.0) or 1.0, until=until, until_phase=until_phase,
-        until_after=until_after,
-        max_plant_s=(max_h or 1.0) * 3600.0, settle_s=r.number(run, "settle_s", "run", 0.0, low=0.0) or 0.0,
-        steps=tuple(steps), expectations=tuple(expectations))
+        name=name, source=path, sha256=hashlib.sha256(text.encode()).hexdigest(), description=description,
+        station=station_path, recipe=recipe_path, plant=kind, time_scale=scale, batch_id=batch_id,
+        plant_params=plant_params, meter_start=meter_start, meter_gain=meter_gain, feed=feed, mass_in_kg=mass_in_kg,
+        relay_timeout_s=relay_timeout_ms / 1e3, relay_outputs=tuple(relay_outputs), log_every_s=log_every_s,
+        scan_s=scan_s, until=until, until_phase=until_phase, until_after=until_after,
+        max_plant_s=(max_h or 1.0) * 3600.0, settle_s=settle_s, steps=tuple(steps), expectations=tuple(expectations))
 
 
 @dataclass
 class _Context:
-    station: Any
+    station: Station | None
     kind: str | None
 
     def channels(self) -> list[str]:
@@ -289,187 +259,187 @@ class _Context:
         return list(self.station.instruments) if self.station else []
 
 
-def _station(r: _Reader, head: Mapping[str, Any], path: pathlib.Path) -> tuple[pathlib.Path | None, Any]:
-    rel = r.text(head, "station", "scenario")
+def _station(head: Table, path: pathlib.Path) -> tuple[pathlib.Path | None, Station | None]:
+    if not head.has("station"):
+        head.report("station", "missing: the station file to run (relative to this file)")
+        return None, None
+    rel = head.get("station", string)
     if rel is None:
-        if "station" not in head:
-            r.error("scenario.station", "missing: the station file to run (relative to this file)")
         return None, None
     station_path = scenario_reference(path, rel)
     try:
         return station_path, load_station(station_path)
     except SpecError as exc:
-        r.error("scenario.station", f"{rel}: the station file has problems:\n{exc}")
+        head.report("station", f"{rel}: the station file has problems:\n{exc}")
     except OSError as exc:
-        r.error("scenario.station", f"{rel}: cannot read: {exc.strerror or exc}")
+        head.report("station", f"{rel}: cannot read: {exc.strerror or exc}")
     return None, None
 
 
-def _recipe(r: _Reader, head: Mapping[str, Any], path: pathlib.Path, station: Any) -> pathlib.Path | None:
-    rel = r.text(head, "recipe", "scenario")
+def _recipe(head: Table, path: pathlib.Path) -> pathlib.Path | None:
+    rel = head.get("recipe", string)
     if rel is None:
         return None
     recipe_path = scenario_reference(path, rel)
     try:
         load_recipe(recipe_path)
     except SpecError as exc:
-        r.error("scenario.recipe", f"{rel}: the recipe has problems:\n{exc}")
+        head.report("recipe", f"{rel}: the recipe has problems:\n{exc}")
     except OSError as exc:
-        r.error("scenario.recipe", f"{rel}: cannot read: {exc.strerror or exc}")
+        head.report("recipe", f"{rel}: cannot read: {exc.strerror or exc}")
     return recipe_path
 
 
-def _condition(r: _Reader, raw: Any, path: str, ctx: _Context, step_ids: Sequence[str]) -> Condition:
-    if not isinstance(raw, dict):
-        r.error(path, f"expected a table like {{ phase = \"absorption\", after_s = 600 }}, got {describe(raw)}")
-        return Condition()
-    r.keys(raw, path, CONDITION_KEYS)
-    channel = r.text(raw, "channel", path)
+def _when(t: Table, ctx: _Context, step_ids: Sequence[str], missing: str) -> Condition:
+    """The step's ``at``: when it happens."""
+    if not t.has("at"):
+        t.report("at", f"missing: {missing}")
+        return Condition(t_s=0.0)
+    at = t.table("at", expected="a table like { phase = \"absorption\", after_s = 600 }")
+    return _condition(at, ctx, step_ids) if at is not None else Condition()
+
+
+def _condition(c: Table, ctx: _Context, step_ids: Sequence[str]) -> Condition:
+    channel = c.get("channel", string)
     if channel is not None and ctx.station and channel not in ctx.channels():
-        r.error(f"{path}.channel", unknown("channel", channel, ctx.channels()))
-    if channel is not None and "above" not in raw and "below" not in raw:
-        r.error(f"{path}.channel", "a channel condition needs above = or below =")
-    after = r.text(raw, "after", path)
+        c.report("channel", unknown("channel", channel, ctx.channels()))
+    if channel is not None and not c.has("above") and not c.has("below"):
+        c.report("channel", "a channel condition needs above = or below =")
+    after = c.get("after", string)
     if after is not None and after not in step_ids:
-        r.error(f"{path}.after", unknown("step", after, step_ids) if step_ids else "no earlier step to follow")
-    held = raw.get("held")
-    if held is not None and not isinstance(held, bool):
-        r.error(f"{path}.held", f"expected true or false, got {describe(held)}")
-        held = None
-    cond = Condition(t_s=r.number(raw, "t_s", path, low=0.0), phase=r.text(raw, "phase", path), held=held,
-                     channel=channel, above=r.number(raw, "above", path), below=r.number(raw, "below", path),
-                     after=after, after_s=r.number(raw, "after_s", path, 0.0, low=0.0) or 0.0)
-    if not raw:
-        r.error(path, "an empty condition: say when (t_s, phase, held, channel, after)")
+        c.report("after", unknown("step", after, step_ids) if step_ids else "no earlier step to follow")
+    cond = Condition(t_s=c.get("t_s", number_in(0.0)), phase=c.get("phase", string), held=c.get("held", boolean),
+                     channel=channel, above=c.get("above", number), below=c.get("below", number), after=after,
+                     after_s=c.get("after_s", number_in(0.0), 0.0))
+    if not c.data:
+        c.report(None, "an empty condition: say when (t_s, phase, held, channel, after)")
+    c.finish()
     return cond
 
 
-def _steps(r: _Reader, raw: Mapping[str, Any], ctx: _Context) -> list[Step]:
+def _steps(top: Table, ctx: _Context) -> list[Step]:
     steps: list[Step] = []
     ids: list[str] = []
     for section in ("faults", "operator"):
-        items = raw.get(section, [])
-        if not isinstance(items, list):
-            r.error(section, f"expected [[{section}]] tables, got {describe(items)}")
-            continue
-        for i, item in enumerate(items):
-            path = f"{section}[{i}]"
-            if not isinstance(item, dict):
-                r.error(path, f"expected a table, got {describe(item)}")
-                continue
-            step = _fault(r, item, path, ctx, ids) if section == "faults" else _operator(r, item, path, ctx, ids)
+        for t in _array_of_tables(top, section):
+            step = _fault(t, ctx, ids) if section == "faults" else _operator(t, ctx, ids)
             if step is not None:
                 if step.id in ids:
-                    r.error(f"{path}.id", f"step id {step.id!r} is used twice")
+                    t.report("id", f"step id {step.id!r} is used twice")
                 ids.append(step.id)
                 steps.append(step)
     return steps
 
 
-def _fault(r: _Reader, item: Mapping[str, Any], path: str, ctx: _Context, ids: Sequence[str]) -> Step | None:
-    kind = r.text(item, "kind", path)
+def _array_of_tables(top: Table, section: str) -> list[Table]:
+    """The [[section]] tables, each to be read at ``section[i]``; anything else is reported."""
+    if not top.has(section):
+        return []
+    items = top.data[section]
+    if not isinstance(items, list):
+        top.report(section, f"expected [[{section}]] tables, got {describe(items)}")
+        return []
+    tables = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            tables.append(top.sub(item, f"{section}[{i}]"))
+        else:
+            top.problems.add(f"{section}[{i}]", f"expected a table, got {describe(item)}")
+    return tables
+
+
+def _fault(t: Table, ctx: _Context, ids: Sequence[str]) -> Step | None:
     physical = PLANTS[ctx.kind].faults if ctx.kind else {}
     known = [*physical, *RIG_FAULTS]
+    kind = t.need("kind", string, f"one of {', '.join(known)}")
     if kind is None:
-        r.error(f"{path}.kind", f"missing: one of {', '.join(known)}")
         return None
     if kind not in known:
-        r.error(f"{path}.kind", unknown("fault", kind, known))
+        t.report("kind", unknown("fault", kind, known))
         return None
     param = physical[kind].param if kind in physical else None
     params_needed: dict[str, bool] = {param: True} if param is not None else dict(RIG_FAULTS.get(kind, {}))
-    r.keys(item, path, ("kind", "id", "at", "duration_s", *params_needed))
     params: dict[str, Any] = {}
+    names = {"channel": ("channel", ctx.channels()), "output": ("output", ctx.outputs()),
+             "device": ("serial device", ctx.devices())}
     for key, required in params_needed.items():
-        if key not in item:
+        if not t.has(key):
             if required:
-                r.error(f"{path}.{key}", f"missing: the {kind} fault needs {key}")
+                t.report(key, f"missing: the {kind} fault needs {key}")
             continue
-        value = item[key]
-        if key == "channel" and ctx.station and value not in ctx.channels():
-            r.error(f"{path}.channel", unknown("channel", str(value), ctx.channels()))
-        elif key == "device" and ctx.station and value not in ctx.devices():
-            r.error(f"{path}.device", unknown("serial device", str(value), ctx.devices())
-                    if ctx.devices() else "the station has no serial instruments ([instruments.NAME])")
-        elif key == "output" and ctx.station and value not in ctx.outputs():
-            r.error(f"{path}.output", unknown("output", str(value), ctx.outputs()))
-        elif key not in ("channel", "output", "device"):
-            value = r.number(item, key, path)
+        if key in names:
+            value: Any = t.get(key, string)
+            what, known_names = names[key]
+            if value is not None and ctx.station and value not in known_names:
+                t.report(key, unknown(what, value, known_names) if known_names or key != "device"
+                         else "the station has no serial instruments ([instruments.NAME])")
+        else:
+            value = t.get(key, number)
         params[key] = value
-    if "at" not in item:
-        r.error(f"{path}.at", "missing: when the fault happens, e.g. at = { t_s = 600 }")
-    duration = r.number(item, "duration_s", path, None, low=0.0)
-    if kind in ("process_freeze", "power_loss") and duration is None:
-        r.error(f"{path}.duration_s", f"missing: how long the {kind} lasts, in plant seconds")
-    step_id = r.text(item, "id", path, kind) or kind
-    return Step(step_id, kind, _condition(r, item.get("at", {"t_s": 0}), f"{path}.at", ctx, ids), params, duration)
+    duration = t.get("duration_s", number_in(0.0))
+    if kind in ("process_freeze", "power_loss") and duration is None and not t.has_error("duration_s"):
+        t.report("duration_s", f"missing: how long the {kind} lasts, in plant seconds")
+    step_id = t.get("id", string, kind) or kind
+    at = _when(t, ctx, ids, "when the fault happens, e.g. at = { t_s = 600 }")
+    t.finish()
+    return Step(step_id, kind, at, params, duration)
 
 
-def _operator(r: _Reader, item: Mapping[str, Any], path: str, ctx: _Context, ids: Sequence[str]) -> Step | None:
-    r.keys(item, path, ("action", "id", "at"))
-    action = r.text(item, "action", path)
-    if action not in OPERATOR_ACTIONS:
-        r.error(f"{path}.action", unknown("operator action", str(action), OPERATOR_ACTIONS))
-        return None
-    if "at" not in item:
-        r.error(f"{path}.at", "missing: when the operator acts")
-    step_id = r.text(item, "id", path, f"{action}_{len(ids)}") or action
-    return Step(step_id, "operator", _condition(r, item.get("at", {"t_s": 0}), f"{path}.at", ctx, ids), {},
-                None, action)
+def _operator(t: Table, ctx: _Context, ids: Sequence[str]) -> Step | None:
+    action = t.need("action", choice(OPERATOR_ACTIONS), "the operator's action: " + ", ".join(OPERATOR_ACTIONS))
+    step_id = t.get("id", string, f"{action}_{len(ids)}") or str(action)
+    at = _when(t, ctx, ids, "when the operator acts")
+    t.finish()
+    return None if action is None else Step(step_id, "operator", at, {}, None, action)
 
 
-def _expectations(r: _Reader, raw: Mapping[str, Any], ctx: _Context, step_ids: set[str]) -> list[Expectation]:
+def _expectations(top: Table, ctx: _Context, step_ids: set[str]) -> list[Expectation]:
     out: list[Expectation] = []
-    items = raw.get("expect", [])
-    if not isinstance(items, list):
-        r.error("expect", f"expected [[expect]] tables, got {describe(items)}")
-        return out
     names: set[str] = set()
-    for i, item in enumerate(items):
-        path = f"expect[{i}]"
-        if not isinstance(item, dict):
-            r.error(path, f"expected a table, got {describe(item)}")
+    for t in _array_of_tables(top, "expect"):
+        measure = t.need("measure", string, "what to measure, one of " + ", ".join(MEASURES))
+        if measure is None:
             continue
-        measure = r.text(item, "measure", path)
         if measure not in MEASURES:
-            r.error(f"{path}.measure", unknown("measurement", str(measure), MEASURES))
+            t.report("measure", unknown("measurement", measure, MEASURES))
             continue
-        needs = MEASURES[measure]
-        r.keys(item, path, ("measure", *needs, *LIMIT_KEYS, *OPTIONAL_MEASURE_KEYS))
         args: dict[str, Any] = {}
-        for key in needs:
-            if key not in item:
-                r.error(f"{path}.{key}", f"missing: {measure} needs {key}")
+        for key in MEASURES[measure]:
+            if not t.has(key):
+                t.report(key, f"missing: {measure} needs {key}")
                 continue
-            args[key] = item[key]
-        _check_args(r, path, args, ctx, step_ids)
-        if "until_phase" in item:
+            args[key] = t.data[key]
+        _check_args(t, args, ctx, step_ids)
+        if t.has("until_phase"):
             if exp_measure_takes_until(measure):
-                args["until_phase"] = item["until_phase"]
+                args["until_phase"] = t.data["until_phase"]
             else:
-                r.error(f"{path}.until_phase", f"does not apply to {measure}")
-        if "after" in item:
-            if item["after"] not in step_ids:
-                r.error(f"{path}.after", unknown("step", str(item["after"]), sorted(step_ids)))
-            args["after"] = item["after"]
-        limits = {k: item[k] for k in LIMIT_KEYS if k in item}
+                t.report("until_phase", f"does not apply to {measure}")
+        if t.has("after"):
+            if t.data["after"] not in step_ids:
+                t.report("after", unknown("step", str(t.data["after"]), sorted(step_ids)))
+            args["after"] = t.data["after"]
+        limits = {k: t.data[k] for k in LIMIT_KEYS if t.has(k)}
         if not limits:
-            r.error(path, f"no limit: give one of {', '.join(LIMIT_KEYS)}")
+            t.report(None, f"no limit: give one of {', '.join(LIMIT_KEYS)}")
         for key in ("min", "max"):
-            if key in limits:
-                r.number(item, key, path)
+            t.get(key, number)
         for key in ("one_of", "includes"):
-            if key in limits and not isinstance(limits[key], list):
-                r.error(f"{path}.{key}", f"expected a list, got {describe(limits[key])}")
-        name = str(item.get("name") or ".".join([str(measure), *[str(v) for v in args.values()]]))
+            t.get(key, list_of(_as_is, "values", max_len=1000, unique=False))
+        name = t.get("name", string) or ".".join([measure, *[str(v) for v in args.values()]])
         if name in names:
-            r.error(f"{path}.name", f"measurement name {name!r} is used twice: name one of them")
+            t.report("name", f"measurement name {name!r} is used twice: name one of them")
         names.add(name)
-        out.append(Expectation(name, str(measure), args, limits, str(item.get("description", ""))))
+        out.append(Expectation(name, measure, args, limits, t.get("description", string, "")))
+        t.finish()
     return out
 
 
-def _check_args(r: _Reader, path: str, args: Mapping[str, Any], ctx: _Context, step_ids: set[str]) -> None:
+def _as_is(value: object) -> object:
+    return value
+
+
+def _check_args(t: Table, args: Mapping[str, Any], ctx: _Context, step_ids: set[str]) -> None:
     checks = {"rule": ("interlock", ctx.rules()), "output": ("output", ctx.outputs()),
               "channel": ("channel", ctx.channels()), "step": ("step", sorted(step_ids)),
               "meter": ("metered quantity", ["energy", "h2", "ar"])}
@@ -477,4 +447,4 @@ def _check_args(r: _Reader, path: str, args: Mapping[str, Any], ctx: _Context, s
         if key in checks and (ctx.station or key in ("step", "meter")):
             what, known = checks[key]
             if value not in known:
-                r.error(f"{path}.{key}", unknown(what, str(value), known))
+                t.report(key, unknown(what, str(value), known))

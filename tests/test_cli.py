@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
+import importlib.metadata
 import json
 import pathlib
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+
+from edge.app import cli
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STATION = ROOT / "stations" / "hd_reactor_sim.toml"
@@ -54,6 +60,50 @@ def test_demo_refuses_a_time_scale_the_rig_cannot_run_before_starting_anything(t
     out = reedge("demo", "--time-scale", "5000", "--report-dir", str(tmp_path / "r"))
     assert out.returncode == 2 and "--time-scale must be within 1 .. 1500" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "r").exists()
+
+
+def test_the_rig_commands_are_a_plugin_found_in_the_installed_metadata() -> None:
+    found = {e.name: e.value for e in importlib.metadata.entry_points(group=cli.PLUGIN_GROUP)}
+    assert found.get("hil") == "hil.cli:register", found
+    out = reedge("--help")
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert re.search(r"^    demo  ", out.stdout, re.M) and re.search(r"^    hil  ", out.stdout, re.M), out.stdout
+
+
+def _half_plugin(sub: argparse._SubParsersAction[Any]) -> None:
+    """A plugin that adds a command and then breaks."""
+    sub.add_parser("half", help="never finished")
+    raise RuntimeError("broken on purpose")
+
+
+def test_a_broken_plugin_is_one_line_and_every_other_command_still_works(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    group = cli.PLUGIN_GROUP
+    plugins = [importlib.metadata.EntryPoint("missing", "no_such_reedge_plugin:register", group),
+               importlib.metadata.EntryPoint("half", f"{__name__}:_half_plugin", group),
+               importlib.metadata.EntryPoint("clash", "edge.app.boards_cli:register", group)]  # names taken
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: plugins)
+    parser = cli.build_parser()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "Traceback" not in "".join(err), err
+    assert err[0].startswith("reedge: plugin missing (no_such_reedge_plugin:register) left out: ModuleNotFoundError")
+    assert err[1] == f"reedge: plugin half ({__name__}:_half_plugin) left out: RuntimeError: broken on purpose"
+    assert err[2].startswith("reedge: plugin clash (edge.app.boards_cli:register) left out: ")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["half"])          # what the broken plugin added before failing was taken back
+    capsys.readouterr()
+    assert cli.main(["tc", "K", "--celsius", "100"]) == 0
+    assert capsys.readouterr().out.startswith("4.096")
+
+
+def test_the_product_never_imports_the_rig() -> None:
+    """edge/ is the product, hil/ its test rig: the rig's commands come in as a plugin, never as an import."""
+    for path in sorted((ROOT / "edge").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                rig = [n for n in names if n == "hil" or n.startswith("hil.")]
+                assert not rig, f"{path.relative_to(ROOT)}:{node.lineno} imports {rig[0]}"
 
 
 @pytest.mark.slow

@@ -8,12 +8,13 @@ print one clear message and exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import pathlib
 import platform
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.app import boards_cli
@@ -23,16 +24,8 @@ if TYPE_CHECKING:
     from edge.control.profile import ProfileStep
     from edge.spec.recipe import Recipe
 
+PLUGIN_GROUP = "reedge.commands"   # entry points: NAME = "module:register", register(subparsers) adds commands
 DEFAULT_STATE_DIR = "/var/lib/reedge"  # where `reedge run` keeps its state (and the batch records) by default
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from hil.demo import DEFAULT_SCENARIO, run_demo
-
-    scenario = pathlib.Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
-    return run_demo(scenario, report_dir=pathlib.Path(args.report_dir),
-                    time_scale=args.time_scale, color=not args.no_color,
-                    broker=None if args.no_broker else args.broker or "embedded")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -56,12 +49,6 @@ def _quota_bytes(mb: float) -> int:
     if not mb * 1024 * 1024 >= MIN_QUOTA:      # also refuses NaN
         raise ValueError(f"--outbox-quota-mb must be at least {MIN_QUOTA / 1024 / 1024:g}, got {mb:g}")
     return int(mb * 1024 * 1024)
-
-
-def cmd_hil_run(args: argparse.Namespace) -> int:
-    from hil.runner import run_files
-
-    return run_files([pathlib.Path(s) for s in args.scenarios], pathlib.Path(args.report_dir))
 
 
 def cmd_station_check(args: argparse.Namespace) -> int:
@@ -294,19 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"reedge {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="a whole HD batch on the virtual rig in about a minute, with its report")
-    p.add_argument("--scenario", help="HIL scenario to run (default: the normal HD batch)")
-    p.add_argument("--time-scale", type=float, default=None, help="plant seconds per wall second (default: the "
-                   "scenario's, 600 for the HD batch)")
-    p.add_argument("--report-dir", default="demo-report", help="where the record, JUnit XML and plot go "
-                   "(default %(default)s)")
-    p.add_argument("--no-color", action="store_true", help="plain output")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--broker", metavar="URL", help="publish to this broker (mqtt://host[:port]) instead of the "
-                   "embedded one the demo starts on loopback by default")
-    g.add_argument("--no-broker", action="store_true", help="run without MQTT")
-    p.set_defaults(func=cmd_demo)
-
     p = sub.add_parser("run", help="run the controller of a station (recovers an interrupted batch first)")
     p.add_argument("--station", required=True, help="station file")
     p.add_argument("--state-dir", default="/var/lib/reedge", help="run state and latched trips (default %(default)s)")
@@ -338,14 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "outbox (the rest waits for the next start; default %(default)s)")
     p.add_argument("--rig", metavar="DIR", help=argparse.SUPPRESS)   # set by hil.rig only
     p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("hil", help="hardware-in-the-loop: run scenarios on the virtual rig")
-    hsub = p.add_subparsers(dest="hil_command", required=True, metavar="ACTION")
-    c = hsub.add_parser("run", help="run scenario files; exit 1 when an expectation fails, 2 on a bad file")
-    c.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="hil/scenarios/*.toml")
-    c.add_argument("--report-dir", default="hil-reports", help="JSON, JUnit XML and PNG per scenario "
-                   "(default %(default)s)")
-    c.set_defaults(func=cmd_hil_run)
 
     p = sub.add_parser("station", help="station files")
     ssub = p.add_subparsers(dest="station_command", required=True, metavar="ACTION")
@@ -392,7 +358,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     boards_cli.register(sub)  # boards list|show, flash, provision (edge/app/boards_cli.py)
     tail.register(sub)  # tail: watch and check stations' MQTT messages (edge/telemetry/tail.py)
+    load_plugins(sub)   # demo, hil: the test rig's commands (hil/cli.py), and any other installed plugin
     return ap
+
+
+def load_plugins(sub: argparse._SubParsersAction[Any]) -> None:
+    """Let every installed ``reedge.commands`` entry point add its subcommands.
+
+    The product does not know its plugins (the rig among them): they find it through their package's
+    metadata. A plugin that fails to load or to register is reported in one line and left out whole (any
+    subcommand it added before failing is taken back), so every other command still works."""
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        names, actions = dict(sub.choices), list(sub._choices_actions)
+        try:
+            register = entry.load()
+            register(sub)
+        except Exception as exc:     # any failure of foreign code: one line, never a traceback
+            sub.choices.clear()
+            sub.choices.update(names)
+            sub._choices_actions[:] = actions
+            print(f"reedge: plugin {entry.name} ({entry.value}) left out: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

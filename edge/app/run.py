@@ -31,10 +31,10 @@ would come back tripped. Commands that arrive from the end of the scan loop on a
 once on stderr: ``reedge run`` never starts a broker of its own (a station publishing into a
 broker nobody reads would look healthy while every message went nowhere).
 
-**On the virtual rig** (``--rig DIR``, written by ``hil.rig``; never on a real station): the sim
-driver's register file and the serial ports are the rig's; the core's clock is the plant's, so
-the controller-liveness timeouts (the dead-man, output keep-alives, injected-channel ages) are
-multiplied by the time scale: they guard the software, whose speed does not scale with the
+**On the virtual rig** (``--rig DIR``, the binding the rig wrote: ``edge.app.rig_binding``; never on a
+real station): the sim driver's register file and the serial ports are the rig's; the core's clock is
+the plant's, so the controller-liveness timeouts (the dead-man, output keep-alives, injected-channel
+ages) are multiplied by the time scale: they guard the software, whose speed does not scale with the
 plant's clock, and keep their wall-clock meaning. Outages are measured on the plant's clock too
 (it runs on through a simulated power loss). ``SIGUSR1`` hangs the scan loop for the
 controller-hang scenario: the core's dead-man, not this process, must make the plant safe.
@@ -57,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from edge.app.rig_binding import RigBinding
 from edge.app.stdin_commands import StdinCommands, answer
 from edge.app.systemd import Notifier
 from edge.batch.record import BatchRecorder
@@ -85,44 +86,6 @@ END_READINGS_WAIT_S = 3.0  # at stop right after a batch ended, how long to wait
 
 class RunError(RuntimeError):
     """Something the technician must fix before the controller can run (printed, exit 2)."""
-
-
-@dataclass(frozen=True)
-class RigBinding:
-    """What ``hil.rig`` tells a controller about the virtual rig it runs on (``DIR/rig.json``)."""
-
-    register_file: str
-    time_scale: float
-    plant_epoch_unix: float = 0.0
-    serial: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def load(cls, directory: pathlib.Path) -> RigBinding:
-        path = directory / "rig.json"
-        try:
-            raw = json.loads(path.read_text())
-            binding = cls(register_file=str(raw["register_file"]), time_scale=float(raw["time_scale"]),
-                          plant_epoch_unix=float(raw.get("plant_epoch_unix", 0.0)),
-                          serial={str(k): str(v) for k, v in dict(raw.get("serial", {})).items()})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RunError(f"{path}: not a rig binding ({exc})") from exc
-        if not (binding.time_scale >= 1.0 and math.isfinite(binding.time_scale)):
-            raise RunError(f"{path}: time_scale must be >= 1, not {binding.time_scale}")
-        return binding
-
-    def apply(self, station: Station) -> Station:
-        """The station as wired to the rig, with the liveness timeouts kept in wall-clock terms."""
-        s = self.time_scale
-        core = station.core
-        drivers = tuple(dataclasses.replace(d, params={**d.params, "path": self.register_file})
-                        if d.type == "sim" else d for d in core.drivers)
-        channels = tuple(dataclasses.replace(c, max_age_ms=c.max_age_ms * s) if c.kind == "injected" else c
-                         for c in core.channels)
-        outputs = tuple(dataclasses.replace(o, max_on_ms=o.max_on_ms * s) for o in core.outputs)
-        rules = tuple(dataclasses.replace(r, threshold=r.threshold * s) if r.kind == "deadman" else r
-                      for r in core.rules)
-        core = dataclasses.replace(core, drivers=drivers, channels=channels, outputs=outputs, rules=rules)
-        return dataclasses.replace(station, core=core, accounting=station.accounting.scaled(s))
 
 
 @dataclass
@@ -266,7 +229,7 @@ def run(opts: RunOptions) -> int:
     if mqtt_settings is None:
         print(f"reedge run: no MQTT broker configured ([mqtt] brokers in {opts.station}) or given (--broker):"
               " running without MQTT, nothing is published", file=sys.stderr, flush=True)
-    binding = RigBinding.load(opts.rig) if opts.rig is not None else None
+    binding = RigBinding.read(opts.rig) if opts.rig is not None else None
     if binding is not None:
         station = binding.apply(station)
         signal.signal(signal.SIGUSR1, _hang)

@@ -1,0 +1,52 @@
+"""``reedge demo`` and ``reedge hil run``: the rig's subcommands, added to ``reedge`` as a plugin.
+
+The product never imports its test rig: ``edge.app.cli`` loads every entry point of the group
+``reedge.commands`` (pyproject.toml: ``hil = "hil.cli:register"``) and hands it its subparsers.
+The rig's modules are imported only when one of these commands runs, so ``reedge --help`` and the
+product's own commands do not load the plant models or the embedded broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from typing import Any
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hil.demo import DEFAULT_SCENARIO, run_demo
+
+    scenario = pathlib.Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
+    return run_demo(scenario, report_dir=pathlib.Path(args.report_dir), time_scale=args.time_scale,
+                    color=not args.no_color, broker=None if args.no_broker else args.broker or "embedded")
+
+
+def cmd_hil_run(args: argparse.Namespace) -> int:
+    from hil.runner import run_files
+
+    return run_files([pathlib.Path(s) for s in args.scenarios], pathlib.Path(args.report_dir))
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``demo`` and ``hil`` to ``reedge``'s subcommands (the ``reedge.commands`` entry point)."""
+    p = sub.add_parser("demo", help="a whole HD batch on the virtual rig in about a minute, with its report")
+    p.add_argument("--scenario", help="HIL scenario to run (default: the normal HD batch, "
+                   "hil/scenarios/hd_normal_batch.toml)")
+    p.add_argument("--time-scale", type=float, default=None, help="plant seconds per wall second (default: the "
+                   "scenario's, 600 for the HD batch)")
+    p.add_argument("--report-dir", default="demo-report", help="where the record, JUnit XML and plot go "
+                   "(default %(default)s)")
+    p.add_argument("--no-color", action="store_true", help="plain output")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--broker", metavar="URL", help="publish to this broker (mqtt://host[:port]) instead of the "
+                   "embedded one the demo starts on loopback by default")
+    g.add_argument("--no-broker", action="store_true", help="run without MQTT")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("hil", help="hardware-in-the-loop: run scenarios on the virtual rig")
+    hsub = p.add_subparsers(dest="hil_command", required=True, metavar="ACTION")
+    c = hsub.add_parser("run", help="run scenario files; exit 1 when an expectation fails, 2 on a bad file")
+    c.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="hil/scenarios/*.toml")
+    c.add_argument("--report-dir", default="hil-reports", help="JSON, JUnit XML and PNG per scenario "
+                   "(default %(default)s)")
+    c.set_defaults(func=cmd_hil_run)
