@@ -28,10 +28,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.telemetry.access import CommandSettings
 from edge.telemetry.broker_url import BrokerSettings, parse_broker_list
 from edge.telemetry.commands import CommandHandler, CommandLedger, Received, StartRequest
-from edge.telemetry.envelope import rfc3339_ms
 from edge.telemetry.outbox import Outbox, Priority
 from edge.telemetry.session import MqttSession, SessionEvent
 from edge.telemetry.topics import SCHEMA_BASE, StationTopics
+from edge.timestamps import rfc3339_ms
 from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, Pki, free_port, make_ca, make_pki, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.batch.accounting import AccountingConfig, CounterTracker
 from edge.files import write_atomic
-from edge.telemetry.envelope import rfc3339_ms
+from edge.timestamps import rfc3339_ms
 
 if TYPE_CHECKING:
     from edge.control.controller import Controller, ProcessEvent
