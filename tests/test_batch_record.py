@@ -244,8 +244,11 @@ def test_a_damaged_record_is_detected_and_kept_aside(station: Station) -> None:
     rec.scan(st.ctl)
     assert len(list(folder.glob(f"{RECORD_FILE}.damaged-*"))) == 1     # kept for the investigation
     assert read_record(folder)["body"]["operator"] == ""               # a new record, not the edited one
-    with pytest.raises(RecordError, match="no batch record"):
+    with pytest.raises(RecordError, match="no such batch folder"):
         read_record(folder.parent / "nothing-here")
+    (folder.parent / "empty").mkdir()
+    with pytest.raises(RecordError, match="no batch record"):
+        read_record(folder.parent / "empty")
 
 
 # ---- the counter arithmetic ----

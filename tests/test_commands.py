@@ -35,6 +35,7 @@ from edge.telemetry.commands import (
     json_too_deep,
 )
 from edge.telemetry.topics import StationTopics, TopicError
+from edge.timestamps import rfc3339_ms
 from hil.regfile import RegisterFile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -86,7 +87,7 @@ def command(verb: str, args: dict[str, Any] | None = None, *, issuer: str | None
             command_id: str | None = None, **extra: Any) -> bytes:
     """A command payload; ``issuer=None`` leaves the (optional) field out."""
     doc = {"schema": f"https://reeproduce.eu/schemas/reedge/v1/cmd-{verb}.json",
-           "command_id": command_id or str(uuid.uuid4()), "issued_at": E.rfc3339_ms(issued_ns),
+           "command_id": command_id or str(uuid.uuid4()), "issued_at": rfc3339_ms(issued_ns),
            **({} if issuer is None else {"issuer": issuer}), **extra, "args": args or {}}
     return json.dumps(doc).encode()
 

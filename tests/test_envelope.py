@@ -12,6 +12,7 @@ from edge.telemetry import envelope as E
 from edge.telemetry import schemas
 from edge.telemetry.outbox import Outbox, Priority
 from edge.telemetry.topics import STREAMS, StationTopics, TopicError, TopicParts, parse_topic, subscription
+from edge.timestamps import TimestampError, parse_rfc3339, rfc3339_ms
 
 T = StationTopics("pilot-line", "hd-01")
 
@@ -100,9 +101,11 @@ def test_envelope_is_byte_identical_on_resend_and_after_reopening(tmp_path: path
 
 def test_timestamp_is_utc_rfc3339_with_milliseconds_of_created_ns() -> None:
     ns = 1_741_944_413_589_999_999
-    assert E.rfc3339_ms(ns) == "2025-03-14T09:26:53.589Z"
-    assert E.parse_rfc3339("2025-03-14T09:26:53.589Z") == 1_741_944_413_589_000_000
-    assert E.parse_rfc3339("2025-03-14T10:26:53.589+01:00") == 1_741_944_413_589_000_000
+    assert rfc3339_ms(ns) == "2025-03-14T09:26:53.589Z"
+    assert parse_rfc3339("2025-03-14T09:26:53.589Z") == 1_741_944_413_589_000_000
+    assert parse_rfc3339("2025-03-14T10:26:53.589+01:00") == 1_741_944_413_589_000_000
+    with pytest.raises(TimestampError, match="issued_at must be an RFC 3339 date-time"):
+        parse_rfc3339("2025-03-14 09:26:53", "issued_at")
     raw = E.build(site="s1", station="st1", boot_id="b1", stream="event", seq=3, created_ns=ns, body={"x": 1})
     env = E.parse(raw)
     assert env.ts == "2025-03-14T09:26:53.589Z" and env.t_ns == 1_741_944_413_589_000_000

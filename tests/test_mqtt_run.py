@@ -27,9 +27,10 @@ import uuid
 from typing import Any
 
 from edge.spec.broker import parse_broker_url
-from edge.telemetry.envelope import Envelope, rfc3339_ms
+from edge.telemetry.envelope import Envelope
 from edge.telemetry.topics import SCHEMA_BASE, StationTopics
 from edge.telemetry.watch import Watch
+from edge.timestamps import rfc3339_ms
 from hil.rig import RigConfig, VirtualRig
 from hil.runner import run_scenario
 from hil.scenario import load_scenario

@@ -30,10 +30,10 @@ from edge.operator.verbs import StartRequest
 from edge.spec.access import CommandSettings
 from edge.spec.broker import BrokerSettings, parse_broker_list
 from edge.telemetry.commands import CommandHandler, CommandLedger, Received
-from edge.telemetry.envelope import rfc3339_ms
 from edge.telemetry.outbox import Outbox, Priority
 from edge.telemetry.session import MqttSession, SessionEvent
 from edge.telemetry.topics import SCHEMA_BASE, StationTopics
+from edge.timestamps import rfc3339_ms
 from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, Pki, free_port, make_ca, make_pki, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

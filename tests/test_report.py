@@ -1,4 +1,4 @@
-"""The batch report (edge/batch/report.py), the LCA export (edge/batch/export.py) and ``reedge report``.
+"""The batch report (edge/batch/report/), the LCA export (edge/batch/export.py) and ``reedge report``.
 
 The records are built here as edge/batch/record.py writes them: an HD batch of 25 kg of scrap over
 about 12 h (9 phase entries: degassing is split by a 42 min power loss), a cooling-water trip
@@ -26,6 +26,9 @@ import pytest
 
 from edge.app import cli
 from edge.batch import export, record, report
+from edge.batch.report import page as report_page
+from edge.batch.report import plot as report_plot
+from edge.batch.report import view as report_view
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 29, 8, 16, 53, tzinfo=UTC)
@@ -275,15 +278,15 @@ def embedded_png(page: str) -> bytes:
     return base64.b64decode(found.group(1), validate=True)
 
 
-def view_of(folder: pathlib.Path, now: datetime | None = None) -> report.View:
-    doc = report.load_record(folder)
-    trend, note = report.read_trend(folder, doc["trend"])
-    return report.build_view(doc, trend, note, now)
+def view_of(folder: pathlib.Path, now: datetime | None = None) -> report_view.View:
+    doc = record.read_record(folder)
+    trend, note = report_view.read_trend(folder, doc["trend"])
+    return report_view.build_view(doc, trend, note, now)
 
 
-def page_text(view: report.View) -> str:
+def page_text(view: report_view.View) -> str:
     """The HTML of a view, with a dummy plot (no drawing: fast)."""
-    return report.render_html(view, b"\x89PNG\r\n\x1a\n")
+    return report_page.render_html(view, b"\x89PNG\r\n\x1a\n")
 
 
 def open_body() -> dict[str, Any]:
@@ -340,8 +343,8 @@ def test_the_plot_in_the_html_is_a_real_picture(hd_files: report.ReportFiles) ->
 
     data = embedded_png(hd_files.html.read_text(encoding="utf-8"))
     width, height = png_size(data)
-    assert abs(width - report.PLOT_IN[0] * report.PAGE_DPI) <= 1
-    assert abs(height - report.PLOT_IN[1] * report.PAGE_DPI) <= 1
+    assert abs(width - report_page.PLOT_IN[0] * report_plot.PAGE_DPI) <= 1
+    assert abs(height - report_page.PLOT_IN[1] * report_plot.PAGE_DPI) <= 1
     pixels = imread(io.BytesIO(data))
     colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 200  # lines, bands, hatching, text: not a blank or one-colour image
@@ -351,7 +354,7 @@ def test_the_plot_in_the_html_is_a_real_picture(hd_files: report.ReportFiles) ->
 
 def test_png_and_pdf_are_one_a4_page(hd_files: report.ReportFiles) -> None:
     width, height = png_size(hd_files.png.read_bytes())
-    assert abs(width - 8.27 * report.PAGE_DPI) <= 1 and abs(height - 11.69 * report.PAGE_DPI) <= 1
+    assert abs(width - 8.27 * report_plot.PAGE_DPI) <= 1 and abs(height - 11.69 * report_plot.PAGE_DPI) <= 1
     pdf = hd_files.pdf.read_bytes()
     assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
     assert len(re.findall(rb"/Type\s*/Page\b", pdf)) == 1
@@ -360,8 +363,8 @@ def test_png_and_pdf_are_one_a4_page(hd_files: report.ReportFiles) -> None:
 
 
 def test_the_trend_is_read_across_a_power_loss_and_a_restarted_file(hd_dir: pathlib.Path) -> None:
-    doc = report.load_record(hd_dir)
-    trend, note = report.read_trend(hd_dir, doc["trend"])
+    doc = record.read_record(hd_dir)
+    trend, note = report_view.read_trend(hd_dir, doc["trend"])
     assert trend is not None and note == ""
     assert (hd_dir / "trend.csv").read_text().count("unix_s,") == 2  # the header repeated after the gap
     assert len(trend.t) == len(hd_trend_rows()[1])
@@ -375,15 +378,15 @@ def test_sintering_page_uses_mbar_on_a_log_axis(tmp_path: pathlib.Path) -> None:
     folder = write_batch(tmp_path, sintering_body(), sintering_trend_rows(), sintering_units())
     view = view_of(folder)
     assert view.plot.trend is not None
-    pressure = next(p for p in report._panels(view.plot.trend, "sintering") if p.title == "pressure")
+    pressure = next(p for p in report_plot._panels(view.plot.trend, "sintering") if p.title == "pressure")
     assert pressure.log and pressure.unit == "mbar abs"
     page = page_text(view)
     assert "612.8 kWh" in page and "<td>Hydrogen fed</td><td class=\"missing\">not metered</td>" in page
     assert "Hydrogen absorbed" not in page  # an HD figure
     assert "9460 L" in page and "12500 NL" in page and "mass out not weighed (yet)" in page
     assert "version 2b" in page and "All metered figures" not in page
-    fig = report.draw_page(view)
-    assert png_size(report._save(fig, "png"))[0] == round(8.27 * report.PAGE_DPI)
+    fig = report_page.draw_page(view)
+    assert png_size(report._save(fig, "png"))[0] == round(8.27 * report_plot.PAGE_DPI)
 
 
 def test_an_open_record_is_in_progress_or_interrupted_by_its_last_sign_of_life(tmp_path: pathlib.Path) -> None:
@@ -415,9 +418,9 @@ def test_no_trend_or_an_empty_one_is_said_on_the_page(tmp_path: pathlib.Path) ->
     assert png_size(embedded_png(page))[0] > 0 and png_size(files.png.read_bytes())[1] > 1700
 
     (folder / "trend.csv").write_text("unix_s,setpoint_c,heater_duty,chamber_temp\n")
-    assert report.read_trend(folder, {"file": "trend.csv"}) == (None, "no trend recorded (trend.csv has no rows)")
+    assert report_view.read_trend(folder, {"file": "trend.csv"}) == (None, "no trend recorded (trend.csv has no rows)")
     (folder / "trend.csv").write_text("")
-    assert report.read_trend(folder, {"file": "trend.csv"})[0] is None
+    assert report_view.read_trend(folder, {"file": "trend.csv"})[0] is None
 
 
 def test_a_long_event_list_stays_on_one_page_and_keeps_its_trips(tmp_path: pathlib.Path) -> None:
@@ -427,14 +430,15 @@ def test_a_long_event_list_stays_on_one_page_and_keeps_its_trips(tmp_path: pathl
     body["events"] = sorted(body["events"] + chatter, key=lambda e: e["ts"])
     folder = write_batch(tmp_path, body, None)
     view = view_of(folder)
-    assert len(view.events) == report.MAX_EVENTS and view.events_more == len(body["events"]) - report.MAX_EVENTS
+    limit = report_view.MAX_EVENTS
+    assert len(view.events) == limit and view.events_more == len(body["events"]) - limit
     assert any(kind.text == "TRIP" for _, kind, _ in view.events)  # the trip at 7.8 h is listed all the same
     page = page_text(view)
     assert f"... and {view.events_more} more (all are in record.json)" in page
-    fig = report.draw_page(view)
+    fig = report_page.draw_page(view)
     report._save(fig, "png")
     lowest = min(t.get_position()[1] for t in fig.texts if t.get_text())
-    assert lowest * report.PAGE_IN[1] >= 0.25  # nothing ran off the page: the footer is the lowest text
+    assert lowest * report_page.PAGE_IN[1] >= 0.25  # nothing ran off the page: the footer is the lowest text
     assert any(t.get_text().startswith("... and") and "record.json" in t.get_text() for t in fig.texts)
 
 
@@ -474,7 +478,7 @@ def test_non_ascii_text_is_checked_and_shown(tmp_path: pathlib.Path) -> None:
     body = hd_body()
     body["operator"] = "Jürgen Ødegård"
     folder = write_batch(tmp_path, body, None)
-    assert report.load_record(folder)["body"]["operator"] == "Jürgen Ødegård"
+    assert record.read_record(folder)["body"]["operator"] == "Jürgen Ødegård"
     assert "Jürgen Ødegård" in page_text(view_of(folder))
 
 

@@ -211,9 +211,9 @@ def test_demo_runs_from_the_wheel(product: Product) -> None:
 @pytest.mark.slow
 def test_tail_and_a_command_against_a_running_station(product: Product, tmp_path: pathlib.Path) -> None:
     from edge.spec.broker import parse_broker_url
-    from edge.telemetry.envelope import rfc3339_ms
     from edge.telemetry.topics import SCHEMA_BASE, StationTopics
     from edge.telemetry.watch import Watch
+    from edge.timestamps import rfc3339_ms
     from hil.regfile import RegisterFile
     from tests.mqtt_broker import Mosquitto
 

@@ -30,8 +30,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
-from edge.batch.record import RECORD_FILE, RecordError
-from edge.batch.report import load_record, parse_time
+from edge.batch.record import RECORD_FILE, RecordError, read_record
+from edge.timestamps import parse_time
 
 COLUMNS = ("batch_id", "site", "station", "process", "recipe", "recipe_sha256", "started", "ended", "outcome",
            "direction", "flow", "amount", "unit", "complete", "basis")
@@ -152,7 +152,7 @@ def export_csv(state_dirs_or_batch_dirs: Iterable[Path | str], out: TextIO, *,
             continue
         for folder in folders:
             try:
-                body = _dict(load_record(folder)["body"])
+                body = _dict(read_record(folder)["body"])
             except RecordError as exc:
                 result.skipped.append((folder, str(exc)))
                 continue

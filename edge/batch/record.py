@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from edge.batch.accounting import CounterTracker
 from edge.files import write_atomic
 from edge.spec.accounting import AccountingConfig
-from edge.telemetry.envelope import rfc3339_ms
+from edge.timestamps import rfc3339_ms
 
 if TYPE_CHECKING:
     from edge.control.controller import Controller, ProcessEvent
@@ -100,7 +100,11 @@ def write_record(folder: pathlib.Path, body: dict[str, Any], trend: dict[str, An
 
 
 def read_record(folder: pathlib.Path) -> dict[str, Any]:
-    """The whole document of ``folder/record.json``, checked; RecordError says what is wrong."""
+    """The whole document of ``folder/record.json``, checked (format, version, sha256, a body);
+    RecordError says what is wrong in one sentence."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise RecordError(f"{folder}: no such batch folder")
     path = folder / RECORD_FILE
     try:
         doc = json.loads(path.read_text())
@@ -113,6 +117,8 @@ def read_record(folder: pathlib.Path) -> dict[str, Any]:
     checked = {k: doc.get(k) for k in ("format", "version", "body", "trend", "recorder")}
     if doc.get("sha256") != _digest(checked):
         raise RecordError(f"{path}: record damaged (its checksum does not match its content)")
+    if not isinstance(doc.get("body"), dict):
+        raise RecordError(f"{path}: record damaged (it has no body)")
     return doc
 
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.batch.accounting import HeaterModel
 from edge.control.alarms import AlarmEngine
 from edge.control.hd import HDSequencer
+from edge.control.heater_model import HeaterModel
 from edge.control.pid import Pid
 from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer

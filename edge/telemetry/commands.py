@@ -83,10 +83,10 @@ from typing import Any, Literal, Protocol
 
 from edge.operator.execute import AuditRecord, Command, Operator
 from edge.spec.access import CommandSettings
-from edge.telemetry.envelope import EnvelopeError, parse_rfc3339
 from edge.telemetry.events import EventDraft, command_event
 from edge.telemetry.schemas import errors as schema_errors
 from edge.telemetry.topics import VERBS, StationTopics, TopicError, command_schema, parse_topic
+from edge.timestamps import TimestampError, parse_rfc3339
 
 Code = Literal["ok", "too_large", "not_json", "invalid", "unknown_verb", "unauthorised", "stale", "future",
                "id_reused", "not_allowed", "interlock", "state", "refused", "outcome_unknown", "busy", "error"]
@@ -397,7 +397,7 @@ class CommandHandler:
         now = self.clock()
         try:
             issued = parse_rfc3339(doc["issued_at"], "issued_at")
-        except EnvelopeError as e:   # the schema's pattern admits a few impossible dates (month 13)
+        except TimestampError as e:   # the schema's pattern admits a few impossible dates (month 13)
             return self._answer(d, "invalid", str(e))
         age_s = (now - issued) / 1e9
         if age_s > self.settings.max_age_s:

@@ -39,7 +39,6 @@ reliably in the outbox (its ``boots`` table forgets a boot once its last message
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from collections.abc import Mapping
@@ -48,10 +47,10 @@ from typing import Any, Literal, Protocol
 
 from edge.telemetry.outbox import Message
 from edge.telemetry.topics import STREAMS, TopicError, check_level
+from edge.timestamps import TimestampError, parse_rfc3339, rfc3339_ms
 
 SCHEMA_VERSION = "1.1"   # 1.1: batch end records with phases, events, meters; start with feed
 _VERSION_RE = re.compile(r"1\.(0|[1-9][0-9]{0,3})")
-_TS_RE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
 BOOT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 MAX_ENVELOPE = 1 << 20   # what parse accepts; a station's messages are far smaller
 KEYS = ("schema", "schema_version", "site", "station", "boot_id", "stream", "seq", "ts", "body")
@@ -79,29 +78,6 @@ class Envelope:
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.boot_id, self.stream, self.seq)
-
-
-# ---- time -------------------------------------------------------------------------------------
-
-def rfc3339_ms(t_ns: int) -> str:
-    """Unix nanoseconds as UTC RFC 3339 with milliseconds (truncated, so never in the future)."""
-    seconds, rest = divmod(int(t_ns), 1_000_000_000)
-    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{rest // 1_000_000:03d}Z"
-
-
-def parse_rfc3339(text: object, what: str = "timestamp") -> int:
-    """An RFC 3339 date-time (with ``Z`` or an offset) as Unix nanoseconds; EnvelopeError if not one."""
-    found = _TS_RE.fullmatch(text) if isinstance(text, str) else None
-    if found is None:
-        raise EnvelopeError(f"{what} must be an RFC 3339 date-time such as 2025-03-14T09:26:53.589Z,"
-                            f" got {text!r:.60}")
-    main, fraction, zone = found.groups()
-    try:
-        stamp = dt.datetime.fromisoformat(main + ("+00:00" if zone == "Z" else zone))
-    except ValueError as e:
-        raise EnvelopeError(f"{what} {text!r}: {e}") from None
-    return int(stamp.timestamp()) * 1_000_000_000 + int(((fraction or "") + "000000000")[:9])
 
 
 # ---- building ---------------------------------------------------------------------------------
@@ -243,5 +219,8 @@ def parse(data: bytes | bytearray | memoryview | str) -> Envelope:
         raise EnvelopeError(f"seq must be an integer from 1, got {seq!r:.30}")
     if not isinstance(body, dict):
         raise EnvelopeError(f"body must be a JSON object, got {type(body).__name__}")
-    t_ns = parse_rfc3339(doc["ts"], "ts")
+    try:
+        t_ns = parse_rfc3339(doc["ts"], "ts")
+    except TimestampError as e:
+        raise EnvelopeError(str(e)) from None
     return Envelope(doc["schema"], version, site, station, boot_id, stream, seq, doc["ts"], t_ns, body)

@@ -51,7 +51,7 @@ capacitors) and for tests.
 
 **Quota and priorities.** ``quota_bytes`` bounds the stored size of the messages (payload,
 topic, stream and ``ROW_OVERHEAD`` bytes for the row and its index entries; the file itself
-is larger by page slack and by the WAL, about ``JOURNAL_LIMIT``; deleted space is reused, not
+is larger by page slack and by the WAL, about ``outbox_file.JOURNAL_LIMIT``; deleted space is reused, not
 given back, since the next outage will need it again). When a put would take the outbox over
 its quota, telemetry, and only telemetry, is **thinned, evenly over time**: at level L only the
 telemetry messages whose sequence number is a multiple of 2**L are kept. A walk from the oldest
@@ -126,8 +126,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-APPLICATION_ID = 0x52454F42  # "REOB": this file is a reedge outbox, not some other SQLite database
-SCHEMA_VERSION = 1
+from edge.telemetry.outbox_file import prepare_file
+
 DEFAULT_QUOTA = 256 * 1024 * 1024
 MIN_QUOTA = 16 * 1024
 ROW_OVERHEAD = 64            # bytes counted per message besides payload, topic and stream (row header, indexes)
@@ -137,42 +137,10 @@ THIN_STEP_ROWS = 4096        # telemetry rows walked at most per put
 THIN_CHUNK = 512
 REPORT_RESERVE = 1024        # room kept for the thinning report when thinning
 MAX_LEVEL = 62
-JOURNAL_LIMIT = 4 * 1024 * 1024     # the WAL is truncated to this after a checkpoint (~1000 pages)
-CACHE_KIB = 2 * 1024           # SQLite page cache per connection: the bound on what a backlog can cost in RAM
 MAX_PAYLOAD = 268_435_455    # MQTT's largest packet
 MAX_TOPIC = 65_535
 MAX_PENDING = 100_000
 STREAM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
-
-SCHEMA = """
-CREATE TABLE boots (
-    n INTEGER PRIMARY KEY,
-    boot_id TEXT NOT NULL UNIQUE,
-    opened_ns INTEGER NOT NULL
-);
-CREATE TABLE streams (
-    stream TEXT PRIMARY KEY,
-    last_seq INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    boot INTEGER NOT NULL,
-    stream TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    priority INTEGER NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    created_ns INTEGER NOT NULL,
-    size INTEGER NOT NULL
-);
-CREATE INDEX messages_by_priority ON messages (priority, id);
-"""
 
 SELECT_MESSAGE = ("SELECT m.id, b.boot_id, m.stream, m.seq, m.topic, m.payload, m.priority, m.qos, m.retain,"
                   " m.created_ns FROM messages m JOIN boots b ON b.n = m.boot")
@@ -400,36 +368,9 @@ class Outbox:
 
     def _open(self) -> None:
         c = self._conn
-        app_id = c.execute("PRAGMA application_id").fetchone()[0]
-        version = c.execute("PRAGMA user_version").fetchone()[0]
-        tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id == 0 and version == 0 and tables == 0:
-            mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise OutboxError(f"{self.path}: cannot use WAL mode here (got {mode!r})")
-            c.execute("PRAGMA synchronous=FULL")
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        c.execute(statement)
-                c.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-        elif app_id != APPLICATION_ID:
-            raise OutboxError(f"{self.path}: not an outbox (a different SQLite database: application_id"
-                              f" {app_id:#x}); refusing to touch it")
-        elif version != SCHEMA_VERSION:
-            raise OutboxError(f"{self.path}: outbox schema version {version}, this code reads {SCHEMA_VERSION}")
-        mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise OutboxError(f"{self.path}: cannot use WAL mode here (got {mode!r})")
-        c.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT}")
-        c.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        c.execute("PRAGMA temp_store=FILE")
+        problem = prepare_file(c)
+        if problem is not None:
+            raise OutboxError(f"{self.path}: {problem}")
         self._set_sync(self._put_sync)
         self._last_seq: dict[str, int] = dict(c.execute("SELECT stream, last_seq FROM streams").fetchall())
         counters = dict(c.execute("SELECT name, value FROM counters").fetchall())

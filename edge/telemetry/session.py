@@ -56,19 +56,8 @@ list (failover); a connection that was up and dropped is retried on the same bro
 A CONNACK must come within ``connect_timeout_s`` (paho has no such limit: a network that accepts
 TCP and then black-holes would otherwise hang the session). Keepalive detects a dead link.
 
-**MQTT 5, else 3.1.1.** With ``protocol = "auto"`` the session speaks MQTT 5; a broker that answers
-CONNACK "unsupported protocol version" (0x84; a 3.1.1 broker's return code 1 reads the same) is
-remembered as 3.1.1-only for the life of the session and reconnected at once with 3.1.1. Some
-3.1.1 brokers hang up on an MQTT 5 CONNECT instead of answering (amqtt 0.12.1, the demo's embedded
-broker, misreads the Will properties of an MQTT 5 CONNECT and then neither answers nor closes):
-a v5 attempt that gets no CONNACK (closed, or nothing within ``connect_timeout_s``/keepalive) is
-retried at once with 3.1.1, and if that one is accepted the broker is remembered as 3.1.1-only;
-this guess is made only for a broker that has never accepted MQTT 5 in this session, so a network
-outage never downgrades a broker we know speaks 5. (A real MQTT 5 broker that was unreachable in
-just that way at start-up and came back between the two attempts is spoken to in 3.1.1 until the
-next start: it still works, it only loses PUBACK reason codes; the "protocol_fallback" event says
-so. Set ``protocol = "5"`` to rule that out, or ``"3.1.1"`` for a known 3.1.1 broker such as
-``EmbeddedBroker``, which also saves the wait.)
+**MQTT 5, else 3.1.1**, chosen per broker (``protocol = "auto"``, the default) as
+``edge.telemetry.connection.VersionChoice`` says.
 
 **Stopping** (``stop``): new puts still go to the outbox; the network thread keeps publishing until
 the outbox is empty or ``flush_timeout_s`` has passed, publishes ``status`` offline (retained) and
@@ -91,10 +80,7 @@ allowed to block the messages behind it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import dataclasses
 import json
 import logging
 import random
@@ -109,13 +95,23 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge import __version__
 from edge.spec.broker import BrokerSettings, BrokerUrl, BrokerUrlError
+from edge.telemetry.connection import (
+    Connection,
+    Protocol,
+    VersionChoice,
+    make_client,
+    no_connack_reason,
+    reply_properties,
+    send_connect,
+    stored_body,
+    window,
+)
 from edge.telemetry.envelope import EnvelopeError, PreviousBoot, birth, envelope, previous_boot, will
 from edge.telemetry.outbox import Draft, Message, Outbox, OutboxError, Priority
 from edge.telemetry.topics import STREAMS, StationTopics
@@ -124,10 +120,6 @@ __all__ = ["MqttSession", "SessionError", "SessionEvent", "SessionStats", "StopR
 
 log = logging.getLogger(__name__)
 
-V311_WINDOW = 20            # 3.1.1 brokers do not announce a receive maximum; mosquitto's default inflight
-V5_DEFAULT_RECEIVE_MAX = 65535  # MQTT 5: a CONNACK without Receive Maximum means 65535
-UNSUPPORTED_PROTOCOL = 0x84
-KEEPALIVE_TIMEOUT = 0x8D
 STATUS_WAIT_S = 2.0         # at stop, how long the offline status may take at least
 TICK_S = 1.0                # the select timeout: keepalive and timeouts are checked at least this often
 MAX_REJECTED_KEPT = 100
@@ -189,40 +181,12 @@ def backoff_delay(failures_in_row: int, min_s: float, max_s: float, rng: random.
     return rng.uniform(0.0, min(max_s, min_s * (2 ** min(max(failures_in_row, 0), 30))))
 
 
-def _properties(packet_type: int) -> Properties:
-    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho's constructor has no annotations
-
-
 @dataclass
 class _Subscription:
     topic_filter: str
     qos: int
     handler: Callable[[mqtt.MQTTMessage], None] | None
     acked_handler: Callable[[mqtt.MQTTMessage, Ack], None] | None = None
-
-
-@dataclass
-class _Conn:
-    """The state of one connection attempt; thrown away with its paho client."""
-
-    client: mqtt.Client
-    broker: BrokerUrl
-    protocol: Literal["5", "3.1.1"]
-    started: float
-    connected: bool = False
-    refused: ReasonCode | None = None
-    window: int = V311_WINDOW
-    mids: dict[int, int] = dataclasses.field(default_factory=dict)     # paho mid -> outbox id
-    keys: dict[int, Message] = dataclasses.field(default_factory=dict)  # outbox id -> message (for reports)
-    control_mids: set[int] = dataclasses.field(default_factory=set)    # birth / offline status
-    acked: list[int] = dataclasses.field(default_factory=list)
-    offline_mid: int | None = None
-    offline_sent_at: float = 0.0
-    offline_acked: bool = False
-    lost: bool = False
-    timed_out: bool = False
-    close_rc: ReasonCode | None = None
-    sub_mid: int | None = None
 
 
 class MqttSession:
@@ -251,9 +215,7 @@ class MqttSession:
         self._previous = previous if previous is not None else previous_boot(outbox)
         self._boot_started_ns = time.time_ns()
         self._attempts = 0                                   # CONNECTs sent: the n of the status seq
-        self._v311_only: set[BrokerUrl] = set() if settings.protocol != "3.1.1" else set(settings.brokers)
-        self._probing: set[BrokerUrl] = set()    # next attempt: 3.1.1, to see whether 5 was the problem
-        self._v5_seen: set[BrokerUrl] = set()    # accepted MQTT 5 once: a later silence is the network's
+        self._versions = VersionChoice(settings)
         self._subs: list[_Subscription] = []
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -264,9 +226,9 @@ class MqttSession:
         self._stopped = threading.Event()
         self._connected_event = threading.Event()
         self._flushed = threading.Condition(self._lock)
-        self._conn: _Conn | None = None
+        self._conn: Connection | None = None
         self._connects = self._failures = self._published = self._acked = self._rejected = self._dropped = 0
-        self._acks: list[tuple[_Conn, int, int]] = []      # (connection, mid, qos) to PUBACK: see subscribe
+        self._acks: list[tuple[Connection, int, int]] = []      # (connection, mid, qos) to PUBACK: see subscribe
         self._sub_refused = False               # the last SUBACK refused a filter (reported once)
         self._last_error: str | None = None
         self.rejected_messages: deque[tuple[tuple[str, str, int], int, str]] = deque(maxlen=MAX_REJECTED_KEPT)
@@ -469,42 +431,11 @@ class MqttSession:
             while self._wake_r.recv(4096):
                 pass
 
-    def _make_client(self, broker: BrokerUrl, protocol: Literal["5", "3.1.1"]) -> mqtt.Client:
-        s = self.settings
-        # manual_ack: incoming messages are acknowledged by _on_message or by their handler (subscribe_acked)
-        if protocol == "5":
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
-                                 manual_ack=True)
-        else:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
-                                 clean_session=False, manual_ack=True)
-        client.connect_timeout = s.connect_timeout_s
-        client.max_queued_messages_set(0)
-        client.max_inflight_messages_set(V5_DEFAULT_RECEIVE_MAX)   # the window is ours (_pump); paho must not hold any
-        if broker.tls:
-            client.tls_set_context(self._tls_context())
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password())
+    def _make_client(self, broker: BrokerUrl, protocol: Protocol) -> mqtt.Client:
         will_payload = will(site=self.site, station=self.station, boot_id=self.outbox.boot_id,
                             connection=self._attempts, now_ns=time.time_ns())
-        if protocol == "5":
-            props = _properties(PacketTypes.WILLMESSAGE)
-            props.ContentType = "application/json"
-            client.will_set(self.topics.status, will_payload, qos=1, retain=True, properties=props)
-        else:
-            client.will_set(self.topics.status, will_payload, qos=1, retain=True)
-        return client
-
-    def _tls_context(self) -> ssl.SSLContext:
-        """Verification on, always: the broker's certificate must chain to the CA and name the host."""
-        s = self.settings
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(s.ca_file) if s.ca_file else None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.check_hostname = True
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        if s.cert_file is not None and s.key_file is not None:
-            ctx.load_cert_chain(str(s.cert_file), str(s.key_file))
-        return ctx
+        return make_client(self.settings, broker, protocol, client_id=self.client_id, will_topic=self.topics.status,
+                           will_payload=will_payload)
 
     def _birth(self) -> bytes:
         return birth(site=self.site, station=self.station, boot_id=self.outbox.boot_id, connection=self._attempts,
@@ -517,7 +448,7 @@ class MqttSession:
 
     def _connection(self, broker: BrokerUrl) -> Literal["done", "fallback", "dropped", "failed"]:
         """One connection attempt and, if it comes up, its whole life."""
-        protocol: Literal["5", "3.1.1"] = "3.1.1" if broker in self._v311_only | self._probing else "5"
+        protocol = self._versions.for_attempt(broker)
         if self._past_deadline():
             return "done"
         self.outbox.requeue_inflight()
@@ -527,7 +458,7 @@ class MqttSession:
         except (OSError, ssl.SSLError, BrokerUrlError) as e:
             self._event("connect_failed", broker, f"cannot set up the client: {e}")
             return "failed"
-        conn = _Conn(client, broker, protocol, time.monotonic())
+        conn = Connection(client, broker, protocol, time.monotonic())
         self._conn = conn
         client.on_connect = lambda _c, _u, flags, rc, props: self._on_connect(conn, flags, rc, props)
         client.on_disconnect = lambda _c, _u, _f, rc, _p: self._on_disconnect(conn, rc)
@@ -535,13 +466,7 @@ class MqttSession:
         client.on_message = lambda _c, _u, m: self._on_message(conn, m)
         client.on_subscribe = lambda _c, _u, mid, codes, _p: self._on_subscribe(conn, mid, codes)
         try:
-            if protocol == "5":
-                props = _properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = self.settings.session_expiry_s
-                client.connect(broker.host, broker.port, self.settings.keepalive_s, clean_start=False,
-                               properties=props)
-            else:
-                client.connect(broker.host, broker.port, self.settings.keepalive_s)
+            send_connect(conn, self.settings)
         except ssl.SSLCertVerificationError as e:
             self._event("connect_failed", broker, f"TLS: the broker's certificate was not accepted: {e.verify_message}"
                                                   " (check ca_file and the host name in the URL)")
@@ -558,7 +483,7 @@ class MqttSession:
                 with contextlib.suppress(OSError):
                     sock.close()
 
-    def _serve(self, conn: _Conn) -> Literal["done", "fallback", "dropped", "failed"]:
+    def _serve(self, conn: Connection) -> Literal["done", "fallback", "dropped", "failed"]:
         client = conn.client
         while True:
             sock = client.socket()
@@ -592,8 +517,7 @@ class MqttSession:
                 return "done"                                # stopping, and no connection to flush through
         if conn.refused is not None:
             rc = conn.refused
-            if conn.protocol == "5" and rc.value in (UNSUPPORTED_PROTOCOL, 1) and self.settings.protocol == "auto":
-                self._v311_only.add(conn.broker)
+            if self._versions.refused(conn, rc):
                 self._event("protocol_fallback", conn.broker, "the broker refused MQTT 5: using MQTT 3.1.1",
                             rc.value)
                 return "fallback"
@@ -603,40 +527,23 @@ class MqttSession:
         self._apply_acks(conn)
         if conn.connected:
             return "dropped"
-        timed_out = conn.timed_out or (conn.close_rc is not None and conn.close_rc.value == KEEPALIVE_TIMEOUT)
-        why = (f"no CONNACK within {min(self.settings.connect_timeout_s, self.settings.keepalive_s):g} s"
-               if timed_out else "the connection closed before CONNACK")
-        if conn.broker.tls and not timed_out:
-            why += (" (over TLS this is how a broker refuses a client certificate, or the lack of one:"
-                    " check cert_file and key_file)")
-        if (conn.protocol == "5" and self.settings.protocol == "auto" and conn.broker not in self._probing
-                and conn.broker not in self._v5_seen):
-            # Some 3.1.1 brokers (amqtt) hang up on, or never answer, an MQTT 5 CONNECT: try 3.1.1 once.
-            self._probing.add(conn.broker)
+        why = no_connack_reason(conn, self.settings)
+        if self._versions.no_connack(conn):
             self._event("connect_failed", conn.broker, f"{why}; trying MQTT 3.1.1")
             return "fallback"
-        self._probing.discard(conn.broker)
         self._event("connect_failed", conn.broker, why)
         return "failed"
 
     # paho callbacks (network thread, inside loop_read / loop_misc)
 
-    def _on_connect(self, conn: _Conn, flags: mqtt.ConnectFlags, rc: ReasonCode, props: Properties | None) -> None:
+    def _on_connect(self, conn: Connection, flags: mqtt.ConnectFlags, rc: ReasonCode, props: Properties | None) -> None:
         if rc.is_failure:
             conn.refused = rc
             return
         conn.connected = True
-        if conn.protocol == "5":
-            self._v5_seen.add(conn.broker)
-        if conn.broker in self._probing:     # 5 was hung up on, 3.1.1 works: a 3.1.1-only broker
-            self._probing.discard(conn.broker)
-            self._v311_only.add(conn.broker)
+        if self._versions.accepted(conn):     # 5 was hung up on, 3.1.1 works: a 3.1.1-only broker
             self._event("protocol_fallback", conn.broker, "MQTT 5 was hung up on, MQTT 3.1.1 works: using 3.1.1")
-        if conn.protocol == "5":
-            receive_max = getattr(props, "ReceiveMaximum", V5_DEFAULT_RECEIVE_MAX) if props else V5_DEFAULT_RECEIVE_MAX
-            conn.window = max(1, min(int(receive_max), self.settings.max_inflight))
-        else:
-            conn.window = max(1, min(V311_WINDOW, self.settings.max_inflight))
+        conn.window = window(conn.protocol, props, self.settings.max_inflight)
         self._connects += 1
         self._connected_event.set()
         self._event("connected", conn.broker, f"MQTT {conn.protocol}, window {conn.window},"
@@ -646,7 +553,7 @@ class MqttSession:
         info = conn.client.publish(self.topics.status, self._birth(), qos=1, retain=True)
         conn.control_mids.add(info.mid)
 
-    def _on_disconnect(self, conn: _Conn, rc: ReasonCode) -> None:
+    def _on_disconnect(self, conn: Connection, rc: ReasonCode) -> None:
         if conn.lost:        # paho may report the same loss twice (keepalive, then the ping check)
             return
         conn.lost = True
@@ -655,7 +562,7 @@ class MqttSession:
             self._event("disconnected", conn.broker, f"connection lost: {rc.getName()}",
                         rc.value if rc.value else None)
 
-    def _on_publish(self, conn: _Conn, mid: int, rc: ReasonCode) -> None:
+    def _on_publish(self, conn: Connection, mid: int, rc: ReasonCode) -> None:
         if mid in conn.control_mids:
             conn.control_mids.discard(mid)
             if mid == conn.offline_mid:
@@ -679,7 +586,7 @@ class MqttSession:
             return
         conn.acked.append(msg_id)
 
-    def _on_subscribe(self, conn: _Conn, mid: int, codes: list[ReasonCode]) -> None:
+    def _on_subscribe(self, conn: Connection, mid: int, codes: list[ReasonCode]) -> None:
         """Check the SUBACK: a refused filter means its messages never arrive; say so once."""
         if mid != conn.sub_mid:
             return
@@ -693,7 +600,7 @@ class MqttSession:
             log.info("mqtt %s: subscriptions granted", conn.broker)
         self._sub_refused = bool(refused)
 
-    def _on_message(self, conn: _Conn, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, conn: Connection, message: mqtt.MQTTMessage) -> None:
         manual = False
         for sub in self._subs:
             if mqtt.topic_matches_sub(sub.topic_filter, message.topic):
@@ -708,7 +615,7 @@ class MqttSession:
         if not manual and message.qos > 0:
             conn.client.ack(message.mid, message.qos)
 
-    def _acker(self, conn: _Conn, mid: int, qos: int) -> Ack:
+    def _acker(self, conn: Connection, mid: int, qos: int) -> Ack:
         """The ``ack`` of one message: thread-safe, once; sent by the network thread on that connection only."""
         done = [qos == 0]
 
@@ -721,7 +628,7 @@ class MqttSession:
             self._wake()
         return ack
 
-    def _send_acks(self, conn: _Conn) -> None:
+    def _send_acks(self, conn: Connection) -> None:
         with self._lock:
             acks, self._acks = self._acks, []
         for c, mid, qos in acks:
@@ -729,7 +636,7 @@ class MqttSession:
             if c is conn and conn.connected and not conn.lost and conn.client.socket() is not None:
                 conn.client.ack(mid, qos)
 
-    def _drop_refused(self, conn: _Conn, msg: Message, rc: ReasonCode) -> bool:
+    def _drop_refused(self, conn: Connection, msg: Message, rc: ReasonCode) -> bool:
         """A permanent refusal: report the message on the event stream, then delete it (module docstring).
         False (message kept) if the report cannot be stored: nothing leaves the outbox without a trace."""
         self._rejected += 1
@@ -763,7 +670,7 @@ class MqttSession:
 
     # sending
 
-    def _apply_acks(self, conn: _Conn) -> None:
+    def _apply_acks(self, conn: Connection) -> None:
         if not conn.acked:
             return
         acked, conn.acked = conn.acked, []
@@ -772,7 +679,7 @@ class MqttSession:
         with self._flushed:
             self._flushed.notify_all()
 
-    def _pump(self, conn: _Conn) -> None:
+    def _pump(self, conn: Connection) -> None:
         """Fill the window from the outbox, oldest first."""
         while (free := conn.window - len(conn.mids)) > 0:
             batch = self.outbox.pending(free)
@@ -788,7 +695,7 @@ class MqttSession:
                         self._event("error", conn.broker, f"{msg.stream} seq {msg.seq} cannot be sent: {e}"
                                                           " (kept in the outbox)", message=msg.key)
                         continue
-                    props = _reply_properties(msg) if conn.protocol == "5" and msg.stream == "reply" else None
+                    props = self._reply_properties(msg) if conn.protocol == "5" and msg.stream == "reply" else None
                     info = conn.client.publish(msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props)
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and conn.client.socket() is None:
                         return                               # the connection went while sending
@@ -804,7 +711,15 @@ class MqttSession:
             if conn.client.socket() is None:
                 return
 
-    def _stop_step(self, conn: _Conn) -> bool:
+    @staticmethod
+    def _reply_properties(msg: Message) -> Properties | None:
+        try:
+            return reply_properties(msg)
+        except ValueError as e:
+            log.warning("mqtt session: reply %s #%d: %s: sent without it", msg.stream, msg.seq, e)
+            return None
+
+    def _stop_step(self, conn: Connection) -> bool:
         """While stopping: True once the offline status is acknowledged (or the deadline has passed)."""
         if conn.offline_mid is None:
             empty = not conn.mids and not self.outbox.pending(1)
@@ -826,31 +741,8 @@ class MqttSession:
         return False
 
 
-def _body(msg: Message) -> dict[str, Any]:
-    try:
-        body = json.loads(msg.payload)
-    except (ValueError, RecursionError):
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _is_refusal_report(msg: Message) -> bool:
     if msg.stream != "event":
         return False
-    data = _body(msg).get("data")
+    data = stored_body(msg).get("data")
     return isinstance(data, dict) and data.get("original_kind") == REFUSED_KIND
-
-
-def _reply_properties(msg: Message) -> Properties | None:
-    """The reply's MQTT 5 ``CorrelationData``, from the base64 ``correlation_data`` of its stored body."""
-    encoded = _body(msg).get("correlation_data")
-    if not isinstance(encoded, str):
-        return None
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        log.warning("mqtt session: reply %s #%d: correlation_data is not base64: sent without it", msg.stream, msg.seq)
-        return None
-    props = _properties(PacketTypes.PUBLISH)
-    props.CorrelationData = data
-    return props
