@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from edge.batch.accounting import CounterTracker
+from edge.control.controller import BATCH_ID
 from edge.files import write_atomic
 from edge.spec.accounting import AccountingConfig
 from edge.timestamps import rfc3339_ms
@@ -79,8 +80,6 @@ class RecordError(RuntimeError):
 
 
 def batch_dir(state_dir: pathlib.Path, batch_id: str) -> pathlib.Path:
-    from edge.control.controller import BATCH_ID
-
     if not BATCH_ID.fullmatch(batch_id):
         raise RecordError(f"batch id {batch_id!r} cannot name a folder (letters, digits, . _ : -; at most 64)")
     return state_dir / BATCHES_DIR / batch_id

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from edge.spec.broker import parse_broker_url
 from edge.telemetry.commands import MAX_JSON_DEPTH, json_too_deep
 from edge.telemetry.envelope import Envelope, EnvelopeError, parse
 from edge.telemetry.schemas import errors as schema_errors
@@ -371,8 +372,6 @@ def register(subparsers: Any) -> None:
 def cmd_tail(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
-
-    from edge.spec.broker import parse_broker_url
 
     url = parse_broker_url(args.broker)
     topic_filter = subscription(args.site, args.station)
