@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge import __version__
+from edge.batch.record import BATCHES_DIR, RecordError, batch_dir, read_record
 from edge.operator.verbs import VERBS
 from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.station import Station, load_station
@@ -83,6 +84,8 @@ class Run:
     final: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] | None = None     # the batch record's body, read once the controller stopped
     record_folders: int = 0                  # batch record folders the run left in the state dir
+    record_revision: int = 0                 # until = "batch_record": the end record's revision last read
+    record_polled_wall: float = 0.0
     started_wall: float = 0.0
     ended_plant_s: float = 0.0
 
@@ -177,9 +180,24 @@ def _serial_devices(station: Station, meter_start: Mapping[str, float],
 METER_DEVICES = {"sdm630": ("sdm630", 48_213.6), "reedge_mfc": ("mfc", 5_000.0)}
 
 
-def _read_batch_record(run: Run, state_dir: pathlib.Path) -> None:
-    from edge.batch.record import BATCHES_DIR, RecordError, batch_dir, read_record
+def _record_revision(run: Run, state_dir: pathlib.Path) -> int:
+    """The revision of the batch's record on disk, read at most twice a (wall) second; 0 while there is none.
 
+    Lets a run end on what the controller did (the mass out recorded, say) instead of a settle time in
+    which something outside the rig must act: that is a race with the wall clock on a loaded machine."""
+    now = time.monotonic()
+    if now - run.record_polled_wall < 0.5:
+        return run.record_revision
+    run.record_polled_wall = now
+    try:
+        body = read_record(batch_dir(state_dir, run.scenario.batch_id))["body"]
+    except RecordError:
+        return run.record_revision          # not written yet, or caught mid-write: ask again
+    run.record_revision = int(body.get("revision", 0)) if body.get("record") == "end" else 0
+    return run.record_revision
+
+
+def _read_batch_record(run: Run, state_dir: pathlib.Path) -> None:
     root = state_dir / BATCHES_DIR
     run.record_folders = sum(1 for d in root.iterdir() if d.is_dir()) if root.is_dir() else 0
     try:
@@ -219,7 +237,7 @@ def _drive(run: Run, rig: VirtualRig, progress: Callable[[Run, VirtualRig], None
                 _clear(run, rig, fired)
         _watch_safe(run, rig)
         if end_at is None:
-            reason = _ended(run, t)
+            reason = _ended(run, rig, t)
             if reason:
                 run.end_reason = reason
                 end_at = t + sc.settle_s
@@ -370,7 +388,7 @@ def _watch_safe(run: Run, rig: VirtualRig) -> None:
 
 
 
-def _ended(run: Run, t: float) -> str:
+def _ended(run: Run, rig: VirtualRig, t: float) -> str:
     sc = run.scenario
     if sc.until_after is not None:
         fired = run.fired.get(sc.until_after)
@@ -378,6 +396,10 @@ def _ended(run: Run, t: float) -> str:
             return ""                  # only a phase reached after that step counts
     if sc.until == "batch_end" and _phase(run) in FINAL and run.status.get("finished"):
         return f"batch {_phase(run)}"
+    if sc.until == "batch_record" and _phase(run) in FINAL and run.status.get("finished"):
+        revision = _record_revision(run, rig.state_dir)
+        if revision >= sc.until_revision:
+            return f"batch {_phase(run)}, its record at revision {revision}"
     if sc.until == "phase" and _phase(run) == sc.until_phase:
         return f"phase {sc.until_phase} reached"
     if sc.until == "time" and t >= sc.max_plant_s:

@@ -21,6 +21,7 @@ from edge.spec.reader import (
     boolean,
     choice,
     describe,
+    integer_in,
     join,
     list_of,
     number,
@@ -51,7 +52,7 @@ RIG_FAULTS: dict[str, dict[str, bool]] = {
 OPERATOR_ACTIONS = ("hold", "resume", "abort", "skip")
 MAX_TIME_SCALE = 1500.0
 CONDITION_KEYS = ("t_s", "phase", "held", "channel", "above", "below", "after", "after_s")
-UNTIL = ("batch_end", "phase", "time")
+UNTIL = ("batch_end", "batch_record", "phase", "time")
 MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs besides its limits
     "batch_outcome": (), "final_phase": (), "phases": (), "phases_after": ("step",),
     "first_trip": (), "trip_count": (), "trips": (),
@@ -130,6 +131,7 @@ class Scenario:
     until: str
     until_phase: str | None
     until_after: str | None            # the end condition counts only once this step has fired
+    until_revision: int                # until = "batch_record": the batch ended and its record reached this revision
     max_plant_s: float
     settle_s: float
     steps: tuple[Step, ...]
@@ -217,6 +219,9 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     until_phase = run.get("phase", string)
     if until == "phase" and until_phase is None and not run.has_error("phase"):
         run.report("phase", "run.until = \"phase\" needs the phase to run until")
+    until_revision = run.get("revision", integer_in(1, 1000), 1)
+    if run.has("revision") and until != "batch_record":
+        run.report("revision", "applies to run.until = \"batch_record\" only")
     max_h = run.need("max_plant_h", number_in(0.001, 1000.0), "the longest the scenario may run, in plant hours")
     settle_s = run.get("settle_s", number_in(0.0), 0.0)
     ctx = _Context(station=station, kind=kind)
@@ -237,7 +242,7 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
         station=station_path, recipe=recipe_path, plant=kind, time_scale=scale, batch_id=batch_id,
         plant_params=plant_params, meter_start=meter_start, meter_gain=meter_gain, feed=feed, mass_in_kg=mass_in_kg,
         relay_timeout_s=relay_timeout_ms / 1e3, relay_outputs=tuple(relay_outputs), log_every_s=log_every_s,
-        scan_s=scan_s, until=until, until_phase=until_phase, until_after=until_after,
+        scan_s=scan_s, until=until, until_phase=until_phase, until_after=until_after, until_revision=until_revision,
         max_plant_s=(max_h or 1.0) * 3600.0, settle_s=settle_s, steps=tuple(steps), expectations=tuple(expectations))
 
 

@@ -91,7 +91,11 @@ def test_the_good_template_parses() -> None:
      "did you mean 'channel'"),
     (("max_plant_h = 4", "max_plant = 4"), "run.max_plant_h", "missing"),
     (("until = \"batch_end\"", "until = \"forever\""), "run.until",
-     "expected one of: batch_end, phase, time; got \"forever\""),
+     "expected one of: batch_end, batch_record, phase, time; got \"forever\""),
+    (("until = \"batch_end\"", "until = \"batch_end\"\nrevision = 2"), "run.revision",
+     "applies to run.until = \"batch_record\" only"),
+    (("until = \"batch_end\"", "until = \"batch_record\"\nrevision = 0"), "run.revision",
+     "expected an integer from 1 to 1000, got 0"),
     (("measure = \"first_trip\"", "measure = \"first_trp\""), "expect[0].measure", "did you mean 'first_trip'"),
     (("equals = \"h2_leak\"", "within = 1"), "expect[0].within", "unknown key"),
     (("station = \"{root}/stations/hd_reactor_sim.toml\"", "station = \"nowhere.toml\""), "scenario.station",
@@ -121,6 +125,12 @@ def test_a_malformed_scenario_names_the_key(change: tuple[str, str], key: str, w
     message = errors_of(GOOD.replace(*change, 1))
     assert f"/tmp/bad_scenario.toml: {key}: " in message, message
     assert words in message, message
+
+
+def test_a_run_can_end_on_its_batch_records_revision() -> None:
+    text = GOOD.format(root=ROOT).replace("until = \"batch_end\"", "until = \"batch_record\"\nrevision = 2")
+    sc = parse_scenario(text, pathlib.Path("/tmp/good.toml"))
+    assert (sc.until, sc.until_revision) == ("batch_record", 2)
 
 
 def test_every_problem_is_reported_at_once() -> None:
