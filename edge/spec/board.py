@@ -3,8 +3,8 @@
 A board file names the SBC's GPIO chips and the lines a station may use on each (header pin or
 terminal, BCM name, direction), its SPI, I2C and serial buses with the GPIO lines each one takes,
 and which driver serves each resource: the C core's ``gpiochip`` and ``spidev`` drivers, the
-``sim`` register file of the virtual rig, or the Python side (``edge.io``: sensor nodes and
-Modbus RTU on serial ports). ``boards/README.md`` is the technician's reference.
+``sim`` register file of the virtual rig, or the Python side (named ``edge.io`` in board files:
+``edge.devices``, sensor nodes and Modbus RTU on serial ports). ``boards/README.md`` is the technician's reference.
 
 Why a separate file: the station file says *what* is wired (channel ``lid_closed`` is input 0 of
 driver ``cabinet``, which reads line 5 of ``/dev/gpiochip0``); the board file says *what exists*
