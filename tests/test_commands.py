@@ -677,6 +677,10 @@ def test_stdin_checks_the_arguments_mqtts_schema_checks() -> None:
                        ('{"cmd": "record_mass", "mass_out_kg": -3}', "mass out must be a number"),
                        ('{"cmd": "ack_alarm"}', "alarm: missing"),
                        ('{"cmd": "vent"}', "unknown command 'vent'"),
+                       ('{"cmd": "record_mass", "mass_out_kg": 1' + "0" * 400 + "}", "mass out must be a number"),
+                       ('{"cmd": "start", "recipe": "hd_standard", "recipe_sha256": "' + "ab" * 32
+                        + '", "batch_id": "b-1", "mass_in_kg": 1' + "0" * 400 + "}", "must be a number"),
+                       ("[" * 200_000, "nested too deeply"),
                        ('[1]', "not a JSON object")):
         done = answer(operator, read_line(line))
         assert done.code == "invalid" and says in done.message, (line, done)

@@ -57,6 +57,8 @@ def read_line(text: str) -> Line:
             raise ValueError("not an object")
     except ValueError as exc:
         return Line(None, f"not a JSON object: {exc}")
+    except RecursionError:
+        return Line(None, "not a JSON object: nested too deeply")
     verb = doc.pop("cmd", None)
     if not isinstance(verb, str):
         return Line(None, f"no command: \"cmd\" must name a verb, got {verb!r:.80}")

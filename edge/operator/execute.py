@@ -95,6 +95,8 @@ class Operator:
             args = verb.read(command.args)
         except InvalidArguments as e:
             return Answer("invalid", str(e))
+        except Exception as e:   # an argument no check foresaw: answered, never raised (the loop must go on)
+            return Answer("invalid", f"arguments not understood: {type(e).__name__}: {e}")
         if command.verb == "reset" and not self.allow_remote_reset:
             return Answer("not_allowed", NO_REMOTE_RESET)
         if self._closed is not None:

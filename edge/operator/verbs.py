@@ -47,8 +47,9 @@ def _text(low: int, high: int) -> Callable[[object], str | None]:
 
 def _kg(what: str) -> Callable[[object], str | None]:
     def check(value: object) -> str | None:
-        if (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-                and 0 < value <= 1e5):
+        # the range first: a huge JSON integer compares exactly, but math.isfinite would overflow on it
+        if (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1e5
+                and math.isfinite(value)):
             return None
         return f"{what} must be a number of kg above 0 and at most 100000, got {value!r:.80}"
     return check
