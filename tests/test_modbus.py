@@ -244,6 +244,15 @@ def test_a_wrong_bus_is_refused_with_its_key(instrument: str, old: str, new: str
     assert f"st.toml: {key}: " in message and words in message, message
 
 
+def test_a_mistyped_profile_is_the_one_problem_named() -> None:
+    """Its custom registers are not also called unknown keys: the technician fixes one word, not three."""
+    message = station_errors(_retarget(station_with(), "aux_ar_mfc", 'profile = "reedge_mfc"',
+                                       'profile = "custon"\nregisters.flow = { function = 4, address = 0, '
+                                       'type = "float32" }\nrollover = { total = 4294967.296 }'))
+    assert "st.toml: instruments.aux_ar_mfc.profile: " in message and "did you mean 'custom'" in message, message
+    assert "unknown key" not in message, message
+
+
 def test_a_sensor_node_cannot_feed_a_meter_channel() -> None:
     node = """
 [sensor_nodes.retort_node]

@@ -710,3 +710,27 @@ def test_a_permanent_refusal_is_deleted_and_reported_a_refused_telemetry_message
         session.stop(0)
         consumer.close()
         broker.close()
+
+
+def test_run_broker_keeps_the_station_files_tls_and_login_and_names_the_file_on_a_conflict(
+        tmp_path: pathlib.Path) -> None:
+    """``reedge run --broker URL`` on a station whose [mqtt] names no broker: its CA, login and timings apply;
+    plain mqtt:// with TLS files is refused, naming the station file and the key (never credentials in clear)."""
+    from edge.app.run import RunError, RunOptions, broker_settings
+    from edge.spec.station import parse_station
+
+    text = (ROOT / "stations" / "hd_reactor_sim.toml").read_text()
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "pw").write_text("s3cret\n")
+    text = text.replace("[mqtt.roles]", f'[mqtt]\nca_file = "{tmp_path / "ca.pem"}"\nusername = "hd-01"\n'
+                                        f'password_file = "{tmp_path / "pw"}"\nkeepalive_s = 12\n\n[mqtt.roles]', 1)
+    source = tmp_path / "hd.toml"
+    station = parse_station(text, str(source))
+    assert station.broker is None                                   # no broker named in the file
+    opts = RunOptions(station=source, state_dir=tmp_path / "state", broker="mqtts://a.plant,mqtts://b.plant")
+    settings = broker_settings(station, opts)
+    assert settings is not None and [b.host for b in settings.brokers] == ["a.plant", "b.plant"]
+    assert (settings.ca_file, settings.username, settings.keepalive_s) == (tmp_path / "ca.pem", "hd-01", 12)
+    with pytest.raises(RunError) as info:
+        broker_settings(station, RunOptions(station=source, state_dir=tmp_path / "state", broker="mqtt://a.plant"))
+    assert f"{source}: mqtt.ca_file: TLS files given but no broker is mqtts://" in str(info.value)

@@ -439,8 +439,9 @@ def test_wrong_types_and_values() -> None:
     assert (e.key_path, e.message) == ("load.charge_kg", 'expected a number, got string "25"')
     e = only_error(hd(('strategy = "hold"', 'strategy = "pray"')))
     assert e.message == 'expected one of: continue, ramp_back, hold, abort; got "pray"'
-    e = only_error(hd(('strategy = "hold"', 'strategy = 3')))  # the reader kernel's wording
-    assert (e.key_path, e.message) == ("power_fail.strategy", "expected a string, got integer 3")
+    e = only_error(hd(('strategy = "hold"', 'strategy = 3')))  # a number for a name: the options, not "a string"
+    assert (e.key_path, e.message) == ("power_fail.strategy",
+                                       "expected one of: continue, ramp_back, hold, abort; got integer 3")
     e = only_error(hd(("charge_kg = 25.0", "charge_kg = 2e6")))
     assert e.message == "expected a number > 0 and <= 1000000, got 2000000"
     e = only_error(hd(('name = "HD of sintered NdFeB scrap, 25 kg"', 'name = "  "')))

@@ -68,7 +68,7 @@ from edge.devices.node.client import SensorNode
 from edge.devices.pfeiffer import GaugePoller
 from edge.operator.execute import Operator
 from edge.operator.target import ControllerTarget
-from edge.spec.broker import BrokerSettings, BrokerUrlError, Protocol, parse_broker_list
+from edge.spec.broker import BrokerSettings, BrokerSettingsError, BrokerUrlError, Protocol, parse_broker_list
 from edge.spec.instruments.modbus import ModbusConfig
 from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.reader import SpecError
@@ -181,9 +181,14 @@ def broker_settings(station: Station, opts: RunOptions) -> BrokerSettings | None
     settings = station.broker
     if opts.broker is not None:
         try:
-            settings = station.mqtt.with_brokers(parse_broker_list(opts.broker))
+            brokers = parse_broker_list(opts.broker)
         except BrokerUrlError as exc:
             raise RunError(f"--broker: {exc}") from exc
+        try:
+            settings = station.mqtt.with_brokers(brokers)
+        except BrokerSettingsError as exc:   # the file's [mqtt] keys do not fit these brokers: say where they are
+            raise RunError("\n".join(f"{station.source}: mqtt.{key}: {message} (with --broker {opts.broker})"
+                                     for key, message in exc.problems)) from exc
     if settings is not None and opts.mqtt_protocol is not None:
         try:
             settings = dataclasses.replace(settings, protocol=opts.mqtt_protocol)

@@ -469,17 +469,20 @@ def text(max_len: int, *, non_empty: bool = False) -> Conv[str]:
 def matching(pattern: re.Pattern[str], help_text: str) -> Conv[str]:
     """A string the whole of which matches ``pattern``; ``help_text`` says what was expected."""
     def convert(value: object) -> str:
-        result = string(value)
-        if not pattern.fullmatch(result):
-            raise Bad(f"{help_text}, got \"{short(result)}\"")
-        return result
+        if not isinstance(value, str):      # 7 for "7": say what was wanted, not only "a string"
+            raise Bad(f"{help_text}, got {describe(value)}")
+        if not pattern.fullmatch(value):
+            raise Bad(f"{help_text}, got \"{short(value)}\"")
+        return value
 
     return convert
 
 
 def choice(options: Sequence[str]) -> Conv[str]:
     def convert(value: object) -> str:
-        result = string(value)
+        if not isinstance(value, str):      # 1 for "hd": list the options, not only "a string"
+            raise Bad(f"expected one of: {', '.join(options)}; got {describe(value)}")
+        result = value
         if result not in options:
             raise Bad(f"expected one of: {', '.join(options)}; got \"{short(result)}\"{did_you_mean(result, options)}")
         return result

@@ -244,6 +244,8 @@ def read_modbus(t: Table) -> ModbusConfig | None:
             t.report("registers", f"only with profile = \"custom\": the {profile} map is built in "
                                   "(edge/spec/instruments/modbus.py)")
         _read_rollover(t, registers)
+    else:
+        t.accept("registers", "rollover")   # a broken profile is the problem: these keys are not unknown
     channels = _read_channels(t, registers)
     t.finish()
 
