@@ -699,3 +699,47 @@ def test_a_closed_path_refuses_everything_on_both_transports(ledger: CommandLedg
     done = answer(h.operator, read_line('{"cmd": "hold"}'))
     assert (out.reply["code"], out.reply["message"]) == (done.code, done.message) == ("refused", "station stopping")
     assert target.calls == []
+
+
+class Running:
+    """A running batch as ``ControllerTarget`` sees it: held by an operator, by its own program, or not at all."""
+
+    def __init__(self, *, operator_hold: bool, program_state: str) -> None:
+        from edge.control.programmer import ProgState
+
+        self.resumed = 0
+        program = type("Program", (), {"state": ProgState[program_state]})()
+        self.sequencer = type("Seq", (), {"running": True, "held": "door" if operator_hold else None,
+                                          "program": program})()
+
+    def resume(self) -> None:
+        self.resumed += 1
+
+
+@pytest.mark.parametrize(("operator_hold", "program_state", "resumed"), [
+    (True, "RUN", True),       # an operator's hold
+    (False, "HOLD", True),     # the program's own hold (a wait that timed out on_timeout = "hold", power-fail recovery)
+    (False, "RUN", False),     # nothing held: refused, on both paths
+])
+def test_resume_releases_an_operators_or_the_programs_hold_on_both_paths(
+        tmp_path: pathlib.Path, operator_hold: bool, program_state: str, resumed: bool) -> None:
+    """A program hold waits for a person; the operator role may release it from SCADA as from the console (before
+    the operator path was shared, MQTT refused it as "not held" and only an abort could end such a batch)."""
+    from edge.app.stdin_commands import answer, read_line
+    from edge.operator.target import ControllerTarget
+
+    for via in ("mqtt", "stdin"):
+        ctl = Running(operator_hold=operator_hold, program_state=program_state)
+        operator = Operator(ControllerTarget(ctl, tmp_path), allow_remote_reset=False)  # type: ignore[arg-type]
+        if via == "mqtt":
+            with CommandLedger(tmp_path / f"{via}.db") as led:
+                h = CommandHandler(topics=T, settings=SETTINGS, operator=operator, ledger=led, clock=lambda: NOW)
+                reply = h.handle(T.cmd("resume", SCADA), command("resume")).reply
+            code, message = reply["code"], reply["message"]
+        else:
+            done = answer(operator, read_line('{"cmd": "resume"}'))
+            code, message = done.code, done.message
+        assert (code == "ok", ctl.resumed) == (resumed, int(resumed)), (via, code, message)
+        if not resumed:
+            assert (code, message) == ("state", "the sequence is not held"), via
+        (tmp_path / f"{via}.db").unlink(missing_ok=True)
