@@ -193,11 +193,15 @@ def fmt(number: float) -> str:
 
 
 class Bad(Exception):
-    """A value of the wrong type or outside its range; ``at`` extends the key path (``[2]``, ``.x``)."""
+    """A value of the wrong type or outside its range; ``at`` extends the key path (``[2]``, ``.x``).
 
-    def __init__(self, message: str, at: str = "") -> None:
+    ``each`` holds every ``(at, message)`` when one value has several problems (an array with two bad
+    elements): a ``Table`` reports them all, so the technician still fixes the file in one pass."""
+
+    def __init__(self, message: str, at: str = "", *, each: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(message)
         self.at = at
+        self.each: tuple[tuple[str, str], ...] = tuple(each) or ((at, message),)
 
 
 class Problems:
@@ -298,7 +302,8 @@ class Table:
         except Bad as bad:
             self.ok = False
             self._bad_keys.add(key)
-            self._add(join(self.path, key) + bad.at, str(bad))
+            for at, message in bad.each:
+                self._add(join(self.path, key) + at, message)
             return default
 
     def need(self, key: str, conv: Conv[_T], expected: str) -> _T | None:
@@ -506,14 +511,19 @@ def list_of(item: Conv[_T], what: str, *, max_len: int, unique: bool = True) -> 
         if len(value) > max_len:
             raise Bad(f"expected at most {max_len} {what}, got {len(value)}")
         items: list[_T] = []
+        problems: list[tuple[str, str]] = []       # every bad element, not only the first
         for index, element in enumerate(value):
             try:
                 converted = item(element)
             except Bad as bad:
-                raise Bad(str(bad), at=f"[{index}]{bad.at}") from None
+                problems.extend((f"[{index}]{at}", message) for at, message in bad.each)
+                continue
             if unique and converted in items:
-                raise Bad(f"{short(converted)} is listed twice", at=f"[{index}]")
+                problems.append((f"[{index}]", f"{short(converted)} is listed twice"))
+                continue
             items.append(converted)
+        if problems:
+            raise Bad(problems[0][1], at=problems[0][0], each=problems)
         return items
 
     return convert
