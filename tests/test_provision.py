@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import configparser
 import io
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -58,10 +61,11 @@ def test_first_run_writes_the_station_service_and_watchdog(station: pathlib.Path
     assert changes == [f"created {p}" for p in (STATION_PATH, UNIT_PATH, SYSUSERS_PATH, WATCHDOG_PATH, MODULES_PATH)]
     assert "5 file(s) written" in text
     assert (image / STATION_PATH.lstrip("/")).read_bytes() == station.read_bytes()
-    assert ((image / STATION_PATH.lstrip("/")).stat().st_mode & 0o777) == 0o640
+    assert ((image / STATION_PATH.lstrip("/")).stat().st_mode & 0o777) == 0o644
     wd = configparser.ConfigParser()
     wd.read_string((image / WATCHDOG_PATH.lstrip("/")).read_text())
     assert wd["Manager"]["RuntimeWatchdogSec"] == "10s"
+    assert wd["Manager"]["RebootWatchdogSec"] == "15s"      # 2min was more than bcm2835_wdt can count
     assert "bcm2835_wdt" in (image / MODULES_PATH.lstrip("/")).read_text().split()
     sysusers = (image / SYSUSERS_PATH.lstrip("/")).read_text()
     assert "u reedge -" in sysusers and "m reedge gpio" in sysusers and "m reedge spi" in sysusers
@@ -115,6 +119,33 @@ def test_config_txt_todos_are_printed_not_applied(station: pathlib.Path, image: 
     config.write_text(before + "dtparam=spi=on\ndtparam=watchdog=on\n")
     _, text = run(station, image)
     assert "to do by hand" not in text
+
+
+def test_a_commented_out_setting_is_still_a_todo(station: pathlib.Path, image: pathlib.Path) -> None:
+    config = image / "boot" / "firmware" / "config.txt"
+    config.write_text("[all]\n#dtparam=spi=on\n  # dtparam=watchdog=on\ndtparam=audio=on # dtparam=spi=on\n")
+    _, text = run(station, image)
+    assert "add 'dtparam=spi=on'" in text and "add 'dtparam=watchdog=on'" in text
+    config.write_text("[all]\n  dtparam=spi=on   # for the thermocouple converters\ndtparam=watchdog=on\n")
+    _, text = run(station, image)
+    assert "to do by hand" not in text
+
+
+def test_the_service_user_can_read_what_provision_wrote(station: pathlib.Path) -> None:
+    """The unit runs as reedge, not root: the station file it is started with must be readable by another user
+    (runuser as nobody stands in for reedge, whose account sysusers makes at first boot)."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and runuser to read as another user")
+    with tempfile.TemporaryDirectory() as folder:
+        root = pathlib.Path(folder)
+        root.chmod(0o755)                        # an image root, as mounted: traversable by everyone
+        provision(station, image_root=root, system=False, out=io.StringIO())
+        unit = configparser.ConfigParser(strict=False)
+        unit.read_string((root / UNIT_PATH.lstrip("/")).read_text())
+        assert unit["Service"]["User"] == "reedge"
+        read = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(root / STATION_PATH.lstrip("/"))],
+                              capture_output=True, timeout=30)
+        assert read.returncode == 0 and read.stdout == station.read_bytes(), read.stderr
 
 
 def test_sim_station_gets_no_hardware_watchdog(image: pathlib.Path) -> None:

@@ -114,7 +114,9 @@ def plan(station_file: pathlib.Path, options: Options) -> tuple[list[PlannedFile
     if not 2 <= options.service_watchdog_s <= 600:
         raise ProvisionError(f"--watchdog-sec {options.service_watchdog_s}: expected 2 to 600 s")
     files = [
-        PlannedFile(STATION_PATH, station_file.read_bytes(), 0o640),
+        # world-readable: the service runs as reedge, and the group that could narrow it does not exist until
+        # systemd-sysusers runs at first boot; the file holds no secret (credentials are files it names)
+        PlannedFile(STATION_PATH, station_file.read_bytes(), 0o644),
         PlannedFile(UNIT_PATH, unit_text(station, options).encode()),
         PlannedFile(SYSUSERS_PATH, sysusers_text().encode()),
     ]
@@ -177,7 +179,7 @@ def watchdog_text(options: Options) -> str:
     return ("# Written by `reedge provision`: systemd pets the hardware watchdog; a hung kernel reboots the board\n"
             "[Manager]\n"
             f"RuntimeWatchdogSec={options.hardware_watchdog_s}s\n"
-            "RebootWatchdogSec=2min\n")
+            f"RebootWatchdogSec={BCM_WATCHDOG_MAX_S}s\n")   # the most bcm2835_wdt counts: it refuses longer
 
 
 def _todos(station: Station, board: Board) -> list[str]:
@@ -197,9 +199,15 @@ def _missing_todos(root: pathlib.Path, todos: Sequence[str]) -> list[str]:
     for candidate in ("boot/firmware/config.txt", "boot/config.txt"):
         config = root / candidate
         if config.is_file():
-            text = config.read_text(encoding="utf-8", errors="replace")
-            return [f"/{candidate}: add '{t}'" for t in todos if t not in text]
+            active = _active_lines(config.read_text(encoding="utf-8", errors="replace"))
+            return [f"/{candidate}: add '{t}'" for t in todos if t not in active]
     return [f"config.txt (not found under {root}): make sure it has '{t}'" for t in todos]
+
+
+def _active_lines(config_txt: str) -> set[str]:
+    """The settings config.txt really makes: comments (whole-line or trailing) and blanks dropped, so that
+    ``#dtparam=spi=on`` does not count as SPI enabled."""
+    return {line.split("#", 1)[0].strip() for line in config_txt.splitlines()} - {""}
 
 
 def apply(files: Sequence[PlannedFile], root: pathlib.Path) -> list[Change]:
