@@ -213,6 +213,19 @@ def test_removed_module_is_removed_from_the_node(nodes: pathlib.Path, vnode: Vir
     assert "sensors.mpy" not in node_files(vnode)
 
 
+def test_a_source_module_that_would_shadow_a_flashed_one_is_removed(nodes: pathlib.Path, vnode: VirtualNode) -> None:
+    """A sensors.py left on the node (copied by hand, an older tool) is imported instead of the flashed
+    sensors.mpy: flash removes it, though no earlier flash recorded it, and the node then runs the build."""
+    node = load_node("test-node", nodes)
+    do_flash(node, vnode)
+    (vnode.fs_dir / "sensors.py").write_text(SENSORS.replace("VERSION = 1", "VERSION = 99"))   # stale source
+    vnode.reset()
+    result, text = do_flash(node, vnode)
+    assert result.removed == ["sensors.py"] and result.copied == [] and "removed 1 stale" in text, text
+    assert "sensors.py" not in node_files(vnode)
+    assert result.hello is not None and result.hello.endswith("sensors v1")   # the flashed module, not v99
+
+
 def test_corrupted_copy_is_caught_and_nothing_is_replaced(nodes: pathlib.Path, vnode: VirtualNode) -> None:
     do_flash(load_node("test-node", nodes), vnode)
     before = node_files(vnode)

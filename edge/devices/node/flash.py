@@ -14,8 +14,8 @@ it serves, its channel config), read by ``edge.spec.node`` into a ``NodeDef``. F
    before anything is replaced: a copy corrupted on the way is caught while the node still has its
    previous, working firmware.
 4. **commit**: rename every ``.new`` into place, ``main.py`` last, remove files an earlier flash
-   wrote that the firmware no longer has (an old ``x.py`` could shadow a new ``x.mpy``), and hash
-   everything once more.
+   wrote that the firmware no longer has and any ``x.py`` beside a flashed ``x.mpy`` (MicroPython would
+   import the source instead, whoever left it there), and hash everything once more.
 5. **restart** (soft reset: ``main.py`` runs with the new modules) and check the node's **hello**
    through a pluggable check (``HELLO_CHECKS``, per firmware folder): the hello frame belongs to the
    link protocol of the firmware, not to flashing.
@@ -300,11 +300,14 @@ def _update(session: NodeSession, node: NodeDef, artifacts: Sequence[Artifact], 
     _check_node(ident, node, port, retarget)
     old = ident.get("node")
     old_files = old.get("files", []) if isinstance(old, dict) else []
-    stale = sorted(p for p in old_files if isinstance(p, str) and p not in wanted and p != IDENTITY_FILE)
+    stale = {p for p in old_files if isinstance(p, str) and p not in wanted and p != IDENTITY_FILE}
+    # a source module beside a flashed X.mpy is imported instead of it, whoever put it there: it goes too
+    shadows = [a.path[:-len(".mpy")] + ".py" for a in artifacts if a.path.endswith(".mpy")]
+    stale |= {p for p, digest in remote_hashes(session, shadows).items() if digest is not None}
     remote = remote_hashes(session, list(wanted))
     for a in artifacts:
         (result.unchanged if remote.get(a.path) == a.sha256 else result.copied).append(a.path)
-    result.removed = stale
+    result.removed = sorted(stale)
     if result.dry_run:
         _report_plan(progress, result, remote, wanted)
         return
@@ -316,7 +319,7 @@ def _update(session: NodeSession, node: NodeDef, artifacts: Sequence[Artifact], 
     # the old main.py (with modules it can still import) rather than a new one without them
     order = sorted(result.copied, key=lambda p: (p == "main.py", p in SOURCE_ONLY or p == IDENTITY_FILE, p))
     _commit(session, order)
-    _remove(session, stale)
+    _remove(session, result.removed)
     final = remote_hashes(session, list(wanted))
     wrong = [p for p, a in wanted.items() if final.get(p) != a.sha256]
     if wrong:
@@ -366,7 +369,8 @@ def _report_plan(progress: Progress, result: FlashResult, remote: Mapping[str, s
         state = "new" if remote.get(path) is None else "changed"
         progress.say(f"  would copy   {path} ({state}, {len(wanted[path].data)} bytes)")
     for path in result.removed:
-        progress.say(f"  would remove {path} (no longer in the firmware)")
+        progress.say(f"  would remove {path} (not in this firmware: left by an earlier flash, or it would "
+                     "shadow a flashed module)")
     if not result.changed:
         progress.say(f"  nothing to do: all {len(result.unchanged)} files match")
     else:
