@@ -37,7 +37,6 @@ WINDOW = 16          # unacknowledged frames kept for retransmission
 RTO_MS = 500         # retransmit the whole window when its oldest frame is unacknowledged this long
 EXPIRE_MS = 3000     # give a frame up after this long; the edge learns it from `base`
 STATUS_MS = 1000
-READ_BUDGET = 256    # bytes read a loop pass at most (several frames; the rest waits, the line's flow control holds it)
 
 # LED: (period ms, on ms) per state
 LED_CONFIG_ERROR = (1000, 1000)   # solid: node.json missing or invalid
@@ -317,15 +316,12 @@ class Node:
             now = time.ticks_ms()
             self.uptime = (self.uptime + time.ticks_diff(now, self.last_tick)) & 0xFFFFFFFF
             self.last_tick = now
-            budget = READ_BUDGET   # a bounded read a pass: a host that never stops writing cannot keep the
-            while budget and poller.poll(0):   # node from its dead-man check, its samples and its status
-                budget -= 1
+            while poller.poll(0):
                 data = self.stdin.read(1)
                 if not data:
                     break
                 for frame in self.decoder.feed(data):
                     self.on_frame(frame, now)
-            now = time.ticks_ms()  # the dead-man is judged on the time after the reads
             if self.last_cmd is not None and not self.tripped and \
                     time.ticks_diff(now, self.last_cmd) > self.deadman_ms:
                 self.tripped = True
