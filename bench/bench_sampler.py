@@ -2,7 +2,9 @@
 
 (b) 1 kHz, 32 channels (half filtered with median-of-5 + EMA, half unfiltered safety
     inputs), 32 HIGH rules, under CPU load from other processes: overruns and wake-up
-    jitter p50/p99/max.
+    jitter p50/p99/max. A second C core with the normal scheduler (rt_priority 0) runs in the
+    same window on its own register file, so the missed-tick figure is reported with and
+    without SCHED_FIFO (when this process may not have SCHED_FIFO, both say SCHED_OTHER).
 (c) Trip latency: from an input changed in the register file to the output at its safe
     level, measured as the output's own change stamp minus the time of the write, over
     many trips at random phases of the tick, on the unfiltered channels (a filter's own
@@ -40,10 +42,10 @@ FILTERED = CHANNELS // 2  # channels 0..15 filtered, 16..31 unfiltered safety in
 PYLOOP = "pure-Python loop (same work, beside the same controller thread)"
 
 
-def bench_spec(path: pathlib.Path, n: int = CHANNELS) -> CoreSpec:
+def bench_spec(path: pathlib.Path, n: int = CHANNELS, rt_priority: int = 50) -> CoreSpec:
     return CoreSpec(
         period_ms=PERIOD_MS,
-        rt_priority=50,
+        rt_priority=rt_priority,
         lock_memory=True,
         drivers=(DriverSpec("plant", "sim", {"path": str(path)}),),
         channels=tuple(ChannelSpec(f"temp_{i}", "analog", "plant", i, range_lo=-100, range_hi=2000,
@@ -96,16 +98,19 @@ def run(quick: bool = False) -> list[Figure]:
     trips = 60 if quick else 300
     with tempfile.TemporaryDirectory(prefix="reedge-bench-") as tmp:
         c_path, py_path = pathlib.Path(tmp, "c.regs"), pathlib.Path(tmp, "py.regs")
-        RegisterFile.create(c_path).close()
-        RegisterFile.create(py_path).close()
+        other_path = pathlib.Path(tmp, "c-other.regs")
+        for path in (c_path, py_path, other_path):
+            RegisterFile.create(path).close()
         stop = threading.Event()
         worker = threading.Thread(target=controller_work, args=(stop,), daemon=True)
         worker.start()
         with cpu_load() as _, Core(bench_spec(c_path)) as core:
-            # (b) steady sampling, both loops side by side under the same load
+            # (b) steady sampling, the loops side by side under the same load
             py = start_pyloop(py_path, seconds)
-            time.sleep(seconds)
-            c_stats = core.stats()
+            with Core(bench_spec(other_path, rt_priority=0)) as other:
+                time.sleep(seconds)
+                c_stats = core.stats()
+                other_stats = other.stats()
             py_out, _ = py.communicate(timeout=seconds + 60)
             py_stats = json.loads(py_out)
             # (c) trip latency, one loop at a time so each has the machine as in (b)
@@ -120,10 +125,11 @@ def run(quick: bool = False) -> list[Figure]:
             py.wait()
             py_regs.close()
         stop.set()
-    return figures(c_stats, py_stats, c_lat, py_lat)
+    return figures(c_stats, py_stats, c_lat, py_lat, other_stats)
 
 
-def figures(c_stats: Stats, py_stats: dict[str, Any], c_lat: list[float], py_lat: list[float]) -> list[Figure]:
+def figures(c_stats: Stats, py_stats: dict[str, Any], c_lat: list[float], py_lat: list[float],
+            other_stats: Stats | None = None) -> list[Figure]:
     c_due = max(c_stats.ticks + c_stats.overruns, 1)  # ticks that were due: run + missed
     py_due = max(int(py_stats["ticks"]) + int(py_stats["overruns"]), 1)
     py_hist, py_bucket, py_max = list(py_stats["hist"]), int(py_stats["bucket_ns"]), int(py_stats["jitter_max_ns"])
@@ -131,6 +137,12 @@ def figures(c_stats: Stats, py_stats: dict[str, Any], c_lat: list[float], py_lat
     figs = [Figure(f"sampler missed ticks, 1 kHz, {CHANNELS} ch/{CHANNELS} rules, loaded, C {sched}",
                    100 * c_stats.overruns / c_due, "% of due ticks", PYLOOP,
                    100 * int(py_stats["overruns"]) / py_due, higher_is_better=False, resolution=100 / c_due)]
+    if other_stats is not None:
+        other_due = max(other_stats.ticks + other_stats.overruns, 1)
+        figs.append(Figure(f"sampler missed ticks, C {sched} vs the same C core on SCHED_OTHER, same window",
+                           100 * c_stats.overruns / c_due, "% of due ticks", "C core, rt_priority 0 (SCHED_OTHER)",
+                           100 * other_stats.overruns / other_due, higher_is_better=False,
+                           resolution=100 / c_due))
     for p in (50, 99):
         figs.append(Figure(f"sampler wake-up jitter p{p}", c_stats.jitter_percentile_ns(p) / 1e3, "us", PYLOOP,
                            hist_percentile(py_hist, py_bucket, p, py_max) / 1e3, higher_is_better=False,
