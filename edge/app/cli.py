@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge import __version__
-from edge.app import boards_cli
+from edge.app import boards_cli, station_cli
 from edge.telemetry import tail
 
 if TYPE_CHECKING:
@@ -49,23 +49,6 @@ def _quota_bytes(mb: float) -> int:
     if not mb * 1024 * 1024 >= MIN_QUOTA:      # also refuses NaN
         raise ValueError(f"--outbox-quota-mb must be at least {MIN_QUOTA / 1024 / 1024:g}, got {mb:g}")
     return int(mb * 1024 * 1024)
-
-
-def cmd_station_check(args: argparse.Namespace) -> int:
-    from edge.spec.station import load_station
-
-    station = load_station(pathlib.Path(args.file))
-    core = station.core
-    print(f"{args.file}: OK  station {station.identity.site}/{station.identity.station_id} "
-          f"({station.identity.kind})")
-    print(f"  board: {station.board or 'none declared (the wiring is not checked against a board)'}")
-    print(f"  period {core.period_ms} ms, {len(core.drivers)} driver(s), {len(core.channels)} channels, "
-          f"{len(core.outputs)} outputs, {len(core.rules)} interlocks, {len(core.permissives)} permissive terms")
-    for rule in core.rules:
-        what = rule.channel or "controller heartbeat"
-        print(f"  interlock {rule.name}: {rule.kind} {what} {rule.threshold:g}"
-              f"{' latched' if rule.latch else ''} -> safe: {', '.join(rule.action)}")
-    return 0
 
 
 def cmd_tc(args: argparse.Namespace) -> int:
@@ -315,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("station", help="station files")
     ssub = p.add_subparsers(dest="station_command", required=True, metavar="ACTION")
-    c = ssub.add_parser("check", help="validate a station file and summarise its interlocks")
-    c.add_argument("file")
-    c.set_defaults(func=cmd_station_check)
+    station_cli.register(ssub)  # station check (edge/app/station_cli.py)
 
     p = sub.add_parser("tc", help="thermocouple conversion (NIST ITS-90)")
     p.add_argument("type", help="B, E, J, K, N, R, S or T")

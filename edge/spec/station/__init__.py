@@ -38,7 +38,12 @@ import pathlib
 
 from edge.spec.core import CoreSpec
 from edge.spec.reader import Problems, SpecError, Table, parse_toml, read_text, valid
-from edge.spec.station.checks import check_limits_against_trips, check_shared_namespace, check_table_sizes
+from edge.spec.station.checks import (
+    check_limits_against_trips,
+    check_shared_namespace,
+    check_table_sizes,
+    check_trip_bands,
+)
 from edge.spec.station.hardware import (
     check_board,
     read_channels,
@@ -139,7 +144,7 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
     drivers = with_initial_levels(drivers, outputs)
     resolve_core_names(settings, channels, outputs)
     rules = read_interlocks(top, settings, channels, outputs)
-    permissives = read_permissives(top, settings, channels, outputs)
+    permissives = read_permissives(top, settings, channels, outputs, rules)
     limits = read_limits(top, identity, channels)
     loops = read_loops(top, settings, channels, outputs, limits)
     alarms = read_alarms(top, channels, loops, outputs, rules)
@@ -155,6 +160,7 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
     check_shared_namespace(report, channels, outputs, rules, loops, alarms)
     check_table_sizes(report, drivers, channels, outputs, rules, permissives)
     check_limits_against_trips(report, limits, channels, rules)
+    check_trip_bands(report, rules)
     top.finish()
     report.raise_if_any(section_order=list(document))
 

@@ -25,6 +25,7 @@ from edge.spec.reader import number as _number
 from edge.spec.reader import number_in as _number_in
 from edge.spec.reader import range_pair as _range_pair
 from edge.spec.reader import unknown as _unknown
+from edge.spec.station.checks import check_permissive_terms
 from edge.spec.station.hardware import (
     _CoreSettings,
 )
@@ -142,7 +143,14 @@ def _check_rule_channel(t: _Table, kind: RuleKind, channel: ChannelSpec, thresho
         lo, hi = _value_range(channel)
         where = f"{ch}'s range {_fmt(lo)} to {_fmt(hi)} {channel.unit}".rstrip()
         if not lo <= threshold <= hi:
-            t.report("threshold", f"{_fmt(threshold)} is outside {where}: the rule could never act as meant")
+            end = f"above its top end {_fmt(hi)}" if threshold > hi else f"below its bottom end {_fmt(lo)}"
+            t.report("threshold", f"{_fmt(threshold)} is outside {where} ({end}): the rule could never act as meant")
+        elif threshold == (hi if kind == "high" else lo):
+            # a reading beyond the end is RANGE (a bad value): the rule would trip only as a sensor fault
+            end = "top" if kind == "high" else "bottom"
+            t.report("threshold", f"{_fmt(threshold)} is the {end} end of {where}: no healthy reading passes it, "
+                                  "so the rule would trip only on a sensor fault (set it inside the range, or "
+                                  "use kind = \"fault\")")
         else:
             clear = threshold - hysteresis if kind == "high" else threshold + hysteresis
             if not lo <= clear <= hi:
@@ -187,8 +195,12 @@ def read_permissives(
     settings: _CoreSettings,
     channels: Mapping[str, ChannelSpec | None],
     outputs: Mapping[str, OutputSpec | None],
+    rules: Mapping[str, RuleSpec | None],
 ) -> list[PermissiveSpec | None]:
-    """[[permissives.OUTPUT]] blocks: every condition listed for an output must hold to energise it."""
+    """[[permissives.OUTPUT]] blocks: every condition listed for an output must hold to energise it.
+
+    The conditions of one output are then checked together (``check_permissive_terms``): a set that can
+    never hold, or holds only where an interlock cutting the output trips, is an error."""
     permissives: list[PermissiveSpec | None] = []
     section = top.table("permissives", expected="[[permissives.OUTPUT]] blocks")
     if section is None:
@@ -207,10 +219,15 @@ def read_permissives(
             section.report(output_name, f"expected one or more [[{path}]] blocks (double brackets), "
                                         f"got {_describe(value)}")
             continue
+        terms: list[tuple[int, PermissiveSpec]] = []
         for index, item in enumerate(value):
             t = _Table(section.problems, cast(dict[str, object], item), f"{path}[{index}]")
             spec = _read_permissive(t, output_name, channels)
             permissives.append(spec if output_ok else None)
+            if spec is not None:
+                terms.append((index, spec))
+        if output_ok:
+            check_permissive_terms(section.problems, path, terms, channels, rules)
     return permissives
 
 
