@@ -101,7 +101,7 @@ class LockstepRig:
     def step(self, scan: Callable[[], Any] | None = None) -> None:
         effective = self.effective()
         self.plant.step(effective, self.dt_s)
-        truth = getattr(self.plant, "true_values", dict)()
+        truth: Mapping[str, float] = getattr(self.plant, "true_values", dict)()
         self.cabinet.step(effective, self.dt_s, truth, self.plant_s + self.dt_s)
         self.plant_s += self.dt_s
         self.regs.regs.plant_ns = 1_000_000_000 + round(self.plant_s * 1e9)

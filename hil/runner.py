@@ -494,7 +494,8 @@ def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple
     before = run.fired.get(a["before"]) if "before" in a else None
     if "before" in a and before is None:
         return None, "", f"step {a['before']!r} never fired: the window has no end"
-    window = [r for r in rows if (after is None or r["t_s"] >= after.t_s) and (before is None or r["t_s"] <= before.t_s)]
+    window = [r for r in rows
+              if (after is None or r["t_s"] >= after.t_s) and (before is None or r["t_s"] <= before.t_s)]
     if m in ("max_true", "min_true"):
         key = "true_max" if m == "max_true" else "true_min"   # each row holds the truth's extremes since the last
         values = [r.get(key, r.get("true", {})).get(a["quantity"]) for r in window]

@@ -145,7 +145,8 @@ class Scenario:
     expectations: tuple[Expectation, ...]
 
 
-SECTIONS = ("scenario", "plant", "rig", "run", "marks", "faults", "operator", "expect")   # in file order, for the report
+# in file order, for the report
+SECTIONS = ("scenario", "plant", "rig", "run", "marks", "faults", "operator", "expect")
 
 
 def load_scenario(path: str | pathlib.Path) -> Scenario:

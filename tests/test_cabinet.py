@@ -23,11 +23,11 @@ SAFE = {"heater": 0.0, "h2_inlet_valve": 0.0, "vent_valve": 1.0, "safety_contact
 WRITTEN = {"heater": 1.0, "h2_inlet_valve": 1.0, "vent_valve": 0.0, "safety_contactor": 1.0}
 
 
-def cabinet(**kw: object) -> Cabinet:
+def cabinet() -> Cabinet:
     relay = WatchdogRelay(timeout_s=0.5)
     relay.energised = True
     cab = Cabinet(SAFE, relay, contactor="safety_contactor", supplies=("heater", "h2_inlet_valve"),
-                  limiters=(Limiter("excess_temp", "wall_temp", 960.0, "limiter_ok"),), nameplate_a=17.3, **kw)
+                  limiters=(Limiter("excess_temp", "wall_temp", 960.0, "limiter_ok"),), nameplate_a=17.3)
     cab.driven = True
     return cab
 

@@ -116,9 +116,8 @@ class Cabinet:
         out: dict[str, float] = {}
         for name, level in written.items():
             safe = self.unpowered.get(name, 0.0)
-            if not self.powered or not self.driven:
-                level = safe
-            elif self.contactor is None and name in self.relay.outputs and not self.chain_closed():
+            relay_cut = self.contactor is None and name in self.relay.outputs and not self.chain_closed()
+            if not self.powered or not self.driven or relay_cut:
                 level = safe
             level = self.stuck.get(name, level)          # the mechanical fault wins over the line...
             if name == self.contactor:

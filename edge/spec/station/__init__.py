@@ -50,6 +50,7 @@ from edge.spec.station.hardware import (
     resolve_core_names,
     with_initial_levels,
 )
+from edge.spec.station.limiters import read_limiters
 from edge.spec.station.model import (
     ALL_OUTPUTS,
     CHANNEL_KINDS,
@@ -76,7 +77,6 @@ from edge.spec.station.model import (
     StationIdentity,
     StationKind,
 )
-from edge.spec.station.limiters import read_limiters
 from edge.spec.station.peripherals import (
     instrument_feeds,
     read_accounting,

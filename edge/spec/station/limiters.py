@@ -10,6 +10,7 @@ which output's coil it opens and which input reads its alarm contact; the rig mo
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 from edge.spec.core import ChannelSpec, OutputSpec
 from edge.spec.limiter import LIMITER_SENSES, LimiterSpec
 from edge.spec.reader import Table as _Table
@@ -18,6 +19,7 @@ from edge.spec.reader import lookup as _lookup
 from edge.spec.reader import number_in as _number_in
 from edge.spec.station.model import EquipmentLimits, StationIdentity
 from edge.spec.station.values import _name, _named_tables
+
 
 def read_limiters(top: _Table, identity: StationIdentity | None, channels: Mapping[str, ChannelSpec | None],
                   outputs: Mapping[str, OutputSpec | None],
