@@ -147,3 +147,20 @@ def test_limiter_holds_a_furnace_whose_thermocouples_both_read_150_c_low(welded_
         assert plant.s.zone_c < 1230.0
         print(f"limiter tripped at {tripped_at:.0f} s plant; true elements peak {peak:.2f} degC, "
               f"{plant.s.zone_c:.0f} degC 30 min later")
+
+
+@pytest.mark.parametrize(("old", "new", "words"), [
+    ('senses = "wall"', 'senses = "elements"', "limiter.excess_temp.senses"),
+    ("setpoint_c = 960.0", "setpoint_c = 850.0", "not above limits.max_temperature_c"),
+    ('opens = "safety_contactor"', 'opens = "vent_valve"', "must be off (0) when safe"),
+    ('alarm_input = "limiter_ok"', 'alarm_input = "h2_room"', "the alarm contact is a digital input"),
+    ('alarm_input = "limiter_ok"', 'alarm_input = "limiter_ok"\ncolour = "red"', "limiter.excess_temp.colour"),
+])
+def test_a_bad_limiter_key_is_named(old: str, new: str, words: str) -> None:
+    from edge.spec.reader import SpecError
+    from edge.spec.station import parse_station
+    text = (ROOT / "stations" / "hd_reactor_sim.toml").read_text()
+    assert old in text
+    with pytest.raises(SpecError) as info:
+        parse_station(text.replace(old, new), "hd.toml")
+    assert words in str(info.value)
