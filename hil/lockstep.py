@@ -8,6 +8,12 @@ ten-hour batch runs in seconds and every run is the same. The real-time rig (``h
 later, and ``reedge demo``) runs the same pieces in separate processes.
 
 Injected channels (the RS-485 vacuum gauge) are fed here, standing in for ``edge.io``.
+
+Between the core's lines and the plant sits the cabinet as wired (``hil.plants.cabinet``: the safety
+contactor, the watchdog relay, the limiters); its contacts and current transducer are published with the
+plant's sensors. Here the relay judges the watchdog line on the plant's clock (an edge every tick
+keeps it in): there is no wall clock in lockstep. ``offsets`` (channel -> degC) make a sensor read off
+its truth, as the rig's ``tc_offset`` fault does.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any, Protocol
 
 from edge.core import ChannelStatus, Core
 from edge.spec.station import Station
+from hil.plants.cabinet import Cabinet, build_cabinet
+from hil.plants.safety_hw import WatchdogRelay
 from hil.regfile import RegisterFile
 from hil.wiring import Wiring
 
@@ -35,7 +43,7 @@ class LockstepRig:
     """Owns a register file and a core built from the station; the caller adds a controller."""
 
     def __init__(self, station: Station, plant: Plant, *, dt_s: float = 1.0,
-                 directory: str | os.PathLike[str] | None = None) -> None:
+                 directory: str | os.PathLike[str] | None = None, cabinet: Cabinet | None = None) -> None:
         self.plant = plant
         self.dt_s = dt_s
         self._tmp = tempfile.TemporaryDirectory(prefix="reedge-lockstep-", dir=directory)
@@ -49,11 +57,25 @@ class LockstepRig:
         self.core = Core(self.station.core)
         self.plant_s = 0.0
         self.extra_digital: dict[str, bool] = {}
+        self.offsets: dict[str, float] = {}
+        relay = WatchdogRelay(timeout_s=1.5 * dt_s, outputs=tuple(o for o in ("heater", "h2_inlet_valve")
+                                                                   if o in self.wiring.lines))
+        self.cabinet = cabinet or build_cabinet(self.station, self.station.identity.kind, plant, relay)
+        self.cabinet.driven = True
+        self._watchdog = self.station.core.watchdog_output
+        self._watchdog_level: int | None = None
+        self._watchdog_edge_ns = 0
         self._publish()
         self.core.run_ticks(1)
 
     def _publish(self) -> None:
         analog, digital, broken = self.plant.sensors()
+        cab_analog, cab_digital = self.cabinet.inputs()
+        analog.update(cab_analog)
+        digital.update(cab_digital)
+        for name, offset in self.offsets.items():
+            if name in analog:
+                analog[name] += offset
         self.wiring.publish(self.regs, analog, {**digital, **self.extra_digital}, broken)
         now = self.core.now_ns()
         for name in self.wiring.injected:
@@ -62,8 +84,25 @@ class LockstepRig:
                 status = ChannelStatus.FAULT if name in broken else ChannelStatus.OK
                 self.core.inject(name, value, status, now)
 
+    def effective(self) -> dict[str, float]:
+        """What the plant's devices do with the levels the core wrote, through the cabinet."""
+        written = {k: float(v) for k, v in self.wiring.outputs(self.regs).items()}
+        now_ns = round(self.plant_s * 1e9) + 1     # > 0: the relay takes 0 for "no edge yet"
+        if self._watchdog is not None:
+            level = int(written.get(self._watchdog, 0))
+            if self._watchdog_level is not None and level != self._watchdog_level:
+                self._watchdog_edge_ns = now_ns
+            self._watchdog_level = level
+            self.cabinet.relay.update(self._watchdog_edge_ns, now_ns)
+        else:
+            self.cabinet.relay.energised = True    # no watchdog line: no relay in the chain
+        return self.cabinet.effective(written)
+
     def step(self, scan: Callable[[], Any] | None = None) -> None:
-        self.plant.step(self.wiring.outputs(self.regs), self.dt_s)
+        effective = self.effective()
+        self.plant.step(effective, self.dt_s)
+        truth: Mapping[str, float] = getattr(self.plant, "true_values", dict)()
+        self.cabinet.step(effective, self.dt_s, truth, self.plant_s + self.dt_s)
         self.plant_s += self.dt_s
         self.regs.regs.plant_ns = 1_000_000_000 + round(self.plant_s * 1e9)
         self._publish()

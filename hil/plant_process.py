@@ -37,7 +37,8 @@ from edge.spec.core import RuleSpec
 from edge.spec.station import load_station
 from hil.devices.modbus_meters import MeterBus
 from hil.plants import PLANTS, PlantModel
-from hil.plants.safety_hw import FieldSide, WatchdogRelay
+from hil.plants.cabinet import build_cabinet
+from hil.plants.safety_hw import WatchdogRelay
 from hil.regfile import RegisterFile
 from hil.wiring import Wiring
 
@@ -154,7 +155,7 @@ class PlantProcess:
         self.watchdog = station.core.watchdog_output
         relay = WatchdogRelay(timeout_s=float(cfg.get("relay_timeout_s", 0.5)),
                               outputs=tuple(cfg.get("relay_outputs", ("heater", "h2_inlet_valve"))))
-        self.field = FieldSide({k: float(v) for k, v in self.safe.items()}, relay)
+        self.field = build_cabinet(station, cfg["plant"], self.plant, relay)
         self._ticks_at_power_on = self.regs.core_ticks
         self.watch = TripWatch(station.core.rules)
         self.log = open(cfg["log"], "w", buffering=1 << 16)  # noqa: SIM115 - closed in run()
@@ -162,11 +163,13 @@ class PlantProcess:
         self.t_s = 0.0
         self.started_wall = time.monotonic_ns()
         self.broken: set[str] = set()
-        self.drift: dict[str, Drift] = {}
+        self.drift: dict[tuple[str, str], Drift] = {}   # (fault kind, channel) -> its offset of the published value
         self.extra_digital: dict[str, bool] = {}
         self.events: list[dict[str, Any]] = []
         self.last_analog: dict[str, float] = {}
         self._row_min: dict[str, float] = {}
+        self._true_min: dict[str, float] = {}
+        self._true_max: dict[str, float] = {}
         self._row_max: dict[str, float] = {}
         self._gauge_broken: dict[str, bool] = {}
         self._on_prev = {name: self.regs.do_on_ns(line) for name, line in self.outputs.items()}
@@ -251,7 +254,10 @@ class PlantProcess:
 
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]:
         analog, digital, broken = self.plant.sensors()
-        for name, d in self.drift.items():
+        cab_analog, cab_digital = self.field.inputs()
+        analog.update(cab_analog)
+        digital.update(cab_digital)
+        for (_, name), d in self.drift.items():
             if name in analog:
                 analog[name] += d.at(self.t_s)
         digital.update(self.extra_digital)
@@ -275,10 +281,15 @@ class PlantProcess:
             h = min(left, MAX_SUBSTEP_S)
             self.plant.step(effective, h)
             left -= h
+        for lim in self.field.step(effective, dt_s, self.plant.true_values(), self.t_s + dt_s):
+            self.note("limiter", f"limiter {lim.name} tripped at {lim.setpoint_c:g} degC: its contact opened")
         for name, level in effective.items():
             self._row_on[name] += level * dt_s
         self._row_span += dt_s
         self.t_s += dt_s
+        for k, v in self.plant.true_values().items():   # the truth's extremes of every step, as for channels
+            self._true_min[k] = min(self._true_min.get(k, v), v)
+            self._true_max[k] = max(self._true_max.get(k, v), v)
         self.regs.regs.plant_ns = PLANT_START_NS + round(self.t_s * 1e9)
         analog, digital, broken = self.sensors()
         self.last_analog = {k: (math.nan if k in broken else v) for k, v in analog.items()}
@@ -311,11 +322,16 @@ class PlantProcess:
                "ch": ch, "min": {k: round(v, 6) for k, v in self._row_min.items()},
                "max": {k: round(v, 6) for k, v in self._row_max.items()},
                "out": out, "relay": int(self.field.relay.energised), "power": int(self.field.powered),
-               "plant": {k: round(v, 6) for k, v in self.plant.metrics().items()}}
+               "k1": int(self.field.k1_closed), "limiters": {lim.name: int(lim.tripped) for lim in self.field.limiters},
+               "plant": {k: round(v, 6) for k, v in self.plant.metrics().items()},
+               "true": {k: round(v, 6) for k, v in self.plant.true_values().items()},
+               "true_min": {k: round(v, 6) for k, v in self._true_min.items()},
+               "true_max": {k: round(v, 6) for k, v in self._true_max.items()}}
         self.log.write(json.dumps(row) + "\n")
         self._row_on = dict.fromkeys(self.outputs, 0.0)
         self._row_span = 0.0
         self._row_min, self._row_max = {}, {}
+        self._true_min, self._true_max = {}, {}
 
     def note(self, kind: str, message: str, wall_ns: int | None = None, **data: Any) -> None:
         self.events.append({"kind": kind, "message": message, "t_s": self.t_s,
@@ -336,6 +352,11 @@ class PlantProcess:
             self.note("power", f"cabinet power {'on' if self.field.powered else 'off'}")
         elif what == "digital":
             self.extra_digital[str(cmd["channel"])] = bool(cmd["level"])
+        elif what == "limiter_reset":       # the reset button on the limiter's front, in the cabinet
+            name = cmd.get("limiter")
+            done = self.field.reset_limiter(None if name is None else str(name), self.plant.true_values())
+            self.note("limiter", "limiter reset at the cabinet" + ("" if done else ": refused, still above setpoint"))
+            return {"ok": True, "t_s": self.t_s, "wall_ns": now, "reset": done}
         elif what == "snapshot":
             return {"ok": True, "t_s": self.t_s, "wall_ns": now, "snapshot": self.snapshot()}
         else:
@@ -348,13 +369,19 @@ class PlantProcess:
             setattr(self.plant.s, physical.attribute, physical.value(params) if on else physical.cleared)
         elif kind == "tc_open":
             (self.broken.add if on else self.broken.discard)(str(params["channel"]))
-        elif kind == "sensor_drift":
-            channel = str(params["channel"])
-            if on:
-                self.drift[channel] = Drift(float(params.get("rate_per_min", 0.0)), float(params.get("offset", 0.0)),
-                                            self.t_s)
-            else:
-                self.drift.pop(channel, None)
+        elif kind in ("sensor_drift", "tc_offset", "tc_drift"):
+            key = (kind, str(params["channel"]))
+            if not on:
+                self.drift.pop(key, None)
+            elif kind == "sensor_drift":
+                self.drift[key] = Drift(float(params.get("rate_per_min", 0.0)), float(params.get("offset", 0.0)),
+                                        self.t_s)
+            elif kind == "tc_offset":        # a thermocouple reading low (or high) by a fixed amount
+                self.drift[key] = Drift(0.0, float(params["offset_c"]), self.t_s)
+            else:                            # a thermocouple drifting from the moment the fault fires
+                self.drift[key] = Drift(float(params["c_per_min"]), 0.0, self.t_s)
+        elif kind == "relay_welded":
+            self.field.relay_welded = on
         elif kind == "valve_stuck":
             if on:
                 self.field.stuck[str(params["output"])] = float(params.get("level", 1))
@@ -383,6 +410,8 @@ class PlantProcess:
     def snapshot(self) -> dict[str, Any]:
         channels = {k: (v if math.isfinite(v) else None) for k, v in self.last_analog.items()}
         return {"t_s": self.t_s, "metrics": self.plant.metrics(), "relay": self.field.relay.energised,
+                "truth": self.plant.true_values(), "k1": self.field.k1_closed,
+                "limiters": {lim.name: lim.tripped for lim in self.field.limiters},
                 "channels": channels,
                 "powered": self.field.powered,
                 "written": {n: self.regs.do(line) for n, line in self.outputs.items()},

@@ -81,6 +81,7 @@ class Run:
     end_reason: str = ""
     seen_lines: int = 0
     channels: dict[str, float | None] = field(default_factory=dict)
+    truth: dict[str, float] = field(default_factory=dict)     # the plant's true values (marks on quantities)
     final: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] | None = None     # the batch record's body, read once the controller stopped
     record_folders: int = 0                  # batch record folders the run left in the state dir
@@ -216,13 +217,14 @@ def _drive(run: Run, rig: VirtualRig, progress: Callable[[Run, VirtualRig], None
     sc = run.scenario
     wall_limit = time.monotonic() + sc.max_plant_s / sc.time_scale * 2.0 + 60.0
     end_at: float | None = None
-    need_channels = any(s.at.channel for s in sc.steps)
+    need_channels = any(s.at.channel or s.at.quantity for s in sc.steps)
     last_channels = 0.0
     while True:
         _collect(run, rig)
         t = rig.plant_s()
         if need_channels and time.monotonic() - last_channels > 0.05:
-            run.channels = rig.snapshot().get("channels", {})
+            snap = rig.snapshot()
+            run.channels, run.truth = snap.get("channels", {}), snap.get("truth", {})
             last_channels = time.monotonic()
         if rig.plant is not None and rig.plant.poll() is not None:
             raise RigError(f"the plant process exited (code {rig.plant.poll()}); see {rig.workdir / 'plant.stderr'}")
@@ -293,7 +295,7 @@ def _holds(run: Run, step: Step, t: float) -> bool:
     c: Condition = step.at
     ok = True
     if c.after is not None:
-        ok = ok and c.after in run.fired
+        ok = ok and c.after in run.fired and t - run.fired[c.after].t_s >= c.delay_s
     if c.t_s is not None:
         ok = ok and t >= c.t_s
     if c.phase is not None:
@@ -303,6 +305,9 @@ def _holds(run: Run, step: Step, t: float) -> bool:
     if c.channel is not None:
         v = run.channels.get(c.channel)
         ok = ok and v is not None and (c.above is None or v > c.above) and (c.below is None or v < c.below)
+    if c.quantity is not None:
+        q = run.truth.get(c.quantity)
+        ok = ok and q is not None and (c.above is None or q > c.above) and (c.below is None or q < c.below)
     if not ok:
         run.since.pop(step.id, None)
         return False
@@ -320,7 +325,12 @@ def rig_status_fresh(run: Run, step: Step) -> bool:
 
 def _fire(run: Run, rig: VirtualRig, step: Step, t: float) -> None:
     wall = time.monotonic_ns()
-    if step.kind == "operator":
+    if step.kind == "mark":
+        pass                                # a named moment: nothing is done
+    elif step.kind == "operator" and step.action == "limiter_reset":   # at the cabinet, not the controller
+        reply = rig.plant_command(cmd="limiter_reset")
+        wall, t = int(reply["wall_ns"]), float(reply["t_s"])
+    elif step.kind == "operator":
         assert step.action is not None
         takes_reason = any(a.name == "reason" for a in VERBS[step.action].args)   # resume and skip take none
         rig.controller_command(step.action, **({"reason": f"HIL step {step.id}"} if takes_reason else {}))
@@ -339,8 +349,8 @@ def _fire(run: Run, rig: VirtualRig, step: Step, t: float) -> None:
         wall, t = int(reply["wall_ns"]), float(reply["t_s"])
     clear = t + step.duration_s if step.duration_s is not None else None
     run.fired[step.id] = Fired(step, t, wall, clear)
-    run.events.append({"t_s": t, "wall_ns": wall, "source": "rig", "kind": "operator" if step.kind == "operator"
-                       else "fault", "message": f"{step.id}: {step.action or step.kind}"
+    run.events.append({"t_s": t, "wall_ns": wall, "source": "rig", "kind": step.kind if step.kind in
+                       ("operator", "mark") else "fault", "message": f"{step.id}: {step.action or step.kind}"
                        f"{' ' + json.dumps(dict(step.params)) if step.params else ''}"})
     for exp in run.scenario.expectations:
         if exp.measure == "safe_latency_ms" and exp.args.get("after") == step.id:
@@ -362,7 +372,7 @@ def _clear(run: Run, rig: VirtualRig, fired: Fired) -> None:
         rig.plant_command(cmd="power", on=True)
         rig.start_controller()          # no recipe: it recovers the interrupted batch from its run state
         run.controller_dead_ok = False
-    elif step.kind not in ("controller_hang",):
+    elif step.kind not in ("controller_hang", "mark", "operator"):
         rig.plant_command(cmd="clear", kind=step.kind, params=dict(step.params))
     fired.cleared = True
     run.events.append({"t_s": t, "wall_ns": time.monotonic_ns(), "source": "rig", "kind": "fault",
@@ -481,9 +491,22 @@ def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple
     if m == "written_output":
         v = run.final.get("written_now", {}).get(a["output"])
         return v, "", "what the core wrote"
+    before = run.fired.get(a["before"]) if "before" in a else None
+    if "before" in a and before is None:
+        return None, "", f"step {a['before']!r} never fired: the window has no end"
+    window = [r for r in rows
+              if (after is None or r["t_s"] >= after.t_s) and (before is None or r["t_s"] <= before.t_s)]
+    if m in ("max_true", "min_true"):
+        key = "true_max" if m == "max_true" else "true_min"   # each row holds the truth's extremes since the last
+        values = [r.get(key, r.get("true", {})).get(a["quantity"]) for r in window]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        if not finite:
+            return None, "", "no plant rows in the window"
+        return (round(max(finite) if m == "max_true" else min(finite), 4), "",
+                f"the plant's true {a['quantity']} over every plant step (not a published channel)")
     if m in ("max_channel", "min_channel"):
         key = "max" if m == "max_channel" else "min"     # each row holds the extremes of every step since the last
-        values = [r.get(key, r["ch"]).get(a["channel"]) for r in rows if after is None or r["t_s"] >= after.t_s]
+        values = [r.get(key, r["ch"]).get(a["channel"]) for r in window]
         finite = [v for v in values if v is not None and math.isfinite(v)]
         unit = run.station.channel_units.get(a["channel"], "")
         if not finite:
@@ -631,7 +654,7 @@ def _record(run: Run, rows: Sequence[dict[str, Any]], started_utc: str, rig: Vir
         measurements.append({"name": exp.name, "measure": exp.measure, "value": value, "unit": unit,
                              "limits": dict(exp.limits), "outcome": "pass" if judge(value, exp.limits) else "fail",
                              "description": exp.description or note, "note": note})
-    unfired = [s.id for s in sc.steps if s.id not in run.fired]
+    unfired = [s.id for s in sc.steps if s.id not in run.fired and s.kind != "mark"]   # a mark may never come
     measurements.append({"name": "steps_fired", "measure": "steps_fired", "value": not unfired, "unit": "",
                          "limits": {"equals": True}, "outcome": "pass" if not unfired else "fail",
                          "description": "every fault and operator step of the scenario happened",

@@ -40,6 +40,9 @@ from hil.resources import scenario_reference
 RIG_FAULTS: dict[str, dict[str, bool]] = {
     "tc_open": {"channel": True},
     "sensor_drift": {"channel": True, "rate_per_min": False, "offset": False},
+    "tc_offset": {"channel": True, "offset_c": True},      # a thermocouple reading off by a fixed amount
+    "tc_drift": {"channel": True, "c_per_min": True},      # a thermocouple drifting from the moment it fires
+    "relay_welded": {},                                    # the watchdog relay's contact and aux contact stay closed
     "valve_stuck": {"output": True, "level": False},
     "serial_garbage": {"device": False, "bytes": False},
     "gauge_silent": {"device": False},
@@ -49,9 +52,9 @@ RIG_FAULTS: dict[str, dict[str, bool]] = {
     "process_freeze": {},
     "power_loss": {},
 }
-OPERATOR_ACTIONS = ("hold", "resume", "abort", "skip")
+OPERATOR_ACTIONS = ("hold", "resume", "abort", "skip", "limiter_reset")   # limiter_reset: at the cabinet
 MAX_TIME_SCALE = 1500.0
-CONDITION_KEYS = ("t_s", "phase", "held", "channel", "above", "below", "after", "after_s")
+CONDITION_KEYS = ("t_s", "phase", "held", "channel", "quantity", "above", "below", "after", "after_s", "delay_s")
 UNTIL = ("batch_end", "batch_record", "phase", "time")
 MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs besides its limits
     "batch_outcome": (), "final_phase": (), "phases": (), "phases_after": ("step",),
@@ -60,6 +63,7 @@ MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs beside
     "relay_latency_ms": ("step",), "relay_dropped": (), "written_safe_at_relay_drop": ("step",),
     "final_output": ("output",), "written_output": ("output",),
     "max_channel": ("channel",), "min_channel": ("channel",),
+    "max_true": ("quantity",), "min_true": ("quantity",),     # over the plant's true values (every plant step)
     "plant_metric": ("metric",), "plant_metric_delta": ("metric", "step"),   # until_phase optional: else to the end
     "controller_restarts": (), "instrument_counter": ("device", "counter"), "recovered_outage_s": (),
     "batch_record": ("path",),          # a field of the batch record (a list gives its length)
@@ -67,7 +71,8 @@ MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs beside
     "batch_records": (),                # how many record folders the run left
 }
 LIMIT_KEYS = ("min", "max", "equals", "one_of", "includes")
-OPTIONAL_MEASURE_KEYS = ("name", "description", "after", "until_phase")
+OPTIONAL_MEASURE_KEYS = ("name", "description", "after", "before", "until_phase")
+WINDOWED = ("max_channel", "min_channel", "max_true", "min_true")   # measures that take `before` besides `after`
 
 
 def exp_measure_takes_until(measure: str | None) -> bool:
@@ -83,16 +88,18 @@ class Condition:
     phase: str | None = None
     held: bool | None = None
     channel: str | None = None
+    quantity: str | None = None        # a plant's true value (``hil.plants`` ``true_values()``), not a channel
     above: float | None = None
     below: float | None = None
     after: str | None = None           # another step's id: only once that step has fired
     after_s: float = 0.0               # plant seconds after the rest of the condition first held
+    delay_s: float = 0.0               # plant seconds after the ``after`` step fired
 
 
 @dataclass(frozen=True)
 class Step:
     id: str
-    kind: str                          # a fault kind, or "operator"
+    kind: str                          # a fault kind, "operator" or "mark"
     at: Condition
     params: Mapping[str, Any] = field(default_factory=dict)
     duration_s: float | None = None    # plant seconds, then the fault is cleared (power restored, thawed)
@@ -138,7 +145,8 @@ class Scenario:
     expectations: tuple[Expectation, ...]
 
 
-SECTIONS = ("scenario", "plant", "rig", "run", "faults", "operator", "expect")   # in file order, for the report
+# in file order, for the report
+SECTIONS = ("scenario", "plant", "rig", "run", "marks", "faults", "operator", "expect")
 
 
 def load_scenario(path: str | pathlib.Path) -> Scenario:
@@ -263,6 +271,9 @@ class _Context:
     def devices(self) -> list[str]:
         return list(self.station.instruments) if self.station else []
 
+    def quantities(self) -> list[str]:
+        return list(PLANTS[self.kind].true_quantities) if self.kind in PLANTS else []
+
 
 def _station(head: Table, path: pathlib.Path) -> tuple[pathlib.Path | None, Station | None]:
     if not head.has("station"):
@@ -308,32 +319,74 @@ def _condition(c: Table, ctx: _Context, step_ids: Sequence[str]) -> Condition:
     channel = c.get("channel", string)
     if channel is not None and ctx.station and channel not in ctx.channels():
         c.report("channel", unknown("channel", channel, ctx.channels()))
-    if channel is not None and not c.has("above") and not c.has("below"):
-        c.report("channel", "a channel condition needs above = or below =")
+    quantity = c.get("quantity", string)
+    if quantity is not None and ctx.kind and quantity not in ctx.quantities():
+        c.report("quantity", unknown(f"true quantity of {ctx.kind}", quantity, ctx.quantities()))
+    if channel is not None and quantity is not None:
+        c.report("quantity", "a condition watches a channel or a true quantity, not both")
+    for key, name in (("channel", channel), ("quantity", quantity)):
+        if name is not None and not c.has("above") and not c.has("below"):
+            c.report(key, f"a {key} condition needs above = or below =")
     after = c.get("after", string)
     if after is not None and after not in step_ids:
-        c.report("after", unknown("step", after, step_ids) if step_ids else "no earlier step to follow")
+        c.report("after", unknown("step", after, step_ids) if step_ids else "no step to follow")
+    delay = c.get("delay_s", number_in(0.0), 0.0)
+    if c.has("delay_s") and after is None and not c.has_error("after"):
+        c.report("delay_s", "counts from the `after` step: name it (after = \"STEP_OR_MARK_ID\")")
     cond = Condition(t_s=c.get("t_s", number_in(0.0)), phase=c.get("phase", string), held=c.get("held", boolean),
-                     channel=channel, above=c.get("above", number), below=c.get("below", number), after=after,
-                     after_s=c.get("after_s", number_in(0.0), 0.0))
+                     channel=channel, quantity=quantity, above=c.get("above", number), below=c.get("below", number),
+                     after=after, after_s=c.get("after_s", number_in(0.0), 0.0), delay_s=delay)
     if not c.data:
-        c.report(None, "an empty condition: say when (t_s, phase, held, channel, after)")
+        c.report(None, "an empty condition: say when (t_s, phase, held, channel, quantity, after)")
     c.finish()
     return cond
 
 
 def _steps(top: Table, ctx: _Context) -> list[Step]:
+    """Marks, faults and operator steps. Any may follow any other (``after``), whatever its section: the ids
+    are gathered first; a step that waits on itself, directly or round a loop, is reported (it never fires)."""
+    readers = {"marks": _mark, "faults": _fault, "operator": _operator}
+    tables = [(section, t) for section in readers for t in _array_of_tables(top, section)]
+    marks = sum(1 for section, _ in tables if section == "marks")
+    ids = [_step_id(section, t, i - marks) for i, (section, t) in enumerate(tables)]   # operator_N: N as before
     steps: list[Step] = []
-    ids: list[str] = []
-    for section in ("faults", "operator"):
-        for t in _array_of_tables(top, section):
-            step = _fault(t, ctx, ids) if section == "faults" else _operator(t, ctx, ids)
-            if step is not None:
-                if step.id in ids:
-                    t.report("id", f"step id {step.id!r} is used twice")
-                ids.append(step.id)
-                steps.append(step)
+    seen: list[str] = []
+    for (section, t), step_id in zip(tables, ids, strict=True):
+        step = readers[section](t, ctx, ids, step_id)
+        if step is not None:
+            if step.id in seen:
+                t.report("id", f"step id {step.id!r} is used twice")
+            seen.append(step.id)
+            steps.append(step)
+    follows = {s.id: s.at.after for s in steps}
+    for s in steps:
+        at, hops = s.at.after, 0
+        while at is not None and at != s.id and hops <= len(steps):
+            at, hops = follows.get(at), hops + 1
+        if at == s.id:
+            top.problems.add(f"{s.id}.at.after", f"step {s.id!r} waits on itself (after = ...): it would never fire")
     return steps
+
+
+def _step_id(section: str, t: Table, index: int) -> str:
+    """The id a step will have (read again, with its checks, by the step's reader)."""
+    value = t.data.get("id")
+    if isinstance(value, str) and value:
+        return value
+    if section == "faults":
+        return str(t.data.get("kind", ""))
+    if section == "operator":
+        return f"{t.data.get('action', '')}_{index}"
+    return ""
+
+
+def _mark(t: Table, ctx: _Context, ids: Sequence[str], default_id: str = "") -> Step | None:
+    """A named moment, e.g. when h2_room first exceeds 10 %LEL: nothing is done, steps and measurements
+    may follow it (``after = "ID"``)."""
+    step_id = t.need("id", string, "the mark's name, for `after = \"ID\"`")
+    at = _when(t, ctx, ids, "when it is reached, e.g. at = { channel = \"h2_room\", above = 10.0 }")
+    t.finish()
+    return None if step_id is None else Step(step_id, "mark", at)
 
 
 def _array_of_tables(top: Table, section: str) -> list[Table]:
@@ -353,7 +406,7 @@ def _array_of_tables(top: Table, section: str) -> list[Table]:
     return tables
 
 
-def _fault(t: Table, ctx: _Context, ids: Sequence[str]) -> Step | None:
+def _fault(t: Table, ctx: _Context, ids: Sequence[str], default_id: str = "") -> Step | None:
     physical = PLANTS[ctx.kind].faults if ctx.kind else {}
     known = [*physical, *RIG_FAULTS]
     kind = t.need("kind", string, f"one of {', '.join(known)}")
@@ -390,9 +443,9 @@ def _fault(t: Table, ctx: _Context, ids: Sequence[str]) -> Step | None:
     return Step(step_id, kind, at, params, duration)
 
 
-def _operator(t: Table, ctx: _Context, ids: Sequence[str]) -> Step | None:
+def _operator(t: Table, ctx: _Context, ids: Sequence[str], default_id: str = "") -> Step | None:
     action = t.need("action", choice(OPERATOR_ACTIONS), "the operator's action: " + ", ".join(OPERATOR_ACTIONS))
-    step_id = t.get("id", string, f"{action}_{len(ids)}") or str(action)
+    step_id = t.get("id", string, default_id) or str(action)
     at = _when(t, ctx, ids, "when the operator acts")
     t.finish()
     return None if action is None else Step(step_id, "operator", at, {}, None, action)
@@ -420,10 +473,14 @@ def _expectations(top: Table, ctx: _Context, step_ids: set[str]) -> list[Expecta
                 args["until_phase"] = t.data["until_phase"]
             else:
                 t.report("until_phase", f"does not apply to {measure}")
-        if t.has("after"):
-            if t.data["after"] not in step_ids:
-                t.report("after", unknown("step", str(t.data["after"]), sorted(step_ids)))
-            args["after"] = t.data["after"]
+        for key in ("after", "before"):
+            if not t.has(key):
+                continue
+            if key == "before" and measure not in WINDOWED:
+                t.report(key, f"does not apply to {measure} (only to {', '.join(WINDOWED)})")
+            elif t.data[key] not in step_ids:
+                t.report(key, unknown("step or mark", str(t.data[key]), sorted(step_ids)))
+            args[key] = t.data[key]
         limits = {k: t.data[k] for k in LIMIT_KEYS if t.has(k)}
         if not limits:
             t.report(None, f"no limit: give one of {', '.join(LIMIT_KEYS)}")
@@ -447,9 +504,9 @@ def _as_is(value: object) -> object:
 def _check_args(t: Table, args: Mapping[str, Any], ctx: _Context, step_ids: set[str]) -> None:
     checks = {"rule": ("interlock", ctx.rules()), "output": ("output", ctx.outputs()),
               "channel": ("channel", ctx.channels()), "step": ("step", sorted(step_ids)),
-              "meter": ("metered quantity", ["energy", "h2", "ar"])}
+              "meter": ("metered quantity", ["energy", "h2", "ar"]), "quantity": ("true quantity", ctx.quantities())}
     for key, value in args.items():
-        if key in checks and (ctx.station or key in ("step", "meter")):
+        if key in checks and (ctx.station or key in ("step", "meter") or (key == "quantity" and ctx.kind)):
             what, known = checks[key]
             if value not in known:
                 t.report(key, unknown(what, str(value), known))

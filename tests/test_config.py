@@ -179,7 +179,7 @@ def test_example_channels_in_file_order_with_sim_inputs_in_order(station: Statio
     analog = [c.input for c in station.core.channels if c.kind in ("analog", "thermocouple")]
     digital = [c.input for c in station.core.channels if c.kind == "digital"]
     assert analog == list(range(len(analog)))
-    assert digital == list(range(len(digital)))
+    assert digital == sorted(digital) and channels["limiter_ok"].input == 6   # di 4, 5: contract (issue 13)
     tc = channels["chamber_temp"]
     assert (tc.kind, tc.tc_type, tc.cold_junction, tc.median_n, tc.unit) == ("thermocouple", "K", "cj_temp", 5, "degC")
     assert channels["chamber_temp_safety"].input != tc.input
@@ -653,6 +653,7 @@ BAD_STATIONS = [
         drop("limits.max_h2_admission_temperature_c")),
     bad("H2 limit while H2 not allowed", "limits.max_h2_pressure_bar", "H2 is not in allowed_gases",
         put("station.kind", "sintering_furnace"), put("limits.allowed_gases", ["Ar"]),
+        put("limiter.excess_temp.senses", "charge"),
         drop("limits.max_h2_admission_temperature_c")),
     bad("H2 admission above the temperature limit", "limits.max_h2_admission_temperature_c",
         "1000.5 is above max_temperature_c (900)", put("limits.max_h2_admission_temperature_c", 1000.5)),
@@ -971,7 +972,7 @@ def test_plumbing_without_an_o2_analyser_and_other_valid_variations() -> None:
 
 def test_plumbing_may_name_other_outputs_and_an_optional_fan() -> None:
     station = loads(
-        put("outputs.ar_valve_2", {"driver": "plant", "line": 9, "safe_level": 0}),
+        put("outputs.ar_valve_2", {"driver": "plant", "line": 11, "safe_level": 0}),
         put("plumbing.inlet_valves", {"H2": "h2_inlet_valve", "Ar": "ar_valve_2"}),
         put("outputs.fan", {"driver": "plant", "line": 10, "safe_level": 0}),
         put("plumbing.quench_fan", "fan"),

@@ -19,10 +19,12 @@ from hil.plants.sintering_furnace import SinteringFurnace, SinterParams
 
 class PlantModel(Protocol):
     s: Any
+    p: Any       # its parameters (``heater_w``: the nameplate the cabinet's current transducer scales by)
 
     def step(self, out: Mapping[str, float], dt: float) -> None: ...
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]: ...
     def metrics(self) -> dict[str, float]: ...
+    def true_values(self) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class PlantKind:
     params_type: type
     make: Callable[[Any], PlantModel]
     faults: Mapping[str, PhysicalFault]
+    true_quantities: tuple[str, ...] = ()    # the keys of its ``true_values()``
 
     def build(self, overrides: Mapping[str, float]) -> PlantModel:
         """A plant with some parameters changed; unknown names raise KeyError naming them."""
@@ -60,10 +63,17 @@ PLANTS: dict[str, PlantKind] = {
         "cooling_water_loss": PhysicalFault("cooling_water_lost"),
         "lid_open": PhysicalFault("lid_open"),
         "estop": PhysicalFault("estop_pressed"),
-    }),
+    }, ("charge_temp", "wall_temp", "pressure_bar", "vacuum_mbar", "o2_pct", "room_lel", "room_h2_mol",
+        "h2_gas_mol", "h2_absorbed_mol", "cooling_flow", "heater_j")),
     "sintering_furnace": PlantKind(SinterParams, SinteringFurnace, {
         "cooling_water_loss": PhysicalFault("cooling_water_lost"),
         "door_open": PhysicalFault("door_open"),
         "estop": PhysicalFault("estop_pressed"),
-    }),
+    }, ("charge_temp", "elements_temp", "pressure_mbar", "heater_j")),
+}
+
+#: What a limiter's ``senses`` (station file) reads, by plant: the quantity of ``true_values()``.
+LIMITER_SENSES: dict[str, dict[str, str]] = {
+    "hd_reactor": {"wall": "wall_temp", "charge": "charge_temp"},
+    "sintering_furnace": {"elements": "elements_temp", "charge": "charge_temp"},
 }

@@ -231,6 +231,15 @@ class HDReactor:
                 "h2_vented_mol": s.h2_vented_mol, "h2_pumped_mol": s.h2_pumped_mol,
                 "h2_leaked_mol": s.h2_leaked_mol, "heater_j": s.heater_j, "o2_pct": self.o2_pct()}
 
+    def true_values(self) -> dict[str, float]:
+        """What is really there, by quantity name: what a limiter's own thermocouple and the scenarios'
+        ``max_true``/``min_true`` measures and marks read (``TRUE_QUANTITIES``), never a published channel."""
+        s = self.s
+        return {"charge_temp": s.charge_c, "wall_temp": s.wall_c, "pressure_bar": self.pressure_bar(),
+                "vacuum_mbar": self.vacuum_mbar(), "o2_pct": self.o2_pct(), "room_lel": self.room_lel(),
+                "room_h2_mol": s.room_h2_mol, "h2_gas_mol": s.n_h2, "h2_absorbed_mol": s.x_h2,
+                "cooling_flow": self.cooling_flow(), "heater_j": s.heater_j}
+
     # ---- sensors, in engineering units, by the example station's channel names ----
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]:
         """(analog values, digital levels, channels whose sensor is broken)."""

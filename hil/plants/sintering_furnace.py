@@ -125,6 +125,13 @@ class SinteringFurnace:
                 "lubricant_mbar_l": s.lubricant, "hydrogen_mbar_l": s.hydrogen, "heater_j": s.heater_j,
                 "ar_fed_mol": s.ar_fed_mbar_l * MOL_PER_MBAR_L}
 
+    def true_values(self) -> dict[str, float]:
+        """What is really there, by quantity name (``hil.plants.TRUE_QUANTITIES``): the hot zone is the
+        heating elements and shields, which the limiter's own thermocouple reads."""
+        s = self.s
+        return {"charge_temp": s.charge_c, "elements_temp": s.zone_c, "pressure_mbar": self.pressure_mbar(),
+                "heater_j": s.heater_j}
+
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]:
         s = self.s
         mbar = self.pressure_mbar()

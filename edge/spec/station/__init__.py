@@ -27,6 +27,7 @@ order; the sections are read in
 - ``rules``: [interlocks.*], [[permissives.*]];
 - ``process``: [limits], [loops.*], [alarms.*], [plumbing];
 - ``peripherals``: [instruments.*] (by kind, ``edge.spec.instruments``), [sensor_nodes.*], [mqtt], [accounting];
+- ``limiters``: [limiter.*], the independent excess-temperature limiters;
 - ``checks``: the checks across sections, once everything is read;
 - ``values``: the small typed-value converters they all share.
 """
@@ -54,6 +55,7 @@ from edge.spec.station.hardware import (
     resolve_core_names,
     with_initial_levels,
 )
+from edge.spec.station.limiters import read_limiters
 from edge.spec.station.model import (
     ALL_OUTPUTS,
     CHANNEL_KINDS,
@@ -156,6 +158,7 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
     loops_ok = isinstance(document.get("loops", {}), dict) and all(lp is not None for lp in loops.values())
     loop_outputs = {lp.output for lp in valid(loops)} if loops_ok else None
     accounting = read_accounting(top, instruments, outputs, channels, loop_outputs)
+    limiters = read_limiters(top, identity, channels, outputs, limits)
 
     check_shared_namespace(report, channels, outputs, rules, loops, alarms)
     check_table_sizes(report, drivers, channels, outputs, rules, permissives)
@@ -197,4 +200,5 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
         instruments=instruments,
         sensor_nodes=sensor_nodes,
         accounting=accounting,
+        limiters=limiters,
     )

@@ -20,6 +20,7 @@ from edge.spec.core import (
     RuleKind,
 )
 from edge.spec.instruments import InstrumentConfig
+from edge.spec.limiter import LimiterSpec
 from edge.spec.loops import LoopSpec
 from edge.spec.plumbing import GasPlumbing
 from edge.spec.sensor_node import SensorNodeConfig
@@ -45,7 +46,7 @@ RULE_KINDS: tuple[RuleKind, ...] = (
 )
 DRIVER_TYPES = ("sim", "gpiochip", "spidev")
 SECTIONS = ("station", "core", "drivers", "channels", "outputs", "interlocks", "permissives", "limits", "loops",
-            "alarms", "plumbing", "instruments", "sensor_nodes", "accounting")
+            "alarms", "plumbing", "instruments", "sensor_nodes", "accounting", "limiter")
 
 #: Valid range of each thermocouple type (NIST ITS-90 reference functions), degC.
 TC_RANGE_C: dict[str, tuple[float, float]] = {
@@ -130,6 +131,7 @@ class Station:
     instruments: Mapping[str, InstrumentConfig] = field(default_factory=dict)  # [instruments.NAME]
     sensor_nodes: Mapping[str, SensorNodeConfig] = field(default_factory=dict)  # [sensor_nodes.NAME]: Pico nodes
     accounting: AccountingConfig = field(default_factory=AccountingConfig)  # [accounting]: batch-record meters
+    limiters: tuple[LimiterSpec, ...] = ()  # [limiter.NAME]: independent excess-temperature limiters (hardware)
 
     @property
     def broker(self) -> BrokerSettings | None:
