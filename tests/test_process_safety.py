@@ -148,3 +148,104 @@ def test_alarm_on_active_checked_by_the_loader() -> None:
     assert dataclasses.replace(HD_STATION).alarms[0].on_active == ("hold", "stop_h2")
     with pytest.raises(SpecError, match=r"alarms\.h2_room_warning\.on_active.*expected one of: hold, stop_h2"):
         parse_station(text.replace('on_active = ["hold", "stop_h2"]', 'on_active = ["hold", "stop_H2"]'), "x.toml")
+
+
+# ---------------------------------------------------------------- 3. air into the hot, hydrided charge
+
+
+def test_air_inleak_at_the_degassing_soak_cuts_heat_and_backfills_argon(
+        hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    """20 mbar l/s of air into the retort under vacuum once the charge is at the 600 degC soak. Before,
+    the batch heated on for the rest of degassing (the hold-out run: 83 MJ after the leak). Measured here:
+    heat cut 10.9 min after the leak began (the soak's first 4 min of vacuum samples), 6.0 MJ after it."""
+    rig, ctl, plant = hd
+    ctl.start_batch(HD_RECIPE, batch_id="inleak")
+    assert rig.run_until(lambda: in_phase(ctl, "degassing") and plant.s.charge_c >= 595.0, 12 * 3600, ctl.step)
+    plant.s.extra_air_leak_mbar_l_s = 20.0
+    leak_s, heat_j, ar_mol = rig.plant_s, plant.s.heater_j, plant.s.ar_fed_mol
+    cut_s: float | None = None
+    pumped_after_cut = 0.0
+
+    def scan() -> None:
+        nonlocal cut_s, pumped_after_cut
+        outs = rig.core.outputs()     # what the core drove after the previous scan's requests
+        if cut_s is not None:
+            pumped_after_cut += rig.dt_s * outs["vacuum_pump"].level * outs["vacuum_valve"].level
+        ctl.step()
+        if cut_s is None and in_phase(ctl, "aborting") and ctl.last_duties["heater"] == 0.0:
+            cut_s = rig.plant_s
+
+    assert rig.run_until(ctl.batch_finished, 3 * 3600, scan)
+    seq = ctl.sequencer
+    assert seq is not None and seq.phase == "aborted"
+    assert seq.abort_reason is not None and seq.abort_reason.startswith("air in-leak during degassing")
+    assert cut_s is not None
+    minutes = (cut_s - leak_s) / 60
+    assert minutes <= 12.0, f"heat cut {minutes:.1f} min after the leak began"
+    heat_mj = (plant.s.heater_j - heat_j) / 1e6
+    assert heat_mj < 8.0, f"{heat_mj:.1f} MJ of heat after the leak"
+    assert pumped_after_cut == 0.0, "no pumping against the in-leak"
+    assert plant.s.ar_fed_mol > ar_mol and plant.pressure_bar() >= 1.0, "argon in, above atmosphere"
+    rig.run_until(lambda: False, 3600, ctl.step)
+    assert plant.pressure_bar() >= 1.0, "kept under argon while it cools"
+    assert plant.s.charge_c < 590.0
+
+
+def test_normal_degassing_is_not_taken_for_an_inleak(hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    """The desorption peaks (tens of mbar at the 350 and 600 degC soaks) decay: no false in-leak."""
+    rig, ctl, _ = hd
+    ctl.start_batch(HD_RECIPE, batch_id="no-inleak")
+    assert rig.run_until(lambda: in_phase(ctl, "cooling"), 12 * 3600, ctl.step)
+
+
+# ---------------------------------------------------------------- 4. safe sequence per trip cause
+
+
+def test_cooling_water_loss_at_temperature_isolates_without_pumping(
+        hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    """[safe_sequences] cooling_water_low = "isolate": heat off, valves closed, no pump against a hot wall
+    the jacket no longer cools, no argon: the charge keeps its atmosphere. (Before: evacuate, then argon.)"""
+    rig, ctl, plant = hd
+    ctl.start_batch(HD_RECIPE, batch_id="cw-loss")
+    assert rig.run_until(lambda: in_phase(ctl, "degassing") and plant.s.charge_c >= 400.0, 12 * 3600, ctl.step)
+    plant.s.cooling_water_lost = True
+    assert rig.run_until(lambda: rig.core.rules()["cooling_water_low"].tripped, 60, ctl.step)
+    rig.step(ctl.step)                # the scan that aborts (the pump ran until then, as degassing wants)
+    ar_mol = plant.s.ar_fed_mol
+    pumped = 0.0
+
+    def scan() -> None:
+        nonlocal pumped
+        outs = rig.core.outputs()     # what the core drove after the previous scan's requests
+        pumped += rig.dt_s * outs["vacuum_pump"].level * outs["vacuum_valve"].level
+        ctl.step()
+
+    assert rig.run_until(ctl.batch_finished, 600, scan)
+    rig.run_until(lambda: False, 1800, scan)
+    seq = ctl.sequencer
+    assert seq is not None and seq.phase == "aborted" and seq.flags["safe_sequence"] == "isolate"
+    assert pumped == 0.0, f"pumped {pumped:.0f} s against the hot wall after the trip"
+    assert plant.s.ar_fed_mol == ar_mol, "the charge keeps its atmosphere"
+    assert rig.core.outputs()["heater"].level == 0
+
+
+def test_an_unmapped_trip_keeps_the_default_safe_sequence(hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    rig, ctl, plant = hd
+    ctl.start_batch(HD_RECIPE, batch_id="estop")
+    assert rig.run_until(lambda: in_phase(ctl, "purge"), 3600, ctl.step)
+    plant.s.estop_pressed = True
+    assert rig.run_until(lambda: in_phase(ctl, "aborting") or ctl.batch_finished(), 60, ctl.step)
+    seq = ctl.sequencer
+    assert seq is not None and seq.flags["safe_sequence"] == "evacuate_backfill"
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('cooling_water_lo = "isolate"', r"safe_sequences\.cooling_water_lo.*unknown interlock or process cause.*"
+                                     r"cooling_water_low"),
+    ('cooling_water_low = "vacuum"', r"safe_sequences\.cooling_water_low.*expected one of: evacuate_backfill, "
+                                     r"backfill, isolate"),
+])
+def test_safe_sequences_checked_by_the_loader(line: str, message: str) -> None:
+    text = HD_PATH.read_text().replace('cooling_water_low = "isolate"', line)
+    with pytest.raises(SpecError, match=message):
+        parse_station(text, "x.toml")
