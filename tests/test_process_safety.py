@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from edge.control.controller import BatchRejected, Controller
 from edge.spec.reader import SpecError
-from edge.spec.recipe_reader import load_recipe
-from edge.spec.station import load_station, parse_station
+from edge.spec.recipe_reader import load_recipe, parse_recipe
+from edge.spec.station import Station, load_station, parse_station
 from hil.lockstep import LockstepRig
 from hil.plants.hd_reactor import HDParams, HDReactor
 
@@ -249,3 +250,59 @@ def test_safe_sequences_checked_by_the_loader(line: str, message: str) -> None:
     text = HD_PATH.read_text().replace('cooling_water_low = "isolate"', line)
     with pytest.raises(SpecError, match=message):
         parse_station(text, "x.toml")
+
+
+# ---------------------------------------------------------------- 5. recovery re-checks what changed
+
+
+def recover_under(tmp_path: pathlib.Path, station: Station, state_path: pathlib.Path,
+                  ) -> tuple[LockstepRig, Controller, str | None]:
+    rig = LockstepRig(station, HDReactor(), dt_s=2.0)
+    ctl = Controller(rig.core, rig.station, state_path=state_path)
+    rig.step(ctl.step)
+    return rig, ctl, ctl.recover()
+
+
+def interrupted_in_degassing(rig: LockstepRig, ctl: Controller) -> pathlib.Path:
+    recipe = parse_recipe(HD_RECIPE.text.replace('strategy = "hold"', 'strategy = "continue"', 1),
+                          str(HD_RECIPE.source))
+    ctl.start_batch(recipe, batch_id="recover")
+    assert rig.run_until(lambda: in_phase(ctl, "degassing"), 12 * 3600, ctl.step)
+    ctl.save(force=True)
+    return ctl.store.path
+
+
+def test_recovery_under_an_edited_station_file_aborts(tmp_path: pathlib.Path,
+                                                      hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    state_path = interrupted_in_degassing(hd[0], hd[1])
+    unchanged = tmp_path / "unchanged.json"
+    shutil.copy(state_path, unchanged)
+    edited = parse_station(HD_PATH.read_text().replace("threshold = 930.0", "threshold = 990.0"), str(HD_PATH))
+    rig, ctl, message = recover_under(tmp_path, edited, state_path)
+    try:
+        seq = ctl.sequencer
+        assert seq is not None and seq.phase == "aborting"
+        assert message is not None and "station file changed" in message
+        assert seq.abort_reason is not None and "station file changed since the batch started" in seq.abort_reason
+        assert any(e.kind == "recovery" and "station file changed" in e.message for e in ctl.events)
+    finally:
+        rig.close()
+    rig, ctl, _ = recover_under(tmp_path, HD_STATION, unchanged)   # the same file: it goes on
+    try:
+        assert ctl.sequencer is not None and ctl.sequencer.phase == "degassing"
+    finally:
+        rig.close()
+
+
+def test_recovery_with_a_recipe_the_station_no_longer_allows_aborts(
+        tmp_path: pathlib.Path, hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    state_path = interrupted_in_degassing(hd[0], hd[1])
+    lowered = dataclasses.replace(HD_STATION, limits=dataclasses.replace(HD_STATION.limits, max_temperature_c=550.0))
+    rig, ctl, _ = recover_under(tmp_path, lowered, state_path)
+    try:
+        seq = ctl.sequencer
+        assert seq is not None and seq.phase == "aborting"
+        assert seq.abort_reason is not None and "recipe no longer fits this station" in seq.abort_reason
+        assert "550" in seq.abort_reason
+    finally:
+        rig.close()

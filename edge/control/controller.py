@@ -225,6 +225,10 @@ class Controller:
             self.emit(now, "recovery", f"system clock is {-outage_s:.0f} s behind the last save: outage unknown")
             outage_s = math.inf
         message = self.sequencer.recover(state["sequencer"], now, self.readings(), outage_s=outage_s)
+        changed = self._changed_since(state, recipe)
+        if changed is not None and self.sequencer.running and self.sequencer.phase != "aborting":
+            self.sequencer.abort(now, f"recovery refused: {changed}")
+            message = f"{message}; aborted: {changed}"
         for name, snap in state.get("loops", {}).items():
             if name in self.loops:
                 self.loops[name][1].restore(snap)
@@ -235,6 +239,22 @@ class Controller:
         self.emit(now, "recovery", message, outage_s=outage_s, batch=self.batch.get("id"))
         self.save(force=True)
         return message
+
+    def _changed_since(self, state: Mapping[str, Any], recipe: Recipe) -> str | None:
+        """Why the interrupted batch may not go on under this station, or None. The run state names the
+        station and the hash of its file's text; a different station, a different (or unknown) file, or a
+        recipe that no longer passes the station's current limits: the batch goes to the safe sequence."""
+        saved_id, saved_hash = state.get("station"), state.get("station_sha256")
+        if saved_id != self.station.identity.station_id:
+            return f"the batch was run by station {saved_id!r}, this is {self.station.identity.station_id!r}"
+        if saved_hash != self.station.content_sha256:
+            now = self.station.content_sha256[:12]
+            what = "not recorded" if saved_hash is None else f"{str(saved_hash)[:12]}, now {now}"
+            return f"the station file changed since the batch started (sha256 {what})"
+        problems = check_recipe(recipe, self.station)
+        if problems:
+            return "the recipe no longer fits this station: " + "; ".join(str(p) for p in problems)
+        return None
 
     # ---- the scan ----
 
@@ -413,7 +433,8 @@ class Controller:
     def snapshot(self) -> dict[str, Any]:
         assert self.sequencer is not None and self.recipe is not None
         return {"batch": self.batch, "recipe_text": self.recipe.text, "recipe_source": str(self.recipe.source),
-                "station": self.station.identity.station_id, "sequencer": self.sequencer.snapshot(self.now_s()),
+                "station": self.station.identity.station_id, "station_sha256": self.station.content_sha256,
+                "sequencer": self.sequencer.snapshot(self.now_s()),
                 "loops": {name: pid.snapshot() for name, (_, pid) in self.loops.items()},
                 "alarms": self.alarms.snapshot(), "heater_model_kwh": self.heater_model.kwh}
 
