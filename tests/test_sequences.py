@@ -136,10 +136,20 @@ def trip_aborts(rig: LockstepRig, ctl: Controller, plant: HDReactor) -> None:
     assert rig.core.outputs()["heater"].level == 0
 
 
-def test_hd_top_up_refused_too_long_aborts(hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+def test_hd_top_up_refused_too_long_aborts(tmp_path: pathlib.Path) -> None:
     """A small leak the room ventilation holds just under the trip: the permissive refuses every
-    top-up; the batch must not sit in absorption forever."""
-    rig, ctl, plant = hd
+    top-up; the batch must not sit in absorption forever. (The station's room warning holds the recipe
+    first, ``tests/test_process_safety.py``; here a warning that does not, to reach the refusal's own guard.)"""
+    station = dataclasses.replace(HD_STATION, alarms=tuple(dataclasses.replace(a, on_active=())
+                                                           for a in HD_STATION.alarms))
+    plant = HDReactor()
+    with LockstepRig(station, plant, dt_s=2.0) as rig:
+        ctl = Controller(rig.core, rig.station, state_path=tmp_path / "run.json")
+        rig.step(ctl.step)
+        refused_too_long(rig, ctl, plant)
+
+
+def refused_too_long(rig: LockstepRig, ctl: Controller, plant: HDReactor) -> None:
     ctl.start_batch(HD_RECIPE, batch_id="hd-6")
     assert rig.run_until(lambda: ctl.sequencer is not None and ctl.sequencer.phase == "absorption", 5 * 3600,
                          ctl.step)

@@ -8,7 +8,13 @@ A scan (``step``), in order:
   4. the PID loops turn the setpoint into heater duty; no setpoint means no heat;
   5. request every demanded output level (each scan: this refreshes the keep-alives); a
      refusal is an event with the gate's reason, reported once per change;
-  6. the alarms; 7. persist the run state on every change and every few seconds.
+  6. the alarms, and what the station declares an alarm does while it is on the list (``on_active``:
+     ``hold`` holds the recipe, ``stop_h2`` closes the H2 inlet in this very scan and keeps it closed);
+  7. the beacon (``[annunciator] beacon``): on while a trip or an unacknowledged alarm exists, off
+     otherwise; 8. persist the run state on every change and every few seconds.
+
+The order matters for 5 and 6: the alarms are judged before the outputs are asked for, so that an
+alarm that stops H2 closes the valve in the scan that raised it, not one scan later.
 
 Everything a person or a historian should know goes to ``events`` (``ProcessEvent``), which
 the telemetry drains. Start, operator actions and power-fail recovery are methods.
@@ -33,6 +39,7 @@ from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer
 from edge.control.sintering import SinteringSequencer
 from edge.core import Core, CoreEvent, EventKind, OutputRefused
+from edge.spec.alarms import SEVERITIES
 from edge.spec.recipe import Recipe
 from edge.spec.recipe_check import check_recipe
 from edge.spec.recipe_reader import parse_recipe
@@ -73,6 +80,11 @@ class Controller:
         self.sequencer: Sequencer | None = None
         self.recipe: Recipe | None = None
         self.batch: dict[str, Any] = {}
+        self._holding_alarms = {a.name for a in station.alarms if "hold" in a.on_active}
+        self._h2_stopping_alarms = {a.name for a in station.alarms if "stop_h2" in a.on_active}
+        self._latched_rules = {r.name for r in station.core.rules if r.latch}
+        sounds = SEVERITIES[SEVERITIES.index(station.beacon_sounds_from):]
+        self._sounding_alarms = {a.name for a in station.alarms if a.severity in sounds}
         self.loops = {spec.name: (spec, Pid.for_loop(spec)) for spec in station.loops}
         self._duty_outputs = {spec.output for spec in station.loops}
         self.alarms = AlarmEngine(station.alarms)
@@ -137,8 +149,7 @@ class Controller:
             raise BatchRejected(f"no sequencer for process {recipe.process!r}")
         now = self.now_s()
         self.recipe = recipe
-        self.sequencer = kind(recipe, self.station.plumbing, self.allowed,
-                              ramp_back_rate_c_per_min=self.station.limits.max_ramp_c_per_min)
+        self.sequencer = self._new_sequencer(kind, recipe)
         self._changes_seen = 0
         self.batch = {"id": batch_id, "operator": operator, "feed": feed, "mass_in_kg": mass_in_kg,
                       "recipe": recipe.name,
@@ -152,11 +163,20 @@ class Controller:
         self.emit(now, "batch", f"batch {batch_id} started: {recipe.name}", batch=dict(self.batch))
         self.save(force=True)
 
+    def _new_sequencer(self, kind: type[Sequencer], recipe: Recipe) -> Sequencer:
+        return kind(recipe, self.station.plumbing, self.allowed,
+                    ramp_back_rate_c_per_min=self.station.limits.max_ramp_c_per_min,
+                    safe_sequences=self.station.safe_sequences)
+
     def hold(self, reason: str = "operator hold") -> None:
         self._seq().hold(reason)
         self.emit(self.now_s(), "operator", f"hold: {reason}")
 
     def resume(self) -> None:
+        """Refused (BatchRejected) while an alarm that holds the recipe is still on the operator's list."""
+        holding = self.holding_alarms()
+        if holding:
+            raise BatchRejected(f"alarm {', '.join(holding)} holds the recipe: clear and acknowledge it first")
         self._seq().resume(self.now_s())
         self.emit(self.now_s(), "operator", "resume")
 
@@ -196,8 +216,7 @@ class Controller:
         kind = SEQUENCERS[recipe.process]
         self.recipe = recipe
         self.batch = dict(state["batch"])
-        self.sequencer = kind(recipe, self.station.plumbing, self.allowed,
-                              ramp_back_rate_c_per_min=self.station.limits.max_ramp_c_per_min)
+        self.sequencer = self._new_sequencer(kind, recipe)
         self._changes_seen = 0
         outage_s = self.wall_clock() - saved_unix
         if outage_s < 0:
@@ -206,6 +225,10 @@ class Controller:
             self.emit(now, "recovery", f"system clock is {-outage_s:.0f} s behind the last save: outage unknown")
             outage_s = math.inf
         message = self.sequencer.recover(state["sequencer"], now, self.readings(), outage_s=outage_s)
+        changed = self._changed_since(state, recipe)
+        if changed is not None and self.sequencer.running and self.sequencer.phase != "aborting":
+            self.sequencer.abort(now, f"recovery refused: {changed}")
+            message = f"{message}; aborted: {changed}"
         for name, snap in state.get("loops", {}).items():
             if name in self.loops:
                 self.loops[name][1].restore(snap)
@@ -216,6 +239,22 @@ class Controller:
         self.emit(now, "recovery", message, outage_s=outage_s, batch=self.batch.get("id"))
         self.save(force=True)
         return message
+
+    def _changed_since(self, state: Mapping[str, Any], recipe: Recipe) -> str | None:
+        """Why the interrupted batch may not go on under this station, or None. The run state names the
+        station and the hash of its file's text; a different station, a different (or unknown) file, or a
+        recipe that no longer passes the station's current limits: the batch goes to the safe sequence."""
+        saved_id, saved_hash = state.get("station"), state.get("station_sha256")
+        if saved_id != self.station.identity.station_id:
+            return f"the batch was run by station {saved_id!r}, this is {self.station.identity.station_id!r}"
+        if saved_hash != self.station.content_sha256:
+            now = self.station.content_sha256[:12]
+            what = "not recorded" if saved_hash is None else f"{str(saved_hash)[:12]}, now {now}"
+            return f"the station file changed since the batch started (sha256 {what})"
+        problems = check_recipe(recipe, self.station)
+        if problems:
+            return "the recipe no longer fits this station: " + "; ".join(str(p) for p in problems)
+        return None
 
     # ---- the scan ----
 
@@ -230,7 +269,7 @@ class Controller:
             # events can be missed (a trip latched before a restart, an overflowing ring): the state decides
             tripped = [name for name, r in self.core.rules().items() if r.tripped]
             if tripped:
-                seq.abort(now, f"interlock {tripped[0]} tripped")
+                seq.abort(now, f"interlock {tripped[0]} tripped", cause=tripped[0])
         heating = seq is not None and seq.running     # before the step: the scan that finishes still counts
         demand = seq.step(now, readings) if seq is not None else Demand()
         self.last_demand = demand
@@ -238,9 +277,11 @@ class Controller:
             self.heater_model.update(now, self.last_duties)   # the duties of the last scan held until now
         duties = self._loops(now, readings, demand)
         self.last_duties = duties
-        self._outputs(now, demand)
         for a in self.alarms.update(now, readings, {name: demand.setpoint_c for name in self.loops}, duties):
             self.emit(now, "alarm", a.message, alarm=a.name, state=a.kind, severity=a.severity)
+        demand = self._alarm_actions(now, demand)
+        self._outputs(now, demand)
+        self._beacon()
         if seq is not None:
             for change in seq.changes[self._changes_seen:]:
                 self.emit(change.t_s, "phase", f"{change.previous} -> {change.phase}: {change.reason}",
@@ -249,6 +290,53 @@ class Controller:
                     self.emit(change.t_s, "batch", f"batch {self.batch.get('id')} {change.phase}: {change.reason}")
             self._changes_seen = len(seq.changes)
         self.save()
+
+    # ---- alarms that act ----
+
+    def holding_alarms(self) -> list[str]:
+        """Alarms declared ``on_active = ["hold"]`` that are on the operator's list (active or unacked)."""
+        return [name for name in self.alarms.active() if name in self._holding_alarms]
+
+    def _alarm_actions(self, now: float, demand: Demand) -> Demand:
+        """What the station declares an alarm does while it is active or unacknowledged: ``hold`` the
+        recipe (the sequencer holds from the next scan), ``stop_h2`` (the H2 inlet closed in this scan)."""
+        listed = self.alarms.active()
+        stopping = [name for name in listed if name in self._h2_stopping_alarms]
+        h2 = self.station.plumbing.inlet_valves.get("H2")
+        closed = self._safe.get(h2 or "")
+        if stopping and h2 is not None and closed is not None and demand.outputs.get(h2, closed) != closed:
+            demand = Demand(setpoint_c=demand.setpoint_c, outputs={**demand.outputs, h2: closed},
+                            program=demand.program)
+        holding = [name for name in listed if name in self._holding_alarms]
+        seq = self.sequencer
+        if holding and seq is not None and seq.running and seq.phase != "aborting" and seq.held is None:
+            seq.hold(f"alarm {holding[0]}")
+            self.emit(now, "alarm", f"recipe held by alarm {holding[0]}", alarm=holding[0], state="hold")
+        return demand
+
+    def beacon_wanted(self) -> bool:
+        """On while a trip exists (a latched rule tripped, or any rule tripped while a batch runs: a lid
+        opened to load the idle furnace is no alarm) or an alarm at least as severe as the station's
+        ``[annunciator] sounds_from`` is unacknowledged."""
+        seq = self.sequencer
+        running = seq is not None and seq.running
+        tripped = any(r.tripped and (running or name in self._latched_rules)
+                      for name, r in self.core.rules().items())
+        return tripped or any(name in self._sounding_alarms for name in self.alarms.unacknowledged())
+
+    def _beacon(self) -> None:
+        """Drive the beacon each scan; a trip that has it in its action forces it on in the core anyway."""
+        name = self.station.beacon
+        if name is None:
+            return
+        level = 1 if self.beacon_wanted() else 0
+        state = self.core.outputs().get(name)
+        if state is None or state.forced:
+            return
+        try:
+            self.core.request_output(name, level)
+        except OutputRefused as exc:
+            self._refused(self.now_s(), name, exc.message)
 
     def drain_core_events(self) -> None:
         """The core's pending events as ProcessEvents, without a scan (at shutdown, after ``core.stop()``:
@@ -265,7 +353,7 @@ class Controller:
         self.emit(e.t_ns / 1e9, kind, e.detail, rule=e.rule, output=e.output, first_out=e.first_out, core_event=e,
                   core_kind=e.kind.name, wall_ns=e.wall_ns)
         if e.kind is EventKind.TRIP and self.sequencer is not None and self.sequencer.running:
-            self.sequencer.abort(now, f"interlock {e.rule} tripped")
+            self.sequencer.abort(now, f"interlock {e.rule} tripped", cause=e.rule)
 
     def _loops(self, now: float, readings: Mapping[str, float], demand: Demand) -> dict[str, float]:
         """Setpoint -> duty per loop. While no heat is wanted, or the gate holds the heater off (a trip
@@ -345,7 +433,8 @@ class Controller:
     def snapshot(self) -> dict[str, Any]:
         assert self.sequencer is not None and self.recipe is not None
         return {"batch": self.batch, "recipe_text": self.recipe.text, "recipe_source": str(self.recipe.source),
-                "station": self.station.identity.station_id, "sequencer": self.sequencer.snapshot(self.now_s()),
+                "station": self.station.identity.station_id, "station_sha256": self.station.content_sha256,
+                "sequencer": self.sequencer.snapshot(self.now_s()),
                 "loops": {name: pid.snapshot() for name, (_, pid) in self.loops.items()},
                 "alarms": self.alarms.snapshot(), "heater_model_kwh": self.heater_model.kwh}
 

@@ -17,7 +17,11 @@ load_check -> leak_test -> purge -> h2_admission -> absorption -> degassing -> c
   until the charge cools back; no absorption within ``max_duration_h`` aborts.
 - degassing: H2 shut, pump on throughout, the recipe's program (ramp to ~600 degC, waits for
   the vacuum to recover); complete when the program ends with the vacuum below
-  ``vacuum_recovered_mbar``.
+  ``vacuum_recovered_mbar``. Air leaking into the hot hydride is watched for (``_inleak``): at a
+  steady temperature the desorbing charge can only make the vacuum better, along a decaying
+  exponential; a vacuum that stops improving, or whose decay heads for a level above
+  ``INLEAK_FLOOR_MBAR``, is air coming in, and the batch aborts with cause ``air_inleak`` (the
+  station's [safe_sequences] says what follows; by default argon in, no pumping).
 - cooling: pump off, argon backfill, the cooling program; heaters off at its end.
 - unload: done when the charge is below the unload temperature.
 
@@ -37,6 +41,11 @@ from edge.control.sequencer import Demand, Readings, Sequencer
 ATM_BAR = 1.013
 SETTLE_S = 30.0          # after a backfill, let the O2 analyser see the new gas
 POST_PROGRAM_WAIT_S = 3600.0   # degassing: how long the vacuum may take to recover after the program
+INLEAK_SAMPLE_S = 120.0        # degassing: the vacuum is sampled this often for the in-leak check
+INLEAK_STEADY_C = 5.0          # ... over three samples the charge moved less than this: desorption only decays
+INLEAK_FLOOR_MBAR = 3.0        # ... a vacuum that settles above this is air coming in (the tight vessel with its
+                               # 10 m3/h pump settles near 0.001 mbar; 20 mbar l/s of air holds about 7 mbar)
+INLEAK_HOT_C = 200.0           # ... checked only with the charge this hot: a hot hydride burns in air
 
 
 class HDSequencer(Sequencer):
@@ -207,7 +216,11 @@ class HDSequencer(Sequencer):
         st = self.run_program("degassing", now_s, r)
         out = self._evacuate()   # the pump runs throughout: desorbed hydrogen goes to the stack
         out.update(st.outputs)   # unless the recipe's program asks otherwise (its gas segments)
-        if st.state is ProgState.ABORTED:
+        soaking = st.segment_kind in ("dwell", "wait", "end") and st.setpoint_c is not None
+        inleak = self._inleak(now_s, r, st.setpoint_c if soaking else None)
+        if inleak is not None:
+            self.abort(now_s, f"air in-leak during degassing: {inleak}", cause="air_inleak")
+        elif st.state is ProgState.ABORTED:
             self.abort(now_s, f"degassing: {st.message}")
         elif st.state is ProgState.END:
             ended = self.data.setdefault("ended_at_s", now_s)
@@ -217,6 +230,41 @@ class HDSequencer(Sequencer):
                 self.abort(now_s, f"degassing: vacuum still {self._vacuum(r):.3g} mbar "
                                   f"{POST_PROGRAM_WAIT_S / 60:.0f} min after the program ended")
         return Demand(setpoint_c=st.setpoint_c, outputs=out, program=st)
+
+    def _inleak(self, now_s: float, r: Readings, soak_c: float | None) -> str | None:
+        """Air coming into the hot charge under vacuum, or None.
+
+        Three vacuum samples INLEAK_SAMPLE_S apart at a soak (``soak_c``: the program holds this setpoint; a
+        ramp, even one held back, keeps the charge desorbing at a steady flux and proves nothing) and a steady
+        temperature. Desorption alone gives p = B + A exp(-t/tau), B the tight vessel's base, far below the
+        floor. A vacuum not improving above the floor, or an asymptote B (Aitken's extrapolation of the three
+        samples) above it, says air is coming in. A NaN gauge decides nothing (its own rule acts)."""
+        vac, t = self._vacuum(r), self._temp(r)
+        last = self.data.get("inleak_at_s")
+        if last is not None and now_s - float(last) < INLEAK_SAMPLE_S:
+            return None
+        self.data["inleak_at_s"] = now_s
+        samples: list[list[float]] = list(self.data.get("inleak_samples", []))
+        if not (math.isfinite(vac) and math.isfinite(t)) or t < INLEAK_HOT_C or soak_c is None:
+            self.data["inleak_samples"] = []
+            return None
+        samples = [*samples, [vac, t, soak_c]][-3:]
+        self.data["inleak_samples"] = samples
+        if len(samples) < 3 or len({s[2] for s in samples}) > 1 \
+                or max(s[1] for s in samples) - min(s[1] for s in samples) > INLEAK_STEADY_C:
+            return None
+        p1, p2, p3 = (s[0] for s in samples)
+        minutes = 2 * INLEAK_SAMPLE_S / 60
+        if p3 > INLEAK_FLOOR_MBAR and p3 >= p2:
+            return (f"vacuum {p3:.3g} mbar no better than {p2:.3g} mbar {INLEAK_SAMPLE_S / 60:g} min before at "
+                    f"{t:.0f} degC (desorption alone only improves it)")
+        curvature = p1 + p3 - 2 * p2
+        if p1 > p2 > p3 and curvature > 0:
+            settles = (p1 * p3 - p2 * p2) / curvature
+            if settles > INLEAK_FLOOR_MBAR:
+                return (f"vacuum {p1:.3g} -> {p2:.3g} -> {p3:.3g} mbar over {minutes:g} min at {t:.0f} degC "
+                        f"settles near {settles:.3g} mbar, above {INLEAK_FLOOR_MBAR:g} mbar")
+        return None
 
     def phase_cooling(self, now_s: float, r: Readings) -> Demand:
         p = self._p("cooling")

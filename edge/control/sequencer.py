@@ -7,10 +7,18 @@ is done, with the reason. The recipe supplies the numbers; the phases supply the
 knowledge (when a leak test has passed, when absorption is complete).
 
 Every phase change is recorded (``changes``: name, entry time, why the previous one ended)
-for the event stream. Any interlock trip, a failed check or an operator abort goes to the
-**safe sequence**: heaters off and H2 shut at once, then an inert purge as far as the core
-allows (evacuate and backfill argon, or, when a trip holds the vent open, an argon flush
-through the vent), then ``aborted``. The phase-local data lives in ``self.data`` and is
+for the event stream. Any interlock trip, a failed check or an operator abort goes to a
+**safe sequence**: heaters off and H2 shut at once, then what the cause needs, as the station's
+[safe_sequences] declares it per cause (a rule name, or ``air_inleak``):
+
+- ``evacuate_backfill`` (the default): an inert purge as far as the core allows (evacuate and
+  backfill argon, or, when a trip holds the vent open, an argon flush through the vent);
+- ``backfill``: no pumping (air leaking in would be drawn onto the hot hydride), argon straight in
+  and kept a little above atmosphere while the charge cools;
+- ``isolate``: every gas valve closed, pump off: the charge keeps its atmosphere (cooling water
+  lost: pumping against a hot wall without cooling is not safe).
+
+then ``aborted``. The phase-local data lives in ``self.data`` and is
 JSON-safe, so the whole sequencer can be snapshot for power-fail recovery.
 """
 
@@ -61,9 +69,12 @@ class Sequencer:
 
     def __init__(self, recipe: Recipe, plumbing: GasPlumbing,
                  allowed: Callable[[str, int], bool] | None = None, *,
-                 ramp_back_rate_c_per_min: float | None = None) -> None:
+                 ramp_back_rate_c_per_min: float | None = None,
+                 safe_sequences: Mapping[str, str] | None = None) -> None:
         """``allowed(output, level)`` tells whether the core would accept a level now (no trip forcing it);
-        ``ramp_back_rate_c_per_min`` is the station's ramp limit, for a ramp back after a power loss."""
+        ``ramp_back_rate_c_per_min`` is the station's ramp limit, for a ramp back after a power loss;
+        ``safe_sequences``: cause -> safe sequence (the station's [safe_sequences]), default evacuate_backfill."""
+        self.safe_sequences = dict(safe_sequences or {})
         self.ramp_back_rate_c_per_min = ramp_back_rate_c_per_min
         self.recipe = recipe
         self.plumbing = plumbing
@@ -136,12 +147,15 @@ class Sequencer:
         if self.program is not None:
             self.program.skip(now_s)
 
-    def abort(self, now_s: float, reason: str) -> None:
-        """Go to the safe sequence (idempotent: a second abort keeps the first reason)."""
+    def abort(self, now_s: float, reason: str, cause: str | None = None) -> None:
+        """Go to the safe sequence the cause maps to (idempotent: a second abort keeps the first reason and
+        sequence). ``cause``: an interlock rule's name or a process cause; None: the default sequence."""
         if self.phase in ("aborting", "aborted", "done", "idle"):
             return
         self.abort_reason = reason
         self.held = None
+        self.flags["safe_sequence"] = self.safe_sequences.get(cause or "", "evacuate_backfill")
+        self.flags["abort_cause"] = cause
         self.enter("aborting", now_s, reason)
 
     # ---- the scan ----
@@ -213,6 +227,19 @@ class Sequencer:
         return {name: 0 for name in self.plumbing.outputs}
 
     def safe_sequence(self, now_s: float, readings: Readings) -> Demand:
+        """Heaters off and H2 shut now, then the cause's sequence (``flags["safe_sequence"]``)."""
+        kind = self.flags.get("safe_sequence", "evacuate_backfill")
+        if kind == "isolate":
+            self.enter("aborted", now_s, f"safe sequence isolate complete: heat off, valves closed, the charge "
+                                         f"keeps its atmosphere ({self.abort_reason})")
+            return Demand(outputs=self.closed())
+        if kind == "backfill" and self.data.get("step", "start") == "start":
+            ar = self.plumbing.inlet_valves.get("Ar")
+            self.data["step_at_s"] = now_s
+            self.data["step"] = "backfill" if ar is not None and self.allowed(ar, 1) else "closed"
+        return self._evacuate_backfill(now_s, readings)
+
+    def _evacuate_backfill(self, now_s: float, readings: Readings) -> Demand:
         """Heaters off and H2 shut now, then an inert purge as far as the core allows."""
         pl = self.plumbing
         out = self.closed()

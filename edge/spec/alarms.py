@@ -10,13 +10,18 @@ import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-__all__ = ["ALARM_KINDS", "DEVIATION_KINDS", "SEVERITIES", "AlarmKind", "AlarmSpec", "LoopLimit", "RateDirection",
-           "Severity"]
+__all__ = ["ALARM_ACTIONS", "ALARM_KINDS", "DEVIATION_KINDS", "SEVERITIES", "AlarmAction", "AlarmKind", "AlarmSpec",
+           "LoopLimit", "RateDirection", "Severity"]
 
 AlarmKind = Literal["abs_high", "abs_low", "dev_high", "dev_low", "dev_band", "rate", "loop_break"]
 Severity = Literal["warning", "alarm", "critical"]
 LoopLimit = Literal["both", "high", "low"]
 RateDirection = Literal["both", "rising", "falling"]
+#: What process control does while an alarm is on the operator's list (active or unacknowledged):
+#: ``hold`` holds the recipe (resume is refused until it is off the list), ``stop_h2`` closes the H2 inlet
+#: at once and keeps it closed. Declared per alarm in the station file (``on_active``), not coded per name.
+AlarmAction = Literal["hold", "stop_h2"]
+ALARM_ACTIONS: tuple[AlarmAction, ...] = get_args(AlarmAction)
 
 ALARM_KINDS: tuple[AlarmKind, ...] = get_args(AlarmKind)
 SEVERITIES: tuple[Severity, ...] = get_args(Severity)
@@ -47,6 +52,7 @@ class AlarmSpec:
     output_limits: tuple[float, float] = (0.0, 1.0)  # loop_break: the output's limits
     limit: LoopLimit = "both"               # loop_break: which limit is watched
     unit: str = ""                          # the channel's unit, for messages
+    on_active: tuple[AlarmAction, ...] = ()  # what process control does while the alarm is active or unacked
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -65,6 +71,9 @@ class AlarmSpec:
             problems.append("needs threshold > hysteresis >= 0 (it could never clear)")
         if self.kind == "rate" and self.window_s <= 0.0:
             problems.append("a rate alarm needs window_s > 0")
+        for action in self.on_active:
+            if action not in ALARM_ACTIONS:
+                problems.append(f"on_active {action!r} is not one of {', '.join(ALARM_ACTIONS)}")
         if self.direction not in get_args(RateDirection):
             problems.append(f"direction {self.direction!r} is not one of both, rising, falling")
         if self.kind == "loop_break":

@@ -34,6 +34,7 @@ order; the sections are read in
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 
@@ -89,7 +90,15 @@ from edge.spec.station.peripherals import (
     read_mqtt,
     read_sensor_nodes,
 )
-from edge.spec.station.process import read_alarms, read_limits, read_loops, read_plumbing
+from edge.spec.station.process import (
+    read_alarms,
+    read_annunciator,
+    read_annunciator_severity,
+    read_limits,
+    read_loops,
+    read_plumbing,
+    read_safe_sequences,
+)
 from edge.spec.station.rules import read_interlocks, read_permissives
 
 __all__ = [
@@ -150,6 +159,8 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
     limits = read_limits(top, identity, channels)
     loops = read_loops(top, settings, channels, outputs, limits)
     alarms = read_alarms(top, channels, loops, outputs, rules)
+    beacon = read_annunciator(top, settings, outputs)
+    safe_sequences = read_safe_sequences(top, rules)
     plumbing = read_plumbing(top, settings, channels, outputs, loops, limits)
     commands, mqtt = read_mqtt(top)
     instruments = read_instruments(top, channels)
@@ -201,4 +212,8 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
         sensor_nodes=sensor_nodes,
         accounting=accounting,
         limiters=limiters,
+        beacon=beacon,
+        beacon_sounds_from=read_annunciator_severity(top),
+        safe_sequences=safe_sequences,
+        content_sha256=hashlib.sha256(text.encode()).hexdigest(),
     )

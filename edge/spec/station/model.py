@@ -12,6 +12,7 @@ from edge.spec.access import CommandSettings
 from edge.spec.accounting import AccountingConfig
 from edge.spec.alarms import (
     AlarmSpec,
+    Severity,
 )
 from edge.spec.broker import BrokerSettings
 from edge.spec.core import (
@@ -46,7 +47,19 @@ RULE_KINDS: tuple[RuleKind, ...] = (
 )
 DRIVER_TYPES = ("sim", "gpiochip", "spidev")
 SECTIONS = ("station", "core", "drivers", "channels", "outputs", "interlocks", "permissives", "limits", "loops",
-            "alarms", "plumbing", "instruments", "sensor_nodes", "accounting", "limiter")
+            "alarms", "annunciator", "safe_sequences", "plumbing", "instruments", "sensor_nodes", "accounting",
+            "limiter")
+
+#: The safe sequences a trip (or a process cause) can lead to (``edge.control.sequencer`` runs them):
+#: ``evacuate_backfill`` heat off, H2 shut, evacuate then backfill argon (the default, as before);
+#: ``backfill`` heat off, H2 shut, no pumping: argon straight in and kept above atmosphere (air in-leak);
+#: ``isolate`` heat off, every gas valve closed, pump off: the charge keeps its atmosphere (cooling water lost:
+#: no pumping against a hot wall).
+SAFE_SEQUENCES = ("evacuate_backfill", "backfill", "isolate")
+#: Causes of an abort found by process control rather than by an interlock rule; a [safe_sequences] key too.
+PROCESS_CAUSES = ("air_inleak",)
+#: What a cause maps to when the station does not say: in-leaking air is never pumped against.
+DEFAULT_SAFE_SEQUENCES = {"air_inleak": "backfill"}
 
 #: Valid range of each thermocouple type (NIST ITS-90 reference functions), degC.
 TC_RANGE_C: dict[str, tuple[float, float]] = {
@@ -132,6 +145,10 @@ class Station:
     sensor_nodes: Mapping[str, SensorNodeConfig] = field(default_factory=dict)  # [sensor_nodes.NAME]: Pico nodes
     accounting: AccountingConfig = field(default_factory=AccountingConfig)  # [accounting]: batch-record meters
     limiters: tuple[LimiterSpec, ...] = ()  # [limiter.NAME]: independent excess-temperature limiters (hardware)
+    beacon: str | None = None  # [annunciator] beacon: the output process control lights for trips and alarms
+    beacon_sounds_from: Severity = "warning"  # [annunciator] sounds_from: the least severe alarm that lights it
+    safe_sequences: Mapping[str, str] = field(default_factory=dict)  # [safe_sequences]: cause -> safe sequence
+    content_sha256: str = ""  # of the station file's text: recovery refuses a batch saved under another file
 
     @property
     def broker(self) -> BrokerSettings | None:

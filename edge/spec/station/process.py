@@ -1,4 +1,5 @@
-"""[limits], [loops.*], [alarms.*] and [plumbing]: what recipes are checked against, what process control runs."""
+"""[limits], [loops.*], [alarms.*], [annunciator], [safe_sequences] and [plumbing]: what recipes are checked
+against, what process control runs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from dataclasses import fields
 from typing import cast
 
 from edge.spec.alarms import (
+    ALARM_ACTIONS,
     ALARM_KINDS,
     DEVIATION_KINDS,
     SEVERITIES,
+    AlarmAction,
     AlarmKind,
     AlarmSpec,
     LoopLimit,
@@ -28,6 +31,7 @@ from edge.spec.reader import boolean as _boolean
 from edge.spec.reader import choice as _choice
 from edge.spec.reader import fmt as _fmt
 from edge.spec.reader import join as _join
+from edge.spec.reader import list_of as _list_of
 from edge.spec.reader import lookup as _lookup
 from edge.spec.reader import number as _number
 from edge.spec.reader import number_in as _number_in
@@ -37,6 +41,9 @@ from edge.spec.station.hardware import (
     _CoreSettings,
 )
 from edge.spec.station.model import (
+    DEFAULT_SAFE_SEQUENCES,
+    PROCESS_CAUSES,
+    SAFE_SEQUENCES,
     EquipmentLimits,
     StationIdentity,
 )
@@ -198,7 +205,7 @@ def _read_loop(
 
 _ALARM_KEYS = (
     "kind", "channel", "threshold", "hysteresis", "delay_s", "latch", "inhibit_until_normal", "severity",
-    "message", "setpoint_of", "window_s", "direction", "output", "band", "limit",
+    "message", "setpoint_of", "window_s", "direction", "output", "band", "limit", "on_active",
 )
 _ALARM_KEY_HINTS = {
     ("dev_band", "band"): "the band's half-width is threshold",
@@ -288,6 +295,8 @@ def _read_alarm(
     inhibit = t.get("inhibit_until_normal", _boolean, False)
     severity = t.get("severity", _choice(SEVERITIES), "warning")
     message = t.get("message", _text(200), "")
+    no_actions: list[str] = []
+    on_active = t.get("on_active", _list_of(_choice(ALARM_ACTIONS), "actions", max_len=len(ALARM_ACTIONS)), no_actions)
     for (hint_kind, key), hint in _ALARM_KEY_HINTS.items():
         if hint_kind == kind and key in t.data:
             t.accept(key)
@@ -316,6 +325,7 @@ def _read_alarm(
         setpoint_of=loop.name if deviation and loop is not None else None, window_s=window_s,
         output_limits=(loop.out_min, loop.out_max) if loop is not None else (0.0, 1.0),
         direction=cast(RateDirection, direction), limit=cast(LoopLimit, limit), unit=channel.unit,
+        on_active=tuple(cast(AlarmAction, a) for a in on_active),
     )
 
 
@@ -378,6 +388,58 @@ def _check_alarm_level(
         if late:
             t.report("threshold", f"{_fmt(threshold)}: interlock '{rule.name}' already trips at "
                                   f"{_fmt(rule.threshold)} {channel.unit}; an alarm must warn before the trip")
+
+
+# ============================================================================ [annunciator], [safe_sequences]
+
+
+def read_annunciator(top: _Table, settings: _CoreSettings, outputs: Mapping[str, OutputSpec | None]) -> str | None:
+    """[annunciator] beacon = "OUTPUT": the beacon/horn process control drives (on while a trip or an
+    unacknowledged alarm exists). Its safe level must be 1 (on): a trip forces it on, and so does a dead
+    controller; left out, nothing drives it and it stays at its safe level."""
+    t = top.table("annunciator", expected="[annunciator] with beacon = \"OUTPUT\"")
+    if t is None:
+        return None
+    name = t.need("beacon", _name, "the output that lights the beacon and sounds the horn, e.g. \"alarm_beacon\"")
+    t.get("sounds_from", _choice(SEVERITIES))   # read again by read_annunciator_severity
+    t.finish()
+    if name is None:
+        return None
+    output = _lookup(t, "beacon", name, outputs, "output")
+    if output is None:
+        return None
+    if name == settings.watchdog_output:
+        t.report("beacon", f"'{name}' is the watchdog line (core.watchdog_output)")
+    elif output.safe_level != 1:
+        t.report("beacon", f"output '{name}' has safe_level {output.safe_level}: a beacon's safe level must be 1 "
+                           "(on), so that a trip and a dead controller light it")
+    return name if t.ok else None
+
+
+def read_annunciator_severity(top: _Table) -> Severity:
+    """[annunciator] sounds_from = "warning" | "alarm" | "critical": the least severe alarm that lights the
+    beacon while unacknowledged (default "warning": every alarm). Less severe ones are shown, not sounded."""
+    section = top.data.get("annunciator")
+    value = section.get("sounds_from", "warning") if isinstance(section, dict) else "warning"
+    return cast(Severity, value) if value in SEVERITIES else "warning"
+
+
+def read_safe_sequences(top: _Table, rules: Mapping[str, RuleSpec | None]) -> dict[str, str]:
+    """[safe_sequences] CAUSE = "SEQUENCE": the safe sequence an abort for that cause runs. A cause is an
+    interlock rule's name, or a process cause (``air_inleak``); a sequence one of SAFE_SEQUENCES. A cause
+    left out runs ``evacuate_backfill``, except ``air_inleak``, which defaults to ``backfill``."""
+    result = dict(DEFAULT_SAFE_SEQUENCES)
+    t = top.table("safe_sequences", expected="[safe_sequences] with CAUSE = \"SEQUENCE\" lines")
+    if t is None:
+        return result
+    for cause in list(t.data):
+        sequence = t.get(cause, _choice(SAFE_SEQUENCES))
+        if cause not in rules and cause not in PROCESS_CAUSES:
+            t.report(cause, _unknown("interlock or process cause", cause, [*rules, *PROCESS_CAUSES]))
+        elif sequence is not None:
+            result[cause] = sequence
+    t.finish()
+    return result
 
 
 # ============================================================================ [plumbing]
