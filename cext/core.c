@@ -53,6 +53,10 @@ typedef struct chan {
     uint32_t inj_status;
     int64_t inj_t;
     int inj_has;
+    uint64_t inj_seq;    /* bumped by every accepted inject: a same-stamp value still takes effect */
+    uint64_t fed_seq;    /* inj_seq of the value last fed to the filters */
+    double ema_prev;     /* EMA before the last sample, and that sample's weight: a same-stamp */
+    double ema_alpha;    /* injected value replaces the last sample rather than adding one */
     /* rate of change, per minute, over rate_window_ms */
     double rate_v[RATE_SLOTS];
     int64_t rate_t[RATE_SLOTS];
@@ -84,6 +88,8 @@ typedef struct rule {
     int tripped;
     int64_t tripped_at;
     double value;        /* what the rule last compared */
+    int evaluated;       /* the last evaluation saw valid, fresh data (no start-up grace, not restored-only) */
+    uint64_t fo_seq;     /* seq of this (non-latched) rule's last first-out trip event kept in the reserve */
 } rule;
 
 struct ec_core {
@@ -797,6 +803,8 @@ static void update_rate(chan *ch, int64_t now, double v)
         if (ch->rate_n < RATE_SLOTS) {
             ch->rate_n++;
         }
+    } else if (ch->rate_t[last] == now) {
+        ch->rate_v[last] = v; /* a same-stamp sample replaces the one it supersedes */
     }
     int oldest = ch->rate_n < RATE_SLOTS ? 0 : ch->rate_pos;
     int64_t span = elapsed(now, ch->rate_t[oldest]);
@@ -819,15 +827,20 @@ static void reset_filter(chan *ch)
     ch->rate_valid = 0;
 }
 
-/* median-of-N (a majority vote on a digital channel), then EMA and rate: one new sample */
-static double filter_sample(chan *ch, int64_t t, double v)
+/* median-of-N (a majority vote on a digital channel), then EMA and rate: one new sample, or with
+ * `replace` a corrected value for the last sample (an injected value with the same stamp) */
+static double filter_sample(chan *ch, int64_t t, double v, int replace)
 {
     const ec_channel_cfg *cfg = &ch->cfg;
     if (cfg->median_n > 1) {
-        ch->med[ch->med_pos] = v;
-        ch->med_pos = (ch->med_pos + 1) % cfg->median_n;
-        if (ch->med_count < cfg->median_n) {
-            ch->med_count++;
+        if (replace && ch->med_count > 0) {
+            ch->med[(ch->med_pos + cfg->median_n - 1) % cfg->median_n] = v;
+        } else {
+            ch->med[ch->med_pos] = v;
+            ch->med_pos = (ch->med_pos + 1) % cfg->median_n;
+            if (ch->med_count < cfg->median_n) {
+                ch->med_count++;
+            }
         }
         v = median_of(ch->med, ch->med_count);
     }
@@ -838,9 +851,15 @@ static double filter_sample(chan *ch, int64_t t, double v)
         if (!ch->ema_init) {
             ch->ema = v;
             ch->ema_init = 1;
+            ch->ema_prev = v;
+            ch->ema_alpha = 1.0;
+        } else if (replace) {
+            ch->ema = ch->ema_prev + ch->ema_alpha * (v - ch->ema_prev);
         } else {
             double dt_ms = (double)elapsed(t, ch->ema_t) / NS_PER_MS;
             double alpha = dt_ms <= 0 ? 0.0 : 1.0 - exp(-dt_ms / cfg->ema_tau_ms);
+            ch->ema_prev = ch->ema;
+            ch->ema_alpha = alpha;
             ch->ema += alpha * (v - ch->ema);
         }
         ch->ema_t = t;
@@ -913,9 +932,13 @@ static void update_channel(ec_core *c, chan *ch, int64_t now)
     }
     /* the filters take each sample once: a held value (an injected node reading, a converter
      * polled every 100 ms) repeated every tick would fill the median with copies of itself */
-    if (!ch->has_filtered || t != ch->last_t) {
+    int fresh_inject = cfg->kind == EC_CH_INJECTED && ch->inj_seq != ch->fed_seq;
+    if (!ch->has_filtered || t != ch->last_t || fresh_inject) {
+        /* an injected value stamped like the last one (the plant clock stood still) supersedes it */
+        int replace = ch->has_filtered && t == ch->last_t;
         ch->last_t = t;
-        ch->filtered = filter_sample(ch, t, v);
+        ch->fed_seq = ch->inj_seq;
+        ch->filtered = filter_sample(ch, t, v, replace);
         ch->has_filtered = 1;
     }
     v = ch->filtered;
@@ -941,6 +964,7 @@ static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)
 {
     *sensor_bad = 0;
     const ec_rule_cfg *cfg = &r->cfg;
+    r->evaluated = 1;
     if (cfg->kind == EC_RULE_DEADMAN) {
         r->value = (double)elapsed(now, c->heartbeat_t) / NS_PER_MS;
         return r->value > cfg->threshold;
@@ -952,6 +976,7 @@ static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)
     /* only an injected channel waiting for its first value has a grace (max_age_ms from start,
      * after which it reads STALE|NODATA); a driver channel without data is a bad sensor */
     int grace = ch->cfg.kind == EC_CH_INJECTED && val->status == EC_ST_NODATA;
+    r->evaluated = !grace; /* a clear condition in the grace is no evidence: it may not allow a reset */
     switch (cfg->kind) {
     case EC_RULE_FAULT:
         return (val->status & (EC_ST_FAULT | EC_ST_RANGE)) != 0;
@@ -1037,7 +1062,9 @@ static void evaluate_rules(ec_core *c, int64_t now)
     }
 }
 
-/* reset latched rules whose condition has cleared; returns EC_OK, or EC_ECONDITION if one still holds */
+/* reset latched rules whose condition was evaluated this run on valid, fresh data and found clear
+ * (a trip restored from the latch file, or a rule in its channel's start-up grace, has no such
+ * evaluation yet); returns EC_OK, or EC_ECONDITION if one still holds or was not yet evaluated */
 static int do_reset(ec_core *c, int which, int flags)
 {
     int rc = EC_OK;
@@ -1046,7 +1073,7 @@ static int do_reset(ec_core *c, int which, int flags)
         if ((which >= 0 && i != which) || !r->tripped) {
             continue;
         }
-        if (r->cond) {
+        if (r->cond || !r->evaluated) {
             push_event(c, EC_EV_RESET_REFUSED, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
             rc = EC_ECONDITION;
             continue;
@@ -1644,21 +1671,28 @@ int ec_core_inject(ec_core *c, int32_t channel, double value, uint32_t status, i
     }
     pthread_mutex_lock(&c->lock);
     chan *ch = &c->channels[channel];
-    int64_t ahead = elapsed(t_ns, core_now(c));
+    int64_t now = core_now(c);
+    if (t_ns == EC_INJECT_NOW) { /* read the clock under the same lock: concurrent feeders stay in order */
+        t_ns = now;
+    }
+    int64_t ahead = elapsed(t_ns, now);
     int rc = EC_OK;
     if (ahead > (int64_t)EC_INJECT_FUTURE_MS * 1000000LL) {
         /* a timestamp from the future would keep the channel fresh forever: refuse it */
         ec_set_err(err, errlen, "'%s': timestamp %.3f s ahead of the core clock (another clock?)", ch->cfg.name,
                    (double)ahead / 1e9);
         rc = EC_ERANGE;
-    } else if (ch->inj_has && t_ns < ch->inj_t) {
+    } else if (ch->inj_has && (ahead > 0 ? now : t_ns) < ch->inj_t) {
         ec_set_err(err, errlen, "'%s': timestamp older than the last value (out of order)", ch->cfg.name);
         rc = EC_ERANGE;
     } else {
+        /* a stamp ahead of the core clock (inside the tolerance) is stored as now: it may neither
+         * block later honest readings as "out of order" nor keep the channel fresh past max_age_ms */
         ch->inj_value = value;
         ch->inj_status = isfinite(value) ? status : (status | EC_ST_FAULT);
-        ch->inj_t = t_ns;
+        ch->inj_t = ahead > 0 ? now : t_ns;
         ch->inj_has = 1;
+        ch->inj_seq++;
     }
     pthread_mutex_unlock(&c->lock);
     return rc;
@@ -1690,7 +1724,10 @@ int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
                 break;
             }
         }
-        if (held >= 0) {
+        if (held >= 0 && !c->rules[held].evaluated) {
+            ec_set_err(err, errlen, "reset refused: '%s' not yet evaluated on fresh data (restored or waiting "
+                       "for its first value)", c->rules[held].cfg.name);
+        } else if (held >= 0) {
             ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)",
                        c->rules[held].cfg.name, c->rules[held].value, c->rules[held].cfg.threshold);
         }
@@ -1747,8 +1784,8 @@ int ec_core_rules(ec_core *c, uint64_t *tripped, uint64_t *latched, int32_t *fir
     for (int i = 0; i < c->n_rules; i++) {
         if (c->rules[i].tripped) {
             t |= 1ULL << i;
-            if (c->rules[i].cfg.latch && !c->rules[i].cond) {
-                l |= 1ULL << i; /* latched and resettable */
+            if (c->rules[i].cfg.latch && !c->rules[i].cond && c->rules[i].evaluated) {
+                l |= 1ULL << i; /* latched and resettable: evaluated on fresh data and clear */
             }
         }
     }

@@ -263,7 +263,11 @@ int ec_core_heartbeat(ec_core *core);
 int ec_core_request_output(ec_core *core, int32_t output, int32_t level, char *err, size_t errlen);
 /* time-proportioned drive, duty 0..1 of the output's non-safe level; also refreshes the keep-alive */
 int ec_core_set_duty(ec_core *core, int32_t output, double duty, char *err, size_t errlen);
-/* t_ns on the core clock (at most EC_INJECT_FUTURE_MS ahead, never older than the last value);
+/* t_ns on the core clock (at most EC_INJECT_FUTURE_MS ahead, never older than the last value), or
+ * INT64_MIN (EC_INJECT_NOW, below) for "now", read under the same lock as the store. A stamp ahead of
+ * the core clock is stored as the core clock's now: it never blocks a later honest reading nor keeps
+ * the channel fresh past max_age_ms. A value stamped like the last one supersedes it (the plant clock
+ * stands still between plant steps): it takes effect and replaces the last sample in the filters.
  * status EC_ST_OK, EC_ST_FAULT or EC_ST_RANGE from the source, e.g. a node's own fault bit */
 int ec_core_inject(ec_core *core, int32_t channel, double value, uint32_t status, int64_t t_ns, char *err,
                    size_t errlen);
@@ -298,6 +302,11 @@ int ec_tc_emf_to_celsius_batch(char tc_type, const double *emf_mv, double cj_c, 
 int ec_sim_create(const char *path, char *err, size_t errlen);  /* create and initialise a register file */
 const char *ec_strerror(int code);
 /* CDEF-END */
+
+/* ec_core_inject's t_ns = EC_INJECT_NOW: the core reads its clock under the same lock as it stores the
+ * value, so several threads feeding one channel never see their own readings refused as out of order.
+ * (Outside the cdef region: cffi's parser takes no expressions; edge/core.py passes -2**63.) */
+#define EC_INJECT_NOW INT64_MIN
 
 #ifdef __cplusplus
 }
