@@ -816,15 +816,15 @@ static void update_rate(chan *ch, int64_t now, double v)
     }
 }
 
+/* a faulted sample restarts the median and the EMA, but keeps the rate history: clearing it
+ * left the rate unknown (= not tripped) for half the window after every one-tick fault, so a
+ * fault every 2 s blinded a 5 s rate rule; the history spans the fault and stays valid */
 static void reset_filter(chan *ch)
 {
     ch->has_filtered = 0;
     ch->med_count = 0;
     ch->med_pos = 0;
     ch->ema_init = 0;
-    ch->rate_n = 0;
-    ch->rate_pos = 0;
-    ch->rate_valid = 0;
 }
 
 /* median-of-N (a majority vote on a digital channel), then EMA and rate: one new sample, or with
@@ -1475,6 +1475,15 @@ int ec_core_stop(ec_core *c)
         return EC_EINVAL;
     }
     if (!c->started) {
+        /* never started: possibly stepped by run_ticks, which may have energised outputs. Stopping
+         * it is as terminal as stopping a sampler: every output safe, no more ticks. */
+        pthread_mutex_lock(&c->lock);
+        if (!c->stopped) {
+            c->stopped = 1;
+            safe_all_outputs(c);
+            push_event(c, EC_EV_STOPPED, 0, -1, -1, -1, 0, 0, 0, 0);
+        }
+        pthread_mutex_unlock(&c->lock);
         return EC_OK;
     }
     atomic_store(&c->running, 0);
