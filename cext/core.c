@@ -35,6 +35,7 @@
 
 #define RATE_SLOTS 9
 #define NS_PER_MS 1000000.0
+#define NOT_HOLDING INT64_MIN /* rule.cond_since when the condition does not hold */
 
 typedef struct chan {
     ec_channel_cfg cfg;
@@ -84,7 +85,7 @@ typedef struct rule {
     ec_rule_cfg cfg;
     int cond;            /* condition holds this tick (hysteresis applied) */
     int sensor_bad;
-    int64_t cond_since;  /* -1: condition not holding */
+    int64_t cond_since;  /* NOT_HOLDING: condition not holding (a plant clock may be negative) */
     int tripped;
     int64_t tripped_at;
     double value;        /* what the rule last compared */
@@ -748,7 +749,7 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
     memset(r, 0, sizeof *r);
     r->cfg = *cfg;
     r->cfg.name[EC_NAME_LEN - 1] = '\0';
-    r->cond_since = -1;
+    r->cond_since = NOT_HOLDING;
     return c->n_rules++;
 }
 
@@ -971,7 +972,7 @@ static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)
     }
     const chan *ch = &c->channels[cfg->channel];
     const ec_value *val = &ch->latest;
-    int held = r->tripped || r->cond_since >= 0;
+    int held = r->tripped || r->cond_since != NOT_HOLDING;
     r->value = val->value;
     /* only an injected channel waiting for its first value has a grace (max_age_ms from start,
      * after which it reads STALE|NODATA); a driver channel without data is a bad sensor */
@@ -1027,8 +1028,35 @@ static int any_tripped(const ec_core *c)
     return 0;
 }
 
+static int is_sensor_rule(const rule *r) { return r->cfg.kind == EC_RULE_FAULT || r->cfg.kind == EC_RULE_STALE; }
+
+/* The first-out among the rules that tripped in the same tick: the first in order, unless it
+ * tripped only because its value is bad and a sensor-fault rule (FAULT/STALE) tripped with it:
+ * the broken sensor is the root cause (on the same channel first, else any), not the threshold
+ * rule failing safe on its NaN. */
+static int root_cause(const ec_core *c, const int *newly, int n_new)
+{
+    const rule *first = &c->rules[newly[0]];
+    if (!first->sensor_bad || is_sensor_rule(first)) {
+        return newly[0];
+    }
+    int any = -1;
+    for (int k = 0; k < n_new; k++) {
+        const rule *r = &c->rules[newly[k]];
+        if (is_sensor_rule(r)) {
+            if (r->cfg.channel == first->cfg.channel) {
+                return newly[k];
+            }
+            any = any < 0 ? newly[k] : any;
+        }
+    }
+    return any >= 0 ? any : newly[0];
+}
+
 static void evaluate_rules(ec_core *c, int64_t now)
 {
+    int newly[EC_MAX_RULES];
+    int n_new = 0;
     for (int i = 0; i < c->n_rules; i++) {
         rule *r = &c->rules[i];
         int bad = 0;
@@ -1036,26 +1064,40 @@ static void evaluate_rules(ec_core *c, int64_t now)
         r->cond = cond;
         r->sensor_bad = bad;
         if (cond) {
-            if (r->cond_since < 0) {
+            if (r->cond_since == NOT_HOLDING) {
                 r->cond_since = now;
             }
             if (!r->tripped && (double)elapsed(now, r->cond_since) >= r->cfg.debounce_ms * NS_PER_MS) {
-                int flags = bad ? EC_EVF_SENSOR_BAD : 0;
-                if (!any_tripped(c)) { /* the first of a cascade: nothing else is tripped */
-                    c->first_out = i;
-                    flags |= EC_EVF_FIRST_OUT;
-                }
                 r->tripped = 1;
                 r->tripped_at = now;
-                push_event(c, EC_EV_TRIP, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+                newly[n_new++] = i;
             }
         } else {
-            r->cond_since = -1;
+            r->cond_since = NOT_HOLDING;
             if (r->tripped && !r->cfg.latch) {
                 r->tripped = 0;
                 push_event(c, EC_EV_CLEAR, 0, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
             }
         }
+    }
+    /* a cascade is running if a rule tripped before this tick is still tripped, or a core fault
+     * is latched (it was the cascade's first-out): then none of this tick's trips is a first-out */
+    int cascade = c->core_fault != 0;
+    for (int i = 0, k = 0; i < c->n_rules && !cascade; i++) {
+        if (k < n_new && newly[k] == i) {
+            k++;
+        } else {
+            cascade = c->rules[i].tripped;
+        }
+    }
+    int fo = !cascade && n_new > 0 ? root_cause(c, newly, n_new) : -1;
+    if (fo >= 0) {
+        c->first_out = fo;
+    }
+    for (int k = 0; k < n_new; k++) {
+        rule *r = &c->rules[newly[k]];
+        int flags = (r->sensor_bad ? EC_EVF_SENSOR_BAD : 0) | (newly[k] == fo ? EC_EVF_FIRST_OUT : 0);
+        push_event(c, EC_EV_TRIP, flags, newly[k], -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
     }
     if (!any_tripped(c)) {
         c->first_out = -1;
@@ -1290,6 +1332,7 @@ static void check_clock(ec_core *c, int64_t now)
     c->fault_active &= ~(uint32_t)EC_FAULT_CLOCK_STOPPED;
     if (c->tick_no == 0 || now > c->last_now) {
         c->last_advance_wall = wall;
+        c->fault_active &= ~(uint32_t)EC_FAULT_CLOCK_BACKWARDS; /* advancing again: the cause is gone */
     } else if (now < c->last_now) {
         c->fault_active |= EC_FAULT_CLOCK_BACKWARDS;
     } else if (elapsed(wall, c->last_advance_wall) > (int64_t)EC_CLOCK_STALL_MS * 1000000LL) {
@@ -1331,9 +1374,10 @@ static void tick(ec_core *c)
     evaluate_rules(c, now);
     uint32_t new_faults = c->fault_active & ~c->core_fault;
     if (new_faults) {
+        /* a core fault that starts a cascade is its first-out: a later trip is not flagged too */
+        int first = c->core_fault == 0 && c->first_out < 0 && !any_tripped(c);
         c->core_fault |= new_faults;
-        push_event(c, EC_EV_CORE_FAULT, c->first_out < 0 && !any_tripped(c) ? EC_EVF_FIRST_OUT : 0, -1, -1, -1,
-                   (int)new_faults, 0, 0, 0);
+        push_event(c, EC_EV_CORE_FAULT, first ? EC_EVF_FIRST_OUT : 0, -1, -1, -1, (int)new_faults, 0, 0, 0);
     }
     if (c->cfg.reset_channel >= 0 && c->cfg.reset_channel < c->n_channels) {
         reset_input(c, now);
