@@ -225,13 +225,30 @@ static int64_t core_now(ec_core *c)
 static void push_event(ec_core *c, int kind, int flags, int rule_i, int out_i, int ch, int aux, int aux2,
                        double value, double threshold)
 {
-    /* low-priority events (refusals, overruns) may not take the last slots: those are kept
-     * for trips, resets and forced-safe events, which must never be crowded out */
+    /* Three classes share the ring (see edge_core.h, "event ring"). Critical events may take
+     * every slot: a latched rule's trip, a core fault, and a non-latched rule's first-out trip
+     * unless an earlier one of that rule is still undrained (a chattering rule's first-outs
+     * would otherwise fill the reserve). The last `reserve` slots (one per rule plus 8 for core
+     * faults, at most half the ring) are theirs alone; low-priority events (refusals, overruns,
+     * refused resets) leave another eighth of the ring free for the normal ones. */
+    uint64_t size = (uint64_t)c->event_mask + 1;
+    uint64_t reserve = (uint64_t)c->n_rules + 8 < size / 2 ? (uint64_t)c->n_rules + 8 : size / 2;
+    rule *r = rule_i >= 0 && rule_i < c->n_rules ? &c->rules[rule_i] : NULL;
+    int critical = kind == EC_EV_CORE_FAULT || (kind == EC_EV_TRIP && r != NULL && r->cfg.latch);
+    int fo_reserved = 0;
+    if (kind == EC_EV_TRIP && r != NULL && !r->cfg.latch && (flags & EC_EVF_FIRST_OUT)) {
+        int undrained = r->fo_seq != 0 && c->e_head != c->e_tail &&
+                        r->fo_seq >= c->events[c->e_tail & c->event_mask].seq;
+        critical = fo_reserved = !undrained;
+    }
     int low = kind == EC_EV_REFUSED || kind == EC_EV_OVERRUN || kind == EC_EV_RESET_REFUSED;
-    uint64_t room = (uint64_t)c->event_mask + 1 - (low ? (c->event_mask + 1) / 8 : 0);
+    uint64_t room = critical ? size : size - reserve - (low ? size / 8 : 0);
     if (c->e_head - c->e_tail >= room) {
         c->stats.events_lost++;
         return;
+    }
+    if (fo_reserved) {
+        r->fo_seq = c->e_seq + 1;
     }
     ec_event *e = &c->events[c->e_head & c->event_mask];
     e->seq = ++c->e_seq;
