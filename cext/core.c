@@ -307,13 +307,17 @@ static int begin_add(ec_core *c, const void *cfg, int count, int max, const char
 /* ---------- latched trips that survive the process ----------
  * A latched trip may only be cleared by a local reset, so a crash or a restart of the
  * controller must not clear it either. The tick mirrors the latched state into a small
- * mapped file (the page cache keeps it across a process crash; msync pushes it to disk);
+ * mapped file and, when it changed, msync(MS_SYNC)s it before the lock is released: the
+ * outputs were already written earlier in the same tick (the safe-state latency does not
+ * grow), and nothing can see the trip (events, rules, samples) before it is on disk.
  * ec_core_set_latch_file() restores it before start. The file carries a hash of the rule
  * set: if the station changed while trips were latched, every latched rule comes back
- * tripped, since which rule was which can no longer be known. */
+ * tripped, since which rule was which can no longer be known. A file that exists but cannot
+ * be trusted (too short, wrong magic or version, CRC-32 wrong) fails safe: every latchable
+ * rule comes back tripped, each with EC_EVF_RESTORED | EC_EVF_LATCH_BAD and aux = EC_LATCH_*. */
 
 #define LATCH_MAGIC 0x524c4154u /* "RLAT" */
-#define LATCH_VERSION 1
+#define LATCH_VERSION 2         /* 2: CRC-32, whole-rule hash */
 
 typedef struct latch_image {
     uint32_t magic;
@@ -322,23 +326,40 @@ typedef struct latch_image {
     int32_t first_out;
     uint32_t core_fault;
     uint8_t tripped[EC_MAX_RULES];
+    uint32_t crc;              /* CRC-32 of every byte before it */
+    uint32_t spare;
 } latch_image;
+
+static uint32_t crc32_of(const void *data, size_t n)
+{
+    const uint8_t *p = data;
+    uint32_t crc = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++) {
+            crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+        }
+    }
+    return ~crc;
+}
+
+static uint32_t latch_crc(const latch_image *img) { return crc32_of(img, offsetof(latch_image, crc)); }
 
 struct latch_file {
     latch_image *img;
 };
 
+/* FNV-1a over every rule's whole ec_rule_cfg: kind, channel, threshold, hysteresis, debounce,
+ * latch, action and any field added later. ec_core_add_rule stores the cfg byte for byte with the
+ * name's bytes past its NUL zeroed, and the padding is the caller's: zero when it started from
+ * ec_rule_cfg_default (as it must); garbage there only makes the hash differ, which fails safe. */
 static uint64_t rules_hash(const ec_core *c)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    uint64_t h = 1469598103934665603ULL;
     for (int i = 0; i < c->n_rules; i++) {
-        const ec_rule_cfg *r = &c->rules[i].cfg;
-        for (const char *s = r->name; *s; s++) {
-            h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-        }
-        uint32_t extra[3] = {(uint32_t)r->kind, (uint32_t)r->channel, (uint32_t)r->latch};
-        for (size_t k = 0; k < sizeof extra; k++) {
-            h = (h ^ ((const uint8_t *)extra)[k]) * 1099511628211ULL;
+        const uint8_t *b = (const uint8_t *)&c->rules[i].cfg;
+        for (size_t k = 0; k < sizeof(ec_rule_cfg); k++) {
+            h = (h ^ b[k]) * 1099511628211ULL;
         }
     }
     return h;
@@ -364,7 +385,8 @@ static void latch_sync(ec_core *c)
         changed = 1;
     }
     if (changed) {
-        msync(img, sizeof *img, MS_ASYNC);
+        img->crc = latch_crc(img);
+        msync(img, sizeof *img, MS_SYNC); /* durable before the lock is released, i.e. before any report */
     }
 }
 
@@ -378,12 +400,22 @@ int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errle
         ec_set_err(err, errlen, path == NULL || path[0] == '\0' ? "empty latch file path" : "latch file already set");
         return EC_EINVAL;
     }
+    if (c->n_rules == 0) { /* restoring against no rules would rewrite (wipe) the file */
+        ec_set_err(err, errlen, "latch file '%s': add the rules before the latch file", path);
+        return EC_ESTATE;
+    }
+    struct stat before;
+    int existed = stat(path, &before) == 0;
     int fd = open(path, O_RDWR | O_CREAT, 0640);
     if (fd < 0) {
         ec_set_err(err, errlen, "latch file '%s': %s", path, strerror(errno));
         return EC_EIO;
     }
     struct stat st;
+    int short_file = 0;
+    if (fstat(fd, &st) == 0) {
+        short_file = existed && (size_t)st.st_size < sizeof(latch_image);
+    }
     if (fstat(fd, &st) != 0 || ((size_t)st.st_size < sizeof(latch_image) &&
                                 ftruncate(fd, (off_t)sizeof(latch_image)) != 0)) {
         ec_set_err(err, errlen, "latch file '%s': cannot size it: %s", path, strerror(errno));
@@ -406,7 +438,22 @@ int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errle
     latch_image *img = lf->img;
     uint64_t hash = rules_hash(c);
     int restored = 0;
-    if (img->magic == LATCH_MAGIC && img->version == LATCH_VERSION) {
+    int bad = short_file ? EC_LATCH_SHORT
+              : !existed ? 0
+              : img->magic != LATCH_MAGIC || img->version != LATCH_VERSION ? EC_LATCH_HEADER
+              : img->crc != latch_crc(img) ? EC_LATCH_CHECKSUM
+              : 0;
+    if (bad) { /* cannot be trusted: fail safe, every latchable rule tripped, and say why */
+        for (int i = 0; i < c->n_rules; i++) {
+            if (c->rules[i].cfg.latch) {
+                c->rules[i].tripped = 1;
+                restored++;
+                push_event(c, EC_EV_TRIP, EC_EVF_RESTORED | EC_EVF_LATCH_BAD, i, -1, c->rules[i].cfg.channel, bad,
+                           0, NAN, c->rules[i].cfg.threshold);
+                c->first_out = c->first_out < 0 ? i : c->first_out;
+            }
+        }
+    } else if (img->magic == LATCH_MAGIC && img->version == LATCH_VERSION) {
         int any = img->core_fault != 0;
         for (int i = 0; i < EC_MAX_RULES; i++) {
             any |= img->tripped[i] != 0;
@@ -437,6 +484,7 @@ int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errle
     img->version = LATCH_VERSION;
     img->rules_hash = hash;
     img->first_out = -1;
+    img->crc = latch_crc(img);
     c->latch = lf;
     latch_sync(c);
     msync(img, sizeof *img, MS_SYNC);
@@ -762,10 +810,15 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
             return EC_EINVAL;
         }
     }
+    if (c->latch != NULL) {
+        ec_set_err(err, errlen, "rule '%s': the latch file is already set: add every rule before it", cfg->name);
+        return EC_ESTATE;
+    }
     rule *r = &c->rules[c->n_rules];
     memset(r, 0, sizeof *r);
-    r->cfg = *cfg;
-    r->cfg.name[EC_NAME_LEN - 1] = '\0';
+    memcpy(&r->cfg, cfg, sizeof *cfg); /* byte for byte: the latch file's rule-set hash reads it whole */
+    size_t name_len = strnlen(r->cfg.name, EC_NAME_LEN - 1);
+    memset(r->cfg.name + name_len, 0, EC_NAME_LEN - name_len);
     r->cond_since = NOT_HOLDING;
     return c->n_rules++;
 }

@@ -111,6 +111,13 @@ extern "C" {
 #define EC_EVF_LOCAL_INPUT 4     /* reset came from the local reset input */
 #define EC_EVF_CORE_FAULT 8      /* the event concerns a core fault (aux = EC_FAULT_* bits), not a rule */
 #define EC_EVF_RESTORED 16       /* a latched trip restored from the latch file at start-up */
+#define EC_EVF_LATCH_BAD 32      /* with RESTORED: the latch file could not be trusted (aux = EC_LATCH_*), so
+                                    every latchable rule was restored tripped (fail safe) */
+
+/* why a latch file could not be trusted (aux of an EC_EVF_LATCH_BAD trip) */
+#define EC_LATCH_SHORT 1         /* it exists but is shorter than an image (cut short, or an old version) */
+#define EC_LATCH_HEADER 2        /* magic or version wrong */
+#define EC_LATCH_CHECKSUM 3      /* its CRC-32 does not match */
 
 /* core faults: latched like a trip, cleared by a reset once the cause is gone. While one is
  * latched every output is held safe and the watchdog line stops toggling. */
@@ -250,7 +257,14 @@ int ec_core_add_output(ec_core *core, const ec_output_cfg *cfg, char *err, size_
 int ec_core_add_rule(ec_core *core, const ec_rule_cfg *cfg, char *err, size_t errlen);
 int ec_core_add_permissive(ec_core *core, const ec_permissive_cfg *cfg, char *err, size_t errlen);
 /* Keep latched trips in `path` so that a crash or restart is not an implicit reset. Call after
- * the rules are added, before start. Returns the number of latched trips restored (>= 0). */
+ * every rule is added (before: EC_ESTATE and the file is left untouched; a rule added after it:
+ * EC_ESTATE), before start. Returns the number of latched trips restored (>= 0). A missing file
+ * is created; a file that exists but is too short, has a wrong magic/version or a wrong CRC-32
+ * fails safe: every latchable rule is restored tripped (EC_EVF_RESTORED | EC_EVF_LATCH_BAD,
+ * aux = EC_LATCH_*) and the file is rewritten sane. The rule-set hash covers each rule's whole
+ * ec_rule_cfg (start from ec_rule_cfg_default): a changed station restores every latchable rule
+ * tripped if any trip was latched. A trip change is msync(MS_SYNC)ed in the tick that makes it,
+ * after the outputs were written and before anything can report it. */
 int ec_core_set_latch_file(ec_core *core, const char *path, char *err, size_t errlen);
 
 int ec_core_start(ec_core *core, char *err, size_t errlen);
