@@ -125,7 +125,7 @@ class OutputState:
 @dataclass(frozen=True)
 class RuleState:
     tripped: bool
-    resettable: bool      # latched and its condition has cleared
+    resettable: bool      # latched, evaluated this run on fresh data, and its condition has cleared
     first_out: bool
 
 
@@ -307,7 +307,7 @@ class Core:
         self._call("start", self._lib.ec_core_start)
 
     def stop(self) -> None:
-        """Stop the sampler; every output goes to its safe level."""
+        """Stop the sampler (or a core stepped by run_ticks): every output safe, for good."""
         with self._lock:
             if self._ptr is not None:
                 self._lib.ec_core_stop(self._ptr)
@@ -378,7 +378,9 @@ class Core:
                    INJECT_NOW if t_ns is None else t_ns)
 
     def reset(self, rule: str | None = None) -> None:
-        """Reset latched trips (all, or one) whose condition has cleared. A local action."""
+        """Reset latched trips (all, or one) whose condition has cleared. A local action.
+
+        A trip restored from the latch file is refused until a tick has evaluated it on fresh data."""
         index = -1 if rule is None else self._rule_index[rule]
         self._call("reset", self._lib.ec_core_reset, index, refused=self._lib.EC_ECONDITION, exc=ResetRefused)
 
