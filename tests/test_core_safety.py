@@ -138,3 +138,36 @@ def test_iter_samples_records_are_not_overwritten_by_a_later_drain(tmp_path: pat
         assert [s.tick for s in later] == [6, 7, 8, 9, 10]
     finally:
         core.close()
+
+
+def test_restored_trip_is_not_reset_before_it_was_evaluated(tmp_path: pathlib.Path) -> None:
+    """Over-temperature latched at 900 degC, the process gone, a new Core: reset() before any tick
+    must be refused, and refused again while the first tick still sees 900 degC."""
+    from edge.core import ResetRefused
+    from tests.test_core_interlocks import AI_CJ, AI_PRESS, AI_TC, AI_TEMP, spec_for
+
+    regs = RegisterFile.create(tmp_path / "p.regs")
+    regs.use_plant_clock(start_ns=1_000_000_000)
+    for index, value in ((AI_TEMP, 900.0), (AI_PRESS, 1.0), (AI_CJ, 25.0), (AI_TC, 12.0)):
+        regs.set_ai(index, value)
+    spec = dataclasses.replace(spec_for(tmp_path / "p.regs"), latch_file=str(tmp_path / "hd.latch"))
+    first = Core(spec)
+    step(first, regs, 10)
+    assert first.rules()["chamber_overtemp"].tripped
+    first.close()
+    core = Core(spec)
+    try:
+        assert core.restored_trips == 1
+        assert not core.rules()["chamber_overtemp"].resettable
+        with pytest.raises(ResetRefused, match="not yet evaluated on fresh data"):
+            core.reset("chamber_overtemp")
+        step(core, regs, 1)
+        with pytest.raises(ResetRefused, match="still holds"):
+            core.reset("chamber_overtemp")
+        regs.set_ai(AI_TEMP, 20.0)
+        step(core, regs, 1)
+        core.reset("chamber_overtemp")
+        assert not core.rules()["chamber_overtemp"].tripped
+    finally:
+        core.close()
+        regs.close()
