@@ -138,7 +138,6 @@ static int count_events(ec_core *c, int kind, int rule, int flags, int *first_ou
             if (first_outs != NULL && (ev[i].flags & EC_EVF_FIRST_OUT)) {
                 (*first_outs)++;
             }
-            if (getenv("EVDBG")) fprintf(stderr, "ev kind %d rule %d flags %d aux %d\n", ev[i].kind, ev[i].rule, ev[i].flags, ev[i].aux);
             if (ev[i].kind == kind && (rule < -1 || ev[i].rule == rule) && (ev[i].flags & flags) == flags) {
                 found++;
             }
