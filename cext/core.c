@@ -35,6 +35,7 @@
 
 #define RATE_SLOTS 9
 #define NS_PER_MS 1000000.0
+#define NOT_HOLDING INT64_MIN /* rule.cond_since when the condition does not hold */
 
 typedef struct chan {
     ec_channel_cfg cfg;
@@ -53,6 +54,10 @@ typedef struct chan {
     uint32_t inj_status;
     int64_t inj_t;
     int inj_has;
+    uint64_t inj_seq;    /* bumped by every accepted inject: a same-stamp value still takes effect */
+    uint64_t fed_seq;    /* inj_seq of the value last fed to the filters */
+    double ema_prev;     /* EMA before the last sample, and that sample's weight: a same-stamp */
+    double ema_alpha;    /* injected value replaces the last sample rather than adding one */
     /* rate of change, per minute, over rate_window_ms */
     double rate_v[RATE_SLOTS];
     int64_t rate_t[RATE_SLOTS];
@@ -80,10 +85,12 @@ typedef struct rule {
     ec_rule_cfg cfg;
     int cond;            /* condition holds this tick (hysteresis applied) */
     int sensor_bad;
-    int64_t cond_since;  /* -1: condition not holding */
+    int64_t cond_since;  /* NOT_HOLDING: condition not holding (a plant clock may be negative) */
     int tripped;
     int64_t tripped_at;
     double value;        /* what the rule last compared */
+    int evaluated;       /* the last evaluation saw valid, fresh data (no start-up grace, not restored-only) */
+    uint64_t fo_seq;     /* seq of this (non-latched) rule's last first-out trip event kept in the reserve */
 } rule;
 
 struct ec_core {
@@ -218,13 +225,30 @@ static int64_t core_now(ec_core *c)
 static void push_event(ec_core *c, int kind, int flags, int rule_i, int out_i, int ch, int aux, int aux2,
                        double value, double threshold)
 {
-    /* low-priority events (refusals, overruns) may not take the last slots: those are kept
-     * for trips, resets and forced-safe events, which must never be crowded out */
+    /* Three classes share the ring (see edge_core.h, "event ring"). Critical events may take
+     * every slot: a latched rule's trip, a core fault, and a non-latched rule's first-out trip
+     * unless an earlier one of that rule is still undrained (a chattering rule's first-outs
+     * would otherwise fill the reserve). The last `reserve` slots (one per rule plus 8 for core
+     * faults, at most half the ring) are theirs alone; low-priority events (refusals, overruns,
+     * refused resets) leave another eighth of the ring free for the normal ones. */
+    uint64_t size = (uint64_t)c->event_mask + 1;
+    uint64_t reserve = (uint64_t)c->n_rules + 8 < size / 2 ? (uint64_t)c->n_rules + 8 : size / 2;
+    rule *r = rule_i >= 0 && rule_i < c->n_rules ? &c->rules[rule_i] : NULL;
+    int critical = kind == EC_EV_CORE_FAULT || (kind == EC_EV_TRIP && r != NULL && r->cfg.latch);
+    int fo_reserved = 0;
+    if (kind == EC_EV_TRIP && r != NULL && !r->cfg.latch && (flags & EC_EVF_FIRST_OUT)) {
+        int undrained = r->fo_seq != 0 && c->e_head != c->e_tail &&
+                        r->fo_seq >= c->events[c->e_tail & c->event_mask].seq;
+        critical = fo_reserved = !undrained;
+    }
     int low = kind == EC_EV_REFUSED || kind == EC_EV_OVERRUN || kind == EC_EV_RESET_REFUSED;
-    uint64_t room = (uint64_t)c->event_mask + 1 - (low ? (c->event_mask + 1) / 8 : 0);
+    uint64_t room = critical ? size : size - reserve - (low ? size / 8 : 0);
     if (c->e_head - c->e_tail >= room) {
         c->stats.events_lost++;
         return;
+    }
+    if (fo_reserved) {
+        r->fo_seq = c->e_seq + 1;
     }
     ec_event *e = &c->events[c->e_head & c->event_mask];
     e->seq = ++c->e_seq;
@@ -283,13 +307,17 @@ static int begin_add(ec_core *c, const void *cfg, int count, int max, const char
 /* ---------- latched trips that survive the process ----------
  * A latched trip may only be cleared by a local reset, so a crash or a restart of the
  * controller must not clear it either. The tick mirrors the latched state into a small
- * mapped file (the page cache keeps it across a process crash; msync pushes it to disk);
+ * mapped file and, when it changed, msync(MS_SYNC)s it before the lock is released: the
+ * outputs were already written earlier in the same tick (the safe-state latency does not
+ * grow), and nothing can see the trip (events, rules, samples) before it is on disk.
  * ec_core_set_latch_file() restores it before start. The file carries a hash of the rule
  * set: if the station changed while trips were latched, every latched rule comes back
- * tripped, since which rule was which can no longer be known. */
+ * tripped, since which rule was which can no longer be known. A file that exists but cannot
+ * be trusted (too short, wrong magic or version, CRC-32 wrong) fails safe: every latchable
+ * rule comes back tripped, each with EC_EVF_RESTORED | EC_EVF_LATCH_BAD and aux = EC_LATCH_*. */
 
 #define LATCH_MAGIC 0x524c4154u /* "RLAT" */
-#define LATCH_VERSION 1
+#define LATCH_VERSION 2         /* 2: CRC-32, whole-rule hash */
 
 typedef struct latch_image {
     uint32_t magic;
@@ -298,23 +326,40 @@ typedef struct latch_image {
     int32_t first_out;
     uint32_t core_fault;
     uint8_t tripped[EC_MAX_RULES];
+    uint32_t crc;              /* CRC-32 of every byte before it */
+    uint32_t spare;
 } latch_image;
+
+static uint32_t crc32_of(const void *data, size_t n)
+{
+    const uint8_t *p = data;
+    uint32_t crc = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++) {
+            crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+        }
+    }
+    return ~crc;
+}
+
+static uint32_t latch_crc(const latch_image *img) { return crc32_of(img, offsetof(latch_image, crc)); }
 
 struct latch_file {
     latch_image *img;
 };
 
+/* FNV-1a over every rule's whole ec_rule_cfg: kind, channel, threshold, hysteresis, debounce,
+ * latch, action and any field added later. ec_core_add_rule stores the cfg byte for byte with the
+ * name's bytes past its NUL zeroed, and the padding is the caller's: zero when it started from
+ * ec_rule_cfg_default (as it must); garbage there only makes the hash differ, which fails safe. */
 static uint64_t rules_hash(const ec_core *c)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    uint64_t h = 1469598103934665603ULL;
     for (int i = 0; i < c->n_rules; i++) {
-        const ec_rule_cfg *r = &c->rules[i].cfg;
-        for (const char *s = r->name; *s; s++) {
-            h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-        }
-        uint32_t extra[3] = {(uint32_t)r->kind, (uint32_t)r->channel, (uint32_t)r->latch};
-        for (size_t k = 0; k < sizeof extra; k++) {
-            h = (h ^ ((const uint8_t *)extra)[k]) * 1099511628211ULL;
+        const uint8_t *b = (const uint8_t *)&c->rules[i].cfg;
+        for (size_t k = 0; k < sizeof(ec_rule_cfg); k++) {
+            h = (h ^ b[k]) * 1099511628211ULL;
         }
     }
     return h;
@@ -340,7 +385,8 @@ static void latch_sync(ec_core *c)
         changed = 1;
     }
     if (changed) {
-        msync(img, sizeof *img, MS_ASYNC);
+        img->crc = latch_crc(img);
+        msync(img, sizeof *img, MS_SYNC); /* durable before the lock is released, i.e. before any report */
     }
 }
 
@@ -354,12 +400,22 @@ int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errle
         ec_set_err(err, errlen, path == NULL || path[0] == '\0' ? "empty latch file path" : "latch file already set");
         return EC_EINVAL;
     }
+    if (c->n_rules == 0) { /* restoring against no rules would rewrite (wipe) the file */
+        ec_set_err(err, errlen, "latch file '%s': add the rules before the latch file", path);
+        return EC_ESTATE;
+    }
+    struct stat before;
+    int existed = stat(path, &before) == 0;
     int fd = open(path, O_RDWR | O_CREAT, 0640);
     if (fd < 0) {
         ec_set_err(err, errlen, "latch file '%s': %s", path, strerror(errno));
         return EC_EIO;
     }
     struct stat st;
+    int short_file = 0;
+    if (fstat(fd, &st) == 0) {
+        short_file = existed && (size_t)st.st_size < sizeof(latch_image);
+    }
     if (fstat(fd, &st) != 0 || ((size_t)st.st_size < sizeof(latch_image) &&
                                 ftruncate(fd, (off_t)sizeof(latch_image)) != 0)) {
         ec_set_err(err, errlen, "latch file '%s': cannot size it: %s", path, strerror(errno));
@@ -382,7 +438,22 @@ int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errle
     latch_image *img = lf->img;
     uint64_t hash = rules_hash(c);
     int restored = 0;
-    if (img->magic == LATCH_MAGIC && img->version == LATCH_VERSION) {
+    int bad = short_file ? EC_LATCH_SHORT
+              : !existed ? 0
+              : img->magic != LATCH_MAGIC || img->version != LATCH_VERSION ? EC_LATCH_HEADER
+              : img->crc != latch_crc(img) ? EC_LATCH_CHECKSUM
+              : 0;
+    if (bad) { /* cannot be trusted: fail safe, every latchable rule tripped, and say why */
+        for (int i = 0; i < c->n_rules; i++) {
+            if (c->rules[i].cfg.latch) {
+                c->rules[i].tripped = 1;
+                restored++;
+                push_event(c, EC_EV_TRIP, EC_EVF_RESTORED | EC_EVF_LATCH_BAD, i, -1, c->rules[i].cfg.channel, bad,
+                           0, NAN, c->rules[i].cfg.threshold);
+                c->first_out = c->first_out < 0 ? i : c->first_out;
+            }
+        }
+    } else if (img->magic == LATCH_MAGIC && img->version == LATCH_VERSION) {
         int any = img->core_fault != 0;
         for (int i = 0; i < EC_MAX_RULES; i++) {
             any |= img->tripped[i] != 0;
@@ -413,6 +484,7 @@ int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errle
     img->version = LATCH_VERSION;
     img->rules_hash = hash;
     img->first_out = -1;
+    img->crc = latch_crc(img);
     c->latch = lf;
     latch_sync(c);
     msync(img, sizeof *img, MS_SYNC);
@@ -738,11 +810,16 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
             return EC_EINVAL;
         }
     }
+    if (c->latch != NULL) {
+        ec_set_err(err, errlen, "rule '%s': the latch file is already set: add every rule before it", cfg->name);
+        return EC_ESTATE;
+    }
     rule *r = &c->rules[c->n_rules];
     memset(r, 0, sizeof *r);
-    r->cfg = *cfg;
-    r->cfg.name[EC_NAME_LEN - 1] = '\0';
-    r->cond_since = -1;
+    memcpy(&r->cfg, cfg, sizeof *cfg); /* byte for byte: the latch file's rule-set hash reads it whole */
+    size_t name_len = strnlen(r->cfg.name, EC_NAME_LEN - 1);
+    memset(r->cfg.name + name_len, 0, EC_NAME_LEN - name_len);
+    r->cond_since = NOT_HOLDING;
     return c->n_rules++;
 }
 
@@ -797,6 +874,8 @@ static void update_rate(chan *ch, int64_t now, double v)
         if (ch->rate_n < RATE_SLOTS) {
             ch->rate_n++;
         }
+    } else if (ch->rate_t[last] == now) {
+        ch->rate_v[last] = v; /* a same-stamp sample replaces the one it supersedes */
     }
     int oldest = ch->rate_n < RATE_SLOTS ? 0 : ch->rate_pos;
     int64_t span = elapsed(now, ch->rate_t[oldest]);
@@ -808,26 +887,31 @@ static void update_rate(chan *ch, int64_t now, double v)
     }
 }
 
+/* a faulted sample restarts the median and the EMA, but keeps the rate history: clearing it
+ * left the rate unknown (= not tripped) for half the window after every one-tick fault, so a
+ * fault every 2 s blinded a 5 s rate rule; the history spans the fault and stays valid */
 static void reset_filter(chan *ch)
 {
     ch->has_filtered = 0;
     ch->med_count = 0;
     ch->med_pos = 0;
     ch->ema_init = 0;
-    ch->rate_n = 0;
-    ch->rate_pos = 0;
-    ch->rate_valid = 0;
 }
 
-/* median-of-N (a majority vote on a digital channel), then EMA and rate: one new sample */
-static double filter_sample(chan *ch, int64_t t, double v)
+/* median-of-N (a majority vote on a digital channel), then EMA and rate: one new sample, or with
+ * `replace` a corrected value for the last sample (an injected value with the same stamp) */
+static double filter_sample(chan *ch, int64_t t, double v, int replace)
 {
     const ec_channel_cfg *cfg = &ch->cfg;
     if (cfg->median_n > 1) {
-        ch->med[ch->med_pos] = v;
-        ch->med_pos = (ch->med_pos + 1) % cfg->median_n;
-        if (ch->med_count < cfg->median_n) {
-            ch->med_count++;
+        if (replace && ch->med_count > 0) {
+            ch->med[(ch->med_pos + cfg->median_n - 1) % cfg->median_n] = v;
+        } else {
+            ch->med[ch->med_pos] = v;
+            ch->med_pos = (ch->med_pos + 1) % cfg->median_n;
+            if (ch->med_count < cfg->median_n) {
+                ch->med_count++;
+            }
         }
         v = median_of(ch->med, ch->med_count);
     }
@@ -838,9 +922,15 @@ static double filter_sample(chan *ch, int64_t t, double v)
         if (!ch->ema_init) {
             ch->ema = v;
             ch->ema_init = 1;
+            ch->ema_prev = v;
+            ch->ema_alpha = 1.0;
+        } else if (replace) {
+            ch->ema = ch->ema_prev + ch->ema_alpha * (v - ch->ema_prev);
         } else {
             double dt_ms = (double)elapsed(t, ch->ema_t) / NS_PER_MS;
             double alpha = dt_ms <= 0 ? 0.0 : 1.0 - exp(-dt_ms / cfg->ema_tau_ms);
+            ch->ema_prev = ch->ema;
+            ch->ema_alpha = alpha;
             ch->ema += alpha * (v - ch->ema);
         }
         ch->ema_t = t;
@@ -913,9 +1003,13 @@ static void update_channel(ec_core *c, chan *ch, int64_t now)
     }
     /* the filters take each sample once: a held value (an injected node reading, a converter
      * polled every 100 ms) repeated every tick would fill the median with copies of itself */
-    if (!ch->has_filtered || t != ch->last_t) {
+    int fresh_inject = cfg->kind == EC_CH_INJECTED && ch->inj_seq != ch->fed_seq;
+    if (!ch->has_filtered || t != ch->last_t || fresh_inject) {
+        /* an injected value stamped like the last one (the plant clock stood still) supersedes it */
+        int replace = ch->has_filtered && t == ch->last_t;
         ch->last_t = t;
-        ch->filtered = filter_sample(ch, t, v);
+        ch->fed_seq = ch->inj_seq;
+        ch->filtered = filter_sample(ch, t, v, replace);
         ch->has_filtered = 1;
     }
     v = ch->filtered;
@@ -941,17 +1035,19 @@ static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)
 {
     *sensor_bad = 0;
     const ec_rule_cfg *cfg = &r->cfg;
+    r->evaluated = 1;
     if (cfg->kind == EC_RULE_DEADMAN) {
         r->value = (double)elapsed(now, c->heartbeat_t) / NS_PER_MS;
         return r->value > cfg->threshold;
     }
     const chan *ch = &c->channels[cfg->channel];
     const ec_value *val = &ch->latest;
-    int held = r->tripped || r->cond_since >= 0;
+    int held = r->tripped || r->cond_since != NOT_HOLDING;
     r->value = val->value;
     /* only an injected channel waiting for its first value has a grace (max_age_ms from start,
      * after which it reads STALE|NODATA); a driver channel without data is a bad sensor */
     int grace = ch->cfg.kind == EC_CH_INJECTED && val->status == EC_ST_NODATA;
+    r->evaluated = !grace; /* a clear condition in the grace is no evidence: it may not allow a reset */
     switch (cfg->kind) {
     case EC_RULE_FAULT:
         return (val->status & (EC_ST_FAULT | EC_ST_RANGE)) != 0;
@@ -1002,8 +1098,35 @@ static int any_tripped(const ec_core *c)
     return 0;
 }
 
+static int is_sensor_rule(const rule *r) { return r->cfg.kind == EC_RULE_FAULT || r->cfg.kind == EC_RULE_STALE; }
+
+/* The first-out among the rules that tripped in the same tick: the first in order, unless it
+ * tripped only because its value is bad and a sensor-fault rule (FAULT/STALE) tripped with it:
+ * the broken sensor is the root cause (on the same channel first, else any), not the threshold
+ * rule failing safe on its NaN. */
+static int root_cause(const ec_core *c, const int *newly, int n_new)
+{
+    const rule *first = &c->rules[newly[0]];
+    if (!first->sensor_bad || is_sensor_rule(first)) {
+        return newly[0];
+    }
+    int any = -1;
+    for (int k = 0; k < n_new; k++) {
+        const rule *r = &c->rules[newly[k]];
+        if (is_sensor_rule(r)) {
+            if (r->cfg.channel == first->cfg.channel) {
+                return newly[k];
+            }
+            any = any < 0 ? newly[k] : any;
+        }
+    }
+    return any >= 0 ? any : newly[0];
+}
+
 static void evaluate_rules(ec_core *c, int64_t now)
 {
+    int newly[EC_MAX_RULES];
+    int n_new = 0;
     for (int i = 0; i < c->n_rules; i++) {
         rule *r = &c->rules[i];
         int bad = 0;
@@ -1011,33 +1134,49 @@ static void evaluate_rules(ec_core *c, int64_t now)
         r->cond = cond;
         r->sensor_bad = bad;
         if (cond) {
-            if (r->cond_since < 0) {
+            if (r->cond_since == NOT_HOLDING) {
                 r->cond_since = now;
             }
             if (!r->tripped && (double)elapsed(now, r->cond_since) >= r->cfg.debounce_ms * NS_PER_MS) {
-                int flags = bad ? EC_EVF_SENSOR_BAD : 0;
-                if (!any_tripped(c)) { /* the first of a cascade: nothing else is tripped */
-                    c->first_out = i;
-                    flags |= EC_EVF_FIRST_OUT;
-                }
                 r->tripped = 1;
                 r->tripped_at = now;
-                push_event(c, EC_EV_TRIP, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+                newly[n_new++] = i;
             }
         } else {
-            r->cond_since = -1;
+            r->cond_since = NOT_HOLDING;
             if (r->tripped && !r->cfg.latch) {
                 r->tripped = 0;
                 push_event(c, EC_EV_CLEAR, 0, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
             }
         }
     }
+    /* a cascade is running if a rule tripped before this tick is still tripped, or a core fault
+     * is latched (it was the cascade's first-out): then none of this tick's trips is a first-out */
+    int cascade = c->core_fault != 0;
+    for (int i = 0, k = 0; i < c->n_rules && !cascade; i++) {
+        if (k < n_new && newly[k] == i) {
+            k++;
+        } else {
+            cascade = c->rules[i].tripped;
+        }
+    }
+    int fo = !cascade && n_new > 0 ? root_cause(c, newly, n_new) : -1;
+    if (fo >= 0) {
+        c->first_out = fo;
+    }
+    for (int k = 0; k < n_new; k++) {
+        rule *r = &c->rules[newly[k]];
+        int flags = (r->sensor_bad ? EC_EVF_SENSOR_BAD : 0) | (newly[k] == fo ? EC_EVF_FIRST_OUT : 0);
+        push_event(c, EC_EV_TRIP, flags, newly[k], -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+    }
     if (!any_tripped(c)) {
         c->first_out = -1;
     }
 }
 
-/* reset latched rules whose condition has cleared; returns EC_OK, or EC_ECONDITION if one still holds */
+/* reset latched rules whose condition was evaluated this run on valid, fresh data and found clear
+ * (a trip restored from the latch file, or a rule in its channel's start-up grace, has no such
+ * evaluation yet); returns EC_OK, or EC_ECONDITION if one still holds or was not yet evaluated */
 static int do_reset(ec_core *c, int which, int flags)
 {
     int rc = EC_OK;
@@ -1046,7 +1185,7 @@ static int do_reset(ec_core *c, int which, int flags)
         if ((which >= 0 && i != which) || !r->tripped) {
             continue;
         }
-        if (r->cond) {
+        if (r->cond || !r->evaluated) {
             push_event(c, EC_EV_RESET_REFUSED, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
             rc = EC_ECONDITION;
             continue;
@@ -1263,6 +1402,7 @@ static void check_clock(ec_core *c, int64_t now)
     c->fault_active &= ~(uint32_t)EC_FAULT_CLOCK_STOPPED;
     if (c->tick_no == 0 || now > c->last_now) {
         c->last_advance_wall = wall;
+        c->fault_active &= ~(uint32_t)EC_FAULT_CLOCK_BACKWARDS; /* advancing again: the cause is gone */
     } else if (now < c->last_now) {
         c->fault_active |= EC_FAULT_CLOCK_BACKWARDS;
     } else if (elapsed(wall, c->last_advance_wall) > (int64_t)EC_CLOCK_STALL_MS * 1000000LL) {
@@ -1304,9 +1444,10 @@ static void tick(ec_core *c)
     evaluate_rules(c, now);
     uint32_t new_faults = c->fault_active & ~c->core_fault;
     if (new_faults) {
+        /* a core fault that starts a cascade is its first-out: a later trip is not flagged too */
+        int first = c->core_fault == 0 && c->first_out < 0 && !any_tripped(c);
         c->core_fault |= new_faults;
-        push_event(c, EC_EV_CORE_FAULT, c->first_out < 0 && !any_tripped(c) ? EC_EVF_FIRST_OUT : 0, -1, -1, -1,
-                   (int)new_faults, 0, 0, 0);
+        push_event(c, EC_EV_CORE_FAULT, first ? EC_EVF_FIRST_OUT : 0, -1, -1, -1, (int)new_faults, 0, 0, 0);
     }
     if (c->cfg.reset_channel >= 0 && c->cfg.reset_channel < c->n_channels) {
         reset_input(c, now);
@@ -1448,6 +1589,15 @@ int ec_core_stop(ec_core *c)
         return EC_EINVAL;
     }
     if (!c->started) {
+        /* never started: possibly stepped by run_ticks, which may have energised outputs. Stopping
+         * it is as terminal as stopping a sampler: every output safe, no more ticks. */
+        pthread_mutex_lock(&c->lock);
+        if (!c->stopped) {
+            c->stopped = 1;
+            safe_all_outputs(c);
+            push_event(c, EC_EV_STOPPED, 0, -1, -1, -1, 0, 0, 0, 0);
+        }
+        pthread_mutex_unlock(&c->lock);
         return EC_OK;
     }
     atomic_store(&c->running, 0);
@@ -1644,21 +1794,28 @@ int ec_core_inject(ec_core *c, int32_t channel, double value, uint32_t status, i
     }
     pthread_mutex_lock(&c->lock);
     chan *ch = &c->channels[channel];
-    int64_t ahead = elapsed(t_ns, core_now(c));
+    int64_t now = core_now(c);
+    if (t_ns == EC_INJECT_NOW) { /* read the clock under the same lock: concurrent feeders stay in order */
+        t_ns = now;
+    }
+    int64_t ahead = elapsed(t_ns, now);
     int rc = EC_OK;
     if (ahead > (int64_t)EC_INJECT_FUTURE_MS * 1000000LL) {
         /* a timestamp from the future would keep the channel fresh forever: refuse it */
         ec_set_err(err, errlen, "'%s': timestamp %.3f s ahead of the core clock (another clock?)", ch->cfg.name,
                    (double)ahead / 1e9);
         rc = EC_ERANGE;
-    } else if (ch->inj_has && t_ns < ch->inj_t) {
+    } else if (ch->inj_has && (ahead > 0 ? now : t_ns) < ch->inj_t) {
         ec_set_err(err, errlen, "'%s': timestamp older than the last value (out of order)", ch->cfg.name);
         rc = EC_ERANGE;
     } else {
+        /* a stamp ahead of the core clock (inside the tolerance) is stored as now: it may neither
+         * block later honest readings as "out of order" nor keep the channel fresh past max_age_ms */
         ch->inj_value = value;
         ch->inj_status = isfinite(value) ? status : (status | EC_ST_FAULT);
-        ch->inj_t = t_ns;
+        ch->inj_t = ahead > 0 ? now : t_ns;
         ch->inj_has = 1;
+        ch->inj_seq++;
     }
     pthread_mutex_unlock(&c->lock);
     return rc;
@@ -1690,7 +1847,10 @@ int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
                 break;
             }
         }
-        if (held >= 0) {
+        if (held >= 0 && !c->rules[held].evaluated) {
+            ec_set_err(err, errlen, "reset refused: '%s' not yet evaluated on fresh data (restored or waiting "
+                       "for its first value)", c->rules[held].cfg.name);
+        } else if (held >= 0) {
             ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)",
                        c->rules[held].cfg.name, c->rules[held].value, c->rules[held].cfg.threshold);
         }
@@ -1747,8 +1907,8 @@ int ec_core_rules(ec_core *c, uint64_t *tripped, uint64_t *latched, int32_t *fir
     for (int i = 0; i < c->n_rules; i++) {
         if (c->rules[i].tripped) {
             t |= 1ULL << i;
-            if (c->rules[i].cfg.latch && !c->rules[i].cond) {
-                l |= 1ULL << i; /* latched and resettable */
+            if (c->rules[i].cfg.latch && !c->rules[i].cond && c->rules[i].evaluated) {
+                l |= 1ULL << i; /* latched and resettable: evaluated on fresh data and clear */
             }
         }
     }

@@ -75,7 +75,14 @@ extern "C" {
 /* ---- interlock rule kinds ----
  * A threshold rule (HIGH, LOW, RATE_*, DIGITAL) also trips, flagged EC_EVF_SENSOR_BAD, when its
  * channel's value is FAULT, RANGE, STALE or NODATA (an injected channel gets max_age_ms of grace
- * after start): a value that cannot be trusted cannot show the plant is safe. */
+ * after start): a value that cannot be trusted cannot show the plant is safe.
+ * Hysteresis applies as soon as the condition starts holding (during the debounce), not only once
+ * tripped: a value hovering at the threshold with noise keeps the debounce running and trips.
+ * A faulted sample keeps the rate history (only the median/EMA restart), so a one-tick fault does
+ * not leave a rate rule blind for half its window.
+ * First-out: one event per cascade. Among rules tripping in the same tick, a FAULT/STALE rule is
+ * the first-out when the first in order tripped only because its value is bad (same channel
+ * first); a core fault starting a cascade is its first-out (first_out stays -1). */
 #define EC_RULE_HIGH 0       /* trip when value > threshold; clear below threshold - hysteresis */
 #define EC_RULE_LOW 1        /* trip when value < threshold; clear above threshold + hysteresis */
 #define EC_RULE_RATE_HIGH 2  /* trip when rate (units/min) > threshold */
@@ -106,14 +113,22 @@ extern "C" {
 #define EC_EV_STOPPED 12
 #define EC_EV_CORE_FAULT 13      /* aux = EC_FAULT_* bits: every output safe, watchdog line stopped */
 
-#define EC_EVF_FIRST_OUT 1       /* this trip was the first of its cascade */
+#define EC_EVF_FIRST_OUT 1       /* this trip (or core fault) was the first of its cascade: one per cascade */
 #define EC_EVF_SENSOR_BAD 2      /* the rule tripped because its channel's value was not OK */
 #define EC_EVF_LOCAL_INPUT 4     /* reset came from the local reset input */
 #define EC_EVF_CORE_FAULT 8      /* the event concerns a core fault (aux = EC_FAULT_* bits), not a rule */
 #define EC_EVF_RESTORED 16       /* a latched trip restored from the latch file at start-up */
+#define EC_EVF_LATCH_BAD 32      /* with RESTORED: the latch file could not be trusted (aux = EC_LATCH_*), so
+                                    every latchable rule was restored tripped (fail safe) */
 
-/* core faults: latched like a trip, cleared by a reset once the cause is gone. While one is
- * latched every output is held safe and the watchdog line stops toggling. */
+/* why a latch file could not be trusted (aux of an EC_EVF_LATCH_BAD trip) */
+#define EC_LATCH_SHORT 1         /* it exists but is shorter than an image (cut short, or an old version) */
+#define EC_LATCH_HEADER 2        /* magic or version wrong */
+#define EC_LATCH_CHECKSUM 3      /* its CRC-32 does not match */
+
+/* core faults: latched like a trip, cleared by a reset once the cause is gone (CLOCK_BACKWARDS:
+ * once the clock has advanced again). While one is latched every output is held safe and the
+ * watchdog line stops toggling. */
 #define EC_FAULT_CLOCK_BACKWARDS 1
 #define EC_FAULT_CLOCK_STOPPED 2
 #define EC_FAULT_OUTPUT_WRITE 4
@@ -221,7 +236,7 @@ typedef struct ec_stats {
     uint64_t ticks;
     uint64_t overruns;         /* ticks missed because a tick ran past its deadline */
     uint64_t samples_lost;     /* samples dropped because the ring was full */
-    uint64_t events_lost;      /* events dropped because the ring was full */
+    uint64_t events_lost;      /* events dropped because the ring was full (see the event ring, below) */
     int64_t jitter_max_ns;     /* worst wake-up lateness */
     int64_t exec_max_ns;       /* worst tick execution time */
     int32_t sched;             /* EC_SCHED_* obtained */
@@ -250,7 +265,14 @@ int ec_core_add_output(ec_core *core, const ec_output_cfg *cfg, char *err, size_
 int ec_core_add_rule(ec_core *core, const ec_rule_cfg *cfg, char *err, size_t errlen);
 int ec_core_add_permissive(ec_core *core, const ec_permissive_cfg *cfg, char *err, size_t errlen);
 /* Keep latched trips in `path` so that a crash or restart is not an implicit reset. Call after
- * the rules are added, before start. Returns the number of latched trips restored (>= 0). */
+ * every rule is added (before: EC_ESTATE and the file is left untouched; a rule added after it:
+ * EC_ESTATE), before start. Returns the number of latched trips restored (>= 0). A missing file
+ * is created; a file that exists but is too short, has a wrong magic/version or a wrong CRC-32
+ * fails safe: every latchable rule is restored tripped (EC_EVF_RESTORED | EC_EVF_LATCH_BAD,
+ * aux = EC_LATCH_*) and the file is rewritten sane. The rule-set hash covers each rule's whole
+ * ec_rule_cfg (start from ec_rule_cfg_default): a changed station restores every latchable rule
+ * tripped if any trip was latched. A trip change is msync(MS_SYNC)ed in the tick that makes it,
+ * after the outputs were written and before anything can report it. */
 int ec_core_set_latch_file(ec_core *core, const char *path, char *err, size_t errlen);
 
 int ec_core_start(ec_core *core, char *err, size_t errlen);
@@ -263,24 +285,38 @@ int ec_core_heartbeat(ec_core *core);
 int ec_core_request_output(ec_core *core, int32_t output, int32_t level, char *err, size_t errlen);
 /* time-proportioned drive, duty 0..1 of the output's non-safe level; also refreshes the keep-alive */
 int ec_core_set_duty(ec_core *core, int32_t output, double duty, char *err, size_t errlen);
-/* t_ns on the core clock (at most EC_INJECT_FUTURE_MS ahead, never older than the last value);
+/* t_ns on the core clock (at most EC_INJECT_FUTURE_MS ahead, never older than the last value), or
+ * INT64_MIN (EC_INJECT_NOW, below) for "now", read under the same lock as the store. A stamp ahead of
+ * the core clock is stored as the core clock's now: it never blocks a later honest reading nor keeps
+ * the channel fresh past max_age_ms. A value stamped like the last one supersedes it (the plant clock
+ * stands still between plant steps): it takes effect and replaces the last sample in the filters.
  * status EC_ST_OK, EC_ST_FAULT or EC_ST_RANGE from the source, e.g. a node's own fault bit */
 int ec_core_inject(ec_core *core, int32_t channel, double value, uint32_t status, int64_t t_ns, char *err,
                    size_t errlen);
-/* rule index, or -1 for every latched rule whose condition has cleared. A local call. */
+/* rule index, or -1 for every latched rule whose condition has cleared. A local call. A rule is
+ * reset only if its condition was evaluated in this run on valid, fresh data and found clear:
+ * restored from the latch file and not yet ticked, or in an injected channel's start-up grace =
+ * EC_ECONDITION, "not yet evaluated on fresh data". */
 int ec_core_reset(ec_core *core, int32_t rule, char *err, size_t errlen);
 
 int ec_core_latest(ec_core *core, ec_value *out, int32_t n);         /* returns channels copied */
 int ec_core_outputs(ec_core *core, uint64_t *levels, uint64_t *requested, uint64_t *forced);
-/* tripped: bit i = rule i tripped; resettable: latched and its condition has cleared; first_out:
+/* tripped: bit i = rule i tripped; resettable: latched, evaluated on fresh data and clear; first_out:
  * the first rule of the present cascade, kept until every rule of it has cleared or been reset */
 int ec_core_rules(ec_core *core, uint64_t *tripped, uint64_t *resettable, int32_t *first_out);
 int64_t ec_core_now_ns(ec_core *core);
 int ec_core_drain_samples(ec_core *core, ec_sample *out, int32_t max); /* returns count */
+/* The event ring never drops a latched rule's trip (restored ones included), a core fault, or a
+ * non-latched rule's first-out trip (one undrained per rule): the last min(n_rules + 8, ring / 2)
+ * slots are reserved for them, enough while no rule trips twice between drains. Everything else
+ * may be dropped when nobody drains, and is counted in ec_stats.events_lost: refusals, overruns
+ * and refused resets first (they also leave an eighth of the ring free), then clears, resets,
+ * forced-safe / permissive / keep-alive drops, driver errors, start/stop, and non-latched trips. */
 int ec_core_drain_events(ec_core *core, ec_event *out, int32_t max);   /* returns count */
 int ec_core_stats(ec_core *core, ec_stats *out);
 /* never started: run n ticks inline (lockstep simulation, tests). A stopped core is stopped for good:
- * run_ticks, start, reset and energising requests then return EC_ESTATE. */
+ * run_ticks, start, reset and energising requests then return EC_ESTATE. ec_core_stop on a core
+ * stepped only by run_ticks writes every output safe and is as terminal. */
 int ec_core_run_ticks(ec_core *core, int32_t n);
 
 /* ---- thermocouples (NIST ITS-90 reference functions) ---- */
@@ -298,6 +334,11 @@ int ec_tc_emf_to_celsius_batch(char tc_type, const double *emf_mv, double cj_c, 
 int ec_sim_create(const char *path, char *err, size_t errlen);  /* create and initialise a register file */
 const char *ec_strerror(int code);
 /* CDEF-END */
+
+/* ec_core_inject's t_ns = EC_INJECT_NOW: the core reads its clock under the same lock as it stores the
+ * value, so several threads feeding one channel never see their own readings refused as out of order.
+ * (Outside the cdef region: cffi's parser takes no expressions; edge/core.py passes -2**63.) */
+#define EC_INJECT_NOW INT64_MIN
 
 #ifdef __cplusplus
 }

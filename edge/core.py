@@ -26,6 +26,7 @@ from typing import Any
 from edge.spec.core import ChannelSpec, CoreSpec, OutputSpec, RuleSpec
 
 ERRLEN = 512
+INJECT_NOW = -(2**63)  # EC_INJECT_NOW (INT64_MIN): the core reads its clock under the lock that stores the value
 
 
 def native() -> tuple[Any, Any]:
@@ -124,7 +125,7 @@ class OutputState:
 @dataclass(frozen=True)
 class RuleState:
     tripped: bool
-    resettable: bool      # latched and its condition has cleared
+    resettable: bool      # latched, evaluated this run on fresh data, and its condition has cleared
     first_out: bool
 
 
@@ -188,7 +189,6 @@ class Core:
         self._channel_index = {n: i for i, n in enumerate(self.channel_names)}
         self._output_index = {n: i for i, n in enumerate(self.output_names)}
         self._rule_index = {n: i for i, n in enumerate(self.rule_names)}
-        self._samples_buf = self._ffi.new("ec_sample[]", 1024)
         self._events_buf = self._ffi.new("ec_event[]", 256)
         self._build()
 
@@ -307,7 +307,7 @@ class Core:
         self._call("start", self._lib.ec_core_start)
 
     def stop(self) -> None:
-        """Stop the sampler; every output goes to its safe level."""
+        """Stop the sampler (or a core stepped by run_ticks): every output safe, for good."""
         with self._lock:
             if self._ptr is not None:
                 self._lib.ec_core_stop(self._ptr)
@@ -367,15 +367,20 @@ class Core:
 
     def inject(self, name: str, value: float, status: ChannelStatus = ChannelStatus.OK,
                t_ns: int | None = None) -> None:
-        """Push a value into an injected channel (serial node, Modbus instrument) with its own time."""
+        """Push a value into an injected channel (serial node, Modbus instrument) with its own time.
+
+        ``t_ns=None`` is "now", read by the core under the same lock as the store: reading the
+        clock here first let concurrent feeders store out of order (and be refused)."""
         index = self._channel_index.get(name)
         if index is None:
             raise KeyError(f"unknown channel {name!r}")
         self._call(f"inject {name!r}", self._lib.ec_core_inject, index, value, int(status),
-                   self.now_ns() if t_ns is None else t_ns)
+                   INJECT_NOW if t_ns is None else t_ns)
 
     def reset(self, rule: str | None = None) -> None:
-        """Reset latched trips (all, or one) whose condition has cleared. A local action."""
+        """Reset latched trips (all, or one) whose condition has cleared. A local action.
+
+        A trip restored from the latch file is refused until a tick has evaluated it on fresh data."""
         index = -1 if rule is None else self._rule_index[rule]
         self._call("reset", self._lib.ec_core_reset, index, refused=self._lib.EC_ECONDITION, exc=ResetRefused)
 
@@ -415,13 +420,16 @@ class Core:
         return out
 
     def iter_samples(self, max_samples: int = 1 << 30) -> Iterator[Any]:
-        """Raw ec_sample records (cffi views, valid until the next drain): for fast aggregation.
+        """Raw ec_sample records (cffi structs), for fast aggregation.
 
-        The sample ring has one consumer: drain samples from one thread only."""
+        Each record is the caller's own copy (about 0.6 us each): a view into a drain buffer could
+        be overwritten by a later drain (another thread's) or outlive the buffer. The sample ring
+        has one consumer: drain samples from one thread only."""
         left = max_samples
+        buf = self._ffi.new("ec_sample[]", min(1024, max(left, 1)))
         while left > 0:
-            n = self._plain(self._lib.ec_core_drain_samples, self._samples_buf, min(1024, left))
-            yield from (self._samples_buf[i] for i in range(n))
+            n = self._plain(self._lib.ec_core_drain_samples, buf, min(1024, left))
+            yield from [self._ffi.new("ec_sample *", buf[i]) for i in range(n)]
             left -= n
             if n < 1024:
                 return
@@ -455,6 +463,10 @@ class Core:
             return f"CORE FAULT ({self._fault_text(e.aux)}): every output safe, watchdog line stopped"
         if e.flags & self._lib.EC_EVF_CORE_FAULT:
             return f"core fault ({self._fault_text(e.aux)}) {kind.name.lower().replace('_', ' ')}"
+        if kind is EventKind.TRIP and e.flags & self._lib.EC_EVF_LATCH_BAD:
+            why = {self._lib.EC_LATCH_SHORT: "too short", self._lib.EC_LATCH_HEADER: "wrong magic or version",
+                   self._lib.EC_LATCH_CHECKSUM: "checksum wrong"}.get(e.aux, "unreadable")
+            return f"interlock {rule} held tripped: the latch file could not be trusted ({why}); reset needed"
         if kind is EventKind.TRIP and e.flags & self._lib.EC_EVF_RESTORED:
             return f"interlock {rule} still tripped after a restart (latched: reset needed)"
         if kind is EventKind.TRIP:
