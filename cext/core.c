@@ -124,7 +124,8 @@ struct ec_core {
     int64_t start_t;
     int watchdog_level;
     int proof_state;       /* watchdog proof test: PROOF_* */
-    int64_t proof_since;   /* core clock when the present step began, -1 before the first tick */
+    int64_t proof_since;   /* when the present step began (proof clock), -1 before the first tick */
+    int proof_wall;        /* the proof test is timed on wall time: a started core (see watchdog_proof_step) */
     pthread_t scan_thread; /* the only thread whose heartbeat feeds the dead-man */
     int has_scan_thread;
     int64_t last_tick_wall; /* CLOCK_MONOTONIC of the sampler's previous tick, 0 before the first */
@@ -1221,9 +1222,11 @@ static int do_reset(ec_core *c, int which, int flags)
  * A watchdog relay that is welded in, or wired past, would be assumed and never proved. With a
  * feedback contact the core proves it at start-up (and after a local reset of its fault): the
  * line is held still until the relay is seen dropped, then toggled until it is seen energised.
- * Until then every output is held safe. The bound runs on the core clock: in a real station it
- * is CLOCK_MONOTONIC, in the sim it is the plant's clock, on which the rig's relay drops, so a
- * lockstep (run_ticks) core proves it in plant time and a stopped clock is a fault of its own. */
+ * Until then every output is held safe. Which clock bounds each step: a started core (real
+ * hardware, or the rig's plant process) uses wall time (CLOCK_MONOTONIC), because the relay is
+ * hardware and drops on wall time whatever the plant clock's scale (600x in the HIL runs: 3 s of
+ * plant time would be 5 ms of wall); a core stepped by run_ticks (lockstep, tests) uses the core
+ * clock, since there the rig steps the relay in plant time together with the core. */
 enum { PROOF_HOLD = 0, PROOF_TOGGLE = 1, PROOF_DONE = 2 };
 
 static int proof_enabled(const ec_core *c) { return c->cfg.watchdog_output >= 0 && c->cfg.watchdog_feedback >= 0; }
@@ -1234,6 +1237,9 @@ static void watchdog_proof_step(ec_core *c, int64_t now)
 {
     if (!proof_pending(c) || (c->core_fault & EC_FAULT_WATCHDOG_PROOF)) {
         return;
+    }
+    if (c->proof_wall) {
+        now = ec_monotonic_ns();
     }
     if (c->proof_since < 0) {
         c->proof_since = now;
@@ -1613,6 +1619,7 @@ int ec_core_start(ec_core *c, char *err, size_t errlen)
     pthread_mutex_lock(&c->lock);
     c->start_t = core_now(c);
     c->heartbeat_t = c->start_t;
+    c->proof_wall = 1;
     safe_all_outputs(c);
     pthread_mutex_unlock(&c->lock);
 

@@ -46,7 +46,8 @@ extern "C" {
 #define EC_CLOCK_STALL_MS 500    /* core clock standing still this long (wall) = core fault */
 #define EC_RESET_HOLD_MS 100     /* the local reset input must be held this long, after a release */
 #define EC_INJECT_FUTURE_MS 1000 /* an injected timestamp further ahead of the core clock is refused */
-#define EC_WATCHDOG_PROOF_MS 3000 /* each step of the watchdog proof test must be seen within this (core clock) */
+#define EC_WATCHDOG_PROOF_MS 3000 /* each step of the watchdog proof test must be seen within this: wall time
+                                    for a started core, the core clock for one stepped by run_ticks */
 
 /* ---- error codes ---- */
 #define EC_OK 0
@@ -155,7 +156,7 @@ typedef struct ec_core_cfg {
      * (and watchdog_output) the core proves the relay at start-up: the line is held still until the
      * feedback reads 0 (relay dropped), then toggled until it reads 1; until both are seen no output
      * may leave its safe level (requests refused: "watchdog proof test running"). A step not seen within
-     * EC_WATCHDOG_PROOF_MS of the core clock = core fault EC_FAULT_WATCHDOG_PROOF; a local reset re-runs it. */
+     * EC_WATCHDOG_PROOF_MS = core fault EC_FAULT_WATCHDOG_PROOF; a local reset re-runs it. */
     int32_t watchdog_feedback;
     double max_tick_gap_ms;    /* wall time between two sampler ticks above this = core fault; 0 = off */
     int32_t allow_remote_reset; /* 0: ec_core_reset_remote is refused for every rule */

@@ -477,16 +477,16 @@ class Core:
             return f"CORE FAULT ({self._fault_text(e.aux)}): every output safe, watchdog line stopped"
         if e.flags & self._lib.EC_EVF_CORE_FAULT:
             return f"core fault ({self._fault_text(e.aux)}) {kind.name.lower().replace('_', ' ')}"
+        if kind is EventKind.TRIP and e.rule >= 0 and e.output >= 0:
+            why = "feedback not OK" if e.flags & self._lib.EC_EVF_SENSOR_BAD else f"feedback {e.value:g}"
+            first = " FIRST OUT" if e.flags & self._lib.EC_EVF_FIRST_OUT else ""
+            return f"interlock {rule} tripped{first}: {output} written {e.aux} but {channel} {why}"
         if kind is EventKind.TRIP and e.flags & self._lib.EC_EVF_RESTORED:
             return f"interlock {rule} still tripped after a restart (latched: reset needed)"
         if kind is EventKind.TRIP:
             why = "sensor not OK" if e.flags & self._lib.EC_EVF_SENSOR_BAD else f"{e.value:g} vs {e.threshold:g}"
             first = " FIRST OUT" if e.flags & self._lib.EC_EVF_FIRST_OUT else ""
             return f"interlock {rule} tripped{first}: {channel or 'controller'} {why}"
-        if kind is EventKind.TRIP and e.rule >= 0 and e.output >= 0:
-            why = "feedback not OK" if e.flags & self._lib.EC_EVF_SENSOR_BAD else f"feedback {e.value:g}"
-            first = " FIRST OUT" if e.flags & self._lib.EC_EVF_FIRST_OUT else ""
-            return f"interlock {rule} tripped{first}: {output} written {e.aux} but {channel} {why}"
         if kind is EventKind.REFUSED and e.aux == self._lib.EC_REFUSE_FORCED and e.rule < 0 and channel:
             return f"{output} refused: watchdog proof test running ({channel} must drop and pick up)"
         if kind is EventKind.REFUSED:

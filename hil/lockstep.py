@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from edge.core import ChannelStatus, Core
 from edge.spec.station import Station
+from hil.plants.safety_hw import cabinet_for
 from hil.regfile import RegisterFile
 from hil.wiring import Wiring
 
@@ -49,11 +50,17 @@ class LockstepRig:
         self.core = Core(self.station.core)
         self.plant_s = 0.0
         self.extra_digital: dict[str, bool] = {}
+        # the watchdog relay in plant time: energised while the line changed since the last step
+        self.cabinet = cabinet_for(self.station.core.outputs, plant)
+        self._watchdog_line = self.wiring.lines.get(self.station.core.watchdog_output or "")
+        self._line_seen: int | None = None
         self._publish()
         self.core.run_ticks(1)
 
     def _publish(self) -> None:
         analog, digital, broken = self.plant.sensors()
+        cab_analog, cab_digital = self.cabinet.signals()
+        analog, digital = {**analog, **cab_analog}, {**digital, **cab_digital}
         self.wiring.publish(self.regs, analog, {**digital, **self.extra_digital}, broken)
         now = self.core.now_ns()
         for name in self.wiring.injected:
@@ -63,7 +70,10 @@ class LockstepRig:
                 self.core.inject(name, value, status, now)
 
     def step(self, scan: Callable[[], Any] | None = None) -> None:
-        self.plant.step(self.wiring.outputs(self.regs), self.dt_s)
+        line = self.regs.do(self._watchdog_line) if self._watchdog_line is not None else None
+        relay_ok = line is not None and self._line_seen is not None and line != self._line_seen
+        self._line_seen = line
+        self.plant.step(self.cabinet.apply(self.wiring.outputs(self.regs), relay_ok, self.dt_s), self.dt_s)
         self.plant_s += self.dt_s
         self.regs.regs.plant_ns = 1_000_000_000 + round(self.plant_s * 1e9)
         self._publish()

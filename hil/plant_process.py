@@ -37,7 +37,7 @@ from edge.spec.core import RuleSpec
 from edge.spec.station import load_station
 from hil.devices.modbus_meters import MeterBus
 from hil.plants import PLANTS, PlantModel
-from hil.plants.safety_hw import FieldSide, WatchdogRelay
+from hil.plants.safety_hw import FieldSide, WatchdogRelay, cabinet_for
 from hil.regfile import RegisterFile
 from hil.wiring import Wiring
 
@@ -155,6 +155,7 @@ class PlantProcess:
         relay = WatchdogRelay(timeout_s=float(cfg.get("relay_timeout_s", 0.5)),
                               outputs=tuple(cfg.get("relay_outputs", ("heater", "h2_inlet_valve"))))
         self.field = FieldSide({k: float(v) for k, v in self.safe.items()}, relay)
+        self.cabinet = cabinet_for(station.core.outputs, self.plant)   # K1, CT, aux contacts (issue 13)
         self._ticks_at_power_on = self.regs.core_ticks
         self.watch = TripWatch(station.core.rules)
         self.log = open(cfg["log"], "w", buffering=1 << 16)  # noqa: SIM115 - closed in run()
@@ -251,6 +252,9 @@ class PlantProcess:
 
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]:
         analog, digital, broken = self.plant.sensors()
+        cab_analog, cab_digital = self.cabinet.signals()
+        analog.update(cab_analog)
+        digital.update(cab_digital)
         for name, d in self.drift.items():
             if name in analog:
                 analog[name] += d.at(self.t_s)
@@ -269,7 +273,8 @@ class PlantProcess:
                                    if k in self.outputs})
         if not self.field.driven and self.regs.core_ticks != self._ticks_at_power_on:
             self.field.driven = True              # a core has written since start or power-on
-        effective = self.field.effective(written)
+        effective = self.cabinet.apply(self.field.effective(written),
+                                       self.field.relay.energised and self.field.powered, dt_s)
         left = dt_s
         while left > 1e-12:
             h = min(left, MAX_SUBSTEP_S)

@@ -19,8 +19,10 @@ What the plant feels is not what the core wrote, and the difference is the point
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -67,3 +69,48 @@ class FieldSide:
 
     def contactor_outputs(self) -> Iterable[str]:
         return self.relay.outputs
+
+
+@dataclass
+class CabinetFeedback:
+    """The minimum of the safety contactor K1 and the feedback signals the issue-13 interlocks read.
+
+    A stand-in until the rig's fuller cabinet model replaces it: K1 is closed while the core writes
+    it on and the watchdog relay is energised (its contact is in series with K1's coil); an open K1
+    leaves every output it ``supplies`` unpowered. Published: ``contactor_closed`` (K1's auxiliary
+    contact), ``watchdog_relay_ok`` (the relay's auxiliary contact) and ``heater_current`` (a current
+    transformer reading the heater's mean level over ~``tau_s`` x its nameplate current)."""
+
+    supplies: Mapping[str, tuple[str, ...]]   # contactor output -> the outputs it feeds
+    unpowered: Mapping[str, float]
+    heater_current_a: float                   # nameplate current at full power
+    tau_s: float = 0.2
+    current_a: float = 0.0
+    closed: bool = False
+    relay_ok: bool = False
+
+    def apply(self, effective: Mapping[str, float], relay_ok: bool, dt_s: float) -> dict[str, float]:
+        out = dict(effective)
+        self.relay_ok = relay_ok
+        self.closed = bool(self.supplies)
+        for contactor, fed in self.supplies.items():
+            closed = out.get(contactor, 0.0) >= 0.5 and relay_ok
+            self.closed = self.closed and closed
+            if not closed:
+                for name in fed:
+                    out[name] = self.unpowered.get(name, 0.0)
+        alpha = 1.0 if dt_s >= 5 * self.tau_s else 1.0 - math.exp(-dt_s / self.tau_s)
+        self.current_a += alpha * (out.get("heater", 0.0) * self.heater_current_a - self.current_a)
+        return out
+
+    def signals(self) -> tuple[dict[str, float], dict[str, bool]]:
+        return {"heater_current": self.current_a}, {"contactor_closed": self.closed,
+                                                    "watchdog_relay_ok": self.relay_ok}
+
+
+def cabinet_for(outputs: Iterable[Any], plant: Any) -> CabinetFeedback:
+    """From the station's outputs (their ``supplies``) and the plant's heater nameplate (3-phase 400 V)."""
+    outputs = list(outputs)
+    heater_w = float(getattr(getattr(plant, "p", None), "heater_w", 0.0))
+    return CabinetFeedback({o.name: tuple(o.supplies) for o in outputs if getattr(o, "supplies", ())},
+                           {o.name: float(o.safe_level) for o in outputs}, heater_w / (math.sqrt(3) * 400.0))
