@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import threading
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,8 @@ BAD = [
     ("interlocks.contactor_feedback.threshold", "digital", put("interlocks.contactor_feedback.threshold", 0.5)),
     ("interlocks.chamber_tc_disagree.channel2", "same channel",
      put("interlocks.chamber_tc_disagree.channel2", "chamber_temp")),
-    ("interlocks.chamber_tc_disagree.channel2", "digital", put("interlocks.chamber_tc_disagree.channel2", "lid_closed")),
+    ("interlocks.chamber_tc_disagree.channel2", "digital",
+     put("interlocks.chamber_tc_disagree.channel2", "lid_closed")),
     ("interlocks.chamber_tc_disagree.threshold", "above 0", put("interlocks.chamber_tc_disagree.threshold", 0.0)),
     ("interlocks.chamber_overtemp.output", "", put("interlocks.chamber_overtemp.output", "heater")),
     ("outputs.safety_contactor.supplies", "safe_level = 0", put("outputs.safety_contactor.safe_level", 1)),
@@ -86,7 +88,7 @@ def test_bad_layer_keys_are_refused_naming_the_key(key_path: str, fragment: str,
 class Rig:
     """The HD station's core stepped tick by tick; the test drives the register file like a plant."""
 
-    def __init__(self, tmp: pathlib.Path, **core_changes: object) -> None:
+    def __init__(self, tmp: pathlib.Path, **core_changes: Any) -> None:
         station = load_station(HD)
         path = tmp / "plant.regs"
         self.regs = RegisterFile.create(path)

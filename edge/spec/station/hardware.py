@@ -557,7 +557,9 @@ def _read_output(
                                               "must declare it")
     max_on_ms = t.get("max_on_ms", _number_in(0.0, MS_MAX), 0.0)
     duty_cycle_ms = t.get("duty_cycle_ms", _number_in(1.0, 60_000.0), 20.0)
-    supplies = tuple(t.get("supplies", _list_of(_name, "output names", max_len=EC_MAX_OUTPUTS), []))
+    no_supplies: list[str] = []
+    supplies: tuple[str, ...] = tuple(t.get("supplies", _list_of(_name, "output names", max_len=EC_MAX_OUTPUTS),
+                                            no_supplies))
     if supplies and safe_level not in (None, 0):
         t.report("supplies", "a contactor that supplies other outputs must be safe when de-energised "
                              "(safe_level = 0): a trip opens it")
