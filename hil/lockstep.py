@@ -53,9 +53,21 @@ class LockstepRig:
         # the watchdog relay in plant time: energised while the line changed since the last step
         self.cabinet = cabinet_for(self.station.core.outputs, plant)
         self._watchdog_line = self.wiring.lines.get(self.station.core.watchdog_output or "")
-        self._line_seen: int | None = None
+        self._line_seen = self.regs.do(self._watchdog_line) if self._watchdog_line is not None else None
         self._publish()
         self.core.run_ticks(1)
+        # power-up: the core's watchdog proof test sees the relay drop (line held), then pick up (line
+        # toggled) before the first scan, as on a real cabinet
+        self.cabinet.apply(self.wiring.outputs(self.regs), self._relay_ok(), 0.0)
+        self._publish()
+        self.core.run_ticks(1)
+
+    def _relay_ok(self) -> bool:
+        """The watchdog relay in plant time: energised while its line changed since the last look."""
+        line = self.regs.do(self._watchdog_line) if self._watchdog_line is not None else None
+        ok = line is not None and self._line_seen is not None and line != self._line_seen
+        self._line_seen = line
+        return ok
 
     def _publish(self) -> None:
         analog, digital, broken = self.plant.sensors()
@@ -70,10 +82,7 @@ class LockstepRig:
                 self.core.inject(name, value, status, now)
 
     def step(self, scan: Callable[[], Any] | None = None) -> None:
-        line = self.regs.do(self._watchdog_line) if self._watchdog_line is not None else None
-        relay_ok = line is not None and self._line_seen is not None and line != self._line_seen
-        self._line_seen = line
-        self.plant.step(self.cabinet.apply(self.wiring.outputs(self.regs), relay_ok, self.dt_s), self.dt_s)
+        self.plant.step(self.cabinet.apply(self.wiring.outputs(self.regs), self._relay_ok(), self.dt_s), self.dt_s)
         self.plant_s += self.dt_s
         self.regs.regs.plant_ns = 1_000_000_000 + round(self.plant_s * 1e9)
         self._publish()

@@ -209,7 +209,8 @@ def test_example_interlocks(station: Station) -> None:
     rules = {r.name: r for r in station.core.rules}
     leak = rules["h2_leak"]
     assert (leak.kind, leak.channel, leak.threshold, leak.latch) == ("high", "h2_room", 25.0, True)
-    assert set(leak.action) == {"h2_inlet_valve", "heater", "vent_valve", "alarm_beacon"}
+    # the safety contactor is added by the loader: it supplies the heater and the H2 valve
+    assert set(leak.action) == {"h2_inlet_valve", "heater", "vent_valve", "alarm_beacon", "safety_contactor"}
     assert rules["chamber_overtemp"].channel == "chamber_temp_safety"
     assert {rules["chamber_tc_break"].kind, rules["safety_tc_break"].kind} == {"fault"}
     assert rules["lid_open"].kind == "digital" and rules["lid_open"].threshold == 1.0
