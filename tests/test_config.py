@@ -975,7 +975,7 @@ def test_plumbing_may_name_other_outputs_and_an_optional_fan() -> None:
     station = loads(
         put("outputs.ar_valve_2", {"driver": "plant", "line": 10, "safe_level": 0}),
         put("plumbing.inlet_valves", {"H2": "h2_inlet_valve", "Ar": "ar_valve_2"}),
-        put("outputs.fan", {"driver": "plant", "line": 10, "safe_level": 0}),
+        put("outputs.fan", {"driver": "plant", "line": 11, "safe_level": 0}),
         put("plumbing.quench_fan", "fan"),
     )
     assert station.plumbing.inlet("Ar") == "ar_valve_2"
