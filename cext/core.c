@@ -91,6 +91,8 @@ typedef struct rule {
     double value;        /* what the rule last compared */
     int evaluated;       /* the last evaluation saw valid, fresh data (no start-up grace, not restored-only) */
     uint64_t fo_seq;     /* seq of this (non-latched) rule's last first-out trip event kept in the reserve */
+    int fb_on;           /* DISCREPANCY: the feedback read "on" last tick (hysteresis) */
+    int last_level;      /* DISCREPANCY: the written level last tick, -1 before the first */
 } rule;
 
 struct ec_core {
@@ -128,6 +130,12 @@ struct ec_core {
     uint64_t tick_no;
     int64_t start_t;
     int watchdog_level;
+    int proof_state;       /* watchdog proof test: PROOF_* */
+    int64_t proof_since;   /* when the present step began (proof clock), -1 before the first tick */
+    int proof_wall;        /* the proof test is timed on wall time: a started core (see watchdog_proof_step) */
+    pthread_t scan_thread; /* the only thread whose heartbeat feeds the dead-man */
+    int has_scan_thread;
+    int64_t last_tick_wall; /* CLOCK_MONOTONIC of the sampler's previous tick, 0 before the first */
 
     /* sample ring: SPSC, head written by the tick, tail by drain */
     ec_sample *samples;
@@ -158,6 +166,7 @@ void ec_core_cfg_default(ec_core_cfg *cfg)
     cfg->event_ring = 1024;
     cfg->reset_channel = -1;
     cfg->watchdog_output = -1;
+    cfg->watchdog_feedback = -1;
 }
 
 void ec_channel_cfg_default(ec_channel_cfg *cfg)
@@ -191,6 +200,8 @@ void ec_rule_cfg_default(ec_rule_cfg *cfg)
     memset(cfg, 0, sizeof *cfg);
     cfg->channel = -1;
     cfg->latch = 1;
+    cfg->output = -1;
+    cfg->channel2 = -1;
 }
 
 /* ---------- helpers ---------- */
@@ -280,6 +291,7 @@ static int check_configurable(ec_core *c, char *err, size_t errlen)
 }
 
 static void safe_all_outputs(ec_core *c);
+static void watchdog_proof_rearm(ec_core *c);
 
 /* the checks every ec_core_add_* call starts with: configurable, cfg given, room in the table, a name */
 static int begin_add(ec_core *c, const void *cfg, int count, int max, const char *what, const char *name,
@@ -521,6 +533,22 @@ int ec_core_new(const ec_core_cfg *cfg, ec_core **out_core, char *err, size_t er
         ec_set_err(err, errlen, "reset_channel / watchdog_output out of range");
         return EC_EINVAL;
     }
+    if (cfg->watchdog_feedback < -1 || cfg->watchdog_feedback >= EC_MAX_CHANNELS ||
+        (cfg->watchdog_feedback >= 0 && cfg->watchdog_output < 0)) {
+        ec_set_err(err, errlen, "watchdog_feedback %d: a declared channel, and only with a watchdog_output",
+                   cfg->watchdog_feedback);
+        return EC_EINVAL;
+    }
+    if (!(cfg->max_tick_gap_ms >= 0 && cfg->max_tick_gap_ms < 1e9) ||
+        (cfg->max_tick_gap_ms > 0 && cfg->max_tick_gap_ms < cfg->period_ms)) {
+        ec_set_err(err, errlen, "max_tick_gap_ms %g must be 0 (off) or at least the period (%g ms)",
+                   cfg->max_tick_gap_ms, cfg->period_ms);
+        return EC_ERANGE;
+    }
+    if (cfg->allow_remote_reset != 0 && cfg->allow_remote_reset != 1) {
+        ec_set_err(err, errlen, "allow_remote_reset must be 0 or 1");
+        return EC_EINVAL;
+    }
     ec_core *c = calloc(1, sizeof *c);
     if (c == NULL) {
         ec_set_err(err, errlen, "out of memory");
@@ -546,6 +574,7 @@ int ec_core_new(const ec_core_cfg *cfg, ec_core **out_core, char *err, size_t er
     c->event_mask = cfg->event_ring - 1;
     c->first_out = -1;
     c->reset_since = -1;
+    c->proof_since = -1;
     atomic_init(&c->running, 0);
     atomic_init(&c->s_head, 0);
     atomic_init(&c->s_tail, 0);
@@ -742,15 +771,69 @@ int ec_core_add_output(ec_core *c, const ec_output_cfg *cfg, char *err, size_t e
     return c->n_outputs++;
 }
 
+/* the keys of the two-sided kinds: DISCREPANCY names an output, AGREE a second channel */
+static int check_pair_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errlen)
+{
+    if (cfg->local_reset_only != 0 && cfg->local_reset_only != 1) {
+        ec_set_err(err, errlen, "rule '%s': local_reset_only must be 0 or 1", cfg->name);
+        return EC_EINVAL;
+    }
+    if (cfg->kind == EC_RULE_DISCREPANCY) {
+        if (cfg->output < 0 || cfg->output >= c->n_outputs) {
+            ec_set_err(err, errlen, "rule '%s': a discrepancy rule needs its output (output %d not declared)",
+                       cfg->name, cfg->output);
+            return EC_ENOTFOUND;
+        }
+        if (cfg->output == c->cfg.watchdog_output) {
+            ec_set_err(err, errlen, "rule '%s': output '%s' is the watchdog line (the proof test checks it)",
+                       cfg->name, c->outputs[cfg->output].cfg.name);
+            return EC_EINVAL;
+        }
+        if (cfg->channel >= 0 && cfg->channel < c->n_channels &&
+            c->channels[cfg->channel].cfg.kind == EC_CH_DIGITAL && cfg->threshold != 0.0) {
+            ec_set_err(err, errlen, "rule '%s': digital feedback '%s' takes no threshold (1 = on)", cfg->name,
+                       c->channels[cfg->channel].cfg.name);
+            return EC_EINVAL;
+        }
+    }
+    if (cfg->kind == EC_RULE_AGREE) {
+        if (cfg->channel2 < 0 || cfg->channel2 >= c->n_channels) {
+            ec_set_err(err, errlen, "rule '%s': an agree rule needs its second channel (channel2 %d not declared)",
+                       cfg->name, cfg->channel2);
+            return EC_ENOTFOUND;
+        }
+        if (cfg->channel2 == cfg->channel) {
+            ec_set_err(err, errlen, "rule '%s': channel and channel2 are the same channel", cfg->name);
+            return EC_EINVAL;
+        }
+        if (c->channels[cfg->channel2].cfg.kind == EC_CH_DIGITAL ||
+            (cfg->channel >= 0 && cfg->channel < c->n_channels &&
+             c->channels[cfg->channel].cfg.kind == EC_CH_DIGITAL)) {
+            ec_set_err(err, errlen, "rule '%s': an agree rule compares two values, not digital levels", cfg->name);
+            return EC_EINVAL;
+        }
+        if (!(cfg->threshold > 0 && isfinite(cfg->threshold)) || !(cfg->hysteresis < cfg->threshold)) {
+            ec_set_err(err, errlen, "rule '%s': the band (threshold) %g must be > 0 and above the hysteresis %g",
+                       cfg->name, cfg->threshold, cfg->hysteresis);
+            return EC_ERANGE;
+        }
+    }
+    return EC_OK;
+}
+
 int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errlen)
 {
     int rc = begin_add(c, cfg, c ? c->n_rules : 0, EC_MAX_RULES, "rule", cfg ? cfg->name : NULL, err, errlen);
     if (rc != EC_OK) {
         return rc;
     }
-    if (cfg->kind < EC_RULE_HIGH || cfg->kind > EC_RULE_DEADMAN) {
+    if (cfg->kind < EC_RULE_HIGH || cfg->kind > EC_RULE_AGREE) {
         ec_set_err(err, errlen, "rule '%s': unknown kind %d", cfg->name, cfg->kind);
         return EC_EINVAL;
+    }
+    rc = check_pair_rule(c, cfg, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
     }
     if (cfg->kind == EC_RULE_DEADMAN) {
         if (cfg->channel != -1) {
@@ -783,7 +866,8 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
             ec_set_err(err, errlen, "rule '%s': threshold must be finite", cfg->name);
             return EC_EINVAL;
         }
-        if ((cfg->kind == EC_RULE_HIGH || cfg->kind == EC_RULE_LOW) &&
+        if ((cfg->kind == EC_RULE_HIGH || cfg->kind == EC_RULE_LOW ||
+             (cfg->kind == EC_RULE_DISCREPANCY && !digital)) &&
             (cfg->threshold < c->channels[cfg->channel].cfg.range_lo ||
              cfg->threshold > c->channels[cfg->channel].cfg.range_hi)) {
             ec_set_err(err, errlen, "rule '%s': threshold %g outside the channel's range %g .. %g", cfg->name,
@@ -820,6 +904,7 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
     size_t name_len = strnlen(r->cfg.name, EC_NAME_LEN - 1);
     memset(r->cfg.name + name_len, 0, EC_NAME_LEN - name_len);
     r->cond_since = NOT_HOLDING;
+    r->last_level = -1;
     return c->n_rules++;
 }
 
@@ -1030,6 +1115,57 @@ static int value_bad(uint32_t st)
     return (st & (EC_ST_FAULT | EC_ST_STALE | EC_ST_NODATA | EC_ST_RANGE)) != 0;
 }
 
+/* DISCREPANCY and AGREE: a bad value on either side cannot show the two agree, so it trips
+ * (whatever the output does: a broken feedback under burst fire still trips after debounce_ms).
+ * With a good feedback, a discrepancy's count restarts whenever the written level changes
+ * (cond_since = NOT_HOLDING here, evaluate_rules starts it again this tick): only a level held
+ * for debounce_ms is judged. */
+static int pair_condition(ec_core *c, rule *r, int *sensor_bad)
+{
+    const ec_rule_cfg *cfg = &r->cfg;
+    const ec_value *a = &c->channels[cfg->channel].latest;
+    if (cfg->kind == EC_RULE_AGREE) {
+        const ec_value *b = &c->channels[cfg->channel2].latest;
+        r->value = a->value - b->value;
+        if (value_bad(a->status) || value_bad(b->status) || isnan(r->value)) {
+            *sensor_bad = 1;
+            return 1;
+        }
+        int held = r->tripped || r->cond_since != NOT_HOLDING;
+        return fabs(r->value) > (held ? cfg->threshold - cfg->hysteresis : cfg->threshold);
+    }
+    const out *o = &c->outputs[cfg->output];
+    int level_changed = o->level != r->last_level;
+    r->last_level = o->level;
+    r->value = a->value;
+    if (value_bad(a->status) || isnan(a->value)) {
+        *sensor_bad = 1;
+        return 1;
+    }
+    if (level_changed) {
+        r->cond_since = NOT_HOLDING;
+    }
+    if (c->channels[cfg->channel].cfg.kind == EC_CH_DIGITAL) {
+        r->fb_on = a->value >= 0.5;
+    } else {
+        r->fb_on = a->value > (r->fb_on ? cfg->threshold - cfg->hysteresis : cfg->threshold);
+    }
+    int expected_on = o->level != o->cfg.safe_level;
+    return r->fb_on != expected_on;
+}
+
+/* what a rule's events carry besides its channel and value: the output compared, the written
+ * level or the second channel */
+static int rule_event_output(const rule *r) { return r->cfg.kind == EC_RULE_DISCREPANCY ? r->cfg.output : -1; }
+
+static int rule_event_aux(const rule *r)
+{
+    if (r->cfg.kind == EC_RULE_DISCREPANCY) {
+        return r->last_level;
+    }
+    return r->cfg.kind == EC_RULE_AGREE ? r->cfg.channel2 : 0;
+}
+
 /* the rule's condition this tick, with hysteresis relative to whether it is already tripped */
 static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)
 {
@@ -1048,6 +1184,9 @@ static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)
      * after which it reads STALE|NODATA); a driver channel without data is a bad sensor */
     int grace = ch->cfg.kind == EC_CH_INJECTED && val->status == EC_ST_NODATA;
     r->evaluated = !grace; /* a clear condition in the grace is no evidence: it may not allow a reset */
+    if (cfg->kind == EC_RULE_DISCREPANCY || cfg->kind == EC_RULE_AGREE) {
+        return pair_condition(c, r, sensor_bad);
+    }
     switch (cfg->kind) {
     case EC_RULE_FAULT:
         return (val->status & (EC_ST_FAULT | EC_ST_RANGE)) != 0;
@@ -1167,7 +1306,8 @@ static void evaluate_rules(ec_core *c, int64_t now)
     for (int k = 0; k < n_new; k++) {
         rule *r = &c->rules[newly[k]];
         int flags = (r->sensor_bad ? EC_EVF_SENSOR_BAD : 0) | (newly[k] == fo ? EC_EVF_FIRST_OUT : 0);
-        push_event(c, EC_EV_TRIP, flags, newly[k], -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+        push_event(c, EC_EV_TRIP, flags, newly[k], rule_event_output(r), r->cfg.channel, rule_event_aux(r), 0,
+                   r->value, r->cfg.threshold);
     }
     if (!any_tripped(c)) {
         c->first_out = -1;
@@ -1185,6 +1325,11 @@ static int do_reset(ec_core *c, int which, int flags)
         if ((which >= 0 && i != which) || !r->tripped) {
             continue;
         }
+        if ((flags & EC_EVF_REMOTE) && r->cfg.local_reset_only) {
+            push_event(c, EC_EV_RESET_REFUSED, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+            rc = EC_EREFUSED;
+            continue;
+        }
         if (r->cond || !r->evaluated) {
             push_event(c, EC_EV_RESET_REFUSED, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
             rc = EC_ECONDITION;
@@ -1193,6 +1338,13 @@ static int do_reset(ec_core *c, int which, int flags)
         r->tripped = 0;
         push_event(c, EC_EV_RESET, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
     }
+    if (flags & EC_EVF_REMOTE) { /* core faults need a local reset (ec_core_reset_remote refused earlier) */
+        if (!any_tripped(c)) {
+            c->first_out = -1;
+        }
+        return rc;
+    }
+    watchdog_proof_rearm(c);
     uint32_t gone = c->core_fault & ~c->fault_active;
     if (gone) {
         c->core_fault &= ~gone;
@@ -1208,9 +1360,70 @@ static int do_reset(ec_core *c, int which, int flags)
     return rc;
 }
 
+/* ---------- the watchdog proof test ----------
+ * A watchdog relay that is welded in, or wired past, would be assumed and never proved. With a
+ * feedback contact the core proves it at start-up (and after a local reset of its fault): the
+ * line is held still until the relay is seen dropped, then toggled until it is seen energised.
+ * Until then every output is held safe. Which clock bounds each step: a started core (real
+ * hardware, or the rig's plant process) uses wall time (CLOCK_MONOTONIC), because the relay is
+ * hardware and drops on wall time whatever the plant clock's scale (600x in the HIL runs: 3 s of
+ * plant time would be 5 ms of wall); a core stepped by run_ticks (lockstep, tests) uses the core
+ * clock, since there the rig steps the relay in plant time together with the core. */
+enum { PROOF_HOLD = 0, PROOF_TOGGLE = 1, PROOF_DONE = 2 };
+
+static int proof_enabled(const ec_core *c) { return c->cfg.watchdog_output >= 0 && c->cfg.watchdog_feedback >= 0; }
+
+static int proof_pending(const ec_core *c) { return proof_enabled(c) && c->proof_state != PROOF_DONE; }
+
+static void watchdog_proof_step(ec_core *c, int64_t now)
+{
+    if (!proof_pending(c) || (c->core_fault & EC_FAULT_WATCHDOG_PROOF)) {
+        return;
+    }
+    if (c->proof_wall) {
+        now = ec_monotonic_ns();
+    }
+    if (c->proof_since < 0) {
+        c->proof_since = now;
+    }
+    const ec_value *fb = &c->channels[c->cfg.watchdog_feedback].latest;
+    int ok = !value_bad(fb->status) && !isnan(fb->value);
+    int want = c->proof_state == PROOF_HOLD ? 0 : 1;
+    if (ok && (fb->value >= 0.5) == want) {
+        c->proof_state++;
+        c->proof_since = now;
+        return;
+    }
+    if (elapsed(now, c->proof_since) > (int64_t)EC_WATCHDOG_PROOF_MS * 1000000LL) {
+        c->fault_active |= EC_FAULT_WATCHDOG_PROOF;
+    }
+}
+
+/* a local reset of the proof fault runs the test again (the fault's cause is then "gone") */
+static void watchdog_proof_rearm(ec_core *c)
+{
+    if (c->core_fault & EC_FAULT_WATCHDOG_PROOF) {
+        c->fault_active &= ~(uint32_t)EC_FAULT_WATCHDOG_PROOF;
+        c->proof_state = PROOF_HOLD;
+        c->proof_since = -1;
+    }
+}
+
+/* the wall gap between two sampler ticks: a tick late by more than max_tick_gap_ms means the
+ * interlocks were not evaluated for that long (a stalled process, a swapping machine) */
+static void check_tick_gap(ec_core *c, int64_t woke)
+{
+    c->fault_active &= ~(uint32_t)EC_FAULT_TICK_GAP;
+    if (c->cfg.max_tick_gap_ms > 0 && c->last_tick_wall != 0 &&
+        (double)elapsed(woke, c->last_tick_wall) > c->cfg.max_tick_gap_ms * NS_PER_MS) {
+        c->fault_active |= EC_FAULT_TICK_GAP;
+    }
+    c->last_tick_wall = woke;
+}
+
 static uint64_t forced_mask(const ec_core *c)
 {
-    if (c->core_fault) { /* the core cannot trust its clock or its outputs: everything safe */
+    if (c->core_fault || proof_pending(c)) { /* the core cannot trust its clock or its outputs: everything safe */
         return c->n_outputs >= 64 ? ~0ULL : (1ULL << c->n_outputs) - 1;
     }
     uint64_t m = 0;
@@ -1273,7 +1486,7 @@ static void gate_outputs(ec_core *c, int64_t now)
         out *o = &c->outputs[i];
         if (i == c->cfg.watchdog_output) {
             /* a core fault stops the toggling: the external watchdog relay drops the contactor */
-            if (!c->core_fault) {
+            if (!c->core_fault && !(proof_pending(c) && c->proof_state == PROOF_HOLD)) {
                 c->watchdog_level ^= 1;
             }
             o->level = c->watchdog_level;
@@ -1442,6 +1655,7 @@ static void tick(ec_core *c)
         update_channel(c, &c->channels[i], now);
     }
     evaluate_rules(c, now);
+    watchdog_proof_step(c, now);
     uint32_t new_faults = c->fault_active & ~c->core_fault;
     if (new_faults) {
         /* a core fault that starts a cascade is its first-out: a later trip is not flagged too */
@@ -1492,6 +1706,7 @@ static void *sampler_main(void *arg)
         if (late > c->stats.jitter_max_ns) {
             c->stats.jitter_max_ns = late;
         }
+        check_tick_gap(c, woke);
         tick(c);
         int64_t done = ec_monotonic_ns();
         if (done - woke > c->stats.exec_max_ns) {
@@ -1528,6 +1743,11 @@ int ec_core_start(ec_core *c, char *err, size_t errlen)
         ec_set_err(err, errlen, "watchdog_output %d is not a declared output", c->cfg.watchdog_output);
         return EC_EINVAL;
     }
+    if (c->cfg.watchdog_feedback >= c->n_channels ||
+        (c->cfg.watchdog_feedback >= 0 && c->channels[c->cfg.watchdog_feedback].cfg.kind != EC_CH_DIGITAL)) {
+        ec_set_err(err, errlen, "watchdog_feedback %d is not a declared digital channel", c->cfg.watchdog_feedback);
+        return EC_EINVAL;
+    }
     if (c->cfg.watchdog_output >= 0) {
         for (int i = 0; i < c->n_rules; i++) {
             if (c->rules[i].cfg.action & (1ULL << c->cfg.watchdog_output)) {
@@ -1543,6 +1763,7 @@ int ec_core_start(ec_core *c, char *err, size_t errlen)
     pthread_mutex_lock(&c->lock);
     c->start_t = core_now(c);
     c->heartbeat_t = c->start_t;
+    c->proof_wall = 1;
     safe_all_outputs(c);
     pthread_mutex_unlock(&c->lock);
 
@@ -1578,6 +1799,8 @@ int ec_core_start(ec_core *c, char *err, size_t errlen)
     }
     pthread_mutex_lock(&c->lock);
     c->started = 1;
+    c->scan_thread = pthread_self();
+    c->has_scan_thread = 1;
     push_event(c, EC_EV_STARTED, 0, -1, -1, -1, 0, 0, 0, 0);
     pthread_mutex_unlock(&c->lock);
     return EC_OK;
@@ -1621,6 +1844,10 @@ int ec_core_run_ticks(ec_core *c, int32_t n)
         return EC_ESTATE;
     }
     pthread_mutex_lock(&c->lock);
+    if (!c->has_scan_thread) {
+        c->scan_thread = pthread_self();
+        c->has_scan_thread = 1;
+    }
     if (c->stats.ticks == 0 && c->start_t == 0) {
         c->start_t = core_now(c);
         c->heartbeat_t = c->start_t;
@@ -1640,6 +1867,11 @@ int ec_core_heartbeat(ec_core *c)
         return EC_EINVAL;
     }
     pthread_mutex_lock(&c->lock);
+    if (c->has_scan_thread && !pthread_equal(pthread_self(), c->scan_thread)) {
+        /* a helper thread that outlives a stuck scan must not keep the dead-man fed */
+        pthread_mutex_unlock(&c->lock);
+        return EC_ESTATE;
+    }
     c->heartbeat_t = core_now(c);
     pthread_mutex_unlock(&c->lock);
     return EC_OK;
@@ -1656,6 +1888,12 @@ static const char *fault_text(uint32_t bits)
     if (bits & EC_FAULT_CLOCK_STOPPED) {
         return "the core clock stopped";
     }
+    if (bits & EC_FAULT_WATCHDOG_PROOF) {
+        return "the watchdog relay failed its proof test (its feedback did not follow the line)";
+    }
+    if (bits & EC_FAULT_TICK_GAP) {
+        return "the sampler missed its ticks for longer than max_tick_gap_ms";
+    }
     return "core fault";
 }
 
@@ -1664,6 +1902,13 @@ static int gate_request(ec_core *c, int o, char *err, size_t errlen)
     if (c->stopped) {
         ec_set_err(err, errlen, "'%s' refused: the core is stopped", c->outputs[o].cfg.name);
         return EC_ESTATE;
+    }
+    if (proof_pending(c) && !c->core_fault) {
+        push_event(c, EC_EV_REFUSED, 0, -1, o, c->cfg.watchdog_feedback, EC_REFUSE_FORCED, -1, 0, 0);
+        ec_set_err(err, errlen, "'%s' refused: watchdog proof test running (the relay's feedback '%s' must "
+                   "drop and pick up again first)", c->outputs[o].cfg.name,
+                   c->channels[c->cfg.watchdog_feedback].cfg.name);
+        return EC_EREFUSED;
     }
     if (c->core_fault) {
         push_event(c, EC_EV_REFUSED, EC_EVF_CORE_FAULT, -1, o, -1, EC_REFUSE_FORCED, -1, 0, 0);
@@ -1850,6 +2095,50 @@ int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
         if (held >= 0 && !c->rules[held].evaluated) {
             ec_set_err(err, errlen, "reset refused: '%s' not yet evaluated on fresh data (restored or waiting "
                        "for its first value)", c->rules[held].cfg.name);
+        } else if (held >= 0) {
+            ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)",
+                       c->rules[held].cfg.name, c->rules[held].value, c->rules[held].cfg.threshold);
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+int ec_core_reset_remote(ec_core *c, int32_t r, char *err, size_t errlen)
+{
+    if (c == NULL) {
+        ec_set_err(err, errlen, "core is NULL");
+        return EC_EINVAL;
+    }
+    if (r < -1 || r >= c->n_rules) {
+        ec_set_err(err, errlen, "rule %d not declared", r);
+        return EC_ENOTFOUND;
+    }
+    pthread_mutex_lock(&c->lock);
+    int rc = EC_OK;
+    if (c->stopped) {
+        ec_set_err(err, errlen, "reset refused: the core is stopped (its conditions are not evaluated)");
+        rc = EC_ESTATE;
+    } else if (!c->cfg.allow_remote_reset) {
+        push_event(c, EC_EV_RESET_REFUSED, EC_EVF_REMOTE, r, -1, -1, 0, 0, 0, 0);
+        ec_set_err(err, errlen, "remote reset refused: this station does not allow it (allow_remote_reset = 0)");
+        rc = EC_EREFUSED;
+    } else if (c->core_fault) {
+        push_event(c, EC_EV_RESET_REFUSED, EC_EVF_REMOTE | EC_EVF_CORE_FAULT, -1, -1, -1, (int)c->core_fault, 0, 0, 0);
+        ec_set_err(err, errlen, "remote reset refused: %s (a core fault needs a local reset)", fault_text(c->core_fault));
+        rc = EC_EREFUSED;
+    } else {
+        rc = do_reset(c, r, EC_EVF_REMOTE);
+        int held = -1;
+        for (int i = 0; i < c->n_rules && rc != EC_OK; i++) {
+            if (c->rules[i].tripped && (r < 0 || i == r) && (held < 0 || c->rules[i].cfg.local_reset_only)) {
+                held = i;
+            }
+        }
+        if (held >= 0 && c->rules[held].cfg.local_reset_only) {
+            ec_set_err(err, errlen, "remote reset refused: '%s' may only be reset locally (at the station)",
+                       c->rules[held].cfg.name);
+            rc = EC_EREFUSED;
         } else if (held >= 0) {
             ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)",
                        c->rules[held].cfg.name, c->rules[held].value, c->rules[held].cfg.threshold);

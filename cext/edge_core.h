@@ -46,6 +46,8 @@ extern "C" {
 #define EC_CLOCK_STALL_MS 500    /* core clock standing still this long (wall) = core fault */
 #define EC_RESET_HOLD_MS 100     /* the local reset input must be held this long, after a release */
 #define EC_INJECT_FUTURE_MS 1000 /* an injected timestamp further ahead of the core clock is refused */
+#define EC_WATCHDOG_PROOF_MS 3000 /* each step of the watchdog proof test must be seen within this: wall time
+                                    for a started core, the core clock for one stepped by run_ticks */
 
 /* ---- error codes ---- */
 #define EC_OK 0
@@ -91,6 +93,15 @@ extern "C" {
 #define EC_RULE_FAULT 5      /* trip when the channel has FAULT or RANGE status */
 #define EC_RULE_STALE 6      /* trip when the channel is STALE or has no data */
 #define EC_RULE_DEADMAN 7    /* trip when heartbeat() is older than `threshold` ms; no channel */
+/* output written at one level continuously and its feedback `channel` says the other for longer than
+ * debounce_ms. Feedback "on": digital level 1 / analog value > threshold (hysteresis below). Expected
+ * "on" = written level != safe_level. Any change of the written level restarts the count (burst fire
+ * never trips it on its own). Feedback value bad (FAULT/RANGE/STALE/NODATA) = condition holds, sensor-bad.
+ * Its events carry output = the output, value = the feedback value, aux = the written level. */
+#define EC_RULE_DISCREPANCY 8
+/* |channel - channel2| > threshold (clears below threshold - hysteresis) for debounce_ms; either value
+ * bad = trips sensor-bad. Its events carry value = channel - channel2, aux = channel2. */
+#define EC_RULE_AGREE 9
 
 /* ---- permissive comparisons ---- */
 #define EC_CMP_LT 0
@@ -120,6 +131,7 @@ extern "C" {
 #define EC_EVF_RESTORED 16       /* a latched trip restored from the latch file at start-up */
 #define EC_EVF_LATCH_BAD 32      /* with RESTORED: the latch file could not be trusted (aux = EC_LATCH_*), so
                                     every latchable rule was restored tripped (fail safe) */
+#define EC_EVF_REMOTE 64         /* reset asked from afar (ec_core_reset_remote) */
 
 /* why a latch file could not be trusted (aux of an EC_EVF_LATCH_BAD trip) */
 #define EC_LATCH_SHORT 1         /* it exists but is shorter than an image (cut short, or an old version) */
@@ -132,6 +144,8 @@ extern "C" {
 #define EC_FAULT_CLOCK_BACKWARDS 1
 #define EC_FAULT_CLOCK_STOPPED 2
 #define EC_FAULT_OUTPUT_WRITE 4
+#define EC_FAULT_TICK_GAP 8        /* wall time between two sampler ticks above max_tick_gap_ms */
+#define EC_FAULT_WATCHDOG_PROOF 16 /* the watchdog relay's feedback did not follow the line at start-up */
 
 /* refusal reasons (event `aux`) */
 #define EC_REFUSE_FORCED 1       /* a tripped rule forces this output safe; `rule` names it */
@@ -153,6 +167,14 @@ typedef struct ec_core_cfg {
     uint32_t event_ring;       /* events the ring holds (power of two, >= 16) */
     int32_t reset_channel;     /* digital channel whose rising edge resets latched rules, -1 none */
     int32_t watchdog_output;   /* output toggled every tick for an external watchdog relay, -1 none */
+    /* digital channel: the watchdog relay's auxiliary contact, 1 = relay energised; -1 none. With it
+     * (and watchdog_output) the core proves the relay at start-up: the line is held still until the
+     * feedback reads 0 (relay dropped), then toggled until it reads 1; until both are seen no output
+     * may leave its safe level (requests refused: "watchdog proof test running"). A step not seen within
+     * EC_WATCHDOG_PROOF_MS = core fault EC_FAULT_WATCHDOG_PROOF; a local reset re-runs it. */
+    int32_t watchdog_feedback;
+    double max_tick_gap_ms;    /* wall time between two sampler ticks above this = core fault; 0 = off */
+    int32_t allow_remote_reset; /* 0: ec_core_reset_remote is refused for every rule */
 } ec_core_cfg;
 
 typedef struct ec_channel_cfg {
@@ -192,6 +214,9 @@ typedef struct ec_rule_cfg {
     double debounce_ms;        /* condition must hold this long before the trip */
     int32_t latch;             /* 1 = stays tripped until reset after the condition cleared */
     uint64_t action;           /* bit i: output i forced to its safe level while tripped */
+    int32_t output;            /* DISCREPANCY: the output whose written level is compared; -1 otherwise */
+    int32_t channel2;          /* AGREE: the second channel; -1 otherwise */
+    int32_t local_reset_only;  /* 1: only a local reset (reset input, ec_core_reset) may reset it, never a remote one */
 } ec_rule_cfg;
 
 typedef struct ec_permissive_cfg {
@@ -280,6 +305,8 @@ int ec_core_stop(ec_core *core);
 
 /* ---- runtime (any thread; each takes the core lock briefly, except drain_samples, which is
  * lock-free and single-consumer: drain samples from one thread only) ---- */
+/* from the scan thread only: the thread that called ec_core_start or, for a core stepped by run_ticks,
+ * the first thread that called run_ticks. Any other thread gets EC_ESTATE and does not feed the dead-man. */
 int ec_core_heartbeat(ec_core *core);
 /* level 0/1. Away from the safe level it must pass the gate; refused -> EC_EREFUSED and err says why. */
 int ec_core_request_output(ec_core *core, int32_t output, int32_t level, char *err, size_t errlen);
@@ -298,6 +325,9 @@ int ec_core_inject(ec_core *core, int32_t channel, double value, uint32_t status
  * restored from the latch file and not yet ticked, or in an injected channel's start-up grace =
  * EC_ECONDITION, "not yet evaluated on fresh data". */
 int ec_core_reset(ec_core *core, int32_t rule, char *err, size_t errlen);
+/* a reset asked from afar (MQTT): EC_EREFUSED unless allow_remote_reset; never resets a local_reset_only
+ * rule (-1 resets the others and returns EC_EREFUSED naming it) nor a core fault (those need a local reset) */
+int ec_core_reset_remote(ec_core *core, int32_t rule, char *err, size_t errlen);
 
 int ec_core_latest(ec_core *core, ec_value *out, int32_t n);         /* returns channels copied */
 int ec_core_outputs(ec_core *core, uint64_t *levels, uint64_t *requested, uint64_t *forced);

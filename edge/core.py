@@ -165,7 +165,7 @@ def hist_percentile(hist: tuple[int, ...] | list[int], bucket_ns: int, p: float,
 
 _CHANNEL_KIND = {"analog": 0, "thermocouple": 1, "digital": 2, "injected": 3}
 _RULE_KIND = {"high": 0, "low": 1, "rate_high": 2, "rate_low": 3, "digital": 4, "fault": 5, "stale": 6,
-              "deadman": 7}
+              "deadman": 7, "discrepancy": 8, "agree": 9}
 _CMP = {"lt": 0, "gt": 1, "eq": 2, "in": 3}
 
 
@@ -217,6 +217,9 @@ class Core:
         cfg.event_ring = spec.event_ring
         cfg.reset_channel = self._channel_index[spec.reset_channel] if spec.reset_channel else -1
         cfg.watchdog_output = self._output_index[spec.watchdog_output] if spec.watchdog_output else -1
+        cfg.watchdog_feedback = self._channel_index[spec.watchdog_feedback] if spec.watchdog_feedback else -1
+        cfg.max_tick_gap_ms = spec.max_tick_gap_ms
+        cfg.allow_remote_reset = int(spec.allow_remote_reset)
         pp = ffi.new("ec_core **")
         err = ffi.new("char[]", ERRLEN)
         if lib.ec_core_new(cfg, pp, err, ERRLEN) < 0:
@@ -290,6 +293,9 @@ class Core:
         c.hysteresis = r.hysteresis
         c.debounce_ms = r.debounce_ms
         c.latch = int(r.latch)
+        c.output = self._output_index[r.output] if r.output is not None else -1
+        c.channel2 = self._channel_index[r.channel2] if r.channel2 is not None else -1
+        c.local_reset_only = int(r.local_reset_only)
         mask = 0
         for name in r.action:
             mask |= 1 << self._output_index[name]
@@ -344,7 +350,11 @@ class Core:
             return int(fn(self._core(), *args))
 
     def heartbeat(self) -> None:
-        self._plain(self._lib.ec_core_heartbeat)
+        """Feed the dead-man. Only the scan thread may (the one that started the core, or first ran
+        run_ticks): from any other thread the core refuses, so a helper cannot keep a stuck scan alive."""
+        if self._plain(self._lib.ec_core_heartbeat) < 0:
+            raise CoreError(self._lib.EC_ESTATE, "heartbeat refused: only the scan thread (the one that started "
+                                                 "the core) feeds the dead-man")
 
     def now_ns(self) -> int:
         return self._plain(self._lib.ec_core_now_ns)
@@ -377,11 +387,22 @@ class Core:
         self._call(f"inject {name!r}", self._lib.ec_core_inject, index, value, int(status),
                    INJECT_NOW if t_ns is None else t_ns)
 
-    def reset(self, rule: str | None = None) -> None:
-        """Reset latched trips (all, or one) whose condition has cleared. A local action.
+    def reset(self, rule: str | None = None, remote: bool = False) -> None:
+        """Reset latched trips (all, or one) whose condition has cleared.
 
-        A trip restored from the latch file is refused until a tick has evaluated it on fresh data."""
+        A trip restored from the latch file is refused until a tick has evaluated it on fresh data.
+        remote=True is a reset asked from afar (MQTT): the core itself refuses it unless the station
+        allows remote reset, and never resets a local_reset_only rule nor a core fault."""
         index = -1 if rule is None else self._rule_index[rule]
+        if remote:
+            refused = self._lib.EC_EREFUSED
+            err = self._ffi.new("char[]", ERRLEN)
+            with self._lock:
+                rc = self._lib.ec_core_reset_remote(self._core(), index, err, ERRLEN)
+            if rc < 0:
+                msg = self._ffi.string(err).decode(errors="replace")
+                raise ResetRefused(rc, msg) if rc in (refused, self._lib.EC_ECONDITION) else CoreError(rc, msg)
+            return
         self._call("reset", self._lib.ec_core_reset, index, refused=self._lib.EC_ECONDITION, exc=ResetRefused)
 
     def latest(self) -> dict[str, ChannelValue]:
@@ -467,12 +488,18 @@ class Core:
             why = {self._lib.EC_LATCH_SHORT: "too short", self._lib.EC_LATCH_HEADER: "wrong magic or version",
                    self._lib.EC_LATCH_CHECKSUM: "checksum wrong"}.get(e.aux, "unreadable")
             return f"interlock {rule} held tripped: the latch file could not be trusted ({why}); reset needed"
+        if kind is EventKind.TRIP and e.rule >= 0 and e.output >= 0:
+            why = "feedback not OK" if e.flags & self._lib.EC_EVF_SENSOR_BAD else f"feedback {e.value:g}"
+            first = " FIRST OUT" if e.flags & self._lib.EC_EVF_FIRST_OUT else ""
+            return f"interlock {rule} tripped{first}: {output} written {e.aux} but {channel} {why}"
         if kind is EventKind.TRIP and e.flags & self._lib.EC_EVF_RESTORED:
             return f"interlock {rule} still tripped after a restart (latched: reset needed)"
         if kind is EventKind.TRIP:
             why = "sensor not OK" if e.flags & self._lib.EC_EVF_SENSOR_BAD else f"{e.value:g} vs {e.threshold:g}"
             first = " FIRST OUT" if e.flags & self._lib.EC_EVF_FIRST_OUT else ""
             return f"interlock {rule} tripped{first}: {channel or 'controller'} {why}"
+        if kind is EventKind.REFUSED and e.aux == self._lib.EC_REFUSE_FORCED and e.rule < 0 and channel:
+            return f"{output} refused: watchdog proof test running ({channel} must drop and pick up)"
         if kind is EventKind.REFUSED:
             if e.aux == self._lib.EC_REFUSE_FORCED:
                 return f"{output} refused: held safe by interlock {rule}"
@@ -495,7 +522,10 @@ class Core:
         lib = self._lib
         names = [text for bit, text in ((lib.EC_FAULT_CLOCK_BACKWARDS, "clock went backwards"),
                                         (lib.EC_FAULT_CLOCK_STOPPED, "clock stopped"),
-                                        (lib.EC_FAULT_OUTPUT_WRITE, "output write failed")) if bits & bit]
+                                        (lib.EC_FAULT_OUTPUT_WRITE, "output write failed"),
+                                        (lib.EC_FAULT_TICK_GAP, "sampler tick gap"),
+                                        (lib.EC_FAULT_WATCHDOG_PROOF, "watchdog relay proof test failed"))
+                 if bits & bit]
         return ", ".join(names) or "unknown"
 
     def stats(self) -> Stats:

@@ -67,6 +67,19 @@ class LockstepRig:
         self._watchdog_edge_ns = 0
         self._publish()
         self.core.run_ticks(1)
+        # power-up: the core's watchdog proof test sees the relay drop (line held), then pick up (line
+        # toggled) before the first scan, as on a real cabinet
+        for _ in range(3):
+            self.effective()
+            self._publish()
+            self.core.run_ticks(1)
+
+    def _relay_ok(self) -> bool:
+        """The watchdog relay in plant time: energised while its line changed since the last look."""
+        line = self.regs.do(self._watchdog_line) if self._watchdog_line is not None else None
+        ok = line is not None and self._line_seen is not None and line != self._line_seen
+        self._line_seen = line
+        return ok
 
     def _publish(self) -> None:
         analog, digital, broken = self.plant.sensors()

@@ -76,7 +76,7 @@ class Recorder:
     def ack_alarm(self, alarm: str) -> None:
         self._do("ack_alarm", alarm)
 
-    def reset(self, rule: str | None) -> None:
+    def reset(self, rule: str | None, remote: bool = True) -> None:
         self._do("reset", rule)
 
     def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None:
@@ -347,7 +347,7 @@ class CoreTarget(Recorder):
         super().__init__()
         self.core = core
 
-    def reset(self, rule: str | None) -> None:
+    def reset(self, rule: str | None, remote: bool = True) -> None:
         self.core.reset(rule)
 
 

@@ -209,7 +209,8 @@ def test_example_interlocks(station: Station) -> None:
     rules = {r.name: r for r in station.core.rules}
     leak = rules["h2_leak"]
     assert (leak.kind, leak.channel, leak.threshold, leak.latch) == ("high", "h2_room", 25.0, True)
-    assert set(leak.action) == {"h2_inlet_valve", "heater", "vent_valve", "alarm_beacon"}
+    # the safety contactor is added by the loader: it supplies the heater and the H2 valve
+    assert set(leak.action) == {"h2_inlet_valve", "heater", "vent_valve", "alarm_beacon", "safety_contactor"}
     assert rules["chamber_overtemp"].channel == "chamber_temp_safety"
     assert {rules["chamber_tc_break"].kind, rules["safety_tc_break"].kind} == {"fault"}
     assert rules["lid_open"].kind == "digital" and rules["lid_open"].threshold == 1.0
@@ -313,7 +314,8 @@ def test_action_all_means_every_output_but_the_watchdog() -> None:
 
 def test_explicit_deadman_action() -> None:
     station = loads(put("core.deadman_action", ["heater", "h2_inlet_valve"]))
-    assert station.core.rules[-1].action == ("heater", "h2_inlet_valve")
+    # the contactor that supplies them is added by the loader
+    assert station.core.rules[-1].action == ("heater", "h2_inlet_valve", "safety_contactor")
 
 
 def test_shared_input_allowed_when_both_say_so() -> None:
@@ -972,9 +974,9 @@ def test_plumbing_without_an_o2_analyser_and_other_valid_variations() -> None:
 
 def test_plumbing_may_name_other_outputs_and_an_optional_fan() -> None:
     station = loads(
-        put("outputs.ar_valve_2", {"driver": "plant", "line": 11, "safe_level": 0}),
+        put("outputs.ar_valve_2", {"driver": "plant", "line": 10, "safe_level": 0}),
         put("plumbing.inlet_valves", {"H2": "h2_inlet_valve", "Ar": "ar_valve_2"}),
-        put("outputs.fan", {"driver": "plant", "line": 10, "safe_level": 0}),
+        put("outputs.fan", {"driver": "plant", "line": 11, "safe_level": 0}),
         put("plumbing.quench_fan", "fan"),
     )
     assert station.plumbing.inlet("Ar") == "ar_valve_2"

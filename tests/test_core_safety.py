@@ -28,7 +28,7 @@ def hd_core(regs_path: pathlib.Path, rules: tuple[str, ...]) -> CoreSpec:
     kept = tuple(r for r in core.rules if r.name in rules)
     assert {r.name for r in kept} == set(rules)
     return dataclasses.replace(core, drivers=drivers, rules=kept, permissives=(), latch_file=None,
-                               reset_channel=None, watchdog_output=None)
+                               reset_channel=None, watchdog_output=None, watchdog_feedback=None)
 
 
 def tc_mv(t_c: float, cj_c: float = 25.0) -> float:

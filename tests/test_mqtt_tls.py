@@ -280,7 +280,7 @@ class Held:
     def ack_alarm(self, alarm: str) -> None:
         raise AssertionError("no ack_alarm was sent")
 
-    def reset(self, rule: str | None) -> None:
+    def reset(self, rule: str | None, remote: bool = True) -> None:
         raise AssertionError("the reset must never get through")
 
     def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None:

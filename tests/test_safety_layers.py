@@ -12,13 +12,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from edge.spec.core import CoreSpec, OutputSpec, RuleSpec
-from edge.spec.station import Station, load_station, parse_station
+from edge.spec.station import load_station, parse_station
 from edge.spec.station.layers import safety_layers
 from hil.regfile import RegisterFile
 
@@ -37,7 +35,8 @@ def without_watchdog(tmp_path: pathlib.Path) -> pathlib.Path:
     text = HD.read_text()
     assert 'watchdog_output = "watchdog_line"' in text
     path = tmp_path / "no_watchdog.toml"
-    path.write_text(text.replace('watchdog_output = "watchdog_line"', "", 1))
+    text = text.replace('watchdog_output = "watchdog_line"', "", 1)
+    path.write_text(text.replace('watchdog_feedback = "watchdog_relay_ok"', "", 1))
     return path
 
 
@@ -86,61 +85,39 @@ def test_a_refused_file_is_still_refused_with_the_key(tmp_path: pathlib.Path) ->
     assert "interlocks.chamber_overtemp.threshold" in out.stderr and "above its top end 1100" in out.stderr
 
 
-# ---------------------------------------------------------------- the new keys, read defensively
+# ---------------------------------------------------------------- the layers of the stock station
 
 
-def _standin(station: Station) -> Any:
-    """The stock HD station with the layers issue 13 adds, as attributes the merged model will carry
-    (read through getattr, so the table works before and after the keys land)."""
-    core = station.core
-    outputs = [SimpleNamespace(**dataclasses.asdict(o), supplies=()) for o in core.outputs]
-    outputs.append(SimpleNamespace(name="safety_contactor", safe_level=0, supplies=("heater", "h2_inlet_valve")))
-    rules = [SimpleNamespace(**dataclasses.asdict(r), output=None, channel2=None, local_reset_only=False)
-             for r in core.rules]
-    rules += [
-        SimpleNamespace(name="heater_welded", kind="discrepancy", channel="heater_current", threshold=2.0,
-                        output="heater", channel2=None, action=("safety_contactor",), local_reset_only=False),
-        SimpleNamespace(name="tc_disagree", kind="agree", channel="chamber_temp", channel2="chamber_temp_safety",
-                        threshold=30.0, output=None, action=("heater",), local_reset_only=False),
-        SimpleNamespace(name="limiter_tripped", kind="digital", channel="limiter_ok", threshold=1.0, output=None,
-                        channel2=None, action=("heater", "safety_contactor"), local_reset_only=True),
-    ]
-    limiter = SimpleNamespace(name="excess_temp", senses="wall", setpoint_c=960.0, opens="safety_contactor",
-                              alarm_input="limiter_ok")
-    new_core = SimpleNamespace(**{f.name: getattr(core, f.name) for f in dataclasses.fields(core)})
-    new_core.outputs, new_core.rules = tuple(outputs), tuple(rules)
-    new_core.watchdog_feedback, new_core.max_tick_gap_ms = "watchdog_relay_ok", 20.0
-    return SimpleNamespace(core=new_core, limiters=(limiter,), allow_remote_reset=False)
-
-
-def test_the_layers_issue_13_adds_are_read_through_the_model() -> None:
-    layers = {layer.key: layer for layer in safety_layers(_standin(load_station(HD)))}
+def test_the_stock_hd_station_has_every_layer() -> None:
+    layers = {layer.key: layer for layer in safety_layers(load_station(HD))}
     assert all(layer.present for layer in layers.values()), layers
     assert layers["safety_contactor"].detail == "safety_contactor supplies heater, h2_inlet_valve"
-    # the contactor itself has no feedback rule here: said, as a weakness
-    assert layers["output_feedback"].severity == "warn"
-    assert "no feedback on the contactor safety_contactor" in layers["output_feedback"].detail
-    assert "chamber_temp ~ chamber_temp_safety within 30" in layers["sensor_agreement"].detail
+    assert layers["output_feedback"].severity == "ok"
+    assert layers["output_feedback"].detail == ("heater <- heater_current (heater_feedback), "
+                                                "safety_contactor <- contactor_closed (contactor_feedback)")
+    assert "chamber_temp ~ chamber_temp_safety within 150" in layers["sensor_agreement"].detail
     assert layers["limiter"].detail \
         == "excess_temp: own TC at wall, 960 degC, opens safety_contactor, watched by interlocks.limiter_tripped"
     assert "proof test at start-up on watchdog_relay_ok" in layers["watchdog"].detail
-    assert "above 20 ms (20 periods)" in layers["tick_gap"].detail
+    assert "above 500 ms (500 periods)" in layers["tick_gap"].detail
     assert "never remotely: limiter_tripped" in layers["local_reset"].detail
 
 
+def test_a_contactor_without_feedback_is_a_weakness() -> None:
+    station = load_station(HD)
+    rules = tuple(r for r in station.core.rules if r.name != "contactor_feedback")
+    station = dataclasses.replace(station, core=dataclasses.replace(station.core, rules=rules))
+    layer = next(layer for layer in safety_layers(station) if layer.key == "output_feedback")
+    assert layer.severity == "warn" and "no feedback on the contactor safety_contactor" in layer.detail
+
+
 def test_a_limiter_nobody_watches_is_a_weakness() -> None:
-    station = _standin(load_station(HD))
-    station.core.rules = tuple(r for r in station.core.rules if r.name != "limiter_tripped")
+    station = load_station(HD)
+    rules = tuple(r for r in station.core.rules if r.name != "limiter_tripped")
+    station = dataclasses.replace(station, core=dataclasses.replace(station.core, rules=rules))
     layer = next(layer for layer in safety_layers(station) if layer.key == "limiter")
     assert layer.present and layer.severity == "warn" and "watched by no digital interlock" in layer.detail
 
-
-def _has(cls: type, *names: str) -> bool:
-    return set(names) <= {f.name for f in dataclasses.fields(cls)}
-
-
-MERGED_KEYS = (_has(OutputSpec, "supplies") and _has(RuleSpec, "output", "channel2", "local_reset_only")
-               and _has(CoreSpec, "watchdog_feedback", "max_tick_gap_ms") and _has(Station, "limiters"))
 
 FULL_STATION = """
 [station]
@@ -152,6 +129,8 @@ deadman_ms = 1000
 watchdog_output = "wd"
 watchdog_feedback = "wd_ok"
 max_tick_gap_ms = 20
+rt_priority = 50
+lock_memory = true
 [drivers.plant]
 type = "sim"
 path = "/dev/shm/sf-09.regs"
@@ -245,8 +224,6 @@ allowed_gases = ["Ar"]
 """
 
 
-@pytest.mark.skipif(not MERGED_KEYS, reason="the keys of issue 13's other parts (supplies, discrepancy/agree, "
-                    "watchdog_feedback, max_tick_gap_ms, [limiter.NAME]) are not in this branch's model yet")
 def test_a_station_with_every_layer_shows_them_all() -> None:
     station = parse_station(textwrap.dedent(FULL_STATION), "sf-09.toml")
     layers = {layer.key: layer for layer in safety_layers(station)}

@@ -22,6 +22,7 @@ the telemetry drains. Start, operator actions and power-fail recovery are method
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -98,6 +99,8 @@ class Controller:
         # why a batch id may not be used (``reedge run``: it has a batch record already); None: it may
         self.batch_id_check: Callable[[str], str | None] = lambda batch_id: None
         self._safe = {o.name: o.safe_level for o in station.core.outputs}
+        # safety contactors (outputs that supply others): closed whenever the station runs and nothing forces them
+        self._contactors = tuple(o.name for o in station.core.outputs if o.supplies)
         # output -> [reason, refused since, last try, accepted at (None while refused)]; an output the
         # gate accepts and then drops again (a permissive flickering) keeps its "since"
         self._refusals: dict[str, list[Any]] = {}
@@ -386,6 +389,7 @@ class Controller:
         return duties
 
     def _outputs(self, now: float, demand: Demand) -> None:
+        self._keep_contactors_closed(demand)
         for name, level in demand.outputs.items():
             refused = self._refusals.get(name)
             if (refused is not None and refused[3] is None and level != self._safe[name]
@@ -401,6 +405,18 @@ class Controller:
         for name in self._requested - set(demand.outputs):   # no longer demanded: back to safe
             self.core.request_output(name, self._safe[name])
             self._requested.discard(name)
+
+    def _keep_contactors_closed(self, demand: Demand) -> None:
+        """Request every safety contactor on, each scan (its keep-alive), unless a trip or the watchdog
+        proof test holds it open: then the core's events say why, and asking would only add refusals."""
+        if not self._contactors:
+            return
+        states = self.core.outputs()
+        for name in self._contactors:
+            if name in demand.outputs or states[name].forced:
+                continue
+            with contextlib.suppress(OutputRefused):   # a permissive on it: the core's event says which
+                self.core.request_output(name, 1 - self._safe[name])
 
     def _refused(self, now: float, name: str, reason: str) -> None:
         previous = self._refusals.get(name)

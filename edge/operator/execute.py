@@ -102,7 +102,7 @@ class Operator:
         if self._closed is not None:
             return Answer("refused", self._closed)
         try:
-            return Answer("ok", self._do(command.verb, args, command.who))
+            return Answer("ok", self._do(command.verb, args, command.who, command.via))
         except CommandRefused as e:
             return Answer(e.code, e.message)
         except (ResetRefused, OutputRefused) as e:
@@ -114,7 +114,7 @@ class Operator:
         except Exception as e:   # the station must answer and keep running whatever a target does
             return Answer("error", f"{type(e).__name__}: {e}")
 
-    def _do(self, verb: str, args: dict[str, Any], who: str) -> str:
+    def _do(self, verb: str, args: dict[str, Any], who: str, via: str = "") -> str:
         """Execute a checked command; the message of its ``ok``."""
         t = self.target
         if verb == "start":
@@ -139,7 +139,7 @@ class Operator:
             t.ack_alarm(args["alarm"])
             return f"alarm {args['alarm']} acknowledged"
         if verb == "reset":
-            t.reset(args.get("rule"))
+            t.reset(args.get("rule"), remote=via != "stdin")  # only the station's own console is local
             return f"interlock {args['rule']} reset" if "rule" in args else "latched interlocks reset"
         if verb == "record_mass":
             t.record_mass(args.get("batch_id"), args["mass_out_kg"])

@@ -38,7 +38,7 @@ class CommandTarget(Protocol):
     def abort(self, reason: str) -> None: ...
     def skip(self) -> None: ...
     def ack_alarm(self, alarm: str) -> None: ...
-    def reset(self, rule: str | None) -> None: ...
+    def reset(self, rule: str | None, remote: bool = True) -> None: ...
     def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None: ...
 
 
@@ -104,11 +104,13 @@ class ControllerTarget:
             raise CommandRefused("state", f"alarm {alarm!r} has nothing to acknowledge")
         self.ctl.emit(event.t_s, "alarm", event.message, alarm=event.name, state=event.kind, severity=event.severity)
 
-    def reset(self, rule: str | None) -> None:
+    def reset(self, rule: str | None, remote: bool = True) -> None:
+        """remote: the core enforces allow_remote_reset and local_reset_only itself, whatever Python checked."""
         if rule is not None and rule not in self.ctl.core.rule_names:
             raise CommandRefused("invalid", f"no interlock {rule!r} on this station")
-        self.ctl.core.reset(rule)     # ResetRefused while the condition persists: answered "interlock"
-        self.ctl.emit(self.ctl.now_s(), "operator", f"remote reset of {rule or 'latched interlocks'}")
+        self.ctl.core.reset(rule, remote=remote)  # ResetRefused while the condition persists: answered "interlock"
+        where = "remote" if remote else "local"
+        self.ctl.emit(self.ctl.now_s(), "operator", f"{where} reset of {rule or 'latched interlocks'}")
 
     def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None:
         body = self.recorder.body if self.recorder is not None else None

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ChannelKind = Literal["analog", "thermocouple", "digital", "injected"]
-RuleKind = Literal["high", "low", "rate_high", "rate_low", "digital", "fault", "stale", "deadman"]
+RuleKind = Literal["high", "low", "rate_high", "rate_low", "digital", "fault", "stale", "deadman", "discrepancy",
+                   "agree"]
 Comparison = Literal["lt", "gt", "eq", "in"]
 
 
@@ -56,6 +57,7 @@ class OutputSpec:
     safe_level: int
     max_on_ms: float = 0.0
     duty_cycle_ms: float = 20.0
+    supplies: tuple[str, ...] = ()     # a contactor: the outputs it feeds; dropped by every rule cutting one
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class RuleSpec:
     hysteresis: float = 0.0
     debounce_ms: float = 0.0
     latch: bool = True
+    output: str | None = None          # discrepancy: the output whose written level is compared
+    channel2: str | None = None        # agree: the second channel
+    local_reset_only: bool = False     # never reset from afar (MQTT), only at the station
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,9 @@ class CoreSpec:
     event_ring: int = 1024
     reset_channel: str | None = None
     watchdog_output: str | None = None
+    watchdog_feedback: str | None = None  # digital channel: the watchdog relay's auxiliary contact (proof test)
+    max_tick_gap_ms: float = 0.0       # wall gap between sampler ticks above this = core fault; 0 = off
+    allow_remote_reset: bool = False   # the core refuses a remote reset unless this is set
     latch_file: str | None = None      # where latched trips outlive the process (None: in memory only)
     drivers: tuple[DriverSpec, ...] = ()
     channels: tuple[ChannelSpec, ...] = ()

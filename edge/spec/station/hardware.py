@@ -26,6 +26,7 @@ from edge.spec.reader import exact as _exact
 from edge.spec.reader import fmt as _fmt
 from edge.spec.reader import integer_in as _integer_in
 from edge.spec.reader import level as _level
+from edge.spec.reader import list_of as _list_of
 from edge.spec.reader import lookup as _lookup
 from edge.spec.reader import matching as _matching
 from edge.spec.reader import number as _number
@@ -33,11 +34,13 @@ from edge.spec.reader import number_in as _number_in
 from edge.spec.reader import one_of_ints as _one_of_ints
 from edge.spec.reader import range_pair as _range_pair
 from edge.spec.reader import text as _text
+from edge.spec.reader import unknown as _unknown
 from edge.spec.station.model import (
     ALL_OUTPUTS,
     CHANNEL_KINDS,
     DRIVER_TYPES,
     EC_DRV_MAX_IO,
+    EC_MAX_OUTPUTS,
     GPIO_LINES_MAX,
     MS_MAX,
     PERIOD_MAX_MS,
@@ -132,6 +135,8 @@ class _CoreSettings:
     deadman_action: tuple[str, ...] | str = ALL_OUTPUTS
     reset_input: str | None = None
     watchdog_output: str | None = None
+    watchdog_feedback: str | None = None
+    max_tick_gap_ms: float = 0.0
     latch_file: str | None = None
 
 
@@ -155,6 +160,11 @@ def read_core(top: _Table) -> _CoreSettings:
     settings.deadman_action = t.get("deadman_action", _action) or ALL_OUTPUTS
     settings.reset_input = t.get("reset_input", _name)
     settings.watchdog_output = t.get("watchdog_output", _name)
+    settings.watchdog_feedback = t.get("watchdog_feedback", _name)
+    settings.max_tick_gap_ms = t.get("max_tick_gap_ms", _number_in(0.0, MS_MAX), 0.0)
+    if 0 < settings.max_tick_gap_ms < settings.period_ms:
+        t.report("max_tick_gap_ms", f"{_fmt(settings.max_tick_gap_ms)} ms is shorter than one sampler period "
+                                    f"({_fmt(settings.period_ms)} ms): every tick would be a gap (0 = off)")
     settings.latch_file = t.get("latch_file", _text(4096))
     t.finish()
     return settings
@@ -174,6 +184,14 @@ def resolve_core_names(
                                     "digital channel (a push button)")
     if settings.watchdog_output is not None:
         _lookup(t, "watchdog_output", settings.watchdog_output, outputs, "output")
+    if settings.watchdog_feedback is not None:
+        channel = _lookup(t, "watchdog_feedback", settings.watchdog_feedback, channels, "channel")
+        if channel is not None and channel.kind != "digital":
+            t.report("watchdog_feedback", f"channel '{channel.name}' is {channel.kind}; the watchdog relay's "
+                                          "feedback must be a digital channel (its auxiliary contact)")
+        if settings.watchdog_output is None:
+            t.report("watchdog_feedback", "a watchdog feedback without core.watchdog_output: there is no line "
+                                          "to prove the relay with")
 
 
 # ============================================================================ [drivers.*]
@@ -498,7 +516,7 @@ def _read_thermocouple(
 
 # ============================================================================ [outputs.*]
 
-_OUTPUT_KEYS = ("driver", "line", "safe_level", "max_on_ms", "duty_cycle_ms")
+_OUTPUT_KEYS = ("driver", "line", "safe_level", "max_on_ms", "duty_cycle_ms", "supplies")
 
 
 def read_outputs(
@@ -510,8 +528,18 @@ def read_outputs(
     if section is None:
         return outputs
     lines: dict[tuple[str, int], str] = {}
+    tables: dict[str, _Table] = {}
     for name, t in _named_tables(section):
         outputs[name] = _read_output(t, name, drivers, settings, lines) if t is not None else None
+        if t is not None:
+            tables[name] = t
+    for name, spec in outputs.items():
+        for index, supplied in enumerate(spec.supplies if spec is not None else ()):
+            if supplied not in outputs:
+                tables[name].report("supplies", f"[{index}]: " + _unknown("output", supplied, outputs))
+            elif supplied == name or supplied == settings.watchdog_output:
+                tables[name].report("supplies", f"[{index}]: '{supplied}' is "
+                                    + ("this output itself" if supplied == name else "the watchdog line"))
     return outputs
 
 
@@ -529,6 +557,12 @@ def _read_output(
                                               "must declare it")
     max_on_ms = t.get("max_on_ms", _number_in(0.0, MS_MAX), 0.0)
     duty_cycle_ms = t.get("duty_cycle_ms", _number_in(1.0, 60_000.0), 20.0)
+    no_supplies: list[str] = []
+    supplies: tuple[str, ...] = tuple(t.get("supplies", _list_of(_name, "output names", max_len=EC_MAX_OUTPUTS),
+                                            no_supplies))
+    if supplies and safe_level not in (None, 0):
+        t.report("supplies", "a contactor that supplies other outputs must be safe when de-energised "
+                             "(safe_level = 0): a trip opens it")
     if "duty_cycle_ms" in t.data and duty_cycle_ms < settings.period_ms:  # the default bothers no one
         t.report("duty_cycle_ms", f"{_fmt(duty_cycle_ms)} ms is shorter than one sampler period "
                                   f"({_fmt(settings.period_ms)} ms): no burst-fire cycle can be generated")
@@ -546,4 +580,4 @@ def _read_output(
             lines[(driver.spec.name, line)] = name
     if not t.ok or driver_name is None or line is None or safe_level is None:
         return None
-    return OutputSpec(name, driver_name, line, safe_level, max_on_ms, duty_cycle_ms)
+    return OutputSpec(name, driver_name, line, safe_level, max_on_ms, duty_cycle_ms, supplies)

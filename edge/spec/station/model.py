@@ -43,7 +43,7 @@ STATION_KINDS: tuple[StationKind, ...] = ("hd_reactor", "sintering_furnace")
 GASES: tuple[Gas, ...] = ("H2", "Ar", "N2", "He")
 CHANNEL_KINDS: tuple[ChannelKind, ...] = ("analog", "thermocouple", "digital", "injected")
 RULE_KINDS: tuple[RuleKind, ...] = (
-    "high", "low", "rate_high", "rate_low", "digital", "fault", "stale", "deadman",
+    "high", "low", "rate_high", "rate_low", "digital", "fault", "stale", "deadman", "discrepancy", "agree",
 )
 DRIVER_TYPES = ("sim", "gpiochip", "spidev")
 SECTIONS = ("station", "core", "drivers", "channels", "outputs", "interlocks", "permissives", "limits", "loops",

@@ -45,7 +45,8 @@ from edge.spec.station.values import (
 
 # ============================================================================ [interlocks.*]
 
-_RULE_KEYS = ("kind", "channel", "threshold", "hysteresis", "debounce_ms", "latch", "action")
+_RULE_KEYS = ("kind", "channel", "threshold", "hysteresis", "debounce_ms", "latch", "action", "output", "channel2",
+              "local_reset_only")
 _RULE_HELP: dict[str, str] = {
     "high": "the trip value in the channel's unit (trips above it)",
     "low": "the trip value in the channel's unit (trips below it)",
@@ -53,6 +54,7 @@ _RULE_HELP: dict[str, str] = {
     "rate_low": "the trip rate in the channel's unit per minute (trips when the rate drops below it)",
     "digital": "0 or 1: the level the switch reads when all is well (trips on the other)",
     "deadman": "the timeout in ms",
+    "agree": "the band in the channels' unit: trips when they differ by more",
 }
 
 
@@ -87,8 +89,8 @@ def _read_interlock(
     outputs: Mapping[str, OutputSpec | None],
 ) -> RuleSpec | None:
     """One rule; what its threshold means, and which channel it accepts, depend on its kind."""
-    kind_text = t.need("kind", _choice(RULE_KINDS),
-                       "the rule kind: high, low, rate_high, rate_low, digital, fault, stale or deadman")
+    kind_text = t.need("kind", _choice(RULE_KINDS), "the rule kind: high, low, rate_high, rate_low, digital, "
+                                                    "fault, stale, deadman, discrepancy or agree")
     if kind_text is None:
         t.accept(*_RULE_KEYS)
         t.finish()
@@ -96,8 +98,14 @@ def _read_interlock(
     kind = cast(RuleKind, kind_text)
 
     channel_name: str | None = None
-    if kind != "deadman":
+    if kind == "discrepancy":
+        channel_name = t.need("channel", _name, "the feedback channel (auxiliary contact, current transformer)")
+    elif kind != "deadman":
         channel_name = t.need("channel", _name, "the name of the channel this rule watches")
+    output_name = t.need("output", _name, "the output whose written level its feedback must follow") \
+        if kind == "discrepancy" else None
+    channel2_name = t.need("channel2", _name, "the second channel, which must agree with `channel`") \
+        if kind == "agree" else None
     threshold: float | None = 0.0
     if kind == "deadman":
         threshold = t.need("threshold", _deadman_ms(settings.period_ms), _RULE_HELP[kind])
@@ -105,10 +113,13 @@ def _read_interlock(
         threshold = t.need("threshold", _level_number, _RULE_HELP[kind])
     elif kind in _RULE_HELP:
         threshold = t.need("threshold", _number, _RULE_HELP[kind])
-    hysteresis = t.get("hysteresis", _number_in(0.0), 0.0) if kind in ("high", "low", "rate_high", "rate_low") \
-        else 0.0
+    if kind == "discrepancy":
+        threshold = _discrepancy_threshold(t, channels.get(channel_name or ""))
+    hysteresis = t.get("hysteresis", _number_in(0.0), 0.0) \
+        if kind in ("high", "low", "rate_high", "rate_low", "agree", "discrepancy") else 0.0
     debounce_ms = t.get("debounce_ms", _number_in(0.0, MS_MAX), 0.0) if kind != "deadman" else 0.0
     latch = t.get("latch", _boolean, True)
+    local_reset_only = t.get("local_reset_only", _boolean, False)
     action_value = t.need("action", _action, "the outputs this rule forces to their safe level, e.g. "
                                              "[\"heater\", \"h2_inlet_valve\"], or \"all\"")
     t.finish(elsewhere=_RULE_KEYS, context=f"to {kind} rules")
@@ -117,9 +128,53 @@ def _read_interlock(
     channel = _lookup(t, "channel", channel_name, channels, "channel") if channel_name is not None else None
     if channel is not None and threshold is not None:
         _check_rule_channel(t, kind, channel, threshold, hysteresis)
+    if output_name is not None:
+        _check_feedback_output(t, output_name, outputs, settings)
+    if channel2_name is not None and channel is not None and threshold is not None:
+        _check_agree(t, channel, _lookup(t, "channel2", channel2_name, channels, "channel"), threshold, hysteresis)
     if not t.ok or threshold is None or action is None or (kind != "deadman" and channel is None):
         return None
-    return RuleSpec(name, kind, channel_name, threshold, action, hysteresis, debounce_ms, latch)
+    return RuleSpec(name, kind, channel_name, threshold, action, hysteresis, debounce_ms, latch, output_name,
+                    channel2_name, local_reset_only)
+
+
+def _discrepancy_threshold(t: _Table, channel: ChannelSpec | None) -> float | None:
+    """Digital feedback reads "on" at level 1 and takes no threshold; analog feedback needs one."""
+    if channel is not None and channel.kind == "digital":
+        if "threshold" in t.data:
+            t.report("threshold", f"channel '{channel.name}' is digital: its feedback is on at level 1; "
+                                  "a threshold is for analog feedback (e.g. a heater current in A)")
+        t.accept("threshold")
+        return 0.0
+    return t.need("threshold", _number, "the feedback value above which the output reads on (e.g. 5 A)")
+
+
+def _check_feedback_output(
+    t: _Table, output: str, outputs: Mapping[str, OutputSpec | None], settings: _CoreSettings
+) -> None:
+    if output not in outputs:
+        t.report("output", _unknown("output", output, outputs))
+    elif output == settings.watchdog_output:
+        t.report("output", f"'{output}' is the watchdog line: its relay is checked by the proof test "
+                           "(core.watchdog_feedback), not by a discrepancy rule")
+
+
+def _check_agree(t: _Table, channel: ChannelSpec, other: ChannelSpec | None, band: float, hysteresis: float) -> None:
+    """Two values in the same unit; a band above zero and above its hysteresis."""
+    if other is None:
+        return
+    if other.name == channel.name:
+        t.report("channel2", "is the same channel as `channel`: it would always agree")
+    for key, ch in (("channel", channel), ("channel2", other)):
+        if ch.kind == "digital":
+            t.report(key, f"channel '{ch.name}' is digital: an agree rule compares two values")
+    if channel.unit != other.unit:
+        t.report("channel2", f"channel '{other.name}' reads in '{other.unit}', '{channel.name}' in "
+                             f"'{channel.unit}': an agree rule compares values of one unit")
+    if not band > 0:
+        t.report("threshold", f"{_fmt(band)}: the band must be above 0")
+    elif hysteresis >= band:
+        t.report("hysteresis", f"{_fmt(hysteresis)} is not below the band {_fmt(band)}: the rule could never clear")
 
 
 def _check_rule_channel(t: _Table, kind: RuleKind, channel: ChannelSpec, threshold: float, hysteresis: float) -> None:
@@ -139,7 +194,9 @@ def _check_rule_channel(t: _Table, kind: RuleKind, channel: ChannelSpec, thresho
     if kind == "stale" and channel.max_age_ms <= 0:
         t.report("channel", f"{ch} has no max_age_ms, so it can never be stale; set "
                             f"channels.{channel.name}.max_age_ms > 0")
-    if kind in ("high", "low"):
+    if kind == "agree" or (kind == "discrepancy" and channel.kind == "digital"):
+        return
+    if kind in ("high", "low", "discrepancy"):
         lo, hi = _value_range(channel)
         where = f"{ch}'s range {_fmt(lo)} to {_fmt(hi)} {channel.unit}".rstrip()
         if not lo <= threshold <= hi:
@@ -152,7 +209,7 @@ def _check_rule_channel(t: _Table, kind: RuleKind, channel: ChannelSpec, thresho
                                   "so the rule would trip only on a sensor fault (set it inside the range, or "
                                   "use kind = \"fault\")")
         else:
-            clear = threshold - hysteresis if kind == "high" else threshold + hysteresis
+            clear = threshold + hysteresis if kind == "low" else threshold - hysteresis
             if not lo <= clear <= hi:
                 t.report("hysteresis", f"{_fmt(hysteresis)} puts the clear point {_fmt(clear)} outside {where}: "
                                        "the rule could never clear")
@@ -166,6 +223,22 @@ def _resolve_action(
     settings: _CoreSettings,
 ) -> tuple[str, ...] | None:
     """Output names of an action; "all" means every output but the watchdog line, which is never forced."""
+    resolved = _resolve_names(t, key, value, outputs, settings)
+    if resolved is None:
+        return None
+    # a contactor upstream of an output is dropped by every rule that cuts that output (stations/README.md)
+    feeders = tuple(name for name, o in outputs.items()
+                    if o is not None and name not in resolved and set(o.supplies) & set(resolved))
+    return resolved + feeders
+
+
+def _resolve_names(
+    t: _Table,
+    key: str,
+    value: tuple[str, ...] | str,
+    outputs: Mapping[str, OutputSpec | None],
+    settings: _CoreSettings,
+) -> tuple[str, ...] | None:
     watchdog = settings.watchdog_output
     if value == ALL_OUTPUTS:
         names = tuple(name for name in outputs if name != watchdog)
