@@ -68,10 +68,12 @@ class LockstepRig:
         self._publish()
         self.core.run_ticks(1)
         # power-up: the core's watchdog proof test sees the relay drop (line held), then pick up (line
-        # toggled) before the first scan, as on a real cabinet
-        for _ in range(3):
+        # toggled) before the first scan, as on a real cabinet. Each power-up tick is 1 us of plant time
+        # (the core takes a driver input once per clock value), before the plant's first step.
+        for k in range(1, 4):
             self.effective()
             self._publish()
+            self.regs.regs.plant_ns = 1_000_000_000 + k * 1_000
             self.core.run_ticks(1)
 
     def _relay_ok(self) -> bool:

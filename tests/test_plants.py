@@ -178,6 +178,7 @@ def test_plant_process_heater_energy_matches_the_cores_on_time(hd_rig: VirtualRi
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             core.heartbeat()
+            core.request_output("safety_contactor", 1)   # K1 feeds the heater SSR
             core.set_duty("heater", 0.37)
             time.sleep(0.02)
         core.set_duty("heater", 0.0)
@@ -198,6 +199,7 @@ def test_plant_process_relay_cuts_a_heater_a_frozen_core_left_on(hd_rig: Virtual
     lines = {o.name: o.line for o in load_station(HD_STATION).core.outputs}
     r = regs.regs
     r.do_level[lines["heater"]] = 1
+    r.do_level[lines["safety_contactor"]] = 1   # K1 closed: it feeds the heater SSR
     r.do_level[lines["vent_valve"]] = 1
     r.do_level[lines["cooling_water_valve"]] = 1
     deadline = time.monotonic() + 0.6
