@@ -76,13 +76,6 @@ class LockstepRig:
             self.regs.regs.plant_ns = 1_000_000_000 + k * 1_000
             self.core.run_ticks(1)
 
-    def _relay_ok(self) -> bool:
-        """The watchdog relay in plant time: energised while its line changed since the last look."""
-        line = self.regs.do(self._watchdog_line) if self._watchdog_line is not None else None
-        ok = line is not None and self._line_seen is not None and line != self._line_seen
-        self._line_seen = line
-        return ok
-
     def _publish(self) -> None:
         analog, digital, broken = self.plant.sensors()
         cab_analog, cab_digital = self.cabinet.inputs()
