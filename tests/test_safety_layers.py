@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Any
 
 import pytest
@@ -266,3 +269,31 @@ def test_without_privileges_the_outlook_says_refused_and_the_core_agrees(tmp_pat
     assert got["predicted_mlock"] is False and got["got_mlock"] is False, got
     assert "RLIMIT_RTPRIO 0 < 50 and no CAP_SYS_NICE" in got["sched_why"]
     assert "RLIMIT_MEMLOCK 64 KiB <" in got["mlock_why"]
+
+
+def test_reedge_run_says_a_missing_watchdog_at_every_start(tmp_path: pathlib.Path) -> None:
+    """The journal of a running station says the loud gaps too, not only `station check`."""
+    regs_path = tmp_path / "plant.regs"
+    with RegisterFile.create(regs_path) as regs:
+        regs.regs.plant_alive = 1                 # wall clock: no plant process needed to start the core
+        station = without_watchdog(tmp_path)
+        text = station.read_text().replace('path = "/dev/shm/reedge-hd-01.regs"', f'path = "{regs_path}"', 1)
+        assert str(regs_path) in text
+        station.write_text(text)
+        out_path = tmp_path / "controller.out"
+        with open(out_path, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--station", str(station),
+                                     "--state-dir", str(tmp_path / "state"), "--json"], cwd=ROOT,
+                                    stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            try:
+                deadline = time.monotonic() + 60
+                while '"type": "ready"' not in out_path.read_text():
+                    assert proc.poll() is None, out_path.read_text()[-3000:]
+                    assert time.monotonic() < deadline, out_path.read_text()[-3000:]
+                    time.sleep(0.1)
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+    text = out_path.read_text()
+    assert "reedge run: WARNING: watchdog line: no watchdog output: a hung core keeps its outputs" in text, text
+    assert text.index("WARNING: watchdog line") < text.index('"type": "ready"'), "said before ready"

@@ -74,6 +74,7 @@ from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.reader import SpecError
 from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import Station, load_station
+from edge.spec.station.layers import safety_layers
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_WINDOW_S
 from edge.telemetry.outbox import DEFAULT_QUOTA
 from edge.telemetry.publisher import DEFAULT_FLUSH_S, Publisher, PublisherSettings
@@ -331,6 +332,9 @@ def run(opts: RunOptions) -> int:
                     reporter.write("event", f"batch rejected: {exc}", t_s=ctl.now_s(), kind="batch", data={})
                     if opts.exit_when_done:
                         return 1
+        for layer in safety_layers(station):     # a missing layer nothing else covers: said at every start
+            if layer.severity == "loud":
+                _say(f"reedge run: WARNING: {layer.title}: {layer.detail}")
         reporter.write("ready", f"controller for {station.identity.site}/{station.identity.station_id} running",
                        pid=os.getpid(), recovered=recovered, t_s=ctl.now_s())
         notifier.ready(f"station {station.identity.station_id}")
