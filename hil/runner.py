@@ -509,8 +509,8 @@ def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple
         return None, "", f"step {a['before']!r} never fired: the window has no end"
     window = [r for r in rows
               if (after is None or r["t_s"] >= after.t_s) and (before is None or r["t_s"] <= before.t_s)]
-    if m == "output_on_s":
-        return _on_time(rows, a, after, before)
+    if m in ("output_on_s", "output_off_s"):
+        return _on_time(rows, a, after, before, off=m == "output_off_s")
     if m in ("max_true", "min_true"):
         key = "true_max" if m == "max_true" else "true_min"   # each row holds the truth's extremes since the last
         values = [r.get(key, r.get("true", {})).get(a["quantity"]) for r in window]
@@ -549,6 +549,12 @@ def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple
                     and e["message"].startswith("batch rejected: ")]
         return (rejected[0].removeprefix("batch rejected: ") if rejected else ""), "", \
             "the controller's reason for refusing the batch at start (empty: it was not refused)"
+    if m == "held":
+        return bool(run.status.get("held")), "", "the controller's last status: is the recipe held"
+    if m == "abort_reason":
+        aborts = [e["message"] for e in run.events if e.get("source") == "controller" and e["kind"] == "phase"
+                  and e.get("data", {}).get("phase") == "aborting"]
+        return (aborts[0] if aborts else "none"), "", "the phase event into aborting: its reason"
     if m == "core_fault":
         faults = [e["message"] for e in run.events if e.get("source") == "controller" and e["kind"] == "core"
                   and e["message"].startswith("CORE FAULT")]
@@ -622,29 +628,31 @@ def _safe_latency(run: Run, exp: Expectation) -> tuple[Any, str, str]:
 
 
 def _on_time(rows: Sequence[dict[str, Any]], a: Mapping[str, Any], after: Fired | None,
-             before: Fired | None) -> tuple[Any, str, str]:
-    """Plant seconds an output was on, from the plant's per-row sums (a burst-fired output counts its duty).
+             before: Fired | None, *, off: bool = False) -> tuple[Any, str, str]:
+    """Plant seconds an output was on (or ``off``: a row's span less its on-time), from the plant's per-row
+    sums (a burst-fired output counts its duty).
 
     A row sums the plant steps since the row before it; every row that overlaps the window counts whole,
     so the figure can only be too high (by at most one row at each end), never miss an output that was on."""
     level = str(a.get("level", "effective"))
     key = "on_s" if level == "effective" else "written_on_s"
-    total, counted, prev_t = 0.0, 0, -math.inf
+    total, counted, prev_t = 0.0, 0, 0.0
     for r in rows:
         t = float(r["t_s"])
         overlaps = (after is None or t > after.t_s) and (before is None or prev_t < before.t_s)
-        prev_t = t
+        span, prev_t = t - prev_t, t
         if not overlaps:
             continue
         if key not in r:
             return None, "s", "the plant rows carry no on-times"
-        total += float(r[key].get(a["output"], 0.0))
+        on = float(r[key].get(a["output"], 0.0))
+        total += max(span - on, 0.0) if off else on
         counted += 1
     if not counted:
         return None, "s", "no plant rows in the window"
     how = "as the plant's device felt it (after K1, relay, power, stuck)" if level == "effective" \
         else "as the core wrote it"
-    return round(total, 4), "s", (f"plant seconds {a['output']} was on, {how}, over {counted} rows (rows that "
+    return round(total, 4), "s", (f"plant seconds {a['output']} was {'off' if off else 'on'}, {how}, over {counted} rows (rows that "
                                   "overlap the window count whole: at most one row too many at each end)")
 
 
