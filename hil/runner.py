@@ -652,8 +652,9 @@ def _on_time(rows: Sequence[dict[str, Any]], a: Mapping[str, Any], after: Fired 
         return None, "s", "no plant rows in the window"
     how = "as the plant's device felt it (after K1, relay, power, stuck)" if level == "effective" \
         else "as the core wrote it"
-    return round(total, 4), "s", (f"plant seconds {a['output']} was {'off' if off else 'on'}, {how}, over {counted} rows (rows that "
-                                  "overlap the window count whole: at most one row too many at each end)")
+    state = "off" if off else "on"
+    return round(total, 4), "s", (f"plant seconds {a['output']} was {state}, {how}, over {counted} rows (rows "
+                                  "that overlap the window count whole: at most one row too many at each end)")
 
 
 def _metric_delta(run: Run, rows: Sequence[dict[str, Any]], a: Mapping[str, Any]) -> tuple[Any, str, str]:

@@ -78,8 +78,9 @@ MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs beside
 }
 LIMIT_KEYS = ("min", "max", "equals", "one_of", "includes", "contains")   # contains: a substring of a text
 OPTIONAL_MEASURE_KEYS = ("name", "description", "after", "before", "until_phase", "level")
+# measures that take `before` besides `after`
 WINDOWED = ("max_channel", "min_channel", "max_true", "min_true", "output_on_s", "output_off_s")
-ON_LEVELS = ("effective", "written")   # output_on_s: as the plant's device felt it, or as the core wrote it   # measures that take `before` besides `after`
+ON_LEVELS = ("effective", "written")   # output_on_s: as the plant's device felt it, or as the core wrote it
 
 
 def exp_measure_takes_until(measure: str | None) -> bool:
