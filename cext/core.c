@@ -2262,6 +2262,7 @@ int ec_core_stats(ec_core *c, ec_stats *out_st)
     *out_st = c->stats;
     out_st->running = c->started;
     out_st->core_fault = c->core_fault;
+    out_st->proof_pending = proof_pending(c) && !(c->core_fault & EC_FAULT_WATCHDOG_PROOF);
     out_st->n_channels = c->n_channels;
     out_st->n_outputs = c->n_outputs;
     out_st->n_rules = c->n_rules;

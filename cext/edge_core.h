@@ -272,6 +272,8 @@ typedef struct ec_stats {
     int32_t n_outputs;
     int32_t n_rules;
     uint64_t jitter_hist[EC_JITTER_BUCKETS]; /* wake-up lateness, EC_JITTER_BUCKET_NS wide, last = overflow */
+    int32_t proof_pending;     /* the watchdog proof test has neither passed nor failed yet (outputs held safe):
+                                * a batch is started only once it is over, and refused if it failed */
 } ec_stats;
 
 /* ---- life cycle and configuration ---- */

@@ -143,6 +143,7 @@ class Stats:
     jitter_hist: tuple[int, ...]
     bucket_ns: int
     core_fault: int = 0   # EC_FAULT_* bits latched: clock stopped / went backwards, output write failed
+    proof_pending: bool = False   # the watchdog proof test is still running (every output held safe)
 
     def jitter_percentile_ns(self, p: float) -> float:
         """Wake-up lateness at percentile p (0..100), to the histogram's bucket width."""
@@ -482,6 +483,8 @@ class Core:
                   e: Any) -> str:
         if kind is EventKind.CORE_FAULT:
             return f"CORE FAULT ({self._fault_text(e.aux)}): every output safe, watchdog line stopped"
+        if kind is EventKind.REFUSED and e.flags & self._lib.EC_EVF_CORE_FAULT:   # aux is the refusal, not bits
+            return f"{output} refused: held safe by a core fault (reset needed)"
         if e.flags & self._lib.EC_EVF_CORE_FAULT:
             return f"core fault ({self._fault_text(e.aux)}) {kind.name.lower().replace('_', ' ')}"
         if kind is EventKind.TRIP and e.flags & self._lib.EC_EVF_LATCH_BAD:
@@ -533,4 +536,10 @@ class Core:
         self._plain(self._lib.ec_core_stats, st)
         return Stats(st.ticks, st.overruns, st.samples_lost, st.events_lost, st.jitter_max_ns, st.exec_max_ns,
                      st.sched == self._lib.EC_SCHED_FIFO, st.mlock == self._lib.EC_MLOCK_OK, bool(st.running),
-                     tuple(st.jitter_hist), self._lib.EC_JITTER_BUCKET_NS, int(st.core_fault))
+                     tuple(st.jitter_hist), self._lib.EC_JITTER_BUCKET_NS, int(st.core_fault),
+                     bool(st.proof_pending))
+
+    def core_fault_text(self) -> str:
+        """The latched core fault in words ("" when there is none): why every output is held safe."""
+        bits = self.stats().core_fault
+        return self._fault_text(bits) if bits else ""

@@ -176,6 +176,7 @@ class PlantProcess:
         self._on_owed = dict.fromkeys(self.outputs, 0.0)
         self._ticks_prev = self.regs.core_ticks
         self._row_on: dict[str, float] = dict.fromkeys(self.outputs, 0.0)
+        self._row_written_on: dict[str, float] = dict.fromkeys(self.outputs, 0.0)   # the core's level, for on_s
         self._row_span = 0.0
         self._next_row = 0.0
         self.gauges: dict[str, Any] = {}
@@ -285,6 +286,8 @@ class PlantProcess:
             self.note("limiter", f"limiter {lim.name} tripped at {lim.setpoint_c:g} degC: its contact opened")
         for name, level in effective.items():
             self._row_on[name] += level * dt_s
+        for name, level in written.items():
+            self._row_written_on[name] += level * dt_s
         self._row_span += dt_s
         self.t_s += dt_s
         for k, v in self.plant.true_values().items():   # the truth's extremes of every step, as for channels
@@ -321,7 +324,11 @@ class PlantProcess:
         row = {"t_s": round(self.t_s, 3), "wall_s": round((time.monotonic_ns() - self.started_wall) / 1e9, 4),
                "ch": ch, "min": {k: round(v, 6) for k, v in self._row_min.items()},
                "max": {k: round(v, 6) for k, v in self._row_max.items()},
-               "out": out, "relay": int(self.field.relay.energised), "power": int(self.field.powered),
+               "out": out, "relay": int(self.field.relay.energised),
+               # plant seconds each output was on in this row: as the plant felt it / as the core wrote it
+               "on_s": {k: round(v, 6) for k, v in self._row_on.items() if k != self.watchdog},
+               "written_on_s": {k: round(v, 6) for k, v in self._row_written_on.items() if k != self.watchdog},
+               "power": int(self.field.powered),
                "k1": int(self.field.k1_closed), "limiters": {lim.name: int(lim.tripped) for lim in self.field.limiters},
                "plant": {k: round(v, 6) for k, v in self.plant.metrics().items()},
                "true": {k: round(v, 6) for k, v in self.plant.true_values().items()},
@@ -329,6 +336,7 @@ class PlantProcess:
                "true_max": {k: round(v, 6) for k, v in self._true_max.items()}}
         self.log.write(json.dumps(row) + "\n")
         self._row_on = dict.fromkeys(self.outputs, 0.0)
+        self._row_written_on = dict.fromkeys(self.outputs, 0.0)
         self._row_span = 0.0
         self._row_min, self._row_max = {}, {}
         self._true_min, self._true_max = {}, {}

@@ -133,6 +133,9 @@ def run_scenario(sc: Scenario, report_dir: pathlib.Path,
     started_utc = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     try:
         rig.start()
+        for step in sc.steps:       # a fault "from the start" is there before the controller runs: no race
+            if _from_the_start(step):
+                _fire(run, rig, step, rig.plant_s())
         rig.start_controller(sc.recipe, sc.batch_id)
         _drive(run, rig, progress)
         run.final = rig.snapshot()
@@ -288,6 +291,16 @@ def _collect(run: Run, rig: VirtualRig) -> None:
 
 def _phase(run: Run) -> str | None:
     return run.phases[-1]["phase"] if run.phases else run.status.get("phase")
+
+
+def _from_the_start(step: Step) -> bool:
+    """A plant fault at ``t_s = 0`` and nothing else (e.g. a welded watchdog relay): fired before the controller
+    starts, so the core's start-up (its watchdog proof test) meets it, whatever the start-up's wall time."""
+    return step.kind not in NOT_PLANT_FAULTS and step.at == Condition(t_s=0.0)
+
+
+#: steps the plant process does not carry out (the runner acts on the controller, or nothing is done)
+NOT_PLANT_FAULTS = ("mark", "operator", "controller_hang", "process_freeze", "power_loss")
 
 
 def _holds(run: Run, step: Step, t: float) -> bool:
@@ -496,6 +509,8 @@ def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple
         return None, "", f"step {a['before']!r} never fired: the window has no end"
     window = [r for r in rows
               if (after is None or r["t_s"] >= after.t_s) and (before is None or r["t_s"] <= before.t_s)]
+    if m in ("output_on_s", "output_off_s"):
+        return _on_time(rows, a, after, before, off=m == "output_off_s")
     if m in ("max_true", "min_true"):
         key = "true_max" if m == "max_true" else "true_min"   # each row holds the truth's extremes since the last
         values = [r.get(key, r.get("true", {})).get(a["quantity"]) for r in window]
@@ -529,6 +544,21 @@ def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple
         return _from_record(run, a)
     if m == "batch_records":
         return run.record_folders, "", "record folders in the controller's state dir"
+    if m == "batch_rejected":
+        rejected = [e["message"] for e in run.events if e.get("source") == "controller" and e["kind"] == "batch"
+                    and e["message"].startswith("batch rejected: ")]
+        return (rejected[0].removeprefix("batch rejected: ") if rejected else ""), "", \
+            "the controller's reason for refusing the batch at start (empty: it was not refused)"
+    if m == "held":
+        return bool(run.status.get("held")), "", "the controller's last status: is the recipe held"
+    if m == "abort_reason":
+        aborts = [e["message"] for e in run.events if e.get("source") == "controller" and e["kind"] == "phase"
+                  and e.get("data", {}).get("phase") == "aborting"]
+        return (aborts[0] if aborts else "none"), "", "the phase event into aborting: its reason"
+    if m == "core_fault":
+        faults = [e["message"] for e in run.events if e.get("source") == "controller" and e["kind"] == "core"
+                  and e["message"].startswith("CORE FAULT")]
+        return (faults[0] if faults else "none"), "", "the core's first core-fault event"
     if m == "controller_restarts":
         return sum(1 for e in run.events if e["kind"] == "ready") - 1, "", ""
     raise ValueError(f"unknown measure {m}")
@@ -597,6 +627,36 @@ def _safe_latency(run: Run, exp: Expectation) -> tuple[Any, str, str]:
             f"~{run.scenario.time_scale * 2e-3:g} s plant per 2 ms plant loop at {run.scenario.time_scale:g}x)")
 
 
+def _on_time(rows: Sequence[dict[str, Any]], a: Mapping[str, Any], after: Fired | None,
+             before: Fired | None, *, off: bool = False) -> tuple[Any, str, str]:
+    """Plant seconds an output was on (or ``off``: a row's span less its on-time), from the plant's per-row
+    sums (a burst-fired output counts its duty).
+
+    A row sums the plant steps since the row before it; every row that overlaps the window counts whole,
+    so the figure can only be too high (by at most one row at each end), never miss an output that was on."""
+    level = str(a.get("level", "effective"))
+    key = "on_s" if level == "effective" else "written_on_s"
+    total, counted, prev_t = 0.0, 0, 0.0
+    for r in rows:
+        t = float(r["t_s"])
+        overlaps = (after is None or t > after.t_s) and (before is None or prev_t < before.t_s)
+        span, prev_t = t - prev_t, t
+        if not overlaps:
+            continue
+        if key not in r:
+            return None, "s", "the plant rows carry no on-times"
+        on = float(r[key].get(a["output"], 0.0))
+        total += max(span - on, 0.0) if off else on
+        counted += 1
+    if not counted:
+        return None, "s", "no plant rows in the window"
+    how = "as the plant's device felt it (after K1, relay, power, stuck)" if level == "effective" \
+        else "as the core wrote it"
+    state = "off" if off else "on"
+    return round(total, 4), "s", (f"plant seconds {a['output']} was {state}, {how}, over {counted} rows (rows "
+                                  "that overlap the window count whole: at most one row too many at each end)")
+
+
 def _metric_delta(run: Run, rows: Sequence[dict[str, Any]], a: Mapping[str, Any]) -> tuple[Any, str, str]:
     step = run.fired.get(a["step"])
     if step is None:
@@ -625,6 +685,8 @@ def judge(value: Any, limits: Mapping[str, Any]) -> bool:
         ok &= isinstance(value, int | float) and value >= limits["min"]
     if "max" in limits:
         ok &= isinstance(value, int | float) and value <= limits["max"]
+    if "contains" in limits:
+        ok &= isinstance(value, str) and str(limits["contains"]) in value
     if "includes" in limits:
         ok &= isinstance(value, list) and _subsequence(limits["includes"], value)
     return bool(ok)

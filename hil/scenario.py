@@ -69,10 +69,18 @@ MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs beside
     "batch_record": ("path",),          # a field of the batch record (a list gives its length)
     "metered_error_pct": ("meter",),    # |metered - plant truth| / truth of energy, h2 or ar, in %
     "batch_records": (),                # how many record folders the run left
+    "output_on_s": ("output",),         # plant seconds an output was on (level: effective | written)
+    "output_off_s": ("output",),        # ... and off (e.g. a beacon that must stay on after a trip)
+    "batch_rejected": (),               # why the controller refused to start the batch ("" if it did not)
+    "held": (),                         # the recipe held at the end (the controller's last status)
+    "abort_reason": (),                 # the sequence's reason for aborting, in words ("none" if it did not)
+    "core_fault": (),                   # the core's first CORE FAULT, in words ("none" if there was none)
 }
-LIMIT_KEYS = ("min", "max", "equals", "one_of", "includes")
-OPTIONAL_MEASURE_KEYS = ("name", "description", "after", "before", "until_phase")
-WINDOWED = ("max_channel", "min_channel", "max_true", "min_true")   # measures that take `before` besides `after`
+LIMIT_KEYS = ("min", "max", "equals", "one_of", "includes", "contains")   # contains: a substring of a text
+OPTIONAL_MEASURE_KEYS = ("name", "description", "after", "before", "until_phase", "level")
+# measures that take `before` besides `after`
+WINDOWED = ("max_channel", "min_channel", "max_true", "min_true", "output_on_s", "output_off_s")
+ON_LEVELS = ("effective", "written")   # output_on_s: as the plant's device felt it, or as the core wrote it
 
 
 def exp_measure_takes_until(measure: str | None) -> bool:
@@ -473,6 +481,11 @@ def _expectations(top: Table, ctx: _Context, step_ids: set[str]) -> list[Expecta
                 args["until_phase"] = t.data["until_phase"]
             else:
                 t.report("until_phase", f"does not apply to {measure}")
+        if t.has("level"):
+            if measure in ("output_on_s", "output_off_s"):
+                args["level"] = t.get("level", choice(ON_LEVELS), "effective")
+            else:
+                t.report("level", f"does not apply to {measure} (only to output_on_s, output_off_s)")
         for key in ("after", "before"):
             if not t.has(key):
                 continue
@@ -488,6 +501,7 @@ def _expectations(top: Table, ctx: _Context, step_ids: set[str]) -> list[Expecta
             t.get(key, number)
         for key in ("one_of", "includes"):
             t.get(key, list_of(_as_is, "values", max_len=1000, unique=False))
+        t.get("contains", string)
         name = t.get("name", string) or ".".join([measure, *[str(v) for v in args.values()]])
         if name in names:
             t.report("name", f"measurement name {name!r} is used twice: name one of them")

@@ -313,6 +313,7 @@ def run(opts: RunOptions) -> int:
         # an early return or an error (else _loop's stop comes first): core stopped first, then recorded and flushed
         instruments.callback(_shut_down, ctl, devices.recorder, publisher, opts.mqtt_flush_s)
         _wait_first_readings(core, stop, publisher.pump if publisher is not None else None)
+        _wait_proof_test(core, stop)
         if core.restored_trips:
             tripped = [name for name, r in core.rules().items() if r.tripped]
             reporter.write("event", f"{core.restored_trips} latched trip(s) restored from {spec.latch_file}: "
@@ -339,6 +340,15 @@ def run(opts: RunOptions) -> int:
                        pid=os.getpid(), recovered=recovered, t_s=ctl.now_s())
         notifier.ready(f"station {station.identity.station_id}")
         return _loop(ctl, opts, reporter, notifier, commands, operator, stop, binding, devices, publisher)
+
+
+def _wait_proof_test(core: Core, stop: threading.Event, timeout_s: float = 10.0) -> None:
+    """Until the watchdog proof test passed or failed (two steps of at most 3 s wall each): a batch started
+    during it would only collect refusals, and one started before it failed would start at all."""
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set() and time.monotonic() < deadline and core.stats().proof_pending:
+        core.heartbeat()
+        time.sleep(0.01)
 
 
 def _wait_first_readings(core: Core, stop: threading.Event, idle: Callable[[], None] | None = None,

@@ -144,6 +144,10 @@ class Controller:
         problems = check_recipe(recipe, self.station)
         if problems:
             raise BatchRejected("recipe does not fit this station:\n" + "\n".join(f"  {p}" for p in problems))
+        fault = self.core.core_fault_text()
+        if fault:       # e.g. a welded watchdog relay: nothing may leave its safe level, so no batch either
+            raise BatchRejected(f"core fault: {fault}: every output is held safe (fix the cause, reset at the "
+                                "cabinet)")
         tripped = [name for name, r in self.core.rules().items() if r.tripped]
         if tripped:
             raise BatchRejected(f"interlocks tripped: {', '.join(tripped)} (clear and reset them first)")
