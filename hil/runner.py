@@ -318,6 +318,8 @@ def _holds(run: Run, step: Step, t: float) -> bool:
     if c.channel is not None:
         v = run.channels.get(c.channel)
         ok = ok and v is not None and (c.above is None or v > c.above) and (c.below is None or v < c.below)
+    if c.trip is not None:      # the controller reported the trip (after the core forced its outputs safe)
+        ok = ok and any(tr["rule"] == c.trip for tr in run.trips)
     if c.quantity is not None:
         q = run.truth.get(c.quantity)
         ok = ok and q is not None and (c.above is None or q > c.above) and (c.below is None or q < c.below)

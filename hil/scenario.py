@@ -54,7 +54,8 @@ RIG_FAULTS: dict[str, dict[str, bool]] = {
 }
 OPERATOR_ACTIONS = ("hold", "resume", "abort", "skip", "limiter_reset")   # limiter_reset: at the cabinet
 MAX_TIME_SCALE = 1500.0
-CONDITION_KEYS = ("t_s", "phase", "held", "channel", "quantity", "above", "below", "after", "after_s", "delay_s")
+CONDITION_KEYS = ("t_s", "phase", "held", "channel", "quantity", "above", "below", "after", "after_s", "delay_s",
+                  "trip")
 UNTIL = ("batch_end", "batch_record", "phase", "time")
 MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs besides its limits
     "batch_outcome": (), "final_phase": (), "phases": (), "phases_after": ("step",),
@@ -102,6 +103,7 @@ class Condition:
     after: str | None = None           # another step's id: only once that step has fired
     after_s: float = 0.0               # plant seconds after the rest of the condition first held
     delay_s: float = 0.0               # plant seconds after the ``after`` step fired
+    trip: str | None = None            # an interlock: once the controller reported it tripped (a mark at a trip)
 
 
 @dataclass(frozen=True)
@@ -338,14 +340,17 @@ def _condition(c: Table, ctx: _Context, step_ids: Sequence[str]) -> Condition:
     after = c.get("after", string)
     if after is not None and after not in step_ids:
         c.report("after", unknown("step", after, step_ids) if step_ids else "no step to follow")
+    trip = c.get("trip", string)
+    if trip is not None and ctx.station and trip not in ctx.rules():
+        c.report("trip", unknown("interlock", trip, ctx.rules()))
     delay = c.get("delay_s", number_in(0.0), 0.0)
     if c.has("delay_s") and after is None and not c.has_error("after"):
         c.report("delay_s", "counts from the `after` step: name it (after = \"STEP_OR_MARK_ID\")")
     cond = Condition(t_s=c.get("t_s", number_in(0.0)), phase=c.get("phase", string), held=c.get("held", boolean),
                      channel=channel, quantity=quantity, above=c.get("above", number), below=c.get("below", number),
-                     after=after, after_s=c.get("after_s", number_in(0.0), 0.0), delay_s=delay)
+                     after=after, after_s=c.get("after_s", number_in(0.0), 0.0), delay_s=delay, trip=trip)
     if not c.data:
-        c.report(None, "an empty condition: say when (t_s, phase, held, channel, quantity, after)")
+        c.report(None, "an empty condition: say when (t_s, phase, held, channel, quantity, after, trip)")
     c.finish()
     return cond
 

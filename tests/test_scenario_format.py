@@ -129,3 +129,22 @@ def test_max_true_is_measured_over_the_rows_truth_extremes_in_its_window() -> No
     exp = Expectation("m", "max_true", {"quantity": "charge_temp", "after": "lel_warning", "before": "reset_limiter"},
                       {"max": 900})
     assert measure(run, rows, exp)[0] == 881.0, "the extremes of every plant step, inside the window only"
+
+
+def test_a_mark_at_a_trip_fires_once_the_controller_reported_that_rule() -> None:
+    from hil.runner import _holds
+
+    sc = parse('\n[[marks]]\nid = "tripped"\nat = { trip = "chamber_overtemp" }\n')
+    mark = next(s for s in sc.steps if s.id == "tripped")   # type: ignore[attr-defined]
+    assert mark.kind == "mark" and mark.at.trip == "chamber_overtemp"
+    run = Run(sc, None)   # type: ignore[arg-type]
+    assert not _holds(run, mark, 10.0), "no trip reported yet"
+    run.trips.append({"t_s": 5.0, "wall_ns": 1, "rule": "h2_leak", "first_out": True, "core_wall_ns": 1})
+    assert not _holds(run, mark, 11.0), "another rule's trip does not count"
+    run.trips.append({"t_s": 12.0, "wall_ns": 2, "rule": "chamber_overtemp", "first_out": False, "core_wall_ns": 2})
+    assert _holds(run, mark, 12.0)
+
+
+def test_a_trip_condition_names_an_interlock_of_the_station() -> None:
+    message = errors('\n[[marks]]\nid = "tripped"\nat = { trip = "chamber_overtmp" }\n')
+    assert "marks[2].at.trip: unknown interlock 'chamber_overtmp'" in message, message
