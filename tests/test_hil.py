@@ -146,13 +146,19 @@ def test_not_toml_at_all() -> None:
 def test_the_cli_refuses_a_bad_file_before_starting_anything(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.format(root=ROOT).replace("max_plant_h", "max_plant_hours"))
-    before = set(default_dir().glob("reedge-rig-*"))
-    proc = subprocess.run([sys.executable, "-m", "edge", "hil", "run", str(bad), "--report-dir",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "hil", "run", str(bad), "--report-dir",
+                             str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert f"{bad}: run.max_plant_hours: unknown key" in proc.stdout
+    assert f"{bad}: run.max_plant_hours: unknown key" in out
     assert not (tmp_path / "out").exists()
-    assert set(default_dir().glob("reedge-rig-*")) == before
+    assert register_files(proc.pid) == set()
+
+
+def register_files(runner_pid: int) -> set[pathlib.Path]:
+    """The register files the runner with this pid made (the rig names them after its pid), so that
+    tests running beside this one (pytest -n) cannot disturb the count."""
+    return set(default_dir().glob(f"reedge-rig-{runner_pid}-*"))
 
 
 # ---------------------------------------------------------------- cleanup
@@ -197,19 +203,17 @@ def runner_output(runner: subprocess.Popen[str]) -> str:
 
 
 def test_an_interrupted_run_leaves_no_process_and_no_register_file(tmp_path: pathlib.Path) -> None:
-    before = set(default_dir().glob("reedge-rig-*"))
     runner, report_dir = start_runner(tmp_path)
-    assert set(default_dir().glob("reedge-rig-*")) - before, "the rig made its register file"
+    assert register_files(runner.pid), "the rig made its register file"
     runner.send_signal(signal.SIGINT)
     out = runner_output(runner)
     assert runner.returncode == 130, out
     assert "interrupted" in out
     assert rig_processes(work_marker(report_dir)) == []
-    assert set(default_dir().glob("reedge-rig-*")) == before
+    assert register_files(runner.pid) == set()
 
 
 def test_a_crashed_plant_ends_the_scenario_as_an_error_and_is_cleaned_up(tmp_path: pathlib.Path) -> None:
-    before = set(default_dir().glob("reedge-rig-*"))
     runner, report_dir = start_runner(tmp_path)
     plant = next(pid for pid in rig_processes(work_marker(report_dir))
                  if b"hil.plant_process" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes())
@@ -219,4 +223,4 @@ def test_a_crashed_plant_ends_the_scenario_as_an_error_and_is_cleaned_up(tmp_pat
     record = json.loads((report_dir / "hd_normal_batch.json").read_text())
     assert record["outcome"] == "error" and "plant process exited" in record["error"]
     assert rig_processes(work_marker(report_dir)) == []
-    assert set(default_dir().glob("reedge-rig-*")) == before
+    assert register_files(runner.pid) == set()
