@@ -19,7 +19,9 @@ from edge.spec.reader import SpecError
 from edge.spec.recipe_reader import load_recipe, parse_recipe
 from edge.spec.station import Station, load_station, parse_station
 from hil.lockstep import LockstepRig
+from hil.plants.cabinet import build_cabinet
 from hil.plants.hd_reactor import HDParams, HDReactor
+from hil.plants.safety_hw import WatchdogRelay
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HD_PATH = ROOT / "stations" / "hd_reactor_sim.toml"
@@ -306,3 +308,26 @@ def test_recovery_with_a_recipe_the_station_no_longer_allows_aborts(
         assert "550" in seq.abort_reason
     finally:
         rig.close()
+
+
+def test_a_welded_watchdog_relay_fails_the_proof_test_and_no_batch_starts(tmp_path: pathlib.Path) -> None:
+    """The relay's contact welded in: the core's start-up proof test never sees it drop; while it runs the
+    stats say so, when its time is up it is a core fault, and the controller refuses to start a batch with
+    that reason (before: the batch started and collected refusals until the fault aborted it)."""
+    plant = HDReactor(HDParams())
+    station = load_station(HD_PATH)
+    relay = WatchdogRelay(timeout_s=3.0, outputs=("heater", "h2_inlet_valve"))
+    cabinet = build_cabinet(station, station.identity.kind, plant, relay)
+    cabinet.relay_welded = True
+    with LockstepRig(station, plant, dt_s=1.0, cabinet=cabinet) as rig:
+        ctl = Controller(rig.core, rig.station, state_path=tmp_path / "run.json")
+        assert rig.core.stats().proof_pending, "the feedback never dropped: the proof test is still waiting"
+        assert rig.core.stats().core_fault == 0
+        rig.run_until(lambda: not rig.core.stats().proof_pending, 10.0, ctl.step)
+        assert rig.core.core_fault_text() == "watchdog relay proof test failed"
+        with pytest.raises(BatchRejected, match="core fault: watchdog relay proof test failed"):
+            ctl.start_batch(HD_RECIPE, batch_id="welded-relay")
+        assert ctl.sequencer is None
+        outputs = rig.core.outputs()
+        assert not any(outputs[name].level != spec.safe_level
+                       for name, spec in ((o.name, o) for o in station.core.outputs) if name != "watchdog_line")
