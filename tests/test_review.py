@@ -35,3 +35,12 @@ def test_a_cycle_of_supplies_is_refused() -> None:
                                         "supplies": ["safety_contactor"]}),
                      put("outputs.safety_contactor.supplies", ["heater", "h2_inlet_valve", "k0"]))
     assert any(e.key_path.endswith(".supplies") and "cycle" in e.message for e in found), found
+
+
+def test_an_event_ring_too_small_for_the_interlocks_is_refused_naming_the_key() -> None:
+    """The core keeps a reserve of rules + 8 slots for latched trips and core faults, at most half
+    the ring: a 16-slot ring with this station's interlocks dropped latched trips (the core now
+    refuses such a rule; the loader says it first, naming the key)."""
+    found = problems(put("core.event_ring", 16))
+    matching = [e for e in found if e.key_path == "core.event_ring"]
+    assert matching and "2 * (interlocks + 8)" in matching[0].message, found
