@@ -25,8 +25,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -134,6 +136,8 @@ struct ec_core {
     int64_t proof_since;   /* when the present step began (proof clock), -1 before the first tick */
     int proof_wall;        /* the proof test is timed on wall time: a started core (see watchdog_proof_step) */
     pthread_t scan_thread; /* the only thread whose heartbeat feeds the dead-man */
+    long scan_tid;         /* and its kernel thread id: glibc hands a joined thread's pthread_t to the next
+                              thread, so pthread_equal alone took a new helper for an ended scan thread */
     int has_scan_thread;
     int64_t last_tick_wall; /* CLOCK_MONOTONIC of the sampler's previous tick, 0 before the first */
 
@@ -224,6 +228,8 @@ static int64_t elapsed(int64_t now, int64_t then)
     }
     return d;
 }
+
+static long thread_id(void) { return (long)syscall(SYS_gettid); }
 
 static int64_t core_now(ec_core *c)
 {
@@ -359,6 +365,7 @@ static uint32_t latch_crc(const latch_image *img) { return crc32_of(img, offseto
 
 struct latch_file {
     latch_image *img;
+    int fd;                /* kept open: it holds the flock that keeps a second core off the file */
 };
 
 /* FNV-1a over every rule's whole ec_rule_cfg: kind, channel, threshold, hysteresis, debounce,
@@ -416,12 +423,27 @@ int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errle
         ec_set_err(err, errlen, "latch file '%s': add the rules before the latch file", path);
         return EC_ESTATE;
     }
+    /* never through a symlink, never anything but a regular file: the image is written over the
+     * file's first bytes, so a link (planted, or a typo) would have had another file overwritten */
     struct stat before;
-    int existed = stat(path, &before) == 0;
-    int fd = open(path, O_RDWR | O_CREAT, 0640);
+    int existed = lstat(path, &before) == 0;
+    if (existed && !S_ISREG(before.st_mode)) {
+        ec_set_err(err, errlen, "latch file '%s' is not a regular file (a symlink or a device): refused", path);
+        return EC_EIO;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0) {
         ec_set_err(err, errlen, "latch file '%s': %s", path, strerror(errno));
         return EC_EIO;
+    }
+    /* one core per latch file: a second controller on the station would rewrite the first one's
+     * latched trips out of the file (the lock is the kernel's: a killed process releases it) */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(fd);
+        ec_set_err(err, errlen, "latch file '%s' is held by another core (another controller on this station?)%s%s",
+                   path, e == EWOULDBLOCK ? "" : ": ", e == EWOULDBLOCK ? "" : strerror(e));
+        return e == EWOULDBLOCK ? EC_ESTATE : EC_EIO;
     }
     struct stat st;
     int short_file = 0;
@@ -435,18 +457,20 @@ int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errle
         return EC_EIO;
     }
     void *map = mmap(NULL, sizeof(latch_image), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
     if (map == MAP_FAILED) {
         ec_set_err(err, errlen, "latch file '%s': cannot map it: %s", path, strerror(errno));
+        close(fd);
         return EC_EIO;
     }
     struct latch_file *lf = calloc(1, sizeof *lf);
     if (lf == NULL) {
         munmap(map, sizeof(latch_image));
+        close(fd);
         ec_set_err(err, errlen, "out of memory");
         return EC_ENOMEM;
     }
     lf->img = map;
+    lf->fd = fd;
     latch_image *img = lf->img;
     uint64_t hash = rules_hash(c);
     int restored = 0;
@@ -481,6 +505,10 @@ int ec_core_set_latch_file(ec_core *c, const char *path, char *err, size_t errle
         }
         if (img->rules_hash == hash) {
             c->core_fault = img->core_fault;
+            if (c->core_fault) { /* say so, like a restored trip: outputs are refused for this reason */
+                push_event(c, EC_EV_CORE_FAULT, EC_EVF_RESTORED | EC_EVF_CORE_FAULT, -1, -1, -1, (int)c->core_fault,
+                           0, 0, 0);
+            }
             if (img->first_out >= 0 && img->first_out < c->n_rules && c->rules[img->first_out].tripped) {
                 c->first_out = img->first_out;
             }
@@ -599,6 +627,7 @@ void ec_core_free(ec_core *c)
     if (c->latch != NULL) {
         msync(c->latch->img, sizeof(latch_image), MS_SYNC);
         munmap(c->latch->img, sizeof(latch_image));
+        close(c->latch->fd);
         free(c->latch);
     }
     pthread_mutex_destroy(&c->lock);
@@ -897,6 +926,13 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
     if (c->latch != NULL) {
         ec_set_err(err, errlen, "rule '%s': the latch file is already set: add every rule before it", cfg->name);
         return EC_ESTATE;
+    }
+    /* the ring's reserve (min(rules + 8, ring / 2)) must hold a trip of every rule plus the core faults,
+     * or the guarantee that no latched trip is dropped does not hold */
+    if ((uint64_t)c->n_rules + 1 + 8 > ((uint64_t)c->event_mask + 1) / 2) {
+        ec_set_err(err, errlen, "rule '%s': event_ring %u is too small for %d rules: it must be at least "
+                   "2 * (rules + 8) so that no trip can be dropped", cfg->name, c->event_mask + 1, c->n_rules + 1);
+        return EC_EFULL;
     }
     rule *r = &c->rules[c->n_rules];
     memset(r, 0, sizeof *r);
@@ -1800,6 +1836,7 @@ int ec_core_start(ec_core *c, char *err, size_t errlen)
     pthread_mutex_lock(&c->lock);
     c->started = 1;
     c->scan_thread = pthread_self();
+    c->scan_tid = thread_id();
     c->has_scan_thread = 1;
     push_event(c, EC_EV_STARTED, 0, -1, -1, -1, 0, 0, 0, 0);
     pthread_mutex_unlock(&c->lock);
@@ -1846,6 +1883,7 @@ int ec_core_run_ticks(ec_core *c, int32_t n)
     pthread_mutex_lock(&c->lock);
     if (!c->has_scan_thread) {
         c->scan_thread = pthread_self();
+        c->scan_tid = thread_id();
         c->has_scan_thread = 1;
     }
     if (c->stats.ticks == 0 && c->start_t == 0) {
@@ -1867,7 +1905,7 @@ int ec_core_heartbeat(ec_core *c)
         return EC_EINVAL;
     }
     pthread_mutex_lock(&c->lock);
-    if (c->has_scan_thread && !pthread_equal(pthread_self(), c->scan_thread)) {
+    if (c->has_scan_thread && (!pthread_equal(pthread_self(), c->scan_thread) || thread_id() != c->scan_tid)) {
         /* a helper thread that outlives a stuck scan must not keep the dead-man fed */
         pthread_mutex_unlock(&c->lock);
         return EC_ESTATE;

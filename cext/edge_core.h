@@ -299,7 +299,9 @@ int ec_core_add_permissive(ec_core *core, const ec_permissive_cfg *cfg, char *er
  * aux = EC_LATCH_*) and the file is rewritten sane. The rule-set hash covers each rule's whole
  * ec_rule_cfg (start from ec_rule_cfg_default): a changed station restores every latchable rule
  * tripped if any trip was latched. A trip change is msync(MS_SYNC)ed in the tick that makes it,
- * after the outputs were written and before anything can report it. */
+ * after the outputs were written and before anything can report it. A symlink or a file that is not
+ * regular: EC_EIO (never followed, never written). A file another core holds (flock): EC_ESTATE. A
+ * restored core fault is reported by an EC_EV_CORE_FAULT event flagged EC_EVF_RESTORED. */
 int ec_core_set_latch_file(ec_core *core, const char *path, char *err, size_t errlen);
 
 int ec_core_start(ec_core *core, char *err, size_t errlen);
@@ -308,7 +310,8 @@ int ec_core_stop(ec_core *core);
 /* ---- runtime (any thread; each takes the core lock briefly, except drain_samples, which is
  * lock-free and single-consumer: drain samples from one thread only) ---- */
 /* from the scan thread only: the thread that called ec_core_start or, for a core stepped by run_ticks,
- * the first thread that called run_ticks. Any other thread gets EC_ESTATE and does not feed the dead-man. */
+ * the first thread that called run_ticks (pthread_t and kernel thread id: a new thread that was handed an
+ * ended scan thread's pthread_t is refused). Any other thread gets EC_ESTATE and does not feed the dead-man. */
 int ec_core_heartbeat(ec_core *core);
 /* level 0/1. Away from the safe level it must pass the gate; refused -> EC_EREFUSED and err says why. */
 int ec_core_request_output(ec_core *core, int32_t output, int32_t level, char *err, size_t errlen);
@@ -340,7 +343,8 @@ int64_t ec_core_now_ns(ec_core *core);
 int ec_core_drain_samples(ec_core *core, ec_sample *out, int32_t max); /* returns count */
 /* The event ring never drops a latched rule's trip (restored ones included), a core fault, or a
  * non-latched rule's first-out trip (one undrained per rule): the last min(n_rules + 8, ring / 2)
- * slots are reserved for them, enough while no rule trips twice between drains. Everything else
+ * slots are reserved for them, enough while no rule trips twice between drains; ec_core_add_rule refuses
+ * (EC_EFULL) a rule when event_ring < 2 * (rules + 8), where the reserve could not hold every rule. Everything else
  * may be dropped when nobody drains, and is counted in ec_stats.events_lost: refusals, overruns
  * and refused resets first (they also leave an eighth of the ring free), then clears, resets,
  * forced-safe / permissive / keep-alive drops, driver errors, start/stop, and non-latched trips. */

@@ -172,7 +172,7 @@ def parse_station(text: str, source: str, *, boards_dir: pathlib.Path | None = N
     limiters = read_limiters(top, identity, channels, outputs, limits)
 
     check_shared_namespace(report, channels, outputs, rules, loops, alarms)
-    check_table_sizes(report, drivers, channels, outputs, rules, permissives)
+    check_table_sizes(report, drivers, channels, outputs, rules, permissives, settings.event_ring)
     check_limits_against_trips(report, limits, channels, rules)
     check_trip_bands(report, rules)
     top.finish()

@@ -59,8 +59,14 @@ def check_table_sizes(
     outputs: Collection[object],
     rules: Collection[object],
     permissives: Collection[object],
+    event_ring: int | None = None,
 ) -> None:
     """The core's tables are fixed-size; say so here rather than at start-up."""
+    # the event ring's reserve (rules + 8, at most half the ring) must hold a trip of every rule
+    if event_ring is not None and event_ring < 2 * (len(rules) + 8):
+        report.add("core.event_ring", f"{event_ring} is too small for {len(rules)} interlocks (counting the "
+                                      "built-in dead-man): it must be at least 2 * (interlocks + 8) = "
+                                      f"{2 * (len(rules) + 8)}, so that no latched trip can be dropped")
     for section, count, limit, macro in (
         ("drivers", len(drivers), EC_MAX_DRIVERS, "EC_MAX_DRIVERS"),
         ("channels", len(channels), EC_MAX_CHANNELS, "EC_MAX_CHANNELS"),

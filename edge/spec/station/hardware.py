@@ -540,7 +540,29 @@ def read_outputs(
             elif supplied == name or supplied == settings.watchdog_output:
                 tables[name].report("supplies", f"[{index}]: '{supplied}' is "
                                     + ("this output itself" if supplied == name else "the watchdog line"))
+            elif (fed := outputs[supplied]) is not None and fed.safe_level != 0:
+                # opening the contactor de-energises the output: its trip would end at level 0, the unsafe one
+                tables[name].report("supplies", f"[{index}]: '{supplied}' has safe_level = 1: opening this "
+                                    "contactor would de-energise it, the opposite of its safe level (supply it "
+                                    "from elsewhere)")
+    for name, spec in outputs.items():
+        if spec is not None and name in _supplied_by(name, outputs):
+            tables[name].report("supplies", f"the contactors' supplies form a cycle through '{name}'")
     return outputs
+
+
+def _supplied_by(name: str, outputs: Mapping[str, OutputSpec | None]) -> set[str]:
+    """Every output downstream of ``name`` through chained contactors (K0 supplies K1 supplies the heater)."""
+    seen: set[str] = set()
+    first = outputs.get(name)
+    todo = list(first.supplies) if first is not None else []
+    while todo:
+        out = todo.pop()
+        if out not in seen:
+            seen.add(out)
+            spec = outputs.get(out)
+            todo.extend(spec.supplies if spec is not None else ())
+    return seen
 
 
 def _read_output(

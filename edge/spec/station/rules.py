@@ -226,10 +226,16 @@ def _resolve_action(
     resolved = _resolve_names(t, key, value, outputs, settings)
     if resolved is None:
         return None
-    # a contactor upstream of an output is dropped by every rule that cuts that output (stations/README.md)
-    feeders = tuple(name for name, o in outputs.items()
-                    if o is not None and name not in resolved and set(o.supplies) & set(resolved))
-    return resolved + feeders
+    # a contactor upstream of an output is dropped by every rule that cuts that output (stations/README.md),
+    # and so is a contactor upstream of that contactor: the closure, so a welded K1 is still cut by K0
+    action = list(resolved)
+    grew = True
+    while grew:
+        feeders = [name for name, o in outputs.items()
+                   if o is not None and name not in action and set(o.supplies) & set(action)]
+        action.extend(feeders)
+        grew = bool(feeders)
+    return tuple(action)
 
 
 def _resolve_names(
