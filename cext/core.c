@@ -135,6 +135,7 @@ struct ec_core {
     int proof_state;       /* watchdog proof test: PROOF_* */
     int64_t proof_since;   /* when the present step began (proof clock), -1 before the first tick */
     int proof_wall;        /* the proof test is timed on wall time: a started core (see watchdog_proof_step) */
+    int proof_steady;      /* consecutive ticks the feedback has read the level the present step waits for */
     pthread_t scan_thread; /* the only thread whose heartbeat feeds the dead-man */
     long scan_tid;         /* and its kernel thread id: glibc hands a joined thread's pthread_t to the next
                               thread, so pthread_equal alone took a new helper for an ended scan thread */
@@ -1425,9 +1426,13 @@ static void watchdog_proof_step(ec_core *c, int64_t now)
     const ec_value *fb = &c->channels[c->cfg.watchdog_feedback].latest;
     int ok = !value_bad(fb->status) && !isnan(fb->value);
     int want = c->proof_state == PROOF_HOLD ? 0 : 1;
-    if (ok && (fb->value >= 0.5) == want) {
+    /* each level must hold EC_WATCHDOG_PROOF_STEADY ticks in a row: a feedback that flickers whatever the
+     * line does (a loose wire, a contact bouncing on vibration) proves nothing */
+    c->proof_steady = ok && (fb->value >= 0.5) == want ? c->proof_steady + 1 : 0;
+    if (c->proof_steady >= EC_WATCHDOG_PROOF_STEADY) {
         c->proof_state++;
         c->proof_since = now;
+        c->proof_steady = 0;
         return;
     }
     if (elapsed(now, c->proof_since) > (int64_t)EC_WATCHDOG_PROOF_MS * 1000000LL) {
@@ -1442,6 +1447,7 @@ static void watchdog_proof_rearm(ec_core *c)
         c->fault_active &= ~(uint32_t)EC_FAULT_WATCHDOG_PROOF;
         c->proof_state = PROOF_HOLD;
         c->proof_since = -1;
+        c->proof_steady = 0;
     }
 }
 

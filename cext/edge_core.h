@@ -48,6 +48,7 @@ extern "C" {
 #define EC_INJECT_FUTURE_MS 1000 /* an injected timestamp further ahead of the core clock is refused */
 #define EC_WATCHDOG_PROOF_MS 3000 /* each step of the watchdog proof test must be seen within this: wall time
                                     for a started core, the core clock for one stepped by run_ticks */
+#define EC_WATCHDOG_PROOF_STEADY 5 /* ... and each level of the relay's feedback held this many ticks in a row */
 
 /* ---- error codes ---- */
 #define EC_OK 0

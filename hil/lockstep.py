@@ -70,11 +70,13 @@ class LockstepRig:
         # power-up: the core's watchdog proof test sees the relay drop (line held), then pick up (line
         # toggled) before the first scan, as on a real cabinet. Each power-up tick is 1 us of plant time
         # (the core takes a driver input once per clock value), before the plant's first step.
-        for k in range(1, 4):
+        for k in range(1, 41):
             self.effective()
             self._publish()
             self.regs.regs.plant_ns = 1_000_000_000 + k * 1_000
             self.core.run_ticks(1)
+            if not self.core.stats().proof_pending:
+                break
 
     def _publish(self) -> None:
         analog, digital, broken = self.plant.sensors()

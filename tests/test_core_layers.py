@@ -131,7 +131,7 @@ def test_outputs_wait_for_the_watchdog_proof_and_a_welded_relay_faults(tmp_path:
     with pytest.raises(OutputRefused, match="watchdog proof test running"):
         rig.core.request_output("safety_contactor", 1)
     rig.relay_alive = True
-    rig.ms(5)                                # dropped (line held), then toggled and picked up
+    rig.ms(15)                               # dropped (line held), then toggled and picked up: 5 ticks each
     rig.core.request_output("safety_contactor", 1)
     rig.ms(2)
     assert rig.regs.do(rig.lines["safety_contactor"]) == 1
@@ -140,7 +140,7 @@ def test_outputs_wait_for_the_watchdog_proof_and_a_welded_relay_faults(tmp_path:
 
 def test_contactor_feedback_trips_and_opens_what_it_supplies(tmp_path: pathlib.Path) -> None:
     rig = Rig(tmp_path)
-    rig.ms(5)
+    rig.ms(15)                               # the watchdog relay proved (5 ticks dropped, 5 picked up)
     rig.core.request_output("safety_contactor", 1)
     rig.di("contactor_closed", True)
     rig.ms(100)
@@ -154,6 +154,20 @@ def test_contactor_feedback_trips_and_opens_what_it_supplies(tmp_path: pathlib.P
     assert rig.core.outputs()["safety_contactor"].level == 0
     events = [e for e in rig.core.drain_events() if e.rule == "contactor_feedback" and e.kind.name == "TRIP"]
     assert events and "safety_contactor written 1 but contactor_closed" in events[0].detail
+    rig.core.close()
+
+
+def test_a_welded_contactor_with_a_chattering_aux_contact_still_trips(tmp_path: pathlib.Path) -> None:
+    """K1 welded shut, its aux contact reading open one tick in 40: the station's majority vote on
+    contactor_closed keeps the disagreement steady, so contactor_feedback trips after its debounce (the
+    core restarts a discrepancy's count on every agreeing tick: without the vote it never tripped)."""
+    rig = Rig(tmp_path)
+    rig.ms(15)
+    debounce = int(next(r for r in rig.spec.rules if r.name == "contactor_feedback").debounce_ms)
+    for k in range(debounce + 200):          # K1 written open (never requested), yet its contact reads closed
+        rig.di("contactor_closed", k % 40 != 0)
+        rig.ms(1)
+    assert rig.core.rules()["contactor_feedback"].tripped
     rig.core.close()
 
 

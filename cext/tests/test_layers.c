@@ -370,10 +370,12 @@ TEST(watchdog_proof_test_holds_outputs_until_the_relay_is_proved)
     run_relay_ms(c, &r, 15, &changes);
     CHECK(changes == 0); /* held still until the relay drops */
     CHECK(regs->di[DI_RELAY] == 1);
-    run_relay_ms(c, &r, 10, &changes); /* it drops at 20 ms; then the line toggles and it picks up */
+    /* it drops at 20 ms, is seen dropped for EC_WATCHDOG_PROOF_STEADY ticks, then the line toggles and it
+     * picks up; seen up for as many ticks, the relay is proved */
+    run_relay_ms(c, &r, 10 + EC_WATCHDOG_PROOF_STEADY, &changes);
     CHECK(changes > 0);
     CHECK(regs->di[DI_RELAY] == 1);
-    run_relay_ms(c, &r, 1, NULL);
+    run_relay_ms(c, &r, EC_WATCHDOG_PROOF_STEADY, NULL);
     CHECK(ec_core_request_output(c, OUT_K1, 1, err, sizeof err) == EC_OK);
     run_relay_ms(c, &r, 2, NULL);
     CHECK(regs->do_level[OUT_K1] == 1);
@@ -408,7 +410,7 @@ TEST(a_welded_or_dead_watchdog_relay_is_a_core_fault)
     r.welded = 0;
     run_relay_ms(c, &r, 5, NULL);
     CHECK(ec_core_reset(c, -1, err, sizeof err) == EC_OK);
-    run_relay_ms(c, &r, 30, NULL);
+    run_relay_ms(c, &r, 30 + 2 * EC_WATCHDOG_PROOF_STEADY, NULL);
     CHECK(ec_core_request_output(c, OUT_K1, 1, err, sizeof err) == EC_OK);
     ec_core_free(c);
 
@@ -421,7 +423,7 @@ TEST(a_welded_or_dead_watchdog_relay_is_a_core_fault)
     run_relay_ms(c, &dead, EC_WATCHDOG_PROOF_MS, &changes);
     ec_core_stats(c, &st);
     CHECK(st.core_fault == 0);
-    run_relay_ms(c, &dead, 2, &changes);
+    run_relay_ms(c, &dead, EC_WATCHDOG_PROOF_STEADY + 2, &changes); /* the drop was proved after STEADY ticks */
     ec_core_stats(c, &st);
     CHECK(st.core_fault == EC_FAULT_WATCHDOG_PROOF && changes > 0);
     ec_event ev[64];
