@@ -13,7 +13,9 @@ Between the core's lines and the plant sits the cabinet as wired (``hil.plants.c
 contactor, the watchdog relay, the limiters); its contacts and current transducer are published with the
 plant's sensors. Here the relay judges the watchdog line on the plant's clock (an edge every tick
 keeps it in): there is no wall clock in lockstep. ``offsets`` (channel -> degC) make a sensor read off
-its truth, as the rig's ``tc_offset`` fault does.
+its truth, as the rig's ``tc_offset`` fault does. ``poll_s`` (channel -> plant seconds) reads an
+injected channel only that often, as the real-time rig's RS-485 poll does at a high time scale (every
+200 ms of wall time: 120 s of plant time at 600x); give such a channel a ``max_age_ms`` to match.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class LockstepRig:
         self.plant_s = 0.0
         self.extra_digital: dict[str, bool] = {}
         self.offsets: dict[str, float] = {}
+        self.poll_s: dict[str, float] = {}
+        self._polled_s: dict[str, float] = {}
         relay = WatchdogRelay(timeout_s=1.5 * dt_s, outputs=tuple(o for o in ("heater", "h2_inlet_valve")
                                                                    if o in self.wiring.lines))
         self.cabinet = cabinet or build_cabinet(self.station, self.station.identity.kind, plant, relay)
@@ -90,7 +94,11 @@ class LockstepRig:
         now = self.core.now_ns()
         for name in self.wiring.injected:
             value = analog.get(name)
+            last = self._polled_s.get(name)
+            if last is not None and self.plant_s - last < self.poll_s.get(name, 0.0):
+                continue
             if value is not None and math.isfinite(value):
+                self._polled_s[name] = self.plant_s
                 status = ChannelStatus.FAULT if name in broken else ChannelStatus.OK
                 self.core.inject(name, value, status, now)
 

@@ -38,6 +38,25 @@ def hd(tmp_path: pathlib.Path) -> Iterator[tuple[LockstepRig, Controller, HDReac
         yield rig, ctl, plant
 
 
+GAUGE_POLL_S = 120.0    # the real-time rig at 600x reads the RS-485 gauge every 200 ms of wall time
+
+
+@pytest.fixture
+def hd_slow_gauge(tmp_path: pathlib.Path) -> Iterator[tuple[LockstepRig, Controller, HDReactor]]:
+    """As the rig at 600x sees it: the vacuum gauge read every GAUGE_POLL_S of plant time (its max age stretched
+    to match, as the rig binding does) and a coarse 20 s scan (the charge swings about the setpoint). The
+    detector before this fix aborted this fixture's normal batch at the 350 degC wait (lockstep at 2 s did not)."""
+    channels = tuple(dataclasses.replace(c, max_age_ms=c.max_age_ms + 1000 * GAUGE_POLL_S)
+                     if c.name == "chamber_vacuum" else c for c in HD_STATION.core.channels)
+    station = dataclasses.replace(HD_STATION, core=dataclasses.replace(HD_STATION.core, channels=channels))
+    plant = HDReactor(HDParams(room_m3=8.0))
+    with LockstepRig(station, plant, dt_s=20.0) as rig:
+        rig.poll_s["chamber_vacuum"] = GAUGE_POLL_S
+        ctl = Controller(rig.core, rig.station, state_path=tmp_path / "run.json")
+        rig.step(ctl.step)
+        yield rig, ctl, plant
+
+
 def beacon(rig: LockstepRig) -> int:
     return rig.core.outputs()["alarm_beacon"].level
 
@@ -156,12 +175,20 @@ def test_alarm_on_active_checked_by_the_loader() -> None:
 # ---------------------------------------------------------------- 3. air into the hot, hydrided charge
 
 
+INLEAK_BOUNDS = {"hd": (55.0, 28.0), "hd_slow_gauge": (105.0, 55.0)}   # min to the heat cut, MJ after the leak
+
+
+@pytest.mark.parametrize("rig_kind", ["hd", "hd_slow_gauge"])
 def test_air_inleak_at_the_degassing_soak_cuts_heat_and_backfills_argon(
-        hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+        rig_kind: str, request: pytest.FixtureRequest) -> None:
     """20 mbar l/s of air into the retort under vacuum once the charge is at the 600 degC soak. Before,
     the batch heated on for the rest of degassing (the hold-out run: 83 MJ after the leak). Measured here:
-    heat cut 10.9 min after the leak began (the soak's first 4 min of vacuum samples), 6.0 MJ after it."""
-    rig, ctl, plant = hd
+    heat cut 47.3 min after the leak began, 24.8 MJ after it (scan 2 s, gauge fresh every scan); 95.7 min,
+    49.7 MJ with the rig's 120 s gauge poll and a 20 s scan (the charge swings +-5 degC at the soak and
+    spans with a larger swing are not judged). Seen from the vacuum gauge alone, a 20 mbar l/s leak shows
+    only once the soak's desorption (150 mbar at its start) has fallen to about twice the leak's floor:
+    the detector no longer extrapolates (see edge/control/hd.py), the price of no false aborts."""
+    rig, ctl, plant = request.getfixturevalue(rig_kind)
     ctl.start_batch(HD_RECIPE, batch_id="inleak")
     assert rig.run_until(lambda: in_phase(ctl, "degassing") and plant.s.charge_c >= 595.0, 12 * 3600, ctl.step)
     plant.s.extra_air_leak_mbar_l_s = 20.0
@@ -184,9 +211,10 @@ def test_air_inleak_at_the_degassing_soak_cuts_heat_and_backfills_argon(
     assert seq.abort_reason is not None and seq.abort_reason.startswith("air in-leak during degassing")
     assert cut_s is not None
     minutes = (cut_s - leak_s) / 60
-    assert minutes <= 12.0, f"heat cut {minutes:.1f} min after the leak began"
+    bound_min, bound_mj = INLEAK_BOUNDS[rig_kind]
+    assert minutes <= bound_min, f"heat cut {minutes:.1f} min after the leak began"
     heat_mj = (plant.s.heater_j - heat_j) / 1e6
-    assert heat_mj < 8.0, f"{heat_mj:.1f} MJ of heat after the leak"
+    assert heat_mj < bound_mj, f"{heat_mj:.1f} MJ of heat after the leak"
     assert pumped_after_cut == 0.0, "no pumping against the in-leak"
     assert plant.s.ar_fed_mol > ar_mol and plant.pressure_bar() >= 1.0, "argon in, above atmosphere"
     rig.run_until(lambda: False, 3600, ctl.step)
@@ -194,11 +222,16 @@ def test_air_inleak_at_the_degassing_soak_cuts_heat_and_backfills_argon(
     assert plant.s.charge_c < 590.0
 
 
-def test_normal_degassing_is_not_taken_for_an_inleak(hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
-    """The desorption peaks (tens of mbar at the 350 and 600 degC soaks) decay: no false in-leak."""
-    rig, ctl, _ = hd
+@pytest.mark.parametrize("rig_kind", ["hd", "hd_slow_gauge"])
+def test_normal_degassing_is_not_taken_for_an_inleak(rig_kind: str, request: pytest.FixtureRequest) -> None:
+    """The desorption peaks (about 100 mbar at the 350 degC wait, tens at 600) decay: no false in-leak, also
+    with the gauge read every 120 s of plant time as on the rig at 600x (the rig's every batch aborted at the
+    350 degC wait: "vacuum 44.9 -> 37.9 -> 32.2 mbar over 4 min settles near 9.26 mbar")."""
+    rig, ctl, _ = request.getfixturevalue(rig_kind)
     ctl.start_batch(HD_RECIPE, batch_id="no-inleak")
-    assert rig.run_until(lambda: in_phase(ctl, "cooling"), 12 * 3600, ctl.step)
+    assert rig.run_until(lambda: in_phase(ctl, "cooling") or ctl.batch_finished(), 12 * 3600, ctl.step)
+    assert ctl.sequencer is not None
+    assert in_phase(ctl, "cooling"), ctl.sequencer.abort_reason
 
 
 # ---------------------------------------------------------------- 4. safe sequence per trip cause

@@ -117,6 +117,10 @@ class Controller:
     def readings(self) -> dict[str, float]:
         return {name: (v.value if v.ok else math.nan) for name, v in self.core.latest().items()}
 
+    def stamps(self) -> dict[str, float]:
+        """When each channel's latest reading was taken (s, the core's clock, as ``now_s``)."""
+        return {name: v.t_ns / 1e9 for name, v in self.core.latest().items()}
+
     def emit(self, t_s: float, kind: str, message: str, **data: Any) -> None:
         self.events.append(ProcessEvent(t_s, kind, message, data))
 
@@ -278,6 +282,8 @@ class Controller:
             if tripped:
                 seq.abort(now, f"interlock {tripped[0]} tripped", cause=tripped[0])
         heating = seq is not None and seq.running     # before the step: the scan that finishes still counts
+        if seq is not None:
+            seq.stamps = self.stamps()
         demand = seq.step(now, readings) if seq is not None else Demand()
         self.last_demand = demand
         if heating:

@@ -87,6 +87,9 @@ class Sequencer:
         self.held: str | None = None                # why the operator (or recovery) holds the sequence
         self.abort_reason: str | None = None
         self.flags: dict[str, Any] = {}             # batch-wide facts that outlive a phase (JSON-safe)
+        # channel -> when its latest reading was taken (s, the core's clock; the controller sets it every
+        # scan): a slow gauge's repeat is not a new measurement, and its time is not the scan's
+        self.stamps: Mapping[str, float] = {}
         self._last_scan_s: float | None = None
         self._last_outputs: dict[str, int] = {}
 
