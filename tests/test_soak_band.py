@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,7 +16,7 @@ from edge.control.controller import Controller
 from edge.core import CoreError
 from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import Station, load_station
-from hil.lockstep import LockstepRig
+from hil.lockstep import LockstepRig, Plant
 from hil.plants.hd_reactor import HDParams, HDReactor
 from hil.plants.sintering_furnace import SinteringFurnace
 from tests.test_config import SOURCE, problems, put
@@ -27,7 +27,7 @@ SINTER_STATION = load_station(ROOT / "stations" / "sintering_furnace_sim.toml")
 RULE = "chamber_tc_disagree"
 DRIFT_C_PER_MIN = 2.0
 # process, station, recipe, plant, phase, soak setpoint
-CASES = {
+CASES: dict[str, tuple[Station, str, Callable[[], Plant], str, float]] = {
     "hd": (HD_STATION, "hd_standard.toml", lambda: HDReactor(HDParams(room_m3=8.0)), "degassing", 600.0),
     "sintering": (SINTER_STATION, "sintering_standard.toml", SinteringFurnace, "sinter", 1060.0),
 }
@@ -57,7 +57,7 @@ def test_control_tc_drifting_low_at_the_soak_trips_at_the_soak_band(
     over-temperature at 1180 stopped it). Measured with the soak band: trips at 40 / 50, the charge at
     most 649.7 / 1112.2 degC."""
     name, rig, ctl = process
-    station, _, plant, phase, soak_c = CASES[name]
+    station, _, _, phase, soak_c = CASES[name]
     true = rig.plant.true_values                              # type: ignore[attr-defined]
     band = _soak_band(station)
     assert rig.run_until(lambda: ctl.sequencer is not None and ctl.sequencer.phase == phase
@@ -86,7 +86,8 @@ def test_a_normal_batch_narrows_the_band_at_its_soaks_and_never_trips_it(
     name, rig, ctl = process
     station = CASES[name][0]
     assert rig.run_until(ctl.batch_finished, 40 * 3600, ctl.step)
-    assert ctl.sequencer is not None and ctl.sequencer.phase == "done", ctl.sequencer.abort_reason
+    seq = ctl.sequencer
+    assert seq is not None and seq.phase == "done", seq.abort_reason if seq is not None else None
     bands = [e.data["band"] for e in ctl.events if e.kind == "band"]
     assert _soak_band(station) in bands, "the soak band was never applied"
     assert rig.core.rules()[RULE].threshold == next(r.threshold for r in station.core.rules if r.name == RULE)
