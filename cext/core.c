@@ -95,6 +95,7 @@ typedef struct rule {
     uint64_t fo_seq;     /* seq of this (non-latched) rule's last first-out trip event kept in the reserve */
     int fb_on;           /* DISCREPANCY: the feedback read "on" last tick (hysteresis) */
     int last_level;      /* DISCREPANCY: the written level last tick, -1 before the first */
+    double threshold;    /* the effective threshold: cfg.threshold, or stricter (ec_core_tighten_rule) */
 } rule;
 
 struct ec_core {
@@ -942,6 +943,7 @@ int ec_core_add_rule(ec_core *c, const ec_rule_cfg *cfg, char *err, size_t errle
     memset(r->cfg.name + name_len, 0, EC_NAME_LEN - name_len);
     r->cond_since = NOT_HOLDING;
     r->last_level = -1;
+    r->threshold = cfg->threshold;
     return c->n_rules++;
 }
 
@@ -1169,7 +1171,7 @@ static int pair_condition(ec_core *c, rule *r, int *sensor_bad)
             return 1;
         }
         int held = r->tripped || r->cond_since != NOT_HOLDING;
-        return fabs(r->value) > (held ? cfg->threshold - cfg->hysteresis : cfg->threshold);
+        return fabs(r->value) > (held ? r->threshold - cfg->hysteresis : r->threshold);
     }
     const out *o = &c->outputs[cfg->output];
     int level_changed = o->level != r->last_level;
@@ -1242,9 +1244,9 @@ static int rule_condition(ec_core *c, rule *r, int64_t now, int *sensor_bad)
     double v = val->value;
     switch (cfg->kind) {
     case EC_RULE_HIGH:
-        return held ? v > cfg->threshold - cfg->hysteresis : v > cfg->threshold;
+        return held ? v > r->threshold - cfg->hysteresis : v > r->threshold;
     case EC_RULE_LOW:
-        return held ? v < cfg->threshold + cfg->hysteresis : v < cfg->threshold;
+        return held ? v < r->threshold + cfg->hysteresis : v < r->threshold;
     case EC_RULE_RATE_HIGH:
         r->value = ch->rate;
         if (!ch->rate_valid) {
@@ -1322,7 +1324,7 @@ static void evaluate_rules(ec_core *c, int64_t now)
             r->cond_since = NOT_HOLDING;
             if (r->tripped && !r->cfg.latch) {
                 r->tripped = 0;
-                push_event(c, EC_EV_CLEAR, 0, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+                push_event(c, EC_EV_CLEAR, 0, i, -1, r->cfg.channel, 0, 0, r->value, r->threshold);
             }
         }
     }
@@ -1344,7 +1346,7 @@ static void evaluate_rules(ec_core *c, int64_t now)
         rule *r = &c->rules[newly[k]];
         int flags = (r->sensor_bad ? EC_EVF_SENSOR_BAD : 0) | (newly[k] == fo ? EC_EVF_FIRST_OUT : 0);
         push_event(c, EC_EV_TRIP, flags, newly[k], rule_event_output(r), r->cfg.channel, rule_event_aux(r), 0,
-                   r->value, r->cfg.threshold);
+                   r->value, r->threshold);
     }
     if (!any_tripped(c)) {
         c->first_out = -1;
@@ -1363,17 +1365,17 @@ static int do_reset(ec_core *c, int which, int flags)
             continue;
         }
         if ((flags & EC_EVF_REMOTE) && r->cfg.local_reset_only) {
-            push_event(c, EC_EV_RESET_REFUSED, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+            push_event(c, EC_EV_RESET_REFUSED, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->threshold);
             rc = EC_EREFUSED;
             continue;
         }
         if (r->cond || !r->evaluated) {
-            push_event(c, EC_EV_RESET_REFUSED, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+            push_event(c, EC_EV_RESET_REFUSED, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->threshold);
             rc = EC_ECONDITION;
             continue;
         }
         r->tripped = 0;
-        push_event(c, EC_EV_RESET, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->cfg.threshold);
+        push_event(c, EC_EV_RESET, flags, i, -1, r->cfg.channel, 0, 0, r->value, r->threshold);
     }
     if (flags & EC_EVF_REMOTE) { /* core faults need a local reset (ec_core_reset_remote refused earlier) */
         if (!any_tripped(c)) {
@@ -1963,7 +1965,7 @@ static int gate_request(ec_core *c, int o, char *err, size_t errlen)
     int r = forcing_rule(c, o);
     if (r >= 0) {
         push_event(c, EC_EV_REFUSED, 0, r, o, c->rules[r].cfg.channel, EC_REFUSE_FORCED, -1, c->rules[r].value,
-                   c->rules[r].cfg.threshold);
+                   c->rules[r].threshold);
         ec_set_err(err, errlen, "'%s' is held safe by interlock '%s'%s", c->outputs[o].cfg.name,
                    c->rules[r].cfg.name, c->rules[r].cfg.latch ? " (latched: reset needed)" : "");
         return EC_EREFUSED;
@@ -2141,7 +2143,7 @@ int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
                        "for its first value)", c->rules[held].cfg.name);
         } else if (held >= 0) {
             ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)",
-                       c->rules[held].cfg.name, c->rules[held].value, c->rules[held].cfg.threshold);
+                       c->rules[held].cfg.name, c->rules[held].value, c->rules[held].threshold);
         }
     }
     pthread_mutex_unlock(&c->lock);
@@ -2185,7 +2187,7 @@ int ec_core_reset_remote(ec_core *c, int32_t r, char *err, size_t errlen)
             rc = EC_EREFUSED;
         } else if (held >= 0) {
             ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)",
-                       c->rules[held].cfg.name, c->rules[held].value, c->rules[held].cfg.threshold);
+                       c->rules[held].cfg.name, c->rules[held].value, c->rules[held].threshold);
         }
     }
     pthread_mutex_unlock(&c->lock);
@@ -2226,6 +2228,77 @@ int ec_core_outputs(ec_core *c, uint64_t *levels, uint64_t *requested, uint64_t 
     if (forced) {
         *forced = forced_mask(c);
     }
+    pthread_mutex_unlock(&c->lock);
+    return EC_OK;
+}
+
+/* Tightening is all Python may do to a rule: a stricter threshold for a while (an agreement band at a
+ * settled soak), never a looser one, and no loosening back while the rule is tripped (a trip taken at
+ * the tight band must be reset at it, not wished away by restoring the wide band first). */
+int ec_core_tighten_rule(ec_core *c, int32_t r, double threshold, char *err, size_t errlen)
+{
+    if (c == NULL) {
+        ec_set_err(err, errlen, "core is NULL");
+        return EC_EINVAL;
+    }
+    if (r < 0 || r >= c->n_rules) {
+        ec_set_err(err, errlen, "rule %d not declared", r);
+        return EC_ENOTFOUND;
+    }
+    /* the configuration is fixed once a rule is added: reading it needs no lock */
+    const ec_rule_cfg *cfg = &c->rules[r].cfg;
+    if (cfg->kind != EC_RULE_HIGH && cfg->kind != EC_RULE_LOW && cfg->kind != EC_RULE_AGREE) {
+        ec_set_err(err, errlen, "rule '%s': only high, low and agree rules take a tighter threshold", cfg->name);
+        return EC_EINVAL;
+    }
+    if (!isfinite(threshold)) {
+        ec_set_err(err, errlen, "rule '%s': threshold %g is not a finite number", cfg->name, threshold);
+        return EC_EINVAL;
+    }
+    int looser = cfg->kind == EC_RULE_LOW ? threshold < cfg->threshold : threshold > cfg->threshold;
+    if (looser) {
+        ec_set_err(err, errlen, "rule '%s': %g is looser than its configured threshold %g (only as strict or "
+                   "stricter is accepted)", cfg->name, threshold, cfg->threshold);
+        return EC_ERANGE;
+    }
+    if (cfg->kind == EC_RULE_AGREE && !(threshold > cfg->hysteresis)) {
+        ec_set_err(err, errlen, "rule '%s': band %g is not above the hysteresis %g (it could never clear)",
+                   cfg->name, threshold, cfg->hysteresis);
+        return EC_ERANGE;
+    }
+    if (cfg->kind != EC_RULE_AGREE) {
+        const ec_channel_cfg *ch = &c->channels[cfg->channel].cfg;
+        if (threshold < ch->range_lo || threshold > ch->range_hi) {
+            ec_set_err(err, errlen, "rule '%s': threshold %g outside the channel's range %g .. %g", cfg->name,
+                       threshold, ch->range_lo, ch->range_hi);
+            return EC_ERANGE;
+        }
+    }
+    pthread_mutex_lock(&c->lock);
+    rule *ru = &c->rules[r];
+    int loosens = cfg->kind == EC_RULE_LOW ? threshold < ru->threshold : threshold > ru->threshold;
+    if (loosens && ru->tripped) {
+        double now_thr = ru->threshold;
+        pthread_mutex_unlock(&c->lock);
+        ec_set_err(err, errlen, "rule '%s' is tripped at threshold %g: it keeps it until reset", cfg->name,
+                   now_thr);
+        return EC_ESTATE;
+    }
+    ru->threshold = threshold;
+    pthread_mutex_unlock(&c->lock);
+    return EC_OK;
+}
+
+int ec_core_rule_threshold(ec_core *c, int32_t r, double *effective)
+{
+    if (c == NULL || effective == NULL) {
+        return EC_EINVAL;
+    }
+    if (r < 0 || r >= c->n_rules) {
+        return EC_ENOTFOUND;
+    }
+    pthread_mutex_lock(&c->lock);
+    *effective = c->rules[r].threshold;
     pthread_mutex_unlock(&c->lock);
     return EC_OK;
 }

@@ -335,6 +335,18 @@ int ec_core_reset(ec_core *core, int32_t rule, char *err, size_t errlen);
  * rule (-1 resets the others and returns EC_EREFUSED naming it) nor a core fault (those need a local reset) */
 int ec_core_reset_remote(ec_core *core, int32_t rule, char *err, size_t errlen);
 
+/* A rule's EFFECTIVE threshold at run time, e.g. an agreement band narrowed while the process holds a
+ * settled soak. Accepted only if at least as strict as the configured one: HIGH and AGREE <= configured,
+ * LOW >= configured; other kinds, NaN/inf, an agree band not above its hysteresis and a HIGH/LOW value
+ * outside the channel's range are refused (EC_EINVAL / EC_ERANGE) and change nothing. `threshold` = the
+ * configured value restores it. A move towards the configured value while the rule is tripped is refused
+ * (EC_ESTATE): a trip taken at the tight threshold is judged, and reset, at it. Takes effect at the next
+ * evaluation; the condition's hysteresis and debounce apply as before. Events carry the effective
+ * threshold. Not kept across a restart (a new core starts at the configured one) and not in the latch
+ * file's rule-set hash (that is the configuration's). */
+int ec_core_tighten_rule(ec_core *core, int32_t rule, double threshold, char *err, size_t errlen);
+/* the rule's effective threshold (the configured one unless tightened) */
+int ec_core_rule_threshold(ec_core *core, int32_t rule, double *effective);
 int ec_core_latest(ec_core *core, ec_value *out, int32_t n);         /* returns channels copied */
 int ec_core_outputs(ec_core *core, uint64_t *levels, uint64_t *requested, uint64_t *forced);
 /* tripped: bit i = rule i tripped; resettable: latched, evaluated on fresh data and clear; first_out:

@@ -127,6 +127,7 @@ class RuleState:
     tripped: bool
     resettable: bool      # latched, evaluated this run on fresh data, and its condition has cleared
     first_out: bool
+    threshold: float = math.nan   # effective: the configured one unless tighten_rule made it stricter
 
 
 @dataclass(frozen=True)
@@ -427,8 +428,23 @@ class Core:
         p = self._ffi.new("uint64_t[2]")
         first = self._ffi.new("int32_t *")
         self._plain(self._lib.ec_core_rules, p, p + 1, first)
-        return {n: RuleState(bool((p[0] >> i) & 1), bool((p[1] >> i) & 1), first[0] == i)
+        return {n: RuleState(bool((p[0] >> i) & 1), bool((p[1] >> i) & 1), first[0] == i, self.threshold(n))
                 for i, n in enumerate(self.rule_names)}
+
+    def threshold(self, rule: str) -> float:
+        """The rule's effective threshold (the configured one unless tightened)."""
+        out = self._ffi.new("double *")
+        self._plain(self._lib.ec_core_rule_threshold, self._rule_index[rule], out)
+        return float(out[0])
+
+    def tighten_rule(self, rule: str, threshold: float) -> None:
+        """Make a high, low or agree rule stricter for a while (``threshold`` = the configured value
+        restores it). The core refuses anything looser than the station configured, and any move back
+        towards it while the rule is tripped (CoreError with the reason): Python can only add caution."""
+        index = self._rule_index.get(rule)
+        if index is None:
+            raise KeyError(f"unknown rule {rule!r} (known: {', '.join(self.rule_names)})")
+        self._call(f"rule {rule!r}", self._lib.ec_core_tighten_rule, index, float(threshold))
 
     def first_out(self) -> str | None:
         return next((n for n, r in self.rules().items() if r.first_out), None)

@@ -98,7 +98,7 @@ def test_the_stock_hd_station_has_every_layer() -> None:
     assert layers["output_feedback"].severity == "ok"
     assert layers["output_feedback"].detail == ("heater <- heater_current (heater_feedback), "
                                                 "safety_contactor <- contactor_closed (contactor_feedback)")
-    assert "chamber_temp ~ chamber_temp_safety within 150" in layers["sensor_agreement"].detail
+    assert "chamber_temp ~ chamber_temp_safety within 150, 40 at a settled soak" in layers["sensor_agreement"].detail
     assert layers["limiter"].detail \
         == "excess_temp: own TC at wall, 960 degC, opens safety_contactor, watched by interlocks.limiter_tripped"
     assert "proof test at start-up on watchdog_relay_ok" in layers["watchdog"].detail

@@ -4,7 +4,8 @@ and asks the core for outputs. The core's gate has the last word on every output
 A scan (``step``), in order:
   1. heartbeat the core's dead-man; read every channel (NaN where the status is not OK);
   2. drain the core's events: a trip aborts the batch to the safe sequence;
-  3. step the sequencer: it returns a ``Demand`` (temperature setpoint, gas-valve levels);
+  3. step the sequencer: it returns a ``Demand`` (temperature setpoint, gas-valve levels); the agree
+     rules' bands follow it (``edge.control.bands``: the station's ``soak_band`` at a settled soak);
   4. the PID loops turn the setpoint into heater duty; no setpoint means no heat;
   5. request every demanded output level (each scan: this refreshes the keep-alives); a
      refusal is an event with the gate's reason, reported once per change;
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.control.alarms import AlarmEngine
+from edge.control.bands import SoakBands
 from edge.control.hd import HDSequencer
 from edge.control.heater_model import HeaterModel
 from edge.control.pid import Pid
@@ -57,7 +59,7 @@ REFUSED_ABORT_S = 600.0  # a demanded output refused this long aborts the batch:
 @dataclass(frozen=True)
 class ProcessEvent:
     t_s: float            # plant/core clock
-    kind: str             # batch | phase | trip | core | refused | alarm | operator | recovery
+    kind: str             # batch | phase | trip | core | refused | alarm | operator | recovery | band
     message: str
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -89,6 +91,7 @@ class Controller:
         self.loops = {spec.name: (spec, Pid.for_loop(spec)) for spec in station.loops}
         self._duty_outputs = {spec.output for spec in station.loops}
         self.alarms = AlarmEngine(station.alarms)
+        self.bands = SoakBands(core, station.core.rules)   # agree rules narrowed at a settled soak
         self.events: list[ProcessEvent] = []
         self.last_demand = Demand()
         self.last_duties: dict[str, float] = {}   # duty output -> duty applied by the last scan (batch record)
@@ -286,6 +289,7 @@ class Controller:
             seq.stamps = self.stamps()
         demand = seq.step(now, readings) if seq is not None else Demand()
         self.last_demand = demand
+        self._bands(now, demand, readings)
         if heating:
             self.heater_model.update(now, self.last_duties)   # the duties of the last scan held until now
         duties = self._loops(now, readings, demand)
@@ -303,6 +307,16 @@ class Controller:
                     self.emit(change.t_s, "batch", f"batch {self.batch.get('id')} {change.phase}: {change.reason}")
             self._changes_seen = len(seq.changes)
         self.save()
+
+    def _bands(self, now: float, demand: Demand, readings: Mapping[str, float]) -> None:
+        """The agreement bands for this scan: narrowed at a settled soak of a running batch, else the
+        station's (the core refuses anything looser, and keeps a tripped rule's band until reset)."""
+        seq = self.sequencer
+        active = seq is not None and seq.running and seq.phase != "aborting"
+        pv = readings.get(self.recipe.control_channel, math.nan) if self.recipe is not None else math.nan
+        for change in self.bands.update(now, demand, pv, active):
+            self.emit(now, "band", f"{change.rule}: band {change.band:g} ({change.reason})", rule=change.rule,
+                      band=change.band)
 
     # ---- alarms that act ----
 

@@ -73,6 +73,7 @@ class RuleSpec:
     output: str | None = None          # discrepancy: the output whose written level is compared
     channel2: str | None = None        # agree: the second channel
     local_reset_only: bool = False     # never reset from afar (MQTT), only at the station
+    soak_band: float | None = None     # agree: the narrower band the controller applies at a settled soak
 
 
 @dataclass(frozen=True)

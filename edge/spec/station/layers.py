@@ -71,7 +71,8 @@ def _agreement(station: Station) -> Layer:
     if not rules:
         return Layer("sensor_agreement", "sensor agreement", False,
                      "no agree rule: a drifting control thermocouple is not seen until the safety trip", "warn")
-    pairs = [f"{r.channel} ~ {getattr(r, 'channel2', None) or '?'} within {_fmt(r.threshold)} ({r.name})"
+    pairs = [f"{r.channel} ~ {getattr(r, 'channel2', None) or '?'} within {_fmt(r.threshold)}"
+             + (f", {_fmt(r.soak_band)} at a settled soak" if r.soak_band is not None else "") + f" ({r.name})"
              for r in rules]
     return Layer("sensor_agreement", "sensor agreement", True, ", ".join(pairs), items=tuple(r.name for r in rules))
 

@@ -46,7 +46,7 @@ from edge.spec.station.values import (
 # ============================================================================ [interlocks.*]
 
 _RULE_KEYS = ("kind", "channel", "threshold", "hysteresis", "debounce_ms", "latch", "action", "output", "channel2",
-              "local_reset_only")
+              "local_reset_only", "soak_band")
 _RULE_HELP: dict[str, str] = {
     "high": "the trip value in the channel's unit (trips above it)",
     "low": "the trip value in the channel's unit (trips below it)",
@@ -118,6 +118,7 @@ def _read_interlock(
     hysteresis = t.get("hysteresis", _number_in(0.0), 0.0) \
         if kind in ("high", "low", "rate_high", "rate_low", "agree", "discrepancy") else 0.0
     debounce_ms = t.get("debounce_ms", _number_in(0.0, MS_MAX), 0.0) if kind != "deadman" else 0.0
+    soak_band = t.get("soak_band", _number) if kind == "agree" else None
     latch = t.get("latch", _boolean, True)
     local_reset_only = t.get("local_reset_only", _boolean, False)
     action_value = t.need("action", _action, "the outputs this rule forces to their safe level, e.g. "
@@ -132,10 +133,12 @@ def _read_interlock(
         _check_feedback_output(t, output_name, outputs, settings)
     if channel2_name is not None and channel is not None and threshold is not None:
         _check_agree(t, channel, _lookup(t, "channel2", channel2_name, channels, "channel"), threshold, hysteresis)
+    if soak_band is not None and threshold is not None:
+        _check_soak_band(t, soak_band, threshold, hysteresis)
     if not t.ok or threshold is None or action is None or (kind != "deadman" and channel is None):
         return None
     return RuleSpec(name, kind, channel_name, threshold, action, hysteresis, debounce_ms, latch, output_name,
-                    channel2_name, local_reset_only)
+                    channel2_name, local_reset_only, soak_band)
 
 
 def _discrepancy_threshold(t: _Table, channel: ChannelSpec | None) -> float | None:
@@ -175,6 +178,17 @@ def _check_agree(t: _Table, channel: ChannelSpec, other: ChannelSpec | None, ban
         t.report("threshold", f"{_fmt(band)}: the band must be above 0")
     elif hysteresis >= band:
         t.report("hysteresis", f"{_fmt(hysteresis)} is not below the band {_fmt(band)}: the rule could never clear")
+
+
+def _check_soak_band(t: _Table, soak_band: float, band: float, hysteresis: float) -> None:
+    """The soak band narrows the rule at a settled soak: below its band, above its hysteresis (the core
+    refuses anything looser, and a band at or below the hysteresis could never clear)."""
+    if not soak_band < band:
+        t.report("soak_band", f"{_fmt(soak_band)} is not below the band (threshold) {_fmt(band)}: the soak band "
+                              "may only narrow the rule")
+    elif not soak_band > hysteresis:
+        t.report("soak_band", f"{_fmt(soak_band)} is not above the hysteresis {_fmt(hysteresis)}: the rule "
+                              "could never clear at the soak")
 
 
 def _check_rule_channel(t: _Table, kind: RuleKind, channel: ChannelSpec, threshold: float, hysteresis: float) -> None:
