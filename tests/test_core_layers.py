@@ -149,7 +149,7 @@ def test_contactor_feedback_trips_and_opens_what_it_supplies(tmp_path: pathlib.P
     rig.di("contactor_closed", False)        # K1 drops out while commanded closed
     rig.ms(debounce - 1)
     assert not rig.core.rules()["contactor_feedback"].tripped
-    rig.ms(3)
+    rig.ms(3 + 2)                            # + 2 ticks: the station's majority vote of 5 on the aux contact
     assert rig.core.rules()["contactor_feedback"].tripped
     assert rig.core.outputs()["safety_contactor"].level == 0
     events = [e for e in rig.core.drain_events() if e.rule == "contactor_feedback" and e.kind.name == "TRIP"]

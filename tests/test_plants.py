@@ -171,6 +171,7 @@ def test_plant_process_heater_energy_matches_the_cores_on_time(hd_rig: VirtualRi
     heater_line = next(o.line for o in load_station(HD_STATION).core.outputs if o.name == "heater")
     with rig_core(hd_rig) as core:
         hd_rig.wait_for(lambda: hd_rig.snapshot()["relay"], 10.0, "the watchdog relay energising")
+        hd_rig.wait_for(lambda: not core.stats().proof_pending, 10.0, "the core's watchdog proof test passing")
         core.request_output("vent_valve", 0)
         on0 = hd_rig.regs.do_on_ns(heater_line)
         j0 = hd_rig.snapshot()["metrics"]["heater_j"]
