@@ -76,6 +76,7 @@ MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs beside
     "held": (),                         # the recipe held at the end (the controller's last status)
     "abort_reason": (),                 # the sequence's reason for aborting, in words ("none" if it did not)
     "core_fault": (),                   # the core's first CORE FAULT, in words ("none" if there was none)
+    "step_plant_s": ("step", "to"),     # plant seconds from one step (fault, operator, mark) to another that follows it
 }
 LIMIT_KEYS = ("min", "max", "equals", "one_of", "includes", "contains")   # contains: a substring of a text
 OPTIONAL_MEASURE_KEYS = ("name", "description", "after", "before", "until_phase", "level")
@@ -523,9 +524,10 @@ def _as_is(value: object) -> object:
 def _check_args(t: Table, args: Mapping[str, Any], ctx: _Context, step_ids: set[str]) -> None:
     checks = {"rule": ("interlock", ctx.rules()), "output": ("output", ctx.outputs()),
               "channel": ("channel", ctx.channels()), "step": ("step", sorted(step_ids)),
+              "to": ("step or mark", sorted(step_ids)),
               "meter": ("metered quantity", ["energy", "h2", "ar"]), "quantity": ("true quantity", ctx.quantities())}
     for key, value in args.items():
-        if key in checks and (ctx.station or key in ("step", "meter") or (key == "quantity" and ctx.kind)):
+        if key in checks and (ctx.station or key in ("step", "to", "meter") or (key == "quantity" and ctx.kind)):
             what, known = checks[key]
             if value not in known:
                 t.report(key, unknown(what, str(value), known))
