@@ -273,6 +273,9 @@ class _Context:
     def channels(self) -> list[str]:
         return [c.name for c in self.station.core.channels] if self.station else []
 
+    def digital_channels(self) -> list[str]:
+        return [c.name for c in self.station.core.channels if c.kind == "digital"] if self.station else []
+
     def outputs(self) -> list[str]:
         return [o.name for o in self.station.core.outputs] if self.station else []
 
@@ -330,6 +333,9 @@ def _condition(c: Table, ctx: _Context, step_ids: Sequence[str]) -> Condition:
     channel = c.get("channel", string)
     if channel is not None and ctx.station and channel not in ctx.channels():
         c.report("channel", unknown("channel", channel, ctx.channels()))
+    elif channel is not None and channel in ctx.digital_channels():   # the runner sees the analog values only
+        c.report("channel", f"{channel!r} is a digital input: a condition watches an analog channel or a true "
+                            f"quantity (to follow what a contact reports, use the trip of its rule: trip = \"...\")")
     quantity = c.get("quantity", string)
     if quantity is not None and ctx.kind and quantity not in ctx.quantities():
         c.report("quantity", unknown(f"true quantity of {ctx.kind}", quantity, ctx.quantities()))

@@ -170,3 +170,9 @@ def test_step_plant_s_names_both_steps() -> None:
     assert "expect[1].to: unknown step or mark 'nowhere'" in message, message
     message = errors('\n[[expect]]\nmeasure = "step_plant_s"\nstep = "lel_warning"\nmax = 1\n')
     assert "expect[1].to: missing: step_plant_s needs to" in message, message
+
+
+def test_a_condition_on_a_digital_input_is_refused_at_parse_time() -> None:
+    """The runner sees the plant's analog values only: a mark on K1's aux contact never fired (it parsed)."""
+    message = errors('\n[[marks]]\nid = "k1_open"\nat = { channel = "contactor_closed", below = 0.5 }\n')
+    assert "marks[2].at.channel: 'contactor_closed' is a digital input" in message, message
