@@ -447,7 +447,7 @@ def _read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
 def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple[Any, str, str]:
     """(value, unit, note) of one expectation's measurement; value None when it could not be measured."""
     a = exp.args
-    for key in ("after", "step"):
+    for key in ("after", "step", "to"):
         if key in a and a[key] not in run.fired:
             return None, "", f"step {a[key]!r} never fired: nothing to measure after it"
     after = run.fired.get(a["after"]) if "after" in a else None
@@ -480,6 +480,11 @@ def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple
         if step is None or trip is None:
             return None, "s", "no such trip after the step"
         return round(float(trip["t_s"]) - step.t_s, 3), "s", "plant time from the fault to the trip"
+    if m == "step_plant_s":
+        start, end = run.fired[a["step"]], run.fired[a["to"]]
+        if end.wall_ns < start.wall_ns:
+            return None, "s", f"{a['to']!r} fired before {a['step']!r}"
+        return round(end.t_s - start.t_s, 3), "s", f"plant time from {a['step']} to {a['to']}"
     if m in ("relay_latency_ms", "relay_dropped", "written_safe_at_relay_drop"):
         step = run.fired.get(a.get("step", a.get("after", "")))
         drops = [e for e in plant_events if e["kind"] == "relay" and "dropped" in e["message"]

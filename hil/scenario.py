@@ -76,6 +76,7 @@ MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs beside
     "held": (),                         # the recipe held at the end (the controller's last status)
     "abort_reason": (),                 # the sequence's reason for aborting, in words ("none" if it did not)
     "core_fault": (),                   # the core's first CORE FAULT, in words ("none" if there was none)
+    "step_plant_s": ("step", "to"),     # plant seconds from one step (fault, operator, mark) to another that follows it
 }
 LIMIT_KEYS = ("min", "max", "equals", "one_of", "includes", "contains")   # contains: a substring of a text
 OPTIONAL_MEASURE_KEYS = ("name", "description", "after", "before", "until_phase", "level")
@@ -272,6 +273,9 @@ class _Context:
     def channels(self) -> list[str]:
         return [c.name for c in self.station.core.channels] if self.station else []
 
+    def digital_channels(self) -> list[str]:
+        return [c.name for c in self.station.core.channels if c.kind == "digital"] if self.station else []
+
     def outputs(self) -> list[str]:
         return [o.name for o in self.station.core.outputs] if self.station else []
 
@@ -329,6 +333,9 @@ def _condition(c: Table, ctx: _Context, step_ids: Sequence[str]) -> Condition:
     channel = c.get("channel", string)
     if channel is not None and ctx.station and channel not in ctx.channels():
         c.report("channel", unknown("channel", channel, ctx.channels()))
+    elif channel is not None and channel in ctx.digital_channels():   # the runner sees the analog values only
+        c.report("channel", f"{channel!r} is a digital input: a condition watches an analog channel or a true "
+                            f"quantity (to follow what a contact reports, use the trip of its rule: trip = \"...\")")
     quantity = c.get("quantity", string)
     if quantity is not None and ctx.kind and quantity not in ctx.quantities():
         c.report("quantity", unknown(f"true quantity of {ctx.kind}", quantity, ctx.quantities()))
@@ -523,9 +530,10 @@ def _as_is(value: object) -> object:
 def _check_args(t: Table, args: Mapping[str, Any], ctx: _Context, step_ids: set[str]) -> None:
     checks = {"rule": ("interlock", ctx.rules()), "output": ("output", ctx.outputs()),
               "channel": ("channel", ctx.channels()), "step": ("step", sorted(step_ids)),
+              "to": ("step or mark", sorted(step_ids)),
               "meter": ("metered quantity", ["energy", "h2", "ar"]), "quantity": ("true quantity", ctx.quantities())}
     for key, value in args.items():
-        if key in checks and (ctx.station or key in ("step", "meter") or (key == "quantity" and ctx.kind)):
+        if key in checks and (ctx.station or key in ("step", "to", "meter") or (key == "quantity" and ctx.kind)):
             what, known = checks[key]
             if value not in known:
                 t.report(key, unknown(what, str(value), known))

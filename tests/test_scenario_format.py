@@ -148,3 +148,31 @@ def test_a_mark_at_a_trip_fires_once_the_controller_reported_that_rule() -> None
 def test_a_trip_condition_names_an_interlock_of_the_station() -> None:
     message = errors('\n[[marks]]\nid = "tripped"\nat = { trip = "chamber_overtmp" }\n')
     assert "marks[2].at.trip: unknown interlock 'chamber_overtmp'" in message, message
+
+
+def test_step_plant_s_is_the_plant_time_between_two_steps_in_order() -> None:
+    sc = parse('\n[[expect]]\nmeasure = "step_plant_s"\nstep = "lel_warning"\nto = "reset_limiter"\nmax = 600\n')
+    exp = sc.expectations[1]    # type: ignore[attr-defined]
+    assert exp.args == {"step": "lel_warning", "to": "reset_limiter"}
+    run = Run(sc, None)   # type: ignore[arg-type]
+    steps = {s.id: s for s in sc.steps}   # type: ignore[attr-defined]
+    assert measure(run, [], exp)[0] is None, "neither fired: nothing to measure"
+    run.fired = {"lel_warning": Fired(steps["lel_warning"], 100.0, 10)}
+    assert measure(run, [], exp)[0] is None, "the end never came: not measured (so the limit fails)"
+    run.fired["reset_limiter"] = Fired(steps["reset_limiter"], 350.5, 20)
+    assert measure(run, [], exp)[:2] == (250.5, "s")
+    run.fired["reset_limiter"] = Fired(steps["reset_limiter"], 50.0, 5)
+    assert measure(run, [], exp)[0] is None, "an end before the start is no interval"
+
+
+def test_step_plant_s_names_both_steps() -> None:
+    message = errors('\n[[expect]]\nmeasure = "step_plant_s"\nstep = "lel_warning"\nto = "nowhere"\nmax = 1\n')
+    assert "expect[1].to: unknown step or mark 'nowhere'" in message, message
+    message = errors('\n[[expect]]\nmeasure = "step_plant_s"\nstep = "lel_warning"\nmax = 1\n')
+    assert "expect[1].to: missing: step_plant_s needs to" in message, message
+
+
+def test_a_condition_on_a_digital_input_is_refused_at_parse_time() -> None:
+    """The runner sees the plant's analog values only: a mark on K1's aux contact never fired (it parsed)."""
+    message = errors('\n[[marks]]\nid = "k1_open"\nat = { channel = "contactor_closed", below = 0.5 }\n')
+    assert "marks[2].at.channel: 'contactor_closed' is a digital input" in message, message
