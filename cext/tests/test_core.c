@@ -10,44 +10,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "ctest.h"
-#include "edge_core.h"
-#include "sim_regs.h"
-
-static char path[64];
-static sim_regs *regs;
-static char err[256];
+#define SIM_FIXTURE_NAME "test"
+#include "sim_fixture.h"
 
 enum { AI_TEMP = 0, AI_PRESS = 1, AI_TC = 2, AI_CJ = 3, DI_LID = 0, DI_RESET = 1 };
 enum { OUT_HEATER = 0, OUT_H2 = 1, OUT_VENT = 2, OUT_WD = 3 };
 
-static void open_regs(void)
-{
-    snprintf(path, sizeof path, "/tmp/ec-test-%d.regs", (int)getpid());
-    CHECK(ec_sim_create(path, err, sizeof err) == EC_OK);
-    int fd = open(path, O_RDWR);
-    regs = mmap(NULL, sizeof(sim_regs), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    regs->clock_mode = SIM_CLOCK_PLANT;
-    regs->plant_ns = 1000000000LL;
-}
-
-static void close_regs(void)
-{
-    munmap(regs, sizeof(sim_regs));
-    unlink(path);
-}
-
-/* advance plant time by ms, one tick per ms */
-static void run_ms(ec_core *c, int ms)
-{
-    for (int i = 0; i < ms; i++) {
-        regs->plant_ns += 1000000LL;
-        CHECK(ec_core_run_ticks(c, 1) == EC_OK);
-    }
-}
-
-static char params[128];
 
 /* a small HD-like station: temperature (analog), pressure, lid switch, reset button */
 static ec_core *make_core(int with_deadman, double keepalive_ms)
@@ -58,8 +26,7 @@ static ec_core *make_core(int with_deadman, double keepalive_ms)
     cc.watchdog_output = OUT_WD;
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
 
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
@@ -258,8 +225,7 @@ TEST(non_latched_rule_clears_with_hysteresis)
     ec_core_cfg_default(&cc);
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
     strcpy(ch.name, "flow");
@@ -543,8 +509,7 @@ TEST(injected_samples_feed_the_filter_once_and_future_times_are_refused)
     ec_core_cfg_default(&cc);
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
     strcpy(ch.name, "node_temp");
@@ -682,8 +647,7 @@ TEST(median_and_ema_filter)
     ec_core_cfg_default(&cc);
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
     strcpy(ch.name, "p_median");
@@ -718,8 +682,7 @@ TEST(rate_rule_per_minute)
     ec_core_cfg_default(&cc);
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
     strcpy(ch.name, "temp");
@@ -768,8 +731,7 @@ TEST(injected_channel_goes_stale)
     ec_core_cfg_default(&cc);
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
     strcpy(ch.name, "node_temp");
@@ -835,8 +797,7 @@ TEST(bad_arguments_return_codes)
     CHECK(strstr(err, "/nonexistent/x") != NULL);
     CHECK(ec_core_add_driver(c, "sim", "", err, sizeof err) == EC_EINVAL);
     CHECK(ec_core_add_driver(c, NULL, NULL, err, sizeof err) == EC_EINVAL);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
     CHECK(ec_core_add_channel(c, &ch, err, sizeof err) == EC_EINVAL); /* empty name */
@@ -957,8 +918,7 @@ TEST(digital_median_is_a_majority_vote_and_rate_needs_a_window)
     ec_core_cfg_default(&cc);
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
     strcpy(ch.name, "flow_ok");

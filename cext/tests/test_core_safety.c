@@ -10,51 +10,32 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "ctest.h"
-#include "edge_core.h"
-#include "sim_regs.h"
+#define SIM_FIXTURE_NAME "safety"
+#include "sim_fixture.h"
 
 #ifndef EC_EVF_LATCH_BAD
 #define EC_EVF_LATCH_BAD 32
 #endif
 
-static char path[64];
 static char latch[80];
-static sim_regs *regs;
-static char err[256];
-static char params[128];
 
 enum { AI_TEMP = 0, AI_PRESS = 1 };
 enum { OUT_HEATER = 0, OUT_H2 = 1, OUT_VENT = 2 };
 
-static void open_regs(void)
+/* the shared register file, plus this program's latch file (removed first) and a plant at rest */
+static void open_safety_regs(void)
 {
-    snprintf(path, sizeof path, "/tmp/ec-safety-%d.regs", (int)getpid());
     snprintf(latch, sizeof latch, "/tmp/ec-safety-%d.latch", (int)getpid());
     unlink(latch);
-    CHECK(ec_sim_create(path, err, sizeof err) == EC_OK);
-    int fd = open(path, O_RDWR);
-    regs = mmap(NULL, sizeof(sim_regs), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    regs->clock_mode = SIM_CLOCK_PLANT;
-    regs->plant_ns = 1000000000LL;
+    open_regs();
     regs->ai[AI_TEMP] = 20;
     regs->ai[AI_PRESS] = 1.0;
 }
 
-static void close_regs(void)
+static void close_safety_regs(void)
 {
-    munmap(regs, sizeof(sim_regs));
-    unlink(path);
+    close_regs();
     unlink(latch);
-}
-
-static void run_ms(ec_core *c, int ms)
-{
-    for (int i = 0; i < ms; i++) {
-        regs->plant_ns += 1000000LL;
-        CHECK(ec_core_run_ticks(c, 1) == EC_OK);
-    }
 }
 
 /* chamber_temp (0), chamber_pressure (1), node_temp injected (2); heater, h2, vent (safe 1);
@@ -68,8 +49,7 @@ static ec_core *make_core(uint32_t event_ring, int pressure_latch, double overte
     }
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
     strcpy(ch.name, "chamber_temp");
@@ -149,7 +129,7 @@ static int count_events(ec_core *c, int kind, int rule, int flags, int *first_ou
 /* defect 1: a trip restored from the latch file cannot be reset before it was evaluated on fresh data */
 TEST(restored_trip_needs_an_evaluation_before_a_reset)
 {
-    open_regs();
+    open_safety_regs();
     ec_core *c = make_core(0, 1, 650);
     CHECK(ec_core_set_latch_file(c, latch, err, sizeof err) == 0);
     regs->ai[AI_TEMP] = 900;
@@ -182,13 +162,13 @@ TEST(restored_trip_needs_an_evaluation_before_a_reset)
     CHECK(resettable == 5);
     CHECK(ec_core_reset(c, -1, err, sizeof err) == EC_OK);
     ec_core_free(c);
-    close_regs();
+    close_safety_regs();
 }
 
 /* defect 2: a stamp inside the future tolerance is clamped to the core clock */
 TEST(future_stamp_neither_blocks_honest_readings_nor_keeps_a_channel_fresh)
 {
-    open_regs();
+    open_safety_regs();
     ec_core *c = make_core(0, 1, 650);
     run_ms(c, 1);
     CHECK(ec_core_inject(c, 2, 25, EC_ST_OK, ec_core_now_ns(c) + 900000000LL, err, sizeof err) == EC_OK);
@@ -211,19 +191,18 @@ TEST(future_stamp_neither_blocks_honest_readings_nor_keeps_a_channel_fresh)
     ec_core_latest(c, v, 3);
     CHECK(v[2].status & EC_ST_STALE);
     ec_core_free(c);
-    close_regs();
+    close_safety_regs();
 }
 
 /* defect 3: a 1 ms sensor fault every 2 s must not blind a rate rule (HD absorption_runaway settings) */
 TEST(periodic_one_tick_fault_does_not_blind_a_rate_rule)
 {
-    open_regs();
+    open_safety_regs();
     ec_core_cfg cc;
     ec_core_cfg_default(&cc);
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     ec_channel_cfg_default(&ch);
     strcpy(ch.name, "chamber_temp_safety");
@@ -258,13 +237,13 @@ TEST(periodic_one_tick_fault_does_not_blind_a_rate_rule)
     }
     CHECK(tripped == 1);
     ec_core_free(c);
-    close_regs();
+    close_safety_regs();
 }
 
 /* defect 4: an injected value stamped like the last one takes effect (the plant clock stands still) */
 TEST(same_stamp_injection_takes_effect)
 {
-    open_regs();
+    open_safety_regs();
     ec_core *c = make_core(0, 1, 650);
     run_ms(c, 1);
     int64_t t = ec_core_now_ns(c);
@@ -281,7 +260,7 @@ TEST(same_stamp_injection_takes_effect)
     ec_core_rules(c, &tripped, NULL, NULL);
     CHECK(tripped == 4);
     ec_core_free(c);
-    close_regs();
+    close_safety_regs();
 }
 
 static void corrupt_latch(off_t at)
@@ -309,7 +288,7 @@ static void latch_one_trip(void)
 /* defect 5: a damaged latch file fails safe, the hash covers thresholds, an early set keeps the file */
 TEST(latch_file_fails_safe_and_is_checked)
 {
-    open_regs();
+    open_safety_regs();
     uint64_t tripped = 0;
     /* one flipped bit in the magic: every latchable rule comes back tripped, with the reason */
     latch_one_trip();
@@ -356,13 +335,13 @@ TEST(latch_file_fails_safe_and_is_checked)
     c = make_core(0, 1, 650);
     CHECK(ec_core_set_latch_file(c, latch, err, sizeof err) == 1);
     ec_core_free(c);
-    close_regs();
+    close_safety_regs();
 }
 
 /* defect 6: stop() on a core stepped only by run_ticks leaves nothing energised, for good */
 TEST(stop_of_a_stepped_core_is_safe_and_terminal)
 {
-    open_regs();
+    open_safety_regs();
     ec_core *c = make_core(0, 1, 650);
     run_ms(c, 2);
     CHECK(ec_core_request_output(c, OUT_HEATER, 1, err, sizeof err) == EC_OK);
@@ -375,13 +354,13 @@ TEST(stop_of_a_stepped_core_is_safe_and_terminal)
     CHECK(ec_core_request_output(c, OUT_HEATER, 1, err, sizeof err) == EC_ESTATE);
     CHECK(ec_core_start(c, err, sizeof err) == EC_ESTATE);
     ec_core_free(c);
-    close_regs();
+    close_safety_regs();
 }
 
 /* defect 7: a chattering non-latched rule with an undrained ring cannot crowd out what matters */
 TEST(chattering_rule_cannot_crowd_out_a_latched_trip_or_a_core_fault)
 {
-    open_regs();
+    open_safety_regs();
     ec_core *c = make_core(64, 0, 650);
     for (int i = 0; i < 2000; i++) { /* trip/clear pairs, the controller hung: nobody drains */
         regs->ai[AI_PRESS] = i % 2 ? 1.0 : 3.0;
@@ -407,13 +386,13 @@ TEST(chattering_rule_cannot_crowd_out_a_latched_trip_or_a_core_fault)
     CHECK(ec_core_run_ticks(c, 1) == EC_OK);
     CHECK(count_events(c, EC_EV_CORE_FAULT, -2, 0, NULL) == 1);
     ec_core_free(c);
-    close_regs();
+    close_safety_regs();
 }
 
 /* defects 8 and 9: a core fault is the cascade's only first-out; clock-backwards is resettable */
 TEST(core_fault_is_the_only_first_out_and_clock_backwards_resets)
 {
-    open_regs();
+    open_safety_regs();
     ec_core *c = make_core(0, 1, 650);
     run_ms(c, 5);
     count_events(c, 0, -2, 0, NULL);
@@ -433,14 +412,14 @@ TEST(core_fault_is_the_only_first_out_and_clock_backwards_resets)
     run_ms(c, 1);
     CHECK(ec_core_request_output(c, OUT_HEATER, 1, err, sizeof err) == EC_OK);
     ec_core_free(c);
-    close_regs();
+    close_safety_regs();
 }
 
 /* defect 10 (kept, documented): hysteresis applies from the start of the debounce, so a noisy
  * value hovering at the threshold still trips once the debounce has run */
 TEST(noisy_value_hovering_at_the_threshold_trips)
 {
-    open_regs();
+    open_safety_regs();
     ec_core *c = make_core(0, 1, 650);
     run_ms(c, 2);
     for (int ms = 0; ms < 30; ms++) {
@@ -451,7 +430,7 @@ TEST(noisy_value_hovering_at_the_threshold_trips)
     ec_core_rules(c, &tripped, NULL, NULL);
     CHECK(tripped == 1);
     ec_core_free(c);
-    close_regs();
+    close_safety_regs();
 }
 
 int main(void)

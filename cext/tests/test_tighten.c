@@ -9,42 +9,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "ctest.h"
-#include "edge_core.h"
-#include "sim_regs.h"
-
-static char path[64];
-static sim_regs *regs;
-static char err[256];
-static char params[128];
+#define SIM_FIXTURE_NAME "tighten"
+#include "sim_fixture.h"
 
 enum { CH_TEMP = 0, CH_SAFETY = 1, CH_SWITCH = 2 };
 enum { R_AGREE = 0, R_HIGH = 1, R_LOW = 2, R_RATE = 3, R_DIGITAL = 4 };
-
-static void open_regs(void)
-{
-    snprintf(path, sizeof path, "/tmp/ec-tighten-%d.regs", (int)getpid());
-    CHECK(ec_sim_create(path, err, sizeof err) == EC_OK);
-    int fd = open(path, O_RDWR);
-    regs = mmap(NULL, sizeof(sim_regs), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    regs->clock_mode = SIM_CLOCK_PLANT;
-    regs->plant_ns = 1000000000LL;
-}
-
-static void close_regs(void)
-{
-    munmap(regs, sizeof(sim_regs));
-    unlink(path);
-}
-
-static void run_ms(ec_core *c, int ms)
-{
-    for (int i = 0; i < ms; i++) {
-        regs->plant_ns += 1000000LL;
-        CHECK(ec_core_run_ticks(c, 1) == EC_OK);
-    }
-}
 
 static void add_rule(ec_core *c, const char *name, int kind, int channel, double threshold, int expect)
 {
@@ -68,8 +37,7 @@ static ec_core *make_core(void)
     ec_core_cfg_default(&cc);
     ec_core *c = NULL;
     CHECK(ec_core_new(&cc, &c, err, sizeof err) == EC_OK);
-    snprintf(params, sizeof params, "path=%s", path);
-    CHECK(ec_core_add_driver(c, "sim", params, err, sizeof err) == 0);
+    add_sim_driver(c);
     ec_channel_cfg ch;
     static const char *names[] = {"chamber_temp", "chamber_temp_safety", "lid_closed"};
     for (int i = 0; i < 3; i++) {
