@@ -2112,7 +2112,8 @@ int ec_core_inject(ec_core *c, int32_t channel, double value, uint32_t status, i
     return rc;
 }
 
-int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
+/* the argument checks of a reset request, shared by the local and the remote reset */
+static int reset_args(const ec_core *c, int32_t r, char *err, size_t errlen)
 {
     if (c == NULL) {
         ec_set_err(err, errlen, "core is NULL");
@@ -2122,28 +2123,54 @@ int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
         ec_set_err(err, errlen, "rule %d not declared", r);
         return EC_ENOTFOUND;
     }
+    return EC_OK;
+}
+
+/* the tripped rule (r, or any when r < 0) that keeps a reset from clearing, -1 if none: the first
+ * one, or with prefer_local_only the one a remote reset may never clear (so that is what it names) */
+static int held_rule(const ec_core *c, int32_t r, int prefer_local_only)
+{
+    int held = -1;
+    for (int i = 0; i < c->n_rules; i++) {
+        if (c->rules[i].tripped && (r < 0 || i == r) &&
+            (held < 0 || (prefer_local_only && c->rules[i].cfg.local_reset_only))) {
+            held = i;
+        }
+    }
+    return held;
+}
+
+/* why rule `held` refused the reset: no verdict on fresh data yet, or its condition still holds */
+static void explain_held(const ec_core *c, int held, char *err, size_t errlen)
+{
+    const rule *ru = &c->rules[held];
+    if (!ru->evaluated) {
+        ec_set_err(err, errlen, "reset refused: '%s' not yet evaluated on fresh data (restored or waiting "
+                   "for its first value)", ru->cfg.name);
+    } else {
+        ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)", ru->cfg.name,
+                   ru->value, ru->threshold);
+    }
+}
+
+int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
+{
+    int rc = reset_args(c, r, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
+    }
     pthread_mutex_lock(&c->lock);
     if (c->stopped) {
         pthread_mutex_unlock(&c->lock);
         ec_set_err(err, errlen, "reset refused: the core is stopped (its conditions are not evaluated)");
         return EC_ESTATE;
     }
-    int rc = do_reset(c, r, 0);
+    rc = do_reset(c, r, 0);
     if (rc == EC_ECONDITION) {
         ec_set_err(err, errlen, "reset refused: %s", fault_text(c->core_fault));
-        int held = -1;
-        for (int i = 0; i < c->n_rules; i++) {
-            if (c->rules[i].tripped && (r < 0 || i == r)) {
-                held = i;
-                break;
-            }
-        }
-        if (held >= 0 && !c->rules[held].evaluated) {
-            ec_set_err(err, errlen, "reset refused: '%s' not yet evaluated on fresh data (restored or waiting "
-                       "for its first value)", c->rules[held].cfg.name);
-        } else if (held >= 0) {
-            ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)",
-                       c->rules[held].cfg.name, c->rules[held].value, c->rules[held].threshold);
+        int held = held_rule(c, r, 0);
+        if (held >= 0) {
+            explain_held(c, held, err, errlen);
         }
     }
     pthread_mutex_unlock(&c->lock);
@@ -2152,16 +2179,11 @@ int ec_core_reset(ec_core *c, int32_t r, char *err, size_t errlen)
 
 int ec_core_reset_remote(ec_core *c, int32_t r, char *err, size_t errlen)
 {
-    if (c == NULL) {
-        ec_set_err(err, errlen, "core is NULL");
-        return EC_EINVAL;
-    }
-    if (r < -1 || r >= c->n_rules) {
-        ec_set_err(err, errlen, "rule %d not declared", r);
-        return EC_ENOTFOUND;
+    int rc = reset_args(c, r, err, errlen);
+    if (rc != EC_OK) {
+        return rc;
     }
     pthread_mutex_lock(&c->lock);
-    int rc = EC_OK;
     if (c->stopped) {
         ec_set_err(err, errlen, "reset refused: the core is stopped (its conditions are not evaluated)");
         rc = EC_ESTATE;
@@ -2175,19 +2197,13 @@ int ec_core_reset_remote(ec_core *c, int32_t r, char *err, size_t errlen)
         rc = EC_EREFUSED;
     } else {
         rc = do_reset(c, r, EC_EVF_REMOTE);
-        int held = -1;
-        for (int i = 0; i < c->n_rules && rc != EC_OK; i++) {
-            if (c->rules[i].tripped && (r < 0 || i == r) && (held < 0 || c->rules[i].cfg.local_reset_only)) {
-                held = i;
-            }
-        }
+        int held = rc != EC_OK ? held_rule(c, r, 1) : -1;
         if (held >= 0 && c->rules[held].cfg.local_reset_only) {
             ec_set_err(err, errlen, "remote reset refused: '%s' may only be reset locally (at the station)",
                        c->rules[held].cfg.name);
             rc = EC_EREFUSED;
         } else if (held >= 0) {
-            ec_set_err(err, errlen, "reset refused: '%s' still holds (value %g, threshold %g)",
-                       c->rules[held].cfg.name, c->rules[held].value, c->rules[held].threshold);
+            explain_held(c, held, err, errlen);
         }
     }
     pthread_mutex_unlock(&c->lock);

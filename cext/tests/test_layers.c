@@ -365,6 +365,38 @@ TEST(only_the_scan_thread_feeds_the_deadman)
     close_regs();
 }
 
+/* a remote reset of a trip restored from the latch file says, as the local one does, that the rule
+ * has had no verdict on fresh data yet (not that it "still holds" at a stale value) */
+TEST(remote_reset_says_a_restored_trip_is_not_yet_evaluated)
+{
+    open_regs();
+    char latch[80];
+    snprintf(latch, sizeof latch, "/tmp/ec-layers-%d.latch", (int)getpid());
+    unlink(latch);
+    ec_core_cfg cc;
+    ec_core_cfg_default(&cc);
+    cc.allow_remote_reset = 1;
+    ec_core *c = make_core(&cc);
+    ec_rule_cfg rc = rule_of("chamber_overtemp", EC_RULE_HIGH, CH_TEMP, 650, 0);
+    CHECK(ec_core_add_rule(c, &rc, err, sizeof err) == 0);
+    CHECK(ec_core_set_latch_file(c, latch, err, sizeof err) == 0);
+    regs->ai[AI_TEMP] = 700;
+    run_ms(c, 2);
+    CHECK(tripped_rules(c) == 1);
+    ec_core_free(c); /* killed with the trip latched */
+
+    c = make_core(&cc);
+    CHECK(ec_core_add_rule(c, &rc, err, sizeof err) == 0);
+    CHECK(ec_core_set_latch_file(c, latch, err, sizeof err) == 1);
+    err[0] = '\0';
+    CHECK(ec_core_reset_remote(c, -1, err, sizeof err) == EC_ECONDITION);
+    CHECK(strstr(err, "'chamber_overtemp' not yet evaluated on fresh data") != NULL);
+    CHECK(tripped_rules(c) == 1);
+    ec_core_free(c);
+    unlink(latch);
+    close_regs();
+}
+
 TEST(remote_reset_is_told_apart_from_local)
 {
     open_regs();
@@ -454,6 +486,7 @@ int main(void)
     RUN(a_welded_or_dead_watchdog_relay_is_a_core_fault);
     RUN(only_the_scan_thread_feeds_the_deadman);
     RUN(remote_reset_is_told_apart_from_local);
+    RUN(remote_reset_says_a_restored_trip_is_not_yet_evaluated);
     RUN(a_stalled_sampler_is_a_tick_gap_core_fault);
     CTEST_END();
 }
