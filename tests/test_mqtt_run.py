@@ -26,6 +26,8 @@ import traceback
 import uuid
 from typing import Any
 
+import pytest
+
 from edge.spec.broker import parse_broker_url
 from edge.telemetry.envelope import Envelope
 from edge.telemetry.topics import SCHEMA_BASE, StationTopics
@@ -115,6 +117,7 @@ class Script(threading.Thread):
             self.error = traceback.format_exc()
 
 
+@pytest.mark.slow
 def test_controller_publishes_every_message_and_obeys_mqtt_commands(tmp_path: pathlib.Path) -> None:
     broker = Mosquitto(tmp_path / "broker").start()
     watch = Watch(parse_broker_url(broker.url), site=TOPICS.site, station=TOPICS.station, client_id="test-watch",
@@ -267,6 +270,7 @@ def test_sigterm_while_the_broker_is_down_leaves_no_latched_deadman_trip(tmp_pat
         broker.close()
 
 
+@pytest.mark.slow
 def test_power_loss_of_the_controller_during_a_broker_outage_loses_no_message(tmp_path: pathlib.Path) -> None:
     """SIGKILL of the real controller (the rig's power loss) while the broker is down, with its outbox
     holding what it could not send; the restarted controller sends both boots' messages when the broker
