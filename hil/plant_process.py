@@ -165,6 +165,7 @@ class PlantProcess:
         self.broken: set[str] = set()
         self.drift: dict[tuple[str, str], Drift] = {}   # (fault kind, channel) -> its offset of the published value
         self.extra_digital: dict[str, bool] = {}
+        self._held_inputs: tuple[dict[str, float], dict[str, bool]] | None = None   # see the "power" command
         self.events: list[dict[str, Any]] = []
         self.last_analog: dict[str, float] = {}
         self._row_min: dict[str, float] = {}
@@ -255,7 +256,7 @@ class PlantProcess:
 
     def sensors(self) -> tuple[dict[str, float], dict[str, bool], set[str]]:
         analog, digital, broken = self.plant.sensors()
-        cab_analog, cab_digital = self.field.inputs()
+        cab_analog, cab_digital = self._held_inputs or self.field.inputs()
         analog.update(cab_analog)
         digital.update(cab_digital)
         for (_, name), d in self.drift.items():
@@ -354,10 +355,16 @@ class PlantProcess:
         elif what == "clear":
             self.fault(str(cmd["kind"]), cmd.get("params", {}), on=False)
         elif what == "power":
+            # a power loss of the board and the cabinet together: `hold_inputs` keeps the cabinet's inputs as
+            # they were until `board_dead` (the runner kills the controller between the two), so the dying core
+            # never reads the dark cabinet (an open limiter contact would latch a trip a real board never saw)
+            self._held_inputs = self.field.inputs() if not cmd["on"] and cmd.get("hold_inputs") else None
             self.field.powered = bool(cmd["on"])
             self.field.driven = False               # until a core writes again, the lines hold nothing
             self._ticks_at_power_on = self.regs.core_ticks
             self.note("power", f"cabinet power {'on' if self.field.powered else 'off'}")
+        elif what == "board_dead":
+            self._held_inputs = None
         elif what == "digital":
             self.extra_digital[str(cmd["channel"])] = bool(cmd["level"])
         elif what == "limiter_reset":       # the reset button on the limiter's front, in the cabinet

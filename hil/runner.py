@@ -355,13 +355,15 @@ def _fire(run: Run, rig: VirtualRig, step: Step, t: float) -> None:
     elif step.kind == "process_freeze":
         wall = rig.signal_controller(signal.SIGSTOP)
     elif step.kind == "power_loss":
-        # the controller's board and the cabinet lose the same supply: the board first, so that the dying core
-        # never sees the unpowered cabinet (an open limiter contact read by a live core latches limiter_tripped:
-        # that is a cabinet-only outage, another fault, and which came first depended on the machine's load)
+        # the controller's board and the cabinet lose the same supply at the same instant: the outputs go dark
+        # at once, while the inputs the dying core could still read are held until it is dead (a live core
+        # reading the dark cabinet's open limiter contact latched limiter_tripped, which a real board never sees;
+        # killing it first left the cabinet powered on its last outputs meanwhile: H2 flowed, under load)
+        reply = rig.plant_command(cmd="power", on=False, hold_inputs=True)
+        wall = int(reply["wall_ns"])
         run.controller_dead_ok = True
         rig.kill_controller()
-        reply = rig.plant_command(cmd="power", on=False)
-        wall = int(reply["wall_ns"])
+        rig.plant_command(cmd="board_dead")
     else:
         reply = rig.plant_command(cmd="fault", kind=step.kind, params=dict(step.params))
         wall, t = int(reply["wall_ns"]), float(reply["t_s"])
