@@ -37,6 +37,7 @@ DATA = {"mqtt_schemas": "edge/data/mqtt_schemas", "boards": "edge/data/boards", 
         "recipes": "edge/data/recipes", "hil/scenarios": "hil/scenarios", "hil/virtual_node": "hil/virtual_node"}
 #: Which station each example recipe is checked against (a new example recipe must be added here).
 RECIPE_STATION = {"hd_standard": "hd_reactor_sim", "sintering_standard": "sintering_furnace_sim"}
+STATION_BOARD = {**{s: "sim" for s in RECIPE_STATION.values()}, "hd-02": "rpi5"}   # every example station
 NOT_SHIPPED = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "node_modules", "*.so",
                                      ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis", "reports",
                                      "demo-report", "hil-reports", ".npm-install.lock")
@@ -139,12 +140,13 @@ def test_the_wheel_holds_every_data_file_and_the_product_runs_from_it(product: P
 @pytest.mark.slow
 def test_station_check_on_every_example_station(product: Product) -> None:
     stations = sorted((product.data / "stations").glob("*.toml"))
-    assert [s.stem for s in stations] == sorted(RECIPE_STATION.values())
+    assert [s.stem for s in stations] == sorted(STATION_BOARD)
     for station in stations:
         out = product.run("station", "check", str(station))
         assert out.returncode == 0, out.stderr
         first = out.stdout.splitlines()[0]
-        assert first.startswith(f"{station}: OK  station pilot-line/") and "\n  board: sim\n" in out.stdout, out.stdout
+        assert first.startswith(f"{station}: OK  station pilot-line/"), out.stdout
+        assert f"\n  board: {STATION_BOARD[station.stem]}\n" in out.stdout, out.stdout
 
 
 @pytest.mark.slow
