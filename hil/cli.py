@@ -1,4 +1,4 @@
-"""``reedge demo`` and ``reedge hil run``: the rig's subcommands, added to ``reedge`` as a plugin.
+"""``reedge demo``, ``reedge hil run`` and ``reedge node sim``: the rig's subcommands, added to ``reedge`` as a plugin.
 
 The product never imports its test rig: ``edge.app.cli`` loads every entry point of the group
 ``reedge.commands`` (pyproject.toml: ``hil = "hil.cli:register"``) and hands it its subparsers.
@@ -27,6 +27,15 @@ def cmd_hil_run(args: argparse.Namespace) -> int:
     return run_files([pathlib.Path(s) for s in args.scenarios], pathlib.Path(args.report_dir))
 
 
+def cmd_node_sim(args: argparse.Namespace) -> int:
+    from hil.node_sim import serve
+
+    uid = args.uid.lower()
+    if len(uid) != 16 or any(c not in "0123456789abcdef" for c in uid):
+        raise ValueError(f"--uid {args.uid!r}: expected 16 hex digits (a Pico's flash id, e.g. e66038b7130f2e2d)")
+    return serve(pathlib.Path(args.fs) if args.fs else None, pathlib.Path(args.link) if args.link else None, uid)
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``demo`` and ``hil`` to ``reedge``'s subcommands (the ``reedge.commands`` entry point)."""
     p = sub.add_parser("demo", help="a whole HD batch on the virtual rig in about a minute, with its report")
@@ -50,3 +59,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     c.add_argument("--report-dir", default="hil-reports", help="JSON, JUnit XML and PNG per scenario "
                    "(default %(default)s)")
     c.set_defaults(func=cmd_hil_run)
+
+    p = sub.add_parser("node", help="sensor nodes without hardware: the virtual Pico (real MicroPython) on a pty")
+    nsub = p.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    c = nsub.add_parser("sim", help="serve a virtual sensor node on a pseudo-terminal until Ctrl-C, to rehearse "
+                        "boards list --probe, flash and a station's sensor node", description="Prints the port, then "
+                        "runs until Ctrl-C, SIGTERM or SIGHUP (boards/README.md, 'Rehearsing without hardware').")
+    c.add_argument("--link", metavar="PATH", help="also make PATH a symlink to the pty (a fixed port name, like "
+                   "/dev/serial/by-id/...); removed at the end")
+    c.add_argument("--fs", metavar="DIR", help="the node's flash: a folder kept after the sim ends (default: a "
+                   "blank temporary one)")
+    c.add_argument("--uid", default="e66038b7130f2e2d", help="the board's unique id, 16 hex digits "
+                   "(default %(default)s)")
+    c.set_defaults(func=cmd_node_sim)
