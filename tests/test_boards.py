@@ -478,6 +478,11 @@ def test_the_readme_pi_wiring_fits_both_pi_boards() -> None:
     for board in ("rpi4", "rpi5"):
         station = parse_station(edited(put("station.board", board), put("drivers", drivers)), SOURCE)
         cabinet = station.core.drivers[0]
-        assert cabinet.params["inputs"] == "5,6,13,26" and station.board == board
+        assert cabinet.params["inputs"] == "5,6,13,26,19,20,21" and station.board == board
         # vent (GPIO22), cooling water (GPIO12) and beacon (GPIO16) have safe level 1: requested high
         assert cabinet.params["initial_high"] == "12,16,22"
+    # and they are the drivers of the example station on real hardware, stations/hd-02.toml
+    hd02 = tomllib.loads((ROOT / "stations" / "hd-02.toml").read_text())["drivers"]
+    assert sorted(drivers) == sorted(hd02)
+    for name, params in drivers.items():
+        assert params == {k: v for k, v in hd02[name].items() if k in params}, name

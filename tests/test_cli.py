@@ -67,7 +67,8 @@ def test_the_rig_commands_are_a_plugin_found_in_the_installed_metadata() -> None
     assert found.get("hil") == "hil.cli:register", found
     out = reedge("--help")
     assert out.returncode == 0 and out.stderr == "", out.stderr
-    assert re.search(r"^    demo  ", out.stdout, re.M) and re.search(r"^    hil  ", out.stdout, re.M), out.stdout
+    for command in ("demo", "hil", "node"):     # node: `reedge node sim`, the virtual sensor node
+        assert re.search(rf"^    {command}  ", out.stdout, re.M), out.stdout
 
 
 def _half_plugin(sub: argparse._SubParsersAction[Any]) -> None:

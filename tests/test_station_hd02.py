@@ -18,7 +18,7 @@ import pytest
 from edge.devices.node.flash import build
 from edge.spec.board import load_board
 from edge.spec.node import load_node
-from edge.spec.station import Station, load_station
+from edge.spec.station import Station, load_station, parse_station
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HD02 = ROOT / "stations" / "hd-02.toml"
@@ -233,3 +233,12 @@ def test_expected_node_identity_is_what_the_flash_writes(station: Station) -> No
     built = {a.path: a.data for a in build(load_node("hd2_node_a"))}
     got = hashlib.sha256(built["node.json"]).hexdigest()[:16]
     assert node.expect_config_hash == got, f"write config_hash = \"{got}\" in stations/hd-02.toml"
+
+
+def test_the_same_wiring_fits_a_pi_4() -> None:
+    """boards/README.md §2 gives one table for the Pi 4 and the Pi 5: the header's BCM lines are the same, so only
+    `board` changes (both chips are /dev/gpiochip0 on a current kernel)."""
+    text = HD02.read_text()
+    assert text.count('board = "rpi5"') == 1
+    station = parse_station(text.replace('board = "rpi5"', 'board = "rpi4"'), str(HD02))
+    assert station.board == "rpi4"
