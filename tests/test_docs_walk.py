@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import pytest
 
@@ -98,7 +99,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: pathlib.Path, command: str) 
 def test_walk_the_technicians_commands(scratch: tuple[pathlib.Path, dict[str, str]]) -> None:
     work, env = scratch
     served: list[tuple[str, subprocess.Popen[bytes]]] = []
-    ran = []
+    ran: list[str] = []
+    outputs: list[str] = []
     try:
         for _lang, body, mark, line in blocks(DOC.read_text()):
             if mark == "<!-- walk: serve -->":
@@ -116,6 +118,7 @@ def test_walk_the_technicians_commands(scratch: tuple[pathlib.Path, dict[str, st
                     assert done.returncode == 0, f"boards/README.md:{line}: `{command}` exited {done.returncode}:\n" \
                                                  f"{done.stdout}{done.stderr}"
                     ran.append(command)
+                    outputs.append(done.stdout)
         for command, proc in served:
             proc.send_signal(signal.SIGINT)        # Ctrl-C in its terminal
             assert proc.wait(timeout=WAIT_S) == 0, f"`{command}` did not end cleanly on Ctrl-C"
@@ -129,3 +132,7 @@ def test_walk_the_technicians_commands(scratch: tuple[pathlib.Path, dict[str, st
     assert (work / "rootfs" / "etc" / "reedge" / "station.toml").read_bytes() == \
         (ROOT / "stations" / "hd-02.toml").read_bytes()
     assert not (work / "pico0").is_symlink()
+    # the real firmware's HELLO after the flash carried the config hash stations/hd-02.toml expects of its node
+    node = tomllib.loads((ROOT / "stations" / "hd-02.toml").read_text())["sensor_nodes"]["node_a"]
+    hello = f"hello: node {node['node_id']} firmware {node['firmware']} config {node['config_hash']} "
+    assert any(hello in out for out in outputs), (hello, outputs)
