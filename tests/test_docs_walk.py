@@ -123,10 +123,14 @@ def test_walk_the_technicians_commands(scratch: tuple[pathlib.Path, dict[str, st
             proc.send_signal(signal.SIGINT)        # Ctrl-C in its terminal
             assert proc.wait(timeout=WAIT_S) == 0, f"`{command}` did not end cleanly on Ctrl-C"
     finally:
-        for _command, proc in served:
+        for _command, proc in served:     # after a failure: Ctrl-C first, so the sim cleans up its pty and folders
             if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=WAIT_S)
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=WAIT_S)
     assert len(ran) >= 8, ran
     # what the walk left is what the docs say it leaves: the node flashed, the image provisioned, the link gone
     assert (work / "rootfs" / "etc" / "reedge" / "station.toml").read_bytes() == \

@@ -67,9 +67,14 @@ class Sim:
         return code, "".join(self.seen)
 
     def kill(self) -> None:
+        """After a failed test: SIGTERM first, so the sim still removes its link and temporary folders."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=WAIT_S)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=WAIT_S)
 
 
 def interpreters_on(fs_dir: pathlib.Path) -> list[int]:
