@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -459,6 +460,23 @@ def test_list_sorts_ports_and_tells_nodes_from_other_devices() -> None:
         ("/dev/ttyUSB0", "0403:6001", "other"),
     ]
     assert "without MicroPython's id" in ports[0].meaning()
+
+
+def test_a_port_given_with_port_and_not_probed_is_not_called_not_a_node() -> None:
+    """A pty or a by-path port has no USB ids: nothing says it is not a node (it may be the virtual node or a
+    Pico behind a hub): the listing says it was not probed and how to ask it, through the real command."""
+    master, slave = os.openpty()
+    try:
+        port = os.ttyname(slave)
+        out = subprocess.run([sys.executable, "-m", "edge", "boards", "list", "--port", port], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith(port))
+    assert row.endswith("not probed: no USB ids to tell what it is (add --probe to ask it)"), row
+    assert "not a node" not in row
 
 
 def test_list_table_and_json_carry_ids_serials_and_meaning() -> None:

@@ -70,7 +70,7 @@ def files_under(root: pathlib.Path) -> dict[str, tuple[bytes, int]]:
 def test_first_run_writes_the_station_service_and_watchdog(station: pathlib.Path, image: pathlib.Path) -> None:
     changes, text = run(station, image)
     assert changes == [f"created {p}" for p in PI_BOARD]
-    assert "9 file(s) written" in text
+    assert "9 files written" in text
     assert (image / STATION_PATH.lstrip("/")).read_bytes() == station.read_bytes()
     assert ((image / STATION_PATH.lstrip("/")).stat().st_mode & 0o777) == 0o640   # not world-readable
     wd = configparser.ConfigParser()
@@ -117,7 +117,7 @@ def test_a_tampered_file_is_put_back_and_only_it(station: pathlib.Path, image: p
     unit.write_text(unit.read_text().replace("Restart=always", "Restart=no"))
     changes, text = run(station, image)
     assert [c for c in changes if not c.startswith("unchanged")] == [f"updated {UNIT_PATH}"]
-    assert "Restart=always" in unit.read_text() and "1 file(s) written" in text
+    assert "Restart=always" in unit.read_text() and "1 file written" in text
 
 
 def test_config_txt_todos_are_printed_not_applied(station: pathlib.Path, image: pathlib.Path) -> None:

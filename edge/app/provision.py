@@ -53,6 +53,7 @@ from typing import Literal, TextIO
 from edge.app.config_txt import read_config_txt
 from edge.files import write_atomic
 from edge.spec.board import Board, load_board
+from edge.spec.reader import counted
 from edge.spec.station import Station, load_station
 
 CONFIG_DIR = "/etc/reedge"
@@ -377,7 +378,7 @@ def provision(station_file: pathlib.Path, *, image_root: pathlib.Path | None, sy
         print(f"  {change.what:9} {change.path}", file=stream)
     changed = [c for c in changes if c.what != "unchanged"]
     if changed:
-        print(f"{len(changed)} file(s) written to {where}", file=stream)
+        print(f"{counted(len(changed), 'file')} written to {where}", file=stream)
     else:
         print(f"nothing changed: {where} already has these files", file=stream)
     for todo in _missing_todos(root, todos, board):

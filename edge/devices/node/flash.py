@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ from edge.devices.node import hello
 from edge.devices.node.hello import PicoNodeError
 from edge.devices.node.session import NodeError, NodeSession
 from edge.spec.node import NodeDef, identity_bytes
+from edge.spec.reader import counted
 
 __all__ = [
     "HELLO_CHECKS",
@@ -119,8 +121,11 @@ def _mpy_cross(src: pathlib.Path, rel: str, out: pathlib.Path) -> None:
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = proc.communicate(timeout=120)
     if proc.returncode != 0:
+        # a traceback: '  File "lib/x.py", line 12' then 'SyntaxError: invalid syntax'; keep both
         message = err.decode("utf-8", "replace").strip().splitlines()
-        raise FlashError(f"{src}: mpy-cross refused it: {message[-1] if message else 'no message'}")
+        line = next((m.group(1) for text in message if (m := re.search(r'^\s*File ".*", line (\d+)', text))), None)
+        where = f"{src}:{line}" if line else f"{src}"
+        raise FlashError(f"{where}: mpy-cross refused it: {message[-1] if message else 'no message'}")
 
 
 # ============================================================================ talking to the node
@@ -364,7 +369,7 @@ def _update(session: NodeSession, node: NodeDef, artifacts: Sequence[Artifact], 
         _report_plan(progress, result, remote, wanted)
         return
     if not result.changed:
-        progress.say(f"{node.name} on {port}: all {len(artifacts)} files already match; nothing copied")
+        progress.say(f"{node.name} on {port}: all {counted(len(artifacts), 'file')} already match; nothing copied")
         return
     _copy_and_verify(session, progress, [wanted[p] for p in result.copied], copy)
     # modules first, then node.json and boot.py, main.py last: a node reset mid-way runs
@@ -411,7 +416,7 @@ def _copy_and_verify(session: NodeSession, progress: Progress, items: Sequence[A
     for index, a in enumerate(items, start=1):
         progress.step(index - 1, total, f"copy {index}/{len(items)} {a.path} ({len(a.data)} bytes)")
         copy(session, a.path + ".new", a.data)
-    progress.step(len(items), total, f"verify {len(items)} file(s) by sha256 on the node")
+    progress.step(len(items), total, f"verify {counted(len(items), 'file')} by sha256 on the node")
     got = remote_hashes(session, [a.path + ".new" for a in items])
     bad = [a for a in items if got.get(a.path + ".new") != a.sha256]
     if bad:
@@ -419,7 +424,7 @@ def _copy_and_verify(session: NodeSession, progress: Progress, items: Sequence[A
         first = bad[0]
         raise FlashError(f"{session.port}: verification failed: {first.path} arrived with sha256 "
                          f"{(got.get(first.path + '.new') or 'none')[:16]}..., expected {first.sha256[:16]}... "
-                         f"({len(bad)} of {len(items)} files bad). Nothing was replaced: the node keeps its "
+                         f"({len(bad)} of {counted(len(items), 'file')} bad). Nothing was replaced: the node keeps its "
                          "previous firmware. Flash again; if it repeats, change the USB cable")
     progress.step(total, total, "verified")
 
@@ -435,7 +440,7 @@ def _report_plan(progress: Progress, result: FlashResult, remote: Mapping[str, s
                if path in result.shadows else "not in this firmware: left by an earlier flash")
         progress.say(f"  would remove {path} ({why})")
     if not result.changed:
-        progress.say(f"  nothing to do: all {len(result.unchanged)} files match")
+        progress.say(f"  nothing to do: all {counted(len(result.unchanged), 'file')} match")
     else:
-        progress.say(f"  {len(result.unchanged)} files unchanged")
+        progress.say(f"  {counted(len(result.unchanged), 'file')} unchanged")
 
