@@ -145,13 +145,17 @@ SPI_TODO = "add 'dtparam=spi=on'"
     ("[gpio4=1]\ndtparam=spi=on\n", "[gpio4=1], a condition reedge cannot check"),
     ("[none]\ndtparam=spi=on\n[all]\n", "[none]"),
     ("dtparam=spi=on\ndtparam=spi=off\n", "config.txt line 3 sets spi=off"),   # the last value wins
-    ("dtoverlay=vc4-kms-v3d\ndtparam=spi=on\n", "follows dtoverlay=vc4-kms-v3d of config.txt line 2"),
+    ("dtoverlay=spi-mux\ndtparam=spi=on\n", "follows dtoverlay=spi-mux of config.txt line 2, which has its own 'spi' "
+                                              "parameter"),
     ("include missing.txt\n", ""),
 ])
 def test_a_setting_the_firmware_would_not_apply_is_still_a_todo(station: pathlib.Path, image: pathlib.Path,
                                                                config_txt: str, why: str) -> None:
     config = image / "boot" / "firmware" / "config.txt"
     config.write_text("dtparam=watchdog=on\n" + config_txt)
+    # an overlay whose parameters include one named spi: names are NUL-ended strings in the blob
+    (image / "boot" / "firmware" / "overlays").mkdir()
+    (image / "boot" / "firmware" / "overlays" / "spi-mux.dtbo").write_bytes(b"\xd0\r\xfe\xed...\0status\0spi\0cs\0")
     _, text = run(station, image)
     todo = next((line for line in text.splitlines() if SPI_TODO in line), None)
     assert todo is not None, text
@@ -166,12 +170,17 @@ def test_a_setting_the_firmware_would_not_apply_is_still_a_todo(station: pathlib
     "[pi4]\ndtparam=audio=on\n[pi5]\ndtparam=spi=on\n",     # the Pi 5's section
     "[pi4]\ndtparam=spi=off\n[all]\ndtparam=spi=on\n",      # [all] ends the filter
     "dtoverlay=vc4-kms-v3d\ndtoverlay=\ndtparam=spi=on\n",   # a bare dtoverlay= returns to the base tree
+    "dtoverlay=vc4-kms-v3d\ndtparam=spi=on\n",              # the overlay has no spi: the base tree's
+    "dtoverlay=spi-mux\ndtoverlay=vc4-kms-v3d:cma-256\ndtparam=spi=on\n",   # spi-mux is out of scope
     "dtparam=spi=off\ndtparam=spi=on\n",
     "include reedge.txt\n",                                  # reedge.txt: dtparam=spi=on
 ])
 def test_a_setting_the_firmware_applies_is_not_a_todo(station: pathlib.Path, image: pathlib.Path,
                                                       config_txt: str) -> None:
     (image / "boot" / "firmware" / "reedge.txt").write_text("dtparam=spi=on\n")
+    (image / "boot" / "firmware" / "overlays").mkdir()
+    (image / "boot" / "firmware" / "overlays" / "spi-mux.dtbo").write_bytes(b"\xd0\r\xfe\xed...\0status\0spi\0cs\0")
+    (image / "boot" / "firmware" / "overlays" / "vc4-kms-v3d.dtbo").write_bytes(b"\xd0\r\xfe\xed...\0cma-256\0")
     (image / "boot" / "firmware" / "config.txt").write_text("dtparam=watchdog=on\n" + config_txt)
     _, text = run(station, image)
     assert "to do by hand" not in text, text
@@ -197,7 +206,7 @@ def test_the_service_user_reads_its_files_and_no_one_else_does(station: pathlib.
     """The unit runs as reedge, not root. What reedge-setup.service does at the image's first start is played
     into the image (its own ExecStart lines with --root), then each file is checked as reedge (its uid, gid and
     SupplementaryGroups from the image's user database) and as nobody: the station file and the MQTT password
-    are readable by reedge alone, the state folder writable by it."""
+    are readable by reedge alone. (/var/lib/reedge is the unit's StateDirectory=: systemd gives it to reedge.)"""
     if os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("systemd-sysusers") is None:
         pytest.skip("needs root, setpriv and systemd-sysusers to act as another user")
     (station.parent / "secrets").mkdir()
@@ -222,13 +231,47 @@ def test_the_service_user_reads_its_files_and_no_one_else_does(station: pathlib.
         supplementary = ",".join(str(groups[g][0]) for g in unit["Service"]["SupplementaryGroups"].split())
         as_reedge = ["setpriv", f"--reuid={uid}", f"--regid={gid}", f"--groups={supplementary}", "--"]
         as_nobody = ["runuser", "-u", "nobody", "--"]
-        state = root / "var" / "lib" / "reedge"
         checks = [(as_reedge, "-r", root / STATION_PATH.lstrip("/"), 0), (as_reedge, "-r", password, 0),
-                  (as_reedge, "-w", state, 0), (as_nobody, "-r", root / STATION_PATH.lstrip("/"), 1),
-                  (as_nobody, "-r", password, 1)]
+                  (as_nobody, "-r", root / STATION_PATH.lstrip("/"), 1), (as_nobody, "-r", password, 1)]
         for who, test, path, expected in checks:
             done = subprocess.run([*who, "test", test, str(path)], capture_output=True, timeout=30)
             assert done.returncode == expected, (who[0], test, path, done.stderr)
+
+
+def test_a_credential_named_by_absolute_path_is_a_todo(station: pathlib.Path, image: pathlib.Path,
+                                                      tmp_path: pathlib.Path) -> None:
+    secret = tmp_path / "elsewhere" / "mqtt.password"
+    secret.parent.mkdir()
+    secret.write_text("s3cret\n")
+    station.write_text(station.read_text() + f'\n[mqtt]\nusername = "hd-02"\npassword_file = "{secret}"\n')
+    changes, text = run(station, image)
+    assert len(changes) == len(PI_BOARD)          # not copied: it is not reedge's to place
+    assert f"to do by hand: put {secret} on the target: the station names it" in text
+    assert f"to do by hand: {secret} is outside /etc/reedge: make sure user reedge can read it" in text
+
+
+@pytest.mark.parametrize(("addition", "message"), [
+    ('\n[mqtt]\nusername = "u"\npassword_file = "../FOLDER/hd-02.toml"\n', r"password_file '\.\./.*' leaves"),
+    ('\n[mqtt]\nusername = "u"\npassword_file = "~/hd-02.toml"\n', "the service has no home folder"),
+])
+def test_a_credential_the_service_could_not_find_is_refused(station: pathlib.Path, image: pathlib.Path,
+                                                           addition: str, message: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(station.parent))      # ~ is the station's folder: the file exists here
+    station.write_text(station.read_text() + addition.replace("FOLDER", station.parent.name))
+    before = files_under(image)
+    with pytest.raises(ProvisionError, match=message):
+        run(station, image)
+    assert files_under(image) == before
+
+
+def test_a_latch_file_the_service_cannot_write_is_refused(station: pathlib.Path, image: pathlib.Path) -> None:
+    station.write_text(station.read_text().replace("[core]\n", '[core]\nlatch_file = "/etc/reedge/latched"\n', 1))
+    with pytest.raises(ProvisionError, match=r"core\.latch_file '/etc/reedge/latched': the service may write only "
+                                             r"under /var/lib/reedge \(ProtectSystem=strict\)"):
+        run(station, image)
+    station.write_text(station.read_text().replace("/etc/reedge/latched", "/var/lib/reedge/trips"))
+    run(station, image)
 
 
 def test_the_unit_gives_up_after_its_start_limit_with_a_clear_journal_line(station: pathlib.Path,

@@ -12,8 +12,10 @@ is done with each here:
   names the model filters its board matches (``config_txt_filters``); any other condition (``[gpio4=1]``,
   ``[HDMI:0]``, ``[0x12345678]``, ``[tryboot]``) cannot be known here, so settings under it do not count;
 - the last value of a key wins (``dtparam=spi=on`` then ``dtparam=spi=off`` is off);
-- ``dtparam=a=on,b=off`` sets several parameters; a bare ``dtparam=spi`` means on; a ``dtparam`` line
-  after ``dtoverlay=NAME`` belongs to that overlay, until a bare ``dtoverlay=`` returns to the base tree;
+- ``dtparam=a=on,b=off`` sets several parameters; a bare ``dtparam=spi`` means on; after ``dtoverlay=NAME``
+  a parameter that overlay exports is the overlay's, not the base tree's, until the next ``dtoverlay=``
+  (a bare ``dtoverlay=`` returns to the base). Whether it exports one is read from ``overlays/NAME.dtbo``
+  beside ``config.txt`` (its parameter names are strings in the blob); no such file, no export;
 - ``include FILE`` reads another file of the boot folder in place.
 
 A setting that does not count for one of these reasons is named with its line, so the technician sees
@@ -23,6 +25,7 @@ why ``dtparam=spi=on`` in the file is still a to-do. Fail safe: unsure means not
 from __future__ import annotations
 
 import pathlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -54,12 +57,12 @@ class FirmwareConfig:
                 return False
             return (got in ON) == ((wanted or "on") in ON)
         if key == "dtoverlay":
-            return value.split(",")[0] in self.overlays
+            return _overlay_name(value) in self.overlays
         return self.properties.get(key) == value
 
     def reason(self, setting: str) -> str:
         key, _, value = setting.partition("=")
-        name = value.split("=")[0].split(",")[0] if key in ("dtparam", "dtoverlay") else key
+        name = (value.split("=")[0] if key == "dtparam" else _overlay_name(value) if key == "dtoverlay" else key)
         return self.why_not.get(name, "")
 
 
@@ -77,9 +80,12 @@ class _Reader:
         self.model_ok = True          # the model filter in force matches this board
         self.unknown: str | None = None   # a condition that cannot be judged here, until [all]
         self.none = False
-        self.overlay: tuple[str, str] | None = None   # the overlay later dtparams belong to, and where
+        self.overlay: tuple[str, str] | None = None   # the overlay whose parameters are in scope, and where
+        self.boot: pathlib.Path | None = None          # the folder of config.txt: overlays/ is there
 
     def read(self, path: pathlib.Path, name: str, depth: int) -> None:
+        if self.boot is None:
+            self.boot = path.parent
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -112,17 +118,17 @@ class _Reader:
             self.note(names, f"{where} has a comment after the value: only a line starting with # is a comment")
             return
         if key == "dtoverlay":
-            overlay = value.split(",")[0]
+            overlay = _overlay_name(value)
             self.overlay = (overlay, where) if overlay else None
             if overlay:
                 self.config.overlays[overlay] = where
         elif key == "dtparam":
             for item in value.split(","):
                 param, _, setting = item.partition("=")
-                if self.overlay is not None:
-                    self.note([param], f"{where} follows dtoverlay={self.overlay[0]} of {self.overlay[1]}, so it "
-                                       "sets that overlay's parameter: put it before the first dtoverlay, or after "
-                                       "a bare 'dtoverlay='")
+                if self.overlay is not None and self.exports(self.overlay[0], param):
+                    self.note([param], f"{where} follows dtoverlay={self.overlay[0]} of {self.overlay[1]}, which has "
+                                       f"its own '{param}' parameter: put the line before the first dtoverlay, or "
+                                       "after a bare 'dtoverlay='")
                     continue
                 self.config.params[param] = setting or "on"
                 if (setting or "on") in ON:
@@ -131,6 +137,15 @@ class _Reader:
                     self.config.why_not[param] = f"{where} sets {param}={setting}"
         else:
             self.config.properties[key] = value
+
+    def exports(self, overlay: str, param: str) -> bool:
+        """Does ``overlays/OVERLAY.dtbo`` name a parameter ``param``? Its names are NUL-ended strings in the blob."""
+        assert self.boot is not None
+        try:
+            blob = (self.boot / "overlays" / f"{overlay}.dtbo").read_bytes()
+        except OSError:
+            return False
+        return re.search(b"(?:^|\\0)" + re.escape(param.encode()) + b"\\0", blob) is not None
 
     def section(self, name: str) -> None:
         if name == "all":
@@ -156,9 +171,14 @@ class _Reader:
         if key.strip() == "dtparam":
             return [item.partition("=")[0].strip() for item in value.split(",")]
         if key.strip() == "dtoverlay":
-            return [value.split(",")[0].strip()]
+            return [_overlay_name(value.strip())]
         return [key.strip()]
 
     def note(self, names: Sequence[str], why: str) -> None:
         for name in names:
             self.config.why_not[name] = why
+
+
+def _overlay_name(value: str) -> str:
+    """``spi1-3cs,cs0_pin=18`` and ``lirc-rpi:gpio_out_pin=16`` name the overlays ``spi1-3cs`` and ``lirc-rpi``."""
+    return re.split(r"[,:]", value, maxsplit=1)[0]

@@ -19,8 +19,9 @@ What it writes, and only that (every file is reedge's own, so writing is reversi
 - ``/etc/systemd/system/multi-user.target.wants/reedge.service``: the link ``systemctl enable`` makes,
   so an image starts the controller at its first boot;
 - ``/etc/sysusers.d/reedge.conf``: the ``reedge`` user and its device groups (gpio, spi, i2c, dialout);
-- ``/etc/tmpfiles.d/reedge.conf``: who owns what: ``/etc/reedge`` and the files in it root:reedge,
-  0750/0640 (the group does not exist before the user is made, so ownership is given at start, not here);
+- ``/etc/tmpfiles.d/reedge.conf``: who owns what: ``/etc/reedge``, the station and the credential files
+  in it root:reedge, 0750/0640 (the group does not exist before the user is made, so ownership is given
+  at start, not here); ``/var/lib/reedge`` is the unit's ``StateDirectory=``, given to reedge by systemd;
 - for a board with a hardware watchdog (``[watchdog]`` of its board file):
   ``/etc/systemd/system.conf.d/reedge-watchdog.conf``: systemd pets it (``RuntimeWatchdogSec``, within
   what it counts), so a hung kernel or a stuck PID 1 reboots the board; and
@@ -126,8 +127,16 @@ class Options:
     hardware_watchdog_s: int = 10     # RuntimeWatchdogSec, within the board's [watchdog] max_s
 
 
-def plan(station_file: pathlib.Path, options: Options) -> tuple[list[PlannedFile], list[str], Board]:
-    """The files for this station, the to-dos reedge leaves to the technician, and its board. Refuses a
+@dataclass(frozen=True)
+class Plan:
+    files: list[PlannedFile]
+    settings: list[str]           # what config.txt must say for this station ("dtparam=spi=on")
+    credentials: list[str]        # [mqtt] files named by absolute paths: the technician puts them there
+    board: Board
+
+
+def plan(station_file: pathlib.Path, options: Options) -> Plan:
+    """The files for this station, what reedge leaves to the technician, and its board. Refuses a
     station that names no board: its wiring was never checked against the hardware."""
     station = load_station(station_file)
     if station.board is None:
@@ -147,28 +156,29 @@ def plan(station_file: pathlib.Path, options: Options) -> tuple[list[PlannedFile
         raise ProvisionError(f"{station_file}: core.latch_file {latch!r}: the service may write only under "
                              f"{STATE_DIR} (ProtectSystem=strict): leave latch_file out (reedge run keeps the "
                              f"latched trips in {STATE_DIR}/latched-trips) or put it under {STATE_DIR}/")
-    credentials, todos = _credentials(station_file)
+    copied, absolute = _credentials(station_file)
     files = [
         # 0640, root:reedge once reedge-setup.service has run (the group does not exist before)
         PlannedFile(STATION_PATH, station_file.read_bytes(), 0o640),
-        *credentials,
+        *copied,
         PlannedFile(UNIT_PATH, unit_text(station, options).encode()),
         PlannedFile(SETUP_UNIT_PATH, setup_unit_text().encode()),
         PlannedFile(GAVE_UP_UNIT_PATH, gave_up_unit_text().encode()),
         PlannedFile(WANTS_PATH, b"", link_to=UNIT_PATH),   # what `systemctl enable reedge` makes
         PlannedFile(SYSUSERS_PATH, sysusers_text().encode()),
-        PlannedFile(TMPFILES_PATH, tmpfiles_text([f.path for f in credentials]).encode()),
+        PlannedFile(TMPFILES_PATH, tmpfiles_text([f.path for f in copied] + [path for path in absolute
+                                                  if path.startswith(CONFIG_DIR + "/")]).encode()),
     ]
     if board.watchdog is not None:  # the SoC's hardware watchdog
         files.append(PlannedFile(WATCHDOG_PATH, watchdog_text(options, board.watchdog.max_s).encode()))
         files.append(PlannedFile(MODULES_PATH, f"# reedge provision: the {board.name}'s hardware watchdog driver\n"
                                                f"{board.watchdog.driver}\n".encode()))
-    return files, todos + _todos(station, board), board
+    return Plan(files, _todos(station, board), absolute, board)
 
 
 def _credentials(station_file: pathlib.Path) -> tuple[list[PlannedFile], list[str]]:
     """The [mqtt] files the service reads: a relative path is copied beside the station (where the copy
-    looks for it); an absolute one is the technician's to put there, readable by the reedge user."""
+    looks for it); an absolute one is the technician's to put there (returned as the second list)."""
     with open(station_file, "rb") as f:
         mqtt = tomllib.load(f).get("mqtt", {})
     files: list[PlannedFile] = []
@@ -177,9 +187,11 @@ def _credentials(station_file: pathlib.Path) -> tuple[list[PlannedFile], list[st
         name = mqtt.get(key) if isinstance(mqtt, dict) else None
         if not isinstance(name, str):
             continue
-        if name.startswith(("/", "~")):
-            absolute.append(f"{name} ({key}) on the target, readable by user reedge (root:reedge 0640; files "
-                            f"under {CONFIG_DIR} are given to it at each start)")
+        if name.startswith("~"):
+            raise ProvisionError(f"{station_file}: mqtt.{key} {name!r}: the service has no home folder "
+                                 "(ProtectHome=yes): name a file beside the station or an absolute path")
+        if name.startswith("/"):
+            absolute.append(posixpath.normpath(name))
             continue
         target = posixpath.normpath(posixpath.join(CONFIG_DIR, name))
         if not target.startswith(CONFIG_DIR + "/"):
@@ -275,7 +287,6 @@ def tmpfiles_text(credentials: Sequence[str]) -> str:
              f"d {CONFIG_DIR} 0750 root reedge -",
              f"z {STATION_PATH} 0640 root reedge -"]
     lines += [f"z {path} 0640 root reedge -" for path in credentials]
-    lines.append(f"d {STATE_DIR} 0750 reedge reedge -")
     return "\n".join(lines) + "\n"
 
 
@@ -306,22 +317,25 @@ def _todos(station: Station, board: Board) -> list[str]:
     return list(dict.fromkeys(todos))
 
 
-def _missing_todos(root: pathlib.Path, todos: Sequence[str], board: Board) -> list[str]:
-    """The config.txt settings the board will not get, read as its firmware reads the file; and the
-    credential files named by absolute paths (always: reedge cannot tell who will read them)."""
-    settings = [t for t in todos if "=" in t.split(" ")[0]]
-    notes = [f"put {t}" for t in todos if t not in settings]
+def _missing_todos(root: pathlib.Path, planned: Plan) -> list[str]:
+    """The config.txt settings the board will not get, read as its firmware reads the file, and the
+    credential files the target lacks or that reedge cannot give to its user."""
+    todos = [f"put {path} on the target: the station names it" for path in planned.credentials
+             if not (root / path.lstrip("/")).is_file()]
+    todos += [f"{path} is outside {CONFIG_DIR}: make sure user reedge can read it (root:reedge 0640), or keep it "
+              f"in {CONFIG_DIR}, whose files are given to reedge at each start"
+              for path in planned.credentials if not path.startswith(CONFIG_DIR + "/")]
     for candidate in ("boot/firmware/config.txt", "boot/config.txt"):
         path = root / candidate
         if path.is_file():
-            config = read_config_txt(path, board.config_txt_filters)
+            config = read_config_txt(path, planned.board.config_txt_filters)
             missing = []
-            for t in settings:
+            for t in planned.settings:
                 if not config.has(t):
                     why = config.reason(t)
                     missing.append(f"/{candidate}: add '{t}'" + (f" ({why})" if why else ""))
-            return missing + notes
-    return [f"config.txt (not found under {root}): make sure it has '{t}'" for t in settings] + notes
+            return missing + todos
+    return [f"config.txt (not found under {root}): make sure it has '{t}'" for t in planned.settings] + todos
 
 
 def apply(files: Sequence[PlannedFile], root: pathlib.Path) -> list[Change]:
@@ -371,8 +385,8 @@ def provision(station_file: pathlib.Path, *, image_root: pathlib.Path | None, sy
         root = image_root
         if not root.is_dir():
             raise ProvisionError(f"--image-root {root}: no such folder (mount the image's root filesystem first)")
-    files, todos, board = plan(station_file, options or Options())
-    changes = apply(files, root)
+    planned = plan(station_file, options or Options())
+    changes = apply(planned.files, root)
     where = "this system" if system else str(root)
     for change in changes:
         print(f"  {change.what:9} {change.path}", file=stream)
@@ -381,7 +395,7 @@ def provision(station_file: pathlib.Path, *, image_root: pathlib.Path | None, sy
         print(f"{counted(len(changed), 'file')} written to {where}", file=stream)
     else:
         print(f"nothing changed: {where} already has these files", file=stream)
-    for todo in _missing_todos(root, todos, board):
+    for todo in _missing_todos(root, planned):
         print(f"  to do by hand: {todo}", file=stream)
     if system and changed:
         print("next: systemctl daemon-reload && systemctl restart reedge", file=stream)
