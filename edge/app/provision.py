@@ -133,6 +133,7 @@ class Plan:
     settings: list[str]           # what config.txt must say for this station ("dtparam=spi=on")
     credentials: list[str]        # [mqtt] files named by absolute paths: the technician puts them there
     board: Board
+    register_files: list[str]     # sim drivers' register files: the plant makes them, reedge must write them
 
 
 def plan(station_file: pathlib.Path, options: Options) -> Plan:
@@ -173,7 +174,8 @@ def plan(station_file: pathlib.Path, options: Options) -> Plan:
         files.append(PlannedFile(WATCHDOG_PATH, watchdog_text(options, board.watchdog.max_s).encode()))
         files.append(PlannedFile(MODULES_PATH, f"# reedge provision: the {board.name}'s hardware watchdog driver\n"
                                                f"{board.watchdog.driver}\n".encode()))
-    return Plan(files, _todos(station, board), absolute, board)
+    registers = [d.params["path"] for d in station.core.drivers if d.type == "sim" and "path" in d.params]
+    return Plan(files, _todos(station, board), absolute, board, registers)
 
 
 def _credentials(station_file: pathlib.Path) -> tuple[list[PlannedFile], list[str]]:
@@ -325,6 +327,9 @@ def _missing_todos(root: pathlib.Path, planned: Plan) -> list[str]:
     todos += [f"{path} is outside {CONFIG_DIR}: make sure user reedge can read it (root:reedge 0640), or keep it "
               f"in {CONFIG_DIR}, whose files are given to reedge at each start"
               for path in planned.credentials if not path.startswith(CONFIG_DIR + "/")]
+    todos += [f"{path}: the plant that creates this register file must leave it writable by user reedge (run the "
+              "plant as reedge, or chgrp reedge and chmod 0660 it): the core opens it for writing"
+              for path in planned.register_files]
     for candidate in ("boot/firmware/config.txt", "boot/config.txt"):
         path = root / candidate
         if path.is_file():
