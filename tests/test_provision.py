@@ -3,7 +3,9 @@ station needs appear once, a second run changes nothing and says so, a tampered 
 nothing is written for a station that names no board, and ``--system`` refuses without root. What the
 service needs is checked as its user after the image's first start is played (systemd-sysusers and
 systemd-tmpfiles as reedge-setup.service runs them, into the image), and every unit passes
-``systemd-analyze verify``. No systemd can run as PID 1 here, so the units are not started.
+``systemd-analyze verify``. The units are not started under a systemd here: one booted as PID 1 of a
+PID namespace over the shared root runs the host's whole boot (it empties /tmp, starts the host's
+services), which no test may do to a machine others use.
 """
 
 from __future__ import annotations
