@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -239,6 +240,25 @@ def test_pi5_rp1_chip_is_found_under_both_kernel_numberings() -> None:
     assert new is not None and new is old and new.label == "pinctrl-rp1"
 
 
+def test_pi_boards_declare_their_hardware_watchdog_and_config_txt_filters() -> None:
+    """provision sets systemd's RuntimeWatchdogSec/RebootWatchdogSec within max_s (the kernel refuses a longer
+    timeout: bcm2835_wdt counts 15 s at most) and reads config.txt's [pi4]/[pi5]/[cm4] sections by the filters."""
+    for name, filters in (("rpi4", ("pi4",)), ("rpi5", ("pi5",)), ("cm4_industrial", ("pi4", "cm4"))):
+        board = load_board(name)
+        assert board.watchdog is not None and (board.watchdog.driver, board.watchdog.max_s) == ("bcm2835_wdt", 15)
+        assert board.watchdog.enable.startswith("dtparam=watchdog=on") and board.config_txt_filters == filters
+    assert load_board("sim").watchdog is None
+
+
+def test_watchdog_section_mistakes_are_reported_with_key_paths() -> None:
+    text = (BOARDS_DIR / "rpi5.toml").read_text().replace("max_s = 15", "max_s = 0").replace(
+        'driver = "bcm2835_wdt"', 'driver = "bcm2835-wdt!"').replace('["pi5"]', '["pi 5"]')
+    with pytest.raises(SpecError) as caught:
+        parse_board(text, "boards/rpi5.toml")
+    found = {e.key_path: e.message for e in caught.value.errors}
+    assert set(found) == {"watchdog.max_s", "watchdog.driver", "board.config_txt_filters[0]"}, found
+
+
 def test_sim_board_serves_only_the_sim_driver() -> None:
     board = load_board("sim")
     assert board.drivers() == ("sim",) and board.sim is not None and not board.chips
@@ -442,6 +462,23 @@ def test_list_sorts_ports_and_tells_nodes_from_other_devices() -> None:
     assert "without MicroPython's id" in ports[0].meaning()
 
 
+def test_a_port_given_with_port_and_not_probed_is_not_called_not_a_node() -> None:
+    """A pty or a by-path port has no USB ids: nothing says it is not a node (it may be the virtual node or a
+    Pico behind a hub): the listing says it was not probed and how to ask it, through the real command."""
+    master, slave = os.openpty()
+    try:
+        port = os.ttyname(slave)
+        out = subprocess.run([sys.executable, "-m", "edge", "boards", "list", "--port", port], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith(port))
+    assert row.endswith("not probed: no USB ids to tell what it is (add --probe to ask it)"), row
+    assert "not a node" not in row
+
+
 def test_list_table_and_json_carry_ids_serials_and_meaning() -> None:
     ports = list_serial(lambda: PLUGGED_IN, extra=["/tmp/vnode/ttyACM0"])
     table = format_table(ports).splitlines()
@@ -466,6 +503,7 @@ def test_boards_show_prints_the_wiring_table() -> None:
     assert out.returncode == 0, out.stderr
     assert re.search(r"^\s+4\s+DI0\s+X2\.1\s+input\s+isolated input 24 V$", out.stdout, re.M)
     assert "spi spi0: /dev/spidev0.0, /dev/spidev0.1 (driver spidev, lines 7, 8, 9, 10, 11)" in out.stdout
+    assert "hardware watchdog: bcm2835_wdt, at most 15 s (enable: dtparam=watchdog=on in " in out.stdout
     bad = subprocess.run([sys.executable, "-m", "edge", "boards", "show", "rpi6"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean 'rpi" in bad.stderr

@@ -95,7 +95,8 @@ def hello_check(session: NodeSession, identity: Mapping[str, object]) -> str:
                 hello = json.loads(line[6:])
                 if hello["config_hash"] != identity["config_hash"] or hello["name"] != identity["name"]:
                     raise FlashError(f"node says {hello}, expected {identity['name']}/{identity['config_hash']}")
-                return f"{hello['name']} config {hello['config_hash'][:12]} sensors v{hello['sensors']}"
+                return (f"{hello['name']} config {hello['config_hash'][:12]} framing {hello['framing']} "
+                        f"sensors v{hello['sensors']}")
     raise FlashError(f"no hello within the safety net; the node printed: {buffer[-500:]!r}")
 
 
@@ -156,9 +157,11 @@ def test_node_file_reports_every_problem_at_once(nodes: pathlib.Path) -> None:
 
 
 def test_syntax_error_in_a_module_stops_before_the_node_is_touched(nodes: pathlib.Path) -> None:
-    (nodes / "fw" / "sensors.py").write_text("def read(:\n")
-    with pytest.raises(FlashError, match=r"sensors\.py: mpy-cross refused it"):
+    (nodes / "fw" / "sensors.py").write_text("VERSION = 1\n\ndef read(:\n    return 42\n")
+    with pytest.raises(FlashError) as caught:
         flash(load_node("test-node", nodes), "/dev/null/not-opened", out=io.StringIO())
+    # the line mpy-cross names is kept: path:line, as compilers and editors write it
+    assert str(caught.value) == f"{nodes / 'fw' / 'sensors.py'}:3: mpy-cross refused it: SyntaxError: invalid syntax"
 
 
 # ---------------------------------------------------------------- flashing a real MicroPython
@@ -220,10 +223,54 @@ def test_a_source_module_that_would_shadow_a_flashed_one_is_removed(nodes: pathl
     do_flash(node, vnode)
     (vnode.fs_dir / "sensors.py").write_text(SENSORS.replace("VERSION = 1", "VERSION = 99"))   # stale source
     vnode.reset()
+    result, text = do_flash(node, vnode, dry_run=True)
+    assert "would remove sensors.py (it would be imported instead of the flashed sensors.mpy)" in text
     result, text = do_flash(node, vnode)
     assert result.removed == ["sensors.py"] and result.copied == [] and "removed 1 stale" in text, text
     assert "sensors.py" not in node_files(vnode)
     assert result.hello is not None and result.hello.endswith("sensors v1")   # the flashed module, not v99
+
+
+def test_a_package_folder_that_would_shadow_a_flashed_module_is_refused(nodes: pathlib.Path,
+                                                                      vnode: VirtualNode) -> None:
+    """A sensors/ package on the node is imported before sensors.py and sensors.mpy (MicroPython tries the folder
+    first): the node runs it, whatever was flashed. Flash refuses before writing anything, naming the folder and
+    the command that removes it; once it is gone, the flash goes through."""
+    node = load_node("test-node", nodes)
+    do_flash(node, vnode)
+    (vnode.fs_dir / "sensors").mkdir()
+    (vnode.fs_dir / "sensors" / "__init__.py").write_text("VERSION = 99\n")
+    (nodes / "fw" / "sensors.py").write_text(SENSORS.replace("VERSION = 1", "VERSION = 2"))   # a real change
+    vnode.reset()
+    before = node_files(vnode)
+    with pytest.raises(FlashError) as caught:
+        do_flash(load_node("test-node", nodes), vnode)
+    message = str(caught.value)
+    assert "the folder sensors/ on the node would be imported instead of the flashed sensors.mpy" in message
+    assert "nothing was written" in message and f"mpremote connect {vnode.port} rm -r :sensors" in message
+    assert node_files(vnode) == before
+    (vnode.fs_dir / "sensors" / "__init__.py").unlink()
+    (vnode.fs_dir / "sensors").rmdir()
+    result, _ = do_flash(load_node("test-node", nodes), vnode)
+    assert result.copied == ["sensors.mpy"] and result.hello is not None and result.hello.endswith("sensors v2")
+
+
+def test_a_root_module_that_would_shadow_a_flashed_lib_module_is_removed(nodes: pathlib.Path,
+                                                                         vnode: VirtualNode) -> None:
+    """Without lib/__init__, lib/framing.mpy is imported as `framing` through /lib on sys.path, after the root:
+    a framing.py or framing.mpy left at the root runs instead. Both go, and the report says why."""
+    (nodes / "fw" / "lib" / "__init__.py").unlink()
+    (nodes / "fw" / "main.py").write_text(MAIN.replace("from lib import framing", "import framing"))
+    node = load_node("test-node", nodes)
+    do_flash(node, vnode)
+    (vnode.fs_dir / "framing.py").write_text("VERSION = 'stale'\n")
+    (vnode.fs_dir / "framing.mpy").write_bytes((vnode.fs_dir / "lib" / "framing.mpy").read_bytes())
+    vnode.reset()
+    result, text = do_flash(node, vnode)
+    assert result.hello is not None and " framing cobs-1 " in result.hello, result.hello   # the flashed one
+    assert result.removed == ["framing.mpy", "framing.py"] == result.shadows and result.copied == [], text
+    assert "removed framing.py: it would have been imported instead of the flashed lib/framing.mpy" in text
+    assert {"framing.py", "framing.mpy"}.isdisjoint(node_files(vnode))
 
 
 def test_corrupted_copy_is_caught_and_nothing_is_replaced(nodes: pathlib.Path, vnode: VirtualNode) -> None:

@@ -15,6 +15,8 @@ import io
 import json
 import pathlib
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -110,13 +112,24 @@ def test_example_node_definition_builds_the_node_json_the_firmware_reads() -> No
 def test_first_flash_copies_everything_and_the_hello_matches(nodes: pathlib.Path, vnode: VirtualNode) -> None:
     result, text = do_flash(nodes, vnode)
     assert sorted(result.copied) == FIRMWARE_FILES and result.unchanged == []
-    expected = f"node hd1_node_a firmware 1.0.0 config {file_hash(vnode)} (4 channels, 1 outputs)"
+    expected = f"node hd1_node_a firmware 1.0.0 config {file_hash(vnode)} (4 channels, 1 output)"   # not "1 outputs"
     assert result.hello == expected and f"hello: {expected}" in text
     # the node was left running its firmware: it answers a HELLO_REQ with the flashed identity
     hello = ask_hello(vnode.port)
     assert (hello.node_id, hello.config_hash, hello.error) == ("hd1_node_a", file_hash(vnode), "")
     assert hello.channels == ("retort_tc", "retort_tc_cj", "h2_line_pressure", "enclosure_h2")
     assert vnode.outputs()["GP15"] == 1     # the stack light at its safe level: on
+
+
+def test_probe_names_the_node_by_its_number(nodes: pathlib.Path, vnode: VirtualNode) -> None:
+    """pico_node's node.json keeps the name in "node_id" and the number in "node_number": `boards list --probe`
+    shows the number (3 in hd1_node_a.toml), not the name twice."""
+    do_flash(nodes, vnode)
+    out = subprocess.run([sys.executable, "-m", "edge", "boards", "list", "--probe", "--json", "--port", vnode.port],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    (entry,) = [p for p in json.loads(out.stdout) if p["device"] == vnode.port]
+    assert entry["meaning"] == "node 'hd1_node_a' (id 3, station hd-01)", entry["meaning"]
 
 
 def test_second_flash_copies_nothing_and_the_hello_still_matches(nodes: pathlib.Path, vnode: VirtualNode) -> None:

@@ -55,6 +55,9 @@ def cmd_boards_show(args: argparse.Namespace) -> int:
         for extra in (bus.enable and f"enable: {bus.enable}", bus.note):
             if extra:
                 print(f"  {extra}")
+    if board.watchdog is not None:
+        w = board.watchdog
+        print(f"\nhardware watchdog: {w.driver}, at most {w.max_s} s" + (f" (enable: {w.enable})" if w.enable else ""))
     if board.sim is not None:
         s = board.sim
         print(f"\nsim register file: {s.analog_inputs} analog in, {s.digital_inputs} digital in, {s.outputs} out "
@@ -115,7 +118,8 @@ def register(sub: Any) -> None:
                    help="allow flashing a board that is currently another node (changes its identity)")
     p.set_defaults(func=cmd_flash)
 
-    p = sub.add_parser("provision", help="write a station's files (service, watchdog) to an SBC image or this system")
+    p = sub.add_parser("provision", help="write a station's files (service enabled at boot, its user and file "
+                                         "ownership, watchdog) to an SBC image or this system")
     p.add_argument("--station", required=True, help="station file (it must name its board)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--image-root", metavar="DIR", help="the image's root folder (a mounted SD card, a rootfs)")
@@ -123,5 +127,6 @@ def register(sub: Any) -> None:
     p.add_argument("--reedge-bin", help="absolute path of reedge on the target (default: /opt/reedge/.venv/bin/reedge "
                                         "for an image, this reedge for --system)")
     p.add_argument("--watchdog-sec", type=int, help="systemd WatchdogSec of the service (default 10)")
-    p.add_argument("--hw-watchdog-sec", type=int, help="RuntimeWatchdogSec of the hardware watchdog (default 10)")
+    p.add_argument("--hw-watchdog-sec", type=int, help="RuntimeWatchdogSec of the hardware watchdog (default 10; at "
+                                                     "most the board's [watchdog] max_s, 15 on the Pis)")
     p.set_defaults(func=cmd_provision)

@@ -3,18 +3,34 @@
 
 What it writes, and only that (every file is reedge's own, so writing is reversible by deleting it):
 
-- ``/etc/reedge/station.toml``: the station file, byte for byte;
+- ``/etc/reedge/station.toml``: the station file, byte for byte, 0640; and each credential file the station
+  names by a relative path (``[mqtt] password_file``, ``ca_file``, ``cert_file``, ``key_file``), copied
+  beside it, 0640, where the copied station looks for it;
 - ``/etc/systemd/system/reedge.service``: ``reedge run`` as a ``Type=notify`` service with a
-  ``WatchdogSec`` (``edge.app.systemd`` pings it from the scan loop), ``Restart=always``, real-time
+  ``WatchdogSec`` (``edge.app.systemd`` pings it from the scan loop), ``Restart=always`` within a start
+  limit (``START_LIMIT``: a controller that cannot start is not restarted forever), real-time
   and memory-locking rights for the sampler, and the hardening that leaves GPIO, SPI and serial
   ports reachable (see ``HARDENING``);
+- ``/etc/systemd/system/reedge-setup.service``: run before each start, as root: creates the ``reedge``
+  user (``systemd-sysusers``) and gives it its files (``systemd-tmpfiles``). Not left to the boot-time
+  ``systemd-sysusers.service``: that one runs only after an OS update (``ConditionNeedsUpdate=/etc``);
+- ``/etc/systemd/system/reedge-gave-up.service``: one journal line (``journalctl -t reedge``) saying the
+  service gave up restarting, what state the plant is in and how to start it again;
+- ``/etc/systemd/system/multi-user.target.wants/reedge.service``: the link ``systemctl enable`` makes,
+  so an image starts the controller at its first boot;
 - ``/etc/sysusers.d/reedge.conf``: the ``reedge`` user and its device groups (gpio, spi, i2c, dialout);
-- ``/etc/systemd/system.conf.d/reedge-watchdog.conf``: systemd pets the SoC's hardware watchdog
-  (``RuntimeWatchdogSec``), so a hung kernel or a stuck PID 1 reboots the board;
-- ``/etc/modules-load.d/reedge-watchdog.conf``: loads ``bcm2835_wdt``, the Pi's watchdog driver.
+- ``/etc/tmpfiles.d/reedge.conf``: who owns what: ``/etc/reedge``, the station and the credential files
+  in it root:reedge, 0750/0640 (the group does not exist before the user is made, so ownership is given
+  at start, not here); ``/var/lib/reedge`` is the unit's ``StateDirectory=``, given to reedge by systemd;
+- for a board with a hardware watchdog (``[watchdog]`` of its board file):
+  ``/etc/systemd/system.conf.d/reedge-watchdog.conf``: systemd pets it (``RuntimeWatchdogSec``, within
+  what it counts), so a hung kernel or a stuck PID 1 reboots the board; and
+  ``/etc/modules-load.d/reedge-watchdog.conf``: loads its driver (``bcm2835_wdt`` on the Pis).
 
 It never edits a file it did not write (``config.txt`` included): what the board still needs there
-(``dtparam=spi=on`` for a station with converters, ``dtparam=watchdog=on``) is printed as a to-do.
+(``dtparam=spi=on`` for a station with converters, ``dtparam=watchdog=on``) is printed as a to-do,
+judged as the firmware reads ``config.txt`` (``edge.app.config_txt``). A credential file named by an
+absolute path is not copied either: a to-do says where it must be and who must read it.
 
 Idempotent: each file is compared with what is there and written (atomically) only when it differs;
 a second run reports every file unchanged. Three safety layers meet here, from fast to coarse: the
@@ -27,25 +43,38 @@ from __future__ import annotations
 
 import os
 import pathlib
+import posixpath
 import shutil
 import sys
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
+from edge.app.config_txt import read_config_txt
 from edge.files import write_atomic
 from edge.spec.board import Board, load_board
+from edge.spec.reader import counted
 from edge.spec.station import Station, load_station
 
+CONFIG_DIR = "/etc/reedge"
 STATION_PATH = "/etc/reedge/station.toml"
 UNIT_PATH = "/etc/systemd/system/reedge.service"
+SETUP_UNIT_PATH = "/etc/systemd/system/reedge-setup.service"
+GAVE_UP_UNIT_PATH = "/etc/systemd/system/reedge-gave-up.service"
+WANTS_PATH = "/etc/systemd/system/multi-user.target.wants/reedge.service"
 SYSUSERS_PATH = "/etc/sysusers.d/reedge.conf"
+TMPFILES_PATH = "/etc/tmpfiles.d/reedge.conf"
 WATCHDOG_PATH = "/etc/systemd/system.conf.d/reedge-watchdog.conf"
 MODULES_PATH = "/etc/modules-load.d/reedge-watchdog.conf"
 STATE_DIR = "/var/lib/reedge"
 IMAGE_REEDGE_BIN = "/opt/reedge/.venv/bin/reedge"   # where the image recipe installs the venv
 DEVICE_GROUPS = ("dialout", "gpio", "spi", "i2c")
-BCM_WATCHDOG_MAX_S = 15     # bcm2835_wdt cannot count longer than ~15.9 s
+CREDENTIAL_KEYS = ("ca_file", "cert_file", "key_file", "password_file")   # [mqtt] files the service reads
+#: 5 failed starts within 10 minutes and systemd stops restarting (a station file it cannot read, a
+#: missing device): the outputs are safe meanwhile (dead-man, relay), and reedge-gave-up.service says so
+START_LIMIT_BURST = 5
+START_LIMIT_INTERVAL = "10min"
 
 #: Hardening that keeps /dev/gpiochip*, /dev/spidev* and the serial ports reachable. Left out on
 #: purpose, each with its reason: PrivateDevices (hides every device node), ProtectClock and any
@@ -82,6 +111,7 @@ class PlannedFile:
     path: str            # absolute path on the target system
     content: bytes
     mode: int = 0o644
+    link_to: str = ""    # a symbolic link to this absolute path instead of a file (content unused)
 
 
 @dataclass(frozen=True)
@@ -94,11 +124,20 @@ class Change:
 class Options:
     reedge_bin: str = IMAGE_REEDGE_BIN
     service_watchdog_s: int = 10      # WatchdogSec: reedge run pings every half of it
-    hardware_watchdog_s: int = 10     # RuntimeWatchdogSec
+    hardware_watchdog_s: int = 10     # RuntimeWatchdogSec, within the board's [watchdog] max_s
 
 
-def plan(station_file: pathlib.Path, options: Options) -> tuple[list[PlannedFile], list[str]]:
-    """The files for this station, and the to-dos reedge leaves to the technician. Refuses a
+@dataclass(frozen=True)
+class Plan:
+    files: list[PlannedFile]
+    settings: list[str]           # what config.txt must say for this station ("dtparam=spi=on")
+    credentials: list[str]        # [mqtt] files named by absolute paths: the technician puts them there
+    board: Board
+    register_files: list[str]     # sim drivers' register files: the plant makes them, reedge must write them
+
+
+def plan(station_file: pathlib.Path, options: Options) -> Plan:
+    """The files for this station, what reedge leaves to the technician, and its board. Refuses a
     station that names no board: its wiring was never checked against the hardware."""
     station = load_station(station_file)
     if station.board is None:
@@ -108,23 +147,60 @@ def plan(station_file: pathlib.Path, options: Options) -> tuple[list[PlannedFile
     board = load_board(station.board)
     if not options.reedge_bin.startswith("/"):
         raise ProvisionError(f"--reedge-bin {options.reedge_bin!r}: expected an absolute path on the target")
-    if not 1 <= options.hardware_watchdog_s <= BCM_WATCHDOG_MAX_S and board.chips:
-        raise ProvisionError(f"--hw-watchdog-sec {options.hardware_watchdog_s}: the Pi's watchdog counts "
-                             f"1 to {BCM_WATCHDOG_MAX_S} s")
+    if board.watchdog is not None and not 1 <= options.hardware_watchdog_s <= board.watchdog.max_s:
+        raise ProvisionError(f"--hw-watchdog-sec {options.hardware_watchdog_s}: the {board.name}'s watchdog "
+                             f"({board.watchdog.driver}) counts 1 to {board.watchdog.max_s} s")
     if not 2 <= options.service_watchdog_s <= 600:
         raise ProvisionError(f"--watchdog-sec {options.service_watchdog_s}: expected 2 to 600 s")
+    latch = station.core.latch_file
+    if latch is not None and not posixpath.normpath(latch).startswith(STATE_DIR + "/"):
+        raise ProvisionError(f"{station_file}: core.latch_file {latch!r}: the service may write only under "
+                             f"{STATE_DIR} (ProtectSystem=strict): leave latch_file out (reedge run keeps the "
+                             f"latched trips in {STATE_DIR}/latched-trips) or put it under {STATE_DIR}/")
+    copied, absolute = _credentials(station_file)
     files = [
-        # world-readable: the service runs as reedge, and the group that could narrow it does not exist until
-        # systemd-sysusers runs at first boot; the file holds no secret (credentials are files it names)
-        PlannedFile(STATION_PATH, station_file.read_bytes(), 0o644),
+        # 0640, root:reedge once reedge-setup.service has run (the group does not exist before)
+        PlannedFile(STATION_PATH, station_file.read_bytes(), 0o640),
+        *copied,
         PlannedFile(UNIT_PATH, unit_text(station, options).encode()),
+        PlannedFile(SETUP_UNIT_PATH, setup_unit_text().encode()),
+        PlannedFile(GAVE_UP_UNIT_PATH, gave_up_unit_text().encode()),
+        PlannedFile(WANTS_PATH, b"", link_to=UNIT_PATH),   # what `systemctl enable reedge` makes
         PlannedFile(SYSUSERS_PATH, sysusers_text().encode()),
+        PlannedFile(TMPFILES_PATH, tmpfiles_text([f.path for f in copied] + [path for path in absolute
+                                                  if path.startswith(CONFIG_DIR + "/")]).encode()),
     ]
-    if board.chips:  # a real Pi-family board: the SoC's watchdog
-        files.append(PlannedFile(WATCHDOG_PATH, watchdog_text(options).encode()))
-        files.append(PlannedFile(MODULES_PATH, b"# reedge provision: the Raspberry Pi's hardware watchdog driver\n"
-                                               b"bcm2835_wdt\n"))
-    return files, _todos(station, board)
+    if board.watchdog is not None:  # the SoC's hardware watchdog
+        files.append(PlannedFile(WATCHDOG_PATH, watchdog_text(options, board.watchdog.max_s).encode()))
+        files.append(PlannedFile(MODULES_PATH, f"# reedge provision: the {board.name}'s hardware watchdog driver\n"
+                                               f"{board.watchdog.driver}\n".encode()))
+    registers = [d.params["path"] for d in station.core.drivers if d.type == "sim" and "path" in d.params]
+    return Plan(files, _todos(station, board), absolute, board, registers)
+
+
+def _credentials(station_file: pathlib.Path) -> tuple[list[PlannedFile], list[str]]:
+    """The [mqtt] files the service reads: a relative path is copied beside the station (where the copy
+    looks for it); an absolute one is the technician's to put there (returned as the second list)."""
+    with open(station_file, "rb") as f:
+        mqtt = tomllib.load(f).get("mqtt", {})
+    files: list[PlannedFile] = []
+    absolute: list[str] = []
+    for key in CREDENTIAL_KEYS:
+        name = mqtt.get(key) if isinstance(mqtt, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name.startswith("~"):
+            raise ProvisionError(f"{station_file}: mqtt.{key} {name!r}: the service has no home folder "
+                                 "(ProtectHome=yes): name a file beside the station or an absolute path")
+        if name.startswith("/"):
+            absolute.append(posixpath.normpath(name))
+            continue
+        target = posixpath.normpath(posixpath.join(CONFIG_DIR, name))
+        if not target.startswith(CONFIG_DIR + "/"):
+            raise ProvisionError(f"{station_file}: mqtt.{key} {name!r} leaves the station's folder: name a file "
+                                 "in it or below it, or an absolute path")
+        files.append(PlannedFile(target, (station_file.parent / name).read_bytes(), 0o640))
+    return files, absolute
 
 
 def unit_text(station: Station, options: Options) -> str:
@@ -134,10 +210,14 @@ def unit_text(station: Station, options: Options) -> str:
         "[Unit]",
         f"Description=reeproduce-edge controller, station {ident.site}/{ident.station_id} ({ident.kind})",
         f"Documentation=file://{STATION_PATH}",
-        "After=network-online.target time-sync.target systemd-sysusers.service",
+        "After=network-online.target time-sync.target reedge-setup.service",
         "Wants=network-online.target",
-        "# never give up restarting: while it is down the core's outputs are safe and the relay has dropped",
-        "StartLimitIntervalSec=0",
+        "Requires=reedge-setup.service",
+        "# a controller that cannot start (station file unreadable, device missing) is not restarted forever:",
+        "# the outputs are safe while it is down (dead-man, watchdog relay); reedge-gave-up.service says so",
+        f"StartLimitIntervalSec={START_LIMIT_INTERVAL}",
+        f"StartLimitBurst={START_LIMIT_BURST}",
+        "OnFailure=reedge-gave-up.service",
         "",
         "[Service]",
         "Type=notify",
@@ -168,6 +248,50 @@ def unit_text(station: Station, options: Options) -> str:
     return "\n".join(lines)
 
 
+def setup_unit_text() -> str:
+    return "\n".join([
+        "# Written by `reedge provision`: the reedge user and its files, before each start of reedge.service",
+        "[Unit]",
+        "Description=reeproduce-edge: the reedge user and the ownership of its files",
+        f"Documentation=file://{TMPFILES_PATH}",
+        "After=systemd-sysusers.service systemd-tmpfiles-setup.service",
+        "Before=reedge.service",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        f"ExecStart=/usr/bin/systemd-sysusers {SYSUSERS_PATH}",
+        f"ExecStart=/usr/bin/systemd-tmpfiles --create {TMPFILES_PATH}",
+        "",
+    ])
+
+
+def gave_up_unit_text() -> str:
+    line = (f"reedge.service failed {START_LIMIT_BURST} times within {START_LIMIT_INTERVAL} and is no longer "
+            "restarted. The plant's outputs are safe and the watchdog relay has dropped. Find the cause with "
+            "journalctl -u reedge, fix it, then run: systemctl reset-failed reedge && systemctl start reedge")
+    return "\n".join([
+        "# Written by `reedge provision`: one clear journal line when reedge.service hits its start limit",
+        "[Unit]",
+        "Description=reeproduce-edge: reedge.service gave up restarting",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "SyslogIdentifier=reedge",
+        "SyslogLevel=crit",
+        f"ExecStart=/usr/bin/echo \"{line}\"",
+        "",
+    ])
+
+
+def tmpfiles_text(credentials: Sequence[str]) -> str:
+    """systemd-tmpfiles lines: the service reads its station and credentials through group reedge."""
+    lines = ["# Written by `reedge provision`: applied by reedge-setup.service before each start of reedge",
+             f"d {CONFIG_DIR} 0750 root reedge -",
+             f"z {STATION_PATH} 0640 root reedge -"]
+    lines += [f"z {path} 0640 root reedge -" for path in credentials]
+    return "\n".join(lines) + "\n"
+
+
 def sysusers_text() -> str:
     lines = ["# Written by `reedge provision`: the controller's user and the groups that own its devices",
              f"u reedge - \"reeproduce-edge controller\" {STATE_DIR}"]
@@ -175,18 +299,18 @@ def sysusers_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def watchdog_text(options: Options) -> str:
+def watchdog_text(options: Options, max_s: int) -> str:
     return ("# Written by `reedge provision`: systemd pets the hardware watchdog; a hung kernel reboots the board\n"
             "[Manager]\n"
             f"RuntimeWatchdogSec={options.hardware_watchdog_s}s\n"
-            f"RebootWatchdogSec={BCM_WATCHDOG_MAX_S}s\n")   # the most bcm2835_wdt counts: it refuses longer
+            f"RebootWatchdogSec={max_s}s\n")   # the most the board's watchdog counts: the kernel refuses longer
 
 
 def _todos(station: Station, board: Board) -> list[str]:
     """What the board's firmware config must say for this station; reedge does not edit config.txt."""
     todos: list[str] = []
-    if board.chips:
-        todos.append("dtparam=watchdog=on")
+    if board.watchdog is not None and board.watchdog.enable:
+        todos.append(board.watchdog.enable.split(" in ")[0])
     for driver in station.core.drivers:
         if driver.type == "spidev":
             bus = board.spi_bus_for(driver.params.get("dev", ""))
@@ -195,33 +319,58 @@ def _todos(station: Station, board: Board) -> list[str]:
     return list(dict.fromkeys(todos))
 
 
-def _missing_todos(root: pathlib.Path, todos: Sequence[str]) -> list[str]:
+def _missing_todos(root: pathlib.Path, planned: Plan) -> list[str]:
+    """The config.txt settings the board will not get, read as its firmware reads the file, and the
+    credential files the target lacks or that reedge cannot give to its user."""
+    todos = [f"put {path} on the target: the station names it" for path in planned.credentials
+             if not (root / path.lstrip("/")).is_file()]
+    todos += [f"{path} is outside {CONFIG_DIR}: make sure user reedge can read it (root:reedge 0640), or keep it "
+              f"in {CONFIG_DIR}, whose files are given to reedge at each start"
+              for path in planned.credentials if not path.startswith(CONFIG_DIR + "/")]
+    todos += [f"{path}: the plant that creates this register file must leave it writable by user reedge (run the "
+              "plant as reedge, or chgrp reedge and chmod 0660 it): the core opens it for writing"
+              for path in planned.register_files]
     for candidate in ("boot/firmware/config.txt", "boot/config.txt"):
-        config = root / candidate
-        if config.is_file():
-            active = _active_lines(config.read_text(encoding="utf-8", errors="replace"))
-            return [f"/{candidate}: add '{t}'" for t in todos if t not in active]
-    return [f"config.txt (not found under {root}): make sure it has '{t}'" for t in todos]
-
-
-def _active_lines(config_txt: str) -> set[str]:
-    """The settings config.txt really makes: comments (whole-line or trailing) and blanks dropped, so that
-    ``#dtparam=spi=on`` does not count as SPI enabled."""
-    return {line.split("#", 1)[0].strip() for line in config_txt.splitlines()} - {""}
+        path = root / candidate
+        if path.is_file():
+            config = read_config_txt(path, planned.board.config_txt_filters)
+            missing = []
+            for t in planned.settings:
+                if not config.has(t):
+                    why = config.reason(t)
+                    missing.append(f"/{candidate}: add '{t}'" + (f" ({why})" if why else ""))
+            return missing + todos
+    return [f"config.txt (not found under {root}): make sure it has '{t}'" for t in planned.settings] + todos
 
 
 def apply(files: Sequence[PlannedFile], root: pathlib.Path) -> list[Change]:
-    """Write each file under ``root`` that differs (content or mode), atomically; report every file."""
+    """Write each file under ``root`` that differs (content or mode, or a link's target), atomically;
+    report every file."""
     changes: list[Change] = []
     for planned in files:
         target = root / planned.path.lstrip("/")
-        exists = target.is_file()
-        if exists and target.read_bytes() == planned.content and (target.stat().st_mode & 0o777) == planned.mode:
-            changes.append(Change(planned.path, "unchanged"))
-            continue
-        write_atomic(target, planned.content, mode=planned.mode)
+        if planned.link_to:
+            exists = target.is_symlink() or target.exists()
+            if target.is_symlink() and os.readlink(target) == planned.link_to:
+                changes.append(Change(planned.path, "unchanged"))
+                continue
+            _link_atomic(target, planned.link_to)
+        else:
+            exists = target.is_file()
+            if exists and target.read_bytes() == planned.content and (target.stat().st_mode & 0o777) == planned.mode:
+                changes.append(Change(planned.path, "unchanged"))
+                continue
+            write_atomic(target, planned.content, mode=planned.mode)
         changes.append(Change(planned.path, "updated" if exists else "created"))
     return changes
+
+
+def _link_atomic(target: pathlib.Path, link_to: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(link_to, temporary)
+    os.replace(temporary, target)
 
 
 def provision(station_file: pathlib.Path, *, image_root: pathlib.Path | None, system: bool,
@@ -241,19 +390,18 @@ def provision(station_file: pathlib.Path, *, image_root: pathlib.Path | None, sy
         root = image_root
         if not root.is_dir():
             raise ProvisionError(f"--image-root {root}: no such folder (mount the image's root filesystem first)")
-    files, todos = plan(station_file, options or Options())
-    changes = apply(files, root)
+    planned = plan(station_file, options or Options())
+    changes = apply(planned.files, root)
     where = "this system" if system else str(root)
     for change in changes:
         print(f"  {change.what:9} {change.path}", file=stream)
     changed = [c for c in changes if c.what != "unchanged"]
     if changed:
-        print(f"{len(changed)} file(s) written to {where}", file=stream)
+        print(f"{counted(len(changed), 'file')} written to {where}", file=stream)
     else:
         print(f"nothing changed: {where} already has these files", file=stream)
-    for todo in _missing_todos(root, todos):
+    for todo in _missing_todos(root, planned):
         print(f"  to do by hand: {todo}", file=stream)
     if system and changed:
-        print("next: systemd-sysusers && systemctl daemon-reload && systemctl enable --now reedge",
-              file=stream)
+        print("next: systemctl daemon-reload && systemctl restart reedge", file=stream)
     return changes

@@ -55,6 +55,7 @@ __all__ = [
     "GpioChip",
     "Line",
     "SimRegisterFile",
+    "Watchdog",
     "board_names",
     "check_station_wiring",
     "load_board",
@@ -76,7 +77,8 @@ SERVED_BY: dict[str, tuple[str, ...]] = {
     "serial": ("edge.io", "none"),
     "sim": ("sim",),
 }
-SECTIONS = ("board", "gpiochips", "spi", "i2c", "serial", "sim")
+SECTIONS = ("board", "gpiochips", "spi", "i2c", "serial", "sim", "watchdog")
+WATCHDOG_MAX_S = 3600       # no SoC watchdog counts longer; systemd's RuntimeWatchdogSec is set within it
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 LINE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 CHIP_PATH_RE = re.compile(r"/dev/gpiochip[0-9]{1,3}")
@@ -145,6 +147,16 @@ class SimRegisterFile:
 
 
 @dataclass(frozen=True)
+class Watchdog:
+    """The SoC's hardware watchdog: the kernel driver that serves it and the longest timeout it counts
+    (the kernel refuses a longer one, so systemd's RuntimeWatchdogSec/RebootWatchdogSec must stay within)."""
+
+    driver: str          # kernel module, e.g. "bcm2835_wdt"
+    max_s: int
+    enable: str = ""     # how it is switched on (config.txt line)
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     description: str
@@ -153,6 +165,8 @@ class Board:
     buses: tuple[Bus, ...] = ()
     sim: SimRegisterFile | None = None
     note: str = ""
+    watchdog: Watchdog | None = None
+    config_txt_filters: tuple[str, ...] = ()   # the config.txt model filters ([pi4], [cm4]...) it matches
 
     def drivers(self) -> tuple[str, ...]:
         """The core driver types this board can serve, in a stable order."""
@@ -199,10 +213,12 @@ def parse_board(text: str, source: str) -> Board:
     board = top.table("board", required=True, expected="a [board] table")
     name = description = None
     note = ""
+    filters: tuple[str, ...] = ()
     if board is not None:
         name = board.need("name", _ident, "the board's name, the same as the file's name")
         description = board.need("description", _text, "one line saying what the board is")
         note = board.get("note", _text, "")
+        filters = tuple(board.get("config_txt_filters", _filters) or ())
         board.finish()
     stem = pathlib.Path(source).stem
     if name is not None and name != stem:
@@ -215,12 +231,15 @@ def parse_board(text: str, source: str) -> Board:
         buses.extend(_bus(kind, key, bus_t, chips) for key, bus_t in _named(top, kind))
     sim_t = top.table("sim", expected="a [sim] table")
     sim = _sim(sim_t) if sim_t is not None else None
+    watchdog_t = top.table("watchdog", expected="a [watchdog] table")
+    watchdog = _watchdog(watchdog_t) if watchdog_t is not None else None
     top.finish()
     _check_board(problems, chips)
     if not chips and sim is None and not buses:
         problems.add("", "the board declares nothing: expected [gpiochips.*], [spi.*], [serial.*] or [sim]")
     problems.raise_if_any(SECTIONS)
-    return Board(name or stem, description or "", pathlib.Path(source), chips, tuple(buses), sim, note)
+    return Board(name or stem, description or "", pathlib.Path(source), chips, tuple(buses), sim, note, watchdog,
+                 filters)
 
 
 # ---- values: the kernel's converters with the board file's patterns
@@ -235,6 +254,9 @@ _offsets = list_of(integer_in(0, 65535), "line offsets", max_len=65536, unique=F
 _devices = list_of(matching(DEV_RE, "expected a device path such as \"/dev/spidev0.0\""), "device paths",
                    max_len=64, unique=False)
 _sim_count = integer_in(0, SIM_IO_MAX)
+_filters = list_of(matching(re.compile(r"(pi|cm)[0-9a-z+]{1,4}"), "expected a config.txt model filter such as "
+                                                                 "\"pi4\" or \"cm4\""), "model filters", max_len=8)
+_module = matching(re.compile(r"[a-z0-9_]{1,64}"), "expected a kernel module name such as \"bcm2835_wdt\"")
 
 
 def _some_devices(value: object) -> list[str]:
@@ -326,6 +348,17 @@ def _sim(t: Table) -> SimRegisterFile:
     t.get("note", _text, "")
     t.finish()
     return SimRegisterFile(*counts)
+
+
+def _watchdog(t: Table) -> Watchdog:
+    t.accept("driver", "max_s", "enable", "note")
+    driver = t.need("driver", _module, "the kernel module of the watchdog, e.g. \"bcm2835_wdt\"") or ""
+    max_s = t.need("max_s", integer_in(1, WATCHDOG_MAX_S),
+                   f"the longest timeout the watchdog counts, in whole seconds (1..{WATCHDOG_MAX_S})") or 1
+    enable = t.get("enable", _text, "")
+    t.get("note", _text, "")
+    t.finish()
+    return Watchdog(driver, max_s, enable)
 
 
 def _driver(t: Table, section: str) -> str:

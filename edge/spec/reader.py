@@ -183,6 +183,11 @@ def describe(value: object) -> str:
     return f"date/time {short(str(value))}"
 
 
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """``1 output``, ``4 outputs``, ``0 files``: a count with its noun agreeing (``plural`` when not noun + s)."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def fmt(number: float) -> str:
     """A number as written in the file: 930 rather than 930.0, 25.78125 in full."""
     text = repr(float(number))

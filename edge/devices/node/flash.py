@@ -14,8 +14,10 @@ it serves, its channel config), read by ``edge.spec.node`` into a ``NodeDef``. F
    before anything is replaced: a copy corrupted on the way is caught while the node still has its
    previous, working firmware.
 4. **commit**: rename every ``.new`` into place, ``main.py`` last, remove files an earlier flash
-   wrote that the firmware no longer has and any ``x.py`` beside a flashed ``x.mpy`` (MicroPython would
-   import the source instead, whoever left it there), and hash everything once more.
+   wrote that the firmware no longer has and every file that would shadow a flashed module, whoever left
+   it there (``shadows``: MicroPython imports ``x/`` before ``x.py`` before ``x.mpy`` in each folder of
+   ``sys.path``, and the root before ``/lib``), and hash everything once more. A *folder* that shadows
+   a module is refused before anything is written: it may hold what reedge never wrote.
 5. **restart** (soft reset: ``main.py`` runs with the new modules) and check the node's **hello**
    through a pluggable check (``HELLO_CHECKS``, per firmware folder): the hello frame belongs to the
    link protocol of the firmware, not to flashing.
@@ -31,6 +33,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,7 @@ from edge.devices.node import hello
 from edge.devices.node.hello import PicoNodeError
 from edge.devices.node.session import NodeError, NodeSession
 from edge.spec.node import NodeDef, identity_bytes
+from edge.spec.reader import counted
 
 __all__ = [
     "HELLO_CHECKS",
@@ -117,8 +121,11 @@ def _mpy_cross(src: pathlib.Path, rel: str, out: pathlib.Path) -> None:
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = proc.communicate(timeout=120)
     if proc.returncode != 0:
+        # a traceback: '  File "lib/x.py", line 12' then 'SyntaxError: invalid syntax'; keep both
         message = err.decode("utf-8", "replace").strip().splitlines()
-        raise FlashError(f"{src}: mpy-cross refused it: {message[-1] if message else 'no message'}")
+        line = next((m.group(1) for text in message if (m := re.search(r'^\s*File ".*", line (\d+)', text))), None)
+        where = f"{src}:{line}" if line else f"{src}"
+        raise FlashError(f"{where}: mpy-cross refused it: {message[-1] if message else 'no message'}")
 
 
 # ============================================================================ talking to the node
@@ -166,6 +173,49 @@ def remote_hashes(session: NodeSession, paths: Sequence[str]) -> dict[str, str |
             digest = hashlib.sha256(session.read_file(path)).hexdigest()
         result[path] = digest if isinstance(digest, str) else None
     return result
+
+
+_KINDS = """\
+import os
+def _k(p):
+    try:
+        return 'dir' if os.stat(p)[0] & 0x4000 else 'file'
+    except OSError:
+        return None
+print(repr({p: _k(p) for p in PATHS}))
+"""
+
+
+def remote_kinds(session: NodeSession, paths: Sequence[str]) -> dict[str, str | None]:
+    """'file', 'dir' or None (nothing there) for each path on the node, in one round trip."""
+    if not paths:
+        return {}
+    answer = session.eval(f"PATHS = {list(paths)!r}\n" + _KINDS)
+    if not isinstance(answer, dict):
+        raise FlashError(f"{session.port}: unexpected answer to the file listing: {answer!r}")
+    return {p: answer.get(p) if answer.get(p) in ("file", "dir") else None for p in paths}
+
+
+def shadows(artifacts: Sequence[Artifact]) -> list[str]:
+    """Paths that, present on the node, would be imported instead of a flashed ``.mpy`` module.
+
+    MicroPython looks in each ``sys.path`` folder (``''`` = the root, then ``/lib``) for ``x/`` (a package),
+    then ``x.py``, then ``x.mpy``: so ``x/`` and ``x.py`` beside ``x.mpy`` shadow it, and for a top-level
+    module in ``lib/`` (no ``lib/__init__``: imported through ``/lib`` on sys.path) so do ``x/``, ``x.py``
+    and ``x.mpy`` at the root."""
+    wanted = {a.path for a in artifacts}
+    lib_is_package = bool({"lib/__init__.py", "lib/__init__.mpy"} & wanted)
+    found: list[str] = []
+    for a in artifacts:
+        if not a.path.endswith(".mpy"):
+            continue
+        stem = a.path[:-len(".mpy")]
+        candidates = [stem + ".py", stem]
+        folder, _, name = stem.rpartition("/")
+        if folder == "lib" and not lib_is_package and name != "__init__":
+            candidates += [name + ".py", name + ".mpy", name]
+        found += [c for c in candidates if c not in wanted and c not in found]
+    return found
 
 
 def _ensure_dirs(session: NodeSession, paths: Sequence[str]) -> None:
@@ -232,7 +282,8 @@ class FlashResult:
     dry_run: bool
     copied: list[str] = field(default_factory=list)      # new or changed (would be, for a dry run)
     unchanged: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)     # stale files of an earlier flash
+    removed: list[str] = field(default_factory=list)     # stale files of an earlier flash, and shadows
+    shadows: list[str] = field(default_factory=list)     # of those, the ones that shadowed a flashed module
     hello: str | None = None                             # what the node said after the restart
 
     @property
@@ -301,9 +352,15 @@ def _update(session: NodeSession, node: NodeDef, artifacts: Sequence[Artifact], 
     old = ident.get("node")
     old_files = old.get("files", []) if isinstance(old, dict) else []
     stale = {p for p in old_files if isinstance(p, str) and p not in wanted and p != IDENTITY_FILE}
-    # a source module beside a flashed X.mpy is imported instead of it, whoever put it there: it goes too
-    shadows = [a.path[:-len(".mpy")] + ".py" for a in artifacts if a.path.endswith(".mpy")]
-    stale |= {p for p, digest in remote_hashes(session, shadows).items() if digest is not None}
+    # whatever would be imported instead of a flashed module goes too, whoever put it there; a folder is refused
+    found = {p: kind for p, kind in remote_kinds(session, shadows(artifacts)).items() if kind is not None}
+    folders = sorted(p for p, kind in found.items() if kind == "dir")
+    if folders:
+        raise FlashError(f"{port}: the folder {folders[0]}/ on the node would be imported instead of the flashed "
+                         f"{_shadowed(folders[0], artifacts)}: nothing was written. Look at what it holds, then "
+                         f"remove it (mpremote connect {port} rm -r :{folders[0]}) and flash again")
+    stale |= set(found)
+    result.shadows = sorted(found)
     remote = remote_hashes(session, list(wanted))
     for a in artifacts:
         (result.unchanged if remote.get(a.path) == a.sha256 else result.copied).append(a.path)
@@ -312,7 +369,7 @@ def _update(session: NodeSession, node: NodeDef, artifacts: Sequence[Artifact], 
         _report_plan(progress, result, remote, wanted)
         return
     if not result.changed:
-        progress.say(f"{node.name} on {port}: all {len(artifacts)} files already match; nothing copied")
+        progress.say(f"{node.name} on {port}: all {counted(len(artifacts), 'file')} already match; nothing copied")
         return
     _copy_and_verify(session, progress, [wanted[p] for p in result.copied], copy)
     # modules first, then node.json and boot.py, main.py last: a node reset mid-way runs
@@ -327,6 +384,16 @@ def _update(session: NodeSession, node: NodeDef, artifacts: Sequence[Artifact], 
                          "flash again (the node's filesystem may be full or failing)")
     progress.say(f"{node.name} on {port}: copied {len(result.copied)}, unchanged {len(result.unchanged)}"
                  + (f", removed {len(stale)} stale" if stale else "") + "; every file verified by sha256")
+    for path in result.shadows:
+        progress.say(f"  removed {path}: it would have been imported instead of the flashed "
+                     f"{_shadowed(path, artifacts)}")
+
+
+def _shadowed(path: str, artifacts: Sequence[Artifact]) -> str:
+    """The flashed module that ``path`` shadows, for messages."""
+    name = path.removesuffix(".py").removesuffix(".mpy")
+    return next((a.path for a in artifacts if a.path.endswith(".mpy") and (a.path[:-4] == name or
+                 a.path[:-4] == "lib/" + name)), "module")
 
 
 def _check_node(ident: Mapping[str, object], node: NodeDef, port: str, retarget: bool) -> None:
@@ -349,7 +416,7 @@ def _copy_and_verify(session: NodeSession, progress: Progress, items: Sequence[A
     for index, a in enumerate(items, start=1):
         progress.step(index - 1, total, f"copy {index}/{len(items)} {a.path} ({len(a.data)} bytes)")
         copy(session, a.path + ".new", a.data)
-    progress.step(len(items), total, f"verify {len(items)} file(s) by sha256 on the node")
+    progress.step(len(items), total, f"verify {counted(len(items), 'file')} by sha256 on the node")
     got = remote_hashes(session, [a.path + ".new" for a in items])
     bad = [a for a in items if got.get(a.path + ".new") != a.sha256]
     if bad:
@@ -357,7 +424,7 @@ def _copy_and_verify(session: NodeSession, progress: Progress, items: Sequence[A
         first = bad[0]
         raise FlashError(f"{session.port}: verification failed: {first.path} arrived with sha256 "
                          f"{(got.get(first.path + '.new') or 'none')[:16]}..., expected {first.sha256[:16]}... "
-                         f"({len(bad)} of {len(items)} files bad). Nothing was replaced: the node keeps its "
+                         f"({len(bad)} of {counted(len(items), 'file')} bad). Nothing was replaced: the node keeps its "
                          "previous firmware. Flash again; if it repeats, change the USB cable")
     progress.step(total, total, "verified")
 
@@ -369,10 +436,11 @@ def _report_plan(progress: Progress, result: FlashResult, remote: Mapping[str, s
         state = "new" if remote.get(path) is None else "changed"
         progress.say(f"  would copy   {path} ({state}, {len(wanted[path].data)} bytes)")
     for path in result.removed:
-        progress.say(f"  would remove {path} (not in this firmware: left by an earlier flash, or it would "
-                     "shadow a flashed module)")
+        why = ("it would be imported instead of the flashed " + _shadowed(path, list(wanted.values()))
+               if path in result.shadows else "not in this firmware: left by an earlier flash")
+        progress.say(f"  would remove {path} ({why})")
     if not result.changed:
-        progress.say(f"  nothing to do: all {len(result.unchanged)} files match")
+        progress.say(f"  nothing to do: all {counted(len(result.unchanged), 'file')} match")
     else:
-        progress.say(f"  {len(result.unchanged)} files unchanged")
+        progress.say(f"  {counted(len(result.unchanged), 'file')} unchanged")
 

@@ -29,6 +29,7 @@ from edge.devices.node import link
 from edge.devices.node.link import Frame, FrameType, Hello, LinkError
 from edge.devices.node.session import NodeSession
 from edge.spec.node import NodeDef, identity_bytes
+from edge.spec.reader import counted
 
 __all__ = ["HELLO_TIMEOUT_S", "PicoNodeError", "check_pico_node_hello", "compare_hello", "firmware_version",
            "pico_node_identity"]
@@ -109,7 +110,7 @@ def check_pico_node_hello(session: NodeSession, identity: Mapping[str, object]) 
                          "Files were verified by hash, so the node runs something else: a boot.py or a "
                          "node.json changed on the node? Flash again, or look at it with `mpremote repl`")
     return (f"node {hello.node_id} firmware {hello.firmware} config {hello.config_hash} "
-            f"({len(hello.channels)} channels, {len(hello.outputs)} outputs)")
+            f"({counted(len(hello.channels), 'channel')}, {counted(len(hello.outputs), 'output')})")
 
 
 def _read_hello(session: NodeSession) -> Hello:

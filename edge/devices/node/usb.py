@@ -27,7 +27,7 @@ PID_MICROPYTHON = 0x0005
 #: Other MicroPython boards that enumerate with MicroPython's own ids (pyboard: F055:9800).
 MICROPYTHON_IDS = {(VID_RASPBERRY_PI, PID_MICROPYTHON), (0xF055, 0x9800)}
 
-Kind = Literal["micropython", "raspberry-pi", "other"]
+Kind = Literal["micropython", "raspberry-pi", "other", "unknown"]
 
 
 class PortInfo(Protocol):
@@ -59,6 +59,9 @@ class SerialPort:
 
     @property
     def kind(self) -> Kind:
+        """``unknown``: no USB ids to judge by (a pty, a path given with ``--port``): only a probe can tell."""
+        if self.vid is None:
+            return "unknown"
         if (self.vid, self.pid) in MICROPYTHON_IDS:
             return "micropython"
         if self.vid == VID_RASPBERRY_PI:
@@ -71,12 +74,16 @@ class SerialPort:
             return f"no node: {self.probe['error']}"
         node = self.probe.get("node")
         if isinstance(node, dict):
-            return f"node '{node.get('name', '?')}' (id {node.get('node_id', '?')}, station {node.get('station', '?')})"
+            # the node's number: "node_number" in pico_node's node.json (whose "node_id" is the name), else "node_id"
+            number = node.get("node_number", node.get("node_id"))
+            number = number if isinstance(number, int) and not isinstance(number, bool) else "?"
+            return f"node '{node.get('name', '?')}' (id {number}, station {node.get('station', '?')})"
         if self.probe:
             return f"MicroPython {self.probe.get('version', '?')}, not flashed by reedge (no node.json)"
         return {"micropython": "MicroPython node (not probed)",
                 "raspberry-pi": "Raspberry Pi device without MicroPython's id: C firmware or debug probe?",
-                "other": "not a node (RS-485 adapter, modem...)"}[self.kind]
+                "other": "not a node (RS-485 adapter, modem...)",
+                "unknown": "not probed: no USB ids to tell what it is (add --probe to ask it)"}[self.kind]
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
