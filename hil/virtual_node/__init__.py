@@ -13,6 +13,11 @@ What differs from a real board, and why:
   ADS1115 models, WDT, resets. The firmware never knows; the test sets the chips' readings through
   :meth:`VirtualNode.set_max31856`, :meth:`VirtualNode.set_ads1115`, :meth:`VirtualNode.set_input`
   and reads driven outputs with :meth:`VirtualNode.outputs`;
+* the console's receive side is bounded as on a Pico (TinyUSB's 256-byte CDC FIFO plus the rp2
+  port's 512-byte stdin ring): bytes the firmware does not read stay in the pty and the host's
+  writes block, as USB flow control throttles a host writing faster than the firmware reads;
+* every change of a driven pin is logged with the node's own ``ticks_ms`` (:meth:`VirtualNode.pin_log`),
+  so a test times the firmware on the node's clock instead of racing it from outside;
 * the flash is the host folder ``fs_dir``: read at every boot, written through on every file close,
   so files survive resets and the test can look at them.
 
@@ -36,7 +41,7 @@ import time
 import tty
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from hil.resources import virtual_node_dir
 
@@ -121,6 +126,15 @@ def pin_name(pin: int | str) -> str:
     if pin.startswith("GP") and pin[2:].isdigit():
         return pin_name(int(pin[2:]))
     raise ValueError(f"unknown pin {pin!r} (GPIO number, 'GP<n>' or 'LED')")
+
+
+class PinChange(NamedTuple):
+    """One change of a driven pin: which boot, the node's ticks_ms then, the pin's name and its new level."""
+
+    boot: int
+    t_ms: int
+    pin: str
+    level: int
 
 
 class VirtualNode:
@@ -292,6 +306,19 @@ class VirtualNode:
         except (OSError, ValueError):
             return {}
         return {str(k): int(v) for k, v in data.get("pins", {}).items()}
+
+    def pin_log(self) -> list[PinChange]:
+        """Every change of a driven pin since the node was created, in order, stamped with the node's ticks_ms."""
+        try:
+            lines = (self._state / "pins.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 4:          # a line being appended right now is skipped
+                out.append(PinChange(int(parts[0]), int(parts[1]), parts[2], int(parts[3])))
+        return out
 
     def _write_peripherals(self) -> None:
         tmp = self._state / "peripherals.json.tmp"
