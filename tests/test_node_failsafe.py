@@ -1,14 +1,16 @@
-"""The sensor node fails safe against a hostile console: the real firmware, compiled as
+"""The sensor node fails safe against a hostile console and a lost converter: the real firmware, compiled as
 flashed, in real MicroPython (the virtual node), timed on the node's own clock (its pin log), never by racing it.
 
 * A host that babbles (garbage, frames of another boot, frames of the wrong type) at any rate cannot hold off
   the dead-man: outputs are safe within deadman_ms + one sample period of the last valid OUTPUTS frame, and the
   node keeps sampling and reporting. The virtual node's console has a Pico's bounded receive FIFO, so a host
   writing faster than the firmware reads is throttled by back-pressure, as USB flow control does.
+* A MAX31856 unplugged after boot, or a stuck MISO line, reads FAULT, never a plausible 0.0 degC.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import random
@@ -22,7 +24,7 @@ import serial  # type: ignore[import-untyped]
 from edge.devices.node import link
 from edge.devices.node.link import Frame, FrameType
 from hil.virtual_node import PinChange, VirtualNode
-from tests.support_node import H2_VALVE_PIN, NODE_JSON, PERIPHERALS, VENT_PIN, stage_firmware
+from tests.support_node import H2_VALVE_PIN, NODE_JSON, PERIPHERALS, TC_CS, VENT_PIN, stage_firmware
 
 TIMEOUT = 60.0           # safety net only: every wait below ends on a condition
 DEADMAN_MS = NODE_JSON["deadman_ms"]
@@ -201,3 +203,59 @@ def test_a_host_writing_to_a_node_that_does_not_read_is_held_back(tmp_path: path
     print(f"a node that does not read took {taken} bytes")
     assert taken < 200_000
 
+
+def readings(listener: Listener, boot: int) -> list[link.Readings]:
+    """Every sample the node sent, once each (the node resends unacknowledged ones), in sample order."""
+    by_sample = {r.sample: r for r in (link.parse_readings(f.payload) for f in listener.of(FrameType.READINGS, boot))}
+    return [by_sample[k] for k in sorted(by_sample)]
+
+
+TC, TC_CJ = 0, 1           # reading indices of retort_tc and retort_tc_cj (HELLO's channel order)
+TC_C = PERIPHERALS["max31856"][f"GP{TC_CS}"]["tc_c"]
+
+
+@pytest.mark.parametrize("fault", ["unplugged", "miso-low", "miso-high"])
+def test_a_thermocouple_converter_lost_after_boot_reads_fault(node: VirtualNode, fault: str) -> None:
+    """Never a plausible 0.0 degC with status OK: a reading is the chip's real value or FAULT (NaN), and the
+    channel comes back by itself when the chip does."""
+    with serial.Serial(node.port, 115200, timeout=0.05) as s:
+        listener = Listener(s)
+        listener.start()
+        try:
+            boot = hello_boot(s, listener)
+
+            def ok_after(sample: int) -> bool:
+                return any(r.sample > sample and r.items[TC].status == 0 and r.items[TC].value == TC_C
+                           for r in readings(listener, boot))
+
+            wait_for(lambda: ok_after(0), "a good reading before the fault")
+            before = readings(listener, boot)[-1].sample
+            {"unplugged": lambda: node.set_max31856(TC_CS, present=False),
+             "miso-low": lambda: node.set_spi_miso(0),
+             "miso-high": lambda: node.set_spi_miso(1)}[fault]()
+
+            def faults_after(sample: int) -> list[int]:
+                return [r.sample for r in readings(listener, boot)
+                        if r.sample > sample and r.items[TC].status & link.NODE_FAULT]
+
+            wait_for(lambda: len(faults_after(before)) >= 10, "ten FAULT readings")
+            first_fault = faults_after(before)[0]
+            cleared = readings(listener, boot)[-1].sample
+            if fault == "unplugged":
+                node.set_max31856(TC_CS, present=True)      # plugged back, unconfigured: the node sets it up
+            else:
+                node.set_spi_miso(None)
+            wait_for(lambda: ok_after(cleared), "a good reading after the fault cleared")
+        finally:
+            listener.stop.set()
+            listener.join(timeout=TIMEOUT)
+    seen = readings(listener, boot)
+    for r in seen:
+        tc, cj = r.items[TC], r.items[TC_CJ]
+        if tc.status & link.NODE_FAULT:
+            assert math.isnan(tc.value) and math.isnan(cj.value) and cj.status & link.NODE_FAULT, r
+        else:
+            assert (tc.value, cj.value) == (TC_C, PERIPHERALS["max31856"][f"GP{TC_CS}"]["cj_c"]), r
+    # from the node's first FAULT until the fault was cleared, every reading is FAULT
+    assert all(r.items[TC].status & link.NODE_FAULT for r in seen if first_fault <= r.sample <= cleared)
+    assert seen[-1].items[TC].status == 0

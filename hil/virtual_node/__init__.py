@@ -102,8 +102,10 @@ def ensure_runtime() -> str:
 
 
 def _max31856_entry(temp_c: float | None, cold_junction_c: float | None, fault: int | None,
-                    old: dict[str, Any]) -> dict[str, Any]:
+                    old: dict[str, Any], present: bool | None = None) -> dict[str, Any]:
     new = dict(old)
+    if present is not None:
+        new["present"] = bool(present)
     if temp_c is not None:
         new["tc_c"] = float(temp_c)
     if cold_junction_c is not None:
@@ -113,6 +115,12 @@ def _max31856_entry(temp_c: float | None, cold_junction_c: float | None, fault: 
             raise ValueError(f"MAX31856 fault status is one byte, got {fault}")
         new["fault"] = int(fault)
     return new
+
+
+def _level(value: object, what: str) -> int:
+    if value not in (0, 1):
+        raise ValueError(f"{what} is a logic level, 0 or 1, got {value!r}")
+    return 1 if value else 0
 
 
 def pin_name(pin: int | str) -> str:
@@ -327,15 +335,18 @@ class VirtualNode:
 
     def set_peripherals(self, peripherals: dict[str, Any]) -> None:
         """Replace every fake reading at once (keys ``pins``, ``max31856``, ``ads1115``; see lib/machine.py)."""
-        unknown = set(peripherals) - {"pins", "max31856", "ads1115"}
+        unknown = set(peripherals) - {"pins", "max31856", "ads1115", "spi"}
         if unknown:
-            raise ValueError(f"unknown peripheral kinds {sorted(unknown)} (known: pins, max31856, ads1115)")
+            raise ValueError(f"unknown peripheral kinds {sorted(unknown)} (known: pins, max31856, ads1115, spi)")
         new: dict[str, Any] = {"pins": {}, "max31856": {}, "ads1115": {}}
+        miso = peripherals.get("spi", {}).get("miso")
+        if miso is not None:
+            new["spi"] = {"miso": _level(miso, "spi miso")}
         for pin, level in peripherals.get("pins", {}).items():
             new["pins"][pin_name(pin)] = 1 if level else 0
         for cs, entry in peripherals.get("max31856", {}).items():
             new["max31856"][pin_name(cs)] = _max31856_entry(entry.get("tc_c"), entry.get("cj_c"),
-                                                            entry.get("fault"), {})
+                                                            entry.get("fault"), {}, entry.get("present"))
         for addr, entry in peripherals.get("ads1115", {}).items():
             counts = [int(c) for c in entry.get("counts", [0, 0, 0, 0])]
             if len(counts) != 4:
@@ -346,12 +357,22 @@ class VirtualNode:
             self._write_peripherals()
 
     def set_max31856(self, cs: int | str, *, temp_c: float | None = None, cold_junction_c: float | None = None,
-                     fault: int | None = None) -> None:
-        """Set what the MAX31856 behind chip-select ``cs`` reports: thermocouple °C, cold junction °C, SR bits."""
+                     fault: int | None = None, present: bool | None = None) -> None:
+        """Set what the MAX31856 behind chip-select ``cs`` reports: thermocouple °C, cold junction °C, SR bits;
+        ``present=False`` unplugs it (it answers nothing and loses its configuration), ``True`` plugs it back."""
         name = pin_name(cs)
         with self._lock:
             chips = self._peripherals["max31856"]
-            chips[name] = _max31856_entry(temp_c, cold_junction_c, fault, chips.get(name, {}))
+            chips[name] = _max31856_entry(temp_c, cold_junction_c, fault, chips.get(name, {}), present)
+            self._write_peripherals()
+
+    def set_spi_miso(self, level: int | None) -> None:
+        """Hold every SPI bus's MISO line stuck at ``level`` (0: shorted to GND, 1: to 3V3); None frees it."""
+        with self._lock:
+            if level is None:
+                self._peripherals.pop("spi", None)
+            else:
+                self._peripherals["spi"] = {"miso": _level(level, "spi miso")}
             self._write_peripherals()
 
     def set_ads1115(self, address: int, channel: int, counts: int) -> None:

@@ -13,7 +13,7 @@ import time
 import machine
 import nodelink as L
 from ads1115 import ADS1115
-from max31856 import CJ_RANGE, MAX31856, NO_CHIP, OPEN, OVUV, TC_RANGE
+from max31856 import CJ_RANGE, MAX31856, NO_CHIP, NOT_READY, OPEN, OVUV, TC_RANGE
 
 try:                        # for mypy only: MicroPython has no typing module and never evaluates annotations
     from collections.abc import Callable
@@ -191,7 +191,7 @@ class Node:
                 cache[0], cache[1], cache[2] = chip.read()
             fault = cache[2]
             status = 0
-            if fault & (OPEN | OVUV | NO_CHIP):
+            if fault & (OPEN | OVUV | NO_CHIP | NOT_READY):
                 status |= ST_FAULT
             if fault & (TC_RANGE if thermocouple else CJ_RANGE):
                 status |= ST_RANGE
