@@ -173,9 +173,13 @@ def test_a_babbling_host_cannot_hold_off_the_dead_man(node: VirtualNode, kind: s
             listener.join(timeout=TIMEOUT)
     t_last, t_trip = trip_after_last_command(node.pin_log(), 1)
     held = t_trip - t_last
+    # time after the dead-man's deadline in which this busy machine gave the interpreter no CPU at all
+    # (a Pico never loses it) is the machine's delay, not the firmware's
+    due = t_last + DEADMAN_MS
+    lost = sum(max(0, min(st.t_ms, t_trip) - max(st.t_ms - st.lost_ms, due)) for st in node.stalls() if st.boot == 1)
     print(f"{kind} at {rate}: safe {held} ms after the last command (dead-man {DEADMAN_MS} ms, "
-          f"period {PERIOD_MS} ms), {babbler.written} bytes babbled")
-    assert DEADMAN_MS - PERIOD_MS <= held <= DEADMAN_MS + PERIOD_MS
+          f"period {PERIOD_MS} ms; {lost} ms without CPU), {babbler.written} bytes babbled")
+    assert DEADMAN_MS - PERIOD_MS <= held - lost <= DEADMAN_MS + PERIOD_MS
     assert node.outputs()[H2] == 0 and node.outputs()[VENT] == 1
     statuses = [link.parse_status(f.payload) for f in listener.of(FrameType.STATUS, boot)]
     assert max(st.deadman_trips for st in statuses) == 1      # once: nothing of the babble fed it again

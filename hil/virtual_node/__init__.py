@@ -17,7 +17,9 @@ What differs from a real board, and why:
   port's 512-byte stdin ring): bytes the firmware does not read stay in the pty and the host's
   writes block, as USB flow control throttles a host writing faster than the firmware reads;
 * every change of a driven pin is logged with the node's own ``ticks_ms`` (:meth:`VirtualNode.pin_log`),
-  so a test times the firmware on the node's clock instead of racing it from outside;
+  so a test times the firmware on the node's clock instead of racing it from outside, and every
+  stretch in which the interpreter's process got no CPU (:meth:`VirtualNode.stalls`), which a Pico
+  never loses;
 * the flash is the host folder ``fs_dir``: read at every boot, written through on every file close,
   so files survive resets and the test can look at them.
 
@@ -143,6 +145,14 @@ class PinChange(NamedTuple):
     t_ms: int
     pin: str
     level: int
+
+
+class Stall(NamedTuple):
+    """The interpreter got no CPU for ``lost_ms`` up to ``t_ms`` (node ticks_ms) of ``boot``: the host was busy."""
+
+    boot: int
+    t_ms: int
+    lost_ms: int
 
 
 class VirtualNode:
@@ -327,6 +337,14 @@ class VirtualNode:
             if len(parts) == 4:          # a line being appended right now is skipped
                 out.append(PinChange(int(parts[0]), int(parts[1]), parts[2], int(parts[3])))
         return out
+
+    def stalls(self) -> list[Stall]:
+        """Every stretch of 20 ms or more in which the interpreter's process got no CPU (a busy host machine)."""
+        try:
+            lines = (self._state / "stalls.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [Stall(*(int(x) for x in p)) for p in (line.split() for line in lines) if len(p) == 3]
 
     def _write_peripherals(self) -> None:
         tmp = self._state / "peripherals.json.tmp"

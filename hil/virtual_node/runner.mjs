@@ -115,12 +115,29 @@ function stdinChar() {            // Emscripten device read: a byte, or undefine
 
 // ---------- time: keep busy-waits from burning a core ----------
 
+const pinLog = path.join(stateDir, "pins.log");
+const stallLog = path.join(stateDir, "stalls.log");
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 let lastTicksCall = 0;
 let lastPump = 0;
 let lastConsumed = -Infinity;     // when the firmware last took a byte from the console
 let hook = () => {};              // watchdog check, set below
 let nodeTicks = () => 0;          // the interpreter's own ticks_ms, without the pump (set at instantiation)
+
+// Time the interpreter's process was not running at all (descheduled by a busy host machine) is time
+// a Pico never loses. It is logged, so a test that times the firmware on the node's clock can tell the
+// firmware's own delay from the machine's: wall time between two clock checks less the CPU time used.
+const STALL_MS = 20;
+let lastCpu = 0;
+
+function noteStall(wallMs) {
+    const cpu = process.cpuUsage();
+    const cpuMs = (cpu.user + cpu.system) / 1000;
+    if (wallMs > STALL_MS && wallMs - (cpuMs - lastCpu) > STALL_MS) {
+        fs.appendFileSync(stallLog, `${args.boot || 0} ${Math.round(nodeTicks())} ${Math.round(wallMs - (cpuMs - lastCpu))}\n`);
+    }
+    lastCpu = cpuMs;
+}
 
 function patchedTicks(orig) {
     return () => {
@@ -132,6 +149,7 @@ function patchedTicks(orig) {
         if (now - lastTicksCall < 0.2 && now - lastConsumed > 1) Atomics.wait(sleeper, 0, 0, 0.3);
         lastTicksCall = performance.now();
         if (lastTicksCall - lastPump > 1) {
+            noteStall(lastTicksCall - lastPump);
             lastPump = lastTicksCall;
             pump();
             hook();
@@ -244,7 +262,6 @@ if (resetCause === "soft") {      // a soft reset restarts the interpreter; the 
 }
 let wdt = null;                   // { timeoutMs, fedAt }
 
-const pinLog = path.join(stateDir, "pins.log");
 
 function writeOutputs() {
     const tmp = path.join(stateDir, "outputs.json.tmp");
