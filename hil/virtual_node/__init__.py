@@ -13,6 +13,13 @@ What differs from a real board, and why:
   ADS1115 models, WDT, resets. The firmware never knows; the test sets the chips' readings through
   :meth:`VirtualNode.set_max31856`, :meth:`VirtualNode.set_ads1115`, :meth:`VirtualNode.set_input`
   and reads driven outputs with :meth:`VirtualNode.outputs`;
+* the console's receive side is bounded as on a Pico (TinyUSB's 256-byte CDC FIFO plus the rp2
+  port's 512-byte stdin ring): bytes the firmware does not read stay in the pty and the host's
+  writes block, as USB flow control throttles a host writing faster than the firmware reads;
+* every change of a driven pin is logged with the node's own ``ticks_ms`` (:meth:`VirtualNode.pin_log`),
+  so a test times the firmware on the node's clock instead of racing it from outside, and every
+  stretch in which the interpreter's process got no CPU (:meth:`VirtualNode.stalls`), which a Pico
+  never loses;
 * the flash is the host folder ``fs_dir``: read at every boot, written through on every file close,
   so files survive resets and the test can look at them.
 
@@ -36,7 +43,7 @@ import time
 import tty
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from hil.resources import virtual_node_dir
 
@@ -97,8 +104,10 @@ def ensure_runtime() -> str:
 
 
 def _max31856_entry(temp_c: float | None, cold_junction_c: float | None, fault: int | None,
-                    old: dict[str, Any]) -> dict[str, Any]:
+                    old: dict[str, Any], present: bool | None = None) -> dict[str, Any]:
     new = dict(old)
+    if present is not None:
+        new["present"] = bool(present)
     if temp_c is not None:
         new["tc_c"] = float(temp_c)
     if cold_junction_c is not None:
@@ -108,6 +117,12 @@ def _max31856_entry(temp_c: float | None, cold_junction_c: float | None, fault: 
             raise ValueError(f"MAX31856 fault status is one byte, got {fault}")
         new["fault"] = int(fault)
     return new
+
+
+def _level(value: object, what: str) -> int:
+    if value not in (0, 1):
+        raise ValueError(f"{what} is a logic level, 0 or 1, got {value!r}")
+    return 1 if value else 0
 
 
 def pin_name(pin: int | str) -> str:
@@ -121,6 +136,23 @@ def pin_name(pin: int | str) -> str:
     if pin.startswith("GP") and pin[2:].isdigit():
         return pin_name(int(pin[2:]))
     raise ValueError(f"unknown pin {pin!r} (GPIO number, 'GP<n>' or 'LED')")
+
+
+class PinChange(NamedTuple):
+    """One change of a driven pin: which boot, the node's ticks_ms then, the pin's name and its new level."""
+
+    boot: int
+    t_ms: int
+    pin: str
+    level: int
+
+
+class Stall(NamedTuple):
+    """The interpreter got no CPU for ``lost_ms`` up to ``t_ms`` (node ticks_ms) of ``boot``: the host was busy."""
+
+    boot: int
+    t_ms: int
+    lost_ms: int
 
 
 class VirtualNode:
@@ -293,6 +325,27 @@ class VirtualNode:
             return {}
         return {str(k): int(v) for k, v in data.get("pins", {}).items()}
 
+    def pin_log(self) -> list[PinChange]:
+        """Every change of a driven pin since the node was created, in order, stamped with the node's ticks_ms."""
+        try:
+            lines = (self._state / "pins.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 4:          # a line being appended right now is skipped
+                out.append(PinChange(int(parts[0]), int(parts[1]), parts[2], int(parts[3])))
+        return out
+
+    def stalls(self) -> list[Stall]:
+        """Every stretch of 20 ms or more in which the interpreter's process got no CPU (a busy host machine)."""
+        try:
+            lines = (self._state / "stalls.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [Stall(*(int(x) for x in p)) for p in (line.split() for line in lines) if len(p) == 3]
+
     def _write_peripherals(self) -> None:
         tmp = self._state / "peripherals.json.tmp"
         tmp.write_text(json.dumps(self._peripherals))
@@ -300,15 +353,18 @@ class VirtualNode:
 
     def set_peripherals(self, peripherals: dict[str, Any]) -> None:
         """Replace every fake reading at once (keys ``pins``, ``max31856``, ``ads1115``; see lib/machine.py)."""
-        unknown = set(peripherals) - {"pins", "max31856", "ads1115"}
+        unknown = set(peripherals) - {"pins", "max31856", "ads1115", "spi"}
         if unknown:
-            raise ValueError(f"unknown peripheral kinds {sorted(unknown)} (known: pins, max31856, ads1115)")
+            raise ValueError(f"unknown peripheral kinds {sorted(unknown)} (known: pins, max31856, ads1115, spi)")
         new: dict[str, Any] = {"pins": {}, "max31856": {}, "ads1115": {}}
+        miso = peripherals.get("spi", {}).get("miso")
+        if miso is not None:
+            new["spi"] = {"miso": _level(miso, "spi miso")}
         for pin, level in peripherals.get("pins", {}).items():
             new["pins"][pin_name(pin)] = 1 if level else 0
         for cs, entry in peripherals.get("max31856", {}).items():
             new["max31856"][pin_name(cs)] = _max31856_entry(entry.get("tc_c"), entry.get("cj_c"),
-                                                            entry.get("fault"), {})
+                                                            entry.get("fault"), {}, entry.get("present"))
         for addr, entry in peripherals.get("ads1115", {}).items():
             counts = [int(c) for c in entry.get("counts", [0, 0, 0, 0])]
             if len(counts) != 4:
@@ -319,12 +375,22 @@ class VirtualNode:
             self._write_peripherals()
 
     def set_max31856(self, cs: int | str, *, temp_c: float | None = None, cold_junction_c: float | None = None,
-                     fault: int | None = None) -> None:
-        """Set what the MAX31856 behind chip-select ``cs`` reports: thermocouple °C, cold junction °C, SR bits."""
+                     fault: int | None = None, present: bool | None = None) -> None:
+        """Set what the MAX31856 behind chip-select ``cs`` reports: thermocouple °C, cold junction °C, SR bits;
+        ``present=False`` unplugs it (it answers nothing and loses its configuration), ``True`` plugs it back."""
         name = pin_name(cs)
         with self._lock:
             chips = self._peripherals["max31856"]
-            chips[name] = _max31856_entry(temp_c, cold_junction_c, fault, chips.get(name, {}))
+            chips[name] = _max31856_entry(temp_c, cold_junction_c, fault, chips.get(name, {}), present)
+            self._write_peripherals()
+
+    def set_spi_miso(self, level: int | None) -> None:
+        """Hold every SPI bus's MISO line stuck at ``level`` (0: shorted to GND, 1: to 3V3); None frees it."""
+        with self._lock:
+            if level is None:
+                self._peripherals.pop("spi", None)
+            else:
+                self._peripherals["spi"] = {"miso": _level(level, "spi miso")}
             self._write_peripherals()
 
     def set_ads1115(self, address: int, channel: int, counts: int) -> None:

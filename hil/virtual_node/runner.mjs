@@ -13,6 +13,14 @@
 // process with a code the harness reads; the harness starts a fresh one on the same pty, so every
 // boot gets a clean interpreter and no heap leaks from one boot into the next.
 //
+// Receive side: a Pico's USB CDC does not buffer without limit. TinyUSB's CDC RX FIFO (256 bytes at
+// full speed) feeds MicroPython's stdin ring buffer (512 bytes, holding 511); when both are full the
+// device NAKs the host's OUT transfers, the host driver's queue fills and the writer blocks. The
+// bridge models that: it takes bytes off the pty only while its FIFO (RX_FIFO bytes) has room, so
+// the pty's own buffer fills and the host's write() blocks (EAGAIN when non-blocking) until the
+// firmware reads. Ctrl-C is seen when a byte enters the FIFO, as the rp2 port sees it when moving
+// bytes into its ring: a Ctrl-C queued behind a full FIFO waits for the firmware to read.
+//
 // Files: the node filesystem is MEMFS seeded from the host folder at boot and written through to
 // it on every close/unlink/rename/mkdir/rmdir, so the host folder is the flash and survives resets.
 
@@ -37,7 +45,8 @@ const SPECIAL = new Set(["tmp", "home", "dev", "proc", VNODE_DIR.slice(1)]);
 
 // ---------- console: pty <-> interpreter ----------
 
-let input = [];                   // bytes read from the pty, not yet consumed
+const RX_FIFO = 256 + 511;        // TinyUSB CDC RX FIFO + the rp2 port's stdin ring buffer
+let input = [];                   // bytes read from the pty, not yet consumed (at most RX_FIFO)
 const carryFile = path.join(stateDir, "carry.bin");
 if (fs.existsSync(carryFile)) {   // bytes the previous boot had read but not consumed
     input.push(...fs.readFileSync(carryFile));
@@ -76,9 +85,11 @@ function pump() {
     if (process.ppid !== parentPid) process.exit(0);
     flushOut();
     for (;;) {
+        const room = Math.min(readBuf.length, RX_FIFO - input.length);
+        if (room <= 0) return;    // FIFO full: the rest stays in the pty, the host's writes block
         let n = 0;
         try {
-            n = fs.readSync(PTY_FD, readBuf, 0, readBuf.length, null);
+            n = fs.readSync(PTY_FD, readBuf, 0, room, null);
         } catch (e) {
             if (e.code === "EAGAIN" || e.code === "EIO") return;
             throw e;
@@ -97,22 +108,48 @@ function pump() {
 
 function stdinChar() {            // Emscripten device read: a byte, or undefined for EAGAIN
     if (!input.length) pump();
-    return input.length ? input.shift() : undefined;
+    if (!input.length) return undefined;
+    lastConsumed = performance.now();
+    return input.shift();
 }
 
 // ---------- time: keep busy-waits from burning a core ----------
 
+const pinLog = path.join(stateDir, "pins.log");
+const stallLog = path.join(stateDir, "stalls.log");
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 let lastTicksCall = 0;
 let lastPump = 0;
+let lastConsumed = -Infinity;     // when the firmware last took a byte from the console
 let hook = () => {};              // watchdog check, set below
+let nodeTicks = () => 0;          // the interpreter's own ticks_ms, without the pump (set at instantiation)
+
+// Time the interpreter's process was not running at all (descheduled by a busy host machine) is time
+// a Pico never loses. It is logged, so a test that times the firmware on the node's clock can tell the
+// firmware's own delay from the machine's: wall time between two clock checks less the CPU time used.
+const STALL_MS = 20;
+let lastCpu = 0;
+
+function noteStall(wallMs) {
+    const cpu = process.cpuUsage();
+    const cpuMs = (cpu.user + cpu.system) / 1000;
+    if (wallMs > STALL_MS && wallMs - (cpuMs - lastCpu) > STALL_MS) {
+        fs.appendFileSync(stallLog, `${args.boot || 0} ${Math.round(nodeTicks())} ${Math.round(wallMs - (cpuMs - lastCpu))}\n`);
+    }
+    lastCpu = cpuMs;
+}
 
 function patchedTicks(orig) {
     return () => {
         const now = performance.now();
-        if (now - lastTicksCall < 0.2) Atomics.wait(sleeper, 0, 0, 0.3);  // a tight loop is a sleep
+        // A tight loop of ticks calls is a sleep's busy-wait: slow it down so it does not burn a core.
+        // Not while the firmware is reading the console: poll() reads the clock several times per call,
+        // and a Pico polls its stdin in microseconds, so throttling then would make the node read far
+        // slower than a board does.
+        if (now - lastTicksCall < 0.2 && now - lastConsumed > 1) Atomics.wait(sleeper, 0, 0, 0.3);
         lastTicksCall = performance.now();
         if (lastTicksCall - lastPump > 1) {
+            noteStall(lastTicksCall - lastPump);
             lastPump = lastTicksCall;
             pump();
             hook();
@@ -144,6 +181,7 @@ WebAssembly.instantiate = function (source, imports) {
             const fn = imports.wasi_snapshot_preview1[name];
             imports.wasi_snapshot_preview1[name] = (...a) => posixErrno(fn(...a));
         }
+        nodeTicks = imports.env.mp_js_ticks_ms;
         imports.env.mp_js_ticks_ms = patchedTicks(imports.env.mp_js_ticks_ms);
         const fdWrite = imports.wasi_snapshot_preview1.fd_write;
         imports.wasi_snapshot_preview1.fd_write = (...a) => {
@@ -224,6 +262,7 @@ if (resetCause === "soft") {      // a soft reset restarts the interpreter; the 
 }
 let wdt = null;                   // { timeoutMs, fedAt }
 
+
 function writeOutputs() {
     const tmp = path.join(stateDir, "outputs.json.tmp");
     fs.writeFileSync(tmp, JSON.stringify({ pins, boot: Number(args.boot || 0) }));
@@ -259,6 +298,8 @@ const host = {
         if (pins[name] !== v) {
             pins[name] = v;
             writeOutputs();
+            // every change with the node's own ticks_ms, so a test can time the firmware in node time
+            fs.appendFileSync(pinLog, `${args.boot || 0} ${nodeTicks()} ${name} ${v}\n`);
         }
         pump();
     },

@@ -13,7 +13,7 @@ import time
 import machine
 import nodelink as L
 from ads1115 import ADS1115
-from max31856 import CJ_RANGE, MAX31856, NO_CHIP, OPEN, OVUV, TC_RANGE
+from max31856 import CJ_RANGE, MAX31856, NO_CHIP, NOT_READY, OPEN, OVUV, TC_RANGE
 
 try:                        # for mypy only: MicroPython has no typing module and never evaluates annotations
     from collections.abc import Callable
@@ -37,6 +37,11 @@ WINDOW = 16          # unacknowledged frames kept for retransmission
 RTO_MS = 500         # retransmit the whole window when its oldest frame is unacknowledged this long
 EXPIRE_MS = 3000     # give a frame up after this long; the edge learns it from `base`
 STATUS_MS = 1000
+# Bytes taken from the console per loop pass. Without a bound a host writing as fast as the node reads
+# (USB flow control lets any writer do that) kept the loop reading forever: no dead-man check, no sample.
+# 64 bytes keep a pass far shorter than the shortest sample period (20 ms); the virtual node still reads
+# about 50 kB/s so, far more than an edge sends.
+RX_BUDGET = 64
 
 # LED: (period ms, on ms) per state
 LED_CONFIG_ERROR = (1000, 1000)   # solid: node.json missing or invalid
@@ -186,7 +191,7 @@ class Node:
                 cache[0], cache[1], cache[2] = chip.read()
             fault = cache[2]
             status = 0
-            if fault & (OPEN | OVUV | NO_CHIP):
+            if fault & (OPEN | OVUV | NO_CHIP | NOT_READY):
                 status |= ST_FAULT
             if fault & (TC_RANGE if thermocouple else CJ_RANGE):
                 status |= ST_RANGE
@@ -280,6 +285,14 @@ class Node:
 
     # ---- the loop ----
 
+    def check_deadman(self, now: Ticks) -> None:
+        """Outputs safe once no OUTPUTS frame of this boot came for deadman_ms; checked on every loop pass."""
+        if self.last_cmd is not None and not self.tripped and \
+                time.ticks_diff(now, self.last_cmd) > self.deadman_ms:
+            self.tripped = True
+            self.deadman_trips += 1
+            self.drive(None)
+
     def sample(self, now: Ticks) -> None:
         self.sample_no = (self.sample_no + 1) & 0xFFFFFFFF
         out = bytearray(struct.pack(">IIB", self.sample_no, self.uptime, len(self.readers)))
@@ -316,17 +329,15 @@ class Node:
             now = time.ticks_ms()
             self.uptime = (self.uptime + time.ticks_diff(now, self.last_tick)) & 0xFFFFFFFF
             self.last_tick = now
-            while poller.poll(0):
+            budget = RX_BUDGET          # bounded: a host that never stops writing cannot hold the loop
+            while budget and poller.poll(0):
                 data = self.stdin.read(1)
                 if not data:
                     break
+                budget -= 1
                 for frame in self.decoder.feed(data):
-                    self.on_frame(frame, now)
-            if self.last_cmd is not None and not self.tripped and \
-                    time.ticks_diff(now, self.last_cmd) > self.deadman_ms:
-                self.tripped = True
-                self.deadman_trips += 1
-                self.drive(None)
+                    self.on_frame(frame, time.ticks_ms())   # the dead-man runs from when a frame came
+            self.check_deadman(time.ticks_ms())
             if time.ticks_diff(now, next_sample) >= 0:
                 next_sample = time.ticks_add(next_sample, self.period_ms)
                 if time.ticks_diff(now, next_sample) > 0:   # fell behind: do not burst

@@ -7,10 +7,15 @@ the chips report come from the harness's ``peripherals.json``:
 
     {"pins": {"GP2": 1},                                      # input levels
      "max31856": {"GP5": {"tc_c": 850.0, "cj_c": 25.0, "fault": 0}},  # keyed by chip-select pin
-     "ads1115": {"72": {"counts": [0, 12000, 0, 0]}}}         # keyed by I2C address (decimal)
+     "ads1115": {"72": {"counts": [0, 12000, 0, 0]}},         # keyed by I2C address (decimal)
+     "spi": {"miso": 0}}                                      # MISO stuck low (1: high), every bus
 
 Chips are register-level models (MAX31856 over SPI mode 1, ADS1115 over I2C), so the
 firmware's drivers are exercised byte for byte, not bypassed.
+
+A MAX31856 with ``"present": false`` is unplugged: it drives nothing, and its registers are lost
+(it comes back unconfigured, as after a power cycle). Nothing driving MISO reads 0x00: the RP2040's
+pads come out of reset with their pull-down on, and machine.SPI does not change that.
 """
 
 import json
@@ -120,15 +125,26 @@ class _Max31856:
 
     def __init__(self, cs_name):
         self.cs = cs_name
+        self.addr = None
+        self.present = True
+        self._power_on()
+
+    def _power_on(self):
         self.regs = bytearray(16)
         self.regs[0x01] = 0x03       # CR1 reset value: type K, 1 sample
-        self.addr = None
+
+    def _cfg(self):
+        return _peripherals().get("max31856", {}).get(self.cs, {})
 
     def select(self):
         self.addr = None
+        present = bool(self._cfg().get("present", True))
+        if not present:
+            self._power_on()         # unplugged: what was configured is gone
+        self.present = present
 
     def _live(self):
-        cfg = _peripherals().get("max31856", {}).get(self.cs, {})
+        cfg = self._cfg()
         tc = round(float(cfg.get("tc_c", 25.0)) * 128) & 0x7FFFF     # 19 bits, 2^-7 degC
         cj = round(float(cfg.get("cj_c", 25.0)) * 64) & 0x3FFF       # 14 bits, 2^-6 degC
         r = self.regs
@@ -138,6 +154,9 @@ class _Max31856:
         r[0x0F] = int(cfg.get("fault", 0)) & 0xFF
 
     def transfer(self, byte):
+        """The byte the chip drives onto MISO, or None when it drives nothing (unplugged)."""
+        if not self.present:
+            return None
         if self.addr is None:
             self.addr = byte
             if not byte & 0x80:
@@ -183,11 +202,16 @@ class SPI:
 
     def _xfer(self, wbuf, rbuf):
         chips = list(_selected.values())
+        stuck = _peripherals().get("spi", {}).get("miso")
         for i in range(len(rbuf) if rbuf is not None else len(wbuf)):
-            out = 0xFF
+            out = None
             w = wbuf[i] if wbuf is not None else 0
             if len(chips) == 1 and self.phase == 1:   # MAX31856 samples on the second edge (mode 1/3)
                 out = chips[0].transfer(w)
+            if out is None:
+                out = 0x00                            # nothing drives MISO: the pad's pull-down
+            if stuck is not None:
+                out = 0xFF if stuck else 0x00         # shorted to 3V3 or GND: whatever the chip drives
             if rbuf is not None:
                 rbuf[i] = out
 
