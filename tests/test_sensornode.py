@@ -17,8 +17,10 @@ import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
+import serial  # type: ignore[import-untyped]
 
 from edge.core import ChannelStatus
 from edge.devices.node import link
@@ -237,6 +239,21 @@ def test_a_node_speaking_link_protocol_1_is_named_and_never_commanded(tmp_path: 
     assert protocol_1_decode(bytes(old.heard)) == []   # nothing it could take: no HELLO_REQ below seq 46101 passes
 
 
+def test_the_flash_hello_check_names_a_node_answering_in_link_protocol_1(monkeypatch: pytest.MonkeyPatch) -> None:
+
+    from edge.devices.node import hello as hello_check
+
+    monkeypatch.setattr(hello_check, "HELLO_TIMEOUT_S", 2.0)     # how long to wait for a protocol-2 HELLO
+    old = Protocol1Node()
+    try:
+        with serial.Serial(old.port, 115200, timeout=0.05) as ser:
+            session = SimpleNamespace(port=old.port, transport=SimpleNamespace(serial=ser))
+            with pytest.raises(hello_check.PicoNodeError, match=r"answers in link protocol 1 .*Reflash the node"):
+                hello_check.check_pico_node_hello(session, {"firmware_version": "1.0.0"})  # type: ignore[arg-type]
+    finally:
+        old.close()
+
+
 def test_a_node_with_the_wrong_config_is_refused(rig: tuple[VirtualNode, RigCore]) -> None:
     node, rc = rig
     with SensorNode(config(node.port, expect_config_hash="0123456789abcdef"), rc.core) as sn:
@@ -256,7 +273,6 @@ def test_enter_repl_leaves_outputs_safe_and_the_node_at_its_repl(rig: tuple[Virt
         wait_until(lambda: node.outputs()[f"GP{H2_VALVE_PIN}"] == 1)
         sn.enter_repl()
         wait_until(lambda: node.outputs()[f"GP{H2_VALVE_PIN}"] == 0, what="safe at REPL")
-    import serial  # type: ignore[import-untyped]
     with serial.Serial(node.port, 115200, timeout=0.2) as s:
         s.write(b"\r")
         got = b""
