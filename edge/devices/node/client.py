@@ -8,7 +8,8 @@ OUTPUTS frames (the levels the core's gate gives the mapped outputs, and the ack
 ``keepalive_ms``. It stops sending them when the core stops, so the node's dead-man drops its outputs.
 
 Nothing is hidden: CRC and framing errors, duplicates, gaps, frames the node gave up on, node resets,
-reconnects and HELLO mismatches are counted in :class:`LinkStats`; every accepted reading also goes to
+reconnects, HELLO mismatches and frames of link protocol 1 (a node to reflash: named, never linked,
+never sent OUTPUTS) are counted in :class:`LinkStats`; every accepted reading also goes to
 ``on_reading`` when given. Staleness is the core's job: a quiet or unplugged node simply stops
 injecting, and each mapped channel's ``max_age_ms`` turns it STALE so the interlocks act.
 
