@@ -21,6 +21,7 @@ BENCHES = {
     "sampler": "bench.bench_sampler",
     "outbox": "bench.bench_outbox",
     "session": "bench.bench_session",
+    "link": "bench.bench_link",
 }
 
 

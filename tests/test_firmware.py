@@ -4,6 +4,7 @@ in real MicroPython (the virtual node of hil/virtual_node) for its link, dead-ma
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import pathlib
@@ -13,6 +14,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import serial  # type: ignore[import-untyped]
@@ -22,6 +24,7 @@ from hypothesis import strategies as st
 from edge.devices.node import link
 from edge.devices.node.link import Frame, FrameType
 from hil.virtual_node import MicroPythonError, MicroPythonWorker, VirtualNode
+from tests import support_faults as faults
 from tests.support_node import FIRMWARE, H2_VALVE_PIN, MODULES, NODE_JSON, PERIPHERALS, VENT_PIN, stage_firmware
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -156,6 +159,30 @@ def test_the_node_counts_damaged_duplicated_and_missing_edge_frames(firmware_nod
         assert st_.commanded == 0b10
 
 
+def test_the_node_refuses_and_counts_payloads_of_the_wrong_length(firmware_node: VirtualNode) -> None:
+    """Whole, checked frames whose payload does not fit their type are refused and counted, never guessed at."""
+    node = firmware_node
+    h2 = f"GP{H2_VALVE_PIN}"
+    with serial.Serial(node.port, 115200, timeout=0.05) as s:
+        dec = link.Decoder()
+        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
+        hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
+        wrong = [(FrameType.OUTPUTS, b"\x00\x01\x00"), (FrameType.OUTPUTS, b"\x01"), (FrameType.OUTPUTS, b""),
+                 (FrameType.HELLO_REQ, b"\x00"), (FrameType.ENTER_REPL, b"REPL\x00"), (FrameType.RESET, b"RESE"),
+                 (0x20, b"\x00\x01")]
+        s.write(b"".join(link.encode(Frame(t, hello.boot, 2 + i, 0, p)) for i, (t, p) in enumerate(wrong)))
+        deadline = time.monotonic() + TIMEOUT
+        st_ = None
+        while st_ is None or st_.rx_refused < len(wrong):
+            assert time.monotonic() < deadline, st_
+            f = read_frames(s, dec, FrameType.STATUS)
+            st_ = link.parse_status(f.payload) if f.boot == hello.boot else None
+        assert st_.rx_refused == len(wrong) and st_.commanded == 0 and st_.rx_crc_errors == st_.rx_framing_errors == 0
+        assert node.outputs()[h2] == 0
+        s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, 20, 0, link.outputs_payload(0b01))))
+        assert node.wait_for(lambda n: n.outputs()[h2] == 1, timeout=TIMEOUT)     # the right length is obeyed
+
+
 def test_missing_npm_is_named_when_micropython_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     import hil.virtual_node as vn
 
@@ -236,6 +263,59 @@ def test_random_bytes_never_crash_the_firmware_decoder(worker: MicroPythonWorker
     edge = link.Decoder()
     edge_frames = sum(len(edge.feed(c)) for c in chunks)
     assert (frames, crc, framing, oversize) == (edge_frames, edge.crc_errors, edge.framing_errors, edge.oversize)
+
+
+# ---- damaged frames against the node's decoder (issue 14 defect 7) ----
+
+FUZZ_PER_KIND = 20_000          # x 7 kinds under CPython: 140,000 damaged frames
+MICROPYTHON_PER_KIND = 2_000    # x 7 kinds in real MicroPython: the same decoder, the same verdicts
+SEED = 14
+
+
+def edge_encode(t: faults.Tup) -> bytes:
+    return link.encode(Frame(*t))
+
+
+@pytest.fixture(scope="module")
+def nodelink() -> Any:
+    """The firmware's nodelink.py imported by CPython: pure Python, so it can take the volume."""
+    spec = importlib.util.spec_from_file_location("nodelink_on_cpython", FIRMWARE / "nodelink.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind", faults.KINDS)
+def test_the_node_decoder_accepts_no_damaged_frame(nodelink: Any, kind: str) -> None:
+    def decode(stream: bytes) -> list[faults.Tup]:
+        return list(nodelink.Decoder().feed(stream))
+
+    assert faults.false_accepts(kind, FUZZ_PER_KIND, edge_encode, decode, SEED) == 0
+
+
+def test_the_node_decoder_in_micropython_judges_damaged_frames_as_the_edge_does(worker: MicroPythonWorker) -> None:
+    for kind in faults.KINDS:
+        streams = list(faults.samples(kind, MICROPYTHON_PER_KIND, edge_encode, SEED))
+        got: list[str] = []
+        for at in range(0, len(streams), 200):        # a few hundred at a time: the interpreter's stack is small
+            code = ("out = []\n"
+                    f"for h in {[s.hex() for s, _ in streams[at:at + 200]]!r}:\n"
+                    "    d = L.Decoder()\n"
+                    "    fs = d.feed(binascii.unhexlify(h))\n"
+                    "    out.append(' '.join(['%d,%d,%d,%d,%s' % (f[0], f[1], f[2], f[3], "
+                    "binascii.hexlify(f[4]).decode()) for f in fs] + "
+                    "['%d/%d/%d' % (d.crc_errors, d.framing_errors, d.oversize)]))\n"
+                    "print('\\n'.join(out))")
+            got += worker.run(code).rstrip("\n").split("\n")
+        expected = []
+        for stream, follower in streams:
+            d = link.Decoder()
+            fs = d.feed(stream)
+            assert all((f.type, f.boot, f.seq, f.ack, f.payload) == follower for f in fs)
+            expected.append(" ".join([f"{f.type},{f.boot},{f.seq},{f.ack},{f.payload.hex()}" for f in fs]
+                                     + [f"{d.crc_errors}/{d.framing_errors}/{d.oversize}"]))
+        assert got == expected, kind
 
 
 def test_node_json_in_the_fixture_is_what_the_node_reads(tmp_path: pathlib.Path) -> None:

@@ -11,14 +11,66 @@ from hypothesis import strategies as st
 
 from edge.devices.node import link
 from edge.devices.node.link import Frame, FrameType, LinkError
+from tests import support_faults as faults
 
 frames = st.builds(Frame, st.integers(0, 255), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF),
-                   st.integers(0, 0xFFFF), st.binary(max_size=link.MAX_BODY - 9))
+                   st.integers(0, 0xFFFF), st.binary(max_size=link.MAX_BODY - link.OVERHEAD))
+FUZZ_PER_KIND = 20_000          # x 7 kinds: 140,000 damaged frames
+SEED = 14
 
 
-def test_crc_is_ccitt_false() -> None:
-    assert link.crc16(b"123456789") == 0x29B1        # the catalogue check value of CRC-16/CCITT-FALSE
-    assert link.crc16(b"") == 0xFFFF
+def test_crcs_are_the_catalogue_ones() -> None:
+    assert link.crc32(b"123456789") == 0xCBF43926     # CRC-32/ISO-HDLC, protocol 2
+    assert link.crc16(b"123456789") == 0x29B1         # CRC-16/CCITT-FALSE, protocol 1 (recognised, refused)
+
+
+def test_a_frame_carries_its_payload_length_and_a_crc_32_over_it() -> None:
+    body = link.cobs_decode(link.unstuff(link.encode(Frame(FrameType.OUTPUTS, 0x0102, 3, 4, b"\x00\x05"))[:-1]))
+    assert body[:9] == bytes.fromhex("10 0102 0003 0004 0002")
+    assert body[9:11] == b"\x00\x05" and body[11:] == link.crc32(body[:11]).to_bytes(4, "big")
+
+
+def edge_decode(stream: bytes) -> list[faults.Tup]:
+    return [(f.type, f.boot, f.seq, f.ack, f.payload) for f in link.Decoder().feed(stream)]
+
+
+def edge_encode(t: faults.Tup) -> bytes:
+    return link.encode(Frame(*t))
+
+
+@pytest.mark.parametrize("kind", faults.KINDS)
+def test_no_damaged_frame_is_ever_accepted(kind: str) -> None:
+    """Issue 14 defect 7: a lost byte, a byte added, a delimiter turned to data or data to a delimiter,
+    bit flips, a frame cut short, two frames glued: 20,000 of each on real traffic, none accepted."""
+    assert faults.false_accepts(kind, FUZZ_PER_KIND, edge_encode, edge_decode, SEED) == 0
+
+
+@pytest.mark.parametrize("kind", [k for k in faults.KINDS if k != "glue"])
+def test_the_fuzz_finds_what_protocol_1_let_through(kind: str) -> None:
+    """The same samples against protocol 1 (no length, CRC-16): each kind got damaged frames accepted,
+    so a zero above means something. Glue is the exception: with no final XOR, protocol 1's CRC over a
+    glued body (a valid body, 0x00, another valid body) is never right, and it never accepted one."""
+    assert faults.false_accepts(kind, FUZZ_PER_KIND, faults.protocol_1_encode, faults.protocol_1_decode, SEED) > 0
+
+
+def test_a_body_one_byte_longer_or_shorter_is_refused_before_its_crc() -> None:
+    wire = link.encode(Frame(FrameType.OUTPUTS, 1, 2, 3, b"\x00\x01"))
+    body = link.unframe(wire[:-1])
+    for bad in (body + b"\x00", body[:-1], body[:9] + b"\x00" + body[9:]):
+        with pytest.raises(LinkError, match="len field says 2"):
+            link.check_body(bad)
+    dec = link.Decoder()
+    assert dec.feed(link.stuff(link.cobs_encode(body + b"\x00")) + b"\x00") == []
+    assert (dec.framing_errors, dec.crc_errors) == (1, 0)
+
+
+def test_a_protocol_1_frame_is_counted_as_such_and_never_returned() -> None:
+    hello = faults.protocol_1_encode((FrameType.HELLO, 7, 0, 0, hello_payload(proto=1)))
+    outputs = faults.protocol_1_encode((FrameType.OUTPUTS, 7, 1, 0, b"\x00\x01"))
+    dec = link.Decoder()
+    assert dec.feed(hello + outputs + hello) == []
+    assert (dec.old_protocol, dec.framing_errors) == (3, 3)
+    assert dec.feed(link.encode(Frame(FrameType.STATUS, 7, 2, 0))) == [Frame(FrameType.STATUS, 7, 2, 0)]
 
 
 @given(st.binary(max_size=2000))
@@ -113,8 +165,9 @@ def test_readings_and_status_round_trip_and_reject_wrong_lengths() -> None:
     assert r.items[0].value == 851.25 and r.items[1].status == link.NODE_FAULT
     with pytest.raises(LinkError, match="says 2 readings"):
         link.parse_readings(p[:-1])
-    s = struct.pack(">HIBHH9H", 3, 99, 0b011, 1, 1, *range(9))
+    s = struct.pack(">HIBHH10H", 3, 99, 0b011, 1, 1, *range(10))
     st_ = link.parse_status(s)
     assert st_.linked and st_.tripped and not st_.config_error and st_.tx_retransmits == 6
+    assert st_.rx_refused == 9
     with pytest.raises(LinkError):
         link.parse_status(s + b"\x00")

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
+import pty
+import select
+import threading
 import time
+import tty
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
+import serial  # type: ignore[import-untyped]
 
 from edge.core import ChannelStatus
+from edge.devices.node import link
 from edge.devices.node.client import AcceptedReading, SensorNode
+from edge.devices.node.link import FrameType
 from edge.spec.sensor_node import ChannelMap, OutputMap, SensorNodeConfig
 from hil.virtual_node import VirtualNode
+from tests.support_faults import protocol_1_decode, protocol_1_encode
 from tests.support_node import (
     H2_VALVE_PIN,
     NODE_JSON,
@@ -178,6 +188,72 @@ def test_damaged_bytes_are_counted_and_no_reading_is_lost(rig: tuple[VirtualNode
     assert samples == list(range(samples[0], samples[0] + len(samples)))
 
 
+class Protocol1Node:
+    """A node still running protocol-1 firmware, on a real pty: HELLO once, then READINGS every 50 ms,
+    every frame in the old format (no length, CRC-16); it records what the edge writes to it."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        self.heard = bytearray()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        hello = json.dumps({"proto": 1, "fw": "1.0.0", "node": "hd1-node-a", "cfg": "00", "uid": "e6", "boot": 9,
+                            "channels": ["retort_tc"], "outputs": ["h2_inlet_valve"], "safe": [0],
+                            "deadman_ms": 600, "period_ms": 50, "error": ""}).encode()
+        os.write(self.master, b"\x00" + protocol_1_encode((FrameType.HELLO, 9, 0, 0, hello)))
+        seq = 0
+        while not self.stop.wait(0.05):
+            seq += 1
+            readings = link.readings_payload(seq, seq, seq * 50, [(0, 0, 0, 850.0)])
+            os.write(self.master, protocol_1_encode((FrameType.READINGS, 9, seq, 0, readings)))
+            while select.select([self.master], [], [], 0)[0]:
+                self.heard += os.read(self.master, 4096)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=TIMEOUT)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_a_node_speaking_link_protocol_1_is_named_and_never_commanded(tmp_path: pathlib.Path) -> None:
+    old = Protocol1Node()
+    rc = RigCore(tmp_path)
+    try:
+        with SensorNode(config(old.port), rc.core) as sn:
+            wait_until(lambda: "reflash the node" in sn.stats().last_error, what="old protocol named")
+            stats = sn.stats()
+            assert "speaks link protocol 1, this edge speaks 2" in stats.last_error
+            assert stats.old_protocol >= 3 and stats.frames == 0 and stats.readings == 0 and sn.hello is None
+            assert rc.core.value("retort_temp").status & ChannelStatus.NODATA
+    finally:
+        old.close()
+        rc.close()
+    sent = link.Decoder().feed(bytes(old.heard) + b"\x00")
+    assert sent and {f.type for f in sent} == {FrameType.HELLO_REQ}       # asked for HELLO; never an OUTPUTS
+    assert protocol_1_decode(bytes(old.heard)) == []   # nothing it could take: no HELLO_REQ below seq 46101 passes
+
+
+def test_the_flash_hello_check_names_a_node_answering_in_link_protocol_1(monkeypatch: pytest.MonkeyPatch) -> None:
+
+    from edge.devices.node import hello as hello_check
+
+    monkeypatch.setattr(hello_check, "HELLO_TIMEOUT_S", 2.0)     # how long to wait for a protocol-2 HELLO
+    old = Protocol1Node()
+    try:
+        with serial.Serial(old.port, 115200, timeout=0.05) as ser:
+            session = SimpleNamespace(port=old.port, transport=SimpleNamespace(serial=ser))
+            with pytest.raises(hello_check.PicoNodeError, match=r"answers in link protocol 1 .*Reflash the node"):
+                hello_check.check_pico_node_hello(session, {"firmware_version": "1.0.0"})  # type: ignore[arg-type]
+    finally:
+        old.close()
+
+
 def test_a_node_with_the_wrong_config_is_refused(rig: tuple[VirtualNode, RigCore]) -> None:
     node, rc = rig
     with SensorNode(config(node.port, expect_config_hash="0123456789abcdef"), rc.core) as sn:
@@ -197,7 +273,6 @@ def test_enter_repl_leaves_outputs_safe_and_the_node_at_its_repl(rig: tuple[Virt
         wait_until(lambda: node.outputs()[f"GP{H2_VALVE_PIN}"] == 1)
         sn.enter_repl()
         wait_until(lambda: node.outputs()[f"GP{H2_VALVE_PIN}"] == 0, what="safe at REPL")
-    import serial  # type: ignore[import-untyped]
     with serial.Serial(node.port, 115200, timeout=0.2) as s:
         s.write(b"\r")
         got = b""

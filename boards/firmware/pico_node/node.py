@@ -26,7 +26,7 @@ except ImportError:
     pass
 
 VERSION = "1.0.0"
-PROTOCOL = 1
+PROTOCOL = 2          # link protocol (nodelink.py); the edge refuses any other, naming it
 CONFIG_FILE = "node.json"
 
 # reading status bits (the edge maps them onto the core's channel status)
@@ -48,6 +48,12 @@ LED_CONFIG_ERROR = (1000, 1000)   # solid: node.json missing or invalid
 LED_WAITING = (2000, 1000)        # slow blink: no edge yet since boot
 LED_LINKED = (1000, 80)           # heartbeat flash: the edge keeps the dead-man fed
 LED_TRIPPED = (200, 100)          # fast blink: dead-man tripped, outputs held safe
+
+# The only payloads the node acts on, by frame type: a length for OUTPUTS, the exact bytes for the rest.
+# A checked frame with any other payload (or of another type) is refused whole and counted: it comes
+# from an edge speaking another protocol, and guessing at it could drive an output.
+OUTPUTS_LEN = 2
+EXACT_PAYLOAD = {L.HELLO_REQ: b"", L.ENTER_REPL: b"REPL", L.RESET: b"RESET"}
 
 
 class Pending:
@@ -119,6 +125,7 @@ class Node:
         self.last_tick = self.t0
         self.sample_no = 0
         self.rx_frames = 0
+        self.rx_refused = 0
         self.rx_dup = 0
         self.rx_gap = 0
         self.rx_last: int | None = None
@@ -257,6 +264,9 @@ class Node:
 
     def on_frame(self, frame: L.Frame, now: Ticks) -> None:
         ftype, boot, seq, ack, payload = frame
+        if not (len(payload) == OUTPUTS_LEN if ftype == L.OUTPUTS else EXACT_PAYLOAD.get(ftype) == payload):
+            self.rx_refused += 1
+            return
         self.rx_frames += 1
         if self.rx_last is not None:
             d = (seq - self.rx_last) & 0xFFFF
@@ -269,7 +279,7 @@ class Node:
         if boot == self.boot:
             while self.window and ((ack - self.window[0].seq) & 0xFFFF) < 0x8000:
                 self.window.pop(0)
-        if ftype == L.OUTPUTS and boot == self.boot and len(payload) >= 2:
+        if ftype == L.OUTPUTS and boot == self.boot:
             self.commanded = (payload[0] << 8) | payload[1]
             self.last_cmd = now
             if self.tripped:
@@ -277,9 +287,9 @@ class Node:
             self.drive(self.commanded)
         elif ftype == L.HELLO_REQ:
             self.send_hello()
-        elif ftype == L.ENTER_REPL and payload == b"REPL":
+        elif ftype == L.ENTER_REPL:
             raise EnterRepl()
-        elif ftype == L.RESET and payload == b"RESET":
+        elif ftype == L.RESET:
             self.drive(None)
             machine.reset()
 
@@ -306,9 +316,9 @@ class Node:
         flags = (1 if self.last_cmd is not None and not self.tripped else 0) | (2 if self.tripped else 0) | (
             4 if self.error else 0)
         counters = (self.rx_frames, d.crc_errors, d.framing_errors, d.oversize, self.rx_dup, self.rx_gap,
-                    self.tx_retransmits, self.tx_expired, self.deadman_trips)
+                    self.tx_retransmits, self.tx_expired, self.deadman_trips, self.rx_refused)
         payload = struct.pack(">IBHH", self.uptime, flags, self.actual_levels(), self.commanded)
-        payload += struct.pack(">9H", *[c & 0xFFFF for c in counters])
+        payload += struct.pack(">10H", *[c & 0xFFFF for c in counters])
         self.send(L.STATUS, payload, now)
 
     def led_pattern(self) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """The MicroPython sensor node, edge side: one package for everything that talks to a node.
 
-* ``link``: the framed wire protocol (COBS, CRC-16, frames and their payloads); pure, no I/O.
+* ``link``: the framed wire protocol (COBS, a length and a CRC-32, frames and their payloads); pure, no I/O.
 * ``client``: a running station's node: a thread that owns the port, checks the HELLO, injects readings
   into the core and sends the output levels.
 * ``session``: one raw-REPL conversation with a node (run Python on it, read and write its files).

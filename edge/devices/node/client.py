@@ -8,7 +8,8 @@ OUTPUTS frames (the levels the core's gate gives the mapped outputs, and the ack
 ``keepalive_ms``. It stops sending them when the core stops, so the node's dead-man drops its outputs.
 
 Nothing is hidden: CRC and framing errors, duplicates, gaps, frames the node gave up on, node resets,
-reconnects and HELLO mismatches are counted in :class:`LinkStats`; every accepted reading also goes to
+reconnects, HELLO mismatches and frames of link protocol 1 (a node to reflash: named, never linked,
+never sent OUTPUTS) are counted in :class:`LinkStats`; every accepted reading also goes to
 ``on_reading`` when given. Staleness is the core's job: a quiet or unplugged node simply stops
 injecting, and each mapped channel's ``max_age_ms`` turns it STALE so the interlocks act.
 
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 # line), Ctrl-B leaves a raw REPL, Ctrl-D at the friendly REPL soft-resets, which runs main.py again.
 REVIVE_BYTES = b"\r\x03\x03\x02\x04"
 NODE_TYPES = frozenset({FrameType.HELLO, FrameType.READINGS, FrameType.STATUS})
+#: Protocol-1 frames on one connection before the edge says "reflash": a damaged protocol-2 frame passes
+#: the protocol-1 check about once in 65,536, a node running the old firmware sends several a second.
+OLD_PROTOCOL_FRAMES = 3
 
 
 @dataclass
@@ -59,6 +63,7 @@ class LinkStats:
     crc_errors: int = 0
     framing_errors: int = 0
     oversize: int = 0
+    old_protocol: int = 0         # whole frames of link protocol 1: the node's firmware is older than the edge
     duplicates: int = 0
     gaps: int = 0                 # holes seen in the node's sequence (each later filled or counted lost)
     out_of_order: int = 0         # frames dropped because they came after a hole
@@ -194,6 +199,8 @@ class SensorNode(SerialDevice[Port]):
         self._last_keepalive = 0.0
         self._last_hello_req = 0.0
         self._last_revive = 0.0
+        self._old_at_open = 0             # decoder.old_protocol when the port was opened
+        self._old_named = False
 
     # ---- what callers see ----
 
@@ -203,7 +210,8 @@ class SensorNode(SerialDevice[Port]):
         with self._lock:
             d = self._decoder
             return replace(self._stats, frames=d.frames, crc_errors=d.crc_errors,
-                           framing_errors=d.framing_errors, oversize=d.oversize, connects=line.opens,
+                           framing_errors=d.framing_errors, oversize=d.oversize, old_protocol=d.old_protocol,
+                           connects=line.opens,
                            disconnects=line.port_lost, open_failures=line.open_failures,
                            internal_errors=line.internal_errors, last_error=line.last_error)
 
@@ -236,6 +244,8 @@ class SensorNode(SerialDevice[Port]):
             raise
         with self._lock:
             self._decoder = _fold(self._decoder)
+            self._old_at_open = self._decoder.old_protocol
+        self._old_named = False
         self._last_rx = time.monotonic()
         self._last_hello_req = 0.0
         self._session = None            # a new connection: trust nothing until the next HELLO
@@ -268,6 +278,7 @@ class SensorNode(SerialDevice[Port]):
                 if f.type in NODE_TYPES:        # a REPL echoes our own frames back: those prove nothing
                     self._last_rx = now
                 self._on_frame(f)
+            self._check_old_protocol()
         while self._commands:
             self._send(port, self._commands.popleft())
         s = self._session
@@ -290,6 +301,17 @@ class SensorNode(SerialDevice[Port]):
             port.write(REVIVE_BYTES + b"\x00")     # the 0x00 ends the junk, so the next frame is whole
             with self._lock:
                 self._stats.revives += 1
+
+    def _check_old_protocol(self) -> None:
+        """Name a node that still speaks protocol 1 (its frames never reach _on_frame, so it is never linked)."""
+        if self._old_named or self._session is not None:
+            return
+        if self._decoder.old_protocol - self._old_at_open >= OLD_PROTOCOL_FRAMES:
+            self._old_named = True
+            problem = (f"sensor node {self.config.name} on {self.config.port} speaks link protocol 1, this edge "
+                       f"speaks {link.PROTOCOL}: reflash the node (reedge flash); its frames are ignored")
+            self._note(problem)
+            log.error("%s", problem)
 
     def _next_seq(self) -> int:
         self._tx_seq = (self._tx_seq + 1) & 0xFFFF
@@ -390,7 +412,7 @@ class SensorNode(SerialDevice[Port]):
     def _check(self, h: Hello) -> str:
         c = self.config
         if h.protocol != link.PROTOCOL:
-            return f"protocol {h.protocol}, the edge speaks {link.PROTOCOL}"
+            return f"link protocol {h.protocol}, the edge speaks {link.PROTOCOL}: reflash the node (reedge flash)"
         if h.error:
             return f"node reports a configuration error: {h.error}"
         if c.expect_node_id is not None and h.node_id != c.expect_node_id:
@@ -441,6 +463,6 @@ class SensorNode(SerialDevice[Port]):
 def _fold(old: link.Decoder) -> link.Decoder:
     """A fresh decoder for a new connection that keeps the old one's counters."""
     new = link.Decoder()
-    new.frames, new.crc_errors, new.framing_errors, new.oversize = (old.frames, old.crc_errors,
-                                                                    old.framing_errors, old.oversize)
+    new.frames, new.crc_errors, new.framing_errors, new.oversize, new.old_protocol = (
+        old.frames, old.crc_errors, old.framing_errors, old.oversize, old.old_protocol)
     return new

@@ -9,7 +9,7 @@ turning a ``PicoNodeError`` into its ``FlashError``; this module does not import
   that string is the node's name (``boards/nodes/NAME.toml``). The flash bookkeeping (name,
   station, the definition's ``node_id`` as ``node_number``, firmware version, files) sits beside them;
   the firmware ignores keys it does not know.
-* **hello**: after the soft reset the firmware sends HELLO (COBS frame, CRC-16). The check reads the
+* **hello**: after the soft reset the firmware sends HELLO (a link-protocol-2 frame). The check reads the
   node's frames from the flash session's own port, asks again (HELLO_REQ) while none has come, and
   compares node id, firmware version and config hash (first 16 hex digits of SHA-256 over node.json's
   bytes) with the node.json just written. It sends nothing else: the node stays in its firmware,
@@ -88,7 +88,7 @@ def compare_hello(hello: Hello, identity: Mapping[str, object]) -> list[str]:
         return [f"the node rejected its node.json: {hello.error}"]
     problems = []
     if hello.protocol != link.PROTOCOL:
-        problems.append(f"link protocol {hello.protocol}, the edge speaks {link.PROTOCOL}")
+        problems.append(f"link protocol {hello.protocol}, the edge speaks {link.PROTOCOL} (reflash the node)")
     wanted = (("node id", hello.node_id, identity.get("node_id")),
               ("firmware", hello.firmware, identity.get("firmware_version")),
               ("config hash", hello.config_hash, expected_config_hash(identity)))
@@ -139,6 +139,11 @@ def _read_hello(session: NodeSession) -> Hello:
                 ser.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 0, 0)))
     finally:
         ser.timeout = old_timeout
+    if decoder.old_protocol:
+        raise PicoNodeError(f"{session.port}: the node answers in link protocol 1 ({decoder.old_protocol} frames), "
+                            f"this edge speaks {link.PROTOCOL}: it still runs an older firmware although the "
+                            "files were written. Reflash the node; if it persists, look for a boot.py or a stale "
+                            "node.py on it with `mpremote ls`")
     raise PicoNodeError(f"{session.port}: no HELLO from the node within {HELLO_TIMEOUT_S:g} s after the restart{bad}; "
                      f"it printed: {_console_tail(bytes(seen))}. Is main.py running (a boot.py that never "
                      "returns, a crash at import)? Look with `mpremote repl`")

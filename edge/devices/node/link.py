@@ -2,17 +2,25 @@
 
 Pure functions and one small decoder class, no I/O, so it can be fuzzed and benchmarked alone.
 Its twin on the node is ``boards/firmware/pico_node/nodelink.py`` (MicroPython); the protocol is
-described for technicians in ``boards/firmware/README.md``. One frame on the wire::
+described for technicians in ``boards/firmware/README.md``. One frame on the wire (link protocol 2)::
 
-    body = type u8 | boot u16 | seq u16 | ack u16 | payload | crc u16      (big-endian)
+    body = type u8 | boot u16 | seq u16 | ack u16 | len u16 | payload (len bytes) | crc u32   (big-endian)
     wire = stuff(cobs(body)) + b"\\x00"
 
-* CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, not reflected, xorout 0; check value 0x29B1)
-  over everything before it. ``binascii.crc_hqx(data, 0xFFFF)`` is exactly that, in C.
+* ``len`` is the payload's length: a body of any other length is refused before its CRC is looked at.
+  A frame cut short or two frames glued (a delimiter lost or turned to data) never match it; a lost or
+  added byte almost never does, and the CRC-32 catches the rest.
+* CRC-32 (ISO-HDLC, as ``binascii.crc32`` / zlib; check value 0xCBF43926) over everything before it,
+  the length included. The node has the same function in C (MicroPython's ``binascii.crc32``).
 * COBS removes every 0x00, so 0x00 only ends a frame and a receiver resynchronises on the next one.
 * Stuffing then removes every 0x03 (0x03 -> 0x1B 0x23, 0x1B -> 0x1B 0x3B). 0x03 is Ctrl-C: the node
   keeps MicroPython's keyboard interrupt armed so a technician can always stop it with mpremote,
   and no frame byte may ever look like one.
+
+Protocol 1 had no ``len`` and a CRC-16/CCITT-FALSE: with no final XOR, a body with one 0x00 added at its
+end still passed, and so did one with its last 0x00 lost (one frame in 256 ends so), and the virtual
+node acted on such an OUTPUTS frame. A node still speaking it is recognised (:func:`protocol_1_frame`),
+counted (``Decoder.old_protocol``) and named, and never acted on.
 """
 
 from __future__ import annotations
@@ -24,15 +32,16 @@ import math
 import struct
 from dataclasses import dataclass
 
-PROTOCOL = 1
+PROTOCOL = 2
 MAX_BODY = 512              # the node's limit too; longer input is dropped and counted
 ESC = 0x1B
-HEADER = struct.Struct(">BHHH")
-_CRC = struct.Struct(">H")
+HEADER = struct.Struct(">BHHHH")     # type, boot, seq, ack, len
+_CRC = struct.Struct(">I")
+OVERHEAD = HEADER.size + _CRC.size   # 13: the shortest body
 _U16 = struct.Struct(">H")
 _READINGS_HEAD = struct.Struct(">HIIB")
 _READING = struct.Struct(">BBBf")
-_STATUS = struct.Struct(">HIBHH9H")
+_STATUS = struct.Struct(">HIBHH10H")
 REPL_MAGIC = b"REPL"
 RESET_MAGIC = b"RESET"
 
@@ -58,6 +67,10 @@ class LinkError(ValueError):
     """A payload that passed its CRC but does not make sense (wrong length, bad JSON, wrong fields)."""
 
 
+class CrcError(LinkError):
+    """The frame decoded but its CRC does not match: bytes changed on the way."""
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     type: int
@@ -67,8 +80,13 @@ class Frame:
     payload: bytes = b""
 
 
+def crc32(data: bytes | bytearray | memoryview) -> int:
+    """CRC-32/ISO-HDLC, the frame check of protocol 2."""
+    return binascii.crc32(data)
+
+
 def crc16(data: bytes | bytearray | memoryview) -> int:
-    """CRC-16/CCITT-FALSE."""
+    """CRC-16/CCITT-FALSE: the frame check of protocol 1, kept only to recognise a node not yet reflashed."""
     return binascii.crc_hqx(data, 0xFFFF)
 
 
@@ -126,29 +144,43 @@ def unstuff(data: bytes) -> bytes:
 
 def encode(frame: Frame) -> bytes:
     """Wire bytes of one frame, delimiter included."""
-    body = HEADER.pack(frame.type, frame.boot & 0xFFFF, frame.seq & 0xFFFF, frame.ack & 0xFFFF) + frame.payload
-    if len(body) + 2 > MAX_BODY:
-        raise LinkError(f"frame body of {len(body) + 2} bytes exceeds {MAX_BODY}")
-    body += _CRC.pack(crc16(body))
+    if len(frame.payload) + OVERHEAD > MAX_BODY:
+        raise LinkError(f"frame body of {len(frame.payload) + OVERHEAD} bytes exceeds {MAX_BODY}")
+    body = HEADER.pack(frame.type, frame.boot & 0xFFFF, frame.seq & 0xFFFF, frame.ack & 0xFFFF,
+                       len(frame.payload)) + frame.payload
+    body += _CRC.pack(crc32(body))
     return stuff(cobs_encode(body)) + b"\x00"
 
 
-def decode_body(raw: bytes) -> Frame:
-    """One frame from the bytes between two delimiters; LinkError says why it is rejected."""
-    body = cobs_decode(unstuff(raw))
+def unframe(raw: bytes) -> bytes:
+    """The body from the bytes between two delimiters (unstuffed, COBS decoded); LinkError if they are not."""
+    return cobs_decode(unstuff(raw))
+
+
+def check_body(body: bytes) -> Frame:
+    """The frame a body holds; LinkError says why it is refused (the node's decoder refuses in the same order)."""
     if len(body) > MAX_BODY:
         raise LinkError("frame too long")
-    if len(body) < HEADER.size + 2:
+    if len(body) < OVERHEAD:
         raise LinkError("frame too short")
-    n = len(body) - 2
-    if crc16(body[:n]) != _CRC.unpack_from(body, n)[0]:
+    n = len(body) - _CRC.size
+    ftype, boot, seq, ack, length = HEADER.unpack_from(body)
+    if length != n - HEADER.size:
+        raise LinkError(f"frame length {n - HEADER.size} but its len field says {length}")
+    if crc32(body[:n]) != _CRC.unpack_from(body, n)[0]:
         raise CrcError("CRC mismatch")
-    ftype, boot, seq, ack = HEADER.unpack_from(body)
     return Frame(ftype, boot, seq, ack, body[HEADER.size:n])
 
 
-class CrcError(LinkError):
-    """The frame decoded but its CRC does not match: bytes changed on the way."""
+def protocol_1_frame(body: bytes) -> Frame | None:
+    """The frame a body holds if it is a whole frame of link protocol 1 (no len field, CRC-16), else None.
+
+    Only to tell a technician that the node runs firmware older than this edge: such a frame is
+    counted and never acted on. A damaged protocol-2 body passes this check about once in 65,536."""
+    if len(body) < 9 or crc16(body[:-2]) != _U16.unpack_from(body, len(body) - 2)[0]:
+        return None
+    ftype, boot, seq, ack = struct.unpack_from(">BHHH", body)
+    return Frame(ftype, boot, seq, ack, body[7:-2])
 
 
 class Decoder:
@@ -161,6 +193,7 @@ class Decoder:
         self.crc_errors = 0
         self.framing_errors = 0
         self.oversize = 0
+        self.old_protocol = 0        # whole protocol-1 frames among the refused: reflash the node
 
     def feed(self, data: bytes) -> list[Frame]:
         out: list[Frame] = []
@@ -178,13 +211,24 @@ class Decoder:
             if over:
                 self.oversize += 1
             elif raw:                       # empty: back-to-back delimiters, a resync, not an error
-                try:
-                    out.append(decode_body(raw))
-                    self.frames += 1
-                except CrcError:
-                    self.crc_errors += 1
-                except LinkError:
-                    self.framing_errors += 1
+                self._decode(raw, out)
+
+    def _decode(self, raw: bytes, out: list[Frame]) -> None:
+        try:
+            body = unframe(raw)
+        except LinkError:
+            self.framing_errors += 1
+            return
+        try:
+            out.append(check_body(body))
+            self.frames += 1
+            return
+        except CrcError:
+            self.crc_errors += 1
+        except LinkError:
+            self.framing_errors += 1
+        if protocol_1_frame(body) is not None:
+            self.old_protocol += 1
 
     def _take(self, chunk: bytes) -> None:
         if self._over:
@@ -299,6 +343,7 @@ class NodeStatus:
     tx_retransmits: int
     tx_expired: int
     deadman_trips: int
+    rx_refused: int       # frames whose payload length was wrong for their type (or of a type the node lacks)
 
 
 def parse_status(payload: bytes) -> NodeStatus:
