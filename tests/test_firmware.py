@@ -96,7 +96,7 @@ def test_compiled_firmware_says_hello_and_holds_outputs_under_its_dead_man(firmw
         dec = link.Decoder()
         s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
         hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
-        assert (hello.node_id, hello.firmware) == ("hd1-node-a", "1.0.0")
+        assert (hello.node_id, hello.firmware) == ("hd1-node-a", "2.0.0")
         assert hello.outputs == ("h2_inlet_valve", "vent_valve")
         assert hello.safe_levels == (0, 1) and hello.deadman_ms == NODE_JSON["deadman_ms"]
         assert node.outputs()[h2] == 0 and node.outputs()[vent] == 1

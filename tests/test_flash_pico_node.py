@@ -112,7 +112,7 @@ def test_example_node_definition_builds_the_node_json_the_firmware_reads() -> No
 def test_first_flash_copies_everything_and_the_hello_matches(nodes: pathlib.Path, vnode: VirtualNode) -> None:
     result, text = do_flash(nodes, vnode)
     assert sorted(result.copied) == FIRMWARE_FILES and result.unchanged == []
-    expected = f"node hd1_node_a firmware 1.0.0 config {file_hash(vnode)} (4 channels, 1 output)"   # not "1 outputs"
+    expected = f"node hd1_node_a firmware 2.0.0 config {file_hash(vnode)} (4 channels, 1 output)"   # not "1 outputs"
     assert result.hello == expected and f"hello: {expected}" in text
     # the node was left running its firmware: it answers a HELLO_REQ with the flashed identity
     hello = ask_hello(vnode.port)

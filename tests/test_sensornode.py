@@ -56,7 +56,7 @@ def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: 
 def config(port: str, **kw: object) -> SensorNodeConfig:
     base: dict[str, object] = dict(
         name="retort_node", port=port, keepalive_ms=100, reconnect_s=0.2, hello_retry_s=0.3,
-        expect_node_id="hd1-node-a", expect_firmware="1.0.0",
+        expect_node_id="hd1-node-a", expect_firmware="2.0.0",
         channels=(ChannelMap("retort_tc", "retort_temp"),
                   ChannelMap("chamber_pressure", "chamber_pressure", scale=2.5, offset=-2.5)),  # 1..5 V -> 0..10 bar
         outputs=(OutputMap("h2_inlet_valve", "h2_inlet_valve"), OutputMap("vent_valve", "vent_valve")))
@@ -90,7 +90,7 @@ def test_readings_arrive_as_injected_channels_with_status(rig: tuple[VirtualNode
         assert hello is not None
         raw = (node.fs_dir / "node.json").read_bytes()
         assert hello.config_hash == hashlib.sha256(raw).hexdigest()[:16]
-        assert (hello.node_id, hello.firmware) == ("hd1-node-a", "1.0.0")
+        assert (hello.node_id, hello.firmware) == ("hd1-node-a", "2.0.0")
         assert hello.channels == ("retort_tc", "retort_tc_cj", "chamber_pressure")
         wait_until(lambda: rc.core.value("retort_temp").ok)
         temp, press = rc.core.value("retort_temp"), rc.core.value("chamber_pressure")

@@ -25,7 +25,7 @@ try:                        # for mypy only: MicroPython has no typing module an
 except ImportError:
     pass
 
-VERSION = "1.0.0"
+VERSION = "2.0.0"
 PROTOCOL = 2          # link protocol (nodelink.py); the edge refuses any other, naming it
 CONFIG_FILE = "node.json"
 
