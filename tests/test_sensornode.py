@@ -273,6 +273,10 @@ def test_enter_repl_leaves_outputs_safe_and_the_node_at_its_repl(rig: tuple[Virt
         wait_until(lambda: node.outputs()[f"GP{H2_VALVE_PIN}"] == 1)
         sn.enter_repl()
         wait_until(lambda: node.outputs()[f"GP{H2_VALVE_PIN}"] == 0, what="safe at REPL")
+        wait_until(lambda: sn.parked, what="parked")
+        sent = sn.stats().bytes_tx
+        time.sleep(1.0)     # keep-alives are due every 100 ms, a HELLO request after 2 s of silence
+        assert sn.stats().bytes_tx == sent, "a parked link sent bytes to the node's REPL"
     with serial.Serial(node.port, 115200, timeout=0.2) as s:
         s.write(b"\r")
         got = b""
@@ -280,6 +284,23 @@ def test_enter_repl_leaves_outputs_safe_and_the_node_at_its_repl(rig: tuple[Virt
         while b">>> " not in got and time.monotonic() < deadline:
             got += s.read(256)
         assert b">>> " in got
+
+
+def test_a_parked_node_is_left_alone_until_resumed(rig: tuple[VirtualNode, RigCore]) -> None:
+    """enter_repl parks the link: no revive restarts the node behind the back of whoever wanted it at its
+    REPL (revive_after_s is short here); resume() restarts its firmware and the edge links to the new boot."""
+    node, rc = rig
+    with SensorNode(config(node.port, revive_after_s=0.5), rc.core) as sn:
+        wait_until(linked(sn), what="link")
+        first_boot = sn.hello.boot if sn.hello else None
+        sn.enter_repl()
+        wait_until(lambda: sn.parked, what="parked")
+        resets = len(node.resets)
+        time.sleep(2.0)     # four revive periods
+        assert sn.parked and sn.hello is None and len(node.resets) == resets and sn.stats().revives == 0
+        sn.resume()
+        wait_until(lambda: sn.hello is not None and sn.hello.boot != first_boot, what="relinked after resume")
+        assert not sn.parked and sn.stats().revives == 1
 
 
 def test_bad_config_values_are_refused_with_a_clear_error(tmp_path: pathlib.Path) -> None:
@@ -302,13 +323,14 @@ def test_node_json_fixture_is_valid_json() -> None:
 
 
 def test_a_node_left_at_its_repl_comes_back(rig: tuple[VirtualNode, RigCore]) -> None:
-    """Stopped at its REPL (a stray Ctrl-C would do that), the node is soft-reset by the edge's revive
-    bytes, or sooner by a Ctrl-D inside the frames the REPL receives; either way it relinks."""
+    """Stopped at its REPL by a stray Ctrl-C (another program on its port), the node is soft-reset by the
+    edge's revive bytes, or sooner by a Ctrl-D inside the frames the REPL receives; either way it relinks."""
     node, rc = rig
     with SensorNode(config(node.port, revive_after_s=1.0), rc.core) as sn:
         wait_until(linked(sn), what="link")
         first_boot = sn.hello.boot if sn.hello else None
-        sn.enter_repl()
+        with serial.Serial(node.port, 115200) as stray:     # not exclusive: a terminal left open on the port
+            stray.write(b"\x03")
         wait_until(lambda: sn.hello is not None and sn.hello.boot != first_boot, what="relinked to a new boot")
         assert sn.stats().node_resets >= 1
         n = sn.stats().samples

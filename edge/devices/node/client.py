@@ -15,7 +15,10 @@ injecting, and each mapped channel's ``max_age_ms`` turns it STALE so the interl
 
 A node silent for 2 s (or three of its sample periods) loses its link: keep-alives stop and HELLO is
 asked for again; silent for ``revive_after_s``, it is sent Ctrl-C, Ctrl-B, Ctrl-D, which restarts its
-firmware from whatever state it is in (a stray Ctrl-C leaves a node at its REPL).
+firmware from whatever state it is in (a stray Ctrl-C leaves a node at its REPL). A node the edge itself
+sent to its REPL (:meth:`SensorNode.enter_repl`) is *parked* instead: the edge sends it nothing at all until
+:meth:`SensorNode.resume` or a HELLO of a new boot, because every byte reaching a REPL is typed at it (a
+0x04 inside a keep-alive soft-resets the node back into its firmware, under the feet of whoever wanted it).
 
 Reliability: node frames are sequenced and delivered in order (go-back-N). A frame ahead of the
 expected one means frames were lost; it is dropped and counted, and the node resends from the oldest
@@ -201,6 +204,8 @@ class SensorNode(SerialDevice[Port]):
         self._last_revive = 0.0
         self._old_at_open = 0             # decoder.old_protocol when the port was opened
         self._old_named = False
+        self._parked = False              # the node was sent to its REPL on purpose: send it nothing
+        self._resume = False
 
     # ---- what callers see ----
 
@@ -222,8 +227,18 @@ class SensorNode(SerialDevice[Port]):
         return s.hello if s else None
 
     def enter_repl(self) -> None:
-        """Ask the node to drive its outputs safe and stop at the REPL (for flashing)."""
+        """Ask the node to drive its outputs safe and stop at the REPL (for flashing); the link is then parked:
+        nothing more is sent to the node (no keep-alive, HELLO request or revive) until :meth:`resume`."""
         self._command(FrameType.ENTER_REPL, link.REPL_MAGIC)
+
+    def resume(self) -> None:
+        """Restart a parked node's firmware (Ctrl-C, Ctrl-B, Ctrl-D at its REPL) and link to it again."""
+        self._resume = True
+
+    @property
+    def parked(self) -> bool:
+        """True from the ENTER_REPL frame sent until :meth:`resume` or a HELLO of a new boot."""
+        return self._parked
 
     def reset_node(self) -> None:
         """Ask the node for a hard reset (outputs safe first)."""
@@ -279,8 +294,23 @@ class SensorNode(SerialDevice[Port]):
                     self._last_rx = now
                 self._on_frame(f)
             self._check_old_protocol()
-        while self._commands:
-            self._send(port, self._commands.popleft())
+        while self._commands and not self._parked:
+            frame = self._commands.popleft()
+            self._send(port, frame)
+            if frame.type == FrameType.ENTER_REPL:
+                self._parked = True         # at its REPL every byte is typed: from now on, silence
+                self._session = None
+        if self._resume:
+            self._resume = False
+            if self._parked:
+                self._parked = False
+                self._commands.clear()
+                self._last_revive = now
+                port.write(REVIVE_BYTES + b"\x00")
+                with self._lock:
+                    self._stats.revives += 1
+        if self._parked:
+            return
         s = self._session
         if s is not None and now - self._last_rx > max(2.0, 3 * s.hello.period_ms / 1000):
             self._session = s = None            # silent node: stop feeding its dead-man, ask for HELLO
@@ -401,10 +431,13 @@ class SensorNode(SerialDevice[Port]):
         s = self._session
         if s is not None and s.hello.boot == hello.boot:
             return                                          # a repeat (we asked twice): nothing changes
+        if self._parked and hello.boot == self._last_boot:
+            return                                          # sent before it stopped at its REPL: still parked
         if self._last_boot is not None and hello.boot != self._last_boot:
             self._count("node_resets")      # a new boot of a node we knew: reset, power cycle or replug
         self._last_boot = hello.boot
         self._pending_boot = None
+        self._parked = False                # a new boot: the node left its REPL (reset by hand, power cycle)
         self._session = _Session(hello, f.seq, self.config)
         log.info("sensor node %s linked: %s fw %s cfg %s boot %04x", self.config.name, hello.node_id,
                  hello.firmware, hello.config_hash, hello.boot)
