@@ -159,7 +159,7 @@ class Scenario:
 
 #: plant seconds a scan may come late (hil/lag.py) before the run fails: past that the physics is no longer
 #: the controller's doing (hil/README.md, "The controller's lag", has the lags measured on a loaded machine)
-DEFAULT_MAX_LAG_S = 60.0
+DEFAULT_MAX_LAG_S = 120.0
 
 # in file order, for the report
 SECTIONS = ("scenario", "plant", "rig", "run", "marks", "faults", "operator", "expect")
