@@ -20,6 +20,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 PROBE_LINE = json.dumps({}) + "\n"
 
@@ -83,3 +84,23 @@ class LagProbe:
         self.answered += 1
         if lag > self.worst_s:
             self.worst_s, self.worst_at_s = lag, t_s
+
+
+def lag_measurement(lag: LagProbe | None, limit: float, time_scale: float) -> dict[str, Any]:
+    """The worst lag as a measurement of the run's record, limit ``[rig] max_lag_s``: past it the run fails
+    with the lag and when it happened, whatever the physics did."""
+    answered = lag.answered if lag is not None else 0
+    worst = round(lag.worst_s, 3) if lag is not None and answered else None
+    at = lag.worst_at_s if lag is not None else None
+    ok = worst is not None and worst <= limit
+    if worst is None:
+        note = "not measured: no probe was answered"
+    elif ok:
+        note = f"{answered} probes answered; the latest scan came {worst:g} s late"
+    else:
+        note = (f"the controller fell behind the plant by {worst:g} s at plant time {at or 0.0:.0f} s (limit"
+                f" {limit:g} s, [rig] max_lag_s): the machine could not keep up with time_scale {time_scale:g};"
+                " what the physics did after that is not the controller's doing")
+    return {"name": "controller_lag_s", "measure": "controller_lag_s", "value": worst, "unit": "s",
+            "limits": {"max": limit}, "outcome": "pass" if ok else "fail",
+            "description": "how late the controller's scans came, in plant seconds past one scan period", "note": note}

@@ -31,7 +31,7 @@ from edge.batch.record import BATCHES_DIR, RecordError, batch_dir, read_record
 from edge.operator.verbs import VERBS
 from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.station import Station, load_station
-from hil.lag import LagProbe, is_probe_reply
+from hil.lag import LagProbe, is_probe_reply, lag_measurement
 from hil.rig import RigConfig, RigError, VirtualRig
 from hil.scenario import Condition, Expectation, Scenario, Step, load_scenario
 
@@ -757,7 +757,7 @@ def _record(run: Run, rows: Sequence[dict[str, Any]], started_utc: str, rig: Vir
                          "limits": {"equals": True}, "outcome": "pass" if ended else "fail",
                          "description": f"the run reached its end condition ({sc.until}) within max_plant_h",
                          "note": run.end_reason})
-    measurements.append(_lag_measurement(run))
+    measurements.append(lag_measurement(run.lag, sc.max_lag_s, sc.time_scale))
     outcome = "error" if run.error else "pass" if all(m["outcome"] == "pass" for m in measurements) else "fail"
     t0 = rig.controller_starts[0] if rig.controller_starts else 0
     events = [{k: v for k, v in e.items() if k != "wall_ns"} | {"wall_s": round((e["wall_ns"] - t0) / 1e9, 4)}
@@ -785,27 +785,6 @@ def _record(run: Run, rows: Sequence[dict[str, Any]], started_utc: str, rig: Vir
         "outputs": [o.name for o in run.station.core.outputs if o.name != run.station.core.watchdog_output],
         "workdir": str(rig.workdir),
     }
-
-
-def _lag_measurement(run: Run) -> dict[str, Any]:
-    """The controller's worst scan lag (hil/lag.py) against the scenario's ``max_lag_s``: past it the run fails
-    with the lag and when it happened, whatever the physics did."""
-    limit = run.scenario.max_lag_s
-    answered = run.lag.answered if run.lag is not None else 0
-    worst = round(run.lag.worst_s, 3) if run.lag is not None and answered else None
-    at = run.lag.worst_at_s if run.lag is not None else None
-    ok = worst is not None and worst <= limit
-    if worst is None:
-        note = "not measured: no probe was answered"
-    elif ok:
-        note = f"{answered} probes answered; the latest scan came {worst:g} s late"
-    else:
-        note = (f"the controller fell behind the plant by {worst:g} s at plant time {at or 0.0:.0f} s (limit"
-                f" {limit:g} s, [rig] max_lag_s): the machine could not keep up with time_scale"
-                f" {run.scenario.time_scale:g}; what the physics did after that is not the controller's doing")
-    return {"name": "controller_lag_s", "measure": "controller_lag_s", "value": worst, "unit": "s",
-            "limits": {"max": limit}, "outcome": "pass" if ok else "fail",
-            "description": "how late the controller's scans came, in plant seconds past one scan period", "note": note}
 
 
 def run_files(paths: Sequence[pathlib.Path], report_dir: pathlib.Path, *, print_fn: Callable[[str], None] = print,

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from edge.spec.reader import SpecError
+from hil.lag import PROBE_LINE, LagProbe, is_probe_reply
 from hil.regfile import default_dir
 from hil.runner import run_scenario
 from hil.scenario import DEFAULT_MAX_LAG_S, load_scenario, parse_scenario
@@ -205,6 +206,44 @@ def test_a_controller_that_falls_behind_fails_the_run_saying_by_how_much_and_whe
     at = float(lag["note"].split("at plant time ")[1].split(" s")[0])
     assert stalled[0] < at < stalled[0] + 0.3 * 600 + 120, (stalled, lag["note"])
     assert not [e for e in record["events"] if e["kind"] == "reply"], "a probe's answer is not an event of the run"
+
+
+def test_the_lag_probe_times_each_answer_and_ignores_what_a_freeze_or_a_power_loss_left_out() -> None:
+    written: list[str] = []
+    probe = LagProbe(scan_s=2.0, write=written.append)
+    probe.poll(10.0)
+    assert written == [], "nothing before the controller said ready"
+    probe.ready()
+    probe.poll(10.0)
+    probe.poll(11.0)                               # one probe out at a time
+    assert written == [PROBE_LINE]
+    probe.reply(11.5)                              # read by the next scan: on time
+    assert (probe.worst_s, probe.answered) == (0.0, 1)
+    probe.poll(20.0)
+    probe.reply(57.0)                              # 37 s after it was written, 35 s later than one scan
+    assert (probe.worst_s, probe.worst_at_s) == (35.0, 57.0)
+    probe.poll(60.0)
+    probe.pause()                                  # frozen on purpose with a probe out
+    probe.poll(61.0)
+    probe.resume()
+    probe.poll(500.0)                              # no new probe until the voided one's late answer came
+    assert len(written) == 3
+    probe.reply(600.0)                             # that late answer is no lag
+    assert (probe.worst_s, probe.answered) == (35.0, 2)
+    probe.poll(601.0)
+    probe.pause()                                  # a power loss: the dead controller never answers
+    probe.ready()                                  # the restarted one said ready
+    probe.poll(900.0)
+    probe.reply(901.0)
+    assert (probe.worst_s, probe.answered) == (35.0, 3) and len(written) == 5
+    probe.pause(for_good=True)                     # hung on purpose: nothing more
+    probe.resume()
+    probe.ready()
+    probe.poll(1000.0)
+    assert len(written) == 5
+    assert is_probe_reply({"type": "reply", "source": "stdin", "cmd": None, "code": "invalid"})
+    assert not is_probe_reply({"type": "reply", "source": "stdin", "cmd": "hold"})
+    assert not is_probe_reply({"type": "reply", "source": "mqtt", "cmd": None})
 
 
 def test_max_lag_s_is_read_and_checked() -> None:
