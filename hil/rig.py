@@ -229,11 +229,15 @@ class VirtualRig:
         return self.controller is not None and self.controller.poll() is None
 
     def controller_command(self, verb: str, **fields: Any) -> None:
+        self.write_controller(json.dumps({"cmd": verb, **fields}) + "\n", verb)
+
+    def write_controller(self, line: str, what: str = "a line") -> None:
+        """One line on the controller's stdin (``--commands stdin``)."""
         proc = self.controller
         if proc is None or proc.poll() is not None:
-            raise RigError(f"cannot send {verb!r}: the controller is not running")
+            raise RigError(f"cannot send {what!r}: the controller is not running")
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps({"cmd": verb, **fields}) + "\n")
+        proc.stdin.write(line)
         proc.stdin.flush()
 
     def signal_controller(self, sig: signal.Signals) -> int:

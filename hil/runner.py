@@ -31,6 +31,7 @@ from edge.batch.record import BATCHES_DIR, RecordError, batch_dir, read_record
 from edge.operator.verbs import VERBS
 from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.station import Station, load_station
+from hil.lag import LagProbe, is_probe_reply, lag_measurement
 from hil.rig import RigConfig, RigError, VirtualRig
 from hil.scenario import Condition, Expectation, Scenario, Step, load_scenario
 
@@ -87,6 +88,7 @@ class Run:
     record_folders: int = 0                  # batch record folders the run left in the state dir
     record_revision: int = 0                 # until = "batch_record": the end record's revision last read
     record_polled_wall: float = 0.0
+    lag: LagProbe | None = None              # the controller's scan lag (hil/lag.py), once it was started
     started_wall: float = 0.0
     ended_plant_s: float = 0.0
 
@@ -137,6 +139,7 @@ def run_scenario(sc: Scenario, report_dir: pathlib.Path,
             if _from_the_start(step):
                 _fire(run, rig, step, rig.plant_s())
         rig.start_controller(sc.recipe, sc.batch_id)
+        run.lag = LagProbe(sc.scan_s, rig.write_controller)
         _drive(run, rig, progress)
         run.final = rig.snapshot()
         run.final["written_now"] = {o.name: rig.regs.do(o.line) for o in station.core.outputs} if rig.regs else {}
@@ -225,6 +228,8 @@ def _drive(run: Run, rig: VirtualRig, progress: Callable[[Run, VirtualRig], None
     while True:
         _collect(run, rig)
         t = rig.plant_s()
+        if run.lag is not None and rig.controller_alive():
+            run.lag.poll(t)
         if need_channels and time.monotonic() - last_channels > 0.05:
             snap = rig.snapshot()
             run.channels, run.truth = snap.get("channels", {}), snap.get("truth", {})
@@ -268,6 +273,12 @@ def _collect(run: Run, rig: VirtualRig) -> None:
     for line in lines:
         d = line.data
         kind = d.get("type")
+        if run.lag is not None and kind == "ready":
+            run.lag.ready()
+        if is_probe_reply(d):               # the lag probe's answer: not an event of the run
+            if run.lag is not None:
+                run.lag.reply(float(d.get("t_s") or math.nan))
+            continue
         if kind == "status":
             run.status = d
             continue
@@ -352,9 +363,15 @@ def _fire(run: Run, rig: VirtualRig, step: Step, t: float) -> None:
     elif step.kind == "controller_hang":
         wall = rig.signal_controller(signal.SIGUSR1)
         rig.hung = True
+        if run.lag is not None:
+            run.lag.pause(for_good=True)    # hung on purpose: it answers nothing any more
     elif step.kind == "process_freeze":
+        if run.lag is not None:
+            run.lag.pause()
         wall = rig.signal_controller(signal.SIGSTOP)
     elif step.kind == "power_loss":
+        if run.lag is not None:
+            run.lag.pause()                 # until the restarted controller says ready
         # the controller's board and the cabinet lose the same supply at the same instant: the outputs go dark
         # at once, while the inputs the dying core could still read are held until it is dead (a live core
         # reading the dark cabinet's open limiter contact latched limiter_tripped, which a real board never sees;
@@ -388,6 +405,8 @@ def _clear(run: Run, rig: VirtualRig, fired: Fired) -> None:
     t = rig.plant_s()
     if step.kind == "process_freeze":
         rig.signal_controller(signal.SIGCONT)
+        if run.lag is not None:
+            run.lag.resume()
     elif step.kind == "power_loss":
         rig.plant_command(cmd="power", on=True)
         rig.start_controller()          # no recipe: it recovers the interrupted batch from its run state
@@ -738,6 +757,7 @@ def _record(run: Run, rows: Sequence[dict[str, Any]], started_utc: str, rig: Vir
                          "limits": {"equals": True}, "outcome": "pass" if ended else "fail",
                          "description": f"the run reached its end condition ({sc.until}) within max_plant_h",
                          "note": run.end_reason})
+    measurements.append(lag_measurement(run.lag, sc.max_lag_s, sc.time_scale))
     outcome = "error" if run.error else "pass" if all(m["outcome"] == "pass" for m in measurements) else "fail"
     t0 = rig.controller_starts[0] if rig.controller_starts else 0
     events = [{k: v for k, v in e.items() if k != "wall_ns"} | {"wall_s": round((e["wall_ns"] - t0) / 1e9, 4)}

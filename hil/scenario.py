@@ -146,6 +146,7 @@ class Scenario:
     relay_outputs: tuple[str, ...]
     log_every_s: float
     scan_s: float
+    max_lag_s: float                   # the controller may scan at most this late (plant s) before the run fails
     until: str
     until_phase: str | None
     until_after: str | None            # the end condition counts only once this step has fired
@@ -155,6 +156,10 @@ class Scenario:
     steps: tuple[Step, ...]
     expectations: tuple[Expectation, ...]
 
+
+#: plant seconds a scan may come late (hil/lag.py) before the run fails: past that the physics is no longer
+#: the controller's doing (hil/README.md, "The controller's lag", has the lags measured on a loaded machine)
+DEFAULT_MAX_LAG_S = 120.0
 
 # in file order, for the report
 SECTIONS = ("scenario", "plant", "rig", "run", "marks", "faults", "operator", "expect")
@@ -231,6 +236,7 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     relay_timeout_ms = rig.get("relay_timeout_ms", number_in(10.0, 60_000.0), 500.0)
     log_every_s = rig.get("log_every_s", number_in(0.1, 3600.0), 10.0)
     scan_s = rig.get("scan_s", number_in(0.1, 60.0), 1.0)
+    max_lag_s = rig.get("max_lag_s", number_in(0.0, 3600.0), DEFAULT_MAX_LAG_S)
     rig.finish()
 
     run = _table(top, "run", required=True)
@@ -261,7 +267,8 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
         station=station_path, recipe=recipe_path, plant=kind, time_scale=scale, batch_id=batch_id,
         plant_params=plant_params, meter_start=meter_start, meter_gain=meter_gain, feed=feed, mass_in_kg=mass_in_kg,
         relay_timeout_s=relay_timeout_ms / 1e3, relay_outputs=tuple(relay_outputs), log_every_s=log_every_s,
-        scan_s=scan_s, until=until, until_phase=until_phase, until_after=until_after, until_revision=until_revision,
+        scan_s=scan_s, max_lag_s=max_lag_s, until=until, until_phase=until_phase, until_after=until_after,
+        until_revision=until_revision,
         max_plant_s=(max_h or 1.0) * 3600.0, settle_s=settle_s, steps=tuple(steps), expectations=tuple(expectations))
 
 

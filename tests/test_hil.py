@@ -10,13 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
 from edge.spec.reader import SpecError
+from hil.lag import PROBE_LINE, LagProbe, is_probe_reply
 from hil.regfile import default_dir
 from hil.runner import run_scenario
-from hil.scenario import load_scenario, parse_scenario
+from hil.scenario import DEFAULT_MAX_LAG_S, load_scenario, parse_scenario
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # hd_normal_batch is the demo: tests/test_cli.py runs it through `reedge demo` (the same runner)
@@ -159,6 +161,100 @@ def register_files(runner_pid: int) -> set[pathlib.Path]:
     """The register files the runner with this pid made (the rig names them after its pid), so that
     tests running beside this one (pytest -n) cannot disturb the count."""
     return set(default_dir().glob(f"reedge-rig-{runner_pid}-*"))
+
+
+# ---------------------------------------------------------------- the controller's lag
+
+IDLE = """
+[scenario]
+station = "{root}/stations/hd_reactor_sim.toml"
+time_scale = 600
+
+[run]
+until = "time"
+max_plant_h = 1           # 6 s of wall time, most of it after the controller's start-up
+
+[[expect]]
+measure = "batch_outcome"
+equals = "not started"
+"""
+
+
+def test_a_controller_that_falls_behind_fails_the_run_saying_by_how_much_and_when(tmp_path: pathlib.Path) -> None:
+    """The rig stalls the controller as a starved CPU would (SIGSTOP, unknown to the runner) for 0.3 s of wall
+    time, 180 s of plant time at 600x (the watchdog relay's 0.5 s stays in): the run fails on its lag, with the
+    figure and the moment. (Every scenario of test_scenario_passes shows the other side: a measured lag within
+    its limit.)"""
+    sc = parse_scenario(IDLE.format(root=ROOT), tmp_path / "idle.toml")
+    stalled: list[float] = []
+
+    def stall(run: Any, rig: Any) -> None:
+        if not stalled and run.lag is not None and run.lag.answered >= 5:     # running, its lag measured
+            t = rig.plant_s()
+            run.lag.poll(t)                       # a probe is out during the stall
+            os.killpg(rig.controller.pid, signal.SIGSTOP)
+            time.sleep(0.3)
+            os.killpg(rig.controller.pid, signal.SIGCONT)
+            stalled.append(t)
+
+    record = run_scenario(sc, tmp_path, stall)
+    lag = next(m for m in record["measurements"] if m["name"] == "controller_lag_s")
+    assert stalled and record["outcome"] == "fail", lag
+    assert [m["name"] for m in record["measurements"] if m["outcome"] == "fail"] == ["controller_lag_s"]
+    assert lag["value"] > sc.max_lag_s, lag
+    assert lag["note"].startswith(f"the controller fell behind the plant by {lag['value']:g} s at plant time "), lag
+    at = float(lag["note"].split("at plant time ")[1].split(" s")[0])
+    assert stalled[0] < at < stalled[0] + 0.3 * 600 + 120, (stalled, lag["note"])
+    assert not [e for e in record["events"] if e["kind"] == "reply"], "a probe's answer is not an event of the run"
+
+
+def test_the_lag_probe_times_each_answer_and_ignores_what_a_freeze_or_a_power_loss_left_out() -> None:
+    written: list[str] = []
+    probe = LagProbe(scan_s=2.0, write=written.append)
+    probe.poll(10.0)
+    assert written == [], "nothing before the controller said ready"
+    probe.ready()
+    probe.poll(10.0)
+    probe.poll(11.0)                               # one probe out at a time
+    assert written == [PROBE_LINE]
+    probe.reply(11.5)                              # read by the next scan: on time
+    assert (probe.worst_s, probe.answered) == (0.0, 1)
+    probe.poll(20.0)
+    probe.reply(57.0)                              # 37 s after it was written, 35 s later than one scan
+    assert (probe.worst_s, probe.worst_at_s) == (35.0, 57.0)
+    probe.poll(60.0)
+    probe.pause()                                  # frozen on purpose with a probe out
+    probe.poll(61.0)
+    probe.resume()
+    probe.poll(500.0)                              # no new probe until the voided one's late answer came
+    assert len(written) == 3
+    probe.reply(600.0)                             # that late answer is no lag
+    assert (probe.worst_s, probe.answered) == (35.0, 2)
+    probe.poll(601.0)
+    probe.pause()                                  # a power loss: the dead controller never answers
+    probe.ready()                                  # the restarted one said ready
+    probe.poll(900.0)
+    probe.reply(901.0)
+    assert (probe.worst_s, probe.answered) == (35.0, 3) and len(written) == 5
+    probe.pause(for_good=True)                     # hung on purpose: nothing more
+    probe.resume()
+    probe.ready()
+    probe.poll(1000.0)
+    assert len(written) == 5
+    assert is_probe_reply({"type": "reply", "source": "stdin", "cmd": None, "code": "invalid"})
+    assert not is_probe_reply({"type": "reply", "source": "stdin", "cmd": "hold"})
+    assert not is_probe_reply({"type": "reply", "source": "mqtt", "cmd": None})
+
+
+def test_max_lag_s_is_read_and_checked() -> None:
+    def with_limit(value: str) -> str:
+        return IDLE.format(root=ROOT).replace("time_scale = 600", f"time_scale = 600\n[rig]\nmax_lag_s = {value}")
+
+    assert parse_scenario(with_limit("45"), pathlib.Path("/tmp/good.toml")).max_lag_s == 45.0
+    assert parse_scenario(IDLE.format(root=ROOT), pathlib.Path("/tmp/good.toml")).max_lag_s == DEFAULT_MAX_LAG_S
+    with pytest.raises(SpecError) as info:
+        parse_scenario(with_limit("-1"), pathlib.Path("/tmp/bad_scenario.toml"))
+    assert "rig.max_lag_s: expected a number from 0 to 3600, got -1" in str(info.value)
 
 
 # ---------------------------------------------------------------- cleanup

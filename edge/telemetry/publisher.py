@@ -5,11 +5,13 @@
 
 1. **Commands** that arrived since the last scan are executed here, on this thread: paho's
    thread only queues them (``_on_command``), so a command never races the scan it changes.
-   ``CommandHandler`` checks, authorises and answers each one; the reply and its audit event
-   are put with this scan's messages, and only once they are stored is the command acknowledged
-   to the broker (``MqttSession.subscribe_acked``): a command whose answer was never stored (the
-   station died, the disk refused) is sent again by the broker on the next connection, and the
-   command ledger turns that second copy into a replay of the stored answer, never a second run.
+   ``CommandHandler`` checks, authorises and answers each one; its audit event and then its reply
+   are put with this scan's messages (in that order: a reply is never out before its audit event,
+   even when a stop's flush runs out of time between the two), and only once they are stored is the
+   command acknowledged to the broker (``MqttSession.subscribe_acked``): a command whose answer was
+   never stored (the station died, the disk refused) is sent again by the broker on the next
+   connection, and the command ledger turns that second copy into a replay of the stored answer,
+   never a second run.
 2. **Events**: every ``ProcessEvent`` the controller appended (phase changes, relayed core
    events with their exact kind, alarms, operator actions, recovery), through
    ``edge.telemetry.events`` with its priorities. The controller drains the core's event ring
@@ -25,7 +27,8 @@
 5. **State**, retained, when it changed (``StateTracker``).
 
 Then one ``Outbox.put_many`` (one transaction, one fsync) and the session is woken. Order inside
-a scan: replies, events, batch records, telemetry, state (the outbox keeps it per stream anyway).
+a scan: command answers (audit event, reply), events, batch records, telemetry, state (the outbox
+keeps it per stream anyway).
 
 **The state's outputs** are what a dashboard should see, not what the sampler does every tick:
 the watchdog line (it toggles every tick) is left out, and a burst-fired output (``duty_cycle_ms``)
@@ -320,14 +323,16 @@ class Publisher:
         return outcomes
 
     def _answer(self, outcome: Outcome) -> list[Draft]:
-        out = []
+        """The audit event, then the reply: the outbox sends in this order, so a reply that is out has its audit
+        event out before it, even when a stop's flush deadline falls between the two (the rest waits for the
+        next start)."""
         with self._lock:
+            out = [self._draft("event", outcome.event.body, outcome.event.priority)]
+            self.counters.events += 1
             if outcome.reply_topic is not None:
                 spec = STREAMS["reply"]
                 out.append(Draft("reply", outcome.reply_topic, outcome.reply, Priority.EVENT, spec.qos, spec.retain))
                 self.counters.replies += 1
-            out.append(self._draft("event", outcome.event.body, outcome.event.priority))
-            self.counters.events += 1
         return out
 
     def _overflow_report(self) -> list[Draft]:
