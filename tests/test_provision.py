@@ -204,11 +204,13 @@ def _ids(root: pathlib.Path, database: str) -> dict[str, tuple[int, int]]:
     return {row[0]: (int(row[2]), int(row[3]) if database == "passwd" else 0) for row in rows}
 
 
-def test_the_service_user_reads_its_files_and_no_one_else_does(station: pathlib.Path) -> None:
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_the_service_user_reads_its_files_and_no_one_else_does(station: pathlib.Path, umask: int) -> None:
     """The unit runs as reedge, not root. What reedge-setup.service does at the image's first start is played
     into the image (its own ExecStart lines with --root), then each file is checked as reedge (its uid, gid and
     SupplementaryGroups from the image's user database) and as nobody: the station file and the MQTT password
-    are readable by reedge alone. (/var/lib/reedge is the unit's StateDirectory=: systemd gives it to reedge.)"""
+    are readable by reedge alone. (/var/lib/reedge is the unit's StateDirectory=: systemd gives it to reedge.)
+    Also when provision runs under a hardened root's umask 077, which makes the password's folder 0700 root."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("systemd-sysusers") is None:
         pytest.skip("needs root, setpriv and systemd-sysusers to act as another user")
     (station.parent / "secrets").mkdir()
@@ -217,7 +219,13 @@ def test_the_service_user_reads_its_files_and_no_one_else_does(station: pathlib.
     with tempfile.TemporaryDirectory() as folder:
         root = pathlib.Path(folder)
         root.chmod(0o755)                        # an image root, as mounted: traversable by everyone
-        provision(station, image_root=root, system=False, out=io.StringIO())
+        (root / "etc").mkdir()
+        (root / "etc").chmod(0o755)              # as on every root (provision would make it with its umask)
+        old_umask = os.umask(umask)
+        try:
+            provision(station, image_root=root, system=False, out=io.StringIO())
+        finally:
+            os.umask(old_umask)
         password = root / "etc" / "reedge" / "secrets" / "mqtt.password"
         assert password.read_text() == "s3cret\n" and (password.stat().st_mode & 0o777) == 0o640
         commands = _setup_commands(root)

@@ -288,6 +288,10 @@ def tmpfiles_text(credentials: Sequence[str]) -> str:
     lines = ["# Written by `reedge provision`: applied by reedge-setup.service before each start of reedge",
              f"d {CONFIG_DIR} 0750 root reedge -",
              f"z {STATION_PATH} 0640 root reedge -"]
+    # a credential's own folders too: provision made them with its umask (0700 root under umask 077)
+    folders = {str(parent) for path in credentials for parent in pathlib.PurePosixPath(path).parents
+               if str(parent).startswith(CONFIG_DIR + "/")}
+    lines += [f"d {folder} 0750 root reedge -" for folder in sorted(folders)]
     lines += [f"z {path} 0640 root reedge -" for path in credentials]
     return "\n".join(lines) + "\n"
 
