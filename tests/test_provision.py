@@ -360,6 +360,18 @@ def test_watchdog_beyond_the_pi_hardware_is_refused(station: pathlib.Path, image
     assert files_under(image) == {"boot/firmware/config.txt": files_under(image)["boot/firmware/config.txt"]}
 
 
+@pytest.mark.parametrize("reedge_bin", ["/home/pi/my tools/.venv/bin/reedge", "/opt/re%iedge/bin/reedge",
+                                        '/opt/"reedge"/bin/reedge'])
+def test_a_reedge_path_systemd_would_split_or_expand_is_refused(station: pathlib.Path, image: pathlib.Path,
+                                                                 reedge_bin: str) -> None:
+    """ExecStart= splits at a space ('/home/pi/my' would be run) and expands % ('%i' is the instance name, empty
+    here: /opt/reedge/bin/reedge would be run) and unquotes: such a unit was written and provision said it was
+    done. Without --reedge-bin, --system takes the running reedge's path, so a venv in "my tools" did it."""
+    with pytest.raises(ProvisionError, match="systemd would split or expand this path"):
+        run(station, image, Options(reedge_bin=reedge_bin))
+    assert files_under(image) == {"boot/firmware/config.txt": files_under(image)["boot/firmware/config.txt"]}
+
+
 def test_cli_writes_the_image_and_exits_0_then_reports_nothing_changed(station: pathlib.Path,
                                                                        image: pathlib.Path) -> None:
     cmd = [sys.executable, "-m", "edge", "provision", "--station", str(station), "--image-root", str(image)]

@@ -147,6 +147,10 @@ def plan(station_file: pathlib.Path, options: Options) -> Plan:
     board = load_board(station.board)
     if not options.reedge_bin.startswith("/"):
         raise ProvisionError(f"--reedge-bin {options.reedge_bin!r}: expected an absolute path on the target")
+    if any(c.isspace() or c in "%\"'\\" for c in options.reedge_bin):
+        # ExecStart= splits at spaces and expands %: "/opt/re%iedge/..." would run /opt/reedge/...
+        raise ProvisionError(f"--reedge-bin {options.reedge_bin!r}: systemd would split or expand this path in "
+                             "ExecStart=: install reedge where its path has no space, quote, backslash or '%'")
     if board.watchdog is not None and not 1 <= options.hardware_watchdog_s <= board.watchdog.max_s:
         raise ProvisionError(f"--hw-watchdog-sec {options.hardware_watchdog_s}: the {board.name}'s watchdog "
                              f"({board.watchdog.driver}) counts 1 to {board.watchdog.max_s} s")
