@@ -566,6 +566,22 @@ def measure(run: Run, rows: Sequence[dict[str, Any]], exp: Expectation) -> tuple
         outages = [e["data"]["outage_s"] for e in run.events
                    if e["kind"] == "recovery" and isinstance(e.get("data", {}).get("outage_s"), int | float)]
         return (round(outages[-1], 3) if outages else None), "s", "the outage the controller measured on recovery"
+    if m == "recovered_outage_gap_s":
+        # what the controller's outage holds beyond the rig's own measure of it (power loss to the recovery, on
+        # the plant's clock, the controller's boot included): its last save before the power went, no more.
+        # Unlike a bound on the outage itself, this does not depend on how long the boot took on this machine.
+        recoveries = [e for e in run.events if e["kind"] == "recovery"
+                      and isinstance(e.get("data", {}).get("outage_s"), int | float)]
+        losses = [f.t_s for f in run.fired.values() if f.step.kind == "power_loss"]
+        if not recoveries or not losses:
+            return None, "s", "no power loss followed by a recovery"
+        last = recoveries[-1]
+        earlier = [t for t in losses if t <= float(last["t_s"])]
+        if not earlier:
+            return None, "s", "no power loss before the recovery"
+        dark = float(last["t_s"]) - max(earlier)
+        return (round(last["data"]["outage_s"] - dark, 3), "s",
+                f"the controller's outage minus the rig's {dark:.1f} plant s from the power loss to the recovery")
     if m == "instrument_counter":
         counters = run.status.get("instruments", {}).get(a["device"])
         if counters is None:

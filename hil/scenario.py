@@ -67,6 +67,7 @@ MEASURES: dict[str, tuple[str, ...]] = {   # measure -> the keys it needs beside
     "max_true": ("quantity",), "min_true": ("quantity",),     # over the plant's true values (every plant step)
     "plant_metric": ("metric",), "plant_metric_delta": ("metric", "step"),   # until_phase optional: else to the end
     "controller_restarts": (), "instrument_counter": ("device", "counter"), "recovered_outage_s": (),
+    "recovered_outage_gap_s": (),       # the controller's outage minus the rig's (power loss to recovery, plant s)
     "batch_record": ("path",),          # a field of the batch record (a list gives its length)
     "metered_error_pct": ("meter",),    # |metered - plant truth| / truth of energy, h2 or ar, in %
     "batch_records": (),                # how many record folders the run left

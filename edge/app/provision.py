@@ -46,7 +46,6 @@ import pathlib
 import posixpath
 import shutil
 import sys
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TextIO
@@ -54,7 +53,7 @@ from typing import Literal, TextIO
 from edge.app.config_txt import read_config_txt
 from edge.files import write_atomic
 from edge.spec.board import Board, load_board
-from edge.spec.reader import counted
+from edge.spec.reader import counted, parse_toml, read_text
 from edge.spec.station import Station, load_station
 
 CONFIG_DIR = "/etc/reedge"
@@ -185,8 +184,7 @@ def plan(station_file: pathlib.Path, options: Options) -> Plan:
 def _credentials(station_file: pathlib.Path) -> tuple[list[PlannedFile], list[str]]:
     """The [mqtt] files the service reads: a relative path is copied beside the station (where the copy
     looks for it); an absolute one is the technician's to put there (returned as the second list)."""
-    with open(station_file, "rb") as f:
-        mqtt = tomllib.load(f).get("mqtt", {})
+    mqtt = parse_toml(read_text(station_file, "station file"), str(station_file)).get("mqtt", {})
     files: list[PlannedFile] = []
     absolute: list[str] = []
     for key in CREDENTIAL_KEYS:
