@@ -325,9 +325,10 @@ class Node:
             # Freshness is proven by the edge, not assumed from arrival: the frame was made after the edge
             # received node frame `echo`, so no earlier than that frame's first send. A frame that waited in
             # any buffer (the host's, the pty's, this FIFO) carries an old echo and is refused.
+            # (Older than the last obeyed is judged only while obeying: a trip long ago would wrap ticks_diff.)
             t = self.sent_time((payload[2] << 8) | payload[3])
             if t is None or time.ticks_diff(now, t) > self.deadman_ms or (
-                    self.last_cmd is not None and time.ticks_diff(t, self.last_cmd) < 0):
+                    self.last_cmd is not None and not self.tripped and time.ticks_diff(t, self.last_cmd) < 0):
                 self.rx_refused += 1        # never sent, forgotten, too old, or older than what we obey
                 return
             self.commanded = (payload[0] << 8) | payload[1]
