@@ -80,13 +80,25 @@ def firmware_node(tmp_path: pathlib.Path) -> Iterator[VirtualNode]:
         yield node
 
 
+_newest: dict[int, int] = {}      # id(decoder) -> newest node seq it decoded (tests never see the seq wrap)
+
+
 def read_frames(port: serial.Serial, decoder: link.Decoder, want: FrameType, timeout: float = TIMEOUT) -> Frame:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for f in decoder.feed(port.read(max(1, port.in_waiting))):
+            if f.type in link.SEQUENCED:
+                _newest[id(decoder)] = max(f.seq, _newest.get(id(decoder), -1))
             if f.type == want:
                 return f
     raise AssertionError(f"no {want.name} frame")
+
+
+def fresh_echo(port: serial.Serial, decoder: link.Decoder) -> int:
+    """What an edge that reads echoes in its OUTPUTS: the newest node seq received, after one more READINGS
+    (the newest, not the last: the node retransmits frames nobody acknowledged, old seqs among them)."""
+    read_frames(port, decoder, FrameType.READINGS)
+    return _newest[id(decoder)]
 
 
 def test_compiled_firmware_says_hello_and_holds_outputs_under_its_dead_man(firmware_node: VirtualNode) -> None:
@@ -105,8 +117,8 @@ def test_compiled_firmware_says_hello_and_holds_outputs_under_its_dead_man(firmw
         deadline = time.monotonic() + TIMEOUT
         while not (node.outputs()[h2] == 1 and node.outputs()[vent] == 0) and time.monotonic() < deadline:
             seq += 1
-            s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0, link.outputs_payload(0b01))))
-            time.sleep(0.1)
+            s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0,
+                                      link.outputs_payload(0b01, fresh_echo(s, dec)))))
         assert node.outputs()[h2] == 1 and node.outputs()[vent] == 0
         # then silence: the outputs go safe and the node reports the trip
         assert node.wait_for(lambda n: n.outputs()[h2] == 0 and n.outputs()[vent] == 1, timeout=TIMEOUT)
@@ -125,8 +137,8 @@ def test_ctrl_c_from_mpremote_stops_the_firmware_with_outputs_safe(firmware_node
         s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
         hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
         for seq in range(2, 6):
-            s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0, link.outputs_payload(0b01))))
-            time.sleep(0.05)
+            s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0,
+                                      link.outputs_payload(0b01, fresh_echo(s, dec)))))
         assert node.wait_for(lambda n: n.outputs()[h2] == 1, timeout=TIMEOUT)
     done = subprocess.run([*MPREMOTE, "connect", node.port, "exec", "import os; print(sorted(os.listdir()))"],
                           capture_output=True, text=True, timeout=120)
@@ -142,8 +154,10 @@ def test_the_node_counts_damaged_duplicated_and_missing_edge_frames(firmware_nod
         s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
         hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
 
+        echo = fresh_echo(s, dec)
+
         def outputs(seq: int) -> bytes:
-            return link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0, link.outputs_payload(0b10)))
+            return link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0, link.outputs_payload(0b10, echo)))
 
         bad = bytearray(outputs(2))
         bad[3] ^= 0x40                                   # CRC error (or a framing error if it hits COBS)
@@ -167,7 +181,8 @@ def test_the_node_refuses_and_counts_payloads_of_the_wrong_length(firmware_node:
         dec = link.Decoder()
         s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
         hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
-        wrong = [(FrameType.OUTPUTS, b"\x00\x01\x00"), (FrameType.OUTPUTS, b"\x01"), (FrameType.OUTPUTS, b""),
+        wrong = [(FrameType.OUTPUTS, b"\x00\x01\x00"), (FrameType.OUTPUTS, b"\x00\x01"),   # protocol 2 before echo
+                 (FrameType.OUTPUTS, b"\x00\x01\x00\x00\x00"), (FrameType.OUTPUTS, b"\x01"), (FrameType.OUTPUTS, b""),
                  (FrameType.HELLO_REQ, b"\x00"), (FrameType.ENTER_REPL, b"REPL\x00"), (FrameType.RESET, b"RESE"),
                  (0x20, b"\x00\x01")]
         s.write(b"".join(link.encode(Frame(t, hello.boot, 2 + i, 0, p)) for i, (t, p) in enumerate(wrong)))
@@ -179,7 +194,8 @@ def test_the_node_refuses_and_counts_payloads_of_the_wrong_length(firmware_node:
             st_ = link.parse_status(f.payload) if f.boot == hello.boot else None
         assert st_.rx_refused == len(wrong) and st_.commanded == 0 and st_.rx_crc_errors == st_.rx_framing_errors == 0
         assert node.outputs()[h2] == 0
-        s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, 20, 0, link.outputs_payload(0b01))))
+        obey = link.outputs_payload(0b01, fresh_echo(s, dec))
+        s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, 20, 0, obey)))
         assert node.wait_for(lambda n: n.outputs()[h2] == 1, timeout=TIMEOUT)     # the right length is obeyed
 
 
@@ -201,6 +217,17 @@ def test_a_missing_node_json_is_reported_in_hello_and_drives_nothing(tmp_path: p
         hello = link.parse_hello(read_frames(s, link.Decoder(), FrameType.HELLO).payload)
         assert "node_id" in hello.error and hello.outputs == ()
         assert set(node.outputs()) <= {"LED"}
+
+
+def test_a_dead_man_shorter_than_two_frame_gaps_is_a_config_error(tmp_path: pathlib.Path) -> None:
+    """An OUTPUTS frame can only echo a node frame one frame gap old at best: a dead-man under two gaps would
+    trip on an edge doing everything right, so the node refuses it and drives nothing."""
+    stage_firmware(tmp_path, {**NODE_JSON, "deadman_ms": 199, "period_ms": 100})
+    with VirtualNode(tmp_path) as node, serial.Serial(node.port, 115200, timeout=0.05) as s:
+        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
+        hello = link.parse_hello(read_frames(s, link.Decoder(), FrameType.HELLO).payload)
+        assert "deadman_ms 199 leaves no margin" in hello.error and "2 x 100 ms" in hello.error, hello.error
+        assert hello.outputs == () and set(node.outputs()) <= {"LED"}
 
 
 def test_virtual_node_files_survive_a_hard_reset_and_raw_paste_is_refused(tmp_path: pathlib.Path) -> None:

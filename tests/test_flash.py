@@ -135,6 +135,19 @@ def test_node_file_errors_name_the_key(nodes: pathlib.Path) -> None:
         load_node("test-nod", nodes)
 
 
+def test_node_file_refuses_a_dead_man_shorter_than_two_frame_gaps(nodes: pathlib.Path) -> None:
+    """The node obeys an OUTPUTS frame only while the node frame it echoes is deadman_ms old at most, and that
+    frame is up to one frame gap old when the edge gets it: caught when the file is read, not on the plant."""
+    (nodes / "test-node.toml").write_text(NODE_TOML + "deadman_ms = 999\n")
+    with pytest.raises(SpecError) as caught:
+        load_node("test-node", nodes)
+    assert [(e.key_path, e.message) for e in caught.value.errors] == [
+        ("config.deadman_ms", "deadman_ms 999 leaves no margin: at least 2 x the node's frame gap "
+                              "(min(period_ms, 1000) = 500 ms) = 1000 ms")]
+    (nodes / "test-node.toml").write_text(NODE_TOML + "deadman_ms = 1000\n")
+    assert load_node("test-node", nodes).config["deadman_ms"] == 1000
+
+
 def test_node_file_syntax_error_has_line_and_column(nodes: pathlib.Path) -> None:
     (nodes / "test-node.toml").write_text(NODE_TOML.replace("node_id = 7", "node_id = = 7"))
     with pytest.raises(SpecError) as caught:

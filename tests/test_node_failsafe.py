@@ -10,6 +10,7 @@ flashed, in real MicroPython (the virtual node), timed on the node's own clock (
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pathlib
@@ -49,6 +50,11 @@ class Listener(threading.Thread):
 
     def of(self, ftype: FrameType, boot: int | None = None) -> list[Frame]:
         return [f for f in list(self.frames) if f.type == ftype and (boot is None or f.boot == boot)]
+
+    def newest(self, boot: int) -> int:
+        """The newest node seq received, as the edge echoes it in OUTPUTS (a test never sees the seq wrap)."""
+        wait_for(lambda: self.of(FrameType.READINGS, boot), "a first READINGS frame")
+        return max(f.seq for f in list(self.frames) if f.boot == boot and f.type in link.SEQUENCED)
 
 
 class Babbler(threading.Thread):
@@ -144,14 +150,16 @@ def test_a_babbling_host_cannot_hold_off_the_dead_man(node: VirtualNode, kind: s
                 "garbage": garbage(random.Random(14)),
                 # valid frames that command h2 open, but of another boot: must not feed the dead-man
                 "foreign-boot": frames_of(lambda q: Frame(FrameType.OUTPUTS, boot ^ 0x5A5A, q, 0,
-                                                          link.outputs_payload(0b01))),
+                                                          link.outputs_payload(0b01, listener.newest(boot)))),
                 # valid frames of this boot, of every type but OUTPUTS that the node ignores
                 "wrong-type": frames_of(lambda q: Frame((FrameType.READINGS, FrameType.STATUS, FrameType.HELLO,
-                                                         0x7E)[q % 4], boot, q, 0, link.outputs_payload(0b01))),
+                                                         0x7E)[q % 4], boot, q, 0,
+                                                         link.outputs_payload(0b01, listener.newest(boot)))),
             }[kind]
             levels = [0b01, 0b11] * 3 + [0b01]
             for seq, bits in enumerate(levels, start=2):
-                s.write(link.encode(Frame(FrameType.OUTPUTS, boot, seq, 0, link.outputs_payload(bits))))
+                s.write(link.encode(Frame(FrameType.OUTPUTS, boot, seq, 0,
+                                          link.outputs_payload(bits, listener.newest(boot)))))
                 time.sleep(0.05)
             babbler = Babbler(s, source, RATES[rate])
             babbler.start()
@@ -179,7 +187,10 @@ def test_a_babbling_host_cannot_hold_off_the_dead_man(node: VirtualNode, kind: s
     lost = sum(max(0, min(st.t_ms, t_trip) - max(st.t_ms - st.lost_ms, due)) for st in node.stalls() if st.boot == 1)
     print(f"{kind} at {rate}: safe {held} ms after the last command (dead-man {DEADMAN_MS} ms, "
           f"period {PERIOD_MS} ms; {lost} ms without CPU), {babbler.written} bytes babbled")
-    assert DEADMAN_MS - PERIOD_MS <= held - lost <= DEADMAN_MS + PERIOD_MS
+    # The dead-man runs from the first send of the node frame the last command echoed, which the host had
+    # received up to one sample period (plus its own read latency) before it wrote the command: the trip comes
+    # up to that much sooner after the command's arrival, never later than deadman_ms + one period.
+    assert DEADMAN_MS - 3 * PERIOD_MS <= held - lost <= DEADMAN_MS + PERIOD_MS
     assert node.outputs()[H2] == 0 and node.outputs()[VENT] == 1
     statuses = [link.parse_status(f.payload) for f in listener.of(FrameType.STATUS, boot)]
     assert max(st.deadman_trips for st in statuses) == 1      # once: nothing of the babble fed it again
@@ -263,3 +274,95 @@ def test_a_thermocouple_converter_lost_after_boot_reads_fault(node: VirtualNode,
     # from the node's first FAULT until the fault was cleared, every reading is FAULT
     assert all(r.items[TC].status & link.NODE_FAULT for r in seen if first_fault <= r.sample <= cleared)
     assert seen[-1].items[TC].status == 0
+
+
+def next_status(listener: Listener) -> link.NodeStatus:
+    """The first STATUS the node sends from now on (its counters then include everything it read before)."""
+    start = len(listener.frames)
+    wait_for(lambda: any(f.type == FrameType.STATUS for f in listener.frames[start:]), "a STATUS")
+    return link.parse_status(next(f for f in listener.frames[start:] if f.type == FrameType.STATUS).payload)
+
+
+TX_WAIT_MS = 500         # a Pico's USB CDC write waits this long for a host that holds the port without reading
+FILL_S = 12.0            # how long the host commands without reading (the review measured 10-111 s held)
+
+
+def test_a_host_that_commands_without_reading_cannot_hold_the_outputs(node: VirtualNode) -> None:
+    """The review's scenario: a host keeps the port open, writes OUTPUTS every 50 ms and never reads. The node's
+    writes wait 500 ms each (as a Pico's do) while old OUTPUTS pile up in its FIFO and the pty; decoded much later
+    they used to re-drive the outputs (h2 held 10-111 s). Every command echoes the last node frame the host read
+    before it stopped reading, so the node obeys them only until that frame is deadman_ms old."""
+    with serial.Serial(node.port, 115200, timeout=0.05, write_timeout=0.5) as s:
+        listener = Listener(s)
+        listener.start()
+        boot = hello_boot(s, listener)
+        echo = listener.newest(boot)
+        listener.stop.set()                  # from here on nothing is read; the port stays open
+        listener.join(timeout=TIMEOUT)
+        seq, start = 2, time.monotonic()
+        while time.monotonic() - start < FILL_S:    # pacing the load only; nothing is asserted on host time
+            with contextlib.suppress(serial.SerialTimeoutException):    # the FIFO and the pty are full
+                s.write(link.encode(Frame(FrameType.OUTPUTS, boot, seq, echo,
+                                          link.outputs_payload(0b01 if seq % 2 else 0b11, echo))))
+            seq += 1
+            time.sleep(0.05)
+        s.write(link.encode(Frame(FrameType.OUTPUTS, boot, seq, echo, link.outputs_payload(0b01, echo))))
+        wait_for(lambda: tripped(node.pin_log(), 1), "the dead-man to trip")
+        waited = node.tx_timeouts()
+        # read again: the node drains everything still buffered; a HELLO_REQ behind it marks the end
+        listener = Listener(s)
+        listener.start()
+        try:
+            hellos = len(listener.of(FrameType.HELLO))
+            s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, seq + 1, 0)))
+            wait_for(lambda: len(listener.of(FrameType.HELLO)) > hellos, "HELLO after the buffered commands")
+            status = next_status(listener)
+        finally:
+            listener.stop.set()
+            listener.join(timeout=TIMEOUT)
+    log = [e for e in node.pin_log() if e.boot == 1 and e.pin in (H2, VENT)]
+    first = next(e.t_ms for e in log if e.pin == H2 and e.level == 1)
+    t_last, t_trip = trip_after_last_command(log, 1)
+    lost = sum(st.lost_ms for st in node.stalls() if st.boot == 1 and first < st.t_ms <= t_trip)
+    print(f"{seq - 1} commands in {FILL_S:.0f} s without reading: obeyed for {t_last - first} ms, h2 safe "
+          f"{t_trip - first} ms after the first (dead-man {DEADMAN_MS} ms, period {PERIOD_MS} ms, {lost} ms without "
+          f"CPU); {waited} node writes waited {TX_WAIT_MS} ms and were dropped; {status.rx_refused} commands refused")
+    assert waited > 0, "the scenario never made a node write wait: it tests nothing"
+    # echo was first sent before the first command was obeyed: nothing is obeyed deadman_ms after it ...
+    assert t_last - first <= DEADMAN_MS
+    # ... and the trip comes at most one pass (a sample period, or one write's wait) after the deadline
+    assert t_trip - first - lost <= DEADMAN_MS + max(PERIOD_MS, TX_WAIT_MS) + PERIOD_MS
+    # every command decoded after the trip, however long it waited in a buffer, was refused: h2 stays safe
+    assert [e for e in log if e.t_ms > t_trip and e.pin == H2] == []
+    assert node.outputs()[H2] == 0 and node.outputs()[VENT] == 1
+    assert status.deadman_trips == 1 and status.tripped and status.rx_refused > 0
+
+
+def test_a_replayed_or_invented_echo_never_drives_an_output(node: VirtualNode) -> None:
+    """Commands whose echo is too old (a frame replayed from a buffer after the trip) or names a node frame never
+    sent are refused and counted; only a fresh echo drives the outputs again."""
+    with serial.Serial(node.port, 115200, timeout=0.05) as s:
+        listener = Listener(s)
+        listener.start()
+        try:
+            boot = hello_boot(s, listener)
+            echo = listener.newest(boot)
+            replay = link.encode(Frame(FrameType.OUTPUTS, boot, 2, echo, link.outputs_payload(0b01, echo)))
+            s.write(replay)
+            wait_for(lambda: tripped(node.pin_log(), 1), "h2 commanded open, then the dead-man to trip")
+            trips = len([e for e in node.pin_log() if e.pin == H2])
+            never_sent = (listener.newest(boot) + 1000) & 0xFFFF
+            hellos = len(listener.of(FrameType.HELLO))
+            invented = Frame(FrameType.OUTPUTS, boot, 3, echo, link.outputs_payload(0b01, never_sent))
+            s.write(replay + link.encode(invented) + link.encode(Frame(FrameType.HELLO_REQ, 0, 4, 0)))
+            wait_for(lambda: len(listener.of(FrameType.HELLO)) > hellos, "HELLO after the two commands")
+            status = next_status(listener)
+            assert len([e for e in node.pin_log() if e.pin == H2]) == trips, "a refused command moved h2"
+            assert status.rx_refused == 2 and status.tripped and status.deadman_trips == 1
+            # the same command with a fresh echo is obeyed: it was the echo that was refused
+            fresh = listener.newest(boot)
+            s.write(link.encode(Frame(FrameType.OUTPUTS, boot, 5, fresh, link.outputs_payload(0b01, fresh))))
+            wait_for(lambda: node.outputs().get(H2) == 1, "h2 commanded open by a fresh echo")
+        finally:
+            listener.stop.set()
+            listener.join(timeout=TIMEOUT)

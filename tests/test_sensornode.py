@@ -265,6 +265,19 @@ def test_a_node_with_the_wrong_config_is_refused(rig: tuple[VirtualNode, RigCore
         assert node.outputs()[f"GP{VENT_PIN}"] == 1       # never commanded: still safe
 
 
+def test_a_node_whose_dead_man_the_keepalive_cannot_feed_is_refused(rig: tuple[VirtualNode, RigCore]) -> None:
+    """deadman_ms 600 < 2 x period 100 + keepalive 450: the echoed frame would age past the dead-man between two
+    keep-alives, so the edge refuses the node, naming both, and never commands it."""
+    node, rc = rig
+    with SensorNode(config(node.port, keepalive_ms=450), rc.core) as sn:
+        wait_until(lambda: sn.stats().hello_mismatches >= 1, what="mismatch")
+        assert sn.hello is None
+        assert "deadman_ms 600 is shorter than" in sn.stats().last_error and "keepalive_ms (450)" in \
+            sn.stats().last_error, sn.stats().last_error
+        assert node.outputs()[f"GP{VENT_PIN}"] == 1       # never commanded: still safe
+        assert [e for e in node.pin_log() if e.pin == f"GP{VENT_PIN}" and e.level == 0] == []
+
+
 def test_enter_repl_leaves_outputs_safe_and_the_node_at_its_repl(rig: tuple[VirtualNode, RigCore]) -> None:
     node, rc = rig
     with SensorNode(config(node.port, revive_after_s=0), rc.core) as sn:

@@ -35,13 +35,42 @@ from edge.spec.reader import (
     unknown,
 )
 
-__all__ = ["FIRMWARE_DIR", "NODES_DIR", "NodeDef", "identity_bytes", "load_node", "node_names", "parse_node"]
+__all__ = ["FIRMWARE_DIR", "NODES_DIR", "NODE_STATUS_MS", "NodeDef", "deadman_margin_problem", "frame_gap_ms",
+           "identity_bytes", "load_node", "node_names", "parse_node"]
 
 NODES_DIR = resources.nodes_dir()
 FIRMWARE_DIR = resources.firmware_dir()
 SECTIONS = ("node", "config")
 NODE_KEYS = ("name", "node_id", "station", "firmware", "description")
 _NOT_EMPTY = re.compile(r".+", re.S)
+NODE_STATUS_MS = 1000     # the node sends STATUS at least this often (STATUS_MS of boards/firmware/pico_node/node.py)
+
+
+def frame_gap_ms(period_ms: float) -> float:
+    """Longest gap between two sequenced frames of a node: READINGS every period_ms, STATUS every NODE_STATUS_MS.
+
+    The edge's OUTPUTS echo the newest node frame it received, and the node obeys one only while that frame's
+    first send is at most deadman_ms old: the echo is at best this old when the edge writes (boards/firmware/
+    README.md, "Dead-man"); the firmware's own copy of the rule is its load_config."""
+    return min(period_ms, NODE_STATUS_MS)
+
+
+def deadman_margin_problem(deadman_ms: float, period_ms: float, keepalive_ms: float | None = None) -> str:
+    """Why a node's dead-man is too short to be kept fed, or "".
+
+    The echo is up to one frame gap old when the edge receives it and ages by up to keepalive_ms before the next
+    OUTPUTS (plus the link's latency): one more gap of margin covers the latency and a late loop pass on either
+    side. Without keepalive_ms (a node file, which no edge is known to yet) only the node's part: 2 gaps."""
+    gap = frame_gap_ms(period_ms)
+    need = 2 * gap + (keepalive_ms or 0)
+    if deadman_ms >= need:
+        return ""
+    if keepalive_ms is None:
+        return (f"deadman_ms {deadman_ms:g} leaves no margin: at least 2 x the node's frame gap (min(period_ms, "
+                f"{NODE_STATUS_MS}) = {gap:g} ms) = {need:g} ms")
+    return (f"node deadman_ms {deadman_ms:g} is shorter than 2 x its frame gap ({gap:g} ms) + keepalive_ms "
+            f"({keepalive_ms:g}) = {need:g} ms: the edge cannot keep it fed; raise deadman_ms in the node's "
+            f"[config] or lower keepalive_ms")
 
 
 @dataclass(frozen=True)
@@ -116,6 +145,11 @@ def parse_node(text: str, source: str) -> NodeDef:
         bad = _not_json(config.data, "config")
         if bad:
             problems.add(*bad)
+        deadman, period = config.data.get("deadman_ms", 1000), config.data.get("period_ms", 200)
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in (deadman, period)):
+            margin = deadman_margin_problem(deadman, period)  # type: ignore[arg-type]
+            if margin:
+                problems.add("config.deadman_ms", margin)
     top.finish()
     problems.raise_if_any(SECTIONS)
     # each of these, when missing or invalid, was reported: raise_if_any raised

@@ -16,6 +16,9 @@ What differs from a real board, and why:
 * the console's receive side is bounded as on a Pico (TinyUSB's 256-byte CDC FIFO plus the rp2
   port's 512-byte stdin ring): bytes the firmware does not read stay in the pty and the host's
   writes block, as USB flow control throttles a host writing faster than the firmware reads;
+* the console's transmit side waits as a Pico's does: while a host holds the port open and does not read,
+  a write that finds the buffer full waits up to 500 ms (MicroPython's USB CDC TX timeout) and then drops;
+  with no host holding the port (only the harness's own descriptor) it drops at once;
 * every change of a driven pin is logged with the node's own ``ticks_ms`` (:meth:`VirtualNode.pin_log`),
   so a test times the firmware on the node's clock instead of racing it from outside, and every
   stretch in which the interpreter's process got no CPU (:meth:`VirtualNode.stalls`), which a Pico
@@ -224,7 +227,8 @@ class VirtualNode:
             self.boots += 1
             args = [self._node, str(HERE / "runner.mjs"), f"fs={self.fs_dir}", f"state={self._state}",
                     f"lib={HERE / 'lib'}", f"mode={'raw' if raw else 'friendly'}", f"cause={cause}",
-                    f"boot={self.boots}", f"uid={self._uid}", f"pty_fd={self._master}", f"parent={os.getpid()}"]
+                    f"boot={self.boots}", f"uid={self._uid}", f"pty_fd={self._master}",
+                    f"pty={os.ttyname(self._slave)}", f"parent={os.getpid()}"]
             self._log.write(f"--- boot {self.boots} ({cause}, {'raw' if raw else 'friendly'} REPL)\n".encode())
             self._log.flush()
             self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
@@ -345,6 +349,14 @@ class VirtualNode:
         except FileNotFoundError:
             return []
         return [Stall(*(int(x) for x in p)) for p in (line.split() for line in lines) if len(p) == 3]
+
+    def tx_timeouts(self) -> int:
+        """How many of the firmware's writes waited the full 500 ms for a host that held the port without reading,
+        and were dropped (as a Pico's USB CDC drops them)."""
+        try:
+            return len((self._state / "txtimeouts.log").read_text().splitlines())
+        except FileNotFoundError:
+            return 0
 
     def _write_peripherals(self) -> None:
         tmp = self._state / "peripherals.json.tmp"

@@ -59,14 +59,56 @@ let mp = null;
 let droppedOut = 0;
 const readBuf = Buffer.alloc(4096);
 
+// Transmit side, as the rp2 port's mp_usbd_cdc_tx_strn: while a host holds the port open (DTR) and does
+// not read, a write waits up to TX_TIMEOUT_MS for room and then drops what is left; with no host it drops at
+// once. A pty has no DTR: a host holds the port when some process other than the harness (which keeps one
+// descriptor of the slave open itself) has the slave open, found in /proc, looked up only when the buffer is
+// full and at most every HOST_CHECK_MS.
+const TX_TIMEOUT_MS = 500;        // MICROPY_HW_USB_CDC_TX_TIMEOUT
+const HOST_CHECK_MS = 200;
+const PTY_PATH = args.pty || "";
+const txSleeper = new Int32Array(new SharedArrayBuffer(4));
+let hostCheckedAt = -Infinity;
+let hostHolds = false;
+let txWaitMs = 0;                 // time spent waiting for the host since the last stall check
+const txTimeoutLog = path.join(stateDir, "txtimeouts.log");   // one line per write that waited and was dropped
+
+function hostHoldsPort() {
+    const now = performance.now();
+    if (now - hostCheckedAt < HOST_CHECK_MS) return hostHolds;
+    let opened = 0;
+    for (const pid of fs.readdirSync("/proc")) {
+        if (!/^[0-9]+$/.test(pid)) continue;
+        let fds;
+        try { fds = fs.readdirSync(`/proc/${pid}/fd`); } catch { continue; }   // gone, or not ours to see
+        for (const fd of fds) {
+            try { if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === PTY_PATH) opened++; } catch { /* closed */ }
+        }
+    }
+    hostHolds = opened > 1;
+    hostCheckedAt = performance.now();
+    return hostHolds;
+}
+
 function flushOut() {
+    let waitStart = -1;
     while (output.length) {
         const chunk = Buffer.from(output);
         let n = 0;
         try {
             n = fs.writeSync(PTY_FD, chunk);
+            if (n > 0) waitStart = -1;
         } catch (e) {
-            if (e.code === "EAGAIN") {  // nobody reads the port and its buffer is full: a USB CDC drops too
+            if (e.code === "EAGAIN" && PTY_PATH && (waitStart < 0 || performance.now() - waitStart < TX_TIMEOUT_MS)
+                    && hostHoldsPort()) {   // a host holds the port but does not read: wait, as a Pico does
+                if (waitStart < 0) waitStart = performance.now();
+                const t = performance.now();
+                Atomics.wait(txSleeper, 0, 0, 1);
+                txWaitMs += performance.now() - t;   // the firmware's own wait, not a stall of the machine
+                continue;
+            } else if (e.code === "EAGAIN") {  // no host, or it did not read for TX_TIMEOUT_MS: dropped
+                if (waitStart >= 0) fs.appendFileSync(txTimeoutLog, `${args.boot || 0} ${Math.round(nodeTicks())}\n`);
+                waitStart = -1;
                 droppedOut += chunk.length;
                 n = chunk.length;
             } else if (e.code === "EIO") {
@@ -133,10 +175,12 @@ let lastCpu = 0;
 function noteStall(wallMs) {
     const cpu = process.cpuUsage();
     const cpuMs = (cpu.user + cpu.system) / 1000;
-    if (wallMs > STALL_MS && wallMs - (cpuMs - lastCpu) > STALL_MS) {
-        fs.appendFileSync(stallLog, `${args.boot || 0} ${Math.round(nodeTicks())} ${Math.round(wallMs - (cpuMs - lastCpu))}\n`);
+    const lost = wallMs - (cpuMs - lastCpu) - txWaitMs;
+    if (wallMs > STALL_MS && lost > STALL_MS) {
+        fs.appendFileSync(stallLog, `${args.boot || 0} ${Math.round(nodeTicks())} ${Math.round(lost)}\n`);
     }
     lastCpu = cpuMs;
+    txWaitMs = 0;
 }
 
 function patchedTicks(orig) {

@@ -42,6 +42,13 @@ STATUS_MS = 1000
 # 64 bytes keep a pass far shorter than the shortest sample period (20 ms); the virtual node still reads
 # about 50 kB/s so, far more than an edge sends.
 RX_BUDGET = 64
+# Retransmissions per loop pass: a write can wait (a Pico's USB CDC waits up to 500 ms for a host that holds
+# the port open without reading), so a pass's writes are bounded; the rest of the window goes next pass.
+RETX_PER_PASS = 4
+# First send time of the newest SENT_RING sequence numbers (independent of the retransmit window): an OUTPUTS
+# frame echoes the newest node seq the edge received, and that seq's first send is the earliest the edge can
+# have made the frame. 64 frames cover >= 1.2 s at the fastest frame rate (period 20 ms plus STATUS).
+SENT_RING = 64
 
 # LED: (period ms, on ms) per state
 LED_CONFIG_ERROR = (1000, 1000)   # solid: node.json missing or invalid
@@ -52,7 +59,7 @@ LED_TRIPPED = (200, 100)          # fast blink: dead-man tripped, outputs held s
 # The only payloads the node acts on, by frame type: a length for OUTPUTS, the exact bytes for the rest.
 # A checked frame with any other payload (or of another type) is refused whole and counted: it comes
 # from an edge speaking another protocol, and guessing at it could drive an output.
-OUTPUTS_LEN = 2
+OUTPUTS_LEN = 4          # levels u16 | echo u16
 EXACT_PAYLOAD = {L.HELLO_REQ: b"", L.ENTER_REPL: b"REPL", L.RESET: b"RESET"}
 
 
@@ -107,7 +114,18 @@ def load_config(path: str = CONFIG_FILE) -> tuple[dict[str, Any], str]:
         raise ValueError("deadman_ms must be 100..60000")
     if not isinstance(period, int) or not 20 <= period <= 10000:
         raise ValueError("period_ms must be 20..10000")
+    if deadman < 2 * frame_gap_ms(period):
+        raise ValueError("deadman_ms " + str(deadman) + " leaves no margin: it must be at least twice the gap "
+                         "between the node's frames (2 x " + str(frame_gap_ms(period)) + " ms)")
     return cfg, digest
+
+
+def frame_gap_ms(period_ms: int) -> int:
+    """Longest gap between two sequenced frames of the node: a sample every period_ms, STATUS every STATUS_MS.
+
+    An OUTPUTS frame can only echo a seq this old at best (plus the edge's keep-alive and the link's latency),
+    so a dead-man shorter than twice this would trip on an edge that does everything right."""
+    return min(period_ms, STATUS_MS)
 
 
 class Node:
@@ -119,6 +137,9 @@ class Node:
         self.boot = random.getrandbits(16) or 1
         self.seq = 0
         self.window: list[Pending] = []
+        self.resend: int | None = None      # go-back-N in progress: the next seq to retransmit
+        self.sent_seq = [-1] * SENT_RING    # seq -> first send time, by seq % SENT_RING
+        self.sent_at: list[Any] = [0] * SENT_RING
         self.decoder = L.Decoder()
         self.t0 = time.ticks_ms()
         self.uptime = 0
@@ -230,6 +251,9 @@ class Node:
     # ---- link ----
 
     def _write(self, wire: bytes) -> None:
+        # Checked before EVERY write: a write can wait for the host (500 ms on a Pico's USB CDC), so a
+        # pass of waiting writes cannot postpone a trip by more than one write's wait.
+        self.check_deadman(time.ticks_ms())
         self.stdout.write(wire)
 
     def send_hello(self) -> None:
@@ -249,6 +273,8 @@ class Node:
         base = self.window[0].seq if self.window else self.seq
         wire = L.encode(ftype, self.boot, self.seq, self.rx_last or 0, struct.pack(">H", base) + payload)
         self.window.append(Pending(self.seq, wire, now))
+        self.sent_seq[self.seq % SENT_RING] = self.seq
+        self.sent_at[self.seq % SENT_RING] = now
         self.seq = (self.seq + 1) & 0xFFFF
         self._write(wire)
 
@@ -256,11 +282,27 @@ class Node:
         while self.window and time.ticks_diff(now, self.window[0].first) > EXPIRE_MS:
             self.window.pop(0)
             self.tx_expired += 1
-        if self.window and time.ticks_diff(now, self.window[0].last) > RTO_MS:
-            for entry in self.window:        # go-back-N: everything from the oldest unacknowledged
-                self._write(entry.wire)
-                entry.last = now
-                self.tx_retransmits += 1
+        if self.resend is None and self.window and time.ticks_diff(now, self.window[0].last) > RTO_MS:
+            self.resend = self.window[0].seq      # go-back-N: everything from the oldest unacknowledged ...
+        if self.resend is None:
+            return
+        budget = RETX_PER_PASS                    # ... but a few per pass, the rest next pass
+        for entry in self.window:
+            if (entry.seq - self.resend) & 0xFFFF >= 0x8000:
+                continue                          # resent earlier in this round
+            if not budget:
+                return
+            budget -= 1
+            self._write(entry.wire)
+            entry.last = now
+            self.tx_retransmits += 1
+            self.resend = (entry.seq + 1) & 0xFFFF
+        self.resend = None
+
+    def sent_time(self, seq: int) -> Ticks | None:
+        """When the node first sent sequenced frame `seq`, if it is one of its last SENT_RING; else None."""
+        i = seq % SENT_RING
+        return self.sent_at[i] if self.sent_seq[i] == seq else None
 
     def on_frame(self, frame: L.Frame, now: Ticks) -> None:
         ftype, boot, seq, ack, payload = frame
@@ -280,8 +322,17 @@ class Node:
             while self.window and ((ack - self.window[0].seq) & 0xFFFF) < 0x8000:
                 self.window.pop(0)
         if ftype == L.OUTPUTS and boot == self.boot:
+            # Freshness is proven by the edge, not assumed from arrival: the frame was made after the edge
+            # received node frame `echo`, so no earlier than that frame's first send. A frame that waited in
+            # any buffer (the host's, the pty's, this FIFO) carries an old echo and is refused.
+            # (Older than the last obeyed is judged only while obeying: a trip long ago would wrap ticks_diff.)
+            t = self.sent_time((payload[2] << 8) | payload[3])
+            if t is None or time.ticks_diff(now, t) > self.deadman_ms or (
+                    self.last_cmd is not None and not self.tripped and time.ticks_diff(t, self.last_cmd) < 0):
+                self.rx_refused += 1        # never sent, forgotten, too old, or older than what we obey
+                return
             self.commanded = (payload[0] << 8) | payload[1]
-            self.last_cmd = now
+            self.last_cmd = t
             if self.tripped:
                 self.tripped = False
             self.drive(self.commanded)
@@ -296,7 +347,8 @@ class Node:
     # ---- the loop ----
 
     def check_deadman(self, now: Ticks) -> None:
-        """Outputs safe once no OUTPUTS frame of this boot came for deadman_ms; checked on every loop pass."""
+        """Outputs safe deadman_ms after the first send of the newest node frame a fresh OUTPUTS echoed;
+        checked on every loop pass and before every write."""
         if self.last_cmd is not None and not self.tripped and \
                 time.ticks_diff(now, self.last_cmd) > self.deadman_ms:
             self.tripped = True

@@ -4,8 +4,10 @@ A background thread (``edge.devices.serial_device``: reopening, counters, surviv
 it opens it (exclusively), checks the node's HELLO against what
 the station expects (node id, firmware version, config hash, channel and output names), feeds each
 accepted reading into the core with the node's own timestamp mapped onto the core clock, and sends
-OUTPUTS frames (the levels the core's gate gives the mapped outputs, and the acknowledgement) every
-``keepalive_ms``. It stops sending them when the core stops, so the node's dead-man drops its outputs.
+OUTPUTS frames (the levels the core's gate gives the mapped outputs, the acknowledgement, and the newest node
+seq received, which the node takes as proof of how fresh the frame is) every ``keepalive_ms``, once a first
+sequenced frame of the boot came. It stops sending them when the core stops, so the node's dead-man drops its
+outputs. A node whose dead-man is too short for that echo (``edge.spec.node.deadman_margin_problem``) is refused.
 
 Nothing is hidden: CRC and framing errors, duplicates, gaps, frames the node gave up on, node resets,
 reconnects, HELLO mismatches and frames of link protocol 1 (a node to reflash: named, never linked,
@@ -42,6 +44,7 @@ from edge.core import ChannelStatus, Core
 from edge.devices.node import link
 from edge.devices.node.link import Frame, FrameType, Hello, LinkError, NodeStatus
 from edge.devices.serial_device import SerialDevice
+from edge.spec.node import deadman_margin_problem
 from edge.spec.sensor_node import ChannelMap, SensorNodeConfig
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,7 @@ class _Session:
         self.output_bits = tuple((out_index[om.node], om.core) for om in cfg.outputs)
         self.last_t_ns: dict[str, int] = {}
         self.last_sample: int | None = None
+        self.newest: int | None = None      # newest node seq received (in order or not): echoed in OUTPUTS
 
 
 @dataclass(frozen=True)
@@ -319,10 +323,11 @@ class SensorNode(SerialDevice[Port]):
         if unknown and now - self._last_hello_req >= self.config.hello_retry_s:
             self._last_hello_req = now
             self._send(port, Frame(FrameType.HELLO_REQ, 0, self._next_seq(), 0))
-        if s is not None and now - self._last_keepalive >= self.config.keepalive_ms / 1000 and self._core_alive():
+        if s is not None and s.newest is not None and now - self._last_keepalive >= self.config.keepalive_ms / 1000 \
+                and self._core_alive():
             self._last_keepalive = now
             self._send(port, Frame(FrameType.OUTPUTS, s.hello.boot, self._next_seq(), (s.expected - 1) & 0xFFFF,
-                             link.outputs_payload(self._levels(s))))
+                             link.outputs_payload(self._levels(s), s.newest)))
             with self._lock:
                 self._stats.keepalives += 1
         revive = self.config.revive_after_s
@@ -378,6 +383,8 @@ class SensorNode(SerialDevice[Port]):
                 self._pending_boot = f.boot
                 self._last_hello_req = 0.0
             return
+        if s.newest is None or 0 < (f.seq - s.newest) & 0xFFFF < 0x8000:
+            s.newest = f.seq                    # the freshest proof we heard the node, whatever its order
         try:
             base = link.payload_base(f.payload)
         except LinkError:
@@ -448,6 +455,9 @@ class SensorNode(SerialDevice[Port]):
             return f"link protocol {h.protocol}, the edge speaks {link.PROTOCOL}: reflash the node (reedge flash)"
         if h.error:
             return f"node reports a configuration error: {h.error}"
+        problem = deadman_margin_problem(h.deadman_ms, h.period_ms, c.keepalive_ms)
+        if problem:
+            return problem
         if c.expect_node_id is not None and h.node_id != c.expect_node_id:
             return f"node id {h.node_id!r}, expected {c.expect_node_id!r} (wrong node on this port?)"
         if c.expect_firmware is not None and h.firmware != c.expect_firmware:

@@ -50,7 +50,7 @@ class FrameType(enum.IntEnum):
     HELLO = 0x01         # node -> edge, unsequenced: identity, config hash, channel and output names
     READINGS = 0x02      # node -> edge, sequenced: one sample of every channel
     STATUS = 0x03        # node -> edge, sequenced: outputs, dead-man, the node's link counters
-    OUTPUTS = 0x10       # edge -> node: commanded output levels; feeds the node's dead-man; carries the ack
+    OUTPUTS = 0x10       # edge -> node: levels u16 | echo u16 (newest node seq received); feeds the dead-man; ack
     HELLO_REQ = 0x11     # edge -> node: send HELLO now
     ENTER_REPL = 0x12    # edge -> node: outputs safe, stop, leave the console to the REPL (payload b"REPL")
     RESET = 0x13         # edge -> node: outputs safe, machine.reset() (payload b"RESET")
@@ -360,8 +360,24 @@ def payload_base(payload: bytes) -> int:
     return int(_U16.unpack_from(payload)[0])
 
 
-def outputs_payload(levels: int) -> bytes:
-    return _U16.pack(levels & 0xFFFF)
+_OUTPUTS = struct.Struct(">HH")
+
+
+def outputs_payload(levels: int, echo: int) -> bytes:
+    """OUTPUTS payload: the levels, and ``echo``, the newest node seq the edge has received.
+
+    The node obeys the frame only while the first send of ``echo`` is at most its deadman_ms old, so a frame
+    that waited in any buffer between the edge's decision and the node can neither drive nor feed its dead-man.
+    """
+    return _OUTPUTS.pack(levels & 0xFFFF, echo & 0xFFFF)
+
+
+def parse_outputs(payload: bytes) -> tuple[int, int]:
+    """(levels, echo) of an OUTPUTS payload (the node's parse, for tests and the rig); LinkError if malformed."""
+    if len(payload) != _OUTPUTS.size:
+        raise LinkError(f"OUTPUTS payload is {_OUTPUTS.size} bytes (levels, echo), got {len(payload)}")
+    levels, echo = _OUTPUTS.unpack(payload)
+    return levels, echo
 
 
 def readings_payload(base: int, sample: int, t_ms: int, items: list[tuple[int, int, int, float]]) -> bytes:
