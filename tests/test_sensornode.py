@@ -301,19 +301,19 @@ def test_enter_repl_leaves_outputs_safe_and_the_node_at_its_repl(rig: tuple[Virt
 
 def test_a_parked_node_is_left_alone_until_resumed(rig: tuple[VirtualNode, RigCore]) -> None:
     """enter_repl parks the link: no revive restarts the node behind the back of whoever wanted it at its
-    REPL (revive_after_s is short here); resume() restarts its firmware and the edge links to the new boot."""
+    REPL (revive_after_s is 1 s here); resume() restarts its firmware and the edge links to the new boot."""
     node, rc = rig
-    with SensorNode(config(node.port, revive_after_s=0.5), rc.core) as sn:
+    with SensorNode(config(node.port, revive_after_s=1.0), rc.core) as sn:
         wait_until(linked(sn), what="link")
         first_boot = sn.hello.boot if sn.hello else None
         sn.enter_repl()
         wait_until(lambda: sn.parked, what="parked")
         resets = len(node.resets)
-        time.sleep(2.0)     # four revive periods
+        time.sleep(3.0)     # three revive periods
         assert sn.parked and sn.hello is None and len(node.resets) == resets and sn.stats().revives == 0
         sn.resume()
         wait_until(lambda: sn.hello is not None and sn.hello.boot != first_boot, what="relinked after resume")
-        assert not sn.parked and sn.stats().revives == 1
+        assert not sn.parked and sn.stats().revives >= 1    # more if the node booted slower than a revive period
 
 
 def test_bad_config_values_are_refused_with_a_clear_error(tmp_path: pathlib.Path) -> None:

@@ -309,7 +309,7 @@ class SensorNode(SerialDevice[Port]):
             if self._parked:
                 self._parked = False
                 self._commands.clear()
-                self._last_revive = now
+                self._last_revive = self._last_rx = now   # its silence while parked says nothing: time it anew
                 port.write(REVIVE_BYTES + b"\x00")
                 with self._lock:
                     self._stats.revives += 1
