@@ -4,7 +4,9 @@ and asks the core for outputs. The core's gate has the last word on every output
 A scan (``step``), in order:
   1. heartbeat the core's dead-man; take ONE snapshot of the core (``Core.snapshot``: the clock, every
      channel, output and rule, all of one tick) that every part of the scan reads: readings (NaN where
-     the status is not OK), their stamps, the trips, the outputs forced safe;
+     the status is not OK), their stamps, the trips, the outputs forced safe (a trip the sampler takes
+     during the scan is the next scan's to see, as its event is; the gate refuses meanwhile whatever
+     it forces);
   2. drain the core's events: a trip aborts the batch to the safe sequence;
   3. step the sequencer: it returns a ``Demand`` (temperature setpoint, gas-valve levels); the agree
      rules' bands follow it (``edge.control.bands``: the station's ``soak_band`` at a settled soak);
