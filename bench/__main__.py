@@ -22,6 +22,7 @@ BENCHES = {
     "outbox": "bench.bench_outbox",
     "session": "bench.bench_session",
     "link": "bench.bench_link",
+    "scan": "bench.bench_scan",
 }
 
 

@@ -2210,6 +2210,34 @@ int ec_core_reset_remote(ec_core *c, int32_t r, char *err, size_t errlen)
     return rc;
 }
 
+/* caller holds the lock */
+static void output_bits(const ec_core *c, uint64_t *levels, uint64_t *requested)
+{
+    uint64_t lv = 0, rq = 0;
+    for (int i = 0; i < c->n_outputs; i++) {
+        lv |= (uint64_t)(c->outputs[i].level & 1) << i;
+        rq |= (uint64_t)((c->outputs[i].energise || c->outputs[i].duty_mode) ? 1 : 0) << i;
+    }
+    *levels = lv;
+    *requested = rq;
+}
+
+/* caller holds the lock */
+static void rule_bits(const ec_core *c, uint64_t *tripped, uint64_t *resettable)
+{
+    uint64_t t = 0, l = 0;
+    for (int i = 0; i < c->n_rules; i++) {
+        if (c->rules[i].tripped) {
+            t |= 1ULL << i;
+            if (c->rules[i].cfg.latch && !c->rules[i].cond && c->rules[i].evaluated) {
+                l |= 1ULL << i; /* latched and resettable: evaluated on fresh data and clear */
+            }
+        }
+    }
+    *tripped = t;
+    *resettable = l;
+}
+
 int ec_core_latest(ec_core *c, ec_value *out_v, int32_t n)
 {
     if (c == NULL || out_v == NULL || n < 0) {
@@ -2230,11 +2258,8 @@ int ec_core_outputs(ec_core *c, uint64_t *levels, uint64_t *requested, uint64_t 
         return EC_EINVAL;
     }
     pthread_mutex_lock(&c->lock);
-    uint64_t lv = 0, rq = 0;
-    for (int i = 0; i < c->n_outputs; i++) {
-        lv |= (uint64_t)(c->outputs[i].level & 1) << i;
-        rq |= (uint64_t)((c->outputs[i].energise || c->outputs[i].duty_mode) ? 1 : 0) << i;
-    }
+    uint64_t lv, rq;
+    output_bits(c, &lv, &rq);
     if (levels) {
         *levels = lv;
     }
@@ -2325,15 +2350,8 @@ int ec_core_rules(ec_core *c, uint64_t *tripped, uint64_t *latched, int32_t *fir
         return EC_EINVAL;
     }
     pthread_mutex_lock(&c->lock);
-    uint64_t t = 0, l = 0;
-    for (int i = 0; i < c->n_rules; i++) {
-        if (c->rules[i].tripped) {
-            t |= 1ULL << i;
-            if (c->rules[i].cfg.latch && !c->rules[i].cond && c->rules[i].evaluated) {
-                l |= 1ULL << i; /* latched and resettable: evaluated on fresh data and clear */
-            }
-        }
-    }
+    uint64_t t, l;
+    rule_bits(c, &t, &l);
     if (tripped) {
         *tripped = t;
     }
@@ -2342,6 +2360,34 @@ int ec_core_rules(ec_core *c, uint64_t *tripped, uint64_t *latched, int32_t *fir
     }
     if (first_out) {
         *first_out = c->first_out;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return EC_OK;
+}
+
+/* One lock, one tick: the sampler's tick holds this lock throughout, so nothing here is torn. */
+int ec_core_snapshot(ec_core *c, ec_snapshot *out)
+{
+    if (c == NULL || out == NULL) {
+        return EC_EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    out->tick = c->tick_no;
+    out->now_ns = core_now(c);
+    out->n_channels = c->n_channels;
+    out->n_outputs = c->n_outputs;
+    out->n_rules = c->n_rules;
+    out->first_out = c->first_out;
+    for (int i = 0; i < c->n_channels; i++) {
+        out->value[i] = c->channels[i].latest.value;
+        out->status[i] = c->channels[i].latest.status;
+        out->t_ns[i] = c->channels[i].latest.t_ns;
+    }
+    output_bits(c, &out->levels, &out->requested);
+    out->forced = forced_mask(c);
+    rule_bits(c, &out->tripped, &out->resettable);
+    for (int i = 0; i < c->n_rules; i++) {
+        out->threshold[i] = c->rules[i].threshold;
     }
     pthread_mutex_unlock(&c->lock);
     return EC_OK;

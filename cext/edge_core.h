@@ -234,6 +234,26 @@ typedef struct ec_value {
     int64_t t_ns;              /* core clock when this value was taken */
 } ec_value;
 
+/* One consistent view of the core for a controller's scan (ec_core_snapshot): channels as
+ * structure-of-arrays so a binding copies each array in one call. */
+typedef struct ec_snapshot {
+    uint64_t tick;             /* the ticks run so far: every field below is as that tick left it */
+    int64_t now_ns;            /* core clock when copied (>= every t_ns) */
+    int32_t n_channels;
+    int32_t n_outputs;
+    int32_t n_rules;
+    int32_t first_out;         /* as ec_core_rules */
+    double value[EC_MAX_CHANNELS];     /* as ec_core_latest */
+    uint32_t status[EC_MAX_CHANNELS];
+    int64_t t_ns[EC_MAX_CHANNELS];
+    uint64_t levels;           /* as ec_core_outputs */
+    uint64_t requested;
+    uint64_t forced;
+    uint64_t tripped;          /* as ec_core_rules */
+    uint64_t resettable;
+    double threshold[EC_MAX_RULES];    /* effective, as ec_core_rule_threshold */
+} ec_snapshot;
+
 typedef struct ec_sample {
     uint64_t tick;
     int64_t t_ns;              /* core clock */
@@ -353,6 +373,10 @@ int ec_core_outputs(ec_core *core, uint64_t *levels, uint64_t *requested, uint64
  * the first rule of the present cascade, kept until every rule of it has cleared or been reset */
 int ec_core_rules(ec_core *core, uint64_t *tripped, uint64_t *resettable, int32_t *first_out);
 int64_t ec_core_now_ns(ec_core *core);
+/* latest values, outputs, rules and effective thresholds copied under the core's lock in ONE call:
+ * all of one tick (the sampler ticks under the same lock), none torn between two; what the separate
+ * accessors above give, at one cffi crossing instead of one per rule threshold */
+int ec_core_snapshot(ec_core *core, ec_snapshot *out);
 int ec_core_drain_samples(ec_core *core, ec_sample *out, int32_t max); /* returns count */
 /* The event ring never drops a latched rule's trip (restored ones included), a core fault, or a
  * non-latched rule's first-out trip (one undrained per rule): the last min(n_rules + 8, ring / 2)

@@ -165,6 +165,93 @@ def hist_percentile(hist: tuple[int, ...] | list[int], bucket_ns: int, p: float,
     return float(max_ns)
 
 
+_STATUS = tuple(ChannelStatus(i) for i in range(16))   # every combination of the four flags, made once
+_OUTPUT_STATES = tuple(OutputState(i & 1, bool(i & 2), bool(i & 4)) for i in range(8))   # (level, requested, forced)
+
+
+class CoreSnapshot:
+    """What the core says at one instant: latest values, outputs, rules, effective thresholds and the
+    clock, copied by ONE C call (``ec_core_snapshot``) under the core's lock, which the sampler holds
+    through each tick: every field is as tick ``tick`` left it, none torn between two ticks (two
+    separate ``latest()`` calls could be). It is a copy: the core's own later ticks, and this scan's
+    own requests and ``tighten_rule`` calls, are not in it (a request never changes ``forced``,
+    ``tripped`` or a value: only a tick does). The dicts are built on first use, at most once."""
+
+    __slots__ = ("_bits", "_cache", "_names", "_stamps", "_status", "_thresholds", "_values", "first_out_index",
+                 "t_ns", "tick")
+
+    def __init__(self, names: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], tick: int, t_ns: int,
+                 values: list[float], status: list[int], stamps: list[int], bits: tuple[int, int, int, int, int],
+                 first_out: int, thresholds: list[float]) -> None:
+        self.tick = tick
+        self.t_ns = t_ns
+        self._names = names
+        self._values, self._status, self._stamps = values, status, stamps
+        self._bits = bits          # levels, requested, forced, tripped, resettable
+        self.first_out_index = first_out
+        self._thresholds = thresholds
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def t_s(self) -> float:
+        return self.t_ns / 1e9
+
+    @property
+    def values(self) -> dict[str, ChannelValue]:
+        """As ``Core.latest()``."""
+        got = self._cache.get("values")
+        if got is None:
+            got = self._cache["values"] = {
+                n: ChannelValue(n, v, _STATUS[st] if st < 16 else ChannelStatus(st), t)
+                for n, v, st, t in zip(self._names[0], self._values, self._status, self._stamps, strict=False)}
+        return got
+
+    @property
+    def readings(self) -> dict[str, float]:
+        """Each channel's value, NaN where its status is not OK (what the process control acts on)."""
+        got = self._cache.get("readings")
+        if got is None:
+            got = self._cache["readings"] = {n: (v if st == 0 else math.nan) for n, v, st in
+                                             zip(self._names[0], self._values, self._status, strict=False)}
+        return got
+
+    @property
+    def stamps(self) -> dict[str, float]:
+        """When each channel's latest reading was taken (s, the core's clock)."""
+        got = self._cache.get("stamps")
+        if got is None:
+            got = self._cache["stamps"] = {n: t / 1e9 for n, t in zip(self._names[0], self._stamps, strict=False)}
+        return got
+
+    @property
+    def outputs(self) -> dict[str, OutputState]:
+        """As ``Core.outputs()``."""
+        got = self._cache.get("outputs")
+        if got is None:
+            lv, rq, fo = self._bits[0], self._bits[1], self._bits[2]
+            got = self._cache["outputs"] = {
+                n: _OUTPUT_STATES[((lv >> i) & 1) | (((rq >> i) & 1) << 1) | (((fo >> i) & 1) << 2)]
+                for i, n in enumerate(self._names[1])}
+        return got
+
+    @property
+    def rules(self) -> dict[str, RuleState]:
+        """As ``Core.rules()``."""
+        got = self._cache.get("rules")
+        if got is None:
+            tr, rs, first = self._bits[3], self._bits[4], self.first_out_index
+            got = self._cache["rules"] = {n: RuleState(bool((tr >> i) & 1), bool((rs >> i) & 1), first == i,
+                                                       self._thresholds[i])
+                                          for i, n in enumerate(self._names[2])}
+        return got
+
+    @property
+    def tripped(self) -> tuple[str, ...]:
+        """The tripped rules' names, in the station's order."""
+        tr = self._bits[3]
+        return tuple(n for i, n in enumerate(self._names[2]) if (tr >> i) & 1) if tr else ()
+
+
 _CHANNEL_KIND = {"analog": 0, "thermocouple": 1, "digital": 2, "injected": 3}
 _RULE_KIND = {"high": 0, "low": 1, "rate_high": 2, "rate_low": 3, "digital": 4, "fault": 5, "stale": 6,
               "deadman": 7, "discrepancy": 8, "agree": 9}
@@ -176,7 +263,7 @@ class Core:
 
     Thread-safe: every call into the core goes through one lock (cffi releases the GIL during
     C calls, so without it a ``close()`` could free the core under another thread's call), and
-    each call gets its own error buffer, so a message always belongs to its own call.
+    a call's error message is written and read under that lock, so it always belongs to its own call.
     """
 
     def __init__(self, spec: CoreSpec) -> None:
@@ -192,18 +279,24 @@ class Core:
         self._output_index = {n: i for i, n in enumerate(self.output_names)}
         self._rule_index = {n: i for i, n in enumerate(self.rule_names)}
         self._events_buf = self._ffi.new("ec_event[]", 256)
+        self._err = self._ffi.new("char[]", ERRLEN)           # _call's, used under the lock only
+        self._snap_buf = self._ffi.new("ec_snapshot *")   # reused under the lock: copied out before release
+        self._names = (self.channel_names, self.output_names, self.rule_names)
         self._build()
 
     # ---- construction ----
 
     def _call(self, what: str, fn: Any, *args: Any, refused: int | None = None,
               exc: type[CoreError] = CoreError) -> int:
-        """Call ``fn(core, *args, err, errlen)``; a negative code raises with the core's own reason."""
-        err = self._ffi.new("char[]", ERRLEN)
+        """Call ``fn(core, *args, err, errlen)``; a negative code raises with the core's own reason. The
+        error buffer is the core's one, written and read under the lock: the message is this call's."""
+        err = self._err
         with self._lock:
+            err[0] = b"\0"
             rc: int = fn(self._core(), *args, err, ERRLEN)
+            text = self._ffi.string(err).decode(errors="replace") if rc < 0 else ""
         if rc < 0:
-            msg = self._ffi.string(err).decode(errors="replace") or self._ffi.string(self._lib.ec_strerror(rc)).decode()
+            msg = text or self._ffi.string(self._lib.ec_strerror(rc)).decode()
             kind = exc if refused is not None and rc == refused else CoreError
             raise kind(rc, msg if what.split(" ")[-1] in msg else f"{what}: {msg}")
         return rc
@@ -407,29 +500,27 @@ class Core:
             return
         self._call("reset", self._lib.ec_core_reset, index, refused=self._lib.EC_ECONDITION, exc=ResetRefused)
 
+    def snapshot(self) -> CoreSnapshot:
+        """Values, outputs, rules and the clock of one tick, in one C call (see ``CoreSnapshot``)."""
+        ffi, s = self._ffi, self._snap_buf
+        with self._lock:
+            self._lib.ec_core_snapshot(self._core(), s)
+            nc, nr = s.n_channels, s.n_rules
+            return CoreSnapshot(self._names, s.tick, s.now_ns, ffi.unpack(s.value, nc), ffi.unpack(s.status, nc),
+                                ffi.unpack(s.t_ns, nc), (s.levels, s.requested, s.forced, s.tripped, s.resettable),
+                                s.first_out, ffi.unpack(s.threshold, nr))
+
     def latest(self) -> dict[str, ChannelValue]:
-        n = len(self.channel_names)
-        buf = self._ffi.new("ec_value[]", max(n, 1))
-        got = self._plain(self._lib.ec_core_latest, buf, n)
-        return {self.channel_names[i]: ChannelValue(self.channel_names[i], buf[i].value,
-                                                    ChannelStatus(buf[i].status), buf[i].t_ns)
-                for i in range(got)}
+        return self.snapshot().values
 
     def value(self, name: str) -> ChannelValue:
         return self.latest()[name]
 
     def outputs(self) -> dict[str, OutputState]:
-        p = self._ffi.new("uint64_t[3]")
-        self._plain(self._lib.ec_core_outputs, p, p + 1, p + 2)
-        return {n: OutputState((p[0] >> i) & 1, bool((p[1] >> i) & 1), bool((p[2] >> i) & 1))
-                for i, n in enumerate(self.output_names)}
+        return self.snapshot().outputs
 
     def rules(self) -> dict[str, RuleState]:
-        p = self._ffi.new("uint64_t[2]")
-        first = self._ffi.new("int32_t *")
-        self._plain(self._lib.ec_core_rules, p, p + 1, first)
-        return {n: RuleState(bool((p[0] >> i) & 1), bool((p[1] >> i) & 1), first[0] == i, self.threshold(n))
-                for i, n in enumerate(self.rule_names)}
+        return self.snapshot().rules
 
     def threshold(self, rule: str) -> float:
         """The rule's effective threshold (the configured one unless tightened)."""

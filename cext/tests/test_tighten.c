@@ -176,10 +176,67 @@ TEST(a_tightened_high_limit_trips_below_the_configured_one)
     close_regs();
 }
 
+/* ec_core_snapshot: the separate accessors' answers, all at once, of one tick */
+static void check_snapshot_matches(ec_core *c)
+{
+    ec_snapshot s;
+    memset(&s, 0xA5, sizeof s); /* every field it reports must be written */
+    CHECK(ec_core_snapshot(c, &s) == EC_OK);
+    ec_value v[3];
+    CHECK(ec_core_latest(c, v, 3) == 3);
+    CHECK(s.n_channels == 3 && s.n_outputs == 1 && s.n_rules == 5);
+    for (int i = 0; i < 3; i++) {
+        CHECK(memcmp(&s.value[i], &v[i].value, sizeof(double)) == 0); /* NaN included */
+        CHECK(s.status[i] == v[i].status && s.t_ns[i] == v[i].t_ns);
+        CHECK(s.t_ns[i] <= s.now_ns);
+    }
+    uint64_t lv = 9, rq = 9, fo = 9, tr = 9, rs = 9;
+    int32_t first = 99;
+    CHECK(ec_core_outputs(c, &lv, &rq, &fo) == EC_OK);
+    CHECK(ec_core_rules(c, &tr, &rs, &first) == EC_OK);
+    CHECK(s.levels == lv && s.requested == rq && s.forced == fo);
+    CHECK(s.tripped == tr && s.resettable == rs && s.first_out == first);
+    for (int r = 0; r < 5; r++) {
+        CHECK(s.threshold[r] == effective(c, r));
+    }
+    ec_stats st;
+    CHECK(ec_core_stats(c, &st) == EC_OK);
+    CHECK(s.tick == st.ticks);
+}
+
+TEST(a_snapshot_is_what_the_separate_accessors_say)
+{
+    open_regs();
+    ec_core *c = make_core();
+    CHECK(ec_core_snapshot(NULL, NULL) == EC_EINVAL);
+    check_snapshot_matches(c); /* before any tick: NODATA, nothing tripped, no first out */
+    regs->ai[0] = 560;
+    regs->ai[1] = 600;
+    run_ms(c, 300);
+    CHECK(ec_core_request_output(c, 0, 1, err, sizeof err) == EC_OK);
+    check_snapshot_matches(c);
+    CHECK(ec_core_tighten_rule(c, R_AGREE, 30, err, sizeof err) == EC_OK);
+    regs->di[0] = 0; /* the lid opens: the heater is forced safe */
+    run_ms(c, 150);
+    ec_snapshot s;
+    CHECK(ec_core_snapshot(c, &s) == EC_OK);
+    CHECK(s.tripped == ((1u << R_AGREE) | (1u << R_DIGITAL)) && s.forced == 1 && s.threshold[R_AGREE] == 30);
+    check_snapshot_matches(c);
+    regs->di[0] = 1;
+    regs->ai[0] = 590;
+    run_ms(c, 5);
+    CHECK(ec_core_snapshot(c, &s) == EC_OK);
+    CHECK(s.resettable != 0); /* latched, clear: resettable, as ec_core_rules says */
+    check_snapshot_matches(c);
+    ec_core_free(c);
+    close_regs();
+}
+
 int main(void)
 {
     RUN(a_looser_or_odd_threshold_is_refused_and_changes_nothing);
     RUN(a_tightened_band_trips_at_the_band_and_events_carry_it);
     RUN(a_tightened_high_limit_trips_below_the_configured_one);
+    RUN(a_snapshot_is_what_the_separate_accessors_say);
     CTEST_END();
 }

@@ -2,7 +2,11 @@
 and asks the core for outputs. The core's gate has the last word on every output.
 
 A scan (``step``), in order:
-  1. heartbeat the core's dead-man; read every channel (NaN where the status is not OK);
+  1. heartbeat the core's dead-man; take ONE snapshot of the core (``Core.snapshot``: the clock, every
+     channel, output and rule, all of one tick) that every part of the scan reads: readings (NaN where
+     the status is not OK), their stamps, the trips, the outputs forced safe (a trip the sampler takes
+     during the scan is the next scan's to see, as its event is; the gate refuses meanwhile whatever
+     it forces);
   2. drain the core's events: a trip aborts the batch to the safe sequence;
   3. step the sequencer: it returns a ``Demand`` (temperature setpoint, gas-valve levels); the agree
      rules' bands follow it (``edge.control.bands``: the station's ``soak_band`` at a settled soak);
@@ -41,7 +45,7 @@ from edge.control.pid import Pid
 from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer
 from edge.control.sintering import SinteringSequencer
-from edge.core import Core, CoreEvent, EventKind, OutputRefused
+from edge.core import Core, CoreEvent, CoreSnapshot, EventKind, OutputRefused
 from edge.spec.alarms import SEVERITIES
 from edge.spec.recipe import Recipe
 from edge.spec.recipe_check import check_recipe
@@ -111,6 +115,7 @@ class Controller:
         self._changes_seen = 0     # phase changes already turned into events
         self._last_save_wall = 0.0
         self._saved_key: tuple[Any, ...] = ()
+        self._snap: CoreSnapshot | None = None   # the scan's view of the core, while a scan runs
 
     # ---- clock and inputs ----
 
@@ -118,18 +123,19 @@ class Controller:
         return self.core.now_ns() / 1e9
 
     def readings(self) -> dict[str, float]:
-        return {name: (v.value if v.ok else math.nan) for name, v in self.core.latest().items()}
+        return self.core.snapshot().readings
 
     def stamps(self) -> dict[str, float]:
         """When each channel's latest reading was taken (s, the core's clock, as ``now_s``)."""
-        return {name: v.t_ns / 1e9 for name, v in self.core.latest().items()}
+        return self.core.snapshot().stamps
 
     def emit(self, t_s: float, kind: str, message: str, **data: Any) -> None:
         self.events.append(ProcessEvent(t_s, kind, message, data))
 
     def allowed(self, name: str, level: int) -> bool:
-        """Would the core accept this level now? (Not forced safe by a trip.)"""
-        state = self.core.outputs().get(name)
+        """Would the core accept this level now? (Not forced safe by a trip.) In a scan: as of its snapshot
+        (only a tick forces an output, and the gate judges every request anyway)."""
+        state = (self._snap or self.core.snapshot()).outputs.get(name)
         return state is not None and (level == self._safe[name] or not state.forced)
 
     # ---- batches ----
@@ -274,31 +280,39 @@ class Controller:
 
     def step(self) -> None:
         self.core.heartbeat()
-        now = self.now_s()
-        readings = self.readings()
+        snap = self._snap = self.core.snapshot()
+        try:
+            self._scan(snap)
+        finally:
+            self._snap = None
+
+    def _scan(self, snap: CoreSnapshot) -> None:
+        """One scan on one snapshot of the core (see the module docstring)."""
+        now = snap.t_s
+        readings = snap.readings
         for event in self.core.drain_events():
             self._core_event(now, event)
         seq = self.sequencer
         if seq is not None and seq.running and seq.phase != "aborting":
             # events can be missed (a trip latched before a restart, an overflowing ring): the state decides
-            tripped = [name for name, r in self.core.rules().items() if r.tripped]
+            tripped = snap.tripped
             if tripped:
                 seq.abort(now, f"interlock {tripped[0]} tripped", cause=tripped[0])
         heating = seq is not None and seq.running     # before the step: the scan that finishes still counts
         if seq is not None:
-            seq.stamps = self.stamps()
+            seq.stamps = snap.stamps
         demand = seq.step(now, readings) if seq is not None else Demand()
         self.last_demand = demand
         self._bands(now, demand, readings)
         if heating:
             self.heater_model.update(now, self.last_duties)   # the duties of the last scan held until now
-        duties = self._loops(now, readings, demand)
+        duties = self._loops(now, readings, demand, snap)
         self.last_duties = duties
         for a in self.alarms.update(now, readings, {name: demand.setpoint_c for name in self.loops}, duties):
             self.emit(now, "alarm", a.message, alarm=a.name, state=a.kind, severity=a.severity)
         demand = self._alarm_actions(now, demand)
-        self._outputs(now, demand)
-        self._beacon()
+        self._outputs(now, demand, snap)
+        self._beacon(snap)
         if seq is not None:
             for change in seq.changes[self._changes_seen:]:
                 self.emit(change.t_s, "phase", f"{change.previous} -> {change.phase}: {change.reason}",
@@ -341,23 +355,22 @@ class Controller:
             self.emit(now, "alarm", f"recipe held by alarm {holding[0]}", alarm=holding[0], state="hold")
         return demand
 
-    def beacon_wanted(self) -> bool:
+    def beacon_wanted(self, snap: CoreSnapshot | None = None) -> bool:
         """On while a trip exists (a latched rule tripped, or any rule tripped while a batch runs: a lid
         opened to load the idle furnace is no alarm) or an alarm at least as severe as the station's
-        ``[annunciator] sounds_from`` is unacknowledged."""
+        ``[annunciator] sounds_from`` is unacknowledged. ``snap``: the scan's (default: the core now)."""
         seq = self.sequencer
         running = seq is not None and seq.running
-        tripped = any(r.tripped and (running or name in self._latched_rules)
-                      for name, r in self.core.rules().items())
+        tripped = any(running or name in self._latched_rules for name in (snap or self.core.snapshot()).tripped)
         return tripped or any(name in self._sounding_alarms for name in self.alarms.unacknowledged())
 
-    def _beacon(self) -> None:
+    def _beacon(self, snap: CoreSnapshot) -> None:
         """Drive the beacon each scan; a trip that has it in its action forces it on in the core anyway."""
         name = self.station.beacon
         if name is None:
             return
-        level = 1 if self.beacon_wanted() else 0
-        state = self.core.outputs().get(name)
+        level = 1 if self.beacon_wanted(snap) else 0
+        state = snap.outputs.get(name)
         if state is None or state.forced:
             return
         try:
@@ -382,12 +395,13 @@ class Controller:
         if e.kind is EventKind.TRIP and self.sequencer is not None and self.sequencer.running:
             self.sequencer.abort(now, f"interlock {e.rule} tripped", cause=e.rule)
 
-    def _loops(self, now: float, readings: Mapping[str, float], demand: Demand) -> dict[str, float]:
+    def _loops(self, now: float, readings: Mapping[str, float], demand: Demand,
+               snap: CoreSnapshot) -> dict[str, float]:
         """Setpoint -> duty per loop. While no heat is wanted, or the gate holds the heater off (a trip
         forces it, or a refusal waits for its retry), the loop tracks 0 in manual: the integrator cannot
         wind up against a heater that is not heating, and the return to auto is bumpless."""
         duties: dict[str, float] = {}
-        states = self.core.outputs()
+        states = snap.outputs
         for spec, pid in self.loops.values():
             out = spec.output
             refused = self._refusals.get(out)
@@ -412,8 +426,8 @@ class Controller:
             duties[out] = duty     # what was applied: the loop-break alarm judges that
         return duties
 
-    def _outputs(self, now: float, demand: Demand) -> None:
-        self._keep_contactors_closed(demand)
+    def _outputs(self, now: float, demand: Demand, snap: CoreSnapshot) -> None:
+        self._keep_contactors_closed(demand, snap)
         for name, level in demand.outputs.items():
             refused = self._refusals.get(name)
             if (refused is not None and refused[3] is None and level != self._safe[name]
@@ -430,12 +444,12 @@ class Controller:
             self.core.request_output(name, self._safe[name])
             self._requested.discard(name)
 
-    def _keep_contactors_closed(self, demand: Demand) -> None:
+    def _keep_contactors_closed(self, demand: Demand, snap: CoreSnapshot) -> None:
         """Request every safety contactor on, each scan (its keep-alive), unless a trip or the watchdog
         proof test holds it open: then the core's events say why, and asking would only add refusals."""
         if not self._contactors:
             return
-        states = self.core.outputs()
+        states = snap.outputs
         for name in self._contactors:
             if name in demand.outputs or states[name].forced:
                 continue
@@ -483,8 +497,7 @@ class Controller:
         if seq is None:
             return
         prog = seq.program
-        key = (seq.phase, seq.held, seq.data.get("step"),
-               prog.snapshot().get("segment_index") if prog is not None else None)
+        key = (seq.phase, seq.held, seq.data.get("step"), prog.segment_index if prog is not None else None)
         wall = time.monotonic()
         if force or key != self._saved_key or wall - self._last_save_wall >= self.save_every_s:
             try:
