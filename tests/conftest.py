@@ -1,14 +1,37 @@
-"""Suite-wide: the tests marked slow (HIL runs, the demo, MQTT end to end) are collected first.
+"""Suite-wide: the tests marked slow (HIL runs, the demo, MQTT end to end) start first, on every worker.
 
-With two workers (``./dev test`` runs pytest-xdist, ``--dist worksteal``) the long runs then start at once
-and the short tests fill in around them, instead of one long run starting last and keeping a worker busy
-alone at the end. In one process the order changes nothing but when each result appears.
+``./dev test`` runs pytest-xdist with ``--dist worksteal``, which hands worker *k* the *k*-th contiguous slice
+of the collection and lets an idle worker steal the tail half of a busy one's queue. With every slow test
+sorted to the front they all sat in the first worker's slice: the others stole its cheap tail and the suite
+ended with one long HIL run going alone (a sintering cycle, over a minute, in a fresh-clone run). So each
+worker's slice starts with its share of the slow tests (dealt round-robin in file order), filled up with
+short tests to the slice size worksteal cuts, and the short tests fill in at the end of every worker.
+In one process the order changes nothing but when each result appears: slow tests first.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)   # stable: file order kept otherwise
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    short = [item for item in items if item.get_closest_marker("slow") is None]
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)   # set on each xdist worker
+    if workers <= 1:
+        items[:] = slow + short
+        return
+    ordered: list[pytest.Item] = []
+    remaining = len(items)
+    for k in range(workers):
+        size = remaining // (workers - k)          # the slice worksteal sends worker k (it divides the same way)
+        mine = slow[k::workers]
+        take = max(0, size - len(mine))
+        ordered += mine + short[:take]
+        del short[:take]
+        remaining -= size
+    ordered += short                               # nothing left unless the slow tests overfilled a slice
+    assert len(ordered) == len(items)
+    items[:] = ordered
