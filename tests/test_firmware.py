@@ -94,6 +94,12 @@ def read_frames(port: serial.Serial, decoder: link.Decoder, want: FrameType, tim
     raise AssertionError(f"no {want.name} frame")
 
 
+def ask_hello(port: serial.Serial, decoder: link.Decoder) -> link.Hello:
+    """What an edge does first: ask for the node's HELLO and read it."""
+    port.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
+    return link.parse_hello(read_frames(port, decoder, FrameType.HELLO).payload)
+
+
 def fresh_echo(port: serial.Serial, decoder: link.Decoder) -> int:
     """What an edge that reads echoes in its OUTPUTS: the newest node seq received, after one more READINGS
     (the newest, not the last: the node retransmits frames nobody acknowledged, old seqs among them)."""
@@ -106,8 +112,7 @@ def test_compiled_firmware_says_hello_and_holds_outputs_under_its_dead_man(firmw
     h2, vent = f"GP{H2_VALVE_PIN}", f"GP{VENT_PIN}"
     with serial.Serial(node.port, 115200, timeout=0.05) as s:
         dec = link.Decoder()
-        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
-        hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
+        hello = ask_hello(s, dec)
         assert (hello.node_id, hello.firmware) == ("hd1-node-a", "2.0.0")
         assert hello.outputs == ("h2_inlet_valve", "vent_valve")
         assert hello.safe_levels == (0, 1) and hello.deadman_ms == NODE_JSON["deadman_ms"]
@@ -134,8 +139,7 @@ def test_ctrl_c_from_mpremote_stops_the_firmware_with_outputs_safe(firmware_node
     h2 = f"GP{H2_VALVE_PIN}"
     with serial.Serial(node.port, 115200, timeout=0.05) as s:
         dec = link.Decoder()
-        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
-        hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
+        hello = ask_hello(s, dec)
         for seq in range(2, 6):
             s.write(link.encode(Frame(FrameType.OUTPUTS, hello.boot, seq, 0,
                                       link.outputs_payload(0b01, fresh_echo(s, dec)))))
@@ -151,8 +155,7 @@ def test_the_node_counts_damaged_duplicated_and_missing_edge_frames(firmware_nod
     node = firmware_node
     with serial.Serial(node.port, 115200, timeout=0.05) as s:
         dec = link.Decoder()
-        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
-        hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
+        hello = ask_hello(s, dec)
 
         echo = fresh_echo(s, dec)
 
@@ -179,8 +182,7 @@ def test_the_node_refuses_and_counts_payloads_of_the_wrong_length(firmware_node:
     h2 = f"GP{H2_VALVE_PIN}"
     with serial.Serial(node.port, 115200, timeout=0.05) as s:
         dec = link.Decoder()
-        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
-        hello = link.parse_hello(read_frames(s, dec, FrameType.HELLO).payload)
+        hello = ask_hello(s, dec)
         wrong = [(FrameType.OUTPUTS, b"\x00\x01\x00"), (FrameType.OUTPUTS, b"\x00\x01"),   # protocol 2 before echo
                  (FrameType.OUTPUTS, b"\x00\x01\x00\x00\x00"), (FrameType.OUTPUTS, b"\x01"), (FrameType.OUTPUTS, b""),
                  (FrameType.HELLO_REQ, b"\x00"), (FrameType.ENTER_REPL, b"REPL\x00"), (FrameType.RESET, b"RESE"),
@@ -213,8 +215,7 @@ def test_a_missing_node_json_is_reported_in_hello_and_drives_nothing(tmp_path: p
     stage_firmware(tmp_path)
     (tmp_path / "node.json").write_text('{"node_id": ""}')
     with VirtualNode(tmp_path) as node, serial.Serial(node.port, 115200, timeout=0.05) as s:
-        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
-        hello = link.parse_hello(read_frames(s, link.Decoder(), FrameType.HELLO).payload)
+        hello = ask_hello(s, link.Decoder())
         assert "node_id" in hello.error and hello.outputs == ()
         assert set(node.outputs()) <= {"LED"}
 
@@ -224,8 +225,7 @@ def test_a_dead_man_shorter_than_two_frame_gaps_is_a_config_error(tmp_path: path
     trip on an edge doing everything right, so the node refuses it and drives nothing."""
     stage_firmware(tmp_path, {**NODE_JSON, "deadman_ms": 199, "period_ms": 100})
     with VirtualNode(tmp_path) as node, serial.Serial(node.port, 115200, timeout=0.05) as s:
-        s.write(link.encode(Frame(FrameType.HELLO_REQ, 0, 1, 0)))
-        hello = link.parse_hello(read_frames(s, link.Decoder(), FrameType.HELLO).payload)
+        hello = ask_hello(s, link.Decoder())
         assert "deadman_ms 199 leaves no margin" in hello.error and "2 x 100 ms" in hello.error, hello.error
         assert hello.outputs == () and set(node.outputs()) <= {"LED"}
 
