@@ -217,6 +217,24 @@ def writer(path: str, seed: int) -> None:
         i += len(msgs)
 
 
+def first_output(proc: subprocess.Popen[str]) -> str:
+    """What the writer printed up to its first whole line, read from the pipe's descriptor.
+
+    Not ``proc.stdout.readline()``: that buffers whatever else is already in the pipe, and
+    ``communicate`` then reads the descriptor directly, so those lines (puts and acks the writer
+    made) were lost to the check, which then reported a state message acked by nobody (seen
+    twice on a loaded machine, where the writer prints many lines before the first read)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
 @pytest.mark.slow
 def test_sigkill_while_putting_loses_no_returned_put_and_never_corrupts(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "o.db"
@@ -230,8 +248,7 @@ def test_sigkill_while_putting_loses_no_returned_put_and_never_corrupts(tmp_path
         assert time.monotonic() < deadline, "the crash test took too long"
         proc = subprocess.Popen([sys.executable, "-m", "tests.test_outbox", "writer", str(path), str(r)], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
+        first = first_output(proc)
         assert first.startswith(("P ", "A ")), proc.stderr.read() if proc.stderr else first
         time.sleep(rng.uniform(0.02, 0.4))
         proc.send_signal(signal.SIGKILL)
