@@ -203,8 +203,9 @@ def test_the_node_refuses_and_counts_payloads_of_the_wrong_length(firmware_node:
 
 def test_missing_npm_is_named_when_micropython_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     import hil.virtual_node as vn
+    from hil import npm
 
-    monkeypatch.setattr(vn, "_installed_version", lambda: None)
+    monkeypatch.setattr(npm, "installed_version", lambda folder, package: None)
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name: None if name == "npm" else real_which(name))
     with pytest.raises(vn.VirtualNodeError, match="npm is missing"):

@@ -1,6 +1,7 @@
-"""The MQTT contract: schemas are valid 2020-12, examples pass (and negative examples fail where they
-should), the AsyncAPI document describes every stream of edge.telemetry.topics with the same QoS/retain
-and references only schema files that exist."""
+"""The MQTT contract: schemas are valid draft-07 (the JSON Schema dialect AsyncAPI tools parse), examples
+pass (and negative examples fail where they should), the AsyncAPI document describes every stream of
+edge.telemetry.topics with the same QoS/retain and references only schema files that exist.
+tests/test_asyncapi_tools.py checks the document with the official AsyncAPI parser."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped, unused-ignore]
+from jsonschema import Draft7Validator  # type: ignore[import-untyped, unused-ignore]
 
 from edge.spec import station as config
 from edge.telemetry import schemas
@@ -29,10 +30,10 @@ def schema_files() -> list[pathlib.Path]:
 
 
 @pytest.mark.parametrize("path", schema_files(), ids=lambda p: p.name)
-def test_every_schema_is_valid_2020_12_with_its_own_id(path: pathlib.Path) -> None:
+def test_every_schema_is_valid_draft_07_with_its_own_id(path: pathlib.Path) -> None:
     doc = json.loads(path.read_text())
-    Draft202012Validator.check_schema(doc)
-    assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft7Validator.check_schema(doc)
+    assert doc["$schema"] == "http://json-schema.org/draft-07/schema#"
     assert doc["$id"] == SCHEMA_BASE + path.name
 
 
@@ -90,7 +91,7 @@ def test_a_negative_example_is_a_valid_one_with_one_change() -> None:
 
 def test_site_and_station_rule_is_the_station_files_rule() -> None:
     assert LEVEL_RE.pattern == config.IDENT_RE.pattern
-    level = schemas.schema("envelope.json")["$defs"]["level"]["pattern"]
+    level = schemas.schema("envelope.json")["definitions"]["level"]["pattern"]
     assert level == "^" + LEVEL_RE.pattern + "$"
 
 
@@ -174,6 +175,6 @@ def test_a_command_is_addressed_by_its_sender_and_needs_no_issuer() -> None:
 
 def test_the_verbs_of_replies_and_events_are_the_stations_verbs() -> None:
     envelope = json.loads((SCHEMAS / "envelope.json").read_text())
-    assert envelope["$defs"]["verb"]["enum"] == list(VERBS)
+    assert envelope["definitions"]["verb"]["enum"] == list(VERBS)
     assert ASYNCAPI["components"]["parameters"]["verb"]["enum"] == list(VERBS)
 

@@ -19,10 +19,10 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped, unused-ignore]
+from jsonschema import Draft7Validator  # type: ignore[import-untyped, unused-ignore]
 from jsonschema.exceptions import best_match  # type: ignore[import-untyped, unused-ignore]
 from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
+from referencing.jsonschema import DRAFT7
 
 from edge.spec import resources
 from edge.telemetry.topics import SCHEMA_BASE
@@ -55,7 +55,7 @@ def _load() -> tuple[dict[str, dict[str, Any]], Registry[Any]]:
             raise SchemaError(f"{path}: $id must be {SCHEMA_BASE + path.name}")
         by_id[doc["$id"]] = doc
     registry: Registry[Any] = Registry().with_resources(
-        (sid, Resource.from_contents(doc, default_specification=DRAFT202012)) for sid, doc in by_id.items())
+        (sid, Resource.from_contents(doc, default_specification=DRAFT7)) for sid, doc in by_id.items())
     return by_id, registry
 
 
@@ -74,9 +74,9 @@ def schema(name_or_id: str) -> dict[str, Any]:
 
 
 @functools.cache
-def validator(name_or_id: str) -> Draft202012Validator:
+def validator(name_or_id: str) -> Draft7Validator:
     _, registry = _load()
-    return Draft202012Validator(schema(name_or_id), registry=registry)
+    return Draft7Validator(schema(name_or_id), registry=registry)
 
 
 def errors(document: Any, name_or_id: str) -> list[str]:

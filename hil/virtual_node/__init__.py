@@ -34,7 +34,6 @@ and :meth:`replug` give the node a new pty (and a fresh boot, as a bus-powered P
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -48,6 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from hil import npm
 from hil.resources import virtual_node_dir
 
 HERE = virtual_node_dir()
@@ -65,45 +65,14 @@ class VirtualNodeError(RuntimeError):
     """The virtual node cannot be set up or started; the message says what to do."""
 
 
-def _installed_version() -> str | None:
-    meta = HERE / "node_modules" / PACKAGE / "package.json"
-    try:
-        version = json.loads(meta.read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return str(version)
-
-
 def ensure_runtime() -> str:
     """Node.js present and the pinned MicroPython installed (``npm ci``, once per checkout); returns node's path.
 
     Safe to call from parallel test processes: the install runs under a file lock.
     """
-    node = shutil.which("node")
-    if node is None:
-        raise VirtualNodeError("the virtual sensor node needs Node.js >= 18.3 on PATH (apt-get install nodejs)")
-    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    try:
-        major, minor = (int(x) for x in out.lstrip("v").split(".")[:2])
-    except ValueError:
-        raise VirtualNodeError(f"cannot read the Node.js version from {out!r}") from None
-    if (major, minor) < MIN_NODE:
-        raise VirtualNodeError(f"Node.js {out} is too old for the MicroPython WebAssembly port (needs >= 18.3)")
-    if _installed_version() == PINNED_VERSION:
-        return node
-    npm = shutil.which("npm")
-    if npm is None:
-        raise VirtualNodeError(f"{PACKAGE}@{PINNED_VERSION} is not installed in {HERE}/node_modules and npm is "
-                               "missing: install npm (apt-get install npm) or run `npm ci` there")
-    with open(HERE / ".npm-install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _installed_version() != PINNED_VERSION:
-            done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE,
-                                  capture_output=True, text=True, check=False, timeout=600)
-            if done.returncode != 0 or _installed_version() != PINNED_VERSION:
-                raise VirtualNodeError(f"`npm ci` in {HERE} failed (exit {done.returncode}):\n"
-                                       f"{done.stdout}{done.stderr}")
-    return node
+    path = npm.node(MIN_NODE, "the virtual sensor node (MicroPython's WebAssembly port)", VirtualNodeError)
+    npm.ensure_installed(HERE, PACKAGE, PINNED_VERSION, VirtualNodeError)
+    return path
 
 
 def _max31856_entry(temp_c: float | None, cold_junction_c: float | None, fault: int | None,
