@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.one_worker     # the wheel and its venv are built once, by one worker (conftest.py)
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: The top-level data folders and where the wheel puts them (pyproject.toml's package-dir).
 DATA = {"mqtt_schemas": "edge/data/mqtt_schemas", "boards": "edge/data/boards", "stations": "edge/data/stations",
