@@ -26,7 +26,9 @@ def main(state_path: str, recipe_path: str) -> int:
     recipe = load_recipe(recipe_path)
     batch = 0
     while True:
-        with LockstepRig(station, HDReactor(), dt_s=2.0) as rig:
+        # beside the state file (the test's tmp_path): SIGKILL leaves the rig's folder behind, and there pytest
+        # removes it with the test's other folders
+        with LockstepRig(station, HDReactor(), dt_s=2.0, directory=pathlib.Path(state_path).parent) as rig:
             ctl = Controller(rig.core, rig.station, state_path=state_path)
             rig.step(ctl.step)
             batch += 1
