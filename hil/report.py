@@ -173,6 +173,9 @@ def _run_text(record: dict[str, Any]) -> str:
     return ", ".join(bits)
 
 
+STORY_EVENTS = 20      # events a failed run's summary lists
+
+
 def summary_lines(record: dict[str, Any]) -> list[str]:
     """What the terminal shows after a scenario: the outcome, the error if any, every measurement."""
     head = f"{record.get('scenario', '?')}: {_outcome(record).upper()}"
@@ -184,7 +187,23 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     lines += [f"  {_outcome(m).upper()} {_measurement_text(m)}" for m in measurements]
     if not measurements:
         lines.append("  (no measurements)")
+    if _outcome(record) != "pass":
+        lines += _story(record.get("events") or [])
     return lines
+
+
+def _story(events: list[dict[str, Any]], last: int = STORY_EVENTS) -> list[str]:
+    """A failed run's last events (phases, trips, alarms, aborts, faults...), so a CI log says what happened
+    without the work folder (pytest keeps only its last few temp dirs)."""
+    told = [e for e in events if e.get("kind") not in ("reply", "ready")]
+    if not told:
+        return []
+    out = [f"  what happened (the last {min(last, len(told))} of {len(told)} events):"]
+    for e in told[-last:]:
+        t = e.get("t_s")
+        when = f"{t:9.0f} s" if isinstance(t, int | float) and math.isfinite(t) else "        ? s"
+        out.append(f"    {when}  {e.get('source', '?')} {e.get('kind', '?')}: {_x(e.get('message', ''))[:160]}")
+    return out
 
 
 # ---------------------------------------------------------------------------- JUnit

@@ -300,6 +300,21 @@ def test_summary_lines() -> None:
                                                    "outcome": "pass"}]})[1:] == ["  PASS x = true (one of 1, a)"]
 
 
+def test_a_failed_runs_summary_tells_its_last_events_and_a_passed_one_does_not() -> None:
+    failed = report.summary_lines(hd_record("fail"))
+    story = failed[failed.index("  what happened (the last 9 of 9 events):") + 1:]
+    assert story[0] == f"    {0:9d} s  controller phase: leak_test"
+    assert story[6] == f"    {TRIP_T:9.0f} s  core trip: h2_leak: h2_room 25.3 %LEL > 25"
+    assert len(story) == 9
+    assert not any(line.startswith("  what happened") for line in report.summary_lines(hd_record("pass")))
+    many = hd_record("fail")
+    many["events"] = [{"t_s": float(i), "source": "controller", "kind": "alarm", "message": f"a{i}"} for i in range(50)]
+    lines = report.summary_lines(many)
+    assert f"  what happened (the last {report.STORY_EVENTS} of 50 events):" in lines
+    assert lines[-1].endswith("controller alarm: a49") and not any(line.endswith(" a29") for line in lines)
+
+
+
 # ---------------------------------------------------------------------------- plot
 
 
