@@ -4,7 +4,13 @@
 ``scan(ctl)`` right after every ``ctl.step()``, on the controller's thread. A scan, in order:
 
 1. **Commands** that arrived since the last scan are executed here, on this thread: paho's
-   thread only queues them (``_on_command``), so a command never races the scan it changes.
+   thread only sorts them into the intake (``_on_command``, ``edge.telemetry.intake``), so a
+   command never races the scan it changes. Up to ``MAX_COMMANDS_PER_SCAN``, those the sender's
+   roles allow first, within ``COMMAND_BUDGET_S``. Commands the intake turns away (over the
+   sender's rate limit, or finding the queue full: a flood) are answered ``busy`` and acknowledged
+   by the publisher's answering thread, in groups (one outbox transaction each), never by the scan:
+   at any inbound rate every command is answered, and the broker, which sends a station only so
+   many unacknowledged commands, can go on delivering those queued behind a flood.
    ``CommandHandler`` checks, authorises and answers each one; its audit event and then its reply
    are put with this scan's messages (in that order: a reply is never out before its audit event,
    even when a stop's flush runs out of time between the two), and only once they are stored is the
@@ -61,7 +67,6 @@ import contextlib
 import json
 import math
 import pathlib
-import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -84,13 +89,13 @@ from edge.telemetry.commands import (
 )
 from edge.telemetry.envelope import previous_boot
 from edge.telemetry.events import command_event, process_event
+from edge.telemetry.intake import MAX_TURNED_WAITING, MAX_WAITING, Intake, Reason, Turned, Waiting
 from edge.telemetry.outbox import DEFAULT_QUOTA, Draft, InvalidMessage, Outbox, OutboxError, Priority
 from edge.telemetry.session import Ack, MqttSession, SessionEvent, StopResult
 from edge.telemetry.state import StateTracker, controller_state
 from edge.telemetry.topics import STREAMS, StationTopics
 
 DEFAULT_FLUSH_S = 5.0
-MAX_COMMANDS_WAITING = 1000     # commands queued by paho's thread for the scan
 MAX_COMMANDS_PER_SCAN = 50      # the rest wait for the next scan: a flood must not stretch a scan
 COMMAND_BUDGET_S = 0.05         # and past this much of a scan the rest are answered "busy" (not executed)
 MAX_RETAINED_DRAFTS = 20_000    # messages kept in memory while the disk refuses puts
@@ -113,15 +118,6 @@ class PublisherSettings:
     quota_bytes: int = DEFAULT_QUOTA
 
 
-@dataclass(frozen=True)
-class _Command:
-    topic: str
-    payload: bytes
-    response_topic: str | None
-    correlation_data: bytes | None
-    ack: Ack          # to the broker, once the answer is stored
-
-
 @dataclass
 class PublisherCounters:
     """What the publisher put, for the exit line and tests."""
@@ -139,6 +135,7 @@ class PublisherCounters:
     overflowed: int = 0               # other messages not accepted while the disk refused puts (reported)
     unstored: int = 0                 # messages the disk still refused at stop (reported)
     refused_stopping: int = 0         # commands answered "station stopping" at stop
+    turned_away: int = 0              # commands answered busy at intake (rate limit, full queue), not read
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -174,14 +171,15 @@ class Publisher:
             self._watchdog = ctl.station.core.watchdog_output
             # burst outputs: name -> safe level (energised is the other one)
             self._burst = {o.name: int(o.safe_level) for o in ctl.station.core.outputs if o.duty_cycle_ms}
-            self._inbox: queue.Queue[_Command] = queue.Queue(MAX_COMMANDS_WAITING)
-            self._overflow = 0
-            self._lock = threading.Lock()       # the inbox vs. stopping, the overflow count, the counters
+            self.intake = Intake(ctl.station.commands)
+            self._lock = threading.Lock()       # the intake vs. stopping, the counters
             self._closing = False               # stop() began: commands are answered, never executed
             self._events_seen = 0
             self._telemetry: list[dict[str, Any]] = []      # windows closed by pump(), put at the next scan
             self._retry: list[Draft] = []                   # drafts the disk refused, put again next scan
             self._acks: list[Ack] = []                      # commands whose answers wait to be stored
+            self._handoff: list[tuple[list[Draft], list[Ack]]] = []   # busy answers the disk refused (scan retries)
+            self._answerer = threading.Thread(target=self._answer_turned, name="reedge-busy-answers", daemon=True)
             self._failing = False
             self._stopped: StopResult | None = None
             self.session.subscribe_acked(self.topics.cmd_filter, 1, self._on_command)
@@ -196,6 +194,7 @@ class Publisher:
     def start(self) -> Publisher:
         """Connect in the background: messages wait in the outbox until a broker takes them."""
         self.session.start()
+        self._answerer.start()
         return self
 
     def stop(self, ctl: Controller | None = None, flush_timeout_s: float = DEFAULT_FLUSH_S) -> StopResult:
@@ -208,7 +207,16 @@ class Publisher:
         with self._lock:
             self._closing = True             # from now on _on_command answers at once, refusing
             self.handler.operator.close(STOPPING)
-        drafts = [d for o in self._run_commands(MAX_COMMANDS_WAITING, math.inf) for d in self._answer(o)]
+        self.intake.close()
+        if self._answerer.is_alive():
+            self._answerer.join()
+        with self._lock:
+            handoff, self._handoff = self._handoff, []
+        drafts = [d for o in self._run_commands(2 * MAX_WAITING, math.inf) for d in self._answer(o)]
+        drafts.extend(self._turned_drafts(MAX_TURNED_WAITING + 1))
+        for kept, acks in handoff:
+            drafts.extend(kept)
+            self._acks.extend(acks)
         refused = self.counters.refused_stopping
         if refused:
             self._say(f"telemetry: {refused} command(s) still waiting were answered \"{STOPPING}\"")
@@ -247,8 +255,14 @@ class Publisher:
         """One scan's messages, put in one transaction; returns the commands answered in it."""
         if self._closing:
             raise RuntimeError("Publisher.scan after stop(): commands are no longer executed")
+        with self._lock:
+            handoff, self._handoff = self._handoff, []
+        drafts: list[Draft] = []
+        for kept, acks in handoff:
+            drafts.extend(kept)
+            self._acks.extend(acks)
         outcomes = self._run_commands(MAX_COMMANDS_PER_SCAN)
-        drafts = [d for o in outcomes for d in self._answer(o)]
+        drafts.extend(d for o in outcomes for d in self._answer(o))
         drafts.extend(self._collect(ctl))
         self._put(drafts)
         return outcomes
@@ -258,10 +272,9 @@ class Publisher:
         self._events_seen = max(0, self._events_seen - n)
 
     def _collect(self, ctl: Controller) -> list[Draft]:
-        drafts = self._overflow_report()
         events = ctl.events[self._events_seen:]
         self._events_seen = len(ctl.events)
-        drafts.extend(self._event_draft(e) for e in events)
+        drafts = [self._event_draft(e) for e in events]
         drafts.extend(self._batch_drafts())
         drafts.extend(self._windows())
         body = self.state.update(self._state_body(ctl))
@@ -273,21 +286,46 @@ class Publisher:
     # ---- commands (queued by paho's thread, executed on the scan's) -----------------------------
 
     def _on_command(self, message: mqtt.MQTTMessage, ack: Ack) -> None:
+        """Network thread: sort the command into the intake (``edge.telemetry.intake``); never executes it."""
         props = getattr(message, "properties", None)
         response = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        cmd = _Command(message.topic, bytes(message.payload), response,
-                       bytes(correlation) if correlation is not None else None, ack)
-        with self._lock:
-            if not self._closing:
-                try:
-                    self._inbox.put_nowait(cmd)
-                except queue.Full:    # not acknowledged: the broker sends it again on the next connection
-                    self._overflow += 1
-                return
+        cmd = Waiting(message.topic, bytes(message.payload), response,
+                      bytes(correlation) if correlation is not None else None, ack)
+        for _ in range(2):
+            with self._lock:
+                if self._closing:
+                    break
+                if self.intake.offer(cmd):
+                    return
+            # the turned-away backlog is full (a flood faster than the scan answers it): answer it here, in one
+            # transaction, and offer again
+            self._answer_turned_now()
         self._refuse_now(cmd)
 
-    def _refuse_now(self, cmd: _Command) -> None:
+    def _answer_turned(self) -> None:
+        """The answering thread (``edge.telemetry.intake``): busy answers in groups, one transaction each."""
+        while self.intake.wait_turned():
+            self._answer_turned_now()
+
+    def _answer_turned_now(self) -> None:
+        """Every command turned away so far answered ``busy`` in one transaction, then acknowledged; if the disk
+        refuses, the answers go to the scan, which keeps them with its own until the disk takes them."""
+        acks: list[Ack] = []
+        drafts = self._turned_drafts(MAX_TURNED_WAITING + 1, acks)
+        if not acks:
+            return
+        try:
+            self.outbox.put_many(drafts)
+        except (OutboxError, OSError):
+            with self._lock:
+                self._handoff.append((drafts, acks))
+            return
+        self.session.put_many([])
+        for ack in acks:
+            ack()
+
+    def _refuse_now(self, cmd: Waiting) -> None:
         """Stopping: a command that arrives now is answered here (network thread), stored, acknowledged."""
         try:
             outcome = self._handle(cmd)
@@ -298,7 +336,7 @@ class Publisher:
         self.session.put_many([])     # wakes the network thread for the reply
         cmd.ack()
 
-    def _handle(self, cmd: _Command) -> Outcome:
+    def _handle(self, cmd: Waiting) -> Outcome:
         outcome = self.handler.handle(cmd.topic, cmd.payload, response_topic=cmd.response_topic,
                                       correlation_data=cmd.correlation_data)
         if outcome.reply.get("message") == STOPPING:
@@ -308,12 +346,7 @@ class Publisher:
 
     def _run_commands(self, limit: int, budget_s: float = COMMAND_BUDGET_S) -> list[Outcome]:
         """Up to ``limit`` waiting commands within ``budget_s`` of the scan (the rest answered busy, not run)."""
-        cmds: list[_Command] = []
-        for _ in range(limit):
-            try:
-                cmds.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
+        cmds = self.intake.take(limit)
         outcomes = self.handler.handle_many(cmds, budget_s) if cmds else []
         for cmd, outcome in zip(cmds, outcomes, strict=True):
             if outcome.reply.get("message") == STOPPING:
@@ -321,6 +354,45 @@ class Publisher:
                     self.counters.refused_stopping += 1
             self._acks.append(cmd.ack)      # once this scan's put stored the answer
         return outcomes
+
+    def _turned_drafts(self, limit: int, acks: list[Ack] | None = None) -> list[Draft]:
+        """``busy`` replies to up to ``limit`` commands turned away at intake, and ONE audit event per sender and
+        reason for them, before their replies (why one: a flood of 3,000 commands would otherwise put 3,000
+        events on the event stream, burying the station's own; the event names the count and the first and
+        last command ids). Their acks go to ``acks`` (by default: after this scan's put)."""
+        turned = self.intake.take_turned(limit)
+        if not turned:
+            return []
+        groups: dict[tuple[str | None, Reason], list[Turned]] = {}
+        for t in turned:
+            groups.setdefault((t.identity, t.reason), []).append(t)
+        drafts: list[Draft] = []
+        for (identity, reason), items in groups.items():
+            why = self._why(reason)
+            ids = [t.command_id for t in items if t.command_id is not None]
+            ev = command_event(verb=None, command_id=None, issuer=identity or "", result="rejected", code="busy",
+                               message=f"{len(items)} command(s) answered busy without being read: {why}")
+            ev.body["data"] = {"count": len(items), "reason": reason, "first_command_id": ids[0] if ids else None,
+                               "last_command_id": ids[-1] if ids else None}
+            drafts.append(self._draft("event", ev.body, ev.priority))
+            spec = STREAMS["reply"]
+            for t in items:
+                out = self.handler.busy(t.topic, t.command_id, t.correlation_data, why)
+                if out.reply_topic is not None:    # None: an unknown verb, which has no reply topic
+                    drafts.append(Draft("reply", out.reply_topic, out.reply, Priority.EVENT, spec.qos, spec.retain))
+        (self._acks if acks is None else acks).extend(t.ack for t in turned)
+        with self._lock:
+            self.counters.events += len(groups)
+            self.counters.replies += len(turned)
+            self.counters.turned_away += len(turned)
+        return drafts
+
+    def _why(self, reason: Reason) -> str:
+        if reason == "rate":
+            s = self.handler.settings
+            return (f"over the rate limit of this sender ({s.burst} commands at once, {s.rate_per_minute} a minute;"
+                    " [mqtt.commands] burst, rate_per_minute)")
+        return "too many commands waiting (a command flood?)"
 
     def _answer(self, outcome: Outcome) -> list[Draft]:
         """The audit event, then the reply: the outbox sends in this order, so a reply that is out has its audit
@@ -334,17 +406,6 @@ class Publisher:
                 out.append(Draft("reply", outcome.reply_topic, outcome.reply, Priority.EVENT, spec.qos, spec.retain))
                 self.counters.replies += 1
         return out
-
-    def _overflow_report(self) -> list[Draft]:
-        with self._lock:
-            n, self._overflow = self._overflow, 0
-        if not n:
-            return []
-        ev = command_event(verb=None, command_id=None, issuer="", result="rejected", code="refused",
-                           message=f"{n} command(s) not read yet: more than {MAX_COMMANDS_WAITING} were waiting"
-                                   " (a command flood?); the broker sends them again on the next connection")
-        self.counters.events += 1
-        return [self._draft("event", ev.body, ev.priority)]
 
     # ---- events, batch records, telemetry, state ---------------------------------------------------
 
