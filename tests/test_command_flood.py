@@ -85,7 +85,8 @@ FLOODER = """
 import json, sys, time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-host, port, topic, identity, schema = sys.argv[1:6]
+host, port, topic, identity, schema, args_text = sys.argv[1:7]
+args = json.loads(args_text)
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity + "-flood", protocol=mqtt.MQTTv5)
 c.max_inflight_messages_set(0)      # no limit of its own: as fast as paho sends
 c.max_queued_messages_set(0)
@@ -94,7 +95,7 @@ c.loop_start()
 infos = []
 for line in sys.stdin:
     issued = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    doc = {"schema": schema, "command_id": line.strip(), "issued_at": issued, "issuer": identity, "args": {}}
+    doc = {"schema": schema, "command_id": line.strip(), "issued_at": issued, "issuer": identity, "args": args}
     infos.append(c.publish(topic, json.dumps(doc), qos=1))
 for i in infos:
     i.wait_for_publish(60)
@@ -104,13 +105,13 @@ c.loop_stop()
 """
 
 
-def flood(url: str, identity: str, ids: list[str]) -> subprocess.Popen[str]:
+def flood(url: str, identity: str, ids: list[str], args: dict[str, object]) -> subprocess.Popen[str]:
     """A separate process sending ``hold`` s with these ids as fast as paho can (the station's process is not
     the one paying for the flooder's own Python)."""
     host, port = url.removeprefix("mqtt://").split(":")
     proc = subprocess.Popen([sys.executable, "-c", FLOODER, host, port, TOPICS.cmd("hold", identity), identity,
-                             f"{SCHEMA_BASE}cmd-hold.json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+                             f"{SCHEMA_BASE}cmd-hold.json", json.dumps(args)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None
     proc.stdin.write("".join(f"{i}\n" for i in ids))
     proc.stdin.close()
@@ -168,26 +169,31 @@ class Replies:
         self.client.loop_stop()
 
 
-def test_a_flood_of_commands_is_answered_in_full_and_the_operators_command_first(station: Station) -> None:
-    """3,000 ``hold`` s from a viewer as fast as paho sends them, then one from the operator: the operator's is
-    answered within 5 s of its send, each of the 3,001 gets exactly one reply (``busy`` or ``unauthorised``),
-    no scan is stretched by the flood, and after the station stops the broker has no unacknowledged command
-    left to send it again."""
+@pytest.mark.parametrize(("flooder_id", "args", "rejected", "second"), [
+    ("historian", {}, "unauthorised", "scada-hd"),                    # a viewer's valid holds, then the operator
+    ("scada-hd", {"reason": 5}, "invalid", "service-laptop"),        # an operator's invalid ones, then maintenance
+])
+def test_a_flood_of_commands_is_answered_in_full_and_another_identitys_command_first(
+        station: Station, flooder_id: str, args: dict[str, object], rejected: str, second: str) -> None:
+    """3,000 ``hold`` s from one identity as fast as paho sends them, then one from another: the other's is
+    answered within 5 s of its send, each of the 3,001 gets exactly one reply (``busy``, or the flood's own
+    rejection), no scan is stretched by the flood, and after the station stops the broker has no
+    unacknowledged command left to send it again. Even when the flooder may send the verb (the second case),
+    its rate limit keeps the queue free for the others."""
     s = station
     replies = Replies(s.broker.url)
     assert replies.online.wait(WAIT_S), "no birth"    # sent after the station's SUBSCRIBE: commands reach it now
     ids = [str(uuid.uuid4()) for _ in range(FLOOD)]
     op_id = str(uuid.uuid4())
     sent: dict[str, float] = {}
-    operator = client(s.broker.url, "scada-hd")
-    flooder = flood(s.broker.url, "historian", ids)
+    operator = client(s.broker.url, second)
+    flooder = flood(s.broker.url, flooder_id, ids, args)
 
     def then_the_operator() -> None:
         assert flooder.stdout is not None
         sent["flood"] = float(flooder.stdout.readline() or 0)     # every one of them acknowledged by the broker
         sent["operator"] = time.monotonic()
-        operator.publish(TOPICS.cmd("hold", "scada-hd"), command("hold", "scada-hd", op_id, reason="flood test"),
-                         qos=1)
+        operator.publish(TOPICS.cmd("hold", second), command("hold", second, op_id, reason="flood test"), qos=1)
 
     durations: list[float] = []
     outcomes: list[list[Outcome]] = []
@@ -224,7 +230,7 @@ def test_a_flood_of_commands_is_answered_in_full_and_the_operators_command_first
     # "state": no batch is running, so the operator path refused the hold: authorised and executed, not turned away
     assert replies.codes[op_id] == "state" and latency < OPERATOR_DEADLINE_S, (replies.codes[op_id], latency)
     codes = Counter(replies.codes[i] for i in ids)
-    assert set(codes) <= {"busy", "unauthorised"}, codes
+    assert set(codes) <= {"busy", rejected}, codes
     turned = s.publisher.counters.turned_away     # the other busy ones: the scan's command budget ran out
     assert 0 < turned <= codes["busy"]
     # one audit event per sender and reason and group, not one per busy answer (the flood must not bury events)
