@@ -37,7 +37,7 @@ from edge.telemetry.topics import SCHEMA_BASE
 from edge.timestamps import rfc3339_ms
 from hil.lockstep import LockstepRig
 from hil.plants.hd_reactor import HDReactor
-from tests.mqtt_broker import Mosquitto
+from tests.mqtt_broker import Mosquitto, wait_until
 from tests.test_mqtt_run import TOPICS, WAIT_S
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -244,9 +244,15 @@ def test_a_flood_of_commands_is_answered_in_full_and_another_identitys_command_f
           f" median {statistics.median(durations) * 1e3:.1f} ms, max {max(durations) * 1e3:.1f} ms;"
           f" {len(replies.busy_events)} busy audit events")
 
-    # nothing left unacknowledged: stop the station, queue a marker for it, reconnect its session; the broker
-    # sends what it still holds unacknowledged before anything queued later, so the marker must come first
+    # nothing left unacknowledged
     s.publisher.stop(s.ctl, flush_timeout_s=5.0)
+    assert redelivered(s) == []
+
+
+def redelivered(s: Station) -> list[bytes]:
+    """What the broker still holds unacknowledged for the stopped station: queue a marker for its session and
+    reconnect it; the broker sends unacknowledged messages before anything queued later, so all that comes
+    before the marker."""
     marker = str(uuid.uuid4())
     pub = client(s.broker.url, "marker")
     pub.publish(TOPICS.cmd("hold", "scada-hd"), command("hold", "scada-hd", marker), qos=1).wait_for_publish(WAIT_S)
@@ -254,9 +260,10 @@ def test_a_flood_of_commands_is_answered_in_full_and_another_identitys_command_f
     arrived = threading.Event()
 
     def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-        got.append(bytes(m.payload))
         if marker.encode() in m.payload:
             arrived.set()
+        elif not arrived.is_set():
+            got.append(bytes(m.payload))
 
     again = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.publisher.session.client_id, protocol=mqtt.MQTTv5)
     again.on_message = on_message
@@ -265,9 +272,35 @@ def test_a_flood_of_commands_is_answered_in_full_and_another_identitys_command_f
     again.loop_start()
     try:
         assert arrived.wait(WAIT_S), "the queued marker never arrived"
-        assert len(got) == 1, f"the broker sent {len(got) - 1} unacknowledged command(s) again"
+        return got
     finally:
         again.disconnect()
         again.loop_stop()
         pub.disconnect()
         pub.loop_stop()
+
+
+def test_commands_waiting_at_stop_are_answered_and_acknowledged(station: Station) -> None:
+    """Commands queued when the station stops (as many as the broker's window lets through unacknowledged: no
+    scan runs) are refused ("station stopping"), each once, and the broker is left holding none of them."""
+    s = station
+    replies = Replies(s.broker.url)
+    sender = client(s.broker.url, "scada-hd")
+    try:
+        assert replies.online.wait(WAIT_S), "no birth"
+        ids = {who: [str(uuid.uuid4()) for _ in range(n)] for who, n in (("scada-hd", 15), ("service-laptop", 5))}
+        for who, mine in ids.items():
+            for i in mine:
+                sender.publish(TOPICS.cmd("hold", who), command("hold", who, i), qos=1)
+        wait_until(lambda: s.publisher.intake.waiting == 20, "the commands queued", WAIT_S)
+        assert s.publisher.stop(s.ctl, flush_timeout_s=5.0).flushed
+        wait_until(lambda: replies.count() == 20, "every command answered", WAIT_S)
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        replies.close()
+    assert all(n == 1 for n in replies.replies.values())
+    codes = Counter(replies.codes.values())
+    assert codes == {"refused": 20}, codes
+    assert s.publisher.counters.refused_stopping == 20
+    assert redelivered(s) == []

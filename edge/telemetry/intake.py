@@ -16,7 +16,7 @@ only sorts each command into one of three places; the scan takes them out:
   it ``busy`` ("send it again") without reading it further. Past ``MAX_TURNED_WAITING`` of those, the
   network thread answers them itself (``Intake.offer`` returns False), in one outbox transaction.
 
-The turned-away commands are answered by the publisher's answering thread (``wait_turned``), not by the
+The turned-away commands are answered by the publisher's answering thread (``wait_work``), not by the
 scan: the broker sends a station only so many unacknowledged commands (mosquitto's
 ``max_inflight_messages``, when it honours it), so a flood drains only as fast as its commands are
 acknowledged, and a command queued in the broker behind the flood (the operator's) waits for that. One
@@ -118,6 +118,7 @@ class Intake:
         self._lock = threading.Lock()
         self._turned_ready = threading.Condition(self._lock)
         self._closed = False
+        self._stopping = False      # queued commands are answered by the answering thread too (the scan is over)
         self._first = _Queue()
         self._after = _Queue()
         self._turned: deque[Turned] = deque()
@@ -145,6 +146,8 @@ class Intake:
             elif not (self._first if first else self._after).put(cmd):
                 reason = "full"
             if reason is None:
+                if self._stopping:
+                    self._turned_ready.notify()
                 return True
             if len(self._turned) >= MAX_TURNED_WAITING:
                 if reason == "full":
@@ -167,15 +170,22 @@ class Intake:
                     out.append(q.get())
         return out
 
-    def wait_turned(self) -> bool:
-        """Until a command is turned away (True) or ``close`` (False)."""
+    def wait_work(self) -> bool:
+        """Until a command is turned away, or (after ``stopping``) queued (True), or ``close`` (False)."""
         with self._lock:
-            while not self._turned and not self._closed:
+            while not self._closed and not (self._turned or (self._stopping and (self._first.items
+                                                                                  or self._after.items))):
                 self._turned_ready.wait()
             return not self._closed
 
+    def stopping(self) -> None:
+        """The station stops: no scan takes queued commands any more, ``wait_work`` wakes for them too."""
+        with self._lock:
+            self._stopping = True
+            self._turned_ready.notify_all()
+
     def close(self) -> None:
-        """Wake ``wait_turned`` for good (the station stops: what is left is answered by ``take_turned``)."""
+        """Wake ``wait_work`` for good (what is left stays unacknowledged: the broker sends it again)."""
         with self._lock:
             self._closed = True
             self._turned_ready.notify_all()

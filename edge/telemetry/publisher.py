@@ -45,9 +45,11 @@ period). Otherwise the retained state would change at every scan. The telemetry 
 each output's sampled level per window.
 
 **Stopping** (``stop``): from then on no command is executed. The commands still queued, and
-any that arrive during the flush (answered at once on the network thread), are answered
-``refused`` ("station stopping": the ledger keeps that answer for the id, so the sender uses a
-new id once the station is back) and acknowledged once the answer is stored. Then everything
+any that arrive during the flush (answered by the answering thread, in groups: the network thread
+only sorts them, and keeps flushing), are answered ``refused`` ("station stopping": the ledger
+keeps that answer for the id, so the sender uses a new id once the station is back) and
+acknowledged once the answer is stored; what is still unanswered when the session has stopped
+stays unacknowledged, and the broker delivers it at the next start. Then everything
 left is put: events, batch records, state (with ``ctl``), the sample ring and the open
 telemetry window (always), and the session flushes. ``stop`` blocks for the flush: the caller
 must have stopped the core first (``reedge run`` does), or the dead-man trips and latches.
@@ -172,7 +174,7 @@ class Publisher:
             # burst outputs: name -> safe level (energised is the other one)
             self._burst = {o.name: int(o.safe_level) for o in ctl.station.core.outputs if o.duty_cycle_ms}
             self.intake = Intake(ctl.station.commands)
-            self._lock = threading.Lock()       # the intake vs. stopping, the counters
+            self._lock = threading.Lock()       # the counters, the handoff (scan, network and answering threads)
             self._closing = False               # stop() began: commands are answered, never executed
             self._events_seen = 0
             self._telemetry: list[dict[str, Any]] = []      # windows closed by pump(), put at the next scan
@@ -205,11 +207,9 @@ class Publisher:
         if self._stopped is not None:
             return self._stopped
         with self._lock:
-            self._closing = True             # from now on _on_command answers at once, refusing
-            self.handler.operator.close(STOPPING)
-        self.intake.close()
-        if self._answerer.is_alive():
-            self._answerer.join()
+            self._closing = True
+            self.handler.operator.close(STOPPING)     # from now on every command is answered, refused
+        self.intake.stopping()                        # commands arriving during the flush: the answering thread
         with self._lock:
             handoff, self._handoff = self._handoff, []
         drafts = [d for o in self._run_commands(2 * MAX_WAITING, math.inf) for d in self._answer(o)]
@@ -237,6 +237,10 @@ class Publisher:
         try:
             self._stopped = self.session.stop(flush_timeout_s)
         finally:
+            self.intake.close()
+            if self._answerer.is_alive():
+                self._answerer.join()
+
             if self.session.network_thread_alive:   # never close the files under a thread that still uses them
                 self._say("telemetry: the MQTT network thread did not stop; the outbox and the command ledger"
                           " are left open (the process exit closes them)")
@@ -292,27 +296,33 @@ class Publisher:
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         cmd = Waiting(message.topic, bytes(message.payload), response,
                       bytes(correlation) if correlation is not None else None, ack)
-        for _ in range(2):
-            with self._lock:
-                if self._closing:
-                    break
-                if self.intake.offer(cmd):
-                    return
-            # the turned-away backlog is full (a flood faster than the scan answers it): answer it here, in one
-            # transaction, and offer again
-            self._answer_turned_now()
-        self._refuse_now(cmd)
+        if self.intake.offer(cmd):
+            return
+        # the turned-away backlog is full (a flood faster than the answering thread): answer it here, in one
+        # transaction, and offer again
+        self._answer_turned_now()
+        if not self.intake.offer(cmd):     # not acknowledged: the broker sends it again on the next connection
+            self._say("telemetry: a command could not be taken in a flood; the broker sends it again")
 
     def _answer_turned(self) -> None:
-        """The answering thread (``edge.telemetry.intake``): busy answers in groups, one transaction each."""
-        while self.intake.wait_turned():
+        """The answering thread (``edge.telemetry.intake``): busy answers in groups, one transaction each, and
+        once the station stops, the refusals of the commands that still arrive."""
+        while self.intake.wait_work():
             self._answer_turned_now()
+            if self._closing:
+                acks: list[Ack] = []
+                drafts = [d for o in self._run_commands(MAX_WAITING, math.inf, acks) for d in self._answer(o)]
+                self._store_now(drafts, acks)
 
     def _answer_turned_now(self) -> None:
-        """Every command turned away so far answered ``busy`` in one transaction, then acknowledged; if the disk
-        refuses, the answers go to the scan, which keeps them with its own until the disk takes them."""
+        """Every command turned away so far answered ``busy`` in one transaction, then acknowledged."""
         acks: list[Ack] = []
         drafts = self._turned_drafts(MAX_TURNED_WAITING + 1, acks)
+        self._store_now(drafts, acks)
+
+    def _store_now(self, drafts: list[Draft], acks: list[Ack]) -> None:
+        """Off the scan: store, wake the session, acknowledge; if the disk refuses, the answers go to the scan,
+        which keeps them with its own until the disk takes them."""
         if not acks:
             return
         try:
@@ -325,26 +335,8 @@ class Publisher:
         for ack in acks:
             ack()
 
-    def _refuse_now(self, cmd: Waiting) -> None:
-        """Stopping: a command that arrives now is answered here (network thread), stored, acknowledged."""
-        try:
-            outcome = self._handle(cmd)
-            self.outbox.put_many(self._answer(outcome))
-        except (OutboxError, OSError) as e:   # not acknowledged: the broker sends it again next time
-            self._say(f"telemetry: a command arriving while stopping could not be answered: {e}")
-            return
-        self.session.put_many([])     # wakes the network thread for the reply
-        cmd.ack()
-
-    def _handle(self, cmd: Waiting) -> Outcome:
-        outcome = self.handler.handle(cmd.topic, cmd.payload, response_topic=cmd.response_topic,
-                                      correlation_data=cmd.correlation_data)
-        if outcome.reply.get("message") == STOPPING:
-            with self._lock:
-                self.counters.refused_stopping += 1
-        return outcome
-
-    def _run_commands(self, limit: int, budget_s: float = COMMAND_BUDGET_S) -> list[Outcome]:
+    def _run_commands(self, limit: int, budget_s: float = COMMAND_BUDGET_S,
+                      acks: list[Ack] | None = None) -> list[Outcome]:
         """Up to ``limit`` waiting commands within ``budget_s`` of the scan (the rest answered busy, not run)."""
         cmds = self.intake.take(limit)
         outcomes = self.handler.handle_many(cmds, budget_s) if cmds else []
@@ -352,7 +344,7 @@ class Publisher:
             if outcome.reply.get("message") == STOPPING:
                 with self._lock:
                     self.counters.refused_stopping += 1
-            self._acks.append(cmd.ack)      # once this scan's put stored the answer
+            (self._acks if acks is None else acks).append(cmd.ack)   # once the answer is stored
         return outcomes
 
     def _turned_drafts(self, limit: int, acks: list[Ack] | None = None) -> list[Draft]:
