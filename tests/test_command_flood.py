@@ -8,6 +8,7 @@ the operator's command among them, for a redelivery that never came.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import statistics
@@ -32,6 +33,7 @@ from edge.operator.target import ControllerTarget
 from edge.spec.broker import parse_broker_url
 from edge.spec.station import load_station
 from edge.telemetry.commands import Outcome
+from edge.telemetry.outbox import OutboxError
 from edge.telemetry.publisher import MAX_COMMANDS_PER_SCAN, Publisher, PublisherSettings
 from edge.telemetry.topics import SCHEMA_BASE
 from edge.timestamps import rfc3339_ms
@@ -304,3 +306,49 @@ def test_commands_waiting_at_stop_are_answered_and_acknowledged(station: Station
     assert codes == {"refused": 20}, codes
     assert s.publisher.counters.refused_stopping == 20
     assert redelivered(s) == []
+
+
+def test_busy_answers_the_disk_refused_are_stored_by_the_scan_later(station: Station) -> None:
+    """While the outbox refuses puts, the answering thread hands its busy answers to the scan, which keeps them
+    with its own and stores them once the disk takes them again: answered late, never lost, never twice."""
+    s = station
+    s.publisher.intake.settings = dataclasses.replace(s.publisher.intake.settings, burst=2, rate_per_minute=1)
+    replies = Replies(s.broker.url)
+    sender = client(s.broker.url, "historian")
+    refusing = threading.Event()
+    put_many = s.publisher.outbox.put_many
+
+    attempts: list[int] = []
+
+    def failing_put_many(drafts: Any) -> Any:
+        if refusing.is_set():
+            attempts.append(len(drafts))
+            raise OutboxError("disk full (test)")
+        return put_many(drafts)
+
+    s.publisher.outbox.put_many = failing_put_many  # type: ignore[method-assign]
+    try:
+        assert replies.online.wait(WAIT_S), "no birth"
+        refusing.set()
+        ids = [str(uuid.uuid4()) for _ in range(40)]
+        for i in ids:
+            sender.publish(TOPICS.cmd("hold", "historian"), command("hold", "historian", i), qos=1)
+        # the broker's window (20): 2 queued (the burst), 18 turned away and taken by the answering thread
+        wait_until(lambda: s.publisher.intake.waiting == 2 and attempts, "busy answers tried", WAIT_S)
+        for _ in range(3):
+            s.rig.step(lambda: s.publisher.scan(s.ctl))
+        assert replies.count() == 0
+        refusing.clear()
+        def answered() -> bool:
+            if replies.count() == 40:
+                return True
+            time.sleep(0.05)        # a scan per 50 ms of wall time at most
+            return False
+
+        assert s.rig.run_until(answered, 600.0, lambda: s.publisher.scan(s.ctl)), f"{replies.count()} of 40 answered"
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        replies.close()
+    assert all(n == 1 for n in replies.replies.values())
+    assert Counter(replies.codes.values()) == {"busy": 38, "unauthorised": 2}

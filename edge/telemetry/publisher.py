@@ -210,13 +210,9 @@ class Publisher:
             self._closing = True
             self.handler.operator.close(STOPPING)     # from now on every command is answered, refused
         self.intake.stopping()                        # commands arriving during the flush: the answering thread
-        with self._lock:
-            handoff, self._handoff = self._handoff, []
-        drafts = [d for o in self._run_commands(2 * MAX_WAITING, math.inf) for d in self._answer(o)]
+        drafts = self._handed_back()
+        drafts.extend(d for o in self._run_commands(2 * MAX_WAITING, math.inf) for d in self._answer(o))
         drafts.extend(self._turned_drafts(MAX_TURNED_WAITING + 1))
-        for kept, acks in handoff:
-            drafts.extend(kept)
-            self._acks.extend(acks)
         refused = self.counters.refused_stopping
         if refused:
             self._say(f"telemetry: {refused} command(s) still waiting were answered \"{STOPPING}\"")
@@ -240,7 +236,6 @@ class Publisher:
             self.intake.close()
             if self._answerer.is_alive():
                 self._answerer.join()
-
             if self.session.network_thread_alive:   # never close the files under a thread that still uses them
                 self._say("telemetry: the MQTT network thread did not stop; the outbox and the command ledger"
                           " are left open (the process exit closes them)")
@@ -259,12 +254,7 @@ class Publisher:
         """One scan's messages, put in one transaction; returns the commands answered in it."""
         if self._closing:
             raise RuntimeError("Publisher.scan after stop(): commands are no longer executed")
-        with self._lock:
-            handoff, self._handoff = self._handoff, []
-        drafts: list[Draft] = []
-        for kept, acks in handoff:
-            drafts.extend(kept)
-            self._acks.extend(acks)
+        drafts = self._handed_back()
         outcomes = self._run_commands(MAX_COMMANDS_PER_SCAN)
         drafts.extend(d for o in outcomes for d in self._answer(o))
         drafts.extend(self._collect(ctl))
@@ -308,11 +298,24 @@ class Publisher:
         """The answering thread (``edge.telemetry.intake``): busy answers in groups, one transaction each, and
         once the station stops, the refusals of the commands that still arrive."""
         while self.intake.wait_work():
-            self._answer_turned_now()
-            if self._closing:
-                acks: list[Ack] = []
-                drafts = [d for o in self._run_commands(MAX_WAITING, math.inf, acks) for d in self._answer(o)]
-                self._store_now(drafts, acks)
+            try:
+                self._answer_turned_now()
+                if self._closing:
+                    acks: list[Ack] = []
+                    drafts = [d for o in self._run_commands(MAX_WAITING, math.inf, acks) for d in self._answer(o)]
+                    self._store_now(drafts, acks)
+            except Exception as e:    # a bug must not end the thread: the next commands would wait unanswered
+                self._say(f"telemetry: answering commands failed ({e!r}); they stay unacknowledged")
+
+    def _handed_back(self) -> list[Draft]:
+        """The answers the answering thread could not store, for this put (their acks after it)."""
+        with self._lock:
+            handoff, self._handoff = self._handoff, []
+        drafts: list[Draft] = []
+        for kept, acks in handoff:
+            drafts.extend(kept)
+            self._acks.extend(acks)
+        return drafts
 
     def _answer_turned_now(self) -> None:
         """Every command turned away so far answered ``busy`` in one transaction, then acknowledged."""
