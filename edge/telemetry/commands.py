@@ -61,10 +61,11 @@ A rejected or unauthorised command never chooses where the station writes. The b
 carries the command id, and the MQTT 5 correlation data (base64) so the session can set the
 property. Each answer also yields an audit event (who asked what, and the answer) for the
 ``event`` stream, put before its reply. One deliberate exception: commands the publisher's intake
-turns away in a flood (``busy`` from ``busy``, never read further than their id) share one audit
-event per sender, reason and group of answers, with the count and the first and last command ids
-(``data``): 3,000 events for one flood would bury the station's own events; the replies are each
-still there, and the event still goes out before them.
+turns away in a flood (``busy`` from ``busy``, never read further than their id) share audit
+events: at most one per sender and reason every ``BUSY_AUDIT_S`` (10 s), each with the count of
+busy answers since the previous one and the first and last command ids (``data``), the first of a
+streak before its first reply (``edge.telemetry.publisher``): 3,000 events for one flood would
+bury the station's own events; the replies are each still there.
 
 This module is only the transport: what a verb does and when it is refused is decided by
 ``edge.operator`` (``Operator.execute``), which stdin commands go through as well.

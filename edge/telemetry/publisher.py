@@ -10,7 +10,8 @@
    sender's rate limit, or finding the queue full: a flood) are answered ``busy`` and acknowledged
    by the publisher's answering thread, in groups (one outbox transaction each), never by the scan:
    at any inbound rate every command is answered, and the broker, which sends a station only so
-   many unacknowledged commands, can go on delivering those queued behind a flood.
+   many unacknowledged commands, can go on delivering those queued behind a flood. Their audit
+   events are counts, at most one per sender every ``BUSY_AUDIT_S`` (``_busy_events``).
    ``CommandHandler`` checks, authorises and answers each one; its audit event and then its reply
    are put with this scan's messages (in that order: a reply is never out before its audit event,
    even when a stop's flush runs out of time between the two), and only once they are stored is the
@@ -71,7 +72,8 @@ import math
 import pathlib
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -101,6 +103,8 @@ DEFAULT_FLUSH_S = 5.0
 MAX_COMMANDS_PER_SCAN = 50      # the rest wait for the next scan: a flood must not stretch a scan
 COMMAND_BUDGET_S = 0.05         # and past this much of a scan the rest are answered "busy" (not executed)
 MAX_RETAINED_DRAFTS = 20_000    # messages kept in memory while the disk refuses puts
+GROUP_LINGER_S = 0.002          # the answering thread waits this long for the rest of a burst: fewer, fuller groups
+BUSY_AUDIT_S = 10.0             # at most one audit event per sender this often for the busy answers of a flood
 OUTBOX_FILE = "outbox.db"
 LEDGER_FILE = "commands.db"
 RECORDS_FILE = "batch-records.json"
@@ -180,6 +184,7 @@ class Publisher:
             self._telemetry: list[dict[str, Any]] = []      # windows closed by pump(), put at the next scan
             self._retry: list[Draft] = []                   # drafts the disk refused, put again next scan
             self._acks: list[Ack] = []                      # commands whose answers wait to be stored
+            self._tallies: dict[tuple[str | None, Reason], _BusyTally] = {}   # busy answers not in an event yet
             self._handoff: list[tuple[list[Draft], list[Ack]]] = []   # busy answers the disk refused (scan retries)
             self._answerer = threading.Thread(target=self._answer_turned, name="reedge-busy-answers", daemon=True)
             self._failing = False
@@ -213,6 +218,7 @@ class Publisher:
         drafts = self._handed_back()
         drafts.extend(d for o in self._run_commands(2 * MAX_WAITING, math.inf) for d in self._answer(o))
         drafts.extend(self._turned_drafts(MAX_TURNED_WAITING + 1))
+        drafts.extend(self._busy_events(every=True))
         refused = self.counters.refused_stopping
         if refused:
             self._say(f"telemetry: {refused} command(s) still waiting were answered \"{STOPPING}\"")
@@ -268,7 +274,8 @@ class Publisher:
     def _collect(self, ctl: Controller) -> list[Draft]:
         events = ctl.events[self._events_seen:]
         self._events_seen = len(ctl.events)
-        drafts = [self._event_draft(e) for e in events]
+        drafts = self._busy_events()
+        drafts.extend(self._event_draft(e) for e in events)
         drafts.extend(self._batch_drafts())
         drafts.extend(self._windows())
         body = self.state.update(self._state_body(ctl))
@@ -298,6 +305,7 @@ class Publisher:
         """The answering thread (``edge.telemetry.intake``): busy answers in groups, one transaction each, and
         once the station stops, the refusals of the commands that still arrive."""
         while self.intake.wait_work():
+            time.sleep(GROUP_LINGER_S)
             try:
                 self._answer_turned_now()
                 if self._closing:
@@ -351,10 +359,9 @@ class Publisher:
         return outcomes
 
     def _turned_drafts(self, limit: int, acks: list[Ack] | None = None) -> list[Draft]:
-        """``busy`` replies to up to ``limit`` commands turned away at intake, and ONE audit event per sender and
-        reason for them, before their replies (why one: a flood of 3,000 commands would otherwise put 3,000
-        events on the event stream, burying the station's own; the event names the count and the first and
-        last command ids). Their acks go to ``acks`` (by default: after this scan's put)."""
+        """``busy`` replies to up to ``limit`` commands turned away at intake, each sender's after an audit event
+        if its last one is ``BUSY_AUDIT_S`` old (``_busy_events``). Their acks go to ``acks`` (by default: after
+        this scan's put)."""
         turned = self.intake.take_turned(limit)
         if not turned:
             return []
@@ -362,25 +369,56 @@ class Publisher:
         for t in turned:
             groups.setdefault((t.identity, t.reason), []).append(t)
         drafts: list[Draft] = []
-        for (identity, reason), items in groups.items():
-            why = self._why(reason)
-            ids = [t.command_id for t in items if t.command_id is not None]
-            ev = command_event(verb=None, command_id=None, issuer=identity or "", result="rejected", code="busy",
-                               message=f"{len(items)} command(s) answered busy without being read: {why}")
-            ev.body["data"] = {"count": len(items), "reason": reason, "first_command_id": ids[0] if ids else None,
-                               "last_command_id": ids[-1] if ids else None}
-            drafts.append(self._draft("event", ev.body, ev.priority))
-            spec = STREAMS["reply"]
+        spec = STREAMS["reply"]
+        for key, items in groups.items():
+            drafts.extend(self._busy_events(key, items))
+            why = self._why(key[1])
             for t in items:
                 out = self.handler.busy(t.topic, t.command_id, t.correlation_data, why)
                 if out.reply_topic is not None:    # None: an unknown verb, which has no reply topic
                     drafts.append(Draft("reply", out.reply_topic, out.reply, Priority.EVENT, spec.qos, spec.retain))
         (self._acks if acks is None else acks).extend(t.ack for t in turned)
         with self._lock:
-            self.counters.events += len(groups)
             self.counters.replies += len(turned)
             self.counters.turned_away += len(turned)
         return drafts
+
+    def _busy_events(self, key: tuple[str | None, Reason] | None = None, items: Sequence[Turned] = (), *,
+                     every: bool = False) -> list[Draft]:
+        """The audit events of busy answers given at intake: NOT one per command (a flood of 3,000 would bury the
+        station's own events), but one per sender and reason at most every ``BUSY_AUDIT_S``, each counting the
+        busy answers since the previous one (``data``: count, first and last command ids). With ``key``: the
+        commands ``items`` about to be answered are counted, and if the sender's last event is that old, an
+        event is due now, before their replies (so the first busy reply of a streak always follows its audit
+        event). Without: the events the scan owes (counts older than ``BUSY_AUDIT_S``; ``every``: all, at stop)."""
+        now = time.monotonic()
+        due: list[tuple[tuple[str | None, Reason], _BusyTally]] = []
+        with self._lock:
+            if key is not None:
+                ids = [t.command_id for t in items if t.command_id is not None]
+                tally = self._tallies.setdefault(key, _BusyTally(now - BUSY_AUDIT_S))
+                tally.count += len(items)
+                tally.first = tally.first or (ids[0] if ids else None)
+                tally.last = ids[-1] if ids else tally.last
+                if now - tally.at >= BUSY_AUDIT_S:
+                    due.append((key, tally))
+            else:
+                for k, tally in list(self._tallies.items()):
+                    if tally.count and (every or now - tally.at >= BUSY_AUDIT_S):
+                        due.append((k, tally))
+                    elif not tally.count and now - tally.at >= BUSY_AUDIT_S:
+                        del self._tallies[k]       # a sender quiet that long: forgotten (bounded memory)
+            out: list[Draft] = []
+            for (identity, reason), tally in due:
+                ev = command_event(verb=None, command_id=None, issuer=identity or "", result="rejected", code="busy",
+                                   message=f"{tally.count} command(s) answered busy without being read:"
+                                           f" {self._why(reason)}")
+                ev.body["data"] = {"count": tally.count, "reason": reason, "first_command_id": tally.first,
+                                   "last_command_id": tally.last}
+                out.append(self._draft("event", ev.body, ev.priority))
+                self._tallies[(identity, reason)] = _BusyTally(now)
+            self.counters.events += len(out)
+        return out
 
     def _why(self, reason: Reason) -> str:
         if reason == "rate":
@@ -538,6 +576,16 @@ class Publisher:
     def _say(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             print(text, file=self.log, flush=True)
+
+
+@dataclass
+class _BusyTally:
+    """Busy answers given at intake to one sender for one reason since ``at`` (its last audit event)."""
+
+    at: float
+    count: int = 0
+    first: str | None = None
+    last: str | None = None
 
 
 class _BatchRecords:
