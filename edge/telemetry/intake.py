@@ -5,15 +5,15 @@ unacknowledged commands at a station in about a second, whatever ``max_inflight_
 Receive Maximum said. So the station must take any inbound rate without leaving a command
 unanswered (never acknowledged, it would wait for a redelivery that only a reconnect brings), without
 letting one sender starve another, and without disturbing the scan. ``Intake.offer`` (network thread)
-only sorts each command into one of three places; the scan takes them out:
+only sorts each command into one of three places:
 
-- **served first**: commands whose verb the sender's roles allow (operator, maintenance);
+- **served first** by the scan: commands whose verb the sender's roles allow (operator, maintenance);
 - **served after them**: everything else (viewers, unknown identities, unknown verbs): they are
   rejected anyway, cheaply, but still one by one with their own answer and audit event;
 - **turned away**: a command over its sender's rate limit, or one that finds its queue full
   (``MAX_WAITING`` commands or ``MAX_WAITING_BYTES`` of payload). Only its topic, its command id
-  (``peek_command_id``) and its correlation data are kept (never its payload), and the scan answers
-  it ``busy`` ("send it again") without reading it further. Past ``MAX_TURNED_WAITING`` of those, the
+  (``peek_command_id``) and its correlation data are kept (never its payload), and it is answered
+  ``busy`` ("send it again") without being read further. Past ``MAX_TURNED_WAITING`` of those, the
   network thread answers them itself (``Intake.offer`` returns False), in one outbox transaction.
 
 The turned-away commands are answered by the publisher's answering thread (``wait_work``), not by the
