@@ -25,6 +25,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.app.cli import main
 from edge.operator.execute import Operator
 from edge.operator.verbs import StartRequest
 from edge.spec.access import CommandSettings
@@ -73,7 +74,7 @@ class PlantBroker:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"), ["hd-01", "hd-02", "scada"])
+    return make_pki(tmp_path_factory.mktemp("pki"), ["hd-01", "hd-02", "scada-hd", "historian"])
 
 
 def shipped_config(broker_dir: pathlib.Path, pki: Pki, tls_port: int, password_port: int) -> str:
@@ -135,7 +136,7 @@ def outbox(tmp_path: pathlib.Path) -> Iterator[Outbox]:
 def test_station_publishes_with_its_certificate_and_cannot_write_into_another_station(
         plant: PlantBroker, outbox: Outbox) -> None:
     pki = plant.pki
-    consumer = Consumer(plant.tls_port, host="localhost", client_id="scada", tls=client_context(pki, "scada"))
+    consumer = Consumer(plant.tls_port, host="localhost", client_id="scada", tls=client_context(pki, "scada-hd"))
     cert, key = pki.clients["hd-01"]
     events = Events()
     session = MqttSession(outbox, station_settings(f"mqtts://localhost:{plant.tls_port}", ca_file=pki.ca,
@@ -206,7 +207,7 @@ def test_a_station_without_a_client_certificate_is_refused(plant: PlantBroker, o
 
 def test_user_name_and_password_over_tls(plant: PlantBroker, outbox: Outbox, tmp_path: pathlib.Path) -> None:
     pki = plant.pki
-    consumer = Consumer(plant.tls_port, host="localhost", client_id="scada", tls=client_context(pki, "scada"))
+    consumer = Consumer(plant.tls_port, host="localhost", client_id="scada", tls=client_context(pki, "scada-hd"))
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.write_text("right-password\n")
     bad.write_text("wrong-password\n")
@@ -289,8 +290,10 @@ class Held:
 
 def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: PlantBroker, outbox: Outbox,
                                                                          tmp_path: pathlib.Path) -> None:
-    """scada cannot send a reset as service-laptop: mosquitto refuses it (PUBACK 0x87, never delivered);
-    its own cmd/scada/hold reaches the station, which authorises it by that level."""
+    """scada-hd cannot send a reset as service-laptop, nor under its own name (its role, operator, may not
+    reset: the shipped ACL limits the verbs), and the historian (viewer) cannot send anything: mosquitto
+    refuses them (PUBACK 0x87, never delivered). Its own cmd/scada-hd/hold reaches the station, which
+    authorises it by that level."""
     pki = plant.pki
     topics = StationTopics(SITE, "hd-01")
     cert, key = pki.clients["hd-01"]
@@ -301,7 +304,12 @@ def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: P
     publishes = Publishes()
     online = threading.Event()
     scada = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada-cmd", protocol=MQTTProtocolVersion.MQTTv5)
-    scada.tls_set_context(client_context(pki, "scada"))
+    scada.tls_set_context(client_context(pki, "scada-hd"))
+    viewer = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="historian-cmd", protocol=MQTTProtocolVersion.MQTTv5)
+    viewer.tls_set_context(client_context(pki, "historian"))
+    viewer.on_publish = publishes
+    viewer.connect("localhost", plant.tls_port)
+    viewer.loop_start()
     scada.on_publish = publishes
     scada.on_message = lambda _c, _u, m: online.set() if b'"online"' in m.payload else None
     scada.on_connect = lambda c, _u, _f, _r, _p: c.subscribe(topics.status, qos=1)
@@ -314,24 +322,50 @@ def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: P
         assert online.wait(SAFETY_S), "the station's birth never arrived"
         now = rfc3339_ms(time.time_ns())
 
-        def send(identity: str, verb: str) -> int:
+        def send(identity: str, verb: str, client: mqtt.Client = scada) -> int:
             doc = {"schema": f"{SCHEMA_BASE}cmd-{verb}.json", "command_id": str(uuid.uuid4()), "issued_at": now,
                    "issuer": identity, "args": {}}
-            return publishes.wait(scada.publish(topics.cmd(verb, identity), json.dumps(doc), qos=1).mid)
+            return publishes.wait(client.publish(topics.cmd(verb, identity), json.dumps(doc), qos=1).mid)
 
         assert send("service-laptop", "reset") == 0x87       # not authorised: the broker drops it
-        assert send("scada", "hold") == 0x00
+        assert send("scada-hd", "reset") == 0x87             # its own name, but not a verb of its role
+        assert send("historian", "hold", viewer) == 0x87     # a viewer may send nothing
+        assert send("scada-hd", "hold") == 0x00
         got = arrived.get(timeout=SAFETY_S)
-        assert got.topic == topics.cmd("hold", "scada")      # the first to arrive: the reset never did
+        assert got.topic == topics.cmd("hold", "scada-hd")   # the first to arrive: the others never did
         target = Held()
-        settings = CommandSettings(roles={"scada": frozenset({"operator"}),
+        settings = CommandSettings(roles={"scada-hd": frozenset({"operator"}),
                                           "service-laptop": frozenset({"maintenance"})})
         with CommandLedger(tmp_path / "commands.db") as ledger:
             out = CommandHandler(topics=topics, settings=settings, operator=Operator(target, allow_remote_reset=True),
                                  ledger=ledger).handle_many([got], 1.0)[0]
-        assert out.accepted and out.event.body["issuer"] == "scada" and target.reasons == ["held by scada"]
+        assert out.accepted and out.event.body["issuer"] == "scada-hd" and target.reasons == ["held by scada-hd"]
         assert arrived.empty()
     finally:
-        scada.disconnect()
-        scada.loop_stop()
+        for c in (scada, viewer):
+            c.disconnect()
+            c.loop_stop()
         session.stop(0)
+
+
+SHIPPED_STATIONS = ("hd_reactor_sim.toml", "hd-02.toml", "sintering_furnace_sim.toml")
+
+
+def test_the_shipped_acl_is_what_reedge_station_acl_writes_for_the_shipped_stations(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """So the ACL a plant deploys and the roles its station files give cannot drift apart (regenerate it with
+    the command in deploy/mosquitto/README.md)."""
+    assert main(["station", "acl", *(str(ROOT / "stations" / f) for f in SHIPPED_STATIONS)]) == 0
+    assert capsys.readouterr().out == (DEPLOY / "acl").read_text()
+
+
+def test_reedge_station_acl_refuses_stations_of_two_sites(tmp_path: pathlib.Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other.toml"
+    text = (ROOT / "stations" / "hd-02.toml").read_text()
+    other.write_text(text.replace('site = "pilot-line"', 'site = "other-line"', 1))
+    assert main(["station", "acl", str(ROOT / "stations" / "hd_reactor_sim.toml"), str(other)]) == 2
+    err = capsys.readouterr()
+    assert err.out == "" and "several sites (other-line, pilot-line): one broker, and one ACL, per site" in err.err
+    assert main(["station", "acl", *(str(ROOT / "stations" / "hd-02.toml"),) * 2]) == 2
+    assert "station id hd-02 given twice" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``reedge station check``: validate a station file and say which layers of defence it has.
+"""``reedge station check``: validate a station file and say which layers of defence it has; ``reedge station acl``:
+the broker's ACL for a site's stations (``edge.telemetry.access.site_acl``).
 
 The loader (``edge.spec.station``) refuses a file that is wrong; this command also says what a valid
 file lacks, as the short table a safety engineer reads (``edge.spec.station.layers``), plus what this
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass, replace
 
 from edge.spec.station import Station, load_station
 from edge.spec.station.layers import Layer, safety_layers
+from edge.telemetry.access import AclError, site_acl
+from edge.telemetry.topics import StationTopics, TopicError
 
 CAP_IPC_LOCK = 14   # linux/capability.h: mlock beyond RLIMIT_MEMLOCK
 CAP_SYS_NICE = 23   # linux/capability.h: SCHED_FIFO beyond RLIMIT_RTPRIO
@@ -189,10 +192,33 @@ def cmd_station_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_station_acl(args: argparse.Namespace) -> int:
+    """Print the mosquitto ACL of the given stations (one site); exit 2 with one line on stderr if they cannot
+    share one (a station file that is refused: every problem on stderr, by ``main``)."""
+    stations = []
+    for file in args.files:
+        station = load_station(pathlib.Path(file))
+        mqtt = station.mqtt
+        identity = mqtt.username if mqtt is not None and mqtt.username else None   # else the CN: its station id
+        stations.append((station.commands, StationTopics(station.identity.site, station.identity.station_id),
+                         identity))
+    try:
+        text = site_acl(stations)
+    except (AclError, TopicError) as e:
+        print(f"reedge station acl: {e}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
+
+
 def register(ssub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``station check FILE [--json] [--strict]``."""
+    """``station check FILE [--json] [--strict]``, ``station acl FILE...``."""
     c = ssub.add_parser("check", help="validate a station file, summarise its interlocks and its layers of defence")
     c.add_argument("file")
     c.add_argument("--json", action="store_true", help="the summary and the layers as JSON")
     c.add_argument("--strict", action="store_true", help="exit 1 when a layer of defence is missing or weak")
     c.set_defaults(func=cmd_station_check)
+    c = ssub.add_parser("acl", help="print the broker's ACL (mosquitto acl_file) for the stations of one site: each"
+                                    " identity may send only the verbs of its roles (deploy/mosquitto/README.md)")
+    c.add_argument("files", nargs="+", metavar="STATION", help="station files, all of one site")
+    c.set_defaults(func=cmd_station_acl)

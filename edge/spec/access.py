@@ -29,6 +29,8 @@ _LIMITS: tuple[tuple[str, int, int, int, str], ...] = (
     ("max_age_s", 60, 1, 3600, "seconds a command may be old when it arrives"),
     ("max_future_s", 5, 0, 300, "seconds a command's issued_at may be ahead of the station clock"),
     ("max_payload_bytes", 16384, 256, 1 << 20, "bytes a command payload may have"),
+    ("burst", 20, 1, 1000, "commands one identity may send at once"),
+    ("rate_per_minute", 120, 1, 60_000, "commands one identity may send per minute, sustained"),
 )
 
 
@@ -40,6 +42,10 @@ class CommandSettings:
     max_age_s: int = 60
     max_future_s: int = 5
     max_payload_bytes: int = 16384
+    # the rate limit per identity (a token bucket; edge.telemetry.intake): a SCADA sends a few commands a
+    # minute, a handful at once when an operator acknowledges alarms; beyond that is a script gone wrong
+    burst: int = 20
+    rate_per_minute: int = 120
 
     @property
     def remember_s(self) -> int:

@@ -15,12 +15,14 @@ roles; it gets the union. An identity not listed may do nothing.
 **Where the identity comes from.** MQTT does not tell a subscriber who published a message, so
 the broker says it in the topic: a command goes to ``reedge/v1/{site}/{station}/cmd/{identity}/{verb}``
 and the broker's ACL lets each identity write only its own level
-(``pattern write reedge/v1/<site>/+/cmd/%u/+``, ``deploy/mosquitto/acl``). The station takes the
+(``topic write reedge/v1/<site>/<station>/cmd/<identity>/<verb>``, ``deploy/mosquitto/acl``). The station takes the
 identity from that level and looks it up in this table; the payload's ``issuer`` is only a
 cross-check (a command whose ``issuer`` names someone else is rejected). So ``scada`` cannot send
-a reset as ``service-laptop``, whatever it writes in the payload. ``broker_acl`` writes stricter
-per-station lines from this same table (each identity only the verbs of its roles), for a broker
-that should enforce the verbs as well.
+a reset as ``service-laptop``, whatever it writes in the payload. ``site_acl`` (``reedge station acl
+STATION...``) writes the broker's ACL from this same table, per station: each identity may write only
+the verbs of its roles, so a viewer's command never reaches the station at all (a flood of them costs
+the station nothing), and each listed identity reads only the stations that list it.
+``deploy/mosquitto/acl`` is its output for the shipped stations (a test keeps them equal).
 
 Example::
 
@@ -33,9 +35,13 @@ Example::
     max_age_s = 60            # a command issued longer ago is rejected (stale)
     max_future_s = 5          # ... or issued this far in the future (clock skew allowance)
     max_payload_bytes = 16384 # a larger payload is rejected before it is parsed
+    burst = 20                # commands one identity may send at once (more: busy, the rate limit)
+    rate_per_minute = 120     # ... and per minute, sustained (edge.telemetry.intake)
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from edge.spec.access import ROLE_VERBS, CommandSettings
 from edge.telemetry.topics import STREAMS, VERBS, StationTopics, check_identity
@@ -67,3 +73,42 @@ def broker_acl(settings: CommandSettings, topics: StationTopics, station_identit
                      if verb in settings.verbs_for(identity))
         lines.append("")
     return "\n".join(lines)
+
+
+class AclError(ValueError):
+    """The stations cannot share one ACL (another site, a station id twice)."""
+
+
+def site_acl(stations: Sequence[tuple[CommandSettings, StationTopics, str | None]]) -> str:
+    """One mosquitto ACL file for the stations of one site (``(settings, topics, station_identity)`` each, as
+    ``broker_acl`` takes them): each user's lines from every station gathered under one ``user`` line.
+    AclError if the stations are of several sites or one station id comes twice; TopicError for a name that
+    cannot be an ACL line."""
+    if not stations:
+        raise AclError("no station: the ACL is written from the station files")
+    sites = sorted({topics.site for _, topics, _ in stations})
+    if len(sites) > 1:
+        raise AclError(f"the stations are of several sites ({', '.join(sites)}): one broker, and one ACL, per site")
+    ids = [topics.station for _, topics, _ in stations]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise AclError(f"station id {', '.join(twice)} given twice")
+    users: dict[str, list[str]] = {}
+    for settings, topics, identity in sorted(stations, key=lambda s: s[1].station):
+        user: str | None = None
+        for line in broker_acl(settings, topics, identity).splitlines():
+            if line.startswith("user "):
+                user = line.removeprefix("user ")
+                users.setdefault(user, [])
+            elif line.startswith("topic ") and user is not None:
+                users[user].append(line)
+    head = [f"# reedge broker ACL of site {sites[0]} (mosquitto acl_file), written by `reedge station acl` from the",
+            f"# [mqtt.roles] of stations {', '.join(sorted(ids))}. Do not edit: write it again when roles or",
+            "# stations change (deploy/mosquitto/README.md). A station may publish only its own streams and",
+            "# replies and read its commands; each identity may read the stations that list it and write only",
+            "# cmd/<itself>/<verb> for the verbs its roles allow there. Clients not listed may do nothing.",
+            ""]
+    body: list[str] = []
+    for user in sorted(users):
+        body.extend([f"user {user}", *users[user], ""])
+    return "\n".join(head + body)

@@ -41,7 +41,8 @@ fails answers ``rejected`` with its code (``mqtt_schemas/reply.json``); nothing 
 ``handle`` never raises: anything unexpected is answered ``error`` with its reason, so a
 command can never stop the controller. ``handle_many`` (what the publisher calls once per
 scan) handles a list within a time budget and answers the rest ``busy`` without reading or
-executing them; they may be sent again with the same command id.
+executing them; they may be sent again with the same command id. ``busy`` always means "not
+executed: send it again" (the rate limit and a full intake answer it too, ``edge.telemetry.intake``).
 
 **At most once.** Command ids are kept in a small SQLite file (``CommandLedger``, beside the
 run state) for ``remember_s``, with a digest of sender, verb and payload. Before a command
@@ -59,7 +60,12 @@ topics the broker lets the station write, so a reply is never refused and stuck 
 A rejected or unauthorised command never chooses where the station writes. The body always
 carries the command id, and the MQTT 5 correlation data (base64) so the session can set the
 property. Each answer also yields an audit event (who asked what, and the answer) for the
-``event`` stream.
+``event`` stream, put before its reply. One deliberate exception: commands the publisher's intake
+turns away in a flood (``busy`` from ``busy``, never read further than their id) share audit
+events: at most one per sender and reason every ``BUSY_AUDIT_S`` (10 s), each with the count of
+busy answers since the previous one and the first and last command ids (``data``), the first of a
+streak before its first reply (``edge.telemetry.publisher``): 3,000 events for one flood would
+bury the station's own events; the replies are each still there.
 
 This module is only the transport: what a verb does and when it is refused is decided by
 ``edge.operator`` (``Operator.execute``), which stdin commands go through as well.
@@ -437,18 +443,17 @@ class CommandHandler:
 
     def _busy(self, c: ReceivedCommand) -> Outcome:
         """The answer to a command the scan had no time for: read only as far as its id, never executed."""
-        d = _Draft(c.correlation_data if c.correlation_data is None or len(c.correlation_data) <= MAX_CORRELATION
-                   else None)
-        try:
-            if self._read_topic(d, c.topic) is None:
-                payload = bytes(c.payload)
-                if len(payload) <= self.settings.max_payload_bytes and not json_too_deep(payload):
-                    doc = json.loads(payload.decode("utf-8"))
-                    d.command_id = _command_id(doc) if isinstance(doc, dict) else None
-        except Exception:   # no id to name: the answer goes to the station's reply topic anyway
-            pass
-        return self._answer(d, "busy", "the station had no time left for commands in this scan: not executed;"
-                                       " send it again (the same command id is fine)")
+        return self.busy(c.topic, peek_command_id(bytes(c.payload), self.settings.max_payload_bytes),
+                         c.correlation_data, "the station had no time left for commands in this scan")
+
+    def busy(self, topic: str, command_id: str | None, correlation: bytes | None, why: str) -> Outcome:
+        """``busy`` for a command not executed and not read further than its id (``why``: the reason), to the
+        station's own reply topic; it may be sent again with the same command id."""
+        d = _Draft(correlation if correlation is None or len(correlation) <= MAX_CORRELATION else None)
+        with contextlib.suppress(Exception):   # no verb to name: the answer goes to the station's reply topic anyway
+            self._read_topic(d, topic)
+        d.command_id = command_id
+        return self._answer(d, "busy", f"{why}: not executed; send it again (the same command id is fine)")
 
     def _maybe_prune(self) -> None:
         """Forget old ids, at most every PRUNE_EVERY_S (on every path: rejections add ids too)."""
@@ -499,6 +504,18 @@ class CommandHandler:
 def command_digest(identity: str, verb: str, payload: bytes) -> str:
     """What the ledger compares a replay by: the same id from another sender or for another verb is not a replay."""
     return hashlib.sha256(b"\0".join((identity.encode(), verb.encode(), payload))).hexdigest()
+
+
+def peek_command_id(payload: bytes, max_bytes: int) -> str | None:
+    """The command id of a payload of at most ``max_bytes`` that is JSON not nested too deep, else None; never
+    raises (for answering a command that will not be read further)."""
+    try:
+        if len(payload) <= max_bytes and not json_too_deep(payload):
+            doc = json.loads(payload.decode("utf-8"))
+            return _command_id(doc) if isinstance(doc, dict) else None
+    except Exception:
+        pass
+    return None
 
 
 def _command_id(doc: dict[str, Any]) -> str | None:

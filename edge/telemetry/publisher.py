@@ -4,7 +4,14 @@
 ``scan(ctl)`` right after every ``ctl.step()``, on the controller's thread. A scan, in order:
 
 1. **Commands** that arrived since the last scan are executed here, on this thread: paho's
-   thread only queues them (``_on_command``), so a command never races the scan it changes.
+   thread only sorts them into the intake (``_on_command``, ``edge.telemetry.intake``), so a
+   command never races the scan it changes. Up to ``MAX_COMMANDS_PER_SCAN``, those the sender's
+   roles allow first, within ``COMMAND_BUDGET_S``. Commands the intake turns away (over the
+   sender's rate limit, or finding the queue full: a flood) are answered ``busy`` and acknowledged
+   by the publisher's answering thread, in groups (one outbox transaction each), never by the scan:
+   at any inbound rate every command is answered, and the broker, which sends a station only so
+   many unacknowledged commands, can go on delivering those queued behind a flood. Their audit
+   events are counts, at most one per sender every ``BUSY_AUDIT_S`` (``_busy_events``).
    ``CommandHandler`` checks, authorises and answers each one; its audit event and then its reply
    are put with this scan's messages (in that order: a reply is never out before its audit event,
    even when a stop's flush runs out of time between the two), and only once they are stored is the
@@ -39,9 +46,11 @@ period). Otherwise the retained state would change at every scan. The telemetry 
 each output's sampled level per window.
 
 **Stopping** (``stop``): from then on no command is executed. The commands still queued, and
-any that arrive during the flush (answered at once on the network thread), are answered
-``refused`` ("station stopping": the ledger keeps that answer for the id, so the sender uses a
-new id once the station is back) and acknowledged once the answer is stored. Then everything
+any that arrive during the flush (answered by the answering thread, in groups: the network thread
+only sorts them, and keeps flushing), are answered ``refused`` ("station stopping": the ledger
+keeps that answer for the id, so the sender uses a new id once the station is back) and
+acknowledged once the answer is stored; what is still unanswered when the session has stopped
+stays unacknowledged, and the broker delivers it at the next start. Then everything
 left is put: events, batch records, state (with ``ctl``), the sample ring and the open
 telemetry window (always), and the session flushes. ``stop`` blocks for the flush: the caller
 must have stopped the core first (``reedge run`` does), or the dead-man trips and latches.
@@ -61,10 +70,10 @@ import contextlib
 import json
 import math
 import pathlib
-import queue
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -84,16 +93,18 @@ from edge.telemetry.commands import (
 )
 from edge.telemetry.envelope import previous_boot
 from edge.telemetry.events import command_event, process_event
+from edge.telemetry.intake import MAX_TURNED_WAITING, MAX_WAITING, Intake, Reason, Turned, Waiting
 from edge.telemetry.outbox import DEFAULT_QUOTA, Draft, InvalidMessage, Outbox, OutboxError, Priority
 from edge.telemetry.session import Ack, MqttSession, SessionEvent, StopResult
 from edge.telemetry.state import StateTracker, controller_state
 from edge.telemetry.topics import STREAMS, StationTopics
 
 DEFAULT_FLUSH_S = 5.0
-MAX_COMMANDS_WAITING = 1000     # commands queued by paho's thread for the scan
 MAX_COMMANDS_PER_SCAN = 50      # the rest wait for the next scan: a flood must not stretch a scan
 COMMAND_BUDGET_S = 0.05         # and past this much of a scan the rest are answered "busy" (not executed)
 MAX_RETAINED_DRAFTS = 20_000    # messages kept in memory while the disk refuses puts
+GROUP_LINGER_S = 0.002          # the answering thread waits this long for the rest of a burst: fewer, fuller groups
+BUSY_AUDIT_S = 10.0             # at most one audit event per sender this often for the busy answers of a flood
 OUTBOX_FILE = "outbox.db"
 LEDGER_FILE = "commands.db"
 RECORDS_FILE = "batch-records.json"
@@ -113,15 +124,6 @@ class PublisherSettings:
     quota_bytes: int = DEFAULT_QUOTA
 
 
-@dataclass(frozen=True)
-class _Command:
-    topic: str
-    payload: bytes
-    response_topic: str | None
-    correlation_data: bytes | None
-    ack: Ack          # to the broker, once the answer is stored
-
-
 @dataclass
 class PublisherCounters:
     """What the publisher put, for the exit line and tests."""
@@ -139,6 +141,7 @@ class PublisherCounters:
     overflowed: int = 0               # other messages not accepted while the disk refused puts (reported)
     unstored: int = 0                 # messages the disk still refused at stop (reported)
     refused_stopping: int = 0         # commands answered "station stopping" at stop
+    turned_away: int = 0              # commands answered busy at intake (rate limit, full queue), not read
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -174,14 +177,16 @@ class Publisher:
             self._watchdog = ctl.station.core.watchdog_output
             # burst outputs: name -> safe level (energised is the other one)
             self._burst = {o.name: int(o.safe_level) for o in ctl.station.core.outputs if o.duty_cycle_ms}
-            self._inbox: queue.Queue[_Command] = queue.Queue(MAX_COMMANDS_WAITING)
-            self._overflow = 0
-            self._lock = threading.Lock()       # the inbox vs. stopping, the overflow count, the counters
+            self.intake = Intake(ctl.station.commands)
+            self._lock = threading.Lock()       # the counters, the handoff (scan, network and answering threads)
             self._closing = False               # stop() began: commands are answered, never executed
             self._events_seen = 0
             self._telemetry: list[dict[str, Any]] = []      # windows closed by pump(), put at the next scan
             self._retry: list[Draft] = []                   # drafts the disk refused, put again next scan
             self._acks: list[Ack] = []                      # commands whose answers wait to be stored
+            self._tallies: dict[tuple[str | None, Reason], _BusyTally] = {}   # busy answers not in an event yet
+            self._handoff: list[tuple[list[Draft], list[Ack]]] = []   # busy answers the disk refused (scan retries)
+            self._answerer = threading.Thread(target=self._answer_turned, name="reedge-busy-answers", daemon=True)
             self._failing = False
             self._stopped: StopResult | None = None
             self.session.subscribe_acked(self.topics.cmd_filter, 1, self._on_command)
@@ -196,6 +201,7 @@ class Publisher:
     def start(self) -> Publisher:
         """Connect in the background: messages wait in the outbox until a broker takes them."""
         self.session.start()
+        self._answerer.start()
         return self
 
     def stop(self, ctl: Controller | None = None, flush_timeout_s: float = DEFAULT_FLUSH_S) -> StopResult:
@@ -206,9 +212,13 @@ class Publisher:
         if self._stopped is not None:
             return self._stopped
         with self._lock:
-            self._closing = True             # from now on _on_command answers at once, refusing
-            self.handler.operator.close(STOPPING)
-        drafts = [d for o in self._run_commands(MAX_COMMANDS_WAITING, math.inf) for d in self._answer(o)]
+            self._closing = True
+            self.handler.operator.close(STOPPING)     # from now on every command is answered, refused
+        self.intake.stopping()                        # commands arriving during the flush: the answering thread
+        drafts = self._handed_back()
+        drafts.extend(d for o in self._run_commands(2 * MAX_WAITING, math.inf) for d in self._answer(o))
+        drafts.extend(self._turned_drafts(MAX_TURNED_WAITING + 1))
+        drafts.extend(self._busy_events(every=True))
         refused = self.counters.refused_stopping
         if refused:
             self._say(f"telemetry: {refused} command(s) still waiting were answered \"{STOPPING}\"")
@@ -229,6 +239,9 @@ class Publisher:
         try:
             self._stopped = self.session.stop(flush_timeout_s)
         finally:
+            self.intake.close()
+            if self._answerer.is_alive():
+                self._answerer.join()
             if self.session.network_thread_alive:   # never close the files under a thread that still uses them
                 self._say("telemetry: the MQTT network thread did not stop; the outbox and the command ledger"
                           " are left open (the process exit closes them)")
@@ -247,8 +260,9 @@ class Publisher:
         """One scan's messages, put in one transaction; returns the commands answered in it."""
         if self._closing:
             raise RuntimeError("Publisher.scan after stop(): commands are no longer executed")
+        drafts = self._handed_back()
         outcomes = self._run_commands(MAX_COMMANDS_PER_SCAN)
-        drafts = [d for o in outcomes for d in self._answer(o)]
+        drafts.extend(d for o in outcomes for d in self._answer(o))
         drafts.extend(self._collect(ctl))
         self._put(drafts)
         return outcomes
@@ -258,9 +272,9 @@ class Publisher:
         self._events_seen = max(0, self._events_seen - n)
 
     def _collect(self, ctl: Controller) -> list[Draft]:
-        drafts = self._overflow_report()
         events = ctl.events[self._events_seen:]
         self._events_seen = len(ctl.events)
+        drafts = self._busy_events()
         drafts.extend(self._event_draft(e) for e in events)
         drafts.extend(self._batch_drafts())
         drafts.extend(self._windows())
@@ -273,54 +287,145 @@ class Publisher:
     # ---- commands (queued by paho's thread, executed on the scan's) -----------------------------
 
     def _on_command(self, message: mqtt.MQTTMessage, ack: Ack) -> None:
+        """Network thread: sort the command into the intake (``edge.telemetry.intake``); never executes it."""
         props = getattr(message, "properties", None)
         response = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        cmd = _Command(message.topic, bytes(message.payload), response,
-                       bytes(correlation) if correlation is not None else None, ack)
-        with self._lock:
-            if not self._closing:
-                try:
-                    self._inbox.put_nowait(cmd)
-                except queue.Full:    # not acknowledged: the broker sends it again on the next connection
-                    self._overflow += 1
-                return
-        self._refuse_now(cmd)
-
-    def _refuse_now(self, cmd: _Command) -> None:
-        """Stopping: a command that arrives now is answered here (network thread), stored, acknowledged."""
-        try:
-            outcome = self._handle(cmd)
-            self.outbox.put_many(self._answer(outcome))
-        except (OutboxError, OSError) as e:   # not acknowledged: the broker sends it again next time
-            self._say(f"telemetry: a command arriving while stopping could not be answered: {e}")
+        cmd = Waiting(message.topic, bytes(message.payload), response,
+                      bytes(correlation) if correlation is not None else None, ack)
+        if self.intake.offer(cmd):
             return
-        self.session.put_many([])     # wakes the network thread for the reply
-        cmd.ack()
+        # the turned-away backlog is full (a flood faster than the answering thread): answer it here, in one
+        # transaction, and offer again
+        self._answer_turned_now()
+        if not self.intake.offer(cmd):     # not acknowledged: the broker sends it again on the next connection
+            self._say("telemetry: a command could not be taken in a flood; the broker sends it again")
 
-    def _handle(self, cmd: _Command) -> Outcome:
-        outcome = self.handler.handle(cmd.topic, cmd.payload, response_topic=cmd.response_topic,
-                                      correlation_data=cmd.correlation_data)
-        if outcome.reply.get("message") == STOPPING:
-            with self._lock:
-                self.counters.refused_stopping += 1
-        return outcome
-
-    def _run_commands(self, limit: int, budget_s: float = COMMAND_BUDGET_S) -> list[Outcome]:
-        """Up to ``limit`` waiting commands within ``budget_s`` of the scan (the rest answered busy, not run)."""
-        cmds: list[_Command] = []
-        for _ in range(limit):
+    def _answer_turned(self) -> None:
+        """The answering thread (``edge.telemetry.intake``): busy answers in groups, one transaction each, and
+        once the station stops, the refusals of the commands that still arrive."""
+        while self.intake.wait_work():
+            time.sleep(GROUP_LINGER_S)
             try:
-                cmds.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
+                self._answer_turned_now()
+                if self._closing:
+                    acks: list[Ack] = []
+                    drafts = [d for o in self._run_commands(MAX_WAITING, math.inf, acks) for d in self._answer(o)]
+                    self._store_now(drafts, acks)
+            except Exception as e:    # a bug must not end the thread: the next commands would wait unanswered
+                self._say(f"telemetry: answering commands failed ({e!r}); they stay unacknowledged")
+
+    def _handed_back(self) -> list[Draft]:
+        """The answers the answering thread could not store, for this put (their acks after it)."""
+        with self._lock:
+            handoff, self._handoff = self._handoff, []
+        drafts: list[Draft] = []
+        for kept, acks in handoff:
+            drafts.extend(kept)
+            self._acks.extend(acks)
+        return drafts
+
+    def _answer_turned_now(self) -> None:
+        """Every command turned away so far answered ``busy`` in one transaction, then acknowledged."""
+        acks: list[Ack] = []
+        drafts = self._turned_drafts(MAX_TURNED_WAITING + 1, acks)
+        self._store_now(drafts, acks)
+
+    def _store_now(self, drafts: list[Draft], acks: list[Ack]) -> None:
+        """Off the scan: store, wake the session, acknowledge; if the disk refuses, the answers go to the scan,
+        which keeps them with its own until the disk takes them."""
+        if not acks:
+            return
+        try:
+            self.outbox.put_many(drafts)
+        except (OutboxError, OSError):
+            with self._lock:
+                self._handoff.append((drafts, acks))
+            return
+        self.session.put_many([])
+        for ack in acks:
+            ack()
+
+    def _run_commands(self, limit: int, budget_s: float = COMMAND_BUDGET_S,
+                      acks: list[Ack] | None = None) -> list[Outcome]:
+        """Up to ``limit`` waiting commands within ``budget_s`` of the scan (the rest answered busy, not run)."""
+        cmds = self.intake.take(limit)
         outcomes = self.handler.handle_many(cmds, budget_s) if cmds else []
         for cmd, outcome in zip(cmds, outcomes, strict=True):
             if outcome.reply.get("message") == STOPPING:
                 with self._lock:
                     self.counters.refused_stopping += 1
-            self._acks.append(cmd.ack)      # once this scan's put stored the answer
+            (self._acks if acks is None else acks).append(cmd.ack)   # once the answer is stored
         return outcomes
+
+    def _turned_drafts(self, limit: int, acks: list[Ack] | None = None) -> list[Draft]:
+        """``busy`` replies to up to ``limit`` commands turned away at intake, each sender's after an audit event
+        if its last one is ``BUSY_AUDIT_S`` old (``_busy_events``). Their acks go to ``acks`` (by default: after
+        this scan's put)."""
+        turned = self.intake.take_turned(limit)
+        if not turned:
+            return []
+        groups: dict[tuple[str | None, Reason], list[Turned]] = {}
+        for t in turned:
+            groups.setdefault((t.identity, t.reason), []).append(t)
+        drafts: list[Draft] = []
+        spec = STREAMS["reply"]
+        for key, items in groups.items():
+            drafts.extend(self._busy_events(key, items))
+            why = self._why(key[1])
+            for t in items:
+                out = self.handler.busy(t.topic, t.command_id, t.correlation_data, why)
+                if out.reply_topic is not None:    # None: an unknown verb, which has no reply topic
+                    drafts.append(Draft("reply", out.reply_topic, out.reply, Priority.EVENT, spec.qos, spec.retain))
+        (self._acks if acks is None else acks).extend(t.ack for t in turned)
+        with self._lock:
+            self.counters.replies += len(turned)
+            self.counters.turned_away += len(turned)
+        return drafts
+
+    def _busy_events(self, key: tuple[str | None, Reason] | None = None, items: Sequence[Turned] = (), *,
+                     every: bool = False) -> list[Draft]:
+        """The audit events of busy answers given at intake: NOT one per command (a flood of 3,000 would bury the
+        station's own events), but one per sender and reason at most every ``BUSY_AUDIT_S``, each counting the
+        busy answers since the previous one (``data``: count, first and last command ids). With ``key``: the
+        commands ``items`` about to be answered are counted, and if the sender's last event is that old, an
+        event is due now, before their replies (so the first busy reply of a streak always follows its audit
+        event). Without: the events the scan owes (counts older than ``BUSY_AUDIT_S``; ``every``: all, at stop)."""
+        now = time.monotonic()
+        due: list[tuple[tuple[str | None, Reason], _BusyTally]] = []
+        with self._lock:
+            if key is not None:
+                ids = [t.command_id for t in items if t.command_id is not None]
+                tally = self._tallies.setdefault(key, _BusyTally(now - BUSY_AUDIT_S))
+                tally.count += len(items)
+                tally.first = tally.first or (ids[0] if ids else None)
+                tally.last = ids[-1] if ids else tally.last
+                if now - tally.at >= BUSY_AUDIT_S:
+                    due.append((key, tally))
+            else:
+                for k, tally in list(self._tallies.items()):
+                    if tally.count and (every or now - tally.at >= BUSY_AUDIT_S):
+                        due.append((k, tally))
+                    elif not tally.count and now - tally.at >= BUSY_AUDIT_S:
+                        del self._tallies[k]       # a sender quiet that long: forgotten (bounded memory)
+            out: list[Draft] = []
+            for (identity, reason), tally in due:
+                ev = command_event(verb=None, command_id=None, issuer=identity or "", result="rejected", code="busy",
+                                   message=f"{tally.count} command(s) answered busy without being read:"
+                                           f" {self._why(reason)}")
+                ev.body["data"] = {"count": tally.count, "reason": reason, "first_command_id": tally.first,
+                                   "last_command_id": tally.last}
+                out.append(self._draft("event", ev.body, ev.priority))
+                self._tallies[(identity, reason)] = _BusyTally(now)
+            self.counters.events += len(out)
+        return out
+
+    def _why(self, reason: Reason) -> str:
+        if reason == "rate":
+            s = self.handler.settings
+            return (f"over the rate limit of this sender ({s.burst} commands at once, {s.rate_per_minute} a minute;"
+                    " [mqtt.commands] burst, rate_per_minute)")
+        return "too many commands waiting (a command flood?)"
 
     def _answer(self, outcome: Outcome) -> list[Draft]:
         """The audit event, then the reply: the outbox sends in this order, so a reply that is out has its audit
@@ -334,17 +439,6 @@ class Publisher:
                 out.append(Draft("reply", outcome.reply_topic, outcome.reply, Priority.EVENT, spec.qos, spec.retain))
                 self.counters.replies += 1
         return out
-
-    def _overflow_report(self) -> list[Draft]:
-        with self._lock:
-            n, self._overflow = self._overflow, 0
-        if not n:
-            return []
-        ev = command_event(verb=None, command_id=None, issuer="", result="rejected", code="refused",
-                           message=f"{n} command(s) not read yet: more than {MAX_COMMANDS_WAITING} were waiting"
-                                   " (a command flood?); the broker sends them again on the next connection")
-        self.counters.events += 1
-        return [self._draft("event", ev.body, ev.priority)]
 
     # ---- events, batch records, telemetry, state ---------------------------------------------------
 
@@ -482,6 +576,16 @@ class Publisher:
     def _say(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             print(text, file=self.log, flush=True)
+
+
+@dataclass
+class _BusyTally:
+    """Busy answers given at intake to one sender for one reason since ``at`` (its last audit event)."""
+
+    at: float
+    count: int = 0
+    first: str | None = None
+    last: str | None = None
 
 
 class _BatchRecords:

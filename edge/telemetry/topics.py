@@ -18,7 +18,7 @@ Every topic of a station lives under one root::
 **Who sent a command is a topic level.** MQTT does not tell a subscriber who published a message,
 but the broker's ACL can: each identity (the username, or the client certificate's CN with
 mosquitto's ``use_identity_as_username``) may write only ``.../cmd/{its own name}/+``
-(``pattern write reedge/v1/<site>/+/cmd/%u/+``, ``deploy/mosquitto/acl``). So the ``{identity}``
+(``deploy/mosquitto/acl``, written by ``reedge station acl``). So the ``{identity}``
 level of a command that arrived is vouched for by the broker, and the station authorises by it,
 never by what the payload says (``edge.telemetry.commands``).
 
