@@ -195,6 +195,32 @@ def memory(tmp: pathlib.Path, quick: bool) -> Figure:
                   baseline_value=rss["empty"]["rss_kb"] / 1024, higher_is_better=False, limit=0.7)
 
 
+def pending_cost(tmp: pathlib.Path, quick: bool) -> Figure:
+    """``pending(20)`` (a send window) on the 1,000,000-message backlog ``memory`` left: every other
+    message first, then telemetry, one index range per priority; against the one global-order query
+    it replaced (``ORDER BY id``), on the same connection. Measured with the others still pending and
+    with a window of 20 of them in flight (what the session leaves in flight), the worse of the two counts."""
+    path = tmp / "backlog.db"
+    n = 100_000 if quick else 1_000_000
+    with Outbox(path, quota_bytes=1 << 34) as ob:
+        old_sql = ("SELECT m.id, b.boot_id, m.stream, m.seq, m.topic, m.payload, m.priority, m.qos, m.retain,"
+                   " m.created_ns FROM messages m JOIN boots b ON b.n = m.boot ORDER BY m.id LIMIT 20")
+
+        def per_call(f: Callable[[], object], calls: int = 2_000) -> float:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f()
+            return (time.perf_counter() - t0) / calls * 1e6
+
+        base = per_call(lambda: ob._conn.execute(old_sql).fetchall())
+        value = per_call(lambda: ob.pending(20))
+        ob.mark_inflight(m.id for m in ob.pending(20))
+        value = max(value, per_call(lambda: ob.pending(20)))
+    return Figure(name=f"outbox pending(20) on a {n:,}-message backlog, others before telemetry (per call)",
+                  value=value, unit="us", baseline_name="the global-order query it replaced (ORDER BY id)",
+                  baseline_value=base, higher_is_better=False, value_limit=1000)
+
+
 def rss_probe(path: str) -> None:
     """Child process: open, look, send and ack 20,000 messages; print VmRSS/VmHWM in kB as JSON."""
     with Outbox(path, quota_bytes=1 << 34) as ob:
@@ -213,7 +239,7 @@ def run(quick: bool = False) -> list[Figure]:
     """Throughput against a deque, replay rate, and memory with a large backlog (module docstring)."""
     with tempfile.TemporaryDirectory(prefix="reedge-bench-outbox-", dir=bench_dir()) as tmp_name:
         tmp = pathlib.Path(tmp_name)
-        return [*throughput(tmp, quick), replay(tmp, quick), memory(tmp, quick)]
+        return [*throughput(tmp, quick), replay(tmp, quick), memory(tmp, quick), pending_cost(tmp, quick)]
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from edge.spec.broker import (
 from edge.spec.reader import Problems, Table
 from edge.telemetry.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from edge.telemetry.envelope import parse
-from edge.telemetry.outbox import Outbox, Priority
+from edge.telemetry.outbox import Draft, Outbox, Priority
 from edge.telemetry.session import MqttSession, SessionError, SessionEvent, backoff_delay
 from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, TcpProxy, free_port, verify, wait_until
 
@@ -734,3 +734,68 @@ def test_run_broker_keeps_the_station_files_tls_and_login_and_names_the_file_on_
     with pytest.raises(RunError) as info:
         broker_settings(station, RunOptions(station=source, state_dir=tmp_path / "state", broker="mqtt://a.plant"))
     assert f"{source}: mqtt.ca_file: TLS files given but no broker is mqtts://" in str(info.value)
+
+
+# ---- send order after an outage, and the broker's Maximum Packet Size -------------------------------
+
+
+def test_after_an_hour_offline_a_trip_goes_before_the_telemetry_backlog(broker: Mosquitto, outbox: Outbox) -> None:
+    """An hour of 1 s telemetry windows waits in the outbox (put directly: no real hour), then a trip and a
+    state: when the station connects, the trip is in the first window, and every stream still arrives in order."""
+    consumer = Consumer(broker.port)
+    root = f"reedge/v1/{SITE}/{STATION}"
+    try:
+        hour = [Draft("telemetry", f"{root}/telemetry", {"w": i}, Priority.TELEMETRY) for i in range(3600)]
+        outbox.put_many(hour)
+        trip = outbox.put("event", f"{root}/event", {"kind": "trip"}, priority=Priority.ALARM)
+        state = outbox.put("state", f"{root}/state", {"phase": "tripped"}, priority=Priority.STATE, retain=True)
+        tail = outbox.put("telemetry", f"{root}/telemetry", {"w": 3600}, priority=Priority.TELEMETRY)
+        session = MqttSession(outbox, fast(broker.url), site=SITE, station=STATION)
+        started = time.monotonic()
+        session.start()
+        try:
+            assert consumer.wait_for({"event": trip.seq})
+            waited = time.monotonic() - started
+            arrived = list(consumer.received.keys)
+            first_trip = arrived.index(trip.key)
+            # the window is 7 (max_inflight 7): the trip and the state are sent first, before any telemetry
+            assert first_trip <= 1 and state.key in arrived[:2], arrived[:10]
+            print(f"trip after {waited:.2f} s (position {first_trip}) behind a backlog of {len(hour)} windows")
+            last = {"telemetry": tail.seq, "event": trip.seq, "state": state.seq}
+            assert session.wait_flushed(SAFETY_S) and consumer.wait_for(last)
+            verdict = consumer.verify(last)
+            assert verdict.problems == [], verdict
+        finally:
+            session.stop(0)
+    finally:
+        consumer.close()
+
+
+def test_a_message_over_the_brokers_maximum_packet_size_is_reported_once_never_sent(tmp_path: pathlib.Path,
+                                                                                   outbox: Outbox) -> None:
+    broker = Mosquitto(tmp_path / "broker", extra="max_packet_size 2000").start()
+    consumer = Consumer(broker.port)
+    events = Events()
+    session = MqttSession(outbox, fast(broker.url, protocol="5"), site=SITE, station=STATION, on_event=events)
+    try:
+        put = [session.put(s, {"i": i}) for i in range(5) for s in ("telemetry", "batch")]
+        big = session.put("batch", {"record": "x" * 3000})           # a batch record past the broker's limit
+        put += [session.put(s, {"i": i}) for i in range(5, 10) for s in ("telemetry", "batch")]
+        session.start()
+        assert consumer.wait_for({"event": 1, "telemetry": 10, "batch": big.seq + 5})
+        assert session.wait_flushed(SAFETY_S)
+        got = [k for k in consumer.received.keys]
+        assert big.key not in got
+        assert [k[2] for k in got if k[1] == "batch"] == [s for s in range(1, big.seq + 6) if s != big.seq]
+        others = [(k, p) for k, p in zip(got, consumer.received.payloads, strict=True) if k[1] != "batch"]
+        assert verify(others, {"telemetry": 10, "event": 1}).problems == []   # batch: the gap is the dropped one
+        reports = [json.loads(p)["body"] for p in consumer.received.payloads if json.loads(p)["body"].get("data")]
+        assert len(reports) == 1 and reports[0]["data"]["reason_code"] == 0x95, reports
+        assert (reports[0]["data"]["stream"], reports[0]["data"]["seq"]) == ("batch", big.seq)
+        stats = session.stats()
+        assert stats.dropped == 1 and stats.published == len(put) + 1       # + the report; the big one never
+        assert events.kinds().count("connected") == 1 and "disconnected" not in events.kinds()
+    finally:
+        session.stop(0)
+        consumer.close()
+        broker.close()

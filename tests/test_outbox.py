@@ -83,7 +83,7 @@ def drain(ob: Outbox) -> list[Message]:
 # ---- order and sequence numbers ---------------------------------------------------------------
 
 
-def test_put_numbers_each_stream_and_pending_keeps_insertion_order(tmp_path: pathlib.Path) -> None:
+def test_put_numbers_each_stream_and_pending_sends_other_messages_before_telemetry(tmp_path: pathlib.Path) -> None:
     with Outbox(tmp_path / "o.db", boot_id="boot-a") as ob:
         put = [ob.put("telemetry", TOPIC + "telemetry", sample(0), priority=Priority.TELEMETRY),
                ob.put("event", TOPIC + "event", {"kind": "door_opened"}, priority=Priority.EVENT),
@@ -93,8 +93,11 @@ def test_put_numbers_each_stream_and_pending_keeps_insertion_order(tmp_path: pat
         assert [(m.stream, m.seq) for m in put] == [("telemetry", 1), ("event", 1), ("telemetry", 2),
                                                     ("state", 1), ("telemetry", 3)]
         assert [m.id for m in put] == sorted(m.id for m in put)
-        assert ob.pending(10) == put
-        assert ob.pending(2) == put[:2]
+        first_others = [put[1], put[3], put[0], put[2], put[4]]    # each class in insertion order
+        assert ob.pending(10) == first_others
+        assert ob.pending(2) == first_others[:2]
+        ob.mark_inflight([put[1].id])
+        assert ob.pending(2) == [put[3], put[0]]
         assert put[1].payload == b'{"kind":"door_opened"}' and put[2].payload == b"raw bytes"
         assert put[3].retain and put[2].qos == 0 and put[0].qos == 1
         assert put[0].key == ("boot-a", "telemetry", 1)
@@ -589,3 +592,13 @@ if __name__ == "__main__":
         sent_not_acked(sys.argv[2])
     elif sys.argv[1] == "rss":
         rss_probe(sys.argv[2])
+
+
+def test_a_stream_cannot_mix_telemetry_and_other_priorities(tmp_path: pathlib.Path) -> None:
+    """Telemetry is sent after the rest: a stream holding both would lose its order, so it is refused."""
+    with Outbox(tmp_path / "o.db", synchronous="NORMAL") as ob:
+        ob.put("event", TOPIC + "event", {"n": 1}, priority=Priority.EVENT)
+        ob.put("event", TOPIC + "event", {"n": 2}, priority=Priority.ALARM)         # both "other": fine
+        with pytest.raises(InvalidMessage, match="cannot mix telemetry"):
+            ob.put("event", TOPIC + "event", {"n": 3}, priority=Priority.TELEMETRY)
+        assert ob.stats().count == 2 and ob.last_sequences() == {"event": 2}

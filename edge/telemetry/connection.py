@@ -72,6 +72,7 @@ class Connection:
     timed_out: bool = False
     close_rc: ReasonCode | None = None
     sub_mid: int | None = None
+    max_packet: int | None = None      # the broker's Maximum Packet Size (MQTT 5 CONNACK), None: no limit said
 
 
 class VersionChoice:

@@ -16,7 +16,9 @@ paho's memory. What happens on each connection:
 3. The birth: ``status`` online, retained, QoS 1, straight to paho (not through the outbox: it
    describes this connection, and the next connection sends a fresh one). The Will, set in the
    CONNECT, is ``status`` offline, retained: the broker publishes it if we vanish.
-4. The outbox is published oldest first with at most ``window`` messages unacknowledged:
+4. The outbox is published in its order (``Outbox.pending``: everything that is not telemetry
+   first, so a trip after a long outage is in the first window, then telemetry; each stream in
+   order) with at most ``window`` messages unacknowledged:
    the broker's Receive Maximum (MQTT 5 CONNACK), capped by ``max_inflight``; 20 under 3.1.1
    (mosquitto's default ``max_inflight_messages``; 3.1.1 brokers do not say). On PUBACK the message
    is deleted from the outbox. A PUBACK with a reason code >= 0x80 (MQTT 5; e.g. 0x87 not
@@ -35,7 +37,12 @@ paho's memory. What happens on each connection:
    says why). Under MQTT 3.1.1 a broker that refuses a publish still acknowledges it (the
    protocol has no way to say no), so such a message cannot be told from a delivered one: run
    MQTT 5 against a broker with ACLs.
-5. Replies (``reply`` stream) carry the command's MQTT 5 correlation data as the PUBLISH property
+5. **Maximum Packet Size** (MQTT 5 CONNACK; mosquitto ``max_packet_size``): a message whose
+   PUBLISH would be larger is never handed to paho (the broker would disconnect us, and the
+   message would be re-sent at every connection forever). It takes the path of a permanent
+   refusal above: reported on the event stream (reason code 0x95, packet too large), deleted,
+   counted in ``stats().dropped``; whatever its stream, since no re-send can pass.
+6. Replies (``reply`` stream) carry the command's MQTT 5 correlation data as the PUBLISH property
    ``CorrelationData``, rebuilt at send time from the ``correlation_data`` (base64) the command
    handler stored in the body, so an MQTT 5 requester can match the answer without reading it.
 
@@ -96,6 +103,7 @@ from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -125,6 +133,8 @@ TICK_S = 1.0                # the select timeout: keepalive and timeouts are che
 MAX_REJECTED_KEPT = 100
 #: PUBACK reason codes that will not pass on a re-send (the ACL, the topic or the payload is the problem)
 PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x99})
+#: what a message larger than the broker's Maximum Packet Size is reported as (0x95, MQTT 5 "Packet too large")
+TOO_LARGE = ReasonCode(PacketTypes.DISCONNECT, identifier=0x95)
 REFUSED_KIND = "message_refused"     # data.original_kind of the event that reports a deleted message
 
 PutItem = tuple[str, bytes | Mapping[str, Any], Priority | None, str | None]   # stream, body, priority, verb
@@ -544,6 +554,7 @@ class MqttSession:
         if self._versions.accepted(conn):     # 5 was hung up on, 3.1.1 works: a 3.1.1-only broker
             self._event("protocol_fallback", conn.broker, "MQTT 5 was hung up on, MQTT 3.1.1 works: using 3.1.1")
         conn.window = window(conn.protocol, props, self.settings.max_inflight)
+        conn.max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
         self._connects += 1
         self._connected_event.set()
         self._event("connected", conn.broker, f"MQTT {conn.protocol}, window {conn.window},"
@@ -696,6 +707,11 @@ class MqttSession:
                                                           " (kept in the outbox)", message=msg.key)
                         continue
                     props = self._reply_properties(msg) if conn.protocol == "5" and msg.stream == "reply" else None
+                    most = conn.max_packet
+                    if most is not None and packet_size(msg, payload, props, conn.protocol) > most:
+                        if not self._drop_refused(conn, msg, TOO_LARGE):   # the broker would hang up on it
+                            handed.append(msg.id)            # no report stored: set aside, like a refusal
+                        continue
                     info = conn.client.publish(msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props)
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and conn.client.socket() is None:
                         return                               # the connection went while sending
@@ -739,6 +755,14 @@ class MqttSession:
                         break
             return True
         return False
+
+
+def packet_size(msg: Message, payload: bytes, props: Properties | None, protocol: Protocol) -> int:
+    """The bytes of the PUBLISH paho will send for ``msg`` (fixed header, topic, packet id, properties, payload)."""
+    rest = 2 + len(msg.topic.encode()) + (2 if msg.qos else 0) + len(payload)
+    if protocol == "5":
+        rest += len(props.pack()) if props is not None else 1   # type: ignore[no-untyped-call]
+    return 1 + (1 if rest < 128 else 2 if rest < 16_384 else 3 if rest < 2_097_152 else 4) + rest
 
 
 def _is_refusal_report(msg: Message) -> bool:
