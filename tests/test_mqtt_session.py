@@ -44,6 +44,7 @@ from edge.telemetry.envelope import parse
 from edge.telemetry.outbox import Draft, Outbox, Priority
 from edge.telemetry.session import MqttSession, SessionError, SessionEvent, backoff_delay
 from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, TcpProxy, free_port, verify, wait_until
+from tests.test_outbox import FsyncSeam
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SITE, STATION = "pilot", "hd-01"
@@ -799,3 +800,43 @@ def test_a_message_over_the_brokers_maximum_packet_size_is_reported_once_never_s
         session.stop(0)
         consumer.close()
         broker.close()
+
+
+def test_a_command_is_acknowledged_to_the_broker_only_once_an_fsync_covers_its_answer(
+        broker: Mosquitto, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: puts do not fsync, so the session must fsync before it PUBACKs a command whose
+    answer it relies on (the publisher acks once the answer is put): instrumented at paho's ack."""
+    seam = FsyncSeam(monkeypatch)
+    acked_answers: list[tuple[int, bool]] = []
+    real_ack = mqtt.Client.ack
+    answers: dict[int, int] = {}                       # paho mid of the command -> outbox id of its answer
+
+    def ack(client: mqtt.Client, mid: int, qos: int) -> object:
+        if mid in answers:
+            acked_answers.append((answers[mid], seam.is_durable(answers[mid])))
+        return real_ack(client, mid, qos)
+    monkeypatch.setattr(mqtt.Client, "ack", ack)
+
+    with Outbox(tmp_path / "outbox.db", boot_id="boot-1") as ob:        # the default: synchronous="GROUP"
+        session = MqttSession(ob, fast(broker.url), site=SITE, station=STATION)
+
+        def on_command(message: mqtt.MQTTMessage, done: Callable[[], None]) -> None:
+            answer = session.put("reply", {"command_id": message.payload.decode()}, verb="hold")
+            answers[message.mid] = answer.id
+            done()                                     # as the publisher does once the answer is stored
+        session.subscribe_acked(session.topics.cmd_filter, 1, on_command)
+        session.start()
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada", protocol=MQTTProtocolVersion.MQTTv5)
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        try:
+            assert session.wait_connected(SAFETY_S)
+            topic = session.topics.cmd("hold", "scada-hd")
+            for i in range(20):
+                sender.publish(topic, f"c{i}".encode(), qos=1).wait_for_publish(SAFETY_S)
+            wait_until(lambda: len(acked_answers) == 20, "every command acknowledged")
+            assert [durable for _, durable in acked_answers] == [True] * 20, acked_answers
+        finally:
+            session.stop(5)
+            sender.disconnect()
+            sender.loop_stop()

@@ -44,23 +44,21 @@ on the development VM (``bench/bench_outbox.py``; 0.05 ms for the global-order q
 replaced), whatever the backlog. Priority decides nothing
 else about sending; it decides what the quota may thin.
 
-**Durability: ``synchronous=FULL`` for puts, ``NORMAL`` for acks.** With WAL, ``FULL`` fsyncs
-the log at every commit, so a put that returned survives a power cut (on a disk that honours
-fsync); ``NORMAL`` only fsyncs at checkpoints, so a power cut (not a process kill: the OS still
-has the data) can lose the last commits, without corruption. Losing a returned put would break
-two promises: a trip record would be gone, and its sequence number could be given again to a
-different message after the reboot although the first one may already have been sent. So puts
-are ``FULL``. Acks are ``NORMAL``: a lost ack only means the message is sent again after a power
-cut, a duplicate the consumer detects, and the next ``FULL`` commit makes every earlier frame of
-the log durable anyway (the log is one file, synced as a whole; a torn unsynced tail fails its
-checksums and is discarded on recovery). Measured on the development VM (virtio disk, ext4): a
-commit costs 0.18 ms with ``FULL`` against 0.03 ms with ``NORMAL``; the whole put + pend + ack
-cycle of ``bench/bench_outbox.py`` runs at 2,500 to 4,700 messages/s with ``FULL`` against
-9,700 to 11,700 with ``NORMAL`` (140,000 to 190,000 for a deque in memory; a shared, noisy
-machine). An SD card's fsync takes 2 to 20 ms: still 50 to 500 puts/s, above a furnace's
-telemetry rate, and ``put_many`` stores the messages of one scan in one transaction (one fsync).
-``synchronous="NORMAL"`` is there for hosts with power-loss protection (UPS, SSD with
-capacitors) and for tests.
+**Durability: group commit** (``edge.telemetry.outbox_commit``). A put commits without an fsync
+(SQLite ``synchronous=NORMAL``): when it returns, a process kill keeps it (the OS has it), and
+the controller thread never waits for the disk. One fsync of the WAL then covers every commit
+before it: the syncer thread runs one as soon as a put committed (so a trip put while no broker
+is there is on disk one or two fsyncs later: 2 to 40 ms on an SD card), and ``pending`` returns
+only messages an fsync covers (it runs one itself if needed). So (a) a message is on disk before
+it is sent; (b) a sent sequence number is never given again after a power cut (the counter is
+in the message's transaction, which the fsync covers); (c) the session acknowledges a command to
+the broker only after ``sync()``, so its stored answer is durable first. Acks (deletions) are
+lazily durable: a power cut (not a process kill) may bring back messages the broker had
+acknowledged, duplicates the consumer detects; the next fsync makes every earlier frame of the
+log durable (one file, synced as a whole; a torn unsynced tail fails its checksums and is
+discarded on recovery). ``synchronous="FULL"`` fsyncs every commit on the putting thread (the
+old way: 2,500 to 4,700 messages/s put + pend + ack in ``bench/bench_outbox.py`` on the
+development VM), ``"NORMAL"`` never fsyncs (hosts with power-loss protection, tests).
 
 **Quota and priorities.** ``quota_bytes`` bounds the stored size of the messages (payload,
 topic, stream and ``ROW_OVERHEAD`` bytes for the row and its index entries; the file itself
@@ -125,7 +123,6 @@ descriptor is closed only after the connection.)
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
 import json
 import os
@@ -136,14 +133,30 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any
 
+from edge.telemetry.outbox_commit import GroupCommit, Mode
 from edge.telemetry.outbox_file import prepare_file
+from edge.telemetry.outbox_types import (
+    ROW_OVERHEAD,
+    SEND_CLASSES,
+    Draft,
+    InvalidMessage,
+    Message,
+    OutboxError,
+    OutboxLocked,
+    OutboxStats,
+    Priority,
+    PriorityStats,
+    _size,
+)
+
+__all__ = ["ROW_OVERHEAD", "Draft", "InvalidMessage", "Message", "Outbox", "OutboxError", "OutboxLocked",
+           "OutboxStats", "Priority", "PriorityStats"]
 
 DEFAULT_QUOTA = 256 * 1024 * 1024
 MIN_QUOTA = 16 * 1024
-ROW_OVERHEAD = 64            # bytes counted per message besides payload, topic and stream (row header, indexes)
 HEADROOM_DIV = 16            # a thinning frees down to quota - quota/16 ...
 FLOOR_DIV = 8                # ... but never thins telemetry below quota/8
 THIN_STEP_ROWS = 4096        # telemetry rows walked at most per put
@@ -156,105 +169,7 @@ MAX_PENDING = 100_000
 STREAM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 
 SELECT_MESSAGE = ("SELECT m.id, b.boot_id, m.stream, m.seq, m.topic, m.payload, m.priority, m.qos, m.retain,"
-                  " m.created_ns FROM messages m JOIN boots b ON b.n = m.boot")
-
-
-class OutboxError(RuntimeError):
-    """The outbox cannot do what was asked (closed, not an outbox file, disk full...); nothing was changed."""
-
-
-class OutboxLocked(OutboxError):
-    """Another ``Outbox`` (in this process or another) already owns the file."""
-
-
-class InvalidMessage(OutboxError, ValueError):
-    """A put was refused because of its arguments; nothing was stored."""
-
-
-class Priority(enum.IntEnum):
-    """What the quota may do with a message. Only TELEMETRY may be thinned; the rest is never dropped."""
-
-    TELEMETRY = 0
-    STATE = 1
-    EVENT = 2
-    ALARM = 3
-    BATCH = 4
-
-    @property
-    def thinnable(self) -> bool:
-        return self is Priority.TELEMETRY
-
-
-#: the send order: every class before the next; inside a class, insertion order (module docstring, "Order")
-SEND_CLASSES = ((Priority.BATCH, Priority.ALARM, Priority.EVENT, Priority.STATE), (Priority.TELEMETRY,))
-
-
-class Draft(NamedTuple):
-    """One message to store, for ``put_many`` (the arguments of ``put``)."""
-
-    stream: str
-    topic: str
-    payload: bytes | Mapping[str, Any]
-    priority: Priority
-    qos: int = 1
-    retain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A stored message. ``(boot_id, stream, seq)`` identifies it end to end, also across re-sends."""
-
-    id: int              # insertion id: global send order, the handle for mark_inflight/ack
-    boot_id: str         # the boot it was created under (not necessarily the current one)
-    stream: str
-    seq: int             # per stream, from 1, never reused
-    topic: str
-    payload: bytes       # the body; a dict given to put is stored as compact UTF-8 JSON
-    priority: Priority
-    qos: int
-    retain: bool
-    created_ns: int      # wall clock (time.time_ns) at put
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.boot_id, self.stream, self.seq)
-
-    @property
-    def size(self) -> int:
-        """The bytes this message counts against the quota."""
-        return _size(self.stream, self.topic, self.payload)
-
-
-@dataclass(frozen=True, slots=True)
-class PriorityStats:
-    count: int
-    bytes: int
-
-
-@dataclass(frozen=True)
-class OutboxStats:
-    """A snapshot for the status message and ``reedge doctor``."""
-
-    count: int
-    bytes: int
-    quota_bytes: int
-    over_quota: bool                     # total bytes above the quota (only non-thinnable messages can cause it)
-    by_priority: dict[Priority, PriorityStats]
-    inflight: int
-    oldest_age_s: float | None           # wall-clock age of the oldest pending message, None when empty
-    thinned: int                         # telemetry messages removed by thinning, over the file's life
-    thinning_events: int                 # event messages that reported them
-    file_bytes: int                      # database + WAL on disk
-    dropped: int = 0                     # messages lost without a trace: none, by construction
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, priorities by lower-case name."""
-        return {"count": self.count, "bytes": self.bytes, "quota_bytes": self.quota_bytes,
-                "over_quota": self.over_quota,
-                "by_priority": {p.name.lower(): {"count": s.count, "bytes": s.bytes}
-                                for p, s in self.by_priority.items()},
-                "inflight": self.inflight, "oldest_age_s": self.oldest_age_s, "thinned": self.thinned,
-                "thinning_events": self.thinning_events, "file_bytes": self.file_bytes, "dropped": self.dropped}
+                  " m.created_ns, m.size FROM messages m JOIN boots b ON b.n = m.boot")
 
 
 @dataclass
@@ -269,6 +184,7 @@ class _Tx:
     report_id: int | None
     thinned: int = 0
     thinning_events: int = 0
+    doomed: list[int] = field(default_factory=list)   # ids thinned
 
 
 @dataclass
@@ -280,10 +196,6 @@ class _Prepared:
     qos: int
     retain: bool
     size: int
-
-
-def _size(stream: str, topic: str, payload: bytes) -> int:
-    return len(payload) + len(topic.encode()) + len(stream.encode()) + ROW_OVERHEAD
 
 
 def _prepare(stream: object, topic: object, payload: object, priority: object, qos: object,
@@ -330,7 +242,7 @@ class Outbox:
 
     def __init__(self, path: str | os.PathLike[str], *, quota_bytes: int = DEFAULT_QUOTA, boot_id: str | None = None,
                  event_stream: str = "event", event_topic: str = "event",
-                 synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+                 synchronous: Mode = "GROUP") -> None:
         """Open (or create) the outbox at ``path`` and take ownership of it.
 
         ``boot_id`` tags the messages put from now on (default: a new random id per open).
@@ -339,8 +251,8 @@ class Outbox:
         """
         if isinstance(quota_bytes, bool) or not isinstance(quota_bytes, int) or quota_bytes < MIN_QUOTA:
             raise ValueError(f"quota_bytes must be an integer of at least {MIN_QUOTA}, got {quota_bytes!r}")
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if synchronous not in ("GROUP", "FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be 'GROUP', 'FULL' or 'NORMAL', got {synchronous!r}")
         _prepare(event_stream, event_topic, b"", Priority.EVENT, 1, False)  # the event target must be valid
         if boot_id is None:
             boot_id = uuid.uuid4().hex
@@ -351,7 +263,9 @@ class Outbox:
         self.quota_bytes = quota_bytes
         self.event_stream = event_stream
         self.event_topic = event_topic
-        self._put_sync = synchronous
+        self._put_sync = "FULL" if synchronous == "FULL" else "NORMAL"   # GROUP: an fsync covers many (below)
+        self._report_gen = 0                 # the commit that last changed the open thinning report
+        self._offered: dict[int, int] = {}   # what pending returned last: id -> its bytes if telemetry, else 0
         self._lock = threading.RLock()
         self._inflight: dict[int, int] = {}  # id -> its bytes if telemetry (in flight: not thinnable), else 0
         self._inflight_tele = 0
@@ -374,10 +288,14 @@ class Outbox:
             raise OutboxError(f"{self.path}: cannot open: {e}") from e
         try:
             self._open()
+            self._commit = GroupCommit(f"{self.path}-wal", synchronous)
+            # what a killed process left may be in the OS's cache only: on disk before any of it is sent
+            self._commit.committed(self._conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+            self._commit.sync()
         except BaseException as e:
             self._conn.close()
             os.close(self._owner_fd)
-            if isinstance(e, sqlite3.Error):
+            if isinstance(e, sqlite3.Error | OSError):
                 raise OutboxError(f"{self.path}: cannot open the outbox: {e}") from e
             raise
         self._closed = False
@@ -475,6 +393,11 @@ class Outbox:
                     raise
             except sqlite3.Error as e:
                 raise OutboxError(f"{self.path}: cannot store {len(prepared)} message(s), nothing stored: {e}") from e
+            gen = self._commit.committed(out[-1].id)
+            if tx.thinned:
+                self._report_gen = gen
+            for msg_id in tx.doomed:
+                self._offered.pop(msg_id, None)
             self._counts, self._sizes, self._report_id = tx.counts, tx.sizes, tx.report_id
             self._level, self._clean_id = tx.level, tx.clean_id
             self._last_seq.update(tx.seqs)
@@ -551,6 +474,7 @@ class Outbox:
                 if satisfied():
                     break
             c.executemany("DELETE FROM messages WHERE id = ?", doomed)
+            tx.doomed += (i for (i,) in doomed)
         if walked:
             c.executemany("INSERT INTO counters (name, value) VALUES (?, ?)"
                           " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -618,6 +542,10 @@ class Outbox:
         first (insertion order, hence in order per stream; module docstring, "Order")."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PENDING:
             raise ValueError(f"limit must be an integer from 1 to {MAX_PENDING}, got {limit!r}")
+        self.sync()   # nothing leaves before the fsync that covers it (module docstring, "Durability")
+        return self._take(limit)
+
+    def _take(self, limit: int) -> list[Message]:
         with self._lock:
             self._check_open()
             try:
@@ -629,8 +557,10 @@ class Outbox:
             except sqlite3.Error as e:
                 raise OutboxError(f"{self.path}: cannot read pending messages: {e}") from e
             out: list[Message] = []
+            self._offered = {}
             for msg_id in ids:
                 r = rows[msg_id]
+                self._offered[msg_id] = r[10] if r[6] == Priority.TELEMETRY else 0
                 if msg_id == self._report_id:
                     self._report_id = None    # handed out: frozen from now on, a re-send must be identical
                 out.append(Message(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), Priority(r[6]), r[7], bool(r[8]), r[9]))
@@ -641,13 +571,17 @@ class Outbox:
         ``(priority, id)`` per priority (ids only: no table row is read), merged; the cost does not grow
         with the backlog of any class."""
         want = limit + len(self._inflight)   # at most len(inflight) of them are in flight
+        durable = self._commit.durable_id
+        # an open thinning report changed by a commit no fsync covers yet waits: a re-send must be identical
+        skip = self._report_id if self._report_gen > self._commit.durable_gen else None
         ids: list[int] = []
         for p in priorities:
             if self._counts[p]:              # the running totals spare a query per empty priority
                 ids += [i for (i,) in self._conn.execute(
-                    "SELECT id FROM messages WHERE priority = ? ORDER BY id LIMIT ?", (int(p), want))]
+                    "SELECT id FROM messages WHERE priority = ? AND id <= ? ORDER BY id LIMIT ?",
+                    (int(p), durable, want + 1))]
         ids.sort()
-        return [i for i in ids if i not in self._inflight][:limit]
+        return [i for i in ids if i not in self._inflight and i != skip][:limit]
 
     def mark_inflight(self, ids: Iterable[int]) -> int:
         """Record that these messages were handed to the network; ``pending`` skips them until requeued.
@@ -660,6 +594,17 @@ class Outbox:
         with self._lock:
             self._check_open()
             marked = 0
+            rest = []
+            for msg_id in wanted:        # what pending just returned needs no query (thinning and acks forget it)
+                tele = self._offered.pop(msg_id, None)
+                if tele is None:
+                    rest.append(msg_id)
+                    continue
+                if msg_id not in self._inflight:
+                    self._inflight[msg_id] = tele
+                    self._inflight_tele += tele
+                marked += 1
+            wanted = rest
             try:
                 for start in range(0, len(wanted), 500):
                     chunk = wanted[start:start + 500]
@@ -693,9 +638,11 @@ class Outbox:
                 self._set_sync("NORMAL")   # a lost ack is a detectable duplicate; see the module docstring
                 c.execute("BEGIN IMMEDIATE")
                 try:
-                    for msg_id in wanted:
-                        for priority, size in c.execute("DELETE FROM messages WHERE id = ? RETURNING priority, size",
-                                                        (msg_id,)).fetchall():
+                    for start in range(0, len(wanted), 500):
+                        chunk = wanted[start:start + 500]
+                        marks = ",".join("?" * len(chunk))
+                        for priority, size in c.execute(f"DELETE FROM messages WHERE id IN ({marks})"
+                                                        " RETURNING priority, size", chunk).fetchall():
                             counts[priority] -= 1
                             sizes[priority] -= size
                             deleted += 1
@@ -715,6 +662,7 @@ class Outbox:
                 self._level = self._clean_id = 0
             for msg_id in wanted:
                 self._inflight_tele -= self._inflight.pop(msg_id, 0)
+                self._offered.pop(msg_id, None)
             return deleted
 
     def requeue_inflight(self) -> int:
@@ -725,6 +673,13 @@ class Outbox:
             self._inflight.clear()
             self._inflight_tele = 0
             return n
+
+    def sync(self) -> None:
+        """Return once everything put before this call is on disk (fsynced): ``outbox_commit``."""
+        try:
+            self._commit.sync()
+        except OSError as e:
+            raise OutboxError(f"{self.path}: cannot fsync the outbox's log: {e}") from e
 
     # ---- looking -------------------------------------------------------------------------
 
@@ -762,9 +717,12 @@ class Outbox:
                 return
             self._closed = True
             try:
-                self._conn.close()
+                self._commit.close()
             finally:
-                os.close(self._owner_fd)
+                try:
+                    self._conn.close()
+                finally:
+                    os.close(self._owner_fd)
 
     def __enter__(self) -> Outbox:
         return self

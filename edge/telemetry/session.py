@@ -1,8 +1,11 @@
 """The MQTT session: sends the outbox to a broker and deletes a message only once the broker has it.
 
 The outbox (``edge.telemetry.outbox``) is the source of truth; this module only moves messages out
-of it. The producer side (controller thread) calls ``put``: the message is on disk when it
-returns, and the network thread is woken. The network thread owns everything paho: one
+of it. The producer side (controller thread) calls ``put``: the message is committed when it
+returns (a process kill keeps it; the outbox's group commit fsyncs it a few ms later, and always
+before it is sent: ``edge.telemetry.outbox_commit``), and the network thread is woken. Commands
+are acknowledged to the broker (``subscribe_acked``) only after ``outbox.sync()``, so the answer
+the handler stored before calling ``ack`` is on disk first. The network thread owns everything paho: one
 ``paho.mqtt.client.Client`` per connection attempt, driven by our own ``select`` loop (paho's
 external-loop API), so there is exactly one thread touching paho and no message lives only in
 paho's memory. What happens on each connection:
@@ -97,7 +100,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -248,7 +251,7 @@ class MqttSession:
 
     def put(self, stream: str, body: bytes | Mapping[str, Any], *, priority: Priority | None = None,
             verb: str | None = None) -> Message:
-        """Store one message durably (it is on disk when this returns) and wake the network thread."""
+        """Store one message (committed when this returns, fsynced before it is sent) and wake the network thread."""
         return self.put_many([(stream, body, priority, verb)])[0]
 
     def put_many(self, items: list[PutItem]) -> list[Message]:
@@ -642,6 +645,12 @@ class MqttSession:
     def _send_acks(self, conn: Connection) -> None:
         with self._lock:
             acks, self._acks = self._acks, []
+        if acks:   # an ack follows the put of its answer: once the fsync covers that put, the broker may forget
+            try:
+                self.outbox.sync()
+            except OutboxError as e:   # not acknowledged: the broker sends those commands again next time
+                self._event("error", conn.broker, f"commands left unacknowledged: {e}")
+                return
         for c, mid, qos in acks:
             # an ack for a connection that is gone is moot: the broker sends that message again
             if c is conn and conn.connected and not conn.lost and conn.client.socket() is not None:
@@ -692,6 +701,10 @@ class MqttSession:
 
     def _pump(self, conn: Connection) -> None:
         """Fill the window from the outbox, oldest first."""
+        with _corked(conn.client.socket()):
+            self._fill(conn)
+
+    def _fill(self, conn: Connection) -> None:
         while (free := conn.window - len(conn.mids)) > 0:
             batch = self.outbox.pending(free)
             if not batch:
@@ -755,6 +768,26 @@ class MqttSession:
                         break
             return True
         return False
+
+
+@contextlib.contextmanager
+def _corked(sock: object) -> Iterator[None]:
+    """Hold the TCP segments of a window's publishes (one ``send`` each, by paho) until all are written: the
+    kernel sends them together instead of waking the broker once per message (Linux ``TCP_CORK``)."""
+    cork = getattr(socket, "TCP_CORK", None)
+    if cork is None or not isinstance(sock, socket.socket):
+        yield
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
 
 
 def packet_size(msg: Message, payload: bytes, props: Properties | None, protocol: Protocol) -> int:
