@@ -810,6 +810,7 @@ def test_a_command_is_acknowledged_to_the_broker_only_once_an_fsync_covers_its_a
     acked_answers: list[tuple[int, bool]] = []
     real_ack = mqtt.Client.ack
     answers: dict[int, int] = {}                       # paho mid of the command -> outbox id of its answer
+    seen: list[bytes] = []
 
     def ack(client: mqtt.Client, mid: int, qos: int) -> object:
         if mid in answers:
@@ -823,6 +824,7 @@ def test_a_command_is_acknowledged_to_the_broker_only_once_an_fsync_covers_its_a
         def on_command(message: mqtt.MQTTMessage, done: Callable[[], None]) -> None:
             answer = session.put("reply", {"command_id": message.payload.decode()}, verb="hold")
             answers[message.mid] = answer.id
+            seen.append(bytes(message.payload))
             done()                                     # as the publisher does once the answer is stored
         session.subscribe_acked(session.topics.cmd_filter, 1, on_command)
         session.start()
@@ -832,10 +834,19 @@ def test_a_command_is_acknowledged_to_the_broker_only_once_an_fsync_covers_its_a
         try:
             assert session.wait_connected(SAFETY_S)
             topic = session.topics.cmd("hold", "scada-hd")
+            for _ in range(int(SAFETY_S)):          # until the station's subscription is in place at the broker
+                sender.publish(topic, b"probe", qos=1).wait_for_publish(SAFETY_S)
+                end = time.monotonic() + 1
+                while not answers and time.monotonic() < end:
+                    time.sleep(0.01)
+                if answers:
+                    break
+            assert answers, "no command reached the station"
             for i in range(20):
                 sender.publish(topic, f"c{i}".encode(), qos=1).wait_for_publish(SAFETY_S)
-            wait_until(lambda: len(acked_answers) == 20, "every command acknowledged")
-            assert [durable for _, durable in acked_answers] == [True] * 20, acked_answers
+            wait_until(lambda: b"c19" in seen and len(acked_answers) == len(answers), "every command acknowledged")
+            assert len(acked_answers) >= 21
+            assert [durable for _, durable in acked_answers] == [True] * len(acked_answers), acked_answers
         finally:
             session.stop(5)
             sender.disconnect()

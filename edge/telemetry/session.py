@@ -100,7 +100,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -116,8 +116,10 @@ from edge.telemetry.connection import (
     Connection,
     Protocol,
     VersionChoice,
+    corked,
     make_client,
     no_connack_reason,
+    packet_size,
     reply_properties,
     send_connect,
     stored_body,
@@ -701,7 +703,7 @@ class MqttSession:
 
     def _pump(self, conn: Connection) -> None:
         """Fill the window from the outbox, oldest first."""
-        with _corked(conn.client.socket()):
+        with corked(conn.client.socket()):
             self._fill(conn)
 
     def _fill(self, conn: Connection) -> None:
@@ -768,34 +770,6 @@ class MqttSession:
                         break
             return True
         return False
-
-
-@contextlib.contextmanager
-def _corked(sock: object) -> Iterator[None]:
-    """Hold the TCP segments of a window's publishes (one ``send`` each, by paho) until all are written: the
-    kernel sends them together instead of waking the broker once per message (Linux ``TCP_CORK``)."""
-    cork = getattr(socket, "TCP_CORK", None)
-    if cork is None or not isinstance(sock, socket.socket):
-        yield
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
-
-
-def packet_size(msg: Message, payload: bytes, props: Properties | None, protocol: Protocol) -> int:
-    """The bytes of the PUBLISH paho will send for ``msg`` (fixed header, topic, packet id, properties, payload)."""
-    rest = 2 + len(msg.topic.encode()) + (2 if msg.qos else 0) + len(payload)
-    if protocol == "5":
-        rest += len(props.pack()) if props is not None else 1   # type: ignore[no-untyped-call]
-    return 1 + (1 if rest < 128 else 2 if rest < 16_384 else 3 if rest < 2_097_152 else 4) + rest
 
 
 def _is_refusal_report(msg: Message) -> bool:
