@@ -27,8 +27,9 @@ connection of this boot and ``2n`` for its offline message, so each status messa
 
 The birth carries, for the **previous boot**, the last sequence number given on each stream
 (``PreviousBoot``). A consumer whose last message of a stream has a lower number knows that
-the rest is still in the station's backlog or lost: the outbox sends in insertion order, so once
-the first message of the new boot arrives, anything of the old boot still missing is lost (or
+the rest is still in the station's backlog or lost: the outbox sends telemetry after everything
+else and each of the two classes in insertion order, so once the first message of the new boot
+arrives in a stream's class, anything of the old boot still missing on that stream is lost (or
 thinned, if a ``telemetry_thinned`` event names it) even on a stream that stays quiet. Where
 the numbers come from: ``Outbox.last_sequences()`` read right after opening the outbox, before
 this boot puts anything (the counters are per stream and shared by all boots, so at that
