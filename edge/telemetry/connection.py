@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import dataclasses
 import json
@@ -76,6 +77,7 @@ class Connection:
     close_rc: ReasonCode | None = None
     sub_mid: int | None = None
     max_packet: int | None = None      # the broker's Maximum Packet Size (MQTT 5 CONNACK), None: no limit said
+    ready: collections.deque[Message] = dataclasses.field(default_factory=collections.deque)  # read ahead, in flight
 
 
 class VersionChoice:

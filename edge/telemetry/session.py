@@ -521,7 +521,7 @@ class MqttSession:
                 client.loop_write()
             if client.socket() is not None:
                 client.loop_misc()
-            self._apply_acks(conn)
+            self._apply_acks(conn, now=self._stopping())
             self._send_acks(conn)
             if conn.connected and not conn.lost:
                 if self._stopping() and self._stop_step(conn):
@@ -539,7 +539,7 @@ class MqttSession:
             self._event("connect_failed", conn.broker, f"the broker refused the connection: {rc.getName()}"
                                                        f" (0x{rc.value:02x})", rc.value)
             return "failed"
-        self._apply_acks(conn)
+        self._apply_acks(conn, now=True)
         if conn.connected:
             return "dropped"
         why = no_connack_reason(conn, self.settings)
@@ -692,8 +692,10 @@ class MqttSession:
 
     # sending
 
-    def _apply_acks(self, conn: Connection) -> None:
-        if not conn.acked:
+    def _apply_acks(self, conn: Connection, *, now: bool = False) -> None:
+        """Delete what the broker acknowledged: one transaction per half window, or at once when nothing else
+        is in flight (a flush waits for it) or the connection ends (``now``)."""
+        if not conn.acked or not (now or not conn.mids or len(conn.acked) * 2 >= conn.window):
             return
         acked, conn.acked = conn.acked, []
         self.outbox.ack_many(acked)
@@ -707,40 +709,37 @@ class MqttSession:
             self._fill(conn)
 
     def _fill(self, conn: Connection) -> None:
-        while (free := conn.window - len(conn.mids)) > 0:
-            batch = self.outbox.pending(free)
-            if not batch:
-                return
-            handed: list[int] = []   # marked in flight together: PUBACKs are read on this thread, after this
+        """Publish from ``conn.ready``, read ahead a window at a time and marked in flight at once (this
+        connection holds them; a reconnect requeues them): a PUBACK is answered by the next publish
+        without an outbox read each time. A message put meanwhile waits at most one window more."""
+        while conn.window - len(conn.mids) > 0:
+            if not conn.ready:
+                batch = self.outbox.pending(conn.window)
+                if not batch:
+                    return
+                self.outbox.mark_inflight(m.id for m in batch)
+                conn.ready.extend(batch)
+            msg = conn.ready.popleft()
             try:
-                for msg in batch:
-                    try:
-                        payload = envelope(msg, site=self.site, station=self.station)
-                    except EnvelopeError as e:   # set aside (in flight) until the next connection, reported
-                        handed.append(msg.id)
-                        self._event("error", conn.broker, f"{msg.stream} seq {msg.seq} cannot be sent: {e}"
-                                                          " (kept in the outbox)", message=msg.key)
-                        continue
-                    props = self._reply_properties(msg) if conn.protocol == "5" and msg.stream == "reply" else None
-                    most = conn.max_packet
-                    if most is not None and packet_size(msg, payload, props, conn.protocol) > most:
-                        if not self._drop_refused(conn, msg, TOO_LARGE):   # the broker would hang up on it
-                            handed.append(msg.id)            # no report stored: set aside, like a refusal
-                        continue
-                    info = conn.client.publish(msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props)
-                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and conn.client.socket() is None:
-                        return                               # the connection went while sending
-                    handed.append(msg.id)
-                    self._published += 1
-                    if msg.qos == 0:
-                        conn.acked.append(msg.id)            # at most once by definition: handed to the socket
-                    else:
-                        conn.mids[info.mid] = msg.id
-                        conn.keys[msg.id] = msg
-            finally:
-                self.outbox.mark_inflight(handed)
-            if conn.client.socket() is None:
-                return
+                payload = envelope(msg, site=self.site, station=self.station)
+            except EnvelopeError as e:   # set aside (in flight) until the next connection, reported
+                self._event("error", conn.broker, f"{msg.stream} seq {msg.seq} cannot be sent: {e}"
+                                                  " (kept in the outbox)", message=msg.key)
+                continue
+            props = self._reply_properties(msg) if conn.protocol == "5" and msg.stream == "reply" else None
+            most = conn.max_packet
+            if most is not None and packet_size(msg, payload, props, conn.protocol) > most:
+                self._drop_refused(conn, msg, TOO_LARGE)   # the broker would hang up on it; kept if not reported
+                continue
+            info = conn.client.publish(msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and conn.client.socket() is None:
+                return                               # the connection went while sending
+            self._published += 1
+            if msg.qos == 0:
+                conn.acked.append(msg.id)            # at most once by definition: handed to the socket
+            else:
+                conn.mids[info.mid] = msg.id
+                conn.keys[msg.id] = msg
 
     @staticmethod
     def _reply_properties(msg: Message) -> Properties | None:
@@ -753,7 +752,7 @@ class MqttSession:
     def _stop_step(self, conn: Connection) -> bool:
         """While stopping: True once the offline status is acknowledged (or the deadline has passed)."""
         if conn.offline_mid is None:
-            empty = not conn.mids and not self.outbox.pending(1)
+            empty = not conn.mids and not conn.ready and not self.outbox.pending(1)
             if not (empty or self._past_deadline()):
                 return False
             info = conn.client.publish(self.topics.status, self._offline(), qos=1, retain=True)
