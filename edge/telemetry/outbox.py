@@ -382,8 +382,7 @@ class Outbox:
                 c.execute("BEGIN IMMEDIATE")
                 try:
                     self._make_room(tx, sum(p.size for p in prepared))
-                    for p in prepared:
-                        out.append(self._insert(tx, p, time.time_ns()))
+                    out = self._insert(tx, prepared)
                     c.executemany("INSERT INTO streams (stream, last_seq) VALUES (?, ?)"
                                   " ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
                                   list(tx.seqs.items()))
@@ -405,18 +404,22 @@ class Outbox:
             self._thinning_events += tx.thinning_events
             return out
 
-    def _insert(self, tx: _Tx, p: _Prepared, now_ns: int) -> Message:
-        seq = tx.seqs.get(p.stream, self._last_seq.get(p.stream, 0)) + 1
-        tx.seqs[p.stream] = seq
-        cur = self._conn.execute(
+    def _insert(self, tx: _Tx, prepared: list[_Prepared]) -> list[Message]:
+        """Insert in one statement. In a write transaction of the one writer, AUTOINCREMENT gives consecutive ids."""
+        rows = []
+        for p in prepared:
+            seq = tx.seqs.get(p.stream, self._last_seq.get(p.stream, 0)) + 1
+            tx.seqs[p.stream] = seq
+            tx.counts[p.priority] += 1
+            tx.sizes[p.priority] += p.size
+            rows.append((self._boot_n, p.stream, seq, p.topic, p.payload, int(p.priority), p.qos, int(p.retain),
+                         time.time_ns(), p.size))
+        self._conn.executemany(
             "INSERT INTO messages (boot, stream, seq, topic, payload, priority, qos, retain, created_ns, size)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (self._boot_n, p.stream, seq, p.topic, p.payload, int(p.priority), p.qos, int(p.retain), now_ns, p.size))
-        assert cur.lastrowid is not None
-        tx.counts[p.priority] += 1
-        tx.sizes[p.priority] += p.size
-        return Message(cur.lastrowid, self.boot_id, p.stream, seq, p.topic, p.payload, p.priority, p.qos, p.retain,
-                       now_ns)
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        first = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(rows) + 1
+        return [Message(first + i, self.boot_id, p.stream, r[2], p.topic, p.payload, p.priority, p.qos, p.retain, r[8])
+                for i, (p, r) in enumerate(zip(prepared, rows, strict=True))]
 
     # ---- the quota -----------------------------------------------------------------------
 
@@ -527,7 +530,7 @@ class Outbox:
                             for k, r in sorted(ranges.items())],
             }
             p = _prepare(self.event_stream, self.event_topic, report, Priority.EVENT, 1, False)
-            tx.report_id = self._insert(tx, p, time.time_ns()).id
+            tx.report_id = self._insert(tx, [p])[0].id
             tx.thinning_events += 1
         tx.thinned += removed
         c.executemany("INSERT INTO counters (name, value) VALUES (?, ?)"
