@@ -21,7 +21,8 @@ paho's memory. What happens on each connection:
    CONNECT, is ``status`` offline, retained: the broker publishes it if we vanish.
 4. The outbox is published in its order (``Outbox.pending``: everything that is not telemetry
    first, so a trip after a long outage is in the first window, then telemetry; each stream in
-   order) with at most ``window`` messages unacknowledged:
+   order), read ahead one window at a time (marked in flight at once), with at most ``window``
+   messages unacknowledged; PUBACKed messages are deleted in one transaction per half window:
    the broker's Receive Maximum (MQTT 5 CONNACK), capped by ``max_inflight``; 20 under 3.1.1
    (mosquitto's default ``max_inflight_messages``; 3.1.1 brokers do not say). On PUBACK the message
    is deleted from the outbox. A PUBACK with a reason code >= 0x80 (MQTT 5; e.g. 0x87 not
