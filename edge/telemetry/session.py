@@ -705,9 +705,10 @@ class MqttSession:
             self._flushed.notify_all()
 
     def _pump(self, conn: Connection) -> None:
-        """Fill the window from the outbox, oldest first."""
-        with corked(conn.client.socket()):
-            self._fill(conn)
+        """Fill the window from the outbox, in its order (``Outbox.pending``)."""
+        if len(conn.mids) < conn.window:      # (a put wakes this thread also while the window is full)
+            with corked(conn.client.socket()):
+                self._fill(conn)
 
     def _fill(self, conn: Connection) -> None:
         """Publish from ``conn.ready``, read ahead a window at a time and marked in flight at once (this
