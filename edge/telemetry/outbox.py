@@ -548,13 +548,19 @@ class Outbox:
 
     # ---- sending -------------------------------------------------------------------------
 
-    def pending(self, limit: int = 100) -> list[Message]:
+    def pending(self, limit: int = 100, *, wait: bool = True) -> list[Message]:
         """Up to ``limit`` messages not in flight: every other message before telemetry, each class oldest
         first (insertion order, hence in order per stream; module docstring, "Order")."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PENDING:
             raise ValueError(f"limit must be an integer from 1 to {MAX_PENDING}, got {limit!r}")
-        self.sync()   # nothing leaves before the fsync that covers it (module docstring, "Durability")
-        return self._take(limit)
+        # Nothing leaves before the fsync that covers it (module docstring, "Durability"). ``wait=False`` (the
+        # session): while the syncer's fsync runs, what is durable already goes; it waits only if that is nothing.
+        self._fsync(wait=wait)
+        out = self._take(limit)
+        if not out and not wait and self._commit.behind:
+            self._fsync(wait=True)
+            out = self._take(limit)
+        return out
 
     def _take(self, limit: int) -> list[Message]:
         with self._lock:
@@ -687,8 +693,11 @@ class Outbox:
 
     def sync(self) -> None:
         """Return once everything put before this call is on disk (fsynced): ``outbox_commit``."""
+        self._fsync(wait=True)
+
+    def _fsync(self, *, wait: bool) -> None:
         try:
-            self._commit.sync()
+            self._commit.sync(wait=wait)
         except OSError as e:
             raise OutboxError(f"{self.path}: cannot fsync the outbox's log: {e}") from e
 

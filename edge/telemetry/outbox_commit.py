@@ -77,11 +77,20 @@ class GroupCommit:
         with self._cond:
             return self._durable_gen
 
-    def sync(self) -> None:
-        """Return once everything committed before this call is fsynced; OSError if the fsync fails."""
-        if self._fd is None:
+    @property
+    def behind(self) -> bool:
+        """Some commit is not covered by an fsync yet."""
+        with self._cond:
+            return self._durable_gen < self._gen
+
+    def sync(self, *, wait: bool = True) -> None:
+        """Return once everything committed before this call is fsynced; OSError if the fsync fails.
+        ``wait=False``: return at once instead if an fsync is running (it covers what it covers)."""
+        if self._fd is None or not self.behind:
             return
-        with self._sync_lock:
+        if not self._sync_lock.acquire(blocking=wait):
+            return
+        try:
             with self._cond:
                 gen, top = self._gen, self._top
                 if self._durable_gen >= gen:
@@ -90,6 +99,8 @@ class GroupCommit:
             with self._cond:
                 self._durable_gen, self._durable_id = max(self._durable_gen, gen), max(self._durable_id, top)
                 self._cond.notify_all()
+        finally:
+            self._sync_lock.release()
 
     def _syncer(self) -> None:
         while True:

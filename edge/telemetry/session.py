@@ -716,7 +716,7 @@ class MqttSession:
         without an outbox read each time. A message put meanwhile waits at most one window more."""
         while conn.window - len(conn.mids) > 0:
             if not conn.ready:
-                batch = self.outbox.pending(conn.window)
+                batch = self.outbox.pending(conn.window, wait=False)
                 if not batch:
                     return
                 self.outbox.mark_inflight(m.id for m in batch)
