@@ -91,11 +91,12 @@ class GroupCommit:
         if not self._sync_lock.acquire(blocking=wait):
             return
         try:
+            fd = self._fd            # None once closed (close takes this lock to close it)
             with self._cond:
                 gen, top = self._gen, self._top
-                if self._durable_gen >= gen:
+                if fd is None or self._durable_gen >= gen:
                     return
-            os.fsync(self._fd)
+            os.fsync(fd)
             with self._cond:
                 self._durable_gen, self._durable_id = max(self._durable_gen, gen), max(self._durable_id, top)
                 self._cond.notify_all()
@@ -128,5 +129,6 @@ class GroupCommit:
             try:
                 self.sync()
             finally:
-                os.close(self._fd)
-                self._fd = None
+                with self._sync_lock:
+                    os.close(self._fd)
+                    self._fd = None
