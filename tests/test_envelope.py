@@ -3,6 +3,7 @@ fields (a re-send is identical, also after reopening), the birth's previous-boot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -192,3 +193,18 @@ def test_will_and_birth_numbers_are_unique_per_connection() -> None:
     assert schemas.errors(json.loads(raw), "status.json") == []
     with pytest.raises(E.EnvelopeError, match="connection"):
         E.status_seq(0, True)
+
+
+def test_envelope_of_an_outbox_message_is_byte_for_byte_what_build_makes(tmp_path: pathlib.Path) -> None:
+    """``envelope`` caches the header and the second of ``ts``: its bytes must be ``build``'s, every time."""
+    with Outbox(tmp_path / "o.db", boot_id="boot-a", synchronous="NORMAL") as ob:
+        msgs = [ob.put(s, T.topic(s, None), {"i": i, "ü": "é"}, priority=Priority.EVENT if s != "telemetry" else
+                       Priority.TELEMETRY) for i in range(3) for s in ("telemetry", "event", "state")]
+    for ns in (0, 999_999, 1_000_000, 1_717_000_000_999_999_999, 1_717_000_001_000_000_000, 1_717_000_000_123_456_789):
+        for m in msgs:
+            m2 = dataclasses.replace(m, created_ns=ns)
+            assert E.envelope(m2, site="pilot-line", station="hd-01") == E.build(
+                site="pilot-line", station="hd-01", boot_id=m2.boot_id, stream=m2.stream, seq=m2.seq,
+                created_ns=ns, body=m2.payload)
+    with pytest.raises(E.EnvelopeError, match="not JSON"):
+        E.envelope(dataclasses.replace(msgs[0], payload=b"{"), site="pilot-line", station="hd-01")

@@ -41,9 +41,10 @@ from edge.spec.broker import (
 from edge.spec.reader import Problems, Table
 from edge.telemetry.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from edge.telemetry.envelope import parse
-from edge.telemetry.outbox import Outbox, Priority
+from edge.telemetry.outbox import Draft, Outbox, Priority
 from edge.telemetry.session import MqttSession, SessionError, SessionEvent, backoff_delay
 from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, TcpProxy, free_port, verify, wait_until
+from tests.test_outbox import FsyncSeam
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SITE, STATION = "pilot", "hd-01"
@@ -692,14 +693,17 @@ def test_a_permanent_refusal_is_deleted_and_reported_a_refused_telemetry_message
         foreign = outbox.put("telemetry", f"reedge/v1/{SITE}/hd-02/telemetry", {"n": 1},
                              priority=Priority.TELEMETRY)                   # refused too, but telemetry: kept
         after = session.put("event", {"n": 2})
-        assert consumer.wait_for({"event": after.seq + 1})                  # + the report
+        assert events.wait("rejected")
+        events_last = outbox.last_sequences()["event"]             # + the report, put when the refusal came
+        assert events_last == after.seq + 1 or (events_last == after.seq and after.seq == 3)
+        assert consumer.wait_for({"event": events_last})
         reports = [json.loads(p)["body"] for p in consumer.received.payloads
                    if json.loads(p)["body"].get("kind") == "other"]
         assert len(reports) == 1, reports
         data = reports[0]["data"]
         assert data["original_kind"] == "message_refused" and data["reason_code"] == 0x87
         assert (data["boot"], data["stream"], data["seq"], data["topic"]) == (*reply.key, reply.topic)
-        assert consumer.verify({"event": after.seq + 1}).problems == []
+        assert consumer.verify({"event": events_last}).problems == []
         assert before.seq == 1
         wait_until(lambda: session.stats().dropped == 1 and outbox.stats().count == 1, "the reply deleted")
         assert [m.key for m in outbox.pending(10)] == []         # the telemetry one: set aside, in flight
@@ -734,3 +738,119 @@ def test_run_broker_keeps_the_station_files_tls_and_login_and_names_the_file_on_
     with pytest.raises(RunError) as info:
         broker_settings(station, RunOptions(station=source, state_dir=tmp_path / "state", broker="mqtt://a.plant"))
     assert f"{source}: mqtt.ca_file: TLS files given but no broker is mqtts://" in str(info.value)
+
+
+# ---- send order after an outage, and the broker's Maximum Packet Size -------------------------------
+
+
+def test_after_an_hour_offline_a_trip_goes_before_the_telemetry_backlog(broker: Mosquitto, outbox: Outbox) -> None:
+    """An hour of 1 s telemetry windows waits in the outbox (put directly: no real hour), then a trip and a
+    state: when the station connects, the trip is in the first window, and every stream still arrives in order."""
+    consumer = Consumer(broker.port)
+    root = f"reedge/v1/{SITE}/{STATION}"
+    try:
+        hour = [Draft("telemetry", f"{root}/telemetry", {"w": i}, Priority.TELEMETRY) for i in range(3600)]
+        outbox.put_many(hour)
+        trip = outbox.put("event", f"{root}/event", {"kind": "trip"}, priority=Priority.ALARM)
+        state = outbox.put("state", f"{root}/state", {"phase": "tripped"}, priority=Priority.STATE, retain=True)
+        tail = outbox.put("telemetry", f"{root}/telemetry", {"w": 3600}, priority=Priority.TELEMETRY)
+        session = MqttSession(outbox, fast(broker.url), site=SITE, station=STATION)
+        started = time.monotonic()
+        session.start()
+        try:
+            assert consumer.wait_for({"event": trip.seq})
+            waited = time.monotonic() - started
+            arrived = list(consumer.received.keys)
+            first_trip = arrived.index(trip.key)
+            # the window is 7 (max_inflight 7): the trip and the state are sent first, before any telemetry
+            assert first_trip <= 1 and state.key in arrived[:2], arrived[:10]
+            print(f"trip after {waited:.2f} s (position {first_trip}) behind a backlog of {len(hour)} windows")
+            last = {"telemetry": tail.seq, "event": trip.seq, "state": state.seq}
+            assert session.wait_flushed(SAFETY_S) and consumer.wait_for(last)
+            verdict = consumer.verify(last)
+            assert verdict.problems == [], verdict
+        finally:
+            session.stop(0)
+    finally:
+        consumer.close()
+
+
+def test_a_message_over_the_brokers_maximum_packet_size_is_reported_once_never_sent(tmp_path: pathlib.Path,
+                                                                                   outbox: Outbox) -> None:
+    broker = Mosquitto(tmp_path / "broker", extra="max_packet_size 2000").start()
+    consumer = Consumer(broker.port)
+    events = Events()
+    session = MqttSession(outbox, fast(broker.url, protocol="5"), site=SITE, station=STATION, on_event=events)
+    try:
+        put = [session.put(s, {"i": i}) for i in range(5) for s in ("telemetry", "batch")]
+        big = session.put("batch", {"record": "x" * 3000})           # a batch record past the broker's limit
+        put += [session.put(s, {"i": i}) for i in range(5, 10) for s in ("telemetry", "batch")]
+        session.start()
+        assert consumer.wait_for({"event": 1, "telemetry": 10, "batch": big.seq + 5})
+        assert session.wait_flushed(SAFETY_S)
+        got = [k for k in consumer.received.keys]
+        assert big.key not in got
+        assert [k[2] for k in got if k[1] == "batch"] == [s for s in range(1, big.seq + 6) if s != big.seq]
+        others = [(k, p) for k, p in zip(got, consumer.received.payloads, strict=True) if k[1] != "batch"]
+        assert verify(others, {"telemetry": 10, "event": 1}).problems == []   # batch: the gap is the dropped one
+        reports = [json.loads(p)["body"] for p in consumer.received.payloads if json.loads(p)["body"].get("data")]
+        assert len(reports) == 1 and reports[0]["data"]["reason_code"] == 0x95, reports
+        assert (reports[0]["data"]["stream"], reports[0]["data"]["seq"]) == ("batch", big.seq)
+        stats = session.stats()
+        assert stats.dropped == 1 and stats.published == len(put) + 1       # + the report; the big one never
+        assert events.kinds().count("connected") == 1 and "disconnected" not in events.kinds()
+    finally:
+        session.stop(0)
+        consumer.close()
+        broker.close()
+
+
+def test_a_command_is_acknowledged_to_the_broker_only_once_an_fsync_covers_its_answer(
+        broker: Mosquitto, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: puts do not fsync, so the session must fsync before it PUBACKs a command whose
+    answer it relies on (the publisher acks once the answer is put): instrumented at paho's ack."""
+    seam = FsyncSeam(monkeypatch)
+    acked_answers: list[tuple[int, bool]] = []
+    real_ack = mqtt.Client.ack
+    answers: dict[int, int] = {}                       # paho mid of the command -> outbox id of its answer
+    seen: list[bytes] = []
+
+    def ack(client: mqtt.Client, mid: int, qos: int) -> object:
+        if mid in answers:
+            acked_answers.append((answers[mid], seam.is_durable(answers[mid])))
+        return real_ack(client, mid, qos)
+    monkeypatch.setattr(mqtt.Client, "ack", ack)
+
+    with Outbox(tmp_path / "outbox.db", boot_id="boot-1") as ob:        # the default: synchronous="GROUP"
+        session = MqttSession(ob, fast(broker.url), site=SITE, station=STATION)
+
+        def on_command(message: mqtt.MQTTMessage, done: Callable[[], None]) -> None:
+            answer = session.put("reply", {"command_id": message.payload.decode()}, verb="hold")
+            answers[message.mid] = answer.id
+            seen.append(bytes(message.payload))
+            done()                                     # as the publisher does once the answer is stored
+        session.subscribe_acked(session.topics.cmd_filter, 1, on_command)
+        session.start()
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada", protocol=MQTTProtocolVersion.MQTTv5)
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        try:
+            assert session.wait_connected(SAFETY_S)
+            topic = session.topics.cmd("hold", "scada-hd")
+            for _ in range(int(SAFETY_S)):          # until the station's subscription is in place at the broker
+                sender.publish(topic, b"probe", qos=1).wait_for_publish(SAFETY_S)
+                end = time.monotonic() + 1
+                while not answers and time.monotonic() < end:
+                    time.sleep(0.01)
+                if answers:
+                    break
+            assert answers, "no command reached the station"
+            for i in range(20):
+                sender.publish(topic, f"c{i}".encode(), qos=1).wait_for_publish(SAFETY_S)
+            wait_until(lambda: b"c19" in seen and len(acked_answers) == len(answers), "every command acknowledged")
+            assert len(acked_answers) >= 21
+            assert [durable for _, durable in acked_answers] == [True] * len(acked_answers), acked_answers
+        finally:
+            session.stop(5)
+            sender.disconnect()
+            sender.loop_stop()

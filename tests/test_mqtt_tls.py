@@ -158,7 +158,8 @@ def test_station_publishes_with_its_certificate_and_cannot_write_into_another_st
         assert rejected[0].reason_code == 0x87 and rejected[0].message == foreign.key     # Not authorized
         # a permanent refusal of a non-telemetry message: deleted from the outbox, and reported on the
         # station's own event stream (boot, stream, seq, topic, reason code), so nothing vanishes silently
-        last["event"] += 1
+        last["event"] = outbox.last_sequences()["event"]     # the report is put whenever the refusal comes,
+        assert last["event"] == 60 + 1                       # maybe between two of the puts above
         assert consumer.wait_for(last)
         verdict = consumer.verify(last)
         assert verdict.problems == [], verdict                 # the station's own streams: complete, in order

@@ -8,6 +8,7 @@ message must be on disk (or explained by an ack or a thinning event).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -83,7 +84,7 @@ def drain(ob: Outbox) -> list[Message]:
 # ---- order and sequence numbers ---------------------------------------------------------------
 
 
-def test_put_numbers_each_stream_and_pending_keeps_insertion_order(tmp_path: pathlib.Path) -> None:
+def test_put_numbers_each_stream_and_pending_sends_other_messages_before_telemetry(tmp_path: pathlib.Path) -> None:
     with Outbox(tmp_path / "o.db", boot_id="boot-a") as ob:
         put = [ob.put("telemetry", TOPIC + "telemetry", sample(0), priority=Priority.TELEMETRY),
                ob.put("event", TOPIC + "event", {"kind": "door_opened"}, priority=Priority.EVENT),
@@ -93,8 +94,11 @@ def test_put_numbers_each_stream_and_pending_keeps_insertion_order(tmp_path: pat
         assert [(m.stream, m.seq) for m in put] == [("telemetry", 1), ("event", 1), ("telemetry", 2),
                                                     ("state", 1), ("telemetry", 3)]
         assert [m.id for m in put] == sorted(m.id for m in put)
-        assert ob.pending(10) == put
-        assert ob.pending(2) == put[:2]
+        first_others = [put[1], put[3], put[0], put[2], put[4]]    # each class in insertion order
+        assert ob.pending(10) == first_others
+        assert ob.pending(2) == first_others[:2]
+        ob.mark_inflight([put[1].id])
+        assert ob.pending(2) == [put[3], put[0]]
         assert put[1].payload == b'{"kind":"door_opened"}' and put[2].payload == b"raw bytes"
         assert put[3].retain and put[2].qos == 0 and put[0].qos == 1
         assert put[0].key == ("boot-a", "telemetry", 1)
@@ -606,3 +610,78 @@ if __name__ == "__main__":
         sent_not_acked(sys.argv[2])
     elif sys.argv[1] == "rss":
         rss_probe(sys.argv[2])
+
+
+def test_a_stream_cannot_mix_telemetry_and_other_priorities(tmp_path: pathlib.Path) -> None:
+    """Telemetry is sent after the rest: a stream holding both would lose its order, so it is refused."""
+    with Outbox(tmp_path / "o.db", synchronous="NORMAL") as ob:
+        ob.put("event", TOPIC + "event", {"n": 1}, priority=Priority.EVENT)
+        ob.put("event", TOPIC + "event", {"n": 2}, priority=Priority.ALARM)         # both "other": fine
+        with pytest.raises(InvalidMessage, match="cannot mix telemetry"):
+            ob.put("event", TOPIC + "event", {"n": 3}, priority=Priority.TELEMETRY)
+        assert ob.stats().count == 2 and ob.last_sequences() == {"event": 2}
+
+
+# ---- group commit: one fsync for many puts, always before sending --------------------------------
+
+
+class FsyncSeam:
+    """Records how far each fsync of an outbox's ``-wal`` file reached: when it begins, the highest message id
+    committed (``sqlite_sequence``, read on a connection of its own, not from the outbox's bookkeeping);
+    once it has returned, every id up to that one is durable. SQLite's own fsyncs (``synchronous=FULL``)
+    are not seen here: the promise is about the group commit's."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.durable_upto = 0
+        self.fsyncs = 0
+        self._lock = threading.Lock()
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+            if not name.endswith("-wal"):
+                real(fd)
+                return
+            with contextlib.closing(sqlite3.connect(f"file:{name[:-4]}?mode=ro", uri=True)) as c:
+                row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+            real(fd)
+            with self._lock:
+                self.durable_upto = max(self.durable_upto, row[0] if row else 0)
+                self.fsyncs += 1
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def is_durable(self, msg_id: int) -> bool:
+        with self._lock:
+            return msg_id <= self.durable_upto
+
+
+def test_group_commit_puts_without_fsync_and_pending_hands_out_only_what_an_fsync_covers(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seam = FsyncSeam(monkeypatch)
+    with Outbox(tmp_path / "o.db") as ob:          # the default: synchronous="GROUP"
+        for round_ in range(20):
+            ob.put_many([Draft("telemetry", TOPIC + "telemetry", sample(i), Priority.TELEMETRY)
+                                for i in range(10)])
+            ob.put("event", TOPIC + "event", {"kind": "trip", "round": round_}, priority=Priority.ALARM)
+            for m in ob.pending(50, wait=round_ % 2 == 0):      # wait=False: the session's way
+                assert seam.is_durable(m.id), f"{m.key} handed out before an fsync covered it"
+                ob.ack(m.id)
+        while batch := ob.pending(50):                           # what wait=False left for later
+            assert all(seam.is_durable(m.id) for m in batch)
+            ob.ack_many(m.id for m in batch)
+        assert ob.stats().count == 0
+        assert seam.fsyncs <= 2 * 20 + 1             # at most one per put transaction (+ the open), none per ack
+
+
+def test_group_commit_makes_a_put_durable_by_itself_while_nothing_is_sent(tmp_path: pathlib.Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trip put during an outage (nobody calls pending) is fsynced by the syncer thread, not at some later send."""
+    seam = FsyncSeam(monkeypatch)
+    with Outbox(tmp_path / "o.db") as ob:
+        for i in range(5):
+            trip = ob.put("event", TOPIC + "event", {"kind": "trip", "i": i}, priority=Priority.ALARM)
+            deadline = time.monotonic() + 60                         # a safety net, not a measurement
+            while not seam.is_durable(trip.id):
+                assert time.monotonic() < deadline, "the put was never fsynced"
+                time.sleep(0.005)
+        assert ob.stats().count == 5

@@ -70,11 +70,26 @@ def test_a_lost_tail_is_told_from_a_quiet_stream_by_the_birth() -> None:
     t.observe(env("event", 1))
     # the station rebooted: its previous boot had reached telemetry 5 and event 1
     assert kinds(t.observe(birth("boot-b", {"telemetry": 5, "event": 1}))) == [("tail_pending", 4, 5)]
-    # the first message of the new boot, on the event stream: telemetry 4..5 never came
-    assert kinds(t.observe(env("event", 2, boot="boot-b"))) == [("lost_tail", 4, 5)]
+    # the first message of the new boot, on the event stream: the station sends events before its
+    # telemetry backlog, so telemetry 4..5 may still come: nothing is lost yet
+    assert kinds(t.observe(env("event", 2, boot="boot-b"))) == []
+    assert t.lost == 0
+    # the new boot's first telemetry: the old backlog is through, telemetry 4..5 never came
+    assert kinds(t.observe(env("telemetry", 6, boot="boot-b"))) == [("lost_tail", 4, 5)]
     assert t.lost == 2
-    # and the new boot's telemetry continues from 6 without a second report
-    assert kinds(t.observe(env("telemetry", 6, boot="boot-b"))) == []
+    assert kinds(t.observe(env("telemetry", 7, boot="boot-b"))) == []
+
+
+def test_after_a_reboot_the_old_telemetry_backlog_may_follow_the_new_boots_events() -> None:
+    t = StreamTracker()
+    t.observe(env("telemetry", 1))
+    t.observe(env("event", 1))
+    t.observe(birth("boot-b", {"telemetry": 3, "event": 2}))
+    assert kinds(t.observe(env("event", 3, boot="boot-b"))) == [("lost_tail", 2, 2)]   # events: in order
+    for s in (2, 3):       # the old boot's telemetry backlog, sent after the new boot's event
+        assert kinds(t.observe(env("telemetry", s))) == []
+    assert kinds(t.observe(env("telemetry", 4, boot="boot-b"))) == []
+    assert t.lost == 1
 
 
 def test_a_backlog_that_arrives_after_the_birth_is_not_lost() -> None:

@@ -27,9 +27,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
+import contextlib
 import dataclasses
 import json
+import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,6 +76,8 @@ class Connection:
     timed_out: bool = False
     close_rc: ReasonCode | None = None
     sub_mid: int | None = None
+    max_packet: int | None = None      # the broker's Maximum Packet Size (MQTT 5 CONNACK), None: no limit said
+    ready: collections.deque[Message] = dataclasses.field(default_factory=collections.deque)  # read ahead, in flight
 
 
 class VersionChoice:
@@ -210,3 +216,31 @@ def reply_properties(msg: Message) -> Properties | None:
     props = properties(PacketTypes.PUBLISH)
     props.CorrelationData = data
     return props
+
+
+@contextlib.contextmanager
+def corked(sock: object) -> Iterator[None]:
+    """Hold the TCP segments of a window's publishes (one ``send`` each, by paho) until all are written: the
+    kernel sends them together instead of waking the broker once per message (Linux ``TCP_CORK``)."""
+    cork = getattr(socket, "TCP_CORK", None)
+    if cork is None or not isinstance(sock, socket.socket):
+        yield
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+
+
+def packet_size(msg: Message, payload: bytes, props: Properties | None, protocol: Protocol) -> int:
+    """The bytes of the PUBLISH paho will send for ``msg`` (fixed header, topic, packet id, properties, payload)."""
+    rest = 2 + len(msg.topic.encode()) + (2 if msg.qos else 0) + len(payload)
+    if protocol == "5":
+        rest += len(props.pack()) if props is not None else 1   # type: ignore[no-untyped-call]
+    return 1 + (1 if rest < 128 else 2 if rest < 16_384 else 3 if rest < 2_097_152 else 4) + rest

@@ -27,8 +27,9 @@ connection of this boot and ``2n`` for its offline message, so each status messa
 
 The birth carries, for the **previous boot**, the last sequence number given on each stream
 (``PreviousBoot``). A consumer whose last message of a stream has a lower number knows that
-the rest is still in the station's backlog or lost: the outbox sends in insertion order, so once
-the first message of the new boot arrives, anything of the old boot still missing is lost (or
+the rest is still in the station's backlog or lost: the outbox sends telemetry after everything
+else and each of the two classes in insertion order, so once the first message of the new boot
+arrives in a stream's class, anything of the old boot still missing on that stream is lost (or
 thinned, if a ``telemetry_thinned`` event names it) even on a stream that stays quiet. Where
 the numbers come from: ``Outbox.last_sequences()`` read right after opening the outbox, before
 this boot puts anything (the counters are per stream and shared by all boots, so at that
@@ -39,6 +40,7 @@ reliably in the outbox (its ``boots`` table forgets a boot once its last message
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -118,9 +120,33 @@ def build(*, site: str, station: str, boot_id: str, stream: str, seq: int, creat
 
 
 def envelope(msg: Message, *, site: str, station: str) -> bytes:
-    """The bytes to publish for an outbox message: the same bytes every time it is sent."""
-    return build(site=site, station=station, boot_id=msg.boot_id, stream=msg.stream, seq=msg.seq,
-                 created_ns=msg.created_ns, body=msg.payload)
+    """The bytes to publish for an outbox message: the same bytes every time it is sent, and the same as
+    ``build``'s (the header up to ``"seq":`` is built and checked by ``build`` once per boot and stream,
+    and the second of ``ts`` once per second: the session calls this for every message it sends)."""
+    if isinstance(msg.seq, bool) or not isinstance(msg.seq, int) or msg.seq < 1:
+        raise EnvelopeError(f"seq must be an integer from 1, got {msg.seq!r}")
+    raw = bytes(msg.payload)
+    try:
+        decoded = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise EnvelopeError(f"{msg.stream} #{msg.seq}: the stored body is not JSON: {e}") from None
+    if not isinstance(decoded, dict):
+        raise EnvelopeError(f"{msg.stream} #{msg.seq}: the body must be a JSON object, got {type(decoded).__name__}")
+    seconds, rest = divmod(int(msg.created_ns), 1_000_000_000)
+    ts = _second(seconds)[:-5] + f".{rest // 1_000_000:03d}Z"
+    return b"".join((_head(site, station, msg.boot_id, msg.stream), str(msg.seq).encode(), b',"ts":"', ts.encode(),
+                     b'","body":', raw, b"}"))
+
+
+@functools.lru_cache(maxsize=64)
+def _head(site: str, station: str, boot_id: str, stream: str) -> bytes:
+    full = build(site=site, station=station, boot_id=boot_id, stream=stream, seq=1, created_ns=0, body=b"{}")
+    return full[:full.index(b',"seq":1,') + len(b',"seq":')]
+
+
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    return rfc3339_ms(seconds * 1_000_000_000)
 
 
 # ---- status: birth and Will -------------------------------------------------------------------

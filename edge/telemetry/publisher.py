@@ -33,7 +33,7 @@
    controller starts up, so the first window starts at the core's first tick).
 5. **State**, retained, when it changed (``StateTracker``).
 
-Then one ``Outbox.put_many`` (one transaction, one fsync) and the session is woken. Order inside
+Then one ``Outbox.put_many`` (one transaction, fsynced by the group commit) and the session is woken. Order inside
 a scan: command answers (audit event, reply), events, batch records, telemetry, state (the outbox
 keeps it per stream anyway).
 

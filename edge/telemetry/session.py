@@ -1,8 +1,11 @@
 """The MQTT session: sends the outbox to a broker and deletes a message only once the broker has it.
 
 The outbox (``edge.telemetry.outbox``) is the source of truth; this module only moves messages out
-of it. The producer side (controller thread) calls ``put``: the message is on disk when it
-returns, and the network thread is woken. The network thread owns everything paho: one
+of it. The producer side (controller thread) calls ``put``: the message is committed when it
+returns (a process kill keeps it; the outbox's group commit fsyncs it a few ms later, and always
+before it is sent: ``edge.telemetry.outbox_commit``), and the network thread is woken. Commands
+are acknowledged to the broker (``subscribe_acked``) only after ``outbox.sync()``, so the answer
+the handler stored before calling ``ack`` is on disk first. The network thread owns everything paho: one
 ``paho.mqtt.client.Client`` per connection attempt, driven by our own ``select`` loop (paho's
 external-loop API), so there is exactly one thread touching paho and no message lives only in
 paho's memory. What happens on each connection:
@@ -16,7 +19,10 @@ paho's memory. What happens on each connection:
 3. The birth: ``status`` online, retained, QoS 1, straight to paho (not through the outbox: it
    describes this connection, and the next connection sends a fresh one). The Will, set in the
    CONNECT, is ``status`` offline, retained: the broker publishes it if we vanish.
-4. The outbox is published oldest first with at most ``window`` messages unacknowledged:
+4. The outbox is published in its order (``Outbox.pending``: everything that is not telemetry
+   first, so a trip after a long outage is in the first window, then telemetry; each stream in
+   order), read ahead one window at a time (marked in flight at once), with at most ``window``
+   messages unacknowledged; PUBACKed messages are deleted in one transaction per half window:
    the broker's Receive Maximum (MQTT 5 CONNACK), capped by ``max_inflight``; 20 under 3.1.1
    (mosquitto's default ``max_inflight_messages``; 3.1.1 brokers do not say). On PUBACK the message
    is deleted from the outbox. A PUBACK with a reason code >= 0x80 (MQTT 5; e.g. 0x87 not
@@ -35,7 +41,12 @@ paho's memory. What happens on each connection:
    says why). Under MQTT 3.1.1 a broker that refuses a publish still acknowledges it (the
    protocol has no way to say no), so such a message cannot be told from a delivered one: run
    MQTT 5 against a broker with ACLs.
-5. Replies (``reply`` stream) carry the command's MQTT 5 correlation data as the PUBLISH property
+5. **Maximum Packet Size** (MQTT 5 CONNACK; mosquitto ``max_packet_size``): a message whose
+   PUBLISH would be larger is never handed to paho (the broker would disconnect us, and the
+   message would be re-sent at every connection forever). It takes the path of a permanent
+   refusal above: reported on the event stream (reason code 0x95, packet too large), deleted,
+   counted in ``stats().dropped``; whatever its stream, since no re-send can pass.
+6. Replies (``reply`` stream) carry the command's MQTT 5 correlation data as the PUBLISH property
    ``CorrelationData``, rebuilt at send time from the ``correlation_data`` (base64) the command
    handler stored in the body, so an MQTT 5 requester can match the answer without reading it.
 
@@ -96,6 +107,7 @@ from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -105,8 +117,10 @@ from edge.telemetry.connection import (
     Connection,
     Protocol,
     VersionChoice,
+    corked,
     make_client,
     no_connack_reason,
+    packet_size,
     reply_properties,
     send_connect,
     stored_body,
@@ -125,6 +139,8 @@ TICK_S = 1.0                # the select timeout: keepalive and timeouts are che
 MAX_REJECTED_KEPT = 100
 #: PUBACK reason codes that will not pass on a re-send (the ACL, the topic or the payload is the problem)
 PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x99})
+#: what a message larger than the broker's Maximum Packet Size is reported as (0x95, MQTT 5 "Packet too large")
+TOO_LARGE = ReasonCode(PacketTypes.DISCONNECT, identifier=0x95)
 REFUSED_KIND = "message_refused"     # data.original_kind of the event that reports a deleted message
 
 PutItem = tuple[str, bytes | Mapping[str, Any], Priority | None, str | None]   # stream, body, priority, verb
@@ -238,7 +254,7 @@ class MqttSession:
 
     def put(self, stream: str, body: bytes | Mapping[str, Any], *, priority: Priority | None = None,
             verb: str | None = None) -> Message:
-        """Store one message durably (it is on disk when this returns) and wake the network thread."""
+        """Store one message (committed when this returns, fsynced before it is sent) and wake the network thread."""
         return self.put_many([(stream, body, priority, verb)])[0]
 
     def put_many(self, items: list[PutItem]) -> list[Message]:
@@ -506,7 +522,7 @@ class MqttSession:
                 client.loop_write()
             if client.socket() is not None:
                 client.loop_misc()
-            self._apply_acks(conn)
+            self._apply_acks(conn, now=self._stopping())
             self._send_acks(conn)
             if conn.connected and not conn.lost:
                 if self._stopping() and self._stop_step(conn):
@@ -524,7 +540,7 @@ class MqttSession:
             self._event("connect_failed", conn.broker, f"the broker refused the connection: {rc.getName()}"
                                                        f" (0x{rc.value:02x})", rc.value)
             return "failed"
-        self._apply_acks(conn)
+        self._apply_acks(conn, now=True)
         if conn.connected:
             return "dropped"
         why = no_connack_reason(conn, self.settings)
@@ -544,6 +560,7 @@ class MqttSession:
         if self._versions.accepted(conn):     # 5 was hung up on, 3.1.1 works: a 3.1.1-only broker
             self._event("protocol_fallback", conn.broker, "MQTT 5 was hung up on, MQTT 3.1.1 works: using 3.1.1")
         conn.window = window(conn.protocol, props, self.settings.max_inflight)
+        conn.max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
         self._connects += 1
         self._connected_event.set()
         self._event("connected", conn.broker, f"MQTT {conn.protocol}, window {conn.window},"
@@ -631,6 +648,12 @@ class MqttSession:
     def _send_acks(self, conn: Connection) -> None:
         with self._lock:
             acks, self._acks = self._acks, []
+        if acks:   # an ack follows the put of its answer: once the fsync covers that put, the broker may forget
+            try:
+                self.outbox.sync()
+            except OutboxError as e:   # not acknowledged: the broker sends those commands again next time
+                self._event("error", conn.broker, f"commands left unacknowledged: {e}")
+                return
         for c, mid, qos in acks:
             # an ack for a connection that is gone is moot: the broker sends that message again
             if c is conn and conn.connected and not conn.lost and conn.client.socket() is not None:
@@ -670,8 +693,10 @@ class MqttSession:
 
     # sending
 
-    def _apply_acks(self, conn: Connection) -> None:
-        if not conn.acked:
+    def _apply_acks(self, conn: Connection, *, now: bool = False) -> None:
+        """Delete what the broker acknowledged: one transaction per half window, or at once when nothing else
+        is in flight (a flush waits for it) or the connection ends (``now``)."""
+        if not conn.acked or not (now or not conn.mids or len(conn.acked) * 2 >= conn.window):
             return
         acked, conn.acked = conn.acked, []
         self.outbox.ack_many(acked)
@@ -680,36 +705,43 @@ class MqttSession:
             self._flushed.notify_all()
 
     def _pump(self, conn: Connection) -> None:
-        """Fill the window from the outbox, oldest first."""
-        while (free := conn.window - len(conn.mids)) > 0:
-            batch = self.outbox.pending(free)
-            if not batch:
-                return
-            handed: list[int] = []   # marked in flight together: PUBACKs are read on this thread, after this
+        """Fill the window from the outbox, in its order (``Outbox.pending``)."""
+        if len(conn.mids) < conn.window:      # (a put wakes this thread also while the window is full)
+            with corked(conn.client.socket()):
+                self._fill(conn)
+
+    def _fill(self, conn: Connection) -> None:
+        """Publish from ``conn.ready``, read ahead a window at a time and marked in flight at once (this
+        connection holds them; a reconnect requeues them): a PUBACK is answered by the next publish
+        without an outbox read each time. A message put meanwhile waits at most one window more."""
+        while conn.window - len(conn.mids) > 0:
+            if not conn.ready:
+                batch = self.outbox.pending(conn.window, wait=False)
+                if not batch:
+                    return
+                self.outbox.mark_inflight(m.id for m in batch)
+                conn.ready.extend(batch)
+            msg = conn.ready.popleft()
             try:
-                for msg in batch:
-                    try:
-                        payload = envelope(msg, site=self.site, station=self.station)
-                    except EnvelopeError as e:   # set aside (in flight) until the next connection, reported
-                        handed.append(msg.id)
-                        self._event("error", conn.broker, f"{msg.stream} seq {msg.seq} cannot be sent: {e}"
-                                                          " (kept in the outbox)", message=msg.key)
-                        continue
-                    props = self._reply_properties(msg) if conn.protocol == "5" and msg.stream == "reply" else None
-                    info = conn.client.publish(msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props)
-                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and conn.client.socket() is None:
-                        return                               # the connection went while sending
-                    handed.append(msg.id)
-                    self._published += 1
-                    if msg.qos == 0:
-                        conn.acked.append(msg.id)            # at most once by definition: handed to the socket
-                    else:
-                        conn.mids[info.mid] = msg.id
-                        conn.keys[msg.id] = msg
-            finally:
-                self.outbox.mark_inflight(handed)
-            if conn.client.socket() is None:
-                return
+                payload = envelope(msg, site=self.site, station=self.station)
+            except EnvelopeError as e:   # set aside (in flight) until the next connection, reported
+                self._event("error", conn.broker, f"{msg.stream} seq {msg.seq} cannot be sent: {e}"
+                                                  " (kept in the outbox)", message=msg.key)
+                continue
+            props = self._reply_properties(msg) if conn.protocol == "5" and msg.stream == "reply" else None
+            most = conn.max_packet
+            if most is not None and packet_size(msg, payload, props, conn.protocol) > most:
+                self._drop_refused(conn, msg, TOO_LARGE)   # the broker would hang up on it; kept if not reported
+                continue
+            info = conn.client.publish(msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and conn.client.socket() is None:
+                return                               # the connection went while sending
+            self._published += 1
+            if msg.qos == 0:
+                conn.acked.append(msg.id)            # at most once by definition: handed to the socket
+            else:
+                conn.mids[info.mid] = msg.id
+                conn.keys[msg.id] = msg
 
     @staticmethod
     def _reply_properties(msg: Message) -> Properties | None:
@@ -722,7 +754,7 @@ class MqttSession:
     def _stop_step(self, conn: Connection) -> bool:
         """While stopping: True once the offline status is acknowledged (or the deadline has passed)."""
         if conn.offline_mid is None:
-            empty = not conn.mids and not self.outbox.pending(1)
+            empty = not conn.mids and not conn.ready and not self.outbox.pending(1)
             if not (empty or self._past_deadline()):
                 return False
             info = conn.client.publish(self.topics.status, self._offline(), qos=1, retain=True)

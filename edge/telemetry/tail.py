@@ -12,8 +12,10 @@ reports what the numbers say:
 * **duplicate**: a number seen before (a re-send after a reconnect; harmless, and expected);
 * **late**: a number reported missing arrives after all (the gap shrinks);
 * **lost_tail**: the birth of a new boot said the previous boot reached seq N on a stream; once
-  the first message of the new boot arrives (the outbox sends in order, so the old backlog has
-  been sent by then), every number up to N not seen is lost, even on a stream that stays quiet;
+  the first message of the new boot arrives in the stream's send class (the outbox sends everything
+  that is not telemetry first, then telemetry, each class in order, so the old backlog of that
+  class has been sent by then), every number up to N not seen is lost, even on a stream that stays
+  quiet;
 * **restart**: numbers went back under a boot id never seen: the station's outbox was replaced.
 
 Retained messages delivered at subscription (``state``, ``status``) are shown and checked but do
@@ -36,6 +38,7 @@ from typing import Any, TextIO
 from edge.spec.broker import parse_broker_url
 from edge.telemetry.commands import MAX_JSON_DEPTH, json_too_deep
 from edge.telemetry.envelope import Envelope, EnvelopeError, parse
+from edge.telemetry.outbox import Priority
 from edge.telemetry.schemas import errors as schema_errors
 from edge.telemetry.topics import STREAMS, TopicError, command_schema, parse_topic, subscription
 
@@ -150,14 +153,20 @@ class StreamTracker:
         return out
 
     def _settle_tail(self, env: Envelope, station: _Station) -> list[Finding]:
-        """The first message of the birth's boot: what the previous boot sent and we did not see is lost."""
+        """The first message of the birth's boot in a send class (telemetry, or everything else: the outbox
+        sends the second first): what the previous boot sent in that class and we did not see is lost."""
         out = []
+        telemetry = _is_telemetry(env.stream)
         for stream, last in sorted(station.expect.items()):
+            if _is_telemetry(stream) != telemetry:
+                continue
+            del station.expect[stream]
             st = self.streams.get((env.site, env.station, stream))
             if st is not None and st.last < last:
                 out.append(self._gap(env, st, st.last + 1, last, "lost_tail", stream=stream))
                 st.last = last
-        station.expect_boot, station.expect = None, {}
+        if not station.expect:
+            station.expect_boot = None
         return out
 
     def _gap(self, env: Envelope, st: _Stream, lo: int, hi: int, kind: str, *, stream: str | None = None) -> Finding:
@@ -441,3 +450,9 @@ def _wait(done: threading.Event, seconds: float, clock: Callable[[], float] = ti
         if left is not None and left <= 0:
             return
         done.wait(0.5 if left is None else min(left, 0.5))
+
+
+def _is_telemetry(stream: str) -> bool:
+    """The outbox's send class of a stream (``Outbox.pending``: telemetry goes after everything else)."""
+    spec = STREAMS.get(stream)
+    return spec is not None and spec.priority is Priority.TELEMETRY
