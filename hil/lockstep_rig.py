@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import pathlib
 import signal
@@ -269,6 +270,11 @@ class LockstepScenarioRig:
     def snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = self.sim.snapshot()
         return snap
+
+    def channels(self) -> tuple[dict[str, Any], dict[str, float]]:
+        """As the snapshot's channels and truth, without building the rest of a snapshot every scan."""
+        return ({k: (v if math.isfinite(v) else None) for k, v in self.sim.last_analog.items()},
+                self.sim.plant.true_values())
 
     # ---- the controller ----
     def controller_alive(self) -> bool:

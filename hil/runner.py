@@ -141,7 +141,8 @@ def run_scenario(sc: Scenario, report_dir: pathlib.Path,
             if _from_the_start(step):
                 _fire(run, rig, step, rig.plant_s())
         rig.start_controller(sc.recipe, sc.batch_id)
-        run.lag = LagProbe(sc.scan_s, rig.write_controller)
+        if rig.clock == "realtime":        # in lockstep the scan is driven by the plant's clock: no lag to probe
+            run.lag = LagProbe(sc.scan_s, rig.write_controller)
         _drive(run, rig, progress)
         run.final = rig.snapshot()
         run.final["written_now"] = {o.name: rig.regs.do(o.line) for o in station.core.outputs} if rig.regs else {}
@@ -232,8 +233,7 @@ def _drive(run: Run, rig: ScenarioRig, progress: Callable[[Run, ScenarioRig], No
         if run.lag is not None and rig.controller_alive():
             run.lag.poll(t)
         if need_channels and rig.channels_due():
-            snap = rig.snapshot()
-            run.channels, run.truth = snap.get("channels", {}), snap.get("truth", {})
+            run.channels, run.truth = rig.channels()
         rig.check(controller_may_be_dead=run.controller_dead_ok)
         for step in sc.steps:
             if step.id not in run.fired and _holds(run, step, t):
@@ -478,7 +478,7 @@ def _record(run: Run, rows: Sequence[dict[str, Any]], started_utc: str, rig: Sce
                          "limits": {"equals": True}, "outcome": "pass" if ended else "fail",
                          "description": f"the run reached its end condition ({sc.until}) within max_plant_h",
                          "note": run.end_reason})
-    measurements.append(lag_measurement(run.lag, sc.max_lag_s, sc.time_scale))
+    measurements.append(lag_measurement(run.lag, sc.max_lag_s, sc.time_scale, lockstep=sc.clock == "lockstep"))
     outcome = "error" if run.error else "pass" if all(m["outcome"] == "pass" for m in measurements) else "fail"
     t0 = rig.t0_ns()
     events = [{k: v for k, v in e.items() if k != "wall_ns"} | {"wall_s": round((e["wall_ns"] - t0) / 1e9, 4)}
