@@ -145,8 +145,12 @@ class LockstepScenarioRig:
         self.station = self.ls.station
         self.regs = self.ls.regs
         relay = WatchdogRelay(timeout_s=1.5 * step_s, outputs=tuple(cfg.relay_outputs))
-        self.sim = PlantSim(self.station, cfg.plant, cfg.plant_params, self.regs, relay, self.log_path,
-                            cfg.log_every_s, self.now_ns)
+        try:
+            self.sim = PlantSim(self.station, cfg.plant, cfg.plant_params, self.regs, relay, self.log_path,
+                                cfg.log_every_s, self.now_ns)
+        except BaseException:
+            self.ls.close()           # the core and the register file are made: nothing outlives a failed start
+            raise
         self.sim.t_s = self.sim._next_row = T0_S
         meters: dict[str, ModbusConfig] = {}
         devices: dict[str, Any] = {}
