@@ -32,7 +32,7 @@ from edge.spec.station import load_station
 from edge.telemetry.embedded_broker import EmbeddedBroker
 from edge.telemetry.watch import Watch
 from hil.resources import scenarios_dir
-from hil.rig import VirtualRig
+from hil.rig import ScenarioRig
 from hil.runner import Run, run_scenario
 from hil.scenario import MAX_TIME_SCALE, load_scenario
 
@@ -53,7 +53,7 @@ class Progress:
         self._phase: str | None = None
         self._phases_shown = 0
 
-    def __call__(self, run: Run, rig: VirtualRig) -> None:
+    def __call__(self, run: Run, rig: ScenarioRig) -> None:
         now = time.monotonic()
         for entry in run.phases[self._phases_shown:]:      # every phase, also two within one call
             self._phase = entry["phase"]
@@ -69,7 +69,7 @@ class Progress:
         text = f"  {t:6.2f} h  phase {entry['phase']}"
         return f"\033[1;36m{text}\033[0m" if self.color else text
 
-    def _status(self, run: Run, rig: VirtualRig) -> str:
+    def _status(self, run: Run, rig: ScenarioRig) -> str:
         snap: dict[str, Any] = rig.snapshot()
         ch, m = snap.get("channels", {}), snap.get("metrics", {})
         phase = self._phase or "starting"

@@ -86,9 +86,15 @@ class LagProbe:
             self.worst_s, self.worst_at_s = lag, t_s
 
 
-def lag_measurement(lag: LagProbe | None, limit: float, time_scale: float) -> dict[str, Any]:
+def lag_measurement(lag: LagProbe | None, limit: float, time_scale: float, *, lockstep: bool = False) -> dict[str, Any]:
     """The worst lag as a measurement of the run's record, limit ``[rig] max_lag_s``: past it the run fails
-    with the lag and when it happened, whatever the physics did."""
+    with the lag and when it happened, whatever the physics did. In lockstep it is 0 by construction: the
+    plant's clock waits for every scan (nothing is probed)."""
+    if lockstep:
+        return {"name": "controller_lag_s", "measure": "controller_lag_s", "value": 0.0, "unit": "s",
+                "limits": {"max": limit}, "outcome": "pass",
+                "description": "how late the controller's scans came, in plant seconds past one scan period",
+                "note": "lockstep: the controller scans on the plant's clock, every scan_s exactly; it cannot lag"}
     answered = lag.answered if lag is not None else 0
     worst = round(lag.worst_s, 3) if lag is not None and answered else None
     at = lag.worst_at_s if lag is not None else None

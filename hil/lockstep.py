@@ -42,11 +42,14 @@ class Plant(Protocol):
 
 
 class LockstepRig:
-    """Owns a register file and a core built from the station; the caller adds a controller."""
+    """Owns a register file and a core built from the station; the caller adds a controller. Without a plant
+    here, ``attach`` one before the first step."""
 
-    def __init__(self, station: Station, plant: Plant, *, dt_s: float = 1.0,
+    plant: Plant
+    cabinet: Cabinet
+
+    def __init__(self, station: Station, plant: Plant | None, *, dt_s: float = 1.0,
                  directory: str | os.PathLike[str] | None = None, cabinet: Cabinet | None = None) -> None:
-        self.plant = plant
         self.dt_s = dt_s
         self._tmp = tempfile.TemporaryDirectory(prefix="reedge-lockstep-", dir=directory)
         path = pathlib.Path(self._tmp.name) / "plant.regs"
@@ -62,13 +65,22 @@ class LockstepRig:
         self.offsets: dict[str, float] = {}
         self.poll_s: dict[str, float] = {}
         self._polled_s: dict[str, float] = {}
-        relay = WatchdogRelay(timeout_s=1.5 * dt_s, outputs=tuple(o for o in ("heater", "h2_inlet_valve")
-                                                                   if o in self.wiring.lines))
-        self.cabinet = cabinet or build_cabinet(self.station, self.station.identity.kind, plant, relay)
-        self.cabinet.driven = True
         self._watchdog = self.station.core.watchdog_output
         self._watchdog_level: int | None = None
         self._watchdog_edge_ns = 0
+        if plant is not None:
+            self.attach(plant, cabinet)
+
+    def attach(self, plant: Plant, cabinet: Cabinet | None = None,
+               sensors: Callable[[], tuple[dict[str, float], dict[str, bool], set[str]]] | None = None) -> None:
+        """The plant and its cabinet, then the power-up. ``sensors`` replaces ``plant.sensors`` and the cabinet's
+        inputs (``hil.lockstep_rig``: its plant side adds the cabinet's inputs and the sensor faults itself)."""
+        self.plant = plant
+        self._sensors = sensors
+        relay = WatchdogRelay(timeout_s=1.5 * self.dt_s, outputs=tuple(o for o in ("heater", "h2_inlet_valve")
+                                                                        if o in self.wiring.lines))
+        self.cabinet = cabinet or build_cabinet(self.station, self.station.identity.kind, plant, relay)
+        self.cabinet.driven = True
         self._publish()
         self.core.run_ticks(1)
         # power-up: the core's watchdog proof test sees the relay drop (line held), then pick up (line
@@ -83,6 +95,9 @@ class LockstepRig:
                 break
 
     def _publish(self) -> None:
+        if self._sensors is not None:
+            self.publish(*self._sensors())
+            return
         analog, digital, broken = self.plant.sensors()
         cab_analog, cab_digital = self.cabinet.inputs()
         analog.update(cab_analog)
@@ -90,7 +105,11 @@ class LockstepRig:
         for name, offset in self.offsets.items():
             if name in analog:
                 analog[name] += offset
-        self.wiring.publish(self.regs, analog, {**digital, **self.extra_digital}, broken)
+        self.publish(analog, {**digital, **self.extra_digital}, broken)
+
+    def publish(self, analog: Mapping[str, float], digital: Mapping[str, bool], broken: set[str]) -> None:
+        """The sensors as field signals; the injected channels straight into the core (``poll_s`` apart)."""
+        self.wiring.publish(self.regs, analog, digital, broken)
         now = self.core.now_ns()
         for name in self.wiring.injected:
             value = analog.get(name)
@@ -104,7 +123,15 @@ class LockstepRig:
 
     def effective(self) -> dict[str, float]:
         """What the plant's devices do with the levels the core wrote, through the cabinet."""
-        written = {k: float(v) for k, v in self.wiring.outputs(self.regs).items()}
+        written = self.written()
+        self.judge_relay(written)
+        return self.cabinet.effective(written)
+
+    def written(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.wiring.outputs(self.regs).items()}
+
+    def judge_relay(self, written: Mapping[str, float]) -> None:
+        """The watchdog relay on the plant's clock: an edge of the watchdog line every tick keeps it in."""
         now_ns = round(self.plant_s * 1e9) + 1     # > 0: the relay takes 0 for "no edge yet"
         if self._watchdog is not None:
             level = int(written.get(self._watchdog, 0))
@@ -114,7 +141,6 @@ class LockstepRig:
             self.cabinet.relay.update(self._watchdog_edge_ns, now_ns)
         else:
             self.cabinet.relay.energised = True    # no watchdog line: no relay in the chain
-        return self.cabinet.effective(written)
 
     def step(self, scan: Callable[[], Any] | None = None) -> None:
         effective = self.effective()

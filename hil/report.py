@@ -163,10 +163,12 @@ def _duration_text(seconds: Any) -> str:
 
 
 def _run_text(record: dict[str, Any]) -> str:
-    """time scale, plant time and wall time in one phrase."""
+    """the clock (lockstep, or the real-time rig's time scale), plant time and wall time in one phrase."""
     bits = []
     scale = record.get("time_scale")
-    if isinstance(scale, int | float):
+    if record.get("clock") == "lockstep":
+        bits.append("lockstep")
+    elif isinstance(scale, int | float):
         bits.append(f"time scale {scale:g}x")
     if record.get("plant_s") is not None or record.get("wall_s") is not None:
         bits.append(f"plant {_duration_text(record.get('plant_s'))} in {_duration_text(record.get('wall_s'))} wall")
@@ -221,7 +223,7 @@ def _seconds(value: Any) -> str:
 
 
 def _properties(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """Versions, config files and their hashes, time scale: what makes a run reproducible."""
+    """Versions, config files and their hashes, the clock and time scale: what makes a run reproducible."""
     props: list[tuple[str, str]] = []
     for key, value in sorted((record.get("versions") or {}).items()):
         props.append((f"version.{key}", _x(value)))
@@ -229,7 +231,8 @@ def _properties(record: dict[str, Any]) -> list[tuple[str, str]]:
         ref = record.get(name)
         if isinstance(ref, dict):
             props += [(f"{name}.{k}", _x(ref[k])) for k in ("path", "sha256") if ref.get(k) is not None]
-    for key, prop in (("file", "scenario.file"), ("scenario_sha256", "scenario.sha256"), ("time_scale", "time_scale"),
+    for key, prop in (("file", "scenario.file"), ("scenario_sha256", "scenario.sha256"), ("clock", "clock"),
+                      ("time_scale", "time_scale"),
                       ("plant_s", "plant_s"), ("started_utc", "started_utc")):
         if record.get(key) is not None:
             props.append((prop, _x(record[key])))

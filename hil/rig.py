@@ -27,12 +27,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from edge.app.rig_binding import RigBinding
 from hil.regfile import RegisterFile, default_dir
 
 PLANT_EPOCH_UNIX = 1_800_000_000.0    # the plant clock's origin as a unix time (for run-state stamps)
+POLL_S = 0.01                         # the runner's look at a real-time rig: every 10 ms of wall time
+CHANNELS_EVERY_S = 0.05
 _counter = itertools.count()
 
 
@@ -61,10 +63,49 @@ class RigConfig:
     serial: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     scan_s: float = 1.0
     controller_args: Sequence[str] = ()   # more ``reedge run`` options, e.g. ("--broker", "mqtt://127.0.0.1:1883")
+    feed: str = ""                        # the batch's --feed and --mass-in-kg (with a recipe)
+    mass_in_kg: float | None = None
     stop_grace_s: float = 15.0            # SIGTERM to SIGKILL: room for the controller's MQTT flush (--mqtt-flush-s)
 
 
+class ScenarioRig(Protocol):
+    """What the scenario runner (``hil.runner``) drives: ``VirtualRig`` on the wall clock, or
+    ``hil.lockstep_rig.LockstepScenarioRig`` on the plant's. ``now_ns`` stamps what the runner sees (the order
+    of steps, lines and plant events); ``advance`` lets the plant run on until the runner looks again."""
+
+    clock: str                      # "realtime" or "lockstep": the scenario's [rig] clock
+    workdir: pathlib.Path
+    state_dir: pathlib.Path
+    log_path: pathlib.Path
+    controller_log: pathlib.Path
+    hung: bool
+
+    @property
+    def regs(self) -> RegisterFile | None: ...
+
+    def start(self) -> None: ...
+    def start_controller(self, recipe: pathlib.Path | None = None, batch_id: str | None = None) -> None: ...
+    def close(self) -> None: ...
+    def now_ns(self) -> int: ...
+    def t0_ns(self) -> int: ...
+    def plant_s(self) -> float: ...
+    def advance(self) -> None: ...
+    def channels_due(self) -> bool: ...
+    def check(self, controller_may_be_dead: bool) -> None: ...
+    def plant_command(self, **cmd: Any) -> dict[str, Any]: ...
+    def snapshot(self) -> dict[str, Any]: ...
+    def channels(self) -> tuple[dict[str, Any], dict[str, float]]: ...
+    def controller_alive(self) -> bool: ...
+    def controller_command(self, verb: str, **fields: Any) -> None: ...
+    def write_controller(self, line: str, what: str = "a line") -> None: ...
+    def controller_lines(self, since: int = 0) -> list[ControllerLine]: ...
+    def signal_controller(self, sig: signal.Signals) -> int: ...
+    def kill_controller(self) -> int: ...
+
+
 class VirtualRig:
+    clock = "realtime"
+
     def __init__(self, cfg: RigConfig) -> None:
         self.cfg = cfg
         self.workdir = cfg.workdir
@@ -87,6 +128,7 @@ class VirtualRig:
         self.frozen = False
         self.hung = False          # a hung controller cannot act on SIGTERM: it is killed
         self.closed = False
+        self._channels_read = 0.0
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -120,6 +162,8 @@ class VirtualRig:
                 "--scan-s", str(self.cfg.scan_s)]
         if recipe is not None:
             argv += ["--recipe", str(recipe), "--batch-id", batch_id or "hil"]
+            argv += ["--feed", self.cfg.feed] if self.cfg.feed else []
+            argv += ["--mass-in-kg", repr(self.cfg.mass_in_kg)] if self.cfg.mass_in_kg is not None else []
         argv += list(self.cfg.controller_args)
         err = open(self.controller_log, "a")  # noqa: SIM115 - closed in close()
         self._stderr_files.append(err)
@@ -190,6 +234,33 @@ class VirtualRig:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ---- the clock ----
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def t0_ns(self) -> int:
+        """The wall time the controller first started (the record's wall seconds count from it)."""
+        return self.controller_starts[0] if self.controller_starts else 0
+
+    def advance(self) -> None:
+        """The plant runs on by itself: the runner looks again after a short nap."""
+        time.sleep(POLL_S)
+
+    def channels_due(self) -> bool:
+        """Channel snapshots at most every 50 ms of wall time (each is a round trip to the plant process)."""
+        if time.monotonic() - self._channels_read < CHANNELS_EVERY_S:
+            return False
+        self._channels_read = time.monotonic()
+        return True
+
+    def check(self, controller_may_be_dead: bool) -> None:
+        """A RigError when the plant process, or the controller when it should be running, exited."""
+        if self.plant is not None and self.plant.poll() is not None:
+            raise RigError(f"the plant process exited (code {self.plant.poll()}); see {self.workdir / 'plant.stderr'}")
+        if not self.controller_alive() and not controller_may_be_dead:
+            code = self.controller.poll() if self.controller else None
+            raise RigError(f"the controller exited (code {code}); see {self.controller_log}")
+
     # ---- the plant ----
     def _plant_reply(self, timeout_s: float = 10.0) -> dict[str, Any]:
         plant = self.plant
@@ -219,6 +290,11 @@ class VirtualRig:
     def snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = self.plant_command(cmd="snapshot")["snapshot"]
         return snap
+
+    def channels(self) -> tuple[dict[str, Any], dict[str, float]]:
+        """The published channels (None: broken) and the plant's true values, for the steps' conditions."""
+        snap = self.snapshot()
+        return snap.get("channels", {}), snap.get("truth", {})
 
     def plant_s(self) -> float:
         assert self.regs is not None

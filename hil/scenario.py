@@ -54,6 +54,11 @@ RIG_FAULTS: dict[str, dict[str, bool]] = {
 }
 OPERATOR_ACTIONS = ("hold", "resume", "abort", "skip", "limiter_reset")   # limiter_reset: at the cabinet
 MAX_TIME_SCALE = 1500.0
+CLOCKS = ("realtime", "lockstep")   # [rig] clock: the plant on the wall clock, or stepped with the controller
+#: what only the real-time rig can do: act on the controller's process, or on a serial line (a pty)
+REALTIME_FAULTS = ("controller_hang", "process_freeze", "power_loss", "serial_garbage", "gauge_silent",
+                   "meter_silent", "meter_crc_burst")
+WALL_CLOCK_MEASURES = ("safe_latency_ms", "relay_latency_ms")   # wall-clock latencies: no meaning in lockstep
 CONDITION_KEYS = ("t_s", "phase", "held", "channel", "quantity", "above", "below", "after", "after_s", "delay_s",
                   "trip")
 UNTIL = ("batch_end", "batch_record", "phase", "time")
@@ -139,6 +144,7 @@ class Scenario:
     time_scale: float
     batch_id: str
     plant_params: Mapping[str, float]
+    clock: str                          # "realtime" (the default) or "lockstep"
     meter_start: Mapping[str, float]    # instrument -> its counter's reading when the rig starts
     meter_gain: Mapping[str, float]     # instrument -> how much it reads high (1.01) or low: its accuracy
     feed: str                           # what the batch record says was loaded
@@ -199,6 +205,12 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     # the rig keeps the controller's dead-man at its wall-clock value (x time_scale on the plant clock);
     # the core accepts at most 3600 s, and the controller does not keep up with its scan beyond ~1500x
     scale = head.get("time_scale", number_in(1.0, MAX_TIME_SCALE), 1.0)
+    rig = _table(top, "rig")
+    clock = rig.get("clock", choice(CLOCKS), "realtime")
+    lockstep = clock == "lockstep"
+    if lockstep and head.has("time_scale"):
+        head.report("time_scale", "a lockstep scenario (rig.clock = \"lockstep\") has no time scale: it runs as "
+                    "fast as the machine steps it")
     description = head.get("description", string, "")
     batch_id = head.get("batch_id", string, f"hil-{name}") or name
     feed = head.get("feed", string, "")
@@ -216,7 +228,6 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
                     plant_params[key] = value
         params.finish()
 
-    rig = _table(top, "rig")
     meter_start: dict[str, float] = {}
     meter_gain: dict[str, float] = {}
     for table_key, found, low, high in (("meter_start", meter_start, 0.0, 1e12), ("meter_gain", meter_gain, 0.5, 1.5)):
@@ -235,6 +246,10 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
         if station and o not in outputs:
             problems.add(f"rig.relay_outputs[{i}]", unknown("output", o, sorted(outputs)))
     relay_timeout_ms = rig.get("relay_timeout_ms", number_in(10.0, 60_000.0), 500.0)
+    for key, why in (("relay_timeout_ms", "the watchdog relay is judged on the plant's clock, one step at a time"),
+                     ("max_lag_s", "the controller scans on the plant's clock: it cannot fall behind")):
+        if lockstep and rig.has(key):
+            rig.report(key, f"applies to the real-time rig only (rig.clock = \"lockstep\": {why})")
     log_every_s = rig.get("log_every_s", number_in(0.1, 3600.0), 10.0)
     scan_s = rig.get("scan_s", number_in(0.1, 60.0), 1.0)
     max_lag_s = rig.get("max_lag_s", number_in(0.0, 3600.0), DEFAULT_MAX_LAG_S)
@@ -250,7 +265,7 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
         run.report("revision", "applies to run.until = \"batch_record\" only")
     max_h = run.need("max_plant_h", number_in(0.001, 1000.0), "the longest the scenario may run, in plant hours")
     settle_s = run.get("settle_s", number_in(0.0), 0.0)
-    ctx = _Context(station=station, kind=kind)
+    ctx = _Context(station=station, kind=kind, clock=clock)
     steps = _steps(top, ctx)
     until_after = run.get("after", string)
     if until_after is not None and until_after not in {s.id for s in steps}:
@@ -266,7 +281,8 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
     return Scenario(
         name=name, source=path, sha256=hashlib.sha256(text.encode()).hexdigest(), description=description,
         station=station_path, recipe=recipe_path, plant=kind, time_scale=scale, batch_id=batch_id,
-        plant_params=plant_params, meter_start=meter_start, meter_gain=meter_gain, feed=feed, mass_in_kg=mass_in_kg,
+        plant_params=plant_params, clock=clock, meter_start=meter_start, meter_gain=meter_gain, feed=feed,
+        mass_in_kg=mass_in_kg,
         relay_timeout_s=relay_timeout_ms / 1e3, relay_outputs=tuple(relay_outputs), log_every_s=log_every_s,
         scan_s=scan_s, max_lag_s=max_lag_s, until=until, until_phase=until_phase, until_after=until_after,
         until_revision=until_revision,
@@ -277,6 +293,7 @@ def parse_scenario(text: str, path: pathlib.Path) -> Scenario:
 class _Context:
     station: Station | None
     kind: str | None
+    clock: str = "realtime"
 
     def channels(self) -> list[str]:
         return [c.name for c in self.station.core.channels] if self.station else []
@@ -443,6 +460,9 @@ def _fault(t: Table, ctx: _Context, ids: Sequence[str], default_id: str = "") ->
     if kind not in known:
         t.report("kind", unknown("fault", kind, known))
         return None
+    if ctx.clock == "lockstep" and kind in REALTIME_FAULTS:
+        t.report("kind", f"{kind} needs the real-time rig (a controller process, a serial line): not in a lockstep "
+                 "scenario (rig.clock = \"lockstep\")")
     param = physical[kind].param if kind in physical else None
     params_needed: dict[str, bool] = {param: True} if param is not None else dict(RIG_FAULTS.get(kind, {}))
     params: dict[str, Any] = {}
@@ -489,6 +509,9 @@ def _expectations(top: Table, ctx: _Context, step_ids: set[str]) -> list[Expecta
         if measure not in MEASURES:
             t.report("measure", unknown("measurement", measure, MEASURES))
             continue
+        if ctx.clock == "lockstep" and measure in WALL_CLOCK_MEASURES:
+            t.report("measure", f"{measure} is a wall-clock latency: a real-time scenario's measure, not a lockstep "
+                     "one (rig.clock = \"lockstep\"; hil/README.md, \"The two clocks\")")
         args: dict[str, Any] = {}
         for key in MEASURES[measure]:
             if not t.has(key):

@@ -121,12 +121,57 @@ def test_the_good_template_parses() -> None:
      "unknown metered quantity 'power'"),
     (("[[expect]]\nmeasure = \"first_trip\"\nequals = \"h2_leak\"",
       "[[expect]]\nmeasure = \"batch_record\"\nequals = 1"), "expect[0].path", "missing"),
+    (("[run]", "[rig]\nclock = \"lockstp\"\n[run]"), "rig.clock", "did you mean 'lockstep'"),
+    (("[run]", "[rig]\nclock = \"lockstep\"\n[run]"), "scenario.time_scale",
+     "a lockstep scenario (rig.clock = \"lockstep\") has no time scale"),
 ])
 def test_a_malformed_scenario_names_the_key(change: tuple[str, str], key: str, words: str) -> None:
     assert change[0] in GOOD
     message = errors_of(GOOD.replace(*change, 1))
     assert f"/tmp/bad_scenario.toml: {key}: " in message, message
     assert words in message, message
+
+
+LOCKSTEP = GOOD.replace("time_scale = 200\n", "").replace("[run]", "[rig]\nclock = \"lockstep\"\n[run]", 1)
+
+
+@pytest.mark.parametrize(("change", "key", "words"), [
+    (("[run]", "[[faults]]\nkind = \"controller_hang\"\nat = {{ t_s = 10 }}\n[run]"), "faults[1].kind",
+     "controller_hang needs the real-time rig"),
+    (("[run]", "[[faults]]\nkind = \"meter_silent\"\ndevice = \"ar_meter\"\nat = {{ t_s = 10 }}\n[run]"),
+     "faults[1].kind", "meter_silent needs the real-time rig"),
+    (("clock = \"lockstep\"", "clock = \"lockstep\"\nrelay_timeout_ms = 500"), "rig.relay_timeout_ms",
+     "applies to the real-time rig only"),
+    (("clock = \"lockstep\"", "clock = \"lockstep\"\nmax_lag_s = 60"), "rig.max_lag_s",
+     "applies to the real-time rig only"),
+    (("[[expect]]\nmeasure = \"first_trip\"", "[[expect]]\nmeasure = \"safe_latency_ms\"\nrule = \"h2_leak\"\nmax = 25"
+      "\n[[expect]]\nmeasure = \"first_trip\""), "expect[0].measure", "safe_latency_ms is a wall-clock latency"),
+])
+def test_a_lockstep_scenario_refuses_what_needs_the_wall_clock(change: tuple[str, str], key: str, words: str) -> None:
+    assert change[0] in LOCKSTEP
+    message = errors_of(LOCKSTEP.replace(*change, 1))
+    assert f"/tmp/bad_scenario.toml: {key}: " in message, message
+    assert words in message, message
+
+
+def test_a_lockstep_run_gives_the_same_measurements_every_time(tmp_path: pathlib.Path) -> None:
+    """Plant, core and controller stepped together: the same file, the same record (wall times aside), and
+    ``reedge hil run`` says which clock ran it."""
+    from hil.runner import run_files
+
+    path = ROOT / "hil" / "scenarios" / "hd_h2_leak_absorption.toml"
+    sc = load_scenario(path)
+    assert sc.clock == "lockstep"
+    printed: list[str] = []
+    assert run_files([path], tmp_path / "a", print_fn=printed.append) == 0
+    assert printed[0] == f"== hd_h2_leak_absorption ({path}) in lockstep" and "(lockstep, plant " in printed[1]
+    first = json.loads((tmp_path / "a" / "hd_h2_leak_absorption.json").read_text())
+    second = run_scenario(sc, tmp_path / "b")
+    assert first["clock"] == second["clock"] == "lockstep" and first["time_scale"] is None
+    assert first["outcome"] == "pass"
+    assert first["measurements"] == second["measurements"]
+    assert [(e["t_s"], e["message"]) for e in first["events"]] == [(e["t_s"], e["message"]) for e in second["events"]]
+    assert first["plant_s"] == second["plant_s"]
 
 
 def test_a_run_can_end_on_its_batch_records_revision() -> None:

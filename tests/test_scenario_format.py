@@ -9,7 +9,8 @@ import pathlib
 import pytest
 
 from edge.spec.reader import SpecError
-from hil.runner import Fired, Run, measure
+from hil.measures import measure
+from hil.runner import Fired, Run
 from hil.scenario import Expectation, parse_scenario
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -53,12 +53,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from edge.app.rig_binding import RigBinding
-from edge.app.stdin_commands import StdinCommands, answer
+from edge.app.stdin_commands import Line, StdinCommands, answer
 from edge.app.systemd import Notifier
 from edge.batch.record import BatchRecorder
 from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller, ProcessEvent
@@ -368,55 +368,19 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
           commands: StdinCommands | None, operator: Operator, stop: threading.Event, binding: RigBinding | None,
           devices: Devices, publisher: Publisher | None = None) -> int:
     scale = binding.time_scale if binding is not None else 1.0
-    sent = 0
-    last_status: tuple[Any, ...] = ()
-    last_status_wall = 0.0
+    scan = Scan(ctl, reporter, devices, operator, publisher)
     while not stop.is_set():
-        ctl.step()
+        scan.step()
         notifier.watchdog()
-        if publisher is not None:
-            for answered in publisher.scan(ctl):     # MQTT commands run here, then everything new is put
-                r = answered.reply
-                reporter.write("reply", r["message"], cmd=r["verb"], accepted=answered.accepted, code=r["code"],
-                               command_id=r["command_id"], source="mqtt", t_s=ctl.now_s())
-        # after the commands (their events are the record's too); the publisher sends it at its next scan
-        devices.recorder.scan(ctl, devices.counter_samples())
-        for e in ctl.events[sent:]:
-            reporter.event(e)
-        sent = len(ctl.events)
-        if len(ctl.events) > 10_000:       # reported and published: drop them
-            del ctl.events[:sent]
-            if publisher is not None:
-                publisher.forget_events(sent)
-            devices.recorder.forget_events(sent)
-            sent = 0
-        seq = ctl.sequencer
-        status = (seq.phase if seq else None, seq.held if seq else None, ctl.batch_finished())
-        wall = time.monotonic()
-        if status != last_status or wall - last_status_wall >= STATUS_EVERY_S:
-            reporter.write("status", f"phase {status[0]}{' (held)' if status[1] else ''}", t_s=ctl.now_s(),
-                           phase=status[0], held=status[1], finished=status[2], batch=ctl.batch.get("id"),
-                           **devices.status())
-            last_status, last_status_wall = status, wall
         if opts.exit_when_done and ctl.batch_finished() and not devices.recorder.closing:
             break                   # (once its record has its end readings, or gave up waiting for them)
         if commands is not None:
-            for line in commands.poll():     # the same path as MQTT's commands, as "stdin"
-                done = answer(operator, line)
-                reporter.write("reply", done.message, cmd=done.verb, accepted=done.result == "accepted",
-                               code=done.code, source="stdin", t_s=ctl.now_s())
+            scan.answer(commands.poll())     # the same path as MQTT's commands, as "stdin"
             if commands.closed and binding is not None:
                 break           # the rig that started us is gone (its end of the pipe closed): do not run on
         _sleep_core_time(ctl, opts.scan_s, scale, stop)
     notifier.stopping()
-    _stop_core(ctl)                  # outputs safe now, and no dead-man to outlast during the flush
-    for e in ctl.events[sent:]:
-        reporter.event(e)
-    deadline = time.monotonic() + END_READINGS_WAIT_S
-    while devices.recorder.closing and time.monotonic() < deadline:   # the batch just ended: the meters'
-        devices.recorder.scan(ctl, devices.counter_samples())          # readings after its end, if they come
-        time.sleep(0.05)
-    devices.recorder.close(ctl)      # an unfinished record stays open: the next start continues it
+    scan.stop()
     fields: dict[str, Any] = {}
     if publisher is not None:
         result = publisher.stop(ctl, opts.mqtt_flush_s)
@@ -433,6 +397,73 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
     reporter.write("exit", "controller stopped", t_s=ctl.now_s(), ticks=stats.ticks,
                    samples_lost=stats.samples_lost, **fields)
     return 0
+
+
+class Scan:
+    """One pass of the scan loop, and its end: what ``_loop`` does every ``scan_s``, and what the HIL's lockstep
+    rig (``hil.lockstep_rig``) calls on the plant's clock, so both run the same controller. ``clock`` times the
+    status lines (wall seconds here, plant seconds in lockstep: the same run gives the same lines)."""
+
+    def __init__(self, ctl: Controller, reporter: Reporter, devices: Devices, operator: Operator,
+                 publisher: Publisher | None = None, *, clock: Callable[[], float] = time.monotonic,
+                 status_every_s: float = STATUS_EVERY_S) -> None:
+        self.ctl, self.reporter, self.devices = ctl, reporter, devices
+        self.operator, self.publisher = operator, publisher
+        self.clock = clock
+        self.status_every_s = status_every_s
+        self.sent = 0
+        self._last_status: tuple[Any, ...] = ()
+        self._last_status_at = -math.inf
+
+    def step(self) -> None:
+        ctl, reporter, devices, publisher = self.ctl, self.reporter, self.devices, self.publisher
+        ctl.step()
+        if publisher is not None:
+            for answered in publisher.scan(ctl):     # MQTT commands run here, then everything new is put
+                r = answered.reply
+                reporter.write("reply", r["message"], cmd=r["verb"], accepted=answered.accepted, code=r["code"],
+                               command_id=r["command_id"], source="mqtt", t_s=ctl.now_s())
+        # after the commands (their events are the record's too); the publisher sends it at its next scan
+        devices.recorder.scan(ctl, devices.counter_samples())
+        self.report_events()
+        if len(ctl.events) > 10_000:       # reported and published: drop them
+            del ctl.events[:self.sent]
+            if publisher is not None:
+                publisher.forget_events(self.sent)
+            devices.recorder.forget_events(self.sent)
+            self.sent = 0
+        seq = ctl.sequencer
+        status = (seq.phase if seq else None, seq.held if seq else None, ctl.batch_finished())
+        now = self.clock()
+        if status != self._last_status or now - self._last_status_at >= self.status_every_s:
+            reporter.write("status", f"phase {status[0]}{' (held)' if status[1] else ''}", t_s=ctl.now_s(),
+                           phase=status[0], held=status[1], finished=status[2], batch=ctl.batch.get("id"),
+                           **devices.status())
+            self._last_status, self._last_status_at = status, now
+
+    def report_events(self) -> None:
+        for e in self.ctl.events[self.sent:]:
+            self.reporter.event(e)
+        self.sent = len(self.ctl.events)
+
+    def answer(self, lines: Iterable[Line]) -> None:
+        """Operator command lines (stdin's, ``edge.app.stdin_commands``), each answered with a ``reply`` line."""
+        for line in lines:
+            done = answer(self.operator, line)
+            self.reporter.write("reply", done.message, cmd=done.verb, accepted=done.result == "accepted",
+                                code=done.code, source="stdin", t_s=self.ctl.now_s())
+
+    def stop(self, readings_wait_s: float = END_READINGS_WAIT_S) -> None:
+        """The core stopped (outputs safe), its last events reported, the record closed; a batch that just ended
+        first waits up to ``readings_wait_s`` (wall) for the meters' readings after its end."""
+        ctl, recorder = self.ctl, self.devices.recorder
+        _stop_core(ctl)                  # outputs safe now, and no dead-man to outlast during the flush
+        self.report_events()
+        deadline = time.monotonic() + readings_wait_s
+        while recorder.closing and time.monotonic() < deadline:
+            recorder.scan(ctl, self.devices.counter_samples())
+            time.sleep(0.05)
+        recorder.close(ctl)              # an unfinished record stays open: the next start continues it
 
 
 def _stop_core(ctl: Controller) -> None:
