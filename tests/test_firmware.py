@@ -151,9 +151,11 @@ def test_ctrl_c_from_mpremote_stops_the_firmware_with_outputs_safe(firmware_node
     assert node.outputs()[h2] == 0
 
 
-def test_the_node_counts_damaged_duplicated_and_missing_edge_frames(firmware_node: VirtualNode) -> None:
-    node = firmware_node
-    with serial.Serial(node.port, 115200, timeout=0.05) as s:
+def test_the_node_counts_damaged_duplicated_and_missing_edge_frames(tmp_path: pathlib.Path) -> None:
+    """A dead-man of 5 s: the frames are counted whenever the node gets to them (the echo they carry must be
+    younger than the dead-man; with 600 ms a loaded machine made the node refuse them as stale: rx_refused 3)."""
+    stage_firmware(tmp_path, {**NODE_JSON, "deadman_ms": 5000}, compiled=True)
+    with VirtualNode(tmp_path, peripherals=PERIPHERALS) as node, serial.Serial(node.port, 115200, timeout=0.05) as s:
         dec = link.Decoder()
         hello = ask_hello(s, dec)
 
