@@ -93,21 +93,11 @@ class _Meters:
         self.due_s = dict.fromkeys(configs, 0.0)
 
     def poll(self, plant_s: float, t_ns: int) -> None:
-        for worker in self.bus._workers:
-            for poll in worker.polls:
-                name = poll.name
-                if plant_s < self.due_s[name]:
-                    continue
-                self.due_s[name] = plant_s + self.every_s[name]
-                for block in poll.blocks:
-                    self.bus._count(name, "polls")
-                    words = self.devices[name].read(block.function, block.start, block.count)
-                    if isinstance(words, int):      # an exception answer
-                        self.bus._count(name, "exceptions")
-                        break
-                    self.bus._count(name, "good")
-                    self.bus._set(name, last_good_t_ns=t_ns)
-                    worker._use(poll, block, words, t_ns)
+        for name in self.bus.instruments:
+            if plant_s < self.due_s[name]:
+                continue
+            self.due_s[name] = plant_s + self.every_s[name]
+            self.bus.read_round(name, self.devices[name].read, t_ns)
 
 
 class LockstepScenarioRig:

@@ -78,7 +78,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any, cast
@@ -247,6 +247,27 @@ class ModbusBus:
         with self._lock:
             return {n: InstrumentCounters(**c, **{k: getattr(lines[n], k) for k in _LINE_FIELDS})
                     for n, c in self._counts.items()}
+
+    @property
+    def instruments(self) -> list[str]:
+        """The instruments' names, in the order they are polled."""
+        return [p.name for w in self._workers for p in w.polls]
+
+    def read_round(self, name: str, read: Callable[[int, int, int], list[int] | int], t_ns: int) -> None:
+        """One round of instrument ``name`` through ``read(function, start, count)`` (the words, or a Modbus
+        exception code) instead of its port, on the caller's thread: the same decoding, injection, counter
+        samples and counts as a port worker's round. The seam for a rig that emulates the devices on its own
+        clock (``hil.lockstep_rig``); a station never calls it (its port workers read the line)."""
+        worker, poll = next((w, p) for w in self._workers for p in w.polls if p.name == name)
+        for block in poll.blocks:
+            self._count(name, "polls")
+            words = read(block.function, block.start, block.count)
+            if isinstance(words, int):      # an exception answer: the rest of the round is not used
+                self._count(name, "exceptions")
+                return
+            self._count(name, "good")
+            self._set(name, last_good_t_ns=t_ns)
+            worker._use(poll, block, words, t_ns)
 
     def drain_samples(self) -> list[CounterSample]:
         """Every counter sample since the last call, oldest first (the controller's thread calls this)."""
