@@ -10,6 +10,13 @@ plant-time rate (JSON lines).
 Burst-fired outputs (the heater) enter the physics as their mean level over the step, from the
 core's on-time counters: the plant's samples would alias against a level that changes every tick.
 
+**A controller booting after a power loss runs against a plant at 1x.** A board's boot (Python, the
+station file, the core's start) takes wall seconds that do not scale: at 600x a 2 s start-up would be 20
+minutes of plant time in the dark, and on a loaded machine, more than the recipe's longest outage (the
+recovery then aborts the batch: a verdict of the machine's load, not of the controller). So from the
+power coming back until the new core's first tick the plant's clock advances at wall speed, as it would
+beside a real board; the controller still measures the outage on the plant's clock, its boot included.
+
 It also watches the interlocks from the field side: for each threshold rule of the station it
 notes when the published value first met the trip condition (the onset). The runner pairs it with
 the core's trip event and output-change stamps; all are CLOCK_MONOTONIC, shared by every process
@@ -57,6 +64,7 @@ class PlantProcess(PlantSim):
                          float(cfg.get("log_every_s", 10.0)), time.monotonic_ns, seed=int(cfg.get("seed", 1)))
         self.wiring = Wiring(station.core)
         self._gauge_broken: dict[str, bool] = {}
+        self._rebooting = False        # power back after a loss, the new core not ticking yet: the plant at 1x
         self._on_prev = {name: self.regs.do_on_ns(line) for name, line in self.outputs.items()}
         self._on_owed = dict.fromkeys(self.outputs, 0.0)
         self._ticks_prev = self.regs.core_ticks
@@ -146,12 +154,19 @@ class PlantProcess(PlantSim):
                 print(json.dumps({"ok": True}), flush=True)
                 return True
             reply = self.command(cmd)
+            if cmd.get("cmd") == "power":
+                self._rebooting = bool(cmd.get("on"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(reply), flush=True)
         return False
 
-    # ---- main loop ----
+    def _scale_now(self) -> float:
+        """The time scale, or 1 while the controller boots after a power loss (module docstring)."""
+        if self._rebooting and self.field.driven:
+            self._rebooting = False             # the new core has written: the board is up
+        return 1.0 if self._rebooting else self.scale
+
     # ---- main loop ----
     def run(self) -> int:
         self.regs.regs.plant_alive = 1
@@ -176,7 +191,7 @@ class PlantProcess(PlantSim):
                 now = time.monotonic()
                 # a starved loop slows the plant's clock instead of jumping it: the core's filters and
                 # debounces count plant steps, and a 50 ms hiccup at 800x would be a 40 s step
-                self.step(min(now - last, MAX_STEP_WALL_S) * self.scale)
+                self.step(min(now - last, MAX_STEP_WALL_S) * self._scale_now())
                 last = now
         finally:
             self.regs.regs.plant_alive = 0

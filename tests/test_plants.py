@@ -222,3 +222,22 @@ def test_plant_process_relay_cuts_a_heater_a_frozen_core_left_on(hd_rig: Virtual
     assert snap["metrics"]["heater_j"] == pytest.approx(j_drop, abs=HDParams().heater_w * 2 * 0.01 * 50), \
         "and stops when it drops"
     assert snap["effective"]["heater"] == 0.0 and snap["written"]["heater"] == 1
+
+
+def test_after_a_power_loss_the_plant_runs_at_1x_until_the_new_core_ticks(hd_rig: VirtualRig) -> None:
+    """A board's boot takes wall seconds that do not scale: at 50x, one second of it would be 50 plant seconds of
+    outage. From power on until a core ticks again the plant's clock runs at wall speed (plant_process), then at
+    the time scale again. Bounds, not rates: the plant can fall behind a starved loop, never run ahead of it."""
+    regs = hd_rig.regs
+    assert regs is not None
+    hd_rig.plant_command(cmd="power", on=False, hold_inputs=True)
+    hd_rig.plant_command(cmd="board_dead")
+    hd_rig.plant_command(cmd="power", on=True)
+    t0, w0 = hd_rig.plant_s(), time.monotonic()
+    time.sleep(1.0)
+    booting = hd_rig.plant_s() - t0
+    assert booting <= (time.monotonic() - w0) + 0.05, f"{booting:.2f} plant s in a wall second while booting"
+    regs.regs.core_ticks += 1                    # the new core's first tick: the board is up
+    t1, w1 = hd_rig.plant_s(), time.monotonic()
+    hd_rig.wait_for(lambda: hd_rig.plant_s() - t1 > 5.0 * (time.monotonic() - w1) > 0.2, 30.0,
+                    "the plant's clock back at the time scale")
