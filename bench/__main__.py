@@ -23,6 +23,7 @@ BENCHES = {
     "session": "bench.bench_session",
     "link": "bench.bench_link",
     "scan": "bench.bench_scan",
+    "flood": "bench.bench_flood",
 }
 
 

@@ -59,7 +59,9 @@ def _body(i: int) -> dict[str, object]:
 
 
 class _Broker:
-    def __init__(self, workdir: pathlib.Path) -> None:
+    """A mosquitto process on a free loopback port; ``extra``: config lines appended (``bench_flood``'s limits)."""
+
+    def __init__(self, workdir: pathlib.Path, extra: str = "") -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.access(binary, os.X_OK):
             raise RuntimeError("mosquitto is not installed (./dev test installs it)")
@@ -68,7 +70,7 @@ class _Broker:
             self.port = int(s.getsockname()[1])
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                        "max_queued_messages 1000000\nmax_queued_bytes 0\n")
+                        "max_queued_messages 1000000\nmax_queued_bytes 0\n" + extra)
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
