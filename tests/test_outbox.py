@@ -685,3 +685,39 @@ def test_group_commit_makes_a_put_durable_by_itself_while_nothing_is_sent(tmp_pa
                 assert time.monotonic() < deadline, "the put was never fsynced"
                 time.sleep(0.005)
         assert ob.stats().count == 5
+
+
+def test_an_open_thinning_report_waiting_for_its_fsync_holds_back_the_events_after_it(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review15: a thinning extends the open report in place; until an fsync covers that, pending skips the
+    report, and it used to hand out the events put after it (event seq 2 before seq 1) while the syncer's fsync
+    was running (wait=False, the session's way)."""
+    gate, entered = threading.Event(), threading.Event()
+    gate.set()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal") and not gate.is_set():
+            entered.set()
+            assert gate.wait(60), "the test never opened the gate"
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with Outbox(tmp_path / "o.db", quota_bytes=32 * 1024) as ob:
+        i = 0
+        while ob.stats().thinning_events == 0:
+            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
+            i += 1
+        trip = ob.put("event", TOPIC + "event", {"kind": "trip"}, priority=Priority.ALARM)
+        ob.sync()
+        gate.clear()                                  # the syncer's next fsync is slow (an SD card)
+        thinned = ob.stats().thinned
+        while ob.stats().thinned == thinned:          # a later thinning extends the open report in place
+            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
+            i += 1
+        assert entered.wait(60), "the syncer never began its fsync"
+        first = ob.pending(50, wait=False)            # whatever the syncer is doing: never the trip before the report
+        ob.mark_inflight(m.id for m in first)
+        gate.set()
+        rest = drain(ob)
+        events = [m.seq for m in first + rest if m.stream == "event"]
+        assert trip.seq == 2 and events == [1, 2], events

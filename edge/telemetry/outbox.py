@@ -598,7 +598,10 @@ class Outbox:
                     "SELECT id FROM messages WHERE priority = ? AND id <= ? ORDER BY id LIMIT ?",
                     (int(p), durable, want + 1))]
         ids.sort()
-        return [i for i in ids if i not in self._inflight and i != skip][:limit]
+        if skip is not None and Priority.EVENT in priorities:   # what follows the report in its class (an EVENT)
+            # waits with it, or the event stream would go out of order (telemetry's order does not depend on it)
+            ids = [i for i in ids if i < skip]
+        return [i for i in ids if i not in self._inflight][:limit]
 
     def mark_inflight(self, ids: Iterable[int]) -> int:
         """Record that these messages were handed to the network; ``pending`` skips them until requeued.
