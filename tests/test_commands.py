@@ -440,6 +440,16 @@ def test_broker_acl_refuses_a_name_that_cannot_be_a_topic_level() -> None:
         broker_acl(bad, T)
 
 
+def test_broker_acl_refuses_an_identity_with_a_blank_at_its_end() -> None:
+    """review15: mosquitto 2.0.11 trims an ACL line's ends: from ``user lead `` / ``topic write .../cmd/lead /hold``
+    the client "lead" (any role, or none) got PUBACK success writing cmd/lead /hold, the operator "lead "'s name,
+    and "lead " itself got 0x87."""
+    bad = CommandSettings(roles={"lead ": frozenset({"operator"})})
+    with pytest.raises(TopicError, match="identity 'lead ' cannot be a command topic level"):
+        broker_acl(bad, T)
+    assert broker_acl(CommandSettings(roles={"ops team": frozenset({"operator"})}), T)   # a blank inside is fine
+
+
 # ---- hostile payloads: a command can never stop the controller -------------------------------
 
 def deep_command(verb: str, levels: int) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import tracemalloc
 
 import pytest
 
@@ -94,3 +95,21 @@ def test_the_rate_limit_is_read_from_the_station_file_and_checked() -> None:
     shown = str(info.value)
     assert "hd.toml: mqtt.commands.burst: expected an integer from 1 to 1000" in shown
     assert "mqtt.commands.rate_per_minute: expected an integer from 1 to 60000" in shown
+
+
+def test_a_flood_with_large_correlation_data_holds_little_memory() -> None:
+    """review15: MQTT 5 correlation data (up to 64 KiB, any sender) was kept whole for every command turned away,
+    though its busy answer never echoes more than MAX_CORRELATION: 3,000 such commands held 198 MB (660 MB at
+    MAX_TURNED_WAITING)."""
+    intake = Intake(CommandSettings(roles=ROLES, burst=20, rate_per_minute=120), timer=Clock())
+    tracemalloc.start()
+    try:
+        for i in range(3000):
+            c = cmd("historian", n=i)
+            intake.offer(Waiting(c.topic, c.payload, None, bytes(bytearray(b"c" * 65535)), c.ack))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert intake.waiting == 3000
+    assert held < 8 << 20, f"{held / 1e6:.0f} MB held for 3,000 commands"
+    assert len(intake.take(100)) == 20 and all(t.correlation_data is None for t in intake.take_turned(5000))

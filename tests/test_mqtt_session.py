@@ -15,7 +15,9 @@ every wait is a safety net (``SAFETY_S``) on a condition, never a timed assertio
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import os
 import pathlib
 import random
 import signal
@@ -850,6 +852,70 @@ def test_a_command_is_acknowledged_to_the_broker_only_once_an_fsync_covers_its_a
             wait_until(lambda: b"c19" in seen and len(acked_answers) == len(answers), "every command acknowledged")
             assert len(acked_answers) >= 21
             assert [durable for _, durable in acked_answers] == [True] * len(acked_answers), acked_answers
+        finally:
+            session.stop(5)
+            sender.disconnect()
+            sender.loop_stop()
+
+
+def test_a_command_whose_ack_met_a_failed_fsync_is_acknowledged_once_an_fsync_works(
+        broker: Mosquitto, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review15: when the fsync before a PUBACK failed, the session dropped the ack ("the broker sends it again
+    next time"): on a connection that stays up nothing sends it again, the command stayed unacknowledged.
+    The ack must wait for the next fsync that works (its answer is sent after that one anyway)."""
+    real_fsync = os.fsync
+    armed = threading.Event()
+    failed_on: list[str] = []
+
+    def fsync(fd: int) -> None:
+        if armed.is_set() and os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
+            failed_on.append(threading.current_thread().name)
+            if threading.current_thread().name.startswith("mqtt-"):
+                armed.clear()                           # one failure on the network thread, then the disk works
+            raise OSError(errno.EIO, "injected: Input/output error")
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    real_ack = mqtt.Client.ack
+    acked: set[bytes] = set()
+    mids: dict[int, bytes] = {}
+
+    def ack(client: mqtt.Client, mid: int, qos: int) -> object:
+        if mid in mids:
+            acked.add(mids[mid])
+        return real_ack(client, mid, qos)
+    monkeypatch.setattr(mqtt.Client, "ack", ack)
+
+    with Outbox(tmp_path / "outbox.db", boot_id="boot-1") as ob:        # the default: synchronous="GROUP"
+        session = MqttSession(ob, fast(broker.url), site=SITE, station=STATION)
+
+        def on_command(message: mqtt.MQTTMessage, done: Callable[[], None]) -> None:
+            session.put("reply", {"command_id": message.payload.decode()}, verb="hold")
+            mids[message.mid] = bytes(message.payload)
+            done()
+        session.subscribe_acked(session.topics.cmd_filter, 1, on_command)
+        session.start()
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada", protocol=MQTTProtocolVersion.MQTTv5)
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        try:
+            assert session.wait_connected(SAFETY_S)
+            topic = session.topics.cmd("hold", "scada-hd")
+            for _ in range(int(SAFETY_S)):          # until the station's subscription is in place at the broker
+                sender.publish(topic, b"probe", qos=1).wait_for_publish(SAFETY_S)
+                end = time.monotonic() + 1
+                while b"probe" not in acked and time.monotonic() < end:
+                    time.sleep(0.01)
+                if b"probe" in acked:
+                    break
+            assert b"probe" in acked, "no command reached the station"
+            armed.set()
+            sender.publish(topic, b"during-eio", qos=1).wait_for_publish(SAFETY_S)
+            wait_until(lambda: not armed.is_set(), "the network thread's fsync failed")
+            sender.publish(topic, b"after", qos=1).wait_for_publish(SAFETY_S)
+            wait_until(lambda: {b"during-eio", b"after"} <= acked,
+                       f"both acknowledged (acked {sorted(acked)}, fsync failed on {failed_on},"
+                       f" seen {sorted(mids.values())})")
+            assert any(n.startswith("mqtt-") for n in failed_on), failed_on
         finally:
             session.stop(5)
             sender.disconnect()

@@ -685,3 +685,64 @@ def test_group_commit_makes_a_put_durable_by_itself_while_nothing_is_sent(tmp_pa
                 assert time.monotonic() < deadline, "the put was never fsynced"
                 time.sleep(0.005)
         assert ob.stats().count == 5
+
+
+def test_an_open_thinning_report_waiting_for_its_fsync_holds_back_the_events_after_it(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review15: a thinning extends the open report in place; until an fsync covers that, pending skips the
+    report, and it used to hand out the events put after it (event seq 2 before seq 1) while the syncer's fsync
+    was running (wait=False, the session's way)."""
+    gate, entered = threading.Event(), threading.Event()
+    gate.set()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal") and not gate.is_set():
+            entered.set()
+            assert gate.wait(60), "the test never opened the gate"
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with Outbox(tmp_path / "o.db", quota_bytes=32 * 1024) as ob:
+        i = 0
+        while ob.stats().thinning_events == 0:
+            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
+            i += 1
+        trip = ob.put("event", TOPIC + "event", {"kind": "trip"}, priority=Priority.ALARM)
+        ob.sync()
+        gate.clear()                                  # the syncer's next fsync is slow (an SD card)
+        thinned = ob.stats().thinned
+        while ob.stats().thinned == thinned:          # a later thinning extends the open report in place
+            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
+            i += 1
+        assert entered.wait(60), "the syncer never began its fsync"
+        first = ob.pending(50, wait=False)            # whatever the syncer is doing: never the trip before the report
+        ob.mark_inflight(m.id for m in first)
+        gate.set()
+        rest = drain(ob)
+        events = [m.seq for m in first + rest if m.stream == "event"]
+        assert trip.seq == 2 and events == [1, 2], events
+
+
+def test_thinning_spares_what_pending_just_handed_out_before_it_is_marked_in_flight(tmp_path: pathlib.Path) -> None:
+    """review15: the session reads a window (pending), then marks it in flight; a put thinning in between deleted a
+    message already handed out (158 puts in: seq 2, mark_inflight 19 of 20): the session sent it all the same and
+    the thinning report named it removed, so the report no longer matched the consumer's gaps."""
+    with Outbox(tmp_path / "o.db", quota_bytes=32 * 1024, synchronous="NORMAL") as ob:
+        i = 0
+        while ob.stats().thinning_events == 0:       # an outage: the quota is reached
+            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
+            i += 1
+        drain(ob)                                     # the open report handed out: the next thinning starts another
+        window = ob.pending(20)
+        batch = [m for m in window if m.stream == "telemetry"]
+        assert len(batch) >= 10
+        thinned = ob.stats().thinned
+        for _ in range(2000):                         # the controller's puts while the session is between the two
+            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
+            i += 1
+        assert ob.stats().thinned > thinned + 100, "no thinning walked past the window: the test proves nothing"
+        assert ob.mark_inflight(m.id for m in window) == len(window)
+        reports = thinning_events([m for m in drain(ob) if m.stream == "event"])
+        named = {s for a, b in thinned_seqs(reports, "telemetry") for s in range(a, b + 1)}
+        removed = named - {m.seq for m in drain(ob) if m.stream == "telemetry"}
+        assert not removed & {m.seq for m in batch}, sorted(removed & {m.seq for m in batch})

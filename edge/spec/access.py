@@ -14,8 +14,9 @@ from edge.spec.reader import Bad, Conv, Table, describe, integer_in, join, list_
 __all__ = ["IDENTITY_RE", "ROLE_VERBS", "CommandSettings", "read_settings"]
 
 #: An MQTT identity (username or certificate CN) as a topic level: 1 to 128 characters, no control
-#: characters, no wildcard, no level separator, no leading space (mosquitto's ``%u`` needs the same).
-IDENTITY_RE = re.compile(r"[^\x00-\x1f\x7f+#/\s][^\x00-\x1f\x7f+#/]{0,127}")
+#: characters, no wildcard, no level separator, no space at either end (mosquitto trims an ACL line's ends:
+#: ``user lead `` would give its block, and the right to write ``cmd/lead /...``, to the identity "lead").
+IDENTITY_RE = re.compile(r"[^\x00-\x1f\x7f+#/\s](?:[^\x00-\x1f\x7f+#/]{0,126}[^\x00-\x1f\x7f+#/\s])?")
 
 ROLE_VERBS: dict[str, frozenset[str]] = {
     "viewer": frozenset(),
@@ -86,8 +87,8 @@ def read_settings(mqtt: Table) -> CommandSettings:
 
 def _identity(value: object) -> str:
     if not isinstance(value, str) or not IDENTITY_RE.fullmatch(value):
-        raise Bad("expected an MQTT identity: 1 to 128 characters, no control characters, no + # / and no leading"
-                  f" space, got {describe(value)}")
+        raise Bad("expected an MQTT identity: 1 to 128 characters, no control characters, no + # / and no space"
+                  f" at either end, got {describe(value)}")
     return value
 
 

@@ -11,10 +11,11 @@ only sorts each command into one of three places:
 - **served after them**: everything else (viewers, unknown identities, unknown verbs): they are
   rejected anyway, cheaply, but still one by one with their own answer and audit event;
 - **turned away**: a command over its sender's rate limit, or one that finds its queue full
-  (``MAX_WAITING`` commands or ``MAX_WAITING_BYTES`` of payload). Only its topic, its command id
-  (``peek_command_id``) and its correlation data are kept (never its payload), and it is answered
-  ``busy`` ("send it again") without being read further. Past ``MAX_TURNED_WAITING`` of those, the
-  network thread answers them itself (``Intake.offer`` returns False), in one outbox transaction.
+  (``MAX_WAITING`` commands or ``MAX_WAITING_BYTES`` of payload and properties). Only its topic, its
+  command id (``peek_command_id``) and its correlation data (if short enough to be echoed) are kept
+  (never its payload), and it is answered ``busy`` ("send it again") without being read further.
+  Past ``MAX_TURNED_WAITING`` of those, the network thread answers them itself (``Intake.offer``
+  returns False), in one outbox transaction.
 
 The turned-away commands are answered by the publisher's answering thread (``wait_work``), not by the
 scan: the broker sends a station only so many unacknowledged commands (mosquitto's
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge.spec.access import CommandSettings
-from edge.telemetry.commands import peek_command_id
+from edge.telemetry.commands import MAX_CORRELATION, peek_command_id
 from edge.telemetry.topics import TopicError, parse_topic
 
 Ack = Callable[[], None]
@@ -96,16 +97,21 @@ class _Queue:
         self.bytes = 0
 
     def put(self, cmd: Waiting) -> bool:
-        if len(self.items) >= MAX_WAITING or self.bytes + len(cmd.payload) > MAX_WAITING_BYTES:
+        if len(self.items) >= MAX_WAITING or self.bytes + _held(cmd) > MAX_WAITING_BYTES:
             return False
         self.items.append(cmd)
-        self.bytes += len(cmd.payload)
+        self.bytes += _held(cmd)
         return True
 
     def get(self) -> Waiting:
         cmd = self.items.popleft()
-        self.bytes -= len(cmd.payload)
+        self.bytes -= _held(cmd)
         return cmd
+
+
+def _held(cmd: Waiting) -> int:
+    """What a queued command holds: its payload and its MQTT 5 properties (up to 64 KiB each, any sender)."""
+    return len(cmd.payload) + len(cmd.correlation_data or b"") + len(cmd.response_topic or "")
 
 
 class Intake:
@@ -154,8 +160,11 @@ class Intake:
                     bucket.tokens += 1.0      # not taken after all: the caller offers it again
                 return False
         # outside the lock: reading the id parses the (small) payload
+        # correlation data past MAX_CORRELATION is not echoed (``CommandHandler.busy``): not kept either, or
+        # MAX_TURNED_WAITING entries of 64 KiB each would hold 660 MB
+        correlation = cmd.correlation_data if len(cmd.correlation_data or b"") <= MAX_CORRELATION else None
         turned = Turned(cmd.topic, identity, peek_command_id(cmd.payload, self.settings.max_payload_bytes),
-                        cmd.correlation_data, reason, cmd.ack)
+                        correlation, reason, cmd.ack)
         with self._lock:
             self._turned.append(turned)
             self._turned_ready.notify()

@@ -95,9 +95,9 @@ out it is frozen (a re-send must be identical) and the next thinning starts a ne
   controller scan for long, whatever the backlog (the dead-man is waiting): 16 ms at most,
   measured on the development VM with a backlog of 1,000,000 messages;
 * telemetry is not thinned below 1/8 of the quota, and thinning starts only when thinnable
-  telemetry exceeds 1/8 + 1/16 of it; messages in flight are never thinned. When alarms fill
-  the disk, telemetry keeps a sparse sample of its whole history, and thinning runs once per
-  1/16 of the quota of new telemetry, not at every put.
+  telemetry exceeds 1/8 + 1/16 of it; messages in flight (or handed out by ``pending`` and not yet
+  marked) are never thinned. When alarms fill the disk, telemetry keeps a sparse sample of its
+  whole history, and thinning runs once per 1/16 of the quota of new telemetry, not at every put.
 
 Alarms, events, state and batch records are **never dropped**: when the quota is full of them,
 ``put`` still stores them, the outbox goes over quota, and ``stats().over_quota`` says so.
@@ -472,8 +472,8 @@ class Outbox:
             for msg_id, stream, seq, size in rows:
                 walked += 1
                 tx.clean_id = msg_id
-                if seq % stride == 0 or msg_id in self._inflight:
-                    continue                 # kept at this level, or being sent right now
+                if seq % stride == 0 or msg_id in self._inflight or msg_id in self._offered:
+                    continue                 # kept at this level, or being sent right now (or about to be)
                 doomed.append((msg_id,))
                 fruitless_walk = False
                 tx.counts[tele] -= 1
@@ -598,7 +598,10 @@ class Outbox:
                     "SELECT id FROM messages WHERE priority = ? AND id <= ? ORDER BY id LIMIT ?",
                     (int(p), durable, want + 1))]
         ids.sort()
-        return [i for i in ids if i not in self._inflight and i != skip][:limit]
+        if skip is not None and Priority.EVENT in priorities:   # what follows the report in its class (an EVENT)
+            # waits with it, or the event stream would go out of order (telemetry's order does not depend on it)
+            ids = [i for i in ids if i < skip]
+        return [i for i in ids if i not in self._inflight][:limit]
 
     def mark_inflight(self, ids: Iterable[int]) -> int:
         """Record that these messages were handed to the network; ``pending`` skips them until requeued.

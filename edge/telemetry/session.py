@@ -651,8 +651,10 @@ class MqttSession:
         if acks:   # an ack follows the put of its answer: once the fsync covers that put, the broker may forget
             try:
                 self.outbox.sync()
-            except OutboxError as e:   # not acknowledged: the broker sends those commands again next time
-                self._event("error", conn.broker, f"commands left unacknowledged: {e}")
+            except OutboxError as e:   # acknowledged after the next fsync that works (the broker would send them
+                with self._lock:         # again only on a new connection: a live one would keep them unanswered)
+                    self._acks[:0] = acks
+                self._event("error", conn.broker, f"commands not acknowledged yet: {e}")
                 return
         for c, mid, qos in acks:
             # an ack for a connection that is gone is moot: the broker sends that message again

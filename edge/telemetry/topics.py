@@ -109,7 +109,7 @@ def check_identity(value: object) -> str:
         shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:37] + "...")
         raise TopicError(f"identity {shown} cannot be a command topic level: expected an MQTT username or"
                          " certificate CN of 1 to 128 characters, no control characters, no + # / and no"
-                         " leading space")
+                         " space at either end")
     return value
 
 
