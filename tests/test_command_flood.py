@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.telemetry import publisher as publisher_module
 from edge.telemetry.outbox import OutboxError
 from edge.telemetry.publisher import BUSY_AUDIT_S, MAX_COMMANDS_PER_SCAN
 from hil.flood import TOPICS, FloodStation, Replies, client, close, command, flood_station, flood_then_command
@@ -205,3 +206,56 @@ def test_busy_answers_the_disk_refused_are_stored_by_the_scan_later(station: Sta
         replies.close()
     assert all(n == 1 for n in replies.replies.values())
     assert Counter(replies.codes.values()) == {"busy": 38, "unauthorised": 2}
+
+
+def test_no_command_is_acknowledged_whose_answer_the_disk_never_took(station: Station,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the disk refuses puts, messages past MAX_RETAINED_DRAFTS are not kept in memory; a command's answer
+    is never one of them, since its command is acknowledged only with it (review: with the limit at 10, 40
+    commands were acknowledged and 26 answered). Every command acknowledged is answered, once."""
+    s = station
+    monkeypatch.setattr(publisher_module, "MAX_RETAINED_DRAFTS", 10)
+    s.publisher.intake.settings = dataclasses.replace(s.publisher.intake.settings, burst=2, rate_per_minute=1)
+    acked: list[int] = []
+    real_ack = mqtt.Client.ack
+
+    def counting_ack(c: mqtt.Client, mid: int, qos: int) -> Any:
+        acked.append(mid)
+        return real_ack(c, mid, qos)
+
+    monkeypatch.setattr(mqtt.Client, "ack", counting_ack)
+    replies = Replies(s.broker.url, WAIT_S)
+    sender = client(s.broker.url, "historian")
+    refusing = threading.Event()
+    put_many = s.publisher.outbox.put_many
+
+    def failing_put_many(drafts: Any) -> Any:
+        if refusing.is_set():
+            raise OutboxError("disk full (test)")
+        return put_many(drafts)
+
+    s.publisher.outbox.put_many = failing_put_many  # type: ignore[method-assign]
+    try:
+        assert replies.online.wait(WAIT_S), "no birth"
+        refusing.set()
+        ids = [str(uuid.uuid4()) for _ in range(40)]
+        for i in ids:
+            sender.publish(TOPICS.cmd("hold", "historian"), command("hold", "historian", i), qos=1)
+        wait_until(lambda: s.publisher.intake.waiting == 2, "the burst queued", WAIT_S)
+        for _ in range(20):            # scans while the disk refuses: the retained messages go over the limit
+            s.rig.step(lambda: s.publisher.scan(s.ctl))
+        assert s.publisher.counters.dropped + s.publisher.counters.overflowed > 0, "the limit was never reached"
+        refusing.clear()
+
+        def settled() -> bool:
+            if replies.count() == 40:
+                return True
+            time.sleep(0.05)
+            return False
+
+        s.rig.run_until(settled, 600.0, lambda: s.publisher.scan(s.ctl))
+    finally:
+        close(sender)
+        replies.close()
+    assert all(n == 1 for n in replies.replies.values())
+    assert len(acked) <= replies.count(), f"{len(acked)} commands acknowledged, {replies.count()} answered"

@@ -60,7 +60,10 @@ scan's messages are kept in memory and put again at the next scan, and the failu
 stderr once per streak; the control loop never stops for it (the dead-man is waiting). Past
 ``MAX_RETAINED_DRAFTS`` kept messages, telemetry is dropped first (``counters.dropped``); if the
 rest alone is still too many, the oldest are kept and newer ones are not accepted
-(``counters.overflowed``); both are written to stderr. What the disk still refuses at ``stop``
+(``counters.overflowed``); both are written to stderr. A command's answer is never among them: a
+command is acknowledged to the broker only together with its stored answer, so its answer stays in
+memory however long the disk refuses; while ``MAX_RETAINED_ANSWERS`` of them wait, the scan runs no
+more commands (they wait in the intake, bounded) and the answering thread no busy answers. What the disk still refuses at ``stop``
 is written to stderr and counted (``counters.unstored``) before the files are closed.
 """
 
@@ -99,10 +102,13 @@ from edge.telemetry.session import Ack, MqttSession, SessionEvent, StopResult
 from edge.telemetry.state import StateTracker, controller_state
 from edge.telemetry.topics import STREAMS, StationTopics
 
+_Group = tuple[list[Draft], list[Ack]]   # messages, and the commands acknowledged once they are stored
 DEFAULT_FLUSH_S = 5.0
 MAX_COMMANDS_PER_SCAN = 50      # the rest wait for the next scan: a flood must not stretch a scan
 COMMAND_BUDGET_S = 0.05         # and past this much of a scan the rest are answered "busy" (not executed)
 MAX_RETAINED_DRAFTS = 20_000    # messages kept in memory while the disk refuses puts
+MAX_RETAINED_ANSWERS = 1000     # commands answered but not stored (disk refusing) before no more are run
+FAILING_RETRY_S = 0.1           # the answering thread's pause while the disk refuses puts
 GROUP_LINGER_S = 0.002          # the answering thread waits this long for the rest of a burst: fewer, fuller groups
 BUSY_AUDIT_S = 10.0             # at most one audit event per sender this often for the busy answers of a flood
 OUTBOX_FILE = "outbox.db"
@@ -182,10 +188,9 @@ class Publisher:
             self._closing = False               # stop() began: commands are answered, never executed
             self._events_seen = 0
             self._telemetry: list[dict[str, Any]] = []      # windows closed by pump(), put at the next scan
-            self._retry: list[Draft] = []                   # drafts the disk refused, put again next scan
-            self._acks: list[Ack] = []                      # commands whose answers wait to be stored
+            self._retry: list[_Group] = []                  # what the disk refused, put again next scan
             self._tallies: dict[tuple[str | None, Reason], _BusyTally] = {}   # busy answers not in an event yet
-            self._handoff: list[tuple[list[Draft], list[Ack]]] = []   # busy answers the disk refused (scan retries)
+            self._handoff: list[_Group] = []                 # busy answers the disk refused (scan retries)
             self._answerer = threading.Thread(target=self._answer_turned, name="reedge-busy-answers", daemon=True)
             self._failing = False
             self._stopped: StopResult | None = None
@@ -215,10 +220,12 @@ class Publisher:
             self._closing = True
             self.handler.operator.close(STOPPING)     # from now on every command is answered, refused
         self.intake.stopping()                        # commands arriving during the flush: the answering thread
-        drafts = self._handed_back()
-        drafts.extend(d for o in self._run_commands(2 * MAX_WAITING, math.inf) for d in self._answer(o))
-        drafts.extend(self._turned_drafts(MAX_TURNED_WAITING + 1))
-        drafts.extend(self._busy_events(every=True))
+        groups = self._handed_back()
+        acks: list[Ack] = []
+        answers = [d for o in self._run_commands(2 * MAX_WAITING, acks, math.inf) for d in self._answer(o)]
+        answers.extend(self._turned_drafts(MAX_TURNED_WAITING + 1, acks))
+        groups.append((answers, acks))
+        drafts = self._busy_events(every=True)
         refused = self.counters.refused_stopping
         if refused:
             self._say(f"telemetry: {refused} command(s) still waiting were answered \"{STOPPING}\"")
@@ -230,12 +237,17 @@ class Publisher:
         last = self.aggregator.flush()
         if last is not None:
             drafts.append(self._telemetry_draft(last))
-        self._put(drafts)
-        if self._retry:
-            self.counters.unstored = len(self._retry)
-            streams = sorted({d.stream for d in self._retry})
-            self._say(f"telemetry: {len(self._retry)} message(s) ({', '.join(streams)}) the outbox refused until"
-                      " the end are lost with this stop")
+        groups.append((drafts, []))
+        self._put(groups)
+        left = [d for g, _ in self._retry for d in g]
+        if left:
+            self.counters.unstored = len(left)
+            streams = sorted({d.stream for d in left})
+            unacked = sum(len(a) for _, a in self._retry)
+            self._say(f"telemetry: {len(left)} message(s) ({', '.join(streams)}) the outbox refused until"
+                      " the end are lost with this stop" + (f"; the {unacked} command(s) they answered stay"
+                                                             " unacknowledged: the broker sends them again"
+                                                             if unacked else ""))
         try:
             self._stopped = self.session.stop(flush_timeout_s)
         finally:
@@ -260,12 +272,19 @@ class Publisher:
         """One scan's messages, put in one transaction; returns the commands answered in it."""
         if self._closing:
             raise RuntimeError("Publisher.scan after stop(): commands are no longer executed")
-        drafts = self._handed_back()
-        outcomes = self._run_commands(MAX_COMMANDS_PER_SCAN)
-        drafts.extend(d for o in outcomes for d in self._answer(o))
-        drafts.extend(self._collect(ctl))
-        self._put(drafts)
+        groups = self._handed_back()
+        acks: list[Ack] = []
+        outcomes = self._run_commands(self._scan_limit(), acks)
+        groups.append(([d for o in outcomes for d in self._answer(o)], acks))
+        groups.append((self._collect(ctl), []))
+        self._put(groups)
         return outcomes
+
+    def _scan_limit(self) -> int:
+        """Commands this scan may run: none while MAX_RETAINED_ANSWERS answers wait in memory for a disk that
+        refuses puts (they wait in the intake, bounded, instead of answers piling up without bound)."""
+        waiting = sum(len(acks) for _, acks in self._retry)
+        return MAX_COMMANDS_PER_SCAN if waiting < MAX_RETAINED_ANSWERS else 0
 
     def forget_events(self, n: int) -> None:
         """The caller deleted the first ``n`` of ``ctl.events`` (all of them seen by a scan)."""
@@ -296,8 +315,9 @@ class Publisher:
         if self.intake.offer(cmd):
             return
         # the turned-away backlog is full (a flood faster than the answering thread): answer it here, in one
-        # transaction, and offer again
-        self._answer_turned_now()
+        # transaction, and offer again; not while the disk refuses (the answers would pile up in memory)
+        if not self._failing:
+            self._answer_turned_now()
         if not self.intake.offer(cmd):     # not acknowledged: the broker sends it again on the next connection
             self._say("telemetry: a command could not be taken in a flood; the broker sends it again")
 
@@ -306,24 +326,23 @@ class Publisher:
         once the station stops, the refusals of the commands that still arrive."""
         while self.intake.wait_work():
             time.sleep(GROUP_LINGER_S)
+            if self._failing and not self._closing:
+                time.sleep(FAILING_RETRY_S)     # the disk refuses puts: leave them in the intake (bounded)
+                continue
             try:
                 self._answer_turned_now()
                 if self._closing:
                     acks: list[Ack] = []
-                    drafts = [d for o in self._run_commands(MAX_WAITING, math.inf, acks) for d in self._answer(o)]
+                    drafts = [d for o in self._run_commands(MAX_WAITING, acks, math.inf) for d in self._answer(o)]
                     self._store_now(drafts, acks)
             except Exception as e:    # a bug must not end the thread: the next commands would wait unanswered
                 self._say(f"telemetry: answering commands failed ({e!r}); they stay unacknowledged")
 
-    def _handed_back(self) -> list[Draft]:
-        """The answers the answering thread could not store, for this put (their acks after it)."""
+    def _handed_back(self) -> list[_Group]:
+        """The answers the answering thread could not store, with their acks, for this put."""
         with self._lock:
             handoff, self._handoff = self._handoff, []
-        drafts: list[Draft] = []
-        for kept, acks in handoff:
-            drafts.extend(kept)
-            self._acks.extend(acks)
-        return drafts
+        return handoff
 
     def _answer_turned_now(self) -> None:
         """Every command turned away so far answered ``busy`` in one transaction, then acknowledged."""
@@ -346,22 +365,21 @@ class Publisher:
         for ack in acks:
             ack()
 
-    def _run_commands(self, limit: int, budget_s: float = COMMAND_BUDGET_S,
-                      acks: list[Ack] | None = None) -> list[Outcome]:
-        """Up to ``limit`` waiting commands within ``budget_s`` of the scan (the rest answered busy, not run)."""
+    def _run_commands(self, limit: int, acks: list[Ack], budget_s: float = COMMAND_BUDGET_S) -> list[Outcome]:
+        """Up to ``limit`` waiting commands within ``budget_s`` of the scan (the rest answered busy, not run);
+        their acks go to ``acks``, to be sent once their answers are stored."""
         cmds = self.intake.take(limit)
         outcomes = self.handler.handle_many(cmds, budget_s) if cmds else []
         for cmd, outcome in zip(cmds, outcomes, strict=True):
             if outcome.reply.get("message") == STOPPING:
                 with self._lock:
                     self.counters.refused_stopping += 1
-            (self._acks if acks is None else acks).append(cmd.ack)   # once the answer is stored
+            acks.append(cmd.ack)
         return outcomes
 
-    def _turned_drafts(self, limit: int, acks: list[Ack] | None = None) -> list[Draft]:
+    def _turned_drafts(self, limit: int, acks: list[Ack]) -> list[Draft]:
         """``busy`` replies to up to ``limit`` commands turned away at intake, each sender's after an audit event
-        if its last one is ``BUSY_AUDIT_S`` old (``_busy_events``). Their acks go to ``acks`` (by default: after
-        this scan's put)."""
+        if its last one is ``BUSY_AUDIT_S`` old (``_busy_events``). Their acks go to ``acks``."""
         turned = self.intake.take_turned(limit)
         if not turned:
             return []
@@ -377,7 +395,7 @@ class Publisher:
                 out = self.handler.busy(t.topic, t.command_id, t.correlation_data, why)
                 if out.reply_topic is not None:    # None: an unknown verb, which has no reply topic
                     drafts.append(Draft("reply", out.reply_topic, out.reply, Priority.EVENT, spec.qos, spec.retain))
-        (self._acks if acks is None else acks).extend(t.ack for t in turned)
+        acks.extend(t.ack for t in turned)
         with self._lock:
             self.counters.replies += len(turned)
             self.counters.turned_away += len(turned)
@@ -499,12 +517,15 @@ class Publisher:
 
     # ---- storing -----------------------------------------------------------------------------------
 
-    def _put(self, drafts: list[Draft]) -> None:
-        """One transaction for the scan; on a disk error keep everything for the next scan (docstring)."""
-        drafts = self._retry + drafts
+    def _put(self, groups: list[_Group]) -> None:
+        """One transaction for the scan; on a disk error keep everything for the next scan (docstring). Each
+        group's commands are acknowledged once its messages are stored, never before, never without them."""
+        groups = [*self._retry, *groups]
         self._retry = []
+        drafts = [d for g, _ in groups for d in g]
+        acks = [a for _, group_acks in groups for a in group_acks]
         if not drafts:
-            self._send_acks()
+            self._send_acks(acks)
             return
         try:
             self._store(drafts)
@@ -513,7 +534,7 @@ class Publisher:
                 self._say(f"telemetry: the outbox refused {len(drafts)} message(s), kept in memory and retried"
                           f" every scan: {e}")
             self._failing = True
-            self._retry = self._bounded(drafts)
+            self._retry = self._bounded(groups)
             return
         if self._failing:
             c = self.counters
@@ -526,11 +547,11 @@ class Publisher:
         except OSError as e:
             self._say(f"telemetry: cannot write {self.records.path} ({e}): a batch record may be sent twice")
         self.session.put_many([])          # wakes the network thread (the messages are already stored)
-        self._send_acks()
+        self._send_acks(acks)
 
-    def _send_acks(self) -> None:
+    @staticmethod
+    def _send_acks(acks: list[Ack]) -> None:
         """The answers are stored: the broker may forget those commands now."""
-        acks, self._acks = self._acks, []
         for ack in acks:
             ack()
 
@@ -545,33 +566,47 @@ class Publisher:
                 except InvalidMessage as e:
                     self._say(f"telemetry: a {d.stream} message could not be stored and is dropped: {e}")
 
-    def _bounded(self, drafts: list[Draft]) -> list[Draft]:
-        """At most MAX_RETAINED_DRAFTS in memory: the oldest telemetry goes first, then newer messages of
-        the other streams are not accepted; each is counted and written to stderr (module docstring)."""
-        excess = len(drafts) - MAX_RETAINED_DRAFTS
+    def _bounded(self, groups: list[_Group]) -> list[_Group]:
+        """At most MAX_RETAINED_DRAFTS in memory: the oldest telemetry goes first, then newer messages of the
+        other streams are not accepted; each is counted and written to stderr (module docstring). Command
+        answers (a group with acks) are never dropped: their commands would be acknowledged unanswered
+        (``_scan_limit`` bounds them instead)."""
+        excess = sum(len(g) for g, _ in groups) - MAX_RETAINED_DRAFTS
         if excess <= 0:
-            return drafts
-        kept: list[Draft] = []
+            return groups
         dropped = 0
-        for d in drafts:
-            if excess > 0 and d.priority is Priority.TELEMETRY:
-                excess -= 1
-                dropped += 1
-                continue
-            kept.append(d)
+        thinned: list[_Group] = []
+        for drafts, acks in groups:
+            kept: list[Draft] = []
+            for d in drafts:
+                if excess > 0 and d.priority is Priority.TELEMETRY and not acks:
+                    excess -= 1
+                    dropped += 1
+                    continue
+                kept.append(d)
+            thinned.append((kept, acks))
         self.counters.dropped += dropped
         if dropped:
             self._say(f"telemetry: the outbox still refuses puts: {dropped} telemetry message(s) dropped"
                       f" ({self.counters.dropped} in all)")
-        if excess > 0:
-            refused = kept[MAX_RETAINED_DRAFTS:]
-            kept = kept[:MAX_RETAINED_DRAFTS]
-            self.counters.overflowed += len(refused)
-            streams = sorted({d.stream for d in refused})
-            self._say(f"telemetry: the outbox still refuses puts and {MAX_RETAINED_DRAFTS} messages wait in memory:"
-                      f" {len(refused)} newer {', '.join(streams)} message(s) not accepted"
-                      f" ({self.counters.overflowed} in all); free the disk")
-        return kept
+        if excess <= 0:
+            return thinned
+        refused: list[Draft] = []
+        out: list[_Group] = []
+        for drafts, acks in reversed(thinned):     # the newest first
+            if excess > 0 and not acks:
+                cut = min(excess, len(drafts))
+                refused = drafts[len(drafts) - cut:] + refused
+                drafts = drafts[:len(drafts) - cut]
+                excess -= cut
+            out.append((drafts, acks))
+        out.reverse()
+        self.counters.overflowed += len(refused)
+        streams = sorted({d.stream for d in refused})
+        self._say(f"telemetry: the outbox still refuses puts and {MAX_RETAINED_DRAFTS} messages wait in memory:"
+                  f" {len(refused)} newer {', '.join(streams)} message(s) not accepted"
+                  f" ({self.counters.overflowed} in all); free the disk")
+        return [(d, a) for d, a in out if d or a]
 
     def _say(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):
