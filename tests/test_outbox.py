@@ -9,6 +9,7 @@ message must be on disk (or explained by an ack or a thinning event).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -746,3 +747,37 @@ def test_thinning_spares_what_pending_just_handed_out_before_it_is_marked_in_fli
         named = {s for a, b in thinned_seqs(reports, "telemetry") for s in range(a, b + 1)}
         removed = named - {m.seq for m in drain(ob) if m.stream == "telemetry"}
         assert not removed & {m.seq for m in batch}, sorted(removed & {m.seq for m in batch})
+
+
+def test_after_a_failed_fsync_nothing_newer_is_handed_out_even_when_later_fsyncs_succeed(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an fsync error Linux may drop the pages it could not write and report the next fsync as a success:
+    retrying would call durable what is not on the disk. The durable point stays frozen until the outbox is
+    opened again (review15); what was durable before still goes, nothing put since, and sync() says why."""
+    real = os.fsync
+    fail = threading.Event()
+
+    def fsync(fd: int) -> None:
+        if fail.is_set():
+            fail.clear()                             # one EIO, then "success" again: the kernel's false comfort
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "o.db"
+    with Outbox(path) as ob:
+        before = ob.put("event", TOPIC + "event", {"kind": "trip"}, priority=Priority.ALARM)
+        ob.sync()
+        fail.set()
+        after = ob.put("event", TOPIC + "event", {"kind": "phase"}, priority=Priority.EVENT)
+        deadline = time.monotonic() + 30
+        while fail.is_set():                          # the syncer meets the EIO
+            assert time.monotonic() < deadline, "the syncer never tried to fsync the put"
+            time.sleep(0.01)
+        later = ob.put("event", TOPIC + "event", {"kind": "phase"}, priority=Priority.EVENT)
+        for wait in (False, True):
+            assert [m.id for m in ob.pending(10, wait=wait)] == [before.id]
+        with pytest.raises(OutboxError, match="restarted"):
+            ob.sync()
+    with Outbox(path) as again:                        # opened again: fsynced from the file, sent from there
+        assert [m.id for m in again.pending(10)] == [before.id, after.id, later.id]

@@ -555,6 +555,10 @@ class Outbox:
             raise ValueError(f"limit must be an integer from 1 to {MAX_PENDING}, got {limit!r}")
         # Nothing leaves before the fsync that covers it (module docstring, "Durability"). ``wait=False`` (the
         # session): while the syncer's fsync runs, what is durable already goes; it waits only if that is nothing.
+        # After a failed fsync the durable point is frozen (outbox_commit): what it covers may still go, nothing
+        # newer, and no error here (the session would reconnect for ever over a disk it cannot fix).
+        if self._commit.failed:
+            return self._take(limit)
         self._fsync(wait=wait)
         out = self._take(limit)
         if not out and not wait and self._commit.behind:

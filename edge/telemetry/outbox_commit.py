@@ -14,6 +14,14 @@ before copying it into the database and the database after). Two things call it:
 * ``Outbox.pending`` and the session before it acknowledges commands (``MqttSession._send_acks``),
   which must not go ahead of the fsync that covers what they rely on.
 
+**A failed fsync is final** (until the outbox is opened again). After an fsync error Linux may have
+dropped the dirty pages it could not write and report the next fsync as a success without them, so
+retrying would mark as durable what is not on the disk. The durable point stops where it was: nothing
+more is handed out for sending and no command is acknowledged (``sync`` raises ``OSError`` again),
+the station goes on controlling, and its log says to restart it: opening the outbox again fsyncs
+what the file holds, and publishing resumes from there (PostgreSQL's answer to the same kernel
+behaviour, 2018).
+
 ``durable_id`` is the highest message id an fsync covers and ``durable_gen`` the number of commits
 it covers; ``pending`` hands out nothing above them. With ``"FULL"`` (SQLite fsyncs every commit)
 and ``"NORMAL"`` (no fsync at all: a host with power-loss protection) a commit is as durable as it
@@ -30,7 +38,6 @@ from typing import Literal
 log = logging.getLogger(__name__)
 
 Mode = Literal["GROUP", "FULL", "NORMAL"]
-RETRY_S = 1.0        # after a failed fsync the syncer tries again this much later (the next put wakes it too)
 
 
 class GroupCommit:
@@ -44,6 +51,7 @@ class GroupCommit:
         self._gen = self._durable_gen = 0
         self._top = self._durable_id = 0
         self._closing = False
+        self._failed: OSError | None = None    # the fsync error that froze the durable point
         self._fd: int | None = None
         self._thread: threading.Thread | None = None
         if mode == "GROUP":
@@ -78,6 +86,11 @@ class GroupCommit:
             return self._durable_gen
 
     @property
+    def failed(self) -> bool:
+        """An fsync failed: the durable point is frozen until the outbox is opened again."""
+        return self._failed is not None
+
+    @property
     def behind(self) -> bool:
         """Some commit is not covered by an fsync yet."""
         with self._cond:
@@ -86,6 +99,9 @@ class GroupCommit:
     def sync(self, *, wait: bool = True) -> None:
         """Return once everything committed before this call is fsynced; OSError if the fsync fails.
         ``wait=False``: return at once instead if an fsync is running (it covers what it covers)."""
+        if self._failed is not None:
+            raise OSError(self._failed.errno, f"an earlier fsync of the outbox failed ({self._failed.strerror}):"
+                                              " nothing more is durable until the station is restarted")
         if self._fd is None or not self.behind:
             return
         if not self._sync_lock.acquire(blocking=wait):
@@ -96,7 +112,11 @@ class GroupCommit:
                 gen, top = self._gen, self._top
                 if fd is None or self._durable_gen >= gen:
                     return
-            os.fsync(fd)
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                self._failed = e            # final: see the module docstring
+                raise
             with self._cond:
                 self._durable_gen, self._durable_id = max(self._durable_gen, gen), max(self._durable_id, top)
                 self._cond.notify_all()
@@ -112,10 +132,10 @@ class GroupCommit:
                     return
             try:
                 self.sync()
-            except OSError as e:   # pending and the command acks raise it too; this one only retries
-                log.error("outbox: cannot fsync the WAL (%s): puts are not durable until it works", e)
-                with self._cond:
-                    self._cond.wait(RETRY_S)
+            except OSError as e:   # pending and the command acks raise it too
+                log.error("outbox: cannot fsync the WAL (%s): nothing more is sent and no command acknowledged;"
+                          " the station goes on controlling: restart it (reedge run) once the disk is checked", e)
+                return
 
     def close(self) -> None:
         """Stop the syncer, fsync what is left, let go of the descriptor. Idempotent."""
@@ -127,7 +147,10 @@ class GroupCommit:
             self._thread = None
         if self._fd is not None:
             try:
-                self.sync()
+                if self._failed is None:
+                    self.sync()
+            except OSError as e:     # a failed fsync at the end: reported, the file is closed anyway
+                log.error("outbox: cannot fsync the WAL at close (%s): the last puts may not be durable", e)
             finally:
                 with self._sync_lock:
                     os.close(self._fd)

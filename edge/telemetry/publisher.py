@@ -63,8 +63,9 @@ rest alone is still too many, the oldest are kept and newer ones are not accepte
 (``counters.overflowed``); both are written to stderr. A command's answer is never among them: a
 command is acknowledged to the broker only together with its stored answer, so its answer stays in
 memory however long the disk refuses; while ``MAX_RETAINED_ANSWERS`` of them wait, the scan runs no
-more commands (they wait in the intake, bounded) and the answering thread no busy answers. What the disk still refuses at ``stop``
-is written to stderr and counted (``counters.unstored``) before the files are closed.
+more commands (they wait in the intake, bounded) and the answering thread no busy answers. What the
+disk still refuses at ``stop`` is written to stderr and counted (``counters.unstored``) before the
+files are closed.
 """
 
 from __future__ import annotations

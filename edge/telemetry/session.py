@@ -245,6 +245,7 @@ class MqttSession:
         self._conn: Connection | None = None
         self._connects = self._failures = self._published = self._acked = self._rejected = self._dropped = 0
         self._acks: list[tuple[Connection, int, int]] = []      # (connection, mid, qos) to PUBACK: see subscribe
+        self._acks_refused = False       # the fsync before acknowledging commands failed (reported once per streak)
         self._sub_refused = False               # the last SUBACK refused a filter (reported once)
         self._last_error: str | None = None
         self.rejected_messages: deque[tuple[tuple[str, str, int], int, str]] = deque(maxlen=MAX_REJECTED_KEPT)
@@ -654,8 +655,11 @@ class MqttSession:
             except OutboxError as e:   # acknowledged after the next fsync that works (the broker would send them
                 with self._lock:         # again only on a new connection: a live one would keep them unanswered)
                     self._acks[:0] = acks
-                self._event("error", conn.broker, f"commands not acknowledged yet: {e}")
+                if not self._acks_refused:    # once per streak: this runs at every pass of the network loop
+                    self._event("error", conn.broker, f"commands not acknowledged yet: {e}")
+                self._acks_refused = True
                 return
+            self._acks_refused = False
         for c, mid, qos in acks:
             # an ack for a connection that is gone is moot: the broker sends that message again
             if c is conn and conn.connected and not conn.lost and conn.client.socket() is not None:
