@@ -43,7 +43,7 @@ from edge.spec.broker import (
 from edge.spec.reader import Problems, Table
 from edge.telemetry.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from edge.telemetry.envelope import parse
-from edge.telemetry.outbox import Draft, Outbox, Priority
+from edge.telemetry.outbox import Draft, Outbox, OutboxError, Priority
 from edge.telemetry.session import MqttSession, SessionError, SessionEvent, backoff_delay
 from tests.mqtt_broker import SAFETY_S, Consumer, Mosquitto, TcpProxy, free_port, verify, wait_until
 from tests.test_outbox import FsyncSeam
@@ -858,11 +858,13 @@ def test_a_command_is_acknowledged_to_the_broker_only_once_an_fsync_covers_its_a
             sender.loop_stop()
 
 
-def test_a_command_whose_ack_met_a_failed_fsync_is_acknowledged_once_an_fsync_works(
+def test_a_command_whose_ack_met_a_failed_fsync_is_acknowledged_after_the_restart_never_before(
         broker: Mosquitto, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """review15: when the fsync before a PUBACK failed, the session dropped the ack ("the broker sends it again
-    next time"): on a connection that stays up nothing sends it again, the command stayed unacknowledged.
-    The ack must wait for the next fsync that works (its answer is sent after that one anyway)."""
+    next time"), and on a connection that stays up nothing sent it again. Now the acks are kept, and since a
+    failed fsync is final (outbox_commit: the next "successful" one may lie) they wait for the restart: not
+    acknowledged by this outbox, even though later fsyncs succeed; the restarted station (same client id, a
+    new outbox on the same file) gets them again from the broker and acknowledges them."""
     real_fsync = os.fsync
     armed = threading.Event()
     failed_on: list[str] = []
@@ -870,14 +872,14 @@ def test_a_command_whose_ack_met_a_failed_fsync_is_acknowledged_once_an_fsync_wo
     def fsync(fd: int) -> None:
         if armed.is_set() and os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
             failed_on.append(threading.current_thread().name)
-            if threading.current_thread().name.startswith("mqtt-"):
-                armed.clear()                           # one failure on the network thread, then the disk works
+            armed.clear()                           # one failure, then the disk "works" again
             raise OSError(errno.EIO, "injected: Input/output error")
         real_fsync(fd)
     monkeypatch.setattr(os, "fsync", fsync)
     real_ack = mqtt.Client.ack
     acked: set[bytes] = set()
     mids: dict[int, bytes] = {}
+    seen: list[bytes] = []
 
     def ack(client: mqtt.Client, mid: int, qos: int) -> object:
         if mid in mids:
@@ -885,38 +887,52 @@ def test_a_command_whose_ack_met_a_failed_fsync_is_acknowledged_once_an_fsync_wo
         return real_ack(client, mid, qos)
     monkeypatch.setattr(mqtt.Client, "ack", ack)
 
-    with Outbox(tmp_path / "outbox.db", boot_id="boot-1") as ob:        # the default: synchronous="GROUP"
+    def station(ob: Outbox) -> MqttSession:
         session = MqttSession(ob, fast(broker.url), site=SITE, station=STATION)
 
         def on_command(message: mqtt.MQTTMessage, done: Callable[[], None]) -> None:
             session.put("reply", {"command_id": message.payload.decode()}, verb="hold")
             mids[message.mid] = bytes(message.payload)
+            seen.append(bytes(message.payload))
             done()
         session.subscribe_acked(session.topics.cmd_filter, 1, on_command)
-        session.start()
-        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada", protocol=MQTTProtocolVersion.MQTTv5)
-        sender.connect("127.0.0.1", broker.port)
-        sender.loop_start()
-        try:
-            assert session.wait_connected(SAFETY_S)
-            topic = session.topics.cmd("hold", "scada-hd")
-            for _ in range(int(SAFETY_S)):          # until the station's subscription is in place at the broker
-                sender.publish(topic, b"probe", qos=1).wait_for_publish(SAFETY_S)
-                end = time.monotonic() + 1
-                while b"probe" not in acked and time.monotonic() < end:
-                    time.sleep(0.01)
-                if b"probe" in acked:
-                    break
-            assert b"probe" in acked, "no command reached the station"
-            armed.set()
-            sender.publish(topic, b"during-eio", qos=1).wait_for_publish(SAFETY_S)
-            wait_until(lambda: not armed.is_set(), "the network thread's fsync failed")
-            sender.publish(topic, b"after", qos=1).wait_for_publish(SAFETY_S)
-            wait_until(lambda: {b"during-eio", b"after"} <= acked,
-                       f"both acknowledged (acked {sorted(acked)}, fsync failed on {failed_on},"
-                       f" seen {sorted(mids.values())})")
-            assert any(n.startswith("mqtt-") for n in failed_on), failed_on
-        finally:
-            session.stop(5)
-            sender.disconnect()
-            sender.loop_stop()
+        return session.start()
+
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada", protocol=MQTTProtocolVersion.MQTTv5)
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    try:
+        with Outbox(tmp_path / "outbox.db", boot_id="boot-1") as ob:        # the default: synchronous="GROUP"
+            session = station(ob)
+            try:
+                assert session.wait_connected(SAFETY_S)
+                topic = session.topics.cmd("hold", "scada-hd")
+                for _ in range(int(SAFETY_S)):          # until the station's subscription is in place at the broker
+                    sender.publish(topic, b"probe", qos=1).wait_for_publish(SAFETY_S)
+                    end = time.monotonic() + 1
+                    while b"probe" not in acked and time.monotonic() < end:
+                        time.sleep(0.01)
+                    if b"probe" in acked:
+                        break
+                assert b"probe" in acked, "no command reached the station"
+                armed.set()
+                sender.publish(topic, b"during-eio", qos=1).wait_for_publish(SAFETY_S)
+                wait_until(lambda: not armed.is_set(), "the injected fsync failure")
+                sender.publish(topic, b"after", qos=1).wait_for_publish(SAFETY_S)
+                wait_until(lambda: b"after" in seen, "the next command delivered to the station")
+                with pytest.raises(OutboxError, match="restarted"):
+                    ob.sync()
+            finally:
+                session.stop(5)
+        assert not {b"during-eio", b"after"} & acked, f"acknowledged on a frozen durable point: {sorted(acked)}"
+        with Outbox(tmp_path / "outbox.db", boot_id="boot-2") as ob:          # the restart
+            session = station(ob)
+            try:
+                wait_until(lambda: {b"during-eio", b"after"} <= acked,
+                           f"both acknowledged after the restart (acked {sorted(acked)}, seen {seen})")
+            finally:
+                session.stop(5)
+        assert failed_on, "the fsync failure was never met"
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
