@@ -45,7 +45,7 @@ from edge.spec.station import Station, load_station
 from hil.lockstep import LockstepRig
 from hil.plant_sim import PlantSim
 from hil.plants.safety_hw import WatchdogRelay
-from hil.rig import PLANT_EPOCH_UNIX, ControllerLine, RigConfig, RigError
+from hil.rig import PLANT_EPOCH_UNIX, ControllerLine, RigConfig, RigError, RigFolder
 
 #: plant steps per scan: the core ticks once per step. Half a scan is as fine as the real-time rig's plant loop
 #: or finer (2 ms of wall x the time scale: 0.4 s at 200x, 1.2 s at 600x, 2.4 s at 1200x; scans of 1, 2 and 4 s
@@ -100,19 +100,14 @@ class _Meters:
             self.bus.read_round(name, self.devices[name].read, t_ns)
 
 
-class LockstepScenarioRig:
+class LockstepScenarioRig(RigFolder):
     """A scenario's rig on the plant's clock (module docstring); the runner drives it as it drives
     ``hil.rig.VirtualRig`` (``hil.rig.ScenarioRig``)."""
 
     clock = "lockstep"
 
     def __init__(self, cfg: RigConfig) -> None:
-        self.cfg = cfg
-        self.workdir = cfg.workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.state_dir = self.workdir / "state"
-        self.log_path = self.workdir / "plant-log.jsonl"
-        self.controller_log = self.workdir / "controller.log"
+        super().__init__(cfg)
         self.step_s = step_s = cfg.scan_s / STEPS_PER_SCAN
         self.scan_every = STEPS_PER_SCAN
         self.scale = max(1.0, cfg.scan_s)

@@ -103,8 +103,9 @@ class ScenarioRig(Protocol):
     def kill_controller(self) -> int: ...
 
 
-class VirtualRig:
-    clock = "realtime"
+class RigFolder:
+    """Where a rig keeps a run's evidence, the same for both clocks: the plant's log, the controller's log and its
+    state dir (run state, batch records) in the scenario's work folder."""
 
     def __init__(self, cfg: RigConfig) -> None:
         self.cfg = cfg
@@ -113,6 +114,13 @@ class VirtualRig:
         self.state_dir = self.workdir / "state"
         self.log_path = self.workdir / "plant-log.jsonl"
         self.controller_log = self.workdir / "controller.log"
+
+
+class VirtualRig(RigFolder):
+    clock = "realtime"
+
+    def __init__(self, cfg: RigConfig) -> None:
+        super().__init__(cfg)
         self.regs_path = default_dir() / f"reedge-rig-{os.getpid()}-{next(_counter)}.regs"
         self.regs: RegisterFile | None = None
         self.plant: subprocess.Popen[str] | None = None

@@ -163,17 +163,11 @@ def test_commands_waiting_at_stop_are_answered_and_acknowledged(station: Station
     assert redelivered(s) == []
 
 
-def test_busy_answers_the_disk_refused_are_stored_by_the_scan_later(station: Station) -> None:
-    """While the outbox refuses puts, the answering thread hands its busy answers to the scan, which keeps them
-    with its own and stores them once the disk takes them again: answered late, never lost, never twice."""
-    s = station
-    s.publisher.intake.settings = dataclasses.replace(s.publisher.intake.settings, burst=2, rate_per_minute=1)
-    replies = Replies(s.broker.url, WAIT_S)
-    sender = client(s.broker.url, "historian")
+def refusing_disk(s: Station) -> tuple[threading.Event, list[int]]:
+    """The station's outbox refuses every put while the event is set (a full disk); the sizes it refused."""
     refusing = threading.Event()
-    put_many = s.publisher.outbox.put_many
-
     attempts: list[int] = []
+    put_many = s.publisher.outbox.put_many
 
     def failing_put_many(drafts: Any) -> Any:
         if refusing.is_set():
@@ -182,12 +176,26 @@ def test_busy_answers_the_disk_refused_are_stored_by_the_scan_later(station: Sta
         return put_many(drafts)
 
     s.publisher.outbox.put_many = failing_put_many  # type: ignore[method-assign]
+    return refusing, attempts
+
+
+def send_holds(sender: mqtt.Client, identity: str, n: int) -> None:
+    for _ in range(n):
+        sender.publish(TOPICS.cmd("hold", identity), command("hold", identity, str(uuid.uuid4())), qos=1)
+
+
+def test_busy_answers_the_disk_refused_are_stored_by_the_scan_later(station: Station) -> None:
+    """While the outbox refuses puts, the answering thread hands its busy answers to the scan, which keeps them
+    with its own and stores them once the disk takes them again: answered late, never lost, never twice."""
+    s = station
+    s.publisher.intake.settings = dataclasses.replace(s.publisher.intake.settings, burst=2, rate_per_minute=1)
+    replies = Replies(s.broker.url, WAIT_S)
+    sender = client(s.broker.url, "historian")
+    refusing, attempts = refusing_disk(s)
     try:
         assert replies.online.wait(WAIT_S), "no birth"
         refusing.set()
-        ids = [str(uuid.uuid4()) for _ in range(40)]
-        for i in ids:
-            sender.publish(TOPICS.cmd("hold", "historian"), command("hold", "historian", i), qos=1)
+        send_holds(sender, "historian", 40)
         # the broker's window (20): 2 queued (the burst), 18 turned away and taken by the answering thread
         wait_until(lambda: s.publisher.intake.waiting == 2 and bool(attempts), "busy answers tried", WAIT_S)
         for _ in range(3):
@@ -226,21 +234,11 @@ def test_no_command_is_acknowledged_whose_answer_the_disk_never_took(station: St
     monkeypatch.setattr(mqtt.Client, "ack", counting_ack)
     replies = Replies(s.broker.url, WAIT_S)
     sender = client(s.broker.url, "historian")
-    refusing = threading.Event()
-    put_many = s.publisher.outbox.put_many
-
-    def failing_put_many(drafts: Any) -> Any:
-        if refusing.is_set():
-            raise OutboxError("disk full (test)")
-        return put_many(drafts)
-
-    s.publisher.outbox.put_many = failing_put_many  # type: ignore[method-assign]
+    refusing, _ = refusing_disk(s)
     try:
         assert replies.online.wait(WAIT_S), "no birth"
         refusing.set()
-        ids = [str(uuid.uuid4()) for _ in range(40)]
-        for i in ids:
-            sender.publish(TOPICS.cmd("hold", "historian"), command("hold", "historian", i), qos=1)
+        send_holds(sender, "historian", 40)
         wait_until(lambda: s.publisher.intake.waiting == 2, "the burst queued", WAIT_S)
         for _ in range(20):            # scans while the disk refuses: the retained messages go over the limit
             s.rig.step(lambda: s.publisher.scan(s.ctl))

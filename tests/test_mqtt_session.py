@@ -807,6 +807,19 @@ def test_a_message_over_the_brokers_maximum_packet_size_is_reported_once_never_s
         broker.close()
 
 
+def probe_until_it_arrives(sender: mqtt.Client, topic: str, arrived: Callable[[], bool]) -> None:
+    """Send a probe command once a second until ``arrived()``: the station's subscription is in place at the
+    broker (its SUBACK is on the station's side; a command sent before it would be lost to the test)."""
+    for _ in range(int(SAFETY_S)):
+        sender.publish(topic, b"probe", qos=1).wait_for_publish(SAFETY_S)
+        end = time.monotonic() + 1
+        while not arrived() and time.monotonic() < end:
+            time.sleep(0.01)
+        if arrived():
+            return
+    raise AssertionError("no command reached the station")
+
+
 def test_a_command_is_acknowledged_to_the_broker_only_once_an_fsync_covers_its_answer(
         broker: Mosquitto, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Group commit: puts do not fsync, so the session must fsync before it PUBACKs a command whose
@@ -839,14 +852,7 @@ def test_a_command_is_acknowledged_to_the_broker_only_once_an_fsync_covers_its_a
         try:
             assert session.wait_connected(SAFETY_S)
             topic = session.topics.cmd("hold", "scada-hd")
-            for _ in range(int(SAFETY_S)):          # until the station's subscription is in place at the broker
-                sender.publish(topic, b"probe", qos=1).wait_for_publish(SAFETY_S)
-                end = time.monotonic() + 1
-                while not answers and time.monotonic() < end:
-                    time.sleep(0.01)
-                if answers:
-                    break
-            assert answers, "no command reached the station"
+            probe_until_it_arrives(sender, topic, lambda: bool(answers))
             for i in range(20):
                 sender.publish(topic, f"c{i}".encode(), qos=1).wait_for_publish(SAFETY_S)
             wait_until(lambda: b"c19" in seen and len(acked_answers) == len(answers), "every command acknowledged")
@@ -907,14 +913,7 @@ def test_a_command_whose_ack_met_a_failed_fsync_is_acknowledged_after_the_restar
             try:
                 assert session.wait_connected(SAFETY_S)
                 topic = session.topics.cmd("hold", "scada-hd")
-                for _ in range(int(SAFETY_S)):          # until the station's subscription is in place at the broker
-                    sender.publish(topic, b"probe", qos=1).wait_for_publish(SAFETY_S)
-                    end = time.monotonic() + 1
-                    while b"probe" not in acked and time.monotonic() < end:
-                        time.sleep(0.01)
-                    if b"probe" in acked:
-                        break
-                assert b"probe" in acked, "no command reached the station"
+                probe_until_it_arrives(sender, topic, lambda: b"probe" in acked)
                 armed.set()
                 sender.publish(topic, b"during-eio", qos=1).wait_for_publish(SAFETY_S)
                 wait_until(lambda: not armed.is_set(), "the injected fsync failure")

@@ -101,13 +101,7 @@ def build(*, site: str, station: str, boot_id: str, stream: str, seq: int, creat
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise EnvelopeError(f"seq must be an integer from 1, got {seq!r}")
     if isinstance(body, bytes | bytearray | memoryview):
-        raw = bytes(body)
-        try:
-            decoded = json.loads(raw)
-        except (ValueError, RecursionError) as e:
-            raise EnvelopeError(f"{stream} #{seq}: the stored body is not JSON: {e}") from None
-        if not isinstance(decoded, dict):
-            raise EnvelopeError(f"{stream} #{seq}: the body must be a JSON object, got {type(decoded).__name__}")
+        raw = _stored_body(bytes(body), stream, seq)
     else:
         try:
             raw = json.dumps(dict(body), separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
@@ -119,19 +113,24 @@ def build(*, site: str, station: str, boot_id: str, stream: str, seq: int, creat
     return header[:-1].encode() + b',"body":' + raw + b"}"
 
 
+def _stored_body(raw: bytes, stream: str, seq: int) -> bytes:
+    """``raw`` if it is a JSON object (a stored body is sent as it is, never re-encoded)."""
+    try:
+        decoded = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise EnvelopeError(f"{stream} #{seq}: the stored body is not JSON: {e}") from None
+    if not isinstance(decoded, dict):
+        raise EnvelopeError(f"{stream} #{seq}: the body must be a JSON object, got {type(decoded).__name__}")
+    return raw
+
+
 def envelope(msg: Message, *, site: str, station: str) -> bytes:
     """The bytes to publish for an outbox message: the same bytes every time it is sent, and the same as
     ``build``'s (the header up to ``"seq":`` is built and checked by ``build`` once per boot and stream,
     and the second of ``ts`` once per second: the session calls this for every message it sends)."""
     if isinstance(msg.seq, bool) or not isinstance(msg.seq, int) or msg.seq < 1:
         raise EnvelopeError(f"seq must be an integer from 1, got {msg.seq!r}")
-    raw = bytes(msg.payload)
-    try:
-        decoded = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise EnvelopeError(f"{msg.stream} #{msg.seq}: the stored body is not JSON: {e}") from None
-    if not isinstance(decoded, dict):
-        raise EnvelopeError(f"{msg.stream} #{msg.seq}: the body must be a JSON object, got {type(decoded).__name__}")
+    raw = _stored_body(bytes(msg.payload), msg.stream, msg.seq)
     seconds, rest = divmod(int(msg.created_ns), 1_000_000_000)
     ts = _second(seconds)[:-5] + f".{rest // 1_000_000:03d}Z"
     return b"".join((_head(site, station, msg.boot_id, msg.stream), str(msg.seq).encode(), b',"ts":"', ts.encode(),
