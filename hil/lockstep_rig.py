@@ -32,13 +32,11 @@ from collections.abc import Callable
 from typing import Any, TextIO, cast
 
 from edge.app.rig_binding import RigBinding
-from edge.app.run import Devices, Reporter, Scan
+from edge.app.run import Devices, Reporter, Scan, begin, controller_for
 from edge.app.stdin_commands import read_line
 from edge.batch.record import BatchRecorder
-from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller
+from edge.control.controller import SAVE_EVERY_S, Controller
 from edge.devices.modbus import ModbusBus
-from edge.operator.execute import Operator
-from edge.operator.target import ControllerTarget
 from edge.spec.instruments.modbus import ModbusConfig
 from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import Station, load_station
@@ -161,21 +159,12 @@ class LockstepScenarioRig(RigFolder):
                                  station_id=station.identity.station_id, config=station.accounting,
                                  say=self._say, save_every_s=SAVE_EVERY_S)
         devices = Devices(recorder, buses=[self.meters.bus] if self.meters else [])
-        ctl = Controller(core, station, state_path=self.state_dir / "run-state.json",
-                         wall_clock=lambda: PLANT_EPOCH_UNIX + core.now_ns() / 1e9, save_every_s=SAVE_EVERY_S)
-        ctl.batch_id_check = recorder.id_in_use
-        recipes = recipe.parent if recipe is not None else station.source.parent
-        operator = Operator(ControllerTarget(ctl, recipes, recorder), allow_remote_reset=station.allow_remote_reset)
+        ctl, operator = controller_for(core, station, self.state_dir, recorder,
+                                       recipe.parent if recipe is not None else station.source.parent,
+                                       lambda: PLANT_EPOCH_UNIX + core.now_ns() / 1e9, SAVE_EVERY_S)
         reporter = Reporter(True, cast(TextIO, self._lines))
-        recovered = ctl.recover()
-        recorder.close_orphans(ctl)
-        recorder.scan(ctl)
-        if recipe is not None:
-            try:
-                ctl.start_batch(load_recipe(recipe), batch_id=batch_id or "hil", feed=self.cfg.feed,
-                                mass_in_kg=self.cfg.mass_in_kg)
-            except BatchRejected as exc:
-                reporter.write("event", f"batch rejected: {exc}", t_s=ctl.now_s(), kind="batch", data={})
+        recovered, _ = begin(ctl, recorder, reporter, load_recipe(recipe) if recipe is not None else None, recipe,
+                             batch_id=batch_id or "hil", feed=self.cfg.feed, mass_in_kg=self.cfg.mass_in_kg)
         reporter.write("ready", f"controller for {station.identity.site}/{station.identity.station_id} running "
                        "(lockstep)", pid=os.getpid(), recovered=recovered, t_s=ctl.now_s())
         self.ctl = ctl

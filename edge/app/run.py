@@ -72,6 +72,7 @@ from edge.spec.broker import BrokerSettings, BrokerSettingsError, BrokerUrlError
 from edge.spec.instruments.modbus import ModbusConfig
 from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.reader import SpecError
+from edge.spec.recipe import Recipe
 from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import Station, load_station
 from edge.spec.station.layers import safety_layers
@@ -300,11 +301,8 @@ def run(opts: RunOptions) -> int:
             def clock() -> float:
                 return epoch + core.now_ns() / 1e9
 
-        ctl = Controller(core, station, state_path=opts.state_dir / "run-state.json", wall_clock=clock,
-                         save_every_s=save_every_s)
-        ctl.batch_id_check = devices.recorder.id_in_use     # one record per batch id, ever
-        operator = Operator(ControllerTarget(ctl, _recipes_dir(station, opts), devices.recorder),
-                            allow_remote_reset=station.allow_remote_reset)     # stdin's and MQTT's commands
+        ctl, operator = controller_for(core, station, opts.state_dir, devices.recorder, _recipes_dir(station, opts),
+                                       clock, save_every_s)
         publisher = None
         if mqtt_settings is not None:
             logging.getLogger("edge.telemetry.session").addHandler(logging.NullHandler())  # _session_event says it
@@ -318,21 +316,11 @@ def run(opts: RunOptions) -> int:
             tripped = [name for name, r in core.rules().items() if r.tripped]
             reporter.write("event", f"{core.restored_trips} latched trip(s) restored from {spec.latch_file}: "
                            f"{', '.join(tripped)}", t_s=ctl.now_s(), kind="recovery", data={"rules": tripped})
-        recovered = ctl.recover()
-        devices.recorder.close_orphans(ctl)      # open records of batches that were not recovered
-        devices.recorder.scan(ctl)               # the recovered batch's record continues before any new batch
-        if recipe is not None:
-            if ctl.sequencer is not None and ctl.sequencer.running:
-                reporter.write("event", f"not starting {opts.recipe}: batch {ctl.batch.get('id')} was recovered",
-                               t_s=ctl.now_s(), kind="batch", data={})
-            else:
-                try:
-                    ctl.start_batch(recipe, batch_id=opts.batch_id or time.strftime("%Y%m%d-%H%M%S"),
-                                    operator=opts.operator, feed=opts.feed, mass_in_kg=opts.mass_in_kg)
-                except BatchRejected as exc:
-                    reporter.write("event", f"batch rejected: {exc}", t_s=ctl.now_s(), kind="batch", data={})
-                    if opts.exit_when_done:
-                        return 1
+        recovered, rejected = begin(ctl, devices.recorder, reporter, recipe, opts.recipe,
+                                    batch_id=opts.batch_id or time.strftime("%Y%m%d-%H%M%S"), operator=opts.operator,
+                                    feed=opts.feed, mass_in_kg=opts.mass_in_kg)
+        if rejected and opts.exit_when_done:
+            return 1
         for layer in safety_layers(station):     # a missing layer nothing else covers: said at every start
             if layer.severity == "loud":
                 _say(f"reedge run: WARNING: {layer.title}: {layer.detail}")
@@ -340,6 +328,40 @@ def run(opts: RunOptions) -> int:
                        pid=os.getpid(), recovered=recovered, t_s=ctl.now_s())
         notifier.ready(f"station {station.identity.station_id}")
         return _loop(ctl, opts, reporter, notifier, commands, operator, stop, binding, devices, publisher)
+
+
+def controller_for(core: Core, station: Station, state_dir: pathlib.Path, recorder: BatchRecorder,
+                   recipes_dir: pathlib.Path, wall_clock: Callable[[], float],
+                   save_every_s: float) -> tuple[Controller, Operator]:
+    """The controller on ``core`` with its run state in ``state_dir``, and the operator that takes stdin's and
+    MQTT's commands to it: as ``reedge run`` builds them, and the HIL's lockstep rig too."""
+    ctl = Controller(core, station, state_path=state_dir / "run-state.json", wall_clock=wall_clock,
+                     save_every_s=save_every_s)
+    ctl.batch_id_check = recorder.id_in_use     # one record per batch id, ever
+    operator = Operator(ControllerTarget(ctl, recipes_dir, recorder), allow_remote_reset=station.allow_remote_reset)
+    return ctl, operator
+
+
+def begin(ctl: Controller, recorder: BatchRecorder, reporter: Reporter, recipe: Recipe | None,
+          recipe_path: pathlib.Path | None, **batch: Any) -> tuple[str | None, bool]:
+    """After the core's first readings: recover an interrupted batch and continue its record, close the
+    records of batches that were not recovered, then start ``recipe`` (``batch``: start_batch's keywords)
+    unless a batch was recovered. Returns the recovery message and whether the start was rejected."""
+    recovered = ctl.recover()
+    recorder.close_orphans(ctl)      # open records of batches that were not recovered
+    recorder.scan(ctl)               # the recovered batch's record continues before any new batch
+    if recipe is None:
+        return recovered, False
+    if ctl.sequencer is not None and ctl.sequencer.running:
+        reporter.write("event", f"not starting {recipe_path}: batch {ctl.batch.get('id')} was recovered",
+                       t_s=ctl.now_s(), kind="batch", data={})
+        return recovered, False
+    try:
+        ctl.start_batch(recipe, **batch)
+    except BatchRejected as exc:
+        reporter.write("event", f"batch rejected: {exc}", t_s=ctl.now_s(), kind="batch", data={})
+        return recovered, True
+    return recovered, False
 
 
 def _wait_proof_test(core: Core, stop: threading.Event, timeout_s: float = 10.0) -> None:
