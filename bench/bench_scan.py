@@ -152,13 +152,7 @@ class LegacyScan(Controller):
         demand = self._alarm_actions(now, demand)
         self._outputs(now, demand, fresh)
         self._beacon(fresh)
-        if seq is not None:
-            for change in seq.changes[self._changes_seen:]:
-                self.emit(change.t_s, "phase", f"{change.previous} -> {change.phase}: {change.reason}",
-                          phase=change.phase, previous=change.previous, reason=change.reason)
-                if change.phase in seq.FINAL:
-                    self.emit(change.t_s, "batch", f"batch {self.batch.get('id')} {change.phase}: {change.reason}")
-            self._changes_seen = len(seq.changes)
+        self._report_phases()
         if seq is not None and seq.program is not None:
             seq.program.snapshot()     # the save key was taken from the program's whole snapshot
         self.save()

@@ -313,14 +313,20 @@ class Controller:
         demand = self._alarm_actions(now, demand)
         self._outputs(now, demand, snap)
         self._beacon(snap)
-        if seq is not None:
-            for change in seq.changes[self._changes_seen:]:
-                self.emit(change.t_s, "phase", f"{change.previous} -> {change.phase}: {change.reason}",
-                          phase=change.phase, previous=change.previous, reason=change.reason)
-                if change.phase in seq.FINAL:
-                    self.emit(change.t_s, "batch", f"batch {self.batch.get('id')} {change.phase}: {change.reason}")
-            self._changes_seen = len(seq.changes)
+        self._report_phases()
         self.save()
+
+    def _report_phases(self) -> None:
+        """The sequence's phase changes since the last scan as events (and the batch's end)."""
+        seq = self.sequencer
+        if seq is None:
+            return
+        for change in seq.changes[self._changes_seen:]:
+            self.emit(change.t_s, "phase", f"{change.previous} -> {change.phase}: {change.reason}",
+                      phase=change.phase, previous=change.previous, reason=change.reason)
+            if change.phase in seq.FINAL:
+                self.emit(change.t_s, "batch", f"batch {self.batch.get('id')} {change.phase}: {change.reason}")
+        self._changes_seen = len(seq.changes)
 
     def _bands(self, now: float, demand: Demand, readings: Mapping[str, float]) -> None:
         """The agreement bands for this scan: narrowed at a settled soak of a running batch, else the

@@ -363,8 +363,7 @@ class Publisher:
                 self._handoff.append((drafts, acks))
             return
         self.session.put_many([])
-        for ack in acks:
-            ack()
+        self._send_acks(acks)
 
     def _run_commands(self, limit: int, acks: list[Ack], budget_s: float = COMMAND_BUDGET_S) -> list[Outcome]:
         """Up to ``limit`` waiting commands within ``budget_s`` of the scan (the rest answered busy, not run);
