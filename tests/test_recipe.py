@@ -658,3 +658,36 @@ def test_a_key_of_another_segment_kind_with_the_wrong_unit() -> None:
     e = only_error(hd(("to_mbar = 0.1\ntimeout_min = 120", "to_bar = 0.1\ntimeout_min = 120")))
     assert e.key_path == "degassing.program[0].to_bar"
     assert e.message.endswith("wrong unit: did you mean to_mbar? (units are part of the key name: to_mbar)")
+
+
+def test_a_cooling_backfill_below_the_kept_band_is_refused() -> None:
+    """cooling.backfill_to_bar is honoured (issue 16 item 17); a figure the keep-inert band would override is
+    refused, and one above the station's limit too."""
+    p = only_problem(hd(('gas = "Ar"\nbackfill_to_bar = 1.05', 'gas = "Ar"\nbackfill_to_bar = 1.03')))
+    assert (p.key_path, p.message) == ("cooling.backfill_to_bar", "1.03 bar is below 1.05 bar abs: after the backfill "
+                                       "the gas is kept at 1.02-1.05 bar abs (above atmosphere, so that no air is "
+                                       "drawn in as the charge cools): backfill to at least 1.05")
+    p = only_problem(hd(('gas = "Ar"\nbackfill_to_bar = 1.05', 'gas = "Ar"\nbackfill_to_bar = 2.5')))
+    assert (p.key_path, p.message) == ("cooling.backfill_to_bar",
+                                       "2.5 bar is above the station's max_pressure_bar (2.2 bar abs)")
+    assert problems(sf(("backfill_to_bar = 1.2", "backfill_to_bar = 1.0")), SF_STATION)[0].key_path \
+        == "quench.backfill_to_bar"
+
+
+def test_hd_cooling_backfills_to_the_recipes_pressure_then_keeps_it_inert() -> None:
+    """The HD cooling phase fills its gas to cooling.backfill_to_bar (it was ignored: argon to 1.05 whatever
+    the recipe said), then keeps the band above atmosphere with the same gas."""
+    from edge.control.hd import HDSequencer
+
+    recipe = parse_recipe(hd(('gas = "Ar"\nbackfill_to_bar = 1.05', 'gas = "Ar"\nbackfill_to_bar = 1.6')), "r.toml")
+    assert check_recipe(recipe, HD_STATION) == []
+    seq = HDSequencer(recipe, HD_STATION.plumbing)
+    seq.enter("cooling", 0.0, "test")
+    ar = HD_STATION.plumbing.inlet_valves["Ar"]
+
+    def ar_open(t: float, bar: float) -> int:
+        return seq.step(t, {"chamber_pressure": bar, recipe.control_channel: 500.0}).outputs[ar]
+
+    assert [ar_open(1.0, 0.001), ar_open(2.0, 1.3), ar_open(3.0, 1.59)] == [1, 1, 1]
+    assert [ar_open(4.0, 1.6), ar_open(5.0, 1.3), ar_open(6.0, 1.03)] == [0, 0, 0]   # filled; cooling gas shrinks
+    assert [ar_open(7.0, 1.01), ar_open(8.0, 1.04), ar_open(9.0, 1.05)] == [1, 1, 0]  # kept above atmosphere

@@ -6,6 +6,7 @@ report every problem at once, and still load the stock stations."""
 from __future__ import annotations
 
 import pathlib
+import re
 import textwrap
 
 import pytest
@@ -83,6 +84,22 @@ def test_the_base_station_loads() -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "stations").glob("*.toml")), ids=lambda p: p.name)
 def test_stock_stations_still_load(path: pathlib.Path) -> None:
     load_station(path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "stations").glob("*.toml")), ids=lambda p: p.name)
+def test_each_station_header_checks_its_file_with_reedge_station_check(
+        path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header's check command is `reedge station check` on this file, and it passes as written (it was a
+    Python one-liner printing a traceback); no doc tells users to check a file with `python -c`."""
+    from edge.app.cli import main
+
+    header = path.read_text().split("\n\n", 1)[0]
+    command = re.search(r"reedge station check (\S+)", header)
+    assert command and command.group(1) == f"stations/{path.name}", f"{path.name}: header has no check command"
+    monkeypatch.chdir(ROOT)
+    assert main(["station", "check", command.group(1)]) == 0, capsys.readouterr()
+    for doc in (ROOT / "stations" / "README.md", ROOT / "README.md", ROOT / "recipes" / "README.md", path):
+        assert "python -c" not in doc.read_text(), doc
 
 
 # ---------------------------------------------------------------- trip bands

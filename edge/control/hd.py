@@ -20,7 +20,8 @@ load_check -> leak_test -> purge -> h2_admission -> absorption -> degassing -> c
   ``vacuum_recovered_mbar``. Air leaking into the hot hydride is watched for (``_inleak``), with
   the cause ``air_inleak`` (the station's [safe_sequences] says what follows; by default argon in,
   no pumping).
-- cooling: pump off, argon backfill, the cooling program; heaters off at its end.
+- cooling: pump off, the inert ``gas`` backfilled to ``backfill_to_bar`` (then kept above atmosphere),
+  the cooling program; heaters off at its end.
 - unload: done when the charge is below the unload temperature.
 
 The air in-leak detector (``_inleak``) reads the vacuum gauge only. Under the pump the vacuum is
@@ -287,8 +288,7 @@ class HDSequencer(Sequencer):
 
     def phase_cooling(self, now_s: float, r: Readings) -> Demand:
         p = self._p("cooling")
-        self.flags["inert"] = True        # from here on the charge stays under argon (keep_inert)
-        out = self.keep_inert(r)
+        out = self.backfill_inert(r, str(p["gas"]), float(p["backfill_to_bar"]))   # then kept (keep_inert)
         st = self.run_program("cooling", now_s, r)
         limit = float(self._p("unload").get("max_temperature_c", 50.0))
         if st.state is ProgState.ABORTED:

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from edge.control.programmer import Programmer, ProgramStatus, ProgState
 from edge.spec.plumbing import GasPlumbing
-from edge.spec.recipe import Recipe
+from edge.spec.recipe import INERT_HIGH_BAR, INERT_LOW_BAR, Recipe
 
 Readings = Mapping[str, float]   # channel name -> value, NaN when the channel is not OK
 
@@ -40,7 +40,6 @@ ABORT_EVACUATE_MBAR = 10.0       # the safe sequence's evacuation before the arg
 ABORT_BACKFILL_BAR = 1.05
 ABORT_STEP_TIMEOUT_S = 1800.0
 TRANSDUCER_MIN_BAR = 0.5         # below this the process transducer is too coarse to stand for the vacuum gauge
-INERT_LOW_BAR, INERT_HIGH_BAR = 1.02, 1.05   # argon kept a little above atmosphere: no air is drawn in
 
 
 @dataclass
@@ -208,11 +207,26 @@ class Sequencer:
         bar = r.get(self.plumbing.pressure_channel, math.nan)
         return bar * 1000.0 if bar >= TRANSDUCER_MIN_BAR else math.nan
 
-    def keep_inert(self, r: Readings) -> dict[str, int]:
-        """Once argon has been let in to cool or to make safe, keep it a little above atmosphere: a hot
-        charge cools and the pressure falls, and seals then draw air onto pyrophoric powder."""
+    def backfill_inert(self, r: Readings, gas: str, to_bar: float) -> dict[str, int]:
+        """The recipe's inert ``gas`` to its ``backfill_to_bar`` once, then kept above atmosphere by
+        ``keep_inert`` with the same gas (the recipe check holds ``to_bar`` at or above INERT_HIGH_BAR, so
+        the band never overrides the recipe's figure)."""
         out = self.closed()
-        ar = self.plumbing.inlet_valves.get("Ar")
+        if not self.data.get("backfilled"):
+            if r.get(self.plumbing.pressure_channel, math.nan) >= to_bar:
+                self.data["backfilled"] = True
+                self.flags.update(inert=True, inert_gas=gas)
+            else:
+                out[self.plumbing.inlet(gas)] = 1
+            return out
+        return self.keep_inert(r)
+
+    def keep_inert(self, r: Readings) -> dict[str, int]:
+        """Once inert gas has been let in to cool or to make safe, keep it a little above atmosphere
+        (INERT_LOW_BAR to INERT_HIGH_BAR): a hot charge cools and the pressure falls, and seals then draw
+        air onto pyrophoric powder. Topped up with the gas the recipe backfilled (argon by default)."""
+        out = self.closed()
+        ar = self.plumbing.inlet_valves.get(str(self.flags.get("inert_gas", "Ar")))
         if not self.flags.get("inert") or ar is None or not self.allowed(ar, 1):
             return out
         p = r.get(self.plumbing.pressure_channel, math.nan)

@@ -44,17 +44,8 @@ class SinteringSequencer(Sequencer):
         return out
 
     def _gas_cooling(self, r: Readings, gas: str, to_bar: float) -> dict[str, int]:
-        """Argon to ``to_bar`` with the fan on: forced convection through the hot zone; afterwards the
-        argon is topped up as the gas cools (keep_inert), so no air is drawn in."""
-        out = self.closed()
-        if not self.data.get("backfilled"):
-            if r.get(self.plumbing.pressure_channel, math.nan) >= to_bar:
-                self.data["backfilled"] = True
-                self.flags["inert"] = True
-            else:
-                out[self.plumbing.inlet(gas)] = 1
-        else:
-            out = self.keep_inert(r)
+        """Inert gas to ``to_bar`` with the fan on once backfilled: forced convection through the hot zone."""
+        out = self.backfill_inert(r, gas, to_bar)
         if self.plumbing.quench_fan and self.data.get("backfilled"):
             out[self.plumbing.quench_fan] = 1
         return out
@@ -104,7 +95,7 @@ class SinteringSequencer(Sequencer):
 
     def phase_cooling(self, now_s: float, r: Readings) -> Demand:
         p = self._p("cooling")
-        out = self._gas_cooling(r, str(p.get("gas", "Ar")), float(p.get("backfill_to_bar", 1.0)))
+        out = self._gas_cooling(r, str(p.get("gas", "Ar")), float(p["backfill_to_bar"]))
         st = self.run_program("cooling", now_s, r)
         if st.state is ProgState.ABORTED:
             self.abort(now_s, f"cooling: {st.message}")

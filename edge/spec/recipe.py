@@ -67,6 +67,9 @@ END_ACTIONS: tuple[EndAction, ...] = ("heaters_off", "hold_setpoint")
 
 AMBIENT_C = 20.0        # the nominal charge temperature at the start of a batch (the programmer starts at the PV)
 ATMOSPHERE_BAR = 1.013  # a vent to the stack cannot bring the vessel below this
+#: After an inert backfill (cooling, quench, the safe state) the gas is kept between these (bar abs), a little
+#: above atmosphere: a cooling charge draws its pressure down, and seals then draw air onto pyrophoric powder.
+INERT_LOW_BAR, INERT_HIGH_BAR = 1.02, 1.05
 MINUTES_MAX = 100_000.0  # ~69 days: any longer time is surely a unit mistake
 TEMPERATURE_C = (-100.0, 3000.0)  # what a setpoint may be at all; the station's limits are checked later
 
@@ -282,7 +285,8 @@ def setpoint_after(segment: Segment, sp: float | None) -> float | None:
 
 ParamKind = Literal["number", "count", "text", "gas"]
 #: What a phase parameter is checked against in ``check_recipe``.
-ParamRole = Literal["", "vacuum", "pressure", "h2_pressure", "inert_gas", "temperature", "h2_temperature", "charge"]
+ParamRole = Literal["", "vacuum", "pressure", "inert_pressure", "h2_pressure", "inert_gas", "temperature",
+                    "h2_temperature", "charge"]
 
 
 @dataclass(frozen=True)
@@ -350,7 +354,7 @@ _HD_PHASES: tuple[PhaseSpec, ...] = (
     ), program=True, atmosphere="keeps"),
     PhaseSpec("cooling", "inert gas backfilled, the cooling program", (
         Param("gas", "gas", "the inert cooling gas, e.g. \"Ar\"", role="inert_gas"),
-        Param("backfill_to_bar", "number", "backfill pressure, bar abs", role="pressure"),
+        Param("backfill_to_bar", "number", "backfill pressure, bar abs", role="inert_pressure"),
     ), program=True, atmosphere="gas", leaves="the cooling gas"),
     PhaseSpec("unload", "ready to unload", (
         Param("max_temperature_c", "number", "the charge must be below this to unload, degC", role="temperature"),
@@ -369,7 +373,7 @@ _SINTERING_PHASES: tuple[PhaseSpec, ...] = (
               program=True, atmosphere="keeps"),
     PhaseSpec("quench", "heat off, inert gas backfilled, circulation fan on, until cool", (
         Param("gas", "gas", "the quench gas, e.g. \"Ar\"", role="inert_gas"),
-        Param("backfill_to_bar", "number", "backfill pressure, bar abs", role="pressure"),
+        Param("backfill_to_bar", "number", "backfill pressure, bar abs", role="inert_pressure"),
         Param("cool_to_c", "number", "the quench ends below this, degC", role="temperature"),
         Param("timeout_min", "number", "the quench must be done within this, min"),
     ), leaves="the quench gas"),
@@ -377,7 +381,7 @@ _SINTERING_PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("anneal_2", "the program: second (low) anneal, under vacuum", program=True, atmosphere="keeps"),
     PhaseSpec("cooling", "inert gas and fan, the cooling program", (
         Param("gas", "gas", "the inert cooling gas, e.g. \"Ar\"", role="inert_gas"),
-        Param("backfill_to_bar", "number", "backfill pressure, bar abs", role="pressure"),
+        Param("backfill_to_bar", "number", "backfill pressure, bar abs", role="inert_pressure"),
         Param("unload_below_c", "number", "done (ready to unload) below this, degC", role="temperature"),
     ), program=True, atmosphere="gas", leaves="the cooling gas"),
 )

@@ -16,6 +16,8 @@ from edge.spec.reader import unknown
 from edge.spec.recipe import (
     AMBIENT_C,
     ATMOSPHERE_BAR,
+    INERT_HIGH_BAR,
+    INERT_LOW_BAR,
     STATION_KIND_OF,
     AdmitH2,
     Backfill,
@@ -163,6 +165,13 @@ class _Checker:
                 self.check_vacuum_level(key, number)
             elif param.role == "pressure":
                 self.check_pressure(key, number)
+            elif param.role == "inert_pressure":
+                self.check_pressure(key, number)
+                if number < INERT_HIGH_BAR:
+                    self.report(key, f"{figure(number)} bar is below {figure(INERT_HIGH_BAR)} bar abs: after the "
+                                     f"backfill the gas is kept at {figure(INERT_LOW_BAR)}-{figure(INERT_HIGH_BAR)} "
+                                     f"bar abs (above atmosphere, so that no air is drawn in as the charge cools): "
+                                     f"backfill to at least {figure(INERT_HIGH_BAR)}")
             elif param.role == "h2_pressure":
                 self.check_gas(key, "H2", inert=False)
                 self.check_pressure(key, number, h2=True)
