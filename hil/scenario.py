@@ -452,7 +452,8 @@ def _array_of_tables(top: Table, section: str) -> list[Table]:
 
 
 def _fault(t: Table, ctx: _Context, ids: Sequence[str], default_id: str = "") -> Step | None:
-    physical = PLANTS[ctx.kind].faults if ctx.kind else {}
+    # without a plant (the station file failed, reported there) any plant's fault is taken: no follow-on error
+    physical = PLANTS[ctx.kind].faults if ctx.kind else {k: f for p in PLANTS.values() for k, f in p.faults.items()}
     known = [*physical, *RIG_FAULTS]
     kind = t.need("kind", string, f"one of {', '.join(known)}")
     if kind is None:

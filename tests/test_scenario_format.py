@@ -177,3 +177,14 @@ def test_a_condition_on_a_digital_input_is_refused_at_parse_time() -> None:
     """The runner sees the plant's analog values only: a mark on K1's aux contact never fired (it parsed)."""
     message = errors('\n[[marks]]\nid = "k1_open"\nat = { channel = "contactor_closed", below = 0.5 }\n')
     assert "marks[2].at.channel: 'contactor_closed' is a digital input" in message, message
+
+
+def test_a_missing_station_file_is_the_only_error_reported() -> None:
+    """A scenario whose station file is missing said so, then also `unknown fault 'h2_leak'` and unknown steps:
+    without the station there is no plant to know the faults from (issue 16 item 15). Now only the cause."""
+    text = (ROOT / "hil/scenarios/hd_h2_leak_absorption.toml").read_text()
+    text = text.replace('station = "../../stations/hd_reactor_sim.toml"', 'station = "../../stations/no_such.toml"')
+    with pytest.raises(SpecError) as info:
+        parse_scenario(text, ROOT / "hil/scenarios/copy.toml")
+    assert [e.key_path for e in info.value.errors] == ["scenario.station"]
+    assert "no_such.toml" in str(info.value)

@@ -261,3 +261,21 @@ def test_every_contradiction_is_reported_at_once() -> None:
     assert {e.key_path for e in found} == {"interlocks.flow_low.threshold", "permissives.valve[1].gt",
                                            "interlocks.flow_rule.threshold"}
     assert all(e.source == "t.toml" for e in found)
+
+
+def test_a_mistyped_meter_profile_is_reported_once_not_again_in_accounting() -> None:
+    """A mistyped instrument profile made the meter unknown to [accounting] too: one mistake, two errors, the second
+    one wrong (issue 16 item 15). The instrument's own error is the only one."""
+    text = (ROOT / "stations/hd_reactor_sim.toml").read_text().replace('profile = "sdm630"', 'profile = "sdm360"', 1)
+    with pytest.raises(SpecError) as caught:
+        parse_station(text, "t.toml")
+    assert [(e.key_path, e.message.split("; did")[0]) for e in caught.value.errors] == [
+        ("instruments.heater_meter.profile", 'expected one of: sdm630, reedge_mfc, custom; got "sdm360"')]
+
+
+def test_an_unknown_name_where_none_is_declared_says_so_plainly() -> None:
+    """Not "expected one of: no step is declared"."""
+    from edge.spec.reader import unknown
+
+    assert unknown("step", "h2_leak", []) == "unknown step 'h2_leak' (no step is declared)"
+    assert unknown("step", "h2_leek", ["h2_leak"]).startswith("unknown step 'h2_leek' (expected one of: h2_leak)")

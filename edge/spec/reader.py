@@ -117,8 +117,9 @@ def parse_toml(text: str, source: str) -> dict[str, object]:
 
 def unknown(what: str, name: str, candidates: Iterable[str]) -> str:
     options = list(candidates)
-    listed = ", ".join(options) if options else f"no {what} is declared"
-    return f"unknown {what} '{short(name)}' (expected one of: {listed}){did_you_mean(name, options)}"
+    if not options:
+        return f"unknown {what} '{short(name)}' (no {what} is declared)"
+    return f"unknown {what} '{short(name)}' (expected one of: {', '.join(options)}){did_you_mean(name, options)}"
 
 
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:

@@ -224,6 +224,9 @@ def read_accounting(top: _Table, instruments: Mapping[str, object], outputs: Map
             continue
         inst_name, _, measurement = src.partition(".")
         registers = getattr(instruments.get(inst_name), "registers", None)
+        declared = top.data.get("instruments")
+        if inst_name not in instruments and isinstance(declared, dict) and inst_name in declared:
+            continue          # declared with errors of its own, reported there: no follow-on error here
         if inst_name not in instruments:
             t.report(meter, _unknown("instrument", inst_name, instruments)
                      + f" (expected \"instrument.measurement\", a counter in {unit})")
