@@ -324,3 +324,91 @@ def test_example_station_alarms_quiet_on_nominal_readings_then_warning_before_th
         events += engine.update(k * 0.1, NOMINAL, {"chamber": 600.0}, {"heater": 1.0})
     assert [e.name for e in events if e.kind == "raised"][-1] == "heater_loop_break"
     assert "h2_room_warning" in engine.active()  # latched until acknowledged
+
+
+def _sintering_cooling(follows_fall: float | None) -> Feed:
+    """The stock sintering furnace's deviation alarm (threshold 15, hysteresis 3, 300 s on-delay) through the
+    stock recipe's cooling ramp: the setpoint falls 10 degC/min, the furnace follows at 2 degC/min, then the
+    program holds at 520 degC and the charge arrives; afterwards a real fault (the charge drifts away)."""
+    station = load_station(ROOT / "stations" / "sintering_furnace_sim.toml")
+    spec = next(a for a in station.alarms if a.name == "chamber_temp_deviation")
+    assert spec.follows_fall_per_min == 3.0
+    if follows_fall is None:
+        spec = AlarmSpec(**{**spec.__dict__, "follows_fall_per_min": math.inf})
+    feed = Feed(spec)
+    pv = 900.0
+    feed(0.0, {spec.channel: pv}, {"chamber": 900.0})                # in band: armed
+    for k in range(1, 4 * 3600):
+        t = float(k)
+        sp = max(520.0, 900.0 - 10.0 * t / 60.0)
+        pv = max(sp, pv - 2.0 / 60.0)
+        feed(t, {spec.channel: pv}, {"chamber": sp})
+    assert pv == 520.0
+    for k in range(4 * 3600, 5 * 3600):                                # a heater fault: the charge sags
+        pv -= 0.05
+        feed(float(k), {spec.channel: pv}, {"chamber": 520.0})
+    return feed
+
+
+def test_a_deviation_alarm_rests_while_the_program_asks_more_than_the_plant_follows() -> None:
+    """Issue 16 item 18: through a 10 degC/min ramp down the alarm fired although nothing was wrong (a nuisance
+    alarm); with follows_fall_per_min it rests (one `rested` event), re-arms in band, and still catches a fault."""
+    nuisance = _sintering_cooling(None)
+    assert [(e.kind, e.t_s) for e in nuisance.events][:1] == [("raised", 413.0)]   # before: raised by the ramp
+    feed = _sintering_cooling(3.0)
+    kinds = [e.kind for e in feed.events]
+    assert kinds == ["rested", "raised"], kinds
+    rested, raised = feed.events
+    assert rested.t_s == 1.0 and "moves -10 degC/min, the plant follows at most 3" in rested.message
+    assert raised.t_s > 4 * 3600 + 300                                   # the real fault, after its on-delay
+    assert raised.value is not None and raised.value < -15.0
+
+
+def test_chattering_raises_and_fleeting_clears_are_marked_nuisance() -> None:
+    feed = Feed(AlarmSpec("flow", "abs_low", "flow", 6.0, hysteresis=0.5))
+    marks = []
+    for k in range(4):                        # raised and gone within seconds, four times in four minutes
+        marks += [(e.kind, e.nuisance) for e in feed.engine.update(60.0 * k, {"flow": 5.0}, {}, {})]
+        marks += [(e.kind, e.nuisance) for e in feed.engine.update(60.0 * k + 5, {"flow": 7.0}, {}, {})]
+    assert marks == [("raised", False), ("cleared", True), ("raised", False), ("cleared", True),
+                     ("raised", True), ("cleared", True), ("raised", True), ("cleared", True)]
+    feed.engine.update(1000.0, {"flow": 5.0}, {}, {})
+    feed.engine.acknowledge("flow", 1001.0)           # seen by the operator: its clear is no nuisance
+    assert [e.nuisance for e in feed.engine.update(1002.0, {"flow": 7.0}, {}, {})] == [False]
+    late = Feed(AlarmSpec("flow", "abs_low", "flow", 6.0))
+    late.engine.update(0.0, {"flow": 5.0}, {}, {})
+    assert [e.nuisance for e in late.engine.update(61.0, {"flow": 7.0}, {}, {})] == [False]  # not fleeting
+
+
+def test_follow_rates_apply_to_deviation_alarms_only_and_must_be_positive(tmp_path: pathlib.Path) -> None:
+    from edge.spec.reader import SpecError
+    from edge.spec.station import parse_station
+
+    text = (ROOT / "stations" / "sintering_furnace_sim.toml").read_text()
+    for old, new, words in (
+            ("follows_fall_per_min = 3.0", "follows_fall_per_min = 0", "follows_fall_per_min: expected a number > 0"),
+            ('kind = "abs_low"\nchannel = "cooling_water_flow"',
+             'kind = "abs_low"\nchannel = "cooling_water_flow"\nfollows_rise_per_min = 2',
+             "follows_rise_per_min: does not apply to abs_low alarms")):
+        assert old in text
+        with pytest.raises(SpecError) as caught:
+            parse_station(text.replace(old, new), "s.toml")
+        assert words in str(caught.value), str(caught.value)
+
+
+def test_every_alarm_event_the_controller_emits_fits_the_event_schema() -> None:
+    """The hold an alarm puts on the recipe went out as alarm_event "hold", which the schema did not allow."""
+    from typing import get_args
+
+    from edge.control.alarms import EventKind
+    from edge.control.controller import ProcessEvent
+    from edge.telemetry import schemas
+    from edge.telemetry.events import process_event
+
+    example = json.loads((ROOT / "mqtt_schemas" / "examples" / "event-alarm.json").read_text())
+    for state in (*get_args(EventKind), "hold"):
+        for flags in ({}, {"nuisance": True}):
+            body = process_event(ProcessEvent(1.0, "alarm", "m", {"alarm": "a", "state": state,
+                                                                   "severity": "warning", **flags})).body
+            assert body.get("nuisance") is flags.get("nuisance")
+            assert schemas.errors({**example, "body": body}, "event.json") == [], (state, flags)

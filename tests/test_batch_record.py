@@ -507,3 +507,25 @@ def test_a_meter_channel_must_outlive_two_polls(tmp_path: pathlib.Path) -> None:
                                           r"max_age_ms 5000, less than two polls"):
         load_station(path)
 
+
+
+def test_the_record_counts_nuisance_alarms_and_deviation_alarm_rests(station: Station) -> None:
+    """Issue 16 item 18: each batch counts its nuisance alarms (chattering raises, fleeting clears) and the rests
+    of its deviation alarms (the program asked for more than the plant follows), on disk and in the end record."""
+    st = station
+    st.ctl.start_batch(RECIPE, batch_id="hd-rec-n", operator="test", mass_in_kg=25.0)
+    assert st.rig.run_until(lambda: st.recorder.body is not None, 600, st.scan)
+    now = st.ctl.now_s()
+    for state, flags in (("rested", {}), ("raised", {"nuisance": True}), ("cleared", {"nuisance": True}),
+                         ("raised", {})):
+        st.ctl.emit(now, "alarm", "m", alarm="chamber_temp_deviation", state=state, severity="warning", **flags)
+    st.rig.run_until(lambda: False, 10, st.scan)
+    body = st.recorder.body
+    assert body is not None
+    assert (body["nuisance_alarms"], body["deviation_alarm_rests"]) == (2, 1)
+    st.recorder.close(st.ctl)                           # at stop: on disk, for the next start to continue
+    assert read_record(batch_dir(st.recorder.state_dir, "hd-rec-n"))["body"]["nuisance_alarms"] == 2
+    end = mqtt_end_body({**body, "accounting": {"meters": {}, "per_kg": {k: None for k in (
+        "kwh", "nl_h2", "nl_ar", "kg_co2e")}, **{k: None for k in (
+            "heater_model_kwh", "heater_rated_kw", "h2_absorbed_nl", "grid_kg_co2e_per_kwh", "kg_co2e", "complete")}}})
+    assert (end["accounting"]["nuisance_alarms"], end["accounting"]["deviation_alarm_rests"]) == (2, 1)

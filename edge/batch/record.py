@@ -313,6 +313,7 @@ class BatchRecorder:
             "product": {"mass_out_kg": None, "yield_pct": None},
             "started": _ts(started), "ended": None, "duration_s": None, "outcome": "running", "reason": None,
             "phases": [], "events": [], "events_not_listed": 0, "interruptions": [], "accounting": {},
+            "nuisance_alarms": 0, "deviation_alarm_rests": 0,
         }
         self._started, self._h2_absorbed = started, None
         # this batch's events from its start on (the first phase, anything in the first scan)
@@ -392,10 +393,22 @@ class BatchRecorder:
             if seq is not None and phase in seq.FINAL and self._end is None:
                 self._final_phase(seq, t)
         elif e.kind in RECORDED_KINDS:
+            if e.kind == "alarm":
+                self._count_alarm(e)
             name = e.data.get("rule") or e.data.get("alarm") or e.data.get("output")
             if e.kind == "alarm" and e.data.get("state") not in (None, "raised"):
                 return        # raised alarms are the record's; clears and acks are in the event stream
             self._add_event(t, e.kind, None if name is None else str(name), e.message)
+
+    def _count_alarm(self, e: ProcessEvent) -> None:
+        """The batch's nuisance alarms (chattering raises, fleeting clears) and deviation-alarm rests (the
+        program asked for more than the plant follows): a badly set alarm shows in the record (ISA-18.2)."""
+        assert self.body is not None
+        for key, counts in (("nuisance_alarms", e.data.get("nuisance") is True),
+                            ("deviation_alarm_rests", e.data.get("state") == "rested")):
+            if counts:
+                self.body[key] = int(self.body.get(key, 0)) + 1
+                self._dirty = True
 
     def _final_phase(self, seq: Any, t: float) -> None:
         """The sequence finished at ``t``: its outcome is kept now (a new batch may replace it before the end
@@ -723,6 +736,8 @@ def mqtt_end_body(body: Mapping[str, Any]) -> dict[str, Any]:
         "kg_co2e_per_kg": per_kg["kg_co2e"], "complete": acc["complete"],
         "trips": sum(1 for e in body["events"] if e["kind"] == "trip"),
         "alarms_raised": sum(1 for e in body["events"] if e["kind"] == "alarm"),
+        "nuisance_alarms": int(body.get("nuisance_alarms", 0)),            # absent in records made before
+        "deviation_alarm_rests": int(body.get("deviation_alarm_rests", 0)),
     }
     for meter, q in meters.items():
         if q is not None:

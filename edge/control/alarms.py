@@ -22,6 +22,11 @@ What happens to an alarm, in this order every ``update``:
 
 * **No setpoint** (deviation kinds): not evaluated, an active condition clears, start-up
   inhibition re-arms; the state reads ``inhibited``. A new program starts with a clean slate.
+* **Unfollowable program** (deviation kinds with ``follows_rise_per_min`` / ``follows_fall_per_min``):
+  while the setpoint moves faster than the plant can follow (a sintering furnace cannot cool at
+  10 degC/min), not evaluated, an active condition clears, and the alarm re-arms only once the PV is
+  back in band (start-up inhibition). Each rest is counted (``rests``): the deviation alarm would have
+  been a nuisance alarm (ISA-18.2).
 * **Sensor** (a non-finite PV, which is how the core reports a faulted channel, or a channel
   missing from ``values``): not evaluated, the state reads ``sensor`` and ``sensor_bad`` /
   ``sensor_ok`` events mark it. The alarm is *not* cleared: "cannot tell" is not "all is well"
@@ -41,8 +46,11 @@ What happens to an alarm, in this order every ``update``:
   Acknowledging silences an alarm (``unacknowledged()`` is what sounds the horn); a latched alarm
   stays in ``active()`` until its condition cleared *and* it was acknowledged.
 
-Events (``raised``, ``cleared``, ``acknowledged``, ``sensor_bad``, ``sensor_ok``) carry the plant
-time, name, severity, the measured value and threshold, and a message.
+Events (``raised``, ``cleared``, ``acknowledged``, ``sensor_bad``, ``sensor_ok``, ``rested``) carry the
+plant time, name, severity, the measured value and threshold, and a message. A ``raised`` event that is
+the third or later raise of the same alarm within ``CHATTER_WINDOW_S``, and a ``cleared`` event of an alarm
+that cleared by itself, unacknowledged, within ``FLEETING_S`` of its raise, are marked ``nuisance``
+(chattering and fleeting alarms, ISA-18.2): the batch record counts them, so a badly set alarm shows.
 """
 
 from __future__ import annotations
@@ -59,8 +67,11 @@ __all__ = ["AlarmEngine", "AlarmEvent", "AlarmState", "EventKind"]
 
 IsaState = Literal["normal", "unack_active", "ack_active", "unack_cleared"]
 AlarmState = Literal["normal", "unack_active", "ack_active", "unack_cleared", "inhibited", "sensor"]
-EventKind = Literal["raised", "cleared", "acknowledged", "sensor_bad", "sensor_ok"]
+EventKind = Literal["raised", "cleared", "acknowledged", "sensor_bad", "sensor_ok", "rested"]
 SNAPSHOT_VERSION = 1
+CHATTER_WINDOW_S = 600.0      # three raises of one alarm within this: chattering
+CHATTER_RAISES = 3
+FLEETING_S = 60.0             # raised and gone by itself, unacknowledged, within this: fleeting
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,7 @@ class AlarmEvent:
     message: str             # the spec's message, or a generated one
     detail: str              # always generated: what was measured against what
     state: AlarmState        # the alarm's state after the event
+    nuisance: bool = False   # a chattering raise or a fleeting clear (see the module's docstring)
 
 
 @dataclass
@@ -89,6 +101,10 @@ class _Runtime:
     value: float | None = None
     history: deque[tuple[float, float]] = field(default_factory=deque)  # rate: (t, pv)
     ref: tuple[float, float, int] | None = None  # loop_break: (t, pv, direction +1 high / -1 low)
+    last_sp: tuple[float, float] | None = None   # deviation kinds: (t, sp) of the last scan
+    unfollowable: bool = False        # the setpoint moves faster than the plant follows
+    raises: deque[float] = field(default_factory=deque)  # times of the recent raises (chattering)
+    acked_since_raise: bool = False
 
 
 class AlarmEngine:
@@ -135,6 +151,7 @@ class AlarmEngine:
         if spec.kind in DEVIATION_KINDS:
             sp = setpoints.get(spec.setpoint_of or spec.channel)
             if sp is None or not math.isfinite(sp):
+                rt.last_sp = None            # a new program's first setpoint is no step
                 if not rt.no_setpoint:
                     rt.no_setpoint = True
                     rt.inhibited = spec.inhibit_until_normal
@@ -143,6 +160,8 @@ class AlarmEngine:
                         self._clear(spec, rt, now_s, "no setpoint: deviation alarms rest", events)
                 return
             rt.no_setpoint = False
+            if self._unfollowable(spec, rt, now_s, sp, events):
+                return
 
         pv = values.get(spec.channel, math.nan)
         if not math.isfinite(pv):
@@ -197,6 +216,29 @@ class AlarmEngine:
             return {"rising": rate, "falling": -rate}.get(spec.direction, abs(rate)) - thr
         rt.value = pv
         return pv - thr if spec.kind == "abs_high" else thr - pv
+
+    def _unfollowable(self, spec: AlarmSpec, rt: _Runtime, now_s: float, sp: float,
+                      events: list[AlarmEvent]) -> bool:
+        """True while the setpoint moves faster than the plant can follow it: the alarm rests (an active one
+        clears) and re-arms once the PV is back in band. One ``rested`` event per stretch."""
+        last, rt.last_sp = rt.last_sp, (now_s, sp)
+        if last is None or now_s <= last[0]:
+            return rt.unfollowable
+        rate = (sp - last[1]) / (now_s - last[0]) * 60.0
+        if rate <= spec.follows_rise_per_min and -rate <= spec.follows_fall_per_min:
+            rt.unfollowable = False
+            return False
+        if not rt.unfollowable:
+            rt.unfollowable = True
+            rt.inhibited = True          # re-armed by the PV coming back in band (start-up inhibition)
+            rt.pending_since = None
+            limit = spec.follows_rise_per_min if rate > 0 else spec.follows_fall_per_min
+            detail = (f"the setpoint moves {_fmt(rate)} {spec.unit}/min, the plant follows at most {_fmt(limit)}: "
+                      f"the deviation alarm rests until {spec.channel} is back in band").replace("  ", " ")
+            if rt.condition:
+                self._clear(spec, rt, now_s, detail, events)
+            events.append(self._event("rested", spec, rt, now_s, detail))
+        return True
 
     @staticmethod
     def _rate(spec: AlarmSpec, rt: _Runtime, now_s: float, pv: float) -> float | None:
@@ -254,9 +296,13 @@ class AlarmEngine:
     def _raise(self, spec: AlarmSpec, rt: _Runtime, now_s: float, detail: str, events: list[AlarmEvent]) -> None:
         rt.condition = True
         rt.pending_since = None
+        rt.acked_since_raise = False
         if rt.isa in ("normal", "unack_cleared"):
             rt.isa = "unack_active"
-        events.append(self._event("raised", spec, rt, now_s, detail))
+        rt.raises.append(now_s)
+        while rt.raises and rt.raises[0] < now_s - CHATTER_WINDOW_S:
+            rt.raises.popleft()
+        events.append(self._event("raised", spec, rt, now_s, detail, nuisance=len(rt.raises) >= CHATTER_RAISES))
 
     def _clear(self, spec: AlarmSpec, rt: _Runtime, now_s: float, detail: str, events: list[AlarmEvent]) -> None:
         rt.condition = False
@@ -265,7 +311,8 @@ class AlarmEngine:
             rt.isa = "normal"
         elif rt.isa == "unack_active":
             rt.isa = "unack_cleared"
-        events.append(self._event("cleared", spec, rt, now_s, detail))
+        fleeting = bool(rt.raises) and now_s - rt.raises[-1] < FLEETING_S and not rt.acked_since_raise
+        events.append(self._event("cleared", spec, rt, now_s, detail, nuisance=fleeting))
 
     def acknowledge(self, name: str, now_s: float) -> AlarmEvent | None:
         """The operator saw it. None if there was nothing to acknowledge."""
@@ -277,6 +324,7 @@ class AlarmEngine:
             rt.isa = "normal"
         else:
             return None
+        rt.acked_since_raise = True
         return self._event("acknowledged", spec, rt, now_s, "acknowledged by the operator")
 
     def acknowledge_all(self, now_s: float) -> list[AlarmEvent]:
@@ -310,11 +358,13 @@ class AlarmEngine:
         except KeyError:
             raise KeyError(f"unknown alarm {name!r} (known: {', '.join(self._specs) or 'none'})") from None
 
-    def _event(self, kind: EventKind, spec: AlarmSpec, rt: _Runtime, now_s: float, detail: str) -> AlarmEvent:
+    def _event(self, kind: EventKind, spec: AlarmSpec, rt: _Runtime, now_s: float, detail: str, *,
+               nuisance: bool = False) -> AlarmEvent:
         value = None if kind == "sensor_bad" else rt.value
         threshold = spec.band if spec.kind == "loop_break" else spec.threshold
-        return AlarmEvent(kind, now_s, spec.name, spec.severity, value, threshold, spec.message or detail, detail,
-                          self._state(spec.name))
+        message = detail if kind == "rested" else spec.message or detail
+        return AlarmEvent(kind, now_s, spec.name, spec.severity, value, threshold, message, detail,
+                          self._state(spec.name), nuisance)
 
     @staticmethod
     def _describe(spec: AlarmSpec, pv: float, sp: float | None) -> str:

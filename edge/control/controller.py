@@ -309,7 +309,8 @@ class Controller:
         duties = self._loops(now, readings, demand, snap)
         self.last_duties = duties
         for a in self.alarms.update(now, readings, {name: demand.setpoint_c for name in self.loops}, duties):
-            self.emit(now, "alarm", a.message, alarm=a.name, state=a.kind, severity=a.severity)
+            flags = {"nuisance": True} if a.nuisance else {}
+            self.emit(now, "alarm", a.message, alarm=a.name, state=a.kind, severity=a.severity, **flags)
         demand = self._alarm_actions(now, demand)
         self._outputs(now, demand, snap)
         self._beacon(snap)

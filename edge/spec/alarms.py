@@ -53,6 +53,11 @@ class AlarmSpec:
     limit: LoopLimit = "both"               # loop_break: which limit is watched
     unit: str = ""                          # the channel's unit, for messages
     on_active: tuple[AlarmAction, ...] = ()  # what process control does while the alarm is active or unacked
+    #: deviation kinds: the fastest the plant can follow its setpoint up / down (unit per minute). While the
+    #: program asks for more the alarm rests (an alarm that always fires is a nuisance, ISA-18.2) and it
+    #: re-arms once the PV is back in band. inf: the plant follows any program (the alarm never rests).
+    follows_rise_per_min: float = math.inf
+    follows_fall_per_min: float = math.inf
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -63,6 +68,8 @@ class AlarmSpec:
         for key in ("threshold", "hysteresis", "delay_s", "band", "window_s"):
             if not math.isfinite(getattr(self, key)):
                 problems.append(f"{key} must be a finite number")
+        if not (self.follows_rise_per_min > 0.0 and self.follows_fall_per_min > 0.0):
+            problems.append("follows_rise_per_min and follows_fall_per_min must be > 0")
         if self.hysteresis < 0.0 or self.delay_s < 0.0:
             problems.append("hysteresis and delay_s must be >= 0")
         if self.kind in DEVIATION_KINDS and self.setpoint_of is None:

@@ -67,7 +67,7 @@ PROCESS_EVENTS: dict[str, tuple[str, str, str, Priority]] = {
 
 # fields that have their own place in the body (mqtt_schemas/event.json), with how to read them
 _NAME_FIELDS = ("rule", "output", "channel")
-_FLAG_FIELDS = ("first_out", "sensor_bad", "local_input")
+_FLAG_FIELDS = ("first_out", "sensor_bad", "local_input", "nuisance")
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:

@@ -3,6 +3,7 @@ against, what process control runs."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import cast
@@ -206,6 +207,7 @@ def _read_loop(
 _ALARM_KEYS = (
     "kind", "channel", "threshold", "hysteresis", "delay_s", "latch", "inhibit_until_normal", "severity",
     "message", "setpoint_of", "window_s", "direction", "output", "band", "limit", "on_active",
+    "follows_rise_per_min", "follows_fall_per_min",
 )
 _ALARM_KEY_HINTS = {
     ("dev_band", "band"): "the band's half-width is threshold",
@@ -291,6 +293,8 @@ def _read_alarm(
     limit = t.get("limit", _choice(("both", "high", "low")), "both") if kind == "loop_break" else "both"
     window_s = t.get("window_s", _number_in(0.0, 3600.0, lo_open=True), 60.0) if kind == "rate" else 60.0
     direction = t.get("direction", _choice(("both", "rising", "falling")), "both") if kind == "rate" else "both"
+    follows = {key: t.get(key, _number_in(0.0, lo_open=True), math.inf) if deviation else math.inf
+               for key in ("follows_rise_per_min", "follows_fall_per_min")}
     latch = t.get("latch", _boolean, False)
     inhibit = t.get("inhibit_until_normal", _boolean, False)
     severity = t.get("severity", _choice(SEVERITIES), "warning")
@@ -326,6 +330,7 @@ def _read_alarm(
         output_limits=(loop.out_min, loop.out_max) if loop is not None else (0.0, 1.0),
         direction=cast(RateDirection, direction), limit=cast(LoopLimit, limit), unit=channel.unit,
         on_active=tuple(cast(AlarmAction, a) for a in on_active),
+        follows_rise_per_min=follows["follows_rise_per_min"], follows_fall_per_min=follows["follows_fall_per_min"],
     )
 
 
