@@ -72,6 +72,7 @@ SNAPSHOT_VERSION = 1
 CHATTER_WINDOW_S = 600.0      # three raises of one alarm within this: chattering
 CHATTER_RAISES = 3
 FLEETING_S = 60.0             # raised and gone by itself, unacknowledged, within this: fleeting
+SETTLE_S = 60.0               # a resting deviation alarm waits at least this after the fast setpoint
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class _Runtime:
     history: deque[tuple[float, float]] = field(default_factory=deque)  # rate: (t, pv)
     ref: tuple[float, float, int] | None = None  # loop_break: (t, pv, direction +1 high / -1 low)
     last_sp: tuple[float, float] | None = None   # deviation kinds: (t, sp) of the last scan
-    unfollowable: bool = False        # the setpoint moves faster than the plant follows
+    resting: bool = False             # rests until re-armed in band (one ``rested`` event a stretch)
+    calm_since: float | None = None   # resting: since when the setpoint moves no faster than the plant follows
     raises: deque[float] = field(default_factory=deque)  # times of the recent raises (chattering)
     acked_since_raise: bool = False
 
@@ -152,6 +154,7 @@ class AlarmEngine:
             sp = setpoints.get(spec.setpoint_of or spec.channel)
             if sp is None or not math.isfinite(sp):
                 rt.last_sp = None            # a new program's first setpoint is no step
+                rt.resting, rt.calm_since = False, None
                 if not rt.no_setpoint:
                     rt.no_setpoint = True
                     rt.inhibited = spec.inhibit_until_normal
@@ -188,6 +191,8 @@ class AlarmEngine:
         clear_now = excess < -spec.hysteresis
         if rt.inhibited:
             rt.inhibited = not clear_now
+            rt.resting = rt.resting and rt.inhibited
+            rt.calm_since = rt.calm_since if rt.resting else None
             return
         if not rt.condition:
             if not raise_now:
@@ -219,20 +224,27 @@ class AlarmEngine:
 
     def _unfollowable(self, spec: AlarmSpec, rt: _Runtime, now_s: float, sp: float,
                       events: list[AlarmEvent]) -> bool:
-        """True while the setpoint moves faster than the plant can follow it: the alarm rests (an active one
-        clears) and re-arms once the PV is back in band. One ``rested`` event per stretch."""
+        """True while the alarm rests because the program asks for more than the plant can follow: from the
+        first scan the setpoint moves faster than ``follows_*_per_min`` (an active alarm clears, one ``rested``
+        event) until it has moved no faster for ``delay_s`` (at least ``SETTLE_S``: a held-back ramp pauses and
+        goes on, one rest for all of it); then start-up inhibition re-arms it once the PV is back in band."""
         last, rt.last_sp = rt.last_sp, (now_s, sp)
         if last is None or now_s <= last[0]:
-            return rt.unfollowable
+            return rt.resting
         rate = (sp - last[1]) / (now_s - last[0]) * 60.0
-        if rate <= spec.follows_rise_per_min and -rate <= spec.follows_fall_per_min:
-            rt.unfollowable = False
+        limit = spec.follows_rise_per_min if rate > 0 else spec.follows_fall_per_min
+        if abs(rate) <= limit * (1.0 + 1e-9) + 1e-9:      # a ramp at exactly the plant's rate is followable
+            if rt.resting:
+                rt.calm_since = now_s if rt.calm_since is None else rt.calm_since
+                if now_s - rt.calm_since < max(spec.delay_s, SETTLE_S):
+                    return True
+            rt.calm_since = None
             return False
-        if not rt.unfollowable:
-            rt.unfollowable = True
-            rt.inhibited = True          # re-armed by the PV coming back in band (start-up inhibition)
-            rt.pending_since = None
-            limit = spec.follows_rise_per_min if rate > 0 else spec.follows_fall_per_min
+        rt.calm_since = None
+        rt.inhibited = True              # re-armed by the PV coming back in band (start-up inhibition)
+        rt.pending_since = None
+        if not rt.resting:
+            rt.resting = True
             detail = (f"the setpoint moves {_fmt(rate)} {spec.unit}/min, the plant follows at most {_fmt(limit)}: "
                       f"the deviation alarm rests until {spec.channel} is back in band").replace("  ", " ")
             if rt.condition:
