@@ -412,3 +412,25 @@ def test_every_alarm_event_the_controller_emits_fits_the_event_schema() -> None:
                                                                    "severity": "warning", **flags})).body
             assert body.get("nuisance") is flags.get("nuisance")
             assert schemas.errors({**example, "body": body}, "event.json") == [], (state, flags)
+
+
+def test_a_held_back_ramp_that_pauses_and_goes_on_rests_the_alarm_once() -> None:
+    """Holdback stops the setpoint while the charge catches up, then the ramp goes on: one rest for all of it,
+    re-armed once the setpoint has been calm for the alarm's delay and the PV is back in band."""
+    feed = Feed(AlarmSpec("dev", "dev_band", "temp", 15.0, hysteresis=3.0, setpoint_of="chamber", delay_s=120.0,
+                          follows_fall_per_min=3.0))
+    sp, t = 900.0, 0.0
+    feed(t, {"temp": sp}, {"chamber": sp})
+    while sp > 600.0:                                  # 20 s at 10 degC/min down, then a 10 s pause
+        for k in range(30):
+            t += 1.0
+            sp -= 10.0 / 60.0 if k < 20 else 0.0
+            feed(t, {"temp": sp + 8.0}, {"chamber": sp})
+    for _ in range(200):                               # the program holds at 600, the charge arrives
+        t += 1.0
+        feed(t, {"temp": 601.0}, {"chamber": sp})
+    assert feed.state("dev") == "normal"
+    for _ in range(200):                               # then a real deviation raises after its delay
+        t += 1.0
+        feed(t, {"temp": 630.0}, {"chamber": sp})
+    assert [e.kind for e in feed.events] == ["rested", "raised"]
