@@ -1,4 +1,4 @@
-"""``reedge demo``, ``reedge hil run``, ``reedge plant`` and ``reedge node sim``: the rig's subcommands, added to ``reedge`` as a plugin.
+"""``reedge demo``, ``reedge hil run``, ``reedge plant`` and ``reedge node sim``: the rig's subcommands, a plugin.
 
 The product never imports its test rig: ``edge.app.cli`` loads every entry point of the group
 ``reedge.commands`` (pyproject.toml: ``hil = "hil.cli:register"``) and hands it its subparsers.
@@ -18,7 +18,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     scenario = pathlib.Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
     return run_demo(scenario, report_dir=pathlib.Path(args.report_dir), time_scale=args.time_scale,
-                    color=not args.no_color, broker=None if args.no_broker else args.broker or "embedded")
+                    color=not args.no_color, broker=None if args.no_broker else args.broker or "embedded",
+                    trip=not args.no_trip)
 
 
 def cmd_hil_run(args: argparse.Namespace) -> int:
@@ -43,10 +44,13 @@ def cmd_node_sim(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add ``demo``, ``hil``, ``plant`` and ``node`` to ``reedge``'s subcommands (the ``reedge.commands`` entry point)."""
-    p = sub.add_parser("demo", help="a whole HD batch on the virtual rig in about a minute, with its report")
-    p.add_argument("--scenario", help="HIL scenario to run (default: the normal HD batch, "
-                   "hil/scenarios/hd_normal_batch.toml)")
+    """Add ``demo``, ``hil``, ``plant`` and ``node`` to ``reedge``'s subcommands (entry point ``reedge.commands``)."""
+    p = sub.add_parser("demo", help="a whole HD batch on the virtual rig in about a minute, with its report, "
+                       "then a trip")
+    p.add_argument("--scenario", help="HIL scenario to run alone (default: the normal HD batch, "
+                   "hil/scenarios/hd_normal_batch.toml, then act 2, a trip)")
+    p.add_argument("--no-trip", action="store_true", help="leave out act 2 (an H2 leak trips the batch, "
+                   "hil/scenarios/hd_h2_leak_absorption.toml, run in lockstep: a few seconds)")
     p.add_argument("--time-scale", type=float, default=None, help="plant seconds per wall second (default: the "
                    "scenario's, 600 for the HD batch)")
     p.add_argument("--report-dir", default="demo-report", help="where the record, JUnit XML and plot go "

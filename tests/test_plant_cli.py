@@ -98,15 +98,15 @@ def test_plant_serves_a_controller_started_from_the_line_it_prints_and_sighup_en
         os.killpg(controller.pid, signal.SIGHUP)        # the SSH session of the controller's terminal dropped
         assert controller.wait(timeout=60) == 0
         rest = []
-        while (line := lines.get(timeout=30)) is not None:
-            rest.append(json.loads(line))
+        while (left := lines.get(timeout=30)) is not None:
+            rest.append(json.loads(left))
         assert rest[-1]["type"] == "exit", rest[-3:]     # it stopped as on SIGTERM: core stopped, exit line
 
         os.killpg(plant.pid, signal.SIGHUP)
         assert plant.wait(timeout=60) == 0, plant.stderr.read() if plant.stderr else ""
         tail = []
-        while (line := out.get(timeout=30)) is not None:
-            tail.append(line)
+        while (printed := out.get(timeout=30)) is not None:
+            tail.append(printed)
         assert tail[-1].startswith("stopped (SIGHUP)"), tail
         assert not regs.exists() and not (rig_dir / "rig.json").exists()
         assert (rig_dir / "plant-log.jsonl").stat().st_size > 0 and (rig_dir / "state").is_dir()
@@ -153,3 +153,37 @@ def test_sighup_interrupts_a_scenario_run_like_sigterm() -> None:
         assert signal.getsignal(signal.SIGHUP) is outside and seen == []    # put back after the run
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_sighup_stops_the_demo_and_its_rig_cleans_up(tmp_path: pathlib.Path) -> None:
+    """``reedge demo`` handles SIGHUP (and SIGTERM) as ``reedge hil run`` does: before, either signal's default action
+    ended it on the spot, its rig never closed. A lockstep scenario keeps it cheap: its rig's register file lives in
+    a temporary folder (here TMPDIR), which must be gone after the stop."""
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(f'[scenario]\ndescription = "a batch stopped by a hang-up"\nstation = "{STATION}"\n'
+                        f'recipe = "{ROOT / "recipes" / "hd_standard.toml"}"\n[rig]\nclock = "lockstep"\n'
+                        '[run]\nuntil = "batch_end"\nmax_plant_h = 16\n'
+                        '[[expect]]\nmeasure = "batch_outcome"\nequals = "done"\n')
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    demo = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--scenario", str(scenario), "--no-broker",
+                             "--no-color", "--report-dir", str(tmp_path / "r")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    try:
+        assert demo.stdout is not None
+        out = _lines(demo.stdout)
+        while "phase leak_test" not in _next(out, "the demo's batch under way"):
+            pass
+        assert list(tmp.iterdir()), "the lockstep rig's register file folder"
+        os.killpg(demo.pid, signal.SIGHUP)
+        assert demo.wait(timeout=60) == 130, demo.stderr.read() if demo.stderr else ""
+        tail = []
+        while (printed := out.get(timeout=30)) is not None:
+            tail.append(printed)
+        assert "interrupted (SIGHUP): the rig was stopped and cleaned up" in tail, tail
+        assert list(tmp.iterdir()) == [], "the rig's register file outlived the demo"
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
