@@ -429,11 +429,13 @@ def _markers(record: dict[str, Any]) -> list[tuple[float, str, str]]:
         if math.isfinite(t):
             kind = str(e.get("kind") or "event")
             out.append((t, kind, event_label(kind, str(e.get("message", "")))))
-    fault_times = [t for t, kind, _ in out if kind == "fault"]
-    for f in record.get("faults") or []:
+    fault_times = [t for t, kind, _ in out if kind in ("fault", "mark", "operator")]
+    for f in record.get("faults") or []:     # every fired step: marks and operator steps too, by their kind
         t = _num(f.get("t_s"))
+        kind = str(f.get("kind") or "fault")
+        kind = kind if kind in ("mark", "operator") else "fault"
         if math.isfinite(t) and not any(abs(t - ft) <= 1e-6 * max(1.0, abs(t)) for ft in fault_times):
-            out.append((t, "fault", f"fault {f.get('name', '?')}"))
+            out.append((t, kind, f"{'fault ' if kind == 'fault' else ''}{f.get('name', '?')}"))
     return sorted(out, key=lambda m: m[0])
 
 

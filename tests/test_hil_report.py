@@ -458,6 +458,7 @@ def test_event_labels_are_short_words_never_json_and_drawn_without_overlap() -> 
 
     record = hd_record("pass")
     record["events"] = [{"t_s": t, "source": src, "kind": kind, "message": msg} for t, src, kind, msg in REAL_EVENTS]
+    record["faults"].append({"kind": "mark", "name": "running", "params": {}, "t_s": 600.0})   # fired steps: marks too
     fig = report.figure(record, hd_rows(2000))
     renderer = fig.canvas.get_renderer()       # type: ignore[attr-defined]
     fig.draw(renderer)
@@ -467,6 +468,7 @@ def test_event_labels_are_short_words_never_json_and_drawn_without_overlap() -> 
     assert {"leak_test", "purge", "h2_admission"} <= set(texts), texts                  # phases by their name
     assert not any(c in t for t in texts for c in "{}[]\"->"), texts                        # no JSON, no "a -> b"
     assert texts.count("core: vent_valve refused") <= 1, texts                           # a repeat labelled once
+    assert not any(t.startswith("fault running") for t in texts), texts        # a mark is no fault
     boxes = [Text.get_window_extent(a, renderer) for a in labels]      # the text alone, without its line
     for i, a in enumerate(boxes):
         for j in range(i + 1, len(boxes)):
