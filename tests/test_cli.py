@@ -111,7 +111,8 @@ def test_the_product_never_imports_the_rig() -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(tmp_path: pathlib.Path) -> None:
+def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's main job. It is the hd_normal_batch scenario, so tests/test_hil.py does not run that one."""
     out = reedge("demo", "--report-dir", str(tmp_path), "--no-color", timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
@@ -146,13 +147,14 @@ def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(t
     assert json.loads((tmp_path / "hd_h2_leak_absorption.json").read_text())["outcome"] == "pass"
     # every command the demo prints works as printed (reedge report --csv once read /var/lib/reedge)
     commands = re.findall(r"`(reedge [^`]+)`", text)
+    monkeypatch.chdir(ROOT)
     assert any(c.startswith("reedge report --csv") for c in commands), commands
-    for command in commands:
-        ran = reedge(*shlex.split(command)[1:])
-        assert ran.returncode == 0, f"`{command}`: {ran.stderr}"
+    for command in commands:            # in this process (the same cli.main), from the folder the demo ran in
+        assert cli.main(shlex.split(command)[1:]) == 0, f"`{command}`: {capsys.readouterr().err}"
+        printed = capsys.readouterr().out
         if "--csv" in command:
-            rows = list(csv.DictReader(io.StringIO(ran.stdout)))
-            assert {r["batch_id"] for r in rows} == {"hil-hd-normal"} and len(rows) >= 3, ran.stdout[:500]
+            rows = list(csv.DictReader(io.StringIO(printed)))
+            assert {r["batch_id"] for r in rows} == {"hil-hd-normal"} and len(rows) >= 3, printed[:500]
     # README.md shows what it prints (numbers, the report folder and the live status lines aside)
     sample = README_DEMO.search((ROOT / "README.md").read_text())
     assert sample is not None, "README.md: the demo's output sample"
