@@ -1,4 +1,4 @@
-"""``reedge demo``, ``reedge hil run`` and ``reedge node sim``: the rig's subcommands, added to ``reedge`` as a plugin.
+"""``reedge demo``, ``reedge hil run``, ``reedge plant`` and ``reedge node sim``: the rig's subcommands, a plugin.
 
 The product never imports its test rig: ``edge.app.cli`` loads every entry point of the group
 ``reedge.commands`` (pyproject.toml: ``hil = "hil.cli:register"``) and hands it its subparsers.
@@ -18,13 +18,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     scenario = pathlib.Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
     return run_demo(scenario, report_dir=pathlib.Path(args.report_dir), time_scale=args.time_scale,
-                    color=not args.no_color, broker=None if args.no_broker else args.broker or "embedded")
+                    color=not args.no_color, broker=None if args.no_broker else args.broker or "embedded",
+                    trip=not args.no_trip)
 
 
 def cmd_hil_run(args: argparse.Namespace) -> int:
     from hil.runner import run_files
 
     return run_files([pathlib.Path(s) for s in args.scenarios], pathlib.Path(args.report_dir))
+
+
+def cmd_plant(args: argparse.Namespace) -> int:
+    from hil.plant import serve
+
+    return serve(pathlib.Path(args.station), pathlib.Path(args.dir), args.time_scale)
 
 
 def cmd_node_sim(args: argparse.Namespace) -> int:
@@ -37,10 +44,13 @@ def cmd_node_sim(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add ``demo`` and ``hil`` to ``reedge``'s subcommands (the ``reedge.commands`` entry point)."""
-    p = sub.add_parser("demo", help="a whole HD batch on the virtual rig in about a minute, with its report")
-    p.add_argument("--scenario", help="HIL scenario to run (default: the normal HD batch, "
-                   "hil/scenarios/hd_normal_batch.toml)")
+    """Add ``demo``, ``hil``, ``plant`` and ``node`` to ``reedge``'s subcommands (entry point ``reedge.commands``)."""
+    p = sub.add_parser("demo", help="a whole HD batch on the virtual rig in about a minute, with its report, "
+                       "then a trip")
+    p.add_argument("--scenario", help="HIL scenario to run alone (default: the normal HD batch, "
+                   "hil/scenarios/hd_normal_batch.toml, then act 2, a trip)")
+    p.add_argument("--no-trip", action="store_true", help="leave out act 2 (an H2 leak trips the batch, "
+                   "hil/scenarios/hd_h2_leak_absorption.toml, run in lockstep: a few seconds)")
     p.add_argument("--time-scale", type=float, default=None, help="plant seconds per wall second (default: the "
                    "scenario's, 600 for the HD batch)")
     p.add_argument("--report-dir", default="demo-report", help="where the record, JUnit XML and plot go "
@@ -59,6 +69,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     c.add_argument("--report-dir", default="hil-reports", help="JSON, JUnit XML and PNG per scenario "
                    "(default %(default)s)")
     c.set_defaults(func=cmd_hil_run)
+
+    p = sub.add_parser("plant", help="the virtual plant alone (register file, instruments on ptys) until Ctrl-C, "
+                       "for a controller you start yourself", description="Prints the `reedge run` line that points "
+                       "a controller at it, then runs until Ctrl-C, SIGTERM or SIGHUP (hil/README.md, 'Your own "
+                       "controller on the virtual plant').")
+    p.add_argument("station", metavar="STATION", help="a station wired to the virtual rig (sim driver), e.g. "
+                   "stations/hd_reactor_sim.toml")
+    p.add_argument("--time-scale", type=float, default=1.0, help="plant seconds per wall second (default %(default)g)")
+    p.add_argument("--dir", default="plant-rig", help="the rig's folder: its binding for `reedge run --rig`, the "
+                   "plant's log, the controller's state dir (default %(default)s)")
+    p.set_defaults(func=cmd_plant)
 
     p = sub.add_parser("node", help="sensor nodes without hardware: the virtual Pico (real MicroPython) on a pty")
     nsub = p.add_subparsers(dest="node_command", required=True, metavar="ACTION")

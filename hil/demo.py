@@ -14,6 +14,14 @@ controller starts, and the last line counts what it received per stream and says
 message is missing. At 600x one telemetry window per second of plant time would be 600 messages
 per wall second; the demo asks for a window of ``time_scale / 10`` plant seconds instead (about
 ten a wall second, one a minute of plant time at 600x): ``reedge run``'s default stays 1 s.
+
+**Act 2, a trip.** After the default batch the demo runs ``hil/scenarios/hd_h2_leak_absorption.toml`` (a
+flange lets go during absorption: ``h2_leak`` trips, every output goes to its safe level, the batch aborts
+to its safe sequence) in lockstep (``hil/lockstep_rig.py``), so the trip costs seconds, not another minute.
+``--no-trip`` leaves it out; ``--scenario FILE`` runs that scenario alone.
+
+**Stopping.** Ctrl-C, SIGTERM and SIGHUP (the SSH session went away) close the rig as ``reedge hil run``
+does (``hil.runner.interruptible``): no controller and no register file outlive the demo; exit 130.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shlex
 import sys
 import time
 from typing import Any
@@ -33,10 +42,11 @@ from edge.telemetry.embedded_broker import EmbeddedBroker
 from edge.telemetry.watch import Watch
 from hil.resources import scenarios_dir
 from hil.rig import ScenarioRig
-from hil.runner import Run, run_scenario
-from hil.scenario import MAX_TIME_SCALE, load_scenario
+from hil.runner import Interrupted, Run, interruptible, run_scenario
+from hil.scenario import MAX_TIME_SCALE, Scenario, load_scenario
 
 DEFAULT_SCENARIO = scenarios_dir() / "hd_normal_batch.toml"
+TRIP_SCENARIO = scenarios_dir() / "hd_h2_leak_absorption.toml"     # act 2 (lockstep: seconds of wall time)
 ROOT = scenarios_dir().parents[1]   # a shipped scenario is shown as hil/scenarios/NAME.toml
 HD_PHASES = ("load_check", "leak_test", "purge", "h2_admission", "absorption", "degassing", "cooling", "unload",
              "done")
@@ -52,6 +62,7 @@ class Progress:
         self._last = 0.0
         self._phase: str | None = None
         self._phases_shown = 0
+        self._heat: tuple[float, float] | None = None     # (plant s, heater J) at the last status line
 
     def __call__(self, run: Run, rig: ScenarioRig) -> None:
         now = time.monotonic()
@@ -75,15 +86,26 @@ class Progress:
         phase = self._phase or "starting"
         done = HD_PHASES.index(phase) + 1 if phase in HD_PHASES else 0
         bar = "#" * done + "." * (len(HD_PHASES) - done)
-        heater = snap.get("written", {}).get("heater", 0)
+        duty = self._duty(run, rig.plant_s(), m.get("heater_j"))
 
         def num(v: Any, fmt: str) -> str:
             return format(v, fmt) if isinstance(v, int | float) else "  -- "
 
         return (f"  [{bar}] plant {rig.plant_s() / 3600:5.2f} h  {phase:12s} "
                 f"charge {num(ch.get('chamber_temp'), '6.1f')} degC  p {num(ch.get('chamber_pressure'), '5.3f')} bar  "
-                f"vac {num(ch.get('chamber_vacuum'), '8.2e')} mbar  heater {'on ' if heater else 'off'}  "
+                f"vac {num(ch.get('chamber_vacuum'), '8.2e')} mbar  heater {num(duty, '3.0f')} %  "
                 f"(plant truth: H2 in the charge {num(m.get('h2_absorbed_mol'), '5.1f')} mol)")
+
+    def _duty(self, run: Run, plant_s: float, heater_j: Any) -> float | None:
+        """The heater's duty in % since the last status line: its energy over the time at its rated power. The
+        output level itself is burst-fired (on or off at any instant), so shown as it was it flickered."""
+        rated_kw = run.station.accounting.heater_rated_kw.get("heater")
+        if not isinstance(heater_j, int | float) or not rated_kw:
+            return None
+        last, self._heat = self._heat, (plant_s, float(heater_j))
+        if last is None or plant_s <= last[0]:
+            return None
+        return max(0.0, min(100.0, 100.0 * (heater_j - last[1]) / ((plant_s - last[0]) * rated_kw * 1000.0)))
 
     def _print(self, text: str, newline: bool) -> None:
         if self.tty:
@@ -107,10 +129,10 @@ def _went_offline(w: Watch) -> bool:
 
 
 def run_demo(scenario_path: pathlib.Path = DEFAULT_SCENARIO, *, report_dir: pathlib.Path,
-             time_scale: float | None = None, color: bool = True, broker: str | None = "embedded") -> int:
-    """``broker``: "embedded" (start one on loopback), a broker URL, or None (no MQTT)."""
-    from hil import report
-
+             time_scale: float | None = None, color: bool = True, broker: str | None = "embedded",
+             trip: bool = True) -> int:
+    """``broker``: "embedded" (start one on loopback), a broker URL, or None (no MQTT). ``trip``: act 2 after the
+    default batch. 0 when every act passed, 1 when one failed, 130 when stopped by a signal."""
     sc = load_scenario(scenario_path)
     if time_scale is not None:
         if not 1.0 <= time_scale <= MAX_TIME_SCALE:      # NaN fails too
@@ -118,10 +140,33 @@ def run_demo(scenario_path: pathlib.Path = DEFAULT_SCENARIO, *, report_dir: path
                              f"got {time_scale:g}")
         sc = dataclasses.replace(sc, time_scale=time_scale)
     url = None if broker in (None, "embedded") else parse_broker_list(str(broker))[0]   # bad URL: before anything
+    trip_sc = load_scenario(TRIP_SCENARIO) if trip and scenario_path == DEFAULT_SCENARIO else None
+    try:
+        with interruptible():
+            passed = _batch_act(sc, report_dir, color, broker, url)
+            if trip_sc is not None:
+                passed = _trip_act(trip_sc, report_dir, color) and passed
+    except Interrupted as exc:
+        print(f"\ninterrupted ({exc}): the rig was stopped and cleaned up")
+        return 130
+    print("demo complete" if passed else "demo FAILED: see above")
+    return 0 if passed else 1
+
+
+def _shown(path: pathlib.Path) -> pathlib.Path:
+    """A shipped scenario as hil/scenarios/NAME.toml, any other as given."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def _batch_act(sc: Scenario, report_dir: pathlib.Path, color: bool, broker: str | None,
+               url: BrokerUrl | None) -> bool:
+    from hil import report
+
     print(f"reedge demo: {sc.description}")
-    print(f"  scenario {sc.source.relative_to(ROOT) if sc.source.is_relative_to(ROOT) else sc.source}, "
-          f"plant at {sc.time_scale:g}x real time ({sc.max_plant_s / 3600:g} h at most), reports in {report_dir}")
-    print("  the plant runs in its own process; the controller is `reedge run`; the C core reads the plant's clock")
+    print(f"  scenario {_shown(sc.source)}, plant at {sc.time_scale:g}x real time ({sc.max_plant_s / 3600:g} h at "
+          f"most), reports in {report_dir}")
+    print("  the plant runs in its own process; the controller is reedge run, as on a station; its C core reads the "
+          "plant's clock")
     with contextlib.ExitStack() as stack:
         args: list[str] = []
         watch = None
@@ -151,12 +196,35 @@ def run_demo(scenario_path: pathlib.Path = DEFAULT_SCENARIO, *, report_dir: path
     if watch is not None:
         print(mqtt_line)
     _batch_report(pathlib.Path(record["workdir"]) / "state", sc.batch_id, report_dir / "batch")
-    print(f"  record {report_dir / (sc.name + '.json')}")
-    print(f"  plot   {report_dir / (sc.name + '.png')}")
-    print(f"  junit  {report_dir / (sc.name + '.junit.xml')}")
+    _evidence(record, report_dir, sc.name)
+    if record["outcome"] != "pass" and record.get("error"):
+        print(f"  {sc.name} FAILED: {record['error']}")
+    return bool(record["outcome"] == "pass")
+
+
+def _trip_act(sc: Scenario, report_dir: pathlib.Path, color: bool) -> bool:
+    """Act 2: the same controller code meets a fault; the measurements say how it ended in the safe state."""
+    from hil import report
+
+    print()
+    print(f"reedge demo, act 2, a trip: {sc.description}")
+    print(f"  scenario {_shown(sc.source)}, in lockstep (plant, core and controller stepped together on the "
+          "plant's clock: seconds of wall time)")
+    record = run_scenario(sc, report_dir, Progress(color))
+    if sys.stdout.isatty():
+        sys.stdout.write("\r\033[K")
+    print()
+    for line in report.summary_lines(record):
+        print(line)
+    _evidence(record, report_dir, sc.name)
+    return bool(record["outcome"] == "pass")
+
+
+def _evidence(record: dict[str, Any], report_dir: pathlib.Path, name: str) -> None:
+    print(f"  record {report_dir / (name + '.json')}")
+    print(f"  plot   {report_dir / (name + '.png')}")
+    print(f"  junit  {report_dir / (name + '.junit.xml')}")
     print(f"  logs   {record['workdir']}")
-    print("demo complete" if record["outcome"] == "pass" else f"demo FAILED: {record.get('error') or 'see above'}")
-    return 0 if record["outcome"] == "pass" else 1
 
 
 def _batch_report(state_dir: pathlib.Path, batch_id: str, out: pathlib.Path) -> None:
@@ -188,5 +256,7 @@ def _batch_report(state_dir: pathlib.Path, batch_id: str, out: pathlib.Path) -> 
     if per_kg.get("kg_co2e") is not None:
         line += f", {per_kg['kg_co2e']:.2f} kg CO2e/kg at {acc['grid_kg_co2e_per_kwh']:g} kg/kWh"
     print(f"  batch record {body['batch_id']} ({body['record']}, {body['outcome']}): {line}")
-    print(f"  batch report {files.html} (and .png, .pdf; `reedge report --csv` for LCA tools)")
+    # the command as it works here: `reedge report` reads /var/lib/reedge (a station's) unless told otherwise
+    csv = shlex.join(["reedge", "report", "--csv", "--state-dir", str(state_dir)])
+    print(f"  batch report {files.html} (and .png, .pdf); for LCA tools: `{csv}`")
 

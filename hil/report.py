@@ -422,25 +422,60 @@ def _panels(record: dict[str, Any], rows: Sequence[dict[str, Any]]) -> tuple[lis
 
 
 def _markers(record: dict[str, Any]) -> list[tuple[float, str, str]]:
-    """(plant time, kind, label) of every event and injected fault (a fault logged as an event once)."""
+    """(plant time, kind, short label) of every event and injected fault (a fault logged as an event once)."""
     out: list[tuple[float, str, str]] = []
     for e in record.get("events") or []:
         t = _num(e.get("t_s"))
         if math.isfinite(t):
             kind = str(e.get("kind") or "event")
-            message = str(e.get("message", ""))
-            out.append((t, kind, message if kind == "phase" else f"{kind}: {message}"))  # phases: grey is enough
-    fault_times = [t for t, kind, _ in out if kind == "fault"]
-    for f in record.get("faults") or []:
+            out.append((t, kind, event_label(kind, str(e.get("message", "")))))
+    fault_times = [t for t, kind, _ in out if kind in ("fault", "mark", "operator")]
+    for f in record.get("faults") or []:     # every fired step: marks and operator steps too, by their kind
         t = _num(f.get("t_s"))
+        kind = str(f.get("kind") or "fault")
+        kind = kind if kind in ("mark", "operator") else "fault"
         if math.isfinite(t) and not any(abs(t - ft) <= 1e-6 * max(1.0, abs(t)) for ft in fault_times):
-            out.append((t, "fault", f"fault: {f.get('name', '?')}"))
+            out.append((t, kind, f"{'fault ' if kind == 'fault' else ''}{f.get('name', '?')}"))
     return sorted(out, key=lambda m: m[0])
 
 
+_INTERLOCK = re.compile(r"interlock (\S+) tripped")
+_TRANSITION = re.compile(r"^\S+ -> (\S+?):?(\s|$)")
+
+
+def event_label(kind: str, message: str) -> str:
+    """A marker's label as a reader scans a plot: a phase by its name, a trip by its interlock, a fault by its
+    name; anything else its first clause, without the parameters (JSON) the record keeps in full."""
+    message = re.sub(r"\s*[{\[].*$", "", message).strip()      # the parameters of a fault or a reply
+    if kind == "phase":
+        m = _TRANSITION.match(message)
+        return m.group(1) if m else message.split(":", 1)[0]
+    if kind == "trip" and (m := _INTERLOCK.search(message)):
+        return f"TRIP {m.group(1)}"
+    if kind == "fault":      # the rig's "ID: KIND", the plant's "KIND on|off", the rig's "ID: cleared"
+        name, _, rest = message.partition(":")
+        words = name.split()
+        if rest.strip() == "cleared" or words[-1:] == ["off"]:
+            return f"fault {words[0] if words else '?'} cleared"
+        return f"fault {words[0] if words else '?'}"
+    if kind in ("mark", "operator"):
+        return message.split(":", 1)[0]
+    if kind == "ready":
+        return "controller ready"
+    if kind == "batch":
+        words = message.split()      # "batch ID started: ...", "batch ID aborted: ..."
+        return f"batch {words[2].rstrip(':')}" if len(words) > 2 and words[0] == "batch" else "batch"
+    first = re.split(r":\s|\s\(", message, maxsplit=1)[0]
+    text = f"{kind}: {first}"
+    return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "\u2026"
+
+
 def _place_labels(xs_frac: list[float], texts: list[str], priorities: list[int],
-                  char_frac: float) -> list[tuple[int, int, bool]]:
+                  char_frac: float, widths: Sequence[float] | None = None) -> list[tuple[int, int, bool]]:
     """Rows for event labels so they do not overlap: (marker index, row, text to the left of the line).
+
+    ``widths``: each label's width as drawn (a fraction of the axes); without it ``char_frac`` per character,
+    an estimate that a bold label or a wide letter outgrows.
 
     A label in row r hangs on a thin line down to the axes, so neither its text nor that line may
     cross a label of rows below. Faults and trips go first, then relay/power, alarms, phases; lower
@@ -471,7 +506,7 @@ def _place_labels(xs_frac: list[float], texts: list[str], priorities: list[int],
         prio, x = priorities[i], xs_frac[i]
         if prio > 0 and len(placed) >= MAX_EVENT_LABELS:
             continue
-        width = len(texts[i]) * char_frac + 0.004
+        width = (widths[i] if widths is not None else len(texts[i]) * char_frac) + 0.004
         left = x + width > 1.0
         lo, hi = (x - width, x) if left else (x, x + width)
         row = next((r for r in range(5 if prio == 0 else 3) if fits(lo, hi, x, r)), None)
@@ -627,9 +662,17 @@ def _header(fig: Figure, record: dict[str, Any]) -> None:
 
 def plot(record: dict[str, Any], rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
     """Draw the run (channels by group, outputs as timing lanes, events as lines) to a PNG, atomically."""
+    buf = io.BytesIO()
+    figure(record, rows).savefig(buf, format="png", dpi=FIG_DPI)
+    write_atomic(pathlib.Path(path), buf.getvalue())
+
+
+def figure(record: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Figure:
+    """The plot's figure (on an Agg canvas), before it is saved."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
     from matplotlib.lines import Line2D
     from matplotlib.transforms import blended_transform_factory
 
@@ -686,7 +729,19 @@ def plot(record: dict[str, Any], rows: Sequence[dict[str, Any]], path: pathlib.P
     texts = [m[2] if len(m[2]) <= LABEL_CHARS else m[2][:LABEL_CHARS - 1] + "\u2026" for m in markers]
     xs = [(m[0] - start + pad) / (end - start + 2 * pad) for m in markers]
     prios = [EVENT_STYLE.get(m[1], OTHER_EVENT_STYLE)[3] for m in markers]
-    placed = _place_labels(xs, texts, prios, char_frac)
+    renderer = fig.canvas.get_renderer()       # type: ignore[attr-defined]   # Agg: labels measured as drawn
+    widths = [renderer.get_text_width_height_descent(
+        text, FontProperties(size=7, weight="bold" if prio == 0 else "normal"), ismath=False)[0] / width_px
+        for text, prio in zip(texts, prios, strict=True)]
+    labelled: set[str] = set()
+    keep_idx = []
+    for i, text in enumerate(texts):      # a repeated label (the same refusal every 30 s, the rig's and the
+        if text not in labelled:          # plant's note of one fault) is labelled once: its lines still show
+            labelled.add(text)
+            keep_idx.append(i)
+    placed = [(keep_idx[j], row, left) for j, row, left in _place_labels(
+        [xs[i] for i in keep_idx], [texts[i] for i in keep_idx], [prios[i] for i in keep_idx], char_frac,
+        [widths[i] for i in keep_idx])]
     n_rows = 1 + max((row for _, row, _ in placed), default=-1)
     h_px = FIG_SIZE_IN[1] * FIG_DPI
     header_px = 66 if record.get("description") else 50
@@ -709,6 +764,4 @@ def plot(record: dict[str, Any], rows: Sequence[dict[str, Any]], path: pathlib.P
         fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.005, 0.0), ncol=len(handles),
                    fontsize=7.5, title="events:", title_fontsize=8, frameon=False, alignment="left")
     _header(fig, record)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIG_DPI)
-    write_atomic(pathlib.Path(path), buf.getvalue())
+    return fig

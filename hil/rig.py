@@ -36,6 +36,9 @@ PLANT_EPOCH_UNIX = 1_800_000_000.0    # the plant clock's origin as a unix time 
 POLL_S = 0.01                         # the runner's look at a real-time rig: every 10 ms of wall time
 CHANNELS_EVERY_S = 0.05
 _counter = itertools.count()
+#: what ends a run cleanly: Ctrl-C, a stop, and SIGHUP (the terminal or SSH session went away); the default
+#: action of SIGHUP would kill the runner on the spot and leave the controller and the register file behind
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class RigError(RuntimeError):
@@ -197,13 +200,13 @@ class VirtualRig(RigFolder):
                     self.status = data
 
     def close(self) -> None:
-        """Stop everything, remove the register file. Safe to call twice; a second Ctrl-C or SIGTERM
+        """Stop everything, remove the register file. Safe to call twice; a second stop signal (STOP_SIGNALS)
         while it runs waits until it is done (blocked, delivered after) instead of cutting it short."""
         if self.closed:
             return
         self.closed = True
         main = threading.current_thread() is threading.main_thread()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if main else None
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS)) if main else None
         try:
             self._close()
         finally:

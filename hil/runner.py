@@ -7,8 +7,8 @@ conditions hold, then every expectation turned into a measurement with its limit
 of the scenario, station and recipe), ``NAME.junit.xml`` and ``NAME.png``; beside them the rig's
 work folder (plant log, controller log, run state) for a post-mortem.
 
-The rig is closed in ``finally`` and on SIGINT/SIGTERM: no process and no register file outlives
-a run, also when a scenario crashes.
+The rig is closed in ``finally`` and on SIGINT/SIGTERM/SIGHUP (a dropped SSH session): no process and no
+register file outlives a run, also when a scenario crashes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from edge.spec.instruments.pfeiffer import PfeifferConfig
 from edge.spec.station import Station, load_station
 from hil.lag import LagProbe, is_probe_reply, lag_measurement
 from hil.measures import FINAL, judge, measure, phase_of, read_rows
-from hil.rig import RigConfig, RigError, ScenarioRig, VirtualRig
+from hil.rig import STOP_SIGNALS, RigConfig, RigError, ScenarioRig, VirtualRig
 from hil.scenario import Condition, Scenario, Step, load_scenario
 
 UNITS = {"degC": "temperature", "bar abs": "pressure", "bar": "pressure", "mbar": "vacuum", "%LEL": "gas",
@@ -41,7 +41,7 @@ UNITS = {"degC": "temperature", "bar abs": "pressure", "bar": "pressure", "mbar"
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM during a run."""
+    """SIGINT, SIGTERM or SIGHUP during a run."""
 
 
 @dataclass
@@ -95,12 +95,12 @@ class Run:
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """SIGINT/SIGTERM raise Interrupted in the runner, so ``finally`` closes the rig."""
+    """SIGINT/SIGTERM/SIGHUP raise Interrupted in the runner, so ``finally`` closes the rig."""
 
     def handler(signum: int, frame: object) -> None:
         raise Interrupted(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -125,7 +125,7 @@ def run_scenario(sc: Scenario, report_dir: pathlib.Path,
     cfg = RigConfig(station=sc.station, plant=sc.plant, time_scale=sc.time_scale, workdir=work,
                     plant_params=sc.plant_params, relay_timeout_s=sc.relay_timeout_s,
                     relay_outputs=sc.relay_outputs, log_every_s=sc.log_every_s, scan_s=sc.scan_s,
-                    serial=_serial_devices(station, sc.meter_start, sc.meter_gain),
+                    serial=serial_devices(station, sc.meter_start, sc.meter_gain),
                     controller_args=tuple(controller_args), feed=sc.feed, mass_in_kg=sc.mass_in_kg)
     rig: ScenarioRig
     if sc.clock == "lockstep":
@@ -163,7 +163,7 @@ def run_scenario(sc: Scenario, report_dir: pathlib.Path,
     return record
 
 
-def _serial_devices(station: Station, meter_start: Mapping[str, float],
+def serial_devices(station: Station, meter_start: Mapping[str, float],
                     meter_gain: Mapping[str, float]) -> dict[str, dict[str, Any]]:
     """The rig emulates each serial instrument the station declares: a gauge per Pfeiffer instrument, one
     Modbus bus per port with its meters, each counting the plant metric the station's [accounting] reads

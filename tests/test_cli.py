@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import csv
 import importlib.metadata
+import io
 import json
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 from typing import Any
@@ -108,7 +111,8 @@ def test_the_product_never_imports_the_rig() -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(tmp_path: pathlib.Path) -> None:
+def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's main job. It is the hd_normal_batch scenario, so tests/test_hil.py does not run that one."""
     out = reedge("demo", "--report-dir", str(tmp_path), "--no-color", timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
@@ -131,3 +135,37 @@ def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(t
     assert re.search(r"batch record hil-hd-normal \(end, done\): \d+\.\d kWh energy, \d+\.\d NL h2", text), text
     assert (tmp_path / "batch" / "report.html").stat().st_size > 10_000
     assert (tmp_path / "batch" / "report.png").read_bytes().startswith(b"\x89PNG")
+    # the live line shows the heater's duty, never its burst-fired on/off; the 600 degC soak holds it part-time
+    duties = [int(d) for d in re.findall(r"  heater +(\d+) %  ", text)]
+    assert duties and all(0 <= d <= 100 for d in duties) and any(0 < d < 100 for d in duties), duties
+    assert not re.search(r"heater (on|off) ", text)
+    # act 2, a trip: an H2 leak, the core's interlock, the safe state, measured
+    act2 = text.split("reedge demo, act 2, a trip: ", 1)[1]
+    for line in ("hd_h2_leak_absorption: PASS", "PASS first_trip = h2_leak", "PASS batch_outcome = aborted",
+                 "PASS final_output.heater = 0", "PASS final_output.vent_valve = 1"):
+        assert f"\n{line}" in act2 or f"\n  {line}" in act2, line
+    assert json.loads((tmp_path / "hd_h2_leak_absorption.json").read_text())["outcome"] == "pass"
+    # every command the demo prints works as printed (reedge report --csv once read /var/lib/reedge)
+    commands = re.findall(r"`(reedge [^`]+)`", text)
+    monkeypatch.chdir(ROOT)
+    assert any(c.startswith("reedge report --csv") for c in commands), commands
+    for command in commands:            # in this process (the same cli.main), from the folder the demo ran in
+        assert cli.main(shlex.split(command)[1:]) == 0, f"`{command}`: {capsys.readouterr().err}"
+        printed = capsys.readouterr().out
+        if "--csv" in command:
+            rows = list(csv.DictReader(io.StringIO(printed)))
+            assert {r["batch_id"] for r in rows} == {"hil-hd-normal"} and len(rows) >= 3, printed[:500]
+    # README.md shows what it prints (numbers, the report folder and the live status lines aside)
+    sample = README_DEMO.search((ROOT / "README.md").read_text())
+    assert sample is not None, "README.md: the demo's output sample"
+    assert _shape(sample.group(1)) == _shape(text.replace(str(tmp_path), "demo-report"))
+
+
+README_DEMO = re.compile(r"<!-- the demo's output: tests/test_cli.py compares it -->\n```text\n(.*?)```", re.S)
+
+
+def _shape(output: str) -> list[str]:
+    """The demo's lines as a reader compares them: the live status lines left out (how many depends on the
+    machine), numbers, durations and the broker's port as N."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip() and not line.startswith("  [")]
+    return [re.sub(r"-?\d+(\.\d+)?(e[+-]?\d+)?( (h|min|s)\b)?", "N", line) for line in lines]

@@ -429,6 +429,72 @@ def test_event_labels_do_not_overlap_each_other_or_the_lines_of_labels_above() -
                     assert not a_lo <= b_x <= a_hi
 
 
+# the events of a real run (hd_h2_leak_absorption, lockstep) as the controller, the rig and the plant word them
+REAL_EVENTS = [
+    (1.0, "controller", "ready", "controller for pilot-line/hd-01 running (lockstep)"),
+    (1.0, "controller", "batch", "batch hil-hd_h2_leak_absorption started: HD of sintered NdFeB scrap, 25 kg"),
+    (1.0, "controller", "phase", "idle -> load_check: batch started"),
+    (2.0, "controller", "phase", "load_check -> leak_test: load checked: lid closed, E-stop healthy, cooling water on"),
+    (1152.0, "controller", "phase", "leak_test -> purge: leak test passed: -0.000736 mbar/min <= 0.05"),
+    (1872.0, "controller", "phase", "purge -> h2_admission: purged in 1 cycle(s), O2 0.00918 %"),
+    (2169.0, "controller", "phase", "h2_admission -> absorption: H2 admitted to 1.80 bar abs"),
+    (LEAK_T, "rig", "fault", 'h2_leak: h2_leak {"rate_mol_s_bar": 0.5}'),
+    (LEAK_T, "plant", "fault", "h2_leak on"),
+    (2404.0, "controller", "core", "h2_inlet_valve dropped: permissive on h2_room stopped holding (10.1633)"),
+    (2405.0, "controller", "alarm", "Hydrogen detected in the reactor room (10 %LEL): H2 stopped, recipe held; "
+                                    "ventilate and find the leak"),
+    (2405.0, "controller", "alarm", "recipe held by alarm h2_room_warning"),
+    (TRIP_T, "controller", "trip", "interlock h2_leak tripped FIRST OUT: h2_room 25.4453 vs 25"),
+    (TRIP_T, "controller", "core", "vent_valve forced to its safe level by interlock h2_leak"),
+    (2411.0, "controller", "phase", "absorption -> aborting: interlock h2_leak tripped"),
+    (RELAY_T, "plant", "relay", "watchdog relay dropped"),
+    *((2700.0 + 30 * k, "controller", "core", "vent_valve refused: held safe by interlock h2_leak") for k in range(40)),
+]
+
+
+def test_event_labels_are_short_words_never_json_and_drawn_without_overlap() -> None:
+    """Measured on the drawn figure: every label's box as rendered, not the placer's estimate of it."""
+    from matplotlib.text import Annotation, Text
+
+    record = hd_record("pass")
+    record["events"] = [{"t_s": t, "source": src, "kind": kind, "message": msg} for t, src, kind, msg in REAL_EVENTS]
+    record["faults"].append({"kind": "mark", "name": "running", "params": {}, "t_s": 600.0})   # fired steps: marks too
+    fig = report.figure(record, hd_rows(2000))
+    renderer = fig.canvas.get_renderer()       # type: ignore[attr-defined]
+    fig.draw(renderer)
+    labels = [a for ax in fig.axes for a in ax.texts if isinstance(a, Annotation)]
+    texts = [a.get_text() for a in labels]
+    assert "TRIP h2_leak" in texts and texts.count("fault h2_leak") == 1, texts   # the rig's and plant's note: one
+    assert {"leak_test", "purge", "h2_admission"} <= set(texts), texts                  # phases by their name
+    assert not any(c in t for t in texts for c in "{}[]\"->"), texts                        # no JSON, no "a -> b"
+    assert texts.count("core: vent_valve refused") <= 1, texts                           # a repeat labelled once
+    assert not any(t.startswith("fault running") for t in texts), texts        # a mark is no fault
+    boxes = [Text.get_window_extent(a, renderer) for a in labels]      # the text alone, without its line
+    for i, a in enumerate(boxes):
+        for j in range(i + 1, len(boxes)):
+            b = boxes[j]
+            overlap_x = min(a.x1, b.x1) - max(a.x0, b.x0)
+            overlap_y = min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert overlap_x <= 0.5 or overlap_y <= 0.5, f"{texts[i]!r} and {texts[j]!r} overlap"
+
+
+@pytest.mark.parametrize(("kind", "message", "label"), [
+    ("phase", "leak_test -> purge: leak test passed: -0.000736 mbar/min <= 0.05", "purge"),
+    ("phase", "aborted", "aborted"),
+    ("trip", "interlock chamber_tc_break tripped FIRST OUT: chamber_temp nan vs 0", "TRIP chamber_tc_break"),
+    ("fault", 'tc_open: tc_open {"channel": "chamber_temp"}', "fault tc_open"),
+    ("fault", "cooling_water_loss off", "fault cooling_water_loss cleared"),
+    ("fault", "gauge_noise: cleared", "fault gauge_noise cleared"),
+    ("mark", "batch_started: mark", "batch_started"),
+    ("batch", "batch hil-hd aborted: safe sequence complete (interlock h2_leak tripped)", "batch aborted"),
+    ("refused", "'vent_valve' is held safe by interlock 'h2_leak' (latched: reset needed)",
+     "refused: 'vent_valve' is held saf\u2026"),
+    ("reply", 'ok {"verb": "record_mass"}', "reply: ok"),
+])
+def test_event_label(kind: str, message: str, label: str) -> None:
+    assert report.event_label(kind, message) == label
+
+
 def test_panels_split_groups_with_more_than_two_units() -> None:
     record = {"channels": {"a": {"unit": "kW", "group": "other"}, "b": {"unit": "V", "group": "other"},
                            "c": {"unit": "A", "group": "weird"}, "d": {"unit": "degC", "group": "temperature"},

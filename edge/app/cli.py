@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "dir; past it telemetry is thinned, never events (default %(default)s)")
     p.add_argument("--mqtt-flush-s", type=float, default=5.0, help="at shutdown, how long to keep sending the "
                    "outbox (the rest waits for the next start; default %(default)s)")
-    p.add_argument("--rig", metavar="DIR", help=argparse.SUPPRESS)   # set by hil.rig only
+    p.add_argument("--rig", metavar="DIR", help="the virtual plant's folder (its rig.json), as `reedge plant` prints "
+                   "it; HIL only, never on a station")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("station", help="station files")

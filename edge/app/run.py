@@ -243,7 +243,8 @@ def run(opts: RunOptions) -> int:
     elif any(d.type == "sim" for d in station.core.drivers) and not all(
             os.path.exists(d.params.get("path", "")) for d in station.core.drivers if d.type == "sim"):
         raise RunError("the station uses the sim driver but its register file does not exist: start the "
-                       "virtual plant first (reedge demo / reedge hil run do)")
+                       f"virtual plant first, `reedge plant {opts.station}`, and run the `reedge run ... --rig DIR` "
+                       "line it prints (reedge demo / reedge hil run start their own)")
     recipe = None
     if opts.recipe is not None:
         try:
@@ -261,8 +262,8 @@ def run(opts: RunOptions) -> int:
     def on_term(signum: int, frame: object) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):    # SIGHUP: the SSH session or terminal went away
+        signal.signal(sig, on_term)
     commands = StdinCommands(sys.stdin) if opts.commands_stdin else None
 
     with Core(spec) as core, contextlib.ExitStack() as instruments:
