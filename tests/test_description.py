@@ -4,6 +4,7 @@ changes; telemetry rounded to each channel's resolution (the control keeps every
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -186,11 +187,11 @@ def test_the_aggregator_publishes_rounded_values_and_keeps_the_samples_it_was_gi
 
 # ---- at a real broker ------------------------------------------------------------------------------------
 
-def _station() -> Station:
+def _station(chamber_temp_resolution: float = 50.0) -> Station:
     """The HD simulation with a sensor node declared (not run: its firmware is what the test says it reported)
     and a coarse chamber_temp resolution, so rounding is visible against what the controller reads."""
     base = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
-    channels = tuple(dataclasses.replace(c, resolution=50.0) if c.name == "chamber_temp" else c
+    channels = tuple(dataclasses.replace(c, resolution=chamber_temp_resolution) if c.name == "chamber_temp" else c
                      for c in base.core.channels)
     return dataclasses.replace(base, core=dataclasses.replace(base.core, channels=channels),
                                sensor_nodes={"node_a": SensorNodeConfig("node_a", "/dev/null",
@@ -223,20 +224,16 @@ def body_bytes(payload: bytes) -> bytes:
     return payload[payload.index(b',"body":') + len(b',"body":'):-1]
 
 
-Station_ = tuple[LockstepRig, Controller, Publisher, Watch, Mosquitto, dict[str, str | None]]
+Running = tuple[LockstepRig, Controller, Publisher]
 
 
-@pytest.fixture
-def described(tmp_path: pathlib.Path) -> Iterator[Station_]:
-    station = _station()
-    broker = Mosquitto(tmp_path / "broker").start()
-    watch = Watch(parse_broker_url(broker.url), site="pilot-line", station="hd-01", client_id="test-describe",
-                  protocol="5", keep=True).start()
-    state = tmp_path / "state"
+@contextlib.contextmanager
+def running(station: Station, state: pathlib.Path, url: str,
+            firmware: Callable[[], dict[str, str | None]] | None = None) -> Iterator[Running]:
+    """``reedge run``'s publisher on the lockstep rig; the controller's wall clock is the plant's."""
     assert station.mqtt is not None
-    settings = PublisherSettings(broker=station.mqtt.with_brokers((parse_broker_url(broker.url),)),
+    settings = PublisherSettings(broker=station.mqtt.with_brokers((parse_broker_url(url),)),
                                  site="pilot-line", station="hd-01", state_dir=state, window_s=5.0)
-    firmware: dict[str, str | None] = {"node_a": None}
     with LockstepRig(station, HDReactor(), dt_s=1.0) as rig:
         core = rig.core
         ctl = Controller(core, rig.station, state_path=state / "run-state.json",
@@ -244,13 +241,28 @@ def described(tmp_path: pathlib.Path) -> Iterator[Station_]:
         recorder = BatchRecorder(state, rig.station, site="pilot-line", station_id="hd-01",
                                  config=rig.station.accounting)
         operator = Operator(ControllerTarget(ctl, ROOT / "recipes", recorder), allow_remote_reset=False)
-        publisher = Publisher(core, ctl, settings, recorder, operator, firmware=lambda: firmware).start()
+        publisher = Publisher(core, ctl, settings, recorder, operator, firmware=firmware).start()
         try:
-            yield rig, ctl, publisher, watch, broker, firmware
+            yield rig, ctl, publisher
         finally:
             publisher.stop(ctl, flush_timeout_s=5.0)
-            watch.close()
-            broker.close()
+
+
+Station_ = tuple[LockstepRig, Controller, Publisher, Watch, Mosquitto, dict[str, str | None]]
+
+
+@pytest.fixture
+def described(tmp_path: pathlib.Path) -> Iterator[Station_]:
+    broker = Mosquitto(tmp_path / "broker").start()
+    watch = Watch(parse_broker_url(broker.url), site="pilot-line", station="hd-01", client_id="test-describe",
+                  protocol="5", keep=True).start()
+    firmware: dict[str, str | None] = {"node_a": None}
+    try:
+        with running(_station(), tmp_path / "state", broker.url, lambda: firmware) as (rig, ctl, publisher):
+            yield rig, ctl, publisher, watch, broker, firmware
+    finally:
+        watch.close()
+        broker.close()
 
 
 def of(watch: Watch, stream: str) -> list[Envelope]:
@@ -311,3 +323,21 @@ def test_the_retained_description_labels_the_birth_and_every_window_and_is_put_a
     shas = [t.body["description_sha256"] for t in of(watch, "telemetry")]
     assert set(shas) == {sha, new_sha} and shas == sorted(shas, key=lambda s: s == new_sha)   # old, then new
     assert publisher.counters.descriptions == 2
+
+
+def test_a_start_with_another_station_file_puts_a_new_description_numbered_after_the_last(
+        tmp_path: pathlib.Path) -> None:
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        digests = []
+        for step in (50.0, 0.1):               # the technician changed chamber_temp's resolution, then restarted
+            with running(_station(step), tmp_path / "state", broker.url) as (_, _, publisher):
+                assert publisher.session.wait_flushed(WAIT_S)
+                flag, payload = retained(broker.url, publisher.topics.description)
+            doc = json.loads(payload)
+            assert flag and doc["body"]["channels"]["chamber_temp"]["resolution"] == step
+            digests.append((doc["seq"], hashlib.sha256(body_bytes(payload)).hexdigest()))
+        (seq1, sha1), (seq2, sha2) = digests
+        assert (seq1, seq2) == (1, 2) and sha1 != sha2
+    finally:
+        broker.close()
