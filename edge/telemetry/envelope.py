@@ -35,7 +35,8 @@ the numbers come from: ``Outbox.last_sequences()`` read right after opening the 
 this boot puts anything (the counters are per stream and shared by all boots, so at that
 moment they are exactly where the previous boot left them). The previous boot's *id* is not
 reliably in the outbox (its ``boots`` table forgets a boot once its last message is acked), so
-``PreviousBoot.boot_id`` may be None; see ``previous_boot``.
+``PreviousBoot.boot_id`` may be None; see ``previous_boot``. From 1.2 the birth also names the
+station description current at that connect (``description_sha256``, ``with_description``).
 """
 
 from __future__ import annotations
