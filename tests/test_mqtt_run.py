@@ -16,6 +16,7 @@ before the flush); what was left in the outbox arrives once the broker is back.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import pathlib
@@ -29,6 +30,7 @@ from typing import Any
 import pytest
 
 from edge.spec.broker import parse_broker_url
+from edge.telemetry.description import canonical
 from edge.telemetry.envelope import Envelope
 from edge.telemetry.topics import SCHEMA_BASE, StationTopics
 from edge.telemetry.watch import Watch
@@ -43,7 +45,8 @@ POWER_LOSS = pathlib.Path(__file__).parent / "data" / "hd_mqtt_power_loss.toml"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HD_STATION = ROOT / "stations" / "hd_reactor_sim.toml"
 HD_RECIPE = ROOT / "recipes" / "hd_standard.toml"
-COUNTERS = {"telemetry": "telemetry", "event": "events", "batch": "batch", "state": "state", "reply": "replies"}
+COUNTERS = {"telemetry": "telemetry", "event": "events", "batch": "batch", "state": "state", "reply": "replies",
+            "description": "descriptions"}
 TOPICS = StationTopics("pilot-line", "hd-01")   # stations/hd_reactor_sim.toml
 WAIT_S = 60.0          # safety nets, never measurements
 OUTAGE_S = 1.5         # wall seconds without a broker (300 s of plant time)
@@ -186,6 +189,13 @@ def test_controller_publishes_every_message_and_obeys_mqtt_commands(tmp_path: pa
             assert after["first_tick"] == before["last_tick"] + 1 and after["start_ns"] >= before["end_ns"]
         assert all(w["ticks_missed"] == 0 for w in windows)
         assert sum(w["samples"] for w in windows) == windows[-1]["last_tick"] - windows[0]["first_tick"] + 1
+        assert all(w["end_utc"] > w["start_utc"] for w in windows)
+
+        # the station description: one per start, named by every birth and every window (issue 16 item 11)
+        (description,) = envelopes(watch, "description")
+        sha = hashlib.sha256(canonical(description.body)).hexdigest()
+        assert {b["description_sha256"] for b in births} == {sha}
+        assert {e.body["description_sha256"] for e in envelopes(watch, "telemetry")} == {sha}
 
         # no lost tail: every stream has exactly what the controller put (one boot, fresh state dir)
         for stream, counter in COUNTERS.items():
@@ -200,6 +210,8 @@ def test_controller_publishes_every_message_and_obeys_mqtt_commands(tmp_path: pa
                                        for c in w.messages), WAIT_S)
         retained = next(c.envelope for c in late.snapshot() if c.envelope is not None and c.envelope.stream == "state")
         assert retained.seq == last_seq and retained.body["run"] == "aborted"
+        assert late.wait(lambda w: any(c.retained and c.envelope is not None and c.envelope.stream == "description"
+                                       and c.envelope.seq == description.seq for c in w.messages), WAIT_S)
     finally:
         if late is not None:
             late.close()

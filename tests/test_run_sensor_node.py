@@ -4,6 +4,7 @@ firmware in a real MicroPython over a pty and the node's readings reach the core
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -13,8 +14,13 @@ import sys
 import time
 from typing import Any
 
+from edge.devices.node.hello import firmware_version
+from edge.spec.broker import parse_broker_url
+from edge.spec.resources import firmware_dir
+from edge.telemetry.watch import Watch
 from hil.regfile import RegisterFile
 from hil.virtual_node import VirtualNode
+from tests.mqtt_broker import Mosquitto
 from tests.support_node import PERIPHERALS, stage_firmware
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -59,7 +65,10 @@ def test_reedge_run_feeds_the_core_from_a_sensor_node(tmp_path: pathlib.Path) ->
     fs.mkdir()
     stage_firmware(fs)
     regs_path = tmp_path / "plant.regs"
-    with RegisterFile.create(regs_path) as regs, VirtualNode(fs, peripherals=PERIPHERALS) as node:
+    broker = Mosquitto(tmp_path / "broker").start()
+    with contextlib.closing(broker), Watch(parse_broker_url(broker.url), site="pilot-line", station="hd-01",
+                                           client_id="test-node-fw", protocol="5", keep=True).start() as watch, \
+            RegisterFile.create(regs_path) as regs, VirtualNode(fs, peripherals=PERIPHERALS) as node:
         regs.regs.plant_alive = 1       # wall clock: no plant process needed to read a node
         station = tmp_path / "station.toml"
         text = STATION.replace('path = "/dev/shm/reedge-hd-01.regs"', f'path = "{regs_path}"', 1)
@@ -69,7 +78,7 @@ def test_reedge_run_feeds_the_core_from_a_sensor_node(tmp_path: pathlib.Path) ->
         out_path = tmp_path / "controller.out"
         with open(out_path, "w") as out:
             proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--station", str(station),
-                                     "--state-dir", str(tmp_path / "state"), "--json"],
+                                     "--state-dir", str(tmp_path / "state"), "--json", "--broker", broker.url],
                                     stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
             try:
                 deadline = time.monotonic() + 60
@@ -83,6 +92,13 @@ def test_reedge_run_feeds_the_core_from_a_sensor_node(tmp_path: pathlib.Path) ->
                 last = stats[-1]
                 assert last["hellos"] >= 1 and last["hello_mismatches"] == 0 and last["crc_errors"] == 0
                 assert last["injected"] >= 20, "the readings went into the core as injected values"
+                # the MQTT station description names the firmware the node's HELLO reported (issue 16 item 11)
+                version = firmware_version(firmware_dir() / "pico_node")
+                assert watch.wait(lambda w: any(
+                    c.envelope is not None and c.envelope.stream == "description"
+                    and c.envelope.body["firmware"]["retort_node"]["reported"] == version for c in w.messages),
+                    60), [c.envelope.body["firmware"] for c in watch.snapshot()
+                          if c.envelope is not None and c.envelope.stream == "description"]
             finally:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=30)

@@ -99,6 +99,10 @@ class Devices:
     buses: list[ModbusBus] = dataclasses.field(default_factory=list)              # Modbus meters, one per port
     nodes: dict[str, SensorNode] = dataclasses.field(default_factory=dict)        # MicroPython sensor nodes
 
+    def firmware(self) -> dict[str, str | None]:
+        """Each sensor node's firmware as its HELLO reported it (None: not linked), for the MQTT description."""
+        return {n: (h.firmware if (h := node.hello) is not None else None) for n, node in self.nodes.items()}
+
     def counter_samples(self) -> list[Any]:
         return [s for bus in self.buses for s in bus.drain_samples()]
 
@@ -308,7 +312,7 @@ def run(opts: RunOptions) -> int:
         if mqtt_settings is not None:
             logging.getLogger("edge.telemetry.session").addHandler(logging.NullHandler())  # _session_event says it
             publisher = Publisher(core, ctl, mqtt_settings, devices.recorder, operator,
-                                  on_session_event=_session_event).start()
+                                  on_session_event=_session_event, firmware=devices.firmware).start()
         # an early return or an error (else _loop's stop comes first): core stopped first, then recorded and flushed
         instruments.callback(_shut_down, ctl, devices.recorder, publisher, opts.mqtt_flush_s)
         _wait_first_readings(core, stop, publisher.pump if publisher is not None else None)

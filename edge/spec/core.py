@@ -47,6 +47,7 @@ class ChannelSpec:
     ema_tau_ms: float = 0.0
     max_age_ms: float = 0.0
     rate_window_ms: float = 1000.0
+    resolution: float | None = None    # published step (unit); None: the instrument's or the default (telemetry)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ the numbers come from: ``Outbox.last_sequences()`` read right after opening the 
 this boot puts anything (the counters are per stream and shared by all boots, so at that
 moment they are exactly where the previous boot left them). The previous boot's *id* is not
 reliably in the outbox (its ``boots`` table forgets a boot once its last message is acked), so
-``PreviousBoot.boot_id`` may be None; see ``previous_boot``.
+``PreviousBoot.boot_id`` may be None; see ``previous_boot``. From 1.2 the birth also names the
+station description current at that connect (``description_sha256``, ``with_description``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from edge.telemetry.outbox import Message
 from edge.telemetry.topics import STREAMS, TopicError, check_level
 from edge.timestamps import TimestampError, parse_rfc3339, rfc3339_ms
 
-SCHEMA_VERSION = "1.1"   # 1.1: batch end records with phases, events, meters; start with feed
+SCHEMA_VERSION = "1.2"   # 1.2: the description stream, description_sha256, window UTC times; 1.1: batch records
 _VERSION_RE = re.compile(r"1\.(0|[1-9][0-9]{0,3})")
 BOOT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 MAX_ENVELOPE = 1 << 20   # what parse accepts; a station's messages are far smaller
@@ -190,6 +191,16 @@ def birth(*, site: str, station: str, boot_id: str, connection: int, now_ns: int
             "software": software, "previous_boot": None if previous is None else previous.as_dict()}
     return build(site=site, station=station, boot_id=boot_id, stream="status",
                  seq=status_seq(connection, True), created_ns=now_ns, body=body)
+
+
+def with_description(raw_birth: bytes, description_sha256: str | None) -> bytes:
+    """The birth ``raw_birth`` naming the station description it belongs to (``description_sha256``, see
+    ``edge.telemetry.description``); unchanged when there is none."""
+    if description_sha256 is None:
+        return raw_birth
+    env = parse(raw_birth)
+    return build(site=env.site, station=env.station, boot_id=env.boot_id, stream=env.stream, seq=env.seq,
+                 created_ns=env.t_ns, body={**env.body, "description_sha256": description_sha256})
 
 
 def will(*, site: str, station: str, boot_id: str, connection: int, now_ns: int,

@@ -33,6 +33,11 @@
    controller starts up, so the first window starts at the core's first tick).
 5. **State**, retained, when it changed (``StateTracker``).
 
+**The station description** (``edge.telemetry.description``: channels with units, ranges and resolution,
+outputs, interlocks, versions) is put by ``start``, before anything else of this boot, and again by the
+scan that finds it changed (a sensor node's HELLO reporting another firmware); every telemetry window and
+the birth carry its SHA-256, and the windows' values are rounded to each channel's resolution.
+
 Then one ``Outbox.put_many`` (one transaction, fsynced by the group commit) and the session is woken. Order inside
 a scan: command answers (audit event, reply), events, batch records, telemetry, state (the outbox
 keeps it per stream anyway).
@@ -77,7 +82,7 @@ import pathlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -88,6 +93,7 @@ from edge.control.controller import Controller, ProcessEvent
 from edge.core import Core
 from edge.files import write_atomic
 from edge.operator.execute import Operator
+from edge.operator.target import ControllerTarget
 from edge.spec.broker import BrokerSettings
 from edge.telemetry.aggregate import DEFAULT_WINDOW_S, Aggregator
 from edge.telemetry.commands import (
@@ -95,11 +101,12 @@ from edge.telemetry.commands import (
     CommandLedger,
     Outcome,
 )
+from edge.telemetry.description import DescribedSession, Describer, rounders
 from edge.telemetry.envelope import previous_boot
 from edge.telemetry.events import command_event, process_event
 from edge.telemetry.intake import MAX_TURNED_WAITING, MAX_WAITING, Intake, Reason, Turned, Waiting
 from edge.telemetry.outbox import DEFAULT_QUOTA, Draft, InvalidMessage, Outbox, OutboxError, Priority
-from edge.telemetry.session import Ack, MqttSession, SessionEvent, StopResult
+from edge.telemetry.session import Ack, SessionEvent, StopResult
 from edge.telemetry.state import StateTracker, controller_state
 from edge.telemetry.topics import STREAMS, StationTopics
 
@@ -140,6 +147,7 @@ class PublisherCounters:
     batch: int = 0
     state: int = 0
     replies: int = 0
+    descriptions: int = 0
     first_tick: int | None = None     # of the first telemetry window put
     last_tick: int | None = None      # of the last one
     samples: int = 0                  # samples in the windows put
@@ -159,8 +167,9 @@ class Publisher:
 
     def __init__(self, core: Core, ctl: Controller, settings: PublisherSettings, recorder: BatchRecorder,
                  operator: Operator, *, on_session_event: Callable[[SessionEvent], None] | None = None,
-                 log: TextIO = sys.stderr) -> None:
-        """``operator``: the station's one operator-command path, which MQTT commands go through (as stdin's do)."""
+                 firmware: Callable[[], Mapping[str, str | None]] | None = None, log: TextIO = sys.stderr) -> None:
+        """``operator``: the station's one operator-command path, which MQTT commands go through (as stdin's do);
+        ``firmware``: each sensor node's firmware as its HELLO reported it (None: not linked), for the description."""
         self.core = core
         self.recorder = recorder         # its record is what the batch stream sends
         self.settings = settings
@@ -173,12 +182,18 @@ class Publisher:
         ledger: CommandLedger | None = None
         try:   # whatever fails below, the files opened so far are closed again
             previous = previous_boot(self.outbox)        # before this boot puts anything
-            self.session = MqttSession(self.outbox, settings.broker, site=settings.site, station=settings.station,
-                                       on_event=on_session_event, previous=previous)
+            target = operator.target
+            self.describer = Describer(ctl.station, window_s=settings.window_s, firmware=firmware,
+                                       recipes_dir=target.recipes_dir if isinstance(target, ControllerTarget) else None)
+            self._description = self.describer.current()
+            self.session = DescribedSession(self.outbox, settings.broker, site=settings.site,
+                                            station=settings.station, on_event=on_session_event, previous=previous)
+            self.session.description_sha256 = self._description.sha256
             self.ledger = ledger = CommandLedger(settings.state_dir / LEDGER_FILE)
             self.handler = CommandHandler(topics=self.topics, settings=ctl.station.commands, operator=operator,
                                           ledger=self.ledger)
-            self.aggregator = Aggregator.for_core(core, settings.window_s)
+            self.aggregator = Aggregator.for_core(core, settings.window_s, rounding=rounders(ctl.station),
+                                                  wall_clock=ctl.wall_clock)
             self.state = StateTracker()
             self.records = _BatchRecords(settings.state_dir / RECORDS_FILE)
             self._watchdog = ctl.station.core.watchdog_output
@@ -205,7 +220,8 @@ class Publisher:
     # ---- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> Publisher:
-        """Connect in the background: messages wait in the outbox until a broker takes them."""
+        """Put the description, connect in the background: messages wait in the outbox until a broker takes them."""
+        self._put([([self._description_draft()], [])])
         self.session.start()
         self._answerer.start()
         return self
@@ -295,6 +311,11 @@ class Publisher:
         events = ctl.events[self._events_seen:]
         self._events_seen = len(ctl.events)
         drafts = self._busy_events()
+        described = self.describer.current()
+        if described.sha256 != self._description.sha256:     # before the windows it labels
+            self._description = described
+            self.session.description_sha256 = described.sha256
+            drafts.append(self._description_draft())
         drafts.extend(self._event_draft(e) for e in events)
         drafts.extend(self._batch_drafts())
         drafts.extend(self._windows())
@@ -496,7 +517,16 @@ class Publisher:
         if c.first_tick is None:
             c.first_tick = int(w["first_tick"])
         c.last_tick = int(w["last_tick"])
+        body["description_sha256"] = self._description.sha256
         return self._draft("telemetry", body)
+
+    def _description_draft(self) -> Draft:
+        """The description's canonical bytes, stored as they are (its SHA-256 is over exactly these)."""
+        spec = STREAMS["description"]
+        assert spec.priority is not None
+        self.counters.descriptions += 1
+        return Draft("description", self.topics.description, self._description.body, spec.priority, spec.qos,
+                     spec.retain)
 
     def _state_body(self, ctl: Controller) -> dict[str, Any]:
         """``controller_state`` with steady outputs (see the module docstring)."""

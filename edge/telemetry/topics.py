@@ -3,6 +3,7 @@
 Every topic of a station lives under one root::
 
     reedge/v1/{site}/{station}/status       retained; the birth says online, the Will offline
+    reedge/v1/{site}/{station}/description  retained; channels, units, outputs, interlocks, versions
     reedge/v1/{site}/{station}/telemetry    aggregated channel values, one message per window
     reedge/v1/{site}/{station}/state        retained; the process state, on every change
     reedge/v1/{site}/{station}/event        trips, alarms, sequence transitions, operator actions
@@ -81,6 +82,9 @@ STREAMS: dict[str, StreamSpec] = {s.name: s for s in (
     # the outbox: it describes the connection. Retained, so a consumer that subscribes later learns
     # at once whether the station is online and what its previous boot had sent.
     StreamSpec("status", "status", 1, True, "status.json", None, "publish", False),
+    # retained: what every other stream's names and numbers mean (edge.telemetry.description); put at every
+    # start and on a change, named by its SHA-256 in the birth and in every telemetry window
+    StreamSpec("description", "description", 1, True, "description.json", Priority.STATE, "publish", True),
     StreamSpec("telemetry", "telemetry", 1, False, "telemetry.json", Priority.TELEMETRY, "publish", True),
     # retained: a dashboard that connects mid-batch sees the current state without waiting for a change
     StreamSpec("state", "state", 1, True, "state.json", Priority.STATE, "publish", True),
@@ -159,6 +163,10 @@ class StationTopics:
     @property
     def status(self) -> str:
         return self.topic("status")
+
+    @property
+    def description(self) -> str:
+        return self.topic("description")
 
     @property
     def telemetry(self) -> str:
@@ -242,8 +250,8 @@ def parse_topic(topic: str) -> TopicParts:
         return TopicParts(site, station, "reply", check_verb(rest[1]))
     if len(rest) > 2 and rest[0] == "reply" and all(rest[2:]):
         return TopicParts(site, station, "reply", identity=check_identity(rest[1]))
-    raise TopicError(f"{topic!r}: unknown stream {'/'.join(rest)!r} (expected one of: status, telemetry, state,"
-                     " event, batch, cmd/IDENTITY/VERB, reply/VERB, reply/IDENTITY/...)")
+    raise TopicError(f"{topic!r}: unknown stream {'/'.join(rest)!r} (expected one of: status, description, telemetry,"
+                     " state, event, batch, cmd/IDENTITY/VERB, reply/VERB, reply/IDENTITY/...)")
 
 
 def subscription(site: str = "+", station: str = "+") -> str:

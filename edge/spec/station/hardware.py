@@ -356,6 +356,7 @@ def with_initial_levels(
 _CHANNEL_KEYS = (
     "kind", "driver", "input", "shared_input", "unit", "scale", "offset", "range", "tc_type",
     "cold_junction", "cold_junction_c", "invert", "median", "ema_tau_ms", "max_age_ms", "rate_window_ms",
+    "resolution",
 )
 
 
@@ -438,6 +439,8 @@ def _read_channel(
     else:
         max_age_ms = t.get("max_age_ms", _number_in(0.0, MS_MAX), 0.0)
     rate_window_ms = t.get("rate_window_ms", _number_in(0.0, 60_000.0), 1000.0) if measured else 0.0
+    # what MQTT telemetry rounds to (edge.telemetry.description); the core and the controller keep every digit
+    resolution = t.get("resolution", _number_in(0.0, 1e6, lo_open=True)) if measured else None
 
     t.finish(elsewhere=_CHANNEL_KEYS, context=f"to {kind} channels")
     if not t.ok or max_age_ms is None or (kind != "injected" and driver_name is None):
@@ -446,7 +449,7 @@ def _read_channel(
         name=name, kind=kind, driver=driver_name, input=input_index, scale=scale, offset=offset,
         range_lo=range_lo, range_hi=range_hi, unit=unit, tc_type=tc_type, cold_junction=cold_junction,
         cj_fixed_c=cj_fixed_c, invert=invert, median_n=median_n, ema_tau_ms=ema_tau_ms,
-        max_age_ms=max_age_ms, rate_window_ms=rate_window_ms,
+        max_age_ms=max_age_ms, rate_window_ms=rate_window_ms, resolution=resolution,
     )
 
 
