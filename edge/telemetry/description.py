@@ -209,6 +209,9 @@ def _alarm(a: AlarmSpec, units: Mapping[str, str]) -> dict[str, Any]:
                            "message": a.message, "on_active": list(a.on_active)}
     if a.kind in DEVIATION_KINDS:
         out["loop"] = a.setpoint_of
+        for key in ("follows_rise_per_min", "follows_fall_per_min"):     # inf (no limit) is no JSON number
+            rate = float(getattr(a, key))
+            out[key] = rate if math.isfinite(rate) else None
     if a.kind == "rate":
         out.update(window_s=a.window_s, direction=a.direction)
     if a.kind == "loop_break":
