@@ -440,7 +440,7 @@ def test_the_plot_keeps_a_flat_series_at_its_value_and_the_cooling_water_above_t
 
     def zero_at(ax: Any) -> float:
         lo, hi = ax.get_ylim()
-        return (0.0 - lo) / (hi - lo)
+        return float((0.0 - lo) / (hi - lo))
 
     # 0 kW where 0 % duty is, at the bottom: not mid-panel (where it read as 50 % duty)
     assert zero_at(by_label["power\n[kW]"]) == pytest.approx(zero_at(by_label["heater duty\n[%]"]), abs=0.005)
