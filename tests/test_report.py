@@ -635,7 +635,8 @@ def test_csv_has_one_row_per_batch_and_exchange_and_every_number_round_trips(
     acc = hd["accounting"]
     e = amount(rows, "HD-20261129-01", "electricity")
     assert float(e["amount"]) == acc["meters"]["energy"]["value"] and e["unit"] == "kWh"
-    assert (e["direction"], e["complete"], e["basis"]) == ("input", "false", "metered")  # the lower bound
+    assert (e["direction"], e["complete"]) == ("input", "false")  # the lower bound, and why
+    assert e["basis"] == "metered; incomplete: first reading 900 s after the start: what was used before it is missing"
     h2 = amount(rows, "HD-20261129-01", "hydrogen")
     assert float(h2["amount"]) == 1420.8 and (h2["unit"], h2["complete"]) == ("NL", "true")
     assert float(amount(rows, "HD-20261129-01", "argon")["amount"]) == 1830.25
@@ -645,22 +646,54 @@ def test_csv_has_one_row_per_batch_and_exchange_and_every_number_round_trips(
     assert (feed["direction"], float(feed["amount"]), feed["unit"], feed["basis"]) == ("input", 25.0, "kg", "weighed")
     product = amount(rows, "HD-20261129-01", "NdFeB HD powder")
     assert (product["direction"], float(product["amount"])) == ("output", 24.62)
-    co2 = amount(rows, "HD-20261129-01", "co2e")
+    co2 = amount(rows, "HD-20261129-01", export.IMPACT)
     assert float(co2["amount"]) == acc["kg_co2e"] and co2["complete"] == "false"
-    assert co2["basis"] == "grid factor 0.412 kg/kWh x metered electricity" and co2["direction"] == "output"
+    assert co2["basis"] == "grid factor 0.412 kg/kWh x metered electricity" and co2["direction"] == "impact"
     assert amount(rows, "SF-20261129-02", "hydrogen")["amount"] == ""
     assert amount(rows, "SF-20261129-02", "sintered NdFeB")["amount"] == ""  # not weighed yet
     assert float(amount(rows, "SF-20261129-02", "electricity")["amount"]) == 612.75
     assert amount(rows, "SF-20261129-02", "electricity")["complete"] == "true"
-    r = amount(rows, "SF-20261129-02", "co2e")
+    r = amount(rows, "SF-20261129-02", export.IMPACT)
     assert float(r["amount"]) == sf["accounting"]["kg_co2e"] and r["complete"] == "true"
     first = rows[0]
     assert first["recipe"] == hd["recipe"]["name"] and first["recipe_sha256"] == hd["recipe"]["sha256"]
     assert (first["started"], first["ended"], first["outcome"]) == (hd["started"], hd["ended"], "done")
     for row in rows:
-        assert row["complete"] in ("true", "false") and row["direction"] in ("input", "output")
+        assert row["complete"] in ("true", "false") and row["direction"] in ("input", "output", "impact")
         if row["amount"]:
             assert re.fullmatch(r"-?\d+(\.\d+)?", row["amount"]), row  # plain: no exponent, no separators
+
+
+def test_csv_gases_in_kg_the_hydrogen_vented_and_the_co2e_apart_from_the_exchanges(
+        three_batches: tuple[pathlib.Path, pathlib.Path]) -> None:
+    buf = io.StringIO()
+    export.export_csv(three_batches, buf)
+    rows = rows_of(buf.getvalue())
+    hd = [r for r in rows if r["batch_id"] == "HD-20261129-01"]
+    kg = {r["flow"]: r["amount_kg"] for r in hd}
+    # normal litres at 0 degC, 1.01325 bar: H2 0.08988 g/L, Ar 1.784 g/L
+    assert float(kg["hydrogen"]) == pytest.approx(1420.8 * 0.08988e-3, rel=1e-9)
+    assert float(kg["argon"]) == pytest.approx(1830.25 * 1.784e-3, rel=1e-9)
+    assert float(kg["NdFeB scrap"]) == 25.0 and kg["electricity"] == kg["cooling water"] == ""
+    vented = amount(rows, "HD-20261129-01", "hydrogen, vented")       # fed 1420.8 NL, absorbed 1012.6 NL
+    assert (vented["direction"], float(vented["amount"]), vented["unit"]) == ("output", 408.2, "NL")
+    assert float(vented["amount_kg"]) == pytest.approx(408.2 * 0.08988e-3, rel=1e-9)
+    assert (vented["complete"], vented["basis"]) == ("false", "H2 fed minus H2 absorbed (estimate)")
+    # the CO2e is no exchange beside the electricity it is computed from: an impact line
+    exchanges = [r for r in rows if r["direction"] in ("input", "output")]
+    assert not [r for r in exchanges if "co2" in r["flow"].lower() or "co2" in r["unit"].lower()]
+    (impact,) = [r for r in hd if r["direction"] == "impact"]
+    assert (impact["flow"], impact["unit"], impact["amount_kg"]) == (export.IMPACT, "kg CO2e", "")
+    # an empty amount always says why; sintering has no H2 to vent
+    for row in rows:
+        if row["amount"] == "":
+            assert row["basis"] and not row["basis"].startswith("metered"), row
+    assert amount(rows, "SF-20261129-02", "hydrogen")["basis"] == "not metered"
+    assert not [r for r in rows if r["batch_id"] == "SF-20261129-02" and r["flow"] == "hydrogen, vented"]
+    body = hd_body()
+    body["accounting"]["h2_absorbed_nl"] = None
+    assert export.exchanges(body)[-2][1:] == ("hydrogen, vented", "", "NL", False,
+                                              "not computed: H2 absorbed not estimated", "")
 
 
 def test_csv_heater_model_stands_in_for_a_missing_energy_meter(tmp_path: pathlib.Path) -> None:
@@ -674,8 +707,8 @@ def test_csv_heater_model_stands_in_for_a_missing_energy_meter(tmp_path: pathlib
     e = amount(rows, "HD-20261129-01", "electricity")
     # an estimate, so never "complete": an LCA must not take it for a measurement
     assert (float(e["amount"]), e["basis"], e["complete"]) == (176.9, "heater model (estimate)", "false")
-    co2 = amount(rows, "HD-20261129-01", "co2e")  # the record has none without metered energy: none invented
-    assert (co2["amount"], co2["complete"], co2["basis"]) == ("", "false", "grid factor 0.412 kg/kWh")
+    co2 = amount(rows, "HD-20261129-01", export.IMPACT)  # the record has none without metered energy: none invented
+    assert (co2["amount"], co2["complete"], co2["basis"]) == ("", "false", "not computed: no electricity figure")
 
 
 def test_csv_a_configured_meter_that_never_answered_is_not_replaced_by_the_model(tmp_path: pathlib.Path) -> None:
