@@ -774,7 +774,7 @@ def mqtt_end_body(body: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("record", "revision", "batch_id", "process", "outcome", "reason", "started", "ended", "duration_s",
             "operator", "feed", "product", "phases", "events", "events_not_listed", "interruptions")
     out = {k: body[k] for k in keys}
-    if "quality" in body:            # schema 1.1, optional: records written before it have none
+    if "quality" in body:            # optional in the schema: records written before it have none
         out["quality"] = dict(body["quality"])
     recipe = body["recipe"]
     out["recipe"] = {"name": recipe["name"], "sha256": recipe["sha256"], "version": recipe["version"],
