@@ -23,9 +23,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from matplotlib.colors import to_rgb
 
 from edge.app import cli
-from edge.batch import export, record, report
+from edge.batch import export, quality, record, report
 from edge.batch.report import page as report_page
 from edge.batch.report import plot as report_plot
 from edge.batch.report import view as report_view
@@ -116,7 +117,17 @@ def hd_body() -> dict[str, Any]:
             "per_kg": {"kwh": 7.296, "nl_h2": 56.832, "nl_ar": 73.21, "kg_co2e": 3.005952},
             "complete": False,
         },
+        "quality": hd_quality(),
     }
+
+
+def hd_quality() -> dict[str, Any]:
+    """The quality section as the recorder builds it (edge.batch.quality), with the cooling-water trip counted."""
+    q = quality.empty()
+    quality.merge(q, {"leak_rise_mbar_per_min": 0.0123, "o2_after_purge_pct": 0.0083, "final_vacuum_mbar": 0.0871,
+                      "h2_top_ups": 19}, 4.6 * 3600)
+    q["interlock_trips"] = 1
+    return q
 
 
 def _hd_state(m: float) -> dict[str, float]:
@@ -389,6 +400,62 @@ def test_sintering_page_uses_mbar_on_a_log_axis(tmp_path: pathlib.Path) -> None:
     assert png_size(report._save(fig, "png"))[0] == round(8.27 * report_plot.PAGE_DPI)
 
 
+def test_the_page_shows_the_quality_figures_and_says_when_there_was_no_trip(hd_dir: pathlib.Path,
+                                                                             tmp_path: pathlib.Path) -> None:
+    view = view_of(hd_dir)
+    Cell = report_view.Cell
+    assert view.quality == [
+        ("Leak test", Cell("pressure rise 0.012 mbar/min, pump isolated")), ("O2 after purge", Cell("0.0083 %")),
+        ("Soak in band", Cell("4 h 36 min within 5 °C of the soak setpoint")), ("Final vacuum", Cell("0.087 mbar")),
+        ("H2 top-ups", Cell("19")), ("Interlock trips", Cell("1 interlock trip: cooling_water_low", "trip"))]
+    # the drawn page (PNG, PDF) carries the same rows: every label and text is a text of the figure
+    drawn = [t.get_text() for t in report_page.draw_page(view).texts]
+    assert all(label in drawn and cell.text in drawn for label, cell in view.quality)
+    assert "<dt>H2 top-ups</dt><dd>19</dd>" in page_text(view)
+    assert '<dt>Interlock trips</dt><dd class="trip">1 interlock trip: cooling_water_low</dd>' in page_text(view)
+
+    body = hd_body()           # no trip, absorption not reached (a figure the sequence did not measure)
+    body["events"] = [e for e in body["events"] if e["kind"] != "trip"]
+    body["quality"].update(interlock_trips=0, h2_top_ups=None)
+    rows = dict(view_of(write_batch(tmp_path / "a", body, None)).quality)
+    assert rows["Interlock trips"] == Cell("no interlock trips")
+    assert rows["H2 top-ups"] == Cell("not measured (the batch did not get there)", "missing")
+    del body["quality"]        # a record from before the quality figures: trips counted from its events
+    rows = dict(view_of(write_batch(tmp_path / "b", body, None)).quality)
+    assert rows["Leak test"].style == "missing" and rows["Interlock trips"] == Cell("no interlock trips")
+    sinter = sintering_body()  # no leak test, purge or H2 in sintering: no such rows
+    sinter["quality"] = {**quality.empty(), "final_vacuum_mbar": 0.0004, "soak_in_band_s": 14400.0}
+    labels = [label for label, _ in view_of(write_batch(tmp_path / "c", sinter, None)).quality]
+    assert labels == ["Soak in band", "Final vacuum", "Interlock trips"]
+
+
+def test_the_plot_keeps_a_flat_series_at_its_value_and_the_cooling_water_above_the_phase_bands(
+        tmp_path: pathlib.Path) -> None:
+    header, rows = hd_trend_rows()
+    power = header.index("heater_power")
+    for row in rows:
+        row[power] = "0"                       # the heaters' power meter read 0 kW all batch
+    fig = report_page.draw_plot_only(view_of(write_batch(tmp_path, hd_body(), (header, rows))))
+    by_label = {ax.get_ylabel(): ax for ax in fig.axes}
+
+    def zero_at(ax: Any) -> float:
+        lo, hi = ax.get_ylim()
+        return float((0.0 - lo) / (hi - lo))
+
+    # 0 kW where 0 % duty is, at the bottom: not mid-panel (where it read as 50 % duty)
+    assert zero_at(by_label["power\n[kW]"]) == pytest.approx(zero_at(by_label["heater duty\n[%]"]), abs=0.005)
+    assert zero_at(by_label["power\n[kW]"]) < 0.05
+    # the cooling water (right axis of the flow panel) is drawn after the phase bands of the left one
+    line = next(ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == "cooling_water_flow")
+    left = next(ax for ax in fig.axes if any(ln.get_label() == "h2_flow" for ln in ax.get_lines()))
+    assert left is not line.axes and any(p.get_facecolor()[:3] == to_rgb("#eef3fa") for p in left.patches)
+
+    def drawn_at(ax: Any) -> tuple[float, int]:
+        return ax.get_zorder(), fig.axes.index(ax)  # how matplotlib orders a figure's axes when drawing
+
+    assert drawn_at(line.axes) > drawn_at(left)
+
+
 def test_an_open_record_is_in_progress_or_interrupted_by_its_last_sign_of_life(tmp_path: pathlib.Path) -> None:
     body = open_body()
     header, rows = hd_trend_rows()
@@ -568,7 +635,8 @@ def test_csv_has_one_row_per_batch_and_exchange_and_every_number_round_trips(
     acc = hd["accounting"]
     e = amount(rows, "HD-20261129-01", "electricity")
     assert float(e["amount"]) == acc["meters"]["energy"]["value"] and e["unit"] == "kWh"
-    assert (e["direction"], e["complete"], e["basis"]) == ("input", "false", "metered")  # the lower bound
+    assert (e["direction"], e["complete"]) == ("input", "false")  # the lower bound, and why
+    assert e["basis"] == "metered; incomplete: first reading 900 s after the start: what was used before it is missing"
     h2 = amount(rows, "HD-20261129-01", "hydrogen")
     assert float(h2["amount"]) == 1420.8 and (h2["unit"], h2["complete"]) == ("NL", "true")
     assert float(amount(rows, "HD-20261129-01", "argon")["amount"]) == 1830.25
@@ -578,22 +646,54 @@ def test_csv_has_one_row_per_batch_and_exchange_and_every_number_round_trips(
     assert (feed["direction"], float(feed["amount"]), feed["unit"], feed["basis"]) == ("input", 25.0, "kg", "weighed")
     product = amount(rows, "HD-20261129-01", "NdFeB HD powder")
     assert (product["direction"], float(product["amount"])) == ("output", 24.62)
-    co2 = amount(rows, "HD-20261129-01", "co2e")
+    co2 = amount(rows, "HD-20261129-01", export.IMPACT)
     assert float(co2["amount"]) == acc["kg_co2e"] and co2["complete"] == "false"
-    assert co2["basis"] == "grid factor 0.412 kg/kWh x metered electricity" and co2["direction"] == "output"
+    assert co2["basis"] == "grid factor 0.412 kg/kWh x metered electricity" and co2["direction"] == "impact"
     assert amount(rows, "SF-20261129-02", "hydrogen")["amount"] == ""
     assert amount(rows, "SF-20261129-02", "sintered NdFeB")["amount"] == ""  # not weighed yet
     assert float(amount(rows, "SF-20261129-02", "electricity")["amount"]) == 612.75
     assert amount(rows, "SF-20261129-02", "electricity")["complete"] == "true"
-    r = amount(rows, "SF-20261129-02", "co2e")
+    r = amount(rows, "SF-20261129-02", export.IMPACT)
     assert float(r["amount"]) == sf["accounting"]["kg_co2e"] and r["complete"] == "true"
     first = rows[0]
     assert first["recipe"] == hd["recipe"]["name"] and first["recipe_sha256"] == hd["recipe"]["sha256"]
     assert (first["started"], first["ended"], first["outcome"]) == (hd["started"], hd["ended"], "done")
     for row in rows:
-        assert row["complete"] in ("true", "false") and row["direction"] in ("input", "output")
+        assert row["complete"] in ("true", "false") and row["direction"] in ("input", "output", "impact")
         if row["amount"]:
             assert re.fullmatch(r"-?\d+(\.\d+)?", row["amount"]), row  # plain: no exponent, no separators
+
+
+def test_csv_gases_in_kg_the_hydrogen_vented_and_the_co2e_apart_from_the_exchanges(
+        three_batches: tuple[pathlib.Path, pathlib.Path]) -> None:
+    buf = io.StringIO()
+    export.export_csv(three_batches, buf)
+    rows = rows_of(buf.getvalue())
+    hd = [r for r in rows if r["batch_id"] == "HD-20261129-01"]
+    kg = {r["flow"]: r["amount_kg"] for r in hd}
+    # normal litres at 0 degC, 1.01325 bar: H2 0.08988 g/L, Ar 1.784 g/L
+    assert float(kg["hydrogen"]) == pytest.approx(1420.8 * 0.08988e-3, rel=1e-9)
+    assert float(kg["argon"]) == pytest.approx(1830.25 * 1.784e-3, rel=1e-9)
+    assert float(kg["NdFeB scrap"]) == 25.0 and kg["electricity"] == kg["cooling water"] == ""
+    vented = amount(rows, "HD-20261129-01", "hydrogen, vented")       # fed 1420.8 NL, absorbed 1012.6 NL
+    assert (vented["direction"], float(vented["amount"]), vented["unit"]) == ("output", 408.2, "NL")
+    assert float(vented["amount_kg"]) == pytest.approx(408.2 * 0.08988e-3, rel=1e-9)
+    assert (vented["complete"], vented["basis"]) == ("false", "H2 fed minus H2 absorbed (estimate)")
+    # the CO2e is no exchange beside the electricity it is computed from: an impact line
+    exchanges = [r for r in rows if r["direction"] in ("input", "output")]
+    assert not [r for r in exchanges if "co2" in r["flow"].lower() or "co2" in r["unit"].lower()]
+    (impact,) = [r for r in hd if r["direction"] == "impact"]
+    assert (impact["flow"], impact["unit"], impact["amount_kg"]) == (export.IMPACT, "kg CO2e", "")
+    # an empty amount always says why; sintering has no H2 to vent
+    for row in rows:
+        if row["amount"] == "":
+            assert row["basis"] and not row["basis"].startswith("metered"), row
+    assert amount(rows, "SF-20261129-02", "hydrogen")["basis"] == "not metered"
+    assert not [r for r in rows if r["batch_id"] == "SF-20261129-02" and r["flow"] == "hydrogen, vented"]
+    body = hd_body()
+    body["accounting"]["h2_absorbed_nl"] = None
+    assert export.exchanges(body)[-2][1:] == ("hydrogen, vented", "", "NL", False,
+                                              "not computed: H2 absorbed not estimated", "")
 
 
 def test_csv_heater_model_stands_in_for_a_missing_energy_meter(tmp_path: pathlib.Path) -> None:
@@ -607,8 +707,8 @@ def test_csv_heater_model_stands_in_for_a_missing_energy_meter(tmp_path: pathlib
     e = amount(rows, "HD-20261129-01", "electricity")
     # an estimate, so never "complete": an LCA must not take it for a measurement
     assert (float(e["amount"]), e["basis"], e["complete"]) == (176.9, "heater model (estimate)", "false")
-    co2 = amount(rows, "HD-20261129-01", "co2e")  # the record has none without metered energy: none invented
-    assert (co2["amount"], co2["complete"], co2["basis"]) == ("", "false", "grid factor 0.412 kg/kWh")
+    co2 = amount(rows, "HD-20261129-01", export.IMPACT)  # the record has none without metered energy: none invented
+    assert (co2["amount"], co2["complete"], co2["basis"]) == ("", "false", "not computed: no electricity figure")
 
 
 def test_csv_a_configured_meter_that_never_answered_is_not_replaced_by_the_model(tmp_path: pathlib.Path) -> None:

@@ -101,6 +101,10 @@ def test_sintering_batch_runs_to_completion(tmp_path: pathlib.Path) -> None:
         assert plant.s.lubricant < 1.0 and plant.s.hydrogen < 1.0, "the compacts were degassed"
         assert plant.s.charge_c <= 60.0
         assert plant.pressure_mbar() >= 1000.0, "cooled under argon above atmosphere"
+        # the batch record's final vacuum: the gauge when anneal_2 (the last phase under the pump) ended
+        (reason,) = [e.data["reason"] for e in ctl.events if e.kind == "phase" and e.data["previous"] == "anneal_2"]
+        final = ctl.sequencer.results["final_vacuum_mbar"]
+        assert f"{final:.3g} mbar" in reason and final < 1.0
 
 
 def test_hd_trip_during_absorption_aborts_to_the_safe_sequence(tmp_path: pathlib.Path) -> None:

@@ -28,6 +28,14 @@ estimate, and so is the figure (**incomplete**). So is a figure without a readin
 or after the end, one whose meter reported a device fault (a NaN reading: what it counted then is not
 trusted), and one across a clock that went backwards. The record says why, each time.
 
+A meter can also count wrong without any of that showing: a current transformer fitted backwards leaves
+an SDM630's import counter at 0 (it counts the export register instead), a CT on one phase of three
+counts a third. The heater-duty model (rated power x applied duty) is the cross-check: metered energy
+below ``METER_FAULT_RATIO`` of the model, once the model has counted ``METER_FAULT_MIN_KWH``, is a meter
+fault (:func:`meter_fault`) and the figure is incomplete with that reason. Half is far outside what a
+healthy meter shows: the model matches the meter within 3 % in the HIL batch, and a mains voltage 10 %
+low takes a resistive heater's power down by 19 %, not by half.
+
 All times are unix seconds on the controller's wall clock seam (the plant's clock on the HIL rig).
 """
 
@@ -41,6 +49,18 @@ NOISE = 1e-6          # relative: a float32 counter re-read may come back a hair
 MAX_GAPS = 50         # listed in the record; more are counted only
 MAX_NOTES = 20
 FAULT_NOTE = "the meter reported a device fault: what it counted then is not trusted"
+METER_FAULT_RATIO = 0.5       # metered energy below this share of the heater model: a meter fault
+METER_FAULT_MIN_KWH = 1.0     # ... judged once the model counted this much (a batch that hardly heated: no judgement)
+
+
+def meter_fault(metered_kwh: float | None, model_kwh: float | None) -> str | None:
+    """Why the metered energy cannot be the heaters' (far below the duty model: module docstring), or None."""
+    if metered_kwh is None or model_kwh is None or not model_kwh >= METER_FAULT_MIN_KWH:
+        return None
+    if metered_kwh >= METER_FAULT_RATIO * model_kwh:
+        return None
+    return (f"meter fault: metered {metered_kwh:.3g} kWh is below {METER_FAULT_RATIO:.0%} of the heater model's "
+            f"{model_kwh:.3g} kWh (a current transformer fitted backwards or not on the heater's phases?)")
 
 
 @dataclass

@@ -49,7 +49,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from edge.batch.accounting import CounterTracker
+from edge.batch import quality
+from edge.batch.accounting import CounterTracker, meter_fault
 from edge.control.controller import BATCH_ID
 from edge.files import write_atomic
 from edge.spec.accounting import AccountingConfig
@@ -180,6 +181,9 @@ class BatchRecorder:
         self._dirty = False
         self._urgent = False                             # save at the next scan whatever the rate limit
         self._h2_absorbed: float | None = None
+        self._soak_s = 0.0                               # plant seconds inside the soak band (quality)
+        self._soak_prev: float | None = None             # core time of the last scan inside it
+        self._clocks = (0.0, 0.0)                        # (wall, core) read together by _now: what _unix maps by
         self._trend_buf = io.StringIO()                  # rows not yet appended to trend.csv
         self._trend_ready = False                        # the trend file has its header
         self._trend_written = -math.inf                  # monotonic time rows were last appended
@@ -233,7 +237,7 @@ class BatchRecorder:
 
     def _scan(self, ctl: Controller, samples: Iterable[Any]) -> None:
         batch_id = str(ctl.batch.get("id") or "")
-        now = ctl.wall_clock()
+        now = self._now(ctl)
         if batch_id and batch_id not in self._unusable and (self.body is None or self.body["batch_id"] != batch_id):
             if self.body is not None and self.body["record"] == "open":
                 # the last batch's own events up to the new one's start, then (waiting for its end readings, or
@@ -256,6 +260,9 @@ class BatchRecorder:
         self._events_seen = len(ctl.events)
         self.feed(ctl, samples)
         self._heater_kwh = ctl.heater_model.kwh
+        if self._end is None:
+            self._soak(ctl)
+            self._quality(ctl)
         if now >= self._next_trend:
             self._trend_row(ctl, now)
             self._next_trend = now + self.cfg.trend_every_s
@@ -278,7 +285,7 @@ class BatchRecorder:
             self._unusable.add(batch_id)
             self.body, self.folder = None, None
             return
-        now = ctl.wall_clock()
+        now = self._now(ctl)
         self.folder, self._end, self._final, self._trend_ready = folder, None, None, False
         self._trend_buf = io.StringIO()
         if (folder / RECORD_FILE).exists():
@@ -295,7 +302,11 @@ class BatchRecorder:
 
     def _new(self, ctl: Controller, batch_id: str, now: float) -> None:
         assert ctl.recipe is not None
-        started = float(ctl.batch.get("started_unix_s") or now)
+        start = _start_index(ctl, batch_id)
+        # the start on the same clock pair as its first phase (entered at the same core instant): the wall
+        # clock read apart from the core's put the first phase a few ms before "Started"
+        started = (self._unix(ctl.events[start].t_s) if start is not None
+                   else float(ctl.batch.get("started_unix_s") or now))
         for tracker in self.trackers.values():
             tracker.open_window(started)
         self._heater_kwh = ctl.heater_model.kwh
@@ -313,20 +324,20 @@ class BatchRecorder:
             "product": {"mass_out_kg": None, "yield_pct": None},
             "started": _ts(started), "ended": None, "duration_s": None, "outcome": "running", "reason": None,
             "phases": [], "events": [], "events_not_listed": 0, "interruptions": [], "accounting": {},
-            "nuisance_alarms": 0, "deviation_alarm_rests": 0,
+            "quality": quality.empty(),
         }
         self._started, self._h2_absorbed = started, None
+        self._soak_s, self._soak_prev = 0.0, None
         # this batch's events from its start on (the first phase, anything in the first scan)
-        start = _start_index(ctl, batch_id)
         seq = ctl.sequencer
         if start is not None:
             self._events_seen = start + 1
         else:                   # its start event is gone (trimmed, a restart): the sequence's own record
             self._events_seen = len(ctl.events)
             for change in seq.changes if seq is not None else ():
-                self._phase(change.phase, self._unix(ctl, change.t_s, now))
+                self._phase(change.phase, self._unix(change.t_s))
                 if seq is not None and change.phase in seq.FINAL:
-                    self._final_phase(seq, self._unix(ctl, change.t_s, now))
+                    self._final_phase(seq, self._unix(change.t_s))
             if seq is not None and seq.finished and self._end is None:
                 self._final_phase(seq, now)     # recovered finished, its record lost: it ends here
         self._publish("start")
@@ -345,6 +356,8 @@ class BatchRecorder:
             if meter in snaps:
                 tracker.restore(snaps[meter])
         self.body, self._started, self._h2_absorbed = body, started, h2_absorbed
+        body.setdefault("quality", quality.empty())      # a record written before there was one
+        self._soak_s, self._soak_prev = float(local.get("soak_in_band_s") or 0.0), None
         self._end = None if end is None else float(end)
         final = local.get("final")
         self._final = None if final is None else (str(final[0]), None if final[1] is None else str(final[1]))
@@ -377,12 +390,34 @@ class BatchRecorder:
         self._dirty = True
         self._save(now, force=True)
 
-    def _unix(self, ctl: Controller, t_s: float, now: float) -> float:
-        """A core-clock time of this boot as unix time on the controller's wall-clock seam."""
-        return now - (ctl.now_s() - t_s)
+    def _now(self, ctl: Controller) -> float:
+        """The wall clock, and the core clock read with it: every core time until the next call maps through this
+        one pair (``_unix``), so times of one instant (the batch's start, its first phase) map to one time."""
+        core = ctl.now_s()
+        self._clocks = (ctl.wall_clock(), core)
+        return self._clocks[0]
+
+    def _unix(self, t_s: float) -> float:
+        """A core-clock time of this boot as unix time on the controller's wall-clock seam (the last ``_now``)."""
+        wall, core = self._clocks
+        return wall - (core - t_s)
+
+    def _quality(self, ctl: Controller) -> None:
+        """The sequencer's measured figures (while it is this batch's) and the soak time into the record."""
+        assert self.body is not None
+        seq = ctl.sequencer
+        mine = seq is not None and ctl.batch.get("id") == self.body["batch_id"]
+        quality.merge(self.body["quality"], seq.results if seq is not None and mine else {}, self._soak_s)
+
+    def _soak(self, ctl: Controller) -> None:
+        """Add this scan's time inside the soak band (both ends of the interval inside; none across a restart)."""
+        t = ctl.now_s()
+        if ctl.bands.in_band and self._soak_prev is not None:
+            self._soak_s += max(t - self._soak_prev, 0.0)
+        self._soak_prev = t if ctl.bands.in_band else None
 
     def _event(self, ctl: Controller, e: ProcessEvent, now: float) -> None:
-        t = self._unix(ctl, e.t_s, now)
+        t = self._unix(e.t_s)
         if e.kind == "phase":
             phase = str(e.data.get("phase"))
             previous = str(e.data.get("previous"))
@@ -404,10 +439,11 @@ class BatchRecorder:
         """The batch's nuisance alarms (chattering raises, fleeting clears) and deviation-alarm rests (the
         program asked for more than the plant follows): a badly set alarm shows in the record (ISA-18.2)."""
         assert self.body is not None
+        q = self.body["quality"]
         for key, counts in (("nuisance_alarms", e.data.get("nuisance") is True),
                             ("deviation_alarm_rests", e.data.get("state") == "rested")):
             if counts:
-                self.body[key] = int(self.body.get(key, 0)) + 1
+                q[key] = int(q.get(key) or 0) + 1
                 self._dirty = True
 
     def _final_phase(self, seq: Any, t: float) -> None:
@@ -437,6 +473,8 @@ class BatchRecorder:
 
     def _add_event(self, t: float, kind: str, name: str | None, message: str) -> None:
         assert self.body is not None
+        if kind == "trip":
+            self.body["quality"]["interlock_trips"] += 1
         if len(self.body["events"]) < MAX_EVENTS:
             self.body["events"].append({"ts": _ts(t), "kind": kind, "name": name, "message": message[:500]})
         else:
@@ -473,6 +511,11 @@ class BatchRecorder:
                                          for g in meters[meter]["gaps"]]
         energy = meters["energy"]
         kwh = None if energy is None else energy["value"]
+        rated = sum(self.cfg.heater_rated_kw.values())
+        fault = meter_fault(kwh, self._heater_kwh if rated else None)
+        if fault is not None and energy is not None:     # a figure counted by a wrong meter is no figure
+            energy["complete"] = False
+            energy["notes"].append(fault)
         factor = self.cfg.grid_kg_co2e_per_kwh
         co2 = None if kwh is None or factor is None else kwh * factor
         mass = self.body["feed"]["mass_in_kg"]
@@ -480,7 +523,6 @@ class BatchRecorder:
         def per_kg(v: float | None) -> float | None:
             return None if v is None or not mass else _num(v / mass)
 
-        rated = sum(self.cfg.heater_rated_kw.values())
         return {
             "meters": meters,
             "heater_model_kwh": _num(self._heater_kwh) if rated else None,
@@ -514,6 +556,7 @@ class BatchRecorder:
         for tracker in self.trackers.values():
             tracker.close_window(end)
         body["accounting"] = self._accounting(end)
+        self._quality(ctl)
         self._end = end
         now = ctl.wall_clock()
         with contextlib.suppress(OSError, ValueError):     # a last trend row; the record matters more
@@ -582,6 +625,7 @@ class BatchRecorder:
             return False                      # many events in a burst (alarms): one write a second at most
         body = self._public_body()
         local = {"started_unix": self._started, "saved_unix": now_unix, "heater_model_kwh": self._heater_kwh,
+                 "soak_in_band_s": self._soak_s,
                  "h2_absorbed_nl": self._h2_absorbed, "end_unix": self._end, "stopped": stopped,
                  "final": None if self._final is None else list(self._final),
                  "trackers": {m: t.snapshot() for m, t in self.trackers.items()},
@@ -643,7 +687,7 @@ class BatchRecorder:
         if self.body is None:
             return
         try:
-            now = ctl.wall_clock()
+            now = self._now(ctl)
             if self.body["record"] == "end":
                 if self._dirty:
                     self._save(now, force=True)
@@ -736,8 +780,6 @@ def mqtt_end_body(body: Mapping[str, Any]) -> dict[str, Any]:
         "kg_co2e_per_kg": per_kg["kg_co2e"], "complete": acc["complete"],
         "trips": sum(1 for e in body["events"] if e["kind"] == "trip"),
         "alarms_raised": sum(1 for e in body["events"] if e["kind"] == "alarm"),
-        "nuisance_alarms": int(body.get("nuisance_alarms", 0)),            # absent in records made before
-        "deviation_alarm_rests": int(body.get("deviation_alarm_rests", 0)),
     }
     for meter, q in meters.items():
         if q is not None:
@@ -745,6 +787,8 @@ def mqtt_end_body(body: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("record", "revision", "batch_id", "process", "outcome", "reason", "started", "ended", "duration_s",
             "operator", "feed", "product", "phases", "events", "events_not_listed", "interruptions")
     out = {k: body[k] for k in keys}
+    if "quality" in body:            # optional in the schema: records written before it have none
+        out["quality"] = dict(body["quality"])
     recipe = body["recipe"]
     out["recipe"] = {"name": recipe["name"], "sha256": recipe["sha256"], "version": recipe["version"],
                      "text": recipe["text"]}

@@ -47,6 +47,9 @@ class SoakBands:
         self._setpoint: float | None = None
         self._settled_since: float | None = None
         self._refused: set[str] = set()
+        # the control reading within SETTLE_C of a soak's setpoint this scan (settled or not yet): the batch
+        # record adds up the time inside this band (its quality section)
+        self.in_band = False
 
     def settled(self, now_s: float, demand: Demand, pv: float, active: bool) -> bool:
         """Whether the process is at a settled soak now (see the module docstring); ``pv``: the control
@@ -54,6 +57,7 @@ class SoakBands:
         prog, sp = demand.program, demand.setpoint_c
         soaking = (active and prog is not None and sp is not None and prog.segment_kind in _SOAK_SEGMENTS
                    and prog.state in (ProgState.RUN, ProgState.END))
+        self.in_band = soaking and abs(pv - (sp or 0.0)) <= SETTLE_C
         if not soaking or sp != self._setpoint or not abs(pv - (sp or 0.0)) <= SETTLE_C:
             self._setpoint = sp if soaking else None
             self._settled_since = now_s if soaking and abs(pv - (sp or 0.0)) <= SETTLE_C else None
@@ -64,9 +68,9 @@ class SoakBands:
 
     def update(self, now_s: float, demand: Demand, pv: float, active: bool) -> list[BandChange]:
         """Ask the core for the band each rule should have now; the changes made (and refusals, once)."""
+        soak = self.settled(now_s, demand, pv, active)     # also without rules to narrow: in_band for the record
         if not self.rules:
             return []
-        soak = self.settled(now_s, demand, pv, active)
         changes: list[BandChange] = []
         for name, rule in self.rules.items():
             assert rule.soak_band is not None

@@ -137,7 +137,7 @@ class HDSequencer(Sequencer):
         held_s = now_s - float(self.data["since_at_s"])
         if held_s >= float(p["hold_min"]) * 60.0:
             rise = (vac - float(self.data["start_mbar"])) / (held_s / 60.0)
-            self.data["rise_mbar_per_min"] = rise
+            self.data["rise_mbar_per_min"] = self.results["leak_rise_mbar_per_min"] = rise
             limit = float(p["max_rise_mbar_per_min"])
             if not rise <= limit:
                 self.abort(now_s, f"leak test failed: pressure rise {rise:.3g} mbar/min > {limit:g}")
@@ -169,6 +169,7 @@ class HDSequencer(Sequencer):
             self.data["o2_pct"] = o2
             if o2 <= float(p["o2_max_pct"]):
                 self.data.update(step="evacuate", o2_ok=True)
+                self.results["o2_after_purge_pct"] = o2
             elif cycles >= int(p["max_cycles"]):
                 self.abort(now_s, f"purge: O2 still {o2:.3g} % after {cycles} cycles (limit {p['o2_max_pct']} %)")
             else:
@@ -200,6 +201,7 @@ class HDSequencer(Sequencer):
         d = self.data
         d.setdefault("start_c", t)
         d.setdefault("top_ups", 0)
+        self.results.setdefault("h2_top_ups", 0)
         d.setdefault("ref_bar", pressure)
         d.setdefault("ref_at_s", now_s)
         d.setdefault("filling", False)
@@ -217,6 +219,7 @@ class HDSequencer(Sequencer):
         elif pressure < float(p["top_up_below_bar"]) and not too_hot:
             d["filling"] = True
             d["top_ups"] = int(d["top_ups"]) + 1
+            self.results["h2_top_ups"] += 1       # the batch's, across a re-purge after a power loss
             d["started"] = True
         band = float(p["stable_within_bar"])
         if abs(pressure - float(d["ref_bar"])) > band:
@@ -251,6 +254,7 @@ class HDSequencer(Sequencer):
         elif st.state is ProgState.END:
             ended = self.data.setdefault("ended_at_s", now_s)
             if self._vacuum(r) <= float(p["vacuum_recovered_mbar"]):
+                self.results["final_vacuum_mbar"] = self._vacuum(r)
                 self.next_phase(now_s, f"degassed: vacuum {self._vacuum(r):.3g} mbar at {self._temp(r):.0f} degC")
             elif now_s - float(ended) > POST_PROGRAM_WAIT_S:
                 self.abort(now_s, f"degassing: vacuum still {self._vacuum(r):.3g} mbar "

@@ -86,6 +86,9 @@ class Sequencer:
         self.held: str | None = None                # why the operator (or recovery) holds the sequence
         self.abort_reason: str | None = None
         self.flags: dict[str, Any] = {}             # batch-wide facts that outlive a phase (JSON-safe)
+        # what the phases measured, for the batch record's quality section (leak rise, O2 after purge,
+        # H2 top-ups, final vacuum): kept here because a phase's data is gone in the scan it ends
+        self.results: dict[str, float] = {}
         # channel -> when its latest reading was taken (s, the core's clock; the controller sets it every
         # scan): a slow gauge's repeat is not a new measurement, and its time is not the scan's
         self.stamps: Mapping[str, float] = {}
@@ -303,7 +306,8 @@ class Sequencer:
 
     def snapshot(self, now_s: float) -> dict[str, Any]:
         return {"process": self.PROCESS, "phase": self.phase, "entered_s": self.entered_s, "data": self.data,
-                "held": self.held, "abort_reason": self.abort_reason, "flags": self.flags, "saved_at_s": now_s,
+                "held": self.held, "abort_reason": self.abort_reason, "flags": self.flags, "results": self.results,
+                "saved_at_s": now_s,
                 "program": self.program.snapshot() if self.program is not None else None}
 
     def restart_point(self, phase: str) -> tuple[str, str | None]:
@@ -320,6 +324,7 @@ class Sequencer:
         self._last_scan_s = now_s
         self.held, self.abort_reason = snap.get("held"), snap.get("abort_reason")
         self.flags = dict(snap.get("flags") or {})
+        self.results = dict(snap.get("results") or {})
         if phase in ("idle", *self.FINAL):
             return f"nothing to resume (phase {phase})"
         if phase == "aborting":

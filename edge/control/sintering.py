@@ -56,6 +56,7 @@ class SinteringSequencer(Sequencer):
         if st.state is ProgState.ABORTED:
             self.abort(now_s, f"{phase}: {st.message}")
         elif st.state is ProgState.END:
+            self.results["final_vacuum_mbar"] = self._vacuum(r)   # the last vacuum phase's (anneal_2) is kept
             self.next_phase(now_s, f"{phase} program complete at {self._temp(r):.0f} degC, "
                                    f"{self._vacuum(r):.3g} mbar")
         return Demand(setpoint_c=st.setpoint_c, outputs=outputs, program=st)

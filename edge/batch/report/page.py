@@ -156,6 +156,16 @@ def draw_page(view: View) -> Figure:
         page.text(m + 0.03, y - 0.03, note, fs - 0.8, colour="0.35", width=inner, style="italic")
         y += 0.14
 
+    # quality, two to a line
+    y = page.heading(m, y + 0.12, "Quality", inner) - 0.02
+    half = inner / 2
+    for i, (label, cell) in enumerate(view.quality):
+        fx = m + (i % 2) * half
+        page.text(fx + 0.03, y, label, fs, bold=True, colour="0.3")
+        page.text(fx + 1.08, y, cell.text, fs, width=half - 1.15, colour=_cell_colour(cell.style),
+                  bold=cell.style == "trip", style="italic" if cell.style == "missing" else "normal")
+        y += 0.16 if i % 2 or i == len(view.quality) - 1 else 0.0
+
     # phases (left) and events (right), as many rows as there is room for above the footer
     footer_y = PAGE_IN[1] - 0.3
     fs_list, row_h = 7.0, 0.145
@@ -279,7 +289,11 @@ def render_html(view: View, plot_png: bytes) -> str:
         out.append(f"<tr{_row_class(acc_row)}>{''.join(_td(c) for c in acc_row)}</tr>")
     out.append("</tbody></table>")
     out += [f'<p class="note">{_e(n)}</p>' for n in view.accounting_notes]
-    out.append('</section><div class="cols"><section><h2>Phases</h2><table class="list"><colgroup>'
+    out.append('</section><section><h2>Quality</h2><dl class="facts">')
+    for label, cell in view.quality:
+        cls = f' class="{cell.style}"' if cell.style else ""
+        out.append(f"<dt>{_e(label)}</dt><dd{cls}>{_e(cell.text)}</dd>")
+    out.append('</dl></section><div class="cols"><section><h2>Phases</h2><table class="list"><colgroup>'
                '<col style="width:6mm"><col><col style="width:12mm"><col style="width:17mm"></colgroup>'
                "<thead><tr><th>#</th><th>Phase</th><th>Start</th><th>Duration</th></tr></thead><tbody>")
     for num, name, start, duration in view.phases:

@@ -193,6 +193,25 @@ def _label(name: str, values: FloatArray) -> str:
     return name
 
 
+def _flat_range(lines: list[_Line]) -> tuple[float, float] | None:
+    """A range for a side whose values do not vary (0 kW all batch, a constant flow), else None: from 0 to the
+    value, padded like the duty axis, so 0 sits at the bottom where 0 % does, not mid-panel where matplotlib
+    centres a flat line (0 kW beside the duty read as 50 %)."""
+    import numpy as np
+
+    values = np.concatenate([ln.values[np.isfinite(ln.values)] for ln in lines]) if lines else np.array([])
+    if not len(values):
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo > 1e-9 * max(1.0, abs(lo), abs(hi)):
+        return None
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi == lo:
+        hi = lo + 1.0
+    pad = 0.03 * (hi - lo)
+    return lo - pad, hi + pad
+
+
 def _draw_panel(ax: Axes, t_h: FloatArray, panel: _Panel, fs: float, colour_start: int) -> int:
     import numpy as np
 
@@ -218,8 +237,9 @@ def _draw_panel(ax: Axes, t_h: FloatArray, panel: _Panel, fs: float, colour_star
             handles.append(h)
         if p.log and any_positive:
             axis.set_yscale("log")
-        if p.ylim is not None:
-            axis.set_ylim(*p.ylim)
+        limits = p.ylim if p.ylim is not None else None if p.log and any_positive else _flat_range(p.lines)
+        if limits is not None:
+            axis.set_ylim(*limits)
         axis.set_ylabel(f"{p.title}\n[{p.unit}]", fontsize=fs, labelpad=2, linespacing=1.0)
         axis.tick_params(labelsize=fs - 0.8, pad=1.5, length=2.5)
     ax.grid(True, which="major", alpha=0.25, lw=0.5)
@@ -227,10 +247,9 @@ def _draw_panel(ax: Axes, t_h: FloatArray, panel: _Panel, fs: float, colour_star
         from matplotlib.lines import Line2D
 
         handles.append(Line2D([], [], lw=0, label=f"no data: {', '.join(panel.no_data)}"))
-    if len(axes) > 1:  # the legend lives on the left axes: draw it above the right axes' lines
-        ax.set_zorder(axes[1][0].get_zorder() + 1)
-        ax.patch.set_visible(False)
-    ax.legend(handles=handles, loc="best", fontsize=fs - 1.2, framealpha=0.85, borderpad=0.3, labelspacing=0.2,
+    # the legend on the top axes (the right one when there is one): raising the left axes instead would draw its
+    # phase bands over the right axes' lines (the cooling water vanished under them)
+    axes[-1][0].legend(handles=handles, loc="best", fontsize=fs - 1.2, framealpha=0.85, borderpad=0.3, labelspacing=0.2,
               handlelength=1.6, borderaxespad=0.3, edgecolor="0.8")
     return colour
 

@@ -192,6 +192,7 @@ class View:
     facts: list[tuple[str, Cell, bool]]  # (label, text, wide: a line of its own); narrow ones go two to a line
     accounting: list[tuple[Cell, Cell, Cell, Cell]]
     accounting_notes: list[str]
+    quality: list[tuple[str, Cell]]  # (label, text): what the batch is judged by, two to a line on the page
     phases: list[tuple[str, str, str, str]]
     phases_more: int
     events: list[tuple[Cell, Cell, Cell]]
@@ -345,6 +346,50 @@ def _accounting(body: dict[str, Any], start: datetime | None,
     if acc.get("complete") is True and not notes:
         notes.append("All metered figures are complete.")
     return rows, notes
+
+
+# the record's quality figures (edge/batch/quality.py) as the page shows them: key, label, text of a value,
+# and the processes that have the step (others leave the row out)
+QUALITY_ROWS: tuple[tuple[str, str, Any, tuple[str, ...]], ...] = (
+    ("leak_rise_mbar_per_min", "Leak test", lambda v: f"pressure rise {v:.2g} mbar/min, pump isolated", ("hd",)),
+    ("o2_after_purge_pct", "O2 after purge", lambda v: f"{v:.2g} %", ("hd",)),
+    ("soak_in_band_s", "Soak in band", lambda v: f"{fmt_duration(v)} within 5 °C of the soak setpoint",
+     ("hd", "sintering")),
+    ("final_vacuum_mbar", "Final vacuum", lambda v: f"{v:.2g} mbar", ("hd", "sintering")),
+    ("h2_top_ups", "H2 top-ups", lambda v: f"{int(v)}", ("hd",)),
+    ("nuisance_alarms", "Nuisance alarms", lambda v: f"{int(v)} (chattering or fleeting, ISA-18.2)",
+     ("hd", "sintering")),
+    ("deviation_alarm_rests", "Deviation alarm rests", lambda v: f"{int(v)} (program faster than the plant)",
+     ("hd", "sintering")),
+)
+
+
+def quality_rows(body: dict[str, Any]) -> list[tuple[str, Cell]]:
+    """The page's quality lines: each figure of the record's ``quality`` the process has, then the interlock trips
+    (an explicit "none"). A record written before quality figures existed says so."""
+    process = str(body.get("process") or "")
+    quality = body.get("quality")
+    rows: list[tuple[str, Cell]] = []
+    for key, label, text, processes in QUALITY_ROWS:
+        if process and process not in processes:
+            continue
+        value = _number(_dict(quality).get(key))
+        if value is not None:
+            rows.append((label, Cell(text(value))))
+        else:
+            rows.append((label, Cell("not recorded (an older record)" if not isinstance(quality, dict)
+                                     else "not measured (the batch did not get there)", "missing")))
+    trips = [_one_line(e.get("name") or e.get("message") or "?") for e in map(_dict, _list(body.get("events")))
+             if e.get("kind") == "trip"]
+    counted = _dict(quality).get("interlock_trips")
+    n = counted if isinstance(counted, int) and not isinstance(counted, bool) else len(trips)
+    if n == 0:
+        rows.append(("Interlock trips", Cell("no interlock trips")))
+    else:
+        names = ", ".join(dict.fromkeys(trips))
+        rows.append(("Interlock trips", Cell(f"{n} interlock trip{'s' if n > 1 else ''}"
+                                             + (f": {names}" if names else ""), "trip")))
+    return rows
 
 
 def _status(body: dict[str, Any], last: datetime | None, now: datetime) -> tuple[str, str]:
@@ -539,7 +584,7 @@ def build_view(doc: dict[str, Any], trend: Trend | None, trend_note: str, now: d
     return View(
         batch_id=batch_id, title=f"Batch {batch_id}", badge=badge, badge_kind=badge_kind,
         subtitle=f"{process_name} · site {site} · station {station} · all times UTC",
-        facts=facts, accounting=accounting, accounting_notes=acc_notes,
+        facts=facts, accounting=accounting, accounting_notes=acc_notes, quality=quality_rows(body),
         phases=phase_rows, phases_more=phases_more, events=event_rows, events_more=events_more,
         events_unlisted=unlisted, footer=footer,
         plot=PlotData(process=process, start=start, end_h=end_h, trend=trend, trend_note=trend_note,
