@@ -407,7 +407,9 @@ def test_the_page_shows_the_quality_figures_and_says_when_there_was_no_trip(hd_d
     assert view.quality == [
         ("Leak test", Cell("pressure rise 0.012 mbar/min, pump isolated")), ("O2 after purge", Cell("0.0083 %")),
         ("Soak in band", Cell("4 h 36 min within 5 °C of the soak setpoint")), ("Final vacuum", Cell("0.087 mbar")),
-        ("H2 top-ups", Cell("19")), ("Interlock trips", Cell("1 interlock trip: cooling_water_low", "trip"))]
+        ("H2 top-ups", Cell("19")), ("Nuisance alarms", Cell("0 (chattering or fleeting, ISA-18.2)")),
+        ("Deviation alarm rests", Cell("0 (program faster than the plant)")),
+        ("Interlock trips", Cell("1 interlock trip: cooling_water_low", "trip"))]
     # the drawn page (PNG, PDF) carries the same rows: every label and text is a text of the figure
     drawn = [t.get_text() for t in report_page.draw_page(view).texts]
     assert all(label in drawn and cell.text in drawn for label, cell in view.quality)
@@ -426,7 +428,7 @@ def test_the_page_shows_the_quality_figures_and_says_when_there_was_no_trip(hd_d
     sinter = sintering_body()  # no leak test, purge or H2 in sintering: no such rows
     sinter["quality"] = {**quality.empty(), "final_vacuum_mbar": 0.0004, "soak_in_band_s": 14400.0}
     labels = [label for label, _ in view_of(write_batch(tmp_path / "c", sinter, None)).quality]
-    assert labels == ["Soak in band", "Final vacuum", "Interlock trips"]
+    assert labels == ["Soak in band", "Final vacuum", "Nuisance alarms", "Deviation alarm rests", "Interlock trips"]
 
 
 def test_the_plot_keeps_a_flat_series_at_its_value_and_the_cooling_water_above_the_phase_bands(
