@@ -66,6 +66,8 @@ from edge.core import Core, CoreEvent
 from edge.devices.modbus import ModbusBus
 from edge.devices.node.client import SensorNode
 from edge.devices.pfeiffer import GaugePoller
+from edge.devices.serial_device import LinkChange
+from edge.files import writable_problem
 from edge.operator.execute import Operator
 from edge.operator.target import ControllerTarget
 from edge.spec.broker import BrokerSettings, BrokerSettingsError, BrokerUrlError, Protocol, parse_broker_list
@@ -98,6 +100,13 @@ class Devices:
     pollers: dict[str, GaugePoller] = dataclasses.field(default_factory=dict)     # Pfeiffer gauges
     buses: list[ModbusBus] = dataclasses.field(default_factory=list)              # Modbus meters, one per port
     nodes: dict[str, SensorNode] = dataclasses.field(default_factory=dict)        # MicroPython sensor nodes
+
+    def link_changes(self) -> list[LinkChange]:
+        """Every instrument's port state changes since the last call (opened, could not open, lost, reopened)."""
+        changes = [dataclasses.replace(c, device=f"gauge {name}")      # by the station file's instrument name
+                   for name, p in self.pollers.items() for c in p.drain_link_changes()]
+        changes += [c for bus in self.buses for c in bus.drain_link_changes()]
+        return changes + [c for node in self.nodes.values() for c in node.drain_link_changes()]
 
     def counter_samples(self) -> list[Any]:
         return [s for bus in self.buses for s in bus.drain_samples()]
@@ -250,11 +259,15 @@ def run(opts: RunOptions) -> int:
             recipe = load_recipe(opts.recipe)
         except SpecError as exc:
             raise RunError("\n".join(str(e) for e in exc.errors)) from exc
-    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    _check_state_dir(opts.state_dir)
     spec = station.core
     if spec.latch_file is None:
         spec = dataclasses.replace(spec, latch_file=str(opts.state_dir / "latched-trips"))
         station = dataclasses.replace(station, core=spec)
+    elif (why := writable_problem(pathlib.Path(spec.latch_file).parent, write=False)) is not None:
+        raise RunError(f"the latch file's folder {pathlib.Path(spec.latch_file).parent} ([core] latch_file in "
+                       f"{station.source}) cannot be written: {why}. Latched trips must survive a restart: make "
+                       "it writable, or remove latch_file to keep them in the state dir, then start again")
 
     stop = threading.Event()
 
@@ -320,6 +333,8 @@ def run(opts: RunOptions) -> int:
                                     batch_id=opts.batch_id or time.strftime("%Y%m%d-%H%M%S"), operator=opts.operator,
                                     feed=opts.feed, mass_in_kg=opts.mass_in_kg)
         if rejected and opts.exit_when_done:
+            for e in ctl.events:         # no scan will print them
+                reporter.event(e)
             return 1
         for layer in safety_layers(station):     # a missing layer nothing else covers: said at every start
             if layer.severity == "loud":
@@ -358,10 +373,28 @@ def begin(ctl: Controller, recorder: BatchRecorder, reporter: Reporter, recipe: 
         return recovered, False
     try:
         ctl.start_batch(recipe, **batch)
-    except BatchRejected as exc:
-        reporter.write("event", f"batch rejected: {exc}", t_s=ctl.now_s(), kind="batch", data={})
+    except BatchRejected as exc:   # an event like the others (journal, record, MQTT), printed by the scan
+        ctl.emit(ctl.now_s(), "batch", f"batch rejected: {exc}", rejected=True)
         return recovered, True
     return recovered, False
+
+
+def _check_state_dir(state_dir: pathlib.Path) -> None:
+    """The state dir exists and a file can be created in it, or a technician's sentence (exit 2): the core
+    would otherwise fail on its latch file first (``latch file ...: Read-only file system``), which names neither
+    the state dir nor what to do. A full disk does not stop the start (the interlocks and telemetry run on);
+    it stops a batch from starting (``Controller.storage_check``)."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        why = writable_problem(state_dir, write=False)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    if why is not None:
+        raise RunError(f"the state dir {state_dir} (--state-dir) cannot be written: {why}. The controller keeps "
+                       "its latched trips, run state, batch records and MQTT outbox there. Make it writable (a "
+                       "read-only file system: check the disk, e.g. with dmesg, and remount it read-write; "
+                       "permissions: give it to the user the service runs as) or point --state-dir at a writable "
+                       "disk, then start again")
 
 
 def _wait_proof_test(core: Core, stop: threading.Event, timeout_s: float = 10.0) -> None:
@@ -440,6 +473,9 @@ class Scan:
     def step(self) -> None:
         ctl, reporter, devices, publisher = self.ctl, self.reporter, self.devices, self.publisher
         ctl.step()
+        for c in devices.link_changes():   # events like the controller's: journal, record and MQTT alike
+            ctl.emit(ctl.now_s(), "connection", f"{c.device}: {c.text()}", device=c.device, port=c.port,
+                     change=c.change, cause=c.cause)
         if publisher is not None:
             for answered in publisher.scan(ctl):     # MQTT commands run here, then everything new is put
                 r = answered.reply
@@ -457,8 +493,11 @@ class Scan:
         seq = ctl.sequencer
         status = (seq.phase if seq else None, seq.held if seq else None, ctl.batch_finished())
         now = self.clock()
-        if status != self._last_status or now - self._last_status_at >= self.status_every_s:
-            reporter.write("status", f"phase {status[0]}{' (held)' if status[1] else ''}", t_s=ctl.now_s(),
+        changed = status != self._last_status
+        # the periodic status is for machines (--json, and MQTT's own); a person's journal gets a line when
+        # something changed, not a heartbeat (86,400 lines a day on an SD card said nothing)
+        if changed or (reporter.json_lines and now - self._last_status_at >= self.status_every_s):
+            reporter.write("status", _status_text(*status), t_s=ctl.now_s(),
                            phase=status[0], held=status[1], finished=status[2], batch=ctl.batch.get("id"),
                            **devices.status())
             self._last_status, self._last_status_at = status, now
@@ -486,6 +525,13 @@ class Scan:
             recorder.scan(ctl, self.devices.counter_samples())
             time.sleep(0.05)
         recorder.close(ctl)              # an unfinished record stays open: the next start continues it
+
+
+def _status_text(phase: str | None, held: Any, finished: bool) -> str:
+    """The status line's words: ``idle (no batch)``, ``phase leak_test``, ``phase soak (held)``."""
+    if phase is None:
+        return "idle (no batch)"
+    return f"phase {phase}{' (held)' if held else ''}"
 
 
 def _stop_core(ctl: Controller) -> None:
