@@ -6,7 +6,12 @@ answers operator commands and tells systemd it is alive. On start it first recov
 power loss interrupted (``Controller.recover``), then starts the batch it was asked for.
 
 Output: one line per event for the journal, or JSON lines with ``--json`` (what the HIL rig
-reads): ``{"type": "ready"|"event"|"status"|"reply"|"exit", ...}``. Operator commands, one JSON object
+reads): ``{"type": "ready"|"event"|"status"|"reply"|"exit", ...}``. The journal gets what changed:
+a status line when the phase or the hold changes, never a heartbeat (the periodic status, every
+``STATUS_EVERY_S`` with the instruments' counters, is ``--json``'s and MQTT's); each instrument's port
+state change is an event (``connection``, from ``edge.devices.serial_device``). The state dir is checked
+at start (``_check_state_dir``: a technician's sentence, not the core's ``latch file ...`` error) and
+before every batch (``Controller.storage_check``). Operator commands, one JSON object
 per line on stdin with ``--commands stdin`` (``edge.app.stdin_commands``), and MQTT commands go through the
 one operator-command path (``edge.operator``): the same verbs and checks. ``{"cmd": "record_mass",
 "mass_out_kg": 24.8}`` is the product weighed at unloading, for the batch record (``batch_id`` is optional
@@ -84,7 +89,7 @@ from edge.telemetry.publisher import DEFAULT_FLUSH_S, Publisher, PublisherSettin
 from edge.telemetry.session import SessionEvent
 from edge.telemetry.topics import TopicError, check_level
 
-STATUS_EVERY_S = 1.0     # wall seconds between status lines (and on every change)
+STATUS_EVERY_S = 1.0     # wall seconds between --json status lines (and on every change)
 END_READINGS_WAIT_S = 3.0  # at stop right after a batch ended, how long to wait for the meters' end readings
 
 
