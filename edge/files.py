@@ -41,9 +41,9 @@ def write_atomic(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
 
 #: The free space a batch needs on the state dir's disk before it may start. What one batch writes there: its
 #: run state (a few kB, rewritten every few seconds through a temporary copy), its record (11 kB measured for a
-#: 12.5-hour HD batch) and trend (523 kB for it: 4491 rows, one every 10 s). 16 MiB covers them many times over (the MQTT outbox
-#: beside them has its own quota and thins telemetry first): a disk this close to full is a technician's job
-#: before a batch, not something to find out half-way through one.
+#: 12.5-hour HD batch) and trend (523 kB for it: 4491 rows, one every 10 s). 16 MiB covers them many times
+#: over (the MQTT outbox beside them has its own quota and thins telemetry first): a disk this close to full is
+#: a technician's job before a batch, not something to find out half-way through one.
 BATCH_MIN_FREE_BYTES = 16 * 1024 * 1024
 
 
