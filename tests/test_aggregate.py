@@ -205,6 +205,9 @@ def test_trip_event_fields(rig: tuple[RegisterFile, Core]) -> None:
     (ProcessEvent(6.0, "operator", "hold: door", {}), "operator_action", Priority.EVENT),
     (ProcessEvent(7.0, "recovery", "resumed", {"outage_s": math.inf, "batch": "b1"}), "recovery", Priority.EVENT),
     (ProcessEvent(8.0, "teleport", "a kind from a newer controller", {"x": object()}), "other", Priority.EVENT),
+    (ProcessEvent(9.0, "connection", "gauge vacuum_gauge: could not open port /dev/x: No such file or directory",
+                  {"device": "gauge vacuum_gauge", "port": "/dev/x", "change": "cannot_open",
+                   "cause": "No such file or directory"}), "connection", Priority.EVENT),
 ])
 def test_every_process_event_kind_maps_to_a_valid_event(event: ProcessEvent, kind: str, priority: Priority) -> None:
     draft = events.process_event(event)
@@ -221,6 +224,10 @@ def test_process_event_details_land_in_their_fields() -> None:
     assert rec["batch_id"] == "b1" and rec["data"] == {"outage_s": None}, "infinity is not JSON: null"
     other = events.process_event(ProcessEvent(8.0, "teleport", "m", {})).body
     assert other["data"] == {"original_kind": "teleport"}
+    down = events.process_event(ProcessEvent(9.0, "connection", "m", {"change": "lost", "cause": "EIO"})).body
+    up = events.process_event(ProcessEvent(9.5, "connection", "m", {"change": "reopened"})).body
+    assert (down["source"], down["severity"], up["severity"]) == ("devices", "warning", "info")
+    assert down["data"] == {"change": "lost", "cause": "EIO"}
 
 
 def test_state_body_from_a_real_core_and_only_on_change(rig: tuple[RegisterFile, Core]) -> None:

@@ -10,6 +10,7 @@ hd_normal_batch, hd_meter_faults and hd_power_loss_batch_record.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import math
@@ -488,6 +489,27 @@ def test_the_operator_records_the_mass_out_on_the_controllers_stdin(station: Sta
     assert execute({"cmd": "record_mass", "mass_out_kg": 24.0}) == (
         True, "mass out 24 kg recorded for the current batch")
     assert st.recorder.body["product"] == {"mass_out_kg": 24.0, "yield_pct": 96.0}
+
+
+def test_a_start_command_on_a_full_state_dir_is_answered_with_the_reason(station: Station,
+                                                                          tmp_path: pathlib.Path) -> None:
+    """Issue 16 item 4: the command's answer (MQTT's and stdin's, one operator path) says why; nothing started,
+    no record folder made. The free-space reading is the seam (real full disks: tests/test_run_output.py)."""
+    from edge.app.stdin_commands import answer, read_line
+    from edge.files import room_problem
+    from edge.operator.execute import Operator
+    from edge.operator.target import ControllerTarget
+
+    st = station
+    st.ctl.storage_check = lambda: room_problem(tmp_path, free_bytes=lambda folder: 2 * 1024 * 1024)
+    operator = Operator(ControllerTarget(st.ctl, ROOT / "recipes", st.recorder), allow_remote_reset=False)
+    sha = hashlib.sha256((ROOT / "recipes" / "hd_standard.toml").read_bytes()).hexdigest()
+    done = answer(operator, read_line(json.dumps({"cmd": "start", "recipe": "hd_standard", "recipe_sha256": sha,
+                                                   "batch_id": "hd-full"})))
+    assert (done.result, done.code) == ("rejected", "refused"), done
+    assert done.message.startswith(f"the state dir {tmp_path} has 2.0 MiB free, a batch needs at least 16.0 MiB"), done
+    st.scan()
+    assert st.ctl.sequencer is None and not (tmp_path / "batches" / "hd-full").exists()
 
 
 def test_a_finished_records_figures_are_fixed_at_its_end(station: Station, tmp_path: pathlib.Path) -> None:

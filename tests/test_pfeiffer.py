@@ -524,6 +524,35 @@ def test_unplugged_port_reconnects_when_the_device_is_back(rig: Rig) -> None:
     assert rig.rec.injected[-1][:2] == (rig.expected(), ChannelStatus.OK)
 
 
+def test_the_port_s_state_changes_are_said_once_each_with_the_cause(tmp_path: pathlib.Path, rig: Rig) -> None:
+    """Issue 16 item 1: absent (retried many times: said once, with the operating system's cause), appears (open),
+    the cable pulled (lost), back (open again): each change once, in order, for the journal and MQTT."""
+    absent = tmp_path / "ttyABSENT"
+    config = PfeifferConfig(port=str(absent), poll_ms=20.0, timeout_ms=500.0, reconnect_max_ms=100.0)
+    with GaugePoller(rig.rec, config) as poller:
+        assert rig.until(lambda: poller.counters().open_failures >= 4)         # retried, not news
+        absent.symlink_to(os.readlink(rig.link))                              # the adapter is plugged in
+        assert rig.until(lambda: rig.rec.count() >= 3)
+        rig.emulator.close()                                                  # pull the cable
+        assert rig.until(lambda: poller.counters().port_lost == 1 and poller.counters().open_failures >= 8)
+        master, slave = open_pty()
+        absent.unlink()
+        absent.symlink_to(slave)                                              # plugged in again
+        rig.emulator = GaugeEmulator(master, address=1, rng=random.Random(2))
+        assert rig.until(lambda: poller.counters().reconnects == 1)
+        changes = poller.drain_link_changes()
+    assert poller.drain_link_changes() == [], "drained once"
+    kinds = [c.change for c in changes]
+    assert kinds[0] == "cannot_open" and kinds.count("cannot_open") <= 2, changes
+    assert [k for k in kinds if k != "cannot_open"] == ["opened", "lost", "reopened"], changes
+    first = changes[0]
+    assert first.cause == "No such file or directory" and first.device == "gauge chamber_vacuum"
+    assert first.text() == f"could not open port {absent}: No such file or directory; retried until it opens"
+    opened = changes[kinds.index("opened")]
+    assert opened.attempts >= 4 and opened.text().startswith(f"port {absent} open (after ")
+    assert changes[kinds.index("lost")].cause and changes[-1].text().startswith(f"port {absent} open again")
+
+
 class ScriptedGauge:
     """A gauge with a half-duplex adapter that echoes every query, and answers what ``answers`` says."""
 

@@ -22,6 +22,7 @@ import pytest
 from edge.control.controller import BatchRejected, Controller
 from edge.control.runstate import RunStateStore
 from edge.control.sequencer import Sequencer
+from edge.files import room_problem
 from edge.spec.recipe import Recipe
 from edge.spec.recipe_reader import load_recipe, parse_recipe
 from edge.spec.station import Station, load_station
@@ -201,6 +202,57 @@ def test_batch_refused_while_a_trip_is_latched(hd: tuple[LockstepRig, Controller
     rig.step(ctl.step)
     with pytest.raises(BatchRejected, match="estop"):
         ctl.start_batch(HD_RECIPE, batch_id="hd-4")
+
+
+def test_after_a_trip_the_idle_controller_asks_once_and_says_once(
+        hd: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    """Issue 16 item 3: after a latched trip the aborted batch's safe state wants the vent shut, which the trip
+    holds open. It used to be asked for every 30 plant-s, each refusal an event (120 an hour until a reset);
+    now it is asked once and said once, and asked (and said) again after the reset. The gate is unchanged:
+    the valve stays at its safe level throughout."""
+    rig, ctl, _ = hd
+    safe = next(o.safe_level for o in rig.station.core.outputs if o.name == "vent_valve")
+    asked: list[tuple[str, int]] = []
+    request = rig.core.request_output
+
+    def counting(name: str, level: int) -> None:
+        asked.append((name, level))
+        request(name, level)
+
+    rig.core.request_output = counting            # type: ignore[method-assign]  # the real gate, counted
+    ctl.start_batch(HD_RECIPE, batch_id="hd-q", operator="test")
+    assert rig.run_until(lambda: ctl.now_s() > 300, 400, ctl.step)
+    rig.extra_digital["estop_ok"] = False
+    assert rig.run_until(lambda: finished(ctl), 600, ctl.step)
+    rig.extra_digital.pop("estop_ok")
+    start, n = ctl.now_s(), len(ctl.events)
+    asked.clear()
+    assert rig.run_until(lambda: ctl.now_s() > start + 1800, 1900, ctl.step)    # half an hour, idle, tripped
+    refusals = [e for e in ctl.events[n:] if e.kind == "refused" or e.data.get("core_kind") == "REFUSED"]
+    assert refusals == [], "said once, when the batch aborted, and not again"
+    said = [e for e in ctl.events if e.kind == "refused" and e.data.get("output") == "vent_valve"]
+    assert len(said) == 1 and "estop" in said[0].message
+    assert not [e for e in ctl.events if e.data.get("core_kind") == "REFUSED" and e.data.get("output") == "vent_valve"]
+    assert ("vent_valve", 1 - safe) not in asked, "not asked again while the trip holds it"
+    assert rig.core.outputs()["vent_valve"].level == safe
+    rig.core.reset("estop")                       # the local reset: something changed, the request is news
+    assert rig.run_until(lambda: ("vent_valve", 1 - safe) in asked, 120, ctl.step)
+
+
+def test_a_batch_does_not_start_where_its_state_cannot_be_kept(hd: tuple[LockstepRig, Controller, HDReactor],
+                                                               tmp_path: pathlib.Path) -> None:
+    """Issue 16 item 4: it used to start on a full disk, then could save neither its run state nor its record.
+    The free-space reading is the seam here (a real full disk and a read-only one: tests/test_run_output.py)."""
+    _, ctl, _ = hd
+    assert ctl.storage_check() is None, "the real check on the test's own disk"
+    ctl.storage_check = lambda: room_problem(tmp_path, free_bytes=lambda folder: 3 * 1024 * 1024)
+    with pytest.raises(BatchRejected, match=rf"the state dir {tmp_path} has 3.0 MiB free, a batch needs at least "
+                                            r"16.0 MiB for its run state and record: free space on that disk"):
+        ctl.start_batch(HD_RECIPE, batch_id="hd-full", operator="test")
+    assert ctl.sequencer is None and not (tmp_path / "run.json").exists() and ctl.batch == {}
+    ctl.storage_check = lambda: room_problem(tmp_path, free_bytes=lambda folder: 17 * 1024 * 1024)
+    ctl.start_batch(HD_RECIPE, batch_id="hd-room", operator="test")
+    assert ctl.sequencer is not None and (tmp_path / "run.json").exists()
 
 
 def waiting_for_h2_confirmation(seq: Sequencer) -> bool:

@@ -6,7 +6,12 @@ answers operator commands and tells systemd it is alive. On start it first recov
 power loss interrupted (``Controller.recover``), then starts the batch it was asked for.
 
 Output: one line per event for the journal, or JSON lines with ``--json`` (what the HIL rig
-reads): ``{"type": "ready"|"event"|"status"|"reply"|"exit", ...}``. Operator commands, one JSON object
+reads): ``{"type": "ready"|"event"|"status"|"reply"|"exit", ...}``. The journal gets what changed:
+a status line when the phase or the hold changes, never a heartbeat (the periodic status, every
+``STATUS_EVERY_S`` with the instruments' counters, is ``--json``'s and MQTT's); each instrument's port
+state change is an event (``connection``, from ``edge.devices.serial_device``). The state dir is checked
+at start (``_check_state_dir``: a technician's sentence, not the core's ``latch file ...`` error) and
+before every batch (``Controller.storage_check``). Operator commands, one JSON object
 per line on stdin with ``--commands stdin`` (``edge.app.stdin_commands``), and MQTT commands go through the
 one operator-command path (``edge.operator``): the same verbs and checks. ``{"cmd": "record_mass",
 "mass_out_kg": 24.8}`` is the product weighed at unloading, for the batch record (``batch_id`` is optional
@@ -66,6 +71,8 @@ from edge.core import Core, CoreEvent
 from edge.devices.modbus import ModbusBus
 from edge.devices.node.client import SensorNode
 from edge.devices.pfeiffer import GaugePoller
+from edge.devices.serial_device import LinkChange
+from edge.files import writable_problem
 from edge.operator.execute import Operator
 from edge.operator.target import ControllerTarget
 from edge.spec.broker import BrokerSettings, BrokerSettingsError, BrokerUrlError, Protocol, parse_broker_list
@@ -82,7 +89,7 @@ from edge.telemetry.publisher import DEFAULT_FLUSH_S, Publisher, PublisherSettin
 from edge.telemetry.session import SessionEvent
 from edge.telemetry.topics import TopicError, check_level
 
-STATUS_EVERY_S = 1.0     # wall seconds between status lines (and on every change)
+STATUS_EVERY_S = 1.0     # wall seconds between --json status lines (and on every change)
 END_READINGS_WAIT_S = 3.0  # at stop right after a batch ended, how long to wait for the meters' end readings
 
 
@@ -102,6 +109,13 @@ class Devices:
     def firmware(self) -> dict[str, str | None]:
         """Each sensor node's firmware as its HELLO reported it (None: not linked), for the MQTT description."""
         return {n: (h.firmware if (h := node.hello) is not None else None) for n, node in self.nodes.items()}
+
+    def link_changes(self) -> list[LinkChange]:
+        """Every instrument's port state changes since the last call (opened, could not open, lost, reopened)."""
+        changes = [dataclasses.replace(c, device=f"gauge {name}")      # by the station file's instrument name
+                   for name, p in self.pollers.items() for c in p.drain_link_changes()]
+        changes += [c for bus in self.buses for c in bus.drain_link_changes()]
+        return changes + [c for node in self.nodes.values() for c in node.drain_link_changes()]
 
     def counter_samples(self) -> list[Any]:
         return [s for bus in self.buses for s in bus.drain_samples()]
@@ -255,11 +269,15 @@ def run(opts: RunOptions) -> int:
             recipe = load_recipe(opts.recipe)
         except SpecError as exc:
             raise RunError("\n".join(str(e) for e in exc.errors)) from exc
-    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    _check_state_dir(opts.state_dir)
     spec = station.core
     if spec.latch_file is None:
         spec = dataclasses.replace(spec, latch_file=str(opts.state_dir / "latched-trips"))
         station = dataclasses.replace(station, core=spec)
+    elif (why := writable_problem(pathlib.Path(spec.latch_file).parent, write=False)) is not None:
+        raise RunError(f"the latch file's folder {pathlib.Path(spec.latch_file).parent} ([core] latch_file in "
+                       f"{station.source}) cannot be written: {why}. Latched trips must survive a restart: make "
+                       "it writable, or remove latch_file to keep them in the state dir, then start again")
 
     stop = threading.Event()
 
@@ -325,6 +343,8 @@ def run(opts: RunOptions) -> int:
                                     batch_id=opts.batch_id or time.strftime("%Y%m%d-%H%M%S"), operator=opts.operator,
                                     feed=opts.feed, mass_in_kg=opts.mass_in_kg)
         if rejected and opts.exit_when_done:
+            for e in ctl.events:         # no scan will print them
+                reporter.event(e)
             return 1
         for layer in safety_layers(station):     # a missing layer nothing else covers: said at every start
             if layer.severity == "loud":
@@ -363,10 +383,28 @@ def begin(ctl: Controller, recorder: BatchRecorder, reporter: Reporter, recipe: 
         return recovered, False
     try:
         ctl.start_batch(recipe, **batch)
-    except BatchRejected as exc:
-        reporter.write("event", f"batch rejected: {exc}", t_s=ctl.now_s(), kind="batch", data={})
+    except BatchRejected as exc:   # an event like the others (journal, record, MQTT), printed by the scan
+        ctl.emit(ctl.now_s(), "batch", f"batch rejected: {exc}", rejected=True)
         return recovered, True
     return recovered, False
+
+
+def _check_state_dir(state_dir: pathlib.Path) -> None:
+    """The state dir exists and a file can be created in it, or a technician's sentence (exit 2): the core
+    would otherwise fail on its latch file first (``latch file ...: Read-only file system``), which names neither
+    the state dir nor what to do. A full disk does not stop the start (the interlocks and telemetry run on);
+    it stops a batch from starting (``Controller.storage_check``)."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        why = writable_problem(state_dir, write=False)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    if why is not None:
+        raise RunError(f"the state dir {state_dir} (--state-dir) cannot be written: {why}. The controller keeps "
+                       "its latched trips, run state, batch records and MQTT outbox there. Make it writable (a "
+                       "read-only file system: check the disk, e.g. with dmesg, and remount it read-write; "
+                       "permissions: give it to the user the service runs as) or point --state-dir at a writable "
+                       "disk, then start again")
 
 
 def _wait_proof_test(core: Core, stop: threading.Event, timeout_s: float = 10.0) -> None:
@@ -445,6 +483,9 @@ class Scan:
     def step(self) -> None:
         ctl, reporter, devices, publisher = self.ctl, self.reporter, self.devices, self.publisher
         ctl.step()
+        for c in devices.link_changes():   # events like the controller's: journal, record and MQTT alike
+            ctl.emit(ctl.now_s(), "connection", f"{c.device}: {c.text()}", device=c.device, port=c.port,
+                     change=c.change, cause=c.cause)
         if publisher is not None:
             for answered in publisher.scan(ctl):     # MQTT commands run here, then everything new is put
                 r = answered.reply
@@ -462,8 +503,11 @@ class Scan:
         seq = ctl.sequencer
         status = (seq.phase if seq else None, seq.held if seq else None, ctl.batch_finished())
         now = self.clock()
-        if status != self._last_status or now - self._last_status_at >= self.status_every_s:
-            reporter.write("status", f"phase {status[0]}{' (held)' if status[1] else ''}", t_s=ctl.now_s(),
+        changed = status != self._last_status
+        # the periodic status is for machines (--json, and MQTT's own); a person's journal gets a line when
+        # something changed, not a heartbeat (86,400 lines a day on an SD card said nothing)
+        if changed or (reporter.json_lines and now - self._last_status_at >= self.status_every_s):
+            reporter.write("status", _status_text(*status), t_s=ctl.now_s(),
                            phase=status[0], held=status[1], finished=status[2], batch=ctl.batch.get("id"),
                            **devices.status())
             self._last_status, self._last_status_at = status, now
@@ -491,6 +535,13 @@ class Scan:
             recorder.scan(ctl, self.devices.counter_samples())
             time.sleep(0.05)
         recorder.close(ctl)              # an unfinished record stays open: the next start continues it
+
+
+def _status_text(phase: str | None, held: Any, finished: bool) -> str:
+    """The status line's words: ``idle (no batch)``, ``phase leak_test``, ``phase soak (held)``."""
+    if phase is None:
+        return "idle (no batch)"
+    return f"phase {phase}{' (held)' if held else ''}"
 
 
 def _stop_core(ctl: Controller) -> None:

@@ -12,7 +12,10 @@ A scan (``step``), in order:
      rules' bands follow it (``edge.control.bands``: the station's ``soak_band`` at a settled soak);
   4. the PID loops turn the setpoint into heater duty; no setpoint means no heat;
   5. request every demanded output level (each scan: this refreshes the keep-alives); a
-     refusal is an event with the gate's reason, reported once per change;
+     refusal is an event with the gate's reason, reported once until something changes (the reason, an
+     acceptance, a reset): an output a trip holds safe is asked for once and not again until the trip is
+     reset; one a permissive refuses is asked again every RETRY_REFUSED_S, quietly (the core's own event
+     for each retry is not relayed: ~120 identical events an hour after a trip said nothing new);
   6. the alarms, and what the station declares an alarm does while it is on the list (``on_active``:
      ``hold`` holds the recipe, ``stop_h2`` closes the H2 inlet in this very scan and keeps it closed);
   7. the beacon (``[annunciator] beacon``): on while a trip or an unacknowledged alarm exists, off
@@ -27,7 +30,6 @@ the telemetry drains. Start, operator actions and power-fail recovery are method
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -46,6 +48,7 @@ from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer
 from edge.control.sintering import SinteringSequencer
 from edge.core import Core, CoreEvent, CoreSnapshot, EventKind, OutputRefused
+from edge.files import room_problem
 from edge.spec.alarms import SEVERITIES
 from edge.spec.recipe import Recipe
 from edge.spec.recipe_check import check_recipe
@@ -63,13 +66,14 @@ REFUSED_ABORT_S = 600.0  # a demanded output refused this long aborts the batch:
 @dataclass(frozen=True)
 class ProcessEvent:
     t_s: float            # plant/core clock
-    kind: str             # batch | phase | trip | core | refused | alarm | operator | recovery | band
+    kind: str             # batch | phase | trip | core | refused | alarm | operator | recovery | band | connection
     message: str
     data: dict[str, Any] = field(default_factory=dict)
 
 
 class BatchRejected(RuntimeError):
-    """A batch cannot start: the recipe does not fit the station, a trip is active, or one runs."""
+    """A batch cannot start: the recipe does not fit the station, a trip is active, one runs, or the state dir
+    cannot take its run state and record (``edge.files.room_problem``)."""
 
 
 class Controller:
@@ -105,6 +109,8 @@ class Controller:
         self.heater_model = HeaterModel(dict(station.accounting.heater_rated_kw))
         # why a batch id may not be used (``reedge run``: it has a batch record already); None: it may
         self.batch_id_check: Callable[[str], str | None] = lambda batch_id: None
+        # why the state dir cannot take a batch's run state and record now (not writable, too full); None: it can
+        self.storage_check: Callable[[], str | None] = lambda: room_problem(self.store.path.parent)
         self._safe = {o.name: o.safe_level for o in station.core.outputs}
         # safety contactors (outputs that supply others): closed whenever the station runs and nothing forces them
         self._contactors = tuple(o.name for o in station.core.outputs if o.supplies)
@@ -112,6 +118,7 @@ class Controller:
         # gate accepts and then drops again (a permissive flickering) keeps its "since"
         self._refusals: dict[str, list[Any]] = {}
         self._requested: set[str] = set()
+        self._said_refused: dict[str, str] = {}   # output -> the refusal reason last reported (see _refused)
         self._changes_seen = 0     # phase changes already turned into events
         self._last_save_wall = 0.0
         self._saved_key: tuple[Any, ...] = ()
@@ -167,6 +174,9 @@ class Controller:
         kind = SEQUENCERS.get(recipe.process)
         if kind is None:
             raise BatchRejected(f"no sequencer for process {recipe.process!r}")
+        storage = self.storage_check()   # last: it writes a file; a batch that cannot save would run unrecorded
+        if storage is not None:
+            raise BatchRejected(storage)
         now = self.now_s()
         self.recipe = recipe
         self.sequencer = self._new_sequencer(kind, recipe)
@@ -395,6 +405,10 @@ class Controller:
     def _core_event(self, now: float, e: CoreEvent) -> None:
         if e.kind is EventKind.OVERRUN:
             return
+        if e.kind is EventKind.REFUSED and e.output in self._said_refused:
+            return     # a refusal of this controller's request: it reports them itself, once (_refused_said)
+        if e.kind is EventKind.RESET:
+            self._said_refused.clear()     # after a reset a refusal is news again
         kind = "trip" if e.kind is EventKind.TRIP else "core"
         # core_event: the original, so the telemetry maps its kind exactly (edge.telemetry.events)
         self.emit(e.t_ns / 1e9, kind, e.detail, rule=e.rule, output=e.output, first_out=e.first_out, core_event=e,
@@ -437,12 +451,14 @@ class Controller:
         self._keep_contactors_closed(demand, snap)
         for name, level in demand.outputs.items():
             refused = self._refusals.get(name)
-            if (refused is not None and refused[3] is None and level != self._safe[name]
-                    and now - refused[2] < RETRY_REFUSED_S):
+            away = level != self._safe[name]
+            if away and name in self._said_refused and snap.outputs[name].forced:
+                continue   # a trip holds it safe and that was said: asked again once the trip is reset
+            if refused is not None and refused[3] is None and away and now - refused[2] < RETRY_REFUSED_S:
                 continue   # asked again later: a refusal is an event, not something to hammer every scan
             try:
                 self.core.request_output(name, level)
-                self._accepted(now, name)
+                self._accepted(now, name, away)
                 self._requested.add(name)
             except OutputRefused as exc:
                 self._refused(now, name, exc.message)
@@ -460,19 +476,31 @@ class Controller:
         for name in self._contactors:
             if name in demand.outputs or states[name].forced:
                 continue
-            with contextlib.suppress(OutputRefused):   # a permissive on it: the core's event says which
+            try:
                 self.core.request_output(name, 1 - self._safe[name])
+                self._said_refused.pop(name, None)
+            except OutputRefused as exc:   # a permissive on it: said once per reason, asked again each scan
+                self._refused_said(self.now_s(), name, exc.message)
 
     def _refused(self, now: float, name: str, reason: str) -> None:
         previous = self._refusals.get(name)
-        if previous is None:
-            self.emit(now, "refused", reason, output=name)
+        self._refused_said(now, name, reason)
         self._refusals[name] = [reason, previous[1] if previous else now, now, None]
 
-    def _accepted(self, now: float, name: str) -> None:
+    def _refused_said(self, now: float, name: str, reason: str) -> None:
+        """Report a refusal when it is news: a new reason for this output since it was last accepted, or since
+        a reset (``_core_event``); the same refusal on a retry is not (nor is the core's event for it)."""
+        if self._said_refused.get(name) != reason:
+            self.emit(now, "refused", reason, output=name)
+            self._said_refused[name] = reason
+
+    def _accepted(self, now: float, name: str, away: bool = True) -> None:
+        """``away``: the level was not the safe one (the safe level is always accepted: that says nothing)."""
         record = self._refusals.get(name)
         if record is not None and record[3] is None:
             record[3] = now
+        if away:
+            self._said_refused.pop(name, None)
 
     def _check_refusals(self, now: float, demand: Demand) -> None:
         """An output the sequence needs, refused for REFUSED_ABORT_S: the step cannot go on."""

@@ -79,7 +79,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from types import TracebackType
 from typing import Any, cast
 
@@ -88,7 +88,7 @@ import serial  # type: ignore[import-untyped]  # no stubs for pyserial 3.5 in th
 
 from edge.core import ChannelStatus, CoreError
 from edge.devices.pfeiffer import PARITIES, InjectTarget
-from edge.devices.serial_device import SerialDevice
+from edge.devices.serial_device import LinkChange, SerialDevice
 from edge.spec.instruments.modbus import ANSWER_OVERHEAD_BYTES, Block, ModbusConfig, shared_port_problems
 
 log = logging.getLogger(__name__)
@@ -275,6 +275,12 @@ class ModbusBus:
             out = list(self._samples)
             self._samples.clear()
         return out
+
+    def drain_link_changes(self) -> list[LinkChange]:
+        """Every port's state changes since the last call (:class:`LinkChange`), each naming the instruments
+        on that port ("modbus heater_meter, h2_flow_meter"): the technician knows them by name, not by path."""
+        return [replace(c, device=f"modbus {', '.join(p.name for p in w.polls)}")
+                for w in self._workers for c in w.drain_link_changes()]
 
     # ---- for the port workers ----
 

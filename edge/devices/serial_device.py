@@ -17,15 +17,22 @@ What the loop guarantees, for every device on it:
   (a streak ends when an exchange completes), and the port is reopened after the back-off: the protocol's
   state may be wrong, a fresh port and fresh state are the known good start;
 - ``stop()`` is prompt: every wait in the loop is a wait on the stop event, and a read blocked on the line is
-  cancelled (pyserial's ``cancel_read``); the exchange itself checks :attr:`stopping` between reads.
+  cancelled (pyserial's ``cancel_read``); the exchange itself checks :attr:`stopping` between reads;
+- every change of the port's state is kept as a :class:`LinkChange` for the journal and the event stream
+  (``drain_link_changes``): opened, could not be opened (with the cause), lost (with the cause), open again.
+  Once per change, not once per retry: a port that stays absent is said once, and again only when the cause
+  changes (absent, then present but refused: that is news for the technician at the cabinet).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import os
 import termios
 import threading
+import time
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
@@ -63,6 +70,47 @@ class LineCounters:
     backoff_s: float = 0.0      # what the next failure waits before the port is tried again
 
 
+@dataclass(frozen=True)
+class LinkChange:
+    """One change of a device's port: ``opened`` (open for the first time), ``cannot_open`` (the first failed
+    attempt of a streak, or its cause changed), ``lost`` (failed under an exchange), ``reopened`` (open again
+    after a loss). ``cause``: why it is not open (empty when open)."""
+
+    device: str
+    port: str
+    change: str
+    cause: str = ""
+    attempts: int = 0           # opened/reopened: the failed attempts before it; cannot_open: attempts so far
+    down_s: float = 0.0         # opened/reopened: wall seconds since it was lost (or first tried)
+
+    @property
+    def up(self) -> bool:
+        return self.change in ("opened", "reopened")
+
+    def text(self) -> str:
+        """What happened to the port, for a person (the caller names the instruments on it)."""
+        after = f" (after {self.attempts} failed attempt(s), {self.down_s:.0f} s)" if self.attempts else ""
+        if self.change == "opened":
+            return f"port {self.port} open{after}"
+        if self.change == "reopened":
+            return f"port {self.port} open again{after}"
+        if self.change == "lost":
+            return f"port {self.port} lost: {self.cause}; reopened as soon as it is back"
+        return f"could not open port {self.port}: {self.cause}; retried until it opens"
+
+
+def error_cause(error: BaseException) -> str:
+    """The cause in the words of the operating system ("No such file or directory", "Permission denied",
+    "Device or resource busy"), without the repeated path and errno pyserial wraps it in."""
+    errno = getattr(error, "errno", None)
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    return str(error) or type(error).__name__
+
+
+MAX_LINK_CHANGES = 256   # kept until drained; past that the oldest go (a reader that never drains)
+
+
 class SerialDevice(Generic[PortT]):
     """A device on one serial port, served by its own thread. Subclasses supply the protocol:
 
@@ -87,6 +135,12 @@ class SerialDevice(Generic[PortT]):
         self._port: PortT | None = None
         self._port_lock = threading.Lock()   # the stopping thread cancels a read on the port this one owns
         self._streak = False                 # an unexpected error was logged and no exchange completed since
+        self._changes: collections.deque[LinkChange] = collections.deque(maxlen=MAX_LINK_CHANGES)
+        self._down_cause: str | None = None  # the cause last said while the port is not open (None: open/untried)
+        self._down_since: float | None = None   # monotonic: when the port was last open, or first tried
+        self._failed_attempts = 0            # since the port was last open
+        self._quiet_reopen = False           # the port was closed after an unexpected error: not a link change
+        self._was_open = False               # opened once: the next open is a reopening
 
     # ---- the protocol's part ----
 
@@ -177,6 +231,38 @@ class SerialDevice(Generic[PortT]):
         with self._lock:
             return self._line
 
+    def drain_link_changes(self) -> list[LinkChange]:
+        """The port's state changes since the last call, oldest first (the controller's thread calls this)."""
+        with self._lock:
+            out = list(self._changes)
+            self._changes.clear()
+        return out
+
+    def _change(self, change: str, cause: str = "") -> None:
+        """Keep a state change of the port (see :class:`LinkChange`); a failed open is kept only when it is news."""
+        now = time.monotonic()
+        with self._lock:
+            if change == "cannot_open":
+                self._failed_attempts += 1
+                if self._down_since is None:
+                    self._down_since = now
+                if self._down_cause == cause:
+                    return                       # the same cause again: a retry, not a change
+                self._down_cause = cause
+                self._changes.append(LinkChange(self.name, self.port_name, change, cause, self._failed_attempts))
+            elif change == "lost":
+                self._down_cause, self._down_since, self._failed_attempts = cause, now, 0
+                self._changes.append(LinkChange(self.name, self.port_name, change, cause))
+            else:
+                quiet, self._quiet_reopen = self._quiet_reopen and self._down_since is None, False
+                if not quiet:                    # (closed and reopened by us after a surprise: the link held)
+                    down_s = now - self._down_since if self._down_since is not None else 0.0
+                    self._changes.append(LinkChange(self.name, self.port_name,
+                                                    "reopened" if self._was_open else "opened",
+                                                    attempts=self._failed_attempts, down_s=down_s))
+                self._was_open = True
+                self._down_cause, self._down_since, self._failed_attempts = None, None, 0
+
     # ---- the thread ----
 
     def _run(self) -> None:
@@ -216,9 +302,11 @@ class SerialDevice(Generic[PortT]):
                 self._line = replace(self._line, open_failures=self._line.open_failures + 1)
             self._note(f"cannot open {self.port_name}: {e}")
             log.debug("%s: cannot open %s: %s", self.name, self.port_name, e)
+            self._change("cannot_open", error_cause(e))
             return None
         except Exception as e:
             self._failed(e)
+            self._change("cannot_open", f"unexpected {type(e).__name__}: {e}")
             return None
         with self._port_lock:
             self._port = port
@@ -228,6 +316,7 @@ class SerialDevice(Generic[PortT]):
                                  reconnects=self._line.reconnects + again)
         if again:
             log.warning("%s: %s open again", self.name, self.port_name)
+        self._change("opened")
         return port
 
     def _lost(self, error: BaseException) -> None:
@@ -235,6 +324,7 @@ class SerialDevice(Generic[PortT]):
         with self._lock:
             self._line = replace(self._line, port_lost=self._line.port_lost + 1)
         self._note(f"port {self.port_name} lost: {error}")
+        self._change("lost", error_cause(error))
         self._drop_port()
 
     def _failed(self, error: Exception) -> None:
@@ -247,6 +337,8 @@ class SerialDevice(Generic[PortT]):
                       exc_info=error)
         else:
             log.debug("%s: unexpected error again: %r", self.name, error)
+        with self._lock:
+            self._quiet_reopen = self._port is not None
         self._drop_port()
 
     def _back_off(self) -> None:

@@ -63,6 +63,8 @@ PROCESS_EVENTS: dict[str, tuple[str, str, str, Priority]] = {
     "alarm": ("alarm", "alarms", "alarm", Priority.ALARM),
     "operator": ("operator_action", "controller", "info", Priority.EVENT),
     "recovery": ("recovery", "controller", "warning", Priority.EVENT),
+    # an instrument's serial port opened, could not be opened, lost, open again (edge.devices.serial_device)
+    "connection": ("connection", "devices", "warning", Priority.EVENT),
 }
 
 # fields that have their own place in the body (mqtt_schemas/event.json), with how to read them
@@ -141,6 +143,8 @@ def process_event(e: ProcessEvent) -> EventDraft:
         sev = data.pop("severity", None)
         if sev in ("warning", "alarm", "critical"):
             body["severity"] = sev
+    if kind == "connection" and data.get("change") in ("opened", "reopened"):
+        body["severity"] = "info"
     batch = data.get("batch")
     if isinstance(batch, Mapping) and isinstance(batch.get("id"), str):
         body["batch_id"] = batch["id"]
