@@ -82,6 +82,9 @@ class Recorder:
     def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None:
         self._do("record_mass", (batch_id, mass_out_kg))
 
+    def autotune(self, loop: str, setpoint_c: float) -> None:
+        self._do("autotune", (loop, setpoint_c))
+
 
 def command(verb: str, args: dict[str, Any] | None = None, *, issuer: str | None = SCADA, issued_ns: int = NOW,
             command_id: str | None = None, **extra: Any) -> bytes:
@@ -639,6 +642,7 @@ class Idle:
     """A station with no batch, as far as ``ControllerTarget``'s state checks look: nothing is running."""
 
     sequencer = None
+    tuning = None
 
     class core:   # stands in for the controller's core attribute: no interlock tripped
         @staticmethod
@@ -686,6 +690,8 @@ def test_stdin_checks_the_arguments_mqtts_schema_checks() -> None:
                        ('{"cmd": "hold", "reasn": "x"}', "did you mean 'reason'"),
                        ('{"cmd": "record_mass", "mass_out_kg": -3}', "mass out must be a number"),
                        ('{"cmd": "ack_alarm"}', "alarm: missing"),
+                       ('{"cmd": "autotune", "loop": "chamber", "setpoint_c": -5}', "setpoint_c: expected a"),
+                       ('{"cmd": "autotune", "setpoint_c": true}', "loop: missing"),
                        ('{"cmd": "vent"}', "unknown command 'vent'"),
                        ('{"cmd": "record_mass", "mass_out_kg": 1' + "0" * 400 + "}", "mass out must be a number"),
                        ('{"cmd": "start", "recipe": "hd_standard", "recipe_sha256": "' + "ab" * 32

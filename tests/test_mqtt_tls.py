@@ -288,6 +288,9 @@ class Held:
     def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None:
         raise AssertionError("no record_mass was sent")
 
+    def autotune(self, loop: str, setpoint_c: float) -> None:
+        raise AssertionError("no autotune was sent")
+
 
 def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: PlantBroker, outbox: Outbox,
                                                                          tmp_path: pathlib.Path) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge import __version__
-from edge.app import boards_cli, station_cli
+from edge.app import boards_cli, station_cli, tune
 from edge.telemetry import tail
 
 if TYPE_CHECKING:
@@ -339,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     boards_cli.register(sub)  # boards list|show, flash, provision (edge/app/boards_cli.py)
+    tune.register(sub)  # autotune: a loop's relay autotune between batches (edge/app/tune.py)
     tail.register(sub)  # tail: watch and check stations' MQTT messages (edge/telemetry/tail.py)
     load_plugins(sub)   # demo, hil: the test rig's commands (hil/cli.py), and any other installed plugin
     return ap

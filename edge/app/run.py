@@ -67,6 +67,7 @@ from edge.app.stdin_commands import Line, StdinCommands, answer
 from edge.app.systemd import Notifier
 from edge.batch.record import BatchRecorder
 from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller, ProcessEvent
+from edge.control.tuning import TuneRejected
 from edge.core import Core, CoreEvent
 from edge.devices.modbus import ModbusBus
 from edge.devices.node.client import SensorNode
@@ -95,6 +96,16 @@ END_READINGS_WAIT_S = 3.0  # at stop right after a batch ended, how long to wait
 
 class RunError(RuntimeError):
     """Something the technician must fix before the controller can run (printed, exit 2)."""
+
+
+@dataclass
+class TuneRequest:
+    """``reedge autotune``: tune this loop instead of running a batch, then stop; ``result`` is the last
+    autotune event's data (``state`` "done" with the gains, or "failed")."""
+
+    loop: str
+    setpoint_c: float
+    result: dict[str, Any] | None = None
 
 
 @dataclass
@@ -150,6 +161,7 @@ class RunOptions:
     telemetry_window_s: float = DEFAULT_WINDOW_S
     outbox_quota_bytes: int = DEFAULT_QUOTA
     mqtt_flush_s: float = DEFAULT_FLUSH_S
+    autotune: TuneRequest | None = None    # reedge autotune: a loop's tune instead of a batch, then stop
 
 
 class Reporter:
@@ -346,6 +358,11 @@ def run(opts: RunOptions) -> int:
             for e in ctl.events:         # no scan will print them
                 reporter.event(e)
             return 1
+        if opts.autotune is not None:
+            try:
+                ctl.start_autotune(opts.autotune.loop, opts.autotune.setpoint_c)
+            except TuneRejected as exc:
+                raise RunError(f"autotune refused: {exc}") from None
         for layer in safety_layers(station):     # a missing layer nothing else covers: said at every start
             if layer.severity == "loud":
                 _say(f"reedge run: WARNING: {layer.title}: {layer.detail}")
@@ -439,6 +456,9 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
         notifier.watchdog()
         if opts.exit_when_done and ctl.batch_finished() and not devices.recorder.closing:
             break                   # (once its record has its end readings, or gave up waiting for them)
+        if opts.autotune is not None and ctl.tuning is None:        # the tune is over, done or failed
+            opts.autotune.result = next((dict(e.data) for e in reversed(ctl.events) if e.kind == "autotune"), None)
+            break
         if commands is not None:
             scan.answer(commands.poll())     # the same path as MQTT's commands, as "stdin"
             if commands.closed and binding is not None:

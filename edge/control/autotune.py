@@ -154,6 +154,11 @@ class RelayAutotune:
         return self.done or self._failed is not None
 
     @property
+    def cycles_measured(self) -> list[tuple[float, float]]:
+        """Every relay cycle measured so far: (period s, PV amplitude), start-up included (progress)."""
+        return [(c.period, c.amplitude) for c in self._cycles]
+
+    @property
     def result(self) -> AutotuneResult:
         if self._result is None:
             state = f"it failed: {self._failed}" if self._failed else "it is still running"

@@ -47,9 +47,11 @@ from edge.control.pid import Pid
 from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer
 from edge.control.sintering import SinteringSequencer
+from edge.control.tuning import LoopTuning, TuneRejected, result_fields
 from edge.core import Core, CoreEvent, CoreSnapshot, EventKind, OutputRefused
 from edge.files import room_problem
 from edge.spec.alarms import SEVERITIES
+from edge.spec.loops import LoopSpec
 from edge.spec.recipe import Recipe
 from edge.spec.recipe_check import check_recipe
 from edge.spec.recipe_reader import parse_recipe
@@ -123,6 +125,7 @@ class Controller:
         self._last_save_wall = 0.0
         self._saved_key: tuple[Any, ...] = ()
         self._snap: CoreSnapshot | None = None   # the scan's view of the core, while a scan runs
+        self.tuning: LoopTuning | None = None      # a loop's autotune, between batches (edge.control.tuning)
 
     # ---- clock and inputs ----
 
@@ -161,6 +164,8 @@ class Controller:
             raise BatchRejected(f"mass in must be a number of kg above 0 and at most 100000, got {mass_in_kg!r}")
         if self.sequencer is not None and self.sequencer.running:
             raise BatchRejected(f"batch {self.batch.get('id')} is running (phase {self.sequencer.phase})")
+        if self.tuning is not None:
+            raise BatchRejected(f"loop {self.tuning.loop.name} is being autotuned: abort the tune first")
         problems = check_recipe(recipe, self.station)
         if problems:
             raise BatchRejected("recipe does not fit this station:\n" + "\n".join(f"  {p}" for p in problems))
@@ -215,8 +220,71 @@ class Controller:
         self.emit(self.now_s(), "operator", "skip segment")
 
     def abort(self, reason: str = "operator abort") -> None:
+        """The batch to its safe sequence; with no batch running, a loop's autotune ends (heater off)."""
+        if self.tuning is not None and not (self.sequencer is not None and self.sequencer.running):
+            self._end_tune(self.now_s(), f"aborted: {reason}")
+            self.emit(self.now_s(), "operator", f"abort: {reason}")
+            return
         self._seq().abort(self.now_s(), reason)
         self.emit(self.now_s(), "operator", f"abort: {reason}")
+
+    # ---- a loop's autotune (edge.control.tuning) ----
+
+    def start_autotune(self, loop: str, setpoint_c: object) -> None:
+        """Tune ``loop`` around ``setpoint_c`` between batches; ``TuneRejected`` says why not."""
+        if self.sequencer is not None and self.sequencer.running:
+            raise TuneRejected(f"batch {self.batch.get('id')} is running (phase {self.sequencer.phase}): tune "
+                               "between batches")
+        if self.tuning is not None:
+            raise TuneRejected(f"loop {self.tuning.loop.name} is being autotuned already")
+        spec = LoopTuning.check(self.loops[loop][0] if loop in self.loops else None, loop, list(self.loops),
+                                setpoint_c, self.station.limits.max_temperature_for)
+        fault = self.core.core_fault_text()
+        tripped = [name for name, r in self.core.rules().items() if r.tripped]
+        if fault or tripped:
+            raise TuneRejected(f"core fault: {fault}" if fault else
+                               f"interlocks tripped: {', '.join(tripped)} (clear and reset them first)")
+        now = self.now_s()
+        assert isinstance(setpoint_c, int | float)
+        self.tuning = LoopTuning(spec, float(setpoint_c), now)
+        self.loops[loop][1].reset()
+        self.emit(now, "autotune", f"autotune of loop {loop} started: relay {spec.out_min:g}-{spec.out_max:g} "
+                  f"around {setpoint_c:g} degC", loop=loop, setpoint_c=float(setpoint_c), state="started")
+
+    def _tune(self, now: float, spec: LoopSpec, pv: float, forced: bool) -> float:
+        """The duty the tune asks of its loop's output this scan; ends the tune when it is done or must stop."""
+        tuning = self.tuning
+        assert tuning is not None
+        if forced:
+            self._end_tune(now, f"aborted: the core holds {spec.output} safe (a trip)")
+            return 0.0
+        duty = tuning.step(pv, now)
+        for cycle in tuning.new_cycles():
+            self.emit(now, "autotune", f"autotune of loop {spec.name}: cycle {cycle['cycle']}, period "
+                      f"{cycle['period_s']:g} s, amplitude {cycle['amplitude_c']:g} degC", loop=spec.name,
+                      state="cycle", **cycle)
+        if tuning.result is not None or tuning.failed is not None:
+            self._end_tune(now, "")
+            return 0.0
+        return duty
+
+    def _end_tune(self, now: float, why: str) -> None:
+        """The tune is over: its result or why not as one event; the loop back to manual at 0 (heater off)."""
+        tuning, self.tuning = self.tuning, None
+        if tuning is None:
+            return
+        name = tuning.loop.name
+        self.loops[name][1].set_manual(0.0)
+        self.core.set_duty(tuning.loop.output, 0.0)    # the safe level: always accepted
+        result = tuning.result
+        if result is not None and not why:
+            fields = result_fields(name, result)
+            self.emit(now, "autotune", f"autotune of loop {name} done: Ku {fields['ku']:g}, Tu {fields['tu_s']:g} s: "
+                      f"kp {fields['kp']:g}, ti_s {fields['ti_s']:g}, td_s {fields['td_s']:g} "
+                      f"({result.rule}, {result.cycles} cycles)", state="done", **fields)
+        else:
+            self.emit(now, "autotune", f"autotune of loop {name} {why or 'failed: ' + str(tuning.failed)}; "
+                      "heater off", loop=name, state="failed")
 
     def batch_finished(self) -> bool:
         """A batch ran and is done or aborted."""
@@ -425,6 +493,15 @@ class Controller:
         states = snap.outputs
         for spec, pid in self.loops.values():
             out = spec.output
+            if self.tuning is not None and self.tuning.loop.name == spec.name:
+                duty = self._tune(now, spec, readings.get(spec.pv, math.nan), states[out].forced)
+                try:
+                    self.core.set_duty(out, duty)
+                except OutputRefused as exc:
+                    self._end_tune(now, f"aborted: {out} refused: {exc.message}")
+                    duty = 0.0
+                duties[out] = duty
+                continue
             refused = self._refusals.get(out)
             waiting = refused is not None and refused[3] is None and now - refused[2] < RETRY_REFUSED_S
             if demand.setpoint_c is None or states[out].forced or waiting:

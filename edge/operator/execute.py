@@ -145,4 +145,8 @@ class Operator:
             t.record_mass(args.get("batch_id"), args["mass_out_kg"])
             batch = f"batch {args['batch_id']}" if "batch_id" in args else "the current batch"
             return f"mass out {args['mass_out_kg']:g} kg recorded for {batch}"
+        if verb == "autotune":
+            t.autotune(args["loop"], float(args["setpoint_c"]))
+            return (f"autotune of loop {args['loop']} around {args['setpoint_c']:g} degC started: progress and the "
+                    "gains come as autotune events; abort ends it")
         raise AssertionError(f"no execution for verb {verb!r}")   # pragma: no cover - VERBS are all handled

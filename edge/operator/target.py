@@ -13,6 +13,7 @@ from edge.batch.record import BatchRecorder
 from edge.control.controller import Controller
 from edge.control.programmer import ProgState
 from edge.control.sequencer import Sequencer
+from edge.control.tuning import TuneRejected
 from edge.operator.verbs import StartRequest
 from edge.spec.reader import SpecError
 from edge.spec.recipe_reader import parse_recipe
@@ -40,6 +41,7 @@ class CommandTarget(Protocol):
     def ack_alarm(self, alarm: str) -> None: ...
     def reset(self, rule: str | None, remote: bool = True) -> None: ...
     def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None: ...
+    def autotune(self, loop: str, setpoint_c: float) -> None: ...
 
 
 class ControllerTarget:
@@ -89,8 +91,15 @@ class ControllerTarget:
         self.ctl.resume()
 
     def abort(self, reason: str) -> None:
-        self._running("abort")
+        if self.ctl.tuning is None:        # with no batch running an abort ends a loop's autotune
+            self._running("abort")
         self.ctl.abort(reason)
+
+    def autotune(self, loop: str, setpoint_c: float) -> None:
+        try:
+            self.ctl.start_autotune(loop, setpoint_c)
+        except TuneRejected as exc:
+            raise CommandRefused("refused", str(exc)) from None
 
     def skip(self) -> None:
         self._running("skip")

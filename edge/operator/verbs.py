@@ -89,6 +89,13 @@ class Verb:
         return dict(args)
 
 
+def _celsius(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0 < value <= 3000:
+        return f"expected a temperature in degC above 0 and at most 3000, got {value!r}"
+    return None
+
+
 _REASON = Arg("reason", _text(1, 200))
 _BATCH = _matching(_BATCH_ID, "a batch id (letters, digits, _ . : -; at most 64)")
 
@@ -107,6 +114,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb("reset", (Arg("rule", _matching(_NAME, "an interlock name")),), "reset latched interlocks"),
     Verb("record_mass", (Arg("batch_id", _BATCH), Arg("mass_out_kg", _kg("mass out"), True)),
          "the product's mass weighed at unloading, for the batch record"),
+    Verb("autotune", (Arg("loop", _matching(_NAME, "a loop name"), True), Arg("setpoint_c", _celsius, True)),
+         "relay-autotune a loop around a setpoint between batches (maintenance; the gains come in the events)"),
 )}
 
 

@@ -21,7 +21,8 @@ IDENTITY_RE = re.compile(r"[^\x00-\x1f\x7f+#/\s](?:[^\x00-\x1f\x7f+#/]{0,126}[^\
 ROLE_VERBS: dict[str, frozenset[str]] = {
     "viewer": frozenset(),
     "operator": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "record_mass"}),
-    "maintenance": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass"}),
+    # autotune drives a heater between batches (under the core's interlocks): the people who tune loops only
+    "maintenance": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass", "autotune"}),
 }
 MAX_IDENTITIES = 100
 

@@ -65,6 +65,8 @@ PROCESS_EVENTS: dict[str, tuple[str, str, str, Priority]] = {
     "recovery": ("recovery", "controller", "warning", Priority.EVENT),
     # an instrument's serial port opened, could not be opened, lost, open again (edge.devices.serial_device)
     "connection": ("connection", "devices", "warning", Priority.EVENT),
+    # a loop's autotune between batches: started, each relay cycle, done with the gains, or failed (edge.control.tuning)
+    "autotune": ("autotune", "controller", "info", Priority.EVENT),
 }
 
 # fields that have their own place in the body (mqtt_schemas/event.json), with how to read them

@@ -51,7 +51,7 @@ SCHEMA_BASE = "https://reeproduce.eu/schemas/reedge/v1/"
 LEVEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # = edge.spec.station.IDENT_RE (a test checks they agree)
 MAX_REPLY_TOPIC = 512
 #: Command verbs, in the order the documentation lists them.
-VERBS: tuple[str, ...] = ("start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass")
+VERBS: tuple[str, ...] = ("start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass", "autotune")
 
 
 class TopicError(ValueError):
