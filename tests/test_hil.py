@@ -174,6 +174,64 @@ def test_a_lockstep_run_gives_the_same_measurements_every_time(tmp_path: pathlib
     assert first["plant_s"] == second["plant_s"]
 
 
+def test_a_lockstep_power_loss_leaves_the_disk_as_it_was_and_the_board_boots_from_it(tmp_path: pathlib.Path) -> None:
+    """The lockstep rig's power loss (hil/lockstep_rig.py): no shutdown code of the controller's runs (the files
+    are byte for byte what they were before the power went, through the dark), and the controller that boots
+    measures its outage from the run state as last saved: 100 s before the loss, the periodic save every 300 s
+    of plant time from absorption's start (hd_power_loss_absorption proves the same on the real processes)."""
+    path = ROOT / "tests" / "data" / "hd_lockstep_power_loss.toml"
+    files: dict[str, Any] = {"before": None, "dark": []}
+
+    def on_disk(rig: Any) -> dict[str, bytes]:
+        return {str(f.relative_to(rig.state_dir)): f.read_bytes() for f in sorted(rig.state_dir.rglob("*"))
+                if f.is_file()}
+
+    def watch(run: Any, rig: Any) -> None:
+        loss = run.fired.get("power_loss")
+        if loss is None:
+            files["before"] = on_disk(rig)
+        elif not loss.cleared:
+            assert not rig.controller_alive()
+            files["dark"].append(on_disk(rig))
+
+    record = run_scenario(load_scenario(path), tmp_path, watch)
+    from hil.report import summary_lines
+
+    assert record["outcome"] == "pass", "\n".join(summary_lines(record))
+    values = {m["name"]: m["value"] for m in record["measurements"]}
+    assert values["recovered_outage_gap_s"] == pytest.approx(100.0, abs=0.01)
+    assert len(files["dark"]) > 100 and all(seen == files["before"] for seen in files["dark"])
+    assert {"run-state.json", "latched-trips"} <= set(files["before"])
+
+
+def test_a_latched_trip_outlives_the_lockstep_boards_death(tmp_path: pathlib.Path) -> None:
+    """board_dead frees the core as the kernel frees a killed process's (its latch file released, nothing
+    else done); board_boots builds a new core that restores the trip from the latch file and runs its proof test."""
+    import dataclasses
+
+    from edge.spec.station import load_station
+    from hil.lockstep import LockstepRig
+    from hil.plants.hd_reactor import HDParams, HDReactor
+
+    station = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
+    station = dataclasses.replace(station, core=dataclasses.replace(station.core,
+                                                                    latch_file=str(tmp_path / "latched-trips")))
+    with LockstepRig(station, HDReactor(HDParams(room_m3=8.0)), dt_s=1.0) as rig:
+        rig.offsets["h2_room"] = 40.0                  # the detector reads 40 %LEL: h2_leak (latched) trips
+        assert rig.run_until(lambda: "h2_leak" in rig.core.snapshot().tripped, 60.0, rig.core.heartbeat)
+        rig.offsets.clear()
+        rig.run_until(lambda: False, 10.0, rig.core.heartbeat)
+        assert "h2_leak" in rig.core.snapshot().tripped and rig.core_alive
+        rig.board_dead()
+        assert not rig.core_alive
+        rig.run_until(lambda: False, 30.0)             # dark: the plant goes on, nothing ticks
+        rig.board_boots(int(rig.regs.regs.plant_ns))
+        assert rig.core_alive and rig.core.restored_trips == 1
+        assert not rig.core.stats().proof_pending and rig.core.stats().core_fault == 0
+        rig.run_until(lambda: False, 10.0, rig.core.heartbeat)
+        assert "h2_leak" in rig.core.snapshot().tripped
+
+
 def test_a_run_can_end_on_its_batch_records_revision() -> None:
     text = GOOD.format(root=ROOT).replace("until = \"batch_end\"", "until = \"batch_record\"\nrevision = 2")
     sc = parse_scenario(text, pathlib.Path("/tmp/good.toml"))
