@@ -60,6 +60,7 @@ class LockstepRig:
         self.station = dataclasses.replace(station, core=dataclasses.replace(station.core, drivers=drivers))
         self.wiring = Wiring(self.station.core)
         self.core = Core(self.station.core)
+        self._core_alive = True
         self.plant_s = 0.0
         self.extra_digital: dict[str, bool] = {}
         self.offsets: dict[str, float] = {}
@@ -81,18 +82,44 @@ class LockstepRig:
                                                                         if o in self.wiring.lines))
         self.cabinet = cabinet or build_cabinet(self.station, self.station.identity.kind, plant, relay)
         self.cabinet.driven = True
+        self._power_up(1_000_000_000)
+
+    def _power_up(self, start_ns: int) -> None:
+        """The core's first ticks: its watchdog proof test sees the relay drop (line held), then pick up (line
+        toggled) before the first scan, as on a real cabinet. Each power-up tick is 1 us of plant time (the core
+        takes a driver input once per clock value), from ``start_ns`` on, before the plant's next step."""
         self._publish()
         self.core.run_ticks(1)
-        # power-up: the core's watchdog proof test sees the relay drop (line held), then pick up (line
-        # toggled) before the first scan, as on a real cabinet. Each power-up tick is 1 us of plant time
-        # (the core takes a driver input once per clock value), before the plant's first step.
         for k in range(1, 41):
             self.effective()
             self._publish()
-            self.regs.regs.plant_ns = 1_000_000_000 + k * 1_000
+            self.regs.regs.plant_ns = start_ns + k * 1_000
             self.core.run_ticks(1)
             if not self.core.stats().proof_pending:
                 break
+
+    # ---- a power loss of the controller's board (``hil.lockstep_rig``) ----
+
+    @property
+    def core_alive(self) -> bool:
+        return self._core_alive
+
+    def board_dead(self) -> None:
+        """The board lost its power: the core is gone where it stood, no shutdown code of the controller's runs.
+        Freeing it releases its latch file as the kernel does for a killed process; the latch image is a shared
+        mapping of the file, so the file holds what it held the instant the board died."""
+        self.core.close()
+        self._core_alive = False
+
+    def board_boots(self, start_ns: int) -> None:
+        """The board boots again: a new core from the station, its latched trips restored from the latch file,
+        its power-up proof test run at ``start_ns`` of plant time (the plant's clock goes on from there). The plant
+        has stepped through the dark meanwhile: the watchdog relay, without edges, has dropped, as the proof test
+        expects to find it."""
+        self.core = Core(self.station.core)
+        self._core_alive = True
+        self._polled_s.clear()           # the new controller's first poll injects at once
+        self._power_up(start_ns)
 
     def _publish(self) -> None:
         if self._sensors is not None:
@@ -110,6 +137,8 @@ class LockstepRig:
     def publish(self, analog: Mapping[str, float], digital: Mapping[str, bool], broken: set[str]) -> None:
         """The sensors as field signals; the injected channels straight into the core (``poll_s`` apart)."""
         self.wiring.publish(self.regs, analog, digital, broken)
+        if not self._core_alive:
+            return                      # a dead board reads nothing
         now = self.core.now_ns()
         for name in self.wiring.injected:
             value = analog.get(name)
@@ -150,6 +179,8 @@ class LockstepRig:
         self.plant_s += self.dt_s
         self.regs.regs.plant_ns = 1_000_000_000 + round(self.plant_s * 1e9)
         self._publish()
+        if not self._core_alive:
+            return                      # the board is dark: nothing scans, nothing ticks
         if scan is not None:
             scan()
         self.core.run_ticks(1)

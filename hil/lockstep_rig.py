@@ -12,7 +12,21 @@ Serial instruments: the Modbus meters are the plant's emulated devices (``hil.de
 their registers read every ``poll_ms`` of plant time and decoded, injected and sampled by the product's own
 bus code (``edge.devices.modbus``), without a pty; a Pfeiffer gauge's channel is injected every step, as
 ``edge.io`` would after a poll. What this rig does not model: ptys and their faults, process signals (hang,
-freeze, power loss), wall-clock latencies. The scenario file refuses what needs them (``hil.scenario``).
+freeze), wall-clock latencies. The scenario file refuses what needs them (``hil.scenario``).
+
+A power loss (``power_loss``) is the board dying with the cabinet: the controller, its recorder and its core are
+dropped where they stand, no shutdown code of the controller's runs (no save, no record closed, no event
+drained), so what is on disk is what a SIGKILL or a power cut leaves there: the run state and the record as last
+saved, the trend rows appended, the latch file. The core is freed as the kernel frees a killed process's (its
+latch file's lock released; the file is a shared mapping, already holding every latch). When the power comes
+back the board boots: a new core from the station restores the latch file and runs its power-up proof test,
+and the controller starts through the same start-up as ``reedge run`` (``controller_for``, ``begin``), which
+recovers the batch from the run state and continues its record. In a scenario with a power loss
+(``RigConfig.power_loss``) the controller's saves are paced on the plant's clock (``SAVE_CLOCK_SCALE``), so that
+what the power loss leaves on disk is the same every run; elsewhere on the wall clock, as on a station (a save
+every 5 s of wall time: a few in a whole run, whose measurements they do not touch). The boot takes no plant
+time here (the real-time rig's plant runs at 1x meanwhile): a real SIGKILL of real processes and an outage
+measured across a real boot are the real-time scenarios' (``hd_power_loss_absorption``).
 
 Liveness timeouts (the dead-man, output keep-alives, injected channels' ages) are scaled by ``scan_s`` (at
 least 1), as the real-time rig scales them by its time scale: they guard the software's pace, and here a
@@ -28,6 +42,7 @@ import math
 import os
 import pathlib
 import signal
+import time
 from collections.abc import Callable
 from typing import Any, TextIO, cast
 
@@ -51,6 +66,12 @@ from hil.rig import PLANT_EPOCH_UNIX, ControllerLine, RigConfig, RigError, RigFo
 STEPS_PER_SCAN = 2
 STATUS_EVERY_S = 60.0   # plant seconds between status lines (and on every change of phase, hold or finish)
 T0_S = 1.0          # the core's clock starts at 1 s (hil.lockstep): the plant's rows start there too
+#: with a power loss in the scenario, the controller's save clock (run state, batch record, trend appends) is the
+#: plant's, this many times slower: paced on the plant's clock, a power loss leaves the same files every run; slowed
+#: down, as the real-time rig's wall clock is by its time scale, their periodic saves (a few ms of wall time each)
+#: come every 5 min of plant time instead of every 5 s (a recovery's outage is known to within that; changes are
+#: saved at once anyway). Every 5 s of plant time they cost a 10 h batch 2 s more.
+SAVE_CLOCK_SCALE = 60.0
 
 
 class _Lines(io.TextIOBase):
@@ -135,17 +156,24 @@ class LockstepScenarioRig(RigFolder):
             self.ls.close()           # the core and the register file are made: nothing outlives a failed start
             raise
         self.sim.t_s = self.sim._next_row = T0_S
-        meters: dict[str, ModbusConfig] = {}
-        devices: dict[str, Any] = {}
+        self._meter_configs: dict[str, ModbusConfig] = {}
+        self._meter_devices: dict[str, Any] = {}
         for dev in cfg.serial.values():
             if dev.get("type") == "modbus":
-                devices.update(zip(dev["instruments"], self.sim.add_meters(dev["instruments"]), strict=True))
-        for name in devices:
+                self._meter_devices.update(zip(dev["instruments"], self.sim.add_meters(dev["instruments"]),
+                                               strict=True))
+        for name in self._meter_devices:
             inst = self.station.instruments[name]
             assert isinstance(inst, ModbusConfig)
-            meters[name] = inst
-        self.meters = _Meters(ModbusBus(self.ls.core, list(meters.items())), devices, meters, self.station,
-                              self.scale) if meters else None
+            self._meter_configs[name] = inst
+        self.meters = self._meters_on_core()
+
+    def _meters_on_core(self) -> _Meters | None:
+        """The meters' bus on the current core (a booted board's controller opens its bus anew)."""
+        if not self._meter_configs:
+            return None
+        return _Meters(ModbusBus(self.ls.core, list(self._meter_configs.items())), self._meter_devices,
+                       self._meter_configs, self.station, self.scale)
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -154,14 +182,18 @@ class LockstepScenarioRig(RigFolder):
     def start_controller(self, recipe: pathlib.Path | None = None, batch_id: str | None = None) -> None:
         if self.ctl is not None:
             raise RigError("the controller is already running")
+        if not self.ls.core_alive:           # the power is back: the board boots, a new core, a new bus
+            self.ls.board_boots(int(self.regs.regs.plant_ns))
+            self.meters = self._meters_on_core()
         core, station = self.ls.core, self.station
         recorder = BatchRecorder(self.state_dir, station, site=station.identity.site,
                                  station_id=station.identity.station_id, config=station.accounting,
-                                 say=self._say, save_every_s=SAVE_EVERY_S)
+                                 say=self._say, save_every_s=SAVE_EVERY_S, save_clock=self.save_clock)
         devices = Devices(recorder, buses=[self.meters.bus] if self.meters else [])
         ctl, operator = controller_for(core, station, self.state_dir, recorder,
                                        recipe.parent if recipe is not None else station.source.parent,
                                        lambda: PLANT_EPOCH_UNIX + core.now_ns() / 1e9, SAVE_EVERY_S)
+        ctl.save_clock = self.save_clock     # (SAVE_CLOCK_SCALE)
         reporter = Reporter(True, cast(TextIO, self._lines))
         recovered, _ = begin(ctl, recorder, reporter, load_recipe(recipe) if recipe is not None else None, recipe,
                              batch_id=batch_id or "hil", feed=self.cfg.feed, mass_in_kg=self.cfg.mass_in_kg)
@@ -202,6 +234,11 @@ class LockstepScenarioRig(RigFolder):
     def plant_s(self) -> float:
         return int(self.regs.regs.plant_ns) / 1e9
 
+    def save_clock(self) -> float:
+        """The controller's and the recorder's clock for pacing their saves: the plant's, slowed down, in a
+        scenario with a power loss (``SAVE_CLOCK_SCALE``); the wall clock otherwise, as on a station."""
+        return self.plant_s() / SAVE_CLOCK_SCALE if self.cfg.power_loss else time.monotonic()
+
     def t0_ns(self) -> int:
         return self.starts[0] if self.starts else 0
 
@@ -221,6 +258,8 @@ class LockstepScenarioRig(RigFolder):
         self.regs.regs.plant_ns = round((T0_S + ls.plant_s) * 1e9)
         ls.publish(analog, digital, broken)
         self._steps += 1
+        if not ls.core_alive:
+            return                            # the board is dark: no core, no bus, no controller
         if self.meters is not None:
             self.meters.poll(ls.plant_s, ls.core.now_ns())
         if self.scan is not None and self._steps % self.scan_every == 0:
@@ -275,4 +314,12 @@ class LockstepScenarioRig(RigFolder):
                        "(a real-time scenario's step)")
 
     def kill_controller(self) -> int:
-        raise RigError("cannot kill the controller in lockstep: a power loss is a real-time scenario's step")
+        """The board loses its power (the runner has switched the cabinet off): controller, recorder and core
+        dropped where they stand, nothing saved or closed (module docstring)."""
+        if self.ctl is None:
+            raise RigError("cannot kill the controller: it is not running")
+        self.scan = self.ctl = None
+        self.meters = None
+        self._commands = []                   # lines not read yet die with the process
+        self.ls.board_dead()
+        return self.now_ns()

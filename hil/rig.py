@@ -69,6 +69,7 @@ class RigConfig:
     feed: str = ""                        # the batch's --feed and --mass-in-kg (with a recipe)
     mass_in_kg: float | None = None
     stop_grace_s: float = 15.0            # SIGTERM to SIGKILL: room for the controller's MQTT flush (--mqtt-flush-s)
+    power_loss: bool = False              # the scenario cuts the power: the lockstep rig paces saves on its clock
 
 
 class ScenarioRig(Protocol):

@@ -126,7 +126,8 @@ def run_scenario(sc: Scenario, report_dir: pathlib.Path,
                     plant_params=sc.plant_params, relay_timeout_s=sc.relay_timeout_s,
                     relay_outputs=sc.relay_outputs, log_every_s=sc.log_every_s, scan_s=sc.scan_s,
                     serial=serial_devices(station, sc.meter_start, sc.meter_gain),
-                    controller_args=tuple(controller_args), feed=sc.feed, mass_in_kg=sc.mass_in_kg)
+                    controller_args=tuple(controller_args), feed=sc.feed, mass_in_kg=sc.mass_in_kg,
+                    power_loss=any(step.kind == "power_loss" for step in sc.steps))
     rig: ScenarioRig
     if sc.clock == "lockstep":
         from hil.lockstep_rig import LockstepScenarioRig

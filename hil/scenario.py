@@ -55,8 +55,9 @@ RIG_FAULTS: dict[str, dict[str, bool]] = {
 OPERATOR_ACTIONS = ("hold", "resume", "abort", "skip", "limiter_reset")   # limiter_reset: at the cabinet
 MAX_TIME_SCALE = 1500.0
 CLOCKS = ("realtime", "lockstep")   # [rig] clock: the plant on the wall clock, or stepped with the controller
-#: what only the real-time rig can do: act on the controller's process, or on a serial line (a pty)
-REALTIME_FAULTS = ("controller_hang", "process_freeze", "power_loss", "serial_garbage", "gauge_silent",
+#: what only the real-time rig can do: signal the controller's process, or act on a serial line (a pty). A power
+#: loss is on both: the lockstep rig drops the controller and its core where they stand (``hil.lockstep_rig``)
+REALTIME_FAULTS = ("controller_hang", "process_freeze", "serial_garbage", "gauge_silent",
                    "meter_silent", "meter_crc_burst")
 WALL_CLOCK_MEASURES = ("safe_latency_ms", "relay_latency_ms")   # wall-clock latencies: no meaning in lockstep
 CONDITION_KEYS = ("t_s", "phase", "held", "channel", "quantity", "above", "below", "after", "after_s", "delay_s",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pathlib
 import sys
 
-import edge.control.controller as controller_module
 from edge.control.controller import Controller
 from edge.spec.recipe_reader import load_recipe
 from edge.spec.station import load_station
@@ -18,10 +17,10 @@ from hil.lockstep import LockstepRig
 from hil.plants.hd_reactor import HDReactor
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+SAVE_EVERY_S = 0.02     # wall seconds (production: 5): passed to the controller (its default is bound at import)
 
 
 def main(state_path: str, recipe_path: str) -> int:
-    controller_module.SAVE_EVERY_S = 0.02
     station = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
     recipe = load_recipe(recipe_path)
     batch = 0
@@ -29,7 +28,7 @@ def main(state_path: str, recipe_path: str) -> int:
         # beside the state file (the test's tmp_path): SIGKILL leaves the rig's folder behind, and there pytest
         # removes it with the test's other folders
         with LockstepRig(station, HDReactor(), dt_s=2.0, directory=pathlib.Path(state_path).parent) as rig:
-            ctl = Controller(rig.core, rig.station, state_path=state_path)
+            ctl = Controller(rig.core, rig.station, state_path=state_path, save_every_s=SAVE_EVERY_S)
             rig.step(ctl.step)
             batch += 1
             ctl.start_batch(recipe, batch_id=f"pf-{batch}")

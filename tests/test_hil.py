@@ -21,21 +21,27 @@ from hil.runner import run_scenario
 from hil.scenario import DEFAULT_MAX_LAG_S, load_scenario, parse_scenario
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# hd_normal_batch is the demo: tests/test_cli.py runs it through `reedge demo` (the same runner)
-SCENARIOS = sorted(p for p in (ROOT / "hil" / "scenarios").glob("*.toml") if p.stem != "hd_normal_batch")
+# run by other tests, the same runner: hd_normal_batch is the demo (tests/test_cli.py runs it through `reedge
+# demo`); hd_h2_leak_absorption runs twice in test_a_lockstep_run_gives_the_same_measurements_every_time
+RUN_ELSEWHERE = ("hd_normal_batch", "hd_h2_leak_absorption")
+SCENARIOS = sorted(p for p in (ROOT / "hil" / "scenarios").glob("*.toml") if p.stem not in RUN_ELSEWHERE)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_scenario_passes(path: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    passed_with_its_evidence(run_scenario(load_scenario(path), tmp_path), tmp_path, path.stem)
+
+
+def passed_with_its_evidence(record: dict[str, Any], report_dir: pathlib.Path, stem: str) -> None:
+    """The run passed, and its JSON, JUnit and PNG are written (the JSON as the record)."""
     from hil.report import summary_lines
 
-    record = run_scenario(load_scenario(path), tmp_path)
     summary = "\n".join(summary_lines(record))
     assert record["outcome"] == "pass", f"{summary}\nwork folder: {record['workdir']}"
     for suffix in (".json", ".junit.xml", ".png"):
-        assert (tmp_path / f"{path.stem}{suffix}").stat().st_size > 0
-    saved = json.loads((tmp_path / f"{path.stem}.json").read_text())
+        assert (report_dir / f"{stem}{suffix}").stat().st_size > 0
+    saved = json.loads((report_dir / f"{stem}.json").read_text())
     assert [m["name"] for m in saved["measurements"]] == [m["name"] for m in record["measurements"]]
     assert saved["station"]["sha256"] and saved["scenario_sha256"] and saved["versions"]["reedge"]
     for m in saved["measurements"]:
@@ -167,11 +173,68 @@ def test_a_lockstep_run_gives_the_same_measurements_every_time(tmp_path: pathlib
     assert printed[0] == f"== hd_h2_leak_absorption ({path}) in lockstep" and "(lockstep, plant " in printed[1]
     first = json.loads((tmp_path / "a" / "hd_h2_leak_absorption.json").read_text())
     second = run_scenario(sc, tmp_path / "b")
+    passed_with_its_evidence(second, tmp_path / "b", "hd_h2_leak_absorption")   # (not in test_scenario_passes)
     assert first["clock"] == second["clock"] == "lockstep" and first["time_scale"] is None
     assert first["outcome"] == "pass"
     assert first["measurements"] == second["measurements"]
     assert [(e["t_s"], e["message"]) for e in first["events"]] == [(e["t_s"], e["message"]) for e in second["events"]]
     assert first["plant_s"] == second["plant_s"]
+
+
+def test_a_lockstep_power_loss_leaves_the_disk_as_it_was_and_the_board_boots_from_it(tmp_path: pathlib.Path) -> None:
+    """The lockstep rig's power loss (hil/lockstep_rig.py): no shutdown code of the controller's runs (the files
+    are byte for byte what they were before the power went, through the dark), and the controller that boots
+    measures its outage from the run state as last saved: 100 s before the loss, the periodic save every 300 s
+    of plant time from absorption's start (hd_power_loss_absorption proves the same on the real processes)."""
+    path = ROOT / "tests" / "data" / "hd_lockstep_power_loss.toml"
+    files: dict[str, Any] = {"before": None, "dark": []}
+
+    def on_disk(rig: Any) -> dict[str, bytes]:
+        return {str(f.relative_to(rig.state_dir)): f.read_bytes() for f in sorted(rig.state_dir.rglob("*"))
+                if f.is_file()}
+
+    def watch(run: Any, rig: Any) -> None:
+        loss = run.fired.get("power_loss")
+        if loss is None:
+            files["before"] = on_disk(rig)
+        elif not loss.cleared:
+            assert not rig.controller_alive()
+            files["dark"].append(on_disk(rig))
+
+    record = run_scenario(load_scenario(path), tmp_path, watch)
+    passed_with_its_evidence(record, tmp_path, path.stem)
+    values = {m["name"]: m["value"] for m in record["measurements"]}
+    assert values["recovered_outage_gap_s"] == pytest.approx(100.0, abs=0.01)
+    assert len(files["dark"]) > 100 and all(seen == files["before"] for seen in files["dark"])
+    assert {"run-state.json", "latched-trips"} <= set(files["before"])
+
+
+def test_a_latched_trip_outlives_the_lockstep_boards_death(tmp_path: pathlib.Path) -> None:
+    """board_dead frees the core as the kernel frees a killed process's (its latch file released, nothing
+    else done); board_boots builds a new core that restores the trip from the latch file and runs its proof test."""
+    import dataclasses
+
+    from edge.spec.station import load_station
+    from hil.lockstep import LockstepRig
+    from hil.plants.hd_reactor import HDParams, HDReactor
+
+    station = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
+    station = dataclasses.replace(station, core=dataclasses.replace(station.core,
+                                                                    latch_file=str(tmp_path / "latched-trips")))
+    with LockstepRig(station, HDReactor(HDParams(room_m3=8.0)), dt_s=1.0) as rig:
+        rig.offsets["h2_room"] = 40.0                  # the detector reads 40 %LEL: h2_leak (latched) trips
+        assert rig.run_until(lambda: "h2_leak" in rig.core.snapshot().tripped, 60.0, rig.core.heartbeat)
+        rig.offsets.clear()
+        rig.run_until(lambda: False, 10.0, rig.core.heartbeat)
+        assert "h2_leak" in rig.core.snapshot().tripped and rig.core_alive
+        rig.board_dead()
+        assert not rig.core_alive
+        rig.run_until(lambda: False, 30.0)             # dark: the plant goes on, nothing ticks
+        rig.board_boots(int(rig.regs.regs.plant_ns))
+        assert rig.core_alive and rig.core.restored_trips == 1
+        assert not rig.core.stats().proof_pending and rig.core.stats().core_fault == 0
+        rig.run_until(lambda: False, 10.0, rig.core.heartbeat)
+        assert "h2_leak" in rig.core.snapshot().tripped
 
 
 def test_a_run_can_end_on_its_batch_records_revision() -> None:

@@ -296,7 +296,7 @@ def test_power_loss_of_the_controller_during_a_broker_outage_loses_no_message(tm
 
     def outage_script() -> None:
         try:
-            assert watch.wait(lambda w: "purge" in phases(w), WAIT_S), "the purge never began"
+            assert watch.wait(lambda w: "leak_test" in phases(w), WAIT_S), "the leak test never began"
             broker.stop()
             outage["stopped"] = time.monotonic()
             time.sleep(4.0)                      # the power loss (200 s at 200x: 1 s) and the restart happen now

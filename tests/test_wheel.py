@@ -198,7 +198,7 @@ def test_demo_runs_from_the_wheel(product: Product) -> None:
     refused = product.run("demo", "--time-scale", "5000", "--report-dir", str(product.cwd / "refused"))
     assert refused.returncode == 2 and "--time-scale must be within 1 .. 1500" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr and not (product.cwd / "refused").exists()
-    # a short shipped scenario, whole (1.2 h of plant time at 200x, about 25 s): the 1500x normal batch aborted
+    # a short shipped scenario, whole (0.8 h of plant time at 200x, about 15 s): the 1500x normal batch aborted
     # on a loaded machine, as the scenarios' comments warn
     report = product.cwd / "demo-report"
     out = product.run("demo", "--scenario", str(product.scenarios / "hd_process_freeze.toml"), "--no-color",

@@ -144,13 +144,16 @@ class BatchRecorder:
 
     def __init__(self, state_dir: pathlib.Path, station: Station, *, site: str, station_id: str,
                  config: AccountingConfig | None = None, say: Callable[[str], None] | None = None,
-                 save_every_s: float = 5.0) -> None:
+                 save_every_s: float = 5.0, save_clock: Callable[[], float] = time.monotonic) -> None:
         self.state_dir = state_dir
         self.station = station
         self.site, self.station_id = site, station_id
         self.cfg = config or AccountingConfig()
         self.say = say or (lambda text: None)
         self.save_every_s = save_every_s       # controller (wall) seconds between periodic saves
+        # paces the saves and the trend's appends: the wall clock; the plant's (slowed down) in the lockstep rig,
+        # where what a power loss leaves on disk must be the same every run
+        self.save_clock = save_clock
         self.trackers: dict[str, CounterTracker] = {}
         self._by_source: dict[tuple[str, str], CounterTracker] = {}
         for meter, unit in METERS:
@@ -266,7 +269,7 @@ class BatchRecorder:
         if now >= self._next_trend:
             self._trend_row(ctl, now)
             self._next_trend = now + self.cfg.trend_every_s
-        if time.monotonic() - self._trend_written >= TREND_WRITE_S:
+        if self.save_clock() - self._trend_written >= TREND_WRITE_S:
             self.flush_trend(sync=False)       # into the page cache: a killed process loses nothing of it
         if self._end is not None:
             waiting = [t for t in self.trackers.values() if not t.has_reading_after(self._end)]
@@ -617,7 +620,7 @@ class BatchRecorder:
         """Write the record if due; True when it is on disk."""
         if self.body is None or self.folder is None:
             return False
-        wall = time.monotonic()
+        wall = self.save_clock()
         force = force or self._urgent
         if not (force or self._dirty or wall - self._last_save >= self.save_every_s):
             return True
@@ -671,7 +674,7 @@ class BatchRecorder:
         """The buffered trend rows into the file; ``sync``: onto the disk (with the record's save)."""
         if self.folder is None:
             return
-        self._trend_written = time.monotonic()
+        self._trend_written = self.save_clock()
         if not self._trend_ready:
             self._trend_header()
         with open(self.folder / TREND_FILE, "a", newline="") as f:

@@ -80,12 +80,16 @@ class BatchRejected(RuntimeError):
 
 class Controller:
     def __init__(self, core: Core, station: Station, *, state_path: str | os.PathLike[str],
-                 wall_clock: Callable[[], float] = time.time, save_every_s: float = SAVE_EVERY_S) -> None:
+                 wall_clock: Callable[[], float] = time.time, save_every_s: float = SAVE_EVERY_S,
+                 save_clock: Callable[[], float] = time.monotonic) -> None:
         """``wall_clock`` (unix seconds) measures power-fail outages across restarts; the HIL rig passes
         the plant's clock, the only one that keeps running through its simulated outages. An outage is
-        known to within ``save_every_s`` of wall time (the periodic save); the rig shortens it by its
-        time scale, so that the outage on the plant's clock stays as precise as on a real station."""
+        known to within ``save_every_s`` of ``save_clock`` (the periodic save; wall seconds); the real-time rig
+        shortens it by its time scale, so that the outage on the plant's clock stays as precise as on a real
+        station; the lockstep rig's ``save_clock`` is its plant's clock (slowed down), so that what a power loss
+        leaves on disk is the same every run."""
         self.save_every_s = save_every_s
+        self.save_clock = save_clock
         self.core = core
         self.station = station
         self.wall_clock = wall_clock
@@ -610,7 +614,7 @@ class Controller:
             return
         prog = seq.program
         key = (seq.phase, seq.held, seq.data.get("step"), prog.segment_index if prog is not None else None)
-        wall = time.monotonic()
+        wall = self.save_clock()
         if force or key != self._saved_key or wall - self._last_save_wall >= self.save_every_s:
             try:
                 self.store.save(self.snapshot())
