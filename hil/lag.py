@@ -102,7 +102,7 @@ def lag_measurement(lag: LagProbe | None, limit: float, time_scale: float, *, lo
     if worst is None:
         note = "not measured: no probe was answered"
     elif ok:
-        note = f"{answered} probes answered; the latest scan came {worst:g} s late"
+        note = f"{answered} probes answered; the latest scan came {worst:g} s late, at plant time {at or 0.0:.0f} s"
     else:
         note = (f"the controller fell behind the plant by {worst:g} s at plant time {at or 0.0:.0f} s (limit"
                 f" {limit:g} s, [rig] max_lag_s): the machine could not keep up with time_scale {time_scale:g};"
