@@ -361,3 +361,24 @@ def test_example_station_loop_controls_the_hd_plant_model(vacuum: bool, overshoo
     after = [(t, pv) for t, pv in log if t > 1800.0]
     assert max(pv for _, pv in after) - 220.0 < overshoot_max
     assert max(t for t, pv in after if abs(pv - 220.0) > 0.5) - 1800.0 < settle_max_s
+
+
+def test_a_derivative_carried_through_manual_does_not_wind_the_integrator_at_the_transfer() -> None:
+    """The sintering anneal after a quench: the loop tracked 0 % in manual while the charge fell 1.3 degC/s, then
+    the program's ramp put it in auto at the PV. The transfer put the derivative's transient (+7.8) into the
+    integrator (-7.8): with the charge 18 degC below the setpoint the heater stayed off for 1.9 h (issue 16
+    review). The transfer is still bumpless, and the loop now heats as soon as the PV is below the setpoint."""
+    pid = Pid(PidGains(kp=0.05, ti_s=1200.0, td_s=120.0))
+    pid.set_manual(0.0)
+    pv, t = 900.0, 0.0
+    for _ in range(600):                     # the quench: 1.3 degC/s down, no heat wanted
+        pid.update(pv, pv, t)
+        pv, t = pv - 1.3, t + 1.0
+    pid.set_auto(t)
+    assert pid.update(pv + 3.0, pv, t) == pytest.approx(0.0, abs=1e-12)    # bumpless: 0 % as in manual
+    assert abs(pid.integral) < 1.0
+    t += 1.0
+    for _ in range(60):                      # the charge settles 18 degC below the ramp's setpoint
+        out = pid.update(88.0, 70.0, t)
+        t += 1.0
+    assert out > 0.5

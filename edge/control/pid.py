@@ -26,7 +26,10 @@ limit as soon as P + I drop below it (before the error changes sign, which keeps
 and at the latest within one scan of the error changing sign; and there is no tracking time
 constant to tune per furnace. Saturation the PID cannot see (the core's gate forcing the heater
 off) is the controller's to report: it puts the loop in manual at the forced level and back to
-auto afterwards, which is bumpless.
+auto afterwards, which is bumpless. At that return the derivative restarts from zero and the
+integrator takes only the P term's share (``I = u - P``): a derivative carried through manual (a
+quench: the PV falling 1.3 degC/s while no heat was wanted, D = +7.8) would otherwise be frozen into
+the integrator as -7.8 and keep the heater off for hours after the PV fell below the setpoint.
 
 Sensor break (a non-finite PV, which is how the core reports a faulted channel): in auto the
 output goes to ``sensor_break_output`` and the integrator is frozen; when the PV comes back the
@@ -146,8 +149,9 @@ class Pid:
             self._output = self._manual_output
             self._transfer = True
             return self._output
-        if self._transfer:  # manual -> auto: start exactly where the output was
-            self._integral = self._output - p_term - self._d_term
+        if self._transfer:  # manual -> auto: start exactly where the output was, without the derivative
+            self._d_term = 0.0   # a transient (the PV fell fast while nobody heated): into the integrator it
+            self._integral = self._output - p_term   # would stay, and hold the heater off for hours
             self._transfer = False
         elif ti > 0.0 and dt > 0.0:
             self._integrate(kp * dt / ti * (sp - pv), p_term + self._d_term)
