@@ -11,9 +11,10 @@ What the people around the furnace judge a batch by, beside what it consumed:
   the last program phase under vacuum, anneal_2);
 - ``h2_top_ups``: the times absorption opened the H2 inlet again;
 - ``interlock_trips``: the core's interlock trips during the batch (listed among the record's events);
-- ``nuisance_alarms``: chattering raises and fleeting clears of its process alarms, and
-  ``deviation_alarm_rests``: the times a deviation alarm rested because the program asked for more than
-  the plant follows (``edge.control.alarms``, ISA-18.2): above zero, an alarm's settings want a look.
+- ``nuisance_alarms``: chattering raises and fleeting clears of its process alarms (ISA-18.2): above zero,
+  an alarm's settings want a look;
+- ``deviation_alarm_rests``: the times the program outran the plant, so that a deviation alarm judged the
+  PV against the setpoint the plant can reach instead of the program's (``edge.control.alarms``).
 
 The first four come from the sequencer (``Sequencer.results``: a phase's own data is gone in the scan it
 ends). ``None``: not measured, because the process has no such step or the batch did not reach it.

@@ -23,10 +23,14 @@ What happens to an alarm, in this order every ``update``:
 * **No setpoint** (deviation kinds): not evaluated, an active condition clears, start-up
   inhibition re-arms; the state reads ``inhibited``. A new program starts with a clean slate.
 * **Unfollowable program** (deviation kinds with ``follows_rise_per_min`` / ``follows_fall_per_min``):
-  while the setpoint moves faster than the plant can follow (a sintering furnace cannot cool at
-  10 degC/min), not evaluated, an active condition clears, and the alarm re-arms only once the PV is
-  back in band (start-up inhibition). Each rest is counted (``rests``): the deviation alarm would have
-  been a nuisance alarm (ISA-18.2).
+  besides the program's setpoint the alarm keeps the *followable* one, which moves towards it no faster
+  than the plant can (a sintering furnace cannot cool at 10 degC/min). The PV is judged by its distance
+  from the span between the two: wherever the plant may be, between where the program is and where the
+  plant could have got to, is in band. So a program that outruns the plant raises nothing (an alarm that
+  always fires is a nuisance, ISA-18.2), and a plant that does not even follow at its own rate (a dead
+  heater under a setpoint step) still raises, once it falls ``threshold`` behind the followable setpoint.
+  The alarm is never switched off: one ``rested`` event says when the program starts to outrun the
+  plant (counted per batch), nothing more.
 * **Sensor** (a non-finite PV, which is how the core reports a faulted channel, or a channel
   missing from ``values``): not evaluated, the state reads ``sensor`` and ``sensor_bad`` /
   ``sensor_ok`` events mark it. The alarm is *not* cleared: "cannot tell" is not "all is well"
@@ -72,7 +76,6 @@ SNAPSHOT_VERSION = 1
 CHATTER_WINDOW_S = 600.0      # three raises of one alarm within this: chattering
 CHATTER_RAISES = 3
 FLEETING_S = 60.0             # raised and gone by itself, unacknowledged, within this: fleeting
-SETTLE_S = 60.0               # a resting deviation alarm waits at least this after the fast setpoint
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,8 @@ class _Runtime:
     value: float | None = None
     history: deque[tuple[float, float]] = field(default_factory=deque)  # rate: (t, pv)
     ref: tuple[float, float, int] | None = None  # loop_break: (t, pv, direction +1 high / -1 low)
-    last_sp: tuple[float, float] | None = None   # deviation kinds: (t, sp) of the last scan
-    resting: bool = False             # rests until re-armed in band (one ``rested`` event a stretch)
-    calm_since: float | None = None   # resting: since when the setpoint moves no faster than the plant follows
+    followable: tuple[float, float] | None = None  # deviation kinds: (t, the setpoint the plant can have reached)
+    outrun: bool = False              # the program's setpoint is beyond the followable one (one ``rested`` a stretch)
     raises: deque[float] = field(default_factory=deque)  # times of the recent raises (chattering)
     acked_since_raise: bool = False
 
@@ -153,8 +155,7 @@ class AlarmEngine:
         if spec.kind in DEVIATION_KINDS:
             sp = setpoints.get(spec.setpoint_of or spec.channel)
             if sp is None or not math.isfinite(sp):
-                rt.last_sp = None            # a new program's first setpoint is no step
-                rt.resting, rt.calm_since = False, None
+                rt.followable, rt.outrun = None, False   # a new program starts where its setpoint is
                 if not rt.no_setpoint:
                     rt.no_setpoint = True
                     rt.inhibited = spec.inhibit_until_normal
@@ -163,8 +164,7 @@ class AlarmEngine:
                         self._clear(spec, rt, now_s, "no setpoint: deviation alarms rest", events)
                 return
             rt.no_setpoint = False
-            if self._unfollowable(spec, rt, now_s, sp, events):
-                return
+            reach = self._followable(spec, rt, now_s, sp, events)
 
         pv = values.get(spec.channel, math.nan)
         if not math.isfinite(pv):
@@ -183,7 +183,7 @@ class AlarmEngine:
         if spec.kind == "loop_break":
             self._loop_break(spec, rt, now_s, pv, outputs, events)
             return
-        excess = self._excess(spec, rt, now_s, pv, sp)
+        excess = self._excess(spec, rt, now_s, pv, sp, reach if spec.kind in DEVIATION_KINDS else None)
         if excess is None:  # a rate without a full window yet
             rt.pending_since = None
             return
@@ -191,8 +191,6 @@ class AlarmEngine:
         clear_now = excess < -spec.hysteresis
         if rt.inhibited:
             rt.inhibited = not clear_now
-            rt.resting = rt.resting and rt.inhibited
-            rt.calm_since = rt.calm_since if rt.resting else None
             return
         if not rt.condition:
             if not raise_now:
@@ -205,14 +203,19 @@ class AlarmEngine:
         elif clear_now:
             self._clear(spec, rt, now_s, self._describe(spec, pv, sp), events)
 
-    def _excess(self, spec: AlarmSpec, rt: _Runtime, now_s: float, pv: float, sp: float | None) -> float | None:
+    def _excess(self, spec: AlarmSpec, rt: _Runtime, now_s: float, pv: float, sp: float | None,
+                reach: float | None = None) -> float | None:
         """How far beyond its threshold the alarm's measure is (> 0 raises, < -hysteresis clears);
-        records the value events show (pv, pv - sp, or the rate)."""
+        records the value events show (pv, pv - sp, or the rate). Deviation kinds: measured from the span
+        between the program's setpoint and the followable one (``reach``; the same when the plant keeps up)."""
         thr = spec.threshold
         if spec.kind in DEVIATION_KINDS:
             assert sp is not None
-            rt.value = pv - sp
-            return {"dev_high": pv - sp, "dev_low": sp - pv}.get(spec.kind, abs(pv - sp)) - thr
+            low, high = (sp, sp) if reach is None else (min(sp, reach), max(sp, reach))
+            above, below = pv - high, low - pv
+            rt.value = above if above > 0 else -below if below > 0 else 0.0 if reach is not None and reach != sp \
+                else pv - sp
+            return {"dev_high": above, "dev_low": below}.get(spec.kind, max(above, below)) - thr
         if spec.kind == "rate":
             rate = self._rate(spec, rt, now_s, pv)
             rt.value = rate
@@ -222,35 +225,28 @@ class AlarmEngine:
         rt.value = pv
         return pv - thr if spec.kind == "abs_high" else thr - pv
 
-    def _unfollowable(self, spec: AlarmSpec, rt: _Runtime, now_s: float, sp: float,
-                      events: list[AlarmEvent]) -> bool:
-        """True while the alarm rests because the program asks for more than the plant can follow: from the
-        first scan the setpoint moves faster than ``follows_*_per_min`` (an active alarm clears, one ``rested``
-        event) until it has moved no faster for ``delay_s`` (at least ``SETTLE_S``: a held-back ramp pauses and
-        goes on, one rest for all of it); then start-up inhibition re-arms it once the PV is back in band."""
-        last, rt.last_sp = rt.last_sp, (now_s, sp)
-        if last is None or now_s <= last[0]:
-            return rt.resting
-        rate = (sp - last[1]) / (now_s - last[0]) * 60.0
-        limit = spec.follows_rise_per_min if rate > 0 else spec.follows_fall_per_min
-        if abs(rate) <= limit * (1.0 + 1e-9) + 1e-9:      # a ramp at exactly the plant's rate is followable
-            if rt.resting:
-                rt.calm_since = now_s if rt.calm_since is None else rt.calm_since
-                if now_s - rt.calm_since < max(spec.delay_s, SETTLE_S):
-                    return True
-            rt.calm_since = None
-            return False
-        rt.calm_since = None
-        rt.inhibited = True              # re-armed by the PV coming back in band (start-up inhibition)
-        rt.pending_since = None
-        if not rt.resting:
-            rt.resting = True
-            detail = (f"the setpoint moves {_fmt(rate)} {spec.unit}/min, the plant follows at most {_fmt(limit)}: "
-                      f"the deviation alarm rests until {spec.channel} is back in band").replace("  ", " ")
-            if rt.condition:
-                self._clear(spec, rt, now_s, detail, events)
-            events.append(self._event("rested", spec, rt, now_s, detail))
-        return True
+    def _followable(self, spec: AlarmSpec, rt: _Runtime, now_s: float, sp: float,
+                    events: list[AlarmEvent]) -> float:
+        """The setpoint the plant can have reached: it moves towards the program's no faster than
+        ``follows_rise_per_min`` / ``follows_fall_per_min`` (the program's own when those are not set). One
+        ``rested`` event when the program starts to outrun the plant, again only after the plant caught up."""
+        last, reach = rt.followable, sp
+        if last is not None and now_s > last[0]:
+            minutes = (now_s - last[0]) / 60.0
+            reach = min(max(sp, last[1] - spec.follows_fall_per_min * minutes),
+                        last[1] + spec.follows_rise_per_min * minutes)
+        elif last is not None:
+            reach = last[1]
+        rt.followable = (now_s, reach)
+        outrun = abs(reach - sp) > 1e-9 * max(1.0, abs(sp))
+        if outrun and not rt.outrun and last is not None:
+            rate = (sp - last[1]) / max(now_s - last[0], 1e-9) * 60.0
+            limit = spec.follows_rise_per_min if sp > last[1] else spec.follows_fall_per_min
+            events.append(self._event("rested", spec, rt, now_s, (
+                f"the setpoint moves {_fmt(rate)} {spec.unit}/min, the plant follows at most {_fmt(limit)}: "
+                f"{spec.channel} is judged against the setpoint the plant can reach").replace("  ", " ")))
+        rt.outrun = outrun
+        return reach
 
     @staticmethod
     def _rate(spec: AlarmSpec, rt: _Runtime, now_s: float, pv: float) -> float | None:

@@ -53,9 +53,9 @@ class AlarmSpec:
     limit: LoopLimit = "both"               # loop_break: which limit is watched
     unit: str = ""                          # the channel's unit, for messages
     on_active: tuple[AlarmAction, ...] = ()  # what process control does while the alarm is active or unacked
-    #: deviation kinds: the fastest the plant can follow its setpoint up / down (unit per minute). While the
-    #: program asks for more the alarm rests (an alarm that always fires is a nuisance, ISA-18.2) and it
-    #: re-arms once the PV is back in band. inf: the plant follows any program (the alarm never rests).
+    #: deviation kinds: the fastest the plant can follow its setpoint up / down (unit per minute). Under a
+    #: faster program the PV is judged against the setpoint the plant can have reached (an alarm that always
+    #: fires is a nuisance, ISA-18.2; edge.control.alarms). inf: the plant follows any program.
     follows_rise_per_min: float = math.inf
     follows_fall_per_min: float = math.inf
 
