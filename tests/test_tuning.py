@@ -1,6 +1,7 @@
 """A loop's autotune run by the controller (edge.control.tuning) on the real C core and the HD plant model in
-lockstep: it converges to gains near the hand-tuned ones, reports each cycle, a trip aborts it with the heater
-safe, and it is refused while a batch runs, a trip stands or the setpoint leaves no room below the limit."""
+lockstep: it converges to gains near the hand-tuned ones, reports each cycle, a trip (even one that cleared
+between scans) or air coming in aborts it with the heater safe, and it is refused while a batch runs, a trip
+stands, the vessel is not under vacuum or the setpoint leaves no room below the limit."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from hil.plants.hd_reactor import HDReactor
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STATION = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
+SETPOINT = 450.0     # under vacuum the retort couples by radiation: at 150 degC a relay cycle takes ~25 min
 
 
 @pytest.fixture
@@ -25,7 +27,8 @@ def rig(tmp_path: pathlib.Path) -> Iterator[tuple[LockstepRig, Controller, HDRea
     plant = HDReactor()
     with LockstepRig(STATION, plant, dt_s=2.0) as lockstep:
         ctl = Controller(lockstep.core, lockstep.station, state_path=tmp_path / "run.json")
-        lockstep.step(ctl.step)
+        plant.s.n_air = 0.0                   # pumped down, as a recipe leaves it before it heats
+        lockstep.run_until(lambda: False, 20, ctl.step)
         yield lockstep, ctl, plant
 
 
@@ -36,7 +39,7 @@ def tune_events(ctl: Controller) -> list[dict[str, object]]:
 def test_an_autotune_converges_to_gains_near_the_hand_tuned_ones(rig: tuple[LockstepRig, Controller,
                                                                              HDReactor]) -> None:
     lockstep, ctl, plant = rig
-    ctl.start_autotune("chamber", 150.0)
+    ctl.start_autotune("chamber", SETPOINT)
     peak = 0.0
 
     def scan() -> None:
@@ -52,19 +55,51 @@ def test_an_autotune_converges_to_gains_near_the_hand_tuned_ones(rig: tuple[Lock
     hand = STATION.loops[0].gains
     for key, theirs in (("kp", hand.kp), ("ti_s", hand.ti_s), ("td_s", hand.td_s)):
         assert 0.4 < float(done[key]) / theirs < 2.5, (key, done[key], theirs)   # type: ignore[arg-type]
-    assert "kp" in str(done["message"]) and peak < 150.0 + 30.0      # the relay swings a few degC around it
+    assert "kp" in str(done["message"]) and peak < SETPOINT + 30.0   # the relay swings a few degC around it
     lockstep.run_until(lambda: False, 60, ctl.step)
     assert ctl.core.snapshot().outputs["heater"].level == 0            # heater off after the tune
 
 
+def test_a_trip_that_cleared_between_two_scans_still_ends_the_tune(rig: tuple[LockstepRig, Controller,
+                                                                              HDReactor]) -> None:
+    """A non-latched trip (the lid, 50 ms debounce) that trips and clears between two scans: a batch aborts on its
+    TRIP event, and so does the tune now (it went on and switched the heater on again)."""
+    lockstep, ctl, plant = rig
+    ctl.start_autotune("chamber", SETPOINT)
+    assert lockstep.run_until(lambda: plant.s.charge_c > 100.0, 3 * 3600, ctl.step)
+    plant.s.lid_open = True
+    for _ in range(2):
+        lockstep.step(ctl.core.heartbeat)                               # no scan: the core trips on its own
+    assert ctl.core.snapshot().tripped == ("lid_open",)
+    plant.s.lid_open = False
+    for _ in range(2):
+        lockstep.step(ctl.core.heartbeat)                               # and clears (not latched)
+    assert not ctl.core.snapshot().tripped
+    ctl.step()
+    last = tune_events(ctl)[-1]
+    assert ctl.tuning is None and last["state"] == "failed" and "interlock lid_open tripped" in str(last["message"])
+
+
+def test_air_coming_in_ends_the_tune(rig: tuple[LockstepRig, Controller, HDReactor]) -> None:
+    lockstep, ctl, plant = rig
+    ctl.start_autotune("chamber", SETPOINT)
+    assert lockstep.run_until(lambda: plant.s.charge_c > 100.0, 3 * 3600, ctl.step)
+    assert ctl.core.snapshot().outputs["vacuum_pump"].level == 1        # the pump keeps the vacuum meanwhile
+    plant.s.extra_air_leak_mbar_l_s = 5000.0                            # a seal lets go
+    assert lockstep.run_until(lambda: ctl.tuning is None, 600, ctl.step)
+    assert "air or gas is coming in" in str(tune_events(ctl)[-1]["message"])
+    lockstep.run_until(lambda: False, 10, ctl.step)
+    assert ctl.core.snapshot().outputs["heater"].level == 0 and ctl.core.snapshot().outputs["vacuum_pump"].level == 0
+
+
 @pytest.mark.parametrize("fault, words", [
     ("lid_open", "lid"),            # a permissive of the heater and an interlock: the core refuses the duty
-    ("estop_pressed", "a trip"),    # an interlock only: the core forces the heater safe
+    ("estop_pressed", "interlock estop tripped"),    # an interlock only: the core forces the heater safe
 ])
 def test_a_trip_aborts_the_tune_and_the_heater_stays_safe(rig: tuple[LockstepRig, Controller, HDReactor],
                                                           fault: str, words: str) -> None:
     lockstep, ctl, plant = rig
-    ctl.start_autotune("chamber", 150.0)
+    ctl.start_autotune("chamber", SETPOINT)
     assert lockstep.run_until(lambda: plant.s.charge_c > 100.0, 3 * 3600, ctl.step)
     setattr(plant.s, fault, True)
     assert lockstep.run_until(lambda: ctl.tuning is None, 120, ctl.step)
@@ -85,22 +120,32 @@ def test_a_tune_is_refused_when_it_cannot_run_safely(rig: tuple[LockstepRig, Con
         ctl.start_autotune("chamber", STATION.limits.max_temperature_for("chamber_temp") - 5.0)
     with pytest.raises(TuneRejected, match="setpoint must be a number"):
         ctl.start_autotune("chamber", float("nan"))
+    plant.s.extra_air_leak_mbar_l_s = 5000.0                          # vented: air in the retort
+    lockstep.run_until(lambda: False, 60, ctl.step)
+    with pytest.raises(TuneRejected, match=r"heats only under vacuum, as a recipe does: chamber_vacuum reads"):
+        ctl.start_autotune("chamber", SETPOINT)
+    plant.s.extra_air_leak_mbar_l_s, plant.s.n_air = 0.0, 0.0
+    lockstep.run_until(lambda: False, 20, ctl.step)
     plant.s.lid_open = True
     lockstep.run_until(lambda: False, 10, ctl.step)
     with pytest.raises(TuneRejected, match="interlocks tripped: lid_open"):
-        ctl.start_autotune("chamber", 150.0)
+        ctl.start_autotune("chamber", SETPOINT)
     plant.s.lid_open = False
     lockstep.run_until(lambda: False, 10, ctl.step)
-    ctl.start_batch(load_recipe(ROOT / "recipes" / "hd_standard.toml"), batch_id="b-1")
-    with pytest.raises(TuneRejected, match="batch b-1 is running"):
-        ctl.start_autotune("chamber", 150.0)
-    ctl.abort("test")
-    assert lockstep.run_until(lambda: ctl.batch_finished(), 4 * 3600, ctl.step)
-    ctl.start_autotune("chamber", 150.0)
+    ctl.start_autotune("chamber", SETPOINT)
     with pytest.raises(BatchRejected, match="loop chamber is being autotuned"):
         ctl.start_batch(load_recipe(ROOT / "recipes" / "hd_standard.toml"), batch_id="b-2")
+    with pytest.raises(TuneRejected, match="loop chamber is being autotuned already"):
+        ctl.start_autotune("chamber", SETPOINT)
     ctl.abort("operator stop")                                          # no batch: the abort ends the tune
     assert ctl.tuning is None and tune_events(ctl)[-1]["state"] == "failed"
+    ctl.tune_only = True                                                # `reedge autotune`: no batch by command
+    with pytest.raises(BatchRejected, match="runs `reedge autotune`"):
+        ctl.start_batch(load_recipe(ROOT / "recipes" / "hd_standard.toml"), batch_id="b-3")
+    ctl.tune_only = False
+    ctl.start_batch(load_recipe(ROOT / "recipes" / "hd_standard.toml"), batch_id="b-1")
+    with pytest.raises(TuneRejected, match="batch b-1 is running"):
+        ctl.start_autotune("chamber", SETPOINT)
 
 
 def test_the_maintenance_role_alone_starts_a_tune_over_mqtt(rig: tuple[LockstepRig, Controller, HDReactor],
@@ -127,13 +172,13 @@ def test_the_maintenance_role_alone_starts_a_tune_over_mqtt(rig: tuple[LockstepR
             reply = handler.handle(topics.cmd("autotune", who), command("autotune", args, issuer=who)).reply
             return reply["code"], reply["message"]
 
-        assert send("scada", {"loop": "chamber", "setpoint_c": 150})[0] == "unauthorised"
-        assert send("dash", {"loop": "chamber", "setpoint_c": 150})[0] == "unauthorised"
+        assert send("scada", {"loop": "chamber", "setpoint_c": SETPOINT})[0] == "unauthorised"
+        assert send("dash", {"loop": "chamber", "setpoint_c": SETPOINT})[0] == "unauthorised"
         assert ctl.tuning is None
-        code, message = send("service", {"loop": "oven", "setpoint_c": 150})
+        code, message = send("service", {"loop": "oven", "setpoint_c": SETPOINT})
         assert code == "refused" and "no loop 'oven'" in message
-        code, message = send("service", {"loop": "chamber", "setpoint_c": 150})
-        assert code == "ok" and "autotune of loop chamber around 150 degC started" in message
+        code, message = send("service", {"loop": "chamber", "setpoint_c": SETPOINT})
+        assert code == "ok" and "autotune of loop chamber around 450 degC started" in message
     assert lockstep.run_until(lambda: ctl.tuning is None, 6 * 3600, ctl.step)
     assert tune_events(ctl)[-1]["state"] == "done"
 

@@ -67,7 +67,7 @@ from edge.app.stdin_commands import Line, StdinCommands, answer
 from edge.app.systemd import Notifier
 from edge.batch.record import BatchRecorder
 from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller, ProcessEvent
-from edge.control.tuning import TuneRejected
+from edge.control.tuning import TuneRejected, result_fields
 from edge.core import Core, CoreEvent
 from edge.devices.modbus import ModbusBus
 from edge.devices.node.client import SensorNode
@@ -106,6 +106,7 @@ class TuneRequest:
     loop: str
     setpoint_c: float
     result: dict[str, Any] | None = None
+    tuning: Any = None          # the controller's LoopTuning this request started: its result, no other's
 
 
 @dataclass
@@ -359,10 +360,12 @@ def run(opts: RunOptions) -> int:
                 reporter.event(e)
             return 1
         if opts.autotune is not None:
+            ctl.tune_only = True        # no batch started by a command while this run tunes (it stops after)
             try:
                 ctl.start_autotune(opts.autotune.loop, opts.autotune.setpoint_c)
             except TuneRejected as exc:
                 raise RunError(f"autotune refused: {exc}") from None
+            opts.autotune.tuning = ctl.tuning
         for layer in safety_layers(station):     # a missing layer nothing else covers: said at every start
             if layer.severity == "loud":
                 _say(f"reedge run: WARNING: {layer.title}: {layer.detail}")
@@ -370,6 +373,16 @@ def run(opts: RunOptions) -> int:
                        pid=os.getpid(), recovered=recovered, t_s=ctl.now_s())
         notifier.ready(f"station {station.identity.station_id}")
         return _loop(ctl, opts, reporter, notifier, commands, operator, stop, binding, devices, publisher)
+
+
+def tune_result(request: TuneRequest) -> dict[str, Any]:
+    """What the tune this request started came to: ``state`` done with the gains, or failed."""
+    tuning = request.tuning
+    result = tuning.result if tuning is not None else None
+    if result is None:
+        return {"state": "failed", "loop": request.loop, "why": (tuning.failed if tuning is not None else None)
+                or "aborted"}
+    return {"state": "done", **result_fields(request.loop, result)}
 
 
 def controller_for(core: Core, station: Station, state_dir: pathlib.Path, recorder: BatchRecorder,
@@ -456,8 +469,8 @@ def _loop(ctl: Controller, opts: RunOptions, reporter: Reporter, notifier: Notif
         notifier.watchdog()
         if opts.exit_when_done and ctl.batch_finished() and not devices.recorder.closing:
             break                   # (once its record has its end readings, or gave up waiting for them)
-        if opts.autotune is not None and ctl.tuning is None:        # the tune is over, done or failed
-            opts.autotune.result = next((dict(e.data) for e in reversed(ctl.events) if e.kind == "autotune"), None)
+        if opts.autotune is not None and ctl.tuning is not opts.autotune.tuning:   # ours is over, done or not
+            opts.autotune.result = tune_result(opts.autotune)
             break
         if commands is not None:
             scan.answer(commands.poll())     # the same path as MQTT's commands, as "stdin"

@@ -34,7 +34,8 @@ def cmd_autotune(args: argparse.Namespace) -> int:
                           rig=pathlib.Path(args.rig) if args.rig else None, broker=args.broker, autotune=request))
     result = request.result
     if code != 0 or result is None or result.get("state") != "done":
-        print(f"reedge autotune: no gains: {'the tune failed (see its last event)' if result else 'stopped'}")
+        why = result.get("why", "it failed") if result else "stopped before the tune ended"
+        print(f"reedge autotune: loop {args.loop}: no gains: {why}")
         return 1
     gains = PidGains(float(result["kp"]), float(result["ti_s"]), float(result["td_s"]))
     print(f"reedge autotune: loop {args.loop}: kp = {gains.kp:.4g}, ti_s = {gains.ti_s:.4g}, td_s = {gains.td_s:.4g} "

@@ -47,7 +47,7 @@ from edge.control.pid import Pid
 from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer
 from edge.control.sintering import SinteringSequencer
-from edge.control.tuning import LoopTuning, TuneRejected, result_fields
+from edge.control.tuning import AIR_IN_FACTOR, LoopTuning, TuneRejected, result_fields
 from edge.core import Core, CoreEvent, CoreSnapshot, EventKind, OutputRefused
 from edge.files import room_problem
 from edge.spec.alarms import SEVERITIES
@@ -130,6 +130,7 @@ class Controller:
         self._saved_key: tuple[Any, ...] = ()
         self._snap: CoreSnapshot | None = None   # the scan's view of the core, while a scan runs
         self.tuning: LoopTuning | None = None      # a loop's autotune, between batches (edge.control.tuning)
+        self.tune_only = False    # `reedge autotune`: this controller tunes and stops, it starts no batch
 
     # ---- clock and inputs ----
 
@@ -170,6 +171,8 @@ class Controller:
             raise BatchRejected(f"batch {self.batch.get('id')} is running (phase {self.sequencer.phase})")
         if self.tuning is not None:
             raise BatchRejected(f"loop {self.tuning.loop.name} is being autotuned: abort the tune first")
+        if self.tune_only:
+            raise BatchRejected("this controller runs `reedge autotune`: no batch until it has stopped")
         problems = check_recipe(recipe, self.station)
         if problems:
             raise BatchRejected("recipe does not fit this station:\n" + "\n".join(f"  {p}" for p in problems))
@@ -248,6 +251,11 @@ class Controller:
         if fault or tripped:
             raise TuneRejected(f"core fault: {fault}" if fault else
                                f"interlocks tripped: {', '.join(tripped)} (clear and reset them first)")
+        channel, limit = self.station.plumbing.vacuum_channel, self.station.limits.min_vacuum_before_heating_mbar
+        vacuum = self.core.snapshot().readings.get(channel, math.nan)
+        if not vacuum <= limit:     # NaN too: a tune heats only where a recipe may (recipe_check's rule)
+            raise TuneRejected(f"the tune heats only under vacuum, as a recipe does: {channel} reads {vacuum:g} mbar, "
+                               f"the station's limit before heating is {limit:g} mbar (pump down first)")
         now = self.now_s()
         assert isinstance(setpoint_c, int | float)
         self.tuning = LoopTuning(spec, float(setpoint_c), now)
@@ -261,6 +269,12 @@ class Controller:
         assert tuning is not None
         if forced:
             self._end_tune(now, f"aborted: the core holds {spec.output} safe (a trip)")
+            return 0.0
+        channel = self.station.plumbing.vacuum_channel
+        vacuum = (self._snap.readings if self._snap is not None else {}).get(channel, math.nan)
+        if not vacuum <= AIR_IN_FACTOR * self.station.limits.min_vacuum_before_heating_mbar:
+            self._end_tune(now, f"aborted: {channel} reads {vacuum:g} mbar: air or gas is coming in (the pump runs "
+                                f"throughout the tune)")
             return 0.0
         duty = tuning.step(pv, now)
         for cycle in tuning.new_cycles():
@@ -380,10 +394,15 @@ class Controller:
             tripped = snap.tripped
             if tripped:
                 seq.abort(now, f"interlock {tripped[0]} tripped", cause=tripped[0])
+        if self.tuning is not None and snap.tripped:      # any trip ends a tune, whatever outputs it forces
+            self._end_tune(now, f"aborted: interlock {snap.tripped[0]} tripped")
         heating = seq is not None and seq.running     # before the step: the scan that finishes still counts
         if seq is not None:
             seq.stamps = snap.stamps
         demand = seq.step(now, readings) if seq is not None else Demand()
+        if self.tuning is not None:      # the pump keeps the vacuum the tune heats under (a program's vacuum)
+            pl = self.station.plumbing
+            demand = Demand(outputs={**demand.outputs, pl.vacuum_pump: 1, pl.vacuum_valve: 1})
         self.last_demand = demand
         self._bands(now, demand, readings)
         if heating:
@@ -487,6 +506,8 @@ class Controller:
                   core_kind=e.kind.name, wall_ns=e.wall_ns)
         if e.kind is EventKind.TRIP and self.sequencer is not None and self.sequencer.running:
             self.sequencer.abort(now, f"interlock {e.rule} tripped", cause=e.rule)
+        if e.kind is EventKind.TRIP and self.tuning is not None:   # even one that cleared since the last scan
+            self._end_tune(now, f"aborted: interlock {e.rule} tripped")
 
     def _loops(self, now: float, readings: Mapping[str, float], demand: Demand,
                snap: CoreSnapshot) -> dict[str, float]:

@@ -4,11 +4,16 @@
 controller runs it on a real loop (``reedge autotune``, the maintenance role's ``autotune`` command):
 
 - **Only when idle and safe**: no batch running, no interlock tripped, no core fault, the setpoint inside
-  the station's temperature limit for the loop's PV. The relay drives the loop's output the normal way
+  the station's temperature limit for the loop's PV, and the vessel under vacuum at or below the station's
+  ``min_vacuum_before_heating_mbar`` (the rule every recipe follows before it heats: no hot zone or powder
+  heated in air, no H2 left with a hydride). The pump runs throughout, as in a program's vacuum segment;
+  a vacuum worse than ``AIR_IN_FACTOR`` times that limit (air or gas coming in) ends the tune. The relay
+  drives the loop's output the normal way
   (``Core.set_duty``): the core's gate, permissives, interlocks and dead-man hold the limits exactly as in
   a batch; tuning only replaces the PID's duty.
-- **Aborted, outputs safe**, by anything that makes it unsafe or pointless: a trip or a forced output (the
-  core already holds it safe; the tune stops asking), a refused duty, a sensor break, the operator's
+- **Aborted, outputs safe**, by anything that makes it unsafe or pointless: any interlock trip (even one that
+  cleared between two scans) or a forced output (the core already holds it safe; the tune stops asking),
+  the vacuum lost, a refused duty, a sensor break, the operator's
   ``abort``, a batch start, a controller restart (a tune is not resumed after a power loss: the heater stays
   off until someone asks again).
 - **Progress** as events, one per measured relay cycle (period, PV amplitude), and the result (Ku, Tu and
@@ -26,10 +31,11 @@ from typing import Any
 from edge.control.autotune import AutotuneResult, RelayAutotune
 from edge.spec.loops import LoopSpec
 
-__all__ = ["HYSTERESIS_C", "MAX_DURATION_S", "LoopTuning", "TuneRejected"]
+__all__ = ["AIR_IN_FACTOR", "HYSTERESIS_C", "MAX_DURATION_S", "LoopTuning", "TuneRejected"]
 
 HYSTERESIS_C = 1.0            # the relay's switching band: above a thermocouple's noise, far below a cycle
 MAX_DURATION_S = 4 * 3600.0   # a furnace that has not settled into a cycle by then will not: fail, heater off
+AIR_IN_FACTOR = 100.0         # heating outgasses (a program waits for it); 100x the limit is air or gas coming in
 
 
 class TuneRejected(RuntimeError):
