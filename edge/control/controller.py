@@ -47,7 +47,7 @@ from edge.control.pid import Pid
 from edge.control.runstate import RunStateCorrupt, RunStateStore
 from edge.control.sequencer import Demand, Sequencer
 from edge.control.sintering import SinteringSequencer
-from edge.control.tuning import AIR_IN_FACTOR, LoopTuning, TuneRejected, result_fields
+from edge.control.tuning import AIR_IN_FACTOR, PUMP_DOWN_S, LoopTuning, TuneRejected, result_fields
 from edge.core import Core, CoreEvent, CoreSnapshot, EventKind, OutputRefused
 from edge.files import room_problem
 from edge.spec.alarms import SEVERITIES
@@ -251,17 +251,17 @@ class Controller:
         if fault or tripped:
             raise TuneRejected(f"core fault: {fault}" if fault else
                                f"interlocks tripped: {', '.join(tripped)} (clear and reset them first)")
-        channel, limit = self.station.plumbing.vacuum_channel, self.station.limits.min_vacuum_before_heating_mbar
-        vacuum = self.core.snapshot().readings.get(channel, math.nan)
-        if not vacuum <= limit:     # NaN too: a tune heats only where a recipe may (recipe_check's rule)
-            raise TuneRejected(f"the tune heats only under vacuum, as a recipe does: {channel} reads {vacuum:g} mbar, "
-                               f"the station's limit before heating is {limit:g} mbar (pump down first)")
+        channel = self.station.plumbing.vacuum_channel
+        if channel not in self.core.snapshot().readings:
+            raise TuneRejected(f"the tune heats only under vacuum, as a recipe does, and this station has no vacuum "
+                               f"channel {channel!r}")
         now = self.now_s()
         assert isinstance(setpoint_c, int | float)
         self.tuning = LoopTuning(spec, float(setpoint_c), now)
         self.loops[loop][1].reset()
-        self.emit(now, "autotune", f"autotune of loop {loop} started: relay {spec.out_min:g}-{spec.out_max:g} "
-                  f"around {setpoint_c:g} degC", loop=loop, setpoint_c=float(setpoint_c), state="started")
+        self.emit(now, "autotune", f"autotune of loop {loop} started: pumping down, then a relay "
+                  f"{spec.out_min:g}-{spec.out_max:g} around {setpoint_c:g} degC", loop=loop,
+                  setpoint_c=float(setpoint_c), state="started")
 
     def _tune(self, now: float, spec: LoopSpec, pv: float, forced: bool) -> float:
         """The duty the tune asks of its loop's output this scan; ends the tune when it is done or must stop."""
@@ -270,9 +270,20 @@ class Controller:
         if forced:
             self._end_tune(now, f"aborted: the core holds {spec.output} safe (a trip)")
             return 0.0
-        channel = self.station.plumbing.vacuum_channel
+        channel, limit = self.station.plumbing.vacuum_channel, self.station.limits.min_vacuum_before_heating_mbar
         vacuum = (self._snap.readings if self._snap is not None else {}).get(channel, math.nan)
-        if not vacuum <= AIR_IN_FACTOR * self.station.limits.min_vacuum_before_heating_mbar:
+        if not tuning.pumped:           # no heat before the vacuum a recipe needs (recipe_check's rule)
+            if vacuum <= limit:
+                tuning.pumped = True
+                self.emit(now, "autotune", f"autotune of loop {spec.name}: {channel} {vacuum:.3g} mbar, at most "
+                          f"{limit:g}: the relay starts", loop=spec.name, state="pumped")
+            elif now - tuning.started_s > PUMP_DOWN_S:
+                self._end_tune(now, f"aborted: {channel} still {vacuum:.3g} mbar after {PUMP_DOWN_S / 60:g} min of "
+                                    f"pumping, above {limit:g} (a leak, the pump, the gauge?)")
+                return 0.0
+            else:
+                return 0.0
+        if not vacuum <= AIR_IN_FACTOR * limit:
             self._end_tune(now, f"aborted: {channel} reads {vacuum:g} mbar: air or gas is coming in (the pump runs "
                                 f"throughout the tune)")
             return 0.0
@@ -400,9 +411,9 @@ class Controller:
         if seq is not None:
             seq.stamps = snap.stamps
         demand = seq.step(now, readings) if seq is not None else Demand()
-        if self.tuning is not None:      # the pump keeps the vacuum the tune heats under (a program's vacuum)
+        if self.tuning is not None:      # the gas side is the tune's: the pump on, every other valve closed
             pl = self.station.plumbing
-            demand = Demand(outputs={**demand.outputs, pl.vacuum_pump: 1, pl.vacuum_valve: 1})
+            demand = Demand(outputs={pl.vacuum_pump: 1, pl.vacuum_valve: 1})
         self.last_demand = demand
         self._bands(now, demand, readings)
         if heating:

@@ -4,10 +4,11 @@
 controller runs it on a real loop (``reedge autotune``, the maintenance role's ``autotune`` command):
 
 - **Only when idle and safe**: no batch running, no interlock tripped, no core fault, the setpoint inside
-  the station's temperature limit for the loop's PV, and the vessel under vacuum at or below the station's
-  ``min_vacuum_before_heating_mbar`` (the rule every recipe follows before it heats: no hot zone or powder
-  heated in air, no H2 left with a hydride). The pump runs throughout, as in a program's vacuum segment;
-  a vacuum worse than ``AIR_IN_FACTOR`` times that limit (air or gas coming in) ends the tune. The relay
+  the station's temperature limit for the loop's PV. **Heat only under vacuum**, the rule every recipe
+  follows before it heats (no hot zone or powder heated in air, no H2 left with a hydride): the tune first
+  pumps down (heater off) to the station's ``min_vacuum_before_heating_mbar``, ``PUMP_DOWN_S`` at most; the
+  pump runs throughout, every other gas valve closed (a finished batch's inert top-up does not run meanwhile),
+  and a vacuum worse than ``AIR_IN_FACTOR`` times that limit (air or gas coming in) ends the tune. The relay
   drives the loop's output the normal way
   (``Core.set_duty``): the core's gate, permissives, interlocks and dead-man hold the limits exactly as in
   a batch; tuning only replaces the PID's duty.
@@ -31,10 +32,11 @@ from typing import Any
 from edge.control.autotune import AutotuneResult, RelayAutotune
 from edge.spec.loops import LoopSpec
 
-__all__ = ["AIR_IN_FACTOR", "HYSTERESIS_C", "MAX_DURATION_S", "LoopTuning", "TuneRejected"]
+__all__ = ["AIR_IN_FACTOR", "HYSTERESIS_C", "MAX_DURATION_S", "PUMP_DOWN_S", "LoopTuning", "TuneRejected"]
 
 HYSTERESIS_C = 1.0            # the relay's switching band: above a thermocouple's noise, far below a cycle
 MAX_DURATION_S = 4 * 3600.0   # a furnace that has not settled into a cycle by then will not: fail, heater off
+PUMP_DOWN_S = 1800.0          # a tight vessel reaches the limit in minutes: longer is a leak, the pump or the gauge
 AIR_IN_FACTOR = 100.0         # heating outgasses (a program waits for it); 100x the limit is air or gas coming in
 
 
@@ -51,6 +53,7 @@ class LoopTuning:
     started_s: float
     tuner: RelayAutotune = field(init=False)
     cycles_said: int = 0
+    pumped: bool = False      # the vacuum before heating was reached: the relay runs
 
     def __post_init__(self) -> None:
         self.tuner = RelayAutotune(self.setpoint_c, relay_low=self.loop.out_min, relay_high=self.loop.out_max,
