@@ -80,31 +80,31 @@ def test_a_trip_that_cleared_between_two_scans_still_ends_the_tune(rig: tuple[Lo
     assert ctl.tuning is None and last["state"] == "failed" and "interlock lid_open tripped" in str(last["message"])
 
 
-def test_from_atmosphere_it_pumps_down_before_it_heats(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("leak, reached", [(0.0, True), (5000.0, False)])
+def test_from_atmosphere_it_pumps_down_before_it_heats(tmp_path: pathlib.Path, leak: float, reached: bool) -> None:
     """Like a recipe, no heat before the station's vacuum before heating: the tune pumps down first, the heater off,
     then the relay starts; a vessel that does not get there (a leak) ends it without ever heating."""
-    for leak, reached in ((0.0, True), (5000.0, False)):
-        plant = HDReactor()                                             # at atmosphere, full of air
-        plant.s.extra_air_leak_mbar_l_s = leak
-        with LockstepRig(STATION, plant, dt_s=2.0) as lockstep:
-            ctl = Controller(lockstep.core, lockstep.station, state_path=tmp_path / f"run-{leak}.json")
-            lockstep.step(ctl.step)
-            ctl.start_autotune("chamber", SETPOINT)
-            heated_above_limit = []
+    plant = HDReactor()                                                 # at atmosphere, full of air
+    plant.s.extra_air_leak_mbar_l_s = leak
+    with LockstepRig(STATION, plant, dt_s=2.0) as lockstep:
+        ctl = Controller(lockstep.core, lockstep.station, state_path=tmp_path / "run.json")
+        lockstep.step(ctl.step)
+        ctl.start_autotune("chamber", SETPOINT)
+        heated_above_limit = []
 
-            def scan() -> None:
-                ctl.step()
-                snap = ctl.core.snapshot()
-                if snap.outputs["heater"].level and not snap.readings["chamber_vacuum"] <= 0.1:
-                    heated_above_limit.append(snap.readings["chamber_vacuum"])
+        def scan() -> None:
+            ctl.step()
+            snap = ctl.core.snapshot()
+            if snap.outputs["heater"].level and not snap.readings["chamber_vacuum"] <= 0.1:
+                heated_above_limit.append(snap.readings["chamber_vacuum"])
 
-            assert lockstep.run_until(lambda: ctl.tuning is None or ctl.tuning.pumped, 3600, scan)
-            assert heated_above_limit == []
-            if reached:
-                assert [e["state"] for e in tune_events(ctl)] == ["started", "pumped"]
-            else:
-                assert "after 30 min of pumping" in str(tune_events(ctl)[-1]["message"])
-                assert plant.s.heater_j == 0.0
+        assert lockstep.run_until(lambda: ctl.tuning is None or ctl.tuning.pumped, 3600, scan)
+        assert heated_above_limit == []
+        if reached:
+            assert [e["state"] for e in tune_events(ctl)] == ["started", "pumped"]
+        else:
+            assert "after 30 min of pumping" in str(tune_events(ctl)[-1]["message"])
+            assert plant.s.heater_j == 0.0
 
 
 def test_air_coming_in_ends_the_tune(rig: tuple[LockstepRig, Controller, HDReactor]) -> None:
