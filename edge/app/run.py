@@ -67,7 +67,7 @@ from edge.app.stdin_commands import Line, StdinCommands, answer
 from edge.app.systemd import Notifier
 from edge.batch.record import BatchRecorder
 from edge.control.controller import SAVE_EVERY_S, BatchRejected, Controller, ProcessEvent
-from edge.control.tuning import TuneRejected, result_fields
+from edge.control.tuning import LoopTuning, TuneRejected, result_fields
 from edge.core import Core, CoreEvent
 from edge.devices.modbus import ModbusBus
 from edge.devices.node.client import SensorNode
@@ -100,13 +100,13 @@ class RunError(RuntimeError):
 
 @dataclass
 class TuneRequest:
-    """``reedge autotune``: tune this loop instead of running a batch, then stop; ``result`` is the last
-    autotune event's data (``state`` "done" with the gains, or "failed")."""
+    """``reedge autotune``: tune this loop instead of running a batch, then stop; ``result`` is what the tune
+    this run started came to (``tune_result``: ``state`` "done" with the gains, or "failed" with ``why``)."""
 
     loop: str
     setpoint_c: float
     result: dict[str, Any] | None = None
-    tuning: Any = None          # the controller's LoopTuning this request started: its result, no other's
+    tuning: LoopTuning | None = None     # the tune this request started: its result, no other's
 
 
 @dataclass

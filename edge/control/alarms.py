@@ -152,6 +152,7 @@ class AlarmEngine:
         events: list[AlarmEvent],
     ) -> None:
         sp: float | None = None
+        reach: float | None = None      # deviation kinds: the setpoint the plant can have reached
         if spec.kind in DEVIATION_KINDS:
             sp = setpoints.get(spec.setpoint_of or spec.channel)
             if sp is None or not math.isfinite(sp):
@@ -183,7 +184,7 @@ class AlarmEngine:
         if spec.kind == "loop_break":
             self._loop_break(spec, rt, now_s, pv, outputs, events)
             return
-        excess = self._excess(spec, rt, now_s, pv, sp, reach if spec.kind in DEVIATION_KINDS else None)
+        excess = self._excess(spec, rt, now_s, pv, sp, reach)
         if excess is None:  # a rate without a full window yet
             rt.pending_since = None
             return
@@ -210,11 +211,10 @@ class AlarmEngine:
         between the program's setpoint and the followable one (``reach``; the same when the plant keeps up)."""
         thr = spec.threshold
         if spec.kind in DEVIATION_KINDS:
-            assert sp is not None
-            low, high = (sp, sp) if reach is None else (min(sp, reach), max(sp, reach))
+            assert sp is not None and reach is not None
+            low, high = min(sp, reach), max(sp, reach)
             above, below = pv - high, low - pv
-            rt.value = above if above > 0 else -below if below > 0 else 0.0 if reach is not None and reach != sp \
-                else pv - sp
+            rt.value = pv - min(max(pv, low), high)     # signed distance outside the span (pv - sp without one)
             return {"dev_high": above, "dev_low": below}.get(spec.kind, max(above, below)) - thr
         if spec.kind == "rate":
             rate = self._rate(spec, rt, now_s, pv)

@@ -263,7 +263,7 @@ class Controller:
                   f"{spec.out_min:g}-{spec.out_max:g} around {setpoint_c:g} degC", loop=loop,
                   setpoint_c=float(setpoint_c), state="started")
 
-    def _tune(self, now: float, spec: LoopSpec, pv: float, forced: bool) -> float:
+    def _tune(self, now: float, spec: LoopSpec, readings: Mapping[str, float], forced: bool) -> float:
         """The duty the tune asks of its loop's output this scan; ends the tune when it is done or must stop."""
         tuning = self.tuning
         assert tuning is not None
@@ -271,7 +271,7 @@ class Controller:
             self._end_tune(now, f"aborted: the core holds {spec.output} safe (a trip)")
             return 0.0
         channel, limit = self.station.plumbing.vacuum_channel, self.station.limits.min_vacuum_before_heating_mbar
-        vacuum = (self._snap.readings if self._snap is not None else {}).get(channel, math.nan)
+        vacuum = readings.get(channel, math.nan)
         if not tuning.pumped:           # no heat before the vacuum a recipe needs (recipe_check's rule)
             if vacuum <= limit:
                 tuning.pumped = True
@@ -287,7 +287,7 @@ class Controller:
             self._end_tune(now, f"aborted: {channel} reads {vacuum:g} mbar: air or gas is coming in (the pump runs "
                                 f"throughout the tune)")
             return 0.0
-        duty = tuning.step(pv, now)
+        duty = tuning.step(readings.get(spec.pv, math.nan), now)
         for cycle in tuning.new_cycles():
             self.emit(now, "autotune", f"autotune of loop {spec.name}: cycle {cycle['cycle']}, period "
                       f"{cycle['period_s']:g} s, amplitude {cycle['amplitude_c']:g} degC", loop=spec.name,
@@ -530,7 +530,7 @@ class Controller:
         for spec, pid in self.loops.values():
             out = spec.output
             if self.tuning is not None and self.tuning.loop.name == spec.name:
-                duty = self._tune(now, spec, readings.get(spec.pv, math.nan), states[out].forced)
+                duty = self._tune(now, spec, readings, states[out].forced)
                 try:
                     self.core.set_duty(out, duty)
                 except OutputRefused as exc:

@@ -3,19 +3,19 @@
 ``edge.control.autotune`` is the method (relay, harmonic balance, Tyreus–Luyben); this is how the
 controller runs it on a real loop (``reedge autotune``, the maintenance role's ``autotune`` command):
 
-- **Only when idle and safe**: no batch running, no interlock tripped, no core fault, the setpoint inside
-  the station's temperature limit for the loop's PV. **Heat only under vacuum**, the rule every recipe
-  follows before it heats (no hot zone or powder heated in air, no H2 left with a hydride): the tune first
-  pumps down (heater off) to the station's ``min_vacuum_before_heating_mbar``, ``PUMP_DOWN_S`` at most; the
-  pump runs throughout, every other gas valve closed (a finished batch's inert top-up does not run meanwhile),
-  and a vacuum worse than ``AIR_IN_FACTOR`` times that limit (air or gas coming in) ends the tune. The relay
-  drives the loop's output the normal way
-  (``Core.set_duty``): the core's gate, permissives, interlocks and dead-man hold the limits exactly as in
-  a batch; tuning only replaces the PID's duty.
+- **Only when idle and safe** (no batch starts while it runs): no batch running, no interlock tripped, no
+  core fault, the setpoint inside the station's temperature limit for the loop's PV.
+- **Heat only under vacuum**, the rule every recipe follows before it heats (no hot zone or powder heated
+  in air, no H2 left with a hydride): the tune first pumps down (heater off) to the station's
+  ``min_vacuum_before_heating_mbar``, ``PUMP_DOWN_S`` at most; the pump runs throughout, every other gas
+  valve closed (a finished batch's inert top-up does not run meanwhile), and a vacuum worse than
+  ``AIR_IN_FACTOR`` times that limit (air or gas coming in) ends the tune.
+- The relay drives the loop's output the normal way (``Core.set_duty``): the core's gate, permissives,
+  interlocks and dead-man hold the limits exactly as in a batch; tuning only replaces the PID's duty.
 - **Aborted, outputs safe**, by anything that makes it unsafe or pointless: any interlock trip (even one that
   cleared between two scans) or a forced output (the core already holds it safe; the tune stops asking),
   the vacuum lost, a refused duty, a sensor break, the operator's
-  ``abort``, a batch start, a controller restart (a tune is not resumed after a power loss: the heater stays
+  ``abort``, a controller restart (a tune is not resumed after a power loss: the heater stays
   off until someone asks again).
 - **Progress** as events, one per measured relay cycle (period, PV amplitude), and the result (Ku, Tu and
   the gains) in one ``autotune`` event; the gains go into the station file only when a person asks
