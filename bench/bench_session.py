@@ -48,7 +48,8 @@ from edge.telemetry.outbox import Outbox
 from edge.telemetry.session import MqttSession
 
 SITE, STATION = "pilot-line", "hd-01"
-BASELINE = "paho publish QoS 1 from memory, no outbox (same envelopes, same broker)"
+BASELINE = "paho publish QoS 1, no outbox (same envelopes, built as sent; same broker)"
+PREBUILT = "paho publish QoS 1 of envelopes all built before the clock starts (the baseline until 2026-12)"
 SCAN = 10
 TIMEOUT_S = 300.0
 
@@ -140,9 +141,11 @@ def _session_rate(port: int, tmp: pathlib.Path, n: int, sync: Literal["GROUP", "
     return n / (end - t0)
 
 
-def _raw_rate(port: int, n: int) -> float:
+def _raw_rate(port: int, n: int, *, prebuilt: bool = False) -> float:
+    """Raw paho. Each envelope is built in the timed loop, as any publisher must (the session's figure includes
+    its bodies and serialisation); ``prebuilt``: all of them before the clock starts (the baseline until 2026-12)."""
     payloads = [build(site=SITE, station=STATION, boot_id="bench", stream="telemetry", seq=i + 1,
-                      created_ns=time.time_ns(), body=_body(i)) for i in range(n)]
+                      created_ns=time.time_ns(), body=_body(i)) for i in range(n)] if prebuilt else []
     counter = _Counter(port, n)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{time.monotonic_ns()}",
                          protocol=MQTTProtocolVersion.MQTTv5)
@@ -151,8 +154,13 @@ def _raw_rate(port: int, n: int) -> float:
     client.loop_start()
     topic = f"reedge/v1/{SITE}/{STATION}/telemetry"
     t0 = time.perf_counter()
-    for p in payloads:
-        client.publish(topic, p, qos=1)
+    if prebuilt:
+        for p in payloads:
+            client.publish(topic, p, qos=1)
+    else:
+        for i in range(n):
+            client.publish(topic, build(site=SITE, station=STATION, boot_id="bench", stream="telemetry", seq=i + 1,
+                                        created_ns=time.time_ns(), body=_body(i)), qos=1)
     end = counter.wait()
     client.disconnect()
     client.loop_stop()
@@ -166,9 +174,10 @@ def run(quick: bool = False) -> list[Figure]:
         tmp = pathlib.Path(d)
         broker = _Broker(tmp)
         try:
-            best = {"GROUP": 0.0, "FULL": 0.0, "raw": 0.0}
+            best = {"GROUP": 0.0, "FULL": 0.0, "raw": 0.0, "prebuilt": 0.0}
             for _ in range(2 if quick else 3):            # alternate, keep each one's best round
                 best["raw"] = max(best["raw"], _raw_rate(broker.port, n))
+                best["prebuilt"] = max(best["prebuilt"], _raw_rate(broker.port, n, prebuilt=True))
                 syncs: tuple[Literal["GROUP", "FULL"], ...] = ("GROUP", "FULL")
                 for sync in syncs:
                     best[sync] = max(best[sync], _session_rate(broker.port, tmp, n, sync))
@@ -176,9 +185,12 @@ def run(quick: bool = False) -> list[Figure]:
             broker.close()
     return [
         Figure(name=f"MQTT session end to end, durable outbox (group commit), {n:,} messages through mosquitto",
-               value=best["GROUP"], unit="messages/s", baseline_name=BASELINE, baseline_value=best["raw"]),
+               value=best["GROUP"], unit="messages/s", baseline_name=BASELINE, baseline_value=best["raw"], limit=0.9),
         Figure(name=f"MQTT session end to end, outbox synchronous=FULL (an fsync per put), {n:,} messages",
                value=best["FULL"], unit="messages/s", baseline_name=BASELINE, baseline_value=best["raw"]),
+        Figure(name=f"MQTT session end to end, durable outbox (group commit), {n:,} messages, against the old"
+                    " baseline", value=best["GROUP"], unit="messages/s", baseline_name=PREBUILT,
+               baseline_value=best["prebuilt"]),
     ]
 
 

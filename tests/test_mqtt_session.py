@@ -935,3 +935,30 @@ def test_a_command_whose_ack_met_a_failed_fsync_is_acknowledged_after_the_restar
     finally:
         sender.disconnect()
         sender.loop_stop()
+
+
+@pytest.mark.parametrize("libc", [True, False], ids=["ctypes", "python"])
+def test_corked_holds_a_window_until_its_end_then_sends_all_of_it(libc: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``corked`` (the session's window of publishes): TCP_CORK is set inside and cleared at the end, through the
+    C library (GIL released) or Python's setsockopt where there is none; every byte written inside arrives."""
+    import socket as so
+
+    from edge.telemetry import connection
+    if not libc:
+        monkeypatch.setattr(connection, "_SETSOCKOPT", None)
+    with so.create_server(("127.0.0.1", 0)) as server:
+        client = so.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        with client, peer:
+            with connection.corked(client):
+                assert client.getsockopt(so.IPPROTO_TCP, so.TCP_CORK) == 1
+                for i in range(20):
+                    client.sendall(b"%02d" % i)
+            assert client.getsockopt(so.IPPROTO_TCP, so.TCP_CORK) == 0
+            peer.settimeout(SAFETY_S)
+            got = b""
+            while len(got) < 40:
+                got += peer.recv(64)
+            assert got == b"".join(b"%02d" % i for i in range(20))
+        with connection.corked(client):      # a closed socket: nothing to cork, nothing raised
+            pass
