@@ -798,3 +798,31 @@ def mqtt_end_body(body: Mapping[str, Any]) -> dict[str, Any]:
     out["accounting"] = flat
     out["meters"] = meters
     return out
+
+
+# the flat accounting keys of the MQTT end record and where they sit in the local record's ``accounting``
+_PER_KG_KEYS = {"kwh_per_kg": "kwh", "nl_h2_per_kg": "nl_h2", "nl_ar_per_kg": "nl_ar", "kg_co2e_per_kg": "kg_co2e"}
+_METER_KEYS = {"energy": ("energy_kwh", "kWh"), "h2": ("h2_nl", "NL"), "ar": ("ar_nl", "NL"),
+               "cooling_water": ("cooling_water_l", "L")}
+
+
+def local_end_body(message_body: Mapping[str, Any], *, site: str, station: str) -> dict[str, Any]:
+    """The local record's body from an MQTT ``end`` record (the inverse of :func:`mqtt_end_body`), so that a
+    consumer of the stream (the plant's historian) renders and exports it with the station's own report and
+    export code. ``site`` and ``station`` come from the envelope. A record without ``meters`` (schema 1.0) gets
+    one figure per metered key, complete as its ``<meter>_complete`` (else the record's ``complete``) says."""
+    flat = dict(message_body.get("accounting") or {})
+    meters = message_body.get("meters")
+    if not isinstance(meters, Mapping):
+        meters = {}
+        for meter, (key, unit) in _METER_KEYS.items():
+            if flat.get(key) is not None:
+                complete = flat.get(f"{meter}_complete", flat.get("complete"))
+                meters[meter] = {"value": flat[key], "unit": unit, "complete": complete is True, "notes": []}
+            else:
+                meters[meter] = None
+    accounting = {"meters": dict(meters), "per_kg": {local: flat.get(key) for key, local in _PER_KG_KEYS.items()},
+                  **{k: flat.get(k) for k in ("heater_model_kwh", "heater_rated_kw", "h2_absorbed_nl",
+                                              "grid_kg_co2e_per_kwh", "kg_co2e", "complete")}}
+    body = {k: v for k, v in message_body.items() if k not in ("accounting", "meters")}
+    return {**body, "site": site, "station": station, "accounting": accounting}
