@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 from typing import Any
 
 from edge.historian.ingest import Received
 from edge.spec import resources
 from edge.telemetry import envelope as E
+from edge.telemetry.description import canonical
 from edge.telemetry.topics import StationTopics
 
 T0_NS = 1_741_944_413_589_000_000      # 2025-03-14T09:26:53.589Z
@@ -38,6 +40,7 @@ class Station:
         self.site, self.station, self.boot = site, station, boot
         self.t_ns = t0_ns
         self.connection = 0
+        self.description_sha256: str | None = None
 
     def _tick(self) -> int:
         self.t_ns += 1_000_000_000
@@ -65,9 +68,15 @@ class Station:
                                                    connection=max(self.connection, 1), now_ns=self._tick()), True)
 
     def description(self, seq: int, *, unit: str = "degC", retained: bool = False) -> Received:
+        """The example description with ``chamber_temp`` in ``unit``, its body in RFC 8785 bytes as the station
+        sends it; ``self.description_sha256`` names it afterwards."""
         body = copy.deepcopy(example_body("description"))
         body["channels"]["chamber_temp"]["unit"] = unit
-        return self.message("description", seq, body, retained=retained)
+        raw = canonical(body)
+        self.description_sha256 = hashlib.sha256(raw).hexdigest()
+        payload = E.build(site=self.site, station=self.station, boot_id=self.boot, stream="description", seq=seq,
+                          created_ns=self._tick(), body=raw)
+        return Received(self.topics.description, payload, retained)
 
     def telemetry(self, seq: int, *, temp: float = 612.4, description_sha256: str | None = None) -> Received:
         body = copy.deepcopy(example_body("telemetry"))

@@ -18,8 +18,9 @@ Then per stream, for the new ones: ``telemetry`` one row per channel with the wi
 channel's unit from the station description the window names (else the latest one stored); ``event``,
 ``state``; ``batch`` records (start and end into one row per batch, the highest ``revision`` of the end
 record wins; the accounting figures as columns, each record whole as JSON); ``description`` (by the
-SHA-256 of its body bytes, as the birth and the windows name it); ``status`` (``stations`` and ``boots``,
-with the birth's previous-boot numbers); ``reply`` (ledger only). And the gaps (``edge.historian.gaps``).
+SHA-256 of its canonical body, RFC 8785, which is what the birth and the windows name); ``status``
+(``stations`` and ``boots``, with the birth's previous-boot numbers); ``reply`` (ledger only). And the
+gaps (``edge.historian.gaps``).
 
 The transaction first takes each station's lock (sorted), so two workers serialise per station and the
 gap bookkeeping reads what is committed. The checks, the JSON work and the schema validation happen
@@ -36,6 +37,7 @@ from typing import Any, NamedTuple
 
 from edge.historian.gaps import Gap, GapBook
 from edge.historian.store import Store, Tx, now_utc
+from edge.telemetry.description import canonical
 from edge.telemetry.envelope import Envelope
 from edge.telemetry.tail import check_message
 from edge.telemetry.topics import STREAMS, TopicError, parse_topic
@@ -270,7 +272,7 @@ class _Writer:
 
     def _description(self, v: _Valid, book: GapBook) -> None:
         env = v.env
-        digest = hashlib.sha256(body_bytes(v.payload, env)).hexdigest()
+        digest = hashlib.sha256(canonical(env.body)).hexdigest()    # = the station's body bytes (RFC 8785)
         self.tx.execute("INSERT INTO descriptions (site, station, sha256, first_seen, body) VALUES (?, ?, ?, ?, ?)"
                         " ON CONFLICT DO NOTHING", (env.site, env.station, digest, self.now, _json(env.body)))
         self.tx.execute("UPDATE stations SET description_sha256 = ? WHERE site = ? AND station = ?",
@@ -314,20 +316,6 @@ class _Writer:
                                      " ORDER BY first_seen DESC LIMIT 1", (site, station))
             self.units[key] = _channel_units(json.loads(rows[0][0])) if rows else {}
         return self.units[key]
-
-
-def body_bytes(payload: bytes, env: Envelope) -> bytes:
-    """The body's bytes as the station spliced them into the envelope (what its SHA-256 names); a payload
-    laid out otherwise gets its body re-serialised with sorted keys."""
-    marker = payload.find(b',"body":')
-    if marker >= 0 and payload.endswith(b"}"):
-        raw = payload[marker + len(b',"body":'):-1]
-        try:
-            if json.loads(raw) == env.body:
-                return raw
-        except ValueError:
-            pass
-    return json.dumps(env.body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _channel_units(description: Any) -> dict[str, str]:

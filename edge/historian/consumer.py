@@ -1,0 +1,315 @@
+"""The historian's MQTT consumer: a shared subscription, batches into one transaction, acknowledged after commit.
+
+    consumer = HistorianConsumer(parse_broker_url("mqtt://broker:1883"), "postgresql://historian@db/plant",
+                                 group="plant", client_id="historian-1").start()
+    ...
+    consumer.stop()          # the open batch committed and acknowledged, then a clean disconnect
+
+**Nothing is acknowledged before it is in the database.** The client runs with paho's ``manual_ack``:
+a message stays unacknowledged at the broker until the transaction that stored it (or quarantined it,
+or found it a duplicate) committed; then its PUBACK goes out. A worker that dies in between leaves its
+messages with the broker, which sends them again when that client id reconnects (MQTT 5 says a broker
+should hand them to another member of the group once the dead one's session has expired, and not
+before): every worker therefore has a fixed client id and a **persistent session** (clean start off,
+``SESSION_EXPIRY_S``), and its messages wait for it, as the station's wait for it.
+
+**N workers share the load** through ``$share/{group}/reedge/v1/+/+/#`` (QoS 1): the broker gives each
+message to one member of the group. A shared subscription gets no retained messages (MQTT 5), so each
+worker also subscribes, unshared, to the retained streams (status, description, state): a historian that
+starts after a station learns its description and state at once. Every worker gets those, and all but
+one of the copies are duplicates by key (the ledger's job). MQTT 3.1.1 (``protocol="3.1.1"``, e.g. the
+demo's embedded broker) has no shared subscriptions: one worker, the plain filter.
+
+**Batches for throughput**: up to ``batch_max`` messages or ``batch_s`` after the first, one transaction,
+then all their acknowledgements. The MQTT 5 Receive Maximum (``2 * batch_max``) lets the broker keep the
+next batch in flight while one commits.
+
+**The database down** (``DatabaseUnavailable``, or any failure of a transaction): nothing is acknowledged,
+the batch is kept and tried again with a growing pause (``RETRY_S``); it is said once, and once again
+when the database is back. The broker holds what comes meanwhile (at most the Receive Maximum is in
+flight to us).
+
+**Reports**: a line per ``report_s`` (60 s) with the counts (stored, duplicates, quarantined, ignored,
+open gaps), and a line when a gap opens or closes: opens once it is *settled* (``edge.historian.gaps``:
+older than ``SETTLE_S``, so not a message another worker holds), closes when the messages came.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge.historian.gaps import SETTLE_S, GapRow, gap_rows, settled
+from edge.historian.ingest import IngestResult, Received, ingest
+from edge.historian.store import Store, StoreError, open_store
+from edge.spec.broker import BrokerUrl
+from edge.telemetry.topics import PREFIX
+
+SESSION_EXPIRY_S = 86_400          # a worker's messages wait a day for it (the station's session waits as long)
+RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+RETAINED_STREAMS = ("status", "description", "state")
+GAP_CHECK_S = 5.0
+
+
+class ConsumerError(RuntimeError):
+    """The consumer could not start: the broker unreachable or refusing, the database unusable."""
+
+
+@dataclass
+class _Msg:
+    topic: str
+    payload: bytes
+    retained: bool
+    mid: int
+    qos: int
+    generation: int      # the connection it came on: an ack on a later connection would name another message
+
+
+class HistorianConsumer:
+    """One historian worker (module docstring). ``db`` is a database URL, or an open ``Store`` (tests)."""
+
+    def __init__(self, broker: BrokerUrl, db: str | Store, *, group: str = "plant",
+                 client_id: str = "historian-1", protocol: Literal["5", "3.1.1"] = "5", batch_max: int = 200,
+                 batch_s: float = 0.2, username: str | None = None, password: str | None = None,
+                 ca_file: str | None = None, report_s: float = 60.0, settle_s: float = SETTLE_S,
+                 log: Callable[[str], None] | None = None) -> None:
+        if batch_max < 1 or not batch_s > 0:
+            raise ValueError("batch_max must be at least 1 and batch_s above 0")
+        if not group or any(c in group for c in "+#/"):
+            raise ValueError(f"share group {group!r} must be a non-empty name without + # /")
+        self.broker = broker
+        self.db = db
+        self.group = group
+        self.client_id = client_id
+        self.protocol = protocol
+        self.batch_max = batch_max
+        self.batch_s = batch_s
+        self.report_s = report_s
+        self.settle_s = settle_s
+        self.log = log or _stderr
+        self.totals = IngestResult()
+        self.batches = 0
+        self.store: Store | None = None
+        self._queue: queue.Queue[_Msg] = queue.Queue()
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._failure: list[str] = []
+        self._generation = 0
+        self._gen_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._announced: dict[tuple[str, str, str, str, int], GapRow] = {}
+        if protocol == "5":
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                      manual_ack=True)
+        else:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                                      clean_session=False, manual_ack=True)
+        self.client.reconnect_delay_set(1, 5)
+        if username:
+            self.client.username_pw_set(username, password)
+        if broker.tls:
+            self.client.tls_set(ca_certs=ca_file)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+
+    # ---- the filters ----
+
+    @property
+    def filters(self) -> list[str]:
+        everything = f"{PREFIX}/+/+/#"
+        if self.protocol != "5":
+            return [everything]
+        return [f"$share/{self.group}/{everything}", *(f"{PREFIX}/+/+/{s}" for s in RETAINED_STREAMS)]
+
+    # ---- starting and stopping ----
+
+    def start(self, timeout_s: float = 30.0) -> HistorianConsumer:
+        """Open the database, connect, subscribe (unless the session already has the subscriptions), and start
+        the worker; ``ConsumerError`` or ``StoreError`` with one line when any of it fails."""
+        if self.store is None:
+            self.store = open_store(self.db) if isinstance(self.db, str) else self.db
+        try:
+            if self.protocol == "5":
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = SESSION_EXPIRY_S
+                props.ReceiveMaximum = min(65535, 2 * self.batch_max)
+                self.client.connect(self.broker.host, self.broker.port, keepalive=15, clean_start=False,
+                                    properties=props)
+            else:
+                self.client.connect(self.broker.host, self.broker.port, keepalive=15)
+        except OSError as e:
+            self._close_store()
+            raise ConsumerError(f"cannot connect to the broker {self.broker}: {e}") from None
+        self.client.loop_start()
+        deadline = time.monotonic() + timeout_s
+        while not self._subscribed.wait(0.05):
+            if self._failure or time.monotonic() > deadline:
+                self.client.disconnect()
+                self.client.loop_stop()
+                self._close_store()
+                raise ConsumerError(self._failure[0] if self._failure else
+                                    f"{self.broker}: no subscription within {timeout_s:g} s")
+        self._worker = threading.Thread(target=self._run, name=f"historian-{self.client_id}", daemon=True)
+        self._worker.start()
+        self.log(f"historian {self.client_id}: consuming {', '.join(self.filters)} from {self.broker} into"
+                 f" {self.store.url}")
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Finish the open batch (commit, acknowledge), then disconnect cleanly."""
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout_s)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._report(final=True)
+        self._close_store()
+
+    def _close_store(self) -> None:
+        if isinstance(self.db, str) and self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # ---- paho's thread ----
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: mqtt.ConnectFlags, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self._failure.append(f"the broker {self.broker} refused the connection: {reason}")
+            return
+        with self._gen_lock:
+            self._generation += 1
+        if flags.session_present:
+            self._subscribed.set()
+            return
+        if self.protocol == "5":
+            client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters])
+        else:
+            client.subscribe([(f, 1) for f in self.filters])
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            self._failure.append(f"the broker {self.broker} refused the subscription to {self.filters}: {failed[0]}")
+            return
+        self._subscribed.set()
+
+    def _on_disconnect(self, *_: Any) -> None:
+        with self._gen_lock:
+            self._generation += 1      # what came before is sent again by the broker: never ack it now
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._gen_lock:
+            generation = self._generation
+        self._queue.put(_Msg(msg.topic, bytes(msg.payload), bool(msg.retain), msg.mid, msg.qos, generation))
+
+    # ---- the worker ----
+
+    def _run(self) -> None:
+        next_report = time.monotonic() + self.report_s
+        next_gaps = time.monotonic() + GAP_CHECK_S
+        pending: list[_Msg] = []
+        while not self._stop.is_set():
+            if not pending:
+                pending = self._collect()
+            if pending and self._store_batch(pending):
+                pending = []
+            now = time.monotonic()
+            if now >= next_gaps:
+                next_gaps = now + GAP_CHECK_S
+                self._check_gaps()
+            if now >= next_report:
+                next_report = now + self.report_s
+                self._report()
+        # stopping: the open batch and what has arrived, once; what fails stays unacknowledged with the broker
+        while True:
+            try:
+                pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for i in range(0, len(pending), self.batch_max):
+            if not self._store_batch(pending[i:i + self.batch_max]):
+                break
+
+    def _collect(self) -> list[_Msg]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.batch_s
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    def _store_batch(self, batch: list[_Msg]) -> bool:
+        """Ingest and acknowledge ``batch``; False (nothing acknowledged) if the database failed."""
+        assert self.store is not None
+        failures = 0
+        while True:
+            try:
+                result = ingest(self.store, [Received(m.topic, m.payload, m.retained) for m in batch])
+                break
+            except Exception as exc:     # the database (StoreError), or a bug: never ack what was not stored
+                failures += 1
+                error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+            if failures == 1:
+                self.log(f"historian {self.client_id}: the database failed ({error}); {len(batch)} message(s) kept"
+                         " unacknowledged, retrying")
+            if self._stop.wait(RETRY_S[min(failures - 1, len(RETRY_S) - 1)]):
+                return False
+        if failures:
+            self.log(f"historian {self.client_id}: the database is back after {failures} failed attempt(s)")
+        with self._gen_lock:
+            generation = self._generation
+        for m in batch:
+            if m.qos > 0 and m.generation == generation:
+                self.client.ack(m.mid, m.qos)
+        self.totals.add(result)
+        self.batches += 1
+        return True
+
+    # ---- reporting ----
+
+    def _check_gaps(self) -> None:
+        """Say each gap that settled open, and each said one that is no longer open."""
+        if self.store is None:
+            return
+        try:
+            rows = gap_rows(self.store, open_only=True, settled_before=settled(time.time_ns(), self.settle_s))
+        except (StoreError, OSError):
+            return
+        now = {(r.site, r.station, r.boot_id, r.stream, r.first_seq): r for r in rows}
+        for key, r in now.items():
+            if key not in self._announced:
+                span = f"#{r.first_seq}" if r.count == 1 else f"#{r.first_seq}-{r.last_seq} ({r.count})"
+                self.log(f"historian: GAP open {r.site}/{r.station} {r.stream} {span} boot {r.boot_id}: {r.detail}")
+        for key, r in self._announced.items():
+            if key not in now:
+                self.log(f"historian: gap closed {r.site}/{r.station} {r.stream} from #{r.first_seq}"
+                         f" boot {r.boot_id}")
+        self._announced = now
+
+    def _report(self, *, final: bool = False) -> None:
+        t = self.totals
+        self.log(f"historian {self.client_id}: {'stopped: ' if final else ''}stored {t.stored}, duplicates"
+                 f" {t.duplicate}, quarantined {t.quarantined}, ignored {t.ignored}, open gaps {len(self._announced)}")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
