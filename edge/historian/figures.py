@@ -17,7 +17,7 @@ month has is ``not metered``.
 ``reedge historian report --db URL [--month YYYY-MM] [--station SITE/STATION]`` prints the table;
 with ``--csv`` it writes the LCA exchange table of :mod:`edge.batch.export`, **one block of exchanges
 per batch**, byte for byte as ``reedge report --csv`` writes it from the station's own files (the
-record is taken back to the station's shape by :func:`edge.batch.record.local_end_body` and written by
+record is taken back to the station's shape by :func:`edge.batch.message.local_end_body` and written by
 :func:`edge.batch.export.write_exchanges`). Not a plant-level aggregate: an LCA tool models each
 batch as a process with its exchanges and their basis; a sum would mix lower bounds into complete
 figures and lose each figure's basis and completeness, which is what the table exists to carry.
@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edge.batch.export import write_exchanges
-from edge.batch.record import local_end_body
+from edge.batch.message import local_end_body
 from edge.timestamps import parse_time
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from edge.batch.record import local_end_body
+from edge.batch.message import local_end_body
 from edge.historian import gaps
 from edge.historian.figures import (
     PER_KG,
