@@ -40,7 +40,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -83,7 +83,7 @@ class HistorianConsumer:
                  client_id: str = "historian-1", protocol: Literal["5", "3.1.1"] = "5", batch_max: int = 200,
                  batch_s: float = 0.2, username: str | None = None, password: str | None = None,
                  ca_file: str | None = None, report_s: float = 60.0, settle_s: float = SETTLE_S,
-                 log: Callable[[str], None] | None = None) -> None:
+                 retry_s: Sequence[float] = RETRY_S, log: Callable[[str], None] | None = None) -> None:
         if batch_max < 1 or not batch_s > 0:
             raise ValueError("batch_max must be at least 1 and batch_s above 0")
         if not group or any(c in group for c in "+#/"):
@@ -97,6 +97,8 @@ class HistorianConsumer:
         self.batch_s = batch_s
         self.report_s = report_s
         self.settle_s = settle_s
+        self.retry_s = tuple(retry_s) or RETRY_S
+        self.received = 0          # messages the broker delivered (also those delivered again)
         self.log = log or _stderr
         self.totals = IngestResult()
         self.batches = 0
@@ -108,6 +110,7 @@ class HistorianConsumer:
         self._generation = 0
         self._gen_lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._down_since: float | None = None     # the database failing since (monotonic)
         self._announced: dict[tuple[str, str, str, str, int], GapRow] = {}
         if protocol == "5":
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
@@ -213,6 +216,7 @@ class HistorianConsumer:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._gen_lock:
             generation = self._generation
+            self.received += 1
         self._queue.put(_Msg(msg.topic, bytes(msg.payload), bool(msg.retain), msg.mid, msg.qos, generation))
 
     # ---- the worker ----
@@ -258,7 +262,8 @@ class HistorianConsumer:
         return batch
 
     def _store_batch(self, batch: list[_Msg]) -> bool:
-        """Ingest and acknowledge ``batch``; False (nothing acknowledged) if the database failed."""
+        """Ingest and acknowledge ``batch``; False (nothing acknowledged) if the database failed until stopped.
+        An outage is said once when it starts and once when it ends, not per batch or attempt."""
         assert self.store is not None
         failures = 0
         while True:
@@ -268,13 +273,16 @@ class HistorianConsumer:
             except Exception as exc:     # the database (StoreError), or a bug: never ack what was not stored
                 failures += 1
                 error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-            if failures == 1:
-                self.log(f"historian {self.client_id}: the database failed ({error}); {len(batch)} message(s) kept"
-                         " unacknowledged, retrying")
-            if self._stop.wait(RETRY_S[min(failures - 1, len(RETRY_S) - 1)]):
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                self.log(f"historian {self.client_id}: the database failed ({error}); messages kept"
+                         " unacknowledged with the broker, retrying")
+            if self._stop.wait(self.retry_s[min(failures - 1, len(self.retry_s) - 1)]):
                 return False
-        if failures:
-            self.log(f"historian {self.client_id}: the database is back after {failures} failed attempt(s)")
+        if self._down_since is not None:
+            self.log(f"historian {self.client_id}: the database is back after"
+                     f" {time.monotonic() - self._down_since:.1f} s")
+            self._down_since = None
         with self._gen_lock:
             generation = self._generation
         for m in batch:

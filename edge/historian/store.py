@@ -310,7 +310,7 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
 
     ``migrate``: apply the migrations this code has and the database lacks; else only check the database
     is at this code's version (``StoreError`` if not: ``reedge historian migrate`` first)."""
-    store = _connect(url)
+    store = connect(url)
     try:
         if migrate:
             apply_migrations(store)
@@ -322,7 +322,8 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
     return store
 
 
-def _connect(url: str) -> Store:
+def connect(url: str) -> Store:
+    """The store at ``url`` as it is: no migration, no version check (``open_store`` does those)."""
     if not isinstance(url, str) or not url.strip():
         raise StoreError("no database given: expected sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
