@@ -145,7 +145,7 @@ def test_chromium_shows_the_fleet_its_figures_the_gaps_and_a_batch_report(sqlite
 
     hd = page.row("stations", "pilot-line/hd-01")
     assert [t for t, _ in hd[1:5]] == ["online", "absorption", "running", "2027-01-19 09:00"], hd
-    assert hd[6] == ("1", "num") and hd[8][0] == "hd-2027-003"                  # trips recorded; current batch
+    assert hd[6] == ("1", "num") and hd[8][0] == "hd-2027-003"                  # trips in its batches; the current one
     assert hd[7] == (f"chamber_temp_deviation: {HOSTILE_ALARM}", "alarm")      # the hostile text, as text
     assert [t for t, _ in page.row("stations", "pilot-line/sint-01")[1:3]] == ["offline", "-"]
 

@@ -119,27 +119,34 @@ class Batch:
         return sum(1 for e in self.body.get("events") or [] if isinstance(e, dict) and e.get("kind") == "trip")
 
 
-def _message_body(stored: Any) -> dict[str, Any]:
+def record_body(stored: Any) -> dict[str, Any]:
     """The record's body whether the store kept the body or the whole envelope."""
     doc = _dict(as_json(stored))
     return _dict(doc.get("body")) if "schema" in doc and "body" in doc else doc
 
 
-def finished_batches(store: Store, *, month: str | None = None, station: str | None = None) -> list[Batch]:
-    """Every batch with an end record, oldest end first; ``month`` 'YYYY-MM' and ``station`` 'SITE/STATION' filter."""
+def finished_batches(store: Store, *, month: str | None = None, station: str | None = None,
+                     since: str | None = None) -> list[Batch]:
+    """Every batch with an end record, oldest end first; ``month`` 'YYYY-MM', ``station`` 'SITE/STATION' and
+    ``since`` (an RFC 3339 UTC time: the batches that ended then or later) filter."""
     sql = "SELECT site, station, batch_id, end_record FROM batches WHERE end_record IS NOT NULL"
     params: list[Any] = []
     if station is not None:
         site_id, station_id = check_station(station)
         sql += " AND site = ? AND station = ?"
         params += [site_id, station_id]
+    if month is not None:
+        year, number = (int(p) for p in check_month(month).split("-"))
+        following = f"{year + number // 12:04d}-{number % 12 + 1:02d}"
+        sql += " AND ended >= ? AND ended < ?"
+        params += [f"{month}-01T00:00:00.000Z", f"{following}-01T00:00:00.000Z"]
+    if since is not None:
+        sql += " AND ended >= ?"
+        params.append(since)
     out = []
     for site_id, station_id, batch_id, end_record in store.query(sql, params):
-        body = local_end_body(_message_body(end_record), site=site_id, station=station_id)
+        body = local_end_body(record_body(end_record), site=site_id, station=station_id)
         out.append(Batch(site_id, station_id, str(batch_id), parse_time(body.get("ended")), body))
-    if month is not None:
-        check_month(month)
-        out = [b for b in out if b.month == month]
     out.sort(key=lambda b: (b.ended is None, b.ended or datetime.min.replace(tzinfo=UTC), b.site, b.station,
                             b.batch_id))
     return out

@@ -47,6 +47,7 @@ from edge.historian.figures import (
     as_json,
     finished_batches,
     plant_figures,
+    record_body,
 )
 from edge.timestamps import parse_time
 
@@ -91,14 +92,14 @@ def stations(store: Store) -> list[dict[str, Any]]:
         "SELECT s.site, s.station, s.ts, s.run, s.phase, s.batch_id, s.body FROM states s JOIN "
         "(SELECT site, station, MAX(ts) AS ts FROM states GROUP BY site, station) m "
         "ON s.site = m.site AND s.station = m.station AND s.ts = m.ts"))
-    trips: dict[tuple[str, str], int] = {}
-    for site, station, count in store.query(
-            "SELECT site, station, COUNT(*) FROM events WHERE kind = 'trip' GROUP BY site, station"):
-        trips[(site, station)] = int(count)
-    alarm_text: dict[tuple[str, str, str], tuple[str, str]] = {}
-    for site, station, ts, name, message in store.query(
-            "SELECT site, station, ts, name, message FROM events WHERE kind = 'alarm' ORDER BY ts"):
-        alarm_text[(site, station, str(name))] = (str(ts), str(message or ""))
+    trips = {(site, station): int(count or 0) for site, station, count in store.query(
+        "SELECT site, station, SUM(trips) FROM batches GROUP BY site, station")}
+
+    def alarm_message(site: str, station: str, name: str) -> str:
+        """The message of the alarm's latest event (the state names an alarm; its event says what it is)."""
+        found = store.query("SELECT message FROM events WHERE site = ? AND station = ? AND kind = 'alarm' AND "
+                            "name = ? ORDER BY ts DESC LIMIT 1", [site, station, name])
+        return str(found[0][0] or "") if found else ""
     running = {(r[0], r[1], r[2]): r for r in store.query(
         "SELECT site, station, batch_id, started, end_record IS NOT NULL FROM batches")}
     out = []
@@ -117,8 +118,8 @@ def stations(store: Store) -> list[dict[str, Any]]:
             "run": state[3] if state else None, "phase": state[4] if state else None,
             "held": body.get("held"), "state_ts": state[2] if state else None,
             "tripped": list(locks.get("tripped") or []), "first_out": locks.get("first_out"),
-            "trips_recorded": trips.get((site, station), 0),
-            "unacknowledged_alarms": [{"name": a, "message": alarm_text.get((site, station, str(a)), ("", ""))[1]}
+            "trips_in_batches": trips.get((site, station), 0),
+            "unacknowledged_alarms": [{"name": a, "message": alarm_message(site, station, str(a))}
                                       for a in alarms.get("unacknowledged") or []],
             "current_batch": None if not batch_id else {
                 "batch_id": batch_id, "recipe": batch.get("recipe"), "operator": batch.get("operator"),
@@ -135,15 +136,20 @@ def _per_kg(body: dict[str, Any], key: str, meter: str) -> dict[str, Any]:
     return {"value": value, "complete": value is not None and _dict(q).get("complete") is True}
 
 
-def batch_rows(store: Store) -> list[dict[str, Any]]:
-    """Every batch, newest start first: finished ones with their figures, running ones as far as known."""
-    finished = {(b.site, b.station, b.batch_id): b for b in finished_batches(store)}
+def batch_rows(store: Store, limit: int | None = None) -> list[dict[str, Any]]:
+    """The batches, newest start first (``limit``: that many): finished ones with their figures, running ones as
+    far as their start record tells."""
+    rows = store.query("SELECT site, station, batch_id, process, recipe, started, ended, outcome, revision, "
+                       "start_record, end_record FROM batches ORDER BY started DESC NULLS LAST, site, station, "
+                       "batch_id" + (" LIMIT ?" if limit is not None else ""), [] if limit is None else [limit])
     out = []
-    for site, station, batch_id, process, recipe, started, ended, outcome, revision, start_record in store.query(
-            "SELECT site, station, batch_id, process, recipe, started, ended, outcome, revision, start_record "
-            "FROM batches"):
-        b = finished.get((site, station, str(batch_id)))
-        body = b.body if b else _dict(_dict(as_json(start_record)).get("body", as_json(start_record)))
+    for site, station, batch_id, process, recipe, started, ended, outcome, revision, start_record, end_record in rows:
+        b = None
+        if end_record is not None:
+            body = local_end_body(record_body(end_record), site=site, station=station)
+            b = Batch(site, station, str(batch_id), parse_time(body.get("ended")), body)
+        else:
+            body = record_body(start_record)
         row: dict[str, Any] = {
             "site": site, "station": station, "batch_id": str(batch_id), "process": process or body.get("process"),
             "recipe": recipe or _dict(body.get("recipe")).get("name"), "started": started or body.get("started"),
@@ -155,7 +161,6 @@ def batch_rows(store: Store) -> list[dict[str, Any]]:
         for key, _, meter, _ in PER_KG:
             row[key] = _per_kg(b.body, key, meter) if b else None
         out.append(row)
-    out.sort(key=lambda r: str(r["started"] or ""), reverse=True)
     return out
 
 
@@ -328,14 +333,14 @@ def _station_rows(items: list[dict[str, Any]]) -> list[str]:
         out.append("<tr>" + _td(f"{s['site']}/{s['station']}") + _td(status, status if status in
                                                                       ("online", "offline") else "")
                    + _td(s["phase"] or "-") + _td(s["run"] or "-") + _td(_when(s["last_seen"]))
-                   + _td(tripped or "none", "trip" if tripped else "") + _td(s["trips_recorded"], "num")
+                   + _td(tripped or "none", "trip" if tripped else "") + _td(s["trips_in_batches"], "num")
                    + _td(alarms or "none", "alarm" if alarms else "") + f"<td>{link}</td>" + "</tr>")
     return out
 
 
 def _batch_rows(items: list[dict[str, Any]]) -> list[str]:
     out = []
-    for b in items[:MAX_BATCHES]:
+    for b in items:
         outcome = str(b["outcome"] or "")
         link = f'<a href="{_e(b["report"])}">report</a>' if b["report"] else '<span class="missing">open</span>'
         mass = b["mass_in_kg"]
@@ -366,23 +371,33 @@ def _table(headers: Sequence[str], rows: list[str], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _months_back(store: Store, months: int) -> str | None:
+    """The start of the month ``months - 1`` before the latest month with a finished batch (None: none yet)."""
+    latest = parse_time(store.query("SELECT MAX(ended) FROM batches WHERE end_record IS NOT NULL")[0][0])
+    if latest is None:
+        return None
+    index = latest.year * 12 + latest.month - 1 - (months - 1)
+    return f"{index // 12:04d}-{index % 12 + 1:02d}-01T00:00:00.000Z"
+
+
 def fleet_html(store: Store) -> str:
     """The fleet page."""
-    st, batches, gap_items = stations(store), batch_rows(store), gap_list(store)
-    months = plant_figures(finished_batches(store))
-    shown = sorted({m.month for m in months}, reverse=True)[:SHOWN_MONTHS]
-    months = sorted((m for m in months if m.month in shown), key=lambda m: m.month, reverse=True)
+    st, batches, gap_items = stations(store), batch_rows(store, MAX_BATCHES), gap_list(store)
+    months = sorted(plant_figures(finished_batches(store, since=_months_back(store, SHOWN_MONTHS))),
+                    key=lambda m: m.month, reverse=True)
+    n_batches = store.query("SELECT COUNT(*) FROM batches")[0][0]
     notes = [n for m in months if m.station is not None for n in m.incomplete]
     open_gaps = sum(1 for g in gap_items if g["state"] == "open")
     parts = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Fleet: the plant historian</title>',
         f"<style>{_CSS}</style></head><body>",
         "<h1>Fleet</h1>",
-        f'<p class="sub">{len(st)} stations, {len(batches)} batches, {open_gaps} open gaps · all times UTC · '
+        f'<p class="sub">{len(st)} stations, {n_batches} batches, {open_gaps} open gaps · all times UTC · '
         'JSON: <a href="/api/stations">stations</a> <a href="/api/batches">batches</a> '
         '<a href="/api/gaps">gaps</a> <a href="/api/figures">figures</a></p>',
         '<section id="stations"><h2>Stations</h2>',
-        _table(("station", "status", "phase", "run", "last seen", "tripped now", "trips", "unacknowledged alarms",
+        _table(("station", "status", "phase", "run", "last seen", "tripped now", "trips in batches",
+                "unacknowledged alarms",
                 "current batch"), _station_rows(st), "no station seen yet"),
         '</section><section id="figures"><h2>Plant figures per month</h2>',
         _table(("station", "month", "batches", "kg in", *(h for _, h, _, _ in PER_KG), "trips"), _month_rows(months),
@@ -393,7 +408,8 @@ def fleet_html(store: Store) -> str:
         "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>" if notes else "",
         f'<p class="note">The last {SHOWN_MONTHS} months here; <code>reedge historian report --db URL</code> prints '
         'every month, <code>--csv</code> the LCA table of every batch.</p>',
-        '</section><section id="batches"><h2>Batches</h2>',
+        '</section><section id="batches"><h2>Batches'
+        + (f" (the newest {MAX_BATCHES})" if n_batches > MAX_BATCHES else "") + "</h2>",
         _table(("station", "batch", "process", "outcome", "started", "ended", "kg in",
                 *(h for _, h, _, _ in PER_KG), "trips", "report"), _batch_rows(batches), "no batch yet"),
         '<p class="note">≥: the record marks the figure a lower bound (a meter gap) or an estimate.</p>',
