@@ -2,9 +2,9 @@
 modules share it: 2 s each to start on a busy box), and a ``store`` per test on SQLite and on PostgreSQL
 alike (the same test runs on both).
 
-Import the fixtures into a test module::
-
-    from tests.historian_db import db_url_fixture, pg_server_fixture, store_fixture  # noqa: F401  (the fixtures)
+tests/conftest.py imports the fixtures, so they are the suite's: ``pg_server`` is started once per pytest
+process (per xdist worker), whichever historian test module asks first. Test modules name them as arguments
+and import nothing (an import would make a module-level copy of the fixture: one more server).
 
 Each PostgreSQL test gets the database emptied (a new database would cost 0.3 s, emptying a few ms);
 each SQLite test its own file.

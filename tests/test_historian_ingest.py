@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 from edge.historian.gaps import gap_rows
 from edge.historian.ingest import Received, ingest
 from edge.historian.store import Store, open_store
 from edge.telemetry import envelope as E
-from tests.historian_db import db_url_fixture, pg_server_fixture, store_fixture  # noqa: F401  (the fixtures)
 from tests.historian_messages import Station
 
 
@@ -186,3 +186,24 @@ def test_a_status_message_under_a_known_number_is_a_duplicate_not_a_conflict(sto
     r = ingest(store, [birth, shutdown, will])
     assert (r.stored, r.duplicate, r.quarantined) == (2, 1, 0)
     assert store.query("SELECT status FROM stations") == [("offline",)]
+
+
+def test_the_compiled_schema_check_agrees_with_jsonschema_on_every_example() -> None:
+    """The fast yes/no of ``edge.telemetry.schemas.errors`` (jsonschema_rs, the historian's extra) must never
+    call valid what jsonschema calls invalid: every example and every invalid example, against its schema."""
+    from edge.spec import resources
+    from edge.telemetry import schemas
+
+    cases: list[tuple[str, Any, bool]] = []
+    for path in sorted((resources.schemas_dir() / "examples").glob("*.json")):
+        doc = json.loads(path.read_text())
+        cases.append((doc["schema"], doc, True))
+    for path in sorted((resources.schemas_dir() / "examples" / "invalid").glob("*.json")):
+        doc = json.loads(path.read_text())
+        cases.append((doc["schema"], doc["payload"], False))
+    assert len(cases) > 30
+    for name, doc, valid in cases:
+        fast = schemas._fast_is_valid(name)
+        assert fast is not None, "jsonschema_rs is not installed (pip install -e '.[dev]')"
+        assert fast(doc) is valid and (schemas.errors(doc, name) == []) is valid, (name, doc)
+        assert (list(schemas.validator(name).iter_errors(doc)) == []) is valid, name

@@ -17,7 +17,6 @@ from edge.historian.store import (
     migrations,
     open_store,
 )
-from tests.historian_db import db_url_fixture, pg_server_fixture, store_fixture  # noqa: F401  (the fixtures)
 from tests.mqtt_broker import free_port
 
 

@@ -289,9 +289,12 @@ class GapBook:
     def flush(self) -> None:
         """Write the touched coverage rows and the boots' tail state back (same transaction)."""
         rows = [(*k, *self.coverage[k]) for k in sorted(self.touched)]
-        self.tx.executemany("INSERT INTO coverage (site, station, boot_id, stream, first_seq, last_seq)"
-                            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site, station, boot_id, stream) DO UPDATE"
-                            " SET first_seq = excluded.first_seq, last_seq = excluded.last_seq", rows)
+        for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)):
+            self.tx.execute("INSERT INTO coverage (site, station, boot_id, stream, first_seq, last_seq) VALUES"
+                            f" {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(chunk))}"
+                            " ON CONFLICT (site, station, boot_id, stream) DO UPDATE"
+                            " SET first_seq = excluded.first_seq, last_seq = excluded.last_seq",
+                            [x for row in chunk for x in row])
         self.touched.clear()
         for (site, station, boot), info in sorted(self.boots.items()):
             if info.dirty:

@@ -104,9 +104,8 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
             valid.append(_Valid(checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest()))
     now = now_utc()
     with store.transaction() as tx:
-        for site, station in sorted({(v.env.site, v.env.station) for v in valid}):
-            tx.lock_station(site, station)
-        new = _ledger(tx, valid, now, bad, result)
+        tx.lock_stations(sorted({(v.env.site, v.env.station) for v in valid}))
+        new = _ledger(tx, store, valid, now, bad, result)
         book = GapBook(tx, now)
         book.prefetch({(v.env.site, v.env.station, v.env.boot_id) for v in new})
         _stations(tx, store, new, now)
@@ -124,7 +123,7 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
     return result
 
 
-def _ledger(tx: Tx, valid: list[_Valid], now: str, bad: list[tuple[str, bytes, str]],
+def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple[str, bytes, str]],
             result: IngestResult) -> list[_Valid]:
     """Insert the ledger rows; returns the messages new to it, in arrival order."""
     first: dict[tuple[str, str, str, str, int], _Valid] = {}
@@ -136,19 +135,28 @@ def _ledger(tx: Tx, valid: list[_Valid], now: str, bad: list[tuple[str, bytes, s
             first[v.key] = v
     inserted: set[tuple[str, str, str, str, int]] = set()
     batch = list(first.values())
-    for chunk in (batch[i:i + 100] for i in range(0, len(batch), 100)):
+    returning = " ON CONFLICT DO NOTHING RETURNING site, station, boot_id, stream, seq"
+    if store.dialect == "postgresql":      # one statement text whatever the count: parsed and prepared once
+        columns = list(zip(*[(*v.key, v.env.ts, now, v.digest) for v in batch], strict=True)) if batch else []
+        rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
+                        " SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[],"
+                        " ?::timestamptz[], ?::timestamptz[], ?::text[])" + returning,
+                        [list(c) for c in columns]) if batch else []
+        inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
+    for chunk in (batch[i:i + 100] for i in range(0, len(batch), 100)) if store.dialect == "sqlite" else ():
         values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
         params = [x for v in chunk for x in (*v.key, v.env.ts, now, v.digest)]
         rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
-                        f" VALUES {values} ON CONFLICT DO NOTHING RETURNING site, station, boot_id, stream, seq",
-                        params)
+                        f" VALUES {values}" + returning, params)
         inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
     known = [v for v in batch if v.key not in inserted]
     stored_digest: dict[tuple[str, str, str, str, int], str] = {}
-    for v in known:
-        rows = tx.query("SELECT digest FROM received WHERE site = ? AND station = ? AND boot_id = ? AND stream = ?"
-                        " AND seq = ?", v.key)
-        stored_digest[v.key] = rows[0][0]
+    for chunk in (known[i:i + 100] for i in range(0, len(known), 100)):
+        for site, station, boot, stream, seq, digest in tx.query(
+                "SELECT site, station, boot_id, stream, seq, digest FROM received WHERE"
+                f" (site, station, boot_id, stream, seq) IN (VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(chunk))})",
+                [x for v in chunk for x in v.key]):
+            stored_digest[(site, station, boot, stream, int(seq))] = digest
     for v in batch:
         if v.key in inserted:
             stored_digest[v.key] = v.digest
@@ -169,10 +177,12 @@ def _stations(tx: Tx, store: Store, new: list[_Valid], now: str) -> None:
         k = (v.env.site, v.env.station)
         newest[k] = max(newest.get(k, v.env.ts), v.env.ts)
     greatest = "GREATEST" if store.dialect == "postgresql" else "MAX"
-    tx.executemany("INSERT INTO stations (site, station, first_seen, last_seen) VALUES (?, ?, ?, ?)"
-                   " ON CONFLICT (site, station) DO UPDATE"
+    rows = sorted(newest.items())
+    for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)):
+        tx.execute("INSERT INTO stations (site, station, first_seen, last_seen) VALUES"
+                   f" {', '.join(['(?, ?, ?, ?)'] * len(chunk))} ON CONFLICT (site, station) DO UPDATE"
                    f" SET last_seen = {greatest}(stations.last_seen, excluded.last_seen)",
-                   [(s, st, now, ts) for (s, st), ts in sorted(newest.items())])
+                   [x for (site, station), ts in chunk for x in (site, station, now, ts)])
 
 
 class _Writer:
@@ -193,9 +203,9 @@ class _Writer:
             book.seen(env.site, env.station, env.boot_id, env.stream, env.seq)
 
     def flush(self) -> None:
-        self.tx.executemany("INSERT INTO telemetry (site, station, boot_id, seq, channel, start_utc, end_utc, unit,"
-                            " last, min, max, mean, count, valid, status)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.telemetry)
+        self.tx.copy_rows("telemetry", ("site", "station", "boot_id", "seq", "channel", "start_utc", "end_utc",
+                                        "unit", "last", "min", "max", "mean", "count", "valid", "status"),
+                          self.telemetry)
         self.telemetry.clear()
 
     # ---- per stream ----
@@ -278,6 +288,7 @@ class _Writer:
         self.tx.execute("UPDATE stations SET description_sha256 = ? WHERE site = ? AND station = ?",
                         (digest, env.site, env.station))
         self.units[(env.site, env.station, digest)] = _channel_units(env.body)
+        _remember_units((env.site, env.station, digest), self.units[(env.site, env.station, digest)])
 
     def _status(self, v: _Valid, book: GapBook) -> None:
         env, body = v.env, v.env.body
@@ -308,6 +319,8 @@ class _Writer:
 
     def _units(self, site: str, station: str, sha: str | None) -> dict[str, str]:
         key = (site, station, sha)
+        if key not in self.units and sha is not None and (site, station, sha) in _UNITS:
+            self.units[key] = _UNITS[(site, station, sha)]
         if key not in self.units:
             rows = self.tx.query("SELECT body FROM descriptions WHERE site = ? AND station = ? AND sha256 = ?",
                                  (site, station, sha)) if sha else []
@@ -315,7 +328,22 @@ class _Writer:
                 rows = self.tx.query("SELECT body FROM descriptions WHERE site = ? AND station = ?"
                                      " ORDER BY first_seen DESC LIMIT 1", (site, station))
             self.units[key] = _channel_units(json.loads(rows[0][0])) if rows else {}
+            if sha is not None and rows and len(self.tx.query(
+                    "SELECT 1 FROM descriptions WHERE site = ? AND station = ? AND sha256 = ?", key)):
+                _remember_units((site, station, sha), self.units[key])
         return self.units[key]
+
+
+# the units of a description by its digest: a description never changes under its digest, so this outlives a
+# transaction (bounded: a plant has a few descriptions per station)
+_UNITS: dict[tuple[str, str, str], dict[str, str]] = {}
+MAX_UNITS = 10_000
+
+
+def _remember_units(key: tuple[str, str, str], units: dict[str, str]) -> None:
+    if len(_UNITS) >= MAX_UNITS:
+        _UNITS.clear()
+    _UNITS[key] = units
 
 
 def _channel_units(description: Any) -> dict[str, str]:

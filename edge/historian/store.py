@@ -76,6 +76,8 @@ class Tx(Protocol):
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
     def lock_station(self, site: str, station: str) -> None: ...
+    def lock_stations(self, stations: Sequence[tuple[str, str]]) -> None: ...
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
 
 
 class Store:
@@ -122,6 +124,15 @@ class _SqliteTx:
 
     def lock_station(self, site: str, station: str) -> None:
         """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer."""
+
+    def lock_stations(self, stations: Sequence[tuple[str, str]]) -> None:
+        """Nothing to do (``lock_station``)."""
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows (no conflicts expected)."""
+        if rows:
+            marks = ", ".join("?" * len(columns))
+            self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
 
 class SqliteStore(Store):
@@ -210,7 +221,22 @@ class _PgTx:
 
     def lock_station(self, site: str, station: str) -> None:
         """Serialise the writers of one station until this transaction ends (``edge.historian.gaps``)."""
-        self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{site}/{station}",))
+        self.lock_stations([(site, station)])
+
+    def lock_stations(self, stations: Sequence[tuple[str, str]]) -> None:
+        """``lock_station`` for several, in one round trip, always in the same order (by the lock's key), so two
+        transactions never each hold a lock the other waits for."""
+        if stations:
+            self.conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT hashtextextended(s, 0) AS k"
+                              " FROM unnest(%s::text[]) AS s ORDER BY 1) AS keys",
+                              ([f"{a}/{b}" for a, b in stations],))
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows with COPY (no conflicts expected): ten times an INSERT's speed for telemetry."""
+        if rows:
+            with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
 
 
 class PgStore(Store):
