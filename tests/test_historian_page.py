@@ -69,6 +69,7 @@ class Page(HTMLParser):
         self._link: str | None = None
         self._text: list[str] = []
         self._in_title = False
+        self.text = ""
         self.feed(dom)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -98,6 +99,7 @@ class Page(HTMLParser):
             self._in_title = False
 
     def handle_data(self, data: str) -> None:
+        self.text += data
         if self._cell is not None:
             self._cell.append(data)
         if self._link is not None:
@@ -170,6 +172,9 @@ def test_chromium_shows_the_fleet_its_figures_the_gaps_and_a_batch_report(sqlite
     quantities = {r[0]: r for r in report.rows("") if r}
     assert quantities["Electricity, metered"][1] == "≥ 30.0 kWh", quantities        # the report's own rules
     assert any(src.startswith("data:image/png;base64,") and len(src) > 20_000 for src in report.images)
+    assert "no trend: the historian holds no telemetry of this batch's time" in report.text   # none was sent
+    status, _, html = get(sqlite_page.url + "batch/pilot-line/hd-01/hd-2027-001")       # the stored telemetry's
+    assert status == 200 and b"no trend" not in html
 
 
 def test_the_page_has_no_write_path(sqlite_page: FleetPage, tmp_path: pathlib.Path) -> None:
@@ -209,6 +214,6 @@ def test_the_json_twins_are_the_same_on_postgresql_and_sqlite(sqlite_page: Fleet
             stations = json.loads(get(pg_page.url + "api/stations")[2])
             assert [s["status"] for s in stations] == ["online", "offline"]
             status, _, html = get(pg_page.url + "batch/pilot-line/hd-01/hd-2027-001")
-            assert status == 200 and b"Consumption and emissions" in html
+            assert status == 200 and b"Consumption and emissions" in html and b"no trend" not in html
     finally:
         server.close()
