@@ -65,6 +65,8 @@ SAFETY_S = 300.0                                     # every wait's safety net, 
 BROKER_EXTRA = "max_inflight_messages 20\nlog_type subscribe\n"
 BASELINE = "a subscriber that only counts what the broker delivers (same load, same broker)"
 GOAL_RATIO, GOAL_K = 0.5, 200
+HISTORIAN = [sys.executable, "-m", "edge", "historian", "run"]
+ROOT = pathlib.Path(__file__).resolve().parent.parent     # python -m runs this tree's edge and bench
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = SAFETY_S, step: float = 0.05) -> None:
@@ -93,7 +95,8 @@ class Generators:
             if backlog:
                 cmd += ["--backlog", str(backlog)]
             with open(log, "wb") as err:
-                self.procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err))
+                self.procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                                   cwd=ROOT))
             self.logs.append(log)
 
     def go(self) -> float:
@@ -173,8 +176,8 @@ class Historian:
             log = workdir / f"{cid}.log"
             with open(log, "wb") as out:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "edge", "historian", "run", "--broker", broker.url, "--db", db_url,
-                     "--group", group, "--client-id", cid], stdout=out, stderr=subprocess.STDOUT))
+                    [*HISTORIAN, "--broker", broker.url, "--db", db_url,
+                     "--group", group, "--client-id", cid], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
             self.logs.append(log)
         for cid, proc, log in zip(self.client_ids, self.procs, self.logs, strict=True):
             _wait(lambda c=cid, p=proc, lg=log: broker.subscribed(c) or _exited(p, lg), f"{cid} subscribed",  # type: ignore[misc]
@@ -262,14 +265,17 @@ class Postgres:
 class Ledger:
     """Reads the historian's database (psycopg, autocommit) for one round."""
 
-    def __init__(self, db_url: str) -> None:
+    def __init__(self, db_url: str, site: str) -> None:
         import psycopg
 
         self.conn = psycopg.connect(db_url, autocommit=True)
+        self.site = site
 
     def count(self) -> int:
+        """The plant's messages in the ledger (not the status, which the sessions number, not the outboxes)."""
         try:
-            row = self.conn.execute("SELECT count(*) FROM received").fetchone()
+            row = self.conn.execute("SELECT count(*) FROM received WHERE site = %s AND stream <> 'status'",
+                                    (self.site,)).fetchone()
         except Exception:        # the table appears with the historian's migration
             return 0
         return int(row[0]) if row else 0
@@ -301,7 +307,7 @@ def _throughput(env: Env, stations: int, backlog: int) -> Rates:
             else:
                 db = env.pg.database(f"{name}_{os.getpid()}")
                 historian = Historian(env.dir, env.broker, db, workers, name)
-                ledger = Ledger(db)
+                ledger = Ledger(db, site)
             gen = Generators(env.dir, env.broker.url, stations, site=site, backlog=backlog)
             try:
                 start_at = gen.go()
@@ -350,7 +356,7 @@ def _sustain(env: Env, workers: int, stations: int, seconds: float) -> Sustained
     name = f"k{stations}w{workers}"
     db = env.pg.database(f"{name}_{os.getpid()}")
     historian = Historian(env.dir, env.broker, db, workers, name)
-    ledger = Ledger(db)
+    ledger = Ledger(db, f"{name}-plant")
     try:
         gen = Generators(env.dir, env.broker.url, stations, site=f"{name}-plant", seconds=seconds, flush_s=60.0)
         try:

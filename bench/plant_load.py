@@ -308,6 +308,7 @@ class Plant:
             raise
         self.messages = 0
         self._stop = threading.Event()
+        self._stopped: tuple[list[Sent], list[StopResult], float] | None = None
 
     def backlog(self, plant_s: int) -> int:
         """Put ``plant_s`` plant seconds at once, before the sessions start (a station back after an outage)."""
@@ -352,7 +353,10 @@ class Plant:
         return behind, time.monotonic() - t0
 
     def stop(self, flush_timeout_s: float = 60.0) -> tuple[list[Sent], list[StopResult], float]:
-        """Stop every session (each flushes its outbox, up to ``flush_timeout_s`` in all): what was sent."""
+        """Stop every session (each flushes its outbox, up to ``flush_timeout_s`` in all): what was sent.
+        Idempotent (a second call returns the first one's answer)."""
+        if self._stopped is not None:
+            return self._stopped
         t0 = time.monotonic()
         deadline = t0 + flush_timeout_s
         results: list[tuple[Sent, StopResult]] = [None] * len(self.stations)  # type: ignore[list-item]
@@ -365,7 +369,8 @@ class Plant:
             t.start()
         for t in threads:
             t.join()
-        return [r[0] for r in results], [r[1] for r in results], time.monotonic() - t0
+        self._stopped = [r[0] for r in results], [r[1] for r in results], time.monotonic() - t0
+        return self._stopped
 
 
 def expected_rows(sent: Iterable[Sent]) -> dict[tuple[str, str, str, str], int]:
