@@ -217,3 +217,23 @@ def test_historian_run_refuses_bad_arguments_in_one_line(tmp_path: pathlib.Path,
         code = main(argv)
     text = err.getvalue()
     assert code == 2 and expected in text and len(text.strip().splitlines()) == 1, text
+
+
+def test_a_gap_is_said_once_settled_and_again_when_it_closes_and_the_counts_regularly(
+        broker: Mosquitto, tmp_path: pathlib.Path) -> None:
+    c = consumer(broker, f"sqlite://{tmp_path / 'h.db'}", "said-1", settle_s=0.3, report_s=0.2).start()
+    st = Station(station="said-01")
+    try:
+        publish(broker, [st.telemetry(1), st.telemetry(2), st.telemetry(5)])
+        wait_until(lambda: any("GAP open" in x for x in c.lines), "the gap said")      # type: ignore
+        wait_until(lambda: any("stored 3, duplicates 0" in x and "open gaps 1" in x for x in c.lines),  # type: ignore
+                   "the counts said with the open gap")
+        assert not any("closed" in x for x in c.lines)       # type: ignore[attr-defined]
+        publish(broker, [st.telemetry(4), st.telemetry(3)])
+        wait_until(lambda: any("gap closed" in x for x in c.lines), "its closing said")   # type: ignore
+    finally:
+        c.stop()
+    lines: list[str] = c.lines       # type: ignore[attr-defined]
+    opened = [x for x in lines if "GAP open" in x]
+    assert len(opened) == 1 and "pilot-line/said-01 telemetry #3-4 (2)" in opened[0], lines
+    assert "stopped: stored 5" in lines[-1] and "open gaps 0" in lines[-1], lines

@@ -8,6 +8,8 @@ import json
 import threading
 from typing import Any
 
+import pytest
+
 from edge.historian.gaps import gap_rows
 from edge.historian.ingest import Received, ingest
 from edge.historian.store import Store, open_store
@@ -207,3 +209,27 @@ def test_the_compiled_schema_check_agrees_with_jsonschema_on_every_example() -> 
         assert fast is not None, "jsonschema_rs is not installed (pip install -e '.[dev]')"
         assert fast(doc) is valid and (schemas.errors(doc, name) == []) is valid, (name, doc)
         assert (list(schemas.validator(name).iter_errors(doc)) == []) is valid, name
+
+
+def test_reedge_historian_gaps_lists_them_and_exits_1_while_any_is_lost(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.app.cli import main
+
+    db = str(tmp_path / "plant.db")
+    st = Station()
+    with open_store(db) as s:
+        ingest(s, [st.thinned(1, "telemetry", 2, 2), st.telemetry(1), st.telemetry(4), st.telemetry(6)])
+        ingest(s, [st.telemetry(5)])
+    assert main(["historian", "gaps", "--db", db]) == 1
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert [line.split(": ")[:2] for line in lines] == [
+        ["pilot-line/hd-01 telemetry #2 boot boot-a", "explained"],
+        ["pilot-line/hd-01 telemetry #3 boot boot-a", "OPEN; opened 20" + lines[1].split("opened 20")[1]],
+        ["pilot-line/hd-01 telemetry #5 boot boot-a", "closed 20" + lines[2].split("closed 20")[1]]]
+    assert "3 gap(s), 1 message(s) missing and unexplained" in out.err
+    assert main(["historian", "gaps", "--db", db, "--open"]) == 1
+    assert capsys.readouterr().out.splitlines() == lines[1:2]
+    with open_store(db) as s:
+        ingest(s, [st.telemetry(3)])
+    assert main(["historian", "gaps", "--db", db, "--open"]) == 0

@@ -89,3 +89,14 @@ def test_a_postgresql_that_is_not_there_is_unavailable_in_one_line() -> None:
     with pytest.raises(DatabaseUnavailable, match=r"cannot reach PostgreSQL at postgresql://postgres:\*\*\*@") as e:
         open_store(url)
     assert "\n" not in str(e.value) and "pw@" not in str(e.value)
+
+
+def test_reedge_historian_migrate_applies_once_then_has_nothing_to_do(tmp_path: pathlib.Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.app.cli import main
+
+    db = str(tmp_path / "plant.db")
+    assert main(["historian", "migrate", "--db", db]) == 0
+    assert "applied 0001_initial; now at version 1" in capsys.readouterr().out
+    assert main(["historian", "migrate", "--db", db]) == 0
+    assert "at version 1, nothing to apply" in capsys.readouterr().out

@@ -22,7 +22,9 @@ demo's embedded broker) has no shared subscriptions: one worker, the plain filte
 
 **Batches for throughput**: up to ``batch_max`` messages or ``batch_s`` after the first, one transaction,
 then all their acknowledgements. The MQTT 5 Receive Maximum (``2 * batch_max``) lets the broker keep the
-next batch in flight while one commits.
+next batch in flight while one commits. A pause of ``IDLE_S`` in the flow also ends a batch: under MQTT
+3.1.1 the broker's own in-flight cap (mosquitto's ``max_inflight_messages``, 20) stops the flow until we
+acknowledge, and waiting out ``batch_s`` then would only idle.
 
 **The database down** (``DatabaseUnavailable``, or any failure of a transaction): nothing is acknowledged,
 the batch is kept and tried again with a growing pause (``RETRY_S``); it is said once, and once again
@@ -60,6 +62,7 @@ SESSION_EXPIRY_S = 86_400          # a worker's messages wait a day for it (the 
 RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 RETAINED_STREAMS = ("status", "description", "state")
 GAP_CHECK_S = 5.0
+IDLE_S = 0.02              # no message for this long: the batch is complete (module docstring)
 
 
 class ConsumerError(RuntimeError):
@@ -223,7 +226,8 @@ class HistorianConsumer:
 
     def _run(self) -> None:
         next_report = time.monotonic() + self.report_s
-        next_gaps = time.monotonic() + GAP_CHECK_S
+        gap_check_s = min(GAP_CHECK_S, max(self.settle_s / 3, 0.05))
+        next_gaps = time.monotonic() + gap_check_s
         pending: list[_Msg] = []
         while not self._stop.is_set():
             if not pending:
@@ -232,7 +236,7 @@ class HistorianConsumer:
                 pending = []
             now = time.monotonic()
             if now >= next_gaps:
-                next_gaps = now + GAP_CHECK_S
+                next_gaps = now + gap_check_s
                 self._check_gaps()
             if now >= next_report:
                 next_report = now + self.report_s
@@ -254,9 +258,10 @@ class HistorianConsumer:
             return []
         batch = [first]
         deadline = time.monotonic() + self.batch_s
+        idle_s = min(IDLE_S, self.batch_s)
         while len(batch) < self.batch_max:
-            try:
-                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            try:     # a pause in the flow ends the batch: the broker may be waiting for our acks (its in-flight cap)
+                batch.append(self._queue.get(timeout=max(0.0, min(idle_s, deadline - time.monotonic()))))
             except queue.Empty:
                 break
         return batch
