@@ -12,7 +12,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
+import signal
 import subprocess
+import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,11 +26,13 @@ from urllib.parse import urljoin
 
 import pytest
 
-from edge.historian.ingest import ingest
+from edge.historian.ingest import Received, ingest
 from edge.historian.store import open_store
 from edge.historian.web import FleetPage, parse_address, start_page
 from tests.historian_plant import HOSTILE_ALARM, HOSTILE_BATCH, plant
+from tests.mqtt_broker import SAFETY_S, Mosquitto, wait_until
 from tests.pg_server import PgServer
+from tests.test_historian_consumer import publish
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 WALL_CLOCK_FIELDS = {"first_seen", "opened", "state"}   # when this test ingested: differs between the two stores
@@ -217,3 +223,49 @@ def test_the_json_twins_are_the_same_on_postgresql_and_sqlite(sqlite_page: Fleet
             assert status == 200 and b"Consumption and emissions" in html and b"no trend" not in html
     finally:
         server.close()
+
+
+def _batches_on(url: str) -> int:
+    try:
+        status, _, body = get(url + "api/batches")
+    except OSError:
+        return -1
+    return len(json.loads(body)) if status == 200 else -1
+
+
+def test_historian_run_serves_the_page_while_it_consumes_and_takes_it_down_when_stopped(
+        tmp_path: pathlib.Path) -> None:
+    """``reedge historian run --http 127.0.0.1:0`` as a process: the page shows what the consumer stores as it
+    comes, and SIGTERM stops both (the port answers no more)."""
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    lines: list[str] = []
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "historian", "run", "--broker", broker.url, "--db",
+                             str(tmp_path / "plant.db"), "--group", "fleet", "--client-id", "fleet-1", "--http",
+                             "127.0.0.1:0"], env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+        found: list[str] = []
+
+        def page_address() -> bool:
+            found[:] = re.findall(r"fleet page at (http://\S+/)", "".join(lines))
+            return bool(found) or proc.poll() is not None
+
+        wait_until(page_address, "the fleet page's address on stderr")
+        assert found, "".join(lines)
+        url = found[0]
+        assert _batches_on(url) == 0
+        publish(broker, [Received(*m) for m in plant()])
+        wait_until(lambda: _batches_on(url) == 4, "the plant's batches on the page")
+        status, _, html = get(url)
+        assert status == 200 and b"lot/7 &lt;b&gt;bold&lt;/b&gt;" in html and b"<b>bold" not in html
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=SAFETY_S) == 0, "".join(lines)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url, timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        broker.close()
