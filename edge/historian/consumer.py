@@ -14,7 +14,12 @@ before): every worker therefore has a fixed client id and a **persistent session
 ``SESSION_EXPIRY_S``), and its messages wait for it, as the station's wait for it.
 
 **N workers share the load** through ``$share/{group}/reedge/v1/+/+/#`` (QoS 1): the broker gives each
-message to one member of the group. A shared subscription gets no retained messages (MQTT 5), so each
+message to one member of the group (mosquitto also to members that are offline: their sessions keep them).
+The worker subscribes on every connect, session present or not (mosquitto 2.0.11 restores a session after a
+restart without its shared subscription); between a broker restart and that SUBSCRIBE, what stations
+publish goes to nobody and shows as gaps (restart a broker with its station listener last).
+
+A shared subscription gets no retained messages (MQTT 5), so each
 worker also subscribes, unshared, to the retained streams (status, description, state): a historian that
 starts after a station learns its description and state at once. Every worker gets those, and all but
 one of the copies are duplicates by key (the ledger's job). MQTT 3.1.1 (``protocol="3.1.1"``, e.g. the
@@ -197,11 +202,14 @@ class HistorianConsumer:
             return
         with self._gen_lock:
             self._generation += 1
-        if flags.session_present:
-            self._subscribed.set()
-            return
+        # Subscribe on every connect, also when the broker says the session is there: mosquitto 2.0.11 restores
+        # a session from its file without its shared subscription (and says "session present"). Subscribing
+        # again to a filter the session has only replaces it; the retained streams' filter asks for the retained
+        # messages only when its subscription is new (retain handling 1), not on every reconnect.
         if self.protocol == "5":
-            client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters])
+            shared, *retained = self.filters
+            client.subscribe([(shared, SubscribeOptions(qos=1)),
+                              *((f, SubscribeOptions(qos=1, retainHandling=1)) for f in retained)])
         else:
             client.subscribe([(f, 1) for f in self.filters])
 

@@ -154,6 +154,14 @@ class SqliteStore(Store):
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the SQLite database {path}: {e}") from None
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One read, its own implicit transaction: WAL lets it run beside the writer, never takes the write lock."""
+        with self._lock:
+            try:
+                return [tuple(r) for r in self.conn.execute(sql, tuple(params)).fetchall()]
+            except sqlite3.OperationalError as e:
+                raise DatabaseUnavailable(f"SQLite database {self.path}: {e}") from None
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._lock:
@@ -241,6 +249,19 @@ class _PgTx:
 
 class PgStore(Store):
     dialect: Dialect = "postgresql"
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One read on the autocommit connection (no transaction block: one round trip less)."""
+        import psycopg
+
+        with self._lock:
+            conn = self._connect()
+            try:
+                return conn.execute(_pg_sql(sql) if params else sql, tuple(params) or None).fetchall()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                if conn.closed or conn.broken:
+                    raise DatabaseUnavailable(f"PostgreSQL at {self.url}: {_one_line(e)}") from None
+                raise StoreError(f"PostgreSQL at {self.url}: {_one_line(e)}") from e
 
     def __init__(self, url: str) -> None:
         super().__init__(redact(url))
