@@ -29,6 +29,7 @@ import pytest
 from edge.historian.ingest import Received, ingest
 from edge.historian.store import open_store
 from edge.historian.web import FleetPage, parse_address, start_page
+from tests.historian_db import empty_pg
 from tests.historian_plant import HOSTILE_ALARM, HOSTILE_BATCH, plant
 from tests.mqtt_broker import SAFETY_S, Mosquitto, wait_until
 from tests.pg_server import PgServer
@@ -207,22 +208,19 @@ def _same(value: Any) -> str:
     return json.dumps(strip(value), sort_keys=True, indent=0)
 
 
-def test_the_json_twins_are_the_same_on_postgresql_and_sqlite(sqlite_page: FleetPage) -> None:
-    server = PgServer().start()
-    try:
-        fill(server.url)
-        with start_page(server.url, "127.0.0.1:0") as pg_page:
-            for api in ("api/stations", "api/batches", "api/gaps", "api/figures"):
-                status, headers, body = get(pg_page.url + api)
-                assert status == 200 and headers["Content-Type"] == "application/json", body[:300]
-                lite = json.loads(get(sqlite_page.url + api)[2])
-                assert _same(json.loads(body)) == _same(lite), api     # as text: true is not 1, 2.0 not 2
-            stations = json.loads(get(pg_page.url + "api/stations")[2])
-            assert [s["status"] for s in stations] == ["online", "offline"]
-            status, _, html = get(pg_page.url + "batch/pilot-line/hd-01/hd-2027-001")
-            assert status == 200 and b"Consumption and emissions" in html and b"no trend" not in html
-    finally:
-        server.close()
+def test_the_json_twins_are_the_same_on_postgresql_and_sqlite(sqlite_page: FleetPage, pg_server: PgServer) -> None:
+    empty_pg(pg_server.url)         # the suite's PostgreSQL (tests/historian_db.py), as other tests left it
+    fill(pg_server.url)
+    with start_page(pg_server.url, "127.0.0.1:0") as pg_page:
+        for api in ("api/stations", "api/batches", "api/gaps", "api/figures"):
+            status, headers, body = get(pg_page.url + api)
+            assert status == 200 and headers["Content-Type"] == "application/json", body[:300]
+            lite = json.loads(get(sqlite_page.url + api)[2])
+            assert _same(json.loads(body)) == _same(lite), api     # as text: true is not 1, 2.0 not 2
+        stations = json.loads(get(pg_page.url + "api/stations")[2])
+        assert [s["status"] for s in stations] == ["online", "offline"]
+        status, _, html = get(pg_page.url + "batch/pilot-line/hd-01/hd-2027-001")
+        assert status == 200 and b"Consumption and emissions" in html and b"no trend" not in html
 
 
 def _batches_on(url: str) -> int:
