@@ -76,22 +76,9 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _latest_by_station(rows: Sequence[tuple[Any, ...]]) -> dict[tuple[str, str], tuple[Any, ...]]:
-    """The newest row per (site, station) of rows (site, station, ts, ...), by ts (RFC 3339 UTC text sorts)."""
-    out: dict[tuple[str, str], tuple[Any, ...]] = {}
-    for row in rows:
-        key = (row[0], row[1])
-        if key not in out or str(row[2]) > str(out[key][2]):
-            out[key] = row
-    return out
-
-
 def stations(store: Store) -> list[dict[str, Any]]:
-    """Every station the historian has seen, with its latest state and its alarms and trips."""
-    states = _latest_by_station(store.query(
-        "SELECT s.site, s.station, s.ts, s.run, s.phase, s.batch_id, s.body FROM states s JOIN "
-        "(SELECT site, station, MAX(ts) AS ts FROM states GROUP BY site, station) m "
-        "ON s.site = m.site AND s.station = m.station AND s.ts = m.ts"))
+    """Every station the historian has seen, with its latest state and its alarms and trips (a few indexed
+    queries per station: the page's cost grows with the stations, not with the years of states)."""
     trips = {(site, station): int(count or 0) for site, station, count in store.query(
         "SELECT site, station, SUM(trips) FROM batches GROUP BY site, station")}
 
@@ -106,7 +93,9 @@ def stations(store: Store) -> list[dict[str, Any]]:
     for site, station, first_seen, last_seen, status, boot_id, software in store.query(
             "SELECT site, station, first_seen, last_seen, status, boot_id, software FROM stations "
             "ORDER BY site, station"):
-        state = states.get((site, station))
+        latest = store.query("SELECT site, station, ts, run, phase, batch_id, body FROM states WHERE site = ? AND "
+                             "station = ? ORDER BY ts DESC, seq DESC LIMIT 1", [site, station])   # by its index
+        state = latest[0] if latest else None
         body = _dict(as_json(state[6])) if state else {}
         locks, alarms = _dict(body.get("interlocks")), _dict(body.get("alarms"))
         batch = _dict(body.get("batch"))
@@ -191,8 +180,20 @@ def report_path(site: str, station: str, batch_id: str) -> str:
 
 # ---------------------------------------------------------------------------- a batch's report
 
+def _channels(store: Store, site: str, station: str) -> list[str]:
+    """The station's channel names, from every description it sent (a small table: the telemetry is not scanned)."""
+    names: set[str] = set()
+    for (body,) in store.query("SELECT body FROM descriptions WHERE site = ? AND station = ?", [site, station]):
+        channels = _dict(as_json(body)).get("channels")
+        names.update(str(c) for c in (channels if isinstance(channels, dict) else {}))
+    return sorted(names)
+
+
 def telemetry_trend(store: Store, batch: Batch) -> tuple[Trend | None, str]:
-    """The batch's process trend from the stored telemetry windows (each channel's mean), or (None, why)."""
+    """The batch's process trend from the stored telemetry windows (each channel's mean), or (None, why).
+
+    One indexed query per channel the station's descriptions name (site, station, channel, time: the index the
+    store keeps), every n-th window when the batch has more than ``MAX_TREND_WINDOWS``."""
     import numpy as np
 
     from edge.batch.report.view import Trend
@@ -200,25 +201,27 @@ def telemetry_trend(store: Store, batch: Batch) -> tuple[Trend | None, str]:
     start, end = batch.body.get("started"), batch.body.get("ended")
     if parse_time(start) is None or parse_time(end) is None:
         return None, "no trend: the record's start or end time is unknown"
-    where = "site = ? AND station = ? AND end_utc >= ? AND end_utc <= ?"
-    params = [batch.site, batch.station, start, end]
-    span = store.query(f"SELECT MIN(seq), MAX(seq) FROM telemetry WHERE {where}", params)
-    if not span or span[0][0] is None:
+    channels = _channels(store, batch.site, batch.station)
+    where = "site = ? AND station = ? AND channel = ? AND end_utc >= ? AND end_utc <= ?"
+    span = store.query(f"SELECT COUNT(*) FROM telemetry WHERE {where}",
+                       [batch.site, batch.station, channels[0], start, end]) if channels else [(0,)]
+    if not span[0][0]:
         return None, "no trend: the historian holds no telemetry of this batch's time"
-    every = max(1, (int(span[0][1]) - int(span[0][0]) + 1) // MAX_TREND_WINDOWS)
-    rows = store.query(f"SELECT end_utc, channel, unit, mean, valid FROM telemetry WHERE {where} "
-                       "AND seq - (seq / ?) * ? = 0", [*params, every, every])
+    every = max(1, int(span[0][0]) // MAX_TREND_WINDOWS)
     times: dict[str, dict[str, float]] = {}
     units: dict[str, str] = {}
-    for end_utc, channel, unit, mean, valid in rows:
-        value = float(mean) if isinstance(mean, int | float) and (valid is None or valid > 0) else math.nan
-        times.setdefault(str(end_utc), {})[str(channel)] = value
-        if unit:
-            units[str(channel)] = str(unit)
+    for channel in channels:
+        for end_utc, unit, mean, valid in store.query(
+                f"SELECT end_utc, unit, mean, valid FROM telemetry WHERE {where} AND seq - (seq / ?) * ? = 0",
+                [batch.site, batch.station, channel, start, end, every, every]):
+            ok = isinstance(mean, int | float) and (valid is None or valid > 0)
+            times.setdefault(str(end_utc), {})[channel] = float(mean) if ok else math.nan
+            if unit:
+                units[channel] = str(unit)
     stamps = sorted(times)
     t = np.array([parse_time(s).timestamp() for s in stamps])  # type: ignore[union-attr]
-    channels = sorted({c for row in times.values() for c in row})
-    columns = {c: np.array([times[s].get(c, math.nan) for s in stamps], dtype=float) for c in channels}
+    shown = [c for c in channels if any(c in row for row in times.values())]
+    columns = {c: np.array([times[s].get(c, math.nan) for s in stamps], dtype=float) for c in shown}
     return Trend(t, columns, units), ""
 
 
