@@ -233,3 +233,16 @@ def test_reedge_historian_gaps_lists_them_and_exits_1_while_any_is_lost(
     with open_store(db) as s:
         ingest(s, [st.telemetry(3)])
     assert main(["historian", "gaps", "--db", db, "--open"]) == 0
+
+
+def test_a_message_the_database_cannot_hold_is_quarantined_alone_and_the_rest_stored(store: Store) -> None:
+    from edge.historian.ingest import ingest_isolating
+
+    st = Station()
+    huge = st.message("event", 2**70, json.loads(Station().event(1).payload)["body"])
+    batch = [st.telemetry(1), st.telemetry(2), huge, st.event(3), st.telemetry(3)]
+    r = ingest_isolating(store, batch)
+    assert (r.stored, r.quarantined) == (4, 1)
+    ((topic, payload, reason),) = store.query("SELECT topic, payload, reason FROM quarantine")
+    assert topic == st.topics.event and bytes(payload) == huge.payload and reason.startswith("could not be stored: ")
+    assert store.query("SELECT count(*) FROM received") == [(4,)]

@@ -31,7 +31,9 @@ next batch in flight while one commits. A pause of ``IDLE_S`` in the flow also e
 3.1.1 the broker's own in-flight cap (mosquitto's ``max_inflight_messages``, 20) stops the flow until we
 acknowledge, and waiting out ``batch_s`` then would only idle.
 
-**The database down** (``DatabaseUnavailable``, or any failure of a transaction): nothing is acknowledged,
+**A message the database refuses** (a number beyond its integer types: the schemas set no upper bound) is
+found by halving the batch and quarantined alone with the error (``ingest.ingest_isolating``); the rest
+is stored. **The database down** (any other failure of a transaction): nothing is acknowledged,
 the batch is kept and tried again with a growing pause (``RETRY_S``); it is said once, and once again
 when the database is back. The broker holds what comes meanwhile (at most the Receive Maximum is in
 flight to us).
@@ -58,7 +60,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.historian.gaps import SETTLE_S, GapRow, gap_rows, settled
-from edge.historian.ingest import IngestResult, Received, ingest
+from edge.historian.ingest import IngestResult, Received, ingest_isolating
 from edge.historian.store import Store, StoreError, open_store
 from edge.spec.broker import BrokerUrl
 from edge.telemetry.topics import PREFIX
@@ -281,9 +283,9 @@ class HistorianConsumer:
         failures = 0
         while True:
             try:
-                result = ingest(self.store, [Received(m.topic, m.payload, m.retained) for m in batch])
+                result = ingest_isolating(self.store, [Received(m.topic, m.payload, m.retained) for m in batch])
                 break
-            except Exception as exc:     # the database (StoreError), or a bug: never ack what was not stored
+            except Exception as exc:     # the database unreachable: never ack what was not stored
                 failures += 1
                 error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
             if self._down_since is None:

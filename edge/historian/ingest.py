@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from edge.historian.gaps import Gap, GapBook
-from edge.historian.store import Store, Tx, now_utc
+from edge.historian.store import RejectedData, Store, StoreError, Tx, now_utc
 from edge.telemetry.description import canonical
 from edge.telemetry.envelope import Envelope
 from edge.telemetry.tail import check_message
@@ -120,6 +120,35 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
     result.stored = len(new)
     result.quarantined = len(bad)
     result.opened, result.closed = book.opened, book.closed
+    return result
+
+
+def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) -> IngestResult:
+    """``ingest``, and when the database refuses the batch's data (``RejectedData``) or the code fails on it,
+    the batch in halves until the message that cannot be stored is alone: it goes to quarantine with the
+    error, the others are stored. A database that cannot be reached (any other ``StoreError``) still raises:
+    then nothing was stored, and the caller tries again later."""
+    try:
+        return ingest(store, items)
+    except StoreError as e:
+        if not isinstance(e, RejectedData):
+            raise
+        error: Exception = e
+    except Exception as e:      # a bug met by one message must not stop the plant's record
+        error = e
+    if len(items) == 1:
+        topic, payload, _ = items[0]
+        reason = f"could not be stored: {type(error).__name__}: {error}"[:MAX_REASON]
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
+                       (now_utc(), topic, bytes(payload), reason))
+        return IngestResult(quarantined=1)
+    result = IngestResult()
+    for half in (items[:len(items) // 2], items[len(items) // 2:]):
+        part = ingest_isolating(store, half)
+        result.add(part)
+        result.opened += part.opened
+        result.closed += part.closed
     return result
 
 

@@ -64,6 +64,11 @@ class DatabaseUnavailable(StoreError):
     """The database cannot be reached just now (down, restarting, connection lost): try again later."""
 
 
+class RejectedData(StoreError):
+    """The database refused what it was given (a number beyond its integer type, a broken constraint): trying
+    again changes nothing; the message that carries it must be kept aside (``ingest.ingest_isolating``)."""
+
+
 def now_utc() -> str:
     """The current time as the store keeps times (RFC 3339 UTC, milliseconds)."""
     return rfc3339_ms(time.time_ns())
@@ -171,9 +176,11 @@ class SqliteStore(Store):
                 raise DatabaseUnavailable(f"SQLite database {self.path}: {e}") from None
             try:
                 yield _SqliteTx(self.conn)
-            except BaseException:
+            except BaseException as e:
                 with contextlib.suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.IntegrityError | sqlite3.DataError | OverflowError):
+                    raise RejectedData(f"SQLite database {self.path}: {e}") from e
                 raise
             try:
                 self.conn.execute("COMMIT")
@@ -303,6 +310,8 @@ class PgStore(Store):
                 if conn.closed or conn.broken:
                     raise DatabaseUnavailable(f"PostgreSQL at {self.url}: {_one_line(e)}") from None
                 raise StoreError(f"PostgreSQL at {self.url}: {_one_line(e)}") from e
+            except (psycopg.DataError, psycopg.IntegrityError) as e:
+                raise RejectedData(f"PostgreSQL at {self.url}: {_one_line(e)}") from e
 
     def run_script(self, tx: Tx, script: str) -> None:
         tx.execute(script)       # no parameters: psycopg sends the whole file as one simple query
