@@ -167,6 +167,8 @@ def test_chromium_shows_the_fleet_its_figures_the_gaps_and_a_batch_report(sqlite
     hostile = page.row("batches", "pilot-line/hd-01", HOSTILE_BATCH)
     assert hostile[7] == ("≥ 1.5", "num incomplete"), hostile                   # a lower bound, flagged
     assert [t for t, _ in page.row("batches", "pilot-line/hd-01", "hd-2027-003")[3:4]] == ["running"]
+    unweighed = page.row("batches", "pilot-line/sint-01", "sint-2027-001")        # no per-kg figure, and why
+    assert unweighed[6:8] == [("not weighed", "missing"), ("not weighed", "missing")], unweighed
 
     gaps = {r[3]: r for r in page.rows("gaps")[1:]}
     assert gaps["4..5"][2] == "telemetry" and gaps["4..5"][6].startswith("open"), gaps

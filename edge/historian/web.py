@@ -87,7 +87,7 @@ def stations(store: Store) -> list[dict[str, Any]]:
         found = store.query("SELECT message FROM events WHERE site = ? AND station = ? AND kind = 'alarm' AND "
                             "name = ? ORDER BY ts DESC LIMIT 1", [site, station, name])
         return str(found[0][0] or "") if found else ""
-    running = {(r[0], r[1], r[2]): r for r in store.query(
+    batches = {(r[0], r[1], r[2]): r for r in store.query(
         "SELECT site, station, batch_id, started, end_record IS NOT NULL FROM batches")}
     out = []
     for site, station, first_seen, last_seen, status, boot_id, software in store.query(
@@ -100,7 +100,7 @@ def stations(store: Store) -> list[dict[str, Any]]:
         locks, alarms = _dict(body.get("interlocks")), _dict(body.get("alarms"))
         batch = _dict(body.get("batch"))
         batch_id = batch.get("id") if batch else None
-        known = running.get((site, station, batch_id)) if batch_id else None
+        known = batches.get((site, station, batch_id)) if batch_id else None
         out.append({
             "site": site, "station": station, "status": status or "unknown", "first_seen": first_seen,
             "last_seen": last_seen, "boot_id": boot_id, "software": software,
@@ -117,12 +117,16 @@ def stations(store: Store) -> list[dict[str, Any]]:
     return out
 
 
-def _per_kg(body: dict[str, Any], key: str, meter: str) -> dict[str, Any]:
-    acc = _dict(body.get("accounting"))
+def _per_kg(batch: Batch, key: str, meter: str) -> dict[str, Any]:
+    """A batch's per-kg figure as the record gives it; ``complete`` false: a lower bound or an estimate; ``why``
+    there is none."""
+    acc = _dict(batch.body.get("accounting"))
     value = _dict(acc.get("per_kg")).get({"kwh_per_kg": "kwh", "nl_h2_per_kg": "nl_h2",
                                           "kg_co2e_per_kg": "kg_co2e"}[key])
     q = _dict(acc.get("meters")).get(meter)
-    return {"value": value, "complete": value is not None and _dict(q).get("complete") is True}
+    why = None if value is not None else "not weighed" if batch.mass_in_kg is None else \
+        "not metered" if q is None else "no figure"
+    return {"value": value, "complete": value is not None and _dict(q).get("complete") is True, "why": why}
 
 
 def batch_rows(store: Store, limit: int | None = None) -> list[dict[str, Any]]:
@@ -148,7 +152,7 @@ def batch_rows(store: Store, limit: int | None = None) -> list[dict[str, Any]]:
             "report": report_path(site, station, str(batch_id)) if b else None,
         }
         for key, _, meter, _ in PER_KG:
-            row[key] = _per_kg(b.body, key, meter) if b else None
+            row[key] = _per_kg(b, key, meter) if b else None
         out.append(row)
     return out
 
@@ -300,7 +304,7 @@ def _figure_cell(fig: dict[str, Any] | None) -> str:
         return _td("running", "missing")
     value = fig.get("value")
     if not isinstance(value, int | float) or isinstance(value, bool):
-        return _td("not metered", "missing")
+        return _td(fig.get("why") or "-", "missing")
     if fig.get("complete"):
         return _td(f"{value:.3g}", "num")
     return f'<td class="num incomplete" title="a lower bound or an estimate">≥ {_e(f"{value:.3g}")}</td>'
