@@ -204,6 +204,11 @@ class Month:
     trips: int
     incomplete: list[str]          # "BATCH (STATION): kWh/kg left out: a lower bound (...)"
 
+    def kg_in_text(self) -> str:
+        """The kg processed as shown: plain digits (a site's year is millions of kg: never an exponent)."""
+        kg = f"{self.kg_in:.1f}".removesuffix(".0")
+        return kg if self.kg_in_complete else "not weighed" if not self.kg_in else f"≥ {kg}"
+
     @property
     def who(self) -> str:
         return f"{self.site}/{self.station}" if self.station is not None else f"{self.site} (site)"
@@ -270,7 +275,7 @@ def table_lines(months: Sequence[Month]) -> list[str]:
     rows = [HEADINGS]
     for m in months:
         batches = f"{m.batches}" + (f" ({m.aborted} aborted)" if m.aborted else "")
-        kg = f"{m.kg_in:g}" if m.kg_in_complete else "not weighed" if not m.kg_in else f"≥ {m.kg_in:g}"
+        kg = m.kg_in_text()
         rows.append((m.who, m.month, batches, kg, *(m.per_kg[k].text() for k, *_ in PER_KG), str(m.trips)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADINGS))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))

@@ -315,8 +315,7 @@ def _month_rows(months: Sequence[Month]) -> list[str]:
     for m in months:
         cells = [_td(m.who, "site" if m.station is None else ""), _td(m.month),
                  _td(f"{m.batches}" + (f" ({m.aborted} aborted)" if m.aborted else ""), "num"),
-                 _td(f"{m.kg_in:g}", "num") if m.kg_in_complete else
-                 _td("not weighed" if not m.kg_in else f"≥ {m.kg_in:g}", "num incomplete")]
+                 _td(m.kg_in_text(), "num" if m.kg_in_complete else "num incomplete")]
         for key, *_ in PER_KG:
             fig = m.per_kg[key]
             cells.append(_td(fig.text(), "num incomplete" if fig.flagged and fig.value is not None else
