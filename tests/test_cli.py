@@ -126,7 +126,10 @@ def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(
             lines = _lines(demo.stdout)
             shown = [_next(lines, "the demo's output", 180)]
             while not shown[-1].startswith("  fleet page stays up at "):
-                shown.append(_next(lines, "the demo's output up to its fleet page, held open", 180))
+                try:
+                    shown.append(_next(lines, "the demo's output up to its fleet page, held open", 180))
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}:\n" + "\n".join(shown[-60:]) + _read(err)) from None
             _the_fleet_page_shows_the_demo_batch(shown[-1].split(" at ", 1)[1].split(": press", 1)[0])
             demo.stdin.close()       # Enter, or the end of input: the page stops, the demo ends
             while (line := lines.get(timeout=60)) is not None:
