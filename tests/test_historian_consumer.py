@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -237,3 +238,39 @@ def test_a_gap_is_said_once_settled_and_again_when_it_closes_and_the_counts_regu
     opened = [x for x in lines if "GAP open" in x]
     assert len(opened) == 1 and "pilot-line/said-01 telemetry #3-4 (2)" in opened[0], lines
     assert "stopped: stored 5" in lines[-1] and "open gaps 0" in lines[-1], lines
+
+
+def quiet(c: HistorianConsumer, quiet_s: float = 0.3) -> Any:
+    """A condition: everything ``c`` received is processed, and nothing has come for ``quiet_s``."""
+    seen = [-1, time.monotonic()]
+
+    def condition() -> bool:
+        t = c.totals
+        if c.received != seen[0]:
+            seen[:] = [c.received, time.monotonic()]
+        return (c.received == t.stored + t.duplicate + t.quarantined + t.ignored
+                and time.monotonic() - seen[1] >= quiet_s)
+    return condition
+
+
+def test_a_stopped_worker_keeps_its_share_until_retired_then_the_group_gets_everything(
+        broker: Mosquitto, tmp_path: pathlib.Path) -> None:
+    url = f"sqlite://{tmp_path / 'h.db'}"
+    consumer(broker, url, "retire-1").start().stop()          # a worker that left: its session stays
+    other = consumer(broker, url, "retire-2").start()
+    first = station_messages("ret-01", 40, 0)
+    try:
+        publish(broker, first)
+        with open_store(url) as store:
+            wait_until(quiet(other), "the remaining worker's share stored, and nothing more coming")
+            assert 0 < count(store) < len(first)           # the rest waits in the stopped worker's session
+            leaving = consumer(broker, url, "retire-1").start()
+            leaving.retire(quiet_s=0.3)
+            wait_until(lambda: count(store) == len(first), "the stopped worker's share stored at its retirement")
+            st = Station(station="ret-01", t0_ns=10**18)
+            second = [st.telemetry(n) for n in range(41, 61)]
+            publish(broker, second)
+            wait_until(lambda: count(store) == len(first) + len(second), "all of it stored by the one left", 10)
+    finally:
+        other.stop()
+    assert any("retired" in line for line in leaving.lines)      # type: ignore[attr-defined]

@@ -48,6 +48,17 @@ def register(subparsers: Any) -> None:
                      help="wait at most this long after a batch's first message (default 200)")
     run.set_defaults(func=cmd_run)
 
+    retire = sub.add_parser("retire", help="take a worker out of its share group for good (ends its session)",
+                            description="Connect as --client-id, store what its session still holds, and end the"
+                            " session: mosquitto otherwise keeps giving a stopped worker its share of the messages.")
+    retire.add_argument("--broker", required=True, help="mqtt://host[:port] or mqtts://host[:port]")
+    retire.add_argument("--db", required=True, help="sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB")
+    retire.add_argument("--group", default="plant", help="its shared-subscription group (default plant)")
+    retire.add_argument("--client-id", required=True, help="the worker to retire")
+    retire.add_argument("--username", help="MQTT username (password from REEDGE_MQTT_PASSWORD)")
+    retire.add_argument("--ca-file", help="CA certificate for mqtts:// (default: the system's)")
+    retire.set_defaults(func=cmd_retire)
+
     migrate = sub.add_parser("migrate", help="create or upgrade the historian's tables")
     migrate.add_argument("--db", required=True, help="sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB")
     migrate.set_defaults(func=cmd_migrate)
@@ -99,6 +110,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    return 0
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    from edge.historian.consumer import HistorianConsumer
+    from edge.spec.broker import parse_broker_url
+
+    consumer = HistorianConsumer(parse_broker_url(args.broker), args.db, group=args.group, client_id=args.client_id,
+                                 username=args.username, password=os.environ.get("REEDGE_MQTT_PASSWORD"),
+                                 ca_file=args.ca_file)
+    consumer.start()
+    consumer.retire()
     return 0
 
 

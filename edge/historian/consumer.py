@@ -120,6 +120,8 @@ class HistorianConsumer:
         self._generation = 0
         self._gen_lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._retiring = False
+        self._last_message = time.monotonic()
         self._down_since: float | None = None     # the database failing since (monotonic)
         self._announced: dict[tuple[str, str, str, str, int], GapRow] = {}
         if protocol == "5":
@@ -181,15 +183,42 @@ class HistorianConsumer:
                  f" {self.store.url}")
         return self
 
-    def stop(self, timeout_s: float = 60.0) -> None:
-        """Finish the open batch (commit, acknowledge), then disconnect cleanly."""
+    def stop(self, timeout_s: float = 60.0, *, end_session: bool = False) -> None:
+        """Finish the open batch (commit, acknowledge), then disconnect cleanly; the session stays with the
+        broker (its messages wait for this client id) unless ``end_session`` (``retire``)."""
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout_s)
-        self.client.disconnect()
+        if end_session and self.protocol == "5":
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            self.client.disconnect(properties=props)
+        else:
+            self.client.disconnect()
         self.client.loop_stop()
         self._report(final=True)
         self._close_store()
+
+    def retire(self, quiet_s: float = 1.0, timeout_s: float = 600.0) -> None:
+        """Leave the share group for good. mosquitto gives a group's messages to members that are offline too,
+        so a worker that is simply stopped keeps receiving its share in its session until it expires. This one
+        unsubscribes (no new share comes), stores and acknowledges what its session still holds (until nothing
+        has come for ``quiet_s``), then ends its session."""
+        self._retiring = True
+        done = threading.Event()
+        self.client.on_unsubscribe = lambda *_: done.set()
+        self.client.unsubscribe(self.filters)
+        if not done.wait(timeout_s):
+            raise ConsumerError(f"{self.broker}: no answer to the unsubscription within {timeout_s:g} s")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            t = self.totals
+            if (self.received == t.stored + t.duplicate + t.quarantined + t.ignored
+                    and time.monotonic() - self._last_message >= quiet_s):
+                break
+            time.sleep(0.05)
+        self.stop(end_session=True)
+        self.log(f"historian {self.client_id}: retired: its session is ended")
 
     def _close_store(self) -> None:
         if isinstance(self.db, str) and self.store is not None:
@@ -204,6 +233,9 @@ class HistorianConsumer:
             return
         with self._gen_lock:
             self._generation += 1
+        if self._retiring:
+            self._subscribed.set()
+            return
         # Subscribe on every connect, also when the broker says the session is there: mosquitto 2.0.11 restores
         # a session from its file without its shared subscription (and says "session present"). Subscribing
         # again to a filter the session has only replaces it; the retained streams' filter asks for the retained
@@ -230,6 +262,7 @@ class HistorianConsumer:
         with self._gen_lock:
             generation = self._generation
             self.received += 1
+            self._last_message = time.monotonic()
         self._queue.put(_Msg(msg.topic, bytes(msg.payload), bool(msg.retain), msg.mid, msg.qos, generation))
 
     # ---- the worker ----
