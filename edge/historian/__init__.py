@@ -17,7 +17,7 @@ The layers, each its own module:
   restart and N workers share it;
 * ``consumer``: the MQTT 5 shared-subscription consumer that batches, ingests and acknowledges after commit;
 * ``figures`` and ``web``: the plant's figures per station and month, and the read-only fleet page;
-* ``cli``: ``reedge historian run | migrate | report | gaps``.
+* ``cli``: ``reedge historian run | migrate | report | gaps | retire``.
 
 It sits beside the station's code (``edge.telemetry``, whose topics, envelope and checks it reuses), never
 under it: a station never imports it, and psycopg is loaded only when a PostgreSQL URL is opened.

@@ -1,4 +1,5 @@
-"""``reedge historian``: run the consumer, migrate the database, list the gaps (``report``: figures.py).
+"""``reedge historian``: run the consumer, migrate the database, list the gaps, retire a worker (``report``:
+figures.py).
 
     reedge historian run --broker mqtt://broker:1883 --db postgresql://historian@db/plant --client-id historian-1
     reedge historian migrate --db postgresql://historian@db/plant

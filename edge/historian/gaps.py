@@ -64,10 +64,6 @@ class Gap:
     def count(self) -> int:
         return self.last_seq - self.first_seq + 1
 
-    def describe(self) -> str:
-        what = f"#{self.first_seq}" if self.count == 1 else f"#{self.first_seq}-{self.last_seq} ({self.count})"
-        return f"{self.site}/{self.station} {self.stream} {what} boot {self.boot_id[:12]}"
-
 
 @dataclass
 class _Boot:
