@@ -397,7 +397,7 @@ def connect(url: str) -> Store:
         if not path.startswith("/"):
             raise StoreError(f"database URL {url!r}: expected sqlite:///ABSOLUTE/PATH.db (three slashes)"
                              " or a plain file path")
-        return SqliteStore(Path(path))
+        return SqliteStore(Path("/" + path.lstrip("/")))     # sqlite:////abs (SQLAlchemy's form) as well
     if scheme:
         raise StoreError(f"database URL {redact(url)!r}: unknown scheme {scheme!r} (expected sqlite:///PATH,"
                          " a file path, or postgresql://USER@HOST:PORT/DB)")
