@@ -246,3 +246,15 @@ def test_a_message_the_database_cannot_hold_is_quarantined_alone_and_the_rest_st
     ((topic, payload, reason),) = store.query("SELECT topic, payload, reason FROM quarantine")
     assert topic == st.topics.event and bytes(payload) == huge.payload and reason.startswith("could not be stored: ")
     assert store.query("SELECT count(*) FROM received") == [(4,)]
+
+
+def test_a_window_gets_its_units_from_the_description_it_names_else_the_latest_else_none(store: Store) -> None:
+    st = Station()
+    ingest(store, [st.description(1, unit="K")])
+    kelvin = st.description_sha256
+    ingest(store, [st.description(2, unit="degF")])
+    other = Station(station="hd-02")
+    ingest(store, [st.telemetry(1, description_sha256=kelvin), st.telemetry(2, description_sha256="ab" * 32),
+                   st.telemetry(3), other.telemetry(1)])
+    rows = store.query("SELECT station, seq, unit FROM telemetry WHERE channel = 'chamber_temp' ORDER BY station, seq")
+    assert rows == [("hd-01", 1, "K"), ("hd-01", 2, "degF"), ("hd-01", 3, "degF"), ("hd-02", 1, None)]

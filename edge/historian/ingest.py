@@ -110,6 +110,7 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
         book.prefetch({(v.env.site, v.env.station, v.env.boot_id) for v in new})
         _stations(tx, store, new, now)
         writer = _Writer(tx, store, now)
+        writer.prefetch({(v.env.site, v.env.station) for v in new if v.env.stream == "telemetry"})
         for v in new:
             writer.write(v, book)
         writer.flush()
@@ -223,6 +224,8 @@ class _Writer:
         self.now = now
         self.telemetry: list[tuple[Any, ...]] = []
         self.units: dict[tuple[str, str, str | None], dict[str, str]] = {}
+        self.known: dict[tuple[str, str], dict[str, str]] = {}     # station -> {digest: first seen}
+        self.current: dict[tuple[str, str], str | None] = {}       # station -> the digest it names now
 
     def write(self, v: _Valid, book: GapBook) -> None:
         env = v.env
@@ -316,8 +319,10 @@ class _Writer:
                         " ON CONFLICT DO NOTHING", (env.site, env.station, digest, self.now, _json(env.body)))
         self.tx.execute("UPDATE stations SET description_sha256 = ? WHERE site = ? AND station = ?",
                         (digest, env.site, env.station))
-        self.units[(env.site, env.station, digest)] = _channel_units(env.body)
-        _remember_units((env.site, env.station, digest), self.units[(env.site, env.station, digest)])
+        _remember_units((env.site, env.station, digest), _channel_units(env.body))
+        self.known.setdefault((env.site, env.station), {}).setdefault(digest, self.now)
+        self.current[(env.site, env.station)] = digest
+        self.units = {k: v for k, v in self.units.items() if k[:2] != (env.site, env.station)}   # a newer latest
 
     def _status(self, v: _Valid, book: GapBook) -> None:
         env, body = v.env, v.env.body
@@ -338,6 +343,9 @@ class _Writer:
             " previous_last_seq = COALESCE(boots.previous_last_seq, excluded.previous_last_seq)",
             (env.site, env.station, env.boot_id, self.now, body.get("boot_started"), prev.get("boot_id"),
              json.dumps(last_seq, sort_keys=True) if online and prev else None))
+        if online and isinstance(body.get("description_sha256"), str):
+            self.current[(env.site, env.station)] = body["description_sha256"]
+            self.units = {k: u for k, u in self.units.items() if k[:2] != (env.site, env.station)}
         if online:
             book.birth(env.site, env.station, env.boot_id, prev.get("boot_id"), last_seq, live=not v.retained)
 
@@ -347,20 +355,43 @@ class _Writer:
     # ---- lookups ----
 
     def _units(self, site: str, station: str, sha: str | None) -> dict[str, str]:
+        """The channel units of the description ``sha`` names, else of the one the station names now (its last
+        birth or description), else of the last one stored, else none."""
         key = (site, station, sha)
-        if key not in self.units and sha is not None and (site, station, sha) in _UNITS:
-            self.units[key] = _UNITS[(site, station, sha)]
-        if key not in self.units:
-            rows = self.tx.query("SELECT body FROM descriptions WHERE site = ? AND station = ? AND sha256 = ?",
-                                 (site, station, sha)) if sha else []
-            if not rows:
-                rows = self.tx.query("SELECT body FROM descriptions WHERE site = ? AND station = ?"
-                                     " ORDER BY first_seen DESC LIMIT 1", (site, station))
-            self.units[key] = _channel_units(json.loads(rows[0][0])) if rows else {}
-            if sha is not None and rows and len(self.tx.query(
-                    "SELECT 1 FROM descriptions WHERE site = ? AND station = ? AND sha256 = ?", key)):
-                _remember_units((site, station, sha), self.units[key])
-        return self.units[key]
+        if key in self.units:
+            return self.units[key]
+        if (site, station) not in self.known:
+            self._load_known({(site, station)})
+        known = self.known[(site, station)]
+        current = self.current.get((site, station))
+        chosen = (sha if sha in known else current if current in known
+                  else max(known, key=known.__getitem__, default=None))
+        units: dict[str, str] = {}
+        if chosen is not None:
+            units = _UNITS.get((site, station, chosen)) or {}
+            if (site, station, chosen) not in _UNITS:
+                rows = self.tx.query("SELECT body FROM descriptions WHERE site = ? AND station = ? AND sha256 = ?",
+                                     (site, station, chosen))
+                units = _channel_units(json.loads(rows[0][0]))
+                _remember_units((site, station, chosen), units)
+        self.units[key] = units
+        return units
+
+    def prefetch(self, stations: set[tuple[str, str]]) -> None:
+        """Which descriptions each station has (digest and first seen, not the bodies): one query a batch."""
+        self._load_known({s for s in stations if s not in self.known})
+
+    def _load_known(self, stations: set[tuple[str, str]]) -> None:
+        todo = sorted(stations)
+        for st in todo:
+            self.known[st] = {}
+        for chunk in (todo[i:i + 200] for i in range(0, len(todo), 200)):
+            for site, station, sha, first_seen, current in self.tx.query(
+                    "SELECT d.site, d.station, d.sha256, d.first_seen, s.description_sha256 FROM descriptions d"
+                    " JOIN stations s ON s.site = d.site AND s.station = d.station WHERE (d.site, d.station) IN"
+                    f" (VALUES {', '.join(['(?, ?)'] * len(chunk))})", [x for st in chunk for x in st]):
+                self.known[(site, station)][sha] = first_seen
+                self.current[(site, station)] = current
 
 
 # the units of a description by its digest: a description never changes under its digest, so this outlives a
