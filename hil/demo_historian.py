@@ -79,8 +79,9 @@ class DemoHistorian:
         deadline = time.monotonic() + STORED_WAIT_S
         while self._processed() < received:
             if time.monotonic() > deadline:
+                last = f" (its last word: {self.log[-1]})" if self.log else ""
                 return False, (f"historian FAILED: {self._processed()} of the {received} messages the watch received"
-                               f" reached {self.db} within {STORED_WAIT_S:g} s")
+                               f" reached {self.db} within {STORED_WAIT_S:g} s{last}")
             time.sleep(0.1)
         self.stop_consuming()                    # its last batch is committed: nothing more is coming
         t = self.consumer.totals
