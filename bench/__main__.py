@@ -24,6 +24,7 @@ BENCHES = {
     "link": "bench.bench_link",
     "scan": "bench.bench_scan",
     "flood": "bench.bench_flood",
+    "historian": "bench.bench_historian",
 }
 
 

@@ -19,7 +19,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scenario = pathlib.Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
     return run_demo(scenario, report_dir=pathlib.Path(args.report_dir), time_scale=args.time_scale,
                     color=not args.no_color, broker=None if args.no_broker else args.broker or "embedded",
-                    trip=not args.no_trip)
+                    trip=not args.no_trip, historian=not args.no_historian, keep_page=args.keep_page)
 
 
 def cmd_hil_run(args: argparse.Namespace) -> int:
@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     g.add_argument("--broker", metavar="URL", help="publish to this broker (mqtt://host[:port]) instead of the "
                    "embedded one the demo starts on loopback by default")
     g.add_argument("--no-broker", action="store_true", help="run without MQTT")
+    p.add_argument("--no-historian", action="store_true", help="leave out the plant historian (it stores the "
+                   "stream in REPORT_DIR/historian.db and serves the fleet page on a loopback port)")
+    p.add_argument("--keep-page", action="store_true", help="at the end, keep the historian's fleet page up until "
+                   "Enter (on a terminal it stays up anyway)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("hil", help="hardware-in-the-loop: run scenarios on the virtual rig")

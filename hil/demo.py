@@ -20,6 +20,12 @@ flange lets go during absorption: ``h2_leak`` trips, every output goes to its sa
 to its safe sequence) in lockstep (``hil/lockstep_rig.py``), so the trip costs seconds, not another minute.
 ``--no-trip`` leaves it out; ``--scenario FILE`` runs that scenario alone.
 
+**The plant historian.** With MQTT, the historian (``hil/demo_historian.py``) stores the station's stream
+into ``REPORT_DIR/historian.db`` (SQLite) as a plant's historian would, and serves its fleet page on a free
+loopback port (the URL is printed when the batch starts); after the batch the demo checks that the page
+lists the batch and its report. ``--no-historian`` leaves it out; ``--keep-page`` keeps the page up at the
+end until Enter (on a terminal it stays up anyway).
+
 **Stopping.** Ctrl-C, SIGTERM and SIGHUP (the SSH session went away) close the rig as ``reedge hil run``
 does (``hil.runner.interruptible``): no controller and no register file outlive the demo; exit 130.
 """
@@ -34,12 +40,13 @@ import pathlib
 import shlex
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 from edge.spec.broker import BrokerUrl, parse_broker_list
 from edge.spec.station import load_station
 from edge.telemetry.embedded_broker import EmbeddedBroker
 from edge.telemetry.watch import Watch
+from hil.demo_historian import DemoHistorian
 from hil.resources import scenarios_dir
 from hil.rig import ScenarioRig
 from hil.runner import Interrupted, Run, interruptible, run_scenario
@@ -130,9 +137,10 @@ def _went_offline(w: Watch) -> bool:
 
 def run_demo(scenario_path: pathlib.Path = DEFAULT_SCENARIO, *, report_dir: pathlib.Path,
              time_scale: float | None = None, color: bool = True, broker: str | None = "embedded",
-             trip: bool = True) -> int:
+             trip: bool = True, historian: bool = True, keep_page: bool = False) -> int:
     """``broker``: "embedded" (start one on loopback), a broker URL, or None (no MQTT). ``trip``: act 2 after the
-    default batch. 0 when every act passed, 1 when one failed, 130 when stopped by a signal."""
+    default batch. ``historian``: store the stream and serve the fleet page (with MQTT only); ``keep_page``: keep
+    the page up at the end until Enter. 0 when every act passed, 1 when one failed, 130 when stopped by a signal."""
     sc = load_scenario(scenario_path)
     if time_scale is not None:
         if not 1.0 <= time_scale <= MAX_TIME_SCALE:      # NaN fails too
@@ -142,10 +150,13 @@ def run_demo(scenario_path: pathlib.Path = DEFAULT_SCENARIO, *, report_dir: path
     url = None if broker in (None, "embedded") else parse_broker_list(str(broker))[0]   # bad URL: before anything
     trip_sc = load_scenario(TRIP_SCENARIO) if trip and scenario_path == DEFAULT_SCENARIO else None
     try:
-        with interruptible():
-            passed = _batch_act(sc, report_dir, color, broker, url)
+        with interruptible(), contextlib.ExitStack() as demo:
+            page: list[DemoHistorian] = []      # the historian's page outlives the batch act: to the demo's end
+            passed = _batch_act(sc, report_dir, color, broker, url, demo if historian else None, page)
             if trip_sc is not None:
                 passed = _trip_act(trip_sc, report_dir, color) and passed
+            if page:
+                page[0].hold(keep_page)
     except Interrupted as exc:
         print(f"\ninterrupted ({exc}): the rig was stopped and cleaned up")
         return 130
@@ -159,7 +170,8 @@ def _shown(path: pathlib.Path) -> pathlib.Path:
 
 
 def _batch_act(sc: Scenario, report_dir: pathlib.Path, color: bool, broker: str | None,
-               url: BrokerUrl | None) -> bool:
+               url: BrokerUrl | None, demo: contextlib.ExitStack | None, page: list[DemoHistorian]) -> bool:
+    """Act 1; ``demo``: the demo's stack, to run the historian on (None: no historian), which ``page`` gets."""
     from hil import report
 
     print(f"reedge demo: {sc.description}")
@@ -171,6 +183,7 @@ def _batch_act(sc: Scenario, report_dir: pathlib.Path, color: bool, broker: str 
         args: list[str] = []
         watch = None
         mqtt_line = ""
+        historian_ok = True
         if broker == "embedded":
             url = stack.enter_context(EmbeddedBroker()).url
             args += ["--mqtt-protocol", "3.1.1"]     # amqtt: 3.1.1 only (edge.telemetry.embedded_broker)
@@ -180,6 +193,12 @@ def _batch_act(sc: Scenario, report_dir: pathlib.Path, color: bool, broker: str 
             args += ["--broker", str(url), "--telemetry-window-s", f"{window:g}"]
             print(f"  MQTT: publishing to {'the embedded broker at ' if broker == 'embedded' else ''}{url}, "
                   f"telemetry every {window:g} s of plant time; watching {watch.topic_filter}")
+            if demo is not None:
+                historian = _historian(url, report_dir, "3.1.1" if broker == "embedded" else "5", demo)
+                if historian is None:
+                    historian_ok = False
+                else:
+                    page.append(historian)
         else:
             print("  MQTT: off (--no-broker)")
         record = run_scenario(sc, report_dir, Progress(color), controller_args=args)
@@ -196,10 +215,34 @@ def _batch_act(sc: Scenario, report_dir: pathlib.Path, color: bool, broker: str 
     if watch is not None:
         print(mqtt_line)
     _batch_report(pathlib.Path(record["workdir"]) / "state", sc.batch_id, report_dir / "batch")
+    if page:
+        ident = load_station(sc.station).identity
+        received = sum(watch.counts.values()) + len(watch.invalid) if watch is not None else 0
+        historian_ok, line = page[0].check(ident.site, ident.station_id, sc.batch_id, received)
+        print(f"  {line}")
+        if historian_ok:
+            command = shlex.join(["reedge", "historian", "report", "--db", str(page[0].db)])
+            print(f"  plant figures of the historian: `{command}`")
     _evidence(record, report_dir, sc.name)
     if record["outcome"] != "pass" and record.get("error"):
         print(f"  {sc.name} FAILED: {record['error']}")
-    return bool(record["outcome"] == "pass")
+    return bool(record["outcome"] == "pass") and historian_ok
+
+
+def _historian(url: BrokerUrl, report_dir: pathlib.Path, protocol: Literal["5", "3.1.1"],
+               demo: contextlib.ExitStack) -> DemoHistorian | None:
+    """The historian started on the demo's stack (closed when the demo ends), its page's URL printed; None (and
+    why, printed) when it cannot start: the demo goes on and fails at the end."""
+    historian = DemoHistorian(url, report_dir, protocol=protocol)
+    try:
+        historian.start()
+    except (RuntimeError, ValueError, OSError) as exc:
+        historian.close()
+        print(f"  historian FAILED to start: {exc}")
+        return None
+    demo.callback(historian.close)
+    print(f"  historian: storing every message in {historian.db} (SQLite); the fleet page: {historian.url}")
+    return historian
 
 
 def _trip_act(sc: Scenario, report_dir: pathlib.Path, color: bool) -> bool:

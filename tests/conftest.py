@@ -19,6 +19,8 @@ import os
 
 import pytest
 
+from tests.historian_db import db_url_fixture, pg_server_fixture, store_fixture  # noqa: F401  (one PostgreSQL a worker)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     slow = [item for item in items if item.get_closest_marker("slow") is not None]

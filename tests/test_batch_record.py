@@ -22,14 +22,13 @@ from typing import Any
 import pytest
 
 from edge.batch.accounting import CounterTracker
+from edge.batch.message import mqtt_end_body, mqtt_start_body
 from edge.batch.record import (
     RECORD_FILE,
     TREND_FILE,
     BatchRecorder,
     RecordError,
     batch_dir,
-    mqtt_end_body,
-    mqtt_start_body,
     read_record,
 )
 from edge.control.controller import BatchRejected, Controller

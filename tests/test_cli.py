@@ -13,11 +13,13 @@ import re
 import shlex
 import subprocess
 import sys
+import urllib.request
 from typing import Any
 
 import pytest
 
 from edge.app import cli
+from tests.test_plant_cli import _lines, _next
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STATION = ROOT / "stations" / "hd_reactor_sim.toml"
@@ -113,10 +115,31 @@ def test_the_product_never_imports_the_rig() -> None:
 @pytest.mark.slow
 def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(
         tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's main job. It is the hd_normal_batch scenario, so tests/test_hil.py does not run that one."""
-    out = reedge("demo", "--report-dir", str(tmp_path), "--no-color", timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr
-    text = out.stdout
+    """The README's main job. It is the hd_normal_batch scenario, so tests/test_hil.py does not run that one.
+    ``--keep-page``: the historian's fleet page stays up at the end until Enter, so it is looked at here."""
+    with open(tmp_path / "stderr", "w+") as err:
+        demo = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--report-dir", str(tmp_path), "--no-color",
+                                 "--keep-page"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                text=True)
+        try:
+            assert demo.stdout is not None and demo.stdin is not None
+            lines = _lines(demo.stdout)
+            shown = [_next(lines, "the demo's output", 180)]
+            while not shown[-1].startswith("  fleet page stays up at "):
+                try:
+                    shown.append(_next(lines, "the demo's output up to its fleet page, held open", 180))
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}:\n" + "\n".join(shown[-60:]) + _read(err)) from None
+            _the_fleet_page_shows_the_demo_batch(shown[-1].split(" at ", 1)[1].split(": press", 1)[0])
+            demo.stdin.close()       # Enter, or the end of input: the page stops, the demo ends
+            while (line := lines.get(timeout=60)) is not None:
+                shown.append(line)
+            assert demo.wait(timeout=60) == 0, "\n".join(shown[-60:]) + _read(err)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+    text = "\n".join(shown) + "\n"
     for phase in ("leak_test", "purge", "h2_admission", "absorption", "degassing", "cooling", "unload", "done"):
         assert re.search(rf"\d h  phase {phase}$", text, re.M), f"progress shows phase {phase}"
     assert "hd_normal_batch: PASS" in text and "demo complete" in text
@@ -159,6 +182,24 @@ def test_demo_runs_a_whole_hd_batch_on_the_virtual_rig_and_leaves_its_evidence(
     sample = README_DEMO.search((ROOT / "README.md").read_text())
     assert sample is not None, "README.md: the demo's output sample"
     assert _shape(sample.group(1)) == _shape(text.replace(str(tmp_path), "demo-report"))
+
+
+def _read(f: Any) -> str:
+    f.seek(0)
+    return str(f.read())
+
+
+def _the_fleet_page_shows_the_demo_batch(url: str) -> None:
+    """The historian's page, as the demo left it: the station, the batch with its figures, its report."""
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        page = resp.read().decode()
+    assert "pilot-line/hd-01" in page and "hil-hd-normal" in page, page[:2000]
+    with urllib.request.urlopen(url + "api/batches", timeout=30) as resp:
+        batches = json.loads(resp.read())
+    assert [(b["batch_id"], b["outcome"]) for b in batches] == [("hil-hd-normal", "done")], batches
+    assert 1.0 < batches[0]["kwh_per_kg"]["value"] < 3.0 and batches[0]["kwh_per_kg"]["complete"] is True
+    with urllib.request.urlopen(url.rstrip("/") + batches[0]["report"], timeout=60) as resp:
+        assert "Consumption and emissions" in resp.read().decode()
 
 
 README_DEMO = re.compile(r"<!-- the demo's output: tests/test_cli.py compares it -->\n```text\n(.*?)```", re.S)

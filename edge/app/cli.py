@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.app import boards_cli, station_cli, tune
+from edge.historian import cli as historian_cli
 from edge.telemetry import tail
 
 if TYPE_CHECKING:
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     boards_cli.register(sub)  # boards list|show, flash, provision (edge/app/boards_cli.py)
     tune.register(sub)  # autotune: a loop's relay autotune between batches (edge/app/tune.py)
     tail.register(sub)  # tail: watch and check stations' MQTT messages (edge/telemetry/tail.py)
+    historian_cli.register(sub)  # historian run|migrate|report|gaps: the plant's record (edge/historian/cli.py)
     load_plugins(sub)   # demo, hil: the test rig's commands (hil/cli.py), and any other installed plugin
     return ap
 

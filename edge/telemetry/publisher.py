@@ -88,7 +88,8 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from edge.batch.record import BatchRecorder, mqtt_end_body, mqtt_start_body
+from edge.batch.message import mqtt_end_body, mqtt_start_body
+from edge.batch.record import BatchRecorder
 from edge.control.controller import Controller, ProcessEvent
 from edge.core import Core
 from edge.files import write_atomic

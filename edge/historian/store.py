@@ -1,0 +1,482 @@
+"""The historian's database: one small interface over SQLite and PostgreSQL, and its versioned migrations.
+
+    store = open_store("postgresql://historian@db:5432/plant")   # or "sqlite:///var/lib/reedge/plant.db",
+    rows = store.query("SELECT site, station FROM stations WHERE status = ?", ("online",))   # or a plain path
+    with store.transaction() as tx:                                # one transaction: all or nothing
+        tx.execute("INSERT INTO ...", (...))
+
+**The same SQL in both.** Placeholders are ``?`` in both dialects (translated to psycopg's ``%s``); the
+statements the historian runs are the SQL both engines take (``INSERT ... ON CONFLICT``, ``RETURNING``,
+partial indexes). **The same values out of both**: a time comes back as RFC 3339 UTC text with
+milliseconds (``2025-03-14T09:26:53.589Z``: SQLite stores that text, PostgreSQL's ``timestamptz`` is
+loaded as it) and JSON as its text, so a reader (the fleet page, the report) never asks which engine it
+has. Times go in as that same text.
+
+**SQLite** is the embedded default for a small site and the demo: WAL (the page reads while the
+consumer writes), one writer (``BEGIN IMMEDIATE``; a second process waits up to ``busy_timeout``),
+``synchronous=FULL`` because a message is acknowledged to the broker once its transaction committed, so
+the commit must survive a power loss. **PostgreSQL** (psycopg 3, loaded only here, lazily: a station
+never needs it) is the plant's: several historian workers write at once (see ``edge.historian.gaps`` for
+how they share a station).
+
+**Migrations** are the files ``migrations/{dialect}/NNNN_name.sql``, applied in order, each in its own
+transaction with its row in ``schema_migrations``; a second run applies nothing. A database that a newer
+historian migrated (a version this code does not know) is refused rather than written with an older idea
+of its tables. Concurrent starters (two workers at once) take a lock first: PostgreSQL an advisory
+transaction lock, SQLite the write lock.
+
+Every failure to reach or use the database is a ``StoreError`` with one line that says what and where;
+``DatabaseUnavailable`` (a subclass) means "try again later" (the server is down or restarting): the
+consumer then keeps its messages unacknowledged and retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.resources
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from edge.timestamps import rfc3339_ms
+
+if TYPE_CHECKING:
+    import psycopg
+
+Dialect = Literal["sqlite", "postgresql"]
+MIGRATION_RE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+MIGRATION_LOCK = 0x72656564   # the PostgreSQL advisory lock key of migrations ("reed")
+SQLITE_BUSY_MS = 30_000
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or used; the message is one line that says why."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached just now (down, restarting, connection lost): try again later."""
+
+
+class RejectedData(StoreError):
+    """The database refused what it was given (a number beyond its integer type, a broken constraint): trying
+    again changes nothing; the message that carries it must be kept aside (``ingest.ingest_isolating``)."""
+
+
+def now_utc() -> str:
+    """The current time as the store keeps times (RFC 3339 UTC, milliseconds)."""
+    return rfc3339_ms(time.time_ns())
+
+
+class Tx(Protocol):
+    """The open transaction of ``Store.transaction``."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def lock_station(self, site: str, station: str) -> None: ...
+    def lock_stations(self, stations: Sequence[tuple[str, str]]) -> None: ...
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class Store:
+    """A database connection with the historian's tables. Not shared between threads at once (a lock
+    serialises callers); each historian worker and the fleet page hold their own."""
+
+    dialect: Dialect
+
+    def __init__(self, url: str) -> None:
+        self.url = url            # without a password: safe to print
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read (its own short transaction)."""
+        with self.transaction() as tx:
+            return tx.query(sql, params)
+
+    def transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- SQLite ----------------------------------------------------------------------------------------
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.execute(sql, tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.conn.execute(sql, tuple(params)).fetchall()]
+
+    def lock_station(self, site: str, station: str) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer."""
+
+    def lock_stations(self, stations: Sequence[tuple[str, str]]) -> None:
+        """Nothing to do (``lock_station``)."""
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows (no conflicts expected)."""
+        if rows:
+            marks = ", ".join("?" * len(columns))
+            self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+
+class SqliteStore(Store):
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"sqlite://{path}")
+        self.path = path
+        self._lock = threading.RLock()
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot open the SQLite database {path}: its folder {path.parent} does not exist")
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                        timeout=SQLITE_BUSY_MS / 1000)
+            self.conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the SQLite database {path}: {e}") from None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One read, its own implicit transaction: WAL lets it run beside the writer, never takes the write lock."""
+        with self._lock:
+            try:
+                return [tuple(r) for r in self.conn.execute(sql, tuple(params)).fetchall()]
+            except sqlite3.OperationalError as e:
+                raise DatabaseUnavailable(f"SQLite database {self.path}: {e}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise DatabaseUnavailable(f"SQLite database {self.path}: {e}") from None
+            try:
+                yield _SqliteTx(self.conn)
+            except BaseException as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.IntegrityError | sqlite3.DataError | OverflowError):
+                    raise RejectedData(f"SQLite database {self.path}: {e}") from e
+                raise
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                raise DatabaseUnavailable(f"SQLite database {self.path}: commit failed: {e}") from None
+
+    def run_script(self, tx: Tx, script: str) -> None:
+        for statement in _sqlite_statements(script):
+            tx.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+
+def _sqlite_statements(script: str) -> Iterator[str]:
+    """The statements of a migration file, one by one (``executescript`` would commit the open transaction)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                yield buf.strip()
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise StoreError(f"unterminated SQL statement in a migration: {buf.strip()[:80]!r}")
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PgTx:
+    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.execute(_pg_sql(sql) if params else sql, tuple(params) or None)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(_pg_sql(sql), rows)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(_pg_sql(sql) if params else sql, tuple(params) or None).fetchall()
+
+    def lock_station(self, site: str, station: str) -> None:
+        """Serialise the writers of one station until this transaction ends (``edge.historian.gaps``)."""
+        self.lock_stations([(site, station)])
+
+    def lock_stations(self, stations: Sequence[tuple[str, str]]) -> None:
+        """``lock_station`` for several, in one round trip, always in the same order (by the lock's key), so two
+        transactions never each hold a lock the other waits for."""
+        if stations:
+            self.conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT hashtextextended(s, 0) AS k"
+                              " FROM unnest(%s::text[]) AS s ORDER BY 1) AS keys",
+                              ([f"{a}/{b}" for a, b in stations],))
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows with COPY (no conflicts expected): ten times an INSERT's speed for telemetry."""
+        if rows:
+            with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+
+class PgStore(Store):
+    dialect: Dialect = "postgresql"
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One read on the autocommit connection (no transaction block: one round trip less)."""
+        import psycopg
+
+        with self._lock:
+            conn = self._connect()
+            try:
+                return conn.execute(_pg_sql(sql) if params else sql, tuple(params) or None).fetchall()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                if conn.closed or conn.broken:
+                    raise DatabaseUnavailable(f"PostgreSQL at {self.url}: {_one_line(e)}") from None
+                raise StoreError(f"PostgreSQL at {self.url}: {_one_line(e)}") from e
+
+    def __init__(self, url: str) -> None:
+        super().__init__(redact(url))
+        self._dsn = url
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._connect()
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        import psycopg
+
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5,
+                                   options="-c TimeZone=UTC -c DateStyle=ISO")
+        except psycopg.OperationalError as e:
+            raise DatabaseUnavailable(f"cannot reach PostgreSQL at {self.url}: {_one_line(e)}") from None
+        except psycopg.Error as e:
+            raise StoreError(f"cannot use PostgreSQL at {self.url}: {_one_line(e)}") from None
+        _register_loaders(conn)
+        self._conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        import psycopg
+
+        with self._lock:
+            conn = self._connect()
+            try:
+                with conn.transaction():
+                    yield _PgTx(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                if conn.closed or conn.broken:
+                    raise DatabaseUnavailable(f"PostgreSQL at {self.url}: {_one_line(e)}") from None
+                raise StoreError(f"PostgreSQL at {self.url}: {_one_line(e)}") from e
+            except (psycopg.DataError, psycopg.IntegrityError) as e:
+                raise RejectedData(f"PostgreSQL at {self.url}: {_one_line(e)}") from e
+
+    def run_script(self, tx: Tx, script: str) -> None:
+        tx.execute(script)       # no parameters: psycopg sends the whole file as one simple query
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+
+
+def _register_loaders(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """timestamptz as RFC 3339 UTC text with milliseconds, json/jsonb as their text: what SQLite gives."""
+    from psycopg.adapt import Loader
+    from psycopg.types.string import TextLoader
+
+    class UtcTextLoader(Loader):
+        def load(self, data: Any) -> str:
+            return _pg_time_text(bytes(data).decode())
+
+    conn.adapters.register_loader("timestamptz", UtcTextLoader)
+    conn.adapters.register_loader("jsonb", TextLoader)
+    conn.adapters.register_loader("json", TextLoader)
+
+
+def _pg_time_text(text: str) -> str:
+    """``2025-03-14 09:26:53.589+00`` (ISO DateStyle, TimeZone UTC) as ``2025-03-14T09:26:53.589Z``."""
+    date, _, clock = text.partition(" ")
+    clock = clock.split("+", 1)[0]
+    whole, _, frac = clock.partition(".")
+    return f"{date}T{whole}.{(frac + '000')[:3]}Z"
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# ---- opening and migrating -------------------------------------------------------------------------
+
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """The store at ``url``: ``sqlite:///ABS/PATH.db``, a plain file path (SQLite), or ``postgresql://...``.
+
+    ``migrate``: apply the migrations this code has and the database lacks; else only check the database
+    is at this code's version (``StoreError`` if not: ``reedge historian migrate`` first)."""
+    store = connect(url)
+    try:
+        if migrate:
+            apply_migrations(store)
+        else:
+            check_version(store)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def connect(url: str) -> Store:
+    """The store at ``url`` as it is: no migration, no version check (``open_store`` does those)."""
+    if not isinstance(url, str) or not url.strip():
+        raise StoreError("no database given: expected sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB")
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        parts = urlsplit(url)
+        if not parts.hostname and "host=" not in parts.query:
+            raise StoreError(f"database URL {redact(url)!r} names no host: expected postgresql://USER@HOST:PORT/DB")
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise StoreError("PostgreSQL needs psycopg 3: pip install 'reeproduce-edge[historian]'") from None
+        return PgStore(url)
+    if scheme == "sqlite":
+        path = url[len("sqlite://"):]
+        if not path.startswith("/"):
+            raise StoreError(f"database URL {url!r}: expected sqlite:///ABSOLUTE/PATH.db (three slashes)"
+                             " or a plain file path")
+        return SqliteStore(Path("/" + path.lstrip("/")))     # sqlite:////abs (SQLAlchemy's form) as well
+    if scheme:
+        raise StoreError(f"database URL {redact(url)!r}: unknown scheme {scheme!r} (expected sqlite:///PATH,"
+                         " a file path, or postgresql://USER@HOST:PORT/DB)")
+    return SqliteStore(Path(url).absolute())
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations(dialect: Dialect) -> list[Migration]:
+    """This code's migrations for ``dialect``, in order."""
+    folder = importlib.resources.files("edge.historian").joinpath("migrations", dialect)
+    out = []
+    for entry in folder.iterdir():
+        m = MIGRATION_RE.fullmatch(entry.name)
+        if m:
+            out.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    out.sort(key=lambda mig: mig.version)
+    if [mig.version for mig in out] != list(range(1, len(out) + 1)):
+        raise StoreError(f"the {dialect} migrations are not numbered 1, 2, 3...: {[mig.version for mig in out]}")
+    return out
+
+
+_LEDGER = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied {})"
+
+
+def apply_migrations(store: Store) -> list[Migration]:
+    """Apply what the database lacks, in order, each in its own transaction; returns what was applied."""
+    known = migrations(store.dialect)
+    done: list[Migration] = []
+    for mig in known:
+        with store.transaction() as tx:
+            if store.dialect == "postgresql":
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            tx.execute(_LEDGER.format("TIMESTAMPTZ NOT NULL" if store.dialect == "postgresql" else "TEXT NOT NULL"))
+            have = _versions(tx)
+            _refuse_newer(store, have, known)
+            if mig.version in have:
+                continue
+            _run_script(store, tx, mig.sql)
+            tx.execute("INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
+                       (mig.version, mig.name, now_utc()))
+            done.append(mig)
+    return done
+
+
+def check_version(store: Store) -> int:
+    """The database's version if it is this code's; StoreError otherwise."""
+    known = migrations(store.dialect)
+    with store.transaction() as tx:
+        exists = tx.query("SELECT 1 FROM pg_tables WHERE tablename = 'schema_migrations'"
+                          if store.dialect == "postgresql" else
+                          "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+        have = _versions(tx) if exists else set()
+    _refuse_newer(store, have, known)
+    latest = max(have, default=0)
+    if latest < len(known):
+        raise StoreError(f"the database {store.url} is at schema version {latest}, this historian needs"
+                         f" {len(known)}: run reedge historian migrate --db URL first")
+    return latest
+
+
+def _versions(tx: Tx) -> set[int]:
+    return {int(r[0]) for r in tx.query("SELECT version FROM schema_migrations")}
+
+
+def _refuse_newer(store: Store, have: set[int], known: list[Migration]) -> None:
+    newer = sorted(v for v in have if v > len(known))
+    if newer:
+        raise StoreError(f"the database {store.url} is at schema version {max(newer)}, newer than this historian"
+                         f" knows ({len(known)}): it was migrated by a newer reedge; upgrade this one")
+
+
+def _run_script(store: Store, tx: Tx, script: str) -> None:
+    if isinstance(store, SqliteStore | PgStore):
+        store.run_script(tx, script)
+    else:
+        raise StoreError(f"no migrations for a {type(store).__name__}")

@@ -1,0 +1,276 @@
+"""The historian's consumer against a real mosquitto: acknowledged only after commit (a worker whose commits
+fail leaves every message with the broker, and the next one with its client id stores them), two workers of
+one share group split the load and store every message exactly once on a real PostgreSQL, a database that
+fails is said once and the batch stored when it is back; and ``reedge historian run`` as a process: stored,
+SIGTERM, exit 0; clear one-line errors for a bad --db and an unreachable broker."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.historian.consumer import HistorianConsumer
+from edge.historian.ingest import Received
+from edge.historian.store import DatabaseUnavailable, Store, Tx, open_store
+from edge.spec.broker import parse_broker_url
+from tests.historian_db import empty_pg
+from tests.historian_messages import Station
+from tests.mqtt_broker import SAFETY_S, Mosquitto, free_port, wait_until
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    m = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def publish(broker: Mosquitto, messages: Sequence[Received]) -> None:
+    """QoS 1, as a station publishes (retained where the stream is); returns once the broker has them all."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        infos = [client.publish(m.topic, m.payload, qos=1, retain=m.retained) for m in messages]
+        for info in infos:
+            info.wait_for_publish(SAFETY_S)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def station_messages(station: str, telemetry: int, events: int) -> list[Received]:
+    st = Station(station=station)
+    return [st.birth(), *(st.telemetry(n) for n in range(1, telemetry + 1)),
+            *(st.event(n) for n in range(1, events + 1))]
+
+
+def count(store: Store) -> int:
+    return int(store.query("SELECT count(*) FROM received")[0][0])
+
+
+class DownStore(Store):
+    """A database that fails its first ``failures`` transactions (then is ``real``): the commit never happens."""
+
+    def __init__(self, real: Store, failures: int) -> None:
+        super().__init__("test://down")
+        self.dialect = real.dialect
+        self.real = real
+        self.failures = failures
+        self.attempts = 0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise DatabaseUnavailable("the test's database is down")
+        with self.real.transaction() as tx:
+            yield tx
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def consumer(broker: Mosquitto, db: str | Store, client_id: str, **kw: Any) -> HistorianConsumer:
+    """A worker in a group of its test's own: mosquitto gives a group's messages to its offline members too
+    (their persistent sessions hold them until they come back), and every test leaves its workers' sessions."""
+    lines: list[str] = []
+    group = client_id.rsplit("-", 1)[0]
+    c = HistorianConsumer(parse_broker_url(broker.url), db, group=group, client_id=client_id, batch_s=0.05,
+                          retry_s=(0.05,), log=lines.append, **kw)
+    c.lines = lines         # type: ignore[attr-defined]
+    return c
+
+
+def test_a_worker_that_cannot_commit_acknowledges_nothing_and_its_successor_stores_everything(
+        broker: Mosquitto, tmp_path: pathlib.Path) -> None:
+    url = f"sqlite://{tmp_path / 'h.db'}"
+    down = DownStore(open_store(url), failures=10**9)
+    first = consumer(broker, down, "ack-1").start()
+    messages = station_messages("ack-01", 40, 5)
+    try:
+        publish(broker, messages)
+        wait_until(lambda: first.received >= len(messages), "all delivered to the first worker")
+        wait_until(lambda: down.attempts >= 2, "the first worker tried to store them, and again")
+    finally:
+        first.stop()
+    assert sum("the database failed" in line for line in first.lines) == 1     # type: ignore[attr-defined]
+    with open_store(url) as store:
+        assert count(store) == 0
+        second = consumer(broker, store, "ack-1").start()      # the same client id: the same session
+        try:
+            wait_until(lambda: count(store) >= len(messages), "every message stored by the successor", timeout=15)
+            assert second.totals.quarantined == 0
+        finally:
+            second.stop()
+        assert count(store) == len(messages)
+
+
+def test_the_database_failing_is_said_once_and_the_batch_is_stored_when_it_is_back(
+        broker: Mosquitto, tmp_path: pathlib.Path) -> None:
+    down = DownStore(open_store(f"sqlite://{tmp_path / 'h.db'}"), failures=4)
+    c = consumer(broker, down, "retry-1").start()
+    messages = station_messages("retry-01", 20, 0)
+    try:
+        publish(broker, messages)
+        wait_until(lambda: count(down.real) == len(messages), "stored after the database came back")
+    finally:
+        c.stop()
+    said = [line for line in c.lines if "database" in line]        # type: ignore[attr-defined]
+    assert len(said) == 2 and "failed" in said[0] and "unacknowledged" in said[0] and "back" in said[1]
+
+
+def test_two_workers_of_one_group_split_the_load_and_store_every_message_once_on_postgresql(
+        broker: Mosquitto, pg_server: Any) -> None:
+    db_url = pg_server.url
+    empty_pg(db_url)
+    workers = [consumer(broker, db_url, f"share-{i}").start() for i in (1, 2)]
+    messages = [m for s in ("share-01", "share-02", "share-03") for m in station_messages(s, 120, 20)]
+    try:
+        publish(broker, messages)
+        with open_store(db_url) as store:
+            wait_until(lambda: count(store) >= len(messages), "every message stored")
+            assert count(store) == len(messages)
+            assert store.query("SELECT count(*) FROM telemetry") == [(3 * 120 * 3,)]
+            assert store.query("SELECT count(*) FROM gaps WHERE closed IS NULL") == [(0,)]
+    finally:
+        for w in workers:
+            w.stop()
+    stored = [w.totals.stored for w in workers]
+    assert sum(stored) == len(messages) and min(stored) > len(messages) / 5, stored
+    # each birth comes to both workers on the retained streams' own subscription and to one on the shared one
+    births = 3
+    assert sum(w.totals.duplicate for w in workers) == births * len(workers)
+    assert all(w.totals.quarantined == 0 for w in workers)
+
+
+def reedge(*args: str, **kw: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "edge", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_historian_run_stores_and_a_sigterm_stops_it_cleanly(broker: Mosquitto, tmp_path: pathlib.Path) -> None:
+    db = tmp_path / "plant.db"
+    proc = reedge("historian", "run", "--broker", broker.url, "--db", str(db), "--client-id", "cli-1", "--group", "cli")
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)      # type: ignore[arg-type]
+    reader.start()
+    try:
+        wait_until(lambda: any("consuming" in line for line in lines) or proc.poll() is not None, "subscribed")
+        messages = station_messages("cli-01", 10, 2)
+        publish(broker, messages)
+        wait_until(lambda: _received(db) == len(messages), "stored by the process")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=SAFETY_S)
+        reader.join(SAFETY_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(lines)
+    assert proc.returncode == 0, err
+    assert f"stopped: stored {len(messages)}" in err, err
+
+
+def _received(db: pathlib.Path) -> int:
+    try:
+        with open_store(str(db), migrate=False) as s:
+            return count(s)
+    except Exception:
+        return -1
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--db", "mysql://x/y"], "unknown scheme 'mysql'"),
+    (["--db", "/no/such/dir/h.db"], "does not exist"),
+    (["--broker", "mqtt://127.0.0.1:{free}"], "cannot connect to the broker mqtt://127.0.0.1:"),
+    (["--broker", "http://x"], "unknown scheme 'http'"),
+])
+def test_historian_run_refuses_bad_arguments_in_one_line(tmp_path: pathlib.Path, args: list[str],
+                                                         expected: str) -> None:
+    from edge.app.cli import main
+
+    base = {"--broker": "mqtt://127.0.0.1:1", "--db": str(tmp_path / "h.db")}
+    for k, v in zip(args[::2], args[1::2], strict=True):
+        base[k] = v.format(free=free_port())
+    argv = ["historian", "run", *[x for kv in base.items() for x in kv]]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    text = err.getvalue()
+    assert code == 2 and expected in text and len(text.strip().splitlines()) == 1, text
+
+
+def test_a_gap_is_said_once_settled_and_again_when_it_closes_and_the_counts_regularly(
+        broker: Mosquitto, tmp_path: pathlib.Path) -> None:
+    c = consumer(broker, f"sqlite://{tmp_path / 'h.db'}", "said-1", settle_s=0.3, report_s=0.2).start()
+    st = Station(station="said-01")
+    try:
+        publish(broker, [st.telemetry(1), st.telemetry(2), st.telemetry(5)])
+        wait_until(lambda: any("GAP open" in x for x in c.lines), "the gap said")      # type: ignore
+        wait_until(lambda: any("stored 3, duplicates 0" in x and "open gaps 1" in x for x in c.lines),  # type: ignore
+                   "the counts said with the open gap")
+        assert not any("closed" in x for x in c.lines)       # type: ignore[attr-defined]
+        publish(broker, [st.telemetry(4), st.telemetry(3)])
+        wait_until(lambda: any("gap closed" in x for x in c.lines), "its closing said")   # type: ignore
+    finally:
+        c.stop()
+    lines: list[str] = c.lines       # type: ignore[attr-defined]
+    opened = [x for x in lines if "GAP open" in x]
+    assert len(opened) == 1 and "pilot-line/said-01 telemetry #3-4 (2)" in opened[0], lines
+    assert "stopped: stored 5" in lines[-1] and "open gaps 0" in lines[-1], lines
+
+
+def quiet(c: HistorianConsumer, quiet_s: float = 0.3) -> Any:
+    """A condition: everything ``c`` received is processed, and nothing has come for ``quiet_s``."""
+    seen = [-1, time.monotonic()]
+
+    def condition() -> bool:
+        t = c.totals
+        if c.received != seen[0]:
+            seen[:] = [c.received, time.monotonic()]
+        return (c.received == t.stored + t.duplicate + t.quarantined + t.ignored
+                and time.monotonic() - seen[1] >= quiet_s)
+    return condition
+
+
+def test_a_stopped_worker_keeps_its_share_until_retired_then_the_group_gets_everything(
+        broker: Mosquitto, tmp_path: pathlib.Path) -> None:
+    url = f"sqlite://{tmp_path / 'h.db'}"
+    consumer(broker, url, "retire-1").start().stop()          # a worker that left: its session stays
+    other = consumer(broker, url, "retire-2").start()
+    first = station_messages("ret-01", 40, 0)
+    try:
+        publish(broker, first)
+        with open_store(url) as store:
+            wait_until(quiet(other), "the remaining worker's share stored, and nothing more coming")
+            assert 0 < count(store) < len(first)           # the rest waits in the stopped worker's session
+            leaving = consumer(broker, url, "retire-1").start()
+            leaving.retire(quiet_s=0.3)
+            wait_until(lambda: count(store) == len(first), "the stopped worker's share stored at its retirement")
+            st = Station(station="ret-01", t0_ns=10**18)
+            second = [st.telemetry(n) for n in range(41, 61)]
+            publish(broker, second)
+            wait_until(lambda: count(store) == len(first) + len(second), "all of it stored by the one left", 10)
+    finally:
+        other.stop()
+    assert any("retired" in line for line in leaving.lines)      # type: ignore[attr-defined]

@@ -1,0 +1,260 @@
+"""``ingest`` on SQLite and on a real PostgreSQL (each test runs on both): every stream into its rows,
+exactly once, invalid messages quarantined with the reason, and gaps as data (open, split, closed,
+explained by thinning, a lost tail found from a birth), also with two writers interleaving one stream."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from edge.historian.gaps import gap_rows
+from edge.historian.ingest import Received, ingest
+from edge.historian.store import Store, open_store
+from edge.telemetry import envelope as E
+from tests.historian_messages import Station
+
+
+def gaps(store: Store, *, open_only: bool = True) -> list[tuple[str, str, int, int, str | None]]:
+    return [(g.boot_id, g.stream, g.first_seq, g.last_seq, g.explained)
+            for g in sorted(gap_rows(store, open_only=open_only), key=lambda g: (g.boot_id, g.stream, g.first_seq))]
+
+
+def test_every_stream_goes_into_its_rows(store: Store) -> None:
+    st = Station()
+    desc = st.description(1, unit="K")
+    r = ingest(store, [st.birth({"telemetry": 5}), desc, st.telemetry(6, description_sha256=st.description_sha256),
+                       st.event(1), st.state(1, phase="degassing"), st.batch_start(1, "b-7"),
+                       st.batch_end(2, "b-7", mass_out_kg=24.5), st.reply(1)])
+    assert (r.stored, r.duplicate, r.quarantined, r.ignored) == (8, 0, 0, 0)
+    assert store.query("SELECT status, boot_id, software, description_sha256 FROM stations") == [
+        ("online", "boot-a", "reedge 0.1.0", st.description_sha256)]
+    ((prev, started),) = store.query("SELECT previous_last_seq, boot_started FROM boots")
+    assert json.loads(prev) == {"telemetry": 5} and started.endswith("Z")
+    rows = store.query("SELECT channel, unit, last, status, start_utc, end_utc FROM telemetry ORDER BY channel")
+    assert rows == [("chamber_pressure", "bar", 1.482, "", "2025-03-14T09:26:52.589Z", "2025-03-14T09:26:53.589Z"),
+                    ("chamber_temp", "K", 612.4, "", "2025-03-14T09:26:52.589Z", "2025-03-14T09:26:53.589Z"),
+                    ("chamber_temp_safety", "degC", None, "FAULT", "2025-03-14T09:26:52.589Z",
+                     "2025-03-14T09:26:53.589Z")]
+    assert store.query("SELECT kind, name FROM events") == [("alarm", "chamber_temp_deviation")]
+    assert store.query("SELECT phase, batch_id FROM states") == [("degassing", "hd-2025-0314-01")]
+    ((batch,),) = [store.query("SELECT batch_id, recipe, mass_in_kg, mass_out_kg, kwh_per_kg, revision, outcome,"
+                               " start_record, end_record FROM batches")]
+    assert batch[:7] == ("b-7", "HD of sintered NdFeB scrap, 25 kg", 25.0, 24.5, 1.723594, 1, "done")
+    assert json.loads(batch[7])["record"] == "start" and json.loads(batch[8])["accounting"]["h2_nl"] == 1415.37
+    assert store.query("SELECT count(*) FROM received") == [(8,)]
+    assert gaps(store) == []
+
+
+def test_the_same_messages_twice_in_one_batch_and_again_later_are_stored_once(store: Store) -> None:
+    st = Station()
+    msgs = [st.birth(), st.telemetry(1), st.telemetry(2), st.event(1), st.state(1, retained=True)]
+    r = ingest(store, msgs + msgs)
+    assert (r.stored, r.duplicate) == (5, 5)
+    r = ingest(store, list(reversed(msgs)))
+    assert (r.stored, r.duplicate, r.quarantined) == (0, 5, 0)
+    assert store.query("SELECT count(*) FROM received") == [(5,)]
+    assert store.query("SELECT count(*) FROM telemetry") == [(6,)]
+    assert store.query("SELECT count(*) FROM events") == [(1,)]
+
+
+def test_invalid_messages_are_quarantined_with_the_reason_and_the_rest_is_stored(store: Store) -> None:
+    st = Station()
+    good = st.telemetry(1)
+    doc = json.loads(st.telemetry(2).payload)
+    doc["body"]["channels"]["chamber_temp"]["mean"] = "hot"
+    wrong_schema = Received(st.topics.telemetry, json.dumps(doc).encode())
+    conflict = Received(st.topics.telemetry, good.payload.replace(b"612.4", b"612.5"))
+    on_wrong_topic = Received(st.topics.event, st.telemetry(3).payload)
+    command = Received(st.topics.cmd("hold", "operator"), b'{"whatever": 1}')
+    r = ingest(store, [good, Received(st.topics.telemetry, b"{not json"), wrong_schema, conflict, on_wrong_topic,
+                       Received("reedge/v1/pilot-line/HD 01/telemetry", good.payload), command, st.telemetry(4)])
+    assert (r.stored, r.duplicate, r.quarantined, r.ignored) == (2, 0, 5, 1)
+    reasons = [x[0] for x in store.query("SELECT reason FROM quarantine ORDER BY id")]
+    assert len(reasons) == 5
+    assert any("not JSON" in x for x in reasons)
+    assert any("/body/channels/chamber_temp/mean" in x for x in reasons)
+    assert any("envelope says pilot-line/hd-01/telemetry, the topic pilot-line/hd-01/event" in x for x in reasons)
+    assert any("cannot be an MQTT topic level" in x for x in reasons)
+    assert any(x.startswith("conflict: telemetry #1 of boot boot-a is already stored with different bytes")
+               for x in reasons)
+    payloads = {bytes(x[0]) for x in store.query("SELECT payload FROM quarantine")}
+    assert conflict.payload in payloads and b"{not json" in payloads
+    assert store.query("SELECT seq FROM received ORDER BY seq") == [(1,), (4,)]
+    assert store.query("SELECT last FROM telemetry WHERE channel = 'chamber_temp' AND seq = 1") == [(612.4,)]
+
+
+def test_a_gap_opens_splits_and_closes_as_the_late_messages_come(store: Store) -> None:
+    st = Station()
+    r = ingest(store, [st.telemetry(1), st.telemetry(2), st.telemetry(7)])
+    assert [(g.first_seq, g.last_seq, g.kind) for g in r.opened] == [(3, 6, "gap")]
+    assert gaps(store) == [("boot-a", "telemetry", 3, 6, None)]
+    ingest(store, [st.telemetry(4)])
+    assert gaps(store) == [("boot-a", "telemetry", 3, 3, None), ("boot-a", "telemetry", 5, 6, None)]
+    r = ingest(store, [st.telemetry(3), st.telemetry(5)])
+    assert [(g.first_seq, g.kind) for g in r.closed] == [(3, "late")]
+    assert gaps(store) == [("boot-a", "telemetry", 6, 6, None)]
+    ingest(store, [st.telemetry(6), st.telemetry(8)])
+    assert gaps(store) == []
+    assert [(g.first_seq, g.closed is not None) for g in gap_rows(store)] == [(3, True), (6, True)]
+
+
+def test_a_thinning_report_explains_the_gap_it_covers_before_or_after_it_opened(store: Store) -> None:
+    st = Station()
+    ingest(store, [st.thinned(1, "telemetry", 3, 4), st.telemetry(1), st.telemetry(2), st.telemetry(6)])
+    assert gaps(store, open_only=False) == [("boot-a", "telemetry", 3, 4, "thinned"),
+                                            ("boot-a", "telemetry", 5, 5, None)]
+    ingest(store, [st.telemetry(9)])                     # 7..8 lost, then reported thinned
+    assert gaps(store) == [("boot-a", "telemetry", 5, 5, None), ("boot-a", "telemetry", 7, 8, None)]
+    ingest(store, [st.thinned(2, "telemetry", 8, 20)])
+    assert gaps(store) == [("boot-a", "telemetry", 5, 5, None), ("boot-a", "telemetry", 7, 7, None)]
+    assert ("boot-a", "telemetry", 8, 8, "thinned") in gaps(store, open_only=False)
+
+
+def test_a_birth_finds_the_lost_tail_of_the_previous_boot_and_late_messages_close_it(store: Store) -> None:
+    a = Station(boot="boot-a")
+    ingest(store, [a.birth(), a.telemetry(1), a.telemetry(2), a.telemetry(3), a.event(1)])
+    b = Station(boot="boot-b", t0_ns=a.t_ns)
+    # boot-a had reached telemetry 5 and event 2: event 2 is due before boot-b's first event, telemetry 4..5
+    # before boot-b's first telemetry (the outbox sends the other streams first)
+    r = ingest(store, [b.birth({"telemetry": 5, "event": 2}, previous_boot="boot-a"), b.event(3)])
+    assert gaps(store) == [("boot-a", "event", 2, 2, None)]
+    assert [g.kind for g in r.opened] == ["lost_tail"]
+    r = ingest(store, [b.telemetry(6)])
+    assert gaps(store) == [("boot-a", "event", 2, 2, None), ("boot-a", "telemetry", 4, 5, None)]
+    assert "lost tail" in gap_rows(store, open_only=True)[-1].detail
+    ingest(store, [a.telemetry(5), a.telemetry(4), a.event(2)])     # the backlog came after all
+    assert gaps(store) == []
+
+
+def test_a_birth_without_the_previous_boot_id_and_a_retained_birth(store: Store) -> None:
+    a = Station(boot="boot-a")
+    ingest(store, [a.telemetry(1), a.telemetry(2)])
+    b = Station(boot="boot-b", t0_ns=a.t_ns)
+    ingest(store, [b.birth({"telemetry": 4}), b.telemetry(5)])    # the outbox no longer knew boot-a's id
+    assert gaps(store) == [("boot-a", "telemetry", 3, 4, None)]
+    # a retained birth was published before we subscribed: what came before it is not ours to miss
+    c = Station(boot="boot-c", t0_ns=b.t_ns)
+    ingest(store, [c.birth({"telemetry": 40}, retained=True), c.telemetry(50)])
+    assert gaps(store) == [("boot-a", "telemetry", 3, 4, None)]
+
+
+def test_the_highest_revision_of_a_batch_end_record_wins_in_any_order(store: Store) -> None:
+    st = Station()
+    ingest(store, [st.batch_end(3, "b-1", revision=2, mass_out_kg=24.9)])
+    ingest(store, [st.batch_end(2, "b-1", revision=1, mass_out_kg=20.0), st.batch_start(1, "b-1")])
+    assert store.query("SELECT revision, mass_out_kg, mass_in_kg, started FROM batches") == [
+        (2, 24.9, 25.0, "2027-01-15T08:05:14.025Z")]
+    assert json.loads(store.query("SELECT start_record FROM batches")[0][0])["record"] == "start"
+
+
+def test_two_writers_with_interleaved_halves_of_one_stream_store_it_once_and_leave_no_gap(store: Store,
+                                                                                         db_url: str) -> None:
+    st = Station()
+    msgs = [st.telemetry(n) for n in range(1, 201)] + [st.event(n) for n in range(1, 41)]
+    halves = [msgs[0::2], msgs[1::2]]
+    errors: list[BaseException] = []
+
+    def writer(items: list[Received]) -> None:
+        try:
+            with open_store(db_url) as s:
+                for i in range(0, len(items), 10):
+                    ingest(s, items[i:i + 10] + items[max(0, i - 3):i])     # and a few re-sent
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(h,)) for h in halves]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert store.query("SELECT count(*), count(DISTINCT seq) FROM received WHERE stream = 'telemetry'") == [(200, 200)]
+    assert store.query("SELECT count(*) FROM telemetry") == [(600,)]
+    assert gaps(store) == []
+    assert store.query("SELECT stream, first_seq, last_seq FROM coverage ORDER BY stream") == [
+        ("event", 1, 40), ("telemetry", 1, 200)]
+
+
+def test_a_status_message_under_a_known_number_is_a_duplicate_not_a_conflict(store: Store) -> None:
+    st = Station()
+    birth = st.birth()
+    will = Received(st.topics.status, E.will(site=st.site, station=st.station, boot_id=st.boot, connection=1,
+                                             now_ns=st.t_ns + 10**9))
+    shutdown = Received(st.topics.status, E.will(site=st.site, station=st.station, boot_id=st.boot, connection=1,
+                                                 now_ns=st.t_ns + 10**9, reason="shutdown"))
+    r = ingest(store, [birth, shutdown, will])
+    assert (r.stored, r.duplicate, r.quarantined) == (2, 1, 0)
+    assert store.query("SELECT status FROM stations") == [("offline",)]
+
+
+def test_the_compiled_schema_check_agrees_with_jsonschema_on_every_example() -> None:
+    """The fast yes/no of ``edge.telemetry.schemas.errors`` (jsonschema_rs, the historian's extra) must never
+    call valid what jsonschema calls invalid: every example and every invalid example, against its schema."""
+    from edge.spec import resources
+    from edge.telemetry import schemas
+
+    cases: list[tuple[str, Any, bool]] = []
+    for path in sorted((resources.schemas_dir() / "examples").glob("*.json")):
+        doc = json.loads(path.read_text())
+        cases.append((doc["schema"], doc, True))
+    for path in sorted((resources.schemas_dir() / "examples" / "invalid").glob("*.json")):
+        doc = json.loads(path.read_text())
+        cases.append((doc["schema"], doc["payload"], False))
+    assert len(cases) > 30
+    for name, doc, valid in cases:
+        fast = schemas._fast_is_valid(name)
+        assert fast is not None, "jsonschema_rs is not installed (pip install -e '.[dev]')"
+        assert fast(doc) is valid and (schemas.errors(doc, name) == []) is valid, (name, doc)
+        assert (list(schemas.validator(name).iter_errors(doc)) == []) is valid, name
+
+
+def test_reedge_historian_gaps_lists_them_and_exits_1_while_any_is_lost(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.app.cli import main
+
+    db = str(tmp_path / "plant.db")
+    st = Station()
+    with open_store(db) as s:
+        ingest(s, [st.thinned(1, "telemetry", 2, 2), st.telemetry(1), st.telemetry(4), st.telemetry(6)])
+        ingest(s, [st.telemetry(5)])
+    assert main(["historian", "gaps", "--db", db]) == 1
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert [line.split(": ")[:2] for line in lines] == [
+        ["pilot-line/hd-01 telemetry #2 boot boot-a", "explained"],
+        ["pilot-line/hd-01 telemetry #3 boot boot-a", "OPEN; opened 20" + lines[1].split("opened 20")[1]],
+        ["pilot-line/hd-01 telemetry #5 boot boot-a", "closed 20" + lines[2].split("closed 20")[1]]]
+    assert "3 gap(s), 1 message(s) missing and unexplained" in out.err
+    assert main(["historian", "gaps", "--db", db, "--open"]) == 1
+    assert capsys.readouterr().out.splitlines() == lines[1:2]
+    with open_store(db) as s:
+        ingest(s, [st.telemetry(3)])
+    assert main(["historian", "gaps", "--db", db, "--open"]) == 0
+
+
+def test_a_message_the_database_cannot_hold_is_quarantined_alone_and_the_rest_stored(store: Store) -> None:
+    from edge.historian.ingest import ingest_isolating
+
+    st = Station()
+    huge = st.message("event", 2**70, json.loads(Station().event(1).payload)["body"])
+    batch = [st.telemetry(1), st.telemetry(2), huge, st.event(3), st.telemetry(3)]
+    r = ingest_isolating(store, batch)
+    assert (r.stored, r.quarantined) == (4, 1)
+    ((topic, payload, reason),) = store.query("SELECT topic, payload, reason FROM quarantine")
+    assert topic == st.topics.event and bytes(payload) == huge.payload and reason.startswith("could not be stored: ")
+    assert store.query("SELECT count(*) FROM received") == [(4,)]
+
+
+def test_a_window_gets_its_units_from_the_description_it_names_else_the_latest_else_none(store: Store) -> None:
+    st = Station()
+    ingest(store, [st.description(1, unit="K")])
+    kelvin = st.description_sha256
+    ingest(store, [st.description(2, unit="degF")])
+    other = Station(station="hd-02")
+    ingest(store, [st.telemetry(1, description_sha256=kelvin), st.telemetry(2, description_sha256="ab" * 32),
+                   st.telemetry(3), other.telemetry(1)])
+    rows = store.query("SELECT station, seq, unit FROM telemetry WHERE channel = 'chamber_temp' ORDER BY station, seq")
+    assert rows == [("hd-01", 1, "K"), ("hd-01", 2, "degF"), ("hd-01", 3, "degF"), ("hd-02", 1, None)]
