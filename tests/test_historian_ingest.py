@@ -156,11 +156,13 @@ def test_two_writers_with_interleaved_halves_of_one_stream_store_it_once_and_lea
     msgs = [st.telemetry(n) for n in range(1, 201)] + [st.event(n) for n in range(1, 41)]
     halves = [msgs[0::2], msgs[1::2]]
     errors: list[BaseException] = []
+    together = threading.Barrier(2, timeout=10)     # each pair of batches starts at once: their transactions overlap
 
     def writer(items: list[Received]) -> None:
         try:
             with open_store(db_url) as s:
                 for i in range(0, len(items), 10):
+                    together.wait()
                     ingest(s, items[i:i + 10] + items[max(0, i - 3):i])     # and a few re-sent
         except BaseException as e:
             errors.append(e)
