@@ -23,12 +23,13 @@ SHA-256 of its canonical body, RFC 8785, which is what the birth and the windows
 gaps (``edge.historian.gaps``).
 
 Two workers write at once (PostgreSQL). What only this message makes (its ledger row, its telemetry,
-event and state rows, a description by its digest) is written first, without a lock: no other transaction
-writes those keys (one that holds the same key, a duplicate, waits on the ledger's unique index and then
-finds it there). What the transactions of one station share (its ``stations`` and ``boots`` rows, its
-batches, coverage and gaps) is written after taking each station's lock, in one sorted round trip, so the
-gap bookkeeping of a station is done by one transaction at a time. The checks, the JSON work and the
-schema validation happen before the transaction; the locks are held for the shared part only.
+event and state rows) is written first, without a lock: no other transaction writes those keys (one that
+holds the same key, a duplicate, waits on the ledger's unique index, taken in key order, and then finds
+it there). What the transactions of one station share (its ``stations`` and ``boots`` rows, its
+descriptions, batches, coverage and gaps) is written after taking each station's lock, in one sorted
+round trip, so the gap bookkeeping of a station is done by one transaction at a time. The checks, the
+JSON work and the schema validation happen before the transaction; the locks are held for the shared
+part only.
 """
 
 from __future__ import annotations
@@ -174,14 +175,17 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple
     inserted: set[tuple[str, str, str, str, int]] = set()
     batch = list(first.values())
     returning = " ON CONFLICT DO NOTHING RETURNING site, station, boot_id, stream, seq"
+    # in key order: two transactions that both hold some of the same keys (copies delivered to two workers)
+    # then take those keys' index entries in the same order, one waiting for the other, never both crosswise
+    ordered = sorted(batch, key=lambda v: v.key)
     if store.dialect == "postgresql":      # one statement text whatever the count: parsed and prepared once
-        columns = list(zip(*[(*v.key, v.env.ts, now, v.digest) for v in batch], strict=True)) if batch else []
+        columns = list(zip(*[(*v.key, v.env.ts, now, v.digest) for v in ordered], strict=True)) if batch else []
         rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
                         " SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[],"
                         " ?::timestamptz[], ?::timestamptz[], ?::text[])" + returning,
                         [list(c) for c in columns]) if batch else []
         inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
-    for chunk in (batch[i:i + 100] for i in range(0, len(batch), 100)) if store.dialect == "sqlite" else ():
+    for chunk in (ordered[i:i + 100] for i in range(0, len(ordered), 100)) if store.dialect == "sqlite" else ():
         values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
         params = [x for v in chunk for x in (*v.key, v.env.ts, now, v.digest)]
         rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
@@ -335,18 +339,21 @@ class _Writer:
             (env.site, env.station, body.get("batch_id"), *values))
 
     def _description(self, v: _Valid) -> None:
+        """Its units, for the windows of this batch (the row itself is shared: ``_station_description``)."""
         env = v.env
         digest = _digest(env)
-        self.tx.execute("INSERT INTO descriptions (site, station, sha256, first_seen, body) VALUES (?, ?, ?, ?, ?)"
-                        " ON CONFLICT DO NOTHING", (env.site, env.station, digest, self.now, _json(env.body)))
         _remember_units((env.site, env.station, digest), _channel_units(env.body))
         self.known.setdefault((env.site, env.station), {}).setdefault(digest, self.now)
         self.current[(env.site, env.station)] = digest
         self.units = {k: v for k, v in self.units.items() if k[:2] != (env.site, env.station)}   # a newer latest
 
     def _station_description(self, v: _Valid, book: GapBook) -> None:
+        env = v.env
+        digest = _digest(env)
+        self.tx.execute("INSERT INTO descriptions (site, station, sha256, first_seen, body) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING", (env.site, env.station, digest, self.now, _json(env.body)))
         self.tx.execute("UPDATE stations SET description_sha256 = ? WHERE site = ? AND station = ?",
-                        (_digest(v.env), v.env.site, v.env.station))
+                        (digest, env.site, env.station))
 
     def _status_description(self, v: _Valid) -> None:
         """A birth names the description current at its connect: the one its station's windows are labelled by."""
