@@ -4,11 +4,15 @@ explained by thinning, a lost tail found from a birth), also with two writers in
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import threading
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.historian.gaps import gap_rows
 from edge.historian.ingest import Received, ingest
@@ -260,3 +264,65 @@ def test_a_window_gets_its_units_from_the_description_it_names_else_the_latest_e
                    st.telemetry(3), other.telemetry(1)])
     rows = store.query("SELECT station, seq, unit FROM telemetry WHERE channel = 'chamber_temp' ORDER BY station, seq")
     assert rows == [("hd-01", 1, "K"), ("hd-01", 2, "degF"), ("hd-01", 3, "degF"), ("hd-02", 1, None)]
+
+
+@functools.cache
+def _examples() -> list[tuple[str, Any]]:
+    from edge.spec import resources
+
+    folder = resources.schemas_dir() / "examples"
+    out = [(d["schema"], d) for d in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))]
+    return out + [(d["schema"], d["payload"]) for d in (json.loads(p.read_text())
+                                                         for p in sorted((folder / "invalid").glob("*.json")))]
+
+
+ODD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, 1, -1, 2**63, 2**64, 1.0, 25.0, -0.0, 1e300, 0.5]),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6),
+    st.sampled_from(["", "x\n", "hd-01\n", "1.2\n", "a" * 65, "é", "2025-03-14T09:26:53.589Z\n", "HD-01"]),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def _places(doc: Any) -> list[tuple[Any, Any]]:
+    """Every (container, key or index) in ``doc``: where a mutation can go."""
+    out: list[tuple[Any, Any]] = []
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        keys = list(node) if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else []
+        for k in keys:
+            out.append((node, k))
+            stack.append(node[k])
+    return out
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_compiled_check_never_calls_valid_what_jsonschema_rejects_on_mutated_messages(data: Any) -> None:
+    """Differential: envelopes of every stream and commands, mutated (wrong types, trailing newlines for the
+    patterns, huge and integral numbers, keys removed or added): the compiled yes/no says valid only where
+    jsonschema does, so ``errors`` decides as jsonschema alone (the station, which lacks jsonschema_rs) does."""
+    from edge.telemetry import schemas
+
+    name, doc = data.draw(st.sampled_from(_examples()))
+    doc = copy.deepcopy(doc)
+    for _ in range(data.draw(st.integers(1, 3))):
+        container, key = data.draw(st.sampled_from(_places(doc)))
+        action = data.draw(st.sampled_from(["replace", "delete", "add", "newline"]))
+        if action == "delete" and isinstance(container, dict):
+            del container[key]
+        elif action == "add" and isinstance(container, dict):
+            container[data.draw(st.sampled_from(["extra", "x", key + "_"] if isinstance(key, str) else ["extra"]))] = 1
+        elif action == "newline" and isinstance(container[key], str):
+            container[key] += "\n"
+        else:
+            container[key] = data.draw(ODD_VALUES)
+    fast = schemas._fast_is_valid(name)
+    assert fast is not None
+    try:
+        fast_valid = fast(doc)
+    except Exception:
+        fast_valid = False
+    slow_valid = schemas.validator(name).is_valid(doc)
+    assert slow_valid or not fast_valid, (name, doc)     # then errors() (fast yes, else jsonschema) = jsonschema
