@@ -152,11 +152,14 @@ class Generators:
 
 
 class Counter:
-    """The baseline: a QoS 1 shared subscription that counts every station message but the status. ``persistent``:
-    a fixed client id and a session the broker keeps (``pause`` disconnects, ``resume`` connects again)."""
+    """The baseline: a QoS 1 shared subscription that counts the messages of the stations of ``site`` but the
+    status. Retained ones are not counted: mosquitto 2.0.11 sends a new shared subscription the retained
+    messages (of earlier rounds' stations too). ``persistent``: a fixed client id and a session the broker
+    keeps (``pause`` disconnects, ``resume`` connects again)."""
 
-    def __init__(self, port: int, group: str, *, persistent: bool = False) -> None:
+    def __init__(self, port: int, group: str, site: str, *, persistent: bool = False) -> None:
         self.port, self.persistent = port, persistent
+        self.prefix = f"reedge/v1/{site}/"
         self.count = 0
         self.first_at = self.last_at = 0.0
         self._lock = threading.Lock()
@@ -180,7 +183,7 @@ class Counter:
         return client
 
     def _on_message(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-        if not m.topic.endswith("/status"):
+        if m.topic.startswith(self.prefix) and not m.topic.endswith("/status") and not m.retain:
             with self._lock:
                 self.count += 1
                 self.last_at = time.time()
@@ -339,7 +342,7 @@ def _throughput(env: Env, stations: int, backlog: int) -> Rates:
         counter = historian = ledger = None
         try:
             if workers == 0:
-                counter = Counter(env.broker.port, name)
+                counter = Counter(env.broker.port, name, site)
             else:
                 db = env.pg.database(f"{name}_{os.getpid()}")
                 historian = Historian(env.dir, env.broker, db, workers, name)
@@ -389,7 +392,7 @@ def _drain(env: Env, stations: int, backlog: int) -> Rates:
         counter = historian = ledger = None
         try:
             if workers == 0:
-                counter = Counter(env.broker.port, name, persistent=True)
+                counter = Counter(env.broker.port, name, site, persistent=True)
                 counter.pause()
             else:
                 db = env.pg.database(f"{name}_{os.getpid()}")
