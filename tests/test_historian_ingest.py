@@ -73,11 +73,14 @@ def test_invalid_messages_are_quarantined_with_the_reason_and_the_rest_is_stored
     conflict = Received(st.topics.telemetry, good.payload.replace(b"612.4", b"612.5"))
     on_wrong_topic = Received(st.topics.event, st.telemetry(3).payload)
     command = Received(st.topics.cmd("hold", "operator"), b'{"whatever": 1}')
+    huge = Received(st.topics.event, b"[" * 10 + b" " * (3 << 20))
     r = ingest(store, [good, Received(st.topics.telemetry, b"{not json"), wrong_schema, conflict, on_wrong_topic,
-                       Received("reedge/v1/pilot-line/HD 01/telemetry", good.payload), command, st.telemetry(4)])
-    assert (r.stored, r.duplicate, r.quarantined, r.ignored) == (2, 0, 5, 1)
+                       Received("reedge/v1/pilot-line/HD 01/telemetry", good.payload), command, huge,
+                       st.telemetry(4)])
+    assert (r.stored, r.duplicate, r.quarantined, r.ignored) == (2, 0, 6, 1)
     reasons = [x[0] for x in store.query("SELECT reason FROM quarantine ORDER BY id")]
-    assert len(reasons) == 5
+    assert len(reasons) == 6
+    assert any(x.endswith(f"(payload of {len(huge.payload)} bytes: the first 1048576 kept)") for x in reasons)
     assert any("not JSON" in x for x in reasons)
     assert any("/body/channels/chamber_temp/mean" in x for x in reasons)
     assert any("envelope says pilot-line/hd-01/telemetry, the topic pilot-line/hd-01/event" in x for x in reasons)
@@ -85,7 +88,8 @@ def test_invalid_messages_are_quarantined_with_the_reason_and_the_rest_is_stored
     assert any(x.startswith("conflict: telemetry #1 of boot boot-a is already stored with different bytes")
                for x in reasons)
     payloads = {bytes(x[0]) for x in store.query("SELECT payload FROM quarantine")}
-    assert conflict.payload in payloads and b"{not json" in payloads
+    assert conflict.payload in payloads and b"{not json" in payloads and huge.payload[:1 << 20] in payloads
+    assert (st.topics.telemetry,) in store.query("SELECT topic FROM quarantine WHERE reason LIKE 'conflict%'")
     assert store.query("SELECT seq FROM received ORDER BY seq") == [(1,), (4,)]
     assert store.query("SELECT last FROM telemetry WHERE channel = 'chamber_temp' AND seq = 1") == [(612.4,)]
 

@@ -43,11 +43,13 @@ from typing import Any, NamedTuple
 from edge.historian.gaps import Gap, GapBook
 from edge.historian.store import RejectedData, Store, StoreError, Tx, now_utc
 from edge.telemetry.description import canonical
-from edge.telemetry.envelope import Envelope
+from edge.telemetry.envelope import MAX_ENVELOPE, Envelope
 from edge.telemetry.tail import check_message
 from edge.telemetry.topics import STREAMS, TopicError, parse_topic
 
 MAX_REASON = 2000        # a quarantine reason is the checks' lines, cut to this
+MAX_KEPT = MAX_ENVELOPE  # a quarantined payload is kept up to this: no envelope is larger
+MAX_TOPIC = 1024
 
 
 class Received(NamedTuple):
@@ -78,6 +80,7 @@ class IngestResult:
 
 @dataclass
 class _Valid:
+    topic: str
     env: Envelope
     payload: bytes
     retained: bool
@@ -106,7 +109,7 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
         if checked.problems or checked.envelope is None:
             bad.append((topic, payload, "; ".join(checked.problems)[:MAX_REASON] or "not an envelope"))
         else:
-            valid.append(_Valid(checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest()))
+            valid.append(_Valid(topic, checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest()))
     now = now_utc()
     with store.transaction() as tx:
         # first what no other transaction writes: the ledger rows of these keys and each message's own rows
@@ -126,7 +129,7 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
         book.flush()
         if bad:
             tx.executemany("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
-                           [(now, t, p, r) for t, p, r in bad])
+                           [(now, t[:MAX_TOPIC], *_kept(p, r)) for t, p, r in bad])
     result.stored = len(new)
     result.quarantined = len(bad)
     result.opened, result.closed = book.opened, book.closed
@@ -151,7 +154,7 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
         reason = f"could not be stored: {type(error).__name__}: {error}"[:MAX_REASON]
         with store.transaction() as tx:
             tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
-                       (now_utc(), topic, bytes(payload), reason))
+                       (now_utc(), topic[:MAX_TOPIC], *_kept(bytes(payload), reason)))
         return IngestResult(quarantined=1)
     result = IngestResult()
     for half in (items[:len(items) // 2], items[len(items) // 2:]):
@@ -206,10 +209,18 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple
         if v.digest == stored_digest[v.key] or v.env.stream == "status":
             result.duplicate += 1
         else:
-            bad.append((f"reedge/v1/{v.env.site}/{v.env.station}/{v.env.stream}", v.payload,
+            bad.append((v.topic, v.payload,
                         f"conflict: {v.env.stream} #{v.env.seq} of boot {v.env.boot_id} is already stored with"
                         " different bytes (a station re-sends identical copies)"))
     return [v for v in batch if v.key in inserted]
+
+
+def _kept(payload: bytes, reason: str) -> tuple[bytes, str]:
+    """What quarantine keeps of a payload: all of it up to ``MAX_KEPT`` (anything larger was never a station's
+    message), and the reason says when it was cut."""
+    if len(payload) <= MAX_KEPT:
+        return payload, reason
+    return payload[:MAX_KEPT], f"{reason} (payload of {len(payload)} bytes: the first {MAX_KEPT} kept)"
 
 
 def _stations(tx: Tx, store: Store, new: list[_Valid], now: str) -> None:
