@@ -32,15 +32,18 @@ than ``BEHIND_S`` behind its clock (else the figure says the generator, not the 
 ``python -m bench.bench_historian [--stations K] [--seconds S] [--workers 1|2] [--no-throughput] [--quick]``:
 ``--stations`` tries that one K (and no ladder), ``--seconds`` sets how long each sustained run lasts.
 
-Measured on the development VM (2 vCPUs shared with three other engineers' work, load 0.5 to 10), with the
-consumer of 569e187 (compiled schema check, COPY for telemetry): throughput 1,673 msg/s with 1 worker and
-1,834 with 2 against the counting subscriber's 2,635 (0.64x, 0.70x; before the compiled check: 192 and 288
-against 2,896, 0.07x and 0.10x: jsonschema was 95 % of ingest). Sustained, exactly once: 1 worker 400
-stations (the most tried; the last row 1.6 s after the stations flushed); 2 workers 200 in the full run,
-where 300 was stored exactly but 10 s late at load 7, and 300 alone at load 10 (0.1 s); at 400 the
-generator fell behind its clock at that load (the historian drained in 0.7 s). Two workers gain little on
-2 cores: they share them with PostgreSQL, mosquitto and the plant, and each checks every retained state and
-description (its unshared subscription); the shared group is for more machines.
+Measured on the development VM (2 vCPUs shared with three other engineers' work, load 2 to 7), three full
+runs with the consumer of 569e187-f0298d9 (compiled schema check, COPY for telemetry): live throughput,
+1 worker 1,380 to 1,673 msg/s, 2 workers 1,049 to 1,860, against the counting subscriber's 1,840 to 2,881
+(0.48x to 0.89x and 0.36x to 1.01x: the baseline is the stations' send rate, which the others' load moves
+most); draining the broker's queue, 1 worker 2,431 and 2 workers 2,568 msg/s against the counter's 11,180
+(0.22x, 0.23x: the consumer alone is well below the broker). Before the compiled check: 192 and 288 msg/s
+(jsonschema was 95 % of ingest). Sustained, exactly once in every run (lost 0, duplicate 0): 1 worker 300
+to 400 stations (the most tried), 2 workers 200; at 300 two workers stored everything but 6.6 to 10.2 s
+late in the full runs (on time when run alone): both take every state and description (their unshared
+retained-stream subscription), insert the same ledger keys and wait on each other's transaction
+(``Lock:transactionid``, the top wait in pg_stat_activity). The generator fell behind its clock at 400
+only at load 10. The shared group is for more machines; on one 2-core box one worker does as well.
 """
 
 from __future__ import annotations
