@@ -2,9 +2,10 @@
 
 The outboxes say what was sent: per (site, station, boot, stream) every sequence number from 1 to the last
 one given. The historian's ``received`` ledger must hold each of them once and nothing else; its content
-tables must agree (10 telemetry rows per window, one events row per event, one states row per state), and
-nothing may be in quarantine (every message the plant sends is valid). ``query`` runs one SQL statement on
-the historian's database (``Store.query``, or a psycopg cursor's): the check works on either dialect.
+tables must agree (10 telemetry rows per window, one events row per event, one states row per state, one
+batches row per batch, with the per-kg figures of each ended one), and nothing may be in quarantine (every
+message the plant sends is valid). ``query`` runs one SQL statement on the historian's database
+(``Store.query``, or a psycopg cursor's): the check works on either dialect.
 """
 
 from __future__ import annotations
@@ -68,6 +69,16 @@ def check_stored(query: Query, sent: Iterable[Sent]) -> Check:
         n = sum(v for k, v in want.items() if k[3] == stream)
         if count(table) != n:
             problems.append(f"{table} rows {count(table)}, expected {n}")
+    # the plant starts a batch at its first second and ends one and starts the next at each boundary (start, then
+    # end + start...): (n + 1) // 2 batches, (n - 1) // 2 of them ended, with their per-kg figures as columns
+    starts = sum((s.last.get("batch", 0) + 1) // 2 for s in sent)
+    ends = sum(max(0, s.last.get("batch", 0) - 1) // 2 for s in sent)
+    if count("batches") != starts:
+        problems.append(f"batches rows {count('batches')}, expected {starts}")
+    ended = int(query("SELECT count(*) FROM batches WHERE ended IS NOT NULL AND kwh_per_kg IS NOT NULL"
+                      f" AND kg_co2e_per_kg IS NOT NULL{sites}")[0][0])
+    if ended != ends:
+        problems.append(f"ended batches with their figures {ended}, expected {ends}")
     quarantined = int(query("SELECT count(*) FROM quarantine")[0][0])
     if quarantined:
         problems.append(f"{quarantined} message(s) quarantined: {query('SELECT reason FROM quarantine LIMIT 3')}")

@@ -39,7 +39,7 @@ import pathlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,13 +51,12 @@ from edge.telemetry.envelope import build, previous_boot
 from edge.telemetry.outbox import Draft, Outbox, Priority
 from edge.telemetry.session import PutItem, StopResult
 from edge.telemetry.tail import check_message
-from edge.telemetry.topics import STREAMS, StationTopics
+from edge.telemetry.topics import STREAMS, StationTopics, check_level
 from edge.timestamps import rfc3339_ms
 
 SITE = "bench-plant"
 CHANNELS = ("chamber_temp", "chamber_temp_safety", "chamber_pressure", "o2_pct", "h2_room", "cooling_water_flow",
             "chamber_vacuum", "heater_power", "h2_flow", "ar_flow")
-OUTPUTS = ("h2_inlet_valve", "heater", "vent_valve")
 PHASES = ("load_check", "leak_test", "purge", "h2_admission", "absorption", "degassing", "cooling", "unload")
 # per phase: chamber temperature (degC), pressure (bar abs), heater power (W), H2 and Ar flow (NL/min)
 PHASE_PLANT = {
@@ -326,29 +325,21 @@ class Plant:
         """Ends ``run`` early (from another thread)."""
         self._stop.set()
 
-    def run(self, seconds: float, *, start_at: float | None = None,
-            on_tick: Callable[[int], None] | None = None) -> tuple[float, float]:
-        """Drive the plant clock for ``seconds`` of real time (from ``start_at``, a ``time.time()``, if given):
-        every station puts each plant second when it is due. Returns (largest delay behind the clock, real
-        seconds run). Puts wake the sessions; the clock never waits for the network."""
-        if start_at is not None:
-            self._stop.wait(max(0.0, start_at - time.time()))
+    def run(self, seconds: float) -> tuple[float, float]:
+        """Drive the plant clock for ``seconds`` of real time (or until ``stop_clock``): every station puts each
+        plant second when it is due. Returns (largest delay behind the clock, real seconds run). Puts wake the
+        sessions; the clock never waits for the network."""
         t0 = time.monotonic()
         base = [s.next_s for s in self.stations]
         behind = 0.0
-        step = 0
         while not self._stop.is_set():
-            now = time.monotonic()
-            elapsed = now - t0
+            elapsed = time.monotonic() - t0
             if elapsed >= seconds:
                 break
             due = int(elapsed * self.plan.speed) + 1          # plant seconds due by now (the one begun included)
             for s, b in zip(self.stations, base, strict=True):
                 self.messages += s.put_until(b + due)
             behind = max(behind, time.monotonic() - (t0 + (due - 1) / self.plan.speed))
-            if on_tick is not None:
-                on_tick(step)
-            step += 1
             self._stop.wait(max(0.0, t0 + due / self.plan.speed - time.monotonic()))
         return behind, time.monotonic() - t0
 
@@ -395,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = parse_broker_url(args.broker)
         plan = Plan(speed=args.speed, batch_s=args.batch_s)
-    except ValueError as e:
+        if args.stations < 1 or args.first < 0 or args.backlog < 0 or args.seconds < 0:
+            raise ValueError("--stations must be at least 1; --first, --backlog and --seconds not negative")
+        check_level(args.site, "--site")
+    except ValueError as e:                 # BrokerUrlError and TopicError are ValueErrors
         print(f"plant_load: {e}", file=sys.stderr)
         return 2
     broker = BrokerSettings((url,), protocol="5", backoff_min_s=0.2, backoff_max_s=2.0, keepalive_s=10)

@@ -4,11 +4,15 @@ explained by thinning, a lost tail found from a birth), also with two writers in
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import threading
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.historian.gaps import gap_rows
 from edge.historian.ingest import Received, ingest
@@ -69,11 +73,14 @@ def test_invalid_messages_are_quarantined_with_the_reason_and_the_rest_is_stored
     conflict = Received(st.topics.telemetry, good.payload.replace(b"612.4", b"612.5"))
     on_wrong_topic = Received(st.topics.event, st.telemetry(3).payload)
     command = Received(st.topics.cmd("hold", "operator"), b'{"whatever": 1}')
+    huge = Received(st.topics.event, b"[" * 10 + b" " * (3 << 20))
     r = ingest(store, [good, Received(st.topics.telemetry, b"{not json"), wrong_schema, conflict, on_wrong_topic,
-                       Received("reedge/v1/pilot-line/HD 01/telemetry", good.payload), command, st.telemetry(4)])
-    assert (r.stored, r.duplicate, r.quarantined, r.ignored) == (2, 0, 5, 1)
+                       Received("reedge/v1/pilot-line/HD 01/telemetry", good.payload), command, huge,
+                       st.telemetry(4)])
+    assert (r.stored, r.duplicate, r.quarantined, r.ignored) == (2, 0, 6, 1)
     reasons = [x[0] for x in store.query("SELECT reason FROM quarantine ORDER BY id")]
-    assert len(reasons) == 5
+    assert len(reasons) == 6
+    assert any(x.endswith(f"(payload of {len(huge.payload)} bytes: the first 1048576 kept)") for x in reasons)
     assert any("not JSON" in x for x in reasons)
     assert any("/body/channels/chamber_temp/mean" in x for x in reasons)
     assert any("envelope says pilot-line/hd-01/telemetry, the topic pilot-line/hd-01/event" in x for x in reasons)
@@ -81,7 +88,8 @@ def test_invalid_messages_are_quarantined_with_the_reason_and_the_rest_is_stored
     assert any(x.startswith("conflict: telemetry #1 of boot boot-a is already stored with different bytes")
                for x in reasons)
     payloads = {bytes(x[0]) for x in store.query("SELECT payload FROM quarantine")}
-    assert conflict.payload in payloads and b"{not json" in payloads
+    assert conflict.payload in payloads and b"{not json" in payloads and huge.payload[:1 << 20] in payloads
+    assert (st.topics.telemetry,) in store.query("SELECT topic FROM quarantine WHERE reason LIKE 'conflict%'")
     assert store.query("SELECT seq FROM received ORDER BY seq") == [(1,), (4,)]
     assert store.query("SELECT last FROM telemetry WHERE channel = 'chamber_temp' AND seq = 1") == [(612.4,)]
 
@@ -156,11 +164,13 @@ def test_two_writers_with_interleaved_halves_of_one_stream_store_it_once_and_lea
     msgs = [st.telemetry(n) for n in range(1, 201)] + [st.event(n) for n in range(1, 41)]
     halves = [msgs[0::2], msgs[1::2]]
     errors: list[BaseException] = []
+    together = threading.Barrier(2, timeout=10)     # each pair of batches starts at once: their transactions overlap
 
     def writer(items: list[Received]) -> None:
         try:
             with open_store(db_url) as s:
                 for i in range(0, len(items), 10):
+                    together.wait()
                     ingest(s, items[i:i + 10] + items[max(0, i - 3):i])     # and a few re-sent
         except BaseException as e:
             errors.append(e)
@@ -258,3 +268,65 @@ def test_a_window_gets_its_units_from_the_description_it_names_else_the_latest_e
                    st.telemetry(3), other.telemetry(1)])
     rows = store.query("SELECT station, seq, unit FROM telemetry WHERE channel = 'chamber_temp' ORDER BY station, seq")
     assert rows == [("hd-01", 1, "K"), ("hd-01", 2, "degF"), ("hd-01", 3, "degF"), ("hd-02", 1, None)]
+
+
+@functools.cache
+def _examples() -> list[tuple[str, Any]]:
+    from edge.spec import resources
+
+    folder = resources.schemas_dir() / "examples"
+    out = [(d["schema"], d) for d in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))]
+    return out + [(d["schema"], d["payload"]) for d in (json.loads(p.read_text())
+                                                         for p in sorted((folder / "invalid").glob("*.json")))]
+
+
+ODD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, 1, -1, 2**63, 2**64, 1.0, 25.0, -0.0, 1e300, 0.5]),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6),
+    st.sampled_from(["", "x\n", "hd-01\n", "1.2\n", "a" * 65, "é", "2025-03-14T09:26:53.589Z\n", "HD-01"]),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def _places(doc: Any) -> list[tuple[Any, Any]]:
+    """Every (container, key or index) in ``doc``: where a mutation can go."""
+    out: list[tuple[Any, Any]] = []
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        keys = list(node) if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else []
+        for k in keys:
+            out.append((node, k))
+            stack.append(node[k])
+    return out
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_compiled_check_never_calls_valid_what_jsonschema_rejects_on_mutated_messages(data: Any) -> None:
+    """Differential: envelopes of every stream and commands, mutated (wrong types, trailing newlines for the
+    patterns, huge and integral numbers, keys removed or added): the compiled yes/no says valid only where
+    jsonschema does, so ``errors`` decides as jsonschema alone (the station, which lacks jsonschema_rs) does."""
+    from edge.telemetry import schemas
+
+    name, doc = data.draw(st.sampled_from(_examples()))
+    doc = copy.deepcopy(doc)
+    for _ in range(data.draw(st.integers(1, 3))):
+        container, key = data.draw(st.sampled_from(_places(doc)))
+        action = data.draw(st.sampled_from(["replace", "delete", "add", "newline"]))
+        if action == "delete" and isinstance(container, dict):
+            del container[key]
+        elif action == "add" and isinstance(container, dict):
+            container[data.draw(st.sampled_from(["extra", "x", key + "_"] if isinstance(key, str) else ["extra"]))] = 1
+        elif action == "newline" and isinstance(container[key], str):
+            container[key] += "\n"
+        else:
+            container[key] = data.draw(ODD_VALUES)
+    fast = schemas._fast_is_valid(name)
+    assert fast is not None
+    try:
+        fast_valid = fast(doc)
+    except Exception:
+        fast_valid = False
+    slow_valid = schemas.validator(name).is_valid(doc)
+    assert slow_valid or not fast_valid, (name, doc)     # then errors() (fast yes, else jsonschema) = jsonschema

@@ -20,10 +20,11 @@ restart, and two workers share it.
 **N workers, one station.** With a shared subscription, two workers get interleaved halves of one stream:
 worker A may commit #5 while worker B still holds #4 in its open batch. Two choices make that right:
 
-* *Each station's gap bookkeeping is serialised*: every ingest transaction takes the station's lock first
-  (``Tx.lock_station``: a PostgreSQL advisory transaction lock, in sorted order so two transactions never
-  wait on each other crosswise; SQLite has one writer anyway), so coverage and gap rows are read and
-  written by one transaction at a time and always from the committed ledger.
+* *Each station's gap bookkeeping is serialised*: an ingest transaction takes the station's lock before it
+  (``Tx.lock_stations``: PostgreSQL advisory transaction locks, in one sorted order so two transactions
+  never wait on each other crosswise; SQLite has one writer anyway) and holds it to its commit, so the
+  coverage and gap rows of a station are read and written by one transaction at a time, each seeing what
+  the one before committed.
 * *A gap is only a gap once nobody has the message*: A's commit does open a gap row for #4 (the database
   says what it holds), and B's commit closes it a moment later. What is *reported* (the log line, the open
   gap count, the fleet page) is a gap still open ``SETTLE_S`` after it was opened (``settled``): longer

@@ -22,9 +22,14 @@ SHA-256 of its canonical body, RFC 8785, which is what the birth and the windows
 (``stations`` and ``boots``, with the birth's previous-boot numbers); ``reply`` (ledger only). And the
 gaps (``edge.historian.gaps``).
 
-The transaction first takes each station's lock (sorted), so two workers serialise per station and the
-gap bookkeeping reads what is committed. The checks, the JSON work and the schema validation happen
-before it, so the lock is held for database work only.
+Two workers write at once (PostgreSQL). What only this message makes (its ledger row, its telemetry,
+event and state rows) is written first, without a lock: no other transaction writes those keys (one that
+holds the same key, a duplicate, waits on the ledger's unique index, taken in key order, and then finds
+it there). What the transactions of one station share (its ``stations`` and ``boots`` rows, its
+descriptions, batches, coverage and gaps) is written after taking each station's lock, in one sorted
+round trip, so the gap bookkeeping of a station is done by one transaction at a time. The checks, the
+JSON work and the schema validation happen before the transaction; the locks are held for the shared
+part only.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ from typing import Any, NamedTuple
 from edge.historian.gaps import Gap, GapBook
 from edge.historian.store import RejectedData, Store, StoreError, Tx, now_utc
 from edge.telemetry.description import canonical
-from edge.telemetry.envelope import Envelope
+from edge.telemetry.envelope import MAX_ENVELOPE, Envelope
 from edge.telemetry.tail import check_message
 from edge.telemetry.topics import STREAMS, TopicError, parse_topic
 
 MAX_REASON = 2000        # a quarantine reason is the checks' lines, cut to this
+MAX_KEPT = MAX_ENVELOPE  # a quarantined payload is kept up to this: no envelope is larger
+MAX_TOPIC = 1024
 
 
 class Received(NamedTuple):
@@ -73,6 +80,7 @@ class IngestResult:
 
 @dataclass
 class _Valid:
+    topic: str
     env: Envelope
     payload: bytes
     retained: bool
@@ -101,23 +109,27 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
         if checked.problems or checked.envelope is None:
             bad.append((topic, payload, "; ".join(checked.problems)[:MAX_REASON] or "not an envelope"))
         else:
-            valid.append(_Valid(checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest()))
+            valid.append(_Valid(topic, checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest()))
     now = now_utc()
     with store.transaction() as tx:
-        tx.lock_stations(sorted({(v.env.site, v.env.station) for v in valid}))
+        # first what no other transaction writes: the ledger rows of these keys and each message's own rows
         new = _ledger(tx, store, valid, now, bad, result)
-        book = GapBook(tx, now)
-        book.prefetch({(v.env.site, v.env.station, v.env.boot_id) for v in new})
-        _stations(tx, store, new, now)
         writer = _Writer(tx, store, now)
         writer.prefetch({(v.env.site, v.env.station) for v in new if v.env.stream == "telemetry"})
         for v in new:
-            writer.write(v, book)
+            writer.own_rows(v)
         writer.flush()
+        # then, under the stations' locks, what their transactions share: stations, boots, batches, the gaps
+        tx.lock_stations(sorted({(v.env.site, v.env.station) for v in new}))
+        _stations(tx, store, new, now)
+        book = GapBook(tx, now)
+        book.prefetch({(v.env.site, v.env.station, v.env.boot_id) for v in new})
+        for v in new:
+            writer.shared_rows(v, book)
         book.flush()
         if bad:
             tx.executemany("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
-                           [(now, t, p, r) for t, p, r in bad])
+                           [(now, t[:MAX_TOPIC], *_kept(p, r)) for t, p, r in bad])
     result.stored = len(new)
     result.quarantined = len(bad)
     result.opened, result.closed = book.opened, book.closed
@@ -142,7 +154,7 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
         reason = f"could not be stored: {type(error).__name__}: {error}"[:MAX_REASON]
         with store.transaction() as tx:
             tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
-                       (now_utc(), topic, bytes(payload), reason))
+                       (now_utc(), topic[:MAX_TOPIC], *_kept(bytes(payload), reason)))
         return IngestResult(quarantined=1)
     result = IngestResult()
     for half in (items[:len(items) // 2], items[len(items) // 2:]):
@@ -166,14 +178,17 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple
     inserted: set[tuple[str, str, str, str, int]] = set()
     batch = list(first.values())
     returning = " ON CONFLICT DO NOTHING RETURNING site, station, boot_id, stream, seq"
+    # in key order: two transactions that both hold some of the same keys (copies delivered to two workers)
+    # then take those keys' index entries in the same order, one waiting for the other, never both crosswise
+    ordered = sorted(batch, key=lambda v: v.key)
     if store.dialect == "postgresql":      # one statement text whatever the count: parsed and prepared once
-        columns = list(zip(*[(*v.key, v.env.ts, now, v.digest) for v in batch], strict=True)) if batch else []
+        columns = list(zip(*[(*v.key, v.env.ts, now, v.digest) for v in ordered], strict=True)) if batch else []
         rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
                         " SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[],"
                         " ?::timestamptz[], ?::timestamptz[], ?::text[])" + returning,
                         [list(c) for c in columns]) if batch else []
         inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
-    for chunk in (batch[i:i + 100] for i in range(0, len(batch), 100)) if store.dialect == "sqlite" else ():
+    for chunk in (ordered[i:i + 100] for i in range(0, len(ordered), 100)) if store.dialect == "sqlite" else ():
         values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
         params = [x for v in chunk for x in (*v.key, v.env.ts, now, v.digest)]
         rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
@@ -194,10 +209,18 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple
         if v.digest == stored_digest[v.key] or v.env.stream == "status":
             result.duplicate += 1
         else:
-            bad.append((f"reedge/v1/{v.env.site}/{v.env.station}/{v.env.stream}", v.payload,
+            bad.append((v.topic, v.payload,
                         f"conflict: {v.env.stream} #{v.env.seq} of boot {v.env.boot_id} is already stored with"
                         " different bytes (a station re-sends identical copies)"))
     return [v for v in batch if v.key in inserted]
+
+
+def _kept(payload: bytes, reason: str) -> tuple[bytes, str]:
+    """What quarantine keeps of a payload: all of it up to ``MAX_KEPT`` (anything larger was never a station's
+    message), and the reason says when it was cut."""
+    if len(payload) <= MAX_KEPT:
+        return payload, reason
+    return payload[:MAX_KEPT], f"{reason} (payload of {len(payload)} bytes: the first {MAX_KEPT} kept)"
 
 
 def _stations(tx: Tx, store: Store, new: list[_Valid], now: str) -> None:
@@ -227,10 +250,20 @@ class _Writer:
         self.known: dict[tuple[str, str], dict[str, str]] = {}     # station -> {digest: first seen}
         self.current: dict[tuple[str, str], str | None] = {}       # station -> the digest it names now
 
-    def write(self, v: _Valid, book: GapBook) -> None:
+    def own_rows(self, v: _Valid) -> None:
+        """The rows only this message makes (no lock needed: their keys are the ledger's, new to this batch)."""
+        handler = {"telemetry": self._telemetry, "event": self._event, "state": self._state,
+                   "description": self._description, "status": self._status_description}.get(v.env.stream)
+        if handler is not None:
+            handler(v)
+
+    def shared_rows(self, v: _Valid, book: GapBook) -> None:
+        """What other transactions of the station write too (the station's lock held), and the gaps."""
         env = v.env
-        handler = getattr(self, "_" + env.stream)
-        handler(v, book)
+        handler = {"event": self._explained, "batch": self._batch, "description": self._station_description,
+                   "status": self._status}.get(env.stream)
+        if handler is not None:
+            handler(v, book)
         if STREAMS[env.stream].tracked:
             book.seen(env.site, env.station, env.boot_id, env.stream, env.seq)
 
@@ -242,7 +275,7 @@ class _Writer:
 
     # ---- per stream ----
 
-    def _telemetry(self, v: _Valid, book: GapBook) -> None:
+    def _telemetry(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
         window = body.get("window") or {}
         units = self._units(env.site, env.station, body.get("description_sha256"))
@@ -252,13 +285,17 @@ class _Writer:
                                    _num(ch.get("min")), _num(ch.get("max")), _num(ch.get("mean")), ch.get("count"),
                                    ch.get("valid"), " ".join(ch.get("status") or [])))
 
-    def _event(self, v: _Valid, book: GapBook) -> None:
+    def _event(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
         name = next((body[k] for k in ("alarm", "rule", "phase", "code") if isinstance(body.get(k), str)), None)
         self.tx.execute("INSERT INTO events (site, station, boot_id, seq, ts, kind, name, message, body)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (env.site, env.station, env.boot_id, env.seq, env.ts, body.get("kind"), name,
                          body.get("message"), _json(body)))
+
+    def _explained(self, v: _Valid, book: GapBook) -> None:
+        """A thinning report or a refusal: the numbers it names are missing on purpose (``gaps.explain``)."""
+        env, body = v.env, v.env.body
         if body.get("kind") == "telemetry_thinned":
             for entry in body.get("streams") or []:
                 stream, lo, hi = entry.get("stream"), entry.get("first_seq"), entry.get("last_seq")
@@ -270,7 +307,7 @@ class _Writer:
             if isinstance(stream, str) and isinstance(seq, int):
                 book.explain(env.site, env.station, stream, seq, seq, "refused")
 
-    def _state(self, v: _Valid, book: GapBook) -> None:
+    def _state(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
         batch = body.get("batch")
         self.tx.execute("INSERT INTO states (site, station, boot_id, seq, ts, run, phase, batch_id, body)"
@@ -312,17 +349,29 @@ class _Writer:
             f" SET {sets} WHERE batches.revision IS NULL OR excluded.revision >= batches.revision",
             (env.site, env.station, body.get("batch_id"), *values))
 
-    def _description(self, v: _Valid, book: GapBook) -> None:
+    def _description(self, v: _Valid) -> None:
+        """Its units, for the windows of this batch (the row itself is shared: ``_station_description``)."""
         env = v.env
-        digest = hashlib.sha256(canonical(env.body)).hexdigest()    # = the station's body bytes (RFC 8785)
-        self.tx.execute("INSERT INTO descriptions (site, station, sha256, first_seen, body) VALUES (?, ?, ?, ?, ?)"
-                        " ON CONFLICT DO NOTHING", (env.site, env.station, digest, self.now, _json(env.body)))
-        self.tx.execute("UPDATE stations SET description_sha256 = ? WHERE site = ? AND station = ?",
-                        (digest, env.site, env.station))
+        digest = _digest(env)
         _remember_units((env.site, env.station, digest), _channel_units(env.body))
         self.known.setdefault((env.site, env.station), {}).setdefault(digest, self.now)
         self.current[(env.site, env.station)] = digest
         self.units = {k: v for k, v in self.units.items() if k[:2] != (env.site, env.station)}   # a newer latest
+
+    def _station_description(self, v: _Valid, book: GapBook) -> None:
+        env = v.env
+        digest = _digest(env)
+        self.tx.execute("INSERT INTO descriptions (site, station, sha256, first_seen, body) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING", (env.site, env.station, digest, self.now, _json(env.body)))
+        self.tx.execute("UPDATE stations SET description_sha256 = ? WHERE site = ? AND station = ?",
+                        (digest, env.site, env.station))
+
+    def _status_description(self, v: _Valid) -> None:
+        """A birth names the description current at its connect: the one its station's windows are labelled by."""
+        env, body = v.env, v.env.body
+        if body.get("state") == "online" and isinstance(body.get("description_sha256"), str):
+            self.current[(env.site, env.station)] = body["description_sha256"]
+            self.units = {k: u for k, u in self.units.items() if k[:2] != (env.site, env.station)}
 
     def _status(self, v: _Valid, book: GapBook) -> None:
         env, body = v.env, v.env.body
@@ -343,14 +392,9 @@ class _Writer:
             " previous_last_seq = COALESCE(boots.previous_last_seq, excluded.previous_last_seq)",
             (env.site, env.station, env.boot_id, self.now, body.get("boot_started"), prev.get("boot_id"),
              json.dumps(last_seq, sort_keys=True) if online and prev else None))
-        if online and isinstance(body.get("description_sha256"), str):
-            self.current[(env.site, env.station)] = body["description_sha256"]
-            self.units = {k: u for k, u in self.units.items() if k[:2] != (env.site, env.station)}
         if online:
             book.birth(env.site, env.station, env.boot_id, prev.get("boot_id"), last_seq, live=not v.retained)
 
-    def _reply(self, v: _Valid, book: GapBook) -> None:
-        """The ledger row is the record of a reply (its audit event carries the content)."""
 
     # ---- lookups ----
 
@@ -404,6 +448,11 @@ def _remember_units(key: tuple[str, str, str], units: dict[str, str]) -> None:
     if len(_UNITS) >= MAX_UNITS:
         _UNITS.clear()
     _UNITS[key] = units
+
+
+def _digest(env: Envelope) -> str:
+    """A description's identity: the SHA-256 of its body in RFC 8785 bytes, what the station sends and names."""
+    return hashlib.sha256(canonical(env.body)).hexdigest()
 
 
 def _channel_units(description: Any) -> dict[str, str]:

@@ -8,6 +8,13 @@ message, and the tests the example payloads.
 
 The folder is the shipped one (``edge.spec.resources``: package data once installed, the
 repository's folder in a checkout); ``REEDGE_SCHEMAS`` overrides it.
+
+**One decision, with or without the fast path.** jsonschema decides what is valid. Where ``jsonschema_rs``
+is installed (the ``historian`` extra: the historian checks every message of a plant), a compiled validator
+of the same schemas answers first, and only its "valid" is taken; its "invalid" goes to jsonschema, which
+decides and words the errors. It may be stricter than jsonschema (an ECMA ``$`` does not match before a
+final newline as Python's does) but must never be looser: a station without it and a historian with it
+decide the same (tests/test_historian_ingest.py checks every example and mutated messages of every stream).
 """
 
 from __future__ import annotations
