@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--broker", required=True, help="mqtt://host[:port] or mqtts://host[:port]")
     run.add_argument("--db", required=True, help="sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB")
     run.add_argument("--group", default="plant", help="shared-subscription group of the workers (default plant)")
+    run.add_argument("--no-share", action="store_true",
+                     help="one worker on a plain subscription, kept by mosquitto 2.0.11 across its restarts (a"
+                          " shared one is not: what stations publish until the workers subscribe again is lost)")
     run.add_argument("--client-id", default="historian-1",
                      help="this worker's fixed MQTT client id: its session and unacknowledged messages")
     run.add_argument("--http", metavar="HOST:PORT", help="serve the read-only fleet page there")
@@ -83,7 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from edge.historian.web import parse_address
 
         parse_address(args.http)            # a bad HOST:PORT: one line, before anything is opened
-    consumer = HistorianConsumer(broker, args.db, group=args.group, client_id=args.client_id,
+    consumer = HistorianConsumer(broker, args.db, group=None if args.no_share else args.group,
+                                 client_id=args.client_id,
                                  protocol=args.mqtt_protocol, batch_max=args.batch_max, batch_s=args.batch_ms / 1000,
                                  username=args.username, password=os.environ.get("REEDGE_MQTT_PASSWORD"),
                                  ca_file=args.ca_file)

@@ -23,7 +23,13 @@ A shared subscription gets no retained messages (MQTT 5), so each
 worker also subscribes, unshared, to the retained streams (status, description, state): a historian that
 starts after a station learns its description and state at once. Every worker gets those, and all but
 one of the copies are duplicates by key (the ledger's job). MQTT 3.1.1 (``protocol="3.1.1"``, e.g. the
-demo's embedded broker) has no shared subscriptions: one worker, the plain filter.
+demo's embedded broker) has no shared subscriptions: one worker, the plain filter. So has ``group=None``
+(``reedge historian run --no-share``) under MQTT 5: **one worker whose subscription outlives a broker
+restart**. mosquitto 2.0.11 (Debian 12) keeps a persistent session's plain subscriptions in its
+persistence file but not its shared ones; a plain subscriber's messages queue for it from the broker's
+first second, a share group's go to nobody until a worker has subscribed again (the paragraph above). A
+plant whose one worker keeps up (``bench/bench_historian.py``: 300-400 stations on this 2-core VM) loses
+nothing to a broker restart that way; a plant that needs several workers on such a broker has that window.
 
 **Batches for throughput**: up to ``batch_max`` messages or ``batch_s`` after the first, one transaction,
 then all their acknowledgements. The MQTT 5 Receive Maximum (``2 * batch_max``) lets the broker keep the
@@ -89,14 +95,14 @@ class _Msg:
 class HistorianConsumer:
     """One historian worker (module docstring). ``db`` is a database URL, or an open ``Store`` (tests)."""
 
-    def __init__(self, broker: BrokerUrl, db: str | Store, *, group: str = "plant",
+    def __init__(self, broker: BrokerUrl, db: str | Store, *, group: str | None = "plant",
                  client_id: str = "historian-1", protocol: Literal["5", "3.1.1"] = "5", batch_max: int = 200,
                  batch_s: float = 0.2, username: str | None = None, password: str | None = None,
                  ca_file: str | None = None, report_s: float = 60.0, settle_s: float = SETTLE_S,
                  retry_s: Sequence[float] = RETRY_S, log: Callable[[str], None] | None = None) -> None:
         if batch_max < 1 or not batch_s > 0:
             raise ValueError("batch_max must be at least 1 and batch_s above 0")
-        if not group or any(c in group for c in "+#/"):
+        if group is not None and (not group or any(c in group for c in "+#/")):
             raise ValueError(f"share group {group!r} must be a non-empty name without + # /")
         self.broker = broker
         self.db = db
@@ -145,7 +151,7 @@ class HistorianConsumer:
     @property
     def filters(self) -> list[str]:
         everything = f"{PREFIX}/+/+/#"
-        if self.protocol != "5":
+        if self.protocol != "5" or self.group is None:
             return [everything]
         return [f"$share/{self.group}/{everything}", *(f"{PREFIX}/+/+/{s}" for s in RETAINED_STREAMS)]
 
@@ -240,7 +246,9 @@ class HistorianConsumer:
         # a session from its file without its shared subscription (and says "session present"). Subscribing
         # again to a filter the session has only replaces it; the retained streams' filter asks for the retained
         # messages only when its subscription is new (retain handling 1), not on every reconnect.
-        if self.protocol == "5":
+        if self.protocol == "5" and self.group is None:
+            client.subscribe([(f, SubscribeOptions(qos=1, retainHandling=1)) for f in self.filters])
+        elif self.protocol == "5":
             shared, *retained = self.filters
             client.subscribe([(shared, SubscribeOptions(qos=1)),
                               *((f, SubscribeOptions(qos=1, retainHandling=1)) for f in retained)])
