@@ -208,3 +208,20 @@ def test_envelope_of_an_outbox_message_is_byte_for_byte_what_build_makes(tmp_pat
                 created_ns=ns, body=m2.payload)
     with pytest.raises(E.EnvelopeError, match="not JSON"):
         E.envelope(dataclasses.replace(msgs[0], payload=b"{"), site="pilot-line", station="hd-01")
+
+
+def test_a_parsed_envelope_gives_back_the_object_it_was_parsed_from() -> None:
+    """``Envelope.document()`` is what the schema is checked against (``reedge tail``, the historian): for every
+    example message it equals a plain ``json.loads`` of the payload, value for value and type for type."""
+    examples = sorted((schemas.schema_dir() / "examples").glob("*.json"))
+    parsed = 0
+    for path in examples:
+        raw = path.read_bytes()
+        doc = json.loads(raw)
+        if doc.get("stream") not in STREAMS or STREAMS[doc["stream"]].direction != "publish":
+            continue           # a command example: not an envelope
+        got = E.parse(raw).document()
+        assert got == doc and list(got) == list(E.KEYS), path.name
+        assert [type(v) for v in got.values()] == [type(doc[k]) for k in got], path.name
+        parsed += 1
+    assert parsed >= 12

@@ -82,6 +82,13 @@ class Envelope:
     def key(self) -> tuple[str, str, int]:
         return (self.boot_id, self.stream, self.seq)
 
+    def document(self) -> dict[str, Any]:
+        """The envelope as the JSON object it was parsed from (what its schema is checked against): ``parse``
+        takes exactly ``KEYS`` and keeps each value as it came, so this is that object without a second parse."""
+        return {"schema": self.schema, "schema_version": self.schema_version, "site": self.site,
+                "station": self.station, "boot_id": self.boot_id, "stream": self.stream, "seq": self.seq,
+                "ts": self.ts, "body": self.body}
+
 
 # ---- building ---------------------------------------------------------------------------------
 

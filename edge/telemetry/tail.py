@@ -293,7 +293,7 @@ def _check(c: Checked, payload: bytes) -> None:
     if (env.site, env.station, env.stream) != (parts.site, parts.station, parts.stream):
         c.problems.append(f"envelope says {env.site}/{env.station}/{env.stream}, the topic"
                           f" {parts.site}/{parts.station}/{parts.stream}")
-    c.problems.extend(schema_errors(json.loads(payload.decode("utf-8")), STREAMS[env.stream].schema))
+    c.problems.extend(schema_errors(env.document(), STREAMS[env.stream].schema))
 
 
 def _summary_of(env: Envelope) -> str:
