@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.plant_check import check_stored, open_gaps
-from bench.plant_load import Plan, Plant
+from bench.plant_load import Plan, Plant, Sent
 from edge.spec.broker import BrokerSettings, parse_broker_url
 from edge.telemetry.topics import PREFIX
 from tests.mqtt_broker import Mosquitto, TcpProxy, wait_until
@@ -104,6 +104,35 @@ def _stored(pg: PgServer) -> int:
         return 0
 
 
+def _flush(plant: Plant, clock: threading.Thread, postgres: PgServer) -> list[Sent]:
+    """Stop the plant's clock, let every station flush its outbox, and wait until the ledger holds as many rows
+    as the outboxes gave numbers (not longer than WAIT_S: what is missing then, ``_stored_exactly_once`` says)."""
+    plant.stop_clock()
+    clock.join(WAIT_S)
+    sent, results, _ = plant.stop(flush_timeout_s=WAIT_S)
+    assert all(r.flushed for r in results), [r for r in results if not r.flushed]
+    expected = sum(sum(s.last.values()) for s in sent)
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: _stored(postgres) >= expected, f"all {expected} messages stored", WAIT_S)
+    return sent
+
+
+def _stored_exactly_once(postgres: PgServer, sent: list[Sent]) -> int:
+    """Every number every outbox gave is in the database once, the content tables agree, no gap is open;
+    returns how many messages that is."""
+    import psycopg
+
+    with psycopg.connect(postgres.url) as conn:
+        def query(sql: str) -> list[tuple[object, ...]]:
+            return conn.execute(sql).fetchall()
+
+        check = check_stored(query, sent)
+        assert check.exact, (f"stored {check.stored} of {check.expected}, lost {check.lost}, duplicate"
+                             f" {check.duplicate}:\n" + "\n".join(check.problems))
+        assert open_gaps(query) == []
+        return check.stored
+
+
 def test_worker_kill_broker_restart_and_postgres_restart_lose_and_duplicate_nothing(
         tmp_path: pathlib.Path, postgres: PgServer) -> None:
     broker = Mosquitto(tmp_path / "broker", extra="log_type subscribe").start()
@@ -157,27 +186,10 @@ def test_worker_kill_broker_restart_and_postgres_restart_lose_and_duplicate_noth
         stations_link.restore()
         progressed("after the broker restart")
 
-        plant.stop_clock()
-        clock.join(WAIT_S)
-        sent, results, _ = plant.stop(flush_timeout_s=WAIT_S)
-        assert all(r.flushed for r in results), [r for r in results if not r.flushed]
-        expected = sum(sum(s.last.values()) for s in sent)
-        with contextlib.suppress(AssertionError):    # what is missing then is said by the check below
-            wait_until(lambda: _stored(postgres) >= expected, f"all {expected} messages stored", WAIT_S)
+        sent = _flush(plant, clock, postgres)
         assert all(w.alive() for w in workers), [w.log.read_text()[-2000:] for w in workers if not w.alive()]
         assert [w.stop() for w in workers] == [0, 0]
-
-        import psycopg
-
-        with psycopg.connect(postgres.url) as conn:
-            def query(sql: str) -> list[tuple[object, ...]]:
-                return conn.execute(sql).fetchall()
-
-            check = check_stored(query, sent)
-            assert check.exact, (f"stored {check.stored} of {check.expected}, lost {check.lost}, duplicate"
-                                 f" {check.duplicate}:\n" + "\n".join(check.problems))
-            assert check.stored == expected >= 4 * STEP      # four times STEP more rows were waited for
-            assert open_gaps(query) == []
+        assert _stored_exactly_once(postgres, sent) >= 4 * STEP      # four times STEP more rows were waited for
     except BaseException:
         for w in workers:
             print(f"--- {w.log.name}\n{w.log.read_text(errors='replace')[-3000:] if w.log.exists() else ''}")
@@ -222,22 +234,9 @@ def test_one_unshared_worker_loses_nothing_to_a_broker_restart_while_the_station
         wait_until(lambda: plant.messages >= put + HELD, f"{HELD} more messages put by the stations", WAIT_S)
         base = _stored(postgres)
         wait_until(lambda: _stored(postgres) >= base + STEP, f"{STEP} more rows after the restart", WAIT_S)
-        plant.stop_clock()
-        clock.join(WAIT_S)
-        sent, results, _ = plant.stop(flush_timeout_s=WAIT_S)
-        assert all(r.flushed for r in results), [r for r in results if not r.flushed]
-        expected = sum(sum(s.last.values()) for s in sent)
-        with contextlib.suppress(AssertionError):    # what is missing then is said by the check below
-            wait_until(lambda: _stored(postgres) >= expected, f"all {expected} messages stored", WAIT_S)
+        sent = _flush(plant, clock, postgres)
         assert worker.stop() == 0
-        with psycopg.connect(postgres.url) as conn:
-            def query(sql: str) -> list[tuple[object, ...]]:
-                return conn.execute(sql).fetchall()
-
-            check = check_stored(query, sent)
-            assert check.exact, (f"stored {check.stored} of {check.expected}, lost {check.lost}, duplicate"
-                                 f" {check.duplicate}:\n" + "\n".join(check.problems))
-            assert open_gaps(query) == []
+        _stored_exactly_once(postgres, sent)
     except BaseException:
         print(f"--- {worker.log.name}\n{worker.log.read_text(errors='replace')[-3000:] if worker.log.exists() else ''}")
         print(f"--- broker\n{broker.log_text()}")
