@@ -2,7 +2,9 @@
 fail leaves every message with the broker, and the next one with its client id stores them), two workers of
 one share group split the load and store every message exactly once on a real PostgreSQL, a database that
 fails is said once and the batch stored when it is back; and ``reedge historian run`` as a process: stored,
-SIGTERM, exit 0; clear one-line errors for a bad --db and an unreachable broker."""
+SIGTERM, exit 0; clear one-line errors for a bad --db, an unreachable broker, an empty or missing --client-id,
+a missing --ca-file; retire with acknowledgements owed keeps the session; the link to the broker is said after
+the start (lost, with the reason; not got back; back); a worker that fails is said and ``run`` exits 1."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.historian.consumer import HistorianConsumer
+from edge.historian.consumer import ConsumerError, HistorianConsumer
 from edge.historian.ingest import Received
 from edge.historian.store import DatabaseUnavailable, Store, Tx, open_store
 from edge.spec.broker import parse_broker_url
@@ -204,12 +206,15 @@ def _received(db: pathlib.Path) -> int:
     (["--db", "/no/such/dir/h.db"], "does not exist"),
     (["--broker", "mqtt://127.0.0.1:{free}"], "cannot connect to the broker mqtt://127.0.0.1:"),
     (["--broker", "http://x"], "unknown scheme 'http'"),
+    (["--client-id", ""], "--client-id must not be empty"),
+    (["--client-id", "  "], "--client-id must not be empty"),
+    (["--broker", "mqtts://127.0.0.1:1", "--ca-file", "/nope/ca.pem"], "'/nope/ca.pem' does not exist"),
 ])
 def test_historian_run_refuses_bad_arguments_in_one_line(tmp_path: pathlib.Path, args: list[str],
                                                          expected: str) -> None:
     from edge.app.cli import main
 
-    base = {"--broker": "mqtt://127.0.0.1:1", "--db": str(tmp_path / "h.db")}
+    base = {"--broker": "mqtt://127.0.0.1:1", "--db": str(tmp_path / "h.db"), "--client-id": "bad-1"}
     for k, v in zip(args[::2], args[1::2], strict=True):
         base[k] = v.format(free=free_port())
     argv = ["historian", "run", *[x for kv in base.items() for x in kv]]
@@ -274,3 +279,105 @@ def test_a_stopped_worker_keeps_its_share_until_retired_then_the_group_gets_ever
     finally:
         other.stop()
     assert any("retired" in line for line in leaving.lines)      # type: ignore[attr-defined]
+
+
+def test_historian_run_requires_a_client_id(tmp_path: pathlib.Path) -> None:
+    """No default: two workers started without one would share it and take each other's connection over."""
+    from edge.app.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main(["historian", "run", "--broker", "mqtt://127.0.0.1:1", "--db", str(tmp_path / "h.db")])
+    assert exit_.value.code == 2 and "the following arguments are required: --client-id" in err.getvalue()
+    assert not (tmp_path / "h.db").exists()
+    with pytest.raises(ValueError, match="client id must not be empty"):
+        HistorianConsumer(parse_broker_url("mqtt://127.0.0.1:1"), str(tmp_path / "h.db"), client_id="")
+
+
+def test_retire_with_the_database_down_keeps_the_session_and_says_so(broker: Mosquitto,
+                                                                      tmp_path: pathlib.Path) -> None:
+    url = f"sqlite://{tmp_path / 'h.db'}"
+    down = DownStore(open_store(url), failures=10**9)
+    leaving = consumer(broker, down, "retdown-1").start()
+    messages = station_messages("retdown-01", 3, 0)
+    publish(broker, messages)
+    wait_until(lambda: leaving.received >= len(messages) and down.attempts >= 1, "delivered, and not stored")
+    with pytest.raises(ConsumerError, match=r"not retired: .* delivered but not stored; its session is kept"):
+        leaving.retire(quiet_s=0.1, timeout_s=0.5)
+    assert not any("retired:" in line for line in leaving.lines)      # type: ignore[attr-defined]
+    with open_store(url) as store:
+        again = consumer(broker, store, "retdown-1").start()   # the session kept its messages for this client id
+        try:
+            wait_until(lambda: count(store) == len(messages), "the messages stored from the kept session")
+        finally:
+            again.stop()
+
+
+def test_a_lost_connection_is_said_with_its_reason_once_and_so_is_its_return(broker: Mosquitto,
+                                                                              tmp_path: pathlib.Path) -> None:
+    c = consumer(broker, f"sqlite://{tmp_path / 'h.db'}", "link-1").start()
+    lines: list[str] = c.lines         # type: ignore[attr-defined]
+    connected = threading.Event()
+    intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="link-1", protocol=mqtt.MQTTv5)
+    intruder.on_connect = lambda *_: connected.set()
+    try:
+        intruder.connect("127.0.0.1", broker.port, clean_start=False)     # the same client id: a takeover
+        intruder.loop_start()
+        assert connected.wait(SAFETY_S)
+        intruder.disconnect()
+        intruder.loop_stop()
+        wait_until(lambda: any("reconnected to" in x for x in lines), "the reconnection said")
+    finally:
+        c.stop()
+    lost = [x for x in lines if "disconnected" in x]
+    assert len(lost) == 1 and "another process with this client id took it over" in lost[0], lines
+    assert not any("cannot reconnect" in x for x in lines), lines
+
+
+def test_a_broker_that_cannot_be_reached_again_is_said_once(tmp_path: pathlib.Path) -> None:
+    own = Mosquitto(tmp_path / "mosquitto").start()
+    lines: list[str] = []
+    c = HistorianConsumer(parse_broker_url(own.url), f"sqlite://{tmp_path / 'h.db'}", group="unreach",
+                          client_id="unreach-1", log=lines.append).start()
+    attempts: list[int] = []
+    said = c.client.on_connect_fail
+    assert said is not None
+
+    def counted(*a: Any) -> None:
+        attempts.append(1)
+        said(*a)
+    c.client.on_connect_fail = counted
+    c.client.reconnect_delay_set(0.05, 0.1)      # type: ignore[arg-type]   # (1 to 5 s in service)
+    try:
+        own.kill()                 # the connection dropped and the port refusing
+        wait_until(lambda: len(attempts) >= 3, "three failed attempts to reconnect")
+    finally:
+        c.stop()
+        own.close()
+    assert [x for x in lines if "disconnected" in x], lines
+    failed = [x for x in lines if "cannot reconnect" in x]
+    assert len(failed) == 1 and "cannot be reached" in failed[0], lines
+
+
+def test_historian_run_exits_1_naming_why_when_its_worker_fails(broker: Mosquitto, tmp_path: pathlib.Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.app.cli import main
+
+    def broken(self: HistorianConsumer) -> list[Any]:
+        raise RuntimeError("the worker's own bug")
+
+    monkeypatch.setattr(HistorianConsumer, "_collect", broken)
+    safety = threading.Timer(SAFETY_S, lambda: os.kill(os.getpid(), signal.SIGTERM))    # only if it never ends
+    err = io.StringIO()
+    safety.start()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(["historian", "run", "--broker", broker.url, "--db", str(tmp_path / "h.db"),
+                         "--client-id", "dead-1", "--group", "dead"])
+    finally:
+        safety.cancel()
+    text = err.getvalue()
+    assert code == 1, text
+    assert "the worker failed and stopped (RuntimeError: the worker's own bug)" in text
+    assert text.strip().splitlines()[-1] == ("historian dead-1: stopped because its worker failed: RuntimeError:"
+                                             " the worker's own bug"), text

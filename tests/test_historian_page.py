@@ -4,7 +4,9 @@ The plant is tests/historian_plant.py: two stations, a complete and a lower-boun
 one, a running one, an open and an explained gap, an alarm message and a batch id that are hostile
 HTML. Chromium loads the page and its batch report (``--dump-dom``: the DOM after the page ran, so a
 script that got through would have left its mark in the title); the JSON twins are compared between
-SQLite and a real PostgreSQL filled with the same messages.
+SQLite and a real PostgreSQL filled with the same messages. A client that connects and says nothing holds
+up neither another client nor the historian's stop; a report is drawn anew when late telemetry of its
+time is stored.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from typing import Any
@@ -28,7 +32,7 @@ import pytest
 
 from edge.historian.ingest import Received, ingest
 from edge.historian.store import open_store
-from edge.historian.web import FleetPage, parse_address, start_page
+from edge.historian.web import FleetPage, _ReportCache, batch_report, parse_address, start_page
 from tests.historian_db import empty_pg
 from tests.historian_plant import HOSTILE_ALARM, HOSTILE_BATCH, plant
 from tests.mqtt_broker import SAFETY_S, Mosquitto, wait_until
@@ -258,14 +262,45 @@ def test_historian_run_serves_the_page_while_it_consumes_and_takes_it_down_when_
         assert _batches_on(url) == 0
         publish(broker, [Received(*m) for m in plant()])
         wait_until(lambda: _batches_on(url) == 4, "the plant's batches on the page")
+        idle = socket.create_connection(parse_address(url[len("http://"):-1]))    # connects, never says a word
         status, _, html = get(url)
         assert status == 200 and b"lot/7 &lt;b&gt;bold&lt;/b&gt;" in html and b"<b>bold" not in html
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)      # the idle client still connected: it holds up nothing
         assert proc.wait(timeout=SAFETY_S) == 0, "".join(lines)
         with pytest.raises(OSError):
             urllib.request.urlopen(url, timeout=5)
+        idle.close()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         broker.close()
+
+
+def test_an_idle_connection_holds_up_neither_another_client_nor_close(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'plant.db'}"
+    open_store(url).close()
+    page = start_page(url, "127.0.0.1:0")
+    idle = socket.create_connection(parse_address(page.url[len("http://"):-1]))   # connects, never says a word
+    try:
+        status, _, body = get(page.url + "api/stations")
+        assert status == 200 and json.loads(body) == []
+        closing = threading.Thread(target=page.close, daemon=True)
+        closing.start()
+        closing.join(SAFETY_S)
+        assert not closing.is_alive(), "close() held up by the idle connection"
+    finally:
+        idle.close()
+
+
+def test_a_report_is_drawn_anew_when_late_telemetry_of_its_time_is_stored(tmp_path: pathlib.Path) -> None:
+    messages = [Received(*m) for m in plant()]
+    late = [m for m in messages if "/telemetry" in m.topic][-2:]     # the batch's last two windows come late
+    cache = _ReportCache(OrderedDict())
+    with open_store(f"sqlite:///{tmp_path / 'plant.db'}") as store:
+        ingest(store, [m for m in messages if m not in late])
+        before = batch_report(store, "pilot-line", "hd-01", "hd-2027-001", cache)
+        assert ingest(store, late).stored == 2
+        after = batch_report(store, "pilot-line", "hd-01", "hd-2027-001", cache)
+        assert before is not None and after is not None and after != before
+        assert batch_report(store, "pilot-line", "hd-01", "hd-2027-001", cache) is after    # kept, not redrawn

@@ -7,7 +7,11 @@ figures.py).
 
 Every argument is checked before anything is opened or connected (a bad one changes nothing); a database or
 a broker that cannot be reached is one line and exit 2 (``edge.app.cli.main``). ``run`` stops cleanly on
-SIGTERM, SIGINT or SIGHUP: the open batch committed and acknowledged, a clean disconnect, exit 0.
+SIGTERM, SIGINT or SIGHUP: the open batch committed and acknowledged, a clean disconnect, exit 0 (the
+consumer first, then the fleet page); if its worker failed, it stops with exit 1 and the reason. Each worker
+needs ``--client-id`` of its own (no default: two workers with one id take each other's connection over
+and over). ``retire`` exits 2 and keeps the session when acknowledgements are still owed (the database
+down): nothing is lost, retire it again later.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--no-share", action="store_true",
                      help="one worker on a plain subscription, kept by mosquitto 2.0.11 across its restarts (a"
                           " shared one is not: what stations publish until the workers subscribe again is lost)")
-    run.add_argument("--client-id", default="historian-1",
-                     help="this worker's fixed MQTT client id: its session and unacknowledged messages")
+    run.add_argument("--client-id", required=True,
+                     help="this worker's fixed MQTT client id, its own (not another worker's): its session and"
+                          " unacknowledged messages")
     run.add_argument("--http", metavar="HOST:PORT", help="serve the read-only fleet page there")
     run.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5",
                      help="5 (default: shared subscription) or 3.1.1 (one worker, e.g. the demo's broker)")
@@ -82,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     broker = parse_broker_url(args.broker)
     if args.batch_max < 1 or not args.batch_ms > 0:
         raise ValueError("--batch-max must be at least 1 and --batch-ms above 0")
+    if not args.client_id.strip():
+        raise ValueError("--client-id must not be empty: each worker needs a fixed client id of its own")
     if args.http:
         from edge.historian.web import parse_address
 
@@ -106,15 +113,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
                 page = start_page(args.db, args.http)
                 print(f"historian: fleet page at {page.url}", file=sys.stderr, flush=True)
-            while not stop.wait(0.5):
+            while not stop.wait(0.5) and consumer.alive:
                 pass
         finally:
-            if page is not None:
-                page.close()
-            consumer.stop()
+            try:
+                consumer.stop()        # first: a page that is slow to close never holds up the commit and acks
+            finally:
+                if page is not None:
+                    page.close()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if consumer.failure is not None:
+        print(f"historian {args.client_id}: stopped because its worker failed: {consumer.failure}", file=sys.stderr,
+              flush=True)
+        return 1
     return 0
 
 

@@ -46,11 +46,23 @@ flight to us).
 
 **Reports**: a line per ``report_s`` (60 s) with the counts (stored, duplicates, quarantined, ignored,
 open gaps), and a line when a gap opens or closes: opens once it is *settled* (``edge.historian.gaps``:
-older than ``SETTLE_S``, so not a message another worker holds), closes when the messages came.
+older than ``SETTLE_S``, so not a message another worker holds), closes when the messages came. After
+``start``, the link to the broker is said too: each loss with its reason (the broker's, or "closed without
+a reason": the network, or another process with this client id), the first failed attempt of each kind to get it back (a
+refusal, the broker unreachable), and the reconnection. **The worker never dies silently**: anything
+that escapes its loop is logged with its reason and kept in ``failure`` (``alive`` turns False), and
+``reedge historian run`` then exits 1 naming it.
+
+**Retiring never drops a message**: ``retire`` ends the session only when every message delivered has
+been stored and acknowledged on the connection it came on; otherwise (the database down, the link lost
+meanwhile) it disconnects keeping the session, whose messages wait for this client id, and raises
+``ConsumerError``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import sys
 import threading
@@ -79,7 +91,8 @@ IDLE_S = 0.02              # no message for this long: the batch is complete (mo
 
 
 class ConsumerError(RuntimeError):
-    """The consumer could not start: the broker unreachable or refusing, the database unusable."""
+    """The consumer could not start (the broker unreachable or refusing, the database unusable), or could not
+    retire without leaving messages unacknowledged."""
 
 
 @dataclass
@@ -96,12 +109,15 @@ class HistorianConsumer:
     """One historian worker (module docstring). ``db`` is a database URL, or an open ``Store`` (tests)."""
 
     def __init__(self, broker: BrokerUrl, db: str | Store, *, group: str | None = "plant",
-                 client_id: str = "historian-1", protocol: Literal["5", "3.1.1"] = "5", batch_max: int = 200,
+                 client_id: str, protocol: Literal["5", "3.1.1"] = "5", batch_max: int = 200,
                  batch_s: float = 0.2, username: str | None = None, password: str | None = None,
                  ca_file: str | None = None, report_s: float = 60.0, settle_s: float = SETTLE_S,
                  retry_s: Sequence[float] = RETRY_S, log: Callable[[str], None] | None = None) -> None:
         if batch_max < 1 or not batch_s > 0:
             raise ValueError("batch_max must be at least 1 and batch_s above 0")
+        if not client_id.strip():
+            raise ValueError("the client id must not be empty: each worker needs a fixed one of its own (its"
+                             " session and unacknowledged messages)")
         if group is not None and (not group or any(c in group for c in "+#/")):
             raise ValueError(f"share group {group!r} must be a non-empty name without + # /")
         self.broker = broker
@@ -127,8 +143,13 @@ class HistorianConsumer:
         self._gen_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._retiring = False
+        self._retire_generation = 0
         self._last_message = time.monotonic()
         self._down_since: float | None = None     # the database failing since (monotonic)
+        self._started = False
+        self._link_down: float | None = None      # the broker connection lost since (monotonic), after start
+        self._link_said = ""                      # the last reconnection failure said (each kind once)
+        self.failure: str | None = None           # why the worker thread ended, if not by stop()
         self._announced: dict[tuple[str, str, str, str, int], GapRow] = {}
         if protocol == "5":
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
@@ -140,11 +161,14 @@ class HistorianConsumer:
         if username:
             self.client.username_pw_set(username, password)
         if broker.tls:
+            if ca_file is not None and not os.path.isfile(ca_file):
+                raise ValueError(f"CA certificate file {ca_file!r} does not exist or is not a file")
             self.client.tls_set(ca_certs=ca_file)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
 
     # ---- the filters ----
 
@@ -183,18 +207,27 @@ class HistorianConsumer:
                 self._close_store()
                 raise ConsumerError(self._failure[0] if self._failure else
                                     f"{self.broker}: no subscription within {timeout_s:g} s")
-        self._worker = threading.Thread(target=self._run, name=f"historian-{self.client_id}", daemon=True)
+        self._worker = threading.Thread(target=self._run_logged, name=f"historian-{self.client_id}", daemon=True)
+        self._started = True
         self._worker.start()
         self.log(f"historian {self.client_id}: consuming {', '.join(self.filters)} from {self.broker} into"
                  f" {self.store.url}")
         return self
 
-    def stop(self, timeout_s: float = 60.0, *, end_session: bool = False) -> None:
+    @property
+    def alive(self) -> bool:
+        """The worker thread is running (False before ``start``, after ``stop``, and when it failed)."""
+        return self._worker is not None and self._worker.is_alive()
+
+    def stop(self, timeout_s: float = 60.0, *, end_session: bool = False) -> bool:
         """Finish the open batch (commit, acknowledge), then disconnect cleanly; the session stays with the
-        broker (its messages wait for this client id) unless ``end_session`` (``retire``)."""
+        broker (its messages wait for this client id) unless ``end_session`` (``retire``) and no acknowledgement
+        is owed. True when the session was ended."""
+        self._started = False           # our own disconnect is not news
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout_s)
+        end_session = end_session and not self._owed()
         if end_session and self.protocol == "5":
             props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
@@ -204,13 +237,30 @@ class HistorianConsumer:
         self.client.loop_stop()
         self._report(final=True)
         self._close_store()
+        return end_session
+
+    def _owed(self) -> str:
+        """Why an acknowledgement may be owed (a reason), or "" when every delivered message was acknowledged."""
+        t = self.totals
+        unstored = self.received - (t.stored + t.duplicate + t.quarantined + t.ignored)
+        if unstored or (self._worker is not None and self._worker.is_alive()):
+            return f"{max(unstored, 1)} message(s) delivered but not stored"
+        with self._gen_lock:
+            lost = self._generation != self._retire_generation
+        if lost or not self.client.is_connected():
+            return "the connection was lost meanwhile (what it carried waits for its redelivery)"
+        return ""
 
     def retire(self, quiet_s: float = 1.0, timeout_s: float = 600.0) -> None:
         """Leave the share group for good. mosquitto gives a group's messages to members that are offline too,
         so a worker that is simply stopped keeps receiving its share in its session until it expires. This one
         unsubscribes (no new share comes), stores and acknowledges what its session still holds (until nothing
-        has come for ``quiet_s``), then ends its session."""
+        has come for ``quiet_s``), then ends its session: only when nothing is owed. Else (the database down,
+        the connection lost meanwhile) it disconnects keeping the session, so no message is lost, and raises
+        ``ConsumerError``."""
         self._retiring = True
+        with self._gen_lock:
+            self._retire_generation = self._generation
         done = threading.Event()
         self.client.on_unsubscribe = lambda *_: done.set()
         self.client.unsubscribe(self.filters)
@@ -223,7 +273,10 @@ class HistorianConsumer:
                     and time.monotonic() - self._last_message >= quiet_s):
                 break
             time.sleep(0.05)
-        self.stop(end_session=True)
+        if not self.stop(end_session=True):
+            why = self._owed() or "acknowledgements owed"
+            raise ConsumerError(f"historian {self.client_id}: not retired: {why}; its session is kept (its messages"
+                                " wait for this client id): retire it again when the database is back")
         self.log(f"historian {self.client_id}: retired: its session is ended")
 
     def _close_store(self) -> None:
@@ -236,9 +289,15 @@ class HistorianConsumer:
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: mqtt.ConnectFlags, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             self._failure.append(f"the broker {self.broker} refused the connection: {reason}")
+            self._say_link_failure(f"the broker refused the connection: {reason}")
             return
         with self._gen_lock:
             self._generation += 1
+        if self._link_down is not None and self._started:
+            self.log(f"historian {self.client_id}: reconnected to {self.broker} after"
+                     f" {time.monotonic() - self._link_down:.1f} s")
+        self._link_down = None
+        self._link_said = ""
         if self._retiring:
             self._subscribed.set()
             return
@@ -262,9 +321,26 @@ class HistorianConsumer:
             return
         self._subscribed.set()
 
-    def _on_disconnect(self, *_: Any) -> None:
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
         with self._gen_lock:
             self._generation += 1      # what came before is sent again by the broker: never ack it now
+        if self._started and self._link_down is None:
+            self._link_down = time.monotonic()
+            # mosquitto closes a connection another client took over without a DISCONNECT: paho calls it 128
+            why = str(reason) if getattr(reason, "value", 128) != 128 else (
+                "the connection closed without a reason from the broker (the network, or another process with"
+                " this client id took it over)")
+            self.log(f"historian {self.client_id}: disconnected from {self.broker}: {why}; its messages wait in"
+                     " its session, reconnecting")
+
+    def _on_connect_fail(self, *_: Any) -> None:
+        self._say_link_failure("the broker cannot be reached")
+
+    def _say_link_failure(self, why: str) -> None:
+        """A failed reconnection, said once per kind until connected again (paho retries every few seconds)."""
+        if self._started and why != self._link_said:
+            self._link_said = why
+            self.log(f"historian {self.client_id}: cannot reconnect to {self.broker}: {why}; retrying")
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._gen_lock:
@@ -274,6 +350,16 @@ class HistorianConsumer:
         self._queue.put(_Msg(msg.topic, bytes(msg.payload), bool(msg.retain), msg.mid, msg.qos, generation))
 
     # ---- the worker ----
+
+    def _run_logged(self) -> None:
+        """``_run``, and anything that escapes it said and kept in ``failure`` (``cmd_run`` exits 1 on it)."""
+        try:
+            self._run()
+        except BaseException as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(BaseException):   # the log itself broken (a closed stderr): ``failure`` says it
+                self.log(f"historian {self.client_id}: the worker failed and stopped ({self.failure}); nothing"
+                         " more is stored, what was delivered stays unacknowledged with the broker")
 
     def _run(self) -> None:
         next_report = time.monotonic() + self.report_s

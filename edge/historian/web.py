@@ -18,8 +18,11 @@ query parameter changes anything, and the page opens its own store per request, 
 **Everything shown is escaped** (station and batch ids, messages, gap details): a message's text never
 reaches the page as markup, and a batch id in a link is percent-encoded.
 
-The server is stdlib ``http.server`` in one thread (:func:`start_page`); requests are served one at a
-time, which is plenty for a plant's screens, and a batch report once drawn is kept (by revision).
+The server is stdlib ``http.server``, a thread per connection (:func:`start_page`): a client that connects
+and sends nothing (or stalls) holds only its own thread, for ``REQUEST_TIMEOUT_S`` at most, never the
+other screens nor the historian's shutdown (the threads are daemons; ``close`` does not wait for them). A
+batch report once drawn is kept by what it is drawn from: the end record's revision, the station's
+channels, and how many telemetry windows of the batch's time each has (telemetry stored late draws it anew).
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
 ADDRESS_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 MAX_BATCHES = 200            # batches listed on the page (newest first); the JSON has them all
 MAX_TREND_WINDOWS = 3000     # telemetry windows a report's plot is drawn from (thinned evenly beyond)
+REQUEST_TIMEOUT_S = 10.0     # a connection silent this long is closed (module docstring)
 REPORT_CACHE = 16
 SHOWN_MONTHS = 3            # months of plant figures on the page (the JSON and the report have all)
 
@@ -231,16 +235,23 @@ def telemetry_trend(store: Store, batch: Batch) -> tuple[Trend | None, str]:
 
 @dataclass
 class _ReportCache:
-    """Drawn reports by (site, station, batch, revision): drawing one takes a second."""
+    """Drawn reports by what they are drawn from (``batch_report``): drawing one takes a second. Requests
+    come on threads of their own: the dict is touched under a lock (two drawing one report at once is only
+    work done twice)."""
 
     pages: OrderedDict[tuple[Any, ...], str]
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, key: tuple[Any, ...], draw: Callable[[], str]) -> str:
-        if key not in self.pages:
-            self.pages[key] = draw()
-            while len(self.pages) > REPORT_CACHE:
-                self.pages.popitem(last=False)
-        return self.pages[key]
+        with self.lock:
+            page = self.pages.get(key)
+        if page is None:
+            page = draw()
+            with self.lock:
+                self.pages[key] = page
+                while len(self.pages) > REPORT_CACHE:
+                    self.pages.popitem(last=False)
+        return page
 
 
 def batch_report(store: Store, site: str, station: str, batch_id: str, cache: _ReportCache) -> str | None:
@@ -264,7 +275,21 @@ def batch_report(store: Store, site: str, station: str, batch_id: str, cache: _R
                   '<a href="/">Back to the fleet page</a></p>')
         return page.replace('<main class="page">', '<main class="page">' + banner, 1)
 
-    return cache.get((site, station, batch_id, rows[0][1]), draw)
+    return cache.get((site, station, batch_id, rows[0][1], *_trend_key(store, batch)), draw)
+
+
+def _trend_key(store: Store, batch: Batch) -> tuple[Any, ...]:
+    """What the report's plot is drawn from, short: the channels and each one's count of telemetry windows in
+    the batch's time (a stored window never changes; late ones add to the count). One indexed count each."""
+    start, end = batch.body.get("started"), batch.body.get("ended")
+    if parse_time(start) is None or parse_time(end) is None:
+        return ()
+    key: list[Any] = []
+    for channel in _channels(store, batch.site, batch.station):
+        n = store.query("SELECT COUNT(*) FROM telemetry WHERE site = ? AND station = ? AND channel = ? "
+                        "AND end_utc >= ? AND end_utc <= ?", [batch.site, batch.station, channel, start, end])
+        key += [channel, int(n[0][0])]
+    return tuple(key)
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -432,6 +457,7 @@ def fleet_html(store: Store) -> str:
 class _Handler(BaseHTTPRequestHandler):
     server: _PageServer
     server_version = "reedge-historian"
+    timeout = REQUEST_TIMEOUT_S       # the socket's: a silent client is dropped, its thread ends
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
@@ -464,7 +490,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the historian's own log says what matters."""
 
 
-class _PageServer(HTTPServer):
+class _PageServer(ThreadingHTTPServer):
+    daemon_threads = True             # a handler still waiting on a client never holds up close() or the exit
     def __init__(self, address: tuple[str, int], db_url: str) -> None:
         import socket
 
