@@ -31,7 +31,9 @@ worker A may commit #5 while worker B still holds #4 in its open batch. Two choi
   says what it holds), and B's commit closes it a moment later. What is *reported* (the log line, the open
   gap count, the fleet page) is a gap still open ``SETTLE_S`` after it was opened (``settled``): longer
   than any batch a worker holds (``consumer.py`` commits within a second) and than the broker's redelivery
-  of a dead worker's messages to the other. A gap row younger than that is a message in flight.
+  of a dead worker's messages to the other. A gap row younger than that is a message in flight: filled,
+  its row is deleted (round-robin delivery opens one every second message); a gap filled after it settled
+  stays, closed, as history. The listing reads the open and explained gaps only, bounded (``gap_rows``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from edge.telemetry.topics import STREAMS
 from edge.timestamps import parse_rfc3339, rfc3339_ms
 
 SETTLE_S = 15.0        # a gap younger than this may be a message another worker still holds (docstring)
+MAX_LISTED = 1000      # the page and ``reedge historian gaps`` list at most this many gaps (``gap_rows``)
 
 Key = tuple[str, str, str, str]      # site, station, boot_id, stream
 
@@ -290,7 +293,9 @@ class GapBook:
         self.opened.append(Gap(*key, lo, hi, kind, why))
 
     def _fill(self, key: Key, seq: int) -> None:
-        """A late message: the open gap that holds it shrinks, splits in two, or closes."""
+        """A late message: the open gap that holds it shrinks, splits in two, or closes: a closed row stays as
+        history only if the gap had settled (``SETTLE_S``); younger, it was a message the other worker held
+        (every second one, with round-robin delivery), and its row is deleted."""
         site, station, boot, stream = key
         rows = self.tx.query("SELECT first_seq, last_seq, opened, explained, detail FROM gaps WHERE site = ?"
                              " AND station = ? AND boot_id = ? AND stream = ? AND closed IS NULL"
@@ -300,9 +305,12 @@ class GapBook:
         a, b, opened, why, detail = rows[0]
         a, b = int(a), int(b)
         if a == b:
-            self.tx.execute("UPDATE gaps SET closed = ?, detail = ? WHERE site = ? AND station = ? AND boot_id = ?"
-                            " AND stream = ? AND first_seq = ?",
-                            (self.now, (detail + "; " if detail else "") + "the missing arrived late", *key, a))
+            if parse_rfc3339(self.now) - parse_rfc3339(opened, "opened") < SETTLE_S * 1e9:
+                self._delete(site, station, boot, stream, a)        # in flight: it never was a gap
+            else:
+                self.tx.execute("UPDATE gaps SET closed = ?, detail = ? WHERE site = ? AND station = ?"
+                                " AND boot_id = ? AND stream = ? AND first_seq = ?",
+                                (self.now, (detail + "; " if detail else "") + "the missing arrived late", *key, a))
             self.closed.append(Gap(*key, a, b, "late", why))
             return
         self._delete(site, station, boot, stream, a)
@@ -372,22 +380,28 @@ class GapRow:
         return self.last_seq - self.first_seq + 1
 
 
-def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | None = None) -> list[GapRow]:
-    """The gaps, oldest first. ``open_only``: not closed and not explained (what counts as lost);
-    ``settled_before``: only those opened before that time (``settled``)."""
+def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | None = None,
+             limit: int | None = None) -> list[GapRow]:
+    """The gaps, oldest first. By default the listing (the page, ``reedge historian gaps``): the open and the
+    explained ones (a closed one is history, not read), at most ``limit`` (``MAX_LISTED``), the open ones
+    first, then the newest. ``open_only``: all those not closed and not explained (what counts as lost; the
+    log and ``gaps --open`` say each), unless a ``limit`` is given; ``settled_before``: only those opened
+    before that time (``settled``)."""
     sql = "SELECT site, station, boot_id, stream, first_seq, last_seq, opened, closed, explained, detail FROM gaps"
-    where: list[str] = []
+    where = ["closed IS NULL AND explained IS NULL" if open_only else "(closed IS NULL OR explained IS NOT NULL)"]
     params: list[Any] = []
-    if open_only:
-        where.append("closed IS NULL AND explained IS NULL")
     if settled_before is not None:
         where.append("opened < ?")
         params.append(settled_before)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY opened, site, station, stream, first_seq"
-    return [GapRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8], r[9])
+    sql += " WHERE " + " AND ".join(where)
+    if limit is None and not open_only:
+        limit = MAX_LISTED
+    if limit is not None:
+        sql += " ORDER BY explained IS NOT NULL, opened DESC, site, station, stream, first_seq DESC LIMIT ?"
+        params.append(int(limit))
+    rows = [GapRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8], r[9])
             for r in store.query(sql, params)]
+    return sorted(rows, key=lambda g: (g.opened, g.site, g.station, g.stream, g.first_seq))
 
 
 def settled(now_ns: int, settle_s: float = SETTLE_S) -> str:
