@@ -8,7 +8,9 @@ gap inside them is **explained**, not lost; the **birth** (status ``online``) of
 number the previous boot gave on each stream, so once the first message of the new boot arrives in a
 stream's send class (the outbox sends everything that is not telemetry first, then telemetry, each class
 in order), what is still missing of the previous boot on that stream is its **lost tail**, even on a
-stream that stays quiet. Retained messages do not start the numbering of a boot from the birth: a
+stream that stays quiet (if nothing of the previous boot on that stream is stored yet, as when the other
+worker still holds it, the birth's claim waits in ``boots.tail_pending`` and is checked when the first
+is). Retained messages do not start the numbering of a boot from the birth: a
 retained birth was published before we subscribed, and what came before it is not ours to miss.
 
 What differs from the tail is where the state lives. ``coverage`` holds, per (boot, stream), the lowest
@@ -29,7 +31,9 @@ worker A may commit #5 while worker B still holds #4 in its open batch. Two choi
   says what it holds), and B's commit closes it a moment later. What is *reported* (the log line, the open
   gap count, the fleet page) is a gap still open ``SETTLE_S`` after it was opened (``settled``): longer
   than any batch a worker holds (``consumer.py`` commits within a second) and than the broker's redelivery
-  of a dead worker's messages to the other. A gap row younger than that is a message in flight.
+  of a dead worker's messages to the other. A gap row younger than that is a message in flight: filled,
+  its row is deleted (round-robin delivery opens one every second message); a gap filled after it settled
+  stays, closed, as history. The listing reads the open and explained gaps only, bounded (``gap_rows``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from edge.telemetry.topics import STREAMS
 from edge.timestamps import parse_rfc3339, rfc3339_ms
 
 SETTLE_S = 15.0        # a gap younger than this may be a message another worker still holds (docstring)
+MAX_LISTED = 1000      # the page and ``reedge historian gaps`` list at most this many gaps (``gap_rows``)
 
 Key = tuple[str, str, str, str]      # site, station, boot_id, stream
 
@@ -131,7 +136,10 @@ class GapBook:
                 self.coverage[key] = [start, seq]
             else:
                 self.coverage[key] = [seq, seq]
-        elif seq > cov[1] + 1:
+            self._claims_about(site, station, boot, stream)
+            self._settle_tail(site, station, boot, stream)      # this boot's first in the class: its claims
+            return
+        if seq > cov[1] + 1:
             self._open(key, cov[1] + 1, seq - 1, "gap", "")
             cov[1] = seq
         elif seq == cov[1] + 1:
@@ -142,7 +150,6 @@ class GapBook:
             cov[0] = seq
         else:
             self._fill(key, seq)
-        self._settle_tail(site, station, boot, stream)
 
     def birth(self, site: str, station: str, boot: str, previous_boot_id: str | None,
               last_seq: dict[str, int], *, live: bool) -> None:
@@ -196,38 +203,71 @@ class GapBook:
         return (_json_seqs(rows[0][0]) or {}) if rows else {}
 
     def _settle_tail(self, site: str, station: str, boot: str, stream: str) -> None:
+        """``boot`` stored its first message in ``stream``'s send class: what its birth said the previous boot
+        sent in that class is due. A claim whose previous boot has no coverage yet on that stream stays (in
+        ``tail_pending``) until that coverage is created (``_claims_about``): with two workers, the first
+        message of the new boot may commit before any of the previous boot's."""
         info = self._boot(site, station, boot)
         if not info.tail_pending:
             return
         telemetry = _is_telemetry(stream)
-        due = {s: n for s, n in info.tail_pending.items() if _is_telemetry(s) == telemetry}
-        if not due:
-            return
-        for s in due:
-            del info.tail_pending[s]
-        info.dirty = True
-        for s, last in sorted(due.items()):
-            prev = self._previous_boot(site, station, boot, s, last)
-            if prev is None:
+        for s, last in sorted(info.tail_pending.items()):
+            if _is_telemetry(s) != telemetry:
                 continue
-            key = (site, station, prev, s)
-            cov = self._cov(key)
-            if cov is not None and cov[1] < last:
-                self._open(key, cov[1] + 1, last, "lost_tail",
-                           f"lost tail: the birth of boot {boot[:12]} said this boot reached #{last}")
-                cov[1] = last
-                self.touched.add(key)
+            prev = self._previous_boot(site, station, boot, s, last)
+            if prev is not None and self._cov((site, station, prev, s)) is not None:
+                self._check_tail(site, station, boot, prev, s, last)
+
+    def _claims_about(self, site: str, station: str, prev: str, stream: str) -> None:
+        """``prev`` got its first coverage on ``stream``: check the claims of later births still waiting for it
+        (named ``prev`` as their previous boot, or named none and ``prev``'s numbers are at or below the claim),
+        once the claiming boot's send class of ``stream`` has started."""
+        rows = self.tx.query("SELECT boot_id, tail_pending FROM boots WHERE site = ? AND station = ? AND boot_id <> ?"
+                             " AND (previous_boot_id = ? OR previous_boot_id IS NULL) AND tail_pending IS NOT NULL",
+                             (site, station, prev, prev))
+        boots = {str(b) for b, pending in rows if stream in (_json_seqs(pending) or {})}
+        boots |= {b for (si, st, b) in self.boots if (si, st) == (site, station) and b != prev}
+        first = self.coverage[(site, station, prev, stream)][0]
+        telemetry = _is_telemetry(stream)
+        for boot in sorted(boots):
+            info = self._boot(site, station, boot)
+            last = (info.tail_pending or {}).get(stream)
+            if last is None or info.previous_boot_id not in (None, prev) or (info.previous_boot_id is None
+                                                                               and first > last):
+                continue
+            if any((si, st, b) == (site, station, boot) and _is_telemetry(s) == telemetry
+                   for (si, st, b, s) in self.coverage):       # its class started: the claim is due
+                self._check_tail(site, station, boot, prev, stream, last)
+
+    def _check_tail(self, site: str, station: str, boot: str, prev: str, stream: str, last: int) -> None:
+        """The birth of ``boot`` said ``prev`` reached ``last`` on ``stream``: what ``prev``'s coverage lacks
+        of it is its lost tail. The claim is settled."""
+        info = self.boots[(site, station, boot)]
+        assert info.tail_pending is not None
+        del info.tail_pending[stream]
+        info.dirty = True
+        key = (site, station, prev, stream)
+        cov = self.coverage[key]
+        if cov[1] < last:
+            self._open(key, cov[1] + 1, last, "lost_tail",
+                       f"lost tail: the birth of boot {boot[:12]} said this boot reached #{last}")
+            cov[1] = last
+            self.touched.add(key)
 
     def _previous_boot(self, site: str, station: str, boot: str, stream: str, last: int) -> str | None:
         """The boot the birth of ``boot`` spoke of: named in it, else the other boot whose numbers on
-        ``stream`` end highest at or below ``last`` (the outbox's counters are shared by all boots)."""
+        ``stream`` end highest at or below ``last`` (the outbox's counters are shared by all boots), as stored
+        or as this transaction has it."""
         named = self.boots[(site, station, boot)].previous_boot_id
         if named:
             return named
-        rows = self.tx.query("SELECT boot_id FROM coverage WHERE site = ? AND station = ? AND stream = ?"
-                             " AND boot_id <> ? AND last_seq <= ? ORDER BY last_seq DESC LIMIT 1",
-                             (site, station, stream, boot, last))
-        return str(rows[0][0]) if rows else None
+        ends = {str(b): int(n) for b, n in self.tx.query(
+            "SELECT boot_id, last_seq FROM coverage WHERE site = ? AND station = ? AND stream = ? AND boot_id <> ?",
+            (site, station, stream, boot))}
+        ends.update({b: c[1] for (si, st, b, s), c in self.coverage.items()
+                     if (si, st, s) == (site, station, stream) and b != boot})
+        below = [(n, b) for b, n in ends.items() if n <= last]
+        return max(below)[1] if below else None
 
     def _open(self, key: Key, lo: int, hi: int, kind: str, detail: str) -> None:
         """A new hole ``lo..hi``: gap rows, split where the explained ranges cover part of it."""
@@ -253,7 +293,9 @@ class GapBook:
         self.opened.append(Gap(*key, lo, hi, kind, why))
 
     def _fill(self, key: Key, seq: int) -> None:
-        """A late message: the open gap that holds it shrinks, splits in two, or closes."""
+        """A late message: the open gap that holds it shrinks, splits in two, or closes: a closed row stays as
+        history only if the gap had settled (``SETTLE_S``); younger, it was a message the other worker held
+        (every second one, with round-robin delivery), and its row is deleted."""
         site, station, boot, stream = key
         rows = self.tx.query("SELECT first_seq, last_seq, opened, explained, detail FROM gaps WHERE site = ?"
                              " AND station = ? AND boot_id = ? AND stream = ? AND closed IS NULL"
@@ -263,9 +305,12 @@ class GapBook:
         a, b, opened, why, detail = rows[0]
         a, b = int(a), int(b)
         if a == b:
-            self.tx.execute("UPDATE gaps SET closed = ?, detail = ? WHERE site = ? AND station = ? AND boot_id = ?"
-                            " AND stream = ? AND first_seq = ?",
-                            (self.now, (detail + "; " if detail else "") + "the missing arrived late", *key, a))
+            if parse_rfc3339(self.now) - parse_rfc3339(opened, "opened") < SETTLE_S * 1e9:
+                self._delete(site, station, boot, stream, a)        # in flight: it never was a gap
+            else:
+                self.tx.execute("UPDATE gaps SET closed = ?, detail = ? WHERE site = ? AND station = ?"
+                                " AND boot_id = ? AND stream = ? AND first_seq = ?",
+                                (self.now, (detail + "; " if detail else "") + "the missing arrived late", *key, a))
             self.closed.append(Gap(*key, a, b, "late", why))
             return
         self._delete(site, station, boot, stream, a)
@@ -335,22 +380,28 @@ class GapRow:
         return self.last_seq - self.first_seq + 1
 
 
-def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | None = None) -> list[GapRow]:
-    """The gaps, oldest first. ``open_only``: not closed and not explained (what counts as lost);
-    ``settled_before``: only those opened before that time (``settled``)."""
+def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | None = None,
+             limit: int | None = None) -> list[GapRow]:
+    """The gaps, oldest first. By default the listing (the page, ``reedge historian gaps``): the open and the
+    explained ones (a closed one is history, not read), at most ``limit`` (``MAX_LISTED``), the open ones
+    first, then the newest. ``open_only``: all those not closed and not explained (what counts as lost; the
+    log and ``gaps --open`` say each), unless a ``limit`` is given; ``settled_before``: only those opened
+    before that time (``settled``)."""
     sql = "SELECT site, station, boot_id, stream, first_seq, last_seq, opened, closed, explained, detail FROM gaps"
-    where: list[str] = []
+    where = ["closed IS NULL AND explained IS NULL" if open_only else "(closed IS NULL OR explained IS NOT NULL)"]
     params: list[Any] = []
-    if open_only:
-        where.append("closed IS NULL AND explained IS NULL")
     if settled_before is not None:
         where.append("opened < ?")
         params.append(settled_before)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY opened, site, station, stream, first_seq"
-    return [GapRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8], r[9])
+    sql += " WHERE " + " AND ".join(where)
+    if limit is None and not open_only:
+        limit = MAX_LISTED
+    if limit is not None:
+        sql += " ORDER BY explained IS NOT NULL, opened DESC, site, station, stream, first_seq DESC LIMIT ?"
+        params.append(int(limit))
+    rows = [GapRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8], r[9])
             for r in store.query(sql, params)]
+    return sorted(rows, key=lambda g: (g.opened, g.site, g.station, g.stream, g.first_seq))
 
 
 def settled(now_ns: int, settle_s: float = SETTLE_S) -> str:
