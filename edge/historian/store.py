@@ -52,6 +52,7 @@ import sqlite3
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,9 +309,10 @@ PG_ANSWER_S = 40.0          # the client's deadline of one read or transaction: 
 class _Watchdog:
     """The client's deadline of a store's calls: one thread (started at the first call, ended by ``close``)
     that cuts the connection of a call still running at its deadline, so the call fails at once. Arming
-    and disarming cost a lock, not a thread (a worker makes thousands of calls a minute)."""
+    and disarming cost a lock, not a thread (a worker makes thousands of calls a minute). It holds its store
+    weakly: a store dropped without ``close`` still closes its connection when collected, and stops this."""
 
-    def __init__(self, cut: Callable[[Any], None]) -> None:
+    def __init__(self, cut: weakref.WeakMethod[Callable[[Any], None]]) -> None:
         self._cut = cut
         self._cond = threading.Condition()
         self._armed: tuple[float, int, Any] | None = None      # (deadline, call number, connection)
@@ -358,7 +360,9 @@ class _Watchdog:
                     self._cond.wait(left)
                     continue
                 self._fired, self._armed = call, None
-                self._cut(conn)
+                cut = self._cut()
+                if cut is not None:
+                    cut(conn)
 
 
 class PgStore(Store):
@@ -371,7 +375,8 @@ class PgStore(Store):
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._cut_conn: psycopg.Connection[tuple[Any, ...]] | None = None    # cut by a deadline or close
         self._closed = False
-        self._watchdog = _Watchdog(self._cut)
+        self._watchdog = _Watchdog(weakref.WeakMethod(self._cut))
+        weakref.finalize(self, self._watchdog.stop)
         self._connect()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
