@@ -160,6 +160,17 @@ def test_parse_refuses_non_json_and_non_objects() -> None:
             E.parse(raw)
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_parse_refuses_the_numbers_json_has_not(constant: str) -> None:
+    """Python's json reads NaN and Infinity; RFC 8259, PostgreSQL's jsonb and every JSON reader do not."""
+    doc = _doc()
+    doc["body"] = {"channels": {"t": {"last": 1.5}}}
+    raw = json.dumps(doc).replace("1.5", constant).encode()
+    with pytest.raises(E.EnvelopeError, match=f"payload is not JSON: {constant} is not a JSON number"):
+        E.parse(raw)
+    E.parse(raw.replace(constant.encode(), b"1e308"))
+
+
 # ---- birth and Will -----------------------------------------------------------------------------
 
 def test_birth_carries_where_the_previous_boot_left_each_stream(tmp_path: pathlib.Path) -> None:

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.historian.gaps import gap_rows
-from edge.historian.ingest import Received, ingest
-from edge.historian.store import Store, open_store
+from edge.historian.ingest import Received, ingest, ingest_isolating
+from edge.historian.store import DatabaseUnavailable, SqliteStore, Store, StoreError, open_store
 from edge.telemetry import envelope as E
 from tests.historian_messages import Station
 
@@ -329,3 +329,108 @@ def test_the_compiled_check_never_calls_valid_what_jsonschema_rejects_on_mutated
         fast_valid = False
     slow_valid = schemas.validator(name).is_valid(doc)
     assert slow_valid or not fast_valid, (name, doc)     # then errors() (fast yes, else jsonschema) = jsonschema
+
+
+def _edited(msg: Received, change: Any) -> Received:
+    """``msg`` with its envelope changed by ``change(doc)``."""
+    doc = json.loads(msg.payload)
+    change(doc)
+    return Received(msg.topic, json.dumps(doc).encode(), msg.retained)
+
+
+def test_a_full_sqlite_disk_quarantines_nothing_and_keeps_the_batch_for_later(tmp_path: Any) -> None:
+    """SQLite failing for a reason of its own (disk full) is not the messages' fault: the batch raises
+    (unacknowledged, retried), nothing is quarantined; with room again all of it is stored."""
+    with open_store(str(tmp_path / "h.db")) as store:
+        assert isinstance(store, SqliteStore)
+        st = Station()
+        ingest_isolating(store, [st.birth(), st.telemetry(1)])
+        pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+        store.conn.execute(f"PRAGMA max_page_count = {pages + 8}")         # the disk is nearly full
+        batch = [st.telemetry(n) for n in range(2, 42)]
+        with pytest.raises(DatabaseUnavailable, match="database or disk is full"):
+            ingest_isolating(store, batch)
+        assert store.query("SELECT count(*) FROM quarantine") == [(0,)]
+        assert store.query("SELECT count(*) FROM received") == [(2,)]
+        store.conn.execute("PRAGMA max_page_count = 1073741823")          # room again
+        r = ingest_isolating(store, batch)
+        assert (r.stored, r.quarantined) == (40, 0)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(("errcode", "error"), [("insufficient_privilege", StoreError),
+                                                ("read_only_sql_transaction", StoreError),
+                                                ("disk_full", DatabaseUnavailable)])
+def test_postgresql_refusing_for_a_reason_of_its_own_quarantines_nothing(store: Store, errcode: str,
+                                                                         error: type[StoreError]) -> None:
+    with store.transaction() as tx:     # the events table refuses every row, as a revoked grant or a full disk
+        tx.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                   f" $$ BEGIN RAISE EXCEPTION 'refused here' USING ERRCODE = '{errcode}'; END $$")
+        tx.execute("CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse()")
+    try:
+        st = Station()
+        with pytest.raises(StoreError, match="refused here") as caught:
+            ingest_isolating(store, [st.telemetry(1), st.event(1), st.telemetry(2)])
+        assert type(caught.value) is error
+        assert store.query("SELECT count(*) FROM quarantine") == [(0,)]
+        assert store.query("SELECT count(*) FROM received") == [(0,)]
+    finally:
+        with store.transaction() as tx:
+            tx.execute("DROP TRIGGER refuse ON events")
+            tx.execute("DROP FUNCTION refuse()")
+
+
+def test_a_message_quarantined_is_kept_once_however_often_it_comes(store: Store) -> None:
+    st = Station()
+    good = st.telemetry(1)
+    invalid = Received(st.topics.telemetry, b'{"not": "an envelope"}')
+    conflict = Received(st.topics.telemetry, good.payload.replace(b"612.4", b"612.5"))
+    huge = st.message("event", 2**70, json.loads(Station().event(1).payload)["body"])   # the database refuses it
+    ingest(store, [good, invalid, conflict])
+    ingest_isolating(store, [huge])
+    for _ in range(2):                                     # redelivered after reconnects, in one batch or several
+        r = ingest_isolating(store, [invalid, conflict, huge, invalid])
+        assert (r.stored, r.duplicate, r.quarantined) == (0, 0, 4)
+    rows = store.query("SELECT topic, payload FROM quarantine ORDER BY id")
+    assert [bytes(p) for _, p in rows] == [invalid.payload, conflict.payload, huge.payload]
+    same_bytes_elsewhere = Received(st.topics.event, invalid.payload)
+    assert ingest(store, [same_bytes_elsewhere]).quarantined == 1
+    assert store.query("SELECT count(*) FROM quarantine") == [(4,)]
+
+
+def test_both_engines_store_the_same_times_and_numbers_and_refuse_the_same_messages(store: Store) -> None:
+    """Times at any offset are stored as UTC with milliseconds, a time that is not one (30 February) is
+    quarantined, integral numbers written 1000.0 are integers, JSON's non-numbers are refused."""
+    st = Station()
+
+    def at_offset(doc: dict[str, Any]) -> None:
+        doc["ts"] = "2025-03-14T10:27:00.1234+01:00"
+
+    def counts_as_floats(doc: dict[str, Any]) -> None:
+        for ch in doc["body"]["channels"].values():
+            ch["count"] = float(ch["count"])
+        doc["body"]["window"]["end_utc"] = "2025-03-14T09:26:53.589Z"
+
+    def trips_as_float(doc: dict[str, Any]) -> None:
+        doc["body"]["accounting"]["trips"] = 1.0
+        doc["body"]["ended"] = "2027-01-15T11:42:07+02:00"
+
+    def impossible_end(doc: dict[str, Any]) -> None:
+        doc["body"]["ended"] = "2025-02-30T00:00:00Z"
+
+    nan = st.telemetry(2)
+    nan = Received(nan.topic, nan.payload.replace(b'"last":612.4', b'"last":NaN'))
+    assert b"NaN" in nan.payload
+    r = ingest(store, [_edited(st.event(1), at_offset), _edited(st.telemetry(1), counts_as_floats),
+                       _edited(st.batch_end(1, "b-1"), trips_as_float), _edited(st.batch_end(2, "b-2"), impossible_end),
+                       nan])
+    assert (r.stored, r.quarantined) == (3, 2)
+    assert store.query("SELECT ts FROM events") == [("2025-03-14T09:27:00.123Z",)]
+    assert store.query("SELECT ts FROM received WHERE stream = 'event'") == [("2025-03-14T09:27:00.123Z",)]
+    assert store.query("SELECT last_seen FROM stations") == [("2025-03-14T09:27:00.123Z",)]
+    counts = store.query("SELECT count, valid FROM telemetry WHERE channel = 'chamber_temp'")
+    assert counts == [(1000, 1000)] and all(type(x) is int for x in counts[0])
+    assert store.query("SELECT batch_id, trips, ended FROM batches") == [("b-1", 1, "2027-01-15T09:42:07.000Z")]
+    reasons = sorted(x[0] for x in store.query("SELECT reason FROM quarantine"))
+    assert reasons[0].startswith("body/ended '2025-02-30T00:00:00Z': day is out of range for month")
+    assert "NaN is not a JSON number" in reasons[1]

@@ -4,11 +4,20 @@ that is not there."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from edge.historian import store as store_module
 from edge.historian.store import (
     DatabaseUnavailable,
     Store,
@@ -35,13 +44,14 @@ def test_a_database_from_a_newer_historian_is_refused_and_left_alone(store: Stor
         tx.execute("INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
                    (99, "from_the_future", "2030-01-01T00:00:00.000Z"))
     for migrate in (True, False):
-        with pytest.raises(StoreError, match=r"schema version 99, newer than this historian knows \(1\)"):
+        with pytest.raises(StoreError, match=r"schema version 99, newer than this historian knows \(2\)"):
             open_store(db_url, migrate=migrate)
     assert store.query("SELECT max(version) FROM schema_migrations") == [(99,)]
 
 
 def test_an_unmigrated_database_is_refused_without_migrate(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(StoreError, match="schema version 0, this historian needs 1: run reedge historian migrate"):
+    sqlite3.connect(tmp_path / "new.db").close()             # a database, empty
+    with pytest.raises(StoreError, match="schema version 0, this historian needs 2: run reedge historian migrate"):
         open_store(str(tmp_path / "new.db"), migrate=False)
     open_store(str(tmp_path / "new.db")).close()
     open_store(str(tmp_path / "new.db"), migrate=False).close()
@@ -97,6 +107,176 @@ def test_reedge_historian_migrate_applies_once_then_has_nothing_to_do(tmp_path: 
 
     db = str(tmp_path / "plant.db")
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert "applied 0001_initial; now at version 1" in capsys.readouterr().out
+    assert "applied 0001_initial, 0002_quarantine_once; now at version 2" in capsys.readouterr().out
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert "at version 1, nothing to apply" in capsys.readouterr().out
+    assert "at version 2, nothing to apply" in capsys.readouterr().out
+
+
+def test_a_reader_opens_and_reads_beside_a_writers_open_transaction(tmp_path: pathlib.Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page, gaps and report check the version with plain reads: they never queue for the write lock
+    the consumer holds (WAL lets them read beside it)."""
+    db = tmp_path / "h.db"
+    open_store(str(db)).close()
+    monkeypatch.setattr(store_module, "SQLITE_BUSY_MS", 300)     # a wait for the write lock fails fast
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")                             # the consumer's transaction, open
+    try:
+        with open_store(str(db), migrate=False) as reader:
+            assert reader.query("SELECT count(*) FROM gaps") == [(0,)]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_a_reader_given_a_path_with_no_database_says_so_and_makes_no_file(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.app.cli import main
+
+    typo = tmp_path / "typo.db"
+    for argv in (["historian", "gaps", "--db", str(typo)], ["historian", "report", "--db", f"sqlite://{typo}"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"there is no SQLite database {typo}: check the path" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def _digests(store: Store) -> list[tuple[str, str]]:
+    return [(bytes(p).decode(), d) for p, d in store.query("SELECT payload, digest FROM quarantine ORDER BY id")]
+
+
+def test_migration_2_folds_the_copies_quarantined_before_it_into_one(db_url: str) -> None:
+    """A database at version 1 with one message quarantined three times: after migrating it is there once,
+    with the digest ``ingest`` gives it, so a later copy adds nothing."""
+    from edge.historian.ingest import Received, ingest
+
+    topic = "reedge/v1/s/st/event"
+    open_store(db_url).close()                         # PostgreSQL: the module's database, at this version
+    with store_module.connect(db_url) as s:
+        initial = migrations(s.dialect)[0].sql
+        with s.transaction() as tx:                    # back to version 1: 0001's quarantine table
+            tx.execute("DROP TABLE quarantine")
+            tx.execute("DELETE FROM schema_migrations WHERE version > 1")
+            tx.execute("CREATE TABLE quarantine" + initial.split("CREATE TABLE quarantine")[1])
+            for payload in (b"{not json", b"{not json", b"[]", b"{not json"):
+                tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
+                           ("2026-01-01T00:00:00.000Z", topic, payload, "not JSON"))
+        assert [m.version for m in apply_migrations(s)] == [2]
+        assert _digests(s) == [("{not json", store_module.quarantine_digest(topic, b"{not json")),
+                               ("[]", store_module.quarantine_digest(topic, b"[]"))]
+        r = ingest(s, [Received(topic, b"{not json"), Received(topic, b"[]"), Received(topic, b"{}")])
+        assert r.quarantined == 3
+        assert [p for p, _ in _digests(s)] == ["{not json", "[]", "{}"]
+
+
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[None]:
+    """The server process ``pid`` stops answering (a hung host; its kernel still answers TCP, so keepalives
+    and tcp_user_timeout see nothing), and goes on afterwards."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as e:
+            out.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_postgresql_that_stops_answering_fails_the_call_at_its_deadline_then_is_used_again(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.historian.ingest import ingest
+    from tests.historian_messages import Station
+
+    monkeypatch.setattr(store_module, "PG_ANSWER_S", 0.5)
+    assert isinstance(store, store_module.PgStore) and store._conn is not None
+    params = store._conn.info.get_parameters()
+    assert (params["keepalives"], params["keepalives_idle"], params["tcp_user_timeout"]) == ("1", "10", "30000")
+    assert [store.query(f"SHOW {p}")[0][0] for p in ("lock_timeout", "statement_timeout",
+                                                      "idle_in_transaction_session_timeout")] == ["10s", "30s", "30s"]
+    st = Station()
+    with _stopped(store.query("SELECT pg_backend_pid()")[0][0]):
+        started = time.monotonic()
+        thread, out = _in_thread(lambda: ingest(store, [st.telemetry(1)]))
+        thread.join(10)
+        took = time.monotonic() - started
+        assert not thread.is_alive(), "the ingest still waits for a server that does not answer"
+    assert took < 5 and isinstance(out[0], DatabaseUnavailable), out
+    assert "no answer in 0.5 s; the connection was cut" in str(out[0])
+    assert ingest(store, [st.telemetry(1)]).stored == 1           # a new connection; nothing was half stored
+    assert store.query("SELECT count(*) FROM received") == [(1,)]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_close_does_not_wait_for_a_call_the_server_does_not_answer(store: Store,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(store, store_module.PgStore)
+    inside = threading.Event()
+    connect = store._connect
+
+    def connect_then_say_so() -> Any:
+        conn = connect()
+        inside.set()                 # the call holds the store from here on
+        return conn
+
+    monkeypatch.setattr(store, "_connect", connect_then_say_so)
+    with _stopped(store.query("SELECT pg_backend_pid()")[0][0]):
+        inside.clear()
+        caller, out = _in_thread(lambda: store.query("SELECT 1"))
+        assert inside.wait(5)
+        closer, _ = _in_thread(store.close)
+        closer.join(5)
+        assert not closer.is_alive(), "close waits for the call the server does not answer"
+        caller.join(5)
+        assert not caller.is_alive() and isinstance(out[0], DatabaseUnavailable), out
+    assert "the store was closed; the connection was cut" in str(out[0])
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_transaction_left_open_by_a_silent_client_gives_its_locks_up(db_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that goes quiet mid-transaction (hung, its link cut) holds its station's lock: another one
+    waiting for it gives up after lock_timeout (and retries), and the server ends the idle transaction, so
+    the lock does not wait for TCP to notice (hours)."""
+    from edge.historian.ingest import ingest
+    from tests.historian_messages import Station
+
+    monkeypatch.setattr(store_module, "PG_LOCK_TIMEOUT_MS", 200)
+    monkeypatch.setattr(store_module, "PG_IDLE_IN_TRANSACTION_MS", 600)
+    st = Station()
+    locked, release = threading.Event(), threading.Event()
+    with open_store(db_url) as quiet, open_store(db_url) as other:
+        def hold() -> None:
+            with quiet.transaction() as tx:
+                tx.lock_station(st.site, st.station)
+                locked.set()
+                release.wait(10)                     # silent, mid-transaction
+
+        holder, held = _in_thread(hold)
+        try:
+            assert locked.wait(5)
+            with pytest.raises(DatabaseUnavailable, match="lock timeout"):
+                ingest(other, [st.event(1)])
+            deadline = time.monotonic() + 5           # the server ends the quiet one's transaction after 0.6 s
+            while True:
+                try:
+                    assert ingest(other, [st.event(1)]).stored == 1
+                    break
+                except DatabaseUnavailable:           # each try waits its 0.2 s for the lock
+                    assert time.monotonic() < deadline, "the silent transaction still holds the lock"
+        finally:
+            release.set()
+            holder.join(5)
+        assert isinstance(held[0], DatabaseUnavailable), held    # its session was ended: nothing it wrote stays

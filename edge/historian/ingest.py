@@ -4,8 +4,16 @@
 
 Each message is first checked as ``reedge tail`` checks it (``edge.telemetry.tail.check_message``: topic,
 envelope, the stream's schema), outside the transaction: an invalid one goes into ``quarantine`` with the
-reasons, never dropped and never failing the batch. Commands (``.../cmd/...``) are not station output:
+reasons, never dropped and never failing the batch, and once however often it is delivered (a row per
+topic and payload: ``store.quarantine_digest``). Commands (``.../cmd/...``) are not station output:
 counted as ignored.
+
+**The same rows from both engines.** Every time that goes into a column (``ts``, a window's start and
+end, a batch's start and end, a boot's start) is parsed (``parse_rfc3339``) and stored as UTC with
+milliseconds whatever offset it came with, so the text sorts as the time; one that is not a real time
+(30 February passes the schema's pattern) is quarantined. An integer written as ``1000.0`` (JSON Schema
+calls it an integer) is stored as 1000. JSON's non-numbers (NaN, Infinity) never get this far:
+``envelope.parse`` refuses them.
 
 **Exactly once** by (site, station, boot, stream, seq): the ``received`` ledger has one row per stored
 message with the SHA-256 of its payload. A key already there is a duplicate (a re-send, a retained copy
@@ -41,11 +49,20 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from edge.historian.gaps import Gap, GapBook
-from edge.historian.store import RejectedData, Store, StoreError, Tx, now_utc
+from edge.historian.store import (
+    RejectedData,
+    Store,
+    StoreError,
+    Tx,
+    is_driver_error,
+    now_utc,
+    quarantine_digest,
+)
 from edge.telemetry.description import canonical
 from edge.telemetry.envelope import MAX_ENVELOPE, Envelope
 from edge.telemetry.tail import check_message
 from edge.telemetry.topics import STREAMS, TopicError, parse_topic
+from edge.timestamps import TimestampError, parse_rfc3339, rfc3339_ms
 
 MAX_REASON = 2000        # a quarantine reason is the checks' lines, cut to this
 MAX_KEPT = MAX_ENVELOPE  # a quarantined payload is kept up to this: no envelope is larger
@@ -85,6 +102,11 @@ class _Valid:
     payload: bytes
     retained: bool
     digest: str
+    times: dict[str, str | None]     # ``ts`` and the body's times, as the store keeps times (``_times``)
+
+    @property
+    def ts(self) -> str:
+        return self.times["ts"] or ""
 
     @property
     def key(self) -> tuple[str, str, str, str, int]:
@@ -108,8 +130,13 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
         checked = check_message(topic, payload, retained)
         if checked.problems or checked.envelope is None:
             bad.append((topic, payload, "; ".join(checked.problems)[:MAX_REASON] or "not an envelope"))
-        else:
-            valid.append(_Valid(topic, checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest()))
+            continue
+        try:
+            times = _times(checked.envelope)
+        except TimestampError as e:
+            bad.append((topic, payload, str(e)[:MAX_REASON]))
+            continue
+        valid.append(_Valid(topic, checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest(), times))
     now = now_utc()
     with store.transaction() as tx:
         # first what no other transaction writes: the ledger rows of these keys and each message's own rows
@@ -127,9 +154,7 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
         for v in new:
             writer.shared_rows(v, book)
         book.flush()
-        if bad:
-            tx.executemany("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
-                           [(now, t[:MAX_TOPIC], *_kept(p, r)) for t, p, r in bad])
+        _quarantine(tx, now, bad)
     result.stored = len(new)
     result.quarantined = len(bad)
     result.opened, result.closed = book.opened, book.closed
@@ -139,8 +164,9 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
 def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) -> IngestResult:
     """``ingest``, and when the database refuses the batch's data (``RejectedData``) or the code fails on it,
     the batch in halves until the message that cannot be stored is alone: it goes to quarantine with the
-    error, the others are stored. A database that cannot be reached (any other ``StoreError``) still raises:
-    then nothing was stored, and the caller tries again later."""
+    error, the others are stored. Any other ``StoreError`` (the database unreachable, its disk full, an I/O
+    error), a database driver's own error and ``MemoryError`` still raise: they are not the message's fault
+    (a valid message quarantined and acknowledged would be lost); nothing was stored, the caller tries again."""
     try:
         return ingest(store, items)
     except StoreError as e:
@@ -148,13 +174,14 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
             raise
         error: Exception = e
     except Exception as e:      # a bug met by one message must not stop the plant's record
+        if isinstance(e, MemoryError) or is_driver_error(e):
+            raise StoreError(f"{store.url}: {type(e).__name__}: {e}") from e
         error = e
     if len(items) == 1:
         topic, payload, _ = items[0]
         reason = f"could not be stored: {type(error).__name__}: {error}"[:MAX_REASON]
         with store.transaction() as tx:
-            tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
-                       (now_utc(), topic[:MAX_TOPIC], *_kept(bytes(payload), reason)))
+            _quarantine(tx, now_utc(), [(topic, bytes(payload), reason)])
         return IngestResult(quarantined=1)
     result = IngestResult()
     for half in (items[:len(items) // 2], items[len(items) // 2:]):
@@ -182,7 +209,7 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple
     # then take those keys' index entries in the same order, one waiting for the other, never both crosswise
     ordered = sorted(batch, key=lambda v: v.key)
     if store.dialect == "postgresql":      # one statement text whatever the count: parsed and prepared once
-        columns = list(zip(*[(*v.key, v.env.ts, now, v.digest) for v in ordered], strict=True)) if batch else []
+        columns = list(zip(*[(*v.key, v.ts, now, v.digest) for v in ordered], strict=True)) if batch else []
         rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
                         " SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[],"
                         " ?::timestamptz[], ?::timestamptz[], ?::text[])" + returning,
@@ -190,7 +217,7 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple
         inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
     for chunk in (ordered[i:i + 100] for i in range(0, len(ordered), 100)) if store.dialect == "sqlite" else ():
         values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-        params = [x for v in chunk for x in (*v.key, v.env.ts, now, v.digest)]
+        params = [x for v in chunk for x in (*v.key, v.ts, now, v.digest)]
         rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
                         f" VALUES {values}" + returning, params)
         inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
@@ -215,6 +242,35 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple
     return [v for v in batch if v.key in inserted]
 
 
+def _quarantine(tx: Tx, now: str, bad: list[tuple[str, bytes, str]]) -> None:
+    """Keep ``bad`` (topic, payload, reason) aside, each once: a copy already there (the same topic and
+    payload, delivered again) adds nothing (``quarantine_digest``)."""
+    if bad:
+        tx.executemany("INSERT INTO quarantine (received, topic, payload, reason, digest) VALUES (?, ?, ?, ?, ?)"
+                       " ON CONFLICT DO NOTHING",
+                       [(now, t[:MAX_TOPIC], *_kept(p, r), quarantine_digest(t, p)) for t, p, r in bad])
+
+
+# the times of a stream's body that go into columns: (path, column)
+_BODY_TIMES: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
+    "telemetry": ((("window", "start_utc"), "start_utc"), (("window", "end_utc"), "end_utc")),
+    "batch": ((("started",), "started"), (("ended",), "ended")),
+    "status": ((("boot_started",), "boot_started"),)}
+
+
+def _times(env: Envelope) -> dict[str, str | None]:
+    """``ts`` and the body's times that go into columns, as the store keeps times (UTC, milliseconds: text
+    that sorts as the time does, and the same out of both engines whatever offset the message used);
+    ``TimestampError`` for one that is not a real time (2025-02-30 passes the schema's pattern)."""
+    out: dict[str, str | None] = {"ts": rfc3339_ms(env.t_ns)}
+    for path, column in _BODY_TIMES.get(env.stream, ()):
+        node: Any = env.body
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        out[column] = None if node is None else rfc3339_ms(parse_rfc3339(node, "body/" + "/".join(path)))
+    return out
+
+
 def _kept(payload: bytes, reason: str) -> tuple[bytes, str]:
     """What quarantine keeps of a payload: all of it up to ``MAX_KEPT`` (anything larger was never a station's
     message), and the reason says when it was cut."""
@@ -228,7 +284,7 @@ def _stations(tx: Tx, store: Store, new: list[_Valid], now: str) -> None:
     newest: dict[tuple[str, str], str] = {}
     for v in new:
         k = (v.env.site, v.env.station)
-        newest[k] = max(newest.get(k, v.env.ts), v.env.ts)
+        newest[k] = max(newest.get(k, v.ts), v.ts)
     greatest = "GREATEST" if store.dialect == "postgresql" else "MAX"
     rows = sorted(newest.items())
     for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)):
@@ -277,20 +333,20 @@ class _Writer:
 
     def _telemetry(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
-        window = body.get("window") or {}
         units = self._units(env.site, env.station, body.get("description_sha256"))
+        start, end = v.times.get("start_utc"), v.times.get("end_utc")
         for name, ch in (body.get("channels") or {}).items():
-            self.telemetry.append((env.site, env.station, env.boot_id, env.seq, name, window.get("start_utc"),
-                                   window.get("end_utc"), units.get(name), _num(ch.get("last")),
-                                   _num(ch.get("min")), _num(ch.get("max")), _num(ch.get("mean")), ch.get("count"),
-                                   ch.get("valid"), " ".join(ch.get("status") or [])))
+            self.telemetry.append((env.site, env.station, env.boot_id, env.seq, name, start, end, units.get(name),
+                                   _num(ch.get("last")), _num(ch.get("min")), _num(ch.get("max")),
+                                   _num(ch.get("mean")), _int(ch.get("count")), _int(ch.get("valid")),
+                                   " ".join(ch.get("status") or [])))
 
     def _event(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
         name = next((body[k] for k in ("alarm", "rule", "phase", "code") if isinstance(body.get(k), str)), None)
         self.tx.execute("INSERT INTO events (site, station, boot_id, seq, ts, kind, name, message, body)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (env.site, env.station, env.boot_id, env.seq, env.ts, body.get("kind"), name,
+                        (env.site, env.station, env.boot_id, env.seq, v.ts, body.get("kind"), name,
                          body.get("message"), _json(body)))
 
     def _explained(self, v: _Valid, book: GapBook) -> None:
@@ -298,12 +354,12 @@ class _Writer:
         env, body = v.env, v.env.body
         if body.get("kind") == "telemetry_thinned":
             for entry in body.get("streams") or []:
-                stream, lo, hi = entry.get("stream"), entry.get("first_seq"), entry.get("last_seq")
+                stream, lo, hi = entry.get("stream"), _int(entry.get("first_seq")), _int(entry.get("last_seq"))
                 if isinstance(stream, str) and isinstance(lo, int) and isinstance(hi, int):
                     book.explain(env.site, env.station, stream, lo, hi, "thinned")
         data = body.get("data")
         if isinstance(data, dict) and data.get("original_kind") == "message_refused":
-            stream, seq = data.get("stream"), data.get("seq")
+            stream, seq = data.get("stream"), _int(data.get("seq"))
             if isinstance(stream, str) and isinstance(seq, int):
                 book.explain(env.site, env.station, stream, seq, seq, "refused")
 
@@ -312,7 +368,7 @@ class _Writer:
         batch = body.get("batch")
         self.tx.execute("INSERT INTO states (site, station, boot_id, seq, ts, run, phase, batch_id, body)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (env.site, env.station, env.boot_id, env.seq, env.ts, body.get("run"), body.get("phase"),
+                        (env.site, env.station, env.boot_id, env.seq, v.ts, body.get("run"), body.get("phase"),
                          batch.get("id") if isinstance(batch, dict) else None, _json(body)))
 
     def _batch(self, v: _Valid, book: GapBook) -> None:
@@ -328,7 +384,7 @@ class _Writer:
                 " recipe = COALESCE(batches.recipe, excluded.recipe),"
                 " started = COALESCE(batches.started, excluded.started),"
                 " mass_in_kg = COALESCE(batches.mass_in_kg, excluded.mass_in_kg)",
-                (env.site, env.station, body.get("batch_id"), body.get("process"), recipe_name, body.get("started"),
+                (env.site, env.station, body.get("batch_id"), body.get("process"), recipe_name, v.times.get("started"),
                  mass_in, _json(body)))
             return
         acc = body.get("accounting") or {}
@@ -336,7 +392,7 @@ class _Writer:
         figures = ("energy_kwh", "h2_nl", "ar_nl", "kg_co2e", "kwh_per_kg", "nl_h2_per_kg", "kg_co2e_per_kg")
         columns = ("process", "recipe", "started", "ended", "outcome", "revision", "mass_in_kg", "mass_out_kg",
                    *figures, "trips", "alarms_raised", "complete", "end_record")
-        values = (body.get("process"), recipe_name, body.get("started"), body.get("ended"), body.get("outcome"),
+        values = (body.get("process"), recipe_name, v.times.get("started"), v.times.get("ended"), body.get("outcome"),
                   int(body.get("revision") or 1), mass_in, _num(product.get("mass_out_kg")),
                   *(_num(acc.get(f)) for f in figures), _int(acc.get("trips")), _int(acc.get("alarms_raised")),
                   acc.get("complete") if isinstance(acc.get("complete"), bool) else None, _json(body))
@@ -379,18 +435,18 @@ class _Writer:
         self.tx.execute("UPDATE stations SET status = ?, status_ts = ?, boot_id = ?,"
                         " description_sha256 = COALESCE(?, description_sha256), software = COALESCE(?, software)"
                         " WHERE site = ? AND station = ? AND (status_ts IS NULL OR status_ts <= ?)",
-                        ("online" if online else "offline", env.ts, env.boot_id, body.get("description_sha256"),
-                         body.get("software"), env.site, env.station, env.ts))
+                        ("online" if online else "offline", v.ts, env.boot_id, body.get("description_sha256"),
+                         body.get("software"), env.site, env.station, v.ts))
         prev = body.get("previous_boot") if online else None
         prev = prev if isinstance(prev, dict) else {}
-        last_seq = {k: n for k, n in (prev.get("last_seq") or {}).items() if isinstance(n, int)}
+        last_seq = {k: n for k, n in ((k, _int(n)) for k, n in (prev.get("last_seq") or {}).items()) if n is not None}
         self.tx.execute(
             "INSERT INTO boots (site, station, boot_id, first_seen, boot_started, previous_boot_id, previous_last_seq)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, station, boot_id) DO UPDATE SET"
             " boot_started = COALESCE(boots.boot_started, excluded.boot_started),"
             " previous_boot_id = COALESCE(boots.previous_boot_id, excluded.previous_boot_id),"
             " previous_last_seq = COALESCE(boots.previous_last_seq, excluded.previous_last_seq)",
-            (env.site, env.station, env.boot_id, self.now, body.get("boot_started"), prev.get("boot_id"),
+            (env.site, env.station, env.boot_id, self.now, v.times.get("boot_started"), prev.get("boot_id"),
              json.dumps(last_seq, sort_keys=True) if online and prev else None))
         if online:
             book.birth(env.site, env.station, env.boot_id, prev.get("boot_id"), last_seq, live=not v.retained)
@@ -471,4 +527,7 @@ def _num(value: Any) -> float | None:
 
 
 def _int(value: Any) -> int | None:
+    """An integer as JSON Schema has it (``1000.0`` is one: stored as 1000 in both engines), else None."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -15,9 +15,13 @@ has. Times go in as that same text.
 **SQLite** is the embedded default for a small site and the demo: WAL (the page reads while the
 consumer writes), one writer (``BEGIN IMMEDIATE``; a second process waits up to ``busy_timeout``),
 ``synchronous=FULL`` because a message is acknowledged to the broker once its transaction committed, so
-the commit must survive a power loss. **PostgreSQL** (psycopg 3, loaded only here, lazily: a station
-never needs it) is the plant's: several historian workers write at once (see ``edge.historian.gaps`` for
-how they share a station).
+the commit must survive a power loss. A reader (``open_store(migrate=False)``: the page, gaps, report)
+never takes the write lock, and never creates a file: a mistyped path is an error, not an empty database.
+**PostgreSQL** (psycopg 3, loaded only here, lazily: a station never needs it) is the plant's: several
+historian workers write at once (see ``edge.historian.gaps`` for how they share a station). A server that
+stops answering never blocks a worker for long nor keeps its locks (``PG_*`` below: the server's lock,
+statement and idle-transaction timeouts, TCP keepalives, and the client's own deadline per call, past
+which the connection is cut); ``close`` never waits for a call in progress.
 
 **Migrations** are the files ``migrations/{dialect}/NNNN_name.sql``, applied in order, each in its own
 transaction with its row in ``schema_migrations``; a second run applies nothing. A database that a newer
@@ -25,21 +29,31 @@ historian migrated (a version this code does not know) is refused rather than wr
 of its tables. Concurrent starters (two workers at once) take a lock first: PostgreSQL an advisory
 transaction lock, SQLite the write lock.
 
-Every failure to reach or use the database is a ``StoreError`` with one line that says what and where;
-``DatabaseUnavailable`` (a subclass) means "try again later" (the server is down or restarting): the
-consumer then keeps its messages unacknowledged and retries.
+Every failure to reach or use the database is a ``StoreError`` with one line that says what and where.
+``DatabaseUnavailable`` (a subclass) means "try again later": the server is down, restarting, not
+answering, a lock not had in time, the disk full, an I/O error (SQLite's own errors are these too);
+``RejectedData`` means the data itself was refused (a constraint, a number out of range). The consumer
+keeps its messages unacknowledged and retries on any ``StoreError`` but ``RejectedData``, which alone
+marks a message to keep aside (``ingest.ingest_isolating``): a database failing for a reason of its own
+must never put valid messages in quarantine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.resources
+import math
+import os
 import re
+import socket
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -67,6 +81,20 @@ class DatabaseUnavailable(StoreError):
 class RejectedData(StoreError):
     """The database refused what it was given (a number beyond its integer type, a broken constraint): trying
     again changes nothing; the message that carries it must be kept aside (``ingest.ingest_isolating``)."""
+
+
+def is_driver_error(e: BaseException) -> bool:
+    """An error of the database driver itself (sqlite3's, psycopg's): the database failed, not the data."""
+    if isinstance(e, sqlite3.Error):
+        return True
+    psycopg = sys.modules.get("psycopg")      # loaded only with PostgreSQL
+    return psycopg is not None and isinstance(e, psycopg.Error)
+
+
+def quarantine_digest(topic: str, payload: bytes) -> str:
+    """A quarantined message's identity (``quarantine.digest``, unique: kept once however often delivered):
+    the SHA-256 of its topic, a NUL (never in a topic), its payload."""
+    return hashlib.sha256(topic.encode("utf-8", "surrogateescape") + b"\0" + bytes(payload)).hexdigest()
 
 
 def now_utc() -> str:
@@ -143,19 +171,25 @@ class _SqliteTx:
 class SqliteStore(Store):
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        """``create``: make the file if there is none (``migrate``); else a missing file is an error (a reader
+        given a mistyped path must not leave an empty database behind)."""
         super().__init__(f"sqlite://{path}")
         self.path = path
         self._lock = threading.RLock()
         if not path.parent.is_dir():
             raise StoreError(f"cannot open the SQLite database {path}: its folder {path.parent} does not exist")
+        if not create and not path.is_file():
+            raise StoreError(f"there is no SQLite database {path}: check the path, or create it with"
+                             " reedge historian migrate --db PATH")
         try:
-            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                        timeout=SQLITE_BUSY_MS / 1000)
+            self.conn = sqlite3.connect(path.absolute().as_uri() + ("" if create else "?mode=rw"), uri=True,
+                                        isolation_level=None, check_same_thread=False, timeout=SQLITE_BUSY_MS / 1000)
             self.conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.create_function("reedge_quarantine_digest", 2, quarantine_digest, deterministic=True)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the SQLite database {path}: {e}") from None
 
@@ -181,6 +215,10 @@ class SqliteStore(Store):
                     self.conn.execute("ROLLBACK")
                 if isinstance(e, sqlite3.IntegrityError | sqlite3.DataError | OverflowError):
                     raise RejectedData(f"SQLite database {self.path}: {e}") from e
+                if isinstance(e, sqlite3.ProgrammingError | sqlite3.InterfaceError | sqlite3.NotSupportedError):
+                    raise StoreError(f"SQLite database {self.path}: {e}") from e       # this code's fault
+                if isinstance(e, sqlite3.Error):    # full disk, I/O error, locked, corrupt: SQLite's, not the data's
+                    raise DatabaseUnavailable(f"SQLite database {self.path}: {e}") from None
                 raise
             try:
                 self.conn.execute("COMMIT")
@@ -254,8 +292,92 @@ class _PgTx:
                     copy.write_row(row)
 
 
+# PostgreSQL's limits (read at each connect and call: a test shortens them). A server that stops answering
+# (a hung host, a silent partition) must neither block a worker for hours nor keep its locks: the server
+# ends a statement, a lock wait or a transaction left idle by a vanished client; TCP keepalives and
+# tcp_user_timeout end a connection whose peer is gone; and since a stopped server's kernel still answers
+# TCP (so none of those fire), each call has the client's own deadline too: past it the connection is cut.
+PG_CONNECT_TIMEOUT_S = 5
+PG_KEEPALIVES_IDLE_S, PG_KEEPALIVES_INTERVAL_S, PG_KEEPALIVES_COUNT = 10, 5, 3
+PG_TCP_USER_TIMEOUT_MS = 30_000
+PG_LOCK_TIMEOUT_MS = 10_000
+PG_STATEMENT_TIMEOUT_MS = 30_000
+PG_IDLE_IN_TRANSACTION_MS = 30_000
+PG_ANSWER_S = 40.0          # the client's deadline of one read or transaction: beyond the server's own
+
+
+class _Watchdog:
+    """The client's deadline of a store's calls: one thread (started at the first call, ended by ``close``)
+    that cuts the connection of a call still running at its deadline, so the call fails at once. Arming
+    and disarming cost a lock, not a thread (a worker makes thousands of calls a minute). It holds its store
+    weakly: a store dropped without ``close`` still closes its connection when collected, and stops this."""
+
+    def __init__(self, cut: weakref.WeakMethod[Callable[[Any], None]]) -> None:
+        self._cut = cut
+        self._cond = threading.Condition()
+        self._armed: tuple[float, int, Any] | None = None      # (deadline, call number, connection)
+        self._calls = 0
+        self._fired = 0                                         # the number of the last call cut
+        self._wakes = math.inf                                  # when the thread looks again
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: Any, seconds: float) -> int:
+        with self._cond:
+            self._calls += 1
+            deadline = time.monotonic() + seconds
+            self._armed = (deadline, self._calls, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pg-deadline", daemon=True)
+                self._thread.start()
+            elif deadline < self._wakes:      # only then: mostly it wakes for an earlier call's, and looks again
+                self._cond.notify()
+            return self._calls
+
+    def disarm(self, call: int) -> bool:
+        """Whether call ``call`` was cut."""
+        with self._cond:
+            if self._armed is not None and self._armed[1] == call:
+                self._armed = None
+            return self._fired == call
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                if self._armed is None:
+                    self._wakes = math.inf
+                    self._cond.wait()
+                    continue
+                deadline, call, conn = self._armed
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._wakes = deadline
+                    self._cond.wait(left)
+                    continue
+                self._fired, self._armed = call, None
+                cut = self._cut()
+                if cut is not None:
+                    cut(conn)
+
+
 class PgStore(Store):
     dialect: Dialect = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(redact(url))
+        self._dsn = url
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._cut_conn: psycopg.Connection[tuple[Any, ...]] | None = None    # cut by a deadline or close
+        self._closed = False
+        self._watchdog = _Watchdog(weakref.WeakMethod(self._cut))
+        weakref.finalize(self, self._watchdog.stop)
+        self._connect()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """One read on the autocommit connection (no transaction block: one round trip less)."""
@@ -263,32 +385,34 @@ class PgStore(Store):
 
         with self._lock:
             conn = self._connect()
+            call = self._watchdog.arm(conn, PG_ANSWER_S)
             try:
                 return conn.execute(_pg_sql(sql) if params else sql, tuple(params) or None).fetchall()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-                if conn.closed or conn.broken:
-                    raise DatabaseUnavailable(f"PostgreSQL at {self.url}: {_one_line(e)}") from None
-                raise StoreError(f"PostgreSQL at {self.url}: {_one_line(e)}") from e
-
-    def __init__(self, url: str) -> None:
-        super().__init__(redact(url))
-        self._dsn = url
-        self._lock = threading.RLock()
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._connect()
+            except psycopg.Error as e:
+                raise self._error(e, conn, self._watchdog.disarm(call)) from e
+            finally:
+                self._watchdog.disarm(call)
+                self._after_call(conn)
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         import psycopg
 
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+        if (self._conn is not None and not self._conn.closed and not self._conn.broken
+                and self._conn is not self._cut_conn):
             return self._conn
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+        options = (f"-c TimeZone=UTC -c DateStyle=ISO -c lock_timeout={PG_LOCK_TIMEOUT_MS}"
+                   f" -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+                   f" -c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS}")
         try:
-            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5,
-                                   options="-c TimeZone=UTC -c DateStyle=ISO")
+            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=PG_CONNECT_TIMEOUT_S,
+                                   keepalives=1, keepalives_idle=PG_KEEPALIVES_IDLE_S,
+                                   keepalives_interval=PG_KEEPALIVES_INTERVAL_S,
+                                   keepalives_count=PG_KEEPALIVES_COUNT, tcp_user_timeout=PG_TCP_USER_TIMEOUT_MS,
+                                   options=options)
         except psycopg.OperationalError as e:
             raise DatabaseUnavailable(f"cannot reach PostgreSQL at {self.url}: {_one_line(e)}") from None
         except psycopg.Error as e:
@@ -303,25 +427,67 @@ class PgStore(Store):
 
         with self._lock:
             conn = self._connect()
+            call = self._watchdog.arm(conn, PG_ANSWER_S)
             try:
                 with conn.transaction():
                     yield _PgTx(conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-                if conn.closed or conn.broken:
-                    raise DatabaseUnavailable(f"PostgreSQL at {self.url}: {_one_line(e)}") from None
-                raise StoreError(f"PostgreSQL at {self.url}: {_one_line(e)}") from e
-            except (psycopg.DataError, psycopg.IntegrityError) as e:
-                raise RejectedData(f"PostgreSQL at {self.url}: {_one_line(e)}") from e
+            except psycopg.Error as e:
+                raise self._error(e, conn, self._watchdog.disarm(call)) from e
+            finally:
+                self._watchdog.disarm(call)
+                self._after_call(conn)
+
+    def _error(self, e: Exception, conn: psycopg.Connection[tuple[Any, ...]], cut: bool) -> StoreError:
+        """What a psycopg error means: the data refused (``RejectedData``), the server unreachable, stopped,
+        out of disk, a timeout, a lock not had (``DatabaseUnavailable``: later), else this code or this
+        database's set-up (read-only, no privilege): ``StoreError``."""
+        import psycopg
+
+        where = f"PostgreSQL at {self.url}"
+        if cut or conn is self._cut_conn:
+            why = "the store was closed" if self._closed else f"no answer in {PG_ANSWER_S:g} s"
+            return DatabaseUnavailable(f"{where}: {why}; the connection was cut")
+        if isinstance(e, psycopg.DataError | psycopg.IntegrityError):
+            return RejectedData(f"{where}: {_one_line(e)}")
+        if isinstance(e, psycopg.OperationalError) or conn.closed or conn.broken:
+            return DatabaseUnavailable(f"{where}: {_one_line(e)}")
+        return StoreError(f"{where}: {_one_line(e)}")
+
+    def _cut(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        """Shut the connection's socket down from another thread (its file stays open: the thread using it
+        fails at once, nothing is freed under it); the next call connects again."""
+        self._cut_conn = conn
+        with contextlib.suppress(Exception), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _after_call(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        if self._closed:
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._conn = None
 
     def run_script(self, tx: Tx, script: str) -> None:
         tx.execute(script)       # no parameters: psycopg sends the whole file as one simple query
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-                self._conn = None
+        """Close, never waiting for a call in progress (the server may not answer it): that call is cancelled
+        and its connection cut; it fails with ``DatabaseUnavailable`` and closes the connection itself."""
+        self._closed = True
+        self._watchdog.stop()
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                    self._conn = None
+            finally:
+                self._lock.release()
+            return
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.cancel_safe(timeout=2)
+            self._cut(conn)
 
 
 def _register_loaders(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
@@ -366,7 +532,7 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
 
     ``migrate``: apply the migrations this code has and the database lacks; else only check the database
     is at this code's version (``StoreError`` if not: ``reedge historian migrate`` first)."""
-    store = connect(url)
+    store = connect(url, create=migrate)
     try:
         if migrate:
             apply_migrations(store)
@@ -378,8 +544,9 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
     return store
 
 
-def connect(url: str) -> Store:
-    """The store at ``url`` as it is: no migration, no version check (``open_store`` does those)."""
+def connect(url: str, *, create: bool = True) -> Store:
+    """The store at ``url`` as it is: no migration, no version check (``open_store`` does those). ``create``
+    False: a SQLite file that is not there is an error, not made."""
     if not isinstance(url, str) or not url.strip():
         raise StoreError("no database given: expected sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -397,11 +564,11 @@ def connect(url: str) -> Store:
         if not path.startswith("/"):
             raise StoreError(f"database URL {url!r}: expected sqlite:///ABSOLUTE/PATH.db (three slashes)"
                              " or a plain file path")
-        return SqliteStore(Path("/" + path.lstrip("/")))     # sqlite:////abs (SQLAlchemy's form) as well
+        return SqliteStore(Path("/" + path.lstrip("/")), create=create)     # sqlite:////abs (SQLAlchemy's form) as well
     if scheme:
         raise StoreError(f"database URL {redact(url)!r}: unknown scheme {scheme!r} (expected sqlite:///PATH,"
                          " a file path, or postgresql://USER@HOST:PORT/DB)")
-    return SqliteStore(Path(url).absolute())
+    return SqliteStore(Path(url).absolute(), create=create)
 
 
 @dataclass(frozen=True)
@@ -449,13 +616,13 @@ def apply_migrations(store: Store) -> list[Migration]:
 
 
 def check_version(store: Store) -> int:
-    """The database's version if it is this code's; StoreError otherwise."""
+    """The database's version if it is this code's; StoreError otherwise. Plain reads (``store.query``): a
+    reader (the page, gaps, report) never waits for the write lock a worker holds."""
     known = migrations(store.dialect)
-    with store.transaction() as tx:
-        exists = tx.query("SELECT 1 FROM pg_tables WHERE tablename = 'schema_migrations'"
-                          if store.dialect == "postgresql" else
-                          "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
-        have = _versions(tx) if exists else set()
+    exists = store.query("SELECT 1 FROM pg_tables WHERE tablename = 'schema_migrations'"
+                         if store.dialect == "postgresql" else
+                         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+    have = {int(r[0]) for r in store.query("SELECT version FROM schema_migrations")} if exists else set()
     _refuse_newer(store, have, known)
     latest = max(have, default=0)
     if latest < len(known):

@@ -222,12 +222,14 @@ def will(*, site: str, station: str, boot_id: str, connection: int, now_ns: int,
 
 def parse(data: bytes | bytearray | memoryview | str) -> Envelope:
     """A received payload as an Envelope; EnvelopeError saying what is wrong (the body is not checked here:
-    its schema is, see ``edge.telemetry.schemas``)."""
+    its schema is, see ``edge.telemetry.schemas``). JSON as RFC 8259 has it: Python's ``NaN``, ``Infinity``
+    and ``-Infinity`` are refused (no database, JSON column or JSON reader takes them; a station never
+    sends them: ``build`` refuses them)."""
     raw = data.encode() if isinstance(data, str) else bytes(data)
     if len(raw) > MAX_ENVELOPE:
         raise EnvelopeError(f"payload is {len(raw)} bytes, more than the {MAX_ENVELOPE} an envelope may have")
-    try:
-        doc = json.loads(raw.decode("utf-8"))   # not json.loads(bytes): that would guess UTF-16/32 too
+    try:   # not json.loads(bytes): that would guess UTF-16/32 too
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_not_json_number)
     except UnicodeDecodeError as e:
         raise EnvelopeError(f"payload is not UTF-8: {e}") from None
     except (ValueError, RecursionError) as e:
@@ -267,3 +269,7 @@ def parse(data: bytes | bytearray | memoryview | str) -> Envelope:
     except TimestampError as e:
         raise EnvelopeError(str(e)) from None
     return Envelope(doc["schema"], version, site, station, boot_id, stream, seq, doc["ts"], t_ns, body)
+
+
+def _not_json_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
