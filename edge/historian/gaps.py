@@ -54,8 +54,8 @@ Key = tuple[str, str, str, str]      # site, station, boot_id, stream
 
 
 @dataclass(frozen=True)
-class Gap:
-    """One row of ``gaps`` as it changed: opened (``closed`` None) or closed."""
+class _Span:
+    """The numbers ``first_seq`` to ``last_seq`` of one (site, station, boot, stream)."""
 
     site: str
     station: str
@@ -63,6 +63,16 @@ class Gap:
     stream: str
     first_seq: int
     last_seq: int
+
+    @property
+    def count(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+@dataclass(frozen=True)
+class Gap(_Span):
+    """One row of ``gaps`` as it changed: opened (``closed`` None) or closed."""
+
     kind: str            # gap | lost_tail | late (closed by a late message)
     explained: str | None = None
 
@@ -363,21 +373,13 @@ def _is_telemetry(stream: str) -> bool:
 # ---- reading ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class GapRow:
-    site: str
-    station: str
-    boot_id: str
-    stream: str
-    first_seq: int
-    last_seq: int
+class GapRow(_Span):
+    """One row of ``gaps`` as stored."""
+
     opened: str
     closed: str | None
     explained: str | None
     detail: str
-
-    @property
-    def count(self) -> int:
-        return self.last_seq - self.first_seq + 1
 
 
 def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | None = None,
