@@ -434,3 +434,26 @@ def test_both_engines_store_the_same_times_and_numbers_and_refuse_the_same_messa
     reasons = sorted(x[0] for x in store.query("SELECT reason FROM quarantine"))
     assert reasons[0].startswith("body/ended '2025-02-30T00:00:00Z': day is out of range for month")
     assert "NaN is not a JSON number" in reasons[1]
+
+
+@pytest.mark.parametrize("text", [
+    "2025-03-14T09:26:53.589Z", "2024-02-29T23:59:59.999Z", "1970-01-01T00:00:00.000Z",
+    "2025-03-14T10:26:53.589+01:00", "2025-03-14T09:26:53Z", "2025-03-14T09:26:53.5891Z",
+    "2025-02-30T00:00:00.000Z", "2023-02-29T12:00:00.000Z", "2025-03-14T24:00:00.000Z",
+    "2016-12-31T23:59:60.000Z", "2025-13-01T00:00:00.000Z", "2025-03-14 09:26:53.589Z", "", None, 17])
+def test_a_stored_time_is_what_the_general_conversion_gives_or_the_same_error(text: object) -> None:
+    """The fast path for times already in the stored form (``ingest._utc_ms``) gives exactly what
+    ``rfc3339_ms(parse_rfc3339(...))`` gives, and refuses exactly what it refuses."""
+    from edge.historian.ingest import _utc_ms
+    from edge.timestamps import TimestampError, parse_rfc3339, rfc3339_ms
+
+    try:
+        want: str | type[TimestampError] = rfc3339_ms(parse_rfc3339(text, "t"))
+    except TimestampError:
+        want = TimestampError
+    for _ in range(2):       # the second time from the cache of seconds
+        try:
+            got: str | type[TimestampError] = _utc_ms(text, "t")
+        except TimestampError:
+            got = TimestampError
+        assert got == want

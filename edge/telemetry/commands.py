@@ -116,6 +116,8 @@ def json_too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     accepts ~1000 levels in a few KB, and a schema validator then exhausts the stack on them.
     Text that is not JSON gets an answer here that is at worst too strict: it is rejected anyway.
     """
+    if data.count(b"[") + data.count(b"{") <= limit:   # no more openings than the limit: none nests deeper
+        return False
     depth = 0
     for b in _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET):
         if b in b"[{":
