@@ -144,3 +144,7 @@ def test_the_page_and_the_listing_read_the_open_and_explained_gaps_only_the_open
         (20, "settling"), (10, "open"), (32, "explained"), (31, "explained")]
     html = fleet_html(store)
     assert "0 batches, 1 open gaps" in html and html.count("explained: thinned") == 2 and "arrived late" not in html
+    monkeypatch.setattr(G, "MAX_LISTED", 1)        # only the settling gap is listed: the count is still of all
+    assert [g["first_seq"] for g in gap_list(store, now)] == [20]
+    assert "0 batches, 1 open gaps" in fleet_html(store)
+    assert G.open_gap_count(store) == (2, 3) and G.open_gap_count(store, settled_before=G.settled(now)) == (1, 1)

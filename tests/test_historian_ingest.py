@@ -236,7 +236,7 @@ def test_reedge_historian_gaps_lists_them_and_exits_1_while_any_is_lost(
     assert [line.split(": ")[:2] for line in lines] == [
         ["pilot-line/hd-01 telemetry #2 boot boot-a", "explained"],
         ["pilot-line/hd-01 telemetry #3 boot boot-a", "OPEN; opened 20" + lines[1].split("opened 20")[1]]]
-    assert "2 gap(s), 1 message(s) missing and unexplained" in out.err
+    assert "2 gap(s); 1 open: 1 message(s) missing and unexplained" in out.err
     assert main(["historian", "gaps", "--db", db, "--open"]) == 1
     assert capsys.readouterr().out.splitlines() == lines[1:2]
     with open_store(db) as s:

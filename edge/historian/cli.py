@@ -157,15 +157,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
-    from edge.historian.gaps import gap_rows
+    from edge.historian.gaps import MAX_LISTED, gap_rows, open_gap_count
 
     with open_store(args.db, migrate=False) as store:
         rows = gap_rows(store, open_only=args.open)
+        open_gaps, lost = open_gap_count(store)      # all of them: the listing without --open is bounded
     for g in rows:
         span = f"#{g.first_seq}" if g.count == 1 else f"#{g.first_seq}-{g.last_seq} ({g.count})"
         state = "closed " + g.closed if g.closed else ("explained: " + g.explained if g.explained else "OPEN")
         print(f"{g.site}/{g.station} {g.stream} {span} boot {g.boot_id}: {state}; opened {g.opened}"
               + (f"; {g.detail}" if g.detail else ""))
-    lost = sum(g.count for g in rows if g.closed is None and g.explained is None)
-    print(f"{len(rows)} gap(s), {lost} message(s) missing and unexplained", file=sys.stderr)
+    listed = f" (the {MAX_LISTED} listed first: open, then the newest explained)" if len(rows) >= MAX_LISTED else ""
+    print(f"{len(rows)} gap(s){listed}; {open_gaps} open: {lost} message(s) missing and unexplained", file=sys.stderr)
     return 1 if lost else 0

@@ -406,6 +406,19 @@ def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | Non
     return sorted(rows, key=lambda g: (g.opened, g.site, g.station, g.stream, g.first_seq))
 
 
+def open_gap_count(store: Store, *, settled_before: str | None = None) -> tuple[int, int]:
+    """How many gaps are open and unexplained, and how many messages they miss: all of them, not bounded as
+    the listing is (``MAX_LISTED``); ``settled_before`` as ``gap_rows`` takes it."""
+    sql = ("SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0) FROM gaps"
+           " WHERE closed IS NULL AND explained IS NULL")
+    params: list[Any] = []
+    if settled_before is not None:
+        sql += " AND opened < ?"
+        params.append(settled_before)
+    count, missing = store.query(sql, params)[0]
+    return int(count), int(missing)
+
+
 def settled(now_ns: int, settle_s: float = SETTLE_S) -> str:
     """The ``settled_before`` time: gaps opened before it are not messages in flight."""
     return rfc3339_ms(now_ns - int(settle_s * 1e9))

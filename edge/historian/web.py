@@ -418,7 +418,7 @@ def fleet_html(store: Store) -> str:
                     key=lambda m: m.month, reverse=True)
     n_batches = store.query("SELECT COUNT(*) FROM batches")[0][0]
     notes = [n for m in months if m.station is not None for n in m.incomplete]
-    open_gaps = sum(1 for g in gap_items if g["state"] == "open")
+    open_gaps = gaps.open_gap_count(store, settled_before=gaps.settled(time.time_ns()))[0]   # not only the listed
     parts = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Fleet: the plant historian</title>',
         f"<style>{_CSS}</style></head><body>",
