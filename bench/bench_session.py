@@ -141,11 +141,16 @@ def _session_rate(port: int, tmp: pathlib.Path, n: int, sync: Literal["GROUP", "
     return n / (end - t0)
 
 
+def _envelope(i: int) -> bytes:
+    """The i-th message both sides send, as raw paho publishes it."""
+    return build(site=SITE, station=STATION, boot_id="bench", stream="telemetry", seq=i + 1,
+                 created_ns=time.time_ns(), body=_body(i))
+
+
 def _raw_rate(port: int, n: int, *, prebuilt: bool = False) -> float:
     """Raw paho. Each envelope is built in the timed loop, as any publisher must (the session's figure includes
     its bodies and serialisation); ``prebuilt``: all of them before the clock starts (the baseline until 2026-12)."""
-    payloads = [build(site=SITE, station=STATION, boot_id="bench", stream="telemetry", seq=i + 1,
-                      created_ns=time.time_ns(), body=_body(i)) for i in range(n)] if prebuilt else []
+    payloads = [_envelope(i) for i in range(n)] if prebuilt else None
     counter = _Counter(port, n)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{time.monotonic_ns()}",
                          protocol=MQTTProtocolVersion.MQTTv5)
@@ -154,13 +159,12 @@ def _raw_rate(port: int, n: int, *, prebuilt: bool = False) -> float:
     client.loop_start()
     topic = f"reedge/v1/{SITE}/{STATION}/telemetry"
     t0 = time.perf_counter()
-    if prebuilt:
+    if payloads is None:
+        for i in range(n):
+            client.publish(topic, _envelope(i), qos=1)
+    else:
         for p in payloads:
             client.publish(topic, p, qos=1)
-    else:
-        for i in range(n):
-            client.publish(topic, build(site=SITE, station=STATION, boot_id="bench", stream="telemetry", seq=i + 1,
-                                        created_ns=time.time_ns(), body=_body(i)), qos=1)
     end = counter.wait()
     client.disconnect()
     client.loop_stop()
