@@ -21,7 +21,7 @@ from edge.historian.store import Store, migrations, open_store
 from tests.pg_server import PgServer
 
 TABLES = ("stations", "boots", "received", "coverage", "telemetry", "events", "states", "batches", "descriptions",
-          "gaps", "explained", "quarantine")
+          "gaps", "explained", "quarantine", "resend_requests")
 
 
 @pytest.fixture(scope="session", name="pg_server")

@@ -129,10 +129,10 @@ def test_the_page_and_the_listing_read_the_open_and_explained_gaps_only_the_open
     now = time.time_ns()
     row = ("pilot-line", "hd-01", "boot-a", "telemetry")
     with store.transaction() as tx:
-        tx.executemany("INSERT INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, '1 missing; arrived late')",
+        tx.executemany("INSERT INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, '1 missing; arrived late', NULL)",
                        [(*row, n, n, rfc3339_ms(now - 10**12 + n * 10**6), rfc3339_ms(now - 10**11))
                         for n in range(1000, 6000)])
-        tx.executemany("INSERT INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)", [
+        tx.executemany("INSERT INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, NULL)", [
             (*row, 10, 10, rfc3339_ms(now - 10**12), None, "1 missing"),          # open, the oldest
             (*row, 20, 21, rfc3339_ms(now - 10**9), None, "2 missing"),           # open, settling
             *[(*row, n, n, rfc3339_ms(now - 10**11 + n * 10**9), "thinned", "1 missing") for n in (30, 31, 32)]])

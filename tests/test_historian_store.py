@@ -44,14 +44,14 @@ def test_a_database_from_a_newer_historian_is_refused_and_left_alone(store: Stor
         tx.execute("INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
                    (99, "from_the_future", "2030-01-01T00:00:00.000Z"))
     for migrate in (True, False):
-        with pytest.raises(StoreError, match=r"schema version 99, newer than this historian knows \(2\)"):
+        with pytest.raises(StoreError, match=r"schema version 99, newer than this historian knows \(3\)"):
             open_store(db_url, migrate=migrate)
     assert store.query("SELECT max(version) FROM schema_migrations") == [(99,)]
 
 
 def test_an_unmigrated_database_is_refused_without_migrate(tmp_path: pathlib.Path) -> None:
     sqlite3.connect(tmp_path / "new.db").close()             # a database, empty
-    with pytest.raises(StoreError, match="schema version 0, this historian needs 2: run reedge historian migrate"):
+    with pytest.raises(StoreError, match="schema version 0, this historian needs 3: run reedge historian migrate"):
         open_store(str(tmp_path / "new.db"), migrate=False)
     open_store(str(tmp_path / "new.db")).close()
     open_store(str(tmp_path / "new.db"), migrate=False).close()
@@ -107,9 +107,9 @@ def test_reedge_historian_migrate_applies_once_then_has_nothing_to_do(tmp_path: 
 
     db = str(tmp_path / "plant.db")
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert "applied 0001_initial, 0002_quarantine_once; now at version 2" in capsys.readouterr().out
+    assert "applied 0001_initial, 0002_quarantine_once, 0003_resend; now at version 3" in capsys.readouterr().out
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert "at version 2, nothing to apply" in capsys.readouterr().out
+    assert "at version 3, nothing to apply" in capsys.readouterr().out
 
 
 def test_a_reader_opens_and_reads_beside_a_writers_open_transaction(tmp_path: pathlib.Path,
@@ -157,11 +157,13 @@ def test_migration_2_folds_the_copies_quarantined_before_it_into_one(db_url: str
         with s.transaction() as tx:                    # back to version 1: 0001's quarantine table
             tx.execute("DROP TABLE quarantine")
             tx.execute("DELETE FROM schema_migrations WHERE version > 1")
+            tx.execute("DROP TABLE resend_requests")               # and 0003's
+            tx.execute("ALTER TABLE gaps DROP COLUMN unrecoverable")
             tx.execute("CREATE TABLE quarantine" + initial.split("CREATE TABLE quarantine")[1])
             for payload in (b"{not json", b"{not json", b"[]", b"{not json"):
                 tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
                            ("2026-01-01T00:00:00.000Z", topic, payload, "not JSON"))
-        assert [m.version for m in apply_migrations(s)] == [2]
+        assert [m.version for m in apply_migrations(s)] == [2, 3]
         assert _digests(s) == [("{not json", store_module.quarantine_digest(topic, b"{not json")),
                                ("[]", store_module.quarantine_digest(topic, b"[]"))]
         r = ingest(s, [Received(topic, b"{not json"), Received(topic, b"[]"), Received(topic, b"{}")])

@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5",
                      help="5 (default: shared subscription) or 3.1.1 (one worker, e.g. the demo's broker)")
     run.add_argument("--username", help="MQTT username (password from the REEDGE_MQTT_PASSWORD environment variable)")
+    run.add_argument("--identity", help="this historian's MQTT identity as the broker sees it (username or certificate"
+                     " CN; default: --username): it asks the stations to re-send its gaps as it (cmd/IDENTITY/resend);"
+                     " with neither, gaps are reported, not recovered")
     run.add_argument("--ca-file", help="CA certificate for mqtts:// (default: the system's)")
     run.add_argument("--batch-max", type=int, default=200, help="messages per transaction at most (default 200)")
     run.add_argument("--batch-ms", type=float, default=200.0,
@@ -74,7 +77,8 @@ def register(subparsers: Any) -> None:
 
     gaps = sub.add_parser("gaps", help="what the sequence numbers say is missing")
     gaps.add_argument("--db", required=True, help="sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB")
-    gaps.add_argument("--open", action="store_true", help="only the gaps still open and unexplained (lost so far)")
+    gaps.add_argument("--open", action="store_true", help="only the gaps still open and unexplained (lost so far, and"
+                      " perhaps re-sent yet) and the unrecoverable ones (the stations no longer hold them)")
     gaps.set_defaults(func=cmd_gaps)
 
     figures.register(sub)   # fleet: report (edge/historian/figures.py)
@@ -83,12 +87,16 @@ def register(subparsers: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.historian.consumer import HistorianConsumer
     from edge.spec.broker import parse_broker_url
+    from edge.telemetry.topics import check_identity
 
     broker = parse_broker_url(args.broker)
     if args.batch_max < 1 or not args.batch_ms > 0:
         raise ValueError("--batch-max must be at least 1 and --batch-ms above 0")
     if not args.client_id.strip():
         raise ValueError("--client-id must not be empty: each worker needs a fixed client id of its own")
+    identity = args.identity if args.identity is not None else args.username
+    if identity is not None:
+        check_identity(identity)           # a TopicError (a ValueError): one line, before anything is opened
     if args.http:
         from edge.historian.web import parse_address
 
@@ -97,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  client_id=args.client_id,
                                  protocol=args.mqtt_protocol, batch_max=args.batch_max, batch_s=args.batch_ms / 1000,
                                  username=args.username, password=os.environ.get("REEDGE_MQTT_PASSWORD"),
-                                 ca_file=args.ca_file)
+                                 ca_file=args.ca_file, identity=identity)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -157,16 +165,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
-    from edge.historian.gaps import MAX_LISTED, gap_rows, open_gap_count
+    from edge.historian.gaps import MAX_LISTED, gap_rows, open_gap_count, unrecoverable_count
 
     with open_store(args.db, migrate=False) as store:
-        rows = gap_rows(store, open_only=args.open)
+        rows = gap_rows(store, open_only=args.open, unrecoverable=args.open)
         open_gaps, lost = open_gap_count(store)      # all of them: the listing without --open is bounded
+        gone, gone_messages = unrecoverable_count(store)
     for g in rows:
         span = f"#{g.first_seq}" if g.count == 1 else f"#{g.first_seq}-{g.last_seq} ({g.count})"
-        state = "closed " + g.closed if g.closed else ("explained: " + g.explained if g.explained else "OPEN")
+        state = ("closed " + g.closed if g.closed else "explained: " + g.explained if g.explained else
+                 "UNRECOVERABLE (the station no longer holds it) since " + g.unrecoverable if g.unrecoverable
+                 else "OPEN")
         print(f"{g.site}/{g.station} {g.stream} {span} boot {g.boot_id}: {state}; opened {g.opened}"
               + (f"; {g.detail}" if g.detail else ""))
     listed = f" (the {MAX_LISTED} listed first: open, then the newest explained)" if len(rows) >= MAX_LISTED else ""
-    print(f"{len(rows)} gap(s){listed}; {open_gaps} open: {lost} message(s) missing and unexplained", file=sys.stderr)
-    return 1 if lost else 0
+    print(f"{len(rows)} gap(s){listed}; {open_gaps} open: {lost} message(s) missing and unexplained; {gone}"
+          f" unrecoverable: {gone_messages} message(s) the stations no longer hold", file=sys.stderr)
+    return 1 if lost or gone_messages else 0

@@ -79,9 +79,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.historian.gaps import SETTLE_S, GapRow, gap_rows, settled
 from edge.historian.ingest import IngestResult, Received, ingest_isolating
+from edge.historian.resend import RESEND_AFTER_S, ask_due
 from edge.historian.store import Store, StoreError, open_store
 from edge.spec.broker import BrokerUrl
-from edge.telemetry.topics import PREFIX
+from edge.telemetry.topics import PREFIX, check_identity
 
 SESSION_EXPIRY_S = 86_400          # a worker's messages wait a day for it (the station's session waits as long)
 RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -112,7 +113,8 @@ class HistorianConsumer:
                  client_id: str, protocol: Literal["5", "3.1.1"] = "5", batch_max: int = 200,
                  batch_s: float = 0.2, username: str | None = None, password: str | None = None,
                  ca_file: str | None = None, report_s: float = 60.0, settle_s: float = SETTLE_S,
-                 retry_s: Sequence[float] = RETRY_S, log: Callable[[str], None] | None = None) -> None:
+                 retry_s: Sequence[float] = RETRY_S, log: Callable[[str], None] | None = None,
+                 identity: str | None = None, resend_after_s: float = RESEND_AFTER_S) -> None:
         if batch_max < 1 or not batch_s > 0:
             raise ValueError("batch_max must be at least 1 and batch_s above 0")
         if not client_id.strip():
@@ -122,6 +124,8 @@ class HistorianConsumer:
             raise ValueError(f"share group {group!r} must be a non-empty name without + # /")
         self.broker = broker
         self.db = db
+        self.identity = None if identity is None else check_identity(identity)   # who asks the stations (resend)
+        self.resend_after_s = resend_after_s
         self.group = group
         self.client_id = client_id
         self.protocol = protocol
@@ -212,6 +216,9 @@ class HistorianConsumer:
         self._worker.start()
         self.log(f"historian {self.client_id}: consuming {', '.join(self.filters)} from {self.broker} into"
                  f" {self.store.url}")
+        if self.identity is None:
+            self.log(f"historian {self.client_id}: gaps are reported, not recovered: give --identity (this"
+                     " historian's MQTT identity) to ask the stations to re-send them")
         return self
 
     @property
@@ -432,28 +439,53 @@ class HistorianConsumer:
                 self.client.ack(m.mid, m.qos)
         self.totals.add(result)
         self.batches += 1
+        for a in result.answers:
+            r = a.request
+            self.log(f"historian: resend {r.describe()}: {a.code}: {a.message}")
+        for g in result.unrecoverable:
+            span = f"#{g.first_seq}" if g.count == 1 else f"#{g.first_seq}-{g.last_seq} ({g.count})"
+            self.log(f"historian: GAP unrecoverable {g.site}/{g.station} {g.stream} {span} boot {g.boot_id}: the"
+                     " station no longer holds it")
         return True
 
     # ---- reporting ----
 
     def _check_gaps(self) -> None:
-        """Say each gap that settled open, and each said one that is no longer open."""
+        """Say each gap that settled open, and each said one that is no longer open (closed, or explained); ask
+        the stations to re-send what is due (``edge.historian.resend``), with an identity to ask as."""
         if self.store is None:
             return
+        now_ns = time.time_ns()
         try:
-            rows = gap_rows(self.store, open_only=True, settled_before=settled(time.time_ns(), self.settle_s))
+            rows = gap_rows(self.store, open_only=True, settled_before=settled(now_ns, self.settle_s),
+                            unrecoverable=True)
         except (StoreError, OSError):
             return
-        now = {(r.site, r.station, r.boot_id, r.stream, r.first_seq): r for r in rows}
+        now = {(r.site, r.station, r.boot_id, r.stream, r.first_seq): r for r in rows if r.unrecoverable is None}
         for key, r in now.items():
             if key not in self._announced:
                 span = f"#{r.first_seq}" if r.count == 1 else f"#{r.first_seq}-{r.last_seq} ({r.count})"
                 self.log(f"historian: GAP open {r.site}/{r.station} {r.stream} {span} boot {r.boot_id}: {r.detail}")
+        lost = {(r.site, r.station, r.boot_id, r.stream, r.first_seq) for r in rows if r.unrecoverable is not None}
         for key, r in self._announced.items():
-            if key not in now:
+            if key not in now and not any(k[:4] == key[:4] and r.first_seq <= k[4] <= r.last_seq for k in lost):
                 self.log(f"historian: gap closed {r.site}/{r.station} {r.stream} from #{r.first_seq}"
                          f" boot {r.boot_id}")
         self._announced = now
+        if self.identity is not None and now:
+            self._ask(now_ns)
+
+    def _ask(self, now_ns: int) -> None:
+        """Record and publish the resend asks due now (QoS 1: paho sends them again after a reconnect; one that
+        never reaches the station is asked again, ``RESEND_AFTER_S``)."""
+        assert self.store is not None and self.identity is not None
+        try:
+            requests = ask_due(self.store, now_ns, settle_s=self.settle_s, resend_after_s=self.resend_after_s)
+        except (StoreError, OSError):
+            return
+        for r in requests:
+            self.client.publish(r.topic(self.identity), r.payload(self.identity), qos=1)
+            self.log(f"historian: asked {r.describe()} to be re-sent (command {r.command_id})")
 
     def _report(self, *, final: bool = False) -> None:
         t = self.totals

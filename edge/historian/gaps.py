@@ -73,7 +73,7 @@ class _Span:
 class Gap(_Span):
     """One row of ``gaps`` as it changed: opened (``closed`` None) or closed."""
 
-    kind: str            # gap | lost_tail | late (closed by a late message)
+    kind: str            # gap | lost_tail | late (closed by a late message) | unrecoverable
     explained: str | None = None
 
     @property
@@ -101,6 +101,7 @@ class GapBook:
     touched: set[Key] = field(default_factory=set)
     opened: list[Gap] = field(default_factory=list)
     closed: list[Gap] = field(default_factory=list)
+    unrecoverable_gaps: list[Gap] = field(default_factory=list)
 
     # ---- loading ----
 
@@ -191,8 +192,8 @@ class GapBook:
                         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (site, station, stream, lo, hi, why))
         rows = self.tx.query(
             "SELECT boot_id, first_seq, last_seq, opened, detail FROM gaps WHERE site = ? AND station = ?"
-            " AND stream = ? AND closed IS NULL AND explained IS NULL AND first_seq <= ? AND last_seq >= ?",
-            (site, station, stream, hi, lo))
+            " AND stream = ? AND closed IS NULL AND explained IS NULL AND unrecoverable IS NULL AND first_seq <= ?"
+            " AND last_seq >= ?", (site, station, stream, hi, lo))
         for boot, a, b, opened, detail in rows:
             a, b = int(a), int(b)
             self._delete(site, station, boot, stream, a)
@@ -200,6 +201,26 @@ class GapBook:
             for p, q, expl in ((a, x - 1, None), (x, y, why), (y + 1, b, None)):
                 if p <= q:
                     self._insert(site, station, boot, stream, p, q, opened, expl, detail)
+
+    def unrecoverable(self, site: str, station: str, boot: str, stream: str, lo: int, hi: int, detail: str) -> None:
+        """The station said it no longer holds numbers ``lo..hi`` of ``boot``'s ``stream`` (its answer to a
+        ``resend``, ``edge.historian.resend``): the open gaps in them are marked unrecoverable (split where they
+        reach beyond), never asked for again."""
+        if lo > hi:
+            return
+        rows = self.tx.query(
+            "SELECT first_seq, last_seq, opened, detail FROM gaps WHERE site = ? AND station = ? AND boot_id = ?"
+            " AND stream = ? AND closed IS NULL AND explained IS NULL AND unrecoverable IS NULL AND first_seq <= ?"
+            " AND last_seq >= ?", (site, station, boot, stream, hi, lo))
+        for a, b, opened, old in rows:
+            a, b = int(a), int(b)
+            self._delete(site, station, boot, stream, a)
+            x, y = max(a, lo), min(b, hi)
+            for p, q, when in ((a, x - 1, None), (x, y, self.now), (y + 1, b, None)):
+                if p <= q:
+                    self._insert(site, station, boot, stream, p, q, opened, None,
+                                 old if when is None else (old + "; " if old else "") + detail, when)
+            self.unrecoverable_gaps.append(Gap(site, station, boot, stream, x, y, "unrecoverable"))
 
     # ---- the pieces ----
 
@@ -307,12 +328,12 @@ class GapBook:
         history only if the gap had settled (``SETTLE_S``); younger, it was a message the other worker held
         (every second one, with round-robin delivery), and its row is deleted."""
         site, station, boot, stream = key
-        rows = self.tx.query("SELECT first_seq, last_seq, opened, explained, detail FROM gaps WHERE site = ?"
-                             " AND station = ? AND boot_id = ? AND stream = ? AND closed IS NULL"
+        rows = self.tx.query("SELECT first_seq, last_seq, opened, explained, detail, unrecoverable FROM gaps"
+                             " WHERE site = ? AND station = ? AND boot_id = ? AND stream = ? AND closed IS NULL"
                              " AND first_seq <= ? AND last_seq >= ?", (*key, seq, seq))
         if not rows:
             return
-        a, b, opened, why, detail = rows[0]
+        a, b, opened, why, detail, lost = rows[0]
         a, b = int(a), int(b)
         if a == b:
             if parse_rfc3339(self.now) - parse_rfc3339(opened, "opened") < SETTLE_S * 1e9:
@@ -326,13 +347,13 @@ class GapBook:
         self._delete(site, station, boot, stream, a)
         for p, q in ((a, seq - 1), (seq + 1, b)):
             if p <= q:
-                self._insert(site, station, boot, stream, p, q, opened, why, detail)
+                self._insert(site, station, boot, stream, p, q, opened, why, detail, lost)
 
     def _insert(self, site: str, station: str, boot: str, stream: str, lo: int, hi: int, opened: str,
-                why: str | None, detail: str) -> None:
+                why: str | None, detail: str, unrecoverable: str | None = None) -> None:
         self.tx.execute("INSERT INTO gaps (site, station, boot_id, stream, first_seq, last_seq, opened, closed,"
-                        " explained, detail) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
-                        (site, station, boot, stream, lo, hi, opened, why, detail))
+                        " explained, detail, unrecoverable) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                        (site, station, boot, stream, lo, hi, opened, why, detail, unrecoverable))
 
     def _delete(self, site: str, station: str, boot: str, stream: str, first: int) -> None:
         self.tx.execute("DELETE FROM gaps WHERE site = ? AND station = ? AND boot_id = ? AND stream = ?"
@@ -380,17 +401,24 @@ class GapRow(_Span):
     closed: str | None
     explained: str | None
     detail: str
+    unrecoverable: str | None = None     # when the station said it no longer holds these (``resend``)
+
+
+_OPEN = "closed IS NULL AND explained IS NULL AND unrecoverable IS NULL"
 
 
 def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | None = None,
-             limit: int | None = None) -> list[GapRow]:
-    """The gaps, oldest first. By default the listing (the page, ``reedge historian gaps``): the open and the
-    explained ones (a closed one is history, not read), at most ``limit`` (``MAX_LISTED``), the open ones
-    first, then the newest. ``open_only``: all those not closed and not explained (what counts as lost; the
-    log and ``gaps --open`` say each), unless a ``limit`` is given; ``settled_before``: only those opened
-    before that time (``settled``)."""
-    sql = "SELECT site, station, boot_id, stream, first_seq, last_seq, opened, closed, explained, detail FROM gaps"
-    where = ["closed IS NULL AND explained IS NULL" if open_only else "(closed IS NULL OR explained IS NOT NULL)"]
+             limit: int | None = None, unrecoverable: bool = False) -> list[GapRow]:
+    """The gaps, oldest first. By default the listing (the page, ``reedge historian gaps``): the open, the
+    unrecoverable and the explained ones (a closed one is history, not read), at most ``limit``
+    (``MAX_LISTED``), the open ones first, then the newest. ``open_only``: all those not closed, not explained
+    and not unrecoverable (what counts as lost so far, and may still be re-sent; the log and ``gaps --open``
+    say each), with ``unrecoverable`` the unrecoverable ones too, unless a ``limit`` is given;
+    ``settled_before``: only those opened before that time (``settled``)."""
+    sql = ("SELECT site, station, boot_id, stream, first_seq, last_seq, opened, closed, explained, detail,"
+           " unrecoverable FROM gaps")
+    where = [("closed IS NULL AND explained IS NULL" if unrecoverable else _OPEN) if open_only
+             else "(closed IS NULL OR explained IS NOT NULL)"]
     params: list[Any] = []
     if settled_before is not None:
         where.append("opened < ?")
@@ -399,23 +427,30 @@ def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | Non
     if limit is None and not open_only:
         limit = MAX_LISTED
     if limit is not None:
-        sql += " ORDER BY explained IS NOT NULL, opened DESC, site, station, stream, first_seq DESC LIMIT ?"
+        sql += (" ORDER BY explained IS NOT NULL, unrecoverable IS NOT NULL, opened DESC, site, station, stream,"
+                " first_seq DESC LIMIT ?")
         params.append(int(limit))
-    rows = [GapRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8], r[9])
+    rows = [GapRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8], r[9], r[10])
             for r in store.query(sql, params)]
     return sorted(rows, key=lambda g: (g.opened, g.site, g.station, g.stream, g.first_seq))
 
 
 def open_gap_count(store: Store, *, settled_before: str | None = None) -> tuple[int, int]:
-    """How many gaps are open and unexplained, and how many messages they miss: all of them, not bounded as
-    the listing is (``MAX_LISTED``); ``settled_before`` as ``gap_rows`` takes it."""
-    sql = ("SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0) FROM gaps"
-           " WHERE closed IS NULL AND explained IS NULL")
+    """How many gaps are open (unexplained, not unrecoverable), and how many messages they miss: all of them,
+    not bounded as the listing is (``MAX_LISTED``); ``settled_before`` as ``gap_rows`` takes it."""
+    sql = f"SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0) FROM gaps WHERE {_OPEN}"
     params: list[Any] = []
     if settled_before is not None:
         sql += " AND opened < ?"
         params.append(settled_before)
     count, missing = store.query(sql, params)[0]
+    return int(count), int(missing)
+
+
+def unrecoverable_count(store: Store) -> tuple[int, int]:
+    """How many gaps are unrecoverable (the stations no longer hold them), and how many messages they miss."""
+    count, missing = store.query("SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0) FROM gaps"
+                                 " WHERE closed IS NULL AND unrecoverable IS NOT NULL")[0]
     return int(count), int(missing)
 
 

@@ -27,8 +27,9 @@ channel's unit from the station description the window names (else the latest on
 ``state``; ``batch`` records (start and end into one row per batch, the highest ``revision`` of the end
 record wins; the accounting figures as columns, each record whole as JSON); ``description`` (by the
 SHA-256 of its canonical body, RFC 8785, which is what the birth and the windows name); ``status``
-(``stations`` and ``boots``, with the birth's previous-boot numbers); ``reply`` (ledger only). And the
-gaps (``edge.historian.gaps``).
+(``stations`` and ``boots``, with the birth's previous-boot numbers); ``reply`` (ledger only; an answer to
+the historian's own ``resend`` ask goes into its request's row, ``edge.historian.resend``). And the gaps
+(``edge.historian.gaps``).
 
 Two workers write at once (PostgreSQL). What only this message makes (its ledger row, its telemetry,
 event and state rows) is written first, without a lock: no other transaction writes those keys (one that
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from edge.historian.gaps import Gap, GapBook
+from edge.historian.resend import Answer, record_answer
 from edge.historian.store import (
     RejectedData,
     Store,
@@ -81,7 +83,8 @@ class Received(NamedTuple):
 
 @dataclass
 class IngestResult:
-    """What one ``ingest`` call did; ``opened``/``closed``: the gap rows it opened and closed."""
+    """What one ``ingest`` call did; ``opened``/``closed``: the gap rows it opened and closed; ``unrecoverable``:
+    those the stations said they no longer hold; ``answers``: the stations' answers to our ``resend`` asks."""
 
     stored: int = 0
     duplicate: int = 0
@@ -89,6 +92,8 @@ class IngestResult:
     ignored: int = 0
     opened: list[Gap] = field(default_factory=list)
     closed: list[Gap] = field(default_factory=list)
+    unrecoverable: list[Gap] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
 
     def add(self, other: IngestResult) -> None:
         self.stored += other.stored
@@ -159,7 +164,8 @@ def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) ->
         _quarantine(tx, now, bad)
     result.stored = len(new)
     result.quarantined = len(bad)
-    result.opened, result.closed = book.opened, book.closed
+    result.opened, result.closed, result.unrecoverable = book.opened, book.closed, book.unrecoverable_gaps
+    result.answers = writer.answers
     return result
 
 
@@ -191,6 +197,8 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
         result.add(part)
         result.opened += part.opened
         result.closed += part.closed
+        result.unrecoverable += part.unrecoverable
+        result.answers += part.answers
     return result
 
 
@@ -330,6 +338,7 @@ class _Writer:
         self.units: dict[tuple[str, str, str | None], dict[str, str]] = {}
         self.known: dict[tuple[str, str], dict[str, str]] = {}     # station -> {digest: first seen}
         self.current: dict[tuple[str, str], str | None] = {}       # station -> the digest it names now
+        self.answers: list[Answer] = []                            # answers to our resend asks
 
     def own_rows(self, v: _Valid) -> None:
         """The rows only this message makes (no lock needed: their keys are the ledger's, new to this batch)."""
@@ -342,7 +351,7 @@ class _Writer:
         """What other transactions of the station write too (the station's lock held), and the gaps."""
         env = v.env
         handler = {"event": self._explained, "batch": self._batch, "description": self._station_description,
-                   "status": self._status}.get(env.stream)
+                   "status": self._status, "reply": self._reply}.get(env.stream)
         if handler is not None:
             handler(v, book)
         if STREAMS[env.stream].tracked:
@@ -387,6 +396,12 @@ class _Writer:
             stream, seq = data.get("stream"), _int(data.get("seq"))
             if isinstance(stream, str) and isinstance(seq, int):
                 book.explain(env.site, env.station, stream, seq, seq, "refused")
+
+    def _reply(self, v: _Valid, book: GapBook) -> None:
+        """An answer to one of the historian's ``resend`` asks: into its request's row (``resend.record_answer``)."""
+        answer = record_answer(book, v.env.site, v.env.station, v.env.body)
+        if answer is not None:
+            self.answers.append(answer)
 
     def _state(self, v: _Valid) -> None:
         env, body = v.env, v.env.body

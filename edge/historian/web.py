@@ -5,7 +5,7 @@ Pages (plain server-side HTML with a small CSS, no script) and their JSON twins:
 - ``/``: every station (status, phase, last seen, interlocks tripped now and trips recorded,
   unacknowledged alarms with their last message, the current batch), the plant figures of the
   latest month (:mod:`edge.historian.figures`), the batches with their per-kg figures, each linked
-  to its one-page report, and the open and explained gaps;
+  to its one-page report, and the open, unrecoverable and explained gaps;
 - ``/batch/SITE/STATION/BATCH_ID``: a batch's one-page report, drawn by the station's own report code
   (:func:`edge.batch.report.report_html`) from the stored end record; its process plot is drawn from the
   telemetry windows the historian stored for the batch's time (each channel's window mean: the
@@ -162,18 +162,20 @@ def batch_rows(store: Store, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def gap_list(store: Store, now_ns: int | None = None) -> list[dict[str, Any]]:
-    """The open gaps, then the explained ones, newest first (a gap the late messages filled is gone). An open
-    gap younger than ``SETTLE_S`` may be a message another worker still holds: it is shown as settling."""
+    """The open and the unrecoverable gaps (the station said it no longer holds them), then the explained ones,
+    newest first (a gap the late messages filled is gone). An open gap younger than ``SETTLE_S`` may be a
+    message another worker still holds: it is shown as settling."""
     now = time.time_ns() if now_ns is None else now_ns
     out = []
     for g in reversed(gaps.gap_rows(store)):
         if g.closed is not None and g.explained is None:
             continue
-        state = "explained" if g.explained is not None else \
+        state = "explained" if g.explained is not None else "unrecoverable" if g.unrecoverable is not None else \
             "open" if gaps.age_s(g.opened, now) >= gaps.SETTLE_S else "settling"
         out.append({"site": g.site, "station": g.station, "boot_id": g.boot_id, "stream": g.stream,
                     "first_seq": g.first_seq, "last_seq": g.last_seq, "missing": g.count, "opened": g.opened,
-                    "closed": g.closed, "explained": g.explained, "detail": g.detail, "state": state})
+                    "closed": g.closed, "explained": g.explained, "unrecoverable": g.unrecoverable,
+                    "detail": g.detail, "state": state})
     out.sort(key=lambda r: r["state"] == "explained")
     return out
 
@@ -388,7 +390,9 @@ def _batch_rows(items: list[dict[str, Any]]) -> list[str]:
 def _gap_rows(items: list[dict[str, Any]]) -> list[str]:
     out = []
     for g in items:
-        state = {"open": "open: lost unless it arrives", "settling": "open, just now: may still be on its way",
+        state = {"open": "open: lost unless it arrives (asked for again, with an identity)",
+                 "settling": "open, just now: may still be on its way",
+                 "unrecoverable": "unrecoverable: the station no longer holds it",
                  "explained": f"explained: {g['explained']}"}[g["state"]]
         out.append("<tr>" + _td(f"{g['site']}/{g['station']}") + _td(str(g["boot_id"])[:12]) + _td(g["stream"])
                    + _td(f"{g['first_seq']}..{g['last_seq']}") + _td(g["missing"], "num") + _td(_when(g["opened"]))

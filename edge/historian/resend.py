@@ -1,0 +1,181 @@
+"""The historian asks the stations to re-send its settled gaps (the station's ``resend`` command).
+
+A station keeps a bounded history of what the broker acknowledged (``edge.telemetry.outbox``: "History and
+resend") and serves ``cmd/{identity}/resend`` (``mqtt_schemas/cmd-resend.json``): it puts those messages in
+its outbox again, byte for byte, and answers on ``reply/resend`` what it re-queued and what it no longer
+holds. The broker can lose what it acknowledged (mosquitto 2.0.11 forgets a share group's subscriptions
+at a restart; a broker killed loses what it queued since its last save); the historian knows exactly what
+is missing. So each **settled, unexplained** gap (a lost tail too: it is a gap row) is asked for:
+
+* **who asks**: the worker whose gap check finds it (``ask_due``), in one transaction per station under the
+  station's lock (``Tx.lock_station``), deciding from the ``resend_requests`` rows what that transaction
+  sees: two workers never ask twice for one range, and a restarted worker goes on where the rows say;
+* **what**: the gap, in spans of at most ``MAX_RESEND`` numbers; the oldest gaps first; at most
+  ``PER_STATION_PER_MINUTE`` asks per station per minute (a station's rate limit lets 20 through at once);
+* **again**: after ``RESEND_AFTER_S`` if the gap is still open and the answer was ``busy``, none, or ``ok``
+  with nothing arriving, up to ``MAX_ATTEMPTS`` asks of those numbers in all; any other answer
+  (``unauthorised``: the ACL or the roles do not let this identity ask; ``not_allowed``: the station keeps
+  no history) is not asked again: the gap stays open and is reported;
+* **the answer** (``record_answer``, from ``ingest``: a reply is a stored message of the station, matched
+  by its command id in the transaction that stores it): its code and data go into the request's row, and
+  the numbers the station says are ``missing`` make that part of the gap **unrecoverable** (``gaps``):
+  shown as such, never asked again. What it re-sent closes the gap through the exactly-once ingest (the
+  copies are byte-identical to the first).
+
+The command is the one ``mqtt_schemas/command.json`` describes (``issuer`` = the identity, a new uuid4
+``command_id`` for each ask: a station answers one id once), sent QoS 1 to
+``reedge/v1/{site}/{station}/cmd/{identity}/resend``; ``identity`` is the historian's MQTT identity as
+the broker sees it (its username or certificate CN), since the ACL lets an identity write only its own
+command level. Without one the historian does not ask (``reedge historian run --identity``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from edge.historian.gaps import GapBook, gap_rows, settled
+from edge.historian.store import Store
+from edge.telemetry.topics import SCHEMA_BASE, StationTopics, check_identity, command_schema
+from edge.timestamps import parse_rfc3339, rfc3339_ms
+
+VERB = "resend"
+MAX_RESEND = 100_000            # TEMP until part A lands: edge.telemetry.outbox.MAX_RESEND
+RESEND_AFTER_S = 120.0          # an unanswered, busy, or answered-but-unfilled ask is made again after this
+MAX_ATTEMPTS = 5                # asks of the same numbers at most
+PER_STATION_PER_MINUTE = 10     # asks per station per minute at most (its default burst is 20)
+AGAIN = (None, "busy", "ok")    # the answers after which a still-open gap is asked for again
+
+
+@dataclass(frozen=True)
+class Request:
+    """One ask: a row of ``resend_requests`` to publish."""
+
+    command_id: str
+    site: str
+    station: str
+    boot_id: str
+    stream: str
+    first_seq: int
+    last_seq: int
+    attempts: int
+    issued_at: str
+
+    def topic(self, identity: str) -> str:
+        return StationTopics(self.site, self.station).topic("cmd", VERB, check_identity(identity))
+
+    def payload(self, identity: str) -> bytes:
+        """The command (``cmd-resend.json``)."""
+        return json.dumps({"schema": SCHEMA_BASE + command_schema(VERB), "command_id": self.command_id,
+                           "issued_at": self.issued_at, "issuer": identity,
+                           "args": {"boot_id": self.boot_id, "stream": self.stream, "first_seq": self.first_seq,
+                                    "last_seq": self.last_seq}}, separators=(",", ":")).encode()
+
+    def describe(self) -> str:
+        span = f"#{self.first_seq}" if self.first_seq == self.last_seq else f"#{self.first_seq}-{self.last_seq}"
+        again = f" (ask {self.attempts} of {MAX_ATTEMPTS})" if self.attempts > 1 else ""
+        return f"{self.site}/{self.station} {self.stream} {span} boot {self.boot_id}{again}"
+
+
+def ask_due(store: Store, now_ns: int, *, settle_s: float, resend_after_s: float = RESEND_AFTER_S) -> list[Request]:
+    """The asks due now, recorded (each station in its own transaction, under its lock): the caller publishes
+    them after this returns. A request recorded and never published (the worker died) is simply unanswered,
+    and asked again after ``resend_after_s``."""
+    by_station: dict[tuple[str, str], int] = defaultdict(int)
+    for g in gap_rows(store, open_only=True, settled_before=settled(now_ns, settle_s)):
+        by_station[(g.site, g.station)] += 1
+    out: list[Request] = []
+    for site, station in sorted(by_station):
+        with store.transaction() as tx:
+            tx.lock_station(site, station)
+            out += _station_asks(tx, site, station, now_ns, settle_s, resend_after_s)
+    return out
+
+
+def _station_asks(tx: Any, site: str, station: str, now_ns: int, settle_s: float,
+                  resend_after_s: float) -> list[Request]:
+    """What to ask ``station`` now, from what this transaction sees (the station's lock held); inserted."""
+    gaps = [(b, s, int(lo), int(hi)) for b, s, lo, hi in tx.query(
+        "SELECT boot_id, stream, first_seq, last_seq FROM gaps WHERE site = ? AND station = ? AND closed IS NULL"
+        " AND explained IS NULL AND unrecoverable IS NULL AND opened < ? ORDER BY opened, stream, first_seq",
+        (site, station, settled(now_ns, settle_s)))]
+    recent = int(tx.query("SELECT COUNT(*) FROM resend_requests WHERE site = ? AND station = ? AND asked_at >= ?",
+                          (site, station, rfc3339_ms(now_ns - 60 * 10**9)))[0][0])
+    budget = PER_STATION_PER_MINUTE - recent
+    if budget <= 0 or not gaps:
+        return []
+    # the asks that touch an open gap of this station: what was asked, when, how often, and the answer
+    asked: dict[tuple[str, str], list[tuple[int, int, int, int, str | None]]] = defaultdict(list)
+    for boot, stream, lo, hi, at, attempts, code in tx.query(
+            "SELECT r.boot_id, r.stream, r.first_seq, r.last_seq, r.asked_at, r.attempts, r.code"
+            " FROM resend_requests r WHERE r.site = ? AND r.station = ? AND EXISTS (SELECT 1 FROM gaps g"
+            " WHERE g.site = r.site AND g.station = r.station AND g.boot_id = r.boot_id AND g.stream = r.stream"
+            " AND g.closed IS NULL AND g.explained IS NULL AND g.unrecoverable IS NULL"
+            " AND g.first_seq <= r.last_seq AND g.last_seq >= r.first_seq)", (site, station)):
+        asked[(boot, stream)].append((int(lo), int(hi), parse_rfc3339(at, "asked_at"), int(attempts), code))
+    due: list[Request] = []
+    issued_at = rfc3339_ms(now_ns)
+    for boot, stream, lo, hi in gaps:
+        for a in range(lo, hi + 1, MAX_RESEND):
+            b = min(hi, a + MAX_RESEND - 1)
+            before = [r for r in asked[(boot, stream)] if r[0] <= b and r[1] >= a]
+            attempts = max((r[3] for r in before), default=0)
+            if before:
+                last = max(before, key=lambda r: r[2])
+                if (attempts >= MAX_ATTEMPTS or any(r[4] not in AGAIN for r in before)
+                        or now_ns - last[2] < resend_after_s * 1e9):
+                    continue
+            if len(due) >= budget:
+                break
+            due.append(Request(str(uuid.uuid4()), site, station, boot, stream, a, b, attempts + 1, issued_at))
+    if due:
+        tx.executemany("INSERT INTO resend_requests (command_id, site, station, boot_id, stream, first_seq, last_seq,"
+                       " asked_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(r.command_id, r.site, r.station, r.boot_id, r.stream, r.first_seq, r.last_seq, issued_at,
+                         r.attempts) for r in due])
+    return due
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A station's answer to one of our asks (``record_answer``)."""
+
+    request: Request
+    code: str
+    message: str
+    requeued: int | None
+    missing: list[tuple[int, int]]
+
+
+def record_answer(book: GapBook, site: str, station: str, body: dict[str, Any]) -> Answer | None:
+    """A new ``reply`` of ``station`` (in the ingest transaction, the station's lock held): if it answers one of
+    our asks, its code and data go into the request's row and the ``missing`` numbers the station no longer
+    holds make that part of the gap unrecoverable. None when it answers no ask of ours."""
+    command_id = body.get("command_id")
+    if body.get("verb") != VERB or not isinstance(command_id, str):
+        return None
+    rows = book.tx.query("SELECT boot_id, stream, first_seq, last_seq, attempts, asked_at FROM resend_requests"
+                         " WHERE command_id = ? AND site = ? AND station = ?", (command_id, site, station))
+    if not rows:
+        return None
+    boot, stream, lo, hi, attempts, asked_at = rows[0]
+    request = Request(command_id, site, station, boot, stream, int(lo), int(hi), int(attempts), asked_at)
+    code = str(body.get("code"))
+    data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
+    requeued = data.get("requeued") if isinstance(data.get("requeued"), int) else None
+    missing: list[tuple[int, int]] = []
+    for entry in data.get("missing") or ():
+        if (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, int) for x in entry)
+                and max(entry[0], request.first_seq) <= min(entry[1], request.last_seq)):
+            missing.append((max(entry[0], request.first_seq), min(entry[1], request.last_seq)))
+    book.tx.execute("UPDATE resend_requests SET answered = ?, code = ?, requeued = ?, missing = ? WHERE command_id = ?",
+                    (book.now, code, requeued, json.dumps([list(m) for m in missing]), command_id))
+    if code == "ok":
+        for a, b in missing:
+            book.unrecoverable(site, station, boot, stream, a, b,
+                               f"unrecoverable: the station no longer holds #{a}-{b} (its answer to resend"
+                               f" {command_id})")
+    return Answer(request, code, str(body.get("message", "")), requeued, missing)

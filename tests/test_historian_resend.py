@@ -1,0 +1,212 @@
+"""The historian asks for its settled gaps (``edge.historian.resend``), on SQLite and PostgreSQL alike: what it
+asks, once however many workers look, again only when the answer says so and the time has come, never
+beyond the limits; the station's answer matched by command id, its missing numbers unrecoverable (the page,
+``reedge historian gaps``), its re-sent copies closing the gap. The clock is the ``now_ns`` given: no waiting."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from edge.historian import resend as R
+from edge.historian.gaps import gap_rows, open_gap_count, unrecoverable_count
+from edge.historian.ingest import Received, ingest
+from edge.historian.store import Store, open_store
+from edge.historian.web import fleet_html, gap_list
+from edge.telemetry.schemas import errors as schema_errors
+from edge.telemetry.topics import command_schema
+from tests.historian_messages import Station
+
+SETTLE = 15.0
+S = 10**9
+
+
+def _gap(store: Store, st: Station, lo: int, hi: int, last: int) -> list[Received]:
+    """Telemetry 1..``last`` of ``st`` stored but ``lo..hi``; returns the missing ones (as the station sent them)."""
+    msgs = [st.telemetry(n) for n in range(1, last + 1)]
+    ingest(store, [m for n, m in enumerate(msgs, 1) if not lo <= n <= hi])
+    return [m for n, m in enumerate(msgs, 1) if lo <= n <= hi]
+
+
+def _later(s: float) -> int:
+    return time.time_ns() + int(s * S)
+
+
+def _reply(st: Station, seq: int, command_id: str, code: str = "ok", *, missing: list[list[int]] | None = None,
+           requeued: int = 0) -> Received:
+    body: dict[str, Any] = {"command_id": command_id, "verb": "resend", "result": "accepted" if code == "ok" else
+                            "rejected", "code": code, "message": f"answered {code}", "replayed": False}
+    if code == "ok":
+        body["data"] = {"requeued": requeued, "pending": 0, "missing": missing or [],
+                        "missing_count": sum(b - a + 1 for a, b in missing or [])}
+    return st.message("reply", seq, body, topic=st.topics.reply("resend"))
+
+
+def _requests(store: Store) -> list[tuple[Any, ...]]:
+    return store.query("SELECT command_id, first_seq, last_seq, attempts, code, requeued, missing FROM resend_requests"
+                       " ORDER BY asked_at, first_seq")
+
+
+def test_a_settled_gap_is_asked_for_once_with_a_valid_command_on_the_identitys_topic(db_url: str) -> None:
+    store = open_store(db_url)
+    other = open_store(db_url)            # a second worker's connection
+    try:
+        st = Station()
+        _gap(store, st, 4, 6, 10)
+        assert R.ask_due(store, _later(SETTLE - 1), settle_s=SETTLE) == []     # not settled: maybe in flight
+        [r] = R.ask_due(store, _later(SETTLE + 1), settle_s=SETTLE)
+        assert (r.site, r.station, r.boot_id, r.stream, r.first_seq, r.last_seq, r.attempts) == (
+            "pilot-line", "hd-01", "boot-a", "telemetry", 4, 6, 1)
+        assert r.topic("historian") == "reedge/v1/pilot-line/hd-01/cmd/historian/resend"
+        doc = json.loads(r.payload("historian"))
+        assert schema_errors(doc, command_schema("resend")) == []
+        assert doc["command_id"] == r.command_id and str(uuid.UUID(doc["command_id"], version=4)) == r.command_id
+        assert doc["issuer"] == "historian"
+        assert doc["args"] == {"boot_id": "boot-a", "stream": "telemetry", "first_seq": 4, "last_seq": 6}
+        # the other worker, and this one again, before the answer is due: nothing more
+        assert R.ask_due(other, _later(SETTLE + 2), settle_s=SETTLE) == []
+        assert R.ask_due(store, _later(SETTLE + 60), settle_s=SETTLE) == []
+        assert len(_requests(store)) == 1
+    finally:
+        store.close()
+        other.close()
+
+
+def test_the_answer_marks_what_the_station_no_longer_holds_unrecoverable_and_the_resent_copies_close_the_rest(
+        db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        st = Station()
+        lost = _gap(store, st, 4, 9, 12)
+        [r] = R.ask_due(store, _later(SETTLE + 1), settle_s=SETTLE)
+        result = ingest(store, [_reply(st, 1, r.command_id, missing=[[4, 5], [11, 30]], requeued=4)])
+        assert [(a.code, a.requeued, a.missing) for a in result.answers] == [("ok", 4, [(4, 5)])]
+        assert [(g.first_seq, g.last_seq, g.kind) for g in result.unrecoverable] == [(4, 5, "unrecoverable")]
+        assert _requests(store)[0][3:] == (1, "ok", 4, "[[4, 5]]")      # JSON as its text from both
+        assert [(g.first_seq, g.last_seq) for g in gap_rows(store, open_only=True)] == [(6, 9)]
+        assert [(g.first_seq, g.last_seq, g.unrecoverable is not None) for g in
+                gap_rows(store, open_only=True, unrecoverable=True)] == [(4, 5, True), (6, 9, False)]
+        assert open_gap_count(store) == (1, 4)
+        assert unrecoverable_count(store) == (1, 2)
+        page = {(g["first_seq"], g["state"]) for g in gap_list(store)}
+        assert (4, "unrecoverable") in page
+        assert "unrecoverable: the station no longer holds it" in fleet_html(store)
+        # the re-sent copies (byte-identical) close the rest; the unrecoverable part is never asked for again
+        ingest(store, lost[2:])
+        assert gap_rows(store, open_only=True) == []
+        assert unrecoverable_count(store) == (1, 2)
+        assert R.ask_due(store, _later(SETTLE + 10 * R.RESEND_AFTER_S), settle_s=SETTLE) == []
+    finally:
+        store.close()
+
+
+def test_busy_unanswered_or_unfilled_asks_are_made_again_after_their_time_up_to_the_limit(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        st = Station()
+        _gap(store, st, 4, 6, 10)
+        t = _later(SETTLE + 1)
+        [first] = R.ask_due(store, t, settle_s=SETTLE)
+        ingest(store, [_reply(st, 1, first.command_id, "busy")])
+        assert R.ask_due(store, t + int((R.RESEND_AFTER_S - 1) * S), settle_s=SETTLE) == []
+        seen = [first]
+        reply = 2
+        for n in range(2, R.MAX_ATTEMPTS + 1):
+            t += int((R.RESEND_AFTER_S + 1) * S)
+            [again] = R.ask_due(store, t, settle_s=SETTLE)
+            assert (again.attempts, again.first_seq, again.last_seq) == (n, 4, 6)
+            assert again.command_id not in {r.command_id for r in seen}       # a station answers an id once
+            seen.append(again)
+            if n == 3:       # accepted, but nothing came: asked again too
+                ingest(store, [_reply(st, reply, again.command_id, "ok", requeued=3)])
+                reply += 1
+            # n == 2, 4, 5: no answer at all
+        t += int((R.RESEND_AFTER_S + 1) * S)
+        assert R.ask_due(store, t, settle_s=SETTLE) == []            # MAX_ATTEMPTS asks: no more
+        assert [row[3] for row in _requests(store)] == list(range(1, R.MAX_ATTEMPTS + 1))
+    finally:
+        store.close()
+
+
+def test_a_refusal_is_not_asked_again(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        st = Station()
+        _gap(store, st, 4, 4, 6)
+        [r] = R.ask_due(store, _later(SETTLE + 1), settle_s=SETTLE)
+        result = ingest(store, [_reply(st, 1, r.command_id, "unauthorised")])
+        assert [a.code for a in result.answers] == ["unauthorised"]
+        assert R.ask_due(store, _later(SETTLE + 10 * R.RESEND_AFTER_S), settle_s=SETTLE) == []
+        assert [(g.first_seq, g.last_seq) for g in gap_rows(store, open_only=True)] == [(4, 4)]   # still open
+    finally:
+        store.close()
+
+
+def test_a_reply_to_another_senders_command_or_from_another_station_changes_nothing(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        st = Station()
+        _gap(store, st, 4, 4, 6)
+        [r] = R.ask_due(store, _later(SETTLE + 1), settle_s=SETTLE)
+        other = Station(station="hd-02")
+        result = ingest(store, [_reply(st, 1, str(uuid.uuid4()), missing=[[4, 4]]),
+                                _reply(other, 1, r.command_id, missing=[[4, 4]])])
+        assert result.stored == 2 and result.answers == [] and result.unrecoverable == []
+        assert _requests(store)[0][4] is None
+        assert unrecoverable_count(store) == (0, 0)
+    finally:
+        store.close()
+
+
+def test_at_most_ten_asks_per_station_per_minute_and_a_huge_gap_in_spans_of_max_resend(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        st = Station()
+        msgs = [st.telemetry(n) for n in range(1, 41)]
+        ingest(store, [m for n, m in enumerate(msgs, 1) if n % 3])            # 13 gaps of one: 3, 6, ... 39
+        ingest(store, [st.telemetry(41 + R.MAX_RESEND + 5)])                  # and one of MAX_RESEND + 5
+        other = Station(station="hd-02")
+        _gap(store, other, 2, 2, 3)
+        t = _later(SETTLE + 1)
+        asked = R.ask_due(store, t, settle_s=SETTLE)
+        assert len([r for r in asked if r.station == "hd-01"]) == R.PER_STATION_PER_MINUTE
+        assert [(r.first_seq, r.last_seq) for r in asked if r.station == "hd-02"] == [(2, 2)]  # its own budget
+        assert R.ask_due(store, t + 59 * S, settle_s=SETTLE) == []
+        rest = R.ask_due(store, t + 61 * S, settle_s=SETTLE)
+        spans = sorted((r.first_seq, r.last_seq) for r in asked + rest if r.station == "hd-01")
+        assert spans == [(n, n) for n in range(3, 40, 3)] + [(41, 41 + R.MAX_RESEND - 1),
+                                                            (41 + R.MAX_RESEND, 41 + R.MAX_RESEND + 4)]
+    finally:
+        store.close()
+
+
+def test_the_gaps_command_lists_unrecoverable_gaps_and_fails_on_them(tmp_path: pathlib.Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.app.cli import main
+
+    db = str(tmp_path / "plant.db")
+    with open_store(db) as store:
+        st = Station()
+        _gap(store, st, 4, 5, 8)
+        [r] = R.ask_due(store, _later(SETTLE + 1), settle_s=SETTLE)
+        ingest(store, [_reply(st, 1, r.command_id, missing=[[4, 5]])])
+    assert main(["historian", "gaps", "--db", db, "--open"]) == 1
+    out, err = capsys.readouterr()
+    assert "telemetry #4-5 (2) boot boot-a: UNRECOVERABLE (the station no longer holds it)" in out
+    assert "0 open: 0 message(s) missing and unexplained; 1 unrecoverable: 2 message(s)" in err
+
+
+def test_run_refuses_a_bad_identity_before_anything_is_opened(tmp_path: pathlib.Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.app.cli import main
+
+    db = tmp_path / "plant.db"
+    assert main(["historian", "run", "--broker", "mqtt://127.0.0.1:1", "--db", str(db), "--client-id", "h1",
+                 "--identity", "his/torian"]) == 2
+    assert "identity 'his/torian' cannot be a command topic level" in capsys.readouterr().err
+    assert not db.exists()
