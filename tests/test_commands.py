@@ -398,7 +398,9 @@ def test_reset_the_core_refuses_is_rejected_and_changes_nothing(ledger: CommandL
 
 def test_the_example_station_declares_roles() -> None:
     station = load_station(ROOT / "stations" / "hd_reactor_sim.toml")
-    assert station.commands.verbs_for("scada-hd") == {"start", "hold", "resume", "abort", "ack_alarm", "record_mass"}
+    assert station.commands.verbs_for("scada-hd") == {"start", "hold", "resume", "abort", "ack_alarm", "record_mass",
+                                                      "resend"}
+    assert station.commands.verbs_for("historian") == {"resend"}
     assert station.commands.verbs_for("nobody") == frozenset()
 
 
@@ -427,7 +429,9 @@ def test_broker_acl_lets_each_identity_publish_only_its_verbs_under_its_own_name
     assert [line for line in scada if "/cmd/" in line and "/cmd/scada-hd/" not in line] == []
     assert f"topic write {T.cmd('reset', SCADA)}" not in scada
     assert f"topic write {T.root}/cmd/service/reset" in _acl_block(acl, "service")
-    assert not [line for line in _acl_block(acl, "historian") if line.startswith("topic write")]
+    # a viewer may write one verb: resend (lost messages again, nothing it could not read already)
+    assert [line for line in _acl_block(acl, "historian") if line.startswith("topic write")] == [
+        f"topic write {T.cmd('resend', 'historian')}"]
 
 
 def test_broker_acl_lets_the_station_write_every_reply_topic_it_accepts() -> None:

@@ -295,9 +295,9 @@ class Held:
 def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: PlantBroker, outbox: Outbox,
                                                                          tmp_path: pathlib.Path) -> None:
     """scada-hd cannot send a reset as service-laptop, nor under its own name (its role, operator, may not
-    reset: the shipped ACL limits the verbs), and the historian (viewer) cannot send anything: mosquitto
-    refuses them (PUBACK 0x87, never delivered). Its own cmd/scada-hd/hold reaches the station, which
-    authorises it by that level."""
+    reset: the shipped ACL limits the verbs), and the historian (viewer) cannot send anything but resend:
+    mosquitto refuses them (PUBACK 0x87, never delivered). Its own cmd/scada-hd/hold reaches the station, which
+    authorises it by that level; the historian's resend reaches it too."""
     pki = plant.pki
     topics = StationTopics(SITE, "hd-01")
     cert, key = pki.clients["hd-01"]
@@ -305,13 +305,13 @@ def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: P
     session = MqttSession(outbox, station_settings(f"mqtts://localhost:{plant.tls_port}", ca_file=pki.ca,
                                                    cert_file=cert, key_file=key), site=SITE, station="hd-01")
     session.subscribe(topics.cmd_filter, 1, lambda m: arrived.put(Received(m.topic, bytes(m.payload))))
-    publishes = Publishes()
+    publishes, viewed = Publishes(), Publishes()   # one per client: message ids are per client
     online = threading.Event()
     scada = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada-cmd", protocol=MQTTProtocolVersion.MQTTv5)
     scada.tls_set_context(client_context(pki, "scada-hd"))
     viewer = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="historian-cmd", protocol=MQTTProtocolVersion.MQTTv5)
     viewer.tls_set_context(client_context(pki, "historian"))
-    viewer.on_publish = publishes
+    viewer.on_publish = viewed
     viewer.connect("localhost", plant.tls_port)
     viewer.loop_start()
     scada.on_publish = publishes
@@ -329,11 +329,12 @@ def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: P
         def send(identity: str, verb: str, client: mqtt.Client = scada) -> int:
             doc = {"schema": f"{SCHEMA_BASE}cmd-{verb}.json", "command_id": str(uuid.uuid4()), "issued_at": now,
                    "issuer": identity, "args": {}}
-            return publishes.wait(client.publish(topics.cmd(verb, identity), json.dumps(doc), qos=1).mid)
+            acks = viewed if client is viewer else publishes
+            return acks.wait(client.publish(topics.cmd(verb, identity), json.dumps(doc), qos=1).mid)
 
         assert send("service-laptop", "reset") == 0x87       # not authorised: the broker drops it
         assert send("scada-hd", "reset") == 0x87             # its own name, but not a verb of its role
-        assert send("historian", "hold", viewer) == 0x87     # a viewer may send nothing
+        assert send("historian", "hold", viewer) == 0x87     # a viewer may send nothing but resend
         assert send("scada-hd", "hold") == 0x00
         got = arrived.get(timeout=SAFETY_S)
         assert got.topic == topics.cmd("hold", "scada-hd")   # the first to arrive: the others never did
@@ -345,6 +346,8 @@ def test_the_broker_lets_a_client_send_commands_only_under_its_own_name(plant: P
                                  ledger=ledger).handle_many([got], 1.0)[0]
         assert out.accepted and out.event.body["issuer"] == "scada-hd" and target.reasons == ["held by scada-hd"]
         assert arrived.empty()
+        assert send("historian", "resend", viewer) == 0x00   # ... which the shipped ACL lets through
+        assert arrived.get(timeout=SAFETY_S).topic == topics.cmd("resend", "historian")
     finally:
         for c in (scada, viewer):
             c.disconnect()

@@ -19,10 +19,13 @@ __all__ = ["IDENTITY_RE", "ROLE_VERBS", "CommandSettings", "read_settings"]
 IDENTITY_RE = re.compile(r"[^\x00-\x1f\x7f+#/\s](?:[^\x00-\x1f\x7f+#/]{0,126}[^\x00-\x1f\x7f+#/\s])?")
 
 ROLE_VERBS: dict[str, frozenset[str]] = {
-    "viewer": frozenset(),
-    "operator": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "record_mass"}),
+    # resend only re-publishes what the identity may read already (its ACL reads the whole station); the rate
+    # limit and the bounded span keep it cheap: every role has it, so a historian needs no more than viewer
+    "viewer": frozenset({"resend"}),
+    "operator": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "record_mass", "resend"}),
     # autotune drives a heater between batches (under the core's interlocks): the people who tune loops only
-    "maintenance": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass", "autotune"}),
+    "maintenance": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass", "autotune",
+                              "resend"}),
 }
 MAX_IDENTITIES = 100
 

@@ -45,6 +45,7 @@ DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_BROKERS = 16
+MAX_HISTORY_MB = 16384     # [mqtt] history_mb: 16 GiB of history is more than any station's disk should give it
 
 Protocol = Literal["auto", "5", "3.1.1"]
 PROTOCOLS: tuple[Protocol, ...] = ("auto", "5", "3.1.1")
@@ -161,7 +162,9 @@ class BrokerSettings:
     """How the session reaches its brokers. Times in seconds.
 
     ``session_expiry_s`` is how long the broker keeps our session (the command subscriptions)
-    while we are away; the outbox, not the broker, keeps what we publish.
+    while we are away; the outbox, not the broker, keeps what we publish, and ``history_mb`` of what
+    the broker acknowledged, because a broker can still lose that (a restart that forgets shared
+    subscriptions, a kill before its autosave): a consumer asks for it again (``resend``).
     """
 
     brokers: tuple[BrokerUrl, ...] = ()       # empty: none configured (the session needs at least one)
@@ -178,6 +181,7 @@ class BrokerSettings:
     backoff_min_s: float = 0.5
     backoff_max_s: float = 60.0
     max_inflight: int = 100                   # our own cap on the window, below the broker's Receive Maximum
+    history_mb: int = 64                      # MiB of acknowledged messages the outbox keeps for resend; 0: none
 
     def __post_init__(self) -> None:
         problems = _check_settings(self)
@@ -219,6 +223,8 @@ def _check_settings(s: BrokerSettings) -> list[tuple[str, str]]:
                                           f" {s.backoff_min_s} and {s.backoff_max_s}"))
     if not 1 <= s.max_inflight <= 65535:
         problems.append(("max_inflight", f"expected 1 to 65535, got {s.max_inflight}"))
+    if not 0 <= s.history_mb <= MAX_HISTORY_MB:
+        problems.append(("history_mb", f"expected 0 to {MAX_HISTORY_MB}, got {s.history_mb}"))
     if (s.cert_file is None) != (s.key_file is None):
         problems.append(("cert_file" if s.cert_file is None else "key_file",
                          "a client certificate needs both cert_file and key_file"))
@@ -246,7 +252,7 @@ def read_broker_settings(t: Table) -> BrokerSettings:
                       ("connect_timeout_s", number_in(0.1, 300.0)), ("session_expiry_s", integer_in(0, 0xFFFFFFFF)),
                       ("protocol", choice(PROTOCOLS)), ("username", string),
                       ("backoff_min_s", number_in(0.01, 3600.0)), ("backoff_max_s", number_in(0.01, 3600.0)),
-                      ("max_inflight", integer_in(1, 65535))):
+                      ("max_inflight", integer_in(1, 65535)), ("history_mb", integer_in(0, MAX_HISTORY_MB))):
         value = t.get(key, conv)
         if value is not None:
             values[key] = value

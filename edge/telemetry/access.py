@@ -3,10 +3,11 @@ parts of the station file.
 
 Roles and what each may do (a role includes the ones above it)::
 
-    viewer       nothing: reads telemetry, state, events (the broker ACL grants the reading)
-    operator     start, hold, resume, abort, ack_alarm: runs batches and answers alarms
-    maintenance  everything an operator may, and reset: only where [station] allow_remote_reset = true,
-                 and the core still refuses to reset a trip whose condition persists
+    viewer       resend: reads telemetry, state, events (the broker ACL grants the reading) and may ask
+                 for messages it lost again (re-published from the station's history, nothing else)
+    operator     start, hold, resume, abort, ack_alarm, record_mass, resend: runs batches and answers alarms
+    maintenance  everything an operator may, autotune, and reset: only where [station] allow_remote_reset
+                 = true, and the core still refuses to reset a trip whose condition persists
 
 An identity is what the broker authenticated: the MQTT username, or the CN of the client
 certificate (mosquitto ``use_identity_as_username``). One identity may be listed under several
@@ -20,8 +21,9 @@ identity from that level and looks it up in this table; the payload's ``issuer``
 cross-check (a command whose ``issuer`` names someone else is rejected). So ``scada`` cannot send
 a reset as ``service-laptop``, whatever it writes in the payload. ``site_acl`` (``reedge station acl
 STATION...``) writes the broker's ACL from this same table, per station: each identity may write only
-the verbs of its roles, so a viewer's command never reaches the station at all (a flood of them costs
-the station nothing), and each listed identity reads only the stations that list it.
+the verbs of its roles, so a viewer's ``hold`` never reaches the station at all (a flood of them costs
+the station nothing; its ``resend`` does reach it, under the per-identity rate limit), and each listed
+identity reads only the stations that list it.
 ``deploy/mosquitto/acl`` is its output for the shipped stations (a test keeps them equal).
 
 Example::

@@ -36,6 +36,9 @@ fails answers ``rejected`` with its code (``mqtt_schemas/reply.json``); nothing 
                     (the core or the controller refused for safety), ``refused`` (the controller
                     said no, the station is stopping), ``error`` (the target failed unexpectedly;
                     the station is as it was)
+(``resend``)        the outbox's history instead (below): ``not_allowed`` (the station keeps no
+                    history), ``invalid`` (last before first, too long a span), ``refused`` (the
+                    station is stopping), ``error`` (the outbox failed; nothing was queued)
 ==================  =====================================================================
 
 ``handle`` never raises: anything unexpected is answered ``error`` with its reason, so a
@@ -69,6 +72,15 @@ bury the station's own events; the replies are each still there.
 
 This module is only the transport: what a verb does and when it is refused is decided by
 ``edge.operator`` (``Operator.execute``), which stdin commands go through as well.
+
+**resend** is the one verb about the transport itself, not the process: a consumer lost messages the
+broker had acknowledged (a broker restart, a killed broker) and asks for ``first_seq..last_seq`` of one
+stream of one boot again. The handler calls its ``resend`` (``Outbox.resend``, given by the publisher)
+instead of the operator, after the same checks as any command (ledger, age, roles, audit event): the
+history's rows of the range are queued again, byte-identical and never retained. Its answer says what
+was queued, what was still pending and what the station no longer holds, in ``message`` and, for a
+program, in the reply's ``data`` (``resend_data``; a replay carries the original's). Without a
+history (``resend`` None, ``[mqtt] history_mb = 0``) it is answered ``not_allowed``.
 """
 
 from __future__ import annotations
@@ -85,7 +97,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edge.operator.execute import AuditRecord, Command, Operator
 from edge.spec.access import CommandSettings
@@ -94,6 +106,9 @@ from edge.telemetry.schemas import errors as schema_errors
 from edge.telemetry.topics import VERBS, StationTopics, TopicError, command_schema, parse_topic
 from edge.timestamps import TimestampError, parse_rfc3339
 
+if TYPE_CHECKING:
+    from edge.telemetry.outbox_types import Resent
+
 Code = Literal["ok", "too_large", "not_json", "invalid", "unknown_verb", "unauthorised", "stale", "future",
                "id_reused", "not_allowed", "interlock", "state", "refused", "outcome_unknown", "busy", "error"]
 MAX_CORRELATION = 256
@@ -101,6 +116,13 @@ MAX_JSON_DEPTH = 32        # commands nest 3 levels; jsonschema recurses about 5
 BUSY_TIMEOUT_S = 0.2       # how long the ledger waits for a lock before the command is refused
 PRUNE_EVERY_S = 10.0       # old ids are forgotten at most this often (a prune is a write and an fsync)
 LEDGER_UNAVAILABLE = "command ledger unavailable"
+MAX_MISSING_LISTED = 64    # missing ranges a resend reply lists (data.missing; data.missing_count counts them all)
+MAX_MISSING_SAID = 8       # ... and its message names, for people
+NO_HISTORY = ("this station keeps no history of what it sent ([mqtt] history_mb = 0): nothing can be"
+              " re-sent")
+
+#: What the outbox's history does for ``resend``: (boot id, stream, first seq, last seq) -> what was queued again.
+Resend = Callable[[str, str, int, int], "Resent"]
 
 
 # ---- untrusted JSON ------------------------------------------------------------------------------
@@ -207,7 +229,8 @@ class CommandLedger:
                 stored = json.loads(row[1]) if row[1] is not None else None
             except (sqlite3.Error, ValueError) as e:
                 raise LedgerError(f"{self.path}: cannot read the command ledger: {e}") from e
-        if stored is not None and not (isinstance(stored, dict) and {"code", "message"} <= stored.keys()):
+        if stored is not None and not (isinstance(stored, dict) and {"code", "message"} <= stored.keys()
+                                       and isinstance(stored.get("data", {}), dict)):
             raise LedgerError(f"{self.path}: the stored answer of {command_id} is damaged")
         return str(row[0]), stored
 
@@ -301,15 +324,25 @@ class CommandHandler:
 
     def __init__(self, *, topics: StationTopics, settings: CommandSettings, operator: Operator,
                  ledger: CommandLedger, clock: Callable[[], int] = time.time_ns,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+                 timer: Callable[[], float] = time.monotonic, resend: Resend | None = None) -> None:
+        """``resend``: what serves the ``resend`` verb (the outbox's history, module docstring); None: the
+        station keeps none and the verb is answered ``not_allowed``."""
         self.topics = topics
         self.settings = settings
         self.operator = operator        # what the commands do: the one operator-command path
+        self.resend = resend
+        self._closed: str | None = None
         self.ledger = ledger
         self.clock = clock              # wall clock, ns: issued_at checks and ledger times
         self.timer = timer              # seconds, for handle_many's budget
         self._lock = threading.Lock()   # one command at a time: a replay racing its original waits for its answer
         self._next_prune_ns: int | None = None
+
+    def close(self, reason: str) -> None:
+        """From now on every command is answered ``refused`` with ``reason`` and none is executed, resend
+        included (the station is stopping)."""
+        self._closed = reason
+        self.operator.close(reason)
 
     def handle(self, topic: str, payload: bytes, *, response_topic: str | None = None,
                correlation_data: bytes | None = None) -> Outcome:
@@ -423,12 +456,42 @@ class CommandHandler:
         except LedgerError as e:
             return self._answer(d, "error", f"{LEDGER_UNAVAILABLE}: not executed ({e})")
         d.args = doc["args"]
-        answer = self.operator.execute(Command(d.verb, d.args, d.identity, "mqtt"))
-        out = self._answer(d, answer.code, answer.message, executed=answer.accepted)
+        if d.verb == "resend":
+            code, message, data = self._resend(d.args)
+            out = self._answer(d, code, message, executed=code == "ok", data=data)
+        else:
+            answer = self.operator.execute(Command(d.verb, d.args, d.identity, "mqtt"))
+            out = self._answer(d, answer.code, answer.message, executed=answer.accepted)
         # if this fails the answer stands; the row stays "executing" and a replay gets outcome_unknown
         with contextlib.suppress(LedgerError):
             self.ledger.finish(d.command_id, self._stored(out.reply))
         return out
+
+    def _resend(self, args: dict[str, Any]) -> tuple[Code, str, dict[str, Any] | None]:
+        """A checked ``resend`` executed: its code, message and ``data`` (module docstring). The bounds are the
+        outbox's (its ValueError is the answer ``invalid``), so they are written once."""
+        if self._closed is not None:
+            return "refused", self._closed, None
+        if self.resend is None:
+            return "not_allowed", NO_HISTORY, None
+        boot, stream, first, last = args["boot_id"], args["stream"], args["first_seq"], args["last_seq"]
+        try:
+            got = self.resend(boot, stream, first, last)
+        except ValueError as e:
+            return "invalid", str(e), None
+        except Exception as e:     # the outbox failed (disk): its transaction did not commit, nothing is queued
+            return "error", f"could not re-send ({type(e).__name__}: {e}); nothing was queued again", None
+        missing = [(int(a), int(b)) for a, b in got.missing]
+        count = sum(b - a + 1 for a, b in missing)
+        said = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in missing[:MAX_MISSING_SAID])
+        if len(missing) > MAX_MISSING_SAID:
+            said += f" and {len(missing) - MAX_MISSING_SAID} more range(s)"
+        message = (f"re-sent {got.requeued} of stream {stream}, boot {boot}, seq {first}-{last};"
+                   f" {got.pending} still pending; "
+                   + (f"missing {said} ({count} no longer held)" if missing else "nothing missing"))
+        data = {"requeued": got.requeued, "pending": got.pending,
+                "missing": [[a, b] for a, b in missing[:MAX_MISSING_LISTED]], "missing_count": count}
+        return "ok", message, data
 
     def _read_topic(self, d: _Draft, topic: str) -> str | None:
         """Sender and verb from the topic into ``d`` (and the station's own reply topic); else the problem."""
@@ -475,7 +538,7 @@ class CommandHandler:
             return self._answer(d, "outcome_unknown", "this command was being executed when the station restarted"
                                                       " (or its answer could not be stored); it is not executed"
                                                       " again: check the state", replayed=True)
-        return self._answer(d, stored["code"], stored["message"], replayed=True)
+        return self._answer(d, stored["code"], stored["message"], replayed=True, data=stored.get("data"))
 
     def _remember(self, d: _Draft, digest: str, now: int, code: Code, message: str) -> Outcome:
         """A rejection of a well-formed command: stored, so that a replay gets the same answer."""
@@ -487,16 +550,19 @@ class CommandHandler:
 
     @staticmethod
     def _stored(reply: dict[str, Any]) -> dict[str, Any]:
-        return {"code": reply["code"], "message": reply["message"]}
+        """What the ledger keeps of an answer, for replays: code, message and ``data`` (a resend's)."""
+        return {k: reply[k] for k in ("code", "message", "data") if k in reply}
 
     def _answer(self, d: _Draft, code: Code, message: str, *, replayed: bool = False,
-                executed: bool = False) -> Outcome:
+                executed: bool = False, data: dict[str, Any] | None = None) -> Outcome:
         result = "accepted" if code == "ok" else "rejected"
         message = message if len(message) <= 1000 else message[:997] + "..."
         reply: dict[str, Any] = {"command_id": d.command_id, "verb": d.verb, "result": result, "code": code,
                                  "message": message, "replayed": replayed}
         if d.correlation is not None:
             reply["correlation_data"] = base64.b64encode(d.correlation).decode()
+        if data is not None:
+            reply["data"] = data
         record = AuditRecord(d.identity, "mqtt", d.verb, d.args, code, message)
         audit = command_event(verb=record.verb, command_id=d.command_id, issuer=record.who, result=record.result,
                               code=record.code, message=record.line)

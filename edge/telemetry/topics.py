@@ -10,7 +10,8 @@ Every topic of a station lives under one root::
     reedge/v1/{site}/{station}/batch        batch start and end records
     reedge/v1/{site}/{station}/cmd/{identity}/{verb}
                                             commands in (start, hold, resume, abort, ack_alarm,
-                                            reset), sent by ``identity``
+                                            reset, record_mass, autotune; resend: a consumer asks
+                                            for messages it lost again), sent by ``identity``
     reedge/v1/{site}/{station}/reply/{verb} the answer to each command (unless an authorised
                                             command named its own reply topic under
                                             ``reply/{identity}/...``: the MQTT 5 response topic,
@@ -26,9 +27,10 @@ never by what the payload says (``edge.telemetry.commands``).
 ``STREAMS`` is the one table of what each stream is. The MQTT session publishes with its QoS
 and retain flag, the outbox stores with its priority, ``mqtt_schemas/asyncapi.yaml`` must say the
 same (``tests/test_schemas.py`` checks it), and ``reedge tail`` picks the schema by it. Every
-published stream is QoS 1: the outbox deletes a message only once the broker acknowledged it,
-which needs a PUBACK (QoS 0 has none; QoS 2 costs a second round trip and brings nothing that
-sequence numbers do not already give: duplicates are recognised by (boot, stream, seq)).
+published stream is QoS 1: the outbox lets a message go (into its bounded history, for ``resend``)
+only once the broker acknowledged it, which needs a PUBACK (QoS 0 has none; QoS 2 costs a second
+round trip and brings nothing that sequence numbers do not already give: duplicates are recognised
+by (boot, stream, seq)).
 
 Site and station are topic levels: lowercase letters, digits, ``-`` and ``_``, 1 to 32
 characters, starting with a letter or digit (the same rule as the station file's
@@ -51,7 +53,8 @@ SCHEMA_BASE = "https://reeproduce.eu/schemas/reedge/v1/"
 LEVEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # = edge.spec.station.IDENT_RE (a test checks they agree)
 MAX_REPLY_TOPIC = 512
 #: Command verbs, in the order the documentation lists them.
-VERBS: tuple[str, ...] = ("start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass", "autotune")
+VERBS: tuple[str, ...] = ("start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass", "autotune",
+                          "resend")
 
 
 class TopicError(ValueError):
