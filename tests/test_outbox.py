@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from edge.telemetry.outbox import (
+    HISTORY_OFFSET,
     ROW_OVERHEAD,
     Draft,
     InvalidMessage,
@@ -45,9 +46,11 @@ def sample(i: int) -> dict[str, Any]:
 
 
 def stored(path: pathlib.Path) -> list[tuple[int, str, int, int, bytes]]:
-    """Every row (id, stream, seq, priority, payload), read with plain sqlite3 behind the outbox's back."""
+    """Every pending row (id, stream, seq, priority, payload), read with plain sqlite3 behind the outbox's back
+    (acknowledged messages kept as history are not: ``tests/test_outbox_history.py``)."""
     with sqlite3.connect(path) as c:
-        return c.execute("SELECT id, stream, seq, priority, payload FROM messages ORDER BY id").fetchall()
+        return c.execute("SELECT id, stream, seq, priority, payload FROM messages WHERE priority < ? ORDER BY id",
+                         (HISTORY_OFFSET,)).fetchall()
 
 
 def integrity(path: pathlib.Path) -> str:

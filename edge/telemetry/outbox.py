@@ -148,6 +148,8 @@ from typing import Any
 from edge.telemetry.outbox_commit import GroupCommit, Mode
 from edge.telemetry.outbox_file import prepare_file
 from edge.telemetry.outbox_types import (
+    HISTORY_OFFSET,
+    MAX_RESEND,
     ROW_OVERHEAD,
     SEND_CLASSES,
     Draft,
@@ -158,13 +160,16 @@ from edge.telemetry.outbox_types import (
     OutboxStats,
     Priority,
     PriorityStats,
+    Resent,
     _size,
 )
 
-__all__ = ["ROW_OVERHEAD", "Draft", "InvalidMessage", "Message", "Outbox", "OutboxError", "OutboxLocked",
-           "OutboxStats", "Priority", "PriorityStats"]
+__all__ = ["DEFAULT_HISTORY", "HISTORY_OFFSET", "MAX_RESEND", "ROW_OVERHEAD", "Draft", "InvalidMessage", "Message",
+           "Outbox", "OutboxError", "OutboxLocked", "OutboxStats", "Priority", "PriorityStats", "Resent"]
 
 DEFAULT_QUOTA = 256 * 1024 * 1024
+DEFAULT_HISTORY = 64 * 1024 * 1024
+HISTORY_PRUNE_ROWS = 1024    # history rows deleted at most per call (more when one ack_many brought more)
 MIN_QUOTA = 16 * 1024
 HEADROOM_DIV = 16            # a thinning frees down to quota - quota/16 ...
 FLOOR_DIV = 8                # ... but never thins telemetry below quota/8
@@ -191,6 +196,7 @@ class _Tx:
     level: int             # telemetry is thinned to seq % 2**level == 0 ...
     clean_id: int          # ... for every telemetry id up to this one
     report_id: int | None
+    history: list[int]     # [count, bytes] of the history
     thinned: int = 0
     thinning_events: int = 0
     doomed: list[int] = field(default_factory=list)   # ids thinned
@@ -266,20 +272,36 @@ def _route(stream: object, topic: object) -> int:
     return _size(stream, topic, b"")
 
 
+def _missing(first: int, last: int, held: list[int]) -> list[tuple[int, int]]:
+    """The inclusive ranges of ``first..last`` not in ``held`` (sorted, inside it)."""
+    out: list[tuple[int, int]] = []
+    nxt = first
+    for seq in held:
+        if seq > nxt:
+            out.append((nxt, seq - 1))
+        nxt = seq + 1
+    if nxt <= last:
+        out.append((nxt, last))
+    return out
+
+
 class Outbox:
     """A durable, ordered, quota-bounded message queue in one SQLite file (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str], *, quota_bytes: int = DEFAULT_QUOTA, boot_id: str | None = None,
                  event_stream: str = "event", event_topic: str = "event",
-                 synchronous: Mode = "GROUP") -> None:
+                 synchronous: Mode = "GROUP", history_bytes: int = DEFAULT_HISTORY) -> None:
         """Open (or create) the outbox at ``path`` and take ownership of it.
 
         ``boot_id`` tags the messages put from now on (default: a new random id per open).
         ``event_stream`` / ``event_topic`` are where thinning is reported (the session passes the
-        full ``reedge/v1/{site}/{station}/event`` topic).
+        full ``reedge/v1/{site}/{station}/event`` topic). ``history_bytes`` bounds what is kept of
+        acknowledged messages for ``resend`` (0: none, an acknowledged message is deleted).
         """
         if isinstance(quota_bytes, bool) or not isinstance(quota_bytes, int) or quota_bytes < MIN_QUOTA:
             raise ValueError(f"quota_bytes must be an integer of at least {MIN_QUOTA}, got {quota_bytes!r}")
+        if isinstance(history_bytes, bool) or not isinstance(history_bytes, int) or history_bytes < 0:
+            raise ValueError(f"history_bytes must be an integer of at least 0 (0: no history), got {history_bytes!r}")
         if synchronous not in ("GROUP", "FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'GROUP', 'FULL' or 'NORMAL', got {synchronous!r}")
         _prepare(event_stream, event_topic, b"", Priority.EVENT, 1, False)  # the event target must be valid
@@ -290,6 +312,7 @@ class Outbox:
         self.path = pathlib.Path(path)
         self.boot_id = boot_id
         self.quota_bytes = quota_bytes
+        self.history_bytes = history_bytes
         self.event_stream = event_stream
         self.event_topic = event_topic
         self._put_sync = "FULL" if synchronous == "FULL" else "NORMAL"   # GROUP: an fsync covers many (below)
@@ -345,28 +368,40 @@ class Outbox:
         self._clean_id = int(counters.get("thin_clean_id", 0))
         self._counts = [0] * len(Priority)
         self._sizes = [0] * len(Priority)
+        self._history = [0, 0]               # count, bytes of the history (module docstring, "History and resend")
         for p in Priority:
-            n, b = c.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE priority = ?",
-                             (int(p),)).fetchone()
-            self._counts[p], self._sizes[p] = int(n), int(b)
-        unknown = sum(self._counts) != c.execute("SELECT count(*) FROM messages").fetchone()[0]
+            for value, totals in ((int(p), None), (p + HISTORY_OFFSET, self._history)):
+                n, b = c.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE priority = ?",
+                                 (value,)).fetchone()
+                if totals is None:
+                    self._counts[p], self._sizes[p] = int(n), int(b)
+                else:
+                    totals[0] += int(n)
+                    totals[1] += int(b)
+        unknown = sum(self._counts) + self._history[0] != c.execute("SELECT count(*) FROM messages").fetchone()[0]
         if unknown:
             raise OutboxError(f"{self.path}: holds messages of a priority this code does not know")
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.execute("INSERT OR IGNORE INTO boots (boot_id, opened_ns) VALUES (?, ?)", (self.boot_id, time.time_ns()))
+            new = c.execute("INSERT OR IGNORE INTO boots (boot_id, opened_ns) VALUES (?, ?)",
+                            (self.boot_id, time.time_ns())).rowcount == 1
             self._boot_n = int(c.execute("SELECT n FROM boots WHERE boot_id = ?", (self.boot_id,)).fetchone()[0])
             # Boots are numbered in order and messages are appended, so a boot older than the oldest
-            # message's has no message left; the table stays as short as the backlog's history, plus
-            # the boot just before this one: the birth names it with its last sequence numbers.
+            # message's (pending or history) has no message left; the table stays as short as the
+            # backlog's and the history's span, plus the boot just before this one: the birth names it
+            # with its last sequence numbers.
             prev = c.execute("SELECT n, boot_id FROM boots WHERE n < ? ORDER BY n DESC LIMIT 1",
                              (self._boot_n,)).fetchone()
             self.previous_boot_id: str | None = prev[1] if prev else None
+            if new and prev is not None:     # what the previous boot gave, at most: resend's bound for it
+                c.execute("INSERT OR REPLACE INTO boot_seqs (boot, stream, last_seq)"
+                          " SELECT ?, stream, last_seq FROM streams", (prev[0],))
             oldest = c.execute("SELECT boot FROM messages ORDER BY id LIMIT 1").fetchone()
             keep_from = min(self._boot_n, oldest[0]) if oldest else self._boot_n
             if prev is not None:
                 keep_from = min(keep_from, int(prev[0]))
             c.execute("DELETE FROM boots WHERE n < ?", (keep_from,))
+            c.execute("DELETE FROM boot_seqs WHERE boot < ?", (keep_from,))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -404,7 +439,8 @@ class Outbox:
                     raise InvalidMessage(f"stream {p.stream!r} cannot mix telemetry and other priorities"
                                          f" (got {p.priority.name}): its order would not hold; nothing stored")
             c = self._conn
-            tx = _Tx(list(self._counts), list(self._sizes), {}, self._level, self._clean_id, self._report_id)
+            tx = _Tx(list(self._counts), list(self._sizes), {}, self._level, self._clean_id, self._report_id,
+                     list(self._history))
             out: list[Message] = []
             try:
                 self._set_sync(self._put_sync)
@@ -427,6 +463,7 @@ class Outbox:
             for msg_id in tx.doomed:
                 self._offered.pop(msg_id, None)
             self._counts, self._sizes, self._report_id = tx.counts, tx.sizes, tx.report_id
+            self._history = tx.history
             self._level, self._clean_id = tx.level, tx.clean_id
             self._last_seq.update(tx.seqs)
             self._thinned += tx.thinned
@@ -453,7 +490,8 @@ class Outbox:
     # ---- the quota -----------------------------------------------------------------------
 
     def _make_room(self, tx: _Tx, incoming: int) -> None:
-        """Thin telemetry if ``incoming`` bytes would take the outbox over its quota (module docstring).
+        """Prune history, then thin telemetry, if ``incoming`` bytes would take the outbox over its quota (module
+        docstring: history gives up its room first, then telemetry is thinned).
 
         Thinning works by level: at level L, telemetry keeps the messages whose sequence number is
         a multiple of 2**L. A walk from the oldest telemetry brings every message to the current
@@ -463,9 +501,11 @@ class Outbox:
         """
         quota = self.quota_bytes
         tele = Priority.TELEMETRY
+        headroom, floor = quota // HEADROOM_DIV, quota // FLOOR_DIV
+        if tx.history[1] and sum(tx.sizes) + tx.history[1] + incoming > quota:
+            self._prune_history(tx.history, max(0, quota - headroom - sum(tx.sizes) - incoming), HISTORY_PRUNE_ROWS)
         if sum(tx.sizes) + incoming <= quota:
             return
-        headroom, floor = quota // HEADROOM_DIV, quota // FLOOR_DIV
         if tx.sizes[tele] - self._inflight_tele < floor + headroom:
             return
         goal = quota - headroom
@@ -526,7 +566,8 @@ class Outbox:
         freed = sum(r[3] for r in ranges.values())
         old: tuple[bytes, int] | None = None
         if tx.report_id is not None and tx.report_id not in self._inflight:
-            old = c.execute("SELECT payload, size FROM messages WHERE id = ?", (tx.report_id,)).fetchone()
+            old = c.execute(f"SELECT payload, size FROM messages WHERE id = ? AND priority < {HISTORY_OFFSET}",
+                            (tx.report_id,)).fetchone()
         if old is not None:
             assert tx.report_id is not None
             report: dict[str, Any] = json.loads(old[0])
@@ -666,18 +707,21 @@ class Outbox:
             return marked
 
     def ack(self, msg_id: int) -> bool:
-        """The broker acknowledged ``msg_id``: delete it. False if it was not stored (already acked)."""
+        """The broker acknowledged ``msg_id``: it becomes history (or goes, without history). False if it was not
+        pending (already acked)."""
         return self.ack_many([msg_id]) == 1
 
     def ack_many(self, ids: Iterable[int]) -> int:
-        """Delete several acknowledged messages in one transaction; returns how many were stored."""
+        """Several acknowledged messages become history (are deleted, without history) in one transaction, and
+        the oldest history goes past ``history_bytes``; returns how many were pending."""
         wanted = [int(i) for i in ids]
         if not wanted:
             return 0
+        keep = self.history_bytes > 0
         with self._lock:
             self._check_open()
             c = self._conn
-            counts, sizes = list(self._counts), list(self._sizes)
+            counts, sizes, history = list(self._counts), list(self._sizes), list(self._history)
             deleted = 0
             try:
                 self._set_sync("NORMAL")   # a lost ack is a detectable duplicate; see the module docstring
@@ -686,11 +730,19 @@ class Outbox:
                     for start in range(0, len(wanted), 500):
                         chunk = wanted[start:start + 500]
                         marks = ",".join("?" * len(chunk))
-                        for priority, size in c.execute(f"DELETE FROM messages WHERE id IN ({marks})"
-                                                        " RETURNING priority, size", chunk).fetchall():
+                        sql = (f"UPDATE messages SET priority = priority + {HISTORY_OFFSET} WHERE id IN ({marks})"
+                               f" AND priority < {HISTORY_OFFSET} RETURNING priority - {HISTORY_OFFSET}, size"
+                               if keep else f"DELETE FROM messages WHERE id IN ({marks}) RETURNING priority, size")
+                        for priority, size in c.execute(sql, chunk).fetchall():
                             counts[priority] -= 1
                             sizes[priority] -= size
                             deleted += 1
+                            if keep:
+                                history[0] += 1
+                                history[1] += size
+                    if history[1] > self.history_bytes:   # pruned with headroom: not at every ack
+                        self._prune_history(history, self.history_bytes - self.history_bytes // HEADROOM_DIV,
+                                            max(HISTORY_PRUNE_ROWS, 2 * deleted))
                     # The backlog is sent (telemetry below the floor): the next outage thins from level 1 again,
                     # not at the stride the last one needed.
                     rethin = self._level > 0 and sizes[Priority.TELEMETRY] < self.quota_bytes // FLOOR_DIV
@@ -702,13 +754,100 @@ class Outbox:
                     raise
             except sqlite3.Error as e:
                 raise OutboxError(f"{self.path}: cannot delete acknowledged messages: {e}") from e
-            self._counts, self._sizes = counts, sizes
+            self._counts, self._sizes, self._history = counts, sizes, history
             if rethin:
                 self._level = self._clean_id = 0
             for msg_id in wanted:
                 self._inflight_tele -= self._inflight.pop(msg_id, 0)
                 self._offered.pop(msg_id, None)
             return deleted
+
+    def _prune_history(self, history: list[int], goal: int, max_rows: int) -> None:
+        """Delete the oldest history (by id) until its bytes are at most ``goal``, at most ``max_rows`` rows, in the
+        caller's transaction; ``history`` ([count, bytes]) is updated. One index range per priority, merged."""
+        c = self._conn
+        deleted = 0
+        while history[1] > goal and history[0] > 0 and deleted < max_rows:
+            limit = min(THIN_CHUNK, max_rows - deleted)
+            rows: list[tuple[int, int]] = []
+            for p in Priority:
+                rows += c.execute("SELECT id, size FROM messages WHERE priority = ? ORDER BY id LIMIT ?",
+                                  (p + HISTORY_OFFSET, limit)).fetchall()
+            doomed: list[tuple[int]] = []
+            for msg_id, size in sorted(rows)[:limit]:
+                if history[1] <= goal:
+                    break
+                doomed.append((msg_id,))
+                history[0] -= 1
+                history[1] -= size
+            c.executemany("DELETE FROM messages WHERE id = ?", doomed)
+            deleted += len(doomed)
+
+    def resend(self, boot_id: str, stream: str, first_seq: int, last_seq: int) -> Resent:
+        """Make the history of ``boot_id``'s ``stream`` from ``first_seq`` to ``last_seq`` pending again (module
+        docstring, "History and resend"): one transaction, covered by the group commit like a put.
+
+        Each number of the range up to the last the stream was given under that boot is counted once: requeued
+        (history, pending again with its old id, unchanged but for ``retain``, cleared), pending (not acked yet)
+        or missing (inclusive ranges: pruned, thinned...; everything when the boot is unknown here)."""
+        for name, value in (("boot_id", boot_id), ("stream", stream)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        for name, number in (("first_seq", first_seq), ("last_seq", last_seq)):
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise ValueError(f"{name} must be an integer, got {number!r}")
+        if first_seq < 1:
+            raise ValueError(f"first_seq must be at least 1 (numbers start at 1), got {first_seq}")
+        if last_seq < first_seq:
+            raise ValueError(f"last_seq ({last_seq}) is before first_seq ({first_seq})")
+        if last_seq - first_seq >= MAX_RESEND:
+            raise ValueError(f"a resend covers at most {MAX_RESEND} numbers, {first_seq}-{last_seq} is"
+                             f" {last_seq - first_seq + 1}: ask in parts")
+        with self._lock:
+            self._check_open()
+            c = self._conn
+            counts, sizes, history = list(self._counts), list(self._sizes), list(self._history)
+            requeued: list[int] = []
+            try:
+                row = c.execute("SELECT n FROM boots WHERE boot_id = ?", (boot_id,)).fetchone()
+                if row is None:
+                    return Resent(0, 0, [(first_seq, last_seq)])
+                if row[0] == self._boot_n:
+                    top = self._last_seq.get(stream, 0)
+                else:
+                    bound = c.execute("SELECT last_seq FROM boot_seqs WHERE boot = ? AND stream = ?",
+                                      (row[0], stream)).fetchone()
+                    top = bound[0] if bound else 0
+                top = min(top, last_seq)
+                rows = c.execute("SELECT id, seq, priority, size FROM messages WHERE stream = ? AND seq BETWEEN ? AND ?"
+                                 " AND boot = ?", (stream, first_seq, top, row[0])).fetchall()
+                for msg_id, _seq, priority, size in rows:
+                    if priority >= HISTORY_OFFSET:
+                        requeued.append(msg_id)
+                        counts[priority - HISTORY_OFFSET] += 1
+                        sizes[priority - HISTORY_OFFSET] += size
+                        history[0] -= 1
+                        history[1] -= size
+                if requeued:
+                    self._set_sync(self._put_sync)
+                    c.execute("BEGIN IMMEDIATE")
+                    try:
+                        for start in range(0, len(requeued), 500):
+                            chunk = requeued[start:start + 500]
+                            c.execute(f"UPDATE messages SET priority = priority - {HISTORY_OFFSET}, retain = 0"
+                                      f" WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                        c.execute("COMMIT")
+                    except BaseException:
+                        c.execute("ROLLBACK")
+                        raise
+            except sqlite3.Error as e:
+                raise OutboxError(f"{self.path}: cannot resend {stream!r} {first_seq}-{last_seq}, nothing changed:"
+                                  f" {e}") from e
+            if requeued:
+                self._commit.committed(0)
+                self._counts, self._sizes, self._history = counts, sizes, history
+            return Resent(len(requeued), len(rows) - len(requeued),
+                          _missing(first_seq, top, sorted(r[1] for r in rows)))
 
     def requeue_inflight(self) -> int:
         """After a reconnect: everything in flight and not acked is pending again, in its place. Returns how many."""
@@ -741,10 +880,12 @@ class Outbox:
         with self._lock:
             self._check_open()
             try:
-                row = self._conn.execute("SELECT created_ns FROM messages ORDER BY id LIMIT 1").fetchone()
+                oldest = min((r for p in Priority if self._counts[p] for r in self._conn.execute(
+                    "SELECT id, created_ns FROM messages WHERE priority = ? ORDER BY id LIMIT 1", (int(p),))),
+                    default=None)
             except sqlite3.Error as e:
                 raise OutboxError(f"{self.path}: cannot read stats: {e}") from e
-            age = None if row is None else max(0.0, (time.time_ns() - row[0]) / 1e9)
+            age = None if oldest is None else max(0.0, (time.time_ns() - oldest[1]) / 1e9)
             file_bytes = 0
             for suffix in ("", "-wal"):
                 with contextlib.suppress(FileNotFoundError):
@@ -754,7 +895,8 @@ class Outbox:
                 count=sum(self._counts), bytes=total, quota_bytes=self.quota_bytes, over_quota=total > self.quota_bytes,
                 by_priority={p: PriorityStats(self._counts[p], self._sizes[p]) for p in Priority},
                 inflight=len(self._inflight), oldest_age_s=age, thinned=self._thinned,
-                thinning_events=self._thinning_events, file_bytes=file_bytes)
+                thinning_events=self._thinning_events, file_bytes=file_bytes, history_count=self._history[0],
+                history_bytes=self._history[1])
 
     # ---- closing -------------------------------------------------------------------------
 

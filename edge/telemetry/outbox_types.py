@@ -1,4 +1,5 @@
-"""The outbox's types: its errors, priorities, messages and stats (``edge.telemetry.outbox`` says what they mean)."""
+"""The outbox's types: its errors, priorities, messages, stats and resend answers (``edge.telemetry.outbox`` says
+what they mean)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 ROW_OVERHEAD = 64            # bytes counted per message besides payload, topic and stream (row header, indexes)
+HISTORY_OFFSET = 100         # an acknowledged message kept as history: its priority column is priority + this
+MAX_RESEND = 100_000         # the most sequence numbers one resend may cover (last_seq - first_seq < this)
 
 
 class OutboxError(RuntimeError):
@@ -97,6 +100,8 @@ class OutboxStats:
     thinning_events: int                 # event messages that reported them
     file_bytes: int                      # database + WAL on disk
     dropped: int = 0                     # messages lost without a trace: none, by construction
+    history_count: int = 0               # acknowledged messages kept for resend (not in count, bytes, the quota)
+    history_bytes: int = 0               # their stored size (as ``bytes`` counts it)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, priorities by lower-case name."""
@@ -105,7 +110,22 @@ class OutboxStats:
                 "by_priority": {p.name.lower(): {"count": s.count, "bytes": s.bytes}
                                 for p, s in self.by_priority.items()},
                 "inflight": self.inflight, "oldest_age_s": self.oldest_age_s, "thinned": self.thinned,
-                "thinning_events": self.thinning_events, "file_bytes": self.file_bytes, "dropped": self.dropped}
+                "thinning_events": self.thinning_events, "file_bytes": self.file_bytes, "dropped": self.dropped,
+                "history_count": self.history_count, "history_bytes": self.history_bytes}
+
+
+@dataclass(frozen=True, slots=True)
+class Resent:
+    """What ``Outbox.resend`` did with a range of one boot's stream: each number of the range up to the last the
+    stream was given under that boot is counted in exactly one of the three."""
+
+    requeued: int                        # history messages made pending again: they go out as they first did
+    pending: int                         # still pending or in flight: they will go out anyway
+    missing: list[tuple[int, int]]       # inclusive ranges no longer held (pruned, thinned, never acked...)
+
+    @property
+    def missing_count(self) -> int:
+        return sum(b - a + 1 for a, b in self.missing)
 
 
 def _size(stream: str, topic: str, payload: bytes) -> int:
