@@ -57,6 +57,7 @@ def test_acked_messages_stay_as_history_across_a_restart_and_count_apart(tmp_pat
         state = ob.put("state", TOPIC + "state", {"phase": "idle"}, priority=Priority.STATE, retain=True)
         assert ob.ack_many(m.id for m in sent[:6]) == 6
         assert not ob.ack(sent[0].id), "an acked message is history: a second ack finds nothing pending"
+        assert ob.mark_inflight([sent[1].id]) == 0 and ob.stats().inflight == 0, "history is never in flight"
         st = ob.stats()
         assert (st.count, st.history_count) == (5, 6)
         assert st.history_bytes == sum(m.size for m in sent[:6])

@@ -672,7 +672,7 @@ class Outbox:
     def mark_inflight(self, ids: Iterable[int]) -> int:
         """Record that these messages were handed to the network; ``pending`` skips them until requeued.
 
-        Only ids still stored are marked (an id already acked is ignored); returns how many were.
+        Only ids still pending are marked (an id already acked is ignored, history or not); returns how many were.
         """
         wanted = sorted({int(i) for i in ids})
         if not wanted:
@@ -696,7 +696,8 @@ class Outbox:
                     chunk = wanted[start:start + 500]
                     marks = ",".join("?" * len(chunk))
                     for msg_id, priority, size in self._conn.execute(
-                            f"SELECT id, priority, size FROM messages WHERE id IN ({marks})", chunk):
+                            f"SELECT id, priority, size FROM messages WHERE id IN ({marks})"
+                            f" AND priority < {HISTORY_OFFSET}", chunk):
                         if msg_id not in self._inflight:
                             tele = size if priority == Priority.TELEMETRY else 0
                             self._inflight[msg_id] = tele
