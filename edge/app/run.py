@@ -245,7 +245,8 @@ def _publisher_settings(station: Station, opts: RunOptions) -> PublisherSettings
     except TopicError as exc:
         raise RunError(str(exc)) from exc
     return PublisherSettings(broker=broker, site=site, station=station_id, state_dir=opts.state_dir,
-                             window_s=opts.telemetry_window_s, quota_bytes=opts.outbox_quota_bytes)
+                             window_s=opts.telemetry_window_s, quota_bytes=opts.outbox_quota_bytes,
+                             history_bytes=broker.history_mb << 20)    # [mqtt] history_mb, MiB
 
 
 def _recipes_dir(station: Station, opts: RunOptions) -> pathlib.Path:

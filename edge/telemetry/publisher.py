@@ -18,7 +18,10 @@
    command acknowledged to the broker (``MqttSession.subscribe_acked``): a command whose answer was
    never stored (the station died, the disk refused) is sent again by the broker on the next
    connection, and the command ledger turns that second copy into a replay of the stored answer,
-   never a second run.
+   never a second run. ``resend`` (a consumer lost messages the broker had acknowledged) is served
+   from the outbox's history (``Outbox.resend``, ``[mqtt] history_mb``) and wakes the session, which
+   sends the queued copies like any pending message; without a history it is refused
+   (``edge.telemetry.commands``).
 2. **Events**: every ``ProcessEvent`` the controller appended (phase changes, relayed core
    events with their exact kind, alarms, operator actions, recovery), through
    ``edge.telemetry.events`` with its priorities. The controller drains the core's event ring
@@ -106,7 +109,16 @@ from edge.telemetry.description import DescribedSession, Describer, rounders
 from edge.telemetry.envelope import previous_boot
 from edge.telemetry.events import command_event, process_event
 from edge.telemetry.intake import MAX_TURNED_WAITING, MAX_WAITING, Intake, Reason, Turned, Waiting
-from edge.telemetry.outbox import DEFAULT_QUOTA, Draft, InvalidMessage, Outbox, OutboxError, Priority
+from edge.telemetry.outbox import (
+    DEFAULT_HISTORY,
+    DEFAULT_QUOTA,
+    Draft,
+    InvalidMessage,
+    Outbox,
+    OutboxError,
+    Priority,
+)
+from edge.telemetry.outbox_types import Resent
 from edge.telemetry.session import Ack, SessionEvent, StopResult
 from edge.telemetry.state import StateTracker, controller_state
 from edge.telemetry.topics import STREAMS, StationTopics
@@ -137,6 +149,7 @@ class PublisherSettings:
     state_dir: pathlib.Path
     window_s: float = DEFAULT_WINDOW_S   # telemetry window, seconds of core time
     quota_bytes: int = DEFAULT_QUOTA
+    history_bytes: int = DEFAULT_HISTORY   # what the broker acknowledged, kept for resend ([mqtt] history_mb); 0: none
 
 
 @dataclass
@@ -179,7 +192,7 @@ class Publisher:
         self.counters = PublisherCounters()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(settings.state_dir / OUTBOX_FILE, quota_bytes=settings.quota_bytes,
-                             event_topic=self.topics.event)
+                             history_bytes=settings.history_bytes, event_topic=self.topics.event)
         ledger: CommandLedger | None = None
         try:   # whatever fails below, the files opened so far are closed again
             previous = previous_boot(self.outbox)        # before this boot puts anything
@@ -192,7 +205,7 @@ class Publisher:
             self.session.description_sha256 = self._description.sha256
             self.ledger = ledger = CommandLedger(settings.state_dir / LEDGER_FILE)
             self.handler = CommandHandler(topics=self.topics, settings=ctl.station.commands, operator=operator,
-                                          ledger=self.ledger)
+                                          ledger=self.ledger, resend=self._resend if settings.history_bytes else None)
             self.aggregator = Aggregator.for_core(core, settings.window_s, rounding=rounders(ctl.station),
                                                   wall_clock=ctl.wall_clock)
             self.state = StateTracker()
@@ -236,7 +249,7 @@ class Publisher:
             return self._stopped
         with self._lock:
             self._closing = True
-            self.handler.operator.close(STOPPING)     # from now on every command is answered, refused
+            self.handler.close(STOPPING)              # from now on every command is answered, refused
         self.intake.stopping()                        # commands arriving during the flush: the answering thread
         groups = self._handed_back()
         acks: list[Ack] = []
@@ -343,6 +356,13 @@ class Publisher:
             self._answer_turned_now()
         if not self.intake.offer(cmd):     # not acknowledged: the broker sends it again on the next connection
             self._say("telemetry: a command could not be taken in a flood; the broker sends it again")
+
+    def _resend(self, boot_id: str, stream: str, first_seq: int, last_seq: int) -> Resent:
+        """The ``resend`` verb (scan thread): the history's rows queued again, and the session woken to send them."""
+        got = self.outbox.resend(boot_id, stream, first_seq, last_seq)
+        if got.requeued:
+            self.session.put_many([])
+        return got
 
     def _answer_turned(self) -> None:
         """The answering thread (``edge.telemetry.intake``): busy answers in groups, one transaction each, and
