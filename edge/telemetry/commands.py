@@ -481,8 +481,7 @@ class CommandHandler:
             return "invalid", str(e), None
         except Exception as e:     # the outbox failed (disk): its transaction did not commit, nothing is queued
             return "error", f"could not re-send ({type(e).__name__}: {e}); nothing was queued again", None
-        missing = [(int(a), int(b)) for a, b in got.missing]
-        count = sum(b - a + 1 for a, b in missing)
+        missing, count = got.missing, got.missing_count
         said = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in missing[:MAX_MISSING_SAID])
         if len(missing) > MAX_MISSING_SAID:
             said += f" and {len(missing) - MAX_MISSING_SAID} more range(s)"
