@@ -47,6 +47,18 @@ def test_commands_the_sender_may_send_are_taken_before_the_others() -> None:
     assert len(intake.take(100)) == 5      # the rest, in arrival order
 
 
+def test_a_burst_of_resends_waits_behind_an_operators_hold() -> None:
+    """Every role may send resend, but it serves a consumer, not the process: queued after every process verb,
+    so the hold sent after a burst of resends (each tens of ms of outbox work) is the next command taken."""
+    intake = Intake(CommandSettings(roles=ROLES))
+    for i in range(20):
+        assert intake.offer(cmd("historian", "resend", n=i))
+    assert intake.offer(cmd("scada-hd", "resend", n=0))     # the operator's own resend waits too
+    assert intake.offer(cmd("scada-hd", n=1))
+    assert [c.topic for c in intake.take(1)] == [T.cmd("hold", "scada-hd")]
+    assert [c.topic for c in intake.take(100)] == [T.cmd("resend", "historian")] * 20 + [T.cmd("resend", "scada-hd")]
+
+
 def test_one_identity_over_its_rate_is_turned_away_and_another_is_not() -> None:
     clock = Clock()
     intake = Intake(CommandSettings(roles=ROLES, burst=5, rate_per_minute=60), timer=clock)

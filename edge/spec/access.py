@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from edge.spec.reader import Bad, Conv, Table, describe, integer_in, join, list_of
 
-__all__ = ["IDENTITY_RE", "ROLE_VERBS", "CommandSettings", "read_settings"]
+__all__ = ["DEFERRED_VERBS", "IDENTITY_RE", "ROLE_VERBS", "CommandSettings", "read_settings"]
 
 #: An MQTT identity (username or certificate CN) as a topic level: 1 to 128 characters, no control
 #: characters, no wildcard, no level separator, no space at either end (mosquitto trims an ACL line's ends:
@@ -27,6 +27,10 @@ ROLE_VERBS: dict[str, frozenset[str]] = {
     "maintenance": frozenset({"start", "hold", "resume", "abort", "ack_alarm", "reset", "record_mass", "autotune",
                               "resend"}),
 }
+#: Verbs that serve a consumer, not the process, and may wait: the intake serves them after every process verb
+#: whoever sends them (``edge.telemetry.intake``), so a burst of resends (tens of ms of outbox work each) never
+#: holds an operator's hold back by a scan. Process verbs keep "operator and maintenance before viewers".
+DEFERRED_VERBS: frozenset[str] = frozenset({"resend"})
 MAX_IDENTITIES = 100
 
 # (key, default, low, high, what)

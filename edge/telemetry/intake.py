@@ -9,7 +9,9 @@ only sorts each command into one of three places:
 
 - **served first** by the scan: commands whose verb the sender's roles allow (operator, maintenance);
 - **served after them**: everything else (viewers, unknown identities, unknown verbs): they are
-  rejected anyway, cheaply, but still one by one with their own answer and audit event;
+  rejected anyway, cheaply, but still one by one with their own answer and audit event; and the
+  verbs that serve a consumer rather than the process (``DEFERRED_VERBS``: ``resend``), allowed or
+  not: a resend queues thousands of rows again, and a burst of them must not hold a hold back;
 - **turned away**: a command over its sender's rate limit, or one that finds its queue full
   (``MAX_WAITING`` commands or ``MAX_WAITING_BYTES`` of payload and properties). Only its topic, its
   command id (``peek_command_id``) and its correlation data (if short enough to be echoed) are kept
@@ -38,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from edge.spec.access import CommandSettings
+from edge.spec.access import DEFERRED_VERBS, CommandSettings
 from edge.telemetry.commands import MAX_CORRELATION, peek_command_id
 from edge.telemetry.topics import TopicError, parse_topic
 
@@ -139,7 +141,8 @@ class Intake:
         except TopicError:
             identity = verb = None
         listed = identity if identity in self.settings.roles else None
-        first = verb is not None and identity is not None and verb in self.settings.verbs_for(identity)
+        first = (verb is not None and identity is not None and verb not in DEFERRED_VERBS
+                 and verb in self.settings.verbs_for(identity))
         with self._lock:
             now = self.timer()
             bucket = self._buckets.get(listed)
