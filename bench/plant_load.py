@@ -21,6 +21,13 @@ The stations' batch clocks are spread evenly over one batch, so batch records ar
 (``Outbox.last_sequences``); sequence numbers start at 1 per boot and stream and nothing is thinned at
 these sizes, so a consumer that has every number from 1 to that last one, once, has everything.
 
+**Commands**: each station serves the ``resend`` verb as a real one does (``CommandHandler`` with its
+outbox's ``resend``: the history of what the broker acknowledged, put in the outbox again), so the
+historian can ask for what a broker lost; every other verb is refused (there is no process). Who may ask:
+the roles of the station file, plus ``viewer`` for ``historian_identity`` (``historian``; None: only the
+station file's). The plant's command thread answers them (``Plant.start`` to ``Plant.stop``), each answer
+(audit event, reply) stored before the command is acknowledged, as the publisher does.
+
 One process drives all its stations from one thread (``Plant.run``); each station's session has its own
 network thread and its outbox a syncer thread, as on a real station. A session waits on its sockets with
 ``select``, which takes no descriptor above 1,023, and a station holds 8: about 120 stations fit in one
@@ -33,23 +40,32 @@ reads ``go`` on stdin (the parent says it to every part at once), and prints one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import pathlib
+import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import paho.mqtt.client as mqtt
+
+from edge.operator.execute import Operator
+from edge.operator.target import CommandRefused
+from edge.operator.verbs import StartRequest
+from edge.spec.access import CommandSettings
 from edge.spec.broker import BrokerSettings, parse_broker_url
 from edge.spec.resources import example_stations_dir, schemas_dir
 from edge.spec.station import load_station
+from edge.telemetry.commands import CommandHandler, CommandLedger, Outcome
 from edge.telemetry.description import DescribedSession, Describer
 from edge.telemetry.envelope import build, previous_boot
 from edge.telemetry.outbox import Draft, Outbox, Priority
-from edge.telemetry.session import PutItem, StopResult
+from edge.telemetry.session import Ack, PutItem, StopResult
 from edge.telemetry.tail import check_message
 from edge.telemetry.topics import STREAMS, StationTopics, check_level
 from edge.timestamps import rfc3339_ms
@@ -69,6 +85,8 @@ STATE_EVERY_S = 60
 ALARM = "chamber_temp_deviation"
 MASS_IN_KG = 25.0
 SIMULATED_STATION_FILE = "hd_reactor_sim.toml"
+HISTORIAN = "historian"          # the identity given the viewer role by default (it asks for resends)
+NO_PROCESS = "a simulated station (bench.plant_load) has no process: only resend is served"
 
 
 @dataclass(frozen=True)
@@ -190,11 +208,59 @@ class _Bodies:
         return body
 
 
+class _NoProcess:
+    """The command target of a simulated station: every process verb is refused (``NO_PROCESS``)."""
+
+    def _refuse(self, *_: Any) -> None:
+        raise CommandRefused("refused", NO_PROCESS)
+
+    def start_batch(self, request: StartRequest) -> None:
+        self._refuse()
+
+    def hold(self, reason: str) -> None:
+        self._refuse()
+
+    def resume(self) -> None:
+        self._refuse()
+
+    def abort(self, reason: str) -> None:
+        self._refuse()
+
+    def skip(self) -> None:
+        self._refuse()
+
+    def ack_alarm(self, alarm: str) -> None:
+        self._refuse()
+
+    def reset(self, rule: str | None, remote: bool = True) -> None:
+        self._refuse()
+
+    def record_mass(self, batch_id: str | None, mass_out_kg: float) -> None:
+        self._refuse()
+
+    def autotune(self, loop: str, setpoint_c: float) -> None:
+        self._refuse()
+
+
+@dataclass
+class _Command:
+    """A command as the session delivered it, waiting for the plant's command thread."""
+
+    station: PlantStation
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation_data: bytes | None
+    ack: Ack
+
+
 class PlantStation:
-    """One simulated station: its outbox, its session, and its own batch clock (``offset_s`` into a batch)."""
+    """One simulated station: its outbox, its session, its command handler, and its own batch clock (``offset_s``
+    into a batch). ``commands``: where its session hands the commands it receives (the plant's command thread)."""
 
     def __init__(self, *, site: str, station: str, workdir: pathlib.Path, broker: BrokerSettings,
-                 describer: Describer, plan: Plan, offset_s: int, epoch_s: float) -> None:
+                 describer: Describer, plan: Plan, offset_s: int, epoch_s: float, settings: CommandSettings,
+                 commands: Callable[[_Command], None]) -> None:
         self.site, self.station = site, station
         self.topics = StationTopics(site, station)
         self.plan = plan
@@ -205,6 +271,18 @@ class PlantStation:
         self.session = DescribedSession(self.outbox, replace(broker, client_id=f"reedge-{site}-{station}"),
                                         site=site, station=station, previous=previous_boot(self.outbox))
         self.session.description_sha256 = description.sha256
+        self.ledger = CommandLedger(workdir / station / "commands.db")
+        self.handler = CommandHandler(topics=self.topics, settings=settings, ledger=self.ledger,
+                                      operator=Operator(_NoProcess(), allow_remote_reset=False),
+                                      resend=self.outbox.resend)
+
+        def received(message: mqtt.MQTTMessage, ack: Ack) -> None:      # the session's network thread
+            props = getattr(message, "properties", None)
+            correlation = getattr(props, "CorrelationData", None)
+            commands(_Command(self, message.topic, bytes(message.payload), getattr(props, "ResponseTopic", None),
+                              None if correlation is None else bytes(correlation), ack))
+
+        self.session.subscribe_acked(self.topics.cmd_filter, 1, received)
         self.bodies = _Bodies(station, description.sha256, plan, epoch_s)
         self.next_s = 0                 # the next plant second to put
         self.started = False
@@ -271,11 +349,27 @@ class PlantStation:
             self.session.start()
             self.started = True
 
+    def answer(self, c: _Command) -> Outcome:
+        """One command answered: the audit event, then the reply, stored (and the session woken: a resend put
+        messages in the outbox again), then the command acknowledged."""
+        out = self.handler.handle(c.topic, c.payload, response_topic=c.response_topic,
+                                  correlation_data=c.correlation_data)
+        drafts = [Draft("event", self.topics.event, out.event.body, out.event.priority, STREAMS["event"].qos,
+                        STREAMS["event"].retain)]
+        if out.reply_topic is not None:
+            drafts.append(Draft("reply", out.reply_topic, out.reply, Priority.EVENT, STREAMS["reply"].qos,
+                                STREAMS["reply"].retain))
+        self.outbox.put_many(drafts)
+        self.session.put_many([])
+        c.ack()
+        return out
+
     def stop(self, flush_timeout_s: float) -> tuple[Sent, StopResult]:
         result = self.session.stop(flush_timeout_s)
         sent = Sent(self.site, self.station, self.outbox.boot_id, {k: v for k, v in self.outbox.last_sequences().items()
                                                                   if k in STREAMS}, result.remaining)
         self.outbox.close()
+        self.ledger.close()
         return sent, result
 
 
@@ -285,28 +379,40 @@ class Plant:
 
     def __init__(self, broker: BrokerSettings, workdir: pathlib.Path, *, count: int, first: int = 0,
                  total: int | None = None, plan: Plan | None = None, site: str = SITE,
-                 epoch_s: float | None = None) -> None:
+                 epoch_s: float | None = None, historian_identity: str | None = HISTORIAN) -> None:
         if count < 1:
             raise ValueError(f"a plant needs at least one station, got {count}")
         self.plan = plan or Plan()
         total = total or first + count
         station_file = example_stations_dir() / SIMULATED_STATION_FILE
-        describer = Describer(load_station(station_file), window_s=1.0)
+        spec = load_station(station_file)
+        describer = Describer(spec, window_s=1.0)
+        settings = spec.commands
+        if historian_identity is not None:
+            roles = dict(settings.roles)
+            roles[historian_identity] = roles.get(historian_identity, frozenset()) | {"viewer"}
+            settings = replace(settings, roles=roles)
         epoch = time.time() if epoch_s is None else epoch_s
+        self.commands: queue.Queue[_Command] = queue.Queue()
+        self.answered = 0             # commands answered (the command thread)
         self.stations: list[PlantStation] = []
         try:
             for i in range(first, first + count):
                 offset = (i * self.plan.batch_s) // total
                 self.stations.append(PlantStation(site=site, station=station_name(i), workdir=workdir,
                                                   broker=broker, describer=describer, plan=self.plan,
-                                                  offset_s=offset, epoch_s=epoch))
+                                                  offset_s=offset, epoch_s=epoch, settings=settings,
+                                                  commands=self.commands.put))
             self.stations[0].self_check()
         except BaseException:
             for s in self.stations:
                 s.outbox.close()
+                s.ledger.close()
             raise
         self.messages = 0
         self._stop = threading.Event()
+        self._commands_done = threading.Event()
+        self._command_thread = threading.Thread(target=self._serve_commands, name="plant-commands", daemon=True)
         self._stopped: tuple[list[Sent], list[StopResult], float] | None = None
 
     def backlog(self, plant_s: int) -> int:
@@ -320,6 +426,19 @@ class Plant:
     def start(self) -> None:
         for s in self.stations:
             s.start()
+        self._command_thread.start()
+
+    def _serve_commands(self) -> None:
+        """The command thread: each command answered (``PlantStation.answer``) until ``stop``; one that cannot be
+        is left unacknowledged (its broker sends it again on the next connection)."""
+        while not self._commands_done.is_set():
+            try:
+                c = self.commands.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            with contextlib.suppress(Exception):
+                c.station.answer(c)
+                self.answered += 1
 
     def stop_clock(self) -> None:
         """Ends ``run`` early (from another thread)."""
@@ -348,6 +467,9 @@ class Plant:
         Idempotent (a second call returns the first one's answer)."""
         if self._stopped is not None:
             return self._stopped
+        self._commands_done.set()         # no command is answered once the stations flush
+        if self._command_thread.is_alive():
+            self._command_thread.join()
         t0 = time.monotonic()
         deadline = t0 + flush_timeout_s
         results: list[tuple[Sent, StopResult]] = [None] * len(self.stations)  # type: ignore[list-item]

@@ -18,6 +18,7 @@ from edge.historian.gaps import gap_rows, open_gap_count, unrecoverable_count
 from edge.historian.ingest import Received, ingest
 from edge.historian.store import Store, open_store
 from edge.historian.web import fleet_html, gap_list
+from edge.telemetry.outbox import MAX_RESEND
 from edge.telemetry.schemas import errors as schema_errors
 from edge.telemetry.topics import command_schema
 from tests.historian_messages import Station
@@ -169,7 +170,7 @@ def test_at_most_ten_asks_per_station_per_minute_and_a_huge_gap_in_spans_of_max_
         st = Station()
         msgs = [st.telemetry(n) for n in range(1, 41)]
         ingest(store, [m for n, m in enumerate(msgs, 1) if n % 3])            # 13 gaps of one: 3, 6, ... 39
-        ingest(store, [st.telemetry(41 + R.MAX_RESEND + 5)])                  # and one of MAX_RESEND + 5
+        ingest(store, [st.telemetry(41 + MAX_RESEND + 5)])                  # and one of MAX_RESEND + 5
         other = Station(station="hd-02")
         _gap(store, other, 2, 2, 3)
         t = _later(SETTLE + 1)
@@ -179,8 +180,8 @@ def test_at_most_ten_asks_per_station_per_minute_and_a_huge_gap_in_spans_of_max_
         assert R.ask_due(store, t + 59 * S, settle_s=SETTLE) == []
         rest = R.ask_due(store, t + 61 * S, settle_s=SETTLE)
         spans = sorted((r.first_seq, r.last_seq) for r in asked + rest if r.station == "hd-01")
-        assert spans == [(n, n) for n in range(3, 40, 3)] + [(41, 41 + R.MAX_RESEND - 1),
-                                                            (41 + R.MAX_RESEND, 41 + R.MAX_RESEND + 4)]
+        assert spans == [(n, n) for n in range(3, 40, 3)] + [(41, 41 + MAX_RESEND - 1),
+                                                            (41 + MAX_RESEND, 41 + MAX_RESEND + 4)]
     finally:
         store.close()
 

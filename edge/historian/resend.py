@@ -39,11 +39,11 @@ from typing import Any
 
 from edge.historian.gaps import GapBook, gap_rows, settled
 from edge.historian.store import Store
+from edge.telemetry.outbox import MAX_RESEND
 from edge.telemetry.topics import SCHEMA_BASE, StationTopics, check_identity, command_schema
 from edge.timestamps import parse_rfc3339, rfc3339_ms
 
 VERB = "resend"
-MAX_RESEND = 100_000            # TEMP until part A lands: edge.telemetry.outbox.MAX_RESEND
 RESEND_AFTER_S = 120.0          # an unanswered, busy, or answered-but-unfilled ask is made again after this
 MAX_ATTEMPTS = 5                # asks of the same numbers at most
 PER_STATION_PER_MINUTE = 10     # asks per station per minute at most (its default burst is 20)
