@@ -381,3 +381,40 @@ def test_historian_run_exits_1_naming_why_when_its_worker_fails(broker: Mosquitt
     assert "the worker failed and stopped (RuntimeError: the worker's own bug)" in text
     assert text.strip().splitlines()[-1] == ("historian dead-1: stopped because its worker failed: RuntimeError:"
                                              " the worker's own bug"), text
+
+
+def test_a_settled_gap_is_asked_for_as_the_identity_and_the_answer_said(broker: Mosquitto,
+                                                                         tmp_path: pathlib.Path) -> None:
+    """With an identity the worker publishes the ask (it receives its own command: ignored) and says the
+    station's answer, and what the station no longer holds as unrecoverable, not as closed; without one it
+    says once that gaps are reported, not recovered, and asks nothing."""
+    db = f"sqlite://{tmp_path / 'h.db'}"
+    silent = consumer(broker, f"sqlite://{tmp_path / 'silent.db'}", "silent-1", settle_s=0.1).start()
+    c = consumer(broker, db, "asks-1", settle_s=0.1, identity="historian").start()
+    st = Station(station="asks-01")
+    try:
+        publish(broker, [st.telemetry(1), st.telemetry(5)])
+        wait_until(lambda: c.totals.ignored >= 1, "the worker's own command received")
+        with open_store(db, migrate=False) as s:
+            [(command_id, topic_first, topic_last)] = s.query("SELECT command_id, first_seq, last_seq"
+                                                              " FROM resend_requests")
+        assert (topic_first, topic_last) == (2, 4)
+        asked = [x for x in c.lines if "asked pilot-line/asks-01 telemetry #2-4" in x]  # type: ignore[attr-defined]
+        assert asked and command_id in asked[0]
+        body = {"command_id": command_id, "verb": "resend", "result": "accepted", "code": "ok",
+                "message": "re-sent 2; missing 2-2", "replayed": False,
+                "data": {"requeued": 2, "pending": 0, "missing": [[2, 2]], "missing_count": 1}}
+        publish(broker, [st.message("reply", 1, body, topic=st.topics.reply("resend")), st.telemetry(3),
+                         st.telemetry(4)])
+        wait_until(lambda: any("GAP unrecoverable pilot-line/asks-01 telemetry #2 " in x
+                               for x in c.lines), "the unrecoverable part said")  # type: ignore[attr-defined]
+        wait_until(lambda: c.totals.stored >= 5, "the re-sent copies stored")
+        assert any("resend pilot-line/asks-01 telemetry #2-4 boot boot-a: ok" in x
+                   for x in c.lines)  # type: ignore[attr-defined]
+    finally:
+        c.stop()
+        silent.stop()
+    silent_lines: list[str] = silent.lines   # type: ignore[attr-defined]
+    assert [x for x in silent_lines if "gaps are reported, not recovered: give --identity" in x] != []
+    assert not any("historian: asked " in x for x in silent_lines), silent_lines
+    assert not any("reported, not recovered" in x for x in c.lines)   # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ before): every worker therefore has a fixed client id and a **persistent session
 message to one member of the group (mosquitto also to members that are offline: their sessions keep them).
 The worker subscribes on every connect, session present or not (mosquitto 2.0.11 restores a session after a
 restart without its shared subscription); between a broker restart and that SUBSCRIBE, what stations
-publish goes to nobody and shows as gaps (restart a broker with its station listener last).
+publish goes to nobody and shows as gaps, which the worker asks the stations to re-send (below).
 
 A shared subscription gets no retained messages (MQTT 5), so each
 worker also subscribes, unshared, to the retained streams (status, description, state): a historian that
@@ -44,9 +44,15 @@ the batch is kept and tried again with a growing pause (``RETRY_S``); it is said
 when the database is back. The broker holds what comes meanwhile (at most the Receive Maximum is in
 flight to us).
 
+**Asking for the gaps** (``edge.historian.resend``): with an ``identity`` (``--identity``, else the
+username), each gap check also asks the stations for the settled gaps due (one transaction per station
+under its lock, then the commands published QoS 1 on ``cmd/{identity}/resend``); their answers come back as
+stored replies (``ingest``). Without one, it says once at start that gaps are reported, not recovered.
+
 **Reports**: a line per ``report_s`` (60 s) with the counts (stored, duplicates, quarantined, ignored,
-open gaps), and a line when a gap opens or closes: opens once it is *settled* (``edge.historian.gaps``:
-older than ``SETTLE_S``, so not a message another worker holds), closes when the messages came. After
+open gaps), a line when a gap opens or closes, is asked for, answered or unrecoverable: opens once it is
+*settled* (``edge.historian.gaps``: older than ``SETTLE_S``, so not a message another worker holds), closes
+when the messages came. After
 ``start``, the link to the broker is said too: each loss with its reason (the broker's, or "closed without
 a reason": the network, or another process with this client id), the first failed attempt of each kind to get it back (a
 refusal, the broker unreachable), and the reconnection. **The worker never dies silently**: anything

@@ -15,9 +15,10 @@ retained birth was published before we subscribed, and what came before it is no
 
 What differs from the tail is where the state lives. ``coverage`` holds, per (boot, stream), the lowest
 and highest number stored; every hole between them is a row of ``gaps`` (``closed`` null while open,
-``explained`` null while it counts as lost); ``explained`` keeps the thinning and refusal reports, which
-arrive *before* the telemetry they explain (the outbox sends events first). So the state survives a
-restart, and two workers share it.
+``explained`` null while it counts as lost, ``unrecoverable`` set once the station said it no longer holds
+those numbers: ``edge.historian.resend`` asks for the open ones); ``explained`` keeps the thinning and
+refusal reports, which arrive *before* the telemetry they explain (the outbox sends events first). So the
+state survives a restart, and two workers share it.
 
 **N workers, one station.** With a shared subscription, two workers get interleaved halves of one stream:
 worker A may commit #5 while worker B still holds #4 in its open batch. Two choices make that right:
