@@ -168,9 +168,11 @@ def test_at_most_ten_asks_per_station_per_minute_and_a_huge_gap_in_spans_of_max_
     store = open_store(db_url)
     try:
         st = Station()
-        msgs = [st.telemetry(n) for n in range(1, 41)]
-        ingest(store, [m for n, m in enumerate(msgs, 1) if n % 3])            # 13 gaps of one: 3, 6, ... 39
-        ingest(store, [st.telemetry(41 + MAX_RESEND + 5)])                  # and one of MAX_RESEND + 5
+        apart = R.MERGE_HELD + 2                                             # too far apart for one ask
+        last = 13 * apart + 1
+        msgs = [st.telemetry(n) for n in range(1, last + 1)]
+        ingest(store, [m for n, m in enumerate(msgs, 1) if n % apart])      # 13 gaps of one number
+        ingest(store, [st.telemetry(last + MAX_RESEND + 5)])                 # and one of MAX_RESEND + 4
         other = Station(station="hd-02")
         _gap(store, other, 2, 2, 3)
         t = _later(SETTLE + 1)
@@ -180,10 +182,38 @@ def test_at_most_ten_asks_per_station_per_minute_and_a_huge_gap_in_spans_of_max_
         assert R.ask_due(store, t + 59 * S, settle_s=SETTLE) == []
         rest = R.ask_due(store, t + 61 * S, settle_s=SETTLE)
         spans = sorted((r.first_seq, r.last_seq) for r in asked + rest if r.station == "hd-01")
-        assert spans == [(n, n) for n in range(3, 40, 3)] + [(41, 41 + MAX_RESEND - 1),
-                                                            (41 + MAX_RESEND, 41 + MAX_RESEND + 4)]
+        assert spans == [(n, n) for n in range(apart, last, apart)] + [(last + 1, last + MAX_RESEND),
+                                                                      (last + MAX_RESEND + 1, last + MAX_RESEND + 4)]
     finally:
         store.close()
+
+
+def test_gaps_close_together_are_one_ask_and_the_copies_between_change_nothing(db_url: str) -> None:
+    """Round-robin delivery to two workers, one of them losing its share: every other number missing. One ask
+    covers them (the station re-sends those between too: duplicates)."""
+    store = open_store(db_url)
+    try:
+        st = Station()
+        msgs = [st.telemetry(n) for n in range(1, 21)]
+        ingest(store, [m for n, m in enumerate(msgs, 1) if n % 2 or n == 20])
+        [r] = R.ask_due(store, _later(SETTLE + 1), settle_s=SETTLE)
+        assert (r.first_seq, r.last_seq) == (2, 18)
+        result = ingest(store, msgs[1:18])
+        assert (result.stored, result.duplicate) == (9, 8)
+        assert gap_rows(store, open_only=True) == []
+    finally:
+        store.close()
+
+
+def test_spans_merge_gaps_up_to_merge_held_apart_within_max_resend() -> None:
+    h = R.MERGE_HELD
+    assert R.spans([(10, 10), (12, 12), (12 + h + 1, 12 + h + 1)]) == [(10, 12 + h + 1)]
+    assert R.spans([(10, 10), (12 + h, 12 + h)]) == [(10, 10), (12 + h, 12 + h)]
+    assert R.spans([(1, 2 * MAX_RESEND + 1)]) == [(1, MAX_RESEND), (MAX_RESEND + 1, 2 * MAX_RESEND),
+                                                  (2 * MAX_RESEND + 1, 2 * MAX_RESEND + 1)]
+    assert R.spans([(1, MAX_RESEND - 2), (MAX_RESEND, MAX_RESEND + 1)]) == [(1, MAX_RESEND - 2),
+                                                                             (MAX_RESEND, MAX_RESEND + 1)]
+    assert R.spans([]) == []
 
 
 def test_the_gaps_command_lists_unrecoverable_gaps_and_fails_on_them(tmp_path: pathlib.Path,

@@ -10,8 +10,9 @@ is missing. So each **settled, unexplained** gap (a lost tail too: it is a gap r
 * **who asks**: the worker whose gap check finds it (``ask_due``), in one transaction per station under the
   station's lock (``Tx.lock_station``), deciding from the ``resend_requests`` rows what that transaction
   sees: two workers never ask twice for one range, and a restarted worker goes on where the rows say;
-* **what**: the gap, in spans of at most ``MAX_RESEND`` numbers; the oldest gaps first; at most
-  ``PER_STATION_PER_MINUTE`` asks per station per minute (a station's rate limit lets 20 through at once);
+* **what**: the gap, in spans of at most ``MAX_RESEND`` numbers, gaps of a stream close together in one
+  (``spans``); the oldest gaps first; at most ``PER_STATION_PER_MINUTE`` asks per station per minute (a
+  station's rate limit lets 20 through at once);
 * **again**: after ``RESEND_AFTER_S`` if the gap is still open and the answer was ``busy``, none, or ``ok``
   with nothing arriving, up to ``MAX_ATTEMPTS`` asks of those numbers in all; any other answer
   (``unauthorised``: the ACL or the roles do not let this identity ask; ``not_allowed``: the station keeps
@@ -34,8 +35,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from edge.historian.gaps import GapBook, gap_rows, settled
 from edge.historian.store import Store
@@ -48,6 +50,7 @@ RESEND_AFTER_S = 120.0          # an unanswered, busy, or answered-but-unfilled 
 MAX_ATTEMPTS = 5                # asks of the same numbers at most
 PER_STATION_PER_MINUTE = 10     # asks per station per minute at most (its default burst is 20)
 AGAIN = (None, "busy", "ok")    # the answers after which a still-open gap is asked for again
+MERGE_HELD = 50                 # gaps of a stream at most this many stored numbers apart: one ask (``spans``)
 
 
 @dataclass(frozen=True)
@@ -83,59 +86,91 @@ class Request:
 def ask_due(store: Store, now_ns: int, *, settle_s: float, resend_after_s: float = RESEND_AFTER_S) -> list[Request]:
     """The asks due now, recorded (each station in its own transaction, under its lock): the caller publishes
     them after this returns. A request recorded and never published (the worker died) is simply unanswered,
-    and asked again after ``resend_after_s``."""
-    by_station: dict[tuple[str, str], int] = defaultdict(int)
-    for g in gap_rows(store, open_only=True, settled_before=settled(now_ns, settle_s)):
-        by_station[(g.site, g.station)] += 1
+    and asked again after ``resend_after_s``. A station is locked only when a plain read found something due
+    for it (a gap waiting for its answer costs one read per check, not a lock)."""
+    stations = sorted({(g.site, g.station) for g in gap_rows(store, open_only=True,
+                                                             settled_before=settled(now_ns, settle_s))})
     out: list[Request] = []
-    for site, station in sorted(by_station):
+    for site, station in stations:
+        if not _station_asks(store, site, station, now_ns, settle_s, resend_after_s):
+            continue
         with store.transaction() as tx:
             tx.lock_station(site, station)
-            out += _station_asks(tx, site, station, now_ns, settle_s, resend_after_s)
+            due = _station_asks(tx, site, station, now_ns, settle_s, resend_after_s)
+            if due:
+                tx.executemany("INSERT INTO resend_requests (command_id, site, station, boot_id, stream, first_seq,"
+                               " last_seq, asked_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               [(r.command_id, r.site, r.station, r.boot_id, r.stream, r.first_seq, r.last_seq,
+                                 r.issued_at, r.attempts) for r in due])
+        out += due
     return out
 
 
-def _station_asks(tx: Any, site: str, station: str, now_ns: int, settle_s: float,
+class _Reader(Protocol):
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+def spans(gaps: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ranges to ask for ``gaps`` (first, last) of one stream: gaps at most ``MERGE_HELD`` numbers apart in
+    one ask (round-robin delivery to two workers loses every other number: one ask, not one per number; the
+    station re-sends those between too, duplicates the ledger takes once), none longer than ``MAX_RESEND``."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(gaps):
+        if out and lo - out[-1][1] - 1 <= MERGE_HELD and hi - out[-1][0] < MAX_RESEND:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+            continue
+        out += [(a, min(hi, a + MAX_RESEND - 1)) for a in range(lo, hi + 1, MAX_RESEND)]
+    return out
+
+
+def _station_asks(q: _Reader, site: str, station: str, now_ns: int, settle_s: float,
                   resend_after_s: float) -> list[Request]:
-    """What to ask ``station`` now, from what this transaction sees (the station's lock held); inserted."""
-    gaps = [(b, s, int(lo), int(hi)) for b, s, lo, hi in tx.query(
-        "SELECT boot_id, stream, first_seq, last_seq FROM gaps WHERE site = ? AND station = ? AND closed IS NULL"
-        " AND explained IS NULL AND unrecoverable IS NULL AND opened < ? ORDER BY opened, stream, first_seq",
-        (site, station, settled(now_ns, settle_s)))]
-    recent = int(tx.query("SELECT COUNT(*) FROM resend_requests WHERE site = ? AND station = ? AND asked_at >= ?",
-                          (site, station, rfc3339_ms(now_ns - 60 * 10**9)))[0][0])
+    """What to ask ``station`` now, from what ``q`` (a store, or the transaction holding the station's lock)
+    sees: the spans of its settled open gaps not asked for, or due again, the oldest first, within the budget."""
+    gaps: dict[tuple[str, str], list[tuple[int, int, str]]] = defaultdict(list)     # first, last, opened
+    for boot, stream, lo, hi, opened in q.query(
+            "SELECT boot_id, stream, first_seq, last_seq, opened FROM gaps WHERE site = ? AND station = ?"
+            " AND closed IS NULL AND explained IS NULL AND unrecoverable IS NULL AND opened < ?",
+            (site, station, settled(now_ns, settle_s))):
+        gaps[(boot, stream)].append((int(lo), int(hi), str(opened)))
+    recent = int(q.query("SELECT COUNT(*) FROM resend_requests WHERE site = ? AND station = ? AND asked_at >= ?",
+                         (site, station, rfc3339_ms(now_ns - 60 * 10**9)))[0][0])
     budget = PER_STATION_PER_MINUTE - recent
     if budget <= 0 or not gaps:
         return []
     # the asks that touch an open gap of this station: what was asked, when, how often, and the answer
     asked: dict[tuple[str, str], list[tuple[int, int, int, int, str | None]]] = defaultdict(list)
-    for boot, stream, lo, hi, at, attempts, code in tx.query(
+    for boot, stream, lo, hi, at, attempts, code in q.query(
             "SELECT r.boot_id, r.stream, r.first_seq, r.last_seq, r.asked_at, r.attempts, r.code"
             " FROM resend_requests r WHERE r.site = ? AND r.station = ? AND EXISTS (SELECT 1 FROM gaps g"
             " WHERE g.site = r.site AND g.station = r.station AND g.boot_id = r.boot_id AND g.stream = r.stream"
             " AND g.closed IS NULL AND g.explained IS NULL AND g.unrecoverable IS NULL"
             " AND g.first_seq <= r.last_seq AND g.last_seq >= r.first_seq)", (site, station)):
         asked[(boot, stream)].append((int(lo), int(hi), parse_rfc3339(at, "asked_at"), int(attempts), code))
+    todo = []
+    for (boot, stream), holes in gaps.items():
+        holes.sort()
+        j = 0
+        for a, b in spans([(lo, hi) for lo, hi, _ in holes]):       # in order; each span covers some hole
+            while holes[j][1] < a:
+                j += 1
+            k, opened = j, holes[j][2]
+            while k < len(holes) and holes[k][0] <= b:
+                opened, k = min(opened, holes[k][2]), k + 1
+            todo.append((opened, stream, a, b, boot))
     due: list[Request] = []
     issued_at = rfc3339_ms(now_ns)
-    for boot, stream, lo, hi in gaps:
-        for a in range(lo, hi + 1, MAX_RESEND):
-            b = min(hi, a + MAX_RESEND - 1)
-            before = [r for r in asked[(boot, stream)] if r[0] <= b and r[1] >= a]
-            attempts = max((r[3] for r in before), default=0)
-            if before:
-                last = max(before, key=lambda r: r[2])
-                if (attempts >= MAX_ATTEMPTS or any(r[4] not in AGAIN for r in before)
-                        or now_ns - last[2] < resend_after_s * 1e9):
-                    continue
-            if len(due) >= budget:
-                break
-            due.append(Request(str(uuid.uuid4()), site, station, boot, stream, a, b, attempts + 1, issued_at))
-    if due:
-        tx.executemany("INSERT INTO resend_requests (command_id, site, station, boot_id, stream, first_seq, last_seq,"
-                       " asked_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       [(r.command_id, r.site, r.station, r.boot_id, r.stream, r.first_seq, r.last_seq, issued_at,
-                         r.attempts) for r in due])
+    for _, stream, a, b, boot in sorted(todo):
+        before = [r for r in asked[(boot, stream)] if r[0] <= b and r[1] >= a]
+        attempts = max((r[3] for r in before), default=0)
+        if before:
+            last = max(r[2] for r in before)
+            if (attempts >= MAX_ATTEMPTS or any(r[4] not in AGAIN for r in before)
+                    or now_ns - last < resend_after_s * 1e9):
+                continue
+        if len(due) >= budget:
+            break
+        due.append(Request(str(uuid.uuid4()), site, station, boot, stream, a, b, attempts + 1, issued_at))
     return due
 
 
