@@ -26,7 +26,8 @@ outbox's ``resend``: the history of what the broker acknowledged, put in the out
 historian can ask for what a broker lost; every other verb is refused (there is no process). Who may ask:
 the roles of the station file, plus ``viewer`` for ``historian_identity`` (``historian``; None: only the
 station file's). The plant's command thread answers them (``Plant.start`` to ``Plant.stop``), each answer
-(audit event, reply) stored before the command is acknowledged, as the publisher does.
+(audit event, reply) stored before the command is acknowledged, as the publisher does; one command ledger
+serves the process's stations.
 
 One process drives all its stations from one thread (``Plant.run``); each station's session has its own
 network thread and its outbox a syncer thread, as on a real station. A session waits on its sockets with
@@ -260,7 +261,7 @@ class PlantStation:
 
     def __init__(self, *, site: str, station: str, workdir: pathlib.Path, broker: BrokerSettings,
                  describer: Describer, plan: Plan, offset_s: int, epoch_s: float, settings: CommandSettings,
-                 commands: Callable[[_Command], None]) -> None:
+                 ledger: CommandLedger, commands: Callable[[_Command], None]) -> None:
         self.site, self.station = site, station
         self.topics = StationTopics(site, station)
         self.plan = plan
@@ -271,8 +272,7 @@ class PlantStation:
         self.session = DescribedSession(self.outbox, replace(broker, client_id=f"reedge-{site}-{station}"),
                                         site=site, station=station, previous=previous_boot(self.outbox))
         self.session.description_sha256 = description.sha256
-        self.ledger = CommandLedger(workdir / station / "commands.db")
-        self.handler = CommandHandler(topics=self.topics, settings=settings, ledger=self.ledger,
+        self.handler = CommandHandler(topics=self.topics, settings=settings, ledger=ledger,
                                       operator=Operator(_NoProcess(), allow_remote_reset=False),
                                       resend=self.outbox.resend)
 
@@ -369,7 +369,6 @@ class PlantStation:
         sent = Sent(self.site, self.station, self.outbox.boot_id, {k: v for k, v in self.outbox.last_sequences().items()
                                                                   if k in STREAMS}, result.remaining)
         self.outbox.close()
-        self.ledger.close()
         return sent, result
 
 
@@ -395,6 +394,10 @@ class Plant:
         epoch = time.time() if epoch_s is None else epoch_s
         self.commands: queue.Queue[_Command] = queue.Queue()
         self.answered = 0             # commands answered (the command thread)
+        # one command ledger for the process (command ids are uuids): one per station would cost each 3 more
+        # descriptors, and a session's select takes none above 1,023 (the module docstring)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ledger = CommandLedger(workdir / f"commands-{site}-{first:04d}.db")
         self.stations: list[PlantStation] = []
         try:
             for i in range(first, first + count):
@@ -402,12 +405,12 @@ class Plant:
                 self.stations.append(PlantStation(site=site, station=station_name(i), workdir=workdir,
                                                   broker=broker, describer=describer, plan=self.plan,
                                                   offset_s=offset, epoch_s=epoch, settings=settings,
-                                                  commands=self.commands.put))
+                                                  ledger=self.ledger, commands=self.commands.put))
             self.stations[0].self_check()
         except BaseException:
             for s in self.stations:
                 s.outbox.close()
-                s.ledger.close()
+            self.ledger.close()
             raise
         self.messages = 0
         self._stop = threading.Event()
@@ -482,6 +485,7 @@ class Plant:
             t.start()
         for t in threads:
             t.join()
+        self.ledger.close()
         self._stopped = [r[0] for r in results], [r[1] for r in results], time.monotonic() - t0
         return self._stopped
 
