@@ -134,6 +134,26 @@ def test_busy_unanswered_or_unfilled_asks_are_made_again_after_their_time_up_to_
         store.close()
 
 
+def test_a_stale_answer_is_asked_again_and_an_offline_station_only_once_it_is_back(db_url: str) -> None:
+    """A command that waited in an offline station's session arrives too old (``stale``): asked again. And a
+    station the historian knows offline is not asked at all until its birth says it is back."""
+    store = open_store(db_url)
+    try:
+        st = Station()
+        ingest(store, [st.birth()])
+        _gap(store, st, 4, 4, 6)
+        t = _later(SETTLE + 1)
+        [r] = R.ask_due(store, t, settle_s=SETTLE)
+        ingest(store, [_reply(st, 1, r.command_id, "stale"), st.offline()])
+        t += int((R.RESEND_AFTER_S + 1) * S)
+        assert R.ask_due(store, t, settle_s=SETTLE) == []              # offline: the ask would wait, and go stale
+        ingest(store, [st.birth()])
+        [again] = R.ask_due(store, t, settle_s=SETTLE)
+        assert (again.first_seq, again.last_seq, again.attempts) == (4, 4, 2)
+    finally:
+        store.close()
+
+
 def test_a_refusal_is_not_asked_again(db_url: str) -> None:
     store = open_store(db_url)
     try:

@@ -13,10 +13,14 @@ is missing. So each **settled, unexplained** gap (a lost tail too: it is a gap r
 * **what**: the gap, in spans of at most ``MAX_RESEND`` numbers, gaps of a stream close together in one
   (``spans``); the oldest gaps first; at most ``PER_STATION_PER_MINUTE`` asks per station per minute (a
   station's rate limit lets 20 through at once);
-* **again**: after ``RESEND_AFTER_S`` if the gap is still open and the answer was ``busy``, none, or ``ok``
-  with nothing arriving, up to ``MAX_ATTEMPTS`` asks of those numbers in all; any other answer
-  (``unauthorised``: the ACL or the roles do not let this identity ask; ``not_allowed``: the station keeps
-  no history) is not asked again: the gap stays open and is reported;
+* **when**: a station the historian knows offline (its Will, its own ``offline``) is not asked until it is
+  back: the command would wait in its session at the broker and arrive too old (``stale``);
+* **again**: after ``RESEND_AFTER_S`` if the gap is still open and the answer was none, ``ok`` with nothing
+  arriving, or one that means "not executed, ask again" (``busy``; ``stale``: it waited too long on the way;
+  ``refused``: the station was stopping; ``outcome_unknown``, ``error``), up to ``MAX_ATTEMPTS`` asks of
+  those numbers in all; any other answer (``unauthorised``: the ACL or the roles do not let this identity
+  ask; ``not_allowed``: the station keeps no history; ``unknown_verb``: a station older than ``resend``) is
+  not asked again: the gap stays open and is reported;
 * **the answer** (``record_answer``, from ``ingest``: a reply is a stored message of the station, matched
   by its command id in the transaction that stores it): its code and data go into the request's row, and
   the numbers the station says are ``missing`` make that part of the gap **unrecoverable** (``gaps``):
@@ -49,7 +53,8 @@ VERB = "resend"
 RESEND_AFTER_S = 120.0          # an unanswered, busy, or answered-but-unfilled ask is made again after this
 MAX_ATTEMPTS = 5                # asks of the same numbers at most
 PER_STATION_PER_MINUTE = 10     # asks per station per minute at most (its default burst is 20)
-AGAIN = (None, "busy", "ok")    # the answers after which a still-open gap is asked for again
+# the answers after which a still-open gap is asked for again (None: no answer)
+AGAIN = (None, "ok", "busy", "stale", "refused", "outcome_unknown", "error")
 MERGE_HELD = 50                 # gaps of a stream at most this many stored numbers apart: one ask (``spans``)
 
 
@@ -88,8 +93,9 @@ def ask_due(store: Store, now_ns: int, *, settle_s: float, resend_after_s: float
     them after this returns. A request recorded and never published (the worker died) is simply unanswered,
     and asked again after ``resend_after_s``. A station is locked only when a plain read found something due
     for it (a gap waiting for its answer costs one read per check, not a lock)."""
+    offline = {(a, b) for a, b in store.query("SELECT site, station FROM stations WHERE status = 'offline'")}
     stations = sorted({(g.site, g.station) for g in gap_rows(store, open_only=True,
-                                                             settled_before=settled(now_ns, settle_s))})
+                                                             settled_before=settled(now_ns, settle_s))} - offline)
     out: list[Request] = []
     for site, station in stations:
         if not _station_asks(store, site, station, now_ns, settle_s, resend_after_s):
