@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import threading
 import time
 import uuid
 from typing import Any
@@ -76,6 +77,34 @@ def test_a_settled_gap_is_asked_for_once_with_a_valid_command_on_the_identitys_t
     finally:
         store.close()
         other.close()
+
+
+def test_two_workers_looking_at_once_ask_once(db_url: str) -> None:
+    """Both find the gap due in their plain read; the station's lock makes the second see the first's row."""
+    stores = [open_store(db_url) for _ in range(3)]
+    try:
+        st = Station()
+        _gap(stores[0], st, 4, 6, 10)
+        now = _later(SETTLE + 1)
+
+        def look(store: Store, go: threading.Barrier, now: int, asked: list[list[R.Request]]) -> None:
+            go.wait()
+            asked.append(R.ask_due(store, now, settle_s=SETTLE))
+
+        for _ in range(5):
+            go = threading.Barrier(2)
+            asked: list[list[R.Request]] = []
+            threads = [threading.Thread(target=look, args=(s, go, now, asked)) for s in stores[1:]]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            now += int((R.RESEND_AFTER_S + 1) * S)          # the next round: due again (no answer)
+            assert sorted(len(a) for a in asked) == [0, 1], asked
+        assert [row[3] for row in _requests(stores[0])] == [1, 2, 3, 4, 5]
+    finally:
+        for s in stores:
+            s.close()
 
 
 def test_the_answer_marks_what_the_station_no_longer_holds_unrecoverable_and_the_resent_copies_close_the_rest(
