@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 
 from edge.telemetry.outbox import (
-    HISTORY_OFFSET,
     ROW_OVERHEAD,
     Draft,
     InvalidMessage,
@@ -49,8 +48,8 @@ def stored(path: pathlib.Path) -> list[tuple[int, str, int, int, bytes]]:
     """Every pending row (id, stream, seq, priority, payload), read with plain sqlite3 behind the outbox's back
     (acknowledged messages kept as history are not: ``tests/test_outbox_history.py``)."""
     with sqlite3.connect(path) as c:
-        return c.execute("SELECT id, stream, seq, priority, payload FROM messages WHERE priority < ? ORDER BY id",
-                         (HISTORY_OFFSET,)).fetchall()
+        return c.execute("SELECT id, stream, seq, priority, payload FROM messages WHERE acked = 0"
+                         " ORDER BY id").fetchall()
 
 
 def integrity(path: pathlib.Path) -> str:

@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 
 from edge.telemetry.outbox import (
-    HISTORY_OFFSET,
+    HISTORY_PRUNE_ROWS,
     MAX_RESEND,
     Draft,
     Message,
@@ -43,9 +43,9 @@ def send_all(ob: Outbox) -> list[Message]:
 
 
 def rows(path: pathlib.Path) -> list[tuple[int, str, int, int]]:
-    """(id, stream, seq, priority) of every row the file holds, pending and history."""
+    """(id, stream, seq, acked) of every row the file holds, pending and history."""
     with sqlite3.connect(path) as c:
-        got = c.execute("SELECT id, stream, seq, priority FROM messages ORDER BY id").fetchall()
+        got = c.execute("SELECT id, stream, seq, acked FROM messages ORDER BY id").fetchall()
     c.close()
     return got
 
@@ -65,7 +65,7 @@ def test_acked_messages_stay_as_history_across_a_restart_and_count_apart(tmp_pat
         assert st.by_priority[Priority.TELEMETRY].count == 4
         assert [m.id for m in ob.pending(100)] == [state.id] + [m.id for m in sent[6:]]
         assert st.as_dict()["history_count"] == 6
-    assert [r[3] for r in rows(path)][:6] == [Priority.TELEMETRY + HISTORY_OFFSET] * 6
+    assert [r[3] for r in rows(path)] == [1] * 6 + [0] * 5
     with Outbox(path, boot_id="b2") as ob:
         again = ob.stats()
         assert (again.count, again.bytes, again.history_count, again.history_bytes) == \
@@ -164,6 +164,26 @@ def test_history_is_pruned_oldest_first_to_its_budget(tmp_path: pathlib.Path) ->
         held = [r[2] for r in rows(path)]
         assert held == list(range(2002 - st.history_count, 2002)), "the newest are kept, without a hole"
         assert ob.resend("b1", "telemetry", 1, 2001) == Resent(st.history_count, 0, [(1, held[0] - 1)])
+
+
+def test_pruning_walks_past_an_old_backlog_a_bounded_step_per_ack(tmp_path: pathlib.Path) -> None:
+    """History newer than a pending backlog (events sent and acknowledged while old telemetry waits): each ack
+    looks at HISTORY_PRUNE_ROWS rows at most, so it takes a few acks to reach that history, never a long stall."""
+    budget = 4000
+    with Outbox(tmp_path / "o.db", boot_id="b1", history_bytes=budget, synchronous="NORMAL") as ob:
+        backlog = len(tele(ob, 3 * HISTORY_PRUNE_ROWS))
+        acks = 0
+        while ob.stats().history_bytes <= budget:
+            ob.ack(ob.put("event", TOPIC + "event", {"n": acks, "pad": "y" * 200}, priority=Priority.EVENT).id)
+            acks += 1
+        over_after = []
+        for _ in range(6):
+            ob.ack(ob.put("event", TOPIC + "event", {"n": acks, "pad": "y" * 200}, priority=Priority.EVENT).id)
+            acks += 1
+            over_after.append(ob.stats().history_bytes > budget)
+        assert over_after[:2] == [True, True], "a single ack walked the whole backlog"
+        assert not over_after[-1], "the walk never got past the backlog"
+        assert ob.stats().by_priority[Priority.TELEMETRY].count == backlog     # pending is never pruned
 
 
 def test_history_gives_up_its_room_before_any_telemetry_is_thinned(tmp_path: pathlib.Path) -> None:

@@ -1,4 +1,5 @@
-"""The durable outbox: every message is on disk before it is sent, and leaves only when the broker acknowledged it.
+"""The durable outbox: every message is on disk before it is sent, pending until the broker acknowledged it, then
+kept a while as history for a consumer that lost it.
 
 paho keeps its queue in memory and brokers drop silently past their per-client limits, so the
 station's own queue is the only place a message cannot be lost. This one is a SQLite database
@@ -14,11 +15,13 @@ How the MQTT session uses it::
         publish(msg)                         # envelope from msg.boot_id, msg.stream, msg.seq, msg.created_ns
         outbox.mark_inflight([msg.id])
     # on PUBACK:
-    outbox.ack(msg.id)
+    outbox.ack(msg.id)                       # history from now on, for:
+    # a consumer asks for what it lost (the station's resend command):
+    outbox.resend(boot_id, "telemetry", 1000, 1119)   # -> Resent(requeued, pending, missing); pending again
 
 **Sequence numbers.** ``put`` gives each message the next number of its stream (1, 2, 3, ...).
 The stream's last number lives in its own table, written in the same transaction as the
-message, so numbers survive acknowledgement (the row goes, the counter stays), restarts and
+message, so numbers survive acknowledgement (the row goes at last, the counter stays), restarts and
 crashes, and are never reused. Each message also keeps the boot id it was created under: a
 message re-sent after a crash carries the same (boot id, stream, seq) as its first copy, so a
 consumer recognises the duplicate; a gap in a stream's numbers is a lost message unless a
@@ -57,21 +60,27 @@ is there is on disk one or two fsyncs later: 2 to 40 ms on an SD card), and ``pe
 only messages an fsync covers (it runs one itself if needed). So (a) a message is on disk before
 it is sent; (b) a sent sequence number is never given again after a power cut (the counter is
 in the message's transaction, which the fsync covers); (c) the session acknowledges a command to
-the broker only after ``sync()``, so its stored answer is durable first. Acks (deletions) are
-lazily durable: a power cut (not a process kill) may bring back messages the broker had
-acknowledged, duplicates the consumer detects; the next fsync makes every earlier frame of the
-log durable (one file, synced as a whole; a torn unsynced tail fails its checksums and is
-discarded on recovery). ``synchronous="FULL"`` fsyncs every commit on the putting thread (the
+the broker only after ``sync()``, so its stored answer is durable first. Acks (a message made
+history, or deleted) are lazily durable: a power cut (not a process kill) may bring back as pending
+messages the broker had acknowledged, duplicates the consumer detects; the next fsync makes every
+earlier frame of the log durable (one file, synced as a whole; a torn unsynced tail fails its
+checksums and is discarded on recovery). A resend commits like a put and the syncer fsyncs it,
+but ``pending`` does not wait for that: what it makes pending was durable since its put, and a
+resend lost to a power cut is asked again. ``synchronous="FULL"`` fsyncs every commit on the putting thread (the
 old way), ``"NORMAL"`` never fsyncs (hosts with power-loss protection, tests). Put + pend + ack
 in ``bench/bench_outbox.py`` on the development VM (virtio disk, ext4, shared and loaded): 4,100
 messages/s with group commit, 2,500 with ``FULL``, 6,000 with ``NORMAL`` (160,000 for a deque in
 memory).
 
-**Quota and priorities.** ``quota_bytes`` bounds the stored size of the messages (payload,
+**Quota and priorities.** ``quota_bytes`` bounds the stored size of the pending messages (payload,
 topic, stream and ``ROW_OVERHEAD`` bytes for the row and its index entries; the file itself
 is larger by page slack and by the WAL, about ``outbox_file.JOURNAL_LIMIT``; deleted space is reused, not
-given back, since the next outage will need it again). When a put would take the outbox over
-its quota, telemetry, and only telemetry, is **thinned, evenly over time**: at level L only the
+given back, since the next outage will need it again). History (below) only borrows the room the
+pending messages leave: when a put would take pending and history together over the quota, the
+oldest history is pruned first (down to the quota less 1/16 of it, at most ``HISTORY_PRUNE_ROWS``
+rows per put), since it is worth less than what was never sent; so the file holds about a quota
+of messages, as without history. When a put would take the pending messages over
+the quota, telemetry, and only telemetry, is **thinned, evenly over time**: at level L only the
 telemetry messages whose sequence number is a multiple of 2**L are kept. A walk from the oldest
 pending telemetry brings each message to the current level until the total is back under the
 quota minus a headroom of 1/16 of it; the next put that needs room resumes the walk, and when
@@ -105,6 +114,39 @@ Losing a trip record is worse than using more disk. The same holds for telemetry
 be thinned further (at the floor above): it is stored. Nothing is ever dropped without a trace,
 so ``stats().dropped`` is 0; it is reported so that a status message can say it. If the disk
 itself is full, ``put`` raises ``OutboxError`` and stores nothing: the caller knows.
+
+**History and resend.** The broker may lose what it acknowledged (mosquitto 2.0.11 does not
+restore shared subscriptions after a restart, so what arrives before the subscribers are back goes
+to nobody; a killed broker loses what it queued since its last autosave), and only the consumer
+can tell: the plant historian knows every stream's gaps. So ``ack`` does not delete: the message
+becomes **history**. Its row stays, marked ``acked``, and leaves the partial index
+``messages_by_priority (priority, id) WHERE acked = 0`` that every pending query reads: an ack
+takes one entry out of that index, as the deletion did, and rewrites its row in place, so it costs
+what the deletion cost (figures below). History is not counted in ``stats().count``, ``bytes``,
+``by_priority`` nor against the quota (``history_count`` and ``history_bytes`` say what is kept).
+``history_bytes`` (default 64 MiB; 0: an acknowledged message is deleted, as before) bounds it:
+when an ack takes it over, the oldest history (by id) is deleted down to 1/16 below the bound, in
+the ack's transaction, by a walk by id that looks at ``HISTORY_PRUNE_ROWS`` rows at most per call
+(or twice what the call acknowledged), so an ack never stalls a put for long; it starts where the
+last one stopped (history is older than what is pending, acks coming in send order; pending rows
+it meets, an old backlog behind newer history, are passed once). A boot whose messages are only
+history is still known, as long as they are there.
+
+``resend(boot_id, stream, first_seq, last_seq)`` makes the history of that range of that boot's
+stream pending again, in one transaction. Each message keeps its id (it goes before the newer
+messages of its class), boot id, stream, seq, ``created_ns``, topic and payload, so the session's
+envelope is byte-identical to the first copy and the consumer's exactly-once store takes it as the
+one it missed; only ``retain`` is cleared (an old state must never replace the retained current
+one). Acknowledged again, it is history again (and, by its old id, the first to be pruned). The
+answer, ``Resent``, counts every number of the range up to the last the stream was given under
+that boot (a later number is not lost, it does not exist yet) once: ``requeued``, ``pending``
+(not acknowledged yet, or in flight: it goes anyway) or ``missing``, merged inclusive ranges
+(pruned, thinned, acknowledged without history; all of them when the boot is unknown here). The
+numbers are found through the index ``messages_by_seq (stream, seq)`` (a number is unique per
+stream, across boots); an earlier boot's last numbers are recorded when the next one opens
+(table ``boot_seqs``). At most ``MAX_RESEND`` numbers per call (``ValueError`` beyond, and for a
+range that is empty or starts below 1): the transaction holds the outbox's lock, and a put waits
+for it.
 
 **Inflight is in memory.** ``mark_inflight`` only records ids in a dict: nothing is written,
 so sending costs no disk write (an SD card's wear and latency), and a restart has nothing to
@@ -148,7 +190,6 @@ from typing import Any
 from edge.telemetry.outbox_commit import GroupCommit, Mode
 from edge.telemetry.outbox_file import prepare_file
 from edge.telemetry.outbox_types import (
-    HISTORY_OFFSET,
     MAX_RESEND,
     ROW_OVERHEAD,
     SEND_CLASSES,
@@ -164,12 +205,13 @@ from edge.telemetry.outbox_types import (
     _size,
 )
 
-__all__ = ["DEFAULT_HISTORY", "HISTORY_OFFSET", "MAX_RESEND", "ROW_OVERHEAD", "Draft", "InvalidMessage", "Message",
+__all__ = ["DEFAULT_HISTORY", "MAX_RESEND", "ROW_OVERHEAD", "Draft", "InvalidMessage", "Message",
            "Outbox", "OutboxError", "OutboxLocked", "OutboxStats", "Priority", "PriorityStats", "Resent"]
 
 DEFAULT_QUOTA = 256 * 1024 * 1024
 DEFAULT_HISTORY = 64 * 1024 * 1024
-HISTORY_PRUNE_ROWS = 1024    # history rows deleted at most per call (more when one ack_many brought more)
+HISTORY_PRUNE_ROWS = 1024    # rows the history's pruning walk looks at, at most, per call (more when one ack_many
+                             # brought more)
 MIN_QUOTA = 16 * 1024
 HEADROOM_DIV = 16            # a thinning frees down to quota - quota/16 ...
 FLOOR_DIV = 8                # ... but never thins telemetry below quota/8
@@ -187,6 +229,18 @@ SELECT_MESSAGE = ("SELECT m.id, b.boot_id, m.stream, m.seq, m.topic, m.payload, 
 
 
 @dataclass
+class _History:
+    """The history's running totals, and where its pruning walk starts: no history row has a lower id."""
+
+    count: int = 0
+    bytes: int = 0
+    start: int = 0
+
+    def copy(self) -> _History:
+        return _History(self.count, self.bytes, self.start)
+
+
+@dataclass
 class _Tx:
     """What a write transaction changes in memory, applied only once it has committed."""
 
@@ -196,7 +250,7 @@ class _Tx:
     level: int             # telemetry is thinned to seq % 2**level == 0 ...
     clean_id: int          # ... for every telemetry id up to this one
     report_id: int | None
-    history: list[int]     # [count, bytes] of the history
+    history: _History
     thinned: int = 0
     thinning_events: int = 0
     doomed: list[int] = field(default_factory=list)   # ids thinned
@@ -368,19 +422,17 @@ class Outbox:
         self._clean_id = int(counters.get("thin_clean_id", 0))
         self._counts = [0] * len(Priority)
         self._sizes = [0] * len(Priority)
-        self._history = [0, 0]               # count, bytes of the history (module docstring, "History and resend")
-        for p in Priority:
-            for value, totals in ((int(p), None), (p + HISTORY_OFFSET, self._history)):
-                n, b = c.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE priority = ?",
-                                 (value,)).fetchone()
-                if totals is None:
-                    self._counts[p], self._sizes[p] = int(n), int(b)
-                else:
-                    totals[0] += int(n)
-                    totals[1] += int(b)
-        unknown = sum(self._counts) + self._history[0] != c.execute("SELECT count(*) FROM messages").fetchone()[0]
-        if unknown:
-            raise OutboxError(f"{self.path}: holds messages of a priority this code does not know")
+        self._history = _History()           # module docstring, "History and resend"
+        known = {int(p) for p in Priority}
+        for priority, acked, n, b in c.execute("SELECT priority, acked, count(*), coalesce(sum(size), 0) FROM messages"
+                                               " GROUP BY priority, acked"):
+            if priority not in known:
+                raise OutboxError(f"{self.path}: holds messages of a priority this code does not know ({priority})")
+            if acked:
+                self._history.count += int(n)
+                self._history.bytes += int(b)
+            else:
+                self._counts[priority], self._sizes[priority] = int(n), int(b)
         c.execute("BEGIN IMMEDIATE")
         try:
             new = c.execute("INSERT OR IGNORE INTO boots (boot_id, opened_ns) VALUES (?, ?)",
@@ -440,7 +492,7 @@ class Outbox:
                                          f" (got {p.priority.name}): its order would not hold; nothing stored")
             c = self._conn
             tx = _Tx(list(self._counts), list(self._sizes), {}, self._level, self._clean_id, self._report_id,
-                     list(self._history))
+                     self._history.copy())
             out: list[Message] = []
             try:
                 self._set_sync(self._put_sync)
@@ -501,10 +553,13 @@ class Outbox:
         """
         quota = self.quota_bytes
         tele = Priority.TELEMETRY
+        pending = sum(tx.sizes)
+        if pending + tx.history.bytes + incoming <= quota:
+            return
         headroom, floor = quota // HEADROOM_DIV, quota // FLOOR_DIV
-        if tx.history[1] and sum(tx.sizes) + tx.history[1] + incoming > quota:
-            self._prune_history(tx.history, max(0, quota - headroom - sum(tx.sizes) - incoming), HISTORY_PRUNE_ROWS)
-        if sum(tx.sizes) + incoming <= quota:
+        if tx.history.count:
+            self._prune_history(tx.history, max(0, quota - headroom - pending - incoming), HISTORY_PRUNE_ROWS)
+        if pending + incoming <= quota:
             return
         if tx.sizes[tele] - self._inflight_tele < floor + headroom:
             return
@@ -521,7 +576,7 @@ class Outbox:
             if tx.level == 0:
                 tx.level, tx.clean_id, fruitless_walk = 1, 0, True
             stride = 1 << tx.level
-            rows = c.execute("SELECT id, stream, seq, size FROM messages WHERE priority = ? AND id > ?"
+            rows = c.execute("SELECT id, stream, seq, size FROM messages WHERE priority = ? AND id > ? AND acked = 0"
                              " ORDER BY id LIMIT ?",
                              (int(tele), tx.clean_id, min(THIN_CHUNK, THIN_STEP_ROWS - walked))).fetchall()
             if not rows:                     # every telemetry message is at this level
@@ -566,8 +621,7 @@ class Outbox:
         freed = sum(r[3] for r in ranges.values())
         old: tuple[bytes, int] | None = None
         if tx.report_id is not None and tx.report_id not in self._inflight:
-            old = c.execute(f"SELECT payload, size FROM messages WHERE id = ? AND priority < {HISTORY_OFFSET}",
-                            (tx.report_id,)).fetchone()
+            old = c.execute("SELECT payload, size FROM messages WHERE id = ? AND acked = 0", (tx.report_id,)).fetchone()
         if old is not None:
             assert tx.report_id is not None
             report: dict[str, Any] = json.loads(old[0])
@@ -661,7 +715,7 @@ class Outbox:
         for p in priorities:
             if self._counts[p]:              # the running totals spare a query per empty priority
                 ids += [i for (i,) in self._conn.execute(
-                    "SELECT id FROM messages WHERE priority = ? AND id <= ? ORDER BY id LIMIT ?",
+                    "SELECT id FROM messages WHERE priority = ? AND id <= ? AND acked = 0 ORDER BY id LIMIT ?",
                     (int(p), durable, want + 1))]
         ids.sort()
         if skip is not None and Priority.EVENT in priorities:   # what follows the report in its class (an EVENT)
@@ -696,8 +750,7 @@ class Outbox:
                     chunk = wanted[start:start + 500]
                     marks = ",".join("?" * len(chunk))
                     for msg_id, priority, size in self._conn.execute(
-                            f"SELECT id, priority, size FROM messages WHERE id IN ({marks})"
-                            f" AND priority < {HISTORY_OFFSET}", chunk):
+                            f"SELECT id, priority, size FROM messages WHERE id IN ({marks}) AND acked = 0", chunk):
                         if msg_id not in self._inflight:
                             tele = size if priority == Priority.TELEMETRY else 0
                             self._inflight[msg_id] = tele
@@ -722,8 +775,8 @@ class Outbox:
         with self._lock:
             self._check_open()
             c = self._conn
-            counts, sizes, history = list(self._counts), list(self._sizes), list(self._history)
-            deleted = 0
+            counts, sizes, history = list(self._counts), list(self._sizes), self._history.copy()
+            done: list[tuple[int, int, int]] = []
             try:
                 self._set_sync("NORMAL")   # a lost ack is a detectable duplicate; see the module docstring
                 c.execute("BEGIN IMMEDIATE")
@@ -731,19 +784,23 @@ class Outbox:
                     for start in range(0, len(wanted), 500):
                         chunk = wanted[start:start + 500]
                         marks = ",".join("?" * len(chunk))
-                        sql = (f"UPDATE messages SET priority = priority + {HISTORY_OFFSET} WHERE id IN ({marks})"
-                               f" AND priority < {HISTORY_OFFSET} RETURNING priority - {HISTORY_OFFSET}, size"
-                               if keep else f"DELETE FROM messages WHERE id IN ({marks}) RETURNING priority, size")
-                        for priority, size in c.execute(sql, chunk).fetchall():
-                            counts[priority] -= 1
-                            sizes[priority] -= size
-                            deleted += 1
-                            if keep:
-                                history[0] += 1
-                                history[1] += size
-                    if history[1] > self.history_bytes:   # pruned with headroom: not at every ack
+                        if keep:   # SELECT then UPDATE: an UPDATE ... RETURNING costs half an ack more
+                            done += c.execute(f"SELECT id, priority, size FROM messages WHERE id IN ({marks})"
+                                              " AND acked = 0", chunk).fetchall()
+                            c.execute(f"UPDATE messages SET acked = 1 WHERE id IN ({marks}) AND acked = 0", chunk)
+                        else:
+                            done += c.execute(f"DELETE FROM messages WHERE id IN ({marks}) AND acked = 0"
+                                              " RETURNING id, priority, size", chunk).fetchall()
+                    for _, priority, size in done:
+                        counts[priority] -= 1
+                        sizes[priority] -= size
+                    if keep and done:
+                        history.count += len(done)
+                        history.bytes += sum(r[2] for r in done)
+                        history.start = min(history.start, min(r[0] for r in done))
+                    if history.bytes > self.history_bytes:   # pruned with headroom: not at every ack
                         self._prune_history(history, self.history_bytes - self.history_bytes // HEADROOM_DIV,
-                                            max(HISTORY_PRUNE_ROWS, 2 * deleted))
+                                            max(HISTORY_PRUNE_ROWS, 2 * len(done)))
                     # The backlog is sent (telemetry below the floor): the next outage thins from level 1 again,
                     # not at the stride the last one needed.
                     rethin = self._level > 0 and sizes[Priority.TELEMETRY] < self.quota_bytes // FLOOR_DIV
@@ -754,35 +811,37 @@ class Outbox:
                     c.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
-                raise OutboxError(f"{self.path}: cannot delete acknowledged messages: {e}") from e
+                raise OutboxError(f"{self.path}: cannot record acknowledged messages: {e}") from e
             self._counts, self._sizes, self._history = counts, sizes, history
             if rethin:
                 self._level = self._clean_id = 0
             for msg_id in wanted:
                 self._inflight_tele -= self._inflight.pop(msg_id, 0)
                 self._offered.pop(msg_id, None)
-            return deleted
+            return len(done)
 
-    def _prune_history(self, history: list[int], goal: int, max_rows: int) -> None:
-        """Delete the oldest history (by id) until its bytes are at most ``goal``, at most ``max_rows`` rows, in the
-        caller's transaction; ``history`` ([count, bytes]) is updated. One index range per priority, merged."""
+    def _prune_history(self, history: _History, goal: int, max_rows: int) -> None:
+        """Delete the oldest history (by id) until its bytes are at most ``goal``, in the caller's transaction,
+        looking at ``max_rows`` rows at most: a walk by id from ``history.start`` (``history`` is updated).
+
+        History is mostly older than what is pending (acks come in send order), so the walk finds it at once;
+        pending rows it passes (an old backlog behind newer history) are passed for good, ``start`` moves on."""
         c = self._conn
-        deleted = 0
-        while history[1] > goal and history[0] > 0 and deleted < max_rows:
-            limit = min(THIN_CHUNK, max_rows - deleted)
-            rows: list[tuple[int, int]] = []
-            for p in Priority:
-                rows += c.execute("SELECT id, size FROM messages WHERE priority = ? ORDER BY id LIMIT ?",
-                                  (p + HISTORY_OFFSET, limit)).fetchall()
-            doomed: list[tuple[int]] = []
-            for msg_id, size in sorted(rows)[:limit]:
-                if history[1] <= goal:
-                    break
-                doomed.append((msg_id,))
-                history[0] -= 1
-                history[1] -= size
-            c.executemany("DELETE FROM messages WHERE id = ?", doomed)
-            deleted += len(doomed)
+        doomed: list[tuple[int]] = []
+        cur = c.execute("SELECT id, size, acked FROM messages WHERE id >= ? ORDER BY id LIMIT ?",
+                        (history.start, max_rows))
+        try:
+            for msg_id, size, acked in cur:
+                history.start = msg_id + 1
+                if acked:
+                    doomed.append((msg_id,))
+                    history.count -= 1
+                    history.bytes -= size
+                    if history.bytes <= goal:
+                        break
+        finally:
+            cur.close()
+        c.executemany("DELETE FROM messages WHERE id = ?", doomed)
 
     def resend(self, boot_id: str, stream: str, first_seq: int, last_seq: int) -> Resent:
         """Make the history of ``boot_id``'s ``stream`` from ``first_seq`` to ``last_seq`` pending again (module
@@ -807,7 +866,7 @@ class Outbox:
         with self._lock:
             self._check_open()
             c = self._conn
-            counts, sizes, history = list(self._counts), list(self._sizes), list(self._history)
+            counts, sizes, history = list(self._counts), list(self._sizes), self._history.copy()
             requeued: list[int] = []
             try:
                 row = c.execute("SELECT n FROM boots WHERE boot_id = ?", (boot_id,)).fetchone()
@@ -820,23 +879,23 @@ class Outbox:
                                       (row[0], stream)).fetchone()
                     top = bound[0] if bound else 0
                 top = min(top, last_seq)
-                rows = c.execute("SELECT id, seq, priority, size FROM messages WHERE stream = ? AND seq BETWEEN ? AND ?"
-                                 " AND boot = ?", (stream, first_seq, top, row[0])).fetchall()
-                for msg_id, _seq, priority, size in rows:
-                    if priority >= HISTORY_OFFSET:
+                rows = c.execute("SELECT id, seq, priority, size, acked FROM messages WHERE stream = ?"
+                                 " AND seq BETWEEN ? AND ? AND boot = ?", (stream, first_seq, top, row[0])).fetchall()
+                for msg_id, _seq, priority, size, acked in rows:
+                    if acked:
                         requeued.append(msg_id)
-                        counts[priority - HISTORY_OFFSET] += 1
-                        sizes[priority - HISTORY_OFFSET] += size
-                        history[0] -= 1
-                        history[1] -= size
+                        counts[priority] += 1
+                        sizes[priority] += size
+                        history.count -= 1
+                        history.bytes -= size
                 if requeued:
                     self._set_sync(self._put_sync)
                     c.execute("BEGIN IMMEDIATE")
                     try:
                         for start in range(0, len(requeued), 500):
                             chunk = requeued[start:start + 500]
-                            c.execute(f"UPDATE messages SET priority = priority - {HISTORY_OFFSET}, retain = 0"
-                                      f" WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                            marks = ",".join("?" * len(chunk))
+                            c.execute(f"UPDATE messages SET acked = 0, retain = 0 WHERE id IN ({marks})", chunk)
                         c.execute("COMMIT")
                     except BaseException:
                         c.execute("ROLLBACK")
@@ -882,7 +941,8 @@ class Outbox:
             self._check_open()
             try:
                 oldest = min((r for p in Priority if self._counts[p] for r in self._conn.execute(
-                    "SELECT id, created_ns FROM messages WHERE priority = ? ORDER BY id LIMIT 1", (int(p),))),
+                    "SELECT id, created_ns FROM messages WHERE priority = ? AND acked = 0 ORDER BY id LIMIT 1",
+                    (int(p),))),
                     default=None)
             except sqlite3.Error as e:
                 raise OutboxError(f"{self.path}: cannot read stats: {e}") from e
@@ -896,8 +956,8 @@ class Outbox:
                 count=sum(self._counts), bytes=total, quota_bytes=self.quota_bytes, over_quota=total > self.quota_bytes,
                 by_priority={p: PriorityStats(self._counts[p], self._sizes[p]) for p in Priority},
                 inflight=len(self._inflight), oldest_age_s=age, thinned=self._thinned,
-                thinning_events=self._thinning_events, file_bytes=file_bytes, history_count=self._history[0],
-                history_bytes=self._history[1])
+                thinning_events=self._thinning_events, file_bytes=file_bytes, history_count=self._history.count,
+                history_bytes=self._history.bytes)
 
     # ---- closing -------------------------------------------------------------------------
 

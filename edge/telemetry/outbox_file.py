@@ -5,7 +5,7 @@ is the version of the tables below. An empty file becomes an outbox of this vers
 SQLite database is refused untouched, and so is an outbox of a version this code does not know.
 Version 2 keeps acknowledged messages as history for resend (``edge.telemetry.outbox``, "History
 and resend"); a version 1 file is upgraded in place when it is opened, in one transaction
-(:data:`UPGRADE_1_TO_2`: an index built over the rows it holds, a few seconds for a million). The
+(:data:`UPGRADE_1_TO_2`: two indexes built over the rows it holds, seconds for a million). The
 file is in WAL mode, with the WAL truncated to :data:`JOURNAL_LIMIT` after a checkpoint and a
 bounded page cache (:data:`CACHE_KIB`), so a backlog costs disk, not RAM. How each transaction is
 synced is the outbox's choice (``edge.telemetry.outbox``).
@@ -50,10 +50,14 @@ CREATE TABLE messages (
 CREATE INDEX messages_by_priority ON messages (priority, id);
 """
 
-#: what version 2 added (history for resend): ``messages_by_seq`` finds a stream's numbers (unique per stream,
-#: across boots); ``boot_seqs`` holds each stream's last number when the boot after ``boot`` opened: the bound of
-#: what ``boot`` gave, for a resend naming an earlier boot
+#: what version 2 added (history for resend): ``acked`` marks a message the broker acknowledged, kept as history
+#: (``edge.telemetry.outbox``); the pending queries' index leaves it out, so an ack only takes an entry out of it;
+#: ``messages_by_seq`` finds a stream's numbers (unique per stream, across boots); ``boot_seqs`` holds each stream's
+#: last number when the boot after ``boot`` opened: the bound of what ``boot`` gave, for a resend naming it
 VERSION_2 = """
+ALTER TABLE messages ADD COLUMN acked INTEGER NOT NULL DEFAULT 0;
+DROP INDEX messages_by_priority;
+CREATE INDEX messages_by_priority ON messages (priority, id) WHERE acked = 0;
 CREATE INDEX messages_by_seq ON messages (stream, seq);
 CREATE TABLE boot_seqs (
     boot INTEGER NOT NULL,
@@ -62,6 +66,7 @@ CREATE TABLE boot_seqs (
     PRIMARY KEY (boot, stream)
 ) WITHOUT ROWID;
 """
+#: a new file is made as an old one is upgraded: one way to reach version 2
 SCHEMA = VERSION_1 + VERSION_2
 #: a version 1 file knows only today's last numbers: a bound for every boot it holds
 UPGRADE_1_TO_2 = VERSION_2 + """

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 ROW_OVERHEAD = 64            # bytes counted per message besides payload, topic and stream (row header, indexes)
-HISTORY_OFFSET = 100         # an acknowledged message kept as history: its priority column is priority + this
 MAX_RESEND = 100_000         # the most sequence numbers one resend may cover (last_seq - first_seq < this)
 
 
