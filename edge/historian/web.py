@@ -423,11 +423,13 @@ def fleet_html(store: Store) -> str:
     n_batches = store.query("SELECT COUNT(*) FROM batches")[0][0]
     notes = [n for m in months if m.station is not None for n in m.incomplete]
     open_gaps = gaps.open_gap_count(store, settled_before=gaps.settled(time.time_ns()))[0]   # not only the listed
+    gone = gaps.unrecoverable_count(store)[0]
     parts = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Fleet: the plant historian</title>',
         f"<style>{_CSS}</style></head><body>",
         "<h1>Fleet</h1>",
-        f'<p class="sub">{len(st)} stations, {n_batches} batches, {open_gaps} open gaps · all times UTC · '
+        f'<p class="sub">{len(st)} stations, {n_batches} batches, {open_gaps} open gaps'
+        + (f", {gone} unrecoverable" if gone else "") + ' · all times UTC · '
         'JSON: <a href="/api/stations">stations</a> <a href="/api/batches">batches</a> '
         '<a href="/api/gaps">gaps</a> <a href="/api/figures">figures</a></p>',
         '<section id="stations"><h2>Stations</h2>',
