@@ -418,3 +418,22 @@ def test_a_settled_gap_is_asked_for_as_the_identity_and_the_answer_said(broker: 
     assert [x for x in silent_lines if "gaps are reported, not recovered: give --identity" in x] != []
     assert not any("historian: asked " in x for x in silent_lines), silent_lines
     assert not any("reported, not recovered" in x for x in c.lines)   # type: ignore[attr-defined]
+
+
+def test_an_ask_the_brokers_acl_refuses_is_said_with_what_to_fix(tmp_path: pathlib.Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic read reedge/v1/#\ntopic write reedge/v1/+/+/telemetry\n")     # anonymous: no cmd/
+    own = Mosquitto(tmp_path / "broker", extra=f"acl_file {acl}").start()
+    lines: list[str] = []
+    c = HistorianConsumer(parse_broker_url(own.url), f"sqlite://{tmp_path / 'h.db'}", group=None, client_id="acl-1",
+                          batch_s=0.05, settle_s=0.1, identity="historian", log=lines.append).start()
+    st = Station(station="acl-01")
+    try:
+        publish(own, [st.telemetry(1), st.telemetry(3)])
+        wait_until(lambda: any("the broker refused the resend ask for pilot-line/acl-01 telemetry #2" in x
+                               for x in lines), "the refusal said")
+    finally:
+        c.stop()
+        own.close()
+    refused = [x for x in lines if "refused the resend ask" in x]
+    assert "Not authorized" in refused[0] and "must let historian write cmd/historian/resend" in refused[0], refused

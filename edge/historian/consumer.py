@@ -161,6 +161,8 @@ class HistorianConsumer:
         self._link_said = ""                      # the last reconnection failure said (each kind once)
         self.failure: str | None = None           # why the worker thread ended, if not by stop()
         self._announced: dict[tuple[str, str, str, str, int], GapRow] = {}
+        self._asking: dict[int, str] = {}         # resend asks published, by MQTT message id, until acknowledged
+        self._puback: dict[int, str] = {}         # paho's thread: each ask's PUBACK ("" or the broker's refusal)
         if protocol == "5":
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                       manual_ack=True)
@@ -179,6 +181,7 @@ class HistorianConsumer:
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_publish = self._on_publish
 
     # ---- the filters ----
 
@@ -346,6 +349,10 @@ class HistorianConsumer:
             self.log(f"historian {self.client_id}: disconnected from {self.broker}: {why}; its messages wait in"
                      " its session, reconnecting")
 
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        """A resend ask acknowledged (or refused: MQTT 5 says why; mosquitto refuses what its ACL does not allow)."""
+        self._puback[mid] = str(reason) if getattr(reason, "is_failure", False) else ""
+
     def _on_connect_fail(self, *_: Any) -> None:
         self._say_link_failure("the broker cannot be reached")
 
@@ -478,8 +485,10 @@ class HistorianConsumer:
                 self.log(f"historian: gap closed {r.site}/{r.station} {r.stream} from #{r.first_seq}"
                          f" boot {r.boot_id}")
         self._announced = now
-        if self.identity is not None and now:
-            self._ask(now_ns)
+        if self.identity is not None:
+            self._say_refused_asks()
+            if now:
+                self._ask(now_ns)
 
     def _ask(self, now_ns: int) -> None:
         """Record and publish the resend asks due now (QoS 1: paho sends them again after a reconnect; one that
@@ -490,8 +499,21 @@ class HistorianConsumer:
         except (StoreError, OSError):
             return
         for r in requests:
-            self.client.publish(r.topic(self.identity), r.payload(self.identity), qos=1)
+            info = self.client.publish(r.topic(self.identity), r.payload(self.identity), qos=1)
+            if len(self._asking) >= 4096:      # acknowledgements lost with a connection: nothing more to say of those
+                self._asking.clear()
+            self._asking[info.mid] = r.describe()
             self.log(f"historian: asked {r.describe()} to be re-sent (command {r.command_id})")
+
+    def _say_refused_asks(self) -> None:
+        """Say each ask the broker refused (its ACL: this identity may not write the command), and forget the
+        acknowledged ones."""
+        for mid in list(self._puback):
+            why = self._puback.pop(mid)
+            what = self._asking.pop(mid, None)
+            if why and what is not None:
+                self.log(f"historian: the broker refused the resend ask for {what}: {why}; its ACL must let"
+                         f" {self.identity} write cmd/{self.identity}/resend of the station (reedge station acl)")
 
     def _report(self, *, final: bool = False) -> None:
         t = self.totals
