@@ -827,21 +827,21 @@ class Outbox:
         History is mostly older than what is pending (acks come in send order), so the walk finds it at once;
         pending rows it passes (an old backlog behind newer history) are passed for good, ``start`` moves on."""
         c = self._conn
-        doomed: list[tuple[int]] = []
-        cur = c.execute("SELECT id, size, acked FROM messages WHERE id >= ? ORDER BY id LIMIT ?",
-                        (history.start, max_rows))
+        first, last = history.start, None
+        cur = c.execute("SELECT id, size, acked FROM messages WHERE id >= ? ORDER BY id LIMIT ?", (first, max_rows))
         try:
             for msg_id, size, acked in cur:
                 history.start = msg_id + 1
-                if acked:
-                    doomed.append((msg_id,))
+                if acked:                     # every history row the walk meets goes: one range to delete
+                    last = msg_id
                     history.count -= 1
                     history.bytes -= size
                     if history.bytes <= goal:
                         break
         finally:
             cur.close()
-        c.executemany("DELETE FROM messages WHERE id = ?", doomed)
+        if last is not None:
+            c.execute("DELETE FROM messages WHERE id BETWEEN ? AND ? AND acked = 1", (first, last))
 
     def resend(self, boot_id: str, stream: str, first_seq: int, last_seq: int) -> Resent:
         """Make the history of ``boot_id``'s ``stream`` from ``first_seq`` to ``last_seq`` pending again (module
