@@ -1,14 +1,17 @@
 """``reedge historian``: run the consumer, migrate the database, list the gaps, retire a worker (``report``:
 figures.py).
 
-    reedge historian run --broker mqtt://broker:1883 --db postgresql://historian@db/plant --client-id historian-1
+    reedge historian run --broker mqtt://broker:1883 --db postgresql://historian@db/plant --client-id historian-1 \
+        --identity historian
     reedge historian migrate --db postgresql://historian@db/plant
     reedge historian gaps --db sqlite:///var/lib/reedge/plant.db --open
 
 Every argument is checked before anything is opened or connected (a bad one changes nothing); a database or
 a broker that cannot be reached is one line and exit 2 (``edge.app.cli.main``). ``run`` stops cleanly on
 SIGTERM, SIGINT or SIGHUP: the open batch committed and acknowledged, a clean disconnect, exit 0 (the
-consumer first, then the fleet page); if its worker failed, it stops with exit 1 and the reason. Each worker
+consumer first, then the fleet page); if its worker failed, it stops with exit 1 and the reason. ``run`` asks the
+stations to re-send its gaps as ``--identity`` (default ``--username``; with neither it says at start that
+it does not). Each worker
 needs ``--client-id`` of its own (no default: two workers with one id take each other's connection over
 and over). ``retire`` exits 2 and keeps the session when acknowledgements are still owed (the database
 down): nothing is lost, retire it again later.
@@ -115,6 +118,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     page = None
     try:
         consumer.start()              # the database and the broker: one line each when they cannot be used
+        if identity is None:
+            print(f"historian {args.client_id}: gaps are reported, not recovered: give --identity (this historian's"
+                  " MQTT identity, as the broker and the stations' roles know it) to ask the stations to re-send"
+                  " them", file=sys.stderr, flush=True)
         try:
             if args.http:
                 from edge.historian.web import start_page

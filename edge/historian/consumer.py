@@ -47,7 +47,7 @@ flight to us).
 **Asking for the gaps** (``edge.historian.resend``): with an ``identity`` (``--identity``, else the
 username), each gap check also asks the stations for the settled gaps due (one transaction per station
 under its lock, then the commands published QoS 1 on ``cmd/{identity}/resend``); their answers come back as
-stored replies (``ingest``). Without one, it says once at start that gaps are reported, not recovered.
+stored replies (``ingest``). Without one it asks nothing (``reedge historian run`` says so at start).
 
 **Reports**: a line per ``report_s`` (60 s) with the counts (stored, duplicates, quarantined, ignored,
 open gaps), a line when a gap opens or closes, is asked for, answered or unrecoverable: opens once it is
@@ -225,9 +225,6 @@ class HistorianConsumer:
         self._worker.start()
         self.log(f"historian {self.client_id}: consuming {', '.join(self.filters)} from {self.broker} into"
                  f" {self.store.url}")
-        if self.identity is None:
-            self.log(f"historian {self.client_id}: gaps are reported, not recovered: give --identity (this"
-                     " historian's MQTT identity) to ask the stations to re-send them")
         return self
 
     @property
