@@ -185,6 +185,19 @@ def test_a_stale_answer_is_asked_again_and_an_offline_station_only_once_it_is_ba
         store.close()
 
 
+def test_a_lost_tail_is_asked_of_the_previous_boot(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        a, b = Station(boot="boot-a"), Station(boot="boot-b")
+        b.t_ns = a.t_ns + 10**12
+        ingest(store, [a.birth(), *(a.telemetry(n) for n in (1, 2, 3))])
+        ingest(store, [b.birth({"telemetry": 5}, previous_boot="boot-a"), b.telemetry(6)])
+        [r] = R.ask_due(store, _later(SETTLE + 1), settle_s=SETTLE)
+        assert (r.boot_id, r.stream, r.first_seq, r.last_seq) == ("boot-a", "telemetry", 4, 5)
+    finally:
+        store.close()
+
+
 def test_a_refusal_is_not_asked_again(db_url: str) -> None:
     store = open_store(db_url)
     try:
