@@ -172,11 +172,12 @@ def test_pruning_walks_past_an_old_backlog_a_bounded_step_per_ack(tmp_path: path
     budget = 4000
     with Outbox(tmp_path / "o.db", boot_id="b1", history_bytes=budget, synchronous="NORMAL") as ob:
         backlog = len(tele(ob, 3 * HISTORY_PRUNE_ROWS))
-        acks = 0
-        while ob.stats().history_bytes <= budget:
+        for acks in range(1, 100):                          # the history grows over its budget...
             ob.ack(ob.put("event", TOPIC + "event", {"n": acks, "pad": "y" * 200}, priority=Priority.EVENT).id)
-            acks += 1
-        over_after = []
+            if ob.stats().history_bytes > budget:
+                break
+        assert ob.stats().history_bytes > budget, "pruned at once: the walk went through the whole backlog"
+        over_after = []                                     # ... and stays over while the walk passes the backlog
         for _ in range(6):
             ob.ack(ob.put("event", TOPIC + "event", {"n": acks, "pad": "y" * 200}, priority=Priority.EVENT).id)
             acks += 1
