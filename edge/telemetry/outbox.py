@@ -77,8 +77,8 @@ topic, stream and ``ROW_OVERHEAD`` bytes for the row and its index entries; the 
 is larger by page slack and by the WAL, about ``outbox_file.JOURNAL_LIMIT``; deleted space is reused, not
 given back, since the next outage will need it again). History (below) only borrows the room the
 pending messages leave: when a put would take pending and history together over the quota, the
-oldest history is pruned first (down to the quota less 1/16 of it, at most ``HISTORY_PRUNE_ROWS``
-rows per put), since it is worth less than what was never sent; so the file holds about a quota
+oldest history is pruned first (down to the quota less 1/16 of it, looking at ``HISTORY_PRUNE_ROWS``
+rows at most per put), since it is worth less than what was never sent; so the file holds about a quota
 of messages, as without history. When a put would take the pending messages over
 the quota, telemetry, and only telemetry, is **thinned, evenly over time**: at level L only the
 telemetry messages whose sequence number is a multiple of 2**L are kept. A walk from the oldest
@@ -146,7 +146,16 @@ numbers are found through the index ``messages_by_seq (stream, seq)`` (a number 
 stream, across boots); an earlier boot's last numbers are recorded when the next one opens
 (table ``boot_seqs``). At most ``MAX_RESEND`` numbers per call (``ValueError`` beyond, and for a
 range that is empty or starts below 1): the transaction holds the outbox's lock, and a put waits
-for it.
+for it: 3 ms for 1,000 numbers, 270 ms for 100,000 on the development VM.
+
+What history costs, measured on the development VM against the outbox without it (2026-12-07,
+three interleaved runs of ``bench/bench_outbox.py``, best of each): the replay of a 100,000-message
+backlog, one ack per message (the ack path), 34,100 messages/s (33,500 without); put + pend + ack
+8,400 (9,600) with group commit, 11,000 (13,300) with ``NORMAL``: a put adds an entry to
+``messages_by_seq``; ``pending(20)`` on a 1,000,000-message backlog and the resident memory are
+unchanged; the MQTT session end to end (``bench/bench_session.py``) is within its noise. Once the
+history is full, its pruning deletes what the acks used to: ``ack_many(20)`` then takes 77 us
+(51), and one call in about 60 prunes a step (5 ms at most).
 
 **Inflight is in memory.** ``mark_inflight`` only records ids in a dict: nothing is written,
 so sending costs no disk write (an SD card's wear and latency), and a restart has nothing to
