@@ -7,8 +7,10 @@ the promise is about what the file holds.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import sqlite3
+import time
 
 import pytest
 
@@ -71,6 +73,20 @@ def test_acked_messages_stay_as_history_across_a_restart_and_count_apart(tmp_pat
         assert (again.count, again.bytes, again.history_count, again.history_bytes) == \
             (st.count, st.bytes, st.history_count, st.history_bytes)
         assert ob.resend("b1", "telemetry", 1, 6) == Resent(6, 0, [])
+        send_all(ob)
+        assert ob.stats().count == 0 and ob.stats().oldest_age_s is None, "history is not pending: it has no age"
+
+
+def test_the_oldest_age_is_the_oldest_pending_message_s_not_the_history_s(tmp_path: pathlib.Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1_800_000_000 * 10**9]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    with Outbox(tmp_path / "o.db", boot_id="b1", synchronous="NORMAL") as ob:
+        ob.ack(tele(ob, 1)[0].id)                           # history, put at t
+        clock[0] += 5 * 10**9
+        tele(ob, 1)                                         # pending, put at t + 5 s
+        clock[0] += 10**9
+        assert ob.stats().oldest_age_s == 1.0
 
 
 def test_a_resent_message_is_the_first_copy_again_with_retain_cleared_and_goes_before_newer_ones(
@@ -95,6 +111,30 @@ def test_a_resent_message_is_the_first_copy_again_with_retain_cleared_and_goes_b
         assert ob.ack_many(m.id for m in again) == len(again)
         assert ob.stats().count == 0 and ob.stats().history_count == len(first) + 3 + len(newer)
         assert ob.resend("b1", "telemetry", 1, 8) == Resent(8, 0, [])      # acked again: history again
+
+
+def test_a_resend_is_fsynced_by_the_group_commit_like_a_put(tmp_path: pathlib.Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing calls pending after a resend while the broker is away: the syncer must fsync it by itself."""
+    real = os.fsync
+    wal_fsyncs: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
+            wal_fsyncs.append(fd)
+        real(fd)
+
+    with Outbox(tmp_path / "o.db", boot_id="b1") as ob:         # the default: synchronous="GROUP"
+        tele(ob, 5)
+        send_all(ob)
+        ob.sync()
+        monkeypatch.setattr(os, "fsync", fsync)
+        assert ob.resend("b1", "telemetry", 2, 3) == Resent(2, 0, [])
+        deadline = time.monotonic() + 60                         # a safety net, not a measurement
+        while not wal_fsyncs:
+            assert time.monotonic() < deadline, "the resend was never fsynced"
+            time.sleep(0.005)
+        assert [m.seq for m in ob.pending(10)] == [2, 3]
 
 
 def test_resend_counts_every_number_once_pending_requeued_or_missing(tmp_path: pathlib.Path) -> None:
