@@ -19,17 +19,21 @@ The worker subscribes on every connect, session present or not (mosquitto 2.0.11
 restart without its shared subscription); between a broker restart and that SUBSCRIBE, what stations
 publish goes to nobody and shows as gaps, which the worker asks the stations to re-send (below).
 
-A shared subscription gets no retained messages (MQTT 5), so each
-worker also subscribes, unshared, to the retained streams (status, description, state): a historian that
-starts after a station learns its description and state at once. Every worker gets those, and all but
-one of the copies are duplicates by key (the ledger's job). MQTT 3.1.1 (``protocol="3.1.1"``, e.g. the
-demo's embedded broker) has no shared subscriptions: one worker, the plain filter. So has ``group=None``
-(``reedge historian run --no-share``) under MQTT 5: **one worker whose subscription outlives a broker
-restart**. mosquitto 2.0.11 (Debian 12) keeps a persistent session's plain subscriptions in its
-persistence file but not its shared ones; a plain subscriber's messages queue for it from the broker's
-first second, a share group's go to nobody until a worker has subscribed again (the paragraph above). A
-plant whose one worker keeps up (``bench/bench_historian.py``: 300-400 stations on this 2-core VM) loses
-nothing to a broker restart that way; a plant that needs several workers on such a broker has that window.
+A shared subscription gets no retained messages (MQTT 5), so each worker also subscribes, unshared, to the
+retained streams (status, description, state): a historian that starts after a station learns its description
+and state at once. That **snapshot subscription** is only for the retained copies: it carries a subscription
+identifier, and the first message that comes through it not retained (a live one, queued after every retained
+one the SUBSCRIBE brought) ends it (UNSUBSCRIBE): from then on the share brings each live state once. Kept,
+every worker would take every state and description of the plant, and two workers inserting the same ledger
+keys wait on each other's transactions (the top wait in ``bench/bench_historian.py``'s two-worker runs). Each
+connect takes a new snapshot. MQTT 3.1.1 (``protocol="3.1.1"``, e.g. the demo's embedded broker) has no shared
+subscriptions: one worker, the plain filter. So has ``group=None`` (``reedge historian run --no-share``) under
+MQTT 5: **one worker whose subscription outlives a broker restart**. mosquitto 2.0.11 (Debian 12) keeps a
+persistent session's plain subscriptions in its persistence file but not its shared ones; a plain subscriber's
+messages queue for it from the broker's first second, a share group's go to nobody until a worker has
+subscribed again (the paragraph above). A plant whose one worker keeps up (``bench/bench_historian.py``:
+300-400 stations on this 2-core VM) loses nothing to a broker restart that way; a plant that needs several
+workers on such a broker has that window.
 
 **Batches for throughput**: up to ``batch_max`` messages or ``batch_s`` after the first, one transaction,
 then all their acknowledgements. The MQTT 5 Receive Maximum (``2 * batch_max``) lets the broker keep the
@@ -93,6 +97,7 @@ from edge.telemetry.topics import PREFIX, check_identity
 SESSION_EXPIRY_S = 86_400          # a worker's messages wait a day for it (the station's session waits as long)
 RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 RETAINED_STREAMS = ("status", "description", "state")
+SNAPSHOT_SUB_ID = 7       # the snapshot subscription's MQTT 5 subscription identifier (module docstring)
 GAP_CHECK_S = 5.0
 IDLE_S = 0.02              # no message for this long: the batch is complete (module docstring)
 
@@ -162,6 +167,7 @@ class HistorianConsumer:
         self.failure: str | None = None           # why the worker thread ended, if not by stop()
         self._announced: dict[tuple[str, str, str, str, int], GapRow] = {}
         self._asking: dict[int, str] = {}         # resend asks published, by MQTT message id, until acknowledged
+        self._snapshot_gen: int | None = None     # the connection whose snapshot subscription is still open
         self._puback: dict[int, str] = {}         # paho's thread: each ask's PUBACK ("" or the broker's refusal)
         if protocol == "5":
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
@@ -322,8 +328,12 @@ class HistorianConsumer:
             client.subscribe([(f, SubscribeOptions(qos=1, retainHandling=1)) for f in self.filters])
         elif self.protocol == "5":
             shared, *retained = self.filters
-            client.subscribe([(shared, SubscribeOptions(qos=1)),
-                              *((f, SubscribeOptions(qos=1, retainHandling=1)) for f in retained)])
+            client.subscribe([(shared, SubscribeOptions(qos=1))])
+            snapshot = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+            snapshot.SubscriptionIdentifier = SNAPSHOT_SUB_ID
+            client.subscribe([(f, SubscribeOptions(qos=1, retainHandling=1)) for f in retained], properties=snapshot)
+            with self._gen_lock:
+                self._snapshot_gen = self._generation
         else:
             client.subscribe([(f, 1) for f in self.filters])
 
@@ -359,12 +369,24 @@ class HistorianConsumer:
             self._link_said = why
             self.log(f"historian {self.client_id}: cannot reconnect to {self.broker}: {why}; retrying")
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._gen_lock:
             generation = self._generation
             self.received += 1
             self._last_message = time.monotonic()
+            snapshot_over = (self._snapshot_gen == generation and not msg.retain
+                             and SNAPSHOT_SUB_ID in (getattr(msg.properties, "SubscriptionIdentifier", None) or ()))
+            if snapshot_over:
+                self._snapshot_gen = None
         self._queue.put(_Msg(msg.topic, bytes(msg.payload), bool(msg.retain), msg.mid, msg.qos, generation))
+        if snapshot_over:      # every retained copy came before this live one: the share brings the rest
+            client.unsubscribe(self.filters[1:])
+
+    @property
+    def snapshot_open(self) -> bool:
+        """The snapshot subscription of this connection is still there (module docstring)."""
+        with self._gen_lock:
+            return self._snapshot_gen is not None
 
     # ---- the worker ----
 
