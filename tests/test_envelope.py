@@ -217,8 +217,8 @@ def test_envelope_of_an_outbox_message_is_byte_for_byte_what_build_makes(tmp_pat
             assert E.envelope(m2, site="pilot-line", station="hd-01") == E.build(
                 site="pilot-line", station="hd-01", boot_id=m2.boot_id, stream=m2.stream, seq=m2.seq,
                 created_ns=ns, body=m2.payload)
-    with pytest.raises(E.EnvelopeError, match="not JSON"):
-        E.envelope(dataclasses.replace(msgs[0], payload=b"{"), site="pilot-line", station="hd-01")
+    with pytest.raises(E.EnvelopeError, match="not JSON"):   # a body read back from the file is checked again
+        E.envelope(dataclasses.replace(msgs[0], payload=b"{", body_checked=False), site="pilot-line", station="hd-01")
 
 
 def test_a_parsed_envelope_gives_back_the_object_it_was_parsed_from() -> None:
