@@ -171,6 +171,24 @@ def test_parse_refuses_the_numbers_json_has_not(constant: str) -> None:
     E.parse(raw.replace(constant.encode(), b"1e308"))
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_number_beyond_a_double_is_not_valid_against_any_schema(compiled: bool,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``1e400`` parses as infinity (``parse_constant`` never sees it), which jsonschema calls a number: the
+    schema check refuses it (and NaN), with the compiled validator and without, and keeps every finite one."""
+    if not compiled:
+        monkeypatch.setattr(schemas, "_fast_is_valid", lambda _name: None)
+    raw = (schemas.schema_dir() / "examples" / "telemetry.json").read_text()
+    assert '"last": 612.4' in raw
+    for number in ("1e400", "-2E+308", "9" * 308 + "e1", "1" * 400 + ".5", "NaN"):
+        doc = json.loads(raw.replace('"last": 612.4', f'"last": {number}'))
+        found = schemas.errors(doc, "telemetry.json")
+        assert found == ["/body/channels/chamber_temp/last: " + repr(doc["body"]["channels"]["chamber_temp"]["last"])
+                         + " is not a JSON number (a number beyond a double reads as inf)"], (number, found)
+    for number in ("1e308", "1.7976931348623157e+308", "1e-400", "1.5e+15", "1" * 280):
+        assert schemas.errors(json.loads(raw.replace('"last": 612.4', f'"last": {number}')), "telemetry.json") == []
+
+
 # ---- birth and Will -----------------------------------------------------------------------------
 
 def test_birth_carries_where_the_previous_boot_left_each_stream(tmp_path: pathlib.Path) -> None:
