@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from edge.telemetry import outbox as outbox_module
 from edge.telemetry.outbox import (
     ROW_OVERHEAD,
     Draft,
@@ -107,6 +108,27 @@ def test_put_numbers_each_stream_and_pending_sends_other_messages_before_telemet
         assert put[0].key == ("boot-a", "telemetry", 1)
         assert ob.last_sequences() == {"telemetry": 3, "event": 1, "state": 1}
         assert put[0].size == len(put[0].payload) + len(put[0].topic) + len("telemetry") + ROW_OVERHEAD
+
+
+def test_pending_hands_out_what_put_stored_without_reading_it_back_and_the_same_after_a_restart(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What this process put is handed out as put (its encoded body marked checked, so the session does not
+    parse it again); what did not fit in memory, and everything after a restart, is read back from the file,
+    marked unchecked, and equal field for field. Acknowledged and thinned messages are never handed out."""
+    monkeypatch.setattr(outbox_module, "FRESH_MAX", 3)
+    path = tmp_path / "o.db"
+    with Outbox(path, boot_id="b1", synchronous="NORMAL") as ob:
+        put = [ob.put("telemetry", TOPIC + "telemetry", sample(i), priority=Priority.TELEMETRY) for i in range(5)]
+        put.append(ob.put("event", TOPIC + "event", b'{"raw":true}', priority=Priority.EVENT))
+        got = drain(ob)
+        assert got == [put[5], *put[:5]]               # every field but body_checked compared
+        assert [m.body_checked for m in got] == [False, True, True, True, False, False]   # bytes: not checked
+        ob.ack_many([put[0].id, put[1].id])
+        assert drain(ob) == [put[5], *put[2:5]]
+    with Outbox(path, boot_id="b2", synchronous="NORMAL") as ob:
+        again = drain(ob)
+        assert again == [put[5], *put[2:5]] and not any(m.body_checked for m in again)
+        assert [bytes(m.payload) for m in again] == [bytes(m.payload) for m in (put[5], *put[2:5])]
 
 
 def test_order_and_numbers_continue_across_restarts_and_acks(tmp_path: pathlib.Path) -> None:

@@ -137,10 +137,11 @@ def _stored_body(raw: bytes, stream: str, seq: int) -> bytes:
 def envelope(msg: Message, *, site: str, station: str) -> bytes:
     """The bytes to publish for an outbox message: the same bytes every time it is sent, and the same as
     ``build``'s (the header up to ``"seq":`` is built and checked by ``build`` once per boot and stream,
-    and the second of ``ts`` once per second: the session calls this for every message it sends)."""
+    and the second of ``ts`` once per second: the session calls this for every message it sends). The body
+    is checked to be a JSON object unless ``msg.body_checked`` says the outbox encoded it itself."""
     if isinstance(msg.seq, bool) or not isinstance(msg.seq, int) or msg.seq < 1:
         raise EnvelopeError(f"seq must be an integer from 1, got {msg.seq!r}")
-    raw = _stored_body(bytes(msg.payload), msg.stream, msg.seq)
+    raw = msg.payload if msg.body_checked else _stored_body(bytes(msg.payload), msg.stream, msg.seq)
     seconds, rest = divmod(int(msg.created_ns), 1_000_000_000)
     ts = _second(seconds)[:-5] + f".{rest // 1_000_000:03d}Z"
     return b"".join((_head(site, station, msg.boot_id, msg.stream), str(msg.seq).encode(), b',"ts":"', ts.encode(),

@@ -164,6 +164,13 @@ undo: every message on disk is pending again, in order. The dict is bounded by t
 send window and its read-ahead of one window (it holds only what was marked and not yet acked or
 requeued).
 
+**What was just put is not read back.** ``put`` keeps the messages it stored (``FRESH_MAX`` at most, dropped
+once acknowledged, thinned or closed) and ``pending`` hands those out as they were put, reading from the file
+only the others (a backlog from an earlier process, a thinning report, whatever did not fit): in the steady
+state a message is written once and never read, and its body, which ``put`` encoded itself, is not parsed
+again at send time (``Message.body_checked``). Half of the outbox's Python work per message went into reading
+rows back and rebuilding them, on the thread that also handles the broker's acknowledgements.
+
 **Bounded memory.** Nothing loads the backlog: ``pending`` reads ``limit`` rows, thinning walks
 rows in chunks, the per-priority counts and bytes are kept as running totals (computed once
 at open by SQLite, streaming), and SQLite's page cache is bounded (``cache_size``).
@@ -232,6 +239,7 @@ MAX_LEVEL = 62
 MAX_PAYLOAD = 268_435_455    # MQTT's largest packet
 MAX_TOPIC = 65_535
 MAX_PENDING = 100_000
+FRESH_MAX = 4096             # messages put by this process that pending hands out without reading them back
 STREAM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 
 SELECT_MESSAGE = ("SELECT m.id, b.boot_id, m.stream, m.seq, m.topic, m.payload, m.priority, m.qos, m.retain,"
@@ -275,6 +283,7 @@ class _Prepared:
     qos: int
     retain: bool
     size: int
+    checked: bool          # the payload is JSON this module encoded from a mapping (``Message.body_checked``)
 
 
 #: ``json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)``, made once: dumps with
@@ -297,9 +306,11 @@ def _prepare(stream: object, topic: object, payload: object, priority: object, q
     if not isinstance(retain, bool):
         raise InvalidMessage(f"stream {stream!r}: retain must be True or False, got {retain!r}")
     body: bytes
+    checked = False
     if isinstance(payload, bytes | bytearray | memoryview):
         body = bytes(payload)
     elif isinstance(payload, Mapping):
+        checked = True
         try:
             body = _COMPACT.encode(payload).encode()
         except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as e:
@@ -308,7 +319,7 @@ def _prepare(stream: object, topic: object, payload: object, priority: object, q
         raise InvalidMessage(f"stream {stream!r}: payload must be bytes or a dict, got {type(payload).__name__}")
     if len(body) > MAX_PAYLOAD:
         raise InvalidMessage(f"stream {stream!r}: payload is {len(body)} bytes, MQTT allows {MAX_PAYLOAD}")
-    return _Prepared(stream, topic, body, priority, int(qos), retain, len(body) + overhead)
+    return _Prepared(stream, topic, body, priority, int(qos), retain, len(body) + overhead, checked)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -382,6 +393,7 @@ class Outbox:
         self._put_sync = "FULL" if synchronous == "FULL" else "NORMAL"   # GROUP: an fsync covers many (below)
         self._report_gen = 0                 # the commit that last changed the open thinning report
         self._offered: dict[int, int] = {}   # what pending returned last: id -> its bytes if telemetry, else 0
+        self._fresh: dict[int, Message] = {}  # what this process put and is still stored, as put (module docstring)
         self._lock = threading.RLock()
         self._inflight: dict[int, int] = {}  # id -> its bytes if telemetry (in flight: not thinnable), else 0
         self._inflight_tele = 0
@@ -524,6 +536,12 @@ class Outbox:
                 self._report_gen = gen
             for msg_id in tx.doomed:
                 self._offered.pop(msg_id, None)
+                self._fresh.pop(msg_id, None)
+            if tx.report_id is not None:
+                self._fresh.pop(tx.report_id, None)   # a thinning report is rewritten in place: read it back
+            room = FRESH_MAX - len(self._fresh)
+            if room > 0:
+                self._fresh.update((m.id, m) for m in out[:room])
             self._counts, self._sizes, self._report_id = tx.counts, tx.sizes, tx.report_id
             self._history = tx.history
             self._level, self._clean_id = tx.level, tx.clean_id
@@ -546,8 +564,8 @@ class Outbox:
             "INSERT INTO messages (boot, stream, seq, topic, payload, priority, qos, retain, created_ns, size)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         first = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(rows) + 1
-        return [Message(first + i, self.boot_id, p.stream, r[2], p.topic, p.payload, p.priority, p.qos, p.retain, r[8])
-                for i, (p, r) in enumerate(zip(prepared, rows, strict=True))]
+        return [Message(first + i, self.boot_id, p.stream, r[2], p.topic, p.payload, p.priority, p.qos, p.retain, r[8],
+                        p.checked) for i, (p, r) in enumerate(zip(prepared, rows, strict=True))]
 
     # ---- the quota -----------------------------------------------------------------------
 
@@ -699,18 +717,25 @@ class Outbox:
                 ids = self._pending_ids(SEND_CLASSES[0], limit)
                 if len(ids) < limit:   # everything that is not telemetry fits: telemetry fills the rest
                     ids += self._pending_ids(SEND_CLASSES[1], limit - len(ids))
+                unread = [i for i in ids if i not in self._fresh]
                 rows = {r[0]: r for r in self._conn.execute(
-                    f"{SELECT_MESSAGE} WHERE m.id IN ({','.join('?' * len(ids))})", ids)} if ids else {}
+                    f"{SELECT_MESSAGE} WHERE m.id IN ({','.join('?' * len(unread))})", unread)} if unread else {}
             except sqlite3.Error as e:
                 raise OutboxError(f"{self.path}: cannot read pending messages: {e}") from e
             out: list[Message] = []
             self._offered = {}
+            tele = Priority.TELEMETRY
             for msg_id in ids:
-                r = rows[msg_id]
-                self._offered[msg_id] = r[10] if r[6] == Priority.TELEMETRY else 0
+                m = self._fresh.get(msg_id)
+                if m is None:
+                    r = rows[msg_id]
+                    m = Message(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), Priority(r[6]), r[7], bool(r[8]), r[9])
+                    self._offered[msg_id] = r[10] if r[6] == tele else 0
+                else:
+                    self._offered[msg_id] = m.size if m.priority is tele else 0
                 if msg_id == self._report_id:
                     self._report_id = None    # handed out: frozen from now on, a re-send must be identical
-                out.append(Message(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), Priority(r[6]), r[7], bool(r[8]), r[9]))
+                out.append(m)
             return out
 
     def _pending_ids(self, priorities: tuple[Priority, ...], limit: int) -> list[int]:
@@ -828,6 +853,7 @@ class Outbox:
             for msg_id in wanted:
                 self._inflight_tele -= self._inflight.pop(msg_id, 0)
                 self._offered.pop(msg_id, None)
+                self._fresh.pop(msg_id, None)
             return len(done)
 
     def _prune_history(self, history: _History, goal: int, max_rows: int) -> None:
@@ -977,6 +1003,7 @@ class Outbox:
             if self._closed:
                 return
             self._closed = True
+            self._fresh.clear()
             try:
                 self._commit.close()
             finally:

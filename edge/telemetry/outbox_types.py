@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 ROW_OVERHEAD = 64            # bytes counted per message besides payload, topic and stream (row header, indexes)
@@ -67,6 +67,9 @@ class Message:
     qos: int
     retain: bool
     created_ns: int      # wall clock (time.time_ns) at put
+    #: the payload is known to be a JSON object: checked (or encoded) by this process's ``put``, so ``envelope``
+    #: need not parse it again; False for a row read back from the file (written by an earlier process)
+    body_checked: bool = field(default=False, compare=False)
 
     @property
     def key(self) -> tuple[str, str, int]:
