@@ -254,8 +254,8 @@ def test_station_mqtt_keys_are_checked_and_every_problem_named(tmp_path: pathlib
     _, problems = _read_mqtt({"brokers": "mqtt://a", "keepalive": 10}, tmp_path)
     assert problems == [("keepalive", "unknown key 'keepalive' (expected one of: brokers, client_id, keepalive_s,"
                                       " connect_timeout_s, session_expiry_s, protocol, username, backoff_min_s,"
-                                      " backoff_max_s, max_inflight, history_mb, ca_file, cert_file, key_file, password_file);"
-                                      " did you mean 'keepalive_s'?")]
+                                      " backoff_max_s, max_inflight, history_mb, ca_file, cert_file, key_file,"
+                                      " password_file); did you mean 'keepalive_s'?")]
     # no brokers in the file: TLS files and login are still read, for --broker to use (with_brokers)
     settings, problems = _read_mqtt({"ca_file": "ca.pem", "username": "hd-01", "password_file": "pw"}, tmp_path)
     assert problems == [] and settings.brokers == () and settings.ca_file == tmp_path / "ca.pem"

@@ -15,7 +15,6 @@ import time
 import pytest
 
 from edge.telemetry.outbox import (
-    HISTORY_PRUNE_ROWS,
     MAX_RESEND,
     Draft,
     Message,
@@ -25,6 +24,7 @@ from edge.telemetry.outbox import (
     Resent,
 )
 from edge.telemetry.outbox_file import SCHEMA_VERSION, VERSION_1
+from edge.telemetry.outbox_history import HISTORY_PRUNE_ROWS
 
 TOPIC = "reedge/v1/pilot/hd-01/"
 

@@ -115,48 +115,10 @@ be thinned further (at the floor above): it is stored. Nothing is ever dropped w
 so ``stats().dropped`` is 0; it is reported so that a status message can say it. If the disk
 itself is full, ``put`` raises ``OutboxError`` and stores nothing: the caller knows.
 
-**History and resend.** The broker may lose what it acknowledged (mosquitto 2.0.11 does not
-restore shared subscriptions after a restart, so what arrives before the subscribers are back goes
-to nobody; a killed broker loses what it queued since its last autosave), and only the consumer
-can tell: the plant historian knows every stream's gaps. So ``ack`` does not delete: the message
-becomes **history**. Its row stays, marked ``acked``, and leaves the partial index
-``messages_by_priority (priority, id) WHERE acked = 0`` that every pending query reads: an ack
-takes one entry out of that index, as the deletion did, and rewrites its row in place, so it costs
-about what the deletion cost (figures below). History is not counted in ``stats().count``, ``bytes``,
-``by_priority`` nor against the quota (``history_count`` and ``history_bytes`` say what is kept).
-``history_bytes`` (default 64 MiB; 0: an acknowledged message is deleted, as before) bounds it:
-when an ack takes it over, the oldest history (by id) is deleted down to 1/16 below the bound, in
-the ack's transaction, by a walk by id that looks at ``HISTORY_PRUNE_ROWS`` rows at most per call
-(or twice what the call acknowledged), so an ack never stalls a put for long; it starts where the
-last one stopped (history is older than what is pending, acks coming in send order; pending rows
-it meets, an old backlog behind newer history, are passed once). A boot whose messages are only
-history is still known, as long as they are there.
-
-``resend(boot_id, stream, first_seq, last_seq)`` makes the history of that range of that boot's
-stream pending again, in one transaction. Each message keeps its id (it goes before the newer
-messages of its class), boot id, stream, seq, ``created_ns``, topic and payload, so the session's
-envelope is byte-identical to the first copy and the consumer's exactly-once store takes it as the
-one it missed; only ``retain`` is cleared (an old state must never replace the retained current
-one). Acknowledged again, it is history again (and, by its old id, the first to be pruned). The
-answer, ``Resent``, counts every number of the range up to the last the stream was given under
-that boot (a later number is not lost, it does not exist yet) once: ``requeued``, ``pending``
-(not acknowledged yet, or in flight: it goes anyway) or ``missing``, merged inclusive ranges
-(pruned, thinned, acknowledged without history; all of them when the boot is unknown here). The
-numbers are found through the index ``messages_by_seq (stream, seq)`` (a number is unique per
-stream, across boots); an earlier boot's last numbers are recorded when the next one opens
-(table ``boot_seqs``). At most ``MAX_RESEND`` numbers per call (``ValueError`` beyond, and for a
-range that is empty or starts below 1): the transaction holds the outbox's lock, and a put waits
-for it: 3 ms for 1,000 numbers, 270 ms for 100,000 on the development VM.
-
-What history costs, measured on the development VM against the outbox without it (2026-12-07,
-three interleaved runs of ``bench/bench_outbox.py``, best of each): the replay of a 100,000-message
-backlog, one ack per message (the ack path), 34,100 messages/s (33,500 without); put + pend + ack
-8,400 (9,600) with group commit, 11,000 (13,300) with ``NORMAL``: a put adds an entry to
-``messages_by_seq``; ``pending(20)`` on a 1,000,000-message backlog and the resident memory are
-unchanged; the MQTT session end to end (``bench/bench_session.py``) is within its noise.
-``ack_many(20)`` takes 77 us (51: in a batch the UPDATE costs 1.3 us a message more than the
-DELETE did), and once the history is full one call in about 60 also prunes a step of about 5 ms:
-the deletions the acks used to do.
+**History and resend** (``edge.telemetry.outbox_history``): ``ack`` does not delete, the message becomes
+history (marked ``acked``, out of every pending query, not counted against the quota), bounded by
+``history_bytes`` (0: deleted as before); ``resend`` makes a range of it pending again, byte-identical and
+never retained, for a consumer that lost what the broker had acknowledged.
 
 **Inflight is in memory.** ``mark_inflight`` only records ids in a dict: nothing is written,
 so sending costs no disk write (an SD card's wear and latency), and a restart has nothing to
@@ -191,11 +153,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import pathlib
-import re
 import sqlite3
 import threading
 import time
@@ -206,6 +166,8 @@ from typing import Any
 
 from edge.telemetry.outbox_commit import GroupCommit, Mode
 from edge.telemetry.outbox_file import prepare_file
+from edge.telemetry.outbox_history import HISTORY_PRUNE_ROWS, History, HistoryMixin
+from edge.telemetry.outbox_prepare import Prepared, prepare
 from edge.telemetry.outbox_types import (
     MAX_RESEND,
     ROW_OVERHEAD,
@@ -219,7 +181,6 @@ from edge.telemetry.outbox_types import (
     Priority,
     PriorityStats,
     Resent,
-    _size,
 )
 
 __all__ = ["DEFAULT_HISTORY", "MAX_RESEND", "ROW_OVERHEAD", "Draft", "InvalidMessage", "Message",
@@ -227,8 +188,6 @@ __all__ = ["DEFAULT_HISTORY", "MAX_RESEND", "ROW_OVERHEAD", "Draft", "InvalidMes
 
 DEFAULT_QUOTA = 256 * 1024 * 1024
 DEFAULT_HISTORY = 64 * 1024 * 1024
-HISTORY_PRUNE_ROWS = 1024    # rows the history's pruning walk looks at, at most, per call (more when one ack_many
-                             # brought more)
 MIN_QUOTA = 16 * 1024
 HEADROOM_DIV = 16            # a thinning frees down to quota - quota/16 ...
 FLOOR_DIV = 8                # ... but never thins telemetry below quota/8
@@ -236,26 +195,11 @@ THIN_STEP_ROWS = 4096        # telemetry rows walked at most per put
 THIN_CHUNK = 512
 REPORT_RESERVE = 1024        # room kept for the thinning report when thinning
 MAX_LEVEL = 62
-MAX_PAYLOAD = 268_435_455    # MQTT's largest packet
-MAX_TOPIC = 65_535
 MAX_PENDING = 100_000
 FRESH_MAX = 4096             # messages put by this process that pending hands out without reading them back
-STREAM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 
 SELECT_MESSAGE = ("SELECT m.id, b.boot_id, m.stream, m.seq, m.topic, m.payload, m.priority, m.qos, m.retain,"
                   " m.created_ns, m.size FROM messages m JOIN boots b ON b.n = m.boot")
-
-
-@dataclass
-class _History:
-    """The history's running totals, and where its pruning walk starts: no history row has a lower id."""
-
-    count: int = 0
-    bytes: int = 0
-    start: int = 0
-
-    def copy(self) -> _History:
-        return _History(self.count, self.bytes, self.start)
 
 
 @dataclass
@@ -268,99 +212,13 @@ class _Tx:
     level: int             # telemetry is thinned to seq % 2**level == 0 ...
     clean_id: int          # ... for every telemetry id up to this one
     report_id: int | None
-    history: _History
+    history: History
     thinned: int = 0
     thinning_events: int = 0
     doomed: list[int] = field(default_factory=list)   # ids thinned
 
 
-@dataclass
-class _Prepared:
-    stream: str
-    topic: str
-    payload: bytes
-    priority: Priority
-    qos: int
-    retain: bool
-    size: int
-    checked: bool          # the payload is JSON this module encoded from a mapping (``Message.body_checked``)
-
-
-#: ``json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)``, made once: dumps with
-#: options builds a new encoder for every call (a tenth of a put's GIL time in the session bench)
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _prepare(stream: object, topic: object, payload: object, priority: object, qos: object,
-             retain: object) -> _Prepared:
-    """Validate one message and encode its payload; every refusal names the argument and the value."""
-    if not isinstance(stream, str) or not isinstance(topic, str):
-        _route(stream, topic)      # raises, naming which is wrong
-        raise AssertionError("unreachable")
-    overhead = _checked_route(stream, topic)
-    if not isinstance(priority, Priority):
-        names = ", ".join(p.name for p in Priority)
-        raise InvalidMessage(f"stream {stream!r}: priority must be a Priority ({names}), got {priority!r}")
-    if isinstance(qos, bool) or qos not in (0, 1, 2):
-        raise InvalidMessage(f"stream {stream!r}: qos must be 0, 1 or 2, got {qos!r}")
-    if not isinstance(retain, bool):
-        raise InvalidMessage(f"stream {stream!r}: retain must be True or False, got {retain!r}")
-    body: bytes
-    checked = False
-    if isinstance(payload, bytes | bytearray | memoryview):
-        body = bytes(payload)
-    elif isinstance(payload, Mapping):
-        checked = True
-        try:
-            body = _COMPACT.encode(payload).encode()
-        except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as e:
-            raise InvalidMessage(f"stream {stream!r}: payload is not JSON-serialisable: {e}") from e
-    else:
-        raise InvalidMessage(f"stream {stream!r}: payload must be bytes or a dict, got {type(payload).__name__}")
-    if len(body) > MAX_PAYLOAD:
-        raise InvalidMessage(f"stream {stream!r}: payload is {len(body)} bytes, MQTT allows {MAX_PAYLOAD}")
-    return _Prepared(stream, topic, body, priority, int(qos), retain, len(body) + overhead, checked)
-
-
-@functools.lru_cache(maxsize=1024)
-def _checked_route(stream: str, topic: str) -> int:
-    """``_route`` for the few (stream, topic) pairs a station uses, checked once each (a refusal is not cached)."""
-    return _route(stream, topic)
-
-
-def _route(stream: object, topic: object) -> int:
-    """Check a stream name and a topic; the bytes a message counts beyond its payload (``_size``)."""
-    if not isinstance(stream, str) or not STREAM_RE.fullmatch(stream):
-        raise InvalidMessage(f"stream must be a non-empty name of letters, digits and _.:/- (at most 128),"
-                             f" got {stream!r}")
-    where = f"stream {stream!r}"
-    if not isinstance(topic, str) or not topic:
-        raise InvalidMessage(f"{where}: topic must be a non-empty string, got {topic!r}")
-    if "+" in topic or "#" in topic or "\0" in topic:
-        raise InvalidMessage(f"{where}: topic {topic!r} contains a wildcard (+ #) or NUL: it cannot be published")
-    try:
-        topic_len = len(topic.encode())
-    except UnicodeEncodeError as e:
-        raise InvalidMessage(f"{where}: topic {topic!r} is not valid UTF-8: {e}") from e
-    if topic_len > MAX_TOPIC:
-        raise InvalidMessage(f"{where}: topic is {topic_len} bytes, MQTT allows {MAX_TOPIC}")
-    return _size(stream, topic, b"")
-
-
-def _missing(first: int, last: int, held: list[int]) -> list[tuple[int, int]]:
-    """The inclusive ranges of ``first..last`` not in ``held`` (sorted, inside it)."""
-    out: list[tuple[int, int]] = []
-    nxt = first
-    for seq in held:
-        if seq > nxt:
-            out.append((nxt, seq - 1))
-        nxt = seq + 1
-    if nxt <= last:
-        out.append((nxt, last))
-    return out
-
-
-class Outbox:
+class Outbox(HistoryMixin):
     """A durable, ordered, quota-bounded message queue in one SQLite file (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str], *, quota_bytes: int = DEFAULT_QUOTA, boot_id: str | None = None,
@@ -379,7 +237,7 @@ class Outbox:
             raise ValueError(f"history_bytes must be an integer of at least 0 (0: no history), got {history_bytes!r}")
         if synchronous not in ("GROUP", "FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'GROUP', 'FULL' or 'NORMAL', got {synchronous!r}")
-        _prepare(event_stream, event_topic, b"", Priority.EVENT, 1, False)  # the event target must be valid
+        prepare(event_stream, event_topic, b"", Priority.EVENT, 1, False)  # the event target must be valid
         if boot_id is None:
             boot_id = uuid.uuid4().hex
         if not isinstance(boot_id, str) or not boot_id or len(boot_id) > 128:
@@ -444,7 +302,7 @@ class Outbox:
         self._clean_id = int(counters.get("thin_clean_id", 0))
         self._counts = [0] * len(Priority)
         self._sizes = [0] * len(Priority)
-        self._history = _History()           # module docstring, "History and resend"
+        self._history = History()           # edge.telemetry.outbox_history
         known = {int(p) for p in Priority}
         for priority, acked, n, b in c.execute("SELECT priority, acked, count(*), coalesce(sum(size), 0) FROM messages"
                                                " GROUP BY priority, acked"):
@@ -503,7 +361,7 @@ class Outbox:
         for d in drafts:
             if not isinstance(d, Draft):
                 raise InvalidMessage(f"put_many takes Draft(stream, topic, payload, priority, ...), got {d!r:.80}")
-            prepared.append(_prepare(*d))
+            prepared.append(prepare(*d))
         if not prepared:
             return []
         with self._lock:
@@ -550,7 +408,7 @@ class Outbox:
             self._thinning_events += tx.thinning_events
             return out
 
-    def _insert(self, tx: _Tx, prepared: list[_Prepared]) -> list[Message]:
+    def _insert(self, tx: _Tx, prepared: list[Prepared]) -> list[Message]:
         """Insert in one statement. In a write transaction of the one writer, AUTOINCREMENT gives consecutive ids."""
         rows = []
         for p in prepared:
@@ -666,7 +524,7 @@ class Outbox:
             report["thinnings"] += 1
             report["stride"] = 1 << tx.level
             report["last_ns"] = time.time_ns()
-            p = _prepare(self.event_stream, self.event_topic, report, Priority.EVENT, 1, False)
+            p = prepare(self.event_stream, self.event_topic, report, Priority.EVENT, 1, False)
             c.execute("UPDATE messages SET payload = ?, size = ? WHERE id = ?", (p.payload, p.size, tx.report_id))
             tx.sizes[Priority.EVENT] += p.size - old[1]
         else:
@@ -681,7 +539,7 @@ class Outbox:
                 "streams": [{"stream": k, "first_seq": r[0], "last_seq": r[1], "removed": r[2]}
                             for k, r in sorted(ranges.items())],
             }
-            p = _prepare(self.event_stream, self.event_topic, report, Priority.EVENT, 1, False)
+            p = prepare(self.event_stream, self.event_topic, report, Priority.EVENT, 1, False)
             tx.report_id = self._insert(tx, [p])[0].id
             tx.thinning_events += 1
         tx.thinned += removed
@@ -855,95 +713,6 @@ class Outbox:
                 self._offered.pop(msg_id, None)
                 self._fresh.pop(msg_id, None)
             return len(done)
-
-    def _prune_history(self, history: _History, goal: int, max_rows: int) -> None:
-        """Delete the oldest history (by id) until its bytes are at most ``goal``, in the caller's transaction,
-        looking at ``max_rows`` rows at most: a walk by id from ``history.start`` (``history`` is updated).
-
-        History is mostly older than what is pending (acks come in send order), so the walk finds it at once;
-        pending rows it passes (an old backlog behind newer history) are passed for good, ``start`` moves on."""
-        c = self._conn
-        first, last = history.start, None
-        cur = c.execute("SELECT id, size, acked FROM messages WHERE id >= ? ORDER BY id LIMIT ?", (first, max_rows))
-        try:
-            for msg_id, size, acked in cur:
-                history.start = msg_id + 1
-                if acked:                     # every history row the walk meets goes: one range to delete
-                    last = msg_id
-                    history.count -= 1
-                    history.bytes -= size
-                    if history.bytes <= goal:
-                        break
-        finally:
-            cur.close()
-        if last is not None:
-            c.execute("DELETE FROM messages WHERE id BETWEEN ? AND ? AND acked = 1", (first, last))
-
-    def resend(self, boot_id: str, stream: str, first_seq: int, last_seq: int) -> Resent:
-        """Make the history of ``boot_id``'s ``stream`` from ``first_seq`` to ``last_seq`` pending again (module
-        docstring, "History and resend"): one transaction, covered by the group commit like a put.
-
-        Each number of the range up to the last the stream was given under that boot is counted once: requeued
-        (history, pending again with its old id, unchanged but for ``retain``, cleared), pending (not acked yet)
-        or missing (inclusive ranges: pruned, thinned...; everything when the boot is unknown here)."""
-        for name, value in (("boot_id", boot_id), ("stream", stream)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-        for name, number in (("first_seq", first_seq), ("last_seq", last_seq)):
-            if isinstance(number, bool) or not isinstance(number, int):
-                raise ValueError(f"{name} must be an integer, got {number!r}")
-        if first_seq < 1:
-            raise ValueError(f"first_seq must be at least 1 (numbers start at 1), got {first_seq}")
-        if last_seq < first_seq:
-            raise ValueError(f"last_seq ({last_seq}) is before first_seq ({first_seq})")
-        if last_seq - first_seq >= MAX_RESEND:
-            raise ValueError(f"a resend covers at most {MAX_RESEND} numbers, {first_seq}-{last_seq} is"
-                             f" {last_seq - first_seq + 1}: ask in parts")
-        with self._lock:
-            self._check_open()
-            c = self._conn
-            counts, sizes, history = list(self._counts), list(self._sizes), self._history.copy()
-            requeued: list[int] = []
-            try:
-                row = c.execute("SELECT n FROM boots WHERE boot_id = ?", (boot_id,)).fetchone()
-                if row is None:
-                    return Resent(0, 0, [(first_seq, last_seq)])
-                if row[0] == self._boot_n:
-                    top = self._last_seq.get(stream, 0)
-                else:
-                    bound = c.execute("SELECT last_seq FROM boot_seqs WHERE boot = ? AND stream = ?",
-                                      (row[0], stream)).fetchone()
-                    top = bound[0] if bound else 0
-                top = min(top, last_seq)
-                rows = c.execute("SELECT id, seq, priority, size, acked FROM messages WHERE stream = ?"
-                                 " AND seq BETWEEN ? AND ? AND boot = ?", (stream, first_seq, top, row[0])).fetchall()
-                for msg_id, _seq, priority, size, acked in rows:
-                    if acked:
-                        requeued.append(msg_id)
-                        counts[priority] += 1
-                        sizes[priority] += size
-                        history.count -= 1
-                        history.bytes -= size
-                if requeued:
-                    self._set_sync(self._put_sync)
-                    c.execute("BEGIN IMMEDIATE")
-                    try:
-                        for start in range(0, len(requeued), 500):
-                            chunk = requeued[start:start + 500]
-                            marks = ",".join("?" * len(chunk))
-                            c.execute(f"UPDATE messages SET acked = 0, retain = 0 WHERE id IN ({marks})", chunk)
-                        c.execute("COMMIT")
-                    except BaseException:
-                        c.execute("ROLLBACK")
-                        raise
-            except sqlite3.Error as e:
-                raise OutboxError(f"{self.path}: cannot resend {stream!r} {first_seq}-{last_seq}, nothing changed:"
-                                  f" {e}") from e
-            if requeued:
-                self._commit.committed(0)
-                self._counts, self._sizes, self._history = counts, sizes, history
-            return Resent(len(requeued), len(rows) - len(requeued),
-                          _missing(first_seq, top, sorted(r[1] for r in rows)))
 
     def requeue_inflight(self) -> int:
         """After a reconnect: everything in flight and not acked is pending again, in its place. Returns how many."""

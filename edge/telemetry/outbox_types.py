@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 ROW_OVERHEAD = 64            # bytes counted per message besides payload, topic and stream (row header, indexes)
-MAX_RESEND = 100_000         # the most sequence numbers one resend may cover (last_seq - first_seq < this)
+MAX_RESEND = 5_000           # numbers one resend may cover at most (last_seq - first_seq < this): outbox_history
 
 
 class OutboxError(RuntimeError):
