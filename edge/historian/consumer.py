@@ -33,7 +33,7 @@ persistent session's plain subscriptions in its persistence file but not its sha
 messages queue for it from the broker's first second, a share group's go to nobody until a worker has
 subscribed again (the paragraph above). A plant whose one worker keeps up (``bench/bench_historian.py``:
 300-400 stations on this 2-core VM) loses nothing to a broker restart that way; a plant that needs several
-workers on such a broker has that window.
+workers on such a broker has that window, and gets it back by asking the stations (resend, below).
 
 **Batches for throughput**: up to ``batch_max`` messages or ``batch_s`` after the first, one transaction,
 then all their acknowledgements. The MQTT 5 Receive Maximum (``2 * batch_max``) lets the broker keep the
