@@ -55,7 +55,7 @@ Key = tuple[str, str, str, str]      # site, station, boot_id, stream
 
 
 @dataclass(frozen=True)
-class _Span:
+class Span:
     """The numbers ``first_seq`` to ``last_seq`` of one (site, station, boot, stream)."""
 
     site: str
@@ -71,7 +71,7 @@ class _Span:
 
 
 @dataclass(frozen=True)
-class Gap(_Span):
+class Gap(Span):
     """One row of ``gaps`` as it changed: opened (``closed`` None) or closed."""
 
     kind: str            # gap | lost_tail | late (closed by a late message) | unrecoverable
@@ -395,7 +395,7 @@ def _is_telemetry(stream: str) -> bool:
 # ---- reading ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class GapRow(_Span):
+class GapRow(Span):
     """One row of ``gaps`` as stored."""
 
     opened: str

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edge.historian.gaps import GapBook, gap_rows, settled
+from edge.historian.gaps import GapBook, Span, gap_rows, settled
 from edge.historian.store import Store
 from edge.telemetry.outbox import MAX_RESEND
 from edge.telemetry.topics import SCHEMA_BASE, StationTopics, check_identity, command_schema
@@ -59,16 +59,10 @@ MERGE_HELD = 50                 # gaps of a stream at most this many stored numb
 
 
 @dataclass(frozen=True)
-class Request:
-    """One ask: a row of ``resend_requests`` to publish."""
+class Request(Span):
+    """One ask of a span: a row of ``resend_requests`` to publish."""
 
     command_id: str
-    site: str
-    station: str
-    boot_id: str
-    stream: str
-    first_seq: int
-    last_seq: int
     attempts: int
     issued_at: str
 
@@ -176,7 +170,8 @@ def _station_asks(q: _Reader, site: str, station: str, now_ns: int, settle_s: fl
                 continue
         if len(due) >= budget:
             break
-        due.append(Request(str(uuid.uuid4()), site, station, boot, stream, a, b, attempts + 1, issued_at))
+        due.append(Request(site, station, boot, stream, a, b, command_id=str(uuid.uuid4()), attempts=attempts + 1,
+                           issued_at=issued_at))
     return due
 
 
@@ -203,7 +198,8 @@ def record_answer(book: GapBook, site: str, station: str, body: dict[str, Any]) 
     if not rows:
         return None
     boot, stream, lo, hi, attempts, asked_at = rows[0]
-    request = Request(command_id, site, station, boot, stream, int(lo), int(hi), int(attempts), asked_at)
+    request = Request(site, station, boot, stream, int(lo), int(hi), command_id=command_id, attempts=int(attempts),
+                      issued_at=asked_at)
     code = str(body.get("code"))
     data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
     requeued = data.get("requeued") if isinstance(data.get("requeued"), int) else None
