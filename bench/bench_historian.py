@@ -32,18 +32,21 @@ than ``BEHIND_S`` behind its clock (else the figure says the generator, not the 
 ``python -m bench.bench_historian [--stations K] [--seconds S] [--workers 1|2] [--no-throughput] [--quick]``:
 ``--stations`` tries that one K (and no ladder), ``--seconds`` sets how long each sustained run lasts.
 
-Measured on the development VM (2 vCPUs shared with three other engineers' work, load 2 to 7), three full
-runs with the consumer of 569e187-f0298d9 (compiled schema check, COPY for telemetry): live throughput,
-1 worker 1,380 to 1,673 msg/s, 2 workers 1,049 to 1,860, against the counting subscriber's 1,840 to 2,881
-(0.48x to 0.89x and 0.36x to 1.01x: the baseline is the stations' send rate, which the others' load moves
-most); draining the broker's queue, 1 worker 2,431 and 2 workers 2,568 msg/s against the counter's 11,180
-(0.22x, 0.23x: the consumer alone is well below the broker). Before the compiled check: 192 and 288 msg/s
-(jsonschema was 95 % of ingest). Sustained, exactly once in every run (lost 0, duplicate 0): 1 worker 300
-to 400 stations (the most tried), 2 workers 200; at 300 two workers stored everything but 6.6 to 10.2 s
-late in the full runs (on time when run alone): both take every state and description (their unshared
-retained-stream subscription), insert the same ledger keys and wait on each other's transaction
-(``Lock:transactionid``, the top wait in pg_stat_activity). The generator fell behind its clock at 400
-only at load 10. The shared group is for more machines; on one 2-core box one worker does as well.
+Measured on the development VM (2 vCPUs), 2026-12-07, a quiet machine, after the stations' session got
+faster (its outbox hands out what was just put, a short PUBACK path): the counting subscriber now takes the
+stations' backlogs at 8,903 messages/s (2,200 to 3,350 in the runs before, when the stations' send rate was
+the bound), and the historian's live figures fall to 0.279x (1 worker, 2,482 msg/s) and 0.363x (2 workers,
+3,228): below the goal of 0.5. Draining the broker's queue: 3,480 and 3,858 msg/s against the counter's
+15,830 (0.22x, 0.244x). Sustained, exactly once (lost 0, duplicate 0): 1 worker 400 stations (the most
+tried), 2 workers 300 (1.2 s late; at 400, 6.3 s). Before the workers ended their retained-stream
+subscription after the snapshot (``edge.historian.consumer``), two workers managed 200: both took every
+state and description, inserted the same ledger keys and waited on each other's transaction
+(``Lock:transactionid``). A worker's time (py-spy, 20,000 windows drained from one persistent session,
+3,400 msg/s): the envelope parse and schema check 37 % of its GIL time (the parse alone 28 %), the ledger,
+prefetches and COPY of a batch the rest, one database round trip each; paho's receive path on its own
+thread. Earlier runs (569e187-f0298d9, load 2 to 7): live 0.48x to 0.89x (1 worker) against a baseline the
+stations' send rate bounded; before the compiled schema check 192 and 288 msg/s (jsonschema was 95 % of
+ingest). The shared group is for more machines; on one 2-core box one worker does nearly as well.
 """
 
 from __future__ import annotations
