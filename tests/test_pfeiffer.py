@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import serial  # type: ignore[import-untyped]
@@ -44,6 +45,7 @@ from edge.devices.pfeiffer import (
     encode_telegram,
     parse_answer,
 )
+from edge.devices.serial_device import SerialDevice
 from edge.spec.core import ChannelSpec, CoreSpec, DriverSpec, OutputSpec, RuleSpec
 from edge.spec.instruments.pfeiffer import PfeifferConfig, read_pfeiffer
 from edge.spec.reader import Problems, SpecError, Table
@@ -551,6 +553,26 @@ def test_the_port_s_state_changes_are_said_once_each_with_the_cause(tmp_path: pa
     opened = changes[kinds.index("opened")]
     assert opened.attempts >= 4 and opened.text().startswith(f"port {absent} open (after ")
     assert changes[kinds.index("lost")].cause and changes[-1].text().startswith(f"port {absent} open again")
+
+
+def test_a_counter_that_says_the_port_changed_comes_with_the_change(tmp_path: pathlib.Path, rig: Rig,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever reads a counter saying the port changed finds that change in ``drain_link_changes``: one lock
+    for both. The test above once drained just after the reconnect count said 1 and before "reopened" was
+    kept (a busy CI machine). Here each change is slowed, which widens that window if it is there."""
+    real = SerialDevice._change
+
+    def slow(self: Any, change: str, cause: str = "", count: Any = None) -> None:
+        time.sleep(0.2)
+        if count is None:
+            return real(self, change, cause)
+        return real(self, change, cause, count)
+
+    monkeypatch.setattr(SerialDevice, "_change", slow)
+    config = PfeifferConfig(port=str(tmp_path / "ttyABSENT"), poll_ms=20.0, timeout_ms=500.0, reconnect_max_ms=100.0)
+    with GaugePoller(rig.rec, config) as poller:
+        assert rig.until(lambda: poller.counters().open_failures >= 1)
+        assert [c.change for c in poller.drain_link_changes()] == ["cannot_open"]
 
 
 class ScriptedGauge:

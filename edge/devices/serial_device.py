@@ -33,6 +33,7 @@ import os
 import termios
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
@@ -238,10 +239,15 @@ class SerialDevice(Generic[PortT]):
             self._changes.clear()
         return out
 
-    def _change(self, change: str, cause: str = "") -> None:
-        """Keep a state change of the port (see :class:`LinkChange`); a failed open is kept only when it is news."""
+    def _change(self, change: str, cause: str = "",
+                count: Callable[[LineCounters], LineCounters] | None = None) -> None:
+        """Keep a state change of the port (see :class:`LinkChange`); a failed open is kept only when it is news.
+        ``count`` updates the line's counters under the same lock: whoever reads a counter that says the port
+        changed (``counters()``) finds the change in ``drain_link_changes`` too, never just after."""
         now = time.monotonic()
         with self._lock:
+            if count is not None:
+                self._line = count(self._line)
             if change == "cannot_open":
                 self._failed_attempts += 1
                 if self._down_since is None:
@@ -298,11 +304,9 @@ class SerialDevice(Generic[PortT]):
         try:
             port = self._open_port()
         except OPEN_FAILURES as e:
-            with self._lock:
-                self._line = replace(self._line, open_failures=self._line.open_failures + 1)
             self._note(f"cannot open {self.port_name}: {e}")
             log.debug("%s: cannot open %s: %s", self.name, self.port_name, e)
-            self._change("cannot_open", error_cause(e))
+            self._change("cannot_open", error_cause(e), lambda c: replace(c, open_failures=c.open_failures + 1))
             return None
         except Exception as e:
             self._failed(e)
@@ -310,21 +314,17 @@ class SerialDevice(Generic[PortT]):
             return None
         with self._port_lock:
             self._port = port
-        with self._lock:
-            again = self._line.opens > 0
-            self._line = replace(self._line, opens=self._line.opens + 1, connected=True,
-                                 reconnects=self._line.reconnects + again)
+        again = self._was_open
+        self._change("opened", count=lambda c: replace(c, opens=c.opens + 1, connected=True,
+                                                        reconnects=c.reconnects + (c.opens > 0)))
         if again:
             log.warning("%s: %s open again", self.name, self.port_name)
-        self._change("opened")
         return port
 
     def _lost(self, error: BaseException) -> None:
         log.warning("%s: port %s lost: %s", self.name, self.port_name, error)
-        with self._lock:
-            self._line = replace(self._line, port_lost=self._line.port_lost + 1)
         self._note(f"port {self.port_name} lost: {error}")
-        self._change("lost", error_cause(error))
+        self._change("lost", error_cause(error), lambda c: replace(c, port_lost=c.port_lost + 1))
         self._drop_port()
 
     def _failed(self, error: Exception) -> None:
