@@ -161,6 +161,11 @@ def test_busy_unanswered_or_unfilled_asks_are_made_again_after_their_time_up_to_
         t += int((R.RESEND_AFTER_S + 1) * S)
         assert R.ask_due(store, t, settle_s=SETTLE) == []            # MAX_ATTEMPTS asks: no more
         assert [row[3] for row in _requests(store)] == list(range(1, R.MAX_ATTEMPTS + 1))
+        # a month later the spent asks are forgotten (the table does not grow for ever) and the gap, still
+        # open, is asked for again
+        [anew] = R.ask_due(store, t + int(R.KEEP_ASKS_S * S), settle_s=SETTLE)
+        assert (anew.attempts, anew.first_seq, anew.last_seq) == (1, 4, 6)
+        assert [row[0] for row in _requests(store)] == [anew.command_id]
     finally:
         store.close()
 

@@ -56,6 +56,7 @@ PER_STATION_PER_MINUTE = 10     # asks per station per minute at most (its defau
 # the answers after which a still-open gap is asked for again (None: no answer)
 AGAIN = (None, "ok", "busy", "stale", "refused", "outcome_unknown", "error")
 MERGE_HELD = 50                 # gaps of a stream at most this many stored numbers apart: one ask (``spans``)
+KEEP_ASKS_S = 30 * 86400.0      # an ask's row is forgotten this long after it was made (``ask_due``)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,13 @@ def ask_due(store: Store, now_ns: int, *, settle_s: float, resend_after_s: float
     """The asks due now, recorded (each station in its own transaction, under its lock): the caller publishes
     them after this returns. A request recorded and never published (the worker died) is simply unanswered,
     and asked again after ``resend_after_s``. A station is locked only when a plain read found something due
-    for it (a gap waiting for its answer costs one read per check, not a lock)."""
+    for it (a gap waiting for its answer costs one read per check, not a lock). Asks made ``KEEP_ASKS_S`` ago
+    are forgotten first: the table keeps about a month of asks, and a gap open that long (its asks spent) is
+    asked for again, ``MAX_ATTEMPTS`` more times."""
+    forget = (rfc3339_ms(now_ns - int(KEEP_ASKS_S * 1e9)),)   # the table must not grow for ever (docstring)
+    if store.query("SELECT 1 FROM resend_requests WHERE asked_at < ? LIMIT 1", forget):   # a read: no write per check
+        with store.transaction() as tx:
+            tx.execute("DELETE FROM resend_requests WHERE asked_at < ?", forget)
     offline = {(a, b) for a, b in store.query("SELECT site, station FROM stations WHERE status = 'offline'")}
     stations = sorted({(g.site, g.station) for g in gap_rows(store, open_only=True,
                                                              settled_before=settled(now_ns, settle_s))} - offline)
