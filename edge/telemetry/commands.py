@@ -102,6 +102,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from edge.operator.execute import AuditRecord, Command, Operator
 from edge.spec.access import CommandSettings
 from edge.telemetry.events import EventDraft, command_event
+from edge.telemetry.outbox_types import RESEND_BYTES
 from edge.telemetry.schemas import errors as schema_errors
 from edge.telemetry.topics import VERBS, StationTopics, TopicError, command_schema, parse_topic
 from edge.timestamps import TimestampError, parse_rfc3339
@@ -487,7 +488,9 @@ class CommandHandler:
             said += f" and {len(missing) - MAX_MISSING_SAID} more range(s)"
         message = (f"re-sent {got.requeued} of stream {stream}, boot {boot}, seq {first}-{last};"
                    f" {got.pending} still pending; "
-                   + (f"missing {said} ({count} no longer held)" if missing else "nothing missing"))
+                   + (f"missing {said} ({count} no longer held)" if missing else "nothing missing")
+                   + (f"; from seq {got.rest_from} on not looked at (a resend moves at most {RESEND_BYTES >> 20}"
+                      " MiB): ask again for the rest" if got.rest_from is not None else ""))
         data = {"requeued": got.requeued, "pending": got.pending,
                 "missing": [[a, b] for a, b in missing[:MAX_MISSING_LISTED]], "missing_count": count}
         return "ok", message, data

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 ROW_OVERHEAD = 64            # bytes counted per message besides payload, topic and stream (row header, indexes)
+RESEND_BYTES = 2 << 20       # bytes one resend requeues at most (the first message always): bounded scan time
 MAX_RESEND = 5_000           # numbers one resend may cover at most (last_seq - first_seq < this): outbox_history
 
 
@@ -119,11 +120,12 @@ class OutboxStats:
 @dataclass(frozen=True, slots=True)
 class Resent:
     """What ``Outbox.resend`` did with a range of one boot's stream: each number of the range up to the last the
-    stream was given under that boot is counted in exactly one of the three."""
+    stream was given under that boot, or up to ``rest_from`` (excluded), is counted in exactly one of the three."""
 
     requeued: int                        # history messages made pending again: they go out as they first did
     pending: int                         # still pending or in flight: they will go out anyway
     missing: list[tuple[int, int]]       # inclusive ranges no longer held (pruned, thinned, never acked...)
+    rest_from: int | None = None         # RESEND_BYTES were requeued: from this number on, nothing was looked at
 
     @property
     def missing_count(self) -> int:
