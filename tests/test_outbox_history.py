@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from edge.telemetry import outbox_history
 from edge.telemetry.outbox import (
     MAX_RESEND,
     Draft,
@@ -179,6 +180,25 @@ def test_a_resend_requeues_at_most_resend_bytes_and_says_where_the_rest_starts(t
         ob.put("batch", TOPIC + "batch", {"record": "small"}, priority=Priority.BATCH)
         send_all(ob)
         assert ob.resend("b1", "batch", 1, 2) == Resent(1, 0, [], rest_from=2)
+
+
+def test_a_prune_step_deletes_at_most_prune_bytes_and_the_history_still_keeps_its_bound(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prune step's work follows the bytes it deletes (a step of a 4 GiB history, 269 MB, held a put 1.4 s): at
+    most PRUNE_BYTES a step, the next ack goes on, and the history comes back under its bound."""
+    monkeypatch.setattr(outbox_history, "PRUNE_BYTES", 50_000)
+    with Outbox(tmp_path / "o.db", boot_id="b1", history_bytes=1 << 20, synchronous="NORMAL") as ob:
+        steps = []
+        for _ in range(60):
+            put = ob.put_many([Draft("batch", TOPIC + "batch", {"r": "r" * 10_000}, Priority.BATCH)
+                               for _ in range(5)])
+            ob.mark_inflight(m.id for m in put)
+            before = ob.stats().history_bytes
+            ob.ack_many(m.id for m in put)
+            steps.append(before + sum(m.size for m in put) - ob.stats().history_bytes)
+        size = put[0].size
+        assert max(steps) <= 50_000 + size, max(steps)          # a step of 1/16 of the bound would be 65 kB more
+        assert ob.stats().history_bytes <= (1 << 20) + 5 * size
 
 
 def test_resend_of_an_earlier_boot_stops_at_what_that_boot_gave(tmp_path: pathlib.Path) -> None:
