@@ -201,6 +201,19 @@ def test_a_prune_step_deletes_at_most_prune_bytes_and_the_history_still_keeps_it
         assert ob.stats().history_bytes <= (1 << 20) + 5 * size
 
 
+def test_a_message_dropped_for_good_is_not_history_and_a_resend_calls_it_missing(tmp_path: pathlib.Path) -> None:
+    """The session drops a message the broker refused for good (``ack_many(drop=True)``): kept as history, a
+    resend of its range would send it again, to be refused again (review)."""
+    with Outbox(tmp_path / "o.db", boot_id="b1", synchronous="NORMAL") as ob:
+        put = [ob.put("event", TOPIC + "event", {"n": n}, priority=Priority.EVENT) for n in (1, 2, 3)]
+        ob.mark_inflight(m.id for m in put)
+        ob.ack_many([put[0].id, put[2].id])
+        assert ob.ack_many([put[1].id], drop=True) == 1
+        assert ob.stats().history_count == 2 and ob.stats().count == 0
+        assert ob.resend("b1", "event", 1, 3) == Resent(2, 0, [(2, 2)])
+        assert [m.seq for m in ob.pending(10)] == [1, 3]
+
+
 def test_resend_of_an_earlier_boot_stops_at_what_that_boot_gave(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path, boot_id="b1") as ob:

@@ -658,13 +658,14 @@ class Outbox(HistoryMixin):
         pending (already acked)."""
         return self.ack_many([msg_id]) == 1
 
-    def ack_many(self, ids: Iterable[int]) -> int:
+    def ack_many(self, ids: Iterable[int], *, drop: bool = False) -> int:
         """Several acknowledged messages become history (are deleted, without history) in one transaction, and
-        the oldest history goes past ``history_bytes``; returns how many were pending."""
+        the oldest history goes past ``history_bytes``; returns how many were pending. ``drop``: deleted, never
+        history (a message the broker refused for good: a resend must not send it again)."""
         wanted = [int(i) for i in ids]
         if not wanted:
             return 0
-        keep = self.history_bytes > 0
+        keep = self.history_bytes > 0 and not drop
         with self._lock:
             self._check_open()
             c = self._conn

@@ -689,7 +689,7 @@ class MqttSession:
                                                      f" report could not be stored: {e})", rc.value, msg.key)
                 return False
             self._wake()
-        self.outbox.ack_many([msg.id])
+        self.outbox.ack_many([msg.id], drop=True)     # not kept as history: a resend would send it again
         self._dropped += 1
         self._event("rejected", conn.broker, f"{what} not accepted: {code}; a permanent refusal: deleted from the"
                                              " outbox and reported on the event stream", rc.value, msg.key)
