@@ -40,6 +40,7 @@ worker A may commit #5 while worker B still holds #4 in its open batch. Two choi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,17 +192,7 @@ class GapBook:
             return
         self.tx.execute("INSERT INTO explained (site, station, stream, first_seq, last_seq, why)"
                         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (site, station, stream, lo, hi, why))
-        rows = self.tx.query(
-            "SELECT boot_id, first_seq, last_seq, opened, detail FROM gaps WHERE site = ? AND station = ?"
-            " AND stream = ? AND closed IS NULL AND explained IS NULL AND unrecoverable IS NULL AND first_seq <= ?"
-            " AND last_seq >= ?", (site, station, stream, hi, lo))
-        for boot, a, b, opened, detail in rows:
-            a, b = int(a), int(b)
-            self._delete(site, station, boot, stream, a)
-            x, y = max(a, lo), min(b, hi)
-            for p, q, expl in ((a, x - 1, None), (x, y, why), (y + 1, b, None)):
-                if p <= q:
-                    self._insert(site, station, boot, stream, p, q, opened, expl, detail)
+        self._mark_open(site, station, None, stream, lo, hi, lambda detail: (why, detail, None))
 
     def unrecoverable(self, site: str, station: str, boot: str, stream: str, lo: int, hi: int, detail: str) -> None:
         """The station said it no longer holds numbers ``lo..hi`` of ``boot``'s ``stream`` (its answer to a
@@ -209,19 +200,32 @@ class GapBook:
         reach beyond), never asked for again."""
         if lo > hi:
             return
-        rows = self.tx.query(
-            "SELECT first_seq, last_seq, opened, detail FROM gaps WHERE site = ? AND station = ? AND boot_id = ?"
-            " AND stream = ? AND closed IS NULL AND explained IS NULL AND unrecoverable IS NULL AND first_seq <= ?"
-            " AND last_seq >= ?", (site, station, boot, stream, hi, lo))
-        for a, b, opened, old in rows:
+        marked = self._mark_open(site, station, boot, stream, lo, hi,
+                                 lambda old: (None, (old + "; " if old else "") + detail, self.now))
+        self.unrecoverable_gaps += (Gap(site, station, boot, stream, x, y, "unrecoverable") for _, x, y in marked)
+
+    def _mark_open(self, site: str, station: str, boot: str | None, stream: str, lo: int, hi: int,
+                   mark: Callable[[str], tuple[str | None, str, str | None]]) -> list[tuple[str, int, int]]:
+        """The open gaps of ``stream`` (of ``boot``, or of every boot) that overlap ``lo..hi``, split where the range
+        ends; the part inside becomes ``mark(its detail)``: (explained, detail, unrecoverable). Returns the parts
+        marked, (boot, first, last)."""
+        sql = (f"SELECT boot_id, first_seq, last_seq, opened, detail FROM gaps WHERE site = ? AND station = ?"
+               f" AND stream = ? AND {_OPEN} AND first_seq <= ? AND last_seq >= ?")
+        params: list[Any] = [site, station, stream, hi, lo]
+        if boot is not None:
+            sql += " AND boot_id = ?"
+            params.append(boot)
+        marked = []
+        for b_id, a, b, opened, detail in self.tx.query(sql, params):
             a, b = int(a), int(b)
-            self._delete(site, station, boot, stream, a)
+            self._delete(site, station, b_id, stream, a)
             x, y = max(a, lo), min(b, hi)
-            for p, q, when in ((a, x - 1, None), (x, y, self.now), (y + 1, b, None)):
+            for p, q, inside in ((a, x - 1, False), (x, y, True), (y + 1, b, False)):
                 if p <= q:
-                    self._insert(site, station, boot, stream, p, q, opened, None,
-                                 old if when is None else (old + "; " if old else "") + detail, when)
-            self.unrecoverable_gaps.append(Gap(site, station, boot, stream, x, y, "unrecoverable"))
+                    self._insert(site, station, b_id, stream, p, q, opened,
+                                 *(mark(detail) if inside else (None, detail, None)))
+            marked.append((str(b_id), x, y))
+        return marked
 
     # ---- the pieces ----
 
@@ -439,19 +443,19 @@ def gap_rows(store: Store, *, open_only: bool = False, settled_before: str | Non
 def open_gap_count(store: Store, *, settled_before: str | None = None) -> tuple[int, int]:
     """How many gaps are open (unexplained, not unrecoverable), and how many messages they miss: all of them,
     not bounded as the listing is (``MAX_LISTED``); ``settled_before`` as ``gap_rows`` takes it."""
-    sql = f"SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0) FROM gaps WHERE {_OPEN}"
-    params: list[Any] = []
-    if settled_before is not None:
-        sql += " AND opened < ?"
-        params.append(settled_before)
-    count, missing = store.query(sql, params)[0]
-    return int(count), int(missing)
+    if settled_before is None:
+        return _gap_totals(store, _OPEN)
+    return _gap_totals(store, f"{_OPEN} AND opened < ?", (settled_before,))
 
 
 def unrecoverable_count(store: Store) -> tuple[int, int]:
     """How many gaps are unrecoverable (the stations no longer hold them), and how many messages they miss."""
-    count, missing = store.query("SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0) FROM gaps"
-                                 " WHERE closed IS NULL AND unrecoverable IS NOT NULL")[0]
+    return _gap_totals(store, "closed IS NULL AND unrecoverable IS NOT NULL")
+
+
+def _gap_totals(store: Store, where: str, params: Sequence[Any] = ()) -> tuple[int, int]:
+    count, missing = store.query(f"SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0) FROM gaps"
+                                 f" WHERE {where}", params)[0]
     return int(count), int(missing)
 
 
