@@ -97,18 +97,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from edge.operator.execute import AuditRecord, Command, Operator
 from edge.spec.access import CommandSettings
 from edge.telemetry.events import EventDraft, command_event
-from edge.telemetry.outbox_types import RESEND_BYTES
+from edge.telemetry.outbox_types import RESEND_BYTES, Resent
 from edge.telemetry.schemas import errors as schema_errors
 from edge.telemetry.topics import VERBS, StationTopics, TopicError, command_schema, parse_topic
 from edge.timestamps import TimestampError, parse_rfc3339
-
-if TYPE_CHECKING:
-    from edge.telemetry.outbox_types import Resent
 
 Code = Literal["ok", "too_large", "not_json", "invalid", "unknown_verb", "unauthorised", "stale", "future",
                "id_reused", "not_allowed", "interlock", "state", "refused", "outcome_unknown", "busy", "error"]
@@ -123,7 +120,7 @@ NO_HISTORY = ("this station keeps no history of what it sent ([mqtt] history_mb 
               " re-sent")
 
 #: What the outbox's history does for ``resend``: (boot id, stream, first seq, last seq) -> what was queued again.
-Resend = Callable[[str, str, int, int], "Resent"]
+Resend = Callable[[str, str, int, int], Resent]
 
 
 # ---- untrusted JSON ------------------------------------------------------------------------------
