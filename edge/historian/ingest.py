@@ -103,7 +103,9 @@ class IngestResult:
 
 
 @dataclass
-class _Valid:
+class Valid:
+    """A message that passed every check (``vet``), ready for the transaction."""
+
     topic: str
     env: Envelope
     payload: bytes
@@ -120,30 +122,49 @@ class _Valid:
         return (self.env.site, self.env.station, self.env.boot_id, self.env.stream, self.env.seq)
 
 
+class Invalid(NamedTuple):
+    """A message for quarantine, with why."""
+
+    topic: str
+    payload: bytes
+    reason: str
+
+
+Vetted = Valid | Invalid | None      # None: not station output (a command), counted as ignored
+
+
+def vet(topic: str, payload: bytes | bytearray | memoryview, retained: bool = False) -> Vetted:
+    """Every check of one message that needs no database (topic, envelope, schema, times, the payload's
+    digest), outside the transaction; ``ingest_isolating`` deals with a bug it meets. (Vetting
+    on paho's thread as messages arrive, to overlap the worker's transaction, was measured: slower, the two
+    threads then contend for the GIL at every database round trip.)"""
+    payload = bytes(payload)
+    try:
+        if parse_topic(topic).stream == "cmd":
+            return None
+    except TopicError:
+        pass            # check_message says why, below
+    checked = check_message(topic, payload, retained)
+    if checked.problems or checked.envelope is None:
+        return Invalid(topic, payload, "; ".join(checked.problems)[:MAX_REASON] or "not an envelope")
+    try:
+        times = _times(checked.envelope)
+    except TimestampError as e:
+        return Invalid(topic, payload, str(e)[:MAX_REASON])
+    return Valid(topic, checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest(), times)
+
+
 def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) -> IngestResult:
     """Check, then store ``items`` in one transaction (module docstring). Raises ``StoreError`` (then
     nothing was stored: the caller must not acknowledge the messages)."""
-    result = IngestResult()
-    valid: list[_Valid] = []
-    bad: list[tuple[str, bytes, str]] = []
-    for topic, payload, retained in items:
-        payload = bytes(payload)
-        try:
-            if parse_topic(topic).stream == "cmd":
-                result.ignored += 1
-                continue
-        except TopicError:
-            pass            # check_message says why, below
-        checked = check_message(topic, payload, retained)
-        if checked.problems or checked.envelope is None:
-            bad.append((topic, payload, "; ".join(checked.problems)[:MAX_REASON] or "not an envelope"))
-            continue
-        try:
-            times = _times(checked.envelope)
-        except TimestampError as e:
-            bad.append((topic, payload, str(e)[:MAX_REASON]))
-            continue
-        valid.append(_Valid(topic, checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest(), times))
+    return store_vetted(store, [vet(*item) for item in items])
+
+
+def store_vetted(store: Store, vetted: Sequence[Vetted]) -> IngestResult:
+    """Store messages already vetted (``vet``) in one transaction: ``ingest`` without the checks."""
+    result = IngestResult(ignored=sum(1 for v in vetted if v is None))
+    valid = [v for v in vetted if isinstance(v, Valid)]
+    bad: list[Invalid] = [v for v in vetted if isinstance(v, Invalid)]
     now = now_utc()
     with store.transaction() as tx:
         # first what no other transaction writes: the ledger rows of these keys and each message's own rows
@@ -175,8 +196,9 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
     error, the others are stored. Any other ``StoreError`` (the database unreachable, its disk full, an I/O
     error), a database driver's own error and ``MemoryError`` still raise: they are not the message's fault
     (a valid message quarantined and acknowledged would be lost); nothing was stored, the caller tries again."""
+    vetted = [vet(*item) for item in items]
     try:
-        return ingest(store, items)
+        return store_vetted(store, vetted)
     except StoreError as e:
         if not isinstance(e, RejectedData):
             raise
@@ -189,10 +211,11 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
         topic, payload, _ = items[0]
         reason = f"could not be stored: {type(error).__name__}: {error}"[:MAX_REASON]
         with store.transaction() as tx:
-            _quarantine(tx, now_utc(), [(topic, bytes(payload), reason)])
+            _quarantine(tx, now_utc(), [Invalid(topic, bytes(payload), reason)])
         return IngestResult(quarantined=1)
     result = IngestResult()
-    for half in (items[:len(items) // 2], items[len(items) // 2:]):
+    mid = len(items) // 2
+    for half in (items[:mid], items[mid:]):
         part = ingest_isolating(store, half)
         result.add(part)
         result.opened += part.opened
@@ -202,11 +225,11 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
     return result
 
 
-def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple[str, bytes, str]],
-            result: IngestResult) -> list[_Valid]:
+def _ledger(tx: Tx, store: Store, valid: list[Valid], now: str, bad: list[Invalid],
+            result: IngestResult) -> list[Valid]:
     """Insert the ledger rows; returns the messages new to it, in arrival order."""
-    first: dict[tuple[str, str, str, str, int], _Valid] = {}
-    later: list[_Valid] = []
+    first: dict[tuple[str, str, str, str, int], Valid] = {}
+    later: list[Valid] = []
     for v in valid:
         if v.key in first:
             later.append(v)
@@ -246,13 +269,13 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[tuple
         if v.digest == stored_digest[v.key] or v.env.stream == "status":
             result.duplicate += 1
         else:
-            bad.append((v.topic, v.payload,
-                        f"conflict: {v.env.stream} #{v.env.seq} of boot {v.env.boot_id} is already stored with"
-                        " different bytes (a station re-sends identical copies)"))
+            bad.append(Invalid(v.topic, v.payload,
+                               f"conflict: {v.env.stream} #{v.env.seq} of boot {v.env.boot_id} is already stored"
+                               " with different bytes (a station re-sends identical copies)"))
     return [v for v in batch if v.key in inserted]
 
 
-def _quarantine(tx: Tx, now: str, bad: list[tuple[str, bytes, str]]) -> None:
+def _quarantine(tx: Tx, now: str, bad: list[Invalid]) -> None:
     """Keep ``bad`` (topic, payload, reason) aside, each once: a copy already there (the same topic and
     payload, delivered again) adds nothing (``quarantine_digest``)."""
     if bad:
@@ -312,7 +335,7 @@ def _kept(payload: bytes, reason: str) -> tuple[bytes, str]:
     return payload[:MAX_KEPT], f"{reason} (payload of {len(payload)} bytes: the first {MAX_KEPT} kept)"
 
 
-def _stations(tx: Tx, store: Store, new: list[_Valid], now: str) -> None:
+def _stations(tx: Tx, store: Store, new: list[Valid], now: str) -> None:
     """One ``stations`` row per station: first seen (ingest time), last seen (the newest message's ``ts``)."""
     newest: dict[tuple[str, str], str] = {}
     for v in new:
@@ -340,14 +363,14 @@ class _Writer:
         self.current: dict[tuple[str, str], str | None] = {}       # station -> the digest it names now
         self.answers: list[Answer] = []                            # answers to our resend asks
 
-    def own_rows(self, v: _Valid) -> None:
+    def own_rows(self, v: Valid) -> None:
         """The rows only this message makes (no lock needed: their keys are the ledger's, new to this batch)."""
         handler = {"telemetry": self._telemetry, "event": self._event, "state": self._state,
                    "description": self._description, "status": self._status_description}.get(v.env.stream)
         if handler is not None:
             handler(v)
 
-    def shared_rows(self, v: _Valid, book: GapBook) -> None:
+    def shared_rows(self, v: Valid, book: GapBook) -> None:
         """What other transactions of the station write too (the station's lock held), and the gaps."""
         env = v.env
         handler = {"event": self._explained, "batch": self._batch, "description": self._station_description,
@@ -365,7 +388,7 @@ class _Writer:
 
     # ---- per stream ----
 
-    def _telemetry(self, v: _Valid) -> None:
+    def _telemetry(self, v: Valid) -> None:
         env, body = v.env, v.env.body
         units = self._units(env.site, env.station, body.get("description_sha256"))
         start, end = v.times.get("start_utc"), v.times.get("end_utc")
@@ -375,7 +398,7 @@ class _Writer:
                                    _num(ch.get("mean")), _int(ch.get("count")), _int(ch.get("valid")),
                                    " ".join(ch.get("status") or [])))
 
-    def _event(self, v: _Valid) -> None:
+    def _event(self, v: Valid) -> None:
         env, body = v.env, v.env.body
         name = next((body[k] for k in ("alarm", "rule", "phase", "code") if isinstance(body.get(k), str)), None)
         self.tx.execute("INSERT INTO events (site, station, boot_id, seq, ts, kind, name, message, body)"
@@ -383,7 +406,7 @@ class _Writer:
                         (env.site, env.station, env.boot_id, env.seq, v.ts, body.get("kind"), name,
                          body.get("message"), _json(body)))
 
-    def _explained(self, v: _Valid, book: GapBook) -> None:
+    def _explained(self, v: Valid, book: GapBook) -> None:
         """A thinning report or a refusal: the numbers it names are missing on purpose (``gaps.explain``)."""
         env, body = v.env, v.env.body
         if body.get("kind") == "telemetry_thinned":
@@ -397,13 +420,13 @@ class _Writer:
             if isinstance(stream, str) and isinstance(seq, int):
                 book.explain(env.site, env.station, stream, seq, seq, "refused")
 
-    def _reply(self, v: _Valid, book: GapBook) -> None:
+    def _reply(self, v: Valid, book: GapBook) -> None:
         """An answer to one of the historian's ``resend`` asks: into its request's row (``resend.record_answer``)."""
         answer = record_answer(book, v.env.site, v.env.station, v.env.body)
         if answer is not None:
             self.answers.append(answer)
 
-    def _state(self, v: _Valid) -> None:
+    def _state(self, v: Valid) -> None:
         env, body = v.env, v.env.body
         batch = body.get("batch")
         self.tx.execute("INSERT INTO states (site, station, boot_id, seq, ts, run, phase, batch_id, body)"
@@ -411,7 +434,7 @@ class _Writer:
                         (env.site, env.station, env.boot_id, env.seq, v.ts, body.get("run"), body.get("phase"),
                          batch.get("id") if isinstance(batch, dict) else None, _json(body)))
 
-    def _batch(self, v: _Valid, book: GapBook) -> None:
+    def _batch(self, v: Valid, book: GapBook) -> None:
         env, body = v.env, v.env.body
         recipe = body.get("recipe")
         recipe_name = recipe.get("name") if isinstance(recipe, dict) else recipe if isinstance(recipe, str) else None
@@ -445,7 +468,7 @@ class _Writer:
             f" SET {sets} WHERE batches.revision IS NULL OR excluded.revision >= batches.revision",
             (env.site, env.station, body.get("batch_id"), *values))
 
-    def _description(self, v: _Valid) -> None:
+    def _description(self, v: Valid) -> None:
         """Its units, for the windows of this batch (the row itself is shared: ``_station_description``)."""
         env = v.env
         digest = _digest(env)
@@ -454,7 +477,7 @@ class _Writer:
         self.current[(env.site, env.station)] = digest
         self.units = {k: v for k, v in self.units.items() if k[:2] != (env.site, env.station)}   # a newer latest
 
-    def _station_description(self, v: _Valid, book: GapBook) -> None:
+    def _station_description(self, v: Valid, book: GapBook) -> None:
         env = v.env
         digest = _digest(env)
         self.tx.execute("INSERT INTO descriptions (site, station, sha256, first_seen, body) VALUES (?, ?, ?, ?, ?)"
@@ -462,14 +485,14 @@ class _Writer:
         self.tx.execute("UPDATE stations SET description_sha256 = ? WHERE site = ? AND station = ?",
                         (digest, env.site, env.station))
 
-    def _status_description(self, v: _Valid) -> None:
+    def _status_description(self, v: Valid) -> None:
         """A birth names the description current at its connect: the one its station's windows are labelled by."""
         env, body = v.env, v.env.body
         if body.get("state") == "online" and isinstance(body.get("description_sha256"), str):
             self.current[(env.site, env.station)] = body["description_sha256"]
             self.units = {k: u for k, u in self.units.items() if k[:2] != (env.site, env.station)}
 
-    def _status(self, v: _Valid, book: GapBook) -> None:
+    def _status(self, v: Valid, book: GapBook) -> None:
         env, body = v.env, v.env.body
         online = body.get("state") == "online"
         self.tx.execute("UPDATE stations SET status = ?, status_ts = ?, boot_id = ?,"
@@ -546,9 +569,23 @@ def _remember_units(key: tuple[str, str, str], units: dict[str, str]) -> None:
     _UNITS[key] = units
 
 
+# a description's digest by its body in json.dumps' sorted form: a plant's stations mostly share one description,
+# which they send at every connect, and json.dumps (C) is ten times faster than the RFC 8785 form (Python)
+_DIGESTS: dict[str, str] = {}
+MAX_DIGESTS = 1_000
+
+
 def _digest(env: Envelope) -> str:
-    """A description's identity: the SHA-256 of its body in RFC 8785 bytes, what the station sends and names."""
-    return hashlib.sha256(canonical(env.body)).hexdigest()
+    """A description's identity: the SHA-256 of its body in RFC 8785 bytes, what the station sends and names.
+    Cached by the body's sorted ``json.dumps``, which is as faithful (two JSON values with the same text are
+    equal), and not canonical (so it is only the cache's key)."""
+    key = json.dumps(env.body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        if len(_DIGESTS) >= MAX_DIGESTS:
+            _DIGESTS.clear()
+        digest = _DIGESTS[key] = hashlib.sha256(canonical(env.body)).hexdigest()
+    return digest
 
 
 def _channel_units(description: Any) -> dict[str, str]:
