@@ -44,14 +44,14 @@ def test_a_database_from_a_newer_historian_is_refused_and_left_alone(store: Stor
         tx.execute("INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
                    (99, "from_the_future", "2030-01-01T00:00:00.000Z"))
     for migrate in (True, False):
-        with pytest.raises(StoreError, match=r"schema version 99, newer than this historian knows \(3\)"):
+        with pytest.raises(StoreError, match=r"schema version 99, newer than this historian knows \(4\)"):
             open_store(db_url, migrate=migrate)
     assert store.query("SELECT max(version) FROM schema_migrations") == [(99,)]
 
 
 def test_an_unmigrated_database_is_refused_without_migrate(tmp_path: pathlib.Path) -> None:
     sqlite3.connect(tmp_path / "new.db").close()             # a database, empty
-    with pytest.raises(StoreError, match="schema version 0, this historian needs 3: run reedge historian migrate"):
+    with pytest.raises(StoreError, match="schema version 0, this historian needs 4: run reedge historian migrate"):
         open_store(str(tmp_path / "new.db"), migrate=False)
     open_store(str(tmp_path / "new.db")).close()
     open_store(str(tmp_path / "new.db"), migrate=False).close()
@@ -107,9 +107,10 @@ def test_reedge_historian_migrate_applies_once_then_has_nothing_to_do(tmp_path: 
 
     db = str(tmp_path / "plant.db")
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert "applied 0001_initial, 0002_quarantine_once, 0003_resend; now at version 3" in capsys.readouterr().out
+    assert ("applied 0001_initial, 0002_quarantine_once, 0003_resend, 0004_telemetry_one_index; now at version 4"
+            in capsys.readouterr().out)
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert "at version 3, nothing to apply" in capsys.readouterr().out
+    assert "at version 4, nothing to apply" in capsys.readouterr().out
 
 
 def test_a_reader_opens_and_reads_beside_a_writers_open_transaction(tmp_path: pathlib.Path,
@@ -160,15 +161,58 @@ def test_migration_2_folds_the_copies_quarantined_before_it_into_one(db_url: str
             tx.execute("DROP TABLE resend_requests")               # and 0003's
             tx.execute("ALTER TABLE gaps DROP COLUMN unrecoverable")
             tx.execute("CREATE TABLE quarantine" + initial.split("CREATE TABLE quarantine")[1])
+            if s.dialect == "postgresql":                          # and 0004's
+                _telemetry_indexes_of_version_3(tx)
             for payload in (b"{not json", b"{not json", b"[]", b"{not json"):
                 tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
                            ("2026-01-01T00:00:00.000Z", topic, payload, "not JSON"))
-        assert [m.version for m in apply_migrations(s)] == [2, 3]
+        assert [m.version for m in apply_migrations(s)] == [2, 3, 4]
         assert _digests(s) == [("{not json", store_module.quarantine_digest(topic, b"{not json")),
                                ("[]", store_module.quarantine_digest(topic, b"[]"))]
         r = ingest(s, [Received(topic, b"{not json"), Received(topic, b"[]"), Received(topic, b"{}")])
         assert r.quarantined == 3
         assert [p for p, _ in _digests(s)] == ["{not json", "[]", "{}"]
+
+
+def _telemetry_indexes_of_version_3(tx: Any) -> None:
+    tx.execute("DROP INDEX telemetry_by_channel_time")
+    tx.execute("ALTER TABLE telemetry ADD PRIMARY KEY (site, station, boot_id, seq, channel)")
+    tx.execute("CREATE INDEX telemetry_by_channel_time ON telemetry (site, station, channel, end_utc)")
+
+
+def test_migration_4_leaves_telemetry_one_unique_index_and_every_row(pg_server: Any) -> None:
+    """PostgreSQL at version 3 with telemetry stored: 0004 keeps every row, and the table then has one index,
+    unique, which the page's and the reports' lookups by channel and time use; ingest goes on exactly once."""
+    from edge.historian.ingest import ingest
+    from tests.historian_db import empty_pg
+    from tests.historian_messages import Station
+
+    empty_pg(pg_server.url)
+    st = Station()
+    with open_store(pg_server.url) as s:
+        with s.transaction() as tx:
+            _telemetry_indexes_of_version_3(tx)
+            tx.execute("DELETE FROM schema_migrations WHERE version > 3")
+        windows = [st.telemetry(n) for n in range(1, 8)]
+        ingest(s, [st.birth(), st.description(1), *windows[:5]])
+        rows = s.query("SELECT * FROM telemetry ORDER BY seq, channel")
+        channels = len(rows) // 5
+        assert channels >= 2 and len(rows) == 5 * channels
+        assert [m.version for m in apply_migrations(s)] == [4]
+        assert s.query("SELECT * FROM telemetry ORDER BY seq, channel") == rows
+        indexes = s.query("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'telemetry'")
+        assert [name for name, _ in indexes] == ["telemetry_by_channel_time"]
+        assert indexes[0][1].startswith("CREATE UNIQUE INDEX")
+        assert "(site, station, channel, end_utc, boot_id, seq)" in indexes[0][1]
+        with s.transaction() as tx:      # a small table is scanned whole unless told not to
+            tx.execute("SET LOCAL enable_seqscan = off")
+            plan = " ".join(r[0] for r in tx.query(
+                "EXPLAIN SELECT mean FROM telemetry WHERE site = 's' AND station = 'x' AND channel = 'c'"
+                " AND end_utc >= now() - interval '1 hour'"))
+        assert "telemetry_by_channel_time" in plan
+        r = ingest(s, windows[3:])             # 4 and 5 again (byte-identical copies), 6 and 7 new
+        assert (r.stored, r.duplicate) == (2, 2)
+        assert s.query("SELECT count(*) FROM telemetry") == [(7 * channels,)]
 
 
 @contextlib.contextmanager
