@@ -241,12 +241,12 @@ def _ledger(tx: Tx, store: Store, valid: list[Valid], now: str, bad: list[Invali
     # in key order: two transactions that both hold some of the same keys (copies delivered to two workers)
     # then take those keys' index entries in the same order, one waiting for the other, never both crosswise
     ordered = sorted(batch, key=lambda v: v.key)
-    if store.dialect == "postgresql":      # one statement text whatever the count: parsed and prepared once
-        columns = list(zip(*[(*v.key, v.ts, now, v.digest) for v in ordered], strict=True)) if batch else []
+    if store.dialect == "postgresql" and batch:   # one statement text whatever the count: prepared once
+        # the rows as one JSON array (json.dumps is C; eight arrays through the driver's dumpers cost 3 times more)
         rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
-                        " SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[],"
-                        " ?::timestamptz[], ?::timestamptz[], ?::text[])" + returning,
-                        [list(c) for c in columns]) if batch else []
+                        " SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::bigint, (r->>5)::timestamptz, ?::timestamptz,"
+                        " r->>6 FROM json_array_elements(?::json) AS r" + returning,
+                        (now, json.dumps([(*v.key, v.ts, v.digest) for v in ordered], ensure_ascii=False)))
         inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
     for chunk in (ordered[i:i + 100] for i in range(0, len(ordered), 100)) if store.dialect == "sqlite" else ():
         values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
