@@ -40,12 +40,14 @@ def _later(s: float) -> int:
 
 
 def _reply(st: Station, seq: int, command_id: str, code: str = "ok", *, missing: list[list[int]] | None = None,
-           requeued: int = 0) -> Received:
+           requeued: int = 0, rest_from: int | None = None) -> Received:
     body: dict[str, Any] = {"command_id": command_id, "verb": "resend", "result": "accepted" if code == "ok" else
                             "rejected", "code": code, "message": f"answered {code}", "replayed": False}
     if code == "ok":
         body["data"] = {"requeued": requeued, "pending": 0, "missing": missing or [],
                         "missing_count": sum(b - a + 1 for a, b in missing or [])}
+        if rest_from is not None:
+            body["data"]["rest_from"] = rest_from
     return st.message("reply", seq, body, topic=st.topics.reply("resend"))
 
 
@@ -166,6 +168,35 @@ def test_busy_unanswered_or_unfilled_asks_are_made_again_after_their_time_up_to_
         [anew] = R.ask_due(store, t + int(R.KEEP_ASKS_S * S), settle_s=SETTLE)
         assert (anew.attempts, anew.first_seq, anew.last_seq) == (1, 4, 6)
         assert [row[0] for row in _requests(store)] == [anew.command_id]
+    finally:
+        store.close()
+
+
+def test_the_rest_of_a_resend_cut_at_its_bytes_is_a_first_ask_made_at_once(db_url: str) -> None:
+    """A station moves 2 MiB per resend and says where it stopped (``rest_from``): once what it re-sent has
+    arrived, the rest is asked for at once (not after RESEND_AFTER_S) and as a first ask, so a gap of any size
+    comes back part by part; the part it looked at is still asked again only after its time, as before."""
+    store = open_store(db_url)
+    try:
+        st = Station()
+        lost = _gap(store, st, 4, 30, 31)
+        t = _later(SETTLE + 1)
+        [first] = R.ask_due(store, t, settle_s=SETTLE)
+        assert (first.first_seq, first.last_seq, first.attempts) == (4, 30, 1)
+        ingest(store, [_reply(st, 1, first.command_id, requeued=8, rest_from=12), *lost[:8]])   # 4-11 came back
+        t += 5 * S
+        [rest] = R.ask_due(store, t, settle_s=SETTLE)
+        assert (rest.first_seq, rest.last_seq, rest.attempts) == (12, 30, 1)
+        # cut again, and one of the numbers it looked at did not arrive (19): that part waits its time, as
+        # an ask made again would (the rest beyond it, 21-30, is one span with it: it waits too)
+        ingest(store, [_reply(st, 2, rest.command_id, requeued=9, rest_from=21), *lost[8:15], lost[16]])
+        assert R.ask_due(store, t + 5 * S, settle_s=SETTLE) == []
+        [again] = R.ask_due(store, t + int((R.RESEND_AFTER_S + 1) * S), settle_s=SETTLE)
+        assert (again.first_seq, again.last_seq, again.attempts) == (19, 30, 2)
+        # an answer that names a rest outside the range asked changes nothing of the kind
+        ingest(store, [_reply(st, 3, again.command_id, requeued=0, rest_from=99)])
+        assert store.query("SELECT rest_from FROM resend_requests WHERE command_id = ?", (again.command_id,)) == [
+            (None,)]
     finally:
         store.close()
 

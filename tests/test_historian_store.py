@@ -44,14 +44,14 @@ def test_a_database_from_a_newer_historian_is_refused_and_left_alone(store: Stor
         tx.execute("INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
                    (99, "from_the_future", "2030-01-01T00:00:00.000Z"))
     for migrate in (True, False):
-        with pytest.raises(StoreError, match=r"schema version 99, newer than this historian knows \(4\)"):
+        with pytest.raises(StoreError, match=r"schema version 99, newer than this historian knows \(5\)"):
             open_store(db_url, migrate=migrate)
     assert store.query("SELECT max(version) FROM schema_migrations") == [(99,)]
 
 
 def test_an_unmigrated_database_is_refused_without_migrate(tmp_path: pathlib.Path) -> None:
     sqlite3.connect(tmp_path / "new.db").close()             # a database, empty
-    with pytest.raises(StoreError, match="schema version 0, this historian needs 4: run reedge historian migrate"):
+    with pytest.raises(StoreError, match="schema version 0, this historian needs 5: run reedge historian migrate"):
         open_store(str(tmp_path / "new.db"), migrate=False)
     open_store(str(tmp_path / "new.db")).close()
     open_store(str(tmp_path / "new.db"), migrate=False).close()
@@ -107,10 +107,10 @@ def test_reedge_historian_migrate_applies_once_then_has_nothing_to_do(tmp_path: 
 
     db = str(tmp_path / "plant.db")
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert ("applied 0001_initial, 0002_quarantine_once, 0003_resend, 0004_telemetry_one_index; now at version 4"
-            in capsys.readouterr().out)
+    assert ("applied 0001_initial, 0002_quarantine_once, 0003_resend, 0004_telemetry_one_index, 0005_resend_rest;"
+            " now at version 5" in capsys.readouterr().out)
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert "at version 4, nothing to apply" in capsys.readouterr().out
+    assert "at version 5, nothing to apply" in capsys.readouterr().out
 
 
 def test_a_reader_opens_and_reads_beside_a_writers_open_transaction(tmp_path: pathlib.Path,
@@ -166,7 +166,7 @@ def test_migration_2_folds_the_copies_quarantined_before_it_into_one(db_url: str
             for payload in (b"{not json", b"{not json", b"[]", b"{not json"):
                 tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
                            ("2026-01-01T00:00:00.000Z", topic, payload, "not JSON"))
-        assert [m.version for m in apply_migrations(s)] == [2, 3, 4]
+        assert [m.version for m in apply_migrations(s)] == [2, 3, 4, 5]
         assert _digests(s) == [("{not json", store_module.quarantine_digest(topic, b"{not json")),
                                ("[]", store_module.quarantine_digest(topic, b"[]"))]
         r = ingest(s, [Received(topic, b"{not json"), Received(topic, b"[]"), Received(topic, b"{}")])
@@ -181,7 +181,8 @@ def _telemetry_indexes_of_version_3(tx: Any) -> None:
 
 
 def test_migration_4_leaves_telemetry_one_unique_index_and_every_row(pg_server: Any) -> None:
-    """PostgreSQL at version 3 with telemetry stored: 0004 keeps every row, and the table then has one index,
+    """PostgreSQL with 0004 undone (the telemetry indexes of version 3), telemetry stored: 0004 keeps every row,
+    and the table then has one index,
     unique, which the page's and the reports' lookups by channel and time use; ingest goes on exactly once."""
     from edge.historian.ingest import ingest
     from tests.historian_db import empty_pg
@@ -192,7 +193,7 @@ def test_migration_4_leaves_telemetry_one_unique_index_and_every_row(pg_server: 
     with open_store(pg_server.url) as s:
         with s.transaction() as tx:
             _telemetry_indexes_of_version_3(tx)
-            tx.execute("DELETE FROM schema_migrations WHERE version > 3")
+            tx.execute("DELETE FROM schema_migrations WHERE version = 4")
         windows = [st.telemetry(n) for n in range(1, 8)]
         ingest(s, [st.birth(), st.description(1), *windows[:5]])
         rows = s.query("SELECT * FROM telemetry ORDER BY seq, channel")

@@ -115,6 +115,15 @@ def test_nothing_missing_is_said_and_listed_as_such(ledger: CommandLedger) -> No
     check_outcome(out)
 
 
+def test_a_resend_cut_at_its_bytes_says_where_to_ask_again_in_data_and_message(ledger: CommandLedger) -> None:
+    """Schema 1.4: a program reads ``rest_from``; before it, only the message said it."""
+    out = ask(ledger, FakeHistory(Resent(requeued=250, pending=1, missing=[(1000, 1003)], rest_from=1255)))
+    assert out.reply["data"] == {"requeued": 250, "pending": 1, "missing": [[1000, 1003]], "missing_count": 4,
+                                 "rest_from": 1255}
+    assert "from seq 1255 on not looked at" in out.reply["message"]
+    check_outcome(out)          # valid against reply.json 1.4
+
+
 def test_many_missing_ranges_are_listed_up_to_a_bound_and_counted_in_all(ledger: CommandLedger) -> None:
     missing = [(n, n) for n in range(1, 400, 2)]       # 200 single numbers, every other one
     out = ask(ledger, FakeHistory(Resent(requeued=199, pending=0, missing=missing)), first=1, last=399)

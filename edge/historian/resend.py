@@ -15,6 +15,10 @@ is missing. So each **settled, unexplained** gap (a lost tail too: it is a gap r
   station's rate limit lets 20 through at once);
 * **when**: a station the historian knows offline (its Will, its own ``offline``) is not asked until it is
   back: the command would wait in its session at the broker and arrive too old (``stale``);
+* **the rest**: a station moves at most 2 MiB per resend and says where it stopped (``rest_from``, schema
+  1.4): the numbers from there on count as never asked, so they are asked for as soon as the gap before them
+  has closed, and a long gap (hours of a station's output lost at the broker) is taken back 2 MiB at a time
+  within the per-minute budget, not one part per ``RESEND_AFTER_S`` and five parts in all;
 * **again**: after ``RESEND_AFTER_S`` if the gap is still open and the answer was none, ``ok`` with nothing
   arriving, or one that means "not executed, ask again" (``busy``; ``stale``: it waited too long on the way;
   ``refused``: the station was stopping; ``outcome_unknown``, ``error``), up to ``MAX_ATTEMPTS`` asks of
@@ -147,12 +151,16 @@ def _station_asks(q: _Reader, site: str, station: str, now_ns: int, settle_s: fl
         return []
     # the asks that touch an open gap of this station: what was asked, when, how often, and the answer
     asked: dict[tuple[str, str], list[tuple[int, int, int, int, str | None]]] = defaultdict(list)
-    for boot, stream, lo, hi, at, attempts, code in q.query(
-            "SELECT r.boot_id, r.stream, r.first_seq, r.last_seq, r.asked_at, r.attempts, r.code"
+    for boot, stream, lo, hi, at, attempts, code, rest_from in q.query(
+            "SELECT r.boot_id, r.stream, r.first_seq, r.last_seq, r.asked_at, r.attempts, r.code, r.rest_from"
             " FROM resend_requests r WHERE r.site = ? AND r.station = ? AND EXISTS (SELECT 1 FROM gaps g"
             " WHERE g.site = r.site AND g.station = r.station AND g.boot_id = r.boot_id AND g.stream = r.stream"
             " AND g.closed IS NULL AND g.explained IS NULL AND g.unrecoverable IS NULL"
             " AND g.first_seq <= r.last_seq AND g.last_seq >= r.first_seq)", (site, station)):
+        if code == "ok" and rest_from is not None:    # the numbers it looked at: the rest is a first ask
+            if int(rest_from) <= int(lo):
+                continue
+            hi = int(rest_from) - 1
         asked[(boot, stream)].append((int(lo), int(hi), parse_rfc3339(at, "asked_at"), int(attempts), code))
     todo = []
     for (boot, stream), holes in gaps.items():
@@ -210,13 +218,17 @@ def record_answer(book: GapBook, site: str, station: str, body: dict[str, Any]) 
     code = str(body.get("code"))
     data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
     requeued = data.get("requeued") if isinstance(data.get("requeued"), int) else None
+    rest = data.get("rest_from")
+    rest_from = (rest if isinstance(rest, int) and not isinstance(rest, bool)
+                 and request.first_seq < rest <= request.last_seq else None)
     missing: list[tuple[int, int]] = []
     for entry in data.get("missing") or ():
         if (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, int) for x in entry)
                 and max(entry[0], request.first_seq) <= min(entry[1], request.last_seq)):
             missing.append((max(entry[0], request.first_seq), min(entry[1], request.last_seq)))
-    book.tx.execute("UPDATE resend_requests SET answered = ?, code = ?, requeued = ?, missing = ? WHERE command_id = ?",
-                    (book.now, code, requeued, json.dumps([list(m) for m in missing]), command_id))
+    book.tx.execute("UPDATE resend_requests SET answered = ?, code = ?, requeued = ?, missing = ?, rest_from = ?"
+                    " WHERE command_id = ?",
+                    (book.now, code, requeued, json.dumps([list(m) for m in missing]), rest_from, command_id))
     if code == "ok":
         for a, b in missing:
             book.unrecoverable(site, station, boot, stream, a, b,

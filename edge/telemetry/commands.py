@@ -488,8 +488,10 @@ class CommandHandler:
                    + (f"missing {said} ({count} no longer held)" if missing else "nothing missing")
                    + (f"; from seq {got.rest_from} on not looked at (a resend moves at most {RESEND_BYTES >> 20}"
                       " MiB): ask again for the rest" if got.rest_from is not None else ""))
-        data = {"requeued": got.requeued, "pending": got.pending,
-                "missing": [[a, b] for a, b in missing[:MAX_MISSING_LISTED]], "missing_count": count}
+        data: dict[str, Any] = {"requeued": got.requeued, "pending": got.pending,
+                                "missing": [[a, b] for a, b in missing[:MAX_MISSING_LISTED]], "missing_count": count}
+        if got.rest_from is not None:       # where the asker takes up again (schema 1.4)
+            data["rest_from"] = got.rest_from
         return "ok", message, data
 
     def _read_topic(self, d: _Draft, topic: str) -> str | None:

@@ -52,9 +52,9 @@ from edge.telemetry.outbox import Message
 from edge.telemetry.topics import STREAMS, TopicError, check_level
 from edge.timestamps import TimestampError, parse_rfc3339, rfc3339_ms
 
-# 1.3: the resend command, reply data; 1.2: the description stream, description_sha256, window UTC times;
-# 1.1: batch records
-SCHEMA_VERSION = "1.3"
+# 1.4: a resend's reply data says where a cut resend stopped (rest_from); 1.3: the resend command, reply data;
+# 1.2: the description stream, description_sha256, window UTC times; 1.1: batch records
+SCHEMA_VERSION = "1.4"
 _VERSION_RE = re.compile(r"1\.(0|[1-9][0-9]{0,3})")
 BOOT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 MAX_ENVELOPE = 1 << 20   # what parse accepts; a station's messages are far smaller
