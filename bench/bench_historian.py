@@ -9,7 +9,8 @@ and a queue large enough to lose nothing. PostgreSQL is a real server on a temp 
 (``tests.pg_server``), a fresh database per round; the historian is ``reedge historian run`` as a process,
 one per worker, all in the share group of the round.
 
-**Throughput** (figures 1 and 2): ``THROUGHPUT_STATIONS`` stations come back from an outage with
+**Throughput** (figures 1 and 2, each one's best of ``THROUGHPUT_ROUNDS`` alternating rounds):
+``THROUGHPUT_STATIONS`` stations come back from an outage with
 ``BACKLOG_S`` plant seconds in their outboxes (about 1.02 messages per plant second each) and send it all
 at once, as fast as the broker takes it. The baseline is a subscriber in this process that counts what
 the broker delivers (a shared subscription, QoS 1, acknowledged by paho at once): messages over the time
@@ -32,21 +33,26 @@ than ``BEHIND_S`` behind its clock (else the figure says the generator, not the 
 ``python -m bench.bench_historian [--stations K] [--seconds S] [--workers 1|2] [--no-throughput] [--quick]``:
 ``--stations`` tries that one K (and no ladder), ``--seconds`` sets how long each sustained run lasts.
 
-Measured on the development VM (2 vCPUs), 2026-12-07, a quiet machine, after the stations' session got
-faster (its outbox hands out what was just put, a short PUBACK path): the counting subscriber now takes the
-stations' backlogs at 8,903 messages/s (2,200 to 3,350 in the runs before, when the stations' send rate was
-the bound), and the historian's live figures fall to 0.279x (1 worker, 2,482 msg/s) and 0.363x (2 workers,
-3,228): below the goal of 0.5. Draining the broker's queue: 3,480 and 3,858 msg/s against the counter's
-15,830 (0.22x, 0.244x). Sustained, exactly once (lost 0, duplicate 0): 1 worker 400 stations (the most
-tried), 2 workers 300 (1.2 s late; at 400, 6.3 s). Before the workers ended their retained-stream
-subscription after the snapshot (``edge.historian.consumer``), two workers managed 200: both took every
-state and description, inserted the same ledger keys and waited on each other's transaction
-(``Lock:transactionid``). A worker's time (py-spy, 20,000 windows drained from one persistent session,
-3,400 msg/s): the envelope parse and schema check 37 % of its GIL time (the parse alone 28 %), the ledger,
-prefetches and COPY of a batch the rest, one database round trip each; paho's receive path on its own
-thread. Earlier runs (569e187-f0298d9, load 2 to 7): live 0.48x to 0.89x (1 worker) against a baseline the
+Measured on the development VM (2 vCPUs), 2026-12-07 evening, a quiet machine, best of 3 rounds: the
+counting subscriber takes the stations' backlogs at 12,830 messages/s; the historian 3,654 (1 worker, 0.285x)
+and 4,229 (2 workers, 0.33x): below the goal of 0.5. Draining the broker's queue: 4,973 and 4,819 msg/s
+against the counter's 22,170. Sustained, exactly once: 400 stations for 1 and for 2 workers (the most
+tried). The same day's earlier figures (one round each): 2,482 and 3,228 msg/s live, 3,480 and 3,858
+drained, 2 workers 300 stations. What moved (an in-process ingest of the same 21,194 messages into
+PostgreSQL, wall time a message with the server's share: 201 to 158 us): a description's digest cached
+(its RFC 8785 form in Python was 7 % of ingest), telemetry with one index instead of two (migration 0004:
+the server's insert work of a window's ten rows), the ledger's keys as one JSON array (psycopg's list
+dumpers are Python). Where a worker's time goes now, per message: the checks 45 us (the JSON parse 21 of
+them), the telemetry COPY 41 (the server's insert most of it), the telemetry rows 18, the ledger 16, the
+shared rows 16, paho's receive path about 30 on its own thread; the worker and its PostgreSQL backend take
+turns, so one worker uses about one core. Vetting messages on paho's thread while the worker's transaction
+runs was tried and measured slower (the two threads then hand the GIL over at every round trip). The
+live figure's bound: with 2 workers both cores are busy (historian and server 330 us of CPU a message, the
+stations' generator 1.15 cores while it sends); reaching 0.5 needs about half the CPU a message again
+(native parsing and row building), or the workers on machines of their own, which is what the share group
+is for. Earlier runs (569e187-f0298d9, load 2 to 7): live 0.48x to 0.89x (1 worker) against a baseline the
 stations' send rate bounded; before the compiled schema check 192 and 288 msg/s (jsonschema was 95 % of
-ingest). The shared group is for more machines; on one 2-core box one worker does nearly as well.
+ingest).
 """
 
 from __future__ import annotations
