@@ -14,6 +14,7 @@ from edge.operator.execute import Operator
 from edge.operator.target import ControllerTarget
 from edge.spec.broker import parse_broker_url
 from edge.spec.station import load_station
+from edge.telemetry.envelope import Envelope
 from edge.telemetry.publisher import Publisher, PublisherSettings
 from edge.telemetry.watch import Watch
 from hil.lockstep import LockstepRig
@@ -74,3 +75,43 @@ def test_a_commands_audit_event_is_published_before_its_reply(
              and c.envelope.body.get("command_id") in ids]
     for i in ids:
         assert order.index(("event", i)) < order.index(("reply", i)), order
+
+
+def test_each_window_names_the_other_streams_last_numbers_and_they_all_went_out_before_it(
+        station: tuple[LockstepRig, Controller, Publisher, Watch]) -> None:
+    """A window's ``heads`` (schema 1.4) claims only numbers the consumer already has when the window comes (the
+    outbox sends every other stream before telemetry), and names the audit events and replies of commands
+    answered before it: a consumer that misses one of them learns it from the next window."""
+    rig, ctl, publisher, watch = station
+    assert watch.wait(lambda w: any(c.envelope is not None and c.envelope.stream == "status"
+                                    and c.envelope.body["state"] == "online" for c in w.messages), WAIT_S)
+    ids = [send(watch, "hold", "scada-hd", reason="no batch: refused, answered all the same")]
+
+    def envelopes() -> list[Envelope]:
+        return [c.envelope for c in watch.snapshot() if c.envelope is not None]
+
+    def named_after_reply() -> bool:
+        replies = [e.seq for e in envelopes() if e.stream == "reply" and e.body.get("command_id") in ids]
+        return bool(replies) and any(e.stream == "telemetry" and e.body.get("heads", {}).get("reply", 0) >= replies[0]
+                                     for e in envelopes())
+
+    def scan() -> None:
+        ctl.step()
+        publisher.scan(ctl)
+
+    assert rig.run_until(lambda: watch.wait(lambda w: named_after_reply(), 0.05), 20_000, scan), "no window named it"
+    had: dict[str, int] = {}
+    windows = 0
+    for c in watch.snapshot():
+        e = c.envelope
+        assert not c.problems, c.problems      # every message valid against the 1.4 schemas (our command too)
+        if e is None:
+            continue        # the command sent
+        if e.stream == "telemetry":
+            windows += 1
+            for stream, n in e.body.get("heads", {}).items():
+                assert had.get(stream, 0) >= n, (stream, n, had)
+        elif e.stream != "status":
+            had[e.stream] = max(had.get(e.stream, 0), e.seq)
+    heads = [e.body["heads"] for e in envelopes() if e.stream == "telemetry"][-1]
+    assert windows >= 1 and {"event", "reply", "description", "state"} <= set(heads), heads

@@ -178,3 +178,11 @@ def test_the_verbs_of_replies_and_events_are_the_stations_verbs() -> None:
     assert envelope["definitions"]["verb"]["enum"] == list(VERBS)
     assert ASYNCAPI["components"]["parameters"]["verb"]["enum"] == list(VERBS)
 
+
+
+def test_a_windows_heads_name_the_streams_the_station_names() -> None:
+    from edge.telemetry.topics import HEAD_STREAMS
+
+    heads = json.loads((SCHEMAS / "telemetry.json").read_text())["properties"]["body"]["properties"]["heads"]
+    assert set(heads["propertyNames"]["enum"]) == HEAD_STREAMS
+    assert "telemetry" not in HEAD_STREAMS and "status" not in HEAD_STREAMS

@@ -80,6 +80,18 @@ def test_a_lost_tail_is_told_from_a_quiet_stream_by_the_birth() -> None:
     assert kinds(t.observe(env("telemetry", 7, boot="boot-b"))) == []
 
 
+def test_a_windows_heads_tell_a_lost_last_event_within_the_boot_and_a_late_copy_is_late() -> None:
+    t = StreamTracker()
+    t.observe(env("event", 1))
+    t.observe(env("event", 2))
+    assert kinds(t.observe(env("telemetry", 1, body={"heads": {"event": 2}}))) == []
+    assert kinds(t.observe(env("telemetry", 2, body={"heads": {"event": 4, "batch": 9}}))) == [("lost_tail", 3, 4)]
+    assert t.lost == 2                       # batch: never seen by this tail, nothing to judge
+    assert kinds(t.observe(env("telemetry", 3, body={"heads": {"event": 4}}))) == []     # said once
+    assert kinds(t.observe(env("event", 4))) == [("late", 4, 4)]                          # re-sent
+    assert t.lost == 1
+
+
 def test_after_a_reboot_the_old_telemetry_backlog_may_follow_the_new_boots_events() -> None:
     t = StreamTracker()
     t.observe(env("telemetry", 1))

@@ -121,7 +121,7 @@ from edge.telemetry.outbox import (
 from edge.telemetry.outbox_types import Resent
 from edge.telemetry.session import Ack, SessionEvent, StopResult
 from edge.telemetry.state import StateTracker, controller_state
-from edge.telemetry.topics import STREAMS, StationTopics
+from edge.telemetry.topics import HEAD_STREAMS, STREAMS, StationTopics
 
 _Group = tuple[list[Draft], list[Ack]]   # messages, and the commands acknowledged once they are stored
 DEFAULT_FLUSH_S = 5.0
@@ -267,7 +267,7 @@ class Publisher:
             drafts.extend(self._windows())
         last = self.aggregator.flush()
         if last is not None:
-            drafts.append(self._telemetry_draft(last))
+            drafts.append(self._telemetry_draft(last, self._heads()))
         groups.append((drafts, []))
         self._put(groups)
         left = [d for g, _ in self._retry for d in g]
@@ -527,9 +527,18 @@ class Publisher:
         """The sample ring drained, and every window closed since the last put."""
         self.pump()
         windows, self._telemetry = self._telemetry, []
-        return [self._telemetry_draft(w) for w in windows]
+        if not windows:
+            return []
+        heads = self._heads()
+        return [self._telemetry_draft(w, heads) for w in windows]
 
-    def _telemetry_draft(self, body: dict[str, Any]) -> Draft:
+    def _heads(self) -> dict[str, int]:
+        """The last number given on each other tracked stream (the window's ``heads``, schema 1.4): what was put
+        before this scan's drafts, all of which the outbox sends before any telemetry, so a consumer missing
+        one of them after the window knows it lost it (a lower bound: this scan's own events are in the next)."""
+        return {s: n for s, n in self.outbox.last_sequences().items() if s in HEAD_STREAMS and n > 0}
+
+    def _telemetry_draft(self, body: dict[str, Any], heads: dict[str, int]) -> Draft:
         w = body["window"]
         c = self.counters
         c.telemetry += 1
@@ -539,6 +548,8 @@ class Publisher:
             c.first_tick = int(w["first_tick"])
         c.last_tick = int(w["last_tick"])
         body["description_sha256"] = self._description.sha256
+        if heads:
+            body["heads"] = dict(heads)
         return self._draft("telemetry", body)
 
     def _description_draft(self) -> Draft:

@@ -15,7 +15,8 @@ reports what the numbers say:
   the first message of the new boot arrives in the stream's send class (the outbox sends everything
   that is not telemetry first, then telemetry, each class in order, so the old backlog of that
   class has been sent by then), every number up to N not seen is lost, even on a stream that stays
-  quiet;
+  quiet; within a boot, a telemetry window's ``heads`` (schema 1.4: the last number given on each
+  other stream, all sent before the window) say the same of a stream this tail has seen;
 * **restart**: numbers went back under a boot id never seen: the station's outbox was replaced.
 
 Retained messages delivered at subscription (``state``, ``status``) are shown and checked but do
@@ -40,7 +41,7 @@ from edge.telemetry.commands import MAX_JSON_DEPTH, json_too_deep
 from edge.telemetry.envelope import Envelope, EnvelopeError, parse
 from edge.telemetry.outbox import Priority
 from edge.telemetry.schemas import errors as schema_errors
-from edge.telemetry.topics import STREAMS, TopicError, command_schema, parse_topic, subscription
+from edge.telemetry.topics import HEAD_STREAMS, STREAMS, TopicError, command_schema, parse_topic, subscription
 
 MAX_RANGES = 1000     # missing ranges remembered per stream; older ones are dropped (and counted)
 MAX_BOOTS = 32
@@ -107,6 +108,8 @@ class StreamTracker:
             out.extend(self._settle_tail(env, station))
         if env.stream == "event" and env.body.get("kind") == "telemetry_thinned":
             out.extend(self._thinned(env))
+        if env.stream == "telemetry" and not retained:
+            out.extend(self._heads(env))
         key = (env.site, env.station, env.stream)
         st = self.streams.get(key)
         known_boot = env.boot_id in station.boots
@@ -167,6 +170,20 @@ class StreamTracker:
                 st.last = last
         if not station.expect:
             station.expect_boot = None
+        return out
+
+    def _heads(self, env: Envelope) -> list[Finding]:
+        """A window's ``heads``: each other stream's last number, sent before the window. What this tail saw
+        of a stream ends below it: the rest is lost (a stream it never saw: nothing to judge)."""
+        heads = env.body.get("heads")
+        out = []
+        for stream, n in sorted(heads.items()) if isinstance(heads, dict) else ():
+            st = self.streams.get((env.site, env.station, stream))
+            if (stream not in HEAD_STREAMS or isinstance(n, bool) or not isinstance(n, int) or st is None
+                    or st.last >= n):
+                continue
+            out.append(self._gap(env, st, st.last + 1, n, "lost_tail", stream=stream))
+            st.last = n
         return out
 
     def _gap(self, env: Envelope, st: _Stream, lo: int, hi: int, kind: str, *, stream: str | None = None) -> Finding:

@@ -99,6 +99,10 @@ STREAMS: dict[str, StreamSpec] = {s.name: s for s in (
 )}
 
 
+# the streams a telemetry window names the last number of (its ``heads``, schema 1.4): the other tracked ones
+HEAD_STREAMS = frozenset(name for name, spec in STREAMS.items() if spec.tracked and name != "telemetry")
+
+
 def check_level(value: object, what: str) -> str:
     """``value`` if it is a valid site or station topic level, else TopicError naming ``what``."""
     if not isinstance(value, str):
