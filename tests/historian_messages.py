@@ -78,8 +78,12 @@ class Station:
                           created_ns=self._tick(), body=raw)
         return Received(self.topics.description, payload, retained)
 
-    def telemetry(self, seq: int, *, temp: float = 612.4, description_sha256: str | None = None) -> Received:
+    def telemetry(self, seq: int, *, temp: float = 612.4, description_sha256: str | None = None,
+                  heads: dict[str, int] | None = None) -> Received:
         body = copy.deepcopy(example_body("telemetry"))
+        body.pop("heads", None)         # the example's numbers are not this station's
+        if heads is not None:
+            body["heads"] = heads
         body["channels"]["chamber_temp"]["last"] = temp
         if description_sha256 is not None:
             body["description_sha256"] = description_sha256

@@ -95,6 +95,36 @@ def test_a_lost_tail_is_found_when_the_new_boot_committed_first(store: Store) ->
         ("event", 3, 3), ("telemetry", 4, 5)]
 
 
+def test_a_windows_heads_find_a_lost_last_message_of_a_quiet_stream_within_the_boot(store: Store) -> None:
+    """Schema 1.4: boot B's events 41 and 42 are stored, 43 (its last: a trip, say) is lost at the broker. The
+    next window names event 43: the lost tail is an open gap at once, not at B's next event or next boot; it
+    closes when 43 comes (re-sent). A stream B stored nothing of starts where B's birth said A ended: B's batch
+    record 7 lost shows as 7; one B never used (its head is A's last) is no gap; nor are heads already held."""
+    b = Station(boot="boot-b")
+    ingest(store, [b.birth({"event": 40, "batch": 6, "state": 9}, previous_boot="boot-a"), b.event(41), b.event(42),
+                   b.telemetry(1, heads={"event": 42, "batch": 6, "state": 9})])
+    assert gap_rows(store, open_only=True) == []
+    lost = b.event(43)
+    r = ingest(store, [b.telemetry(2, heads={"event": 43, "batch": 7, "state": 9, "description": 1})])
+    assert sorted((g.stream, g.first_seq, g.last_seq, g.kind) for g in r.opened) == [
+        ("batch", 7, 7, "lost_tail"), ("description", 1, 1, "lost_tail"), ("event", 43, 43, "lost_tail")]
+    assert "a telemetry window of this boot said the stream reached #43" in " ".join(
+        g.detail for g in gap_rows(store, open_only=True))
+    r = ingest(store, [b.telemetry(3, heads={"event": 43, "batch": 7, "state": 9, "description": 1}), lost])
+    assert r.opened == [] and [(g.stream, g.first_seq) for g in r.closed] == [("event", 43)]
+    assert sorted((g.stream, g.first_seq, g.last_seq) for g in gap_rows(store, open_only=True)) == [
+        ("batch", 7, 7), ("description", 1, 1)]
+
+
+def test_heads_without_a_birth_known_only_extend_what_the_boot_stored(store: Store) -> None:
+    """No live birth of the boot stored (a retained one, published before we subscribed): what the boot sent
+    before is not ours to miss, so only the streams it stored something of are judged by the heads."""
+    st = Station(boot="boot-c")
+    r = ingest(store, [st.birth({"event": 2, "batch": 1}, previous_boot="boot-0", retained=True), st.event(5),
+                       st.telemetry(1, heads={"event": 7, "batch": 3})])
+    assert [(g.stream, g.first_seq, g.last_seq) for g in r.opened] == [("event", 6, 7)]
+
+
 def test_round_robin_halves_leave_no_gap_row_behind(store: Store) -> None:
     """Two workers of a shared subscription get every second message: each commit opens a gap the other's
     closes a moment later. Filled within ``SETTLE_S``, such a row is deleted, not kept closed."""

@@ -46,7 +46,7 @@ from typing import Any
 
 from edge.historian.store import Store, Tx
 from edge.telemetry.outbox import Priority
-from edge.telemetry.topics import STREAMS
+from edge.telemetry.topics import HEAD_STREAMS, STREAMS
 from edge.timestamps import parse_rfc3339, rfc3339_ms
 
 SETTLE_S = 15.0        # a gap younger than this may be a message another worker still holds (docstring)
@@ -87,6 +87,7 @@ class Gap(Span):
 class _Boot:
     previous_boot_id: str | None
     tail_pending: dict[str, int] | None     # None: no live birth seen for this boot
+    previous_last: dict[str, int] | None = None   # a birth's previous-boot numbers: where this boot's start
     dirty: bool = False
 
 
@@ -119,10 +120,10 @@ class GapBook:
                 self.coverage[(site, station, boot, stream)] = [int(lo), int(hi)]
             for b in chunk:
                 self.boots[b] = _Boot(None, None)
-            for site, station, boot, prev, pending in self.tx.query(
-                    "SELECT site, station, boot_id, previous_boot_id, tail_pending FROM boots"
+            for site, station, boot, prev, pending, last in self.tx.query(
+                    "SELECT site, station, boot_id, previous_boot_id, tail_pending, previous_last_seq FROM boots"
                     f" WHERE (site, station, boot_id) IN (VALUES {values})", flat):
-                self.boots[(site, station, boot)] = _Boot(prev, _json_seqs(pending))
+                self.boots[(site, station, boot)] = _Boot(prev, _json_seqs(pending), _json_seqs(last))
 
     def _boot(self, site: str, station: str, boot: str) -> _Boot:
         if (site, station, boot) not in self.boots:
@@ -171,6 +172,8 @@ class GapBook:
         info = self._boot(site, station, boot)
         if previous_boot_id and info.previous_boot_id is None:
             info.previous_boot_id, info.dirty = previous_boot_id, True
+        if info.previous_last is None and last_seq:      # as the boots row keeps it (the first birth's)
+            info.previous_last = dict(last_seq)
         if not live or info.tail_pending is not None:
             return
         last = {s: n for s, n in last_seq.items() if s in STREAMS and STREAMS[s].tracked}
@@ -183,6 +186,38 @@ class GapBook:
                 cov[0] = n + 1
                 self.touched.add(key)
         for stream in sorted({s for (si, st, b, s) in self.coverage if (si, st, b) == (site, station, boot)}):
+            self._settle_tail(site, station, boot, stream)
+
+    def heads(self, site: str, station: str, boot: str, heads: dict[str, int]) -> None:
+        """A telemetry window of ``boot`` names the last number given so far on each other stream (``heads``,
+        schema 1.4): what this boot's coverage of one lacks up to it is a **lost tail** now, not at that stream's
+        next message or the next boot's birth (a lost trip event would otherwise stay unseen for hours). The
+        outbox sends every other stream before telemetry, so those numbers went out before the window; one a
+        worker still holds is a gap that closes before it settles. A stream with nothing of this boot stored
+        yet starts where the boot's live birth said the previous boot ended (as in ``seen``: without a live
+        birth, what came before we subscribed is not ours to miss; the next window says it again)."""
+        info = self._boot(site, station, boot)
+        for stream, n in sorted(heads.items()):
+            if stream not in HEAD_STREAMS:
+                continue
+            key = (site, station, boot, stream)
+            cov = self._cov(key)
+            detail = f"lost tail: a telemetry window of this boot said the stream reached #{n}"
+            if cov is not None:
+                if cov[1] < n:
+                    self._open(key, cov[1] + 1, n, "lost_tail", detail)
+                    cov[1] = n
+                    self.touched.add(key)
+                continue
+            if info.tail_pending is None or info.previous_last is None:    # no live birth: not ours to miss
+                continue
+            start = info.previous_last.get(stream, 0) + 1
+            if n < start:
+                continue
+            self._open(key, start, n, "lost_tail", detail)
+            self.coverage[key] = [start, n]
+            self.touched.add(key)
+            self._claims_about(site, station, boot, stream)
             self._settle_tail(site, station, boot, stream)
 
     def explain(self, site: str, station: str, stream: str, lo: int, hi: int, why: str) -> None:

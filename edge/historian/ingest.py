@@ -374,7 +374,7 @@ class _Writer:
         """What other transactions of the station write too (the station's lock held), and the gaps."""
         env = v.env
         handler = {"event": self._explained, "batch": self._batch, "description": self._station_description,
-                   "status": self._status, "reply": self._reply}.get(env.stream)
+                   "status": self._status, "reply": self._reply, "telemetry": self._heads}.get(env.stream)
         if handler is not None:
             handler(v, book)
         if STREAMS[env.stream].tracked:
@@ -419,6 +419,13 @@ class _Writer:
             stream, seq = data.get("stream"), _int(data.get("seq"))
             if isinstance(stream, str) and isinstance(seq, int):
                 book.explain(env.site, env.station, stream, seq, seq, "refused")
+
+    def _heads(self, v: Valid, book: GapBook) -> None:
+        """A window's ``heads`` (schema 1.4): the last number given on each other stream (``gaps.heads``)."""
+        heads = v.env.body.get("heads")
+        if isinstance(heads, dict):
+            book.heads(v.env.site, v.env.station, v.env.boot_id,
+                       {s: n for s, n in heads.items() if isinstance(n, int) and not isinstance(n, bool)})
 
     def _reply(self, v: Valid, book: GapBook) -> None:
         """An answer to one of the historian's ``resend`` asks: into its request's row (``resend.record_answer``)."""
