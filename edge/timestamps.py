@@ -35,7 +35,8 @@ def parse_rfc3339(text: object, what: str = "timestamp") -> int:
     main, fraction, zone = found.groups()
     try:
         stamp = dt.datetime.fromisoformat(main + ("+00:00" if zone == "Z" else zone))
-    except ValueError as e:
+        stamp.astimezone(dt.UTC)      # one UTC cannot write (9999-12-31T23:59-23:59 is in year 10000) is not one
+    except (ValueError, OverflowError) as e:
         raise TimestampError(f"{what} {text!r}: {e}") from None
     return int(stamp.timestamp()) * 1_000_000_000 + int(((fraction or "") + "000000000")[:9])
 

@@ -257,6 +257,36 @@ def test_a_message_the_database_cannot_hold_is_quarantined_alone_and_the_rest_st
     assert store.query("SELECT count(*) FROM received") == [(4,)]
 
 
+def test_a_time_utc_cannot_write_is_quarantined_with_its_reason_and_a_checks_bug_costs_one_message(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """9999-12-31T23:59:59.999-23:59 passes the schema but is in year 10000 in UTC: quarantined as not a time
+    (it used to raise from the UTC conversion). And whatever a check raises is that message's, found by
+    halving: the checks run inside the isolation, so a worker never retries one bad message for ever."""
+    st = Station()
+
+    def year_10000(doc: dict[str, Any]) -> None:
+        doc["ts"] = "9999-12-31T23:59:59.999-23:59"
+
+    r = ingest_isolating(store, [st.event(1), _edited(st.event(2), year_10000), st.event(3)])
+    assert (r.stored, r.quarantined) == (2, 1)
+    assert "'9999-12-31T23:59:59.999-23:59'" in store.query("SELECT reason FROM quarantine")[0][0]
+    import edge.historian.ingest as ingest_module
+
+    real = ingest_module._times
+    poisoned = st.event(5)
+
+    def fails_on_one(env: Any) -> dict[str, str | None]:
+        if env.seq == 5:
+            raise KeyError("a bug in a check")
+        return real(env)
+
+    monkeypatch.setattr(ingest_module, "_times", fails_on_one)
+    r = ingest_isolating(store, [st.event(4), poisoned, st.event(6)])
+    assert (r.stored, r.quarantined) == (2, 1)
+    reasons = [x[0] for x in store.query("SELECT reason FROM quarantine")]
+    assert any("KeyError" in x and "a bug in a check" in x for x in reasons), reasons
+
+
 def test_a_window_gets_its_units_from_the_description_it_names_else_the_latest_else_none(store: Store) -> None:
     st = Station()
     ingest(store, [st.description(1, unit="K")])

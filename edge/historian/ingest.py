@@ -196,9 +196,8 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
     error, the others are stored. Any other ``StoreError`` (the database unreachable, its disk full, an I/O
     error), a database driver's own error and ``MemoryError`` still raise: they are not the message's fault
     (a valid message quarantined and acknowledged would be lost); nothing was stored, the caller tries again."""
-    vetted = [vet(*item) for item in items]
     try:
-        return store_vetted(store, vetted)
+        return store_vetted(store, [vet(*item) for item in items])     # a check's bug too is one message's
     except StoreError as e:
         if not isinstance(e, RejectedData):
             raise
