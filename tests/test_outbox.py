@@ -748,6 +748,46 @@ def test_an_open_thinning_report_waiting_for_its_fsync_holds_back_the_events_aft
         assert trip.seq == 2 and events == [1, 2], events
 
 
+def test_while_the_report_waits_for_its_fsync_no_window_overtakes_the_events_held_with_it(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window names the other streams' numbers put before it (heads, schema 1.4), so it must not go out before
+    them. A trip and then a window, both durable; a later thinning extends the open report and its fsync is
+    slow: the trip waits with the report, and the window used to go ahead of it (review of heads)."""
+    gate, entered = threading.Event(), threading.Event()
+    gate.set()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal") and not gate.is_set():
+            entered.set()
+            assert gate.wait(60), "the test never opened the gate"
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with Outbox(tmp_path / "o.db", quota_bytes=32 * 1024) as ob:
+        i = 0
+        while ob.stats().thinning_events == 0:
+            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
+            i += 1
+        trip = ob.put("event", TOPIC + "event", {"kind": "trip"}, priority=Priority.ALARM)
+        window = ob.put("telemetry", TOPIC + "telemetry", {"i": i, "heads": {"event": trip.seq}},
+                        priority=Priority.TELEMETRY)
+        ob.sync()                                     # both durable
+        gate.clear()
+        thinned = ob.stats().thinned
+        while ob.stats().thinned == thinned:          # a later thinning extends the open report in place
+            i += 1
+            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
+        assert entered.wait(60), "the syncer never began its fsync"
+        first = ob.pending(500, wait=False)
+        ob.mark_inflight(m.id for m in first)
+        assert trip.id not in {m.id for m in first}, "the trip went before the report it follows"
+        assert window.id not in {m.id for m in first}, "the window went before the trip it names"
+        gate.set()
+        sent = first + drain(ob)
+        order = [m.id for m in sent]
+        assert order.index(trip.id) < order.index(window.id)
+
+
 def test_thinning_spares_what_pending_just_handed_out_before_it_is_marked_in_flight(tmp_path: pathlib.Path) -> None:
     """review15: the session reads a window (pending), then marks it in flight; a put thinning in between deleted a
     message already handed out (158 puts in: seq 2, mark_inflight 19 of 20): the session sent it all the same and

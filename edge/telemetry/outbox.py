@@ -574,7 +574,9 @@ class Outbox(HistoryMixin):
             try:
                 ids = self._pending_ids(SEND_CLASSES[0], limit)
                 if len(ids) < limit:   # everything that is not telemetry fits: telemetry fills the rest
-                    ids += self._pending_ids(SEND_CLASSES[1], limit - len(ids))
+                    held = self._held_from()    # a window names what was put before it (its heads), so none
+                    ids += [i for i in self._pending_ids(SEND_CLASSES[1], limit - len(ids))  # passes a report
+                            if held is None or i < held]                                    # held for its fsync
                 unread = [i for i in ids if i not in self._fresh]
                 rows = {r[0]: r for r in self._conn.execute(
                     f"{SELECT_MESSAGE} WHERE m.id IN ({','.join('?' * len(unread))})", unread)} if unread else {}
@@ -602,8 +604,7 @@ class Outbox(HistoryMixin):
         with the backlog of any class."""
         want = limit + len(self._inflight)   # at most len(inflight) of them are in flight
         durable = self._commit.durable_id
-        # an open thinning report changed by a commit no fsync covers yet waits: a re-send must be identical
-        skip = self._report_id if self._report_gen > self._commit.durable_gen else None
+        skip = self._held_from()
         ids: list[int] = []
         for p in priorities:
             if self._counts[p]:              # the running totals spare a query per empty priority
@@ -615,6 +616,10 @@ class Outbox(HistoryMixin):
             # waits with it, or the event stream would go out of order (telemetry's order does not depend on it)
             ids = [i for i in ids if i < skip]
         return [i for i in ids if i not in self._inflight][:limit]
+
+    def _held_from(self) -> int | None:
+        """The open thinning report's id while an unsynced commit changed it (a re-send must be identical)."""
+        return self._report_id if self._report_gen > self._commit.durable_gen else None
 
     def mark_inflight(self, ids: Iterable[int]) -> int:
         """Record that these messages were handed to the network; ``pending`` skips them until requeued.
