@@ -125,6 +125,22 @@ def test_heads_without_a_birth_known_only_extend_what_the_boot_stored(store: Sto
     assert [(g.stream, g.first_seq, g.last_seq) for g in r.opened] == [("event", 6, 7)]
 
 
+def test_a_reconnects_birth_seen_live_after_subscribing_mid_boot_claims_nothing_before_we_came(store: Store) -> None:
+    """Subscribed mid-boot (B's birth of connection 1 came retained), then B reconnected (connection 2, live):
+    numbers B gave before we subscribed are not ours to miss, by its heads nor by the birth (review). What is
+    lost after, on a stream we hold, still shows."""
+    b = Station(boot="boot-b")
+    prev = {"event": 40, "batch": 10, "reply": 3, "state": 9}
+    heads = {"event": 60, "batch": 12, "reply": 5, "state": 10}
+    r = ingest(store, [b.birth(prev, previous_boot="boot-a", retained=True), b.event(60),
+                       b.telemetry(100, heads=heads)])
+    assert r.opened == []
+    r = ingest(store, [b.birth(prev, previous_boot="boot-a"), b.telemetry(101, heads=heads)])
+    assert r.opened == []
+    r = ingest(store, [b.telemetry(102, heads={**heads, "event": 62})])
+    assert [(g.stream, g.first_seq, g.last_seq) for g in r.opened] == [("event", 61, 62)]
+
+
 def test_round_robin_halves_leave_no_gap_row_behind(store: Store) -> None:
     """Two workers of a shared subscription get every second message: each commit opens a gap the other's
     closes a moment later. Filled within ``SETTLE_S``, such a row is deleted, not kept closed."""

@@ -11,7 +11,8 @@ in order), what is still missing of the previous boot on that stream is its **lo
 stream that stays quiet (if nothing of the previous boot on that stream is stored yet, as when the other
 worker still holds it, the birth's claim waits in ``boots.tail_pending`` and is checked when the first
 is). Retained messages do not start the numbering of a boot from the birth: a
-retained birth was published before we subscribed, and what came before it is not ours to miss.
+retained birth was published before we subscribed, and what came before it is not ours to miss; nor does the
+birth of a later connection of the boot (a reconnect), which a historian that subscribed mid-boot gets live.
 
 What differs from the tail is where the state lives. ``coverage`` holds, per (boot, stream), the lowest
 and highest number stored; every hole between them is a row of ``gaps`` (``closed`` null while open,
@@ -167,8 +168,9 @@ class GapBook:
 
     def birth(self, site: str, station: str, boot: str, previous_boot_id: str | None,
               last_seq: dict[str, int], *, live: bool) -> None:
-        """A status ``online`` message (new in the ledger). Only a live birth sets what the boot's numbers
-        start from and what the previous boot must have sent (module docstring)."""
+        """A status ``online`` message (new in the ledger). Only a live birth (of the boot's first connection:
+        the caller's ``live``) sets what the boot's numbers start from and what the previous boot must have sent
+        (module docstring)."""
         info = self._boot(site, station, boot)
         if previous_boot_id and info.previous_boot_id is None:
             info.previous_boot_id, info.dirty = previous_boot_id, True

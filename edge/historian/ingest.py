@@ -518,7 +518,10 @@ class _Writer:
             (env.site, env.station, env.boot_id, self.now, v.times.get("boot_started"), prev.get("boot_id"),
              json.dumps(last_seq, sort_keys=True) if online and prev else None))
         if online:
-            book.birth(env.site, env.station, env.boot_id, prev.get("boot_id"), last_seq, live=not v.retained)
+            # the boot's start only from its first connection's birth, seen live: a later one (a reconnect) also
+            # comes live to a historian that subscribed mid-boot, and what came before that is not ours to miss
+            book.birth(env.site, env.station, env.boot_id, prev.get("boot_id"), last_seq,
+                       live=not v.retained and body.get("connection") == 1)
 
 
     # ---- lookups ----
