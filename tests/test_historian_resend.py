@@ -139,6 +139,26 @@ def test_the_answer_marks_what_the_station_no_longer_holds_unrecoverable_and_the
         store.close()
 
 
+def test_a_report_that_comes_after_the_station_said_missing_explains_the_unrecoverable_part(db_url: str) -> None:
+    """Numbers the station dropped on purpose (thinned; a refused message likewise) and then called missing when
+    asked: its report, arriving later, makes them explained, not a loss; the part outside the report stays
+    unrecoverable (review)."""
+    store = open_store(db_url)
+    try:
+        st = Station()
+        _gap(store, st, 4, 9, 12)
+        [r] = R.ask_due(store, _later(SETTLE + 1), settle_s=SETTLE)
+        ingest(store, [_reply(st, 1, r.command_id, missing=[[4, 9]])])
+        assert unrecoverable_count(store) == (1, 6)
+        ingest(store, [st.thinned(1, "telemetry", 4, 7)])
+        rows = gap_rows(store, unrecoverable=True)
+        assert [(g.first_seq, g.last_seq, g.explained, g.unrecoverable is not None) for g in rows] == [
+            (4, 7, "thinned", False), (8, 9, None, True)]
+        assert unrecoverable_count(store) == (1, 2)
+    finally:
+        store.close()
+
+
 def test_busy_unanswered_or_unfilled_asks_are_made_again_after_their_time_up_to_the_limit(db_url: str) -> None:
     store = open_store(db_url)
     try:

@@ -229,7 +229,10 @@ class GapBook:
             return
         self.tx.execute("INSERT INTO explained (site, station, stream, first_seq, last_seq, why)"
                         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (site, station, stream, lo, hi, why))
-        self._mark_open(site, station, None, stream, lo, hi, lambda detail: (why, detail, None))
+        # an unrecoverable gap too: a station asked for a message it had dropped on purpose (the broker refused
+        # it) says "missing", and its refusal report may come later; explained, it is not a loss
+        self._mark_open(site, station, None, stream, lo, hi, lambda detail: (why, detail, None),
+                        unrecoverable_too=True)
 
     def unrecoverable(self, site: str, station: str, boot: str, stream: str, lo: int, hi: int, detail: str) -> None:
         """The station said it no longer holds numbers ``lo..hi`` of ``boot``'s ``stream`` (its answer to a
@@ -242,25 +245,28 @@ class GapBook:
         self.unrecoverable_gaps += (Gap(site, station, boot, stream, x, y, "unrecoverable") for _, x, y in marked)
 
     def _mark_open(self, site: str, station: str, boot: str | None, stream: str, lo: int, hi: int,
-                   mark: Callable[[str], tuple[str | None, str, str | None]]) -> list[tuple[str, int, int]]:
+                   mark: Callable[[str], tuple[str | None, str, str | None]], *,
+                   unrecoverable_too: bool = False) -> list[tuple[str, int, int]]:
         """The open gaps of ``stream`` (of ``boot``, or of every boot) that overlap ``lo..hi``, split where the range
         ends; the part inside becomes ``mark(its detail)``: (explained, detail, unrecoverable). Returns the parts
-        marked, (boot, first, last)."""
-        sql = (f"SELECT boot_id, first_seq, last_seq, opened, detail FROM gaps WHERE site = ? AND station = ?"
-               f" AND stream = ? AND {_OPEN} AND first_seq <= ? AND last_seq >= ?")
+        marked, (boot, first, last). ``unrecoverable_too``: the unrecoverable ones as well (the parts outside the
+        range stay so)."""
+        which = "closed IS NULL AND explained IS NULL" if unrecoverable_too else _OPEN
+        sql = (f"SELECT boot_id, first_seq, last_seq, opened, detail, unrecoverable FROM gaps WHERE site = ?"
+               f" AND station = ? AND stream = ? AND {which} AND first_seq <= ? AND last_seq >= ?")
         params: list[Any] = [site, station, stream, hi, lo]
         if boot is not None:
             sql += " AND boot_id = ?"
             params.append(boot)
         marked = []
-        for b_id, a, b, opened, detail in self.tx.query(sql, params):
+        for b_id, a, b, opened, detail, lost in self.tx.query(sql, params):
             a, b = int(a), int(b)
             self._delete(site, station, b_id, stream, a)
             x, y = max(a, lo), min(b, hi)
             for p, q, inside in ((a, x - 1, False), (x, y, True), (y + 1, b, False)):
                 if p <= q:
                     self._insert(site, station, b_id, stream, p, q, opened,
-                                 *(mark(detail) if inside else (None, detail, None)))
+                                 *(mark(detail) if inside else (None, detail, lost)))
             marked.append((str(b_id), x, y))
         return marked
 
