@@ -88,7 +88,7 @@ class Gap(Span):
 class _Boot:
     previous_boot_id: str | None
     tail_pending: dict[str, int] | None     # None: no live birth seen for this boot
-    previous_last: dict[str, int] | None = None   # a birth's previous-boot numbers: where this boot's start
+    previous_last: dict[str, int] | None = None   # where its numbers start: the previous boot's last (a birth)
     dirty: bool = False
 
 
