@@ -33,13 +33,14 @@ than ``BEHIND_S`` behind its clock (else the figure says the generator, not the 
 ``python -m bench.bench_historian [--stations K] [--seconds S] [--workers 1|2] [--no-throughput] [--quick]``:
 ``--stations`` tries that one K (and no ladder), ``--seconds`` sets how long each sustained run lasts.
 
-Measured on the development VM (2 vCPUs), 2026-12-07 evening, a quiet machine, best of 3 rounds: the
-counting subscriber takes the stations' backlogs at 12,830 messages/s; the historian 3,654 (1 worker, 0.285x)
-and 4,229 (2 workers, 0.33x): below the goal of 0.5. Draining the broker's queue: 4,973 and 4,819 msg/s
-against the counter's 22,170. Sustained, exactly once: 400 stations for 1 and for 2 workers (the most
-tried). The same day's earlier figures (one round each): 2,482 and 3,228 msg/s live, 3,480 and 3,858
-drained, 2 workers 300 stations. What moved (an in-process ingest of the same 21,194 messages into
-PostgreSQL, wall time a message with the server's share: 201 to 158 us): a description's digest cached
+Measured on the development VM (2 vCPUs), 2026-12-07 evening, a quiet machine, best of 3 rounds, the
+windows carrying ``heads`` (schema 1.4): the counting subscriber takes the stations' backlogs at 13,340
+messages/s; the historian 3,801 (1 worker, 0.285x) and 4,333 (2 workers, 0.325x): below the goal of 0.5.
+Draining the broker's queue: 5,410 and 5,082 msg/s against the counter's 24,430. Sustained, exactly once:
+400 stations for 1 and for 2 workers (the most tried). The same day's earlier figures (one round each):
+2,482 and 3,228 msg/s live, 3,480 and 3,858 drained, 2 workers 300 stations. What moved (an in-process
+ingest of the same 21,194 messages into PostgreSQL, wall time a message with the server's share: 201 to
+158 us): a description's digest cached
 (its RFC 8785 form in Python was 7 % of ingest), telemetry with one index instead of two (migration 0004:
 the server's insert work of a window's ten rows), the ledger's keys as one JSON array (psycopg's list
 dumpers are Python). Where a worker's time goes now, per message: the checks 45 us (the JSON parse 21 of
