@@ -718,6 +718,37 @@ def test_a_permanent_refusal_is_deleted_and_reported_a_refused_telemetry_message
         broker.close()
 
 
+def test_a_message_refused_for_the_moment_is_sent_again_on_the_same_connection_until_the_broker_takes_it(
+        tmp_path: pathlib.Path, outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal that can pass (here telemetry the ACL refuses: kept, as a quota or a busy server would be) no
+    longer waits for the next connection, which may be days away on a good link, while every window names what
+    is missing (heads): it is sent again after ASIDE_S, doubling; once the broker's ACL lets it (reloaded by
+    SIGHUP) it goes through, on the same connection."""
+    import edge.telemetry.session as session_module
+
+    monkeypatch.setattr(session_module, "ASIDE_S", 0.3)
+    root = f"reedge/v1/{SITE}/{STATION}"
+    acl = tmp_path / "acl"
+    acl.write_text("".join(f"topic readwrite {root}/{t}\n" for t in ("status", "event", "telemetry")))
+    broker = Mosquitto(tmp_path / "broker", extra=f"acl_file {acl}").start()
+    events = Events()
+    session = MqttSession(outbox, fast(broker.url, protocol="5"), site=SITE, station=STATION, on_event=events)
+    session.start()
+    try:
+        foreign = outbox.put("telemetry", f"reedge/v1/{SITE}/hd-02/telemetry", {"n": 1},
+                             priority=Priority.TELEMETRY)
+        assert events.wait("rejected", 3), events.kinds()       # refused, sent again, refused again...
+        assert outbox.stats().count == 1 and session.stats().connects == 1
+        acl.write_text(acl.read_text() + f"topic readwrite reedge/v1/{SITE}/hd-02/telemetry\n")
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)                  # mosquitto reads its ACL again
+        wait_until(lambda: outbox.stats().count == 0, f"{foreign.key} taken by the broker")
+        assert session.stats().connects == 1
+    finally:
+        session.stop(0)
+        broker.close()
+
+
 def test_run_broker_keeps_the_station_files_tls_and_login_and_names_the_file_on_a_conflict(
         tmp_path: pathlib.Path) -> None:
     """``reedge run --broker URL`` on a station whose [mqtt] names no broker: its CA, login and timings apply;

@@ -79,6 +79,8 @@ class Connection:
     sub_mid: int | None = None
     max_packet: int | None = None      # the broker's Maximum Packet Size (MQTT 5 CONNACK), None: no limit said
     ready: collections.deque[Message] = dataclasses.field(default_factory=collections.deque)  # read ahead, in flight
+    set_aside: dict[int, float] = dataclasses.field(default_factory=dict)   # refused for the moment: id -> retry at
+    refusals: dict[int, int] = dataclasses.field(default_factory=dict)      # id -> refusals on this connection
 
 
 class VersionChoice:

@@ -35,11 +35,9 @@ batch records, replies) before any telemetry, and each of the two classes in ins
 (``AUTOINCREMENT`` ids never go back, even after the newest row is acknowledged). So each stream
 keeps its order (a stream's messages are all of one class: ``put`` refuses a stream that would
 mix them), a command's audit event still goes before its reply (both events, in insertion
-order), and after a long outage a trip reaches the SCADA in the first window of the reconnect
-instead of behind an hour of telemetry. Nothing else relies on the order across streams: a
-thinning report describes telemetry gaps, so it may go first; ``reedge tail`` settles a previous
-boot's lost tail per class. Starvation: telemetry waits only
-while other messages are pending, and those come at the rate of process events (a few per
+order), after a long outage a trip reaches the SCADA in the first window of the reconnect instead of
+behind an hour of telemetry, and what a window's ``heads`` name went out before it (``_take``). Starvation:
+telemetry waits only while other messages are pending, and those come at the rate of process events (a few per
 minute at most), while the network sends hundreds per second; a trickle of events delays
 telemetry by one window's round trip, never forever. An event put while a telemetry backlog is
 being sent waits only for what the session has already read ahead (at most one window, the
@@ -720,14 +718,17 @@ class Outbox(HistoryMixin):
                 self._fresh.pop(msg_id, None)
             return len(done)
 
-    def requeue_inflight(self) -> int:
-        """After a reconnect: everything in flight and not acked is pending again, in its place. Returns how many."""
+    def requeue_inflight(self, ids: Iterable[int] | None = None) -> int:
+        """In flight and not acked, pending again in its place: everything (after a reconnect), or ``ids`` (set
+        aside after a refusal, sent again on the same connection). Returns how many."""
         with self._lock:
             self._check_open()
-            n = len(self._inflight)
-            self._inflight.clear()
-            self._inflight_tele = 0
-            return n
+            gone = list(self._inflight.values()) if ids is None else [
+                self._inflight.pop(i) for i in set(ids) if i in self._inflight]
+            if ids is None:
+                self._inflight.clear()
+            self._inflight_tele -= sum(gone)
+            return len(gone)
 
     def sync(self) -> None:
         """Return once everything put before this call is on disk (fsynced): ``outbox_commit``."""

@@ -36,7 +36,8 @@ paho's memory. What happens on each connection:
    topic, reason code; ``kind`` "other", ``data.original_kind`` "message_refused"), put before the
    delete, so nothing disappears silently (``stats().dropped``). Any other refusal (quota
    exceeded, server busy...), and every refused telemetry message (the quota thins those), stays
-   in the outbox, set aside until the next connection; it does not hold up the rest (a stream
+   in the outbox, set aside: sent again after ``ASIDE_S`` on the same connection (doubling up to
+   ``ASIDE_MAX_S``) and at the next connection; it does not hold up the rest (a stream
    whose message was refused shows that gap to consumers until the broker accepts it: the event
    says why). Under MQTT 3.1.1 a broker that refuses a publish still acknowledges it (the
    protocol has no way to say no), so such a message cannot be told from a delivered one: run
@@ -139,6 +140,7 @@ TICK_S = 1.0                # the select timeout: keepalive and timeouts are che
 MAX_REJECTED_KEPT = 100
 #: PUBACK reason codes that will not pass on a re-send (the ACL, the topic or the payload is the problem)
 PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x99})
+ASIDE_S, ASIDE_MAX_S = 30.0, 600.0   # a message refused for the moment is sent again after 30 s, doubling to 10 min
 #: what a message larger than the broker's Maximum Packet Size is reported as (0x95, MQTT 5 "Packet too large")
 TOO_LARGE = ReasonCode(PacketTypes.DISCONNECT, identifier=0x95)
 REFUSED_KIND = "message_refused"     # data.original_kind of the event that reports a deleted message
@@ -529,6 +531,7 @@ class MqttSession:
                 if self._stopping() and self._stop_step(conn):
                     return "done"
                 if conn.offline_mid is None:
+                    self._retry_set_aside(conn)
                     self._pump(conn)
             elif self._past_deadline():
                 return "done"                                # stopping, and no connection to flush through
@@ -596,11 +599,14 @@ class MqttSession:
             if (rc.value in PERMANENT_REFUSALS and msg.priority is not Priority.TELEMETRY
                     and self._drop_refused(conn, msg, rc)):
                 return
-            # Kept in the outbox, still marked in flight: set aside until the next connection re-sends it.
+            # kept in the outbox, marked in flight: set aside, sent again on this connection later, and on the next
+            conn.refusals[msg_id] = n = conn.refusals.get(msg_id, 0) + 1
+            conn.set_aside[msg_id] = time.monotonic() + (after := min(ASIDE_MAX_S, ASIDE_S * 2 ** (n - 1)))
             self._rejected += 1
             self.rejected_messages.append((msg.key, rc.value, rc.getName()))
             self._event("rejected", conn.broker, f"{msg.topic} {msg.stream} seq {msg.seq} not accepted:"
-                                                 f" {rc.getName()} (kept in the outbox)", rc.value, msg.key)
+                                                 f" {rc.getName()} (kept in the outbox, sent again in {after:g} s)",
+                        rc.value, msg.key)
             return
         conn.acked.append(msg_id)
 
@@ -709,6 +715,13 @@ class MqttSession:
         self._acked += len(acked)
         with self._flushed:
             self._flushed.notify_all()
+
+    def _retry_set_aside(self, conn: Connection) -> None:
+        """What the broker refused for the moment and whose time has come: pending again, in its place."""
+        due = [i for i, at in conn.set_aside.items() if at <= time.monotonic()] if conn.set_aside else []
+        if due:
+            self.outbox.requeue_inflight(due)
+            conn.set_aside = {i: at for i, at in conn.set_aside.items() if i not in due}
 
     def _pump(self, conn: Connection) -> None:
         """Fill the window from the outbox, in its order (``Outbox.pending``)."""
