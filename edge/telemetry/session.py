@@ -604,9 +604,10 @@ class MqttSession:
             conn.set_aside[msg_id] = time.monotonic() + (after := min(ASIDE_MAX_S, ASIDE_S * 2 ** (n - 1)))
             self._rejected += 1
             self.rejected_messages.append((msg.key, rc.value, rc.getName()))
-            self._event("rejected", conn.broker, f"{msg.topic} {msg.stream} seq {msg.seq} not accepted:"
-                                                 f" {rc.getName()} (kept in the outbox, sent again in {after:g} s)",
-                        rc.value, msg.key)
+            if n == 1:      # said once a connection: the refusals of its next tries are counted (stats) only
+                self._event("rejected", conn.broker, f"{msg.topic} {msg.stream} seq {msg.seq} not accepted:"
+                            f" {rc.getName()} (kept in the outbox, sent again in {after:g} s, then less often)",
+                            rc.value, msg.key)
             return
         conn.acked.append(msg_id)
 
