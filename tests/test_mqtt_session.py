@@ -607,11 +607,17 @@ def test_a_command_not_acknowledged_by_its_handler_comes_again_on_the_next_conne
     arrived = threading.Condition()
 
     def on_command(message: mqtt.MQTTMessage, ack: Callable[[], None]) -> None:
+        if message.payload == b"probe":
+            probed.set()
+            ack()
+            return
         with arrived:
             got.append((bytes(message.payload), bool(message.dup)))
             arrived.notify_all()
         if message.payload == b"handled":
             ack()                     # e.g. its answer is stored; "unhandled" is never acknowledged
+
+    probed = threading.Event()
 
     def wait_for(n: int) -> None:
         with arrived:
@@ -629,6 +635,8 @@ def test_a_command_not_acknowledged_by_its_handler_comes_again_on_the_next_conne
     sender.loop_start()
     try:
         topic = first.topics.cmd("hold", "scada-hd")
+        # connected is not yet subscribed: a command before the SUBACK went to nobody (seen once under load)
+        probe_until_it_arrives(sender, topic, probed.is_set)
         sender.publish(topic, b"unhandled", qos=1).wait_for_publish(SAFETY_S)
         sender.publish(topic, b"handled", qos=1).wait_for_publish(SAFETY_S)
         wait_for(2)

@@ -719,14 +719,14 @@ class Outbox(HistoryMixin):
             return len(done)
 
     def requeue_inflight(self, ids: Iterable[int] | None = None) -> int:
-        """In flight and not acked, pending again in its place: everything (after a reconnect), or ``ids`` (set
-        aside after a refusal, sent again on the same connection). Returns how many."""
+        """Pending again in place: all in flight (after a reconnect), or ``ids`` (refused for now). How many."""
         with self._lock:
             self._check_open()
-            gone = list(self._inflight.values()) if ids is None else [
-                self._inflight.pop(i) for i in set(ids) if i in self._inflight]
             if ids is None:
+                n, self._inflight_tele = len(self._inflight), 0
                 self._inflight.clear()
+                return n
+            gone = [self._inflight.pop(i) for i in set(ids) if i in self._inflight]
             self._inflight_tele -= sum(gone)
             return len(gone)
 
