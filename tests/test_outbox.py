@@ -712,11 +712,9 @@ def test_group_commit_makes_a_put_durable_by_itself_while_nothing_is_sent(tmp_pa
         assert ob.stats().count == 5
 
 
-def test_an_open_thinning_report_waiting_for_its_fsync_holds_back_the_events_after_it(
-        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """review15: a thinning extends the open report in place; until an fsync covers that, pending skips the
-    report, and it used to hand out the events put after it (event seq 2 before seq 1) while the syncer's fsync
-    was running (wait=False, the session's way)."""
+def _slow_wal_fsync(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """(gate, entered): while ``gate`` is clear, an fsync of an outbox's log waits for it (an SD card), having set
+    ``entered``."""
     gate, entered = threading.Event(), threading.Event()
     gate.set()
     real = os.fsync
@@ -727,11 +725,26 @@ def test_an_open_thinning_report_waiting_for_its_fsync_holds_back_the_events_aft
             assert gate.wait(60), "the test never opened the gate"
         real(fd)
     monkeypatch.setattr(os, "fsync", fsync)
+    return gate, entered
+
+
+def _thinning(ob: Outbox) -> int:
+    """Telemetry put until the quota thins it (an outage): an open thinning report. The next window's index."""
+    i = 0
+    while ob.stats().thinning_events == 0:
+        ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
+        i += 1
+    return i
+
+
+def test_an_open_thinning_report_waiting_for_its_fsync_holds_back_the_events_after_it(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review15: a thinning extends the open report in place; until an fsync covers that, pending skips the
+    report, and it used to hand out the events put after it (event seq 2 before seq 1) while the syncer's fsync
+    was running (wait=False, the session's way)."""
+    gate, entered = _slow_wal_fsync(monkeypatch)
     with Outbox(tmp_path / "o.db", quota_bytes=32 * 1024) as ob:
-        i = 0
-        while ob.stats().thinning_events == 0:
-            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
-            i += 1
+        i = _thinning(ob)
         trip = ob.put("event", TOPIC + "event", {"kind": "trip"}, priority=Priority.ALARM)
         ob.sync()
         gate.clear()                                  # the syncer's next fsync is slow (an SD card)
@@ -753,21 +766,9 @@ def test_while_the_report_waits_for_its_fsync_no_window_overtakes_the_events_hel
     """A window names the other streams' numbers put before it (heads, schema 1.4), so it must not go out before
     them. A trip and then a window, both durable; a later thinning extends the open report and its fsync is
     slow: the trip waits with the report, and the window used to go ahead of it (review of heads)."""
-    gate, entered = threading.Event(), threading.Event()
-    gate.set()
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal") and not gate.is_set():
-            entered.set()
-            assert gate.wait(60), "the test never opened the gate"
-        real(fd)
-    monkeypatch.setattr(os, "fsync", fsync)
+    gate, entered = _slow_wal_fsync(monkeypatch)
     with Outbox(tmp_path / "o.db", quota_bytes=32 * 1024) as ob:
-        i = 0
-        while ob.stats().thinning_events == 0:
-            ob.put("telemetry", TOPIC + "telemetry", {"i": i, "pad": "x" * 40}, priority=Priority.TELEMETRY)
-            i += 1
+        i = _thinning(ob)
         trip = ob.put("event", TOPIC + "event", {"kind": "trip"}, priority=Priority.ALARM)
         window = ob.put("telemetry", TOPIC + "telemetry", {"i": i, "heads": {"event": trip.seq}},
                         priority=Priority.TELEMETRY)
