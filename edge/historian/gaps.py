@@ -144,15 +144,13 @@ class GapBook:
         self.touched.add(key)
         if cov is None:
             info = self._boot(site, station, boot)
-            start = None if info.tail_pending is None else self._expected_start(site, station, boot, stream)
+            start = None if info.tail_pending is None else _start(info, stream)
             if start is not None and seq > start:
                 self._open(key, start, seq - 1, "gap", "missing since the boot's start (its birth named the"
                            f" previous boot's last #{start - 1})")
-                self.coverage[key] = [start, seq]
+                self._cover_first(key, start, seq)
             else:
-                self.coverage[key] = [seq, seq]
-            self._claims_about(site, station, boot, stream)
-            self._settle_tail(site, station, boot, stream)      # this boot's first in the class: its claims
+                self._cover_first(key, seq, seq)
             return
         if seq > cov[1] + 1:
             self._open(key, cov[1] + 1, seq - 1, "gap", "")
@@ -213,14 +211,11 @@ class GapBook:
                 continue
             if info.tail_pending is None or info.previous_last is None:    # no live birth: not ours to miss
                 continue
-            start = info.previous_last.get(stream, 0) + 1
+            start = _start(info, stream) or 1       # a stream the birth does not name was never used: from 1
             if n < start:
                 continue
             self._open(key, start, n, "lost_tail", detail)
-            self.coverage[key] = [start, n]
-            self.touched.add(key)
-            self._claims_about(site, station, boot, stream)
-            self._settle_tail(site, station, boot, stream)
+            self._cover_first(key, start, n)
 
     def explain(self, site: str, station: str, stream: str, lo: int, hi: int, why: str) -> None:
         """Numbers ``lo..hi`` of ``stream`` are missing on purpose (thinned, refused): remember it, and mark
@@ -272,14 +267,14 @@ class GapBook:
 
     # ---- the pieces ----
 
-    def _expected_start(self, site: str, station: str, boot: str, stream: str) -> int | None:
-        last = self._previous_last(site, station, boot).get(stream)
-        return None if last is None else last + 1
-
-    def _previous_last(self, site: str, station: str, boot: str) -> dict[str, int]:
-        rows = self.tx.query("SELECT previous_last_seq FROM boots WHERE site = ? AND station = ? AND boot_id = ?",
-                             (site, station, boot))
-        return (_json_seqs(rows[0][0]) or {}) if rows else {}
+    def _cover_first(self, key: Key, lo: int, hi: int) -> None:
+        """The boot's first coverage of a stream: later births' claims about it, and its own birth's claims of
+        the stream's send class, are due now."""
+        site, station, boot, stream = key
+        self.coverage[key] = [lo, hi]
+        self.touched.add(key)
+        self._claims_about(site, station, boot, stream)
+        self._settle_tail(site, station, boot, stream)      # this boot's first in the class: its claims
 
     def _settle_tail(self, site: str, station: str, boot: str, stream: str) -> None:
         """``boot`` stored its first message in ``stream``'s send class: what its birth said the previous boot
@@ -424,6 +419,12 @@ class GapBook:
                                 (info.previous_boot_id, None if info.tail_pending is None
                                  else json.dumps(info.tail_pending, sort_keys=True), site, station, boot))
                 info.dirty = False
+
+
+def _start(info: _Boot, stream: str) -> int | None:
+    """Where the boot's numbers on ``stream`` start, as its birth said (the previous boot's last + 1), if it did."""
+    last = (info.previous_last or {}).get(stream)
+    return None if last is None else last + 1
 
 
 def _json_seqs(value: Any) -> dict[str, int] | None:
