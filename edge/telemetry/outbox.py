@@ -36,7 +36,7 @@ batch records, replies) before any telemetry, and each of the two classes in ins
 keeps its order (a stream's messages are all of one class: ``put`` refuses a stream that would
 mix them), a command's audit event still goes before its reply (both events, in insertion
 order), after a long outage a trip reaches the SCADA in the first window of the reconnect instead of
-behind an hour of telemetry, and what a window's ``heads`` name went out before it (``_take``). Starvation:
+behind an hour of telemetry, and what a window's ``heads`` name went out before it (``_pending_ids``). Starvation:
 telemetry waits only while other messages are pending, and those come at the rate of process events (a few per
 minute at most), while the network sends hundreds per second; a trickle of events delays
 telemetry by one window's round trip, never forever. An event put while a telemetry backlog is
@@ -572,9 +572,7 @@ class Outbox(HistoryMixin):
             try:
                 ids = self._pending_ids(SEND_CLASSES[0], limit)
                 if len(ids) < limit:   # everything that is not telemetry fits: telemetry fills the rest
-                    held = self._held_from()    # a window names what was put before it (its heads), so none
-                    ids += [i for i in self._pending_ids(SEND_CLASSES[1], limit - len(ids))  # passes a report
-                            if held is None or i < held]                                    # held for its fsync
+                    ids += self._pending_ids(SEND_CLASSES[1], limit - len(ids))
                 unread = [i for i in ids if i not in self._fresh]
                 rows = {r[0]: r for r in self._conn.execute(
                     f"{SELECT_MESSAGE} WHERE m.id IN ({','.join('?' * len(unread))})", unread)} if unread else {}
@@ -602,7 +600,8 @@ class Outbox(HistoryMixin):
         with the backlog of any class."""
         want = limit + len(self._inflight)   # at most len(inflight) of them are in flight
         durable = self._commit.durable_id
-        skip = self._held_from()
+        # an open thinning report changed by a commit no fsync covers yet waits: a re-send must be identical
+        skip = self._report_id if self._report_gen > self._commit.durable_gen else None
         ids: list[int] = []
         for p in priorities:
             if self._counts[p]:              # the running totals spare a query per empty priority
@@ -610,14 +609,10 @@ class Outbox(HistoryMixin):
                     "SELECT id FROM messages WHERE priority = ? AND id <= ? AND acked = 0 ORDER BY id LIMIT ?",
                     (int(p), durable, want + 1))]
         ids.sort()
-        if skip is not None and Priority.EVENT in priorities:   # what follows the report in its class (an EVENT)
-            # waits with it, or the event stream would go out of order (telemetry's order does not depend on it)
+        if skip is not None:   # what was put after the report waits with it: the events, or the event stream
+            # would go out of order, and the telemetry, whose windows name the events put before them (heads)
             ids = [i for i in ids if i < skip]
         return [i for i in ids if i not in self._inflight][:limit]
-
-    def _held_from(self) -> int | None:
-        """The open thinning report's id while an unsynced commit changed it (a re-send must be identical)."""
-        return self._report_id if self._report_gen > self._commit.durable_gen else None
 
     def mark_inflight(self, ids: Iterable[int]) -> int:
         """Record that these messages were handed to the network; ``pending`` skips them until requeued.
