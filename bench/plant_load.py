@@ -68,7 +68,7 @@ from edge.telemetry.envelope import build, previous_boot
 from edge.telemetry.outbox import Draft, Outbox, Priority
 from edge.telemetry.session import Ack, PutItem, StopResult
 from edge.telemetry.tail import check_message
-from edge.telemetry.topics import HEAD_STREAMS, STREAMS, StationTopics, check_level
+from edge.telemetry.topics import STREAMS, StationTopics, check_level, window_heads
 from edge.timestamps import rfc3339_ms
 
 SITE = "bench-plant"
@@ -315,7 +315,7 @@ class PlantStation:
         if into == plan.phase_s * 5 + 7 or into == plan.phase_s * 5 + 97:    # in degassing: raised, then cleared
             items.append(("event", b.alarm_event(q, into == plan.phase_s * 5 + 7), Priority.ALARM, None))
         window = b.telemetry(p, phase)
-        heads = {s: n for s, n in self.outbox.last_sequences().items() if s in HEAD_STREAMS and n > 0}
+        heads = window_heads(self.outbox.last_sequences())
         if heads:       # as ``Publisher`` names them: what was put before this window
             window["heads"] = heads
         items.append(("telemetry", window, None, None))

@@ -47,7 +47,7 @@ from typing import Any
 
 from edge.historian.store import Store, Tx
 from edge.telemetry.outbox import Priority
-from edge.telemetry.topics import HEAD_STREAMS, STREAMS
+from edge.telemetry.topics import STREAMS
 from edge.timestamps import parse_rfc3339, rfc3339_ms
 
 SETTLE_S = 15.0        # a gap younger than this may be a message another worker still holds (docstring)
@@ -197,9 +197,7 @@ class GapBook:
         yet starts where the boot's live birth said the previous boot ended (as in ``seen``: without a live
         birth, what came before we subscribed is not ours to miss; the next window says it again)."""
         info = self._boot(site, station, boot)
-        for stream, n in sorted(heads.items()):
-            if stream not in HEAD_STREAMS:
-                continue
+        for stream, n in sorted(heads.items()):      # as ``topics.window_heads`` reads them
             key = (site, station, boot, stream)
             cov = self._cov(key)
             detail = f"lost tail: a telemetry window of this boot said the stream reached #{n}"

@@ -65,7 +65,7 @@ from edge.historian.store import (
 from edge.telemetry.description import canonical
 from edge.telemetry.envelope import MAX_ENVELOPE, Envelope
 from edge.telemetry.tail import check_message
-from edge.telemetry.topics import STREAMS, TopicError, parse_topic
+from edge.telemetry.topics import STREAMS, TopicError, parse_topic, window_heads
 from edge.timestamps import TimestampError, parse_rfc3339, rfc3339_ms
 
 MAX_REASON = 2000        # a quarantine reason is the checks' lines, cut to this
@@ -421,10 +421,9 @@ class _Writer:
 
     def _heads(self, v: Valid, book: GapBook) -> None:
         """A window's ``heads`` (schema 1.4): the last number given on each other stream (``gaps.heads``)."""
-        heads = v.env.body.get("heads")
-        if isinstance(heads, dict):
-            book.heads(v.env.site, v.env.station, v.env.boot_id,
-                       {s: n for s, n in heads.items() if isinstance(n, int) and not isinstance(n, bool)})
+        heads = window_heads(v.env.body.get("heads"))
+        if heads:
+            book.heads(v.env.site, v.env.station, v.env.boot_id, heads)
 
     def _reply(self, v: Valid, book: GapBook) -> None:
         """An answer to one of the historian's ``resend`` asks: into its request's row (``resend.record_answer``)."""

@@ -121,7 +121,7 @@ from edge.telemetry.outbox import (
 from edge.telemetry.outbox_types import Resent
 from edge.telemetry.session import Ack, SessionEvent, StopResult
 from edge.telemetry.state import StateTracker, controller_state
-from edge.telemetry.topics import HEAD_STREAMS, STREAMS, StationTopics
+from edge.telemetry.topics import STREAMS, StationTopics, window_heads
 
 _Group = tuple[list[Draft], list[Ack]]   # messages, and the commands acknowledged once they are stored
 DEFAULT_FLUSH_S = 5.0
@@ -536,7 +536,7 @@ class Publisher:
         """The last number given on each other tracked stream (the window's ``heads``, schema 1.4): what was put
         before this scan's drafts, all of which the outbox sends before any telemetry, so a consumer missing
         one of them after the window knows it lost it (a lower bound: this scan's own events are in the next)."""
-        return {s: n for s, n in self.outbox.last_sequences().items() if s in HEAD_STREAMS and n > 0}
+        return window_heads(self.outbox.last_sequences())
 
     def _telemetry_draft(self, body: dict[str, Any], heads: dict[str, int]) -> Draft:
         w = body["window"]

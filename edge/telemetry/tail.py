@@ -41,7 +41,7 @@ from edge.telemetry.commands import MAX_JSON_DEPTH, json_too_deep
 from edge.telemetry.envelope import Envelope, EnvelopeError, parse
 from edge.telemetry.outbox import Priority
 from edge.telemetry.schemas import errors as schema_errors
-from edge.telemetry.topics import HEAD_STREAMS, STREAMS, TopicError, command_schema, parse_topic, subscription
+from edge.telemetry.topics import STREAMS, TopicError, command_schema, parse_topic, subscription, window_heads
 
 MAX_RANGES = 1000     # missing ranges remembered per stream; older ones are dropped (and counted)
 MAX_BOOTS = 32
@@ -175,12 +175,10 @@ class StreamTracker:
     def _heads(self, env: Envelope) -> list[Finding]:
         """A window's ``heads``: each other stream's last number, sent before the window. What this tail saw
         of a stream ends below it: the rest is lost (a stream it never saw: nothing to judge)."""
-        heads = env.body.get("heads")
         out = []
-        for stream, n in sorted(heads.items()) if isinstance(heads, dict) else ():
+        for stream, n in sorted(window_heads(env.body.get("heads")).items()):
             st = self.streams.get((env.site, env.station, stream))
-            if (stream not in HEAD_STREAMS or isinstance(n, bool) or not isinstance(n, int) or st is None
-                    or st.last >= n):
+            if st is None or st.last >= n:
                 continue
             out.append(self._gap(env, st, st.last + 1, n, "lost_tail", stream=stream))
             st.last = n

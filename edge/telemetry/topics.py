@@ -103,6 +103,16 @@ STREAMS: dict[str, StreamSpec] = {s.name: s for s in (
 HEAD_STREAMS = frozenset(name for name, spec in STREAMS.items() if spec.tracked and name != "telemetry")
 
 
+def window_heads(numbers: object) -> dict[str, int]:
+    """A window's ``heads`` from stream -> last number: the outbox's ``last_sequences()`` as the station writes
+    them, or a received window's field as a consumer reads it (anything not a mapping: none). Only the head
+    streams, and only numbers (1 or more) given."""
+    if not isinstance(numbers, dict):
+        return {}
+    return {s: n for s, n in numbers.items()
+            if s in HEAD_STREAMS and isinstance(n, int) and not isinstance(n, bool) and n > 0}
+
+
 def check_level(value: object, what: str) -> str:
     """``value`` if it is a valid site or station topic level, else TopicError naming ``what``."""
     if not isinstance(value, str):
