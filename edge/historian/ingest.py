@@ -103,8 +103,8 @@ class IngestResult:
 
 
 @dataclass
-class Valid:
-    """A message that passed every check (``vet``), ready for the transaction."""
+class _Valid:
+    """A message that passed every check (``_vet``), ready for the transaction."""
 
     topic: str
     env: Envelope
@@ -122,7 +122,7 @@ class Valid:
         return (self.env.site, self.env.station, self.env.boot_id, self.env.stream, self.env.seq)
 
 
-class Invalid(NamedTuple):
+class _Invalid(NamedTuple):
     """A message for quarantine, with why."""
 
     topic: str
@@ -130,10 +130,10 @@ class Invalid(NamedTuple):
     reason: str
 
 
-Vetted = Valid | Invalid | None      # None: not station output (a command), counted as ignored
+_Vetted = _Valid | _Invalid | None      # None: not station output (a command), counted as ignored
 
 
-def vet(topic: str, payload: bytes | bytearray | memoryview, retained: bool = False) -> Vetted:
+def _vet(topic: str, payload: bytes | bytearray | memoryview, retained: bool = False) -> _Vetted:
     """Every check of one message that needs no database (topic, envelope, schema, times, the payload's
     digest), outside the transaction; ``ingest_isolating`` deals with a bug it meets. (Vetting
     on paho's thread as messages arrive, to overlap the worker's transaction, was measured: slower, the two
@@ -146,25 +146,21 @@ def vet(topic: str, payload: bytes | bytearray | memoryview, retained: bool = Fa
         pass            # check_message says why, below
     checked = check_message(topic, payload, retained)
     if checked.problems or checked.envelope is None:
-        return Invalid(topic, payload, "; ".join(checked.problems)[:MAX_REASON] or "not an envelope")
+        return _Invalid(topic, payload, "; ".join(checked.problems)[:MAX_REASON] or "not an envelope")
     try:
         times = _times(checked.envelope)
     except TimestampError as e:
-        return Invalid(topic, payload, str(e)[:MAX_REASON])
-    return Valid(topic, checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest(), times)
+        return _Invalid(topic, payload, str(e)[:MAX_REASON])
+    return _Valid(topic, checked.envelope, payload, retained, hashlib.sha256(payload).hexdigest(), times)
 
 
 def ingest(store: Store, items: Sequence[Received | tuple[str, bytes, bool]]) -> IngestResult:
     """Check, then store ``items`` in one transaction (module docstring). Raises ``StoreError`` (then
     nothing was stored: the caller must not acknowledge the messages)."""
-    return store_vetted(store, [vet(*item) for item in items])
-
-
-def store_vetted(store: Store, vetted: Sequence[Vetted]) -> IngestResult:
-    """Store messages already vetted (``vet``) in one transaction: ``ingest`` without the checks."""
+    vetted = [_vet(*item) for item in items]
     result = IngestResult(ignored=sum(1 for v in vetted if v is None))
-    valid = [v for v in vetted if isinstance(v, Valid)]
-    bad: list[Invalid] = [v for v in vetted if isinstance(v, Invalid)]
+    valid = [v for v in vetted if isinstance(v, _Valid)]
+    bad: list[_Invalid] = [v for v in vetted if isinstance(v, _Invalid)]
     now = now_utc()
     with store.transaction() as tx:
         # first what no other transaction writes: the ledger rows of these keys and each message's own rows
@@ -197,7 +193,7 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
     error), a database driver's own error and ``MemoryError`` still raise: they are not the message's fault
     (a valid message quarantined and acknowledged would be lost); nothing was stored, the caller tries again."""
     try:
-        return store_vetted(store, [vet(*item) for item in items])     # a check's bug too is one message's
+        return ingest(store, items)      # the checks too: a bug one of them meets is that message's
     except StoreError as e:
         if not isinstance(e, RejectedData):
             raise
@@ -210,11 +206,10 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
         topic, payload, _ = items[0]
         reason = f"could not be stored: {type(error).__name__}: {error}"[:MAX_REASON]
         with store.transaction() as tx:
-            _quarantine(tx, now_utc(), [Invalid(topic, bytes(payload), reason)])
+            _quarantine(tx, now_utc(), [_Invalid(topic, bytes(payload), reason)])
         return IngestResult(quarantined=1)
     result = IngestResult()
-    mid = len(items) // 2
-    for half in (items[:mid], items[mid:]):
+    for half in (items[:len(items) // 2], items[len(items) // 2:]):
         part = ingest_isolating(store, half)
         result.add(part)
         result.opened += part.opened
@@ -224,11 +219,11 @@ def ingest_isolating(store: Store, items: Sequence[Received | tuple[str, bytes, 
     return result
 
 
-def _ledger(tx: Tx, store: Store, valid: list[Valid], now: str, bad: list[Invalid],
-            result: IngestResult) -> list[Valid]:
+def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[_Invalid],
+            result: IngestResult) -> list[_Valid]:
     """Insert the ledger rows; returns the messages new to it, in arrival order."""
-    first: dict[tuple[str, str, str, str, int], Valid] = {}
-    later: list[Valid] = []
+    first: dict[tuple[str, str, str, str, int], _Valid] = {}
+    later: list[_Valid] = []
     for v in valid:
         if v.key in first:
             later.append(v)
@@ -268,13 +263,13 @@ def _ledger(tx: Tx, store: Store, valid: list[Valid], now: str, bad: list[Invali
         if v.digest == stored_digest[v.key] or v.env.stream == "status":
             result.duplicate += 1
         else:
-            bad.append(Invalid(v.topic, v.payload,
+            bad.append(_Invalid(v.topic, v.payload,
                                f"conflict: {v.env.stream} #{v.env.seq} of boot {v.env.boot_id} is already stored"
                                " with different bytes (a station re-sends identical copies)"))
     return [v for v in batch if v.key in inserted]
 
 
-def _quarantine(tx: Tx, now: str, bad: list[Invalid]) -> None:
+def _quarantine(tx: Tx, now: str, bad: list[_Invalid]) -> None:
     """Keep ``bad`` (topic, payload, reason) aside, each once: a copy already there (the same topic and
     payload, delivered again) adds nothing (``quarantine_digest``)."""
     if bad:
@@ -334,7 +329,7 @@ def _kept(payload: bytes, reason: str) -> tuple[bytes, str]:
     return payload[:MAX_KEPT], f"{reason} (payload of {len(payload)} bytes: the first {MAX_KEPT} kept)"
 
 
-def _stations(tx: Tx, store: Store, new: list[Valid], now: str) -> None:
+def _stations(tx: Tx, store: Store, new: list[_Valid], now: str) -> None:
     """One ``stations`` row per station: first seen (ingest time), last seen (the newest message's ``ts``)."""
     newest: dict[tuple[str, str], str] = {}
     for v in new:
@@ -362,14 +357,14 @@ class _Writer:
         self.current: dict[tuple[str, str], str | None] = {}       # station -> the digest it names now
         self.answers: list[Answer] = []                            # answers to our resend asks
 
-    def own_rows(self, v: Valid) -> None:
+    def own_rows(self, v: _Valid) -> None:
         """The rows only this message makes (no lock needed: their keys are the ledger's, new to this batch)."""
         handler = {"telemetry": self._telemetry, "event": self._event, "state": self._state,
                    "description": self._description, "status": self._status_description}.get(v.env.stream)
         if handler is not None:
             handler(v)
 
-    def shared_rows(self, v: Valid, book: GapBook) -> None:
+    def shared_rows(self, v: _Valid, book: GapBook) -> None:
         """What other transactions of the station write too (the station's lock held), and the gaps."""
         env = v.env
         handler = {"event": self._explained, "batch": self._batch, "description": self._station_description,
@@ -387,7 +382,7 @@ class _Writer:
 
     # ---- per stream ----
 
-    def _telemetry(self, v: Valid) -> None:
+    def _telemetry(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
         units = self._units(env.site, env.station, body.get("description_sha256"))
         start, end = v.times.get("start_utc"), v.times.get("end_utc")
@@ -397,7 +392,7 @@ class _Writer:
                                    _num(ch.get("mean")), _int(ch.get("count")), _int(ch.get("valid")),
                                    " ".join(ch.get("status") or [])))
 
-    def _event(self, v: Valid) -> None:
+    def _event(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
         name = next((body[k] for k in ("alarm", "rule", "phase", "code") if isinstance(body.get(k), str)), None)
         self.tx.execute("INSERT INTO events (site, station, boot_id, seq, ts, kind, name, message, body)"
@@ -405,7 +400,7 @@ class _Writer:
                         (env.site, env.station, env.boot_id, env.seq, v.ts, body.get("kind"), name,
                          body.get("message"), _json(body)))
 
-    def _explained(self, v: Valid, book: GapBook) -> None:
+    def _explained(self, v: _Valid, book: GapBook) -> None:
         """A thinning report or a refusal: the numbers it names are missing on purpose (``gaps.explain``)."""
         env, body = v.env, v.env.body
         if body.get("kind") == "telemetry_thinned":
@@ -419,19 +414,19 @@ class _Writer:
             if isinstance(stream, str) and isinstance(seq, int):
                 book.explain(env.site, env.station, stream, seq, seq, "refused")
 
-    def _heads(self, v: Valid, book: GapBook) -> None:
+    def _heads(self, v: _Valid, book: GapBook) -> None:
         """A window's ``heads`` (schema 1.4): the last number given on each other stream (``gaps.heads``)."""
         heads = window_heads(v.env.body.get("heads"))
         if heads:
             book.heads(v.env.site, v.env.station, v.env.boot_id, heads)
 
-    def _reply(self, v: Valid, book: GapBook) -> None:
+    def _reply(self, v: _Valid, book: GapBook) -> None:
         """An answer to one of the historian's ``resend`` asks: into its request's row (``resend.record_answer``)."""
         answer = record_answer(book, v.env.site, v.env.station, v.env.body)
         if answer is not None:
             self.answers.append(answer)
 
-    def _state(self, v: Valid) -> None:
+    def _state(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
         batch = body.get("batch")
         self.tx.execute("INSERT INTO states (site, station, boot_id, seq, ts, run, phase, batch_id, body)"
@@ -439,7 +434,7 @@ class _Writer:
                         (env.site, env.station, env.boot_id, env.seq, v.ts, body.get("run"), body.get("phase"),
                          batch.get("id") if isinstance(batch, dict) else None, _json(body)))
 
-    def _batch(self, v: Valid, book: GapBook) -> None:
+    def _batch(self, v: _Valid, book: GapBook) -> None:
         env, body = v.env, v.env.body
         recipe = body.get("recipe")
         recipe_name = recipe.get("name") if isinstance(recipe, dict) else recipe if isinstance(recipe, str) else None
@@ -473,7 +468,7 @@ class _Writer:
             f" SET {sets} WHERE batches.revision IS NULL OR excluded.revision >= batches.revision",
             (env.site, env.station, body.get("batch_id"), *values))
 
-    def _description(self, v: Valid) -> None:
+    def _description(self, v: _Valid) -> None:
         """Its units, for the windows of this batch (the row itself is shared: ``_station_description``)."""
         env = v.env
         digest = _digest(env)
@@ -482,7 +477,7 @@ class _Writer:
         self.current[(env.site, env.station)] = digest
         self.units = {k: v for k, v in self.units.items() if k[:2] != (env.site, env.station)}   # a newer latest
 
-    def _station_description(self, v: Valid, book: GapBook) -> None:
+    def _station_description(self, v: _Valid, book: GapBook) -> None:
         env = v.env
         digest = _digest(env)
         self.tx.execute("INSERT INTO descriptions (site, station, sha256, first_seen, body) VALUES (?, ?, ?, ?, ?)"
@@ -490,14 +485,14 @@ class _Writer:
         self.tx.execute("UPDATE stations SET description_sha256 = ? WHERE site = ? AND station = ?",
                         (digest, env.site, env.station))
 
-    def _status_description(self, v: Valid) -> None:
+    def _status_description(self, v: _Valid) -> None:
         """A birth names the description current at its connect: the one its station's windows are labelled by."""
         env, body = v.env, v.env.body
         if body.get("state") == "online" and isinstance(body.get("description_sha256"), str):
             self.current[(env.site, env.station)] = body["description_sha256"]
             self.units = {k: u for k, u in self.units.items() if k[:2] != (env.site, env.station)}
 
-    def _status(self, v: Valid, book: GapBook) -> None:
+    def _status(self, v: _Valid, book: GapBook) -> None:
         env, body = v.env, v.env.body
         online = body.get("state") == "online"
         self.tx.execute("UPDATE stations SET status = ?, status_ts = ?, boot_id = ?,"

@@ -157,10 +157,8 @@ def _station_asks(q: _Reader, site: str, station: str, now_ns: int, settle_s: fl
             " WHERE g.site = r.site AND g.station = r.station AND g.boot_id = r.boot_id AND g.stream = r.stream"
             " AND g.closed IS NULL AND g.explained IS NULL AND g.unrecoverable IS NULL"
             " AND g.first_seq <= r.last_seq AND g.last_seq >= r.first_seq)", (site, station)):
-        if code == "ok" and rest_from is not None:    # the numbers it looked at: the rest is a first ask
-            if int(rest_from) <= int(lo):
-                continue
-            hi = int(rest_from) - 1
+        if code == "ok" and rest_from is not None:    # the numbers it looked at (record_answer keeps only a
+            hi = int(rest_from) - 1                   # rest_from above first_seq): the rest is a first ask
         asked[(boot, stream)].append((int(lo), int(hi), parse_rfc3339(at, "asked_at"), int(attempts), code))
     todo = []
     for (boot, stream), holes in gaps.items():
