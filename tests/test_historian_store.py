@@ -182,8 +182,8 @@ def _telemetry_indexes_of_version_3(tx: Any) -> None:
 
 def test_migration_4_leaves_telemetry_one_unique_index_and_every_row(pg_server: Any) -> None:
     """PostgreSQL with 0004 undone (the telemetry indexes of version 3), telemetry stored: 0004 keeps every row,
-    and the table then has one index,
-    unique, which the page's and the reports' lookups by channel and time use; ingest goes on exactly once."""
+    and the table then has one index, unique, which the page's and the reports' lookups by channel and time use;
+    ingest goes on exactly once."""
     from edge.historian.ingest import ingest
     from tests.historian_db import empty_pg
     from tests.historian_messages import Station
