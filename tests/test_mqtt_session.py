@@ -565,9 +565,12 @@ def test_station_file_mqtt_section_gives_broker_settings_and_names_bad_keys(tmp_
 
 def test_commands_sent_while_the_station_is_away_arrive_when_it_is_back(broker: Mosquitto, outbox: Outbox) -> None:
     got: list[tuple[str, bytes]] = []
-    arrived = threading.Event()
+    arrived, probed = threading.Event(), threading.Event()
 
     def on_command(message: mqtt.MQTTMessage) -> None:
+        if message.payload == b"probe":
+            probed.set()
+            return
         got.append((message.topic, bytes(message.payload)))
         arrived.set()
 
@@ -582,6 +585,8 @@ def test_commands_sent_while_the_station_is_away_arrive_when_it_is_back(broker: 
     sender.connect("127.0.0.1", broker.port)
     sender.loop_start()
     try:
+        # connected is not yet subscribed: a command before the SUBACK went to nobody (seen once under load)
+        probe_until_it_arrives(sender, first.topics.cmd("hold", "scada-hd"), probed.is_set)
         sender.publish(first.topics.cmd("hold", "scada-hd"), b'{"id": 1}', qos=1).wait_for_publish(SAFETY_S)
         assert arrived.wait(SAFETY_S) and got == [(first.topics.cmd("hold", "scada-hd"), b'{"id": 1}')]
         assert first.stop().offline_published
