@@ -656,7 +656,8 @@ def test_an_unplugged_bus_reconnects_when_it_is_back(rig: Rig) -> None:
     configs = all_three(rig)[1:]
     with ModbusBus(rig.rec, configs) as modbus:
         assert rig.until(lambda: len(rig.rec.of("ar_flow")) >= 3)
-        rig.bus.close()                                               # pull the cable
+        rig.bus.close()                                               # pull the cable:
+        rig.link.unlink()                                             # udev removes its link too
         assert rig.until(lambda: all(c.port_lost == 1 and not c.connected for c in modbus.counters().values()))
         assert rig.until(lambda: modbus.counters()["ar_mfc"].open_failures >= 1)   # nothing there yet: back-off
         master, slave = open_pty()

@@ -511,7 +511,8 @@ def test_unplugged_port_reconnects_when_the_device_is_back(rig: Rig) -> None:
     at whichever ttyUSBn the adapter got); re-plugging gives a new pty the test points it at."""
     with poller_for(rig) as poller:
         assert rig.until(lambda: rig.rec.count() >= 3)
-        rig.emulator.close()                                         # pull the cable
+        rig.emulator.close()                                         # pull the cable:
+        rig.link.unlink()                                            # and udev removes its link
         assert rig.until(lambda: poller.counters().port_lost == 1 and not poller.counters().connected)
         assert rig.until(lambda: poller.counters().open_failures >= 1)   # nothing there yet: back-off
         master, slave = open_pty()
@@ -535,10 +536,10 @@ def test_the_port_s_state_changes_are_said_once_each_with_the_cause(tmp_path: pa
         assert rig.until(lambda: poller.counters().open_failures >= 4)         # retried, not news
         absent.symlink_to(os.readlink(rig.link))                              # the adapter is plugged in
         assert rig.until(lambda: rig.rec.count() >= 3)
-        rig.emulator.close()                                                  # pull the cable
+        rig.emulator.close()                                                  # pull the cable, and
+        absent.unlink()                                                       # its link goes (udev)
         assert rig.until(lambda: poller.counters().port_lost == 1 and poller.counters().open_failures >= 8)
         master, slave = open_pty()
-        absent.unlink()
         absent.symlink_to(slave)                                              # plugged in again
         rig.emulator = GaugeEmulator(master, address=1, rng=random.Random(2))
         assert rig.until(lambda: poller.counters().reconnects == 1)
