@@ -25,13 +25,19 @@ every handover between the counter, the controller's thread, the network thread 
 syncer costs futex round trips (strace: 148,000 futex calls for 10,000 messages against 25,000 for
 raw paho, whose one network thread is alone with the counter once its queue is filled). So the
 figure measured how well four threads share one GIL with a subscriber no station has, more than
-what durability costs. Measured the same day (development VM, 2 vCPUs, 8 interleaved rounds each):
-the session sending a backlog already in its outbox (no puts meanwhile) 1.38x raw paho, put while
-sending 0.82x (median of the rounds' ratios); with the counter in-process 0.75x to 0.79x. What is
-left between the two is the controller's puts competing with the network thread for the GIL and
-the two cores (the outbox lock, the syncer's fsyncs and the switch interval were each ruled out:
-taking the lock out of ``pending``, one fsync per 250 messages instead of per 20, a 0.2 ms switch
-interval: no change beyond the noise).
+what durability costs.
+
+Measured on the development VM (2 vCPUs, shared), 2026-12-07, 5 runs of this bench: (a) 0.869x,
+0.869x, 0.876x, 0.896x, 0.973x (12,700 to 15,000 messages/s; 1 run of 5 at the goal of 0.9);
+``FULL`` 0.65x to 0.84x; (c) 0.74x to 1.0x; (d) 0.61x to 0.72x. In scripts beside it (8 to 12
+interleaved rounds, the median of each round's ratio): the session sending a backlog already in its
+outbox, no puts meanwhile, 1.38x raw paho; put while sending, 0.82x to 0.89x. What is left is the
+controller's puts (a SQLite insert and commit a scan) sharing the GIL and the two cores with the
+network thread. Tried and measured without a gain beyond the noise (about 3 % of the ratio): the
+outbox lock taken out of ``pending``, acks recorded only when the lock is free, one fsync per 250
+messages instead of per 20 (coalesced by the syncer), a 0.2 ms switch interval, a put waking the
+network thread only when it has nothing to send, one multi-row INSERT a put, a cached C JSON encoder
+(put CPU 20.7 to 18.6 us a message alone), acks one transaction a window instead of half.
 
 Earlier measurements (the counter in-process): group commit 0.905x to 0.973x (a) on 2026-12-07
 at load 2 to 3 (4 runs; 6,700 to 7,000 messages/s), 0.76x to 0.90x later that day; ``FULL``
