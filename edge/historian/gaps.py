@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.historian.store import Store, Tx
+from edge.historian.store import Store, Tx, rows_relation
 from edge.telemetry.outbox import Priority
 from edge.telemetry.topics import STREAMS
 from edge.timestamps import parse_rfc3339, rfc3339_ms
@@ -113,17 +113,16 @@ class GapBook:
         """Coverage and boots rows of these (site, station, boot) in two queries, not one per message."""
         todo = sorted(b for b in boots if b not in self.boots)
         for chunk in (todo[i:i + 200] for i in range(0, len(todo), 200)):
-            values = ", ".join(["(?, ?, ?)"] * len(chunk))
-            flat = [v for b in chunk for v in b]
+            keys, params = rows_relation(self.tx.dialect, chunk, ("text", "text", "text"))
             for site, station, boot, stream, lo, hi in self.tx.query(
                     "SELECT site, station, boot_id, stream, first_seq, last_seq FROM coverage"
-                    f" WHERE (site, station, boot_id) IN (VALUES {values})", flat):
+                    f" WHERE (site, station, boot_id) IN ({keys})", params):
                 self.coverage[(site, station, boot, stream)] = [int(lo), int(hi)]
             for b in chunk:
                 self.boots[b] = _Boot(None, None)
             for site, station, boot, prev, pending, last in self.tx.query(
                     "SELECT site, station, boot_id, previous_boot_id, tail_pending, previous_last_seq FROM boots"
-                    f" WHERE (site, station, boot_id) IN (VALUES {values})", flat):
+                    f" WHERE (site, station, boot_id) IN ({keys})", params):
                 self.boots[(site, station, boot)] = _Boot(prev, _json_seqs(pending), _json_seqs(last))
 
     def _boot(self, site: str, station: str, boot: str) -> _Boot:
@@ -404,11 +403,10 @@ class GapBook:
         """Write the touched coverage rows and the boots' tail state back (same transaction)."""
         rows = [(*k, *self.coverage[k]) for k in sorted(self.touched)]
         for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)):
-            self.tx.execute("INSERT INTO coverage (site, station, boot_id, stream, first_seq, last_seq) VALUES"
-                            f" {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(chunk))}"
+            values, params = rows_relation(self.tx.dialect, chunk, ("text", "text", "text", "text", "bigint", "bigint"))
+            self.tx.execute(f"INSERT INTO coverage (site, station, boot_id, stream, first_seq, last_seq) {values}"
                             " ON CONFLICT (site, station, boot_id, stream) DO UPDATE"
-                            " SET first_seq = excluded.first_seq, last_seq = excluded.last_seq",
-                            [x for row in chunk for x in row])
+                            " SET first_seq = excluded.first_seq, last_seq = excluded.last_seq", params)
         self.touched.clear()
         for (site, station, boot), info in sorted(self.boots.items()):
             if info.dirty:

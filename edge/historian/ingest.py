@@ -61,6 +61,7 @@ from edge.historian.store import (
     is_driver_error,
     now_utc,
     quarantine_digest,
+    rows_relation,
 )
 from edge.telemetry.description import canonical
 from edge.telemetry.envelope import MAX_ENVELOPE, Envelope
@@ -69,6 +70,8 @@ from edge.telemetry.topics import STREAMS, TopicError, parse_topic, window_heads
 from edge.timestamps import TimestampError, parse_rfc3339, rfc3339_ms
 
 MAX_REASON = 2000        # a quarantine reason is the checks' lines, cut to this
+#: the ledger's columns (site, station, boot_id, stream, seq, ts, stored, digest) as PostgreSQL types
+LEDGER_TYPES = ("text", "text", "text", "text", "bigint", "timestamptz", "timestamptz", "text")
 MAX_KEPT = MAX_ENVELOPE  # a quarantined payload is kept up to this: no envelope is larger
 MAX_TOPIC = 1024
 
@@ -235,26 +238,19 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[_Inva
     # in key order: two transactions that both hold some of the same keys (copies delivered to two workers)
     # then take those keys' index entries in the same order, one waiting for the other, never both crosswise
     ordered = sorted(batch, key=lambda v: v.key)
-    if store.dialect == "postgresql" and batch:   # one statement text whatever the count: prepared once
-        # the rows as one JSON array (json.dumps is C; eight arrays through the driver's dumpers cost 3 times more)
-        rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
-                        " SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::bigint, (r->>5)::timestamptz, ?::timestamptz,"
-                        " r->>6 FROM json_array_elements(?::json) AS r" + returning,
-                        (now, json.dumps([(*v.key, v.ts, v.digest) for v in ordered], ensure_ascii=False)))
-        inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
-    for chunk in (ordered[i:i + 100] for i in range(0, len(ordered), 100)) if store.dialect == "sqlite" else ():
-        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-        params = [x for v in chunk for x in (*v.key, v.ts, now, v.digest)]
-        rows = tx.query("INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest)"
-                        f" VALUES {values}" + returning, params)
+    size = 100 if store.dialect == "sqlite" else max(len(ordered), 1)    # SQLite: at most 999 parameters
+    for chunk in (ordered[i:i + size] for i in range(0, len(ordered), size)):
+        values, params = rows_relation(store.dialect, [(*v.key, v.ts, now, v.digest) for v in chunk], LEDGER_TYPES)
+        rows = tx.query(f"INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest) {values}"
+                        + returning, params)
         inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
     known = [v for v in batch if v.key not in inserted]
     stored_digest: dict[tuple[str, str, str, str, int], str] = {}
     for chunk in (known[i:i + 100] for i in range(0, len(known), 100)):
+        keys, params = rows_relation(store.dialect, [v.key for v in chunk], LEDGER_TYPES[:5])
         for site, station, boot, stream, seq, digest in tx.query(
                 "SELECT site, station, boot_id, stream, seq, digest FROM received WHERE"
-                f" (site, station, boot_id, stream, seq) IN (VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(chunk))})",
-                [x for v in chunk for x in v.key]):
+                f" (site, station, boot_id, stream, seq) IN ({keys})", params):
             stored_digest[(site, station, boot, stream, int(seq))] = digest
     for v in batch:
         if v.key in inserted:
@@ -337,11 +333,12 @@ def _stations(tx: Tx, store: Store, new: list[_Valid], now: str) -> None:
         newest[k] = max(newest.get(k, v.ts), v.ts)
     greatest = "GREATEST" if store.dialect == "postgresql" else "MAX"
     rows = sorted(newest.items())
-    for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)):
-        tx.execute("INSERT INTO stations (site, station, first_seen, last_seen) VALUES"
-                   f" {', '.join(['(?, ?, ?, ?)'] * len(chunk))} ON CONFLICT (site, station) DO UPDATE"
-                   f" SET last_seen = {greatest}(stations.last_seen, excluded.last_seen)",
-                   [x for (site, station), ts in chunk for x in (site, station, now, ts)])
+    for chunk in (rows[i:i + 200] for i in range(0, len(rows), 200)):
+        values, params = rows_relation(store.dialect, [(site, station, now, ts) for (site, station), ts in chunk],
+                                       ("text", "text", "timestamptz", "timestamptz"))
+        tx.execute(f"INSERT INTO stations (site, station, first_seen, last_seen) {values}"
+                   f" ON CONFLICT (site, station) DO UPDATE SET last_seen = {greatest}(stations.last_seen,"
+                   " excluded.last_seen)", params)
 
 
 class _Writer:
@@ -552,10 +549,11 @@ class _Writer:
         for st in todo:
             self.known[st] = {}
         for chunk in (todo[i:i + 200] for i in range(0, len(todo), 200)):
+            keys, params = rows_relation(self.tx.dialect, chunk, ("text", "text"))
             for site, station, sha, first_seen, current in self.tx.query(
                     "SELECT d.site, d.station, d.sha256, d.first_seen, s.description_sha256 FROM descriptions d"
-                    " JOIN stations s ON s.site = d.site AND s.station = d.station WHERE (d.site, d.station) IN"
-                    f" (VALUES {', '.join(['(?, ?)'] * len(chunk))})", [x for st in chunk for x in st]):
+                    f" JOIN stations s ON s.site = d.site AND s.station = d.station WHERE (d.site, d.station) IN"
+                    f" ({keys})", params):
                 self.known[(site, station)][sha] = first_seen
                 self.current[(site, station)] = current
 
