@@ -383,11 +383,18 @@ class _Writer:
         env, body = v.env, v.env.body
         units = self._units(env.site, env.station, body.get("description_sha256"))
         start, end = v.times.get("start_utc"), v.times.get("end_utc")
+        site, station, boot, seq, rows = env.site, env.station, env.boot_id, env.seq, self.telemetry
         for name, ch in (body.get("channels") or {}).items():
-            self.telemetry.append((env.site, env.station, env.boot_id, env.seq, name, start, end, units.get(name),
-                                   _num(ch.get("last")), _num(ch.get("min")), _num(ch.get("max")),
-                                   _num(ch.get("mean")), _int(ch.get("count")), _int(ch.get("valid")),
-                                   " ".join(ch.get("status") or [])))
+            get = ch.get
+            last, low, high, mean, count, valid = (get("last"), get("min"), get("max"), get("mean"), get("count"),
+                                                   get("valid"))
+            if not (type(last) is type(low) is type(high) is type(mean) is float
+                    and type(count) is type(valid) is int):       # the usual window, else each value checked
+                last, low, high, mean = _num(last), _num(low), _num(high), _num(mean)
+                count, valid = _int(count), _int(valid)
+            status = get("status")
+            rows.append((site, station, boot, seq, name, start, end, units.get(name), last, low, high, mean, count,
+                         valid, " ".join(status) if status else ""))
 
     def _event(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
