@@ -155,7 +155,8 @@ def test_parse_says_what_is_wrong(change, match: str) -> None:
 
 
 def test_parse_refuses_non_json_and_non_objects() -> None:
-    for raw, match in ((b"\xff\xfe", "UTF-8"), (b"{", "not JSON"), (b"[]", "JSON object")):
+    for raw, match in ((b"\xff\xfe", "UTF-8"), (b"{", "not JSON"), (b"[]", "JSON object"),
+                       (b"\xef\xbb\xbf{}", "not JSON: it begins with a byte order mark")):
         with pytest.raises(E.EnvelopeError, match=match):
             E.parse(raw)
 

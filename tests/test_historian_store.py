@@ -97,6 +97,7 @@ def test_rows_relation_gives_the_same_rows_in_order_from_both_engines_and_one_st
     assert got == rows                           # times come back as the text they went in as (both engines)
     assert found == sorted((a, b) for a, b, _ in rows[:5])
 
+
 def test_a_failed_transaction_changes_nothing(store: Store) -> None:
     with pytest.raises(ZeroDivisionError), store.transaction() as tx:
         tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",

@@ -559,7 +559,7 @@ class _Writer:
             keys, params = rows_relation(self.tx.dialect, chunk, ("text", "text"))
             for site, station, sha, first_seen, current in self.tx.query(
                     "SELECT d.site, d.station, d.sha256, d.first_seen, s.description_sha256 FROM descriptions d"
-                    f" JOIN stations s ON s.site = d.site AND s.station = d.station WHERE (d.site, d.station) IN"
+                    " JOIN stations s ON s.site = d.site AND s.station = d.station WHERE (d.site, d.station) IN"
                     f" ({keys})", params):
                 self.known[(site, station)][sha] = first_seen
                 self.current[(site, station)] = current

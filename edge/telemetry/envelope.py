@@ -232,9 +232,13 @@ def parse(data: bytes | bytearray | memoryview | str) -> Envelope:
     if len(raw) > MAX_ENVELOPE:
         raise EnvelopeError(f"payload is {len(raw)} bytes, more than the {MAX_ENVELOPE} an envelope may have")
     try:   # not json.loads(bytes): that would guess UTF-16/32 too
-        doc = _DECODER.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise EnvelopeError(f"payload is not UTF-8: {e}") from None
+    if text.startswith("\ufeff"):     # json.loads says so itself; a decoder's decode does not
+        raise EnvelopeError("payload is not JSON: it begins with a byte order mark (U+FEFF)")
+    try:
+        doc = _DECODER.decode(text)
     except (ValueError, RecursionError) as e:
         raise EnvelopeError(f"payload is not JSON: {e}") from None
     if not isinstance(doc, dict):
