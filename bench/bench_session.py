@@ -27,9 +27,11 @@ raw paho, whose one network thread is alone with the counter once its queue is f
 figure measured how well four threads share one GIL with a subscriber no station has, more than
 what durability costs.
 
-Measured on the development VM (2 vCPUs, shared), 2026-12-07, 5 runs of this bench: (a) 0.869x,
-0.869x, 0.876x, 0.896x, 0.973x (12,700 to 15,000 messages/s; 1 run of 5 at the goal of 0.9);
-``FULL`` 0.65x to 0.84x; (c) 0.74x to 1.0x; (d) 0.61x to 0.72x. In scripts beside it (8 to 12
+Measured on the development VM (2 vCPUs, shared), 2026-12-07 and 08, 7 runs of this bench: (a) 0.818x,
+0.869x, 0.869x, 0.876x, 0.896x, 0.973x, 1.17x (10,900 to 15,000 messages/s; median 0.876x, 2 runs of 7 at
+the goal of 0.9; in the last, ``FULL`` too came out at 1.05x: all three of the baseline's rounds met a slow
+moment of the machine, which best-of-3 figures cannot rule out); ``FULL`` 0.57x to 0.84x otherwise; (c)
+0.74x to 1.0x; (d) 0.61x to 0.72x. In scripts beside it (8 to 12
 interleaved rounds, the median of each round's ratio): the session sending a backlog already in its
 outbox, no puts meanwhile, 1.38x raw paho; put while sending, 0.82x to 0.89x. What is left is the
 controller's puts (a SQLite insert and commit a scan) sharing the GIL and the two cores with the
