@@ -72,27 +72,31 @@ def test_times_and_json_come_back_the_same_from_both_engines(store: Store) -> No
         (1, "2025-03-14T09:26:53.589Z", body, "m"), (2, "2025-03-14T09:26:54.000Z", {}, "100% done?")]
 
 
-def test_rows_relation_gives_the_same_rows_in_order_from_both_engines_and_one_statement_text_on_postgresql(
+def test_rows_relations_give_the_same_rows_in_order_from_both_engines_and_one_statement_text_on_postgresql(
         store: Store) -> None:
-    """``rows_relation``: the rows as given (order, types, text with quotes, percent signs, question marks and
+    """``rows_relations``: the rows as given (order, types, text with quotes, percent signs, question marks and
     non-ASCII, the ends of bigint, times) from SQLite and PostgreSQL alike, in an INSERT and in an IN; on
-    PostgreSQL the statement's text is the same for 1 row as for 300 (psycopg converts it once, the server plans
-    it once), the rows in one parameter."""
-    rows = [(f"st-{i:03d}", 299 - i, f"2025-03-14T09:26:{i % 60:02d}.{i % 1000:03d}Z") for i in range(300)]
+    PostgreSQL one relation whose text is the same for 1 row as for 400 (psycopg converts it once, the server
+    plans it once), the rows in one parameter; on SQLite as many as its limit of parameters needs; none for no
+    rows."""
+    rows = [(f"st-{i:03d}", 399 - i, f"2025-03-14T09:26:{i % 60:02d}.{i % 1000:03d}Z") for i in range(400)]
     rows[0] = ("it's 100% done? ünï \"q\"", 2**63 - 1, "2025-03-14T09:26:53.589Z")
     rows[1] = ("b", -(2**63), "2025-03-14T09:26:53.000Z")
     types = ("text", "bigint", "timestamptz")
-    one_sql, one_params = store_module.rows_relation(store.dialect, rows[:1], types)
-    sql, params = store_module.rows_relation(store.dialect, rows, types)
+    assert list(store_module.rows_relations(store.dialect, [], types)) == []
+    (one_sql, one_params), = store_module.rows_relations(store.dialect, rows[:1], types)
+    relations = list(store_module.rows_relations(store.dialect, rows, types))
     if store.dialect == "postgresql":
-        assert sql == one_sql and len(params) == len(one_params) == 1
+        assert len(relations) == 1 and relations[0][0] == one_sql and len(relations[0][1]) == len(one_params) == 1
     else:
-        assert len(params) == 3 * len(rows)
+        assert [len(params) for _, params in relations] == [999, 3 * 400 - 999]   # SQLite's limit: 333 rows a part
+    got: list[tuple[Any, ...]] = []
     with store.transaction() as tx:
-        tx.execute("INSERT INTO coverage (site, station, boot_id, stream, first_seq, last_seq)"
-                   f" SELECT column1, 'st', 'b', 'telemetry', column2, column2 FROM ({sql}) AS r", params)
-        got = tx.query(f"SELECT r.* FROM ({sql}) AS r", params)
-        keys, key_params = store_module.rows_relation(store.dialect, [(r[0],) for r in rows[:5]], ("text",))
+        for sql, params in relations:
+            tx.execute("INSERT INTO coverage (site, station, boot_id, stream, first_seq, last_seq)"
+                       f" SELECT column1, 'st', 'b', 'telemetry', column2, column2 FROM ({sql}) AS r", params)
+            got += tx.query(f"SELECT r.* FROM ({sql}) AS r", params)
+        (keys, key_params), = store_module.rows_relations(store.dialect, [(r[0],) for r in rows[:5]], ("text",))
         found = tx.query(f"SELECT site, first_seq FROM coverage WHERE site IN ({keys}) ORDER BY site", key_params)
     assert got == rows                           # times come back as the text they went in as (both engines)
     assert found == sorted((a, b) for a, b, _ in rows[:5])

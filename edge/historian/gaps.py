@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.historian.store import Store, Tx, rows_relation
+from edge.historian.store import Store, Tx, rows_relations
 from edge.telemetry.outbox import Priority
 from edge.telemetry.topics import STREAMS
 from edge.timestamps import parse_rfc3339, rfc3339_ms
@@ -112,14 +112,12 @@ class GapBook:
     def prefetch(self, boots: set[tuple[str, str, str]]) -> None:
         """Coverage and boots rows of these (site, station, boot) in two queries, not one per message."""
         todo = sorted(b for b in boots if b not in self.boots)
-        for chunk in (todo[i:i + 200] for i in range(0, len(todo), 200)):
-            keys, params = rows_relation(self.tx.dialect, chunk, ("text", "text", "text"))
+        self.boots.update((b, _Boot(None, None)) for b in todo)     # a boot of no row yet
+        for keys, params in rows_relations(self.tx.dialect, todo, ("text", "text", "text")):
             for site, station, boot, stream, lo, hi in self.tx.query(
                     "SELECT site, station, boot_id, stream, first_seq, last_seq FROM coverage"
                     f" WHERE (site, station, boot_id) IN ({keys})", params):
                 self.coverage[(site, station, boot, stream)] = [int(lo), int(hi)]
-            for b in chunk:
-                self.boots[b] = _Boot(None, None)
             for site, station, boot, prev, pending, last in self.tx.query(
                     "SELECT site, station, boot_id, previous_boot_id, tail_pending, previous_last_seq FROM boots"
                     f" WHERE (site, station, boot_id) IN ({keys})", params):
@@ -402,8 +400,8 @@ class GapBook:
     def flush(self) -> None:
         """Write the touched coverage rows and the boots' tail state back (same transaction)."""
         rows = [(*k, *self.coverage[k]) for k in sorted(self.touched)]
-        for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)):
-            values, params = rows_relation(self.tx.dialect, chunk, ("text", "text", "text", "text", "bigint", "bigint"))
+        for values, params in rows_relations(self.tx.dialect, rows, ("text", "text", "text", "text", "bigint",
+                                                                    "bigint")):
             self.tx.execute(f"INSERT INTO coverage (site, station, boot_id, stream, first_seq, last_seq) {values}"
                             " ON CONFLICT (site, station, boot_id, stream) DO UPDATE"
                             " SET first_seq = excluded.first_seq, last_seq = excluded.last_seq", params)

@@ -61,7 +61,7 @@ from edge.historian.store import (
     is_driver_error,
     now_utc,
     quarantine_digest,
-    rows_relation,
+    rows_relations,
 )
 from edge.telemetry.description import canonical
 from edge.telemetry.envelope import MAX_ENVELOPE, Envelope
@@ -238,16 +238,14 @@ def _ledger(tx: Tx, store: Store, valid: list[_Valid], now: str, bad: list[_Inva
     # in key order: two transactions that both hold some of the same keys (copies delivered to two workers)
     # then take those keys' index entries in the same order, one waiting for the other, never both crosswise
     ordered = sorted(batch, key=lambda v: v.key)
-    size = 100 if store.dialect == "sqlite" else max(len(ordered), 1)    # SQLite: at most 999 parameters
-    for chunk in (ordered[i:i + size] for i in range(0, len(ordered), size)):
-        values, params = rows_relation(store.dialect, [(*v.key, v.ts, now, v.digest) for v in chunk], LEDGER_TYPES)
+    for values, params in rows_relations(store.dialect, [(*v.key, v.ts, now, v.digest) for v in ordered],
+                                         LEDGER_TYPES):
         rows = tx.query(f"INSERT INTO received (site, station, boot_id, stream, seq, ts, stored, digest) {values}"
                         + returning, params)
         inserted.update((r[0], r[1], r[2], r[3], int(r[4])) for r in rows)
     known = [v for v in batch if v.key not in inserted]
     stored_digest: dict[tuple[str, str, str, str, int], str] = {}
-    for chunk in (known[i:i + 100] for i in range(0, len(known), 100)):
-        keys, params = rows_relation(store.dialect, [v.key for v in chunk], LEDGER_TYPES[:5])
+    for keys, params in rows_relations(store.dialect, [v.key for v in known], LEDGER_TYPES[:5]):
         for site, station, boot, stream, seq, digest in tx.query(
                 "SELECT site, station, boot_id, stream, seq, digest FROM received WHERE"
                 f" (site, station, boot_id, stream, seq) IN ({keys})", params):
@@ -333,9 +331,8 @@ def _stations(tx: Tx, store: Store, new: list[_Valid], now: str) -> None:
         newest[k] = max(newest.get(k, v.ts), v.ts)
     greatest = "GREATEST" if store.dialect == "postgresql" else "MAX"
     rows = sorted(newest.items())
-    for chunk in (rows[i:i + 200] for i in range(0, len(rows), 200)):
-        values, params = rows_relation(store.dialect, [(site, station, now, ts) for (site, station), ts in chunk],
-                                       ("text", "text", "timestamptz", "timestamptz"))
+    for values, params in rows_relations(store.dialect, [(site, station, now, ts) for (site, station), ts in rows],
+                                         ("text", "text", "timestamptz", "timestamptz")):
         tx.execute(f"INSERT INTO stations (site, station, first_seen, last_seen) {values}"
                    f" ON CONFLICT (site, station) DO UPDATE SET last_seen = {greatest}(stations.last_seen,"
                    " excluded.last_seen)", params)
@@ -555,8 +552,7 @@ class _Writer:
         todo = sorted(stations)
         for st in todo:
             self.known[st] = {}
-        for chunk in (todo[i:i + 200] for i in range(0, len(todo), 200)):
-            keys, params = rows_relation(self.tx.dialect, chunk, ("text", "text"))
+        for keys, params in rows_relations(self.tx.dialect, todo, ("text", "text")):
             for site, station, sha, first_seen, current in self.tx.query(
                     "SELECT d.site, d.station, d.sha256, d.first_seen, s.description_sha256 FROM descriptions d"
                     " JOIN stations s ON s.site = d.site AND s.station = d.station WHERE (d.site, d.station) IN"

@@ -103,23 +103,35 @@ def now_utc() -> str:
     return rfc3339_ms(time.time_ns())
 
 
-def rows_relation(dialect: Dialect, rows: Sequence[Sequence[Any]], types: Sequence[str]) -> tuple[str, list[Any]]:
-    """``rows`` as a relation of ``len(types)`` columns named ``column1``, ``column2``... (as SQLite names those of
-    a ``VALUES``), in their order, for ``INSERT INTO t (...) <relation>`` and ``(a, b) IN (<relation>)``: its SQL
-    and parameters. ``types``: each column's PostgreSQL type.
+#: the most parameters one SQLite statement takes (its default limit before 3.32; later ones take 32,766)
+SQLITE_MAX_PARAMS = 999
 
-    On PostgreSQL one JSON array (one parameter, one statement text whatever the count of rows): psycopg splits a
-    statement's text into parts in Python and keeps the result only for texts of at most 50 parameters and 4 KiB,
-    and the server plans each new text; a ``VALUES`` list of N rows is a new text for each N, so five of them a
-    batch cost the historian a tenth of its time in psycopg's ``_split_query`` alone, and the server a plan each.
-    A JSON array's text is dumped by the C encoder and taken apart by the server. On SQLite a ``VALUES`` list (the
-    C module binds it; SQLite plans it in microseconds)."""
+
+def rows_relations(dialect: Dialect, rows: Sequence[Sequence[Any]],
+                   types: Sequence[str]) -> Iterator[tuple[str, list[Any]]]:
+    """``rows`` as relations of ``len(types)`` columns named ``column1``, ``column2``... (as SQLite names those of a
+    ``VALUES``), in their order, for ``INSERT INTO t (...) <relation>`` and ``(a, b) IN (<relation>)``: the SQL and
+    parameters of each; nothing for no rows. ``types``: each column's PostgreSQL type.
+
+    On PostgreSQL one relation, its rows one JSON array (one parameter, one statement text whatever the count of
+    rows): psycopg splits a statement's text into parts in Python and keeps the result only for texts of at most
+    50 parameters and 4 KiB, and the server plans each new text; a ``VALUES`` list of N rows is a new text for each
+    N, so five of them a batch cost the historian a tenth of its time in psycopg's ``_split_query`` alone, and the
+    server a plan each. A JSON array's text is dumped by the C encoder and taken apart by the server. On SQLite
+    ``VALUES`` lists (the C module binds them; SQLite plans them in microseconds), as many as its limit of
+    parameters needs."""
+    if not rows:
+        return
     if dialect == "postgresql":
         columns = ", ".join(f"(r->>{i})::{t} AS column{i + 1}" for i, t in enumerate(types))   # SQLite's names
-        return (f"SELECT {columns} FROM json_array_elements(?::json) WITH ORDINALITY AS x(r, n) ORDER BY n",
-                [json.dumps(rows, ensure_ascii=False)])
+        yield (f"SELECT {columns} FROM json_array_elements(?::json) WITH ORDINALITY AS x(r, n) ORDER BY n",
+               [json.dumps(rows, ensure_ascii=False)])
+        return
     row = f"({', '.join('?' * len(types))})"
-    return f"VALUES {', '.join([row] * len(rows))}", [x for r in rows for x in r]
+    size = SQLITE_MAX_PARAMS // len(types)
+    for i in range(0, len(rows), size):
+        chunk = rows[i:i + size]
+        yield f"VALUES {', '.join([row] * len(chunk))}", [x for r in chunk for x in r]
 
 
 class Tx(Protocol):
