@@ -257,6 +257,33 @@ def test_a_message_the_database_cannot_hold_is_quarantined_alone_and_the_rest_st
     assert store.query("SELECT count(*) FROM received") == [(4,)]
 
 
+def test_a_window_value_no_column_type_holds_is_quarantined_with_its_reason(store: Store) -> None:
+    """A window is stored as JSON and read through the view's casts (migration 0006), so what a bigint or a
+    double column would refuse is refused at ingest, never stored to fail a reader: a count beyond 64 bits,
+    either in the usual form or written as a float; a number beyond a double (``1e400`` reads as infinity) is
+    refused by the checks before. Each costs its own message only."""
+    st = Station()
+
+    def window(seq: int, old: bytes, new: bytes) -> Received:      # the first channel's value changed
+        w = st.telemetry(seq)
+        assert old in w.payload
+        return Received(w.topic, w.payload.replace(old, new, 1))
+
+    count = json.loads(st.telemetry(1).payload)["body"]["channels"]["chamber_temp"]["count"]
+    bad = [window(2, f'"count":{count}'.encode(), b'"count":9223372036854775808'),
+           window(3, f'"count":{count}'.encode(), b'"count":1e19'),
+           window(4, b'"last":612.4', b'"last":1e400')]
+    r = ingest_isolating(store, [st.telemetry(1), *bad, st.telemetry(5)])
+    assert (r.stored, r.quarantined) == (2, 3)
+    reasons = dict(store.query("SELECT topic, reason FROM quarantine WHERE payload = ?", (bad[0].payload,))
+                   + store.query("SELECT 'float', reason FROM quarantine WHERE payload = ?", (bad[1].payload,))
+                   + store.query("SELECT 'inf', reason FROM quarantine WHERE payload = ?", (bad[2].payload,)))
+    assert "count 9223372036854775808 is beyond a 64-bit integer" in reasons[st.topics.telemetry]
+    assert "count 10000000000000000000 is beyond a 64-bit integer" in reasons["float"]
+    assert "chamber_temp/last: inf is not a JSON number (a number beyond a double reads as inf)" in reasons["inf"]
+    assert store.query("SELECT DISTINCT seq FROM telemetry ORDER BY seq") == [(1,), (5,)]
+
+
 def test_a_time_utc_cannot_write_is_quarantined_with_its_reason_and_a_checks_bug_costs_one_message(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """9999-12-31T23:59:59.999-23:59 passes the schema but is in year 10000 in UTC: quarantined as not a time
@@ -377,14 +404,14 @@ def test_a_full_sqlite_disk_quarantines_nothing_and_keeps_the_batch_for_later(tm
         ingest_isolating(store, [st.birth(), st.telemetry(1)])
         pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
         store.conn.execute(f"PRAGMA max_page_count = {pages + 8}")         # the disk is nearly full
-        batch = [st.telemetry(n) for n in range(2, 42)]
+        batch = [st.telemetry(n) for n in range(2, 202)]      # more than 8 pages hold
         with pytest.raises(DatabaseUnavailable, match="database or disk is full"):
             ingest_isolating(store, batch)
         assert store.query("SELECT count(*) FROM quarantine") == [(0,)]
         assert store.query("SELECT count(*) FROM received") == [(2,)]
         store.conn.execute("PRAGMA max_page_count = 1073741823")          # room again
         r = ingest_isolating(store, batch)
-        assert (r.stored, r.quarantined) == (40, 0)
+        assert (r.stored, r.quarantined) == (200, 0)
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

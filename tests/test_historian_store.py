@@ -44,14 +44,16 @@ def test_a_database_from_a_newer_historian_is_refused_and_left_alone(store: Stor
         tx.execute("INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
                    (99, "from_the_future", "2030-01-01T00:00:00.000Z"))
     for migrate in (True, False):
-        with pytest.raises(StoreError, match=r"schema version 99, newer than this historian knows \(5\)"):
+        with pytest.raises(StoreError, match=rf"schema version 99, newer than this historian knows"
+                                             rf" \({len(migrations(store.dialect))}\)"):
             open_store(db_url, migrate=migrate)
     assert store.query("SELECT max(version) FROM schema_migrations") == [(99,)]
 
 
 def test_an_unmigrated_database_is_refused_without_migrate(tmp_path: pathlib.Path) -> None:
     sqlite3.connect(tmp_path / "new.db").close()             # a database, empty
-    with pytest.raises(StoreError, match="schema version 0, this historian needs 5: run reedge historian migrate"):
+    with pytest.raises(StoreError, match=f"schema version 0, this historian needs {len(migrations('sqlite'))}:"
+                                         " run reedge historian migrate"):
         open_store(str(tmp_path / "new.db"), migrate=False)
     open_store(str(tmp_path / "new.db")).close()
     open_store(str(tmp_path / "new.db"), migrate=False).close()
@@ -137,10 +139,10 @@ def test_reedge_historian_migrate_applies_once_then_has_nothing_to_do(tmp_path: 
 
     db = str(tmp_path / "plant.db")
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert ("applied 0001_initial, 0002_quarantine_once, 0003_resend, 0004_telemetry_one_index, 0005_resend_rest;"
-            " now at version 5" in capsys.readouterr().out)
+    assert ("applied 0001_initial, 0002_quarantine_once, 0003_resend, 0004_telemetry_one_index, 0005_resend_rest,"
+            " 0006_telemetry_windows; now at version 6" in capsys.readouterr().out)
     assert main(["historian", "migrate", "--db", db]) == 0
-    assert "at version 5, nothing to apply" in capsys.readouterr().out
+    assert "at version 6, nothing to apply" in capsys.readouterr().out
 
 
 def test_a_reader_opens_and_reads_beside_a_writers_open_transaction(tmp_path: pathlib.Path,
@@ -176,27 +178,50 @@ def _digests(store: Store) -> list[tuple[str, str]]:
     return [(bytes(p).decode(), d) for p, d in store.query("SELECT payload, digest FROM quarantine ORDER BY id")]
 
 
-def test_migration_2_folds_the_copies_quarantined_before_it_into_one(db_url: str) -> None:
+@contextlib.contextmanager
+def _database_at_version(kind: str, version: int, tmp_path: pathlib.Path, pg_server: Any,
+                         monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """A new database as the historian of schema ``version`` left it (its first ``version`` migrations, by
+    ``apply_migrations`` itself); on PostgreSQL a database of its own, dropped afterwards."""
+    if kind == "sqlite":
+        url = f"sqlite://{tmp_path / 'old.db'}"
+    else:
+        import psycopg
+
+        name = f"v{version}_{os.getpid()}_{time.monotonic_ns()}"
+        with psycopg.connect(pg_server.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        url = pg_server.url.rsplit("/", 1)[0] + f"/{name}"
+    every = store_module.migrations
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "migrations", lambda dialect: every(dialect)[:version])
+        s = store_module.connect(url)
+        assert [mig.version for mig in apply_migrations(s)] == list(range(1, version + 1))
+    try:
+        yield s
+    finally:
+        s.close()
+        if kind == "postgresql":
+            with psycopg.connect(pg_server.url, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE {name}")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_migration_2_folds_the_copies_quarantined_before_it_into_one(kind: str, tmp_path: pathlib.Path,
+                                                                     request: pytest.FixtureRequest,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A database at version 1 with one message quarantined three times: after migrating it is there once,
     with the digest ``ingest`` gives it, so a later copy adds nothing."""
     from edge.historian.ingest import Received, ingest
 
     topic = "reedge/v1/s/st/event"
-    open_store(db_url).close()                         # PostgreSQL: the module's database, at this version
-    with store_module.connect(db_url) as s:
-        initial = migrations(s.dialect)[0].sql
-        with s.transaction() as tx:                    # back to version 1: 0001's quarantine table
-            tx.execute("DROP TABLE quarantine")
-            tx.execute("DELETE FROM schema_migrations WHERE version > 1")
-            tx.execute("DROP TABLE resend_requests")               # and 0003's
-            tx.execute("ALTER TABLE gaps DROP COLUMN unrecoverable")
-            tx.execute("CREATE TABLE quarantine" + initial.split("CREATE TABLE quarantine")[1])
-            if s.dialect == "postgresql":                          # and 0004's
-                _telemetry_indexes_of_version_3(tx)
+    pg = request.getfixturevalue("pg_server") if kind == "postgresql" else None
+    with _database_at_version(kind, 1, tmp_path, pg, monkeypatch) as s:
+        with s.transaction() as tx:
             for payload in (b"{not json", b"{not json", b"[]", b"{not json"):
                 tx.execute("INSERT INTO quarantine (received, topic, payload, reason) VALUES (?, ?, ?, ?)",
                            ("2026-01-01T00:00:00.000Z", topic, payload, "not JSON"))
-        assert [m.version for m in apply_migrations(s)] == [2, 3, 4, 5]
+        assert [m.version for m in apply_migrations(s)] == list(range(2, len(migrations(s.dialect)) + 1))
         assert _digests(s) == [("{not json", store_module.quarantine_digest(topic, b"{not json")),
                                ("[]", store_module.quarantine_digest(topic, b"[]"))]
         r = ingest(s, [Received(topic, b"{not json"), Received(topic, b"[]"), Received(topic, b"{}")])
@@ -204,46 +229,81 @@ def test_migration_2_folds_the_copies_quarantined_before_it_into_one(db_url: str
         assert [p for p, _ in _digests(s)] == ["{not json", "[]", "{}"]
 
 
-def _telemetry_indexes_of_version_3(tx: Any) -> None:
-    tx.execute("DROP INDEX telemetry_by_channel_time")
-    tx.execute("ALTER TABLE telemetry ADD PRIMARY KEY (site, station, boot_id, seq, channel)")
-    tx.execute("CREATE INDEX telemetry_by_channel_time ON telemetry (site, station, channel, end_utc)")
+#: telemetry rows as a historian of schema 5 stored them: what a double needs 17 digits for, both ends of
+#: bigint, the largest and smallest doubles, NULLs, units and status flags (one window without UTC times)
+_V5_TELEMETRY = [
+    ("s", "st-1", "boot-a", 1, "chamber_temp", "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:01.000Z", "°C",
+     0.1 + 0.2, -273.15, 1e308, 612.4, 1000, 999, "open_circuit stale"),
+    ("s", "st-1", "boot-a", 1, "chamber_pressure", "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:01.000Z", None,
+     None, None, None, None, 2 ** 63 - 1, 0, ""),
+    ("s", "st-1", "boot-a", 2, "chamber_temp", "2026-01-01T00:00:01.000Z", "2026-01-01T00:00:02.000Z", "°C",
+     5e-324, -1.7976931348623157e308, 2.0, 1 / 3, 1, -2 ** 63, "a 'quoted' \\ \"flag\""),
+    ("s", "st-2", "boot-b", 7, "h2_room", None, None, "%LEL", 0.5, 0.45, 0.55, 0.5, 10, 10, ""),
+]
 
 
-def test_migration_4_leaves_telemetry_one_unique_index_and_every_row(pg_server: Any) -> None:
-    """PostgreSQL with 0004 undone (the telemetry indexes of version 3), telemetry stored: 0004 keeps every row,
-    and the table then has one index, unique, which the page's and the reports' lookups by channel and time use;
-    ingest goes on exactly once."""
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_migration_6_keeps_the_rows_stored_before_and_the_view_reads_old_and_new_alike(
+        kind: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database at version 5 with telemetry stored a row per channel: after 0006 the view ``telemetry`` gives
+    every row back with the same values and types (doubles to the last bit), windows ingested since are one
+    row each and read back as exactly the numbers sent, a channel looked up by time uses the windows' index,
+    ingest goes on exactly once, and deleting through the view deletes the old row or the new window."""
     from edge.historian.ingest import ingest
-    from tests.historian_db import empty_pg
     from tests.historian_messages import Station
 
-    empty_pg(pg_server.url)
-    st = Station()
-    with open_store(pg_server.url) as s:
+    pg = request.getfixturevalue("pg_server") if kind == "postgresql" else None
+    with _database_at_version(kind, 5, tmp_path, pg, monkeypatch) as s:
+        columns = "site, station, boot_id, seq, channel, start_utc, end_utc, unit, last, min, max, mean, count," \
+                  " valid, status"
+        order = " ORDER BY site, station, boot_id, seq, channel"
         with s.transaction() as tx:
-            _telemetry_indexes_of_version_3(tx)
-            tx.execute("DELETE FROM schema_migrations WHERE version = 4")
-        windows = [st.telemetry(n) for n in range(1, 8)]
-        ingest(s, [st.birth(), st.description(1), *windows[:5]])
-        rows = s.query("SELECT * FROM telemetry ORDER BY seq, channel")
-        channels = len(rows) // 5
-        assert channels >= 2 and len(rows) == 5 * channels
-        assert [m.version for m in apply_migrations(s)] == [4]
-        assert s.query("SELECT * FROM telemetry ORDER BY seq, channel") == rows
-        indexes = s.query("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'telemetry'")
-        assert [name for name, _ in indexes] == ["telemetry_by_channel_time"]
-        assert indexes[0][1].startswith("CREATE UNIQUE INDEX")
-        assert "(site, station, channel, end_utc, boot_id, seq)" in indexes[0][1]
-        with s.transaction() as tx:      # a small table is scanned whole unless told not to
-            tx.execute("SET LOCAL enable_seqscan = off")
-            plan = " ".join(r[0] for r in tx.query(
-                "EXPLAIN SELECT mean FROM telemetry WHERE site = 's' AND station = 'x' AND channel = 'c'"
-                " AND end_utc >= now() - interval '1 hour'"))
-        assert "telemetry_by_channel_time" in plan
-        r = ingest(s, windows[3:])             # 4 and 5 again (byte-identical copies), 6 and 7 new
+            tx.executemany(f"INSERT INTO telemetry ({columns}) VALUES ({', '.join('?' * 15)})", _V5_TELEMETRY)
+        before = s.query(f"SELECT {columns} FROM telemetry{order}")
+        assert [m.version for m in apply_migrations(s)] == [6]
+        after = s.query(f"SELECT {columns} FROM telemetry{order}")
+        assert after == before
+        assert [[type(v) for v in row] for row in after] == [[type(v) for v in row] for row in before]
+
+        st = Station(site="s", station="st-3")
+        windows = [st.telemetry(n) for n in range(1, 6)]
+        body = json.loads(windows[0].payload)["body"]
+        extremes = {"chamber_temp": (0.1 + 0.2, -1.7976931348623157e308, 1.7976931348623157e308, 5e-324,
+                                     2 ** 63 - 1, 0, ["FAULT", "STALE"]),
+                    "chamber_pressure": (None, None, None, None, 1, 0, [])}
+        fields = ("last", "min", "max", "mean", "count", "valid", "status")
+        body["channels"] = {name: dict(zip(fields, values, strict=True)) for name, values in extremes.items()}
+        windows[0] = st.message("telemetry", 1, body)
+        ingest(s, [st.birth(), st.description(1), *windows[:3]])
+        assert s.query("SELECT reason FROM quarantine") == []
+        r = ingest(s, windows[1:])            # 2 and 3 again (byte-identical copies), 4 and 5 new
         assert (r.stored, r.duplicate) == (2, 2)
-        assert s.query("SELECT count(*) FROM telemetry") == [(7 * channels,)]
+        assert s.query("SELECT count(*) FROM telemetry_windows") == [(5,)]
+        assert s.query("SELECT channel, last, min, max, mean, count, valid, status FROM telemetry"
+                       " WHERE station = 'st-3' AND seq = 1 ORDER BY channel") == [
+            ("chamber_pressure", None, None, None, None, 1, 0, ""),
+            ("chamber_temp", 0.1 + 0.2, -1.7976931348623157e308, 1.7976931348623157e308, 5e-324, 2 ** 63 - 1, 0,
+             "FAULT STALE")]
+        channels = s.query("SELECT count(DISTINCT channel) FROM telemetry WHERE station = 'st-3' AND seq = 2")[0][0]
+        assert channels >= 2
+        assert s.query("SELECT count(*) FROM telemetry WHERE station = 'st-3'") == [(2 + 4 * channels,)]
+
+        if kind == "postgresql":
+            with s.transaction() as tx:      # a small table is scanned whole unless told not to
+                tx.execute("SET LOCAL enable_seqscan = off")
+                plan = " ".join(r[0] for r in tx.query(
+                    "EXPLAIN SELECT mean FROM telemetry WHERE site = 's' AND station = 'x' AND channel = 'c'"
+                    " AND end_utc >= now() - interval '1 hour'"))
+        else:
+            plan = " ".join(str(r) for r in s.query(
+                "EXPLAIN QUERY PLAN SELECT mean FROM telemetry WHERE site = 's' AND station = 'x'"
+                " AND channel = 'c' AND end_utc >= '2026-01-01'"))
+        assert "telemetry_windows_by_time" in plan and "telemetry_by_channel_time" in plan
+
+        with s.transaction() as tx:
+            tx.execute("DELETE FROM telemetry WHERE station IN ('st-1', 'st-3') AND channel = 'chamber_temp'")
+        assert s.query(f"SELECT {columns} FROM telemetry{order}") == [before[0], before[-1]]
+        assert s.query("SELECT count(*) FROM telemetry_windows") == [(0,)]
 
 
 @contextlib.contextmanager

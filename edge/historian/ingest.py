@@ -22,8 +22,9 @@ so a *different* payload under a known key is not a duplicate but a conflict, an
 status message excepted: the broker's Will and the station's own ``offline`` share a number, and either
 may come; the first stored stays).
 
-Then per stream, for the new ones: ``telemetry`` one row per channel with the window's UTC times and the
-channel's unit from the station description the window names (else the latest one stored); ``event``,
+Then per stream, for the new ones: ``telemetry`` one row per window (read one row per channel through the
+view of the same name) with the window's UTC times and each channel's unit from the station description the
+window names (else the latest one stored); ``event``,
 ``state``; ``batch`` records (start and end into one row per batch, the highest ``revision`` of the end
 record wins; the accounting figures as columns, each record whole as JSON); ``description`` (by the
 SHA-256 of its canonical body, RFC 8785, which is what the birth and the windows name); ``status``
@@ -74,6 +75,10 @@ MAX_REASON = 2000        # a quarantine reason is the checks' lines, cut to this
 LEDGER_TYPES = ("text", "text", "text", "text", "bigint", "timestamptz", "timestamptz", "text")
 MAX_KEPT = MAX_ENVELOPE  # a quarantined payload is kept up to this: no envelope is larger
 MAX_TOPIC = 1024
+BIGINT_MAX = 2 ** 63 - 1
+#: a window's channels as stored (``_Writer._telemetry``): compact; a non-finite number raises (the schema
+#: check refuses a window with one: ``1e400`` reads as infinity)
+_CHANNELS_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class Received(NamedTuple):
@@ -369,29 +374,33 @@ class _Writer:
             book.seen(env.site, env.station, env.boot_id, env.stream, env.seq)
 
     def flush(self) -> None:
-        self.tx.copy_rows("telemetry", ("site", "station", "boot_id", "seq", "channel", "start_utc", "end_utc",
-                                        "unit", "last", "min", "max", "mean", "count", "valid", "status"),
-                          self.telemetry)
+        self.tx.copy_rows("telemetry_windows", ("site", "station", "boot_id", "seq", "start_utc", "end_utc",
+                                                "channels"), self.telemetry)
         self.telemetry.clear()
 
     # ---- per stream ----
 
     def _telemetry(self, v: _Valid) -> None:
+        """A window as one row, its channels as one JSON array (migration 0006: the view ``telemetry`` reads
+        them a row per channel). Every value is checked here, as a column of its type would: the view casts
+        them when read, so what a bigint cannot hold must never be stored (``RejectedData``: the message is
+        quarantined)."""
         env, body = v.env, v.env.body
         units = self._units(env.site, env.station, body.get("description_sha256"))
-        start, end = v.times.get("start_utc"), v.times.get("end_utc")
-        site, station, boot, seq, rows = env.site, env.station, env.boot_id, env.seq, self.telemetry
+        channels = []
         for name, ch in (body.get("channels") or {}).items():
             get = ch.get
             last, low, high, mean, count, valid = (get("last"), get("min"), get("max"), get("mean"), get("count"),
                                                    get("valid"))
             if not (type(last) is type(low) is type(high) is type(mean) is float
-                    and type(count) is type(valid) is int):       # the usual window, else each value checked
-                last, low, high, mean = _num(last), _num(low), _num(high), _num(mean)
-                count, valid = _int(count), _int(valid)
+                    and type(count) is type(valid) is int and count <= BIGINT_MAX and valid <= BIGINT_MAX):
+                last, low, high, mean = _num(last), _num(low), _num(high), _num(mean)   # the unusual window
+                count, valid = _bigint(count, name, "count"), _bigint(valid, name, "valid")
             status = get("status")
-            rows.append((site, station, boot, seq, name, start, end, units.get(name), last, low, high, mean, count,
-                         valid, " ".join(status) if status else ""))
+            channels.append((name, units.get(name), last, low, high, mean, count, valid,
+                             " ".join(status) if status else ""))
+        self.telemetry.append((env.site, env.station, env.boot_id, env.seq, v.times.get("start_utc"),
+                               v.times.get("end_utc"), _CHANNELS_JSON(channels)))
 
     def _event(self, v: _Valid) -> None:
         env, body = v.env, v.env.body
@@ -612,3 +621,11 @@ def _int(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _bigint(value: Any, channel: str, name: str) -> int | None:
+    """``_int``, refused (``RejectedData``) beyond a 64-bit integer, as a bigint column refuses it."""
+    n = _int(value)
+    if n is not None and not -BIGINT_MAX - 1 <= n <= BIGINT_MAX:
+        raise RejectedData(f"channel {channel}'s {name} {n} is beyond a 64-bit integer")
+    return n
