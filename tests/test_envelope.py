@@ -8,6 +8,8 @@ import json
 import pathlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.telemetry import envelope as E
 from edge.telemetry import schemas
@@ -170,6 +172,68 @@ def test_parse_refuses_the_numbers_json_has_not(constant: str) -> None:
     with pytest.raises(E.EnvelopeError, match=f"payload is not JSON: {constant} is not a JSON number"):
         E.parse(raw)
     E.parse(raw.replace(constant.encode(), b"1e308"))
+
+
+def _parsed_alike(raw: bytes) -> None:
+    """The compiled parse (orjson) either leaves ``raw`` to json (None) or reads exactly what json reads:
+    the same types, values and key order (``repr``: 1, 1.0, True and -0.0 all differ)."""
+    pytest.importorskip("orjson")
+    fast = E._fast_loads(raw)
+    try:
+        reference: object = E._loads(raw)
+    except E.EnvelopeError:
+        assert fast is None, raw
+        return
+    assert fast is None or repr(fast) == repr(reference), raw
+
+
+# what either parser could read differently: every one is read as json reads it, or left to json
+_EDGES = [b"\xef\xbb\xbf{}", b'{"a":"\\ud800"}', b'{"a":"\\udc00\\ud800"}', b'{"a":"\\ud83d\\ude00"}',
+          b'{"a":1e400}', b'{"a":-1e400}', b'{"a":1e-400}', b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-0.0}',
+          b'{"a":-0}', b'{"a":9223372036854775807}', b'{"a":9223372036854775808}', b'{"a":-9223372036854775809}',
+          b'{"a":18446744073709551616}', b'{"a":123456789012345678901234567890}', b'{"a":1' + b"0" * 400 + b"}",
+          b'{"a":1,"b":2,"a":3}', b'{"a":1}\x0b', b'\x0c{"a":1}', b'{"a":1}\x00', b'{"a":1} x', b'{"a":"\x01"}',
+          b'{"a":"\xc0\xaf"}', b'{"a":"\xed\xa0\x80"}', b'{"a":"\xf4\x90\x80\x80"}', b'{"a":"\xe2\x82"}',
+          b"[" * 2000 + b"]" * 2000, b'{"a":1.0e+2,"b":1E2,"c":0.1e1,"d":5e-324,"e":2.4703282292062328e-324}',
+          b'{"a":01}', b'{"a":.5}', b'{"a":1.}', b'{"a":+1}', b'{"a":true,"b":false,"c":null}', b'{"\\u0000":1}',
+          b'{"a":"\\u0000"}', b' \t\r\n{"a" : [ 1 , 2 ] }\n', b"", b" ", b"{}", b"[]", b"1", b'"s"']
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2 ** 80), max_value=2 ** 80)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=25)
+
+
+@pytest.mark.parametrize("raw", _EDGES)
+def test_the_compiled_parse_reads_every_edge_as_json_does_or_leaves_it_to_json(raw: bytes) -> None:
+    _parsed_alike(raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_JSON_VALUES, ascii_only=st.booleans(), spaced=st.booleans())
+def test_the_compiled_parse_reads_generated_documents_as_json_does(value: object, ascii_only: bool,
+                                                                    spaced: bool) -> None:
+    raw = json.dumps(value, ensure_ascii=ascii_only, indent=1 if spaced else None).encode("utf-8",
+                                                                                         "surrogatepass")
+    _parsed_alike(raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(at=st.integers(min_value=0, max_value=10_000), byte=st.integers(min_value=0, max_value=255),
+       insert=st.booleans())
+def test_the_compiled_parse_reads_a_damaged_envelope_as_json_does(at: int, byte: int, insert: bool) -> None:
+    raw = (schemas.schema_dir() / "examples" / "telemetry.json").read_bytes()
+    at %= len(raw)
+    _parsed_alike(raw[:at] + bytes([byte]) + raw[at + (0 if insert else 1):])
+
+
+def test_the_compiled_parse_is_the_one_used_for_a_station_message_where_installed() -> None:
+    """The historian's extra (and ./dev) installs orjson: a real envelope takes the fast path there."""
+    pytest.importorskip("orjson")
+    raw = (schemas.schema_dir() / "examples" / "telemetry.json").read_bytes()
+    assert E._fast_loads(raw) == json.loads(raw)
+    assert E.parse(raw).body == json.loads(raw)["body"]
 
 
 @pytest.mark.parametrize("compiled", [True, False])
