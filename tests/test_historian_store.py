@@ -304,6 +304,9 @@ def test_migration_6_keeps_the_rows_stored_before_and_the_view_reads_old_and_new
             tx.execute("DELETE FROM telemetry WHERE station IN ('st-1', 'st-3') AND channel = 'chamber_temp'")
         assert s.query(f"SELECT {columns} FROM telemetry{order}") == [before[0], before[-1]]
         assert s.query("SELECT count(*) FROM telemetry_windows") == [(0,)]
+        with s.transaction() as tx:         # a row without UTC times (before schema 1.2) is found too
+            tx.execute("DELETE FROM telemetry WHERE station = 'st-2'")
+        assert s.query(f"SELECT {columns} FROM telemetry{order}") == [before[0]]
 
 
 @contextlib.contextmanager

@@ -102,14 +102,16 @@ def collected_for_batches() -> Iterator[None]:
     20,000 windows into PostgreSQL, 3 runs each, alternating). Cycles are still collected; only ``run``'s own
     process does this (``reedge demo`` runs a consumer beside the controller and keeps the defaults), and
     puts the defaults back when it ends (a test calls it in pytest's own process)."""
-    before = gc.get_threshold()
+    before, frozen_before = gc.get_threshold(), gc.get_freeze_count()
+    gc.collect()            # what is garbage already is collected, not frozen for the whole run
     gc.freeze()
     gc.set_threshold(GC_YOUNG, 10, 10)
     try:
         yield
     finally:
         gc.set_threshold(*before)
-        gc.unfreeze()
+        if not frozen_before:       # a caller's own freeze is left as it was
+            gc.unfreeze()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

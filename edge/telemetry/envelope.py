@@ -305,7 +305,10 @@ def _fast_loads(raw: bytes) -> Any:
     lone surrogate escape, a number past a double, a byte order mark: None) and on integers past 64 bits,
     which orjson turns into doubles: a payload with 19 digits in a row anywhere goes to ``_loads``. Doubles
     are read alike (both round correctly: 300,000 random ones compared); duplicate keys keep the last value
-    in both. tests/test_envelope.py compares the two on generated documents."""
+    in both. One more: orjson reads arrays and objects nested up to 1,024 deep, json until its recursion
+    limit, which depends on the caller's stack (about 1,000); whoever parses untrusted input checks
+    ``commands.json_too_deep`` (32 levels) first, as ``tail.check_message`` does. tests/test_envelope.py
+    compares the two on generated documents."""
     if _orjson is None or _LONG_NUMBER in raw.translate(_DIGITS_AS_ZERO):
         return None
     try:

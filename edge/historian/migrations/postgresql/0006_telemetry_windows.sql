@@ -36,14 +36,25 @@ FROM telemetry_windows AS w CROSS JOIN LATERAL json_array_elements(w.channels) A
 
 -- `DELETE FROM telemetry` (a retention job, a test emptying the database) deletes what it names: a row
 -- stored before this migration, or the window of a row stored since (a window is stored whole, so deleting
--- any of its channels deletes the window)
+-- any of its channels deletes the window). Each row is found by its table's index (end_utc included: without
+-- it each row's delete read every window of the station, hours for a day of a plant's telemetry).
 CREATE FUNCTION telemetry_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM telemetry_channels
-    WHERE site = OLD.site AND station = OLD.station AND boot_id = OLD.boot_id AND seq = OLD.seq
-      AND channel = OLD.channel;
-    DELETE FROM telemetry_windows
-    WHERE site = OLD.site AND station = OLD.station AND boot_id = OLD.boot_id AND seq = OLD.seq;
+    IF OLD.end_utc IS NULL THEN
+        DELETE FROM telemetry_channels
+        WHERE site = OLD.site AND station = OLD.station AND channel = OLD.channel AND end_utc IS NULL
+          AND boot_id = OLD.boot_id AND seq = OLD.seq;
+        DELETE FROM telemetry_windows
+        WHERE site = OLD.site AND station = OLD.station AND end_utc IS NULL AND boot_id = OLD.boot_id
+          AND seq = OLD.seq;
+    ELSE
+        DELETE FROM telemetry_channels
+        WHERE site = OLD.site AND station = OLD.station AND channel = OLD.channel AND end_utc = OLD.end_utc
+          AND boot_id = OLD.boot_id AND seq = OLD.seq;
+        DELETE FROM telemetry_windows
+        WHERE site = OLD.site AND station = OLD.station AND end_utc = OLD.end_utc AND boot_id = OLD.boot_id
+          AND seq = OLD.seq;
+    END IF;
     RETURN OLD;
 END $$;
 CREATE TRIGGER telemetry_delete INSTEAD OF DELETE ON telemetry FOR EACH ROW EXECUTE FUNCTION telemetry_delete();
