@@ -240,6 +240,32 @@ _V5_TELEMETRY = [
      5e-324, -1.7976931348623157e308, 2.0, 1 / 3, 1, -2 ** 63, "a 'quoted' \\ \"flag\""),
     ("s", "st-2", "boot-b", 7, "h2_room", None, None, "%LEL", 0.5, 0.45, 0.55, 0.5, 10, 10, ""),
 ]
+#: the telemetry table's columns (and the view's since 0006), and an order for comparing its rows
+_COLUMNS = "site, station, boot_id, seq, channel, start_utc, end_utc, unit, last, min, max, mean, count, valid, status"
+_ORDER = " ORDER BY site, station, boot_id, seq, channel"
+
+
+def test_migration_4_leaves_telemetry_one_unique_index_and_every_row(tmp_path: pathlib.Path, pg_server: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL at version 3 (two telemetry indexes), telemetry stored: 0004 to 0006 keep every row, and the
+    table of those rows (``telemetry_channels`` since 0006) then has one index, unique, which a lookup by
+    channel and time through the view uses."""
+    with _database_at_version("postgresql", 3, tmp_path, pg_server, monkeypatch) as s:
+        with s.transaction() as tx:
+            tx.executemany(f"INSERT INTO telemetry ({_COLUMNS}) VALUES ({', '.join('?' * 15)})", _V5_TELEMETRY)
+        before = s.query(f"SELECT {_COLUMNS} FROM telemetry{_ORDER}")
+        assert [m.version for m in apply_migrations(s)] == [4, 5, 6]
+        assert s.query(f"SELECT {_COLUMNS} FROM telemetry{_ORDER}") == before
+        indexes = s.query("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'telemetry_channels'")
+        assert [name for name, _ in indexes] == ["telemetry_by_channel_time"]
+        assert indexes[0][1].startswith("CREATE UNIQUE INDEX")
+        assert "(site, station, channel, end_utc, boot_id, seq)" in indexes[0][1]
+        with s.transaction() as tx:      # a small table is scanned whole unless told not to
+            tx.execute("SET LOCAL enable_seqscan = off")
+            plan = " ".join(r[0] for r in tx.query(
+                "EXPLAIN SELECT mean FROM telemetry WHERE site = 's' AND station = 'x' AND channel = 'c'"
+                " AND end_utc >= now() - interval '1 hour'"))
+        assert "telemetry_by_channel_time" in plan
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -254,14 +280,11 @@ def test_migration_6_keeps_the_rows_stored_before_and_the_view_reads_old_and_new
 
     pg = request.getfixturevalue("pg_server") if kind == "postgresql" else None
     with _database_at_version(kind, 5, tmp_path, pg, monkeypatch) as s:
-        columns = "site, station, boot_id, seq, channel, start_utc, end_utc, unit, last, min, max, mean, count," \
-                  " valid, status"
-        order = " ORDER BY site, station, boot_id, seq, channel"
         with s.transaction() as tx:
-            tx.executemany(f"INSERT INTO telemetry ({columns}) VALUES ({', '.join('?' * 15)})", _V5_TELEMETRY)
-        before = s.query(f"SELECT {columns} FROM telemetry{order}")
+            tx.executemany(f"INSERT INTO telemetry ({_COLUMNS}) VALUES ({', '.join('?' * 15)})", _V5_TELEMETRY)
+        before = s.query(f"SELECT {_COLUMNS} FROM telemetry{_ORDER}")
         assert [m.version for m in apply_migrations(s)] == [6]
-        after = s.query(f"SELECT {columns} FROM telemetry{order}")
+        after = s.query(f"SELECT {_COLUMNS} FROM telemetry{_ORDER}")
         assert after == before
         assert [[type(v) for v in row] for row in after] == [[type(v) for v in row] for row in before]
 
@@ -302,11 +325,11 @@ def test_migration_6_keeps_the_rows_stored_before_and_the_view_reads_old_and_new
 
         with s.transaction() as tx:
             tx.execute("DELETE FROM telemetry WHERE station IN ('st-1', 'st-3') AND channel = 'chamber_temp'")
-        assert s.query(f"SELECT {columns} FROM telemetry{order}") == [before[0], before[-1]]
+        assert s.query(f"SELECT {_COLUMNS} FROM telemetry{_ORDER}") == [before[0], before[-1]]
         assert s.query("SELECT count(*) FROM telemetry_windows") == [(0,)]
         with s.transaction() as tx:         # a row without UTC times (before schema 1.2) is found too
             tx.execute("DELETE FROM telemetry WHERE station = 'st-2'")
-        assert s.query(f"SELECT {columns} FROM telemetry{order}") == [before[0]]
+        assert s.query(f"SELECT {_COLUMNS} FROM telemetry{_ORDER}") == [before[0]]
 
 
 @contextlib.contextmanager
